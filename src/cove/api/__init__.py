@@ -1,0 +1,1 @@
+"""HTTP, WebSocket and Socket.IO transport. Thin: the domain lives in cove.core."""

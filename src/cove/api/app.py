@@ -1,0 +1,79 @@
+"""The ASGI application: FastAPI for REST, Socket.IO for events, one lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import socketio
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cove.api import errors
+from cove.api.deps import Services
+from cove.api.events import SocketEvents
+from cove.api.routes import health, sandboxes
+from cove.core.auth import AuthService
+from cove.core.config import Settings
+from cove.core.lifecycle import LifecycleService
+from cove.core.ports import Runtime
+from cove.core.reconcile import reconcile
+from cove.runtime import build_runtime
+from cove.store.keys import SqlKeyStore
+from cove.store.migrate import upgrade
+from cove.store.sql import SqlSandboxStore, make_engine
+
+log = logging.getLogger("cove")
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> ASGIApp:
+    """Build the whole server. ``runtime`` overrides the configured one (tests)."""
+    holder: dict[str, Services] = {}
+    events = SocketEvents(settings.toolbox_proxy_url, lambda: holder["services"].auth)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = _start_services(settings, runtime or build_runtime(settings), events)
+        holder["services"] = app.state.services = services
+        await reconcile(services.lifecycle)
+        yield
+        await services.lifecycle.drain()
+
+    api = FastAPI(title="Cove", version="0.1.0", lifespan=lifespan)
+    errors.install(api)
+    api.include_router(health.router, prefix="/api")
+    api.include_router(sandboxes.router, prefix="/api")
+    app = socketio.ASGIApp(events.server, other_asgi_app=api, socketio_path="/api/socket.io")
+    return _CollapseSlashes(app)
+
+
+def _start_services(settings: Settings, runtime: Runtime, events: SocketEvents) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url or "")
+    upgrade(engine)
+    auth = AuthService(settings, SqlKeyStore(engine))
+    key = auth.bootstrap()
+    if key:
+        print(f"Cove created an admin API key (shown only once): {key}", flush=True)  # noqa: T201
+    lifecycle = LifecycleService(
+        settings=settings, store=SqlSandboxStore(engine), runtime=runtime, events=events
+    )
+    return Services(settings=settings, auth=auth, lifecycle=lifecycle)
+
+
+class _CollapseSlashes:
+    """``api_url`` ending in ``/`` makes the SDK send ``//``: treat it as ``/``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
+        path = scope.get("path")
+        if path and "//" in path:
+            scope = dict(scope)
+            while "//" in path:
+                path = path.replace("//", "/")
+            scope["path"] = path
+        await self.app(scope, receive, send)

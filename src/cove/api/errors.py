@@ -1,0 +1,56 @@
+"""Map CoveError (and request validation) to Daytona's error envelope, once."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cove.api.dto import iso
+from cove.core.sandbox import utcnow
+from cove.errors import CoveError
+
+
+def envelope(
+    request: Request, status: int, message: str, code: str, source: str = "DAYTONA_API"
+) -> JSONResponse:
+    body = {
+        "statusCode": status,
+        "message": message,
+        "code": code,
+        "source": source,
+        "error": HTTPStatus(status).phrase,
+        "timestamp": iso(utcnow()),
+        "path": request.url.path,
+        "method": request.method,
+    }
+    return JSONResponse(body, status_code=status)
+
+
+async def _cove_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CoveError)
+    return envelope(request, exc.status_code, exc.message, exc.code)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return envelope(request, 400, "; ".join(parts) or "invalid request", "BAD_REQUEST")
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTPStatus(exc.status_code).name
+    return envelope(request, exc.status_code, str(exc.detail), code)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(CoveError, _cove_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

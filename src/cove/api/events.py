@@ -1,0 +1,63 @@
+"""Socket.IO: pushes sandbox events to every connection of the owning organization.
+
+The SDK never subscribes: it connects with ``{"token": <key>}`` in the CONNECT
+packet and expects the server to push ``sandbox.created`` and
+``sandbox.state.updated`` for all sandboxes of its organization.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import socketio
+
+from cove.api.dto import sandbox_public
+from cove.core.auth import AuthService
+from cove.core.sandbox import Sandbox, SandboxState
+from cove.errors import Unauthorized
+
+log = logging.getLogger(__name__)
+
+
+def _room(organization_id: str) -> str:
+    return f"org:{organization_id}"
+
+
+class SocketEvents:
+    """Implements :class:`cove.core.ports.EventSink` over a Socket.IO server."""
+
+    def __init__(self, toolbox_proxy_url: str, auth: Callable[[], AuthService]) -> None:
+        self.server = socketio.AsyncServer(
+            async_mode="asgi", cors_allowed_origins="*", logger=False, engineio_logger=False
+        )
+        self._toolbox_proxy_url = toolbox_proxy_url
+        self._auth = auth
+        self.server.on("connect", self._connect)
+
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        token = auth.get("token") if isinstance(auth, dict) else None
+        try:
+            principal = self._auth().authenticate(f"Bearer {token or ''}")
+        except Unauthorized as exc:
+            raise socketio.exceptions.ConnectionRefusedError(exc.message) from exc
+        await self.server.enter_room(sid, _room(principal.organization_id))
+
+    def _dto(self, sandbox: Sandbox) -> dict[str, Any]:
+        return sandbox_public(sandbox, self._toolbox_proxy_url).model_dump(by_alias=True)
+
+    async def sandbox_created(self, sandbox: Sandbox) -> None:
+        await self.server.emit(
+            "sandbox.created", self._dto(sandbox), room=_room(sandbox.organization_id)
+        )
+
+    async def sandbox_state_updated(self, sandbox: Sandbox, old_state: SandboxState) -> None:
+        payload = {
+            "sandbox": self._dto(sandbox),
+            "oldState": str(old_state),
+            "newState": str(sandbox.state),
+        }
+        await self.server.emit(
+            "sandbox.state.updated", payload, room=_room(sandbox.organization_id)
+        )

@@ -1,0 +1,180 @@
+"""Sandbox lifecycle endpoints (``/api/sandbox``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from cove.api.deps import LifecycleDep, PrincipalDep, ServicesDep
+from cove.api.dto import sandbox_public
+from cove.core.sandbox import Sandbox
+from cove.errors import BadRequest
+from cove.schemas.sandbox import (
+    SandboxCreate,
+    SandboxesPublic,
+    SandboxLabels,
+    SandboxPublic,
+    SandboxResize,
+    ToolboxProxyUrl,
+)
+
+router = APIRouter(prefix="/sandbox", tags=["sandbox"])
+
+
+def _public(services: ServicesDep, sandbox: Sandbox) -> SandboxPublic:
+    return sandbox_public(sandbox, services.settings.toolbox_proxy_url)
+
+
+@router.post("")
+async def create_sandbox(
+    body: SandboxCreate, who: PrincipalDep, services: ServicesDep
+) -> SandboxPublic:
+    """Create a sandbox and start it."""
+    sandbox = await services.lifecycle.create(organization_id=who.organization_id, request=body)
+    return _public(services, sandbox)
+
+
+@router.get("")
+async def list_sandboxes(
+    who: PrincipalDep,
+    services: ServicesDep,
+    labels: str | None = None,
+    states: Annotated[list[str] | None, Query()] = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 100,
+) -> SandboxesPublic:
+    """List sandboxes of the caller's organization."""
+    items, next_cursor = services.lifecycle.list(
+        who.organization_id, labels=_labels(labels), states=states, cursor=cursor, limit=limit
+    )
+    return SandboxesPublic(
+        items=[_public(services, sb) for sb in items], next_cursor=next_cursor
+    )
+
+
+def _labels(raw: str | None) -> dict[str, str] | None:
+    if not raw:
+        return None
+    try:
+        labels = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BadRequest("labels must be a JSON object of strings") from exc
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise BadRequest("labels must be a JSON object of strings")
+    return labels
+
+
+@router.get("/{id_or_name}")
+async def get_sandbox(id_or_name: str, who: PrincipalDep, services: ServicesDep) -> SandboxPublic:
+    """Get a sandbox by id or name."""
+    return _public(services, services.lifecycle.get(who.organization_id, id_or_name))
+
+
+@router.delete("/{id_or_name}")
+async def delete_sandbox(
+    id_or_name: str, who: PrincipalDep, services: ServicesDep
+) -> SandboxPublic:
+    """Delete a sandbox and everything it owns."""
+    sandbox = await services.lifecycle.destroy(who.organization_id, id_or_name)
+    return _public(services, sandbox)
+
+
+@router.post("/{id_or_name}/start")
+async def start_sandbox(id_or_name: str, who: PrincipalDep, services: ServicesDep) -> SandboxPublic:
+    """Start a stopped or archived sandbox."""
+    return _public(services, await services.lifecycle.start(who.organization_id, id_or_name))
+
+
+@router.post("/{id_or_name}/stop")
+async def stop_sandbox(
+    id_or_name: str, who: PrincipalDep, services: ServicesDep, force: bool = False
+) -> SandboxPublic:
+    """Stop a sandbox: every process dies, its files stay."""
+    sandbox = await services.lifecycle.stop(who.organization_id, id_or_name, force=force)
+    return _public(services, sandbox)
+
+
+@router.post("/{id_or_name}/archive")
+async def archive_sandbox(
+    id_or_name: str, who: PrincipalDep, services: ServicesDep
+) -> SandboxPublic:
+    """Archive a sandbox (a started one is stopped first)."""
+    return _public(services, await services.lifecycle.archive(who.organization_id, id_or_name))
+
+
+@router.post("/{id_or_name}/recover")
+async def recover_sandbox(
+    id_or_name: str, who: PrincipalDep, services: ServicesDep
+) -> SandboxPublic:
+    """Recover a sandbox from the error state."""
+    return _public(services, await services.lifecycle.recover(who.organization_id, id_or_name))
+
+
+@router.post("/{id_or_name}/resize")
+async def resize_sandbox(
+    id_or_name: str, body: SandboxResize, who: PrincipalDep, services: ServicesDep
+) -> SandboxPublic:
+    """Change a sandbox's CPU, memory or disk."""
+    sandbox = await services.lifecycle.resize(who.organization_id, id_or_name, body)
+    return _public(services, sandbox)
+
+
+@router.put("/{id_or_name}/labels")
+async def replace_labels(
+    id_or_name: str, body: SandboxLabels, who: PrincipalDep, lifecycle: LifecycleDep
+) -> SandboxLabels:
+    """Replace all labels of a sandbox."""
+    sandbox = await lifecycle.update(who.organization_id, id_or_name, labels=body.labels)
+    return SandboxLabels(labels=sandbox.labels)
+
+
+_INTERVALS = {
+    "autostop": ("auto_stop_interval", 0),
+    "autoarchive": ("auto_archive_interval", 0),
+    "autodelete": ("auto_delete_interval", -1),
+}
+
+
+@router.post("/{id_or_name}/{kind}/{minutes}")
+async def set_interval(
+    id_or_name: str, kind: str, minutes: int, who: PrincipalDep, services: ServicesDep
+) -> SandboxPublic:
+    """Set the auto-stop, auto-archive or auto-delete interval (minutes)."""
+    if kind not in _INTERVALS:
+        raise BadRequest(f"unknown setting '{kind}'")
+    field, minimum = _INTERVALS[kind]
+    if minutes < minimum:
+        raise BadRequest(f"{kind} interval must be at least {minimum}")
+    sandbox = await services.lifecycle.update(
+        who.organization_id, id_or_name, **{field: minutes}
+    )
+    return _public(services, sandbox)
+
+
+@router.post("/{id_or_name}/public/{is_public}")
+async def set_public(
+    id_or_name: str, is_public: bool, who: PrincipalDep, services: ServicesDep
+) -> SandboxPublic:
+    """Make a sandbox's previews public or private."""
+    sandbox = await services.lifecycle.update(who.organization_id, id_or_name, public=is_public)
+    return _public(services, sandbox)
+
+
+@router.post("/{id_or_name}/last-activity", status_code=201)
+async def update_last_activity(
+    id_or_name: str, who: PrincipalDep, lifecycle: LifecycleDep
+) -> Response:
+    """Record activity on a sandbox (resets its auto-stop timer)."""
+    lifecycle.touch(who.organization_id, id_or_name)
+    return Response(status_code=201)
+
+
+@router.get("/{id_or_name}/toolbox-proxy-url")
+async def toolbox_proxy_url(
+    id_or_name: str, who: PrincipalDep, services: ServicesDep
+) -> ToolboxProxyUrl:
+    """Where toolbox calls for this sandbox go."""
+    services.lifecycle.get(who.organization_id, id_or_name)
+    return ToolboxProxyUrl(url=services.settings.toolbox_proxy_url)

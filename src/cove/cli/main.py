@@ -1,0 +1,101 @@
+"""The ``cove`` command: run the server and administer it on this host."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from cove.core.config import Settings
+
+console = Console(stderr=True)
+
+
+def _settings(**overrides: object) -> Settings:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**given)  # type: ignore[arg-type]
+
+
+@click.group()
+@click.version_option(package_name="cove")
+def main() -> None:
+    """Cove: self-hosted sandboxes, wire-compatible with Daytona."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port to listen on [3000].")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where Cove keeps everything it owns [/var/lib/cove].")
+@click.option("--log-level", default="info", show_default=True)
+def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: str) -> None:
+    """Start the API server (builds the default snapshot first if it is missing)."""
+    import uvicorn
+
+    from cove.api.app import create_app
+
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if settings.runtime == "crun":
+        _ensure_default_snapshot(settings, force=False)
+    console.print(f"Cove listening on {settings.base_url} (data in {settings.data_dir})")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@main.group()
+def snapshot() -> None:
+    """Manage snapshots on this host."""
+
+
+@snapshot.command("build-default")
+@click.option("--force", is_flag=True, help="Rebuild even if it is up to date.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def build_default(force: bool, data_dir: Path | None) -> None:
+    """Build the default snapshot (Debian bookworm) unless it is current."""
+    path = _ensure_default_snapshot(_settings(data_dir=data_dir), force=force)
+    console.print(f"default snapshot ready: {path}")
+
+
+def _ensure_default_snapshot(settings: Settings, *, force: bool) -> Path:
+    from cove.runtime.snapshot import ensure_default_snapshot
+
+    def progress(line: str) -> None:
+        console.print(f"[dim]snapshot[/dim] {line.rstrip()}", highlight=False)
+
+    return ensure_default_snapshot(settings, force=force, progress=progress)
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys (talks to the database directly)."""
+
+
+@keys.command("create")
+@click.option("--org", "organization", default="default", show_default=True,
+              help="Organization the key belongs to (created if missing).")
+@click.option("--name", default="key", show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def create_key(organization: str, name: str, data_dir: Path | None) -> None:
+    """Create an API key and print it (it is stored only as a hash)."""
+    from cove.core.auth import AuthService
+    from cove.store.keys import SqlKeyStore
+    from cove.store.migrate import upgrade
+    from cove.store.sql import make_engine
+
+    settings = _settings(data_dir=data_dir)
+    engine = make_engine(settings.database_url or "")
+    upgrade(engine)
+    click.echo(AuthService(settings, SqlKeyStore(engine)).create_key(organization, name=name))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The domain: sandboxes, their lifecycle, and the ports to the outside world."""

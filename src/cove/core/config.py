@@ -1,0 +1,72 @@
+"""Server configuration, read once from ``COVE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/cove")
+    return Path.home() / ".local" / "share" / "cove"
+
+
+class Settings(BaseSettings):
+    """Everything ``cove serve`` can be told. Explicit arguments win over the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="COVE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    # SQLAlchemy URL; default: SQLite (WAL) in the data dir. PostgreSQL works too,
+    # e.g. postgresql+psycopg://user:pass@host/db
+    database_url: str | None = None
+    # When set, accepted as an admin key of the default organization.
+    api_key: str | None = None
+    # Base URL clients use to reach this server (toolboxProxyUrl is derived from it).
+    public_url: str | None = None
+    # Where read-only snapshot root filesystems are cached. Shared by default
+    # with the system data dir so that test servers do not rebuild it.
+    snapshot_dir: Path | None = None
+    archive_dir: Path | None = None
+    default_snapshot: str = "cove-default"
+    runtime: str = "crun"  # "crun" (real isolation) or "fake" (unit tests only)
+
+    default_cpu: int = 1
+    default_memory: int = 1
+    default_disk: int = 3
+    max_cpu: int = 4
+    max_memory: int = 8
+    max_disk: int = 10
+    pids_limit: int = 1024
+    stop_grace_seconds: float = 3.0
+    default_auto_stop_interval: int = 15
+    default_auto_archive_interval: int = 7 * 24 * 60
+    default_auto_delete_interval: int = -1
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        self.data_dir = self.data_dir.absolute()
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.data_dir / 'cove.db'}"
+        if self.snapshot_dir is None:
+            self.snapshot_dir = self.data_dir / "snapshots"
+        if self.archive_dir is None:
+            self.archive_dir = self.data_dir / "archives"
+        return self
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def toolbox_proxy_url(self) -> str:
+        return f"{self.base_url}/toolbox"

@@ -1,0 +1,378 @@
+"""The lifecycle service: the only place where sandboxes change state.
+
+Operations on one sandbox are serialized by a per-sandbox lock. Each runs as a
+task owned by the service and shielded from the caller, so a client that hangs
+up mid-request never leaves a sandbox half-way: the operation finishes, and
+the state says how it ended. A failed operation leaves the sandbox in
+``error`` with the reason, never silently ``started``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
+
+from cove.core import validation
+from cove.core.config import Settings
+from cove.core.ports import ContainerSpec, ContainerStatus, EventSink, Runtime, SandboxStore
+from cove.core.sandbox import Sandbox, SandboxState, transition, utcnow
+from cove.errors import BadRequest, CoveError, InvalidState
+from cove.schemas.sandbox import SandboxCreate, SandboxResize
+
+S = SandboxState
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class LifecycleService:
+    """Create, start, stop, archive, resize and destroy sandboxes.
+
+    Args:
+        settings: server configuration (defaults, limits).
+        store: where sandbox records live.
+        runtime: the isolation backend.
+        events: where state changes are announced.
+    """
+
+    def __init__(
+        self, *, settings: Settings, store: SandboxStore, runtime: Runtime, events: EventSink
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.runtime = runtime
+        self.events = events
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    # ---- queries -------------------------------------------------------
+
+    def get(self, organization_id: str, id_or_name: str) -> Sandbox:
+        return self.store.get(organization_id, id_or_name)
+
+    def list(
+        self,
+        organization_id: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        states: Sequence[str] | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[Sandbox], str | None]:
+        """A page of the organization's sandboxes matching every label and any state."""
+        known = [S(st) for st in states or () if st in S._value2member_map_]
+        if states and not known:
+            return [], None
+        return self.store.list(
+            organization_id, labels=labels, states=known or None, cursor=cursor, limit=limit
+        )
+
+    # ---- create --------------------------------------------------------
+
+    async def create(self, *, organization_id: str, request: SandboxCreate) -> Sandbox:
+        """Validate, record and boot a new sandbox; returns it ``started`` or ``error``.
+
+        Raises:
+            BadRequest: invalid input (nothing is created).
+            QuotaExceeded: resources above the limits (nothing is created).
+            Conflict: the name is taken in this organization.
+        """
+        sandbox = self._new_sandbox(organization_id, request)
+        self.store.add(sandbox)
+        await self.events.sandbox_created(sandbox)
+        return await self._run(sandbox.id, lambda: self._boot(sandbox))
+
+    def _new_sandbox(self, organization_id: str, req: SandboxCreate) -> Sandbox:
+        snapshot = self._resolve_snapshot(req)
+        resources = validation.requested_resources(req, self.settings)
+        validation.check_labels(req.labels)
+        validation.check_network(req.network_allow_list)
+        if req.volumes:
+            raise BadRequest("Volumes are not supported by this server yet")
+        sandbox_id = str(uuid.uuid4())
+        s = self.settings
+        return Sandbox(
+            id=sandbox_id,
+            organization_id=organization_id,
+            name=req.name or sandbox_id,
+            snapshot=snapshot,
+            user=req.user or "daytona",
+            resources=resources,
+            env=dict(req.env),
+            labels=dict(req.labels),
+            public=req.public,
+            target=req.target or "local",
+            network_block_all=req.network_block_all,
+            network_allow_list=req.network_allow_list,
+            domain_allow_list=req.domain_allow_list,
+            auto_stop_interval=_pick(req.auto_stop_interval, s.default_auto_stop_interval),
+            auto_archive_interval=_pick(
+                req.auto_archive_interval, s.default_auto_archive_interval
+            ),
+            auto_delete_interval=_pick(req.auto_delete_interval, s.default_auto_delete_interval),
+        )
+
+    def _resolve_snapshot(self, req: SandboxCreate) -> str:
+        if req.build_info is not None:
+            image = validation.image_from_dockerfile(req.build_info.dockerfile_content)
+            if not self.runtime.has_snapshot(image):
+                raise BadRequest(
+                    f"Image '{image}' cannot be provided: this server has no registry access "
+                    f"and no local snapshot of that name (available: "
+                    f"{self.settings.default_snapshot})"
+                )
+            return image
+        name = req.snapshot or self.settings.default_snapshot
+        if not self.runtime.has_snapshot(name):
+            raise BadRequest(f"Snapshot '{name}' not found")
+        return name
+
+    async def _boot(self, sandbox: Sandbox) -> Sandbox:
+        spec = self._spec(sandbox)
+        try:
+            await asyncio.to_thread(self.runtime.create, spec)
+            await asyncio.to_thread(self.runtime.start, spec)
+        except CoveError as exc:
+            await self._cleanup_quietly(sandbox.id)
+            return await self._fail(sandbox, f"create failed: {exc.message}", recoverable=True)
+        return await self._set_state(sandbox, S.STARTED)
+
+    # ---- start / stop --------------------------------------------------
+
+    async def start(self, organization_id: str, id_or_name: str) -> Sandbox:
+        sandbox = self.get(organization_id, id_or_name)
+        return await self._run(sandbox.id, lambda: self._start(sandbox.id))
+
+    async def _start(self, sandbox_id: str) -> Sandbox:
+        sandbox = self.store.get_by_id(sandbox_id)
+        if sandbox.state is S.STARTED:
+            return sandbox
+        if sandbox.state is S.ARCHIVED:
+            return await self._restore_and_start(sandbox)
+        if sandbox.state is not S.STOPPED:
+            raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot start it")
+        await self._set_state(sandbox, S.STARTING)
+        try:
+            await asyncio.to_thread(self.runtime.start, self._spec(sandbox))
+        except CoveError as exc:
+            return await self._fail(sandbox, f"start failed: {exc.message}", recoverable=True)
+        return await self._set_state(sandbox, S.STARTED)
+
+    async def _restore_and_start(self, sandbox: Sandbox) -> Sandbox:
+        await self._set_state(sandbox, S.RESTORING)
+        spec = self._spec(sandbox)
+        try:
+            await asyncio.to_thread(self.runtime.restore, spec)
+            await asyncio.to_thread(self.runtime.start, spec)
+        except CoveError as exc:
+            return await self._fail(sandbox, f"restore failed: {exc.message}", recoverable=True)
+        return await self._set_state(sandbox, S.STARTED)
+
+    async def stop(self, organization_id: str, id_or_name: str, *, force: bool = False) -> Sandbox:
+        sandbox = self.get(organization_id, id_or_name)
+        return await self._run(sandbox.id, lambda: self._stop(sandbox.id, force=force))
+
+    async def _stop(self, sandbox_id: str, *, force: bool) -> Sandbox:
+        sandbox = self.store.get_by_id(sandbox_id)
+        if sandbox.state in (S.STOPPED, S.ARCHIVED):
+            return sandbox
+        if sandbox.state is not S.STARTED:
+            raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot stop it")
+        await self._set_state(sandbox, S.STOPPING)
+        try:
+            await asyncio.to_thread(self.runtime.stop, sandbox.id, force=force)
+        except CoveError as exc:
+            return await self._fail(sandbox, f"stop failed: {exc.message}", recoverable=True)
+        await self._set_state(sandbox, S.STOPPED)
+        if sandbox.auto_delete_interval == 0:
+            return await self._destroy(sandbox.id)
+        return sandbox
+
+    # ---- archive / recover / resize -----------------------------------
+
+    async def archive(self, organization_id: str, id_or_name: str) -> Sandbox:
+        """Pack a sandbox's files into the archive store; a started one is stopped first."""
+        sandbox = self.get(organization_id, id_or_name)
+        return await self._run(sandbox.id, lambda: self._archive(sandbox.id))
+
+    async def _archive(self, sandbox_id: str) -> Sandbox:
+        sandbox = self.store.get_by_id(sandbox_id)
+        if sandbox.state is S.ARCHIVED:
+            return sandbox
+        if sandbox.state is S.STARTED:
+            sandbox = await self._stop(sandbox_id, force=False)
+            if sandbox.state is not S.STOPPED:
+                return sandbox
+        if sandbox.state is not S.STOPPED:
+            raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot archive it")
+        await self._set_state(sandbox, S.ARCHIVING)
+        try:
+            await asyncio.to_thread(self.runtime.archive, sandbox.id)
+        except CoveError as exc:
+            return await self._fail(sandbox, f"archive failed: {exc.message}", recoverable=True)
+        return await self._set_state(sandbox, S.ARCHIVED)
+
+    async def recover(self, organization_id: str, id_or_name: str) -> Sandbox:
+        """Bring an ``error`` sandbox back to ``started``; on any other state, act as start."""
+        sandbox = self.get(organization_id, id_or_name)
+        return await self._run(sandbox.id, lambda: self._recover(sandbox.id))
+
+    async def _recover(self, sandbox_id: str) -> Sandbox:
+        sandbox = self.store.get_by_id(sandbox_id)
+        if sandbox.state is not S.ERROR:
+            return await self._start(sandbox_id)
+        status = await asyncio.to_thread(self.runtime.status, sandbox.id)
+        if status is ContainerStatus.ARCHIVED:
+            return await self._restore_and_start(sandbox)
+        await self._cleanup_quietly(sandbox.id, destroy=False)
+        await self._set_state(sandbox, S.STARTING)
+        spec = self._spec(sandbox)
+        try:
+            if status is ContainerStatus.ABSENT:
+                await asyncio.to_thread(self.runtime.create, spec)
+            await asyncio.to_thread(self.runtime.start, spec)
+        except CoveError as exc:
+            return await self._fail(sandbox, f"recover failed: {exc.message}", recoverable=True)
+        return await self._set_state(sandbox, S.STARTED)
+
+    async def resize(
+        self, organization_id: str, id_or_name: str, request: SandboxResize
+    ) -> Sandbox:
+        """Change resources: a started sandbox may grow CPU and memory; anything else
+        needs it stopped (or archived).
+
+        Raises:
+            QuotaExceeded: above the limits.
+            BadRequest: a change that needs the sandbox stopped.
+        """
+        sandbox = self.get(organization_id, id_or_name)
+        return await self._run(sandbox.id, lambda: self._resize(sandbox.id, request))
+
+    async def _resize(self, sandbox_id: str, request: SandboxResize) -> Sandbox:
+        sandbox = self.store.get_by_id(sandbox_id)
+        new = validation.resized(sandbox.resources, request, self.settings)
+        if new == sandbox.resources:
+            return sandbox
+        live = sandbox.state is S.STARTED
+        if live:
+            validation.check_live_resize(sandbox.resources, new)
+        elif sandbox.state not in (S.STOPPED, S.ARCHIVED):
+            raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot resize it")
+        before = sandbox.state
+        await self._set_state(sandbox, S.RESIZING)
+        try:
+            await asyncio.to_thread(self.runtime.resize, sandbox.id, new, live=live)
+        except CoveError as exc:
+            await self._set_state(sandbox, before)
+            raise BadRequest(f"resize failed: {exc.message}") from exc
+        sandbox.resources = new
+        return await self._set_state(sandbox, before)
+
+    # ---- destroy -------------------------------------------------------
+
+    async def destroy(self, organization_id: str, id_or_name: str) -> Sandbox:
+        sandbox = self.get(organization_id, id_or_name)
+        return await self._run(sandbox.id, lambda: self._destroy(sandbox.id))
+
+    async def _destroy(self, sandbox_id: str) -> Sandbox:
+        sandbox = self.store.get_by_id(sandbox_id)
+        await self._set_state(sandbox, S.DESTROYING)
+        try:
+            await asyncio.to_thread(self.runtime.destroy, sandbox.id)
+        except CoveError as exc:
+            return await self._fail(sandbox, f"delete failed: {exc.message}", recoverable=False)
+        old = sandbox.state
+        transition(sandbox, S.DESTROYED)
+        self.store.remove(sandbox.id)
+        self._locks.pop(sandbox.id, None)
+        await self.events.sandbox_state_updated(sandbox, old)
+        return sandbox
+
+    # ---- settings on a live record --------------------------------------
+
+    async def update(
+        self, organization_id: str, id_or_name: str, **fields: object
+    ) -> Sandbox:
+        """Change plain fields (labels, intervals, public) of a sandbox."""
+        sandbox = self.get(organization_id, id_or_name)
+
+        async def apply() -> Sandbox:
+            current = self.store.get_by_id(sandbox.id)
+            if "labels" in fields:
+                validation.check_labels(fields["labels"])  # type: ignore[arg-type]
+            for key, value in fields.items():
+                setattr(current, key, value)
+            current.updated_at = utcnow()
+            self.store.save(current)
+            return current
+
+        return await self._run(sandbox.id, apply)
+
+    def touch(self, organization_id: str, id_or_name: str) -> None:
+        """Record user activity (resets the auto-stop timer)."""
+        sandbox = self.get(organization_id, id_or_name)
+        sandbox.last_activity_at = utcnow()
+        self.store.save(sandbox)
+
+    # ---- plumbing ------------------------------------------------------
+
+    def _spec(self, sandbox: Sandbox) -> ContainerSpec:
+        return ContainerSpec(
+            sandbox_id=sandbox.id,
+            hostname=sandbox.name,
+            snapshot=sandbox.snapshot,
+            resources=sandbox.resources,
+            env=dict(sandbox.env),
+            user=sandbox.user,
+        )
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    async def _run(self, sandbox_id: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` under the sandbox's lock in a task the caller cannot cancel."""
+
+        async def locked() -> T:
+            async with self._lock(sandbox_id):
+                return await op()
+
+        task = asyncio.ensure_future(locked())
+        self._tasks.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+        return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Wait for every operation under way (server shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _set_state(self, sandbox: Sandbox, new: SandboxState) -> Sandbox:
+        old = sandbox.state
+        transition(sandbox, new)
+        self.store.save(sandbox)
+        await self.events.sandbox_state_updated(sandbox, old)
+        return sandbox
+
+    async def _fail(self, sandbox: Sandbox, reason: str, *, recoverable: bool) -> Sandbox:
+        log.warning("sandbox %s failed: %s", sandbox.id, reason)
+        old = sandbox.state
+        transition(sandbox, S.ERROR, reason=reason)
+        sandbox.recoverable = recoverable
+        self.store.save(sandbox)
+        await self.events.sandbox_state_updated(sandbox, old)
+        return sandbox
+
+    async def _cleanup_quietly(self, sandbox_id: str, *, destroy: bool = True) -> None:
+        """Best-effort removal of runtime leftovers after a failure."""
+        op = self.runtime.destroy if destroy else self.runtime.stop
+        try:
+            await asyncio.to_thread(op, sandbox_id)
+        except CoveError as exc:
+            log.error("cleanup of sandbox %s failed: %s", sandbox_id, exc.message)
+
+
+def _pick(value: int | None, default: int) -> int:
+    return default if value is None else value
+

@@ -1,0 +1,192 @@
+"""The seams between the domain and the outside world.
+
+``core`` talks to the isolation backend only through :class:`Runtime` and to
+storage only through :class:`SandboxStore`. Real implementations live in
+``cove.runtime`` and ``cove.store``; ``cove.runtime.fake`` is an in-memory
+runtime for fast unit tests of ``core`` and ``api`` only.
+
+Runtime methods are synchronous and may block (they run processes and touch
+the filesystem); the lifecycle service calls them from worker threads. Every
+method raises :class:`cove.errors.RuntimeBackendError` (never
+``CalledProcessError`` or ``OSError``) when the backend fails.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from cove.core.sandbox import Sandbox, SandboxState
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per-sandbox limits, in Daytona's units: vCPUs and GiB."""
+
+    cpu: int
+    memory: int
+    disk: int
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything the runtime needs to bring one sandbox's container up."""
+
+    sandbox_id: str
+    hostname: str
+    snapshot: str
+    resources: Resources
+    env: Mapping[str, str] = field(default_factory=dict)
+    user: str = "daytona"
+
+
+class ContainerStatus(enum.StrEnum):
+    """What is really on the host for one sandbox."""
+
+    RUNNING = "running"  # the container's init process is alive
+    PAUSED = "paused"  # alive but frozen
+    STOPPED = "stopped"  # its writable layer exists, no process runs
+    ARCHIVED = "archived"  # only its archive exists
+    ABSENT = "absent"  # nothing of it is on the host
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    cpu_usage_ns: int
+    memory_bytes: int
+    pids: int
+
+
+class Runtime(Protocol):
+    """Runs sandboxes as isolated containers.
+
+    All methods are idempotent where that makes sense (stop on a stopped
+    sandbox, destroy on an absent one) so that reconciliation after a crash
+    can simply call them again.
+    """
+
+    def has_snapshot(self, name: str) -> bool:
+        """Whether a read-only root filesystem called ``name`` is available."""
+
+    def create(self, spec: ContainerSpec) -> None:
+        """Prepare the sandbox's writable layer (capped at ``disk`` GiB); start nothing.
+
+        Raises:
+            RuntimeBackendError: the layer could not be made; nothing is left behind.
+        """
+
+    def start(self, spec: ContainerSpec) -> None:
+        """Mount the root filesystem and run the container's init process.
+
+        Raises:
+            RuntimeBackendError: it did not start; no process or mount is left behind.
+        """
+
+    def stop(self, sandbox_id: str, *, force: bool = False) -> None:
+        """Kill every process of the sandbox and unmount its rootfs; keep its files.
+
+        Without ``force`` processes get SIGTERM and a grace period first.
+        """
+
+    def destroy(self, sandbox_id: str) -> None:
+        """Remove everything the sandbox owns: processes, mounts, cgroups, files, archive."""
+
+    def archive(self, sandbox_id: str) -> int:
+        """Pack the (stopped) sandbox's writable layer into the archive store and free
+        the live copy. Returns the archive's size in bytes."""
+
+    def restore(self, spec: ContainerSpec) -> None:
+        """Recreate the writable layer of an archived sandbox from its archive.
+
+        The archive is verified before anything is replaced; a broken archive
+        raises RuntimeBackendError and is kept.
+        """
+
+    def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
+        """Apply new limits. ``live``: CPU and memory of a running container, no
+        restart. Otherwise the sandbox is stopped and the disk may change too."""
+
+    def status(self, sandbox_id: str) -> ContainerStatus:
+        """What is really on the host for this sandbox."""
+
+    def list_ids(self) -> set[str]:
+        """Ids of every sandbox that has anything on the host."""
+
+    def exec(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run ``argv`` inside the running sandbox and wait for it."""
+
+    def stats(self, sandbox_id: str) -> ContainerStats:
+        """Current usage of a running sandbox."""
+
+
+class SandboxStore(Protocol):
+    """Persistence of sandbox records (and nothing else)."""
+
+    def add(self, sandbox: Sandbox) -> None:
+        """Insert a new record. Raises Conflict if the name is taken in its organization."""
+
+    def get(self, organization_id: str, id_or_name: str) -> Sandbox:
+        """Raises NotFound."""
+
+    def get_by_id(self, sandbox_id: str) -> Sandbox:
+        """Raises NotFound."""
+
+    def save(self, sandbox: Sandbox) -> None:
+        """Write back every field of an existing record."""
+
+    def remove(self, sandbox_id: str) -> None: ...
+
+    def list(
+        self,
+        organization_id: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        states: Sequence[SandboxState] | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[Sandbox], str | None]:
+        """A page of sandboxes, oldest first, and the cursor of the next page."""
+
+    def all(self) -> list[Sandbox]:
+        """Every sandbox of every organization (for reconciliation)."""
+
+
+class EventSink(Protocol):
+    """Where lifecycle events go (Socket.IO in the server, a list in tests)."""
+
+    async def sandbox_created(self, sandbox: Sandbox) -> None: ...
+
+    async def sandbox_state_updated(self, sandbox: Sandbox, old_state: SandboxState) -> None: ...
+
+
+class KeyStore(Protocol):
+    """Organizations and the hashes of their API keys."""
+
+    def ensure_organization(self, name: str) -> str:
+        """The id of the organization called ``name``, created if missing."""
+
+    def add_key(self, *, organization_id: str, name: str, key_hash: str) -> None: ...
+
+    def organization_for(self, key_hash: str) -> str | None:
+        """The organization a key belongs to, or None for an unknown key."""
+
+    def count_keys(self) -> int: ...

@@ -1,0 +1,84 @@
+"""Make the records match what is really on the host.
+
+Runs when the server starts (after a clean exit, a crash or ``kill -9``) and
+periodically while it runs. Running sandboxes are adopted as they are; a
+sandbox whose container died is reported ``stopped`` (its files are intact) or
+``error`` (they are gone), never ``started``; operations a crash interrupted
+are finished or rolled back; leftovers nobody owns are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from cove.core.lifecycle import LifecycleService
+from cove.core.ports import ContainerStatus
+from cove.core.sandbox import Sandbox, SandboxState
+from cove.errors import CoveError
+
+S = SandboxState
+C = ContainerStatus
+log = logging.getLogger(__name__)
+
+# Where a sandbox whose host status is known ends up, by recorded state.
+_AT_REST: dict[ContainerStatus, SandboxState] = {
+    C.RUNNING: S.STARTED,
+    C.PAUSED: S.STARTED,
+    C.STOPPED: S.STOPPED,
+    C.ARCHIVED: S.ARCHIVED,
+}
+
+
+async def reconcile(service: LifecycleService, *, remove_orphans: bool = True) -> None:
+    """Reconcile every sandbox record with the host, then remove orphans."""
+    sandboxes = service.store.all()
+    for sandbox in sandboxes:
+        try:
+            await service._run(sandbox.id, lambda sb=sandbox: _reconcile_one(service, sb.id))
+        except CoveError as exc:
+            log.error("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
+    if remove_orphans:
+        await _remove_orphans(service, {sb.id for sb in sandboxes})
+
+
+async def _reconcile_one(service: LifecycleService, sandbox_id: str) -> None:
+    sandbox = service.store.get_by_id(sandbox_id)
+    runtime = service.runtime
+    if sandbox.state is S.DESTROYING:
+        await service._destroy(sandbox.id)
+        return
+    if sandbox.state is S.CREATING:
+        await asyncio.to_thread(runtime.destroy, sandbox.id)
+        await service._fail(sandbox, "creation was interrupted by a server restart", recoverable=True)
+        return
+    status = await asyncio.to_thread(runtime.status, sandbox.id)
+    if sandbox.state is S.STOPPING or (sandbox.state is S.STOPPED and status is C.RUNNING):
+        await asyncio.to_thread(runtime.stop, sandbox.id, force=True)
+        status = await asyncio.to_thread(runtime.status, sandbox.id)
+    elif status not in (C.RUNNING, C.PAUSED):
+        # Nothing runs: clear what a dead container or interrupted start left mounted.
+        await asyncio.to_thread(runtime.stop, sandbox.id, force=True)
+    await _settle(service, sandbox, status)
+
+
+async def _settle(service: LifecycleService, sandbox: Sandbox, status: ContainerStatus) -> None:
+    if status is C.ABSENT:
+        if sandbox.state is not S.ERROR:
+            await service._fail(sandbox, "the sandbox's files are missing on the host", recoverable=False)
+        return
+    target = _AT_REST[status]
+    if sandbox.state is S.ERROR or sandbox.state is target:
+        return
+    if sandbox.state is S.ARCHIVED and status is not C.ARCHIVED:
+        await service._fail(sandbox, "the sandbox's archive is missing", recoverable=True)
+        return
+    log.info("sandbox %s: %s -> %s (host says %s)", sandbox.id, sandbox.state, target, status)
+    await service._set_state(sandbox, target)
+
+
+async def _remove_orphans(service: LifecycleService, known: set[str]) -> None:
+    orphans = await asyncio.to_thread(service.runtime.list_ids)
+    for sandbox_id in orphans - known:
+        log.warning("removing leftovers of unknown sandbox %s", sandbox_id)
+        await service._cleanup_quietly(sandbox_id)

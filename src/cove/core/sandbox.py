@@ -1,0 +1,148 @@
+"""The sandbox entity and its lifecycle state machine.
+
+Only :class:`cove.core.lifecycle.LifecycleService` changes a sandbox's state,
+and only through :func:`transition`, which refuses anything not in
+:data:`ALLOWED`::
+
+    creating ──► started ◄──────── starting ◄──┐
+        │          │  ▲                          │
+        │          │  └─ resizing                │
+        │          ▼                             │
+        │       stopping ──► stopped ────────────┤
+        │                      │                 │
+        │                      ▼                 │
+        │                  archiving ──► archived ──► restoring ──► started
+        ▼
+      error ──► starting (recover) / destroying ──► destroyed
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cove.core.ports import Resources
+from cove.errors import InvalidState
+
+
+class SandboxState(enum.StrEnum):
+    CREATING = "creating"
+    STARTING = "starting"
+    STARTED = "started"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    RESIZING = "resizing"
+    ARCHIVING = "archiving"
+    ARCHIVED = "archived"
+    RESTORING = "restoring"
+    DESTROYING = "destroying"
+    DESTROYED = "destroyed"
+    ERROR = "error"
+
+
+S = SandboxState
+
+# Every transition the lifecycle may make. Anything else raises InvalidState.
+ALLOWED: dict[SandboxState, frozenset[SandboxState]] = {
+    S.CREATING: frozenset({S.STARTED, S.ERROR, S.DESTROYING}),
+    S.STARTING: frozenset({S.STARTED, S.STOPPED, S.ERROR}),
+    S.STARTED: frozenset({S.STOPPING, S.RESIZING, S.DESTROYING, S.STOPPED, S.ERROR}),
+    S.RESIZING: frozenset({S.STARTED, S.STOPPED, S.ARCHIVED, S.ERROR}),
+    S.STOPPING: frozenset({S.STOPPED, S.ERROR}),
+    S.STOPPED: frozenset({S.STARTING, S.RESIZING, S.ARCHIVING, S.DESTROYING, S.ERROR}),
+    S.ARCHIVING: frozenset({S.ARCHIVED, S.STOPPED, S.ERROR}),
+    S.ARCHIVED: frozenset({S.RESTORING, S.RESIZING, S.DESTROYING, S.ERROR}),
+    S.RESTORING: frozenset({S.STARTED, S.STOPPED, S.ARCHIVED, S.ERROR}),
+    S.ERROR: frozenset({S.STARTING, S.RESTORING, S.STOPPED, S.DESTROYING, S.ERROR}),
+    S.DESTROYING: frozenset({S.DESTROYED, S.ERROR}),
+    S.DESTROYED: frozenset(),
+}
+
+# States in which an operation is under way; a crash leaves these to reconcile.
+TRANSITIONAL: frozenset[SandboxState] = frozenset(
+    {S.CREATING, S.STARTING, S.STOPPING, S.RESIZING, S.ARCHIVING, S.RESTORING, S.DESTROYING}
+)
+
+# What the state is heading for, as Daytona's `desiredState` reports it.
+DESIRED: dict[SandboxState, str] = {
+    S.CREATING: "started",
+    S.STARTING: "started",
+    S.STARTED: "started",
+    S.RESIZING: "resized",
+    S.STOPPING: "stopped",
+    S.STOPPED: "stopped",
+    S.ARCHIVING: "archived",
+    S.ARCHIVED: "archived",
+    S.RESTORING: "started",
+    S.DESTROYING: "destroyed",
+    S.DESTROYED: "destroyed",
+    S.ERROR: "started",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Sandbox:
+    """One sandbox as the domain sees it (no runtime internals)."""
+
+    id: str
+    organization_id: str
+    name: str
+    snapshot: str
+    user: str
+    resources: Resources
+    state: SandboxState = S.CREATING
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    public: bool = False
+    target: str = "local"
+    network_block_all: bool = False
+    network_allow_list: str | None = None
+    domain_allow_list: str | None = None
+    auto_stop_interval: int = 15
+    auto_archive_interval: int = 7 * 24 * 60
+    auto_delete_interval: int = -1
+    error_reason: str | None = None
+    recoverable: bool = False
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    last_activity_at: datetime = field(default_factory=utcnow)
+    state_changed_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def desired_state(self) -> str:
+        return DESIRED[self.state]
+
+
+def can_transition(current: SandboxState, new: SandboxState) -> bool:
+    return new in ALLOWED[current]
+
+
+def transition(sandbox: Sandbox, new: SandboxState, *, reason: str | None = None) -> None:
+    """Move ``sandbox`` to ``new`` or raise InvalidState.
+
+    Args:
+        sandbox: the entity to change in place.
+        new: the target state.
+        reason: why it failed; only for ``error``.
+
+    Raises:
+        InvalidState: ``new`` is not reachable from the current state.
+    """
+    if not can_transition(sandbox.state, new):
+        raise InvalidState(
+            f"Sandbox {sandbox.id} cannot go from '{sandbox.state}' to '{new}'"
+        )
+    now = utcnow()
+    sandbox.state = new
+    sandbox.updated_at = now
+    sandbox.state_changed_at = now
+    if new is S.ERROR:
+        sandbox.error_reason = reason or "unknown error"
+    else:
+        sandbox.error_reason = None
+        sandbox.recoverable = False

@@ -1,0 +1,112 @@
+"""Turning a create or resize request into something the lifecycle can act on.
+
+Everything here runs before anything is created, so bad input never leaves a
+half-made sandbox behind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from cove.core.config import Settings
+from cove.core.ports import Resources
+from cove.errors import BadRequest, QuotaExceeded
+from cove.schemas.sandbox import SandboxCreate, SandboxResize
+
+LANGUAGE_LABEL = "code-toolbox-language"
+LANGUAGES = frozenset({"python", "typescript", "javascript"})
+MAX_ALLOW_LIST = 10
+_FROM_LINE = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+\S+)?\s*$", re.I)
+
+
+def check_limits(resources: Resources, settings: Settings) -> None:
+    """Raise QuotaExceeded when a resource is outside 1..max."""
+    limits = {
+        "cpu": (resources.cpu, settings.max_cpu, "vCPUs"),
+        "memory": (resources.memory, settings.max_memory, "GiB of memory"),
+        "disk": (resources.disk, settings.max_disk, "GiB of disk"),
+    }
+    for name, (value, maximum, unit) in limits.items():
+        if value < 1:
+            raise QuotaExceeded(f"{name} must be at least 1, got {value}")
+        if value > maximum:
+            raise QuotaExceeded(
+                f"{name} {value} exceeds the per-sandbox limit of {maximum} {unit}"
+            )
+
+
+def requested_resources(req: SandboxCreate, settings: Settings) -> Resources:
+    resources = Resources(
+        cpu=req.cpu if req.cpu is not None else settings.default_cpu,
+        memory=req.memory if req.memory is not None else settings.default_memory,
+        disk=req.disk if req.disk is not None else settings.default_disk,
+    )
+    if req.gpu:
+        raise BadRequest("GPUs are not available on this server")
+    check_limits(resources, settings)
+    return resources
+
+
+def image_from_dockerfile(dockerfile: str) -> str:
+    """The image named by a Dockerfile that is nothing but ``FROM <image>``.
+
+    Raises:
+        BadRequest: the Dockerfile does more than name an image.
+    """
+    lines = [
+        line
+        for line in dockerfile.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    match = _FROM_LINE.match(lines[0]) if len(lines) == 1 else None
+    if match is None:
+        raise BadRequest(
+            "Building images from Dockerfiles is not supported by this server; "
+            "use a plain image name that is available locally (a snapshot name)"
+        )
+    return match.group(1)
+
+
+def check_labels(labels: dict[str, str]) -> None:
+    language = labels.get(LANGUAGE_LABEL)
+    if language is not None and language not in LANGUAGES:
+        raise BadRequest(
+            f"label {LANGUAGE_LABEL} must be one of {', '.join(sorted(LANGUAGES))}"
+        )
+
+
+def check_network(allow_list: str | None) -> None:
+    """Validate a comma-separated CIDR allow-list (at most 10 entries)."""
+    if not allow_list:
+        return
+    entries = [e.strip() for e in allow_list.split(",") if e.strip()]
+    if len(entries) > MAX_ALLOW_LIST:
+        raise BadRequest(f"networkAllowList takes at most {MAX_ALLOW_LIST} CIDRs")
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise BadRequest(f"networkAllowList: invalid CIDR '{entry}'") from exc
+
+
+def resized(current: Resources, req: SandboxResize, settings: Settings) -> Resources:
+    new = Resources(
+        cpu=req.cpu if req.cpu is not None else current.cpu,
+        memory=req.memory if req.memory is not None else current.memory,
+        disk=req.disk if req.disk is not None else current.disk,
+    )
+    if req.gpu:
+        raise BadRequest("GPUs are not available on this server")
+    check_limits(new, settings)
+    return new
+
+
+def check_live_resize(current: Resources, new: Resources) -> None:
+    """A started sandbox may only grow its CPU and memory."""
+    if new.disk != current.disk:
+        raise BadRequest("Disk can only be resized while the sandbox is stopped")
+    if new.cpu < current.cpu or new.memory < current.memory:
+        raise BadRequest(
+            "CPU and memory can only be decreased while the sandbox is stopped"
+        )

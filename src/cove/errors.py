@@ -1,0 +1,83 @@
+"""The one error hierarchy of Cove.
+
+Catch :class:`CoveError` to catch everything Cove raises on purpose::
+
+    CoveError
+     ├── BadRequest            input that can never succeed (400)
+     │    └── QuotaExceeded    resources above the per-sandbox limits (400)
+     ├── Unauthorized          missing or wrong API key (401)
+     ├── NotFound              no such sandbox (in the caller's organization) (404)
+     ├── Conflict              a name that is already taken (409)
+     ├── InvalidState          the operation is not allowed in the current state (400)
+     ├── Timeout               an operation did not finish in time (408)
+     └── RuntimeBackendError   the isolation runtime failed (500)
+
+The HTTP layer maps these to Daytona's error envelope once (``api/errors.py``);
+the runtime translates foreign errors (``CalledProcessError``, ``OSError``)
+into :class:`RuntimeBackendError` at its seam, so ``core`` never sees them.
+"""
+
+from __future__ import annotations
+
+
+class CoveError(Exception):
+    """Root of every error Cove raises on purpose."""
+
+    status_code = 500
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(CoveError):
+    status_code = 400
+    code = "BAD_REQUEST"
+
+
+class QuotaExceeded(BadRequest):
+    code = "QUOTA_EXCEEDED"
+
+
+class Unauthorized(CoveError):
+    status_code = 401
+    code = "UNAUTHORIZED"
+
+
+class NotFound(CoveError):
+    status_code = 404
+    code = "NOT_FOUND"
+
+
+class Conflict(CoveError):
+    status_code = 409
+    code = "CONFLICT"
+
+
+class InvalidState(CoveError):
+    status_code = 400
+    code = "INVALID_STATE"
+
+
+class Timeout(CoveError):
+    status_code = 408
+    code = "TIMEOUT"
+
+
+class RuntimeBackendError(CoveError):
+    status_code = 500
+    code = "RUNTIME_ERROR"
+
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "CoveError",
+    "InvalidState",
+    "NotFound",
+    "QuotaExceeded",
+    "RuntimeBackendError",
+    "Timeout",
+    "Unauthorized",
+]

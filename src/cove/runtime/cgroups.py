@@ -1,0 +1,154 @@
+"""The host's cgroup layout, and the cgroup directories of sandboxes.
+
+Every sandbox's container lives in the cgroup ``/cove/<sandbox id>``: on a
+cgroup v2 host that is ``/sys/fs/cgroup/cove/<id>``; with cgroup v1 (and on a
+hybrid host, where crun is made to see only the v1 hierarchies) it is
+``/sys/fs/cgroup/<hierarchy>/cove/<id>`` in every hierarchy.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import functools
+import os
+from pathlib import Path
+
+from cove.core.ports import ContainerStats
+from cove.errors import RuntimeBackendError
+from cove.runtime import mounts
+
+ROOT = Path("/sys/fs/cgroup")
+PARENT = "cove"
+UNIFIED = ROOT / "unified"
+
+
+class CgroupMode(enum.Enum):
+    """How cgroups are mounted on this host."""
+
+    UNIFIED = "v2"
+    LEGACY = "v1"
+    HYBRID = "hybrid"  # v1 controllers plus cgroup2 at /sys/fs/cgroup/unified
+
+
+@functools.cache
+def mode() -> CgroupMode:
+    """Detect the host's cgroup layout (read once per process)."""
+    table = {m.point: m.fstype for m in mounts.mount_table()}
+    if table.get(str(ROOT)) == "cgroup2":
+        return CgroupMode.UNIFIED
+    if table.get(str(UNIFIED)) == "cgroup2":
+        return CgroupMode.HYBRID
+    return CgroupMode.LEGACY
+
+
+def cgroup_path(sandbox_id: str) -> str:
+    """The absolute ``cgroupsPath`` given to crun for a sandbox."""
+    return f"/{PARENT}/{sandbox_id}"
+
+
+def _v1_hierarchies() -> dict[str, Path]:
+    """Controller (or ``name=...``) → mount point of every v1 hierarchy."""
+    found: dict[str, Path] = {}
+    for m in mounts.mount_table():
+        if m.fstype != "cgroup" or not m.point.startswith(f"{ROOT}/"):
+            continue
+        for opt in m.options:
+            found.setdefault(opt, Path(m.point))
+    return found
+
+
+def hierarchy_roots() -> list[Path]:
+    """Mount points crun creates sandbox cgroups in (one for v2)."""
+    if mode() is CgroupMode.UNIFIED:
+        return [ROOT]
+    return sorted({p for p in _v1_hierarchies().values()})
+
+
+def controller_dir(sandbox_id: str, controller: str) -> Path:
+    """The directory holding ``controller``'s files for a sandbox.
+
+    Args:
+        sandbox_id: The sandbox.
+        controller: A v1 controller name such as ``memory``, ``cpu``, ``cpuacct``,
+            ``pids``; ignored on a v2 host.
+    """
+    if mode() is CgroupMode.UNIFIED:
+        return ROOT / PARENT / sandbox_id
+    root = _v1_hierarchies().get(controller, ROOT / controller)
+    return root / PARENT / sandbox_id
+
+
+def sandbox_dirs(sandbox_id: str) -> list[Path]:
+    """Every existing cgroup directory of one sandbox."""
+    dirs = [root / PARENT / sandbox_id for root in hierarchy_roots()]
+    return [d for d in dirs if d.is_dir()]
+
+
+def remove(sandbox_id: str) -> None:
+    """Remove a sandbox's (empty) cgroups, then the ``cove`` parents left empty.
+
+    Busy directories (a process still in them) are left alone.
+    """
+    for d in [r / PARENT / sandbox_id for r in hierarchy_roots()]:
+        _rmdir(d)
+    remove_empty_parents()
+
+
+def remove_empty_parents() -> None:
+    """Remove every ``cove`` parent cgroup that no longer has a child."""
+    roots = hierarchy_roots()
+    if mode() is CgroupMode.HYBRID:
+        roots.append(UNIFIED)
+    for root in roots:
+        parent = root / PARENT
+        if parent.is_dir() and not any(p.is_dir() for p in parent.iterdir()):
+            _rmdir(parent)
+
+
+def _rmdir(path: Path) -> None:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+            raise RuntimeBackendError(f"rmdir {path}: {exc.strerror}") from exc
+
+
+def stats(sandbox_id: str) -> ContainerStats:
+    """CPU time, memory in use (without inactive page cache) and task count.
+
+    Raises:
+        RuntimeBackendError: the sandbox has no cgroup (it is not running).
+    """
+    try:
+        if mode() is CgroupMode.UNIFIED:
+            return _stats_v2(controller_dir(sandbox_id, ""))
+        return _stats_v1(sandbox_id)
+    except (OSError, ValueError) as exc:
+        raise RuntimeBackendError(f"no cgroup stats for {sandbox_id}: {exc}") from exc
+
+
+def _keyed(path: Path) -> dict[str, int]:
+    pairs = (line.split() for line in path.read_text().splitlines())
+    return {p[0]: int(p[1]) for p in pairs if len(p) == 2}
+
+
+def _int(path: Path) -> int:
+    return int(path.read_text().split()[0])
+
+
+def _stats_v2(d: Path) -> ContainerStats:
+    cpu = _keyed(d / "cpu.stat")["usage_usec"] * 1000
+    mem = _int(d / "memory.current") - _keyed(d / "memory.stat").get("inactive_file", 0)
+    return ContainerStats(cpu_usage_ns=cpu, memory_bytes=max(mem, 0), pids=_int(d / "pids.current"))
+
+
+def _stats_v1(sandbox_id: str) -> ContainerStats:
+    cpu = _int(controller_dir(sandbox_id, "cpuacct") / "cpuacct.usage")
+    memdir = controller_dir(sandbox_id, "memory")
+    inactive = _keyed(memdir / "memory.stat").get("total_inactive_file", 0)
+    mem = _int(memdir / "memory.usage_in_bytes") - inactive
+    pids = _int(controller_dir(sandbox_id, "pids") / "pids.current")
+    return ContainerStats(cpu_usage_ns=cpu, memory_bytes=max(mem, 0), pids=pids)

@@ -1,0 +1,103 @@
+"""An in-memory Runtime for fast unit tests of ``core`` and ``api``.
+
+Never the default: ``cove serve`` always runs real containers. Failures can be
+injected per method with ``fail_on``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cove.core.ports import ContainerSpec, ContainerStats, ContainerStatus, ExecResult, Resources
+from cove.errors import RuntimeBackendError
+
+C = ContainerStatus
+
+
+@dataclass
+class _Box:
+    status: ContainerStatus
+    resources: Resources
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+class FakeRuntime:
+    """Keeps each sandbox's status and files in a dict."""
+
+    def __init__(self, snapshots: Sequence[str] = ("cove-default",)) -> None:
+        self.snapshots = set(snapshots)
+        self.boxes: dict[str, _Box] = {}
+        self.archives: dict[str, dict[str, bytes]] = {}
+        self.fail_on: dict[str, str] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def _check(self, method: str, sandbox_id: str) -> None:
+        self.calls.append((method, sandbox_id))
+        if method in self.fail_on:
+            raise RuntimeBackendError(self.fail_on[method])
+
+    def has_snapshot(self, name: str) -> bool:
+        return name in self.snapshots
+
+    def create(self, spec: ContainerSpec) -> None:
+        self._check("create", spec.sandbox_id)
+        self.boxes[spec.sandbox_id] = _Box(C.STOPPED, spec.resources)
+
+    def start(self, spec: ContainerSpec) -> None:
+        self._check("start", spec.sandbox_id)
+        box = self.boxes.get(spec.sandbox_id)
+        if box is None:
+            raise RuntimeBackendError(f"no filesystem for {spec.sandbox_id}")
+        box.status = C.RUNNING
+
+    def stop(self, sandbox_id: str, *, force: bool = False) -> None:
+        self._check("stop", sandbox_id)
+        box = self.boxes.get(sandbox_id)
+        if box is not None:
+            box.status = C.STOPPED
+
+    def destroy(self, sandbox_id: str) -> None:
+        self._check("destroy", sandbox_id)
+        self.boxes.pop(sandbox_id, None)
+        self.archives.pop(sandbox_id, None)
+
+    def archive(self, sandbox_id: str) -> int:
+        self._check("archive", sandbox_id)
+        box = self.boxes.pop(sandbox_id)
+        self.archives[sandbox_id] = box.files
+        return sum(len(v) for v in box.files.values())
+
+    def restore(self, spec: ContainerSpec) -> None:
+        self._check("restore", spec.sandbox_id)
+        files = self.archives.pop(spec.sandbox_id)
+        self.boxes[spec.sandbox_id] = _Box(C.STOPPED, spec.resources, files)
+
+    def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
+        self._check("resize", sandbox_id)
+        if sandbox_id in self.boxes:
+            self.boxes[sandbox_id].resources = resources
+
+    def status(self, sandbox_id: str) -> ContainerStatus:
+        if sandbox_id in self.boxes:
+            return self.boxes[sandbox_id].status
+        return C.ARCHIVED if sandbox_id in self.archives else C.ABSENT
+
+    def list_ids(self) -> set[str]:
+        return set(self.boxes) | set(self.archives)
+
+    def exec(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        self._check("exec", sandbox_id)
+        return ExecResult(0, " ".join(argv).encode(), b"")
+
+    def stats(self, sandbox_id: str) -> ContainerStats:
+        return ContainerStats(0, 0, 1)

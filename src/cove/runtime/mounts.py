@@ -1,0 +1,114 @@
+"""Mounting and unmounting: the ext4 image, the overlay, and cleanup helpers."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+from cove.errors import RuntimeBackendError
+from cove.runtime.proc import run
+
+_MNT_DETACH = 2
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _unescape(field: str) -> str:
+    """Undo the octal escapes of /proc/mounts (space, tab, newline, backslash)."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+class Mount(NamedTuple):
+    """One line of /proc/self/mounts."""
+
+    source: str
+    point: str
+    fstype: str
+    options: frozenset[str]
+
+
+def mount_table() -> list[Mount]:
+    """Every mount of this process's mount namespace, in mount order."""
+    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+        rows = [line.split(" ") for line in f]
+    return [
+        Mount(_unescape(r[0]), _unescape(r[1]), r[2], frozenset(r[3].split(",")))
+        for r in rows
+        if len(r) >= 4
+    ]
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether something is mounted exactly at ``path``."""
+    target = str(path)
+    return any(m.point == target for m in mount_table())
+
+
+def mounted_under(path: Path) -> list[str]:
+    """Mount points at or below ``path``, deepest last (mount order)."""
+    root = str(path).rstrip("/")
+    points = [m.point for m in mount_table()]
+    return [p for p in points if p == root or p.startswith(root + "/")]
+
+
+def unmount(path: Path) -> None:
+    """Unmount everything stacked at ``path``; no error when nothing is mounted.
+
+    Raises:
+        RuntimeBackendError: the mount is busy or cannot be removed.
+    """
+    while is_mounted(path):
+        if _libc.umount2(os.fsencode(str(path)), 0) != 0:
+            err = ctypes.get_errno()
+            if err in (errno.EINVAL, errno.ENOENT):
+                return
+            raise RuntimeBackendError(f"umount {path}: {os.strerror(err)}")
+
+
+def unmount_under(path: Path) -> None:
+    """Lazily unmount every mount at or below ``path``, deepest first."""
+    for point in reversed(mounted_under(path)):
+        _libc.umount2(os.fsencode(point), _MNT_DETACH)
+
+
+def mount_image(image: Path, target: Path) -> None:
+    """Mount the ext4 image ``image`` at ``target`` through an autoclear loop device.
+
+    Raises:
+        RuntimeBackendError: mount failed (nothing is left mounted).
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    opts = "loop,noatime,errors=remount-ro"
+    run(["mount", "-t", "ext4", "-o", opts, str(image), str(target)])
+
+
+def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
+    """Mount an overlay of the read-only ``lower`` and writable ``upper`` at ``target``.
+
+    Raises:
+        RuntimeBackendError: the overlay could not be mounted.
+    """
+    for path in (lower, upper, work):
+        if any(c in str(path) for c in ",:\\"):
+            raise RuntimeBackendError(f"overlay path has a forbidden character: {path}")
+    target.mkdir(parents=True, exist_ok=True)
+    opts = f"lowerdir={lower},upperdir={upper},workdir={work},index=off,xino=off"
+    _mount("overlay", target, "overlay", opts)
+
+
+def _mount(source: str, target: Path, fstype: str, data: str, flags: int = 0) -> None:
+    args = (source.encode(), os.fsencode(str(target)), fstype.encode(), flags, data.encode())
+    if _libc.mount(*args) != 0:
+        err = ctypes.get_errno()
+        raise RuntimeBackendError(f"mount {fstype} at {target}: {os.strerror(err)}")

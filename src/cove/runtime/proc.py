@@ -1,0 +1,57 @@
+"""Running host commands, with foreign failures turned into RuntimeBackendError."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Sequence
+
+from cove.errors import RuntimeBackendError
+
+PreExec = Callable[[], None] | None
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    check: bool = True,
+    timeout: float | None = None,
+    preexec_fn: PreExec = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` to completion, capturing its output.
+
+    Args:
+        argv: The command and its arguments.
+        input: Bytes fed to its standard input (``/dev/null`` when None).
+        check: Raise when it exits non-zero.
+        timeout: Seconds before it is killed and an error raised.
+        preexec_fn: Called in the child before exec.
+
+    Returns:
+        The completed process, stdout and stderr as bytes.
+
+    Raises:
+        RuntimeBackendError: it could not be run, timed out, or failed with ``check``.
+    """
+    try:
+        done = subprocess.run(
+            list(argv),
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            preexec_fn=preexec_fn,
+            close_fds=True,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeBackendError(f"{argv[0]} failed: {exc}") from exc
+    if check and done.returncode != 0:
+        raise RuntimeBackendError(describe_failure(argv, done.returncode, done.stderr))
+    return done
+
+
+def describe_failure(argv: Sequence[str], code: int, stderr: bytes) -> str:
+    """One readable line about a failed command."""
+    text = stderr.decode(errors="replace").strip().splitlines()
+    tail = text[-1] if text else ""
+    return f"{' '.join(argv[:3])} exited {code}: {tail}"

@@ -1,0 +1,1 @@
+"""Wire models of the Daytona-compatible API (pydantic only, no FastAPI)."""

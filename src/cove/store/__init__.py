@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy models, stores and Alembic migrations."""

@@ -1,0 +1,169 @@
+"""SQLAlchemy implementations of the stores (SQLite in WAL mode, or PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cove.core.ports import Resources
+from cove.core.sandbox import Sandbox, SandboxState
+from cove.errors import BadRequest, Conflict, NotFound
+from cove.store.models import SandboxRow
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class SqlStore:
+    """Base of the SQL stores: one session per call, committed at the end."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+
+class SqlSandboxStore(SqlStore):
+    """Implements :class:`cove.core.ports.SandboxStore`."""
+
+    def add(self, sandbox: Sandbox) -> None:
+        try:
+            with self.session() as s:
+                s.add(_to_row(sandbox, SandboxRow()))
+        except IntegrityError as exc:
+            raise Conflict(f"Sandbox with name '{sandbox.name}' already exists") from exc
+
+    def get(self, organization_id: str, id_or_name: str) -> Sandbox:
+        with self.session() as s:
+            row = s.scalars(
+                select(SandboxRow).where(
+                    SandboxRow.organization_id == organization_id,
+                    (SandboxRow.id == id_or_name) | (SandboxRow.name == id_or_name),
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"Sandbox with ID or name {id_or_name} not found")
+            return _to_entity(row)
+
+    def get_by_id(self, sandbox_id: str) -> Sandbox:
+        with self.session() as s:
+            row = s.scalars(select(SandboxRow).where(SandboxRow.id == sandbox_id)).first()
+            if row is None:
+                raise NotFound(f"Sandbox with ID {sandbox_id} not found")
+            return _to_entity(row)
+
+    def save(self, sandbox: Sandbox) -> None:
+        with self.session() as s:
+            row = s.scalars(select(SandboxRow).where(SandboxRow.id == sandbox.id)).first()
+            if row is None:
+                raise NotFound(f"Sandbox with ID {sandbox.id} not found")
+            _to_row(sandbox, row)
+
+    def remove(self, sandbox_id: str) -> None:
+        with self.session() as s:
+            row = s.scalars(select(SandboxRow).where(SandboxRow.id == sandbox_id)).first()
+            if row is not None:
+                s.delete(row)
+
+    def list(
+        self,
+        organization_id: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        states: Sequence[SandboxState] | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[Sandbox], str | None]:
+        query = select(SandboxRow).where(SandboxRow.organization_id == organization_id)
+        if states:
+            query = query.where(SandboxRow.state.in_([str(st) for st in states]))
+        if cursor:
+            query = query.where(SandboxRow.seq > _parse_cursor(cursor))
+        page: list[SandboxRow] = []
+        more = False
+        with self.session() as s:
+            for row in s.scalars(query.order_by(SandboxRow.seq)):
+                if labels and any(row.labels.get(k) != v for k, v in labels.items()):
+                    continue
+                if len(page) == limit:
+                    more = True
+                    break
+                page.append(row)
+            items = [_to_entity(row) for row in page]
+            next_cursor = str(page[-1].seq) if more and page else None
+        return items, next_cursor
+
+    def all(self) -> list[Sandbox]:
+        with self.session() as s:
+            return [_to_entity(row) for row in s.scalars(select(SandboxRow))]
+
+
+def _parse_cursor(cursor: str) -> int:
+    try:
+        return int(cursor)
+    except ValueError as exc:
+        raise BadRequest(f"invalid cursor '{cursor}'") from exc
+
+
+_PLAIN = (
+    "id organization_id name snapshot user target error_reason recoverable env labels public "
+    "network_block_all network_allow_list domain_allow_list auto_stop_interval "
+    "auto_archive_interval auto_delete_interval created_at updated_at last_activity_at "
+    "state_changed_at"
+).split()
+
+
+def _to_row(sandbox: Sandbox, row: SandboxRow) -> SandboxRow:
+    for name in _PLAIN:
+        setattr(row, name, getattr(sandbox, name))
+    row.state = str(sandbox.state)
+    row.cpu = sandbox.resources.cpu
+    row.memory = sandbox.resources.memory
+    row.disk = sandbox.resources.disk
+    return row
+
+
+def _to_entity(row: SandboxRow) -> Sandbox:
+    fields = {name: getattr(row, name) for name in _PLAIN}
+    for name in ("created_at", "updated_at", "last_activity_at", "state_changed_at"):
+        fields[name] = _aware(fields[name])
+    fields["env"] = dict(row.env)
+    fields["labels"] = dict(row.labels)
+    return Sandbox(
+        state=SandboxState(row.state),
+        resources=Resources(cpu=row.cpu, memory=row.memory, disk=row.disk),
+        **fields,
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite drops the time zone; every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
