@@ -278,7 +278,8 @@ class LifecycleService:
 
     async def _destroy(self, sandbox_id: str) -> Sandbox:
         sandbox = self.store.get_by_id(sandbox_id)
-        await self._set_state(sandbox, S.DESTROYING)
+        if sandbox.state is not S.DESTROYING:
+            await self._set_state(sandbox, S.DESTROYING)
         try:
             await asyncio.to_thread(self.runtime.destroy, sandbox.id)
         except CoveError as exc:

@@ -130,6 +130,15 @@ async def replace_labels(
     return SandboxLabels(labels=sandbox.labels)
 
 
+@router.post("/{id_or_name}/public/{is_public}")
+async def set_public(
+    id_or_name: str, is_public: bool, who: PrincipalDep, services: ServicesDep
+) -> SandboxPublic:
+    """Make a sandbox's previews public or private."""
+    sandbox = await services.lifecycle.update(who.organization_id, id_or_name, public=is_public)
+    return _public(services, sandbox)
+
+
 _INTERVALS = {
     "autostop": ("auto_stop_interval", 0),
     "autoarchive": ("auto_archive_interval", 0),
@@ -150,15 +159,6 @@ async def set_interval(
     sandbox = await services.lifecycle.update(
         who.organization_id, id_or_name, **{field: minutes}
     )
-    return _public(services, sandbox)
-
-
-@router.post("/{id_or_name}/public/{is_public}")
-async def set_public(
-    id_or_name: str, is_public: bool, who: PrincipalDep, services: ServicesDep
-) -> SandboxPublic:
-    """Make a sandbox's previews public or private."""
-    sandbox = await services.lifecycle.update(who.organization_id, id_or_name, public=is_public)
     return _public(services, sandbox)
 
 
