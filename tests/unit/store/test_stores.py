@@ -1,0 +1,82 @@
+"""The SQL stores behave the same on SQLite (WAL) and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine, text
+
+from cove.core.ports import Resources
+from cove.core.sandbox import Sandbox, SandboxState
+from cove.errors import BadRequest, Conflict, NotFound
+from cove.store.keys import SqlKeyStore
+from cove.store.sql import SqlSandboxStore
+
+
+def _sandbox(org: str, n: int, **kw: object) -> Sandbox:
+    return Sandbox(id=f"id-{n}", organization_id=org, name=f"name-{n}", snapshot="s",
+                   user="daytona", resources=Resources(1, 2, 3), **kw)
+
+
+def test_round_trip_keeps_every_field(db: Engine) -> None:
+    org = SqlKeyStore(db).ensure_organization("o")
+    store = SqlSandboxStore(db)
+    sb = _sandbox(org, 1, labels={"a": "ü"}, env={"X": "1"}, public=True,
+                  network_allow_list="10.0.0.0/8", auto_delete_interval=0,
+                  state=SandboxState.ERROR, error_reason="why", recoverable=True)
+    store.add(sb)
+    got = store.get(org, "name-1")
+    assert got == sb
+    assert got.created_at.tzinfo is not None and got.created_at == sb.created_at
+    got.resources = Resources(4, 8, 10)
+    got.last_activity_at = datetime(2030, 1, 1, tzinfo=UTC)
+    store.save(got)
+    assert store.get_by_id("id-1") == got
+
+
+def test_names_are_unique_per_organization_only(db: Engine) -> None:
+    keys = SqlKeyStore(db)
+    a, b = keys.ensure_organization("a"), keys.ensure_organization("b")
+    store = SqlSandboxStore(db)
+    store.add(_sandbox(a, 1))
+    with pytest.raises(Conflict):
+        store.add(Sandbox(**{**_sandbox(a, 2).__dict__, "name": "name-1"}))
+    store.add(Sandbox(**{**_sandbox(b, 3).__dict__, "name": "name-1"}))
+    with pytest.raises(NotFound):
+        store.get(b, "id-1")
+    assert store.get(b, "name-1").id == "id-3"
+
+
+def test_list_pages_filters_and_removes(db: Engine) -> None:
+    org = SqlKeyStore(db).ensure_organization("o")
+    store = SqlSandboxStore(db)
+    for n in range(5):
+        store.add(_sandbox(org, n, labels={"k": "v" if n % 2 == 0 else "w"}))
+    page, cursor = store.list(org, labels={"k": "v"}, limit=2)
+    assert [s.id for s in page] == ["id-0", "id-2"] and cursor
+    page, cursor = store.list(org, labels={"k": "v"}, limit=2, cursor=cursor)
+    assert [s.id for s in page] == ["id-4"] and cursor is None
+    store.remove("id-0")
+    assert [s.id for s in store.list(org, states=[SandboxState.CREATING])[0]] == [
+        "id-1", "id-2", "id-3", "id-4"]
+    with pytest.raises(BadRequest):
+        store.list(org, cursor="abc")
+
+
+def test_keys_store_only_hashes(db: Engine) -> None:
+    keys = SqlKeyStore(db)
+    org = keys.ensure_organization("o")
+    assert keys.ensure_organization("o") == org
+    keys.add_key(organization_id=org, name="k", key_hash="ab" * 32)
+    assert keys.organization_for("ab" * 32) == org
+    assert keys.organization_for("cd" * 32) is None
+    assert keys.count_keys() == 1
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
+    from cove.store.sql import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
