@@ -25,8 +25,8 @@ from tests.e2e.conftest import KEY, Server
 pytestmark = pytest.mark.e2e
 
 
-def _sh(server: Server, sandbox_id: str, script: str) -> str:
-    result = server.runtime().exec(sandbox_id, ["sh", "-c", script], timeout=30)
+def _sh(server: Server, sandbox_id: str, script: str, user: str = "root") -> str:
+    result = server.runtime().exec(sandbox_id, ["sh", "-c", script], user=user, timeout=30)
     assert result.exit_code == 0, result.stderr
     return result.stdout.decode()
 

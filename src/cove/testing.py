@@ -1,0 +1,86 @@
+"""Run a real ``cove serve`` in a child process (for end-to-end tests and benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from cove.core.config import Settings
+
+SHARED_SNAPSHOTS = Path("/var/lib/cove/snapshots")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """One ``cove serve`` process group on loopback, with its own data dir.
+
+    The default snapshot cache is shared with the system data dir, so a test
+    server does not rebuild it.
+    """
+
+    def __init__(self, data_dir: Path, *, api_key: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.api_key = api_key
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api_url = f"{self.url}/api"
+        self.settings = Settings(data_dir=data_dir, snapshot_dir=SHARED_SNAPSHOTS, port=self.port)
+        self.log = data_dir / "server.log"
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        env = {**os.environ, "COVE_API_KEY": self.api_key,
+               "COVE_SNAPSHOT_DIR": str(SHARED_SNAPSHOTS), **self.extra_env}
+        cmd = [sys.executable, "-m", "cove.cli.main", "serve", "--port", str(self.port),
+               "--data-dir", str(self.data_dir), "--log-level", "warning"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cove serve exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError("cove serve did not become healthy")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL the whole server process group, as a crash would."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.running:
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def delete_all_sandboxes(self) -> None:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        items = httpx.get(f"{self.api_url}/sandbox", headers=headers, timeout=30).json()["items"]
+        for item in items:
+            httpx.delete(f"{self.api_url}/sandbox/{item['id']}", headers=headers, timeout=120)
