@@ -10,7 +10,9 @@ Catch :class:`CoveError` to catch everything Cove raises on purpose::
      ├── Conflict              a name that is already taken (409)
      ├── InvalidState          the operation is not allowed in the current state (400)
      ├── Timeout               an operation did not finish in time (408)
-     └── RuntimeBackendError   the isolation runtime failed (500)
+     ├── RuntimeBackendError   the isolation runtime failed (500)
+     └── ToolboxError          an in-sandbox operation failed (status and code
+                               from the agent; source DAYTONA_DAEMON)
 
 The HTTP layer maps these to Daytona's error envelope once (``api/errors.py``);
 the runtime translates foreign errors (``CalledProcessError``, ``OSError``)
@@ -25,6 +27,7 @@ class CoveError(Exception):
 
     status_code = 500
     code = "INTERNAL_ERROR"
+    source = "DAYTONA_API"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -70,6 +73,17 @@ class RuntimeBackendError(CoveError):
     code = "RUNTIME_ERROR"
 
 
+class ToolboxError(CoveError):
+    """An error inside the sandbox, reported the way Daytona's daemon reports it."""
+
+    source = "DAYTONA_DAEMON"
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+
+
 __all__ = [
     "BadRequest",
     "Conflict",
@@ -79,5 +93,6 @@ __all__ = [
     "QuotaExceeded",
     "RuntimeBackendError",
     "Timeout",
+    "ToolboxError",
     "Unauthorized",
 ]

@@ -14,12 +14,22 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cove.api import errors
 from cove.api.deps import Services
 from cove.api.events import SocketEvents
-from cove.api.routes import health, sandboxes
+from cove.api.routes import (
+    health,
+    sandboxes,
+    toolbox_files,
+    toolbox_git,
+    toolbox_interpreter,
+    toolbox_process,
+    toolbox_pty,
+    toolbox_sessions,
+)
 from cove.core.auth import AuthService
 from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
 from cove.core.ports import Runtime
 from cove.core.reconcile import reconcile
+from cove.core.toolbox import ToolboxService
 from cove.runtime import build_runtime
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
@@ -45,6 +55,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> ASGIApp
     errors.install(api)
     api.include_router(health.router, prefix="/api")
     api.include_router(sandboxes.router, prefix="/api")
+    for module in (toolbox_process, toolbox_files, toolbox_git, toolbox_sessions, toolbox_pty,
+                   toolbox_interpreter):
+        api.include_router(module.router, prefix="/toolbox/{sandbox_id}")
     app = socketio.ASGIApp(events.server, other_asgi_app=api, socketio_path="/api/socket.io")
     return _CollapseSlashes(app)
 
@@ -60,7 +73,9 @@ def _start_services(settings: Settings, runtime: Runtime, events: SocketEvents) 
     lifecycle = LifecycleService(
         settings=settings, store=SqlSandboxStore(engine), runtime=runtime, events=events
     )
-    return Services(settings=settings, auth=auth, lifecycle=lifecycle)
+    return Services(
+        settings=settings, auth=auth, lifecycle=lifecycle, toolbox=ToolboxService(lifecycle)
+    )
 
 
 class _CollapseSlashes:

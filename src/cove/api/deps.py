@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
 from cove.core.auth import AuthService, Principal
 from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
+from cove.core.sandbox import Sandbox
+from cove.core.toolbox import ToolboxService
 
 
 @dataclass
@@ -19,18 +22,19 @@ class Services:
     settings: Settings
     auth: AuthService
     lifecycle: LifecycleService
+    toolbox: ToolboxService
 
 
-def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
+def get_services(conn: HTTPConnection) -> Services:
+    services: Services = conn.app.state.services
     return services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_principal(request: Request, services: ServicesDep) -> Principal:
-    return services.auth.authenticate(request.headers.get("authorization"))
+def get_principal(conn: HTTPConnection, services: ServicesDep) -> Principal:
+    return services.auth.authenticate(conn.headers.get("authorization"))
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -41,3 +45,18 @@ def get_lifecycle(services: ServicesDep) -> LifecycleService:
 
 
 LifecycleDep = Annotated[LifecycleService, Depends(get_lifecycle)]
+
+
+def get_toolbox(services: ServicesDep) -> ToolboxService:
+    return services.toolbox
+
+
+ToolboxDep = Annotated[ToolboxService, Depends(get_toolbox)]
+
+
+def get_started_sandbox(sandbox_id: str, who: PrincipalDep, toolbox: ToolboxDep) -> Sandbox:
+    """The started sandbox of the caller's organization named in the toolbox path."""
+    return toolbox.sandbox(who.organization_id, sandbox_id)
+
+
+StartedSandboxDep = Annotated[Sandbox, Depends(get_started_sandbox)]

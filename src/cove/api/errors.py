@@ -32,7 +32,7 @@ def envelope(
 
 async def _cove_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CoveError)
-    return envelope(request, exc.status_code, exc.message, exc.code)
+    return envelope(request, exc.status_code, exc.message, exc.code, exc.source)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

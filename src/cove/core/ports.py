@@ -14,6 +14,7 @@ method raises :class:`cove.errors.RuntimeBackendError` (never
 from __future__ import annotations
 
 import enum
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -136,6 +137,13 @@ class Runtime(Protocol):
 
     def stats(self, sandbox_id: str) -> ContainerStats:
         """Current usage of a running sandbox."""
+
+    def agent_socket(self, sandbox_id: str) -> socket.socket:
+        """A new stream socket connected to the toolbox agent of a running sandbox.
+
+        Raises:
+            RuntimeBackendError: the sandbox does not run, or its agent does not answer.
+        """
 
 
 class SandboxStore(Protocol):

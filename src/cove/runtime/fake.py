@@ -6,6 +6,7 @@ injected per method with ``fail_on``.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -25,8 +26,12 @@ class _Box:
 class FakeRuntime:
     """Keeps each sandbox's status and files in a dict."""
 
-    def __init__(self, snapshots: Sequence[str] = ("cove-default",)) -> None:
+    def __init__(
+        self, snapshots: Sequence[str] = ("cove-default",), agent_path: str | None = None
+    ) -> None:
         self.snapshots = set(snapshots)
+        # Toolbox calls go to an agent listening here (tests run one in process).
+        self.agent_path = agent_path
         self.boxes: dict[str, _Box] = {}
         self.archives: dict[str, dict[str, bytes]] = {}
         self.fail_on: dict[str, str] = {}
@@ -101,3 +106,11 @@ class FakeRuntime:
 
     def stats(self, sandbox_id: str) -> ContainerStats:
         return ContainerStats(0, 0, 1)
+
+    def agent_socket(self, sandbox_id: str) -> socket.socket:
+        box = self.boxes.get(sandbox_id)
+        if box is None or box.status != C.RUNNING or self.agent_path is None:
+            raise RuntimeBackendError(f"sandbox {sandbox_id} has no agent")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self.agent_path)
+        return sock

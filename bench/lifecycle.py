@@ -1,0 +1,120 @@
+"""Sandbox lifecycle figures through the official SDK, against raw ``crun run``.
+
+Run as root after ``make setup``::
+
+    .venv/bin/python bench/lifecycle.py [--n 20]
+
+Prints, from one run: SDK create-to-started p50/p95 (cold: every sandbox is
+new, no pool), stop, start, archive, restore (start of an archived sandbox)
+and delete, and the raw ``crun run`` of the same bundle (same rootfs, same
+config) as the baseline, with the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
+
+from cove.runtime.crun import Crun
+from cove.runtime.initbin import ensure_init_binary
+from cove.testing import ServerProcess
+
+KEY = "bench-key"
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def row(name: str, values: list[float], baseline: float | None = None) -> str:
+    p50, p95 = statistics.median(values), pct(values, 0.95)
+    ratio = f"{p50 / baseline:6.1f}x" if baseline else ""
+    return f"{name:<36} {p50:9.1f} {p95:9.1f}  {ratio}"
+
+
+def sdk_figures(daytona: Daytona, n: int) -> dict[str, list[float]]:
+    figures: dict[str, list[float]] = {k: [] for k in (
+        "create", "stop", "start", "archive", "restore", "delete")}
+    daytona.create().delete()  # warm the server's code paths, not a pool
+    for _ in range(n):
+        box: list = []
+        figures["create"].append(timed(lambda: box.append(
+            daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0)))))
+        sb = box[0]
+        figures["stop"].append(timed(sb.stop))
+        figures["start"].append(timed(sb.start))
+        figures["archive"].append(timed(sb.archive))
+        figures["restore"].append(timed(sb.start))
+        figures["delete"].append(timed(sb.delete))
+    return figures
+
+
+def raw_crun(server: ServerProcess, daytona: Daytona, n: int) -> tuple[list[float], list[float]]:
+    """``crun run --detach`` of a running sandbox's own bundle config and rootfs."""
+    sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
+    crun = Crun(ensure_init_binary(server.data_dir))
+    source = server.data_dir / "sandboxes" / sb.id / "bundle"
+    work = Path(tempfile.mkdtemp(prefix="cove-bench-"))
+    run_ms, cycle_ms = [], []
+    try:
+        config = json.loads((source / "config.json").read_text())
+        config["root"]["path"] = str(source / "rootfs")
+        for i in range(n):
+            cid = f"bench-{i}"
+            bundle = work / cid
+            bundle.mkdir()
+            config["linux"]["cgroupsPath"] = f"/cove/{cid}"
+            (bundle / "config.json").write_text(json.dumps(config))
+            start = time.perf_counter()
+            crun.run_detached(cid, bundle, work / "log")
+            run_ms.append((time.perf_counter() - start) * 1000)
+            crun.delete(cid)
+            cycle_ms.append((time.perf_counter() - start) * 1000)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        sb.delete()
+    return run_ms, cycle_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20, help="sandboxes per figure")
+    args = parser.parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="cove-bench-data-"))
+    server = ServerProcess(data_dir, api_key=KEY)
+    server.start()
+    try:
+        daytona = Daytona(DaytonaConfig(api_key=KEY, api_url=server.api_url))
+        run_ms, cycle_ms = raw_crun(server, daytona, args.n)
+        figures = sdk_figures(daytona, args.n)
+    finally:
+        server.delete_all_sandboxes()
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    base = statistics.median(run_ms)
+    print(f"n={args.n} per figure; times in ms")  # noqa: T201
+    print(f"{'':<36} {'p50':>9} {'p95':>9}  vs raw crun run")  # noqa: T201
+    print(row("raw crun run --detach (baseline)", run_ms, base))  # noqa: T201
+    print(row("raw crun run + delete", cycle_ms))  # noqa: T201
+    print(row("SDK create -> started (cold)", figures["create"], base))  # noqa: T201
+    for name in ("stop", "start", "archive", "restore", "delete"):
+        print(row(f"SDK {name}", figures[name], base))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

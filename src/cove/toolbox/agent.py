@@ -1,0 +1,135 @@
+"""The toolbox agent: serves requests from the Cove server inside one sandbox.
+
+Started by the sandbox's init (and restarted if it dies), it listens on an
+abstract Unix socket in the sandbox's network namespace. Only peers outside the
+sandbox's pid namespace (that is, the Cove server) are served: a process inside
+the sandbox connecting to it is refused, so it cannot borrow the agent's root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import protocol
+from .protocol import AgentError
+
+log = logging.getLogger("cove-agent")
+_PEERCRED = struct.Struct("3i")
+
+
+@dataclass
+class Request:
+    """One request: its message and the stream to answer on."""
+
+    message: dict[str, Any]
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def send(self, kind: bytes, payload: bytes = b"") -> None:
+        await protocol.send(self.writer, kind, payload)
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        await protocol.send_json(self.writer, message)
+
+    def arg(self, name: str, kind: type | tuple[type, ...] = str, default: Any = ...) -> Any:
+        value = self.message.get(name, default)
+        if value is ...:
+            raise protocol.bad_request(f"missing field '{name}'")
+        if value is not None and value is not default and not isinstance(value, kind):
+            raise protocol.bad_request(f"field '{name}' has the wrong type")
+        return value
+
+
+Handler = Callable[[Request], Awaitable["dict[str, Any] | None"]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def op(name: str) -> Callable[[Handler], Handler]:
+    """Register a handler. It returns the reply's fields (``ok`` is added), or
+    None when it already sent its own final reply."""
+
+    def register(fn: Handler) -> Handler:
+        HANDLERS[name] = fn
+        return fn
+
+    return register
+
+
+def _peer_pid(writer: asyncio.StreamWriter) -> int:
+    sock = writer.get_extra_info("socket")
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    return _PEERCRED.unpack(raw)[0]
+
+
+async def handle(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, check_peer: bool = True
+) -> None:
+    """Serve one connection (one request)."""
+    try:
+        if check_peer and _peer_pid(writer) != 0:  # a process of this sandbox, not Cove
+            return
+        request = Request(await protocol.read_json(reader), reader, writer)
+        handler = HANDLERS.get(request.arg("op"))
+        if handler is None:
+            raise protocol.bad_request(f"unknown op {request.message.get('op')!r}")
+        reply = await handler(request)
+        if reply is not None:
+            await request.send_json({"ok": True, **reply})
+    except AgentError as exc:
+        await _try_send(writer, exc.reply())
+    except (EOFError, ConnectionError, protocol.ProtocolError):
+        pass
+    except Exception as exc:  # noqa: BLE001 - report, never crash the agent
+        log.exception("request failed")
+        await _try_send(writer, AgentError(500, "INTERNAL_ERROR", repr(exc)).reply())
+    finally:
+        writer.close()
+
+
+async def _try_send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    try:
+        await protocol.send_json(writer, message)
+    except (ConnectionError, RuntimeError):
+        pass
+
+
+def load_handlers() -> None:
+    from . import files, git, interpreter, process, sessions, terminal  # noqa: F401
+
+
+async def serve(path: str, *, check_peer: bool = True) -> asyncio.Server:
+    """Listen on ``path`` (an abstract name when it starts with NUL).
+
+    ``check_peer=False`` serves any peer: only for tests running the agent in process.
+    """
+    load_handlers()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await handle(reader, writer, check_peer=check_peer)
+
+    return await asyncio.start_unix_server(on_connect, path=path, limit=protocol.MAX_FRAME)
+
+
+async def main() -> None:
+    server = await serve(protocol.SOCKET_NAME.decode())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    os.umask(0o022)
+    asyncio.run(main())

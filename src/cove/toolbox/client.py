@@ -1,0 +1,77 @@
+"""The server's side of the agent protocol: one connection per request."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+from . import protocol
+from .protocol import AgentError
+
+
+class AgentCall:
+    """One request to an agent, over a connected socket.
+
+    Use as ``async with AgentCall(sock) as call: await call.send({...})``, then
+    read frames with :meth:`frames` until the final reply, or :meth:`reply`.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> AgentCall:
+        self._sock.setblocking(False)
+        self.reader, self.writer = await asyncio.open_unix_connection(
+            sock=self._sock, limit=protocol.MAX_FRAME
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        else:
+            self._sock.close()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.writer is not None
+        await protocol.send_json(self.writer, message)
+
+    async def send_data(self, kind: bytes, payload: bytes = b"") -> None:
+        assert self.writer is not None
+        await protocol.send(self.writer, kind, payload)
+
+    async def frames(self) -> AsyncIterator[tuple[bytes, bytes]]:
+        """Frames up to (not including) the final reply, which :attr:`result` then holds.
+
+        Raises:
+            AgentError: the reply says the request failed.
+        """
+        assert self.reader is not None
+        self.result: dict[str, Any] = {}
+        while True:
+            try:
+                kind, payload = await protocol.read_frame(self.reader)
+            except EOFError as exc:
+                raise AgentError(502, "AGENT_GONE", "the sandbox's agent closed the connection") from exc
+            if kind == protocol.JSON:
+                message = protocol.decode(payload)
+                if "ok" in message:
+                    if not message["ok"]:
+                        raise AgentError(message.get("status", 500), message.get("code", "ERROR"),
+                                         message.get("message", "agent error"))
+                    self.result = message
+                    return
+            yield kind, payload
+
+    async def reply(self) -> dict[str, Any]:
+        """Skip to the final reply and return it."""
+        async for _ in self.frames():
+            pass
+        return self.result

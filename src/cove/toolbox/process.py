@@ -1,0 +1,143 @@
+"""Running commands: ``exec`` (one shell command), ``code_run``, and sandbox info."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+from . import protocol, users
+from .agent import Request, op
+from .protocol import AgentError
+
+VERSION = "cove-agent 0.1.0"
+RUNNERS = {
+    "python": ["python3", "-c"],
+    "javascript": ["node", "-e"],
+    "typescript": ["tsx", "-e"],
+}
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (found through /proc, so setsid cannot hide one)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``, its process group and every descendant."""
+    victims = [pid, *descendants(pid)]
+    for target in victims:
+        try:
+            os.kill(target, signal.SIGSTOP)  # freeze first so none can fork away
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for target in victims:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+async def run_streaming(
+    request: Request, argv: list[str], *, user: users.User, cwd: str | None,
+    env: dict[str, str] | None, timeout: float | None, merge: bool,
+) -> int:
+    """Run ``argv``, stream its output as frames, return its exit code.
+
+    Raises:
+        AgentError: 408 PROCESS_EXECUTION_TIMEOUT once ``timeout`` passes (the
+            whole process tree is killed at that moment).
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge else asyncio.subprocess.PIPE,
+        **users.spawn_kwargs(user, cwd, env),
+    )
+    pumps = [asyncio.ensure_future(_pump(proc.stdout, request, protocol.STDOUT))]
+    if not merge:
+        pumps.append(asyncio.ensure_future(_pump(proc.stderr, request, protocol.STDERR)))
+    try:
+        await asyncio.wait_for(proc.wait(), timeout if timeout and timeout > 0 else None)
+    except TimeoutError:
+        kill_tree(proc.pid)
+        await proc.wait()
+        for pump in pumps:
+            pump.cancel()
+        raise AgentError(408, "PROCESS_EXECUTION_TIMEOUT",
+                         f"command timed out after {timeout} seconds") from None
+    finally:
+        if proc.returncode is None:
+            kill_tree(proc.pid)
+    await asyncio.gather(*pumps, return_exceptions=True)
+    return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+
+
+async def _pump(stream: asyncio.StreamReader | None, request: Request, kind: bytes) -> None:
+    assert stream is not None
+    while chunk := await stream.read(protocol.CHUNK):
+        await request.send(kind, chunk)
+
+
+@op("exec")
+async def exec_command(request: Request) -> dict[str, Any]:
+    """Run a shell command; stdout and stderr arrive merged as O frames."""
+    user = users.lookup(request.arg("user", str, None))
+    command = request.arg("command")
+    started = time.monotonic()
+    code = await run_streaming(
+        request, ["/bin/sh", "-c", command], user=user, cwd=request.arg("cwd", str, None),
+        env=request.arg("env", dict, None), timeout=request.arg("timeout", (int, float), None),
+        merge=True,
+    )
+    return {"exitCode": code, "seconds": time.monotonic() - started}
+
+
+@op("code_run")
+async def code_run(request: Request) -> dict[str, Any]:
+    """Run a snippet with the interpreter of its language (python, javascript, typescript)."""
+    language = request.arg("language", str, "python")
+    if language not in RUNNERS:
+        raise protocol.bad_request(f"unsupported language '{language}'")
+    argv = [*RUNNERS[language], request.arg("code"), *request.arg("argv", list, [])]
+    user = users.lookup(request.arg("user", str, None))
+    code = await run_streaming(
+        request, argv, user=user, cwd=request.arg("cwd", str, None),
+        env=request.arg("env", dict, None), timeout=request.arg("timeout", (int, float), None),
+        merge=True,
+    )
+    return {"exitCode": code}
+
+
+@op("info")
+async def info(request: Request) -> dict[str, Any]:
+    """The user's home, the working directory, the environment and the agent version."""
+    user = users.lookup(request.arg("user", str, None))
+    env = users.environment(user, request.arg("env", dict, None))
+    return {"home": user.home, "workDir": user.home, "env": env, "version": VERSION}
+
+
+@op("ping")
+async def ping(request: Request) -> dict[str, Any]:
+    return {"pid": os.getpid()}

@@ -1,0 +1,104 @@
+"""The agent protocol: length-prefixed frames over one stream socket per request.
+
+A frame is ``kind`` (1 byte) + payload length (4 bytes, big endian) + payload::
+
+    J  a JSON object            (requests, replies, events)
+    O  stdout bytes             E  stderr bytes
+    D  data bytes (file content, terminal I/O, stdin)
+    Z  end of data (empty)
+
+Every connection carries one request: the client sends a ``J`` frame
+``{"op": ..., ...}``; what follows depends on the op (see ``spec/toolbox.json``).
+A request ends with a ``J`` reply ``{"ok": true, ...}`` or
+``{"ok": false, "status": int, "code": str, "message": str}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from typing import Any
+
+HEADER = struct.Struct(">cI")
+MAX_FRAME = 16 * 1024 * 1024
+JSON, STDOUT, STDERR, DATA, END = b"J", b"O", b"E", b"D", b"Z"
+SOCKET_NAME = b"\0cove-toolbox-agent"
+CHUNK = 256 * 1024
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame."""
+
+
+class AgentError(Exception):
+    """A request the agent refused or could not carry out."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def reply(self) -> dict[str, Any]:
+        return {"ok": False, "status": self.status, "code": self.code, "message": self.message}
+
+
+def not_found(message: str, code: str = "NOT_FOUND") -> AgentError:
+    return AgentError(404, code, message)
+
+
+def bad_request(message: str, code: str = "BAD_REQUEST") -> AgentError:
+    return AgentError(400, code, message)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """The next (kind, payload); raises EOFError when the peer closed cleanly."""
+    try:
+        header = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            raise EOFError from exc
+        raise ProtocolError("truncated frame header") from exc
+    kind, size = HEADER.unpack(header)
+    if size > MAX_FRAME:
+        raise ProtocolError(f"frame of {size} bytes is too large")
+    try:
+        return kind, await reader.readexactly(size)
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError("truncated frame") from exc
+
+
+async def read_json(reader: asyncio.StreamReader) -> dict[str, Any]:
+    kind, payload = await read_frame(reader)
+    if kind != JSON:
+        raise ProtocolError(f"expected a JSON frame, got {kind!r}")
+    return decode(payload)
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except ValueError as exc:
+        raise ProtocolError("bad JSON frame") from exc
+    if not isinstance(value, dict):
+        raise ProtocolError("JSON frame is not an object")
+    return value
+
+
+def frame(kind: bytes, payload: bytes = b"") -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+def json_frame(message: dict[str, Any]) -> bytes:
+    return frame(JSON, json.dumps(message, separators=(",", ":")).encode())
+
+
+async def send(writer: asyncio.StreamWriter, kind: bytes, payload: bytes = b"") -> None:
+    writer.write(frame(kind, payload))
+    await writer.drain()
+
+
+async def send_json(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(json_frame(message))
+    await writer.drain()

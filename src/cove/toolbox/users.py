@@ -1,0 +1,67 @@
+"""Who user processes run as, and the environment they get."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass
+
+from . import protocol
+
+# The environment the sandbox's init was given (the sandbox's env vars and
+# defaults), captured once at agent start-up, minus anything of the agent's own.
+_AGENT_ONLY = ("PYTHONHOME", "PYTHONPATH", "LD_LIBRARY_PATH", "COVE_AGENT")
+BASE_ENV = {k: v for k, v in os.environ.items() if k not in _AGENT_ONLY}
+BASE_ENV.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+DEFAULT_USER = os.environ.get("COVE_SANDBOX_USER", "daytona")
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+    def groups(self) -> list[int]:
+        try:
+            return os.getgrouplist(self.name, self.gid)
+        except OSError:
+            return [self.gid]
+
+
+def lookup(name: str | None) -> User:
+    """The sandbox user called ``name`` (default: the sandbox's user).
+
+    Raises:
+        AgentError: no such user in the sandbox's /etc/passwd.
+    """
+    name = name or DEFAULT_USER
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except (KeyError, ValueError) as exc:
+        raise protocol.bad_request(f"no user '{name}' in the sandbox") from exc
+    shell = entry.pw_shell if os.path.exists(entry.pw_shell or "") else "/bin/sh"
+    home = entry.pw_dir if os.path.isdir(entry.pw_dir) else "/"
+    return User(entry.pw_name, entry.pw_uid, entry.pw_gid, home, shell)
+
+
+def environment(user: User, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What a process of ``user`` sees: the sandbox env, the user's identity, ``extra``."""
+    env = dict(BASE_ENV)
+    env.update(HOME=user.home, USER=user.name, LOGNAME=user.name, SHELL=user.shell)
+    env.update(extra or {})
+    return env
+
+
+def spawn_kwargs(user: User, cwd: str | None, extra_env: dict[str, str] | None) -> dict:
+    """Keyword arguments for subprocess/asyncio spawns running as ``user``."""
+    workdir = cwd or user.home
+    if not os.path.isdir(workdir):
+        raise protocol.bad_request(f"working directory {workdir} does not exist")
+    kwargs: dict = {"cwd": workdir, "env": environment(user, extra_env), "close_fds": True,
+                    "start_new_session": True}
+    if os.geteuid() == 0 and user.uid != 0:
+        kwargs.update(user=user.uid, group=user.gid, extra_groups=user.groups())
+    return kwargs
