@@ -12,6 +12,9 @@ import enum
 import errno
 import functools
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cove.core.ports import ContainerStats
@@ -19,6 +22,8 @@ from cove.errors import RuntimeBackendError
 from cove.runtime import mounts
 
 ROOT = Path("/sys/fs/cgroup")
+_creations = threading.Lock()
+_creating = 0
 PARENT = "cove"
 UNIFIED = ROOT / "unified"
 
@@ -62,7 +67,7 @@ def hierarchy_roots() -> list[Path]:
     """Mount points crun creates sandbox cgroups in (one for v2)."""
     if mode() is CgroupMode.UNIFIED:
         return [ROOT]
-    return sorted({p for p in _v1_hierarchies().values()})
+    return sorted(set(_v1_hierarchies().values()))
 
 
 def controller_dir(sandbox_id: str, controller: str) -> Path:
@@ -96,14 +101,37 @@ def remove(sandbox_id: str) -> None:
 
 
 def remove_empty_parents() -> None:
-    """Remove every ``cove`` parent cgroup that no longer has a child."""
+    """Remove every ``cove`` parent cgroup that no longer has a child.
+
+    Skipped while a container is being created in this process: crun creates
+    the parent and then the child, and must not find the parent gone between.
+    """
     roots = hierarchy_roots()
     if mode() is CgroupMode.HYBRID:
         roots.append(UNIFIED)
-    for root in roots:
-        parent = root / PARENT
-        if parent.is_dir() and not any(p.is_dir() for p in parent.iterdir()):
-            _rmdir(parent)
+    with _creations:
+        if _creating:
+            return
+        for root in roots:
+            parent = root / PARENT
+            try:
+                if not any(p.is_dir() for p in parent.iterdir()):
+                    _rmdir(parent)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed meanwhile (or never made)
+
+
+@contextmanager
+def creating() -> Iterator[None]:
+    """Mark a container creation in progress (see :func:`remove_empty_parents`)."""
+    global _creating
+    with _creations:
+        _creating += 1
+    try:
+        yield
+    finally:
+        with _creations:
+            _creating -= 1
 
 
 def _rmdir(path: Path) -> None:

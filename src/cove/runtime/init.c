@@ -1,28 +1,88 @@
 /*
  * cove-init: process 1 of every Cove sandbox.
  *
- * It reaps every zombie that is reparented to it. On SIGTERM (or SIGINT) it
- * sends SIGTERM to every other process of the sandbox and exits as soon as
- * none of its children is left; the runtime sends SIGKILL after a grace period.
+ *   cove-init [-- SERVICE ARGS...]
+ *
+ * It reaps every zombie that is reparented to it. Given a SERVICE (the toolbox
+ * agent), it runs it with an empty signal mask and restarts it whenever it
+ * exits, with a backoff. On SIGTERM (or SIGINT) it sends SIGTERM to every other
+ * process of the sandbox and exits as soon as none of its children is left;
+ * the runtime sends SIGKILL after a grace period.
  *
  * Host helper mode, used by the runtime on hybrid cgroup hosts only:
- *   cove-init --hybrid-exec PROGRAM ARGS...
+ *   cove-init --hybrid-exec [--keep DIR] PROGRAM ARGS...
  * runs PROGRAM in a private mount namespace where the cgroup2 mount at
  * /sys/fs/cgroup/unified is absent, so that crun sees a pure cgroup v1 host.
+ * That namespace must not pin other sandboxes' file systems while PROGRAM
+ * runs (a `crun exec` may run for hours): every overlay and loop-device mount
+ * is detached from it, except those at or below DIR (the bundle being run).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#define MAX_DROPS 4096
+
+/* Undo the octal escapes (\040 and friends) of /proc/self/mounts in place. */
+static void unescape(char *s)
+{
+    char *out = s;
+
+    while (*s) {
+        if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] && s[3]) {
+            *out++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+            s += 4;
+        } else {
+            *out++ = *s++;
+        }
+    }
+    *out = 0;
+}
+
+static int is_under(const char *path, const char *dir)
+{
+    size_t n = strlen(dir);
+
+    return strncmp(path, dir, n) == 0 && (path[n] == 0 || path[n] == '/');
+}
+
+/* Detach overlay and loop-device mounts (other than / and those under keep). */
+static void drop_sandbox_mounts(const char *keep)
+{
+    char line[8192], *points[MAX_DROPS];
+    int n = 0;
+    FILE *f = fopen("/proc/self/mounts", "re");
+
+    if (f == NULL)
+        return;
+    while (n < MAX_DROPS && fgets(line, sizeof line, f)) {
+        char *src = strtok(line, " "), *point = strtok(NULL, " "), *type = strtok(NULL, " ");
+
+        if (src == NULL || point == NULL || type == NULL)
+            continue;
+        unescape(point);
+        if (strcmp(point, "/") == 0 || (keep != NULL && is_under(point, keep)))
+            continue;
+        if (strcmp(type, "overlay") == 0 || strncmp(src, "/dev/loop", 9) == 0)
+            points[n++] = strdup(point);
+    }
+    fclose(f);
+    while (n-- > 0)
+        umount2(points[n], MNT_DETACH);
+}
+
 static int hybrid_exec(char **argv)
 {
+    const char *keep = NULL;
+
     if (unshare(CLONE_NEWNS) != 0) {
         perror("cove-init: unshare");
         return 125;
@@ -35,9 +95,46 @@ static int hybrid_exec(char **argv)
         perror("cove-init: umount /sys/fs/cgroup/unified");
         return 125;
     }
+    if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--keep") == 0) {
+        keep = argv[1];
+        argv += 2;
+    }
+    drop_sandbox_mounts(keep);
+    if (argv[0] == NULL) {
+        fprintf(stderr, "cove-init: nothing to run\n");
+        return 125;
+    }
     execvp(argv[0], argv);
     perror("cove-init: exec");
     return 127;
+}
+
+/* The supervised service (the toolbox agent), if any. */
+static char **service;
+static pid_t service_pid = -1;
+
+static long now_ms(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
+}
+
+static pid_t spawn(char **argv)
+{
+    pid_t pid = fork();
+
+    if (pid == 0) {
+        sigset_t none;
+
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(argv[0], argv);
+        perror("cove-init: exec service");
+        _exit(127);
+    }
+    return pid;
 }
 
 /* Reap every exited child; return 1 when no child is left at all. */
@@ -45,10 +142,42 @@ static int reap(void)
 {
     for (;;) {
         pid_t pid = waitpid(-1, NULL, WNOHANG);
-        if (pid > 0)
+
+        if (pid > 0) {
+            if (pid == service_pid)
+                service_pid = -1;
             continue;
+        }
         return pid < 0 && errno == ECHILD;
     }
+}
+
+/*
+ * Start the service when it is due; after it died, restart it with a backoff
+ * from 100 ms doubling to 5 s (reset once it has run for 10 s).
+ * Returns how long to wait (ms) before it is due again, or -1 for "no timer".
+ */
+static long supervise(int terminating)
+{
+    static long due, started, backoff = 100;
+    static int running;
+    long now = now_ms();
+
+    if (service == NULL || terminating)
+        return -1;
+    if (running && service_pid < 0) {
+        running = 0;
+        backoff = now - started > 10000 ? 100 : (backoff * 2 > 5000 ? 5000 : backoff * 2);
+        due = now + backoff;
+    }
+    if (!running && now >= due) {
+        service_pid = spawn(service);
+        running = service_pid > 0;
+        started = now;
+        if (!running)
+            due = now + backoff;
+    }
+    return running ? -1 : due - now;
 }
 
 static int serve(void)
@@ -59,12 +188,16 @@ static int serve(void)
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
     for (;;) {
-        struct timespec tick = { 0, 100 * 1000 * 1000 };
-        int sig = sigtimedwait(&all, NULL, terminating ? &tick : NULL);
+        long wait_ms = terminating ? 100 : supervise(0);
+        struct timespec tick = { wait_ms / 1000, (wait_ms % 1000) * 1000000L };
+        int sig = sigtimedwait(&all, NULL, wait_ms >= 0 ? &tick : NULL);
 
         if ((sig == SIGTERM || sig == SIGINT) && !terminating) {
             terminating = 1;
-            kill(-1, SIGTERM);
+            if (getpid() == 1)
+                kill(-1, SIGTERM); /* every process of the pid namespace */
+            else if (service_pid > 0)
+                kill(service_pid, SIGTERM); /* never broadcast outside a sandbox */
         }
         if (reap() && terminating)
             return 0;
@@ -75,5 +208,7 @@ int main(int argc, char **argv)
 {
     if (argc > 2 && strcmp(argv[1], "--hybrid-exec") == 0)
         return hybrid_exec(argv + 2);
+    if (argc > 2 && strcmp(argv[1], "--") == 0)
+        service = argv + 2;
     return serve();
 }

@@ -6,11 +6,11 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import time
 from pathlib import Path
 from typing import NamedTuple
 
 from cove.errors import RuntimeBackendError
-from cove.runtime.proc import run
 
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -62,35 +62,31 @@ def mounted_under(path: Path) -> list[str]:
     return [p for p in points if p == root or p.startswith(root + "/")]
 
 
-def unmount(path: Path) -> None:
+def unmount(path: Path, *, busy_wait: float = 3.0) -> None:
     """Unmount everything stacked at ``path``; no error when nothing is mounted.
 
+    A busy mount (processes of a just-killed container still exiting) is
+    retried for up to ``busy_wait`` seconds.
+
     Raises:
-        RuntimeBackendError: the mount is busy or cannot be removed.
+        RuntimeBackendError: the mount stays busy or cannot be removed.
     """
+    deadline = time.monotonic() + busy_wait
     while is_mounted(path):
-        if _libc.umount2(os.fsencode(str(path)), 0) != 0:
-            err = ctypes.get_errno()
-            if err in (errno.EINVAL, errno.ENOENT):
-                return
+        if _libc.umount2(os.fsencode(str(path)), 0) == 0:
+            continue
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOENT):
+            return
+        if err != errno.EBUSY or time.monotonic() > deadline:
             raise RuntimeBackendError(f"umount {path}: {os.strerror(err)}")
+        time.sleep(0.02)
 
 
 def unmount_under(path: Path) -> None:
     """Lazily unmount every mount at or below ``path``, deepest first."""
     for point in reversed(mounted_under(path)):
         _libc.umount2(os.fsencode(point), _MNT_DETACH)
-
-
-def mount_image(image: Path, target: Path) -> None:
-    """Mount the ext4 image ``image`` at ``target`` through an autoclear loop device.
-
-    Raises:
-        RuntimeBackendError: mount failed (nothing is left mounted).
-    """
-    target.mkdir(parents=True, exist_ok=True)
-    opts = "loop,noatime,errors=remount-ro"
-    run(["mount", "-t", "ext4", "-o", opts, str(image), str(target)])
 
 
 def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:

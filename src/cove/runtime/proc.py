@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from cove.errors import RuntimeBackendError
-
-PreExec = Callable[[], None] | None
 
 
 def run(
@@ -16,7 +15,6 @@ def run(
     input: bytes | None = None,
     check: bool = True,
     timeout: float | None = None,
-    preexec_fn: PreExec = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` to completion, capturing its output.
 
@@ -25,7 +23,6 @@ def run(
         input: Bytes fed to its standard input (``/dev/null`` when None).
         check: Raise when it exits non-zero.
         timeout: Seconds before it is killed and an error raised.
-        preexec_fn: Called in the child before exec.
 
     Returns:
         The completed process, stdout and stderr as bytes.
@@ -40,7 +37,6 @@ def run(
             stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
-            preexec_fn=preexec_fn,
             close_fds=True,
         )
     except (OSError, subprocess.SubprocessError) as exc:
@@ -55,3 +51,12 @@ def describe_failure(argv: Sequence[str], code: int, stderr: bytes) -> str:
     text = stderr.decode(errors="replace").strip().splitlines()
     tail = text[-1] if text else ""
     return f"{' '.join(argv[:3])} exited {code}: {tail}"
+
+
+@contextmanager
+def foreign_errors() -> Iterator[None]:
+    """Turn an OSError that escaped a helper into RuntimeBackendError."""
+    try:
+        yield
+    except OSError as exc:
+        raise RuntimeBackendError(f"host operation failed: {exc}") from exc

@@ -111,7 +111,7 @@ def ensure_default_snapshot(
             if not force and _is_current(base):
                 return snapshot_rootfs(settings, settings.default_snapshot)
             _remove_stale_builds(base)
-            _build(base, force, say)
+            _build(base, say)
     except OSError as exc:
         raise RuntimeBackendError(f"snapshot build failed: {exc}") from exc
     return snapshot_rootfs(settings, settings.default_snapshot)
@@ -151,7 +151,7 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _build(base: Path, force: bool, say: Progress) -> None:
+def _build(base: Path, say: Progress) -> None:
     digest = recipe_hash()
     work = base / f".build-{digest}-{os.getpid()}"
     work.mkdir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,8 @@ def build(
     init_binary: Path,
     etc_dir: Path,
     nofile_hard: int,
+    service: Sequence[str] = (),
+    ro_binds: Mapping[str, Path] | None = None,
     machine: str | None = None,
 ) -> dict[str, Any]:
     """The config.json of a sandbox's container.
@@ -50,6 +54,8 @@ def build(
         init_binary: Host path of the compiled cove-init, bind-mounted read-only.
         etc_dir: Host directory holding this sandbox's ``hostname`` and ``hosts``.
         nofile_hard: The caller's hard RLIMIT_NOFILE (root here may not raise it).
+        service: Command line that init runs and restarts (the toolbox agent).
+        ro_binds: Extra read-only bind mounts, container path → host path.
         machine: Host architecture for seccomp (the current one when None).
 
     Returns:
@@ -57,10 +63,10 @@ def build(
     """
     return {
         "ociVersion": "1.0.2",
-        "process": _process(spec, nofile_hard),
+        "process": _process(spec, nofile_hard, service),
         "root": {"path": "rootfs", "readonly": False},
         "hostname": spec.hostname,
-        "mounts": _mounts(init_binary, etc_dir),
+        "mounts": _mounts(init_binary, etc_dir, ro_binds or {}),
         "linux": {
             "cgroupsPath": cgroups.cgroup_path(spec.sandbox_id),
             "namespaces": [{"type": ns} for ns in NAMESPACES],
@@ -84,6 +90,12 @@ def resources(cpu: int, memory: int, settings: Settings) -> dict[str, Any]:
     }
 
 
+def nofile_hard() -> int:
+    """This process's hard RLIMIT_NOFILE (what a container may get without CAP_SYS_RESOURCE)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return NOFILE_MAX if hard == resource.RLIM_INFINITY else hard
+
+
 def init_env(spec: ContainerSpec) -> dict[str, str]:
     """Environment of the init process: defaults, overridden by ``spec.env``."""
     env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": spec.hostname, "LANG": "C.UTF-8"}
@@ -91,15 +103,53 @@ def init_env(spec: ContainerSpec) -> dict[str, str]:
     return env
 
 
-def _process(spec: ContainerSpec, nofile_hard: int) -> dict[str, Any]:
+def exec_env(
+    meta_env: Mapping[str, str], hostname: str, user: str, home: str,
+    extra: Mapping[str, str] | None,
+) -> dict[str, str]:  # fmt: skip
+    """Environment of an exec'd process: defaults, then the sandbox's env, then ``extra``."""
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "LANG": "C.UTF-8",
+           "HOME": home, "USER": user, "LOGNAME": user}  # fmt: skip
+    env.update(meta_env)
+    env.update(extra or {})
+    return env
+
+
+def exec_process(
+    argv: Sequence[str],
+    *,
+    uid: int,
+    gid: int,
+    groups: Sequence[int],
+    env: Mapping[str, str],
+    cwd: str,
+    nofile_hard: int,
+) -> dict[str, Any]:
+    """The process.json of ``crun exec``: same hardening as the init process.
+
+    A non-root user ends up with no effective capability (execve clears them).
+    """
+    proc = _process_base(list(argv), env, cwd, nofile_hard)
+    proc["user"] = {"uid": uid, "gid": gid, "additionalGids": list(groups)}
+    return proc
+
+
+def _process(spec: ContainerSpec, nofile_hard: int, service: Sequence[str]) -> dict[str, Any]:
+    args = [INIT_PATH, "--", *service] if service else [INIT_PATH]
+    return _process_base(args, init_env(spec), "/", nofile_hard)
+
+
+def _process_base(
+    args: list[str], env: Mapping[str, str], cwd: str, nofile_hard: int
+) -> dict[str, Any]:
     caps = list(CAPABILITIES)
     nofile = min(NOFILE_MAX, nofile_hard)
     return {
         "terminal": False,
         "user": {"uid": 0, "gid": 0},
-        "args": [INIT_PATH],
-        "env": [f"{k}={v}" for k, v in init_env(spec).items()],
-        "cwd": "/",
+        "args": args,
+        "env": [f"{k}={v}" for k, v in env.items()],
+        "cwd": cwd,
         "capabilities": {
             "bounding": caps,
             "effective": caps,
@@ -113,7 +163,7 @@ def _process(spec: ContainerSpec, nofile_hard: int) -> dict[str, Any]:
     }
 
 
-def _mounts(init_binary: Path, etc_dir: Path) -> list[dict[str, Any]]:
+def _mounts(init_binary: Path, etc_dir: Path, ro_binds: Mapping[str, Path]) -> list[dict[str, Any]]:
     def bind(src: Path, dst: str, *opts: str) -> dict[str, Any]:
         return {"destination": dst, "type": "bind", "source": str(src), "options": ["bind", *opts]}
 
@@ -135,4 +185,5 @@ def _mounts(init_binary: Path, etc_dir: Path) -> list[dict[str, Any]]:
         bind(init_binary, INIT_PATH, "ro", "nosuid", "nodev"),
         bind(etc_dir / "hostname", "/etc/hostname", "rw", "nosuid", "nodev"),
         bind(etc_dir / "hosts", "/etc/hosts", "rw", "nosuid", "nodev"),
+        *(bind(src, dst, "ro", "nosuid", "nodev") for dst, src in sorted(ro_binds.items())),
     ]  # fmt: skip

@@ -102,8 +102,18 @@ async def _try_send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> No
         pass
 
 
+HANDLER_MODULES = ("process", "files", "git", "sessions", "terminal", "interpreter")
+
+
 def load_handlers() -> None:
-    from . import files, git, interpreter, process, sessions, terminal  # noqa: F401
+    """Import every handler module; one that fails is logged, the others still serve."""
+    import importlib
+
+    for name in HANDLER_MODULES:
+        try:
+            importlib.import_module(f".{name}", __package__)
+        except Exception:  # noqa: BLE001 - keep the agent up for the other ops
+            log.exception("toolbox module %s failed to load", name)
 
 
 async def serve(path: str, *, check_peer: bool = True) -> asyncio.Server:

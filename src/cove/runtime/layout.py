@@ -1,0 +1,123 @@
+"""Where a sandbox's files live on the host, and its small metadata record.
+
+``<data_dir>/sandboxes/<id>/``::
+
+    sandbox.json   lower rootfs path (fixed at create), hostname, env, user
+    disk.img       sparse ext4 image: the writable layer, capped at ``disk`` GiB
+    disk/          its mount point while running: upper/ work/ etc/ init.log
+    bundle/        config.json and rootfs/ (the overlay mount point)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cove.errors import RuntimeBackendError
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What a sandbox keeps about itself between calls."""
+
+    lower: str
+    hostname: str
+    user: str = "daytona"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SandboxPaths:
+    """Paths of one sandbox."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, data_dir: Path, sandbox_id: str) -> SandboxPaths:
+        """Paths of ``sandbox_id`` under ``data_dir``; refuses ids that are not plain names."""
+        if not _ID.match(sandbox_id):
+            raise RuntimeBackendError(f"invalid sandbox id {sandbox_id!r}")
+        return cls(sandboxes_dir(data_dir) / sandbox_id)
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / "sandbox.json"
+
+    @property
+    def image(self) -> Path:
+        return self.root / "disk.img"
+
+    @property
+    def disk(self) -> Path:
+        return self.root / "disk"
+
+    @property
+    def upper(self) -> Path:
+        return self.disk / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.disk / "work"
+
+    @property
+    def etc(self) -> Path:
+        return self.disk / "etc"
+
+    @property
+    def log(self) -> Path:
+        return self.disk / "init.log"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.bundle / "rootfs"
+
+    def read_metadata(self) -> Metadata:
+        """The stored metadata. Raises RuntimeBackendError when absent or unreadable."""
+        try:
+            return Metadata(**json.loads(self.metadata.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise RuntimeBackendError(f"sandbox {self.root.name} has no metadata") from exc
+
+    def write_metadata(self, meta: Metadata) -> None:
+        """Store ``meta`` atomically."""
+        tmp = self.metadata.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(asdict(meta), indent=2))
+            os.replace(tmp, self.metadata)
+        except OSError as exc:
+            raise RuntimeBackendError(f"cannot write {self.metadata}: {exc}") from exc
+
+
+def sandboxes_dir(data_dir: Path) -> Path:
+    """Directory holding every sandbox's directory."""
+    return data_dir / "sandboxes"
+
+
+def archive_path(archive_dir: Path, sandbox_id: str) -> Path:
+    """The archive file of a sandbox."""
+    return archive_dir / f"{sandbox_id}.tar.zst"
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write ``data`` as JSON to ``path``."""
+    try:
+        path.write_text(json.dumps(data))
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot write {path}: {exc}") from exc
+
+
+def remove_file(path: Path) -> None:
+    """Delete ``path`` if it exists."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot remove {path}: {exc}") from exc

@@ -1,0 +1,264 @@
+"""OciRuntime: sandboxes as crun containers over overlayfs on a per-sandbox ext4 image."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from cove.core.config import Settings
+from cove.core.ports import ContainerSpec, ContainerStats, ContainerStatus, ExecResult, Resources
+from cove.errors import RuntimeBackendError
+from cove.runtime import agent, archive, cgroups, disk, mounts, spec
+from cove.runtime.agent import AgentSetup
+from cove.runtime.container import bring_up, stop_container, tear_down
+from cove.runtime.crun import Crun, container_ids
+from cove.runtime.execution import ExecRequest, execute
+from cove.runtime.initbin import ensure_init_binary
+from cove.runtime.layout import Metadata, SandboxPaths, archive_path, remove_file, sandboxes_dir
+from cove.runtime.proc import foreign_errors
+from cove.runtime.snapshot import snapshot_rootfs
+
+ALIVE = ("running", "paused")
+log = logging.getLogger(__name__)
+
+
+class OciRuntime:
+    """The real isolation backend (implements :class:`cove.core.ports.Runtime`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        """Args:
+        settings: Server settings (data, snapshot and archive dirs, limits).
+        """
+        assert settings.archive_dir is not None
+        self._settings = settings
+        self._archives = settings.archive_dir
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._client: Crun | None = None
+
+    # -- helpers ---------------------------------------------------------
+
+    @property
+    def _crun(self) -> Crun:
+        with self._guard:
+            if self._client is None:
+                self._client = Crun(self._init_binary())
+            return self._client
+
+    def _init_binary(self) -> Path:
+        return ensure_init_binary(self._settings.data_dir)
+
+    def _agent_setup(self) -> AgentSetup | None:
+        return agent.cached_setup(self._settings.data_dir)
+
+    @contextmanager
+    def _locked(self, sandbox_id: str) -> Iterator[SandboxPaths]:
+        paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
+        with self._guard:
+            lock = self._locks.setdefault(sandbox_id, threading.Lock())
+        with lock, foreign_errors():
+            yield paths
+
+    def _alive(self, sandbox_id: str) -> dict[str, object] | None:
+        state = self._crun.state(sandbox_id)
+        return state if state and state.get("status") in ALIVE else None
+
+    # -- Runtime ---------------------------------------------------------
+
+    def has_snapshot(self, name: str) -> bool:
+        """Whether snapshot ``name`` has a root filesystem on this host."""
+        if not name or "/" in name or name.startswith("."):
+            return False
+        return snapshot_rootfs(self._settings, name).is_dir()
+
+    def create(self, spec_: ContainerSpec) -> None:
+        """Record the lower rootfs and make the sparse ext4 image; start nothing."""
+        with self._locked(spec_.sandbox_id) as paths:
+            if paths.image.exists() and paths.metadata.exists():
+                return
+            if not self.has_snapshot(spec_.snapshot):
+                raise RuntimeBackendError(f"snapshot {spec_.snapshot!r} is not available")
+            lower = snapshot_rootfs(self._settings, spec_.snapshot)
+            try:
+                paths.root.mkdir(parents=True, exist_ok=True)
+                paths.write_metadata(_metadata(spec_, str(lower)))
+                disk.create_image(paths.image, spec_.resources.disk)
+            except BaseException:
+                shutil.rmtree(paths.root, ignore_errors=True)
+                raise
+
+    def start(self, spec_: ContainerSpec) -> None:
+        """Mount image and overlay, write the bundle and ``crun run --detach``."""
+        with self._locked(spec_.sandbox_id) as paths:
+            meta = paths.read_metadata()
+            state = self._crun.state(spec_.sandbox_id)
+            if state is not None and state.get("status") in ALIVE:
+                return
+            if not paths.image.is_file():
+                raise RuntimeBackendError(f"sandbox {spec_.sandbox_id} has no writable layer")
+            if state is not None:
+                self._crun.delete(spec_.sandbox_id)  # a dead leftover
+            meta = _metadata(spec_, meta.lower)
+            paths.write_metadata(meta)
+            try:
+                bring_up(
+                    self._crun, self._settings, spec_, paths,
+                    meta=meta, init_binary=self._init_binary(), agent=self._agent_setup(),
+                )  # fmt: skip
+            except BaseException:
+                try:
+                    self._tear_down(spec_.sandbox_id, paths)
+                except RuntimeBackendError:
+                    log.exception("cleaning up failed start of %s", spec_.sandbox_id)
+                raise
+
+    def _tear_down(self, sandbox_id: str, paths: SandboxPaths) -> None:
+        tear_down(self._crun, sandbox_id, paths)
+
+    def stop(self, sandbox_id: str, *, force: bool = False) -> None:
+        """Terminate the container (SIGTERM, grace, SIGKILL), delete it, unmount."""
+        with self._locked(sandbox_id) as paths:
+            self._stop(sandbox_id, paths, force)
+
+    def _stop(self, sandbox_id: str, paths: SandboxPaths, force: bool) -> None:
+        grace = 0.0 if force else self._settings.stop_grace_seconds
+        stop_container(self._crun, sandbox_id, grace)
+        self._tear_down(sandbox_id, paths)
+
+    def destroy(self, sandbox_id: str) -> None:
+        """Stop, then remove the sandbox directory, its archive and its cgroups."""
+        with self._locked(sandbox_id) as paths:
+            self._stop(sandbox_id, paths, force=True)
+            mounts.unmount_under(paths.root)
+            if mounts.mounted_under(paths.root):
+                raise RuntimeBackendError(f"{paths.root} still has mounts")
+            try:
+                shutil.rmtree(paths.root, ignore_errors=False)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise RuntimeBackendError(f"cannot remove {paths.root}: {exc}") from exc
+            target = archive_path(self._archives, sandbox_id)
+            for stale in [target, *self._archives.glob(f".{target.name}.*.tmp")]:
+                remove_file(stale)  # the archive and any half-written one
+            cgroups.remove(sandbox_id)
+
+    def archive(self, sandbox_id: str) -> int:
+        """Pack the stopped sandbox's upper dir into the archive dir; delete disk.img."""
+        with self._locked(sandbox_id) as paths:
+            target = archive_path(self._archives, sandbox_id)
+            if self._alive(sandbox_id):
+                raise RuntimeBackendError(f"sandbox {sandbox_id} is running")
+            if not paths.image.is_file():
+                if target.is_file():
+                    return target.stat().st_size
+                raise RuntimeBackendError(f"sandbox {sandbox_id} has nothing to archive")
+            self._tear_down(sandbox_id, paths)
+            return archive.archive_layer(paths, target)
+
+    def restore(self, spec_: ContainerSpec) -> None:
+        """Verify the archive, extract it into a fresh image, then delete the archive."""
+        with self._locked(spec_.sandbox_id) as paths:
+            source = archive_path(self._archives, spec_.sandbox_id)
+            if paths.image.is_file():
+                remove_file(source)  # restored already (or never archived)
+                return
+            archive.verify(source)
+            if not paths.metadata.is_file():
+                lower = snapshot_rootfs(self._settings, spec_.snapshot)
+                paths.root.mkdir(parents=True, exist_ok=True)
+                paths.write_metadata(_metadata(spec_, str(lower)))
+            archive.restore_layer(source, paths, spec_.resources.disk)
+            remove_file(source)
+
+    def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
+        """Live: ``crun update`` cpu/memory. Stopped: resize the ext4 image too."""
+        with self._locked(sandbox_id) as paths:
+            alive = self._alive(sandbox_id)
+            if live:
+                if not alive:
+                    raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+                res = spec.resources(resources.cpu, resources.memory, self._settings)
+                update = {"cpu": res["cpu"], "memory": res["memory"]}
+                self._crun.update(sandbox_id, update, paths.root / "update.json")
+                return
+            if alive:
+                raise RuntimeBackendError(f"sandbox {sandbox_id} must be stopped to resize disk")
+            if paths.image.is_file():
+                mounts.unmount(paths.rootfs)
+                mounts.unmount(paths.disk)
+                disk.resize(paths.image, resources.disk)
+
+    def status(self, sandbox_id: str) -> ContainerStatus:
+        """RUNNING/PAUSED per crun, else STOPPED (image), ARCHIVED (archive) or ABSENT."""
+        paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
+        state = self._alive(sandbox_id)
+        if state is not None:
+            paused = state.get("status") == "paused"
+            return ContainerStatus.PAUSED if paused else ContainerStatus.RUNNING
+        if paths.image.is_file():
+            return ContainerStatus.STOPPED
+        if archive_path(self._archives, sandbox_id).is_file():
+            return ContainerStatus.ARCHIVED
+        return ContainerStatus.ABSENT
+
+    def list_ids(self) -> set[str]:
+        """Sandbox dirs, crun containers with a bundle of ours, and archives."""
+        root = sandboxes_dir(self._settings.data_dir)
+        with foreign_errors():
+            ids = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+            ids |= container_ids(self._crun.list(), root)
+            if self._archives.is_dir():
+                ids |= {p.name[: -len(".tar.zst")] for p in self._archives.glob("*.tar.zst")}
+        return ids
+
+    def exec(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run ``argv`` in the running sandbox as ``user`` (default: the sandbox's user).
+
+        Raises:
+            Timeout: it ran past ``timeout``; its process tree was killed.
+            RuntimeBackendError: the sandbox is not running.
+        """
+        paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
+        if not argv:
+            raise RuntimeBackendError("empty command")
+        if not self._alive(sandbox_id):
+            raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+        meta = paths.read_metadata()
+        request = ExecRequest(list(argv), user or meta.user, env, cwd, timeout)
+        with foreign_errors():
+            return execute(self._crun, paths, meta, request)
+
+    def stats(self, sandbox_id: str) -> ContainerStats:
+        """CPU time, memory and task count of the running sandbox (from its cgroups)."""
+        return cgroups.stats(sandbox_id)
+
+    def agent_socket(self, sandbox_id: str) -> socket.socket:
+        """A new stream socket connected to the running sandbox's toolbox agent.
+
+        Raises:
+            RuntimeBackendError: the sandbox does not run, or its agent does not answer.
+        """
+        SandboxPaths.of(self._settings.data_dir, sandbox_id)  # validates the id
+        state = self._alive(sandbox_id)
+        if state is None or state.get("status") != "running":
+            raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+        return agent.connect(int(str(state["pid"])))
+
+
+def _metadata(spec_: ContainerSpec, lower: str) -> Metadata:
+    return Metadata(lower=lower, hostname=spec_.hostname, user=spec_.user, env=dict(spec_.env))

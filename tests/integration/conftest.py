@@ -1,0 +1,122 @@
+"""Fixtures for tests against the real runtime: root, crun and the default snapshot.
+
+The default snapshot is shared through ``/var/lib/cove/snapshots`` (built once,
+about 45 s). Every sandbox a test makes is destroyed afterwards, and every test
+is followed by a check that nothing of ours is left on the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cove.core.config import Settings
+from cove.core.ports import ContainerSpec, Resources
+from cove.runtime.oci import OciRuntime
+from cove.runtime.snapshot import ensure_default_snapshot
+from tests.leaks import leaks
+
+log = logging.getLogger("cove.tests.integration")
+SNAPSHOTS = Path("/var/lib/cove/snapshots")
+TOOLS = ("crun", "debootstrap", "mkfs.ext4", "zstd", "tar", "gcc", "resize2fs")
+
+
+def _unmet() -> str | None:
+    if os.geteuid() != 0:
+        return "integration tests need root"
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    return f"missing tools: {', '.join(missing)}" if missing else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    reason = _unmet()
+    if reason is None:
+        return
+    for item in items:
+        if item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def it_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings of the test session: a fresh data dir, the shared snapshot cache."""
+    data = tmp_path_factory.mktemp("cove-it")
+    return Settings(data_dir=data, snapshot_dir=SNAPSHOTS, stop_grace_seconds=2.0)
+
+
+@pytest.fixture(scope="session")
+def default_rootfs(it_settings: Settings) -> Path:
+    """The default snapshot's rootfs (built on first use)."""
+    return ensure_default_snapshot(it_settings, progress=log.info)
+
+
+@pytest.fixture(scope="session")
+def runtime(it_settings: Settings, default_rootfs: Path) -> OciRuntime:
+    return OciRuntime(it_settings)
+
+
+SandboxFactory = Callable[..., ContainerSpec]
+ID_PREFIX = "it-"
+
+
+@pytest.fixture
+def make_sandbox(runtime: OciRuntime) -> Iterator[SandboxFactory]:
+    """Create (and by default start) sandboxes; every one is destroyed at the end."""
+    made: list[str] = []
+
+    def make(
+        *, cpu: int = 1, memory: int = 1, disk: int = 3, start: bool = True,
+        env: dict[str, str] | None = None, hostname: str | None = None,
+    ) -> ContainerSpec:  # fmt: skip
+        sandbox_id = f"{ID_PREFIX}{uuid.uuid4().hex[:12]}"
+        spec = ContainerSpec(
+            sandbox_id=sandbox_id,
+            hostname=hostname or f"box-{sandbox_id[3:9]}",
+            snapshot="cove-default",
+            resources=Resources(cpu=cpu, memory=memory, disk=disk),
+            env=env or {},
+        )
+        made.append(sandbox_id)
+        log.info("sandbox %s", sandbox_id)
+        runtime.create(spec)
+        if start:
+            runtime.start(spec)
+        return spec
+
+    yield make
+    for sandbox_id in made:
+        try:
+            runtime.destroy(sandbox_id)
+        except Exception:
+            log.exception("destroying sandbox %s failed", sandbox_id)
+            raise
+
+
+def stray_processes(data_dir: Path) -> list[str]:
+    """Processes still in a test sandbox's cgroup, and crun calls about our data dir."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if f"/cove/{ID_PREFIX}" in cgroup or (str(data_dir) in cmd and "crun" in cmd):
+            found.append(f"process {pid}: {cmd[:80]}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def nothing_left(request: pytest.FixtureRequest, it_settings: Settings) -> Iterator[None]:
+    """After each integration test: no mount, loop, cgroup, container or process of ours."""
+    yield
+    if request.node.get_closest_marker("integration") is None or _unmet():
+        return
+    left = leaks(it_settings.data_dir) + stray_processes(it_settings.data_dir)
+    assert not left, "left on the host: " + "; ".join(left)
