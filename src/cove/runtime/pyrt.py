@@ -44,12 +44,11 @@ _PATHS = ("import sys, sysconfig; print(sysconfig.get_paths()['stdlib']); "
           "print(sysconfig.get_config_var('DESTSHARED')); print('%d.%d' % sys.version_info[:2])")
 
 
-def argv(agent_module: str = "toolbox.agent") -> list[str]:
+def argv() -> list[str]:
     """How the sandbox's init starts the agent (paths as the sandbox sees them)."""
     return [f"{MOUNT}/lib/ld.so", "--library-path", f"{MOUNT}/lib", f"{MOUNT}/bin/python3",
             "-I", "-S", "-B", "-c",
-            f"import sys; sys.path.insert(0, '/dev/.cove/pkg'); "
-            f"import runpy; runpy.run_module('{agent_module}', run_name='__main__')"]
+            "import sys; sys.path.insert(0, '/dev/.cove/pkg'); import toolbox.agent as a; a.run()"]
 
 
 def ensure_python_runtime(data_dir: Path) -> Path:

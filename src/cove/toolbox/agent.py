@@ -139,7 +139,9 @@ async def main() -> None:
         await stop.wait()
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Entry point inside the sandbox (imported, never run as ``__main__``, so that
+    handler modules register on this module's HANDLERS)."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     os.umask(0o022)
     asyncio.run(main())

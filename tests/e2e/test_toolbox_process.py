@@ -1,0 +1,101 @@
+"""process.exec, code_run and sandbox info through the SDK, inside real sandboxes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from daytona import (
+    CreateSandboxFromSnapshotParams,
+    Daytona,
+    DaytonaConfig,
+    DaytonaError,
+    DaytonaNotFoundError,
+)
+from daytona.common.errors import DaytonaProcessExecutionTimeoutError
+
+from tests.e2e.conftest import Server
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def sb(daytona_module: Daytona):
+    sandbox = daytona_module.create(CreateSandboxFromSnapshotParams(env_vars={"X": "1"}))
+    yield sandbox
+    sandbox.delete()
+
+
+@pytest.fixture(scope="module")
+def daytona_module(server: Server) -> Daytona:
+    return Daytona(DaytonaConfig(api_key=server.api_key, api_url=server.api_url))
+
+
+def test_exec_runs_as_the_sandbox_user_in_its_home(sb) -> None:
+    r = sb.process.exec("id -un; pwd; echo $X $HOME; echo err >&2; exit 4")
+    assert r.exit_code == 4
+    assert r.result == "daytona\n/home/daytona\n1 /home/daytona\nerr\n"
+
+
+def test_exec_cwd_env_and_limits(sb) -> None:
+    r = sb.process.exec("pwd; echo $FOO", cwd="/tmp", env={"FOO": "bar"})
+    assert r.result == "/tmp\nbar\n"
+    cpus = sb.process.exec("cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null"
+                           " || cut -d' ' -f1 /sys/fs/cgroup/cpu.max").result.strip()
+    assert cpus == "100000"
+
+
+def test_exec_cannot_see_the_host(sb) -> None:
+    ps = sb.process.exec("ps -e -o comm=").result.split()
+    assert "python" not in " ".join(ps)  # no host process (the server is python)
+    assert sb.process.exec("test -e /work/main && echo leak || echo ok").result == "ok\n"
+
+
+def test_exec_timeout_fires_and_kills_the_tree(sb) -> None:
+    started = time.monotonic()
+    with pytest.raises(DaytonaProcessExecutionTimeoutError) as info:
+        sb.process.exec("sleep 300 & sleep 300", timeout=1)
+    assert time.monotonic() - started < 20
+    assert "timed out" in str(info.value).lower()
+    left = sb.process.exec("ps -e -o comm= | grep -c sleep || true").result.strip()
+    assert left == "0"
+
+
+def test_code_run_python(sb) -> None:
+    r = sb.process.code_run("import sys\nprint('hi', sys.version_info.major)")
+    assert r.exit_code == 0 and r.result == "hi 3\n"
+
+
+def test_info(sb) -> None:
+    assert sb.get_user_home_dir() == "/home/daytona"
+    assert sb.get_work_dir() == "/home/daytona"
+
+
+def test_other_organization_gets_404(server: Server, sb) -> None:
+    key = subprocess.run(
+        [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", "other",
+         "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    other = Daytona(DaytonaConfig(api_key=key, api_url=server.api_url))
+    with pytest.raises(DaytonaNotFoundError):
+        other.get(sb.id)
+    assert list(other.list()) == []
+    # The toolbox too, even knowing the sandbox id.
+    r = httpx.post(f"{server.url}/toolbox/{sb.id}/process/execute",
+                   json={"command": "id"}, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 404
+
+
+def test_toolbox_on_stopped_sandbox_fails_at_once(daytona_module: Daytona) -> None:
+    box = daytona_module.create()
+    try:
+        box.stop()
+        started = time.monotonic()
+        with pytest.raises(DaytonaError, match="start it"):
+            box.process.exec("true")
+        assert time.monotonic() - started < 5
+    finally:
+        box.delete()
