@@ -44,3 +44,19 @@ def test_kill9_keeps_sandboxes_and_state(server: Server, daytona: Daytona,
     revived = client.get(victim.id)
     revived.start()
     assert revived.state == SandboxState.STARTED
+
+
+def test_container_dying_under_a_running_server_is_reported(
+    server: Server, daytona: Daytona, sandboxes: list
+) -> None:
+    import time
+
+    sb = daytona.create()
+    sandboxes.append(sb)
+    server.runtime().stop(sb.id, force=True)  # as if its init had been killed
+    deadline = time.monotonic() + 30
+    while daytona.get(sb.id).state != SandboxState.STOPPED:
+        assert time.monotonic() < deadline, "still reported started"
+        time.sleep(0.2)
+    sb.start()
+    assert sb.process.exec("echo back").result == "back\n"

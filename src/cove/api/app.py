@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from cove.core.auth import AuthService
 from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
 from cove.core.ports import Runtime
-from cove.core.reconcile import reconcile
+from cove.core.reconcile import reconcile, watch
 from cove.core.toolbox import ToolboxService
 from cove.runtime import build_runtime
 from cove.store.keys import SqlKeyStore
@@ -48,7 +49,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> ASGIApp
         services = _start_services(settings, runtime or build_runtime(settings), events)
         holder["services"] = app.state.services = services
         await reconcile(services.lifecycle)
+        watcher = asyncio.create_task(watch(services.lifecycle, interval=settings.watch_seconds))
         yield
+        watcher.cancel()
         await services.lifecycle.drain()
 
     api = FastAPI(title="Cove", version="0.1.0", lifespan=lifespan)

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_disk: int = 10
     pids_limit: int = 1024
     stop_grace_seconds: float = 3.0
+    # How often the host is checked for sandboxes whose container died.
+    watch_seconds: float = 5.0
     default_auto_stop_interval: int = 15
     default_auto_archive_interval: int = 7 * 24 * 60
     default_auto_delete_interval: int = -1

@@ -82,3 +82,14 @@ async def _remove_orphans(service: LifecycleService, known: set[str]) -> None:
     for sandbox_id in orphans - known:
         log.warning("removing leftovers of unknown sandbox %s", sandbox_id)
         await service._cleanup_quietly(sandbox_id)
+
+
+async def watch(service: LifecycleService, *, interval: float = 5.0) -> None:
+    """Reconcile every ``interval`` seconds while the server runs, so a sandbox
+    whose container dies (say its init was OOM-killed) is reported within seconds."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await reconcile(service, remove_orphans=False)
+        except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+            log.exception("periodic reconciliation failed")

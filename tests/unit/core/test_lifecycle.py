@@ -257,3 +257,21 @@ async def test_start_of_a_creating_sandbox_is_refused(
     lifecycle.store.save(sb)
     with pytest.raises(InvalidState):
         await lifecycle.start(org, sb.id)
+
+
+async def test_watch_notices_a_container_that_died(
+    lifecycle: LifecycleService, org: str, runtime: FakeRuntime
+) -> None:
+    import asyncio
+
+    from cove.core.reconcile import watch
+
+    sb = await _create(lifecycle, org)
+    runtime.boxes[sb.id].status = "stopped"
+    task = asyncio.create_task(watch(lifecycle, interval=0.01))
+    for _ in range(200):
+        if lifecycle.get(org, sb.id).state is S.STOPPED:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert lifecycle.get(org, sb.id).state is S.STOPPED
