@@ -53,7 +53,7 @@ def sdk_figures(daytona: Daytona, n: int) -> dict[str, list[float]]:
     daytona.create().delete()  # warm the server's code paths, not a pool
     for _ in range(n):
         box: list = []
-        figures["create"].append(timed(lambda: box.append(
+        figures["create"].append(timed(lambda box=box: box.append(
             daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0)))))
         sb = box[0]
         figures["stop"].append(timed(sb.stop))

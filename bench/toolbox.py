@@ -60,7 +60,7 @@ def log_first_byte(sb, n: int) -> list[float]:  # noqa: ANN001
         cmd = sb.process.execute_session_command(
             "bench", SessionExecuteRequest(command="echo hi", run_async=True))
 
-        def on_out(_chunk: str, first: list[float] = first) -> None:
+        def on_out(_chunk: str, first: list[float] = first, start: float = start) -> None:
             if not first:
                 first.append((time.perf_counter() - start) * 1000)
 

@@ -50,7 +50,8 @@ async def _reconcile_one(service: LifecycleService, sandbox_id: str) -> None:
         return
     if sandbox.state is S.CREATING:
         await asyncio.to_thread(runtime.destroy, sandbox.id)
-        await service._fail(sandbox, "creation was interrupted by a server restart", recoverable=True)
+        reason = "creation was interrupted by a server restart"
+        await service._fail(sandbox, reason, recoverable=True)
         return
     status = await asyncio.to_thread(runtime.status, sandbox.id)
     if sandbox.state is S.STOPPING or (sandbox.state is S.STOPPED and status is C.RUNNING):
@@ -65,7 +66,8 @@ async def _reconcile_one(service: LifecycleService, sandbox_id: str) -> None:
 async def _settle(service: LifecycleService, sandbox: Sandbox, status: ContainerStatus) -> None:
     if status is C.ABSENT:
         if sandbox.state is not S.ERROR:
-            await service._fail(sandbox, "the sandbox's files are missing on the host", recoverable=False)
+            reason = "the sandbox's files are missing on the host"
+            await service._fail(sandbox, reason, recoverable=False)
         return
     target = _AT_REST[status]
     if sandbox.state is S.ERROR or sandbox.state is target:

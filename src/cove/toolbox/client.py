@@ -59,7 +59,8 @@ class AgentCall:
             try:
                 kind, payload = await protocol.read_frame(self.reader)
             except EOFError as exc:
-                raise AgentError(502, "AGENT_GONE", "the sandbox's agent closed the connection") from exc
+                gone = "the sandbox's agent closed the connection"
+                raise AgentError(502, "AGENT_GONE", gone) from exc
             if kind == protocol.JSON:
                 message = protocol.decode(payload)
                 if "ok" in message:

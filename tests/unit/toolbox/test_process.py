@@ -42,7 +42,8 @@ def test_timeout_is_408_and_kills_the_whole_tree(
     assert body["code"] == "PROCESS_EXECUTION_TIMEOUT" and body["source"] == "DAYTONA_DAEMON"
     child = int(pidfile.read_text())
     for _ in range(100):
-        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+        stat = Path(f"/proc/{child}/stat")
+        if not stat.exists() or stat.read_text().split()[2] == "Z":
             break
         time.sleep(0.05)
     else:

@@ -18,7 +18,9 @@ from cove.toolbox import protocol
 router = APIRouter(tags=["toolbox"])
 
 
-async def _collect(toolbox: ToolboxDep, sandbox: StartedSandboxDep, message: dict) -> tuple[int, str]:
+async def _collect(
+    toolbox: ToolboxDep, sandbox: StartedSandboxDep, message: dict
+) -> tuple[int, str]:
     chunks: list[bytes] = []
     async with toolbox.call(sandbox, message) as agent:
         async for kind, payload in agent.frames():
