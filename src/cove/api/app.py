@@ -30,6 +30,7 @@ from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
 from cove.core.ports import Runtime
 from cove.core.reconcile import reconcile, watch
+from cove.core.timers import run_timers
 from cove.core.toolbox import ToolboxService
 from cove.runtime import build_runtime
 from cove.store.keys import SqlKeyStore
@@ -49,9 +50,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> ASGIApp
         services = _start_services(settings, runtime or build_runtime(settings), events)
         holder["services"] = app.state.services = services
         await reconcile(services.lifecycle)
-        watcher = asyncio.create_task(watch(services.lifecycle, interval=settings.watch_seconds))
+        background = [
+            asyncio.create_task(watch(services.lifecycle, interval=settings.watch_seconds)),
+            asyncio.create_task(run_timers(services.lifecycle, settings.minute_seconds)),
+        ]
         yield
-        watcher.cancel()
+        for task in background:
+            task.cancel()
         await services.lifecycle.drain()
 
     api = FastAPI(title="Cove", version="0.1.0", lifespan=lifespan)

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     stop_grace_seconds: float = 3.0
     # How often the host is checked for sandboxes whose container died.
     watch_seconds: float = 5.0
+    # How many seconds a lifecycle minute (auto-stop/archive/delete) lasts.
+    minute_seconds: float = 60.0
     default_auto_stop_interval: int = 15
     default_auto_archive_interval: int = 7 * 24 * 60
     default_auto_delete_interval: int = -1

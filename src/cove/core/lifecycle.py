@@ -352,6 +352,8 @@ class LifecycleService:
     async def _set_state(self, sandbox: Sandbox, new: SandboxState) -> Sandbox:
         old = sandbox.state
         transition(sandbox, new)
+        if new is S.STARTED and old is not S.RESIZING:
+            sandbox.last_activity_at = sandbox.updated_at  # a fresh start is activity
         self.store.save(sandbox)
         await self.events.sandbox_state_updated(sandbox, old)
         return sandbox

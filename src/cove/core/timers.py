@@ -1,0 +1,89 @@
+"""Lifecycle timers: auto-stop, auto-archive and auto-delete.
+
+Nothing is scheduled in memory: whether a timer is due follows from fields kept
+in the database (``last_activity_at``, ``state_changed_at`` and the intervals),
+so timers survive restarts, and one that fell due while the server was down
+fires on the first tick after it starts. A lifecycle minute lasts
+``COVE_MINUTE_SECONDS`` seconds (60; tests shorten it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from datetime import datetime, timedelta
+
+from cove.core.lifecycle import LifecycleService
+from cove.core.sandbox import Sandbox, SandboxState, utcnow
+from cove.errors import CoveError
+
+S = SandboxState
+log = logging.getLogger(__name__)
+MAX_ARCHIVE_MINUTES = 30 * 24 * 60  # what autoArchiveInterval=0 means
+TICK_SECONDS = 1.0
+
+
+class Action(enum.StrEnum):
+    STOP = "stop"
+    ARCHIVE = "archive"
+    DELETE = "delete"
+
+
+def due(sandbox: Sandbox, now: datetime, minute: float) -> Action | None:
+    """The timer action that is due for ``sandbox`` at ``now``, if any."""
+
+    def elapsed(since: datetime, minutes: int) -> bool:
+        return now - since >= timedelta(seconds=minutes * minute)
+
+    if sandbox.state is S.STARTED:
+        stop_after = sandbox.auto_stop_interval
+        if stop_after > 0 and elapsed(sandbox.last_activity_at, stop_after):
+            return Action.STOP
+        return None
+    if sandbox.state is not S.STOPPED:
+        return None
+    delete_after = sandbox.auto_delete_interval
+    if delete_after >= 0 and elapsed(sandbox.state_changed_at, delete_after):
+        return Action.DELETE
+    archive_after = sandbox.auto_archive_interval or MAX_ARCHIVE_MINUTES
+    if elapsed(sandbox.state_changed_at, archive_after):
+        return Action.ARCHIVE
+    return None
+
+
+async def fire_due(service: LifecycleService, minute: float) -> list[tuple[str, Action]]:
+    """Carry out every due timer once; returns what was done."""
+    done = []
+    now = utcnow()
+    for sandbox in service.store.all():
+        action = due(sandbox, now, minute)
+        if action is None:
+            continue
+        log.info("timer: %s sandbox %s", action, sandbox.id)
+        try:
+            await _perform(service, sandbox, action)
+            done.append((sandbox.id, action))
+        except CoveError as exc:  # e.g. it changed state meanwhile
+            log.warning("timer %s of sandbox %s failed: %s", action, sandbox.id, exc.message)
+    return done
+
+
+async def _perform(service: LifecycleService, sandbox: Sandbox, action: Action) -> None:
+    org = sandbox.organization_id
+    if action is Action.STOP:
+        await service.stop(org, sandbox.id)
+    elif action is Action.ARCHIVE:
+        await service.archive(org, sandbox.id)
+    else:
+        await service.destroy(org, sandbox.id)
+
+
+async def run_timers(service: LifecycleService, minute: float) -> None:
+    """Fire due timers every second until cancelled."""
+    while True:
+        try:
+            await fire_due(service, minute)
+        except Exception:  # noqa: BLE001 - the timers must outlive any one failure
+            log.exception("lifecycle timers failed")
+        await asyncio.sleep(TICK_SECONDS)
