@@ -25,7 +25,7 @@ def envelope(
         "error": HTTPStatus(status).phrase,
         "timestamp": iso(utcnow()),
         "path": request.url.path,
-        "method": request.method,
+        "method": request.scope.get("method", "GET"),  # a WebSocket upgrade is a GET
     }
     return JSONResponse(body, status_code=status)
 

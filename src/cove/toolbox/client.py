@@ -10,6 +10,11 @@ from typing import Any
 from . import protocol
 from .protocol import AgentError
 
+# How far the reader may run ahead of its consumer (it pauses the socket at
+# twice this). Frames are read with readexactly, which is not bound by it, so
+# a streamed download holds at most about this much in the server.
+READ_AHEAD = 128 * 1024
+
 
 class AgentCall:
     """One request to an agent, over a connected socket.
@@ -26,7 +31,7 @@ class AgentCall:
     async def __aenter__(self) -> AgentCall:
         self._sock.setblocking(False)
         self.reader, self.writer = await asyncio.open_unix_connection(
-            sock=self._sock, limit=protocol.MAX_FRAME
+            sock=self._sock, limit=READ_AHEAD
         )
         return self
 

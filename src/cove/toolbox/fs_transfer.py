@@ -1,0 +1,108 @@
+"""Streaming file transfers: ``fs_write`` (upload) and ``fs_read`` (bulk download).
+
+Neither side holds a whole file: data moves in D frames of at most
+:data:`protocol.CHUNK` bytes, with the socket's flow control in between.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from typing import Any
+
+from . import protocol
+from .agent import Request, op
+from .files import failing_as, make_dirs, os_error, resolve, user_of
+from .protocol import AgentError
+
+UPLOAD_MODE = 0o644
+
+
+def _write_target(path: str) -> str:
+    """Where an upload to ``path`` lands: through a symlink, like Daytona's daemon."""
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    return path
+
+
+@op("fs_write")
+async def write(request: Request) -> dict[str, Any]:
+    """Receive one file: answer ``ready``, take D frames up to Z, then rename into place."""
+    user = user_of(request)
+    path = _write_target(resolve(user, request.arg("path")))
+    with failing_as(path):
+        if os.path.isdir(path):
+            raise protocol.bad_request(f"{path} is a directory")
+        make_dirs(os.path.dirname(path), user)
+        fd, temp = tempfile.mkstemp(prefix=".cove-upload-", dir=os.path.dirname(path))
+    try:
+        await request.send_json({"ready": True})
+        size = await _receive(request, fd, path)
+        with failing_as(path):
+            os.fchmod(fd, UPLOAD_MODE)
+            os.fchown(fd, user.uid, user.gid)
+            os.close(fd)
+            fd = -1
+            os.rename(temp, path)
+    finally:
+        if fd != -1:
+            os.close(fd)
+        if os.path.lexists(temp):
+            os.unlink(temp)
+    return {"path": path, "bytes": size}
+
+
+async def _receive(request: Request, fd: int, path: str) -> int:
+    size = 0
+    while True:
+        kind, payload = await protocol.read_frame(request.reader)
+        if kind == protocol.END:
+            return size
+        if kind != protocol.DATA:
+            raise protocol.ProtocolError(f"unexpected frame {kind!r} in an upload")
+        view = memoryview(payload)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+        size += len(payload)
+
+
+@op("fs_read")
+async def read(request: Request) -> dict[str, Any]:
+    """Send each requested file (header, D frames, Z) or its error, in order."""
+    user = user_of(request)
+    paths = request.arg("paths", list)
+    for given in paths:
+        if not isinstance(given, str):
+            raise protocol.bad_request("paths must be strings")
+        try:
+            fd, size = _open(resolve(user, given))
+        except AgentError as exc:
+            await request.send_json({"error": exc.reply(), "path": given})
+            continue
+        try:
+            await request.send_json({"file": given, "size": size})
+            while chunk := os.read(fd, protocol.CHUNK):
+                await request.send(protocol.DATA, chunk)
+            await request.send(protocol.END)
+        except OSError as exc:
+            if isinstance(exc, ConnectionError):
+                raise
+            raise os_error(exc, given) from exc
+        finally:
+            os.close(fd)
+    return {}
+
+
+def _open(path: str) -> tuple[int, int]:
+    with failing_as(path):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise protocol.bad_request(f"{path} is {what}")
+    return fd, st.st_size
