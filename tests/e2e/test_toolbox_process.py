@@ -99,3 +99,10 @@ def test_toolbox_on_stopped_sandbox_fails_at_once(daytona_module: Daytona) -> No
         assert time.monotonic() - started < 5
     finally:
         box.delete()
+
+
+def test_user_process_can_reopen_its_own_stdio(sb) -> None:
+    r = sb.process.exec("echo to-stderr > /dev/stderr; echo to-stdout > /dev/stdout")
+    assert r.exit_code == 0 and r.result == "to-stderr\nto-stdout\n"
+    fds = sb.process.exec("ls /proc/self/fd | sort -n | tr '\\n' ' '").result.split()
+    assert fds[:3] == ["0", "1", "2"] and len(fds) <= 4  # 3 = the directory ls reads

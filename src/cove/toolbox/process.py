@@ -70,14 +70,23 @@ async def run_streaming(
         AgentError: 408 PROCESS_EXECUTION_TIMEOUT once ``timeout`` passes (the
             whole process tree is killed at that moment).
     """
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT if merge else asyncio.subprocess.PIPE,
-        **users.spawn_kwargs(user, cwd, env),
-    )
-    pumps = [asyncio.ensure_future(_pump(proc.stdout, request, protocol.STDOUT))]
+    out_r, out_w = users.owned_pipe(user)
+    err_r, err_w = (out_r, out_w) if merge else users.owned_pipe(user)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+            **users.spawn_kwargs(user, cwd, env),
+        )
+    except BaseException:
+        for fd in {out_r, err_r}:
+            os.close(fd)
+        raise
+    finally:
+        for fd in {out_w, err_w}:
+            os.close(fd)
+    pumps = [asyncio.ensure_future(_pump(await _reader(out_r), request, protocol.STDOUT))]
     if not merge:
-        pumps.append(asyncio.ensure_future(_pump(proc.stderr, request, protocol.STDERR)))
+        pumps.append(asyncio.ensure_future(_pump(await _reader(err_r), request, protocol.STDERR)))
     try:
         await asyncio.wait_for(proc.wait(), timeout if timeout and timeout > 0 else None)
     except TimeoutError:
@@ -94,8 +103,14 @@ async def run_streaming(
     return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
 
 
-async def _pump(stream: asyncio.StreamReader | None, request: Request, kind: bytes) -> None:
-    assert stream is not None
+async def _reader(fd: int) -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=protocol.CHUNK)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb"))
+    return reader
+
+
+async def _pump(stream: asyncio.StreamReader, request: Request, kind: bytes) -> None:
     while chunk := await stream.read(protocol.CHUNK):
         await request.send(kind, chunk)
 

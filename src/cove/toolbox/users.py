@@ -55,6 +55,15 @@ def environment(user: User, extra: dict[str, str] | None = None) -> dict[str, st
     return env
 
 
+def owned_pipe(user: User) -> tuple[int, int]:
+    """A pipe (read, write) that belongs to ``user``, so the user's process can
+    reopen it as ``/dev/stdout`` or ``/dev/stderr``."""
+    read_end, write_end = os.pipe()
+    if os.geteuid() == 0:
+        os.fchown(read_end, user.uid, user.gid)
+    return read_end, write_end
+
+
 def spawn_kwargs(user: User, cwd: str | None, extra_env: dict[str, str] | None) -> dict:
     """Keyword arguments for subprocess/asyncio spawns running as ``user``."""
     workdir = cwd or user.home
