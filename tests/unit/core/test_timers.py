@@ -15,10 +15,11 @@ from cove.schemas.sandbox import SandboxCreate
 
 S = SandboxState
 MIN = 60.0
+T0 = utcnow()  # the boxes below are made at collection; judge them at that same time
 
 
 def _box(state: SandboxState, *, idle: float = 0, stopped: float = 0, **kw: int) -> Sandbox:
-    now = utcnow()
+    now = T0
     sb = Sandbox(id="x", organization_id="o", name="x", snapshot="s", user="u",
                  resources=Resources(1, 1, 1), state=state, **kw)
     sb.last_activity_at = now - timedelta(minutes=idle)
@@ -47,7 +48,7 @@ def _box(state: SandboxState, *, idle: float = 0, stopped: float = 0, **kw: int)
     ],
 )
 def test_due(sandbox: Sandbox, expected: Action | None) -> None:
-    assert due(sandbox, utcnow(), MIN) == expected
+    assert due(sandbox, T0, MIN) == expected
 
 
 async def _create(lifecycle: LifecycleService, org: str, **fields: object) -> Sandbox:
