@@ -106,3 +106,17 @@ def test_user_process_can_reopen_its_own_stdio(sb) -> None:
     assert r.exit_code == 0 and r.result == "to-stderr\nto-stdout\n"
     fds = sb.process.exec("ls /proc/self/fd | sort -n | tr '\\n' ' '").result.split()
     assert fds[:3] == ["0", "1", "2"] and len(fds) <= 4  # 3 = the directory ls reads
+
+
+@pytest.mark.parametrize(("language", "code"), [
+    ("typescript", "const n: number = 41; console.log(`ts ${n + 1}`)"),
+    ("javascript", "console.log('js', [1, 2].length)"),
+])
+def test_code_run_per_language_label(daytona_module: Daytona, language: str, code: str) -> None:
+    box = daytona_module.create(CreateSandboxFromSnapshotParams(language=language))
+    try:
+        r = box.process.code_run(code)
+        assert r.exit_code == 0, r.result
+        assert r.result == {"typescript": "ts 42\n", "javascript": "js 2\n"}[language]
+    finally:
+        box.delete()

@@ -33,14 +33,23 @@ RECIPE_VERSION = 1
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = (
-    "bash", "ca-certificates", "curl", "git", "iproute2", "less", "mount", "passwd",
-    "procps", "python3", "python3-pip", "python3-venv", "unzip", "xz-utils",
+    "bash", "ca-certificates", "curl", "git", "iproute2", "less", "mount", "passwd", "procps",
+    "python-is-python3", "python3", "python3-pip", "python3-venv", "unzip", "xz-utils",
 )  # fmt: skip
 POST_BUILD = """\
 set -e
 groupadd --gid 1000 daytona
 useradd --uid 1000 --gid 1000 --home-dir /home/daytona --create-home \
     --shell /bin/bash daytona
+# Node.js and a TypeScript runner for code_run (debootstrap cannot resolve npm's
+# dependency tree itself; apt can). The registries are reachable at build time only.
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends nodejs npm
+# Trust what the host trusts for the registry (e.g. a TLS-inspecting proxy's CA).
+[ -f /tmp/cove-host-ca.crt ] && export NODE_EXTRA_CA_CERTS=/tmp/cove-host-ca.crt
+npm install --global --no-audit --no-fund --loglevel=error tsx@4 typescript@5
+rm -rf /root/.npm /root/.cache
 echo sandbox > /etc/hostname
 printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n' > /etc/hosts
 : > /etc/resolv.conf
@@ -188,8 +197,15 @@ def _debootstrap(rootfs: Path, say: Progress) -> None:
 
 
 def _post_build(rootfs: Path, say: Progress) -> None:
-    say("post-build: creating user daytona, cleaning caches")
-    run(["chroot", str(rootfs), "/bin/sh", "-c", POST_BUILD], timeout=300)
+    say("post-build: Node.js and a TypeScript runner, user daytona, cleaning caches")
+    host_ca = Path(os.environ.get("NODE_EXTRA_CA_CERTS", "/etc/ssl/certs/ca-certificates.crt"))
+    if host_ca.is_file():
+        shutil.copyfile(host_ca, rootfs / "tmp" / "cove-host-ca.crt")
+    run(["mount", "-t", "proc", "proc", str(rootfs / "proc")])  # npm needs /proc
+    try:
+        _stream(["chroot", str(rootfs), "/bin/sh", "-c", POST_BUILD], say)
+    finally:
+        mounts.unmount(rootfs / "proc")
 
 
 def _stream(argv: list[str], say: Progress) -> None:
