@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the seed program is quoted verbatim)
 """The seed workflow of daytona-api.md, verbatim, as a user's program."""
 
 from __future__ import annotations
