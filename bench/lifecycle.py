@@ -64,19 +64,55 @@ def sdk_figures(daytona: Daytona, n: int) -> dict[str, list[float]]:
     return figures
 
 
+def pause_figures(daytona: Daytona, n: int) -> dict[str, list[float]]:
+    """Pause (SDK ``pause``) and resume (SDK ``start`` of a paused sandbox) of one
+    sandbox with a Python process running in it."""
+    figures: dict[str, list[float]] = {"pause": [], "resume": []}
+    sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
+    try:
+        sb.process.exec("setsid python3 -c 'import time\nwhile 1: time.sleep(0.01)' "
+                        ">/dev/null 2>&1 </dev/null &")  # fmt: skip
+        for _ in range(n):
+            figures["pause"].append(timed(sb.pause))
+            figures["resume"].append(timed(sb.start))
+    finally:
+        sb.delete()
+    return figures
+
+
+def archive_figures(daytona: Daytona, sizes_mb: list[int]) -> list[tuple[int, float, float]]:
+    """Archive and restore of a sandbox holding ``size`` MB of random (incompressible)
+    data: (size MB, archive ms, restore ms) per size."""
+    out = []
+    for size in sizes_mb:
+        sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
+        try:
+            fill = f"head -c {size * 1_000_000} /dev/urandom > /home/daytona/blob"
+            assert sb.process.exec(fill, timeout=600).exit_code == 0
+            sb.stop()  # archive time without the stop
+            archive_ms = timed(sb.archive)
+            restore_ms = timed(lambda sb=sb: sb.start(timeout=900))
+            out.append((size, archive_ms, restore_ms))
+        finally:
+            sb.delete()
+    return out
+
+
 def raw_crun(server: ServerProcess, daytona: Daytona, n: int) -> tuple[list[float], list[float]]:
     """``crun run --detach`` of a running sandbox's own bundle config and rootfs."""
     sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
     crun = Crun(ensure_init_binary(server.data_dir))
     source = server.data_dir / "sandboxes" / sb.id / "bundle"
-    work = Path(tempfile.mkdtemp(prefix="cove-bench-"))
+    # Next to the sandbox's own bundle: on a hybrid-cgroup host crun runs in a mount
+    # namespace that keeps only the mounts under the bundle's parent directory.
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=source.parent))
     run_ms, cycle_ms = [], []
     try:
         config = json.loads((source / "config.json").read_text())
         config["root"]["path"] = str(source / "rootfs")
         for i in range(n):
             cid = f"bench-{i}"
-            bundle = work / cid
+            bundle = work.parent / cid
             bundle.mkdir()
             config["linux"]["cgroupsPath"] = f"/cove/{cid}"
             (bundle / "config.json").write_text(json.dumps(config))
@@ -85,6 +121,7 @@ def raw_crun(server: ServerProcess, daytona: Daytona, n: int) -> tuple[list[floa
             run_ms.append((time.perf_counter() - start) * 1000)
             crun.delete(cid)
             cycle_ms.append((time.perf_counter() - start) * 1000)
+            shutil.rmtree(bundle, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         sb.delete()
@@ -94,6 +131,8 @@ def raw_crun(server: ServerProcess, daytona: Daytona, n: int) -> tuple[list[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20, help="sandboxes per figure")
+    parser.add_argument("--archive-mb", default="100,1074",
+                        help="comma-separated sizes (MB) for archive throughput; '' skips")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="cove-bench-data-"))
     server = ServerProcess(data_dir, api_key=KEY)
@@ -102,6 +141,9 @@ def main() -> None:
         daytona = Daytona(DaytonaConfig(api_key=KEY, api_url=server.api_url))
         run_ms, cycle_ms = raw_crun(server, daytona, args.n)
         figures = sdk_figures(daytona, args.n)
+        paused = pause_figures(daytona, args.n)
+        sizes = [int(s) for s in args.archive_mb.split(",") if s]
+        archives = archive_figures(daytona, sizes)
     finally:
         server.delete_all_sandboxes()
         server.stop()
@@ -114,6 +156,12 @@ def main() -> None:
     print(row("SDK create -> started (cold)", figures["create"], base))  # noqa: T201
     for name in ("stop", "start", "archive", "restore", "delete"):
         print(row(f"SDK {name}", figures[name], base))  # noqa: T201
+    print(row("SDK pause (running python)", paused["pause"]))  # noqa: T201
+    print(row("SDK start of paused (resume)", paused["resume"]))  # noqa: T201
+    for size, archive_ms, restore_ms in archives:
+        print(f"archive {size} MB random data: {archive_ms:8.0f} ms "  # noqa: T201
+              f"{size / archive_ms * 1000:7.1f} MB/s; restore+start {restore_ms:8.0f} ms "
+              f"{size / restore_ms * 1000:7.1f} MB/s")  # fmt: skip
 
 
 if __name__ == "__main__":

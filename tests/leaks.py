@@ -1,5 +1,5 @@
-"""What tests may never leave on the host: mounts, loop devices, crun containers
-and cgroups of sandboxes that no longer exist.
+"""What tests may never leave on the host: mounts (incl. netns files), loop devices,
+crun containers, cgroups, veths and nftables rules of sandboxes that no longer exist.
 
 Scoped to one data dir, so a developer's own running server (or a concurrent
 test run) does not count as a leak; cgroups count when no live container owns them.
@@ -44,6 +44,28 @@ def leaks(data_dir: Path) -> list[str]:
             found.append(f"cgroup {parent}")
     losetup = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     found += [f"loop {line}" for line in losetup.splitlines() if where in line]
+    return found + _network_leaks(data_dir)
+
+
+def _network_leaks(data_dir: Path) -> list[str]:
+    """nft chains/sets/elements and veths of this data dir's sandboxes (netns files
+    are bind mounts under the data dir, so the mount check covers them), and an
+    empty ``inet cove`` table."""
+    from cove.runtime.network import data_tag
+
+    tag = data_tag(data_dir)
+    found = []
+    out = subprocess.run(["nft", "-j", "list", "table", "inet", "cove"], capture_output=True,
+                         text=True)  # fmt: skip
+    if out.returncode == 0:
+        text = out.stdout
+        found += [f"nft object of {tag}" for _ in range(text.count(f'"{tag} '))]
+        if '"comment"' not in text:
+            found.append("nft table inet cove (empty)")
+    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True,
+                                      text=True).stdout or "[]")  # fmt: skip
+    found += [f"veth {ln['ifname']}" for ln in links
+              if str(ln.get("ifalias", "")).startswith(tag + ":")]  # fmt: skip
     return found
 
 

@@ -15,6 +15,7 @@ from daytona import AsyncDaytona, Daytona, DaytonaConfig
 from cove.runtime.oci import OciRuntime
 from cove.testing import ServerProcess
 from tests.leaks import assert_no_leaks
+from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
 
 pytestmark = pytest.mark.e2e
 KEY = "e2e-admin-key"
@@ -27,8 +28,18 @@ class Server(ServerProcess):
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("cove-e2e"), api_key=KEY)
+def e2e_dns() -> Iterator[FakeDns]:
+    """Upstream of the server's DNS forwarder: answers the test remotes' names."""
+    dns = FakeDns(TEST_NAMES)
+    yield dns
+    dns.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns) -> Iterator[Server]:
+    env = {"COVE_NETWORK_POOL": sandbox_pool(1), "COVE_DNS_UPSTREAM": e2e_dns.upstream}
+    srv = Server(tmp_path_factory.mktemp("cove-e2e"), api_key=KEY, env=env)
+    srv.settings = srv.settings.model_copy(update={"network_pool": sandbox_pool(1)})
     srv.start()
     try:
         yield srv

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from cove.core.config import Settings
-from cove.core.ports import ContainerSpec, Resources
+from cove.core.ports import ContainerSpec, NetworkPolicy, Resources
 from cove.runtime.oci import OciRuntime
 from cove.runtime.snapshot import ensure_default_snapshot
 from tests.leaks import leaks
+from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
 
 log = logging.getLogger("cove.tests.integration")
 SNAPSHOTS = Path("/var/lib/cove/snapshots")
@@ -44,10 +45,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def it_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings of the test session: a fresh data dir, the shared snapshot cache."""
+def fake_dns() -> Iterator[FakeDns]:
+    """The upstream of Cove's DNS forwarder in these tests (names of test remotes)."""
+    dns = FakeDns(TEST_NAMES)
+    yield dns
+    dns.close()
+
+
+@pytest.fixture(scope="session")
+def it_settings(tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeDns) -> Settings:
+    """Settings of the test session: a fresh data dir, the shared snapshot cache,
+    sandbox addresses in 198.19.0.0/16 and the test DNS server upstream."""
     data = tmp_path_factory.mktemp("cove-it")
-    return Settings(data_dir=data, snapshot_dir=SNAPSHOTS, stop_grace_seconds=2.0)
+    return Settings(data_dir=data, snapshot_dir=SNAPSHOTS, stop_grace_seconds=2.0,
+                    network_pool=sandbox_pool(0), dns_upstream=fake_dns.upstream)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +84,7 @@ def make_sandbox(runtime: OciRuntime) -> Iterator[SandboxFactory]:
     def make(
         *, cpu: int = 1, memory: int = 1, disk: int = 3, start: bool = True,
         env: dict[str, str] | None = None, hostname: str | None = None,
+        network: NetworkPolicy | None = None,
     ) -> ContainerSpec:  # fmt: skip
         sandbox_id = f"{ID_PREFIX}{uuid.uuid4().hex[:12]}"
         spec = ContainerSpec(
@@ -81,6 +93,7 @@ def make_sandbox(runtime: OciRuntime) -> Iterator[SandboxFactory]:
             snapshot="cove-default",
             resources=Resources(cpu=cpu, memory=memory, disk=disk),
             env=env or {},
+            network=network or NetworkPolicy(),
         )
         made.append(sandbox_id)
         log.info("sandbox %s", sandbox_id)

@@ -15,27 +15,37 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cove.api import errors
 from cove.api.deps import Services
 from cove.api.events import SocketEvents
+from cove.api.preview import PreviewProxy, load_tokens
 from cove.api.routes import (
     health,
+    previews,
+    sandbox_network,
     sandboxes,
+    snapshots,
     toolbox_files,
     toolbox_git,
     toolbox_interpreter,
     toolbox_process,
     toolbox_pty,
     toolbox_sessions,
+    volumes,
 )
 from cove.core.auth import AuthService
 from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
 from cove.core.ports import Runtime
-from cove.core.reconcile import reconcile, watch
+from cove.core.reconcile import reconcile, restore_networks, watch
+from cove.core.snapshots import SnapshotService
 from cove.core.timers import run_timers
 from cove.core.toolbox import ToolboxService
+from cove.core.volumes import VolumeService
 from cove.runtime import build_runtime
+from cove.runtime.volumes import LocalVolumeFiles
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
+from cove.store.snapshots import SqlSnapshotStore
 from cove.store.sql import SqlSandboxStore, make_engine
+from cove.store.volumes import SqlVolumeStore
 
 log = logging.getLogger("cove")
 
@@ -50,6 +60,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> ASGIApp
         services = _start_services(settings, runtime or build_runtime(settings), events)
         holder["services"] = app.state.services = services
         await reconcile(services.lifecycle)
+        await restore_networks(services.lifecycle)
         background = [
             asyncio.create_task(watch(services.lifecycle, interval=settings.watch_seconds)),
             asyncio.create_task(run_timers(services.lifecycle, settings.minute_seconds)),
@@ -63,11 +74,15 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> ASGIApp
     errors.install(api)
     api.include_router(health.router, prefix="/api")
     api.include_router(sandboxes.router, prefix="/api")
+    api.include_router(volumes.router, prefix="/api")
+    api.include_router(snapshots.router, prefix="/api")
+    api.include_router(sandbox_network.router, prefix="/api")
+    api.include_router(previews.router, prefix="/api")
     for module in (toolbox_process, toolbox_files, toolbox_git, toolbox_sessions, toolbox_pty,
                    toolbox_interpreter):
         api.include_router(module.router, prefix="/toolbox/{sandbox_id}")
     app = socketio.ASGIApp(events.server, other_asgi_app=api, socketio_path="/api/socket.io")
-    return _CollapseSlashes(app)
+    return _CollapseSlashes(PreviewProxy(app, lambda: holder["services"]))
 
 
 def _start_services(settings: Settings, runtime: Runtime, events: SocketEvents) -> Services:
@@ -78,12 +93,22 @@ def _start_services(settings: Settings, runtime: Runtime, events: SocketEvents) 
     key = auth.bootstrap()
     if key:
         print(f"Cove created an admin API key (shown only once): {key}", flush=True)  # noqa: T201
+    store = SqlSandboxStore(engine)
+    volumes = VolumeService(
+        store=SqlVolumeStore(engine), files=LocalVolumeFiles(settings.data_dir), sandboxes=store
+    )
+    snapshots = SnapshotService(
+        store=SqlSnapshotStore(engine), runtime=runtime, sandboxes=store,
+        default_name=settings.default_snapshot,
+    )  # fmt: skip
     lifecycle = LifecycleService(
-        settings=settings, store=SqlSandboxStore(engine), runtime=runtime, events=events
-    )
+        settings=settings, store=store, runtime=runtime, events=events, volumes=volumes,
+        snapshots=snapshots,
+    )  # fmt: skip
     return Services(
-        settings=settings, auth=auth, lifecycle=lifecycle, toolbox=ToolboxService(lifecycle)
-    )
+        settings=settings, auth=auth, lifecycle=lifecycle, toolbox=ToolboxService(lifecycle),
+        volumes=volumes, snapshots=snapshots, previews=load_tokens(settings.data_dir),
+    )  # fmt: skip
 
 
 class _CollapseSlashes:

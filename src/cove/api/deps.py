@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends
@@ -11,8 +12,11 @@ from starlette.requests import HTTPConnection
 from cove.core.auth import AuthService, Principal
 from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
+from cove.core.previews import PreviewTokens
 from cove.core.sandbox import Sandbox
+from cove.core.snapshots import SnapshotService
 from cove.core.toolbox import ToolboxService
+from cove.core.volumes import VolumeService
 
 
 @dataclass
@@ -23,6 +27,10 @@ class Services:
     auth: AuthService
     lifecycle: LifecycleService
     toolbox: ToolboxService
+    volumes: VolumeService
+    snapshots: SnapshotService
+    # Preview tokens; the app loads them under the secret kept in the data dir.
+    previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
 
 def get_services(conn: HTTPConnection) -> Services:
@@ -52,6 +60,20 @@ def get_toolbox(services: ServicesDep) -> ToolboxService:
 
 
 ToolboxDep = Annotated[ToolboxService, Depends(get_toolbox)]
+
+
+def get_volumes(services: ServicesDep) -> VolumeService:
+    return services.volumes
+
+
+VolumesDep = Annotated[VolumeService, Depends(get_volumes)]
+
+
+def get_snapshots(services: ServicesDep) -> SnapshotService:
+    return services.snapshots
+
+
+SnapshotsDep = Annotated[SnapshotService, Depends(get_snapshots)]
 
 
 def get_started_sandbox(sandbox_id: str, who: PrincipalDep, toolbox: ToolboxDep) -> Sandbox:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from cove.core.sandbox import Sandbox
-from cove.schemas.sandbox import SandboxPublic
+from cove.schemas.sandbox import SandboxPublic, SandboxVolume
 
 
 def iso(value: datetime) -> str:
@@ -40,4 +40,8 @@ def sandbox_public(sandbox: Sandbox, toolbox_proxy_url: str) -> SandboxPublic:
         created_at=iso(sandbox.created_at),
         updated_at=iso(sandbox.updated_at),
         last_activity_at=iso(sandbox.last_activity_at),
+        volumes=[
+            SandboxVolume(volume_id=v.volume_id, mount_path=v.mount_path, subpath=v.subpath or None)
+            for v in sandbox.volumes
+        ],
     )

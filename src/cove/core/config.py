@@ -34,7 +34,16 @@ class Settings(BaseSettings):
     # with the system data dir so that test servers do not rebuild it.
     snapshot_dir: Path | None = None
     archive_dir: Path | None = None
+    # Archives go to this S3 bucket instead of archive_dir when set (needs cove[s3];
+    # credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or other AWS sources).
+    archive_s3_bucket: str | None = None
+    archive_s3_endpoint: str | None = None  # e.g. http://127.0.0.1:9000 for MinIO
+    archive_s3_region: str | None = None
+    archive_s3_prefix: str = ""
     default_snapshot: str = "cove-default"
+    # Where `POST /snapshots {"imageName": "name:tag"}` looks for OCI image layouts
+    # (``<dir>/<name>``, as made by ``skopeo copy ... oci:<dir>/<name>:<tag>``).
+    oci_layout_dir: Path | None = None
     runtime: str = "crun"  # "crun" (real isolation) or "fake" (unit tests only)
 
     default_cpu: int = 1
@@ -52,6 +61,15 @@ class Settings(BaseSettings):
     default_auto_stop_interval: int = 15
     default_auto_archive_interval: int = 7 * 24 * 60
     default_auto_delete_interval: int = -1
+    # Sandbox networking: "nat" (own netns, veth, NAT, DNS forwarder, firewall) or
+    # "none" (loopback only).
+    network: str = "nat"
+    # Addresses of sandbox veth pairs (one /31 each); must not overlap host networks.
+    network_pool: str = "10.213.0.0/16"
+    # Where Cove's DNS forwarder sends queries: "host[:port],..."; default: /etc/resolv.conf.
+    dns_upstream: str | None = None
+    # Preview host names {port}-{sandboxId}.<domain> are proxied when set.
+    preview_domain: str | None = None
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

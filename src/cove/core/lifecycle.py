@@ -17,9 +17,19 @@ from typing import TypeVar
 
 from cove.core import validation
 from cove.core.config import Settings
-from cove.core.ports import ContainerSpec, ContainerStatus, EventSink, Runtime, SandboxStore
+from cove.core.ports import (
+    ContainerSpec,
+    ContainerStatus,
+    EventSink,
+    NetworkPolicy,
+    Runtime,
+    SandboxStore,
+    VolumeBind,
+)
 from cove.core.sandbox import Sandbox, SandboxState, transition, utcnow
-from cove.errors import BadRequest, CoveError, InvalidState
+from cove.core.snapshots import SnapshotService
+from cove.core.volumes import VolumeService
+from cove.errors import BadRequest, CoveError, InvalidState, NotFound
 from cove.schemas.sandbox import SandboxCreate, SandboxResize
 
 S = SandboxState
@@ -38,12 +48,15 @@ class LifecycleService:
     """
 
     def __init__(
-        self, *, settings: Settings, store: SandboxStore, runtime: Runtime, events: EventSink
-    ) -> None:
+        self, *, settings: Settings, store: SandboxStore, runtime: Runtime, events: EventSink,
+        volumes: VolumeService | None = None, snapshots: SnapshotService | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.store = store
         self.runtime = runtime
         self.events = events
+        self.volumes = volumes
+        self.snapshots = snapshots
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[object]] = set()
 
@@ -85,12 +98,13 @@ class LifecycleService:
         return await self._run(sandbox.id, lambda: self._boot(sandbox))
 
     def _new_sandbox(self, organization_id: str, req: SandboxCreate) -> Sandbox:
-        snapshot = self._resolve_snapshot(req)
+        snapshot = self._resolve_snapshot(organization_id, req)
         resources = validation.requested_resources(req, self.settings)
         validation.check_labels(req.labels)
-        validation.check_network(req.network_allow_list)
-        if req.volumes:
-            raise BadRequest("Volumes are not supported by this server yet")
+        validation.network_policy(
+            req.network_block_all, req.network_allow_list, req.domain_allow_list
+        )
+        binds = self._volume_binds(organization_id, req)
         sandbox_id = str(uuid.uuid4())
         s = self.settings
         return Sandbox(
@@ -112,9 +126,17 @@ class LifecycleService:
                 req.auto_archive_interval, s.default_auto_archive_interval
             ),
             auto_delete_interval=_pick(req.auto_delete_interval, s.default_auto_delete_interval),
+            volumes=binds,
         )
 
-    def _resolve_snapshot(self, req: SandboxCreate) -> str:
+    def _volume_binds(self, organization_id: str, req: SandboxCreate) -> list[VolumeBind]:
+        if not req.volumes:
+            return []
+        if self.volumes is None:
+            raise BadRequest("Volumes are not supported by this server")
+        return self.volumes.resolve(organization_id, req.volumes)
+
+    def _resolve_snapshot(self, organization_id: str, req: SandboxCreate) -> str:
         if req.build_info is not None:
             image = validation.image_from_dockerfile(req.build_info.dockerfile_content)
             if not self.runtime.has_snapshot(image):
@@ -125,6 +147,11 @@ class LifecycleService:
                 )
             return image
         name = req.snapshot or self.settings.default_snapshot
+        if self.snapshots is not None and name != self.settings.default_snapshot:
+            try:
+                return self.snapshots.ref_for(organization_id, name)
+            except NotFound:
+                pass  # perhaps one placed on the host by hand
         if not self.runtime.has_snapshot(name):
             raise BadRequest(f"Snapshot '{name}' not found")
         return name
@@ -151,6 +178,8 @@ class LifecycleService:
             return sandbox
         if sandbox.state is S.ARCHIVED:
             return await self._restore_and_start(sandbox)
+        if sandbox.state is S.PAUSED:
+            return await self._resume(sandbox)
         if sandbox.state is not S.STOPPED:
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot start it")
         await self._set_state(sandbox, S.STARTING)
@@ -178,7 +207,7 @@ class LifecycleService:
         sandbox = self.store.get_by_id(sandbox_id)
         if sandbox.state in (S.STOPPED, S.ARCHIVED):
             return sandbox
-        if sandbox.state is not S.STARTED:
+        if sandbox.state not in (S.STARTED, S.PAUSED):  # the runtime thaws a paused one
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot stop it")
         await self._set_state(sandbox, S.STOPPING)
         try:
@@ -189,6 +218,39 @@ class LifecycleService:
         if sandbox.auto_delete_interval == 0:
             return await self._destroy(sandbox.id)
         return sandbox
+
+    # ---- pause / resume -----------------------------------------------
+
+    async def pause(self, organization_id: str, id_or_name: str) -> Sandbox:
+        """Freeze every process of a started sandbox; ``start`` resumes it.
+
+        Raises:
+            InvalidState: it is not started (or paused already: then it is returned).
+        """
+        sandbox = self.get(organization_id, id_or_name)
+        return await self._run(sandbox.id, lambda: self._pause(sandbox.id))
+
+    async def _pause(self, sandbox_id: str) -> Sandbox:
+        sandbox = self.store.get_by_id(sandbox_id)
+        if sandbox.state is S.PAUSED:
+            return sandbox
+        if sandbox.state is not S.STARTED:
+            raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot pause it")
+        await self._set_state(sandbox, S.PAUSING)
+        try:
+            await asyncio.to_thread(self.runtime.pause, sandbox.id)
+        except CoveError as exc:
+            await self._set_state(sandbox, S.STARTED)  # still running, as it was
+            raise InvalidState(f"pause failed: {exc.message}") from exc
+        return await self._set_state(sandbox, S.PAUSED)
+
+    async def _resume(self, sandbox: Sandbox) -> Sandbox:
+        await self._set_state(sandbox, S.RESUMING)
+        try:
+            await asyncio.to_thread(self.runtime.resume, sandbox.id)
+        except CoveError as exc:
+            return await self._fail(sandbox, f"resume failed: {exc.message}", recoverable=True)
+        return await self._set_state(sandbox, S.STARTED)
 
     # ---- archive / recover / resize -----------------------------------
 
@@ -201,7 +263,7 @@ class LifecycleService:
         sandbox = self.store.get_by_id(sandbox_id)
         if sandbox.state is S.ARCHIVED:
             return sandbox
-        if sandbox.state is S.STARTED:
+        if sandbox.state in (S.STARTED, S.PAUSED):
             sandbox = await self._stop(sandbox_id, force=False)
             if sandbox.state is not S.STOPPED:
                 return sandbox
@@ -311,6 +373,45 @@ class LifecycleService:
 
         return await self._run(sandbox.id, apply)
 
+    async def update_network(
+        self, organization_id: str, id_or_name: str, *,
+        block_all: bool | None, allow_list: str | None, domain_list: str | None,
+    ) -> Sandbox:  # fmt: skip
+        """Change a sandbox's firewall; a started sandbox gets it at once.
+
+        ``None`` leaves a field as it is; an allow-list implies not blocking all;
+        ``block_all=False`` alone clears the allow-lists. Raises BadRequest (nothing changes) on an
+        invalid field, RuntimeBackendError when the rules could not be installed.
+        """
+        sandbox = self.get(organization_id, id_or_name)
+
+        async def apply() -> Sandbox:
+            current = self.store.get_by_id(sandbox.id)
+            block = current.network_block_all if block_all is None else block_all
+            allow, domains = current.network_allow_list, current.domain_allow_list
+            if allow_list is not None or domain_list is not None:
+                block = bool(block_all)  # an allow-list implies not blocking all
+                allow, domains = _or(allow_list, allow), _or(domain_list, domains)
+            elif block_all is False:
+                allow = domains = None  # general access again, as Daytona's SDK documents
+            fields = {
+                "network_block_all": block, "network_allow_list": allow,
+                "domain_allow_list": domains,
+            }  # fmt: skip
+            policy = validation.network_policy(
+                fields["network_block_all"], fields["network_allow_list"],  # type: ignore[arg-type]
+                fields["domain_allow_list"],  # type: ignore[arg-type]
+            )  # fmt: skip
+            if current.state in (S.STARTED, S.PAUSED):
+                await asyncio.to_thread(self.runtime.set_network, current.id, policy)
+            for key, value in fields.items():
+                setattr(current, key, value)
+            current.updated_at = utcnow()
+            self.store.save(current)
+            return current
+
+        return await self._run(sandbox.id, apply)
+
     def touch(self, organization_id: str, id_or_name: str) -> None:
         """Record user activity (resets the auto-stop timer)."""
         sandbox = self.get(organization_id, id_or_name)
@@ -327,6 +428,13 @@ class LifecycleService:
             resources=sandbox.resources,
             env=dict(sandbox.env),
             user=sandbox.user,
+            network=self._network(sandbox),
+            volumes=tuple(sandbox.volumes),
+        )
+
+    def _network(self, sandbox: Sandbox) -> NetworkPolicy:
+        return validation.network_policy(
+            sandbox.network_block_all, sandbox.network_allow_list, sandbox.domain_allow_list
         )
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
@@ -374,6 +482,13 @@ class LifecycleService:
             await asyncio.to_thread(op, sandbox_id)
         except CoveError as exc:
             log.error("cleanup of sandbox %s failed: %s", sandbox_id, exc.message)
+
+
+def _or(value: str | None, current: str | None) -> str | None:
+    """A new allow-list value: None keeps ``current``, "" clears it."""
+    if value is None:
+        return current
+    return value or None
 
 
 def _pick(value: int | None, default: int) -> int:

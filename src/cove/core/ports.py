@@ -33,6 +33,32 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class NetworkPolicy:
+    """A sandbox's outbound firewall (Daytona's networkBlockAll / *AllowList).
+
+    With neither allow-list nor ``block_all``, everything outside is reachable.
+    With allow-lists, only their CIDRs and the addresses their names resolve to.
+    """
+
+    block_all: bool = False
+    allow_cidrs: tuple[str, ...] = ()
+    allow_domains: tuple[str, ...] = ()
+
+    @property
+    def restricted(self) -> bool:
+        return self.block_all or bool(self.allow_cidrs or self.allow_domains)
+
+
+@dataclass(frozen=True)
+class VolumeBind:
+    """A volume (or a subdirectory of it) mounted read-write in a sandbox."""
+
+    volume_id: str
+    mount_path: str
+    subpath: str = ""
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """Everything the runtime needs to bring one sandbox's container up."""
 
@@ -42,6 +68,8 @@ class ContainerSpec:
     resources: Resources
     env: Mapping[str, str] = field(default_factory=dict)
     user: str = "daytona"
+    volumes: Sequence[VolumeBind] = ()
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
 
 class ContainerStatus(enum.StrEnum):
@@ -113,6 +141,38 @@ class Runtime(Protocol):
         raises RuntimeBackendError and is kept.
         """
 
+    def pause(self, sandbox_id: str) -> None:
+        """Freeze every process of the running sandbox (memory is kept)."""
+
+    def resume(self, sandbox_id: str) -> None:
+        """Thaw a paused sandbox; its processes carry on where they were."""
+
+    def fork(self, source_id: str, spec: ContainerSpec) -> None:
+        """Create ``spec``'s writable layer as a copy of ``source_id``'s (which may be
+        running, paused or stopped, and is left as it was); start nothing.
+
+        Raises:
+            RuntimeBackendError: the copy failed; nothing of the new sandbox is left.
+        """
+
+    def capture(self, sandbox_id: str, ref: str) -> int:
+        """Make snapshot ``ref`` from the sandbox's whole file system (lower and
+        writable layer merged; a running sandbox is frozen meanwhile). Returns its size.
+
+        Raises:
+            RuntimeBackendError: it failed; nothing named ``ref`` is left.
+        """
+
+    def import_image(self, ref: str, image: str) -> int:
+        """Make snapshot ``ref`` from an image the host can resolve without a registry.
+
+        Raises:
+            RuntimeBackendError: unknown image or failed unpack; nothing is left.
+        """
+
+    def remove_snapshot(self, ref: str) -> None:
+        """Delete snapshot ``ref`` (sandboxes created from it keep working)."""
+
     def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
         """Apply new limits. ``live``: CPU and memory of a running container, no
         restart. Otherwise the sandbox is stopped and the disk may change too."""
@@ -144,6 +204,17 @@ class Runtime(Protocol):
         Raises:
             RuntimeBackendError: the sandbox does not run, or its agent does not answer.
         """
+
+    def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Apply ``policy`` to the running sandbox at once (and re-attach what a server
+        restart lost, such as its DNS forwarder); a no-op when it does not run.
+
+        Raises:
+            RuntimeBackendError: the rules could not be installed.
+        """
+
+    def address(self, sandbox_id: str) -> str | None:
+        """The running sandbox's IP address as seen from the host (None: no network)."""
 
 
 class SandboxStore(Protocol):

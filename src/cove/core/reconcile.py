@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # Where a sandbox whose host status is known ends up, by recorded state.
 _AT_REST: dict[ContainerStatus, SandboxState] = {
     C.RUNNING: S.STARTED,
-    C.PAUSED: S.STARTED,
+    C.PAUSED: S.PAUSED,
     C.STOPPED: S.STOPPED,
     C.ARCHIVED: S.ARCHIVED,
 }
@@ -54,7 +54,9 @@ async def _reconcile_one(service: LifecycleService, sandbox_id: str) -> None:
         await service._fail(sandbox, reason, recoverable=True)
         return
     status = await asyncio.to_thread(runtime.status, sandbox.id)
-    if sandbox.state is S.STOPPING or (sandbox.state is S.STOPPED and status is C.RUNNING):
+    if sandbox.state is S.STOPPING or (
+        sandbox.state is S.STOPPED and status in (C.RUNNING, C.PAUSED)
+    ):
         await asyncio.to_thread(runtime.stop, sandbox.id, force=True)
         status = await asyncio.to_thread(runtime.status, sandbox.id)
     elif status not in (C.RUNNING, C.PAUSED):
@@ -84,6 +86,19 @@ async def _remove_orphans(service: LifecycleService, known: set[str]) -> None:
     for sandbox_id in orphans - known:
         log.warning("removing leftovers of unknown sandbox %s", sandbox_id)
         await service._cleanup_quietly(sandbox_id)
+
+
+async def restore_networks(service: LifecycleService) -> None:
+    """Re-apply every started sandbox's firewall and re-attach its DNS forwarder
+    (rules and interfaces outlive the server; its listeners do not)."""
+    for sandbox in service.store.all():
+        if sandbox.state not in (S.STARTED, S.PAUSED):
+            continue
+        try:
+            policy = service._spec(sandbox).network
+            await asyncio.to_thread(service.runtime.set_network, sandbox.id, policy)
+        except CoveError as exc:
+            log.error("restoring the network of sandbox %s failed: %s", sandbox.id, exc.message)
 
 
 async def watch(service: LifecycleService, *, interval: float = 5.0) -> None:

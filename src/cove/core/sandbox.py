@@ -6,7 +6,8 @@ and only through :func:`transition`, which refuses anything not in
 
     creating ──► started ◄──────── starting ◄──┐
         │          │  ▲                          │
-        │          │  └─ resizing                │
+        │          │  ├─ resizing                │
+        │          │  └─ resuming ◄─ paused ◄─ pausing ◄─ started
         │          ▼                             │
         │       stopping ──► stopped ────────────┤
         │                      │                 │
@@ -22,7 +23,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from cove.core.ports import Resources
+from cove.core.ports import Resources, VolumeBind
 from cove.errors import InvalidState
 
 
@@ -39,6 +40,10 @@ class SandboxState(enum.StrEnum):
     DESTROYING = "destroying"
     DESTROYED = "destroyed"
     ERROR = "error"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    RESUMING = "resuming"
+    SNAPSHOTTING = "snapshotting"
 
 
 S = SandboxState
@@ -47,10 +52,22 @@ S = SandboxState
 ALLOWED: dict[SandboxState, frozenset[SandboxState]] = {
     S.CREATING: frozenset({S.STARTED, S.ERROR, S.DESTROYING}),
     S.STARTING: frozenset({S.STARTED, S.STOPPED, S.ERROR}),
-    S.STARTED: frozenset({S.STOPPING, S.RESIZING, S.DESTROYING, S.STOPPED, S.ERROR}),
+    S.STARTED: frozenset(
+        {S.STOPPING, S.RESIZING, S.DESTROYING, S.STOPPED, S.ERROR, S.PAUSING, S.PAUSED,
+         S.SNAPSHOTTING}
+    ),  # fmt: skip
+    # Taking a snapshot returns to where it started (started or stopped).
+    S.SNAPSHOTTING: frozenset({S.STARTED, S.STOPPED, S.ERROR}),
+    # A failed freeze leaves it running; reconcile may find it stopped meanwhile.
+    S.PAUSING: frozenset({S.PAUSED, S.STARTED, S.STOPPED, S.ERROR}),
+    # Stop and delete thaw it first; reconcile may find it running or gone.
+    S.PAUSED: frozenset({S.RESUMING, S.STOPPING, S.DESTROYING, S.STARTED, S.STOPPED, S.ERROR}),
+    S.RESUMING: frozenset({S.STARTED, S.PAUSED, S.STOPPED, S.ERROR}),
     S.RESIZING: frozenset({S.STARTED, S.STOPPED, S.ARCHIVED, S.ERROR}),
     S.STOPPING: frozenset({S.STOPPED, S.ERROR}),
-    S.STOPPED: frozenset({S.STARTING, S.RESIZING, S.ARCHIVING, S.DESTROYING, S.ERROR}),
+    S.STOPPED: frozenset(
+        {S.STARTING, S.RESIZING, S.ARCHIVING, S.DESTROYING, S.ERROR, S.SNAPSHOTTING}
+    ),
     S.ARCHIVING: frozenset({S.ARCHIVED, S.STOPPED, S.ERROR}),
     S.ARCHIVED: frozenset({S.RESTORING, S.RESIZING, S.DESTROYING, S.ERROR}),
     S.RESTORING: frozenset({S.STARTED, S.STOPPED, S.ARCHIVED, S.ERROR}),
@@ -61,7 +78,8 @@ ALLOWED: dict[SandboxState, frozenset[SandboxState]] = {
 
 # States in which an operation is under way; a crash leaves these to reconcile.
 TRANSITIONAL: frozenset[SandboxState] = frozenset(
-    {S.CREATING, S.STARTING, S.STOPPING, S.RESIZING, S.ARCHIVING, S.RESTORING, S.DESTROYING}
+    {S.CREATING, S.STARTING, S.STOPPING, S.RESIZING, S.ARCHIVING, S.RESTORING, S.DESTROYING,
+     S.PAUSING, S.RESUMING, S.SNAPSHOTTING}  # fmt: skip
 )
 
 # What the state is heading for, as Daytona's `desiredState` reports it.
@@ -78,6 +96,10 @@ DESIRED: dict[SandboxState, str] = {
     S.DESTROYING: "destroyed",
     S.DESTROYED: "destroyed",
     S.ERROR: "started",
+    S.PAUSING: "paused",
+    S.PAUSED: "paused",
+    S.RESUMING: "started",
+    S.SNAPSHOTTING: "started",
 }
 
 
@@ -112,6 +134,7 @@ class Sandbox:
     updated_at: datetime = field(default_factory=utcnow)
     last_activity_at: datetime = field(default_factory=utcnow)
     state_changed_at: datetime = field(default_factory=utcnow)
+    volumes: list[VolumeBind] = field(default_factory=list)
 
     @property
     def desired_state(self) -> str:

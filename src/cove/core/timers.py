@@ -5,6 +5,12 @@ in the database (``last_activity_at``, ``state_changed_at`` and the intervals),
 so timers survive restarts, and one that fell due while the server was down
 fires on the first tick after it starts. A lifecycle minute lasts
 ``COVE_MINUTE_SECONDS`` seconds (60; tests shorten it).
+
+Paused sandboxes are left alone: auto-stop counts only while a sandbox is
+``started`` (stopping a paused one would throw away the memory that pausing
+is meant to keep), and auto-archive and auto-delete count only from
+``stopped``. A paused sandbox stays paused until it is started, stopped or
+deleted; its inactivity clock starts again when it is resumed.
 """
 
 from __future__ import annotations

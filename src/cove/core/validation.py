@@ -10,13 +10,15 @@ import ipaddress
 import re
 
 from cove.core.config import Settings
-from cove.core.ports import Resources
+from cove.core.ports import NetworkPolicy, Resources
 from cove.errors import BadRequest, QuotaExceeded
 from cove.schemas.sandbox import SandboxCreate, SandboxResize
 
 LANGUAGE_LABEL = "code-toolbox-language"
 LANGUAGES = frozenset({"python", "typescript", "javascript"})
 MAX_ALLOW_LIST = 10
+MAX_DOMAINS = 50
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _FROM_LINE = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+\S+)?\s*$", re.I)
 
 
@@ -78,16 +80,51 @@ def check_labels(labels: dict[str, str]) -> None:
 
 def check_network(allow_list: str | None) -> None:
     """Validate a comma-separated CIDR allow-list (at most 10 entries)."""
-    if not allow_list:
-        return
-    entries = [e.strip() for e in allow_list.split(",") if e.strip()]
+    _cidrs(allow_list)
+
+
+def network_policy(
+    block_all: bool, allow_list: str | None, domain_list: str | None
+) -> NetworkPolicy:
+    """The firewall a sandbox's network fields ask for.
+
+    Raises:
+        BadRequest: an invalid CIDR or host name, or too many entries.
+    """
+    return NetworkPolicy(
+        block_all=block_all, allow_cidrs=_cidrs(allow_list), allow_domains=_domains(domain_list)
+    )
+
+
+def _cidrs(allow_list: str | None) -> tuple[str, ...]:
+    entries = _entries(allow_list)
     if len(entries) > MAX_ALLOW_LIST:
         raise BadRequest(f"networkAllowList takes at most {MAX_ALLOW_LIST} CIDRs")
+    out = []
     for entry in entries:
         try:
-            ipaddress.ip_network(entry, strict=False)
+            net = ipaddress.ip_network(entry, strict=False)
         except ValueError as exc:
             raise BadRequest(f"networkAllowList: invalid CIDR '{entry}'") from exc
+        if net.version != 4:
+            raise BadRequest(f"networkAllowList: only IPv4 ranges are supported, got '{entry}'")
+        out.append(str(net))
+    return tuple(out)
+
+
+def _domains(domain_list: str | None) -> tuple[str, ...]:
+    entries = [e.lower().rstrip(".") for e in _entries(domain_list)]
+    if len(entries) > MAX_DOMAINS:
+        raise BadRequest(f"domainAllowList takes at most {MAX_DOMAINS} names")
+    for entry in entries:
+        name = entry[2:] if entry.startswith("*.") else entry
+        if len(name) > 253 or not all(_LABEL.match(part) for part in name.split(".")):
+            raise BadRequest(f"domainAllowList: invalid host name '{entry}'")
+    return tuple(entries)
+
+
+def _entries(raw: str | None) -> list[str]:
+    return [e.strip() for e in (raw or "").split(",") if e.strip()]
 
 
 def resized(current: Resources, req: SandboxResize, settings: Settings) -> Resources:

@@ -15,7 +15,7 @@ from pathlib import Path
 from cove.core.config import Settings
 from cove.core.ports import ContainerSpec
 from cove.errors import RuntimeBackendError
-from cove.runtime import cgroups, disk, mounts, spec
+from cove.runtime import cgroups, disk, mounts, spec, volumes
 from cove.runtime.agent import AgentSetup
 from cove.runtime.crun import Crun
 from cove.runtime.layout import Metadata, SandboxPaths, write_json
@@ -49,8 +49,12 @@ def stop_container(crun: Crun, container_id: str, grace: float) -> None:
 def bring_up(
     crun: Crun, settings: Settings, spec_: ContainerSpec, paths: SandboxPaths, *,
     meta: Metadata, init_binary: Path, agent: AgentSetup | None,
+    netns: Path | None = None, nameserver: str | None = None,
 ) -> None:  # fmt: skip
-    """Mount what is not mounted yet and run the container (the caller cleans up on error)."""
+    """Mount what is not mounted yet and run the container (the caller cleans up on error).
+
+    ``netns``: network namespace file to join, ``nameserver`` for its resolv.conf.
+    """
     if not mounts.is_mounted(paths.disk):
         disk.mount(paths.image, paths.disk)
     try:
@@ -58,6 +62,8 @@ def bring_up(
             d.mkdir(parents=True, exist_ok=True)
         (paths.etc / "hostname").write_text(f"{spec_.hostname}\n")
         (paths.etc / "hosts").write_text(_hosts(spec_.hostname))
+        if nameserver:
+            (paths.etc / "resolv.conf").write_text(f"nameserver {nameserver}\noptions edns0\n")
     except OSError as exc:
         raise RuntimeBackendError(f"cannot prepare {paths.disk}: {exc}") from exc
     if not mounts.is_mounted(paths.rootfs):
@@ -70,7 +76,9 @@ def bring_up(
         nofile_hard=spec.nofile_hard(),
         service=agent.argv if agent else (),
         ro_binds=agent.binds if agent else None,
+        netns=netns,
     )
+    config["mounts"].extend(volumes.oci_mounts(settings.data_dir, spec_.volumes))
     write_json(paths.bundle / "config.json", config)
     with cgroups.creating():
         crun.run_detached(spec_.sandbox_id, paths.bundle, paths.log)

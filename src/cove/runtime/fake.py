@@ -10,7 +10,14 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cove.core.ports import ContainerSpec, ContainerStats, ContainerStatus, ExecResult, Resources
+from cove.core.ports import (
+    ContainerSpec,
+    ContainerStats,
+    ContainerStatus,
+    ExecResult,
+    NetworkPolicy,
+    Resources,
+)
 from cove.errors import RuntimeBackendError
 
 C = ContainerStatus
@@ -35,7 +42,9 @@ class FakeRuntime:
         self.boxes: dict[str, _Box] = {}
         self.archives: dict[str, dict[str, bytes]] = {}
         self.fail_on: dict[str, str] = {}
+        self.images: set[str] = set()  # what import_image can resolve
         self.calls: list[tuple[str, str]] = []
+        self.networks: dict[str, NetworkPolicy] = {}
 
     def _check(self, method: str, sandbox_id: str) -> None:
         self.calls.append((method, sandbox_id))
@@ -78,6 +87,43 @@ class FakeRuntime:
         files = self.archives.pop(spec.sandbox_id)
         self.boxes[spec.sandbox_id] = _Box(C.STOPPED, spec.resources, files)
 
+    def pause(self, sandbox_id: str) -> None:
+        self._check("pause", sandbox_id)
+        box = self.boxes.get(sandbox_id)
+        if box is None or box.status is not C.RUNNING:
+            raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+        box.status = C.PAUSED
+
+    def resume(self, sandbox_id: str) -> None:
+        self._check("resume", sandbox_id)
+        box = self.boxes.get(sandbox_id)
+        if box is not None and box.status is C.PAUSED:
+            box.status = C.RUNNING
+
+    def fork(self, source_id: str, spec: ContainerSpec) -> None:
+        self._check("fork", spec.sandbox_id)
+        source = self.boxes.get(source_id)
+        if source is None:
+            raise RuntimeBackendError(f"sandbox {source_id} has no writable layer to fork")
+        self.boxes[spec.sandbox_id] = _Box(C.STOPPED, spec.resources, dict(source.files))
+
+    def capture(self, sandbox_id: str, ref: str) -> int:
+        self._check("capture", sandbox_id)
+        if sandbox_id not in self.boxes:
+            raise RuntimeBackendError(f"sandbox {sandbox_id} has no writable layer")
+        self.snapshots.add(ref)
+        return 1
+
+    def import_image(self, ref: str, image: str) -> int:
+        self._check("import_image", ref)
+        if image not in self.images:
+            raise RuntimeBackendError(f"image '{image}' cannot be resolved")
+        self.snapshots.add(ref)
+        return 1
+
+    def remove_snapshot(self, ref: str) -> None:
+        self.snapshots.discard(ref)
+
     def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
         self._check("resize", sandbox_id)
         if sandbox_id in self.boxes:
@@ -106,6 +152,14 @@ class FakeRuntime:
 
     def stats(self, sandbox_id: str) -> ContainerStats:
         return ContainerStats(0, 0, 1)
+
+    def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        self._check("set_network", sandbox_id)
+        self.networks[sandbox_id] = policy
+
+    def address(self, sandbox_id: str) -> str | None:
+        box = self.boxes.get(sandbox_id)
+        return "127.0.0.1" if box is not None and box.status == C.RUNNING else None
 
     def agent_socket(self, sandbox_id: str) -> socket.socket:
         box = self.boxes.get(sandbox_id)

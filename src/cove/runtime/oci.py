@@ -11,15 +11,35 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cove.core.config import Settings
-from cove.core.ports import ContainerSpec, ContainerStats, ContainerStatus, ExecResult, Resources
+from cove.core.ports import (
+    ContainerSpec,
+    ContainerStats,
+    ContainerStatus,
+    ExecResult,
+    NetworkPolicy,
+    Resources,
+)
 from cove.errors import RuntimeBackendError
-from cove.runtime import agent, archive, cgroups, disk, mounts, spec
+from cove.runtime import (
+    agent,
+    archive,
+    capture,
+    cgroups,
+    disk,
+    firewall,
+    freezer,
+    mounts,
+    spec,
+)  # fmt: skip
 from cove.runtime.agent import AgentSetup
+from cove.runtime.archive_store import build_archive_store
 from cove.runtime.container import bring_up, stop_container, tear_down
 from cove.runtime.crun import Crun, container_ids
 from cove.runtime.execution import ExecRequest, execute
+from cove.runtime.fork import copy_layer
 from cove.runtime.initbin import ensure_init_binary
-from cove.runtime.layout import Metadata, SandboxPaths, archive_path, remove_file, sandboxes_dir
+from cove.runtime.layout import Metadata, SandboxPaths, sandboxes_dir
+from cove.runtime.network import Network
 from cove.runtime.proc import foreign_errors
 from cove.runtime.snapshot import snapshot_rootfs
 
@@ -34,12 +54,12 @@ class OciRuntime:
         """Args:
         settings: Server settings (data, snapshot and archive dirs, limits).
         """
-        assert settings.archive_dir is not None
         self._settings = settings
-        self._archives = settings.archive_dir
+        self._archives = build_archive_store(settings)
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._client: Crun | None = None
+        self._net = Network(settings) if settings.network == "nat" else None
 
     # -- helpers ---------------------------------------------------------
 
@@ -106,9 +126,12 @@ class OciRuntime:
             meta = _metadata(spec_, meta.lower)
             paths.write_metadata(meta)
             try:
+                netns = self._net.up(paths, spec_.network) if self._net else None
+                link = self._net.link(paths) if self._net else None
                 bring_up(
                     self._crun, self._settings, spec_, paths,
                     meta=meta, init_binary=self._init_binary(), agent=self._agent_setup(),
+                    netns=netns, nameserver=link.host if link else None,
                 )  # fmt: skip
             except BaseException:
                 try:
@@ -118,7 +141,11 @@ class OciRuntime:
                 raise
 
     def _tear_down(self, sandbox_id: str, paths: SandboxPaths) -> None:
-        tear_down(self._crun, sandbox_id, paths)
+        try:
+            tear_down(self._crun, sandbox_id, paths)
+        finally:
+            if self._net is not None:
+                self._net.down(paths)
 
     def stop(self, sandbox_id: str, *, force: bool = False) -> None:
         """Terminate the container (SIGTERM, grace, SIGKILL), delete it, unmount."""
@@ -127,6 +154,8 @@ class OciRuntime:
 
     def _stop(self, sandbox_id: str, paths: SandboxPaths, force: bool) -> None:
         grace = 0.0 if force else self._settings.stop_grace_seconds
+        if freezer.is_frozen(sandbox_id):
+            freezer.thaw(sandbox_id)  # frozen tasks act on no signal, not even SIGKILL
         stop_container(self._crun, sandbox_id, grace)
         self._tear_down(sandbox_id, paths)
 
@@ -143,38 +172,89 @@ class OciRuntime:
                 pass
             except OSError as exc:
                 raise RuntimeBackendError(f"cannot remove {paths.root}: {exc}") from exc
-            target = archive_path(self._archives, sandbox_id)
-            for stale in [target, *self._archives.glob(f".{target.name}.*.tmp")]:
-                remove_file(stale)  # the archive and any half-written one
+            self._archives.delete(sandbox_id)  # the archive and any half-written one
             cgroups.remove(sandbox_id)
 
     def archive(self, sandbox_id: str) -> int:
-        """Pack the stopped sandbox's upper dir into the archive dir; delete disk.img."""
+        """Stream the stopped sandbox's upper dir into the archive store; delete disk.img."""
         with self._locked(sandbox_id) as paths:
-            target = archive_path(self._archives, sandbox_id)
             if self._alive(sandbox_id):
                 raise RuntimeBackendError(f"sandbox {sandbox_id} is running")
             if not paths.image.is_file():
-                if target.is_file():
-                    return target.stat().st_size
+                size = self._archives.size(sandbox_id)
+                if size is not None:
+                    return size
                 raise RuntimeBackendError(f"sandbox {sandbox_id} has nothing to archive")
             self._tear_down(sandbox_id, paths)
-            return archive.archive_layer(paths, target)
+            return archive.archive_into(paths, self._archives, sandbox_id)
 
     def restore(self, spec_: ContainerSpec) -> None:
-        """Verify the archive, extract it into a fresh image, then delete the archive."""
-        with self._locked(spec_.sandbox_id) as paths:
-            source = archive_path(self._archives, spec_.sandbox_id)
+        """Stream the archive into a fresh image (checked as it goes; it only replaces
+        anything once complete), then delete the archive."""
+        sandbox_id = spec_.sandbox_id
+        with self._locked(sandbox_id) as paths:
             if paths.image.is_file():
-                remove_file(source)  # restored already (or never archived)
+                self._archives.delete(sandbox_id)  # restored already (or never archived)
                 return
-            archive.verify(source)
+            if not self._archives.exists(sandbox_id):
+                raise RuntimeBackendError(f"the archive of sandbox {sandbox_id} is missing")
             if not paths.metadata.is_file():
                 lower = snapshot_rootfs(self._settings, spec_.snapshot)
                 paths.root.mkdir(parents=True, exist_ok=True)
                 paths.write_metadata(_metadata(spec_, str(lower)))
-            archive.restore_layer(source, paths, spec_.resources.disk)
-            remove_file(source)
+            archive.restore_from(self._archives, sandbox_id, paths, spec_.resources.disk)
+            self._archives.delete(sandbox_id)
+
+    def pause(self, sandbox_id: str) -> None:
+        """Freeze every task of the running container (freezer cgroup, bounded retries)."""
+        with self._locked(sandbox_id):
+            if not self._alive(sandbox_id):
+                raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+            freezer.freeze(sandbox_id)
+
+    def resume(self, sandbox_id: str) -> None:
+        """Thaw the container's tasks."""
+        with self._locked(sandbox_id):
+            if not self._alive(sandbox_id):
+                raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+            freezer.thaw(sandbox_id)
+
+    def fork(self, source_id: str, spec_: ContainerSpec) -> None:
+        """Copy the source's ext4 image (quiesced if it runs) into a new sandbox."""
+        with self._locked(source_id) as src:
+            meta = src.read_metadata()
+            dst = SandboxPaths.of(self._settings.data_dir, spec_.sandbox_id)
+            copy_layer(source_id, src, dst, alive=self._alive(source_id) is not None)
+            try:
+                dst.write_metadata(_metadata(spec_, meta.lower))
+            except BaseException:
+                shutil.rmtree(dst.root, ignore_errors=True)
+                raise
+
+    def capture(self, sandbox_id: str, ref: str) -> int:
+        """Copy the sandbox's merged root filesystem into a new snapshot ``ref``."""
+        with self._locked(sandbox_id) as paths:
+            meta = paths.read_metadata()
+            alive = self._alive(sandbox_id) is not None
+            return capture.capture_sandbox(
+                self._snapshots, ref, sandbox_id, paths, meta, alive=alive
+            )
+
+    def import_image(self, ref: str, image: str) -> int:
+        """Unpack a local OCI layout's image into a new snapshot ``ref``."""
+        with foreign_errors():
+            return capture.import_oci(self._snapshots, ref, self._settings.oci_layout_dir, image)
+
+    def remove_snapshot(self, ref: str) -> None:
+        """Delete snapshot ``ref``; never the default one."""
+        if ref == self._settings.default_snapshot or not self.has_snapshot(ref):
+            return
+        capture.remove(self._snapshots, ref)
+
+    @property
+    def _snapshots(self) -> Path:
+        assert self._settings.snapshot_dir is not None
+        return self._settings.snapshot_dir
 
     def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
         """Live: ``crun update`` cpu/memory. Stopped: resize the ext4 image too."""
@@ -199,11 +279,11 @@ class OciRuntime:
         paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
         state = self._alive(sandbox_id)
         if state is not None:
-            paused = state.get("status") == "paused"
+            paused = state.get("status") == "paused" or freezer.is_frozen(sandbox_id)
             return ContainerStatus.PAUSED if paused else ContainerStatus.RUNNING
         if paths.image.is_file():
             return ContainerStatus.STOPPED
-        if archive_path(self._archives, sandbox_id).is_file():
+        if self._archives.exists(sandbox_id):
             return ContainerStatus.ARCHIVED
         return ContainerStatus.ABSENT
 
@@ -213,8 +293,9 @@ class OciRuntime:
         with foreign_errors():
             ids = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
             ids |= container_ids(self._crun.list(), root)
-            if self._archives.is_dir():
-                ids |= {p.name[: -len(".tar.zst")] for p in self._archives.glob("*.tar.zst")}
+            if self._net is not None:
+                ids |= set(firewall.owned(self._net.tag).values())
+            ids |= self._archives.keys()
         return ids
 
     def exec(
@@ -258,6 +339,23 @@ class OciRuntime:
         if state is None or state.get("status") != "running":
             raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
         return agent.connect(int(str(state["pid"])))
+
+
+    def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Replace the running sandbox's firewall rules and DNS policy at once."""
+        with self._locked(sandbox_id) as paths:
+            if self._net is None or not self._alive(sandbox_id):
+                return
+            link = self._net.link(paths)
+            if link is None:
+                raise RuntimeBackendError(f"sandbox {sandbox_id} has no network")
+            self._net.apply(sandbox_id, link, policy)
+
+    def address(self, sandbox_id: str) -> str | None:
+        """The running sandbox's address on its veth (None without networking)."""
+        paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
+        link = self._net.link(paths) if self._net is not None else None
+        return link.guest if link is not None else None
 
 
 def _metadata(spec_: ContainerSpec, lower: str) -> Metadata:

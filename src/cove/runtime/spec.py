@@ -45,6 +45,7 @@ def build(
     service: Sequence[str] = (),
     ro_binds: Mapping[str, Path] | None = None,
     machine: str | None = None,
+    netns: Path | None = None,
 ) -> dict[str, Any]:
     """The config.json of a sandbox's container.
 
@@ -57,6 +58,8 @@ def build(
         service: Command line that init runs and restarts (the toolbox agent).
         ro_binds: Extra read-only bind mounts, container path → host path.
         machine: Host architecture for seccomp (the current one when None).
+        netns: A network namespace file to join (with ``etc_dir/resolv.conf``);
+            None gives the container a new one with loopback only.
 
     Returns:
         A JSON-ready dict; the bundle's rootfs is ``<bundle>/rootfs``.
@@ -66,10 +69,10 @@ def build(
         "process": _process(spec, nofile_hard, service),
         "root": {"path": "rootfs", "readonly": False},
         "hostname": spec.hostname,
-        "mounts": _mounts(init_binary, etc_dir, ro_binds or {}),
+        "mounts": _mounts(init_binary, etc_dir, ro_binds or {}, resolv=netns is not None),
         "linux": {
             "cgroupsPath": cgroups.cgroup_path(spec.sandbox_id),
-            "namespaces": [{"type": ns} for ns in NAMESPACES],
+            "namespaces": _namespaces(netns),
             "resources": resources(spec.resources.cpu, spec.resources.memory, settings),
             "maskedPaths": list(MASKED_PATHS),
             "readonlyPaths": list(READONLY_PATHS),
@@ -163,7 +166,14 @@ def _process_base(
     }
 
 
-def _mounts(init_binary: Path, etc_dir: Path, ro_binds: Mapping[str, Path]) -> list[dict[str, Any]]:
+def _namespaces(netns: Path | None) -> list[dict[str, str]]:
+    joined = {"network": str(netns)} if netns is not None else {}
+    return [{"type": ns, "path": joined[ns]} if ns in joined else {"type": ns} for ns in NAMESPACES]
+
+
+def _mounts(
+    init_binary: Path, etc_dir: Path, ro_binds: Mapping[str, Path], *, resolv: bool = False
+) -> list[dict[str, Any]]:
     def bind(src: Path, dst: str, *opts: str) -> dict[str, Any]:
         return {"destination": dst, "type": "bind", "source": str(src), "options": ["bind", *opts]}
 
@@ -185,5 +195,7 @@ def _mounts(init_binary: Path, etc_dir: Path, ro_binds: Mapping[str, Path]) -> l
         bind(init_binary, INIT_PATH, "ro", "nosuid", "nodev"),
         bind(etc_dir / "hostname", "/etc/hostname", "rw", "nosuid", "nodev"),
         bind(etc_dir / "hosts", "/etc/hosts", "rw", "nosuid", "nodev"),
+        *([bind(etc_dir / "resolv.conf", "/etc/resolv.conf", "rw", "nosuid", "nodev")]
+          if resolv else []),
         *(bind(src, dst, "ro", "nosuid", "nodev") for dst, src in sorted(ro_binds.items())),
     ]  # fmt: skip

@@ -131,5 +131,16 @@ class SandboxesPublic(WireModel):
     next_cursor: str | None = None
 
 
+class SandboxFork(WireModel):
+    """Body of ``POST /sandbox/{id}/fork``."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=63)
+
+    @field_validator("name")
+    @classmethod
+    def _name_chars(cls, v: str | None) -> str | None:
+        return SandboxCreate._name_chars(v)
+
+
 class ToolboxProxyUrl(WireModel):
     url: str

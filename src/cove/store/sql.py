@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cove.core.ports import Resources
+from cove.core.ports import Resources, VolumeBind
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import BadRequest, Conflict, NotFound
 from cove.store.models import SandboxRow
@@ -148,6 +149,7 @@ def _to_row(sandbox: Sandbox, row: SandboxRow) -> SandboxRow:
     row.cpu = sandbox.resources.cpu
     row.memory = sandbox.resources.memory
     row.disk = sandbox.resources.disk
+    row.volumes = [asdict(v) for v in sandbox.volumes]
     return row
 
 
@@ -157,6 +159,7 @@ def _to_entity(row: SandboxRow) -> Sandbox:
         fields[name] = _aware(fields[name])
     fields["env"] = dict(row.env)
     fields["labels"] = dict(row.labels)
+    fields["volumes"] = [VolumeBind(**v) for v in row.volumes or []]
     return Sandbox(
         state=SandboxState(row.state),
         resources=Resources(cpu=row.cpu, memory=row.memory, disk=row.disk),

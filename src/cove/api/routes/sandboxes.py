@@ -9,16 +9,19 @@ from fastapi import APIRouter, Query, Response
 
 from cove.api.deps import LifecycleDep, PrincipalDep, ServicesDep
 from cove.api.dto import sandbox_public
+from cove.core import fork
 from cove.core.sandbox import Sandbox
 from cove.errors import BadRequest
 from cove.schemas.sandbox import (
     SandboxCreate,
     SandboxesPublic,
+    SandboxFork,
     SandboxLabels,
     SandboxPublic,
     SandboxResize,
     ToolboxProxyUrl,
 )
+from cove.schemas.snapshot import SandboxSnapshotCreate
 
 router = APIRouter(prefix="/sandbox", tags=["sandbox"])
 
@@ -94,6 +97,33 @@ async def stop_sandbox(
     """Stop a sandbox: every process dies, its files stay."""
     sandbox = await services.lifecycle.stop(who.organization_id, id_or_name, force=force)
     return _public(services, sandbox)
+
+
+@router.post("/{id_or_name}/pause")
+async def pause_sandbox(id_or_name: str, who: PrincipalDep, services: ServicesDep) -> SandboxPublic:
+    """Pause a started sandbox (its processes are frozen; start resumes them)."""
+    return _public(services, await services.lifecycle.pause(who.organization_id, id_or_name))
+
+
+@router.post("/{id_or_name}/fork")
+async def fork_sandbox(
+    id_or_name: str, who: PrincipalDep, services: ServicesDep, body: SandboxFork | None = None
+) -> SandboxPublic:
+    """Create a new sandbox from a copy of this one's files, and start it."""
+    name = body.name if body else None
+    sandbox = await fork.fork(services.lifecycle, who.organization_id, id_or_name, name=name)
+    return _public(services, sandbox)
+
+
+@router.post("/{id_or_name}/snapshot")
+async def snapshot_sandbox(
+    id_or_name: str, body: SandboxSnapshotCreate, who: PrincipalDep, services: ServicesDep
+) -> SandboxPublic:
+    """Make a snapshot of this sandbox's file system."""
+    org = who.organization_id
+    snap = services.snapshots
+    await snap.create_from_sandbox(services.lifecycle, org, id_or_name, body.name)
+    return _public(services, services.lifecycle.get(org, id_or_name))
 
 
 @router.post("/{id_or_name}/archive")

@@ -1,0 +1,251 @@
+"""Cove's preview proxy: HTTP (streamed both ways) and WebSocket traffic to a port
+of a sandbox, reached at its veth address.
+
+Addressed by path, ``/preview/{sandboxId}/{port}/...`` (and ``/preview/s/{signed
+token}/...``), or, when ``COVE_PREVIEW_DOMAIN`` is set, by host name:
+``{port}-{sandboxId}.<domain>`` (and ``{signed token}.<domain>``). The upstream
+sees the rest of the path. A private sandbox needs its preview token
+(``X-Daytona-Preview-Token`` header or ``token`` query parameter), the API key
+of its organization (``Authorization: Bearer``) or a signed URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import httpx
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from websockets.asyncio.client import connect as ws_connect
+
+from cove.api.deps import Services
+from cove.core.previews import PreviewTokens
+from cove.errors import CoveError
+
+TOKEN_HEADER = "x-daytona-preview-token"
+_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te",
+        "trailer", "host", TOKEN_HEADER}  # fmt: skip
+_PATH = re.compile(
+    r"^/preview/(?:s/(?P<token>[a-z2-7]+)|(?P<sid>[^/]+)/(?P<port>\d+))(?P<rest>/.*)?$"
+)
+_HOST_PORT = re.compile(r"^(?P<port>\d+)-(?P<sid>.+)$")
+
+
+def load_tokens(data_dir: Path) -> PreviewTokens:
+    """Preview tokens under the server's secret (made once, kept in the data dir)."""
+    key = data_dir / "preview.key"
+    if not key.exists():
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+    return PreviewTokens(key.read_bytes())
+
+
+def preview_url(services: Services, sandbox_id: str, port: int) -> str:
+    settings = services.settings
+    if settings.preview_domain:
+        return _host_url(settings.base_url, f"{port}-{sandbox_id}", settings.preview_domain)
+    return f"{settings.base_url}/preview/{sandbox_id}/{port}"
+
+
+def signed_url(services: Services, token: str) -> str:
+    settings = services.settings
+    if settings.preview_domain:
+        return _host_url(settings.base_url, token, settings.preview_domain)
+    return f"{settings.base_url}/preview/s/{token}"
+
+
+def _host_url(base: str, label: str, domain: str) -> str:
+    parts = urlsplit(base)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{label}.{domain}{port}"
+
+
+@dataclass
+class _Target:
+    sandbox_id: str
+    port: int
+    path: str
+    signed: bool
+
+
+class PreviewProxy:
+    """ASGI middleware: preview traffic goes to sandboxes, the rest to ``app``."""
+
+    def __init__(self, app: ASGIApp, services: Callable[[], Services]) -> None:
+        self.app = app
+        self._services = services
+        self._client: httpx.AsyncClient | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = self._target(scope) if scope["type"] in ("http", "websocket") else None
+        if target is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            address, query = self._authorize(scope, target)
+        except _Deny as deny:
+            await _refuse(scope, receive, send, deny.status, deny.text)
+            return
+        url = f"{address}:{target.port}{target.path}" + (f"?{query}" if query else "")
+        if scope["type"] == "websocket":
+            await _websocket(scope, receive, send, f"ws://{url}")
+        else:
+            await self._http(scope, receive, send, f"http://{url}")
+
+    def _target(self, scope: Scope) -> _Target | None:
+        domain = self._services().settings.preview_domain
+        host = _header(scope, "host") or ""
+        host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if domain and host.endswith("." + domain):
+            label, path = host[: -len(domain) - 1], scope.get("raw_path", b"").decode() or "/"
+            path = path.split("?", 1)[0] or "/"
+            match = _HOST_PORT.match(label)
+            if match:
+                return _Target(match["sid"], int(match["port"]), path, signed=False)
+            return self._signed(label, path)
+        match = _PATH.match(scope.get("path", ""))
+        if match is None:
+            return None
+        rest = match["rest"] or "/"
+        if match["token"]:
+            return self._signed(match["token"], rest)
+        return _Target(match["sid"], int(match["port"]), rest, signed=False)
+
+    def _signed(self, token: str, path: str) -> _Target | None:
+        grant = self._services().previews.verify(token)
+        if grant is None:
+            return _Target("", 0, path, signed=False)  # refused below: no such sandbox
+        return _Target(grant.sandbox_id, grant.port, path, signed=True)
+
+    def _authorize(self, scope: Scope, target: _Target) -> tuple[str, str]:
+        services = self._services()
+        query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode(),
+                                               keep_blank_values=True)]  # fmt: skip
+        token = _header(scope, TOKEN_HEADER) or dict(query).get("token")
+        try:
+            sandbox = services.lifecycle.store.get_by_id(target.sandbox_id)
+        except CoveError:
+            raise _Deny(404, "no such sandbox or preview link") from None
+        if not (sandbox.public or target.signed or services.previews.check(sandbox.id, token)):
+            try:
+                who = services.auth.authenticate(_header(scope, "authorization"))
+            except CoveError:
+                raise _Deny(401, "preview token required") from None
+            if who.organization_id != sandbox.organization_id:
+                raise _Deny(401, "preview token required")
+        address = services.lifecycle.runtime.address(sandbox.id)
+        if address is None or str(sandbox.state) != "started":
+            raise _Deny(502, f"sandbox {sandbox.id} is not running")
+        rest = urlencode([(k, v) for k, v in query if k != "token"])
+        return address, rest
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, url: str) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(30, read=None))
+        headers = [(k, v) for k, v in _headers(scope) if k.lower() not in _HOP]
+        request = self._client.build_request(
+            scope["method"], url, headers=headers, content=_body(receive)
+        )
+        try:
+            upstream = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            await _plain(send, 502, f"preview upstream unreachable: {exc}")
+            return
+        try:
+            out = [(k.encode(), v.encode()) for k, v in upstream.headers.multi_items()
+                   if k.lower() not in _HOP]  # fmt: skip
+            await send({"type": "http.response.start", "status": upstream.status_code,
+                        "headers": out})  # fmt: skip
+            async for chunk in upstream.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await upstream.aclose()
+
+
+class _Deny(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        self.status, self.text = status, text
+
+
+def _header(scope: Scope, name: str) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.decode().lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _headers(scope: Scope) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])]
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body"):
+            return
+
+
+async def _plain(send: Send, status: int, text: str) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": text.encode()})
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, text: str) -> None:
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.close", "code": 1008, "reason": text[:120]})
+    else:
+        await _plain(send, status, text)
+
+
+async def _websocket(scope: Scope, receive: Receive, send: Send, url: str) -> None:
+    await receive()  # websocket.connect
+    protocols = [p.strip() for p in (_header(scope, "sec-websocket-protocol") or "").split(",")
+                 if p.strip()]  # fmt: skip
+    try:
+        upstream = await ws_connect(
+            url,
+            subprotocols=protocols or None,
+            open_timeout=10,  # type: ignore[arg-type]
+        )
+    except Exception:  # noqa: BLE001 - any failed handshake
+        await send({"type": "websocket.close", "code": 1011})
+        return
+    await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+
+    async def client_to_upstream() -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] != "websocket.receive":
+                await upstream.close()
+                return
+            data = message.get("bytes")
+            await upstream.send(data if data is not None else message.get("text", ""))
+
+    async def upstream_to_client() -> None:
+        try:
+            async for data in upstream:
+                key = "bytes" if isinstance(data, bytes) else "text"
+                await send({"type": "websocket.send", key: data})
+        finally:
+            await send({"type": "websocket.close", "code": upstream.close_code or 1000})
+
+    tasks = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await upstream.close()

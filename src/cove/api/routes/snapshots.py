@@ -1,0 +1,76 @@
+"""Snapshot endpoints (``/api/snapshots``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from cove.api.deps import PrincipalDep, SnapshotsDep
+from cove.api.dto import iso
+from cove.core.snapshots import Snapshot
+from cove.errors import BadRequest
+from cove.schemas.snapshot import SnapshotCreate, SnapshotPublic, SnapshotsPublic
+
+router = APIRouter(prefix="/snapshots", tags=["snapshots"])
+GIB = 1024**3
+
+
+def snapshot_public(s: Snapshot) -> SnapshotPublic:
+    return SnapshotPublic(
+        id=s.id, organization_id=s.organization_id, general=s.general, name=s.name,
+        image_name=s.image_name, state=s.state,
+        size=round(s.size / GIB, 3) if s.size is not None else None,
+        cpu=s.cpu, mem=s.memory, disk=s.disk, error_reason=s.error_reason,
+        created_at=iso(s.created_at), updated_at=iso(s.updated_at),
+        last_used_at=iso(s.last_used_at) if s.last_used_at else None,
+        source_sandbox_id=s.source_sandbox_id,
+    )  # fmt: skip
+
+
+@router.get("")
+async def list_snapshots(
+    who: PrincipalDep,
+    snapshots: SnapshotsDep,
+    page: Annotated[int, Query(ge=1)] = 1,
+    limit: Annotated[int, Query(ge=1, le=200)] = 100,
+) -> SnapshotsPublic:
+    """List the snapshots the organization can use."""
+    items, total, pages = snapshots.page(who.organization_id, page, limit)
+    return SnapshotsPublic(
+        items=[snapshot_public(s) for s in items], total=total, page=page, total_pages=pages
+    )
+
+
+@router.post("")
+async def create_snapshot(
+    body: SnapshotCreate, who: PrincipalDep, snapshots: SnapshotsDep
+) -> SnapshotPublic:
+    """Build a snapshot from an image this server can resolve locally."""
+    if not body.image_name:
+        raise BadRequest("only imageName is supported: this server builds no Dockerfiles")
+    snap = await snapshots.create_from_image(who.organization_id, body.name, body.image_name)
+    return snapshot_public(snap)
+
+
+@router.get("/{id_or_name}")
+async def get_snapshot(
+    id_or_name: str, who: PrincipalDep, snapshots: SnapshotsDep
+) -> SnapshotPublic:
+    """Get a snapshot by id or name."""
+    return snapshot_public(snapshots.get(who.organization_id, id_or_name))
+
+
+@router.delete("/{id_or_name}")
+async def delete_snapshot(id_or_name: str, who: PrincipalDep, snapshots: SnapshotsDep) -> Response:
+    """Delete a snapshot (409 while sandboxes use it)."""
+    snapshots.delete(who.organization_id, id_or_name)
+    return Response(status_code=200)
+
+
+@router.post("/{id_or_name}/activate")
+async def activate_snapshot(
+    id_or_name: str, who: PrincipalDep, snapshots: SnapshotsDep
+) -> SnapshotPublic:
+    """Activate a snapshot."""
+    return snapshot_public(snapshots.activate(who.organization_id, id_or_name))

@@ -1,0 +1,100 @@
+"""Preview URLs: who may reach a port of a sandbox through Cove's proxy.
+
+Two kinds of token, both HMACs under a server secret (no storage needed):
+
+* the *preview token* of a sandbox (``X-Daytona-Preview-Token``): stable for
+  the sandbox's life, valid for every port;
+* a *signed token*, embedded in the URL itself: names the sandbox and port,
+  expires at a time it carries, and can be expired early (its signature is
+  then remembered until it would have expired anyway).
+
+A public sandbox needs no token at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from cove.errors import BadRequest
+
+MAX_SIGNED_SECONDS = 24 * 3600
+DEFAULT_SIGNED_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What a valid signed token grants."""
+
+    sandbox_id: str
+    port: int
+    expires: int
+
+
+class PreviewTokens:
+    """Issues and checks preview tokens under ``secret``."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+        self._revoked: dict[str, int] = {}  # signed token -> its expiry
+        self._lock = threading.Lock()
+
+    def token(self, sandbox_id: str) -> str:
+        """The preview token of a sandbox (same for every port)."""
+        mac = hmac.new(self._secret, b"preview " + sandbox_id.encode(), hashlib.sha256)
+        return mac.hexdigest()[:40]
+
+    def check(self, sandbox_id: str, token: str | None) -> bool:
+        return token is not None and hmac.compare_digest(self.token(sandbox_id), token)
+
+    def sign(
+        self, sandbox_id: str, port: int, expires_in: int | None, now: float | None = None
+    ) -> str:
+        """A signed token for ``port`` of the sandbox, valid ``expires_in`` seconds."""
+        seconds = DEFAULT_SIGNED_SECONDS if expires_in is None else expires_in
+        if not 1 <= seconds <= MAX_SIGNED_SECONDS:
+            raise BadRequest(f"expiresInSeconds must be between 1 and {MAX_SIGNED_SECONDS}")
+        check_port(port)
+        expires = int((now or time.time()) + seconds)
+        body = uuid.UUID(sandbox_id).bytes + struct.pack("!HI", port, expires)
+        mac = hmac.new(self._secret, b"signed " + body, hashlib.sha256).digest()[:14]
+        return base64.b32encode(body + mac).decode().rstrip("=").lower()
+
+    def verify(self, token: str, now: float | None = None) -> Signed | None:
+        """What ``token`` grants, or None: forged, malformed, expired or revoked."""
+        try:
+            raw = base64.b32decode(token.upper() + "=" * (-len(token) % 8))
+        except ValueError:
+            return None
+        if len(raw) != 36:
+            return None
+        body, mac = raw[:22], raw[22:]
+        good = hmac.new(self._secret, b"signed " + body, hashlib.sha256).digest()[:14]
+        if not hmac.compare_digest(mac, good):
+            return None
+        port, expires = struct.unpack("!HI", body[16:])
+        with self._lock:
+            if expires <= (now or time.time()) or token in self._revoked:
+                return None
+        return Signed(str(uuid.UUID(bytes=body[:16])), port, expires)
+
+    def expire(self, sandbox_id: str, port: int, token: str) -> None:
+        """Make a signed token invalid now (no error when it is already)."""
+        grant = self.verify(token)
+        if grant is None or grant.sandbox_id != sandbox_id or grant.port != port:
+            return
+        now = time.time()
+        with self._lock:
+            self._revoked = {t: e for t, e in self._revoked.items() if e > now}
+            self._revoked[token] = grant.expires
+
+
+def check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise BadRequest(f"port must be between 1 and 65535, got {port}")

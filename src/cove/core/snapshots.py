@@ -1,0 +1,185 @@
+"""Snapshots: read-only root filesystems sandboxes are created from.
+
+The default snapshot (``settings.default_snapshot``) is general: every
+organization sees it, and its record is not stored. Any other snapshot
+belongs to one organization and is made from a sandbox's file system or from
+an image the host can resolve locally. Its files live under the runtime's
+snapshot directory named by the snapshot's id (its ``ref``), so names never
+collide between organizations or servers sharing that directory. Sandboxes
+created from a user snapshot record that ref as their ``snapshot``.
+
+Building is synchronous: the record is only added once the files are
+complete, so a failed build leaves nothing behind and is reported at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+from cove.core.ports import Runtime, SandboxStore
+from cove.core.sandbox import SandboxState, utcnow
+from cove.errors import BadRequest, Conflict, CoveError, InvalidState, NotFound
+
+if TYPE_CHECKING:
+    from cove.core.lifecycle import LifecycleService
+
+S = SandboxState
+
+
+@dataclass
+class Snapshot:
+    id: str
+    organization_id: str | None  # None: general (the default snapshot)
+    name: str
+    state: str = "active"
+    general: bool = False
+    image_name: str | None = None
+    source_sandbox_id: str | None = None
+    error_reason: str | None = None
+    size: int | None = None
+    cpu: int = 1
+    memory: int = 1
+    disk: int = 3
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+
+
+class SnapshotStore(Protocol):
+    def add(self, snapshot: Snapshot) -> None:
+        """Raises Conflict when the name is taken in the organization."""
+
+    def get(self, organization_id: str, id_or_name: str) -> Snapshot:
+        """Raises NotFound."""
+
+    def save(self, snapshot: Snapshot) -> None: ...
+
+    def remove(self, snapshot_id: str) -> None: ...
+
+    def list(self, organization_id: str) -> list[Snapshot]: ...
+
+
+class SnapshotService:
+    """List, find, build and delete snapshots."""
+
+    def __init__(
+        self, *, store: SnapshotStore, runtime: Runtime, sandboxes: SandboxStore,
+        default_name: str, started: datetime | None = None,
+    ) -> None:  # fmt: skip
+        self.store = store
+        self.runtime = runtime
+        self.sandboxes = sandboxes
+        self.default = Snapshot(
+            id=default_name, organization_id=None, name=default_name, general=True,
+            created_at=started or utcnow(), updated_at=started or utcnow(),
+        )  # fmt: skip
+
+    def list(self, organization_id: str) -> list[Snapshot]:
+        return [self.default, *self.store.list(organization_id)]
+
+    def page(self, organization_id: str, page: int, limit: int) -> tuple[list[Snapshot], int, int]:
+        """Items of page ``page`` (from 1), the total, and the number of pages."""
+        every = self.list(organization_id)
+        pages = max(1, math.ceil(len(every) / limit))
+        return every[(page - 1) * limit : page * limit], len(every), pages
+
+    def get(self, organization_id: str, id_or_name: str) -> Snapshot:
+        if id_or_name in (self.default.id, self.default.name):
+            return self.default
+        return self.store.get(organization_id, id_or_name)
+
+    def ref_for(self, organization_id: str, id_or_name: str) -> str:
+        """The runtime's name for the snapshot a sandbox is created from.
+
+        Raises:
+            NotFound: no such snapshot.
+            BadRequest: it is not active.
+        """
+        snap = self.get(organization_id, id_or_name)
+        if snap.state != "active":
+            raise BadRequest(f"Snapshot {snap.name} is {snap.state}")
+        if snap is not self.default:
+            snap.last_used_at = utcnow()
+            self.store.save(snap)
+        return snap.id
+
+    async def create_from_image(self, organization_id: str, name: str, image: str) -> Snapshot:
+        """Build a snapshot from an image resolvable on this host.
+
+        Raises:
+            Conflict: the name is taken. BadRequest: the image cannot be used.
+        """
+        snap = self._new(organization_id, name, image_name=image)
+        try:
+            snap.size = await asyncio.to_thread(self.runtime.import_image, snap.id, image)
+        except CoveError as exc:
+            raise BadRequest(f"Snapshot {name} cannot be built: {exc.message}") from exc
+        return self._added(snap)
+
+    async def create_from_sandbox(
+        self, lifecycle: LifecycleService, organization_id: str, id_or_name: str, name: str
+    ) -> Snapshot:
+        """Copy a started or stopped sandbox's file system into a new snapshot; the
+        sandbox is ``snapshotting`` meanwhile and goes back to where it was."""
+        sandbox = lifecycle.get(organization_id, id_or_name)
+        snap = self._new(organization_id, name, source_sandbox_id=sandbox.id)
+        snap.cpu, snap.memory, snap.disk = (
+            sandbox.resources.cpu, sandbox.resources.memory, sandbox.resources.disk,
+        )  # fmt: skip
+
+        async def capture() -> None:
+            current = lifecycle.store.get_by_id(sandbox.id)
+            before = current.state
+            if before not in (S.STARTED, S.STOPPED):
+                raise InvalidState(f"Sandbox {sandbox.id} is {before}; cannot snapshot it")
+            await lifecycle._set_state(current, S.SNAPSHOTTING)
+            try:
+                snap.size = await asyncio.to_thread(self.runtime.capture, sandbox.id, snap.id)
+            except CoveError as exc:
+                raise BadRequest(f"Snapshot {name} failed: {exc.message}") from exc
+            finally:
+                await lifecycle._set_state(current, before)
+
+        await lifecycle._run(sandbox.id, capture)
+        return self._added(snap)
+
+    def activate(self, organization_id: str, id_or_name: str) -> Snapshot:
+        snap = self.get(organization_id, id_or_name)
+        if snap is not self.default and snap.state == "inactive":
+            snap.state, snap.updated_at = "active", utcnow()
+            self.store.save(snap)
+        return snap
+
+    def delete(self, organization_id: str, id_or_name: str) -> None:
+        """Raises NotFound, BadRequest (the default), Conflict (sandboxes use it)."""
+        snap = self.get(organization_id, id_or_name)
+        if snap is self.default:
+            raise BadRequest(f"The default snapshot {snap.name} cannot be deleted")
+        users = [sb.id for sb in self.sandboxes.all() if sb.snapshot == snap.id]
+        if users:
+            raise Conflict(f"Snapshot {snap.name} is used by sandbox(es) {', '.join(users)}")
+        self.runtime.remove_snapshot(snap.id)
+        self.store.remove(snap.id)
+
+    def _new(self, organization_id: str, name: str, **fields: str | None) -> Snapshot:
+        if not name or not all(c.isalnum() or c in "-_.:" for c in name):
+            raise BadRequest("snapshot name may only contain letters, digits, '-', '_', '.', ':'")
+        try:
+            self.get(organization_id, name)
+        except NotFound:
+            return Snapshot(id=str(uuid.uuid4()), organization_id=organization_id, name=name,
+                            **fields)  # type: ignore[arg-type]  # fmt: skip
+        raise Conflict(f"Snapshot with name '{name}' already exists")
+
+    def _added(self, snap: Snapshot) -> Snapshot:
+        try:
+            self.store.add(snap)
+        except CoveError:
+            self.runtime.remove_snapshot(snap.id)
+            raise
+        return snap

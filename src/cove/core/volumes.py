@@ -1,0 +1,147 @@
+"""Volumes: named directories an organization's sandboxes mount and share.
+
+A volume belongs to one organization, which alone can see and mount it. Its
+data outlives every sandbox that mounted it; it can only be deleted while no
+sandbox (in any state but destroyed) mounts it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from cove.core.ports import SandboxStore, VolumeBind
+from cove.core.sandbox import utcnow
+from cove.errors import BadRequest, Conflict
+from cove.schemas.sandbox import VolumeMount
+
+# Container paths a volume may not cover: the runtime's own mounts.
+RESERVED = ("/proc", "/sys", "/dev")
+
+
+@dataclass
+class Volume:
+    id: str
+    organization_id: str
+    name: str
+    state: str = "ready"
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+
+
+class VolumeStore(Protocol):
+    """Persistence of volume records."""
+
+    def add(self, volume: Volume) -> None:
+        """Raises Conflict when the name is taken in the organization."""
+
+    def get(self, organization_id: str, id_or_name: str) -> Volume:
+        """Raises NotFound."""
+
+    def save(self, volume: Volume) -> None: ...
+
+    def remove(self, volume_id: str) -> None: ...
+
+    def list(self, organization_id: str) -> list[Volume]: ...
+
+
+class VolumeFiles(Protocol):
+    """Where volume data lives on the host."""
+
+    def create(self, volume_id: str) -> None:
+        """Make the (empty) volume directory, writable by the sandbox user."""
+
+    def delete(self, volume_id: str) -> None:
+        """Remove the volume directory and its data."""
+
+
+class VolumeService:
+    """Create, find, delete volumes, and turn mount requests into binds."""
+
+    def __init__(self, *, store: VolumeStore, files: VolumeFiles, sandboxes: SandboxStore) -> None:
+        self.store = store
+        self.files = files
+        self.sandboxes = sandboxes
+
+    def list(self, organization_id: str) -> list[Volume]:
+        return self.store.list(organization_id)
+
+    def get(self, organization_id: str, id_or_name: str) -> Volume:
+        return self.store.get(organization_id, id_or_name)
+
+    def create(self, organization_id: str, name: str) -> Volume:
+        """Raises Conflict when the name is taken, BadRequest when it is not a plain name."""
+        _check_name(name)
+        volume = Volume(id=str(uuid.uuid4()), organization_id=organization_id, name=name)
+        self.store.add(volume)
+        try:
+            self.files.create(volume.id)
+        except BaseException:
+            self.store.remove(volume.id)
+            raise
+        return volume
+
+    def delete(self, organization_id: str, id_or_name: str) -> None:
+        """Raises NotFound, or Conflict while a sandbox mounts it."""
+        volume = self.store.get(organization_id, id_or_name)
+        users = [sb.id for sb in self.sandboxes.all() if _mounts(sb.volumes, volume.id)]
+        if users:
+            raise Conflict(f"Volume {volume.name} is in use by sandbox(es) {', '.join(users)}")
+        self.files.delete(volume.id)
+        self.store.remove(volume.id)
+
+    def resolve(self, organization_id: str, mounts: list[VolumeMount]) -> list[VolumeBind]:
+        """The binds for a create request's ``volumes``; each volume must be the org's.
+
+        Raises:
+            NotFound: a volume does not exist in this organization.
+            BadRequest: a mount path or subpath is not allowed.
+        """
+        binds: list[VolumeBind] = []
+        for m in mounts:
+            volume = self.store.get(organization_id, m.volume_id)
+            bind = VolumeBind(volume.id, mount_path(m.mount_path), subpath(m.subpath))
+            if any(b.mount_path == bind.mount_path for b in binds):
+                raise BadRequest(f"two volumes are mounted at {bind.mount_path}")
+            binds.append(bind)
+            volume.last_used_at = utcnow()
+            self.store.save(volume)
+        return binds
+
+
+def _mounts(binds: list[VolumeBind], volume_id: str) -> bool:
+    return any(b.volume_id == volume_id for b in binds)
+
+
+def _check_name(name: str) -> None:
+    ok = name and len(name) <= 255 and all(c.isalnum() or c in "-_." for c in name)
+    if not ok or name.startswith("."):
+        raise BadRequest("volume name may only contain letters, digits, '-', '_' and '.'")
+
+
+def mount_path(path: str) -> str:
+    """A normalized absolute container path that is not ``/`` nor under a reserved one."""
+    if not path.startswith("/") or "\0" in path:
+        raise BadRequest(f"mount path must be absolute: {path!r}")
+    if ".." in path.split("/"):
+        raise BadRequest(f"mount path may not contain '..': {path!r}")
+    norm = posixpath.normpath(path)
+    if norm == "/" or norm.startswith("//"):
+        raise BadRequest(f"a volume cannot be mounted at {path!r}")
+    if any(norm == r or norm.startswith(r + "/") for r in RESERVED):
+        raise BadRequest(f"a volume cannot be mounted under {norm.split('/')[1]!r}")
+    return norm
+
+
+def subpath(path: str | None) -> str:
+    """A normalized relative path inside a volume ('' for the whole volume)."""
+    if not path:
+        return ""
+    if path.startswith("/") or "\0" in path or ".." in path.split("/"):
+        raise BadRequest(f"subpath must stay inside the volume: {path!r}")
+    norm = posixpath.normpath(path)
+    return "" if norm == "." else norm

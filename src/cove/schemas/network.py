@@ -1,0 +1,30 @@
+"""Wire models of a sandbox's network settings and preview URLs."""
+
+from __future__ import annotations
+
+from cove.schemas.base import WireModel
+
+
+class NetworkSettingsUpdate(WireModel):
+    """Body of ``POST /sandbox/{id}/network-settings``; absent fields stay as they are."""
+
+    network_block_all: bool | None = None
+    network_allow_list: str | None = None
+    domain_allow_list: str | None = None
+
+
+class PreviewUrl(WireModel):
+    """A port's preview URL and the token a private sandbox needs."""
+
+    sandbox_id: str
+    url: str
+    token: str
+
+
+class SignedPreviewUrl(WireModel):
+    """A preview URL whose token is in the URL itself and expires."""
+
+    sandbox_id: str
+    port: int
+    token: str
+    url: str

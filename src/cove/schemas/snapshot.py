@@ -1,0 +1,53 @@
+"""The snapshot schema family (``/snapshots``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from cove.schemas.base import WireModel
+
+
+class SnapshotCreate(WireModel):
+    """Body of ``POST /snapshots`` (only ``imageName`` images are built here)."""
+
+    name: str = Field(min_length=1, max_length=255)
+    image_name: str | None = None
+    build_info: dict[str, object] | None = None
+
+
+class SandboxSnapshotCreate(WireModel):
+    """Body of ``POST /sandbox/{id}/snapshot``."""
+
+    name: str = Field(min_length=1, max_length=255)
+    include_memory: bool | None = None
+
+
+class SnapshotPublic(WireModel):
+    """Daytona's SnapshotDto."""
+
+    id: str
+    organization_id: str | None = None
+    general: bool
+    name: str
+    image_name: str | None = None
+    state: str
+    size: float | None = None  # GiB
+    entrypoint: list[str] | None = None
+    cpu: int
+    gpu: int = 0
+    mem: int
+    disk: int
+    error_reason: str | None = None
+    created_at: str
+    updated_at: str
+    last_used_at: str | None = None
+    source_sandbox_id: str | None = None
+
+
+class SnapshotsPublic(WireModel):
+    """A page of ``GET /snapshots``."""
+
+    items: list[SnapshotPublic]
+    total: int
+    page: int
+    total_pages: int

@@ -1,0 +1,55 @@
+"""The contracts between processes, as committed files (``spec/``).
+
+``spec/openapi.json`` is the HTTP API (generated from ``create_app``) and
+``spec/toolbox.json`` the agent protocol (generated from the agent's handler
+registry). ``scripts/gen-spec`` writes them; a test fails when they are stale.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+SPEC_DIR = Path(__file__).resolve().parents[2] / "spec"
+
+
+def openapi() -> dict[str, Any]:
+    from fastapi import FastAPI
+
+    from cove.api.app import create_app
+    from cove.core.config import Settings
+    from cove.runtime.fake import FakeRuntime
+
+    app = create_app(Settings(runtime="fake", api_key="spec", data_dir=Path("/nonexistent")),
+                     runtime=FakeRuntime())
+    while not isinstance(app, FastAPI):
+        app = getattr(app, "app", None) or app.other_asgi_app  # type: ignore[attr-defined]
+    return app.openapi()
+
+
+def toolbox() -> dict[str, Any]:
+    from cove.toolbox import agent, protocol
+
+    agent.load_handlers()
+    return {
+        "socket": protocol.SOCKET_NAME.decode().replace("\0", "@"),
+        "framing": inspect.getdoc(protocol),
+        "frames": {"J": "json", "O": "stdout", "E": "stderr", "D": "data", "Z": "end"},
+        "ops": {name: inspect.getdoc(fn) or "" for name, fn in sorted(agent.HANDLERS.items())},
+    }
+
+
+def render(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def write() -> None:
+    SPEC_DIR.mkdir(exist_ok=True)
+    (SPEC_DIR / "openapi.json").write_text(render(openapi()))
+    (SPEC_DIR / "toolbox.json").write_text(render(toolbox()))
+
+
+if __name__ == "__main__":
+    write()

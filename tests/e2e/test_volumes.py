@@ -1,0 +1,114 @@
+"""Volumes through the official daytona SDK against a real server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+from daytona import (
+    CreateSandboxFromSnapshotParams,
+    Daytona,
+    DaytonaConfig,
+    DaytonaConflictError,
+    DaytonaError,
+    DaytonaNotFoundError,
+    VolumeMount,
+)
+
+from tests.e2e.conftest import KEY, Server
+
+pytestmark = pytest.mark.e2e
+
+
+def _run(sb, command: str) -> str:
+    result = sb.process.exec(command)
+    assert result.exit_code == 0, result.result
+    return result.result
+
+
+def _mounting(volume_id: str, path: str = "/data", subpath: str | None = None):
+    mount = VolumeMount(volume_id=volume_id, mount_path=path, subpath=subpath)
+    return CreateSandboxFromSnapshotParams(volumes=[mount])
+
+
+def test_volume_is_shared_and_outlives_its_sandboxes(
+    server: Server, daytona: Daytona, sandboxes: list
+) -> None:
+    vol = daytona.volume.create("e2e-shared")
+    assert vol.state == "ready" and vol.name == "e2e-shared"
+    assert daytona.volume.get("e2e-shared").id == vol.id
+    assert vol.id in [v.id for v in daytona.volume.list()]
+
+    writer = daytona.create(_mounting(vol.id))
+    sandboxes.append(writer)
+    _run(writer, "echo hello > /data/note.txt && mkdir -p /data/sub && echo s > /data/sub/x")
+    # by name, and a subpath
+    reader = daytona.create(_mounting("e2e-shared", "/home/daytona/vol"))
+    sandboxes.append(reader)
+    assert _run(reader, "cat /home/daytona/vol/note.txt") == "hello\n"
+    _run(reader, "echo back >> /home/daytona/vol/note.txt")
+    assert _run(writer, "cat /data/note.txt") == "hello\nback\n"
+    sub = daytona.create(_mounting(vol.id, "/work", subpath="sub"))
+    sandboxes.append(sub)
+    assert _run(sub, "cat /work/x; ls /work") == "s\nx\n"
+
+    with pytest.raises(DaytonaConflictError):
+        daytona.volume.delete(vol)
+    writer.stop()  # stopped still counts as mounted
+    with pytest.raises(DaytonaConflictError):
+        daytona.volume.delete(vol)
+    for sb in (writer, reader, sub):
+        sb.delete()
+        sandboxes.remove(sb)
+
+    again = daytona.create(_mounting(vol.id, "/again"))
+    sandboxes.append(again)
+    assert _run(again, "cat /again/note.txt") == "hello\nback\n"
+    again.delete()
+    sandboxes.remove(again)
+    daytona.volume.delete(vol)
+    with pytest.raises(DaytonaNotFoundError):
+        daytona.volume.get("e2e-shared")
+    assert not (server.data_dir / "volumes" / vol.id).exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "subpath"),
+    [("/", None), ("relative/path", None), ("/a/../etc", None), ("/proc/x", None),
+     ("/data", "../.."), ("/data", "/abs")],
+)  # fmt: skip
+def test_bad_mounts_are_rejected(daytona: Daytona, path: str, subpath: str | None) -> None:
+    vol = daytona.volume.get("e2e-bad-mounts", create=True)
+    with pytest.raises(DaytonaError, match="mount|subpath|volume"):
+        daytona.create(_mounting(vol.id, path, subpath))
+
+
+def test_symlink_in_volume_does_not_escape(daytona: Daytona, sandboxes: list) -> None:
+    vol = daytona.volume.get("e2e-symlink", create=True)
+    sb = daytona.create(_mounting(vol.id))
+    sandboxes.append(sb)
+    _run(sb, "ln -s /etc /data/escape")
+    with pytest.raises(DaytonaError):
+        sandboxes.append(daytona.create(_mounting(vol.id, "/x", subpath="escape")))
+
+
+def test_other_organization_cannot_see_or_mount(server: Server, daytona: Daytona) -> None:
+    vol = daytona.volume.get("e2e-private", create=True)
+    key = subprocess.run(
+        [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", "vol-other",
+         "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    other = Daytona(DaytonaConfig(api_key=key, api_url=server.api_url))
+    with pytest.raises(DaytonaNotFoundError):
+        other.volume.get("e2e-private")
+    assert other.volume.list() == []
+    with pytest.raises(DaytonaNotFoundError):
+        other.create(_mounting(vol.id))
+    r = httpx.delete(f"{server.api_url}/volumes/{vol.id}",
+                     headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    assert r.status_code == 404
+    r = httpx.delete(f"{server.api_url}/volumes/{vol.id}",
+                     headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+    assert r.status_code == 200

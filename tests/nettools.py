@@ -1,0 +1,155 @@
+"""Test peers for sandbox networking: "remote" hosts in network namespaces the
+tests create (198.18.0.0/15 only, routed via the host) and a tiny DNS server.
+
+Nothing here reaches beyond this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+# Per test run, so that concurrent runs on one host do not share addresses.
+_RUN = os.getpid() % 100
+R1_NET, R2_NET = 2 * _RUN + 2, 2 * _RUN + 3  # 198.18.<n>.0/24 of the two remotes
+R1, R2 = f"198.18.{R1_NET}.2", f"198.18.{R2_NET}.2"
+TEST_NAMES = {"remote.test": R1, "other.test": R2, "a.wild.test": R1}
+
+
+def sandbox_pool(offset: int) -> str:
+    """A /24 of 198.19.0.0/16 for one test server's sandbox addresses."""
+    return f"198.19.{(2 * _RUN + offset) % 256}.0/24"
+
+
+# A remote: netns tcv<hex>, veth tv<hex> (never "cv*": that prefix is Cove's),
+# host side 198.18.<n>.1/24, remote side 198.18.<n>.2/24.
+HTTP_PORT = 8080
+_SERVER = r"""
+import http.server, socketserver, sys
+addr = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"remote {addr} {self.path}".encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer((addr, int(sys.argv[2])), H).serve_forever()
+"""
+
+
+class Remote:
+    """An HTTP server at 198.18.<n>.2:8080 in its own netns, routed via the host."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        suffix = uuid.uuid4().hex[:8]
+        self.netns = f"tcv{suffix}"
+        self.veth = f"tv{suffix}"
+        self.host = f"198.18.{n}.1"
+        self.addr = f"198.18.{n}.2"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}:{HTTP_PORT}"
+
+    def start(self) -> Remote:
+        sh = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+        sh("ip", "netns", "add", self.netns)
+        sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0",
+           "netns", self.netns)  # fmt: skip
+        sh("ip", "addr", "add", f"{self.host}/24", "dev", self.veth)
+        sh("ip", "link", "set", self.veth, "up")
+        sh("ip", "-n", self.netns, "addr", "add", f"{self.addr}/24", "dev", "eth0")
+        sh("ip", "-n", self.netns, "link", "set", "eth0", "up")
+        sh("ip", "-n", self.netns, "link", "set", "lo", "up")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, sys.executable, "-c", _SERVER, self.addr,
+             str(HTTP_PORT)], start_new_session=True,
+        )  # fmt: skip
+        _wait_tcp(self.addr, HTTP_PORT)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+
+
+def _wait_tcp(host: str, port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+class FakeDns:
+    """Answers A queries for ``records`` (name → IPv4) on 127.0.0.1; NXDOMAIN otherwise."""
+
+    def __init__(self, records: dict[str, str], ttl: int = 5) -> None:
+        self.records = records
+        self.ttl = ttl
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.queries: list[str] = []
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    @property
+    def upstream(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            self.sock.sendto(self._answer(data), peer)
+
+    def _answer(self, q: bytes) -> bytes:
+        pos, labels = 12, []
+        while q[pos]:
+            labels.append(q[pos + 1 : pos + 1 + q[pos]].decode())
+            pos += 1 + q[pos]
+        qtype = struct.unpack("!H", q[pos + 1 : pos + 3])[0]
+        question = q[12 : pos + 5]
+        name = ".".join(labels).lower()
+        self.queries.append(name)
+        ip = self.records.get(name)
+        if ip is None:
+            return q[:2] + struct.pack("!HHHHH", 0x8183, 1, 0, 0, 0) + question
+        if qtype != 1:
+            return q[:2] + struct.pack("!HHHHH", 0x8180, 1, 0, 0, 0) + question
+        rr = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, self.ttl, 4) + socket.inet_aton(ip)
+        return q[:2] + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0) + question + rr
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def nft_table() -> str:
+    return subprocess.run(["nft", "list", "table", "inet", "cove"], capture_output=True,
+                          text=True).stdout  # fmt: skip
+
+
+def tag_of(data_dir: Path) -> str:
+    from cove.runtime.network import data_tag
+
+    return data_tag(data_dir)

@@ -1,0 +1,56 @@
+"""Network settings in the lifecycle: validation, live application, restart restore."""
+
+from __future__ import annotations
+
+import pytest
+
+from cove.core.lifecycle import LifecycleService
+from cove.core.ports import NetworkPolicy
+from cove.core.reconcile import restore_networks
+from cove.errors import BadRequest, RuntimeBackendError
+from cove.runtime.fake import FakeRuntime
+from cove.schemas.sandbox import SandboxCreate
+
+
+async def test_create_passes_the_policy_and_rejects_bad_lists(
+    lifecycle: LifecycleService, runtime: FakeRuntime, org: str
+) -> None:
+    with pytest.raises(BadRequest):
+        await lifecycle.create(organization_id=org,
+                               request=SandboxCreate(domain_allow_list="x..y"))  # fmt: skip
+    sb = await lifecycle.create(
+        organization_id=org, request=SandboxCreate(network_allow_list="10.0.0.0/8")
+    )
+    assert lifecycle._spec(sb).network == NetworkPolicy(allow_cidrs=("10.0.0.0/8",))
+
+
+async def test_update_only_applies_to_running_and_keeps_fields(
+    lifecycle: LifecycleService, runtime: FakeRuntime, org: str
+) -> None:
+    sb = await lifecycle.create(organization_id=org, request=SandboxCreate())
+    await lifecycle.stop(org, sb.id)
+    sb = await lifecycle.update_network(org, sb.id, block_all=True, allow_list=None,
+                                        domain_list=None)  # fmt: skip
+    assert sb.network_block_all and sb.id not in runtime.networks
+    sb = await lifecycle.update_network(org, sb.id, block_all=None, allow_list=None,
+                                        domain_list="a.com")  # fmt: skip
+    assert not sb.network_block_all and sb.domain_allow_list == "a.com"
+    await lifecycle.start(org, sb.id)
+    runtime.fail_on["set_network"] = "nft broke"
+    with pytest.raises(RuntimeBackendError):
+        await lifecycle.update_network(org, sb.id, block_all=True, allow_list=None,
+                                       domain_list=None)  # fmt: skip
+    assert not lifecycle.get(org, sb.id).network_block_all  # nothing stored
+
+
+async def test_restore_networks_after_restart(
+    lifecycle: LifecycleService, runtime: FakeRuntime, org: str
+) -> None:
+    on = await lifecycle.create(organization_id=org,
+                                request=SandboxCreate(network_block_all=True))  # fmt: skip
+    off = await lifecycle.create(organization_id=org, request=SandboxCreate())
+    await lifecycle.stop(org, off.id)
+    await restore_networks(lifecycle)
+    assert runtime.networks == {on.id: NetworkPolicy(block_all=True)}
+    runtime.fail_on["set_network"] = "nft broke"
+    await restore_networks(lifecycle)  # logged, not raised

@@ -1,0 +1,71 @@
+"""Pure parts of sandbox networking: DNS wire handling, name matching, nft script."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from cove.core.ports import NetworkPolicy
+from cove.runtime import dns, firewall
+from cove.runtime.firewall import Link
+
+
+def _query(name: str, qid: int = 7) -> bytes:
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+
+
+def _answer(query: bytes, ip: str, ttl: int) -> bytes:
+    rr = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, ttl, 4) + socket.inet_aton(ip)
+    return query[:2] + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0) + query[12:] + rr
+
+
+def test_names_and_records() -> None:
+    q = _query("www.Example.com")
+    assert dns.question_name(q) == "www.Example.com"
+    assert dns.a_records(_answer(q, "198.18.0.9", 42)) == [("198.18.0.9", 42)]
+    refused = dns.error_reply(q, dns.NXDOMAIN)
+    assert refused[:2] == q[:2] and refused[3] & 0x0F == dns.NXDOMAIN
+    assert dns.question_name(refused) is None  # an answer, not a query
+
+
+def test_allowed_names() -> None:
+    patterns = ("example.com", "*.wild.org")
+    assert dns.allowed("EXAMPLE.com.", patterns)
+    assert not dns.allowed("www.example.com", patterns)
+    assert dns.allowed("a.b.wild.org", patterns)
+    assert not dns.allowed("wild.org", patterns) and not dns.allowed("evilwild.org", patterns)
+
+
+def test_resolve_under_policies() -> None:
+    fwd = dns.DnsForwarder.__new__(dns.DnsForwarder)
+    seen: list = []
+    fwd._forward = lambda q: _answer(q, "198.18.0.9", 5)  # type: ignore[method-assign]
+    q = _query("api.wild.org")
+    assert dns.DnsForwarder.resolve(fwd, NetworkPolicy(block_all=True), seen.extend, q)[3] & 15 == 5
+    deny = NetworkPolicy(allow_domains=("other.org",))
+    assert dns.DnsForwarder.resolve(fwd, deny, seen.extend, q)[3] & 15 == 3
+    assert seen == []
+    allow = NetworkPolicy(allow_domains=("*.wild.org",))
+    assert dns.a_records(dns.DnsForwarder.resolve(fwd, allow, seen.extend, q))
+    assert seen == [("198.18.0.9", 90)]  # at least the TTL, at least a minute
+
+
+def test_upstreams(tmp_path) -> None:  # noqa: ANN001
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# x\nnameserver 10.0.0.2\nnameserver fe80::1\n")
+    assert dns.upstreams(None, conf) == [("10.0.0.2", 53)]
+    both = [("127.0.0.1", 5300), ("10.1.1.1", 53)]
+    assert dns.upstreams("127.0.0.1:5300, 10.1.1.1", conf) == both
+
+
+def test_nft_script_per_policy() -> None:
+    link = Link("sb-1", "cove-x", "abc", "10.0.0.2", "10.0.0.3")
+    open_ = firewall.script(link, NetworkPolicy())
+    assert "add rule inet cove eg_abc accept" in open_
+    assert "ip daddr 10.0.0.2 udp dport 53 accept" in open_
+    cidr = firewall.script(link, NetworkPolicy(allow_cidrs=("10.9.0.0/16",)))
+    assert "add element inet cove cidr_abc { 10.9.0.0/16 }" in cidr
+    assert "eg_abc ip daddr @cidr_abc accept\nadd rule inet cove eg_abc drop" in cidr
+    blocked = firewall.script(link, NetworkPolicy(block_all=True, allow_cidrs=("10.9.0.0/16",)))
+    assert "eg_abc drop" in blocked and "@cidr_abc accept" not in blocked
