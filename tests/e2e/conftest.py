@@ -8,6 +8,8 @@ after the session nothing of ours may be left on the host.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from daytona import AsyncDaytona, Daytona, DaytonaConfig
@@ -35,11 +37,14 @@ def e2e_dns() -> Iterator[FakeDns]:
     dns.close()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns) -> Iterator[Server]:
-    env = {"COVE_NETWORK_POOL": sandbox_pool(1), "COVE_DNS_UPSTREAM": e2e_dns.upstream}
-    srv = Server(tmp_path_factory.mktemp("cove-e2e"), api_key=KEY, env=env)
-    srv.settings = srv.settings.model_copy(update={"network_pool": sandbox_pool(1)})
+@contextmanager
+def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None
+                   ) -> Iterator[Server]:
+    """A ``cove serve`` with its own address pool; afterwards everything it made is
+    deleted and nothing of it may be left on the host."""
+    env = {"COVE_NETWORK_POOL": sandbox_pool(pool), **(env or {})}
+    srv = Server(data_dir, api_key=KEY, env=env)
+    srv.settings = srv.settings.model_copy(update={"network_pool": sandbox_pool(pool)})
     srv.start()
     try:
         yield srv
@@ -54,6 +59,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns) -> Iterat
             runtime.destroy(sandbox_id)
         assert not leftovers, f"sandboxes left on the host: {leftovers}"
         assert_no_leaks(srv.data_dir)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns) -> Iterator[Server]:
+    env = {"COVE_DNS_UPSTREAM": e2e_dns.upstream}
+    with running_server(tmp_path_factory.mktemp("cove-e2e"), 1, env) as srv:
+        yield srv
 
 
 @pytest.fixture

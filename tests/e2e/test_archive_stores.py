@@ -8,8 +8,7 @@ import pytest
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, DaytonaError
 from daytona.common.sandbox import SandboxState
 
-from tests.e2e.conftest import KEY, Server
-from tests.leaks import assert_no_leaks
+from tests.e2e.conftest import KEY, Server, running_server
 from tests.s3server import CREDENTIALS, client, moto_server
 
 pytestmark = pytest.mark.e2e
@@ -50,15 +49,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server
         S3(endpoint).s3.create_bucket(Bucket=BUCKET)
         env = {**CREDENTIALS, "COVE_ARCHIVE_S3_BUCKET": BUCKET,
                "COVE_ARCHIVE_S3_ENDPOINT": endpoint, "COVE_ARCHIVE_S3_PREFIX": "sbx/"}  # fmt: skip
-        srv = Server(tmp_path_factory.mktemp("cove-s3"), api_key=KEY, env=env)
-        srv.start()
-        try:
+        with running_server(tmp_path_factory.mktemp("cove-s3"), 3, env) as srv:
             yield srv, S3(endpoint)
-        finally:
-            srv.delete_all_sandboxes()
-            srv.stop()
-            assert_no_leaks(srv.data_dir)
-            assert S3(endpoint).s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+        assert S3(endpoint).s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
 
 
 class Blobs:

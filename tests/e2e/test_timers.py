@@ -9,25 +9,16 @@ import pytest
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, DaytonaNotFoundError
 from daytona.common.sandbox import SandboxState
 
-from tests.e2e.conftest import KEY, Server
-from tests.leaks import assert_no_leaks
+from tests.e2e.conftest import KEY, Server, running_server
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def fast_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("cove-timers"), api_key=KEY,
-                 env={"COVE_MINUTE_SECONDS": "1"})
-    srv.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("cove-timers"), 2,
+                        {"COVE_MINUTE_SECONDS": "1"}) as srv:
         yield srv
-    finally:
-        if not srv.running:
-            srv.start()
-        srv.delete_all_sandboxes()
-        srv.stop()
-        assert_no_leaks(srv.data_dir)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import TypeVar
 
 from cove.core import validation
@@ -166,6 +167,20 @@ class LifecycleService:
             return await self._fail(sandbox, f"create failed: {exc.message}", recoverable=True)
         return await self._set_state(sandbox, S.STARTED)
 
+    async def _through(
+        self, sandbox: Sandbox, via: SandboxState, to: SandboxState, what: str,
+        *steps: Callable[[], object],
+    ) -> Sandbox:
+        """Go to ``via``, run the runtime ``steps`` in order (in worker threads), then
+        to ``to``; a failing step leaves the sandbox in ``error`` (recoverable)."""
+        await self._set_state(sandbox, via)
+        try:
+            for step in steps:
+                await asyncio.to_thread(step)
+        except CoveError as exc:
+            return await self._fail(sandbox, f"{what} failed: {exc.message}", recoverable=True)
+        return await self._set_state(sandbox, to)
+
     # ---- start / stop --------------------------------------------------
 
     async def start(self, organization_id: str, id_or_name: str) -> Sandbox:
@@ -182,22 +197,17 @@ class LifecycleService:
             return await self._resume(sandbox)
         if sandbox.state is not S.STOPPED:
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot start it")
-        await self._set_state(sandbox, S.STARTING)
-        try:
-            await asyncio.to_thread(self.runtime.start, self._spec(sandbox))
-        except CoveError as exc:
-            return await self._fail(sandbox, f"start failed: {exc.message}", recoverable=True)
-        return await self._set_state(sandbox, S.STARTED)
+        spec = self._spec(sandbox)
+        return await self._through(
+            sandbox, S.STARTING, S.STARTED, "start", partial(self.runtime.start, spec)
+        )
 
     async def _restore_and_start(self, sandbox: Sandbox) -> Sandbox:
-        await self._set_state(sandbox, S.RESTORING)
         spec = self._spec(sandbox)
-        try:
-            await asyncio.to_thread(self.runtime.restore, spec)
-            await asyncio.to_thread(self.runtime.start, spec)
-        except CoveError as exc:
-            return await self._fail(sandbox, f"restore failed: {exc.message}", recoverable=True)
-        return await self._set_state(sandbox, S.STARTED)
+        return await self._through(
+            sandbox, S.RESTORING, S.STARTED, "restore",
+            partial(self.runtime.restore, spec), partial(self.runtime.start, spec),
+        )
 
     async def stop(self, organization_id: str, id_or_name: str, *, force: bool = False) -> Sandbox:
         sandbox = self.get(organization_id, id_or_name)
@@ -209,13 +219,9 @@ class LifecycleService:
             return sandbox
         if sandbox.state not in (S.STARTED, S.PAUSED):  # the runtime thaws a paused one
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot stop it")
-        await self._set_state(sandbox, S.STOPPING)
-        try:
-            await asyncio.to_thread(self.runtime.stop, sandbox.id, force=force)
-        except CoveError as exc:
-            return await self._fail(sandbox, f"stop failed: {exc.message}", recoverable=True)
-        await self._set_state(sandbox, S.STOPPED)
-        if sandbox.auto_delete_interval == 0:
+        stop = partial(self.runtime.stop, sandbox.id, force=force)
+        sandbox = await self._through(sandbox, S.STOPPING, S.STOPPED, "stop", stop)
+        if sandbox.state is S.STOPPED and sandbox.auto_delete_interval == 0:
             return await self._destroy(sandbox.id)
         return sandbox
 
@@ -245,12 +251,8 @@ class LifecycleService:
         return await self._set_state(sandbox, S.PAUSED)
 
     async def _resume(self, sandbox: Sandbox) -> Sandbox:
-        await self._set_state(sandbox, S.RESUMING)
-        try:
-            await asyncio.to_thread(self.runtime.resume, sandbox.id)
-        except CoveError as exc:
-            return await self._fail(sandbox, f"resume failed: {exc.message}", recoverable=True)
-        return await self._set_state(sandbox, S.STARTED)
+        resume = partial(self.runtime.resume, sandbox.id)
+        return await self._through(sandbox, S.RESUMING, S.STARTED, "resume", resume)
 
     # ---- archive / recover / resize -----------------------------------
 
@@ -269,12 +271,8 @@ class LifecycleService:
                 return sandbox
         if sandbox.state is not S.STOPPED:
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot archive it")
-        await self._set_state(sandbox, S.ARCHIVING)
-        try:
-            await asyncio.to_thread(self.runtime.archive, sandbox.id)
-        except CoveError as exc:
-            return await self._fail(sandbox, f"archive failed: {exc.message}", recoverable=True)
-        return await self._set_state(sandbox, S.ARCHIVED)
+        archive = partial(self.runtime.archive, sandbox.id)
+        return await self._through(sandbox, S.ARCHIVING, S.ARCHIVED, "archive", archive)
 
     async def recover(self, organization_id: str, id_or_name: str) -> Sandbox:
         """Bring an ``error`` sandbox back to ``started``; on any other state, act as start."""
@@ -289,15 +287,11 @@ class LifecycleService:
         if status is ContainerStatus.ARCHIVED:
             return await self._restore_and_start(sandbox)
         await self._cleanup_quietly(sandbox.id, destroy=False)
-        await self._set_state(sandbox, S.STARTING)
         spec = self._spec(sandbox)
-        try:
-            if status is ContainerStatus.ABSENT:
-                await asyncio.to_thread(self.runtime.create, spec)
-            await asyncio.to_thread(self.runtime.start, spec)
-        except CoveError as exc:
-            return await self._fail(sandbox, f"recover failed: {exc.message}", recoverable=True)
-        return await self._set_state(sandbox, S.STARTED)
+        steps = [partial(self.runtime.start, spec)]
+        if status is ContainerStatus.ABSENT:
+            steps.insert(0, partial(self.runtime.create, spec))
+        return await self._through(sandbox, S.STARTING, S.STARTED, "recover", *steps)
 
     async def resize(
         self, organization_id: str, id_or_name: str, request: SandboxResize
