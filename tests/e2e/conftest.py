@@ -68,6 +68,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns) -> Iterat
         yield srv
 
 
+def run_ok(sb, command: str) -> str:  # noqa: ANN001 - an SDK Sandbox, sync
+    """Run a shell command in an SDK sandbox; it must succeed. Returns its output."""
+    result = sb.process.exec(command)
+    assert result.exit_code == 0, result.result
+    return result.result
+
+
 @pytest.fixture
 def daytona(server: Server) -> Iterator[Daytona]:
     client = Daytona(DaytonaConfig(api_key=KEY, api_url=server.api_url))

@@ -17,15 +17,9 @@ from daytona import (
 )
 from daytona.common.sandbox import SandboxState
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, run_ok
 
 pytestmark = pytest.mark.e2e
-
-
-def _run(sb, command: str) -> str:
-    result = sb.process.exec(command)
-    assert result.exit_code == 0, result.result
-    return result.result
 
 
 def test_default_snapshot_is_listed(daytona: Daytona) -> None:
@@ -42,7 +36,7 @@ def test_snapshot_of_a_sandbox_starts_new_sandboxes(
 ) -> None:
     sb = daytona.create(CreateSandboxFromSnapshotParams())
     sandboxes.append(sb)
-    _run(sb, "echo from-source > /home/daytona/kept.txt && sudo true 2>/dev/null; rm -f x")
+    run_ok(sb, "echo from-source > /home/daytona/kept.txt && sudo true 2>/dev/null; rm -f x")
     server.runtime().exec(sb.id, ["rm", "/etc/issue"], user="root")
     sb.create_snapshot("e2e-snap")
     assert sb.state == SandboxState.STARTED
@@ -55,8 +49,8 @@ def test_snapshot_of_a_sandbox_starts_new_sandboxes(
 
     child = daytona.create(CreateSandboxFromSnapshotParams(snapshot="e2e-snap"))
     sandboxes.append(child)
-    assert _run(child, "cat /home/daytona/kept.txt") == "from-source\n"
-    assert _run(child, "test -e /etc/issue || echo gone").strip() == "gone"
+    assert run_ok(child, "cat /home/daytona/kept.txt") == "from-source\n"
+    assert run_ok(child, "test -e /etc/issue || echo gone").strip() == "gone"
     with pytest.raises(DaytonaConflictError):
         daytona.snapshot.delete(snap)  # a sandbox was made from it
     child.delete()

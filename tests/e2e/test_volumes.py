@@ -17,15 +17,9 @@ from daytona import (
     VolumeMount,
 )
 
-from tests.e2e.conftest import KEY, Server
+from tests.e2e.conftest import KEY, Server, run_ok
 
 pytestmark = pytest.mark.e2e
-
-
-def _run(sb, command: str) -> str:
-    result = sb.process.exec(command)
-    assert result.exit_code == 0, result.result
-    return result.result
 
 
 def _mounting(volume_id: str, path: str = "/data", subpath: str | None = None):
@@ -43,16 +37,16 @@ def test_volume_is_shared_and_outlives_its_sandboxes(
 
     writer = daytona.create(_mounting(vol.id))
     sandboxes.append(writer)
-    _run(writer, "echo hello > /data/note.txt && mkdir -p /data/sub && echo s > /data/sub/x")
+    run_ok(writer, "echo hello > /data/note.txt && mkdir -p /data/sub && echo s > /data/sub/x")
     # by name, and a subpath
     reader = daytona.create(_mounting("e2e-shared", "/home/daytona/vol"))
     sandboxes.append(reader)
-    assert _run(reader, "cat /home/daytona/vol/note.txt") == "hello\n"
-    _run(reader, "echo back >> /home/daytona/vol/note.txt")
-    assert _run(writer, "cat /data/note.txt") == "hello\nback\n"
+    assert run_ok(reader, "cat /home/daytona/vol/note.txt") == "hello\n"
+    run_ok(reader, "echo back >> /home/daytona/vol/note.txt")
+    assert run_ok(writer, "cat /data/note.txt") == "hello\nback\n"
     sub = daytona.create(_mounting(vol.id, "/work", subpath="sub"))
     sandboxes.append(sub)
-    assert _run(sub, "cat /work/x; ls /work") == "s\nx\n"
+    assert run_ok(sub, "cat /work/x; ls /work") == "s\nx\n"
 
     with pytest.raises(DaytonaConflictError):
         daytona.volume.delete(vol)
@@ -65,7 +59,7 @@ def test_volume_is_shared_and_outlives_its_sandboxes(
 
     again = daytona.create(_mounting(vol.id, "/again"))
     sandboxes.append(again)
-    assert _run(again, "cat /again/note.txt") == "hello\nback\n"
+    assert run_ok(again, "cat /again/note.txt") == "hello\nback\n"
     again.delete()
     sandboxes.remove(again)
     daytona.volume.delete(vol)
@@ -89,7 +83,7 @@ def test_symlink_in_volume_does_not_escape(daytona: Daytona, sandboxes: list) ->
     vol = daytona.volume.get("e2e-symlink", create=True)
     sb = daytona.create(_mounting(vol.id))
     sandboxes.append(sb)
-    _run(sb, "ln -s /etc /data/escape")
+    run_ok(sb, "ln -s /etc /data/escape")
     with pytest.raises(DaytonaError):
         sandboxes.append(daytona.create(_mounting(vol.id, "/x", subpath="escape")))
 

@@ -5,30 +5,13 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
-from cove.api.app import create_app
-from cove.core.config import Settings
 from cove.core.ports import NetworkPolicy
 from cove.runtime.fake import FakeRuntime
-
-AUTH = {"Authorization": "Bearer test-key"}
-
-
-@pytest.fixture
-def runtime() -> FakeRuntime:
-    return FakeRuntime()
-
-
-@pytest.fixture
-def client(tmp_path: Path, runtime: FakeRuntime) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path, runtime="fake", api_key="test-key", port=3999,
-                        preview_domain="preview.test")  # fmt: skip
-    with TestClient(create_app(settings, runtime=runtime)) as c:
-        yield c
+from tests.unit.api.conftest import AUTH, create_sandbox
 
 
 @pytest.fixture
@@ -52,18 +35,13 @@ def upstream() -> Iterator[int]:
     srv.shutdown()
 
 
-def _create(client: TestClient, **body: object) -> dict:
-    r = client.post("/api/sandbox", json={"env": {}, "volumes": [], **body}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return r.json()
-
 
 def _net(client: TestClient, sid: str, **body: object):  # noqa: ANN202
     return client.post(f"/api/sandbox/{sid}/network-settings", json=body, headers=AUTH)
 
 
 def test_network_settings_apply_live_and_store(client: TestClient, runtime: FakeRuntime) -> None:
-    sid = _create(client, networkBlockAll=True)["id"]
+    sid = create_sandbox(client, networkBlockAll=True)["id"]
     r = _net(client, sid, networkAllowList="10.0.0.0/8, 192.168.1.7", domainAllowList="*.a.com")
     assert r.status_code == 200
     body = r.json()
@@ -86,7 +64,7 @@ def test_network_settings_apply_live_and_store(client: TestClient, runtime: Fake
 ])  # fmt: skip
 def test_invalid_network_settings_change_nothing(client: TestClient, runtime: FakeRuntime,
                                                  body: dict) -> None:  # fmt: skip
-    sb = _create(client, networkAllowList="10.1.0.0/16")
+    sb = create_sandbox(client, networkAllowList="10.1.0.0/16")
     runtime.networks.clear()
     r = _net(client, sb["id"], **body)
     assert r.status_code == 400 and r.json()["code"] == "BAD_REQUEST"
@@ -96,14 +74,14 @@ def test_invalid_network_settings_change_nothing(client: TestClient, runtime: Fa
     assert runtime.networks == {}
 
 
-def test_invalid_network_fields_at_create(client: TestClient) -> None:
+def test_invalid_network_fields_atcreate_sandbox(client: TestClient) -> None:
     r = client.post("/api/sandbox", json={"env": {}, "volumes": [], "domainAllowList": "a b"},
                     headers=AUTH)  # fmt: skip
     assert r.status_code == 400
 
 
 def test_preview_by_host_name_and_tokens(client: TestClient, upstream: int) -> None:
-    sid = _create(client)["id"]
+    sid = create_sandbox(client)["id"]
     link = client.get(f"/api/sandbox/{sid}/ports/{upstream}/preview-url", headers=AUTH).json()
     assert link["sandboxId"] == sid
     assert link["url"] == f"http://{upstream}-{sid}.preview.test:3999"
@@ -126,7 +104,7 @@ def test_preview_by_host_name_and_tokens(client: TestClient, upstream: int) -> N
 
 
 def test_preview_port_and_expiry_are_checked(client: TestClient) -> None:
-    sid = _create(client)["id"]
+    sid = create_sandbox(client)["id"]
     assert client.get(f"/api/sandbox/{sid}/ports/0/preview-url", headers=AUTH).status_code == 400
     r = client.get(f"/api/sandbox/{sid}/ports/80/signed-preview-url",
                    params={"expiresInSeconds": 0}, headers=AUTH)  # fmt: skip

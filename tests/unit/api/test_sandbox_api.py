@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,8 @@ from starlette.testclient import TestClient
 from cove.api.app import create_app
 from cove.core.config import Settings
 from cove.runtime.fake import FakeRuntime
+from tests.unit.api.conftest import AUTH, create_sandbox
 
-AUTH = {"Authorization": "Bearer test-key"}
 REQUIRED = {
     "id": str, "organizationId": str, "name": str, "user": str, "target": str, "env": dict,
     "labels": dict, "public": bool, "networkBlockAll": bool, "kvm": bool, "cpu": int,
@@ -21,17 +20,6 @@ REQUIRED = {
 }
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path, runtime="fake", api_key="test-key", port=3999)
-    with TestClient(create_app(settings, runtime=FakeRuntime())) as c:
-        yield c
-
-
-def _create(client: TestClient, **body: object) -> dict:
-    r = client.post("/api/sandbox", json={"env": {}, "volumes": [], **body}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def _assert_envelope(r, status: int, code: str, message: str) -> None:
@@ -53,7 +41,7 @@ def test_wrong_key_is_401_envelope(client: TestClient, headers: dict) -> None:
 
 
 def test_create_returns_strict_dto(client: TestClient) -> None:
-    body = _create(client, labels={"code-toolbox-language": "python"}, env={"X": "1"})
+    body = create_sandbox(client, labels={"code-toolbox-language": "python"}, env={"X": "1"})
     for field, kind in REQUIRED.items():
         assert type(body[field]) is kind, field
     assert body["state"] == "started" and body["desiredState"] == "started"
@@ -64,7 +52,7 @@ def test_create_returns_strict_dto(client: TestClient) -> None:
 
 
 def test_get_by_id_and_by_name(client: TestClient) -> None:
-    body = _create(client, name="named-box")
+    body = create_sandbox(client, name="named-box")
     assert client.get(f"/api/sandbox/{body['id']}", headers=AUTH).json()["name"] == "named-box"
     assert client.get("/api/sandbox/named-box", headers=AUTH).json()["id"] == body["id"]
 
@@ -98,8 +86,8 @@ def test_bad_create_is_400_and_creates_nothing(
 
 
 def test_list_filters_labels_and_pages_with_cursor(client: TestClient) -> None:
-    ids = [_create(client, labels={"agent_id": "a1", "i": str(i)})["id"] for i in range(3)]
-    _create(client, labels={"agent_id": "a2"})
+    ids = [create_sandbox(client, labels={"agent_id": "a1", "i": str(i)})["id"] for i in range(3)]
+    create_sandbox(client, labels={"agent_id": "a2"})
     query = json.dumps({"agent_id": "a1"})
     r = client.get("/api/sandbox", params={"labels": query, "limit": 2}, headers=AUTH).json()
     assert [i["id"] for i in r["items"]] == ids[:2] and r["nextCursor"]
@@ -113,7 +101,7 @@ def test_list_filters_labels_and_pages_with_cursor(client: TestClient) -> None:
 
 
 def test_list_states_filter(client: TestClient) -> None:
-    a, b = _create(client)["id"], _create(client)["id"]
+    a, b = create_sandbox(client)["id"], create_sandbox(client)["id"]
     client.post(f"/api/sandbox/{a}/stop", params={"force": "false"}, headers=AUTH)
     r = client.get("/api/sandbox?states=stopped", headers=AUTH).json()
     assert [i["id"] for i in r["items"]] == [a]
@@ -122,7 +110,7 @@ def test_list_states_filter(client: TestClient) -> None:
 
 
 def test_lifecycle_endpoints(client: TestClient) -> None:
-    sid = _create(client)["id"]
+    sid = create_sandbox(client)["id"]
     stop = client.post(f"/api/sandbox/{sid}/stop?force=true", headers=AUTH).json()
     assert stop["state"] == "stopped"
     assert client.post(f"/api/sandbox/{sid}/start", headers=AUTH).json()["state"] == "started"
@@ -138,7 +126,7 @@ def test_lifecycle_endpoints(client: TestClient) -> None:
 
 
 def test_settings_endpoints(client: TestClient) -> None:
-    sid = _create(client, labels={"a": "1"})["id"]
+    sid = create_sandbox(client, labels={"a": "1"})["id"]
     r = client.put(f"/api/sandbox/{sid}/labels", json={"labels": {"b": "2"}}, headers=AUTH)
     assert r.json() == {"labels": {"b": "2"}}
     for path, field, value in [
@@ -156,7 +144,7 @@ def test_settings_endpoints(client: TestClient) -> None:
 
 
 def test_double_slashes_are_collapsed(client: TestClient) -> None:
-    sid = _create(client)["id"]
+    sid = create_sandbox(client)["id"]
     assert client.get(f"/api//sandbox/{sid}", headers=AUTH).status_code == 200
 
 
@@ -164,7 +152,7 @@ def test_state_survives_app_restart(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, runtime="fake", api_key="test-key")
     runtime = FakeRuntime()
     with TestClient(create_app(settings, runtime=runtime)) as c:
-        sid = _create(c, name="keep")["id"]
+        sid = create_sandbox(c, name="keep")["id"]
         c.post(f"/api/sandbox/{sid}/stop", headers=AUTH)
     with TestClient(create_app(settings, runtime=runtime)) as c:
         assert c.get("/api/sandbox/keep", headers=AUTH).json()["state"] == "stopped"

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from starlette.testclient import TestClient
 
-from cove.api.app import create_app
-from cove.core.config import Settings
-from cove.runtime.fake import FakeRuntime
+from tests.unit.api.conftest import AUTH, create_sandbox
 
-AUTH = {"Authorization": "Bearer test-key"}
 VOLUME = {"id", "name", "organizationId", "state", "createdAt", "updatedAt"}
 SNAPSHOT = {"id", "general", "name", "state", "cpu", "gpu", "mem", "disk", "createdAt",
             "updatedAt"}  # fmt: skip
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path, runtime="fake", api_key="test-key", port=3999)
-    with TestClient(create_app(settings, runtime=FakeRuntime())) as c:
-        yield c
-
-
-def _create(client: TestClient, **body: object) -> dict:
-    r = client.post("/api/sandbox", json={"env": {}, "volumes": [], **body}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def test_volume_crud_and_mount(client: TestClient, tmp_path: Path) -> None:
@@ -40,7 +24,7 @@ def test_volume_crud_and_mount(client: TestClient, tmp_path: Path) -> None:
     assert client.get(f"/api/volumes/{vol['id']}", headers=AUTH).json()["name"] == "v"
     assert [v["id"] for v in client.get("/api/volumes", headers=AUTH).json()] == [vol["id"]]
     assert client.post("/api/volumes", json={"name": "v"}, headers=AUTH).status_code == 409
-    sb = _create(client, volumes=[{"volumeId": "v", "mountPath": "/data", "subpath": "a/b"}])
+    sb = create_sandbox(client, volumes=[{"volumeId": "v", "mountPath": "/data", "subpath": "a/b"}])
     assert sb["volumes"] == [{"volumeId": vol["id"], "mountPath": "/data", "subpath": "a/b"}]
     for bad in ({"volumeId": "v", "mountPath": "/"}, {"volumeId": "v", "mountPath": "x"},
                 {"volumeId": "v", "mountPath": "/d", "subpath": "../x"}):  # fmt: skip
@@ -61,13 +45,13 @@ def test_snapshots_endpoints(client: TestClient) -> None:
     assert page["total"] == 1 and page["page"] == 1 and page["totalPages"] == 1
     default = page["items"][0]
     assert SNAPSHOT <= default.keys() and default["general"] and default["state"] == "active"
-    sb = _create(client)
+    sb = create_sandbox(client)
     r = client.post(f"/api/sandbox/{sb['id']}/snapshot", json={"name": "s1"}, headers=AUTH)
     assert r.status_code == 200 and r.json()["state"] == "started"
     snap = client.get("/api/snapshots/s1", headers=AUTH).json()
     assert snap["sourceSandboxId"] == sb["id"]
     assert client.post(f"/api/snapshots/{snap['id']}/activate", headers=AUTH).json()["name"] == "s1"
-    child = _create(client, snapshot="s1")
+    child = create_sandbox(client, snapshot="s1")
     assert child["snapshot"] == snap["id"]
     assert client.delete(f"/api/snapshots/{snap['id']}", headers=AUTH).status_code == 409
     client.delete(f"/api/sandbox/{child['id']}", headers=AUTH)
@@ -80,7 +64,7 @@ def test_snapshots_endpoints(client: TestClient) -> None:
 
 
 def test_pause_and_fork(client: TestClient) -> None:
-    sb = _create(client, labels={"a": "b"})
+    sb = create_sandbox(client, labels={"a": "b"})
     r = client.post(f"/api/sandbox/{sb['id']}/pause", headers=AUTH)
     assert r.json()["state"] == "paused" and r.json()["desiredState"] == "paused"
     assert client.post(f"/api/sandbox/{sb['id']}/start", headers=AUTH).json()["state"] == "started"
