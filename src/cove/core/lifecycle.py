@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
-from cove.core import validation
+from cove.core import dockerfile, validation
+from cove.core.buildlog import BuildLog
+from cove.core.builds import ImageBuilder, build_and_boot
 from cove.core.config import Settings
 from cove.core.ports import (
     ContainerSpec,
@@ -60,6 +62,11 @@ class LifecycleService:
         self.snapshots = snapshots
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[object]] = set()
+        self.builder = (
+            ImageBuilder(settings=settings, runtime=runtime, snapshots=snapshots)
+            if snapshots is not None else None
+        )  # fmt: skip
+        self._build_logs: dict[str, BuildLog] = {}
 
     # ---- queries -------------------------------------------------------
 
@@ -86,17 +93,56 @@ class LifecycleService:
     # ---- create --------------------------------------------------------
 
     async def create(self, *, organization_id: str, request: SandboxCreate) -> Sandbox:
-        """Validate, record and boot a new sandbox; returns it ``started`` or ``error``.
+        """Validate, record and boot a new sandbox; returns it ``started`` or ``error``,
+        or ``pending_build`` when its Dockerfile must be built first (in the background).
 
         Raises:
             BadRequest: invalid input (nothing is created).
             QuotaExceeded: resources above the limits (nothing is created).
             Conflict: the name is taken in this organization.
         """
+        plan = self._build_plan(request)
         sandbox = self._new_sandbox(organization_id, request)
+        if plan is not None:
+            sandbox.state = S.PENDING_BUILD
+            sandbox.env = {**plan.env, **sandbox.env}
         self.store.add(sandbox)
         await self.events.sandbox_created(sandbox)
-        return await self._run(sandbox.id, lambda: self._boot(sandbox))
+        if plan is None:
+            return await self._run(sandbox.id, lambda: self._boot(sandbox))
+        assert self.builder is not None  # _build_plan checked it
+        out = self._build_logs[sandbox.id] = BuildLog()
+        builder = self.builder
+        self._task(sandbox.id, lambda: build_and_boot(self, builder, sandbox, plan, out))
+        return sandbox
+
+    def build_log(self, organization_id: str, id_or_name: str) -> BuildLog:
+        """The build log of a sandbox created from a Dockerfile.
+
+        Raises:
+            NotFound: no such sandbox, or it was not built (this server run).
+        """
+        sandbox = self.get(organization_id, id_or_name)
+        found = self._build_logs.get(sandbox.id)
+        if found is None:
+            raise NotFound(f"Sandbox {sandbox.id} has no build logs")
+        return found
+
+    def building(self, sandbox_id: str) -> bool:
+        """Whether this server is building the sandbox's snapshot right now."""
+        found = self._build_logs.get(sandbox_id)
+        return found is not None and not found.done
+
+    def _build_plan(self, req: SandboxCreate) -> dockerfile.BuildPlan | None:
+        """The Dockerfile to build, or None when there is nothing to build."""
+        if req.build_info is None:
+            return None
+        plan = dockerfile.parse(req.build_info.dockerfile_content)
+        if not plan.steps:
+            return None
+        if self.builder is None:
+            raise BadRequest("Building images from Dockerfiles is not supported by this server")
+        return plan
 
     def _new_sandbox(self, organization_id: str, req: SandboxCreate) -> Sandbox:
         snapshot = self._resolve_snapshot(organization_id, req)
@@ -139,7 +185,12 @@ class LifecycleService:
 
     def _resolve_snapshot(self, organization_id: str, req: SandboxCreate) -> str:
         if req.build_info is not None:
-            image = validation.image_from_dockerfile(req.build_info.dockerfile_content)
+            image = dockerfile.parse(req.build_info.dockerfile_content).base
+            if self.snapshots is not None and image != self.settings.default_snapshot:
+                try:
+                    return self.snapshots.ref_for(organization_id, image)
+                except NotFound:
+                    pass
             if not self.runtime.has_snapshot(image):
                 raise BadRequest(
                     f"Image '{image}' cannot be provided: this server has no registry access "
@@ -344,6 +395,7 @@ class LifecycleService:
         transition(sandbox, S.DESTROYED)
         self.store.remove(sandbox.id)
         self._locks.pop(sandbox.id, None)
+        self._build_logs.pop(sandbox.id, None)
         await self.events.sandbox_state_updated(sandbox, old)
         return sandbox
 
@@ -436,6 +488,10 @@ class LifecycleService:
 
     async def _run(self, sandbox_id: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op`` under the sandbox's lock in a task the caller cannot cancel."""
+        return await asyncio.shield(self._task(sandbox_id, op))
+
+    def _task(self, sandbox_id: str, op: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """Start ``op`` under the sandbox's lock in a task the service owns."""
 
         async def locked() -> T:
             async with self._lock(sandbox_id):
@@ -444,7 +500,7 @@ class LifecycleService:
         task = asyncio.ensure_future(locked())
         self._tasks.add(task)  # type: ignore[arg-type]
         task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
-        return await asyncio.shield(task)
+        return task
 
     async def drain(self) -> None:
         """Wait for every operation under way (server shutdown)."""
@@ -465,6 +521,14 @@ class LifecycleService:
         old = sandbox.state
         transition(sandbox, S.ERROR, reason=reason)
         sandbox.recoverable = recoverable
+        self.store.save(sandbox)
+        await self.events.sandbox_state_updated(sandbox, old)
+        return sandbox
+
+    async def _build_failed(self, sandbox: Sandbox, reason: str) -> Sandbox:
+        log.warning("build of sandbox %s failed: %s", sandbox.id, reason)
+        old = sandbox.state
+        transition(sandbox, S.BUILD_FAILED, reason=reason)
         self.store.save(sandbox)
         await self.events.sandbox_state_updated(sandbox, old)
         return sandbox

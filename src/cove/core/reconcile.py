@@ -34,6 +34,8 @@ async def reconcile(service: LifecycleService, *, remove_orphans: bool = True) -
     """Reconcile every sandbox record with the host, then remove orphans."""
     sandboxes = service.store.all()
     for sandbox in sandboxes:
+        if service.building(sandbox.id):
+            continue  # its build holds the lock; do not wait for it
         try:
             await service._run(sandbox.id, lambda sb=sandbox: _reconcile_one(service, sb.id))
         except CoveError as exc:
@@ -47,6 +49,12 @@ async def _reconcile_one(service: LifecycleService, sandbox_id: str) -> None:
     runtime = service.runtime
     if sandbox.state is S.DESTROYING:
         await service._destroy(sandbox.id)
+        return
+    if sandbox.state in (S.PENDING_BUILD, S.BUILDING_SNAPSHOT):
+        if not service.building(sandbox.id):  # a build this server run did not start
+            await service._build_failed(sandbox, "the build was interrupted by a server restart")
+        return
+    if sandbox.state is S.BUILD_FAILED:
         return
     if sandbox.state is S.CREATING:
         await asyncio.to_thread(runtime.destroy, sandbox.id)

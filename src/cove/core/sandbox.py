@@ -15,6 +15,9 @@ and only through :func:`transition`, which refuses anything not in
         │                  archiving ──► archived ──► restoring ──► started
         ▼
       error ──► starting (recover) / destroying ──► destroyed
+
+    pending_build ──► building_snapshot ──► starting ──► started
+          └──────────────────┴──► build_failed ──► destroying
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ class SandboxState(enum.StrEnum):
     PAUSED = "paused"
     RESUMING = "resuming"
     SNAPSHOTTING = "snapshotting"
+    PENDING_BUILD = "pending_build"
+    BUILDING_SNAPSHOT = "building_snapshot"
+    BUILD_FAILED = "build_failed"
 
 
 S = SandboxState
@@ -74,12 +80,16 @@ ALLOWED: dict[SandboxState, frozenset[SandboxState]] = {
     S.ERROR: frozenset({S.STARTING, S.RESTORING, S.STOPPED, S.DESTROYING, S.ERROR}),
     S.DESTROYING: frozenset({S.DESTROYED, S.ERROR}),
     S.DESTROYED: frozenset(),
+    # Created from a Dockerfile: the snapshot is built first (core.builds).
+    S.PENDING_BUILD: frozenset({S.BUILDING_SNAPSHOT, S.BUILD_FAILED}),
+    S.BUILDING_SNAPSHOT: frozenset({S.STARTING, S.BUILD_FAILED}),
+    S.BUILD_FAILED: frozenset({S.DESTROYING}),
 }
 
 # States in which an operation is under way; a crash leaves these to reconcile.
 TRANSITIONAL: frozenset[SandboxState] = frozenset(
     {S.CREATING, S.STARTING, S.STOPPING, S.RESIZING, S.ARCHIVING, S.RESTORING, S.DESTROYING,
-     S.PAUSING, S.RESUMING, S.SNAPSHOTTING}  # fmt: skip
+     S.PAUSING, S.RESUMING, S.SNAPSHOTTING, S.PENDING_BUILD, S.BUILDING_SNAPSHOT}  # fmt: skip
 )
 
 # What the state is heading for, as Daytona's `desiredState` reports it.
@@ -100,6 +110,9 @@ DESIRED: dict[SandboxState, str] = {
     S.PAUSED: "paused",
     S.RESUMING: "started",
     S.SNAPSHOTTING: "started",
+    S.PENDING_BUILD: "started",
+    S.BUILDING_SNAPSHOT: "started",
+    S.BUILD_FAILED: "started",
 }
 
 
@@ -151,7 +164,7 @@ def transition(sandbox: Sandbox, new: SandboxState, *, reason: str | None = None
     Args:
         sandbox: the entity to change in place.
         new: the target state.
-        reason: why it failed; only for ``error``.
+        reason: why it failed; only for ``error`` and ``build_failed``.
 
     Raises:
         InvalidState: ``new`` is not reachable from the current state.
@@ -164,7 +177,7 @@ def transition(sandbox: Sandbox, new: SandboxState, *, reason: str | None = None
     sandbox.state = new
     sandbox.updated_at = now
     sandbox.state_changed_at = now
-    if new is S.ERROR:
+    if new in (S.ERROR, S.BUILD_FAILED):
         sandbox.error_reason = reason or "unknown error"
     else:
         sandbox.error_reason = None

@@ -148,6 +148,18 @@ class SnapshotService:
         await lifecycle._run(sandbox.id, capture)
         return self._added(snap)
 
+    async def create_from_build(
+        self, organization_id: str, name: str, build_sandbox_id: str
+    ) -> Snapshot:
+        """Capture a Dockerfile build's sandbox as snapshot ``name`` (see core.builds).
+
+        Raises:
+            Conflict: the name is taken. RuntimeBackendError: the copy failed.
+        """
+        snap = self._new(organization_id, name, source_sandbox_id=None)
+        snap.size = await asyncio.to_thread(self.runtime.capture, build_sandbox_id, snap.id)
+        return self._added(snap)
+
     def activate(self, organization_id: str, id_or_name: str) -> Snapshot:
         snap = self.get(organization_id, id_or_name)
         if snap is not self.default and snap.state == "inactive":

@@ -19,7 +19,6 @@ LANGUAGES = frozenset({"python", "typescript", "javascript"})
 MAX_ALLOW_LIST = 10
 MAX_DOMAINS = 50
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_FROM_LINE = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+\S+)?\s*$", re.I)
 
 
 def check_limits(resources: Resources, settings: Settings) -> None:
@@ -48,26 +47,6 @@ def requested_resources(req: SandboxCreate, settings: Settings) -> Resources:
         raise BadRequest("GPUs are not available on this server")
     check_limits(resources, settings)
     return resources
-
-
-def image_from_dockerfile(dockerfile: str) -> str:
-    """The image named by a Dockerfile that is nothing but ``FROM <image>``.
-
-    Raises:
-        BadRequest: the Dockerfile does more than name an image.
-    """
-    lines = [
-        line
-        for line in dockerfile.splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    match = _FROM_LINE.match(lines[0]) if len(lines) == 1 else None
-    if match is None:
-        raise BadRequest(
-            "Building images from Dockerfiles is not supported by this server; "
-            "use a plain image name that is available locally (a snapshot name)"
-        )
-    return match.group(1)
 
 
 def check_labels(labels: dict[str, str]) -> None:

@@ -144,3 +144,7 @@ class SandboxFork(WireModel):
 
 class ToolboxProxyUrl(WireModel):
     url: str
+
+
+class Url(WireModel):
+    url: str

@@ -40,6 +40,9 @@ EXPECTED_EDGES = {
     (S.RESUMING, S.ERROR),
     (S.STARTED, S.SNAPSHOTTING), (S.STOPPED, S.SNAPSHOTTING),
     (S.SNAPSHOTTING, S.STARTED), (S.SNAPSHOTTING, S.STOPPED), (S.SNAPSHOTTING, S.ERROR),
+    (S.PENDING_BUILD, S.BUILDING_SNAPSHOT), (S.PENDING_BUILD, S.BUILD_FAILED),
+    (S.BUILDING_SNAPSHOT, S.STARTING), (S.BUILDING_SNAPSHOT, S.BUILD_FAILED),
+    (S.BUILD_FAILED, S.DESTROYING),
 }
 
 
@@ -63,7 +66,7 @@ def test_allowed_transition(old: SandboxState, new: SandboxState) -> None:
     transition(sandbox, new, reason="boom")
     assert sandbox.state is new
     assert sandbox.updated_at >= before
-    assert sandbox.error_reason == ("boom" if new is S.ERROR else None)
+    assert sandbox.error_reason == ("boom" if new in (S.ERROR, S.BUILD_FAILED) else None)
 
 
 REFUSED = sorted(set(itertools.product(SandboxState, SandboxState)) - EXPECTED_EDGES)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from cove.api.deps import LifecycleDep, PrincipalDep, ServicesDep
 from cove.api.dto import sandbox_public
@@ -20,6 +21,7 @@ from cove.schemas.sandbox import (
     SandboxPublic,
     SandboxResize,
     ToolboxProxyUrl,
+    Url,
 )
 from cove.schemas.snapshot import SandboxSnapshotCreate
 
@@ -208,3 +210,22 @@ async def toolbox_proxy_url(
     """Where toolbox calls for this sandbox go."""
     services.lifecycle.get(who.organization_id, id_or_name)
     return ToolboxProxyUrl(url=services.settings.toolbox_proxy_url)
+
+
+@router.get("/{id_or_name}/build-logs-url")
+async def build_logs_url(
+    id_or_name: str, request: Request, who: PrincipalDep, services: ServicesDep
+) -> Url:
+    """Where the build log of a sandbox created from a Dockerfile is streamed."""
+    sandbox = services.lifecycle.get(who.organization_id, id_or_name)
+    services.lifecycle.build_log(who.organization_id, sandbox.id)
+    return Url(url=str(request.url_for("stream_build_logs", id_or_name=sandbox.id)))
+
+
+@router.get("/{id_or_name}/build-logs", name="stream_build_logs")
+async def stream_build_logs(
+    id_or_name: str, who: PrincipalDep, services: ServicesDep, follow: bool = False
+) -> StreamingResponse:
+    """The build log as text; with ``follow``, streamed until the build ends."""
+    log = services.lifecycle.build_log(who.organization_id, id_or_name)
+    return StreamingResponse(log.follow(follow=follow), media_type="text/plain")

@@ -1,0 +1,172 @@
+"""Building a sandbox's snapshot from a Dockerfile (``buildInfo``).
+
+A temporary build sandbox is started from the base snapshot; each ``RUN`` is
+executed in it as root (with the ``ENV`` and ``WORKDIR`` so far) and its output
+goes, line by line, to the sandbox's :class:`BuildLog`. The result is captured
+as a snapshot of the organization named by the Dockerfile's hash, so building
+the same Dockerfile again reuses it. The build sandbox is always removed; a
+failed build leaves no snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from cove.core.buildlog import BuildLog
+from cove.core.config import Settings
+from cove.core.dockerfile import BuildPlan, Step
+from cove.core.ports import ContainerSpec, Resources, Runtime
+from cove.core.sandbox import Sandbox, SandboxState
+from cove.core.snapshots import SnapshotService
+from cove.errors import CoveError, NotFound
+
+if TYPE_CHECKING:
+    from cove.core.lifecycle import LifecycleService
+
+S = SandboxState
+log = logging.getLogger(__name__)
+RUN_TIMEOUT = 1800.0
+TAIL_LINES = 20
+
+
+class BuildFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def snapshot_name(plan: BuildPlan) -> str:
+    return f"dockerfile-{plan.digest[:16]}"
+
+
+class ImageBuilder:
+    """Turns a :class:`BuildPlan` into a snapshot ref, one build per Dockerfile at a time."""
+
+    def __init__(self, *, settings: Settings, runtime: Runtime, snapshots: SnapshotService) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.snapshots = snapshots
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def cached(self, organization_id: str, plan: BuildPlan) -> str | None:
+        try:
+            return self.snapshots.ref_for(organization_id, snapshot_name(plan))
+        except NotFound:
+            return None
+
+    async def build(
+        self, organization_id: str, plan: BuildPlan, base_ref: str, out: BuildLog
+    ) -> str:
+        """The ref of the plan's snapshot, built now unless it exists already.
+
+        Raises:
+            BuildFailed: a step failed (the reason names it and ends with its output).
+        """
+        name = snapshot_name(plan)
+        lock = self._locks.setdefault(f"{organization_id}/{name}", asyncio.Lock())
+        async with lock:
+            ref = self.cached(organization_id, plan)
+            if ref is not None:
+                await out.write(f"Using cached snapshot {name} (no rebuild)")
+                return ref
+            build_id = f"build-{uuid.uuid4()}"
+            await out.write(f"Building snapshot {name} from {plan.base}")
+            try:
+                await self._run_steps(build_id, plan, base_ref, out)
+                try:
+                    snap = await self.snapshots.create_from_build(
+                        organization_id, name, build_id
+                    )
+                except CoveError as exc:
+                    raise BuildFailed(f"capturing the snapshot failed: {exc.message}") from exc
+            finally:
+                await self._remove(build_id)
+            await out.write(f"Snapshot {name} built")
+            return snap.id
+
+    async def _run_steps(
+        self, build_id: str, plan: BuildPlan, base_ref: str, out: BuildLog
+    ) -> None:
+        s = self.settings
+        spec = ContainerSpec(
+            sandbox_id=build_id, hostname="build", snapshot=base_ref, user="root",
+            resources=Resources(s.default_cpu, s.default_memory, s.default_disk),
+        )  # fmt: skip
+        try:
+            await asyncio.to_thread(self.runtime.create, spec)
+            await asyncio.to_thread(self.runtime.start, spec)
+        except CoveError as exc:
+            raise BuildFailed(f"the build sandbox could not start: {exc.message}") from exc
+        env: dict[str, str] = {}
+        cwd: str | None = None
+        total = len(plan.steps)
+        for number, step in enumerate(plan.steps, 1):
+            await out.write(f"Step {number}/{total} : {step.text}")
+            env.update(step.env)
+            if step.kind == "WORKDIR":
+                await self._exec(build_id, step, number, total, ["mkdir", "-p", step.path],
+                                 env, None, out)  # fmt: skip
+                cwd = step.path
+            elif step.kind == "RUN":
+                await self._exec(build_id, step, number, total, _merged(step.argv), env, cwd, out)
+
+    async def _exec(
+        self, build_id: str, step: Step, number: int, total: int, argv: list[str],
+        env: dict[str, str], cwd: str | None, out: BuildLog,
+    ) -> None:  # fmt: skip
+        where = f"step {number}/{total} '{step.text}'"
+        try:
+            result = await asyncio.to_thread(
+                self.runtime.exec, build_id, argv, user="root", env=env, cwd=cwd,
+                timeout=RUN_TIMEOUT,
+            )  # fmt: skip
+        except CoveError as exc:
+            raise BuildFailed(f"build failed at {where}: {exc.message}") from exc
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        for line in output.splitlines():
+            await out.write(line)
+        if result.exit_code != 0:
+            tail = "\n".join(output.splitlines()[-TAIL_LINES:])
+            raise BuildFailed(
+                f"build failed at {where}: exit code {result.exit_code}\n{tail}".rstrip()
+            )
+
+    async def _remove(self, build_id: str) -> None:
+        try:
+            await asyncio.to_thread(self.runtime.destroy, build_id)
+        except CoveError as exc:
+            log.error("removing build sandbox %s failed: %s", build_id, exc.message)
+
+
+def _merged(argv: tuple[str, ...]) -> list[str]:
+    """A shell-form RUN with its stderr joined to stdout, so the log keeps their order."""
+    if argv[:2] == ("/bin/sh", "-c") and len(argv) == 3:
+        return ["/bin/sh", "-c", f"exec 2>&1\n{argv[2]}"]
+    return list(argv)
+
+
+async def build_and_boot(
+    lifecycle: LifecycleService, builder: ImageBuilder, sandbox: Sandbox, plan: BuildPlan,
+    out: BuildLog,
+) -> Sandbox:  # fmt: skip
+    """Build the sandbox's snapshot, then boot it: ``pending_build`` → ``building_snapshot``
+    → ``starting`` → ``started``, or ``build_failed`` with the reason."""
+    try:
+        await lifecycle._set_state(sandbox, S.BUILDING_SNAPSHOT)
+        try:
+            ref = await builder.build(sandbox.organization_id, plan, sandbox.snapshot, out)
+        except BuildFailed as exc:
+            await out.write(exc.reason)
+            return await lifecycle._build_failed(sandbox, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - never leave it pending
+            log.exception("build of sandbox %s crashed", sandbox.id)
+            return await lifecycle._build_failed(sandbox, f"build failed: {exc}")
+        sandbox.snapshot = ref
+        await lifecycle._set_state(sandbox, S.STARTING)
+        await out.write("Starting the sandbox")
+        return await lifecycle._boot(sandbox)
+    finally:
+        await out.close()

@@ -1,0 +1,108 @@
+"""Creating a sandbox from a Dockerfile (``Image``) with streamed build logs."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import httpx
+import pytest
+from daytona import (
+    CreateSandboxFromImageParams,
+    Daytona,
+    DaytonaError,
+    Image,
+)
+from daytona.common.sandbox import SandboxState
+
+from tests.e2e.conftest import KEY, Server
+
+pytestmark = pytest.mark.e2e
+
+
+def _created_sandbox(daytona: Daytona, before: set[str]) -> list[str]:
+    return [sb.id for sb in daytona.list() if sb.id not in before]
+
+
+def test_build_streams_logs_and_is_reused(
+    server: Server, daytona: Daytona, sandboxes: list
+) -> None:
+    image = (
+        Image.base("cove-default")
+        .env({"GREETING": "hi there"})
+        .workdir("/opt/app")
+        .run_commands("echo hello > /root/x", "echo built-$GREETING > marker; echo step-out")
+    )
+    chunks: list[str] = []
+    sb = daytona.create(
+        CreateSandboxFromImageParams(image=image), on_snapshot_create_logs=chunks.append,
+        timeout=300,
+    )  # fmt: skip
+    sandboxes.append(sb)
+    log = "\n".join(chunks)
+    assert sb.state == SandboxState.STARTED
+    assert "Step 4/4 : RUN echo built-$GREETING > marker; echo step-out" in log
+    assert "step-out" in log.split("Step 4/4")[1]
+    assert "Using cached" not in log
+    assert server.runtime().exec(sb.id, ["cat", "/root/x"], user="root").stdout == b"hello\n"
+    assert sb.process.exec("cat /opt/app/marker").result.strip() == "built-hi there"
+    assert sb.process.exec("echo $GREETING").result.strip() == "hi there"
+
+    started = time.monotonic()
+    again: list[str] = []
+    sb2 = daytona.create(
+        CreateSandboxFromImageParams(image=image), on_snapshot_create_logs=again.append,
+        timeout=120,
+    )  # fmt: skip
+    sandboxes.append(sb2)
+    assert sb2.state == SandboxState.STARTED
+    assert "Using cached snapshot" in "\n".join(again)
+    assert "step-out" not in "\n".join(again)
+    assert sb2.snapshot == sb.snapshot
+    assert time.monotonic() - started < 60
+
+
+def test_logs_arrive_while_the_build_runs(daytona: Daytona, sandboxes: list) -> None:
+    image = Image.base("cove-default").run_commands("echo early-line", "sleep 3", "echo late-line")
+    seen: list[tuple[float, str]] = []
+    sb = daytona.create(
+        CreateSandboxFromImageParams(image=image),
+        on_snapshot_create_logs=lambda chunk: seen.append((time.monotonic(), chunk)),
+        timeout=120,
+    )  # fmt: skip
+    sandboxes.append(sb)
+    early = next(t for t, chunk in seen if "early-line" in chunk)
+    late = next(t for t, chunk in seen if "late-line" in chunk)
+    assert late - early > 2, seen
+
+
+def test_failing_run_is_build_failed(server: Server, daytona: Daytona, sandboxes: list) -> None:
+    before = {sb.id for sb in daytona.list()}
+    image = Image.base("cove-default").run_commands("echo before-fail", "echo oops >&2; exit 3")
+    chunks: list[str] = []
+    with pytest.raises(DaytonaError, match="(?i)build_failed") as info:
+        daytona.create(
+            CreateSandboxFromImageParams(image=image), on_snapshot_create_logs=chunks.append,
+            timeout=120,
+        )  # fmt: skip
+    message = str(info.value)
+    assert "step 2/2 'RUN echo oops >&2; exit 3'" in message
+    assert "exit code 3" in message and "oops" in message
+    assert "before-fail" in "\n".join(chunks) and "oops" in "\n".join(chunks)
+    created = _created_sandbox(daytona, before)
+    assert len(created) == 1
+    failed = daytona.get(created[0])
+    sandboxes.append(failed)
+    assert failed.state == SandboxState.BUILD_FAILED
+    assert not [i for i in server.runtime().list_ids() if i.startswith("build-")]
+    digest = hashlib.sha256(image.dockerfile().strip().encode()).hexdigest()[:16]
+    assert f"dockerfile-{digest}" not in {s.name for s in daytona.snapshot.list().items}
+
+
+def test_copy_is_refused(server: Server) -> None:
+    """The SDK uploads COPY context to object storage first, so this is the raw request."""
+    body = {"buildInfo": {"dockerfileContent": "FROM cove-default\nCOPY a /b\n"}}
+    response = httpx.post(f"{server.api_url}/sandbox", json=body,
+                          headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+    assert response.status_code == 400
+    assert "COPY is not supported" in response.text

@@ -1,0 +1,162 @@
+"""Creating sandboxes from Dockerfiles on the fake runtime: states, logs, failure, reuse."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from cove.core.config import Settings
+from cove.core.lifecycle import LifecycleService
+from cove.core.ports import ExecResult
+from cove.core.reconcile import reconcile
+from cove.core.sandbox import SandboxState
+from cove.core.snapshots import SnapshotService
+from cove.errors import BadRequest, NotFound
+from cove.runtime.fake import FakeRuntime
+from cove.schemas.sandbox import BuildInfoCreate, SandboxCreate
+from cove.store.snapshots import SqlSnapshotStore
+from tests.unit.conftest import RecordingEvents
+
+S = SandboxState
+DOCKERFILE = "FROM cove-default\nENV A='x y'\nWORKDIR /app\nRUN echo hello > /root/x\n"
+
+
+class ScriptedRuntime(FakeRuntime):
+    """Exec prints ``out:<command>``; a command containing ``fail`` exits 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.execs: list[tuple[str, tuple[str, ...], dict[str, str], str | None]] = []
+
+    def exec(
+        self, sandbox_id: str, argv: Sequence[str], *, user: str | None = None,
+        env: Mapping[str, str] | None = None, cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:  # fmt: skip
+        self._check("exec", sandbox_id)
+        assert user == "root"
+        self.execs.append((sandbox_id, tuple(argv), dict(env or {}), cwd))
+        code = 2 if "fail" in argv[-1] else 0
+        return ExecResult(code, f"out:{argv[-1].splitlines()[-1]}\n".encode(), b"")
+
+
+@pytest.fixture
+def runtime() -> ScriptedRuntime:
+    return ScriptedRuntime()
+
+
+@pytest.fixture
+def snapshots(engine, store, runtime: FakeRuntime) -> SnapshotService:
+    return SnapshotService(store=SqlSnapshotStore(engine), runtime=runtime, sandboxes=store,
+                           default_name="cove-default")  # fmt: skip
+
+
+@pytest.fixture
+def lifecycle(
+    settings: Settings, store, runtime: FakeRuntime, events: RecordingEvents,
+    snapshots: SnapshotService,
+) -> LifecycleService:  # fmt: skip
+    return LifecycleService(settings=settings, store=store, runtime=runtime, events=events,
+                            snapshots=snapshots)  # fmt: skip
+
+
+def _request(dockerfile: str = DOCKERFILE) -> SandboxCreate:
+    return SandboxCreate(build_info=BuildInfoCreate(dockerfile_content=dockerfile))
+
+
+async def test_build_then_boot(
+    lifecycle: LifecycleService, snapshots: SnapshotService, runtime: ScriptedRuntime,
+    events: RecordingEvents, org: str,
+) -> None:  # fmt: skip
+    sb = await lifecycle.create(organization_id=org, request=_request())
+    assert sb.state is S.PENDING_BUILD
+    out = lifecycle.build_log(org, sb.id)
+    await lifecycle.drain()
+    sb = lifecycle.get(org, sb.id)
+    assert sb.state is S.STARTED
+    assert events.states_of(sb.id) == ["building_snapshot", "starting", "started"]
+    assert sb.env["A"] == "x y"
+    snap = snapshots.get(org, sb.snapshot)
+    assert snap.name.startswith("dockerfile-")
+    build_ids = {e[0] for e in runtime.execs}
+    assert len(build_ids) == 1 and not build_ids & set(runtime.boxes)  # the build box is gone
+    run = runtime.execs[-1]
+    assert run[1][-1].endswith("echo hello > /root/x") and run[2] == {"A": "x y"}
+    assert run[3] == "/app"
+    text = out.text()
+    assert "Step 3/3 : RUN echo hello > /root/x\nout:echo hello > /root/x\n" in text
+    assert out.done
+    assert "".join([c async for c in out.follow()]) == text  # replayed after the end
+
+
+async def test_same_dockerfile_is_not_rebuilt(
+    lifecycle: LifecycleService, snapshots: SnapshotService, runtime: ScriptedRuntime, org: str,
+) -> None:  # fmt: skip
+    first = await lifecycle.create(organization_id=org, request=_request())
+    second = await lifecycle.create(organization_id=org, request=_request())  # concurrently
+    await lifecycle.drain()
+    a, b = lifecycle.get(org, first.id), lifecycle.get(org, second.id)
+    assert a.state is b.state is S.STARTED and a.snapshot == b.snapshot
+    assert len({e[0] for e in runtime.execs}) == 1
+    assert [c for c, _ in runtime.calls].count("capture") == 1
+    assert "Using cached snapshot" in lifecycle.build_log(org, b.id).text()
+
+
+async def test_failing_run_is_build_failed(
+    lifecycle: LifecycleService, snapshots: SnapshotService, runtime: ScriptedRuntime,
+    events: RecordingEvents, org: str,
+) -> None:  # fmt: skip
+    dockerfile = "FROM cove-default\nRUN echo ok\nRUN please fail\nRUN never\n"
+    sb = await lifecycle.create(organization_id=org, request=_request(dockerfile))
+    await lifecycle.drain()
+    sb = lifecycle.get(org, sb.id)
+    assert sb.state is S.BUILD_FAILED
+    assert events.states_of(sb.id) == ["building_snapshot", "build_failed"]
+    assert sb.error_reason is not None
+    assert "step 2/3 'RUN please fail'" in sb.error_reason
+    assert "exit code 2" in sb.error_reason and "out:please fail" in sb.error_reason
+    assert not runtime.boxes  # no build sandbox left
+    assert [s.name for s in snapshots.list(org)] == ["cove-default"]  # no snapshot either
+    assert not any("never" in e[1][-1] for e in runtime.execs)
+    await lifecycle.destroy(org, sb.id)
+    with pytest.raises(NotFound):
+        lifecycle.get(org, sb.id)
+
+
+async def test_refused_dockerfiles_create_nothing(
+    lifecycle: LifecycleService, snapshots: SnapshotService, org: str,
+) -> None:  # fmt: skip
+    for dockerfile, message in [
+        ("FROM cove-default\nCOPY . /app\n", "COPY is not supported"),
+        ("FROM cove-default\nADD x /y\n", "ADD is not supported"),
+        ("FROM cove-default\nUSER bob\n", "USER is not supported"),
+        ("FROM nope\nRUN true\n", "cannot be provided"),
+        ("RUN true\n", "must start with FROM"),
+    ]:
+        with pytest.raises(BadRequest, match=message):
+            await lifecycle.create(organization_id=org, request=_request(dockerfile))
+    assert lifecycle.list(org) == ([], None)
+
+
+async def test_plain_from_boots_at_once(
+    lifecycle: LifecycleService, snapshots: SnapshotService, org: str
+) -> None:
+    sb = await lifecycle.create(organization_id=org, request=_request("FROM cove-default\n"))
+    assert sb.state is S.STARTED and sb.snapshot == "cove-default"
+    with pytest.raises(NotFound):
+        lifecycle.build_log(org, sb.id)
+
+
+async def test_build_interrupted_by_a_restart_is_build_failed(
+    lifecycle: LifecycleService, snapshots: SnapshotService, store, org: str,
+) -> None:  # fmt: skip
+    sb = await lifecycle.create(organization_id=org, request=_request())
+    await lifecycle.drain()
+    record = store.get_by_id(sb.id)
+    record.state = S.BUILDING_SNAPSHOT  # as a crash mid-build leaves it
+    store.save(record)
+    lifecycle._build_logs.clear()  # a new server run knows of no build
+    await reconcile(lifecycle)
+    after = lifecycle.get(org, sb.id)
+    assert after.state is S.BUILD_FAILED and "restart" in (after.error_reason or "")
