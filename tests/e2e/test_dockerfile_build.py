@@ -63,7 +63,8 @@ def test_build_streams_logs_and_is_reused(
 
 
 def test_logs_arrive_while_the_build_runs(daytona: Daytona, sandboxes: list) -> None:
-    image = Image.base("cove-default").run_commands("echo early-line", "sleep 3", "echo late-line")
+    # One RUN: its lines must reach the log as they are printed, not when it ends.
+    image = Image.base("cove-default").run_commands("echo early-line; sleep 3; echo late-line")
     seen: list[tuple[float, str]] = []
     sb = daytona.create(
         CreateSandboxFromImageParams(image=image),
@@ -71,8 +72,10 @@ def test_logs_arrive_while_the_build_runs(daytona: Daytona, sandboxes: list) -> 
         timeout=120,
     )  # fmt: skip
     sandboxes.append(sb)
-    early = next(t for t, chunk in seen if "early-line" in chunk)
-    late = next(t for t, chunk in seen if "late-line" in chunk)
+    def printed(word: str) -> float:  # the RUN's output line, not the step header
+        return next(t for t, chunk in seen if word in chunk.splitlines())
+
+    early, late = printed("early-line"), printed("late-line")
     assert late - early > 2, seen
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import uuid
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,11 @@ from cove.core.dockerfile import BuildPlan, Step
 from cove.core.ports import ContainerSpec, Resources, Runtime
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.core.snapshots import SnapshotService
+from cove.core.toolbox import connect_agent
 from cove.errors import CoveError, NotFound
+from cove.toolbox import protocol
+from cove.toolbox.client import AgentCall
+from cove.toolbox.protocol import AgentError
 
 if TYPE_CHECKING:
     from cove.core.lifecycle import LifecycleService
@@ -118,21 +123,37 @@ class ImageBuilder:
         env: dict[str, str], cwd: str | None, out: BuildLog,
     ) -> None:  # fmt: skip
         where = f"step {number}/{total} '{step.text}'"
+        lines: list[str] = []
         try:
-            result = await asyncio.to_thread(
-                self.runtime.exec, build_id, argv, user="root", env=env, cwd=cwd,
-                timeout=RUN_TIMEOUT,
-            )  # fmt: skip
-        except CoveError as exc:
-            raise BuildFailed(f"build failed at {where}: {exc.message}") from exc
-        output = (result.stdout + result.stderr).decode(errors="replace")
-        for line in output.splitlines():
-            await out.write(line)
-        if result.exit_code != 0:
-            tail = "\n".join(output.splitlines()[-TAIL_LINES:])
-            raise BuildFailed(
-                f"build failed at {where}: exit code {result.exit_code}\n{tail}".rstrip()
-            )
+            code = await self._stream(build_id, argv, env, cwd, out, lines)
+        except (CoveError, AgentError) as exc:
+            raise BuildFailed(f"build failed at {where}: {exc}") from exc
+        if code != 0:
+            tail = "\n".join(lines[-TAIL_LINES:])
+            raise BuildFailed(f"build failed at {where}: exit code {code}\n{tail}".rstrip())
+
+    async def _stream(
+        self, build_id: str, argv: list[str], env: dict[str, str], cwd: str | None,
+        out: BuildLog, lines: list[str],
+    ) -> int:  # fmt: skip
+        """Run ``argv`` as root through the build sandbox's agent; each output line goes
+        to the log as soon as it is printed. Returns the exit code."""
+        request = {"op": "exec", "command": shlex.join(argv), "user": "root", "env": env,
+                   "cwd": cwd, "timeout": RUN_TIMEOUT}  # fmt: skip
+        pending = ""
+        async with AgentCall(await connect_agent(self.runtime, build_id)) as agent:
+            await agent.send(request)
+            async for kind, payload in agent.frames():
+                if kind != protocol.STDOUT:
+                    continue
+                *complete, pending = (pending + payload.decode(errors="replace")).split("\n")
+                for line in complete:
+                    lines.append(line)
+                    await out.write(line)
+            if pending:
+                lines.append(pending)
+                await out.write(pending)
+            return int(agent.result["exitCode"])
 
     async def _remove(self, build_id: str) -> None:
         try:

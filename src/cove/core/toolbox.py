@@ -8,14 +8,19 @@ hanging. Every call counts as activity (it resets the auto-stop timer).
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
-from cove.core.lifecycle import LifecycleService
+from cove.core.ports import Runtime
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import CoveError, InvalidState, ToolboxError
 from cove.toolbox.client import AgentCall
 from cove.toolbox.protocol import AgentError, ProtocolError
+
+if TYPE_CHECKING:
+    from cove.core.lifecycle import LifecycleService
 
 AGENT_BOOT_SECONDS = 15.0
 
@@ -46,7 +51,7 @@ class ToolboxService:
 
         Agent errors become :class:`ToolboxError` (source DAYTONA_DAEMON).
         """
-        sock = await self._connect(sandbox.id)
+        sock = await connect_agent(self.runtime, sandbox.id)
         try:
             async with AgentCall(sock) as agent:
                 await agent.send(message)
@@ -61,13 +66,19 @@ class ToolboxService:
         async with self.call(sandbox, message) as agent:
             return await agent.reply()
 
-    async def _connect(self, sandbox_id: str):  # noqa: ANN202
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + AGENT_BOOT_SECONDS
-        while True:
-            try:
-                return await asyncio.to_thread(self.runtime.agent_socket, sandbox_id)
-            except CoveError:
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.02)
+
+async def connect_agent(runtime: Runtime, sandbox_id: str) -> socket.socket:
+    """A socket to the sandbox's agent, waiting while the agent boots.
+
+    Raises:
+        CoveError: the agent did not answer within AGENT_BOOT_SECONDS.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + AGENT_BOOT_SECONDS
+    while True:
+        try:
+            return await asyncio.to_thread(runtime.agent_socket, sandbox_id)
+        except CoveError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.02)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from starlette.testclient import TestClient
 
 from tests.unit.api.conftest import AUTH, create_sandbox
+from tests.unit.scripted import ScriptedRuntime
 
 DOCKERFILE = "FROM cove-default\nRUN echo hello\n"
+
+
+@pytest.fixture
+def runtime() -> ScriptedRuntime:
+    return ScriptedRuntime()
 
 
 def _wait_started(client: TestClient, sandbox_id: str) -> dict:

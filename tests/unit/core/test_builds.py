@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import pytest
 
 from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
-from cove.core.ports import ExecResult
 from cove.core.reconcile import reconcile
 from cove.core.sandbox import SandboxState
 from cove.core.snapshots import SnapshotService
@@ -17,28 +14,10 @@ from cove.runtime.fake import FakeRuntime
 from cove.schemas.sandbox import BuildInfoCreate, SandboxCreate
 from cove.store.snapshots import SqlSnapshotStore
 from tests.unit.conftest import RecordingEvents
+from tests.unit.scripted import ScriptedRuntime
 
 S = SandboxState
 DOCKERFILE = "FROM cove-default\nENV A='x y'\nWORKDIR /app\nRUN echo hello > /root/x\n"
-
-
-class ScriptedRuntime(FakeRuntime):
-    """Exec prints ``out:<command>``; a command containing ``fail`` exits 2."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.execs: list[tuple[str, tuple[str, ...], dict[str, str], str | None]] = []
-
-    def exec(
-        self, sandbox_id: str, argv: Sequence[str], *, user: str | None = None,
-        env: Mapping[str, str] | None = None, cwd: str | None = None,
-        timeout: float | None = None,
-    ) -> ExecResult:  # fmt: skip
-        self._check("exec", sandbox_id)
-        assert user == "root"
-        self.execs.append((sandbox_id, tuple(argv), dict(env or {}), cwd))
-        code = 2 if "fail" in argv[-1] else 0
-        return ExecResult(code, f"out:{argv[-1].splitlines()[-1]}\n".encode(), b"")
 
 
 @pytest.fixture

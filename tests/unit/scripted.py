@@ -1,0 +1,36 @@
+"""A fake runtime whose sandboxes have a scripted toolbox agent (for build tests)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import threading
+
+from cove.runtime.fake import FakeRuntime
+from cove.toolbox import protocol
+
+
+class ScriptedRuntime(FakeRuntime):
+    """Its sandboxes' agent prints ``out:<last line of the command>``; a command
+    containing ``fail`` exits 2. Every exec is recorded as (sandbox, argv, env, cwd)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.execs: list[tuple[str, tuple[str, ...], dict[str, str], str | None]] = []
+
+    def agent_socket(self, sandbox_id: str) -> socket.socket:
+        ours, theirs = socket.socketpair()
+        threading.Thread(target=self._agent, args=(sandbox_id, theirs), daemon=True).start()
+        return ours
+
+    def _agent(self, sandbox_id: str, sock: socket.socket) -> None:
+        with sock, sock.makefile("rb") as stream:
+            kind, size = protocol.HEADER.unpack(stream.read(protocol.HEADER.size))
+            message = json.loads(stream.read(size))
+            assert kind == protocol.JSON and message["user"] == "root"
+            argv = tuple(shlex.split(message["command"]))
+            self.execs.append((sandbox_id, argv, dict(message["env"] or {}), message["cwd"]))
+            printed = f"out:{argv[-1].splitlines()[-1]}\n".encode()
+            sock.sendall(protocol.frame(protocol.STDOUT, printed) + protocol.json_frame(
+                {"ok": True, "exitCode": 2 if "fail" in argv[-1] else 0}))
