@@ -235,8 +235,7 @@ class LifecycleService:
     # ---- start / stop --------------------------------------------------
 
     async def start(self, organization_id: str, id_or_name: str) -> Sandbox:
-        sandbox = self.get(organization_id, id_or_name)
-        return await self._run(sandbox.id, lambda: self._start(sandbox.id))
+        return await self._on(organization_id, id_or_name, self._start)
 
     async def _start(self, sandbox_id: str) -> Sandbox:
         sandbox = self.store.get_by_id(sandbox_id)
@@ -261,8 +260,9 @@ class LifecycleService:
         )
 
     async def stop(self, organization_id: str, id_or_name: str, *, force: bool = False) -> Sandbox:
-        sandbox = self.get(organization_id, id_or_name)
-        return await self._run(sandbox.id, lambda: self._stop(sandbox.id, force=force))
+        return await self._on(
+            organization_id, id_or_name, lambda sandbox_id: self._stop(sandbox_id, force=force)
+        )
 
     async def _stop(self, sandbox_id: str, *, force: bool) -> Sandbox:
         sandbox = self.store.get_by_id(sandbox_id)
@@ -284,8 +284,7 @@ class LifecycleService:
         Raises:
             InvalidState: it is not started (or paused already: then it is returned).
         """
-        sandbox = self.get(organization_id, id_or_name)
-        return await self._run(sandbox.id, lambda: self._pause(sandbox.id))
+        return await self._on(organization_id, id_or_name, self._pause)
 
     async def _pause(self, sandbox_id: str) -> Sandbox:
         sandbox = self.store.get_by_id(sandbox_id)
@@ -309,8 +308,7 @@ class LifecycleService:
 
     async def archive(self, organization_id: str, id_or_name: str) -> Sandbox:
         """Pack a sandbox's files into the archive store; a started one is stopped first."""
-        sandbox = self.get(organization_id, id_or_name)
-        return await self._run(sandbox.id, lambda: self._archive(sandbox.id))
+        return await self._on(organization_id, id_or_name, self._archive)
 
     async def _archive(self, sandbox_id: str) -> Sandbox:
         sandbox = self.store.get_by_id(sandbox_id)
@@ -327,8 +325,7 @@ class LifecycleService:
 
     async def recover(self, organization_id: str, id_or_name: str) -> Sandbox:
         """Bring an ``error`` sandbox back to ``started``; on any other state, act as start."""
-        sandbox = self.get(organization_id, id_or_name)
-        return await self._run(sandbox.id, lambda: self._recover(sandbox.id))
+        return await self._on(organization_id, id_or_name, self._recover)
 
     async def _recover(self, sandbox_id: str) -> Sandbox:
         sandbox = self.store.get_by_id(sandbox_id)
@@ -354,8 +351,9 @@ class LifecycleService:
             QuotaExceeded: above the limits.
             BadRequest: a change that needs the sandbox stopped.
         """
-        sandbox = self.get(organization_id, id_or_name)
-        return await self._run(sandbox.id, lambda: self._resize(sandbox.id, request))
+        return await self._on(
+            organization_id, id_or_name, lambda sandbox_id: self._resize(sandbox_id, request)
+        )
 
     async def _resize(self, sandbox_id: str, request: SandboxResize) -> Sandbox:
         sandbox = self.store.get_by_id(sandbox_id)
@@ -380,8 +378,7 @@ class LifecycleService:
     # ---- destroy -------------------------------------------------------
 
     async def destroy(self, organization_id: str, id_or_name: str) -> Sandbox:
-        sandbox = self.get(organization_id, id_or_name)
-        return await self._run(sandbox.id, lambda: self._destroy(sandbox.id))
+        return await self._on(organization_id, id_or_name, self._destroy)
 
     async def _destroy(self, sandbox_id: str) -> Sandbox:
         sandbox = self.store.get_by_id(sandbox_id)
@@ -482,6 +479,13 @@ class LifecycleService:
         return validation.network_policy(
             sandbox.network_block_all, sandbox.network_allow_list, sandbox.domain_allow_list
         )
+
+    async def _on(
+        self, organization_id: str, id_or_name: str, op: Callable[[str], Awaitable[T]]
+    ) -> T:
+        """Run ``op(sandbox_id)`` on the caller's sandbox, under its lock."""
+        sandbox = self.get(organization_id, id_or_name)
+        return await self._run(sandbox.id, lambda: op(sandbox.id))
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())

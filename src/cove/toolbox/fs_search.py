@@ -53,9 +53,9 @@ def _matches(path: str, shown: str, needle: bytes) -> Iterator[dict[str, Any]]:
         return
 
 
-@op("fs_find")
-async def find(request: Request) -> dict[str, Any]:
-    """Lines containing ``pattern`` in the files below ``path``."""
+def _search_args(request: Request) -> tuple[str, str, str]:
+    """The path as given, where it resolves inside the sandbox (it must exist), and
+    the non-empty pattern."""
     given = request.arg("path")
     root = resolve(user_of(request), given)
     pattern = request.arg("pattern")
@@ -63,6 +63,13 @@ async def find(request: Request) -> dict[str, Any]:
         raise protocol.bad_request("pattern is required")
     with failing_as(root):
         os.stat(root)
+    return given, root, pattern
+
+
+@op("fs_find")
+async def find(request: Request) -> dict[str, Any]:
+    """Lines containing ``pattern`` in the files below ``path``."""
+    given, root, pattern = _search_args(request)
     needle = pattern.encode()
     found = (match for full, _ in _walk(root) if os.path.isfile(full)
              for match in _matches(full, _shown(given, root, full), needle))
@@ -73,15 +80,9 @@ async def find(request: Request) -> dict[str, Any]:
 @op("fs_search")
 async def search(request: Request) -> dict[str, Any]:
     """Files below ``path`` whose name (or, with a ``/``, relative path) matches the glob."""
-    given = request.arg("path")
-    root = resolve(user_of(request), given)
-    pattern = request.arg("pattern")
-    if not pattern:
-        raise protocol.bad_request("pattern is required")
+    given, root, pattern = _search_args(request)
     regex = glob_regex(pattern)
     by_path = "/" in pattern
-    with failing_as(root):
-        os.stat(root)
     found = (_shown(given, root, full) for full, rel in _walk(root)
              if regex.fullmatch(rel if by_path else os.path.basename(rel)))
     await send_items(request, found)
