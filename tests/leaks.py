@@ -1,8 +1,10 @@
 """What tests may never leave on the host: mounts (incl. netns files), loop devices,
-crun containers, cgroups, veths and nftables rules of sandboxes that no longer exist.
+crun containers, cgroups, veths, nftables rules and host id ranges of sandboxes
+that no longer exist.
 
-Scoped to one data dir, so a developer's own running server (or a concurrent
-test run) does not count as a leak; cgroups count when no live container owns them.
+Scoped to one data dir and its cgroup parent, so a developer's own running
+server (or a concurrent test run) does not count as a leak; cgroups count when
+no live container owns them.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ def _containers() -> list[dict]:
     return json.loads(out.stdout or "[]") or [] if out.returncode == 0 else []
 
 
-def _cove_cgroup_parents() -> list[Path]:
-    parents = [p for p in CGROUP_ROOT.glob("*/cove") if p.is_dir()]
-    if (CGROUP_ROOT / "cove").is_dir():
-        parents.append(CGROUP_ROOT / "cove")
+def _cgroup_parents(parent: str) -> list[Path]:
+    parents = [p for p in CGROUP_ROOT.glob(f"*/{parent}") if p.is_dir()]
+    if (CGROUP_ROOT / parent).is_dir():
+        parents.append(CGROUP_ROOT / parent)
     return parents
 
 
-def leaks(data_dir: Path) -> list[str]:
-    """Everything under ``data_dir`` still held on the host, and orphaned cgroups."""
+def leaks(data_dir: Path, cgroup_parent: str) -> list[str]:
+    """Everything under ``data_dir`` still held on the host, and orphaned cgroups
+    under ``cgroup_parent``."""
     where = str(data_dir)
     found = [
         f"mount {line.split()[1]} ({line.split()[2]})"
@@ -37,13 +40,16 @@ def leaks(data_dir: Path) -> list[str]:
     containers = _containers()
     found += [f"crun container {c['id']}" for c in containers if where in c.get("bundle", "")]
     alive = {c["id"] for c in containers}
-    for parent in _cove_cgroup_parents():
+    for parent in _cgroup_parents(cgroup_parent):
         children = [p for p in parent.iterdir() if p.is_dir()]
         found += [f"cgroup {p}" for p in children if p.name not in alive]
         if not children and not alive:
             found.append(f"cgroup {parent}")
     losetup = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     found += [f"loop {line}" for line in losetup.splitlines() if where in line]
+    from cove.runtime import idrange
+
+    found += [f"host id range of {sid}" for sid in idrange.claims(data_dir)]
     return found + _network_leaks(data_dir)
 
 
@@ -69,6 +75,6 @@ def _network_leaks(data_dir: Path) -> list[str]:
     return found
 
 
-def assert_no_leaks(data_dir: Path) -> None:
-    left = leaks(data_dir)
+def assert_no_leaks(data_dir: Path, cgroup_parent: str) -> None:
+    left = leaks(data_dir, cgroup_parent)
     assert not left, "left on the host: " + "; ".join(left)

@@ -11,6 +11,8 @@ Catch :class:`CoveError` to catch everything Cove raises on purpose::
      ├── InvalidState          the operation is not allowed in the current state (400)
      ├── Timeout               an operation did not finish in time (408)
      ├── RuntimeBackendError   the isolation runtime failed (500)
+     ├── Unavailable           the sandbox cannot be reached right now (503)
+     │    └── Busy             its agent accepts no more connections for now (503)
      └── ToolboxError          an in-sandbox operation failed (status and code
                                from the agent; source DAYTONA_DAEMON)
 
@@ -73,6 +75,15 @@ class RuntimeBackendError(CoveError):
     code = "RUNTIME_ERROR"
 
 
+class Unavailable(CoveError):
+    status_code = 503
+    code = "SANDBOX_UNAVAILABLE"
+
+
+class Busy(Unavailable):
+    code = "SANDBOX_BUSY"
+
+
 class ToolboxError(CoveError):
     """An error inside the sandbox, reported the way Daytona's daemon reports it."""
 
@@ -86,6 +97,7 @@ class ToolboxError(CoveError):
 
 __all__ = [
     "BadRequest",
+    "Busy",
     "Conflict",
     "CoveError",
     "InvalidState",
@@ -95,4 +107,5 @@ __all__ = [
     "Timeout",
     "ToolboxError",
     "Unauthorized",
+    "Unavailable",
 ]

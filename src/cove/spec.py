@@ -34,9 +34,10 @@ def toolbox() -> dict[str, Any]:
 
     agent.load_handlers()
     return {
-        "socket": protocol.SOCKET_NAME.decode().replace("\0", "@"),
+        "socket": "agent.sock in the sandbox's directory on the host (inherited by the agent)",
         "framing": inspect.getdoc(protocol),
-        "frames": {"J": "json", "O": "stdout", "E": "stderr", "D": "data", "Z": "end"},
+        "frames": {"J": "json", "O": "stdout", "E": "stderr", "D": "data", "Z": "end",
+                   "A": "accepted"},
         "ops": {name: inspect.getdoc(fn) or "" for name, fn in sorted(agent.HANDLERS.items())},
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -36,14 +37,18 @@ class ServerProcess:
         self.api_key = api_key
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_url = f"{self.url}/api"
-        self.settings = Settings(data_dir=data_dir, snapshot_dir=SHARED_SNAPSHOTS, port=self.port)
+        # a cgroup parent of its own: its leftovers cannot be confused with another server's
+        self.cgroup_parent = "cove-test-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
+        self.settings = Settings(data_dir=data_dir, snapshot_dir=SHARED_SNAPSHOTS, port=self.port,
+                                 cgroup_parent=self.cgroup_parent)  # fmt: skip
         self.log = data_dir / "server.log"
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> None:
         env = {**os.environ, "COVE_API_KEY": self.api_key,
-               "COVE_SNAPSHOT_DIR": str(SHARED_SNAPSHOTS), **self.extra_env}
+               "COVE_SNAPSHOT_DIR": str(SHARED_SNAPSHOTS),
+               "COVE_CGROUP_PARENT": self.cgroup_parent, **self.extra_env}
         cmd = [sys.executable, "-m", "cove.cli.main", "serve", "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--log-level", "warning"]
         with self.log.open("ab") as log:

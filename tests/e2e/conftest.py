@@ -58,7 +58,7 @@ def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None
         for sandbox_id in leftovers:
             runtime.destroy(sandbox_id)
         assert not leftovers, f"sandboxes left on the host: {leftovers}"
-        assert_no_leaks(srv.data_dir)
+        assert_no_leaks(srv.data_dir, srv.cgroup_parent)
 
 
 @pytest.fixture(scope="session")

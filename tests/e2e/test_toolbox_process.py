@@ -59,9 +59,29 @@ def test_exec_timeout_fires_and_kills_the_tree(sb) -> None:
     with pytest.raises(DaytonaProcessExecutionTimeoutError) as info:
         sb.process.exec("sleep 300 & sleep 300", timeout=1)
     assert time.monotonic() - started < 20
-    assert "timed out" in str(info.value).lower()
+    assert "command execution timeout" in str(info.value).lower()  # Daytona's daemon's words
     left = sb.process.exec("ps -e -o comm= | grep -c sleep || true").result.strip()
     assert left == "0"
+
+
+def test_exec_timeout_reaches_processes_that_left_the_process_group(sb) -> None:
+    """Double-forked, setsid-ed and fork-bombing processes all live in the command's
+    cgroup: the timeout kills every one, and the call answers when it fires."""
+    escape = ("setsid sh -c 'sleep 301 & sleep 302' & "
+              "(nohup sh -c 'sleep 303' >/dev/null 2>&1 &) ; "
+              "timeout 3 bash -c ':(){ :|:& };:'; sleep 300")  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(DaytonaProcessExecutionTimeoutError):
+        sb.process.exec(escape, timeout=8)
+    assert time.monotonic() - started < 60
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left = sb.process.exec("ps -e -o comm= | grep -c -E 'sleep|bash' || true").result
+        if left.strip() == "0":
+            break
+        time.sleep(0.5)
+    assert left.strip() == "0", sb.process.exec("ps -ef").result
+    assert sb.process.exec("echo alive").result == "alive\n"
 
 
 def test_code_run_python(sb) -> None:

@@ -58,7 +58,8 @@ def it_settings(tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeDns) -> 
     sandbox addresses in 198.19.0.0/16 and the test DNS server upstream."""
     data = tmp_path_factory.mktemp("cove-it")
     return Settings(data_dir=data, snapshot_dir=SNAPSHOTS, stop_grace_seconds=2.0,
-                    network_pool=sandbox_pool(0), dns_upstream=fake_dns.upstream)  # fmt: skip
+                    network_pool=sandbox_pool(0), dns_upstream=fake_dns.upstream,
+                    cgroup_parent=f"cove-it-{uuid.uuid4().hex[:8]}")  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -111,16 +112,19 @@ def make_sandbox(runtime: OciRuntime) -> Iterator[SandboxFactory]:
             raise
 
 
-def stray_processes(data_dir: Path) -> list[str]:
+def stray_processes(data_dir: Path, cgroup_parent: str) -> list[str]:
     """Processes still in a test sandbox's cgroup, and crun calls about our data dir."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cgroup = Path(f"/proc/{pid}/cgroup").read_text()
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        if f"/cove/{ID_PREFIX}" in cgroup or (str(data_dir) in cmd and "crun" in cmd):
+        if stat[stat.rindex(")") + 2] == "Z":
+            continue  # exited; the host's init reaps it (it holds nothing but its pid)
+        if f"/{cgroup_parent}/" in cgroup or (str(data_dir) in cmd and "crun" in cmd):
             found.append(f"process {pid}: {cmd[:80]}")
     return found
 
@@ -131,5 +135,6 @@ def nothing_left(request: pytest.FixtureRequest, it_settings: Settings) -> Itera
     yield
     if request.node.get_closest_marker("integration") is None or _unmet():
         return
-    left = leaks(it_settings.data_dir) + stray_processes(it_settings.data_dir)
+    parent = it_settings.cgroup_parent
+    left = leaks(it_settings.data_dir, parent) + stray_processes(it_settings.data_dir, parent)
     assert not left, "left on the host: " + "; ".join(left)

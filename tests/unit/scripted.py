@@ -32,5 +32,6 @@ class ScriptedRuntime(FakeRuntime):
             argv = tuple(shlex.split(message["command"]))
             self.execs.append((sandbox_id, argv, dict(message["env"] or {}), message["cwd"]))
             printed = f"out:{argv[-1].splitlines()[-1]}\n".encode()
-            sock.sendall(protocol.frame(protocol.STDOUT, printed) + protocol.json_frame(
-                {"ok": True, "exitCode": 2 if "fail" in argv[-1] else 0}))
+            reply = {"ok": True, "exitCode": 2 if "fail" in argv[-1] else 0}
+            sock.sendall(protocol.frame(protocol.ACCEPTED)
+                         + protocol.frame(protocol.STDOUT, printed) + protocol.json_frame(reply))

@@ -22,10 +22,9 @@ from cove.core.dockerfile import BuildPlan, Step
 from cove.core.ports import ContainerSpec, Resources, Runtime
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.core.snapshots import SnapshotService
-from cove.core.toolbox import connect_agent
+from cove.core.toolbox import agent_call
 from cove.errors import CoveError, NotFound
 from cove.toolbox import protocol
-from cove.toolbox.client import AgentCall
 from cove.toolbox.protocol import AgentError
 
 if TYPE_CHECKING:
@@ -141,8 +140,7 @@ class ImageBuilder:
         request = {"op": "exec", "command": shlex.join(argv), "user": "root", "env": env,
                    "cwd": cwd, "timeout": RUN_TIMEOUT}  # fmt: skip
         pending = ""
-        async with AgentCall(await connect_agent(self.runtime, build_id)) as agent:
-            await agent.send(request)
+        async with agent_call(self.runtime, build_id, request) as agent:
             async for kind, payload in agent.frames():
                 if kind != protocol.STDOUT:
                     continue

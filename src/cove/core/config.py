@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     max_memory: int = 8
     max_disk: int = 10
     pids_limit: int = 1024
+    # The cgroup every sandbox's cgroup is made in (<hierarchy>/<parent>/<sandbox id>);
+    # servers sharing a host may use different ones.
+    cgroup_parent: str = Field(default="cove", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
     stop_grace_seconds: float = 3.0
     # How often the host is checked for sandboxes whose container died.
     watch_seconds: float = 5.0

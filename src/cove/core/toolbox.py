@@ -3,6 +3,11 @@
 A toolbox call is allowed only on a started sandbox of the caller's
 organization; anything else fails at once with a clear error instead of
 hanging. Every call counts as activity (it resets the auto-stop timer).
+
+The agent lives inside the sandbox, so everything it says is untrusted: it
+must accept a request within ``AGENT_ACCEPT_SECONDS``, frames are size-bounded
+(``cove.toolbox.protocol``), and a reply the server cannot use (missing or
+mistyped fields) is the agent's failure, a 502, never an error of the server.
 """
 
 from __future__ import annotations
@@ -10,19 +15,22 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
 
 from cove.core.ports import Runtime
 from cove.core.sandbox import Sandbox, SandboxState
-from cove.errors import CoveError, InvalidState, ToolboxError
+from cove.errors import Busy, InvalidState, ToolboxError, Unavailable
 from cove.toolbox.client import AgentCall
 from cove.toolbox.protocol import AgentError, ProtocolError
 
 if TYPE_CHECKING:
     from cove.core.lifecycle import LifecycleService
 
-AGENT_BOOT_SECONDS = 15.0
+AGENT_ACCEPT_SECONDS = 30.0  # covers an agent that is still starting (or restarting)
+CONNECT_SECONDS = 10.0  # how long a full accept queue is waited for
 
 
 class ToolboxService:
@@ -45,21 +53,9 @@ class ToolboxService:
         self.lifecycle.touch(organization_id, sandbox.id)
         return sandbox
 
-    @asynccontextmanager
-    async def call(self, sandbox: Sandbox, message: dict) -> AsyncIterator[AgentCall]:
-        """Open a request to the sandbox's agent and send ``message``.
-
-        Agent errors become :class:`ToolboxError` (source DAYTONA_DAEMON).
-        """
-        sock = await connect_agent(self.runtime, sandbox.id)
-        try:
-            async with AgentCall(sock) as agent:
-                await agent.send(message)
-                yield agent
-        except AgentError as exc:
-            raise ToolboxError(exc.status, exc.code, exc.message) from exc
-        except (ProtocolError, ConnectionError) as exc:
-            raise ToolboxError(502, "AGENT_ERROR", f"toolbox agent failed: {exc}") from exc
+    def call(self, sandbox: Sandbox, message: dict) -> AbstractAsyncContextManager[AgentCall]:
+        """Open a request to the sandbox's agent (see :func:`agent_call`)."""
+        return agent_call(self.runtime, sandbox.id, message)
 
     async def request(self, sandbox: Sandbox, message: dict) -> dict:
         """A request whose only answer is the final reply."""
@@ -67,18 +63,47 @@ class ToolboxService:
             return await agent.reply()
 
 
+@asynccontextmanager
+async def agent_call(runtime: Runtime, sandbox_id: str, message: dict) -> AsyncIterator[AgentCall]:
+    """Open a request to a sandbox's agent and send ``message``; the agent must accept it.
+
+    Agent errors become :class:`ToolboxError` (source DAYTONA_DAEMON); an agent
+    that breaks the protocol or answers nonsense is a 502, one that does not
+    accept the request in time a 504.
+    """
+    sock = await connect_agent(runtime, sandbox_id)
+    try:
+        async with AgentCall(sock) as agent:
+            await agent.send(message)
+            await asyncio.wait_for(agent.accepted(), AGENT_ACCEPT_SECONDS)
+            yield agent
+    except AgentError as exc:
+        raise ToolboxError(exc.status, exc.code, exc.message) from exc
+    except TimeoutError as exc:
+        raise ToolboxError(504, "AGENT_TIMEOUT", "the sandbox's toolbox agent did not "
+                           f"answer within {AGENT_ACCEPT_SECONDS:.0f} s") from exc
+    except (ProtocolError, ConnectionError, EOFError) as exc:
+        raise ToolboxError(502, "AGENT_ERROR", f"toolbox agent failed: {exc}") from exc
+    except (KeyError, TypeError, ValueError, ValidationError) as exc:
+        raise ToolboxError(502, "AGENT_ERROR", "the sandbox's toolbox agent sent an "
+                           f"invalid reply ({type(exc).__name__})") from exc
+
+
 async def connect_agent(runtime: Runtime, sandbox_id: str) -> socket.socket:
-    """A socket to the sandbox's agent, waiting while the agent boots.
+    """A socket connected to the sandbox's agent (without blocking the server).
 
     Raises:
-        CoveError: the agent did not answer within AGENT_BOOT_SECONDS.
+        Unavailable: the sandbox's agent cannot be reached (it does not run).
+        Busy: its accept queue stayed full for CONNECT_SECONDS.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + AGENT_BOOT_SECONDS
+    deadline = loop.time() + CONNECT_SECONDS
     while True:
         try:
-            return await asyncio.to_thread(runtime.agent_socket, sandbox_id)
-        except CoveError:
+            return runtime.agent_socket(sandbox_id)
+        except Busy:
             if loop.time() > deadline:
                 raise
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.01)
+        except Unavailable:
+            raise

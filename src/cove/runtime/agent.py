@@ -1,30 +1,32 @@
 """The toolbox agent of a sandbox: how init runs it, and how the server reaches it.
 
 The agent (``cove.toolbox``) runs on a Python runtime packed from the host's
-(``cove.runtime.pyrt``), both bind-mounted read-only under ``/dev/.cove``; it
-listens on an abstract Unix socket, which lives in the sandbox's network
-namespace. The server connects from a short-lived thread that joins that
-namespace only to create and connect the socket.
+(``cove.runtime.pyrt``), both bind-mounted read-only under ``/dev/.cove``.
+
+Its channel is a Unix socket the runtime binds on the host, in the sandbox's
+directory (``agent.sock``), listens on, and hands to the container's init as a
+descriptor; init passes it on to every agent it starts. Nothing in the sandbox
+can see that path or hold that socket, so nothing can take the agent's place,
+and the server reaches the agent with a plain ``connect`` (no namespace to
+join, no process to start), also after a restart of the server.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import errno
 import functools
 import logging
 import os
 import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cove.errors import RuntimeBackendError
+from cove.errors import Busy, RuntimeBackendError, Unavailable
 
 PKG_MOUNT = "/dev/.cove/pkg/toolbox"
+BACKLOG = 128
+_SUN_PATH_MAX = 107
 log = logging.getLogger(__name__)
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -59,40 +61,63 @@ def agent_setup(data_dir: Path) -> AgentSetup:
     return AgentSetup(pyrt.argv(), {pyrt.MOUNT: runtime_dir, PKG_MOUNT: package})
 
 
-def connect(init_pid: int) -> socket.socket:
-    """A stream socket connected to the agent in the network namespace of ``init_pid``.
+def listen(path: Path) -> socket.socket:
+    """A new listening socket bound at ``path`` (replacing a stale one), mode 0600.
 
     Raises:
-        RuntimeBackendError: the namespace cannot be joined or the agent does not answer.
+        RuntimeBackendError: it cannot be bound.
     """
-    from cove.toolbox.protocol import SOCKET_NAME
-
-    result: list[socket.socket | BaseException] = []
-    worker = threading.Thread(target=_connect_in, args=(init_pid, SOCKET_NAME, result))
-    worker.start()
-    worker.join()
-    outcome = result[0]
-    if isinstance(outcome, BaseException):
-        raise RuntimeBackendError(f"toolbox agent unreachable: {outcome}") from outcome
-    return outcome
-
-
-def _connect_in(pid: int, name: bytes, result: list[socket.socket | BaseException]) -> None:
-    """Thread body: join the netns (this thread only; it ends right after), connect."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        pidfd = os.pidfd_open(pid)
-        try:
-            if _libc.setns(pidfd, _CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns: {os.strerror(err)}")
-        finally:
-            os.close(pidfd)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
+        with _short(path) as name:
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+            sock.bind(name)
+            os.chmod(name, 0o600)
+        sock.listen(BACKLOG)
+        return sock
+    except OSError as exc:
+        sock.close()
+        raise RuntimeBackendError(f"cannot listen at {path}: {exc.strerror}") from exc
+
+
+def connect(path: Path) -> socket.socket:
+    """A non-blocking stream socket connected to the agent listening at ``path``.
+
+    Raises:
+        Busy: its accept queue is full right now.
+        Unavailable: nothing listens (the sandbox does not run).
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+                         | socket.SOCK_CLOEXEC)  # fmt: skip
+    try:
+        with _short(path) as name:
             sock.connect(name)
-        except BaseException:
-            sock.close()
-            raise
-        result.append(sock)
-    except BaseException as exc:  # handed to the caller's thread
-        result.append(exc)
+        return sock
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EAGAIN:
+            raise Busy("the sandbox's toolbox agent accepts no more requests now") from exc
+        raise Unavailable(f"the sandbox's toolbox agent cannot be reached ({exc.strerror}); "
+                          "is the sandbox running?") from exc  # fmt: skip
+
+
+class _short:
+    """``path`` as a name that fits a socket address (through /proc/self/fd)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd = -1
+
+    def __enter__(self) -> str:
+        name = str(self._path)
+        if len(name.encode()) <= _SUN_PATH_MAX:
+            return name
+        self._fd = os.open(self._path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return f"/proc/self/fd/{self._fd}/{self._path.name}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)

@@ -23,17 +23,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cove.errors import RuntimeBackendError
-from cove.runtime import disk, freezer, mounts
+from cove.runtime import freezer, mounts, rootfs
 from cove.runtime.archive import TAR_FLAGS, pipe
 from cove.runtime.layout import Metadata, SandboxPaths
 from cove.runtime.proc import run
 
 
 def capture_sandbox(
-    base: Path, ref: str, sandbox_id: str, paths: SandboxPaths, meta: Metadata, *, alive: bool
+    base: Path, ref: str, group: str, paths: SandboxPaths, meta: Metadata, *, alive: bool
 ) -> int:
-    """Build snapshot ``ref`` from the sandbox's merged root filesystem; returns its size."""
-    with _building(base, ref) as rootfs, _merged_view(sandbox_id, paths, meta, alive) as view:
+    """Build snapshot ``ref`` from the sandbox's merged root filesystem (``group``: its
+    cgroup group, to freeze it when ``alive``); returns its size."""
+    with _building(base, ref) as rootfs, _merged_view(group, paths, meta, alive) as view:
         with open(os.devnull, "wb") as null:
             pipe(
                 ["tar", "--create", "--file=-", f"--directory={view}", *TAR_FLAGS, "."],
@@ -117,32 +118,36 @@ def _building(base: Path, ref: str) -> Iterator[Path]:
 
 
 @contextmanager
-def _merged_view(
-    sandbox_id: str, paths: SandboxPaths, meta: Metadata, alive: bool
-) -> Iterator[Path]:
-    if alive:
-        froze = not freezer.is_frozen(sandbox_id)
-        if froze:
-            freezer.freeze(sandbox_id)
-        try:
-            yield paths.rootfs
-        finally:
-            if froze:
-                freezer.thaw(sandbox_id)
-        return
+def _merged_view(group: str, paths: SandboxPaths, meta: Metadata, alive: bool) -> Iterator[Path]:
+    """The sandbox's whole file system with the ids it has inside (as its files carry
+    them on disk): a read-only overlay of its writable layer over its snapshot,
+    mounted on the host for the copy. A running sandbox is frozen meanwhile."""
     if not paths.image.is_file():
-        raise RuntimeBackendError(f"sandbox {sandbox_id} has no writable layer")
-    disk.mount(paths.image, paths.disk)
+        raise RuntimeBackendError(f"sandbox {paths.root.name} has no writable layer")
+    froze = alive and not freezer.is_frozen(group)
+    mounted = mounts.is_mounted(paths.disk)
+    if froze:
+        freezer.freeze(group)
     try:
-        for d in (paths.upper, paths.work):
-            d.mkdir(exist_ok=True)
-        mounts.mount_overlay(Path(meta.lower), paths.upper, paths.work, paths.rootfs)
+        if not mounted:
+            rootfs.mount_disk(paths)
+        view = paths.root / "capture"
+        view.mkdir(exist_ok=True)
+        paths.upper.mkdir(exist_ok=True)
+        opts = f"lowerdir={paths.upper}:{meta.lower}"
+        if meta.layer_xattrs == "user":
+            opts += ",userxattr"
+        mounts.mount_overlay_readonly(opts, view)
         try:
-            yield paths.rootfs
+            yield view
         finally:
-            mounts.unmount(paths.rootfs)
+            mounts.unmount(view)
+            view.rmdir()
     finally:
-        mounts.unmount(paths.disk)
+        if not mounted:
+            mounts.unmount(paths.disk)
+        if froze:
+            freezer.thaw(group)
 
 
 def _size(path: Path) -> int:

@@ -1,9 +1,11 @@
 """The host's cgroup layout, and the cgroup directories of sandboxes.
 
-Every sandbox's container lives in the cgroup ``/cove/<sandbox id>``: on a
-cgroup v2 host that is ``/sys/fs/cgroup/cove/<id>``; with cgroup v1 (and on a
-hybrid host, where crun is made to see only the v1 hierarchies) it is
-``/sys/fs/cgroup/<hierarchy>/cove/<id>`` in every hierarchy.
+Every sandbox lives in a *group*: the cgroup ``<parent>/<sandbox id>``
+(``Settings.cgroup_parent``, ``cove`` by default; see ``runtime/cgtree.py`` for
+what is inside). On a cgroup v2 host that is ``/sys/fs/cgroup/<group>``; with
+cgroup v1 (and on a hybrid host, where crun is made to see only the v1
+hierarchies) it is ``/sys/fs/cgroup/<hierarchy>/<group>`` in every hierarchy.
+Functions here take the group, a path relative to a hierarchy's root.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from cove.runtime import mounts
 ROOT = Path("/sys/fs/cgroup")
 _creations = threading.Lock()
 _creating = 0
-PARENT = "cove"
 UNIFIED = ROOT / "unified"
 
 
@@ -47,9 +48,9 @@ def mode() -> CgroupMode:
     return CgroupMode.LEGACY
 
 
-def cgroup_path(sandbox_id: str) -> str:
-    """The absolute ``cgroupsPath`` given to crun for a sandbox."""
-    return f"/{PARENT}/{sandbox_id}"
+def group_of(parent: str, sandbox_id: str) -> str:
+    """The group of a sandbox under ``parent``."""
+    return f"{parent.strip('/')}/{sandbox_id}"
 
 
 def _v1_hierarchies() -> dict[str, Path]:
@@ -70,38 +71,54 @@ def hierarchy_roots() -> list[Path]:
     return sorted(set(_v1_hierarchies().values()))
 
 
-def controller_dir(sandbox_id: str, controller: str) -> Path:
+def hierarchy(controller: str) -> Path:
+    """Mount point of the hierarchy holding ``controller`` (the v2 root on a v2 host)."""
+    if mode() is CgroupMode.UNIFIED:
+        return ROOT
+    return _v1_hierarchies().get(controller, ROOT / controller)
+
+
+def controller_dir(group: str, controller: str) -> Path:
     """The directory holding ``controller``'s files for a sandbox.
 
     Args:
-        sandbox_id: The sandbox.
+        group: The sandbox's group.
         controller: A v1 controller name such as ``memory``, ``cpu``, ``cpuacct``,
             ``pids``; ignored on a v2 host.
     """
-    if mode() is CgroupMode.UNIFIED:
-        return ROOT / PARENT / sandbox_id
-    root = _v1_hierarchies().get(controller, ROOT / controller)
-    return root / PARENT / sandbox_id
+    return hierarchy(controller) / group
 
 
-def sandbox_dirs(sandbox_id: str) -> list[Path]:
+def sandbox_dirs(group: str) -> list[Path]:
     """Every existing cgroup directory of one sandbox."""
-    dirs = [root / PARENT / sandbox_id for root in hierarchy_roots()]
+    dirs = [root / group for root in hierarchy_roots()]
     return [d for d in dirs if d.is_dir()]
 
 
-def remove(sandbox_id: str) -> None:
-    """Remove a sandbox's (empty) cgroups, then the ``cove`` parents left empty.
-
-    Busy directories (a process still in them) are left alone.
+def remove(group: str) -> None:
+    """Remove a sandbox's (empty) cgroups, deepest first, in every hierarchy; then
+    the ``cove`` parents left empty. Busy directories (a process still in them) stay.
     """
-    for d in [r / PARENT / sandbox_id for r in hierarchy_roots()]:
-        _rmdir(d)
-    remove_empty_parents()
+    roots = hierarchy_roots()
+    if mode() is CgroupMode.HYBRID:
+        roots.append(UNIFIED)
+    for root in roots:
+        _rmtree(root / group)
+    remove_empty_parents(group.rsplit("/", 1)[0])
 
 
-def remove_empty_parents() -> None:
-    """Remove every ``cove`` parent cgroup that no longer has a child.
+def _rmtree(path: Path) -> None:
+    try:
+        children = [p for p in path.iterdir() if p.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for child in children:
+        _rmtree(child)
+    _rmdir(path)
+
+
+def remove_empty_parents(parent: str) -> None:
+    """Remove the ``parent`` cgroup in every hierarchy where it no longer has a child.
 
     Skipped while a container is being created in this process: crun creates
     the parent and then the child, and must not find the parent gone between.
@@ -113,10 +130,10 @@ def remove_empty_parents() -> None:
         if _creating:
             return
         for root in roots:
-            parent = root / PARENT
+            directory = root / parent
             try:
-                if not any(p.is_dir() for p in parent.iterdir()):
-                    _rmdir(parent)
+                if not any(p.is_dir() for p in directory.iterdir()):
+                    _rmdir(directory)
             except (FileNotFoundError, NotADirectoryError):
                 continue  # removed meanwhile (or never made)
 
@@ -144,7 +161,7 @@ def _rmdir(path: Path) -> None:
             raise RuntimeBackendError(f"rmdir {path}: {exc.strerror}") from exc
 
 
-def stats(sandbox_id: str) -> ContainerStats:
+def stats(group: str) -> ContainerStats:
     """CPU time, memory in use (without inactive page cache) and task count.
 
     Raises:
@@ -152,10 +169,10 @@ def stats(sandbox_id: str) -> ContainerStats:
     """
     try:
         if mode() is CgroupMode.UNIFIED:
-            return _stats_v2(controller_dir(sandbox_id, ""))
-        return _stats_v1(sandbox_id)
+            return _stats_v2(controller_dir(group, ""))
+        return _stats_v1(group)
     except (OSError, ValueError) as exc:
-        raise RuntimeBackendError(f"no cgroup stats for {sandbox_id}: {exc}") from exc
+        raise RuntimeBackendError(f"no cgroup stats for {group}: {exc}") from exc
 
 
 def _keyed(path: Path) -> dict[str, int]:
@@ -173,10 +190,10 @@ def _stats_v2(d: Path) -> ContainerStats:
     return ContainerStats(cpu_usage_ns=cpu, memory_bytes=max(mem, 0), pids=_int(d / "pids.current"))
 
 
-def _stats_v1(sandbox_id: str) -> ContainerStats:
-    cpu = _int(controller_dir(sandbox_id, "cpuacct") / "cpuacct.usage")
-    memdir = controller_dir(sandbox_id, "memory")
+def _stats_v1(group: str) -> ContainerStats:
+    cpu = _int(controller_dir(group, "cpuacct") / "cpuacct.usage")
+    memdir = controller_dir(group, "memory")
     inactive = _keyed(memdir / "memory.stat").get("total_inactive_file", 0)
     mem = _int(memdir / "memory.usage_in_bytes") - inactive
-    pids = _int(controller_dir(sandbox_id, "pids") / "pids.current")
+    pids = _int(controller_dir(group, "pids") / "pids.current")
     return ContainerStats(cpu_usage_ns=cpu, memory_bytes=max(mem, 0), pids=pids)

@@ -1,26 +1,43 @@
 """Bringing one sandbox's container up on the host, and taking it down again.
 
-Up: mount the ext4 image, write /etc/hostname and /etc/hosts into it, mount
-the overlay, write config.json and ``crun run --detach`` (init then runs the
-toolbox agent). Down: SIGTERM, a
-grace period, SIGKILL to every process, ``crun delete``, unmount, remove cgroups.
+Up: lease the sandbox's host id range, mount its disk image, make its user and
+network namespaces, mount its root file system and volumes with its ids
+(``runtime/rootfs.py``), make its cgroups (``runtime/cgtree.py``), bind its
+agent's socket, write config.json and ``crun run --detach``; then move init
+above the workload's limits and let it start the toolbox agent.
+
+Down: SIGTERM, a grace period, SIGKILL to every process, ``crun delete``,
+unmount, remove cgroups.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from cove.core.config import Settings
 from cove.core.ports import ContainerSpec
 from cove.errors import RuntimeBackendError
-from cove.runtime import cgroups, disk, mounts, spec, volumes
+from cove.runtime import agent as agentlink
+from cove.runtime import cgroups, cgtree, idrange, rootfs, spec, volumes
 from cove.runtime.agent import AgentSetup
 from cove.runtime.crun import Crun
 from cove.runtime.layout import Metadata, SandboxPaths, write_json
+from cove.runtime.network import Network
 
 KILL_WAIT = 10.0
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Helpers:
+    """Host binaries a start needs."""
+
+    init: Path  # cove-init
+    nsexec: Path  # cove-nsexec
 
 
 def stop_container(crun: Crun, container_id: str, grace: float) -> None:
@@ -48,52 +65,61 @@ def stop_container(crun: Crun, container_id: str, grace: float) -> None:
 
 def bring_up(
     crun: Crun, settings: Settings, spec_: ContainerSpec, paths: SandboxPaths, *,
-    meta: Metadata, init_binary: Path, agent: AgentSetup | None,
-    netns: Path | None = None, nameserver: str | None = None,
-) -> None:  # fmt: skip
-    """Mount what is not mounted yet and run the container (the caller cleans up on error).
-
-    ``netns``: network namespace file to join, ``nameserver`` for its resolv.conf.
-    """
-    if not mounts.is_mounted(paths.disk):
-        disk.mount(paths.image, paths.disk)
+    meta: Metadata, helpers: Helpers, agent: AgentSetup | None, net: Network | None,
+) -> Metadata:  # fmt: skip
+    """Mount and make what is missing and run the container (the caller cleans up
+    on error). Returns the metadata as it now is (its layer converted)."""
+    ids = idrange.lease(paths.root, settings.data_dir)
+    group = cgroups.group_of(settings.cgroup_parent, spec_.sandbox_id)
+    rootfs.mount_disk(paths)
+    _write_etc(paths, spec_.hostname, nameserver=None)
+    fresh = rootfs.make_namespaces(helpers.nsexec, paths, ids)
+    if net is not None:
+        net.up(paths, spec_.network, fresh=fresh)
+        link = net.link(paths)
+        _write_etc(paths, spec_.hostname, nameserver=link.host if link else None)
+    rootfs.mount_layers(helpers.nsexec, paths, meta)
+    meta = Metadata(**{**meta.__dict__, "layer_xattrs": "user"})
+    paths.write_metadata(meta)
+    binds = _stage_volumes(settings, spec_, paths)
+    delegation = cgtree.prepare(group, memory=spec_.resources.memory * GIB,
+                                pids=settings.pids_limit, agent_uid=ids.agent)  # fmt: skip
+    listener = agentlink.listen(paths.agent_socket)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    workns = os.open(paths.workns, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for d in (paths.upper, paths.work, paths.etc, paths.rootfs):
-            d.mkdir(parents=True, exist_ok=True)
-        (paths.etc / "hostname").write_text(f"{spec_.hostname}\n")
-        (paths.etc / "hosts").write_text(_hosts(spec_.hostname))
-        if nameserver:
-            (paths.etc / "resolv.conf").write_text(f"nameserver {nameserver}\noptions edns0\n")
-    except OSError as exc:
-        raise RuntimeBackendError(f"cannot prepare {paths.disk}: {exc}") from exc
-    if not mounts.is_mounted(paths.rootfs):
-        mounts.mount_overlay(Path(meta.lower), paths.upper, paths.work, paths.rootfs)
-    config = spec.build(
-        spec_,
-        settings,
-        init_binary=init_binary,
-        etc_dir=paths.etc,
-        nofile_hard=spec.nofile_hard(),
-        service=agent.argv if agent else (),
-        ro_binds=agent.binds if agent else None,
-        netns=netns,
-    )
-    config["mounts"].extend(volumes.oci_mounts(settings.data_dir, spec_.volumes))
-    write_json(paths.bundle / "config.json", config)
-    with cgroups.creating():
-        crun.run_detached(spec_.sandbox_id, paths.bundle, paths.log)
+        fds = [go_r, listener.fileno(), workns, *delegation.fds]
+        service = _service(agent, delegation, first_fd=spec.GO_FD) if agent else ()
+        parts = spec.HostParts(
+            init_binary=helpers.init, etc_dir=paths.mapped_disk / "etc", userns=paths.userns,
+            agent_uid=idrange.AGENT_UID, group=group, netns=paths.netns, resolv=net is not None,
+            service=service, ro_binds=agent.binds if agent else {}, binds=binds,
+        )  # fmt: skip
+        config = spec.build(spec_, settings, parts, nofile_hard=spec.nofile_hard())
+        write_json(paths.bundle / "config.json", config)
+        crun.run_detached(spec_.sandbox_id, paths.bundle, paths.log, fds=fds,
+                          cgroup2=cgtree.unified_join(group))  # fmt: skip
+        state = crun.state(spec_.sandbox_id) or {}
+        cgtree.settle(group, int(state.get("pid") or 0), ids.agent)
+        os.write(go_w, b"1")
+    finally:
+        for fd in (go_r, go_w, workns):
+            os.close(fd)
+        listener.close()
+        delegation.close()
+    return meta
 
 
-def tear_down(crun: Crun, sandbox_id: str, paths: SandboxPaths) -> None:
-    """Delete the container, unmount overlay and image, remove cgroups.
+def tear_down(crun: Crun, sandbox_id: str, paths: SandboxPaths, group: str) -> None:
+    """Delete the container, unmount everything of it, remove its cgroups and socket.
 
     Every step is tried even when an earlier one failed; the first error is raised.
     """
     steps = (
         lambda: crun.delete(sandbox_id),
-        lambda: mounts.unmount(paths.rootfs),
-        lambda: mounts.unmount(paths.disk),
-        lambda: cgroups.remove(sandbox_id),
+        lambda: rootfs.unmount_all(paths),
+        lambda: cgroups.remove(group),
+        lambda: paths.agent_socket.unlink(missing_ok=True),
     )
     errors: list[RuntimeBackendError] = []
     for step in steps:
@@ -101,8 +127,43 @@ def tear_down(crun: Crun, sandbox_id: str, paths: SandboxPaths) -> None:
             step()
         except RuntimeBackendError as exc:
             errors.append(exc)
+        except OSError as exc:
+            errors.append(RuntimeBackendError(f"cannot clean up {sandbox_id}: {exc}"))
     if errors:
         raise errors[0]
+
+
+def _service(agent: AgentSetup, delegation: cgtree.Delegation, *, first_fd: int) -> list[str]:
+    """The agent's command line, naming the descriptors init hands it (go is first_fd)."""
+    listen_fd, userns_fd = first_fd + 1, first_fd + 2
+    join = [str(userns_fd + 1 + i) for i in range(len(delegation.join))]
+    kill_fd = userns_fd + 1 + len(delegation.join)
+    caps = ",".join(str(spec.CAPABILITY_NUMBERS[c]) for c in spec.WORKLOAD_CAPABILITIES)
+    return [*agent.argv, "--listen-fd", str(listen_fd), "--userns-fd", str(userns_fd),
+            "--join-fds", ",".join(join), "--kill-fd", str(kill_fd),
+            "--kill-mode", delegation.kill_mode, "--caps", caps]  # fmt: skip
+
+
+def _stage_volumes(settings: Settings, spec_: ContainerSpec, paths: SandboxPaths
+                   ) -> list[tuple[str, Path]]:  # fmt: skip
+    sources = [volumes.open_source(settings.data_dir, b) for b in spec_.volumes]
+    try:
+        staged = rootfs.stage_binds(paths, sources)
+    finally:
+        for fd in sources:
+            os.close(fd)
+    return [(b.mount_path, s) for b, s in zip(spec_.volumes, staged, strict=True)]
+
+
+def _write_etc(paths: SandboxPaths, hostname: str, *, nameserver: str | None) -> None:
+    try:
+        paths.etc.mkdir(parents=True, exist_ok=True)
+        (paths.etc / "hostname").write_text(f"{hostname}\n")
+        (paths.etc / "hosts").write_text(_hosts(hostname))
+        if nameserver:
+            (paths.etc / "resolv.conf").write_text(f"nameserver {nameserver}\noptions edns0\n")
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot prepare {paths.disk}: {exc}") from exc
 
 
 def _hosts(hostname: str) -> str:
@@ -111,11 +172,16 @@ def _hosts(hostname: str) -> str:
 
 
 def _terminate(crun: Crun, container_id: str, pidfd: int, grace: float) -> None:
+    """SIGTERM to init (it passes it on to every process), then SIGKILL to init: the
+    kernel then kills every process of its pid namespace, wherever its cgroup."""
     if grace > 0:
         crun.kill(container_id, "TERM")
         if _exited(pidfd, grace):
             return
-    crun.kill(container_id, "KILL", all_processes=True)
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        return
     _exited(pidfd, KILL_WAIT)
 
 

@@ -1,8 +1,9 @@
 """A thin client of the ``crun`` command line.
 
-On a hybrid cgroup host every call goes through ``cove-init --hybrid-exec``,
+On a hybrid cgroup host every call goes through ``cove-init --exec --hybrid``,
 which runs crun in a private mount namespace without the cgroup2 mount, so
-crun 1.8 (which refuses hybrid mode) manages the v1 hierarchies.
+crun 1.8 (which refuses hybrid mode) manages the v1 hierarchies. ``run`` always
+goes through the wrapper: it places the descriptors handed to the container.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class Crun:
         self._helper = helper
         self._hybrid = cgroups.mode() is cgroups.CgroupMode.HYBRID
 
-    def argv(self, *args: str, keep: Path | None = None) -> list[str]:
+    def argv(
+        self, *args: str, keep: Path | None = None, fds: int = 0, cgroup2: str | None = None,
+    ) -> list[str]:  # fmt: skip
         """The full command line of a crun call.
 
         Args:
@@ -41,11 +44,17 @@ class Crun:
             keep: On a hybrid host, the directory whose mounts crun needs (the
                 bundle's sandbox); every other sandbox mount is detached from
                 the helper's private mount namespace so that it pins none.
+            fds: How many descriptors the caller passes (as 3, 4, ...); the
+                caller puts them at the end of the argument list's ``--fds``.
+            cgroup2: A cgroup of the hybrid host's cgroup2 mount to join first.
         """
-        if not self._hybrid:
+        if not self._hybrid and not fds:
             return [CRUN, *args]
-        keeping = ["--keep", str(keep)] if keep is not None else []
-        return [str(self._helper), "--hybrid-exec", *keeping, CRUN, *args]
+        wrap = [str(self._helper), "--exec"]
+        if self._hybrid:
+            wrap += ["--hybrid", *(["--keep", str(keep)] if keep is not None else [])]
+            wrap += ["--cgroup2", cgroup2] if cgroup2 else []
+        return [*wrap, CRUN, *args]
 
     def state(self, container_id: str) -> dict[str, Any] | None:
         """crun's state of a container, or None when crun does not know it."""
@@ -67,18 +76,24 @@ class Crun:
         except ValueError as exc:
             raise RuntimeBackendError("crun list: bad output") from exc
 
-    def run_detached(self, container_id: str, bundle: Path, log: Path) -> None:
+    def run_detached(
+        self, container_id: str, bundle: Path, log: Path, *, fds: Sequence[int] = (),
+        cgroup2: str | None = None,
+    ) -> None:  # fmt: skip
         """Start a container whose stdio is /dev/null and the file ``log``.
 
-        Nothing of this process is inherited by the container: it keeps running
-        when the server dies.
+        Nothing of this process is inherited by the container (it keeps running
+        when the server dies) but ``fds``, which its init gets as 3, 4, ...
 
         Raises:
             RuntimeBackendError: crun failed; its last message is in the error.
         """
         argv = self.argv(
-            "run", "--detach", "--bundle", str(bundle), container_id, keep=bundle.parent
-        )
+            "run", "--detach", "--preserve-fds", str(len(fds)), "--bundle", str(bundle),
+            container_id, keep=bundle.parent, fds=len(fds), cgroup2=cgroup2,
+        )  # fmt: skip
+        if fds:
+            argv[2:2] = ["--fds", ",".join(map(str, fds))]
         try:
             with open(log, "ab") as out:
                 start = out.tell()
@@ -88,6 +103,7 @@ class Crun:
                     stdout=out,
                     stderr=out,
                     close_fds=True,
+                    pass_fds=tuple(fds),
                     timeout=CALL_TIMEOUT,
                 )
         except (OSError, subprocess.SubprocessError) as exc:
@@ -125,12 +141,6 @@ class Crun:
             raise RuntimeBackendError(f"crun update {container_id}: {exc}") from exc
         finally:
             scratch.unlink(missing_ok=True)
-
-    def exec_argv(self, container_id: str, process: Path, pid_file: Path) -> list[str]:
-        """Command line of ``crun exec`` with a process.json."""
-        return self.argv(
-            "exec", "--process", str(process), "--pid-file", str(pid_file), container_id
-        )
 
 
 def _tail(log: Path, start: int, limit: int = 4096) -> bytes:

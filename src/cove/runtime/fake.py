@@ -18,7 +18,7 @@ from cove.core.ports import (
     NetworkPolicy,
     Resources,
 )
-from cove.errors import RuntimeBackendError
+from cove.errors import RuntimeBackendError, Unavailable
 
 C = ContainerStatus
 
@@ -164,7 +164,7 @@ class FakeRuntime:
     def agent_socket(self, sandbox_id: str) -> socket.socket:
         box = self.boxes.get(sandbox_id)
         if box is None or box.status != C.RUNNING or self.agent_path is None:
-            raise RuntimeBackendError(f"sandbox {sandbox_id} has no agent")
+            raise Unavailable(f"sandbox {sandbox_id} has no agent")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(self.agent_path)
         return sock

@@ -20,23 +20,23 @@ from cove.runtime.layout import SandboxPaths
 from cove.runtime.proc import run
 
 
-def copy_layer(source_id: str, src: SandboxPaths, dst: SandboxPaths, *, alive: bool) -> None:
+def copy_layer(group: str, src: SandboxPaths, dst: SandboxPaths, *, alive: bool) -> None:
     """Copy ``src``'s image to ``dst`` (a new directory); ``dst`` is removed on failure.
 
     Args:
-        source_id: The source sandbox (for its freezer cgroup).
+        group: The source sandbox's cgroup group (for its freezer).
         src: Paths of the source.
         dst: Paths of the new sandbox; its directory must not exist yet.
         alive: Whether the source's container runs (running or paused).
     """
     if not src.image.is_file():
-        raise RuntimeBackendError(f"sandbox {source_id} has no writable layer to fork")
+        raise RuntimeBackendError(f"sandbox {src.root.name} has no writable layer to fork")
     try:
         dst.root.mkdir(parents=True)
     except OSError as exc:
         raise RuntimeBackendError(f"cannot create {dst.root}: {exc}") from exc
     try:
-        with _quiesced(source_id, src, alive=alive):
+        with _quiesced(group, src, alive=alive):
             _copy(src.image, dst.image)
     except BaseException:
         shutil.rmtree(dst.root, ignore_errors=True)
@@ -44,11 +44,11 @@ def copy_layer(source_id: str, src: SandboxPaths, dst: SandboxPaths, *, alive: b
 
 
 @contextmanager
-def _quiesced(source_id: str, src: SandboxPaths, *, alive: bool) -> Iterator[None]:
+def _quiesced(group: str, src: SandboxPaths, *, alive: bool) -> Iterator[None]:
     mounted = mounts.is_mounted(src.disk)
-    froze = alive and not freezer.is_frozen(source_id)
+    froze = alive and not freezer.is_frozen(group)
     if froze:
-        freezer.freeze(source_id)
+        freezer.freeze(group)
     try:
         if mounted:
             run(["fsfreeze", "--freeze", str(src.disk)], timeout=60)
@@ -59,7 +59,7 @@ def _quiesced(source_id: str, src: SandboxPaths, *, alive: bool) -> Iterator[Non
                 run(["fsfreeze", "--unfreeze", str(src.disk)], timeout=60)
     finally:
         if froze:
-            freezer.thaw(source_id)
+            freezer.thaw(group)
 
 
 def _copy(source: Path, target: Path) -> None:

@@ -21,56 +21,56 @@ ATTEMPTS = 4
 POLL = 0.01
 
 
-def freeze(sandbox_id: str, *, wait: float = WAIT, attempts: int = ATTEMPTS) -> None:
+def freeze(group: str, *, wait: float = WAIT, attempts: int = ATTEMPTS) -> None:
     """Freeze every task of the sandbox; thawed again when every attempt timed out.
 
     Raises:
         RuntimeBackendError: no freezer cgroup, or it would not freeze.
     """
     for attempt in range(attempts):
-        _request(sandbox_id, frozen=True)
-        if _wait_frozen(sandbox_id, wait):
+        _request(group, frozen=True)
+        if _wait_frozen(group, wait):
             return
-        _request(sandbox_id, frozen=False)  # let the stuck task move on, then retry
+        _request(group, frozen=False)  # let the stuck task move on, then retry
         time.sleep(0.05 * (attempt + 1))
-    raise RuntimeBackendError(f"sandbox {sandbox_id} did not freeze within {attempts} attempts")
+    raise RuntimeBackendError(f"sandbox group {group} did not freeze within {attempts} attempts")
 
 
-def thaw(sandbox_id: str) -> None:
+def thaw(group: str) -> None:
     """Let every task of the sandbox run again (no error when it is not frozen)."""
-    _request(sandbox_id, frozen=False)
+    _request(group, frozen=False)
 
 
-def is_frozen(sandbox_id: str) -> bool:
+def is_frozen(group: str) -> bool:
     """Whether the sandbox's tasks are (completely) frozen."""
     try:
         if cgroups.mode() is cgroups.CgroupMode.UNIFIED:
-            events = (_dir(sandbox_id) / "cgroup.events").read_text()
+            events = (_dir(group) / "cgroup.events").read_text()
             return "frozen 1" in events.splitlines()
-        return (_dir(sandbox_id) / "freezer.state").read_text().strip() == "FROZEN"
+        return (_dir(group) / "freezer.state").read_text().strip() == "FROZEN"
     except OSError:
         return False
 
 
-def _dir(sandbox_id: str) -> Path:
-    return cgroups.controller_dir(sandbox_id, "freezer")
+def _dir(group: str) -> Path:
+    return cgroups.controller_dir(group, "freezer")
 
 
-def _request(sandbox_id: str, *, frozen: bool) -> None:
+def _request(group: str, *, frozen: bool) -> None:
     if cgroups.mode() is cgroups.CgroupMode.UNIFIED:
-        target, value = _dir(sandbox_id) / "cgroup.freeze", "1" if frozen else "0"
+        target, value = _dir(group) / "cgroup.freeze", "1" if frozen else "0"
     else:
-        target, value = _dir(sandbox_id) / "freezer.state", "FROZEN" if frozen else "THAWED"
+        target, value = _dir(group) / "freezer.state", "FROZEN" if frozen else "THAWED"
     try:
         target.write_text(value)
     except OSError as exc:
         raise RuntimeBackendError(f"cannot write {target}: {exc.strerror}") from exc
 
 
-def _wait_frozen(sandbox_id: str, wait: float) -> bool:
+def _wait_frozen(group: str, wait: float) -> bool:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        if is_frozen(sandbox_id):
+        if is_frozen(group):
             return True
         time.sleep(POLL)
-    return is_frozen(sandbox_id)
+    return is_frozen(group)

@@ -1,24 +1,33 @@
 /*
  * cove-init: process 1 of every Cove sandbox.
  *
- *   cove-init [-- SERVICE ARGS...]
+ *   cove-init [--go-fd N] [-- SERVICE ARGS...]
  *
  * It reaps every zombie that is reparented to it. Given a SERVICE (the toolbox
  * agent), it runs it with an empty signal mask and restarts it whenever it
  * exits, with a backoff. On SIGTERM (or SIGINT) it sends SIGTERM to every other
  * process of the sandbox and exits as soon as none of its children is left;
- * the runtime sends SIGKILL after a grace period.
+ * the runtime sends SIGKILL after a grace period. With --go-fd, it starts the
+ * service only once a byte (or end of file) arrives on descriptor N, so that
+ * the runtime can place init's cgroups first; file descriptors above 2 that
+ * init was given are the service's (its channel to the Cove server).
  *
- * Host helper mode, used by the runtime on hybrid cgroup hosts only:
- *   cove-init --hybrid-exec [--keep DIR] PROGRAM ARGS...
- * runs PROGRAM in a private mount namespace where the cgroup2 mount at
- * /sys/fs/cgroup/unified is absent, so that crun sees a pure cgroup v1 host.
+ * Host helper mode, the runtime's wrapper of crun:
+ *   cove-init --exec [--hybrid] [--keep DIR] [--cgroup2 PATH] [--fds A,B,...]
+ *             PROGRAM ARGS...
+ * --fds moves the descriptors A, B, ... to 3, 4, ... (what `crun run
+ * --preserve-fds` hands to the container). --cgroup2 joins the cgroup PATH of
+ * the hybrid host's cgroup2 mount (made by Cove), which the container inherits.
+ * --hybrid (hybrid cgroup hosts) runs PROGRAM in a private mount namespace
+ * where the cgroup2 mount at /sys/fs/cgroup/unified is absent, so that crun
+ * sees a pure cgroup v1 host.
  * That namespace must not pin other sandboxes' file systems while PROGRAM
  * runs (a `crun exec` may run for hours): every overlay and loop-device mount
  * is detached from it, except those at or below DIR (the bundle being run).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -79,27 +88,80 @@ static void drop_sandbox_mounts(const char *keep)
         umount2(points[n], MNT_DETACH);
 }
 
-static int hybrid_exec(char **argv)
+/* Join the cgroup2 cgroup PATH (relative to the hybrid host's unified mount). */
+static int join_cgroup2(const char *path)
 {
-    const char *keep = NULL;
+    char file[4096];
+    int fd, ok;
 
+    snprintf(file, sizeof file, "/sys/fs/cgroup/unified%s/cgroup.procs", path);
+    fd = open(file, O_WRONLY | O_CLOEXEC);
+    ok = fd >= 0 && write(fd, "0", 1) == 1;
+    if (fd >= 0)
+        close(fd);
+    if (!ok)
+        perror("cove-init: join cgroup2");
+    return ok ? 0 : -1;
+}
+
+/* Move the comma-separated descriptors LIST to 3, 4, ... */
+static int place_fds(const char *list)
+{
+    int from[64], n = 0;
+    char *copy = strdup(list), *save = NULL;
+
+    for (char *tok = strtok_r(copy, ",", &save); tok && n < 64; tok = strtok_r(NULL, ",", &save))
+        from[n++] = fcntl(atoi(tok), F_DUPFD_CLOEXEC, 3 + 64);
+    free(copy);
+    for (int i = 0; i < n; i++) {
+        if (from[i] < 0 || dup2(from[i], 3 + i) < 0) {
+            perror("cove-init: place fds");
+            return -1;
+        }
+        close(from[i]);
+    }
+    return 0;
+}
+
+/* Detach the cgroup2 mount in a private mount namespace (see the top comment). */
+static int hide_cgroup2(const char *keep)
+{
     if (unshare(CLONE_NEWNS) != 0) {
         perror("cove-init: unshare");
-        return 125;
+        return -1;
     }
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
         perror("cove-init: make / private");
-        return 125;
+        return -1;
     }
     if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) != 0 && errno != EINVAL) {
         perror("cove-init: umount /sys/fs/cgroup/unified");
-        return 125;
-    }
-    if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--keep") == 0) {
-        keep = argv[1];
-        argv += 2;
+        return -1;
     }
     drop_sandbox_mounts(keep);
+    return 0;
+}
+
+static int wrap_exec(char **argv)
+{
+    const char *keep = NULL, *fds = NULL, *cgroup2 = NULL;
+    int hybrid = 0;
+
+    for (;; argv++) {
+        if (argv[0] != NULL && strcmp(argv[0], "--hybrid") == 0)
+            hybrid = 1;
+        else if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--keep") == 0)
+            keep = *++argv;
+        else if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--cgroup2") == 0)
+            cgroup2 = *++argv;
+        else if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--fds") == 0)
+            fds = *++argv;
+        else
+            break;
+    }
+    if ((cgroup2 != NULL && join_cgroup2(cgroup2) != 0) || (fds != NULL && place_fds(fds) != 0) ||
+        (hybrid && hide_cgroup2(keep) != 0))
+        return 125;
     if (argv[0] == NULL) {
         fprintf(stderr, "cove-init: nothing to run\n");
         return 125;
@@ -204,11 +266,26 @@ static int serve(void)
     }
 }
 
+/* Wait for the runtime's go (a byte, or end of file), then close the descriptor. */
+static void await_go(int fd)
+{
+    char c;
+
+    while (read(fd, &c, 1) < 0 && errno == EINTR)
+        ;
+    close(fd);
+}
+
 int main(int argc, char **argv)
 {
-    if (argc > 2 && strcmp(argv[1], "--hybrid-exec") == 0)
-        return hybrid_exec(argv + 2);
-    if (argc > 2 && strcmp(argv[1], "--") == 0)
-        service = argv + 2;
+    if (argc > 2 && strcmp(argv[1], "--exec") == 0)
+        return wrap_exec(argv + 2);
+    argv++;
+    if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--go-fd") == 0) {
+        await_go(atoi(argv[1]));
+        argv += 2;
+    }
+    if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--") == 0)
+        service = argv + 1;
     return serve();
 }

@@ -1,4 +1,10 @@
-"""The static cove-init binary, compiled from init.c on first use."""
+"""Cove's two static helper binaries, compiled from C on first use.
+
+``cove-init`` (init.c) is process 1 of every sandbox (and the hybrid-cgroup
+wrapper of crun); ``cove-nsexec`` (nsexec.c) makes a sandbox's namespaces and
+overlay on the host. Each is compiled into ``<data_dir>/lib/<name>-<sha>``, so a
+changed source gives a new file and running sandboxes keep theirs.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,24 @@ from pathlib import Path
 from cove.errors import RuntimeBackendError
 from cove.runtime.proc import run
 
-SOURCE = Path(__file__).with_name("init.c")
+HERE = Path(__file__).parent
+SOURCE = HERE / "init.c"
+NSEXEC_SOURCE = HERE / "nsexec.c"
 _lock = threading.Lock()
 
 
 def ensure_init_binary(data_dir: Path) -> Path:
-    """Compile init.c into ``<data_dir>/lib/cove-init-<sha>`` unless already there.
+    """The compiled cove-init (see :func:`ensure_binary`)."""
+    return ensure_binary(data_dir, SOURCE, "cove-init")
 
-    Args:
-        data_dir: The server's data directory.
+
+def ensure_nsexec_binary(data_dir: Path) -> Path:
+    """The compiled cove-nsexec (see :func:`ensure_binary`)."""
+    return ensure_binary(data_dir, NSEXEC_SOURCE, "cove-nsexec")
+
+
+def ensure_binary(data_dir: Path, source: Path, name: str) -> Path:
+    """Compile ``source`` into ``<data_dir>/lib/<name>-<sha>`` unless already there.
 
     Returns:
         Path of the executable.
@@ -27,25 +42,25 @@ def ensure_init_binary(data_dir: Path) -> Path:
         RuntimeBackendError: the source is missing or gcc failed.
     """
     try:
-        source = SOURCE.read_bytes()
+        text = source.read_bytes()
     except OSError as exc:
-        raise RuntimeBackendError(f"cannot read {SOURCE}: {exc}") from exc
-    digest = hashlib.sha256(source).hexdigest()[:16]
-    target = data_dir / "lib" / f"cove-init-{digest}"
+        raise RuntimeBackendError(f"cannot read {source}: {exc}") from exc
+    digest = hashlib.sha256(text).hexdigest()[:16]
+    target = data_dir / "lib" / f"{name}-{digest}"
     with _lock:
         if not target.is_file():
-            _compile(target)
+            _compile(source, target)
     return target
 
 
-def _compile(target: Path) -> None:
+def _compile(source: Path, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        run(["gcc", "-static", "-O2", "-Wall", "-o", str(tmp), str(SOURCE)], timeout=120)
+        run(["gcc", "-static", "-O2", "-Wall", "-o", str(tmp), str(source)], timeout=120)
         os.chmod(tmp, 0o755)
         os.rename(tmp, target)
     except OSError as exc:
-        raise RuntimeBackendError(f"cannot install cove-init: {exc}") from exc
+        raise RuntimeBackendError(f"cannot install {target.name}: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)

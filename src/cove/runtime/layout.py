@@ -3,9 +3,21 @@
 ``<data_dir>/sandboxes/<id>/``::
 
     sandbox.json   lower rootfs path (fixed at create), hostname, env, user
+    ids.json       the sandbox's host id range (runtime/idrange.py)
+    net.json       its network address lease (runtime/network.py)
     disk.img       sparse ext4 image: the writable layer, capped at ``disk`` GiB
-    disk/          its mount point while running: upper/ work/ etc/ init.log
+    disk/          its mount point while running (the host's view, nosuid, nodev,
+                   noexec): upper/ work/ etc/ init.log
+    mnt/           while running: the layers as the sandbox's ids see them
+                   (idmapped mounts): lower/ (the snapshot, read-only), disk/,
+                   vol-<n>/ (volumes)
+    ns/            while running: nsfs files of its user namespaces (user,
+                   workload); ``netns`` is its network namespace
+    agent.sock     while running: the listening socket its toolbox agent accepts on
     bundle/        config.json and rootfs/ (the overlay mount point)
+
+Files on the disk image carry the sandbox's own ids (0 for its root), so they
+do not depend on the host range it runs with.
 """
 
 from __future__ import annotations
@@ -29,6 +41,10 @@ class Metadata:
     hostname: str
     user: str = "daytona"
     env: dict[str, str] = field(default_factory=dict)
+    # Which xattrs the writable layer's overlay metadata (opaque directories)
+    # uses: "user" since sandboxes run in user namespaces; "trusted" for layers
+    # written before, converted at their next start.
+    layer_xattrs: str = "trusted"
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,37 @@ class SandboxPaths:
     @property
     def log(self) -> Path:
         return self.disk / "init.log"
+
+    @property
+    def mnt(self) -> Path:
+        return self.root / "mnt"
+
+    @property
+    def lower(self) -> Path:
+        """The snapshot, idmapped, read-only."""
+        return self.mnt / "lower"
+
+    @property
+    def mapped_disk(self) -> Path:
+        """The disk image's file system, idmapped."""
+        return self.mnt / "disk"
+
+    @property
+    def userns(self) -> Path:
+        return self.root / "ns" / "user"
+
+    @property
+    def workns(self) -> Path:
+        """The nested user namespace of the sandbox's workload."""
+        return self.root / "ns" / "workload"
+
+    @property
+    def netns(self) -> Path:
+        return self.root / "netns"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.root / "agent.sock"
 
     @property
     def bundle(self) -> Path:

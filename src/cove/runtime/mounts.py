@@ -13,6 +13,7 @@ from typing import NamedTuple
 from cove.errors import RuntimeBackendError
 
 _MNT_DETACH = 2
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV = 0x1, 0x2, 0x4
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
@@ -101,6 +102,17 @@ def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     opts = f"lowerdir={lower},upperdir={upper},workdir={work},index=off,xino=off"
     _mount("overlay", target, "overlay", opts)
+
+
+def mount_overlay_readonly(options: str, target: Path) -> None:
+    """Mount a read-only overlay (``lowerdir=a:b`` in ``options``) at ``target``.
+
+    Raises:
+        RuntimeBackendError: the overlay could not be mounted.
+    """
+    if "\\" in options or ",," in options:
+        raise RuntimeBackendError(f"overlay options have a forbidden character: {options}")
+    _mount("overlay", target, "overlay", options, _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
 
 
 def _mount(source: str, target: Path, fstype: str, data: str, flags: int = 0) -> None:

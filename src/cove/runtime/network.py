@@ -34,7 +34,6 @@ from cove.runtime.layout import SandboxPaths, remove_file, sandboxes_dir
 from cove.runtime.proc import run
 
 LEASE = "net.json"
-NETNS = "netns"
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 
@@ -61,7 +60,7 @@ class Network:
             return self._dns
 
     def netns_path(self, paths: SandboxPaths) -> Path:
-        return paths.root / NETNS
+        return paths.netns
 
     def link(self, paths: SandboxPaths) -> Link | None:
         """The sandbox's lease, or None when it never had one."""
@@ -71,14 +70,11 @@ class Network:
             return None
         return self._link(paths.root.name, index)
 
-    def up(self, paths: SandboxPaths, policy: NetworkPolicy) -> Path:
-        """Make sure the sandbox's netns, veth, rules and DNS exist; returns the netns file."""
+    def up(self, paths: SandboxPaths, policy: NetworkPolicy, *, fresh: bool) -> Path:
+        """Wire the sandbox's network namespace (made by ``runtime/rootfs.py``; ``fresh``
+        when just made) and make sure its veth, rules and DNS exist; returns the netns file."""
         link = self._lease(paths)
         netns = self.netns_path(paths)
-        fresh = not mounts.is_mounted(netns)
-        if fresh:
-            netns.touch()
-            run(["unshare", f"--net={netns}", "true"])
         veth = Path(f"/sys/class/net/{link.veth}")
         if fresh or not veth.exists():
             if veth.exists():

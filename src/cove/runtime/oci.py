@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import shlex
 import shutil
 import socket
 import threading
@@ -19,25 +21,26 @@ from cove.core.ports import (
     NetworkPolicy,
     Resources,
 )
-from cove.errors import RuntimeBackendError
+from cove.errors import CoveError, RuntimeBackendError, Timeout
 from cove.runtime import (
     agent,
     archive,
     capture,
     cgroups,
+    cgtree,
     disk,
     firewall,
     freezer,
+    idrange,
     mounts,
     spec,
 )  # fmt: skip
 from cove.runtime.agent import AgentSetup
 from cove.runtime.archive_store import build_archive_store
-from cove.runtime.container import bring_up, stop_container, tear_down
+from cove.runtime.container import Helpers, bring_up, stop_container, tear_down
 from cove.runtime.crun import Crun, container_ids
-from cove.runtime.execution import ExecRequest, execute
 from cove.runtime.fork import copy_layer
-from cove.runtime.initbin import ensure_init_binary
+from cove.runtime.initbin import ensure_init_binary, ensure_nsexec_binary
 from cove.runtime.layout import Metadata, SandboxPaths, sandboxes_dir
 from cove.runtime.network import Network
 from cove.runtime.proc import foreign_errors
@@ -73,6 +76,10 @@ class OciRuntime:
     def _init_binary(self) -> Path:
         return ensure_init_binary(self._settings.data_dir)
 
+    def _helpers(self) -> Helpers:
+        data = self._settings.data_dir
+        return Helpers(init=ensure_init_binary(data), nsexec=ensure_nsexec_binary(data))
+
     def _agent_setup(self) -> AgentSetup | None:
         return agent.cached_setup(self._settings.data_dir)
 
@@ -83,6 +90,9 @@ class OciRuntime:
             lock = self._locks.setdefault(sandbox_id, threading.Lock())
         with lock, foreign_errors():
             yield paths
+
+    def _group(self, sandbox_id: str) -> str:
+        return cgroups.group_of(self._settings.cgroup_parent, sandbox_id)
 
     def _alive(self, sandbox_id: str) -> dict[str, object] | None:
         state = self._crun.state(sandbox_id)
@@ -106,7 +116,7 @@ class OciRuntime:
             lower = snapshot_rootfs(self._settings, spec_.snapshot)
             try:
                 paths.root.mkdir(parents=True, exist_ok=True)
-                paths.write_metadata(_metadata(spec_, str(lower)))
+                paths.write_metadata(_metadata(spec_, str(lower), "user"))
                 disk.create_image(paths.image, spec_.resources.disk)
             except BaseException:
                 shutil.rmtree(paths.root, ignore_errors=True)
@@ -123,15 +133,12 @@ class OciRuntime:
                 raise RuntimeBackendError(f"sandbox {spec_.sandbox_id} has no writable layer")
             if state is not None:
                 self._crun.delete(spec_.sandbox_id)  # a dead leftover
-            meta = _metadata(spec_, meta.lower)
+            meta = _metadata(spec_, meta.lower, meta.layer_xattrs)
             paths.write_metadata(meta)
             try:
-                netns = self._net.up(paths, spec_.network) if self._net else None
-                link = self._net.link(paths) if self._net else None
                 bring_up(
-                    self._crun, self._settings, spec_, paths,
-                    meta=meta, init_binary=self._init_binary(), agent=self._agent_setup(),
-                    netns=netns, nameserver=link.host if link else None,
+                    self._crun, self._settings, spec_, paths, meta=meta,
+                    helpers=self._helpers(), agent=self._agent_setup(), net=self._net,
                 )  # fmt: skip
             except BaseException:
                 try:
@@ -142,7 +149,7 @@ class OciRuntime:
 
     def _tear_down(self, sandbox_id: str, paths: SandboxPaths) -> None:
         try:
-            tear_down(self._crun, sandbox_id, paths)
+            tear_down(self._crun, sandbox_id, paths, self._group(sandbox_id))
         finally:
             if self._net is not None:
                 self._net.down(paths)
@@ -154,8 +161,8 @@ class OciRuntime:
 
     def _stop(self, sandbox_id: str, paths: SandboxPaths, force: bool) -> None:
         grace = 0.0 if force else self._settings.stop_grace_seconds
-        if freezer.is_frozen(sandbox_id):
-            freezer.thaw(sandbox_id)  # frozen tasks act on no signal, not even SIGKILL
+        if freezer.is_frozen(self._group(sandbox_id)):
+            freezer.thaw(self._group(sandbox_id))  # frozen tasks act on no signal, not SIGKILL
         stop_container(self._crun, sandbox_id, grace)
         self._tear_down(sandbox_id, paths)
 
@@ -166,6 +173,7 @@ class OciRuntime:
             mounts.unmount_under(paths.root)
             if mounts.mounted_under(paths.root):
                 raise RuntimeBackendError(f"{paths.root} still has mounts")
+            idrange.release(paths.root, self._settings.data_dir)
             try:
                 shutil.rmtree(paths.root, ignore_errors=False)
             except FileNotFoundError:
@@ -173,7 +181,7 @@ class OciRuntime:
             except OSError as exc:
                 raise RuntimeBackendError(f"cannot remove {paths.root}: {exc}") from exc
             self._archives.delete(sandbox_id)  # the archive and any half-written one
-            cgroups.remove(sandbox_id)
+            cgroups.remove(self._group(sandbox_id))
 
     def archive(self, sandbox_id: str) -> int:
         """Stream the stopped sandbox's upper dir into the archive store; delete disk.img."""
@@ -201,7 +209,7 @@ class OciRuntime:
             if not paths.metadata.is_file():
                 lower = snapshot_rootfs(self._settings, spec_.snapshot)
                 paths.root.mkdir(parents=True, exist_ok=True)
-                paths.write_metadata(_metadata(spec_, str(lower)))
+                paths.write_metadata(_metadata(spec_, str(lower), "trusted"))
             archive.restore_from(self._archives, sandbox_id, paths, spec_.resources.disk)
             self._archives.delete(sandbox_id)
 
@@ -210,23 +218,23 @@ class OciRuntime:
         with self._locked(sandbox_id):
             if not self._alive(sandbox_id):
                 raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
-            freezer.freeze(sandbox_id)
+            freezer.freeze(self._group(sandbox_id))
 
     def resume(self, sandbox_id: str) -> None:
         """Thaw the container's tasks."""
         with self._locked(sandbox_id):
             if not self._alive(sandbox_id):
                 raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
-            freezer.thaw(sandbox_id)
+            freezer.thaw(self._group(sandbox_id))
 
     def fork(self, source_id: str, spec_: ContainerSpec) -> None:
         """Copy the source's ext4 image (quiesced if it runs) into a new sandbox."""
         with self._locked(source_id) as src:
             meta = src.read_metadata()
             dst = SandboxPaths.of(self._settings.data_dir, spec_.sandbox_id)
-            copy_layer(source_id, src, dst, alive=self._alive(source_id) is not None)
+            copy_layer(self._group(source_id), src, dst, alive=self._alive(source_id) is not None)
             try:
-                dst.write_metadata(_metadata(spec_, meta.lower))
+                dst.write_metadata(_metadata(spec_, meta.lower, meta.layer_xattrs))
             except BaseException:
                 shutil.rmtree(dst.root, ignore_errors=True)
                 raise
@@ -237,7 +245,7 @@ class OciRuntime:
             meta = paths.read_metadata()
             alive = self._alive(sandbox_id) is not None
             return capture.capture_sandbox(
-                self._snapshots, ref, sandbox_id, paths, meta, alive=alive
+                self._snapshots, ref, self._group(sandbox_id), paths, meta, alive=alive
             )
 
     def import_image(self, ref: str, image: str) -> int:
@@ -265,6 +273,8 @@ class OciRuntime:
                     raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
                 res = spec.resources(resources.cpu, resources.memory, self._settings)
                 update = {"cpu": res["cpu"], "memory": res["memory"]}
+                cgtree.set_limits(self._group(sandbox_id), memory=resources.memory * spec.GIB,
+                                  pids=self._settings.pids_limit)  # fmt: skip
                 self._crun.update(sandbox_id, update, paths.root / "update.json")
                 return
             if alive:
@@ -279,7 +289,7 @@ class OciRuntime:
         paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
         state = self._alive(sandbox_id)
         if state is not None:
-            paused = state.get("status") == "paused" or freezer.is_frozen(sandbox_id)
+            paused = state.get("status") == "paused" or freezer.is_frozen(self._group(sandbox_id))
             return ContainerStatus.PAUSED if paused else ContainerStatus.RUNNING
         if paths.image.is_file():
             return ContainerStatus.STOPPED
@@ -308,38 +318,53 @@ class OciRuntime:
         cwd: str | None = None,
         timeout: float | None = None,
     ) -> ExecResult:
-        """Run ``argv`` in the running sandbox as ``user`` (default: the sandbox's user).
+        """Run ``argv`` in the running sandbox as ``user`` (default: the sandbox's user),
+        started by its agent like every process of the sandbox.
 
         Raises:
-            Timeout: it ran past ``timeout``; its process tree was killed.
+            Timeout: it ran past ``timeout``; everything it started was killed.
             RuntimeBackendError: the sandbox is not running.
         """
         paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
         if not argv:
             raise RuntimeBackendError("empty command")
-        if not self._alive(sandbox_id):
-            raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
         meta = paths.read_metadata()
-        request = ExecRequest(list(argv), user or meta.user, env, cwd, timeout)
-        with foreign_errors():
-            return execute(self._crun, paths, meta, request)
+        message = {"op": "exec", "command": shlex.join(argv), "user": user or meta.user,
+                   "env": dict(env or {}), "cwd": cwd, "timeout": timeout, "separate": True}
+        try:
+            return asyncio.run(self._exec(sandbox_id, message))
+        except CoveError as exc:
+            if exc.status_code == 408:
+                raise Timeout(exc.message) from exc
+            if isinstance(exc, RuntimeBackendError):
+                raise
+            raise RuntimeBackendError(exc.message) from exc
+
+    async def _exec(self, sandbox_id: str, message: dict[str, object]) -> ExecResult:
+        from cove.core.toolbox import agent_call
+        from cove.toolbox import protocol
+
+        out, err = bytearray(), bytearray()
+        async with agent_call(self, sandbox_id, message) as call:
+            async for kind, payload in call.frames():
+                if kind == protocol.STDOUT:
+                    out += payload
+                elif kind == protocol.STDERR:
+                    err += payload
+            code = int(call.result["exitCode"])
+        return ExecResult(exit_code=code, stdout=bytes(out), stderr=bytes(err))
 
     def stats(self, sandbox_id: str) -> ContainerStats:
         """CPU time, memory and task count of the running sandbox (from its cgroups)."""
-        return cgroups.stats(sandbox_id)
+        return cgroups.stats(self._group(sandbox_id))
 
     def agent_socket(self, sandbox_id: str) -> socket.socket:
-        """A new stream socket connected to the running sandbox's toolbox agent.
+        """A new (non-blocking) stream socket connected to the sandbox's toolbox agent.
 
         Raises:
-            RuntimeBackendError: the sandbox does not run, or its agent does not answer.
+            Unavailable: the sandbox does not run. Busy: its agent's queue is full.
         """
-        SandboxPaths.of(self._settings.data_dir, sandbox_id)  # validates the id
-        state = self._alive(sandbox_id)
-        if state is None or state.get("status") != "running":
-            raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
-        return agent.connect(int(str(state["pid"])))
-
+        return agent.connect(SandboxPaths.of(self._settings.data_dir, sandbox_id).agent_socket)
 
     def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         """Replace the running sandbox's firewall rules and DNS policy at once."""
@@ -358,5 +383,6 @@ class OciRuntime:
         return link.guest if link is not None else None
 
 
-def _metadata(spec_: ContainerSpec, lower: str) -> Metadata:
-    return Metadata(lower=lower, hostname=spec_.hostname, user=spec_.user, env=dict(spec_.env))
+def _metadata(spec_: ContainerSpec, lower: str, layer_xattrs: str) -> Metadata:
+    return Metadata(lower=lower, hostname=spec_.hostname, user=spec_.user, env=dict(spec_.env),
+                    layer_xattrs=layer_xattrs)  # fmt: skip

@@ -57,11 +57,13 @@ def ensure_python_runtime(data_dir: Path) -> Path:
     key = hashlib.sha256(f"{python}:{python.stat().st_size}:{VERSION}".encode()).hexdigest()
     target = data_dir / "lib" / f"pyrt-{key[:16]}"
     if (target / "bin" / "python3").exists():
+        os.chmod(target, 0o755)  # the agent (an unprivileged host uid) traverses it
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".pyrt-", dir=target.parent))
     try:
         _build(python, scratch)
+        os.chmod(scratch, 0o755)
         try:
             os.rename(scratch, target)
         except OSError:  # built concurrently by another process

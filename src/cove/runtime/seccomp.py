@@ -27,7 +27,7 @@ DENIED = (
     "kexec_load", "keyctl", "lookup_dcookie", "mount", "mount_setattr", "move_mount",
     "name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree",
     "perf_event_open", "pivot_root", "query_module", "quotactl", "quotactl_fd",
-    "reboot", "request_key", "setns", "settimeofday", "stime", "swapoff", "swapon",
+    "reboot", "request_key", "settimeofday", "stime", "swapoff", "swapon",
     "_sysctl", "syslog", "umount", "umount2", "unshare", "uselib", "userfaultfd",
     "ustat", "vm86", "vm86old",
 )  # fmt: skip
@@ -71,6 +71,9 @@ def _rules() -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = [
         {"names": sorted(DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM},
         {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS},
+        # setns only into a user namespace: the agent's way into the workload's
+        {"names": ["setns"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM,
+         "args": [{"index": 1, "value": 0x10000000, "op": "SCMP_CMP_NE"}]},
     ]
     for flag in CLONE_NAMESPACE_FLAGS:
         arg = {"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}

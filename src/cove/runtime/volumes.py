@@ -1,20 +1,25 @@
 """Volume data on the host: ``<data_dir>/volumes/<id>/``, owned by the sandbox user.
 
 A subpath is created on first mount. Whatever a sandbox put into a volume
-(symlinks included) never makes a mount source leave the volume: the source
-is resolved and must still lie inside the volume directory.
+(symlinks included, swapped in at any moment) never makes a mount source leave
+the volume: the subpath is opened one component at a time below the volume's
+directory, refusing symlinks, ``..`` and mount crossings, and what is mounted
+is the directory so opened (by descriptor, see ``runtime/mountapi.py``), never
+a path string that could be redirected between the check and the mount. Files
+in a volume carry sandbox ids (1000 is the sandbox user); each sandbox mounts it
+idmapped with its own range.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from cove.core.ports import VolumeBind
 from cove.errors import RuntimeBackendError
+from cove.runtime import mountapi
 from cove.runtime.layout import SandboxPaths
 
 OWNER = (1000, 1000)  # the daytona user of the default snapshot
@@ -51,51 +56,24 @@ class LocalVolumeFiles:
             raise RuntimeBackendError(f"cannot delete volume {volume_id}: {exc}") from exc
 
 
-def bind_source(data_dir: Path, bind: VolumeBind) -> Path:
-    """The host directory to bind for ``bind`` (its subpath made when missing).
+def open_source(data_dir: Path, bind: VolumeBind) -> int:
+    """An O_PATH descriptor of the directory to mount for ``bind`` (its subpath
+    made when missing, owned by the sandbox user).
 
     Raises:
-        RuntimeBackendError: the volume is gone, or the subpath leads outside it.
+        RuntimeBackendError: the volume is gone, or the subpath leads outside it,
+            through a symlink, or to something that is not a directory.
     """
     root = volumes_dir(data_dir) / bind.volume_id
-    if not root.is_dir():
-        raise RuntimeBackendError(f"volume {bind.volume_id} has no data directory")
-    real_root = root.resolve()
-    target = (root / bind.subpath) if bind.subpath else root
     try:
-        if not target.exists():
-            _make_inside(real_root, bind.subpath)
-        real = target.resolve(strict=True)
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise RuntimeBackendError(f"cannot prepare volume subpath {bind.subpath!r}: {exc}") from exc
-    if real != real_root and real_root not in real.parents:
-        raise RuntimeBackendError(f"volume subpath {bind.subpath!r} leads outside the volume")
-    if not real.is_dir():
-        raise RuntimeBackendError(f"volume subpath {bind.subpath!r} is not a directory")
-    return real
-
-
-def _make_inside(real_root: Path, subpath: str) -> None:
-    """Create ``subpath`` one level at a time, refusing to follow anything out."""
-    current = real_root
-    for part in Path(subpath).parts:
-        nxt = current / part
-        if not nxt.exists() and not nxt.is_symlink():
-            nxt.mkdir()
-            os.chown(nxt, *OWNER)
-        current = nxt.resolve()
-        if current != real_root and real_root not in current.parents:
-            raise RuntimeBackendError(f"volume subpath {subpath!r} leads outside the volume")
-
-
-def oci_mounts(data_dir: Path, binds: Sequence[VolumeBind]) -> list[dict[str, Any]]:
-    """The read-write OCI bind mounts of a sandbox's volumes (after its own mounts)."""
-    return [
-        {
-            "destination": b.mount_path,
-            "type": "bind",
-            "source": str(bind_source(data_dir, b)),
-            "options": ["bind", "rw", "nosuid", "nodev"],
-        }
-        for b in binds
-    ]
+        raise RuntimeBackendError(f"volume {bind.volume_id} has no data directory") from exc
+    try:
+        return mountapi.make_dirs_beneath(root_fd, bind.subpath, OWNER)
+    except OSError as exc:
+        reason = {errno.ELOOP: "goes through a symlink", errno.EXDEV: "leads outside the volume",
+                  errno.ENOTDIR: "is not a directory"}.get(exc.errno or 0, exc.strerror)
+        raise RuntimeBackendError(f"volume subpath {bind.subpath!r} {reason}") from exc
+    finally:
+        os.close(root_fd)

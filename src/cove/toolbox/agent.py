@@ -1,9 +1,12 @@
 """The toolbox agent: serves requests from the Cove server inside one sandbox.
 
-Started by the sandbox's init (and restarted if it dies), it listens on an
-abstract Unix socket in the sandbox's network namespace. Only peers outside the
-sandbox's pid namespace (that is, the Cove server) are served: a process inside
-the sandbox connecting to it is refused, so it cannot borrow the agent's root.
+Started by the sandbox's init (and restarted if it dies), it accepts on a
+listening Unix socket that the Cove server bound on the host (in the sandbox's
+directory, which nothing in the sandbox can see) and handed to init: no name
+inside the sandbox leads to it, so no process of the sandbox can take its place.
+It runs as the sandbox's agent uid, which the workload (started in a nested
+user namespace, see ``confine``) can neither signal, trace nor become. As a
+second guard, peers inside the sandbox's pid namespace are refused.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import protocol
+from . import confine, protocol
 from .protocol import AgentError
 
 log = logging.getLogger("cove-agent")
@@ -81,6 +84,7 @@ async def handle(
         handler = HANDLERS.get(request.arg("op"))
         if handler is None:
             raise protocol.bad_request(f"unknown op {request.message.get('op')!r}")
+        await request.send(protocol.ACCEPTED)
         reply = await handler(request)
         if reply is not None:
             await request.send_json({"ok": True, **reply})
@@ -116,8 +120,10 @@ def load_handlers() -> None:
             log.exception("toolbox module %s failed to load", name)
 
 
-async def serve(path: str, *, check_peer: bool = True) -> asyncio.Server:
-    """Listen on ``path`` (an abstract name when it starts with NUL).
+async def serve(
+    path: str | None = None, *, sock: socket.socket | None = None, check_peer: bool = True
+) -> asyncio.Server:
+    """Serve on the listening socket ``sock``, or listen on ``path``.
 
     ``check_peer=False`` serves any peer: only for tests running the agent in process.
     """
@@ -126,11 +132,16 @@ async def serve(path: str, *, check_peer: bool = True) -> asyncio.Server:
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await handle(reader, writer, check_peer=check_peer)
 
-    return await asyncio.start_unix_server(on_connect, path=path, limit=protocol.MAX_FRAME)
+    return await asyncio.start_unix_server(
+        on_connect, path=path, sock=sock, limit=protocol.MAX_FRAME
+    )
 
 
 async def main() -> None:
-    server = await serve(protocol.SOCKET_NAME.decode())
+    conf = confine.configure(sys.argv[1:])
+    if conf.listen is None:
+        raise SystemExit("cove-agent: no --listen-fd")
+    server = await serve(sock=socket.socket(fileno=conf.listen))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -48,6 +48,22 @@ class AgentCall:
         assert self.writer is not None
         await protocol.send_json(self.writer, message)
 
+    async def accepted(self) -> None:
+        """Read the agent's first frame: ``A`` when it serves the request.
+
+        Raises:
+            AgentError: it refused the request at once.
+            ProtocolError: it sent anything else.
+            EOFError: it hung up.
+        """
+        assert self.reader is not None
+        kind, payload = await protocol.read_frame(self.reader)
+        if kind == protocol.ACCEPTED:
+            return
+        if kind == protocol.JSON:
+            _check_reply(protocol.decode(payload))
+        raise protocol.ProtocolError(f"expected the agent to accept, got a {kind!r} frame")
+
     async def send_data(self, kind: bytes, payload: bytes = b"") -> None:
         assert self.writer is not None
         await protocol.send(self.writer, kind, payload)
@@ -69,10 +85,7 @@ class AgentCall:
             if kind == protocol.JSON:
                 message = protocol.decode(payload)
                 if "ok" in message:
-                    if not message["ok"]:
-                        raise AgentError(message.get("status", 500), message.get("code", "ERROR"),
-                                         message.get("message", "agent error"))
-                    self.result = message
+                    self.result = _check_reply(message)
                     return
             yield kind, payload
 
@@ -81,3 +94,20 @@ class AgentCall:
         async for _ in self.frames():
             pass
         return self.result
+
+
+def _check_reply(message: dict[str, Any]) -> dict[str, Any]:
+    """A final reply: returned when ``ok``, else raised as the AgentError it describes
+    (its fields checked: the agent is inside the sandbox, its words are not trusted)."""
+    if message.get("ok") is True:
+        return message
+    status, code, text = message.get("status"), message.get("code"), message.get("message")
+    if not (isinstance(status, int) and isinstance(code, str) and isinstance(text, str)):
+        raise protocol.ProtocolError("the agent sent a malformed error reply")
+    if not 400 <= status <= 499:  # the agent failed (or lies): the gateway's error, not ours
+        return _raise(AgentError(502, "AGENT_ERROR", f"toolbox agent failed: {text[:4096]}"))
+    return _raise(AgentError(status, code[:64], text[:4096]))
+
+
+def _raise(exc: AgentError) -> dict[str, Any]:
+    raise exc

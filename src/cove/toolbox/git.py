@@ -17,10 +17,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from . import protocol, users
+from . import confine, protocol, users
 from .agent import Request, op
 from .git_errors import classify
 from .git_status import parse_status
+from .process import kill_tree
 
 ASKPASS = """#!/bin/sh
 case "$1" in
@@ -43,14 +44,21 @@ class Git:
         """``git -C repo args``; its stdout. With ``check`` (the operation's name),
         a failure raises the matching AgentError."""
         argv = ["git", *(["-C", self.repo] if cwd is None else []), *args]
+        group = confine.Group()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                **users.spawn_kwargs(self.user, cwd or self.user.home, self.env))
+                **users.spawn_kwargs(self.user, cwd or self.user.home, self.env, group))
         except FileNotFoundError:
+            group.close()
             raise protocol.AgentError(500, "GIT_NOT_INSTALLED", "git is not installed") from None
-        out, err = await proc.communicate()
+        try:
+            out, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                kill_tree(proc.pid, group)
+            group.close()
         if check and proc.returncode != 0:
             raise classify(check, self._redact((err + out).decode(errors="replace")))
         return out.decode(errors="replace")

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import protocol, users
+from . import confine, protocol, users
 from .agent import Request, op
 from .process import kill_tree
 
@@ -76,8 +76,10 @@ async def _write_all(fd: int, data: bytes) -> None:
 class Worker:
     """One running interpreter and the agent's ends of its pipes."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, fds: tuple[int, int, int, int]) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, fds: tuple[int, int, int, int],
+                 group: confine.Group) -> None:  # fmt: skip
         self.proc = proc
+        self.group = group  # the interpreter's cgroup: it and everything the code starts
         self.cmd_fd, self.msg_fd, out_fd, err_fd = fds
         self.streams = {out_fd: "stdout", err_fd: "stderr"}
         self.sink: asyncio.Queue[dict[str, Any]] | None = None
@@ -95,14 +97,16 @@ class Worker:
         (cmd_r, cmd_w), (msg_r, msg_w), (out_r, out_w), (err_r, err_w) = (
             os.pipe() for _ in range(4))
         ours = (cmd_w, msg_r, out_r, err_r)
+        group = confine.Group()
         try:
             proc = await asyncio.create_subprocess_exec(
                 "python3", "-", str(cmd_r), str(msg_w), stdin=asyncio.subprocess.PIPE,
                 stdout=out_w, stderr=err_w, pass_fds=(cmd_r, msg_w),
-                **users.spawn_kwargs(user, cwd, env))
+                **users.spawn_kwargs(user, cwd, env, group))
         except BaseException as exc:
             for fd in ours:
                 os.close(fd)
+            group.close()
             if isinstance(exc, FileNotFoundError):
                 raise protocol.bad_request("the code interpreter needs python3 in the "
                                            "sandbox, and there is none on its PATH") from exc
@@ -115,7 +119,7 @@ class Worker:
         assert proc.stdin is not None
         proc.stdin.write(_DRIVER)
         proc.stdin.close()
-        return cls(proc, ours)
+        return cls(proc, ours, group)
 
     async def send(self, command: dict[str, Any]) -> None:
         body = json.dumps(command).encode()
@@ -138,7 +142,7 @@ class Worker:
 
     def kill(self) -> None:
         if self.proc.returncode is None:
-            kill_tree(self.proc.pid)
+            kill_tree(self.proc.pid, self.group)
 
     def death(self) -> str:
         code = self.proc.returncode
@@ -175,6 +179,7 @@ class Worker:
             self.alive = False
             self.kill()
             await self.proc.wait()
+            self.group.close()
             await self._drain_streams(decoders)
             for fd in (self.cmd_fd, self.msg_fd, *self.streams):
                 os.close(fd)

@@ -6,13 +6,12 @@ must run on any Python 3.6+, so it sticks to the standard library.
 
 * Commands arrive on ``CMD_FD`` and events leave on ``MSG_FD``, both as frames
   of a 4-byte big-endian length and a JSON object. A command is
-  ``{"code": str, "envs": {str: str}}``; its events are ``{"type": "stdout" |
-  "stderr", "text"}`` as the code prints, at most one ``{"type": "error",
-  "name", "value", "traceback"}``, then ``{"type": "done"}``.
-* ``sys.stdout`` and ``sys.stderr`` are unbuffered: every write is an event at
-  once. File descriptors 1 and 2 are pipes the agent reads itself (output of
-  child processes); processes the user's code forks write there too, and
-  do not keep the channel open.
+  ``{"code": str, "envs": {str: str}}``; its events are at most one
+  ``{"type": "error", "name", "value", "traceback"}``, then ``{"type": "done"}``.
+* ``sys.stdout`` and ``sys.stderr`` are unbuffered: every write goes at once to
+  file descriptor 1 or 2, pipes the agent reads itself. Processes the user's
+  code starts write there too, so what the code and its children print arrives
+  in the order it was printed; they do not keep the command channel open.
 * The user's code runs in a fresh ``__main__`` module, so none of the driver's
   names are visible to it, and pickling its classes works.
 * SIGINT raises KeyboardInterrupt in the user's code only: when it lands in
@@ -32,7 +31,6 @@ import traceback
 import types
 
 _HEADER = struct.Struct(">I")
-_PIECE = 128 * 1024  # characters per event at most
 _GLOBALS = globals()
 _STATE = {"armed": False, "pending": False, "cells": 0, "pid": os.getpid()}
 
@@ -89,7 +87,7 @@ def _allocate_lock():
 
 
 class _Output(io.TextIOBase):
-    """An unbuffered text stream whose writes are events."""
+    """An unbuffered text stream straight onto its file descriptor."""
 
     def __init__(self, channel, kind, fd):
         self._channel = channel
@@ -121,11 +119,7 @@ class _Output(io.TextIOBase):
     def write(self, text):
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        if os.getpid() != _STATE["pid"]:  # in a child the user's code forked: plain fd
-            _write_fd(self._fd, text.encode("utf-8", "backslashreplace"))
-            return len(text)
-        for start in range(0, len(text), _PIECE):
-            self._channel.send({"type": self._kind, "text": text[start:start + _PIECE]})
+        _write_fd(self._fd, text.encode("utf-8", "backslashreplace"))
         return len(text)
 
     def flush(self):

@@ -8,11 +8,12 @@ import signal
 import time
 from typing import Any
 
-from . import protocol, users
+from . import confine, protocol, users
 from .agent import Request, op
 from .protocol import AgentError
 
 VERSION = "cove-agent 0.1.0"
+DRAIN_SECONDS = 0.2
 RUNNERS = {
     "python": ["python3", "-c"],
     "javascript": ["node", "-e"],
@@ -41,8 +42,11 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid``, its process group and every descendant."""
+def kill_tree(pid: int, group: confine.Group | None = None) -> None:
+    """SIGKILL everything ``pid`` started: its cgroup ``group`` when it has one (no
+    process escapes that), else ``pid``, its process group and every descendant."""
+    if group is not None and group.kill():
+        return
     victims = [pid, *descendants(pid)]
     for target in victims:
         try:
@@ -72,14 +76,16 @@ async def run_streaming(
     """
     out_r, out_w = users.owned_pipe(user)
     err_r, err_w = (out_r, out_w) if merge else users.owned_pipe(user)
+    group = confine.Group()
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w,
-            **users.spawn_kwargs(user, cwd, env),
+            **users.spawn_kwargs(user, cwd, env, group),
         )
     except BaseException:
         for fd in {out_r, err_r}:
             os.close(fd)
+        group.close()
         raise
     finally:
         for fd in {out_w, err_w}:
@@ -88,19 +94,28 @@ async def run_streaming(
     if not merge:
         pumps.append(asyncio.ensure_future(_pump(await _reader(err_r), request, protocol.STDERR)))
     try:
-        await asyncio.wait_for(proc.wait(), timeout if timeout and timeout > 0 else None)
+        await asyncio.wait_for(_finished(proc, pumps), timeout if timeout and timeout > 0 else None)
     except TimeoutError:
-        kill_tree(proc.pid)
+        kill_tree(proc.pid, group)
         await proc.wait()
         for pump in pumps:
             pump.cancel()
-        raise AgentError(408, "PROCESS_EXECUTION_TIMEOUT",
-                         f"command timed out after {timeout} seconds") from None
+        raise AgentError(408, "PROCESS_EXECUTION_TIMEOUT", "command execution timeout") from None
     finally:
         if proc.returncode is None:
-            kill_tree(proc.pid)
-    await asyncio.gather(*pumps, return_exceptions=True)
+            kill_tree(proc.pid, group)
+        group.close()
     return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+
+
+async def _finished(proc: asyncio.subprocess.Process, pumps: list[asyncio.Future[None]]) -> None:
+    """The command exited and what it printed was read. Processes it left in the
+    background do not hold the call: their output is read for DRAIN_SECONDS more,
+    then the pipes are closed (they keep running, in the command's cgroup)."""
+    await proc.wait()
+    _done, pending = await asyncio.wait(pumps, timeout=DRAIN_SECONDS)
+    for pump in pending:
+        pump.cancel()
 
 
 async def _reader(fd: int) -> asyncio.StreamReader:
@@ -117,14 +132,15 @@ async def _pump(stream: asyncio.StreamReader, request: Request, kind: bytes) -> 
 
 @op("exec")
 async def exec_command(request: Request) -> dict[str, Any]:
-    """Run a shell command; stdout and stderr arrive merged as O frames."""
+    """Run a shell command; stdout and stderr arrive merged as O frames (with
+    ``separate``: stdout as O, stderr as E frames)."""
     user = users.lookup(request.arg("user", str, None))
     command = request.arg("command")
     started = time.monotonic()
     code = await run_streaming(
         request, ["/bin/sh", "-c", command], user=user, cwd=request.arg("cwd", str, None),
         env=request.arg("env", dict, None), timeout=request.arg("timeout", (int, float), None),
-        merge=True,
+        merge=not request.arg("separate", bool, False),
     )
     return {"exitCode": code, "seconds": time.monotonic() - started}
 

@@ -6,6 +6,8 @@ A frame is ``kind`` (1 byte) + payload length (4 bytes, big endian) + payload::
     O  stdout bytes             E  stderr bytes
     D  data bytes (file content, terminal I/O, stdin)
     Z  end of data (empty)
+    A  accepted (empty): the agent's first frame of every request it serves, so
+       the server knows at once that the real agent is alive and listening
 
 Every connection carries one request: the client sends a ``J`` frame
 ``{"op": ..., ...}``; what follows depends on the op (see ``spec/toolbox.json``).
@@ -22,8 +24,7 @@ from typing import Any
 
 HEADER = struct.Struct(">cI")
 MAX_FRAME = 16 * 1024 * 1024
-JSON, STDOUT, STDERR, DATA, END = b"J", b"O", b"E", b"D", b"Z"
-SOCKET_NAME = b"\0cove-toolbox-agent"
+JSON, STDOUT, STDERR, DATA, END, ACCEPTED = b"J", b"O", b"E", b"D", b"Z", b"A"
 CHUNK = 256 * 1024
 
 

@@ -237,7 +237,7 @@ class Session:
     async def close(self) -> None:
         """Kill the shell and everything it started."""
         if self.shell.proc.returncode is None:
-            kill_tree(self.shell.proc.pid)
+            kill_tree(self.shell.proc.pid, self.shell.group)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.shell.proc.wait(), 5)
         for task in self.tasks:

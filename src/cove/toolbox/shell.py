@@ -23,7 +23,7 @@ import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import protocol, users
+from . import confine, protocol, users
 
 SCRIPT_FD = 9
 MAX_FD = os.sysconf("SC_OPEN_MAX")
@@ -39,6 +39,7 @@ class Shell:
     stdout: asyncio.StreamReader
     stderr: asyncio.StreamReader
     transports: tuple[asyncio.BaseTransport, ...]
+    group: confine.Group  # the session's cgroup: the shell and everything it starts
 
     async def run(self, line: bytes) -> None:
         await write_all(self.script, line)
@@ -58,26 +59,29 @@ class Shell:
             transport.close()
         for fd in (self.script, self.input_r, self.input_w):
             os.close(fd)
+        self.group.close()
 
 
 async def spawn(user: users.User, env: dict[str, str] | None) -> Shell:
     """Start a shell as ``user`` in its home directory, with ``env`` added."""
     pipes = [os.pipe() for _ in range(4)]
     (script_r, script_w), (input_r, input_w), (out_r, out_w), (err_r, err_w) = pipes
-    if os.geteuid() == 0:
+    if users.privileged():
         for read_end, _ in pipes:
             os.fchown(read_end, user.uid, user.gid)
     script = f"/dev/fd/{SCRIPT_FD}" if os.path.isdir("/dev/fd") else f"/proc/self/fd/{SCRIPT_FD}"
     argv = (["/bin/bash", "--noprofile", "--norc", script] if os.path.exists("/bin/bash")
             else ["/bin/sh", script])
-    kwargs = {**users.spawn_kwargs(user, None, env), "close_fds": False}
+    group = confine.Group()
+    kwargs = {**users.spawn_kwargs(user, None, env, group, lambda: _child_fds(script_r)),
+              "close_fds": False}
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=input_r, stdout=out_w, stderr=err_w,
-            preexec_fn=lambda: _child_fds(script_r), **kwargs)
+            *argv, stdin=input_r, stdout=out_w, stderr=err_w, **kwargs)
     except BaseException:
         for fd in (script_w, input_r, input_w, out_r, err_r):
             os.close(fd)
+        group.close()
         raise
     finally:
         for fd in (script_r, out_w, err_w):
@@ -86,7 +90,7 @@ async def spawn(user: users.User, env: dict[str, str] | None) -> Shell:
     os.set_blocking(input_w, False)
     os.write(script_w, f"exec {SCRIPT_FD}<&-\n".encode())
     (stdout, out_t), (stderr, err_t) = await _reader(out_r), await _reader(err_r)
-    return Shell(proc, script_w, input_r, input_w, stdout, stderr, (out_t, err_t))
+    return Shell(proc, script_w, input_r, input_w, stdout, stderr, (out_t, err_t), group)
 
 
 def _child_fds(script_r: int) -> None:

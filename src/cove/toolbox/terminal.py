@@ -21,7 +21,7 @@ import termios
 from collections import deque
 from typing import Any
 
-from . import protocol, users
+from . import confine, protocol, users
 from .agent import Request, op
 from .process import kill_tree
 from .protocol import AgentError
@@ -51,6 +51,7 @@ class Terminal:
         self.write_lock = asyncio.Lock()
         self.start_lock = asyncio.Lock()  # two first clients of a lazy terminal
         self.watcher: asyncio.Future[None] | None = None
+        self.group = confine.Group()  # the terminal's cgroup: its shell and all it starts
 
     @property
     def active(self) -> bool:
@@ -71,13 +72,12 @@ class Terminal:
         master, slave = pty.openpty()
         try:
             _set_size(master, self.cols, self.rows)
-            if os.geteuid() == 0:  # the user's terminal, as login(1) would make it
+            if users.privileged():  # the user's terminal, as login(1) would make it
                 os.fchown(slave, self.user.uid, self.user.gid)
                 os.fchmod(slave, 0o620)
-            kwargs = users.spawn_kwargs(self.user, self.cwd, self.env)
+            kwargs = users.spawn_kwargs(self.user, self.cwd, self.env, self.group, _take_terminal)
             self.proc = await asyncio.create_subprocess_exec(
-                _shell(self.user), "-i", stdin=slave, stdout=slave, stderr=slave,
-                preexec_fn=_take_terminal, **kwargs)
+                _shell(self.user), "-i", stdin=slave, stdout=slave, stderr=slave, **kwargs)
         except BaseException:
             os.close(master)
             raise
@@ -118,7 +118,7 @@ class Terminal:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
-            kill_tree(self.proc.pid)
+            kill_tree(self.proc.pid, self.group)
 
     async def _deliver(self, data: bytes | None) -> None:
         if not self.clients and data is not None:
@@ -141,6 +141,7 @@ class Terminal:
         pump.cancel()
         os.close(self.master)  # hangs up whatever still holds the terminal
         self.exit_code = code if code >= 0 else 128 - code
+        self.group.close()
         if TERMINALS.get(self.id) is self:
             del TERMINALS[self.id]
         await self._deliver(EXITED)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import pwd
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import protocol
+from . import confine, protocol
 
 # The environment the sandbox's init was given (the sandbox's env vars and
 # defaults), captured once at agent start-up, minus anything of the agent's own.
@@ -41,6 +42,8 @@ def lookup(name: str | None) -> User:
     try:
         entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
     except (KeyError, ValueError) as exc:
+        if name in ("root", "0"):  # root exists even when the image broke /etc/passwd
+            return User("root", 0, 0, "/root" if os.path.isdir("/root") else "/", "/bin/sh")
         raise protocol.bad_request(f"no user '{name}' in the sandbox") from exc
     shell = entry.pw_shell if os.path.exists(entry.pw_shell or "") else "/bin/sh"
     home = entry.pw_dir if os.path.isdir(entry.pw_dir) else "/"
@@ -55,22 +58,41 @@ def environment(user: User, extra: dict[str, str] | None = None) -> dict[str, st
     return env
 
 
+def privileged() -> bool:
+    """Whether the agent may act for other users (root, or the confined agent with
+    its capabilities in the sandbox's user namespace)."""
+    return os.geteuid() == 0 or confine.confined()
+
+
 def owned_pipe(user: User) -> tuple[int, int]:
     """A pipe (read, write) that belongs to ``user``, so the user's process can
     reopen it as ``/dev/stdout`` or ``/dev/stderr``."""
     read_end, write_end = os.pipe()
-    if os.geteuid() == 0:
+    if privileged():
         os.fchown(read_end, user.uid, user.gid)
     return read_end, write_end
 
 
-def spawn_kwargs(user: User, cwd: str | None, extra_env: dict[str, str] | None) -> dict:
-    """Keyword arguments for subprocess/asyncio spawns running as ``user``."""
+def spawn_kwargs(
+    user: User, cwd: str | None, extra_env: dict[str, str] | None,
+    group: confine.Group | None = None, then: Callable[[], None] | None = None,
+) -> dict:  # fmt: skip
+    """Keyword arguments for subprocess/asyncio spawns running as ``user``.
+
+    Confined, the process enters the workload's user namespace and the cgroup
+    ``group`` (see ``confine``); ``then`` runs in the child after that, before exec.
+    """
     workdir = cwd or user.home
     if not os.path.isdir(workdir):
         raise protocol.bad_request(f"working directory {workdir} does not exist")
     kwargs: dict = {"cwd": workdir, "env": environment(user, extra_env), "close_fds": True,
                     "start_new_session": True}
-    if os.geteuid() == 0 and user.uid != 0:
-        kwargs.update(user=user.uid, group=user.gid, extra_groups=user.groups())
+    if confine.confined():
+        enter = confine.preexec(user.uid, user.gid, user.groups(), group)
+        kwargs["preexec_fn"] = enter if then is None else lambda: (enter(), then())
+    else:
+        if os.geteuid() == 0 and user.uid != 0:
+            kwargs.update(user=user.uid, group=user.gid, extra_groups=user.groups())
+        if then is not None:
+            kwargs["preexec_fn"] = then
     return kwargs

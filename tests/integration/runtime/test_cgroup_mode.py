@@ -46,15 +46,21 @@ def test_mode_and_wrapper(
     assert cgroups.mode() is expected
     argv = Crun(Path("/lib/cove-init")).argv("state", "x")
     if expected is cgroups.CgroupMode.HYBRID:
-        assert argv == ["/lib/cove-init", "--hybrid-exec", "crun", "state", "x"]
-        kept = Crun(Path("/lib/cove-init")).argv("run", "x", keep=Path("/d/sb"))
-        assert kept[:4] == ["/lib/cove-init", "--hybrid-exec", "--keep", "/d/sb"]
+        assert argv == ["/lib/cove-init", "--exec", "--hybrid", "crun", "state", "x"]
+        kept = Crun(Path("/lib/cove-init")).argv("run", "x", keep=Path("/d/sb"),
+                                                 cgroup2="/cove/sb")  # fmt: skip
+        assert kept[:7] == ["/lib/cove-init", "--exec", "--hybrid", "--keep", "/d/sb",
+                            "--cgroup2", "/cove/sb"]  # fmt: skip
     else:
         assert argv == ["crun", "state", "x"]
+        # descriptors handed to the container always go through the wrapper
+        run = Crun(Path("/lib/cove-init")).argv("run", "x", fds=2)
+        assert run[:2] == ["/lib/cove-init", "--exec"] and "--hybrid" not in run
 
 
 def test_v2_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mounts, "mount_table", lambda: _table(("/sys/fs/cgroup", "cgroup2")))
     assert cgroups.hierarchy_roots() == [Path("/sys/fs/cgroup")]
-    assert cgroups.controller_dir("sb", "memory") == Path("/sys/fs/cgroup/cove/sb")
-    assert cgroups.cgroup_path("sb") == "/cove/sb"
+    group = cgroups.group_of("cove", "sb")
+    assert group == "cove/sb"
+    assert cgroups.controller_dir(group, "memory") == Path("/sys/fs/cgroup/cove/sb")

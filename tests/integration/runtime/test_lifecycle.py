@@ -16,7 +16,7 @@ from cove.errors import RuntimeBackendError
 from cove.runtime import cgroups, mounts
 from cove.runtime.oci import OciRuntime
 from tests.integration.conftest import SandboxFactory
-from tests.integration.runtime.util import init_pid, ok, sandbox_dir
+from tests.integration.runtime.util import group, init_pid, ok, sandbox_dir
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def test_files_survive_stop_and_start(runtime: OciRuntime, make_sandbox: Sandbox
     runtime.stop(sid)
     assert runtime.status(sid) is ContainerStatus.STOPPED
     assert not mounts.mounted_under(sandbox_dir(runtime, sid))
-    assert not cgroups.sandbox_dirs(sid)
+    assert not cgroups.sandbox_dirs(group(runtime, sid))
     runtime.start(box)
     assert runtime.status(sid) is ContainerStatus.RUNNING
     assert ok(runtime, sid, "cat /home/daytona/note") == "kept\n"
@@ -83,7 +83,7 @@ def test_destroy_leaves_nothing(runtime: OciRuntime, make_sandbox: SandboxFactor
     assert sid not in runtime.list_ids()
     assert not sandbox_dir(runtime, sid).exists()
     assert sid not in open("/proc/mounts").read()
-    assert not cgroups.sandbox_dirs(sid)
+    assert not cgroups.sandbox_dirs(group(runtime, sid))
     assert runtime._crun.state(sid) is None
     runtime.destroy(sid)  # again: nothing to do
 
@@ -153,7 +153,7 @@ def test_crun_failure_is_reported_and_cleaned(
     with pytest.raises(RuntimeBackendError):
         runtime.start(bad)  # hostname too long for sethostname
     assert not mounts.mounted_under(sandbox_dir(runtime, box.sandbox_id))
-    assert not cgroups.sandbox_dirs(box.sandbox_id)
+    assert not cgroups.sandbox_dirs(group(runtime, box.sandbox_id))
 
 
 def test_failed_create_leaves_nothing(runtime: OciRuntime) -> None:

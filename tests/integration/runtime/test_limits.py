@@ -13,7 +13,7 @@ import pytest
 from cove.core.config import Settings
 from cove.runtime.oci import OciRuntime
 from tests.integration.conftest import SandboxFactory
-from tests.integration.runtime.util import cgroup_value, init_pid, ok, sh
+from tests.integration.runtime.util import cgroup_value, group, init_pid, ok, sh
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,8 @@ def test_memory_hog_is_oom_killed(runtime: OciRuntime, make_sandbox: SandboxFact
     res = sh(runtime, box.sandbox_id, HOG, timeout=120)
     assert res.exit_code != 0
     assert res.exit_code in (137, -9) or b"Killed" in res.stderr or b"MemoryError" in res.stderr
-    limit = int(cgroup_value(box.sandbox_id, ("memory", "memory.limit_in_bytes"), "memory.max"))
+    memory_limit = ("memory", "memory.limit_in_bytes")
+    limit = int(cgroup_value(group(runtime, box.sandbox_id), memory_limit, "memory.max"))
     assert limit == 1 << 30
     assert ok(runtime, box.sandbox_id, "echo alive").strip() == "alive"
 
@@ -40,7 +41,7 @@ def test_fork_bomb_is_contained(
     limit = it_settings.pids_limit
     peak = 0
     for _ in range(20):
-        current = int(cgroup_value(sid, ("pids", "pids.current"), "pids.current"))
+        current = int(cgroup_value(group(runtime, sid), ("pids", "pids.current"), "pids.current"))
         peak = max(peak, current)
         assert current <= limit
         time.sleep(0.1)
@@ -48,7 +49,7 @@ def test_fork_bomb_is_contained(
     host = subprocess.run(["sh", "-c", "for i in 1 2 3 4 5; do true & done; wait; echo ok"],
                           capture_output=True, timeout=30)  # fmt: skip
     assert host.stdout == b"ok\n"  # the host can still fork
-    assert int(cgroup_value(sid, ("pids", "pids.max"), "pids.max")) == limit
+    assert int(cgroup_value(group(runtime, sid), ("pids", "pids.max"), "pids.max")) == limit
     kill_all_but_init(runtime, sid)
     assert ok(runtime, sid, "echo alive").strip() == "alive"
 
@@ -58,7 +59,7 @@ def kill_all_but_init(runtime: OciRuntime, sid: str) -> None:
     init = init_pid(runtime, sid)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        procs = cgroup_value(sid, ("pids", "cgroup.procs"), "cgroup.procs").split()
+        procs = cgroup_value(group(runtime, sid), ("pids", "cgroup.procs"), "cgroup.procs").split()
         victims = [int(p) for p in procs if int(p) != init]
         if not victims:
             return

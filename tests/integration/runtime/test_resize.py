@@ -8,15 +8,16 @@ from cove.core.ports import Resources
 from cove.errors import RuntimeBackendError
 from cove.runtime.oci import OciRuntime
 from tests.integration.conftest import SandboxFactory
-from tests.integration.runtime.util import cgroup_value, init_pid, ok, sandbox_dir
+from tests.integration.runtime.util import cgroup_value, group, init_pid, ok, sandbox_dir
 
 pytestmark = pytest.mark.integration
 GIB = 1 << 30
 
 
-def _limits(sid: str) -> tuple[str, int]:
-    quota = cgroup_value(sid, ("cpu", "cpu.cfs_quota_us"), "cpu.max").split()[0]
-    memory = int(cgroup_value(sid, ("memory", "memory.limit_in_bytes"), "memory.max"))
+def _limits(runtime: OciRuntime, sid: str) -> tuple[str, int]:
+    name = group(runtime, sid)
+    quota = cgroup_value(name, ("cpu", "cpu.cfs_quota_us"), "cpu.max").split()[0]
+    memory = int(cgroup_value(name, ("memory", "memory.limit_in_bytes"), "memory.max"))
     return quota, memory
 
 
@@ -26,11 +27,11 @@ def test_live_resize_changes_cgroup_without_restart(
     box = make_sandbox(cpu=1, memory=1)
     sid = box.sandbox_id
     pid = init_pid(runtime, sid)
-    assert _limits(sid) == ("100000", 1 * GIB)
+    assert _limits(runtime, sid) == ("100000", 1 * GIB)
     runtime.resize(sid, Resources(cpu=2, memory=2, disk=3), live=True)
-    assert _limits(sid) == ("200000", 2 * GIB)
+    assert _limits(runtime, sid) == ("200000", 2 * GIB)
     runtime.resize(sid, Resources(cpu=1, memory=1, disk=3), live=True)
-    assert _limits(sid) == ("100000", 1 * GIB)
+    assert _limits(runtime, sid) == ("100000", 1 * GIB)
     assert init_pid(runtime, sid) == pid
     assert ok(runtime, sid, "echo same") == "same\n"
 

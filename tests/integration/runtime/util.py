@@ -24,12 +24,20 @@ def ok(runtime: OciRuntime, sandbox_id: str, script: str, *, user: str = "root")
     return res.stdout.decode()
 
 
-def cgroup_value(sandbox_id: str, v1: tuple[str, str], v2: str) -> str:
-    """A sandbox cgroup file: ``v1`` is (controller, file); ``v2`` the unified file name."""
+def group(runtime: OciRuntime, sandbox_id: str) -> str:
+    """The sandbox's cgroup group."""
+    return cgroups.group_of(runtime._settings.cgroup_parent, sandbox_id)
+
+
+def cgroup_value(group: str, v1: tuple[str, str], v2: str, *, work: bool = True) -> str:
+    """A sandbox cgroup file (of its workload's cgroup unless ``work`` is False): ``v1``
+    is (controller, file); ``v2`` the unified file name."""
+    if work:
+        group = f"{group}/work"
     if cgroups.mode() is cgroups.CgroupMode.UNIFIED:
-        return (cgroups.controller_dir(sandbox_id, "") / v2).read_text().strip()
+        return (cgroups.controller_dir(group, "") / v2).read_text().strip()
     controller, name = v1
-    return (cgroups.controller_dir(sandbox_id, controller) / name).read_text().strip()
+    return (cgroups.controller_dir(group, controller) / name).read_text().strip()
 
 
 def init_pid(runtime: OciRuntime, sandbox_id: str) -> int:

@@ -12,7 +12,10 @@ from cove.core.ports import ContainerSpec, Resources
 from cove.runtime import seccomp, spec
 
 INIT = Path("/data/lib/cove-init-abc")
-ETC = Path("/data/sandboxes/sb1/disk/etc")
+ETC = Path("/data/sandboxes/sb1/mnt/disk/etc")
+USERNS = Path("/data/sandboxes/sb1/ns/user")
+PARTS = spec.HostParts(init_binary=INIT, etc_dir=ETC, userns=USERNS, agent_uid=65536,
+                       group="cove/sb1")
 
 
 @pytest.fixture
@@ -25,17 +28,16 @@ def config(tmp_path: Path) -> dict:
         env={"FOO": "bar", "PATH": "/custom"},
     )
     settings = Settings(data_dir=tmp_path, pids_limit=321)
-    return spec.build(box, settings, init_binary=INIT, etc_dir=ETC, nofile_hard=4096,
-                      machine="x86_64")  # fmt: skip
+    return spec.build(box, settings, PARTS, nofile_hard=4096, machine="x86_64")
 
 
 def test_namespaces_hostname_and_cgroup(config: dict) -> None:
     types = {ns["type"] for ns in config["linux"]["namespaces"]}
-    assert types == {"pid", "network", "ipc", "uts", "mount", "cgroup"}
-    assert all("path" not in ns for ns in config["linux"]["namespaces"])
-    assert "user" not in types
+    assert types == {"user", "pid", "network", "ipc", "uts", "mount", "cgroup"}
+    joined = {ns["type"]: ns["path"] for ns in config["linux"]["namespaces"] if "path" in ns}
+    assert joined == {"user": str(USERNS)}  # no network: a new one with loopback only
     assert config["hostname"] == "my-box"
-    assert config["linux"]["cgroupsPath"] == "/cove/sb1"
+    assert config["linux"]["cgroupsPath"] == "/cove/sb1/work"
     assert config["root"] == {"path": "rootfs", "readonly": False}
 
 
@@ -49,16 +51,22 @@ def test_resources(config: dict) -> None:
 
 def test_process_hardening(config: dict) -> None:
     proc = config["process"]
-    assert proc["args"] == ["/dev/.cove/init"]
-    assert proc["user"] == {"uid": 0, "gid": 0}
+    assert proc["args"] == ["/dev/.cove/init", "--go-fd", "3"]
+    assert proc["user"] == {"uid": 65536, "gid": 65536}  # the agent uid, not root
     assert proc["noNewPrivileges"] is True
     assert proc["oomScoreAdj"] > 0
     caps = proc["capabilities"]
-    assert set(caps["bounding"]) == set(spec.CAPABILITIES)
-    assert len(spec.CAPABILITIES) == 14
-    assert "CAP_SYS_ADMIN" not in caps["bounding"]
-    assert caps["ambient"] == [] and caps["inheritable"] == []
+    assert set(caps["bounding"]) == set(spec.AGENT_CAPABILITIES) == set(caps["ambient"])
+    for dangerous in ("CAP_SYS_ADMIN", "CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_SYS_PTRACE",
+                      "CAP_MKNOD", "CAP_SYS_MODULE"):  # fmt: skip
+        assert dangerous not in caps["bounding"]
     assert proc["rlimits"] == [{"type": "RLIMIT_NOFILE", "soft": 4096, "hard": 4096}]
+
+
+def test_workload_capabilities_drop_what_docker_would_keep() -> None:
+    kept = set(spec.WORKLOAD_CAPABILITIES)
+    assert not kept & {"CAP_NET_RAW", "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SYS_ADMIN"}
+    assert kept <= set(spec.CAPABILITY_NUMBERS)
 
 
 def test_env_defaults_and_overrides(config: dict) -> None:
@@ -77,7 +85,9 @@ def test_mounts(config: dict) -> None:
     assert by_dest["/etc/hostname"]["source"] == str(ETC / "hostname")
     assert by_dest["/etc/hosts"]["source"] == str(ETC / "hosts")
     assert by_dest["/dev"]["type"] == "tmpfs"
-    assert set(config["linux"]["maskedPaths"]) >= {"/proc/kcore", "/proc/keys", "/sys/firmware"}
+    assert set(config["linux"]["maskedPaths"]) >= {"/proc/kcore", "/proc/keys", "/sys/firmware",
+                                                   "/sys/devices/virtual/block", "/sys/block"}
+    assert "max=1024" in by_dest["/dev/pts"]["options"]
     assert set(config["linux"]["readonlyPaths"]) >= {"/proc/sys", "/proc/sysrq-trigger"}
 
 
@@ -87,7 +97,7 @@ def test_seccomp_profile(config: dict) -> None:
     assert "SCMP_ARCH_X86_64" in prof["architectures"]
     denied = {n for r in prof["syscalls"] if "args" not in r for n in r["names"]}
     for name in ("mount", "umount2", "pivot_root", "kexec_load", "init_module", "bpf",
-                 "perf_event_open", "keyctl", "unshare", "setns", "open_by_handle_at",
+                 "perf_event_open", "keyctl", "unshare", "open_by_handle_at",
                  "userfaultfd", "fsopen", "move_mount", "reboot", "swapon"):  # fmt: skip
         assert name in denied, name
     assert "ptrace" not in denied
@@ -106,18 +116,6 @@ def test_seccomp_architectures() -> None:
         seccomp.profile("riscv64")
 
 
-def test_exec_process() -> None:
-    env = spec.exec_env({"A": "1", "HOME": "/override"}, "h", "daytona", "/home/daytona",
-                        {"B": "2"})  # fmt: skip
-    assert env["HOME"] == "/override" and env["USER"] == "daytona" and env["B"] == "2"
-    proc = spec.exec_process(["ls", "-l"], uid=1000, gid=1000, groups=[27], env=env,
-                             cwd="/tmp", nofile_hard=100)  # fmt: skip
-    assert proc["args"] == ["ls", "-l"]
-    assert proc["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [27]}
-    assert proc["cwd"] == "/tmp"
-    assert proc["noNewPrivileges"] is True
-
-
 def test_resources_are_pure(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     a = spec.resources(1, 1, settings)
@@ -127,18 +125,28 @@ def test_resources_are_pure(tmp_path: Path) -> None:
 
 def test_service_and_read_only_binds(tmp_path: Path) -> None:
     box = ContainerSpec(sandbox_id="sb2", hostname="h", snapshot="s", resources=Resources(1, 1, 1))
-    config = spec.build(
-        box, Settings(data_dir=tmp_path), init_binary=INIT, etc_dir=ETC, nofile_hard=64,
+    parts = spec.HostParts(
+        init_binary=INIT, etc_dir=ETC, userns=USERNS, agent_uid=65536, group="cove/sb2",
+        netns=Path("/data/sandboxes/sb2/netns"), resolv=True,
         service=["/dev/.cove/py/bin/python3", "-m", "agent"],
-        ro_binds={"/dev/.cove/py": Path("/data/lib/pyrt")}, machine="x86_64",
+        ro_binds={"/dev/.cove/py": Path("/data/lib/pyrt")},
+        binds=[("/data", Path("/data/sandboxes/sb2/mnt/vol-0"))],
     )  # fmt: skip
+    config = spec.build(box, Settings(data_dir=tmp_path), parts, nofile_hard=64, machine="x86_64")
     assert config["process"]["args"] == [
-        "/dev/.cove/init", "--", "/dev/.cove/py/bin/python3", "-m", "agent",
+        "/dev/.cove/init", "--go-fd", "3", "--", "/dev/.cove/py/bin/python3", "-m", "agent",
     ]  # fmt: skip
+    joined = {ns["type"]: ns.get("path") for ns in config["linux"]["namespaces"]}
+    assert joined["network"] == "/data/sandboxes/sb2/netns"
+    vol = next(m for m in config["mounts"] if m["destination"] == "/data")
+    assert vol["source"] == "/data/sandboxes/sb2/mnt/vol-0"
+    assert {"bind", "rw", "nosuid", "nodev"} <= set(vol["options"])
+    resolv = next(m for m in config["mounts"] if m["destination"] == "/etc/resolv.conf")
+    assert resolv["source"] == str(ETC / "resolv.conf")
     py = next(m for m in config["mounts"] if m["destination"] == "/dev/.cove/py")
     assert py["source"] == "/data/lib/pyrt"
     assert {"bind", "ro", "nosuid", "nodev"} <= set(py["options"])
 
 
 def test_no_service_means_bare_init(config: dict) -> None:
-    assert config["process"]["args"] == ["/dev/.cove/init"]
+    assert config["process"]["args"] == ["/dev/.cove/init", "--go-fd", "3"]

@@ -206,6 +206,7 @@ async def test_agent_attach_takes_input_and_resize_frames(agent_path: str, tmp_p
     async with AgentCall(sock) as call:
         await call.send({"op": "pty_attach", "create": True, "id": "raw", "cols": 80, "rows": 24,
                          "user": getpass.getuser(), "env": {"HOME": str(tmp_path)}})
+        await call.accepted()
         frames = call.frames()
         kind, payload = await anext(frames)
         assert kind == protocol.JSON and json.loads(payload)["event"] == "connected"
