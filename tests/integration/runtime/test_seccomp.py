@@ -3,7 +3,7 @@
 Raw system calls are made with Python's ctypes inside the sandbox, as root and
 as the sandbox user. Several attacks would succeed without the filter on this
 host (AF_VSOCK and AF_PACKET sockets, user namespaces, keyctl, userfaultfd,
-io_uring, perf, personality), others are also refused by missing capabilities:
+io_uring, personality), others are also refused by missing capabilities:
 the errno tells which layer refused.
 """
 
