@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cove.core.config import Settings
-from cove.core.ports import ContainerSpec, NetworkPolicy, Resources
+from cove.core.ports import ContainerSpec, NetworkPolicy, Resources, VolumeBind
 from cove.runtime.oci import OciRuntime
 from cove.runtime.snapshot import ensure_default_snapshot
 from tests.leaks import leaks
@@ -85,7 +85,7 @@ def make_sandbox(runtime: OciRuntime) -> Iterator[SandboxFactory]:
     def make(
         *, cpu: int = 1, memory: int = 1, disk: int = 3, start: bool = True,
         env: dict[str, str] | None = None, hostname: str | None = None,
-        network: NetworkPolicy | None = None,
+        network: NetworkPolicy | None = None, volumes: tuple[VolumeBind, ...] = (),
     ) -> ContainerSpec:  # fmt: skip
         sandbox_id = f"{ID_PREFIX}{uuid.uuid4().hex[:12]}"
         spec = ContainerSpec(
@@ -95,6 +95,7 @@ def make_sandbox(runtime: OciRuntime) -> Iterator[SandboxFactory]:
             resources=Resources(cpu=cpu, memory=memory, disk=disk),
             env=env or {},
             network=network or NetworkPolicy(),
+            volumes=volumes,
         )
         made.append(sandbox_id)
         log.info("sandbox %s", sandbox_id)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from cove.errors import RuntimeBackendError
+from cove.runtime import mountapi
 from cove.runtime.proc import run
 
 GIB = 1024**3
@@ -13,7 +14,9 @@ GIB = 1024**3
 # lazy inode-table and journal initialisation are safe, and nodiscard skips a
 # pointless punch-hole pass. No reserved blocks: the cap is exactly ``disk`` GiB.
 MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
-MOUNT_OPTIONS = "loop,noatime,noinit_itable,errors=remount-ro"
+# On the host the layer is data, never programs: nosuid, nodev, noexec.
+MOUNT_FLAGS = mountapi.MS_NOSUID | mountapi.MS_NODEV | mountapi.MS_NOEXEC | mountapi.MS_NOATIME
+MOUNT_OPTIONS = "noinit_itable,errors=remount-ro"
 
 
 def create_image(image: Path, size_gib: int) -> None:
@@ -31,12 +34,13 @@ def create_image(image: Path, size_gib: int) -> None:
 
 
 def mount(image: Path, target: Path) -> None:
-    """Mount ``image`` at ``target`` through a loop device freed on unmount."""
+    """Mount ``image`` (opened without following a symlink) at ``target`` through a
+    loop device freed on unmount: nosuid, nodev, noexec."""
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RuntimeBackendError(f"cannot create {target}: {exc}") from exc
-    run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(target)], timeout=60)
+    mountapi.mount_image(image, target, flags=MOUNT_FLAGS, options=MOUNT_OPTIONS)
 
 
 def size_gib(image: Path) -> float:

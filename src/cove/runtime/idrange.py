@@ -97,10 +97,13 @@ def current(root: Path) -> IdRange | None:
 
 
 def release(root: Path, data_dir: Path, registry: Path = REGISTRY) -> None:
-    """Give the sandbox's range back (only its own claim is removed)."""
+    """Give the sandbox's range back (only its own claim is removed; found in the
+    registry when its directory lost the record)."""
     found = current(root)
     if found is not None:
         _drop(registry / str(found.index), data_dir, root.name)
+    else:
+        sweep(data_dir, keep=set(claims(data_dir, registry)) - {root.name}, registry=registry)
     (root / LEASE).unlink(missing_ok=True)
 
 

@@ -110,7 +110,7 @@ def make_dirs_beneath(root: int, path: str, owner: tuple[int, int]) -> int:
 
 def bind(
     source: int | Path, target: Path, *, userns: int | None = None, flags: int = 0,
-    recursive: bool = False,
+    clear: int = 0, recursive: bool = False,
 ) -> None:  # fmt: skip
     """Attach a copy of the mount tree at ``source`` (an fd or a path opened here
     without following a final symlink) on ``target`` (an existing file or directory).
@@ -120,6 +120,7 @@ def bind(
         target: Where to attach it.
         userns: A user namespace fd: the bind is idmapped with its id mapping.
         flags: ``ATTR_*`` flags to set (read-only, nosuid, nodev, noexec).
+        clear: ``ATTR_*`` flags the source has that the bind must not have.
         recursive: Copy submounts too.
 
     Raises:
@@ -135,7 +136,7 @@ def bind(
             ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH
                           | (_AT_RECURSIVE if recursive else 0))), "open_tree")  # fmt: skip
         try:
-            attr = _MountAttr(flags | (_ATTR_IDMAP if userns is not None else 0), 0, 0,
+            attr = _MountAttr(flags | (_ATTR_IDMAP if userns is not None else 0), clear, 0,
                               userns if userns is not None else 0)  # fmt: skip
             _check(_libc.syscall(
                 ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(tree), ctypes.c_char_p(b""),

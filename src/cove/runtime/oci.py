@@ -31,6 +31,7 @@ from cove.runtime import (
     disk,
     firewall,
     freezer,
+    hostprep,
     idrange,
     mounts,
     spec,
@@ -133,6 +134,7 @@ class OciRuntime:
                 raise RuntimeBackendError(f"sandbox {spec_.sandbox_id} has no writable layer")
             if state is not None:
                 self._crun.delete(spec_.sandbox_id)  # a dead leftover
+            hostprep.prepare()
             meta = _metadata(spec_, meta.lower, meta.layer_xattrs)
             paths.write_metadata(meta)
             try:
@@ -306,6 +308,7 @@ class OciRuntime:
             if self._net is not None:
                 ids |= set(firewall.owned(self._net.tag).values())
             ids |= self._archives.keys()
+            ids |= set(idrange.claims(self._settings.data_dir))
         return ids
 
     def exec(

@@ -25,13 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cove.errors import RuntimeBackendError
-from cove.runtime import idrange, mountapi, mounts
+from cove.runtime import disk, idrange, mountapi, mounts
 from cove.runtime.idrange import IdRange
 from cove.runtime.layout import Metadata, SandboxPaths
 from cove.runtime.proc import run
 
-DISK_FLAGS = mountapi.MS_NOSUID | mountapi.MS_NODEV | mountapi.MS_NOEXEC | mountapi.MS_NOATIME
-DISK_OPTIONS = "noinit_itable,errors=remount-ro"
 # In the sandbox's network namespace: ports below 1024 and ping need no
 # capability (the workload has none over the network namespace, which its
 # user namespace does not own), as in Docker.
@@ -42,13 +40,8 @@ _OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
 
 def mount_disk(paths: SandboxPaths) -> None:
     """The disk image at ``disk/`` (the host's view), unless mounted already."""
-    if mounts.is_mounted(paths.disk):
-        return
-    try:
-        paths.disk.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RuntimeBackendError(f"cannot create {paths.disk}: {exc.strerror}") from exc
-    mountapi.mount_image(paths.image, paths.disk, flags=DISK_FLAGS, options=DISK_OPTIONS)
+    if not mounts.is_mounted(paths.disk):
+        disk.mount(paths.image, paths.disk)
 
 
 def make_namespaces(nsexec: Path, paths: SandboxPaths, ids: IdRange) -> bool:
@@ -91,9 +84,10 @@ def mount_layers(nsexec: Path, paths: SandboxPaths, meta: Metadata) -> None:
         if not mounts.is_mounted(paths.lower):
             flags = mountapi.ATTR_RDONLY | mountapi.ATTR_NOSUID | mountapi.ATTR_NODEV
             mountapi.bind(Path(meta.lower), paths.lower, userns=userns, flags=flags)
-        if not mounts.is_mounted(paths.mapped_disk):
+        if not mounts.is_mounted(paths.mapped_disk):  # (the host's view is noexec)
             flags = mountapi.ATTR_NOSUID | mountapi.ATTR_NODEV
-            mountapi.bind(paths.disk, paths.mapped_disk, userns=userns, flags=flags)
+            mountapi.bind(paths.disk, paths.mapped_disk, userns=userns, flags=flags,
+                          clear=mountapi.ATTR_NOEXEC)  # fmt: skip
     mapped = paths.mapped_disk
     run([str(nsexec), "overlay", str(paths.userns), str(paths.rootfs), str(paths.lower),
          str(mapped / "upper"), str(mapped / "work")], timeout=30)  # fmt: skip
