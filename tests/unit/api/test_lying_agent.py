@@ -1,0 +1,109 @@
+"""A sandbox's agent is untrusted: whatever it answers (or does not), the server
+answers a clear 502/503/504 in Daytona's envelope, never a 500, never a hang."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Callable
+
+import pytest
+from starlette.testclient import TestClient
+
+from cove.core import toolbox
+from cove.runtime.fake import FakeRuntime
+from cove.toolbox import protocol
+from tests.unit.api.conftest import AUTH, create_sandbox
+
+Liar = Callable[[socket.socket], None]
+
+
+class LyingRuntime(FakeRuntime):
+    """Sandboxes whose agent runs ``liar`` on each connection (after reading the request)."""
+
+    liar: Liar = staticmethod(lambda sock: None)
+
+    def agent_socket(self, sandbox_id: str) -> socket.socket:
+        ours, theirs = socket.socketpair()
+        threading.Thread(target=self._serve, args=(theirs,), daemon=True).start()
+        return ours
+
+    def _serve(self, sock: socket.socket) -> None:
+        with sock:
+            try:
+                header = sock.recv(protocol.HEADER.size, socket.MSG_WAITALL)
+                sock.recv(protocol.HEADER.unpack(header)[1], socket.MSG_WAITALL)
+                self.liar(sock)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def runtime() -> LyingRuntime:
+    return LyingRuntime()
+
+
+def _accepted_then(*frames: bytes) -> Liar:
+    return lambda sock: sock.sendall(protocol.frame(protocol.ACCEPTED) + b"".join(frames))
+
+
+LIES: dict[str, tuple[Liar, int]] = {
+    "hangs up at once": (lambda sock: None, 502),
+    "garbage instead of a frame": (lambda sock: sock.sendall(b"HTTP/1.1 200 OK\r\n\r\n"), 502),
+    "a frame larger than allowed": (
+        lambda sock: sock.sendall(struct.pack(">cI", b"J", protocol.MAX_FRAME + 1)), 502),
+    "accepts, then JSON that is not JSON": (
+        _accepted_then(protocol.frame(protocol.JSON, b"{nope")), 502),
+    "accepts, then a JSON list": (_accepted_then(protocol.frame(protocol.JSON, b"[1]")), 502),
+    "a reply without the fields the route needs": (
+        _accepted_then(protocol.json_frame({"ok": True})), 502),
+    "a reply with mistyped fields": (
+        _accepted_then(protocol.json_frame({"ok": True, "exitCode": "zero"})), 502),
+    "an error reply claiming success status": (
+        _accepted_then(protocol.json_frame({"ok": False, "status": 200, "code": "X",
+                                            "message": "fine"})), 502),  # fmt: skip
+    "an error reply claiming a server error": (
+        _accepted_then(protocol.json_frame({"ok": False, "status": 500, "code": "X",
+                                            "message": "boom"})), 502),  # fmt: skip
+    "an error reply with mistyped fields": (
+        _accepted_then(protocol.json_frame({"ok": False, "status": "404", "code": 1})), 502),
+    "a truncated frame": (_accepted_then(struct.pack(">cI", b"J", 100) + b"{"), 502),
+    "never answers": (lambda sock: sock.recv(1), 504),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(LIES))
+def test_a_lying_agent_is_the_gateways_error(
+    client: TestClient, runtime: LyingRuntime, monkeypatch: pytest.MonkeyPatch, lie: str
+) -> None:
+    liar, status = LIES[lie]
+    runtime.liar = staticmethod(liar)
+    monkeypatch.setattr(toolbox, "AGENT_ACCEPT_SECONDS", 0.5)
+    sb = create_sandbox(client)
+    for method, path, body in (
+        ("POST", "/process/execute", {"command": "true"}),
+        ("GET", "/user-home-dir", None),
+        ("GET", "/env", None),
+        ("GET", "/files/info?path=/etc", None),
+        ("GET", "/git/status?path=/repo", None),
+    ):
+        r = client.request(method, f"/toolbox/{sb['id']}{path}", json=body, headers=AUTH)
+        assert r.status_code == status, (lie, path, r.status_code, r.text)
+        envelope = r.json()
+        assert envelope["statusCode"] == status and envelope["source"] == "DAYTONA_DAEMON"
+
+
+def test_an_unreachable_agent_is_unavailable(client: TestClient, runtime: LyingRuntime) -> None:
+    sb = create_sandbox(client)
+    runtime.agent_socket = _refuse  # type: ignore[method-assign]
+    r = client.post(f"/toolbox/{sb['id']}/process/execute", json={"command": "true"},
+                    headers=AUTH)  # fmt: skip
+    assert r.status_code == 503
+    assert r.json()["code"] == "SANDBOX_UNAVAILABLE"
+
+
+def _refuse(sandbox_id: str) -> socket.socket:
+    from cove.errors import Unavailable
+
+    raise Unavailable("nothing listens")
