@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +14,8 @@ import pytest
 
 from cove.core.ports import ContainerSpec, ContainerStatus, Resources
 from cove.errors import RuntimeBackendError
-from cove.runtime import cgroups, mounts
+from cove.runtime import cgroups, disk, mounts
+from cove.runtime.layout import Metadata, SandboxPaths
 from cove.runtime.oci import OciRuntime
 from tests.integration.conftest import SandboxFactory
 from tests.integration.runtime.util import group, init_pid, ok, sandbox_dir
@@ -198,3 +200,30 @@ def test_stop_frees_the_image_while_another_sandbox_execs(
         long_exec.result()
     runtime.start(other)
     assert ok(runtime, other.sandbox_id, "df -k --output=size / | tail -1").strip() > "3900000"
+
+
+def test_a_layer_written_before_user_namespaces_keeps_its_deletions(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """Writable layers from before sandboxes ran in user namespaces mark opaque
+    directories with trusted.* xattrs; their next start converts them."""
+    box = make_sandbox()
+    sid = box.sandbox_id
+    ok(runtime, sid, "rm -rf /usr/share/doc && mkdir /usr/share/doc && touch /usr/share/doc/new"
+                     " && rm /etc/issue", user="root")  # fmt: skip
+    runtime.stop(sid)
+    paths = SandboxPaths.of(runtime._settings.data_dir, sid)
+    disk.mount(paths.image, paths.disk)
+    try:
+        doc = paths.upper / "usr" / "share" / "doc"
+        value = os.getxattr(doc, "user.overlay.opaque")
+        os.removexattr(doc, "user.overlay.opaque")
+        os.setxattr(doc, "trusted.overlay.opaque", value)
+    finally:
+        mounts.unmount(paths.disk)
+    meta = paths.read_metadata()
+    paths.write_metadata(Metadata(**{**meta.__dict__, "layer_xattrs": "trusted"}))
+    runtime.start(box)
+    assert ok(runtime, sid, "ls /usr/share/doc").split() == ["new"]
+    assert ok(runtime, sid, "test -e /etc/issue || echo gone").strip() == "gone"
+    assert paths.read_metadata().layer_xattrs == "user"
