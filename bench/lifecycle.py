@@ -23,6 +23,7 @@ from pathlib import Path
 
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 
+from cove.runtime import mounts, spec
 from cove.runtime.crun import Crun
 from cove.runtime.initbin import ensure_init_binary
 from cove.testing import ServerProcess
@@ -99,22 +100,33 @@ def archive_figures(daytona: Daytona, sizes_mb: list[int]) -> list[tuple[int, fl
 
 
 def raw_crun(server: ServerProcess, daytona: Daytona, n: int) -> tuple[list[float], list[float]]:
-    """``crun run --detach`` of a running sandbox's own bundle config and rootfs."""
+    """``crun run --detach`` of cove-init in a plain bundle: the sandbox's own config
+    without its user and network namespaces, agent and host-prepared mounts, over a
+    plain overlay of the same snapshot (what a container costs without Cove)."""
     sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
     crun = Crun(ensure_init_binary(server.data_dir))
-    source = server.data_dir / "sandboxes" / sb.id / "bundle"
-    # Next to the sandbox's own bundle: on a hybrid-cgroup host crun runs in a mount
+    source = server.data_dir / "sandboxes" / sb.id
+    # Next to the sandbox's own directory: on a hybrid-cgroup host crun runs in a mount
     # namespace that keeps only the mounts under the bundle's parent directory.
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=source.parent))
+    lower = json.loads((source / "sandbox.json").read_text())["lower"]
+    for d in ("upper", "work", "rootfs"):
+        (work / d).mkdir()
+    mounts.mount_overlay(Path(lower), work / "upper", work / "work", work / "rootfs")
     run_ms, cycle_ms = [], []
     try:
-        config = json.loads((source / "config.json").read_text())
-        config["root"]["path"] = str(source / "rootfs")
+        config = json.loads((source / "bundle" / "config.json").read_text())
+        config["root"]["path"] = str(work / "rootfs")
+        config["process"]["args"] = ["/dev/.cove/init"]
+        config["process"]["user"] = {"uid": 0, "gid": 0}
+        config["linux"]["namespaces"] = [{"type": t} for t in spec.NAMESPACES]
+        config["mounts"] = [m for m in config["mounts"]
+                            if not m["source"].startswith(str(source))]  # fmt: skip
         for i in range(n):
             cid = f"bench-{i}"
             bundle = work.parent / cid
             bundle.mkdir()
-            config["linux"]["cgroupsPath"] = f"/cove/{cid}"
+            config["linux"]["cgroupsPath"] = f"/{server.cgroup_parent}/{cid}"
             (bundle / "config.json").write_text(json.dumps(config))
             start = time.perf_counter()
             crun.run_detached(cid, bundle, work / "log")
@@ -123,6 +135,7 @@ def raw_crun(server: ServerProcess, daytona: Daytona, n: int) -> tuple[list[floa
             cycle_ms.append((time.perf_counter() - start) * 1000)
             shutil.rmtree(bundle, ignore_errors=True)
     finally:
+        mounts.unmount(work / "rootfs")
         shutil.rmtree(work, ignore_errors=True)
         sb.delete()
     return run_ms, cycle_ms

@@ -97,10 +97,9 @@ def bring_up(
         )  # fmt: skip
         config = spec.build(spec_, settings, parts, nofile_hard=spec.nofile_hard())
         write_json(paths.bundle / "config.json", config)
-        crun.run_detached(spec_.sandbox_id, paths.bundle, paths.log, fds=fds,
-                          cgroup2=cgtree.unified_join(group))  # fmt: skip
-        state = crun.state(spec_.sandbox_id) or {}
-        cgtree.settle(group, int(state.get("pid") or 0), ids.agent)
+        init_pid = crun.run_detached(spec_.sandbox_id, paths.bundle, paths.log, fds=fds,
+                                     cgroup2=cgtree.unified_join(group))  # fmt: skip
+        cgtree.settle(group, init_pid, ids.agent)
         os.write(go_w, b"1")
     finally:
         for fd in (go_r, go_w, workns):

@@ -79,8 +79,9 @@ class Crun:
     def run_detached(
         self, container_id: str, bundle: Path, log: Path, *, fds: Sequence[int] = (),
         cgroup2: str | None = None,
-    ) -> None:  # fmt: skip
-        """Start a container whose stdio is /dev/null and the file ``log``.
+    ) -> int:  # fmt: skip
+        """Start a container whose stdio is /dev/null and the file ``log``; returns the
+        host pid of its init.
 
         Nothing of this process is inherited by the container (it keeps running
         when the server dies) but ``fds``, which its init gets as 3, 4, ...
@@ -88,9 +89,11 @@ class Crun:
         Raises:
             RuntimeBackendError: crun failed; its last message is in the error.
         """
+        pid_file = bundle / "init.pid"
         argv = self.argv(
-            "run", "--detach", "--preserve-fds", str(len(fds)), "--bundle", str(bundle),
-            container_id, keep=bundle.parent, fds=len(fds), cgroup2=cgroup2,
+            "run", "--detach", "--preserve-fds", str(len(fds)), "--pid-file", str(pid_file),
+            "--bundle", str(bundle), container_id, keep=bundle.parent, fds=len(fds),
+            cgroup2=cgroup2,
         )  # fmt: skip
         if fds:
             argv[2:2] = ["--fds", ",".join(map(str, fds))]
@@ -110,6 +113,10 @@ class Crun:
             raise RuntimeBackendError(f"crun run {container_id}: {exc}") from exc
         if code != 0:
             raise RuntimeBackendError(describe_failure(argv[-5:], code, _tail(log, start)))
+        try:
+            return int(pid_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise RuntimeBackendError(f"crun run {container_id}: no pid file") from exc
 
     def kill(self, container_id: str, signal: str, *, all_processes: bool = False) -> None:
         """Send ``signal`` to the container's init (or every process); errors ignored."""
