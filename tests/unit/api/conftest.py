@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from cove.api.app import create_app
+from cove.cli.main import main
 from cove.core.config import Settings
 from cove.runtime.fake import FakeRuntime
 
@@ -21,6 +23,17 @@ def client(tmp_path: Path, runtime: FakeRuntime) -> Iterator[TestClient]:
                         preview_domain="preview.test")  # fmt: skip
     with TestClient(create_app(settings, runtime=runtime)) as c:
         yield c
+
+
+@pytest.fixture
+def other_auth(client: TestClient, tmp_path: Path) -> dict[str, str]:
+    """The Authorization header of a second organization's key, made the way an operator
+    makes it (``cove keys create --org other``)."""
+    result = CliRunner().invoke(
+        main, ["keys", "create", "--org", "other", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    return {"Authorization": f"Bearer {result.output.strip()}"}
 
 
 def create_sandbox(client: TestClient, **body: object) -> dict:
