@@ -99,7 +99,7 @@ def _start_services(settings: Settings, runtime: Runtime, events: SocketEvents) 
     )
     snapshots = SnapshotService(
         store=SqlSnapshotStore(engine), runtime=runtime, sandboxes=store,
-        default_name=settings.default_snapshot,
+        default_name=settings.default_snapshot, public=settings.public_snapshots,
     )  # fmt: skip
     lifecycle = LifecycleService(
         settings=settings, store=store, runtime=runtime, events=events, volumes=volumes,
