@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,3 +42,14 @@ def create_sandbox(client: TestClient, **body: object) -> dict:
     r = client.post("/api/sandbox", json={"env": {}, "volumes": [], **body}, headers=AUTH)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def wait_built(client: TestClient, sandbox_id: str, auth: dict[str, str] = AUTH) -> dict:
+    """The sandbox once its Dockerfile build (in the background) has ended."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/sandbox/{sandbox_id}", headers=auth).json()
+        if body["state"] not in ("pending_build", "building_snapshot", "starting"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError("the build did not end")
