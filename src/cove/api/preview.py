@@ -34,6 +34,7 @@ from cove.api.preview_headers import (
 )
 from cove.core.previews import PreviewTokens
 from cove.errors import CoveError
+from cove.hostfiles import secret_file
 
 _PATH = re.compile(
     r"^/preview/(?:s/(?P<token>[a-z2-7]+)|(?P<sid>[^/]+)/(?P<port>\d+))(?P<rest>/.*)?$"
@@ -43,12 +44,7 @@ _HOST_PORT = re.compile(r"^(?P<port>\d+)-(?P<sid>.+)$")
 
 def load_tokens(data_dir: Path) -> PreviewTokens:
     """Preview tokens under the server's secret (made once, kept in the data dir)."""
-    key = data_dir / "preview.key"
-    if not key.exists():
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(32))
-    return PreviewTokens(key.read_bytes())
+    return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)))
 
 
 def preview_url(services: Services, sandbox_id: str, port: int) -> str:
