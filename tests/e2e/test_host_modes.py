@@ -1,6 +1,7 @@
 """A running server's data dir is root's alone: an ordinary host user (nobody) can
 neither list nor read anything in it, though the directory above it is open, and the
-files have their modes (data dir 0700, database and secrets 0600, archives 0700)."""
+files have their modes (data dir 0700, database and secrets 0600, archives 0700); a
+snapshot's directory is 0700 too."""
 
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ def test_nobody_reads_nothing_of_the_data_dir(server: Server, open_parent: Path)
     archived.archive()
     running = daytona.create()
     daytona.volume.get("modes-vol", create=True)
+    running.create_snapshot("modes-snap")
+    snapshot = daytona.snapshot.get("modes-snap")
     data = server.data_dir
     db = data / "cove.db"
     try:
@@ -85,9 +88,15 @@ def test_nobody_reads_nothing_of_the_data_dir(server: Server, open_parent: Path)
         inside = [p for top in data.iterdir() for p in (top, *(top.iterdir() if top.is_dir()
                   and not top.is_symlink() else ()))]  # fmt: skip
         assert len(inside) > 8 and (data / "volumes") in inside
-        seen = as_nobody([open_parent, data, *inside])
-        assert seen.pop(str(open_parent)) is True  # the probe itself works
+        # A snapshot is private even in a snapshot dir others may enter (here the
+        # one the test servers share).
+        snapshots = server.settings.snapshot_dir
+        assert snapshots is not None and mode(snapshots) & 0o005 == 0o005
+        assert mode(snapshots / snapshot.id) == 0o700
+        seen = as_nobody([open_parent, snapshots, data, *inside, snapshots / snapshot.id])
+        assert seen.pop(str(open_parent)) is seen.pop(str(snapshots)) is True  # probe works
         assert [path for path, readable in seen.items() if readable] == []
     finally:
         archived.delete()
         running.delete()
+        daytona.snapshot.delete(snapshot)
