@@ -66,8 +66,11 @@ def _served(client: TestClient) -> list[tuple[str, str]]:
     app = client.app
     while not isinstance(app, FastAPI):
         app = getattr(app, "app", None) or app.other_asgi_app  # type: ignore[union-attr]
+    # Newer FastAPI keeps included routers lazily (iter_route_contexts flattens them);
+    # older versions list every route flat.
+    flatten = getattr(routing, "iter_route_contexts", lambda routes: routes)
     found = []
-    for route in routing.iter_route_contexts(app.routes):
+    for route in flatten(app.routes):
         methods = sorted(set(route.methods or ()) - {"HEAD"}) or ["WS"]
         found += [(method, route.path) for method in methods]
     return found
