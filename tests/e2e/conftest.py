@@ -7,6 +7,7 @@ after the session nothing of ours may be left on the host.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,16 +38,26 @@ def e2e_dns() -> Iterator[FakeDns]:
     dns.close()
 
 
+ADMIN_KEY_LINE = re.compile(r"Cove created an admin API key \(shown only once\): (\S+)")
+
+
 @contextmanager
-def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None
-                   ) -> Iterator[Server]:
+def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None, *,
+                   api_key: str | None = KEY) -> Iterator[Server]:  # fmt: skip
     """A ``cove serve`` with its own address pool; afterwards everything it made is
-    deleted and nothing of it may be left on the host."""
+    deleted and nothing of it may be left on the host. With ``api_key=None`` no key is
+    configured: the server's first start prints its admin key, which is then used."""
     env = {"COVE_NETWORK_POOL": sandbox_pool(pool), **(env or {})}
-    srv = Server(data_dir, api_key=KEY, env=env)
+    if api_key is None:
+        env["COVE_API_KEY"] = ""
+    srv = Server(data_dir, api_key=api_key or "", env=env)
     srv.settings = srv.settings.model_copy(update={"network_pool": sandbox_pool(pool)})
     srv.start()
+    printed = ADMIN_KEY_LINE.findall(srv.log.read_text())
+    if api_key is None and len(printed) == 1:
+        srv.api_key = printed[0]
     try:
+        assert api_key is not None or len(printed) == 1, "no admin key line printed once"
         yield srv
     finally:
         if not srv.running:

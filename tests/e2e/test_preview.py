@@ -14,15 +14,15 @@ from daytona import Daytona
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import KEY, Server
 
 pytestmark = pytest.mark.e2e
 PORT = 3000
 
-# HTTP (GET echoes the path, POST the body's size and last bytes) and a
-# WebSocket echo on one port; stdlib only.
+# HTTP (GET echoes the path, or the request headers under /headers; POST the body's
+# size and last bytes) and a WebSocket echo on one port; stdlib only.
 APP = r"""
-import base64, hashlib, http.server, socketserver, struct
+import base64, hashlib, http.server, json, socketserver, struct
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def reply(self, body):
@@ -31,6 +31,8 @@ class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.headers.get("Upgrade", "").lower() == "websocket":
             return self.ws()
+        if self.path.startswith("/headers"):
+            return self.reply(json.dumps(dict(self.headers.items())).encode())
         self.reply(f"path={self.path}".encode())
     def do_POST(self):
         n = int(self.headers["Content-Length"]); data = self.rfile.read(n)
@@ -104,6 +106,23 @@ def test_private_and_public_preview(daytona: Daytona, sandboxes: list) -> None:
     with connect(ws_url) as ws:
         ws.send("public")
         assert ws.recv(timeout=5) == "echo:public"
+
+
+def test_preview_passes_no_key_token_or_cookie_to_the_sandbox(
+    daytona: Daytona, sandboxes: list
+) -> None:
+    sb = daytona.create()
+    sandboxes.append(sb)
+    serve_app(sb)
+    link = sb.get_preview_link(PORT)
+    r = httpx.get(f"{link.url}/headers?token={link.token}", headers={
+        "Authorization": f"Bearer {KEY}", "X-Daytona-Preview-Token": link.token,
+        "Cookie": "app=1; cove_s=x", "X-Forwarded-Host": KEY, "X-Custom": "kept"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    seen = {k.lower(): v for k, v in r.json().items()}
+    assert KEY not in r.text and link.token not in r.text
+    assert "cookie" not in seen and "authorization" not in seen
+    assert seen["x-custom"] == "kept" and seen["x-forwarded-for"] == "127.0.0.1"
 
 
 def test_signed_preview_url(daytona: Daytona, sandboxes: list) -> None:

@@ -39,6 +39,7 @@ from cove.core.snapshots import SnapshotService
 from cove.core.timers import run_timers
 from cove.core.toolbox import ToolboxService
 from cove.core.volumes import VolumeService
+from cove.hostfiles import prepare_host_dirs
 from cove.runtime import build_runtime
 from cove.runtime.volumes import LocalVolumeFiles
 from cove.store.keys import SqlKeyStore
@@ -86,7 +87,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> ASGIApp
 
 
 def _start_services(settings: Settings, runtime: Runtime, events: SocketEvents) -> Services:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_host_dirs(settings)
     engine = make_engine(settings.database_url or "")
     upgrade(engine)
     auth = AuthService(settings, SqlKeyStore(engine))
@@ -99,7 +100,7 @@ def _start_services(settings: Settings, runtime: Runtime, events: SocketEvents) 
     )
     snapshots = SnapshotService(
         store=SqlSnapshotStore(engine), runtime=runtime, sandboxes=store,
-        default_name=settings.default_snapshot,
+        default_name=settings.default_snapshot, public=settings.public_snapshots,
     )  # fmt: skip
     lifecycle = LifecycleService(
         settings=settings, store=store, runtime=runtime, events=events, volumes=volumes,

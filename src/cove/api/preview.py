@@ -6,7 +6,8 @@ token}/...``), or, when ``COVE_PREVIEW_DOMAIN`` is set, by host name:
 ``{port}-{sandboxId}.<domain>`` (and ``{signed token}.<domain>``). The upstream
 sees the rest of the path. A private sandbox needs its preview token
 (``X-Daytona-Preview-Token`` header or ``token`` query parameter), the API key
-of its organization (``Authorization: Bearer``) or a signed URL.
+of its organization (``Authorization: Bearer``) or a signed URL. None of these
+reach the sandbox (see :mod:`cove.api.preview_headers`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import connect as ws_connect
 
 from cove.api.deps import Services
+from cove.api.preview_headers import (
+    TOKEN_HEADER,
+    Route,
+    downstream_headers,
+    header,
+    upstream_headers,
+)
 from cove.core.previews import PreviewTokens
 from cove.errors import CoveError
+from cove.hostfiles import secret_file
 
-TOKEN_HEADER = "x-daytona-preview-token"
-_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te",
-        "trailer", "host", TOKEN_HEADER}  # fmt: skip
 _PATH = re.compile(
     r"^/preview/(?:s/(?P<token>[a-z2-7]+)|(?P<sid>[^/]+)/(?P<port>\d+))(?P<rest>/.*)?$"
 )
@@ -38,12 +44,7 @@ _HOST_PORT = re.compile(r"^(?P<port>\d+)-(?P<sid>.+)$")
 
 def load_tokens(data_dir: Path) -> PreviewTokens:
     """Preview tokens under the server's secret (made once, kept in the data dir)."""
-    key = data_dir / "preview.key"
-    if not key.exists():
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(32))
-    return PreviewTokens(key.read_bytes())
+    return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)))
 
 
 def preview_url(services: Services, sandbox_id: str, port: int) -> str:
@@ -71,7 +72,7 @@ class _Target:
     sandbox_id: str
     port: int
     path: str
-    signed: bool
+    route: Route
 
 
 class PreviewProxy:
@@ -94,47 +95,48 @@ class PreviewProxy:
             return
         url = f"{address}:{target.port}{target.path}" + (f"?{query}" if query else "")
         if scope["type"] == "websocket":
-            await _websocket(scope, receive, send, f"ws://{url}")
+            await _websocket(scope, receive, send, f"ws://{url}", target.route)
         else:
-            await self._http(scope, receive, send, f"http://{url}")
+            await self._http(scope, receive, send, f"http://{url}", target.route)
 
     def _target(self, scope: Scope) -> _Target | None:
         domain = self._services().settings.preview_domain
-        host = _header(scope, "host") or ""
+        host = header(scope, "host") or ""
         host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if domain and host.endswith("." + domain):
             label, path = host[: -len(domain) - 1], scope.get("raw_path", b"").decode() or "/"
             path = path.split("?", 1)[0] or "/"
             match = _HOST_PORT.match(label)
             if match:
-                return _Target(match["sid"], int(match["port"]), path, signed=False)
-            return self._signed(label, path)
+                return _Target(match["sid"], int(match["port"]), path, Route(by_host=True))
+            return self._signed(label, path, by_host=True)
         match = _PATH.match(scope.get("path", ""))
         if match is None:
             return None
         rest = match["rest"] or "/"
         if match["token"]:
-            return self._signed(match["token"], rest)
-        return _Target(match["sid"], int(match["port"]), rest, signed=False)
+            return self._signed(match["token"], rest, by_host=False)
+        return _Target(match["sid"], int(match["port"]), rest, Route(by_host=False))
 
-    def _signed(self, token: str, path: str) -> _Target | None:
+    def _signed(self, token: str, path: str, *, by_host: bool) -> _Target | None:
         grant = self._services().previews.verify(token)
-        if grant is None:
-            return _Target("", 0, path, signed=False)  # refused below: no such sandbox
-        return _Target(grant.sandbox_id, grant.port, path, signed=True)
+        if grant is None:  # refused below: no such sandbox
+            return _Target("", 0, path, Route(by_host=by_host))
+        return _Target(grant.sandbox_id, grant.port, path, Route(by_host, signed_token=token))
 
     def _authorize(self, scope: Scope, target: _Target) -> tuple[str, str]:
         services = self._services()
         query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode(),
                                                keep_blank_values=True)]  # fmt: skip
-        token = _header(scope, TOKEN_HEADER) or dict(query).get("token")
+        token = header(scope, TOKEN_HEADER) or dict(query).get("token")
         try:
             sandbox = services.lifecycle.store.get_by_id(target.sandbox_id)
         except CoveError:
             raise _Deny(404, "no such sandbox or preview link") from None
-        if not (sandbox.public or target.signed or services.previews.check(sandbox.id, token)):
+        signed = target.route.signed_token is not None
+        if not (sandbox.public or signed or services.previews.check(sandbox.id, token)):
             try:
-                who = services.auth.authenticate(_header(scope, "authorization"))
+                who = services.auth.authenticate(header(scope, "authorization"))
             except CoveError:
                 raise _Deny(401, "preview token required") from None
             if who.organization_id != sandbox.organization_id:
@@ -145,10 +147,13 @@ class PreviewProxy:
         rest = urlencode([(k, v) for k, v in query if k != "token"])
         return address, rest
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send, url: str) -> None:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(30, read=None))
-        headers = [(k, v) for k, v in _headers(scope) if k.lower() not in _HOP]
+    async def _http(
+        self, scope: Scope, receive: Receive, send: Send, url: str, route: Route
+    ) -> None:
+        if self._client is None:  # never through a proxy of the environment
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(30, read=None),
+                                             trust_env=False)  # fmt: skip
+        headers = upstream_headers(scope, route)
         request = self._client.build_request(
             scope["method"], url, headers=headers, content=_body(receive)
         )
@@ -158,8 +163,9 @@ class PreviewProxy:
             await _plain(send, 502, f"preview upstream unreachable: {exc}")
             return
         try:
-            out = [(k.encode(), v.encode()) for k, v in upstream.headers.multi_items()
-                   if k.lower() not in _HOP]  # fmt: skip
+            out = downstream_headers(
+                upstream.headers.multi_items(), route, header(scope, "host") or ""
+            )
             await send({"type": "http.response.start", "status": upstream.status_code,
                         "headers": out})  # fmt: skip
             async for chunk in upstream.aiter_raw():
@@ -172,17 +178,6 @@ class PreviewProxy:
 class _Deny(Exception):
     def __init__(self, status: int, text: str) -> None:
         self.status, self.text = status, text
-
-
-def _header(scope: Scope, name: str) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.decode().lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def _headers(scope: Scope) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])]
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:
@@ -210,15 +205,18 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, text:
         await _plain(send, status, text)
 
 
-async def _websocket(scope: Scope, receive: Receive, send: Send, url: str) -> None:
+async def _websocket(scope: Scope, receive: Receive, send: Send, url: str, route: Route) -> None:
     await receive()  # websocket.connect
-    protocols = [p.strip() for p in (_header(scope, "sec-websocket-protocol") or "").split(",")
+    protocols = [p.strip() for p in (header(scope, "sec-websocket-protocol") or "").split(",")
                  if p.strip()]  # fmt: skip
     try:
         upstream = await ws_connect(
             url,
-            subprotocols=protocols or None,
-            open_timeout=10,  # type: ignore[arg-type]
+            subprotocols=protocols or None,  # type: ignore[arg-type]
+            additional_headers=upstream_headers(scope, route),
+            user_agent_header=None,
+            proxy=None,
+            open_timeout=10,
         )
     except Exception:  # noqa: BLE001 - any failed handshake
         await send({"type": "websocket.close", "code": 1011})

@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 
 from cove.core.config import Settings
+from cove.hostfiles import prepare_host_dirs
 
 console = Console(stderr=True)
 
@@ -38,6 +39,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    prepare_host_dirs(settings)
     if settings.runtime == "crun":
         _ensure_default_snapshot(settings, force=False)
     console.print(f"Cove listening on {settings.base_url} (data in {settings.data_dir})")
@@ -61,7 +63,9 @@ def snapshot() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 def build_default(force: bool, data_dir: Path | None) -> None:
     """Build the default snapshot (Debian bookworm) unless it is current."""
-    path = _ensure_default_snapshot(_settings(data_dir=data_dir), force=force)
+    settings = _settings(data_dir=data_dir)
+    prepare_host_dirs(settings)
+    path = _ensure_default_snapshot(settings, force=force)
     console.print(f"default snapshot ready: {path}")
 
 

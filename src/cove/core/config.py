@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
@@ -41,6 +42,9 @@ class Settings(BaseSettings):
     archive_s3_region: str | None = None
     archive_s3_prefix: str = ""
     default_snapshot: str = "cove-default"
+    # Snapshots placed on the host by hand that every organization may use
+    # (``COVE_PUBLIC_SNAPSHOTS=name1,name2``); any other is its organization's alone.
+    public_snapshots: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Where `POST /snapshots {"imageName": "name:tag"}` looks for OCI image layouts
     # (``<dir>/<name>``, as made by ``skopeo copy ... oci:<dir>/<name>:<tag>``).
     oci_layout_dir: Path | None = None
@@ -73,6 +77,13 @@ class Settings(BaseSettings):
     dns_upstream: str | None = None
     # Preview host names {port}-{sandboxId}.<domain> are proxied when set.
     preview_domain: str | None = None
+
+    @field_validator("public_snapshots", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

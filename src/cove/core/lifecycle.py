@@ -184,29 +184,38 @@ class LifecycleService:
         return self.volumes.resolve(organization_id, req.volumes)
 
     def _resolve_snapshot(self, organization_id: str, req: SandboxCreate) -> str:
+        """The runtime ref of the snapshot (or Dockerfile base image) asked for. Only a
+        general snapshot or one of the caller's organization qualifies: another
+        organization's, though on this host, is answered as if it did not exist."""
         if req.build_info is not None:
             image = dockerfile.parse(req.build_info.dockerfile_content).base
-            if self.snapshots is not None and image != self.settings.default_snapshot:
-                try:
-                    return self.snapshots.ref_for(organization_id, image)
-                except NotFound:
-                    pass
-            if not self.runtime.has_snapshot(image):
+            ref = self._usable_snapshot(organization_id, image)
+            if ref is None:
                 raise BadRequest(
                     f"Image '{image}' cannot be provided: this server has no registry access "
                     f"and no local snapshot of that name (available: "
-                    f"{self.settings.default_snapshot})"
+                    f"{', '.join(self._general_snapshots())})"
                 )
-            return image
+            return ref
         name = req.snapshot or self.settings.default_snapshot
-        if self.snapshots is not None and name != self.settings.default_snapshot:
-            try:
-                return self.snapshots.ref_for(organization_id, name)
-            except NotFound:
-                pass  # perhaps one placed on the host by hand
-        if not self.runtime.has_snapshot(name):
+        ref = self._usable_snapshot(organization_id, name)
+        if ref is None:
             raise BadRequest(f"Snapshot '{name}' not found")
-        return name
+        return ref
+
+    def _usable_snapshot(self, organization_id: str, id_or_name: str) -> str | None:
+        if self.snapshots is not None:
+            try:
+                return self.snapshots.ref_for(organization_id, id_or_name)
+            except NotFound:
+                return None
+        general = id_or_name in self._general_snapshots()
+        return id_or_name if general and self.runtime.has_snapshot(id_or_name) else None
+
+    def _general_snapshots(self) -> list[str]:
+        """The snapshots every organization may use."""
+        return list(dict.fromkeys([self.settings.default_snapshot,
+                                   *self.settings.public_snapshots]))  # fmt: skip
 
     async def _boot(self, sandbox: Sandbox) -> Sandbox:
         spec = self._spec(sandbox)

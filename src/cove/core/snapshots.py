@@ -1,12 +1,15 @@
 """Snapshots: read-only root filesystems sandboxes are created from.
 
-The default snapshot (``settings.default_snapshot``) is general: every
-organization sees it, and its record is not stored. Any other snapshot
-belongs to one organization and is made from a sandbox's file system or from
-an image the host can resolve locally. Its files live under the runtime's
-snapshot directory named by the snapshot's id (its ``ref``), so names never
-collide between organizations or servers sharing that directory. Sandboxes
-created from a user snapshot record that ref as their ``snapshot``.
+The default snapshot (``settings.default_snapshot``) and the ones the operator
+made public (``settings.public_snapshots``, placed on the host by hand) are
+general: every organization sees them, and their records are not stored. Any
+other snapshot belongs to one organization and is made from a sandbox's file
+system or from an image the host can resolve locally. Its files live under the
+runtime's snapshot directory named by the snapshot's id (its ``ref``), so names
+never collide between organizations or servers sharing that directory.
+Sandboxes created from a user snapshot record that ref as their ``snapshot``.
+Whatever else lies in that directory (another organization's snapshots) is
+never usable: a snapshot is found only among the general ones and the caller's.
 
 Building is synchronous: the record is only added once the files are
 complete, so a failed build leaves nothing behind and is reported at once.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -34,7 +38,7 @@ S = SandboxState
 @dataclass
 class Snapshot:
     id: str
-    organization_id: str | None  # None: general (the default snapshot)
+    organization_id: str | None  # None: general (the default or a public one)
     name: str
     state: str = "active"
     general: bool = False
@@ -69,18 +73,26 @@ class SnapshotService:
 
     def __init__(
         self, *, store: SnapshotStore, runtime: Runtime, sandboxes: SandboxStore,
-        default_name: str, started: datetime | None = None,
+        default_name: str, public: Sequence[str] = (), started: datetime | None = None,
     ) -> None:  # fmt: skip
         self.store = store
         self.runtime = runtime
         self.sandboxes = sandboxes
-        self.default = Snapshot(
-            id=default_name, organization_id=None, name=default_name, general=True,
-            created_at=started or utcnow(), updated_at=started or utcnow(),
-        )  # fmt: skip
+        when = started or utcnow()
+        self.general = {
+            name: Snapshot(id=name, organization_id=None, name=name, general=True,
+                           created_at=when, updated_at=when)
+            for name in dict.fromkeys([default_name, *public])
+        }  # fmt: skip
+        self.default = self.general[default_name]
 
     def list(self, organization_id: str) -> list[Snapshot]:
-        return [self.default, *self.store.list(organization_id)]
+        """The general snapshots present on this host, then the organization's."""
+        general = [s for s in self.general.values() if self._present(s)]
+        return [*general, *self.store.list(organization_id)]
+
+    def _present(self, snap: Snapshot) -> bool:
+        return snap is self.default or self.runtime.has_snapshot(snap.id)
 
     def page(self, organization_id: str, page: int, limit: int) -> tuple[list[Snapshot], int, int]:
         """Items of page ``page`` (from 1), the total, and the number of pages."""
@@ -89,23 +101,33 @@ class SnapshotService:
         return every[(page - 1) * limit : page * limit], len(every), pages
 
     def get(self, organization_id: str, id_or_name: str) -> Snapshot:
-        if id_or_name in (self.default.id, self.default.name):
-            return self.default
+        """A general snapshot or one of the organization's.
+
+        Raises:
+            NotFound: neither (another organization's snapshot is not found either).
+        """
+        general = self.general.get(id_or_name)
+        if general is not None and self._present(general):
+            return general
         return self.store.get(organization_id, id_or_name)
 
     def ref_for(self, organization_id: str, id_or_name: str) -> str:
-        """The runtime's name for the snapshot a sandbox is created from.
+        """The runtime's name for the snapshot a sandbox is created from: only a general
+        one present on this host, or one of the organization's.
 
         Raises:
-            NotFound: no such snapshot.
+            NotFound: no such snapshot for this organization.
             BadRequest: it is not active.
         """
         snap = self.get(organization_id, id_or_name)
+        if snap.general:
+            if not self.runtime.has_snapshot(snap.id):
+                raise NotFound(f"Snapshot with ID or name {id_or_name} not found")
+            return snap.id
         if snap.state != "active":
             raise BadRequest(f"Snapshot {snap.name} is {snap.state}")
-        if snap is not self.default:
-            snap.last_used_at = utcnow()
-            self.store.save(snap)
+        snap.last_used_at = utcnow()
+        self.store.save(snap)
         return snap.id
 
     async def create_from_image(self, organization_id: str, name: str, image: str) -> Snapshot:
@@ -162,25 +184,28 @@ class SnapshotService:
 
     def activate(self, organization_id: str, id_or_name: str) -> Snapshot:
         snap = self.get(organization_id, id_or_name)
-        if snap is not self.default and snap.state == "inactive":
+        if not snap.general and snap.state == "inactive":
             snap.state, snap.updated_at = "active", utcnow()
             self.store.save(snap)
         return snap
 
     def delete(self, organization_id: str, id_or_name: str) -> None:
-        """Raises NotFound, BadRequest (the default), Conflict (sandboxes use it)."""
+        """Raises NotFound, BadRequest (a general one), Conflict (sandboxes use it)."""
         snap = self.get(organization_id, id_or_name)
-        if snap is self.default:
-            raise BadRequest(f"The default snapshot {snap.name} cannot be deleted")
-        users = [sb.id for sb in self.sandboxes.all() if sb.snapshot == snap.id]
-        if users:
-            raise Conflict(f"Snapshot {snap.name} is used by sandbox(es) {', '.join(users)}")
+        if snap.general:
+            raise BadRequest(f"The general snapshot {snap.name} cannot be deleted")
+        users = [sb for sb in self.sandboxes.all() if sb.snapshot == snap.id]
+        if users:  # name only the caller's own sandboxes
+            own = [sb.id for sb in users if sb.organization_id == organization_id]
+            raise Conflict(f"Snapshot {snap.name} is used by sandbox(es) {', '.join(own)}")
         self.runtime.remove_snapshot(snap.id)
         self.store.remove(snap.id)
 
     def _new(self, organization_id: str, name: str, **fields: str | None) -> Snapshot:
         if not name or not all(c.isalnum() or c in "-_.:" for c in name):
             raise BadRequest("snapshot name may only contain letters, digits, '-', '_', '.', ':'")
+        if name in self.general:
+            raise Conflict(f"Snapshot with name '{name}' already exists")
         try:
             self.get(organization_id, name)
         except NotFound:

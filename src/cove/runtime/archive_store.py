@@ -18,6 +18,7 @@ from typing import IO, Any, Protocol
 
 from cove.core.config import Settings
 from cove.errors import RuntimeBackendError
+from cove.hostfiles import FILE_MODE, private_dir
 
 SUFFIX = ".tar.zst"
 CHUNK = 8 * 1024 * 1024  # S3 multipart parts must be at least 5 MiB (but the last)
@@ -62,8 +63,9 @@ class LocalArchiveStore:
         dest = self.path(key)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as out:
+            private_dir(self.dir)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(stream, out, CHUNK)
                 out.flush()
                 check()

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cove.errors import RuntimeBackendError
+from cove.hostfiles import private_dir
 from cove.runtime import freezer, mounts, rootfs
 from cove.runtime.archive import TAR_FLAGS, pipe
 from cove.runtime.layout import Metadata, SandboxPaths
@@ -108,7 +109,7 @@ def _building(base: Path, ref: str) -> Iterator[Path]:
     work = base / f".build-{ref}-{os.getpid()}"
     try:
         shutil.rmtree(work, ignore_errors=True)
-        (work / "rootfs").mkdir(parents=True)
+        (private_dir(work) / "rootfs").mkdir()  # root's alone, whatever the dir above
         yield work / "rootfs"
         work.rename(final)
     except OSError as exc:

@@ -16,15 +16,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from cove.core.ports import Resources, VolumeBind
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import BadRequest, Conflict, NotFound
+from cove.hostfiles import private_dir, private_file, tighten
 from cove.store.models import SandboxRow
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys, and its
+    files mode 0600 (its ``-wal`` and ``-shm`` inherit the database file's mode)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(path)
+            private_dir(db.parent)
+            private_file(db)
+            tighten(db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from starlette.testclient import TestClient
 
-from tests.unit.api.conftest import AUTH, create_sandbox
+from tests.unit.api.conftest import AUTH, create_sandbox, wait_built
 from tests.unit.scripted import ScriptedRuntime
 
 DOCKERFILE = "FROM cove-default\nRUN echo hello\n"
@@ -16,16 +14,6 @@ DOCKERFILE = "FROM cove-default\nRUN echo hello\n"
 @pytest.fixture
 def runtime() -> ScriptedRuntime:
     return ScriptedRuntime()
-
-
-def _wait_started(client: TestClient, sandbox_id: str) -> dict:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        body = client.get(f"/api/sandbox/{sandbox_id}", headers=AUTH).json()
-        if body["state"] not in ("pending_build", "building_snapshot", "starting"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError("the build did not end")
 
 
 def test_build_logs_url_streams_the_log(client: TestClient) -> None:
@@ -39,7 +27,7 @@ def test_build_logs_url_streams_the_log(client: TestClient) -> None:
         assert stream.headers["content-type"].startswith("text/plain")
         text = "".join(stream.iter_text())
     assert "Step 1/1 : RUN echo hello" in text
-    assert _wait_started(client, sb["id"])["state"] == "started"
+    assert wait_built(client, sb["id"])["state"] == "started"
     assert client.get(url, headers={}).status_code == 401
 
 

@@ -1,0 +1,77 @@
+"""What Cove keeps on the host is root's alone: directories 0700, files 0600.
+
+Modes are set explicitly where Cove creates a path, never through the process
+umask (sandboxes and the files they make must not inherit one). The data dir is
+tightened even when it exists with a looser mode; a directory Cove did not
+create (an operator's ``COVE_ARCHIVE_DIR``, the parent of a SQLite file named
+in ``COVE_DATABASE_URL``) keeps its mode.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from cove.core.config import Settings
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def private_dir(path: Path, *, tighten: bool = False) -> Path:
+    """Create ``path`` (and missing parents) with mode 0700.
+
+    Args:
+        path: The directory.
+        tighten: Also set 0700 when it exists already.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=DIR_MODE)
+    except FileExistsError:
+        if not tighten:
+            return path
+    os.chmod(path, DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Make sure ``path`` exists with mode 0600 (created so; an existing one tightened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    return path
+
+
+def tighten(*paths: Path) -> None:
+    """Set mode 0600 on each of ``paths`` that exists."""
+    for path in paths:
+        try:
+            os.chmod(path, FILE_MODE)
+        except FileNotFoundError:
+            pass
+
+
+def secret_file(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The contents of secret ``path``, written by ``make()`` (mode 0600) if missing."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        tighten(path)
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as f:
+        f.write(make())
+    return path.read_bytes()
+
+
+def prepare_host_dirs(settings: Settings) -> None:
+    """At server start: the data dir made or tightened to 0700; the snapshot and archive
+    dirs made 0700 when missing (an existing one is the operator's, or shared)."""
+    private_dir(settings.data_dir, tighten=True)
+    archives = None if settings.archive_s3_bucket else settings.archive_dir
+    for where in (settings.snapshot_dir, archives):
+        if where is not None and not where.exists():
+            private_dir(where)

@@ -1,0 +1,193 @@
+"""The preview proxy passes on no secret: an upstream on loopback (the fake runtime's
+sandbox address) echoes what it received, over HTTP and WebSocket, by path and by host
+name, with the preview token, the API key and signed URLs."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+from websockets.sync.server import ServerConnection, serve
+
+from tests.unit.api.conftest import AUTH, create_sandbox
+
+KEY = AUTH["Authorization"].split()[1]
+COOKIES = "app=1; cove_session=reserved-cookie-value; theme=dark"
+SET_COOKIES = [
+    "app=2; Path=/",
+    "cove_session=forged; Path=/",
+    "wide=1; Domain=preview.test",
+    "own=1; Domain={host}",
+]
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    """Answers with the path and headers it got; ``/set-cookies`` also sets cookies."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = json.dumps({"path": self.path, "headers": list(self.headers.items())}).encode()
+        self.send_response(200)
+        if self.path.startswith("/set-cookies"):
+            host = self.headers.get("X-Forwarded-Host", "").split(":")[0]
+            for cookie in SET_COOKIES:
+                self.send_header("Set-Cookie", cookie.format(host=host))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_port() -> Iterator[int]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1]
+    srv.shutdown()
+
+
+@pytest.fixture
+def ws_port() -> Iterator[int]:
+    def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        ws.send(json.dumps({"path": ws.request.path,
+                            "headers": list(ws.request.headers.raw_items())}))  # fmt: skip
+
+    srv = serve(handler, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.socket.getsockname()[1]
+    srv.shutdown()
+
+
+@pytest.fixture
+def sandbox(client: TestClient) -> dict:
+    return create_sandbox(client)
+
+
+def _token(client: TestClient, sid: str, port: int) -> str:
+    r = client.get(f"/api/sandbox/{sid}/ports/{port}/preview-url", headers=AUTH)
+    return str(r.json()["token"])
+
+
+def _signed(client: TestClient, sid: str, port: int) -> str:
+    r = client.get(f"/api/sandbox/{sid}/ports/{port}/signed-preview-url", headers=AUTH)
+    return str(r.json()["token"])
+
+
+def _hostile_headers(token: str) -> dict[str, str]:
+    """Everything a browser or SDK may send along with a preview request."""
+    return {
+        **AUTH, "X-Daytona-Preview-Token": token, "Proxy-Authorization": f"Basic {KEY}",
+        "Cookie": COOKIES, "Referer": f"http://127.0.0.1:3999/preview/x/1/?token={token}",
+        "X-Forwarded-Host": f"evil-{KEY}", "X-Forwarded-For": "6.6.6.6", "Forwarded": "for=x",
+        "X-Custom": "ordinary", "User-Agent": "agent/1.0", "Accept-Language": "fr",
+    }  # fmt: skip
+
+
+def _assert_clean(seen: dict, *secrets: str, cookie: str | None) -> dict[str, str]:
+    """No secret arrived, ordinary headers did; returns the headers (lower-case names)."""
+    headers = {k.lower(): v for k, v in seen["headers"]}
+    for secret in (KEY, "reserved-cookie-value", *secrets):
+        assert secret not in json.dumps(seen), f"{secret} reached the sandbox: {seen}"
+    for name in ("authorization", "proxy-authorization", "x-daytona-preview-token",
+                 "referer", "forwarded"):  # fmt: skip  (this Referer carries a token)
+        assert name not in headers
+    assert headers.get("cookie") == cookie
+    assert headers["x-custom"] == "ordinary" and headers["user-agent"] == "agent/1.0"
+    assert headers["accept-language"] == "fr"
+    assert headers["x-forwarded-for"] == "testclient"  # the proxy's own, not the client's
+    assert headers["x-forwarded-proto"] == "http"
+    return headers
+
+
+def test_path_preview_passes_no_key_token_or_cookie(client: TestClient, sandbox: dict,
+                                                    http_port: int) -> None:  # fmt: skip
+    sid = sandbox["id"]
+    token = _token(client, sid, http_port)
+    r = client.get(f"/preview/{sid}/{http_port}/p?x=1&token={token}",
+                   headers=_hostile_headers(token))  # fmt: skip
+    assert r.status_code == 200, r.text
+    seen = r.json()
+    assert seen["path"] == "/p?x=1"
+    headers = _assert_clean(seen, token, cookie=None)  # same origin as the API: no cookies
+    assert headers["x-forwarded-host"] == "testserver"
+
+
+def test_host_preview_passes_cookies_but_not_reserved_ones(client: TestClient, sandbox: dict,
+                                                           http_port: int) -> None:  # fmt: skip
+    sid = sandbox["id"]
+    token = _token(client, sid, http_port)
+    host = f"{http_port}-{sid}.preview.test:3999"
+    r = client.get("/h?token=" + token, headers={**_hostile_headers(token), "Host": host})
+    seen = r.json()
+    assert seen["path"] == "/h"
+    headers = _assert_clean(seen, token, cookie="app=1; theme=dark")
+    assert headers["x-forwarded-host"] == host
+
+
+@pytest.mark.parametrize("by_host", [False, True])
+def test_signed_preview_passes_no_signed_token(client: TestClient, sandbox: dict,
+                                               http_port: int, by_host: bool) -> None:  # fmt: skip
+    signed = _signed(client, sandbox["id"], http_port)
+    hostile = {**_hostile_headers("unused-token"),
+               "Referer": f"http://{signed}.preview.test/prev"}  # fmt: skip
+    if by_host:
+        r = client.get("/page", headers={**hostile, "Host": f"{signed}.preview.test"})
+    else:
+        r = client.get(f"/preview/s/{signed}/page", headers=hostile)
+    seen = r.json()
+    assert seen["path"] == "/page"
+    headers = _assert_clean(seen, signed, cookie="app=1; theme=dark" if by_host else None)
+    assert headers.get("x-forwarded-host") == (None if by_host else "testserver")
+
+
+def test_referer_without_a_secret_is_passed(client: TestClient, sandbox: dict,
+                                            http_port: int) -> None:  # fmt: skip
+    sid = sandbox["id"]
+    referer = f"http://testserver/preview/{sid}/{http_port}/index.html"
+    r = client.get(f"/preview/{sid}/{http_port}/", headers={**AUTH, "Referer": referer})
+    assert {k.lower(): v for k, v in r.json()["headers"]}["referer"] == referer
+
+
+@pytest.mark.parametrize("by_host", [False, True])
+def test_websocket_preview_passes_no_secret(client: TestClient, sandbox: dict, ws_port: int,
+                                            by_host: bool) -> None:  # fmt: skip
+    sid = sandbox["id"]
+    token = _token(client, sid, ws_port)
+    hostile = _hostile_headers(token)
+    if by_host:
+        url, hostile["Host"] = "/ws?token=" + token, f"{ws_port}-{sid}.preview.test"
+    else:
+        url = f"/preview/{sid}/{ws_port}/ws?token={token}"
+    with client.websocket_connect(url, headers=hostile) as ws:
+        seen = json.loads(ws.receive_text())
+    assert seen["path"] == "/ws"
+    _assert_clean(seen, token, cookie="app=1; theme=dark" if by_host else None)
+
+
+def test_path_preview_sets_no_cookie(client: TestClient, sandbox: dict, http_port: int) -> None:
+    sid = sandbox["id"]
+    r = client.get(f"/preview/{sid}/{http_port}/set-cookies", headers=AUTH)
+    assert r.status_code == 200 and "set-cookie" not in r.headers
+
+
+def test_host_preview_sets_only_its_own_cookies(client: TestClient, sandbox: dict,
+                                                http_port: int) -> None:  # fmt: skip
+    host = f"{http_port}-{sandbox['id']}.preview.test"
+    r = client.get("/set-cookies", headers={**AUTH, "Host": f"{host}:3999"})
+    assert r.status_code == 200
+    assert r.headers.get_list("set-cookie") == ["app=2; Path=/", f"own=1; Domain={host}"]
+
+
+def test_another_organizations_key_opens_no_preview(client: TestClient, sandbox: dict,
+                                                    http_port: int,
+                                                    other_auth: dict) -> None:  # fmt: skip
+    r = client.get(f"/preview/{sandbox['id']}/{http_port}/", headers=other_auth)
+    assert r.status_code == 401 and "path" not in r.text
+    host = {"Host": f"{http_port}-{sandbox['id']}.preview.test"}
+    assert client.get("/", headers={**other_auth, **host}).status_code == 401
