@@ -73,8 +73,16 @@ def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None,
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns) -> Iterator[Server]:
-    env = {"COVE_DNS_UPSTREAM": e2e_dns.upstream}
+def oci_layouts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's COVE_OCI_LAYOUT_DIR: local images tests may import."""
+    return tmp_path_factory.mktemp("oci-layouts")
+
+
+@pytest.fixture(scope="session")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns, oci_layouts: Path
+) -> Iterator[Server]:
+    env = {"COVE_DNS_UPSTREAM": e2e_dns.upstream, "COVE_OCI_LAYOUT_DIR": str(oci_layouts)}
     with running_server(tmp_path_factory.mktemp("cove-e2e"), 1, env) as srv:
         yield srv
 

@@ -91,9 +91,9 @@ def _tiny_layout(tmp: Path) -> Path:
 
 
 def test_snapshot_from_a_local_oci_image(
-    server: Server, daytona: Daytona, sandboxes: list, tmp_path: Path
+    server: Server, daytona: Daytona, sandboxes: list, oci_layouts: Path
 ) -> None:
-    layout = _tiny_layout(tmp_path)
+    layout = _tiny_layout(oci_layouts)
     snap = daytona.snapshot.create(CreateSnapshotParams(name="e2e-tiny", image=f"oci:{layout}:v1"))
     assert snap.state == "active"
     sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot="e2e-tiny"))
@@ -105,7 +105,8 @@ def test_snapshot_from_a_local_oci_image(
     daytona.snapshot.delete(snap)
 
 
-@pytest.mark.parametrize("image", ["python:3.12-slim", "oci:/nonexistent/layout:v1"])
+@pytest.mark.parametrize("image", ["python:3.12-slim", "oci:/nonexistent/layout:v1",
+                                   "oci:/var/lib/dpkg:v1"])  # a host path outside the layout dir
 def test_unresolvable_image_fails_clearly_and_builds_nothing(
     server: Server, daytona: Daytona, image: str
 ) -> None:

@@ -63,15 +63,21 @@ def import_oci(base: Path, ref: str, layout_dir: Path | None, image: str) -> int
 
 
 def resolve_image(layout_dir: Path | None, image: str) -> tuple[Path, str]:
-    """``oci:<dir>:<tag>`` or ``name[:tag]`` (under ``layout_dir``) → (layout, tag).
+    """``oci:<dir>:<tag>`` or ``name[:tag]`` (both under ``layout_dir``) → (layout, tag).
 
     Raises:
-        RuntimeBackendError: no such local layout or tag.
+        RuntimeBackendError: no such local layout or tag, or a layout outside
+            ``layout_dir`` (no client may make the server read any host path).
     """
     if image.startswith("oci:"):
         where, _, tag = image[4:].rpartition(":")
         layout = Path(where) if where else Path(image[4:])
         tag = tag if where else "latest"
+        root = layout_dir.resolve() if layout_dir is not None else None
+        if root is None or not layout.resolve().is_relative_to(root):
+            raise RuntimeBackendError(
+                f"image '{image}': only OCI layouts under COVE_OCI_LAYOUT_DIR can be imported"
+            )
     else:
         name, _, tag = image.partition(":")
         if layout_dir is None or not name or "/" in name or name.startswith("."):
