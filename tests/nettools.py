@@ -64,18 +64,61 @@ class H(http.server.BaseHTTPRequestHandler):
 socketserver.ThreadingTCPServer.allow_reuse_address = True
 socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
 """
-# Prints "ready", then "<payload> <source address>" per datagram; exits after b"last".
-_UDP_SINK = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", int(sys.argv[1])))
+# A raw listener for one IP protocol (17: UDP, 6: TCP) and port: prints "ready", then
+# per packet its UDP payload or TCP flags and its source; exits after a UDP b"last"
+# or a plain TCP SYN.
+_SINK = r"""
+import socket, struct, sys
+proto, port = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, proto)
 print("ready", flush=True)
 while True:
-    data, peer = s.recvfrom(2048)
-    print(data.decode(errors="replace"), peer[0], flush=True)
-    if data == b"last":
+    pkt, peer = s.recvfrom(65535)
+    l4 = pkt[(pkt[0] & 15) * 4:]
+    if struct.unpack("!H", l4[2:4])[0] != port:
+        continue
+    what = l4[8:].decode(errors="replace") if proto == 17 else f"flags={l4[13]:#x}"
+    print(what, peer[0], flush=True)
+    if what in ("last", "flags=0x2"):
         break
 """
+
+
+# Sends raw IPv4 packets (hex, as made by ip_packet) given as one JSON list argument;
+# needs CAP_NET_RAW (sandbox root has it).
+SEND_RAW = r"""
+import json, socket, sys
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IP_HDRINCL
+for packet in map(bytes.fromhex, json.loads(sys.argv[1])):
+    raw.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
+"""
+
+
+def udp_packet(src: str, dst: str, port: int, payload: bytes) -> str:
+    """A UDP datagram from ``src`` (any address) as an IPv4 packet, in hex."""
+    return _ip(src, dst, 17, struct.pack("!4H", 40000, port, 8 + len(payload), 0) + payload)
+
+
+def tcp_packet(src: str, dst: str, port: int, flags: int) -> str:
+    """A TCP segment with ``flags`` (0x02: SYN) and a valid checksum, in hex."""
+    head = struct.pack("!HHIIBBHHH", 40000, port, 1, 0, 5 << 4, flags, 1024, 0, 0)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, 20)
+    csum = _checksum(pseudo + head)
+    return _ip(src, dst, 6, head[:16] + struct.pack("!H", csum) + head[18:])
+
+
+def _ip(src: str, dst: str, proto: int, l4: bytes) -> str:
+    # (the kernel fills in the header checksum)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0, 64, proto, 0,
+                         socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
+    return (header + l4).hex()
+
+
+def _checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 class Remote:
@@ -127,11 +170,11 @@ class Remote:
                        capture_output=True)  # fmt: skip
 
     @contextmanager
-    def udp_sink(self, port: int) -> Iterator[subprocess.Popen[str]]:
-        """A UDP listener in the remote's netns (see _UDP_SINK), killed afterwards."""
+    def sink(self, proto: int, port: int) -> Iterator[subprocess.Popen[str]]:
+        """A raw listener in the remote's netns (see _SINK), killed afterwards."""
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, sys.executable, "-c", _UDP_SINK, str(port)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True,
+            ["ip", "netns", "exec", self.netns, sys.executable, "-c", _SINK, str(proto),
+             str(port)], stdout=subprocess.PIPE, text=True, start_new_session=True,
         )  # fmt: skip
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"

@@ -19,7 +19,8 @@ Per sandbox (``<key>`` is its veth suffix; every chain and set carries the
 comment ``"<tag> <sandbox id>"`` so leftovers can be found after a crash)::
 
     eg_<key>   source is not the sandbox's address: drop (anti-spoofing); IPv6 drop;
-               established accept; to another sandbox drop; to @block_<t> drop;
+               established accept; invalid (untracked, so never NATed) drop;
+               to another sandbox drop; to @block_<t> drop;
                a new connection past the cap (@conn_<key>): reject;
                then the policy: accept all | drop all | @cidr_<key> / @dns_<key> accept, drop
     in_<key>   anti-spoofing; established accept; DNS to its own host-side address
@@ -165,6 +166,7 @@ def _rules(link: Link, policy: NetworkPolicy, egress: Egress) -> list[str]:
         f"{eg} ip saddr != {link.guest} drop",
         f"{eg} meta nfproto ipv6 drop",
         f"{eg} ct state established,related accept",
+        f"{eg} ct state invalid drop",  # untracked: would leave un-NATed
         f'{eg} oifname "{VETH_PREFIX}*" drop',
         f"{eg} ip daddr @{block_set(link.tag)} drop",
         f"{eg} {cap} reject",

@@ -97,6 +97,7 @@ def test_nft_egress_limits_come_before_the_policy() -> None:
         "ip saddr != 10.0.0.3 drop",  # anti-spoofing first
         "meta nfproto ipv6 drop",
         "ct state established,related accept",
+        "ct state invalid drop",
         'oifname "cv*" drop',
         "ip daddr @block_cove_x drop",  # before any allow-list, DNS-learnt addresses too
         cap,
