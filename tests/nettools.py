@@ -84,8 +84,8 @@ while True:
 """
 
 
-# Sends raw IPv4 packets (hex, as made by ip_packet) given as one JSON list argument;
-# needs CAP_NET_RAW (sandbox root has it).
+# Sends raw IPv4 packets (hex, as made by udp_packet/tcp_packet) given as one JSON list
+# argument; needs CAP_NET_RAW in the network namespace it runs in.
 SEND_RAW = r"""
 import json, socket, sys
 raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IP_HDRINCL

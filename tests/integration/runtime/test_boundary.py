@@ -1,14 +1,15 @@
 """The boundary between sandboxes and the host, attacked from inside a sandbox: the
 host's own addresses (IPv4 on every interface, IPv6 link-local), other sandboxes'
-DNS listeners, spoofed source addresses (raw packets sent by sandbox root, which
-has CAP_NET_RAW) and packets conntrack cannot track. R1 is a remote in its own
-netns (see tests.nettools) that records what reaches it."""
+DNS listeners, spoofed source addresses (raw packets sent in the sandbox's network
+namespace by host root, as sandbox root cannot) and packets conntrack cannot track.
+R1 is a remote in its own netns (see tests.nettools) that records what reaches it."""
 
 from __future__ import annotations
 
 import json
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cove.core.ports import NetworkPolicy
+from cove.runtime.layout import SandboxPaths
 from cove.runtime.oci import OciRuntime
 from tests.integration.conftest import SandboxFactory
 from tests.integration.runtime.util import link, ok, py, sh
@@ -97,6 +99,9 @@ def test_spoofed_sources_are_dropped(runtime: OciRuntime, make_sandbox: SandboxF
                                      fake_dns: FakeDns, r1: Remote) -> None:  # fmt: skip
     sid, neighbour = make_sandbox().sandbox_id, make_sandbox().sandbox_id
     own = link(runtime, sid)
+    raw = "import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)"
+    res = runtime.exec(sid, ["python3", "-c", raw], user="root", timeout=30)
+    assert res.exit_code != 0 and b"PermissionError" in res.stderr  # hence _send from the host
     assert _rp_filter(own.veth) == "1"
     assert _inject(runtime, sid, r1, [runtime.address(neighbour), R2, "203.0.113.9"]) == [
         f"last {r1.host}"  # the one from the sandbox's own address, masqueraded
@@ -142,8 +147,11 @@ def _inject(runtime: OciRuntime, sid: str, r1: Remote, sources: list[str | None]
 
 
 def _send(runtime: OciRuntime, sid: str, packets: list[str]) -> None:
-    """Send raw packets from inside the sandbox, as its root (a tenant can)."""
-    py(runtime, sid, SEND_RAW, json.dumps(packets), user="root")
+    """Send raw packets from inside the sandbox's network namespace, as host root (more
+    than a tenant can: sandbox root gets no raw socket, see test_spoofed_sources...)."""
+    netns = SandboxPaths.of(runtime._settings.data_dir, sid).netns
+    subprocess.run(["nsenter", f"--net={netns}", sys.executable, "-c", SEND_RAW,
+                    json.dumps(packets)], check=True, timeout=60)  # fmt: skip
 
 
 def _dns_query(name: str) -> bytes:

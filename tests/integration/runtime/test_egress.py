@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 from cove.core.config import Settings
 from cove.core.ports import NetworkPolicy
 from cove.runtime.oci import OciRuntime
-from tests.integration.conftest import MADE, SNAPSHOTS, SandboxFactory, sandbox_factory
+from tests.integration.conftest import SNAPSHOTS, SandboxFactory, sandbox_factory
 from tests.integration.runtime.util import link, ok, sh
 from tests.leaks import assert_no_leaks
 from tests.nettools import (
@@ -63,10 +64,10 @@ def exempt(tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeDns,
         data_dir=tmp_path_factory.mktemp("cove-egress"), snapshot_dir=SNAPSHOTS,
         stop_grace_seconds=2.0, network_pool=third_pool(), dns_upstream=fake_dns.upstream,
         egress_allow=",".join(PRIVATE), egress_block=f"198.18.{R2_NET}.0/24",
-        max_connections=CAP,
+        max_connections=CAP, cgroup_parent=f"cove-it-{uuid.uuid4().hex[:8]}",
     )  # fmt: skip
     yield OciRuntime(settings)
-    assert_no_leaks(settings.data_dir, MADE.__contains__)
+    assert_no_leaks(settings.data_dir, settings.cgroup_parent)
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def make_exempt(exempt: OciRuntime) -> Iterator[SandboxFactory]:
     """Sandboxes on the ``exempt`` runtime, destroyed afterwards."""
     with sandbox_factory(exempt) as make:
         yield make
-    assert_no_leaks(exempt._settings.data_dir, MADE.__contains__)
+    assert_no_leaks(exempt._settings.data_dir, exempt._settings.cgroup_parent)
 
 
 @pytest.fixture
