@@ -55,8 +55,8 @@ def leaks(data_dir: Path, cgroup_parent: str) -> list[str]:
 
 def _network_leaks(data_dir: Path) -> list[str]:
     """nft chains/sets/elements and veths of this data dir's sandboxes (netns files
-    are bind mounts under the data dir, so the mount check covers them), and an
-    empty ``inet cove`` table."""
+    are bind mounts under the data dir, so the mount check covers them), the data
+    dir's shared set once no sandbox needs it, and an empty ``inet cove`` table."""
     from cove.runtime.network import data_tag
 
     tag = data_tag(data_dir)
@@ -66,6 +66,8 @@ def _network_leaks(data_dir: Path) -> list[str]:
     if out.returncode == 0:
         text = out.stdout
         found += [f"nft object of {tag}" for _ in range(text.count(f'"{tag} '))]
+        if f'"{tag}"' in text and f'"{tag} ' not in text:
+            found.append(f"nft set shared by the sandboxes of {tag}")
         if '"comment"' not in text:
             found.append("nft table inet cove (empty)")
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True,

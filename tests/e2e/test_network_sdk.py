@@ -59,6 +59,8 @@ def test_firewall_fields_and_live_updates(daytona: Daytona, sandboxes: list, rem
         sb.update_network_settings(network_allow_list=",".join(f"10.0.{i}.0/24" for i in range(11)))
     with pytest.raises(DaytonaError):
         sb.update_network_settings(domain_allow_list="bad_name!.test")
+    with pytest.raises(DaytonaError, match="169.254.0.0/16, which this server blocks"):
+        sb.update_network_settings(network_allow_list="169.254.169.254/32")  # cloud metadata
     sb.refresh_data()
     assert sb.network_allow_list == f"198.18.{R1_NET}.0/24"  # nothing changed
     assert fetch(sb, f"http://{R1}:8080/")

@@ -12,6 +12,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,13 @@ ID_PREFIX = "it-"
 @pytest.fixture
 def make_sandbox(runtime: OciRuntime) -> Iterator[SandboxFactory]:
     """Create (and by default start) sandboxes; every one is destroyed at the end."""
+    with sandbox_factory(runtime) as make:
+        yield make
+
+
+@contextmanager
+def sandbox_factory(runtime: OciRuntime) -> Iterator[SandboxFactory]:
+    """A sandbox factory on ``runtime``; every sandbox it made is destroyed on exit."""
     made: list[str] = []
 
     def make(

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 from rich.console import Console
 
 from cove.core.config import Settings
@@ -15,8 +16,17 @@ console = Console(stderr=True)
 
 
 def _settings(**overrides: object) -> Settings:
+    """The settings, or a one-line error per invalid ``COVE_*`` value (exit status 1)."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**given)  # type: ignore[arg-type]
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = [
+            f"COVE_{str(e['loc'][0]).upper() if e['loc'] else 'settings'}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        ]
+        raise click.ClickException("invalid configuration: " + "; ".join(problems)) from None
 
 
 @click.group()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -14,6 +15,27 @@ def _default_data_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/cove")
     return Path.home() / ".local" / "share" / "cove"
+
+
+def _ipv4_ranges(value: object) -> tuple[str, ...]:
+    """``"10.1.0.0/16, 192.0.2.7"`` (or a sequence) as normalized IPv4 CIDRs."""
+    items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    out = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        try:
+            net = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"'{item}' is not an IPv4 range such as 10.1.0.0/16") from None
+        if net.version != 4:
+            raise ValueError(f"'{item}': only IPv4 ranges (sandboxes get no IPv6)")
+        out.append(str(net))
+    return tuple(out)
+
+
+# Comma-separated IPv4 CIDRs (COVE_EGRESS_ALLOW=10.1.0.0/16,192.0.2.7).
+Ipv4Ranges = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_ipv4_ranges)]
 
 
 class Settings(BaseSettings):
@@ -75,6 +97,13 @@ class Settings(BaseSettings):
     network_pool: str = "10.213.0.0/16"
     # Where Cove's DNS forwarder sends queries: "host[:port],..."; default: /etc/resolv.conf.
     dns_upstream: str | None = None
+    # Sandbox egress. Blocked by default: private (RFC 1918), CGNAT, link-local (cloud
+    # metadata), loopback, 0/8, multicast and reserved ranges. egress_allow exempts
+    # ranges from that (e.g. a registry on the LAN); egress_block adds ranges.
+    egress_allow: Ipv4Ranges = ()
+    egress_block: Ipv4Ranges = ()
+    # Concurrent tracked connections per sandbox (its share of the host's conntrack table).
+    max_connections: int = Field(default=4096, ge=1)
     # Preview host names {port}-{sandboxId}.<domain> are proxied when set.
     preview_domain: str | None = None
 

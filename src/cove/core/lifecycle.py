@@ -149,7 +149,7 @@ class LifecycleService:
         resources = validation.requested_resources(req, self.settings)
         validation.check_labels(req.labels)
         validation.network_policy(
-            req.network_block_all, req.network_allow_list, req.domain_allow_list
+            req.network_block_all, req.network_allow_list, req.domain_allow_list, self.settings
         )
         binds = self._volume_binds(organization_id, req)
         sandbox_id = str(uuid.uuid4())
@@ -452,7 +452,7 @@ class LifecycleService:
             }  # fmt: skip
             policy = validation.network_policy(
                 fields["network_block_all"], fields["network_allow_list"],  # type: ignore[arg-type]
-                fields["domain_allow_list"],  # type: ignore[arg-type]
+                fields["domain_allow_list"], self.settings,  # type: ignore[arg-type]
             )  # fmt: skip
             if current.state in (S.STARTED, S.PAUSED):
                 await asyncio.to_thread(self.runtime.set_network, current.id, policy)

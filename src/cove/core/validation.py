@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
+from functools import lru_cache
 
 from cove.core.config import Settings
 from cove.core.ports import NetworkPolicy, Resources
@@ -19,6 +21,14 @@ LANGUAGES = frozenset({"python", "typescript", "javascript"})
 MAX_ALLOW_LIST = 10
 MAX_DOMAINS = 50
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# What no sandbox reaches unless the operator exempts it (COVE_EGRESS_ALLOW):
+# "this network", RFC 1918, CGNAT, loopback, link-local (cloud metadata),
+# multicast, and reserved 240/4 with the limited broadcast address.
+DEFAULT_EGRESS_BLOCK = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+)  # fmt: skip
+Net = ipaddress.IPv4Network
 
 
 def check_limits(resources: Resources, settings: Settings) -> None:
@@ -63,16 +73,66 @@ def check_network(allow_list: str | None) -> None:
 
 
 def network_policy(
-    block_all: bool, allow_list: str | None, domain_list: str | None
-) -> NetworkPolicy:
+    block_all: bool, allow_list: str | None, domain_list: str | None,
+    settings: Settings | None = None,
+) -> NetworkPolicy:  # fmt: skip
     """The firewall a sandbox's network fields ask for.
 
+    With ``settings`` (a user's request, not a stored sandbox), a CIDR lying wholly
+    inside the server's blocked ranges is refused: it could never open anything. One
+    that only overlaps them is accepted; the firewall keeps the blocked part closed.
+
     Raises:
-        BadRequest: an invalid CIDR or host name, or too many entries.
+        BadRequest: an invalid CIDR or host name, too many entries, or a blocked CIDR.
     """
-    return NetworkPolicy(
-        block_all=block_all, allow_cidrs=_cidrs(allow_list), allow_domains=_domains(domain_list)
-    )
+    cidrs = _cidrs(allow_list)
+    if settings is not None:
+        _check_not_blocked(cidrs, settings)
+    domains = _domains(domain_list)
+    return NetworkPolicy(block_all=block_all, allow_cidrs=cidrs, allow_domains=domains)
+
+
+def blocked_ranges(settings: Settings) -> tuple[Net, ...]:
+    """The IPv4 ranges no sandbox of this server may reach: the default block and
+    ``egress_block``, minus ``egress_allow``."""
+    return _blocked(settings.egress_block, settings.egress_allow)
+
+
+@lru_cache(maxsize=8)
+def _blocked(extra: tuple[str, ...], exempt: tuple[str, ...]) -> tuple[Net, ...]:
+    ranges = _nets((*DEFAULT_EGRESS_BLOCK, *extra))
+    for hole in _nets(exempt):
+        ranges = _without(ranges, hole)
+    return tuple(ipaddress.collapse_addresses(ranges))
+
+
+def _check_not_blocked(cidrs: tuple[str, ...], settings: Settings) -> None:
+    blocked = blocked_ranges(settings)
+    for cidr in map(Net, cidrs):
+        pieces = [cidr]
+        for block in blocked:
+            pieces = _without(pieces, block)
+        if not pieces:
+            listed = _nets((*DEFAULT_EGRESS_BLOCK, *settings.egress_block))
+            inside = ", ".join(str(n) for n in listed if n.overlaps(cidr))
+            raise BadRequest(
+                f"networkAllowList: {cidr} lies in {inside}, which this server blocks "
+                "for every sandbox"
+            )
+
+
+def _without(ranges: Iterable[Net], hole: Net) -> list[Net]:
+    """``ranges`` with the addresses of ``hole`` taken out."""
+    out: list[Net] = []
+    for net in ranges:
+        if net.subnet_of(hole):
+            continue
+        out.extend(net.address_exclude(hole) if hole.subnet_of(net) else [net])
+    return out
+
+
+def _nets(cidrs: Iterable[str]) -> list[Net]:
+    return [Net(c, strict=False) for c in cidrs]
 
 
 def _cidrs(allow_list: str | None) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """Cove's nftables rules: one table (``inet cove``), kernel-kept across server restarts.
 
-Base chains (shared by every sandbox, rewritten idempotently)::
+Base chains (shared by every sandbox and every Cove server on the host, rewritten
+idempotently; they must stay the same in every version)::
 
     forward      iifname vmap @egress      each sandbox veth jumps to its eg_<key> chain
                  iifname "cv*" drop        a veth we do not know
@@ -9,15 +10,26 @@ Base chains (shared by every sandbox, rewritten idempotently)::
                  iifname "cv*" drop
     postrouting  ip saddr @masq oifname != "cv*" masquerade
 
+Per server (``<t>`` is its data dir tag; comment ``"<tag>"``, rewritten with every
+sandbox's rules, removed with the server's last sandbox)::
+
+    block_<t>  the ranges no sandbox may reach (validation.blocked_ranges)
+
 Per sandbox (``<key>`` is its veth suffix; every chain and set carries the
 comment ``"<tag> <sandbox id>"`` so leftovers can be found after a crash)::
 
-    eg_<key>   established accept; to another sandbox drop; IPv6 drop;
+    eg_<key>   source is not the sandbox's address: drop (anti-spoofing); IPv6 drop;
+               established accept; invalid (untracked, so never NATed) drop;
+               to another sandbox drop; to @block_<t> drop;
+               a new connection past the cap (@conn_<key>): reject;
                then the policy: accept all | drop all | @cidr_<key> / @dns_<key> accept, drop
-    in_<key>   established accept; DNS to its own host-side address accept; drop
+    in_<key>   anti-spoofing; established accept; DNS to its own host-side address
+               (within the cap) accept; drop
     cidr_<key> the networkAllowList ranges
     dns_<key>  addresses Cove's DNS forwarder resolved for that sandbox's allowed
                names, each with a timeout at least as long as its record's TTL
+    conn_<key> the sandbox's tracked connections (``ct count``), shared by both chains
+               and never flushed, so changing the policy does not reset the count
 """
 
 from __future__ import annotations
@@ -80,6 +92,19 @@ class Link:
         return f"{self.tag} {self.sandbox_id}"
 
 
+@dataclass(frozen=True)
+class Egress:
+    """What a server allows every one of its sandboxes, whatever their policy."""
+
+    blocked: tuple[str, ...]  # IPv4 ranges no sandbox may reach
+    max_connections: int  # concurrent tracked connections per sandbox
+
+
+def block_set(tag: str) -> str:
+    """Name of the server's set of blocked ranges."""
+    return "block_" + tag.replace("-", "_")
+
+
 @contextmanager
 def _host_lock() -> Iterator[None]:
     """Serialize changes to the shared table between every Cove server on the host
@@ -92,44 +117,66 @@ def _host_lock() -> Iterator[None]:
         os.close(fd)
 
 
-def apply(link: Link, policy: NetworkPolicy) -> None:
+def apply(link: Link, policy: NetworkPolicy, egress: Egress) -> None:
     """Install (or atomically replace) the rules of one sandbox."""
     with _host_lock():
-        run(["nft", "-f", "-"], input=script(link, policy).encode())
+        run(["nft", "-f", "-"], input=script(link, policy, egress).encode())
 
 
-def script(link: Link, policy: NetworkPolicy) -> str:
+def script(link: Link, policy: NetworkPolicy, egress: Egress) -> str:
     """The nft script that installs ``link``'s rules for ``policy`` in one transaction."""
     k, c = link.key, f'comment "{link.comment}"'
+    block, intervals = block_set(link.tag), "type ipv4_addr ; flags interval ; auto-merge"
     lines = [
         _BASE,
+        f'add set {TABLE} {block} {{ {intervals} ; comment "{link.tag}" ; }}',
+        f"flush set {TABLE} {block}",
         f"add chain {TABLE} eg_{k} {{ {c} ; }}",
         f"add chain {TABLE} in_{k} {{ {c} ; }}",
-        f"add set {TABLE} cidr_{k} {{ type ipv4_addr ; flags interval ; auto-merge ; {c} ; }}",
+        f"add set {TABLE} cidr_{k} {{ {intervals} ; {c} ; }}",
         f"add set {TABLE} dns_{k} {{ type ipv4_addr ; flags timeout ; {c} ; }}",
+        f"add set {TABLE} conn_{k} {{ type ipv4_addr ; size 16 ; flags dynamic ; {c} ; }}",
         f"flush chain {TABLE} eg_{k}",
         f"flush chain {TABLE} in_{k}",
         f"flush set {TABLE} cidr_{k}",
     ]
+    if egress.blocked:
+        lines.append(f"add element {TABLE} {block} {{ {', '.join(egress.blocked)} }}")
     cidrs = [c for c in policy.allow_cidrs if ":" not in c]
     if cidrs:
         lines.append(f"add element {TABLE} cidr_{k} {{ {', '.join(cidrs)} }}")
     if not policy.allow_domains:
         lines.append(f"flush set {TABLE} dns_{k}")
-    eg = f"add rule {TABLE} eg_{k}"
+    lines += _rules(link, policy, egress)
     lines += [
-        f"{eg} ct state established,related accept",
-        f'{eg} oifname "{VETH_PREFIX}*" drop',
-        f"{eg} meta nfproto ipv6 drop",
-        *_verdicts(eg, k, policy),
-        f"add rule {TABLE} in_{k} ct state established,related accept",
-        f"add rule {TABLE} in_{k} ip daddr {link.host} udp dport 53 accept",
-        f"add rule {TABLE} in_{k} drop",
         f'add element {TABLE} egress {{ "{link.veth}" : jump eg_{k} }}',
         f'add element {TABLE} ingress {{ "{link.veth}" : jump in_{k} }}',
         f"add element {TABLE} masq {{ {link.guest} {c} }}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _rules(link: Link, policy: NetworkPolicy, egress: Egress) -> list[str]:
+    """The rules of the sandbox's two chains: the server's limits, then its policy."""
+    k = link.key
+    eg, in_ = f"add rule {TABLE} eg_{k}", f"add rule {TABLE} in_{k}"
+    cap = f"ct state new add @conn_{k} {{ ip saddr ct count over {egress.max_connections} }}"
+    dns = f"ip daddr {link.host} udp dport 53"
+    return [
+        f"{eg} ip saddr != {link.guest} drop",
+        f"{eg} meta nfproto ipv6 drop",
+        f"{eg} ct state established,related accept",
+        f"{eg} ct state invalid drop",  # untracked: would leave un-NATed
+        f'{eg} oifname "{VETH_PREFIX}*" drop',
+        f"{eg} ip daddr @{block_set(link.tag)} drop",
+        f"{eg} {cap} reject",
+        *_verdicts(eg, k, policy),
+        f"{in_} ip saddr != {link.guest} drop",
+        f"{in_} ct state established,related accept",
+        f"{in_} {dns} {cap} reject",
+        f"{in_} {dns} accept",
+        f"{in_} drop",
+    ]
 
 
 def _verdicts(eg: str, k: str, policy: NetworkPolicy) -> list[str]:
@@ -166,10 +213,25 @@ def _remove(sandbox_id: str, tag: str) -> None:
     if table is None:
         return
     comment = f"{tag} {sandbox_id}"
+    others = {o["comment"] for o in table if o["kind"] == "set"
+              and " " in o.get("comment", "")} - {comment}  # fmt: skip
+    cmds = _removal(table, comment) if others else [f"delete table {TABLE}"]
+    if cmds:
+        run(["nft", "-f", "-"], input=("\n".join(cmds) + "\n").encode())
+    if others and not any(o.startswith(tag + " ") for o in others):
+        # the server's last sandbox: its shared set goes too (best effort: a leftover
+        # is harmless and goes with the next removal)
+        for obj in table:
+            if obj["kind"] == "set" and obj.get("comment") == tag:
+                run(["nft", "delete", "set", *TABLE.split(), obj["name"]], check=False)
+
+
+def _removal(table: list[dict], comment: str) -> list[str]:
+    """Commands deleting the chains, sets and map elements of the sandbox."""
     # (nft 1.0.6 does not show chain comments in JSON: sets identify the sandbox)
-    sets = [o["name"] for o in table if o.get("kind") == "set" and o.get("comment") == comment]
+    sets = [o["name"] for o in table if o["kind"] == "set" and o.get("comment") == comment]
     keys = {name.split("_", 1)[1] for name in sets}
-    names = {o["name"] for o in table if o.get("kind") == "chain"}
+    names = {o["name"] for o in table if o["kind"] == "chain"}
     chains = [f"{p}_{k}" for k in sorted(keys) for p in ("eg", "in") if f"{p}_{k}" in names]
     cmds = []
     for key in keys:
@@ -180,13 +242,7 @@ def _remove(sandbox_id: str, tag: str) -> None:
     for addr in _masq_for(table, comment):
         cmds.append(f"delete element {TABLE} masq {{ {addr} }}")
     cmds += [f"delete chain {TABLE} {c}" for c in chains]
-    cmds += [f"delete set {TABLE} {s}" for s in sets]
-    others = [o for o in table if o.get("kind") == "set" and o.get("comment")
-              and o.get("comment") != comment]  # fmt: skip
-    if not others:
-        cmds = [f"delete table {TABLE}"]
-    if cmds:
-        run(["nft", "-f", "-"], input=("\n".join(cmds) + "\n").encode())
+    return cmds + [f"delete set {TABLE} {s}" for s in sets]
 
 
 def owned(tag: str) -> dict[str, str]:

@@ -26,15 +26,17 @@ from pathlib import Path
 
 from cove.core.config import Settings
 from cove.core.ports import NetworkPolicy
+from cove.core.validation import blocked_ranges
 from cove.errors import RuntimeBackendError
 from cove.runtime import firewall, mounts
 from cove.runtime.dns import DnsForwarder, upstreams
-from cove.runtime.firewall import Link
+from cove.runtime.firewall import Egress, Link
 from cove.runtime.layout import SandboxPaths, remove_file, sandboxes_dir
 from cove.runtime.proc import run
 
 LEASE = "net.json"
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+IPV4_CONF = Path("/proc/sys/net/ipv4/conf")
 
 
 def data_tag(data_dir: Path) -> str:
@@ -51,6 +53,8 @@ class Network:
         self.tag = data_tag(settings.data_dir)
         self._alloc = threading.Lock()
         self._dns: DnsForwarder | None = None
+        blocked = tuple(str(net) for net in blocked_ranges(settings))
+        self._egress = Egress(blocked=blocked, max_connections=settings.max_connections)
 
     @property
     def dns(self) -> DnsForwarder:
@@ -86,8 +90,10 @@ class Network:
         return netns
 
     def apply(self, sandbox_id: str, link: Link, policy: NetworkPolicy) -> None:
-        """Install the rules for ``policy`` and (re)attach the DNS forwarder."""
-        firewall.apply(link, policy)
+        """Install the rules for ``policy`` (under the server's egress limits), turn on
+        strict reverse-path filtering on the veth and (re)attach the DNS forwarder."""
+        firewall.apply(link, policy, self._egress)
+        strict_rp_filter(link.veth)
         self.dns.serve(
             sandbox_id, link.host, policy, lambda found: firewall.allow_addresses(link, found)
         )
@@ -145,3 +151,12 @@ class Network:
             sandbox_id=sandbox_id, tag=self.tag, key=key,
             host=str(ipaddress.IPv4Address(base)), guest=str(ipaddress.IPv4Address(base + 1)),
         )  # fmt: skip
+
+
+def strict_rp_filter(veth: str) -> None:
+    """Drop packets arriving on ``veth`` whose source is not routed back through it
+    (the kernel's own anti-spoofing, beside the nft rule)."""
+    try:
+        (IPV4_CONF / veth / "rp_filter").write_text("1\n")
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot turn on rp_filter on {veth}: {exc}") from exc

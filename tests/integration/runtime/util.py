@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from cove.core.ports import ExecResult
 from cove.runtime import cgroups
+from cove.runtime.firewall import Link
+from cove.runtime.layout import SandboxPaths
 from cove.runtime.oci import OciRuntime
 
 
@@ -49,3 +52,20 @@ def init_pid(runtime: OciRuntime, sandbox_id: str) -> int:
 
 def sandbox_dir(runtime: OciRuntime, sandbox_id: str) -> Path:
     return runtime._settings.data_dir / "sandboxes" / sandbox_id
+
+
+def py(runtime: OciRuntime, sid: str, script: str, *args: str, user: str = "daytona") -> str:
+    """Run a Python script in the sandbox; it must succeed. Returns its stdout."""
+    res = runtime.exec(sid, ["python3", "-c", textwrap.dedent(script), *args], user=user,
+                       timeout=60)  # fmt: skip
+    assert res.exit_code == 0, (res.stdout, res.stderr)
+    return res.stdout.decode()
+
+
+def link(runtime: OciRuntime, sid: str) -> Link:
+    """The host's view of the sandbox's network connection."""
+    net = runtime._net
+    assert net is not None
+    found = net.link(SandboxPaths.of(runtime._settings.data_dir, sid))
+    assert found is not None
+    return found

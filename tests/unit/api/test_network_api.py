@@ -5,11 +5,15 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
+from ipaddress import ip_network
 
 import pytest
 from starlette.testclient import TestClient
 
+from cove.core.config import Settings
 from cove.core.ports import NetworkPolicy
+from cove.core.validation import blocked_ranges, network_policy
+from cove.errors import BadRequest
 from cove.runtime.fake import FakeRuntime
 from tests.unit.api.conftest import AUTH, create_sandbox
 
@@ -42,13 +46,14 @@ def _net(client: TestClient, sid: str, **body: object):  # noqa: ANN202
 
 def test_network_settings_apply_live_and_store(client: TestClient, runtime: FakeRuntime) -> None:
     sid = create_sandbox(client, networkBlockAll=True)["id"]
-    r = _net(client, sid, networkAllowList="10.0.0.0/8, 192.168.1.7", domainAllowList="*.a.com")
+    r = _net(client, sid, networkAllowList="203.0.113.0/24, 198.51.100.7",
+             domainAllowList="*.a.com")  # fmt: skip
     assert r.status_code == 200
     body = r.json()
     assert body["networkBlockAll"] is False
-    assert body["networkAllowList"] == "10.0.0.0/8, 192.168.1.7"
+    assert body["networkAllowList"] == "203.0.113.0/24, 198.51.100.7"
     assert runtime.networks[sid] == NetworkPolicy(
-        allow_cidrs=("10.0.0.0/8", "192.168.1.7/32"), allow_domains=("*.a.com",)
+        allow_cidrs=("203.0.113.0/24", "198.51.100.7/32"), allow_domains=("*.a.com",)
     )
     body = _net(client, sid, networkBlockAll=False).json()  # clears the lists
     assert body["networkAllowList"] is None and body["domainAllowList"] is None
@@ -57,27 +62,66 @@ def test_network_settings_apply_live_and_store(client: TestClient, runtime: Fake
 
 @pytest.mark.parametrize("body", [
     {"networkAllowList": "10.0.0.0/33"},
-    {"networkAllowList": ",".join(f"10.{i}.0.0/16" for i in range(11))},
+    {"networkAllowList": ",".join(f"203.0.{i}.0/24" for i in range(11))},
     {"networkAllowList": "::1/128"},
+    {"networkAllowList": "169.254.169.254"},  # cloud metadata: blocked for every sandbox
+    {"networkAllowList": "203.0.113.0/24, 10.0.0.0/8"},
+    {"networkAllowList": "224.0.0.0/3"},  # wholly inside two blocked ranges
     {"domainAllowList": "bad_name.com"},
     {"domainAllowList": "*.-x.com"},
 ])  # fmt: skip
 def test_invalid_network_settings_change_nothing(client: TestClient, runtime: FakeRuntime,
                                                  body: dict) -> None:  # fmt: skip
-    sb = create_sandbox(client, networkAllowList="10.1.0.0/16")
+    sb = create_sandbox(client, networkAllowList="198.51.100.0/24")
     runtime.networks.clear()
     r = _net(client, sb["id"], **body)
     assert r.status_code == 400 and r.json()["code"] == "BAD_REQUEST"
     assert client.get(f"/api/sandbox/{sb['id']}", headers=AUTH).json()["networkAllowList"] == (
-        "10.1.0.0/16"
+        "198.51.100.0/24"
     )
     assert runtime.networks == {}
 
 
-def test_invalid_network_fields_atcreate_sandbox(client: TestClient) -> None:
-    r = client.post("/api/sandbox", json={"env": {}, "volumes": [], "domainAllowList": "a b"},
-                    headers=AUTH)  # fmt: skip
-    assert r.status_code == 400
+@pytest.mark.parametrize("body", [
+    {"domainAllowList": "a b"},
+    {"networkAllowList": "192.168.1.0/24"},
+])  # fmt: skip
+def test_invalid_network_fields_at_create(client: TestClient, runtime: FakeRuntime,
+                                          body: dict) -> None:  # fmt: skip
+    r = client.post("/api/sandbox", json={"env": {}, "volumes": [], **body}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["code"] == "BAD_REQUEST"
+    assert client.get("/api/sandbox", headers=AUTH).json()["items"] == []
+    assert runtime.calls == []
+
+
+def test_blocked_range_message_and_partial_overlap(client: TestClient,
+                                                   runtime: FakeRuntime) -> None:  # fmt: skip
+    sid = create_sandbox(client)["id"]
+    r = _net(client, sid, networkAllowList="169.254.169.254/32")
+    assert r.json()["message"] == (
+        "networkAllowList: 169.254.169.254/32 lies in 169.254.0.0/16, which this server "
+        "blocks for every sandbox"
+    )
+    # a range that only overlaps the blocked ones is taken (the firewall keeps them closed)
+    assert _net(client, sid, networkAllowList="0.0.0.0/0, 8.0.0.0/7").status_code == 200
+    assert runtime.networks[sid] == NetworkPolicy(allow_cidrs=("0.0.0.0/0", "8.0.0.0/7"))
+
+
+def test_operator_exemptions_and_blocks(tmp_path) -> None:  # noqa: ANN001
+    settings = Settings(data_dir=tmp_path, egress_allow="10.1.0.0/16, 169.254.169.254",
+                        egress_block="203.0.113.0/24")  # fmt: skip
+    blocked = [str(n) for n in blocked_ranges(settings)]
+    assert "203.0.113.0/24" in blocked and "172.16.0.0/12" in blocked
+    assert not any(ip_network(n).overlaps(ip_network("10.1.0.0/16")) for n in blocked)
+    assert "169.254.169.0/25" in blocked and "169.254.169.255/32" in blocked
+    policy = network_policy(False, "10.1.2.0/24,169.254.169.254", None, settings)
+    assert policy.allow_cidrs == ("10.1.2.0/24", "169.254.169.254/32")
+    with pytest.raises(BadRequest, match="203.0.113.9/32 lies in 203.0.113.0/24"):
+        network_policy(False, "203.0.113.9", None, settings)
+    with pytest.raises(BadRequest, match="10.2.0.0/16 lies in 10.0.0.0/8"):
+        network_policy(False, "10.2.0.0/16", None, settings)
+    # a stored sandbox's list is not judged again (the firewall still blocks)
+    assert network_policy(False, "10.2.0.0/16", None).allow_cidrs == ("10.2.0.0/16",)
 
 
 def test_preview_by_host_name_and_tokens(client: TestClient, upstream: int) -> None:

@@ -18,10 +18,14 @@ async def test_create_passes_the_policy_and_rejects_bad_lists(
     with pytest.raises(BadRequest):
         await lifecycle.create(organization_id=org,
                                request=SandboxCreate(domain_allow_list="x..y"))  # fmt: skip
+    with pytest.raises(BadRequest, match="10.0.0.0/8 lies in 10.0.0.0/8, which this server"):
+        await lifecycle.create(organization_id=org,
+                               request=SandboxCreate(network_allow_list="10.0.0.0/8"))  # fmt: skip
+    assert lifecycle.store.all() == []
     sb = await lifecycle.create(
-        organization_id=org, request=SandboxCreate(network_allow_list="10.0.0.0/8")
+        organization_id=org, request=SandboxCreate(network_allow_list="203.0.113.0/24")
     )
-    assert lifecycle._spec(sb).network == NetworkPolicy(allow_cidrs=("10.0.0.0/8",))
+    assert lifecycle._spec(sb).network == NetworkPolicy(allow_cidrs=("203.0.113.0/24",))
 
 
 async def test_update_only_applies_to_running_and_keeps_fields(
@@ -54,3 +58,22 @@ async def test_restore_networks_after_restart(
     assert runtime.networks == {on.id: NetworkPolicy(block_all=True)}
     runtime.fail_on["set_network"] = "nft broke"
     await restore_networks(lifecycle)  # logged, not raised
+
+
+async def test_stored_list_survives_a_stricter_operator(
+    lifecycle: LifecycleService, runtime: FakeRuntime, org: str
+) -> None:
+    """A list accepted under an exemption the operator later drops still starts: the
+    firewall, not the API, keeps the now-blocked range closed."""
+    lifecycle.settings = lifecycle.settings.model_copy(update={"egress_allow": ("10.5.0.0/16",)})
+    request = SandboxCreate(network_allow_list="10.5.0.0/16")
+    sb = await lifecycle.create(organization_id=org, request=request)
+    await lifecycle.stop(org, sb.id)
+    lifecycle.settings = lifecycle.settings.model_copy(update={"egress_allow": ()})
+    await lifecycle.start(org, sb.id)
+    await restore_networks(lifecycle)
+    assert runtime.networks[sb.id] == NetworkPolicy(allow_cidrs=("10.5.0.0/16",))
+    with pytest.raises(BadRequest, match="lies in 10.0.0.0/8"):
+        await lifecycle.update_network(org, sb.id, block_all=None, allow_list="10.5.1.0/24",
+                                       domain_list=None)  # fmt: skip
+    assert lifecycle.get(org, sb.id).network_allow_list == "10.5.0.0/16"

@@ -1,13 +1,21 @@
-"""Pure parts of sandbox networking: DNS wire handling, name matching, nft script."""
+"""Pure parts of sandbox networking: DNS wire handling, name matching, nft script,
+the egress settings."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
+
+from cove.core.config import Settings
 from cove.core.ports import NetworkPolicy
 from cove.runtime import dns, firewall
-from cove.runtime.firewall import Link
+from cove.runtime.firewall import Egress, Link
 
 
 def _query(name: str, qid: int = 7) -> bytes:
@@ -59,13 +67,78 @@ def test_upstreams(tmp_path) -> None:  # noqa: ANN001
     assert dns.upstreams("127.0.0.1:5300, 10.1.1.1", conf) == both
 
 
+EGRESS = Egress(blocked=("10.0.0.0/8", "169.254.0.0/16"), max_connections=100)
+
+
 def test_nft_script_per_policy() -> None:
     link = Link("sb-1", "cove-x", "abc", "10.0.0.2", "10.0.0.3")
-    open_ = firewall.script(link, NetworkPolicy())
+    open_ = firewall.script(link, NetworkPolicy(), EGRESS)
     assert "add rule inet cove eg_abc accept" in open_
     assert "ip daddr 10.0.0.2 udp dport 53 accept" in open_
-    cidr = firewall.script(link, NetworkPolicy(allow_cidrs=("10.9.0.0/16",)))
+    cidr = firewall.script(link, NetworkPolicy(allow_cidrs=("10.9.0.0/16",)), EGRESS)
     assert "add element inet cove cidr_abc { 10.9.0.0/16 }" in cidr
     assert "eg_abc ip daddr @cidr_abc accept\nadd rule inet cove eg_abc drop" in cidr
-    blocked = firewall.script(link, NetworkPolicy(block_all=True, allow_cidrs=("10.9.0.0/16",)))
+    blocked = firewall.script(link, NetworkPolicy(block_all=True, allow_cidrs=("10.9.0.0/16",)),
+                              EGRESS)  # fmt: skip
     assert "eg_abc drop" in blocked and "@cidr_abc accept" not in blocked
+
+
+def _chain(script: str, chain: str) -> list[str]:
+    prefix = f"add rule inet cove {chain} "
+    return [line[len(prefix):] for line in script.splitlines() if line.startswith(prefix)]
+
+
+def test_nft_egress_limits_come_before_the_policy() -> None:
+    link = Link("sb-1", "cove-x", "abc", "10.0.0.2", "10.0.0.3")
+    script = firewall.script(link, NetworkPolicy(allow_domains=("a.com",)), EGRESS)
+    assert "add element inet cove block_cove_x { 10.0.0.0/8, 169.254.0.0/16 }" in script
+    cap = "ct state new add @conn_abc { ip saddr ct count over 100 } reject"
+    assert _chain(script, "eg_abc") == [
+        "ip saddr != 10.0.0.3 drop",  # anti-spoofing first
+        "meta nfproto ipv6 drop",
+        "ct state established,related accept",
+        "ct state invalid drop",
+        'oifname "cv*" drop',
+        "ip daddr @block_cove_x drop",  # before any allow-list, DNS-learnt addresses too
+        cap,
+        "ip daddr @dns_abc accept",
+        "drop",
+    ]
+    dns = "ip daddr 10.0.0.2 udp dport 53"
+    assert _chain(script, "in_abc") == [
+        "ip saddr != 10.0.0.3 drop", "ct state established,related accept",
+        f"{dns} {cap}", f"{dns} accept", "drop",
+    ]  # fmt: skip
+    assert "flush set inet cove conn_abc" not in script  # a policy change keeps the count
+    none = firewall.script(link, NetworkPolicy(), Egress(blocked=(), max_connections=1))
+    assert "add element inet cove block_cove_x" not in none  # everything exempted
+
+
+def test_egress_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    monkeypatch.setenv("COVE_EGRESS_ALLOW", "10.1.2.3, 192.168.7.0/24")
+    monkeypatch.setenv("COVE_EGRESS_BLOCK", "203.0.113.0/24")
+    monkeypatch.setenv("COVE_MAX_CONNECTIONS", "64")
+    settings = Settings(data_dir=tmp_path)
+    assert settings.egress_allow == ("10.1.2.3/32", "192.168.7.0/24")
+    assert settings.egress_block == ("203.0.113.0/24",)
+    assert settings.max_connections == 64
+    assert Settings(data_dir=tmp_path, egress_allow=["10.0.0.0/8"]).egress_allow == ("10.0.0.0/8",)
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("COVE_EGRESS_ALLOW", "10.0.0.0/8,nope", "'nope' is not an IPv4 range"),
+    ("COVE_EGRESS_BLOCK", "fd00::/8", "only IPv4 ranges"),
+    ("COVE_MAX_CONNECTIONS", "0", "greater than or equal to 1"),
+])  # fmt: skip
+def test_invalid_egress_settings_stop_the_server(tmp_path: Path, name: str, value: str,
+                                                 message: str) -> None:  # fmt: skip
+    env = {**os.environ, name: value, "COVE_RUNTIME": "fake"}
+    done = subprocess.run(
+        [sys.executable, "-m", "cove.cli.main", "serve", "--data-dir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert f"{name}: " in done.stderr and message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "cove.db").exists()  # nothing started
