@@ -60,19 +60,6 @@ static void die(const char *fmt, ...)
     exit(1);
 }
 
-/* Child side of a pipe handshake: tell the parent, wait until it closes ``done``. */
-static void signal_and_wait(int ready[2], int done[2])
-{
-    char c = 1;
-
-    close(ready[0]);
-    close(done[1]);
-    if (write(ready[1], &c, 1) != 1)
-        _exit(1);
-    (void)read(done[0], &c, 1);
-    _exit(0);
-}
-
 static void wait_for(int fd)
 {
     char c;
@@ -147,77 +134,106 @@ static void become(uid_t id)
         die("become %u", id);
 }
 
-static void do_userns(char **a)
+/* A process that entered (or made) namespaces, kept alive until released. */
+struct holder {
+    pid_t pid;
+    int done; /* closing it releases the process */
+};
+
+/* Fork a process that runs enter(a, n), then waits until released. */
+static struct holder hold(void (*enter)(char **, int), char **a, int n)
 {
     int ready[2], done[2];
-    pid_t pid;
+    struct holder h;
+    char c = 1;
 
     if (pipe2(ready, O_CLOEXEC) || pipe2(done, O_CLOEXEC))
         die("pipe");
-    pid = fork();
-    if (pid < 0)
+    h.pid = fork();
+    if (h.pid < 0)
         die("fork");
-    if (pid == 0) {
-        if (unshare(CLONE_NEWUSER) != 0)
-            die("unshare");
-        signal_and_wait(ready, done);
+    if (h.pid == 0) {
+        close(ready[0]);
+        close(done[1]);
+        enter(a, n);
+        if (write(ready[1], &c, 1) != 1)
+            _exit(1);
+        (void)read(done[0], &c, 1);
+        _exit(0);
     }
     close(ready[1]);
     close(done[0]);
     wait_for(ready[0]);
-    write_maps(pid, a[1]);
-    bind_ns(pid, "user", a[0]);
-    close(done[1]);
-    reap(pid);
+    close(ready[0]);
+    h.done = done[1];
+    return h;
+}
+
+static void release(struct holder h)
+{
+    close(h.done);
+    reap(h.pid);
+}
+
+static void enter_new_userns(char **a, int n)
+{
+    (void)a;
+    (void)n;
+    if (unshare(CLONE_NEWUSER) != 0)
+        die("unshare");
+}
+
+/* As uid a[2] of the user namespace it is in, make a nested one (a[2] owns it). */
+static void enter_owned_userns(char **a, int n)
+{
+    (void)n;
+    become((uid_t)strtoul(a[2], NULL, 10));
+    enter_new_userns(a, n);
+}
+
+static void do_userns(char **a)
+{
+    struct holder h = hold(enter_new_userns, a, 2);
+
+    write_maps(h.pid, a[1]);
+    bind_ns(h.pid, "user", a[0]);
+    release(h);
 }
 
 static void do_childns(char **a)
 {
-    int up[2], ready[2], done[2];
+    int up[2], bound[2];
     pid_t helper, inner = 0;
 
-    if (pipe2(up, O_CLOEXEC) || pipe2(ready, O_CLOEXEC) || pipe2(done, O_CLOEXEC))
+    if (pipe2(up, O_CLOEXEC) || pipe2(bound, O_CLOEXEC))
         die("pipe");
     helper = fork();
     if (helper < 0)
         die("fork");
     if (helper == 0) {
-        /* In the parent namespace (every capability there), start the creator. */
-        uid_t owner = (uid_t)strtoul(a[2], NULL, 10);
-        pid_t creator;
+        /* In the parent namespace (every capability there): the creator, its map. */
+        struct holder creator;
 
         close(up[0]);
+        close(bound[1]);
         join_userns(a[0]);
-        creator = fork();
-        if (creator < 0)
-            die("fork");
-        if (creator == 0) {
-            close(up[1]);
-            become(owner);
-            if (unshare(CLONE_NEWUSER) != 0)
-                die("unshare");
-            signal_and_wait(ready, done);
-        }
-        close(ready[1]);
-        close(done[0]);
-        close(done[1]);
-        wait_for(ready[0]);
-        write_maps(creator, a[3]);
-        if (write(up[1], &creator, sizeof creator) != sizeof creator)
+        creator = hold(enter_owned_userns, a, 4);
+        write_maps(creator.pid, a[3]);
+        if (write(up[1], &creator.pid, sizeof creator.pid) != sizeof creator.pid)
             _exit(1);
-        reap(creator);
+        wait_for(bound[0]);
+        release(creator);
         _exit(0);
     }
     close(up[1]);
-    close(ready[0]);
-    close(ready[1]);
-    close(done[0]);
+    close(bound[0]);
     if (read(up[0], &inner, sizeof inner) != sizeof inner) {
         errno = ECHILD;
         die("nested user namespace not made");
     }
     bind_ns(inner, "user", a[1]);
-    close(done[1]);
+    if (write(bound[1], "1", 1) != 1)
+        die("release the creator");
     reap(helper);
 }
 
@@ -251,31 +267,22 @@ static void loopback_up(void)
     close(fd);
 }
 
+static void enter_netns(char **a, int n)
+{
+    join_userns(a[0]);
+    if (unshare(CLONE_NEWNET) != 0)
+        die("unshare");
+    loopback_up();
+    for (int i = 2; i < n; i++)
+        set_sysctl(a[i]);
+}
+
 static void do_netns(char **a, int n)
 {
-    int ready[2], done[2];
-    pid_t pid;
+    struct holder h = hold(enter_netns, a, n);
 
-    if (pipe2(ready, O_CLOEXEC) || pipe2(done, O_CLOEXEC))
-        die("pipe");
-    pid = fork();
-    if (pid < 0)
-        die("fork");
-    if (pid == 0) {
-        join_userns(a[0]);
-        if (unshare(CLONE_NEWNET) != 0)
-            die("unshare");
-        loopback_up();
-        for (int i = 2; i < n; i++)
-            set_sysctl(a[i]);
-        signal_and_wait(ready, done);
-    }
-    close(ready[1]);
-    close(done[0]);
-    wait_for(ready[0]);
-    bind_ns(pid, "net", a[1]);
-    close(done[1]);
-    reap(pid);
+    bind_ns(h.pid, "net", a[1]);
+    release(h);
 }
 
 static void send_fd(int sock, int fd)
