@@ -7,9 +7,11 @@ is followed by a check that nothing of ours is left on the host.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,13 +55,26 @@ def fake_dns() -> Iterator[FakeDns]:
 
 
 @pytest.fixture(scope="session")
-def it_settings(tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeDns) -> Settings:
+def it_settings(fake_dns: FakeDns) -> Settings:
     """Settings of the test session: a fresh data dir, the shared snapshot cache,
     sandbox addresses in 198.19.0.0/16 and the test DNS server upstream."""
-    data = tmp_path_factory.mktemp("cove-it")
+    data = _data_dir()
     return Settings(data_dir=data, snapshot_dir=SNAPSHOTS, stop_grace_seconds=2.0,
                     network_pool=sandbox_pool(0), dns_upstream=fake_dns.upstream,
                     cgroup_parent=f"cove-it-{uuid.uuid4().hex[:8]}")  # fmt: skip
+
+
+DATA_PARENT = Path("/var/tmp")
+
+
+def _data_dir() -> Path:
+    """A fresh data dir that other users may search (not list): the gVisor tier's file
+    server runs as a sandbox's own uid and must reach its files, which pytest's
+    0700 base directory would not let it. Removed at exit."""
+    data = Path(tempfile.mkdtemp(prefix="cove-it-", dir=DATA_PARENT))
+    data.chmod(0o711)
+    atexit.register(shutil.rmtree, data, ignore_errors=True)
+    return data
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +93,14 @@ ID_PREFIX = "it-"
 
 
 @pytest.fixture
-def make_sandbox(runtime: OciRuntime) -> Iterator[SandboxFactory]:
+def tier() -> str:
+    """The isolation tier of the sandboxes a test makes (modules that run on both
+    override it with ``tests.integration.runtime.util.both_tiers``)."""
+    return "crun"
+
+
+@pytest.fixture
+def make_sandbox(runtime: OciRuntime, tier: str) -> Iterator[SandboxFactory]:
     """Create (and by default start) sandboxes; every one is destroyed at the end."""
     made: list[str] = []
 
@@ -96,6 +118,7 @@ def make_sandbox(runtime: OciRuntime) -> Iterator[SandboxFactory]:
             env=env or {},
             network=network or NetworkPolicy(),
             volumes=volumes,
+            isolation=tier,
         )
         made.append(sandbox_id)
         log.info("sandbox %s", sandbox_id)
@@ -114,7 +137,8 @@ def make_sandbox(runtime: OciRuntime) -> Iterator[SandboxFactory]:
 
 
 def stray_processes(data_dir: Path, cgroup_parent: str) -> list[str]:
-    """Processes still in a test sandbox's cgroup, and crun calls about our data dir."""
+    """Processes still in a test sandbox's cgroup (gVisor's sentry and gofer too), and
+    crun or runsc calls about our data dir."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -125,7 +149,8 @@ def stray_processes(data_dir: Path, cgroup_parent: str) -> list[str]:
             continue
         if stat[stat.rindex(")") + 2] == "Z":
             continue  # exited; the host's init reaps it (it holds nothing but its pid)
-        if f"/{cgroup_parent}/" in cgroup or (str(data_dir) in cmd and "crun" in cmd):
+        if f"/{cgroup_parent}/" in cgroup or (str(data_dir) in cmd and ("crun" in cmd or
+                                                                       "runsc" in cmd)):
             found.append(f"process {pid}: {cmd[:80]}")
     return found
 

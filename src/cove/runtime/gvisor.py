@@ -39,13 +39,15 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
 from cove.core.config import Settings
 from cove.core.ports import ContainerSpec
-from cove.errors import RuntimeBackendError
+from cove.errors import Busy, RuntimeBackendError, Unavailable
+from cove.runtime import agent as agentlink
 from cove.runtime import cgroups, idrange, seccomp_bpf, spec
 from cove.runtime.agent import AgentSetup
 from cove.runtime.container import Helpers, _exited, _pidfd, prepare_host
@@ -67,6 +69,7 @@ def bring_up(
 ) -> Metadata:  # fmt: skip
     """Mount and make what is missing and ``runsc run`` the sandbox (the caller
     cleans up on error). Returns the metadata as it now is."""
+    _check_reachable(paths.root)
     host = prepare_host(settings, spec_, paths, meta=meta, helpers=helpers, net=net)
     _make_chan(paths, host.ids)
     set_limits(host.group, cpu=spec_.resources.cpu, memory=spec_.resources.memory,
@@ -88,10 +91,10 @@ def bring_up(
 
 
 def _await_agent(paths: SandboxPaths) -> None:
-    """Wait until the agent has bound its socket (the server connects to a path the
-    agent makes, not to one bound beforehand as on crun)."""
+    """Wait until the agent listens (the server connects to a socket the agent binds,
+    not to one the host bound beforehand as on crun)."""
     deadline = time.monotonic() + AGENT_WAIT
-    while not paths.chan_socket.exists():
+    while not _listening(paths.chan_socket):
         if time.monotonic() > deadline:
             raise RuntimeBackendError(f"the toolbox agent did not start within {AGENT_WAIT:.0f} s: "
                                       + _tail(paths.log, 0).decode(errors="replace")[-300:])
@@ -173,6 +176,25 @@ def stop(runsc: Runsc, container_id: str, grace: float) -> None:
     runsc.delete(container_id)
 
 
+def forget_mount_points(paths: SandboxPaths) -> None:
+    """Remove the empty mount points runsc's gofer made for the agent's binds in the
+    sandbox's own layer (under ``/dev``, which a tmpfs covers in the sandbox: nothing
+    of the sandbox can be there)."""
+    cove = paths.upper / "dev" / ".cove"
+    if not cove.is_dir():
+        return
+    for top, dirs, files in os.walk(cove, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(top, name))
+        for name in dirs:
+            os.rmdir(os.path.join(top, name))
+    os.rmdir(cove)
+    try:
+        os.rmdir(cove.parent)
+    except OSError:
+        pass  # (not empty: the image's own /dev, copied up)
+
+
 def _terminate(runsc: Runsc, container_id: str, pidfd: int, grace: float) -> None:
     if grace > 0:
         runsc.kill(container_id, "TERM")  # init passes it on to every process
@@ -196,6 +218,30 @@ def _service(agent: AgentSetup, settings: Settings) -> list[str]:
             "--cgroup-root", "/sys/fs/cgroup",
             "--pids-max", str(settings.pids_limit), "--kill-mode", "loop", "--caps", caps,
             "--seccomp", SECCOMP_MOUNT, "--peer-check", "off"]  # fmt: skip
+
+
+def _listening(path: Path) -> bool:
+    try:
+        agentlink.connect(path).close()
+        return True
+    except Busy:
+        return True
+    except Unavailable:
+        return False
+
+
+def _check_reachable(root: Path) -> None:
+    """runsc's gofer runs as the sandbox's host uid: it must be able to walk down to
+    the sandbox's directory (search permission for others on every parent)."""
+    for parent in root.parents:
+        try:
+            mode = parent.stat().st_mode
+        except OSError as exc:
+            raise RuntimeBackendError(f"cannot stat {parent}: {exc}") from exc
+        if not mode & stat.S_IXOTH:
+            raise RuntimeBackendError(
+                f"the gvisor tier needs {parent} searchable by other users (chmod o+x): "
+                "gVisor's file server runs as the sandbox's own uid")
 
 
 def _make_chan(paths: SandboxPaths, ids: idrange.IdRange) -> None:

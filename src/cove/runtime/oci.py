@@ -203,6 +203,7 @@ class OciRuntime:
             freezer.thaw(self._group(sandbox_id))  # frozen tasks act on no signal, not SIGKILL
         if self._tier(paths) == "gvisor":
             gvisor.stop(self._runsc, sandbox_id, grace)
+            gvisor.forget_mount_points(paths)
         else:
             stop_container(self._crun, sandbox_id, grace)
         self._tear_down(sandbox_id, paths)

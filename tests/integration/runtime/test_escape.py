@@ -25,9 +25,10 @@ from cove.runtime.oci import OciRuntime
 from cove.runtime.volumes import LocalVolumeFiles, volumes_dir
 from tests.integration.conftest import SandboxFactory
 from tests.integration.runtime.test_agent import agent_host_pid
-from tests.integration.runtime.util import init_pid, ok, sandbox_dir, sh
+from tests.integration.runtime.util import both_tiers, init_pid, ok, sandbox_dir, sh
 
 pytestmark = pytest.mark.integration
+tier = both_tiers  # every test here runs on both isolation tiers
 USERS = ("daytona", "root")
 
 

@@ -23,9 +23,10 @@ import pytest
 from cove.runtime import seccomp
 from cove.runtime.oci import OciRuntime
 from tests.integration.conftest import SandboxFactory
-from tests.integration.runtime.util import ok, sh
+from tests.integration.runtime.util import both_tiers, ok, sh
 
 pytestmark = pytest.mark.integration
+tier = both_tiers  # every test here runs on both isolation tiers
 USERS = ("root", "daytona")
 ARCH = platform.machine()
 U64 = 0xFFFFFFFFFFFFFFFF
