@@ -138,7 +138,7 @@ def set_limits(group: str, *, cpu: int, memory: int, pids: int) -> None:
     """
     quota, period = cpu * spec.CPU_PERIOD, spec.CPU_PERIOD
     mem = memory * spec.GIB + GVISOR_MEMORY
-    host_pids = 2 * pids + 256  # (every process of the sandbox has a stub on the host)
+    host_pids = 4 * pids + 512  # (a process of the sandbox has up to 3 host tasks)
     if cgroups.mode() is cgroups.CgroupMode.UNIFIED:
         d = cgroups.ROOT / group
         files = {"memory.max": mem, "memory.swap.max": 0, "pids.max": host_pids,

@@ -20,8 +20,10 @@ namespace, mapped by a short-lived helper that keeps the agent's credentials
 (``--userns new``: gVisor cannot setns into one); takes gVisor's own cgroupfs
 (``--cgroup-root``: every cgroup directory and file becomes the agent uid's,
 so that root of the workload, uid 0 there, can neither leave its cgroup nor
-raise a limit) and makes the per-command cgroups under a ``work`` cgroup of
-the ``pids`` controller holding the workload's pids limit (``--pids-max``);
+raise a limit): every command joins the ``work`` cgroup of the ``pids``
+controller, which holds the workload's pids limit (``--pids-max``), and gets
+a cgroup of its own in the ``cpuacct`` hierarchy (gVisor's pids limits are
+not hierarchical, so the two cannot be one cgroup, as on a cgroup v1 host);
 and kills a group by
 SIGKILLing its processes until none is left (``--kill-mode loop``: no
 cgroup.kill there); and installs Cove's seccomp filter in every command
@@ -91,11 +93,11 @@ def configure(argv: list[str]) -> Confinement:
     _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if "--become" in opts:
         _become(int(opts["--become"]))
-    kill_root = fd("--kill-fd")
+    join, kill_root = fds("--join-fds"), fd("--kill-fd")
     if "--cgroup-root" in opts:
-        kill_root = _work_cgroup(opts["--cgroup-root"], int(opts.get("--pids-max", "0")))
+        join, kill_root = _own_cgroups(opts["--cgroup-root"], int(opts.get("--pids-max", "0")))
     CURRENT = Confinement(
-        userns=fd("--userns-fd"), join=fds("--join-fds"), kill_root=kill_root,
+        userns=fd("--userns-fd"), join=join, kill_root=kill_root,
         kill_mode=opts.get("--kill-mode", "kill"), caps=frozenset(fds("--caps")),
         listen=fd("--listen-fd"), listen_path=opts.get("--listen-path"),
         new_userns=opts.get("--userns") == "new", seccomp=_read(opts.get("--seccomp")),
@@ -138,10 +140,10 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]  # fmt: skip
 
 
-def _work_cgroup(root: str, pids_max: int) -> int:
-    """Take every cgroup under ``root``, then make the ``pids`` controller's ``work``
-    cgroup (every command's cgroup is made in it) with the workload's pids limit;
-    returns its descriptor."""
+def _own_cgroups(root: str, pids_max: int) -> tuple[list[int], int]:
+    """Take every cgroup under ``root``; make the ``pids`` controller's ``work``
+    cgroup with the workload's pids limit. Returns descriptors of the cgroups
+    every command joins (``work``) and of the one its own cgroup is made in."""
     uid, gid = os.geteuid(), os.getegid()
     for top, _dirs, files in os.walk(root):
         for name in [".", *files]:
@@ -151,7 +153,8 @@ def _work_cgroup(root: str, pids_max: int) -> int:
     if pids_max > 0:
         with open(os.path.join(work, "pids.max"), "w") as f:
             f.write(str(pids_max))
-    return os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    return [os.open(work, flags)], os.open(os.path.join(root, "cpuacct"), flags)
 
 
 def _read(path: str | None) -> bytes | None:
