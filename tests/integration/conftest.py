@@ -7,11 +7,9 @@ is followed by a check that nothing of ours is left on the host.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from cove.core.config import Settings
 from cove.core.ports import ContainerSpec, NetworkPolicy, Resources, VolumeBind
 from cove.runtime.oci import OciRuntime
 from cove.runtime.snapshot import ensure_default_snapshot
+from tests.datadirs import searchable_data_dir
 from tests.leaks import leaks
 from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
 
@@ -58,23 +57,12 @@ def fake_dns() -> Iterator[FakeDns]:
 def it_settings(fake_dns: FakeDns) -> Settings:
     """Settings of the test session: a fresh data dir, the shared snapshot cache,
     sandbox addresses in 198.19.0.0/16 and the test DNS server upstream."""
-    data = _data_dir()
+    data = searchable_data_dir("cove-it-")
     return Settings(data_dir=data, snapshot_dir=SNAPSHOTS, stop_grace_seconds=2.0,
                     network_pool=sandbox_pool(0), dns_upstream=fake_dns.upstream,
                     cgroup_parent=f"cove-it-{uuid.uuid4().hex[:8]}")  # fmt: skip
 
 
-DATA_PARENT = Path("/var/tmp")
-
-
-def _data_dir() -> Path:
-    """A fresh data dir that other users may search (not list): the gVisor tier's file
-    server runs as a sandbox's own uid and must reach its files, which pytest's
-    0700 base directory would not let it. Removed at exit."""
-    data = Path(tempfile.mkdtemp(prefix="cove-it-", dir=DATA_PARENT))
-    data.chmod(0o711)
-    atexit.register(shutil.rmtree, data, ignore_errors=True)
-    return data
 
 
 @pytest.fixture(scope="session")
