@@ -151,6 +151,7 @@ def main() -> None:
         rows["raw crun run, user namespace"] = raw("userns", args.n, work)
         if runsc.available():
             rows["raw runsc run"] = raw("runsc", args.n, work)
+        (work / "server").mkdir()
         server = ServerProcess(work / "server", api_key=KEY)
         server.start()
         try:

@@ -16,8 +16,8 @@ The Cove server hands the agent (on its command line) descriptors of:
 On the gVisor tier (``runtime/gvisor.py``) the agent starts with effective uid
 0 and takes the agent uid itself, keeping its capabilities (``--become``);
 binds its own socket (``--listen-path``); gives every command a new user
-namespace, mapped by a short-lived helper that keeps the agent's credentials
-(``--userns new``: gVisor cannot setns into one); takes gVisor's own cgroupfs
+namespace, mapped by a thread of the agent (``--userns new``: gVisor cannot
+setns into one); takes gVisor's own cgroupfs
 (``--cgroup-root``: every cgroup directory and file becomes the agent uid's,
 so that root of the workload, uid 0 there, can neither leave its cgroup nor
 raise a limit): every command joins the ``work`` cgroup of the ``pids``
@@ -40,7 +40,9 @@ import ctypes.util
 import errno
 import itertools
 import os
+import select
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,14 +221,15 @@ def preexec(uid: int, gid: int, groups: list[int], group: Group | None) -> Calla
     target = group.fd if group is not None else -1
     libc = _libc
     install = _seccomp_installer(CURRENT.seccomp)
+    mapper = _Mapper() if new_userns else None
 
     def confine() -> None:
         me = str(os.getpid()) if new_userns else "0"  # (gVisor's cgroupfs takes pids)
         for fd in [*join, *([target] if target >= 0 else [])]:
             _write_at(fd, "cgroup.procs", me)
         assert libc is not None
-        if new_userns:
-            _enter_new_userns(libc)
+        if mapper is not None:
+            mapper.enter(libc)
         elif userns is None or libc.setns(userns, _CLONE_NEWUSER) != 0:
             raise OSError(ctypes.get_errno(), "setns into the workload's user namespace")
         for cap in range(_CAP_LAST + 1):
@@ -242,33 +245,45 @@ def preexec(uid: int, gid: int, groups: list[int], group: Group | None) -> Calla
     return confine
 
 
-def _enter_new_userns(libc: ctypes.CDLL) -> None:
-    """(In a new process.) Unshare a user namespace; a helper forked first, which
-    keeps the agent's credentials, writes its id maps (the process cannot)."""
-    me = os.getpid()
-    ready_r, ready_w = os.pipe()
-    helper = os.fork()
-    if helper == 0:
+class _Mapper:
+    """A new process's way into a user namespace of its own: it unshares one, and a
+    thread of the agent (a process cannot map its own ids) writes the id maps."""
+
+    WAIT = 30.0
+
+    def __init__(self) -> None:
+        self.ready_r, self.ready_w = os.pipe2(os.O_CLOEXEC)
+        self.go_r, self.go_w = os.pipe2(os.O_CLOEXEC)
+        threading.Thread(target=self._serve, daemon=True, name="userns-mapper").start()
+
+    def enter(self, libc: ctypes.CDLL) -> None:
+        """(In the new process.) Unshare, and wait for the maps."""
+        if libc.unshare(_CLONE_NEWUSER) != 0:
+            raise OSError(ctypes.get_errno(), "unshare a user namespace")
+        os.write(self.ready_w, str(os.getpid()).encode())
+        if os.read(self.go_r, 1) != b"1":
+            raise OSError(errno.EPERM, "map the command's user namespace")
+
+    def _serve(self) -> None:
         try:
-            os.close(ready_w)
-            if os.read(ready_r, 1) == b"u":
+            readable, _, _ = select.select([self.ready_r], [], [], self.WAIT)
+            pid = os.read(self.ready_r, 32) if readable else b""
+            if not pid:
+                return  # the process died first (or never came)
+            ok = b"1"
+            try:
                 for name in ("uid_map", "gid_map"):
-                    fd = os.open(f"/proc/{me}/{name}", os.O_WRONLY)
-                    os.write(fd, f"0 0 {WORKLOAD_IDS}\n".encode())
-                    os.close(fd)
-                os._exit(0)
+                    fd = os.open(f"/proc/{int(pid)}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+                    try:
+                        os.write(fd, f"0 0 {WORKLOAD_IDS}\n".encode())
+                    finally:
+                        os.close(fd)
+            except (OSError, ValueError):
+                ok = b"0"
+            os.write(self.go_w, ok)
         finally:
-            os._exit(1)
-    os.close(ready_r)
-    unshared = libc.unshare(_CLONE_NEWUSER) == 0
-    failure = ctypes.get_errno()
-    os.write(ready_w, b"u" if unshared else b"-")
-    os.close(ready_w)
-    _, status = os.waitpid(helper, 0)
-    if not unshared:
-        raise OSError(failure, "unshare a user namespace")
-    if status != 0:
-        raise OSError(errno.EPERM, "map the command's user namespace")
+            for fd in (self.ready_r, self.ready_w, self.go_r, self.go_w):
+                os.close(fd)
 
 
 def _seccomp_installer(program: bytes | None) -> Callable[[], None]:
