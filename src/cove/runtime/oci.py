@@ -257,16 +257,22 @@ class OciRuntime:
 
     def pause(self, sandbox_id: str) -> None:
         """Freeze every task of the running container (freezer cgroup, bounded retries)."""
-        with self._locked(sandbox_id):
+        with self._locked(sandbox_id) as paths:
             if not self._alive(sandbox_id):
                 raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+            if self._tier(paths) == "gvisor":  # (a frozen sentry answers no runsc call)
+                self._runsc.pause(sandbox_id)
+                return
             freezer.freeze(self._group(sandbox_id))
 
     def resume(self, sandbox_id: str) -> None:
         """Thaw the container's tasks."""
-        with self._locked(sandbox_id):
+        with self._locked(sandbox_id) as paths:
             if not self._alive(sandbox_id):
                 raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+            if self._tier(paths) == "gvisor":
+                self._runsc.resume(sandbox_id)
+                return
             freezer.thaw(self._group(sandbox_id))
 
     def fork(self, source_id: str, spec_: ContainerSpec) -> None:
