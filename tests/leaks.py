@@ -1,5 +1,5 @@
 """What tests may never leave on the host: mounts (incl. netns files), loop devices,
-crun containers, cgroups, veths, nftables rules and host id ranges of sandboxes
+crun and runsc containers, cgroups, veths, nftables rules and host id ranges of sandboxes
 that no longer exist.
 
 Scoped to one data dir and its cgroup parent, so a developer's own running
@@ -17,8 +17,22 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def _containers() -> list[dict]:
-    out = subprocess.run(["crun", "list", "-f", "json"], capture_output=True, text=True)
-    return json.loads(out.stdout or "[]") or [] if out.returncode == 0 else []
+    """crun's containers, and those of Cove's runsc state root (gVisor tier)."""
+    found = []
+    for argv in (["crun", "list", "-f", "json"], _runsc_list()):
+        if not argv:
+            continue
+        out = subprocess.run(argv, capture_output=True, text=True)
+        found += json.loads(out.stdout or "[]") or [] if out.returncode == 0 else []
+    return found
+
+
+def _runsc_list() -> list[str]:
+    from cove.runtime import runsc
+
+    if not runsc.available() or not runsc.STATE_ROOT.is_dir():
+        return []
+    return runsc.Runsc(Path("/nonexistent")).argv("list", "--format", "json")
 
 
 def _cgroup_parents(parent: str) -> list[Path]:
@@ -38,7 +52,7 @@ def leaks(data_dir: Path, cgroup_parent: str) -> list[str]:
         if where in line
     ]
     containers = _containers()
-    found += [f"crun container {c['id']}" for c in containers if where in c.get("bundle", "")]
+    found += [f"container {c['id']}" for c in containers if where in c.get("bundle", "")]
     alive = {c["id"] for c in containers}
     for parent in _cgroup_parents(cgroup_parent):
         children = [p for p in parent.iterdir() if p.is_dir()]

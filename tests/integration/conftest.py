@@ -21,6 +21,7 @@ from cove.core.config import Settings
 from cove.core.ports import ContainerSpec, NetworkPolicy, Resources, VolumeBind
 from cove.runtime.oci import OciRuntime
 from cove.runtime.snapshot import ensure_default_snapshot
+from tests.datadirs import searchable_data_dir
 from tests.leaks import leaks
 from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
 
@@ -54,13 +55,15 @@ def fake_dns() -> Iterator[FakeDns]:
 
 
 @pytest.fixture(scope="session")
-def it_settings(tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeDns) -> Settings:
+def it_settings(fake_dns: FakeDns) -> Settings:
     """Settings of the test session: a fresh data dir, the shared snapshot cache,
     sandbox addresses in 198.19.0.0/16 and the test DNS server upstream."""
-    data = tmp_path_factory.mktemp("cove-it")
+    data = searchable_data_dir("cove-it-")
     return Settings(data_dir=data, snapshot_dir=SNAPSHOTS, stop_grace_seconds=2.0,
                     network_pool=sandbox_pool(0), dns_upstream=fake_dns.upstream,
                     cgroup_parent=f"cove-it-{uuid.uuid4().hex[:8]}")  # fmt: skip
+
+
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +82,14 @@ ID_PREFIX = "it-"
 
 
 @pytest.fixture
-def make_sandbox(runtime: OciRuntime) -> Iterator[SandboxFactory]:
+def tier() -> str:
+    """The isolation tier of the sandboxes a test makes (modules that run on both
+    override it with ``tests.integration.runtime.util.both_tiers``)."""
+    return "crun"
+
+
+@pytest.fixture
+def make_sandbox(runtime: OciRuntime, tier: str) -> Iterator[SandboxFactory]:
     """Create (and by default start) sandboxes; every one is destroyed at the end."""
     with sandbox_factory(runtime) as make:
         yield make
@@ -104,6 +114,7 @@ def sandbox_factory(runtime: OciRuntime) -> Iterator[SandboxFactory]:
             env=env or {},
             network=network or NetworkPolicy(),
             volumes=volumes,
+            isolation=tier,
         )
         made.append(sandbox_id)
         log.info("sandbox %s", sandbox_id)
@@ -122,7 +133,8 @@ def sandbox_factory(runtime: OciRuntime) -> Iterator[SandboxFactory]:
 
 
 def stray_processes(data_dir: Path, cgroup_parent: str) -> list[str]:
-    """Processes still in a test sandbox's cgroup, and crun calls about our data dir."""
+    """Processes still in a test sandbox's cgroup (gVisor's sentry and gofer too), and
+    crun or runsc calls about our data dir."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -133,7 +145,8 @@ def stray_processes(data_dir: Path, cgroup_parent: str) -> list[str]:
             continue
         if stat[stat.rindex(")") + 2] == "Z":
             continue  # exited; the host's init reaps it (it holds nothing but its pid)
-        if f"/{cgroup_parent}/" in cgroup or (str(data_dir) in cmd and "crun" in cmd):
+        if f"/{cgroup_parent}/" in cgroup or (str(data_dir) in cmd and ("crun" in cmd or
+                                                                       "runsc" in cmd)):
             found.append(f"process {pid}: {cmd[:80]}")
     return found
 

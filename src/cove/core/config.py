@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # (``<dir>/<name>``, as made by ``skopeo copy ... oci:<dir>/<name>:<tag>``).
     oci_layout_dir: Path | None = None
     runtime: str = "crun"  # "crun" (real isolation) or "fake" (unit tests only)
+    # Isolation tier of sandboxes created without the cove.io/isolation label:
+    # "crun" or "gvisor" (runsc).
+    default_isolation: str = Field(default="crun", pattern=r"^(crun|gvisor)$")
 
     default_cpu: int = 1
     default_memory: int = 1

@@ -148,6 +148,7 @@ class LifecycleService:
         snapshot = self._resolve_snapshot(organization_id, req)
         resources = validation.requested_resources(req, self.settings)
         validation.check_labels(req.labels)
+        labels = validation.with_isolation(req.labels, self.settings, self.runtime.has_isolation)
         validation.network_policy(
             req.network_block_all, req.network_allow_list, req.domain_allow_list, self.settings
         )
@@ -162,7 +163,7 @@ class LifecycleService:
             user=req.user or "daytona",
             resources=resources,
             env=dict(req.env),
-            labels=dict(req.labels),
+            labels=labels,
             public=req.public,
             target=req.target or "local",
             network_block_all=req.network_block_all,
@@ -417,6 +418,8 @@ class LifecycleService:
             current = self.store.get_by_id(sandbox.id)
             if "labels" in fields:
                 validation.check_labels(fields["labels"])  # type: ignore[arg-type]
+                fields["labels"] = validation.kept_isolation(
+                    current.labels, fields["labels"])  # type: ignore[arg-type]
             for key, value in fields.items():
                 setattr(current, key, value)
             current.updated_at = utcnow()
@@ -482,6 +485,7 @@ class LifecycleService:
             user=sandbox.user,
             network=self._network(sandbox),
             volumes=tuple(sandbox.volumes),
+            isolation=validation.isolation_of(sandbox.labels),
         )
 
     def _network(self, sandbox: Sandbox) -> NetworkPolicy:

@@ -70,6 +70,12 @@ class ContainerSpec:
     user: str = "daytona"
     volumes: Sequence[VolumeBind] = ()
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    # The isolation tier: "crun" (namespaces on the host kernel) or "gvisor" (runsc).
+    # Fixed at create: the runtime keeps the tier it created a sandbox with.
+    isolation: str = "crun"
+
+
+ISOLATIONS = ("crun", "gvisor")
 
 
 class ContainerStatus(enum.StrEnum):
@@ -106,6 +112,9 @@ class Runtime(Protocol):
 
     def has_snapshot(self, name: str) -> bool:
         """Whether a read-only root filesystem called ``name`` is available."""
+
+    def has_isolation(self, name: str) -> bool:
+        """Whether sandboxes of isolation tier ``name`` (see ISOLATIONS) can run here."""
 
     def create(self, spec: ContainerSpec) -> None:
         """Prepare the sandbox's writable layer (capped at ``disk`` GiB); start nothing.

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 
 from cove.core.config import Settings
-from cove.core.ports import NetworkPolicy, Resources
+from cove.core.ports import ISOLATIONS, NetworkPolicy, Resources
 from cove.errors import BadRequest, QuotaExceeded
 from cove.schemas.sandbox import SandboxCreate, SandboxResize
 
 LANGUAGE_LABEL = "code-toolbox-language"
+ISOLATION_LABEL = "cove.io/isolation"
 LANGUAGES = frozenset({"python", "typescript", "javascript"})
 MAX_ALLOW_LIST = 10
 MAX_DOMAINS = 50
@@ -65,6 +66,42 @@ def check_labels(labels: dict[str, str]) -> None:
         raise BadRequest(
             f"label {LANGUAGE_LABEL} must be one of {', '.join(sorted(LANGUAGES))}"
         )
+
+
+def with_isolation(
+    labels: Mapping[str, str], settings: Settings, available: Callable[[str], bool]
+) -> dict[str, str]:
+    """The labels of a new sandbox, with its isolation tier resolved: the
+    ``cove.io/isolation`` label, else ``COVE_DEFAULT_ISOLATION``.
+
+    Raises:
+        BadRequest: an unknown tier, or one this host cannot run.
+    """
+    tier = labels.get(ISOLATION_LABEL) or settings.default_isolation
+    if tier not in ISOLATIONS:
+        raise BadRequest(f"label {ISOLATION_LABEL} must be one of {', '.join(ISOLATIONS)}")
+    if not available(tier):
+        raise BadRequest(f"isolation {tier!r} is not available on this server "
+                         "(gvisor needs runsc installed)")  # fmt: skip
+    return {**labels, ISOLATION_LABEL: tier}
+
+
+def isolation_of(labels: Mapping[str, str]) -> str:
+    """A sandbox's tier (sandboxes made before tiers existed have no label: crun)."""
+    return labels.get(ISOLATION_LABEL) or "crun"
+
+
+def kept_isolation(current: Mapping[str, str], new: Mapping[str, str]) -> dict[str, str]:
+    """New labels for an existing sandbox: its tier cannot change (it is kept when
+    the new labels leave it out).
+
+    Raises:
+        BadRequest: the new labels name another tier.
+    """
+    tier = isolation_of(current)
+    if new.get(ISOLATION_LABEL, tier) != tier:
+        raise BadRequest(f"label {ISOLATION_LABEL} is fixed at create ({tier})")
+    return {**new, ISOLATION_LABEL: tier}
 
 
 def check_network(allow_list: str | None) -> None:

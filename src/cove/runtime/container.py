@@ -17,6 +17,7 @@ import select
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cove.core.config import Settings
 from cove.core.ports import ContainerSpec
@@ -69,19 +70,8 @@ def bring_up(
 ) -> Metadata:  # fmt: skip
     """Mount and make what is missing and run the container (the caller cleans up
     on error). Returns the metadata as it now is (its layer converted)."""
-    ids = idrange.lease(paths.root, settings.data_dir)
-    group = cgroups.group_of(settings.cgroup_parent, spec_.sandbox_id)
-    rootfs.mount_disk(paths)
-    _write_etc(paths, spec_.hostname, nameserver=None)
-    fresh = rootfs.make_namespaces(helpers.nsexec, paths, ids)
-    if net is not None:
-        net.up(paths, spec_.network, fresh=fresh)
-        link = net.link(paths)
-        _write_etc(paths, spec_.hostname, nameserver=link.host if link else None)
-    rootfs.mount_layers(helpers.nsexec, paths, meta)
-    meta = Metadata(**{**meta.__dict__, "layer_xattrs": "user"})
-    paths.write_metadata(meta)
-    binds = _stage_volumes(settings, spec_, paths)
+    host = prepare_host(settings, spec_, paths, meta=meta, helpers=helpers, net=net)
+    ids, group, binds, meta = host.ids, host.group, host.binds, host.meta
     delegation = cgtree.prepare(group, memory=spec_.resources.memory * GIB,
                                 pids=settings.pids_limit, agent_uid=ids.agent)  # fmt: skip
     listener = agentlink.listen(paths.agent_socket)
@@ -109,16 +99,54 @@ def bring_up(
     return meta
 
 
-def tear_down(crun: Crun, sandbox_id: str, paths: SandboxPaths, group: str) -> None:
+@dataclass(frozen=True)
+class HostSide:
+    """What :func:`prepare_host` made ready for a container."""
+
+    ids: idrange.IdRange
+    group: str
+    binds: list[tuple[str, Path]]  # volumes: container path -> staged mount point
+    meta: Metadata
+
+
+def prepare_host(
+    settings: Settings, spec_: ContainerSpec, paths: SandboxPaths, *, meta: Metadata,
+    helpers: Helpers, net: Network | None,
+) -> HostSide:  # fmt: skip
+    """What every isolation tier needs before its runtime runs: the id range, the
+    disk, the user and network namespaces, the idmapped layers and volumes."""
+    ids = idrange.lease(paths.root, settings.data_dir)
+    group = cgroups.group_of(settings.cgroup_parent, spec_.sandbox_id)
+    rootfs.mount_disk(paths)
+    _write_etc(paths, spec_.hostname, nameserver=None)
+    fresh = rootfs.make_namespaces(helpers.nsexec, paths, ids)
+    if net is not None:
+        net.up(paths, spec_.network, fresh=fresh)
+        link = net.link(paths)
+        _write_etc(paths, spec_.hostname, nameserver=link.host if link else None)
+    rootfs.mount_layers(helpers.nsexec, paths, meta)
+    meta = Metadata(**{**meta.__dict__, "layer_xattrs": "user"})
+    paths.write_metadata(meta)
+    return HostSide(ids, group, _stage_volumes(settings, spec_, paths), meta)
+
+
+class Deleter(Protocol):
+    """A runtime client that forgets containers (Crun, Runsc)."""
+
+    def delete(self, container_id: str) -> None: ...
+
+
+def tear_down(client: Deleter, sandbox_id: str, paths: SandboxPaths, group: str) -> None:
     """Delete the container, unmount everything of it, remove its cgroups and socket.
 
     Every step is tried even when an earlier one failed; the first error is raised.
     """
     steps = (
-        lambda: crun.delete(sandbox_id),
+        lambda: client.delete(sandbox_id),
         lambda: rootfs.unmount_all(paths),
         lambda: cgroups.remove(group),
         lambda: paths.agent_socket.unlink(missing_ok=True),
+        lambda: paths.chan_socket.unlink(missing_ok=True),
     )
     errors: list[RuntimeBackendError] = []
     for step in steps:

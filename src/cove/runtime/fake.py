@@ -45,6 +45,8 @@ class FakeRuntime:
         self.images: set[str] = set()  # what import_image can resolve
         self.calls: list[tuple[str, str]] = []
         self.networks: dict[str, NetworkPolicy] = {}
+        self.isolations = {"crun", "gvisor"}  # tiers this fake pretends to have
+        self.specs: dict[str, ContainerSpec] = {}  # the last spec of each sandbox
 
     def _check(self, method: str, sandbox_id: str) -> None:
         self.calls.append((method, sandbox_id))
@@ -54,12 +56,17 @@ class FakeRuntime:
     def has_snapshot(self, name: str) -> bool:
         return name in self.snapshots
 
+    def has_isolation(self, name: str) -> bool:
+        return name in self.isolations
+
     def create(self, spec: ContainerSpec) -> None:
         self._check("create", spec.sandbox_id)
+        self.specs[spec.sandbox_id] = spec
         self.boxes[spec.sandbox_id] = _Box(C.STOPPED, spec.resources)
 
     def start(self, spec: ContainerSpec) -> None:
         self._check("start", spec.sandbox_id)
+        self.specs[spec.sandbox_id] = spec
         box = self.boxes.get(spec.sandbox_id)
         if box is None:
             raise RuntimeBackendError(f"no filesystem for {spec.sandbox_id}")
@@ -102,6 +109,7 @@ class FakeRuntime:
 
     def fork(self, source_id: str, spec: ContainerSpec) -> None:
         self._check("fork", spec.sandbox_id)
+        self.specs[spec.sandbox_id] = spec
         source = self.boxes.get(source_id)
         if source is None:
             raise RuntimeBackendError(f"sandbox {source_id} has no writable layer to fork")

@@ -11,16 +11,24 @@
  * service only once a byte (or end of file) arrives on descriptor N, so that
  * the runtime can place init's cgroups first; file descriptors above 2 that
  * init was given are the service's (its channel to the Cove server).
+ * With --become UID (gVisor, which has no ambient capabilities and gives a
+ * container's non-root process none), init starts as root, takes UID (and
+ * gid) for good, keeping its capabilities, and runs the service with effective
+ * and saved uid 0 (the real uid stays UID), so that the service keeps them
+ * across exec too; the service then takes UID back itself.
  *
  * Host helper mode, the runtime's wrapper of crun:
- *   cove-init --exec [--hybrid] [--keep DIR] [--cgroup2 PATH] [--fds A,B,...]
- *             PROGRAM ARGS...
+ *   cove-init --exec [--hybrid] [--mask-net-sysctl] [--keep DIR] [--cgroup2 PATH]
+ *             [--fds A,B,...] PROGRAM ARGS...
  * --fds moves the descriptors A, B, ... to 3, 4, ... (what `crun run
  * --preserve-fds` hands to the container). --cgroup2 joins the cgroup PATH of
  * the hybrid host's cgroup2 mount (made by Cove), which the container inherits.
  * --hybrid (hybrid cgroup hosts) runs PROGRAM in a private mount namespace
  * where the cgroup2 mount at /sys/fs/cgroup/unified is absent, so that crun
- * sees a pure cgroup v1 host.
+ * sees a pure cgroup v1 host. --mask-net-sysctl (for runsc) runs PROGRAM in a
+ * private mount namespace where /proc/sys/net is an empty read-only tmpfs:
+ * runsc 20240729 refuses a network namespace in which
+ * /proc/sys/net/core/rmem_default exists, which on Linux 6.x is every one.
  * That namespace must not pin other sandboxes' file systems while PROGRAM
  * runs (a `crun exec` may run for hours): every overlay and loop-device mount
  * is detached from it, except those at or below DIR (the bundle being run).
@@ -28,12 +36,16 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -123,8 +135,8 @@ static int place_fds(const char *list)
     return 0;
 }
 
-/* Detach the cgroup2 mount in a private mount namespace (see the top comment). */
-static int hide_cgroup2(const char *keep)
+/* A private mount namespace without other sandboxes' mounts (see the top comment). */
+static int private_mounts(const char *keep)
 {
     if (unshare(CLONE_NEWNS) != 0) {
         perror("cove-init: unshare");
@@ -134,22 +146,41 @@ static int hide_cgroup2(const char *keep)
         perror("cove-init: make / private");
         return -1;
     }
+    drop_sandbox_mounts(keep);
+    return 0;
+}
+
+/* Detach the cgroup2 mount (in the private mount namespace). */
+static int hide_cgroup2(void)
+{
     if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) != 0 && errno != EINVAL) {
         perror("cove-init: umount /sys/fs/cgroup/unified");
         return -1;
     }
-    drop_sandbox_mounts(keep);
+    return 0;
+}
+
+/* An empty read-only /proc/sys/net (in the private mount namespace). */
+static int mask_net_sysctl(void)
+{
+    if (mount("none", "/proc/sys/net", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "size=4k") != 0) {
+        perror("cove-init: mask /proc/sys/net");
+        return -1;
+    }
     return 0;
 }
 
 static int wrap_exec(char **argv)
 {
     const char *keep = NULL, *fds = NULL, *cgroup2 = NULL;
-    int hybrid = 0;
+    int hybrid = 0, mask_net = 0;
 
     for (;; argv++) {
         if (argv[0] != NULL && strcmp(argv[0], "--hybrid") == 0)
             hybrid = 1;
+        else if (argv[0] != NULL && strcmp(argv[0], "--mask-net-sysctl") == 0)
+            mask_net = 1;
         else if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--keep") == 0)
             keep = *++argv;
         else if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--cgroup2") == 0)
@@ -160,7 +191,8 @@ static int wrap_exec(char **argv)
             break;
     }
     if ((cgroup2 != NULL && join_cgroup2(cgroup2) != 0) || (fds != NULL && place_fds(fds) != 0) ||
-        (hybrid && hide_cgroup2(keep) != 0))
+        ((hybrid || mask_net) && private_mounts(keep) != 0) || (hybrid && hide_cgroup2() != 0) ||
+        (mask_net && mask_net_sysctl() != 0))
         return 125;
     if (argv[0] == NULL) {
         fprintf(stderr, "cove-init: nothing to run\n");
@@ -174,6 +206,23 @@ static int wrap_exec(char **argv)
 /* The supervised service (the toolbox agent), if any. */
 static char **service;
 static pid_t service_pid = -1;
+static int root_service;
+
+/* Take uid (and gid) UID for good, keeping the permitted capabilities effective. */
+static int become(uid_t uid)
+{
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+
+    if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 || setgroups(0, NULL) != 0 ||
+        setresgid(uid, uid, uid) != 0 || setresuid(uid, uid, uid) != 0 ||
+        prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0 ||
+        syscall(SYS_capget, &header, data) != 0)
+        return -1;
+    data[0].effective = data[0].permitted;
+    data[1].effective = data[1].permitted;
+    return syscall(SYS_capset, &header, data) == 0 ? 0 : -1;
+}
 
 static long now_ms(void)
 {
@@ -192,6 +241,10 @@ static pid_t spawn(char **argv)
 
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        if (root_service && (setresgid(getgid(), 0, 0) != 0 || setresuid(getuid(), 0, 0) != 0)) {
+            perror("cove-init: service as root");
+            _exit(126);
+        }
         execv(argv[0], argv);
         perror("cove-init: exec service");
         _exit(127);
@@ -283,6 +336,14 @@ int main(int argc, char **argv)
     argv++;
     if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--go-fd") == 0) {
         await_go(atoi(argv[1]));
+        argv += 2;
+    }
+    if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--become") == 0) {
+        if (become((uid_t)atoi(argv[1])) != 0) {
+            perror("cove-init: become");
+            return 125;
+        }
+        root_service = 1;
         argv += 2;
     }
     if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--") == 0)

@@ -2,7 +2,8 @@
 
 ``<data_dir>/sandboxes/<id>/``::
 
-    sandbox.json   lower rootfs path (fixed at create), hostname, env, user
+    sandbox.json   lower rootfs path and isolation tier (fixed at create),
+                   hostname, env, user
     ids.json       the sandbox's host id range (runtime/idrange.py)
     net.json       its network address lease (runtime/network.py)
     disk.img       sparse ext4 image: the writable layer, capped at ``disk`` GiB
@@ -14,6 +15,8 @@
     ns/            while running: nsfs files of its user namespaces (user,
                    workload); ``netns`` is its network namespace
     agent.sock     while running: the listening socket its toolbox agent accepts on
+    chan/          gVisor tier: the agent's directory (only it may enter), where it
+                   binds agent.sock itself
     bundle/        config.json and rootfs/ (the overlay mount point)
 
 Files on the disk image carry the sandbox's own ids (0 for its root), so they
@@ -45,6 +48,8 @@ class Metadata:
     # uses: "user" since sandboxes run in user namespaces; "trusted" for layers
     # written before, converted at their next start.
     layer_xattrs: str = "trusted"
+    # The isolation tier the sandbox was created with: "crun" or "gvisor".
+    isolation: str = "crun"
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,15 @@ class SandboxPaths:
     @property
     def agent_socket(self) -> Path:
         return self.root / "agent.sock"
+
+    @property
+    def chan(self) -> Path:
+        """gVisor tier: the directory the agent binds its socket in."""
+        return self.root / "chan"
+
+    @property
+    def chan_socket(self) -> Path:
+        return self.chan / "agent.sock"
 
     @property
     def bundle(self) -> Path:

@@ -1,4 +1,10 @@
-"""OciRuntime: sandboxes as crun containers over overlayfs on a per-sandbox ext4 image."""
+"""OciRuntime: sandboxes as crun (or runsc) containers over overlayfs on a per-sandbox
+ext4 image.
+
+A sandbox's isolation tier is fixed at create and kept in its metadata:
+``crun`` (``runtime/container.py``) or ``gvisor`` (``runtime/gvisor.py``);
+every operation looks it up there.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from cove.runtime import (
     disk,
     firewall,
     freezer,
+    gvisor,
     hostprep,
     idrange,
     mounts,
@@ -45,6 +52,8 @@ from cove.runtime.initbin import ensure_init_binary, ensure_nsexec_binary
 from cove.runtime.layout import Metadata, SandboxPaths, sandboxes_dir
 from cove.runtime.network import Network
 from cove.runtime.proc import foreign_errors
+from cove.runtime.runsc import Runsc
+from cove.runtime.runsc import available as runsc_available
 from cove.runtime.snapshot import snapshot_rootfs
 
 ALIVE = ("running", "paused")
@@ -63,6 +72,7 @@ class OciRuntime:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._client: Crun | None = None
+        self._gvisor: Runsc | None = None
         self._net = Network(settings) if settings.network == "nat" else None
 
     # -- helpers ---------------------------------------------------------
@@ -73,6 +83,23 @@ class OciRuntime:
             if self._client is None:
                 self._client = Crun(self._init_binary())
             return self._client
+
+    @property
+    def _runsc(self) -> Runsc:
+        with self._guard:
+            if self._gvisor is None:
+                self._gvisor = Runsc(self._init_binary())
+            return self._gvisor
+
+    def _client_of(self, tier: str) -> Crun | Runsc:
+        return self._runsc if tier == "gvisor" else self._crun
+
+    def _tier(self, paths: SandboxPaths) -> str:
+        """The sandbox's isolation tier (crun when its metadata is gone)."""
+        try:
+            return paths.read_metadata().isolation
+        except RuntimeBackendError:
+            return "crun"
 
     def _init_binary(self) -> Path:
         return ensure_init_binary(self._settings.data_dir)
@@ -95,8 +122,10 @@ class OciRuntime:
     def _group(self, sandbox_id: str) -> str:
         return cgroups.group_of(self._settings.cgroup_parent, sandbox_id)
 
-    def _alive(self, sandbox_id: str) -> dict[str, object] | None:
-        state = self._crun.state(sandbox_id)
+    def _alive(self, sandbox_id: str, tier: str | None = None) -> dict[str, object] | None:
+        if tier is None:
+            tier = self._tier(SandboxPaths.of(self._settings.data_dir, sandbox_id))
+        state = self._client_of(tier).state(sandbox_id)
         return state if state and state.get("status") in ALIVE else None
 
     # -- Runtime ---------------------------------------------------------
@@ -106,6 +135,10 @@ class OciRuntime:
         if not name or "/" in name or name.startswith("."):
             return False
         return snapshot_rootfs(self._settings, name).is_dir()
+
+    def has_isolation(self, name: str) -> bool:
+        """crun always; gvisor when runsc is installed."""
+        return name == "crun" or (name == "gvisor" and runsc_available())
 
     def create(self, spec_: ContainerSpec) -> None:
         """Record the lower rootfs and make the sparse ext4 image; start nothing."""
@@ -117,7 +150,7 @@ class OciRuntime:
             lower = snapshot_rootfs(self._settings, spec_.snapshot)
             try:
                 paths.root.mkdir(parents=True, exist_ok=True)
-                paths.write_metadata(_metadata(spec_, str(lower), "user"))
+                paths.write_metadata(_metadata(spec_, str(lower), "user", spec_.isolation))
                 disk.create_image(paths.image, spec_.resources.disk)
             except BaseException:
                 shutil.rmtree(paths.root, ignore_errors=True)
@@ -127,19 +160,21 @@ class OciRuntime:
         """Mount image and overlay, write the bundle and ``crun run --detach``."""
         with self._locked(spec_.sandbox_id) as paths:
             meta = paths.read_metadata()
-            state = self._crun.state(spec_.sandbox_id)
+            client = self._client_of(meta.isolation)
+            state = client.state(spec_.sandbox_id)
             if state is not None and state.get("status") in ALIVE:
                 return
             if not paths.image.is_file():
                 raise RuntimeBackendError(f"sandbox {spec_.sandbox_id} has no writable layer")
             if state is not None:
-                self._crun.delete(spec_.sandbox_id)  # a dead leftover
+                client.delete(spec_.sandbox_id)  # a dead leftover
             hostprep.prepare()
-            meta = _metadata(spec_, meta.lower, meta.layer_xattrs)
+            meta = _metadata(spec_, meta.lower, meta.layer_xattrs, meta.isolation)
             paths.write_metadata(meta)
+            up = gvisor.bring_up if meta.isolation == "gvisor" else bring_up
             try:
-                bring_up(
-                    self._crun, self._settings, spec_, paths, meta=meta,
+                up(
+                    client, self._settings, spec_, paths, meta=meta,  # type: ignore[arg-type]
                     helpers=self._helpers(), agent=self._agent_setup(), net=self._net,
                 )  # fmt: skip
             except BaseException:
@@ -150,8 +185,9 @@ class OciRuntime:
                 raise
 
     def _tear_down(self, sandbox_id: str, paths: SandboxPaths) -> None:
+        client = self._client_of(self._tier(paths))
         try:
-            tear_down(self._crun, sandbox_id, paths, self._group(sandbox_id))
+            tear_down(client, sandbox_id, paths, self._group(sandbox_id))
         finally:
             if self._net is not None:
                 self._net.down(paths)
@@ -165,7 +201,11 @@ class OciRuntime:
         grace = 0.0 if force else self._settings.stop_grace_seconds
         if freezer.is_frozen(self._group(sandbox_id)):
             freezer.thaw(self._group(sandbox_id))  # frozen tasks act on no signal, not SIGKILL
-        stop_container(self._crun, sandbox_id, grace)
+        if self._tier(paths) == "gvisor":
+            gvisor.stop(self._runsc, sandbox_id, grace)
+            gvisor.forget_mount_points(paths)
+        else:
+            stop_container(self._crun, sandbox_id, grace)
         self._tear_down(sandbox_id, paths)
 
     def destroy(self, sandbox_id: str) -> None:
@@ -211,22 +251,28 @@ class OciRuntime:
             if not paths.metadata.is_file():
                 lower = snapshot_rootfs(self._settings, spec_.snapshot)
                 paths.root.mkdir(parents=True, exist_ok=True)
-                paths.write_metadata(_metadata(spec_, str(lower), "trusted"))
+                paths.write_metadata(_metadata(spec_, str(lower), "trusted", spec_.isolation))
             archive.restore_from(self._archives, sandbox_id, paths, spec_.resources.disk)
             self._archives.delete(sandbox_id)
 
     def pause(self, sandbox_id: str) -> None:
         """Freeze every task of the running container (freezer cgroup, bounded retries)."""
-        with self._locked(sandbox_id):
+        with self._locked(sandbox_id) as paths:
             if not self._alive(sandbox_id):
                 raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+            if self._tier(paths) == "gvisor":  # (a frozen sentry answers no runsc call)
+                self._runsc.pause(sandbox_id)
+                return
             freezer.freeze(self._group(sandbox_id))
 
     def resume(self, sandbox_id: str) -> None:
         """Thaw the container's tasks."""
-        with self._locked(sandbox_id):
+        with self._locked(sandbox_id) as paths:
             if not self._alive(sandbox_id):
                 raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+            if self._tier(paths) == "gvisor":
+                self._runsc.resume(sandbox_id)
+                return
             freezer.thaw(self._group(sandbox_id))
 
     def fork(self, source_id: str, spec_: ContainerSpec) -> None:
@@ -236,7 +282,7 @@ class OciRuntime:
             dst = SandboxPaths.of(self._settings.data_dir, spec_.sandbox_id)
             copy_layer(self._group(source_id), src, dst, alive=self._alive(source_id) is not None)
             try:
-                dst.write_metadata(_metadata(spec_, meta.lower, meta.layer_xattrs))
+                dst.write_metadata(_metadata(spec_, meta.lower, meta.layer_xattrs, meta.isolation))
             except BaseException:
                 shutil.rmtree(dst.root, ignore_errors=True)
                 raise
@@ -273,6 +319,10 @@ class OciRuntime:
             if live:
                 if not alive:
                     raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+                if self._tier(paths) == "gvisor":
+                    gvisor.set_limits(self._group(sandbox_id), cpu=resources.cpu,
+                                      memory=resources.memory, pids=self._settings.pids_limit)
+                    return
                 res = spec.resources(resources.cpu, resources.memory, self._settings)
                 update = {"cpu": res["cpu"], "memory": res["memory"]}
                 cgtree.set_limits(self._group(sandbox_id), memory=resources.memory * spec.GIB,
@@ -289,7 +339,7 @@ class OciRuntime:
     def status(self, sandbox_id: str) -> ContainerStatus:
         """RUNNING/PAUSED per crun, else STOPPED (image), ARCHIVED (archive) or ABSENT."""
         paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
-        state = self._alive(sandbox_id)
+        state = self._alive(sandbox_id, self._tier(paths))
         if state is not None:
             paused = state.get("status") == "paused" or freezer.is_frozen(self._group(sandbox_id))
             return ContainerStatus.PAUSED if paused else ContainerStatus.RUNNING
@@ -305,6 +355,8 @@ class OciRuntime:
         with foreign_errors():
             ids = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
             ids |= container_ids(self._crun.list(), root)
+            if runsc_available():
+                ids |= container_ids(self._runsc.list(), root)
             if self._net is not None:
                 ids |= set(firewall.owned(self._net.tag).values())
             ids |= self._archives.keys()
@@ -367,7 +419,10 @@ class OciRuntime:
         Raises:
             Unavailable: the sandbox does not run. Busy: its agent's queue is full.
         """
-        return agent.connect(SandboxPaths.of(self._settings.data_dir, sandbox_id).agent_socket)
+        paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
+        if paths.chan_socket.exists():  # the gVisor tier's agent binds its own
+            return agent.connect(paths.chan_socket)
+        return agent.connect(paths.agent_socket)
 
     def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         """Replace the running sandbox's firewall rules and DNS policy at once."""
@@ -386,6 +441,6 @@ class OciRuntime:
         return link.guest if link is not None else None
 
 
-def _metadata(spec_: ContainerSpec, lower: str, layer_xattrs: str) -> Metadata:
+def _metadata(spec_: ContainerSpec, lower: str, layer_xattrs: str, isolation: str) -> Metadata:
     return Metadata(lower=lower, hostname=spec_.hostname, user=spec_.user, env=dict(spec_.env),
-                    layer_xattrs=layer_xattrs)  # fmt: skip
+                    layer_xattrs=layer_xattrs, isolation=isolation)  # fmt: skip

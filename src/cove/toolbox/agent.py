@@ -4,9 +4,12 @@ Started by the sandbox's init (and restarted if it dies), it accepts on a
 listening Unix socket that the Cove server bound on the host (in the sandbox's
 directory, which nothing in the sandbox can see) and handed to init: no name
 inside the sandbox leads to it, so no process of the sandbox can take its place.
-It runs as the sandbox's agent uid, which the workload (started in a nested
-user namespace, see ``confine``) can neither signal, trace nor become. As a
-second guard, peers inside the sandbox's pid namespace are refused.
+(On the gVisor tier it binds that socket itself, in a directory only its uid
+may enter; see ``confine``.) It runs as the sandbox's agent uid, which the
+workload (started in a nested user namespace, see ``confine``) can neither
+signal, trace nor become. As a
+second guard, peers inside the sandbox's pid namespace are refused (not on
+gVisor, whose SO_PEERCRED says pid 1 for every peer).
 """
 
 from __future__ import annotations
@@ -139,9 +142,13 @@ async def serve(
 
 async def main() -> None:
     conf = confine.configure(sys.argv[1:])
-    if conf.listen is None:
+    if conf.listen_path is not None:  # gVisor: in a directory only the agent may enter
+        server = await serve(conf.listen_path, check_peer=conf.peer_check)
+        os.chmod(conf.listen_path, 0o600)
+    elif conf.listen is not None:
+        server = await serve(sock=socket.socket(fileno=conf.listen), check_peer=conf.peer_check)
+    else:
         raise SystemExit("cove-agent: no --listen-fd")
-    server = await serve(sock=socket.socket(fileno=conf.listen))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from cove.core.ports import ExecResult
-from cove.runtime import cgroups
+from cove.runtime import cgroups, runsc
 from cove.runtime.firewall import Link
 from cove.runtime.layout import SandboxPaths
 from cove.runtime.oci import OciRuntime
+
+TIERS = ("crun", pytest.param("gvisor", marks=pytest.mark.skipif(
+    not runsc.available(), reason="runsc (gVisor) is not installed")))
+
+
+@pytest.fixture(params=TIERS)
+def both_tiers(request: pytest.FixtureRequest) -> str:
+    """Import as ``tier`` to run a module's tests on both isolation tiers."""
+    return request.param
 
 
 def sh(
@@ -44,10 +56,24 @@ def cgroup_value(group: str, v1: tuple[str, str], v2: str, *, work: bool = True)
 
 
 def init_pid(runtime: OciRuntime, sandbox_id: str) -> int:
-    """Host pid of the sandbox's init."""
-    state = runtime._crun.state(sandbox_id)
+    """Host pid of the sandbox's init (on gVisor: of its sentry, which runs it)."""
+    state = runtime._client_of(tier_of(runtime, sandbox_id)).state(sandbox_id)
     assert state is not None
     return int(state["pid"])
+
+
+def tier_of(runtime: OciRuntime, sandbox_id: str) -> str:
+    """The sandbox's isolation tier."""
+    return runtime._tier(SandboxPaths.of(runtime._settings.data_dir, sandbox_id))
+
+
+def inside_as_host(runtime: OciRuntime, sandbox_id: str, script: str) -> str:
+    """(gVisor) Run ``script`` in the sandbox with ``runsc exec``, as root of gVisor
+    itself (not through the agent, as the host would); returns its stdout."""
+    argv = runtime._runsc.argv("exec", sandbox_id, "/bin/sh", "-c", script)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done
+    return done.stdout
 
 
 def sandbox_dir(runtime: OciRuntime, sandbox_id: str) -> Path:
