@@ -148,7 +148,7 @@ class LifecycleService:
         snapshot = self._resolve_snapshot(organization_id, req)
         resources = validation.requested_resources(req, self.settings)
         validation.check_labels(req.labels)
-        labels = validation.with_isolation(req.labels, self.settings, self.runtime.has_isolation)
+        tier = validation.isolation(req.labels, self.settings, self.runtime.has_isolation)
         validation.network_policy(
             req.network_block_all, req.network_allow_list, req.domain_allow_list, self.settings
         )
@@ -163,7 +163,8 @@ class LifecycleService:
             user=req.user or "daytona",
             resources=resources,
             env=dict(req.env),
-            labels=labels,
+            labels=dict(req.labels),
+            isolation=tier,
             public=req.public,
             target=req.target or "local",
             network_block_all=req.network_block_all,
@@ -418,8 +419,8 @@ class LifecycleService:
             current = self.store.get_by_id(sandbox.id)
             if "labels" in fields:
                 validation.check_labels(fields["labels"])  # type: ignore[arg-type]
-                fields["labels"] = validation.kept_isolation(
-                    current.labels, fields["labels"])  # type: ignore[arg-type]
+                validation.check_isolation_label(
+                    fields["labels"], current.isolation)  # type: ignore[arg-type]
             for key, value in fields.items():
                 setattr(current, key, value)
             current.updated_at = utcnow()
@@ -485,7 +486,7 @@ class LifecycleService:
             user=sandbox.user,
             network=self._network(sandbox),
             volumes=tuple(sandbox.volumes),
-            isolation=validation.isolation_of(sandbox.labels),
+            isolation=sandbox.isolation,
         )
 
     def _network(self, sandbox: Sandbox) -> NetworkPolicy:

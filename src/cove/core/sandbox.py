@@ -135,6 +135,7 @@ class Sandbox:
     labels: dict[str, str] = field(default_factory=dict)
     public: bool = False
     target: str = "local"
+    isolation: str = "crun"  # the isolation tier, fixed at create
     network_block_all: bool = False
     network_allow_list: str | None = None
     domain_allow_list: str | None = None

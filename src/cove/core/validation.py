@@ -68,11 +68,10 @@ def check_labels(labels: dict[str, str]) -> None:
         )
 
 
-def with_isolation(
-    labels: Mapping[str, str], settings: Settings, available: Callable[[str], bool]
-) -> dict[str, str]:
-    """The labels of a new sandbox, with its isolation tier resolved: the
-    ``cove.io/isolation`` label, else ``COVE_DEFAULT_ISOLATION``.
+def isolation(labels: Mapping[str, str], settings: Settings,
+              available: Callable[[str], bool]) -> str:  # fmt: skip
+    """A new sandbox's isolation tier: its ``cove.io/isolation`` label, else
+    ``COVE_DEFAULT_ISOLATION``.
 
     Raises:
         BadRequest: an unknown tier, or one this host cannot run.
@@ -83,25 +82,17 @@ def with_isolation(
     if not available(tier):
         raise BadRequest(f"isolation {tier!r} is not available on this server "
                          "(gvisor needs runsc installed)")  # fmt: skip
-    return {**labels, ISOLATION_LABEL: tier}
+    return tier
 
 
-def isolation_of(labels: Mapping[str, str]) -> str:
-    """A sandbox's tier (sandboxes made before tiers existed have no label: crun)."""
-    return labels.get(ISOLATION_LABEL) or "crun"
-
-
-def kept_isolation(current: Mapping[str, str], new: Mapping[str, str]) -> dict[str, str]:
-    """New labels for an existing sandbox: its tier cannot change (it is kept when
-    the new labels leave it out).
+def check_isolation_label(labels: Mapping[str, str], tier: str) -> None:
+    """New labels of an existing sandbox may not name another tier (it is fixed at create).
 
     Raises:
-        BadRequest: the new labels name another tier.
+        BadRequest: they do.
     """
-    tier = isolation_of(current)
-    if new.get(ISOLATION_LABEL, tier) != tier:
+    if labels.get(ISOLATION_LABEL, tier) != tier:
         raise BadRequest(f"label {ISOLATION_LABEL} is fixed at create ({tier})")
-    return {**new, ISOLATION_LABEL: tier}
 
 
 def check_network(allow_list: str | None) -> None:

@@ -45,6 +45,7 @@ class SandboxRow(Base):
     snapshot: Mapped[str] = mapped_column(String(255))
     user: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(64))
+    isolation: Mapped[str] = mapped_column(String(16), default="crun", server_default="crun")
     state: Mapped[str] = mapped_column(String(32), index=True)
     error_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     recoverable: Mapped[bool] = mapped_column(Boolean, default=False)

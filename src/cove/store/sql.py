@@ -140,7 +140,8 @@ def _parse_cursor(cursor: str) -> int:
 
 
 _PLAIN = (
-    "id organization_id name snapshot user target error_reason recoverable env labels public "
+    "id organization_id name snapshot user target isolation error_reason recoverable env labels "
+    "public "
     "network_block_all network_allow_list domain_allow_list auto_stop_interval "
     "auto_archive_interval auto_delete_interval created_at updated_at last_activity_at "
     "state_changed_at"

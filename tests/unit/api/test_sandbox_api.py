@@ -128,7 +128,7 @@ def test_lifecycle_endpoints(client: TestClient) -> None:
 def test_settings_endpoints(client: TestClient) -> None:
     sid = create_sandbox(client, labels={"a": "1"})["id"]
     r = client.put(f"/api/sandbox/{sid}/labels", json={"labels": {"b": "2"}}, headers=AUTH)
-    assert r.json() == {"labels": {"b": "2", "cove.io/isolation": "crun"}}
+    assert r.json() == {"labels": {"b": "2"}}
     for path, field, value in [
         ("autostop/0", "autoStopInterval", 0),
         ("autoarchive/60", "autoArchiveInterval", 60),

@@ -29,8 +29,8 @@ async def test_the_label_chooses_the_tier_and_the_runtime_is_told(
 ) -> None:
     plain = await _create(lifecycle, org, labels={"a": "1"})
     strong = await _create(lifecycle, org, labels={LABEL: "gvisor"})
-    assert plain.labels == {"a": "1", LABEL: "crun"}
-    assert strong.labels[LABEL] == "gvisor"
+    assert plain.labels == {"a": "1"}  # the user's labels, as given
+    assert (plain.isolation, strong.isolation) == ("crun", "gvisor")
     assert runtime.specs[plain.id].isolation == "crun"
     assert runtime.specs[strong.id].isolation == "gvisor"
 
@@ -40,7 +40,8 @@ async def test_the_operator_default_applies_without_the_label(
 ) -> None:
     settings.default_isolation = "gvisor"
     sb = await _create(lifecycle, org)
-    assert sb.labels[LABEL] == "gvisor" and runtime.specs[sb.id].isolation == "gvisor"
+    assert sb.isolation == "gvisor" and runtime.specs[sb.id].isolation == "gvisor"
+    assert LABEL not in sb.labels
     explicit = await _create(lifecycle, org, labels={LABEL: "crun"})
     assert runtime.specs[explicit.id].isolation == "crun"
 
@@ -70,9 +71,10 @@ async def test_the_tier_is_fixed_for_life_and_forks_keep_it(
     with pytest.raises(BadRequest, match="fixed"):
         await lifecycle.update(org, sb.id, labels={LABEL: "crun"})
     kept = await lifecycle.update(org, sb.id, labels={"b": "2"})
-    assert kept.labels == {"b": "2", LABEL: "gvisor"}
+    assert kept.labels == {"b": "2"} and kept.isolation == "gvisor"
+    assert lifecycle.get(org, sb.id).isolation == "gvisor"  # (stored)
     child = await fork.fork(lifecycle, org, sb.id, name=None)
-    assert child.labels[LABEL] == "gvisor" and runtime.specs[child.id].isolation == "gvisor"
+    assert child.isolation == "gvisor" and runtime.specs[child.id].isolation == "gvisor"
     await lifecycle.stop(org, sb.id)
     await lifecycle.start(org, sb.id)
     assert runtime.specs[sb.id].isolation == "gvisor"

@@ -193,9 +193,7 @@ async def test_update_replaces_labels_and_validates_them(
 ) -> None:
     sb = await _create(lifecycle, org, labels={"a": "1", "b": "2"})
     updated = await lifecycle.update(org, sb.id, labels={"c": "3"})
-    # (the isolation tier is fixed at create: it stays when the labels leave it out)
-    expected = {"c": "3", "cove.io/isolation": "crun"}
-    assert updated.labels == expected == lifecycle.get(org, sb.id).labels
+    assert updated.labels == {"c": "3"} == lifecycle.get(org, sb.id).labels
     with pytest.raises(BadRequest):
         await lifecycle.update(org, sb.id, labels={"code-toolbox-language": "perl"})
 
