@@ -107,7 +107,7 @@ def _start_services(settings: Settings, runtime: Runtime, events: SocketEvents) 
         snapshots=snapshots,
     )  # fmt: skip
     return Services(
-        settings=settings, auth=auth, lifecycle=lifecycle, toolbox=ToolboxService(lifecycle),
+        settings=settings, auth=auth, lifecycle=lifecycle, toolbox=ToolboxService(lifecycle.ops),
         volumes=volumes, snapshots=snapshots, previews=load_tokens(settings.data_dir),
     )  # fmt: skip
 

@@ -14,11 +14,11 @@ import asyncio
 import logging
 import shlex
 import uuid
-from typing import TYPE_CHECKING
 
 from cove.core.buildlog import BuildLog
 from cove.core.config import Settings
 from cove.core.dockerfile import BuildPlan, Step
+from cove.core.ops import SandboxOps
 from cove.core.ports import ContainerSpec, Resources, Runtime
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.core.snapshots import SnapshotService
@@ -26,9 +26,6 @@ from cove.core.toolbox import agent_call
 from cove.errors import CoveError, NotFound
 from cove.toolbox import protocol
 from cove.toolbox.protocol import AgentError
-
-if TYPE_CHECKING:
-    from cove.core.lifecycle import LifecycleService
 
 S = SandboxState
 log = logging.getLogger(__name__)
@@ -168,24 +165,23 @@ def _merged(argv: tuple[str, ...]) -> list[str]:
 
 
 async def build_and_boot(
-    lifecycle: LifecycleService, builder: ImageBuilder, sandbox: Sandbox, plan: BuildPlan,
-    out: BuildLog,
+    ops: SandboxOps, builder: ImageBuilder, sandbox: Sandbox, plan: BuildPlan, out: BuildLog,
 ) -> Sandbox:  # fmt: skip
     """Build the sandbox's snapshot, then boot it: ``pending_build`` → ``building_snapshot``
     → ``starting`` → ``started``, or ``build_failed`` with the reason."""
     try:
-        await lifecycle._set_state(sandbox, S.BUILDING_SNAPSHOT)
+        await ops.set_state(sandbox, S.BUILDING_SNAPSHOT)
         try:
             ref = await builder.build(sandbox.organization_id, plan, sandbox.snapshot, out)
         except BuildFailed as exc:
             await out.write(exc.reason)
-            return await lifecycle._build_failed(sandbox, exc.reason)
+            return await ops.build_failed(sandbox, exc.reason)
         except Exception as exc:  # noqa: BLE001 - never leave it pending
             log.exception("build of sandbox %s crashed", sandbox.id)
-            return await lifecycle._build_failed(sandbox, f"build failed: {exc}")
+            return await ops.build_failed(sandbox, f"build failed: {exc}")
         sandbox.snapshot = ref
-        await lifecycle._set_state(sandbox, S.STARTING)
+        await ops.set_state(sandbox, S.STARTING)
         await out.write("Starting the sandbox")
-        return await lifecycle._boot(sandbox)
+        return await ops.boot(sandbox)
     finally:
         await out.close()

@@ -15,6 +15,7 @@ import dataclasses
 import uuid
 from typing import TYPE_CHECKING
 
+from cove.core.ops import container_spec
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.errors import CoveError, InvalidState
 
@@ -44,15 +45,16 @@ async def fork(
     async def copy() -> None:
         current = service.store.get_by_id(source.id)
         _check(current)
-        await asyncio.to_thread(service.runtime.fork, source.id, service._spec(child))
+        await asyncio.to_thread(service.runtime.fork, source.id, container_spec(child))
 
+    ops = service.ops
     try:
-        await service._run(source.id, copy)
+        await ops.run(source.id, copy)
     except CoveError:
         service.store.remove(child.id)
         raise
     await service.events.sandbox_created(child)
-    return await service._run(child.id, lambda: _start(service, child))
+    return await ops.run(child.id, lambda: ops.start_created(child, "fork"))
 
 
 def _check(source: Sandbox) -> None:
@@ -78,12 +80,3 @@ def _clone(source: Sandbox, name: str | None) -> Sandbox:
         last_activity_at=now,
         state_changed_at=now,
     )
-
-
-async def _start(service: LifecycleService, child: Sandbox) -> Sandbox:
-    try:
-        await asyncio.to_thread(service.runtime.start, service._spec(child))
-    except CoveError as exc:
-        await service._cleanup_quietly(child.id, destroy=False)
-        return await service._fail(child, f"fork failed: {exc.message}", recoverable=True)
-    return await service._set_state(child, S.STARTED)

@@ -1,38 +1,28 @@
-"""The lifecycle service: the only place where sandboxes change state.
+"""The lifecycle service: what a client asks of its sandboxes.
 
-Operations on one sandbox are serialized by a per-sandbox lock. Each runs as a
-task owned by the service and shielded from the caller, so a client that hangs
-up mid-request never leaves a sandbox half-way: the operation finishes, and
-the state says how it ended. A failed operation leaves the sandbox in
-``error`` with the reason, never silently ``started``.
+Every operation runs through :class:`cove.core.ops.SandboxOps` (the sandbox's
+lock, a task the caller cannot cancel, checked and announced state changes);
+creation is in :mod:`cove.core.create`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
-from cove.core import dockerfile, validation
+from cove.core import validation
 from cove.core.buildlog import BuildLog
-from cove.core.builds import ImageBuilder, build_and_boot
 from cove.core.config import Settings
-from cove.core.ports import (
-    ContainerSpec,
-    ContainerStatus,
-    EventSink,
-    NetworkPolicy,
-    Runtime,
-    SandboxStore,
-    VolumeBind,
-)
-from cove.core.sandbox import Sandbox, SandboxState, transition, utcnow
+from cove.core.create import Creator
+from cove.core.ops import SandboxOps, container_spec
+from cove.core.ports import ContainerStatus, EventSink, Runtime, SandboxStore
+from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.core.snapshots import SnapshotService
 from cove.core.volumes import VolumeService
-from cove.errors import BadRequest, CoveError, InvalidState, NotFound
+from cove.errors import BadRequest, CoveError, InvalidState
 from cove.schemas.sandbox import SandboxCreate, SandboxResize
 
 S = SandboxState
@@ -58,15 +48,25 @@ class LifecycleService:
         self.store = store
         self.runtime = runtime
         self.events = events
-        self.volumes = volumes
-        self.snapshots = snapshots
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[object]] = set()
-        self.builder = (
-            ImageBuilder(settings=settings, runtime=runtime, snapshots=snapshots)
-            if snapshots is not None else None
-        )  # fmt: skip
-        self._build_logs: dict[str, BuildLog] = {}
+        self.ops = SandboxOps(store=store, runtime=runtime, events=events)
+        self.creator = Creator(settings=settings, ops=self.ops, volumes=volumes,
+                               snapshots=snapshots)  # fmt: skip
+
+    @property
+    def volumes(self) -> VolumeService | None:
+        return self.creator.volumes
+
+    @volumes.setter
+    def volumes(self, service: VolumeService | None) -> None:
+        self.creator.volumes = service
+
+    @property
+    def snapshots(self) -> SnapshotService | None:
+        return self.creator.snapshots
+
+    @snapshots.setter
+    def snapshots(self, service: SnapshotService | None) -> None:
+        self.creator.use_snapshots(service)
 
     # ---- queries -------------------------------------------------------
 
@@ -93,28 +93,8 @@ class LifecycleService:
     # ---- create --------------------------------------------------------
 
     async def create(self, *, organization_id: str, request: SandboxCreate) -> Sandbox:
-        """Validate, record and boot a new sandbox; returns it ``started`` or ``error``,
-        or ``pending_build`` when its Dockerfile must be built first (in the background).
-
-        Raises:
-            BadRequest: invalid input (nothing is created).
-            QuotaExceeded: resources above the limits (nothing is created).
-            Conflict: the name is taken in this organization.
-        """
-        plan = self._build_plan(request)
-        sandbox = self._new_sandbox(organization_id, request)
-        if plan is not None:
-            sandbox.state = S.PENDING_BUILD
-            sandbox.env = {**plan.env, **sandbox.env}
-        self.store.add(sandbox)
-        await self.events.sandbox_created(sandbox)
-        if plan is None:
-            return await self._run(sandbox.id, lambda: self._boot(sandbox))
-        assert self.builder is not None  # _build_plan checked it
-        out = self._build_logs[sandbox.id] = BuildLog()
-        builder = self.builder
-        self._task(sandbox.id, lambda: build_and_boot(self, builder, sandbox, plan, out))
-        return sandbox
+        """Validate, record and boot a new sandbox (see :class:`cove.core.create.Creator`)."""
+        return await self.creator.create(organization_id, request)
 
     def build_log(self, organization_id: str, id_or_name: str) -> BuildLog:
         """The build log of a sandbox created from a Dockerfile.
@@ -122,126 +102,11 @@ class LifecycleService:
         Raises:
             NotFound: no such sandbox, or it was not built (this server run).
         """
-        sandbox = self.get(organization_id, id_or_name)
-        found = self._build_logs.get(sandbox.id)
-        if found is None:
-            raise NotFound(f"Sandbox {sandbox.id} has no build logs")
-        return found
+        return self.creator.build_log(self.get(organization_id, id_or_name).id)
 
     def building(self, sandbox_id: str) -> bool:
         """Whether this server is building the sandbox's snapshot right now."""
-        found = self._build_logs.get(sandbox_id)
-        return found is not None and not found.done
-
-    def _build_plan(self, req: SandboxCreate) -> dockerfile.BuildPlan | None:
-        """The Dockerfile to build, or None when there is nothing to build."""
-        if req.build_info is None:
-            return None
-        plan = dockerfile.parse(req.build_info.dockerfile_content)
-        if not plan.steps:
-            return None
-        if self.builder is None:
-            raise BadRequest("Building images from Dockerfiles is not supported by this server")
-        return plan
-
-    def _new_sandbox(self, organization_id: str, req: SandboxCreate) -> Sandbox:
-        snapshot = self._resolve_snapshot(organization_id, req)
-        resources = validation.requested_resources(req, self.settings)
-        validation.check_labels(req.labels)
-        tier = validation.isolation(req.labels, self.settings, self.runtime.has_isolation)
-        validation.network_policy(
-            req.network_block_all, req.network_allow_list, req.domain_allow_list, self.settings
-        )
-        binds = self._volume_binds(organization_id, req)
-        sandbox_id = str(uuid.uuid4())
-        s = self.settings
-        return Sandbox(
-            id=sandbox_id,
-            organization_id=organization_id,
-            name=req.name or sandbox_id,
-            snapshot=snapshot,
-            user=req.user or "daytona",
-            resources=resources,
-            env=dict(req.env),
-            labels=dict(req.labels),
-            isolation=tier,
-            public=req.public,
-            target=req.target or "local",
-            network_block_all=req.network_block_all,
-            network_allow_list=req.network_allow_list,
-            domain_allow_list=req.domain_allow_list,
-            auto_stop_interval=_pick(req.auto_stop_interval, s.default_auto_stop_interval),
-            auto_archive_interval=_pick(
-                req.auto_archive_interval, s.default_auto_archive_interval
-            ),
-            auto_delete_interval=_pick(req.auto_delete_interval, s.default_auto_delete_interval),
-            volumes=binds,
-        )
-
-    def _volume_binds(self, organization_id: str, req: SandboxCreate) -> list[VolumeBind]:
-        if not req.volumes:
-            return []
-        if self.volumes is None:
-            raise BadRequest("Volumes are not supported by this server")
-        return self.volumes.resolve(organization_id, req.volumes)
-
-    def _resolve_snapshot(self, organization_id: str, req: SandboxCreate) -> str:
-        """The runtime ref of the snapshot (or Dockerfile base image) asked for. Only a
-        general snapshot or one of the caller's organization qualifies: another
-        organization's, though on this host, is answered as if it did not exist."""
-        if req.build_info is not None:
-            image = dockerfile.parse(req.build_info.dockerfile_content).base
-            ref = self._usable_snapshot(organization_id, image)
-            if ref is None:
-                raise BadRequest(
-                    f"Image '{image}' cannot be provided: this server has no registry access "
-                    f"and no local snapshot of that name (available: "
-                    f"{', '.join(self._general_snapshots())})"
-                )
-            return ref
-        name = req.snapshot or self.settings.default_snapshot
-        ref = self._usable_snapshot(organization_id, name)
-        if ref is None:
-            raise BadRequest(f"Snapshot '{name}' not found")
-        return ref
-
-    def _usable_snapshot(self, organization_id: str, id_or_name: str) -> str | None:
-        if self.snapshots is not None:
-            try:
-                return self.snapshots.ref_for(organization_id, id_or_name)
-            except NotFound:
-                return None
-        general = id_or_name in self._general_snapshots()
-        return id_or_name if general and self.runtime.has_snapshot(id_or_name) else None
-
-    def _general_snapshots(self) -> list[str]:
-        """The snapshots every organization may use."""
-        return list(dict.fromkeys([self.settings.default_snapshot,
-                                   *self.settings.public_snapshots]))  # fmt: skip
-
-    async def _boot(self, sandbox: Sandbox) -> Sandbox:
-        spec = self._spec(sandbox)
-        try:
-            await asyncio.to_thread(self.runtime.create, spec)
-            await asyncio.to_thread(self.runtime.start, spec)
-        except CoveError as exc:
-            await self._cleanup_quietly(sandbox.id)
-            return await self._fail(sandbox, f"create failed: {exc.message}", recoverable=True)
-        return await self._set_state(sandbox, S.STARTED)
-
-    async def _through(
-        self, sandbox: Sandbox, via: SandboxState, to: SandboxState, what: str,
-        *steps: Callable[[], object],
-    ) -> Sandbox:
-        """Go to ``via``, run the runtime ``steps`` in order (in worker threads), then
-        to ``to``; a failing step leaves the sandbox in ``error`` (recoverable)."""
-        await self._set_state(sandbox, via)
-        try:
-            for step in steps:
-                await asyncio.to_thread(step)
-        except CoveError as exc:
-            return await self._fail(sandbox, f"{what} failed: {exc.message}", recoverable=True)
-        return await self._set_state(sandbox, to)
+        return self.creator.building(sandbox_id)
 
     # ---- start / stop --------------------------------------------------
 
@@ -258,14 +123,14 @@ class LifecycleService:
             return await self._resume(sandbox)
         if sandbox.state is not S.STOPPED:
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot start it")
-        spec = self._spec(sandbox)
-        return await self._through(
+        spec = container_spec(sandbox)
+        return await self.ops.through(
             sandbox, S.STARTING, S.STARTED, "start", partial(self.runtime.start, spec)
         )
 
     async def _restore_and_start(self, sandbox: Sandbox) -> Sandbox:
-        spec = self._spec(sandbox)
-        return await self._through(
+        spec = container_spec(sandbox)
+        return await self.ops.through(
             sandbox, S.RESTORING, S.STARTED, "restore",
             partial(self.runtime.restore, spec), partial(self.runtime.start, spec),
         )
@@ -282,7 +147,7 @@ class LifecycleService:
         if sandbox.state not in (S.STARTED, S.PAUSED):  # the runtime thaws a paused one
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot stop it")
         stop = partial(self.runtime.stop, sandbox.id, force=force)
-        sandbox = await self._through(sandbox, S.STOPPING, S.STOPPED, "stop", stop)
+        sandbox = await self.ops.through(sandbox, S.STOPPING, S.STOPPED, "stop", stop)
         if sandbox.state is S.STOPPED and sandbox.auto_delete_interval == 0:
             return await self._destroy(sandbox.id)
         return sandbox
@@ -303,17 +168,17 @@ class LifecycleService:
             return sandbox
         if sandbox.state is not S.STARTED:
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot pause it")
-        await self._set_state(sandbox, S.PAUSING)
+        await self.ops.set_state(sandbox, S.PAUSING)
         try:
             await asyncio.to_thread(self.runtime.pause, sandbox.id)
         except CoveError as exc:
-            await self._set_state(sandbox, S.STARTED)  # still running, as it was
+            await self.ops.set_state(sandbox, S.STARTED)  # still running, as it was
             raise InvalidState(f"pause failed: {exc.message}") from exc
-        return await self._set_state(sandbox, S.PAUSED)
+        return await self.ops.set_state(sandbox, S.PAUSED)
 
     async def _resume(self, sandbox: Sandbox) -> Sandbox:
         resume = partial(self.runtime.resume, sandbox.id)
-        return await self._through(sandbox, S.RESUMING, S.STARTED, "resume", resume)
+        return await self.ops.through(sandbox, S.RESUMING, S.STARTED, "resume", resume)
 
     # ---- archive / recover / resize -----------------------------------
 
@@ -332,7 +197,7 @@ class LifecycleService:
         if sandbox.state is not S.STOPPED:
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot archive it")
         archive = partial(self.runtime.archive, sandbox.id)
-        return await self._through(sandbox, S.ARCHIVING, S.ARCHIVED, "archive", archive)
+        return await self.ops.through(sandbox, S.ARCHIVING, S.ARCHIVED, "archive", archive)
 
     async def recover(self, organization_id: str, id_or_name: str) -> Sandbox:
         """Bring an ``error`` sandbox back to ``started``; on any other state, act as start."""
@@ -345,12 +210,12 @@ class LifecycleService:
         status = await asyncio.to_thread(self.runtime.status, sandbox.id)
         if status is ContainerStatus.ARCHIVED:
             return await self._restore_and_start(sandbox)
-        await self._cleanup_quietly(sandbox.id, destroy=False)
-        spec = self._spec(sandbox)
+        await self.ops.clean_up(sandbox.id, destroy=False)
+        spec = container_spec(sandbox)
         steps = [partial(self.runtime.start, spec)]
         if status is ContainerStatus.ABSENT:
             steps.insert(0, partial(self.runtime.create, spec))
-        return await self._through(sandbox, S.STARTING, S.STARTED, "recover", *steps)
+        return await self.ops.through(sandbox, S.STARTING, S.STARTED, "recover", *steps)
 
     async def resize(
         self, organization_id: str, id_or_name: str, request: SandboxResize
@@ -377,14 +242,14 @@ class LifecycleService:
         elif sandbox.state not in (S.STOPPED, S.ARCHIVED):
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot resize it")
         before = sandbox.state
-        await self._set_state(sandbox, S.RESIZING)
+        await self.ops.set_state(sandbox, S.RESIZING)
         try:
             await asyncio.to_thread(self.runtime.resize, sandbox.id, new, live=live)
         except CoveError as exc:
-            await self._set_state(sandbox, before)
+            await self.ops.set_state(sandbox, before)
             raise BadRequest(f"resize failed: {exc.message}") from exc
         sandbox.resources = new
-        return await self._set_state(sandbox, before)
+        return await self.ops.set_state(sandbox, before)
 
     # ---- destroy -------------------------------------------------------
 
@@ -392,19 +257,9 @@ class LifecycleService:
         return await self._on(organization_id, id_or_name, self._destroy)
 
     async def _destroy(self, sandbox_id: str) -> Sandbox:
-        sandbox = self.store.get_by_id(sandbox_id)
-        if sandbox.state is not S.DESTROYING:
-            await self._set_state(sandbox, S.DESTROYING)
-        try:
-            await asyncio.to_thread(self.runtime.destroy, sandbox.id)
-        except CoveError as exc:
-            return await self._fail(sandbox, f"delete failed: {exc.message}", recoverable=False)
-        old = sandbox.state
-        transition(sandbox, S.DESTROYED)
-        self.store.remove(sandbox.id)
-        self._locks.pop(sandbox.id, None)
-        self._build_logs.pop(sandbox.id, None)
-        await self.events.sandbox_state_updated(sandbox, old)
+        sandbox = await self.ops.remove(self.store.get_by_id(sandbox_id))
+        if sandbox.state is SandboxState.DESTROYED:
+            self.creator.forget(sandbox_id)
         return sandbox
 
     # ---- settings on a live record --------------------------------------
@@ -427,7 +282,7 @@ class LifecycleService:
             self.store.save(current)
             return current
 
-        return await self._run(sandbox.id, apply)
+        return await self.ops.run(sandbox.id, apply)
 
     async def update_network(
         self, organization_id: str, id_or_name: str, *,
@@ -466,98 +321,24 @@ class LifecycleService:
             self.store.save(current)
             return current
 
-        return await self._run(sandbox.id, apply)
+        return await self.ops.run(sandbox.id, apply)
 
     def touch(self, organization_id: str, id_or_name: str) -> None:
         """Record user activity (resets the auto-stop timer)."""
-        sandbox = self.get(organization_id, id_or_name)
-        sandbox.last_activity_at = utcnow()
-        self.store.save(sandbox)
+        self.ops.touch(self.get(organization_id, id_or_name))
 
     # ---- plumbing ------------------------------------------------------
-
-    def _spec(self, sandbox: Sandbox) -> ContainerSpec:
-        return ContainerSpec(
-            sandbox_id=sandbox.id,
-            hostname=sandbox.name,
-            snapshot=sandbox.snapshot,
-            resources=sandbox.resources,
-            env=dict(sandbox.env),
-            user=sandbox.user,
-            network=self._network(sandbox),
-            volumes=tuple(sandbox.volumes),
-            isolation=sandbox.isolation,
-        )
-
-    def _network(self, sandbox: Sandbox) -> NetworkPolicy:
-        return validation.network_policy(
-            sandbox.network_block_all, sandbox.network_allow_list, sandbox.domain_allow_list
-        )
 
     async def _on(
         self, organization_id: str, id_or_name: str, op: Callable[[str], Awaitable[T]]
     ) -> T:
         """Run ``op(sandbox_id)`` on the caller's sandbox, under its lock."""
         sandbox = self.get(organization_id, id_or_name)
-        return await self._run(sandbox.id, lambda: op(sandbox.id))
-
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(sandbox_id, asyncio.Lock())
-
-    async def _run(self, sandbox_id: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op`` under the sandbox's lock in a task the caller cannot cancel."""
-        return await asyncio.shield(self._task(sandbox_id, op))
-
-    def _task(self, sandbox_id: str, op: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
-        """Start ``op`` under the sandbox's lock in a task the service owns."""
-
-        async def locked() -> T:
-            async with self._lock(sandbox_id):
-                return await op()
-
-        task = asyncio.ensure_future(locked())
-        self._tasks.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
-        return task
+        return await self.ops.run(sandbox.id, lambda: op(sandbox.id))
 
     async def drain(self) -> None:
         """Wait for every operation under way (server shutdown)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _set_state(self, sandbox: Sandbox, new: SandboxState) -> Sandbox:
-        old = sandbox.state
-        transition(sandbox, new)
-        if new is S.STARTED and old is not S.RESIZING:
-            sandbox.last_activity_at = sandbox.updated_at  # a fresh start is activity
-        self.store.save(sandbox)
-        await self.events.sandbox_state_updated(sandbox, old)
-        return sandbox
-
-    async def _fail(self, sandbox: Sandbox, reason: str, *, recoverable: bool) -> Sandbox:
-        log.warning("sandbox %s failed: %s", sandbox.id, reason)
-        old = sandbox.state
-        transition(sandbox, S.ERROR, reason=reason)
-        sandbox.recoverable = recoverable
-        self.store.save(sandbox)
-        await self.events.sandbox_state_updated(sandbox, old)
-        return sandbox
-
-    async def _build_failed(self, sandbox: Sandbox, reason: str) -> Sandbox:
-        log.warning("build of sandbox %s failed: %s", sandbox.id, reason)
-        old = sandbox.state
-        transition(sandbox, S.BUILD_FAILED, reason=reason)
-        self.store.save(sandbox)
-        await self.events.sandbox_state_updated(sandbox, old)
-        return sandbox
-
-    async def _cleanup_quietly(self, sandbox_id: str, *, destroy: bool = True) -> None:
-        """Best-effort removal of runtime leftovers after a failure."""
-        op = self.runtime.destroy if destroy else self.runtime.stop
-        try:
-            await asyncio.to_thread(op, sandbox_id)
-        except CoveError as exc:
-            log.error("cleanup of sandbox %s failed: %s", sandbox_id, exc.message)
+        await self.ops.drain()
 
 
 def _or(value: str | None, current: str | None) -> str | None:
@@ -565,8 +346,3 @@ def _or(value: str | None, current: str | None) -> str | None:
     if value is None:
         return current
     return value or None
-
-
-def _pick(value: int | None, default: int) -> int:
-    return default if value is None else value
-

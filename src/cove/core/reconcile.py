@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from cove.core.lifecycle import LifecycleService
+from cove.core.ops import container_spec
 from cove.core.ports import ContainerStatus
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import CoveError
@@ -37,7 +38,7 @@ async def reconcile(service: LifecycleService, *, remove_orphans: bool = True) -
         if service.building(sandbox.id):
             continue  # its build holds the lock; do not wait for it
         try:
-            await service._run(sandbox.id, lambda sb=sandbox: _reconcile_one(service, sb.id))
+            await service.ops.run(sandbox.id, lambda sb=sandbox: _reconcile_one(service, sb.id))
         except CoveError as exc:
             log.error("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
     if remove_orphans:
@@ -48,18 +49,18 @@ async def _reconcile_one(service: LifecycleService, sandbox_id: str) -> None:
     sandbox = service.store.get_by_id(sandbox_id)
     runtime = service.runtime
     if sandbox.state is S.DESTROYING:
-        await service._destroy(sandbox.id)
+        await service.ops.remove(sandbox)  # (under its lock already)
         return
     if sandbox.state in (S.PENDING_BUILD, S.BUILDING_SNAPSHOT):
         if not service.building(sandbox.id):  # a build this server run did not start
-            await service._build_failed(sandbox, "the build was interrupted by a server restart")
+            await service.ops.build_failed(sandbox, "the build was interrupted by a server restart")
         return
     if sandbox.state is S.BUILD_FAILED:
         return
     if sandbox.state is S.CREATING:
         await asyncio.to_thread(runtime.destroy, sandbox.id)
         reason = "creation was interrupted by a server restart"
-        await service._fail(sandbox, reason, recoverable=True)
+        await service.ops.fail(sandbox, reason, recoverable=True)
         return
     status = await asyncio.to_thread(runtime.status, sandbox.id)
     if sandbox.state is S.STOPPING or (
@@ -77,23 +78,23 @@ async def _settle(service: LifecycleService, sandbox: Sandbox, status: Container
     if status is C.ABSENT:
         if sandbox.state is not S.ERROR:
             reason = "the sandbox's files are missing on the host"
-            await service._fail(sandbox, reason, recoverable=False)
+            await service.ops.fail(sandbox, reason, recoverable=False)
         return
     target = _AT_REST[status]
     if sandbox.state is S.ERROR or sandbox.state is target:
         return
     if sandbox.state is S.ARCHIVED and status is not C.ARCHIVED:
-        await service._fail(sandbox, "the sandbox's archive is missing", recoverable=True)
+        await service.ops.fail(sandbox, "the sandbox's archive is missing", recoverable=True)
         return
     log.info("sandbox %s: %s -> %s (host says %s)", sandbox.id, sandbox.state, target, status)
-    await service._set_state(sandbox, target)
+    await service.ops.set_state(sandbox, target)
 
 
 async def _remove_orphans(service: LifecycleService, known: set[str]) -> None:
     orphans = await asyncio.to_thread(service.runtime.list_ids)
     for sandbox_id in orphans - known:
         log.warning("removing leftovers of unknown sandbox %s", sandbox_id)
-        await service._cleanup_quietly(sandbox_id)
+        await service.ops.clean_up(sandbox_id)
 
 
 async def restore_networks(service: LifecycleService) -> None:
@@ -103,7 +104,7 @@ async def restore_networks(service: LifecycleService) -> None:
         if sandbox.state not in (S.STARTED, S.PAUSED):
             continue
         try:
-            policy = service._spec(sandbox).network
+            policy = container_spec(sandbox).network
             await asyncio.to_thread(service.runtime.set_network, sandbox.id, policy)
         except CoveError as exc:
             log.error("restoring the network of sandbox %s failed: %s", sandbox.id, exc.message)

@@ -30,7 +30,7 @@ from cove.core.sandbox import SandboxState, utcnow
 from cove.errors import BadRequest, Conflict, CoveError, InvalidState, NotFound
 
 if TYPE_CHECKING:
-    from cove.core.lifecycle import LifecycleService
+    from cove.core.ops import SandboxOps
 
 S = SandboxState
 
@@ -144,30 +144,30 @@ class SnapshotService:
         return self._added(snap)
 
     async def create_from_sandbox(
-        self, lifecycle: LifecycleService, organization_id: str, id_or_name: str, name: str
+        self, ops: SandboxOps, organization_id: str, id_or_name: str, name: str
     ) -> Snapshot:
         """Copy a started or stopped sandbox's file system into a new snapshot; the
         sandbox is ``snapshotting`` meanwhile and goes back to where it was."""
-        sandbox = lifecycle.get(organization_id, id_or_name)
+        sandbox = ops.store.get(organization_id, id_or_name)
         snap = self._new(organization_id, name, source_sandbox_id=sandbox.id)
         snap.cpu, snap.memory, snap.disk = (
             sandbox.resources.cpu, sandbox.resources.memory, sandbox.resources.disk,
         )  # fmt: skip
 
         async def capture() -> None:
-            current = lifecycle.store.get_by_id(sandbox.id)
+            current = ops.store.get_by_id(sandbox.id)
             before = current.state
             if before not in (S.STARTED, S.STOPPED):
                 raise InvalidState(f"Sandbox {sandbox.id} is {before}; cannot snapshot it")
-            await lifecycle._set_state(current, S.SNAPSHOTTING)
+            await ops.set_state(current, S.SNAPSHOTTING)
             try:
                 snap.size = await asyncio.to_thread(self.runtime.capture, sandbox.id, snap.id)
             except CoveError as exc:
                 raise BadRequest(f"Snapshot {name} failed: {exc.message}") from exc
             finally:
-                await lifecycle._set_state(current, before)
+                await ops.set_state(current, before)
 
-        await lifecycle._run(sandbox.id, capture)
+        await ops.run(sandbox.id, capture)
         return self._added(snap)
 
     async def create_from_build(

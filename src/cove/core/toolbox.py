@@ -27,16 +27,18 @@ from cove.toolbox.client import AgentCall
 from cove.toolbox.protocol import AgentError, ProtocolError
 
 if TYPE_CHECKING:
-    from cove.core.lifecycle import LifecycleService
+    from cove.core.ops import SandboxOps
 
 AGENT_ACCEPT_SECONDS = 30.0  # covers an agent that is still starting (or restarting)
 CONNECT_SECONDS = 10.0  # how long a full accept queue is waited for
 
 
 class ToolboxService:
-    def __init__(self, lifecycle: LifecycleService) -> None:
-        self.lifecycle = lifecycle
-        self.runtime = lifecycle.runtime
+    """The caller's started sandboxes' agents."""
+
+    def __init__(self, ops: SandboxOps) -> None:
+        self.ops = ops
+        self.runtime = ops.runtime
 
     def sandbox(self, organization_id: str, sandbox_id: str) -> Sandbox:
         """The caller's started sandbox; records the activity.
@@ -45,12 +47,12 @@ class ToolboxService:
             NotFound: no such sandbox in the caller's organization.
             InvalidState: it exists but is not started.
         """
-        sandbox = self.lifecycle.get(organization_id, sandbox_id)
+        sandbox = self.ops.store.get(organization_id, sandbox_id)
         if sandbox.state is not SandboxState.STARTED:
             raise InvalidState(
                 f"Sandbox {sandbox.id} is {sandbox.state}; start it to use the toolbox"
             )
-        self.lifecycle.touch(organization_id, sandbox.id)
+        self.ops.touch(sandbox)
         return sandbox
 
     def call(self, sandbox: Sandbox, message: dict) -> AbstractAsyncContextManager[AgentCall]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cove.core.lifecycle import LifecycleService
+from cove.core.ops import container_spec
 from cove.core.ports import NetworkPolicy
 from cove.core.reconcile import restore_networks
 from cove.errors import BadRequest, RuntimeBackendError
@@ -25,7 +26,7 @@ async def test_create_passes_the_policy_and_rejects_bad_lists(
     sb = await lifecycle.create(
         organization_id=org, request=SandboxCreate(network_allow_list="203.0.113.0/24")
     )
-    assert lifecycle._spec(sb).network == NetworkPolicy(allow_cidrs=("203.0.113.0/24",))
+    assert container_spec(sb).network == NetworkPolicy(allow_cidrs=("203.0.113.0/24",))
 
 
 async def test_update_only_applies_to_running_and_keeps_fields(
@@ -65,11 +66,11 @@ async def test_stored_list_survives_a_stricter_operator(
 ) -> None:
     """A list accepted under an exemption the operator later drops still starts: the
     firewall, not the API, keeps the now-blocked range closed."""
-    lifecycle.settings = lifecycle.settings.model_copy(update={"egress_allow": ("10.5.0.0/16",)})
+    _reconfigure(lifecycle, egress_allow=("10.5.0.0/16",))
     request = SandboxCreate(network_allow_list="10.5.0.0/16")
     sb = await lifecycle.create(organization_id=org, request=request)
     await lifecycle.stop(org, sb.id)
-    lifecycle.settings = lifecycle.settings.model_copy(update={"egress_allow": ()})
+    _reconfigure(lifecycle, egress_allow=())
     await lifecycle.start(org, sb.id)
     await restore_networks(lifecycle)
     assert runtime.networks[sb.id] == NetworkPolicy(allow_cidrs=("10.5.0.0/16",))
@@ -77,3 +78,8 @@ async def test_stored_list_survives_a_stricter_operator(
         await lifecycle.update_network(org, sb.id, block_all=None, allow_list="10.5.1.0/24",
                                        domain_list=None)  # fmt: skip
     assert lifecycle.get(org, sb.id).network_allow_list == "10.5.0.0/16"
+
+
+def _reconfigure(lifecycle: LifecycleService, **update: object) -> None:
+    """The operator changed a setting (as a restart with new settings would)."""
+    lifecycle.settings = lifecycle.creator.settings = lifecycle.settings.model_copy(update=update)

@@ -36,7 +36,7 @@ def other(engine: Engine) -> str:
 
 async def _snapshot_of(lifecycle: LifecycleService, snapshots: SnapshotService, org: str):
     sb = await lifecycle.create(organization_id=org, request=SandboxCreate(name="src"))
-    return await snapshots.create_from_sandbox(lifecycle, org, sb.id, "secret-files")
+    return await snapshots.create_from_sandbox(lifecycle.ops, org, sb.id, "secret-files")
 
 
 def _error(call) -> CoveError:  # noqa: ANN001

@@ -40,14 +40,14 @@ async def test_from_sandbox_then_create_from_it(
     runtime: FakeRuntime,
 ) -> None:  # fmt: skip
     sb = await lifecycle.create(organization_id=org, request=SandboxCreate(cpu=2))
-    snap = await snapshots.create_from_sandbox(lifecycle, org, sb.id, "mine")
+    snap = await snapshots.create_from_sandbox(lifecycle.ops, org, sb.id, "mine")
     assert events.states_of(sb.id) == ["started", "snapshotting", "started"]
     assert (snap.source_sandbox_id, snap.cpu, snap.state) == (sb.id, 2, "active")
     assert runtime.has_snapshot(snap.id)
     with pytest.raises(Conflict):
-        await snapshots.create_from_sandbox(lifecycle, org, sb.id, "mine")
+        await snapshots.create_from_sandbox(lifecycle.ops, org, sb.id, "mine")
     with pytest.raises(BadRequest):
-        await snapshots.create_from_sandbox(lifecycle, org, sb.id, "bad/name")
+        await snapshots.create_from_sandbox(lifecycle.ops, org, sb.id, "bad/name")
     child = await lifecycle.create(organization_id=org, request=SandboxCreate(snapshot="mine"))
     assert child.snapshot == snap.id and child.state is S.STARTED
     assert snapshots.get(org, "mine").last_used_at is not None
@@ -66,12 +66,12 @@ async def test_failures_leave_nothing(
     sb = await lifecycle.create(organization_id=org, request=SandboxCreate())
     runtime.fail_on["capture"] = "disk full"
     with pytest.raises(BadRequest, match="disk full"):
-        await snapshots.create_from_sandbox(lifecycle, org, sb.id, "s1")
+        await snapshots.create_from_sandbox(lifecycle.ops, org, sb.id, "s1")
     assert lifecycle.get(org, sb.id).state is S.STARTED
     del runtime.fail_on["capture"]
     await lifecycle.pause(org, sb.id)
     with pytest.raises(InvalidState):
-        await snapshots.create_from_sandbox(lifecycle, org, sb.id, "s1")
+        await snapshots.create_from_sandbox(lifecycle.ops, org, sb.id, "s1")
     with pytest.raises(BadRequest, match="cannot be built"):
         await snapshots.create_from_image(org, "img", "python:3.12")
     assert [s.name for s in snapshots.list(org)] == ["cove-default"]

@@ -124,7 +124,7 @@ async def snapshot_sandbox(
     """Make a snapshot of this sandbox's file system."""
     org = who.organization_id
     snap = services.snapshots
-    await snap.create_from_sandbox(services.lifecycle, org, id_or_name, body.name)
+    await snap.create_from_sandbox(services.lifecycle.ops, org, id_or_name, body.name)
     return _public(services, services.lifecycle.get(org, id_or_name))
 
 

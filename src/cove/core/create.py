@@ -1,0 +1,178 @@
+"""Creating sandboxes: input checked, snapshot, volumes and tier resolved, then booted
+(or built from a Dockerfile first, in the background).
+
+Only a general snapshot (the default, or one the operator made public) or one of
+the caller's organization can be booted; another organization's, though on this
+host, is answered as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from cove.core import dockerfile, validation
+from cove.core.buildlog import BuildLog
+from cove.core.builds import ImageBuilder, build_and_boot
+from cove.core.config import Settings
+from cove.core.ops import SandboxOps
+from cove.core.ports import VolumeBind
+from cove.core.sandbox import Sandbox, SandboxState
+from cove.core.snapshots import SnapshotService
+from cove.core.volumes import VolumeService
+from cove.errors import BadRequest, NotFound
+from cove.schemas.sandbox import SandboxCreate
+
+S = SandboxState
+
+
+class Creator:
+    """Makes new sandboxes; keeps the build logs of those built from a Dockerfile."""
+
+    def __init__(
+        self, *, settings: Settings, ops: SandboxOps, volumes: VolumeService | None,
+        snapshots: SnapshotService | None,
+    ) -> None:  # fmt: skip
+        self.settings = settings
+        self.ops = ops
+        self.volumes = volumes
+        self._build_logs: dict[str, BuildLog] = {}
+        self.use_snapshots(snapshots)
+
+    def use_snapshots(self, snapshots: SnapshotService | None) -> None:
+        """Where snapshots are found (and Dockerfiles built); None: the host's only."""
+        self.snapshots = snapshots
+        self.builder = (
+            ImageBuilder(settings=self.settings, runtime=self.ops.runtime, snapshots=snapshots)
+            if snapshots is not None else None
+        )  # fmt: skip
+
+    async def create(self, organization_id: str, request: SandboxCreate) -> Sandbox:
+        """Validate, record and boot a new sandbox; returns it ``started`` or ``error``,
+        or ``pending_build`` when its Dockerfile must be built first (in the background).
+
+        Raises:
+            BadRequest: invalid input (nothing is created).
+            QuotaExceeded: resources above the limits (nothing is created).
+            Conflict: the name is taken in this organization.
+        """
+        plan = self._build_plan(request)
+        sandbox = self._new_sandbox(organization_id, request)
+        if plan is not None:
+            sandbox.state = S.PENDING_BUILD
+            sandbox.env = {**plan.env, **sandbox.env}
+        self.ops.store.add(sandbox)
+        await self.ops.events.sandbox_created(sandbox)
+        if plan is None:
+            return await self.ops.run(sandbox.id, lambda: self.ops.boot(sandbox))
+        assert self.builder is not None  # _build_plan checked it
+        out = self._build_logs[sandbox.id] = BuildLog()
+        builder = self.builder
+        self.ops.spawn(sandbox.id, lambda: build_and_boot(self.ops, builder, sandbox, plan, out))
+        return sandbox
+
+    def build_log(self, sandbox_id: str) -> BuildLog:
+        """The build log of a sandbox created from a Dockerfile.
+
+        Raises:
+            NotFound: it was not built (in this server run).
+        """
+        found = self._build_logs.get(sandbox_id)
+        if found is None:
+            raise NotFound(f"Sandbox {sandbox_id} has no build logs")
+        return found
+
+    def building(self, sandbox_id: str) -> bool:
+        """Whether this server is building the sandbox's snapshot right now."""
+        found = self._build_logs.get(sandbox_id)
+        return found is not None and not found.done
+
+    def forget(self, sandbox_id: str) -> None:
+        self._build_logs.pop(sandbox_id, None)
+
+    def _build_plan(self, req: SandboxCreate) -> dockerfile.BuildPlan | None:
+        """The Dockerfile to build, or None when there is nothing to build."""
+        if req.build_info is None:
+            return None
+        plan = dockerfile.parse(req.build_info.dockerfile_content)
+        if not plan.steps:
+            return None
+        if self.builder is None:
+            raise BadRequest("Building images from Dockerfiles is not supported by this server")
+        return plan
+
+    def _new_sandbox(self, organization_id: str, req: SandboxCreate) -> Sandbox:
+        snapshot = self._resolve_snapshot(organization_id, req)
+        s = self.settings
+        resources = validation.requested_resources(req, s)
+        validation.check_labels(req.labels)
+        tier = validation.isolation(req.labels, s, self.ops.runtime.has_isolation)
+        validation.network_policy(
+            req.network_block_all, req.network_allow_list, req.domain_allow_list, s
+        )
+        binds = self._volume_binds(organization_id, req)
+        sandbox_id = str(uuid.uuid4())
+        return Sandbox(
+            id=sandbox_id,
+            organization_id=organization_id,
+            name=req.name or sandbox_id,
+            snapshot=snapshot,
+            user=req.user or "daytona",
+            resources=resources,
+            env=dict(req.env),
+            labels=dict(req.labels),
+            isolation=tier,
+            public=req.public,
+            target=req.target or "local",
+            network_block_all=req.network_block_all,
+            network_allow_list=req.network_allow_list,
+            domain_allow_list=req.domain_allow_list,
+            auto_stop_interval=_pick(req.auto_stop_interval, s.default_auto_stop_interval),
+            auto_archive_interval=_pick(
+                req.auto_archive_interval, s.default_auto_archive_interval
+            ),
+            auto_delete_interval=_pick(req.auto_delete_interval, s.default_auto_delete_interval),
+            volumes=binds,
+        )
+
+    def _volume_binds(self, organization_id: str, req: SandboxCreate) -> list[VolumeBind]:
+        if not req.volumes:
+            return []
+        if self.volumes is None:
+            raise BadRequest("Volumes are not supported by this server")
+        return self.volumes.resolve(organization_id, req.volumes)
+
+    def _resolve_snapshot(self, organization_id: str, req: SandboxCreate) -> str:
+        """The runtime ref of the snapshot (or Dockerfile base image) asked for."""
+        if req.build_info is not None:
+            image = dockerfile.parse(req.build_info.dockerfile_content).base
+            ref = self._usable_snapshot(organization_id, image)
+            if ref is None:
+                raise BadRequest(
+                    f"Image '{image}' cannot be provided: this server has no registry access "
+                    f"and no local snapshot of that name (available: "
+                    f"{', '.join(self._general_snapshots())})"
+                )
+            return ref
+        name = req.snapshot or self.settings.default_snapshot
+        ref = self._usable_snapshot(organization_id, name)
+        if ref is None:
+            raise BadRequest(f"Snapshot '{name}' not found")
+        return ref
+
+    def _usable_snapshot(self, organization_id: str, id_or_name: str) -> str | None:
+        if self.snapshots is not None:
+            try:
+                return self.snapshots.ref_for(organization_id, id_or_name)
+            except NotFound:
+                return None
+        general = id_or_name in self._general_snapshots()
+        return id_or_name if general and self.ops.runtime.has_snapshot(id_or_name) else None
+
+    def _general_snapshots(self) -> list[str]:
+        """The snapshots every organization may use."""
+        return list(dict.fromkeys([self.settings.default_snapshot,
+                                   *self.settings.public_snapshots]))  # fmt: skip
+
+
+def _pick(value: int | None, default: int) -> int:
+    return default if value is None else value

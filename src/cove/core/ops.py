@@ -1,0 +1,184 @@
+"""Sandbox operations: the one place where a sandbox changes state.
+
+Every operation on a sandbox (lifecycle calls, fork, snapshot capture, builds,
+timers, reconciliation) runs through :class:`SandboxOps`:
+
+- under the sandbox's own lock, so two operations on one sandbox never overlap;
+- as a task the service owns, shielded from its caller, so a client that hangs
+  up mid-request never leaves a sandbox half-way: the operation finishes and the
+  state says how it ended;
+- with every change of state checked against the state machine, recorded and
+  announced (``set_state``); a failure leaves the sandbox ``error`` (or
+  ``build_failed``) with the reason, never silently ``started``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from cove.core import validation
+from cove.core.ports import ContainerSpec, EventSink, Runtime, SandboxStore
+from cove.core.sandbox import Sandbox, SandboxState, transition, utcnow
+from cove.errors import CoveError
+
+S = SandboxState
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def container_spec(sandbox: Sandbox) -> ContainerSpec:
+    """What the runtime needs to run ``sandbox``."""
+    return ContainerSpec(
+        sandbox_id=sandbox.id,
+        hostname=sandbox.name,
+        snapshot=sandbox.snapshot,
+        resources=sandbox.resources,
+        env=dict(sandbox.env),
+        user=sandbox.user,
+        network=validation.network_policy(
+            sandbox.network_block_all, sandbox.network_allow_list, sandbox.domain_allow_list
+        ),
+        volumes=tuple(sandbox.volumes),
+        isolation=sandbox.isolation,
+    )
+
+
+class SandboxOps:
+    """Locks, owned tasks and recorded state changes of sandboxes.
+
+    Args:
+        store: where sandbox records live.
+        runtime: the isolation backend.
+        events: where state changes are announced.
+    """
+
+    def __init__(self, *, store: SandboxStore, runtime: Runtime, events: EventSink) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.events = events
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Future[object]] = set()
+
+    # ---- serialization -------------------------------------------------
+
+    async def run(self, sandbox_id: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` under the sandbox's lock in a task the caller cannot cancel."""
+        return await asyncio.shield(self.spawn(sandbox_id, op))
+
+    def spawn(self, sandbox_id: str, op: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """Start ``op`` under the sandbox's lock in a task the service owns."""
+
+        async def locked() -> T:
+            async with self._locks.setdefault(sandbox_id, asyncio.Lock()):
+                return await op()
+
+        task = asyncio.ensure_future(locked())
+        self._tasks.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+        return task
+
+    def forget(self, sandbox_id: str) -> None:
+        """Drop the lock of a sandbox that is gone."""
+        self._locks.pop(sandbox_id, None)
+
+    async def drain(self) -> None:
+        """Wait for every operation under way (server shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- state changes -------------------------------------------------
+
+    async def set_state(self, sandbox: Sandbox, new: SandboxState) -> Sandbox:
+        """Move ``sandbox`` to ``new`` (checked), record and announce it."""
+        old = sandbox.state
+        transition(sandbox, new)
+        if new is S.STARTED and old is not S.RESIZING:
+            sandbox.last_activity_at = sandbox.updated_at  # a fresh start is activity
+        self.store.save(sandbox)
+        await self.events.sandbox_state_updated(sandbox, old)
+        return sandbox
+
+    async def fail(self, sandbox: Sandbox, reason: str, *, recoverable: bool) -> Sandbox:
+        """Put ``sandbox`` in ``error`` with ``reason``."""
+        log.warning("sandbox %s failed: %s", sandbox.id, reason)
+        sandbox.recoverable = recoverable
+        return await self._end(sandbox, S.ERROR, reason)
+
+    async def build_failed(self, sandbox: Sandbox, reason: str) -> Sandbox:
+        """Put ``sandbox`` in ``build_failed`` with ``reason``."""
+        log.warning("build of sandbox %s failed: %s", sandbox.id, reason)
+        return await self._end(sandbox, S.BUILD_FAILED, reason)
+
+    async def _end(self, sandbox: Sandbox, state: SandboxState, reason: str) -> Sandbox:
+        old = sandbox.state
+        transition(sandbox, state, reason=reason)
+        self.store.save(sandbox)
+        await self.events.sandbox_state_updated(sandbox, old)
+        return sandbox
+
+    async def through(
+        self, sandbox: Sandbox, via: SandboxState, to: SandboxState, what: str,
+        *steps: Callable[[], object],
+    ) -> Sandbox:  # fmt: skip
+        """Go to ``via``, run the runtime ``steps`` in order (in worker threads), then
+        to ``to``; a failing step leaves the sandbox in ``error`` (recoverable)."""
+        await self.set_state(sandbox, via)
+        try:
+            for step in steps:
+                await asyncio.to_thread(step)
+        except CoveError as exc:
+            return await self.fail(sandbox, f"{what} failed: {exc.message}", recoverable=True)
+        return await self.set_state(sandbox, to)
+
+    async def boot(self, sandbox: Sandbox) -> Sandbox:
+        """Create the sandbox's files and start it: ``started``, or ``error`` with nothing
+        of it left on the host."""
+        spec = container_spec(sandbox)
+        try:
+            await asyncio.to_thread(self.runtime.create, spec)
+            await asyncio.to_thread(self.runtime.start, spec)
+        except CoveError as exc:
+            await self.clean_up(sandbox.id)
+            return await self.fail(sandbox, f"create failed: {exc.message}", recoverable=True)
+        return await self.set_state(sandbox, S.STARTED)
+
+    async def start_created(self, sandbox: Sandbox, what: str) -> Sandbox:
+        """Start a sandbox whose files exist (a fork): ``started``, or ``error``."""
+        try:
+            await asyncio.to_thread(self.runtime.start, container_spec(sandbox))
+        except CoveError as exc:
+            await self.clean_up(sandbox.id, destroy=False)
+            return await self.fail(sandbox, f"{what} failed: {exc.message}", recoverable=True)
+        return await self.set_state(sandbox, S.STARTED)
+
+    async def remove(self, sandbox: Sandbox) -> Sandbox:
+        """Destroy everything of the sandbox on the host and drop its record
+        (``destroyed``; ``error`` when the host refused)."""
+        if sandbox.state is not S.DESTROYING:
+            await self.set_state(sandbox, S.DESTROYING)
+        try:
+            await asyncio.to_thread(self.runtime.destroy, sandbox.id)
+        except CoveError as exc:
+            return await self.fail(sandbox, f"delete failed: {exc.message}", recoverable=False)
+        old = sandbox.state
+        transition(sandbox, S.DESTROYED)
+        self.store.remove(sandbox.id)
+        self.forget(sandbox.id)
+        await self.events.sandbox_state_updated(sandbox, old)
+        return sandbox
+
+    async def clean_up(self, sandbox_id: str, *, destroy: bool = True) -> None:
+        """Best-effort removal of runtime leftovers after a failure."""
+        op = self.runtime.destroy if destroy else self.runtime.stop
+        try:
+            await asyncio.to_thread(op, sandbox_id)
+        except CoveError as exc:
+            log.error("cleanup of sandbox %s failed: %s", sandbox_id, exc.message)
+
+    def touch(self, sandbox: Sandbox) -> None:
+        """Record user activity (resets the auto-stop timer)."""
+        sandbox.last_activity_at = utcnow()
+        self.store.save(sandbox)
