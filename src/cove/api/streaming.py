@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack
 from starlette.responses import StreamingResponse
 
 from cove.core.sandbox import Sandbox
-from cove.core.toolbox import ToolboxService
+from cove.core.toolbox import AGENT_FAILURES, ToolboxService, agent_failure
 from cove.errors import ToolboxError
 from cove.toolbox import protocol
 from cove.toolbox.client import AgentCall
@@ -50,23 +50,13 @@ class AgentStream:
         Raises:
             ToolboxError: the agent answered with an error, or broke the protocol.
         """
-        assert self.agent.reader is not None
         try:
-            kind, payload = await protocol.read_frame(self.agent.reader)
-        except EOFError:
-            raise ToolboxError(502, "AGENT_GONE", "the sandbox's agent hung up") from None
-        except (protocol.ProtocolError, ConnectionError) as exc:
-            raise ToolboxError(502, "AGENT_ERROR", f"toolbox agent failed: {exc}") from exc
-        if kind == protocol.JSON:
-            message = protocol.decode(payload)
-            if "ok" in message:
-                if not message["ok"]:
-                    raise ToolboxError(int(message.get("status", 500)),
-                                       str(message.get("code", "ERROR")),
-                                       str(message.get("message", "agent error")))
-                self.result = message
-                return None
-        return kind, payload
+            frame = await self.agent.next_frame()
+        except AGENT_FAILURES as exc:
+            raise agent_failure(exc) from exc
+        if frame is None:
+            self.result = self.agent.result
+        return frame
 
     async def message(self) -> dict:
         """The next J frame's object (an interim answer such as ``ready``)."""

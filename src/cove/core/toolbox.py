@@ -79,16 +79,26 @@ async def agent_call(runtime: Runtime, sandbox_id: str, message: dict) -> AsyncI
             await agent.send(message)
             await asyncio.wait_for(agent.accepted(), AGENT_ACCEPT_SECONDS)
             yield agent
-    except AgentError as exc:
-        raise ToolboxError(exc.status, exc.code, exc.message) from exc
-    except TimeoutError as exc:
-        raise ToolboxError(504, "AGENT_TIMEOUT", "the sandbox's toolbox agent did not "
-                           f"answer within {AGENT_ACCEPT_SECONDS:.0f} s") from exc
-    except (ProtocolError, ConnectionError, EOFError) as exc:
-        raise ToolboxError(502, "AGENT_ERROR", f"toolbox agent failed: {exc}") from exc
-    except (KeyError, TypeError, ValueError, ValidationError) as exc:
-        raise ToolboxError(502, "AGENT_ERROR", "the sandbox's toolbox agent sent an "
-                           f"invalid reply ({type(exc).__name__})") from exc
+    except AGENT_FAILURES as exc:
+        raise agent_failure(exc) from exc
+
+
+# What a request to an agent may end in besides success (all the agent's doing).
+AGENT_FAILURES = (AgentError, TimeoutError, ProtocolError, ConnectionError, EOFError, KeyError,
+                  TypeError, ValueError, ValidationError)  # fmt: skip
+
+
+def agent_failure(exc: BaseException) -> ToolboxError:
+    """The one translation of an agent's failure into the API's error."""
+    if isinstance(exc, AgentError):
+        return ToolboxError(exc.status, exc.code, exc.message)
+    if isinstance(exc, TimeoutError):
+        return ToolboxError(504, "AGENT_TIMEOUT", "the sandbox's toolbox agent did not answer "
+                            f"within {AGENT_ACCEPT_SECONDS:.0f} s")  # fmt: skip
+    if isinstance(exc, ProtocolError | ConnectionError | EOFError):
+        return ToolboxError(502, "AGENT_ERROR", f"toolbox agent failed: {exc}")
+    return ToolboxError(502, "AGENT_ERROR", "the sandbox's toolbox agent sent an invalid reply "
+                        f"({type(exc).__name__})")  # fmt: skip
 
 
 async def connect_agent(runtime: Runtime, sandbox_id: str) -> socket.socket:

@@ -27,6 +27,7 @@ class AgentCall:
         self._sock = sock
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.result: dict[str, Any] = {}
 
     async def __aenter__(self) -> AgentCall:
         self._sock.setblocking(False)
@@ -68,26 +69,33 @@ class AgentCall:
         assert self.writer is not None
         await protocol.send(self.writer, kind, payload)
 
+    async def next_frame(self) -> tuple[bytes, bytes] | None:
+        """The next frame, or None once the final reply arrived (then in :attr:`result`).
+
+        Raises:
+            AgentError: the reply says the request failed, or the agent hung up.
+            ProtocolError: the agent broke the protocol.
+        """
+        assert self.reader is not None
+        try:
+            kind, payload = await protocol.read_frame(self.reader)
+        except EOFError as exc:
+            raise AgentError(502, "AGENT_GONE", "the sandbox's agent hung up") from exc
+        if kind == protocol.JSON:
+            message = protocol.decode(payload)
+            if "ok" in message:
+                self.result = _check_reply(message)
+                return None
+        return kind, payload
+
     async def frames(self) -> AsyncIterator[tuple[bytes, bytes]]:
         """Frames up to (not including) the final reply, which :attr:`result` then holds.
 
         Raises:
             AgentError: the reply says the request failed.
         """
-        assert self.reader is not None
-        self.result: dict[str, Any] = {}
-        while True:
-            try:
-                kind, payload = await protocol.read_frame(self.reader)
-            except EOFError as exc:
-                gone = "the sandbox's agent closed the connection"
-                raise AgentError(502, "AGENT_GONE", gone) from exc
-            if kind == protocol.JSON:
-                message = protocol.decode(payload)
-                if "ok" in message:
-                    self.result = _check_reply(message)
-                    return
-            yield kind, payload
+        while (frame := await self.next_frame()) is not None:
+            yield frame
 
     async def reply(self) -> dict[str, Any]:
         """Skip to the final reply and return it."""
