@@ -91,12 +91,12 @@ def tier() -> str:
 @pytest.fixture
 def make_sandbox(runtime: OciRuntime, tier: str) -> Iterator[SandboxFactory]:
     """Create (and by default start) sandboxes; every one is destroyed at the end."""
-    with sandbox_factory(runtime) as make:
+    with sandbox_factory(runtime, tier) as make:
         yield make
 
 
 @contextmanager
-def sandbox_factory(runtime: OciRuntime) -> Iterator[SandboxFactory]:
+def sandbox_factory(runtime: OciRuntime, tier: str = "crun") -> Iterator[SandboxFactory]:
     """A sandbox factory on ``runtime``; every sandbox it made is destroyed on exit."""
     made: list[str] = []
 
