@@ -37,7 +37,7 @@ def toolbox() -> dict[str, Any]:
         "socket": "agent.sock in the sandbox's directory on the host (inherited by the agent)",
         "framing": inspect.getdoc(protocol),
         "frames": {"J": "json", "O": "stdout", "E": "stderr", "D": "data", "Z": "end",
-                   "A": "accepted"},
+                   "A": "accepted", "W": "window update", "X": "reset"},
         "ops": {name: inspect.getdoc(fn) or "" for name, fn in sorted(agent.HANDLERS.items())},
     }
 

@@ -26,7 +26,7 @@ class ScriptedRuntime(FakeRuntime):
 
     def _agent(self, sandbox_id: str, sock: socket.socket) -> None:
         with sock, sock.makefile("rb") as stream:
-            kind, size = protocol.HEADER.unpack(stream.read(protocol.HEADER.size))
+            kind, _stream, size = protocol.HEADER.unpack(stream.read(protocol.HEADER.size))
             message = json.loads(stream.read(size))
             assert kind == protocol.JSON and message["user"] == "root"
             argv = tuple(shlex.split(message["command"]))

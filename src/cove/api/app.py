@@ -70,6 +70,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> ASGIApp
         for task in background:
             task.cancel()
         await services.lifecycle.drain()
+        await services.toolbox.links.close()
 
     api = FastAPI(title="Cove", version="0.1.0", lifespan=lifespan)
     errors.install(api)

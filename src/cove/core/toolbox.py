@@ -4,10 +4,16 @@ A toolbox call is allowed only on a started sandbox of the caller's
 organization; anything else fails at once with a clear error instead of
 hanging. Every call counts as activity (it resets the auto-stop timer).
 
+The server keeps one connection to each sandbox's agent (:class:`AgentLinks`)
+and runs every request as a stream of it (``cove.toolbox.mux``): no process is
+started and no namespace joined per call, and a slow or stuck request holds
+back only itself.
+
 The agent lives inside the sandbox, so everything it says is untrusted: it
 must accept a request within ``AGENT_ACCEPT_SECONDS``, frames are size-bounded
-(``cove.toolbox.protocol``), and a reply the server cannot use (missing or
-mistyped fields) is the agent's failure, a 502, never an error of the server.
+and flow-controlled (``cove.toolbox.protocol``), and a reply the server cannot
+use (missing or mistyped fields) is the agent's failure, a 502, never an error
+of the server.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from cove.core.ports import Runtime
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import Busy, InvalidState, ToolboxError, Unavailable
 from cove.toolbox.client import AgentCall
+from cove.toolbox.mux import Channel, Stream
 from cove.toolbox.protocol import AgentError, ProtocolError
 
 if TYPE_CHECKING:
@@ -39,6 +46,7 @@ class ToolboxService:
     def __init__(self, ops: SandboxOps) -> None:
         self.ops = ops
         self.runtime = ops.runtime
+        self.links = AgentLinks(ops.runtime)
 
     def sandbox(self, organization_id: str, sandbox_id: str) -> Sandbox:
         """The caller's started sandbox; records the activity.
@@ -57,7 +65,7 @@ class ToolboxService:
 
     def call(self, sandbox: Sandbox, message: dict) -> AbstractAsyncContextManager[AgentCall]:
         """Open a request to the sandbox's agent (see :func:`agent_call`)."""
-        return agent_call(self.runtime, sandbox.id, message)
+        return agent_call(self.runtime, sandbox.id, message, self.links)
 
     async def request(self, sandbox: Sandbox, message: dict) -> dict:
         """A request whose only answer is the final reply."""
@@ -65,22 +73,87 @@ class ToolboxService:
             return await agent.reply()
 
 
+class AgentLinks:
+    """The server's one connection to each sandbox's agent, made on first use and
+    again when it broke (the agent restarted, the server did, the sandbox stopped)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._channels: dict[str, Channel] = {}
+        self._connecting: dict[str, asyncio.Lock] = {}
+
+    async def stream(self, sandbox_id: str) -> Stream:
+        """A new stream to the sandbox's agent.
+
+        Raises:
+            Unavailable, Busy: see :func:`connect_agent`.
+        """
+        channel = self._channels.get(sandbox_id)
+        if channel is None or not channel.alive:
+            async with self._connecting.setdefault(sandbox_id, asyncio.Lock()):
+                channel = self._channels.get(sandbox_id)
+                if channel is None or not channel.alive:
+                    channel = await open_channel(self._runtime, sandbox_id)
+                    self._channels[sandbox_id] = channel
+        return channel.open()
+
+    async def close(self) -> None:
+        """Close every connection (server shutdown)."""
+        for channel in list(self._channels.values()):
+            await channel.close()
+        self._channels.clear()
+
+
+async def open_channel(runtime: Runtime, sandbox_id: str) -> Channel:
+    """A new connection to the sandbox's agent."""
+    sock = await connect_agent(runtime, sandbox_id)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    return Channel(reader, writer)
+
+
 @asynccontextmanager
-async def agent_call(runtime: Runtime, sandbox_id: str, message: dict) -> AsyncIterator[AgentCall]:
+async def agent_call(
+    runtime: Runtime, sandbox_id: str, message: dict, links: AgentLinks | None = None
+) -> AsyncIterator[AgentCall]:
     """Open a request to a sandbox's agent and send ``message``; the agent must accept it.
+
+    It goes over ``links``' connection to the sandbox, or (without ``links``) over
+    a connection of its own, closed afterwards.
 
     Agent errors become :class:`ToolboxError` (source DAYTONA_DAEMON); an agent
     that breaks the protocol or answers nonsense is a 502, one that does not
     accept the request in time a 504.
     """
-    sock = await connect_agent(runtime, sandbox_id)
+    own = None if links is not None else await open_channel(runtime, sandbox_id)
     try:
-        async with AgentCall(sock) as agent:
-            await agent.send(message)
-            await asyncio.wait_for(agent.accepted(), AGENT_ACCEPT_SECONDS)
+        agent = await _accepted(own, links, sandbox_id, message)
+        async with agent:
             yield agent
     except AGENT_FAILURES as exc:
         raise agent_failure(exc) from exc
+    finally:
+        if own is not None:
+            await own.close()
+
+
+async def _accepted(
+    own: Channel | None, links: AgentLinks | None, sandbox_id: str, message: dict
+) -> AgentCall:
+    """Send ``message`` on a new stream until the agent accepts it. A connection that
+    turns out dead (the agent restarted since it was made) is made again once: the
+    agent accepts before it starts any work, so nothing runs twice."""
+    for attempt in (1, 2):
+        stream = own.open() if own is not None else await links.stream(sandbox_id)  # type: ignore[union-attr]
+        agent = AgentCall(stream)
+        try:
+            await agent.send(message)
+            await asyncio.wait_for(agent.accepted(), AGENT_ACCEPT_SECONDS)
+            return agent
+        except (ConnectionError, EOFError):
+            agent.close()
+            if own is not None or attempt == 2 or stream.channel.alive:
+                raise
+    raise AssertionError("unreachable")
 
 
 # What a request to an agent may end in besides success (all the agent's doing).

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import confine, protocol
+from . import confine, mux, protocol
 from .protocol import AgentError
 
 log = logging.getLogger("cove-agent")
@@ -34,17 +34,24 @@ _PEERCRED = struct.Struct("3i")
 
 @dataclass
 class Request:
-    """One request: its message and the stream to answer on."""
+    """One request: its message and the stream it came on."""
 
     message: dict[str, Any]
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    stream: mux.Stream
 
     async def send(self, kind: bytes, payload: bytes = b"") -> None:
-        await protocol.send(self.writer, kind, payload)
+        await self.stream.send(kind, payload)
 
     async def send_json(self, message: dict[str, Any]) -> None:
-        await protocol.send_json(self.writer, message)
+        await self.stream.send(protocol.JSON, protocol.encode(message))
+
+    async def receive(self) -> tuple[bytes, bytes]:
+        """The server's next frame (after the request). Raises EOFError at its end."""
+        return await self.stream.receive()
+
+    async def hung_up(self) -> None:
+        """Return once the server will send nothing more on this request."""
+        await self.stream.ended_by_peer()
 
     def arg(self, name: str, kind: type | tuple[type, ...] = str, default: Any = ...) -> Any:
         value = self.message.get(name, default)
@@ -79,11 +86,18 @@ def _peer_pid(writer: asyncio.StreamWriter) -> int:
 async def handle(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, check_peer: bool = True
 ) -> None:
-    """Serve one connection (one request)."""
+    """Serve one connection: every stream the server opens on it is a request."""
+    if check_peer and _peer_pid(writer) != 0:  # a process of this sandbox, not Cove
+        writer.close()
+        return
+    channel = mux.Channel(reader, writer, opened=serve_request)
+    await channel.closed.wait()
+
+
+async def serve_request(stream: mux.Stream, payload: bytes) -> None:
+    """Serve one request (a stream whose first frame carried ``payload``)."""
     try:
-        if check_peer and _peer_pid(writer) != 0:  # a process of this sandbox, not Cove
-            return
-        request = Request(await protocol.read_json(reader), reader, writer)
+        request = Request(protocol.decode(payload), stream)
         handler = HANDLERS.get(request.arg("op"))
         if handler is None:
             raise protocol.bad_request(f"unknown op {request.message.get('op')!r}")
@@ -92,19 +106,19 @@ async def handle(
         if reply is not None:
             await request.send_json({"ok": True, **reply})
     except AgentError as exc:
-        await _try_send(writer, exc.reply())
+        await _try_send(stream, exc.reply())
     except (EOFError, ConnectionError, protocol.ProtocolError):
         pass
     except Exception as exc:  # noqa: BLE001 - report, never crash the agent
         log.exception("request failed")
-        await _try_send(writer, AgentError(500, "INTERNAL_ERROR", repr(exc)).reply())
+        await _try_send(stream, AgentError(500, "INTERNAL_ERROR", repr(exc)).reply())
     finally:
-        writer.close()
+        stream.finish()
 
 
-async def _try_send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+async def _try_send(stream: mux.Stream, message: dict[str, Any]) -> None:
     try:
-        await protocol.send_json(writer, message)
+        await stream.send(protocol.JSON, protocol.encode(message))
     except (ConnectionError, RuntimeError):
         pass
 

@@ -1,53 +1,51 @@
-"""The server's side of the agent protocol: one connection per request."""
+"""The server's side of one request to an agent: a stream of the multiplexed channel.
+
+(Shipped with the agent's package for its protocol; only the server uses it.)
+"""
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 from . import protocol
+from .mux import Stream
 from .protocol import AgentError
-
-# How far the reader may run ahead of its consumer (it pauses the socket at
-# twice this). Frames are read with readexactly, which is not bound by it, so
-# a streamed download holds at most about this much in the server.
-READ_AHEAD = 128 * 1024
 
 
 class AgentCall:
-    """One request to an agent, over a connected socket.
+    """One request to an agent.
 
-    Use as ``async with AgentCall(sock) as call: await call.send({...})``, then
-    read frames with :meth:`frames` until the final reply, or :meth:`reply`.
+    Use as ``async with AgentCall(stream) as call: await call.send({...})``, then
+    read frames with :meth:`next_frame` / :meth:`frames` until the final reply
+    (then in :attr:`result`), or :meth:`reply`. Leaving before the final reply
+    resets the stream: the agent stops the request's work.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
         self.result: dict[str, Any] = {}
+        self.done = False
 
     async def __aenter__(self) -> AgentCall:
-        self._sock.setblocking(False)
-        self.reader, self.writer = await asyncio.open_unix_connection(
-            sock=self._sock, limit=READ_AHEAD
-        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        """End the request: a finished one is forgotten, an unfinished one reset."""
+        if self.done or self.stream.ended:
+            self.stream.finish()
         else:
-            self._sock.close()
+            self.stream.reset()
+        self.done = True
 
     async def send(self, message: dict[str, Any]) -> None:
-        assert self.writer is not None
-        await protocol.send_json(self.writer, message)
+        await self.stream.send(protocol.JSON, protocol.encode(message))
+
+    async def send_data(self, kind: bytes, payload: bytes = b"") -> None:
+        await self.stream.send(kind, payload)
 
     async def accepted(self) -> None:
         """Read the agent's first frame: ``A`` when it serves the request.
@@ -57,17 +55,13 @@ class AgentCall:
             ProtocolError: it sent anything else.
             EOFError: it hung up.
         """
-        assert self.reader is not None
-        kind, payload = await protocol.read_frame(self.reader)
+        kind, payload = await self.stream.receive()
         if kind == protocol.ACCEPTED:
             return
         if kind == protocol.JSON:
+            self.done = True
             _check_reply(protocol.decode(payload))
         raise protocol.ProtocolError(f"expected the agent to accept, got a {kind!r} frame")
-
-    async def send_data(self, kind: bytes, payload: bytes = b"") -> None:
-        assert self.writer is not None
-        await protocol.send(self.writer, kind, payload)
 
     async def next_frame(self) -> tuple[bytes, bytes] | None:
         """The next frame, or None once the final reply arrived (then in :attr:`result`).
@@ -76,14 +70,17 @@ class AgentCall:
             AgentError: the reply says the request failed, or the agent hung up.
             ProtocolError: the agent broke the protocol.
         """
-        assert self.reader is not None
+        if self.done:
+            return None
         try:
-            kind, payload = await protocol.read_frame(self.reader)
+            kind, payload = await self.stream.receive()
         except EOFError as exc:
             raise AgentError(502, "AGENT_GONE", "the sandbox's agent hung up") from exc
         if kind == protocol.JSON:
             message = protocol.decode(payload)
             if "ok" in message:
+                self.done = True
+                self.stream.finish()
                 self.result = _check_reply(message)
                 return None
         return kind, payload
@@ -113,9 +110,6 @@ def _check_reply(message: dict[str, Any]) -> dict[str, Any]:
     if not (isinstance(status, int) and isinstance(code, str) and isinstance(text, str)):
         raise protocol.ProtocolError("the agent sent a malformed error reply")
     if not 400 <= status <= 499:  # the agent failed (or lies): the gateway's error, not ours
-        return _raise(AgentError(502, "AGENT_ERROR", f"toolbox agent failed: {text[:4096]}"))
-    return _raise(AgentError(status, code[:64], text[:4096]))
+        raise AgentError(502, "AGENT_ERROR", f"toolbox agent failed: {text[:4096]}")
+    raise AgentError(status, code[:64], text[:4096])
 
-
-def _raise(exc: AgentError) -> dict[str, Any]:
-    raise exc

@@ -56,7 +56,7 @@ async def write(request: Request) -> dict[str, Any]:
 async def _receive(request: Request, fd: int, path: str) -> int:
     size = 0
     while True:
-        kind, payload = await protocol.read_frame(request.reader)
+        kind, payload = await request.receive()
         if kind == protocol.END:
             return size
         if kind != protocol.DATA:

@@ -1,6 +1,7 @@
-"""The agent protocol: length-prefixed frames over one stream socket per request.
+"""The agent protocol: length-prefixed frames, many requests over one connection.
 
-A frame is ``kind`` (1 byte) + payload length (4 bytes, big endian) + payload::
+A frame is ``kind`` (1 byte) + stream id (4 bytes, big endian) + payload length
+(4 bytes, big endian) + payload::
 
     J  a JSON object            (requests, replies, events)
     O  stdout bytes             E  stderr bytes
@@ -8,11 +9,14 @@ A frame is ``kind`` (1 byte) + payload length (4 bytes, big endian) + payload::
     Z  end of data (empty)
     A  accepted (empty): the agent's first frame of every request it serves, so
        the server knows at once that the real agent is alive and listening
+    W  window update (4-byte count): the receiver read that much of the stream
+    X  reset (empty): the stream is over; the agent stops the request's work
 
-Every connection carries one request: the client sends a ``J`` frame
-``{"op": ..., ...}``; what follows depends on the op (see ``spec/toolbox.json``).
-A request ends with a ``J`` reply ``{"ok": true, ...}`` or
-``{"ok": false, "status": int, "code": str, "message": str}``.
+The server keeps one connection to each agent and opens a stream per request
+(odd ids; see ``mux``): its first frame is a ``J`` request ``{"op": ..., ...}``;
+what follows depends on the op (see ``spec/toolbox.json``). A request ends with
+a ``J`` reply ``{"ok": true, ...}`` or ``{"ok": false, "status": int, "code":
+str, "message": str}``.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import json
 import struct
 from typing import Any
 
-HEADER = struct.Struct(">cI")
+HEADER = struct.Struct(">cII")
 MAX_FRAME = 16 * 1024 * 1024
 JSON, STDOUT, STDERR, DATA, END, ACCEPTED = b"J", b"O", b"E", b"D", b"Z", b"A"
+WINDOW_UPDATE, RESET = b"W", b"X"
 CHUNK = 256 * 1024
 
 
@@ -53,28 +58,21 @@ def bad_request(message: str, code: str = "BAD_REQUEST") -> AgentError:
     return AgentError(400, code, message)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    """The next (kind, payload); raises EOFError when the peer closed cleanly."""
+async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, int, bytes]:
+    """The next (kind, stream id, payload); raises EOFError when the peer closed cleanly."""
     try:
         header = await reader.readexactly(HEADER.size)
     except asyncio.IncompleteReadError as exc:
         if not exc.partial:
             raise EOFError from exc
         raise ProtocolError("truncated frame header") from exc
-    kind, size = HEADER.unpack(header)
+    kind, stream, size = HEADER.unpack(header)
     if size > MAX_FRAME:
         raise ProtocolError(f"frame of {size} bytes is too large")
     try:
-        return kind, await reader.readexactly(size)
+        return kind, stream, await reader.readexactly(size)
     except asyncio.IncompleteReadError as exc:
         raise ProtocolError("truncated frame") from exc
-
-
-async def read_json(reader: asyncio.StreamReader) -> dict[str, Any]:
-    kind, payload = await read_frame(reader)
-    if kind != JSON:
-        raise ProtocolError(f"expected a JSON frame, got {kind!r}")
-    return decode(payload)
 
 
 def decode(payload: bytes) -> dict[str, Any]:
@@ -87,19 +85,13 @@ def decode(payload: bytes) -> dict[str, Any]:
     return value
 
 
-def frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return HEADER.pack(kind, len(payload)) + payload
+def frame(kind: bytes, payload: bytes = b"", stream: int = 1) -> bytes:
+    return HEADER.pack(kind, stream, len(payload)) + payload
 
 
-def json_frame(message: dict[str, Any]) -> bytes:
-    return frame(JSON, json.dumps(message, separators=(",", ":")).encode())
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
 
 
-async def send(writer: asyncio.StreamWriter, kind: bytes, payload: bytes = b"") -> None:
-    writer.write(frame(kind, payload))
-    await writer.drain()
-
-
-async def send_json(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
-    writer.write(json_frame(message))
-    await writer.drain()
+def json_frame(message: dict[str, Any], stream: int = 1) -> bytes:
+    return frame(JSON, encode(message), stream)

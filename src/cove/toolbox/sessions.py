@@ -267,9 +267,9 @@ async def _until(request: Request, event: asyncio.Event) -> bool:
 
 
 async def _hangup(request: Request) -> None:
-    """Return once the server closed its side (it sends nothing more after the request)."""
+    """Return once the server gave up on the request."""
     with contextlib.suppress(ConnectionError):
-        await request.reader.read()
+        await request.hung_up()
 
 
 async def _send_log(request: Request, command: Command, *, follow: bool) -> bool:

@@ -266,7 +266,7 @@ async def _input(request: Request, terminal: Terminal) -> None:
     """Apply what the server sends until it hangs up: D input, J resize."""
     while True:
         try:
-            kind, payload = await protocol.read_frame(request.reader)
+            kind, payload = await request.receive()
         except (EOFError, ConnectionError, protocol.ProtocolError):
             return
         if kind == protocol.DATA:

@@ -16,6 +16,7 @@ from cove.errors import CoveError, Unavailable
 from cove.runtime import mounts, rootfs
 from cove.runtime.layout import SandboxPaths
 from cove.runtime.oci import OciRuntime
+from cove.toolbox import protocol
 from tests.integration.conftest import SandboxFactory
 from tests.integration.runtime.util import both_tiers, init_pid, inside_as_host, ok, tier_of
 
@@ -37,12 +38,15 @@ def _connect(runtime: OciRuntime, sandbox_id: str, within: float = 15.0) -> sock
 
 
 def _request(sock: socket.socket, message: dict) -> dict:
-    body = json.dumps(message).encode()
-    sock.sendall(struct.pack(">cI", b"J", len(body)) + body)
+    """One request on stream 1 of a fresh connection; its final reply."""
+    sock.sendall(protocol.frame(protocol.JSON, json.dumps(message).encode(), 1))
     with sock.makefile("rb") as stream:
-        kind, size = struct.unpack(">cI", stream.read(5))
-        assert kind == b"J"
-        return json.loads(stream.read(size))
+        while True:
+            kind, stream_id, size = protocol.HEADER.unpack(stream.read(protocol.HEADER.size))
+            payload = stream.read(size)
+            assert stream_id == 1
+            if kind == protocol.JSON:
+                return json.loads(payload)
 
 
 def _ask_again(runtime: OciRuntime, sandbox_id: str, message: dict, within: float = 15.0

@@ -33,7 +33,7 @@ class LyingRuntime(FakeRuntime):
         with sock:
             try:
                 header = sock.recv(protocol.HEADER.size, socket.MSG_WAITALL)
-                sock.recv(protocol.HEADER.unpack(header)[1], socket.MSG_WAITALL)
+                sock.recv(protocol.HEADER.unpack(header)[2], socket.MSG_WAITALL)
                 self.liar(sock)
             except OSError:
                 pass
@@ -52,7 +52,7 @@ LIES: dict[str, tuple[Liar, int]] = {
     "hangs up at once": (lambda sock: None, 502),
     "garbage instead of a frame": (lambda sock: sock.sendall(b"HTTP/1.1 200 OK\r\n\r\n"), 502),
     "a frame larger than allowed": (
-        lambda sock: sock.sendall(struct.pack(">cI", b"J", protocol.MAX_FRAME + 1)), 502),
+        lambda sock: sock.sendall(struct.pack(">cII", b"J", 1, protocol.MAX_FRAME + 1)), 502),
     "accepts, then JSON that is not JSON": (
         _accepted_then(protocol.frame(protocol.JSON, b"{nope")), 502),
     "accepts, then a JSON list": (_accepted_then(protocol.frame(protocol.JSON, b"[1]")), 502),
@@ -68,7 +68,7 @@ LIES: dict[str, tuple[Liar, int]] = {
                                             "message": "boom"})), 502),  # fmt: skip
     "an error reply with mistyped fields": (
         _accepted_then(protocol.json_frame({"ok": False, "status": "404", "code": 1})), 502),
-    "a truncated frame": (_accepted_then(struct.pack(">cI", b"J", 100) + b"{"), 502),
+    "a truncated frame": (_accepted_then(struct.pack(">cII", b"J", 1, 100) + b"{"), 502),
     "never answers": (lambda sock: sock.recv(1), 504),
 }
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import getpass
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +15,7 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 
 from cove.toolbox import protocol
 from cove.toolbox.client import AgentCall
+from cove.toolbox.mux import Channel
 from tests.unit.toolbox.conftest import AUTH
 
 EXIT_CONTROL = "X-Daytona-Pty-Exit-Control"
@@ -201,9 +202,9 @@ def test_errors(ptys: Ptys, client: TestClient) -> None:
 
 async def test_agent_attach_takes_input_and_resize_frames(agent_path: str, tmp_path: Path) -> None:
     """The agent protocol itself: D frames are typed, a J frame resizes, the reply has the code."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(agent_path)
-    async with AgentCall(sock) as call:
+    reader, writer = await asyncio.open_unix_connection(agent_path)
+    channel = Channel(reader, writer)
+    async with AgentCall(channel.open()) as call:
         await call.send({"op": "pty_attach", "create": True, "id": "raw", "cols": 80, "rows": 24,
                          "user": getpass.getuser(), "env": {"HOME": str(tmp_path)}})
         await call.accepted()
@@ -213,4 +214,5 @@ async def test_agent_attach_takes_input_and_resize_frames(agent_path: str, tmp_p
         await call.send({"op": "resize", "cols": 100, "rows": 33})
         await call.send_data(protocol.DATA, b"stty size; exit 5\n")
         output = b"".join([payload async for _, payload in frames])
+    await channel.close()
     assert b"33 100" in output and call.result["exitCode"] == 5

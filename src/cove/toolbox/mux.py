@@ -1,0 +1,240 @@
+"""Many requests over one connection: the multiplexed channel between server and agent.
+
+The server keeps one connection to each sandbox's agent and opens a *stream*
+per request on it; streams run side by side. Every frame carries its stream's
+id (see ``protocol.HEADER``); the server opens streams (their first frame is
+the J request), either side may reset one (``X``: the agent's handler then reads
+the end of its input and its sends fail, as on a hang-up), and a stream
+ends with the agent's final reply.
+
+Flow control, per stream and direction: a sender may have at most ``WINDOW``
+payload bytes in flight that the receiver's consumer has not read yet; the
+receiver grants more (``W`` with the byte count) as its consumer reads. So a
+slow consumer holds back only its own stream, never the connection, and what
+a receiver buffers stays bounded (the window plus one frame). A peer that
+sends past its window breaks the protocol and loses the connection.
+
+Standard library only: the agent runs it inside sandboxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import struct
+from collections.abc import Awaitable, Callable
+
+from . import protocol
+from .protocol import ProtocolError
+
+WINDOW = 1024 * 1024
+_GRANT = struct.Struct(">I")
+_UNCOUNTED = frozenset({protocol.WINDOW_UPDATE, protocol.RESET, protocol.ACCEPTED})
+Opened = Callable[["Stream", bytes], Awaitable[None]]
+
+
+class Stream:
+    """One request's frames, both ways."""
+
+    def __init__(self, channel: Channel, stream_id: int) -> None:
+        self.channel = channel
+        self.id = stream_id
+        self._inbox: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._buffered = 0
+        self._arrived = asyncio.Event()
+        self._credit = WINDOW
+        self._credited = asyncio.Event()
+        self._credited.set()
+        self._consumed = 0
+        self.ended = False  # no frame will arrive any more (EOF, reset or done)
+        self.reset_by_peer = False
+
+    async def send(self, kind: bytes, payload: bytes = b"") -> None:
+        """Send one frame, waiting for the receiver's credit first.
+
+        Raises:
+            ConnectionError: the stream or its connection is gone.
+        """
+        if self.reset_by_peer:
+            raise ConnectionResetError("the peer reset the stream")
+        if kind not in _UNCOUNTED:
+            while self._credit <= 0:
+                if self.ended:
+                    raise ConnectionResetError("the stream is over")
+                self._credited.clear()
+                await self._credited.wait()
+            self._credit -= len(payload)
+        await self.channel.write(kind, self.id, payload)
+
+    async def receive(self) -> tuple[bytes, bytes]:
+        """The next frame of the peer.
+
+        Raises:
+            EOFError: nothing more will come (the peer finished, reset or hung up).
+        """
+        while not self._inbox:
+            if self.ended:
+                raise EOFError
+            self._arrived.clear()
+            await self._arrived.wait()
+        kind, payload = self._inbox.popleft()
+        if kind not in _UNCOUNTED:
+            self._buffered -= len(payload)
+            self._consumed += len(payload)
+            if self._consumed >= WINDOW // 2:
+                granted, self._consumed = self._consumed, 0
+                with contextlib.suppress(ConnectionError):
+                    await self.channel.write(protocol.WINDOW_UPDATE, self.id,
+                                             _GRANT.pack(granted))  # fmt: skip
+        return kind, payload
+
+    async def ended_by_peer(self) -> None:
+        """Return once the peer will send nothing more (frames may still be queued)."""
+        while not self.ended:
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    def reset(self) -> None:
+        """Forget the stream now and tell the peer it is over (it stops its work)."""
+        if self.channel.forget(self.id) and not self.reset_by_peer:
+            self.channel.write_soon(protocol.RESET, self.id)
+        self._end()
+
+    def finish(self) -> None:
+        """The request is complete: forget the stream without telling the peer."""
+        self.channel.forget(self.id)
+        self._end()
+
+    def _deliver(self, kind: bytes, payload: bytes) -> None:
+        if kind == protocol.WINDOW_UPDATE:
+            if len(payload) != _GRANT.size:
+                raise ProtocolError("bad window update")
+            self._credit += _GRANT.unpack(payload)[0]
+            self._credited.set()
+            return
+        if kind == protocol.RESET:
+            self.reset_by_peer = True
+            self.channel.forget(self.id)
+            self._end()  # the handler's next read ends (EOF) and its sends fail
+            return
+        if kind not in _UNCOUNTED:
+            self._buffered += len(payload)
+            if self._buffered > WINDOW + protocol.MAX_FRAME:
+                raise ProtocolError(f"stream {self.id} sent past its window")
+        self._inbox.append((kind, payload))
+        self._arrived.set()
+
+    def _end(self) -> None:
+        self.ended = True
+        self._arrived.set()
+        self._credited.set()
+
+
+class Channel:
+    """One connection carrying many streams.
+
+    Args:
+        reader, writer: the connection.
+        opened: (the agent's side) called with each stream the peer opens and
+            its first frame's payload; the server's side opens streams itself.
+    """
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        opened: Opened | None = None,
+    ) -> None:  # fmt: skip
+        self._reader = reader
+        self._writer = writer
+        self._opened = opened
+        self._streams: dict[int, Stream] = {}
+        self._next_id = 1
+        self._write_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = asyncio.Event()
+        self._pump = asyncio.ensure_future(self._read_loop())
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed.is_set()
+
+    def open(self) -> Stream:
+        """A new stream (the server's side); its first frame must be the J request.
+
+        Raises:
+            ConnectionError: the connection is closed.
+        """
+        if not self.alive:
+            raise ConnectionResetError("the channel is closed")
+        stream = Stream(self, self._next_id)
+        self._streams[stream.id] = stream
+        self._next_id += 2
+        return stream
+
+    def forget(self, stream_id: int) -> bool:
+        """Stop routing frames to the stream; whether it was known."""
+        return self._streams.pop(stream_id, None) is not None
+
+    async def write(self, kind: bytes, stream_id: int, payload: bytes = b"") -> None:
+        if not self.alive:
+            raise ConnectionResetError("the channel is closed")
+        async with self._write_lock:
+            self._writer.write(protocol.frame(kind, payload, stream_id))
+            await self._writer.drain()
+
+    def write_soon(self, kind: bytes, stream_id: int, payload: bytes = b"") -> None:
+        """Write a frame from a task of its own (errors ignored: the connection's
+        end is noticed by its reader)."""
+        task = asyncio.ensure_future(self.write(kind, stream_id, payload))
+        self._tasks.add(task)
+        task.add_done_callback(_quietly_done(self._tasks))
+
+    async def close(self) -> None:
+        """Close the connection; every stream ends (its reader gets EOF)."""
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump
+        self._shut()
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                kind, stream_id, payload = await protocol.read_frame(self._reader)
+                stream = self._streams.get(stream_id)
+                if stream is not None:
+                    stream._deliver(kind, payload)
+                elif kind == protocol.JSON and self._opened is not None and stream_id % 2:
+                    self._accept(stream_id, payload)
+                # else: a frame of a stream already over (a reset crossed it): dropped
+        except (EOFError, ConnectionError, ProtocolError, asyncio.CancelledError):
+            pass
+        finally:
+            self._shut()
+
+    def _accept(self, stream_id: int, payload: bytes) -> None:
+        assert self._opened is not None
+        stream = Stream(self, stream_id)
+        self._streams[stream_id] = stream
+        task = asyncio.ensure_future(self._opened(stream, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _shut(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        for stream in list(self._streams.values()):
+            stream._end()
+        self._streams.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        self._writer.close()
+
+
+def _quietly_done(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a write to a closed connection is no news
+
+    return done
