@@ -11,6 +11,7 @@ from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.runtime.fake import FakeRuntime
+from cove.runtime.runner import LocalRunner
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
 from cove.store.sql import SqlSandboxStore, make_engine
@@ -69,4 +70,6 @@ def events() -> RecordingEvents:
 def lifecycle(
     settings: Settings, store: SqlSandboxStore, runtime: FakeRuntime, events: RecordingEvents
 ) -> LifecycleService:
-    return LifecycleService(settings=settings, store=store, runtime=runtime, events=events)
+    return LifecycleService(
+        settings=settings, store=store, runner=LocalRunner(runtime), events=events
+    )

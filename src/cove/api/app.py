@@ -33,7 +33,7 @@ from cove.api.routes import (
 from cove.core.auth import AuthService
 from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
-from cove.core.ports import Runtime
+from cove.core.ports import Runner
 from cove.core.reconcile import reconcile, restore_networks, watch
 from cove.core.snapshots import SnapshotService
 from cove.core.timers import run_timers
@@ -41,6 +41,8 @@ from cove.core.toolbox import ToolboxService
 from cove.core.volumes import VolumeService
 from cove.hostfiles import prepare_host_dirs
 from cove.runtime import build_runtime
+from cove.runtime.host import HostRuntime
+from cove.runtime.runner import LocalRunner
 from cove.runtime.volumes import LocalVolumeFiles
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
@@ -51,14 +53,15 @@ from cove.store.volumes import SqlVolumeStore
 log = logging.getLogger("cove")
 
 
-def create_app(settings: Settings, *, runtime: Runtime | None = None) -> ASGIApp:
+def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASGIApp:
     """Build the whole server. ``runtime`` overrides the configured one (tests)."""
     holder: dict[str, Services] = {}
     events = SocketEvents(settings.toolbox_proxy_url, lambda: holder["services"].auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = _start_services(settings, runtime or build_runtime(settings), events)
+        runner = LocalRunner(runtime or build_runtime(settings))
+        services = _start_services(settings, runner, events)
         holder["services"] = app.state.services = services
         await reconcile(services.lifecycle)
         await restore_networks(services.lifecycle)
@@ -87,7 +90,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> ASGIApp
     return _CollapseSlashes(PreviewProxy(app, lambda: holder["services"]))
 
 
-def _start_services(settings: Settings, runtime: Runtime, events: SocketEvents) -> Services:
+def _start_services(settings: Settings, runner: Runner, events: SocketEvents) -> Services:
     prepare_host_dirs(settings)
     engine = make_engine(settings.database_url or "")
     upgrade(engine)
@@ -100,11 +103,11 @@ def _start_services(settings: Settings, runtime: Runtime, events: SocketEvents) 
         store=SqlVolumeStore(engine), files=LocalVolumeFiles(settings.data_dir), sandboxes=store
     )
     snapshots = SnapshotService(
-        store=SqlSnapshotStore(engine), runtime=runtime, sandboxes=store,
+        store=SqlSnapshotStore(engine), runner=runner, sandboxes=store,
         default_name=settings.default_snapshot, public=settings.public_snapshots,
     )  # fmt: skip
     lifecycle = LifecycleService(
-        settings=settings, store=store, runtime=runtime, events=events, volumes=volumes,
+        settings=settings, store=store, runner=runner, events=events, volumes=volumes,
         snapshots=snapshots,
     )  # fmt: skip
     return Services(

@@ -89,15 +89,16 @@ class PreviewProxy:
             await self.app(scope, receive, send)
             return
         try:
-            address, query = self._authorize(scope, target)
+            upstream, query = await self._authorize(scope, target)
         except _Deny as deny:
             await _refuse(scope, receive, send, deny.status, deny.text)
             return
-        url = f"{address}:{target.port}{target.path}" + (f"?{query}" if query else "")
+        url = f"{upstream}{target.path}" + (f"?{query}" if query else "")
         if scope["type"] == "websocket":
-            await _websocket(scope, receive, send, f"ws://{url}", target.route)
+            ws_url = "ws" + url.removeprefix("http")  # http(s):// -> ws(s)://
+            await _websocket(scope, receive, send, ws_url, target.route)
         else:
-            await self._http(scope, receive, send, f"http://{url}", target.route)
+            await self._http(scope, receive, send, url, target.route)
 
     def _target(self, scope: Scope) -> _Target | None:
         domain = self._services().settings.preview_domain
@@ -124,7 +125,12 @@ class PreviewProxy:
             return _Target("", 0, path, Route(by_host=by_host))
         return _Target(grant.sandbox_id, grant.port, path, Route(by_host, signed_token=token))
 
-    def _authorize(self, scope: Scope, target: _Target) -> tuple[str, str]:
+    async def _authorize(self, scope: Scope, target: _Target) -> tuple[str, str]:
+        """The upstream base URL of the target and the query to pass on.
+
+        Raises:
+            _Deny: the caller may not, or the sandbox does not run.
+        """
         services = self._services()
         query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode(),
                                                keep_blank_values=True)]  # fmt: skip
@@ -141,11 +147,13 @@ class PreviewProxy:
                 raise _Deny(401, "preview token required") from None
             if who.organization_id != sandbox.organization_id:
                 raise _Deny(401, "preview token required")
-        address = services.lifecycle.runtime.address(sandbox.id)
-        if address is None or str(sandbox.state) != "started":
+        if str(sandbox.state) != "started":
+            raise _Deny(502, f"sandbox {sandbox.id} is not running")
+        upstream = await services.lifecycle.runner.preview_upstream(sandbox.id, target.port)
+        if upstream is None:
             raise _Deny(502, f"sandbox {sandbox.id} is not running")
         rest = urlencode([(k, v) for k, v in query if k != "token"])
-        return address, rest
+        return upstream, rest
 
     async def _http(
         self, scope: Scope, receive: Receive, send: Send, url: str, route: Route

@@ -19,7 +19,7 @@ from cove.core.buildlog import BuildLog
 from cove.core.config import Settings
 from cove.core.dockerfile import BuildPlan, Step
 from cove.core.ops import SandboxOps
-from cove.core.ports import ContainerSpec, Resources, Runtime
+from cove.core.ports import ContainerSpec, Resources, Runner
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.core.snapshots import SnapshotService
 from cove.core.toolbox import agent_call
@@ -46,9 +46,9 @@ def snapshot_name(plan: BuildPlan) -> str:
 class ImageBuilder:
     """Turns a :class:`BuildPlan` into a snapshot ref, one build per Dockerfile at a time."""
 
-    def __init__(self, *, settings: Settings, runtime: Runtime, snapshots: SnapshotService) -> None:
+    def __init__(self, *, settings: Settings, runner: Runner, snapshots: SnapshotService) -> None:
         self.settings = settings
-        self.runtime = runtime
+        self.runner = runner
         self.snapshots = snapshots
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -97,8 +97,8 @@ class ImageBuilder:
             resources=Resources(s.default_cpu, s.default_memory, s.default_disk),
         )  # fmt: skip
         try:
-            await asyncio.to_thread(self.runtime.create, spec)
-            await asyncio.to_thread(self.runtime.start, spec)
+            await self.runner.create(spec)
+            await self.runner.start(spec)
         except CoveError as exc:
             raise BuildFailed(f"the build sandbox could not start: {exc.message}") from exc
         env: dict[str, str] = {}
@@ -137,7 +137,7 @@ class ImageBuilder:
         request = {"op": "exec", "command": shlex.join(argv), "user": "root", "env": env,
                    "cwd": cwd, "timeout": RUN_TIMEOUT}  # fmt: skip
         pending = ""
-        async with agent_call(self.runtime, build_id, request) as agent:
+        async with agent_call(self.runner, build_id, request) as agent:
             async for kind, payload in agent.frames():
                 if kind != protocol.STDOUT:
                     continue
@@ -152,7 +152,7 @@ class ImageBuilder:
 
     async def _remove(self, build_id: str) -> None:
         try:
-            await asyncio.to_thread(self.runtime.destroy, build_id)
+            await self.runner.destroy(build_id)
         except CoveError as exc:
             log.error("removing build sandbox %s failed: %s", build_id, exc.message)
 

@@ -42,7 +42,7 @@ class Creator:
         """Where snapshots are found (and Dockerfiles built); None: the host's only."""
         self.snapshots = snapshots
         self.builder = (
-            ImageBuilder(settings=self.settings, runtime=self.ops.runtime, snapshots=snapshots)
+            ImageBuilder(settings=self.settings, runner=self.ops.runner, snapshots=snapshots)
             if snapshots is not None else None
         )  # fmt: skip
 
@@ -105,7 +105,7 @@ class Creator:
         s = self.settings
         resources = validation.requested_resources(req, s)
         validation.check_labels(req.labels)
-        tier = validation.isolation(req.labels, s, self.ops.runtime.has_isolation)
+        tier = validation.isolation(req.labels, s, self.ops.runner.has_isolation)
         validation.network_policy(
             req.network_block_all, req.network_allow_list, req.domain_allow_list, s
         )
@@ -166,7 +166,7 @@ class Creator:
             except NotFound:
                 return None
         general = id_or_name in self._general_snapshots()
-        return id_or_name if general and self.ops.runtime.has_snapshot(id_or_name) else None
+        return id_or_name if general and self.ops.runner.has_snapshot(id_or_name) else None
 
     def _general_snapshots(self) -> list[str]:
         """The snapshots every organization may use."""

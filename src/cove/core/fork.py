@@ -10,7 +10,6 @@ Only memory is not carried over: processes of the source do not run in it.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import uuid
 from typing import TYPE_CHECKING
@@ -45,7 +44,7 @@ async def fork(
     async def copy() -> None:
         current = service.store.get_by_id(source.id)
         _check(current)
-        await asyncio.to_thread(service.runtime.fork, source.id, container_spec(child))
+        await service.runner.fork(source.id, container_spec(child))
 
     ops = service.ops
     try:

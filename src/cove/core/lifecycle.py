@@ -7,7 +7,6 @@ creation is in :mod:`cove.core.create`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -18,7 +17,7 @@ from cove.core.buildlog import BuildLog
 from cove.core.config import Settings
 from cove.core.create import Creator
 from cove.core.ops import SandboxOps, container_spec
-from cove.core.ports import ContainerStatus, EventSink, Runtime, SandboxStore
+from cove.core.ports import ContainerStatus, EventSink, Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.core.snapshots import SnapshotService
 from cove.core.volumes import VolumeService
@@ -41,14 +40,14 @@ class LifecycleService:
     """
 
     def __init__(
-        self, *, settings: Settings, store: SandboxStore, runtime: Runtime, events: EventSink,
+        self, *, settings: Settings, store: SandboxStore, runner: Runner, events: EventSink,
         volumes: VolumeService | None = None, snapshots: SnapshotService | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.store = store
-        self.runtime = runtime
+        self.runner = runner
         self.events = events
-        self.ops = SandboxOps(store=store, runtime=runtime, events=events)
+        self.ops = SandboxOps(store=store, runner=runner, events=events)
         self.creator = Creator(settings=settings, ops=self.ops, volumes=volumes,
                                snapshots=snapshots)  # fmt: skip
 
@@ -125,14 +124,14 @@ class LifecycleService:
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot start it")
         spec = container_spec(sandbox)
         return await self.ops.through(
-            sandbox, S.STARTING, S.STARTED, "start", partial(self.runtime.start, spec)
+            sandbox, S.STARTING, S.STARTED, "start", partial(self.runner.start, spec)
         )
 
     async def _restore_and_start(self, sandbox: Sandbox) -> Sandbox:
         spec = container_spec(sandbox)
         return await self.ops.through(
             sandbox, S.RESTORING, S.STARTED, "restore",
-            partial(self.runtime.restore, spec), partial(self.runtime.start, spec),
+            partial(self.runner.restore, spec), partial(self.runner.start, spec),
         )
 
     async def stop(self, organization_id: str, id_or_name: str, *, force: bool = False) -> Sandbox:
@@ -146,7 +145,7 @@ class LifecycleService:
             return sandbox
         if sandbox.state not in (S.STARTED, S.PAUSED):  # the runtime thaws a paused one
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot stop it")
-        stop = partial(self.runtime.stop, sandbox.id, force=force)
+        stop = partial(self.runner.stop, sandbox.id, force=force)
         sandbox = await self.ops.through(sandbox, S.STOPPING, S.STOPPED, "stop", stop)
         if sandbox.state is S.STOPPED and sandbox.auto_delete_interval == 0:
             return await self._destroy(sandbox.id)
@@ -170,14 +169,14 @@ class LifecycleService:
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot pause it")
         await self.ops.set_state(sandbox, S.PAUSING)
         try:
-            await asyncio.to_thread(self.runtime.pause, sandbox.id)
+            await self.runner.pause(sandbox.id)
         except CoveError as exc:
             await self.ops.set_state(sandbox, S.STARTED)  # still running, as it was
             raise InvalidState(f"pause failed: {exc.message}") from exc
         return await self.ops.set_state(sandbox, S.PAUSED)
 
     async def _resume(self, sandbox: Sandbox) -> Sandbox:
-        resume = partial(self.runtime.resume, sandbox.id)
+        resume = partial(self.runner.resume, sandbox.id)
         return await self.ops.through(sandbox, S.RESUMING, S.STARTED, "resume", resume)
 
     # ---- archive / recover / resize -----------------------------------
@@ -196,7 +195,7 @@ class LifecycleService:
                 return sandbox
         if sandbox.state is not S.STOPPED:
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot archive it")
-        archive = partial(self.runtime.archive, sandbox.id)
+        archive = partial(self.runner.archive, sandbox.id)
         return await self.ops.through(sandbox, S.ARCHIVING, S.ARCHIVED, "archive", archive)
 
     async def recover(self, organization_id: str, id_or_name: str) -> Sandbox:
@@ -207,14 +206,14 @@ class LifecycleService:
         sandbox = self.store.get_by_id(sandbox_id)
         if sandbox.state is not S.ERROR:
             return await self._start(sandbox_id)
-        status = await asyncio.to_thread(self.runtime.status, sandbox.id)
+        status = await self.runner.status(sandbox.id)
         if status is ContainerStatus.ARCHIVED:
             return await self._restore_and_start(sandbox)
         await self.ops.clean_up(sandbox.id, destroy=False)
         spec = container_spec(sandbox)
-        steps = [partial(self.runtime.start, spec)]
+        steps = [partial(self.runner.start, spec)]
         if status is ContainerStatus.ABSENT:
-            steps.insert(0, partial(self.runtime.create, spec))
+            steps.insert(0, partial(self.runner.create, spec))
         return await self.ops.through(sandbox, S.STARTING, S.STARTED, "recover", *steps)
 
     async def resize(
@@ -244,7 +243,7 @@ class LifecycleService:
         before = sandbox.state
         await self.ops.set_state(sandbox, S.RESIZING)
         try:
-            await asyncio.to_thread(self.runtime.resize, sandbox.id, new, live=live)
+            await self.runner.resize(sandbox.id, new, live=live)
         except CoveError as exc:
             await self.ops.set_state(sandbox, before)
             raise BadRequest(f"resize failed: {exc.message}") from exc
@@ -314,7 +313,7 @@ class LifecycleService:
                 fields["domain_allow_list"], self.settings,  # type: ignore[arg-type]
             )  # fmt: skip
             if current.state in (S.STARTED, S.PAUSED):
-                await asyncio.to_thread(self.runtime.set_network, current.id, policy)
+                await self.runner.set_network(current.id, policy)
             for key, value in fields.items():
                 setattr(current, key, value)
             current.updated_at = utcnow()

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from cove.core import validation
-from cove.core.ports import ContainerSpec, EventSink, Runtime, SandboxStore
+from cove.core.ports import ContainerSpec, EventSink, Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState, transition, utcnow
 from cove.errors import CoveError
 
@@ -55,9 +55,9 @@ class SandboxOps:
         events: where state changes are announced.
     """
 
-    def __init__(self, *, store: SandboxStore, runtime: Runtime, events: EventSink) -> None:
+    def __init__(self, *, store: SandboxStore, runner: Runner, events: EventSink) -> None:
         self.store = store
-        self.runtime = runtime
+        self.runner = runner
         self.events = events
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[object]] = set()
@@ -121,14 +121,14 @@ class SandboxOps:
 
     async def through(
         self, sandbox: Sandbox, via: SandboxState, to: SandboxState, what: str,
-        *steps: Callable[[], object],
+        *steps: Callable[[], Awaitable[object]],
     ) -> Sandbox:  # fmt: skip
-        """Go to ``via``, run the runtime ``steps`` in order (in worker threads), then
+        """Go to ``via``, run the runner's ``steps`` in order, then
         to ``to``; a failing step leaves the sandbox in ``error`` (recoverable)."""
         await self.set_state(sandbox, via)
         try:
             for step in steps:
-                await asyncio.to_thread(step)
+                await step()
         except CoveError as exc:
             return await self.fail(sandbox, f"{what} failed: {exc.message}", recoverable=True)
         return await self.set_state(sandbox, to)
@@ -138,8 +138,8 @@ class SandboxOps:
         of it left on the host."""
         spec = container_spec(sandbox)
         try:
-            await asyncio.to_thread(self.runtime.create, spec)
-            await asyncio.to_thread(self.runtime.start, spec)
+            await self.runner.create(spec)
+            await self.runner.start(spec)
         except CoveError as exc:
             await self.clean_up(sandbox.id)
             return await self.fail(sandbox, f"create failed: {exc.message}", recoverable=True)
@@ -148,7 +148,7 @@ class SandboxOps:
     async def start_created(self, sandbox: Sandbox, what: str) -> Sandbox:
         """Start a sandbox whose files exist (a fork): ``started``, or ``error``."""
         try:
-            await asyncio.to_thread(self.runtime.start, container_spec(sandbox))
+            await self.runner.start(container_spec(sandbox))
         except CoveError as exc:
             await self.clean_up(sandbox.id, destroy=False)
             return await self.fail(sandbox, f"{what} failed: {exc.message}", recoverable=True)
@@ -160,7 +160,7 @@ class SandboxOps:
         if sandbox.state is not S.DESTROYING:
             await self.set_state(sandbox, S.DESTROYING)
         try:
-            await asyncio.to_thread(self.runtime.destroy, sandbox.id)
+            await self.runner.destroy(sandbox.id)
         except CoveError as exc:
             return await self.fail(sandbox, f"delete failed: {exc.message}", recoverable=False)
         old = sandbox.state
@@ -172,9 +172,9 @@ class SandboxOps:
 
     async def clean_up(self, sandbox_id: str, *, destroy: bool = True) -> None:
         """Best-effort removal of runtime leftovers after a failure."""
-        op = self.runtime.destroy if destroy else self.runtime.stop
+        op = self.runner.destroy if destroy else self.runner.stop
         try:
-            await asyncio.to_thread(op, sandbox_id)
+            await op(sandbox_id)
         except CoveError as exc:
             log.error("cleanup of sandbox %s failed: %s", sandbox_id, exc.message)
 

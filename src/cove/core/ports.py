@@ -1,20 +1,16 @@
 """The seams between the domain and the outside world.
 
-``core`` talks to the isolation backend only through :class:`Runtime` and to
-storage only through :class:`SandboxStore`. Real implementations live in
-``cove.runtime`` and ``cove.store``; ``cove.runtime.fake`` is an in-memory
-runtime for fast unit tests of ``core`` and ``api`` only.
-
-Runtime methods are synchronous and may block (they run processes and touch
-the filesystem); the lifecycle service calls them from worker threads. Every
-method raises :class:`cove.errors.RuntimeBackendError` (never
-``CalledProcessError`` or ``OSError``) when the backend fails.
+``core`` talks to the machines sandboxes run on only through :class:`Runner`
+and to storage only through :class:`SandboxStore`. Implementations live in
+``cove.runtime`` (the local runner over crun or runsc; ``cove.runtime.fake``
+is an in-memory host for fast unit tests of ``core`` and ``api`` only) and
+``cove.store``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -102,128 +98,94 @@ class ContainerStats:
     pids: int
 
 
-class Runtime(Protocol):
-    """Runs sandboxes as isolated containers.
+class Runner(Protocol):
+    """Runs sandboxes as isolated containers, on this host or another one.
+
+    Asynchronous, and nothing in it names a host path, a socket or a process:
+    a runner on another machine satisfies it as well as
+    :class:`cove.runtime.runner.LocalRunner` (crun or runsc per sandbox,
+    on this host) does. Every call raises :class:`cove.errors.RuntimeBackendError`
+    (:class:`cove.errors.Unavailable` / :class:`cove.errors.Busy` for the agent)
+    when the runner fails.
 
     All methods are idempotent where that makes sense (stop on a stopped
-    sandbox, destroy on an absent one) so that reconciliation after a crash
+    sandbox, destroy on an absent one), so that reconciliation after a crash
     can simply call them again.
     """
 
     def has_snapshot(self, name: str) -> bool:
-        """Whether a read-only root filesystem called ``name`` is available."""
+        """Whether a read-only root filesystem called ``name`` is available (from
+        the runner's inventory, without a round trip)."""
 
     def has_isolation(self, name: str) -> bool:
-        """Whether sandboxes of isolation tier ``name`` (see ISOLATIONS) can run here."""
+        """Whether sandboxes of isolation tier ``name`` (see ISOLATIONS) can run."""
 
-    def create(self, spec: ContainerSpec) -> None:
-        """Prepare the sandbox's writable layer (capped at ``disk`` GiB); start nothing.
+    async def create(self, spec: ContainerSpec) -> None:
+        """Prepare the sandbox's writable layer (capped at ``disk`` GiB); start nothing."""
 
-        Raises:
-            RuntimeBackendError: the layer could not be made; nothing is left behind.
-        """
+    async def start(self, spec: ContainerSpec) -> None:
+        """Mount the root filesystem and run the container's init and agent."""
 
-    def start(self, spec: ContainerSpec) -> None:
-        """Mount the root filesystem and run the container's init process.
+    async def stop(self, sandbox_id: str, *, force: bool = False) -> None:
+        """Kill every process of the sandbox; keep its files."""
 
-        Raises:
-            RuntimeBackendError: it did not start; no process or mount is left behind.
-        """
-
-    def stop(self, sandbox_id: str, *, force: bool = False) -> None:
-        """Kill every process of the sandbox and unmount its rootfs; keep its files.
-
-        Without ``force`` processes get SIGTERM and a grace period first.
-        """
-
-    def destroy(self, sandbox_id: str) -> None:
+    async def destroy(self, sandbox_id: str) -> None:
         """Remove everything the sandbox owns: processes, mounts, cgroups, files, archive."""
 
-    def archive(self, sandbox_id: str) -> int:
+    async def archive(self, sandbox_id: str) -> int:
         """Pack the (stopped) sandbox's writable layer into the archive store and free
         the live copy. Returns the archive's size in bytes."""
 
-    def restore(self, spec: ContainerSpec) -> None:
-        """Recreate the writable layer of an archived sandbox from its archive.
+    async def restore(self, spec: ContainerSpec) -> None:
+        """Recreate the writable layer of an archived sandbox from its archive."""
 
-        The archive is verified before anything is replaced; a broken archive
-        raises RuntimeBackendError and is kept.
-        """
-
-    def pause(self, sandbox_id: str) -> None:
+    async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the running sandbox (memory is kept)."""
 
-    def resume(self, sandbox_id: str) -> None:
+    async def resume(self, sandbox_id: str) -> None:
         """Thaw a paused sandbox; its processes carry on where they were."""
 
-    def fork(self, source_id: str, spec: ContainerSpec) -> None:
-        """Create ``spec``'s writable layer as a copy of ``source_id``'s (which may be
-        running, paused or stopped, and is left as it was); start nothing.
+    async def fork(self, source_id: str, spec: ContainerSpec) -> None:
+        """Create ``spec``'s writable layer as a copy of ``source_id``'s."""
 
-        Raises:
-            RuntimeBackendError: the copy failed; nothing of the new sandbox is left.
-        """
+    async def capture(self, sandbox_id: str, ref: str) -> int:
+        """Make snapshot ``ref`` from the sandbox's whole file system; its size."""
 
-    def capture(self, sandbox_id: str, ref: str) -> int:
-        """Make snapshot ``ref`` from the sandbox's whole file system (lower and
-        writable layer merged; a running sandbox is frozen meanwhile). Returns its size.
+    async def import_image(self, ref: str, image: str) -> int:
+        """Make snapshot ``ref`` from an image the runner resolves without a registry."""
 
-        Raises:
-            RuntimeBackendError: it failed; nothing named ``ref`` is left.
-        """
-
-    def import_image(self, ref: str, image: str) -> int:
-        """Make snapshot ``ref`` from an image the host can resolve without a registry.
-
-        Raises:
-            RuntimeBackendError: unknown image or failed unpack; nothing is left.
-        """
-
-    def remove_snapshot(self, ref: str) -> None:
+    async def remove_snapshot(self, ref: str) -> None:
         """Delete snapshot ``ref`` (sandboxes created from it keep working)."""
 
-    def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
-        """Apply new limits. ``live``: CPU and memory of a running container, no
-        restart. Otherwise the sandbox is stopped and the disk may change too."""
+    async def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
+        """Apply new limits (``live``: CPU and memory of a running sandbox)."""
 
-    def status(self, sandbox_id: str) -> ContainerStatus:
-        """What is really on the host for this sandbox."""
+    async def status(self, sandbox_id: str) -> ContainerStatus:
+        """What is really there for this sandbox."""
 
-    def list_ids(self) -> set[str]:
-        """Ids of every sandbox that has anything on the host."""
+    async def list_ids(self) -> set[str]:
+        """Ids of every sandbox that has anything on the runner."""
 
-    def exec(
-        self,
-        sandbox_id: str,
-        argv: Sequence[str],
-        *,
-        user: str | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-    ) -> ExecResult:
-        """Run ``argv`` inside the running sandbox and wait for it."""
+    async def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Apply ``policy`` to the running sandbox at once (a no-op when it does not run)."""
 
-    def stats(self, sandbox_id: str) -> ContainerStats:
+    async def stats(self, sandbox_id: str) -> ContainerStats:
         """Current usage of a running sandbox."""
 
-    def agent_socket(self, sandbox_id: str) -> socket.socket:
-        """A new stream socket connected to the toolbox agent of a running sandbox.
+    async def open_agent(self, sandbox_id: str) -> AgentConnection:
+        """A new byte stream to the toolbox agent of a running sandbox.
 
         Raises:
-            RuntimeBackendError: the sandbox does not run, or its agent does not answer.
+            Unavailable: the sandbox's agent cannot be reached (it does not run).
+            Busy: it does not take connections now.
         """
 
-    def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
-        """Apply ``policy`` to the running sandbox at once (and re-attach what a server
-        restart lost, such as its DNS forwarder); a no-op when it does not run.
+    async def preview_upstream(self, sandbox_id: str, port: int) -> str | None:
+        """The base URL (``http://host:port``) at which the server reaches ``port``
+        of the running sandbox, or None when it has no network."""
 
-        Raises:
-            RuntimeBackendError: the rules could not be installed.
-        """
 
-    def address(self, sandbox_id: str) -> str | None:
-        """The running sandbox's IP address as seen from the host (None: no network)."""
+AgentConnection = tuple["asyncio.StreamReader", "asyncio.StreamWriter"]
 
 
 class SandboxStore(Protocol):

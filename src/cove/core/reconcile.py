@@ -47,7 +47,7 @@ async def reconcile(service: LifecycleService, *, remove_orphans: bool = True) -
 
 async def _reconcile_one(service: LifecycleService, sandbox_id: str) -> None:
     sandbox = service.store.get_by_id(sandbox_id)
-    runtime = service.runtime
+    runner = service.runner
     if sandbox.state is S.DESTROYING:
         await service.ops.remove(sandbox)  # (under its lock already)
         return
@@ -58,19 +58,19 @@ async def _reconcile_one(service: LifecycleService, sandbox_id: str) -> None:
     if sandbox.state is S.BUILD_FAILED:
         return
     if sandbox.state is S.CREATING:
-        await asyncio.to_thread(runtime.destroy, sandbox.id)
+        await runner.destroy(sandbox.id)
         reason = "creation was interrupted by a server restart"
         await service.ops.fail(sandbox, reason, recoverable=True)
         return
-    status = await asyncio.to_thread(runtime.status, sandbox.id)
+    status = await runner.status(sandbox.id)
     if sandbox.state is S.STOPPING or (
         sandbox.state is S.STOPPED and status in (C.RUNNING, C.PAUSED)
     ):
-        await asyncio.to_thread(runtime.stop, sandbox.id, force=True)
-        status = await asyncio.to_thread(runtime.status, sandbox.id)
+        await runner.stop(sandbox.id, force=True)
+        status = await runner.status(sandbox.id)
     elif status not in (C.RUNNING, C.PAUSED):
         # Nothing runs: clear what a dead container or interrupted start left mounted.
-        await asyncio.to_thread(runtime.stop, sandbox.id, force=True)
+        await runner.stop(sandbox.id, force=True)
     await _settle(service, sandbox, status)
 
 
@@ -91,7 +91,7 @@ async def _settle(service: LifecycleService, sandbox: Sandbox, status: Container
 
 
 async def _remove_orphans(service: LifecycleService, known: set[str]) -> None:
-    orphans = await asyncio.to_thread(service.runtime.list_ids)
+    orphans = await service.runner.list_ids()
     for sandbox_id in orphans - known:
         log.warning("removing leftovers of unknown sandbox %s", sandbox_id)
         await service.ops.clean_up(sandbox_id)
@@ -105,7 +105,7 @@ async def restore_networks(service: LifecycleService) -> None:
             continue
         try:
             policy = container_spec(sandbox).network
-            await asyncio.to_thread(service.runtime.set_network, sandbox.id, policy)
+            await service.runner.set_network(sandbox.id, policy)
         except CoveError as exc:
             log.error("restoring the network of sandbox %s failed: %s", sandbox.id, exc.message)
 

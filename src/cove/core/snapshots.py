@@ -17,7 +17,6 @@ complete, so a failed build leaves nothing behind and is reported at once.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import uuid
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
-from cove.core.ports import Runtime, SandboxStore
+from cove.core.ports import Runner, SandboxStore
 from cove.core.sandbox import SandboxState, utcnow
 from cove.errors import BadRequest, Conflict, CoveError, InvalidState, NotFound
 
@@ -72,11 +71,11 @@ class SnapshotService:
     """List, find, build and delete snapshots."""
 
     def __init__(
-        self, *, store: SnapshotStore, runtime: Runtime, sandboxes: SandboxStore,
+        self, *, store: SnapshotStore, runner: Runner, sandboxes: SandboxStore,
         default_name: str, public: Sequence[str] = (), started: datetime | None = None,
     ) -> None:  # fmt: skip
         self.store = store
-        self.runtime = runtime
+        self.runner = runner
         self.sandboxes = sandboxes
         when = started or utcnow()
         self.general = {
@@ -92,7 +91,7 @@ class SnapshotService:
         return [*general, *self.store.list(organization_id)]
 
     def _present(self, snap: Snapshot) -> bool:
-        return snap is self.default or self.runtime.has_snapshot(snap.id)
+        return snap is self.default or self.runner.has_snapshot(snap.id)
 
     def page(self, organization_id: str, page: int, limit: int) -> tuple[list[Snapshot], int, int]:
         """Items of page ``page`` (from 1), the total, and the number of pages."""
@@ -121,7 +120,7 @@ class SnapshotService:
         """
         snap = self.get(organization_id, id_or_name)
         if snap.general:
-            if not self.runtime.has_snapshot(snap.id):
+            if not self.runner.has_snapshot(snap.id):
                 raise NotFound(f"Snapshot with ID or name {id_or_name} not found")
             return snap.id
         if snap.state != "active":
@@ -138,10 +137,10 @@ class SnapshotService:
         """
         snap = self._new(organization_id, name, image_name=image)
         try:
-            snap.size = await asyncio.to_thread(self.runtime.import_image, snap.id, image)
+            snap.size = await self.runner.import_image(snap.id, image)
         except CoveError as exc:
             raise BadRequest(f"Snapshot {name} cannot be built: {exc.message}") from exc
-        return self._added(snap)
+        return await self._added(snap)
 
     async def create_from_sandbox(
         self, ops: SandboxOps, organization_id: str, id_or_name: str, name: str
@@ -161,14 +160,14 @@ class SnapshotService:
                 raise InvalidState(f"Sandbox {sandbox.id} is {before}; cannot snapshot it")
             await ops.set_state(current, S.SNAPSHOTTING)
             try:
-                snap.size = await asyncio.to_thread(self.runtime.capture, sandbox.id, snap.id)
+                snap.size = await self.runner.capture(sandbox.id, snap.id)
             except CoveError as exc:
                 raise BadRequest(f"Snapshot {name} failed: {exc.message}") from exc
             finally:
                 await ops.set_state(current, before)
 
         await ops.run(sandbox.id, capture)
-        return self._added(snap)
+        return await self._added(snap)
 
     async def create_from_build(
         self, organization_id: str, name: str, build_sandbox_id: str
@@ -179,8 +178,8 @@ class SnapshotService:
             Conflict: the name is taken. RuntimeBackendError: the copy failed.
         """
         snap = self._new(organization_id, name, source_sandbox_id=None)
-        snap.size = await asyncio.to_thread(self.runtime.capture, build_sandbox_id, snap.id)
-        return self._added(snap)
+        snap.size = await self.runner.capture(build_sandbox_id, snap.id)
+        return await self._added(snap)
 
     def activate(self, organization_id: str, id_or_name: str) -> Snapshot:
         snap = self.get(organization_id, id_or_name)
@@ -189,7 +188,7 @@ class SnapshotService:
             self.store.save(snap)
         return snap
 
-    def delete(self, organization_id: str, id_or_name: str) -> None:
+    async def delete(self, organization_id: str, id_or_name: str) -> None:
         """Raises NotFound, BadRequest (a general one), Conflict (sandboxes use it)."""
         snap = self.get(organization_id, id_or_name)
         if snap.general:
@@ -198,7 +197,7 @@ class SnapshotService:
         if users:  # name only the caller's own sandboxes
             own = [sb.id for sb in users if sb.organization_id == organization_id]
             raise Conflict(f"Snapshot {snap.name} is used by sandbox(es) {', '.join(own)}")
-        self.runtime.remove_snapshot(snap.id)
+        await self.runner.remove_snapshot(snap.id)
         self.store.remove(snap.id)
 
     def _new(self, organization_id: str, name: str, **fields: str | None) -> Snapshot:
@@ -213,10 +212,10 @@ class SnapshotService:
                             **fields)  # type: ignore[arg-type]  # fmt: skip
         raise Conflict(f"Snapshot with name '{name}' already exists")
 
-    def _added(self, snap: Snapshot) -> Snapshot:
+    async def _added(self, snap: Snapshot) -> Snapshot:
         try:
             self.store.add(snap)
         except CoveError:
-            self.runtime.remove_snapshot(snap.id)
+            await self.runner.remove_snapshot(snap.id)
             raise
         return snap

@@ -19,16 +19,15 @@ of the server.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from cove.core.ports import Runtime
+from cove.core.ports import Runner
 from cove.core.sandbox import Sandbox, SandboxState
-from cove.errors import Busy, InvalidState, ToolboxError, Unavailable
+from cove.errors import InvalidState, ToolboxError
 from cove.toolbox.client import AgentCall
 from cove.toolbox.mux import Channel, Stream
 from cove.toolbox.protocol import AgentError, ProtocolError
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
     from cove.core.ops import SandboxOps
 
 AGENT_ACCEPT_SECONDS = 30.0  # covers an agent that is still starting (or restarting)
-CONNECT_SECONDS = 10.0  # how long a full accept queue is waited for
 
 
 class ToolboxService:
@@ -45,8 +43,8 @@ class ToolboxService:
 
     def __init__(self, ops: SandboxOps) -> None:
         self.ops = ops
-        self.runtime = ops.runtime
-        self.links = AgentLinks(ops.runtime)
+        self.runner = ops.runner
+        self.links = AgentLinks(ops.runner)
 
     def sandbox(self, organization_id: str, sandbox_id: str) -> Sandbox:
         """The caller's started sandbox; records the activity.
@@ -65,7 +63,7 @@ class ToolboxService:
 
     def call(self, sandbox: Sandbox, message: dict) -> AbstractAsyncContextManager[AgentCall]:
         """Open a request to the sandbox's agent (see :func:`agent_call`)."""
-        return agent_call(self.runtime, sandbox.id, message, self.links)
+        return agent_call(self.runner, sandbox.id, message, self.links)
 
     async def request(self, sandbox: Sandbox, message: dict) -> dict:
         """A request whose only answer is the final reply."""
@@ -77,8 +75,8 @@ class AgentLinks:
     """The server's one connection to each sandbox's agent, made on first use and
     again when it broke (the agent restarted, the server did, the sandbox stopped)."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
         self._channels: dict[str, Channel] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
 
@@ -86,14 +84,14 @@ class AgentLinks:
         """A new stream to the sandbox's agent.
 
         Raises:
-            Unavailable, Busy: see :func:`connect_agent`.
+            Unavailable, Busy: see :func:`open_channel`.
         """
         channel = self._channels.get(sandbox_id)
         if channel is None or not channel.alive:
             async with self._connecting.setdefault(sandbox_id, asyncio.Lock()):
                 channel = self._channels.get(sandbox_id)
                 if channel is None or not channel.alive:
-                    channel = await open_channel(self._runtime, sandbox_id)
+                    channel = await open_channel(self._runner, sandbox_id)
                     self._channels[sandbox_id] = channel
         return channel.open()
 
@@ -104,16 +102,19 @@ class AgentLinks:
         self._channels.clear()
 
 
-async def open_channel(runtime: Runtime, sandbox_id: str) -> Channel:
-    """A new connection to the sandbox's agent."""
-    sock = await connect_agent(runtime, sandbox_id)
-    reader, writer = await asyncio.open_unix_connection(sock=sock)
-    return Channel(reader, writer)
+async def open_channel(runner: Runner, sandbox_id: str) -> Channel:
+    """A new connection to the sandbox's agent.
+
+    Raises:
+        Unavailable: the sandbox's agent cannot be reached (it does not run).
+        Busy: it does not take connections now.
+    """
+    return Channel(*await runner.open_agent(sandbox_id))
 
 
 @asynccontextmanager
 async def agent_call(
-    runtime: Runtime, sandbox_id: str, message: dict, links: AgentLinks | None = None
+    runner: Runner, sandbox_id: str, message: dict, links: AgentLinks | None = None
 ) -> AsyncIterator[AgentCall]:
     """Open a request to a sandbox's agent and send ``message``; the agent must accept it.
 
@@ -124,7 +125,7 @@ async def agent_call(
     that breaks the protocol or answers nonsense is a 502, one that does not
     accept the request in time a 504.
     """
-    own = None if links is not None else await open_channel(runtime, sandbox_id)
+    own = None if links is not None else await open_channel(runner, sandbox_id)
     try:
         agent = await _accepted(own, links, sandbox_id, message)
         async with agent:
@@ -172,23 +173,3 @@ def agent_failure(exc: BaseException) -> ToolboxError:
         return ToolboxError(502, "AGENT_ERROR", f"toolbox agent failed: {exc}")
     return ToolboxError(502, "AGENT_ERROR", "the sandbox's toolbox agent sent an invalid reply "
                         f"({type(exc).__name__})")  # fmt: skip
-
-
-async def connect_agent(runtime: Runtime, sandbox_id: str) -> socket.socket:
-    """A socket connected to the sandbox's agent (without blocking the server).
-
-    Raises:
-        Unavailable: the sandbox's agent cannot be reached (it does not run).
-        Busy: its accept queue stayed full for CONNECT_SECONDS.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + CONNECT_SECONDS
-    while True:
-        try:
-            return runtime.agent_socket(sandbox_id)
-        except Busy:
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.01)
-        except Unavailable:
-            raise

@@ -1,12 +1,14 @@
-"""Isolation runtimes implementing :class:`cove.core.ports.Runtime`."""
+"""Running sandboxes on this host: :class:`cove.runtime.host.HostRuntime`
+implementations (crun/runsc, or fake for unit tests) behind
+:class:`cove.runtime.runner.LocalRunner`."""
 
 from __future__ import annotations
 
 from cove.core.config import Settings
-from cove.core.ports import Runtime
+from cove.runtime.host import HostRuntime
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def build_runtime(settings: Settings) -> HostRuntime:
     """The runtime ``settings.runtime`` names: ``crun`` (default) or ``fake`` (tests)."""
     if settings.runtime == "fake":
         from cove.runtime.fake import FakeRuntime

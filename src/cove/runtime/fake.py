@@ -1,4 +1,4 @@
-"""An in-memory Runtime for fast unit tests of ``core`` and ``api``.
+"""An in-memory HostRuntime for fast unit tests of ``core`` and ``api``.
 
 Never the default: ``cove serve`` always runs real containers. Failures can be
 injected per method with ``fail_on``.
@@ -28,6 +28,9 @@ class _Box:
     status: ContainerStatus
     resources: Resources
     files: dict[str, bytes] = field(default_factory=dict)
+
+
+TAR_END = 1024  # the two zero blocks that end every tar archive
 
 
 class FakeRuntime:
@@ -87,7 +90,7 @@ class FakeRuntime:
         self._check("archive", sandbox_id)
         box = self.boxes.pop(sandbox_id)
         self.archives[sandbox_id] = box.files
-        return sum(len(v) for v in box.files.values())
+        return TAR_END + sum(len(v) for v in box.files.values())  # never empty, like a tar
 
     def restore(self, spec: ContainerSpec) -> None:
         self._check("restore", spec.sandbox_id)

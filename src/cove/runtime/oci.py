@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 
 class OciRuntime:
-    """The real isolation backend (implements :class:`cove.core.ports.Runtime`)."""
+    """The real isolation backend (implements :class:`cove.runtime.host.HostRuntime`)."""
 
     def __init__(self, settings: Settings) -> None:
         """Args:
@@ -128,7 +128,7 @@ class OciRuntime:
         state = self._client_of(tier).state(sandbox_id)
         return state if state and state.get("status") in ALIVE else None
 
-    # -- Runtime ---------------------------------------------------------
+    # -- HostRuntime ---------------------------------------------------------
 
     def has_snapshot(self, name: str) -> bool:
         """Whether snapshot ``name`` has a root filesystem on this host."""
@@ -397,10 +397,11 @@ class OciRuntime:
 
     async def _exec(self, sandbox_id: str, message: dict[str, object]) -> ExecResult:
         from cove.core.toolbox import agent_call
+        from cove.runtime.runner import LocalRunner
         from cove.toolbox import protocol
 
         out, err = bytearray(), bytearray()
-        async with agent_call(self, sandbox_id, message) as call:
+        async with agent_call(LocalRunner(self), sandbox_id, message) as call:
             async for kind, payload in call.frames():
                 if kind == protocol.STDOUT:
                     out += payload

@@ -11,6 +11,7 @@ from cove.core.sandbox import SandboxState
 from cove.core.snapshots import SnapshotService
 from cove.errors import BadRequest, NotFound
 from cove.runtime.fake import FakeRuntime
+from cove.runtime.runner import LocalRunner
 from cove.schemas.sandbox import BuildInfoCreate, SandboxCreate
 from cove.store.snapshots import SqlSnapshotStore
 from tests.unit.conftest import RecordingEvents
@@ -27,7 +28,8 @@ def runtime() -> ScriptedRuntime:
 
 @pytest.fixture
 def snapshots(engine, store, runtime: FakeRuntime) -> SnapshotService:
-    return SnapshotService(store=SqlSnapshotStore(engine), runtime=runtime, sandboxes=store,
+    return SnapshotService(store=SqlSnapshotStore(engine), runner=LocalRunner(runtime),
+        sandboxes=store,
                            default_name="cove-default")  # fmt: skip
 
 
@@ -36,7 +38,8 @@ def lifecycle(
     settings: Settings, store, runtime: FakeRuntime, events: RecordingEvents,
     snapshots: SnapshotService,
 ) -> LifecycleService:  # fmt: skip
-    return LifecycleService(settings=settings, store=store, runtime=runtime, events=events,
+    return LifecycleService(settings=settings, store=store, runner=LocalRunner(runtime),
+        events=events,
                             snapshots=snapshots)  # fmt: skip
 
 

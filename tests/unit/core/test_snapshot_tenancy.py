@@ -4,6 +4,8 @@ as if it did not exist, and nothing is created."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from sqlalchemy import Engine
 
@@ -11,6 +13,7 @@ from cove.core.lifecycle import LifecycleService
 from cove.core.snapshots import SnapshotService
 from cove.errors import BadRequest, Conflict, CoveError, NotFound
 from cove.runtime.fake import FakeRuntime
+from cove.runtime.runner import LocalRunner
 from cove.schemas.sandbox import BuildInfoCreate, SandboxCreate
 from cove.store.keys import SqlKeyStore
 from cove.store.snapshots import SqlSnapshotStore
@@ -23,7 +26,8 @@ HANDMADE = "handmade"  # a snapshot placed on the host by hand
 def snapshots(engine: Engine, store: SqlSandboxStore, runtime: FakeRuntime,
               lifecycle: LifecycleService) -> SnapshotService:  # fmt: skip
     runtime.snapshots.add(HANDMADE)
-    service = SnapshotService(store=SqlSnapshotStore(engine), runtime=runtime, sandboxes=store,
+    service = SnapshotService(store=SqlSnapshotStore(engine), runner=LocalRunner(runtime),
+        sandboxes=store,
                               default_name="cove-default", public=["shared"])  # fmt: skip
     lifecycle.snapshots = service
     return service
@@ -39,9 +43,11 @@ async def _snapshot_of(lifecycle: LifecycleService, snapshots: SnapshotService, 
     return await snapshots.create_from_sandbox(lifecycle.ops, org, sb.id, "secret-files")
 
 
-def _error(call) -> CoveError:  # noqa: ANN001
+async def _error(call) -> CoveError:  # noqa: ANN001
     with pytest.raises(CoveError) as info:
-        call()
+        result = call()
+        if inspect.isawaitable(result):
+            await result
     return info.value
 
 
@@ -68,9 +74,9 @@ async def test_another_organizations_snapshot_is_not_usable(
             absent = await _create_error(lifecycle, other, **make("no-such"))
             assert isinstance(mine, BadRequest)  # the same answer as for no snapshot at all
             assert mine.message == absent.message.replace("no-such", ref)
-        assert isinstance(_error(lambda r=ref: snapshots.get(other, r)), NotFound)
-        assert isinstance(_error(lambda r=ref: snapshots.delete(other, r)), NotFound)
-        assert isinstance(_error(lambda r=ref: snapshots.activate(other, r)), NotFound)
+        assert isinstance(await _error(lambda r=ref: snapshots.get(other, r)), NotFound)
+        assert isinstance(await _error(lambda r=ref: snapshots.delete(other, r)), NotFound)
+        assert isinstance(await _error(lambda r=ref: snapshots.activate(other, r)), NotFound)
     assert lifecycle.store.all() == before  # nothing created
     assert [s.name for s in snapshots.list(other)] == ["cove-default"]
     assert runtime.has_snapshot(snap.id)
@@ -95,7 +101,7 @@ async def test_snapshot_placed_by_hand_is_usable_only_when_public(
     listed = snapshots.list(org)
     assert [(s.name, s.general) for s in listed] == [("cove-default", True), ("shared", True)]
     with pytest.raises(BadRequest):
-        snapshots.delete(org, "shared")
+        await snapshots.delete(org, "shared")
     with pytest.raises(Conflict):
         await snapshots.create_from_image(org, "shared", "tiny:v1")
 
@@ -109,7 +115,9 @@ async def test_public_snapshots_are_read_from_the_environment(
 
     configured = Settings(data_dir=settings.data_dir, runtime="fake")
     assert configured.public_snapshots == [HANDMADE, "other-one"]
-    service = LifecycleService(settings=configured, store=store, runtime=runtime, events=events)
+    service = LifecycleService(
+        settings=configured, store=store, runner=LocalRunner(runtime), events=events
+    )
     sb = await service.create(organization_id=org, request=SandboxCreate(snapshot=HANDMADE))
     assert sb.snapshot == HANDMADE
     with pytest.raises(BadRequest, match="not found"):  # listed, but not on this host

@@ -9,6 +9,7 @@ from cove.core.sandbox import SandboxState
 from cove.core.snapshots import SnapshotService
 from cove.errors import BadRequest, Conflict, InvalidState, NotFound
 from cove.runtime.fake import FakeRuntime
+from cove.runtime.runner import LocalRunner
 from cove.schemas.sandbox import SandboxCreate
 from cove.store.snapshots import SqlSnapshotStore
 from tests.unit.conftest import RecordingEvents
@@ -18,7 +19,8 @@ S = SandboxState
 
 @pytest.fixture
 def snapshots(engine, store, runtime: FakeRuntime, lifecycle: LifecycleService) -> SnapshotService:
-    service = SnapshotService(store=SqlSnapshotStore(engine), runtime=runtime, sandboxes=store,
+    service = SnapshotService(store=SqlSnapshotStore(engine), runner=LocalRunner(runtime),
+        sandboxes=store,
                               default_name="cove-default")  # fmt: skip
     lifecycle.snapshots = service
     return service
@@ -29,7 +31,7 @@ async def test_default_is_listed_and_protected(snapshots: SnapshotService, org: 
     assert snapshots.get(org, "cove-default").general
     assert snapshots.activate(org, "cove-default").state == "active"
     with pytest.raises(BadRequest):
-        snapshots.delete(org, "cove-default")
+        await snapshots.delete(org, "cove-default")
     with pytest.raises(NotFound):
         snapshots.get(org, "nope")
     assert snapshots.page(org, 1, 1) == ([snapshots.default], 1, 1)
@@ -54,9 +56,9 @@ async def test_from_sandbox_then_create_from_it(
     items, total, pages = snapshots.page(org, 2, 1)
     assert [s.name for s in items] == ["mine"] and (total, pages) == (2, 2)
     with pytest.raises(Conflict, match="used by"):
-        snapshots.delete(org, snap.id)
+        await snapshots.delete(org, snap.id)
     await lifecycle.destroy(org, child.id)
-    snapshots.delete(org, "mine")
+    await snapshots.delete(org, "mine")
     assert not runtime.has_snapshot(snap.id)
 
 

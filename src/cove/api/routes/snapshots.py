@@ -64,7 +64,7 @@ async def get_snapshot(
 @router.delete("/{id_or_name}")
 async def delete_snapshot(id_or_name: str, who: PrincipalDep, snapshots: SnapshotsDep) -> Response:
     """Delete a snapshot (409 while sandboxes use it)."""
-    snapshots.delete(who.organization_id, id_or_name)
+    await snapshots.delete(who.organization_id, id_or_name)
     return Response(status_code=200)
 
 
