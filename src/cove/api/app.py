@@ -6,16 +6,15 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import socketio
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cove.api import errors
-from cove.api.deps import Services
 from cove.api.events import SocketEvents
-from cove.api.preview import PreviewProxy, load_tokens
+from cove.api.preview import PreviewProxy
 from cove.api.routes import (
     health,
     previews,
@@ -30,25 +29,13 @@ from cove.api.routes import (
     toolbox_sessions,
     volumes,
 )
-from cove.core.auth import AuthService
 from cove.core.config import Settings
-from cove.core.lifecycle import LifecycleService
-from cove.core.ports import Runner
 from cove.core.reconcile import reconcile, restore_networks, watch
-from cove.core.snapshots import SnapshotService
 from cove.core.timers import run_timers
-from cove.core.toolbox import ToolboxService
-from cove.core.volumes import VolumeService
-from cove.hostfiles import prepare_host_dirs
-from cove.runtime import build_runtime
-from cove.runtime.host import HostRuntime
-from cove.runtime.runner import LocalRunner
-from cove.runtime.volumes import LocalVolumeFiles
-from cove.store.keys import SqlKeyStore
-from cove.store.migrate import upgrade
-from cove.store.snapshots import SqlSnapshotStore
-from cove.store.sql import SqlSandboxStore, make_engine
-from cove.store.volumes import SqlVolumeStore
+from cove.server import Services, build_services
+
+if TYPE_CHECKING:
+    from cove.runtime.host import HostRuntime
 
 log = logging.getLogger("cove")
 
@@ -60,8 +47,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runner = LocalRunner(runtime or build_runtime(settings))
-        services = _start_services(settings, runner, events)
+        services = build_services(settings, events, runtime)
         holder["services"] = app.state.services = services
         await reconcile(services.lifecycle)
         await restore_networks(services.lifecycle)
@@ -88,32 +74,6 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         api.include_router(module.router, prefix="/toolbox/{sandbox_id}")
     app = socketio.ASGIApp(events.server, other_asgi_app=api, socketio_path="/api/socket.io")
     return _CollapseSlashes(PreviewProxy(app, lambda: holder["services"]))
-
-
-def _start_services(settings: Settings, runner: Runner, events: SocketEvents) -> Services:
-    prepare_host_dirs(settings)
-    engine = make_engine(settings.database_url or "")
-    upgrade(engine)
-    auth = AuthService(settings, SqlKeyStore(engine))
-    key = auth.bootstrap()
-    if key:
-        print(f"Cove created an admin API key (shown only once): {key}", flush=True)  # noqa: T201
-    store = SqlSandboxStore(engine)
-    volumes = VolumeService(
-        store=SqlVolumeStore(engine), files=LocalVolumeFiles(settings.data_dir), sandboxes=store
-    )
-    snapshots = SnapshotService(
-        store=SqlSnapshotStore(engine), runner=runner, sandboxes=store,
-        default_name=settings.default_snapshot, public=settings.public_snapshots,
-    )  # fmt: skip
-    lifecycle = LifecycleService(
-        settings=settings, store=store, runner=runner, events=events, volumes=volumes,
-        snapshots=snapshots,
-    )  # fmt: skip
-    return Services(
-        settings=settings, auth=auth, lifecycle=lifecycle, toolbox=ToolboxService(lifecycle.ops),
-        volumes=volumes, snapshots=snapshots, previews=load_tokens(settings.data_dir),
-    )  # fmt: skip
 
 
 class _CollapseSlashes:

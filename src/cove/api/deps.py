@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from cove.core.auth import AuthService, Principal
-from cove.core.config import Settings
+from cove.core.auth import Principal
 from cove.core.lifecycle import LifecycleService
-from cove.core.previews import PreviewTokens
 from cove.core.sandbox import Sandbox
 from cove.core.snapshots import SnapshotService
 from cove.core.toolbox import ToolboxService
 from cove.core.volumes import VolumeService
-
-
-@dataclass
-class Services:
-    """What the routers may call; built once by the app's lifespan."""
-
-    settings: Settings
-    auth: AuthService
-    lifecycle: LifecycleService
-    toolbox: ToolboxService
-    volumes: VolumeService
-    snapshots: SnapshotService
-    # Preview tokens; the app loads them under the secret kept in the data dir.
-    previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
+from cove.server import Services
 
 
 def get_services(conn: HTTPConnection) -> Services:

@@ -13,11 +13,9 @@ reach the sandbox (see :mod:`cove.api.preview_headers`).
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
@@ -32,19 +30,12 @@ from cove.api.preview_headers import (
     header,
     upstream_headers,
 )
-from cove.core.previews import PreviewTokens
 from cove.errors import CoveError
-from cove.hostfiles import secret_file
 
 _PATH = re.compile(
     r"^/preview/(?:s/(?P<token>[a-z2-7]+)|(?P<sid>[^/]+)/(?P<port>\d+))(?P<rest>/.*)?$"
 )
 _HOST_PORT = re.compile(r"^(?P<port>\d+)-(?P<sid>.+)$")
-
-
-def load_tokens(data_dir: Path) -> PreviewTokens:
-    """Preview tokens under the server's secret (made once, kept in the data dir)."""
-    return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)))
 
 
 def preview_url(services: Services, sandbox_id: str, port: int) -> str:

@@ -101,13 +101,11 @@ def keys() -> None:
 def create_key(organization: str, name: str, data_dir: Path | None) -> None:
     """Create an API key and print it (it is stored only as a hash)."""
     from cove.core.auth import AuthService
+    from cove.server import open_database
     from cove.store.keys import SqlKeyStore
-    from cove.store.migrate import upgrade
-    from cove.store.sql import make_engine
 
     settings = _settings(data_dir=data_dir)
-    engine = make_engine(settings.database_url or "")
-    upgrade(engine)
+    engine = open_database(settings)
     click.echo(AuthService(settings, SqlKeyStore(engine)).create_key(organization, name=name))
 
 

@@ -1,0 +1,93 @@
+"""The composition root: the one place that chooses the server's parts and wires
+them together (the API app and the CLI both start from here).
+
+::
+
+    api (HTTP, WebSocket, previews)  ──▶  core (domain: lifecycle, toolbox gateway, ...)
+                                            │ ports: Runner, SandboxStore, EventSink
+    server (this module) ──wires──▶  runtime.LocalRunner(crun | runsc | fake)
+                                     store (SQLAlchemy: SQLite WAL or PostgreSQL)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from cove.core.auth import AuthService
+from cove.core.config import Settings
+from cove.core.lifecycle import LifecycleService
+from cove.core.ports import EventSink
+from cove.core.previews import PreviewTokens
+from cove.core.snapshots import SnapshotService
+from cove.core.toolbox import ToolboxService
+from cove.core.volumes import VolumeService
+from cove.hostfiles import prepare_host_dirs, secret_file
+from cove.runtime import build_runtime
+from cove.runtime.host import HostRuntime
+from cove.runtime.runner import LocalRunner
+from cove.runtime.volumes import LocalVolumeFiles
+from cove.store.keys import SqlKeyStore
+from cove.store.migrate import upgrade
+from cove.store.snapshots import SqlSnapshotStore
+from cove.store.sql import SqlSandboxStore, make_engine
+from cove.store.volumes import SqlVolumeStore
+
+
+@dataclass
+class Services:
+    """What the routers may call; built once at server start."""
+
+    settings: Settings
+    auth: AuthService
+    lifecycle: LifecycleService
+    toolbox: ToolboxService
+    volumes: VolumeService
+    snapshots: SnapshotService
+    # Preview tokens, under the secret kept in the data dir.
+    previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
+
+
+def open_database(settings: Settings) -> Engine:
+    """The server's database, migrated to the current schema."""
+    engine = make_engine(settings.database_url or "")
+    upgrade(engine)
+    return engine
+
+
+def load_tokens(data_dir: Path) -> PreviewTokens:
+    """Preview tokens under the server's secret (made once, kept in the data dir)."""
+    return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)))
+
+
+def build_services(
+    settings: Settings, events: EventSink, host: HostRuntime | None = None
+) -> Services:
+    """Every service of a server on ``settings``; ``host`` overrides the configured
+    host runtime (tests). Prints the admin API key when it made one."""
+    prepare_host_dirs(settings)
+    engine = open_database(settings)
+    auth = AuthService(settings, SqlKeyStore(engine))
+    key = auth.bootstrap()
+    if key:
+        print(f"Cove created an admin API key (shown only once): {key}", flush=True)  # noqa: T201
+    runner = LocalRunner(host or build_runtime(settings))
+    store = SqlSandboxStore(engine)
+    volumes = VolumeService(
+        store=SqlVolumeStore(engine), files=LocalVolumeFiles(settings.data_dir), sandboxes=store
+    )
+    snapshots = SnapshotService(
+        store=SqlSnapshotStore(engine), runner=runner, sandboxes=store,
+        default_name=settings.default_snapshot, public=settings.public_snapshots,
+    )  # fmt: skip
+    lifecycle = LifecycleService(
+        settings=settings, store=store, runner=runner, events=events, volumes=volumes,
+        snapshots=snapshots,
+    )  # fmt: skip
+    return Services(
+        settings=settings, auth=auth, lifecycle=lifecycle, toolbox=ToolboxService(lifecycle.ops),
+        volumes=volumes, snapshots=snapshots, previews=load_tokens(settings.data_dir),
+    )  # fmt: skip
