@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cove.core import validation
 from cove.core.ports import ContainerSpec, EventSink, Runner, SandboxStore
@@ -60,7 +60,7 @@ class SandboxOps:
         self.runner = runner
         self.events = events
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Future[object]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     # ---- serialization -------------------------------------------------
 
@@ -76,8 +76,8 @@ class SandboxOps:
                 return await op()
 
         task = asyncio.ensure_future(locked())
-        self._tasks.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return task
 
     def forget(self, sandbox_id: str) -> None:

@@ -10,6 +10,7 @@ is an in-memory host for fast unit tests of ``core`` and ``api`` only) and
 from __future__ import annotations
 
 import asyncio
+import builtins
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -213,10 +214,10 @@ class SandboxStore(Protocol):
         states: Sequence[SandboxState] | None = None,
         cursor: str | None = None,
         limit: int = 100,
-    ) -> tuple[list[Sandbox], str | None]:
+    ) -> tuple[builtins.list[Sandbox], str | None]:
         """A page of sandboxes, oldest first, and the cursor of the next page."""
 
-    def all(self) -> list[Sandbox]:
+    def all(self) -> builtins.list[Sandbox]:
         """Every sandbox of every organization (for reconciliation)."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from cove.core.lifecycle import LifecycleService
 from cove.core.ops import container_spec
@@ -38,7 +39,7 @@ async def reconcile(service: LifecycleService, *, remove_orphans: bool = True) -
         if service.building(sandbox.id):
             continue  # its build holds the lock; do not wait for it
         try:
-            await service.ops.run(sandbox.id, lambda sb=sandbox: _reconcile_one(service, sb.id))
+            await service.ops.run(sandbox.id, partial(_reconcile_one, service, sandbox.id))
         except CoveError as exc:
             log.error("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
     if remove_orphans:

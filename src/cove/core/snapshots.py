@@ -17,6 +17,7 @@ complete, so a failed build leaves nothing behind and is reported at once.
 
 from __future__ import annotations
 
+import builtins
 import math
 import uuid
 from collections.abc import Sequence
@@ -93,7 +94,9 @@ class SnapshotService:
     def _present(self, snap: Snapshot) -> bool:
         return snap is self.default or self.runner.has_snapshot(snap.id)
 
-    def page(self, organization_id: str, page: int, limit: int) -> tuple[list[Snapshot], int, int]:
+    def page(
+        self, organization_id: str, page: int, limit: int
+    ) -> tuple[builtins.list[Snapshot], int, int]:
         """Items of page ``page`` (from 1), the total, and the number of pages."""
         every = self.list(organization_id)
         pages = max(1, math.ceil(len(every) / limit))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -61,11 +61,13 @@ class ToolboxService:
         self.ops.touch(sandbox)
         return sandbox
 
-    def call(self, sandbox: Sandbox, message: dict) -> AbstractAsyncContextManager[AgentCall]:
+    def call(
+        self, sandbox: Sandbox, message: dict[str, Any]
+    ) -> AbstractAsyncContextManager[AgentCall]:
         """Open a request to the sandbox's agent (see :func:`agent_call`)."""
         return agent_call(self.runner, sandbox.id, message, self.links)
 
-    async def request(self, sandbox: Sandbox, message: dict) -> dict:
+    async def request(self, sandbox: Sandbox, message: dict[str, Any]) -> dict[str, Any]:
         """A request whose only answer is the final reply."""
         async with self.call(sandbox, message) as agent:
             return await agent.reply()
@@ -114,7 +116,7 @@ async def open_channel(runner: Runner, sandbox_id: str) -> Channel:
 
 @asynccontextmanager
 async def agent_call(
-    runner: Runner, sandbox_id: str, message: dict, links: AgentLinks | None = None
+    runner: Runner, sandbox_id: str, message: dict[str, Any], links: AgentLinks | None = None
 ) -> AsyncIterator[AgentCall]:
     """Open a request to a sandbox's agent and send ``message``; the agent must accept it.
 
@@ -138,7 +140,7 @@ async def agent_call(
 
 
 async def _accepted(
-    own: Channel | None, links: AgentLinks | None, sandbox_id: str, message: dict
+    own: Channel | None, links: AgentLinks | None, sandbox_id: str, message: dict[str, Any]
 ) -> AgentCall:
     """Send ``message`` on a new stream until the agent accepts it. A connection that
     turns out dead (the agent restarted since it was made) is made again once: the

@@ -7,6 +7,7 @@ sandbox (in any state but destroyed) mounts it.
 
 from __future__ import annotations
 
+import builtins
 import posixpath
 import uuid
 from dataclasses import dataclass, field
@@ -94,14 +95,16 @@ class VolumeService:
         self.files.delete(volume.id)
         self.store.remove(volume.id)
 
-    def resolve(self, organization_id: str, mounts: list[VolumeMount]) -> list[VolumeBind]:
+    def resolve(
+        self, organization_id: str, mounts: builtins.list[VolumeMount]
+    ) -> builtins.list[VolumeBind]:
         """The binds for a create request's ``volumes``; each volume must be the org's.
 
         Raises:
             NotFound: a volume does not exist in this organization.
             BadRequest: a mount path or subpath is not allowed.
         """
-        binds: list[VolumeBind] = []
+        binds: builtins.list[VolumeBind] = []
         for m in mounts:
             volume = self.store.get(organization_id, m.volume_id)
             bind = VolumeBind(volume.id, mount_path(m.mount_path), subpath(m.subpath))

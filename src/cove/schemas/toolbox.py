@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from cove.schemas.base import WireModel
@@ -30,7 +32,7 @@ class CodeRunRequest(WireModel):
 class CodeRunResponse(WireModel):
     exit_code: int
     result: str
-    artifacts: dict[str, list] = Field(default_factory=lambda: {"charts": []})
+    artifacts: dict[str, list[Any]] = Field(default_factory=lambda: {"charts": []})
 
 
 class DirResponse(WireModel):

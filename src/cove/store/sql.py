@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -107,7 +108,7 @@ class SqlSandboxStore(SqlStore):
         states: Sequence[SandboxState] | None = None,
         cursor: str | None = None,
         limit: int = 100,
-    ) -> tuple[list[Sandbox], str | None]:
+    ) -> tuple[builtins.list[Sandbox], str | None]:
         query = select(SandboxRow).where(SandboxRow.organization_id == organization_id)
         if states:
             query = query.where(SandboxRow.state.in_([str(st) for st in states]))
@@ -127,7 +128,7 @@ class SqlSandboxStore(SqlStore):
             next_cursor = str(page[-1].seq) if more and page else None
         return items, next_cursor
 
-    def all(self) -> list[Sandbox]:
+    def all(self) -> builtins.list[Sandbox]:
         with self.session() as s:
             return [_to_entity(row) for row in s.scalars(select(SandboxRow))]
 
