@@ -14,19 +14,11 @@ import builtins
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from cove.core.sandbox import Sandbox, SandboxState
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Per-sandbox limits, in Daytona's units: vCPUs and GiB."""
-
-    cpu: int
-    memory: int
-    disk: int
+from cove.core.sandbox import Resources as Resources  # the domain's value types,
+from cove.core.sandbox import Sandbox, SandboxState
+from cove.core.sandbox import VolumeBind as VolumeBind  # part of every port's language
 
 
 @dataclass(frozen=True)
@@ -44,15 +36,6 @@ class NetworkPolicy:
     @property
     def restricted(self) -> bool:
         return self.block_all or bool(self.allow_cidrs or self.allow_domains)
-
-
-@dataclass(frozen=True)
-class VolumeBind:
-    """A volume (or a subdirectory of it) mounted read-write in a sandbox."""
-
-    volume_id: str
-    mount_path: str
-    subpath: str = ""
 
 
 @dataclass(frozen=True)

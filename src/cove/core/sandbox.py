@@ -26,8 +26,25 @@ import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from cove.core.ports import Resources, VolumeBind
 from cove.errors import InvalidState
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per-sandbox limits, in Daytona's units: vCPUs and GiB."""
+
+    cpu: int
+    memory: int
+    disk: int
+
+
+@dataclass(frozen=True)
+class VolumeBind:
+    """A volume (or a subdirectory of it) mounted read-write in a sandbox."""
+
+    volume_id: str
+    mount_path: str
+    subpath: str = ""
 
 
 class SandboxState(enum.StrEnum):
@@ -59,8 +76,16 @@ ALLOWED: dict[SandboxState, frozenset[SandboxState]] = {
     S.CREATING: frozenset({S.STARTED, S.ERROR, S.DESTROYING}),
     S.STARTING: frozenset({S.STARTED, S.STOPPED, S.ERROR}),
     S.STARTED: frozenset(
-        {S.STOPPING, S.RESIZING, S.DESTROYING, S.STOPPED, S.ERROR, S.PAUSING, S.PAUSED,
-         S.SNAPSHOTTING}
+        {
+            S.STOPPING,
+            S.RESIZING,
+            S.DESTROYING,
+            S.STOPPED,
+            S.ERROR,
+            S.PAUSING,
+            S.PAUSED,
+            S.SNAPSHOTTING,
+        }
     ),  # fmt: skip
     # Taking a snapshot returns to where it started (started or stopped).
     S.SNAPSHOTTING: frozenset({S.STARTED, S.STOPPED, S.ERROR}),
@@ -88,8 +113,20 @@ ALLOWED: dict[SandboxState, frozenset[SandboxState]] = {
 
 # States in which an operation is under way; a crash leaves these to reconcile.
 TRANSITIONAL: frozenset[SandboxState] = frozenset(
-    {S.CREATING, S.STARTING, S.STOPPING, S.RESIZING, S.ARCHIVING, S.RESTORING, S.DESTROYING,
-     S.PAUSING, S.RESUMING, S.SNAPSHOTTING, S.PENDING_BUILD, S.BUILDING_SNAPSHOT}  # fmt: skip
+    {
+        S.CREATING,
+        S.STARTING,
+        S.STOPPING,
+        S.RESIZING,
+        S.ARCHIVING,
+        S.RESTORING,
+        S.DESTROYING,
+        S.PAUSING,
+        S.RESUMING,
+        S.SNAPSHOTTING,
+        S.PENDING_BUILD,
+        S.BUILDING_SNAPSHOT,
+    }  # fmt: skip
 )
 
 # What the state is heading for, as Daytona's `desiredState` reports it.
@@ -171,9 +208,7 @@ def transition(sandbox: Sandbox, new: SandboxState, *, reason: str | None = None
         InvalidState: ``new`` is not reachable from the current state.
     """
     if not can_transition(sandbox.state, new):
-        raise InvalidState(
-            f"Sandbox {sandbox.id} cannot go from '{sandbox.state}' to '{new}'"
-        )
+        raise InvalidState(f"Sandbox {sandbox.id} cannot go from '{sandbox.state}' to '{new}'")
     now = utcnow()
     sandbox.state = new
     sandbox.updated_at = now
