@@ -25,6 +25,7 @@ from cove.core.sandbox import Sandbox, SandboxState, transition, utcnow
 from cove.errors import CoveError
 
 S = SandboxState
+TOUCH_SECONDS = 5.0  # granularity of recorded activity (timers count minutes)
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,11 @@ class SandboxOps:
             log.error("cleanup of sandbox %s failed: %s", sandbox_id, exc.message)
 
     def touch(self, sandbox: Sandbox) -> None:
-        """Record user activity (resets the auto-stop timer)."""
-        sandbox.last_activity_at = utcnow()
+        """Record user activity (resets the auto-stop timer). Written at most every
+        TOUCH_SECONDS: timers count minutes, and a busy toolbox loop should not
+        write the database on every call."""
+        now = utcnow()
+        if (now - sandbox.last_activity_at).total_seconds() < TOUCH_SECONDS:
+            return
+        sandbox.last_activity_at = now
         self.store.save(sandbox)

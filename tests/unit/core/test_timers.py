@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from cove.core.lifecycle import LifecycleService
+from cove.core.ops import TOUCH_SECONDS
 from cove.core.ports import Resources
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.core.timers import Action, due, fire_due
@@ -91,3 +92,17 @@ async def test_a_fresh_start_counts_as_activity(lifecycle: LifecycleService, org
     lifecycle.store.save(stale)
     await lifecycle.start(org, sb.id)
     assert await fire_due(lifecycle, minute=60) == []
+
+
+async def test_activity_is_recorded_at_most_every_few_seconds(
+    lifecycle: LifecycleService, org: str
+) -> None:
+    sb = await _create(lifecycle, org, auto_stop_interval=1)
+    recorded = lifecycle.get(org, sb.id).last_activity_at
+    lifecycle.touch(org, sb.id)  # right after the start: nothing new to write
+    assert lifecycle.get(org, sb.id).last_activity_at == recorded
+    stale = lifecycle.get(org, sb.id)
+    stale.last_activity_at = utcnow() - timedelta(seconds=TOUCH_SECONDS + 1)
+    lifecycle.store.save(stale)
+    lifecycle.touch(org, sb.id)
+    assert lifecycle.get(org, sb.id).last_activity_at > stale.last_activity_at
