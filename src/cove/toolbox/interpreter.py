@@ -23,6 +23,7 @@ import signal
 import struct
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ async def _ready(fds: set[int], *, write: bool = False) -> None:
                                                                          loop.remove_reader)
     ready = loop.create_future()
     for fd in fds:
-        add(fd, lambda: ready.done() or ready.set_result(None))
+        add(fd, _settle, ready)
     try:
         await ready
     finally:
@@ -185,7 +186,7 @@ class Worker:
                 os.close(fd)
             await self._emit({"type": "exit"})
 
-    async def _drain_streams(self, decoders: dict[int, codecs.IncrementalDecoder]) -> None:
+    async def _drain_streams(self, decoders: Mapping[int, codecs.IncrementalDecoder]) -> None:
         for fd, kind in self.streams.items():
             while data := _read(fd):
                 await self._emit({"type": kind, "text": decoders[fd].decode(data)})
@@ -407,3 +408,8 @@ def shutdown_all(wait: float = 5.0) -> None:
     deadline = time.monotonic() + wait
     while not all(p.done() for p in pumps) and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def _settle(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)

@@ -100,11 +100,11 @@ class _Output(io.TextIOBase):
         return f"<{self._kind}>"
 
     @property
-    def encoding(self):
+    def encoding(self):  # type: ignore[override]  # read-only here, as on a real stream
         return "utf-8"
 
     @property
-    def errors(self):
+    def errors(self):  # type: ignore[override]
         return "strict"
 
     def writable(self):
@@ -175,7 +175,7 @@ def _error_event(exc):
     """The error event of ``exc``, its traceback without the driver's frames."""
     summary = traceback.TracebackException(type(exc), exc, exc.__traceback__)
     seen = set()
-    todo = [summary]
+    todo: list[traceback.TracebackException | None] = [summary]
     while todo:
         item = todo.pop()
         if item is None or id(item) in seen:
@@ -216,11 +216,11 @@ def _setup(cmd_fd, msg_fd):
     os.close(null)
     channel = _Channel(cmd_fd, msg_fd)
     if hasattr(os, "register_at_fork"):  # 3.7+: forked children must not hold the channel
-        os.register_at_fork(after_in_child=lambda: (os.close(cmd_fd), os.close(msg_fd)))
+        os.register_at_fork(after_in_child=lambda: _close(cmd_fd, msg_fd))
     sys.stdout = _Output(channel, "stdout", 1)
     sys.stderr = _Output(channel, "stderr", 2)
     for stream in (sys.__stdout__, sys.__stderr__):
-        if hasattr(stream, "reconfigure"):  # 3.7+
+        if stream is not None and hasattr(stream, "reconfigure"):  # 3.7+
             stream.reconfigure(line_buffering=True, write_through=True)
     sys.argv = [""]
     module = types.ModuleType("__main__")
@@ -241,3 +241,8 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from . import confine, protocol, users
@@ -105,10 +106,14 @@ async def run_streaming(
         if proc.returncode is None:
             kill_tree(proc.pid, group)
         group.close()
-    return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+    code = proc.returncode
+    assert code is not None  # _finished waited for it
+    return code if code >= 0 else 128 - code
 
 
-async def _finished(proc: asyncio.subprocess.Process, pumps: list[asyncio.Future[None]]) -> None:
+async def _finished(
+    proc: asyncio.subprocess.Process, pumps: Sequence[asyncio.Future[None]]
+) -> None:
     """The command exited and what it printed was read. Processes it left in the
     background do not hold the call: their output is read for DRAIN_SECONDS more,
     then the pipes are closed (they keep running, in the command's cgroup)."""

@@ -275,6 +275,7 @@ async def _input(request: Request, terminal: Terminal) -> None:
             message = protocol.decode(payload)
             cols, rows = message.get("cols"), message.get("rows")
             if message.get("op") == "resize" and terminal.active and _valid(cols, rows):
+                assert isinstance(cols, int) and isinstance(rows, int)
                 terminal.resize(cols, rows)
 
 
