@@ -27,7 +27,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
               "cove.core.volumes", "cove.errors", "cove.hostfiles"),  # fmt: skip
     # HTTP transport: the domain and the wiring's Services; never the host or the
     # database directly.
-    "api": ("cove.api", "cove.core", "cove.errors", "cove.schemas", "cove.server", *WIRE),
+    "api": ("cove.api", "cove.core", "cove.errors", "cove.schemas", "cove.server"),
 }
 
 

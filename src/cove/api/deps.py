@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from cove.core.agent_client import AgentClient
 from cove.core.auth import Principal
 from cove.core.lifecycle import LifecycleService
 from cove.core.sandbox import Sandbox
@@ -65,3 +66,11 @@ def get_started_sandbox(sandbox_id: str, who: PrincipalDep, toolbox: ToolboxDep)
 
 
 StartedSandboxDep = Annotated[Sandbox, Depends(get_started_sandbox)]
+
+
+def get_agent(sandbox: StartedSandboxDep, toolbox: ToolboxDep) -> AgentClient:
+    """The typed client of the started sandbox's agent named in the toolbox path."""
+    return toolbox.agent(sandbox)
+
+
+AgentDep = Annotated[AgentClient, Depends(get_agent)]

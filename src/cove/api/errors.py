@@ -5,9 +5,8 @@ from __future__ import annotations
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError, ResponseValidationError
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cove.api.dto import iso
@@ -51,21 +50,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return envelope(request, exc.status_code, str(exc.detail), code)
 
 
-# Under /toolbox the only data a handler did not validate at the door is what the
-# sandbox's agent answered: a reply it cannot use is the agent's failure (502).
-_REPLY_ERRORS = (KeyError, TypeError, ValueError, ValidationError, ResponseValidationError)
-
-
-async def _bad_reply(request: Request, exc: Exception) -> JSONResponse:
-    if not request.url.path.startswith("/toolbox/"):
-        raise exc
-    message = f"the sandbox's toolbox agent sent an invalid reply ({type(exc).__name__})"
-    return envelope(request, 502, message, "AGENT_ERROR", "DAYTONA_DAEMON")
-
-
 def install(app: FastAPI) -> None:
-    for kind in _REPLY_ERRORS:
-        app.add_exception_handler(kind, _bad_reply)
     app.add_exception_handler(CoveError, _cove_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

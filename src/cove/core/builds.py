@@ -14,7 +14,9 @@ import asyncio
 import logging
 import shlex
 import uuid
+from contextlib import aclosing
 
+from cove.core.agent_types import Exited
 from cove.core.buildlog import BuildLog
 from cove.core.config import Settings
 from cove.core.dockerfile import BuildPlan, Step
@@ -22,10 +24,8 @@ from cove.core.ops import SandboxOps
 from cove.core.ports import ContainerSpec, Resources, Runner
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.core.snapshots import SnapshotService
-from cove.core.toolbox import agent_call
+from cove.core.toolbox import agent_client
 from cove.errors import CoveError, NotFound
-from cove.toolbox import protocol
-from cove.toolbox.protocol import AgentError
 
 S = SandboxState
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class ImageBuilder:
         lines: list[str] = []
         try:
             code = await self._stream(build_id, argv, env, cwd, out, lines)
-        except (CoveError, AgentError) as exc:
+        except CoveError as exc:
             raise BuildFailed(f"build failed at {where}: {exc}") from exc
         if code != 0:
             tail = "\n".join(lines[-TAIL_LINES:])
@@ -134,21 +134,23 @@ class ImageBuilder:
     ) -> int:  # fmt: skip
         """Run ``argv`` as root through the build sandbox's agent; each output line goes
         to the log as soon as it is printed. Returns the exit code."""
-        request = {"op": "exec", "command": shlex.join(argv), "user": "root", "env": env,
-                   "cwd": cwd, "timeout": RUN_TIMEOUT}  # fmt: skip
-        pending = ""
-        async with agent_call(self.runner, build_id, request) as agent:
-            async for kind, payload in agent.frames():
-                if kind != protocol.STDOUT:
+        agent = agent_client(self.runner, build_id, "root", {})
+        pending, code = "", -1
+        async with aclosing(agent.exec_stream(shlex.join(argv), cwd, env, RUN_TIMEOUT)) as events:
+            async for event in events:
+                if isinstance(event, Exited):
+                    code = event.exit_code
                     continue
-                *complete, pending = (pending + payload.decode(errors="replace")).split("\n")
+                if event.stream != "stdout":
+                    continue
+                *complete, pending = (pending + event.data.decode(errors="replace")).split("\n")
                 for line in complete:
                     lines.append(line)
                     await out.write(line)
-            if pending:
-                lines.append(pending)
-                await out.write(pending)
-            return int(agent.result["exitCode"])
+        if pending:
+            lines.append(pending)
+            await out.write(pending)
+        return code
 
     async def _remove(self, build_id: str) -> None:
         try:

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from cove.core.agent_client import AgentClient
 from cove.core.ports import Runner
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import InvalidState, ToolboxError
@@ -61,16 +62,9 @@ class ToolboxService:
         self.ops.touch(sandbox)
         return sandbox
 
-    def call(
-        self, sandbox: Sandbox, message: dict[str, Any]
-    ) -> AbstractAsyncContextManager[AgentCall]:
-        """Open a request to the sandbox's agent (see :func:`agent_call`)."""
-        return agent_call(self.runner, sandbox.id, message, self.links)
-
-    async def request(self, sandbox: Sandbox, message: dict[str, Any]) -> dict[str, Any]:
-        """A request whose only answer is the final reply."""
-        async with self.call(sandbox, message) as agent:
-            return await agent.reply()
+    def agent(self, sandbox: Sandbox) -> AgentClient:
+        """The typed client of the sandbox's agent, as its user with its environment."""
+        return agent_client(self.runner, sandbox.id, sandbox.user, sandbox.env, self.links)
 
 
 class AgentLinks:
@@ -175,3 +169,11 @@ def agent_failure(exc: BaseException) -> ToolboxError:
         return ToolboxError(502, "AGENT_ERROR", f"toolbox agent failed: {exc}")
     return ToolboxError(502, "AGENT_ERROR", "the sandbox's toolbox agent sent an invalid reply "
                         f"({type(exc).__name__})")  # fmt: skip
+
+
+def agent_client(runner: Runner, sandbox_id: str, user: str | None, env: dict[str, str],
+                 links: AgentLinks | None = None) -> AgentClient:
+    """A typed client of a sandbox's agent (over ``links``, else a connection per request)."""
+    return AgentClient(lambda message: agent_call(runner, sandbox_id, message, links), user, env)
+
+

@@ -11,17 +11,18 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from cove.api import multipart
-from cove.api.deps import StartedSandboxDep, ToolboxDep
-from cove.api.streaming import AgentStream, items_response
-from cove.core.sandbox import Sandbox
-from cove.core.toolbox import ToolboxService
+from cove.api.deps import AgentDep
+from cove.api.streaming import first_event, items_response
+from cove.core.agent_client import AgentClient
+from cove.core.agent_streams import Upload
+from cove.core.agent_types import FileData, FileEnd, FileEvent, FileStart
 from cove.errors import CoveError, ToolboxError
 from cove.schemas.toolbox_files import (
     FileInfo,
@@ -33,7 +34,6 @@ from cove.schemas.toolbox_files import (
     UploadedFile,
     UploadFilesResponse,
 )
-from cove.toolbox import protocol
 
 router = APIRouter(tags=["toolbox"], prefix="/files")
 log = logging.getLogger(__name__)
@@ -41,128 +41,107 @@ FIELD = re.compile(r"files\[(\d+)\]\.(path|file)")
 MAX_PATH_FIELD = 64 * 1024
 
 
-def _msg(sandbox: Sandbox, op: str, **fields: object) -> dict:
-    return {"op": op, "user": sandbox.user, **fields}
-
-
 @router.get("", response_model=list[FileInfo])
-async def list_files(path: str, sandbox: StartedSandboxDep, toolbox: ToolboxDep,
-                     depth: int | None = None) -> Response:
+async def list_files(path: str, agent: AgentDep, depth: int | None = None) -> Response:
     """The entries of a directory."""
-    return await items_response(toolbox, sandbox, _msg(sandbox, "fs_list", path=path, depth=depth))
+    return await items_response(agent.list_files(path, depth))
 
 
 @router.get("/info")
-async def file_info(path: str, sandbox: StartedSandboxDep, toolbox: ToolboxDep) -> FileInfo:
+async def file_info(path: str, agent: AgentDep) -> FileInfo:
     """Facts about one file or directory."""
-    reply = await toolbox.request(sandbox, _msg(sandbox, "fs_info", path=path))
-    return FileInfo.model_validate(reply["file"])
+    return await agent.file_info(path)
 
 
 @router.post("/folder", status_code=201)
-async def create_folder(path: str, sandbox: StartedSandboxDep, toolbox: ToolboxDep,
-                        mode: str | None = None) -> None:
+async def create_folder(path: str, agent: AgentDep, mode: str | None = None) -> None:
     """Create a directory (and its parents), owned by the sandbox user."""
-    await toolbox.request(sandbox, _msg(sandbox, "fs_mkdir", path=path, mode=mode))
+    await agent.make_dir(path, mode)
 
 
 @router.delete("", status_code=204)
-async def delete_file(path: str, sandbox: StartedSandboxDep, toolbox: ToolboxDep,
-                      recursive: bool = False) -> Response:
+async def delete_file(path: str, agent: AgentDep, recursive: bool = False) -> Response:
     """Delete a file, or a directory with ``recursive=true``."""
-    await toolbox.request(sandbox, _msg(sandbox, "fs_delete", path=path, recursive=recursive))
+    await agent.delete_file(path, recursive)
     return Response(status_code=204)
 
 
 @router.post("/move")
-async def move_file(source: str, destination: str, sandbox: StartedSandboxDep,
-                    toolbox: ToolboxDep) -> None:
+async def move_file(source: str, destination: str, agent: AgentDep) -> None:
     """Move or rename a file or directory (the destination must not exist)."""
-    await toolbox.request(sandbox, _msg(sandbox, "fs_move", source=source,
-                                        destination=destination))
+    await agent.move_file(source, destination)
 
 
 @router.post("/permissions")
-async def set_permissions(path: str, sandbox: StartedSandboxDep, toolbox: ToolboxDep,
-                          owner: str | None = None, group: str | None = None,
-                          mode: str | None = None) -> None:
+async def set_permissions(path: str, agent: AgentDep, owner: str | None = None,
+                          group: str | None = None, mode: str | None = None) -> None:
     """Change a file's mode, owner or group."""
-    await toolbox.request(sandbox, _msg(sandbox, "fs_chmod", path=path, owner=owner,
-                                        group=group, mode=mode))
+    await agent.set_permissions(path, owner, group, mode)
 
 
 @router.get("/find", response_model=list[Match])
-async def find_in_files(path: str, pattern: str, sandbox: StartedSandboxDep,
-                        toolbox: ToolboxDep) -> Response:
+async def find_in_files(path: str, pattern: str, agent: AgentDep) -> Response:
     """Lines containing ``pattern`` in the files below ``path``."""
-    return await items_response(toolbox, sandbox,
-                                _msg(sandbox, "fs_find", path=path, pattern=pattern))
+    return await items_response(agent.find_in_files(path, pattern))
 
 
 @router.get("/search", response_model=SearchFilesResponse)
-async def search_files(path: str, pattern: str, sandbox: StartedSandboxDep,
-                       toolbox: ToolboxDep) -> Response:
+async def search_files(path: str, pattern: str, agent: AgentDep) -> Response:
     """Files below ``path`` whose name matches the glob ``pattern``."""
-    message = _msg(sandbox, "fs_search", path=path, pattern=pattern)
-    return await items_response(toolbox, sandbox, message, b'{"files":[', b"]}")
+    return await items_response(agent.search_files(path, pattern), b'{"files":[', b"]}")
 
 
 @router.post("/replace")
-async def replace_in_files(body: ReplaceRequest, sandbox: StartedSandboxDep,
-                           toolbox: ToolboxDep) -> list[ReplaceResult]:
+async def replace_in_files(body: ReplaceRequest, agent: AgentDep) -> list[ReplaceResult]:
     """Replace text in files; one result per file."""
-    reply = await toolbox.request(sandbox, _msg(
-        sandbox, "fs_replace", files=body.files, pattern=body.pattern, newValue=body.new_value))
-    return [ReplaceResult.model_validate(r) for r in reply["results"]]
+    return await agent.replace_in_files(body.files, body.pattern, body.new_value)
 
 
 @router.post("/bulk-download")
-async def bulk_download(body: FilesDownloadRequest, sandbox: StartedSandboxDep,
-                        toolbox: ToolboxDep) -> StreamingResponse:
+async def bulk_download(body: FilesDownloadRequest, agent: AgentDep) -> StreamingResponse:
     """The requested files as multipart/form-data, one part (or error part) each."""
-    stream = await AgentStream.open(toolbox, sandbox, _msg(sandbox, "fs_read", paths=body.paths))
+    events = agent.read_files(body.paths)
+    first = await first_event(events)
     boundary = f"cove-{secrets.token_hex(16)}"
-    return StreamingResponse(_download_parts(stream, boundary),
+    return StreamingResponse(_download_parts(events, first, boundary),
                              media_type=f"multipart/form-data; boundary={boundary}")
 
 
-async def _download_parts(stream: AgentStream, boundary: str) -> AsyncIterator[bytes]:
+async def _download_parts(events: AsyncGenerator[FileEvent, None], event: FileEvent | None,
+                          boundary: str) -> AsyncIterator[bytes]:
     try:
-        while (frame := await stream.next()) is not None:
-            kind, payload = frame
-            if kind == protocol.DATA:
-                yield payload
-            elif kind == protocol.END:
-                yield b"\r\n"
-            elif kind == protocol.JSON:
-                yield _download_head(boundary, protocol.decode(payload))
+        while event is not None:
+            yield _download_part(boundary, event)
+            event = await anext(events, None)
         yield multipart.closing(boundary)
     except ToolboxError as exc:  # no closing boundary: the client sees a cut-short body
         log.warning("bulk download failed mid-stream: %s", exc.message)
     finally:
-        await stream.close()
+        await events.aclose()
 
 
-def _download_head(boundary: str, header: dict) -> bytes:
-    if "file" in header:
-        return multipart.part_head(boundary, "file", header["file"], "application/octet-stream",
-                                   header.get("size"))
-    error = header["error"]
-    body = json.dumps({"message": error["message"], "statusCode": error["status"],
-                       "code": error["code"], "source": "DAYTONA_DAEMON"}).encode()
-    head = multipart.part_head(boundary, "error", header["path"], "application/json")
+def _download_part(boundary: str, event: FileEvent) -> bytes:
+    if isinstance(event, FileData):
+        return event.data
+    if isinstance(event, FileEnd):
+        return b"\r\n"
+    if isinstance(event, FileStart):
+        return multipart.part_head(boundary, "file", event.path, "application/octet-stream",
+                                   event.size)
+    body = json.dumps({"message": event.message, "statusCode": event.status,
+                       "code": event.code, "source": "DAYTONA_DAEMON"}).encode()
+    head = multipart.part_head(boundary, "error", event.path, "application/json")
     return head + body + b"\r\n"
 
 
 @router.post("/bulk-upload", response_model=UploadFilesResponse)
-async def bulk_upload(request: Request, sandbox: StartedSandboxDep,
-                      toolbox: ToolboxDep) -> JSONResponse:
+async def bulk_upload(request: Request, agent: AgentDep) -> JSONResponse:
     """Write the uploaded files (parts ``files[i].path`` then ``files[i].file``)."""
     try:
         parser = multipart.UploadParser(request.headers.get("content-type", ""))
     except ValueError:
         return JSONResponse({"errors": ["invalid multipart form"], "files": []}, 400)
-    upload = _BulkUpload(toolbox, sandbox)
+    upload = _BulkUpload(agent)
     try:
         async for chunk in request.stream():
             for event in parser.feed(chunk):
@@ -171,7 +150,7 @@ async def bulk_upload(request: Request, sandbox: StartedSandboxDep,
     except ValueError as exc:
         upload.errors.append(f"invalid multipart form: {exc}")
     except ClientDisconnect:
-        log.info("upload to sandbox %s abandoned by the client", sandbox.id)
+        log.info("upload to %s abandoned by the client", request.url.path)
     finally:
         await upload.abort()
     body = UploadFilesResponse(files=upload.files, errors=upload.errors or None)
@@ -182,15 +161,14 @@ class _BulkUpload:
     """Routes the parts of one bulk upload: paths are remembered, files streamed
     to the agent (one call per file), errors collected per file."""
 
-    def __init__(self, toolbox: ToolboxService, sandbox: Sandbox) -> None:
-        self.toolbox, self.sandbox = toolbox, sandbox
+    def __init__(self, agent: AgentClient) -> None:
+        self.agent = agent
         self.destinations: dict[str, str] = {}
         self.files: list[UploadedFile] = []
         self.errors: list[str] = []
         self._field: tuple[str, str] | None = None  # (index, "path" | "file")
         self._text = bytearray()
-        self._stream: AgentStream | None = None
-        self._broken = False
+        self._upload: Upload | None = None
 
     async def handle(self, kind: str, value: bytes | str | None) -> None:
         if kind == "part":
@@ -214,26 +192,19 @@ class _BulkUpload:
         await self._open(self.destinations[index])
 
     async def _open(self, path: str) -> None:
-        message = {"op": "fs_write", "path": path, "user": self.sandbox.user}
         try:
-            self._stream = await AgentStream.open(self.toolbox, self.sandbox, message)
-            await self._stream.message()  # {"ready": true}
+            self._upload = await self.agent.write_file(path)
         except CoveError as exc:
             self.errors.append(f"{path}: {exc.message}")
-            await self.abort()
             self._field = None
-        self._broken = False
 
     async def _data(self, data: bytes) -> None:
         if self._field is not None and self._field[1] == "path":
             self._text.extend(data)
             if len(self._text) > MAX_PATH_FIELD:
                 raise ValueError("a files[i].path field is too long")
-        elif self._stream is not None and not self._broken:
-            try:
-                await self._stream.send(protocol.DATA, data)
-            except ConnectionError:
-                self._broken = True  # the agent gave up: its reply says why
+        elif self._upload is not None:
+            await self._upload.send(data)
 
     async def _end(self) -> None:
         assert self._field is not None
@@ -249,22 +220,16 @@ class _BulkUpload:
         await self._finish(self.destinations[index])
 
     async def _finish(self, path: str) -> None:
-        stream, self._stream = self._stream, None
-        if stream is None:
+        upload, self._upload = self._upload, None
+        if upload is None:
             return
         try:
-            if not self._broken:
-                await stream.send(protocol.END)
-            while await stream.next() is not None:
-                pass
-            self.files.append(UploadedFile(path=path, bytes=int(stream.result.get("bytes", 0))))
-        except (ToolboxError, ConnectionError) as exc:
-            self.errors.append(f"{path}: {getattr(exc, 'message', exc)}")
-        finally:
-            await stream.close()
+            self.files.append(UploadedFile(path=path, bytes=await upload.finish()))
+        except CoveError as exc:
+            self.errors.append(f"{path}: {exc.message}")
 
     async def abort(self) -> None:
         """Drop a file still being written (the agent discards it)."""
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            await stream.close()
+        upload, self._upload = self._upload, None
+        if upload is not None:
+            await upload.abort()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from cove.api.deps import StartedSandboxDep, ToolboxDep
-from cove.core.sandbox import Sandbox
-from cove.core.toolbox import ToolboxService
+from cove.api.deps import AgentDep
 from cove.schemas.toolbox_git import (
     GitAddRequest,
     GitBranchRequest,
@@ -14,7 +12,6 @@ from cove.schemas.toolbox_git import (
     GitCloneRequest,
     GitCommitRequest,
     GitCommitResponse,
-    GitModel,
     GitPullRequest,
     GitPushRequest,
     GitStatus,
@@ -24,77 +21,62 @@ from cove.schemas.toolbox_git import (
 router = APIRouter(tags=["toolbox"], prefix="/git")
 
 
-async def _git(toolbox: ToolboxService, sandbox: Sandbox, op: str,
-               body: GitModel | None = None, **fields: object) -> dict:
-    message = {"op": op, "user": sandbox.user, "env": dict(sandbox.env),
-               **(body.model_dump(exclude_none=True) if body else {}), **fields}
-    return await toolbox.request(sandbox, message)
-
-
 @router.post("/clone")
-async def clone(body: GitCloneRequest, sandbox: StartedSandboxDep, toolbox: ToolboxDep) -> None:
+async def clone(body: GitCloneRequest, agent: AgentDep) -> None:
     """Clone a repository into the sandbox."""
-    await _git(toolbox, sandbox, "git_clone", body)
+    await agent.git_clone(body)
 
 
 @router.get("/status")
-async def status(path: str, sandbox: StartedSandboxDep, toolbox: ToolboxDep) -> GitStatus:
+async def status(path: str, agent: AgentDep) -> GitStatus:
     """The repository's branch and file states."""
-    reply = await _git(toolbox, sandbox, "git_status", path=path)
-    return GitStatus.model_validate(reply["status"])
+    return await agent.git_status(path)
 
 
 @router.post("/add")
-async def add(body: GitAddRequest, sandbox: StartedSandboxDep, toolbox: ToolboxDep) -> None:
+async def add(body: GitAddRequest, agent: AgentDep) -> None:
     """Stage files."""
-    await _git(toolbox, sandbox, "git_add", body)
+    await agent.git_add(body)
 
 
 @router.post("/commit")
-async def commit(body: GitCommitRequest, sandbox: StartedSandboxDep,
-                 toolbox: ToolboxDep) -> GitCommitResponse:
+async def commit(body: GitCommitRequest, agent: AgentDep) -> GitCommitResponse:
     """Commit the staged changes."""
-    reply = await _git(toolbox, sandbox, "git_commit", body)
-    return GitCommitResponse(hash=reply["hash"])
+    return GitCommitResponse(hash=await agent.git_commit(body))
 
 
 @router.get("/branches")
-async def branches(path: str, sandbox: StartedSandboxDep,
-                   toolbox: ToolboxDep) -> ListBranchResponse:
+async def branches(path: str, agent: AgentDep) -> ListBranchResponse:
     """The repository's local branches."""
-    reply = await _git(toolbox, sandbox, "git_branches", path=path)
-    return ListBranchResponse(branches=reply["branches"], current=reply["current"] or None)
+    return await agent.git_branches(path)
 
 
 @router.post("/branches", status_code=201)
-async def create_branch(body: GitBranchRequest, sandbox: StartedSandboxDep,
-                        toolbox: ToolboxDep) -> None:
+async def create_branch(body: GitBranchRequest, agent: AgentDep) -> None:
     """Create a branch and switch to it."""
-    await _git(toolbox, sandbox, "git_branch_create", body)
+    await agent.git_branch_create(body)
 
 
 @router.delete("/branches", status_code=204)
-async def delete_branch(body: GitBranchRequest, sandbox: StartedSandboxDep,
-                        toolbox: ToolboxDep) -> Response:
+async def delete_branch(body: GitBranchRequest, agent: AgentDep) -> Response:
     """Delete a branch."""
-    await _git(toolbox, sandbox, "git_branch_delete", body)
+    await agent.git_branch_delete(body)
     return Response(status_code=204)
 
 
 @router.post("/checkout")
-async def checkout(body: GitCheckoutRequest, sandbox: StartedSandboxDep,
-                   toolbox: ToolboxDep) -> None:
+async def checkout(body: GitCheckoutRequest, agent: AgentDep) -> None:
     """Switch to a branch (or commit)."""
-    await _git(toolbox, sandbox, "git_checkout", body)
+    await agent.git_checkout(body)
 
 
 @router.post("/pull")
-async def pull(body: GitPullRequest, sandbox: StartedSandboxDep, toolbox: ToolboxDep) -> None:
+async def pull(body: GitPullRequest, agent: AgentDep) -> None:
     """Pull from the remote (merging)."""
-    await _git(toolbox, sandbox, "git_pull", body)
+    await agent.git_pull(body)
 
 
 @router.post("/push")
-async def push(body: GitPushRequest, sandbox: StartedSandboxDep, toolbox: ToolboxDep) -> None:
+async def push(body: GitPushRequest, agent: AgentDep) -> None:
     """Push a branch to the remote."""
-    await _git(toolbox, sandbox, "git_push", body)
+    await agent.git_push(body)

@@ -8,10 +8,13 @@ it could not run (e.g. an unknown context), the way Daytona's daemon does.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from cove.api.deps import StartedSandboxDep, ToolboxDep
+from cove.api.deps import AgentDep
+from cove.core.agent_types import InterpreterEvent, RunEnded
 from cove.errors import BadRequest, ToolboxError
 from cove.schemas.toolbox_interpreter import (
     InterpreterContextCreate,
@@ -19,7 +22,6 @@ from cove.schemas.toolbox_interpreter import (
     InterpreterContextsPublic,
     InterpreterRun,
 )
-from cove.toolbox import protocol
 
 router = APIRouter(tags=["toolbox"])
 CLOSE_TIMEOUT, CLOSE_POLICY, CLOSE_ERROR = 4008, 1008, 1011
@@ -43,57 +45,51 @@ async def _first_frame(ws: WebSocket) -> InterpreterRun | None:
 
 
 @router.websocket("/process/interpreter/execute")
-async def execute(ws: WebSocket, sandbox: StartedSandboxDep, toolbox: ToolboxDep) -> None:
+async def execute(ws: WebSocket, agent: AgentDep) -> None:
     """Run code in an interpreter context, streaming its output."""
     await ws.accept()
     body = await _first_frame(ws)
     if body is None:
         return
-    message = {"op": "interpreter_run", "user": sandbox.user, "env": sandbox.env,
-               "code": body.code, "contextId": body.context_id, "envs": body.envs or {},
-               "timeout": body.timeout_seconds()}
+    events = agent.interpreter_run(body.code, body.context_id, body.envs or {},
+                                   body.timeout_seconds())
     try:
-        await ws.close(*await _relay(ws, toolbox, sandbox, message))
+        await ws.close(*await _relay(ws, events))
     except (WebSocketDisconnect, OSError, RuntimeError):
         pass  # the client left; the run goes on in the sandbox to its end
+    finally:
+        await events.aclose()
 
 
-async def _relay(ws: WebSocket, toolbox: ToolboxDep, sandbox: StartedSandboxDep,
-                 message: dict) -> tuple[int, str]:
+async def _relay(ws: WebSocket, events: AsyncIterator[InterpreterEvent]) -> tuple[int, str]:
     """Send the run's events on to the client; the close code and reason to end with."""
     try:
-        async with toolbox.call(sandbox, message) as agent:
-            async for kind, payload in agent.frames():
-                if kind == protocol.JSON:
-                    await ws.send_text(payload.decode())
-            timed_out = agent.result.get("outcome") == "timeout"
+        async for event in events:
+            if isinstance(event, RunEnded):
+                return (CLOSE_TIMEOUT if event.timed_out else 1000), ""
+            await ws.send_text(event.model_dump_json())
     except ToolboxError as exc:
         return (CLOSE_POLICY if exc.status_code < 500 else CLOSE_ERROR), _reason(exc.message)
-    return (CLOSE_TIMEOUT if timed_out else 1000), ""
+    return CLOSE_ERROR, "the run ended without an outcome"
 
 
 @router.post("/process/interpreter/context")
-async def create_context(body: InterpreterContextCreate, sandbox: StartedSandboxDep,
-                         toolbox: ToolboxDep) -> InterpreterContextPublic:
+async def create_context(body: InterpreterContextCreate,
+                         agent: AgentDep) -> InterpreterContextPublic:
     """Create an isolated interpreter context."""
     if body.language not in (None, "python"):
         raise BadRequest(f"unsupported language '{body.language}' (only 'python' is)")
-    reply = await toolbox.request(sandbox, {"op": "interpreter_create", "user": sandbox.user,
-                                            "env": sandbox.env, "cwd": body.cwd})
-    return InterpreterContextPublic.model_validate(reply["context"])
+    return await agent.interpreter_create(body.cwd)
 
 
 @router.get("/process/interpreter/context")
-async def list_contexts(sandbox: StartedSandboxDep,
-                        toolbox: ToolboxDep) -> InterpreterContextsPublic:
+async def list_contexts(agent: AgentDep) -> InterpreterContextsPublic:
     """List the user-created interpreter contexts."""
-    reply = await toolbox.request(sandbox, {"op": "interpreter_list"})
-    return InterpreterContextsPublic.model_validate(reply)
+    return await agent.interpreter_list()
 
 
 @router.delete("/process/interpreter/context/{context_id}")
-async def delete_context(context_id: str, sandbox: StartedSandboxDep,
-                         toolbox: ToolboxDep) -> dict[str, str]:
+async def delete_context(context_id: str, agent: AgentDep) -> dict[str, str]:
     """Delete an interpreter context and kill its processes."""
-    await toolbox.request(sandbox, {"op": "interpreter_delete", "id": context_id})
+    await agent.interpreter_delete(context_id)
     return {"message": f"context {context_id} deleted"}

@@ -11,15 +11,14 @@ import base64
 import binascii
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from cove.api.deps import StartedSandboxDep, ToolboxDep
+from cove.api.deps import AgentDep
 from cove.api.routes.toolbox_sessions import race
-from cove.core.sandbox import Sandbox
-from cove.core.toolbox import ToolboxService
+from cove.core.agent_streams import PtyAttachment
 from cove.errors import BadRequest, CoveError
 from cove.schemas.toolbox_sessions import (
     PtyCreate,
@@ -28,8 +27,6 @@ from cove.schemas.toolbox_sessions import (
     PtyResize,
     PtySessionInfo,
 )
-from cove.toolbox import protocol
-from cove.toolbox.client import AgentCall
 
 router = APIRouter(tags=["toolbox"])
 PREFIX = "/process/pty"
@@ -37,66 +34,49 @@ EXIT_CONTROL = "X-Daytona-Pty-Exit-Control"
 ENVS_PROTOCOL = "X-Daytona-Pty-Envs~"
 
 
-def _owner(sandbox: Sandbox) -> dict:
-    """Who the terminal's shell runs as, and the sandbox's environment."""
-    return {"user": sandbox.user, "env": dict(sandbox.env)}
-
-
 @router.post(PREFIX, status_code=201)
-async def create_pty(body: PtyCreate, sandbox: StartedSandboxDep,
-                     toolbox: ToolboxDep) -> PtyCreated:
+async def create_pty(body: PtyCreate, agent: AgentDep) -> PtyCreated:
     """Create a terminal (its shell starts now, or at the first connect if ``lazyStart``)."""
-    info = await toolbox.request(sandbox, {
-        "op": "pty_create", **body.model_dump(by_alias=True, exclude_none=True),
-        **_owner(sandbox)})
-    return PtyCreated(session_id=info["id"])
+    return PtyCreated(session_id=(await agent.pty_create(body)).id)
 
 
 @router.get(PREFIX)
-async def list_ptys(sandbox: StartedSandboxDep, toolbox: ToolboxDep) -> PtyList:
+async def list_ptys(agent: AgentDep) -> PtyList:
     """The sandbox's terminals."""
-    return PtyList.model_validate(await toolbox.request(sandbox, {"op": "pty_list"}))
+    return await agent.pty_list()
 
 
 @router.get(PREFIX + "/{session_id}")
-async def get_pty(session_id: str, sandbox: StartedSandboxDep,
-                  toolbox: ToolboxDep) -> PtySessionInfo:
+async def get_pty(session_id: str, agent: AgentDep) -> PtySessionInfo:
     """One terminal."""
-    reply = await toolbox.request(sandbox, {"op": "pty_get", "id": session_id})
-    return PtySessionInfo.model_validate(reply)
+    return await agent.pty_get(session_id)
 
 
 @router.post(PREFIX + "/{session_id}/resize")
-async def resize_pty(session_id: str, body: PtyResize, sandbox: StartedSandboxDep,
-                     toolbox: ToolboxDep) -> PtySessionInfo:
+async def resize_pty(session_id: str, body: PtyResize, agent: AgentDep) -> PtySessionInfo:
     """Change the terminal's size (its programs get SIGWINCH)."""
-    reply = await toolbox.request(sandbox, {"op": "pty_resize", "id": session_id,
-                                            "cols": body.cols, "rows": body.rows})
-    return PtySessionInfo.model_validate(reply)
+    return await agent.pty_resize(session_id, body.cols, body.rows)
 
 
 @router.delete(PREFIX + "/{session_id}")
-async def kill_pty(session_id: str, sandbox: StartedSandboxDep,
-                   toolbox: ToolboxDep) -> dict[str, str]:
+async def kill_pty(session_id: str, agent: AgentDep) -> dict[str, str]:
     """Kill the terminal's shell and everything it started."""
-    await toolbox.request(sandbox, {"op": "pty_kill", "id": session_id})
+    await agent.pty_kill(session_id)
     return {"message": "PTY session deleted"}
 
 
 @router.websocket(PREFIX + "/create-connect")
-async def create_connect(websocket: WebSocket, sandbox: StartedSandboxDep, toolbox: ToolboxDep,
-                         id: str, cols: int = 80, rows: int = 24, cwd: str | None = None) -> None:
+async def create_connect(websocket: WebSocket, agent: AgentDep, id: str, cols: int = 80,
+                         rows: int = 24, cwd: str | None = None) -> None:
     """Create a terminal and connect to it in one round trip."""
-    message = {"op": "pty_attach", "create": True, "id": id, "cols": cols, "rows": rows,
-               "cwd": cwd, "envs": _offered_envs(websocket), **_owner(sandbox)}
-    await _connect(websocket, toolbox, sandbox, message)
+    envs = _offered_envs(websocket)
+    await _connect(websocket, agent.pty_create_attach(id, cols, rows, cwd, envs))
 
 
 @router.websocket(PREFIX + "/{session_id}/connect")
-async def connect(websocket: WebSocket, session_id: str, sandbox: StartedSandboxDep,
-                  toolbox: ToolboxDep) -> None:
+async def connect(websocket: WebSocket, session_id: str, agent: AgentDep) -> None:
     """Attach to a running terminal."""
-    await _connect(websocket, toolbox, sandbox, {"op": "pty_attach", "id": session_id})
+    await _connect(websocket, agent.pty_attach(session_id))
 
 
 def _offered_envs(websocket: WebSocket) -> dict[str, str]:
@@ -115,17 +95,15 @@ def _offered_envs(websocket: WebSocket) -> dict[str, str]:
     return envs
 
 
-async def _connect(websocket: WebSocket, toolbox: ToolboxService, sandbox: Sandbox,
-                   message: dict) -> None:
+async def _connect(websocket: WebSocket,
+                   attaching: AbstractAsyncContextManager[PtyAttachment]) -> None:
     exit_control = EXIT_CONTROL in websocket.scope.get("subprotocols", [])
     try:
-        async with toolbox.call(sandbox, message) as agent:
-            frames = agent.frames()
-            await anext(frames)  # attached (an error here is an HTTP denial)
+        async with attaching as pty:  # attached (else the error is an HTTP denial)
             await websocket.accept(subprotocol=EXIT_CONTROL if exit_control else None)
             await _control(websocket, status="connected")
-            if await race(_output(websocket, frames), _input(websocket, agent)) == 0:
-                code: int | None = int(agent.result.get("exitCode", 0))
+            if await race(_output(websocket, pty), _input(websocket, pty)) == 0:
+                code: int | None = pty.exit_code
             else:
                 code = None  # the client left; the terminal keeps running
     except CoveError as exc:
@@ -146,13 +124,12 @@ async def _control(websocket: WebSocket, **fields: object) -> None:
         await websocket.send_text(json.dumps({"type": "control", **fields}))
 
 
-async def _output(websocket: WebSocket, frames: AsyncIterator[tuple[bytes, bytes]]) -> None:
-    async for kind, payload in frames:
-        if kind == protocol.DATA:
-            await websocket.send_bytes(payload)
+async def _output(websocket: WebSocket, pty: PtyAttachment) -> None:
+    async for data in pty.output():
+        await websocket.send_bytes(data)
 
 
-async def _input(websocket: WebSocket, agent: AgentCall) -> None:
+async def _input(websocket: WebSocket, pty: PtyAttachment) -> None:
     """Relay the client's keystrokes until it leaves."""
     while True:
         message = await websocket.receive()
@@ -160,4 +137,4 @@ async def _input(websocket: WebSocket, agent: AgentCall) -> None:
             return
         data = message.get("bytes") or (message.get("text") or "").encode()
         if data:
-            await agent.send_data(protocol.DATA, data)
+            await pty.send_input(data)

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Awaitable
 from fastapi import APIRouter, Response, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from cove.api.deps import StartedSandboxDep, ToolboxDep
+from cove.api.deps import AgentDep
+from cove.core.agent_types import Output
 from cove.errors import CoveError
 from cove.schemas.toolbox_sessions import (
     CommandLogs,
@@ -24,108 +25,72 @@ from cove.schemas.toolbox_sessions import (
     SessionInput,
     SessionPublic,
 )
-from cove.toolbox import protocol
-from cove.toolbox.client import AgentCall
 
 router = APIRouter(tags=["toolbox"])
 PREFIX = "/process/session"
-MARKERS = {protocol.STDOUT: b"\x01\x01\x01", protocol.STDERR: b"\x02\x02\x02"}
-
-
-def _op(op: str, **fields: object) -> dict:
-    return {"op": op, **fields}
-
-
-async def _logs(agent: AgentCall) -> CommandLogs:
-    """Collect O/E frames into the three strings of the one-shot logs."""
-    both, out, err = bytearray(), bytearray(), bytearray()
-    async for kind, payload in agent.frames():
-        if kind in MARKERS:
-            both += payload
-            (out if kind == protocol.STDOUT else err).extend(payload)
-    return CommandLogs(output=both.decode(errors="replace"), stdout=out.decode(errors="replace"),
-                       stderr=err.decode(errors="replace"))
+MARKERS = {"stdout": b"\x01\x01\x01", "stderr": b"\x02\x02\x02"}
 
 
 @router.post(PREFIX, status_code=201)
-async def create_session(body: SessionCreate, sandbox: StartedSandboxDep,
-                         toolbox: ToolboxDep) -> Response:
+async def create_session(body: SessionCreate, agent: AgentDep) -> Response:
     """Start a session: a shell that keeps its state between commands."""
-    await toolbox.request(sandbox, _op("session_create", sessionId=body.session_id,
-                                       user=sandbox.user, env=dict(sandbox.env)))
+    await agent.session_create(body.session_id)
     return Response(status_code=201)
 
 
 @router.get(PREFIX)
-async def list_sessions(sandbox: StartedSandboxDep, toolbox: ToolboxDep) -> list[SessionPublic]:
+async def list_sessions(agent: AgentDep) -> list[SessionPublic]:
     """The sandbox's sessions and their commands."""
-    reply = await toolbox.request(sandbox, _op("session_list"))
-    return [SessionPublic.model_validate(s) for s in reply["sessions"]]
+    return await agent.session_list()
 
 
 @router.get(PREFIX + "/{session_id}")
-async def get_session(session_id: str, sandbox: StartedSandboxDep,
-                      toolbox: ToolboxDep) -> SessionPublic:
+async def get_session(session_id: str, agent: AgentDep) -> SessionPublic:
     """One session and its commands."""
-    reply = await toolbox.request(sandbox, _op("session_get", sessionId=session_id))
-    return SessionPublic.model_validate(reply)
+    return await agent.session_get(session_id)
 
 
 @router.delete(PREFIX + "/{session_id}", status_code=204)
-async def delete_session(session_id: str, sandbox: StartedSandboxDep,
-                         toolbox: ToolboxDep) -> Response:
+async def delete_session(session_id: str, agent: AgentDep) -> Response:
     """End a session, killing every process it started."""
-    await toolbox.request(sandbox, _op("session_delete", sessionId=session_id))
+    await agent.session_delete(session_id)
     return Response(status_code=204)
 
 
 @router.post(PREFIX + "/{session_id}/exec")
 async def execute(session_id: str, body: SessionExecuteRequest, response: Response,
-                  sandbox: StartedSandboxDep, toolbox: ToolboxDep) -> SessionExecuteResponse:
+                  agent: AgentDep) -> SessionExecuteResponse:
     """Run a command in the session (queued behind a running one); 202 when asynchronous."""
-    run_async = bool(body.run_async or body.async_)
-    message = _op("session_exec", sessionId=session_id, command=body.command,
-                  suppressInputEcho=bool(body.suppress_input_echo), **{"async": run_async})
-    async with toolbox.call(sandbox, message) as agent:
-        if run_async:
-            response.status_code = 202
-            return SessionExecuteResponse(cmd_id=(await agent.reply())["cmdId"])
-        logs = await _logs(agent)
-    return SessionExecuteResponse(cmd_id=agent.result["cmdId"], exit_code=agent.result["exitCode"],
-                                  **logs.model_dump())
+    suppress = bool(body.suppress_input_echo)
+    if body.run_async or body.async_:
+        response.status_code = 202
+        return SessionExecuteResponse(
+            cmd_id=await agent.session_exec_async(session_id, body.command, suppress))
+    done = await agent.session_exec(session_id, body.command, suppress)
+    return SessionExecuteResponse(cmd_id=done.cmd_id, exit_code=done.exit_code,
+                                  output=done.output, stdout=done.stdout, stderr=done.stderr)
 
 
 @router.get(PREFIX + "/{session_id}/command/{command_id}")
-async def get_command(session_id: str, command_id: str, sandbox: StartedSandboxDep,
-                      toolbox: ToolboxDep) -> CommandPublic:
+async def get_command(session_id: str, command_id: str, agent: AgentDep) -> CommandPublic:
     """A command of the session; ``exitCode`` is null while it runs."""
-    reply = await toolbox.request(sandbox, _op("session_command",
-                                               sessionId=session_id, commandId=command_id))
-    return CommandPublic.model_validate(reply)
+    return await agent.session_command(session_id, command_id)
 
 
 @router.get(PREFIX + "/{session_id}/command/{command_id}/logs")
-async def get_logs(session_id: str, command_id: str, sandbox: StartedSandboxDep,
-                   toolbox: ToolboxDep) -> CommandLogs:
+async def get_logs(session_id: str, command_id: str, agent: AgentDep) -> CommandLogs:
     """The command's output so far."""
-    message = _op("session_logs", sessionId=session_id, commandId=command_id)
-    async with toolbox.call(sandbox, message) as agent:
-        return await _logs(agent)
+    return await agent.session_logs(session_id, command_id)
 
 
 @router.websocket(PREFIX + "/{session_id}/command/{command_id}/logs")
 async def follow_logs(websocket: WebSocket, session_id: str, command_id: str,
-                      sandbox: StartedSandboxDep, toolbox: ToolboxDep,
-                      follow: bool = False) -> None:
+                      agent: AgentDep, follow: bool = False) -> None:
     """Stream the command's output (``\\x01\\x01\\x01``: stdout, ``\\x02\\x02\\x02``: stderr)."""
-    message = _op("session_logs", sessionId=session_id, commandId=command_id,
-                  follow=follow)
     try:
-        async with toolbox.call(sandbox, message) as agent:
-            frames = agent.frames()
-            await anext(frames)  # the command exists (an error here is an HTTP denial)
-            await websocket.accept()
-            finished = await race(_send_output(websocket, frames),
+        async with agent.session_follow(session_id, command_id, follow) as output:
+            await websocket.accept()  # the command exists (else the error is an HTTP denial)
+            finished = await race(_send_output(websocket, output),
                                   _until_disconnect(websocket)) == 0
     except CoveError as exc:
         if websocket.client_state is WebSocketState.CONNECTING:
@@ -160,10 +125,9 @@ async def race(*coroutines: Awaitable[None]) -> int | None:
     return tasks.index(winner)
 
 
-async def _send_output(websocket: WebSocket, frames: AsyncIterator[tuple[bytes, bytes]]) -> None:
-    async for kind, payload in frames:
-        if kind in MARKERS:
-            await websocket.send_bytes(MARKERS[kind] + payload)
+async def _send_output(websocket: WebSocket, output: AsyncIterator[Output]) -> None:
+    async for chunk in output:
+        await websocket.send_bytes(MARKERS[chunk.stream] + chunk.data)
 
 
 async def _until_disconnect(websocket: WebSocket) -> None:
@@ -173,8 +137,7 @@ async def _until_disconnect(websocket: WebSocket) -> None:
 
 @router.post(PREFIX + "/{session_id}/command/{command_id}/input", status_code=204)
 async def send_input(session_id: str, command_id: str, body: SessionInput,
-                     sandbox: StartedSandboxDep, toolbox: ToolboxDep) -> Response:
+                     agent: AgentDep) -> Response:
     """Write to the running command's stdin."""
-    await toolbox.request(sandbox, _op("session_input", sessionId=session_id,
-                                       commandId=command_id, data=body.data))
+    await agent.session_input(session_id, command_id, body.data)
     return Response(status_code=204)

@@ -1,0 +1,345 @@
+"""The server's typed client of one sandbox's toolbox agent.
+
+One method per agent operation, taking and returning typed values (see
+``agent_types``); only this module and ``agent_streams`` speak the agent's
+protocol (``cove.toolbox.protocol``): callers never build a request or look at
+a frame. Every reply is validated here; what the agent says is untrusted, so a
+reply of the wrong shape fails inside the request, where ``agent_call``
+translates it (once, with ``agent_failure``) into a 502.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from cove.core.agent_streams import (
+    PtyAttachment,
+    Upload,
+    attach_pty,
+    collect_logs,
+    follow_output,
+    interpreter_events,
+    read_events,
+)
+from cove.core.agent_types import (
+    AgentInfo,
+    ExecResult,
+    Exited,
+    FileEvent,
+    InterpreterEvent,
+    Output,
+    SessionExecResult,
+    field,
+    parse,
+)
+from cove.schemas.toolbox_files import FileInfo, Match, ReplaceResult
+from cove.schemas.toolbox_git import (
+    GitAddRequest,
+    GitBranchRequest,
+    GitCheckoutRequest,
+    GitCloneRequest,
+    GitCommitRequest,
+    GitModel,
+    GitPullRequest,
+    GitPushRequest,
+    GitStatus,
+    ListBranchResponse,
+)
+from cove.schemas.toolbox_interpreter import InterpreterContextPublic, InterpreterContextsPublic
+from cove.schemas.toolbox_sessions import (
+    CommandLogs,
+    CommandPublic,
+    PtyCreate,
+    PtyList,
+    PtySessionInfo,
+    SessionPublic,
+)
+from cove.toolbox import protocol
+from cove.toolbox.client import AgentCall
+
+Message = dict[str, Any]
+# Opens a request to the agent; failures inside it come out as ToolboxError.
+Opener = Callable[[Message], AbstractAsyncContextManager[AgentCall]]
+
+
+class AgentClient:
+    """One sandbox's agent, spoken to as ``user`` with the sandbox's environment ``env``."""
+
+    def __init__(self, open_call: Opener, user: str | None, env: dict[str, str]) -> None:
+        self._open = open_call
+        self.user = user
+        self.env = dict(env)
+
+    async def _reply(self, message: Message, kind: Any = None) -> Any:
+        """The final reply to ``message`` (checked to be a ``kind``, if given)."""
+        async with self._open(message) as call:
+            reply = await call.reply()
+            return reply if kind is None else parse(kind, reply)
+
+    def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {**self.env, **(extra or {})}
+
+    # -- processes
+
+    def exec_stream(self, command: str, cwd: str | None = None,
+                          env: dict[str, str] | None = None,
+                          timeout: float | None = None) -> AsyncGenerator[Output | Exited, None]:
+        """Run a shell command: its output as it comes (both streams as stdout), then Exited."""
+        message = {"op": "exec", "command": command, "cwd": cwd, "env": self._env(env),
+                   "timeout": timeout, "user": self.user}  # fmt: skip
+        return self._process(message)
+
+    async def exec(self, command: str, cwd: str | None = None, env: dict[str, str] | None = None,
+                   timeout: float | None = None) -> ExecResult:
+        """Run a shell command and wait for it."""
+        return await _collect(self.exec_stream(command, cwd, env, timeout))
+
+    async def code_run(self, code: str, language: str, argv: list[str] | None = None,
+                       env: dict[str, str] | None = None,
+                       timeout: float | None = None) -> ExecResult:
+        """Run a snippet with the interpreter of ``language`` and wait for it."""
+        message = {"op": "code_run", "code": code, "language": language, "argv": argv or [],
+                   "env": self._env(env), "timeout": timeout, "user": self.user}  # fmt: skip
+        return await _collect(self._process(message))
+
+    async def _process(self, message: Message) -> AsyncGenerator[Output | Exited, None]:
+        async with self._open(message) as call:
+            async for kind, payload in call.frames():
+                if kind in (protocol.STDOUT, protocol.STDERR):
+                    yield Output("stdout" if kind == protocol.STDOUT else "stderr", payload)
+            code = field(call.result, "exitCode", int)
+        yield Exited(code)
+
+    async def info(self) -> AgentInfo:
+        """The sandbox user's home and environment, the agent's version."""
+        return await self._reply({"op": "info", "user": self.user, "env": self.env}, AgentInfo)
+
+    # -- files
+
+    def _fs(self, op: str, **fields: object) -> Message:
+        return {"op": op, "user": self.user, **fields}
+
+    async def file_info(self, path: str) -> FileInfo:
+        """Facts about one file or directory."""
+        async with self._open(self._fs("fs_info", path=path)) as call:
+            return field(await call.reply(), "file", FileInfo)
+
+    def list_files(self, path: str,
+                   depth: int | None = None) -> AsyncGenerator[list[FileInfo], None]:
+        """A directory's entries, in batches as the agent finds them."""
+        return self._items(self._fs("fs_list", path=path, depth=depth), FileInfo)
+
+    def find_in_files(self, path: str, pattern: str) -> AsyncGenerator[list[Match], None]:
+        """Lines containing ``pattern`` in the files below ``path``, in batches."""
+        return self._items(self._fs("fs_find", path=path, pattern=pattern), Match)
+
+    def search_files(self, path: str, pattern: str) -> AsyncGenerator[list[str], None]:
+        """Files below ``path`` whose name matches the glob ``pattern``, in batches."""
+        return self._items(self._fs("fs_search", path=path, pattern=pattern), str)
+
+    async def _items(self, message: Message, kind: Any) -> AsyncGenerator[list[Any], None]:
+        async with self._open(message) as call:
+            async for frame_kind, payload in call.frames():
+                if frame_kind == protocol.JSON:
+                    items = protocol.decode(payload).get("items") or []
+                    if items:
+                        yield parse(list[kind], items)
+
+    async def make_dir(self, path: str, mode: str | None = None) -> None:
+        await self._reply(self._fs("fs_mkdir", path=path, mode=mode))
+
+    async def delete_file(self, path: str, recursive: bool = False) -> None:
+        await self._reply(self._fs("fs_delete", path=path, recursive=recursive))
+
+    async def move_file(self, source: str, destination: str) -> None:
+        await self._reply(self._fs("fs_move", source=source, destination=destination))
+
+    async def set_permissions(self, path: str, owner: str | None = None,
+                              group: str | None = None, mode: str | None = None) -> None:
+        await self._reply(self._fs("fs_chmod", path=path, owner=owner, group=group, mode=mode))
+
+    async def replace_in_files(self, files: list[str], pattern: str,
+                               new_value: str) -> list[ReplaceResult]:
+        """Replace the literal ``pattern`` in each file; one result per file."""
+        message = self._fs("fs_replace", files=files, pattern=pattern, newValue=new_value)
+        async with self._open(message) as call:
+            return field(await call.reply(), "results", list[ReplaceResult])
+
+    def read_files(self, paths: list[str]) -> AsyncGenerator[FileEvent, None]:
+        """The files' contents in order: per file a start, chunks and an end, or an error."""
+        return read_events(self._open(self._fs("fs_read", paths=paths)))
+
+    async def write_file(self, path: str) -> Upload:
+        """An upload of one file (written in place when finished, discarded if aborted)."""
+        return await Upload.open(self._open(self._fs("fs_write", path=path)))
+
+    # -- git (the request bodies go to the agent as they are)
+
+    async def _git(self, op: str, body: GitModel | None = None, **fields: object) -> Message:
+        message = {"op": op, "user": self.user, "env": dict(self.env),
+                   **(body.model_dump(exclude_none=True) if body else {}), **fields}  # fmt: skip
+        return await self._reply(message)
+
+    async def git_clone(self, body: GitCloneRequest) -> None:
+        await self._git("git_clone", body)
+
+    async def git_status(self, path: str) -> GitStatus:
+        message = {"op": "git_status", "user": self.user, "env": dict(self.env), "path": path}
+        async with self._open(message) as call:
+            return field(await call.reply(), "status", GitStatus)
+
+    async def git_add(self, body: GitAddRequest) -> None:
+        await self._git("git_add", body)
+
+    async def git_commit(self, body: GitCommitRequest) -> str:
+        """Commit the staged changes; the new commit's hash."""
+        message = {"op": "git_commit", "user": self.user, "env": dict(self.env),
+                   **body.model_dump(exclude_none=True)}  # fmt: skip
+        async with self._open(message) as call:
+            return field(await call.reply(), "hash", str)
+
+    async def git_branches(self, path: str) -> ListBranchResponse:
+        message = {"op": "git_branches", "user": self.user, "env": dict(self.env), "path": path}
+        async with self._open(message) as call:
+            reply = await call.reply()
+            return ListBranchResponse(branches=field(reply, "branches", list[str]),
+                                      current=field(reply, "current", str) or None)
+
+    async def git_branch_create(self, body: GitBranchRequest) -> None:
+        await self._git("git_branch_create", body)
+
+    async def git_branch_delete(self, body: GitBranchRequest) -> None:
+        await self._git("git_branch_delete", body)
+
+    async def git_checkout(self, body: GitCheckoutRequest) -> None:
+        await self._git("git_checkout", body)
+
+    async def git_pull(self, body: GitPullRequest) -> None:
+        await self._git("git_pull", body)
+
+    async def git_push(self, body: GitPushRequest) -> None:
+        await self._git("git_push", body)
+
+    # -- sessions: persistent shells
+
+    async def session_create(self, session_id: str) -> None:
+        await self._reply({"op": "session_create", "sessionId": session_id, "user": self.user,
+                           "env": dict(self.env)})  # fmt: skip
+
+    async def session_list(self) -> list[SessionPublic]:
+        async with self._open({"op": "session_list"}) as call:
+            return field(await call.reply(), "sessions", list[SessionPublic])
+
+    async def session_get(self, session_id: str) -> SessionPublic:
+        return await self._reply(
+            {"op": "session_get", "sessionId": session_id}, SessionPublic)
+
+    async def session_delete(self, session_id: str) -> None:
+        await self._reply({"op": "session_delete", "sessionId": session_id})
+
+    def _session_exec(self, session_id: str, command: str, suppress_input_echo: bool,
+                      run_async: bool) -> Message:
+        return {"op": "session_exec", "sessionId": session_id, "command": command,
+                "suppressInputEcho": suppress_input_echo, "async": run_async}  # fmt: skip
+
+    async def session_exec(self, session_id: str, command: str,
+                           suppress_input_echo: bool = False) -> SessionExecResult:
+        """Run a command in the session (queued behind a running one) to its end."""
+        message = self._session_exec(session_id, command, suppress_input_echo, False)
+        async with self._open(message) as call:
+            logs = await collect_logs(call)
+            return SessionExecResult(cmd_id=field(call.result, "cmdId", str),
+                                     exit_code=field(call.result, "exitCode", int | None),
+                                     **logs.model_dump())  # fmt: skip
+
+    async def session_exec_async(self, session_id: str, command: str,
+                                 suppress_input_echo: bool = False) -> str:
+        """Queue a command in the session; its id."""
+        message = self._session_exec(session_id, command, suppress_input_echo, True)
+        async with self._open(message) as call:
+            return field(await call.reply(), "cmdId", str)
+
+    async def session_command(self, session_id: str, command_id: str) -> CommandPublic:
+        return await self._reply({"op": "session_command", "sessionId": session_id,
+                                  "commandId": command_id}, CommandPublic)  # fmt: skip
+
+    async def session_logs(self, session_id: str, command_id: str) -> CommandLogs:
+        """The command's output so far."""
+        message = {"op": "session_logs", "sessionId": session_id, "commandId": command_id}
+        async with self._open(message) as call:
+            return await collect_logs(call)
+
+    def session_follow(self, session_id: str, command_id: str,
+                       follow: bool) -> AbstractAsyncContextManager[AsyncIterator[Output]]:
+        """The command's output as it comes (``follow``: until it exits); entering checks
+        that the command exists."""
+        return follow_output(self._open({"op": "session_logs", "sessionId": session_id,
+                                         "commandId": command_id, "follow": follow}))
+
+    async def session_input(self, session_id: str, command_id: str, data: str) -> None:
+        await self._reply({"op": "session_input", "sessionId": session_id,
+                           "commandId": command_id, "data": data})  # fmt: skip
+
+    # -- terminals
+
+    async def pty_create(self, body: PtyCreate) -> PtySessionInfo:
+        return await self._reply({"op": "pty_create",
+                                  **body.model_dump(by_alias=True, exclude_none=True),
+                                  "user": self.user, "env": dict(self.env)}, PtySessionInfo)
+
+    async def pty_list(self) -> PtyList:
+        return await self._reply({"op": "pty_list"}, PtyList)
+
+    async def pty_get(self, pty_id: str) -> PtySessionInfo:
+        return await self._reply({"op": "pty_get", "id": pty_id}, PtySessionInfo)
+
+    async def pty_resize(self, pty_id: str, cols: int, rows: int) -> PtySessionInfo:
+        return await self._reply({"op": "pty_resize", "id": pty_id, "cols": cols,
+                                  "rows": rows}, PtySessionInfo)  # fmt: skip
+
+    async def pty_kill(self, pty_id: str) -> None:
+        await self._reply({"op": "pty_kill", "id": pty_id})
+
+    def pty_attach(self, pty_id: str) -> AbstractAsyncContextManager[PtyAttachment]:
+        """Connect to a running terminal (entering fails if it does not exist)."""
+        return attach_pty(self._open({"op": "pty_attach", "id": pty_id}))
+
+    def pty_create_attach(self, pty_id: str, cols: int, rows: int, cwd: str | None,
+                          envs: dict[str, str]) -> AbstractAsyncContextManager[PtyAttachment]:
+        """Create a terminal and connect to it."""
+        return attach_pty(self._open({
+            "op": "pty_attach", "create": True, "id": pty_id, "cols": cols, "rows": rows,
+            "cwd": cwd, "envs": envs, "user": self.user, "env": dict(self.env)}))
+
+    # -- the code interpreter
+
+    def interpreter_run(self, code: str, context_id: str | None, envs: dict[str, str],
+                        timeout: float | None) -> AsyncGenerator[InterpreterEvent, None]:
+        """Run code in a context (default: the shared one): its events, then RunEnded."""
+        return interpreter_events(self._open({
+            "op": "interpreter_run", "user": self.user, "env": self.env, "code": code,
+            "contextId": context_id, "envs": envs, "timeout": timeout}))
+
+    async def interpreter_create(self, cwd: str | None) -> InterpreterContextPublic:
+        message = {"op": "interpreter_create", "user": self.user, "env": self.env, "cwd": cwd}
+        async with self._open(message) as call:
+            return field(await call.reply(), "context", InterpreterContextPublic)
+
+    async def interpreter_list(self) -> InterpreterContextsPublic:
+        return await self._reply({"op": "interpreter_list"}, InterpreterContextsPublic)
+
+    async def interpreter_delete(self, context_id: str) -> None:
+        await self._reply({"op": "interpreter_delete", "id": context_id})
+
+
+async def _collect(events: AsyncIterator[Output | Exited]) -> ExecResult:
+    chunks: list[bytes] = []
+    code = 0
+    async for event in events:
+        if isinstance(event, Output):
+            chunks.append(event.data)
+        else:
+            code = event.exit_code
+    return ExecResult(code, b"".join(chunks).decode(errors="replace"))

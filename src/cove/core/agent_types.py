@@ -1,0 +1,138 @@
+"""What the server's agent client returns: typed results and events of agent requests.
+
+Replies whose shape is the API's own (a file's facts, a git status, a terminal)
+are validated straight into the API's wire models; the rest are small types here.
+Everything here was checked before it was built: the agent's words are untrusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Literal, TypeVar
+
+from pydantic import TypeAdapter
+
+from cove.schemas.base import WireModel
+
+T = TypeVar("T")
+Stream = Literal["stdout", "stderr"]
+
+
+@cache
+def _adapter(kind: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(kind)
+
+
+def field(reply: dict[str, Any], key: str, kind: Any) -> Any:
+    """``reply[key]`` checked to be a ``kind``.
+
+    Raises:
+        KeyError, ValidationError: the agent's reply is not what it must be.
+    """
+    return _adapter(kind).validate_python(reply[key])
+
+
+def parse(kind: Any, value: Any) -> Any:
+    """``value`` checked to be a ``kind`` (a pydantic model, a plain type or an alias
+    such as ``list[Match]``); the caller's annotation carries the checked type."""
+    return _adapter(kind).validate_python(value)
+
+
+@dataclass(frozen=True)
+class Output:
+    """A chunk of a process's output."""
+
+    stream: Stream
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Exited:
+    """The process ended (the last event of a streamed command)."""
+
+    exit_code: int
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """A finished command: its exit code and its output (both streams, as printed)."""
+
+    exit_code: int
+    output: str
+
+
+class AgentInfo(WireModel):
+    """The sandbox user's home, working directory and environment, the agent's version."""
+
+    home: str
+    work_dir: str
+    env: dict[str, str]
+    version: str
+
+
+# -- reading files: per file a FileStart, its FileData chunks and a FileEnd, or a FileError
+
+
+@dataclass(frozen=True)
+class FileStart:
+    path: str
+    size: int | None
+
+
+@dataclass(frozen=True)
+class FileData:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FileEnd:
+    pass
+
+
+class FileError(WireModel):
+    """A requested file that could not be read (and why, as the agent's error)."""
+
+    path: str
+    status: int
+    code: str
+    message: str
+
+
+FileEvent = FileStart | FileData | FileEnd | FileError
+
+
+# -- the code interpreter
+
+
+class InterpreterOutput(WireModel):
+    type: Stream
+    text: str
+
+
+class InterpreterError(WireModel):
+    type: Literal["error"]
+    name: str
+    value: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    """The interpreter run is over (the last event of a run)."""
+
+    timed_out: bool
+
+
+InterpreterEvent = InterpreterOutput | InterpreterError | RunEnded
+
+
+@dataclass(frozen=True)
+class SessionExecResult:
+    """A session command run to its end."""
+
+    cmd_id: str
+    exit_code: int | None
+    output: str
+    stdout: str
+    stderr: str

@@ -1,0 +1,162 @@
+"""The typed agent client checks every reply: a reply or event of the wrong shape is
+the agent's failure (a 502 AGENT_ERROR), never a crash of the server or a value
+passed on unchecked; well-formed replies come back as typed values."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from cove.core.agent_client import AgentClient
+from cove.core.agent_types import ExecResult, FileData, FileEnd, FileStart, RunEnded
+from cove.core.toolbox import agent_client
+from cove.errors import ToolboxError
+from cove.runtime.fake import FakeRuntime
+from cove.runtime.runner import LocalRunner
+from cove.schemas.toolbox_git import GitCommitRequest
+from cove.toolbox import protocol
+
+J, D, OUT = protocol.JSON, protocol.DATA, protocol.STDOUT
+
+
+def ok(**fields: Any) -> tuple[bytes, dict[str, Any]]:
+    return J, {"ok": True, **fields}
+
+
+class ScriptedRuntime(FakeRuntime):
+    """Sandboxes whose agent accepts the request, sends ``script``, then reads until the
+    server hangs up."""
+
+    script: list[tuple[bytes, Any]] = []
+
+    def agent_socket(self, sandbox_id: str) -> socket.socket:
+        ours, theirs = socket.socketpair()
+        threading.Thread(target=self._serve, args=(theirs,), daemon=True).start()
+        return ours
+
+    def _serve(self, sock: socket.socket) -> None:
+        with sock:
+            try:
+                header = sock.recv(protocol.HEADER.size, socket.MSG_WAITALL)
+                sock.recv(protocol.HEADER.unpack(header)[2], socket.MSG_WAITALL)
+                frames = [protocol.frame(protocol.ACCEPTED)]
+                for kind, body in self.script:
+                    payload = protocol.encode(body) if isinstance(body, dict) else body
+                    frames.append(protocol.frame(kind, payload))
+                sock.sendall(b"".join(frames))
+                while sock.recv(65536):
+                    pass
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def runtime() -> ScriptedRuntime:
+    return ScriptedRuntime()
+
+
+@pytest.fixture
+def agent(runtime: ScriptedRuntime) -> AgentClient:
+    return agent_client(LocalRunner(runtime), "sb", "daytona", {"A": "1"})
+
+
+async def _drain(events: Any) -> list[Any]:
+    return [event async for event in events]
+
+
+async def _upload(agent: AgentClient) -> int:
+    upload = await agent.write_file("/f")
+    await upload.send(b"data")
+    return await upload.finish()
+
+
+async def _follow(agent: AgentClient) -> list[Any]:
+    async with agent.session_follow("s", "c", follow=True) as output:
+        return await _drain(output)
+
+
+async def _pty(agent: AgentClient) -> list[bytes]:
+    async with agent.pty_attach("t") as pty:
+        return await _drain(pty.output())
+
+
+Call = Callable[[AgentClient], Awaitable[Any]]
+BAD: dict[str, tuple[Call, list[tuple[bytes, Any]]]] = {
+    "exec: no exit code": (lambda a: a.exec("true"), [ok()]),
+    "exec: a mistyped exit code": (lambda a: a.exec("true"), [ok(exitCode="zero")]),
+    "info: missing fields": (lambda a: a.info(), [ok(home="/root")]),
+    "info: a mistyped environment": (
+        lambda a: a.info(), [ok(home="/", workDir="/", env=["A"], version="1")]),
+    "file info: a mistyped file": (lambda a: a.file_info("/x"), [ok(file={"name": 1})]),
+    "listing: a mistyped entry": (
+        lambda a: _drain(a.list_files("/")), [(J, {"items": [{"name": 3}]}), ok()]),
+    "search: a non-string name": (
+        lambda a: _drain(a.search_files("/", "*")), [(J, {"items": [1]}), ok()]),
+    "replace: results not a list": (
+        lambda a: a.replace_in_files(["/x"], "a", "b"), [ok(results="all")]),
+    "read: a mistyped file header": (
+        lambda a: _drain(a.read_files(["/x"])), [(J, {"file": 5}), ok()]),
+    "read: a mistyped file error": (
+        lambda a: _drain(a.read_files(["/x"])), [(J, {"error": {"status": "x"}, "path": "/x"}),
+                                                 ok()]),  # fmt: skip
+    "upload: no ready": (_upload, [(D, b"x"), ok(bytes=4)]),
+    "upload: a mistyped size": (_upload, [(J, {"ready": True}), ok(bytes="four")]),
+    "git status: a mistyped status": (lambda a: a.git_status("/r"), [ok(status={"ahead": 1})]),
+    "git commit: no hash": (
+        lambda a: a.git_commit(GitCommitRequest(path="/r", message="m", author="a",
+                                                email="e")), [ok()]),  # fmt: skip
+    "git branches: not a list": (
+        lambda a: a.git_branches("/r"), [ok(branches="main", current="main")]),
+    "session exec: a mistyped command id": (
+        lambda a: a.session_exec("s", "ls"), [ok(cmdId=1, exitCode=0)]),
+    "session list: mistyped sessions": (lambda a: a.session_list(), [ok(sessions=[{"x": 1}])]),
+    "session follow: no command event": (_follow, [ok(exitCode=0)]),
+    "pty attach: output before attaching": (_pty, [(D, b"$ "), ok(exitCode=0)]),
+    "pty attach: a mistyped exit code": (_pty, [(J, {"event": "connected"}), ok(exitCode="x")]),
+    "pty get: missing fields": (lambda a: a.pty_get("t"), [ok(id="t")]),
+    "interpreter run: an unknown event": (
+        lambda a: _drain(a.interpreter_run("1", None, {}, None)), [(J, {"type": "bogus"}),
+                                                                   ok(outcome="completed")]),
+    "interpreter list: mistyped contexts": (
+        lambda a: a.interpreter_list(), [ok(contexts=[{"id": 1}])]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+async def test_a_malformed_reply_is_the_agents_error(
+    agent: AgentClient, runtime: ScriptedRuntime, case: str
+) -> None:
+    call, runtime.script = BAD[case]
+    with pytest.raises(ToolboxError) as caught:
+        await call(agent)
+    assert (caught.value.status_code, caught.value.code) == (502, "AGENT_ERROR"), case
+    assert caught.value.source == "DAYTONA_DAEMON"
+
+
+async def test_a_refusal_keeps_the_agents_status(
+    agent: AgentClient, runtime: ScriptedRuntime
+) -> None:
+    runtime.script = [(J, {"ok": False, "status": 404, "code": "NOT_FOUND", "message": "gone"})]
+    with pytest.raises(ToolboxError) as caught:
+        await agent.file_info("/x")
+    assert (caught.value.status_code, caught.value.code, caught.value.message) == (
+        404, "NOT_FOUND", "gone")
+
+
+async def test_well_formed_replies_are_typed_values(
+    agent: AgentClient, runtime: ScriptedRuntime
+) -> None:
+    runtime.script = [(OUT, b"hi\n"), (protocol.STDERR, b"oops\n"), ok(exitCode=3)]
+    assert await agent.exec("x") == ExecResult(3, "hi\noops\n")
+    runtime.script = [(J, {"file": "/a", "size": 2}), (D, b"ab"), (protocol.END, b""), ok()]
+    assert await _drain(agent.read_files(["/a"])) == [FileStart("/a", 2), FileData(b"ab"),
+                                                      FileEnd()]  # fmt: skip
+    runtime.script = [(J, {"type": "stdout", "text": "1\n"}), ok(outcome="timeout")]
+    events = await _drain(agent.interpreter_run("print(1)", None, {}, 5))
+    assert events[0].text == "1\n" and events[-1] == RunEnded(timed_out=True)
+    runtime.script = [(J, {"ready": True}), ok(bytes=4)]
+    assert await _upload(agent) == 4
