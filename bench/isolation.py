@@ -142,9 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20, help="sandboxes per row")
     args = parser.parse_args()
-    # Searchable by other users: gVisor's file server runs as a sandbox's own uid.
-    work = Path(tempfile.mkdtemp(prefix="cove-bench-iso-", dir="/var/tmp"))
-    work.chmod(0o711)
+    work = Path(tempfile.mkdtemp(prefix="cove-bench-iso-"))
     rows: dict[str, Figures] = {}
     try:
         rows["raw crun run"] = raw("crun", args.n, work)

@@ -38,6 +38,7 @@ from cove.runtime import (
     firewall,
     freezer,
     gvisor,
+    gvisor_view,
     hostprep,
     idrange,
     mounts,
@@ -350,13 +351,15 @@ class OciRuntime:
         return ContainerStatus.ABSENT
 
     def list_ids(self) -> set[str]:
-        """Sandbox dirs, crun containers with a bundle of ours, and archives."""
+        """Sandbox dirs, crun and runsc containers with a bundle of ours, gVisor views,
+        network rules, archives and id leases."""
         root = sandboxes_dir(self._settings.data_dir)
         with foreign_errors():
             ids = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
             ids |= container_ids(self._crun.list(), root)
             if runsc_available():
                 ids |= container_ids(self._runsc.list(), root)
+            ids |= gvisor_view.sandbox_ids(self._settings.data_dir)
             if self._net is not None:
                 ids |= set(firewall.owned(self._net.tag).values())
             ids |= self._archives.keys()
