@@ -7,13 +7,16 @@ so: each gVisor sandbox gets a view outside it instead::
 
     /run/cove/gvisor/                 root, 0711
       <data dir tag>/                 root, 0711 (one per server)
-        <sandbox id>/                 0700, owned by the sandbox's root host uid
+        <sandbox id>/                 root, group the sandbox's root host gid, 0710
           rootfs  etc  init  ro-<n>  vol-<n>  chan
                                       binds of exactly what config.json names
 
 Nothing of another sandbox (nor the data dir, the database or a volume the
 sandbox does not mount) is reachable from a view, and no other host uid may
-enter it. Binds are made by descriptor (``open_tree``) of paths Cove made. A
+enter it. The sandbox's own ids may only search it (runsc's processes run with
+its root's gid): they cannot rename or add entries, so no path Cove mounts on
+or unmounts can be swapped for a symlink. Binds are made by descriptor
+(``open_tree``) of paths Cove made. A
 view is removed at stop and delete, and the startup reconciliation removes
 those of sandboxes that no longer run (every step is idempotent).
 """
@@ -30,6 +33,7 @@ from cove.runtime.network import data_tag
 
 ROOT = Path("/run/cove/gvisor")
 PARENT_MODE = 0o711
+VIEW_MODE = 0o710
 
 
 def view_dir(data_dir: Path, sandbox_id: str, root: Path = ROOT) -> Path:
@@ -68,7 +72,8 @@ class View:
 
 
 def make(data_dir: Path, sandbox_id: str, owner: int, root: Path = ROOT) -> View:
-    """A fresh, empty view of the sandbox, owned by host uid (and gid) ``owner``.
+    """A fresh, empty view of the sandbox, which host gid ``owner`` (the
+    sandbox's root) may search.
 
     A view left over (a crash) is removed first.
 
@@ -81,9 +86,9 @@ def make(data_dir: Path, sandbox_id: str, owner: int, root: Path = ROOT) -> View
         try:
             for parent in (root.parent, root, path.parent):
                 _root_dir(parent)
-            path.mkdir(mode=0o700)
-            os.chown(path, owner, owner)
-            os.chmod(path, 0o700)
+            path.mkdir(mode=VIEW_MODE)
+            os.chown(path, 0, owner)
+            os.chmod(path, VIEW_MODE)
             return View(path)
         except FileNotFoundError as exc:  # (the server's last other view went, with its
             error = exc                   # parent, meanwhile: again)

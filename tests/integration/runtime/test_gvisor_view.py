@@ -51,8 +51,9 @@ def test_runsc_is_given_only_binds_in_the_sandboxs_view(
     data, view = runtime._settings.data_dir, view_of(runtime, sid)
     assert stat.S_IMODE(data.stat().st_mode) == 0o700  # root's alone, and the sandbox runs
     assert ok(runtime, sid, "echo up", user="daytona").strip() == "up"
-    info = view.stat()
-    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o700, host_ids(runtime, sid).base)
+    info = view.stat()  # its root may search it, not change it
+    assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (
+        0o710, 0, host_ids(runtime, sid).base)
     for parent in (view.parent, view.parent.parent):
         info = parent.stat()
         assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o711, 0, 0)
@@ -127,6 +128,37 @@ def test_a_sandboxs_host_uid_reaches_only_its_view(
     seen = probe_as(host_ids(runtime, a).base, [view_of(runtime, a) / "rootfs", *targets])
     assert seen.pop(str(view_of(runtime, a) / "rootfs")) == 0
     assert {p: e for p, e in seen.items() if e != errno.EACCES} == {}
+
+
+# Run as a host uid: change the view given in argv (plant a symlink, move a bind
+# away); prints the errno of each attempt.
+CHANGE = r"""
+import os, sys
+view = sys.argv[1]
+for attempt in (lambda: os.symlink("/", view + "/planted"),
+                lambda: os.rename(view + "/chan", view + "/moved")):
+    try:
+        attempt()
+        print(0)
+    except OSError as exc:
+        print(exc.errno)
+"""
+
+
+def test_a_sandboxs_host_uid_cannot_change_its_view(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """What Cove mounts on and unmounts in a view cannot be swapped for a symlink by
+    the sandbox's own host uid."""
+    sid = make_sandbox().sandbox_id
+    view = view_of(runtime, sid)
+    argv = ["setpriv", f"--reuid={host_ids(runtime, sid).base}",
+            f"--regid={host_ids(runtime, sid).base}", "--clear-groups"]  # fmt: skip
+    done = subprocess.run([*argv, "/usr/bin/python3", "-c", CHANGE, str(view)], check=True,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.stdout.split() == [str(errno.EACCES)] * 2
+    assert sorted(p.name for p in view.iterdir()) == sorted(
+        ["rootfs", "init", "etc", "chan", "ro-0", "ro-1", "ro-2"])
 
 
 # Run in a sandbox: which of the given paths open, which marker names a walk of the
