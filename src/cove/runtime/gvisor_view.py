@@ -66,8 +66,7 @@ class View:
         except OSError as exc:
             raise RuntimeBackendError(f"cannot bind {source} into {self.path}: {exc}") from exc
         flags = mountapi.ATTR_NOSUID | mountapi.ATTR_NODEV
-        if not mounts.is_mounted(target):
-            mountapi.bind(source, target, flags=flags | (mountapi.ATTR_RDONLY if readonly else 0))
+        mountapi.bind(source, target, flags=flags | (mountapi.ATTR_RDONLY if readonly else 0))
         return target
 
 
