@@ -96,11 +96,13 @@ class OciRuntime:
         return self._runsc if tier == "gvisor" else self._crun
 
     def _tier(self, paths: SandboxPaths) -> str:
-        """The sandbox's isolation tier (crun when its metadata is gone)."""
+        """The sandbox's isolation tier (when its metadata is gone: gvisor if runsc
+        knows it, else crun)."""
         try:
             return paths.read_metadata().isolation
         except RuntimeBackendError:
-            return "crun"
+            known = runsc_available() and self._runsc.known(paths.root.name)
+            return "gvisor" if known else "crun"
 
     def _init_binary(self) -> Path:
         return ensure_init_binary(self._settings.data_dir)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import stat
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from cove.runtime import gvisor_view, idrange, runsc
+from cove.core.ports import ContainerStatus
+from cove.runtime import gvisor_view, idrange, mounts, runsc
 from cove.runtime.layout import SandboxPaths
 from cove.runtime.oci import OciRuntime
 from tests.integration.conftest import SandboxFactory
@@ -208,3 +211,47 @@ def test_nothing_of_the_host_is_reachable_from_inside(
         os.unlink(data / host_marker)
     assert opened == [] and named == []
     assert found == [f"/tmp/{a_marker}"]  # only its own
+
+
+def test_stop_and_destroy_remove_the_view(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    box = make_sandbox()
+    sid, view = box.sandbox_id, view_of(runtime, box.sandbox_id)
+    assert (view / "rootfs" / "etc").is_dir()
+    runtime.stop(sid)
+    assert not view.exists() and not mounts.mounted_under(view)
+    runtime.start(box)  # a fresh one
+    assert ok(runtime, sid, "echo up") == "up\n" and (view / "rootfs" / "etc").is_dir()
+    runtime.destroy(sid)
+    assert not view.exists() and not mounts.mounted_under(view)
+    assert sid not in gvisor_view.sandbox_ids(runtime._settings.data_dir)
+
+
+def test_the_view_of_a_dead_sandbox_is_removed_by_reconciliations_stop(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """The sentry dies (say, the host's OOM killer): its view stays until the stop
+    that reconciliation makes of every sandbox that no longer runs."""
+    sid = make_sandbox().sandbox_id
+    os.kill(init_pid(runtime, sid), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while runtime.status(sid) is ContainerStatus.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runtime.status(sid) is ContainerStatus.STOPPED
+    runtime.stop(sid, force=True)
+    assert not view_of(runtime, sid).exists()
+
+
+def test_destroying_an_orphan_removes_its_gvisor_sandbox_and_view(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """A running gVisor sandbox whose metadata is gone (what reconciliation removes as
+    an orphan) is found by runsc, killed, and its view removed."""
+    sid = make_sandbox().sandbox_id
+    SandboxPaths.of(runtime._settings.data_dir, sid).metadata.unlink()
+    assert sid in runtime.list_ids()
+    runtime.destroy(sid)
+    assert runtime._runsc.state(sid) is None
+    assert not view_of(runtime, sid).exists() and not sandbox_dir(runtime, sid).exists()
+    assert sid not in runtime.list_ids()
