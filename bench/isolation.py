@@ -32,7 +32,7 @@ from pathlib import Path
 
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 
-from cove.runtime import cgroups, runsc
+from cove.runtime import cgroups, mountapi, mounts, runsc
 from cove.runtime.crun import Crun
 from cove.runtime.initbin import ensure_init_binary
 from cove.testing import ServerProcess
@@ -55,15 +55,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def plain_config(cid: str, *, userns: bool) -> dict:
-    """A minimal OCI config: the snapshot read-only, ``sleep``, its own namespaces."""
+def plain_config(cid: str, rootfs: Path, *, userns: bool) -> dict:
+    """A minimal OCI config: ``rootfs`` read-only, ``sleep``, its own namespaces."""
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")]
     config = {
         "ociVersion": "1.0.2",
         "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "cwd": "/",
                     "args": ["/bin/sleep", "3600"], "env": ["PATH=/usr/bin:/bin"],
                     "noNewPrivileges": True},
-        "root": {"path": str(SNAPSHOT), "readonly": True},
+        "root": {"path": str(rootfs), "readonly": True},
         "hostname": cid,
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
                    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -88,7 +88,8 @@ def raw(kind: str, n: int, work: Path) -> Figures:
         cid = f"bench-{kind}-{i}"
         bundle = work / cid
         bundle.mkdir()
-        (bundle / "config.json").write_text(json.dumps(plain_config(cid, userns=kind == "userns")))
+        config = plain_config(cid, work / "rootfs", userns=kind == "userns")
+        (bundle / "config.json").write_text(json.dumps(config))
         if kind == "runsc":
             figures["create"].append(timed(lambda b=bundle, c=cid: _check(
                 rsc + ["run", "--detach", "--bundle", str(b), c])))
@@ -142,9 +143,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20, help="sandboxes per row")
     args = parser.parse_args()
-    # Searchable by other users: gVisor's file server runs as a sandbox's own uid.
-    work = Path(tempfile.mkdtemp(prefix="cove-bench-iso-", dir="/var/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="cove-bench-iso-"))
+    # The snapshot, bound where a user namespace's root can reach it (the snapshot
+    # dir may sit in a data dir that is root's alone).
     work.chmod(0o711)
+    (work / "rootfs").mkdir()
+    mountapi.bind(SNAPSHOT, work / "rootfs", flags=mountapi.ATTR_RDONLY)
     rows: dict[str, Figures] = {}
     try:
         rows["raw crun run"] = raw("crun", args.n, work)
@@ -164,6 +168,7 @@ def main() -> None:
             server.stop()
     finally:
         cgroups.remove_empty_parents(PARENT)
+        mounts.unmount(work / "rootfs")
         shutil.rmtree(work, ignore_errors=True)
     report(rows)
 

@@ -1,6 +1,6 @@
 """What tests may never leave on the host: mounts (incl. netns files), loop devices,
-crun and runsc containers, cgroups, veths, nftables rules and host id ranges of sandboxes
-that no longer exist.
+crun and runsc containers, gVisor views, cgroups, veths, nftables rules and host id
+ranges of sandboxes that no longer exist.
 
 Scoped to one data dir and its cgroup parent, so a developer's own running
 server (or a concurrent test run) does not count as a leak; cgroups count when
@@ -64,7 +64,23 @@ def leaks(data_dir: Path, cgroup_parent: str) -> list[str]:
     from cove.runtime import idrange
 
     found += [f"host id range of {sid}" for sid in idrange.claims(data_dir)]
-    return found + _network_leaks(data_dir)
+    return found + _view_leaks(data_dir) + _network_leaks(data_dir)
+
+
+def _view_leaks(data_dir: Path) -> list[str]:
+    """gVisor views of this data dir's sandboxes (and their binds), and the data
+    dir's directory of views once it holds none."""
+    from cove.runtime import gvisor_view
+
+    views = gvisor_view.view_dir(data_dir, "x").parent
+    where = str(views) + "/"
+    found = [f"mount {line.split()[1]} (view)"
+             for line in Path("/proc/mounts").read_text().splitlines()
+             if line.split()[1].startswith(where)]  # fmt: skip
+    found += [f"gVisor view of {sid}" for sid in sorted(gvisor_view.sandbox_ids(data_dir))]
+    if views.exists() and not found:
+        found.append(f"empty directory {views}")
+    return found
 
 
 def _network_leaks(data_dir: Path) -> list[str]:

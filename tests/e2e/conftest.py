@@ -17,7 +17,6 @@ from daytona import AsyncDaytona, Daytona, DaytonaConfig
 
 from cove.runtime.oci import OciRuntime
 from cove.testing import ServerProcess
-from tests.datadirs import searchable_data_dir
 from tests.leaks import assert_no_leaks
 from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
 
@@ -80,9 +79,10 @@ def oci_layouts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(e2e_dns: FakeDns, oci_layouts: Path) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns, oci_layouts: Path
+           ) -> Iterator[Server]:  # fmt: skip
     env = {"COVE_DNS_UPSTREAM": e2e_dns.upstream, "COVE_OCI_LAYOUT_DIR": str(oci_layouts)}
-    with running_server(searchable_data_dir("cove-e2e-"), 1, env) as srv:
+    with running_server(tmp_path_factory.mktemp("cove-e2e"), 1, env) as srv:
         yield srv
 
 

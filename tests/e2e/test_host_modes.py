@@ -1,7 +1,7 @@
 """A running server's data dir is root's alone: an ordinary host user (nobody) can
 neither list nor read anything in it, though the directory above it is open, and the
 files have their modes (data dir 0700, database and secrets 0600, archives 0700); a
-snapshot's directory is 0700 too."""
+snapshot's directory is 0700 too, and a gVisor sandbox's view is not for others."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daytona import Daytona, DaytonaConfig
+from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 
+from cove.runtime import gvisor_view, runsc
 from tests.e2e.conftest import Server, running_server
 
 pytestmark = pytest.mark.e2e
@@ -75,6 +76,8 @@ def test_nobody_reads_nothing_of_the_data_dir(server: Server, open_parent: Path)
     daytona.volume.get("modes-vol", create=True)
     running.create_snapshot("modes-snap")
     snapshot = daytona.snapshot.get("modes-snap")
+    gvisor = daytona.create(CreateSandboxFromSnapshotParams(
+        labels={"cove.io/isolation": "gvisor"})) if runsc.available() else None  # fmt: skip
     data = server.data_dir
     db = data / "cove.db"
     try:
@@ -92,10 +95,19 @@ def test_nobody_reads_nothing_of_the_data_dir(server: Server, open_parent: Path)
         # one the test servers share, which may itself sit in a private directory).
         snapshots = server.settings.snapshot_dir
         assert snapshots is not None and mode(snapshots / snapshot.id) == 0o700
-        seen = as_nobody([open_parent, data, *inside, snapshots / snapshot.id])
+        # A gVisor sandbox works with the data dir 0700; its view is not for others.
+        views = []
+        if gvisor is not None:
+            assert gvisor.process.exec("echo up").result.strip() == "up"
+            views = [gvisor_view.view_dir(data, gvisor.id),
+                     gvisor_view.view_dir(data, gvisor.id) / "rootfs"]  # fmt: skip
+            assert all(view.exists() for view in views)
+        seen = as_nobody([open_parent, data, *inside, snapshots / snapshot.id, *views])
         assert seen.pop(str(open_parent)) is True  # the probe works
         assert [path for path, readable in seen.items() if readable] == []
     finally:
         archived.delete()
         running.delete()
+        if gvisor is not None:
+            gvisor.delete()
         daytona.snapshot.delete(snapshot)

@@ -19,9 +19,9 @@ import pytest
 
 from cove.core.config import Settings
 from cove.core.ports import ContainerSpec, NetworkPolicy, Resources, VolumeBind
+from cove.hostfiles import private_dir
 from cove.runtime.oci import OciRuntime
 from cove.runtime.snapshot import ensure_default_snapshot
-from tests.datadirs import searchable_data_dir
 from tests.leaks import leaks
 from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
 
@@ -55,15 +55,14 @@ def fake_dns() -> Iterator[FakeDns]:
 
 
 @pytest.fixture(scope="session")
-def it_settings(fake_dns: FakeDns) -> Settings:
-    """Settings of the test session: a fresh data dir, the shared snapshot cache,
-    sandbox addresses in 198.19.0.0/16 and the test DNS server upstream."""
-    data = searchable_data_dir("cove-it-")
+def it_settings(tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeDns) -> Settings:
+    """Settings of the test session: a fresh data dir (0700, as ``cove serve`` makes it),
+    the shared snapshot cache, sandbox addresses in 198.19.0.0/16 and the test DNS
+    server upstream."""
+    data = private_dir(tmp_path_factory.mktemp("cove-it"), tighten=True)
     return Settings(data_dir=data, snapshot_dir=SNAPSHOTS, stop_grace_seconds=2.0,
                     network_pool=sandbox_pool(0), dns_upstream=fake_dns.upstream,
                     cgroup_parent=f"cove-it-{uuid.uuid4().hex[:8]}")  # fmt: skip
-
-
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +96,8 @@ def make_sandbox(runtime: OciRuntime, tier: str) -> Iterator[SandboxFactory]:
 
 @contextmanager
 def sandbox_factory(runtime: OciRuntime, tier: str = "crun") -> Iterator[SandboxFactory]:
-    """A sandbox factory on ``runtime``; every sandbox it made is destroyed on exit."""
+    """A sandbox factory on ``runtime`` making sandboxes of isolation tier ``tier``;
+    every sandbox it made is destroyed on exit."""
     made: list[str] = []
 
     def make(

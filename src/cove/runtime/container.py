@@ -23,7 +23,7 @@ from cove.core.config import Settings
 from cove.core.ports import ContainerSpec
 from cove.errors import RuntimeBackendError
 from cove.runtime import agent as agentlink
-from cove.runtime import cgroups, cgtree, idrange, rootfs, spec, volumes
+from cove.runtime import cgroups, cgtree, gvisor_view, idrange, rootfs, spec, volumes
 from cove.runtime.agent import AgentSetup
 from cove.runtime.crun import Crun
 from cove.runtime.layout import Metadata, SandboxPaths, write_json
@@ -137,12 +137,14 @@ class Deleter(Protocol):
 
 
 def tear_down(client: Deleter, sandbox_id: str, paths: SandboxPaths, group: str) -> None:
-    """Delete the container, unmount everything of it, remove its cgroups and socket.
+    """Delete the container, unmount everything of it (a gVisor view first: it holds
+    binds of the rest), remove its cgroups and socket.
 
     Every step is tried even when an earlier one failed; the first error is raised.
     """
     steps = (
         lambda: client.delete(sandbox_id),
+        lambda: gvisor_view.remove(paths.data_dir, sandbox_id),
         lambda: rootfs.unmount_all(paths),
         lambda: cgroups.remove(group),
         lambda: paths.agent_socket.unlink(missing_ok=True),

@@ -33,13 +33,18 @@ What differs, and why:
   and with it the sandbox (reported stopped).
 - ``/tmp`` is bound from the sandbox's own root file system (runsc would put a
   memory-backed tmpfs there); there is no ``/dev/mqueue``.
+- Paths: runsc's gofer and sentry run as the sandbox's root host uid and must
+  search every directory of the paths config.json names, so these are binds in
+  the sandbox's view (``runtime/gvisor_view.py``), outside the data dir, which
+  stays root's alone.
+- Processes: ``runsc run`` goes through a reaper of the sandbox's own, which
+  reaps the sentry and gofer at once (``runtime/runsc.py``); stop waits for it.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -48,9 +53,9 @@ from cove.core.config import Settings
 from cove.core.ports import ContainerSpec
 from cove.errors import Busy, RuntimeBackendError, Unavailable
 from cove.runtime import agent as agentlink
-from cove.runtime import cgroups, idrange, seccomp_bpf, spec
+from cove.runtime import cgroups, gvisor_view, idrange, seccomp_bpf, spec
 from cove.runtime.agent import AgentSetup
-from cove.runtime.container import Helpers, _exited, _pidfd, prepare_host
+from cove.runtime.container import Helpers, HostSide, _exited, _pidfd, prepare_host
 from cove.runtime.crun import _tail
 from cove.runtime.layout import Metadata, SandboxPaths, write_json
 from cove.runtime.network import Network
@@ -69,25 +74,37 @@ def bring_up(
 ) -> Metadata:  # fmt: skip
     """Mount and make what is missing and ``runsc run`` the sandbox (the caller
     cleans up on error). Returns the metadata as it now is."""
-    _check_reachable(paths.root)
     host = prepare_host(settings, spec_, paths, meta=meta, helpers=helpers, net=net)
     _make_chan(paths, host.ids)
     set_limits(host.group, cpu=spec_.resources.cpu, memory=spec_.resources.memory,
                pids=settings.pids_limit)  # fmt: skip
-    ro_binds = dict(agent.binds) if agent else {}
-    ro_binds[SECCOMP_MOUNT] = seccomp_bpf.ensure_filter(settings.data_dir)
-    parts = spec.HostParts(
-        init_binary=helpers.init, etc_dir=paths.mapped_disk / "etc", userns=paths.userns,
-        agent_uid=idrange.AGENT_UID, group=host.group, netns=paths.netns,
-        resolv=net is not None, service=_service(agent, settings) if agent else (),
-        ro_binds=ro_binds, binds=host.binds,
-    )  # fmt: skip
+    view = gvisor_view.make(settings.data_dir, spec_.sandbox_id, host.ids.base)
+    parts = _parts(view, settings, paths, host, helpers=helpers, agent=agent, net=net)
     base = spec.build(spec_, settings, parts, nofile_hard=spec.nofile_hard())
-    write_json(paths.bundle / "config.json", config(base, host.ids, paths, host.group))
-    runsc.run_detached(spec_.sandbox_id, paths.bundle, paths.log)
+    rootfs, chan = view.bind("rootfs", paths.rootfs), view.bind("chan", paths.chan)
+    write_json(paths.bundle / "config.json", config(base, host.ids, rootfs, chan, host.group))
+    runsc.run_detached(spec_.sandbox_id, paths.bundle, paths.log, view=view.path)
     if agent is not None:
         _await_agent(paths)
     return host.meta
+
+
+def _parts(
+    view: gvisor_view.View, settings: Settings, paths: SandboxPaths, host: HostSide, *,
+    helpers: Helpers, agent: AgentSetup | None, net: Network | None,
+) -> spec.HostParts:  # fmt: skip
+    """What the host prepared, as binds in the sandbox's view."""
+    ro_binds = dict(agent.binds) if agent else {}
+    ro_binds[SECCOMP_MOUNT] = seccomp_bpf.ensure_filter(settings.data_dir)
+    return spec.HostParts(
+        init_binary=view.bind("init", helpers.init, readonly=True),
+        etc_dir=view.bind("etc", paths.mapped_disk / "etc"),
+        userns=paths.userns, agent_uid=idrange.AGENT_UID, group=host.group, netns=paths.netns,
+        resolv=net is not None, service=_service(agent, settings) if agent else (),
+        ro_binds={dst: view.bind(f"ro-{n}", src, readonly=True)
+                  for n, (dst, src) in enumerate(sorted(ro_binds.items()))},
+        binds=[(dst, view.bind(f"vol-{n}", src)) for n, (dst, src) in enumerate(host.binds)],
+    )  # fmt: skip
 
 
 def _await_agent(paths: SandboxPaths) -> None:
@@ -101,15 +118,17 @@ def _await_agent(paths: SandboxPaths) -> None:
         time.sleep(0.002)
 
 
-def config(base: dict[str, Any], ids: idrange.IdRange, paths: SandboxPaths, group: str
+def config(base: dict[str, Any], ids: idrange.IdRange, rootfs: Path, chan: Path, group: str
            ) -> dict[str, Any]:  # fmt: skip
-    """The crun tier's config.json, changed where runsc needs it (see the module)."""
+    """The crun tier's config.json, changed where runsc needs it (see the module);
+    ``rootfs`` and ``chan`` are their binds in the sandbox's view."""
     process = base["process"]
     args = process["args"]
     become = [args[0], "--become", str(idrange.AGENT_UID)]  # (no --go-fd: no host step
     process["args"] = [*become, *args[args.index("--"):]] if "--" in args else become  # waits)
     process["user"] = {"uid": 0, "gid": 0}  # (init takes the agent uid itself)
     process["capabilities"].pop("ambient", None)
+    base["root"]["path"] = str(rootfs)
     linux = base["linux"]
     linux["namespaces"] = [{"type": "user"} if n["type"] == "user" else n
                            for n in linux["namespaces"] if n["type"] != "cgroup"]  # fmt: skip
@@ -118,11 +137,11 @@ def config(base: dict[str, Any], ids: idrange.IdRange, paths: SandboxPaths, grou
     linux["cgroupsPath"] = f"/{group}"
     linux.pop("seccomp")  # the agent's own (see the module)
     mounts = [m for m in base["mounts"] if m["destination"] != "/dev/mqueue"]
-    if (paths.rootfs / "tmp").is_dir():
-        mounts.append({"destination": "/tmp", "type": "bind", "source": str(paths.rootfs / "tmp"),
+    if (rootfs / "tmp").is_dir():
+        mounts.append({"destination": "/tmp", "type": "bind", "source": str(rootfs / "tmp"),
                        "options": ["bind", "rw", "nosuid", "nodev"]})  # fmt: skip
     mounts += [
-        {"destination": CHAN_MOUNT, "type": "bind", "source": str(paths.chan),
+        {"destination": CHAN_MOUNT, "type": "bind", "source": str(chan),
          "options": ["bind", "rw", "nosuid", "nodev", "noexec"]},
     ]  # fmt: skip
     base["mounts"] = mounts
@@ -159,21 +178,50 @@ def set_limits(group: str, *, cpu: int, memory: int, pids: int) -> None:
 
 def stop(runsc: Runsc, container_id: str, grace: float) -> None:
     """SIGTERM to init, a grace period, SIGKILL; then ``runsc delete``, which is
-    quick once the sentry is gone (a delete of a live sandbox takes seconds)."""
+    quick once the sentry is gone (a delete of a live sandbox takes seconds), and
+    its reaper's exit (it ends once everything of the sandbox is reaped)."""
     state = runsc.state(container_id)
     if state is None:
         return
     pid = int(state.get("pid") or 0)
-    pidfd = _pidfd(pid) if state.get("status") in ("running", "paused", "created") else None
+    alive = state.get("status") in ("running", "paused", "created")
+    pidfd, reaper = (_pidfd(pid), _reaper_of(pid)) if alive else (None, None)
     try:
         if pidfd is not None:
             if state.get("status") == "paused":
                 runsc.resume(container_id)
             _terminate(runsc, container_id, pidfd, grace)
+        runsc.delete(container_id)
+        if reaper is not None:
+            _exited(reaper, KILL_WAIT)
     finally:
-        if pidfd is not None:
-            os.close(pidfd)
-    runsc.delete(container_id)
+        for fd in (pidfd, reaper):
+            if fd is not None:
+                os.close(fd)
+
+
+def _reaper_of(pid: int) -> int | None:
+    """A pidfd of the reaper (``cove-init --reap``, see ``runtime/runsc.py``) whose
+    child the sentry ``pid`` is; None when it has none (say, it was killed)."""
+    parent = _parent(pid)
+    try:
+        if parent is None or not Path(f"/proc/{parent}/comm").read_text().startswith("cove-init"):
+            return None
+    except OSError:
+        return None
+    fd = _pidfd(parent)
+    if fd is not None and _parent(pid) != parent:  # (it ended meanwhile: not ours)
+        os.close(fd)
+        return None
+    return fd
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(stat[stat.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def forget_mount_points(paths: SandboxPaths) -> None:
@@ -228,20 +276,6 @@ def _listening(path: Path) -> bool:
         return True
     except Unavailable:
         return False
-
-
-def _check_reachable(root: Path) -> None:
-    """runsc's gofer runs as the sandbox's host uid: it must be able to walk down to
-    the sandbox's directory (search permission for others on every parent)."""
-    for parent in root.parents:
-        try:
-            mode = parent.stat().st_mode
-        except OSError as exc:
-            raise RuntimeBackendError(f"cannot stat {parent}: {exc}") from exc
-        if not mode & stat.S_IXOTH:
-            raise RuntimeBackendError(
-                f"the gvisor tier needs {parent} searchable by other users (chmod o+x): "
-                "gVisor's file server runs as the sandbox's own uid")
 
 
 def _make_chan(paths: SandboxPaths, ids: idrange.IdRange) -> None:

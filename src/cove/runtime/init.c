@@ -18,8 +18,8 @@
  * across exec too; the service then takes UID back itself.
  *
  * Host helper mode, the runtime's wrapper of crun:
- *   cove-init --exec [--hybrid] [--mask-net-sysctl] [--keep DIR] [--cgroup2 PATH]
- *             [--fds A,B,...] PROGRAM ARGS...
+ *   cove-init --exec [--reap] [--hybrid] [--mask-net-sysctl] [--keep DIR]
+ *             [--cgroup2 PATH] [--fds A,B,...] PROGRAM ARGS...
  * --fds moves the descriptors A, B, ... to 3, 4, ... (what `crun run
  * --preserve-fds` hands to the container). --cgroup2 joins the cgroup PATH of
  * the hybrid host's cgroup2 mount (made by Cove), which the container inherits.
@@ -32,12 +32,21 @@
  * That namespace must not pin other sandboxes' file systems while PROGRAM
  * runs (a `crun exec` may run for hours): every overlay and loop-device mount
  * is detached from it, except those at or below DIR (the bundle being run).
+ * --reap (for `runsc run --detach`) runs PROGRAM as the child of a reaper: a
+ * process of a session of its own that is a child subreaper, so that what
+ * PROGRAM leaves running (gVisor's sentry and gofer) is reparented to it, not
+ * to the host's init, and reaped the moment it exits (runsc waits for that when
+ * it deletes a sandbox). The caller's process returns PROGRAM's exit status as
+ * soon as PROGRAM ends; the reaper stays, reaping, until it has no child left.
+ * PROGRAM is killed if the caller's process dies first (say, a timeout). The
+ * private mount namespace is PROGRAM's alone: the reaper pins no mount.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -171,33 +180,137 @@ static int mask_net_sysctl(void)
     return 0;
 }
 
+/* Detach stdio: the caller's log stays the caller's (PROGRAM's children keep theirs). */
+static void let_go_of_stdio(void)
+{
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+    if (null < 0)
+        return;
+    for (int fd = 0; fd < 3; fd++)
+        dup2(null, fd);
+    close(null);
+}
+
+/* Wait for CHILD while watching REPORT (the write end of a pipe): when its reader
+ * is gone before CHILD ends, CHILD is killed. Returns CHILD's wait status. */
+static int wait_watching(pid_t child, int report)
+{
+    int status, pidfd = (int)syscall(SYS_pidfd_open, child, 0);
+
+    for (;;) {
+        struct pollfd fds[2] = { { pidfd, POLLIN, 0 }, { report, 0, 0 } };
+
+        if (pidfd >= 0 && poll(fds, 2, -1) > 0 && (fds[1].revents & POLLERR) &&
+            !(fds[0].revents & POLLIN)) {
+            kill(child, SIGKILL);
+            pidfd = -1; /* (left open: the reaper exits soon) */
+        }
+        if (pidfd >= 0 && !(fds[0].revents & POLLIN))
+            continue;
+        if (waitpid(child, &status, 0) == child)
+            return status;
+        if (errno != EINTR)
+            return 125 << 8;
+    }
+}
+
+/*
+ * --reap: fork the reaper and return PROGRAM's exit status as it reports it. The
+ * reaper runs SETUP and PROGRAM in a child, reports, then reaps until no child
+ * is left and exits.
+ */
+static int reap_exec(char **argv, int (*setup)(void))
+{
+    int report[2], status;
+    unsigned char code = 125;
+    pid_t child;
+
+    if (pipe2(report, O_CLOEXEC) != 0 || (child = fork()) < 0) {
+        perror("cove-init: reaper");
+        return 125;
+    }
+    if (child > 0) {
+        ssize_t n;
+
+        close(report[1]);
+        while ((n = read(report[0], &code, 1)) < 0 && errno == EINTR)
+            ;
+        return n == 1 ? code : 125;
+    }
+    close(report[0]);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGCHLD, SIG_DFL); /* (children must become zombies to be waited for) */
+    if (setsid() < 0 || prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) {
+        perror("cove-init: reaper");
+        _exit(write(report[1], &code, 1) == 1 ? 0 : 1);
+    }
+    child = fork();
+    if (child == 0) {
+        signal(SIGPIPE, SIG_DFL);
+        if (setup() != 0)
+            _exit(125);
+        execvp(argv[0], argv);
+        perror("cove-init: exec");
+        _exit(127);
+    }
+    if (child > 0) {
+        status = wait_watching(child, report[1]);
+        code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    } else {
+        perror("cove-init: fork");
+    }
+    if (write(report[1], &code, 1) != 1)
+        code = 125;
+    close(report[1]);
+    let_go_of_stdio();
+    while (waitpid(-1, NULL, 0) > 0 || errno == EINTR)
+        ;
+    _exit(0);
+}
+
+static const char *opt_keep, *opt_fds, *opt_cgroup2;
+static int opt_hybrid, opt_mask_net;
+
+/* What --exec does before it runs PROGRAM (see the top comment). */
+static int wrap_setup(void)
+{
+    if ((opt_cgroup2 != NULL && join_cgroup2(opt_cgroup2) != 0) ||
+        (opt_fds != NULL && place_fds(opt_fds) != 0) ||
+        ((opt_hybrid || opt_mask_net) && private_mounts(opt_keep) != 0) ||
+        (opt_hybrid && hide_cgroup2() != 0) || (opt_mask_net && mask_net_sysctl() != 0))
+        return -1;
+    return 0;
+}
+
 static int wrap_exec(char **argv)
 {
-    const char *keep = NULL, *fds = NULL, *cgroup2 = NULL;
-    int hybrid = 0, mask_net = 0;
+    int reap = 0;
 
     for (;; argv++) {
-        if (argv[0] != NULL && strcmp(argv[0], "--hybrid") == 0)
-            hybrid = 1;
+        if (argv[0] != NULL && strcmp(argv[0], "--reap") == 0)
+            reap = 1;
+        else if (argv[0] != NULL && strcmp(argv[0], "--hybrid") == 0)
+            opt_hybrid = 1;
         else if (argv[0] != NULL && strcmp(argv[0], "--mask-net-sysctl") == 0)
-            mask_net = 1;
+            opt_mask_net = 1;
         else if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--keep") == 0)
-            keep = *++argv;
+            opt_keep = *++argv;
         else if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--cgroup2") == 0)
-            cgroup2 = *++argv;
+            opt_cgroup2 = *++argv;
         else if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--fds") == 0)
-            fds = *++argv;
+            opt_fds = *++argv;
         else
             break;
     }
-    if ((cgroup2 != NULL && join_cgroup2(cgroup2) != 0) || (fds != NULL && place_fds(fds) != 0) ||
-        ((hybrid || mask_net) && private_mounts(keep) != 0) || (hybrid && hide_cgroup2() != 0) ||
-        (mask_net && mask_net_sysctl() != 0))
-        return 125;
     if (argv[0] == NULL) {
         fprintf(stderr, "cove-init: nothing to run\n");
         return 125;
     }
+    if (reap)
+        return reap_exec(argv, wrap_setup);
+    if (wrap_setup() != 0)
+        return 125;
     execvp(argv[0], argv);
     perror("cove-init: exec");
     return 127;

@@ -66,6 +66,11 @@ class SandboxPaths:
         return cls(sandboxes_dir(data_dir) / sandbox_id)
 
     @property
+    def data_dir(self) -> Path:
+        """The server's data dir."""
+        return self.root.parents[1]
+
+    @property
     def metadata(self) -> Path:
         return self.root / "sandbox.json"
 

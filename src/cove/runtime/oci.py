@@ -38,6 +38,7 @@ from cove.runtime import (
     firewall,
     freezer,
     gvisor,
+    gvisor_view,
     hostprep,
     idrange,
     mounts,
@@ -95,11 +96,13 @@ class OciRuntime:
         return self._runsc if tier == "gvisor" else self._crun
 
     def _tier(self, paths: SandboxPaths) -> str:
-        """The sandbox's isolation tier (crun when its metadata is gone)."""
+        """The sandbox's isolation tier (when its metadata is gone: gvisor if runsc
+        knows it, else crun)."""
         try:
             return paths.read_metadata().isolation
         except RuntimeBackendError:
-            return "crun"
+            known = runsc_available() and self._runsc.known(paths.root.name)
+            return "gvisor" if known else "crun"
 
     def _init_binary(self) -> Path:
         return ensure_init_binary(self._settings.data_dir)
@@ -350,13 +353,15 @@ class OciRuntime:
         return ContainerStatus.ABSENT
 
     def list_ids(self) -> set[str]:
-        """Sandbox dirs, crun containers with a bundle of ours, and archives."""
+        """Sandbox dirs, crun and runsc containers with a bundle of ours, gVisor views,
+        network rules, archives and id leases."""
         root = sandboxes_dir(self._settings.data_dir)
         with foreign_errors():
             ids = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
             ids |= container_ids(self._crun.list(), root)
             if runsc_available():
                 ids |= container_ids(self._runsc.list(), root)
+            ids |= gvisor_view.sandbox_ids(self._settings.data_dir)
             if self._net is not None:
                 ids |= set(firewall.owned(self._net.tag).values())
             ids |= self._archives.keys()

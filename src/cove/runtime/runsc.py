@@ -11,11 +11,17 @@ Cove's sandboxes never mix with other runsc users of the host:
 - ``--host-uds=create``: the toolbox agent may bind its socket in the
   directory the host gave it (``chan/``), the only host path it is granted.
 
-``run`` goes through ``cove-init --exec --mask-net-sysctl``: runsc 20240729
-takes a network namespace for the host's when ``/proc/sys/net/core/rmem_default``
-exists, which on Linux 6.x it does in every namespace, so runsc runs in a
-private mount namespace with an empty ``/proc/sys/net`` (and without other
-sandboxes' mounts, which its long-lived processes must not pin).
+``run`` goes through ``cove-init --exec --reap --mask-net-sysctl``:
+
+- runsc 20240729 takes a network namespace for the host's when
+  ``/proc/sys/net/core/rmem_default`` exists, which on Linux 6.x it does in
+  every namespace, so runsc runs in a private mount namespace with an empty
+  ``/proc/sys/net`` and no sandbox mounts but those of the sandbox's view
+  (``runtime/gvisor_view.py``), which its long-lived processes may pin;
+- the sentry and gofer ``run --detach`` leaves behind are children of a small
+  reaper of their own (a session of its own, so it outlives the server), not
+  of the host's init: ``runsc delete`` waits until they are reaped, which
+  then takes no time, whatever the host's init does.
 """
 
 from __future__ import annotations
@@ -82,14 +88,15 @@ class Runsc:
         except ValueError as exc:
             raise RuntimeBackendError("runsc list: bad output") from exc
 
-    def run_detached(self, container_id: str, bundle: Path, log: Path) -> None:
-        """Start a container whose stdio is /dev/null and the file ``log``.
+    def run_detached(self, container_id: str, bundle: Path, log: Path, *, view: Path) -> None:
+        """Start a container whose stdio is /dev/null and the file ``log``; the only
+        sandbox mounts runsc keeps are those under ``view``.
 
         Raises:
             RuntimeBackendError: runsc failed; its last message is in the error.
         """
         self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        argv = [str(self._helper), "--exec", "--mask-net-sysctl", "--keep", str(bundle.parent),
+        argv = [str(self._helper), "--exec", "--reap", "--mask-net-sysctl", "--keep", str(view),
                 *self.argv("run", "--detach", "--bundle", str(bundle), container_id)]  # fmt: skip
         try:
             with open(log, "ab") as out:  # (runsc wants the log opened for appending)
