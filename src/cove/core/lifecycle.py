@@ -35,7 +35,7 @@ class LifecycleService:
     Args:
         settings: server configuration (defaults, limits).
         store: where sandbox records live.
-        runtime: the isolation backend.
+        runner: where sandboxes run.
         events: where state changes are announced.
     """
 
@@ -47,7 +47,9 @@ class LifecycleService:
         self.store = store
         self.runner = runner
         self.events = events
-        self.ops = SandboxOps(store=store, runner=runner, events=events)
+        self.ops = SandboxOps(
+            store=store, runner=runner, events=events, minute_seconds=settings.minute_seconds
+        )
         self.creator = Creator(settings=settings, ops=self.ops, volumes=volumes,
                                snapshots=snapshots)  # fmt: skip
 

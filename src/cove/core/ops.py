@@ -25,7 +25,7 @@ from cove.core.sandbox import Sandbox, SandboxState, transition, utcnow
 from cove.errors import CoveError
 
 S = SandboxState
-TOUCH_SECONDS = 5.0  # granularity of recorded activity (timers count minutes)
+TOUCH_PER_MINUTE = 12  # activity is recorded to 1/12 of a timer minute (5 s)
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,18 @@ class SandboxOps:
 
     Args:
         store: where sandbox records live.
-        runtime: the isolation backend.
+        runner: where sandboxes run.
         events: where state changes are announced.
+        minute_seconds: the length of a timer minute (shorter in tests).
     """
 
-    def __init__(self, *, store: SandboxStore, runner: Runner, events: EventSink) -> None:
+    def __init__(
+        self, *, store: SandboxStore, runner: Runner, events: EventSink, minute_seconds: float = 60
+    ) -> None:
         self.store = store
         self.runner = runner
         self.events = events
+        self.touch_seconds = minute_seconds / TOUCH_PER_MINUTE
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -181,10 +185,10 @@ class SandboxOps:
 
     def touch(self, sandbox: Sandbox) -> None:
         """Record user activity (resets the auto-stop timer). Written at most every
-        TOUCH_SECONDS: timers count minutes, and a busy toolbox loop should not
+        ``touch_seconds``: timers count minutes, and a busy toolbox loop should not
         write the database on every call."""
         now = utcnow()
-        if (now - sandbox.last_activity_at).total_seconds() < TOUCH_SECONDS:
+        if (now - sandbox.last_activity_at).total_seconds() < self.touch_seconds:
             return
         sandbox.last_activity_at = now
         self.store.save(sandbox)

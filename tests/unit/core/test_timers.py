@@ -7,7 +7,6 @@ from datetime import timedelta
 import pytest
 
 from cove.core.lifecycle import LifecycleService
-from cove.core.ops import TOUCH_SECONDS
 from cove.core.ports import Resources
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.core.timers import Action, due, fire_due
@@ -102,7 +101,7 @@ async def test_activity_is_recorded_at_most_every_few_seconds(
     lifecycle.touch(org, sb.id)  # right after the start: nothing new to write
     assert lifecycle.get(org, sb.id).last_activity_at == recorded
     stale = lifecycle.get(org, sb.id)
-    stale.last_activity_at = utcnow() - timedelta(seconds=TOUCH_SECONDS + 1)
+    stale.last_activity_at = utcnow() - timedelta(seconds=lifecycle.ops.touch_seconds + 1)
     lifecycle.store.save(stale)
     lifecycle.touch(org, sb.id)
     assert lifecycle.get(org, sb.id).last_activity_at > stale.last_activity_at
