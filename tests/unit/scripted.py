@@ -1,4 +1,4 @@
-"""A fake runtime whose sandboxes have a scripted toolbox agent (for build tests)."""
+"""Fake runtimes whose sandboxes have a scripted toolbox agent (unit tests)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,28 @@ import threading
 
 from cove.runtime.fake import FakeRuntime
 from cove.toolbox import protocol
+
+
+class AnsweringRuntime(FakeRuntime):
+    """Sandboxes whose agent reads the request, then runs :meth:`answer` on the
+    connection (whatever a test's agent says, true or not), until it hangs up."""
+
+    def agent_socket(self, sandbox_id: str) -> socket.socket:
+        ours, theirs = socket.socketpair()
+        threading.Thread(target=self._serve, args=(theirs,), daemon=True).start()
+        return ours
+
+    def _serve(self, sock: socket.socket) -> None:
+        with sock:
+            try:
+                header = sock.recv(protocol.HEADER.size, socket.MSG_WAITALL)
+                sock.recv(protocol.HEADER.unpack(header)[2], socket.MSG_WAITALL)
+                self.answer(sock)
+            except OSError:
+                pass
+
+    def answer(self, sock: socket.socket) -> None:
+        raise NotImplementedError
 
 
 class ScriptedRuntime(FakeRuntime):

@@ -5,38 +5,26 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 from collections.abc import Callable
 
 import pytest
 from starlette.testclient import TestClient
 
 from cove.core import toolbox
-from cove.runtime.fake import FakeRuntime
 from cove.toolbox import protocol
 from tests.unit.api.conftest import AUTH, create_sandbox
+from tests.unit.scripted import AnsweringRuntime
 
 Liar = Callable[[socket.socket], None]
 
 
-class LyingRuntime(FakeRuntime):
+class LyingRuntime(AnsweringRuntime):
     """Sandboxes whose agent runs ``liar`` on each connection (after reading the request)."""
 
     liar: Liar = staticmethod(lambda sock: None)
 
-    def agent_socket(self, sandbox_id: str) -> socket.socket:
-        ours, theirs = socket.socketpair()
-        threading.Thread(target=self._serve, args=(theirs,), daemon=True).start()
-        return ours
-
-    def _serve(self, sock: socket.socket) -> None:
-        with sock:
-            try:
-                header = sock.recv(protocol.HEADER.size, socket.MSG_WAITALL)
-                sock.recv(protocol.HEADER.unpack(header)[2], socket.MSG_WAITALL)
-                self.liar(sock)
-            except OSError:
-                pass
+    def answer(self, sock: socket.socket) -> None:
+        self.liar(sock)
 
 
 @pytest.fixture

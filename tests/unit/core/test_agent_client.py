@@ -5,7 +5,6 @@ passed on unchecked; well-formed replies come back as typed values."""
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,10 +14,10 @@ from cove.core.agent_client import AgentClient
 from cove.core.agent_types import ExecResult, FileData, FileEnd, FileStart, RunEnded
 from cove.core.toolbox import agent_client
 from cove.errors import ToolboxError
-from cove.runtime.fake import FakeRuntime
 from cove.runtime.runner import LocalRunner
 from cove.schemas.toolbox_git import GitCommitRequest
 from cove.toolbox import protocol
+from tests.unit.scripted import AnsweringRuntime
 
 J, D, OUT = protocol.JSON, protocol.DATA, protocol.STDOUT
 
@@ -27,31 +26,20 @@ def ok(**fields: Any) -> tuple[bytes, dict[str, Any]]:
     return J, {"ok": True, **fields}
 
 
-class ScriptedRuntime(FakeRuntime):
+class ScriptedRuntime(AnsweringRuntime):
     """Sandboxes whose agent accepts the request, sends ``script``, then reads until the
     server hangs up."""
 
     script: list[tuple[bytes, Any]] = []
 
-    def agent_socket(self, sandbox_id: str) -> socket.socket:
-        ours, theirs = socket.socketpair()
-        threading.Thread(target=self._serve, args=(theirs,), daemon=True).start()
-        return ours
-
-    def _serve(self, sock: socket.socket) -> None:
-        with sock:
-            try:
-                header = sock.recv(protocol.HEADER.size, socket.MSG_WAITALL)
-                sock.recv(protocol.HEADER.unpack(header)[2], socket.MSG_WAITALL)
-                frames = [protocol.frame(protocol.ACCEPTED)]
-                for kind, body in self.script:
-                    payload = protocol.encode(body) if isinstance(body, dict) else body
-                    frames.append(protocol.frame(kind, payload))
-                sock.sendall(b"".join(frames))
-                while sock.recv(65536):
-                    pass
-            except OSError:
-                pass
+    def answer(self, sock: socket.socket) -> None:
+        frames = [protocol.frame(protocol.ACCEPTED)]
+        for kind, body in self.script:
+            payload = protocol.encode(body) if isinstance(body, dict) else body
+            frames.append(protocol.frame(kind, payload))
+        sock.sendall(b"".join(frames))
+        while sock.recv(65536):
+            pass
 
 
 @pytest.fixture
