@@ -32,9 +32,10 @@ from pathlib import Path
 
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 
-from cove.runtime import cgroups, mountapi, mounts, runsc
-from cove.runtime.crun import Crun
-from cove.runtime.initbin import ensure_init_binary
+from cove.runner.host import cgroups, mountapi, mounts
+from cove.runner.oci import runsc
+from cove.runner.oci.crun import Crun
+from cove.runner.oci.initbin import ensure_init_binary
 from cove.testing import ServerProcess
 
 KEY = "bench-key"

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 
-from cove.runtime import mounts, spec
-from cove.runtime.crun import Crun
-from cove.runtime.initbin import ensure_init_binary
+from cove.runner.host import mounts
+from cove.runner.oci import spec
+from cove.runner.oci.crun import Crun
+from cove.runner.oci.initbin import ensure_init_binary
 from cove.testing import ServerProcess
 
 KEY = "bench-key"

@@ -28,7 +28,7 @@ def _containers() -> list[dict]:
 
 
 def _runsc_list() -> list[str]:
-    from cove.runtime import runsc
+    from cove.runner.oci import runsc
 
     if not runsc.available() or not runsc.STATE_ROOT.is_dir():
         return []
@@ -61,7 +61,7 @@ def leaks(data_dir: Path, cgroup_parent: str) -> list[str]:
             found.append(f"cgroup {parent}")
     losetup = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     found += [f"loop {line}" for line in losetup.splitlines() if where in line]
-    from cove.runtime import idrange
+    from cove.runner.host import idrange
 
     found += [f"host id range of {sid}" for sid in idrange.claims(data_dir)]
     return found + _view_leaks(data_dir) + _network_leaks(data_dir)
@@ -70,7 +70,7 @@ def leaks(data_dir: Path, cgroup_parent: str) -> list[str]:
 def _view_leaks(data_dir: Path) -> list[str]:
     """gVisor views of this data dir's sandboxes (and their binds), and the data
     dir's directory of views once it holds none."""
-    from cove.runtime import gvisor_view
+    from cove.runner.oci import gvisor_view
 
     views = gvisor_view.view_dir(data_dir, "x").parent
     where = str(views) + "/"
@@ -87,7 +87,7 @@ def _network_leaks(data_dir: Path) -> list[str]:
     """nft chains/sets/elements and veths of this data dir's sandboxes (netns files
     are bind mounts under the data dir, so the mount check covers them), the data
     dir's shared set once no sandbox needs it, and an empty ``inet cove`` table."""
-    from cove.runtime.network import data_tag
+    from cove.runner.host.network import data_tag
 
     tag = data_tag(data_dir)
     found = []

@@ -255,6 +255,6 @@ def nft_table() -> str:
 
 
 def tag_of(data_dir: Path) -> str:
-    from cove.runtime.network import data_tag
+    from cove.runner.host.network import data_tag
 
     return data_tag(data_dir)

@@ -1,9 +1,9 @@
 """Cove: a self-hosted sandbox server, wire-compatible with Daytona.
 
 Layers (see docs/architecture.md): ``cove.api`` (HTTP transport) and
-``cove.cli`` on top; ``cove.core`` (the domain, with its ports); ``cove.runtime``
+``cove.cli`` on top; ``cove.core`` (the domain, with its ports); ``cove.runner``
 (running sandboxes on this host), ``cove.store`` (the database) and
-``cove.toolbox`` (the agent inside each sandbox) below it; ``cove.server`` wires
+``cove.agent`` (the agent inside each sandbox) below it; ``cove.server`` wires
 them together.
 """
 

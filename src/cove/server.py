@@ -26,10 +26,10 @@ from cove.core.snapshots import SnapshotService
 from cove.core.toolbox import ToolboxService
 from cove.core.volumes import VolumeService
 from cove.hostfiles import prepare_host_dirs, secret_file
-from cove.runtime import build_runtime
-from cove.runtime.host import HostRuntime
-from cove.runtime.runner import LocalRunner
-from cove.runtime.volumes import LocalVolumeFiles
+from cove.runner import build_runtime
+from cove.runner.hostruntime import HostRuntime
+from cove.runner.local import LocalRunner
+from cove.runner.storage.volumes import LocalVolumeFiles
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
 from cove.store.snapshots import SqlSnapshotStore

@@ -20,7 +20,7 @@ def openapi() -> dict[str, Any]:
 
     from cove.api.app import create_app
     from cove.core.config import Settings
-    from cove.runtime.fake import FakeRuntime
+    from cove.runner.fake import FakeRuntime
 
     app = create_app(Settings(runtime="fake", api_key="spec", data_dir=Path("/nonexistent")),
                      runtime=FakeRuntime())
@@ -30,7 +30,7 @@ def openapi() -> dict[str, Any]:
 
 
 def toolbox() -> dict[str, Any]:
-    from cove.toolbox import agent, protocol
+    from cove.agent import agent, protocol
 
     agent.load_handlers()
     return {

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from daytona import AsyncDaytona, Daytona, DaytonaConfig
 
-from cove.runtime.oci import OciRuntime
+from cove.runner.oci.runtime import OciRuntime
 from cove.testing import ServerProcess
 from tests.leaks import assert_no_leaks
 from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool

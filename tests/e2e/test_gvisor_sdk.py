@@ -10,7 +10,7 @@ import pytest
 from daytona import CreateSandboxFromSnapshotParams, Daytona, SessionExecuteRequest
 from daytona.common.errors import DaytonaError
 
-from cove.runtime import runsc
+from cove.runner.oci import runsc
 
 pytestmark = [
     pytest.mark.e2e,

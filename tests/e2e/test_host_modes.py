@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 
-from cove.runtime import gvisor_view, runsc
+from cove.runner.oci import gvisor_view, runsc
 from tests.e2e.conftest import Server, running_server
 
 pytestmark = pytest.mark.e2e

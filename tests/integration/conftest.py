@@ -20,8 +20,8 @@ import pytest
 from cove.core.config import Settings
 from cove.core.ports import ContainerSpec, NetworkPolicy, Resources, VolumeBind
 from cove.hostfiles import private_dir
-from cove.runtime.oci import OciRuntime
-from cove.runtime.snapshot import ensure_default_snapshot
+from cove.runner.oci.runtime import OciRuntime
+from cove.runner.storage.snapshot import ensure_default_snapshot
 from tests.leaks import leaks
 from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
 
@@ -83,7 +83,7 @@ ID_PREFIX = "it-"
 @pytest.fixture
 def tier() -> str:
     """The isolation tier of the sandboxes a test makes (modules that run on both
-    override it with ``tests.integration.runtime.util.both_tiers``)."""
+    override it with ``tests.integration.runner.util.both_tiers``)."""
     return "crun"
 
 

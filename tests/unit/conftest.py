@@ -10,8 +10,8 @@ from sqlalchemy import Engine
 from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
 from cove.core.sandbox import Sandbox, SandboxState
-from cove.runtime.fake import FakeRuntime
-from cove.runtime.runner import LocalRunner
+from cove.runner.fake import FakeRuntime
+from cove.runner.local import LocalRunner
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
 from cove.store.sql import SqlSandboxStore, make_engine

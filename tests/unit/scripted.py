@@ -7,8 +7,8 @@ import shlex
 import socket
 import threading
 
-from cove.runtime.fake import FakeRuntime
-from cove.toolbox import protocol
+from cove.agent import protocol
+from cove.runner.fake import FakeRuntime
 
 
 class AnsweringRuntime(FakeRuntime):

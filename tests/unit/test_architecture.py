@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "cove"
-WIRE = ("cove.toolbox.protocol", "cove.toolbox.client", "cove.toolbox.mux")
+# The agent's wire, shared by the server and the agent; the server's side of a call
+# is ``cove.core.agent_call`` (in core).
+WIRE = ("cove.agent.protocol", "cove.agent.mux")
 
 # layer: (what it may import from cove, or None for "anything but the forbidden")
 ALLOWED: dict[str, tuple[str, ...]] = {
@@ -19,10 +21,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # agent's wire format. Never the host, the database, HTTP or the wiring.
     "core": ("cove.core", "cove.errors", "cove.schemas", *WIRE),
     "schemas": ("cove.schemas",),
-    # The host: its own modules, the domain's ports and settings. ``OciRuntime.exec``
-    # (tests and benchmarks) talks to the agent through the server's gateway.
-    "runtime": ("cove.runtime", "cove.core.ports", "cove.core.config", "cove.core.validation",
-                "cove.core.toolbox", "cove.errors", "cove.hostfiles", "cove.toolbox"),  # fmt: skip
+    # The host: its own modules, the domain's ports and settings, and the agent's
+    # package (shipped into sandboxes from its path). ``OciRuntime.exec`` (tests and
+    # benchmarks) talks to the agent through the server's gateway.
+    "runner": ("cove.runner", "cove.core.ports", "cove.core.config", "cove.core.validation",
+               "cove.core.toolbox", "cove.errors", "cove.hostfiles", "cove.agent"),  # fmt: skip
     "store": ("cove.store", "cove.core.ports", "cove.core.sandbox", "cove.core.snapshots",
               "cove.core.volumes", "cove.errors", "cove.hostfiles"),  # fmt: skip
     # HTTP transport: the domain and the wiring's Services; never the host or the
@@ -81,14 +84,19 @@ def test_layers_import_only_what_they_may(layer: str) -> None:
     assert bad == []
 
 
+def test_every_layer_has_modules_to_check() -> None:
+    """A renamed package must not leave a rule checking nothing."""
+    assert all(_modules(layer) for layer in [*ALLOWED, "agent"])
+
+
 def test_the_agent_runs_on_the_standard_library_alone() -> None:
-    """``cove.toolbox`` is copied into every sandbox and run by its own Python:
+    """``cove.agent`` is copied into every sandbox and run by its own Python:
     nothing outside the standard library and its own package."""
     bad = []
-    for path in _modules("toolbox"):
+    for path in _modules("agent"):
         for lineno, name in _imports(path):
             top = name.split(".")[0]
-            if name.startswith("cove.toolbox") or top in sys.stdlib_module_names:
+            if name.startswith("cove.agent") or top in sys.stdlib_module_names:
                 continue
             if top == "__future__":
                 continue
@@ -100,7 +108,7 @@ def test_the_rule_sees_a_forbidden_import(tmp_path: Path) -> None:
     module = tmp_path / "cove" / "core" / "bad.py"
     module.parent.mkdir(parents=True)
     module.write_text("from cove.store.sql import make_engine\nfrom . import ports\n"
-                      "if TYPE_CHECKING:\n    from cove.runtime import oci\n")  # fmt: skip
+                      "if TYPE_CHECKING:\n    from cove.runner import oci\n")  # fmt: skip
     global SRC
     saved, SRC = SRC, tmp_path / "cove"
     try:
@@ -108,6 +116,6 @@ def test_the_rule_sees_a_forbidden_import(tmp_path: Path) -> None:
     finally:
         SRC = saved
     assert "cove.store.sql.make_engine" in names and "cove.core.ports" in names
-    assert not any(n.startswith("cove.runtime") for n in names)
+    assert not any(n.startswith("cove.runner") for n in names)
     assert not _allowed("cove.store.sql", ALLOWED["core"])
     assert _allowed("cove.core.ports", ALLOWED["core"])

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from cove.core.config import Settings
 from cove.hostfiles import prepare_host_dirs, private_dir, private_file
-from cove.runtime.archive_store import LocalArchiveStore
+from cove.runner.storage.archive_store import LocalArchiveStore
 from cove.server import load_tokens
 from cove.store.sql import make_engine
 

@@ -35,7 +35,7 @@ from cove.core.timers import run_timers
 from cove.server import Services, build_services
 
 if TYPE_CHECKING:
-    from cove.runtime.host import HostRuntime
+    from cove.runner.hostruntime import HostRuntime
 
 log = logging.getLogger("cove")
 

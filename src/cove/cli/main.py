@@ -80,7 +80,7 @@ def build_default(force: bool, data_dir: Path | None) -> None:
 
 
 def _ensure_default_snapshot(settings: Settings, *, force: bool) -> Path:
-    from cove.runtime.snapshot import ensure_default_snapshot
+    from cove.runner.storage.snapshot import ensure_default_snapshot
 
     def progress(line: str) -> None:
         console.print(f"[dim]snapshot[/dim] {line.rstrip()}", highlight=False)

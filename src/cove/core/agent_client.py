@@ -2,7 +2,7 @@
 
 One method per agent operation, taking and returning typed values (see
 ``agent_types``); only this module and ``agent_streams`` speak the agent's
-protocol (``cove.toolbox.protocol``): callers never build a request or look at
+protocol (``cove.agent.protocol``): callers never build a request or look at
 a frame. Every reply is validated here; what the agent says is untrusted, so a
 reply of the wrong shape fails inside the request, where ``agent_call``
 translates it (once, with ``agent_failure``) into a 502.
@@ -14,6 +14,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from cove.agent import protocol
+from cove.core.agent_call import AgentCall
 from cove.core.agent_streams import (
     PtyAttachment,
     Upload,
@@ -56,8 +58,6 @@ from cove.schemas.toolbox_sessions import (
     PtySessionInfo,
     SessionPublic,
 )
-from cove.toolbox import protocol
-from cove.toolbox.client import AgentCall
 
 Message = dict[str, Any]
 # Opens a request to the agent; failures inside it come out as ToolboxError.

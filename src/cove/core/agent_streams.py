@@ -14,6 +14,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+from cove.agent import protocol
+from cove.core.agent_call import AgentCall
 from cove.core.agent_types import (
     FileData,
     FileEnd,
@@ -29,8 +31,6 @@ from cove.core.agent_types import (
     parse,
 )
 from cove.schemas.toolbox_sessions import CommandLogs
-from cove.toolbox import protocol
-from cove.toolbox.client import AgentCall
 
 Opening = AbstractAsyncContextManager[AgentCall]
 Frames = AsyncIterator[tuple[bytes, bytes]]

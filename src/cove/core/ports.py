@@ -2,7 +2,7 @@
 
 ``core`` talks to the machines sandboxes run on only through :class:`Runner`
 and to storage only through :class:`SandboxStore`. Implementations live in
-``cove.runtime`` (the local runner over crun or runsc; ``cove.runtime.fake``
+``cove.runner`` (the local runner over crun or runsc; ``cove.runner.fake``
 is an in-memory host for fast unit tests of ``core`` and ``api`` only) and
 ``cove.store``.
 """
@@ -87,7 +87,7 @@ class Runner(Protocol):
 
     Asynchronous, and nothing in it names a host path, a socket or a process:
     a runner on another machine satisfies it as well as
-    :class:`cove.runtime.runner.LocalRunner` (crun or runsc per sandbox,
+    :class:`cove.runner.local.LocalRunner` (crun or runsc per sandbox,
     on this host) does. Every call raises :class:`cove.errors.RuntimeBackendError`
     (:class:`cove.errors.Unavailable` / :class:`cove.errors.Busy` for the agent)
     when the runner fails.

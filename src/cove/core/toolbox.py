@@ -5,13 +5,13 @@ organization; anything else fails at once with a clear error instead of
 hanging. Every call counts as activity (it resets the auto-stop timer).
 
 The server keeps one connection to each sandbox's agent (:class:`AgentLinks`)
-and runs every request as a stream of it (``cove.toolbox.mux``): no process is
+and runs every request as a stream of it (``cove.agent.mux``): no process is
 started and no namespace joined per call, and a slow or stuck request holds
 back only itself.
 
 The agent lives inside the sandbox, so everything it says is untrusted: it
 must accept a request within ``AGENT_ACCEPT_SECONDS``, frames are size-bounded
-and flow-controlled (``cove.toolbox.protocol``), and a reply the server cannot
+and flow-controlled (``cove.agent.protocol``), and a reply the server cannot
 use (missing or mistyped fields) is the agent's failure, a 502, never an error
 of the server.
 """
@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from cove.agent.mux import Channel, Stream
+from cove.agent.protocol import AgentError, ProtocolError
+from cove.core.agent_call import AgentCall
 from cove.core.agent_client import AgentClient
 from cove.core.ports import Runner
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import InvalidState, ToolboxError
-from cove.toolbox.client import AgentCall
-from cove.toolbox.mux import Channel, Stream
-from cove.toolbox.protocol import AgentError, ProtocolError
 
 if TYPE_CHECKING:
     from cove.core.ops import SandboxOps

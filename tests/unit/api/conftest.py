@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from cove.api.app import create_app
 from cove.cli.main import main
 from cove.core.config import Settings
-from cove.runtime.fake import FakeRuntime
+from cove.runner.fake import FakeRuntime
 
 AUTH = {"Authorization": "Bearer test-key"}
 

@@ -11,7 +11,7 @@ import pytest
 import cove.api
 
 API = Path(cove.api.__file__).parent
-FORBIDDEN = ("cove.toolbox.protocol", "cove.toolbox.client", "cove.toolbox.mux")
+FORBIDDEN = ("cove.agent.protocol", "cove.core.agent_call", "cove.agent.mux")
 
 
 def _modules() -> list[Path]:
@@ -57,7 +57,7 @@ def test_no_api_module_speaks_the_agent_protocol(path: Path) -> None:
 
 
 def test_the_checks_catch_what_they_forbid() -> None:
-    tree = ast.parse("from cove.toolbox import protocol\nimport cove.toolbox.mux\n"
+    tree = ast.parse("from cove.agent import protocol\nimport cove.agent.mux\n"
                      "m = {'op': 'exec'}\nn = dict(op='x')\n")
-    assert {"cove.toolbox.protocol", "cove.toolbox.mux"} <= _imported(tree)
+    assert {"cove.agent.protocol", "cove.agent.mux"} <= _imported(tree)
     assert _op_dicts(tree) == [3, 4]

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 from starlette.testclient import TestClient
 
+from cove.agent import protocol
 from cove.core import toolbox
-from cove.toolbox import protocol
 from tests.unit.api.conftest import AUTH, create_sandbox
 from tests.unit.scripted import AnsweringRuntime
 

@@ -14,7 +14,7 @@ from cove.core.config import Settings
 from cove.core.ports import NetworkPolicy
 from cove.core.validation import blocked_ranges, network_policy
 from cove.errors import BadRequest
-from cove.runtime.fake import FakeRuntime
+from cove.runner.fake import FakeRuntime
 from tests.unit.api.conftest import AUTH, create_sandbox
 
 

@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from cove.api.app import create_app
 from cove.core.config import Settings
-from cove.runtime.fake import FakeRuntime
+from cove.runner.fake import FakeRuntime
 from tests.unit.api.conftest import AUTH, create_sandbox
 
 REQUIRED = {

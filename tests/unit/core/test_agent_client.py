@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from cove.agent import protocol
 from cove.core.agent_client import AgentClient
 from cove.core.agent_types import ExecResult, FileData, FileEnd, FileStart, RunEnded
 from cove.core.toolbox import agent_client
 from cove.errors import ToolboxError
-from cove.runtime.runner import LocalRunner
+from cove.runner.local import LocalRunner
 from cove.schemas.toolbox_git import GitCommitRequest
-from cove.toolbox import protocol
 from tests.unit.scripted import AnsweringRuntime
 
 J, D, OUT = protocol.JSON, protocol.DATA, protocol.STDOUT

@@ -10,8 +10,8 @@ from cove.core.reconcile import reconcile
 from cove.core.sandbox import SandboxState
 from cove.core.snapshots import SnapshotService
 from cove.errors import BadRequest, NotFound
-from cove.runtime.fake import FakeRuntime
-from cove.runtime.runner import LocalRunner
+from cove.runner.fake import FakeRuntime
+from cove.runner.local import LocalRunner
 from cove.schemas.sandbox import BuildInfoCreate, SandboxCreate
 from cove.store.snapshots import SqlSnapshotStore
 from tests.unit.conftest import RecordingEvents

@@ -13,7 +13,7 @@ from cove.core import fork
 from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
 from cove.errors import BadRequest
-from cove.runtime.fake import FakeRuntime
+from cove.runner.fake import FakeRuntime
 from cove.schemas.sandbox import SandboxCreate
 from tests.unit.api.conftest import AUTH
 

@@ -8,7 +8,7 @@ from cove.core.lifecycle import LifecycleService
 from cove.core.reconcile import reconcile
 from cove.core.sandbox import SandboxState
 from cove.errors import BadRequest, Conflict, InvalidState, NotFound, QuotaExceeded
-from cove.runtime.fake import FakeRuntime
+from cove.runner.fake import FakeRuntime
 from cove.schemas.sandbox import BuildInfoCreate, SandboxCreate, SandboxResize
 from tests.unit.conftest import RecordingEvents
 

@@ -9,7 +9,7 @@ from cove.core.ops import container_spec
 from cove.core.ports import NetworkPolicy
 from cove.core.reconcile import restore_networks
 from cove.errors import BadRequest, RuntimeBackendError
-from cove.runtime.fake import FakeRuntime
+from cove.runner.fake import FakeRuntime
 from cove.schemas.sandbox import SandboxCreate
 
 

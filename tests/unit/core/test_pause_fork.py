@@ -11,7 +11,7 @@ from cove.core.lifecycle import LifecycleService
 from cove.core.reconcile import reconcile
 from cove.core.sandbox import SandboxState, utcnow
 from cove.errors import Conflict, InvalidState
-from cove.runtime.fake import FakeRuntime
+from cove.runner.fake import FakeRuntime
 from cove.schemas.sandbox import SandboxCreate
 from tests.unit.conftest import RecordingEvents
 

@@ -12,8 +12,8 @@ from sqlalchemy import Engine
 from cove.core.lifecycle import LifecycleService
 from cove.core.snapshots import SnapshotService
 from cove.errors import BadRequest, Conflict, CoveError, NotFound
-from cove.runtime.fake import FakeRuntime
-from cove.runtime.runner import LocalRunner
+from cove.runner.fake import FakeRuntime
+from cove.runner.local import LocalRunner
 from cove.schemas.sandbox import BuildInfoCreate, SandboxCreate
 from cove.store.keys import SqlKeyStore
 from cove.store.snapshots import SqlSnapshotStore

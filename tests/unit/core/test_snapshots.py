@@ -8,8 +8,8 @@ from cove.core.lifecycle import LifecycleService
 from cove.core.sandbox import SandboxState
 from cove.core.snapshots import SnapshotService
 from cove.errors import BadRequest, Conflict, InvalidState, NotFound
-from cove.runtime.fake import FakeRuntime
-from cove.runtime.runner import LocalRunner
+from cove.runner.fake import FakeRuntime
+from cove.runner.local import LocalRunner
 from cove.schemas.sandbox import SandboxCreate
 from cove.store.snapshots import SqlSnapshotStore
 from tests.unit.conftest import RecordingEvents

@@ -1,0 +1,112 @@
+"""The server's side of one request to an agent: a stream of the multiplexed channel."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from cove.agent import protocol
+from cove.agent.mux import Stream
+from cove.agent.protocol import AgentError
+
+
+class AgentCall:
+    """One request to an agent.
+
+    Use as ``async with AgentCall(stream) as call: await call.send({...})``, then
+    read frames with :meth:`next_frame` / :meth:`frames` until the final reply
+    (then in :attr:`result`), or :meth:`reply`. Leaving before the final reply
+    resets the stream: the agent stops the request's work.
+    """
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.result: dict[str, Any] = {}
+        self.done = False
+
+    async def __aenter__(self) -> AgentCall:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the request: a finished one is forgotten, an unfinished one reset."""
+        if self.done or self.stream.ended:
+            self.stream.finish()
+        else:
+            self.stream.reset()
+        self.done = True
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.stream.send(protocol.JSON, protocol.encode(message))
+
+    async def send_data(self, kind: bytes, payload: bytes = b"") -> None:
+        await self.stream.send(kind, payload)
+
+    async def accepted(self) -> None:
+        """Read the agent's first frame: ``A`` when it serves the request.
+
+        Raises:
+            AgentError: it refused the request at once.
+            ProtocolError: it sent anything else.
+            EOFError: it hung up.
+        """
+        kind, payload = await self.stream.receive()
+        if kind == protocol.ACCEPTED:
+            return
+        if kind == protocol.JSON:
+            self.done = True
+            _check_reply(protocol.decode(payload))
+        raise protocol.ProtocolError(f"expected the agent to accept, got a {kind!r} frame")
+
+    async def next_frame(self) -> tuple[bytes, bytes] | None:
+        """The next frame, or None once the final reply arrived (then in :attr:`result`).
+
+        Raises:
+            AgentError: the reply says the request failed, or the agent hung up.
+            ProtocolError: the agent broke the protocol.
+        """
+        if self.done:
+            return None
+        try:
+            kind, payload = await self.stream.receive()
+        except EOFError as exc:
+            raise AgentError(502, "AGENT_GONE", "the sandbox's agent hung up") from exc
+        if kind == protocol.JSON:
+            message = protocol.decode(payload)
+            if "ok" in message:
+                self.done = True
+                self.stream.finish()
+                self.result = _check_reply(message)
+                return None
+        return kind, payload
+
+    async def frames(self) -> AsyncIterator[tuple[bytes, bytes]]:
+        """Frames up to (not including) the final reply, which :attr:`result` then holds.
+
+        Raises:
+            AgentError: the reply says the request failed.
+        """
+        while (frame := await self.next_frame()) is not None:
+            yield frame
+
+    async def reply(self) -> dict[str, Any]:
+        """Skip to the final reply and return it."""
+        async for _ in self.frames():
+            pass
+        return self.result
+
+
+def _check_reply(message: dict[str, Any]) -> dict[str, Any]:
+    """A final reply: returned when ``ok``, else raised as the AgentError it describes
+    (its fields checked: the agent is inside the sandbox, its words are not trusted)."""
+    if message.get("ok") is True:
+        return message
+    status, code, text = message.get("status"), message.get("code"), message.get("message")
+    if not (isinstance(status, int) and isinstance(code, str) and isinstance(text, str)):
+        raise protocol.ProtocolError("the agent sent a malformed error reply")
+    if not 400 <= status <= 499:  # the agent failed (or lies): the gateway's error, not ours
+        raise AgentError(502, "AGENT_ERROR", f"toolbox agent failed: {text[:4096]}")
+    raise AgentError(status, code[:64], text[:4096])
+

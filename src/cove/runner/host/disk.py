@@ -1,0 +1,103 @@
+"""The per-sandbox ext4 image that holds the writable layer and caps its size."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cove.errors import RuntimeBackendError
+from cove.runner.host import mountapi
+from cove.runner.host.proc import run
+
+GIB = 1024**3
+# The image is a fresh sparse file, so unwritten blocks already read as zero:
+# lazy inode-table and journal initialisation are safe, and nodiscard skips a
+# pointless punch-hole pass. No reserved blocks: the cap is exactly ``disk`` GiB.
+MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
+# On the host the layer is data, never programs: nosuid, nodev, noexec.
+MOUNT_FLAGS = mountapi.MS_NOSUID | mountapi.MS_NODEV | mountapi.MS_NOEXEC | mountapi.MS_NOATIME
+MOUNT_OPTIONS = "noinit_itable,errors=remount-ro"
+
+
+def create_image(image: Path, size_gib: int) -> None:
+    """Make a sparse ext4 image of ``size_gib`` GiB at ``image`` (replacing it).
+
+    Raises:
+        RuntimeBackendError: the file or file system could not be made.
+    """
+    try:
+        with open(image, "wb") as f:
+            f.truncate(size_gib * GIB)
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot create {image}: {exc}") from exc
+    run(["mkfs.ext4", *MKFS_OPTIONS, "-L", "cove", str(image)], timeout=120)
+
+
+def mount(image: Path, target: Path) -> None:
+    """Mount ``image`` (opened without following a symlink) at ``target`` through a
+    loop device freed on unmount: nosuid, nodev, noexec."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot create {target}: {exc}") from exc
+    mountapi.mount_image(image, target, flags=MOUNT_FLAGS, options=MOUNT_OPTIONS)
+
+
+def size_gib(image: Path) -> float:
+    """Apparent size of the image file in GiB."""
+    try:
+        return image.stat().st_size / GIB
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot stat {image}: {exc}") from exc
+
+
+def resize(image: Path, new_gib: int) -> None:
+    """Grow or shrink an unmounted image's file system to ``new_gib`` GiB.
+
+    A shrink below what the file system needs fails before anything changes.
+
+    Raises:
+        RuntimeBackendError: the check, the size or the resize failed.
+    """
+    new_bytes = new_gib * GIB
+    current = int(size_gib(image) * GIB)
+    if new_bytes == current:
+        return
+    _check(image)
+    if new_bytes < current:
+        _ensure_fits(image, new_bytes)
+        run(["resize2fs", str(image), f"{new_bytes // 1024}K"], timeout=600)
+        _truncate(image, new_bytes)
+    else:
+        _truncate(image, new_bytes)
+        run(["resize2fs", str(image)], timeout=600)
+
+
+def _check(image: Path) -> None:
+    done = run(["e2fsck", "-f", "-p", str(image)], check=False, timeout=600)
+    if done.returncode not in (0, 1):  # 1: errors corrected
+        raise RuntimeBackendError(f"e2fsck {image} exited {done.returncode}")
+
+
+def _ensure_fits(image: Path, new_bytes: int) -> None:
+    out = run(["dumpe2fs", "-h", str(image)]).stdout.decode()
+    block = int(_field(out, "Block size"))
+    minimum = run(["resize2fs", "-P", str(image)]).stdout.decode()
+    blocks = int(minimum.strip().rsplit(":", 1)[-1])
+    if blocks * block > new_bytes:
+        need = blocks * block / GIB
+        raise RuntimeBackendError(f"disk cannot shrink below {need:.2f} GiB (data in use)")
+
+
+def _field(dump: str, name: str) -> str:
+    for line in dump.splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise RuntimeBackendError(f"dumpe2fs: no {name}")
+
+
+def _truncate(image: Path, size: int) -> None:
+    try:
+        os.truncate(image, size)
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot resize {image}: {exc}") from exc

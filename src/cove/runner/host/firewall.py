@@ -1,0 +1,285 @@
+"""Cove's nftables rules: one table (``inet cove``), kernel-kept across server restarts.
+
+Base chains (shared by every sandbox and every Cove server on the host, rewritten
+idempotently; they must stay the same in every version)::
+
+    forward      iifname vmap @egress      each sandbox veth jumps to its eg_<key> chain
+                 iifname "cv*" drop        a veth we do not know
+                 oifname "cv*" established,related accept, else drop (nothing dials in)
+    input        iifname vmap @ingress     each sandbox veth jumps to its in_<key> chain
+                 iifname "cv*" drop
+    postrouting  ip saddr @masq oifname != "cv*" masquerade
+
+Per server (``<t>`` is its data dir tag; comment ``"<tag>"``, rewritten with every
+sandbox's rules, removed with the server's last sandbox)::
+
+    block_<t>  the ranges no sandbox may reach (validation.blocked_ranges)
+
+Per sandbox (``<key>`` is its veth suffix; every chain and set carries the
+comment ``"<tag> <sandbox id>"`` so leftovers can be found after a crash)::
+
+    eg_<key>   source is not the sandbox's address: drop (anti-spoofing); IPv6 drop;
+               established accept; invalid (untracked, so never NATed) drop;
+               to another sandbox drop; to @block_<t> drop;
+               a new connection past the cap (@conn_<key>): reject;
+               then the policy: accept all | drop all | @cidr_<key> / @dns_<key> accept, drop
+    in_<key>   anti-spoofing; established accept; DNS to its own host-side address
+               (within the cap) accept; drop
+    cidr_<key> the networkAllowList ranges
+    dns_<key>  addresses Cove's DNS forwarder resolved for that sandbox's allowed
+               names, each with a timeout at least as long as its record's TTL
+    conn_<key> the sandbox's tracked connections (``ct count``), shared by both chains
+               and never flushed, so changing the policy does not reset the count
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from cove.core.ports import NetworkPolicy
+from cove.runner.host.proc import run
+
+TABLE = "inet cove"
+VETH_PREFIX = "cv"
+LOCK = "/run/cove-nft.lock"
+
+_BASE = f"""
+add table {TABLE}
+add chain {TABLE} forward {{ type filter hook forward priority -1 ; policy accept ; }}
+add chain {TABLE} input {{ type filter hook input priority -1 ; policy accept ; }}
+add chain {TABLE} postrouting {{ type nat hook postrouting priority 100 ; policy accept ; }}
+add map {TABLE} egress {{ type ifname : verdict ; }}
+add map {TABLE} ingress {{ type ifname : verdict ; }}
+add set {TABLE} masq {{ type ipv4_addr ; }}
+flush chain {TABLE} forward
+flush chain {TABLE} input
+flush chain {TABLE} postrouting
+add rule {TABLE} forward iifname vmap @egress
+add rule {TABLE} forward iifname "{VETH_PREFIX}*" drop
+add rule {TABLE} forward oifname "{VETH_PREFIX}*" ct state established,related accept
+add rule {TABLE} forward oifname "{VETH_PREFIX}*" drop
+add rule {TABLE} input iifname vmap @ingress
+add rule {TABLE} input iifname "{VETH_PREFIX}*" drop
+add rule {TABLE} postrouting ip saddr @masq oifname != "{VETH_PREFIX}*" masquerade
+"""
+
+
+@dataclass(frozen=True)
+class Link:
+    """The host's view of one sandbox's connection."""
+
+    sandbox_id: str
+    tag: str  # identifies the server's data dir in comments
+    key: str  # veth name suffix, unique per sandbox
+    host: str  # host-side address (gateway and DNS server of the sandbox)
+    guest: str  # the sandbox's address
+
+    @property
+    def veth(self) -> str:
+        return VETH_PREFIX + self.key
+
+    @property
+    def dns_set(self) -> str:
+        return f"dns_{self.key}"
+
+    @property
+    def comment(self) -> str:
+        return f"{self.tag} {self.sandbox_id}"
+
+
+@dataclass(frozen=True)
+class Egress:
+    """What a server allows every one of its sandboxes, whatever their policy."""
+
+    blocked: tuple[str, ...]  # IPv4 ranges no sandbox may reach
+    max_connections: int  # concurrent tracked connections per sandbox
+
+
+def block_set(tag: str) -> str:
+    """Name of the server's set of blocked ranges."""
+    return "block_" + tag.replace("-", "_")
+
+
+@contextmanager
+def _host_lock() -> Iterator[None]:
+    """Serialize changes to the shared table between every Cove server on the host
+    (the last sandbox's removal deletes the table)."""
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def apply(link: Link, policy: NetworkPolicy, egress: Egress) -> None:
+    """Install (or atomically replace) the rules of one sandbox."""
+    with _host_lock():
+        run(["nft", "-f", "-"], input=script(link, policy, egress).encode())
+
+
+def script(link: Link, policy: NetworkPolicy, egress: Egress) -> str:
+    """The nft script that installs ``link``'s rules for ``policy`` in one transaction."""
+    k, c = link.key, f'comment "{link.comment}"'
+    block, intervals = block_set(link.tag), "type ipv4_addr ; flags interval ; auto-merge"
+    lines = [
+        _BASE,
+        f'add set {TABLE} {block} {{ {intervals} ; comment "{link.tag}" ; }}',
+        f"flush set {TABLE} {block}",
+        f"add chain {TABLE} eg_{k} {{ {c} ; }}",
+        f"add chain {TABLE} in_{k} {{ {c} ; }}",
+        f"add set {TABLE} cidr_{k} {{ {intervals} ; {c} ; }}",
+        f"add set {TABLE} dns_{k} {{ type ipv4_addr ; flags timeout ; {c} ; }}",
+        f"add set {TABLE} conn_{k} {{ type ipv4_addr ; size 16 ; flags dynamic ; {c} ; }}",
+        f"flush chain {TABLE} eg_{k}",
+        f"flush chain {TABLE} in_{k}",
+        f"flush set {TABLE} cidr_{k}",
+    ]
+    if egress.blocked:
+        lines.append(f"add element {TABLE} {block} {{ {', '.join(egress.blocked)} }}")
+    cidrs = [c for c in policy.allow_cidrs if ":" not in c]
+    if cidrs:
+        lines.append(f"add element {TABLE} cidr_{k} {{ {', '.join(cidrs)} }}")
+    if not policy.allow_domains:
+        lines.append(f"flush set {TABLE} dns_{k}")
+    lines += _rules(link, policy, egress)
+    lines += [
+        f'add element {TABLE} egress {{ "{link.veth}" : jump eg_{k} }}',
+        f'add element {TABLE} ingress {{ "{link.veth}" : jump in_{k} }}',
+        f"add element {TABLE} masq {{ {link.guest} {c} }}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _rules(link: Link, policy: NetworkPolicy, egress: Egress) -> list[str]:
+    """The rules of the sandbox's two chains: the server's limits, then its policy."""
+    k = link.key
+    eg, in_ = f"add rule {TABLE} eg_{k}", f"add rule {TABLE} in_{k}"
+    cap = f"ct state new add @conn_{k} {{ ip saddr ct count over {egress.max_connections} }}"
+    dns = f"ip daddr {link.host} udp dport 53"
+    return [
+        f"{eg} ip saddr != {link.guest} drop",
+        f"{eg} meta nfproto ipv6 drop",
+        f"{eg} ct state established,related accept",
+        f"{eg} ct state invalid drop",  # untracked: would leave un-NATed
+        f'{eg} oifname "{VETH_PREFIX}*" drop',
+        f"{eg} ip daddr @{block_set(link.tag)} drop",
+        f"{eg} {cap} reject",
+        *_verdicts(eg, k, policy),
+        f"{in_} ip saddr != {link.guest} drop",
+        f"{in_} ct state established,related accept",
+        f"{in_} {dns} {cap} reject",
+        f"{in_} {dns} accept",
+        f"{in_} drop",
+    ]
+
+
+def _verdicts(eg: str, k: str, policy: NetworkPolicy) -> list[str]:
+    if policy.block_all:
+        return [f"{eg} drop"]
+    if not policy.restricted:
+        return [f"{eg} accept"]
+    rules = []
+    if policy.allow_cidrs:
+        rules.append(f"{eg} ip daddr @cidr_{k} accept")
+    if policy.allow_domains:
+        rules.append(f"{eg} ip daddr @dns_{k} accept")
+    return [*rules, f"{eg} drop"]
+
+
+def allow_addresses(link: Link, addresses: list[tuple[str, int]]) -> None:
+    """Let the sandbox reach ``addresses`` (IPv4, timeout in seconds) until they expire."""
+    if not addresses:
+        return
+    elements = ", ".join(f"{ip} timeout {ttl}s" for ip, ttl in addresses)
+    # "add" keeps an existing element's timeout; delete-then-add refreshes it.
+    cmd = f"add element {TABLE} {link.dns_set} {{ {elements} }}\n"
+    run(["nft", "-f", "-"], input=cmd.encode())
+
+
+def remove(sandbox_id: str, tag: str) -> None:
+    """Remove every rule, set and chain of the sandbox; the table too once it is empty."""
+    with _host_lock():
+        _remove(sandbox_id, tag)
+
+
+def _remove(sandbox_id: str, tag: str) -> None:
+    table = _table()
+    if table is None:
+        return
+    comment = f"{tag} {sandbox_id}"
+    others = {o["comment"] for o in table if o["kind"] == "set"
+              and " " in o.get("comment", "")} - {comment}  # fmt: skip
+    cmds = _removal(table, comment) if others else [f"delete table {TABLE}"]
+    if cmds:
+        run(["nft", "-f", "-"], input=("\n".join(cmds) + "\n").encode())
+    if others and not any(o.startswith(tag + " ") for o in others):
+        # the server's last sandbox: its shared set goes too (best effort: a leftover
+        # is harmless and goes with the next removal)
+        for obj in table:
+            if obj["kind"] == "set" and obj.get("comment") == tag:
+                run(["nft", "delete", "set", *TABLE.split(), obj["name"]], check=False)
+
+
+def _removal(table: list[dict], comment: str) -> list[str]:
+    """Commands deleting the chains, sets and map elements of the sandbox."""
+    # (nft 1.0.6 does not show chain comments in JSON: sets identify the sandbox)
+    sets = [o["name"] for o in table if o["kind"] == "set" and o.get("comment") == comment]
+    keys = {name.split("_", 1)[1] for name in sets}
+    names = {o["name"] for o in table if o["kind"] == "chain"}
+    chains = [f"{p}_{k}" for k in sorted(keys) for p in ("eg", "in") if f"{p}_{k}" in names]
+    cmds = []
+    for key in keys:
+        veth = VETH_PREFIX + key
+        for mapname in ("egress", "ingress"):
+            if _has_element(table, mapname, veth):
+                cmds.append(f'delete element {TABLE} {mapname} {{ "{veth}" }}')
+    for addr in _masq_for(table, comment):
+        cmds.append(f"delete element {TABLE} masq {{ {addr} }}")
+    cmds += [f"delete chain {TABLE} {c}" for c in chains]
+    return cmds + [f"delete set {TABLE} {s}" for s in sets]
+
+
+def owned(tag: str) -> dict[str, str]:
+    """Sandbox ids with rules from the server whose data dir has ``tag``, by chain name."""
+    out = {}
+    for obj in _table() or []:
+        comment = obj.get("comment") or ""
+        if obj.get("kind") == "set" and comment.startswith(tag + " "):
+            out[obj["name"]] = comment.split(" ", 1)[1]
+    return out
+
+
+def _table() -> list[dict] | None:
+    done = run(["nft", "-j", "list", "table", *TABLE.split()], check=False)
+    if done.returncode != 0:
+        return None
+    objs = []
+    for item in json.loads(done.stdout).get("nftables", []):
+        for kind in ("chain", "set", "map"):
+            if kind in item:
+                objs.append({"kind": kind, **item[kind]})
+    return objs
+
+
+def _has_element(table: list[dict], mapname: str, veth: str) -> bool:
+    for obj in table:
+        if obj["kind"] == "map" and obj["name"] == mapname:
+            return any(isinstance(e, list) and e[0] == veth for e in obj.get("elem", []))
+    return False
+
+
+def _masq_for(table: list[dict], comment: str) -> list[str]:
+    found = []
+    for obj in table:
+        if obj["kind"] == "set" and obj["name"] == "masq":
+            for elem in obj.get("elem", []):
+                inner = elem.get("elem", {}) if isinstance(elem, dict) else {}
+                if inner.get("comment") == comment:
+                    found.append(str(inner["val"]))
+    return found

@@ -1,0 +1,47 @@
+"""Host-wide kernel settings that sandboxes need, applied once before the first start.
+
+- ``fs.file-max`` to its maximum (as systemd does): open files are then bounded
+  per sandbox by its memory cgroup, which is charged for every file it holds,
+  instead of by one host-wide count that a single sandbox could exhaust for all.
+- ``dev.tty.legacy_tiocsti`` off: TIOCSTI (pushing input into a terminal another
+  process reads) needs CAP_SYS_ADMIN, as it does by default since Linux 6.2.
+
+(``net.ipv4.ip_forward`` is turned on by the network, see ``runner/host/network.py``.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+FILE_MAX = Path("/proc/sys/fs/file-max")
+LEGACY_TIOCSTI = Path("/proc/sys/dev/tty/legacy_tiocsti")
+FILE_MAX_VALUE = (1 << 63) - 1
+log = logging.getLogger(__name__)
+_done = threading.Event()
+
+
+def prepare() -> None:
+    """Apply the settings (idempotent; a setting the host refuses is logged, not fatal)."""
+    if _done.is_set():
+        return
+    _raise_to(FILE_MAX, FILE_MAX_VALUE)
+    _set(LEGACY_TIOCSTI, "0")
+    _done.set()
+
+
+def _raise_to(path: Path, value: int) -> None:
+    try:
+        if int(path.read_text().split()[0]) < value:
+            path.write_text(f"{value}\n")
+    except (OSError, ValueError) as exc:
+        log.warning("cannot raise %s: %s", path, exc)
+
+
+def _set(path: Path, value: str) -> None:
+    try:
+        if path.exists() and path.read_text().strip() != value:
+            path.write_text(f"{value}\n")
+    except OSError as exc:
+        log.warning("cannot set %s: %s", path, exc)

@@ -1,0 +1,115 @@
+"""The local runner: the domain's :class:`cove.core.ports.Runner` on this host.
+
+It runs each blocking call of a :class:`cove.runner.hostruntime.HostRuntime` (crun
+or runsc, chosen per sandbox by its isolation tier) in a worker thread, so
+the event loop never waits on the host; and it is the only place that knows
+the agent is a Unix socket and a preview an IP address of this host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from cove.core.ports import (
+    AgentConnection,
+    ContainerSpec,
+    ContainerStats,
+    ContainerStatus,
+    NetworkPolicy,
+    Resources,
+)
+from cove.errors import Busy
+from cove.runner.hostruntime import HostRuntime
+
+P = ParamSpec("P")
+T = TypeVar("T")
+CONNECT_SECONDS = 10.0  # how long a full accept queue of an agent is waited for
+
+
+class LocalRunner:
+    """Implements :class:`cove.core.ports.Runner` over a host runtime."""
+
+    def __init__(self, host: HostRuntime) -> None:
+        self.host = host
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+
+    def has_snapshot(self, name: str) -> bool:
+        return self.host.has_snapshot(name)
+
+    def has_isolation(self, name: str) -> bool:
+        return self.host.has_isolation(name)
+
+    async def create(self, spec: ContainerSpec) -> None:
+        await self._run(self.host.create, spec)
+
+    async def start(self, spec: ContainerSpec) -> None:
+        await self._run(self.host.start, spec)
+
+    async def stop(self, sandbox_id: str, *, force: bool = False) -> None:
+        await self._run(self.host.stop, sandbox_id, force=force)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        await self._run(self.host.destroy, sandbox_id)
+
+    async def archive(self, sandbox_id: str) -> int:
+        return await self._run(self.host.archive, sandbox_id)
+
+    async def restore(self, spec: ContainerSpec) -> None:
+        await self._run(self.host.restore, spec)
+
+    async def pause(self, sandbox_id: str) -> None:
+        await self._run(self.host.pause, sandbox_id)
+
+    async def resume(self, sandbox_id: str) -> None:
+        await self._run(self.host.resume, sandbox_id)
+
+    async def fork(self, source_id: str, spec: ContainerSpec) -> None:
+        await self._run(self.host.fork, source_id, spec)
+
+    async def capture(self, sandbox_id: str, ref: str) -> int:
+        return await self._run(self.host.capture, sandbox_id, ref)
+
+    async def import_image(self, ref: str, image: str) -> int:
+        return await self._run(self.host.import_image, ref, image)
+
+    async def remove_snapshot(self, ref: str) -> None:
+        await self._run(self.host.remove_snapshot, ref)
+
+    async def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
+        await self._run(self.host.resize, sandbox_id, resources, live=live)
+
+    async def status(self, sandbox_id: str) -> ContainerStatus:
+        return await self._run(self.host.status, sandbox_id)
+
+    async def list_ids(self) -> set[str]:
+        return await self._run(self.host.list_ids)
+
+    async def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        await self._run(self.host.set_network, sandbox_id, policy)
+
+    async def stats(self, sandbox_id: str) -> ContainerStats:
+        return await self._run(self.host.stats, sandbox_id)
+
+    async def open_agent(self, sandbox_id: str) -> AgentConnection:
+        """Connect to the agent's socket; a full accept queue is waited out (up to
+        CONNECT_SECONDS, then Busy), without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONNECT_SECONDS
+        while True:
+            try:
+                sock = self.host.agent_socket(sandbox_id)
+                break
+            except Busy:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.01)
+        return await asyncio.open_unix_connection(sock=sock)
+
+    async def preview_upstream(self, sandbox_id: str, port: int) -> str | None:
+        address = self.host.address(sandbox_id)
+        return None if address is None else f"http://{address}:{port}"

@@ -1,0 +1,123 @@
+"""The toolbox agent of a sandbox: how init runs it, and how the server reaches it.
+
+The agent (``cove.agent``) runs on a Python runtime packed from the host's
+(``cove.runner.oci.pyrt``), both bind-mounted read-only under ``/dev/.cove``.
+
+Its channel is a Unix socket the runtime binds on the host, in the sandbox's
+directory (``agent.sock``), listens on, and hands to the container's init as a
+descriptor; init passes it on to every agent it starts. Nothing in the sandbox
+can see that path or hold that socket, so nothing can take the agent's place,
+and the server reaches the agent with a plain ``connect`` (no namespace to
+join, no process to start), also after a restart of the server.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cove.errors import Busy, RuntimeBackendError, Unavailable
+
+PKG_MOUNT = "/dev/.cove/pkg/toolbox"
+BACKLOG = 128
+_SUN_PATH_MAX = 107
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentSetup:
+    """What the container needs to run the agent."""
+
+    argv: list[str]
+    binds: dict[str, Path] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_setup(data_dir: Path) -> AgentSetup | None:
+    """:func:`agent_setup`, once per data dir; None when ``cove.agent`` is absent."""
+    try:
+        return agent_setup(data_dir)
+    except ImportError:
+        log.warning("cove.agent is not installed: sandboxes run without agent")
+        return None
+
+
+def agent_setup(data_dir: Path) -> AgentSetup:
+    """Pack the Python runtime if needed and describe the agent's command and mounts.
+
+    Raises:
+        RuntimeBackendError: the runtime cannot be packed.
+    """
+    import cove.agent
+    from cove.runner.oci import pyrt
+
+    package = Path(cove.agent.__file__).resolve().parent
+    runtime_dir = pyrt.ensure_python_runtime(data_dir)
+    return AgentSetup(pyrt.argv(), {pyrt.MOUNT: runtime_dir, PKG_MOUNT: package})
+
+
+def listen(path: Path) -> socket.socket:
+    """A new listening socket bound at ``path`` (replacing a stale one), mode 0600.
+
+    Raises:
+        RuntimeBackendError: it cannot be bound.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        with _short(path) as name:
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+            sock.bind(name)
+            os.chmod(name, 0o600)
+        sock.listen(BACKLOG)
+        return sock
+    except OSError as exc:
+        sock.close()
+        raise RuntimeBackendError(f"cannot listen at {path}: {exc.strerror}") from exc
+
+
+def connect(path: Path) -> socket.socket:
+    """A non-blocking stream socket connected to the agent listening at ``path``.
+
+    Raises:
+        Busy: its accept queue is full right now.
+        Unavailable: nothing listens (the sandbox does not run).
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+                         | socket.SOCK_CLOEXEC)  # fmt: skip
+    try:
+        with _short(path) as name:
+            sock.connect(name)
+        return sock
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EAGAIN:
+            raise Busy("the sandbox's toolbox agent accepts no more requests now") from exc
+        raise Unavailable(f"the sandbox's toolbox agent cannot be reached ({exc.strerror}); "
+                          "is the sandbox running?") from exc  # fmt: skip
+
+
+class _short:
+    """``path`` as a name that fits a socket address (through /proc/self/fd)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd = -1
+
+    def __enter__(self) -> str:
+        name = str(self._path)
+        if len(name.encode()) <= _SUN_PATH_MAX:
+            return name
+        self._fd = os.open(self._path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return f"/proc/self/fd/{self._fd}/{self._path.name}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)

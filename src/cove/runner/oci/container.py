@@ -1,0 +1,230 @@
+"""Bringing one sandbox's container up on the host, and taking it down again.
+
+Up: lease the sandbox's host id range, mount its disk image, make its user and
+network namespaces, mount its root file system and volumes with its ids
+(``runner/host/rootfs.py``), make its cgroups (``runner/host/cgtree.py``), bind its
+agent's socket, write config.json and ``crun run --detach``; then move init
+above the workload's limits and let it start the toolbox agent.
+
+Down: SIGTERM, a grace period, SIGKILL to every process, ``crun delete``,
+unmount, remove cgroups.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cove.core.config import Settings
+from cove.core.ports import ContainerSpec
+from cove.errors import RuntimeBackendError
+from cove.runner.host import cgroups, cgtree, idrange, rootfs
+from cove.runner.host.network import Network
+from cove.runner.layout import Metadata, SandboxPaths, write_json
+from cove.runner.oci import agent_setup as agentlink
+from cove.runner.oci import gvisor_view, spec
+from cove.runner.oci.agent_setup import AgentSetup
+from cove.runner.oci.crun import Crun
+from cove.runner.storage import volumes
+
+KILL_WAIT = 10.0
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Helpers:
+    """Host binaries a start needs."""
+
+    init: Path  # cove-init
+    nsexec: Path  # cove-nsexec
+
+
+def stop_container(crun: Crun, container_id: str, grace: float) -> None:
+    """Stop the container's processes and delete it from crun; idempotent.
+
+    Args:
+        crun: The crun client.
+        container_id: The container (the sandbox id).
+        grace: Seconds init gets after SIGTERM to end everything; 0 kills at once.
+    """
+    state = crun.state(container_id)
+    if state is None:
+        return
+    if state.get("status") == "paused":
+        crun.resume(container_id)  # frozen tasks cannot act on signals
+    pidfd = _pidfd(int(state.get("pid") or 0)) if state.get("status") != "stopped" else None
+    try:
+        if pidfd is not None:
+            _terminate(crun, container_id, pidfd, grace)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    crun.delete(container_id)
+
+
+def bring_up(
+    crun: Crun, settings: Settings, spec_: ContainerSpec, paths: SandboxPaths, *,
+    meta: Metadata, helpers: Helpers, agent: AgentSetup | None, net: Network | None,
+) -> Metadata:  # fmt: skip
+    """Mount and make what is missing and run the container (the caller cleans up
+    on error). Returns the metadata as it now is (its layer converted)."""
+    host = prepare_host(settings, spec_, paths, meta=meta, helpers=helpers, net=net)
+    ids, group, binds, meta = host.ids, host.group, host.binds, host.meta
+    delegation = cgtree.prepare(group, memory=spec_.resources.memory * GIB,
+                                pids=settings.pids_limit, agent_uid=ids.agent)  # fmt: skip
+    listener = agentlink.listen(paths.agent_socket)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    workns = os.open(paths.workns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fds = [go_r, listener.fileno(), workns, *delegation.fds]
+        service = _service(agent, delegation, first_fd=spec.GO_FD) if agent else ()
+        parts = spec.HostParts(
+            init_binary=helpers.init, etc_dir=paths.mapped_disk / "etc", userns=paths.userns,
+            agent_uid=idrange.AGENT_UID, group=group, netns=paths.netns, resolv=net is not None,
+            service=service, ro_binds=agent.binds if agent else {}, binds=binds,
+        )  # fmt: skip
+        config = spec.build(spec_, settings, parts, nofile_hard=spec.nofile_hard())
+        write_json(paths.bundle / "config.json", config)
+        init_pid = crun.run_detached(spec_.sandbox_id, paths.bundle, paths.log, fds=fds,
+                                     cgroup2=cgtree.unified_join(group))  # fmt: skip
+        cgtree.settle(group, init_pid, ids.agent)
+        os.write(go_w, b"1")
+    finally:
+        for fd in (go_r, go_w, workns):
+            os.close(fd)
+        listener.close()
+        delegation.close()
+    return meta
+
+
+@dataclass(frozen=True)
+class HostSide:
+    """What :func:`prepare_host` made ready for a container."""
+
+    ids: idrange.IdRange
+    group: str
+    binds: list[tuple[str, Path]]  # volumes: container path -> staged mount point
+    meta: Metadata
+
+
+def prepare_host(
+    settings: Settings, spec_: ContainerSpec, paths: SandboxPaths, *, meta: Metadata,
+    helpers: Helpers, net: Network | None,
+) -> HostSide:  # fmt: skip
+    """What every isolation tier needs before its runtime runs: the id range, the
+    disk, the user and network namespaces, the idmapped layers and volumes."""
+    ids = idrange.lease(paths.root, settings.data_dir)
+    group = cgroups.group_of(settings.cgroup_parent, spec_.sandbox_id)
+    rootfs.mount_disk(paths)
+    _write_etc(paths, spec_.hostname, nameserver=None)
+    fresh = rootfs.make_namespaces(helpers.nsexec, paths, ids)
+    if net is not None:
+        net.up(paths, spec_.network, fresh=fresh)
+        link = net.link(paths)
+        _write_etc(paths, spec_.hostname, nameserver=link.host if link else None)
+    rootfs.mount_layers(helpers.nsexec, paths, meta)
+    meta = Metadata(**{**meta.__dict__, "layer_xattrs": "user"})
+    paths.write_metadata(meta)
+    return HostSide(ids, group, _stage_volumes(settings, spec_, paths), meta)
+
+
+class Deleter(Protocol):
+    """A runtime client that forgets containers (Crun, Runsc)."""
+
+    def delete(self, container_id: str) -> None: ...
+
+
+def tear_down(client: Deleter, sandbox_id: str, paths: SandboxPaths, group: str) -> None:
+    """Delete the container, unmount everything of it (a gVisor view first: it holds
+    binds of the rest), remove its cgroups and socket.
+
+    Every step is tried even when an earlier one failed; the first error is raised.
+    """
+    steps = (
+        lambda: client.delete(sandbox_id),
+        lambda: gvisor_view.remove(paths.data_dir, sandbox_id),
+        lambda: rootfs.unmount_all(paths),
+        lambda: cgroups.remove(group),
+        lambda: paths.agent_socket.unlink(missing_ok=True),
+        lambda: paths.chan_socket.unlink(missing_ok=True),
+    )
+    errors: list[RuntimeBackendError] = []
+    for step in steps:
+        try:
+            step()
+        except RuntimeBackendError as exc:
+            errors.append(exc)
+        except OSError as exc:
+            errors.append(RuntimeBackendError(f"cannot clean up {sandbox_id}: {exc}"))
+    if errors:
+        raise errors[0]
+
+
+def _service(agent: AgentSetup, delegation: cgtree.Delegation, *, first_fd: int) -> list[str]:
+    """The agent's command line, naming the descriptors init hands it (go is first_fd)."""
+    listen_fd, userns_fd = first_fd + 1, first_fd + 2
+    join = [str(userns_fd + 1 + i) for i in range(len(delegation.join))]
+    kill_fd = userns_fd + 1 + len(delegation.join)
+    caps = ",".join(str(spec.CAPABILITY_NUMBERS[c]) for c in spec.WORKLOAD_CAPABILITIES)
+    return [*agent.argv, "--listen-fd", str(listen_fd), "--userns-fd", str(userns_fd),
+            "--join-fds", ",".join(join), "--kill-fd", str(kill_fd),
+            "--kill-mode", delegation.kill_mode, "--caps", caps]  # fmt: skip
+
+
+def _stage_volumes(settings: Settings, spec_: ContainerSpec, paths: SandboxPaths
+                   ) -> list[tuple[str, Path]]:  # fmt: skip
+    sources = [volumes.open_source(settings.data_dir, b) for b in spec_.volumes]
+    try:
+        staged = rootfs.stage_binds(paths, sources)
+    finally:
+        for fd in sources:
+            os.close(fd)
+    return [(b.mount_path, s) for b, s in zip(spec_.volumes, staged, strict=True)]
+
+
+def _write_etc(paths: SandboxPaths, hostname: str, *, nameserver: str | None) -> None:
+    try:
+        paths.etc.mkdir(parents=True, exist_ok=True)
+        (paths.etc / "hostname").write_text(f"{hostname}\n")
+        (paths.etc / "hosts").write_text(_hosts(hostname))
+        if nameserver:
+            (paths.etc / "resolv.conf").write_text(f"nameserver {nameserver}\noptions edns0\n")
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot prepare {paths.disk}: {exc}") from exc
+
+
+def _hosts(hostname: str) -> str:
+    ipv6 = "::1\tlocalhost ip6-localhost ip6-loopback\n"
+    return f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n{ipv6}"
+
+
+def _terminate(crun: Crun, container_id: str, pidfd: int, grace: float) -> None:
+    """SIGTERM to init (it passes it on to every process), then SIGKILL to init: the
+    kernel then kills every process of its pid namespace, wherever its cgroup."""
+    if grace > 0:
+        crun.kill(container_id, "TERM")
+        if _exited(pidfd, grace):
+            return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    _exited(pidfd, KILL_WAIT)
+
+
+def _pidfd(pid: int) -> int | None:
+    if pid <= 0:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None  # already gone
+
+
+def _exited(pidfd: int, timeout: float) -> bool:
+    readable, _, _ = select.select([pidfd], [], [], timeout)
+    return bool(readable)

@@ -1,0 +1,165 @@
+"""A thin client of the ``crun`` command line.
+
+On a hybrid cgroup host every call goes through ``cove-init --exec --hybrid``,
+which runs crun in a private mount namespace without the cgroup2 mount, so
+crun 1.8 (which refuses hybrid mode) manages the v1 hierarchies. ``run`` always
+goes through the wrapper: it places the descriptors handed to the container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cove.errors import RuntimeBackendError
+from cove.runner.host import cgroups
+from cove.runner.host.proc import describe_failure, run
+
+CRUN = "crun"
+STATE_ROOT = Path("/run/crun")  # crun's default --root when run as root
+CALL_TIMEOUT = 60.0  # no crun call should take long; a hung one must not hang us
+
+
+class Crun:
+    """Runs crun commands for the containers of one runtime."""
+
+    def __init__(self, helper: Path) -> None:
+        """Args:
+        helper: The compiled cove-init, used as the hybrid-host wrapper.
+        """
+        self._helper = helper
+        self._hybrid = cgroups.mode() is cgroups.CgroupMode.HYBRID
+
+    def argv(
+        self, *args: str, keep: Path | None = None, fds: int = 0, cgroup2: str | None = None,
+    ) -> list[str]:  # fmt: skip
+        """The full command line of a crun call.
+
+        Args:
+            args: crun's arguments.
+            keep: On a hybrid host, the directory whose mounts crun needs (the
+                bundle's sandbox); every other sandbox mount is detached from
+                the helper's private mount namespace so that it pins none.
+            fds: How many descriptors the caller passes (as 3, 4, ...); the
+                caller puts them at the end of the argument list's ``--fds``.
+            cgroup2: A cgroup of the hybrid host's cgroup2 mount to join first.
+        """
+        if not self._hybrid and not fds:
+            return [CRUN, *args]
+        wrap = [str(self._helper), "--exec"]
+        if self._hybrid:
+            wrap += ["--hybrid", *(["--keep", str(keep)] if keep is not None else [])]
+            wrap += ["--cgroup2", cgroup2] if cgroup2 else []
+        return [*wrap, CRUN, *args]
+
+    def state(self, container_id: str) -> dict[str, Any] | None:
+        """crun's state of a container, or None when crun does not know it."""
+        if not (STATE_ROOT / container_id).exists():
+            return None  # crun keeps a directory per container; skip the exec
+        done = run(self.argv("state", container_id), check=False, timeout=CALL_TIMEOUT)
+        if done.returncode != 0:
+            return None
+        try:
+            return json.loads(done.stdout)
+        except ValueError as exc:
+            raise RuntimeBackendError(f"crun state {container_id}: bad output") from exc
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every container crun knows of (id, pid, status, bundle)."""
+        done = run(self.argv("list", "--format", "json"), timeout=CALL_TIMEOUT)
+        try:
+            return json.loads(done.stdout or b"[]") or []
+        except ValueError as exc:
+            raise RuntimeBackendError("crun list: bad output") from exc
+
+    def run_detached(
+        self, container_id: str, bundle: Path, log: Path, *, fds: Sequence[int] = (),
+        cgroup2: str | None = None,
+    ) -> int:  # fmt: skip
+        """Start a container whose stdio is /dev/null and the file ``log``; returns the
+        host pid of its init.
+
+        Nothing of this process is inherited by the container (it keeps running
+        when the server dies) but ``fds``, which its init gets as 3, 4, ...
+
+        Raises:
+            RuntimeBackendError: crun failed; its last message is in the error.
+        """
+        pid_file = bundle / "init.pid"
+        argv = self.argv(
+            "run", "--detach", "--preserve-fds", str(len(fds)), "--pid-file", str(pid_file),
+            "--bundle", str(bundle), container_id, keep=bundle.parent, fds=len(fds),
+            cgroup2=cgroup2,
+        )  # fmt: skip
+        if fds:
+            argv[2:2] = ["--fds", ",".join(map(str, fds))]
+        try:
+            with open(log, "ab") as out:
+                start = out.tell()
+                code = subprocess.call(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    close_fds=True,
+                    pass_fds=tuple(fds),
+                    timeout=CALL_TIMEOUT,
+                )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise RuntimeBackendError(f"crun run {container_id}: {exc}") from exc
+        if code != 0:
+            raise RuntimeBackendError(describe_failure(argv[-5:], code, _tail(log, start)))
+        try:
+            return int(pid_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise RuntimeBackendError(f"crun run {container_id}: no pid file") from exc
+
+    def kill(self, container_id: str, signal: str, *, all_processes: bool = False) -> None:
+        """Send ``signal`` to the container's init (or every process); errors ignored."""
+        extra = ["--all"] if all_processes else []
+        run(self.argv("kill", *extra, container_id, signal), check=False, timeout=CALL_TIMEOUT)
+
+    def delete(self, container_id: str) -> None:
+        """Kill and forget the container; no error when crun does not know it."""
+        done = run(self.argv("delete", "--force", container_id), check=False, timeout=CALL_TIMEOUT)
+        if done.returncode != 0 and self.state(container_id) is not None:
+            raise RuntimeBackendError(describe_failure(["crun", "delete"], 1, done.stderr))
+
+    def resume(self, container_id: str) -> None:
+        """Thaw a paused container; errors ignored."""
+        run(self.argv("resume", container_id), check=False, timeout=CALL_TIMEOUT)
+
+    def update(self, container_id: str, resources: dict[str, Any], scratch: Path) -> None:
+        """Apply OCI ``linux.resources`` to a running container.
+
+        Raises:
+            RuntimeBackendError: crun refused (e.g. memory below current usage).
+        """
+        try:
+            scratch.write_text(json.dumps(resources))
+            run(
+                self.argv("update", "--resources", str(scratch), container_id), timeout=CALL_TIMEOUT
+            )
+        except OSError as exc:
+            raise RuntimeBackendError(f"crun update {container_id}: {exc}") from exc
+        finally:
+            scratch.unlink(missing_ok=True)
+
+
+def _tail(log: Path, start: int, limit: int = 4096) -> bytes:
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(start, os.path.getsize(log) - limit))
+            return f.read()
+    except OSError:
+        return b""
+
+
+def container_ids(entries: Sequence[dict[str, Any]], bundle_root: Path) -> set[str]:
+    """Ids of the containers whose bundle lies under ``bundle_root``."""
+    root = str(bundle_root).rstrip("/") + "/"
+    return {e["id"] for e in entries if str(e.get("bundle", "")).startswith(root)}

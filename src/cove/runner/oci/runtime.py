@@ -1,0 +1,439 @@
+"""OciRuntime: sandboxes as crun (or runsc) containers over overlayfs on a per-sandbox
+ext4 image.
+
+A sandbox's isolation tier is fixed at create and kept in its metadata:
+``crun`` (``runner/oci/container.py``) or ``gvisor`` (``runner/oci/gvisor.py``);
+every operation looks it up there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import shutil
+import socket
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from cove.core.config import Settings
+from cove.core.ports import (
+    ContainerSpec,
+    ContainerStats,
+    ContainerStatus,
+    ExecResult,
+    NetworkPolicy,
+    Resources,
+)
+from cove.errors import CoveError, RuntimeBackendError, Timeout
+from cove.runner.host import cgroups, cgtree, disk, firewall, freezer, hostprep, idrange, mounts
+from cove.runner.host.network import Network
+from cove.runner.host.proc import foreign_errors
+from cove.runner.layout import Metadata, SandboxPaths, sandboxes_dir
+from cove.runner.oci import agent_setup, gvisor, gvisor_view, spec
+from cove.runner.oci.agent_setup import AgentSetup
+from cove.runner.oci.container import Helpers, bring_up, stop_container, tear_down
+from cove.runner.oci.crun import Crun, container_ids
+from cove.runner.oci.initbin import ensure_init_binary, ensure_nsexec_binary
+from cove.runner.oci.runsc import Runsc
+from cove.runner.oci.runsc import available as runsc_available
+from cove.runner.storage import archive, capture
+from cove.runner.storage.archive_store import build_archive_store
+from cove.runner.storage.fork import copy_layer
+from cove.runner.storage.snapshot import snapshot_rootfs
+
+ALIVE = ("running", "paused")
+log = logging.getLogger(__name__)
+
+
+class OciRuntime:
+    """The real isolation backend (implements :class:`cove.runner.hostruntime.HostRuntime`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        """Args:
+        settings: Server settings (data, snapshot and archive dirs, limits).
+        """
+        self._settings = settings
+        self._archives = build_archive_store(settings)
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._client: Crun | None = None
+        self._gvisor: Runsc | None = None
+        self._net = Network(settings) if settings.network == "nat" else None
+
+    # -- helpers ---------------------------------------------------------
+
+    @property
+    def _crun(self) -> Crun:
+        with self._guard:
+            if self._client is None:
+                self._client = Crun(self._init_binary())
+            return self._client
+
+    @property
+    def _runsc(self) -> Runsc:
+        with self._guard:
+            if self._gvisor is None:
+                self._gvisor = Runsc(self._init_binary())
+            return self._gvisor
+
+    def _client_of(self, tier: str) -> Crun | Runsc:
+        return self._runsc if tier == "gvisor" else self._crun
+
+    def _tier(self, paths: SandboxPaths) -> str:
+        """The sandbox's isolation tier (when its metadata is gone: gvisor if runsc
+        knows it, else crun)."""
+        try:
+            return paths.read_metadata().isolation
+        except RuntimeBackendError:
+            known = runsc_available() and self._runsc.known(paths.root.name)
+            return "gvisor" if known else "crun"
+
+    def _init_binary(self) -> Path:
+        return ensure_init_binary(self._settings.data_dir)
+
+    def _helpers(self) -> Helpers:
+        data = self._settings.data_dir
+        return Helpers(init=ensure_init_binary(data), nsexec=ensure_nsexec_binary(data))
+
+    def _agent_setup(self) -> AgentSetup | None:
+        return agent_setup.cached_setup(self._settings.data_dir)
+
+    @contextmanager
+    def _locked(self, sandbox_id: str) -> Iterator[SandboxPaths]:
+        paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
+        with self._guard:
+            lock = self._locks.setdefault(sandbox_id, threading.Lock())
+        with lock, foreign_errors():
+            yield paths
+
+    def _group(self, sandbox_id: str) -> str:
+        return cgroups.group_of(self._settings.cgroup_parent, sandbox_id)
+
+    def _alive(self, sandbox_id: str, tier: str | None = None) -> dict[str, object] | None:
+        if tier is None:
+            tier = self._tier(SandboxPaths.of(self._settings.data_dir, sandbox_id))
+        state = self._client_of(tier).state(sandbox_id)
+        return state if state and state.get("status") in ALIVE else None
+
+    # -- HostRuntime ---------------------------------------------------------
+
+    def has_snapshot(self, name: str) -> bool:
+        """Whether snapshot ``name`` has a root filesystem on this host."""
+        if not name or "/" in name or name.startswith("."):
+            return False
+        return snapshot_rootfs(self._settings, name).is_dir()
+
+    def has_isolation(self, name: str) -> bool:
+        """crun always; gvisor when runsc is installed."""
+        return name == "crun" or (name == "gvisor" and runsc_available())
+
+    def create(self, spec_: ContainerSpec) -> None:
+        """Record the lower rootfs and make the sparse ext4 image; start nothing."""
+        with self._locked(spec_.sandbox_id) as paths:
+            if paths.image.exists() and paths.metadata.exists():
+                return
+            if not self.has_snapshot(spec_.snapshot):
+                raise RuntimeBackendError(f"snapshot {spec_.snapshot!r} is not available")
+            lower = snapshot_rootfs(self._settings, spec_.snapshot)
+            try:
+                paths.root.mkdir(parents=True, exist_ok=True)
+                paths.write_metadata(_metadata(spec_, str(lower), "user", spec_.isolation))
+                disk.create_image(paths.image, spec_.resources.disk)
+            except BaseException:
+                shutil.rmtree(paths.root, ignore_errors=True)
+                raise
+
+    def start(self, spec_: ContainerSpec) -> None:
+        """Mount image and overlay, write the bundle and ``crun run --detach``."""
+        with self._locked(spec_.sandbox_id) as paths:
+            meta = paths.read_metadata()
+            client = self._client_of(meta.isolation)
+            state = client.state(spec_.sandbox_id)
+            if state is not None and state.get("status") in ALIVE:
+                return
+            if not paths.image.is_file():
+                raise RuntimeBackendError(f"sandbox {spec_.sandbox_id} has no writable layer")
+            if state is not None:
+                client.delete(spec_.sandbox_id)  # a dead leftover
+            hostprep.prepare()
+            meta = _metadata(spec_, meta.lower, meta.layer_xattrs, meta.isolation)
+            paths.write_metadata(meta)
+            up = gvisor.bring_up if meta.isolation == "gvisor" else bring_up
+            try:
+                up(
+                    client, self._settings, spec_, paths, meta=meta,  # type: ignore[arg-type]
+                    helpers=self._helpers(), agent=self._agent_setup(), net=self._net,
+                )  # fmt: skip
+            except BaseException:
+                try:
+                    self._tear_down(spec_.sandbox_id, paths)
+                except RuntimeBackendError:
+                    log.exception("cleaning up failed start of %s", spec_.sandbox_id)
+                raise
+
+    def _tear_down(self, sandbox_id: str, paths: SandboxPaths) -> None:
+        client = self._client_of(self._tier(paths))
+        try:
+            tear_down(client, sandbox_id, paths, self._group(sandbox_id))
+        finally:
+            if self._net is not None:
+                self._net.down(paths)
+
+    def stop(self, sandbox_id: str, *, force: bool = False) -> None:
+        """Terminate the container (SIGTERM, grace, SIGKILL), delete it, unmount."""
+        with self._locked(sandbox_id) as paths:
+            self._stop(sandbox_id, paths, force)
+
+    def _stop(self, sandbox_id: str, paths: SandboxPaths, force: bool) -> None:
+        grace = 0.0 if force else self._settings.stop_grace_seconds
+        if freezer.is_frozen(self._group(sandbox_id)):
+            freezer.thaw(self._group(sandbox_id))  # frozen tasks act on no signal, not SIGKILL
+        if self._tier(paths) == "gvisor":
+            gvisor.stop(self._runsc, sandbox_id, grace)
+            gvisor.forget_mount_points(paths)
+        else:
+            stop_container(self._crun, sandbox_id, grace)
+        self._tear_down(sandbox_id, paths)
+
+    def destroy(self, sandbox_id: str) -> None:
+        """Stop, then remove the sandbox directory, its archive and its cgroups."""
+        with self._locked(sandbox_id) as paths:
+            self._stop(sandbox_id, paths, force=True)
+            mounts.unmount_under(paths.root)
+            if mounts.mounted_under(paths.root):
+                raise RuntimeBackendError(f"{paths.root} still has mounts")
+            idrange.release(paths.root, self._settings.data_dir)
+            try:
+                shutil.rmtree(paths.root, ignore_errors=False)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise RuntimeBackendError(f"cannot remove {paths.root}: {exc}") from exc
+            self._archives.delete(sandbox_id)  # the archive and any half-written one
+            cgroups.remove(self._group(sandbox_id))
+
+    def archive(self, sandbox_id: str) -> int:
+        """Stream the stopped sandbox's upper dir into the archive store; delete disk.img."""
+        with self._locked(sandbox_id) as paths:
+            if self._alive(sandbox_id):
+                raise RuntimeBackendError(f"sandbox {sandbox_id} is running")
+            if not paths.image.is_file():
+                size = self._archives.size(sandbox_id)
+                if size is not None:
+                    return size
+                raise RuntimeBackendError(f"sandbox {sandbox_id} has nothing to archive")
+            self._tear_down(sandbox_id, paths)
+            return archive.archive_into(paths, self._archives, sandbox_id)
+
+    def restore(self, spec_: ContainerSpec) -> None:
+        """Stream the archive into a fresh image (checked as it goes; it only replaces
+        anything once complete), then delete the archive."""
+        sandbox_id = spec_.sandbox_id
+        with self._locked(sandbox_id) as paths:
+            if paths.image.is_file():
+                self._archives.delete(sandbox_id)  # restored already (or never archived)
+                return
+            if not self._archives.exists(sandbox_id):
+                raise RuntimeBackendError(f"the archive of sandbox {sandbox_id} is missing")
+            if not paths.metadata.is_file():
+                lower = snapshot_rootfs(self._settings, spec_.snapshot)
+                paths.root.mkdir(parents=True, exist_ok=True)
+                paths.write_metadata(_metadata(spec_, str(lower), "trusted", spec_.isolation))
+            archive.restore_from(self._archives, sandbox_id, paths, spec_.resources.disk)
+            self._archives.delete(sandbox_id)
+
+    def pause(self, sandbox_id: str) -> None:
+        """Freeze every task of the running container (freezer cgroup, bounded retries)."""
+        with self._locked(sandbox_id) as paths:
+            if not self._alive(sandbox_id):
+                raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+            if self._tier(paths) == "gvisor":  # (a frozen sentry answers no runsc call)
+                self._runsc.pause(sandbox_id)
+                return
+            freezer.freeze(self._group(sandbox_id))
+
+    def resume(self, sandbox_id: str) -> None:
+        """Thaw the container's tasks."""
+        with self._locked(sandbox_id) as paths:
+            if not self._alive(sandbox_id):
+                raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+            if self._tier(paths) == "gvisor":
+                self._runsc.resume(sandbox_id)
+                return
+            freezer.thaw(self._group(sandbox_id))
+
+    def fork(self, source_id: str, spec_: ContainerSpec) -> None:
+        """Copy the source's ext4 image (quiesced if it runs) into a new sandbox."""
+        with self._locked(source_id) as src:
+            meta = src.read_metadata()
+            dst = SandboxPaths.of(self._settings.data_dir, spec_.sandbox_id)
+            copy_layer(self._group(source_id), src, dst, alive=self._alive(source_id) is not None)
+            try:
+                dst.write_metadata(_metadata(spec_, meta.lower, meta.layer_xattrs, meta.isolation))
+            except BaseException:
+                shutil.rmtree(dst.root, ignore_errors=True)
+                raise
+
+    def capture(self, sandbox_id: str, ref: str) -> int:
+        """Copy the sandbox's merged root filesystem into a new snapshot ``ref``."""
+        with self._locked(sandbox_id) as paths:
+            meta = paths.read_metadata()
+            alive = self._alive(sandbox_id) is not None
+            return capture.capture_sandbox(
+                self._snapshots, ref, self._group(sandbox_id), paths, meta, alive=alive
+            )
+
+    def import_image(self, ref: str, image: str) -> int:
+        """Unpack a local OCI layout's image into a new snapshot ``ref``."""
+        with foreign_errors():
+            return capture.import_oci(self._snapshots, ref, self._settings.oci_layout_dir, image)
+
+    def remove_snapshot(self, ref: str) -> None:
+        """Delete snapshot ``ref``; never the default one."""
+        if ref == self._settings.default_snapshot or not self.has_snapshot(ref):
+            return
+        capture.remove(self._snapshots, ref)
+
+    @property
+    def _snapshots(self) -> Path:
+        assert self._settings.snapshot_dir is not None
+        return self._settings.snapshot_dir
+
+    def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
+        """Live: ``crun update`` cpu/memory. Stopped: resize the ext4 image too."""
+        with self._locked(sandbox_id) as paths:
+            alive = self._alive(sandbox_id)
+            if live:
+                if not alive:
+                    raise RuntimeBackendError(f"sandbox {sandbox_id} is not running")
+                if self._tier(paths) == "gvisor":
+                    gvisor.set_limits(self._group(sandbox_id), cpu=resources.cpu,
+                                      memory=resources.memory, pids=self._settings.pids_limit)
+                    return
+                res = spec.resources(resources.cpu, resources.memory, self._settings)
+                update = {"cpu": res["cpu"], "memory": res["memory"]}
+                cgtree.set_limits(self._group(sandbox_id), memory=resources.memory * spec.GIB,
+                                  pids=self._settings.pids_limit)  # fmt: skip
+                self._crun.update(sandbox_id, update, paths.root / "update.json")
+                return
+            if alive:
+                raise RuntimeBackendError(f"sandbox {sandbox_id} must be stopped to resize disk")
+            if paths.image.is_file():
+                mounts.unmount(paths.rootfs)
+                mounts.unmount(paths.disk)
+                disk.resize(paths.image, resources.disk)
+
+    def status(self, sandbox_id: str) -> ContainerStatus:
+        """RUNNING/PAUSED per crun, else STOPPED (image), ARCHIVED (archive) or ABSENT."""
+        paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
+        state = self._alive(sandbox_id, self._tier(paths))
+        if state is not None:
+            paused = state.get("status") == "paused" or freezer.is_frozen(self._group(sandbox_id))
+            return ContainerStatus.PAUSED if paused else ContainerStatus.RUNNING
+        if paths.image.is_file():
+            return ContainerStatus.STOPPED
+        if self._archives.exists(sandbox_id):
+            return ContainerStatus.ARCHIVED
+        return ContainerStatus.ABSENT
+
+    def list_ids(self) -> set[str]:
+        """Sandbox dirs, crun and runsc containers with a bundle of ours, gVisor views,
+        network rules, archives and id leases."""
+        root = sandboxes_dir(self._settings.data_dir)
+        with foreign_errors():
+            ids = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+            ids |= container_ids(self._crun.list(), root)
+            if runsc_available():
+                ids |= container_ids(self._runsc.list(), root)
+            ids |= gvisor_view.sandbox_ids(self._settings.data_dir)
+            if self._net is not None:
+                ids |= set(firewall.owned(self._net.tag).values())
+            ids |= self._archives.keys()
+            ids |= set(idrange.claims(self._settings.data_dir))
+        return ids
+
+    def exec(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run ``argv`` in the running sandbox as ``user`` (default: the sandbox's user),
+        started by its agent like every process of the sandbox.
+
+        Raises:
+            Timeout: it ran past ``timeout``; everything it started was killed.
+            RuntimeBackendError: the sandbox is not running.
+        """
+        paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
+        if not argv:
+            raise RuntimeBackendError("empty command")
+        meta = paths.read_metadata()
+        message = {"op": "exec", "command": shlex.join(argv), "user": user or meta.user,
+                   "env": dict(env or {}), "cwd": cwd, "timeout": timeout, "separate": True}
+        try:
+            return asyncio.run(self._exec(sandbox_id, message))
+        except CoveError as exc:
+            if exc.status_code == 408:
+                raise Timeout(exc.message) from exc
+            if isinstance(exc, RuntimeBackendError):
+                raise
+            raise RuntimeBackendError(exc.message) from exc
+
+    async def _exec(self, sandbox_id: str, message: dict[str, object]) -> ExecResult:
+        from cove.agent import protocol
+        from cove.core.toolbox import agent_call
+        from cove.runner.local import LocalRunner
+
+        out, err = bytearray(), bytearray()
+        async with agent_call(LocalRunner(self), sandbox_id, message) as call:
+            async for kind, payload in call.frames():
+                if kind == protocol.STDOUT:
+                    out += payload
+                elif kind == protocol.STDERR:
+                    err += payload
+            code = int(call.result["exitCode"])
+        return ExecResult(exit_code=code, stdout=bytes(out), stderr=bytes(err))
+
+    def stats(self, sandbox_id: str) -> ContainerStats:
+        """CPU time, memory and task count of the running sandbox (from its cgroups)."""
+        return cgroups.stats(self._group(sandbox_id))
+
+    def agent_socket(self, sandbox_id: str) -> socket.socket:
+        """A new (non-blocking) stream socket connected to the sandbox's toolbox agent.
+
+        Raises:
+            Unavailable: the sandbox does not run. Busy: its agent's queue is full.
+        """
+        paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
+        if paths.chan_socket.exists():  # the gVisor tier's agent binds its own
+            return agent_setup.connect(paths.chan_socket)
+        return agent_setup.connect(paths.agent_socket)
+
+    def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Replace the running sandbox's firewall rules and DNS policy at once."""
+        with self._locked(sandbox_id) as paths:
+            if self._net is None or not self._alive(sandbox_id):
+                return
+            link = self._net.link(paths)
+            if link is None:
+                raise RuntimeBackendError(f"sandbox {sandbox_id} has no network")
+            self._net.apply(sandbox_id, link, policy)
+
+    def address(self, sandbox_id: str) -> str | None:
+        """The running sandbox's address on its veth (None without networking)."""
+        paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
+        link = self._net.link(paths) if self._net is not None else None
+        return link.guest if link is not None else None
+
+
+def _metadata(spec_: ContainerSpec, lower: str, layer_xattrs: str, isolation: str) -> Metadata:
+    return Metadata(lower=lower, hostname=spec_.hostname, user=spec_.user, env=dict(spec_.env),
+                    layer_xattrs=layer_xattrs, isolation=isolation)  # fmt: skip

@@ -1,0 +1,162 @@
+"""User snapshots: read-only root filesystems made from a sandbox or an OCI image.
+
+A snapshot called by its reference ``ref`` lives at ``<snapshot_dir>/<ref>/rootfs``
+(:func:`cove.runner.storage.snapshot.snapshot_rootfs` finds it). It is built in
+``<snapshot_dir>/.build-<ref>-<pid>`` and renamed into place only when complete,
+so a failed build leaves nothing that looks like a snapshot.
+
+From a sandbox, the merged view (lower snapshot + writable layer) is copied
+with tar (owners, modes, xattrs kept; overlay whiteouts are already applied in
+the merged view). A running sandbox is frozen for the copy.
+
+From an image, only local OCI image layouts are used (no registry): the image
+``name:tag`` is looked up as the layout ``<oci_layout_dir>/<name>`` and
+unpacked with ``umoci``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cove.errors import RuntimeBackendError
+from cove.hostfiles import private_dir
+from cove.runner.host import freezer, mounts, rootfs
+from cove.runner.host.proc import run
+from cove.runner.layout import Metadata, SandboxPaths
+from cove.runner.storage.archive import TAR_FLAGS, pipe
+
+
+def capture_sandbox(
+    base: Path, ref: str, group: str, paths: SandboxPaths, meta: Metadata, *, alive: bool
+) -> int:
+    """Build snapshot ``ref`` from the sandbox's merged root filesystem (``group``: its
+    cgroup group, to freeze it when ``alive``); returns its size."""
+    with _building(base, ref) as rootfs, _merged_view(group, paths, meta, alive) as view:
+        with open(os.devnull, "wb") as null:
+            pipe(
+                ["tar", "--create", "--file=-", f"--directory={view}", *TAR_FLAGS, "."],
+                ["tar", "--extract", "--file=-", f"--directory={rootfs}", "--same-owner",
+                 "--same-permissions", *TAR_FLAGS],
+                null,
+            )  # fmt: skip
+    return _size(base / ref / "rootfs")
+
+
+def import_oci(base: Path, ref: str, layout_dir: Path | None, image: str) -> int:
+    """Build snapshot ``ref`` from a local OCI layout; returns its size.
+
+    Raises:
+        RuntimeBackendError: the image is not in a local layout, or unpacking failed.
+    """
+    layout, tag = resolve_image(layout_dir, image)
+    with _building(base, ref) as rootfs:
+        bundle = rootfs.parent / "bundle"
+        run(["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)], timeout=1800)
+        os.rmdir(rootfs)
+        (bundle / "rootfs").rename(rootfs)
+        shutil.rmtree(bundle)
+    return _size(base / ref / "rootfs")
+
+
+def resolve_image(layout_dir: Path | None, image: str) -> tuple[Path, str]:
+    """``oci:<dir>:<tag>`` or ``name[:tag]`` (both under ``layout_dir``) → (layout, tag).
+
+    Raises:
+        RuntimeBackendError: no such local layout or tag, or a layout outside
+            ``layout_dir`` (no client may make the server read any host path).
+    """
+    if image.startswith("oci:"):
+        where, _, tag = image[4:].rpartition(":")
+        layout = Path(where) if where else Path(image[4:])
+        tag = tag if where else "latest"
+        root = layout_dir.resolve() if layout_dir is not None else None
+        if root is None or not layout.resolve().is_relative_to(root):
+            raise RuntimeBackendError(
+                f"image '{image}': only OCI layouts under COVE_OCI_LAYOUT_DIR can be imported"
+            )
+    else:
+        name, _, tag = image.partition(":")
+        if layout_dir is None or not name or "/" in name or name.startswith("."):
+            raise RuntimeBackendError(
+                f"image '{image}' cannot be resolved: this server has no registry access; "
+                "set COVE_OCI_LAYOUT_DIR to a directory of OCI image layouts"
+            )
+        layout, tag = layout_dir / name, tag or "latest"
+    if not (layout / "index.json").is_file():
+        raise RuntimeBackendError(f"image '{image}': no OCI layout at {layout}")
+    tags = run(["umoci", "ls", "--layout", str(layout)], timeout=60).stdout.decode().split()
+    if tag not in tags:
+        raise RuntimeBackendError(f"image '{image}': layout {layout} has no tag '{tag}'")
+    return layout, tag
+
+
+def remove(base: Path, ref: str) -> None:
+    """Delete snapshot ``ref`` (sandboxes made from it keep nothing of it mounted)."""
+    target = base / ref
+    if not target.exists():
+        return
+    trash = base / f".trash-{ref}-{os.getpid()}"
+    try:
+        target.rename(trash)
+        shutil.rmtree(trash)
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot remove snapshot {ref}: {exc}") from exc
+
+
+@contextmanager
+def _building(base: Path, ref: str) -> Iterator[Path]:
+    final = base / ref
+    if final.exists():
+        raise RuntimeBackendError(f"snapshot {ref} exists already")
+    work = base / f".build-{ref}-{os.getpid()}"
+    try:
+        shutil.rmtree(work, ignore_errors=True)
+        (private_dir(work) / "rootfs").mkdir()  # root's alone, whatever the dir above
+        yield work / "rootfs"
+        work.rename(final)
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot build snapshot {ref}: {exc}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _merged_view(group: str, paths: SandboxPaths, meta: Metadata, alive: bool) -> Iterator[Path]:
+    """The sandbox's whole file system with the ids it has inside (as its files carry
+    them on disk): a read-only overlay of its writable layer over its snapshot,
+    mounted on the host for the copy. A running sandbox is frozen meanwhile."""
+    if not paths.image.is_file():
+        raise RuntimeBackendError(f"sandbox {paths.root.name} has no writable layer")
+    froze = alive and not freezer.is_frozen(group)
+    mounted = mounts.is_mounted(paths.disk)
+    if froze:
+        freezer.freeze(group)
+    try:
+        if not mounted:
+            rootfs.mount_disk(paths)
+        view = paths.root / "capture"
+        view.mkdir(exist_ok=True)
+        paths.upper.mkdir(exist_ok=True)
+        opts = f"lowerdir={paths.upper}:{meta.lower}"
+        if meta.layer_xattrs == "user":
+            opts += ",userxattr"
+        mounts.mount_overlay_readonly(opts, view)
+        try:
+            yield view
+        finally:
+            mounts.unmount(view)
+            view.rmdir()
+    finally:
+        if not mounted:
+            mounts.unmount(paths.disk)
+        if froze:
+            freezer.thaw(group)
+
+
+def _size(path: Path) -> int:
+    out = run(["du", "-sb", str(path)], timeout=600).stdout.decode()
+    return int(out.split()[0])

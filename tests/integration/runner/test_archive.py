@@ -1,0 +1,96 @@
+"""Archive and restore keep files, deletions (whiteouts) and opaque directories."""
+
+from __future__ import annotations
+
+import pytest
+
+from cove.core.ports import ContainerStatus
+from cove.errors import RuntimeBackendError
+from cove.runner.oci.runtime import OciRuntime
+from tests.integration.conftest import SandboxFactory
+from tests.integration.runner.util import ok, sandbox_dir
+
+pytestmark = pytest.mark.integration
+
+CHANGES = """
+set -e
+echo data > /home/daytona/file
+mkdir -p /home/daytona/dir/sub && echo deep > /home/daytona/dir/sub/f
+ln -s file /home/daytona/link
+chown 1000:1000 /home/daytona/file
+chmod 0640 /home/daytona/file
+setfattr_py() { python3 -c "import os; os.setxattr('$1', 'user.cove', b'x')"; }
+setfattr_py /home/daytona/file
+rm /etc/issue                       # whiteout over a lower file
+rm -rf /usr/share/doc && mkdir /usr/share/doc && echo new > /usr/share/doc/only  # opaque dir
+"""
+CHECK = """
+cat /home/daytona/file /home/daytona/dir/sub/f
+readlink /home/daytona/link
+stat -c '%u:%g %a' /home/daytona/file
+python3 -c "import os; print(os.getxattr('/home/daytona/file', 'user.cove'))"
+test -e /etc/issue && echo issue-back || echo issue-gone
+ls /usr/share/doc
+"""
+EXPECTED = "data\ndeep\nfile\n1000:1000 640\nb'x'\nissue-gone\nonly\n"
+
+
+def test_archive_and_restore_keep_everything(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    box = make_sandbox()
+    sid = box.sandbox_id
+    ok(runtime, sid, CHANGES)
+    assert ok(runtime, sid, CHECK) == EXPECTED
+    runtime.stop(sid)
+    size = runtime.archive(sid)
+    archive = runtime._settings.archive_dir / f"{sid}.tar.zst"  # type: ignore[operator]
+    assert size == archive.stat().st_size > 0
+    assert runtime.status(sid) is ContainerStatus.ARCHIVED
+    assert not (sandbox_dir(runtime, sid) / "disk.img").exists()
+    assert runtime.archive(sid) == size  # idempotent
+    assert sid in runtime.list_ids()
+    runtime.restore(box)
+    assert runtime.status(sid) is ContainerStatus.STOPPED
+    assert not archive.exists()
+    runtime.start(box)
+    assert ok(runtime, sid, CHECK) == EXPECTED
+
+
+def test_archive_refuses_a_running_sandbox(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    box = make_sandbox()
+    with pytest.raises(RuntimeBackendError):
+        runtime.archive(box.sandbox_id)
+    assert runtime.status(box.sandbox_id) is ContainerStatus.RUNNING
+
+
+def test_corrupt_archive_is_refused_and_kept(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    box = make_sandbox()
+    sid = box.sandbox_id
+    ok(runtime, sid, "head -c 2000000 /dev/urandom > /home/daytona/noise")
+    runtime.stop(sid)
+    runtime.archive(sid)
+    archive = runtime._settings.archive_dir / f"{sid}.tar.zst"  # type: ignore[operator]
+    blob = bytearray(archive.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    archive.write_bytes(bytes(blob))
+    with pytest.raises(RuntimeBackendError):
+        runtime.restore(box)
+    assert archive.read_bytes() == bytes(blob)
+    assert runtime.status(sid) is ContainerStatus.ARCHIVED
+    archive.write_bytes(bytes(blob[: len(blob) // 3]))  # truncated
+    with pytest.raises(RuntimeBackendError):
+        runtime.restore(box)
+    assert runtime.status(sid) is ContainerStatus.ARCHIVED
+
+
+def test_destroy_removes_the_archive(runtime: OciRuntime, make_sandbox: SandboxFactory) -> None:
+    box = make_sandbox(start=False)
+    runtime.archive(box.sandbox_id)
+    runtime.destroy(box.sandbox_id)
+    assert runtime.status(box.sandbox_id) is ContainerStatus.ABSENT
+    assert box.sandbox_id not in runtime.list_ids()

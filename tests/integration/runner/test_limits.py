@@ -1,0 +1,93 @@
+"""Resource limits hold against hostile workloads, and the sandbox survives them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from cove.core.config import Settings
+from cove.runner.oci.runtime import OciRuntime
+from tests.integration.conftest import SandboxFactory
+from tests.integration.runner.util import cgroup_value, group, init_pid, ok, sh
+
+pytestmark = pytest.mark.integration
+
+HOG = "python3 -c 'b = [bytearray(64 << 20) for _ in range(32)]; print(len(b))'"  # 2 GiB
+
+
+def test_memory_hog_is_oom_killed(runtime: OciRuntime, make_sandbox: SandboxFactory) -> None:
+    box = make_sandbox(memory=1)
+    res = sh(runtime, box.sandbox_id, HOG, timeout=120)
+    assert res.exit_code != 0
+    assert res.exit_code in (137, -9) or b"Killed" in res.stderr or b"MemoryError" in res.stderr
+    memory_limit = ("memory", "memory.limit_in_bytes")
+    limit = int(cgroup_value(group(runtime, box.sandbox_id), memory_limit, "memory.max"))
+    assert limit == 1 << 30
+    assert ok(runtime, box.sandbox_id, "echo alive").strip() == "alive"
+
+
+def test_fork_bomb_is_contained(
+    runtime: OciRuntime, make_sandbox: SandboxFactory, it_settings: Settings
+) -> None:
+    box = make_sandbox()
+    sid = box.sandbox_id
+    bomb = "nohup sh -c 'f(){ f | f & }; f' >/dev/null 2>&1 &"
+    ok(runtime, sid, bomb)
+    limit = it_settings.pids_limit
+    peak = 0
+    for _ in range(20):
+        current = int(cgroup_value(group(runtime, sid), ("pids", "pids.current"), "pids.current"))
+        peak = max(peak, current)
+        assert current <= limit
+        time.sleep(0.1)
+    assert peak > limit // 2, peak  # the bomb really ran into the limit
+    host = subprocess.run(["sh", "-c", "for i in 1 2 3 4 5; do true & done; wait; echo ok"],
+                          capture_output=True, timeout=30)  # fmt: skip
+    assert host.stdout == b"ok\n"  # the host can still fork
+    assert int(cgroup_value(group(runtime, sid), ("pids", "pids.max"), "pids.max")) == limit
+    kill_all_but_init(runtime, sid)
+    assert ok(runtime, sid, "echo alive").strip() == "alive"
+
+
+def kill_all_but_init(runtime: OciRuntime, sid: str) -> None:
+    """SIGKILL every process of the sandbox except init, until none is left."""
+    init = init_pid(runtime, sid)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        procs = cgroup_value(group(runtime, sid), ("pids", "cgroup.procs"), "cgroup.procs").split()
+        victims = [int(p) for p in procs if int(p) != init]
+        if not victims:
+            return
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    raise AssertionError("fork bomb survived")
+
+
+def test_disk_cap_gives_enospc(runtime: OciRuntime, make_sandbox: SandboxFactory) -> None:
+    box = make_sandbox(disk=1)
+    res = sh(runtime, box.sandbox_id, "dd if=/dev/zero of=/home/daytona/big bs=1M count=1500",
+             timeout=120)  # fmt: skip
+    assert res.exit_code != 0
+    assert b"No space left on device" in res.stderr
+    ok(runtime, box.sandbox_id, "rm /home/daytona/big")
+    assert ok(runtime, box.sandbox_id, "echo fine > /tmp/x && cat /tmp/x").strip() == "fine"
+
+
+def test_cpu_quota_holds(runtime: OciRuntime, make_sandbox: SandboxFactory) -> None:
+    box = make_sandbox(cpu=1)
+    sid = box.sandbox_id
+    before = runtime.stats(sid).cpu_usage_ns
+    start = time.monotonic()
+    loop = "timeout 3 sh -c 'while :; do :; done'"
+    ok(runtime, sid, f"{loop} & {loop}; wait")
+    wall = time.monotonic() - start
+    used = (runtime.stats(sid).cpu_usage_ns - before) / 1e9
+    assert used / wall < 1.3, (used, wall)
+    assert used / wall > 0.5, (used, wall)

@@ -1,0 +1,124 @@
+"""Sandbox networking on the real runtime: NAT to two test remotes in their own netns
+(R1, R2 in 198.18.0.0/16, routed via the host), DNS through Cove's forwarder,
+the firewall, isolation between sandboxes and from the host, and clean removal."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from cove.core.ports import NetworkPolicy
+from cove.runner.host.network import data_tag
+from cove.runner.oci.runtime import OciRuntime
+from tests.integration.conftest import SandboxFactory
+from tests.integration.runner.util import ok, sh
+from tests.nettools import R1, R1_NET, R2, R2_NET, Remote, nft_table
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def remotes() -> Iterator[tuple[Remote, Remote]]:
+    pair = (Remote(R1_NET).start(), Remote(R2_NET).start())
+    yield pair
+    for remote in pair:
+        remote.stop()
+
+
+def reaches(runtime: OciRuntime, sid: str, url: str) -> bool:
+    res = sh(runtime, sid, f"curl -sS -m 2 {url}", timeout=20)
+    return res.exit_code == 0 and b"remote " in res.stdout
+
+
+def resolves(runtime: OciRuntime, sid: str, name: str) -> str:
+    return sh(runtime, sid, f"getent ahostsv4 {name} | head -1", timeout=20).stdout.decode()
+
+
+def test_outbound_nat_and_dns(runtime: OciRuntime, make_sandbox: SandboxFactory, remotes) -> None:
+    sid = make_sandbox().sandbox_id
+    assert reaches(runtime, sid, f"http://{R1}:8080/x")
+    assert f"remote {R1} /y" in ok(runtime, sid, "curl -sS -m 5 http://remote.test:8080/y")
+    assert "nameserver 198.19." in ok(runtime, sid, "cat /etc/resolv.conf")
+    assert resolves(runtime, sid, "nothing.test") == ""
+
+
+def test_block_all_and_live_change(runtime: OciRuntime, make_sandbox: SandboxFactory,
+                                   remotes) -> None:  # fmt: skip
+    sid = make_sandbox(network=NetworkPolicy(block_all=True)).sandbox_id
+    assert not reaches(runtime, sid, f"http://{R1}:8080/")
+    assert resolves(runtime, sid, "remote.test") == ""
+    runtime.set_network(sid, NetworkPolicy())  # live, no restart
+    assert reaches(runtime, sid, f"http://{R1}:8080/")
+    runtime.set_network(sid, NetworkPolicy(block_all=True))
+    assert not reaches(runtime, sid, f"http://{R1}:8080/")
+
+
+def test_cidr_allow_list(runtime: OciRuntime, make_sandbox: SandboxFactory, remotes) -> None:
+    sid = make_sandbox(network=NetworkPolicy(allow_cidrs=(f"198.18.{R1_NET}.0/24",))).sandbox_id
+    assert reaches(runtime, sid, f"http://{R1}:8080/")
+    assert not reaches(runtime, sid, f"http://{R2}:8080/")
+    runtime.set_network(sid, NetworkPolicy(allow_cidrs=(f"{R2}/32",)))
+    assert not reaches(runtime, sid, f"http://{R1}:8080/")
+    assert reaches(runtime, sid, f"http://{R2}:8080/")
+
+
+def test_domain_allow_list_is_per_sandbox(runtime: OciRuntime, make_sandbox: SandboxFactory,
+                                          remotes) -> None:  # fmt: skip
+    policy = NetworkPolicy(allow_domains=("remote.test", "*.wild.test"))
+    a = make_sandbox(network=policy).sandbox_id
+    b = make_sandbox(network=policy).sandbox_id
+    assert not reaches(runtime, a, f"http://{R1}:8080/")  # not resolved yet
+    assert resolves(runtime, a, "other.test") == ""  # not allowed
+    assert reaches(runtime, a, "http://remote.test:8080/")
+    assert reaches(runtime, a, "http://a.wild.test:8080/")
+    assert reaches(runtime, a, f"http://{R1}:8080/")  # resolved by a, for a
+    assert not reaches(runtime, a, f"http://{R2}:8080/")
+    assert not reaches(runtime, b, f"http://{R1}:8080/")  # b resolved nothing
+
+
+def test_no_route_to_other_sandboxes_or_host(runtime: OciRuntime, make_sandbox: SandboxFactory,
+                                             remotes) -> None:  # fmt: skip
+    a = make_sandbox().sandbox_id
+    b = make_sandbox().sandbox_id
+    b_addr, a_addr = runtime.address(b), runtime.address(a)
+    assert a_addr and b_addr and a_addr != b_addr
+    ok(runtime, b, "nohup python3 -m http.server 8000 >/dev/null 2>&1 & sleep 0.5")
+    # the host may dial in (preview proxy); another sandbox may not
+    socket.create_connection((b_addr, 8000), timeout=5).close()
+    assert sh(runtime, a, f"curl -sS -m 2 http://{b_addr}:8000/").exit_code != 0
+    with socket.socket() as srv:  # a host service on every address
+        srv.bind(("0.0.0.0", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        threading.Thread(target=lambda: srv.accept(), daemon=True).start()
+        gw = _gateway(a_addr)
+        for target in (gw, _gateway(b_addr), remotes[0].host):
+            res = sh(runtime, a, f"curl -sS -m 2 http://{target}:{port}/", timeout=20)
+            assert res.exit_code == 28, (target, res)  # timed out: dropped, not refused
+
+
+def test_stop_start_and_destroy_clean_up(runtime: OciRuntime, make_sandbox: SandboxFactory,
+                                         remotes) -> None:  # fmt: skip
+    spec = make_sandbox(network=NetworkPolicy(allow_cidrs=(f"198.18.{R1_NET}.0/24",)))
+    sid = spec.sandbox_id
+    addr = runtime.address(sid)
+    tag = data_tag(runtime._settings.data_dir)
+    assert sid in nft_table()
+    runtime.stop(sid, force=True)
+    assert sid not in nft_table()
+    assert tag not in subprocess.run(["ip", "-d", "link"], capture_output=True, text=True).stdout
+    runtime.start(spec)
+    assert runtime.address(sid) == addr
+    assert reaches(runtime, sid, f"http://{R1}:8080/")
+    assert not reaches(runtime, sid, f"http://{R2}:8080/")
+    runtime.destroy(sid)
+    assert sid not in nft_table()
+
+
+def _gateway(addr: str) -> str:
+    head, last = addr.rsplit(".", 1)
+    return f"{head}.{int(last) - 1}"

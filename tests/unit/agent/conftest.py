@@ -1,0 +1,62 @@
+"""The real toolbox agent, run in process on the host, behind the real API.
+
+Fast tests of the toolbox routes and the agent's handlers. Commands run as the
+test's own user on the host, in temporary directories; the isolation itself is
+tested end to end on real sandboxes (tests/e2e).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from cove.agent import agent
+from cove.api.app import create_app
+from cove.core.config import Settings
+from cove.runner.fake import FakeRuntime
+
+AUTH = {"Authorization": "Bearer test-key"}
+
+
+@pytest.fixture
+def agent_path(tmp_path: Path) -> Iterator[str]:
+    path = str(tmp_path / "agent.sock")
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        server = await agent.serve(path, check_peer=False)
+        ready.set()
+        async with server:
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    yield path
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(5)
+    loop.close()
+
+
+@pytest.fixture
+def client(tmp_path: Path, agent_path: str) -> Iterator[TestClient]:
+    settings = Settings(data_dir=tmp_path / "data", runtime="fake", api_key="test-key")
+    runtime = FakeRuntime(agent_path=agent_path)
+    with TestClient(create_app(settings, runtime=runtime)) as c:
+        yield c
+
+
+@pytest.fixture
+def sandbox_id(client: TestClient) -> str:
+    body = {"user": getpass.getuser(), "env": {"SANDBOX_VAR": "yes"}, "volumes": []}
+    r = client.post("/api/sandbox", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    return r.json()["id"]

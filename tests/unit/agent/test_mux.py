@@ -1,0 +1,133 @@
+"""The multiplexed channel between server and agent: streams side by side, bounded
+buffers, resets, and a peer that breaks the rules (the agent is untrusted)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from cove.agent import mux, protocol
+from cove.agent.mux import Channel, Stream
+
+CHUNK = 256 * 1024
+
+
+async def _pair(opened: mux.Opened | None = None) -> tuple[Channel, Channel]:
+    a, b = socket.socketpair()
+    server = Channel(*await asyncio.open_unix_connection(sock=a))
+    agent = Channel(*await asyncio.open_unix_connection(sock=b), opened=opened)
+    return server, agent
+
+
+@pytest.fixture
+async def accepted() -> AsyncIterator[asyncio.Queue[Stream]]:
+    """Where a test's agent side puts the streams it accepted."""
+    yield asyncio.Queue()
+
+
+async def test_a_slow_stream_holds_back_only_itself(accepted: asyncio.Queue[Stream]) -> None:
+    async def opened(stream: Stream, payload: bytes) -> None:
+        await accepted.put(stream)
+        await asyncio.Event().wait()
+
+    server, agent = await _pair(opened)
+    slow, fast = server.open(), server.open()
+    for s in (slow, fast):
+        await s.send(protocol.JSON, b"{}")
+    slow_agent, fast_agent = await accepted.get(), await accepted.get()
+    # The agent floods the slow stream, which the server does not read: its sender
+    # stops at the window, the other stream still flows.
+    flood = asyncio.ensure_future(_send_many(slow_agent, 3 * mux.WINDOW // CHUNK))
+    await asyncio.sleep(0.2)
+    assert not flood.done()
+    assert slow._buffered <= mux.WINDOW
+    await fast_agent.send(protocol.DATA, b"hello")
+    assert await asyncio.wait_for(fast.receive(), 5) == (protocol.DATA, b"hello")
+    # Reading the slow stream lets the rest through.
+    got = 0
+    while got < 3 * mux.WINDOW // CHUNK * CHUNK:
+        kind, payload = await asyncio.wait_for(slow.receive(), 5)
+        got += len(payload)
+    await asyncio.wait_for(flood, 5)
+    await server.close()
+    await agent.close()
+
+
+async def _send_many(stream: Stream, count: int) -> None:
+    for _ in range(count):
+        await stream.send(protocol.DATA, b"x" * CHUNK)
+
+
+async def test_a_peer_that_ignores_the_window_loses_the_connection() -> None:
+    a, b = socket.socketpair()
+    server = Channel(*await asyncio.open_unix_connection(sock=a))
+    stream = server.open()
+    await stream.send(protocol.JSON, b"{}")
+    # A lying agent: raw frames past the window, no credit asked.
+    junk = protocol.frame(protocol.DATA, b"y" * (1024 * 1024), stream.id)
+    writer = asyncio.ensure_future(asyncio.to_thread(_send_raw, b, junk * 20))
+    await asyncio.wait_for(server.closed.wait(), 10)
+    with pytest.raises(EOFError):
+        while True:  # what arrived before the breach may be read, then the end
+            await stream.receive()
+    b.close()
+    await asyncio.gather(writer, return_exceptions=True)
+
+
+def _send_raw(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
+
+
+async def test_frames_of_unknown_streams_are_dropped_and_the_server_opens_no_stream() -> None:
+    a, b = socket.socketpair()
+    server = Channel(*await asyncio.open_unix_connection(sock=a))
+    stream = server.open()
+    b.sendall(protocol.frame(protocol.JSON, b'{"op": "x"}', 7)  # the agent opening a stream
+              + protocol.frame(protocol.DATA, b"stray", 99)
+              + protocol.frame(protocol.DATA, b"mine", stream.id))  # fmt: skip
+    assert await asyncio.wait_for(stream.receive(), 5) == (protocol.DATA, b"mine")
+    assert server.alive
+    await server.close()
+    b.close()
+
+
+async def test_a_reset_ends_the_handlers_input_and_its_sends(
+    accepted: asyncio.Queue[Stream],
+) -> None:
+    ended = asyncio.Event()
+
+    async def opened(stream: Stream, payload: bytes) -> None:
+        await accepted.put(stream)
+        with pytest.raises(EOFError):
+            await stream.receive()
+        with pytest.raises(ConnectionError):
+            await stream.send(protocol.DATA, b"late")
+        ended.set()
+
+    server, agent = await _pair(opened)
+    stream = server.open()
+    await stream.send(protocol.JSON, b"{}")
+    await accepted.get()
+    stream.reset()
+    await asyncio.wait_for(ended.wait(), 5)
+    assert server.alive and agent.alive  # other requests go on
+    await server.close()
+    await agent.close()
+
+
+async def test_closing_the_connection_ends_every_stream(accepted: asyncio.Queue[Stream]) -> None:
+    server, agent = await _pair()
+    streams = [server.open() for _ in range(3)]
+    await agent.close()
+    for stream in streams:
+        with pytest.raises(EOFError):
+            await asyncio.wait_for(stream.receive(), 5)
+    with pytest.raises(ConnectionError):
+        server.open()
+    await server.close()

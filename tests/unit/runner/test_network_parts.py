@@ -1,0 +1,144 @@
+"""Pure parts of sandbox networking: DNS wire handling, name matching, nft script,
+the egress settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cove.core.config import Settings
+from cove.core.ports import NetworkPolicy
+from cove.runner.host import dns, firewall
+from cove.runner.host.firewall import Egress, Link
+
+
+def _query(name: str, qid: int = 7) -> bytes:
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+
+
+def _answer(query: bytes, ip: str, ttl: int) -> bytes:
+    rr = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, ttl, 4) + socket.inet_aton(ip)
+    return query[:2] + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0) + query[12:] + rr
+
+
+def test_names_and_records() -> None:
+    q = _query("www.Example.com")
+    assert dns.question_name(q) == "www.Example.com"
+    assert dns.a_records(_answer(q, "198.18.0.9", 42)) == [("198.18.0.9", 42)]
+    refused = dns.error_reply(q, dns.NXDOMAIN)
+    assert refused[:2] == q[:2] and refused[3] & 0x0F == dns.NXDOMAIN
+    assert dns.question_name(refused) is None  # an answer, not a query
+
+
+def test_allowed_names() -> None:
+    patterns = ("example.com", "*.wild.org")
+    assert dns.allowed("EXAMPLE.com.", patterns)
+    assert not dns.allowed("www.example.com", patterns)
+    assert dns.allowed("a.b.wild.org", patterns)
+    assert not dns.allowed("wild.org", patterns) and not dns.allowed("evilwild.org", patterns)
+
+
+def test_resolve_under_policies() -> None:
+    fwd = dns.DnsForwarder.__new__(dns.DnsForwarder)
+    seen: list = []
+    fwd._forward = lambda q: _answer(q, "198.18.0.9", 5)  # type: ignore[method-assign]
+    q = _query("api.wild.org")
+    assert dns.DnsForwarder.resolve(fwd, NetworkPolicy(block_all=True), seen.extend, q)[3] & 15 == 5
+    deny = NetworkPolicy(allow_domains=("other.org",))
+    assert dns.DnsForwarder.resolve(fwd, deny, seen.extend, q)[3] & 15 == 3
+    assert seen == []
+    allow = NetworkPolicy(allow_domains=("*.wild.org",))
+    assert dns.a_records(dns.DnsForwarder.resolve(fwd, allow, seen.extend, q))
+    assert seen == [("198.18.0.9", 90)]  # at least the TTL, at least a minute
+
+
+def test_upstreams(tmp_path) -> None:  # noqa: ANN001
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# x\nnameserver 10.0.0.2\nnameserver fe80::1\n")
+    assert dns.upstreams(None, conf) == [("10.0.0.2", 53)]
+    both = [("127.0.0.1", 5300), ("10.1.1.1", 53)]
+    assert dns.upstreams("127.0.0.1:5300, 10.1.1.1", conf) == both
+
+
+EGRESS = Egress(blocked=("10.0.0.0/8", "169.254.0.0/16"), max_connections=100)
+
+
+def test_nft_script_per_policy() -> None:
+    link = Link("sb-1", "cove-x", "abc", "10.0.0.2", "10.0.0.3")
+    open_ = firewall.script(link, NetworkPolicy(), EGRESS)
+    assert "add rule inet cove eg_abc accept" in open_
+    assert "ip daddr 10.0.0.2 udp dport 53 accept" in open_
+    cidr = firewall.script(link, NetworkPolicy(allow_cidrs=("10.9.0.0/16",)), EGRESS)
+    assert "add element inet cove cidr_abc { 10.9.0.0/16 }" in cidr
+    assert "eg_abc ip daddr @cidr_abc accept\nadd rule inet cove eg_abc drop" in cidr
+    blocked = firewall.script(link, NetworkPolicy(block_all=True, allow_cidrs=("10.9.0.0/16",)),
+                              EGRESS)  # fmt: skip
+    assert "eg_abc drop" in blocked and "@cidr_abc accept" not in blocked
+
+
+def _chain(script: str, chain: str) -> list[str]:
+    prefix = f"add rule inet cove {chain} "
+    return [line[len(prefix):] for line in script.splitlines() if line.startswith(prefix)]
+
+
+def test_nft_egress_limits_come_before_the_policy() -> None:
+    link = Link("sb-1", "cove-x", "abc", "10.0.0.2", "10.0.0.3")
+    script = firewall.script(link, NetworkPolicy(allow_domains=("a.com",)), EGRESS)
+    assert "add element inet cove block_cove_x { 10.0.0.0/8, 169.254.0.0/16 }" in script
+    cap = "ct state new add @conn_abc { ip saddr ct count over 100 } reject"
+    assert _chain(script, "eg_abc") == [
+        "ip saddr != 10.0.0.3 drop",  # anti-spoofing first
+        "meta nfproto ipv6 drop",
+        "ct state established,related accept",
+        "ct state invalid drop",
+        'oifname "cv*" drop',
+        "ip daddr @block_cove_x drop",  # before any allow-list, DNS-learnt addresses too
+        cap,
+        "ip daddr @dns_abc accept",
+        "drop",
+    ]
+    dns = "ip daddr 10.0.0.2 udp dport 53"
+    assert _chain(script, "in_abc") == [
+        "ip saddr != 10.0.0.3 drop", "ct state established,related accept",
+        f"{dns} {cap}", f"{dns} accept", "drop",
+    ]  # fmt: skip
+    assert "flush set inet cove conn_abc" not in script  # a policy change keeps the count
+    none = firewall.script(link, NetworkPolicy(), Egress(blocked=(), max_connections=1))
+    assert "add element inet cove block_cove_x" not in none  # everything exempted
+
+
+def test_egress_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    monkeypatch.setenv("COVE_EGRESS_ALLOW", "10.1.2.3, 192.168.7.0/24")
+    monkeypatch.setenv("COVE_EGRESS_BLOCK", "203.0.113.0/24")
+    monkeypatch.setenv("COVE_MAX_CONNECTIONS", "64")
+    settings = Settings(data_dir=tmp_path)
+    assert settings.egress_allow == ("10.1.2.3/32", "192.168.7.0/24")
+    assert settings.egress_block == ("203.0.113.0/24",)
+    assert settings.max_connections == 64
+    assert Settings(data_dir=tmp_path, egress_allow=["10.0.0.0/8"]).egress_allow == ("10.0.0.0/8",)
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("COVE_EGRESS_ALLOW", "10.0.0.0/8,nope", "'nope' is not an IPv4 range"),
+    ("COVE_EGRESS_BLOCK", "fd00::/8", "only IPv4 ranges"),
+    ("COVE_MAX_CONNECTIONS", "0", "greater than or equal to 1"),
+])  # fmt: skip
+def test_invalid_egress_settings_stop_the_server(tmp_path: Path, name: str, value: str,
+                                                 message: str) -> None:  # fmt: skip
+    env = {**os.environ, name: value, "COVE_RUNTIME": "fake"}
+    done = subprocess.run(
+        [sys.executable, "-m", "cove.cli.main", "serve", "--data-dir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert f"{name}: " in done.stderr and message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "cove.db").exists()  # nothing started
