@@ -174,7 +174,7 @@ class _BulkUpload:
         if kind == "part":
             await self._begin(str(value))
         elif kind == "data" and self._field is not None:
-            await self._data(bytes(value or b""))
+            await self._data(value if isinstance(value, bytes) else b"")
         elif kind == "end" and self._field is not None:
             await self._end()
 

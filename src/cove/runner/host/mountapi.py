@@ -128,9 +128,10 @@ def bind(
     """
     opened = None
     try:
-        if not isinstance(source, int):
-            opened = os.open(source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-        fd = source if opened is None else opened
+        if isinstance(source, int):
+            fd = source
+        else:
+            fd = opened = os.open(source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         tree = _check(_libc.syscall(
             ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(fd), ctypes.c_char_p(b""),
             ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH

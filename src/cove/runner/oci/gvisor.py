@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -297,7 +298,7 @@ def _read_int(path: Path) -> int:
         return 1 << 62  # (not there yet: unlimited)
 
 
-def _write_all(targets: list[tuple[Path, dict[str, object]]]) -> None:
+def _write_all(targets: Sequence[tuple[Path, Mapping[str, object]]]) -> None:
     for directory, files in targets:
         try:
             directory.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,7 @@ def make(data_dir: Path, sandbox_id: str, owner: int, root: Path = ROOT) -> View
             os.chmod(path, VIEW_MODE)
             return View(path)
         except FileNotFoundError as exc:  # (the server's last other view went, with its
-            error = exc                   # parent, meanwhile: again)
+            error: OSError = exc          # parent, meanwhile: again)
         except OSError as exc:
             error = exc
             break

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cove.core.config import Settings
 from cove.core.ports import (
@@ -387,7 +388,7 @@ class OciRuntime:
                 raise
             raise RuntimeBackendError(exc.message) from exc
 
-    async def _exec(self, sandbox_id: str, message: dict[str, object]) -> ExecResult:
+    async def _exec(self, sandbox_id: str, message: dict[str, Any]) -> ExecResult:
         from cove.agent import protocol
         from cove.core.toolbox import agent_call
         from cove.runner.local import LocalRunner
