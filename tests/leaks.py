@@ -35,7 +35,7 @@ def _runsc_list() -> list[str]:
     return runsc.Runsc(Path("/nonexistent")).argv("list", "--format", "json")
 
 
-def _cgroup_parents(parent: str) -> list[Path]:
+def cgroup_parents(parent: str) -> list[Path]:
     parents = [p for p in CGROUP_ROOT.glob(f"*/{parent}") if p.is_dir()]
     if (CGROUP_ROOT / parent).is_dir():
         parents.append(CGROUP_ROOT / parent)
@@ -54,7 +54,7 @@ def leaks(data_dir: Path, cgroup_parent: str) -> list[str]:
     containers = _containers()
     found += [f"container {c['id']}" for c in containers if where in c.get("bundle", "")]
     alive = {c["id"] for c in containers}
-    for parent in _cgroup_parents(cgroup_parent):
+    for parent in cgroup_parents(cgroup_parent):
         children = [p for p in parent.iterdir() if p.is_dir()]
         found += [f"cgroup {p}" for p in children if p.name not in alive]
         if not children and not alive:

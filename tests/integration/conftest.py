@@ -22,7 +22,7 @@ from cove.core.ports import ContainerSpec, NetworkPolicy, Resources, VolumeBind
 from cove.hostfiles import private_dir
 from cove.runner.oci.runtime import OciRuntime
 from cove.runner.storage.snapshot import ensure_default_snapshot
-from tests.leaks import leaks
+from tests.leaks import cgroup_parents, leaks
 from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
 
 log = logging.getLogger("cove.tests.integration")
@@ -130,6 +130,12 @@ def sandbox_factory(runtime: OciRuntime, tier: str = "crun") -> Iterator[Sandbox
         except Exception:
             log.exception("destroying sandbox %s failed", sandbox_id)
             raise
+    # A test that ran a second runtime on the sandbox must have given it the same
+    # cgroup parent: nothing of these sandboxes may sit under the default one.
+    default = Settings.model_fields["cgroup_parent"].default
+    stray = [str(p / sid) for p in cgroup_parents(default) for sid in made
+             if (p / sid).exists()]  # fmt: skip
+    assert not stray, f"cgroups left under the default parent: {stray}"
 
 
 def stray_processes(data_dir: Path, cgroup_parent: str) -> list[str]:

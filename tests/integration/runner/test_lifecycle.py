@@ -119,7 +119,8 @@ from cove.core.config import Settings
 from cove.core.ports import ContainerSpec, Resources
 from cove.runner.oci.runtime import OciRuntime
 s = Settings(data_dir=Path({str(settings.data_dir)!r}),
-             snapshot_dir=Path({str(settings.snapshot_dir)!r}))
+             snapshot_dir=Path({str(settings.snapshot_dir)!r}),
+             cgroup_parent={settings.cgroup_parent!r})
 OciRuntime(s).start(ContainerSpec(sandbox_id={box.sandbox_id!r}, hostname="orphan",
     snapshot="cove-default", resources=Resources(1, 1, 3)))
 """
