@@ -13,8 +13,9 @@ Catch :class:`CoveError` to catch everything Cove raises on purpose::
      ├── RuntimeBackendError   the isolation runtime failed (500)
      ├── Unavailable           the sandbox cannot be reached right now (503)
      │    └── Busy             its agent accepts no more connections for now (503)
-     └── ToolboxError          an in-sandbox operation failed (status and code
-                               from the agent; source DAYTONA_DAEMON)
+     ├── ToolboxError          an in-sandbox operation failed (status and code
+     │                         from the agent; source DAYTONA_DAEMON)
+     └── ClientGone            the client hung up before the answer (499, never sent)
 
 The HTTP layer maps these to Daytona's error envelope once (``api/errors.py``);
 the runtime translates foreign errors (``CalledProcessError``, ``OSError``)
@@ -95,9 +96,20 @@ class ToolboxError(CoveError):
         self.code = code
 
 
+class ClientGone(CoveError):
+    """The HTTP client disconnected; the work it started was stopped."""
+
+    status_code = 499
+    code = "CLIENT_CLOSED_REQUEST"
+
+    def __init__(self) -> None:
+        super().__init__("the client closed the request")
+
+
 __all__ = [
     "BadRequest",
     "Busy",
+    "ClientGone",
     "Conflict",
     "CoveError",
     "InvalidState",

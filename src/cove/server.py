@@ -87,7 +87,8 @@ def build_services(
         settings=settings, store=store, runner=runner, events=events, volumes=volumes,
         snapshots=snapshots,
     )  # fmt: skip
+    toolbox = ToolboxService(lifecycle.ops, settings.output_limit)
     return Services(
-        settings=settings, auth=auth, lifecycle=lifecycle, toolbox=ToolboxService(lifecycle.ops),
-        volumes=volumes, snapshots=snapshots, previews=load_tokens(settings.data_dir),
+        settings=settings, auth=auth, lifecycle=lifecycle, toolbox=toolbox, volumes=volumes,
+        snapshots=snapshots, previews=load_tokens(settings.data_dir),
     )  # fmt: skip

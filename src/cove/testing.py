@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -89,3 +90,36 @@ class ServerProcess:
         items = httpx.get(f"{self.api_url}/sandbox", headers=headers, timeout=30).json()["items"]
         for item in items:
             httpx.delete(f"{self.api_url}/sandbox/{item['id']}", headers=headers, timeout=120)
+
+
+class RssWatch:
+    """The peak VmRSS of a process while a ``with`` block runs (sampled every 20 ms)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.base = self.rss()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.rss())
+
+    def __enter__(self) -> RssWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base

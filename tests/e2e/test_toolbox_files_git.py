@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from daytona.common.errors import (
     DaytonaGitRepoNotFoundError,
 )
 
+from cove.testing import RssWatch
 from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e
@@ -146,39 +146,6 @@ async def test_async_sdk_files(server: Server) -> None:
             assert status.current_branch == "main" and status.file_status == []
         finally:
             await sandbox.delete()
-
-
-class RssWatch:
-    """The peak VmRSS of a process while a transfer runs (sampled every 20 ms)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.base = self.rss()
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def rss(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.rss())
-
-    def __enter__(self) -> RssWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.base
 
 
 def agent_pid(sandbox_id: str) -> int:

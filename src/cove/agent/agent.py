@@ -15,6 +15,7 @@ gVisor, whose SO_PEERCRED says pid 1 for every peer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -64,14 +65,19 @@ class Request:
 
 Handler = Callable[[Request], Awaitable["dict[str, Any] | None"]]
 HANDLERS: dict[str, Handler] = {}
+CANCELLABLE: set[str] = set()
 
 
-def op(name: str) -> Callable[[Handler], Handler]:
+def op(name: str, *, cancel_when_abandoned: bool = False) -> Callable[[Handler], Handler]:
     """Register a handler. It returns the reply's fields (``ok`` is added), or
-    None when it already sent its own final reply."""
+    None when it already sent its own final reply. With ``cancel_when_abandoned``,
+    it is cancelled when the server abandons the request (for work that is only
+    worth doing for the caller, such as a command whose output nobody will read)."""
 
     def register(fn: Handler) -> Handler:
         HANDLERS[name] = fn
+        if cancel_when_abandoned:
+            CANCELLABLE.add(name)
         return fn
 
     return register
@@ -98,11 +104,15 @@ async def serve_request(stream: mux.Stream, payload: bytes) -> None:
     """Serve one request (a stream whose first frame carried ``payload``)."""
     try:
         request = Request(protocol.decode(payload), stream)
-        handler = HANDLERS.get(request.arg("op"))
+        name = request.arg("op")
+        handler = HANDLERS.get(name)
         if handler is None:
             raise protocol.bad_request(f"unknown op {request.message.get('op')!r}")
         await request.send(protocol.ACCEPTED)
-        reply = await handler(request)
+        if name in CANCELLABLE:
+            reply = await _unless_abandoned(stream, handler(request))
+        else:
+            reply = await handler(request)
         if reply is not None:
             await request.send_json({"ok": True, **reply})
     except AgentError as exc:
@@ -114,6 +124,27 @@ async def serve_request(stream: mux.Stream, payload: bytes) -> None:
         await _try_send(stream, AgentError(500, "INTERNAL_ERROR", repr(exc)).reply())
     finally:
         stream.finish()
+
+
+async def _unless_abandoned(
+    stream: mux.Stream, work: Awaitable[dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    """Run a handler until it is done or the server abandons its request (it reset
+    the stream, or the connection is gone): then the handler is cancelled, so the
+    work it started (a command, a search) stops instead of running for nobody."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(stream.ended_by_peer())
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise EOFError("the server abandoned the request")
+    return task.result()
 
 
 async def _try_send(stream: mux.Stream, message: dict[str, Any]) -> None:

@@ -66,7 +66,7 @@ def _search_args(request: Request) -> tuple[str, str, str]:
     return given, root, pattern
 
 
-@op("fs_find")
+@op("fs_find", cancel_when_abandoned=True)
 async def find(request: Request) -> dict[str, Any]:
     """Lines containing ``pattern`` in the files below ``path``."""
     given, root, pattern = _search_args(request)
@@ -77,7 +77,7 @@ async def find(request: Request) -> dict[str, Any]:
     return {}
 
 
-@op("fs_search")
+@op("fs_search", cancel_when_abandoned=True)
 async def search(request: Request) -> dict[str, Any]:
     """Files below ``path`` whose name (or, with a ``/``, relative path) matches the glob."""
     given, root, pattern = _search_args(request)

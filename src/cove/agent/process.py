@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,11 +66,69 @@ def kill_tree(pid: int, group: confine.Group | None = None) -> None:
             pass
 
 
+class Clipped:
+    """Where a command's output goes when the server wants at most ``limit`` bytes of
+    it: the first half is sent as it comes; of the rest only the newest half is kept
+    and sent at the end, after a ``{"omitted": n}`` J frame counting what was dropped.
+    The command runs on, read at full speed, whatever it prints."""
+
+    def __init__(self, request: Request, kind: bytes, limit: int) -> None:
+        self.request = request
+        self.kind = kind
+        self.head = limit - limit // 2  # bytes still to send as they come
+        self.keep = limit // 2
+        self.tail: deque[bytes] = deque()
+        self.size = 0
+        self.omitted = 0
+
+    async def write(self, chunk: bytes) -> None:
+        if self.head > 0:
+            now, chunk = chunk[: self.head], chunk[self.head :]
+            self.head -= len(now)
+            await self.request.send(self.kind, now)
+        if chunk:
+            self.tail.append(chunk)
+            self.size += len(chunk)
+            while self.tail and self.size - len(self.tail[0]) >= self.keep:
+                self.size -= len(dropped := self.tail.popleft())
+                self.omitted += len(dropped)
+
+    async def close(self) -> None:
+        """Send what was kept of the end (after the count of what was dropped)."""
+        tail = b"".join(self.tail)
+        cut = max(0, len(tail) - self.keep)
+        self.omitted += cut
+        self.tail.clear()
+        if self.omitted:
+            await self.request.send_json({"omitted": self.omitted})
+        for start in range(cut, len(tail), protocol.CHUNK):
+            await self.request.send(self.kind, tail[start : start + protocol.CHUNK])
+
+
+class Passed:
+    """Where a command's output goes when the server takes all of it."""
+
+    def __init__(self, request: Request, kind: bytes) -> None:
+        self.request = request
+        self.kind = kind
+
+    async def write(self, chunk: bytes) -> None:
+        await self.request.send(self.kind, chunk)
+
+    async def close(self) -> None:
+        pass
+
+
+def _sink(request: Request, kind: bytes, limit: int | None) -> Clipped | Passed:
+    return Passed(request, kind) if limit is None else Clipped(request, kind, limit)
+
+
 async def run_streaming(
     request: Request, argv: list[str], *, user: users.User, cwd: str | None,
-    env: dict[str, str] | None, timeout: float | None, merge: bool,
+    env: dict[str, str] | None, timeout: float | None, merge: bool, limit: int | None = None,
 ) -> int:
-    """Run ``argv``, stream its output as frames, return its exit code.
+    """Run ``argv``, stream its output as frames, return its exit code. With
+    ``limit``, at most that many bytes of each stream are sent (see :class:`Clipped`).
 
     Raises:
         AgentError: 408 PROCESS_EXECUTION_TIMEOUT once ``timeout`` passes (the
@@ -91,21 +150,25 @@ async def run_streaming(
     finally:
         for fd in {out_w, err_w}:
             os.close(fd)
-    pumps = [asyncio.ensure_future(_pump(await _reader(out_r), request, protocol.STDOUT))]
+    sinks = [_sink(request, protocol.STDOUT, limit)]
+    pumps = [asyncio.ensure_future(_pump(await _reader(out_r), sinks[0]))]
     if not merge:
-        pumps.append(asyncio.ensure_future(_pump(await _reader(err_r), request, protocol.STDERR)))
+        sinks.append(_sink(request, protocol.STDERR, limit))
+        pumps.append(asyncio.ensure_future(_pump(await _reader(err_r), sinks[1])))
     try:
         await asyncio.wait_for(_finished(proc, pumps), timeout if timeout and timeout > 0 else None)
     except TimeoutError:
         kill_tree(proc.pid, group)
         await proc.wait()
-        for pump in pumps:
-            pump.cancel()
         raise AgentError(408, "PROCESS_EXECUTION_TIMEOUT", "command execution timeout") from None
     finally:
         if proc.returncode is None:
             kill_tree(proc.pid, group)
+        for pump in pumps:
+            pump.cancel()
         group.close()
+    for sink in sinks:
+        await sink.close()
     code = proc.returncode
     assert code is not None  # _finished waited for it
     return code if code >= 0 else 128 - code
@@ -130,12 +193,19 @@ async def _reader(fd: int) -> asyncio.StreamReader:
     return reader
 
 
-async def _pump(stream: asyncio.StreamReader, request: Request, kind: bytes) -> None:
+async def _pump(stream: asyncio.StreamReader, sink: Clipped | Passed) -> None:
     while chunk := await stream.read(protocol.CHUNK):
-        await request.send(kind, chunk)
+        await sink.write(chunk)
 
 
-@op("exec")
+def _limit(request: Request) -> int | None:
+    limit = request.arg("limit", int, None)
+    if limit is not None and limit < 2:
+        raise protocol.bad_request("limit must be at least 2 bytes")
+    return limit
+
+
+@op("exec", cancel_when_abandoned=True)
 async def exec_command(request: Request) -> dict[str, Any]:
     """Run a shell command; stdout and stderr arrive merged as O frames (with
     ``separate``: stdout as O, stderr as E frames)."""
@@ -145,12 +215,12 @@ async def exec_command(request: Request) -> dict[str, Any]:
     code = await run_streaming(
         request, ["/bin/sh", "-c", command], user=user, cwd=request.arg("cwd", str, None),
         env=request.arg("env", dict, None), timeout=request.arg("timeout", (int, float), None),
-        merge=not request.arg("separate", bool, False),
+        merge=not request.arg("separate", bool, False), limit=_limit(request),
     )
     return {"exitCode": code, "seconds": time.monotonic() - started}
 
 
-@op("code_run")
+@op("code_run", cancel_when_abandoned=True)
 async def code_run(request: Request) -> dict[str, Any]:
     """Run a snippet with the interpreter of its language (python, javascript, typescript)."""
     language = request.arg("language", str, "python")
@@ -161,7 +231,7 @@ async def code_run(request: Request) -> dict[str, Any]:
     code = await run_streaming(
         request, argv, user=user, cwd=request.arg("cwd", str, None),
         env=request.arg("env", dict, None), timeout=request.arg("timeout", (int, float), None),
-        merge=True,
+        merge=True, limit=_limit(request),
     )
     return {"exitCode": code}
 

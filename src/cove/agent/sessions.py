@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
 from collections import deque
 from itertools import islice
@@ -35,11 +36,14 @@ from .protocol import AgentError
 from .shell import END, START, Shell, Splitter, new_token, script_line, spawn, split
 
 LOG_CAP = 4 * 1024 * 1024  # newest bytes of output kept per command
-SESSION_LOG_CAP = 64 * 1024 * 1024  # older finished commands lose their logs beyond this
+# Of all sessions together (the agent's memory is the sandbox's): beyond this, the
+# oldest finished commands lose their logs first.
+LOGS_CAP = 64 * 1024 * 1024
 MAX_COMMANDS = 1000  # per session; the oldest finished ones are forgotten
 STDERR_GRACE = 1.0  # seconds to wait for the stderr end marker once the exit code is known
 INPUT_TIMEOUT = 10.0
 SESSIONS: dict[str, Session] = {}
+_ORDER = itertools.count()
 
 
 class Log:
@@ -79,6 +83,7 @@ class Command:
 
     def __init__(self, text: str, suppress_echo: bool) -> None:
         self.id = str(uuid.uuid4())
+        self.created = next(_ORDER)
         self.text = text
         self.suppress_echo = suppress_echo
         self.exit_code: int | None = None
@@ -227,12 +232,17 @@ class Session:
             del self.commands[command.id]
 
     def _trim_logs(self) -> None:
-        total = sum(c.log.size for c in self.commands.values())
-        for command in self.commands.values():  # oldest first
-            if total <= SESSION_LOG_CAP or command is self.latest:
+        """Keep the logs of every session within LOGS_CAP: the oldest finished
+        commands (of any session) lose theirs first; running ones keep theirs."""
+        commands = [c for s in SESSIONS.values() if s is not self for c in s.commands.values()]
+        commands += self.commands.values()
+        total = sum(c.log.size for c in commands)
+        for command in sorted(commands, key=lambda c: c.created):
+            if total <= LOGS_CAP:
                 break
-            total -= command.log.size
-            command.log.clear()
+            if command.exit_code is not None and command.log.size:
+                total -= command.log.size
+                command.log.clear()
 
     async def close(self) -> None:
         """Kill the shell and everything it started."""

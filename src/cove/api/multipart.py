@@ -12,6 +12,7 @@ from urllib.parse import quote
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 # Events: ("part", field name), ("data", bytes), ("end", None).
+MAX_PART_HEADERS = 16 * 1024
 Event = tuple[str, bytes | str | None]
 
 
@@ -24,12 +25,13 @@ class UploadParser:
             raise ValueError("not a multipart/form-data body")
         self._events: list[Event] = []
         self._headers: dict[bytes, bytes] = {}
+        self._header_bytes = 0
         self._field = bytearray()
         self._value = bytearray()
         self._parser = MultipartParser(options[b"boundary"], callbacks={
-            "on_part_begin": self._headers.clear,
-            "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
-            "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._grow(self._field, d[s:e]),
+            "on_header_value": lambda d, s, e: self._grow(self._value, d[s:e]),
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": lambda d, s, e: self._events.append(("data", bytes(d[s:e]))),
@@ -55,6 +57,17 @@ class UploadParser:
         self._parser.finalize()
         if self._parser.state != MultipartState.END:
             raise ValueError("the multipart body ended before its closing boundary")
+
+    def _part_begin(self) -> None:
+        self._headers.clear()
+        self._header_bytes = 0
+
+    def _grow(self, buffer: bytearray, data: bytes) -> None:
+        """Collect a part's header bytes: at most MAX_PART_HEADERS of them per part."""
+        self._header_bytes += len(data)
+        if self._header_bytes > MAX_PART_HEADERS:
+            raise ValueError(f"a part's headers are longer than {MAX_PART_HEADERS} bytes")
+        buffer.extend(data)
 
     def _header_end(self) -> None:
         self._headers[bytes(self._field).lower()] = bytes(self._value)

@@ -9,15 +9,18 @@ in the server.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from cove.errors import ToolboxError
+from cove.errors import ClientGone, ToolboxError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,3 +61,27 @@ async def _items(batches: AsyncGenerator[list[Any], None], batch: list[Any] | No
 
 def _plain(item: Any) -> Any:
     return item.model_dump(mode="json", by_alias=True) if isinstance(item, BaseModel) else item
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` while the HTTP client stays; when it hangs up first, ``work`` is
+    cancelled (ending its agent request, so the command stops) and ClientGone raised."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_hang_up(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientGone()
+    return task.result()
+
+
+async def _hang_up(request: Request) -> None:
+    """Return when the client disconnects (the request's body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -31,11 +31,14 @@ from cove.core.agent_types import (
     Exited,
     FileEvent,
     InterpreterEvent,
+    Omitted,
     Output,
+    ProcessEvent,
     SessionExecResult,
     field,
     parse,
 )
+from cove.core.output import DEFAULT_LIMIT, CappedOutput
 from cove.schemas.toolbox_files import FileInfo, Match, ReplaceResult
 from cove.schemas.toolbox_git import (
     GitAddRequest,
@@ -67,10 +70,12 @@ Opener = Callable[[Message], AbstractAsyncContextManager[AgentCall]]
 class AgentClient:
     """One sandbox's agent, spoken to as ``user`` with the sandbox's environment ``env``."""
 
-    def __init__(self, open_call: Opener, user: str | None, env: dict[str, str]) -> None:
+    def __init__(self, open_call: Opener, user: str | None, env: dict[str, str],
+                 output_limit: int = DEFAULT_LIMIT) -> None:  # fmt: skip
         self._open = open_call
         self.user = user
         self.env = dict(env)
+        self.output_limit = output_limit
 
     async def _reply(self, message: Message, kind: Any = None) -> Any:
         """The final reply to ``message`` (checked to be a ``kind``, if given)."""
@@ -84,31 +89,38 @@ class AgentClient:
     # -- processes
 
     def exec_stream(self, command: str, cwd: str | None = None,
-                          env: dict[str, str] | None = None,
-                          timeout: float | None = None) -> AsyncGenerator[Output | Exited, None]:
-        """Run a shell command: its output as it comes (both streams as stdout), then Exited."""
+                          env: dict[str, str] | None = None, timeout: float | None = None,
+                          limit: int | None = None) -> AsyncGenerator[ProcessEvent, None]:
+        """Run a shell command: its output as it comes (both streams as stdout), then Exited.
+        With ``limit``, the agent sends at most that many bytes of output: the first half
+        as it comes, then Omitted, then the newest half."""
         message = {"op": "exec", "command": command, "cwd": cwd, "env": self._env(env),
-                   "timeout": timeout, "user": self.user}  # fmt: skip
+                   "timeout": timeout, "user": self.user, "limit": limit}  # fmt: skip
         return self._process(message)
 
     async def exec(self, command: str, cwd: str | None = None, env: dict[str, str] | None = None,
                    timeout: float | None = None) -> ExecResult:
-        """Run a shell command and wait for it."""
-        return await _collect(self.exec_stream(command, cwd, env, timeout))
+        """Run a shell command and wait for it; its output clipped to ``output_limit``."""
+        events = self.exec_stream(command, cwd, env, timeout, self.output_limit)
+        return await _collect(events, self.output_limit)
 
     async def code_run(self, code: str, language: str, argv: list[str] | None = None,
                        env: dict[str, str] | None = None,
                        timeout: float | None = None) -> ExecResult:
         """Run a snippet with the interpreter of ``language`` and wait for it."""
         message = {"op": "code_run", "code": code, "language": language, "argv": argv or [],
-                   "env": self._env(env), "timeout": timeout, "user": self.user}  # fmt: skip
-        return await _collect(self._process(message))
+                   "env": self._env(env), "timeout": timeout, "user": self.user,
+                   "limit": self.output_limit}  # fmt: skip
+        return await _collect(self._process(message), self.output_limit)
 
-    async def _process(self, message: Message) -> AsyncGenerator[Output | Exited, None]:
+    async def _process(self, message: Message) -> AsyncGenerator[ProcessEvent, None]:
+        clipped = message.get("limit") is not None
         async with self._open(message) as call:
             async for kind, payload in call.frames():
                 if kind in (protocol.STDOUT, protocol.STDERR):
                     yield Output("stdout" if kind == protocol.STDOUT else "stderr", payload)
+                elif kind == protocol.JSON and clipped:
+                    yield Omitted(field(protocol.decode(payload), "omitted", int))
             code = field(call.result, "exitCode", int)
         yield Exited(code)
 
@@ -249,7 +261,7 @@ class AgentClient:
         """Run a command in the session (queued behind a running one) to its end."""
         message = self._session_exec(session_id, command, suppress_input_echo, False)
         async with self._open(message) as call:
-            logs = await collect_logs(call)
+            logs = await collect_logs(call, self.output_limit)
             return SessionExecResult(cmd_id=field(call.result, "cmdId", str),
                                      exit_code=field(call.result, "exitCode", int | None),
                                      **logs.model_dump())  # fmt: skip
@@ -269,7 +281,7 @@ class AgentClient:
         """The command's output so far."""
         message = {"op": "session_logs", "sessionId": session_id, "commandId": command_id}
         async with self._open(message) as call:
-            return await collect_logs(call)
+            return await collect_logs(call, self.output_limit)
 
     def session_follow(self, session_id: str, command_id: str,
                        follow: bool) -> AbstractAsyncContextManager[AsyncIterator[Output]]:
@@ -334,12 +346,14 @@ class AgentClient:
         await self._reply({"op": "interpreter_delete", "id": context_id})
 
 
-async def _collect(events: AsyncIterator[Output | Exited]) -> ExecResult:
-    chunks: list[bytes] = []
+async def _collect(events: AsyncIterator[ProcessEvent], limit: int) -> ExecResult:
+    output = CappedOutput(limit)
     code = 0
     async for event in events:
         if isinstance(event, Output):
-            chunks.append(event.data)
+            output.add(event.data)
+        elif isinstance(event, Omitted):
+            output.skip(event.count)
         else:
             code = event.exit_code
-    return ExecResult(code, b"".join(chunks).decode(errors="replace"))
+    return ExecResult(code, output.text())

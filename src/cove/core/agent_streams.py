@@ -30,6 +30,7 @@ from cove.core.agent_types import (
     field,
     parse,
 )
+from cove.core.output import CappedOutput
 from cove.schemas.toolbox_sessions import CommandLogs
 
 Opening = AbstractAsyncContextManager[AgentCall]
@@ -51,14 +52,14 @@ async def _first_event(frames: Frames) -> dict[str, Any]:
     return protocol.decode(first[1])
 
 
-async def collect_logs(call: AgentCall) -> CommandLogs:
-    """A command's output up to the final reply: both streams in order, and each one."""
-    both, out, err = bytearray(), bytearray(), bytearray()
+async def collect_logs(call: AgentCall, limit: int) -> CommandLogs:
+    """A command's output up to the final reply: both streams in order, and each one
+    (each clipped to ``limit`` bytes, see :class:`CappedOutput`)."""
+    both, out, err = CappedOutput(limit), CappedOutput(limit), CappedOutput(limit)
     async for event in _outputs(call.frames()):
-        both += event.data
-        (out if event.stream == "stdout" else err).extend(event.data)
-    return CommandLogs(output=both.decode(errors="replace"), stdout=out.decode(errors="replace"),
-                       stderr=err.decode(errors="replace"))  # fmt: skip
+        both.add(event.data)
+        (out if event.stream == "stdout" else err).add(event.data)
+    return CommandLogs(output=both.text(), stdout=out.text(), stderr=err.text())
 
 
 @asynccontextmanager

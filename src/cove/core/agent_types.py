@@ -48,10 +48,20 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Omitted:
+    """The agent left out ``count`` bytes of output here (it was asked for a limit)."""
+
+    count: int
+
+
+@dataclass(frozen=True)
 class Exited:
     """The process ended (the last event of a streamed command)."""
 
     exit_code: int
+
+
+ProcessEvent = Output | Omitted | Exited
 
 
 @dataclass(frozen=True)

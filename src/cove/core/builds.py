@@ -14,9 +14,10 @@ import asyncio
 import logging
 import shlex
 import uuid
+from collections import deque
 from contextlib import aclosing
 
-from cove.core.agent_types import Exited
+from cove.core.agent_types import Exited, Output
 from cove.core.buildlog import BuildLog
 from cove.core.config import Settings
 from cove.core.dockerfile import BuildPlan, Step
@@ -31,6 +32,7 @@ S = SandboxState
 log = logging.getLogger(__name__)
 RUN_TIMEOUT = 1800.0
 TAIL_LINES = 20
+MAX_LINE = 64 * 1024  # characters; a longer line is logged in pieces
 
 
 class BuildFailed(Exception):
@@ -119,21 +121,22 @@ class ImageBuilder:
         env: dict[str, str], cwd: str | None, out: BuildLog,
     ) -> None:  # fmt: skip
         where = f"step {number}/{total} '{step.text}'"
-        lines: list[str] = []
+        lines: deque[str] = deque(maxlen=TAIL_LINES)
         try:
             code = await self._stream(build_id, argv, env, cwd, out, lines)
         except CoveError as exc:
             raise BuildFailed(f"build failed at {where}: {exc}") from exc
         if code != 0:
-            tail = "\n".join(lines[-TAIL_LINES:])
+            tail = "\n".join(lines)
             raise BuildFailed(f"build failed at {where}: exit code {code}\n{tail}".rstrip())
 
     async def _stream(
         self, build_id: str, argv: list[str], env: dict[str, str], cwd: str | None,
-        out: BuildLog, lines: list[str],
+        out: BuildLog, lines: deque[str],
     ) -> int:  # fmt: skip
         """Run ``argv`` as root through the build sandbox's agent; each output line goes
-        to the log as soon as it is printed. Returns the exit code."""
+        to the log as soon as it is printed (a line longer than MAX_LINE in pieces).
+        Returns the exit code."""
         agent = agent_client(self.runner, build_id, "root", {})
         pending, code = "", -1
         async with aclosing(agent.exec_stream(shlex.join(argv), cwd, env, RUN_TIMEOUT)) as events:
@@ -141,15 +144,18 @@ class ImageBuilder:
                 if isinstance(event, Exited):
                     code = event.exit_code
                     continue
-                if event.stream != "stdout":
+                if not isinstance(event, Output) or event.stream != "stdout":
                     continue
                 *complete, pending = (pending + event.data.decode(errors="replace")).split("\n")
+                while len(pending) > MAX_LINE:
+                    complete.append(pending[:MAX_LINE])
+                    pending = pending[MAX_LINE:]
                 for line in complete:
                     lines.append(line)
-                    await out.write(line)
+                    await out.output(line)
         if pending:
             lines.append(pending)
-            await out.write(pending)
+            await out.output(pending)
         return code
 
     async def _remove(self, build_id: str) -> None:

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     max_memory: int = 8
     max_disk: int = 10
     pids_limit: int = 1024
+    # Bytes of output execute, code-run and a session command's logs return at most
+    # (the first half and the newest half, with a marker line between).
+    output_limit: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     # The cgroup every sandbox's cgroup is made in (<hierarchy>/<parent>/<sandbox id>);
     # servers sharing a host may use different ones.
     cgroup_parent: str = Field(default="cove", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")

@@ -8,6 +8,7 @@ host, is answered as if it did not exist.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 
 from cove.core import dockerfile, validation
@@ -36,6 +37,9 @@ class Creator:
         self.ops = ops
         self.volumes = volumes
         self._build_logs: dict[str, BuildLog] = {}
+        self._log_dir = settings.data_dir / "build-logs"
+        shutil.rmtree(self._log_dir, ignore_errors=True)  # of builds of an earlier run
+        self._log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.use_snapshots(snapshots)
 
     def use_snapshots(self, snapshots: SnapshotService | None) -> None:
@@ -65,7 +69,7 @@ class Creator:
         if plan is None:
             return await self.ops.run(sandbox.id, lambda: self.ops.boot(sandbox))
         assert self.builder is not None  # _build_plan checked it
-        out = self._build_logs[sandbox.id] = BuildLog()
+        out = self._build_logs[sandbox.id] = BuildLog(self._log_dir / f"{sandbox.id}.log")
         builder = self.builder
         self.ops.spawn(sandbox.id, lambda: build_and_boot(self.ops, builder, sandbox, plan, out))
         return sandbox
@@ -87,7 +91,9 @@ class Creator:
         return found is not None and not found.done
 
     def forget(self, sandbox_id: str) -> None:
-        self._build_logs.pop(sandbox_id, None)
+        found = self._build_logs.pop(sandbox_id, None)
+        if found is not None:
+            found.discard()
 
     def _build_plan(self, req: SandboxCreate) -> dockerfile.BuildPlan | None:
         """The Dockerfile to build, or None when there is nothing to build."""

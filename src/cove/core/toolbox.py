@@ -29,6 +29,7 @@ from cove.agent.mux import Channel, Stream
 from cove.agent.protocol import AgentError, ProtocolError
 from cove.core.agent_call import AgentCall
 from cove.core.agent_client import AgentClient
+from cove.core.output import DEFAULT_LIMIT
 from cove.core.ports import Runner
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import InvalidState, ToolboxError
@@ -42,10 +43,11 @@ AGENT_ACCEPT_SECONDS = 30.0  # covers an agent that is still starting (or restar
 class ToolboxService:
     """The caller's started sandboxes' agents."""
 
-    def __init__(self, ops: SandboxOps) -> None:
+    def __init__(self, ops: SandboxOps, output_limit: int = DEFAULT_LIMIT) -> None:
         self.ops = ops
         self.runner = ops.runner
         self.links = AgentLinks(ops.runner)
+        self.output_limit = output_limit
 
     def sandbox(self, organization_id: str, sandbox_id: str) -> Sandbox:
         """The caller's started sandbox; records the activity.
@@ -64,7 +66,8 @@ class ToolboxService:
 
     def agent(self, sandbox: Sandbox) -> AgentClient:
         """The typed client of the sandbox's agent, as its user with its environment."""
-        return agent_client(self.runner, sandbox.id, sandbox.user, sandbox.env, self.links)
+        return agent_client(self.runner, sandbox.id, sandbox.user, sandbox.env, self.links,
+                            self.output_limit)  # fmt: skip
 
 
 class AgentLinks:
@@ -172,8 +175,10 @@ def agent_failure(exc: BaseException) -> ToolboxError:
 
 
 def agent_client(runner: Runner, sandbox_id: str, user: str | None, env: dict[str, str],
-                 links: AgentLinks | None = None) -> AgentClient:
+                 links: AgentLinks | None = None,
+                 output_limit: int = DEFAULT_LIMIT) -> AgentClient:  # fmt: skip
     """A typed client of a sandbox's agent (over ``links``, else a connection per request)."""
-    return AgentClient(lambda message: agent_call(runner, sandbox_id, message, links), user, env)
+    return AgentClient(lambda message: agent_call(runner, sandbox_id, message, links), user, env,
+                       output_limit)  # fmt: skip
 
 

@@ -307,6 +307,19 @@ def test_logs_keep_the_newest_output_under_the_cap(sessions: Sessions,
     assert len(r["stdout"]) <= 64 * 1024 and not r["stdout"].startswith("1\n2\n")
 
 
+def test_all_sessions_together_keep_their_logs_under_one_cap(
+    sessions: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_sessions, "LOGS_CAP", 100 * 1024)
+    sessions.create("a")
+    sessions.create("b")
+    old = sessions.run("a", "head -c 60000 /dev/zero | tr '\\0' a")["cmdId"]
+    kept = sessions.run("b", "head -c 60000 /dev/zero | tr '\\0' b")["cmdId"]
+    sessions.run("a", "true")  # the next command trims: a's oldest output goes first
+    assert sessions.logs("a", old).json()["output"] == ""
+    assert sessions.logs("b", kept).json()["output"] == "b" * 60000
+
+
 def test_splitter_finds_markers_split_anywhere() -> None:
     token = shell.new_token()
     stream = (b"out" + token + b"<\n" + b"a\x1fb" + token[:5] + b"x\n" + token + b">42\n" + b"tail")

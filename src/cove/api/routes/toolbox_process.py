@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from cove.api.deps import AgentDep, StartedSandboxDep
+from cove.api.streaming import unless_client_leaves
 from cove.core.validation import LANGUAGE_LABEL
 from cove.schemas.toolbox import (
     CodeRunRequest,
@@ -18,18 +19,22 @@ router = APIRouter(tags=["toolbox"])
 
 
 @router.post("/process/execute")
-async def execute(body: ExecuteRequest, agent: AgentDep) -> ExecuteResponse:
-    """Run a shell command and wait for it."""
-    done = await agent.exec(body.command, body.cwd, body.envs, body.timeout)
+async def execute(body: ExecuteRequest, request: Request, agent: AgentDep) -> ExecuteResponse:
+    """Run a shell command and wait for it (stopped if the client hangs up). The output
+    is clipped to COVE_OUTPUT_LIMIT bytes: its start and its end, marked in between."""
+    work = agent.exec(body.command, body.cwd, body.envs, body.timeout)
+    done = await unless_client_leaves(request, work)
     return ExecuteResponse(exit_code=done.exit_code, result=done.output)
 
 
 @router.post("/process/code-run")
-async def code_run(body: CodeRunRequest, sandbox: StartedSandboxDep,
+async def code_run(body: CodeRunRequest, request: Request, sandbox: StartedSandboxDep,
                    agent: AgentDep) -> CodeRunResponse:
-    """Run a snippet in the sandbox's language."""
+    """Run a snippet in the sandbox's language (stopped if the client hangs up; output
+    clipped as for execute)."""
     language = body.language or sandbox.labels.get(LANGUAGE_LABEL, "python")
-    done = await agent.code_run(body.code, language, body.argv, body.envs, body.timeout)
+    work = agent.code_run(body.code, language, body.argv, body.envs, body.timeout)
+    done = await unless_client_leaves(request, work)
     return CodeRunResponse(exit_code=done.exit_code, result=done.output)
 
 

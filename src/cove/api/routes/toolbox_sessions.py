@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 
-from fastapi import APIRouter, Response, WebSocket
+from fastapi import APIRouter, Request, Response, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from cove.api.deps import AgentDep
+from cove.api.streaming import unless_client_leaves
 from cove.core.agent_types import Output
 from cove.errors import CoveError
 from cove.schemas.toolbox_sessions import (
@@ -58,15 +59,17 @@ async def delete_session(session_id: str, agent: AgentDep) -> Response:
 
 
 @router.post(PREFIX + "/{session_id}/exec")
-async def execute(session_id: str, body: SessionExecuteRequest, response: Response,
-                  agent: AgentDep) -> SessionExecuteResponse:
-    """Run a command in the session (queued behind a running one); 202 when asynchronous."""
+async def execute(session_id: str, body: SessionExecuteRequest, request: Request,
+                  response: Response, agent: AgentDep) -> SessionExecuteResponse:
+    """Run a command in the session (queued behind a running one); 202 when asynchronous.
+    A client that hangs up stops waiting (the command runs on in its session)."""
     suppress = bool(body.suppress_input_echo)
     if body.run_async or body.async_:
         response.status_code = 202
         return SessionExecuteResponse(
             cmd_id=await agent.session_exec_async(session_id, body.command, suppress))
-    done = await agent.session_exec(session_id, body.command, suppress)
+    work = agent.session_exec(session_id, body.command, suppress)
+    done = await unless_client_leaves(request, work)
     return SessionExecuteResponse(cmd_id=done.cmd_id, exit_code=done.exit_code,
                                   output=done.output, stdout=done.stdout, stderr=done.stderr)
 
