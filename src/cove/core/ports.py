@@ -14,6 +14,7 @@ import builtins
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from cove.core.sandbox import Resources as Resources  # the domain's value types,
@@ -202,6 +203,10 @@ class SandboxStore(Protocol):
 
     def all(self) -> builtins.list[Sandbox]:
         """Every sandbox of every organization (for reconciliation)."""
+
+    def timers_due(self, now: datetime, minute: float) -> builtins.list[Sandbox]:
+        """The sandboxes whose lifecycle timer (see :func:`cove.core.timers.due`) is due
+        at ``now`` when a timer minute lasts ``minute`` seconds; no other row is read."""
 
 
 class EventSink(Protocol):

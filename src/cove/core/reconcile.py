@@ -17,7 +17,7 @@ from cove.core.lifecycle import LifecycleService
 from cove.core.ops import container_spec
 from cove.core.ports import ContainerStatus
 from cove.core.sandbox import Sandbox, SandboxState
-from cove.errors import CoveError
+from cove.errors import CoveError, NotFound
 
 S = SandboxState
 C = ContainerStatus
@@ -40,6 +40,8 @@ async def reconcile(service: LifecycleService, *, remove_orphans: bool = True) -
             continue  # its build holds the lock; do not wait for it
         try:
             await service.ops.run(sandbox.id, partial(_reconcile_one, service, sandbox.id))
+        except NotFound:  # deleted since the list was read: an expected race
+            log.debug("sandbox %s was deleted while reconciling", sandbox.id)
         except CoveError as exc:
             log.error("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
     if remove_orphans:
