@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
 from cove.core.lifecycle import LifecycleService
+from cove.core.ports import ContainerStatus
 from cove.core.reconcile import reconcile
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.core.timers import fire_due
@@ -64,3 +66,44 @@ async def test_a_sandbox_deleted_before_its_timer_fires_is_no_warning(
     monkeypatch.setattr(lifecycle.store, "timers_due", lambda *_: listed)
     assert await fire_due(lifecycle, minute=0.0) == []
     assert _errors(caplog) == []
+
+
+async def _settled(lifecycle: LifecycleService, org: str, sandbox_id: str,
+                   state: SandboxState) -> Sandbox:  # fmt: skip
+    for _ in range(500):
+        sb = lifecycle.get(org, sandbox_id)
+        if sb.state is state:
+            return sb
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{sandbox_id} stayed {lifecycle.get(org, sandbox_id).state}")
+
+
+async def test_startup_tidies_every_sandbox_and_archives_an_interrupted_archive_again(
+    lifecycle: LifecycleService, org: str, runtime: FakeRuntime
+) -> None:
+    archiving, snapshotting, idle = [await _create(lifecycle, org) for _ in range(3)]
+    await lifecycle.stop(org, archiving.id)
+    for sb, state in ((archiving, S.ARCHIVING), (snapshotting, S.SNAPSHOTTING)):
+        sb = lifecycle.get(org, sb.id)
+        sb.state = state  # as a kill -9 mid-operation left them
+        lifecycle.store.save(sb)
+    runtime.boxes[snapshotting.id].status = ContainerStatus.PAUSED  # the capture froze it
+    runtime.calls.clear()
+    await reconcile(lifecycle)
+    tidied = {sid for method, sid in runtime.calls if method == "tidy"}
+    assert tidied == {archiving.id, snapshotting.id, idle.id}
+    assert runtime.stale_work_removals == 1
+    assert lifecycle.get(org, snapshotting.id).state is S.STARTED
+    assert runtime.boxes[snapshotting.id].status == "running"
+    await _settled(lifecycle, org, archiving.id, S.ARCHIVED)
+    assert archiving.id in runtime.archives
+
+
+async def test_the_periodic_reconciler_tidies_nothing(
+    lifecycle: LifecycleService, org: str, runtime: FakeRuntime
+) -> None:
+    await _create(lifecycle, org)
+    runtime.calls.clear()
+    await reconcile(lifecycle, remove_orphans=False)
+    assert not [c for c in runtime.calls if c[0] == "tidy"]
+    assert runtime.stale_work_removals == 0
