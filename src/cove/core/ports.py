@@ -14,6 +14,7 @@ import builtins
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from cove.core.sandbox import Resources as Resources  # the domain's value types,
@@ -150,6 +151,16 @@ class Runner(Protocol):
     async def list_ids(self) -> set[str]:
         """Ids of every sandbox that has anything on the runner."""
 
+    async def tidy(self, sandbox_id: str) -> None:
+        """Remove what an interrupted archive, restore or capture of the sandbox left
+        (a server killed mid-way): half-written archives, a half-restored layer, a
+        capture's mounts, an archive beside a complete layer. Call it only while no
+        operation on the sandbox runs."""
+
+    async def remove_stale_work(self) -> None:
+        """Remove the work that snapshot captures, imports and removals of dead servers
+        left (never another live server's)."""
+
     async def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         """Apply ``policy`` to the running sandbox at once (a no-op when it does not run)."""
 
@@ -202,6 +213,10 @@ class SandboxStore(Protocol):
 
     def all(self) -> builtins.list[Sandbox]:
         """Every sandbox of every organization (for reconciliation)."""
+
+    def timers_due(self, now: datetime, minute: float) -> builtins.list[Sandbox]:
+        """The sandboxes whose lifecycle timer (see :func:`cove.core.timers.due`) is due
+        at ``now`` when a timer minute lasts ``minute`` seconds; no other row is read."""
 
 
 class EventSink(Protocol):

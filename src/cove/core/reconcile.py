@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from functools import partial
 
 from cove.core.lifecycle import LifecycleService
 from cove.core.ops import container_spec
 from cove.core.ports import ContainerStatus
 from cove.core.sandbox import Sandbox, SandboxState
-from cove.errors import CoveError
+from cove.errors import CoveError, NotFound
 
 S = SandboxState
 C = ContainerStatus
@@ -33,20 +34,57 @@ _AT_REST: dict[ContainerStatus, SandboxState] = {
 
 
 async def reconcile(service: LifecycleService, *, remove_orphans: bool = True) -> None:
-    """Reconcile every sandbox record with the host, then remove orphans."""
+    """Reconcile every sandbox record with the host.
+
+    Args:
+        service: the lifecycle service (store, runner, operations).
+        remove_orphans: at server start: also remove what operations the previous
+            server process was running left (half-written archives, capture mounts
+            and work dirs), remove sandboxes no record names (build sandboxes
+            among them), and archive again the sandboxes whose archive it interrupted.
+    """
     sandboxes = service.store.all()
+    if remove_orphans:
+        await _logged(service.runner.remove_stale_work(), "removing stale snapshot work")
+    interrupted: list[Sandbox] = []
     for sandbox in sandboxes:
         if service.building(sandbox.id):
             continue  # its build holds the lock; do not wait for it
+        if remove_orphans and sandbox.state is S.ARCHIVING:
+            interrupted.append(sandbox)
+        one = partial(_reconcile_one, service, sandbox.id, tidy=remove_orphans)
         try:
-            await service.ops.run(sandbox.id, partial(_reconcile_one, service, sandbox.id))
+            await service.ops.run(sandbox.id, one)
+        except NotFound:  # deleted since the list was read: an expected race
+            log.debug("sandbox %s was deleted while reconciling", sandbox.id)
         except CoveError as exc:
             log.error("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
     if remove_orphans:
         await _remove_orphans(service, {sb.id for sb in sandboxes})
+    for sandbox in interrupted:  # in the background: archiving may take long
+        asyncio.ensure_future(_logged(_archive_again(service, sandbox), "archiving again"))
 
 
-async def _reconcile_one(service: LifecycleService, sandbox_id: str) -> None:
+async def _archive_again(service: LifecycleService, sandbox: Sandbox) -> None:
+    """Archive a sandbox whose archive a server restart interrupted (it was rolled
+    back to ``stopped``), as its client or timer asked."""
+    current = service.store.get_by_id(sandbox.id)
+    if current.state is S.STOPPED:
+        log.info("sandbox %s: archiving again after a restart", sandbox.id)
+        await service.archive(sandbox.organization_id, sandbox.id)
+
+
+async def _logged(work: Awaitable[None], what: str) -> None:
+    try:
+        await work
+    except NotFound:
+        pass  # deleted meanwhile
+    except CoveError as exc:
+        log.error("%s failed: %s", what, exc.message)
+
+
+async def _reconcile_one(service: LifecycleService, sandbox_id: str, *, tidy: bool = False
+                         ) -> None:  # fmt: skip
     sandbox = service.store.get_by_id(sandbox_id)
     runner = service.runner
     if sandbox.state is S.DESTROYING:
@@ -63,7 +101,12 @@ async def _reconcile_one(service: LifecycleService, sandbox_id: str) -> None:
         reason = "creation was interrupted by a server restart"
         await service.ops.fail(sandbox, reason, recoverable=True)
         return
+    if tidy:
+        await runner.tidy(sandbox.id)
     status = await runner.status(sandbox.id)
+    if sandbox.state is S.SNAPSHOTTING and status == C.PAUSED:
+        await runner.resume(sandbox.id)  # the interrupted capture had frozen it
+        status = await runner.status(sandbox.id)
     if sandbox.state is S.STOPPING or (
         sandbox.state is S.STOPPED and status in (C.RUNNING, C.PAUSED)
     ):

@@ -153,6 +153,10 @@ DESIRED: dict[SandboxState, str] = {
 }
 
 
+# What ``autoArchiveInterval=0`` means: archive after 30 days.
+MAX_ARCHIVE_MINUTES = 30 * 24 * 60
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

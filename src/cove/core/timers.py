@@ -21,12 +21,11 @@ import logging
 from datetime import datetime, timedelta
 
 from cove.core.lifecycle import LifecycleService
-from cove.core.sandbox import Sandbox, SandboxState, utcnow
-from cove.errors import CoveError
+from cove.core.sandbox import MAX_ARCHIVE_MINUTES, Sandbox, SandboxState, utcnow
+from cove.errors import CoveError, NotFound
 
 S = SandboxState
 log = logging.getLogger(__name__)
-MAX_ARCHIVE_MINUTES = 30 * 24 * 60  # what autoArchiveInterval=0 means
 TICK_SECONDS = 1.0
 
 
@@ -59,10 +58,11 @@ def due(sandbox: Sandbox, now: datetime, minute: float) -> Action | None:
 
 
 async def fire_due(service: LifecycleService, minute: float) -> list[tuple[str, Action]]:
-    """Carry out every due timer once; returns what was done."""
+    """Carry out every due timer once; returns what was done. Only the sandboxes
+    whose timer is due are read (the database filters them)."""
     done = []
     now = utcnow()
-    for sandbox in service.store.all():
+    for sandbox in service.store.timers_due(now, minute):
         action = due(sandbox, now, minute)
         if action is None:
             continue
@@ -70,6 +70,8 @@ async def fire_due(service: LifecycleService, minute: float) -> list[tuple[str, 
         try:
             await _perform(service, sandbox, action)
             done.append((sandbox.id, action))
+        except NotFound:  # deleted meanwhile: nothing left to do
+            log.debug("timer %s: sandbox %s is gone", action, sandbox.id)
         except CoveError as exc:  # e.g. it changed state meanwhile
             log.warning("timer %s of sandbox %s failed: %s", action, sandbox.id, exc.message)
     return done

@@ -50,6 +50,7 @@ class FakeRuntime:
         self.networks: dict[str, NetworkPolicy] = {}
         self.isolations = {"crun", "gvisor"}  # tiers this fake pretends to have
         self.specs: dict[str, ContainerSpec] = {}  # the last spec of each sandbox
+        self.stale_work_removals = 0
 
     def _check(self, method: str, sandbox_id: str) -> None:
         self.calls.append((method, sandbox_id))
@@ -147,6 +148,12 @@ class FakeRuntime:
 
     def list_ids(self) -> set[str]:
         return set(self.boxes) | set(self.archives)
+
+    def tidy(self, sandbox_id: str) -> None:
+        self._check("tidy", sandbox_id)
+
+    def remove_stale_work(self) -> None:
+        self.stale_work_removals += 1
 
     def exec(
         self,

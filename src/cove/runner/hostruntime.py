@@ -116,6 +116,12 @@ class HostRuntime(Protocol):
     def list_ids(self) -> set[str]:
         """Ids of every sandbox that has anything on the host."""
 
+    def tidy(self, sandbox_id: str) -> None:
+        """See :meth:`cove.core.ports.Runner.tidy`."""
+
+    def remove_stale_work(self) -> None:
+        """See :meth:`cove.core.ports.Runner.remove_stale_work`."""
+
     def exec(
         self,
         sandbox_id: str,

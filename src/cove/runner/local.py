@@ -89,6 +89,12 @@ class LocalRunner:
     async def list_ids(self) -> set[str]:
         return await self._run(self.host.list_ids)
 
+    async def tidy(self, sandbox_id: str) -> None:
+        await self._run(self.host.tidy, sandbox_id)
+
+    async def remove_stale_work(self) -> None:
+        await self._run(self.host.remove_stale_work)
+
     async def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         await self._run(self.host.set_network, sandbox_id, policy)
 

@@ -18,6 +18,7 @@ from cove.core.ports import Resources, VolumeBind
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import BadRequest, Conflict, NotFound
 from cove.hostfiles import private_dir, private_file, tighten
+from cove.store import due
 from cove.store.models import SandboxRow
 
 
@@ -131,6 +132,11 @@ class SqlSandboxStore(SqlStore):
     def all(self) -> builtins.list[Sandbox]:
         with self.session() as s:
             return [_to_entity(row) for row in s.scalars(select(SandboxRow))]
+
+    def timers_due(self, now: datetime, minute: float) -> builtins.list[Sandbox]:
+        query = select(SandboxRow).where(due.timers_due(now, minute)).order_by(SandboxRow.seq)
+        with self.session() as s:
+            return [_to_entity(row) for row in s.scalars(query)]
 
 
 def _parse_cursor(cursor: str) -> int:

@@ -94,3 +94,26 @@ def test_destroy_removes_the_archive(runtime: OciRuntime, make_sandbox: SandboxF
     runtime.destroy(box.sandbox_id)
     assert runtime.status(box.sandbox_id) is ContainerStatus.ABSENT
     assert box.sandbox_id not in runtime.list_ids()
+
+
+def test_tidy_removes_what_a_killed_archive_or_restore_left(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    box = make_sandbox()
+    sid = box.sandbox_id
+    runtime.stop(sid)
+    runtime.archive(sid)
+    archives = runtime._settings.archive_dir
+    assert archives is not None
+    half_archive = archives / f".{sid}.tar.zst.4242.tmp"  # a killed re-archive's
+    half_archive.write_bytes(b"half")
+    half_image = sandbox_dir(runtime, sid) / "disk.img.restore"  # a killed restore's
+    half_image.write_bytes(b"half")
+    runtime.tidy(sid)
+    assert not half_archive.exists() and not half_image.exists()
+    assert runtime.status(sid) is ContainerStatus.ARCHIVED  # the archive itself is kept
+    runtime.restore(box)
+    (archives / f"{sid}.tar.zst").write_bytes(b"stale")  # restored, not yet deleted: killed
+    runtime.tidy(sid)
+    assert runtime.status(sid) is ContainerStatus.STOPPED
+    assert not (archives / f"{sid}.tar.zst").exists()

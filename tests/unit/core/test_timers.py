@@ -27,26 +27,29 @@ def _box(state: SandboxState, *, idle: float = 0, stopped: float = 0, **kw: int)
     return sb
 
 
-@pytest.mark.parametrize(
-    ("sandbox", "expected"),
-    [
-        (_box(S.STARTED, idle=14, auto_stop_interval=15), None),
-        (_box(S.STARTED, idle=15.1, auto_stop_interval=15), Action.STOP),
-        (_box(S.STARTED, idle=10**6, auto_stop_interval=0), None),  # 0 disables
-        (_box(S.STOPPED, stopped=59, auto_archive_interval=60), None),
-        (_box(S.STOPPED, stopped=61, auto_archive_interval=60), Action.ARCHIVE),
-        (_box(S.STOPPED, stopped=29 * 24 * 60, auto_archive_interval=0), None),
-        (_box(S.STOPPED, stopped=30 * 24 * 60 + 1, auto_archive_interval=0), Action.ARCHIVE),
-        (_box(S.STOPPED, stopped=10**6, auto_delete_interval=-1, auto_archive_interval=10**7),
-         None),
-        (_box(S.STOPPED, stopped=5, auto_delete_interval=5), Action.DELETE),
-        (_box(S.STOPPED, stopped=0, auto_delete_interval=0), Action.DELETE),
-        (_box(S.STOPPED, stopped=100, auto_delete_interval=90, auto_archive_interval=60),
-         Action.DELETE),  # deleting wins over archiving
-        (_box(S.ARCHIVED, stopped=10**6, auto_delete_interval=1), None),
-        (_box(S.ERROR, idle=10**6, auto_stop_interval=1), None),
-    ],
-)
+CASES = [
+    (_box(S.STARTED, idle=14, auto_stop_interval=15), None),
+    (_box(S.STARTED, idle=15.1, auto_stop_interval=15), Action.STOP),
+    (_box(S.STARTED, idle=10**6, auto_stop_interval=0), None),  # 0 disables
+    (_box(S.STOPPED, stopped=59, auto_archive_interval=60), None),
+    (_box(S.STOPPED, stopped=61, auto_archive_interval=60), Action.ARCHIVE),
+    (_box(S.STOPPED, stopped=29 * 24 * 60, auto_archive_interval=0), None),
+    (_box(S.STOPPED, stopped=30 * 24 * 60 + 1, auto_archive_interval=0), Action.ARCHIVE),
+    (_box(S.STOPPED, stopped=10**6, auto_delete_interval=-1, auto_archive_interval=10**7),
+     None),
+    (_box(S.STOPPED, stopped=5, auto_delete_interval=5), Action.DELETE),
+    (_box(S.STOPPED, stopped=0, auto_delete_interval=0), Action.DELETE),
+    (_box(S.STOPPED, stopped=100, auto_delete_interval=90, auto_archive_interval=60),
+     Action.DELETE),  # deleting wins over archiving
+    (_box(S.ARCHIVED, stopped=10**6, auto_delete_interval=1), None),
+    (_box(S.ERROR, idle=10**6, auto_stop_interval=1), None),
+    (_box(S.PAUSED, idle=10**6, auto_stop_interval=1), None),
+    (_box(S.STARTED, idle=10**6, stopped=10**6, auto_stop_interval=0,
+          auto_delete_interval=0), None),  # resting timers count only when stopped
+]
+
+
+@pytest.mark.parametrize(("sandbox", "expected"), CASES)
 def test_due(sandbox: Sandbox, expected: Action | None) -> None:
     assert due(sandbox, T0, MIN) == expected
 

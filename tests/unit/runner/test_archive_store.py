@@ -67,3 +67,30 @@ def test_missing_archive(store: ArchiveStore) -> None:
     with pytest.raises(RuntimeBackendError):
         with store.get("nope"):
             pass
+
+
+def test_local_remove_partial_removes_only_that_keys_temp_files(tmp_path: Path) -> None:
+    store = LocalArchiveStore(tmp_path)
+    store.put("a", io.BytesIO(b"done"), _ok)
+    killed = [tmp_path / ".a.tar.zst.4242.tmp", tmp_path / ".a.tar.zst.77.tmp"]
+    other = tmp_path / ".ab.tar.zst.4242.tmp"  # another sandbox's archive in progress
+    for path in [*killed, other]:
+        path.write_bytes(b"half")
+    store.remove_partial("a")
+    assert not any(p.exists() for p in killed)
+    assert other.exists() and store.exists("a")
+
+
+def test_s3_remove_partial_aborts_only_that_keys_uploads(s3_endpoint: str) -> None:
+    s3 = client(s3_endpoint)
+    bucket = f"b-{os.urandom(4).hex()}"
+    s3.create_bucket(Bucket=bucket)
+    store = S3ArchiveStore(bucket, prefix="cove/", client=s3)
+    for name in ("cove/a.tar.zst", "cove/a.tar.zst", "cove/ab.tar.zst"):  # as a kill left them
+        upload = s3.create_multipart_upload(Bucket=bucket, Key=name)["UploadId"]
+        s3.upload_part(Bucket=bucket, Key=name, UploadId=upload, PartNumber=1, Body=b"x")
+    store.remove_partial("a")
+    left = [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert left == ["cove/ab.tar.zst"]
+    store.delete("ab")  # delete takes half-written copies too
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -356,6 +356,24 @@ class OciRuntime:
             ids |= set(idrange.claims(self._settings.data_dir))
         return ids
 
+    def tidy(self, sandbox_id: str) -> None:
+        """Unmount a capture's view; remove half-written archives, a half-restored
+        image, and an archive beside a complete image (the live copy wins: the
+        archive was either not finished with or already restored)."""
+        with self._locked(sandbox_id) as paths:
+            capture.remove_view(paths)
+            self._archives.remove_partial(sandbox_id)
+            archive.remove_partial_restore(paths)
+            if paths.image.is_file() and self._archives.exists(sandbox_id):
+                log.info("sandbox %s: removing an archive its disk image supersedes", sandbox_id)
+                self._archives.delete(sandbox_id)
+
+    def remove_stale_work(self) -> None:
+        """Captures, imports and snapshot removals of dead servers (see capture)."""
+        with foreign_errors():
+            for name in capture.remove_stale_work(self._snapshots):
+                log.warning("removed %s, left by an interrupted snapshot build", name)
+
     def exec(
         self,
         sandbox_id: str,

@@ -19,6 +19,7 @@ from cove.runner.layout import SandboxPaths
 from cove.runner.storage.archive_store import CHUNK, ArchiveStore
 
 TAR_FLAGS = ("--xattrs", "--xattrs-include=*", "--numeric-owner")
+RESTORING = "disk.img.restore"  # a restore's fresh image, until it is complete
 
 
 def pipe(first: list[str], second: list[str] | None, out: IO[bytes] | int) -> None:
@@ -80,7 +81,7 @@ def restore_from(store: ArchiveStore, key: str, paths: SandboxPaths, disk_gib: i
     becomes disk.img only when zstd and tar both succeeded: a corrupt or
     truncated archive changes nothing (and is kept in the store).
     """
-    fresh = paths.root / "disk.img.restore"
+    fresh = paths.root / RESTORING
     tar = ["tar", "--extract", "--file=-", f"--directory={paths.upper}", "--same-permissions",
            "--same-owner", *TAR_FLAGS]  # fmt: skip
     try:
@@ -102,6 +103,13 @@ def restore_from(store: ArchiveStore, key: str, paths: SandboxPaths, disk_gib: i
     finally:
         mounts.unmount(paths.disk)
         fresh.unlink(missing_ok=True)
+
+
+def remove_partial_restore(paths: SandboxPaths) -> None:
+    """Remove the fresh image an interrupted :func:`restore_from` left (the archive it
+    was restored from is still in the store). Its mount, if any, goes with the
+    sandbox's other mounts."""
+    (paths.root / RESTORING).unlink(missing_ok=True)
 
 
 class _Pipeline:

@@ -47,6 +47,10 @@ class ArchiveStore(Protocol):
     def delete(self, key: str) -> None:
         """Remove ``key`` (and any half-written copy); no error when absent."""
 
+    def remove_partial(self, key: str) -> None:
+        """Remove half-written copies of ``key`` that an interrupted ``put`` left (a
+        killed server); call it only when no ``put`` of ``key`` runs."""
+
     def keys(self) -> set[str]: ...
 
 
@@ -101,7 +105,17 @@ class LocalArchiveStore:
     def delete(self, key: str) -> None:
         target = self.path(key)
         try:
-            for stale in [target, *self.dir.glob(f".{target.name}.*.tmp")]:
+            target.unlink(missing_ok=True)
+        except OSError as exc:
+            raise RuntimeBackendError(f"cannot remove {target}: {exc}") from exc
+        self.remove_partial(key)
+
+    def remove_partial(self, key: str) -> None:
+        """Temp files ``.<key>.tar.zst.<pid>.tmp`` (of any pid: keys are sandbox ids,
+        which only this server archives)."""
+        target = self.path(key)
+        try:
+            for stale in self.dir.glob(f".{target.name}.*.tmp"):
                 stale.unlink(missing_ok=True)
         except OSError as exc:
             raise RuntimeBackendError(f"cannot remove {target}: {exc}") from exc

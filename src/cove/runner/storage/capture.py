@@ -16,7 +16,11 @@ unpacked with ``umoci``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +32,11 @@ from cove.runner.host import freezer, mounts, rootfs
 from cove.runner.host.proc import run
 from cove.runner.layout import Metadata, SandboxPaths
 from cove.runner.storage.archive import TAR_FLAGS, pipe
+
+log = logging.getLogger(__name__)
+# Work of one process in the snapshot dir: ``.build-<ref>-<pid>`` (a capture or import
+# under way) and ``.trash-<ref>-<pid>`` (a removal under way).
+_WORK = re.compile(r"\.(?:build|trash)-.+-(\d+)")
 
 
 def capture_sandbox(
@@ -43,7 +52,8 @@ def capture_sandbox(
                  "--same-permissions", *TAR_FLAGS],
                 null,
             )  # fmt: skip
-    return _size(base / ref / "rootfs")
+            size = _size(rootfs)
+    return size
 
 
 def import_oci(base: Path, ref: str, layout_dir: Path | None, image: str) -> int:
@@ -59,7 +69,8 @@ def import_oci(base: Path, ref: str, layout_dir: Path | None, image: str) -> int
         os.rmdir(rootfs)
         (bundle / "rootfs").rename(rootfs)
         shutil.rmtree(bundle)
-    return _size(base / ref / "rootfs")
+        size = _size(rootfs)
+    return size
 
 
 def resolve_image(layout_dir: Path | None, image: str) -> tuple[Path, str]:
@@ -101,10 +112,69 @@ def remove(base: Path, ref: str) -> None:
         return
     trash = base / f".trash-{ref}-{os.getpid()}"
     try:
-        target.rename(trash)
-        shutil.rmtree(trash)
+        with _held(target):
+            target.rename(trash)
+            shutil.rmtree(trash)
     except OSError as exc:
         raise RuntimeBackendError(f"cannot remove snapshot {ref}: {exc}") from exc
+
+
+def remove_stale_work(base: Path) -> list[str]:
+    """Remove what captures, imports and removals of dead processes left in the
+    snapshot dir (a ``kill -9`` mid-way); returns the names removed.
+
+    The dir may be shared by several servers: a work dir is removed only when the
+    process named in it is gone *and* nobody holds its lock (each one is locked
+    while in use), so another live server's work is never touched.
+    """
+    removed = []
+    for work in base.glob(".*-*") if base.is_dir() else ():
+        match = _WORK.fullmatch(work.name)
+        if match is None or not work.is_dir() or _alive(int(match.group(1))):
+            continue
+        try:
+            with _held(work, wait=False):
+                shutil.rmtree(work)
+        except BlockingIOError:
+            continue  # in use after all (say by a server in another pid namespace)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", work, exc)
+            continue
+        removed.append(work.name)
+    return removed
+
+
+def remove_view(paths: SandboxPaths) -> None:
+    """Unmount and remove the merged view an interrupted capture left."""
+    view = paths.root / "capture"
+    mounts.unmount(view)
+    with contextlib.suppress(FileNotFoundError):
+        view.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _held(directory: Path, *, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (released when its owner dies).
+
+    Raises:
+        BlockingIOError: ``wait`` is false and someone else holds it.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -116,8 +186,9 @@ def _building(base: Path, ref: str) -> Iterator[Path]:
     try:
         shutil.rmtree(work, ignore_errors=True)
         (private_dir(work) / "rootfs").mkdir()  # root's alone, whatever the dir above
-        yield work / "rootfs"
-        work.rename(final)
+        with _held(work):  # see remove_stale_work
+            yield work / "rootfs"
+            work.rename(final)
     except OSError as exc:
         raise RuntimeBackendError(f"cannot build snapshot {ref}: {exc}") from exc
     finally:

@@ -96,6 +96,22 @@ class S3ArchiveStore:
     def delete(self, key: str) -> None:
         with _s3_errors(f"delete {self._name(key)}"):
             self.s3.delete_object(Bucket=self.bucket, Key=self._name(key))
+        self.remove_partial(key)
+
+    def remove_partial(self, key: str) -> None:
+        """Abort the multipart uploads of ``key`` a killed server left open (their parts
+        are stored, and billed, until aborted)."""
+        name = self._name(key)
+        with _s3_errors(f"abort uploads of {name}"):
+            pages = self.s3.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=name
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Key"] == name:
+                        self.s3.abort_multipart_upload(
+                            Bucket=self.bucket, Key=name, UploadId=upload["UploadId"]
+                        )
 
     def keys(self) -> set[str]:
         found: set[str] = set()

@@ -1,0 +1,35 @@
+"""Work dirs in a (possibly shared) snapshot dir: only dead processes' are removed."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+from pathlib import Path
+
+from cove.runner.storage.capture import remove_stale_work
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_only_dead_processes_unlocked_work_is_removed(tmp_path: Path) -> None:
+    dead = _dead_pid()
+    gone = [tmp_path / f".build-r1-{dead}", tmp_path / f".trash-r2-{dead}"]
+    live = tmp_path / f".build-r3-{os.getpid()}"  # another server at work
+    locked = tmp_path / f".build-r4-{dead}"  # its pid is not ours to see, its lock is held
+    snapshot = tmp_path / "r5"  # a finished snapshot
+    for d in [*gone, live, locked, snapshot]:
+        (d / "rootfs").mkdir(parents=True)
+    fd = os.open(locked, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        removed = remove_stale_work(tmp_path)
+    finally:
+        os.close(fd)
+    assert sorted(removed) == sorted(p.name for p in gone)
+    assert not any(p.exists() for p in gone)
+    assert live.is_dir() and locked.is_dir() and snapshot.is_dir()
