@@ -8,6 +8,7 @@ after the session nothing of ours may be left on the host.
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,11 +66,21 @@ def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None,
         srv.delete_all_sandboxes()
         srv.stop()
         runtime = srv.runtime()
+        for ref in snapshot_refs(srv.data_dir):  # the snapshot dir is shared: leave nothing
+            runtime.remove_snapshot(ref)
         leftovers = runtime.list_ids()
         for sandbox_id in leftovers:
             runtime.destroy(sandbox_id)
         assert not leftovers, f"sandboxes left on the host: {leftovers}"
         assert_no_leaks(srv.data_dir, srv.cgroup_parent)
+
+
+def snapshot_refs(data_dir: Path) -> list[str]:
+    """The snapshots a test server recorded (of every organization) in its SQLite store."""
+    if not (data_dir / "cove.db").exists():
+        return []
+    with sqlite3.connect(data_dir / "cove.db") as db:
+        return [ref for (ref,) in db.execute("SELECT id FROM snapshots")]
 
 
 @pytest.fixture(scope="session")
