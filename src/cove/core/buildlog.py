@@ -12,6 +12,7 @@ class BuildLog:
         self._chunks: list[str] = []
         self._done = False
         self._changed = asyncio.Condition()
+        self._wakers: set[asyncio.Task[None]] = set()
 
     @property
     def done(self) -> bool:
@@ -25,6 +26,20 @@ class BuildLog:
             return
         async with self._changed:
             self._chunks.append(text if text.endswith("\n") else text + "\n")
+            self._changed.notify_all()
+
+    def append(self, text: str) -> None:
+        """Add ``text`` at once (from synchronous code on the event loop); readers are
+        woken up soon after."""
+        if not text:
+            return
+        self._chunks.append(text if text.endswith("\n") else text + "\n")
+        task = asyncio.get_running_loop().create_task(self._wake())
+        self._wakers.add(task)
+        task.add_done_callback(self._wakers.discard)
+
+    async def _wake(self) -> None:
+        async with self._changed:
             self._changed.notify_all()
 
     async def close(self) -> None:

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     # Where `POST /snapshots {"imageName": "name:tag"}` looks for OCI image layouts
     # (``<dir>/<name>``, as made by ``skopeo copy ... oci:<dir>/<name>:<tag>``).
     oci_layout_dir: Path | None = None
+    # Registry credentials for pulls when the organization has none for that registry:
+    # a docker-style auth.json ({"auths": {"host": {"auth": base64(user:pass)}}}).
+    registry_auth: Path | None = None
+    # Registries (host[:port]) pulled from without TLS verification, over HTTP if
+    # they do not speak HTTPS (e.g. a local mirror): COVE_INSECURE_REGISTRIES=h1,h2:5000
+    insecure_registries: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    pull_timeout_seconds: float = 1800.0  # one image pull, all layers
     runtime: str = "crun"  # "crun" (real isolation) or "fake" (unit tests only)
     # Isolation tier of sandboxes created without the cove.io/isolation label:
     # "crun" or "gvisor" (runsc).
@@ -110,7 +117,7 @@ class Settings(BaseSettings):
     # Preview host names {port}-{sandboxId}.<domain> are proxied when set.
     preview_domain: str | None = None
 
-    @field_validator("public_snapshots", mode="before")
+    @field_validator("public_snapshots", "insecure_registries", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str):
