@@ -90,7 +90,8 @@ def build_services(
     )  # fmt: skip
     snapshots.fail_interrupted()
     registries = RegistryService(SqlRegistryStore(engine))
-    images = ImageService(snapshots=snapshots, registries=registries, runner=runner)
+    images = ImageService(snapshots=snapshots, registries=registries, runner=runner,
+                          allowed=settings.allowed_registries)  # fmt: skip
     lifecycle = LifecycleService(
         settings=settings, store=store, runner=runner, events=events, volumes=volumes,
         snapshots=snapshots, images=images,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from cove.core import dockerfile, imageref, validation
+from cove.core import dockerfile, validation
 from cove.core.buildlog import BuildLog
 from cove.core.builds import ImageBuilder, build_and_boot
 from cove.core.config import Settings
@@ -164,7 +164,7 @@ class Creator:
                     f"and has no local snapshot of that name (available: "
                     f"{', '.join(self._general_snapshots())})"
                 )
-            pull = str(imageref.parse(image))
+            pull = str(self.images.reference(image))
             return pull, pull
         name = req.snapshot or self.settings.default_snapshot
         ref = self._usable_snapshot(organization_id, name)

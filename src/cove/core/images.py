@@ -20,19 +20,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from cove.core import imageref
 from cove.core.buildlog import BuildLog
 from cove.core.builds import ImageBuilder, build_and_boot
+from cove.core.config import registry_listed
 from cove.core.dockerfile import BuildPlan
 from cove.core.ops import SandboxOps
 from cove.core.ports import PulledImage, Runner
 from cove.core.registries import RegistryService
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.core.snapshots import Snapshot, SnapshotService
-from cove.errors import Conflict, CoveError
+from cove.errors import BadRequest, Conflict, CoveError
 
 S = SandboxState
 log = logging.getLogger(__name__)
@@ -49,13 +50,27 @@ class ImageService:
     """Snapshots of registry images, one pull per image and organization at a time."""
 
     def __init__(
-        self, *, snapshots: SnapshotService, registries: RegistryService, runner: Runner
-    ) -> None:
+        self, *, snapshots: SnapshotService, registries: RegistryService, runner: Runner,
+        allowed: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        self.allowed = list(allowed)
         self.snapshots = snapshots
         self.registries = registries
         self.runner = runner
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def reference(self, image: str) -> imageref.ImageRef:
+        """``image`` parsed and normalized, from a registry pulls may use.
+
+        Raises:
+            BadRequest: not a valid reference, or its registry is not allowed.
+        """
+        ref = imageref.parse(image)
+        if self.allowed and not registry_listed(ref.registry, self.allowed):
+            raise BadRequest(f"Image '{image}': pulling from {ref.registry} is not allowed "
+                             f"on this server (allowed: {', '.join(self.allowed)})")  # fmt: skip
+        return ref
 
     def is_registry_image(self, image: str) -> bool:
         """Whether ``image`` is pulled from a registry (not a local OCI layout)."""
@@ -70,7 +85,7 @@ class ImageService:
             BadRequest: not a valid reference. PullFailed: the pull failed (the
                 reason says why); nothing is left of it.
         """
-        ref = imageref.parse(image)
+        ref = self.reference(image)
         say = progress or (lambda _line: None)
         async with self._locks.setdefault((organization_id, str(ref)), asyncio.Lock()):
             found = self.find(organization_id, ref)
@@ -102,7 +117,7 @@ class ImageService:
         """
         if not self.is_registry_image(image):
             return await self.snapshots.create_from_image(organization_id, name, image)
-        ref = imageref.parse(image)
+        ref = self.reference(image)
         snap = self.snapshots.new(organization_id, name, image_name=image)
         snap.state = "pulling"
         self.snapshots.store.add(snap)

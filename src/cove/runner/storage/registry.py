@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from cove.core.config import Settings
+from cove.core.config import Settings, registry_listed
 from cove.core.ports import PulledImage, RegistryAuth
 from cove.errors import RuntimeBackendError
 from cove.hostfiles import private_dir
@@ -82,7 +82,7 @@ def _copy(
     authfile = _authfile(settings, auth, work)
     if authfile is not None:
         argv.append(f"--src-authfile={authfile}")
-    if registry in settings.insecure_registries:
+    if registry_listed(registry, settings.insecure_registries):
         argv.append("--src-tls-verify=false")
     argv += [f"docker://{image}", f"oci:{layout}:{TAG}"]
     home = private_dir(work / "home")
