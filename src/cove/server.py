@@ -19,9 +19,11 @@ from sqlalchemy import Engine
 
 from cove.core.auth import AuthService
 from cove.core.config import Settings
+from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
 from cove.core.ports import EventSink
 from cove.core.previews import PreviewTokens
+from cove.core.registries import RegistryService
 from cove.core.snapshots import SnapshotService
 from cove.core.toolbox import ToolboxService
 from cove.core.volumes import VolumeService
@@ -32,6 +34,7 @@ from cove.runner.local import LocalRunner
 from cove.runner.storage.volumes import LocalVolumeFiles
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
+from cove.store.registries import SqlRegistryStore
 from cove.store.snapshots import SqlSnapshotStore
 from cove.store.sql import SqlSandboxStore, make_engine
 from cove.store.volumes import SqlVolumeStore
@@ -47,6 +50,8 @@ class Services:
     toolbox: ToolboxService
     volumes: VolumeService
     snapshots: SnapshotService
+    registries: RegistryService
+    images: ImageService
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -83,12 +88,17 @@ def build_services(
         store=SqlSnapshotStore(engine), runner=runner, sandboxes=store,
         default_name=settings.default_snapshot, public=settings.public_snapshots,
     )  # fmt: skip
+    snapshots.fail_interrupted()
+    registries = RegistryService(SqlRegistryStore(engine))
+    images = ImageService(snapshots=snapshots, registries=registries, runner=runner,
+                          allowed=settings.allowed_registries)  # fmt: skip
     lifecycle = LifecycleService(
         settings=settings, store=store, runner=runner, events=events, volumes=volumes,
-        snapshots=snapshots,
+        snapshots=snapshots, images=images,
     )  # fmt: skip
     toolbox = ToolboxService(lifecycle.ops, settings.output_limit)
     return Services(
         settings=settings, auth=auth, lifecycle=lifecycle, toolbox=toolbox, volumes=volumes,
-        snapshots=snapshots, previews=load_tokens(settings.data_dir),
+        snapshots=snapshots, registries=registries, images=images,
+        previews=load_tokens(settings.data_dir),
     )  # fmt: skip

@@ -23,6 +23,8 @@ from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
 
 pytestmark = pytest.mark.e2e
 KEY = "e2e-admin-key"
+# Test servers pull only from registries the tests start on loopback: never the Internet.
+LOCAL_REGISTRIES = "127.0.0.1"
 
 
 class Server(ServerProcess):
@@ -48,7 +50,8 @@ def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None,
     """A ``cove serve`` with its own address pool; afterwards everything it made is
     deleted and nothing of it may be left on the host. With ``api_key=None`` no key is
     configured: the server's first start prints its admin key, which is then used."""
-    env = {"COVE_NETWORK_POOL": sandbox_pool(pool), **(env or {})}
+    env = {"COVE_NETWORK_POOL": sandbox_pool(pool), "COVE_ALLOWED_REGISTRIES": LOCAL_REGISTRIES,
+           **(env or {})}  # fmt: skip
     if api_key is None:
         env["COVE_API_KEY"] = ""
     srv = Server(data_dir, api_key=api_key or "", env=env)

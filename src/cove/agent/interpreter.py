@@ -349,7 +349,8 @@ def _context(request: Request) -> Context:
     context = _CONTEXTS.get(context_id)
     if context is None and context_id == DEFAULT_ID:
         user = users.lookup(request.arg("user", str, None))
-        context = Context(DEFAULT_ID, user, user.home, request.arg("env", dict, None) or {})
+        env = request.arg("env", dict, None) or {}
+        context = Context(DEFAULT_ID, user, users.work_dir(user), env)
         _CONTEXTS[DEFAULT_ID] = context
     if context is None:
         raise protocol.not_found(f"context not found: {context_id}", "PROCESS_NOT_FOUND")

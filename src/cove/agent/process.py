@@ -241,7 +241,7 @@ async def info(request: Request) -> dict[str, Any]:
     """The user's home, the working directory, the environment and the agent version."""
     user = users.lookup(request.arg("user", str, None))
     env = users.environment(user, request.arg("env", dict, None))
-    return {"home": user.home, "workDir": user.home, "env": env, "version": VERSION}
+    return {"home": user.home, "workDir": users.work_dir(user), "env": env, "version": VERSION}
 
 
 @op("ping")

@@ -177,7 +177,7 @@ async def create(request: Request) -> Terminal:
     if tid in TERMINALS:
         raise AgentError(409, "PTY_ALREADY_EXISTS", f"PTY session with ID '{tid}' already exists")
     user = users.lookup(request.arg("user", str, None))
-    cwd = request.arg("cwd", str, None) or user.home
+    cwd = request.arg("cwd", str, None) or users.work_dir(user)
     if not os.path.isdir(cwd):
         raise protocol.bad_request(f"working directory {cwd} does not exist")
     envs = {"TERM": "xterm-256color", **(request.arg("envs", dict, None) or {})}

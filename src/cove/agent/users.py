@@ -11,10 +11,12 @@ from . import confine, protocol
 
 # The environment the sandbox's init was given (the sandbox's env vars and
 # defaults), captured once at agent start-up, minus anything of the agent's own.
-_AGENT_ONLY = ("PYTHONHOME", "PYTHONPATH", "LD_LIBRARY_PATH", "COVE_AGENT")
+_AGENT_ONLY = ("PYTHONHOME", "PYTHONPATH", "LD_LIBRARY_PATH", "COVE_AGENT", "COVE_WORKDIR")
 BASE_ENV = {k: v for k, v in os.environ.items() if k not in _AGENT_ONLY}
 BASE_ENV.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 DEFAULT_USER = os.environ.get("COVE_SANDBOX_USER", "daytona")
+# The image's WorkingDir (sandboxes made from an image): where processes start.
+IMAGE_WORKDIR = os.environ.get("COVE_WORKDIR")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,14 @@ def lookup(name: str | None) -> User:
     return User(entry.pw_name, entry.pw_uid, entry.pw_gid, home, shell)
 
 
+def work_dir(user: User) -> str:
+    """Where ``user``'s processes start by default: the image's WorkingDir when the
+    sandbox was made from an image that has one (and it exists), else the home."""
+    if IMAGE_WORKDIR and os.path.isdir(IMAGE_WORKDIR):
+        return IMAGE_WORKDIR
+    return user.home
+
+
 def environment(user: User, extra: dict[str, str] | None = None) -> dict[str, str]:
     """What a process of ``user`` sees: the sandbox env, the user's identity, ``extra``."""
     env = dict(BASE_ENV)
@@ -82,7 +92,7 @@ def spawn_kwargs(
     Confined, the process enters the workload's user namespace and the cgroup
     ``group`` (see ``confine``); ``then`` runs in the child after that, before exec.
     """
-    workdir = cwd or user.home
+    workdir = cwd or work_dir(user)
     if not os.path.isdir(workdir):
         raise protocol.bad_request(f"working directory {workdir} does not exist")
     kwargs: dict = {"cwd": workdir, "env": environment(user, extra_env), "close_fds": True,

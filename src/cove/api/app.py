@@ -16,6 +16,7 @@ from cove.api import errors
 from cove.api.events import SocketEvents
 from cove.api.preview import PreviewProxy
 from cove.api.routes import (
+    docker_registry,
     health,
     previews,
     sandbox_network,
@@ -67,6 +68,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     api.include_router(sandboxes.router, prefix="/api")
     api.include_router(volumes.router, prefix="/api")
     api.include_router(snapshots.router, prefix="/api")
+    api.include_router(docker_registry.router, prefix="/api")
     api.include_router(sandbox_network.router, prefix="/api")
     api.include_router(previews.router, prefix="/api")
     for module in (toolbox_process, toolbox_files, toolbox_git, toolbox_sessions, toolbox_pty,

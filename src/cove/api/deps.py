@@ -9,7 +9,9 @@ from starlette.requests import HTTPConnection
 
 from cove.core.agent_client import AgentClient
 from cove.core.auth import Principal
+from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
+from cove.core.registries import RegistryService
 from cove.core.sandbox import Sandbox
 from cove.core.snapshots import SnapshotService
 from cove.core.toolbox import ToolboxService
@@ -58,6 +60,20 @@ def get_snapshots(services: ServicesDep) -> SnapshotService:
 
 
 SnapshotsDep = Annotated[SnapshotService, Depends(get_snapshots)]
+
+
+def get_registries(services: ServicesDep) -> RegistryService:
+    return services.registries
+
+
+RegistriesDep = Annotated[RegistryService, Depends(get_registries)]
+
+
+def get_images(services: ServicesDep) -> ImageService:
+    return services.images
+
+
+ImagesDep = Annotated[ImageService, Depends(get_images)]
 
 
 def get_started_sandbox(sandbox_id: str, who: PrincipalDep, toolbox: ToolboxDep) -> Sandbox:

@@ -29,6 +29,7 @@ class BuildLog:
         self._omitted = 0
         self._done = False
         self._changed = asyncio.Condition()
+        self._wakers: set[asyncio.Task[None]] = set()
 
     @property
     def done(self) -> bool:
@@ -60,6 +61,22 @@ class BuildLog:
         async with self._changed:
             os.write(self._fd, data)
             self._size += len(data)
+            self._changed.notify_all()
+
+    def append(self, text: str) -> None:
+        """Add ``text`` at once (from synchronous code on the event loop); readers are
+        woken up soon after."""
+        if not text or self._done:
+            return
+        data = (text if text.endswith("\n") else text + "\n").encode()
+        os.write(self._fd, data)
+        self._size += len(data)
+        task = asyncio.get_running_loop().create_task(self._wake())
+        self._wakers.add(task)
+        task.add_done_callback(self._wakers.discard)
+
+    async def _wake(self) -> None:
+        async with self._changed:
             self._changed.notify_all()
 
     async def close(self) -> None:

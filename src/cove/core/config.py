@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     # Where `POST /snapshots {"imageName": "name:tag"}` looks for OCI image layouts
     # (``<dir>/<name>``, as made by ``skopeo copy ... oci:<dir>/<name>:<tag>``).
     oci_layout_dir: Path | None = None
+    # Registry credentials for pulls when the organization has none for that registry:
+    # a docker-style auth.json ({"auths": {"host": {"auth": base64(user:pass)}}}).
+    registry_auth: Path | None = None
+    # Registries (host[:port]) pulled from without TLS verification, over HTTP if
+    # they do not speak HTTPS (e.g. a local mirror): COVE_INSECURE_REGISTRIES=h1,h2:5000
+    insecure_registries: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The only registries images may be pulled from (host or host:port; empty: any).
+    allowed_registries: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    pull_timeout_seconds: float = 1800.0  # one image pull, all layers
     runtime: str = "crun"  # "crun" (real isolation) or "fake" (unit tests only)
     # Isolation tier of sandboxes created without the cove.io/isolation label:
     # "crun" or "gvisor" (runsc).
@@ -113,7 +122,8 @@ class Settings(BaseSettings):
     # Preview host names {port}-{sandboxId}.<domain> are proxied when set.
     preview_domain: str | None = None
 
-    @field_validator("public_snapshots", mode="before")
+    @field_validator("public_snapshots", "insecure_registries", "allowed_registries",
+                     mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str):
@@ -141,3 +151,10 @@ class Settings(BaseSettings):
     @property
     def toolbox_proxy_url(self) -> str:
         return f"{self.base_url}/toolbox"
+
+
+def registry_listed(registry: str, entries: list[str]) -> bool:
+    """Whether ``registry`` (``host[:port]``) is one of ``entries``: ``host`` stands for
+    every port of that host, ``host:port`` for that port only."""
+    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
+    return any(e.lower() in (registry.lower(), host.lower()) for e in entries)

@@ -15,6 +15,7 @@ from cove.core import dockerfile, validation
 from cove.core.buildlog import BuildLog
 from cove.core.builds import ImageBuilder, build_and_boot
 from cove.core.config import Settings
+from cove.core.images import ImageService, default_user, pull_and_boot
 from cove.core.ops import SandboxOps
 from cove.core.ports import VolumeBind
 from cove.core.sandbox import Sandbox, SandboxState
@@ -40,6 +41,7 @@ class Creator:
         self._log_dir = settings.data_dir / "build-logs"
         shutil.rmtree(self._log_dir, ignore_errors=True)  # of builds of an earlier run
         self._log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.images: ImageService | None = None  # registry images (None: not pulled)
         self.use_snapshots(snapshots)
 
     def use_snapshots(self, snapshots: SnapshotService | None) -> None:
@@ -60,17 +62,23 @@ class Creator:
             Conflict: the name is taken in this organization.
         """
         plan = self._build_plan(request)
-        sandbox = self._new_sandbox(organization_id, request)
-        if plan is not None:
+        sandbox, pull = self._new_sandbox(organization_id, request)
+        if plan is not None or pull is not None:
             sandbox.state = S.PENDING_BUILD
-            sandbox.env = {**plan.env, **sandbox.env}
+            sandbox.env = {**(plan.env if plan else {}), **sandbox.env}
         self.ops.store.add(sandbox)
         await self.ops.events.sandbox_created(sandbox)
-        if plan is None:
+        if plan is None and pull is None:
             return await self.ops.run(sandbox.id, lambda: self.ops.boot(sandbox))
-        assert self.builder is not None  # _build_plan checked it
         out = self._build_logs[sandbox.id] = BuildLog(self._log_dir / f"{sandbox.id}.log")
         builder = self.builder
+        if pull is not None:
+            images, keep = self.images, request.user is not None
+            assert images is not None  # _resolve_snapshot checked it
+            self.ops.spawn(sandbox.id, lambda: pull_and_boot(
+                self.ops, images, builder, sandbox, pull, plan, out, keep_user=keep))
+            return sandbox
+        assert builder is not None and plan is not None  # _build_plan checked it
         self.ops.spawn(sandbox.id, lambda: build_and_boot(self.ops, builder, sandbox, plan, out))
         return sandbox
 
@@ -106,8 +114,9 @@ class Creator:
             raise BadRequest("Building images from Dockerfiles is not supported by this server")
         return plan
 
-    def _new_sandbox(self, organization_id: str, req: SandboxCreate) -> Sandbox:
-        snapshot = self._resolve_snapshot(organization_id, req)
+    def _new_sandbox(self, organization_id: str, req: SandboxCreate) -> tuple[Sandbox, str | None]:
+        """The new sandbox's record, and the registry image to pull first (or None)."""
+        snapshot, pull = self._resolve_snapshot(organization_id, req)
         s = self.settings
         resources = validation.requested_resources(req, s)
         validation.check_labels(req.labels)
@@ -122,7 +131,7 @@ class Creator:
             organization_id=organization_id,
             name=req.name or sandbox_id,
             snapshot=snapshot,
-            user=req.user or "daytona",
+            user=req.user or self._image_user(organization_id, snapshot) or "daytona",
             resources=resources,
             env=dict(req.env),
             labels=dict(req.labels),
@@ -138,7 +147,7 @@ class Creator:
             ),
             auto_delete_interval=_pick(req.auto_delete_interval, s.default_auto_delete_interval),
             volumes=binds,
-        )
+        ), pull
 
     def _volume_binds(self, organization_id: str, req: SandboxCreate) -> list[VolumeBind]:
         if not req.volumes:
@@ -147,23 +156,37 @@ class Creator:
             raise BadRequest("Volumes are not supported by this server")
         return self.volumes.resolve(organization_id, req.volumes)
 
-    def _resolve_snapshot(self, organization_id: str, req: SandboxCreate) -> str:
-        """The runtime ref of the snapshot (or Dockerfile base image) asked for."""
+    def _resolve_snapshot(self, organization_id: str, req: SandboxCreate) -> tuple[str, str | None]:
+        """The runtime ref of the snapshot (or Dockerfile base image) asked for; or, for
+        an image that is no snapshot, its normalized reference twice (it is pulled)."""
         if req.build_info is not None:
             image = dockerfile.parse(req.build_info.dockerfile_content).base
             ref = self._usable_snapshot(organization_id, image)
-            if ref is None:
+            if ref is not None:
+                return ref, None
+            if self.images is None or not self.images.is_registry_image(image):
                 raise BadRequest(
-                    f"Image '{image}' cannot be provided: this server has no registry access "
-                    f"and no local snapshot of that name (available: "
+                    f"Image '{image}' cannot be provided: this server pulls no images "
+                    f"and has no local snapshot of that name (available: "
                     f"{', '.join(self._general_snapshots())})"
                 )
-            return ref
+            pull = str(self.images.reference(image))
+            return pull, pull
         name = req.snapshot or self.settings.default_snapshot
         ref = self._usable_snapshot(organization_id, name)
         if ref is None:
             raise BadRequest(f"Snapshot '{name}' not found")
-        return ref
+        return ref, None
+
+    def _image_user(self, organization_id: str, ref: str) -> str | None:
+        """The user of the image a snapshot was pulled from (None: not pulled)."""
+        if self.snapshots is None:
+            return None
+        try:
+            snap = self.snapshots.get(organization_id, ref)
+        except NotFound:
+            return None
+        return default_user(snap)
 
     def _usable_snapshot(self, organization_id: str, id_or_name: str) -> str | None:
         if self.snapshots is not None:

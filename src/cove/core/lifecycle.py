@@ -16,6 +16,7 @@ from cove.core import validation
 from cove.core.buildlog import BuildLog
 from cove.core.config import Settings
 from cove.core.create import Creator
+from cove.core.images import ImageService
 from cove.core.ops import SandboxOps, container_spec
 from cove.core.ports import ContainerStatus, EventSink, Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
@@ -42,6 +43,7 @@ class LifecycleService:
     def __init__(
         self, *, settings: Settings, store: SandboxStore, runner: Runner, events: EventSink,
         volumes: VolumeService | None = None, snapshots: SnapshotService | None = None,
+        images: ImageService | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.store = store
@@ -52,6 +54,7 @@ class LifecycleService:
         )
         self.creator = Creator(settings=settings, ops=self.ops, volumes=volumes,
                                snapshots=snapshots)  # fmt: skip
+        self.creator.images = images
 
     @property
     def volumes(self) -> VolumeService | None:
@@ -340,6 +343,8 @@ class LifecycleService:
     async def drain(self) -> None:
         """Wait for every operation under way (server shutdown)."""
         await self.ops.drain()
+        if self.creator.images is not None:
+            await self.creator.images.drain()
 
 
 def _or(value: str | None, current: str | None) -> str | None:

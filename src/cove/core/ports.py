@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -77,6 +77,36 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for one registry (the password never appears in a repr)."""
+
+    registry: str  # host[:port], as in the image reference
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """What an image's config says about running it (Docker's Env, WorkingDir, User,
+    Entrypoint, Cmd)."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    user: str | None = None
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PulledImage:
+    """A snapshot made from an image: its size, manifest digest and config."""
+
+    size: int
+    digest: str
+    config: ImageConfig = field(default_factory=ImageConfig)
+
+
+@dataclass(frozen=True)
 class ContainerStats:
     cpu_usage_ns: int
     memory_bytes: int
@@ -104,6 +134,10 @@ class Runner(Protocol):
 
     def has_isolation(self, name: str) -> bool:
         """Whether sandboxes of isolation tier ``name`` (see ISOLATIONS) can run."""
+
+    def has_local_image(self, image: str) -> bool:
+        """Whether ``image`` names an image the runner has without a registry (a local
+        OCI layout), which ``import_image`` makes a snapshot of."""
 
     async def create(self, spec: ContainerSpec) -> None:
         """Prepare the sandbox's writable layer (capped at ``disk`` GiB); start nothing."""
@@ -138,6 +172,20 @@ class Runner(Protocol):
 
     async def import_image(self, ref: str, image: str) -> int:
         """Make snapshot ``ref`` from an image the runner resolves without a registry."""
+
+    async def pull_image(
+        self, ref: str, image: str, auth: RegistryAuth | None,
+        progress: Callable[[str], None] | None = None,
+    ) -> PulledImage:  # fmt: skip
+        """Make snapshot ``ref`` from ``image`` (a normalized reference) pulled from its
+        registry (with ``auth``, else the operator's credentials for it); layers already
+        pulled are not fetched again. ``progress`` gets each line of progress, on the
+        caller's event loop.
+
+        Raises:
+            RuntimeBackendError: the pull or the unpack failed (the message says why);
+                nothing named ``ref`` is left.
+        """
 
     async def remove_snapshot(self, ref: str) -> None:
         """Delete snapshot ``ref`` (sandboxes created from it keep working)."""

@@ -90,7 +90,7 @@ async def _reconcile_one(service: LifecycleService, sandbox_id: str, *, tidy: bo
     if sandbox.state is S.DESTROYING:
         await service.ops.remove(sandbox)  # (under its lock already)
         return
-    if sandbox.state in (S.PENDING_BUILD, S.BUILDING_SNAPSHOT):
+    if sandbox.state in (S.PENDING_BUILD, S.PULLING_SNAPSHOT, S.BUILDING_SNAPSHOT):
         if not service.building(sandbox.id):  # a build this server run did not start
             await service.ops.build_failed(sandbox, "the build was interrupted by a server restart")
         return

@@ -65,6 +65,7 @@ class SandboxState(enum.StrEnum):
     RESUMING = "resuming"
     SNAPSHOTTING = "snapshotting"
     PENDING_BUILD = "pending_build"
+    PULLING_SNAPSHOT = "pulling_snapshot"
     BUILDING_SNAPSHOT = "building_snapshot"
     BUILD_FAILED = "build_failed"
 
@@ -105,8 +106,10 @@ ALLOWED: dict[SandboxState, frozenset[SandboxState]] = {
     S.ERROR: frozenset({S.STARTING, S.RESTORING, S.STOPPED, S.DESTROYING, S.ERROR}),
     S.DESTROYING: frozenset({S.DESTROYED, S.ERROR}),
     S.DESTROYED: frozenset(),
-    # Created from a Dockerfile: the snapshot is built first (core.builds).
-    S.PENDING_BUILD: frozenset({S.BUILDING_SNAPSHOT, S.BUILD_FAILED}),
+    # Created from a Dockerfile or a registry image: the image is pulled (core.images)
+    # and the snapshot built (core.builds) first.
+    S.PENDING_BUILD: frozenset({S.PULLING_SNAPSHOT, S.BUILDING_SNAPSHOT, S.BUILD_FAILED}),
+    S.PULLING_SNAPSHOT: frozenset({S.BUILDING_SNAPSHOT, S.STARTING, S.BUILD_FAILED}),
     S.BUILDING_SNAPSHOT: frozenset({S.STARTING, S.BUILD_FAILED}),
     S.BUILD_FAILED: frozenset({S.DESTROYING}),
 }
@@ -125,6 +128,7 @@ TRANSITIONAL: frozenset[SandboxState] = frozenset(
         S.RESUMING,
         S.SNAPSHOTTING,
         S.PENDING_BUILD,
+        S.PULLING_SNAPSHOT,
         S.BUILDING_SNAPSHOT,
     }  # fmt: skip
 )
@@ -148,6 +152,7 @@ DESIRED: dict[SandboxState, str] = {
     S.RESUMING: "started",
     S.SNAPSHOTTING: "started",
     S.PENDING_BUILD: "started",
+    S.PULLING_SNAPSHOT: "started",
     S.BUILDING_SNAPSHOT: "started",
     S.BUILD_FAILED: "started",
 }

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cove.core.ports import Runner, SandboxStore
 from cove.core.sandbox import SandboxState, utcnow
@@ -52,6 +52,8 @@ class Snapshot:
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
     last_used_at: datetime | None = None
+    digest: str | None = None  # pulled from a registry: the image's manifest digest
+    image_config: dict[str, Any] | None = None  # and its config (see ports.ImageConfig)
 
 
 class SnapshotStore(Protocol):
@@ -66,6 +68,9 @@ class SnapshotStore(Protocol):
     def remove(self, snapshot_id: str) -> None: ...
 
     def list(self, organization_id: str) -> list[Snapshot]: ...
+
+    def all_pulling(self) -> builtins.list[Snapshot]:
+        """Snapshots of every organization in state ``pulling``."""
 
 
 class SnapshotService:
@@ -202,6 +207,28 @@ class SnapshotService:
             raise Conflict(f"Snapshot {snap.name} is used by sandbox(es) {', '.join(own)}")
         await self.runner.remove_snapshot(snap.id)
         self.store.remove(snap.id)
+
+    def new(self, organization_id: str, name: str, **fields: str | None) -> Snapshot:
+        """A new snapshot record of the organization (not stored yet).
+
+        Raises:
+            BadRequest: an invalid name. Conflict: the name is taken.
+        """
+        return self._new(organization_id, name, **fields)
+
+    async def register(self, snap: Snapshot) -> Snapshot:
+        """Store a snapshot whose files are complete (they are removed if that fails)."""
+        return await self._added(snap)
+
+    def fail_interrupted(self) -> int:
+        """Mark snapshots left ``pulling`` by a server that stopped as ``error``
+        (their pull ended with it); returns how many."""
+        stale = self.store.all_pulling()
+        for snap in stale:
+            snap.state, snap.error_reason = "error", "the pull was interrupted by a server restart"
+            snap.updated_at = utcnow()
+            self.store.save(snap)
+        return len(stale)
 
     def _new(self, organization_id: str, name: str, **fields: str | None) -> Snapshot:
         if not name or not all(c.isalnum() or c in "-_.:" for c in name):

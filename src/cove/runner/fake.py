@@ -7,7 +7,7 @@ injected per method with ``fail_on``.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cove.core.ports import (
@@ -15,7 +15,10 @@ from cove.core.ports import (
     ContainerStats,
     ContainerStatus,
     ExecResult,
+    ImageConfig,
     NetworkPolicy,
+    PulledImage,
+    RegistryAuth,
     Resources,
 )
 from cove.errors import RuntimeBackendError, Unavailable
@@ -46,6 +49,9 @@ class FakeRuntime:
         self.archives: dict[str, dict[str, bytes]] = {}
         self.fail_on: dict[str, str] = {}
         self.images: set[str] = set()  # what import_image can resolve
+        # what pull_image can pull: normalized reference -> (digest, config, password)
+        self.registry: dict[str, tuple[str, ImageConfig, str | None]] = {}
+        self.pulls: list[tuple[str, RegistryAuth | None]] = []
         self.calls: list[tuple[str, str]] = []
         self.networks: dict[str, NetworkPolicy] = {}
         self.isolations = {"crun", "gvisor"}  # tiers this fake pretends to have
@@ -59,6 +65,9 @@ class FakeRuntime:
 
     def has_snapshot(self, name: str) -> bool:
         return name in self.snapshots
+
+    def has_local_image(self, image: str) -> bool:
+        return image in self.images
 
     def has_isolation(self, name: str) -> bool:
         return name in self.isolations
@@ -132,6 +141,22 @@ class FakeRuntime:
             raise RuntimeBackendError(f"image '{image}' cannot be resolved")
         self.snapshots.add(ref)
         return 1
+
+    def pull_image(
+        self, ref: str, image: str, auth: RegistryAuth | None,
+        progress: Callable[[str], None] | None = None,
+    ) -> PulledImage:  # fmt: skip
+        self._check("pull_image", ref)
+        self.pulls.append((image, auth))
+        if image not in self.registry:
+            raise RuntimeBackendError(f"image '{image}' not found in its registry")
+        digest, config, password = self.registry[image]
+        if password is not None and (auth is None or auth.password != password):
+            raise RuntimeBackendError(f"image '{image}': authentication required")
+        if progress is not None:
+            progress(f"Pulled {image}")
+        self.snapshots.add(ref)
+        return PulledImage(size=1, digest=digest, config=config)
 
     def remove_snapshot(self, ref: str) -> None:
         self.snapshots.discard(ref)

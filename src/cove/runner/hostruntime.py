@@ -13,7 +13,7 @@ from worker threads. Every method raises
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from cove.core.ports import (
@@ -22,6 +22,8 @@ from cove.core.ports import (
     ContainerStatus,
     ExecResult,
     NetworkPolicy,
+    PulledImage,
+    RegistryAuth,
     Resources,
 )
 
@@ -36,6 +38,9 @@ class HostRuntime(Protocol):
 
     def has_snapshot(self, name: str) -> bool:
         """Whether a read-only root filesystem called ``name`` is available."""
+
+    def has_local_image(self, image: str) -> bool:
+        """Whether ``image`` names a local OCI layout (see ``import_image``)."""
 
     def has_isolation(self, name: str) -> bool:
         """Whether sandboxes of isolation tier ``name`` (see ISOLATIONS) can run here."""
@@ -101,6 +106,17 @@ class HostRuntime(Protocol):
 
         Raises:
             RuntimeBackendError: unknown image or failed unpack; nothing is left.
+        """
+
+    def pull_image(
+        self, ref: str, image: str, auth: RegistryAuth | None,
+        progress: Callable[[str], None] | None = None,
+    ) -> PulledImage:  # fmt: skip
+        """Make snapshot ``ref`` from ``image`` pulled from its registry (layers are
+        cached and shared between snapshots). ``progress`` gets each line of progress.
+
+        Raises:
+            RuntimeBackendError: the pull or the unpack failed; nothing is left.
         """
 
     def remove_snapshot(self, ref: str) -> None:

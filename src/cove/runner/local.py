@@ -19,6 +19,8 @@ from cove.core.ports import (
     ContainerStats,
     ContainerStatus,
     NetworkPolicy,
+    PulledImage,
+    RegistryAuth,
     Resources,
 )
 from cove.errors import Busy
@@ -40,6 +42,9 @@ class LocalRunner:
 
     def has_snapshot(self, name: str) -> bool:
         return self.host.has_snapshot(name)
+
+    def has_local_image(self, image: str) -> bool:
+        return self.host.has_local_image(image)
 
     def has_isolation(self, name: str) -> bool:
         return self.host.has_isolation(name)
@@ -76,6 +81,22 @@ class LocalRunner:
 
     async def import_image(self, ref: str, image: str) -> int:
         return await self._run(self.host.import_image, ref, image)
+
+    async def pull_image(
+        self, ref: str, image: str, auth: RegistryAuth | None,
+        progress: Callable[[str], None] | None = None,
+    ) -> PulledImage:  # fmt: skip
+        """Pull in a worker thread; each progress line is handed to ``progress`` on
+        this event loop."""
+        say = None
+        if progress is not None:
+            loop = asyncio.get_running_loop()
+            report = progress
+
+            def say(line: str) -> None:
+                loop.call_soon_threadsafe(report, line)
+
+        return await self._run(self.host.pull_image, ref, image, auth, say)
 
     async def remove_snapshot(self, ref: str) -> None:
         await self._run(self.host.remove_snapshot, ref)

@@ -94,9 +94,31 @@ class SnapshotRow(Base):
     source_sandbox_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     size: Mapped[int | None] = mapped_column(Integer, nullable=True)  # bytes
+    # Snapshots pulled from a registry: the manifest digest and the image's config
+    # ({"env", "workdir", "user", "entrypoint", "cmd"}).
+    digest: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    image_config: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
     cpu: Mapped[int] = mapped_column(Integer)
     memory: Mapped[int] = mapped_column(Integer)
     disk: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DockerRegistryRow(Base):
+    """An organization's registry credentials (the password is never sent back)."""
+
+    __tablename__ = "docker_registries"
+    __table_args__ = (Index("ix_docker_registries_org", "organization_id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    url: Mapped[str] = mapped_column(Text)
+    username: Mapped[str] = mapped_column(Text)
+    password: Mapped[str] = mapped_column(Text)
+    project: Mapped[str] = mapped_column(Text, default="")
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

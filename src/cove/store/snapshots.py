@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -12,7 +14,7 @@ from cove.store.sql import SqlStore, _aware
 
 _FIELDS = (
     "id organization_id name state image_name source_sandbox_id error_reason size cpu memory "
-    "disk created_at updated_at last_used_at"
+    "disk created_at updated_at last_used_at digest image_config"
 ).split()
 
 
@@ -53,6 +55,12 @@ class SqlSnapshotStore(SqlStore):
         query = select(SnapshotRow).where(SnapshotRow.organization_id == organization_id)
         with self.session() as s:
             return [_to_entity(r) for r in s.scalars(query.order_by(SnapshotRow.created_at))]
+
+
+    def all_pulling(self) -> builtins.list[Snapshot]:
+        query = select(SnapshotRow).where(SnapshotRow.state == "pulling")
+        with self.session() as s:
+            return [_to_entity(r) for r in s.scalars(query)]
 
 
 def _to_row(snapshot: Snapshot, row: SnapshotRow) -> SnapshotRow:

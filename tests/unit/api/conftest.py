@@ -49,7 +49,8 @@ def wait_built(client: TestClient, sandbox_id: str, auth: dict[str, str] = AUTH)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         body = client.get(f"/api/sandbox/{sandbox_id}", headers=auth).json()
-        if body["state"] not in ("pending_build", "building_snapshot", "starting"):
+        if body["state"] not in ("pending_build", "pulling_snapshot", "building_snapshot",
+                                 "starting"):
             return body
         time.sleep(0.05)
     raise AssertionError("the build did not end")

@@ -73,7 +73,8 @@ def test_unknown_sandbox_is_404_envelope(client: TestClient) -> None:
         ({"cpu": 1.5}, "cpu"),
         ({"autoStopInterval": -3}, "autoStopInterval"),
         ({"name": "bad name!"}, "name"),
-        ({"buildInfo": {"dockerfileContent": "FROM ubuntu:22.04\n"}}, "cannot be provided"),
+        ({"buildInfo": {"dockerfileContent": "FROM Ubuntu:22\n"}}, "not a valid image reference"),
+        ({"buildInfo": {"dockerfileContent": "FROM ../../etc\n"}}, "not a valid image reference"),
     ],
 )
 def test_bad_create_is_400_and_creates_nothing(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from starlette.testclient import TestClient
@@ -57,8 +58,15 @@ def test_snapshots_endpoints(client: TestClient) -> None:
     client.delete(f"/api/sandbox/{child['id']}", headers=AUTH)
     assert client.delete("/api/snapshots/s1", headers=AUTH).status_code == 200
     assert client.delete("/api/snapshots/cove-default", headers=AUTH).status_code == 400
+    r = client.post("/api/snapshots", json={"name": "x", "imageName": "Not/Valid"}, headers=AUTH)
+    assert r.status_code == 400 and "not a valid image reference" in r.json()["message"]
+    # A registry image is pulled in the background; this one is in no registry.
     r = client.post("/api/snapshots", json={"name": "x", "imageName": "python:3.12"}, headers=AUTH)
-    assert r.status_code == 400 and "cannot be built" in r.json()["message"]
+    assert r.status_code == 200 and r.json()["state"] == "pulling", r.text
+    while (snap := client.get("/api/snapshots/x", headers=AUTH).json())["state"] == "pulling":
+        time.sleep(0.01)
+    assert snap["state"] == "error" and "docker.io/library/python:3.12" in snap["errorReason"]
+    assert client.delete("/api/snapshots/x", headers=AUTH).status_code == 200
     r = client.post("/api/snapshots", json={"name": "x", "buildInfo": {}}, headers=AUTH)
     assert r.status_code == 400
 

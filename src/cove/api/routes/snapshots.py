@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from cove.api.deps import PrincipalDep, SnapshotsDep
+from cove.api.deps import ImagesDep, PrincipalDep, SnapshotsDep
 from cove.api.dto import iso
 from cove.core.snapshots import Snapshot
 from cove.errors import BadRequest
@@ -25,7 +25,15 @@ def snapshot_public(s: Snapshot) -> SnapshotPublic:
         created_at=iso(s.created_at), updated_at=iso(s.updated_at),
         last_used_at=iso(s.last_used_at) if s.last_used_at else None,
         source_sandbox_id=s.source_sandbox_id,
+        entrypoint=_entrypoint(s),
     )  # fmt: skip
+
+
+def _entrypoint(s: Snapshot) -> list[str] | None:
+    """A pulled image's Entrypoint, else its Cmd (None for other snapshots)."""
+    config = s.image_config or {}
+    words = config.get("entrypoint") or config.get("cmd")
+    return [str(w) for w in words] if words else None
 
 
 @router.get("")
@@ -44,12 +52,13 @@ async def list_snapshots(
 
 @router.post("")
 async def create_snapshot(
-    body: SnapshotCreate, who: PrincipalDep, snapshots: SnapshotsDep
+    body: SnapshotCreate, who: PrincipalDep, images: ImagesDep
 ) -> SnapshotPublic:
-    """Build a snapshot from an image this server can resolve locally."""
+    """Make a snapshot of an image: pulled from its registry (``pulling`` until
+    ``active`` or ``error``), or a local OCI layout (imported at once)."""
     if not body.image_name:
         raise BadRequest("only imageName is supported: this server builds no Dockerfiles")
-    snap = await snapshots.create_from_image(who.organization_id, body.name, body.image_name)
+    snap = await images.create_snapshot(who.organization_id, body.name, body.image_name)
     return snapshot_public(snap)
 
 

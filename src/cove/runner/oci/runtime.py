@@ -14,8 +14,9 @@ import shlex
 import shutil
 import socket
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from cove.core.ports import (
     ContainerStatus,
     ExecResult,
     NetworkPolicy,
+    PulledImage,
+    RegistryAuth,
     Resources,
 )
 from cove.errors import CoveError, RuntimeBackendError, Timeout
@@ -40,7 +43,7 @@ from cove.runner.oci.crun import Crun, container_ids
 from cove.runner.oci.initbin import ensure_init_binary, ensure_nsexec_binary
 from cove.runner.oci.runsc import Runsc
 from cove.runner.oci.runsc import available as runsc_available
-from cove.runner.storage import archive, capture
+from cove.runner.storage import archive, capture, registry, unpack
 from cove.runner.storage.archive_store import build_archive_store
 from cove.runner.storage.fork import copy_layer
 from cove.runner.storage.snapshot import snapshot_rootfs
@@ -127,6 +130,10 @@ class OciRuntime:
             return False
         return snapshot_rootfs(self._settings, name).is_dir()
 
+    def has_local_image(self, image: str) -> bool:
+        """Whether ``image`` names a local OCI layout under COVE_OCI_LAYOUT_DIR."""
+        return capture.has_local_image(self._settings.oci_layout_dir, image)
+
     def has_isolation(self, name: str) -> bool:
         """crun always; gvisor when runsc is installed."""
         return name == "crun" or (name == "gvisor" and runsc_available())
@@ -160,6 +167,8 @@ class OciRuntime:
             if state is not None:
                 client.delete(spec_.sandbox_id)  # a dead leftover
             hostprep.prepare()
+            image_env = unpack.image_env(Path(meta.lower))  # the image's Env and WorkingDir
+            spec_ = replace(spec_, env={**image_env, **spec_.env})
             meta = _metadata(spec_, meta.lower, meta.layer_xattrs, meta.isolation)
             paths.write_metadata(meta)
             up = gvisor.bring_up if meta.isolation == "gvisor" else bring_up
@@ -291,6 +300,14 @@ class OciRuntime:
         """Unpack a local OCI layout's image into a new snapshot ``ref``."""
         with foreign_errors():
             return capture.import_oci(self._snapshots, ref, self._settings.oci_layout_dir, image)
+
+    def pull_image(
+        self, ref: str, image: str, auth: RegistryAuth | None,
+        progress: Callable[[str], None] | None = None,
+    ) -> PulledImage:  # fmt: skip
+        """Pull ``image`` from its registry into a new snapshot ``ref``."""
+        with foreign_errors():
+            return registry.pull(self._settings, ref, image, auth, progress)
 
     def remove_snapshot(self, ref: str) -> None:
         """Delete snapshot ``ref``; never the default one."""

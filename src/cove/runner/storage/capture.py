@@ -9,9 +9,9 @@ From a sandbox, the merged view (lower snapshot + writable layer) is copied
 with tar (owners, modes, xattrs kept; overlay whiteouts are already applied in
 the merged view). A running sandbox is frozen for the copy.
 
-From an image, only local OCI image layouts are used (no registry): the image
-``name:tag`` is looked up as the layout ``<oci_layout_dir>/<name>`` and
-unpacked with ``umoci``.
+From a local OCI image layout: the image ``name:tag`` is looked up as the layout
+``<oci_layout_dir>/<name>`` and unpacked (see ``unpack.py``). Images from
+registries are pulled by ``registry.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from cove.hostfiles import private_dir
 from cove.runner.host import freezer, mounts, rootfs
 from cove.runner.host.proc import run
 from cove.runner.layout import Metadata, SandboxPaths
+from cove.runner.storage import unpack
 from cove.runner.storage.archive import TAR_FLAGS, pipe
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ def capture_sandbox(
 ) -> int:
     """Build snapshot ``ref`` from the sandbox's merged root filesystem (``group``: its
     cgroup group, to freeze it when ``alive``); returns its size."""
-    with _building(base, ref) as rootfs, _merged_view(group, paths, meta, alive) as view:
+    with building(base, ref) as rootfs, _merged_view(group, paths, meta, alive) as view:
+        unpack.copy_config(Path(meta.lower), rootfs.parent)
         with open(os.devnull, "wb") as null:
             pipe(
                 ["tar", "--create", "--file=-", f"--directory={view}", *TAR_FLAGS, "."],
@@ -52,8 +54,8 @@ def capture_sandbox(
                  "--same-permissions", *TAR_FLAGS],
                 null,
             )  # fmt: skip
-            size = _size(rootfs)
-    return size
+            measured = size(rootfs)  # before it is renamed into place (see remove_stale_work)
+    return measured
 
 
 def import_oci(base: Path, ref: str, layout_dir: Path | None, image: str) -> int:
@@ -63,14 +65,21 @@ def import_oci(base: Path, ref: str, layout_dir: Path | None, image: str) -> int
         RuntimeBackendError: the image is not in a local layout, or unpacking failed.
     """
     layout, tag = resolve_image(layout_dir, image)
-    with _building(base, ref) as rootfs:
-        bundle = rootfs.parent / "bundle"
-        run(["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)], timeout=1800)
-        os.rmdir(rootfs)
-        (bundle / "rootfs").rename(rootfs)
-        shutil.rmtree(bundle)
-        size = _size(rootfs)
-    return size
+    with building(base, ref) as rootfs:
+        unpack.write_config(rootfs.parent, unpack.unpack_image(layout, tag, rootfs))
+        measured = size(rootfs)
+    return measured
+
+
+def has_local_image(layout_dir: Path | None, image: str) -> bool:
+    """Whether ``image`` names a local OCI layout (``oci:...``, or ``name[:tag]`` with
+    ``<layout_dir>/<name>`` present) rather than a registry image."""
+    if image.startswith("oci:"):
+        return True
+    name = image.partition(":")[0]
+    if layout_dir is None or not name or "/" in name or name.startswith("."):
+        return False
+    return (layout_dir / name / "index.json").is_file()
 
 
 def resolve_image(layout_dir: Path | None, image: str) -> tuple[Path, str]:
@@ -178,7 +187,7 @@ def _held(directory: Path, *, wait: bool = True) -> Iterator[None]:
 
 
 @contextmanager
-def _building(base: Path, ref: str) -> Iterator[Path]:
+def building(base: Path, ref: str) -> Iterator[Path]:
     final = base / ref
     if final.exists():
         raise RuntimeBackendError(f"snapshot {ref} exists already")
@@ -228,6 +237,7 @@ def _merged_view(group: str, paths: SandboxPaths, meta: Metadata, alive: bool) -
             freezer.thaw(group)
 
 
-def _size(path: Path) -> int:
+def size(path: Path) -> int:
+    """Bytes under ``path`` (``du -sb``)."""
     out = run(["du", "-sb", str(path)], timeout=600).stdout.decode()
     return int(out.split()[0])

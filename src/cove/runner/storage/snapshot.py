@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -193,7 +194,7 @@ def _debootstrap(rootfs: Path, say: Progress) -> None:
         "debootstrap", "--variant=minbase", f"--include={','.join(sorted(PACKAGES))}",
         SUITE, str(rootfs), MIRROR,
     ]  # fmt: skip
-    _stream(argv, say)
+    stream(argv, say)
 
 
 def _post_build(rootfs: Path, say: Progress) -> None:
@@ -203,20 +204,39 @@ def _post_build(rootfs: Path, say: Progress) -> None:
         shutil.copyfile(host_ca, rootfs / "tmp" / "cove-host-ca.crt")
     run(["mount", "-t", "proc", "proc", str(rootfs / "proc")])  # npm needs /proc
     try:
-        _stream(["chroot", str(rootfs), "/bin/sh", "-c", POST_BUILD], say)
+        stream(["chroot", str(rootfs), "/bin/sh", "-c", POST_BUILD], say)
     finally:
         mounts.unmount(rootfs / "proc")
 
 
-def _stream(argv: list[str], say: Progress) -> None:
-    """Run ``argv`` and hand each output line to ``say``."""
+def stream(
+    argv: list[str], say: Progress, *, env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> None:  # fmt: skip
+    """Run ``argv`` and hand each output line (stdout and stderr) to ``say``; it is
+    killed after ``timeout`` seconds.
+
+    Raises:
+        RuntimeBackendError: it could not run, exited non-zero or timed out (the
+            message ends with its last lines).
+    """
     try:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=env,
+        )  # fmt: skip
     except OSError as exc:
         raise RuntimeBackendError(f"{argv[0]} failed: {exc}") from exc
     assert proc.stdout is not None
+    fired = threading.Event()
+
+    def expire() -> None:
+        fired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire) if timeout is not None else None
+    if timer is not None:
+        timer.start()
     tail: list[str] = []
     try:
         for raw in proc.stdout:
@@ -227,6 +247,11 @@ def _stream(argv: list[str], say: Progress) -> None:
         proc.kill()
         proc.wait()
         raise
+    finally:
+        if timer is not None:
+            timer.cancel()
     code = proc.wait()
+    if fired.is_set():
+        raise RuntimeBackendError(f"{argv[0]} timed out after {timeout:.0f} s")
     if code != 0:
         raise RuntimeBackendError(f"{argv[0]} exited {code}: {' | '.join(tail)}")

@@ -1,0 +1,218 @@
+"""Images from registries: pulled into snapshots of the organization, once.
+
+``create(image="python:3.12")`` (a one-line Dockerfile ``FROM python:3.12``), a
+Dockerfile whose ``FROM`` is no snapshot, and ``POST /snapshots`` with an
+``imageName`` all end here. The reference is normalized (``docker.io/library/
+python:3.12``); an organization that already has an active snapshot of it uses
+that one (a second create pulls nothing). Otherwise it is pulled with the
+organization's credentials for its registry (core.registries) and registered
+as a snapshot only once complete: a failed pull leaves no snapshot and no files.
+Layers are cached on the runner, so pulling the same image again (another
+organization, another tag of it) fetches no layer twice.
+
+A sandbox waits in ``pulling_snapshot`` meanwhile (progress in its build log);
+a snapshot made through ``POST /snapshots`` is ``pulling`` until ``active`` or
+``error`` (with the reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+from cove.core import imageref
+from cove.core.buildlog import BuildLog
+from cove.core.builds import ImageBuilder, build_and_boot
+from cove.core.config import registry_listed
+from cove.core.dockerfile import BuildPlan
+from cove.core.ops import SandboxOps
+from cove.core.ports import PulledImage, Runner
+from cove.core.registries import RegistryService
+from cove.core.sandbox import Sandbox, SandboxState, utcnow
+from cove.core.snapshots import Snapshot, SnapshotService
+from cove.errors import BadRequest, Conflict, CoveError
+
+S = SandboxState
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+class PullFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ImageService:
+    """Snapshots of registry images, one pull per image and organization at a time."""
+
+    def __init__(
+        self, *, snapshots: SnapshotService, registries: RegistryService, runner: Runner,
+        allowed: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        self.allowed = list(allowed)
+        self.snapshots = snapshots
+        self.registries = registries
+        self.runner = runner
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def reference(self, image: str) -> imageref.ImageRef:
+        """``image`` parsed and normalized, from a registry pulls may use.
+
+        Raises:
+            BadRequest: not a valid reference, or its registry is not allowed.
+        """
+        ref = imageref.parse(image)
+        if self.allowed and not registry_listed(ref.registry, self.allowed):
+            raise BadRequest(f"Image '{image}': pulling from {ref.registry} is not allowed "
+                             f"on this server (allowed: {', '.join(self.allowed)})")  # fmt: skip
+        return ref
+
+    def is_registry_image(self, image: str) -> bool:
+        """Whether ``image`` is pulled from a registry (not a local OCI layout)."""
+        return not image.startswith("oci:") and not self.runner.has_local_image(image)
+
+    async def snapshot_for(
+        self, organization_id: str, image: str, progress: Progress | None = None
+    ) -> Snapshot:
+        """The organization's active snapshot of ``image``, pulled now unless it exists.
+
+        Raises:
+            BadRequest: not a valid reference. PullFailed: the pull failed (the
+                reason says why); nothing is left of it.
+        """
+        ref = self.reference(image)
+        say = progress or (lambda _line: None)
+        async with self._locks.setdefault((organization_id, str(ref)), asyncio.Lock()):
+            found = self.find(organization_id, ref)
+            if found is not None:
+                say(f"Using snapshot {found.name} of {ref} (already pulled)")
+                return found
+            snap = self._new(organization_id, ref, image)
+            await self._pull(snap, ref, say)
+            return await self.snapshots.register(snap)
+
+    def find(self, organization_id: str, ref: imageref.ImageRef) -> Snapshot | None:
+        """The organization's active snapshot pulled from ``ref``, if any."""
+        for snap in self.snapshots.store.list(organization_id):
+            if snap.state == "active" and snap.digest and snap.image_name:
+                try:
+                    same = imageref.parse(snap.image_name) == ref
+                except CoveError:
+                    continue
+                if same:
+                    return snap
+        return None
+
+    async def create_snapshot(self, organization_id: str, name: str, image: str) -> Snapshot:
+        """``POST /snapshots``: a local image is imported at once; a registry image is
+        recorded ``pulling`` and pulled in the background (``active`` or ``error``).
+
+        Raises:
+            BadRequest: an invalid reference or local image. Conflict: the name is taken.
+        """
+        if not self.is_registry_image(image):
+            return await self.snapshots.create_from_image(organization_id, name, image)
+        ref = self.reference(image)
+        snap = self.snapshots.new(organization_id, name, image_name=image)
+        snap.state = "pulling"
+        self.snapshots.store.add(snap)
+        task = asyncio.create_task(self._pull_recorded(snap, ref))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return snap
+
+    async def _pull_recorded(self, snap: Snapshot, ref: imageref.ImageRef) -> None:
+        try:
+            await self._pull(snap, ref, lambda line: log.debug("pull %s: %s", snap.id, line))
+        except PullFailed as exc:
+            snap.state, snap.error_reason = "error", exc.reason
+        except Exception as exc:  # noqa: BLE001 - never leave it pulling
+            log.exception("pull of snapshot %s crashed", snap.id)
+            snap.state, snap.error_reason = "error", f"pulling {ref} failed: {exc}"
+        else:
+            snap.state = "active"
+        snap.updated_at = utcnow()
+        try:
+            self.snapshots.store.save(snap)
+        except CoveError:  # deleted meanwhile: its files must go too
+            await self.runner.remove_snapshot(snap.id)
+
+    async def _pull(self, snap: Snapshot, ref: imageref.ImageRef, say: Progress) -> None:
+        auth = self.registries.auth_for(snap.organization_id or "", ref)
+        try:
+            pulled = await self.runner.pull_image(snap.id, str(ref), auth, say)
+        except CoveError as exc:
+            raise PullFailed(exc.message) from exc
+        _fill(snap, pulled)
+
+    def _new(self, organization_id: str, ref: imageref.ImageRef, image: str) -> Snapshot:
+        name = snapshot_name(ref)
+        try:
+            return self.snapshots.new(organization_id, name, image_name=image)
+        except Conflict:  # a snapshot of another image has that name
+            digest = hashlib.sha256(str(ref).encode()).hexdigest()[:8]
+            return self.snapshots.new(organization_id, f"{name}-{digest}", image_name=image)
+
+    async def drain(self) -> None:
+        """Wait for the pulls of ``POST /snapshots`` in flight (server shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def snapshot_name(ref: imageref.ImageRef) -> str:
+    """The name of a pulled image's snapshot: its reference with ``/`` and ``@`` as ``_``."""
+    name = str(ref).replace("/", "_").replace("@", "_")
+    if len(name) > 200:
+        name = f"{name[:180]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return name
+
+
+def default_user(snap: Snapshot) -> str | None:
+    """The user a sandbox of a pulled image runs as when none is asked for: the image's
+    User (its name or uid, without the group), else root; None for other snapshots."""
+    if snap.image_config is None:
+        return None
+    user = str(snap.image_config.get("user") or "").partition(":")[0]
+    return user or "root"
+
+
+def _fill(snap: Snapshot, pulled: PulledImage) -> None:
+    config = asdict(pulled.config)
+    config["env"] = dict(pulled.config.env)
+    snap.size, snap.digest, snap.image_config = pulled.size, pulled.digest, config
+    snap.updated_at = utcnow()
+
+
+async def pull_and_boot(
+    ops: SandboxOps, images: ImageService, builder: ImageBuilder | None, sandbox: Sandbox,
+    image: str, plan: BuildPlan | None, out: BuildLog, *, keep_user: bool,
+) -> Sandbox:  # fmt: skip
+    """Pull the sandbox's image, build its Dockerfile's steps over it (if any), then boot
+    it: ``pending_build`` → ``pulling_snapshot`` (→ ``building_snapshot``) → ``starting``
+    → ``started``, or ``build_failed`` with the reason. ``keep_user``: the sandbox's
+    user was asked for; else it is the image's."""
+    try:
+        await ops.set_state(sandbox, S.PULLING_SNAPSHOT)
+        try:
+            snap = await images.snapshot_for(sandbox.organization_id, image, out.append)
+        except PullFailed as exc:
+            await out.write(exc.reason)
+            return await ops.build_failed(sandbox, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - never leave it pulling
+            log.exception("pull for sandbox %s crashed", sandbox.id)
+            return await ops.build_failed(sandbox, f"pulling {image} failed: {exc}")
+        sandbox.snapshot = snap.id
+        if not keep_user:
+            sandbox.user = default_user(snap) or sandbox.user
+        if plan is not None and plan.steps and builder is not None:
+            return await build_and_boot(ops, builder, sandbox, plan, out)
+        await ops.set_state(sandbox, S.STARTING)
+        await out.write("Starting the sandbox")
+        return await ops.boot(sandbox)
+    finally:
+        await out.close()

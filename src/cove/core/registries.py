@@ -1,0 +1,135 @@
+"""Container registry credentials of an organization (Daytona's ``/docker-registry``).
+
+Each organization keeps its own: another organization never sees, finds or uses
+them. The password is write-only (no response carries it). A pull uses the
+credentials whose URL names the image's registry (``docker.io``,
+``ghcr.io``, ``host:port``) and, when set, whose project is the first part of
+the image's repository; among several, the one with a project, then the
+organization's default, then the newest. Credentials go to that registry only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from cove.core.imageref import ImageRef, registry_host
+from cove.core.ports import RegistryAuth
+from cove.core.sandbox import utcnow
+from cove.errors import BadRequest
+
+
+@dataclass
+class DockerRegistry:
+    id: str
+    organization_id: str
+    name: str
+    url: str
+    username: str
+    password: str = field(repr=False)
+    project: str = ""
+    is_default: bool = False
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+
+
+class RegistryStore(Protocol):
+    def add(self, registry: DockerRegistry) -> None: ...
+
+    def get(self, organization_id: str, registry_id: str) -> DockerRegistry:
+        """Raises NotFound (also for another organization's)."""
+
+    def save(self, registry: DockerRegistry) -> None: ...
+
+    def remove(self, registry_id: str) -> None: ...
+
+    def list(self, organization_id: str) -> list[DockerRegistry]: ...
+
+
+class RegistryService:
+    """Create, list, change and delete an organization's registry credentials."""
+
+    def __init__(self, store: RegistryStore) -> None:
+        self.store = store
+
+    def create(
+        self, organization_id: str, *, name: str, url: str, username: str, password: str,
+        project: str | None = None,
+    ) -> DockerRegistry:  # fmt: skip
+        """Raises BadRequest: an empty field or a URL that names no registry."""
+        registry = DockerRegistry(
+            id=str(uuid.uuid4()), organization_id=organization_id, name=name, url=url,
+            username=username, password=password, project=project or "",
+        )  # fmt: skip
+        _check(registry)
+        self.store.add(registry)
+        return registry
+
+    def list(self, organization_id: str) -> list[DockerRegistry]:
+        return self.store.list(organization_id)
+
+    def get(self, organization_id: str, registry_id: str) -> DockerRegistry:
+        return self.store.get(organization_id, registry_id)
+
+    def update(
+        self, organization_id: str, registry_id: str, *, name: str, url: str, username: str,
+        password: str | None = None, project: str | None = None,
+    ) -> DockerRegistry:  # fmt: skip
+        """Change the fields given (the password only when one is sent)."""
+        registry = self.store.get(organization_id, registry_id)
+        registry.name, registry.url, registry.username = name, url, username
+        if password is not None:
+            registry.password = password
+        if project is not None:
+            registry.project = project
+        _check(registry)
+        registry.updated_at = utcnow()
+        self.store.save(registry)
+        return registry
+
+    def delete(self, organization_id: str, registry_id: str) -> None:
+        self.store.remove(self.store.get(organization_id, registry_id).id)
+
+    def set_default(self, organization_id: str, registry_id: str) -> DockerRegistry:
+        """Make it the one preferred when several match an image equally."""
+        chosen = self.store.get(organization_id, registry_id)
+        for registry in self.store.list(organization_id):
+            if registry.is_default != (registry.id == chosen.id):
+                registry.is_default = registry.id == chosen.id
+                registry.updated_at = utcnow()
+                self.store.save(registry)
+        chosen.is_default = True
+        return chosen
+
+    def auth_for(self, organization_id: str, image: ImageRef) -> RegistryAuth | None:
+        """The organization's credentials for ``image``'s registry, if it has any."""
+        matches = [r for r in self.store.list(organization_id) if _matches(r, image)]
+        if not matches:
+            return None
+        best = max(matches, key=lambda r: (bool(r.project), r.is_default, r.created_at))
+        return RegistryAuth(registry=image.registry, username=best.username,
+                            password=best.password)  # fmt: skip
+
+
+def _matches(registry: DockerRegistry, image: ImageRef) -> bool:
+    try:
+        host = registry_host(registry.url)
+    except BadRequest:
+        return False
+    project = registry.project.strip("/")
+    return host == image.registry and (not project or image.repository.startswith(project + "/"))
+
+
+def _check(registry: DockerRegistry) -> None:
+    fields = {"name": registry.name, "url": registry.url, "username": registry.username,
+              "password": registry.password}  # fmt: skip
+    for label, value in fields.items():
+        if not value or not value.strip():
+            raise BadRequest(f"the registry's {label} must not be empty")
+        if len(value) > 4096 or "\0" in value:
+            raise BadRequest(f"the registry's {label} is not valid")
+    if ":" in registry.username:
+        raise BadRequest("the registry's username must not contain ':'")
+    registry_host(registry.url)

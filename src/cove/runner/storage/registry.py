@@ -1,0 +1,131 @@
+"""Pulling images from OCI registries (Docker Hub, GHCR, any registry v2) into snapshots.
+
+``skopeo copy docker://<image> oci:<pull dir>/layout:image`` fetches the image for
+this host's platform; every blob (layers, config, manifest) goes to one shared,
+content-addressed directory, ``<snapshot_dir>/.images/blobs``
+(``--dest-shared-blob-dir``), so a layer is downloaded once whatever image or
+snapshot needs it again. The pull's own layout (its ``index.json``) is temporary;
+its ``blobs`` is pointed at the shared directory for ``umoci`` to unpack it (see
+``unpack.py``) into the snapshot, built aside and renamed into place when complete.
+
+Credentials are never put on a command line: they go to a 0600 auth file in the
+pull's private directory, for the one registry they belong to. Without them, the
+operator's auth file (``COVE_REGISTRY_AUTH``) is used. skopeo runs with an empty
+home, so no other credentials of the host are ever sent. Registries listed in
+``COVE_INSECURE_REGISTRIES`` are reached without TLS verification (HTTP if they
+do not speak HTTPS); any other over TLS, verified with the host's CA store.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from cove.core.config import Settings, registry_listed
+from cove.core.ports import PulledImage, RegistryAuth
+from cove.errors import RuntimeBackendError
+from cove.hostfiles import private_dir
+from cove.runner.storage import capture, unpack
+from cove.runner.storage.snapshot import stream
+
+CACHE = ".images"
+TAG = "image"
+_PASSED_ENV = ("PATH", "LANG", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
+               "https_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR")  # fmt: skip
+_FATAL = re.compile(r'level=fatal msg="((?:[^"\\]|\\.)*)"')
+
+
+def pull(
+    settings: Settings, ref: str, image: str, auth: RegistryAuth | None,
+    progress: Callable[[str], None] | None = None,
+) -> PulledImage:  # fmt: skip
+    """Make snapshot ``ref`` (under ``settings.snapshot_dir``) from registry image
+    ``image`` (a normalized reference such as ``docker.io/library/python:3.12``).
+
+    Raises:
+        RuntimeBackendError: the registry refused or could not be reached, the image
+            does not exist, or unpacking failed; nothing named ``ref`` is left.
+    """
+    assert settings.snapshot_dir is not None
+    base = settings.snapshot_dir
+    say = progress or (lambda _line: None)
+    cache = private_dir(base / CACHE)
+    blobs = private_dir(cache / "blobs")
+    with tempfile.TemporaryDirectory(prefix="pull-", dir=cache) as tmp:
+        work = Path(tmp)
+        layout = work / "layout"
+        say(f"Pulling {image}")
+        _copy(settings, image, auth, work, layout, blobs, say)
+        digest = (work / "digest").read_text().strip()
+        _share_blobs(layout, blobs)
+        say(f"Digest: {digest}")
+        say("Unpacking the image")
+        with capture.building(base, ref) as rootfs:
+            config = unpack.unpack_image(layout, TAG, rootfs)
+            unpack.write_config(rootfs.parent, config, digest)
+            size = capture.size(rootfs)
+    say(f"Snapshot of {image} ready")
+    return PulledImage(size=size, digest=digest, config=config)
+
+
+def _copy(
+    settings: Settings, image: str, auth: RegistryAuth | None, work: Path, layout: Path,
+    blobs: Path, say: Callable[[str], None],
+) -> None:  # fmt: skip
+    registry = image.split("/", 1)[0]
+    argv = ["skopeo", "copy", "--retry-times", "2", "--dest-shared-blob-dir", str(blobs),
+            "--digestfile", str(work / "digest")]  # fmt: skip
+    authfile = _authfile(settings, auth, work)
+    if authfile is not None:
+        argv.append(f"--src-authfile={authfile}")
+    if registry_listed(registry, settings.insecure_registries):
+        argv.append("--src-tls-verify=false")
+    argv += [f"docker://{image}", f"oci:{layout}:{TAG}"]
+    home = private_dir(work / "home")
+    env = {k: v for k, v in os.environ.items() if k in _PASSED_ENV}
+    env.update(HOME=str(home), XDG_RUNTIME_DIR=str(home), XDG_CONFIG_HOME=str(home))
+    try:
+        stream(argv, say, env=env, timeout=settings.pull_timeout_seconds)
+    except RuntimeBackendError as exc:
+        raise RuntimeBackendError(f"pulling {image} failed: {_reason(exc.message)}") from exc
+
+
+def _authfile(settings: Settings, auth: RegistryAuth | None, work: Path) -> Path | None:
+    """An auth file with ``auth`` for its registry alone; else the operator's."""
+    if auth is None:
+        return settings.registry_auth
+    token = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
+    path = work / "auth.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"auths": {auth.registry: {"auth": token}}}, f)
+    return path
+
+
+def _share_blobs(layout: Path, blobs: Path) -> None:
+    """Point the pull's layout at the shared blobs (skopeo left an empty dir there)."""
+    own = layout / "blobs"
+    if own.is_symlink() or own.is_file():
+        own.unlink()
+    elif own.is_dir():
+        for leftover in own.rglob("*"):
+            if leftover.is_file():
+                leftover.unlink()
+        for empty in sorted(own.rglob("*"), reverse=True):
+            empty.rmdir()
+        own.rmdir()
+    own.symlink_to(blobs)
+
+
+def _reason(message: str) -> str:
+    """skopeo's own error (``level=fatal msg="..."``) without the wrapping."""
+    found = _FATAL.search(message)
+    if found is None:
+        return message
+    text = found.group(1).replace('\\"', '"').replace("\\\\", "\\")
+    return re.sub(r'^Error (?:parsing image name|initializing source) "[^"]*": ', "", text)

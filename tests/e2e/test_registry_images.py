@@ -1,0 +1,250 @@
+"""Images from registries, through the official SDK: real registries on loopback
+(``docker-registry``), one of them behind htpasswd."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tarfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from daytona import (
+    CreateSandboxFromImageParams,
+    CreateSandboxFromSnapshotParams,
+    CreateSnapshotParams,
+    Daytona,
+    DaytonaConfig,
+    DaytonaError,
+    Image,
+)
+from daytona_api_client import CreateDockerRegistry, DockerRegistryApi
+from daytona_api_client.exceptions import NotFoundException
+
+from tests.e2e.conftest import KEY, Server, run_ok, running_server
+from tests.registry import ImageSpec, Registry, busybox_layer, entry, file, layer, layout
+
+pytestmark = pytest.mark.e2e
+PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TINY = ImageSpec([busybox_layer()], env=(PATH, "FOO=from-image"), workdir="/srv/app")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    reg = Registry(tmp_path_factory.mktemp("registry")).start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="module")
+def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    reg = Registry(tmp_path_factory.mktemp("private"), user="alice", password="s3cret-pw").start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that reaches loopback registries over plain HTTP."""
+    env = {"COVE_INSECURE_REGISTRIES": "127.0.0.1", "COVE_NETWORK": "none"}
+    with running_server(tmp_path_factory.mktemp("cove-images"), 5, env) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def tiny(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return registry.push(layout(tmp_path_factory.mktemp("img") / "tiny", TINY), "e2e/tiny")
+
+
+@pytest.fixture
+def client(server: Server) -> Daytona:
+    return Daytona(DaytonaConfig(api_key=KEY, api_url=server.api_url))
+
+
+def _other(server: Server) -> Daytona:
+    key = subprocess.run(
+        [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", "images-other",
+         "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    return Daytona(DaytonaConfig(api_key=key, api_url=server.api_url))
+
+
+def _fails(client: Daytona, image: str | Image, reason: str) -> None:
+    """Creating from ``image`` ends ``build_failed`` with ``reason`` (the sandbox is
+    deleted afterwards)."""
+    with pytest.raises(DaytonaError, match="(?i)build_failed"):
+        client.create(CreateSandboxFromImageParams(image=image), timeout=120)
+    failed = list(client.list())
+    assert len(failed) == 1 and failed[0].state == "build_failed"
+    assert re.search(reason, failed[0].error_reason or ""), failed[0].error_reason
+    failed[0].delete()
+
+
+def _snapshot_files(server: Server) -> set[str]:
+    """What is in the snapshot dir, but its layer cache (shared, content-addressed)."""
+    assert server.settings.snapshot_dir is not None
+    return {p.name for p in server.settings.snapshot_dir.iterdir()} - {".images"}
+
+
+def test_create_from_a_registry_image_runs_it_with_its_config(
+    client: Daytona, sandboxes: list, tiny: str
+) -> None:
+    logs: list[str] = []
+    sb = client.create(CreateSandboxFromImageParams(image=tiny), timeout=120,
+                       on_snapshot_create_logs=logs.append)  # fmt: skip
+    sandboxes.append(sb)
+    assert sb.user == "root"  # the image names no User
+    out = run_ok(sb, "echo $FOO; pwd; id -u; cat /etc/marker")
+    assert out == "from-image\n/srv/app\n0\nfrom-registry\n"
+    text = "\n".join(logs)
+    assert f"Pulling {tiny}" in text and "Copying blob" in text
+    snaps = [s for s in client.snapshot.list().items if s.image_name == tiny]
+    assert len(snaps) == 1 and snaps[0].state == "active"
+    # A Dockerfile over the registry image builds on it, with its env.
+    built = client.create(CreateSandboxFromImageParams(
+        image=Image.base(tiny).run_commands("echo $FOO > /built.txt")), timeout=120)  # fmt: skip
+    sandboxes.append(built)
+    assert run_ok(built, "cat /built.txt; pwd") == "from-image\n/srv/app\n"
+
+
+def test_by_digest_and_cached(
+    client: Daytona, sandboxes: list, tmp_path: Path
+) -> None:
+    (tmp_path / "reg").mkdir()
+    reg = Registry(tmp_path / "reg").start()
+    try:
+        ref = reg.push(layout(tmp_path / "cached", ImageSpec([busybox_layer("cached")])), "cached")
+        by_digest = f"{reg.host}/cached@{reg.digest(ref)}"
+        first = client.create(CreateSandboxFromImageParams(image=by_digest), timeout=120)
+        sandboxes.append(first)
+        assert run_ok(first, "cat /etc/marker") == "cached\n"
+    finally:
+        reg.stop()
+    # The registry is gone: the same image comes from the snapshot pulled before.
+    again = client.create(CreateSandboxFromImageParams(image=by_digest), timeout=120)
+    sandboxes.append(again)
+    assert run_ok(again, "cat /etc/marker") == "cached\n"
+    assert client.get(again.id).snapshot == client.get(first.id).snapshot
+
+
+def test_failed_pulls_end_build_failed_and_leave_nothing(
+    server: Server, client: Daytona, registry: Registry
+) -> None:
+    before, snapshots = _snapshot_files(server), client.snapshot.list().total
+    _fails(client, f"{registry.host}/e2e/no-such-image:v1", "manifest unknown")
+    _fails(client, f"127.0.0.1:{_closed_port()}/e2e/tiny:v1", "connection refused")
+    _fails(client, Image.base(f"{registry.host}/e2e/nope:v2").run_commands("true"),
+           "manifest unknown")  # fmt: skip
+    with pytest.raises(DaytonaError, match="not allowed"):  # this server pulls from loopback only
+        client.create(CreateSandboxFromImageParams(image="python:3.12"))
+    assert list(client.list()) == []
+    assert client.snapshot.list().total == snapshots
+    assert _snapshot_files(server) - before == set()  # (others share the dir: only new ones count)
+
+
+def test_private_registry_needs_the_organizations_credentials(
+    server: Server, client: Daytona, sandboxes: list, private: Registry, tmp_path: Path
+) -> None:
+    ref = private.push(layout(tmp_path / "priv", ImageSpec([busybox_layer("private")])), "team/app")
+    _fails(client, ref, "authentication required")
+    api = DockerRegistryApi(client._api_client)
+    made = api.create_registry(CreateDockerRegistry(
+        name="team", url=f"http://{private.host}/", username="alice", password="s3cret-pw"))
+    listed = httpx.get(f"{server.api_url}/docker-registry",
+                       headers={"Authorization": f"Bearer {KEY}"}).text  # fmt: skip
+    assert made.id in listed and "s3cret-pw" not in listed and "password" not in listed
+    assert api.get_registry(made.id).username == "alice"
+
+    other = _other(server)
+    other_api = DockerRegistryApi(other._api_client)
+    assert other_api.list_registries() == []
+    with pytest.raises(NotFoundException):
+        other_api.get_registry(made.id)
+    with pytest.raises(NotFoundException):
+        other_api.delete_registry(made.id)
+    _fails(other, ref, "authentication required")  # A's credentials are not B's
+
+    sb = client.create(CreateSandboxFromImageParams(image=ref), timeout=120)
+    sandboxes.append(sb)
+    assert run_ok(sb, "cat /etc/marker") == "private\n"
+    api.delete_registry(made.id)
+    assert api.list_registries() == []
+
+
+def test_snapshot_from_a_registry_image(
+    client: Daytona, sandboxes: list, tiny: str
+) -> None:
+    snap = client.snapshot.create(CreateSnapshotParams(name="e2e-pulled", image=tiny))
+    assert snap.state == "active" and snap.image_name == tiny and snap.entrypoint == ["/bin/sh"]
+    sb = client.create(CreateSandboxFromSnapshotParams(snapshot="e2e-pulled"), timeout=120)
+    sandboxes.append(sb)
+    assert run_ok(sb, "echo $FOO; pwd") == "from-image\n/srv/app\n"
+    sb.delete()
+    sandboxes.remove(sb)
+    client.snapshot.delete(snap)
+    with pytest.raises(DaytonaError, match="manifest unknown"):
+        client.snapshot.create(CreateSnapshotParams(name="e2e-missing", image=f"{tiny}-gone"))
+    assert client.snapshot.get("e2e-missing").state == "error"
+    client.snapshot.delete(client.snapshot.get("e2e-missing"))
+
+
+def test_hostile_layers_cannot_reach_the_host(
+    server: Server, client: Daytona, registry: Registry, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("host file\n")
+    mark = f"cove-pwned-{uuid.uuid4().hex[:8]}"
+    hostile = layer([
+        entry("escape", tarfile.SYMTYPE, target=str(outside)),
+        entry("root-link", tarfile.SYMTYPE, target="/"),
+        entry("dotdot", tarfile.SYMTYPE, target="../../../../../../.."),
+        entry("evil-mem", tarfile.CHRTYPE, mode=0o666),
+        file("suid", b"#!/bin/sh\n", mode=0o4755),
+    ])
+    through = layer([
+        file("escape/pwned", b"x"),
+        file(f"root-link/tmp/{mark}", b"x"),
+        file(f"dotdot/tmp/{mark}-2", b"x"),
+        file(f"../../../../tmp/{mark}-3", b"x"),
+    ])
+    linked = layer([entry("hardlink", tarfile.LNKTYPE, target=str(victim))])
+    snaps = []
+    for name, layers in (("e2e-hostile", [busybox_layer(), hostile, through]),
+                         ("e2e-hardlink", [busybox_layer(), linked])):  # fmt: skip
+        ref = registry.push(layout(tmp_path / name, ImageSpec(layers)), f"e2e/{name}")
+        try:
+            client.snapshot.create(CreateSnapshotParams(name=name, image=ref))
+        except DaytonaError:  # refusing the image is fine; escaping is not
+            pass
+        snaps.append(client.snapshot.get(name))
+    assert list(outside.iterdir()) == []
+    assert not [p for p in Path("/tmp").iterdir() if p.name.startswith(mark)]
+    assert victim.read_text() == "host file\n" and victim.stat().st_nlink == 1
+    hostile_snap, linked_snap = snaps
+    assert hostile_snap.state == "active", hostile_snap.error_reason
+    assert linked_snap.state == "error" and "hardlink" in (linked_snap.error_reason or "")
+    assert server.settings.snapshot_dir is not None
+    rootfs = server.settings.snapshot_dir / hostile_snap.id / "rootfs"
+    assert (rootfs / "escape").is_symlink() and (rootfs / "root-link").is_symlink()
+    assert not (rootfs / "evil-mem").exists()  # device nodes are dropped
+    inside = [p.relative_to(rootfs) for p in rootfs.rglob(f"{mark}*")]
+    assert sorted(str(p) for p in inside) == [f"tmp/{mark}", f"tmp/{mark}-2", f"tmp/{mark}-3"]
+    sb = client.create(CreateSandboxFromSnapshotParams(snapshot="e2e-hostile"), timeout=120)
+    try:
+        assert run_ok(sb, f"cat {outside}/pwned") == "x"  # inside the sandbox's own root
+    finally:
+        sb.delete()
+    for snap in snaps:
+        client.snapshot.delete(snap)
+
+
+def _closed_port() -> int:
+    from cove.testing import free_port
+
+    return free_port()

@@ -1,0 +1,161 @@
+"""A real OCI registry on loopback for tests (Debian's ``docker-registry``, distribution
+v2), and test images built from tar layers written here, pushed with skopeo."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cove.testing import free_port
+
+Member = tuple[tarfile.TarInfo, bytes | None]
+
+
+class Registry:
+    """``docker-registry serve`` on 127.0.0.1:<free port>, storage in ``root``; with
+    ``user``/``password``, every request needs them (htpasswd, bcrypt)."""
+
+    def __init__(self, root: Path, *, user: str | None = None, password: str | None = None):
+        self.root = root
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.user, self.password = user, password
+        self.log = root / "registry.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Registry:
+        if shutil.which("docker-registry") is None:
+            raise RuntimeError("docker-registry is not installed: run scripts/install")
+        config = (f"version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n"
+                  f"    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n"
+                  f"http:\n  addr: {self.host}\n")  # fmt: skip
+        if self.user:
+            hashed = subprocess.run(["htpasswd", "-Bbn", self.user, self.password or ""],
+                                    capture_output=True, text=True, check=True).stdout  # fmt: skip
+            (self.root / "htpasswd").write_text(hashed)
+            htpasswd = self.root / "htpasswd"
+            config += f"auth:\n  htpasswd:\n    realm: cove-test\n    path: {htpasswd}\n"
+        (self.root / "config.yml").write_text(config)
+        with self.log.open("ab") as log:
+            argv = ["docker-registry", "serve", str(self.root / "config.yml")]
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://{self.host}/v2/", timeout=1)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"docker-registry did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+    def push(self, layout: Path, name: str, tag: str = "v1") -> str:
+        """Push ``layout:v1`` as ``name:tag``; returns ``host/name:tag``."""
+        ref = f"{self.host}/{name}:{tag}"
+        argv = ["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:v1", f"docker://{ref}"]
+        if self.user:
+            argv.insert(2, f"--dest-creds={self.user}:{self.password}")
+        subprocess.run(argv, capture_output=True, check=True)
+        return ref
+
+    def digest(self, ref: str) -> str:
+        """The manifest digest of ``host/name:tag``."""
+        argv = ["skopeo", "inspect", "--tls-verify=false", "--format", "{{.Digest}}",
+                f"docker://{ref}"]  # fmt: skip
+        if self.user:
+            argv.insert(2, f"--creds={self.user}:{self.password}")
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def file(path: str, data: bytes = b"", *, mode: int = 0o644, uid: int = 0) -> Member:
+    info = tarfile.TarInfo(path)
+    info.size, info.mode, info.uid, info.gid = len(data), mode, uid, uid
+    return info, data
+
+
+def entry(path: str, kind: bytes, *, target: str = "", mode: int = 0o755, uid: int = 0) -> Member:
+    """A directory (DIRTYPE), symlink (SYMTYPE), hard link (LNKTYPE) or device (CHRTYPE)."""
+    info = tarfile.TarInfo(path)
+    info.type, info.linkname, info.mode, info.uid, info.gid = kind, target, mode, uid, uid
+    return info, None
+
+
+def layer(members: Iterable[Member]) -> bytes:
+    """A gzipped tar layer of ``members``, in order."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+@dataclass
+class ImageSpec:
+    layers: list[bytes]
+    env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
+    workdir: str = ""
+    user: str = ""
+    cmd: tuple[str, ...] = ("/bin/sh",)
+
+
+def layout(path: Path, image: ImageSpec) -> Path:
+    """Write ``image`` as the OCI layout ``path`` with tag ``v1``."""
+    blobs = path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes, media: str) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"mediaType": media, "digest": f"sha256:{digest}", "size": len(data)}
+
+    diff_ids = [f"sha256:{hashlib.sha256(gzip.decompress(lay)).hexdigest()}"
+                for lay in image.layers]  # fmt: skip
+    config = {"architecture": "amd64", "os": "linux",
+              "config": {"Env": list(image.env), "WorkingDir": image.workdir, "User": image.user,
+                         "Cmd": list(image.cmd)},
+              "rootfs": {"type": "layers", "diff_ids": diff_ids}}  # fmt: skip
+    manifest = {
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": blob(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json"),
+        "layers": [blob(lay, "application/vnd.oci.image.layer.v1.tar+gzip")
+                   for lay in image.layers],
+    }  # fmt: skip
+    entry_ = blob(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
+    entry_["annotations"] = {"org.opencontainers.image.ref.name": "v1"}
+    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry_]}))
+    (path / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    return path
+
+
+def busybox_layer(marker: str = "from-registry") -> bytes:
+    """A root filesystem with busybox (its applets as symlinks), users root and daytona
+    (1000), /srv/app and a marker file."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise RuntimeError("busybox-static is not installed: run scripts/install")
+    members = [entry(d, tarfile.DIRTYPE) for d in ("bin", "etc", "tmp", "root", "srv", "srv/app")]
+    members += [entry("home", tarfile.DIRTYPE), entry("home/daytona", tarfile.DIRTYPE, uid=1000)]
+    members.append(file("bin/busybox", Path(busybox).read_bytes(), mode=0o755))
+    members += [entry(f"bin/{tool}", tarfile.SYMTYPE, target="busybox")
+                for tool in ("sh", "cat", "ls", "id", "echo", "test", "pwd", "env")]  # fmt: skip
+    members.append(file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"
+                                      b"daytona:x:1000:1000::/home/daytona:/bin/sh\n"))  # fmt: skip
+    members.append(file("etc/group", b"root:x:0:\ndaytona:x:1000:\n"))
+    members.append(file("etc/marker", f"{marker}\n".encode()))
+    return layer(members)

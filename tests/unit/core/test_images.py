@@ -1,0 +1,125 @@
+"""Registry images on the fake runtime: references, states, the cache, credentials."""
+
+from __future__ import annotations
+
+import pytest
+
+from cove.core import imageref
+from cove.core.config import Settings
+from cove.core.images import ImageService
+from cove.core.lifecycle import LifecycleService
+from cove.core.ports import ImageConfig
+from cove.core.registries import RegistryService
+from cove.core.sandbox import SandboxState
+from cove.core.snapshots import SnapshotService
+from cove.errors import BadRequest, NotFound
+from cove.runner.fake import FakeRuntime
+from cove.runner.local import LocalRunner
+from cove.schemas.sandbox import BuildInfoCreate, SandboxCreate
+from cove.store.keys import SqlKeyStore
+from cove.store.registries import SqlRegistryStore
+from cove.store.snapshots import SqlSnapshotStore
+from tests.unit.conftest import RecordingEvents
+
+S = SandboxState
+PY = "docker.io/library/python:3.12"
+CONFIG = ImageConfig(env={"FOO": "bar"}, workdir="/app", user="app:app", cmd=("python3",))
+
+
+@pytest.mark.parametrize(("image", "canonical"), [
+    ("python:3.12", PY), ("python", "docker.io/library/python:latest"),
+    ("index.docker.io/library/python:3.12", PY), ("ghcr.io/o/app:v1", "ghcr.io/o/app:v1"),
+    ("localhost:5000/a/b@sha256:" + "a" * 64, "localhost:5000/a/b@sha256:" + "a" * 64),
+])  # fmt: skip
+def test_references_are_normalized(image: str, canonical: str) -> None:
+    assert str(imageref.parse(image)) == canonical
+
+
+@pytest.mark.parametrize("image", ["Python:3", "../etc", "a b", "x@sha256:12", "x:", "",
+                                   "http://x/y", "x:" + "t" * 200])  # fmt: skip
+def test_invalid_references_are_400(image: str) -> None:
+    with pytest.raises(BadRequest, match="not a valid image reference"):
+        imageref.parse(image)
+
+
+@pytest.fixture
+def registries(engine) -> RegistryService:  # noqa: ANN001
+    return RegistryService(SqlRegistryStore(engine))
+
+
+@pytest.fixture
+def lifecycle(
+    settings: Settings, engine, store, runtime: FakeRuntime, events: RecordingEvents,  # noqa: ANN001
+    registries: RegistryService,
+) -> LifecycleService:  # fmt: skip
+    runner = LocalRunner(runtime)
+    snapshots = SnapshotService(store=SqlSnapshotStore(engine), runner=runner, sandboxes=store,
+                                default_name="cove-default")  # fmt: skip
+    images = ImageService(snapshots=snapshots, registries=registries, runner=runner)
+    return LifecycleService(settings=settings, store=store, runner=runner, events=events,
+                            snapshots=snapshots, images=images)  # fmt: skip
+
+
+def _from(image: str, user: str | None = None) -> SandboxCreate:
+    dockerfile = BuildInfoCreate(dockerfile_content=f"FROM {image}\n")
+    return SandboxCreate(user=user, build_info=dockerfile)
+
+
+async def test_pull_then_boot_with_the_images_user_and_once(
+    lifecycle: LifecycleService, runtime: FakeRuntime, events: RecordingEvents, org: str
+) -> None:
+    runtime.registry[PY] = ("sha256:" + "1" * 64, CONFIG, None)
+    sb = await lifecycle.create(organization_id=org, request=_from("python:3.12"))
+    assert sb.state is S.PENDING_BUILD and sb.snapshot == PY
+    await lifecycle.drain()
+    sb = lifecycle.get(org, sb.id)
+    assert events.states_of(sb.id) == ["pulling_snapshot", "starting", "started"]
+    assert sb.user == "app" and sb.snapshot != PY
+    assert f"Pulled {PY}" in lifecycle.build_log(org, sb.id).text()
+    again = await lifecycle.create(organization_id=org, request=_from(PY, user="daytona"))
+    await lifecycle.drain()
+    again = lifecycle.get(org, again.id)
+    assert again.state is S.STARTED and again.snapshot == sb.snapshot and again.user == "daytona"
+    assert [image for image, _ in runtime.pulls] == [PY]  # pulled once
+
+
+async def test_failed_pull_is_build_failed_and_registers_nothing(
+    lifecycle: LifecycleService, runtime: FakeRuntime, org: str
+) -> None:
+    sb = await lifecycle.create(organization_id=org, request=_from("nope:1"))
+    await lifecycle.drain()
+    sb = lifecycle.get(org, sb.id)
+    assert sb.state is S.BUILD_FAILED and "docker.io/library/nope:1" in (sb.error_reason or "")
+    assert lifecycle.snapshots is not None
+    assert [s.name for s in lifecycle.snapshots.list(org)] == ["cove-default"]
+
+
+async def test_credentials_are_the_organizations_own(
+    lifecycle: LifecycleService, runtime: FakeRuntime, registries: RegistryService, engine,  # noqa: ANN001
+    org: str,
+) -> None:  # fmt: skip
+    private = "registry.example.com/team/app:v1"
+    runtime.registry[private] = ("sha256:" + "2" * 64, ImageConfig(), "pw")
+    made = registries.create(org, name="r", url="https://registry.example.com/",
+                             username="u", password="pw", project="team")  # fmt: skip
+    other = SqlKeyStore(engine).ensure_organization("other")
+    with pytest.raises(NotFound):
+        registries.get(other, made.id)
+    assert registries.list(other) == []
+    theirs = await lifecycle.create(organization_id=other, request=_from(private))
+    mine = await lifecycle.create(organization_id=org, request=_from(private))
+    await lifecycle.drain()
+    assert lifecycle.get(other, theirs.id).state is S.BUILD_FAILED
+    assert lifecycle.get(org, mine.id).state is S.STARTED
+    assert [auth.username if auth else None for _, auth in runtime.pulls] == [None, "u"]
+    assert "pw" not in repr(runtime.pulls)
+    # Another project of the same registry gets no credentials.
+    assert registries.auth_for(org, imageref.parse("registry.example.com/else/app")) is None
+
+
+def test_registry_input_is_checked(registries: RegistryService, org: str) -> None:
+    for bad in ({"url": "not a url"}, {"password": ""}, {"username": "a:b"}):
+        fields = {"name": "r", "url": "ghcr.io", "username": "u", "password": "p", **bad}
+        with pytest.raises(BadRequest):
+            registries.create(org, **fields)
+    assert registries.list(org) == []
