@@ -11,8 +11,12 @@ from . import confine, protocol
 
 # The environment the sandbox's init was given (the sandbox's env vars and
 # defaults), captured once at agent start-up, minus anything of the agent's own.
+# Init hands the agent the variables the dynamic loader acts on (LD_PRELOAD...)
+# renamed, so that they reach the user's processes but never load into the agent.
 _AGENT_ONLY = ("PYTHONHOME", "PYTHONPATH", "LD_LIBRARY_PATH", "COVE_AGENT", "COVE_WORKDIR")
-BASE_ENV = {k: v for k, v in os.environ.items() if k not in _AGENT_ONLY}
+_HELD = "COVE_HELD_"
+BASE_ENV = {k: v for k, v in os.environ.items() if k not in _AGENT_ONLY and not k.startswith(_HELD)}
+BASE_ENV.update({k[len(_HELD):]: v for k, v in os.environ.items() if k.startswith(_HELD)})
 BASE_ENV.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 DEFAULT_USER = os.environ.get("COVE_SANDBOX_USER", "daytona")
 # The image's WorkingDir (sandboxes made from an image): where processes start.

@@ -345,6 +345,36 @@ static long now_ms(void)
     return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
 }
 
+/* Variables the dynamic loader or libc act on (glibc's "unsecure" list): the
+ * sandbox's env vars may name files the workload writes (LD_PRELOAD=/home/x.so),
+ * and the service must not run the workload's code. They are passed on renamed
+ * (COVE_HELD_<name>); the agent gives them back to the user's processes. */
+static const char *const loader_vars[] = {
+    "LD_", "GCONV_PATH=", "GETCONF_DIR=", "GLIBC_TUNABLES=", "HOSTALIASES=", "LOCALDOMAIN=",
+    "LOCPATH=", "MALLOC_", "NIS_PATH=", "NLSPATH=", "RESOLV_HOST_CONF=", "RES_OPTIONS=",
+    "TMPDIR=", "TZDIR=", NULL,
+};
+
+static void hold_loader_vars(void)
+{
+    extern char **environ;
+
+    for (char **entry = environ; *entry != NULL; entry++) {
+        for (const char *const *name = loader_vars; *name != NULL; name++) {
+            if (strncmp(*entry, *name, strlen(*name)) == 0) {
+                size_t size = strlen(*entry) + sizeof("COVE_HELD_");
+                char *held = malloc(size);
+
+                if (held == NULL)
+                    _exit(126);
+                snprintf(held, size, "COVE_HELD_%s", *entry);
+                *entry = held;
+                break;
+            }
+        }
+    }
+}
+
 static pid_t spawn(char **argv)
 {
     pid_t pid = fork();
@@ -354,6 +384,7 @@ static pid_t spawn(char **argv)
 
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        hold_loader_vars();
         if (root_service && (setresgid(getgid(), 0, 0) != 0 || setresuid(getuid(), 0, 0) != 0)) {
             perror("cove-init: service as root");
             _exit(126);
