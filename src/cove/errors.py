@@ -8,6 +8,7 @@ Catch :class:`CoveError` to catch everything Cove raises on purpose::
      ├── Unauthorized          missing or wrong API key (401)
      ├── NotFound              no such sandbox (in the caller's organization) (404)
      ├── Conflict              a name that is already taken (409)
+     ├── PayloadTooLarge       a request body above the limit (413)
      ├── InvalidState          the operation is not allowed in the current state (400)
      ├── Timeout               an operation did not finish in time (408)
      ├── RuntimeBackendError   the isolation runtime failed (500)
@@ -60,6 +61,11 @@ class Conflict(CoveError):
     code = "CONFLICT"
 
 
+class PayloadTooLarge(CoveError):
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
 class InvalidState(CoveError):
     status_code = 400
     code = "INVALID_STATE"
@@ -102,6 +108,7 @@ __all__ = [
     "CoveError",
     "InvalidState",
     "NotFound",
+    "PayloadTooLarge",
     "QuotaExceeded",
     "RuntimeBackendError",
     "Timeout",
