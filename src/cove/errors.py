@@ -8,6 +8,7 @@ Catch :class:`CoveError` to catch everything Cove raises on purpose::
      ├── Unauthorized          missing or wrong API key (401)
      ├── NotFound              no such sandbox (in the caller's organization) (404)
      ├── Conflict              a name that is already taken (409)
+     ├── PayloadTooLarge       a request body above the limit (413)
      ├── InvalidState          the operation is not allowed in the current state (400)
      ├── Timeout               an operation did not finish in time (408)
      ├── RuntimeBackendError   the isolation runtime failed (500)
@@ -59,6 +60,11 @@ class NotFound(CoveError):
 class Conflict(CoveError):
     status_code = 409
     code = "CONFLICT"
+
+
+class PayloadTooLarge(CoveError):
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
 
 
 class InvalidState(CoveError):
@@ -114,6 +120,7 @@ __all__ = [
     "CoveError",
     "InvalidState",
     "NotFound",
+    "PayloadTooLarge",
     "QuotaExceeded",
     "RuntimeBackendError",
     "Timeout",

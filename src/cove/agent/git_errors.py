@@ -26,7 +26,7 @@ RULES: list[tuple[frozenset[str] | None, tuple[str, ...], int, str]] = [
     (None, ("could not resolve host", "failed to connect", "connection refused",
             "connection timed out", "operation timed out", "ssl certificate problem",
             "unable to access", "could not read from remote repository"),
-     502, "GIT_TRANSPORT_FAILED"),
+     400, "GIT_TRANSPORT_FAILED"),  # the tenant's remote: not the gateway's failure
     (None, ("would be overwritten", "please commit your changes or stash them",
             "you have unstaged changes", "needs merge", "unmerged files",
             "you have not concluded your merge"), 409, "GIT_DIRTY_WORKTREE"),

@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import socketio
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cove.api import errors
+from cove.api import errors, openapi
+from cove.api.bodylimit import BodyLimit
 from cove.api.events import SocketEvents
+from cove.api.params import single_query_values
 from cove.api.preview import PreviewProxy
 from cove.api.routes import (
     docker_registry,
@@ -33,6 +35,7 @@ from cove.api.routes import (
 from cove.core.config import Settings
 from cove.core.reconcile import reconcile, restore_networks, watch
 from cove.core.timers import run_timers
+from cove.schemas.limits import MAX_BODY
 from cove.server import Services, build_services
 
 if TYPE_CHECKING:
@@ -62,8 +65,10 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         await services.lifecycle.drain()
         await services.toolbox.links.close()
 
-    api = FastAPI(title="Cove", version="0.1.0", lifespan=lifespan)
+    api = FastAPI(title="Cove", version="0.1.0", lifespan=lifespan,
+                  dependencies=[Depends(single_query_values)])
     errors.install(api)
+    openapi.install(api)
     api.include_router(health.router, prefix="/api")
     api.include_router(sandboxes.router, prefix="/api")
     api.include_router(volumes.router, prefix="/api")
@@ -74,8 +79,14 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     for module in (toolbox_process, toolbox_files, toolbox_git, toolbox_sessions, toolbox_pty,
                    toolbox_interpreter):
         api.include_router(module.router, prefix="/toolbox/{sandbox_id}")
-    app = socketio.ASGIApp(events.server, other_asgi_app=api, socketio_path="/api/socket.io")
+    bounded = BodyLimit(api, MAX_BODY, _is_upload)
+    app = socketio.ASGIApp(events.server, other_asgi_app=bounded, socketio_path="/api/socket.io")
     return _CollapseSlashes(PreviewProxy(app, lambda: holder["services"]))
+
+
+def _is_upload(path: str) -> bool:
+    """File uploads stream to the sandbox: no bound on their size."""
+    return path.startswith("/toolbox/") and path.endswith("/files/bulk-upload")
 
 
 class _CollapseSlashes:

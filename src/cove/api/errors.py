@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -15,7 +17,8 @@ from cove.errors import CoveError
 
 
 def envelope(
-    request: Request, status: int, message: str, code: str, source: str = "DAYTONA_API"
+    request: Request, status: int, message: str, code: str, source: str = "DAYTONA_API",
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = {
         "statusCode": status,
@@ -27,7 +30,7 @@ def envelope(
         "path": request.url.path,
         "method": request.scope.get("method", "GET"),  # a WebSocket upgrade is a GET
     }
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _cove_error(request: Request, exc: Exception) -> JSONResponse:
@@ -47,7 +50,23 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTPStatus(exc.status_code).name
-    return envelope(request, exc.status_code, str(exc.detail), code)
+    headers = exc.headers
+    if exc.status_code == 405:  # every route of the path, not only the first one matched
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}
+    return envelope(request, exc.status_code, str(exc.detail), code, headers=headers)
+
+
+def _allowed(request: Request) -> list[str]:
+    """The methods of every operation whose path template matches the request's path."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part)
+                          for part in re.split(r"(\{[^/]+\})", template))  # fmt: skip
+        if re.fullmatch(pattern, request.url.path):
+            methods.update(method.upper() for method in operations)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 def install(app: FastAPI) -> None:

@@ -19,8 +19,13 @@ from cove.core.sandbox import utcnow
 from cove.errors import BadRequest, Conflict
 from cove.schemas.sandbox import VolumeMount
 
-# Container paths a volume may not cover: the runtime's own mounts.
+# Container paths a volume may not cover: the runtime's own mounts (nor anything below
+# them), the system's directories and the files Cove mounts into every sandbox.
 RESERVED = ("/proc", "/sys", "/dev")
+SYSTEM = frozenset({
+    "/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/run", "/sbin", "/usr",
+    "/var", "/var/run", "/var/lib", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf",
+})  # fmt: skip
 
 
 @dataclass
@@ -133,8 +138,8 @@ def mount_path(path: str) -> str:
     if ".." in path.split("/"):
         raise BadRequest(f"mount path may not contain '..': {path!r}")
     norm = posixpath.normpath(path)
-    if norm == "/" or norm.startswith("//"):
-        raise BadRequest(f"a volume cannot be mounted at {path!r}")
+    if norm == "/" or norm.startswith("//") or norm in SYSTEM:
+        raise BadRequest(f"a volume cannot be mounted at {path!r}, a system directory")
     if any(norm == r or norm.startswith(r + "/") for r in RESERVED):
         raise BadRequest(f"a volume cannot be mounted under {norm.split('/')[1]!r}")
     return norm

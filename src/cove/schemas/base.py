@@ -7,9 +7,13 @@ from pydantic.alias_generators import to_camel
 
 
 class WireModel(BaseModel):
-    """A model spoken in camelCase, accepting snake_case from Python callers."""
+    """A model spoken in camelCase, accepting snake_case from Python callers.
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    Strict: a JSON ``0`` is no boolean and ``false`` no number (what the schema says).
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore",
+                              strict=True)
 
 
 class ErrorEnvelope(WireModel):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from cove.schemas.base import WireModel
+from cove.schemas.limits import Text
 
 
 class NetworkSettingsUpdate(WireModel):
     """Body of ``POST /sandbox/{id}/network-settings``; absent fields stay as they are."""
 
     network_block_all: bool | None = None
-    network_allow_list: str | None = None
-    domain_allow_list: str | None = None
+    network_allow_list: Text | None = Field(default=None, max_length=4096)
+    domain_allow_list: Text | None = Field(default=None, max_length=32768)
 
 
 class PreviewUrl(WireModel):

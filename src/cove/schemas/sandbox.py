@@ -2,67 +2,65 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Annotated
+
+from pydantic import Field
 
 from cove.schemas.base import WireModel
+from cove.schemas.limits import (
+    MAX_INTERVAL,
+    MAX_NAME,
+    MAX_PATH,
+    NO_NUL,
+    PLAIN_NAME,
+    USER_NAME,
+    EnvMap,
+    Labels,
+    Minutes,
+    Text,
+)
+
+SandboxName = Annotated[str, Field(min_length=1, max_length=63, pattern=PLAIN_NAME)]
 
 
 class BuildInfoCreate(WireModel):
     """A create-from-image request: the SDK sends the image as a Dockerfile."""
 
-    dockerfile_content: str
-    context_hashes: list[str] | None = None
+    dockerfile_content: Text
+    context_hashes: list[Text] | None = Field(default=None, max_length=1000)
 
 
 class VolumeMount(WireModel):
-    volume_id: str
-    mount_path: str
-    subpath: str | None = None
+    """A volume to mount: ``mountPath`` absolute, not ``/`` nor a system directory."""
+
+    volume_id: str = Field(min_length=1, max_length=MAX_NAME, pattern=NO_NUL)
+    mount_path: str = Field(min_length=1, max_length=MAX_PATH, pattern=r"^/[^\x00]*$")
+    subpath: str | None = Field(default=None, max_length=MAX_PATH, pattern=NO_NUL)
 
 
 class SandboxCreate(WireModel):
     """Body of ``POST /sandbox`` (from snapshot or from image)."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=63)
-    snapshot: str | None = None
+    name: SandboxName | None = None
+    snapshot: str | None = Field(default=None, max_length=MAX_NAME, pattern=NO_NUL)
     build_info: BuildInfoCreate | None = None
-    user: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    labels: dict[str, str] = Field(default_factory=dict)
+    user: str | None = Field(default=None, pattern=USER_NAME)
+    env: EnvMap = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     public: bool = False
-    target: str | None = None
+    target: str | None = Field(default=None, max_length=MAX_NAME, pattern=NO_NUL)
     network_block_all: bool = False
-    network_allow_list: str | None = None
-    domain_allow_list: str | None = None
+    network_allow_list: Text | None = Field(default=None, max_length=4096)
+    domain_allow_list: Text | None = Field(default=None, max_length=32768)
     cpu: int | None = None
     gpu: int | None = None
     memory: int | None = None
     disk: int | None = None
-    auto_stop_interval: int | None = None
-    auto_archive_interval: int | None = None
-    auto_delete_interval: int | None = None
-    volumes: list[VolumeMount] = Field(default_factory=list)
-
-    @field_validator("auto_stop_interval", "auto_archive_interval")
-    @classmethod
-    def _non_negative(cls, v: int | None) -> int | None:
-        if v is not None and v < 0:
-            raise ValueError("must be 0 or more minutes")
-        return v
-
-    @field_validator("auto_delete_interval")
-    @classmethod
-    def _delete_interval(cls, v: int | None) -> int | None:
-        if v is not None and v < -1:
-            raise ValueError("must be -1 (disabled), 0 (on stop) or more minutes")
-        return v
-
-    @field_validator("name")
-    @classmethod
-    def _name_chars(cls, v: str | None) -> str | None:
-        if v is not None and not all(c.isalnum() or c in "-_." for c in v):
-            raise ValueError("may only contain letters, digits, '-', '_' and '.'")
-        return v
+    auto_stop_interval: Minutes | None = None
+    auto_archive_interval: Minutes | None = None
+    # -1: never; 0: as soon as it stops
+    auto_delete_interval: int | None = Field(default=None, ge=-1, le=MAX_INTERVAL)
+    volumes: list[VolumeMount] = Field(default_factory=list, max_length=32)
 
 
 class SandboxResize(WireModel):
@@ -75,7 +73,13 @@ class SandboxResize(WireModel):
 
 
 class SandboxLabels(WireModel):
-    """Body and response of ``PUT /sandbox/{id}/labels``."""
+    """Body of ``PUT /sandbox/{id}/labels``."""
+
+    labels: Labels
+
+
+class SandboxLabelsPublic(WireModel):
+    """Response of ``PUT /sandbox/{id}/labels`` (with the labels the server keeps itself)."""
 
     labels: dict[str, str]
 
@@ -134,12 +138,7 @@ class SandboxesPublic(WireModel):
 class SandboxFork(WireModel):
     """Body of ``POST /sandbox/{id}/fork``."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=63)
-
-    @field_validator("name")
-    @classmethod
-    def _name_chars(cls, v: str | None) -> str | None:
-        return SandboxCreate._name_chars(v)
+    name: SandboxName | None = None
 
 
 class ToolboxProxyUrl(WireModel):

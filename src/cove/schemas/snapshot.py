@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
 from cove.schemas.base import WireModel
+from cove.schemas.limits import MAX_NAME, NO_NUL
+
+SnapshotName = Annotated[
+    str, Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
 
 
 class SnapshotCreate(WireModel):
     """Body of ``POST /snapshots`` (only ``imageName`` images are built here)."""
 
-    name: str = Field(min_length=1, max_length=255)
-    image_name: str | None = None
+    name: SnapshotName
+    image_name: str | None = Field(default=None, max_length=MAX_NAME, pattern=NO_NUL)
     build_info: dict[str, object] | None = None
 
 
 class SandboxSnapshotCreate(WireModel):
     """Body of ``POST /sandbox/{id}/snapshot``."""
 
-    name: str = Field(min_length=1, max_length=255)
+    name: SnapshotName
     include_memory: bool | None = None
 
 

@@ -7,13 +7,14 @@ from typing import Any
 from pydantic import Field
 
 from cove.schemas.base import WireModel
+from cove.schemas.limits import MAX_TIMEOUT, EnvMap, SandboxPath, Text
 
 
 class ExecuteRequest(WireModel):
-    command: str
-    cwd: str | None = None
-    envs: dict[str, str] | None = None
-    timeout: int | None = Field(default=None, ge=0)
+    command: Text
+    cwd: SandboxPath | None = None
+    envs: EnvMap | None = None
+    timeout: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT)
 
 
 class ExecuteResponse(WireModel):
@@ -22,11 +23,11 @@ class ExecuteResponse(WireModel):
 
 
 class CodeRunRequest(WireModel):
-    code: str
-    language: str | None = None
-    argv: list[str] | None = None
-    envs: dict[str, str] | None = None
-    timeout: int | None = Field(default=None, ge=0)
+    code: Text
+    language: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.+-]*$")
+    argv: list[Text] | None = Field(default=None, max_length=1024)
+    envs: EnvMap | None = None
+    timeout: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT)
 
 
 class CodeRunResponse(WireModel):
@@ -40,5 +41,5 @@ class DirResponse(WireModel):
 
 
 class EnvUpdate(WireModel):
-    set: dict[str, str] | None = None
-    unset: list[str] | None = None
+    set: EnvMap | None = None
+    unset: list[Text] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from cove.schemas.base import WireModel
+from cove.schemas.limits import SandboxPath, Text
 
 
 class FileInfo(WireModel):
@@ -23,7 +24,7 @@ class FileInfo(WireModel):
 
 
 class FilesDownloadRequest(WireModel):
-    paths: list[str] = Field(min_length=1)
+    paths: list[SandboxPath] = Field(min_length=1, max_length=10_000)
 
 
 class Match(WireModel):
@@ -39,9 +40,9 @@ class SearchFilesResponse(WireModel):
 
 
 class ReplaceRequest(WireModel):
-    files: list[str]
-    pattern: str = Field(min_length=1)
-    new_value: str
+    files: list[SandboxPath] = Field(max_length=10_000)
+    pattern: Text = Field(min_length=1)
+    new_value: Text
 
 
 class ReplaceResult(WireModel):

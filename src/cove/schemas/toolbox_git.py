@@ -6,56 +6,61 @@ Daytona's git bodies are snake_case on the wire (``commit_id``,
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from cove.schemas.base import WireModel
+from cove.schemas.limits import SandboxPath, Text
+
+GitName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x20\x7f]+$")]
 
 
 class GitModel(BaseModel):
     """A git request body: field names as they are, unknown fields ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class GitRepoRequest(GitModel):
-    path: str
+    path: SandboxPath
 
 
 class GitCredentials(GitRepoRequest):
-    username: str | None = None
-    password: str | None = None
+    username: Text | None = Field(default=None, max_length=1024)
+    password: Text | None = Field(default=None, max_length=4096)
 
 
 class GitCloneRequest(GitCredentials):
-    url: str = Field(min_length=1)
-    branch: str | None = None
-    commit_id: str | None = None
+    url: Text = Field(min_length=1, max_length=8192)
+    branch: GitName | None = None
+    commit_id: GitName | None = None
     insecure_skip_tls: bool | None = None
-    depth: int | None = Field(default=None, ge=1)
+    depth: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class GitAddRequest(GitRepoRequest):
-    files: list[str]
+    files: list[SandboxPath] = Field(max_length=10_000)
 
 
 class GitCommitRequest(GitRepoRequest):
-    message: str
-    author: str
-    email: str
+    message: Text
+    author: Text = Field(max_length=1024)
+    email: Text = Field(max_length=1024)
     allow_empty: bool | None = None
 
 
 class GitBranchRequest(GitRepoRequest):
-    name: str = Field(min_length=1)
+    name: GitName
 
 
 class GitCheckoutRequest(GitRepoRequest):
-    branch: str = Field(min_length=1)
+    branch: GitName
 
 
 class GitPullRequest(GitCredentials):
-    branch: str | None = None
-    remote: str | None = None
+    branch: GitName | None = None
+    remote: GitName | None = None
 
 
 class GitPushRequest(GitPullRequest):

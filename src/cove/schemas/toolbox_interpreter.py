@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from cove.schemas.base import WireModel
+from cove.schemas.limits import MAX_TIMEOUT, AgentId, EnvMap, SandboxPath, Text
 
 DEFAULT_TIMEOUT_SECONDS = 600
 
@@ -12,8 +13,8 @@ DEFAULT_TIMEOUT_SECONDS = 600
 class InterpreterContextCreate(WireModel):
     """``POST /process/interpreter/context`` (the SDK sends ``{}`` or ``{"cwd"}``)."""
 
-    cwd: str | None = None
-    language: str | None = None
+    cwd: SandboxPath | None = None
+    language: str | None = Field(default=None, max_length=64)
 
 
 class InterpreterContextPublic(WireModel):
@@ -35,10 +36,11 @@ class InterpreterContextsPublic(WireModel):
 class InterpreterRun(WireModel):
     """The one text frame a client sends on ``/process/interpreter/execute``."""
 
-    code: str = Field(min_length=1)
-    context_id: str | None = None
-    envs: dict[str, str] | None = None
-    timeout: int | None = Field(default=None, ge=0)  # seconds; 0 = none; absent = 10 minutes
+    code: Text = Field(min_length=1)
+    context_id: AgentId | None = None
+    envs: EnvMap | None = None
+    # seconds; 0 = none; absent = 10 minutes
+    timeout: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT)
 
     def timeout_seconds(self) -> int | None:
         """The timeout to enforce, None for none."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from cove.schemas.base import WireModel
+from cove.schemas.limits import AgentId, EnvMap, SandboxPath, Text
 
 # -- sessions: persistent shells running one command at a time
 
@@ -12,13 +13,13 @@ from cove.schemas.base import WireModel
 class SessionCreate(WireModel):
     """``POST /process/session``."""
 
-    session_id: str = Field(min_length=1)
+    session_id: AgentId
 
 
 class SessionExecuteRequest(WireModel):
     """``POST /process/session/{sid}/exec``; ``async`` is the deprecated ``runAsync``."""
 
-    command: str
+    command: Text
     run_async: bool | None = None
     async_: bool | None = Field(default=None, alias="async")
     suppress_input_echo: bool | None = None
@@ -65,11 +66,11 @@ class SessionInput(WireModel):
 class PtyCreate(WireModel):
     """``POST /process/pty``; ``lazyStart`` delays the shell until a client connects."""
 
-    id: str = Field(min_length=1)
+    id: AgentId
     cols: int | None = Field(default=None, ge=1, le=1000)
     rows: int | None = Field(default=None, ge=1, le=1000)
-    cwd: str | None = None
-    envs: dict[str, str] | None = None
+    cwd: SandboxPath | None = None
+    envs: EnvMap | None = None
     lazy_start: bool | None = None
 
 

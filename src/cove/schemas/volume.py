@@ -5,12 +5,13 @@ from __future__ import annotations
 from pydantic import Field
 
 from cove.schemas.base import WireModel
+from cove.schemas.limits import MAX_NAME, PLAIN_NAME
 
 
 class VolumeCreate(WireModel):
     """Body of ``POST /volumes``."""
 
-    name: str = Field(min_length=1, max_length=255)
+    name: str = Field(min_length=1, max_length=MAX_NAME, pattern=PLAIN_NAME)
 
 
 class VolumePublic(WireModel):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from cove.api.deps import LifecycleDep, PrincipalDep, ServicesDep
@@ -13,11 +13,13 @@ from cove.api.dto import sandbox_public
 from cove.core import fork
 from cove.core.sandbox import Sandbox
 from cove.errors import BadRequest
+from cove.schemas.limits import MAX_INTERVAL, MAX_LABELS
 from cove.schemas.sandbox import (
     SandboxCreate,
     SandboxesPublic,
     SandboxFork,
     SandboxLabels,
+    SandboxLabelsPublic,
     SandboxPublic,
     SandboxResize,
     ToolboxProxyUrl,
@@ -45,9 +47,9 @@ async def create_sandbox(
 async def list_sandboxes(
     who: PrincipalDep,
     services: ServicesDep,
-    labels: str | None = None,
-    states: Annotated[list[str] | None, Query()] = None,
-    cursor: str | None = None,
+    labels: Annotated[str | None, Query(max_length=MAX_LABELS_QUERY)] = None,
+    states: Annotated[list[str] | None, Query(max_length=20)] = None,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 100,
 ) -> SandboxesPublic:
     """List sandboxes of the caller's organization."""
@@ -59,15 +61,21 @@ async def list_sandboxes(
     )
 
 
+MAX_LABELS_QUERY = 8192
+
+
 def _labels(raw: str | None) -> dict[str, str] | None:
+    """The ``labels`` filter: a flat JSON object of strings (nesting is refused, however deep)."""
     if not raw:
         return None
     try:
         labels = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise BadRequest("labels must be a JSON object of strings") from exc
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise BadRequest("labels must be a JSON object of strings")
+    if len(labels) > MAX_LABELS or any("\0" in k + v for k, v in labels.items()):
+        raise BadRequest(f"labels: at most {MAX_LABELS} labels, without NUL characters")
     return labels
 
 
@@ -156,10 +164,10 @@ async def resize_sandbox(
 @router.put("/{id_or_name}/labels")
 async def replace_labels(
     id_or_name: str, body: SandboxLabels, who: PrincipalDep, lifecycle: LifecycleDep
-) -> SandboxLabels:
+) -> SandboxLabelsPublic:
     """Replace all labels of a sandbox."""
     sandbox = await lifecycle.update(who.organization_id, id_or_name, labels=body.labels)
-    return SandboxLabels(labels=sandbox.labels)
+    return SandboxLabelsPublic(labels=sandbox.labels)
 
 
 @router.post("/{id_or_name}/public/{is_public}")
@@ -180,11 +188,12 @@ _INTERVALS = {
 
 @router.post("/{id_or_name}/{kind}/{minutes}")
 async def set_interval(
-    id_or_name: str, kind: str, minutes: int, who: PrincipalDep, services: ServicesDep
-) -> SandboxPublic:
-    """Set the auto-stop, auto-archive or auto-delete interval (minutes)."""
-    if kind not in _INTERVALS:
-        raise BadRequest(f"unknown setting '{kind}'")
+    id_or_name: str, kind: Literal["autostop", "autoarchive", "autodelete"],
+    minutes: Annotated[int, Path(ge=-1, le=MAX_INTERVAL)], who: PrincipalDep,
+    services: ServicesDep,
+) -> SandboxPublic:  # fmt: skip
+    """Set the auto-stop, auto-archive (0 or more) or auto-delete (-1: never) interval
+    in minutes."""
     field, minimum = _INTERVALS[kind]
     if minutes < minimum:
         raise BadRequest(f"{kind} interval must be at least {minimum}")
@@ -194,7 +203,7 @@ async def set_interval(
     return _public(services, sandbox)
 
 
-@router.post("/{id_or_name}/last-activity", status_code=201)
+@router.post("/{id_or_name}/last-activity", status_code=201, response_class=Response)
 async def update_last_activity(
     id_or_name: str, who: PrincipalDep, lifecycle: LifecycleDep
 ) -> Response:
@@ -222,7 +231,9 @@ async def build_logs_url(
     return Url(url=str(request.url_for("stream_build_logs", id_or_name=sandbox.id)))
 
 
-@router.get("/{id_or_name}/build-logs", name="stream_build_logs")
+@router.get("/{id_or_name}/build-logs", name="stream_build_logs",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def stream_build_logs(
     id_or_name: str, who: PrincipalDep, services: ServicesDep, follow: bool = False
 ) -> StreamingResponse:

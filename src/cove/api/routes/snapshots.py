@@ -40,7 +40,7 @@ def _entrypoint(s: Snapshot) -> list[str] | None:
 async def list_snapshots(
     who: PrincipalDep,
     snapshots: SnapshotsDep,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=2**31 - 1)] = 1,
     limit: Annotated[int, Query(ge=1, le=200)] = 100,
 ) -> SnapshotsPublic:
     """List the snapshots the organization can use."""
@@ -70,7 +70,7 @@ async def get_snapshot(
     return snapshot_public(snapshots.get(who.organization_id, id_or_name))
 
 
-@router.delete("/{id_or_name}")
+@router.delete("/{id_or_name}", response_class=Response)
 async def delete_snapshot(id_or_name: str, who: PrincipalDep, snapshots: SnapshotsDep) -> Response:
     """Delete a snapshot (409 while sandboxes use it)."""
     await snapshots.delete(who.organization_id, id_or_name)

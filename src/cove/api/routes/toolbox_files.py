@@ -12,13 +12,15 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from cove.api import multipart
 from cove.api.deps import AgentDep
+from cove.api.params import ModeQuery, OwnerQuery, PatternQuery, SandboxPathQuery
 from cove.api.streaming import first_event, items_response
 from cove.core.agent_client import AgentClient
 from cove.core.agent_streams import Upload
@@ -39,54 +41,59 @@ router = APIRouter(tags=["toolbox"], prefix="/files")
 log = logging.getLogger(__name__)
 FIELD = re.compile(r"files\[(\d+)\]\.(path|file)")
 MAX_PATH_FIELD = 64 * 1024
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "description": "parts files[i].path (text) then files[i].file (binary)",
+    "additionalProperties": {"type": "string", "format": "binary"}}}}}}
 
 
 @router.get("", response_model=list[FileInfo])
-async def list_files(path: str, agent: AgentDep, depth: int | None = None) -> Response:
+async def list_files(path: SandboxPathQuery, agent: AgentDep,
+                     depth: Annotated[int | None, Query(ge=1, le=64)] = None) -> Response:
     """The entries of a directory."""
     return await items_response(agent.list_files(path, depth))
 
 
 @router.get("/info")
-async def file_info(path: str, agent: AgentDep) -> FileInfo:
+async def file_info(path: SandboxPathQuery, agent: AgentDep) -> FileInfo:
     """Facts about one file or directory."""
     return await agent.file_info(path)
 
 
 @router.post("/folder", status_code=201)
-async def create_folder(path: str, agent: AgentDep, mode: str | None = None) -> None:
+async def create_folder(path: SandboxPathQuery, agent: AgentDep, mode: ModeQuery = None) -> None:
     """Create a directory (and its parents), owned by the sandbox user."""
     await agent.make_dir(path, mode)
 
 
-@router.delete("", status_code=204)
-async def delete_file(path: str, agent: AgentDep, recursive: bool = False) -> Response:
+@router.delete("", status_code=204, response_class=Response)
+async def delete_file(path: SandboxPathQuery, agent: AgentDep, recursive: bool = False) -> Response:
     """Delete a file, or a directory with ``recursive=true``."""
     await agent.delete_file(path, recursive)
     return Response(status_code=204)
 
 
 @router.post("/move")
-async def move_file(source: str, destination: str, agent: AgentDep) -> None:
+async def move_file(source: SandboxPathQuery, destination: SandboxPathQuery,
+                    agent: AgentDep) -> None:
     """Move or rename a file or directory (the destination must not exist)."""
     await agent.move_file(source, destination)
 
 
 @router.post("/permissions")
-async def set_permissions(path: str, agent: AgentDep, owner: str | None = None,
-                          group: str | None = None, mode: str | None = None) -> None:
+async def set_permissions(path: SandboxPathQuery, agent: AgentDep, owner: OwnerQuery = None,
+                          group: OwnerQuery = None, mode: ModeQuery = None) -> None:
     """Change a file's mode, owner or group."""
     await agent.set_permissions(path, owner, group, mode)
 
 
 @router.get("/find", response_model=list[Match])
-async def find_in_files(path: str, pattern: str, agent: AgentDep) -> Response:
+async def find_in_files(path: SandboxPathQuery, pattern: PatternQuery, agent: AgentDep) -> Response:
     """Lines containing ``pattern`` in the files below ``path``."""
     return await items_response(agent.find_in_files(path, pattern))
 
 
 @router.get("/search", response_model=SearchFilesResponse)
-async def search_files(path: str, pattern: str, agent: AgentDep) -> Response:
+async def search_files(path: SandboxPathQuery, pattern: PatternQuery, agent: AgentDep) -> Response:
     """Files below ``path`` whose name matches the glob ``pattern``."""
     return await items_response(agent.search_files(path, pattern), b'{"files":[', b"]}")
 
@@ -97,7 +104,9 @@ async def replace_in_files(body: ReplaceRequest, agent: AgentDep) -> list[Replac
     return await agent.replace_in_files(body.files, body.pattern, body.new_value)
 
 
-@router.post("/bulk-download")
+@router.post("/bulk-download", response_class=StreamingResponse, responses={200: {
+    "description": "one part per file (``file``, or ``error`` with the daemon's error)",
+    "content": {"multipart/form-data": {"schema": {"type": "string", "format": "binary"}}}}})
 async def bulk_download(body: FilesDownloadRequest, agent: AgentDep) -> StreamingResponse:
     """The requested files as multipart/form-data, one part (or error part) each."""
     events = agent.read_files(body.paths)
@@ -134,7 +143,11 @@ def _download_part(boundary: str, event: FileEvent) -> bytes:
     return head + body + b"\r\n"
 
 
-@router.post("/bulk-upload", response_model=UploadFilesResponse)
+@router.post("/bulk-upload", response_model=UploadFilesResponse, openapi_extra=UPLOAD_BODY,
+             responses={400: {"description": "a file failed, or invalid input", "content": {
+                 "application/json": {"schema": {"anyOf": [
+                     {"$ref": "#/components/schemas/UploadFilesResponse"},
+                     {"$ref": "#/components/schemas/ErrorEnvelope"}]}}}}})
 async def bulk_upload(request: Request, agent: AgentDep) -> JSONResponse:
     """Write the uploaded files (parts ``files[i].path`` then ``files[i].file``)."""
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from cove.api.deps import AgentDep
+from cove.api.params import SandboxPathQuery
 from cove.schemas.toolbox_git import (
     GitAddRequest,
     GitBranchRequest,
@@ -28,7 +29,7 @@ async def clone(body: GitCloneRequest, agent: AgentDep) -> None:
 
 
 @router.get("/status")
-async def status(path: str, agent: AgentDep) -> GitStatus:
+async def status(path: SandboxPathQuery, agent: AgentDep) -> GitStatus:
     """The repository's branch and file states."""
     return await agent.git_status(path)
 
@@ -46,7 +47,7 @@ async def commit(body: GitCommitRequest, agent: AgentDep) -> GitCommitResponse:
 
 
 @router.get("/branches")
-async def branches(path: str, agent: AgentDep) -> ListBranchResponse:
+async def branches(path: SandboxPathQuery, agent: AgentDep) -> ListBranchResponse:
     """The repository's local branches."""
     return await agent.git_branches(path)
 
@@ -57,7 +58,7 @@ async def create_branch(body: GitBranchRequest, agent: AgentDep) -> None:
     await agent.git_branch_create(body)
 
 
-@router.delete("/branches", status_code=204)
+@router.delete("/branches", status_code=204, response_class=Response)
 async def delete_branch(body: GitBranchRequest, agent: AgentDep) -> Response:
     """Delete a branch."""
     await agent.git_branch_delete(body)

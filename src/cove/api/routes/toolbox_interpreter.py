@@ -14,6 +14,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from cove.api.deps import AgentDep
+from cove.api.params import AgentIdPath
 from cove.core.agent_types import InterpreterEvent, RunEnded
 from cove.errors import BadRequest, ToolboxError
 from cove.schemas.toolbox_interpreter import (
@@ -89,7 +90,7 @@ async def list_contexts(agent: AgentDep) -> InterpreterContextsPublic:
 
 
 @router.delete("/process/interpreter/context/{context_id}")
-async def delete_context(context_id: str, agent: AgentDep) -> dict[str, str]:
+async def delete_context(context_id: AgentIdPath, agent: AgentDep) -> dict[str, str]:
     """Delete an interpreter context and kill its processes."""
     await agent.interpreter_delete(context_id)
     return {"message": f"context {context_id} deleted"}

@@ -12,14 +12,18 @@ import binascii
 import contextlib
 import json
 from contextlib import AbstractAsyncContextManager
+from typing import Annotated
 
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, Query, WebSocket
+from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from cove.api.deps import AgentDep
+from cove.api.params import AgentIdPath, OptionalPathQuery
 from cove.api.routes.toolbox_sessions import race
 from cove.core.agent_streams import PtyAttachment
 from cove.errors import BadRequest, CoveError
+from cove.schemas.limits import MAX_ID, NO_NUL, EnvMap
 from cove.schemas.toolbox_sessions import (
     PtyCreate,
     PtyCreated,
@@ -32,6 +36,7 @@ router = APIRouter(tags=["toolbox"])
 PREFIX = "/process/pty"
 EXIT_CONTROL = "X-Daytona-Pty-Exit-Control"
 ENVS_PROTOCOL = "X-Daytona-Pty-Envs~"
+_ENVS: TypeAdapter[dict[str, str]] = TypeAdapter(EnvMap)
 
 
 @router.post(PREFIX, status_code=201)
@@ -47,34 +52,37 @@ async def list_ptys(agent: AgentDep) -> PtyList:
 
 
 @router.get(PREFIX + "/{session_id}")
-async def get_pty(session_id: str, agent: AgentDep) -> PtySessionInfo:
+async def get_pty(session_id: AgentIdPath, agent: AgentDep) -> PtySessionInfo:
     """One terminal."""
     return await agent.pty_get(session_id)
 
 
 @router.post(PREFIX + "/{session_id}/resize")
-async def resize_pty(session_id: str, body: PtyResize, agent: AgentDep) -> PtySessionInfo:
+async def resize_pty(session_id: AgentIdPath, body: PtyResize, agent: AgentDep) -> PtySessionInfo:
     """Change the terminal's size (its programs get SIGWINCH)."""
     return await agent.pty_resize(session_id, body.cols, body.rows)
 
 
 @router.delete(PREFIX + "/{session_id}")
-async def kill_pty(session_id: str, agent: AgentDep) -> dict[str, str]:
+async def kill_pty(session_id: AgentIdPath, agent: AgentDep) -> dict[str, str]:
     """Kill the terminal's shell and everything it started."""
     await agent.pty_kill(session_id)
     return {"message": "PTY session deleted"}
 
 
 @router.websocket(PREFIX + "/create-connect")
-async def create_connect(websocket: WebSocket, agent: AgentDep, id: str, cols: int = 80,
-                         rows: int = 24, cwd: str | None = None) -> None:
+async def create_connect(websocket: WebSocket, agent: AgentDep,
+                         id: Annotated[str, Query(min_length=1, max_length=MAX_ID, pattern=NO_NUL)],
+                         cols: Annotated[int, Query(ge=1, le=1000)] = 80,
+                         rows: Annotated[int, Query(ge=1, le=1000)] = 24,
+                         cwd: OptionalPathQuery = None) -> None:
     """Create a terminal and connect to it in one round trip."""
     envs = _offered_envs(websocket)
     await _connect(websocket, agent.pty_create_attach(id, cols, rows, cwd, envs))
 
 
 @router.websocket(PREFIX + "/{session_id}/connect")
-async def connect(websocket: WebSocket, session_id: str, agent: AgentDep) -> None:
+async def connect(websocket: WebSocket, session_id: AgentIdPath, agent: AgentDep) -> None:
     """Attach to a running terminal."""
     await _connect(websocket, agent.pty_attach(session_id))
 
@@ -87,12 +95,15 @@ def _offered_envs(websocket: WebSocket) -> dict[str, str]:
             encoded = offered[len(ENVS_PROTOCOL):]
             try:
                 value = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-            except (binascii.Error, ValueError) as exc:
+            except (binascii.Error, ValueError, RecursionError) as exc:
                 raise BadRequest("malformed PTY envs subprotocol") from exc
             if not isinstance(value, dict):
                 raise BadRequest("PTY envs must be a JSON object")
             envs.update({str(k): str(v) for k, v in value.items()})
-    return envs
+    try:
+        return _ENVS.validate_python(envs)
+    except ValidationError as exc:
+        raise BadRequest(f"PTY envs: {exc.errors()[0]['msg']}") from exc
 
 
 async def _connect(websocket: WebSocket,

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request, Response, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from cove.api.deps import AgentDep
+from cove.api.params import AgentIdPath
 from cove.api.streaming import unless_client_leaves
 from cove.core.agent_types import Output
 from cove.errors import CoveError
@@ -32,7 +33,7 @@ PREFIX = "/process/session"
 MARKERS = {"stdout": b"\x01\x01\x01", "stderr": b"\x02\x02\x02"}
 
 
-@router.post(PREFIX, status_code=201)
+@router.post(PREFIX, status_code=201, response_class=Response)
 async def create_session(body: SessionCreate, agent: AgentDep) -> Response:
     """Start a session: a shell that keeps its state between commands."""
     await agent.session_create(body.session_id)
@@ -46,20 +47,21 @@ async def list_sessions(agent: AgentDep) -> list[SessionPublic]:
 
 
 @router.get(PREFIX + "/{session_id}")
-async def get_session(session_id: str, agent: AgentDep) -> SessionPublic:
+async def get_session(session_id: AgentIdPath, agent: AgentDep) -> SessionPublic:
     """One session and its commands."""
     return await agent.session_get(session_id)
 
 
-@router.delete(PREFIX + "/{session_id}", status_code=204)
-async def delete_session(session_id: str, agent: AgentDep) -> Response:
+@router.delete(PREFIX + "/{session_id}", status_code=204, response_class=Response)
+async def delete_session(session_id: AgentIdPath, agent: AgentDep) -> Response:
     """End a session, killing every process it started."""
     await agent.session_delete(session_id)
     return Response(status_code=204)
 
 
-@router.post(PREFIX + "/{session_id}/exec")
-async def execute(session_id: str, body: SessionExecuteRequest, request: Request,
+@router.post(PREFIX + "/{session_id}/exec", responses={202: {
+    "model": SessionExecuteResponse, "description": "started (``runAsync``): only its ``cmdId``"}})
+async def execute(session_id: AgentIdPath, body: SessionExecuteRequest, request: Request,
                   response: Response, agent: AgentDep) -> SessionExecuteResponse:
     """Run a command in the session (queued behind a running one); 202 when asynchronous.
     A client that hangs up stops waiting (the command runs on in its session)."""
@@ -75,19 +77,21 @@ async def execute(session_id: str, body: SessionExecuteRequest, request: Request
 
 
 @router.get(PREFIX + "/{session_id}/command/{command_id}")
-async def get_command(session_id: str, command_id: str, agent: AgentDep) -> CommandPublic:
+async def get_command(session_id: AgentIdPath, command_id: AgentIdPath,
+                      agent: AgentDep) -> CommandPublic:
     """A command of the session; ``exitCode`` is null while it runs."""
     return await agent.session_command(session_id, command_id)
 
 
 @router.get(PREFIX + "/{session_id}/command/{command_id}/logs")
-async def get_logs(session_id: str, command_id: str, agent: AgentDep) -> CommandLogs:
+async def get_logs(session_id: AgentIdPath, command_id: AgentIdPath,
+                   agent: AgentDep) -> CommandLogs:
     """The command's output so far."""
     return await agent.session_logs(session_id, command_id)
 
 
 @router.websocket(PREFIX + "/{session_id}/command/{command_id}/logs")
-async def follow_logs(websocket: WebSocket, session_id: str, command_id: str,
+async def follow_logs(websocket: WebSocket, session_id: AgentIdPath, command_id: AgentIdPath,
                       agent: AgentDep, follow: bool = False) -> None:
     """Stream the command's output (``\\x01\\x01\\x01``: stdout, ``\\x02\\x02\\x02``: stderr)."""
     try:
@@ -138,8 +142,9 @@ async def _until_disconnect(websocket: WebSocket) -> None:
         pass
 
 
-@router.post(PREFIX + "/{session_id}/command/{command_id}/input", status_code=204)
-async def send_input(session_id: str, command_id: str, body: SessionInput,
+@router.post(PREFIX + "/{session_id}/command/{command_id}/input", status_code=204,
+             response_class=Response)
+async def send_input(session_id: AgentIdPath, command_id: AgentIdPath, body: SessionInput,
                      agent: AgentDep) -> Response:
     """Write to the running command's stdin."""
     await agent.session_input(session_id, command_id, body.data)

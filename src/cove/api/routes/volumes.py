@@ -44,7 +44,7 @@ async def get_volume(volume_id: str, who: PrincipalDep, volumes: VolumesDep) -> 
     return _public(volumes.get(who.organization_id, volume_id))
 
 
-@router.delete("/{volume_id}")
+@router.delete("/{volume_id}", response_class=Response)
 async def delete_volume(volume_id: str, who: PrincipalDep, volumes: VolumesDep) -> Response:
     """Delete a volume and its data (409 while a sandbox mounts it)."""
     volumes.delete(who.organization_id, volume_id)
