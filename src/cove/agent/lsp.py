@@ -93,7 +93,8 @@ async def start(request: Request) -> dict[str, Any]:
 
 def _initialize(project: str) -> dict[str, Any]:
     return {
-        "processId": os.getpid(), "rootPath": project, "rootUri": _uri(project),
+        # no processId: a server would watch a process it cannot see, and exit
+        "processId": None, "rootPath": project, "rootUri": _uri(project),
         "workspaceFolders": [{"uri": _uri(project), "name": os.path.basename(project) or "/"}],
         "capabilities": {
             "textDocument": {
