@@ -10,12 +10,20 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "spec"
 
 
 def openapi() -> dict[str, Any]:
+    return app().openapi()
+
+
+def app() -> FastAPI:
+    """The server's FastAPI application (on the fake runtime), for its routes."""
     from fastapi import FastAPI
 
     from cove.api.app import create_app
@@ -26,7 +34,7 @@ def openapi() -> dict[str, Any]:
                      runtime=FakeRuntime())
     while not isinstance(app, FastAPI):
         app = getattr(app, "app", None) or app.other_asgi_app  # type: ignore[attr-defined]
-    return app.openapi()
+    return app
 
 
 def toolbox() -> dict[str, Any]:

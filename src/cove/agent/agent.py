@@ -154,7 +154,7 @@ async def _try_send(stream: mux.Stream, message: dict[str, Any]) -> None:
         pass
 
 
-HANDLER_MODULES = ("process", "files", "git", "sessions", "terminal", "interpreter")
+HANDLER_MODULES = ("process", "files", "git", "sessions", "terminal", "interpreter", "lsp")
 
 
 def load_handlers() -> None:

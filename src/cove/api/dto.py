@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from cove.core.sandbox import Sandbox
+from cove.core.sandbox import Sandbox, archive_minutes
 from cove.schemas.sandbox import SandboxPublic, SandboxVolume
 
 
@@ -35,7 +35,7 @@ def sandbox_public(sandbox: Sandbox, toolbox_proxy_url: str) -> SandboxPublic:
         error_reason=sandbox.error_reason,
         recoverable=sandbox.recoverable,
         auto_stop_interval=sandbox.auto_stop_interval,
-        auto_archive_interval=sandbox.auto_archive_interval,
+        auto_archive_interval=archive_minutes(sandbox.auto_archive_interval),
         auto_delete_interval=sandbox.auto_delete_interval,
         created_at=iso(sandbox.created_at),
         updated_at=iso(sandbox.updated_at),

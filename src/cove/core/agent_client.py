@@ -39,6 +39,7 @@ from cove.core.agent_types import (
     parse,
 )
 from cove.core.output import DEFAULT_LIMIT, CappedOutput
+from cove.errors import ToolboxError
 from cove.schemas.toolbox_files import FileInfo, Match, ReplaceResult
 from cove.schemas.toolbox_git import (
     GitAddRequest,
@@ -53,6 +54,13 @@ from cove.schemas.toolbox_git import (
     ListBranchResponse,
 )
 from cove.schemas.toolbox_interpreter import InterpreterContextPublic, InterpreterContextsPublic
+from cove.schemas.toolbox_lsp import (
+    CompletionList,
+    LspCompletionParams,
+    LspDocumentRequest,
+    LspServerRequest,
+    LspSymbol,
+)
 from cove.schemas.toolbox_sessions import (
     CommandLogs,
     CommandPublic,
@@ -63,6 +71,9 @@ from cove.schemas.toolbox_sessions import (
 )
 
 Message = dict[str, Any]
+# The session that runs a sandbox's entrypoint (see ``cove.core.entrypoint``): callers of
+# the API cannot create it.
+ENTRYPOINT_SESSION = "entrypoint"
 # Opens a request to the agent; failures inside it come out as ToolboxError.
 Opener = Callable[[Message], AbstractAsyncContextManager[AgentCall]]
 
@@ -236,7 +247,15 @@ class AgentClient:
 
     # -- sessions: persistent shells
 
-    async def session_create(self, session_id: str) -> None:
+    async def session_create(self, session_id: str, *, reserved: bool = False) -> None:
+        """Start a session; ``reserved`` allows the entrypoint's own session name.
+
+        Raises:
+            ToolboxError: 409 for the entrypoint session's name without ``reserved``.
+        """
+        if session_id == ENTRYPOINT_SESSION and not reserved:
+            raise ToolboxError(409, "SESSION_EXISTS",
+                               f"session {ENTRYPOINT_SESSION} is reserved for the entrypoint")
         await self._reply({"op": "session_create", "sessionId": session_id, "user": self.user,
                            "env": dict(self.env)})  # fmt: skip
 
@@ -344,6 +363,42 @@ class AgentClient:
 
     async def interpreter_delete(self, context_id: str) -> None:
         await self._reply({"op": "interpreter_delete", "id": context_id})
+
+
+    # -- language servers
+
+    def _lsp(self, op: str, body: LspServerRequest, **fields: object) -> Message:
+        return {"op": op, "user": self.user, "languageId": body.language_id,
+                "pathToProject": body.path_to_project, **fields}  # fmt: skip
+
+    async def lsp_start(self, body: LspServerRequest) -> None:
+        """Start the language server of the body's language for its project."""
+        await self._reply({**self._lsp("lsp_start", body), "env": dict(self.env)})
+
+    async def lsp_stop(self, body: LspServerRequest) -> None:
+        await self._reply(self._lsp("lsp_stop", body))
+
+    async def lsp_did_open(self, body: LspDocumentRequest) -> None:
+        await self._reply(self._lsp("lsp_did_open", body, uri=body.uri))
+
+    async def lsp_did_close(self, body: LspDocumentRequest) -> None:
+        await self._reply(self._lsp("lsp_did_close", body, uri=body.uri))
+
+    async def lsp_completions(self, body: LspCompletionParams) -> CompletionList:
+        """Completions at the body's position."""
+        context = (body.context.model_dump(by_alias=True, exclude_none=True)
+                   if body.context else None)  # fmt: skip
+        message = self._lsp("lsp_completions", body, uri=body.uri, context=context,
+                            position=body.position.model_dump())  # fmt: skip
+        return await self._reply(message, CompletionList)
+
+    async def lsp_document_symbols(self, body: LspDocumentRequest) -> list[LspSymbol]:
+        async with self._open(self._lsp("lsp_document_symbols", body, uri=body.uri)) as call:
+            return field(await call.reply(), "symbols", list[LspSymbol])
+
+    async def lsp_workspace_symbols(self, body: LspServerRequest, query: str) -> list[LspSymbol]:
+        async with self._open(self._lsp("lsp_workspace_symbols", body, query=query)) as call:
+            return field(await call.reply(), "symbols", list[LspSymbol])
 
 
 async def _collect(events: AsyncIterator[ProcessEvent], limit: int) -> ExecResult:

@@ -18,7 +18,7 @@ from cove.core.config import Settings
 from cove.core.images import ImageService, default_user, pull_and_boot
 from cove.core.ops import SandboxOps
 from cove.core.ports import VolumeBind
-from cove.core.sandbox import Sandbox, SandboxState
+from cove.core.sandbox import Sandbox, SandboxState, archive_minutes
 from cove.core.snapshots import SnapshotService
 from cove.core.volumes import VolumeService
 from cove.errors import BadRequest, NotFound
@@ -142,9 +142,8 @@ class Creator:
             network_allow_list=req.network_allow_list,
             domain_allow_list=req.domain_allow_list,
             auto_stop_interval=_pick(req.auto_stop_interval, s.default_auto_stop_interval),
-            auto_archive_interval=_pick(
-                req.auto_archive_interval, s.default_auto_archive_interval
-            ),
+            auto_archive_interval=archive_minutes(
+                _pick(req.auto_archive_interval, s.default_auto_archive_interval)),
             auto_delete_interval=_pick(req.auto_delete_interval, s.default_auto_delete_interval),
             volumes=binds,
         ), pull

@@ -19,7 +19,7 @@ from cove.core.create import Creator
 from cove.core.images import ImageService
 from cove.core.ops import SandboxOps, container_spec
 from cove.core.ports import ContainerStatus, EventSink, Runner, SandboxStore
-from cove.core.sandbox import Sandbox, SandboxState, utcnow
+from cove.core.sandbox import Sandbox, SandboxState, archive_minutes, utcnow
 from cove.core.snapshots import SnapshotService
 from cove.core.volumes import VolumeService
 from cove.errors import BadRequest, CoveError, InvalidState
@@ -282,6 +282,7 @@ class LifecycleService:
                     fields["labels"], current.isolation)  # type: ignore[arg-type]
             for key, value in fields.items():
                 setattr(current, key, value)
+            current.auto_archive_interval = archive_minutes(current.auto_archive_interval)
             current.updated_at = utcnow()
             self.store.save(current)
             return current

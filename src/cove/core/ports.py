@@ -111,6 +111,9 @@ class ContainerStats:
     cpu_usage_ns: int
     memory_bytes: int
     pids: int
+    cache_bytes: int = 0  # page cache charged to the sandbox (not in memory_bytes' count)
+    disk_used: int = 0  # bytes of its disk in use, and its size (0: unknown)
+    disk_total: int = 0
 
 
 class Runner(Protocol):

@@ -158,8 +158,13 @@ DESIRED: dict[SandboxState, str] = {
 }
 
 
-# What ``autoArchiveInterval=0`` means: archive after 30 days.
+# What ``autoArchiveInterval=0`` means: archive after 30 days (Daytona's maximum, 43200).
 MAX_ARCHIVE_MINUTES = 30 * 24 * 60
+
+
+def archive_minutes(minutes: int) -> int:
+    """An ``autoArchiveInterval`` as kept and shown: 0 means Daytona's maximum."""
+    return minutes or MAX_ARCHIVE_MINUTES
 
 
 def utcnow() -> datetime:

@@ -170,3 +170,13 @@ def test_first_start_prints_a_key_once_and_stores_only_its_hash(
     assert key.encode() not in (tmp_path / "cove.db").read_bytes()
     with TestClient(create_app(settings, runtime=FakeRuntime())):
         assert "API key" not in capsys.readouterr().out
+
+
+def test_auto_archive_zero_reads_back_as_daytonas_maximum(client: TestClient) -> None:
+    """``autoArchiveInterval: 0`` means the maximum (30 days): it is shown as 43200."""
+    sid = create_sandbox(client, autoArchiveInterval=0)["id"]
+    assert client.get(f"/api/sandbox/{sid}", headers=AUTH).json()["autoArchiveInterval"] == 43200
+    client.post(f"/api/sandbox/{sid}/autoarchive/60", headers=AUTH)
+    r = client.post(f"/api/sandbox/{sid}/autoarchive/0", headers=AUTH)
+    assert r.json()["autoArchiveInterval"] == 43200
+    assert client.get(f"/api/sandbox/{sid}", headers=AUTH).json()["autoArchiveInterval"] == 43200

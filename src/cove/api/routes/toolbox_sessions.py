@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import APIRouter, Request, Response, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -94,8 +95,14 @@ async def get_logs(session_id: AgentIdPath, command_id: AgentIdPath,
 async def follow_logs(websocket: WebSocket, session_id: AgentIdPath, command_id: AgentIdPath,
                       agent: AgentDep, follow: bool = False) -> None:
     """Stream the command's output (``\\x01\\x01\\x01``: stdout, ``\\x02\\x02\\x02``: stderr)."""
+    await relay_output(websocket, agent.session_follow(session_id, command_id, follow))
+
+
+async def relay_output(websocket: WebSocket,
+                       source: AbstractAsyncContextManager[AsyncIterator[Output]]) -> None:
+    """Send a command's output to the WebSocket (accepted once ``source`` is entered)."""
     try:
-        async with agent.session_follow(session_id, command_id, follow) as output:
+        async with source as output:
             await websocket.accept()  # the command exists (else the error is an HTTP denial)
             finished = await race(_send_output(websocket, output),
                                   _until_disconnect(websocket)) == 0

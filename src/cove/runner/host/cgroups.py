@@ -186,14 +186,17 @@ def _int(path: Path) -> int:
 
 def _stats_v2(d: Path) -> ContainerStats:
     cpu = _keyed(d / "cpu.stat")["usage_usec"] * 1000
-    mem = _int(d / "memory.current") - _keyed(d / "memory.stat").get("inactive_file", 0)
-    return ContainerStats(cpu_usage_ns=cpu, memory_bytes=max(mem, 0), pids=_int(d / "pids.current"))
+    memstat = _keyed(d / "memory.stat")
+    mem = _int(d / "memory.current") - memstat.get("inactive_file", 0)
+    return ContainerStats(cpu_usage_ns=cpu, memory_bytes=max(mem, 0), pids=_int(d / "pids.current"),
+                          cache_bytes=memstat.get("file", 0))  # fmt: skip
 
 
 def _stats_v1(group: str) -> ContainerStats:
     cpu = _int(controller_dir(group, "cpuacct") / "cpuacct.usage")
     memdir = controller_dir(group, "memory")
-    inactive = _keyed(memdir / "memory.stat").get("total_inactive_file", 0)
-    mem = _int(memdir / "memory.usage_in_bytes") - inactive
+    memstat = _keyed(memdir / "memory.stat")
+    mem = _int(memdir / "memory.usage_in_bytes") - memstat.get("total_inactive_file", 0)
     pids = _int(controller_dir(group, "pids") / "pids.current")
-    return ContainerStats(cpu_usage_ns=cpu, memory_bytes=max(mem, 0), pids=pids)
+    return ContainerStats(cpu_usage_ns=cpu, memory_bytes=max(mem, 0), pids=pids,
+                          cache_bytes=memstat.get("total_cache", 0))

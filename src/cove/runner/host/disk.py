@@ -43,6 +43,16 @@ def mount(image: Path, target: Path) -> None:
     mountapi.mount_image(image, target, flags=MOUNT_FLAGS, options=MOUNT_OPTIONS)
 
 
+def usage(mountpoint: Path) -> tuple[int, int]:
+    """Bytes in use and the size of the file system mounted at ``mountpoint``
+    (``(0, 0)`` when nothing can be said of it)."""
+    try:
+        st = os.statvfs(mountpoint)
+    except OSError:
+        return 0, 0
+    return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
+
+
 def size_gib(image: Path) -> float:
     """Apparent size of the image file in GiB."""
     try:

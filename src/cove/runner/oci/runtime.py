@@ -9,6 +9,7 @@ every operation looks it up there.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shlex
 import shutil
@@ -439,8 +440,11 @@ class OciRuntime:
         return ExecResult(exit_code=code, stdout=bytes(out), stderr=bytes(err))
 
     def stats(self, sandbox_id: str) -> ContainerStats:
-        """CPU time, memory and task count of the running sandbox (from its cgroups)."""
-        return cgroups.stats(self._group(sandbox_id))
+        """CPU time, memory and task count of the running sandbox (from its cgroups), and
+        the use of its disk (its mounted image)."""
+        stats = cgroups.stats(self._group(sandbox_id))
+        used, total = disk.usage(SandboxPaths.of(self._settings.data_dir, sandbox_id).disk)
+        return dataclasses.replace(stats, disk_used=used, disk_total=total)
 
     def agent_socket(self, sandbox_id: str) -> socket.socket:
         """A new (non-blocking) stream socket connected to the sandbox's toolbox agent.

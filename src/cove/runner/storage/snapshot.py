@@ -46,10 +46,11 @@ useradd --uid 1000 --gid 1000 --home-dir /home/daytona --create-home \
 # dependency tree itself; apt can). The registries are reachable at build time only.
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends nodejs npm
+apt-get install -y -qq --no-install-recommends nodejs npm python3-pylsp
 # Trust what the host trusts for the registry (e.g. a TLS-inspecting proxy's CA).
 [ -f /tmp/cove-host-ca.crt ] && export NODE_EXTRA_CA_CERTS=/tmp/cove-host-ca.crt
-npm install --global --no-audit --no-fund --loglevel=error tsx@4 typescript@5
+npm install --global --no-audit --no-fund --loglevel=error tsx@4 typescript@5 \
+    typescript-language-server@4
 rm -rf /root/.npm /root/.cache
 echo sandbox > /etc/hostname
 printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n' > /etc/hosts
@@ -92,6 +93,8 @@ def snapshot_rootfs(settings: Settings, name: str) -> Path:
     """
     base = _snapshot_dir(settings) / name
     current = base / "current"
+    if name == settings.default_snapshot and (base / recipe_hash() / "rootfs").is_dir():
+        return base / recipe_hash() / "rootfs"  # this recipe's build (servers may differ)
     if current.is_symlink():
         return (base / os.readlink(current)).resolve() / "rootfs"
     return base / "rootfs"
@@ -133,6 +136,8 @@ def _snapshot_dir(settings: Settings) -> Path:
 
 
 def _is_current(base: Path) -> bool:
+    if (base / recipe_hash() / "recipe.json").is_file():  # built (maybe not ``current``)
+        return True
     current = base / "current"
     if not current.is_symlink():
         return False
@@ -178,7 +183,8 @@ def _build(base: Path, say: Progress) -> None:
     except BaseException:
         _remove_tree(work)
         raise
-    _point_current(base, final.name)
+    if not (base / "current").is_symlink():  # others may serve another recipe's build
+        _point_current(base, final.name)
     say(f"snapshot ready: {final / 'rootfs'}")
 
 
