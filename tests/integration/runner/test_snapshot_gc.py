@@ -152,3 +152,13 @@ def test_a_build_of_the_same_recipe_is_used_again(
     assert remaining(base) == sorted([digest, "current"])
     registered = [p.read_text() for p in (base / snapshot_gc.REGISTERED).iterdir()]
     assert registered == [f"{settings.data_dir}\n"]
+
+
+def test_a_snapshot_dir_reached_through_a_symlink(base: Path, tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to(base.parent)
+    build(base, "new")
+    build(base, "old")
+    make_current(base, "new")
+    sandbox_over(tmp_path / "data", "s1", base / "old")  # (lower layers are recorded resolved)
+    assert snapshot_gc.collect(tmp_path / "link" / "cove-default", tmp_path / "data") == []
+    assert remaining(base) == ["current", "new", "old"]

@@ -37,7 +37,8 @@ MIRROR = "http://deb.debian.org/debian"
 # What goes into the default snapshot, one tuple per purpose: adding a package is one line.
 # debootstrap installs BASE (it resolves only simple dependency trees); apt, pip and npm
 # install the rest in the chroot, in that order (the registries are reachable at build
-# time only). Python packages are pip wheels in /usr/local (pip may upgrade them later).
+# time only). Python packages are pip wheels (there is no compiler) in /usr/local, where
+# pip may upgrade them later.
 BASE = (
     "bash", "ca-certificates", "curl", "git", "iproute2", "less", "mount", "passwd", "procps",
     "python-is-python3", "python3", "python3-pip", "python3-venv", "unzip", "xz-utils",
@@ -52,6 +53,7 @@ NPM: dict[str, tuple[str, ...]] = {
     # (`ts-node -e` fails with typescript 5.6 and later: "Unexpected token 'export'")
     "typescript": ("tsx@4.23.15", "typescript@5.5.4", "ts-node@10.9.2", "@types/node@18.19.130"),
 }
+# ({apt}, {pip}, {npm} are replaced by the lists above: write other braces doubled.)
 POST_BUILD = """\
 set -e
 groupadd --gid 1000 daytona

@@ -71,7 +71,8 @@ def collect(base: Path, data_dir: Path) -> list[str]:
         used = _used_by_sandboxes(base, data_dir) | _used_by_mounts(builds)
         removed = []
         for build in builds:
-            if any(_within(path, build) for path in used):
+            real = os.path.realpath(build)  # (as the sandboxes' lower layers are)
+            if any(_within(path, real) or _within(path, build) for path in used):
                 continue
             trash = base / f".build-gc-{build.name}-{os.getpid()}"
             build.rename(trash)  # no longer looks finished, even if removal is cut short
