@@ -123,11 +123,14 @@ def _checksum(data: bytes) -> int:
 
 class Remote:
     """An HTTP server at 198.18.<n>.2:8080 in its own netns, routed via the host;
-    also on the ``extra`` addresses, for the sandboxes it is steered to."""
+    also on the ``extra`` addresses, for the sandboxes it is steered to. It answers
+    every GET with a line naming itself, or serves the files of ``directory``."""
 
-    def __init__(self, n: int, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, n: int, extra: tuple[str, ...] = (), directory: Path | None = None
+                 ) -> None:  # fmt: skip
         self.n = n
         self.extra = extra
+        self.directory = directory
         self.table = str(4000 + n)  # routing table of the steered sandboxes
         suffix = uuid.uuid4().hex[:8]
         self.netns = f"tcv{suffix}"
@@ -154,9 +157,11 @@ class Remote:
         for addr in self.extra:
             sh("ip", "-n", self.netns, "addr", "add", f"{addr}/32", "dev", "eth0")
             sh("ip", "route", "add", f"{addr}/32", "dev", self.veth, "table", self.table)
+        serve = (["-m", "http.server", "--bind", "0.0.0.0", "--directory", str(self.directory)]
+                 if self.directory is not None else ["-c", _SERVER])  # fmt: skip
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, sys.executable, "-c", _SERVER, str(HTTP_PORT)],
-            start_new_session=True,
+            ["ip", "netns", "exec", self.netns, sys.executable, *serve, str(HTTP_PORT)],
+            start_new_session=True, stderr=subprocess.DEVNULL,
         )
         _wait_tcp(self.addr, HTTP_PORT)
         return self

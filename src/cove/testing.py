@@ -16,7 +16,8 @@ import httpx
 
 from cove.core.config import Settings
 
-SHARED_SNAPSHOTS = Path("/var/lib/cove/snapshots")
+# The host's shared snapshot dir, as a server without COVE_SNAPSHOT_DIR uses it.
+SHARED_SNAPSHOTS = Path(os.environ.get("COVE_SNAPSHOT_DIR") or "/var/lib/cove/snapshots")
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 """Fixtures for tests against the real runtime: root, crun and the default snapshot.
 
 The default snapshot is shared through ``/var/lib/cove/snapshots`` (built once,
-about 45 s). Every sandbox a test makes is destroyed afterwards, and every test
+about 3 min). Every sandbox a test makes is destroyed afterwards, and every test
 is followed by a check that nothing of ours is left on the host.
 """
 
@@ -22,11 +22,12 @@ from cove.core.ports import ContainerSpec, NetworkPolicy, Resources, VolumeBind
 from cove.hostfiles import private_dir
 from cove.runner.oci.runtime import OciRuntime
 from cove.runner.storage.snapshot import ensure_default_snapshot
+from cove.testing import SHARED_SNAPSHOTS
 from tests.leaks import cgroup_parents, leaks
 from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
 
 log = logging.getLogger("cove.tests.integration")
-SNAPSHOTS = Path("/var/lib/cove/snapshots")
+SNAPSHOTS = SHARED_SNAPSHOTS
 TOOLS = ("crun", "debootstrap", "mkfs.ext4", "zstd", "tar", "gcc", "resize2fs")
 
 

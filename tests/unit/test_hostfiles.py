@@ -54,8 +54,8 @@ def test_server_start_tightens_the_data_dir(tmp_path: Path) -> None:
     assert mode(data) == 0o700
     assert mode(data / "archives") == 0o700
     assert mode(shared) == 0o755  # existed: the operator's (or shared by servers)
-    prepare_host_dirs(Settings(data_dir=tmp_path / "new"))
-    assert mode(tmp_path / "new") == mode(tmp_path / "new" / "snapshots") == 0o700
+    prepare_host_dirs(Settings(data_dir=tmp_path / "new", snapshot_dir=tmp_path / "new" / "s"))
+    assert mode(tmp_path / "new") == mode(tmp_path / "new" / "s") == 0o700
 
 
 def test_sqlite_files_are_0600(tmp_path: Path) -> None:

@@ -65,9 +65,13 @@ def work_dir(user: User) -> str:
 
 
 def environment(user: User, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """What a process of ``user`` sees: the sandbox env, the user's identity, ``extra``."""
+    """What a process of ``user`` sees: the sandbox env (a user but root gets
+    ``~/.local/bin`` first on PATH, as Debian's ~/.profile does), the user's identity,
+    ``extra``."""
     env = dict(BASE_ENV)
     env.update(HOME=user.home, USER=user.name, LOGNAME=user.name, SHELL=user.shell)
+    if user.uid != 0 and user.home != "/":  # where `pip install` puts a user's commands
+        env["PATH"] = f"{user.home}/.local/bin:{env['PATH']}"
     env.update(extra or {})
     return env
 

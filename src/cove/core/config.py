@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     api_key: str | None = None
     # Base URL clients use to reach this server (toolboxProxyUrl is derived from it).
     public_url: str | None = None
-    # Where read-only snapshot root filesystems are cached. Shared by default
-    # with the system data dir so that test servers do not rebuild it.
+    # Where read-only snapshot root filesystems are cached. Default: the host's shared
+    # one (<default data dir>/snapshots, /var/lib/cove/snapshots for root) whatever the
+    # data dir, so that a server with a new data dir does not build the default again.
     snapshot_dir: Path | None = None
     archive_dir: Path | None = None
     # Archives go to this S3 bucket instead of archive_dir when set (needs cove[s3];
@@ -136,7 +137,7 @@ class Settings(BaseSettings):
         if self.database_url is None:
             self.database_url = f"sqlite:///{self.data_dir / 'cove.db'}"
         if self.snapshot_dir is None:
-            self.snapshot_dir = self.data_dir / "snapshots"
+            self.snapshot_dir = _default_data_dir() / "snapshots"
         if self.archive_dir is None:
             self.archive_dir = self.data_dir / "archives"
         return self

@@ -17,6 +17,7 @@ from cove.errors import RuntimeBackendError
 from cove.runner.host import cgroups, disk, mounts
 from cove.runner.layout import Metadata, SandboxPaths
 from cove.runner.oci.runtime import OciRuntime
+from cove.testing import SHARED_SNAPSHOTS
 from tests.integration.conftest import SandboxFactory
 from tests.integration.runner.util import group, init_pid, ok, sandbox_dir
 
@@ -104,7 +105,7 @@ def test_list_ids_and_status(runtime: OciRuntime, make_sandbox: SandboxFactory) 
 def test_records_its_lower_dir(runtime: OciRuntime, make_sandbox: SandboxFactory) -> None:
     box = make_sandbox(start=False)
     meta = json.loads((sandbox_dir(runtime, box.sandbox_id) / "sandbox.json").read_text())
-    assert meta["lower"].startswith("/var/lib/cove/snapshots/cove-default/")
+    assert meta["lower"].startswith(f"{SHARED_SNAPSHOTS}/cove-default/")
     assert "current" not in meta["lower"]
 
 

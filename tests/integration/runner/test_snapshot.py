@@ -29,6 +29,8 @@ def test_default_snapshot_layout(default_rootfs: Path, it_settings: Settings) ->
     assert "daytona:x:1000:1000::/home/daytona:/bin/bash" in passwd
     assert (default_rootfs / "home/daytona").stat().st_uid == 1000
     assert (default_rootfs / "usr/bin/python3").exists()
+    assert not list(default_rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"))  # pip may install
+    assert (default_rootfs / "home/daytona/.local/bin").stat().st_uid == 1000
     assert not list(base.glob(".build-*"))
     assert not list((default_rootfs / "var/lib/apt/lists").glob("*_Packages"))
 

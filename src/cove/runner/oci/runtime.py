@@ -47,7 +47,7 @@ from cove.runner.oci.runsc import available as runsc_available
 from cove.runner.storage import archive, capture, registry, unpack
 from cove.runner.storage.archive_store import build_archive_store
 from cove.runner.storage.fork import copy_layer
-from cove.runner.storage.snapshot import snapshot_rootfs
+from cove.runner.storage.snapshot import pinned, snapshot_rootfs
 
 ALIVE = ("running", "paused")
 log = logging.getLogger(__name__)
@@ -146,10 +146,10 @@ class OciRuntime:
                 return
             if not self.has_snapshot(spec_.snapshot):
                 raise RuntimeBackendError(f"snapshot {spec_.snapshot!r} is not available")
-            lower = snapshot_rootfs(self._settings, spec_.snapshot)
             try:
-                paths.root.mkdir(parents=True, exist_ok=True)
-                paths.write_metadata(_metadata(spec_, str(lower), "user", spec_.isolation))
+                with pinned(self._settings, spec_.snapshot) as lower:
+                    paths.root.mkdir(parents=True, exist_ok=True)
+                    paths.write_metadata(_metadata(spec_, str(lower), "user", spec_.isolation))
                 disk.create_image(paths.image, spec_.resources.disk)
             except BaseException:
                 shutil.rmtree(paths.root, ignore_errors=True)
@@ -250,9 +250,9 @@ class OciRuntime:
             if not self._archives.exists(sandbox_id):
                 raise RuntimeBackendError(f"the archive of sandbox {sandbox_id} is missing")
             if not paths.metadata.is_file():
-                lower = snapshot_rootfs(self._settings, spec_.snapshot)
-                paths.root.mkdir(parents=True, exist_ok=True)
-                paths.write_metadata(_metadata(spec_, str(lower), "trusted", spec_.isolation))
+                with pinned(self._settings, spec_.snapshot) as lower:
+                    paths.root.mkdir(parents=True, exist_ok=True)
+                    paths.write_metadata(_metadata(spec_, str(lower), "trusted", spec_.isolation))
             archive.restore_from(self._archives, sandbox_id, paths, spec_.resources.disk)
             self._archives.delete(sandbox_id)
 

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import threading
@@ -29,28 +30,58 @@ from cove.core.config import Settings
 from cove.errors import RuntimeBackendError
 from cove.runner.host import mounts
 from cove.runner.host.proc import run
+from cove.runner.storage import snapshot_gc
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-PACKAGES = (
+# What goes into the default snapshot, one tuple per purpose: adding a package is one line.
+# debootstrap installs BASE (it resolves only simple dependency trees); apt, pip and npm
+# install the rest in the chroot, in that order (the registries are reachable at build
+# time only). Python packages are pip wheels (there is no compiler) in /usr/local, where
+# pip may upgrade them later.
+BASE = (
     "bash", "ca-certificates", "curl", "git", "iproute2", "less", "mount", "passwd", "procps",
     "python-is-python3", "python3", "python3-pip", "python3-venv", "unzip", "xz-utils",
 )  # fmt: skip
+APT: dict[str, tuple[str, ...]] = {
+    "node": ("nodejs", "npm"),  # node for code_run; npm's dependency tree needs apt
+    "lsp": ("python3-pylsp",),  # the python language server (lsp/start)
+}
+PIP: dict[str, tuple[str, ...]] = {
+    "data": ("numpy==2.4.6", "pandas==3.1.1", "matplotlib==3.11.2", "requests==2.34.2"),
+}
+NPM: dict[str, tuple[str, ...]] = {
+    # (`ts-node -e` fails with typescript 5.6 and later: "Unexpected token 'export'")
+    "typescript": ("tsx@4.23.15", "typescript@5.5.4", "ts-node@10.9.2", "@types/node@18.19.130"),
+    "lsp": ("typescript-language-server@4",),
+}
+# ({apt}, {pip}, {npm} are replaced by the lists above: write other braces doubled.)
 POST_BUILD = """\
 set -e
 groupadd --gid 1000 daytona
-useradd --uid 1000 --gid 1000 --home-dir /home/daytona --create-home \
+useradd --uid 1000 --gid 1000 --home-dir /home/daytona --create-home \\
     --shell /bin/bash daytona
-# Node.js and a TypeScript runner for code_run (debootstrap cannot resolve npm's
-# dependency tree itself; apt can). The registries are reachable at build time only.
+# pip installs for everyone (PEP 668 lifted: the marker is diverted, so that an upgrade of
+# Python does not bring it back): root's go to /usr/local, other users' to ~/.local
+# (first on their PATH, see the agent's users.py and ~/.profile).
+for marker in /usr/lib/python3*/EXTERNALLY-MANAGED; do
+    dpkg-divert --local --rename --divert "$marker.cove" --add "$marker"
+done
+install -d -o daytona -g daytona /home/daytona/.local /home/daytona/.local/bin
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends nodejs npm python3-pylsp
-# Trust what the host trusts for the registry (e.g. a TLS-inspecting proxy's CA).
-[ -f /tmp/cove-host-ca.crt ] && export NODE_EXTRA_CA_CERTS=/tmp/cove-host-ca.crt
-npm install --global --no-audit --no-fund --loglevel=error tsx@4 typescript@5 \
-    typescript-language-server@4
+apt-get install -y -qq --no-install-recommends {apt}
+# Trust what the host trusts for the registries (e.g. a TLS-inspecting proxy's CA).
+if [ -f /tmp/cove-host-ca.crt ]; then
+    export NODE_EXTRA_CA_CERTS=/tmp/cove-host-ca.crt PIP_CERT=/tmp/cove-host-ca.crt
+fi
+python3 -m pip install --no-cache-dir --root-user-action=ignore --disable-pip-version-check \\
+    --progress-bar=off --only-binary=:all: {pip}
+# (their own test suites: a tenth of the snapshot)
+(cd /usr/local/lib/python3*/dist-packages
+ rm -rf numpy/tests numpy/*/tests pandas/tests matplotlib/tests)
+npm install --global --no-audit --no-fund --loglevel=error {npm}
 rm -rf /root/.npm /root/.cache
 echo sandbox > /etc/hostname
 printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n' > /etc/hosts
@@ -59,6 +90,16 @@ apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/*.log /tmp/* /var/tmp/*
 rm -f /etc/machine-id /var/lib/dbus/machine-id
 """
+
+
+def _words(lists: dict[str, tuple[str, ...]]) -> str:
+    return " ".join(shlex.quote(word) for words in lists.values() for word in words)
+
+
+def post_build_script() -> str:
+    """The shell script run in the chroot after debootstrap."""
+    return POST_BUILD.format(apt=_words(APT), pip=_words(PIP), npm=_words(NPM))
+
 
 Progress = Callable[[str], None]
 
@@ -69,8 +110,8 @@ def recipe() -> dict[str, object]:
         "version": RECIPE_VERSION,
         "suite": SUITE,
         "mirror": MIRROR,
-        "packages": sorted(PACKAGES),
-        "post_build": POST_BUILD,
+        "packages": sorted(BASE),
+        "post_build": post_build_script(),
     }
 
 
@@ -110,6 +151,9 @@ def ensure_default_snapshot(
         force: Build again even when the current one matches the recipe.
         progress: Receives one line of build output at a time.
 
+    A finished build of the same recipe is used again; builds that no sandbox of the
+    host uses any more are removed (see :mod:`cove.runner.storage.snapshot_gc`).
+
     Returns:
         The root filesystem directory of the current default snapshot.
 
@@ -121,13 +165,28 @@ def ensure_default_snapshot(
     try:
         base.mkdir(parents=True, exist_ok=True)
         with _locked(base):
-            if not force and _is_current(base):
-                return snapshot_rootfs(settings, settings.default_snapshot)
-            _remove_stale_builds(base)
-            _build(base, say)
+            if force or not (_is_current(base) or _reuse(base)):
+                _remove_stale_builds(base)
+                _build(base, say)
+            snapshot_gc.register(base, settings.data_dir)
+            for name in snapshot_gc.safe_collect(base, settings.data_dir):
+                say(f"removed old build {name} (no sandbox uses it)")
     except OSError as exc:
         raise RuntimeBackendError(f"snapshot build failed: {exc}") from exc
     return snapshot_rootfs(settings, settings.default_snapshot)
+
+
+@contextmanager
+def pinned(settings: Settings, name: str) -> Iterator[Path]:
+    """The root filesystem of snapshot ``name`` (as :func:`snapshot_rootfs`), which the
+    collector of old builds leaves alone until the block ends: record it as a
+    sandbox's lower layer inside the block."""
+    base = _snapshot_dir(settings) / name
+    if not (base / "current").is_symlink():
+        yield snapshot_rootfs(settings, name)
+        return
+    with snapshot_gc.pinned(base):
+        yield snapshot_rootfs(settings, name)
 
 
 def _snapshot_dir(settings: Settings) -> Path:
@@ -144,6 +203,18 @@ def _is_current(base: Path) -> bool:
     target = (base / os.readlink(current)).resolve()
     meta = target / "recipe.json"
     return meta.is_file() and json.loads(meta.read_text()).get("hash") == recipe_hash()
+
+
+def _reuse(base: Path) -> bool:
+    """Point ``current`` at a finished build of this recipe, if there is one."""
+    digest = recipe_hash()
+    for build in sorted(base.glob(f"{digest}*"), reverse=True):
+        meta = build / "recipe.json"
+        if meta.is_file() and json.loads(meta.read_text()).get("hash") == digest:
+            if (build / "rootfs").is_dir():
+                _point_current(base, build.name)
+                return True
+    return False
 
 
 @contextmanager
@@ -197,22 +268,32 @@ def _point_current(base: Path, target: str) -> None:
 
 def _debootstrap(rootfs: Path, say: Progress) -> None:
     argv = [
-        "debootstrap", "--variant=minbase", f"--include={','.join(sorted(PACKAGES))}",
+        "debootstrap", "--variant=minbase", f"--include={','.join(sorted(BASE))}",
         SUITE, str(rootfs), MIRROR,
     ]  # fmt: skip
     stream(argv, say)
 
 
 def _post_build(rootfs: Path, say: Progress) -> None:
-    say("post-build: Node.js and a TypeScript runner, user daytona, cleaning caches")
+    say("post-build: user daytona, apt, pip and npm packages, cleaning caches")
     host_ca = Path(os.environ.get("NODE_EXTRA_CA_CERTS", "/etc/ssl/certs/ca-certificates.crt"))
     if host_ca.is_file():
         shutil.copyfile(host_ca, rootfs / "tmp" / "cove-host-ca.crt")
     run(["mount", "-t", "proc", "proc", str(rootfs / "proc")])  # npm needs /proc
     try:
-        stream(["chroot", str(rootfs), "/bin/sh", "-c", POST_BUILD], say)
+        stream(["chroot", str(rootfs), "/bin/sh", "-c", post_build_script()], say,
+               env=_chroot_env())
     finally:
         mounts.unmount(rootfs / "proc")
+
+
+def _chroot_env() -> dict[str, str]:
+    """The build's environment: none of the host's (its CA paths, say, name files the
+    chroot lacks) but its proxy settings."""
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "HOME": "/root", "LANG": "C.UTF-8"}  # fmt: skip
+    proxies = {k: v for k, v in os.environ.items() if k.lower().endswith("_proxy")}
+    return env | proxies
 
 
 def stream(
