@@ -17,15 +17,18 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from cove.core.agent_client import AgentClient
 from cove.core.auth import AuthService
 from cove.core.config import Settings
+from cove.core.entrypoint import Launcher
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
 from cove.core.ports import EventSink
 from cove.core.previews import PreviewTokens
 from cove.core.registries import RegistryService
+from cove.core.sandbox import Sandbox
 from cove.core.snapshots import SnapshotService
-from cove.core.toolbox import ToolboxService
+from cove.core.toolbox import ToolboxService, agent_client
 from cove.core.volumes import VolumeService
 from cove.hostfiles import prepare_host_dirs, secret_file
 from cove.runner import build_runtime
@@ -97,8 +100,17 @@ def build_services(
         snapshots=snapshots, images=images,
     )  # fmt: skip
     toolbox = ToolboxService(lifecycle.ops, settings.output_limit)
+    lifecycle.ops.started_hooks.append(Launcher(
+        lambda sb: snapshots.get(sb.organization_id, sb.snapshot).image_config,
+        lambda sb, user: _agent_as(toolbox, sb, user)))  # fmt: skip
     return Services(
         settings=settings, auth=auth, lifecycle=lifecycle, toolbox=toolbox, volumes=volumes,
         snapshots=snapshots, registries=registries, images=images,
         previews=load_tokens(settings.data_dir),
     )  # fmt: skip
+
+
+def _agent_as(toolbox: ToolboxService, sandbox: Sandbox, user: str) -> AgentClient:
+    """The sandbox's agent, acting as ``user`` (the image's, for its entrypoint)."""
+    return agent_client(toolbox.runner, sandbox.id, user, sandbox.env, toolbox.links,
+                        toolbox.output_limit)  # fmt: skip

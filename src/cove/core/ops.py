@@ -25,6 +25,8 @@ from cove.core.sandbox import Sandbox, SandboxState, transition, utcnow
 from cove.errors import CoveError
 
 S = SandboxState
+# A sandbox that reaches ``started`` from these has just booted (its processes are new).
+FRESH_START = frozenset({S.CREATING, S.STARTING, S.RESTORING})
 TOUCH_PER_MINUTE = 12  # activity is recorded to 1/12 of a timer minute (5 s)
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ class SandboxOps:
         self.touch_seconds = minute_seconds / TOUCH_PER_MINUTE
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        # Awaited after each fresh start, under the sandbox's lock (the entrypoint).
+        self.started_hooks: list[Callable[[Sandbox], Awaitable[None]]] = []
 
     # ---- serialization -------------------------------------------------
 
@@ -103,6 +107,9 @@ class SandboxOps:
         if new is S.STARTED and old is not S.RESIZING:
             sandbox.last_activity_at = sandbox.updated_at  # a fresh start is activity
         self.store.save(sandbox)
+        if new is S.STARTED and old in FRESH_START:
+            for hook in self.started_hooks:
+                await hook(sandbox)
         await self.events.sandbox_state_updated(sandbox, old)
         return sandbox
 
