@@ -20,7 +20,8 @@ comment ``"<tag> <sandbox id>"`` so leftovers can be found after a crash)::
 
     eg_<key>   source is not the sandbox's address: drop (anti-spoofing); IPv6 drop;
                established accept; invalid (untracked, so never NATed) drop;
-               to another sandbox drop; to @block_<t> drop;
+               to its linked owner (@peer_<key>) accept; to another sandbox drop;
+               to @block_<t> drop;
                a new connection past the cap (@conn_<key>): reject;
                then the policy: accept all | drop all | @cidr_<key> / @dns_<key> accept, drop
     in_<key>   anti-spoofing; established accept; DNS to its own host-side address
@@ -28,6 +29,8 @@ comment ``"<tag> <sandbox id>"`` so leftovers can be found after a crash)::
     cidr_<key> the networkAllowList ranges
     dns_<key>  addresses Cove's DNS forwarder resolved for that sandbox's allowed
                names, each with a timeout at least as long as its record's TTL
+    peer_<key> the address of the sandbox's linked owner (replies come back as
+               established traffic of the owner's chain; the owner cannot dial in)
     conn_<key> the sandbox's tracked connections (``ct count``), shared by both chains
                and never flushed, so changing the policy does not reset the count
 """
@@ -117,13 +120,14 @@ def _host_lock() -> Iterator[None]:
         os.close(fd)
 
 
-def apply(link: Link, policy: NetworkPolicy, egress: Egress) -> None:
-    """Install (or atomically replace) the rules of one sandbox."""
+def apply(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[str, ...] = ()) -> None:
+    """Install (or atomically replace) the rules of one sandbox; it may open connections
+    to the sandbox addresses ``peers`` (its linked owner)."""
     with _host_lock():
-        run(["nft", "-f", "-"], input=script(link, policy, egress).encode())
+        run(["nft", "-f", "-"], input=script(link, policy, egress, peers).encode())
 
 
-def script(link: Link, policy: NetworkPolicy, egress: Egress) -> str:
+def script(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[str, ...] = ()) -> str:
     """The nft script that installs ``link``'s rules for ``policy`` in one transaction."""
     k, c = link.key, f'comment "{link.comment}"'
     block, intervals = block_set(link.tag), "type ipv4_addr ; flags interval ; auto-merge"
@@ -136,10 +140,14 @@ def script(link: Link, policy: NetworkPolicy, egress: Egress) -> str:
         f"add set {TABLE} cidr_{k} {{ {intervals} ; {c} ; }}",
         f"add set {TABLE} dns_{k} {{ type ipv4_addr ; flags timeout ; {c} ; }}",
         f"add set {TABLE} conn_{k} {{ type ipv4_addr ; size 16 ; flags dynamic ; {c} ; }}",
+        f"add set {TABLE} peer_{k} {{ type ipv4_addr ; {c} ; }}",
         f"flush chain {TABLE} eg_{k}",
         f"flush chain {TABLE} in_{k}",
         f"flush set {TABLE} cidr_{k}",
+        f"flush set {TABLE} peer_{k}",
     ]
+    if peers:
+        lines.append(f"add element {TABLE} peer_{k} {{ {', '.join(peers)} }}")
     if egress.blocked:
         lines.append(f"add element {TABLE} {block} {{ {', '.join(egress.blocked)} }}")
     cidrs = [c for c in policy.allow_cidrs if ":" not in c]
@@ -167,6 +175,7 @@ def _rules(link: Link, policy: NetworkPolicy, egress: Egress) -> list[str]:
         f"{eg} meta nfproto ipv6 drop",
         f"{eg} ct state established,related accept",
         f"{eg} ct state invalid drop",  # untracked: would leave un-NATed
+        f'{eg} ip daddr @peer_{k} oifname "{VETH_PREFIX}*" accept',  # its linked owner
         f'{eg} oifname "{VETH_PREFIX}*" drop',
         f"{eg} ip daddr @{block_set(link.tag)} drop",
         f"{eg} {cap} reject",
