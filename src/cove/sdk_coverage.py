@@ -35,7 +35,6 @@ KNOWN_GAPS = {
     ("*", "/api/sandbox/{sandboxIdOrName}/autopause/"): "no auto-pause timer",
     ("*", "/api/sandbox/{sandboxIdOrName}/ttl/"): "no TTL setting",
     ("POST", "/toolbox/{sandboxId}/env"): "environment updates are not served",
-    ("*", "/toolbox/{sandboxId}/files/upload-v2"): "signed file URLs (upload_url) are not served",
 }
 # git routes other than these are gaps ("git X is not served")
 GIT_SERVED = {"add", "branches", "checkout", "clone", "commit", "pull", "push", "status"}

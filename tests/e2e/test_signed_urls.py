@@ -109,3 +109,27 @@ def test_keys_are_the_organizations_and_go_with_the_sandbox(
         sb.delete()
     assert not stored.exists()
     _refused(url)
+
+
+def test_a_signed_upload_url_writes_one_file(daytona: Daytona, sandboxes: list) -> None:
+    sb = daytona.create(CreateSandboxFromSnapshotParams())
+    sandboxes.append(sb)
+    url = sb.upload_url("/home/daytona/up/data.bin", ttl_seconds=60)
+    reply = httpx.post(url, files={"file": ("data.bin", b"\x00payload\xff" * 1000)})
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"path": "/home/daytona/up/data.bin", "bytes": 9000}
+    assert sb.fs.download_file("/home/daytona/up/data.bin") == b"\x00payload\xff" * 1000
+    # a raw body works too, and overwrites
+    raw = httpx.post(url, content=b"raw", headers={"Content-Type": "application/octet-stream"})
+    assert raw.status_code == 200 and sb.fs.download_file("/home/daytona/up/data.bin") == b"raw"
+    # the signature is for POST on that path only
+    _refused(url.replace("/files/upload-v2", "/files/download"))
+    other = httpx.post(url.replace("data.bin", "other.bin"), files={"file": ("x", b"x")})
+    assert other.status_code == 401
+    tampered = httpx.post(url.replace("signature=v1_", "signature=v1_x"), content=b"x")
+    assert tampered.status_code == 401 and tampered.json()["statusCode"] == 401
+    assert sb.process.exec("ls /home/daytona/up").result.split() == ["data.bin"]
+    # a form without a part named file is a 400, and writes nothing
+    bad = httpx.post(sb.upload_url("/home/daytona/up/x.bin"), files={"other": ("x", b"x")})
+    assert bad.status_code == 400 and "file" in bad.json()["message"]
+    assert sb.process.exec("ls /home/daytona/up").result.split() == ["data.bin"]

@@ -92,7 +92,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
 
 def _is_upload(path: str) -> bool:
     """File uploads stream to the sandbox: no bound on their size."""
-    return path.startswith("/toolbox/") and path.endswith("/files/bulk-upload")
+    return path.startswith("/toolbox/") and path.endswith(("/files/bulk-upload",
+                                                           "/files/upload-v2"))
 
 
 class _CollapseSlashes:
