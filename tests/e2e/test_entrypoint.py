@@ -8,7 +8,13 @@ import tarfile
 from collections.abc import Iterator
 
 import pytest
-from daytona import CreateSandboxFromImageParams, Daytona, DaytonaConfig
+from daytona import (
+    CreateSandboxFromImageParams,
+    CreateSandboxFromSnapshotParams,
+    CreateSnapshotParams,
+    Daytona,
+    DaytonaConfig,
+)
 
 from tests.e2e.conftest import KEY, Server, run_ok, running_server
 from tests.registry import ImageSpec, Registry, busybox_layer, entry, file, layer, layout
@@ -119,3 +125,30 @@ def test_an_entrypoint_that_ends_or_fails_leaves_the_sandbox_started(
     assert command.exit_code == code
     assert expected in sb.process.get_entrypoint_logs().output
     assert client.get(sb.id).state == "started"
+
+
+def test_a_snapshots_own_entrypoint_replaces_the_images(
+    client: Daytona, sandboxes: list, registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    ref = _push(registry, tmp_path_factory, "override", user="daytona",
+                entrypoint=("/bin/false",), cmd=("worker",))  # fmt: skip
+    name = "entry-override"
+    snap = client.snapshot.create(CreateSnapshotParams(
+        name=name, image=ref, entrypoint=["/usr/local/bin/supervise", "--override"]))  # fmt: skip
+    try:
+        assert snap.state == "active" and snap.entrypoint == ["/usr/local/bin/supervise",
+                                                              "--override"]  # fmt: skip
+        sb = client.create(CreateSandboxFromSnapshotParams(snapshot=name), timeout=120)
+        sandboxes.append(sb)
+        command = sb.process.get_entrypoint_session().commands[0]
+        # as docker run --entrypoint: the image's CMD goes too
+        assert command.command.startswith("/usr/local/bin/supervise --override <")
+        run_ok(sb, "i=0; while ! test -s $HOME/worker.pid && test $i -lt 300; do "
+                   "sleep 0.1; i=$((i+1)); done")  # fmt: skip
+        assert _worker_runs(sb)
+        assert "args=--override\n" in sb.process.get_entrypoint_logs().stdout
+    finally:
+        for sb in sandboxes:
+            sb.delete()
+        sandboxes.clear()
+        client.snapshot.delete(client.snapshot.get(name))
