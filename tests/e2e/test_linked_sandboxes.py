@@ -47,6 +47,17 @@ def _address(sb) -> str:  # noqa: ANN001
                       "s.connect(('192.0.2.1', 9)); print(s.getsockname()[0])\"").strip()
 
 
+def _resolver(sb) -> str:  # noqa: ANN001
+    """The host-side address where Cove answers the sandbox's DNS."""
+    return run_ok(sb, "awk '/^nameserver/ {print $2}' /etc/resolv.conf").strip()
+
+
+def _listening(ip: str) -> bool:
+    """Whether a DNS listener of Cove is bound on the host at ``ip``."""
+    out = subprocess.run(["ss", "-ulnH"], capture_output=True, text=True, check=True).stdout
+    return f"{ip}:53 " in out
+
+
 def _other_org(server: Server) -> str:
     return subprocess.run(
         [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", "linked-other",
@@ -93,13 +104,16 @@ def test_a_linked_sandbox_reaches_its_owner_by_name_and_nothing_else(
         assert _get(outsider, f"http://{owner_ip}:{PORT}/") is None
         assert _get(outsider, f"http://{linked_ip}:{PORT}/") is None
         assert outsider.process.exec(f"getent hosts {owner_name}").exit_code != 0
-    # Deleting the owner deletes the linked sandbox, and their rules go.
+    # Deleting the owner deletes the linked sandbox, and their rules and DNS go.
+    resolvers = [_resolver(sb) for sb in (owner, linked)]
+    assert all(_listening(ip) for ip in resolvers)
     owner.delete()
     with pytest.raises(DaytonaError, match="(?i)not found"):
         daytona.get(linked.id)
     table = nft_table()
     assert owner.id not in table and linked.id not in table
     assert third.id in table
+    assert not any(_listening(ip) for ip in resolvers)
 
 
 def test_links_are_checked_at_create(server: Server, daytona: Daytona, sandboxes: list) -> None:
@@ -123,6 +137,11 @@ def test_links_are_checked_at_create(server: Server, daytona: Daytona, sandboxes
     sandboxes.append(linked)
     res = _create(server, KEY, {"linkedSandbox": linked.id, "autoDeleteInterval": 0})
     assert res.status_code == 400 and "linked" in res.json()["message"]
-    # Linked by id, the owner's name (here its id) resolves too.
+    # Linked by id, the owner's name (here its id) resolves too; and still after the
+    # owner restarted (its address is kept until it is deleted).
+    _serve(owner)
+    assert _get(linked, f"http://{owner.name}:{PORT}/") is not None
+    owner.stop()
+    owner.start()
     _serve(owner)
     assert _get(linked, f"http://{owner.name}:{PORT}/") is not None

@@ -98,7 +98,6 @@ def test_nft_egress_limits_come_before_the_policy() -> None:
         "meta nfproto ipv6 drop",
         "ct state established,related accept",
         "ct state invalid drop",
-        'ip daddr @peer_abc oifname "cv*" accept',  # a linked sandbox's owner (empty here)
         'oifname "cv*" drop',
         "ip daddr @block_cove_x drop",  # before any allow-list, DNS-learnt addresses too
         cap,
@@ -147,14 +146,14 @@ def test_invalid_egress_settings_stop_the_server(tmp_path: Path, name: str, valu
 
 def test_a_linked_sandbox_reaches_only_its_owners_address() -> None:
     link = Link("sb-1", "cove-x", "abc", "10.0.0.2", "10.0.0.3")
-    script = firewall.script(link, NetworkPolicy(block_all=True), EGRESS, ("10.0.0.5",))
-    assert "flush set inet cove peer_abc\nadd element inet cove peer_abc { 10.0.0.5 }" in script
-    rules = _chain(script, "eg_abc")
-    assert rules.index('ip daddr @peer_abc oifname "cv*" accept') < rules.index(
-        "ip daddr @block_cove_x drop")
-    # without a peer the set is emptied: a policy change never keeps an old link
+    peers = (("10.0.0.5", "cvdef"),)
+    rules = _chain(firewall.script(link, NetworkPolicy(block_all=True), EGRESS, peers), "eg_abc")
+    owner = 'ip daddr 10.0.0.5 oifname "cvdef" accept'  # that address through its veth only
+    assert rules.index("ct state invalid drop") < rules.index(owner) < rules.index(
+        'oifname "cv*" drop') < rules.index("ip daddr @block_cove_x drop")
+    # without a peer, no such rule: a policy change never keeps an old link
     plain = firewall.script(link, NetworkPolicy(), EGRESS)
-    assert "flush set inet cove peer_abc" in plain and "add element inet cove peer_abc" not in plain
+    assert "10.0.0.5" not in plain
 
 
 def test_the_owners_name_is_answered_by_cove_whatever_the_policy() -> None:
