@@ -112,6 +112,7 @@ class ImageSpec:
     workdir: str = ""
     user: str = ""
     cmd: tuple[str, ...] = ("/bin/sh",)
+    entrypoint: tuple[str, ...] = ()
 
 
 def layout(path: Path, image: ImageSpec) -> Path:
@@ -128,7 +129,7 @@ def layout(path: Path, image: ImageSpec) -> Path:
                 for lay in image.layers]  # fmt: skip
     config = {"architecture": "amd64", "os": "linux",
               "config": {"Env": list(image.env), "WorkingDir": image.workdir, "User": image.user,
-                         "Cmd": list(image.cmd)},
+                         "Cmd": list(image.cmd), "Entrypoint": list(image.entrypoint) or None},
               "rootfs": {"type": "layers", "diff_ids": diff_ids}}  # fmt: skip
     manifest = {
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",

@@ -28,7 +28,6 @@ KNOWN_GAPS = {
     ("*", "/api/object-storage/"): "no object storage for Image contexts",
     ("*", "/api/sandbox/ssh-access"): "no SSH access",
     ("*", "/api/sandbox/{sandboxIdOrName}/ssh-access"): "no SSH access",
-    ("*", "/api/sandbox/{sandboxId}/signing-key"): "no preview signing-key rotation",
     ("*", "/api/sandbox/{sandboxIdOrName}/secrets"): "no secrets store",
     ("*", "/api/sandbox/{sandboxId}/telemetry/"): "no metrics history (live metrics only)",
     ("*", "/api/snapshots/{id}/build-logs-url"): "snapshot build logs are not served",
@@ -36,8 +35,6 @@ KNOWN_GAPS = {
     ("*", "/api/sandbox/{sandboxIdOrName}/autopause/"): "no auto-pause timer",
     ("*", "/api/sandbox/{sandboxIdOrName}/ttl/"): "no TTL setting",
     ("POST", "/toolbox/{sandboxId}/env"): "environment updates are not served",
-    ("*", "/toolbox/{sandboxId}/files/download"): "signed file URLs (download_url) are not served",
-    ("*", "/toolbox/{sandboxId}/files/upload-v2"): "signed file URLs (upload_url) are not served",
 }
 # git routes other than these are gaps ("git X is not served")
 GIT_SERVED = {"add", "branches", "checkout", "clone", "commit", "pull", "push", "status"}

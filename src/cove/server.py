@@ -13,19 +13,25 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import Engine
 
+from cove.core.agent_client import AgentClient
 from cove.core.auth import AuthService
 from cove.core.config import Settings
+from cove.core.entrypoint import Launcher
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
+from cove.core.links import delete_followers
 from cove.core.ports import EventSink
 from cove.core.previews import PreviewTokens
 from cove.core.registries import RegistryService
+from cove.core.sandbox import Sandbox
+from cove.core.signing import UrlSigner
 from cove.core.snapshots import SnapshotService
-from cove.core.toolbox import ToolboxService
+from cove.core.toolbox import ToolboxService, agent_client
 from cove.core.volumes import VolumeService
 from cove.hostfiles import prepare_host_dirs, secret_file
 from cove.runner import build_runtime
@@ -35,6 +41,7 @@ from cove.runner.storage.volumes import LocalVolumeFiles
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
 from cove.store.registries import SqlRegistryStore
+from cove.store.signing_keys import FileKeyStore
 from cove.store.snapshots import SqlSnapshotStore
 from cove.store.sql import SqlSandboxStore, make_engine
 from cove.store.volumes import SqlVolumeStore
@@ -52,6 +59,7 @@ class Services:
     snapshots: SnapshotService
     registries: RegistryService
     images: ImageService
+    signer: UrlSigner
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -97,8 +105,24 @@ def build_services(
         snapshots=snapshots, images=images,
     )  # fmt: skip
     toolbox = ToolboxService(lifecycle.ops, settings.output_limit)
+    lifecycle.ops.started_hooks.append(Launcher(
+        lambda sb: snapshots.get(sb.organization_id, sb.snapshot).image_config,
+        lambda sb, user: _agent_as(toolbox, sb, user)))  # fmt: skip
+    signer = UrlSigner(FileKeyStore(settings.data_dir / "signing-keys"))
+    lifecycle.ops.removed_hooks.append(lambda sb: _forget_key(signer, sb))
+    lifecycle.ops.removed_hooks.append(partial(delete_followers, lifecycle))
     return Services(
         settings=settings, auth=auth, lifecycle=lifecycle, toolbox=toolbox, volumes=volumes,
-        snapshots=snapshots, registries=registries, images=images,
+        snapshots=snapshots, registries=registries, images=images, signer=signer,
         previews=load_tokens(settings.data_dir),
     )  # fmt: skip
+
+
+def _agent_as(toolbox: ToolboxService, sandbox: Sandbox, user: str) -> AgentClient:
+    """The sandbox's agent, acting as ``user`` (the image's, for its entrypoint)."""
+    return agent_client(toolbox.runner, sandbox.id, user, sandbox.env, toolbox.links,
+                        toolbox.output_limit)  # fmt: skip
+
+
+async def _forget_key(signer: UrlSigner, sandbox: Sandbox) -> None:
+    signer.forget(sandbox.id)

@@ -38,6 +38,7 @@ def test_typescript_sdk_end_to_end(server: Server, node: str) -> None:
     assert "toUpperCase" in out["completionLabels"]
     assert out["symbols"] == ["s"]
     assert out["entrypoint"] == {"sessionId": "entrypoint", "commands": 0}
+    assert out["signedDownload"] == {"status": 200, "body": "const s = 'abc';\ns.toUpp\n"}
     assert out["deleted"] is True
     print(f"TS SDK: LSP start {out['lspStartMs']} ms, "  # noqa: T201
           f"first completion {out['firstCompletionMs']} ms")

@@ -35,6 +35,10 @@ async function main() {
     await lsp.stop()
     const entry = await sandbox.process.getEntrypointSession()
     out.entrypoint = { sessionId: entry.sessionId, commands: entry.commands.length }
+    // a signed URL, fetched with no API key
+    const url = await sandbox.downloadUrl(home + '/main.ts', 60)
+    const fetched = await fetch(url)
+    out.signedDownload = { status: fetched.status, body: await fetched.text() }
   } finally {
     await sandbox.delete()
   }

@@ -23,6 +23,7 @@ from cove.api.routes import (
     previews,
     sandbox_network,
     sandboxes,
+    signed_files,
     snapshots,
     toolbox_entrypoint,
     toolbox_files,
@@ -73,12 +74,14 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     errors.install(api)
     openapi.install(api)
     api.include_router(health.router, prefix="/api")
+    api.include_router(signed_files.router, prefix="/api")  # before /{id}/{kind}/{minutes}
     api.include_router(sandboxes.router, prefix="/api")
     api.include_router(volumes.router, prefix="/api")
     api.include_router(snapshots.router, prefix="/api")
     api.include_router(docker_registry.router, prefix="/api")
     api.include_router(sandbox_network.router, prefix="/api")
     api.include_router(previews.router, prefix="/api")
+    api.include_router(signed_files.toolbox_router, prefix="/toolbox/{sandbox_id}")
     for module in (toolbox_process, toolbox_files, toolbox_git, toolbox_entrypoint,
                    toolbox_sessions, toolbox_pty, toolbox_interpreter, toolbox_system, toolbox_lsp):
         api.include_router(module.router, prefix="/toolbox/{sandbox_id}")
@@ -89,7 +92,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
 
 def _is_upload(path: str) -> bool:
     """File uploads stream to the sandbox: no bound on their size."""
-    return path.startswith("/toolbox/") and path.endswith("/files/bulk-upload")
+    return path.startswith("/toolbox/") and path.endswith(("/files/bulk-upload",
+                                                           "/files/upload-v2"))
 
 
 class _CollapseSlashes:

@@ -37,6 +37,7 @@ def sandbox_public(sandbox: Sandbox, toolbox_proxy_url: str) -> SandboxPublic:
         auto_stop_interval=sandbox.auto_stop_interval,
         auto_archive_interval=archive_minutes(sandbox.auto_archive_interval),
         auto_delete_interval=sandbox.auto_delete_interval,
+        linked_sandbox_id=sandbox.linked_sandbox_id,
         created_at=iso(sandbox.created_at),
         updated_at=iso(sandbox.updated_at),
         last_activity_at=iso(sandbox.last_activity_at),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import uuid
 
-from cove.core import dockerfile, validation
+from cove.core import dockerfile, links, validation
 from cove.core.buildlog import BuildLog
 from cove.core.builds import ImageBuilder, build_and_boot
 from cove.core.config import Settings
@@ -125,6 +125,8 @@ class Creator:
             req.network_block_all, req.network_allow_list, req.domain_allow_list, s
         )
         binds = self._volume_binds(organization_id, req)
+        auto_delete = _pick(req.auto_delete_interval, s.default_auto_delete_interval)
+        owner = links.owner_of(self.ops.store, organization_id, req.linked_sandbox, auto_delete)
         sandbox_id = str(uuid.uuid4())
         return Sandbox(
             id=sandbox_id,
@@ -144,8 +146,10 @@ class Creator:
             auto_stop_interval=_pick(req.auto_stop_interval, s.default_auto_stop_interval),
             auto_archive_interval=archive_minutes(
                 _pick(req.auto_archive_interval, s.default_auto_archive_interval)),
-            auto_delete_interval=_pick(req.auto_delete_interval, s.default_auto_delete_interval),
+            auto_delete_interval=auto_delete,
             volumes=binds,
+            linked_sandbox_id=owner.id if owner else None,
+            linked_sandbox_name=owner.name if owner else None,
         ), pull
 
     def _volume_binds(self, organization_id: str, req: SandboxCreate) -> list[VolumeBind]:

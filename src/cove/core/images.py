@@ -108,9 +108,11 @@ class ImageService:
                     return snap
         return None
 
-    async def create_snapshot(self, organization_id: str, name: str, image: str) -> Snapshot:
+    async def create_snapshot(self, organization_id: str, name: str, image: str,
+                              entrypoint: list[str] | None = None) -> Snapshot:  # fmt: skip
         """``POST /snapshots``: a local image is imported at once; a registry image is
         recorded ``pulling`` and pulled in the background (``active`` or ``error``).
+        ``entrypoint`` replaces a registry image's ENTRYPOINT and CMD.
 
         Raises:
             BadRequest: an invalid reference or local image. Conflict: the name is taken.
@@ -121,14 +123,17 @@ class ImageService:
         snap = self.snapshots.new(organization_id, name, image_name=image)
         snap.state = "pulling"
         self.snapshots.store.add(snap)
-        task = asyncio.create_task(self._pull_recorded(snap, ref))
+        task = asyncio.create_task(self._pull_recorded(snap, ref, entrypoint))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return snap
 
-    async def _pull_recorded(self, snap: Snapshot, ref: imageref.ImageRef) -> None:
+    async def _pull_recorded(self, snap: Snapshot, ref: imageref.ImageRef,
+                             entrypoint: list[str] | None = None) -> None:  # fmt: skip
         try:
             await self._pull(snap, ref, lambda line: log.debug("pull %s: %s", snap.id, line))
+            if entrypoint and snap.image_config is not None:
+                snap.image_config = {**snap.image_config, "entrypoint": entrypoint, "cmd": []}
         except PullFailed as exc:
             snap.state, snap.error_reason = "error", exc.reason
         except Exception as exc:  # noqa: BLE001 - never leave it pulling

@@ -17,7 +17,7 @@ from cove.core.buildlog import BuildLog
 from cove.core.config import Settings
 from cove.core.create import Creator
 from cove.core.images import ImageService
-from cove.core.ops import SandboxOps, container_spec
+from cove.core.ops import SandboxOps, container_spec, network_policy
 from cove.core.ports import ContainerStatus, EventSink, Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState, archive_minutes, utcnow
 from cove.core.snapshots import SnapshotService
@@ -319,7 +319,7 @@ class LifecycleService:
                 fields["domain_allow_list"], self.settings,  # type: ignore[arg-type]
             )  # fmt: skip
             if current.state in (S.STARTED, S.PAUSED):
-                await self.runner.set_network(current.id, policy)
+                await self.runner.set_network(current.id, network_policy(current, policy))
             for key, value in fields.items():
                 setattr(current, key, value)
             current.updated_at = utcnow()

@@ -15,16 +15,19 @@ timers, reconciliation) runs through :class:`SandboxOps`:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from cove.core import validation
-from cove.core.ports import ContainerSpec, EventSink, Runner, SandboxStore
+from cove.core.ports import ContainerSpec, EventSink, NetworkPolicy, Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState, transition, utcnow
 from cove.errors import CoveError
 
 S = SandboxState
+# A sandbox that reaches ``started`` from these has just booted (its processes are new).
+FRESH_START = frozenset({S.CREATING, S.STARTING, S.RESTORING})
 TOUCH_PER_MINUTE = 12  # activity is recorded to 1/12 of a timer minute (5 s)
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -39,12 +42,23 @@ def container_spec(sandbox: Sandbox) -> ContainerSpec:
         resources=sandbox.resources,
         env=dict(sandbox.env),
         user=sandbox.user,
-        network=validation.network_policy(
-            sandbox.network_block_all, sandbox.network_allow_list, sandbox.domain_allow_list
-        ),
+        network=network_policy(sandbox),
         volumes=tuple(sandbox.volumes),
         isolation=sandbox.isolation,
     )
+
+
+def network_policy(sandbox: Sandbox, policy: NetworkPolicy | None = None) -> NetworkPolicy:
+    """The sandbox's firewall: ``policy`` (default: its network settings) and the link
+    to its owner, if it is a linked sandbox."""
+    if policy is None:
+        policy = validation.network_policy(
+            sandbox.network_block_all, sandbox.network_allow_list, sandbox.domain_allow_list
+        )
+    if sandbox.linked_sandbox_id and sandbox.linked_sandbox_name:
+        peer = (sandbox.linked_sandbox_name, sandbox.linked_sandbox_id)
+        policy = dataclasses.replace(policy, peers=(peer,))
+    return policy
 
 
 class SandboxOps:
@@ -66,6 +80,10 @@ class SandboxOps:
         self.touch_seconds = minute_seconds / TOUCH_PER_MINUTE
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        # Awaited after each fresh start, under the sandbox's lock (the entrypoint).
+        self.started_hooks: list[Callable[[Sandbox], Awaitable[None]]] = []
+        # Awaited after a sandbox's record is gone (its keys, its linked sandboxes).
+        self.removed_hooks: list[Callable[[Sandbox], Awaitable[None]]] = []
 
     # ---- serialization -------------------------------------------------
 
@@ -103,6 +121,9 @@ class SandboxOps:
         if new is S.STARTED and old is not S.RESIZING:
             sandbox.last_activity_at = sandbox.updated_at  # a fresh start is activity
         self.store.save(sandbox)
+        if new is S.STARTED and old in FRESH_START:
+            for hook in self.started_hooks:
+                await hook(sandbox)
         await self.events.sandbox_state_updated(sandbox, old)
         return sandbox
 
@@ -173,6 +194,8 @@ class SandboxOps:
         self.store.remove(sandbox.id)
         self.forget(sandbox.id)
         await self.events.sandbox_state_updated(sandbox, old)
+        for hook in self.removed_hooks:
+            await hook(sandbox)
         return sandbox
 
     async def clean_up(self, sandbox_id: str, *, destroy: bool = True) -> None:

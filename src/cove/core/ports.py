@@ -33,6 +33,8 @@ class NetworkPolicy:
     block_all: bool = False
     allow_cidrs: tuple[str, ...] = ()
     allow_domains: tuple[str, ...] = ()
+    # Linked sandboxes it may open connections to, by (name, sandbox id): its owner.
+    peers: tuple[tuple[str, str], ...] = ()
 
     @property
     def restricted(self) -> bool:

@@ -200,6 +200,10 @@ class Sandbox:
     last_activity_at: datetime = field(default_factory=utcnow)
     state_changed_at: datetime = field(default_factory=utcnow)
     volumes: list[VolumeBind] = field(default_factory=list)
+    # A linked sandbox: the sandbox it was linked to at create (its owner), and that
+    # one's name, which resolves to the owner inside this sandbox.
+    linked_sandbox_id: str | None = None
+    linked_sandbox_name: str | None = None
 
     @property
     def desired_state(self) -> str:

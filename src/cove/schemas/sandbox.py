@@ -61,6 +61,9 @@ class SandboxCreate(WireModel):
     # -1: never; 0: as soon as it stops
     auto_delete_interval: int | None = Field(default=None, ge=-1, le=MAX_INTERVAL)
     volumes: list[VolumeMount] = Field(default_factory=list, max_length=32)
+    # id or name of a sandbox of the organization this one links to (it must be ephemeral)
+    linked_sandbox: str | None = Field(default=None, min_length=1, max_length=MAX_NAME,
+                                       pattern=NO_NUL)  # fmt: skip
 
 
 class SandboxResize(WireModel):
@@ -126,6 +129,7 @@ class SandboxPublic(WireModel):
     sandbox_class: str = "container"
     daemon_version: str | None = None
     runner_id: str = "local"
+    linked_sandbox_id: str | None = None
 
 
 class SandboxesPublic(WireModel):

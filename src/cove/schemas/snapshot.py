@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from cove.schemas.base import WireModel
-from cove.schemas.limits import MAX_NAME, NO_NUL
+from cove.schemas.limits import MAX_NAME, MAX_PATH, NO_NUL
 
 SnapshotName = Annotated[
     str, Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -20,6 +20,9 @@ class SnapshotCreate(WireModel):
     name: SnapshotName
     image_name: str | None = Field(default=None, max_length=MAX_NAME, pattern=NO_NUL)
     build_info: dict[str, object] | None = None
+    # replaces the image's ENTRYPOINT (and, as ``docker run --entrypoint``, its CMD)
+    entrypoint: list[Annotated[str, Field(max_length=MAX_PATH, pattern=NO_NUL)]] | None = (
+        Field(default=None, max_length=256))
 
 
 class SandboxSnapshotCreate(WireModel):

@@ -67,6 +67,8 @@ class SandboxRow(Base):
     state_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # [{"volume_id", "mount_path", "subpath"}]; NULL in rows made before volumes.
     volumes: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
+    linked_sandbox_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    linked_sandbox_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class VolumeRow(Base):

@@ -151,7 +151,7 @@ _PLAIN = (
     "public "
     "network_block_all network_allow_list domain_allow_list auto_stop_interval "
     "auto_archive_interval auto_delete_interval created_at updated_at last_activity_at "
-    "state_changed_at"
+    "state_changed_at linked_sandbox_id linked_sandbox_name"
 ).split()
 
 

@@ -41,6 +41,8 @@ EXTRA: dict[tuple[str, str], dict] = {
     ("GET", "/api/sandbox/{id_or_name}/ports/{port}/signed-preview-url"):
         {"params": {"expiresInSeconds": 60}},
     ("POST", "/toolbox/{sandbox_id}/process/execute"): {"json": {"command": "id"}},
+    ("GET", "/toolbox/{sandbox_id}/files/download"): {"params": {"path": "/etc/hostname"}},
+    ("POST", "/toolbox/{sandbox_id}/files/upload-v2"): {"params": {"path": "/tmp/x"}},
     ("POST", "/toolbox/{sandbox_id}/process/code-run"): {"json": {"code": "1"}},
     ("PATCH", "/api/docker-registry/{registry_id}"): {"json": {**REGISTRY, "username": "b"}},
 }  # fmt: skip

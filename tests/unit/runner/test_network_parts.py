@@ -142,3 +142,30 @@ def test_invalid_egress_settings_stop_the_server(tmp_path: Path, name: str, valu
     assert f"{name}: " in done.stderr and message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "cove.db").exists()  # nothing started
+
+
+def test_a_linked_sandbox_reaches_only_its_owners_address() -> None:
+    link = Link("sb-1", "cove-x", "abc", "10.0.0.2", "10.0.0.3")
+    peers = (("10.0.0.5", "cvdef"),)
+    rules = _chain(firewall.script(link, NetworkPolicy(block_all=True), EGRESS, peers), "eg_abc")
+    owner = 'ip daddr 10.0.0.5 oifname "cvdef" accept'  # that address through its veth only
+    assert rules.index("ct state invalid drop") < rules.index(owner) < rules.index(
+        'oifname "cv*" drop') < rules.index("ip daddr @block_cove_x drop")
+    # without a peer, no such rule: a policy change never keeps an old link
+    plain = firewall.script(link, NetworkPolicy(), EGRESS)
+    assert "10.0.0.5" not in plain
+
+
+def test_the_owners_name_is_answered_by_cove_whatever_the_policy() -> None:
+    fwd = dns.DnsForwarder.__new__(dns.DnsForwarder)
+    fwd._forward = lambda q: None  # type: ignore[method-assign]  # never asked
+    hosts = {"owner-1": "10.0.0.5"}
+    policy = NetworkPolicy(block_all=True)
+    reply = dns.DnsForwarder.resolve(fwd, policy, print, _query("Owner-1"), hosts)
+    assert reply[:2] == _query("Owner-1")[:2] and reply[3] & 15 == 0
+    assert dns.a_records(reply) == [("10.0.0.5", 30)]
+    aaaa = _query("owner-1")[:-4] + struct.pack("!HH", 28, 1)
+    empty = dns.DnsForwarder.resolve(fwd, policy, print, aaaa, hosts)
+    assert empty[3] & 15 == 0 and dns.a_records(empty) == []
+    other = dns.DnsForwarder.resolve(fwd, policy, print, _query("owner-2"), hosts)
+    assert other[3] & 15 == dns.REFUSED

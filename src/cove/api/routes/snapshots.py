@@ -58,7 +58,8 @@ async def create_snapshot(
     ``active`` or ``error``), or a local OCI layout (imported at once)."""
     if not body.image_name:
         raise BadRequest("only imageName is supported: this server builds no Dockerfiles")
-    snap = await images.create_snapshot(who.organization_id, body.name, body.image_name)
+    snap = await images.create_snapshot(who.organization_id, body.name, body.image_name,
+                                        body.entrypoint)  # fmt: skip
     return snapshot_public(snap)
 
 

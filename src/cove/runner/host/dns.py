@@ -37,6 +37,7 @@ class _View:
     sock: socket.socket
     policy: NetworkPolicy
     on_resolved: Resolved
+    hosts: dict[str, str]  # names answered by Cove itself (a linked sandbox's owner)
 
 
 class DnsForwarder:
@@ -52,19 +53,22 @@ class DnsForwarder:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         threading.Thread(target=self._loop, name="cove-dns", daemon=True).start()
 
-    def serve(self, sandbox_id: str, address: str, policy: NetworkPolicy, on: Resolved) -> None:
-        """Listen on ``address``:53 for the sandbox (or just update its policy)."""
+    def serve(self, sandbox_id: str, address: str, policy: NetworkPolicy, on: Resolved,
+              hosts: dict[str, str] | None = None) -> None:  # fmt: skip
+        """Listen on ``address``:53 for the sandbox (or just update its policy); ``hosts``
+        (name: IPv4 address) are answered from here, whatever the policy."""
+        hosts = {name.lower(): ip for name, ip in (hosts or {}).items()}
         with self._lock:
             view = self._views.get(sandbox_id)
             if view is not None:
-                view.policy, view.on_resolved = policy, on
+                view.policy, view.on_resolved, view.hosts = policy, on, hosts
                 return
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.IPPROTO_IP, 15, 1)  # IP_FREEBIND
             sock.bind((address, 53))
             sock.setblocking(False)
-            self._views[sandbox_id] = _View(sock, policy, on)
+            self._views[sandbox_id] = _View(sock, policy, on, hosts)
             self._sel.register(sock, selectors.EVENT_READ, sandbox_id)
         self._wake_w.send(b"x")
 
@@ -98,7 +102,7 @@ class DnsForwarder:
 
     def _answer(self, view: _View, query: bytes, peer: tuple[str, int]) -> None:
         try:
-            reply = self.resolve(view.policy, view.on_resolved, query)
+            reply = self.resolve(view.policy, view.on_resolved, query, view.hosts)
         except Exception:  # noqa: BLE001 - one bad query must not stop the forwarder
             log.exception("DNS query failed")
             reply = error_reply(query, SERVFAIL)
@@ -108,11 +112,15 @@ class DnsForwarder:
             except OSError:
                 pass
 
-    def resolve(self, policy: NetworkPolicy, on: Resolved, query: bytes) -> bytes | None:
+    def resolve(self, policy: NetworkPolicy, on: Resolved, query: bytes,
+                hosts: dict[str, str] | None = None) -> bytes | None:  # fmt: skip
         """The answer to ``query`` under ``policy`` (None: not a query; dropped)."""
         name = question_name(query)
         if name is None:
             return None
+        own = (hosts or {}).get(name.lower().rstrip("."))
+        if own is not None:
+            return host_reply(query, own)
         if policy.block_all:
             return error_reply(query, REFUSED)
         if policy.allow_domains and not allowed(name, policy.allow_domains):
@@ -191,6 +199,19 @@ def error_reply(query: bytes, rcode: int) -> bytes:
     end = _question_end(query)
     flags = 0x8000 | (struct.unpack("!H", query[2:4])[0] & 0x0100) | 0x0080 | rcode
     return query[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 0) + query[12:end]
+
+
+def host_reply(query: bytes, address: str, ttl: int = 30) -> bytes:
+    """The answer to ``query`` for a name of ``address``: its A record (other types:
+    no records)."""
+    end = _question_end(query)
+    qtype = struct.unpack("!H", query[end - 4 : end - 2])[0]
+    flags = 0x8400 | (struct.unpack("!H", query[2:4])[0] & 0x0100) | 0x0080
+    count = 1 if qtype == 1 else 0
+    reply = query[:2] + struct.pack("!HHHHH", flags, 1, count, 0, 0) + query[12:end]
+    if count:
+        reply += struct.pack("!HHHIH", 0xC00C, 1, 1, ttl, 4) + socket.inet_aton(address)
+    return reply
 
 
 def a_records(msg: bytes) -> list[tuple[str, int]]:

@@ -20,7 +20,9 @@ comment ``"<tag> <sandbox id>"`` so leftovers can be found after a crash)::
 
     eg_<key>   source is not the sandbox's address: drop (anti-spoofing); IPv6 drop;
                established accept; invalid (untracked, so never NATed) drop;
-               to another sandbox drop; to @block_<t> drop;
+               to its linked owner (its address through its veth) accept;
+               to another sandbox drop;
+               to @block_<t> drop;
                a new connection past the cap (@conn_<key>): reject;
                then the policy: accept all | drop all | @cidr_<key> / @dns_<key> accept, drop
     in_<key>   anti-spoofing; established accept; DNS to its own host-side address
@@ -28,6 +30,8 @@ comment ``"<tag> <sandbox id>"`` so leftovers can be found after a crash)::
     cidr_<key> the networkAllowList ranges
     dns_<key>  addresses Cove's DNS forwarder resolved for that sandbox's allowed
                names, each with a timeout at least as long as its record's TTL
+    (a linked owner's replies come back as established traffic of the owner's
+    chain; the owner cannot dial in)
     conn_<key> the sandbox's tracked connections (``ct count``), shared by both chains
                and never flushed, so changing the policy does not reset the count
 """
@@ -117,13 +121,17 @@ def _host_lock() -> Iterator[None]:
         os.close(fd)
 
 
-def apply(link: Link, policy: NetworkPolicy, egress: Egress) -> None:
-    """Install (or atomically replace) the rules of one sandbox."""
+Peer = tuple[str, str]  # a linked owner's (address, host-side veth name)
+
+
+def apply(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...] = ()) -> None:
+    """Install (or atomically replace) the rules of one sandbox; it may open connections
+    to ``peers`` (its linked owner: that address through that veth only)."""
     with _host_lock():
-        run(["nft", "-f", "-"], input=script(link, policy, egress).encode())
+        run(["nft", "-f", "-"], input=script(link, policy, egress, peers).encode())
 
 
-def script(link: Link, policy: NetworkPolicy, egress: Egress) -> str:
+def script(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...] = ()) -> str:
     """The nft script that installs ``link``'s rules for ``policy`` in one transaction."""
     k, c = link.key, f'comment "{link.comment}"'
     block, intervals = block_set(link.tag), "type ipv4_addr ; flags interval ; auto-merge"
@@ -147,7 +155,7 @@ def script(link: Link, policy: NetworkPolicy, egress: Egress) -> str:
         lines.append(f"add element {TABLE} cidr_{k} {{ {', '.join(cidrs)} }}")
     if not policy.allow_domains:
         lines.append(f"flush set {TABLE} dns_{k}")
-    lines += _rules(link, policy, egress)
+    lines += _rules(link, policy, egress, peers)
     lines += [
         f'add element {TABLE} egress {{ "{link.veth}" : jump eg_{k} }}',
         f'add element {TABLE} ingress {{ "{link.veth}" : jump in_{k} }}',
@@ -156,7 +164,7 @@ def script(link: Link, policy: NetworkPolicy, egress: Egress) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rules(link: Link, policy: NetworkPolicy, egress: Egress) -> list[str]:
+def _rules(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...]) -> list[str]:
     """The rules of the sandbox's two chains: the server's limits, then its policy."""
     k = link.key
     eg, in_ = f"add rule {TABLE} eg_{k}", f"add rule {TABLE} in_{k}"
@@ -167,6 +175,7 @@ def _rules(link: Link, policy: NetworkPolicy, egress: Egress) -> list[str]:
         f"{eg} meta nfproto ipv6 drop",
         f"{eg} ct state established,related accept",
         f"{eg} ct state invalid drop",  # untracked: would leave un-NATed
+        *(f'{eg} ip daddr {ip} oifname "{veth}" accept' for ip, veth in peers),  # its owner
         f'{eg} oifname "{VETH_PREFIX}*" drop',
         f"{eg} ip daddr @{block_set(link.tag)} drop",
         f"{eg} {cap} reject",

@@ -92,11 +92,25 @@ class Network:
     def apply(self, sandbox_id: str, link: Link, policy: NetworkPolicy) -> None:
         """Install the rules for ``policy`` (under the server's egress limits), turn on
         strict reverse-path filtering on the veth and (re)attach the DNS forwarder."""
-        firewall.apply(link, policy, self._egress)
+        peers = self._peers(policy)
+        hosts = {name: peer.guest for name, peer in peers.items()}
+        firewall.apply(link, policy, self._egress,
+                       tuple((peer.guest, peer.veth) for peer in peers.values()))
         strict_rp_filter(link.veth)
         self.dns.serve(
-            sandbox_id, link.host, policy, lambda found: firewall.allow_addresses(link, found)
+            sandbox_id, link.host, policy, lambda found: firewall.allow_addresses(link, found),
+            hosts,
         )
+
+    def _peers(self, policy: NetworkPolicy) -> dict[str, Link]:
+        """The addresses of the sandboxes ``policy`` links to, by name (leased ones only:
+        a peer's address is kept from its first start until it is deleted)."""
+        found = {}
+        for name, peer_id in policy.peers:
+            peer = self.link(SandboxPaths.of(self._settings.data_dir, peer_id))
+            if peer is not None:
+                found[name] = peer
+        return found
 
     def down(self, paths: SandboxPaths) -> None:
         """Remove the DNS listener, rules, veth and netns of the sandbox (idempotent)."""

@@ -1,0 +1,45 @@
+"""Sandboxes' URL signing keys, one file each (0600) in ``<data dir>/signing-keys``."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from cove.hostfiles import FILE_MODE, private_dir
+
+_ID = re.compile(r"^[0-9a-f-]{1,64}$")
+
+
+class FileKeyStore:
+    """Keys under ``root`` (a directory of the data dir, root's alone)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = private_dir(root)
+
+    def _path(self, sandbox_id: str) -> Path | None:
+        return self.root / sandbox_id if _ID.match(sandbox_id) else None
+
+    def get(self, sandbox_id: str) -> str | None:
+        path = self._path(sandbox_id)
+        if path is None:
+            return None
+        try:
+            return path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def put(self, sandbox_id: str, key: str) -> None:
+        path = self._path(sandbox_id)
+        if path is None:
+            raise ValueError(f"invalid sandbox id {sandbox_id!r}")
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+        os.replace(tmp, path)
+
+    def delete(self, sandbox_id: str) -> None:
+        path = self._path(sandbox_id)
+        if path is not None:
+            path.unlink(missing_ok=True)
