@@ -24,6 +24,7 @@ from cove.api.routes import (
     sandbox_network,
     sandboxes,
     snapshots,
+    toolbox_computeruse,
     toolbox_entrypoint,
     toolbox_files,
     toolbox_git,
@@ -80,7 +81,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     api.include_router(sandbox_network.router, prefix="/api")
     api.include_router(previews.router, prefix="/api")
     for module in (toolbox_process, toolbox_files, toolbox_git, toolbox_entrypoint,
-                   toolbox_sessions, toolbox_pty, toolbox_interpreter, toolbox_system, toolbox_lsp):
+                   toolbox_sessions, toolbox_pty, toolbox_interpreter, toolbox_system, toolbox_lsp,
+                   toolbox_computeruse):
         api.include_router(module.router, prefix="/toolbox/{sandbox_id}")
     bounded = BodyLimit(api, MAX_BODY, _is_upload)
     app = socketio.ASGIApp(events.server, other_asgi_app=bounded, socketio_path="/api/socket.io")

@@ -37,6 +37,11 @@ PACKAGES = (
     "bash", "ca-certificates", "curl", "git", "iproute2", "less", "mount", "passwd", "procps",
     "python-is-python3", "python3", "python3-pip", "python3-venv", "unzip", "xz-utils",
 )  # fmt: skip
+# Computer use (agent/computer.py): X display, window manager, VNC + noVNC, input, screenshots.
+DESKTOP_PACKAGES = (
+    "matchbox-window-manager", "novnc", "python3-pil", "x11-utils", "x11vnc", "xdotool",
+    "xfonts-base", "xterm", "xvfb",
+)  # fmt: skip
 POST_BUILD = """\
 set -e
 groupadd --gid 1000 daytona
@@ -47,6 +52,7 @@ useradd --uid 1000 --gid 1000 --home-dir /home/daytona --create-home \
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends nodejs npm python3-pylsp
+apt-get install -y -qq --no-install-recommends """ + " ".join(DESKTOP_PACKAGES) + """
 # Trust what the host trusts for the registry (e.g. a TLS-inspecting proxy's CA).
 [ -f /tmp/cove-host-ca.crt ] && export NODE_EXTRA_CA_CERTS=/tmp/cove-host-ca.crt
 npm install --global --no-audit --no-fund --loglevel=error tsx@4 typescript@5 \
