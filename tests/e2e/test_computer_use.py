@@ -46,13 +46,20 @@ def shot(sb) -> tuple[int, int, bytes]:  # noqa: ANN001
     return png(data)
 
 
-def wait_for(check, what: str, seconds: float = 20.0):  # noqa: ANN001, ANN201
+def wait_for(check, what: str, seconds: float = 20.0, explain=None):  # noqa: ANN001, ANN201
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if found := check():
             return found
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}: {explain() if explain else ''}")
+
+
+def explain_desktop(sb):  # noqa: ANN001, ANN201
+    cu = sb.computer_use
+    errors = {n: cu.get_process_errors(n).errors[-300:] for n in sorted(PROCESSES)}
+    running = {n: cu.get_process_status(n).running for n in sorted(PROCESSES)}
+    return f"{running} {errors} {run_ok(sb, 'ps -eo pid,args | cut -c1-60')}"
 
 
 def desktop_processes(sb) -> list[str]:  # noqa: ANN001
@@ -88,9 +95,10 @@ def test_desktop_through_the_sdk(daytona: Daytona, sandboxes: list) -> None:
     assert (cu.mouse.move(200, 300).x, cu.mouse.get_position().y) == (200, 300)
     clicked = cu.mouse.click(term.x + 50, term.y + 50)
     assert (clicked.x, clicked.y) == (term.x + 50, term.y + 50)
-    cu.keyboard.type("echo typed-$((6*7)) > /tmp/typed")
+    cu.keyboard.type("echo --delay typed-$((6*7)) > /tmp/typed")
     cu.keyboard.press("enter")
-    assert wait_for(lambda: run_ok(sb, "cat /tmp/typed 2>/dev/null").strip(), "typed") == "typed-42"
+    typed_text = wait_for(lambda: run_ok(sb, "cat /tmp/typed 2>/dev/null").strip(), "typed")
+    assert typed_text == "--delay typed-42"
     typed = shot(sb)
     assert typed[2] != with_window[2]  # the pixels changed
     cu.keyboard.hotkey("ctrl+l")
@@ -110,6 +118,9 @@ def test_desktop_through_the_sdk(daytona: Daytona, sandboxes: list) -> None:
     assert isinstance(cu.get_process_errors("xvfb").errors, str)
     assert cu.get_process_logs("novnc").process_name == "novnc"
 
+    listening = wait_for(lambda: "127.0.0.1:5901" in (s := run_ok(sb, "ss -ltnH")) and s, "VNC")
+    vnc = [line.split()[3] for line in listening.splitlines() if ":590" in line.split()[3]]
+    assert vnc and all(a.startswith(("127.0.0.1:", "[::1]:")) for a in vnc)  # inside only
     link = sb.get_preview_link(6080)
     token = {"X-Daytona-Preview-Token": link.token}
     page = httpx.get(f"{link.url}/vnc.html", headers=token, timeout=10)
@@ -122,6 +133,13 @@ def test_desktop_through_the_sdk(daytona: Daytona, sandboxes: list) -> None:
     assert not any(s.running for s in stopped.status.values())
     assert cu.get_status().status == "inactive"
     assert desktop_processes(sb) == []
+
+
+def _answers(call) -> bool:  # noqa: ANN001
+    try:
+        return bool(call())
+    except DaytonaError:
+        return False
 
 
 def _rfb_banner(url: str, headers: dict[str, str]) -> bytes | None:
@@ -169,3 +187,27 @@ def test_bad_input_and_other_organizations(server: Server, daytona: Daytona,
         assert r.status_code == 404, (path, r.text)
     assert sb.computer_use.get_status().status == "active"
     sb.computer_use.stop()
+
+
+def test_a_hostile_sandbox_cannot_hurt_the_agent(server: Server, daytona: Daytona,
+                                                 sandboxes: list) -> None:  # fmt: skip
+    """The desktop's processes are the tenant's: killed, they come back; a fake xdotool
+    (planted by sandbox root) that floods its output gets an error, and the agent serves on."""
+    sb = daytona.create()
+    sandboxes.append(sb)
+    cu = sb.computer_use
+    pid = cu.start().status["xvfb"].pid
+    run_ok(sb, f"kill -9 {pid}")
+    wait_for(lambda: cu.get_status().status == "active" and _answers(cu.display.get_info),
+             "the desktop back after Xvfb was killed", explain=lambda: explain_desktop(sb))
+    assert cu.get_process_status("xvfb").running and cu.mouse.move(5, 6).x == 5
+    assert "exited" in cu.get_process_errors("xvfb").errors
+
+    flood = "#!/bin/sh\nhead -c 100000000 /dev/zero\n"
+    server.runtime().exec(sb.id, ["sh", "-c", f"printf '{flood}' > /usr/bin/xdotool"], user="root")
+    with pytest.raises(DaytonaError) as failed:
+        cu.mouse.get_position()
+    assert failed.value.status_code in (500, 502) and "too large" in str(failed.value)
+    assert run_ok(sb, "echo alive").strip() == "alive"
+    cu.stop()
+    assert desktop_processes(sb) == []

@@ -9,8 +9,8 @@ URLs reach). A process that dies is started again (at most ``MAX_RESTARTS`` time
 each prints is kept, bounded (``LOG_BYTES`` of stdout as its logs, as much of stderr as
 its errors).
 
-Input and screenshots are in ``computer_input``; both run helper programs (xdotool,
-Python with PIL) as the sandbox user through :func:`run_x`, with argv lists only.
+Input and screenshots are in ``computer_input``: helper programs (xdotool, Python with
+PIL) run as the desktop's user through ``computer_run.run_x``, with argv lists only.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import shutil
 import signal
 import socket
 import time
-from asyncio.subprocess import DEVNULL, PIPE
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,7 @@ SCREEN = (1024, 768)
 VNC_PORT, NOVNC_PORT = 5901, 6080
 PROGRAMS: dict[str, tuple[int, list[str]]] = {  # name: (priority, argv)
     "xvfb": (100, ["Xvfb", DISPLAY, "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24",
-                   "-nolisten", "tcp", "-nolock"]),
+                   "-nolisten", "tcp"]),
     "wm": (200, ["matchbox-window-manager", "-display", DISPLAY]),
     "x11vnc": (300, ["x11vnc", "-display", DISPLAY, "-forever", "-shared", "-localhost",
                      "-nopw", "-rfbport", str(VNC_PORT)]),
@@ -50,8 +49,6 @@ LOG_BYTES = 64 * 1024
 MAX_RESTARTS = 3
 READY_SECONDS = 10.0
 STOP_SECONDS = 2.0
-HELPER_SECONDS = 30.0
-HELPER_OUTPUT = 32 * 1024 * 1024
 
 
 class Ring:
@@ -83,6 +80,7 @@ class Program:
     proc: asyncio.subprocess.Process | None = None
     group: confine.Group | None = None
     wanted: bool = False  # started and not stopped: restart it when it dies
+    ending: bool = False  # being stopped by the agent (its death is no surprise)
     restarts: int = 0
     tasks: list[asyncio.Future[Any]] = field(default_factory=list)
 
@@ -153,22 +151,39 @@ async def _keep(fd: int, ring: Ring) -> None:
 
 
 async def _watch(prog: Program, proc: asyncio.subprocess.Process, user: users.User) -> None:
-    """Restart ``prog`` when it dies while wanted (at most MAX_RESTARTS times)."""
+    """Restart ``prog`` when it dies while wanted (at most MAX_RESTARTS times). When the X
+    server died, every process is started again, in order (they all need the display);
+    one that dies while the X server is down comes back with it."""
     await proc.wait()
-    if prog.proc is not proc or not prog.wanted or prog.restarts >= MAX_RESTARTS:
+    if prog.proc is not proc or not prog.wanted or prog.ending or prog.restarts >= MAX_RESTARTS:
         return
-    prog.restarts += 1
     prog.err.add(f"[cove] {prog.name} exited ({proc.returncode}); restarting\n".encode())
     await asyncio.sleep(1.0)
+    try:
+        await _restart(prog, proc, user)
+    except Exception as exc:  # noqa: BLE001 - keep the reason where the user can read it
+        prog.err.add(f"[cove] restarting {prog.name} failed: {exc!r}\n".encode())
+
+
+async def _restart(prog: Program, proc: asyncio.subprocess.Process, user: users.User) -> None:
     async with _lock:
-        if prog.wanted and prog.proc is proc:
+        if not prog.wanted or prog.proc is not proc:
+            return
+        if prog.name == "xvfb":
+            prog.restarts += 1
+            for other in _programs.values():
+                await _end(other, keep_wanted=True)
+            with contextlib.suppress(protocol.AgentError):
+                await _start_all(user)
+        elif _programs["xvfb"].running:
+            prog.restarts += 1
             await _end(prog, keep_wanted=True)
             await _launch(prog, user)
 
 
 async def _end(prog: Program, *, keep_wanted: bool = False) -> None:
     """Stop ``prog``: SIGTERM (Xvfb then cleans up), then SIGKILL its whole cgroup."""
-    prog.wanted = keep_wanted
+    prog.wanted, prog.ending = keep_wanted, True
     proc, group = prog.proc, prog.group
     if proc is not None:
         if proc.returncode is None:
@@ -176,14 +191,15 @@ async def _end(prog: Program, *, keep_wanted: bool = False) -> None:
                 proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), STOP_SECONDS)
-        kill_tree(proc.pid, group)
+        with contextlib.suppress(FileNotFoundError):  # empty: swept by confine.sweep()
+            kill_tree(proc.pid, group)
         await proc.wait()
     for task in prog.tasks:
         if task is not asyncio.current_task():
             task.cancel()
     if group is not None:
         group.close()
-    prog.group = None
+    prog.group, prog.ending = None, False
 
 
 async def _display_ready() -> bool:
@@ -219,18 +235,25 @@ async def start(request: Request) -> dict[str, Any]:
     user = users.lookup(request.arg("user", str, None))
     _check_installed(user)
     async with _lock:
-        for prog in sorted(_programs.values(), key=lambda p: p.priority):
-            if not prog.running:
-                prog.restarts = 0
-                await _launch(prog, user)
-            prog.wanted = True
-            if prog.name == "xvfb" and not await _display_ready():
-                await _stop_all()
-                raise protocol.AgentError(500, "COMPUTER_USE_START_FAILED",
-                                          "the X server did not start: "
-                                          + _programs["xvfb"].err.text()[-500:])  # fmt: skip
+        for prog in _programs.values():
+            prog.restarts = 0 if not prog.running else prog.restarts
+        await _start_all(user)
         _owner = user
     return {"message": "Computer use processes started successfully", "status": _statuses()}
+
+
+async def _start_all(user: users.User) -> None:
+    """Start, in order, each process that does not run (the X server first, until it
+    accepts connections). Raises AgentError 500 (and stops all) when it does not."""
+    for prog in sorted(_programs.values(), key=lambda p: p.priority):
+        if not prog.running:
+            await _launch(prog, user)
+        prog.wanted = True
+        if prog.name == "xvfb" and not await _display_ready():
+            await _stop_all()
+            raise protocol.AgentError(500, "COMPUTER_USE_START_FAILED",
+                                      "the X server did not start: "
+                                      + _programs["xvfb"].err.text()[-500:])  # fmt: skip
 
 
 async def _stop_all() -> None:
@@ -273,57 +296,3 @@ async def process(request: Request) -> dict[str, Any]:
         prog.restarts = 0
         await _launch(prog, user)
     return {"processName": prog.name, "message": f"Process {prog.name} restarted successfully"}
-
-
-async def run_x(argv: list[str], *, stdin: bytes | None = None, timeout: float = HELPER_SECONDS,
-                codes: tuple[int, ...] = (0,)) -> bytes:  # fmt: skip
-    """Run a helper (xdotool, python3) on the display as the desktop's user; its stdout
-    (it must exit with one of ``codes``).
-
-    Raises:
-        AgentError: 400 when computer use is not started; 500 when the helper failed
-            or outlived ``timeout`` (its whole cgroup is then killed).
-    """
-    user = desktop_user()
-    group = confine.Group()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=PIPE if stdin is not None else DEVNULL, stdout=PIPE, stderr=PIPE,
-            limit=protocol.CHUNK, **users.spawn_kwargs(user, user.home, DESKTOP_ENV, group),
-        )  # fmt: skip
-        try:
-            out, err = await asyncio.wait_for(_bounded(proc, stdin), timeout)
-        finally:
-            if proc.returncode is None:
-                kill_tree(proc.pid, group)
-                await proc.wait()
-    except TimeoutError:
-        raise protocol.AgentError(500, "COMPUTER_USE_FAILED", f"{argv[0]} timed out") from None
-    finally:
-        group.close()
-    if proc.returncode not in codes:
-        message = err.decode(errors="replace").strip()[-500:] or f"exit {proc.returncode}"
-        raise protocol.AgentError(500, "COMPUTER_USE_FAILED", f"{argv[0]} failed: {message}")
-    return out
-
-
-async def _bounded(proc: asyncio.subprocess.Process, stdin: bytes | None) -> tuple[bytes, bytes]:
-    """Like ``communicate``, but at most HELPER_OUTPUT bytes of stdout (and 4 KiB of stderr)."""
-    assert proc.stdout is not None and proc.stderr is not None
-    if stdin is not None and proc.stdin is not None:
-        proc.stdin.write(stdin)
-        with contextlib.suppress(ConnectionError):
-            await proc.stdin.drain()
-        proc.stdin.close()
-
-    async def read(stream: asyncio.StreamReader, limit: int) -> bytes:
-        data = bytearray()
-        while chunk := await stream.read(protocol.CHUNK):
-            if len(data) + len(chunk) > limit:
-                raise protocol.AgentError(500, "COMPUTER_USE_FAILED", "helper output too large")
-            data += chunk
-        return bytes(data)
-
-    out, err = await asyncio.gather(read(proc.stdout, HELPER_OUTPUT), read(proc.stderr, 1 << 20))
-    await proc.wait()
-    return out, err[-4096:]

@@ -1,7 +1,7 @@
 """Computer use: mouse, keyboard, screenshots and display (``computeruse_*`` ops).
 
 Everything runs on the desktop ``computer`` started, as its user, through
-``computer.run_x``: xdotool for input and windows, Python with PIL (the sandbox's,
+``computer_run.run_x``: xdotool for input and windows, Python with PIL (the sandbox's,
 not the agent's) for screenshots. Input is hostile: it only ever reaches argv
 (after ``--`` where a value could look like an option), and is checked first.
 """
@@ -14,7 +14,8 @@ from typing import Any
 
 from . import protocol
 from .agent import Request, op
-from .computer import SCREEN, run_x
+from .computer import SCREEN
+from .computer_run import run_x
 
 BUTTONS = {"left": "1", "middle": "2", "right": "3"}
 WHEEL = {"up": "4", "down": "5", "left": "6", "right": "7"}
