@@ -211,3 +211,16 @@ def test_a_hostile_sandbox_cannot_hurt_the_agent(server: Server, daytona: Dayton
     assert run_ok(sb, "echo alive").strip() == "alive"
     cu.stop()
     assert desktop_processes(sb) == []
+
+
+def test_the_desktop_starts_again_after_the_sandbox_restarts(daytona: Daytona,
+                                                            sandboxes: list) -> None:  # fmt: skip
+    sb = daytona.create()
+    sandboxes.append(sb)
+    sb.computer_use.start()
+    sb.stop()
+    sb.start()
+    assert sb.computer_use.get_status().status == "inactive"
+    started = sb.computer_use.start()
+    assert all(s.running for s in started.status.values())
+    assert sb.computer_use.display.get_info().displays[0].width == 1024

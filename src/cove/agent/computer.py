@@ -36,8 +36,9 @@ X_SOCKET = "/tmp/.X11-unix/X0"
 SCREEN = (1024, 768)
 VNC_PORT, NOVNC_PORT = 5901, 6080
 PROGRAMS: dict[str, tuple[int, list[str]]] = {  # name: (priority, argv)
-    "xvfb": (100, ["Xvfb", DISPLAY, "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24",
-                   "-nolisten", "tcp"]),
+    # (a lock left by an Xvfb of before a sandbox restart may name a live pid now)
+    "xvfb": (100, ["/bin/sh", "-c", 'rm -f /tmp/.X0-lock && exec "$@"', "xvfb", "Xvfb",
+                   DISPLAY, "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"]),
     "wm": (200, ["matchbox-window-manager", "-display", DISPLAY]),
     "x11vnc": (300, ["x11vnc", "-display", DISPLAY, "-forever", "-shared", "-localhost",
                      "-nopw", "-rfbport", str(VNC_PORT)]),
@@ -221,7 +222,8 @@ def _statuses() -> dict[str, Any]:
 
 def _check_installed(user: users.User) -> None:
     path = users.environment(user).get("PATH")
-    missing = [p.argv[0] for p in _programs.values() if shutil.which(p.argv[0], path=path) is None]
+    needed = ["Xvfb", *(p.argv[0] for p in _programs.values() if p.name != "xvfb")]
+    missing = [name for name in needed if shutil.which(name, path=path) is None]
     if missing:
         raise protocol.bad_request(f"computer use needs {', '.join(missing)} in the sandbox "
                                    "(the default snapshot has them)",
