@@ -6,7 +6,10 @@ screenshots show the change, noVNC answers through a preview URL, bad input is a
 from __future__ import annotations
 
 import base64
+import json
+import shutil
 import struct
+import subprocess
 import time
 import zlib
 
@@ -18,6 +21,7 @@ from websockets.sync.client import connect
 
 from tests.e2e.conftest import KEY, Server, run_ok
 from tests.e2e.test_tenancy import _key
+from tests.e2e.test_ts_sdk import TS
 
 pytestmark = pytest.mark.e2e
 PROCESSES = {"xvfb", "wm", "x11vnc", "novnc"}
@@ -224,3 +228,15 @@ def test_the_desktop_starts_again_after_the_sandbox_restarts(daytona: Daytona,
     started = sb.computer_use.start()
     assert all(s.running for s in started.status.values())
     assert sb.computer_use.display.get_info().displays[0].width == 1024
+
+
+def test_the_typescript_sdk_drives_the_desktop(server: Server) -> None:
+    node = shutil.which("node")
+    if node is None or not (TS / "node_modules" / "@daytonaio" / "sdk").is_dir():
+        pytest.fail("Node.js and tests/ts/node_modules are needed: run scripts/install")
+    done = subprocess.run([node, "computer_check.js", server.api_url, KEY], cwd=TS,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {"started": sorted(PROCESSES), "status": "active", "moved": [120, 80],
+                   "display": [1024, 768], "png": "PNG", "stopped": "inactive"}  # fmt: skip
