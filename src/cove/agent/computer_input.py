@@ -31,6 +31,7 @@ KEY_RE = re.compile(r"[\x21-\x7e]{1,32}")
 MAX_TEXT = 10_000
 MAX_TYPING_MS = 120_000
 MAX_WINDOWS = 100
+MAX_TITLE = 1024
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
 SHOT = """
 import sys
@@ -81,11 +82,17 @@ def _key(name: Any) -> str:
     return MODIFIERS.get(name.lower()) or KEYS.get(name.lower(), name)
 
 
+def _shell_values(out: str) -> dict[str, int]:
+    """``xdotool ... --shell`` output (``X=1`` lines) as numbers (0 when missing)."""
+    values = dict(line.split("=", 1) for line in out.split() if "=" in line)
+    keys = ("X", "Y", "WIDTH", "HEIGHT")
+    return {k: int(values[k]) if values.get(k, "").isdigit() else 0 for k in keys}
+
+
 async def position() -> dict[str, int]:
     """Where the pointer is."""
-    out = (await run_x(["xdotool", "getmouselocation", "--shell"])).decode()
-    values = dict(line.split("=", 1) for line in out.split() if "=" in line)
-    return {"x": int(values.get("X", 0)), "y": int(values.get("Y", 0))}
+    values = _shell_values((await run_x(["xdotool", "getmouselocation", "--shell"])).decode())
+    return {"x": values["X"], "y": values["Y"]}
 
 
 async def _with_modifiers(mods: list[str], argv: list[str]) -> None:
@@ -242,8 +249,8 @@ async def windows(request: Request) -> dict[str, Any]:
             shell = (await run_x(["xdotool", "getwindowgeometry", "--shell", str(wid)])).decode()
         except protocol.AgentError:
             continue  # closed meanwhile
-        geo = dict(line.split("=", 1) for line in shell.split() if "=" in line)
-        listed.append({"id": wid, "title": title.rstrip("\n"), "x": int(geo.get("X", 0)),
-                       "y": int(geo.get("Y", 0)), "width": int(geo.get("WIDTH", 0)),
-                       "height": int(geo.get("HEIGHT", 0)), "isActive": wid == active})  # fmt: skip
+        geo = _shell_values(shell)
+        listed.append({"id": wid, "title": title.rstrip("\n")[:MAX_TITLE], "x": geo["X"],
+                       "y": geo["Y"], "width": geo["WIDTH"], "height": geo["HEIGHT"],
+                       "isActive": wid == active})  # fmt: skip
     return {"windows": listed}
