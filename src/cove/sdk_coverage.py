@@ -22,7 +22,8 @@ BASES = {"toolbox": "/toolbox/{sandboxId}", "api": "/api"}
 
 # Routes the SDKs call that Cove does not serve, and why (keep this list true).
 KNOWN_GAPS = {
-    ("*", "/toolbox/{sandboxId}/computeruse/"): "no desktop in Cove sandboxes (computer use)",
+    ("*", "/toolbox/{sandboxId}/computeruse/a11y/"): "no accessibility tree (computer use)",
+    ("*", "/toolbox/{sandboxId}/computeruse/recordings"): "no screen recordings (computer use)",
     ("*", "/api/secret"): "no secrets store",
     ("*", "/api/warm-pools"): "no warm pools",
     ("*", "/api/object-storage/"): "no object storage for Image contexts",

@@ -25,6 +25,7 @@ from cove.api.routes import (
     sandboxes,
     signed_files,
     snapshots,
+    toolbox_computeruse,
     toolbox_entrypoint,
     toolbox_files,
     toolbox_git,
@@ -83,7 +84,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     api.include_router(previews.router, prefix="/api")
     api.include_router(signed_files.toolbox_router, prefix="/toolbox/{sandbox_id}")
     for module in (toolbox_process, toolbox_files, toolbox_git, toolbox_entrypoint,
-                   toolbox_sessions, toolbox_pty, toolbox_interpreter, toolbox_system, toolbox_lsp):
+                   toolbox_sessions, toolbox_pty, toolbox_interpreter, toolbox_system, toolbox_lsp,
+                   toolbox_computeruse):
         api.include_router(module.router, prefix="/toolbox/{sandbox_id}")
     bounded = BodyLimit(api, MAX_BODY, _is_upload)
     app = socketio.ASGIApp(events.server, other_asgi_app=bounded, socketio_path="/api/socket.io")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from cove.agent import protocol
 from cove.core.agent_call import AgentCall
@@ -40,6 +40,15 @@ from cove.core.agent_types import (
 )
 from cove.core.output import DEFAULT_LIMIT, CappedOutput
 from cove.errors import ToolboxError
+from cove.schemas.base import WireModel
+from cove.schemas.toolbox_computeruse import (
+    ComputerUseStartResponse,
+    ComputerUseStatusResponse,
+    DisplayInfoResponse,
+    Position,
+    ScreenshotResponse,
+    WindowsResponse,
+)
 from cove.schemas.toolbox_files import FileInfo, Match, ReplaceResult
 from cove.schemas.toolbox_git import (
     GitAddRequest,
@@ -71,6 +80,7 @@ from cove.schemas.toolbox_sessions import (
 )
 
 Message = dict[str, Any]
+M = TypeVar("M", bound=WireModel)
 # The session that runs a sandbox's entrypoint (see ``cove.core.entrypoint``): callers of
 # the API cannot create it.
 ENTRYPOINT_SESSION = "entrypoint"
@@ -399,6 +409,48 @@ class AgentClient:
     async def lsp_workspace_symbols(self, body: LspServerRequest, query: str) -> list[LspSymbol]:
         async with self._open(self._lsp("lsp_workspace_symbols", body, query=query)) as call:
             return field(await call.reply(), "symbols", list[LspSymbol])
+
+    # -- computer use (the sandbox's desktop: ``cove.agent.computer``)
+
+    def _desktop(self, op: str, body: WireModel | None = None, **fields: object) -> Message:
+        values = body.model_dump(by_alias=True, exclude_none=True) if body is not None else {}
+        return {"op": f"computeruse_{op}", "user": self.user, **values, **fields}
+
+    async def computer_start(self) -> ComputerUseStartResponse:
+        """Start the desktop's processes (as the sandbox user); their statuses."""
+        return await self._reply(self._desktop("start"), ComputerUseStartResponse)
+
+    async def computer_stop(self) -> ComputerUseStartResponse:
+        return await self._reply(self._desktop("stop"), ComputerUseStartResponse)
+
+    async def computer_status(self) -> ComputerUseStatusResponse:
+        return await self._reply(self._desktop("status"), ComputerUseStatusResponse)
+
+    async def computer_process(self, name: str, what: str, kind: type[M]) -> M:
+        """One desktop process's ``status``, ``logs``, ``errors``, or ``restart`` it."""
+        return await self._reply(self._desktop("process", name=name, what=what), kind)
+
+    async def computer_pointer(self, op: str, body: WireModel | None = None,
+                               **fields: object) -> Position:  # fmt: skip
+        """A mouse ``op`` (``mouse_position``, ``mouse_move``, ``mouse_click``...): where
+        the pointer is afterwards."""
+        return await self._reply(self._desktop(op, body, **fields), Position)
+
+    async def computer_input(self, op: str, body: WireModel, kind: type[M],
+                             **fields: object) -> M:  # fmt: skip
+        """A keyboard op (or ``mouse_scroll``), answered with a ``kind``."""
+        return await self._reply(self._desktop(op, body, **fields), kind)
+
+    async def computer_screenshot(self, **params: object) -> ScreenshotResponse:
+        """The screen or a region of it (``x``, ``y``, ``width``, ``height``, ``format``,
+        ``quality``, ``scale``, ``showCursor``), base64-encoded."""
+        return await self._reply(self._desktop("screenshot", None, **params), ScreenshotResponse)
+
+    async def computer_display(self) -> DisplayInfoResponse:
+        return await self._reply(self._desktop("display_info"), DisplayInfoResponse)
+
+    async def computer_windows(self) -> WindowsResponse:
+        return await self._reply(self._desktop("windows"), WindowsResponse)
 
 
 async def _collect(events: AsyncIterator[ProcessEvent], limit: int) -> ExecResult:

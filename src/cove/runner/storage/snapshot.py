@@ -47,6 +47,10 @@ BASE = (
 APT: dict[str, tuple[str, ...]] = {
     "node": ("nodejs", "npm"),  # node for code_run; npm's dependency tree needs apt
     "lsp": ("python3-pylsp",),  # the python language server (lsp/start)
+    # computer use (agent/computer.py): X display, window manager, VNC + noVNC, input,
+    # screenshots
+    "desktop": ("matchbox-window-manager", "novnc", "python3-pil", "x11-utils", "x11vnc",
+                "xdotool", "xfonts-base", "xterm", "xvfb"),
 }
 PIP: dict[str, tuple[str, ...]] = {
     "data": ("numpy==2.4.6", "pandas==3.1.1", "matplotlib==3.11.2", "requests==2.34.2"),
