@@ -57,13 +57,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _allowed(request: Request) -> list[str]:
-    """The methods of every operation whose path template matches the request's path."""
-    methods: set[str] = set()
+    """The methods of the operations whose path template matches the request's path
+    most specifically (fewest parameters: ``.../session/entrypoint`` is not a session)."""
+    found: dict[int, set[str]] = {}
     for template, operations in request.app.openapi().get("paths", {}).items():
         pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part)
                           for part in re.split(r"(\{[^/]+\})", template))  # fmt: skip
         if re.fullmatch(pattern, request.url.path):
-            methods.update(method.upper() for method in operations)
+            found.setdefault(template.count("{"), set()).update(m.upper() for m in operations)
+    methods = found[min(found)] if found else set()
     if "GET" in methods:
         methods.add("HEAD")
     return sorted(methods)

@@ -169,7 +169,7 @@ def ensure_default_snapshot(
     try:
         base.mkdir(parents=True, exist_ok=True)
         with _locked(base):
-            if force or not (_is_current(base) or _reuse(base)):
+            if force or not _reuse(base):  # (it points ``current`` at this recipe's build)
                 _remove_stale_builds(base)
                 _build(base, say)
             snapshot_gc.register(base, settings.data_dir)
@@ -196,17 +196,6 @@ def pinned(settings: Settings, name: str) -> Iterator[Path]:
 def _snapshot_dir(settings: Settings) -> Path:
     assert settings.snapshot_dir is not None
     return settings.snapshot_dir
-
-
-def _is_current(base: Path) -> bool:
-    if (base / recipe_hash() / "recipe.json").is_file():  # built (maybe not ``current``)
-        return True
-    current = base / "current"
-    if not current.is_symlink():
-        return False
-    target = (base / os.readlink(current)).resolve()
-    meta = target / "recipe.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("hash") == recipe_hash()
 
 
 def _reuse(base: Path) -> bool:
@@ -258,8 +247,7 @@ def _build(base: Path, say: Progress) -> None:
     except BaseException:
         _remove_tree(work)
         raise
-    if not (base / "current").is_symlink():  # others may serve another recipe's build
-        _point_current(base, final.name)
+    _point_current(base, final.name)  # (the collector keeps what ``current`` names)
     say(f"snapshot ready: {final / 'rootfs'}")
 
 
