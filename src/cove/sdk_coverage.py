@@ -25,7 +25,6 @@ KNOWN_GAPS = {
     ("*", "/toolbox/{sandboxId}/computeruse/"): "no desktop in Cove sandboxes (computer use)",
     ("*", "/api/secret"): "no secrets store",
     ("*", "/api/warm-pools"): "no warm pools",
-    ("*", "/api/object-storage/"): "no object storage for Image contexts",
     ("*", "/api/sandbox/ssh-access"): "no SSH access",
     ("*", "/api/sandbox/{sandboxIdOrName}/ssh-access"): "no SSH access",
     ("*", "/api/sandbox/{sandboxId}/signing-key"): "no preview signing-key rotation",

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from cove.core.auth import AuthService
 from cove.core.config import Settings
+from cove.core.contexts import ContextStore
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
 from cove.core.ports import EventSink
@@ -52,6 +53,7 @@ class Services:
     snapshots: SnapshotService
     registries: RegistryService
     images: ImageService
+    contexts: ContextStore  # uploaded Dockerfile build contexts
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -66,6 +68,12 @@ def open_database(settings: Settings) -> Engine:
 def load_tokens(data_dir: Path) -> PreviewTokens:
     """Preview tokens under the server's secret (made once, kept in the data dir)."""
     return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)))
+
+
+def open_contexts(settings: Settings) -> ContextStore:
+    """The build-context store in the data dir, under a secret kept there."""
+    key = secret_file(settings.data_dir / "object-storage.key", lambda: os.urandom(32))
+    return ContextStore(settings.data_dir / "contexts", key, settings.max_context_mb * 1024**2)
 
 
 def build_services(
@@ -92,6 +100,7 @@ def build_services(
     registries = RegistryService(SqlRegistryStore(engine))
     images = ImageService(snapshots=snapshots, registries=registries, runner=runner,
                           allowed=settings.allowed_registries)  # fmt: skip
+    contexts = open_contexts(settings)
     lifecycle = LifecycleService(
         settings=settings, store=store, runner=runner, events=events, volumes=volumes,
         snapshots=snapshots, images=images,
@@ -99,6 +108,6 @@ def build_services(
     toolbox = ToolboxService(lifecycle.ops, settings.output_limit)
     return Services(
         settings=settings, auth=auth, lifecycle=lifecycle, toolbox=toolbox, volumes=volumes,
-        snapshots=snapshots, registries=registries, images=images,
+        snapshots=snapshots, registries=registries, images=images, contexts=contexts,
         previews=load_tokens(settings.data_dir),
     )  # fmt: skip

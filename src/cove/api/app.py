@@ -20,6 +20,7 @@ from cove.api.preview import PreviewProxy
 from cove.api.routes import (
     docker_registry,
     health,
+    object_storage,
     previews,
     sandbox_network,
     sandboxes,
@@ -79,6 +80,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     api.include_router(docker_registry.router, prefix="/api")
     api.include_router(sandbox_network.router, prefix="/api")
     api.include_router(previews.router, prefix="/api")
+    api.include_router(object_storage.router, prefix="/api")
     for module in (toolbox_process, toolbox_files, toolbox_git, toolbox_entrypoint,
                    toolbox_sessions, toolbox_pty, toolbox_interpreter, toolbox_system, toolbox_lsp):
         api.include_router(module.router, prefix="/toolbox/{sandbox_id}")
@@ -89,7 +91,9 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
 
 def _is_upload(path: str) -> bool:
     """File uploads stream to the sandbox: no bound on their size."""
-    return path.startswith("/toolbox/") and path.endswith("/files/bulk-upload")
+    return (path.startswith("/toolbox/") and path.endswith("/files/bulk-upload")) or (
+        path.startswith("/api/object-storage/s3/")  # bounded by COVE_MAX_CONTEXT_MB
+    )
 
 
 class _CollapseSlashes:

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     archive_s3_region: str | None = None
     archive_s3_prefix: str = ""
     default_snapshot: str = "cove-default"
+    # Largest Dockerfile build context (one Image.add_local_file/dir archive) accepted.
+    max_context_mb: int = Field(default=2048, ge=1)
     # Snapshots placed on the host by hand that every organization may use
     # (``COVE_PUBLIC_SNAPSHOTS=name1,name2``); any other is its organization's alone.
     public_snapshots: Annotated[list[str], NoDecode] = Field(default_factory=list)
