@@ -30,7 +30,6 @@ KNOWN_GAPS = {
     ("*", "/api/sandbox/{sandboxId}/signing-key"): "no preview signing-key rotation",
     ("*", "/api/sandbox/{sandboxIdOrName}/secrets"): "no secrets store",
     ("*", "/api/sandbox/{sandboxId}/telemetry/"): "no metrics history (live metrics only)",
-    ("*", "/api/snapshots/{id}/build-logs-url"): "snapshot build logs are not served",
     ("*", "/api/config"): "no /api/config (the SDK falls back without an analytics URL)",
     ("*", "/api/sandbox/{sandboxIdOrName}/autopause/"): "no auto-pause timer",
     ("*", "/api/sandbox/{sandboxIdOrName}/ttl/"): "no TTL setting",

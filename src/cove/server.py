@@ -25,6 +25,7 @@ from cove.core.lifecycle import LifecycleService
 from cove.core.ports import EventSink
 from cove.core.previews import PreviewTokens
 from cove.core.registries import RegistryService
+from cove.core.snapshot_builds import SnapshotBuilds
 from cove.core.snapshots import SnapshotService
 from cove.core.toolbox import ToolboxService
 from cove.core.volumes import VolumeService
@@ -54,6 +55,7 @@ class Services:
     registries: RegistryService
     images: ImageService
     contexts: ContextStore  # uploaded Dockerfile build contexts
+    snapshot_builds: SnapshotBuilds  # POST /snapshots with buildInfo
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -105,9 +107,14 @@ def build_services(
         settings=settings, store=store, runner=runner, events=events, volumes=volumes,
         snapshots=snapshots, images=images,
     )  # fmt: skip
+    lifecycle.creator.use_contexts(contexts)
     toolbox = ToolboxService(lifecycle.ops, settings.output_limit)
     return Services(
         settings=settings, auth=auth, lifecycle=lifecycle, toolbox=toolbox, volumes=volumes,
         snapshots=snapshots, registries=registries, images=images, contexts=contexts,
+        snapshot_builds=SnapshotBuilds(
+            settings=settings, snapshots=snapshots, builder=lifecycle.creator.builder,
+            images=images, contexts=contexts,
+        ),
         previews=load_tokens(settings.data_dir),
     )  # fmt: skip

@@ -128,7 +128,7 @@ class FakeRuntime:
             raise RuntimeBackendError(f"sandbox {source_id} has no writable layer to fork")
         self.boxes[spec.sandbox_id] = _Box(C.STOPPED, spec.resources, dict(source.files))
 
-    def capture(self, sandbox_id: str, ref: str) -> int:
+    def capture(self, sandbox_id: str, ref: str, config: ImageConfig | None = None) -> int:
         self._check("capture", sandbox_id)
         if sandbox_id not in self.boxes:
             raise RuntimeBackendError(f"sandbox {sandbox_id} has no writable layer")

@@ -67,6 +67,7 @@ class Owner:
     snapshot: dict
     volume: dict
     registry: dict
+    built_snapshot: dict  # built from a Dockerfile (it has build logs)
     signed: str  # a signed preview token of A's sandbox
     port: int  # its port, where nothing listens
 
@@ -104,15 +105,26 @@ def owner(client: TestClient) -> Owner:
     snapshot = client.get("/api/snapshots/a-snap", headers=AUTH).json()
     volume = client.post("/api/volumes", json={"name": "a-vol"}, headers=AUTH).json()
     registry = client.post("/api/docker-registry", json=REGISTRY, headers=AUTH).json()
+    r = client.post("/api/snapshots", json={"name": "a-built-snap",
+                    "buildInfo": {"dockerfileContent": DOCKERFILE}}, headers=AUTH)  # fmt: skip
+    assert r.status_code == 200 and r.json()["state"] == "building", r.text
+    built_snapshot = r.json()
+    for _ in range(500):
+        if client.get("/api/snapshots/a-built-snap", headers=AUTH).json()["state"] != "building":
+            break
+        time.sleep(0.01)
+    assert client.get("/api/snapshots/a-built-snap", headers=AUTH).json()["state"] == "active"
     port = _free_port()
     signed = client.get(f"/api/sandbox/{sandbox['id']}/ports/{port}/signed-preview-url",
                         params={"expiresInSeconds": 600}, headers=AUTH).json()["token"]  # fmt: skip
-    return Owner(sandbox, built, snapshot, volume, registry, signed, port)
+    return Owner(sandbox, built, snapshot, volume, registry, built_snapshot, signed, port)
 
 
 def _refs(owner: Owner, method: str, path: str) -> list[tuple[str, str]]:
     """(A's reference, a reference to nothing) pairs for the route's resource."""
-    if path.startswith("/api/snapshots/"):
+    if path.startswith("/api/snapshots/") and path.endswith(("/build-logs", "/build-logs-url")):
+        item = owner.built_snapshot
+    elif path.startswith("/api/snapshots/"):
         item = owner.snapshot
     elif path.startswith("/api/volumes/"):
         item = owner.volume
