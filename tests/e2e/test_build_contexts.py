@@ -295,3 +295,33 @@ def test_hostile_context_archives_stay_inside_the_build(
     assert "./ok.txt" in listing and "./dev" not in listing
     assert "cove-escaped-symlink" not in listing and "cove-escaped-dotdot" not in listing
     assert run_ok(sb, "readlink /dest/link") == "/tmp\n"
+
+
+def test_user_arg_label_chown_and_add_of_an_archive(
+    daytona: Daytona, snapshots: list[str], sandboxes: list, tmp_path: Path
+) -> None:
+    ctx = tmp_path / "ctx2"
+    (ctx / "pkg").mkdir(parents=True)
+    (ctx / "a.txt").write_text("owned\n")
+    (ctx / "pkg" / "inside.txt").write_text("unpacked\n")
+    with tarfile.open(ctx / "pkg.tar.gz", "w:gz") as tar:
+        tar.add(ctx / "pkg", arcname="pkg")
+    image = Image.base("cove-default").dockerfile_commands([
+        "ARG WHO=daytona",
+        "ARG DIR=/work",
+        "COPY --chown=daytona:daytona a.txt ${DIR}/a.txt",
+        "COPY pkg.tar.gz /tmp/pkg-copy.tar.gz",
+        "ADD pkg.tar.gz /opt/unpacked/",
+        "LABEL team=cove",
+        "USER ${WHO}",
+        "RUN id -un > /home/daytona/who.txt && echo ${DIR:-none} >> /home/daytona/who.txt",
+    ], context_dir=str(ctx))  # fmt: skip
+    name = _name()
+    snapshots.append(name)
+    daytona.snapshot.create(CreateSnapshotParams(name=name, image=image), timeout=600)
+    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot=name), timeout=120)
+    sandboxes.append(sb)
+    assert run_ok(sb, "id -un") == "daytona\n"
+    assert run_ok(sb, "cat /home/daytona/who.txt") == "daytona\n/work\n"
+    assert run_ok(sb, "stat -c %U /work/a.txt; cat /work/a.txt") == "daytona\nowned\n"
+    assert run_ok(sb, "cat /opt/unpacked/pkg/inside.txt") == "unpacked\n"
