@@ -20,7 +20,6 @@ import shlex
 import uuid
 from collections import deque
 from contextlib import aclosing
-from dataclasses import replace
 from pathlib import Path
 
 from cove.core.agent_types import Exited, Output
@@ -103,14 +102,12 @@ class ImageBuilder:
             if ref is not None and target is None:
                 await out.write(f"Using cached snapshot {name} (no rebuild)")
                 return ref
-            steps = plan
-            if ref is not None:
-                await out.write("Using the cached build of this image (no rebuild)")
-                steps, base_ref = replace(plan, steps=()), ref
+            if ref is not None and target is not None:
+                return await self._clone(organization_id, plan, ref, target, out)
             build_id = f"build-{uuid.uuid4()}"
             await out.write(f"Building snapshot {name} from {plan.base}")
             try:
-                await self._run_steps(build_id, steps, base_ref, contexts, out)
+                await self._run_steps(build_id, plan, base_ref, contexts, out)
                 config = self._config(organization_id, plan, base_ref)
                 try:
                     snap = await self.snapshots.create_from_build(
@@ -122,6 +119,19 @@ class ImageBuilder:
                 await self._remove(build_id)
             await out.write(f"Snapshot {name} built")
             return snap.id
+
+    async def _clone(
+        self, organization_id: str, plan: BuildPlan, ref: str, target: Snapshot, out: BuildLog
+    ) -> str:
+        """Make ``target`` a copy of ``ref``, built before from the same plan."""
+        await out.write(f"Using the cached build of this image (no rebuild) for {target.name}")
+        config = self._config(organization_id, plan, ref)
+        try:
+            await self.snapshots.clone_for_build(target, ref, config, build_digest(plan))
+        except CoveError as exc:
+            raise BuildFailed(f"copying the cached build failed: {exc.message}") from exc
+        await out.write(f"Snapshot {target.name} built")
+        return target.id
 
     def _contexts(self, organization_id: str, plan: BuildPlan) -> list[Path]:
         if not plan.context_hashes:

@@ -175,6 +175,10 @@ class Runner(Protocol):
         """Make snapshot ``ref`` from the sandbox's whole file system; its size. Its image
         config is ``config``, else that of the sandbox's snapshot."""
 
+    async def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
+        """Make snapshot ``ref`` a copy of snapshot ``source`` with image config ``config``
+        (built from the same Dockerfile); its size."""
+
     async def import_image(self, ref: str, image: str) -> int:
         """Make snapshot ``ref`` from an image the runner resolves without a registry."""
 

@@ -197,6 +197,19 @@ class SnapshotService:
         snap.image_config, snap.digest = _config_dict(config), digest
         return await self._added(snap)
 
+    async def clone_for_build(
+        self, snap: Snapshot, source_ref: str, config: ImageConfig, digest: str
+    ) -> Snapshot:
+        """Give the stored ``building`` record ``snap`` the files of snapshot
+        ``source_ref`` (an earlier build of the same plan).
+
+        Raises:
+            RuntimeBackendError: the copy failed.
+        """
+        snap.size = await self.runner.clone_snapshot(source_ref, snap.id, config)
+        snap.image_config, snap.digest = _config_dict(config), digest
+        return snap
+
     def activate(self, organization_id: str, id_or_name: str) -> Snapshot:
         snap = self.get(organization_id, id_or_name)
         if not snap.general and snap.state == "inactive":

@@ -135,6 +135,13 @@ class FakeRuntime:
         self.snapshots.add(ref)
         return 1
 
+    def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
+        self._check("clone_snapshot", ref)
+        if source not in self.snapshots:
+            raise RuntimeBackendError(f"snapshot {source} not found")
+        self.snapshots.add(ref)
+        return 1
+
     def import_image(self, ref: str, image: str) -> int:
         self._check("import_image", ref)
         if image not in self.images:

@@ -120,6 +120,14 @@ class HostRuntime(Protocol):
             RuntimeBackendError: the pull or the unpack failed; nothing is left.
         """
 
+    def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
+        """Make snapshot ``ref`` a copy of snapshot ``source`` with image config ``config``;
+        returns its size.
+
+        Raises:
+            RuntimeBackendError: the copy failed; nothing named ``ref`` is left.
+        """
+
     def remove_snapshot(self, ref: str) -> None:
         """Delete snapshot ``ref`` (sandboxes created from it keep working)."""
 

@@ -80,6 +80,9 @@ class LocalRunner:
     async def capture(self, sandbox_id: str, ref: str, config: ImageConfig | None = None) -> int:
         return await self._run(self.host.capture, sandbox_id, ref, config)
 
+    async def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
+        return await self._run(self.host.clone_snapshot, source, ref, config)
+
     async def import_image(self, ref: str, image: str) -> int:
         return await self._run(self.host.import_image, ref, image)
 

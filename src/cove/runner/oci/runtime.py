@@ -313,6 +313,13 @@ class OciRuntime:
         with foreign_errors():
             return registry.pull(self._settings, ref, image, auth, progress)
 
+    def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
+        """Make snapshot ``ref`` a copy of snapshot ``source`` (hard links) with ``config``."""
+        with foreign_errors():
+            return capture.clone_snapshot(
+                self._snapshots, snapshot_rootfs(self._settings, source), ref, config
+            )
+
     def remove_snapshot(self, ref: str) -> None:
         """Delete snapshot ``ref``; never the default one."""
         if ref == self._settings.default_snapshot or not self.has_snapshot(ref):
