@@ -74,6 +74,20 @@ class ContextStore:
         self.max_bytes = max_bytes
         (root / ".uploads").mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(root, 0o700)
+        self.remove_stale()
+
+    def remove_stale(self, now: float | None = None) -> int:
+        """Delete multipart uploads and partial bodies older than the credentials that
+        could finish them (:data:`TTL`); returns how many."""
+        limit = (now or time.time()) - TTL
+        stale = [p for p in (self.root / ".uploads").iterdir() if p.stat().st_mtime < limit]
+        stale += [p for p in self.root.glob("*/.tmp-*") if p.stat().st_mtime < limit]
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return len(stale)
 
     # -- credentials
 
