@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=4096, ge=1)
     # Preview host names {port}-{sandboxId}.<domain> are proxied when set.
     preview_domain: str | None = None
+    # Serve HTTPS with this certificate (PEM chain) and key; both or neither. The SDK
+    # uploads build contexts over HTTPS only (see README, Build contexts).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @field_validator("public_snapshots", "insecure_registries", "allowed_registries",
                      mode="before")
@@ -141,6 +145,8 @@ class Settings(BaseSettings):
             self.snapshot_dir = self.data_dir / "snapshots"
         if self.archive_dir is None:
             self.archive_dir = self.data_dir / "archives"
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("COVE_TLS_CERT and COVE_TLS_KEY go together")
         return self
 
     @property
@@ -148,7 +154,8 @@ class Settings(BaseSettings):
         if self.public_url:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def toolbox_proxy_url(self) -> str:
