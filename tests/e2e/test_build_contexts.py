@@ -325,3 +325,10 @@ def test_user_arg_label_chown_and_add_of_an_archive(
     assert run_ok(sb, "cat /home/daytona/who.txt") == "daytona\n/work\n"
     assert run_ok(sb, "stat -c %U /work/a.txt; cat /work/a.txt") == "daytona\nowned\n"
     assert run_ok(sb, "cat /opt/unpacked/pkg/inside.txt") == "unpacked\n"
+
+
+def test_the_dockerfiles_user_is_the_sandboxs(daytona: Daytona, sandboxes: list) -> None:
+    image = Image.base("cove-default").dockerfile_commands(["USER root", "RUN id -un"])
+    sb = daytona.create(CreateSandboxFromImageParams(image=image), timeout=600)
+    sandboxes.append(sb)
+    assert run_ok(sb, "id -un") == "root\n"

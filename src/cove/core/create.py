@@ -75,6 +75,8 @@ class Creator:
         if plan is not None or pull is not None:
             sandbox.state = S.PENDING_BUILD
             sandbox.env = {**(plan.env if plan else {}), **sandbox.env}
+            if plan is not None and plan.user and request.user is None:  # USER, unless asked
+                sandbox.user = plan.user.partition(":")[0]
         self.ops.store.add(sandbox)
         await self.ops.events.sandbox_created(sandbox)
         if plan is None and pull is None:
@@ -82,7 +84,7 @@ class Creator:
         out = self._build_logs[sandbox.id] = BuildLog(self._log_dir / f"{sandbox.id}.log")
         builder = self.builder
         if pull is not None:
-            images, keep = self.images, request.user is not None
+            images, keep = self.images, request.user is not None or bool(plan and plan.user)
             assert images is not None  # _resolve_snapshot checked it
             self.ops.spawn(sandbox.id, lambda: pull_and_boot(
                 self.ops, images, builder, sandbox, pull, plan, out, keep_user=keep))
