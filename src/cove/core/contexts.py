@@ -200,6 +200,10 @@ class ContextStore:
             raise AccessDenied(f"part number must be 1 to {MAX_PARTS}")
         return folder / f"part-{number:05d}"
 
+    def uploaded(self, folder: Path, but: Path) -> int:
+        """Bytes of the upload's parts other than ``but`` (a part sent again replaces it)."""
+        return sum(p.stat().st_size for p in folder.glob("part-*") if p != but)
+
     def complete(self, folder: Path, numbers: list[int], path: Path) -> Stored:
         """Join the parts, in the order given, into the object (blocking I/O).
 

@@ -51,3 +51,20 @@ def test_a_build_reads_only_its_organizations_contexts(tmp_path: Path) -> None:
     for org, digest in (("org-2", "a" * 32), ("org-1", "../org-2/x"), ("org-1", "b" * 32)):
         with pytest.raises(BadRequest):
             store.context(org, digest)
+
+
+def test_credentials_expire_and_name_their_organization(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(tmp_path)
+    grant = store.push_access("org-1")
+    headers = {"x-amz-security-token": grant.session_token}
+    with pytest.raises(AccessDenied, match="signed"):  # valid token, but no signature
+        store.authorize("PUT", "/", "", headers)
+    forged = grant.session_token.replace(".", ".x", 1)
+    with pytest.raises(AccessDenied, match="invalid security token"):
+        store.authorize("PUT", "/", "", {"x-amz-security-token": forged})
+    later = time.time() + TTL + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(AccessDenied, match="expired"):
+        store.authorize("PUT", "/", "", headers)

@@ -96,7 +96,8 @@ async def _dispatch(
     if request.method == "PUT":
         part = store.part_path(folder, int(q.get("partNumber", "0")))
         tmp = store.new_part_file(part)
-        etag = await _receive(request, tmp, declared, store.max_bytes)
+        room = store.max_bytes - store.uploaded(folder, part)  # the parts so far count
+        etag = await _receive(request, tmp, declared, room)
         tmp.replace(part)
         return Response(headers={"ETag": etag})
     if request.method == "DELETE":
