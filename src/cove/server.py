@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from cove.core.agent_client import AgentClient
 from cove.core.auth import AuthService
 from cove.core.config import Settings
+from cove.core.contexts import ContextStore
 from cove.core.entrypoint import Launcher
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
@@ -30,6 +31,7 @@ from cove.core.previews import PreviewTokens
 from cove.core.registries import RegistryService
 from cove.core.sandbox import Sandbox
 from cove.core.signing import UrlSigner
+from cove.core.snapshot_builds import SnapshotBuilds
 from cove.core.snapshots import SnapshotService
 from cove.core.toolbox import ToolboxService, agent_client
 from cove.core.volumes import VolumeService
@@ -60,6 +62,8 @@ class Services:
     registries: RegistryService
     images: ImageService
     signer: UrlSigner
+    contexts: ContextStore  # uploaded Dockerfile build contexts
+    snapshot_builds: SnapshotBuilds  # POST /snapshots with buildInfo
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -74,6 +78,12 @@ def open_database(settings: Settings) -> Engine:
 def load_tokens(data_dir: Path) -> PreviewTokens:
     """Preview tokens under the server's secret (made once, kept in the data dir)."""
     return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)))
+
+
+def open_contexts(settings: Settings) -> ContextStore:
+    """The build-context store in the data dir, under a secret kept there."""
+    key = secret_file(settings.data_dir / "object-storage.key", lambda: os.urandom(32))
+    return ContextStore(settings.data_dir / "contexts", key, settings.max_context_mb * 1024**2)
 
 
 def build_services(
@@ -100,10 +110,12 @@ def build_services(
     registries = RegistryService(SqlRegistryStore(engine))
     images = ImageService(snapshots=snapshots, registries=registries, runner=runner,
                           allowed=settings.allowed_registries)  # fmt: skip
+    contexts = open_contexts(settings)
     lifecycle = LifecycleService(
         settings=settings, store=store, runner=runner, events=events, volumes=volumes,
         snapshots=snapshots, images=images,
     )  # fmt: skip
+    lifecycle.creator.use_contexts(contexts)
     toolbox = ToolboxService(lifecycle.ops, settings.output_limit)
     lifecycle.ops.started_hooks.append(Launcher(
         lambda sb: snapshots.get(sb.organization_id, sb.snapshot).image_config,
@@ -114,6 +126,11 @@ def build_services(
     return Services(
         settings=settings, auth=auth, lifecycle=lifecycle, toolbox=toolbox, volumes=volumes,
         snapshots=snapshots, registries=registries, images=images, signer=signer,
+        contexts=contexts,
+        snapshot_builds=SnapshotBuilds(
+            settings=settings, snapshots=snapshots, builder=lifecycle.creator.builder,
+            images=images, contexts=contexts,
+        ),
         previews=load_tokens(settings.data_dir),
     )  # fmt: skip
 

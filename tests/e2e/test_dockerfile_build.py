@@ -101,10 +101,15 @@ def test_failing_run_is_build_failed(server: Server, daytona: Daytona, sandboxes
     assert f"dockerfile-{digest}" not in {s.name for s in daytona.snapshot.list().items}
 
 
-def test_copy_is_refused(server: Server) -> None:
-    """The SDK uploads COPY context to object storage first, so this is the raw request."""
-    body = {"buildInfo": {"dockerfileContent": "FROM cove-default\nCOPY a /b\n"}}
+def test_copy_without_an_uploaded_context_is_refused(server: Server) -> None:
+    """The SDK uploads COPY's context first (see test_build_contexts), so this is the raw
+    request: no context, or one never uploaded, is a 400 and nothing is created."""
+    body: dict = {"buildInfo": {"dockerfileContent": "FROM cove-default\nCOPY a /b\n"}}
     response = httpx.post(f"{server.api_url}/sandbox", json=body,
                           headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
     assert response.status_code == 400
-    assert "COPY is not supported" in response.text
+    assert "need an uploaded build context" in response.text
+    body["buildInfo"]["contextHashes"] = ["f" * 32]
+    response = httpx.post(f"{server.api_url}/sandbox", json=body,
+                          headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+    assert response.status_code == 400 and "was not uploaded" in response.text

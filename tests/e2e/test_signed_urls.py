@@ -11,7 +11,7 @@ import stat
 import subprocess
 import sys
 import time
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 import httpx
 import pytest
@@ -71,6 +71,14 @@ def test_a_signed_url_downloads_without_an_api_key_until_it_expires(
     _refused(_signed(sb, key, FILE, now + 60).replace(f"expires={now + 60}", f"expires={now + 99}"))
     _refused(_signed(sb, key, FILE, now + 60).split("&signature=")[0])
     _refused(f"{sb.toolbox_proxy_url}/{sb.id}/files/download?path={FILE}")  # neither key nor sig
+    # A name no header can carry as is (emoji, a control character, a quote) comes back
+    # under RFC 6266's filename*, not a 500.
+    odd = "/home/daytona/\U0001f3fb\x10\"8.txt"
+    sb.fs.upload_file(b"odd\n", odd)
+    reply = httpx.get(_signed(sb, key, odd, now + 60))
+    assert reply.status_code == 200 and reply.content == b"odd\n"
+    disposition = reply.headers["content-disposition"]
+    assert unquote(disposition.split("filename*=utf-8''")[1]) == odd.rsplit("/", 1)[1]
     # A missing file is the daemon's 404, signed or not.
     _refused(_signed(sb, key, "/home/daytona/nope", now + 60), 404)
     # The key never enters the sandbox.

@@ -20,6 +20,7 @@ from cove.api.preview import PreviewProxy
 from cove.api.routes import (
     docker_registry,
     health,
+    object_storage,
     previews,
     sandbox_network,
     sandboxes,
@@ -83,6 +84,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     api.include_router(sandbox_network.router, prefix="/api")
     api.include_router(previews.router, prefix="/api")
     api.include_router(signed_files.toolbox_router, prefix="/toolbox/{sandbox_id}")
+    api.include_router(object_storage.router, prefix="/api")
     for module in (toolbox_process, toolbox_files, toolbox_git, toolbox_entrypoint,
                    toolbox_sessions, toolbox_pty, toolbox_interpreter, toolbox_system, toolbox_lsp,
                    toolbox_computeruse):
@@ -94,6 +96,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
 
 def _is_upload(path: str) -> bool:
     """File uploads stream to the sandbox: no bound on their size."""
+    if path.startswith("/api/object-storage/s3/"):  # bounded by COVE_MAX_CONTEXT_MB
+        return True
     return path.startswith("/toolbox/") and path.endswith(("/files/bulk-upload",
                                                            "/files/upload-v2"))
 

@@ -84,13 +84,14 @@ def _plain(text: str) -> bool:
     return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
-def disposition(name: str, filename: str) -> str:
-    """A Content-Disposition naming ``filename`` exactly (RFC 5987 when it must)."""
+def disposition(name: str | None, filename: str) -> str:
+    """A Content-Disposition naming ``filename`` exactly (RFC 5987 when it must): a
+    form part called ``name``, or (``None``) an attachment."""
+    head = f'form-data; name="{name}"' if name is not None else "attachment"
     if _plain(filename):
-        return f'form-data; name="{name}"; filename="{filename}"'
+        return f'{head}; filename="{filename}"'
     fallback = "".join(c if _plain(c) else "_" for c in filename)
-    return (f'form-data; name="{name}"; filename="{fallback}"; '
-            f"filename*=utf-8''{quote(filename, safe='')}")
+    return f"{head}; filename=\"{fallback}\"; filename*=utf-8''{quote(filename, safe='')}"
 
 
 def part_head(boundary: str, name: str, filename: str, content_type: str,

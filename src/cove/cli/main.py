@@ -60,6 +60,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
         log_level=log_level,
         ws="websockets-sansio",
         timeout_graceful_shutdown=10,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
 
 

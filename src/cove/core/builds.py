@@ -1,11 +1,15 @@
 """Building a sandbox's snapshot from a Dockerfile (``buildInfo``).
 
 A temporary build sandbox is started from the base snapshot; each ``RUN`` is
-executed in it as root (with the ``ENV`` and ``WORKDIR`` so far) and its output
-goes, line by line, to the sandbox's :class:`BuildLog`. The result is captured
-as a snapshot of the organization named by the Dockerfile's hash, so building
-the same Dockerfile again reuses it. The build sandbox is always removed; a
-failed build leaves no snapshot.
+executed in it as the ``USER`` so far (root by default, with the ``ENV``, ``ARG``
+and ``WORKDIR`` so far) and its output goes, line by line, to the
+:class:`BuildLog`. ``COPY``/``ADD`` repack what they name from the organization's
+uploaded contexts (:mod:`cove.core.buildcontext`), upload that tar through the
+agent and extract it inside the sandbox. The result is captured as a snapshot of
+the organization named by the plan's digest (Dockerfile and context hashes), so
+the same build is done once; its image config records the ENV, WORKDIR, USER,
+ENTRYPOINT, CMD and LABELs. The build sandbox is always removed; a failed build
+leaves no snapshot.
 """
 
 from __future__ import annotations
@@ -16,17 +20,20 @@ import shlex
 import uuid
 from collections import deque
 from contextlib import aclosing
+from pathlib import Path
 
 from cove.core.agent_types import Exited, Output
+from cove.core.buildcopy import CopyStep
 from cove.core.buildlog import BuildLog
 from cove.core.config import Settings
-from cove.core.dockerfile import BuildPlan, Step
+from cove.core.contexts import ContextStore
+from cove.core.dockerfile import BuildPlan
 from cove.core.ops import SandboxOps
-from cove.core.ports import ContainerSpec, Resources, Runner
+from cove.core.ports import ContainerSpec, ImageConfig, Resources, Runner
 from cove.core.sandbox import Sandbox, SandboxState
-from cove.core.snapshots import SnapshotService
+from cove.core.snapshots import Snapshot, SnapshotService
 from cove.core.toolbox import agent_client
-from cove.errors import CoveError, NotFound
+from cove.errors import BadRequest, CoveError, NotFound
 
 S = SandboxState
 log = logging.getLogger(__name__)
@@ -45,43 +52,66 @@ def snapshot_name(plan: BuildPlan) -> str:
     return f"dockerfile-{plan.digest[:16]}"
 
 
+def build_digest(plan: BuildPlan) -> str:
+    """What a built snapshot records as its digest: the plan's."""
+    return f"build:{plan.digest}"
+
+
 class ImageBuilder:
     """Turns a :class:`BuildPlan` into a snapshot ref, one build per Dockerfile at a time."""
 
-    def __init__(self, *, settings: Settings, runner: Runner, snapshots: SnapshotService) -> None:
+    def __init__(
+        self, *, settings: Settings, runner: Runner, snapshots: SnapshotService,
+        contexts: ContextStore | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.runner = runner
         self.snapshots = snapshots
+        self.contexts = contexts
         self._locks: dict[str, asyncio.Lock] = {}
 
     def cached(self, organization_id: str, plan: BuildPlan) -> str | None:
+        """The ref of an active snapshot of the organization built from the same plan
+        (Dockerfile and contexts), if any."""
         try:
             return self.snapshots.ref_for(organization_id, snapshot_name(plan))
-        except NotFound:
-            return None
+        except (NotFound, BadRequest):
+            pass
+        digest = build_digest(plan)
+        for snap in self.snapshots.store.list(organization_id):
+            if snap.digest == digest and snap.state == "active":
+                return snap.id
+        return None
 
     async def build(
-        self, organization_id: str, plan: BuildPlan, base_ref: str, out: BuildLog
-    ) -> str:
-        """The ref of the plan's snapshot, built now unless it exists already.
+        self, organization_id: str, plan: BuildPlan, base_ref: str, out: BuildLog,
+        target: Snapshot | None = None,
+    ) -> str:  # fmt: skip
+        """The ref of the plan's snapshot, built now unless it exists already. With
+        ``target`` (a stored ``building`` record), the files go to that snapshot: copied
+        from an earlier build of the same plan if there is one, else built.
 
         Raises:
             BuildFailed: a step failed (the reason names it and ends with its output).
         """
-        name = snapshot_name(plan)
-        lock = self._locks.setdefault(f"{organization_id}/{name}", asyncio.Lock())
+        name = target.name if target is not None else snapshot_name(plan)
+        contexts = self._contexts(organization_id, plan)
+        lock = self._locks.setdefault(f"{organization_id}/{plan.digest}", asyncio.Lock())
         async with lock:
             ref = self.cached(organization_id, plan)
-            if ref is not None:
+            if ref is not None and target is None:
                 await out.write(f"Using cached snapshot {name} (no rebuild)")
                 return ref
+            if ref is not None and target is not None:
+                return await self._clone(organization_id, plan, ref, target, out)
             build_id = f"build-{uuid.uuid4()}"
             await out.write(f"Building snapshot {name} from {plan.base}")
             try:
-                await self._run_steps(build_id, plan, base_ref, out)
+                await self._run_steps(build_id, plan, base_ref, contexts, out)
+                config = self._config(organization_id, plan, base_ref)
                 try:
                     snap = await self.snapshots.create_from_build(
-                        organization_id, name, build_id
+                        organization_id, name, build_id, config, target, build_digest(plan)
                     )
                 except CoveError as exc:
                     raise BuildFailed(f"capturing the snapshot failed: {exc.message}") from exc
@@ -90,9 +120,50 @@ class ImageBuilder:
             await out.write(f"Snapshot {name} built")
             return snap.id
 
+    async def _clone(
+        self, organization_id: str, plan: BuildPlan, ref: str, target: Snapshot, out: BuildLog
+    ) -> str:
+        """Make ``target`` a copy of ``ref``, built before from the same plan."""
+        await out.write(f"Using the cached build of this image (no rebuild) for {target.name}")
+        config = self._config(organization_id, plan, ref)
+        try:
+            await self.snapshots.clone_for_build(target, ref, config, build_digest(plan))
+        except CoveError as exc:
+            raise BuildFailed(f"copying the cached build failed: {exc.message}") from exc
+        await out.write(f"Snapshot {target.name} built")
+        return target.id
+
+    def _contexts(self, organization_id: str, plan: BuildPlan) -> list[Path]:
+        if not plan.context_hashes:
+            return []
+        if self.contexts is None:
+            raise BuildFailed("this server keeps no build contexts")
+        try:
+            return [self.contexts.context(organization_id, h) for h in plan.context_hashes]
+        except CoveError as exc:
+            raise BuildFailed(exc.message) from exc
+
+    def _config(self, organization_id: str, plan: BuildPlan, base_ref: str) -> ImageConfig:
+        """The built image's config: the base's, then what the Dockerfile set."""
+        try:
+            base = self.snapshots.get(organization_id, base_ref).image_config or {}
+        except NotFound:
+            base = {}
+        entrypoint = plan.entrypoint or tuple(base.get("entrypoint") or ())
+        cmd = plan.cmd or (() if plan.entrypoint else tuple(base.get("cmd") or ()))
+        return ImageConfig(
+            env={**(base.get("env") or {}), **plan.env},
+            workdir=plan.workdir or base.get("workdir"),
+            # over a snapshot not made from an image, sandboxes run as daytona by default
+            user=plan.user or base.get("user") or (None if base else "daytona"),
+            entrypoint=entrypoint, cmd=cmd,
+            labels={**(base.get("labels") or {}), **dict(plan.labels)},
+        )  # fmt: skip
+
     async def _run_steps(
-        self, build_id: str, plan: BuildPlan, base_ref: str, out: BuildLog
-    ) -> None:
+        self, build_id: str, plan: BuildPlan, base_ref: str, contexts: list[Path],
+        out: BuildLog,
+    ) -> None:  # fmt: skip
         s = self.settings
         spec = ContainerSpec(
             sandbox_id=build_id, hostname="build", snapshot=base_ref, user="root",
@@ -105,25 +176,35 @@ class ImageBuilder:
             raise BuildFailed(f"the build sandbox could not start: {exc.message}") from exc
         env: dict[str, str] = {}
         cwd: str | None = None
+        user = "root"
         total = len(plan.steps)
         for number, step in enumerate(plan.steps, 1):
             await out.write(f"Step {number}/{total} : {step.text}")
             env.update(step.env)
+            where = f"step {number}/{total} '{step.text}'"
             if step.kind == "WORKDIR":
-                await self._exec(build_id, step, number, total, ["mkdir", "-p", step.path],
-                                 env, None, out)  # fmt: skip
+                await self._exec(build_id, where, ["mkdir", "-p", step.path], env, None, out)
                 cwd = step.path
+            elif step.kind == "USER":
+                user = step.user
+            elif step.kind in ("COPY", "ADD"):
+                copy = CopyStep(self.runner, build_id, self.settings.data_dir / "build-tmp")
+                try:
+                    argv = await copy.upload(contexts, step)
+                except CoveError as exc:
+                    raise BuildFailed(f"build failed at {where}: {exc.message}") from exc
+                await self._exec(build_id, where, argv, {}, None, out)
             elif step.kind == "RUN":
-                await self._exec(build_id, step, number, total, _merged(step.argv), env, cwd, out)
+                run_env = {**dict(step.args), **env}
+                await self._exec(build_id, where, _merged(step.argv), run_env, cwd, out, user)
 
     async def _exec(
-        self, build_id: str, step: Step, number: int, total: int, argv: list[str],
-        env: dict[str, str], cwd: str | None, out: BuildLog,
+        self, build_id: str, where: str, argv: list[str], env: dict[str, str],
+        cwd: str | None, out: BuildLog, user: str = "root",
     ) -> None:  # fmt: skip
-        where = f"step {number}/{total} '{step.text}'"
         lines: deque[str] = deque(maxlen=TAIL_LINES)
         try:
-            code = await self._stream(build_id, argv, env, cwd, out, lines)
+            code = await self._stream(build_id, argv, env, cwd, out, lines, user)
         except CoveError as exc:
             raise BuildFailed(f"build failed at {where}: {exc}") from exc
         if code != 0:
@@ -132,12 +213,12 @@ class ImageBuilder:
 
     async def _stream(
         self, build_id: str, argv: list[str], env: dict[str, str], cwd: str | None,
-        out: BuildLog, lines: deque[str],
+        out: BuildLog, lines: deque[str], user: str,
     ) -> int:  # fmt: skip
-        """Run ``argv`` as root through the build sandbox's agent; each output line goes
-        to the log as soon as it is printed (a line longer than MAX_LINE in pieces).
+        """Run ``argv`` as ``user`` through the build sandbox's agent; each output line
+        goes to the log as soon as it is printed (a line longer than MAX_LINE in pieces).
         Returns the exit code."""
-        agent = agent_client(self.runner, build_id, "root", {})
+        agent = agent_client(self.runner, build_id, user, {})
         pending, code = "", -1
         async with aclosing(agent.exec_stream(shlex.join(argv), cwd, env, RUN_TIMEOUT)) as events:
             async for event in events:

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     archive_s3_region: str | None = None
     archive_s3_prefix: str = ""
     default_snapshot: str = "cove-default"
+    # Largest Dockerfile build context (one Image.add_local_file/dir archive) accepted.
+    max_context_mb: int = Field(default=2048, ge=1)
     # Snapshots placed on the host by hand that every organization may use
     # (``COVE_PUBLIC_SNAPSHOTS=name1,name2``); any other is its organization's alone.
     public_snapshots: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -122,6 +124,10 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=4096, ge=1)
     # Preview host names {port}-{sandboxId}.<domain> are proxied when set.
     preview_domain: str | None = None
+    # Serve HTTPS with this certificate (PEM chain) and key; both or neither. The SDK
+    # uploads build contexts over HTTPS only (see README, Build contexts).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @field_validator("public_snapshots", "insecure_registries", "allowed_registries",
                      mode="before")
@@ -140,6 +146,8 @@ class Settings(BaseSettings):
             self.snapshot_dir = _default_data_dir() / "snapshots"
         if self.archive_dir is None:
             self.archive_dir = self.data_dir / "archives"
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("COVE_TLS_CERT and COVE_TLS_KEY go together")
         return self
 
     @property
@@ -147,7 +155,8 @@ class Settings(BaseSettings):
         if self.public_url:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def toolbox_proxy_url(self) -> str:

@@ -15,6 +15,7 @@ from cove.core import dockerfile, links, validation
 from cove.core.buildlog import BuildLog
 from cove.core.builds import ImageBuilder, build_and_boot
 from cove.core.config import Settings
+from cove.core.contexts import ContextStore
 from cove.core.images import ImageService, default_user, pull_and_boot
 from cove.core.ops import SandboxOps
 from cove.core.ports import VolumeBind
@@ -42,15 +43,23 @@ class Creator:
         shutil.rmtree(self._log_dir, ignore_errors=True)  # of builds of an earlier run
         self._log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.images: ImageService | None = None  # registry images (None: not pulled)
+        self.contexts: ContextStore | None = None  # uploaded build contexts (None: none)
         self.use_snapshots(snapshots)
 
     def use_snapshots(self, snapshots: SnapshotService | None) -> None:
         """Where snapshots are found (and Dockerfiles built); None: the host's only."""
         self.snapshots = snapshots
         self.builder = (
-            ImageBuilder(settings=self.settings, runner=self.ops.runner, snapshots=snapshots)
+            ImageBuilder(settings=self.settings, runner=self.ops.runner, snapshots=snapshots,
+                         contexts=self.contexts)
             if snapshots is not None else None
         )  # fmt: skip
+
+    def use_contexts(self, contexts: ContextStore) -> None:
+        """Where COPY/ADD find the uploaded build contexts."""
+        self.contexts = contexts
+        if self.builder is not None:
+            self.builder.contexts = contexts
 
     async def create(self, organization_id: str, request: SandboxCreate) -> Sandbox:
         """Validate, record and boot a new sandbox; returns it ``started`` or ``error``,
@@ -61,11 +70,13 @@ class Creator:
             QuotaExceeded: resources above the limits (nothing is created).
             Conflict: the name is taken in this organization.
         """
-        plan = self._build_plan(request)
+        plan = self._build_plan(organization_id, request)
         sandbox, pull = self._new_sandbox(organization_id, request)
         if plan is not None or pull is not None:
             sandbox.state = S.PENDING_BUILD
             sandbox.env = {**(plan.env if plan else {}), **sandbox.env}
+            if plan is not None and plan.user and request.user is None:  # USER, unless asked
+                sandbox.user = plan.user.partition(":")[0]
         self.ops.store.add(sandbox)
         await self.ops.events.sandbox_created(sandbox)
         if plan is None and pull is None:
@@ -73,7 +84,7 @@ class Creator:
         out = self._build_logs[sandbox.id] = BuildLog(self._log_dir / f"{sandbox.id}.log")
         builder = self.builder
         if pull is not None:
-            images, keep = self.images, request.user is not None
+            images, keep = self.images, request.user is not None or bool(plan and plan.user)
             assert images is not None  # _resolve_snapshot checked it
             self.ops.spawn(sandbox.id, lambda: pull_and_boot(
                 self.ops, images, builder, sandbox, pull, plan, out, keep_user=keep))
@@ -103,15 +114,22 @@ class Creator:
         if found is not None:
             found.discard()
 
-    def _build_plan(self, req: SandboxCreate) -> dockerfile.BuildPlan | None:
+    def _build_plan(
+        self, organization_id: str, req: SandboxCreate
+    ) -> dockerfile.BuildPlan | None:
         """The Dockerfile to build, or None when there is nothing to build."""
         if req.build_info is None:
             return None
-        plan = dockerfile.parse(req.build_info.dockerfile_content)
+        plan = dockerfile.parse(req.build_info.dockerfile_content,
+                                req.build_info.context_hashes or ())  # fmt: skip
         if not plan.steps:
             return None
         if self.builder is None:
             raise BadRequest("Building images from Dockerfiles is not supported by this server")
+        for context_hash in plan.context_hashes:  # uploaded by this organization: else a 400
+            if self.contexts is None:
+                raise BadRequest("this server keeps no build contexts")
+            self.contexts.context(organization_id, context_hash)
         return plan
 
     def _new_sandbox(self, organization_id: str, req: SandboxCreate) -> tuple[Sandbox, str | None]:
@@ -163,7 +181,8 @@ class Creator:
         """The runtime ref of the snapshot (or Dockerfile base image) asked for; or, for
         an image that is no snapshot, its normalized reference twice (it is pulled)."""
         if req.build_info is not None:
-            image = dockerfile.parse(req.build_info.dockerfile_content).base
+            info = req.build_info
+            image = dockerfile.parse(info.dockerfile_content, info.context_hashes or ()).base
             ref = self._usable_snapshot(organization_id, image)
             if ref is not None:
                 return ref, None

@@ -1,11 +1,13 @@
-"""Parsing the Dockerfiles Cove can build: ``FROM <local snapshot>`` followed by
-``RUN``, ``ENV`` and ``WORKDIR``.
+"""Parsing the Dockerfiles Cove builds: ``FROM <snapshot or image>`` followed by any
+instruction the SDK's ``Image`` emits: ``RUN``, ``ENV``, ``WORKDIR``, ``COPY`` and
+``ADD`` (from the uploaded build contexts, ``--chown`` honoured), ``USER``, ``ARG``
+(defaults; ``$VAR``/``${VAR}``/``${VAR:-x}``/``${VAR:+x}`` substituted as Docker does),
+``LABEL``, ``ENTRYPOINT``, ``CMD`` (recorded with the snapshot) and ``EXPOSE``
+(ignored). ``SHELL``, ``ONBUILD``, ``HEALTHCHECK``, ``VOLUME``, ``STOPSIGNAL``, a
+second ``FROM`` and ``ADD <url>`` are refused.
 
-``COPY`` and ``ADD`` are refused: the SDK uploads their context to object
-storage, which this server does not have. ``LABEL``, ``EXPOSE``, ``CMD`` and
-``ENTRYPOINT`` are skipped (a sandbox runs its own init); anything else
-(``USER``, ``ARG``, ``SHELL``, a second ``FROM``...) is refused. The digest
-(of the whole text) names the built snapshot, so the same Dockerfile is built once.
+The digest (of the text and the context hashes) names the built snapshot, so the
+same Dockerfile over the same context is built once.
 """
 
 from __future__ import annotations
@@ -14,23 +16,32 @@ import hashlib
 import json
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cove.errors import BadRequest
 
 _FROM = re.compile(r"^(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+\S+)?$", re.I)
-_SKIPPED = frozenset({"LABEL", "EXPOSE", "CMD", "ENTRYPOINT"})
+_VAR = re.compile(r"\$(?:\{(\w+)(?::([-+])([^}]*))?\}|(\w+))")
+_NAME = re.compile(r"^[A-Za-z_]\w*$")
+_FLAG = re.compile(r"^--(chown|chmod|link|from|checksum|keep-git-dir|exclude|parents)(?:=(.*))?$")
+_SUBSTITUTED = frozenset({"ENV", "WORKDIR", "COPY", "ADD", "USER", "LABEL", "EXPOSE", "ARG"})
 
 
 @dataclass(frozen=True)
 class Step:
-    """One instruction to execute: ``RUN`` (argv for the shell), ``ENV`` or ``WORKDIR``."""
+    """One instruction to execute: ``RUN`` (argv for the shell), ``ENV``, ``WORKDIR``,
+    ``COPY``/``ADD`` (``sources`` into ``path``) or ``USER``."""
 
     kind: str
     text: str  # the instruction as written, for logs and errors
     argv: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     path: str = ""
+    sources: tuple[str, ...] = ()
+    chown: str | None = None
+    user: str = ""
+    args: tuple[tuple[str, str], ...] = ()  # ARGs in scope (a RUN's environment only)
 
 
 @dataclass(frozen=True)
@@ -38,31 +49,149 @@ class BuildPlan:
     base: str
     steps: tuple[Step, ...] = field(default=())
     digest: str = ""
+    context_hashes: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def env(self) -> dict[str, str]:
         """Every ``ENV`` of the Dockerfile, in order (later wins)."""
         return {k: v for step in self.steps for k, v in step.env}
 
+    @property
+    def user(self) -> str | None:
+        """The last ``USER`` (what the image runs as), if any."""
+        users = [s.user for s in self.steps if s.kind == "USER"]
+        return users[-1] if users else None
 
-def parse(dockerfile: str) -> BuildPlan:
-    """The plan of a Dockerfile.
+    @property
+    def workdir(self) -> str | None:
+        dirs = [s.path for s in self.steps if s.kind == "WORKDIR"]
+        return dirs[-1] if dirs else None
+
+
+def parse(dockerfile: str, context_hashes: Sequence[str] = ()) -> BuildPlan:
+    """The plan of a Dockerfile built over the given uploaded contexts.
 
     Raises:
         BadRequest: no ``FROM`` first, a multi-stage build, or an instruction Cove
-            cannot build (``COPY``/``ADD`` and anything unknown).
+            cannot build.
     """
     lines = _logical_lines(dockerfile)
+    while lines and lines[0][0] == "ARG":  # ARG before FROM: only FROM may use it
+        lines.pop(0)
     if not lines or lines[0][0] != "FROM":
-        raise BadRequest("the Dockerfile must start with FROM <snapshot>")
+        raise BadRequest("the Dockerfile must start with FROM <snapshot or image>")
     match = _FROM.match(lines[0][1])
     if match is None:
         raise BadRequest(f"invalid FROM line: {lines[0][1]!r}")
-    steps = tuple(
-        step for keyword, rest in lines[1:] if (step := _step(keyword, rest)) is not None
-    )
-    digest = hashlib.sha256(dockerfile.strip().encode()).hexdigest()
-    return BuildPlan(base=match.group(1), steps=steps, digest=digest)
+    parser = _Parser()
+    for keyword, rest in lines[1:]:
+        parser.add(keyword, rest)
+    if not context_hashes and any(st.kind in ("COPY", "ADD") for st in parser.steps):
+        raise BadRequest("COPY/ADD need an uploaded build context "
+                         "(Image.add_local_file / add_local_dir)")  # fmt: skip
+    blob = json.dumps({"dockerfile": dockerfile.strip(), "contexts": list(context_hashes)})
+    return BuildPlan(
+        base=match.group(1), steps=tuple(parser.steps),
+        digest=hashlib.sha256(blob.encode()).hexdigest(),
+        context_hashes=tuple(context_hashes), entrypoint=parser.entrypoint, cmd=parser.cmd,
+        labels=tuple(parser.labels.items()),
+    )  # fmt: skip
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+        self.args: dict[str, str] = {}
+        self.env: dict[str, str] = {}
+        self.labels: dict[str, str] = {}
+        self.entrypoint: tuple[str, ...] = ()
+        self.cmd: tuple[str, ...] = ()
+        self.workdir = "/"
+
+    def add(self, keyword: str, rest: str) -> None:
+        text = f"{keyword} {rest}"
+        if keyword in _SUBSTITUTED:
+            rest = self._substitute(rest)
+        handler = getattr(self, f"_{keyword.lower()}", None)
+        if handler is None or keyword in ("FROM",):
+            if keyword == "FROM":
+                raise BadRequest("multi-stage Dockerfiles are not supported")
+            raise BadRequest(f"Dockerfile instruction {keyword} is not supported")
+        handler(text, rest)
+
+    def _substitute(self, text: str) -> str:
+        scope = {**self.args, **self.env}
+
+        def one(m: re.Match[str]) -> str:
+            name = m.group(1) or m.group(4)
+            value = scope.get(name)
+            if m.group(2) == "-":
+                return value if value else m.group(3)
+            if m.group(2) == "+":
+                return m.group(3) if value else ""
+            return value or ""
+
+        return _VAR.sub(one, text.replace("\\$", "\0")).replace("\0", "$")
+
+    def _run(self, text: str, rest: str) -> None:
+        self.steps.append(Step("RUN", text, argv=_run_argv(rest), args=tuple(self.args.items())))
+
+    def _env(self, text: str, rest: str) -> None:
+        pairs = _pairs(rest, "ENV")
+        self.env.update(pairs)
+        self.steps.append(Step("ENV", text, env=pairs))
+
+    def _workdir(self, text: str, rest: str) -> None:
+        path = _one_word(rest)
+        if not path.startswith("/"):
+            path = f"{self.workdir.rstrip('/')}/{path}"
+        self.workdir = path
+        self.steps.append(Step("WORKDIR", text, path=path))
+
+    def _copy(self, text: str, rest: str, kind: str = "COPY") -> None:
+        flags, words = _flags_and_words(rest, kind)
+        if len(words) < 2:
+            raise BadRequest(f"{kind} needs a source and a destination: {text!r}")
+        *sources, dest = words
+        if "from" in flags:
+            raise BadRequest(f"{kind} --from is not supported (single-stage builds only)")
+        for src in sources:
+            if kind == "ADD" and re.match(r"^[a-z]+://", src):
+                raise BadRequest(f"ADD from a URL is not supported: {src!r}")
+        if not dest.startswith("/"):
+            dest = f"{self.workdir.rstrip('/')}/{dest}"
+        if len(sources) > 1 and not dest.endswith("/"):
+            raise BadRequest(f"{kind} with several sources needs a directory (ending in /)")
+        self.steps.append(Step(kind, text, sources=tuple(sources), path=dest,
+                               chown=flags.get("chown") or None))  # fmt: skip
+
+    def _add(self, text: str, rest: str) -> None:
+        self._copy(text, rest, "ADD")
+
+    def _user(self, text: str, rest: str) -> None:
+        user = _one_word(rest)
+        self.steps.append(Step("USER", text, user=user))
+
+    def _arg(self, text: str, rest: str) -> None:
+        name, eq, default = _one_word(rest).partition("=")
+        if not _NAME.match(name):
+            raise BadRequest(f"invalid ARG: {text!r}")
+        self.args[name] = default if eq else self.args.get(name, "")
+
+    def _label(self, text: str, rest: str) -> None:
+        self.labels.update(_pairs(rest, "LABEL"))
+
+    def _entrypoint(self, text: str, rest: str) -> None:
+        self.entrypoint = _exec_or_shell(rest, "ENTRYPOINT")
+
+    def _cmd(self, text: str, rest: str) -> None:
+        self.cmd = _exec_or_shell(rest, "CMD")
+
+    def _expose(self, text: str, rest: str) -> None:
+        return None
 
 
 def _logical_lines(dockerfile: str) -> list[tuple[str, str]]:
@@ -86,58 +215,64 @@ def _logical_lines(dockerfile: str) -> list[tuple[str, str]]:
     return out
 
 
-def _step(keyword: str, rest: str) -> Step | None:
-    text = f"{keyword} {rest}"
-    if keyword == "RUN":
-        return Step("RUN", text, argv=_run_argv(rest))
-    if keyword == "ENV":
-        return Step("ENV", text, env=_env_pairs(rest))
-    if keyword == "WORKDIR":
-        path = _one_word(rest)
-        if not path.startswith("/"):
-            raise BadRequest(f"WORKDIR must be an absolute path: {text!r}")
-        return Step("WORKDIR", text, path=path)
-    if keyword in ("COPY", "ADD"):
-        raise BadRequest(
-            f"{keyword} is not supported: this server has no object storage for the build "
-            "context; write files with RUN instead"
-        )
-    if keyword == "FROM":
-        raise BadRequest("multi-stage Dockerfiles are not supported")
-    if keyword in _SKIPPED:
-        return None
-    raise BadRequest(f"Dockerfile instruction {keyword} is not supported (RUN, ENV, WORKDIR are)")
-
-
 def _run_argv(rest: str) -> tuple[str, ...]:
     if not rest:
         raise BadRequest("RUN needs a command")
+    return _exec_or_shell(rest, "RUN")
+
+
+def _exec_or_shell(rest: str, kind: str) -> tuple[str, ...]:
+    if not rest:
+        return ()
     if rest.startswith("["):
         try:
             argv = json.loads(rest)
         except json.JSONDecodeError as exc:
-            raise BadRequest(f"invalid RUN exec form: {rest!r}") from exc
-        if not argv or not all(isinstance(a, str) for a in argv):
-            raise BadRequest(f"invalid RUN exec form: {rest!r}")
+            raise BadRequest(f"invalid {kind} exec form: {rest!r}") from exc
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise BadRequest(f"invalid {kind} exec form: {rest!r}")
+        if kind == "RUN" and not argv:
+            raise BadRequest(f"invalid {kind} exec form: {rest!r}")
         return tuple(argv)
     return ("/bin/sh", "-c", rest)
 
 
-def _env_pairs(rest: str) -> tuple[tuple[str, str], ...]:
+def _flags_and_words(rest: str, kind: str) -> tuple[dict[str, str], list[str]]:
+    flags: dict[str, str] = {}
+    rest = rest.strip()
+    while rest.startswith("--"):
+        word, _, rest = rest.partition(" ")
+        rest = rest.lstrip()
+        match = _FLAG.match(word)
+        if match is None:
+            raise BadRequest(f"unknown {kind} option {word!r}")
+        if match.group(1) not in ("chown", "from", "link"):
+            raise BadRequest(f"{kind} --{match.group(1)} is not supported")
+        flags[match.group(1)] = match.group(2) or ""
+    try:
+        words = json.loads(rest) if rest.startswith("[") else shlex.split(rest)
+    except ValueError as exc:
+        raise BadRequest(f"invalid {kind}: {rest!r}") from exc
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise BadRequest(f"invalid {kind} JSON form: {rest!r}")
+    return flags, words
+
+
+def _pairs(rest: str, kind: str) -> tuple[tuple[str, str], ...]:
     try:
         words = shlex.split(rest)
     except ValueError as exc:
-        raise BadRequest(f"invalid ENV: {rest!r}") from exc
+        raise BadRequest(f"invalid {kind}: {rest!r}") from exc
     if not words:
-        raise BadRequest("ENV needs a value")
-    if "=" not in words[0]:  # legacy form: ENV KEY value with spaces
+        raise BadRequest(f"{kind} needs a value")
+    if "=" not in words[0]:  # legacy form: KEY value with spaces
         key, _, value = rest.partition(" ")
         return ((key, value.strip()),)
     pairs = []
     for word in words:
         key, eq, value = word.partition("=")
         if not eq or not key:
-            raise BadRequest(f"invalid ENV: {rest!r}")
+            raise BadRequest(f"invalid {kind}: {rest!r}")
         pairs.append((key, value))
     return tuple(pairs)
 

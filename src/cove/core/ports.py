@@ -97,6 +97,7 @@ class ImageConfig:
     user: str | None = None
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,13 @@ class Runner(Protocol):
     async def fork(self, source_id: str, spec: ContainerSpec) -> None:
         """Create ``spec``'s writable layer as a copy of ``source_id``'s."""
 
-    async def capture(self, sandbox_id: str, ref: str) -> int:
-        """Make snapshot ``ref`` from the sandbox's whole file system; its size."""
+    async def capture(self, sandbox_id: str, ref: str, config: ImageConfig | None = None) -> int:
+        """Make snapshot ``ref`` from the sandbox's whole file system; its size. Its image
+        config is ``config``, else that of the sandbox's snapshot."""
+
+    async def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
+        """Make snapshot ``ref`` a copy of snapshot ``source`` with image config ``config``
+        (built from the same Dockerfile); its size."""
 
     async def import_image(self, ref: str, image: str) -> int:
         """Make snapshot ``ref`` from an image the runner resolves without a registry."""

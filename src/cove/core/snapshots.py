@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cove.core.ports import Runner, SandboxStore
+from cove.core.ports import ImageConfig, Runner, SandboxStore
 from cove.core.sandbox import SandboxState, utcnow
 from cove.errors import BadRequest, Conflict, CoveError, InvalidState, NotFound
 
@@ -70,7 +70,7 @@ class SnapshotStore(Protocol):
     def list(self, organization_id: str) -> list[Snapshot]: ...
 
     def all_pulling(self) -> builtins.list[Snapshot]:
-        """Snapshots of every organization in state ``pulling``."""
+        """Snapshots of every organization in state ``pulling`` or ``building``."""
 
 
 class SnapshotService:
@@ -178,16 +178,37 @@ class SnapshotService:
         return await self._added(snap)
 
     async def create_from_build(
-        self, organization_id: str, name: str, build_sandbox_id: str
-    ) -> Snapshot:
-        """Capture a Dockerfile build's sandbox as snapshot ``name`` (see core.builds).
+        self, organization_id: str, name: str, build_sandbox_id: str,
+        config: ImageConfig | None = None, snap: Snapshot | None = None,
+        digest: str | None = None,
+    ) -> Snapshot:  # fmt: skip
+        """Capture a Dockerfile build's sandbox as snapshot ``name`` (see core.builds),
+        with image config ``config``; ``snap``: its record, already stored (``building``).
 
         Raises:
             Conflict: the name is taken. RuntimeBackendError: the copy failed.
         """
+        if snap is not None:
+            snap.size = await self.runner.capture(build_sandbox_id, snap.id, config)
+            snap.image_config, snap.digest = _config_dict(config), digest
+            return snap
         snap = self._new(organization_id, name, source_sandbox_id=None)
-        snap.size = await self.runner.capture(build_sandbox_id, snap.id)
+        snap.size = await self.runner.capture(build_sandbox_id, snap.id, config)
+        snap.image_config, snap.digest = _config_dict(config), digest
         return await self._added(snap)
+
+    async def clone_for_build(
+        self, snap: Snapshot, source_ref: str, config: ImageConfig, digest: str
+    ) -> Snapshot:
+        """Give the stored ``building`` record ``snap`` the files of snapshot
+        ``source_ref`` (an earlier build of the same plan).
+
+        Raises:
+            RuntimeBackendError: the copy failed.
+        """
+        snap.size = await self.runner.clone_snapshot(source_ref, snap.id, config)
+        snap.image_config, snap.digest = _config_dict(config), digest
+        return snap
 
     def activate(self, organization_id: str, id_or_name: str) -> Snapshot:
         snap = self.get(organization_id, id_or_name)
@@ -221,10 +242,16 @@ class SnapshotService:
         return await self._added(snap)
 
     def fail_interrupted(self) -> int:
-        """Mark snapshots left ``pulling`` by a server that stopped as ``error``
-        (their pull ended with it); returns how many."""
+        """Mark snapshots left ``pulling`` (``building``) by a server that stopped as
+        ``error`` (``build_failed``): their work ended with it; returns how many."""
         stale = self.store.all_pulling()
         for snap in stale:
+            if snap.state == "building":
+                snap.state, snap.error_reason = "build_failed", (
+                    "the build was interrupted by a server restart; create it again")
+                snap.updated_at = utcnow()
+                self.store.save(snap)
+                continue
             snap.state, snap.error_reason = "error", "the pull was interrupted by a server restart"
             snap.updated_at = utcnow()
             self.store.save(snap)
@@ -249,3 +276,12 @@ class SnapshotService:
             await self.runner.remove_snapshot(snap.id)
             raise
         return snap
+
+
+def _config_dict(config: ImageConfig | None) -> dict[str, Any] | None:
+    """A built image's config as the snapshot record keeps it (None: none set)."""
+    if config is None:
+        return None
+    return {"env": dict(config.env), "workdir": config.workdir, "user": config.user,
+            "entrypoint": list(config.entrypoint), "cmd": list(config.cmd),
+            "labels": dict(config.labels)}  # fmt: skip

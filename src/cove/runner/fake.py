@@ -128,10 +128,17 @@ class FakeRuntime:
             raise RuntimeBackendError(f"sandbox {source_id} has no writable layer to fork")
         self.boxes[spec.sandbox_id] = _Box(C.STOPPED, spec.resources, dict(source.files))
 
-    def capture(self, sandbox_id: str, ref: str) -> int:
+    def capture(self, sandbox_id: str, ref: str, config: ImageConfig | None = None) -> int:
         self._check("capture", sandbox_id)
         if sandbox_id not in self.boxes:
             raise RuntimeBackendError(f"sandbox {sandbox_id} has no writable layer")
+        self.snapshots.add(ref)
+        return 1
+
+    def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
+        self._check("clone_snapshot", ref)
+        if source not in self.snapshots:
+            raise RuntimeBackendError(f"snapshot {source} not found")
         self.snapshots.add(ref)
         return 1
 

@@ -21,6 +21,7 @@ from cove.core.ports import (
     ContainerStats,
     ContainerStatus,
     ExecResult,
+    ImageConfig,
     NetworkPolicy,
     PulledImage,
     RegistryAuth,
@@ -93,7 +94,7 @@ class HostRuntime(Protocol):
             RuntimeBackendError: the copy failed; nothing of the new sandbox is left.
         """
 
-    def capture(self, sandbox_id: str, ref: str) -> int:
+    def capture(self, sandbox_id: str, ref: str, config: ImageConfig | None = None) -> int:
         """Make snapshot ``ref`` from the sandbox's whole file system (lower and
         writable layer merged; a running sandbox is frozen meanwhile). Returns its size.
 
@@ -117,6 +118,14 @@ class HostRuntime(Protocol):
 
         Raises:
             RuntimeBackendError: the pull or the unpack failed; nothing is left.
+        """
+
+    def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
+        """Make snapshot ``ref`` a copy of snapshot ``source`` with image config ``config``;
+        returns its size.
+
+        Raises:
+            RuntimeBackendError: the copy failed; nothing named ``ref`` is left.
         """
 
     def remove_snapshot(self, ref: str) -> None:

@@ -18,6 +18,7 @@ from cove.core.ports import (
     ContainerSpec,
     ContainerStats,
     ContainerStatus,
+    ImageConfig,
     NetworkPolicy,
     PulledImage,
     RegistryAuth,
@@ -76,8 +77,11 @@ class LocalRunner:
     async def fork(self, source_id: str, spec: ContainerSpec) -> None:
         await self._run(self.host.fork, source_id, spec)
 
-    async def capture(self, sandbox_id: str, ref: str) -> int:
-        return await self._run(self.host.capture, sandbox_id, ref)
+    async def capture(self, sandbox_id: str, ref: str, config: ImageConfig | None = None) -> int:
+        return await self._run(self.host.capture, sandbox_id, ref, config)
+
+    async def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
+        return await self._run(self.host.clone_snapshot, source, ref, config)
 
     async def import_image(self, ref: str, image: str) -> int:
         return await self._run(self.host.import_image, ref, image)

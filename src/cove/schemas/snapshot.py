@@ -8,6 +8,7 @@ from pydantic import Field
 
 from cove.schemas.base import WireModel
 from cove.schemas.limits import MAX_NAME, MAX_PATH, NO_NUL
+from cove.schemas.sandbox import BuildInfoCreate
 
 SnapshotName = Annotated[
     str, Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -15,11 +16,12 @@ SnapshotName = Annotated[
 
 
 class SnapshotCreate(WireModel):
-    """Body of ``POST /snapshots`` (only ``imageName`` images are built here)."""
+    """Body of ``POST /snapshots``: an image to pull (``imageName``) or a Dockerfile
+    to build (``buildInfo``)."""
 
     name: SnapshotName
     image_name: str | None = Field(default=None, max_length=MAX_NAME, pattern=NO_NUL)
-    build_info: dict[str, object] | None = None
+    build_info: BuildInfoCreate | None = None
     # replaces the image's ENTRYPOINT (and, as ``docker run --entrypoint``, its CMD)
     entrypoint: list[Annotated[str, Field(max_length=MAX_PATH, pattern=NO_NUL)]] | None = (
         Field(default=None, max_length=256))

@@ -58,7 +58,7 @@ class SqlSnapshotStore(SqlStore):
 
 
     def all_pulling(self) -> builtins.list[Snapshot]:
-        query = select(SnapshotRow).where(SnapshotRow.state == "pulling")
+        query = select(SnapshotRow).where(SnapshotRow.state.in_(("pulling", "building")))
         with self.session() as s:
             return [_to_entity(r) for r in s.scalars(query)]
 

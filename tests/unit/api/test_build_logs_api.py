@@ -37,7 +37,11 @@ def test_no_build_logs_without_a_build(client: TestClient) -> None:
     assert r.status_code == 404
 
 
-def test_copy_is_a_400(client: TestClient) -> None:
+def test_copy_without_an_uploaded_context_is_a_400(client: TestClient) -> None:
     body = {"buildInfo": {"dockerfileContent": "FROM cove-default\nCOPY a /b\n"}}
     r = client.post("/api/sandbox", json=body, headers=AUTH)
-    assert r.status_code == 400 and "COPY is not supported" in r.json()["message"]
+    assert r.status_code == 400 and "uploaded build context" in r.json()["message"]
+    body["buildInfo"]["contextHashes"] = ["0" * 32]  # never uploaded (by this organization)
+    r = client.post("/api/sandbox", json=body, headers=AUTH)
+    assert r.status_code == 400 and "was not uploaded" in r.json()["message"]
+    assert client.get("/api/sandbox", headers=AUTH).json()["items"] == []

@@ -26,7 +26,10 @@ RESOURCE_PARAMS = {"id_or_name", "sandbox_id", "volume_id", "name", "registry_id
 PUBLIC = {("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
           ("GET", "/redoc"), ("GET", "/api/health")}  # fmt: skip
 LISTS = {("GET", "/api/sandbox"), ("GET", "/api/snapshots"), ("GET", "/api/volumes"),
-         ("GET", "/api/docker-registry")}  # fmt: skip
+         ("GET", "/api/docker-registry"), ("GET", "/api/object-storage/push-access")}  # fmt: skip
+# Signed with push-access credentials instead of a key: their scoping is proven in
+# tests/e2e/test_build_contexts.py (another organization's credentials are refused).
+SIGNED = {(m, "/api/object-storage/s3/{bucket}/{key:path}") for m in ("PUT", "POST", "DELETE")}
 CREATES = {("POST", "/api/sandbox"), ("POST", "/api/snapshots"), ("POST", "/api/volumes"),
            ("POST", "/api/docker-registry")}  # fmt: skip
 REGISTRY = {"name": "a-reg", "url": "registry.example.com", "username": "a-user",
@@ -66,6 +69,7 @@ class Owner:
     snapshot: dict
     volume: dict
     registry: dict
+    built_snapshot: dict  # built from a Dockerfile (it has build logs)
     signed: str  # a signed preview token of A's sandbox
     port: int  # its port, where nothing listens
 
@@ -103,15 +107,26 @@ def owner(client: TestClient) -> Owner:
     snapshot = client.get("/api/snapshots/a-snap", headers=AUTH).json()
     volume = client.post("/api/volumes", json={"name": "a-vol"}, headers=AUTH).json()
     registry = client.post("/api/docker-registry", json=REGISTRY, headers=AUTH).json()
+    r = client.post("/api/snapshots", json={"name": "a-built-snap",
+                    "buildInfo": {"dockerfileContent": DOCKERFILE}}, headers=AUTH)  # fmt: skip
+    assert r.status_code == 200 and r.json()["state"] == "building", r.text
+    built_snapshot = r.json()
+    for _ in range(500):
+        if client.get("/api/snapshots/a-built-snap", headers=AUTH).json()["state"] != "building":
+            break
+        time.sleep(0.01)
+    assert client.get("/api/snapshots/a-built-snap", headers=AUTH).json()["state"] == "active"
     port = _free_port()
     signed = client.get(f"/api/sandbox/{sandbox['id']}/ports/{port}/signed-preview-url",
                         params={"expiresInSeconds": 600}, headers=AUTH).json()["token"]  # fmt: skip
-    return Owner(sandbox, built, snapshot, volume, registry, signed, port)
+    return Owner(sandbox, built, snapshot, volume, registry, built_snapshot, signed, port)
 
 
 def _refs(owner: Owner, method: str, path: str) -> list[tuple[str, str]]:
     """(A's reference, a reference to nothing) pairs for the route's resource."""
-    if path.startswith("/api/snapshots/"):
+    if path.startswith("/api/snapshots/") and path.endswith(("/build-logs", "/build-logs-url")):
+        item = owner.built_snapshot
+    elif path.startswith("/api/snapshots/"):
         item = owner.snapshot
     elif path.startswith("/api/volumes/"):
         item = owner.volume
@@ -172,7 +187,7 @@ def test_every_route_is_classified_and_walked(
     calls, execs = len(runtime.calls), len(runtime.execs)
     walked = []
     for method, path in _served(client):
-        if (method, path) in PUBLIC | LISTS | CREATES:
+        if (method, path) in PUBLIC | LISTS | CREATES | SIGNED:
             continue
         params = set(re.findall(r"\{(\w+)\}", path))
         assert params & RESOURCE_PARAMS, f"{method} {path} is not classified in the walk"

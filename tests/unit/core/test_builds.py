@@ -110,9 +110,10 @@ async def test_refused_dockerfiles_create_nothing(
     lifecycle: LifecycleService, snapshots: SnapshotService, org: str,
 ) -> None:  # fmt: skip
     for dockerfile, message in [
-        ("FROM cove-default\nCOPY . /app\n", "COPY is not supported"),
-        ("FROM cove-default\nADD x /y\n", "ADD is not supported"),
-        ("FROM cove-default\nUSER bob\n", "USER is not supported"),
+        ("FROM cove-default\nCOPY . /app\n", "need an uploaded build context"),
+        ("FROM cove-default\nADD x /y\n", "need an uploaded build context"),
+        ("FROM cove-default\nSHELL [\"/bin/bash\"]\n", "SHELL is not supported"),
+        ("FROM cove-default\nCOPY --from=a x /y\n", "--from is not supported"),
         ("FROM nope\nRUN true\n", "cannot be provided"),
         ("RUN true\n", "must start with FROM"),
     ]:

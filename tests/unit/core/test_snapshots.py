@@ -94,3 +94,17 @@ async def test_from_image_inactive_and_activate(
     assert snapshots.activate(org, "tiny").state == "active"
     sb = await lifecycle.create(organization_id=org, request=SandboxCreate(snapshot="tiny"))
     assert sb.snapshot == snap.id
+
+
+async def test_builds_and_pulls_cut_short_by_a_restart_are_failed(
+    snapshots: SnapshotService, org: str
+) -> None:
+    for name, state in (("was-building", "building"), ("was-pulling", "pulling")):
+        snap = snapshots.new(org, name)
+        snap.state = state
+        snapshots.store.add(snap)
+    assert snapshots.fail_interrupted() == 2
+    built, pulled = snapshots.get(org, "was-building"), snapshots.get(org, "was-pulling")
+    assert (built.state, pulled.state) == ("build_failed", "error")
+    assert "build was interrupted" in (built.error_reason or "")
+    assert snapshots.fail_interrupted() == 0

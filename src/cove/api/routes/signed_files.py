@@ -57,8 +57,7 @@ async def download_file(
         raise ToolboxError(first.status, first.code, first.message)
     size = first.size if isinstance(first, FileStart) else None
     headers = {"Content-Length": str(size)} if size is not None else {}
-    name = path.rsplit("/", 1)[-1].replace('"', "")
-    headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    headers["Content-Disposition"] = multipart.disposition(None, path.rsplit("/", 1)[-1])
     return StreamingResponse(_data(events), media_type="application/octet-stream",
                              headers=headers)  # fmt: skip
 

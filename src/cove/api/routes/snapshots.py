@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
-from cove.api.deps import ImagesDep, PrincipalDep, SnapshotsDep
+from cove.api.deps import ImagesDep, PrincipalDep, ServicesDep, SnapshotsDep
 from cove.api.dto import iso
 from cove.core.snapshots import Snapshot
 from cove.errors import BadRequest
+from cove.schemas.sandbox import Url
 from cove.schemas.snapshot import SnapshotCreate, SnapshotPublic, SnapshotsPublic
 
 router = APIRouter(prefix="/snapshots", tags=["snapshots"])
@@ -52,15 +54,43 @@ async def list_snapshots(
 
 @router.post("")
 async def create_snapshot(
-    body: SnapshotCreate, who: PrincipalDep, images: ImagesDep
+    body: SnapshotCreate, who: PrincipalDep, images: ImagesDep, services: ServicesDep
 ) -> SnapshotPublic:
     """Make a snapshot of an image: pulled from its registry (``pulling`` until
-    ``active`` or ``error``), or a local OCI layout (imported at once)."""
+    ``active`` or ``error``), a local OCI layout (imported at once), or built from a
+    Dockerfile (``buildInfo``: ``building`` until ``active`` or ``build_failed``)."""
+    if body.build_info is not None:
+        info = body.build_info
+        snap = services.snapshot_builds.create(
+            who.organization_id, body.name, info.dockerfile_content, info.context_hashes or ()
+        )
+        return snapshot_public(snap)
     if not body.image_name:
-        raise BadRequest("only imageName is supported: this server builds no Dockerfiles")
+        raise BadRequest("imageName or buildInfo is required")
     snap = await images.create_snapshot(who.organization_id, body.name, body.image_name,
                                         body.entrypoint)  # fmt: skip
     return snapshot_public(snap)
+
+
+@router.get("/{id_or_name}/build-logs-url")
+async def build_logs_url(
+    id_or_name: str, request: Request, who: PrincipalDep, services: ServicesDep
+) -> Url:
+    """Where the build log of a snapshot built from a Dockerfile is streamed."""
+    snap = services.snapshots.get(who.organization_id, id_or_name)
+    services.snapshot_builds.build_log(who.organization_id, snap.id)
+    return Url(url=str(request.url_for("stream_snapshot_build_logs", id_or_name=snap.id)))
+
+
+@router.get("/{id_or_name}/build-logs", name="stream_snapshot_build_logs",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+async def stream_build_logs(
+    id_or_name: str, who: PrincipalDep, services: ServicesDep, follow: bool = False
+) -> StreamingResponse:
+    """The build log as text; with ``follow``, streamed until the build ends."""
+    out = services.snapshot_builds.build_log(who.organization_id, id_or_name)
+    return StreamingResponse(out.follow(follow=follow), media_type="text/plain")
 
 
 @router.get("/{id_or_name}")

@@ -27,6 +27,7 @@ from cove.core.ports import (
     ContainerStats,
     ContainerStatus,
     ExecResult,
+    ImageConfig,
     NetworkPolicy,
     PulledImage,
     RegistryAuth,
@@ -288,13 +289,15 @@ class OciRuntime:
                 shutil.rmtree(dst.root, ignore_errors=True)
                 raise
 
-    def capture(self, sandbox_id: str, ref: str) -> int:
-        """Copy the sandbox's merged root filesystem into a new snapshot ``ref``."""
+    def capture(self, sandbox_id: str, ref: str, config: ImageConfig | None = None) -> int:
+        """Copy the sandbox's merged root filesystem into a new snapshot ``ref`` (with
+        ``config`` as its image config, else its own snapshot's)."""
         with self._locked(sandbox_id) as paths:
             meta = paths.read_metadata()
             alive = self._alive(sandbox_id) is not None
             return capture.capture_sandbox(
-                self._snapshots, ref, self._group(sandbox_id), paths, meta, alive=alive
+                self._snapshots, ref, self._group(sandbox_id), paths, meta, alive=alive,
+                config=config,
             )
 
     def import_image(self, ref: str, image: str) -> int:
@@ -309,6 +312,13 @@ class OciRuntime:
         """Pull ``image`` from its registry into a new snapshot ``ref``."""
         with foreign_errors():
             return registry.pull(self._settings, ref, image, auth, progress)
+
+    def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
+        """Make snapshot ``ref`` a copy of snapshot ``source`` (hard links) with ``config``."""
+        with foreign_errors():
+            return capture.clone_snapshot(
+                self._snapshots, snapshot_rootfs(self._settings, source), ref, config
+            )
 
     def remove_snapshot(self, ref: str) -> None:
         """Delete snapshot ``ref``; never the default one."""

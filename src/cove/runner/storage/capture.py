@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cove.core.ports import ImageConfig
 from cove.errors import RuntimeBackendError
 from cove.hostfiles import private_dir
 from cove.runner.host import freezer, mounts, rootfs
@@ -41,12 +42,17 @@ _WORK = re.compile(r"\.(?:build|trash)-.+-(\d+)")
 
 
 def capture_sandbox(
-    base: Path, ref: str, group: str, paths: SandboxPaths, meta: Metadata, *, alive: bool
-) -> int:
+    base: Path, ref: str, group: str, paths: SandboxPaths, meta: Metadata, *, alive: bool,
+    config: ImageConfig | None = None,
+) -> int:  # fmt: skip
     """Build snapshot ``ref`` from the sandbox's merged root filesystem (``group``: its
-    cgroup group, to freeze it when ``alive``); returns its size."""
+    cgroup group, to freeze it when ``alive``); returns its size. Its image config is
+    ``config``, else that of the sandbox's snapshot."""
     with building(base, ref) as rootfs, _merged_view(group, paths, meta, alive) as view:
-        unpack.copy_config(Path(meta.lower), rootfs.parent)
+        if config is not None:
+            unpack.write_config(rootfs.parent, config)
+        else:
+            unpack.copy_config(Path(meta.lower), rootfs.parent)
         with open(os.devnull, "wb") as null:
             pipe(
                 ["tar", "--create", "--file=-", f"--directory={view}", *TAR_FLAGS, "."],
@@ -55,6 +61,18 @@ def capture_sandbox(
                 null,
             )  # fmt: skip
             measured = size(rootfs)  # before it is renamed into place (see remove_stale_work)
+    return measured
+
+
+def clone_snapshot(base: Path, source: Path, ref: str, config: ImageConfig) -> int:
+    """Make snapshot ``ref`` a copy of the snapshot rootfs ``source`` whose files are
+    hard links to its (snapshots are never written once made, and removing one only
+    unlinks), with image config ``config``; returns its size."""
+    with building(base, ref) as rootfs:
+        run(["cp", "-a", "--link", "--no-target-directory", str(source), str(rootfs)],
+            timeout=1800)  # fmt: skip
+        unpack.write_config(rootfs.parent, config)
+        measured = size(rootfs)
     return measured
 
 

@@ -86,7 +86,8 @@ def read_config(layout: Path, tag: str) -> ImageConfig:
 def write_config(snapshot: Path, config: ImageConfig, digest: str | None = None) -> None:
     """Keep ``config`` with the snapshot whose directory is ``snapshot``."""
     data = {"digest": digest, "env": dict(config.env), "workdir": config.workdir,
-            "user": config.user, "entrypoint": list(config.entrypoint), "cmd": list(config.cmd)}
+            "user": config.user, "entrypoint": list(config.entrypoint), "cmd": list(config.cmd),
+            "labels": dict(config.labels)}
     (snapshot / CONFIG_FILE).write_text(json.dumps(data, indent=2))
 
 

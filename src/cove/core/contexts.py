@@ -1,0 +1,235 @@
+"""Build contexts: the archives the SDK's ``Image.add_local_file`` /
+``add_local_dir`` upload before a Dockerfile build.
+
+The SDK asks ``GET /api/object-storage/push-access`` for S3 credentials and
+uploads each context to ``<organization id>/<hash>/context.tar`` (skipping it
+when a ``HEAD`` finds it: contexts are content-addressed). Cove answers with
+credentials of its own, scoped to the caller's organization and valid for
+:data:`TTL` (never the API key), and serves the small S3 subset the uploader
+uses (see ``api/routes/object_storage.py``). The archives live under
+``<data dir>/contexts/<organization id>/<hash>.tar``, 0600; a build reads only
+the organization's own.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from cove.core import sigv4
+from cove.errors import BadRequest
+
+TTL = 3600  # seconds the push credentials are good for
+BUCKET = "cove-contexts"
+REGION = "us-east-1"
+MAX_PARTS = 10_000
+_HASH = re.compile(r"^[0-9a-f]{32}$")
+_UPLOAD = re.compile(r"^[0-9a-f]{32}$")
+
+
+class AccessDenied(Exception):
+    """The request may not do this (S3's ``AccessDenied``)."""
+
+
+class NoSuchKey(Exception):
+    """The object or upload does not exist (S3's ``NoSuchKey``/``NoSuchUpload``)."""
+
+
+class TooLarge(Exception):
+    """The object would exceed the context size limit (S3's ``EntityTooLarge``)."""
+
+
+@dataclass(frozen=True)
+class PushAccess:
+    access_key: str
+    secret: str
+    session_token: str
+    organization_id: str
+
+
+@dataclass(frozen=True)
+class Stored:
+    size: int
+    etag: str
+    modified: float
+
+
+class ContextStore:
+    """Content-addressed context archives per organization, and the credentials
+    that may upload them."""
+
+    def __init__(self, root: Path, key: bytes, max_bytes: int) -> None:
+        self.root = root
+        self._key = key
+        self.max_bytes = max_bytes
+        (root / ".uploads").mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(root, 0o700)
+        self.remove_stale()
+
+    def remove_stale(self, now: float | None = None) -> int:
+        """Delete multipart uploads and partial bodies older than the credentials that
+        could finish them (:data:`TTL`); returns how many."""
+        limit = (now or time.time()) - TTL
+        stale = [p for p in (self.root / ".uploads").iterdir() if p.stat().st_mtime < limit]
+        stale += [p for p in self.root.glob("*/.tmp-*") if p.stat().st_mtime < limit]
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return len(stale)
+
+    # -- credentials
+
+    def push_access(self, organization_id: str) -> PushAccess:
+        """Fresh credentials that may upload the organization's contexts only."""
+        access_key = "COVE" + secrets.token_hex(8).upper()
+        claims = {"org": organization_id, "key": access_key, "exp": int(time.time()) + TTL}
+        payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode()
+        token = f"{payload}.{self._mac('token', payload)}"
+        return PushAccess(access_key, self._mac("secret", token), token, organization_id)
+
+    def authorize(
+        self, method: str, path: str, query: str, headers: dict[str, str]
+    ) -> tuple[str, str]:
+        """The organization a signed request acts for, and the payload hash it declares.
+
+        Raises:
+            AccessDenied: no valid, unexpired Cove credentials, or a bad signature.
+        """
+        token = headers.get("x-amz-security-token", "")
+        payload, _, tag = token.partition(".")
+        if not tag or not hmac.compare_digest(tag, self._mac("token", payload)):
+            raise AccessDenied("invalid security token")
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(payload))
+        except ValueError as exc:
+            raise AccessDenied("invalid security token") from exc
+        if claims["exp"] < time.time():
+            raise AccessDenied("the credentials have expired: ask for push access again")
+        try:
+            if sigv4.access_key_of(headers.get("authorization")) != claims["key"]:
+                raise AccessDenied("the access key does not belong to the security token")
+            declared = sigv4.verify(method=method, path=path, query=query, headers=headers,
+                                    secret=self._mac("secret", token))  # fmt: skip
+        except sigv4.SignatureError as exc:
+            raise AccessDenied(str(exc)) from exc
+        return str(claims["org"]), declared
+
+    def _mac(self, purpose: str, text: str) -> str:
+        return hmac.new(self._key, f"{purpose}|{text}".encode(), hashlib.sha256).hexdigest()
+
+    # -- objects
+
+    def object_path(self, organization_id: str, key: str) -> Path:
+        """Where ``key`` (``<org>/<hash>/context.tar``) lives, if it is the organization's.
+
+        Raises:
+            AccessDenied: any other key.
+        """
+        parts = key.split("/")
+        if len(parts) != 3 or parts[0] != organization_id or parts[2] != "context.tar":
+            raise AccessDenied("only <organization id>/<hash>/context.tar may be written")
+        if not _HASH.match(parts[1]):
+            raise AccessDenied("the context hash must be 32 hex digits")
+        return self.root / _safe(organization_id) / f"{parts[1]}.tar"
+
+    def stat(self, path: Path) -> Stored:
+        """Raises NoSuchKey."""
+        try:
+            st = path.stat()
+        except FileNotFoundError as exc:
+            raise NoSuchKey(path.name) from exc
+        return Stored(st.st_size, f'"{st.st_mtime_ns:x}-{st.st_size:x}"', st.st_mtime)
+
+    def context(self, organization_id: str, context_hash: str) -> Path:
+        """The archive of one of the organization's contexts, for a build.
+
+        Raises:
+            BadRequest: not uploaded by this organization.
+        """
+        if not _HASH.match(context_hash):
+            raise BadRequest(f"invalid context hash {context_hash!r}")
+        path = self.root / _safe(organization_id) / f"{context_hash}.tar"
+        if not path.is_file():
+            raise BadRequest(f"build context {context_hash} was not uploaded")
+        return path
+
+    def new_part_file(self, path: Path) -> Path:
+        """A temporary file next to ``path`` to receive a body."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path.parent / f".tmp-{uuid.uuid4().hex}"
+
+    def commit(self, tmp: Path, path: Path) -> Stored:
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        return self.stat(path)
+
+    # -- multipart uploads
+
+    def start_upload(self, organization_id: str, key: str) -> str:
+        self.object_path(organization_id, key)
+        upload_id = uuid.uuid4().hex
+        folder = self.root / ".uploads" / upload_id
+        folder.mkdir(mode=0o700)
+        (folder / "owner").write_text(json.dumps({"org": organization_id, "key": key}))
+        return upload_id
+
+    def upload_dir(self, organization_id: str, key: str, upload_id: str) -> Path:
+        """Raises NoSuchKey (unknown upload), AccessDenied (another's)."""
+        folder = self.root / ".uploads" / upload_id
+        if not _UPLOAD.match(upload_id) or not (folder / "owner").is_file():
+            raise NoSuchKey(upload_id)
+        owner = json.loads((folder / "owner").read_text())
+        if owner != {"org": organization_id, "key": key}:
+            raise AccessDenied("the upload belongs to another key")
+        return folder
+
+    def part_path(self, folder: Path, number: int) -> Path:
+        if not 1 <= number <= MAX_PARTS:
+            raise AccessDenied(f"part number must be 1 to {MAX_PARTS}")
+        return folder / f"part-{number:05d}"
+
+    def uploaded(self, folder: Path, but: Path) -> int:
+        """Bytes of the upload's parts other than ``but`` (a part sent again replaces it)."""
+        return sum(p.stat().st_size for p in folder.glob("part-*") if p != but)
+
+    def complete(self, folder: Path, numbers: list[int], path: Path) -> Stored:
+        """Join the parts, in the order given, into the object (blocking I/O).
+
+        Raises:
+            NoSuchKey: a part is missing. TooLarge: over the limit.
+        """
+        parts = [self.part_path(folder, n) for n in numbers]
+        if not parts or any(not p.is_file() for p in parts):
+            raise NoSuchKey("a part of the upload is missing")
+        if sum(p.stat().st_size for p in parts) > self.max_bytes:
+            raise TooLarge(f"a context may be at most {self.max_bytes} bytes")
+        tmp = self.new_part_file(path)
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out, 1024 * 1024)
+        stored = self.commit(tmp, path)
+        shutil.rmtree(folder, ignore_errors=True)
+        return stored
+
+    def abort(self, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _safe(organization_id: str) -> str:
+    """The organization's folder name (ids are UUIDs; anything else is refused)."""
+    if not organization_id or not all(c.isalnum() or c in "-_" for c in organization_id):
+        raise AccessDenied("invalid organization")
+    return organization_id

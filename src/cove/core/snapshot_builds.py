@@ -1,0 +1,123 @@
+"""``POST /api/snapshots`` with ``buildInfo``: a snapshot built from a Dockerfile
+(and its uploaded contexts) in the background.
+
+The snapshot is ``building`` at once (its base image pulled first if it is no
+snapshot), then ``active``, or ``build_failed`` with the reason and no files.
+The build's log (:class:`BuildLog`, capped, on disk) is streamed by
+``GET /api/snapshots/{id}/build-logs``. A snapshot of a Dockerfile and context
+built before (for a sandbox or another snapshot of the organization) is copied,
+not built again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from cove.core import dockerfile
+from cove.core.buildlog import BuildLog
+from cove.core.builds import BuildFailed, ImageBuilder
+from cove.core.config import Settings
+from cove.core.contexts import ContextStore
+from cove.core.images import ImageService, PullFailed
+from cove.core.sandbox import utcnow
+from cove.core.snapshots import Snapshot, SnapshotService
+from cove.errors import BadRequest, CoveError, NotFound
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotBuilds:
+    """Builds snapshots from Dockerfiles and keeps their logs (for this server run)."""
+
+    def __init__(
+        self, *, settings: Settings, snapshots: SnapshotService, builder: ImageBuilder | None,
+        images: ImageService | None, contexts: ContextStore,
+    ) -> None:  # fmt: skip
+        self.snapshots = snapshots
+        self.builder = builder
+        self.images = images
+        self.contexts = contexts
+        self._log_dir = settings.data_dir / "build-logs"
+        self._log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._logs: dict[str, BuildLog] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def create(
+        self, organization_id: str, name: str, text: str, context_hashes: Sequence[str]
+    ) -> Snapshot:
+        """Record snapshot ``name`` as ``building`` and build it in the background.
+
+        Raises:
+            BadRequest: an invalid Dockerfile, a context not uploaded by this
+                organization, or a base image that is neither a snapshot nor pullable.
+            Conflict: the name is taken.
+        """
+        if self.builder is None:
+            raise BadRequest("Building images from Dockerfiles is not supported by this server")
+        plan = dockerfile.parse(text, context_hashes)
+        for context_hash in plan.context_hashes:
+            self.contexts.context(organization_id, context_hash)
+        base, pull = self._base(organization_id, plan.base)
+        snap = self.snapshots.new(organization_id, name)
+        snap.state = "building"
+        self.snapshots.store.add(snap)
+        out = self._logs[snap.id] = BuildLog(self._log_dir / f"snapshot-{snap.id}.log")
+        task = asyncio.create_task(self._build(snap, plan, base, pull, out))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return snap
+
+    def build_log(self, organization_id: str, id_or_name: str) -> BuildLog:
+        """The log of one of the organization's snapshot builds (of this server run).
+
+        Raises:
+            NotFound: no such snapshot, or it was not built from a Dockerfile here.
+        """
+        snap = self.snapshots.get(organization_id, id_or_name)
+        found = self._logs.get(snap.id)
+        if found is None:
+            raise NotFound(f"Snapshot {snap.name} has no build logs")
+        return found
+
+    def _base(self, organization_id: str, image: str) -> tuple[str, bool]:
+        """The base snapshot's ref, or the image to pull (True)."""
+        try:
+            return self.snapshots.ref_for(organization_id, image), False
+        except NotFound:
+            pass
+        if self.images is None or not self.images.is_registry_image(image):
+            raise BadRequest(f"Image '{image}' is neither a snapshot nor a pullable image")
+        return str(self.images.reference(image)), True
+
+    async def _build(
+        self, snap: Snapshot, plan: dockerfile.BuildPlan, base: str, pull: bool, out: BuildLog
+    ) -> None:
+        org = snap.organization_id or ""
+        assert self.builder is not None
+        try:
+            if pull:
+                assert self.images is not None
+                base = (await self.images.snapshot_for(org, base, out.append)).id
+            await self.builder.build(org, plan, base, out, target=snap)
+            snap.state, snap.error_reason = "active", None
+        except (BuildFailed, PullFailed) as exc:
+            snap.state, snap.error_reason = "build_failed", exc.reason
+        except Exception as exc:  # noqa: BLE001 - never leave it building
+            log.exception("build of snapshot %s crashed", snap.id)
+            snap.state, snap.error_reason = "build_failed", f"build failed: {exc}"
+        if snap.error_reason:
+            await out.write(snap.error_reason)
+        await out.close()
+        snap.updated_at = utcnow()
+        await self._save(snap)
+
+    async def _save(self, snap: Snapshot) -> None:
+        try:
+            self.snapshots.store.save(snap)
+        except CoveError:  # deleted meanwhile: its files must go too
+            await self.snapshots.runner.remove_snapshot(snap.id)
+            return
+        if snap.state != "active":
+            await self.snapshots.runner.remove_snapshot(snap.id)
