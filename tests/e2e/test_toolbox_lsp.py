@@ -66,6 +66,14 @@ def test_bad_language_and_missing_file_are_clear_errors(sb) -> None:  # noqa: AN
     lsp.stop()
     with pytest.raises(DaytonaError):
         sb.create_lsp_server("cobol", "proj").start()
+    # the server's own refusal is the caller's to fix: a 400 (schemathesis: was a 502)
+    sb.fs.create_folder("empty", "755")
+    js = sb.create_lsp_server("javascript", "empty")
+    js.start()
+    with pytest.raises(DaytonaError, match="No Project") as refused:
+        js.sandbox_symbols("")
+    assert refused.value.status_code == 400
+    js.stop()
 
 
 async def test_async_sdk_language_server(async_daytona) -> None:  # noqa: ANN001

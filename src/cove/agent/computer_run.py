@@ -20,7 +20,8 @@ async def run_x(argv: list[str], *, stdin: bytes | None = None, timeout: float =
     (it must exit with one of ``codes``).
 
     Raises:
-        AgentError: 400 when computer use is not started; 500 when the helper failed
+        AgentError: 400 when computer use is not started or xdotool knows no such
+            key; 500 when the helper failed
             or outlived ``timeout`` (its whole cgroup is then killed).
     """
     user = desktop_user()
@@ -42,6 +43,8 @@ async def run_x(argv: list[str], *, stdin: bytes | None = None, timeout: float =
         group.close()
     if proc.returncode not in codes:
         message = err.decode(errors="replace").strip()[-500:] or f"exit {proc.returncode}"
+        if argv[0] == "xdotool" and "Invalid key sequence" in message:  # a name X lacks
+            raise protocol.bad_request(f"unknown key: {message.splitlines()[0]}")
         raise protocol.AgentError(500, "COMPUTER_USE_FAILED", f"{argv[0]} failed: {message}")
     return out
 

@@ -63,8 +63,8 @@ class LanguageServer:
         """Send a request and wait for its result.
 
         Raises:
-            AgentError: 502 if the server answers with an error, exits or breaks the
-                protocol; 504 if it does not answer within ``timeout`` seconds.
+            AgentError: 400 if the server answers with an error; 502 if it exits or
+                breaks the protocol; 504 if it does not answer within ``timeout`` seconds.
         """
         if self.gone is not None:
             raise _gone(self.gone)
@@ -144,7 +144,8 @@ class LanguageServer:
         error = message.get("error")
         if isinstance(error, dict):
             text = str(error.get("message", "error"))[:500]
-            future.set_exception(AgentError(502, "LSP_ERROR", f"language server: {text}"))
+            # the server refused the request (e.g. "No Project."): the caller's to fix
+            future.set_exception(AgentError(400, "LSP_ERROR", f"language server: {text}"))
         else:
             future.set_result(message.get("result"))
 

@@ -25,12 +25,20 @@ def envelope(
         "message": message,
         "code": code,
         "source": source,
-        "error": HTTPStatus(status).phrase,
+        "error": _phrase(status),
         "timestamp": iso(utcnow()),
         "path": request.url.path,
         "method": request.scope.get("method", "GET"),  # a WebSocket upgrade is a GET
     }
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _phrase(status: int) -> str:
+    """The reason phrase; also of statuses outside RFC 9110 (499: the client left)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return {499: "Client Closed Request"}.get(status, "Error")
 
 
 async def _cove_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -21,6 +21,16 @@ from cove.schemas.limits import (
 )
 
 SandboxName = Annotated[str, Field(min_length=1, max_length=63, pattern=PLAIN_NAME)]
+
+
+# A state to filter a listing by: Daytona's ``SandboxState`` values (``unknown`` and
+# ``forking`` are states Cove never records; filtering by them finds nothing).
+StateFilter = Literal[
+    "creating", "restoring", "destroyed", "destroying", "started", "stopped", "starting",
+    "stopping", "error", "build_failed", "pending_build", "building_snapshot", "unknown",
+    "pulling_snapshot", "archived", "archiving", "resizing", "snapshotting", "forking",
+    "pausing", "paused", "resuming",
+]
 
 
 class BuildInfoCreate(WireModel):

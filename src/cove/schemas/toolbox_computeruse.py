@@ -3,11 +3,45 @@ toolbox client defines them (``MouseClickRequest``, ``ScreenshotResponse``...)."
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Literal
+
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 from cove.schemas.base import WireModel
 
-Coordinate = Field(default=None, ge=0, le=100_000)
+# What the agent accepts (``cove.agent.computer_input``; a unit test keeps them equal).
+SCREEN = (1024, 768)
+MAX_COORDINATE = 100_000
+MAX_TEXT = 10_000
+_MODIFIER = "(?i:ctrl|control|alt|option|shift|cmd|command|meta|win|super)"
+FORMAT = r"^(?i:png|jpeg|jpg|webp)$"  # of a compressed screenshot
+KEY = r"^[\x21-\x7e]{1,32}$"  # a key name or a printable character
+# "ctrl+shift+t": modifiers and one key (no "+" in it), or "+" alone.
+HOTKEY = rf"^(?:\+|(?:{_MODIFIER}\+)*[\x21-\x2a\x2c-\x7e]{{1,32}})$"
+Coordinate = Annotated[int, Field(ge=0, le=MAX_COORDINATE)]
+
+
+def _given(value: object) -> object:
+    if value is None:
+        raise ValueError("must be an integer (or left out)")
+    return value
+
+
+# An optional coordinate: left out, or an integer (not null).
+MaybeCoordinate = Annotated[
+    Coordinate | None, BeforeValidator(_given),
+    WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_COORDINATE}),
+]
+Button = Literal["left", "middle", "right"]
+Modifiers = list[Annotated[str, StringConstraints(pattern=f"^{_MODIFIER}$")]]
+Key = Annotated[str, StringConstraints(pattern=KEY)]
 
 
 class Done(WireModel):
@@ -65,35 +99,47 @@ class Position(WireModel):
 
 
 class MouseMoveRequest(WireModel):
-    x: int | None = Coordinate
-    y: int | None = Coordinate
+    x: Coordinate
+    y: Coordinate
 
 
-class MouseButtonRequest(MouseMoveRequest):
-    """``MouseDownRequest`` and ``MouseUpRequest``: x and y are optional."""
+class MouseButtonRequest(WireModel):
+    """``MouseDownRequest`` and ``MouseUpRequest``: where the pointer is, or at x and y
+    (both or neither)."""
 
-    button: str | None = None
+    x: MaybeCoordinate = None
+    y: MaybeCoordinate = None
+    button: Button | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> MouseButtonRequest:
+        if (self.x is None) != (self.y is None):
+            raise ValueError("x and y: give both or neither")
+        return self
+
+    model_config = ConfigDict(json_schema_extra={"dependentRequired": {"x": ["y"], "y": ["x"]}})
 
 
-class MouseClickRequest(MouseButtonRequest):
-    clicks: int | None = None
+class MouseClickRequest(MouseMoveRequest):
+    button: Button | None = None
+    clicks: int | None = Field(default=None, ge=1, le=10)
     double: bool | None = None
-    modifiers: list[str] | None = None
+    modifiers: Modifiers | None = None
 
 
 class MouseDragRequest(WireModel):
-    button: str | None = None
-    end_x: int | None = Coordinate
-    end_y: int | None = Coordinate
-    modifiers: list[str] | None = None
-    start_x: int | None = Coordinate
-    start_y: int | None = Coordinate
+    button: Button | None = None
+    end_x: Coordinate
+    end_y: Coordinate
+    modifiers: Modifiers | None = None
+    start_x: Coordinate
+    start_y: Coordinate
 
 
 class MouseScrollRequest(MouseMoveRequest):
-    amount: int | None = Field(default=None, ge=0)
-    direction: str | None = None
-    modifiers: list[str] | None = None
+    amount: int | None = Field(default=None, ge=0, le=100)
+    direction: Literal["up", "down", "left", "right"]
+    modifiers: Modifiers | None = None
 
 
 class ScrollResponse(WireModel):
@@ -101,23 +147,26 @@ class ScrollResponse(WireModel):
 
 
 class KeyboardTypeRequest(WireModel):
-    delay: int | None = Field(default=None, description="milliseconds between keystrokes")
-    text: str | None = None
+    """Typing takes at most 120 s (``len(text) * delay`` ms)."""
+
+    delay: int | None = Field(default=None, ge=0, le=1000,
+                              description="milliseconds between keystrokes (12)")
+    text: str = Field(max_length=MAX_TEXT)
 
 
 class KeyboardPressRequest(WireModel):
-    key: str | None = None
-    modifiers: list[str] | None = None
+    key: Key
+    modifiers: Modifiers | None = None
 
 
 class KeyboardHotkeyRequest(WireModel):
-    keys: str | None = Field(default=None, description='e.g. "ctrl+c"')
+    keys: str = Field(pattern=HOTKEY, description='e.g. "ctrl+c"')
 
 
 class KeyboardKeyRequest(WireModel):
     """``KeyboardKeyDownRequest`` and ``KeyboardKeyUpRequest``."""
 
-    key: str
+    key: Key
 
 
 class ScreenshotResponse(WireModel):

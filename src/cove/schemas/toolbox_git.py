@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from cove.schemas.base import WireModel
+from cove.schemas.base import IntegralNumbers, WireModel
 from cove.schemas.limits import SandboxPath, Text
 
 GitName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x20\x7f]+$")]
 
 
-class GitModel(BaseModel):
+class GitModel(IntegralNumbers):
     """A git request body: field names as they are, unknown fields ignored."""
 
     model_config = ConfigDict(extra="ignore", strict=True)

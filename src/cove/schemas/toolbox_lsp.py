@@ -3,25 +3,31 @@ toolbox client defines them (``LspServerRequest``, ``CompletionList``, ``LspSymb
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from cove.schemas.base import WireModel
+from cove.schemas.limits import MAX_PATH, NO_NUL, SandboxPath
+
+# The languages whose servers the agent runs (``cove.agent.lsp.SERVERS``).
+LanguageId = Literal["javascript", "python", "typescript"]
+MAX_URI = len("file://") + MAX_PATH
+Uri = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI, pattern=NO_NUL)]
 
 
 class LspServerRequest(WireModel):
     """``POST /lsp/start`` and ``/lsp/stop``."""
 
-    language_id: str = Field(min_length=1)
-    path_to_project: str = Field(min_length=1)
+    language_id: LanguageId
+    path_to_project: SandboxPath
 
 
 class LspDocumentRequest(LspServerRequest):
     """``POST /lsp/did-open`` and ``/lsp/did-close``: ``uri`` is ``file://`` + a path
     (a relative one is below the project)."""
 
-    uri: str = Field(min_length=1)
+    uri: Uri
 
 
 class LspPosition(WireModel):

@@ -22,6 +22,7 @@ from cove.schemas.sandbox import (
     SandboxLabelsPublic,
     SandboxPublic,
     SandboxResize,
+    StateFilter,
     ToolboxProxyUrl,
     Url,
 )
@@ -48,7 +49,7 @@ async def list_sandboxes(
     who: PrincipalDep,
     services: ServicesDep,
     labels: Annotated[str | None, Query(max_length=MAX_LABELS_QUERY)] = None,
-    states: Annotated[list[str] | None, Query(max_length=20)] = None,
+    states: Annotated[list[StateFilter] | None, Query(max_length=22)] = None,
     cursor: Annotated[str | None, Query(max_length=1024)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 100,
 ) -> SandboxesPublic:

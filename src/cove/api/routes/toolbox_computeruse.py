@@ -14,6 +14,8 @@ from fastapi import APIRouter, Query
 
 from cove.api.deps import AgentDep
 from cove.schemas.toolbox_computeruse import (
+    FORMAT,
+    SCREEN,
     ComputerUseStartResponse,
     ComputerUseStatusResponse,
     DisplayInfoResponse,
@@ -39,10 +41,13 @@ from cove.schemas.toolbox_computeruse import (
 
 router = APIRouter(tags=["toolbox"], prefix="/computeruse")
 Cursor = Annotated[bool, Query(alias="showCursor")]
-Coordinate = Annotated[int, Query(ge=0, le=100_000)]
-Size = Annotated[int, Query(ge=1, le=100_000)]
+# A region of the screen (one past its edge is refused by the agent).
+X = Annotated[int, Query(ge=0, le=SCREEN[0] - 1)]
+Y = Annotated[int, Query(ge=0, le=SCREEN[1] - 1)]
+Width = Annotated[int, Query(ge=1, le=SCREEN[0])]
+Height = Annotated[int, Query(ge=1, le=SCREEN[1])]
 Quality = Annotated[int | None, Query(ge=1, le=100)]
-Format = Annotated[str | None, Query(alias="format")]
+Format = Annotated[str | None, Query(alias="format", pattern=FORMAT)]
 Scale = Annotated[float | None, Query(ge=0.1, le=1.0)]
 
 
@@ -160,7 +165,7 @@ async def screenshot(agent: AgentDep, show_cursor: Cursor = False) -> Screenshot
 
 @router.get("/screenshot/region")
 async def screenshot_region(
-    agent: AgentDep, x: Coordinate, y: Coordinate, width: Size, height: Size,
+    agent: AgentDep, x: X, y: Y, width: Width, height: Height,
     show_cursor: Cursor = False,
 ) -> ScreenshotResponse:  # fmt: skip
     return await agent.computer_screenshot(x=x, y=y, width=width, height=height,
@@ -177,8 +182,8 @@ async def screenshot_compressed(agent: AgentDep, show_cursor: Cursor = False,
 
 
 @router.get("/screenshot/region/compressed")
-async def screenshot_region_compressed(agent: AgentDep, x: Coordinate, y: Coordinate,
-                                       width: Size, height: Size, show_cursor: Cursor = False,
+async def screenshot_region_compressed(agent: AgentDep, x: X, y: Y,
+                                       width: Width, height: Height, show_cursor: Cursor = False,
                                        fmt: Format = None, quality: Quality = None,
                                        scale: Scale = None) -> ScreenshotResponse:  # fmt: skip
     return await agent.computer_screenshot(x=x, y=y, width=width, height=height,

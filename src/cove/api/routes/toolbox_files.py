@@ -43,6 +43,7 @@ FIELD = re.compile(r"files\[(\d+)\]\.(path|file)")
 MAX_PATH_FIELD = 64 * 1024
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "description": "parts files[i].path (text) then files[i].file (binary)",
+    "propertyNames": {"pattern": rf"^{FIELD.pattern}$"},
     "additionalProperties": {"type": "string", "format": "binary"}}}}}}
 
 
@@ -195,6 +196,9 @@ class _BulkUpload:
         match = FIELD.fullmatch(name)
         self._field = (match[1], match[2]) if match else None
         self._text.clear()
+        if match is None:
+            self.errors.append(f"unexpected part {name!r} (parts are files[i].path and "
+                               "files[i].file)")  # fmt: skip
         if self._field is None or self._field[1] == "path":
             return
         index = self._field[0]
