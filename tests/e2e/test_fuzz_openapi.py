@@ -70,6 +70,8 @@ HOME = "/home/daytona"
 SETUP = f"""set -e; cd {HOME}
 git init -q -b main fuzz-repo; cd fuzz-repo; echo hi > README; git add README
 git -c user.name=fuzz -c user.email=fuzz@example.com commit -q -m first; git branch other
+git clone -q --bare . ../fuzz-remote.git; git remote add origin ../fuzz-remote.git
+git fetch -q origin; git branch -q -u origin/main
 cd {HOME}; mkdir -p fuzz-project; printf "def hello():\\n    return 1\\n" > fuzz-project/main.py
 echo hello > fuzz-file.txt; touch fuzz-hold"""
 # Reads its input until the sandbox goes; schemathesis reuses the commands it sees listed,
@@ -78,6 +80,7 @@ READING = f"rm {HOME}/fuzz-hold && exec cat > /dev/null"
 DICTIONARIES = {  # values the fuzzer draws (often, not always) for these parameters
     "repo": [f"{HOME}/fuzz-repo", "fuzz-repo"],
     "branch": ["main", "other"],
+    "remote": ["origin"],
     "tracked": ["README"],
     "file": [f"{HOME}/fuzz-file.txt", "fuzz-file.txt", f"{HOME}/fuzz-repo/README"],
     "project": [f"{HOME}/fuzz-project"],
@@ -138,7 +141,7 @@ def _config(o: dict[str, str]) -> str:
                                              "path.command_id": o["reading"]}),
         ("^/toolbox/.*/git/", {**box, "body.path": ("repo", often), "query.path": ("repo", often),
                                "body.branch": ("branch", 0.5), "body.name": ("branch", 0.3),
-                               "body.files[*]": ("tracked", 0.5)}),
+                               "body.files[*]": ("tracked", 0.5), "body.remote": ("remote", 0.5)}),
         ("^/toolbox/.*/computeruse/process/", {**box, "path.process_name": ("desktop", often)}),
         ("^/toolbox/.*/computeruse/", {**box, "body.delay": ("no_delay", often)}),
         ("^/toolbox/.*/lsp/", {**box, "body.languageId": ("language", often),

@@ -6,6 +6,8 @@ answer, all in Daytona's error envelope, and the bearer key it needs:
 
 - every API operation: 400, 401 and 404; those with a body 413, those that
   change something 409;
+- a 400 may also be plain text: the HTTP server's own refusal of a request it cannot
+  parse (a request line or headers above 16 KiB), before Cove sees it;
 - toolbox operations also relay the sandbox agent's own 4xx errors (``4XX``),
   and answer 502 (the agent failed or lied), 503 (unreachable) and 504 (it did
   not accept the request in time).
@@ -75,7 +77,7 @@ def _complete_operation(path: str, method: str, operation: dict[str, Any]) -> No
     if path.startswith("/toolbox/"):
         codes += ["4XX", "502", "503", "504"]
     for code in codes:
-        responses.setdefault(code, {
-            "description": DESCRIPTIONS[code],
-            "content": {"application/json": {"schema": ENVELOPE_REF}},
-        })  # fmt: skip
+        content: dict[str, Any] = {"application/json": {"schema": ENVELOPE_REF}}
+        if code == "400":
+            content["text/plain"] = {"schema": {"type": "string"}}
+        responses.setdefault(code, {"description": DESCRIPTIONS[code], "content": content})

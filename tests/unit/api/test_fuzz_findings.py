@@ -125,3 +125,10 @@ def test_answers_without_a_body_are_documented_without_one(client: TestClient) -
     for name in ("start", "stop", "did-open", "did-close"):
         assert "content" not in paths[f"/toolbox/{{sandbox_id}}/lsp/{name}"]["post"][
             "responses"]["200"], name  # fmt: skip
+
+
+def test_a_400_may_be_the_http_servers_plain_text(client: TestClient) -> None:
+    """uvicorn refuses a request line above 16 KiB itself, in plain text (schemathesis:
+    ``GET /api/sandbox`` with a 100 KiB ``labels``)."""
+    listed = client.get("/openapi.json").json()["paths"]["/api/sandbox"]["get"]
+    assert set(listed["responses"]["400"]["content"]) == {"application/json", "text/plain"}
