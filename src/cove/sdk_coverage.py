@@ -33,10 +33,10 @@ KNOWN_GAPS = {
     ("*", "/api/config"): "no /api/config (the SDK falls back without an analytics URL)",
     ("*", "/api/sandbox/{sandboxIdOrName}/autopause/"): "no auto-pause timer",
     ("*", "/api/sandbox/{sandboxIdOrName}/ttl/"): "no TTL setting",
-    ("POST", "/toolbox/{sandboxId}/env"): "environment updates are not served",
 }
 # git routes other than these are gaps ("git X is not served")
-GIT_SERVED = {"add", "branches", "checkout", "clone", "commit", "pull", "push", "status"}
+GIT_SERVED = {"add", "branches", "checkout", "clone", "commit", "config", "config/user",
+              "credentials", "init", "pull", "push", "remotes", "reset", "restore", "status"}
 
 
 @dataclass

@@ -244,6 +244,14 @@ async def info(request: Request) -> dict[str, Any]:
     return {"home": user.home, "workDir": users.work_dir(user), "env": env, "version": VERSION}
 
 
+@op("env_forget")
+async def env_forget(request: Request) -> dict[str, Any]:
+    names = [str(n) for n in request.arg("names", list)]
+    keep = [str(n) for n in request.arg("keep", list, None) or []]
+    users.forget_env(names, request.arg("valuePrefix", str, None), keep)
+    return {}
+
+
 @op("ping")
 async def ping(request: Request) -> dict[str, Any]:
     return {"pid": os.getpid()}

@@ -64,6 +64,19 @@ def work_dir(user: User) -> str:
     return user.home
 
 
+def forget_env(names: list[str], value_prefix: str | None, keep: list[str]) -> None:
+    """Drop ``names`` from the environment every process starts from (and, with
+    ``value_prefix``, the variables whose value starts with it but those in ``keep``):
+    ``POST /env``'s ``unset``, for as long as this agent runs (as Daytona's daemon
+    forgets them until the sandbox restarts)."""
+    for name in names:
+        BASE_ENV.pop(name, None)
+    if value_prefix:
+        for name, value in list(BASE_ENV.items()):
+            if name not in keep and value.startswith(value_prefix):
+                del BASE_ENV[name]
+
+
 def environment(user: User, extra: dict[str, str] | None = None) -> dict[str, str]:
     """What a process of ``user`` sees: the sandbox env (a user but root gets
     ``~/.local/bin`` first on PATH, as Debian's ~/.profile does), the user's identity,

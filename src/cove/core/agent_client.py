@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from cove.agent import protocol
 from cove.core.agent_call import AgentCall
+from cove.core.agent_git import GitAdmin
 from cove.core.agent_streams import (
     PtyAttachment,
     Upload,
@@ -88,7 +89,7 @@ ENTRYPOINT_SESSION = "entrypoint"
 Opener = Callable[[Message], AbstractAsyncContextManager[AgentCall]]
 
 
-class AgentClient:
+class AgentClient(GitAdmin):
     """One sandbox's agent, spoken to as ``user`` with the sandbox's environment ``env``."""
 
     def __init__(self, open_call: Opener, user: str | None, env: dict[str, str],
@@ -148,6 +149,12 @@ class AgentClient:
     async def info(self) -> AgentInfo:
         """The sandbox user's home and environment, the agent's version."""
         return await self._reply({"op": "info", "user": self.user, "env": self.env}, AgentInfo)
+
+    async def forget_env(self, names: list[str], value_prefix: str | None,
+                         keep: list[str]) -> None:  # fmt: skip
+        """Drop variables from the environment the agent's processes start from."""
+        await self._reply({"op": "env_forget", "names": names, "valuePrefix": value_prefix,
+                           "keep": keep})  # fmt: skip
 
     # -- files
 

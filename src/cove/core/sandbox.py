@@ -158,6 +158,12 @@ DESIRED: dict[SandboxState, str] = {
 }
 
 
+# States after which the sandbox's agent is a new one: what ``POST /env`` changed is gone.
+AGENT_RESTARTS: frozenset[SandboxState] = frozenset(
+    {S.STOPPED, S.STARTING, S.RESTORING, S.ARCHIVED, S.ERROR, S.DESTROYED}
+)
+
+
 # What ``autoArchiveInterval=0`` means: archive after 30 days (Daytona's maximum, 43200).
 MAX_ARCHIVE_MINUTES = 30 * 24 * 60
 
@@ -204,10 +210,19 @@ class Sandbox:
     # one's name, which resolves to the owner inside this sandbox.
     linked_sandbox_id: str | None = None
     linked_sandbox_name: str | None = None
+    # The environment of the running sandbox once ``POST /toolbox/{id}/env`` changed it
+    # (None: ``env``). Like the environment of Daytona's daemon, it lasts until the
+    # sandbox stops.
+    runtime_env: dict[str, str] | None = None
 
     @property
     def desired_state(self) -> str:
         return DESIRED[self.state]
+
+    @property
+    def process_env(self) -> dict[str, str]:
+        """The environment new processes of the running sandbox start with."""
+        return dict(self.env if self.runtime_env is None else self.runtime_env)
 
 
 def can_transition(current: SandboxState, new: SandboxState) -> bool:
@@ -231,6 +246,8 @@ def transition(sandbox: Sandbox, new: SandboxState, *, reason: str | None = None
     sandbox.state = new
     sandbox.updated_at = now
     sandbox.state_changed_at = now
+    if new in AGENT_RESTARTS:
+        sandbox.runtime_env = None
     if new in (S.ERROR, S.BUILD_FAILED):
         sandbox.error_reason = reason or "unknown error"
     else:

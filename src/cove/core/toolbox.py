@@ -29,6 +29,7 @@ from cove.agent.mux import Channel, Stream
 from cove.agent.protocol import AgentError, ProtocolError
 from cove.core.agent_call import AgentCall
 from cove.core.agent_client import AgentClient
+from cove.core.env_update import updated_env
 from cove.core.output import DEFAULT_LIMIT
 from cove.core.ports import Runner
 from cove.core.sandbox import Sandbox, SandboxState
@@ -66,8 +67,30 @@ class ToolboxService:
 
     def agent(self, sandbox: Sandbox) -> AgentClient:
         """The typed client of the sandbox's agent, as its user with its environment."""
-        return agent_client(self.runner, sandbox.id, sandbox.user, sandbox.env, self.links,
-                            self.output_limit)  # fmt: skip
+        return agent_client(self.runner, sandbox.id, sandbox.user, sandbox.process_env,
+                            self.links, self.output_limit)  # fmt: skip
+
+    async def update_env(self, sandbox: Sandbox, set_: dict[str, str] | None,
+                         unset: list[str] | None, unset_value_prefix: str | None,
+                         ) -> Sandbox:  # fmt: skip
+        """Change the environment the started sandbox's new processes get (see
+        :mod:`cove.core.env_update`); the sandbox as it is now.
+
+        Raises:
+            BadRequest: the environment would grow beyond its limits.
+            InvalidState: the sandbox stopped meanwhile.
+        """
+
+        async def apply() -> Sandbox:
+            current = self.ops.store.get_by_id(sandbox.id)
+            if current.state is not SandboxState.STARTED:
+                raise InvalidState(f"Sandbox {sandbox.id} is {current.state}; start it first")
+            current.runtime_env = updated_env(current.process_env, set_, unset,
+                                              unset_value_prefix)  # fmt: skip
+            self.ops.store.save(current)
+            return current
+
+        return await self.ops.run(sandbox.id, apply)
 
 
 class AgentLinks:

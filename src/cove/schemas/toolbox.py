@@ -7,7 +7,15 @@ from typing import Any
 from pydantic import Field
 
 from cove.schemas.base import WireModel
-from cove.schemas.limits import MAX_TIMEOUT, EnvMap, SandboxPath, Text
+from cove.schemas.limits import (
+    MAX_ENV_VARS,
+    MAX_TIMEOUT,
+    EnvMap,
+    EnvName,
+    EnvValue,
+    SandboxPath,
+    Text,
+)
 
 
 class ExecuteRequest(WireModel):
@@ -43,3 +51,11 @@ class DirResponse(WireModel):
 class EnvUpdate(WireModel):
     set: EnvMap | None = None
     unset: list[Text] | None = None
+
+
+class UpdateEnvRequest(WireModel):
+    """``POST /env``: names to remove, then variables to set, for processes started later."""
+
+    set: EnvMap | None = None
+    unset: list[EnvName] | None = Field(default=None, max_length=MAX_ENV_VARS)
+    unset_value_prefix: EnvValue | None = Field(default=None, min_length=1)

@@ -69,6 +69,8 @@ class SandboxRow(Base):
     volumes: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
     linked_sandbox_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     linked_sandbox_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # What POST /toolbox/{id}/env made of env while the sandbox runs (NULL: env).
+    runtime_env: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
 
 
 class VolumeRow(Base):

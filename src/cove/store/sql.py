@@ -163,6 +163,7 @@ def _to_row(sandbox: Sandbox, row: SandboxRow) -> SandboxRow:
     row.memory = sandbox.resources.memory
     row.disk = sandbox.resources.disk
     row.volumes = [asdict(v) for v in sandbox.volumes]
+    row.runtime_env = None if sandbox.runtime_env is None else dict(sandbox.runtime_env)
     return row
 
 
@@ -173,6 +174,7 @@ def _to_entity(row: SandboxRow) -> Sandbox:
     fields["env"] = dict(row.env)
     fields["labels"] = dict(row.labels)
     fields["volumes"] = [VolumeBind(**v) for v in row.volumes or []]
+    fields["runtime_env"] = None if row.runtime_env is None else dict(row.runtime_env)
     return Sandbox(
         state=SandboxState(row.state),
         resources=Resources(cpu=row.cpu, memory=row.memory, disk=row.disk),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from cove.api.deps import AgentDep, StartedSandboxDep
+from cove.api.deps import AgentDep, StartedSandboxDep, ToolboxDep
 from cove.api.streaming import unless_client_leaves
 from cove.core.validation import LANGUAGE_LABEL
 from cove.schemas.toolbox import (
@@ -13,6 +13,7 @@ from cove.schemas.toolbox import (
     DirResponse,
     ExecuteRequest,
     ExecuteResponse,
+    UpdateEnvRequest,
 )
 
 router = APIRouter(tags=["toolbox"])
@@ -54,6 +55,23 @@ async def work_dir(agent: AgentDep) -> DirResponse:
 async def env(agent: AgentDep) -> dict[str, str]:
     """The environment processes of the sandbox user get."""
     return (await agent.info()).env
+
+
+async def update_env(body: UpdateEnvRequest, sandbox: StartedSandboxDep,
+                     toolbox: ToolboxDep) -> dict[str, str]:  # fmt: skip
+    """Remove ``unset`` (and, with ``unsetValuePrefix``, the variables whose value starts
+    with it), then add ``set``, for processes, sessions and terminals started later
+    (running ones keep theirs) until the sandbox stops; the environment new processes
+    now get."""
+    updated = await toolbox.update_env(sandbox, body.set, body.unset, body.unset_value_prefix)
+    agent = toolbox.agent(updated)
+    if body.unset or body.unset_value_prefix:  # also what the sandbox started with
+        await agent.forget_env(body.unset or [], body.unset_value_prefix, list(body.set or {}))
+    return (await agent.info()).env
+
+
+# Daytona's Python SDK sends this body with no Content-Type: JSON all the same.
+router.add_api_route("/env", update_env, methods=["POST"], strict_content_type=False)
 
 
 @router.get("/version")
