@@ -17,7 +17,8 @@ _AGENT_ONLY = ("PYTHONHOME", "PYTHONPATH", "LD_LIBRARY_PATH", "COVE_AGENT", "COV
 _HELD = "COVE_HELD_"
 BASE_ENV = {k: v for k, v in os.environ.items() if k not in _AGENT_ONLY and not k.startswith(_HELD)}
 BASE_ENV.update({k[len(_HELD):]: v for k, v in os.environ.items() if k.startswith(_HELD)})
-BASE_ENV.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BASE_ENV.setdefault("PATH", DEFAULT_PATH)
 DEFAULT_USER = os.environ.get("COVE_SANDBOX_USER", "daytona")
 # The image's WorkingDir (sandboxes made from an image): where processes start.
 IMAGE_WORKDIR = os.environ.get("COVE_WORKDIR")
@@ -84,7 +85,7 @@ def environment(user: User, extra: dict[str, str] | None = None) -> dict[str, st
     env = dict(BASE_ENV)
     env.update(HOME=user.home, USER=user.name, LOGNAME=user.name, SHELL=user.shell)
     if user.uid != 0 and user.home != "/":  # where `pip install` puts a user's commands
-        env["PATH"] = f"{user.home}/.local/bin:{env['PATH']}"
+        env["PATH"] = f"{user.home}/.local/bin:{env.get('PATH', DEFAULT_PATH)}"
     env.update(extra or {})
     return env
 

@@ -52,3 +52,15 @@ def test_the_change_lasts_until_the_agent_restarts(start: SandboxState, to: Sand
     sb = _sandbox(start)
     transition(sb, to)
     assert sb.process_env == ({"A": "runtime"} if kept else {"A": "create"})
+
+
+def test_the_agent_forgets_unset_names_and_still_spawns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cove.agent import users
+
+    monkeypatch.setattr(users, "BASE_ENV", {"PATH": "/usr/bin", "CREATED": "c", "KEEP": "/k",
+                                            "OTHER": "o"})  # fmt: skip
+    users.forget_env(["CREATED"], "/", ["KEEP"])  # PATH's value starts with "/": gone too
+    assert users.BASE_ENV == {"KEEP": "/k", "OTHER": "o"}
+    user = users.User(name="u", uid=1000, gid=1000, home="/home/u", shell="/bin/sh")
+    env = users.environment(user, {"X": "1"})
+    assert env["PATH"].startswith("/home/u/.local/bin:") and "CREATED" not in env
