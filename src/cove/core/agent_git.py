@@ -25,7 +25,7 @@ from cove.schemas.toolbox_git import (
 class GitAdmin:
     """Git calls beyond the daily loop; the request bodies go to the agent as they are."""
 
-    async def _git(self, op: str, body: GitModel | None = None,
+    async def _git(self, op: str, body: GitModel | None = None, /,
                    **fields: object) -> dict[str, Any]:  # fmt: skip
         raise NotImplementedError
 
