@@ -217,7 +217,8 @@ class AgentClient(GitAdmin):
 
     # -- git (the request bodies go to the agent as they are)
 
-    async def _git(self, op: str, body: GitModel | None = None, **fields: object) -> Message:
+    async def _git(self, op: str, body: GitModel | None = None, /,
+                   **fields: object) -> Message:
         message = {"op": op, "user": self.user, "env": dict(self.env),
                    **(body.model_dump(exclude_none=True) if body else {}), **fields}  # fmt: skip
         return await self._reply(message)
