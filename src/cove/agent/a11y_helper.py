@@ -11,6 +11,7 @@ Everything is bounded: ``BUDGET`` nodes visited per request, AT-SPI calls time o
 import json
 import re
 import sys
+import warnings
 
 BUDGET = 5000
 MAX_DEPTH = 64  # levels below the root
@@ -25,7 +26,7 @@ class Failure(Exception):
 
 
 def node_id(acc):
-    return f"{acc.get_bus_name()}:{acc.path}"
+    return f"{acc.app.bus_name}:{acc.path}"
 
 
 def safe(call, default=None):
@@ -189,10 +190,14 @@ def act(Atspi, request, what):
 
 
 def answer(request):
-    import gi
+    try:
+        import gi
 
-    gi.require_version("Atspi", "2.0")
-    from gi.repository import Atspi
+        gi.require_version("Atspi", "2.0")
+        from gi.repository import Atspi
+    except (ImportError, ValueError):
+        raise Failure(503, "A11Y_UNAVAILABLE", "accessibility bus not reachable: AT-SPI "
+                      "(python3-pyatspi) is not installed") from None
 
     if Atspi.init() not in (0, 1):
         raise Failure(503, "A11Y_UNAVAILABLE", "accessibility bus not reachable")
@@ -219,6 +224,7 @@ def answer(request):
 
 
 def main():
+    warnings.simplefilter("ignore")  # Atspi 2.46 deprecates the *_iface getters it still has
     try:
         print(json.dumps({"result": answer(json.loads(sys.stdin.read()))}))
     except Failure as exc:
