@@ -238,6 +238,7 @@ async def list_all(request: Request) -> dict[str, Any]:
 
 @op("computeruse_recording_get")
 async def get(request: Request) -> dict[str, Any]:
+    """One recording, being made or on disk."""
     found = _find(request.arg("id", str), _user(request))
     if found is None:
         raise protocol.not_found("recording not found")
