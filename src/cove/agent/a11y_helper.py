@@ -137,11 +137,17 @@ def matcher(request):
         except re.error as exc:
             raise Failure(400, "BAD_REQUEST", f"invalid regex for name: {exc}") from None
 
+    def named(text):
+        if mode == "exact":
+            return text == name
+        if pattern is not None:
+            return pattern.search(text) is not None
+        return name in text
+
     def match(node):
         if role and node["role"].lower() != role:
             return False
-        if name and not (node["name"] == name if mode == "exact" else name in node["name"]
-                         if mode == "substring" else pattern.search(node["name"])):
+        if name and not named(node["name"]):
             return False
         return all(state in node["states"] for state in states)
 

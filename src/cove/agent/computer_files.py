@@ -31,7 +31,14 @@ def recordings_dir(user: users.User, *, create: bool = False) -> Iterator[int | 
     Raises:
         AgentError: 400 when a part of the path is not a directory (a symlink, say).
     """
-    fd = os.open(user.home, _DIR)
+    try:
+        fd = os.open(user.home, _DIR)
+    except OSError:
+        if create:
+            raise protocol.bad_request(f"the home of {user.name} ({user.home}) is not a "
+                                       "directory", "RECORDINGS_DIR_INVALID") from None
+        yield None
+        return
     try:
         for part in RECORDINGS:
             if create:

@@ -35,6 +35,7 @@ from .process import kill_tree
 MAX_SECONDS = 30 * 60
 MAX_BYTES = 1024 * 1024 * 1024
 MAX_ACTIVE = 2
+MAX_KNOWN = 1000  # ended recordings whose facts are kept
 FRAMERATE = 30
 STOP_SECONDS = 10.0
 READY_SECONDS = 5.0
@@ -141,6 +142,8 @@ def _finish(rec_id: str, active: Active) -> dict[str, Any]:
     active.group.close()
     _active.pop(rec_id, None)
     _known[rec_id] = info
+    while len(_known) > MAX_KNOWN:  # the oldest are then listed from the disk alone
+        del _known[next(iter(_known))]
     return info
 
 
@@ -212,9 +215,10 @@ def _on_disk(user: users.User) -> dict[str, dict[str, Any]]:
             if rec_id in _active:
                 continue
             when = datetime.fromtimestamp(st.st_mtime, UTC).isoformat().replace("+00:00", "Z")
-            info = {"id": rec_id, "fileName": name,
-                    "filePath": os.path.join(user.home, *RECORDINGS, name),
-                    "startTime": when, "endTime": when, "status": "completed"}  # fmt: skip
+            info: dict[str, Any] = {"id": rec_id, "fileName": name,
+                                    "filePath": os.path.join(user.home, *RECORDINGS, name),
+                                    "startTime": when, "endTime": when,
+                                    "status": "completed"}  # fmt: skip
             known = _known.get(rec_id)
             if known is not None and known["fileName"] == name:
                 info = dict(known)
