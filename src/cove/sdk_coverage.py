@@ -22,8 +22,6 @@ BASES = {"toolbox": "/toolbox/{sandboxId}", "api": "/api"}
 
 # Routes the SDKs call that Cove does not serve, and why (keep this list true).
 KNOWN_GAPS = {
-    ("*", "/toolbox/{sandboxId}/computeruse/a11y/"): "no accessibility tree (computer use)",
-    ("*", "/toolbox/{sandboxId}/computeruse/recordings"): "no screen recordings (computer use)",
     ("*", "/api/secret"): "no secrets store",
     ("*", "/api/warm-pools"): "no warm pools",
     ("*", "/api/sandbox/ssh-access"): "no SSH access",

@@ -155,7 +155,8 @@ async def _try_send(stream: mux.Stream, message: dict[str, Any]) -> None:
 
 
 HANDLER_MODULES = ("process", "files", "git", "git_admin", "sessions", "terminal",
-                   "interpreter", "lsp", "computer", "computer_input")
+                   "interpreter", "lsp", "computer", "computer_input", "computer_record",
+                   "computer_a11y")
 
 
 def load_handlers() -> None:

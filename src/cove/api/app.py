@@ -26,6 +26,7 @@ from cove.api.routes import (
     sandboxes,
     signed_files,
     snapshots,
+    toolbox_a11y,
     toolbox_computeruse,
     toolbox_entrypoint,
     toolbox_files,
@@ -34,6 +35,7 @@ from cove.api.routes import (
     toolbox_lsp,
     toolbox_process,
     toolbox_pty,
+    toolbox_recordings,
     toolbox_sessions,
     toolbox_system,
     volumes,
@@ -87,7 +89,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     api.include_router(object_storage.router, prefix="/api")
     for module in (toolbox_process, toolbox_files, toolbox_git, toolbox_entrypoint,
                    toolbox_sessions, toolbox_pty, toolbox_interpreter, toolbox_system, toolbox_lsp,
-                   toolbox_computeruse):
+                   toolbox_computeruse, toolbox_recordings, toolbox_a11y):
         api.include_router(module.router, prefix="/toolbox/{sandbox_id}")
     bounded = BodyLimit(api, MAX_BODY, _is_upload)
     app = socketio.ASGIApp(events.server, other_asgi_app=bounded, socketio_path="/api/socket.io")

@@ -42,6 +42,7 @@ from cove.core.agent_types import (
 from cove.core.output import DEFAULT_LIMIT, CappedOutput
 from cove.errors import ToolboxError
 from cove.schemas.base import WireModel
+from cove.schemas.toolbox_a11y import AccessibilityNodesResponse, AccessibilityTreeResponse
 from cove.schemas.toolbox_computeruse import (
     ComputerUseStartResponse,
     ComputerUseStatusResponse,
@@ -71,6 +72,7 @@ from cove.schemas.toolbox_lsp import (
     LspServerRequest,
     LspSymbol,
 )
+from cove.schemas.toolbox_recordings import ListRecordingsResponse, Recording
 from cove.schemas.toolbox_sessions import (
     CommandLogs,
     CommandPublic,
@@ -459,6 +461,39 @@ class AgentClient(GitAdmin):
 
     async def computer_windows(self) -> WindowsResponse:
         return await self._reply(self._desktop("windows"), WindowsResponse)
+
+    async def recording_start(self, label: str | None) -> Recording:
+        """Start recording the screen (``label`` goes into the file name)."""
+        return await self._reply(self._desktop("recording_start", label=label), Recording)
+
+    async def recording_stop(self, recording_id: str) -> Recording:
+        return await self._reply(self._desktop("recording_stop", id=recording_id), Recording)
+
+    async def recording_list(self) -> ListRecordingsResponse:
+        return await self._reply(self._desktop("recording_list"), ListRecordingsResponse)
+
+    async def recording_get(self, recording_id: str) -> Recording:
+        return await self._reply(self._desktop("recording_get", id=recording_id), Recording)
+
+    async def recording_delete(self, recording_id: str) -> None:
+        await self._reply(self._desktop("recording_delete", id=recording_id))
+
+    async def a11y_tree(self, scope: str | None, pid: int | None,
+                        max_depth: int | None) -> AccessibilityTreeResponse:  # fmt: skip
+        """The accessibility tree under the scope's root."""
+        message = self._desktop("a11y_tree", scope=scope, pid=pid, maxDepth=max_depth)
+        return await self._reply(message, AccessibilityTreeResponse)
+
+    async def a11y_find(self, body: WireModel) -> AccessibilityNodesResponse:
+        return await self._reply(self._desktop("a11y_find", body), AccessibilityNodesResponse)
+
+    async def a11y_node(self, what: str, body: WireModel) -> None:
+        """``focus``, ``invoke`` or set the ``value`` of the node ``body.id``."""
+        await self._reply(self._desktop("a11y_node", body, what=what))
+
+    def recording_read(self, recording_id: str) -> AsyncGenerator[FileEvent, None]:
+        """A finished recording's bytes: a start, chunks and an end, or an error."""
+        return read_events(self._open(self._desktop("recording_read", id=recording_id)))
 
 
 async def _collect(events: AsyncIterator[ProcessEvent], limit: int) -> ExecResult:

@@ -50,7 +50,8 @@ EXTRA: dict[tuple[str, str], dict] = {
     ("PATCH", "/api/docker-registry/{registry_id}"): {"json": {**REGISTRY, "username": "b"}},
 }  # fmt: skip
 OTHER_PARAMS = {"kind": "autostop", "minutes": "5", "is_public": "true", "session_id": "s1",
-                "command_id": "c1", "context_id": "x1", "process_name": "xvfb"}  # fmt: skip
+                "command_id": "c1", "context_id": "x1", "process_name": "xvfb",
+                "recording_id": "r1"}  # fmt: skip
 DOCKERFILE = "FROM cove-default\nRUN echo built\n"
 
 

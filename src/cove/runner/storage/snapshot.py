@@ -47,10 +47,12 @@ BASE = (
 APT: dict[str, tuple[str, ...]] = {
     "node": ("nodejs", "npm"),  # node for code_run; npm's dependency tree needs apt
     "lsp": ("python3-pylsp",),  # the python language server (lsp/start)
-    # computer use (agent/computer.py): X display, window manager, VNC + noVNC, input,
-    # screenshots
-    "desktop": ("matchbox-window-manager", "novnc", "python3-pil", "x11-utils", "x11vnc",
-                "xdotool", "xfonts-base", "xterm", "xvfb"),
+    # computer use (agent/computer*.py): X display, window manager, VNC + noVNC, input,
+    # screenshots, screen recordings (ffmpeg), the accessibility tree (AT-SPI: its bus,
+    # the GTK bridge, pyatspi; GTK 3 for accessible apps)
+    "desktop": ("at-spi2-core", "dbus-daemon", "ffmpeg", "gir1.2-gtk-3.0", "libatk-adaptor",
+                "matchbox-window-manager", "novnc", "python3-pil", "python3-pyatspi",
+                "x11-utils", "x11vnc", "xdotool", "xfonts-base", "xterm", "xvfb"),
 }
 PIP: dict[str, tuple[str, ...]] = {
     "data": ("numpy==2.4.6", "pandas==3.1.1", "matplotlib==3.11.2", "requests==2.34.2"),
