@@ -26,8 +26,6 @@ KNOWN_GAPS = {
     ("*", "/toolbox/{sandboxId}/computeruse/recordings"): "no screen recordings (computer use)",
     ("*", "/api/secret"): "no secrets store",
     ("*", "/api/warm-pools"): "no warm pools",
-    ("*", "/api/sandbox/ssh-access"): "no SSH access",
-    ("*", "/api/sandbox/{sandboxIdOrName}/ssh-access"): "no SSH access",
     ("*", "/api/sandbox/{sandboxIdOrName}/secrets"): "no secrets store",
     ("*", "/api/sandbox/{sandboxId}/telemetry/"): "no metrics history (live metrics only)",
     ("*", "/api/config"): "no /api/config (the SDK falls back without an analytics URL)",

@@ -154,8 +154,8 @@ async def _try_send(stream: mux.Stream, message: dict[str, Any]) -> None:
         pass
 
 
-HANDLER_MODULES = ("process", "files", "git", "sessions", "terminal", "interpreter", "lsp",
-                   "computer", "computer_input")
+HANDLER_MODULES = ("process", "files", "git", "sessions", "terminal", "pipes", "interpreter",
+                   "lsp", "computer", "computer_input")
 
 
 def load_handlers() -> None:

@@ -26,6 +26,7 @@ from cove.api.routes import (
     sandboxes,
     signed_files,
     snapshots,
+    ssh_access,
     toolbox_computeruse,
     toolbox_entrypoint,
     toolbox_files,
@@ -38,11 +39,12 @@ from cove.api.routes import (
     toolbox_system,
     volumes,
 )
+from cove.api.ssh import SshGateway
 from cove.core.config import Settings
 from cove.core.reconcile import reconcile, restore_networks, watch
 from cove.core.timers import run_timers
 from cove.schemas.limits import MAX_BODY
-from cove.server import Services, build_services
+from cove.server import Services, build_services, load_ssh_host_key
 
 if TYPE_CHECKING:
     from cove.runner.hostruntime import HostRuntime
@@ -61,6 +63,10 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         holder["services"] = app.state.services = services
         await reconcile(services.lifecycle)
         await restore_networks(services.lifecycle)
+        gateway = SshGateway(services)
+        if settings.ssh_port:
+            key = load_ssh_host_key(settings.data_dir)
+            await gateway.start(settings.host, settings.ssh_port, key)
         background = [
             asyncio.create_task(watch(services.lifecycle, interval=settings.watch_seconds)),
             asyncio.create_task(run_timers(services.lifecycle, settings.minute_seconds)),
@@ -68,6 +74,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         yield
         for task in background:
             task.cancel()
+        await gateway.close()
         await services.lifecycle.drain()
         await services.toolbox.links.close()
 
@@ -77,6 +84,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     openapi.install(api)
     api.include_router(health.router, prefix="/api")
     api.include_router(signed_files.router, prefix="/api")  # before /{id}/{kind}/{minutes}
+    api.include_router(ssh_access.router, prefix="/api")  # before /{id}
     api.include_router(sandboxes.router, prefix="/api")
     api.include_router(volumes.router, prefix="/api")
     api.include_router(snapshots.router, prefix="/api")
