@@ -12,7 +12,7 @@ import socketio
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cove.api import errors, openapi
+from cove.api import errors, logredact, openapi
 from cove.api.bodylimit import BodyLimit
 from cove.api.events import SocketEvents
 from cove.api.params import single_query_values
@@ -54,6 +54,7 @@ log = logging.getLogger("cove")
 
 def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASGIApp:
     """Build the whole server. ``runtime`` overrides the configured one (tests)."""
+    logredact.install()
     holder: dict[str, Services] = {}
     events = SocketEvents(settings.toolbox_proxy_url, lambda: holder["services"].auth)
 

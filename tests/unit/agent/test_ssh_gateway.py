@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from cove.api.app import create_app
+from cove.api.logredact import RedactSecrets
 from cove.cli.main import main
 from cove.core.config import Settings
 from cove.runner.fake import FakeRuntime
@@ -244,3 +246,28 @@ def test_a_stopped_sandbox_is_not_started_by_a_login(client: TestClient, ssh_por
 
     asyncio.run(run())
     assert client.get(f"/api/sandbox/{sandbox_id}", headers=AUTH).json()["state"] == "stopped"
+
+
+def test_tokens_stay_out_of_the_logs(client: TestClient, ssh_port: int,
+                                     caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    sandbox_id = _sandbox(client)
+    token = _token(client, sandbox_id)
+    assert _valid(client, token)
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            await conn.run("true")
+        with pytest.raises(asyncssh.PermissionDenied):
+            async with _connect(ssh_port, token[::-1]):
+                pass
+
+    asyncio.run(run())
+    server_side = "\n".join(r.getMessage() for r in caplog.records
+                            if not r.name.startswith("httpx"))  # the test's own client
+    assert "SSH login refused" in server_side
+    assert token not in server_side and token[::-1] not in server_side
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s "%s %s"',
+                               ("1.2.3.4", "GET", f"/api/x?a=1&token={token}&b=2"), None)
+    RedactSecrets().filter(record)
+    assert record.getMessage() == '1.2.3.4 "GET /api/x?a=1&token=***&b=2"'
