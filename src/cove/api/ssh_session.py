@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 import asyncssh
 
 from cove.core.agent_client import AgentClient
-from cove.core.sandbox import SandboxState
 from cove.core.ssh_access import SshAccess
 from cove.errors import CoveError
 from cove.server import Services
@@ -129,13 +128,10 @@ class Session(asyncssh.SSHServerSession):
     async def _keep_alive(self) -> None:
         """Record activity while the session is open (as Daytona's gateway does)."""
         interval = min(30.0, self.services.settings.minute_seconds / 2)
-        ops = self.services.lifecycle.ops
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(CoveError):
-                sandbox = ops.store.get_by_id(self.access.sandbox_id)
-                if sandbox.state is SandboxState.STARTED:
-                    ops.touch(sandbox)
+                self.services.lifecycle.touch(self.access.organization_id, self.access.sandbox_id)
 
     async def _terminal(self, agent: AgentClient) -> int:
         tid = f"ssh-{uuid.uuid4().hex}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -271,3 +272,23 @@ def test_tokens_stay_out_of_the_logs(client: TestClient, ssh_port: int,
                                ("1.2.3.4", "GET", f"/api/x?a=1&token={token}&b=2"), None)
     RedactSecrets().filter(record)
     assert record.getMessage() == '1.2.3.4 "GET /api/x?a=1&token=***&b=2"'
+
+
+def test_an_open_session_keeps_the_sandbox_from_auto_stopping(client: TestClient,
+                                                              ssh_port: int) -> None:  # fmt: skip
+    """A lifecycle minute lasts 0.2 s here: a quiet 3 s session spans 15 of them."""
+    body = {"user": getpass.getuser(), "env": {}, "volumes": [], "autoStopInterval": 1}
+    sandbox_id = client.post("/api/sandbox", json=body, headers=AUTH).json()["id"]
+    token = _token(client, sandbox_id)
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            done = await conn.run("sleep 3; echo slept")
+            assert (done.stdout, done.exit_status) == (b"slept\n", 0)
+
+    asyncio.run(run())
+    assert client.get(f"/api/sandbox/{sandbox_id}", headers=AUTH).json()["state"] == "started"
+    deadline = time.monotonic() + 30  # and without a session the timer runs out
+    while client.get(f"/api/sandbox/{sandbox_id}", headers=AUTH).json()["state"] != "stopped":
+        assert time.monotonic() < deadline, "the auto-stop timer never ran out"
+        time.sleep(0.1)
