@@ -122,10 +122,16 @@ def test_a_terminal_follows_the_window_and_ends_with_the_client(
             proc.stdin.write(b"stty size\n")
             await _read_until(proc.stdout, b"43 132")
 
+    async def piped() -> None:  # a command without a terminal, left running
+        async with _connect(server, token) as conn:
+            proc = await conn.create_process("sleep 1001 & echo started; wait")
+            assert await proc.stdout.readline() == b"started\n"
+
     asyncio.run(run())
-    # the client left: the shell and what it started are gone
+    asyncio.run(piped())
+    # the clients left: the shell, the command and what they started are gone
     deadline = time.monotonic() + 30
-    while "sleep 1000" in sb.process.exec("ps -eo args").result:
+    while "sleep 100" in sb.process.exec("ps -eo args").result:
         assert time.monotonic() < deadline, "the session's processes outlived the client"
         time.sleep(0.2)
 

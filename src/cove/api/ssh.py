@@ -35,8 +35,19 @@ class SshGateway:
         services.ssh.revoked_hooks.append(self.disconnect)
 
     async def start(self, host: str, port: int, host_key: bytes) -> None:
-        """Listen on ``host``:``port`` with the server's ``host_key`` (OpenSSH format)."""
-        self._acceptor = await asyncssh.listen(
+        """Listen on ``host``:``port`` with the server's ``host_key`` (OpenSSH format).
+
+        Raises:
+            OSError: the port cannot be bound (the message names COVE_SSH_PORT).
+        """
+        try:
+            self._acceptor = await self._listen(host, port, host_key)
+        except OSError as exc:
+            raise OSError(exc.errno, f"the SSH gateway cannot listen on {host}:{port} "
+                          f"({exc.strerror}); set COVE_SSH_PORT (0 turns it off)") from exc
+
+    async def _listen(self, host: str, port: int, host_key: bytes) -> asyncssh.SSHAcceptor:
+        return await asyncssh.listen(
             host, port, server_factory=lambda: _Server(self),
             server_host_keys=[asyncssh.import_private_key(host_key)],
             session_factory=None, sftp_factory=None, allow_scp=False,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -292,3 +293,15 @@ def test_an_open_session_keeps_the_sandbox_from_auto_stopping(client: TestClient
     while client.get(f"/api/sandbox/{sandbox_id}", headers=AUTH).json()["state"] != "stopped":
         assert time.monotonic() < deadline, "the auto-stop timer never ran out"
         time.sleep(0.1)
+
+
+def test_a_busy_port_stops_the_server_with_a_clear_error(tmp_path: Path, agent_path: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        settings = Settings(data_dir=tmp_path / "data", runtime="fake", api_key="test-key",
+                            ssh_port=port)  # fmt: skip
+        with pytest.raises(OSError, match=f"127.0.0.1:{port}.*COVE_SSH_PORT"):
+            with TestClient(create_app(settings, runtime=FakeRuntime(agent_path=agent_path))):
+                pass
