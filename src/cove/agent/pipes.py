@@ -44,16 +44,18 @@ async def pipe_exec(request: Request) -> dict[str, Any]:
     finally:
         for fd in (in_r, out_w, err_w):
             os.close(fd)
-    os.set_blocking(in_w, False)
+    stdin = _Stdin(in_w)
     await request.send_json({"event": "started"})
     pumps = [asyncio.ensure_future(_pump(await _reader(out_r), Passed(request, protocol.STDOUT))),
              asyncio.ensure_future(_pump(await _reader(err_r), Passed(request, protocol.STDERR)))]
-    feeding = asyncio.ensure_future(_feed(request, in_w))
+    feeding = asyncio.ensure_future(_feed(request, stdin))
     try:
         code = await proc.wait()
-        _done, pending = await asyncio.wait(pumps, timeout=DRAIN_SECONDS)
+        await asyncio.wait(pumps, timeout=DRAIN_SECONDS)  # what it printed last
     finally:
         feeding.cancel()
+        await asyncio.wait([feeding])  # its write, if any, is unregistered
+        stdin.close()  # also when the feeding never started
         for pump in pumps:
             pump.cancel()
         if proc.returncode is None:
@@ -62,10 +64,23 @@ async def pipe_exec(request: Request) -> dict[str, Any]:
     return {"exitCode": code if code >= 0 else 128 - code}
 
 
-async def _feed(request: Request, fd: int) -> None:
+class _Stdin:
+    """The write end of the command's stdin, closed once (at Z, or when the request ends)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+        os.set_blocking(fd, False)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+async def _feed(request: Request, stdin: _Stdin) -> None:
     """Write the server's D frames to the command's stdin; close it at Z (or a hang-up)."""
     try:
-        while True:
+        while stdin.fd is not None:
             try:
                 kind, payload = await request.receive()
             except (EOFError, ConnectionError, protocol.ProtocolError):
@@ -73,8 +88,8 @@ async def _feed(request: Request, fd: int) -> None:
             if kind == protocol.END:
                 return
             if kind == protocol.DATA and payload:
-                await write_all(fd, payload)
+                await write_all(stdin.fd, payload)
     except OSError:  # EPIPE: the command closed its stdin
         return
     finally:
-        os.close(fd)
+        stdin.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -305,3 +306,15 @@ def test_a_busy_port_stops_the_server_with_a_clear_error(tmp_path: Path, agent_p
         with pytest.raises(OSError, match=f"127.0.0.1:{port}.*COVE_SSH_PORT"):
             with TestClient(create_app(settings, runtime=FakeRuntime(agent_path=agent_path))):
                 pass
+
+
+def test_binary_data_flows_both_ways_unchanged(client: TestClient, ssh_port: int) -> None:
+    token = _token(client, _sandbox(client))
+    data = os.urandom(6 * 1024 * 1024)  # more than every window and queue on the way
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            done = await conn.run("cat; cat /dev/null >&2", input=data)
+            assert done.exit_status == 0 and done.stdout == data
+
+    asyncio.run(run())
