@@ -15,7 +15,8 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import asyncssh
 
@@ -139,7 +140,7 @@ class Session(asyncssh.SSHServerSession):
         try:
             async with agent.pty_create_attach(tid, cols, rows, None, {"TERM": self.term or ""},
                                                self.command) as pty:  # fmt: skip
-                typing = asyncio.ensure_future(self._type(pty.send_input, pty.resize))
+                typing = _background(self._type(pty.send_input, pty.resize))
                 try:
                     async for data in pty.output():
                         await self._write(data)
@@ -152,7 +153,7 @@ class Session(asyncssh.SSHServerSession):
 
     async def _pipes(self, agent: AgentClient) -> int:
         async with agent.pipe_exec(self.command) as run:
-            typing = asyncio.ensure_future(self._type(run.send_input, None, run.close_input))
+            typing = _background(self._type(run.send_input, None, run.close_input))
             try:
                 async for out in run.output():
                     await self._write(out.data, stderr=out.stream == "stderr")
@@ -192,6 +193,13 @@ class Session(asyncssh.SSHServerSession):
             self.chan.write_stderr(data)
         else:
             self.chan.write(data)
+
+
+def _background(work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+    """A task whose failure (the agent went away mid-input) is the output's to report."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return task
 
 
 def _size(cols: int, rows: int) -> tuple[int, int]:
