@@ -24,8 +24,6 @@ BASES = {"toolbox": "/toolbox/{sandboxId}", "api": "/api"}
 KNOWN_GAPS = {
     ("*", "/api/secret"): "no secrets store",
     ("*", "/api/warm-pools"): "no warm pools",
-    ("*", "/api/sandbox/ssh-access"): "no SSH access",
-    ("*", "/api/sandbox/{sandboxIdOrName}/ssh-access"): "no SSH access",
     ("*", "/api/sandbox/{sandboxIdOrName}/secrets"): "no secrets store",
     ("*", "/api/sandbox/{sandboxId}/telemetry/"): "no metrics history (live metrics only)",
     ("*", "/api/config"): "no /api/config (the SDK falls back without an analytics URL)",

@@ -33,6 +33,7 @@ from cove.core.sandbox import Sandbox
 from cove.core.signing import UrlSigner
 from cove.core.snapshot_builds import SnapshotBuilds
 from cove.core.snapshots import SnapshotService
+from cove.core.ssh_access import SshAccessService
 from cove.core.toolbox import ToolboxService, agent_client
 from cove.core.volumes import VolumeService
 from cove.hostfiles import prepare_host_dirs, secret_file
@@ -46,6 +47,7 @@ from cove.store.registries import SqlRegistryStore
 from cove.store.signing_keys import FileKeyStore
 from cove.store.snapshots import SqlSnapshotStore
 from cove.store.sql import SqlSandboxStore, make_engine
+from cove.store.ssh_access import SqlSshAccessStore
 from cove.store.volumes import SqlVolumeStore
 
 
@@ -64,6 +66,7 @@ class Services:
     signer: UrlSigner
     contexts: ContextStore  # uploaded Dockerfile build contexts
     snapshot_builds: SnapshotBuilds  # POST /snapshots with buildInfo
+    ssh: SshAccessService  # SSH access tokens (the gateway is cove.api.ssh)
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -84,6 +87,16 @@ def open_contexts(settings: Settings) -> ContextStore:
     """The build-context store in the data dir, under a secret kept there."""
     key = secret_file(settings.data_dir / "object-storage.key", lambda: os.urandom(32))
     return ContextStore(settings.data_dir / "contexts", key, settings.max_context_mb * 1024**2)
+
+
+def load_ssh_host_key(data_dir: Path) -> bytes:
+    """The SSH gateway's host key (Ed25519, OpenSSH format), made once in the data dir."""
+    import asyncssh
+
+    def make() -> bytes:
+        return bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+
+    return secret_file(data_dir / "ssh_host_ed25519_key", make)
 
 
 def build_services(
@@ -123,6 +136,8 @@ def build_services(
     signer = UrlSigner(FileKeyStore(settings.data_dir / "signing-keys"))
     lifecycle.ops.removed_hooks.append(lambda sb: _forget_key(signer, sb))
     lifecycle.ops.removed_hooks.append(partial(delete_followers, lifecycle))
+    ssh = SshAccessService(SqlSshAccessStore(engine), store, enabled=bool(settings.ssh_port))
+    lifecycle.ops.removed_hooks.append(lambda sb: _forget_ssh(ssh, sb))
     return Services(
         settings=settings, auth=auth, lifecycle=lifecycle, toolbox=toolbox, volumes=volumes,
         snapshots=snapshots, registries=registries, images=images, signer=signer,
@@ -131,7 +146,7 @@ def build_services(
             settings=settings, snapshots=snapshots, builder=lifecycle.creator.builder,
             images=images, contexts=contexts,
         ),
-        previews=load_tokens(settings.data_dir),
+        previews=load_tokens(settings.data_dir), ssh=ssh,
     )  # fmt: skip
 
 
@@ -139,6 +154,10 @@ def _agent_as(toolbox: ToolboxService, sandbox: Sandbox, user: str) -> AgentClie
     """The sandbox's agent, acting as ``user`` (the image's, for its entrypoint)."""
     return agent_client(toolbox.runner, sandbox.id, user, sandbox.env, toolbox.links,
                         toolbox.output_limit)  # fmt: skip
+
+
+async def _forget_ssh(ssh: SshAccessService, sandbox: Sandbox) -> None:
+    ssh.forget(sandbox.id)
 
 
 async def _forget_key(signer: UrlSigner, sandbox: Sandbox) -> None:

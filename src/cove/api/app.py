@@ -12,7 +12,7 @@ import socketio
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cove.api import errors, openapi
+from cove.api import errors, logredact, openapi
 from cove.api.bodylimit import BodyLimit
 from cove.api.events import SocketEvents
 from cove.api.params import single_query_values
@@ -26,6 +26,7 @@ from cove.api.routes import (
     sandboxes,
     signed_files,
     snapshots,
+    ssh_access,
     toolbox_a11y,
     toolbox_computeruse,
     toolbox_entrypoint,
@@ -40,11 +41,12 @@ from cove.api.routes import (
     toolbox_system,
     volumes,
 )
+from cove.api.ssh import SshGateway
 from cove.core.config import Settings
 from cove.core.reconcile import reconcile, restore_networks, watch
 from cove.core.timers import run_timers
 from cove.schemas.limits import MAX_BODY
-from cove.server import Services, build_services
+from cove.server import Services, build_services, load_ssh_host_key
 
 if TYPE_CHECKING:
     from cove.runner.hostruntime import HostRuntime
@@ -54,6 +56,7 @@ log = logging.getLogger("cove")
 
 def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASGIApp:
     """Build the whole server. ``runtime`` overrides the configured one (tests)."""
+    logredact.install()
     holder: dict[str, Services] = {}
     events = SocketEvents(settings.toolbox_proxy_url, lambda: holder["services"].auth)
 
@@ -63,6 +66,10 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         holder["services"] = app.state.services = services
         await reconcile(services.lifecycle)
         await restore_networks(services.lifecycle)
+        gateway = SshGateway(services)
+        if settings.ssh_port:
+            key = load_ssh_host_key(settings.data_dir)
+            await gateway.start(settings.host, settings.ssh_port, key)
         background = [
             asyncio.create_task(watch(services.lifecycle, interval=settings.watch_seconds)),
             asyncio.create_task(run_timers(services.lifecycle, settings.minute_seconds)),
@@ -70,6 +77,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         yield
         for task in background:
             task.cancel()
+        await gateway.close()
         await services.lifecycle.drain()
         await services.toolbox.links.close()
 
@@ -79,6 +87,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     openapi.install(api)
     api.include_router(health.router, prefix="/api")
     api.include_router(signed_files.router, prefix="/api")  # before /{id}/{kind}/{minutes}
+    api.include_router(ssh_access.router, prefix="/api")  # before /{id}
     api.include_router(sandboxes.router, prefix="/api")
     api.include_router(volumes.router, prefix="/api")
     api.include_router(snapshots.router, prefix="/api")

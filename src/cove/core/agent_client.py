@@ -18,6 +18,7 @@ from cove.agent import protocol
 from cove.core.agent_call import AgentCall
 from cove.core.agent_git import GitAdmin
 from cove.core.agent_streams import (
+    PipeRun,
     PtyAttachment,
     Upload,
     attach_pty,
@@ -25,6 +26,7 @@ from cove.core.agent_streams import (
     follow_output,
     interpreter_events,
     read_events,
+    run_on_pipes,
 )
 from cove.core.agent_types import (
     AgentInfo,
@@ -358,11 +360,21 @@ class AgentClient(GitAdmin):
         return attach_pty(self._open({"op": "pty_attach", "id": pty_id}))
 
     def pty_create_attach(self, pty_id: str, cols: int, rows: int, cwd: str | None,
-                          envs: dict[str, str]) -> AbstractAsyncContextManager[PtyAttachment]:
-        """Create a terminal and connect to it."""
-        return attach_pty(self._open({
-            "op": "pty_attach", "create": True, "id": pty_id, "cols": cols, "rows": rows,
-            "cwd": cwd, "envs": envs, "user": self.user, "env": dict(self.env)}))
+                          envs: dict[str, str], command: str | None = None,
+                          ) -> AbstractAsyncContextManager[PtyAttachment]:  # fmt: skip
+        """Create a terminal and connect to it; it runs ``command`` (``shell -c``) when
+        given, else an interactive shell."""
+        message = {"op": "pty_attach", "create": True, "id": pty_id, "cols": cols, "rows": rows,
+                   "cwd": cwd, "envs": envs, "user": self.user, "env": dict(self.env)}
+        if command is not None:
+            message["command"] = command
+        return attach_pty(self._open(message))
+
+    def pipe_exec(self, command: str | None) -> AbstractAsyncContextManager[PipeRun]:
+        """Run ``command`` (``shell -c``; None: the user's shell) on pipes: stdin from the
+        caller, stdout and stderr apart. Leaving early kills everything it started."""
+        return run_on_pipes(self._open({"op": "pipe_exec", "command": command,
+                                        "user": self.user, "env": dict(self.env)}))
 
     # -- the code interpreter
 

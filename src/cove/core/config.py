@@ -6,6 +6,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -128,6 +129,9 @@ class Settings(BaseSettings):
     # uploads build contexts over HTTPS only (see README, Build contexts).
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # The SSH gateway (``ssh -p <port> <token>@host``, tokens from POST
+    # /sandbox/{id}/ssh-access) listens on host:ssh_port; 0 turns it off.
+    ssh_port: int = Field(default=2222, ge=0, le=65535)
 
     @field_validator("public_snapshots", "insecure_registries", "allowed_registries",
                      mode="before")
@@ -157,6 +161,11 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         scheme = "https" if self.tls_cert else "http"
         return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def ssh_host(self) -> str:
+        """The host name clients reach the SSH gateway at (that of :attr:`base_url`)."""
+        return urlsplit(self.base_url).hostname or "127.0.0.1"
 
     @property
     def toolbox_proxy_url(self) -> str:

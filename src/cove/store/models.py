@@ -126,3 +126,18 @@ class DockerRegistryRow(Base):
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SshAccessRow(Base):
+    """A token that opens SSH sessions to one sandbox until it expires (only its hash)."""
+
+    __tablename__ = "ssh_access"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sandbox_id: Mapped[str] = mapped_column(String(64), index=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    # sha256 of the token; the token itself is never stored.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
