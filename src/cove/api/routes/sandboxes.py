@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from cove.api.deps import LifecycleDep, PrincipalDep, ServicesDep
 from cove.api.dto import sandbox_public
-from cove.core import fork
+from cove.core import fork, intervals
 from cove.core.sandbox import Sandbox
 from cove.errors import BadRequest
 from cove.schemas.limits import MAX_INTERVAL, MAX_LABELS
@@ -180,26 +180,31 @@ async def set_public(
 
 
 _INTERVALS = {
-    "autostop": ("auto_stop_interval", 0),
     "autoarchive": ("auto_archive_interval", 0),
     "autodelete": ("auto_delete_interval", -1),
 }
+_SETTERS = {"autostop": intervals.set_auto_stop, "autopause": intervals.set_auto_pause,
+            "ttl": intervals.set_ttl}  # fmt: skip
 
 
 @router.post("/{id_or_name}/{kind}/{minutes}")
 async def set_interval(
-    id_or_name: str, kind: Literal["autostop", "autoarchive", "autodelete"],
+    id_or_name: str, kind: Literal["autostop", "autopause", "autoarchive", "autodelete", "ttl"],
     minutes: Annotated[int, Path(ge=-1, le=MAX_INTERVAL)], who: PrincipalDep,
     services: ServicesDep,
 ) -> SandboxPublic:  # fmt: skip
-    """Set the auto-stop, auto-archive (0 or more) or auto-delete (-1: never) interval
-    in minutes."""
-    field, minimum = _INTERVALS[kind]
+    """Set the auto-stop, auto-pause, auto-archive (0 or more), auto-delete (-1: never)
+    interval in minutes, or the TTL (minutes from now until it is deleted whatever its
+    state; 0: none). A non-zero auto-stop turns auto-pause off, and the other way round."""
+    minimum = _INTERVALS.get(kind, ("", 0))[1]
     if minutes < minimum:
         raise BadRequest(f"{kind} interval must be at least {minimum}")
-    sandbox = await services.lifecycle.update(
-        who.organization_id, id_or_name, **{field: minutes}
-    )
+    org = who.organization_id
+    if kind in _SETTERS:
+        sandbox = await _SETTERS[kind](services.lifecycle, org, id_or_name, minutes)
+    else:
+        field = _INTERVALS[kind][0]
+        sandbox = await services.lifecycle.update(org, id_or_name, **{field: minutes})
     return _public(services, sandbox)
 
 
