@@ -24,15 +24,9 @@ BASES = {"toolbox": "/toolbox/{sandboxId}", "api": "/api"}
 KNOWN_GAPS = {
     ("*", "/toolbox/{sandboxId}/computeruse/a11y/"): "no accessibility tree (computer use)",
     ("*", "/toolbox/{sandboxId}/computeruse/recordings"): "no screen recordings (computer use)",
-    ("*", "/api/secret"): "no secrets store",
     ("*", "/api/warm-pools"): "no warm pools",
     ("*", "/api/sandbox/ssh-access"): "no SSH access",
     ("*", "/api/sandbox/{sandboxIdOrName}/ssh-access"): "no SSH access",
-    ("*", "/api/sandbox/{sandboxIdOrName}/secrets"): "no secrets store",
-    ("*", "/api/sandbox/{sandboxId}/telemetry/"): "no metrics history (live metrics only)",
-    ("*", "/api/config"): "no /api/config (the SDK falls back without an analytics URL)",
-    ("*", "/api/sandbox/{sandboxIdOrName}/autopause/"): "no auto-pause timer",
-    ("*", "/api/sandbox/{sandboxIdOrName}/ttl/"): "no TTL setting",
     ("POST", "/toolbox/{sandboxId}/env"): "environment updates are not served",
 }
 # git routes other than these are gaps ("git X is not served")
@@ -127,7 +121,8 @@ def _matches(sdk_path: str, cove_path: str) -> bool:
         return False
     for a, b in zip(ours, theirs, strict=True):
         if a.startswith("{"):
-            if a == "{kind}" and b not in ("autostop", "autoarchive", "autodelete"):
+            if a == "{kind}" and b not in ("autostop", "autopause", "autoarchive", "autodelete",
+                                           "ttl"):
                 return False
         elif a != b:
             return False
