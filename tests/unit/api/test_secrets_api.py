@@ -78,6 +78,8 @@ def test_mounted_secrets_reach_only_their_sandbox_as_placeholders(client: TestCl
     env = toolbox.env(lifecycle.get(sb["organizationId"], sb["id"]))
     assert env == {"PLAIN": "1", "TOKEN": placeholder}
     assert "TOKEN" not in toolbox.env(lifecycle.get(sb["organizationId"], plain["id"]))
+    forked = client.post(f"/api/sandbox/{sb['id']}/fork", json={}, headers=AUTH).json()
+    assert toolbox.env(lifecycle.get(sb["organizationId"], forked["id"]))["TOKEN"] == placeholder
     r = client.put(f"/api/sandbox/{plain['id']}/secrets", json={"secrets": [{"T2": "tok"}]},
                    headers=AUTH)  # fmt: skip
     assert r.status_code == 200 and r.json()["id"] == plain["id"]
