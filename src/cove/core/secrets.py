@@ -10,6 +10,7 @@ caller's organization: another organization's secret is not found (404).
 
 from __future__ import annotations
 
+import builtins
 import re
 import secrets as random
 import uuid
@@ -115,7 +116,7 @@ class SecretService:
 
     def update(
         self, organization_id: str, secret_id: str, *, value: str | None = None,
-        description: str | None = None, hosts: list[str] | None = None,
+        description: str | None = None, hosts: builtins.list[str] | None = None,
     ) -> Secret:  # fmt: skip
         """Change the fields given; the others stay."""
         secret = self.store.get(organization_id, secret_id)
