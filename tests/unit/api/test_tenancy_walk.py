@@ -54,7 +54,7 @@ EXTRA: dict[tuple[str, str], dict] = {
     ("GET", "/api/sandbox/{id_or_name}/telemetry/metrics"):
         {"params": {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}},
 }  # fmt: skip
-OTHER_PARAMS = {"kind": "autostop", "minutes": "5", "is_public": "true", "session_id": "s1",
+OTHER_PARAMS = {"minutes": "5", "is_public": "true", "session_id": "s1",
                 "command_id": "c1", "context_id": "x1", "process_name": "xvfb"}  # fmt: skip
 DOCKERFILE = "FROM cove-default\nRUN echo built\n"
 
