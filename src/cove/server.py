@@ -26,10 +26,12 @@ from cove.core.entrypoint import Launcher
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
 from cove.core.links import delete_followers
+from cove.core.metrics_history import MetricsHistory
 from cove.core.ports import EventSink
 from cove.core.previews import PreviewTokens
 from cove.core.registries import RegistryService
 from cove.core.sandbox import Sandbox
+from cove.core.secrets import SecretService
 from cove.core.signing import UrlSigner
 from cove.core.snapshot_builds import SnapshotBuilds
 from cove.core.snapshots import SnapshotService
@@ -44,6 +46,8 @@ from cove.runner.storage.volumes import LocalVolumeFiles
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
 from cove.store.registries import SqlRegistryStore
+from cove.store.secretbox import SecretBox
+from cove.store.secrets import SqlSecretStore
 from cove.store.signing_keys import FileKeyStore
 from cove.store.snapshots import SqlSnapshotStore
 from cove.store.sql import SqlSandboxStore, make_engine
@@ -67,6 +71,8 @@ class Services:
     contexts: ContextStore  # uploaded Dockerfile build contexts
     snapshot_builds: SnapshotBuilds  # POST /snapshots with buildInfo
     ssh: SshAccessService  # SSH access tokens (the gateway is cove.api.ssh)
+    secrets: SecretService
+    metrics: MetricsHistory  # the sampled history of started sandboxes' metrics
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -129,7 +135,13 @@ def build_services(
         snapshots=snapshots, images=images,
     )  # fmt: skip
     lifecycle.creator.use_contexts(contexts)
+    secrets = lifecycle.creator.secrets = SecretService(
+        SqlSecretStore(engine, SecretBox.in_dir(settings.data_dir)))
     toolbox = ToolboxService(lifecycle.ops, settings.output_limit)
+    toolbox.extra_env = lambda sb: secrets.env(sb.id)
+    history = MetricsHistory(runner, store, interval=settings.metrics_interval_seconds,
+                             keep=settings.metrics_keep)  # fmt: skip
+    lifecycle.ops.removed_hooks.append(lambda sb: _forget_metrics(history, sb))
     lifecycle.ops.started_hooks.append(Launcher(
         lambda sb: snapshots.get(sb.organization_id, sb.snapshot).image_config,
         lambda sb, user: _agent_as(toolbox, sb, user)))  # fmt: skip
@@ -146,18 +158,22 @@ def build_services(
             settings=settings, snapshots=snapshots, builder=lifecycle.creator.builder,
             images=images, contexts=contexts,
         ),
-        previews=load_tokens(settings.data_dir), ssh=ssh,
+        previews=load_tokens(settings.data_dir), ssh=ssh, secrets=secrets, metrics=history,
     )  # fmt: skip
 
 
 def _agent_as(toolbox: ToolboxService, sandbox: Sandbox, user: str) -> AgentClient:
     """The sandbox's agent, acting as ``user`` (the image's, for its entrypoint)."""
-    return agent_client(toolbox.runner, sandbox.id, user, sandbox.env, toolbox.links,
+    return agent_client(toolbox.runner, sandbox.id, user, toolbox.env(sandbox), toolbox.links,
                         toolbox.output_limit)  # fmt: skip
 
 
 async def _forget_ssh(ssh: SshAccessService, sandbox: Sandbox) -> None:
     ssh.forget(sandbox.id)
+
+
+async def _forget_metrics(history: MetricsHistory, sandbox: Sandbox) -> None:
+    history.forget(sandbox.id)
 
 
 async def _forget_key(signer: UrlSigner, sandbox: Sandbox) -> None:

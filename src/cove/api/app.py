@@ -18,12 +18,15 @@ from cove.api.events import SocketEvents
 from cove.api.params import single_query_values
 from cove.api.preview import PreviewProxy
 from cove.api.routes import (
+    config,
     docker_registry,
     health,
     object_storage,
     previews,
+    sandbox_extras,
     sandbox_network,
     sandboxes,
+    secrets,
     signed_files,
     snapshots,
     ssh_access,
@@ -73,6 +76,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         background = [
             asyncio.create_task(watch(services.lifecycle, interval=settings.watch_seconds)),
             asyncio.create_task(run_timers(services.lifecycle, settings.minute_seconds)),
+            asyncio.create_task(services.metrics.run()),
         ]
         yield
         for task in background:
@@ -86,6 +90,9 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     errors.install(api)
     openapi.install(api)
     api.include_router(health.router, prefix="/api")
+    api.include_router(config.router, prefix="/api")
+    api.include_router(secrets.router, prefix="/api")
+    api.include_router(sandbox_extras.router, prefix="/api")
     api.include_router(signed_files.router, prefix="/api")  # before /{id}/{kind}/{minutes}
     api.include_router(ssh_access.router, prefix="/api")  # before /{id}
     api.include_router(sandboxes.router, prefix="/api")

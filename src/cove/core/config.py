@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     # How many seconds a lifecycle minute (auto-stop/archive/delete) lasts.
     minute_seconds: float = 60.0
     default_auto_stop_interval: int = 15
+    # Metrics history: how often each started sandbox is sampled, and how many samples
+    # of each are kept (in memory).
+    metrics_interval_seconds: float = Field(default=60.0, gt=0, le=86400)
+    metrics_keep: int = Field(default=1440, ge=1, le=100_000)
     default_auto_archive_interval: int = 7 * 24 * 60
     default_auto_delete_interval: int = -1
     # Sandbox networking: "nat" (own netns, veth, NAT, DNS forwarder, firewall) or

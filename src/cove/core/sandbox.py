@@ -133,6 +133,11 @@ TRANSITIONAL: frozenset[SandboxState] = frozenset(
     }  # fmt: skip
 )
 
+# The states a TTL deletes a sandbox from (no operation is under way on them).
+TTL_STATES: frozenset[SandboxState] = frozenset(
+    {S.STARTED, S.PAUSED, S.STOPPED, S.ARCHIVED, S.ERROR, S.BUILD_FAILED}
+)
+
 # What the state is heading for, as Daytona's `desiredState` reports it.
 DESIRED: dict[SandboxState, str] = {
     S.CREATING: "started",
@@ -214,6 +219,10 @@ class Sandbox:
     # (None: ``env``). Like the environment of Daytona's daemon, it lasts until the
     # sandbox stops.
     runtime_env: dict[str, str] | None = None
+    # Pause after this many minutes without activity (0: never; auto-stop is then 0).
+    auto_pause_interval: int = 0
+    # The TTL: destroyed at this time whatever its state (None: no TTL).
+    auto_destroy_at: datetime | None = None
 
     @property
     def desired_state(self) -> str:

@@ -19,7 +19,7 @@ of the server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,13 @@ class ToolboxService:
         self.runner = ops.runner
         self.links = AgentLinks(ops.runner)
         self.output_limit = output_limit
+        # More env vars of a sandbox's processes (its mounted secrets' placeholders).
+        self.extra_env: Callable[[Sandbox], dict[str, str]] = lambda _sandbox: {}
+
+    def env(self, sandbox: Sandbox) -> dict[str, str]:
+        """The environment the sandbox's new processes get: its env (as ``POST /env``
+        changed it while it runs), then its secrets."""
+        return {**sandbox.process_env, **self.extra_env(sandbox)}
 
     def sandbox(self, organization_id: str, sandbox_id: str) -> Sandbox:
         """The caller's started sandbox; records the activity.
@@ -67,7 +74,7 @@ class ToolboxService:
 
     def agent(self, sandbox: Sandbox) -> AgentClient:
         """The typed client of the sandbox's agent, as its user with its environment."""
-        return agent_client(self.runner, sandbox.id, sandbox.user, sandbox.process_env,
+        return agent_client(self.runner, sandbox.id, sandbox.user, self.env(sandbox),
                             self.links, self.output_limit)  # fmt: skip
 
     async def update_env(self, sandbox: Sandbox, set_: dict[str, str] | None,

@@ -151,7 +151,7 @@ _PLAIN = (
     "public "
     "network_block_all network_allow_list domain_allow_list auto_stop_interval "
     "auto_archive_interval auto_delete_interval created_at updated_at last_activity_at "
-    "state_changed_at linked_sandbox_id linked_sandbox_name"
+    "state_changed_at linked_sandbox_id linked_sandbox_name auto_pause_interval auto_destroy_at"
 ).split()
 
 
@@ -171,6 +171,8 @@ def _to_entity(row: SandboxRow) -> Sandbox:
     fields = {name: getattr(row, name) for name in _PLAIN}
     for name in ("created_at", "updated_at", "last_activity_at", "state_changed_at"):
         fields[name] = _aware(fields[name])
+    if fields["auto_destroy_at"] is not None:
+        fields["auto_destroy_at"] = _aware(fields["auto_destroy_at"])
     fields["env"] = dict(row.env)
     fields["labels"] = dict(row.labels)
     fields["volumes"] = [VolumeBind(**v) for v in row.volumes or []]
