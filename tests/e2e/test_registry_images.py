@@ -157,6 +157,10 @@ def test_private_registry_needs_the_organizations_credentials(
     listed = httpx.get(f"{server.api_url}/docker-registry",
                        headers={"Authorization": f"Bearer {KEY}"}).text  # fmt: skip
     assert made.id in listed and "s3cret-pw" not in listed and "password" not in listed
+    # Sealed at rest: the database (and its journal) never holds the password.
+    stored = [p for p in server.data_dir.iterdir() if ".db" in p.name]
+    assert stored and not any(b"s3cret-pw" in p.read_bytes() for p in stored)
+    assert (server.data_dir / "registry.key").stat().st_mode & 0o777 == 0o600
     assert api.get_registry(made.id).username == "alice"
 
     other = _other(server)

@@ -298,3 +298,22 @@ class KeyStore(Protocol):
         """The organization a key belongs to, or None for an unknown key."""
 
     def count_keys(self) -> int: ...
+
+
+class Sealer(Protocol):
+    """Encryption at rest of secrets the server must read back (registry passwords)."""
+
+    def seal(self, secret: str, context: str) -> str:
+        """``secret`` encrypted and authenticated, bound to ``context`` (say, the id of
+        the record that keeps it): a sealed value copied to another record won't open."""
+
+    def open(self, stored: str, context: str) -> str:
+        """The secret in ``stored``; a value stored before sealing existed is returned
+        as it is.
+
+        Raises:
+            ValueError: ``stored`` is sealed but does not open (another key, another
+                context, or tampered with).
+        """
+
+    def is_sealed(self, stored: str) -> bool: ...
