@@ -181,8 +181,9 @@ class Runner(Protocol):
         """Make snapshot ``ref`` a copy of snapshot ``source`` with image config ``config``
         (built from the same Dockerfile); its size."""
 
-    async def import_image(self, ref: str, image: str) -> int:
-        """Make snapshot ``ref`` from an image the runner resolves without a registry."""
+    async def import_image(self, ref: str, image: str) -> PulledImage:
+        """Make snapshot ``ref`` from an image the runner resolves without a registry
+        (a local OCI layout); its size and config (``digest`` empty)."""
 
     async def pull_image(
         self, ref: str, image: str, auth: RegistryAuth | None,

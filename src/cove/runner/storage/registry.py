@@ -30,7 +30,7 @@ from cove.core.config import Settings, registry_listed
 from cove.core.ports import PulledImage, RegistryAuth
 from cove.errors import RuntimeBackendError
 from cove.hostfiles import private_dir
-from cove.runner.storage import capture, unpack
+from cove.runner.storage import capture, layers, unpack
 from cove.runner.storage.snapshot import stream
 
 CACHE = ".images"
@@ -50,20 +50,30 @@ def pull(
     Raises:
         RuntimeBackendError: the registry refused or could not be reached, the image
             does not exist, or unpacking failed; nothing named ``ref`` is left.
+        ImageTooLarge: its layers, compressed or unpacked, pass COVE_MAX_IMAGE_MB; the
+            blobs this pull brought into the layer cache are removed again.
     """
     assert settings.snapshot_dir is not None
     base = settings.snapshot_dir
     say = progress or (lambda _line: None)
     cache = private_dir(base / CACHE)
     blobs = private_dir(cache / "blobs")
+    limit = settings.max_image_mb * 2**20
     with tempfile.TemporaryDirectory(prefix="pull-", dir=cache) as tmp:
         work = Path(tmp)
         layout = work / "layout"
         say(f"Pulling {image}")
+        cached = _blob_names(blobs)
         _copy(settings, image, auth, work, layout, blobs, say)
         digest = (work / "digest").read_text().strip()
         _share_blobs(layout, blobs)
         say(f"Digest: {digest}")
+        try:
+            layers.check_compressed(layout, TAG, limit, image)
+            layers.check_unpacked(layout, TAG, limit, image)
+        except RuntimeBackendError:
+            _forget_new_blobs(layout, blobs, cached)
+            raise
         say("Unpacking the image")
         with capture.building(base, ref) as rootfs:
             config = unpack.unpack_image(layout, TAG, rootfs)
@@ -120,6 +130,22 @@ def _share_blobs(layout: Path, blobs: Path) -> None:
             empty.rmdir()
         own.rmdir()
     own.symlink_to(blobs)
+
+
+def _blob_names(blobs: Path) -> set[str]:
+    where = blobs / "sha256"
+    return {entry.name for entry in os.scandir(where)} if where.is_dir() else set()
+
+
+def _forget_new_blobs(layout: Path, blobs: Path, cached: set[str]) -> None:
+    """Remove the blobs of the image in ``layout`` that were not in the cache before."""
+    try:
+        names = [d.split(":", 1)[1] for d in layers.digests(layout, TAG)]
+    except RuntimeBackendError:
+        return
+    for name in names:
+        if name not in cached and "/" not in name:
+            (blobs / "sha256" / name).unlink(missing_ok=True)
 
 
 def _reason(message: str) -> str:
