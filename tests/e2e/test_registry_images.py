@@ -26,6 +26,7 @@ from daytona import (
 from daytona_api_client import CreateDockerRegistry, DockerRegistryApi
 from daytona_api_client.exceptions import NotFoundException
 
+from cove.runner.storage.unpack import manifest
 from tests.e2e.conftest import KEY, Server, run_ok, running_server
 from tests.registry import ImageSpec, Registry, busybox_layer, entry, file, layer, layout
 
@@ -159,15 +160,18 @@ def test_images_over_the_size_cap_fail_and_leave_nothing(
     server: Server, client: Daytona, registry: Registry, tmp_path: Path
 ) -> None:
     """A layer bomb (a few KiB that unpack to 200 MiB) and an image whose download
-    alone passes COVE_MAX_IMAGE_MB: both refused before unpacking, with the reason;
-    no snapshot, and none of their blobs stays in the layer cache."""
+    alone passes COVE_MAX_IMAGE_MB: both refused before unpacking (the second one before
+    its layer is even downloaded), with the reason; no snapshot, and none of their
+    blobs stays in the layer cache."""
     zeros = ImageSpec([layer([file("bomb", bytes(200 * 2**20))])])
     noise = ImageSpec([layer([file("noise", os.urandom((MAX_MB + 2) * 2**20))])])
     bomb = registry.push(layout(tmp_path / "bomb", zeros), "e2e/bomb")
     big = registry.push(layout(tmp_path / "big", noise), "e2e/big")
+    big_layer = manifest(tmp_path / "big", "v1")["layers"][0]["digest"]
     files, blobs = _snapshot_files(server), _blobs(server)
     _fails(client, bomb, rf"larger than COVE_MAX_IMAGE_MB \({MAX_MB} MiB\) unpacked")
     too_big = rf"larger than COVE_MAX_IMAGE_MB \({MAX_MB} MiB\): its layers take 6\d MiB compr"
+    pushed = len(registry.log.read_bytes())
     try:
         with pytest.raises(DaytonaError, match=too_big):
             client.snapshot.create(CreateSnapshotParams(name="too-big", image=big))
@@ -175,6 +179,7 @@ def test_images_over_the_size_cap_fail_and_leave_nothing(
         assert snap.state == "error" and re.search(too_big, snap.error_reason or "")
     finally:
         client.snapshot.delete(client.snapshot.get("too-big"))
+    assert f"/blobs/{big_layer}".encode() not in registry.log.read_bytes()[pushed:]
     assert _snapshot_files(server) - files == set()
     assert _blobs(server) - blobs == set()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cove.errors import RuntimeBackendError
-from cove.runner.storage import layers
+from cove.runner.storage import layers, registry
 from tests.registry import ImageSpec, file, layer, layout
 
 MIB = 2**20
@@ -77,3 +77,22 @@ def test_a_layer_that_is_no_tar_is_an_error(tmp_path: Path) -> None:
     where = _image(tmp_path, gzip.compress(b"not a tar at all" * 100))
     with pytest.raises(RuntimeBackendError, match="not a valid tar"):
         layers.check_unpacked(where, "v1", MIB, "junk")
+
+
+@pytest.mark.parametrize(("image", "repository"), [
+    ("docker.io/library/python:3.12", "docker.io/library/python"),
+    ("127.0.0.1:5000/a/b:v1", "127.0.0.1:5000/a/b"),
+    ("127.0.0.1:5000/a/b@sha256:" + "a" * 64, "127.0.0.1:5000/a/b"),
+])  # fmt: skip
+def test_an_index_entry_is_fetched_from_the_images_repository(image: str, repository: str) -> None:
+    assert registry._repository(image) == repository
+
+
+def test_the_index_entry_of_this_platform_is_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry.platform, "machine", lambda: "x86_64")
+    entries = [{"platform": {"os": "linux", "architecture": "arm64"}, "digest": "sha256:a"},
+               {"platform": {"os": "windows", "architecture": "amd64"}, "digest": "sha256:b"},
+               "junk", {"platform": "junk"},
+               {"platform": {"os": "linux", "architecture": "amd64"}, "digest": "sha256:c"}]
+    assert registry._platform_digest(entries) == "sha256:c"
+    assert registry._platform_digest(entries[:2]) is None

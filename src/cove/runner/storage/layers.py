@@ -43,11 +43,24 @@ def check_compressed(layout: Path, tag: str, limit: int, image: str) -> int:
     Raises:
         ImageTooLarge: they pass ``limit`` bytes.
     """
-    total = sum(int(layer.get("size") or 0) for layer in manifest(layout, tag).get("layers") or [])
+    total = compressed_size(manifest(layout, tag))
+    refuse_compressed(total, limit, image)
+    return total
+
+
+def compressed_size(found: dict[str, object]) -> int:
+    """What the layers of the manifest ``found`` say they take."""
+    layers = found.get("layers")
+    sizes = [layer.get("size") for layer in layers if isinstance(layer, dict)] \
+        if isinstance(layers, list) else []
+    return sum(size for size in sizes if isinstance(size, int) and size > 0)
+
+
+def refuse_compressed(total: int, limit: int, image: str) -> None:
+    """Raises ImageTooLarge: ``total`` bytes of compressed layers pass ``limit``."""
     if total > limit:
         raise ImageTooLarge(f"{image} is larger than COVE_MAX_IMAGE_MB ({limit // 2**20} MiB): "
                             f"its layers take {_mib(total)} MiB compressed")  # fmt: skip
-    return total
 
 
 def check_unpacked(layout: Path, tag: str, limit: int, image: str) -> int:
