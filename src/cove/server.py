@@ -46,6 +46,7 @@ from cove.runner.storage.volumes import LocalVolumeFiles
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
 from cove.store.registries import SqlRegistryStore
+from cove.store.sealing import KEY_BYTES, AesGcmSealer
 from cove.store.secretbox import SecretBox
 from cove.store.secrets import SqlSecretStore
 from cove.store.signing_keys import FileKeyStore
@@ -89,6 +90,12 @@ def load_tokens(data_dir: Path) -> PreviewTokens:
     return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)))
 
 
+def open_sealer(settings: Settings) -> AesGcmSealer:
+    """What seals secrets kept in the database, under a key made once in the data dir."""
+    return AesGcmSealer(secret_file(settings.data_dir / "registry.key",
+                                    lambda: os.urandom(KEY_BYTES)))  # fmt: skip
+
+
 def open_contexts(settings: Settings) -> ContextStore:
     """The build-context store in the data dir, under a secret kept there."""
     key = secret_file(settings.data_dir / "object-storage.key", lambda: os.urandom(32))
@@ -126,7 +133,8 @@ def build_services(
         default_name=settings.default_snapshot, public=settings.public_snapshots,
     )  # fmt: skip
     snapshots.fail_interrupted()
-    registries = RegistryService(SqlRegistryStore(engine))
+    registries = RegistryService(SqlRegistryStore(engine), open_sealer(settings))
+    registries.seal_plain()
     images = ImageService(snapshots=snapshots, registries=registries, runner=runner,
                           allowed=settings.allowed_registries)  # fmt: skip
     contexts = open_contexts(settings)

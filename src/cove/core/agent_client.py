@@ -30,6 +30,7 @@ from cove.core.agent_streams import (
 )
 from cove.core.agent_types import (
     AgentInfo,
+    ChartData,
     ExecResult,
     Exited,
     FileEvent,
@@ -41,6 +42,7 @@ from cove.core.agent_types import (
     field,
     parse,
 )
+from cove.core.charts import CHART_LIMIT, ChartCollector
 from cove.core.output import DEFAULT_LIMIT, CappedOutput
 from cove.errors import ToolboxError
 from cove.schemas.base import WireModel
@@ -133,11 +135,12 @@ class AgentClient(GitAdmin):
     async def code_run(self, code: str, language: str, argv: list[str] | None = None,
                        env: dict[str, str] | None = None,
                        timeout: float | None = None) -> ExecResult:
-        """Run a snippet with the interpreter of ``language`` and wait for it."""
+        """Run a snippet with the interpreter of ``language`` and wait for it; the
+        charts it showed come apart from its output (see ``cove.core.charts``)."""
         message = {"op": "code_run", "code": code, "language": language, "argv": argv or [],
                    "env": self._env(env), "timeout": timeout, "user": self.user,
-                   "limit": self.output_limit}  # fmt: skip
-        return await _collect(self._process(message), self.output_limit)
+                   "limit": self.output_limit, "charts": CHART_LIMIT}  # fmt: skip
+        return await _collect(self._process(message), self.output_limit, ChartCollector())
 
     async def _process(self, message: Message) -> AsyncGenerator[ProcessEvent, None]:
         clipped = message.get("limit") is not None
@@ -147,6 +150,8 @@ class AgentClient(GitAdmin):
                     yield Output("stdout" if kind == protocol.STDOUT else "stderr", payload)
                 elif kind == protocol.JSON and clipped:
                     yield Omitted(field(protocol.decode(payload), "omitted", int))
+                elif kind == protocol.CHART and "charts" in message:
+                    yield ChartData(payload)
             code = field(call.result, "exitCode", int)
         yield Exited(code)
 
@@ -508,7 +513,8 @@ class AgentClient(GitAdmin):
         return read_events(self._open(self._desktop("recording_read", id=recording_id)))
 
 
-async def _collect(events: AsyncIterator[ProcessEvent], limit: int) -> ExecResult:
+async def _collect(events: AsyncIterator[ProcessEvent], limit: int,
+                   charts: ChartCollector | None = None) -> ExecResult:  # fmt: skip
     output = CappedOutput(limit)
     code = 0
     async for event in events:
@@ -516,6 +522,9 @@ async def _collect(events: AsyncIterator[ProcessEvent], limit: int) -> ExecResul
             output.add(event.data)
         elif isinstance(event, Omitted):
             output.skip(event.count)
+        elif isinstance(event, ChartData):
+            if charts is not None:
+                charts.add(event.payload)
         else:
             code = event.exit_code
-    return ExecResult(code, output.text())
+    return ExecResult(code, output.text(), tuple(charts.charts) if charts else ())

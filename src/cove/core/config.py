@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     # The only registries images may be pulled from (host or host:port; empty: any).
     allowed_registries: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pull_timeout_seconds: float = 1800.0  # one image pull, all layers
+    # Largest image pulled or imported: its layers, compressed and unpacked (MiB).
+    max_image_mb: int = Field(default=10240, ge=1)
     runtime: str = "crun"  # "crun" (real isolation) or "fake" (unit tests only)
     # Isolation tier of sandboxes created without the cove.io/isolation label:
     # "crun" or "gvisor" (runsc).

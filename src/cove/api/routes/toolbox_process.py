@@ -8,6 +8,7 @@ from cove.api.deps import AgentDep, StartedSandboxDep, ToolboxDep
 from cove.api.streaming import unless_client_leaves
 from cove.core.validation import LANGUAGE_LABEL
 from cove.schemas.toolbox import (
+    CodeRunArtifacts,
     CodeRunRequest,
     CodeRunResponse,
     DirResponse,
@@ -28,15 +29,17 @@ async def execute(body: ExecuteRequest, request: Request, agent: AgentDep) -> Ex
     return ExecuteResponse(exit_code=done.exit_code, result=done.output)
 
 
-@router.post("/process/code-run")
+@router.post("/process/code-run", response_model_exclude_none=True)
 async def code_run(body: CodeRunRequest, request: Request, sandbox: StartedSandboxDep,
                    agent: AgentDep) -> CodeRunResponse:
     """Run a snippet in the sandbox's language (stopped if the client hangs up; output
-    clipped as for execute)."""
+    clipped as for execute). Matplotlib figures a Python snippet shows come back in
+    ``artifacts.charts`` (in the default snapshot), not in the output."""
     language = body.language or sandbox.labels.get(LANGUAGE_LABEL, "python")
     work = agent.code_run(body.code, language, body.argv, body.envs, body.timeout)
     done = await unless_client_leaves(request, work)
-    return CodeRunResponse(exit_code=done.exit_code, result=done.output)
+    return CodeRunResponse(exit_code=done.exit_code, result=done.output,
+                           artifacts=CodeRunArtifacts(charts=list(done.charts)))
 
 
 @router.get("/user-home-dir")
