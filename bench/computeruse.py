@@ -6,7 +6,9 @@ Run as root after ``make setup``::
 
 Prints, from one run: ``computer_use.start()`` (the first in a new sandbox, then
 stop-start cycles), ``stop()``, screenshots (full PNG, JPEG at half scale, a
-300x200 region) with their sizes, a mouse move and a key press (p50/p95, in ms).
+300x200 region) with their sizes, a mouse move and a key press, a screen recording's
+start and stop (and the size of 2 s of it), the accessibility tree of a small GTK
+window (the whole tree, and a find) (p50/p95, in ms).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from daytona.common.computer_use import ScreenshotOptions, ScreenshotRegion
 from cove.testing import ServerProcess
 
 KEY = "bench-key"
+GTK_FORM = (b"import gi\ngi.require_version('Gtk', '3.0')\nfrom gi.repository import Gtk\n"
+            b"w = Gtk.Window(title='Bench')\nb = Gtk.Box()\nb.add(Gtk.Entry())\n"
+            b"b.add(Gtk.Button(label='OK'))\nw.add(b)\nw.show_all()\nGtk.main()\n")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -45,6 +50,37 @@ def timings(fn: Callable[[], object], n: int) -> tuple[list[float], object]:
         ms, last = timed(fn)
         out.append(ms)
     return out, last
+
+
+def recording(cu, rows: dict[str, list[float]], sizes: dict[str, int], n: int) -> None:  # noqa: ANN001
+    """Start and stop recordings (n of them); the size of a 2-second one."""
+    starts, stops = [], []
+    for _ in range(n):
+        ms, rec = timed(cu.recording.start)
+        starts.append(ms)
+        stops.append(timed(lambda rec=rec: cu.recording.stop(rec.id))[0])
+        cu.recording.delete(rec.id)
+    rows["recording start"], rows["recording stop"] = starts, stops
+    rec = cu.recording.start()
+    time.sleep(2)
+    ms, stopped = timed(lambda: cu.recording.stop(rec.id))
+    rows["recording of 2 s: stop"], sizes["recording of 2 s: stop"] = [ms], stopped.size_bytes
+    cu.recording.delete(rec.id)
+
+
+def accessibility(sb, rows: dict[str, list[float]], n: int) -> None:  # noqa: ANN001
+    """The accessibility tree (all of it) and a find, with a small GTK window open."""
+    sb.fs.upload_file(GTK_FORM, "/tmp/bench_form.py")
+    sb.process.exec("DISPLAY=:0 nohup python3 /tmp/bench_form.py >/dev/null 2>&1 &")
+    a11y = sb.computer_use.accessibility
+    deadline = time.monotonic() + 30
+    while not a11y.find_nodes(scope="all", role="push button").matches:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the GTK window never showed in the accessibility tree")
+        time.sleep(0.2)
+    rows["a11y tree (all)"], _ = timings(lambda: a11y.get_tree(scope="all"), n)
+    rows["a11y find (a button)"], _ = timings(
+        lambda: a11y.find_nodes(scope="all", role="push button", name="OK"), n)
 
 
 def main() -> None:
@@ -80,6 +116,8 @@ def main() -> None:
             sizes[name] = len(base64.b64decode(last.screenshot))  # type: ignore[attr-defined]
         rows["mouse move"], _ = timings(lambda: cu.mouse.move(300, 300), args.n)
         rows["key press"], _ = timings(lambda: cu.keyboard.press("shift"), args.n)
+        recording(cu, rows, sizes, max(3, args.n // 5))
+        accessibility(sb, rows, args.n)
         cu.stop()
         sb.delete()
     finally:

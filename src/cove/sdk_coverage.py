@@ -22,21 +22,11 @@ BASES = {"toolbox": "/toolbox/{sandboxId}", "api": "/api"}
 
 # Routes the SDKs call that Cove does not serve, and why (keep this list true).
 KNOWN_GAPS = {
-    ("*", "/toolbox/{sandboxId}/computeruse/a11y/"): "no accessibility tree (computer use)",
-    ("*", "/toolbox/{sandboxId}/computeruse/recordings"): "no screen recordings (computer use)",
-    ("*", "/api/secret"): "no secrets store",
     ("*", "/api/warm-pools"): "no warm pools",
-    ("*", "/api/sandbox/ssh-access"): "no SSH access",
-    ("*", "/api/sandbox/{sandboxIdOrName}/ssh-access"): "no SSH access",
-    ("*", "/api/sandbox/{sandboxIdOrName}/secrets"): "no secrets store",
-    ("*", "/api/sandbox/{sandboxId}/telemetry/"): "no metrics history (live metrics only)",
-    ("*", "/api/config"): "no /api/config (the SDK falls back without an analytics URL)",
-    ("*", "/api/sandbox/{sandboxIdOrName}/autopause/"): "no auto-pause timer",
-    ("*", "/api/sandbox/{sandboxIdOrName}/ttl/"): "no TTL setting",
-    ("POST", "/toolbox/{sandboxId}/env"): "environment updates are not served",
 }
 # git routes other than these are gaps ("git X is not served")
-GIT_SERVED = {"add", "branches", "checkout", "clone", "commit", "pull", "push", "status"}
+GIT_SERVED = {"add", "branches", "checkout", "clone", "commit", "config", "config/user",
+              "credentials", "init", "pull", "push", "remotes", "reset", "restore", "status"}
 
 
 @dataclass
@@ -127,9 +117,8 @@ def _matches(sdk_path: str, cove_path: str) -> bool:
         return False
     for a, b in zip(ours, theirs, strict=True):
         if a.startswith("{"):
-            if a == "{kind}" and b not in ("autostop", "autoarchive", "autodelete"):
-                return False
-        elif a != b:
+            continue
+        if a != b:
             return False
     return True
 

@@ -26,13 +26,16 @@ from cove.core.entrypoint import Launcher
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
 from cove.core.links import delete_followers
+from cove.core.metrics_history import MetricsHistory
 from cove.core.ports import EventSink
 from cove.core.previews import PreviewTokens
 from cove.core.registries import RegistryService
 from cove.core.sandbox import Sandbox
+from cove.core.secrets import SecretService
 from cove.core.signing import UrlSigner
 from cove.core.snapshot_builds import SnapshotBuilds
 from cove.core.snapshots import SnapshotService
+from cove.core.ssh_access import SshAccessService
 from cove.core.toolbox import ToolboxService, agent_client
 from cove.core.volumes import VolumeService
 from cove.hostfiles import prepare_host_dirs, secret_file
@@ -43,9 +46,13 @@ from cove.runner.storage.volumes import LocalVolumeFiles
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
 from cove.store.registries import SqlRegistryStore
+from cove.store.sealing import KEY_BYTES, AesGcmSealer
+from cove.store.secretbox import SecretBox
+from cove.store.secrets import SqlSecretStore
 from cove.store.signing_keys import FileKeyStore
 from cove.store.snapshots import SqlSnapshotStore
 from cove.store.sql import SqlSandboxStore, make_engine
+from cove.store.ssh_access import SqlSshAccessStore
 from cove.store.volumes import SqlVolumeStore
 
 
@@ -64,6 +71,9 @@ class Services:
     signer: UrlSigner
     contexts: ContextStore  # uploaded Dockerfile build contexts
     snapshot_builds: SnapshotBuilds  # POST /snapshots with buildInfo
+    ssh: SshAccessService  # SSH access tokens (the gateway is cove.api.ssh)
+    secrets: SecretService
+    metrics: MetricsHistory  # the sampled history of started sandboxes' metrics
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -80,10 +90,26 @@ def load_tokens(data_dir: Path) -> PreviewTokens:
     return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)))
 
 
+def open_sealer(settings: Settings) -> AesGcmSealer:
+    """What seals secrets kept in the database, under a key made once in the data dir."""
+    return AesGcmSealer(secret_file(settings.data_dir / "registry.key",
+                                    lambda: os.urandom(KEY_BYTES)))  # fmt: skip
+
+
 def open_contexts(settings: Settings) -> ContextStore:
     """The build-context store in the data dir, under a secret kept there."""
     key = secret_file(settings.data_dir / "object-storage.key", lambda: os.urandom(32))
     return ContextStore(settings.data_dir / "contexts", key, settings.max_context_mb * 1024**2)
+
+
+def load_ssh_host_key(data_dir: Path) -> bytes:
+    """The SSH gateway's host key (Ed25519, OpenSSH format), made once in the data dir."""
+    import asyncssh
+
+    def make() -> bytes:
+        return bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+
+    return secret_file(data_dir / "ssh_host_ed25519_key", make)
 
 
 def build_services(
@@ -107,7 +133,8 @@ def build_services(
         default_name=settings.default_snapshot, public=settings.public_snapshots,
     )  # fmt: skip
     snapshots.fail_interrupted()
-    registries = RegistryService(SqlRegistryStore(engine))
+    registries = RegistryService(SqlRegistryStore(engine), open_sealer(settings))
+    registries.seal_plain()
     images = ImageService(snapshots=snapshots, registries=registries, runner=runner,
                           allowed=settings.allowed_registries)  # fmt: skip
     contexts = open_contexts(settings)
@@ -116,13 +143,21 @@ def build_services(
         snapshots=snapshots, images=images,
     )  # fmt: skip
     lifecycle.creator.use_contexts(contexts)
+    secrets = lifecycle.creator.secrets = SecretService(
+        SqlSecretStore(engine, SecretBox.in_dir(settings.data_dir)))
     toolbox = ToolboxService(lifecycle.ops, settings.output_limit)
+    toolbox.extra_env = lambda sb: secrets.env(sb.id)
+    history = MetricsHistory(runner, store, interval=settings.metrics_interval_seconds,
+                             keep=settings.metrics_keep)  # fmt: skip
+    lifecycle.ops.removed_hooks.append(lambda sb: _forget_metrics(history, sb))
     lifecycle.ops.started_hooks.append(Launcher(
         lambda sb: snapshots.get(sb.organization_id, sb.snapshot).image_config,
         lambda sb, user: _agent_as(toolbox, sb, user)))  # fmt: skip
     signer = UrlSigner(FileKeyStore(settings.data_dir / "signing-keys"))
     lifecycle.ops.removed_hooks.append(lambda sb: _forget_key(signer, sb))
     lifecycle.ops.removed_hooks.append(partial(delete_followers, lifecycle))
+    ssh = SshAccessService(SqlSshAccessStore(engine), store, enabled=bool(settings.ssh_port))
+    lifecycle.ops.removed_hooks.append(lambda sb: _forget_ssh(ssh, sb))
     return Services(
         settings=settings, auth=auth, lifecycle=lifecycle, toolbox=toolbox, volumes=volumes,
         snapshots=snapshots, registries=registries, images=images, signer=signer,
@@ -131,14 +166,22 @@ def build_services(
             settings=settings, snapshots=snapshots, builder=lifecycle.creator.builder,
             images=images, contexts=contexts,
         ),
-        previews=load_tokens(settings.data_dir),
+        previews=load_tokens(settings.data_dir), ssh=ssh, secrets=secrets, metrics=history,
     )  # fmt: skip
 
 
 def _agent_as(toolbox: ToolboxService, sandbox: Sandbox, user: str) -> AgentClient:
     """The sandbox's agent, acting as ``user`` (the image's, for its entrypoint)."""
-    return agent_client(toolbox.runner, sandbox.id, user, sandbox.env, toolbox.links,
+    return agent_client(toolbox.runner, sandbox.id, user, toolbox.env(sandbox), toolbox.links,
                         toolbox.output_limit)  # fmt: skip
+
+
+async def _forget_ssh(ssh: SshAccessService, sandbox: Sandbox) -> None:
+    ssh.forget(sandbox.id)
+
+
+async def _forget_metrics(history: MetricsHistory, sandbox: Sandbox) -> None:
+    history.forget(sandbox.id)
 
 
 async def _forget_key(signer: UrlSigner, sandbox: Sandbox) -> None:

@@ -35,6 +35,7 @@ class ServerProcess:
 
     def __init__(self, data_dir: Path, *, api_key: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        self.ssh_port = free_port()
         self.data_dir = data_dir
         self.api_key = api_key
         self.url = f"http://127.0.0.1:{self.port}"
@@ -42,6 +43,7 @@ class ServerProcess:
         # a cgroup parent of its own: its leftovers cannot be confused with another server's
         self.cgroup_parent = "cove-test-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
         self.settings = Settings(data_dir=data_dir, snapshot_dir=SHARED_SNAPSHOTS, port=self.port,
+                                 ssh_port=self.ssh_port,
                                  cgroup_parent=self.cgroup_parent)  # fmt: skip
         self.log = data_dir / "server.log"
         self.extra_env = env or {}
@@ -50,7 +52,8 @@ class ServerProcess:
     def start(self, timeout: float = 60) -> None:
         env = {**os.environ, "COVE_API_KEY": self.api_key,
                "COVE_SNAPSHOT_DIR": str(SHARED_SNAPSHOTS),
-               "COVE_CGROUP_PARENT": self.cgroup_parent, **self.extra_env}
+               "COVE_CGROUP_PARENT": self.cgroup_parent, "COVE_SSH_PORT": str(self.ssh_port),
+               **self.extra_env}
         cmd = [sys.executable, "-m", "cove.cli.main", "serve", "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--log-level", "warning"]
         with self.log.open("ab") as log:

@@ -241,4 +241,7 @@ def test_the_typescript_sdk_drives_the_desktop(server: Server) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out == {"started": sorted(PROCESSES), "status": "active", "moved": [120, 80],
-                   "display": [1024, 768], "png": "PNG", "stopped": "inactive"}  # fmt: skip
+                   "display": [1024, 768], "png": "PNG", "recording": "recording",
+                   "listed": ["completed"], "download": [True, "ftyp"], "afterDelete": 0,
+                   "tree": ["desktop frame", ["TS form"]], "saved": "from TS",
+                   "stopped": "inactive"}  # fmt: skip

@@ -104,7 +104,7 @@ def test_data_science_stack_and_typescript_runners(daytona: Daytona, sandboxes: 
     )
     res = sb.process.code_run(code)
     assert res.exit_code == 0, res.result
-    assert res.result.strip() == "30 agg get"
+    assert res.result.strip() == "30 module://cove_charts get"  # (code_run's charts backend)
     assert sb.fs.download_file("/tmp/chart.png")[:8] == PNG
     ran = sb.code_interpreter.run_code(code.replace("/tmp/chart.png", "/tmp/again.png"))
     assert ran.error is None and ran.stdout.strip() == "30 agg get"

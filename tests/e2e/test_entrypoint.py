@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from daytona import (
@@ -48,8 +49,15 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"COVE_INSECURE_REGISTRIES": "127.0.0.1", "COVE_NETWORK": "none"}
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's COVE_OCI_LAYOUT_DIR."""
+    return tmp_path_factory.mktemp("entry-layouts")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, layouts: Path) -> Iterator[Server]:
+    env = {"COVE_INSECURE_REGISTRIES": "127.0.0.1", "COVE_NETWORK": "none",
+           "COVE_OCI_LAYOUT_DIR": str(layouts)}
     with running_server(tmp_path_factory.mktemp("cove-entry"), 4, env) as srv:
         yield srv
 
@@ -147,6 +155,31 @@ def test_a_snapshots_own_entrypoint_replaces_the_images(
                    "sleep 0.1; i=$((i+1)); done")  # fmt: skip
         assert _worker_runs(sb)
         assert "args=--override\n" in sb.process.get_entrypoint_logs().stdout
+    finally:
+        for sb in sandboxes:
+            sb.delete()
+        sandboxes.clear()
+        client.snapshot.delete(client.snapshot.get(name))
+
+
+def test_an_oci_layout_image_runs_its_entrypoint_as_a_pulled_one_does(
+    client: Daytona, sandboxes: list, layouts: Path
+) -> None:
+    """``POST /snapshots`` of a local OCI layout keeps the image's config: its
+    Entrypoint + Cmd run at start as its User, with its env and working directory."""
+    layout(layouts / "entry-local", _image(user="daytona", entrypoint=("/usr/local/bin/supervise",),
+                                           cmd=("local",)))  # fmt: skip
+    name = "entry-local-snap"
+    snap = client.snapshot.create(CreateSnapshotParams(name=name, image="entry-local:v1"))
+    try:
+        assert snap.state == "active"
+        sb = client.create(CreateSandboxFromSnapshotParams(snapshot=name), timeout=120)
+        sandboxes.append(sb)
+        run_ok(sb, "i=0; while ! test -s $HOME/worker.pid && test $i -lt 300; do "
+                   "sleep 0.1; i=$((i+1)); done")  # fmt: skip
+        assert _worker_runs(sb)
+        logs = sb.process.get_entrypoint_logs().stdout
+        assert "supervisor up: uid=1000 cwd=/srv/app FOO=from-image args=local\n" in logs
     finally:
         for sb in sandboxes:
             sb.delete()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -25,11 +26,13 @@ from daytona import (
 from daytona_api_client import CreateDockerRegistry, DockerRegistryApi
 from daytona_api_client.exceptions import NotFoundException
 
+from cove.runner.storage.unpack import manifest
 from tests.e2e.conftest import KEY, Server, run_ok, running_server
 from tests.registry import ImageSpec, Registry, busybox_layer, entry, file, layer, layout
 
 pytestmark = pytest.mark.e2e
 PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_MB = 64
 TINY = ImageSpec([busybox_layer()], env=(PATH, "FOO=from-image"), workdir="/srv/app")
 
 
@@ -49,8 +52,10 @@ def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server that reaches loopback registries over plain HTTP."""
-    env = {"COVE_INSECURE_REGISTRIES": "127.0.0.1", "COVE_NETWORK": "none"}
+    """A server that reaches loopback registries over plain HTTP, and takes images of
+    up to 64 MiB."""
+    env = {"COVE_INSECURE_REGISTRIES": "127.0.0.1", "COVE_NETWORK": "none",
+           "COVE_MAX_IMAGE_MB": str(MAX_MB)}
     with running_server(tmp_path_factory.mktemp("cove-images"), 5, env) as srv:
         yield srv
 
@@ -146,6 +151,39 @@ def test_failed_pulls_end_build_failed_and_leave_nothing(
     assert _snapshot_files(server) - before == set()  # (others share the dir: only new ones count)
 
 
+def _blobs(server: Server) -> set[str]:
+    assert server.settings.snapshot_dir is not None
+    return {p.name for p in (server.settings.snapshot_dir / ".images/blobs/sha256").iterdir()}
+
+
+def test_images_over_the_size_cap_fail_and_leave_nothing(
+    server: Server, client: Daytona, registry: Registry, tmp_path: Path
+) -> None:
+    """A layer bomb (a few KiB that unpack to 200 MiB) and an image whose download
+    alone passes COVE_MAX_IMAGE_MB: both refused before unpacking (the second one before
+    its layer is even downloaded), with the reason; no snapshot, and none of their
+    blobs stays in the layer cache."""
+    zeros = ImageSpec([layer([file("bomb", bytes(200 * 2**20))])])
+    noise = ImageSpec([layer([file("noise", os.urandom((MAX_MB + 2) * 2**20))])])
+    bomb = registry.push(layout(tmp_path / "bomb", zeros), "e2e/bomb")
+    big = registry.push(layout(tmp_path / "big", noise), "e2e/big")
+    big_layer = manifest(tmp_path / "big", "v1")["layers"][0]["digest"]
+    files, blobs = _snapshot_files(server), _blobs(server)
+    _fails(client, bomb, rf"larger than COVE_MAX_IMAGE_MB \({MAX_MB} MiB\) unpacked")
+    too_big = rf"larger than COVE_MAX_IMAGE_MB \({MAX_MB} MiB\): its layers take 6\d MiB compr"
+    pushed = len(registry.log.read_bytes())
+    try:
+        with pytest.raises(DaytonaError, match=too_big):
+            client.snapshot.create(CreateSnapshotParams(name="too-big", image=big))
+        snap = client.snapshot.get("too-big")
+        assert snap.state == "error" and re.search(too_big, snap.error_reason or "")
+    finally:
+        client.snapshot.delete(client.snapshot.get("too-big"))
+    assert f"/blobs/{big_layer}".encode() not in registry.log.read_bytes()[pushed:]
+    assert _snapshot_files(server) - files == set()
+    assert _blobs(server) - blobs == set()
+
+
 def test_private_registry_needs_the_organizations_credentials(
     server: Server, client: Daytona, sandboxes: list, private: Registry, tmp_path: Path
 ) -> None:
@@ -157,6 +195,10 @@ def test_private_registry_needs_the_organizations_credentials(
     listed = httpx.get(f"{server.api_url}/docker-registry",
                        headers={"Authorization": f"Bearer {KEY}"}).text  # fmt: skip
     assert made.id in listed and "s3cret-pw" not in listed and "password" not in listed
+    # Sealed at rest: the database (and its journal) never holds the password.
+    stored = [p for p in server.data_dir.iterdir() if ".db" in p.name]
+    assert stored and not any(b"s3cret-pw" in p.read_bytes() for p in stored)
+    assert (server.data_dir / "registry.key").stat().st_mode & 0o777 == 0o600
     assert api.get_registry(made.id).username == "alice"
 
     other = _other(server)

@@ -34,6 +34,12 @@ class RecordingEvents:
         return [new for sid, _, new in self.transitions if sid == sandbox_id]
 
 
+@pytest.fixture(autouse=True)
+def _no_ssh_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process servers listen for SSH only where a test asks (COVE_SSH_PORT)."""
+    monkeypatch.setenv("COVE_SSH_PORT", "0")
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path, runtime="fake", api_key="test-key")

@@ -154,8 +154,9 @@ async def _try_send(stream: mux.Stream, message: dict[str, Any]) -> None:
         pass
 
 
-HANDLER_MODULES = ("process", "files", "git", "sessions", "terminal", "interpreter", "lsp",
-                   "computer", "computer_input")
+HANDLER_MODULES = ("process", "files", "git", "git_admin", "sessions", "terminal", "pipes",
+                   "interpreter", "lsp", "computer", "computer_input", "computer_record",
+                   "computer_a11y")
 
 
 def load_handlers() -> None:

@@ -23,6 +23,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,13 @@ PROGRAMS: dict[str, tuple[int, list[str]]] = {  # name: (priority, argv)
                      "-nopw", "-rfbport", str(VNC_PORT)]),
     "novnc": (400, ["websockify", "--web", "/usr/share/novnc", str(NOVNC_PORT),
                     f"localhost:{VNC_PORT}"]),
+}  # fmt: skip
+# Started with the desktop when installed, not reported (Daytona's status has four): the
+# accessibility (AT-SPI) bus, on a session bus of its own; apps find it through the X
+# root window's AT_SPI_BUS property.
+HIDDEN: dict[str, tuple[int, list[str]]] = {
+    "a11y": (150, ["dbus-run-session", "--", "/usr/libexec/at-spi-bus-launcher",
+                   "--launch-immediately"]),
 }  # fmt: skip
 ALIASES = {"xfce4": "wm"}
 LOG_BYTES = 64 * 1024
@@ -80,6 +88,7 @@ class Program:
     err: Ring = field(default_factory=Ring)
     proc: asyncio.subprocess.Process | None = None
     group: confine.Group | None = None
+    hidden: bool = False  # optional, not reported (HIDDEN)
     wanted: bool = False  # started and not stopped: restart it when it dies
     ending: bool = False  # being stopped by the agent (its death is no surprise)
     restarts: int = 0
@@ -96,17 +105,25 @@ class Program:
 
 
 _programs = {name: Program(name, prio, argv) for name, (prio, argv) in PROGRAMS.items()}
+_programs.update({name: Program(name, prio, argv, hidden=True)
+                  for name, (prio, argv) in HIDDEN.items()})  # fmt: skip
 _lock = asyncio.Lock()
 _owner: users.User | None = None
+BEFORE_STOP: list[Callable[[], Awaitable[None]]] = []  # run before the desktop stops
 
 
 def program(name: str) -> Program:
     """The process called ``name`` (or by its alias). Raises AgentError 404."""
     found = _programs.get(ALIASES.get(name, name))
-    if found is None:
+    if found is None or found.hidden:
         raise protocol.not_found(f"no computer-use process '{name}' (one of "
-                                 f"{', '.join(_programs)})")  # fmt: skip
+                                 f"{', '.join(PROGRAMS)})")  # fmt: skip
     return found
+
+
+def owner() -> users.User | None:
+    """The user the desktop runs (or last ran) as; None before the first start."""
+    return _owner
 
 
 def desktop_user() -> users.User:
@@ -217,12 +234,12 @@ async def _display_ready() -> bool:
 
 
 def _statuses() -> dict[str, Any]:
-    return {name: prog.status() for name, prog in _programs.items()}
+    return {name: prog.status() for name, prog in _programs.items() if not prog.hidden}
 
 
 def _check_installed(user: users.User) -> None:
     path = users.environment(user).get("PATH")
-    needed = ["Xvfb", *(p.argv[0] for p in _programs.values() if p.name != "xvfb")]
+    needed = ["Xvfb", *(argv[0] for name, (_, argv) in PROGRAMS.items() if name != "xvfb")]
     missing = [name for name in needed if shutil.which(name, path=path) is None]
     if missing:
         raise protocol.bad_request(f"computer use needs {', '.join(missing)} in the sandbox "
@@ -247,7 +264,11 @@ async def start(request: Request) -> dict[str, Any]:
 async def _start_all(user: users.User) -> None:
     """Start, in order, each process that does not run (the X server first, until it
     accepts connections). Raises AgentError 500 (and stops all) when it does not."""
+    path = users.environment(user).get("PATH")
     for prog in sorted(_programs.values(), key=lambda p: p.priority):
+        if prog.hidden and not all(shutil.which(a, path=path) for a in prog.argv
+                                   if not a.startswith("-")):
+            continue  # not installed: no accessibility tree
         if not prog.running:
             await _launch(prog, user)
         prog.wanted = True
@@ -265,7 +286,9 @@ async def _stop_all() -> None:
 
 @op("computeruse_stop")
 async def stop(request: Request) -> dict[str, Any]:
-    """Stop every desktop process (and everything each started)."""
+    """Stop every desktop process (and everything each started), recordings first."""
+    for hook in BEFORE_STOP:
+        await hook()
     async with _lock:
         await _stop_all()
     return {"message": "Computer use processes stopped successfully", "status": _statuses()}
@@ -274,7 +297,7 @@ async def stop(request: Request) -> dict[str, Any]:
 @op("computeruse_status")
 async def status(request: Request) -> dict[str, Any]:
     """``active`` (all run), ``partial`` or ``inactive`` (none runs)."""
-    running = [p.running for p in _programs.values()]
+    running = [p.running for p in _programs.values() if not p.hidden]
     return {"status": "active" if all(running) else "partial" if any(running) else "inactive"}
 
 

@@ -40,28 +40,40 @@ class Git:
     env: dict[str, str]
     secrets: tuple[str, ...] = ()
 
-    async def run(self, *args: str, check: str | None = None, cwd: str | None = None) -> str:
-        """``git -C repo args``; its stdout. With ``check`` (the operation's name),
-        a failure raises the matching AgentError."""
+    async def run(self, *args: str, check: str | None = None, cwd: str | None = None,
+                  stdin: bytes | None = None) -> str:
+        """``git -C repo args`` (fed ``stdin``); its stdout. With ``check`` (the
+        operation's name), a failure raises the matching AgentError."""
+        code, out, err = await self.call(*args, cwd=cwd, stdin=stdin)
+        if check and code != 0:
+            raise self.failure(check, err + out)
+        return out
+
+    def failure(self, operation: str, output: str) -> protocol.AgentError:
+        """The error of ``git <operation>`` failing with ``output`` (secrets redacted)."""
+        return classify(operation, self._redact(output))
+
+    async def call(self, *args: str, cwd: str | None = None,
+                   stdin: bytes | None = None) -> tuple[int, str, str]:
+        """Run ``git -C repo args``: its exit code, stdout and stderr."""
         argv = ["git", *(["-C", self.repo] if cwd is None else []), *args]
         group = confine.Group()
+        pipe = asyncio.subprocess.PIPE
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                *argv, stdin=asyncio.subprocess.DEVNULL if stdin is None else pipe,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 **users.spawn_kwargs(self.user, cwd or self.user.home, self.env, group))
         except FileNotFoundError:
             group.close()
             raise protocol.AgentError(500, "GIT_NOT_INSTALLED", "git is not installed") from None
         try:
-            out, err = await proc.communicate()
+            out, err = await proc.communicate(stdin)
         finally:
             if proc.returncode is None:
                 kill_tree(proc.pid, group)
             group.close()
-        if check and proc.returncode != 0:
-            raise classify(check, self._redact((err + out).decode(errors="replace")))
-        return out.decode(errors="replace")
+        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
     def _redact(self, text: str) -> str:
         for secret in self.secrets:
@@ -70,15 +82,16 @@ class Git:
 
 
 @contextmanager
-def git_for(request: Request, path_field: str = "path") -> Iterator[Git]:
-    """A :class:`Git` for the request, with an askpass helper when it carries credentials."""
+def git_for(request: Request, path_field: str = "path", askpass: bool = True) -> Iterator[Git]:
+    """A :class:`Git` for the request, with an askpass helper when it carries credentials
+    (and ``askpass``)."""
     user = users.lookup(request.arg("user", str, None))
-    path = request.arg(path_field)
+    path = request.arg(path_field, str, None)
     repo = os.path.normpath(os.path.join(user.home, path)) if path else user.home
     env = {**(request.arg("env", dict, None) or {}), "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
     username = request.arg("username", str, None) or ""
     password = request.arg("password", str, None) or ""
-    if not (username or password):
+    if not askpass or not (username or password):
         yield Git(user, repo, env)
         return
     helper = tempfile.mkdtemp(prefix="cove-git-")

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import confine, protocol, users
 from .agent import Request, op
+from .artifacts import ArtifactSplitter, chart_env
 from .protocol import AgentError
 
 VERSION = "cove-agent 0.1.0"
@@ -126,9 +127,12 @@ def _sink(request: Request, kind: bytes, limit: int | None) -> Clipped | Passed:
 async def run_streaming(
     request: Request, argv: list[str], *, user: users.User, cwd: str | None,
     env: dict[str, str] | None, timeout: float | None, merge: bool, limit: int | None = None,
+    charts: int | None = None,
 ) -> int:
     """Run ``argv``, stream its output as frames, return its exit code. With
-    ``limit``, at most that many bytes of each stream are sent (see :class:`Clipped`).
+    ``limit``, at most that many bytes of each stream are sent (see :class:`Clipped`);
+    with ``charts``, chart artifact lines of stdout are sent apart, at most that many
+    bytes of them (see :class:`~cove.agent.artifacts.ArtifactSplitter`).
 
     Raises:
         AgentError: 408 PROCESS_EXECUTION_TIMEOUT once ``timeout`` passes (the
@@ -150,7 +154,9 @@ async def run_streaming(
     finally:
         for fd in {out_w, err_w}:
             os.close(fd)
-    sinks = [_sink(request, protocol.STDOUT, limit)]
+    sinks: list[Clipped | Passed | ArtifactSplitter] = [_sink(request, protocol.STDOUT, limit)]
+    if charts is not None:
+        sinks[0] = ArtifactSplitter(request, sinks[0], charts)
     pumps = [asyncio.ensure_future(_pump(await _reader(out_r), sinks[0]))]
     if not merge:
         sinks.append(_sink(request, protocol.STDERR, limit))
@@ -193,7 +199,7 @@ async def _reader(fd: int) -> asyncio.StreamReader:
     return reader
 
 
-async def _pump(stream: asyncio.StreamReader, sink: Clipped | Passed) -> None:
+async def _pump(stream: asyncio.StreamReader, sink: Clipped | Passed | ArtifactSplitter) -> None:
     while chunk := await stream.read(protocol.CHUNK):
         await sink.write(chunk)
 
@@ -203,6 +209,13 @@ def _limit(request: Request) -> int | None:
     if limit is not None and limit < 2:
         raise protocol.bad_request("limit must be at least 2 bytes")
     return limit
+
+
+def _charts(request: Request) -> int | None:
+    charts = request.arg("charts", int, None)
+    if charts is not None and charts < 0:
+        raise protocol.bad_request("charts must not be negative")
+    return charts
 
 
 @op("exec", cancel_when_abandoned=True)
@@ -222,16 +235,24 @@ async def exec_command(request: Request) -> dict[str, Any]:
 
 @op("code_run", cancel_when_abandoned=True)
 async def code_run(request: Request) -> dict[str, Any]:
-    """Run a snippet with the interpreter of its language (python, javascript, typescript)."""
+    """Run a snippet with the interpreter of its language (python, javascript, typescript).
+
+    With ``charts`` (a byte count), chart artifact lines leave the output and arrive as
+    C frames; a Python snippet then gets the snapshot's matplotlib backend for charts
+    (``MPLBACKEND``), where the sandbox has it and ``env`` names no backend."""
     language = request.arg("language", str, "python")
     if language not in RUNNERS:
         raise protocol.bad_request(f"unsupported language '{language}'")
     argv = [*RUNNERS[language], request.arg("code"), *request.arg("argv", list, [])]
     user = users.lookup(request.arg("user", str, None))
+    charts = _charts(request)
+    env = request.arg("env", dict, None)
+    if charts is not None and language == "python":
+        env = chart_env(env)
     code = await run_streaming(
-        request, argv, user=user, cwd=request.arg("cwd", str, None),
-        env=request.arg("env", dict, None), timeout=request.arg("timeout", (int, float), None),
-        merge=True, limit=_limit(request),
+        request, argv, user=user, cwd=request.arg("cwd", str, None), env=env,
+        timeout=request.arg("timeout", (int, float), None), merge=True, limit=_limit(request),
+        charts=charts,
     )
     return {"exitCode": code}
 
@@ -242,6 +263,14 @@ async def info(request: Request) -> dict[str, Any]:
     user = users.lookup(request.arg("user", str, None))
     env = users.environment(user, request.arg("env", dict, None))
     return {"home": user.home, "workDir": users.work_dir(user), "env": env, "version": VERSION}
+
+
+@op("env_forget")
+async def env_forget(request: Request) -> dict[str, Any]:
+    names = [str(n) for n in request.arg("names", list)]
+    keep = [str(n) for n in request.arg("keep", list, None) or []]
+    users.forget_env(names, request.arg("valuePrefix", str, None), keep)
+    return {}
 
 
 @op("ping")

@@ -11,6 +11,8 @@ A frame is ``kind`` (1 byte) + stream id (4 bytes, big endian) + payload length
        the server knows at once that the real agent is alive and listening
     W  window update (4-byte count): the receiver read that much of the stream
     X  reset (empty): the stream is over; the agent stops the request's work
+    C  a chart artifact of ``code_run`` (the bytes of one artifact line after its
+       marker, see ``artifacts``): untrusted JSON the server checks
 
 The server keeps one connection to each agent and opens a stream per request
 (odd ids; see ``mux``): its first frame is a ``J`` request ``{"op": ..., ...}``;
@@ -29,7 +31,7 @@ from typing import Any
 HEADER = struct.Struct(">cII")
 MAX_FRAME = 16 * 1024 * 1024
 JSON, STDOUT, STDERR, DATA, END, ACCEPTED = b"J", b"O", b"E", b"D", b"Z", b"A"
-WINDOW_UPDATE, RESET = b"W", b"X"
+WINDOW_UPDATE, RESET, CHART = b"W", b"X", b"C"
 CHUNK = 256 * 1024
 
 

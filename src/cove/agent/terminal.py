@@ -41,6 +41,7 @@ class Terminal:
         self.id, self.user, self.cwd, self.env, self.envs = tid, user, cwd, env, envs
         self.cols, self.rows = size
         self.lazy = lazy
+        self.command: str | None = None  # run with ``shell -c`` instead of ``shell -i``
         self.created_at = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
         self.proc: asyncio.subprocess.Process | None = None
         self.master = -1
@@ -76,8 +77,9 @@ class Terminal:
                 os.fchown(slave, self.user.uid, self.user.gid)
                 os.fchmod(slave, 0o620)
             kwargs = users.spawn_kwargs(self.user, self.cwd, self.env, self.group, _take_terminal)
+            args = ["-i"] if self.command is None else ["-c", self.command]
             self.proc = await asyncio.create_subprocess_exec(
-                _shell(self.user), "-i", stdin=slave, stdout=slave, stderr=slave, **kwargs)
+                _shell(self.user), *args, stdin=slave, stdout=slave, stderr=slave, **kwargs)
         except BaseException:
             os.close(master)
             raise
@@ -185,6 +187,7 @@ async def create(request: Request) -> Terminal:
     size = (_size(request, "cols", 80), _size(request, "rows", 24))
     lazy = bool(request.arg("lazyStart", bool, False))
     terminal = Terminal(tid, user, cwd, env, envs, size, lazy)
+    terminal.command = request.arg("command", str, None)
     TERMINALS[tid] = terminal
     if not terminal.lazy:
         try:

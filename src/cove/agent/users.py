@@ -17,7 +17,8 @@ _AGENT_ONLY = ("PYTHONHOME", "PYTHONPATH", "LD_LIBRARY_PATH", "COVE_AGENT", "COV
 _HELD = "COVE_HELD_"
 BASE_ENV = {k: v for k, v in os.environ.items() if k not in _AGENT_ONLY and not k.startswith(_HELD)}
 BASE_ENV.update({k[len(_HELD):]: v for k, v in os.environ.items() if k.startswith(_HELD)})
-BASE_ENV.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BASE_ENV.setdefault("PATH", DEFAULT_PATH)
 DEFAULT_USER = os.environ.get("COVE_SANDBOX_USER", "daytona")
 # The image's WorkingDir (sandboxes made from an image): where processes start.
 IMAGE_WORKDIR = os.environ.get("COVE_WORKDIR")
@@ -64,6 +65,19 @@ def work_dir(user: User) -> str:
     return user.home
 
 
+def forget_env(names: list[str], value_prefix: str | None, keep: list[str]) -> None:
+    """Drop ``names`` from the environment every process starts from (and, with
+    ``value_prefix``, the variables whose value starts with it but those in ``keep``):
+    ``POST /env``'s ``unset``, for as long as this agent runs (as Daytona's daemon
+    forgets them until the sandbox restarts)."""
+    for name in names:
+        BASE_ENV.pop(name, None)
+    if value_prefix:
+        for name, value in list(BASE_ENV.items()):
+            if name not in keep and value.startswith(value_prefix):
+                del BASE_ENV[name]
+
+
 def environment(user: User, extra: dict[str, str] | None = None) -> dict[str, str]:
     """What a process of ``user`` sees: the sandbox env (a user but root gets
     ``~/.local/bin`` first on PATH, as Debian's ~/.profile does), the user's identity,
@@ -71,7 +85,7 @@ def environment(user: User, extra: dict[str, str] | None = None) -> dict[str, st
     env = dict(BASE_ENV)
     env.update(HOME=user.home, USER=user.name, LOGNAME=user.name, SHELL=user.shell)
     if user.uid != 0 and user.home != "/":  # where `pip install` puts a user's commands
-        env["PATH"] = f"{user.home}/.local/bin:{env['PATH']}"
+        env["PATH"] = f"{user.home}/.local/bin:{env.get('PATH', DEFAULT_PATH)}"
     env.update(extra or {})
     return env
 

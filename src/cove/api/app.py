@@ -12,20 +12,25 @@ import socketio
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cove.api import errors, openapi
+from cove.api import errors, logredact, openapi
 from cove.api.bodylimit import BodyLimit
 from cove.api.events import SocketEvents
 from cove.api.params import single_query_values
 from cove.api.preview import PreviewProxy
 from cove.api.routes import (
+    config,
     docker_registry,
     health,
     object_storage,
     previews,
+    sandbox_extras,
     sandbox_network,
     sandboxes,
+    secrets,
     signed_files,
     snapshots,
+    ssh_access,
+    toolbox_a11y,
     toolbox_computeruse,
     toolbox_entrypoint,
     toolbox_files,
@@ -34,15 +39,17 @@ from cove.api.routes import (
     toolbox_lsp,
     toolbox_process,
     toolbox_pty,
+    toolbox_recordings,
     toolbox_sessions,
     toolbox_system,
     volumes,
 )
+from cove.api.ssh import SshGateway
 from cove.core.config import Settings
 from cove.core.reconcile import reconcile, restore_networks, watch
 from cove.core.timers import run_timers
 from cove.schemas.limits import MAX_BODY
-from cove.server import Services, build_services
+from cove.server import Services, build_services, load_ssh_host_key
 
 if TYPE_CHECKING:
     from cove.runner.hostruntime import HostRuntime
@@ -52,6 +59,7 @@ log = logging.getLogger("cove")
 
 def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASGIApp:
     """Build the whole server. ``runtime`` overrides the configured one (tests)."""
+    logredact.install()
     holder: dict[str, Services] = {}
     events = SocketEvents(settings.toolbox_proxy_url, lambda: holder["services"].auth)
 
@@ -61,13 +69,19 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         holder["services"] = app.state.services = services
         await reconcile(services.lifecycle)
         await restore_networks(services.lifecycle)
+        gateway = SshGateway(services)
+        if settings.ssh_port:
+            key = load_ssh_host_key(settings.data_dir)
+            await gateway.start(settings.host, settings.ssh_port, key)
         background = [
             asyncio.create_task(watch(services.lifecycle, interval=settings.watch_seconds)),
             asyncio.create_task(run_timers(services.lifecycle, settings.minute_seconds)),
+            asyncio.create_task(services.metrics.run()),
         ]
         yield
         for task in background:
             task.cancel()
+        await gateway.close()
         await services.lifecycle.drain()
         await services.toolbox.links.close()
 
@@ -76,7 +90,11 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     errors.install(api)
     openapi.install(api)
     api.include_router(health.router, prefix="/api")
+    api.include_router(config.router, prefix="/api")
+    api.include_router(secrets.router, prefix="/api")
+    api.include_router(sandbox_extras.router, prefix="/api")
     api.include_router(signed_files.router, prefix="/api")  # before /{id}/{kind}/{minutes}
+    api.include_router(ssh_access.router, prefix="/api")  # before /{id}
     api.include_router(sandboxes.router, prefix="/api")
     api.include_router(volumes.router, prefix="/api")
     api.include_router(snapshots.router, prefix="/api")
@@ -87,7 +105,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     api.include_router(object_storage.router, prefix="/api")
     for module in (toolbox_process, toolbox_files, toolbox_git, toolbox_entrypoint,
                    toolbox_sessions, toolbox_pty, toolbox_interpreter, toolbox_system, toolbox_lsp,
-                   toolbox_computeruse):
+                   toolbox_computeruse, toolbox_recordings, toolbox_a11y):
         api.include_router(module.router, prefix="/toolbox/{sandbox_id}")
     bounded = BodyLimit(api, MAX_BODY, _is_upload)
     app = socketio.ASGIApp(events.server, other_asgi_app=bounded, socketio_path="/api/socket.io")

@@ -13,6 +13,7 @@ from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
 from cove.core.registries import RegistryService
 from cove.core.sandbox import Sandbox
+from cove.core.secrets import SecretService
 from cove.core.snapshots import SnapshotService
 from cove.core.toolbox import ToolboxService
 from cove.core.volumes import VolumeService
@@ -67,6 +68,13 @@ def get_registries(services: ServicesDep) -> RegistryService:
 
 
 RegistriesDep = Annotated[RegistryService, Depends(get_registries)]
+
+
+def get_secrets(services: ServicesDep) -> SecretService:
+    return services.secrets
+
+
+SecretsDep = Annotated[SecretService, Depends(get_secrets)]
 
 
 def get_images(services: ServicesDep) -> ImageService:

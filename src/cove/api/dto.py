@@ -37,6 +37,8 @@ def sandbox_public(sandbox: Sandbox, toolbox_proxy_url: str) -> SandboxPublic:
         auto_stop_interval=sandbox.auto_stop_interval,
         auto_archive_interval=archive_minutes(sandbox.auto_archive_interval),
         auto_delete_interval=sandbox.auto_delete_interval,
+        auto_pause_interval=sandbox.auto_pause_interval,
+        auto_destroy_at=iso(sandbox.auto_destroy_at) if sandbox.auto_destroy_at else None,
         linked_sandbox_id=sandbox.linked_sandbox_id,
         created_at=iso(sandbox.created_at),
         updated_at=iso(sandbox.updated_at),

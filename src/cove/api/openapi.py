@@ -34,7 +34,7 @@ DESCRIPTIONS = {
     "503": "The sandbox's toolbox agent cannot be reached now",
     "504": "The sandbox's toolbox agent did not accept the request in time",
 }
-PUBLIC = {"/api/health"}
+PUBLIC = {"/api/health", "/api/config"}
 
 
 def install(app: FastAPI) -> None:

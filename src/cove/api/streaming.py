@@ -20,6 +20,8 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
+from cove.api import multipart
+from cove.core.agent_types import FileData, FileError, FileEvent, FileStart
 from cove.errors import ClientGone, ToolboxError
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,29 @@ async def first_event(events: AsyncGenerator[T, None]) -> T | None:
     except BaseException:
         await events.aclose()
         raise
+
+
+async def file_response(events: AsyncGenerator[FileEvent, None], name: str,
+                        media_type: str = "application/octet-stream") -> StreamingResponse:
+    """One file's bytes as they come from the agent (``Content-Length`` when known,
+    downloaded as ``name``); an error before the first byte is its error response."""
+    first = await first_event(events)
+    if isinstance(first, FileError):
+        await events.aclose()
+        raise ToolboxError(first.status, first.code, first.message)
+    size = first.size if isinstance(first, FileStart) else None
+    headers = {"Content-Length": str(size)} if size is not None else {}
+    headers["Content-Disposition"] = multipart.disposition(None, name)
+    return StreamingResponse(_file_data(events), media_type=media_type, headers=headers)
+
+
+async def _file_data(events: AsyncGenerator[FileEvent, None]) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            if isinstance(event, FileData):
+                yield event.data
+    finally:
+        await events.aclose()
 
 
 async def items_response(batches: AsyncGenerator[list[Any], None], prefix: bytes = b"[",

@@ -52,7 +52,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
     prepare_host_dirs(settings)
     if settings.runtime == "crun":
         _ensure_default_snapshot(settings, force=False)
-    console.print(f"Cove listening on {settings.base_url} (data in {settings.data_dir})")
+    ssh = f", SSH on port {settings.ssh_port}" if settings.ssh_port else ""
+    console.print(f"Cove listening on {settings.base_url}{ssh} (data in {settings.data_dir})")
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 
 from cove.agent import protocol
 from cove.core.agent_call import AgentCall
+from cove.core.agent_git import GitAdmin
 from cove.core.agent_streams import (
+    PipeRun,
     PtyAttachment,
     Upload,
     attach_pty,
@@ -24,9 +26,11 @@ from cove.core.agent_streams import (
     follow_output,
     interpreter_events,
     read_events,
+    run_on_pipes,
 )
 from cove.core.agent_types import (
     AgentInfo,
+    ChartData,
     ExecResult,
     Exited,
     FileEvent,
@@ -38,9 +42,11 @@ from cove.core.agent_types import (
     field,
     parse,
 )
+from cove.core.charts import CHART_LIMIT, ChartCollector
 from cove.core.output import DEFAULT_LIMIT, CappedOutput
 from cove.errors import ToolboxError
 from cove.schemas.base import WireModel
+from cove.schemas.toolbox_a11y import AccessibilityNodesResponse, AccessibilityTreeResponse
 from cove.schemas.toolbox_computeruse import (
     ComputerUseStartResponse,
     ComputerUseStatusResponse,
@@ -70,6 +76,7 @@ from cove.schemas.toolbox_lsp import (
     LspServerRequest,
     LspSymbol,
 )
+from cove.schemas.toolbox_recordings import ListRecordingsResponse, Recording
 from cove.schemas.toolbox_sessions import (
     CommandLogs,
     CommandPublic,
@@ -88,7 +95,7 @@ ENTRYPOINT_SESSION = "entrypoint"
 Opener = Callable[[Message], AbstractAsyncContextManager[AgentCall]]
 
 
-class AgentClient:
+class AgentClient(GitAdmin):
     """One sandbox's agent, spoken to as ``user`` with the sandbox's environment ``env``."""
 
     def __init__(self, open_call: Opener, user: str | None, env: dict[str, str],
@@ -128,11 +135,12 @@ class AgentClient:
     async def code_run(self, code: str, language: str, argv: list[str] | None = None,
                        env: dict[str, str] | None = None,
                        timeout: float | None = None) -> ExecResult:
-        """Run a snippet with the interpreter of ``language`` and wait for it."""
+        """Run a snippet with the interpreter of ``language`` and wait for it; the
+        charts it showed come apart from its output (see ``cove.core.charts``)."""
         message = {"op": "code_run", "code": code, "language": language, "argv": argv or [],
                    "env": self._env(env), "timeout": timeout, "user": self.user,
-                   "limit": self.output_limit}  # fmt: skip
-        return await _collect(self._process(message), self.output_limit)
+                   "limit": self.output_limit, "charts": CHART_LIMIT}  # fmt: skip
+        return await _collect(self._process(message), self.output_limit, ChartCollector())
 
     async def _process(self, message: Message) -> AsyncGenerator[ProcessEvent, None]:
         clipped = message.get("limit") is not None
@@ -142,12 +150,20 @@ class AgentClient:
                     yield Output("stdout" if kind == protocol.STDOUT else "stderr", payload)
                 elif kind == protocol.JSON and clipped:
                     yield Omitted(field(protocol.decode(payload), "omitted", int))
+                elif kind == protocol.CHART and "charts" in message:
+                    yield ChartData(payload)
             code = field(call.result, "exitCode", int)
         yield Exited(code)
 
     async def info(self) -> AgentInfo:
         """The sandbox user's home and environment, the agent's version."""
         return await self._reply({"op": "info", "user": self.user, "env": self.env}, AgentInfo)
+
+    async def forget_env(self, names: list[str], value_prefix: str | None,
+                         keep: list[str]) -> None:  # fmt: skip
+        """Drop variables from the environment the agent's processes start from."""
+        await self._reply({"op": "env_forget", "names": names, "valuePrefix": value_prefix,
+                           "keep": keep})  # fmt: skip
 
     # -- files
 
@@ -210,7 +226,8 @@ class AgentClient:
 
     # -- git (the request bodies go to the agent as they are)
 
-    async def _git(self, op: str, body: GitModel | None = None, **fields: object) -> Message:
+    async def _git(self, op: str, body: GitModel | None = None, /,
+                   **fields: object) -> Message:
         message = {"op": op, "user": self.user, "env": dict(self.env),
                    **(body.model_dump(exclude_none=True) if body else {}), **fields}  # fmt: skip
         return await self._reply(message)
@@ -348,11 +365,21 @@ class AgentClient:
         return attach_pty(self._open({"op": "pty_attach", "id": pty_id}))
 
     def pty_create_attach(self, pty_id: str, cols: int, rows: int, cwd: str | None,
-                          envs: dict[str, str]) -> AbstractAsyncContextManager[PtyAttachment]:
-        """Create a terminal and connect to it."""
-        return attach_pty(self._open({
-            "op": "pty_attach", "create": True, "id": pty_id, "cols": cols, "rows": rows,
-            "cwd": cwd, "envs": envs, "user": self.user, "env": dict(self.env)}))
+                          envs: dict[str, str], command: str | None = None,
+                          ) -> AbstractAsyncContextManager[PtyAttachment]:  # fmt: skip
+        """Create a terminal and connect to it; it runs ``command`` (``shell -c``) when
+        given, else an interactive shell."""
+        message = {"op": "pty_attach", "create": True, "id": pty_id, "cols": cols, "rows": rows,
+                   "cwd": cwd, "envs": envs, "user": self.user, "env": dict(self.env)}
+        if command is not None:
+            message["command"] = command
+        return attach_pty(self._open(message))
+
+    def pipe_exec(self, command: str | None) -> AbstractAsyncContextManager[PipeRun]:
+        """Run ``command`` (``shell -c``; None: the user's shell) on pipes: stdin from the
+        caller, stdout and stderr apart. Leaving early kills everything it started."""
+        return run_on_pipes(self._open({"op": "pipe_exec", "command": command,
+                                        "user": self.user, "env": dict(self.env)}))
 
     # -- the code interpreter
 
@@ -452,8 +479,42 @@ class AgentClient:
     async def computer_windows(self) -> WindowsResponse:
         return await self._reply(self._desktop("windows"), WindowsResponse)
 
+    async def recording_start(self, label: str | None) -> Recording:
+        """Start recording the screen (``label`` goes into the file name)."""
+        return await self._reply(self._desktop("recording_start", label=label), Recording)
 
-async def _collect(events: AsyncIterator[ProcessEvent], limit: int) -> ExecResult:
+    async def recording_stop(self, recording_id: str) -> Recording:
+        return await self._reply(self._desktop("recording_stop", id=recording_id), Recording)
+
+    async def recording_list(self) -> ListRecordingsResponse:
+        return await self._reply(self._desktop("recording_list"), ListRecordingsResponse)
+
+    async def recording_get(self, recording_id: str) -> Recording:
+        return await self._reply(self._desktop("recording_get", id=recording_id), Recording)
+
+    async def recording_delete(self, recording_id: str) -> None:
+        await self._reply(self._desktop("recording_delete", id=recording_id))
+
+    async def a11y_tree(self, scope: str | None, pid: int | None,
+                        max_depth: int | None) -> AccessibilityTreeResponse:  # fmt: skip
+        """The accessibility tree under the scope's root."""
+        message = self._desktop("a11y_tree", scope=scope, pid=pid, maxDepth=max_depth)
+        return await self._reply(message, AccessibilityTreeResponse)
+
+    async def a11y_find(self, body: WireModel) -> AccessibilityNodesResponse:
+        return await self._reply(self._desktop("a11y_find", body), AccessibilityNodesResponse)
+
+    async def a11y_node(self, what: str, body: WireModel) -> None:
+        """``focus``, ``invoke`` or set the ``value`` of the node ``body.id``."""
+        await self._reply(self._desktop("a11y_node", body, what=what))
+
+    def recording_read(self, recording_id: str) -> AsyncGenerator[FileEvent, None]:
+        """A finished recording's bytes: a start, chunks and an end, or an error."""
+        return read_events(self._open(self._desktop("recording_read", id=recording_id)))
+
+
+async def _collect(events: AsyncIterator[ProcessEvent], limit: int,
+                   charts: ChartCollector | None = None) -> ExecResult:  # fmt: skip
     output = CappedOutput(limit)
     code = 0
     async for event in events:
@@ -461,6 +522,9 @@ async def _collect(events: AsyncIterator[ProcessEvent], limit: int) -> ExecResul
             output.add(event.data)
         elif isinstance(event, Omitted):
             output.skip(event.count)
+        elif isinstance(event, ChartData):
+            if charts is not None:
+                charts.add(event.payload)
         else:
             code = event.exit_code
-    return ExecResult(code, output.text())
+    return ExecResult(code, output.text(), tuple(charts.charts) if charts else ())

@@ -104,6 +104,41 @@ async def attach_pty(opening: Opening) -> AsyncIterator[PtyAttachment]:
         yield PtyAttachment(call, frames)
 
 
+class PipeRun:
+    """A command on pipes: its output, and its stdin."""
+
+    def __init__(self, call: AgentCall, frames: Frames) -> None:
+        self._call = call
+        self._frames = frames
+        self.exit_code: int | None = None  # once :meth:`output` ended
+
+    def output(self) -> AsyncIterator[Output]:
+        """stdout and stderr as they come, until the command exits."""
+        return self._outputs()
+
+    async def _outputs(self) -> AsyncGenerator[Output, None]:
+        async for event in _outputs(self._frames):
+            yield event
+        self.exit_code = parse(int, self._call.result.get("exitCode", 0))
+
+    async def send_input(self, data: bytes) -> None:
+        """Write ``data`` to the command's stdin."""
+        await self._call.send_data(protocol.DATA, data)
+
+    async def close_input(self) -> None:
+        """End the command's stdin."""
+        await self._call.send_data(protocol.END)
+
+
+@asynccontextmanager
+async def run_on_pipes(opening: Opening) -> AsyncIterator[PipeRun]:
+    """Start a command on pipes; entering fails if the agent refuses."""
+    async with opening as call:
+        frames = call.frames()
+        await _first_event(frames)
+        yield PipeRun(call, frames)
+
+
 async def read_events(opening: Opening) -> AsyncGenerator[FileEvent, None]:
     """The events of a ``fs_read``: per file a start, chunks and an end, or an error."""
     async with opening as call:

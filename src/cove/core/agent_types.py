@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import TypeAdapter
 
 from cove.schemas.base import WireModel
+from cove.schemas.toolbox import Chart
 
 T = TypeVar("T")
 Stream = Literal["stdout", "stderr"]
@@ -55,21 +56,30 @@ class Omitted:
 
 
 @dataclass(frozen=True)
+class ChartData:
+    """An artifact line of a code run (after its marker): untrusted, unread JSON."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True)
 class Exited:
     """The process ended (the last event of a streamed command)."""
 
     exit_code: int
 
 
-ProcessEvent = Output | Omitted | Exited
+ProcessEvent = Output | Omitted | ChartData | Exited
 
 
 @dataclass(frozen=True)
 class ExecResult:
-    """A finished command: its exit code and its output (both streams, as printed)."""
+    """A finished command: its exit code, its output (both streams, as printed) and,
+    for a code run, the valid charts it showed."""
 
     exit_code: int
     output: str
+    charts: tuple[Chart, ...] = ()
 
 
 class AgentInfo(WireModel):

@@ -6,6 +6,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -82,6 +83,8 @@ class Settings(BaseSettings):
     # The only registries images may be pulled from (host or host:port; empty: any).
     allowed_registries: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pull_timeout_seconds: float = 1800.0  # one image pull, all layers
+    # Largest image pulled or imported: its layers, compressed and unpacked (MiB).
+    max_image_mb: int = Field(default=10240, ge=1)
     runtime: str = "crun"  # "crun" (real isolation) or "fake" (unit tests only)
     # Isolation tier of sandboxes created without the cove.io/isolation label:
     # "crun" or "gvisor" (runsc).
@@ -106,6 +109,10 @@ class Settings(BaseSettings):
     # How many seconds a lifecycle minute (auto-stop/archive/delete) lasts.
     minute_seconds: float = 60.0
     default_auto_stop_interval: int = 15
+    # Metrics history: how often each started sandbox is sampled, and how many samples
+    # of each are kept (in memory).
+    metrics_interval_seconds: float = Field(default=60.0, gt=0, le=86400)
+    metrics_keep: int = Field(default=1440, ge=1, le=100_000)
     default_auto_archive_interval: int = 7 * 24 * 60
     default_auto_delete_interval: int = -1
     # Sandbox networking: "nat" (own netns, veth, NAT, DNS forwarder, firewall) or
@@ -128,6 +135,9 @@ class Settings(BaseSettings):
     # uploads build contexts over HTTPS only (see README, Build contexts).
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # The SSH gateway (``ssh -p <port> <token>@host``, tokens from POST
+    # /sandbox/{id}/ssh-access) listens on host:ssh_port; 0 turns it off.
+    ssh_port: int = Field(default=2222, ge=0, le=65535)
 
     @field_validator("public_snapshots", "insecure_registries", "allowed_registries",
                      mode="before")
@@ -157,6 +167,11 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         scheme = "https" if self.tls_cert else "http"
         return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def ssh_host(self) -> str:
+        """The host name clients reach the SSH gateway at (that of :attr:`base_url`)."""
+        return urlsplit(self.base_url).hostname or "127.0.0.1"
 
     @property
     def toolbox_proxy_url(self) -> str:

@@ -17,9 +17,11 @@ from cove.core.builds import ImageBuilder, build_and_boot
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
 from cove.core.images import ImageService, default_user, pull_and_boot
+from cove.core.intervals import expiry
 from cove.core.ops import SandboxOps
 from cove.core.ports import VolumeBind
 from cove.core.sandbox import Sandbox, SandboxState, archive_minutes
+from cove.core.secrets import SecretService
 from cove.core.snapshots import SnapshotService
 from cove.core.volumes import VolumeService
 from cove.errors import BadRequest, NotFound
@@ -44,6 +46,7 @@ class Creator:
         self._log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.images: ImageService | None = None  # registry images (None: not pulled)
         self.contexts: ContextStore | None = None  # uploaded build contexts (None: none)
+        self.secrets: SecretService | None = None  # the organizations' secrets (None: none)
         self.use_snapshots(snapshots)
 
     def use_snapshots(self, snapshots: SnapshotService | None) -> None:
@@ -72,12 +75,15 @@ class Creator:
         """
         plan = self._build_plan(organization_id, request)
         sandbox, pull = self._new_sandbox(organization_id, request)
+        mounts = self._secret_mounts(organization_id, request)
         if plan is not None or pull is not None:
             sandbox.state = S.PENDING_BUILD
             sandbox.env = {**(plan.env if plan else {}), **sandbox.env}
             if plan is not None and plan.user and request.user is None:  # USER, unless asked
                 sandbox.user = plan.user.partition(":")[0]
         self.ops.store.add(sandbox)
+        if mounts and self.secrets is not None:
+            self.secrets.mount(sandbox.id, mounts)
         await self.ops.events.sandbox_created(sandbox)
         if plan is None and pull is None:
             return await self.ops.run(sandbox.id, lambda: self.ops.boot(sandbox))
@@ -144,6 +150,7 @@ class Creator:
         )
         binds = self._volume_binds(organization_id, req)
         auto_delete = _pick(req.auto_delete_interval, s.default_auto_delete_interval)
+        auto_stop, auto_pause = _stop_or_pause(req, s.default_auto_stop_interval, auto_delete)
         owner = links.owner_of(self.ops.store, organization_id, req.linked_sandbox, auto_delete)
         sandbox_id = str(uuid.uuid4())
         return Sandbox(
@@ -161,7 +168,9 @@ class Creator:
             network_block_all=req.network_block_all,
             network_allow_list=req.network_allow_list,
             domain_allow_list=req.domain_allow_list,
-            auto_stop_interval=_pick(req.auto_stop_interval, s.default_auto_stop_interval),
+            auto_stop_interval=auto_stop,
+            auto_pause_interval=auto_pause,
+            auto_destroy_at=expiry(req.ttl_minutes or 0, s.minute_seconds),
             auto_archive_interval=archive_minutes(
                 _pick(req.auto_archive_interval, s.default_auto_archive_interval)),
             auto_delete_interval=auto_delete,
@@ -169,6 +178,14 @@ class Creator:
             linked_sandbox_id=owner.id if owner else None,
             linked_sandbox_name=owner.name if owner else None,
         ), pull
+
+    def _secret_mounts(self, organization_id: str, req: SandboxCreate) -> dict[str, str]:
+        """The secrets asked for, resolved in the organization (env var -> secret id)."""
+        if not req.secrets:
+            return {}
+        if self.secrets is None:
+            raise BadRequest("Secrets are not supported by this server")
+        return self.secrets.resolve(organization_id, req.secrets, req.env)
 
     def _volume_binds(self, organization_id: str, req: SandboxCreate) -> list[VolumeBind]:
         if not req.volumes:
@@ -227,3 +244,15 @@ class Creator:
 
 def _pick(value: int | None, default: int) -> int:
     return default if value is None else value
+
+
+def _stop_or_pause(req: SandboxCreate, default_stop: int, auto_delete: int) -> tuple[int, int]:
+    """The auto-stop and auto-pause intervals: at most one of them is non-zero."""
+    pause = req.auto_pause_interval or 0
+    if not pause:
+        return _pick(req.auto_stop_interval, default_stop), 0
+    if req.auto_stop_interval:
+        raise BadRequest("at most one of autoStopInterval and autoPauseInterval may be non-zero")
+    if auto_delete == 0:
+        raise BadRequest("autoPauseInterval is not allowed for ephemeral sandboxes")
+    return 0, pause

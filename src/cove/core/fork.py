@@ -1,10 +1,10 @@
 """Forking: a new sandbox that starts from a copy of another one's files.
 
 The new sandbox gets a new id and the source's organization, snapshot,
-resources, env, labels, settings and volume mounts. The source's writable
-layer is copied while the source's lock is held (a running source is frozen
-for the copy and carries on afterwards; a paused or stopped one stays so),
-then the new sandbox boots like a created one and is returned ``started``.
+resources, env, labels, settings (its TTL's time too), volume mounts and
+secrets. The source's writable layer is copied while the source's lock is held
+(a running source is frozen for the copy and carries on afterwards; a paused or
+stopped one stays so), then the new sandbox boots like a created one and is returned ``started``.
 Only memory is not carried over: processes of the source do not run in it.
 """
 
@@ -40,6 +40,9 @@ async def fork(
     _check(source)
     child = _clone(source, name)
     service.store.add(child)
+    secrets = service.creator.secrets
+    if secrets is not None:
+        secrets.mount(child.id, {env: s.id for env, s in secrets.store.mounts(source.id).items()})
 
     async def copy() -> None:
         current = service.store.get_by_id(source.id)

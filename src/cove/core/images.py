@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 
 from cove.core import imageref
 from cove.core.buildlog import BuildLog
@@ -32,7 +31,7 @@ from cove.core.ops import SandboxOps
 from cove.core.ports import PulledImage, Runner
 from cove.core.registries import RegistryService
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
-from cove.core.snapshots import Snapshot, SnapshotService
+from cove.core.snapshots import Snapshot, SnapshotService, image_config
 from cove.errors import BadRequest, Conflict, CoveError
 
 S = SandboxState
@@ -112,13 +111,13 @@ class ImageService:
                               entrypoint: list[str] | None = None) -> Snapshot:  # fmt: skip
         """``POST /snapshots``: a local image is imported at once; a registry image is
         recorded ``pulling`` and pulled in the background (``active`` or ``error``).
-        ``entrypoint`` replaces a registry image's ENTRYPOINT and CMD.
+        ``entrypoint`` replaces the image's ENTRYPOINT and CMD.
 
         Raises:
             BadRequest: an invalid reference or local image. Conflict: the name is taken.
         """
         if not self.is_registry_image(image):
-            return await self.snapshots.create_from_image(organization_id, name, image)
+            return await self.snapshots.create_from_image(organization_id, name, image, entrypoint)
         ref = self.reference(image)
         snap = self.snapshots.new(organization_id, name, image_name=image)
         snap.state = "pulling"
@@ -187,9 +186,8 @@ def default_user(snap: Snapshot) -> str | None:
 
 
 def _fill(snap: Snapshot, pulled: PulledImage) -> None:
-    config = asdict(pulled.config)
-    config["env"] = dict(pulled.config.env)
-    snap.size, snap.digest, snap.image_config = pulled.size, pulled.digest, config
+    snap.size, snap.digest = pulled.size, pulled.digest
+    snap.image_config = image_config(pulled.config)
     snap.updated_at = utcnow()
 
 

@@ -181,8 +181,9 @@ class Runner(Protocol):
         """Make snapshot ``ref`` a copy of snapshot ``source`` with image config ``config``
         (built from the same Dockerfile); its size."""
 
-    async def import_image(self, ref: str, image: str) -> int:
-        """Make snapshot ``ref`` from an image the runner resolves without a registry."""
+    async def import_image(self, ref: str, image: str) -> PulledImage:
+        """Make snapshot ``ref`` from an image the runner resolves without a registry
+        (a local OCI layout); its size and config (``digest`` empty)."""
 
     async def pull_image(
         self, ref: str, image: str, auth: RegistryAuth | None,
@@ -298,3 +299,22 @@ class KeyStore(Protocol):
         """The organization a key belongs to, or None for an unknown key."""
 
     def count_keys(self) -> int: ...
+
+
+class Sealer(Protocol):
+    """Encryption at rest of secrets the server must read back (registry passwords)."""
+
+    def seal(self, secret: str, context: str) -> str:
+        """``secret`` encrypted and authenticated, bound to ``context`` (say, the id of
+        the record that keeps it): a sealed value copied to another record won't open."""
+
+    def open(self, stored: str, context: str) -> str:
+        """The secret in ``stored``; a value stored before sealing existed is returned
+        as it is.
+
+        Raises:
+            ValueError: ``stored`` is sealed but does not open (another key, another
+                context, or tampered with).
+        """
+
+    def is_sealed(self, stored: str) -> bool: ...

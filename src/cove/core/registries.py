@@ -1,7 +1,8 @@
 """Container registry credentials of an organization (Daytona's ``/docker-registry``).
 
 Each organization keeps its own: another organization never sees, finds or uses
-them. The password is write-only (no response carries it). A pull uses the
+them. The password is write-only (no response carries it) and kept sealed
+(encrypted, see ``Sealer``): only a pull opens it. A pull uses the
 credentials whose URL names the image's registry (``docker.io``,
 ``ghcr.io``, ``host:port``) and, when set, whose project is the first part of
 the image's repository; among several, the one with a project, then the
@@ -10,13 +11,14 @@ organization's default, then the newest. Credentials go to that registry only.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from cove.core.imageref import ImageRef, registry_host
-from cove.core.ports import RegistryAuth
+from cove.core.ports import RegistryAuth, Sealer
 from cove.core.sandbox import utcnow
 from cove.errors import BadRequest
 
@@ -28,7 +30,7 @@ class DockerRegistry:
     name: str
     url: str
     username: str
-    password: str = field(repr=False)
+    password: str = field(repr=False)  # as stored: sealed (plain in rows of old servers)
     project: str = ""
     is_default: bool = False
     created_at: datetime = field(default_factory=utcnow)
@@ -47,12 +49,16 @@ class RegistryStore(Protocol):
 
     def list(self, organization_id: str) -> list[DockerRegistry]: ...
 
+    def all(self) -> builtins.list[DockerRegistry]:
+        """Every organization's."""
+
 
 class RegistryService:
     """Create, list, change and delete an organization's registry credentials."""
 
-    def __init__(self, store: RegistryStore) -> None:
+    def __init__(self, store: RegistryStore, sealer: Sealer) -> None:
         self.store = store
+        self.sealer = sealer
 
     def create(
         self, organization_id: str, *, name: str, url: str, username: str, password: str,
@@ -61,9 +67,10 @@ class RegistryService:
         """Raises BadRequest: an empty field or a URL that names no registry."""
         registry = DockerRegistry(
             id=str(uuid.uuid4()), organization_id=organization_id, name=name, url=url,
-            username=username, password=password, project=project or "",
+            username=username, password="", project=project or "",
         )  # fmt: skip
-        _check(registry)
+        _check(registry, password)
+        registry.password = self.sealer.seal(password, registry.id)
         self.store.add(registry)
         return registry
 
@@ -80,11 +87,11 @@ class RegistryService:
         """Change the fields given (the password only when one is sent)."""
         registry = self.store.get(organization_id, registry_id)
         registry.name, registry.url, registry.username = name, url, username
-        if password is not None:
-            registry.password = password
         if project is not None:
             registry.project = project
-        _check(registry)
+        _check(registry, password)
+        if password is not None:
+            registry.password = self.sealer.seal(password, registry.id)
         registry.updated_at = utcnow()
         self.store.save(registry)
         return registry
@@ -109,8 +116,23 @@ class RegistryService:
         if not matches:
             return None
         best = max(matches, key=lambda r: (bool(r.project), r.is_default, r.created_at))
+        try:
+            password = self.sealer.open(best.password, best.id)
+        except ValueError:
+            raise BadRequest(f"the password of registry '{best.name}' cannot be decrypted "
+                             "(the server's registry.key changed?): set it again") from None
         return RegistryAuth(registry=image.registry, username=best.username,
-                            password=best.password)  # fmt: skip
+                            password=password)  # fmt: skip
+
+    def seal_plain(self) -> int:
+        """Seal the passwords that servers before sealing stored in the clear; how many."""
+        sealed = 0
+        for registry in self.store.all():
+            if not self.sealer.is_sealed(registry.password):
+                registry.password = self.sealer.seal(registry.password, registry.id)
+                self.store.save(registry)
+                sealed += 1
+        return sealed
 
 
 def _matches(registry: DockerRegistry, image: ImageRef) -> bool:
@@ -122,9 +144,11 @@ def _matches(registry: DockerRegistry, image: ImageRef) -> bool:
     return host == image.registry and (not project or image.repository.startswith(project + "/"))
 
 
-def _check(registry: DockerRegistry) -> None:
-    fields = {"name": registry.name, "url": registry.url, "username": registry.username,
-              "password": registry.password}  # fmt: skip
+def _check(registry: DockerRegistry, password: str | None) -> None:
+    """Raises BadRequest: a field (``password``, unless None: unchanged) is not valid."""
+    fields = {"name": registry.name, "url": registry.url, "username": registry.username}
+    if password is not None:
+        fields["password"] = password
     for label, value in fields.items():
         if not value or not value.strip():
             raise BadRequest(f"the registry's {label} must not be empty")

@@ -133,6 +133,11 @@ TRANSITIONAL: frozenset[SandboxState] = frozenset(
     }  # fmt: skip
 )
 
+# The states a TTL deletes a sandbox from (no operation is under way on them).
+TTL_STATES: frozenset[SandboxState] = frozenset(
+    {S.STARTED, S.PAUSED, S.STOPPED, S.ARCHIVED, S.ERROR, S.BUILD_FAILED}
+)
+
 # What the state is heading for, as Daytona's `desiredState` reports it.
 DESIRED: dict[SandboxState, str] = {
     S.CREATING: "started",
@@ -156,6 +161,12 @@ DESIRED: dict[SandboxState, str] = {
     S.BUILDING_SNAPSHOT: "started",
     S.BUILD_FAILED: "started",
 }
+
+
+# States after which the sandbox's agent is a new one: what ``POST /env`` changed is gone.
+AGENT_RESTARTS: frozenset[SandboxState] = frozenset(
+    {S.STOPPED, S.STARTING, S.RESTORING, S.ARCHIVED, S.ERROR, S.DESTROYED}
+)
 
 
 # What ``autoArchiveInterval=0`` means: archive after 30 days (Daytona's maximum, 43200).
@@ -204,10 +215,23 @@ class Sandbox:
     # one's name, which resolves to the owner inside this sandbox.
     linked_sandbox_id: str | None = None
     linked_sandbox_name: str | None = None
+    # The environment of the running sandbox once ``POST /toolbox/{id}/env`` changed it
+    # (None: ``env``). Like the environment of Daytona's daemon, it lasts until the
+    # sandbox stops.
+    runtime_env: dict[str, str] | None = None
+    # Pause after this many minutes without activity (0: never; auto-stop is then 0).
+    auto_pause_interval: int = 0
+    # The TTL: destroyed at this time whatever its state (None: no TTL).
+    auto_destroy_at: datetime | None = None
 
     @property
     def desired_state(self) -> str:
         return DESIRED[self.state]
+
+    @property
+    def process_env(self) -> dict[str, str]:
+        """The environment new processes of the running sandbox start with."""
+        return dict(self.env if self.runtime_env is None else self.runtime_env)
 
 
 def can_transition(current: SandboxState, new: SandboxState) -> bool:
@@ -231,6 +255,8 @@ def transition(sandbox: Sandbox, new: SandboxState, *, reason: str | None = None
     sandbox.state = new
     sandbox.updated_at = now
     sandbox.state_changed_at = now
+    if new in AGENT_RESTARTS:
+        sandbox.runtime_env = None
     if new in (S.ERROR, S.BUILD_FAILED):
         sandbox.error_reason = reason or "unknown error"
     else:

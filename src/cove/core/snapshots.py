@@ -21,7 +21,7 @@ import builtins
 import math
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -137,17 +137,25 @@ class SnapshotService:
         self.store.save(snap)
         return snap.id
 
-    async def create_from_image(self, organization_id: str, name: str, image: str) -> Snapshot:
-        """Build a snapshot from an image resolvable on this host.
+    async def create_from_image(
+        self, organization_id: str, name: str, image: str,
+        entrypoint: builtins.list[str] | None = None,
+    ) -> Snapshot:  # fmt: skip
+        """Build a snapshot from an image resolvable on this host (a local OCI layout),
+        keeping its config (env, workdir, user, entrypoint: ``entrypoint`` replaces its
+        ENTRYPOINT and CMD), as for a pulled image.
 
         Raises:
             Conflict: the name is taken. BadRequest: the image cannot be used.
         """
         snap = self._new(organization_id, name, image_name=image)
         try:
-            snap.size = await self.runner.import_image(snap.id, image)
+            imported = await self.runner.import_image(snap.id, image)
         except CoveError as exc:
             raise BadRequest(f"Snapshot {name} cannot be built: {exc.message}") from exc
+        snap.size, snap.image_config = imported.size, image_config(imported.config)
+        if entrypoint:
+            snap.image_config = {**snap.image_config, "entrypoint": entrypoint, "cmd": []}
         return await self._added(snap)
 
     async def create_from_sandbox(
@@ -285,3 +293,10 @@ def _config_dict(config: ImageConfig | None) -> dict[str, Any] | None:
     return {"env": dict(config.env), "workdir": config.workdir, "user": config.user,
             "entrypoint": list(config.entrypoint), "cmd": list(config.cmd),
             "labels": dict(config.labels)}  # fmt: skip
+
+
+def image_config(config: ImageConfig) -> dict[str, Any]:
+    """An image's config as a snapshot records it (``Snapshot.image_config``)."""
+    recorded = asdict(config)
+    recorded["env"] = dict(config.env)
+    return recorded

@@ -1,4 +1,4 @@
-"""Lifecycle timers: auto-stop, auto-archive and auto-delete.
+"""Lifecycle timers: auto-stop, auto-pause, auto-archive, auto-delete and the TTL.
 
 Nothing is scheduled in memory: whether a timer is due follows from fields kept
 in the database (``last_activity_at``, ``state_changed_at`` and the intervals),
@@ -11,6 +11,11 @@ Paused sandboxes are left alone: auto-stop counts only while a sandbox is
 is meant to keep), and auto-archive and auto-delete count only from
 ``stopped``. A paused sandbox stays paused until it is started, stopped or
 deleted; its inactivity clock starts again when it is resumed.
+
+Auto-pause counts inactivity as auto-stop does (at most one of them is non-zero).
+The TTL (``auto_destroy_at``) is a wall-clock time: the sandbox is deleted then
+whatever its state (started, paused, stopped, archived, failed), except while an
+operation is under way on it (the next tick after it ends).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import logging
 from datetime import datetime, timedelta
 
 from cove.core.lifecycle import LifecycleService
-from cove.core.sandbox import MAX_ARCHIVE_MINUTES, Sandbox, SandboxState, utcnow
+from cove.core.sandbox import MAX_ARCHIVE_MINUTES, TTL_STATES, Sandbox, SandboxState, utcnow
 from cove.errors import CoveError, NotFound
 
 S = SandboxState
@@ -31,6 +36,7 @@ TICK_SECONDS = 1.0
 
 class Action(enum.StrEnum):
     STOP = "stop"
+    PAUSE = "pause"
     ARCHIVE = "archive"
     DELETE = "delete"
 
@@ -41,10 +47,15 @@ def due(sandbox: Sandbox, now: datetime, minute: float) -> Action | None:
     def elapsed(since: datetime, minutes: int) -> bool:
         return now - since >= timedelta(seconds=minutes * minute)
 
+    expiry = sandbox.auto_destroy_at
+    if expiry is not None and now >= expiry and sandbox.state in TTL_STATES:
+        return Action.DELETE
     if sandbox.state is S.STARTED:
-        stop_after = sandbox.auto_stop_interval
+        stop_after, pause_after = sandbox.auto_stop_interval, sandbox.auto_pause_interval
         if stop_after > 0 and elapsed(sandbox.last_activity_at, stop_after):
             return Action.STOP
+        if pause_after > 0 and elapsed(sandbox.last_activity_at, pause_after):
+            return Action.PAUSE
         return None
     if sandbox.state is not S.STOPPED:
         return None
@@ -81,6 +92,8 @@ async def _perform(service: LifecycleService, sandbox: Sandbox, action: Action) 
     org = sandbox.organization_id
     if action is Action.STOP:
         await service.stop(org, sandbox.id)
+    elif action is Action.PAUSE:
+        await service.pause(org, sandbox.id)
     elif action is Action.ARCHIVE:
         await service.archive(org, sandbox.id)
     else:

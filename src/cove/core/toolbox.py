@@ -19,7 +19,7 @@ of the server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from cove.agent.mux import Channel, Stream
 from cove.agent.protocol import AgentError, ProtocolError
 from cove.core.agent_call import AgentCall
 from cove.core.agent_client import AgentClient
+from cove.core.env_update import updated_env
 from cove.core.output import DEFAULT_LIMIT
 from cove.core.ports import Runner
 from cove.core.sandbox import Sandbox, SandboxState
@@ -48,6 +49,13 @@ class ToolboxService:
         self.runner = ops.runner
         self.links = AgentLinks(ops.runner)
         self.output_limit = output_limit
+        # More env vars of a sandbox's processes (its mounted secrets' placeholders).
+        self.extra_env: Callable[[Sandbox], dict[str, str]] = lambda _sandbox: {}
+
+    def env(self, sandbox: Sandbox) -> dict[str, str]:
+        """The environment the sandbox's new processes get: its env (as ``POST /env``
+        changed it while it runs), then its secrets."""
+        return {**sandbox.process_env, **self.extra_env(sandbox)}
 
     def sandbox(self, organization_id: str, sandbox_id: str) -> Sandbox:
         """The caller's started sandbox; records the activity.
@@ -66,8 +74,30 @@ class ToolboxService:
 
     def agent(self, sandbox: Sandbox) -> AgentClient:
         """The typed client of the sandbox's agent, as its user with its environment."""
-        return agent_client(self.runner, sandbox.id, sandbox.user, sandbox.env, self.links,
-                            self.output_limit)  # fmt: skip
+        return agent_client(self.runner, sandbox.id, sandbox.user, self.env(sandbox),
+                            self.links, self.output_limit)  # fmt: skip
+
+    async def update_env(self, sandbox: Sandbox, set_: dict[str, str] | None,
+                         unset: list[str] | None, unset_value_prefix: str | None,
+                         ) -> Sandbox:  # fmt: skip
+        """Change the environment the started sandbox's new processes get (see
+        :mod:`cove.core.env_update`); the sandbox as it is now.
+
+        Raises:
+            BadRequest: the environment would grow beyond its limits.
+            InvalidState: the sandbox stopped meanwhile.
+        """
+
+        async def apply() -> Sandbox:
+            current = self.ops.store.get_by_id(sandbox.id)
+            if current.state is not SandboxState.STARTED:
+                raise InvalidState(f"Sandbox {sandbox.id} is {current.state}; start it first")
+            current.runtime_env = updated_env(current.process_env, set_, unset,
+                                              unset_value_prefix)  # fmt: skip
+            self.ops.store.save(current)
+            return current
+
+        return await self.ops.run(sandbox.id, apply)
 
 
 class AgentLinks:

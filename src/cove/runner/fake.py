@@ -49,6 +49,7 @@ class FakeRuntime:
         self.archives: dict[str, dict[str, bytes]] = {}
         self.fail_on: dict[str, str] = {}
         self.images: set[str] = set()  # what import_image can resolve
+        self.image_configs: dict[str, ImageConfig] = {}  # their configs (else empty)
         # what pull_image can pull: normalized reference -> (digest, config, password)
         self.registry: dict[str, tuple[str, ImageConfig, str | None]] = {}
         self.pulls: list[tuple[str, RegistryAuth | None]] = []
@@ -142,12 +143,12 @@ class FakeRuntime:
         self.snapshots.add(ref)
         return 1
 
-    def import_image(self, ref: str, image: str) -> int:
+    def import_image(self, ref: str, image: str) -> PulledImage:
         self._check("import_image", ref)
         if image not in self.images:
             raise RuntimeBackendError(f"image '{image}' cannot be resolved")
         self.snapshots.add(ref)
-        return 1
+        return PulledImage(size=1, digest="", config=self.image_configs.get(image, ImageConfig()))
 
     def pull_image(
         self, ref: str, image: str, auth: RegistryAuth | None,

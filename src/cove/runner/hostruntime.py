@@ -102,8 +102,9 @@ class HostRuntime(Protocol):
             RuntimeBackendError: it failed; nothing named ``ref`` is left.
         """
 
-    def import_image(self, ref: str, image: str) -> int:
-        """Make snapshot ``ref`` from an image the host can resolve without a registry.
+    def import_image(self, ref: str, image: str) -> PulledImage:
+        """Make snapshot ``ref`` from an image the host can resolve without a registry;
+        its size and config.
 
         Raises:
             RuntimeBackendError: unknown image or failed unpack; nothing is left.

@@ -83,7 +83,7 @@ class LocalRunner:
     async def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
         return await self._run(self.host.clone_snapshot, source, ref, config)
 
-    async def import_image(self, ref: str, image: str) -> int:
+    async def import_image(self, ref: str, image: str) -> PulledImage:
         return await self._run(self.host.import_image, ref, image)
 
     async def pull_image(

@@ -19,6 +19,7 @@ from cove.schemas.limits import (
     Minutes,
     Text,
 )
+from cove.schemas.secret import SecretMounts
 
 SandboxName = Annotated[str, Field(min_length=1, max_length=63, pattern=PLAIN_NAME)]
 
@@ -67,13 +68,19 @@ class SandboxCreate(WireModel):
     memory: int | None = None
     disk: int | None = None
     auto_stop_interval: Minutes | None = None
+    # 0: never; at most one of autoStopInterval and autoPauseInterval is non-zero
+    auto_pause_interval: Minutes | None = None
     auto_archive_interval: Minutes | None = None
+    # destroyed this many minutes after create, whatever its state (0: no TTL)
+    ttl_minutes: Minutes | None = None
     # -1: never; 0: as soon as it stops
     auto_delete_interval: int | None = Field(default=None, ge=-1, le=MAX_INTERVAL)
     volumes: list[VolumeMount] = Field(default_factory=list, max_length=32)
     # id or name of a sandbox of the organization this one links to (it must be ephemeral)
     linked_sandbox: str | None = Field(default=None, min_length=1, max_length=MAX_NAME,
                                        pattern=NO_NUL)  # fmt: skip
+    # [{ENV_VAR: secret name}]: the env var holds the secret's placeholder
+    secrets: SecretMounts | None = None
 
 
 class SandboxResize(WireModel):
@@ -129,8 +136,10 @@ class SandboxPublic(WireModel):
     network_allow_list: str | None = None
     domain_allow_list: str | None = None
     auto_stop_interval: int
+    auto_pause_interval: int = 0
     auto_archive_interval: int
     auto_delete_interval: int
+    auto_destroy_at: str | None = None
     volumes: list[SandboxVolume] = Field(default_factory=list)
     created_at: str
     updated_at: str

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cove.schemas.base import WireModel
-from cove.schemas.limits import MAX_TIMEOUT, EnvMap, SandboxPath, Text
+from cove.schemas.limits import (
+    MAX_ENV_VARS,
+    MAX_TIMEOUT,
+    EnvMap,
+    EnvName,
+    EnvValue,
+    SandboxPath,
+    Text,
+)
 
 
 class ExecuteRequest(WireModel):
@@ -30,10 +38,82 @@ class CodeRunRequest(WireModel):
     timeout: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT)
 
 
+class _ChartModel(BaseModel):
+    """Daytona's chart fields are snake_case on the wire; types as strict as the SDK's
+    (its Python client rejects a chart of other types), numbers finite (JSON's)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+class ChartPart(_ChartModel):
+    """One element of a chart: a series (label, points), a bar (label, group, value),
+    a pie wedge (label, angle, radius), a box (label, min, quartiles, median, max,
+    outliers), or a composite chart's sub-chart (type, title, labels, elements)."""
+
+    label: str | None = None
+    points: list[list[float]] | None = None
+    group: str | None = None
+    value: str | None = None
+    angle: float | None = None
+    radius: float | None = None
+    min: float | None = None
+    first_quartile: float | None = None
+    median: float | None = None
+    third_quartile: float | None = None
+    max: float | None = None
+    outliers: list[float] | None = None
+    type: str | None = None
+    title: str | None = None
+    png: str | None = None
+    x_label: str | None = None
+    y_label: str | None = None
+
+
+class ChartElement(ChartPart):
+    """A chart's element; a sub-chart of a composite chart also has its own elements
+    and axes (the SDK keeps them as extra properties)."""
+
+    elements: list[ChartPart] | None = None
+    x_ticks: list[float] | None = None
+    x_tick_labels: list[str] | None = None
+    x_scale: str | None = None
+    y_ticks: list[float] | None = None
+    y_tick_labels: list[str] | None = None
+    y_scale: str | None = None
+
+
+class Chart(_ChartModel):
+    """A matplotlib figure as ``code_run`` returns it (``png`` is base64)."""
+
+    type: str | None = None
+    title: str | None = None
+    png: str | None = None
+    elements: list[ChartElement] | None = None
+    x_label: str | None = None
+    y_label: str | None = None
+    x_ticks: list[float] | None = None
+    x_tick_labels: list[str] | None = None
+    x_scale: str | None = None
+    y_ticks: list[float] | None = None
+    y_tick_labels: list[str] | None = None
+    y_scale: str | None = None
+
+
+class ChartArtifact(_ChartModel):
+    """An artifact line's JSON (after its marker): only charts are artifacts."""
+
+    type: Literal["chart"]
+    value: Chart
+
+
+class CodeRunArtifacts(WireModel):
+    charts: list[Chart] = Field(default_factory=list)
+
+
 class CodeRunResponse(WireModel):
     exit_code: int
     result: str
-    artifacts: dict[str, list[Any]] = Field(default_factory=lambda: {"charts": []})
+    artifacts: CodeRunArtifacts = Field(default_factory=CodeRunArtifacts)
 
 
 class DirResponse(WireModel):
@@ -43,3 +123,11 @@ class DirResponse(WireModel):
 class EnvUpdate(WireModel):
     set: EnvMap | None = None
     unset: list[Text] | None = None
+
+
+class UpdateEnvRequest(WireModel):
+    """``POST /env``: names to remove, then variables to set, for processes started later."""
+
+    set: EnvMap | None = None
+    unset: list[EnvName] | None = Field(default=None, max_length=MAX_ENV_VARS)
+    unset_value_prefix: EnvValue | None = Field(default=None, min_length=1)

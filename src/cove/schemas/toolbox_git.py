@@ -6,14 +6,28 @@ Daytona's git bodies are snake_case on the wire (``commit_id``,
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 from cove.schemas.base import IntegralNumbers, WireModel
-from cove.schemas.limits import SandboxPath, Text
+from cove.schemas.limits import NO_NUL, SandboxPath, Text
 
-GitName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x20\x7f]+$")]
+# A branch, remote, revision or tag: no space or control character, and no leading '-'
+# (git would take it for an option; git refuses such names anyway).
+GitName = Annotated[
+    str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x20\x7f-][^\x00-\x20\x7f]*$")
+]
+# A remote's URL: no control character, no leading '-' (ssh would take it for an option).
+GitUrl = Annotated[str, StringConstraints(
+    min_length=1, max_length=8192, pattern=r"^[^\x00-\x1f\x7f-][^\x00-\x1f\x7f]*$")]
+# A config key as git spells it: section[.subsection].name (the subsection may hold
+# anything but NUL and newline).
+GitConfigKey = Annotated[str, StringConstraints(
+    max_length=1024, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*(\.[^\x00\n]*)?\.[A-Za-z][A-Za-z0-9-]*$")]
+# A credential field: git's credential protocol is line-based.
+CredentialText = Annotated[str, StringConstraints(max_length=4096, pattern=r"^[^\x00\n\r]*$")]
+GitScope = Literal["global", "local", "system"]
 
 
 class GitModel(IntegralNumbers):
@@ -65,6 +79,70 @@ class GitPullRequest(GitCredentials):
 
 class GitPushRequest(GitPullRequest):
     set_upstream: bool | None = None
+
+
+class GitInitRequest(GitRepoRequest):
+    bare: bool | None = None
+    initial_branch: GitName | None = None
+
+
+class GitResetRequest(GitRepoRequest):
+    mode: Literal["soft", "mixed", "hard", "merge", "keep"] | None = None
+    target: GitName | None = None
+    files: list[SandboxPath] | None = Field(default=None, max_length=10_000)
+
+
+class GitRestoreRequest(GitRepoRequest):
+    files: list[SandboxPath] = Field(min_length=1, max_length=10_000)
+    staged: bool | None = None
+    worktree: bool | None = None
+    source: GitName | None = None
+
+
+class GitAddRemoteRequest(GitRepoRequest):
+    name: GitName
+    url: GitUrl
+    fetch: bool | None = None
+    overwrite: bool | None = None
+
+
+class GitScoped(GitModel):
+    """A config request: ``path`` names the repository, needed for the local scope."""
+
+    path: SandboxPath | None = None
+    scope: GitScope | None = None
+
+
+class GitSetConfigRequest(GitScoped):
+    key: GitConfigKey
+    value: Annotated[str, StringConstraints(max_length=32 * 1024, pattern=NO_NUL)]
+
+
+class GitConfigureUserRequest(GitScoped):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00\n]*$")]
+    email: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00\n]*$")]
+
+
+class GitAuthenticateRequest(GitModel):
+    username: CredentialText
+    password: CredentialText
+    host: Annotated[str, StringConstraints(
+        min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.\[\]:_-]+$")] | None = None
+    protocol: Annotated[str, StringConstraints(
+        min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9+.-]*$")] | None = None
+
+
+class GitConfigResponse(WireModel):
+    value: str | None = None
+
+
+class GitRemote(WireModel):
+    name: str
+    url: str
+
+
+class ListRemotesResponse(WireModel):
+    remotes: list[GitRemote]
 
 
 class GitCommitResponse(WireModel):

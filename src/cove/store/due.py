@@ -16,7 +16,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from cove.core.sandbox import MAX_ARCHIVE_MINUTES, SandboxState
+from cove.core.sandbox import MAX_ARCHIVE_MINUTES, TTL_STATES, SandboxState
 from cove.store.models import SandboxRow
 
 # julianday() is a double: its differences are off by up to ~0.1 ms. Rows due within
@@ -44,7 +44,8 @@ def _postgresql(element: _seconds_since, compiler: SQLCompiler, **kw: Any) -> st
 
 
 def timers_due(now: datetime, minute: float) -> ColumnElement[bool]:
-    """True for the rows whose auto-stop, auto-archive or auto-delete timer is due at
+    """True for the rows whose auto-stop, auto-pause, auto-archive, auto-delete or TTL
+    timer is due at
     ``now`` when a timer minute lasts ``minute`` seconds."""
     at = bindparam("timers_now", now, type_=DateTime(timezone=True))
     seconds = bindparam("timers_minute", float(minute), type_=Float())
@@ -53,10 +54,13 @@ def timers_due(now: datetime, minute: float) -> ColumnElement[bool]:
     resting = _seconds_since(row.state_changed_at, at) + SLACK_SECONDS
     archive_after = case((row.auto_archive_interval == 0, MAX_ARCHIVE_MINUTES),
                          else_=row.auto_archive_interval)  # fmt: skip
-    stop = and_(
-        row.state == str(SandboxState.STARTED),
-        row.auto_stop_interval > 0,
-        idle >= row.auto_stop_interval * seconds,
+    started = row.state == str(SandboxState.STARTED)
+    stop = and_(started, row.auto_stop_interval > 0, idle >= row.auto_stop_interval * seconds)
+    pause = and_(started, row.auto_pause_interval > 0, idle >= row.auto_pause_interval * seconds)
+    ttl = and_(
+        row.auto_destroy_at.is_not(None),
+        _seconds_since(row.auto_destroy_at, at) + SLACK_SECONDS >= 0,
+        row.state.in_([str(state) for state in TTL_STATES]),
     )
     rest = and_(
         row.state == str(SandboxState.STOPPED),
@@ -65,4 +69,4 @@ def timers_due(now: datetime, minute: float) -> ColumnElement[bool]:
             resting >= archive_after * seconds,
         ),
     )
-    return or_(stop, rest)
+    return or_(stop, pause, rest, ttl)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -69,6 +79,13 @@ class SandboxRow(Base):
     volumes: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
     linked_sandbox_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     linked_sandbox_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # What POST /toolbox/{id}/env made of env while the sandbox runs (NULL: env).
+    runtime_env: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    auto_pause_interval: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The TTL: when it is destroyed whatever its state (NULL: never).
+    auto_destroy_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
 
 
 class VolumeRow(Base):
@@ -124,3 +141,48 @@ class DockerRegistryRow(Base):
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SshAccessRow(Base):
+    """A token that opens SSH sessions to one sandbox until it expires (only its hash)."""
+
+    __tablename__ = "ssh_access"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sandbox_id: Mapped[str] = mapped_column(String(64), index=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    # sha256 of the token; the token itself is never stored.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SecretRow(Base):
+    """An organization's secret: its value only as AES-GCM ciphertext (nonce first)."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (Index("ix_secrets_org_name", "organization_id", "name", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    hosts: Mapped[list[str]] = mapped_column(JSON)
+    placeholder: Mapped[str] = mapped_column(String(128))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SandboxSecretRow(Base):
+    """A secret mounted in a sandbox as the env var ``env_name`` (gone with either)."""
+
+    __tablename__ = "sandbox_secrets"
+    __table_args__ = (Index("ix_sandbox_secrets_secret", "secret_id"),)
+
+    sandbox_id: Mapped[str] = mapped_column(
+        ForeignKey("sandboxes.id", ondelete="CASCADE"), primary_key=True
+    )
+    env_name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    secret_id: Mapped[str] = mapped_column(ForeignKey("secrets.id", ondelete="CASCADE"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 from sqlalchemy import select
 
 from cove.core.registries import DockerRegistry
@@ -45,6 +47,11 @@ class SqlRegistryStore(SqlStore):
         )
         with self.session() as s:
             rows = s.scalars(query.order_by(DockerRegistryRow.created_at))
+            return [_to_entity(r) for r in rows]
+
+    def all(self) -> builtins.list[DockerRegistry]:
+        with self.session() as s:
+            rows = s.scalars(select(DockerRegistryRow).order_by(DockerRegistryRow.created_at))
             return [_to_entity(r) for r in rows]
 
 

@@ -151,7 +151,7 @@ _PLAIN = (
     "public "
     "network_block_all network_allow_list domain_allow_list auto_stop_interval "
     "auto_archive_interval auto_delete_interval created_at updated_at last_activity_at "
-    "state_changed_at linked_sandbox_id linked_sandbox_name"
+    "state_changed_at linked_sandbox_id linked_sandbox_name auto_pause_interval auto_destroy_at"
 ).split()
 
 
@@ -163,6 +163,7 @@ def _to_row(sandbox: Sandbox, row: SandboxRow) -> SandboxRow:
     row.memory = sandbox.resources.memory
     row.disk = sandbox.resources.disk
     row.volumes = [asdict(v) for v in sandbox.volumes]
+    row.runtime_env = None if sandbox.runtime_env is None else dict(sandbox.runtime_env)
     return row
 
 
@@ -170,9 +171,12 @@ def _to_entity(row: SandboxRow) -> Sandbox:
     fields = {name: getattr(row, name) for name in _PLAIN}
     for name in ("created_at", "updated_at", "last_activity_at", "state_changed_at"):
         fields[name] = _aware(fields[name])
+    if fields["auto_destroy_at"] is not None:
+        fields["auto_destroy_at"] = _aware(fields["auto_destroy_at"])
     fields["env"] = dict(row.env)
     fields["labels"] = dict(row.labels)
     fields["volumes"] = [VolumeBind(**v) for v in row.volumes or []]
+    fields["runtime_env"] = None if row.runtime_env is None else dict(row.runtime_env)
     return Sandbox(
         state=SandboxState(row.state),
         resources=Resources(cpu=row.cpu, memory=row.memory, disk=row.disk),

@@ -84,7 +84,12 @@ def test_labels_update_and_interval_limits(client: TestClient) -> None:
     _bad(client.put(f"/api/sandbox/{sid}/labels", json={"labels": many}, headers=AUTH), "labels")
     _bad(client.post(f"/api/sandbox/{sid}/autostop/{2**63}", headers=AUTH), "minutes")
     _bad(client.post(f"/api/sandbox/{sid}/autoarchive/-1", headers=AUTH), "at least 0")
-    _bad(client.post(f"/api/sandbox/{sid}/nonsense/1", headers=AUTH), "kind")
+    _bad(client.post(f"/api/sandbox/{sid}/ttl/-1", headers=AUTH), "at least 0")
+    _bad(client.post(f"/api/sandbox/{sid}/autopause/-1", headers=AUTH), "at least 0")
+    assert client.post(f"/api/sandbox/{sid}/nonsense/1", headers=AUTH).status_code == 404
+    # another method on a three-part path is no interval: 405, naming what it allows
+    r = client.post(f"/api/sandbox/{sid}/telemetry/metrics", headers=AUTH)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
     assert client.post(f"/api/sandbox/{sid}/autodelete/-1", headers=AUTH).status_code == 200
 
 

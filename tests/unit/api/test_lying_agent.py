@@ -3,6 +3,7 @@ answers a clear 502/503/504 in Daytona's envelope, never a 500, never a hang."""
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from starlette.testclient import TestClient
 
 from cove.agent import protocol
 from cove.core import toolbox
+from cove.core.charts import CHART_LIMIT
 from tests.unit.api.conftest import AUTH, create_sandbox
 from tests.unit.scripted import AnsweringRuntime
 
@@ -95,3 +97,33 @@ def _refuse(sandbox_id: str) -> socket.socket:
     from cove.errors import Unavailable
 
     raise Unavailable("nothing listens")
+
+
+def _chart(title: str, png: str = "") -> bytes:
+    return json.dumps({"type": "chart", "value": {"type": "bar", "title": title,
+                                                  "png": png}}).encode()  # fmt: skip
+
+
+def test_charts_from_a_lying_agent_are_checked_and_bounded(
+    client: TestClient, runtime: LyingRuntime
+) -> None:
+    """Chart frames are checked as strictly as the SDK reads them, and only CHART_LIMIT
+    bytes of them are kept, whatever the agent sends; an execute ignores them."""
+    big = "p" * (CHART_LIMIT - 60)  # (with its JSON around it, more than what is left)
+    runtime.liar = staticmethod(_accepted_then(
+        protocol.frame(protocol.CHART, _chart("small")),
+        protocol.frame(protocol.CHART, b"{not json"),
+        protocol.frame(protocol.CHART, b'{"type": "chart", "value": {"title": 7}}'),
+        protocol.frame(protocol.CHART, _chart("over the budget", big)),
+        protocol.frame(protocol.CHART, _chart("still fits")),
+        protocol.frame(protocol.STDOUT, b"ok\n"),
+        protocol.json_frame({"ok": True, "exitCode": 0}),
+    ))  # fmt: skip
+    sb = create_sandbox(client)
+    r = client.post(f"/toolbox/{sb['id']}/process/code-run", json={"code": "x"}, headers=AUTH)
+    assert r.status_code == 200
+    assert r.json() == {"exitCode": 0, "result": "ok\n", "artifacts": {"charts": [
+        {"type": "bar", "title": "small", "png": ""},
+        {"type": "bar", "title": "still fits", "png": ""}]}}  # fmt: skip
+    r = client.post(f"/toolbox/{sb['id']}/process/execute", json={"command": "x"}, headers=AUTH)
+    assert r.json() == {"exitCode": 0, "result": "ok\n"}

@@ -21,17 +21,21 @@ from tests.unit.api.conftest import AUTH, create_sandbox, wait_built
 from tests.unit.scripted import ScriptedRuntime
 
 # Path parameters that name a resource of the caller's organization.
-RESOURCE_PARAMS = {"id_or_name", "sandbox_id", "volume_id", "name", "registry_id"}
+RESOURCE_PARAMS = {"id_or_name", "sandbox_id", "volume_id", "name", "registry_id", "secret_id"}
 # Routes naming no resource: the caller's organization is implied.
 PUBLIC = {("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
-          ("GET", "/redoc"), ("GET", "/api/health")}  # fmt: skip
+          ("GET", "/redoc"), ("GET", "/api/health"), ("GET", "/api/config")}  # fmt: skip
 LISTS = {("GET", "/api/sandbox"), ("GET", "/api/snapshots"), ("GET", "/api/volumes"),
-         ("GET", "/api/docker-registry"), ("GET", "/api/object-storage/push-access")}  # fmt: skip
+         ("GET", "/api/docker-registry"), ("GET", "/api/object-storage/push-access"),
+         ("GET", "/api/secret/paginated")}  # fmt: skip
+# Names an SSH token, not a resource: another organization's token is "not valid" to the
+# caller (tests/unit/agent/test_ssh_gateway.py).
+BY_TOKEN = {("GET", "/api/sandbox/ssh-access/validate")}
 # Signed with push-access credentials instead of a key: their scoping is proven in
 # tests/e2e/test_build_contexts.py (another organization's credentials are refused).
 SIGNED = {(m, "/api/object-storage/s3/{bucket}/{key:path}") for m in ("PUT", "POST", "DELETE")}
 CREATES = {("POST", "/api/sandbox"), ("POST", "/api/snapshots"), ("POST", "/api/volumes"),
-           ("POST", "/api/docker-registry")}  # fmt: skip
+           ("POST", "/api/docker-registry"), ("POST", "/api/secret")}  # fmt: skip
 REGISTRY = {"name": "a-reg", "url": "registry.example.com", "username": "a-user",
             "password": "a-secret-password"}  # fmt: skip
 # What makes a request valid, so that only ownership can refuse it.
@@ -48,9 +52,14 @@ EXTRA: dict[tuple[str, str], dict] = {
     ("POST", "/toolbox/{sandbox_id}/files/upload-v2"): {"params": {"path": "/tmp/x"}},
     ("POST", "/toolbox/{sandbox_id}/process/code-run"): {"json": {"code": "1"}},
     ("PATCH", "/api/docker-registry/{registry_id}"): {"json": {**REGISTRY, "username": "b"}},
+    ("PATCH", "/api/secret/{secret_id}"): {"json": {"value": "b-value", "hosts": ["b.test"]}},
+    ("PUT", "/api/sandbox/{id_or_name}/secrets"): {"json": {"secrets": []}},
+    ("GET", "/api/sandbox/{id_or_name}/telemetry/metrics"):
+        {"params": {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}},
 }  # fmt: skip
-OTHER_PARAMS = {"kind": "autostop", "minutes": "5", "is_public": "true", "session_id": "s1",
-                "command_id": "c1", "context_id": "x1", "process_name": "xvfb"}  # fmt: skip
+OTHER_PARAMS = {"minutes": "5", "is_public": "true", "session_id": "s1",
+                "command_id": "c1", "context_id": "x1", "process_name": "xvfb",
+                "recording_id": "r1"}  # fmt: skip
 DOCKERFILE = "FROM cove-default\nRUN echo built\n"
 
 
@@ -72,6 +81,7 @@ class Owner:
     built_snapshot: dict  # built from a Dockerfile (it has build logs)
     signed: str  # a signed preview token of A's sandbox
     port: int  # its port, where nothing listens
+    secret: dict  # mounted in A's sandbox
 
 
 def _served(client: TestClient) -> list[tuple[str, str]]:
@@ -119,7 +129,12 @@ def owner(client: TestClient) -> Owner:
     port = _free_port()
     signed = client.get(f"/api/sandbox/{sandbox['id']}/ports/{port}/signed-preview-url",
                         params={"expiresInSeconds": 600}, headers=AUTH).json()["token"]  # fmt: skip
-    return Owner(sandbox, built, snapshot, volume, registry, built_snapshot, signed, port)
+    secret = client.post("/api/secret", json={"name": "a-secret", "value": "a-value-123"},
+                         headers=AUTH).json()  # fmt: skip
+    r = client.put(f"/api/sandbox/{sandbox['id']}/secrets",
+                   json={"secrets": [{"A_TOKEN": "a-secret"}]}, headers=AUTH)  # fmt: skip
+    assert r.status_code == 200, r.text
+    return Owner(sandbox, built, snapshot, volume, registry, built_snapshot, signed, port, secret)
 
 
 def _refs(owner: Owner, method: str, path: str) -> list[tuple[str, str]]:
@@ -132,6 +147,8 @@ def _refs(owner: Owner, method: str, path: str) -> list[tuple[str, str]]:
         item = owner.volume
     elif path.startswith("/api/docker-registry/"):
         item = owner.registry
+    elif path.startswith("/api/secret/"):
+        item = owner.secret
     elif path.endswith(("/build-logs", "/build-logs-url")):
         item = owner.built
     else:
@@ -174,6 +191,7 @@ def _state_of_a(client: TestClient, owner: Owner) -> dict:
         "snapshots": get("/api/snapshots"),
         "volumes": get("/api/volumes"),
         "registries": get("/api/docker-registry"),
+        "secrets": get("/api/secret/paginated"),
         "build": client.get(f"/api/sandbox/{owner.built['id']}/build-logs", headers=AUTH).text,
         "signed": client.get(f"/preview/s/{owner.signed}/").status_code,  # 502: valid, no server
     }
@@ -187,7 +205,7 @@ def test_every_route_is_classified_and_walked(
     calls, execs = len(runtime.calls), len(runtime.execs)
     walked = []
     for method, path in _served(client):
-        if (method, path) in PUBLIC | LISTS | CREATES | SIGNED:
+        if (method, path) in PUBLIC | LISTS | CREATES | SIGNED | BY_TOKEN:
             continue
         params = set(re.findall(r"\{(\w+)\}", path))
         assert params & RESOURCE_PARAMS, f"{method} {path} is not classified in the walk"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cove.core import imageref
@@ -18,6 +20,7 @@ from cove.runner.local import LocalRunner
 from cove.schemas.sandbox import BuildInfoCreate, SandboxCreate
 from cove.store.keys import SqlKeyStore
 from cove.store.registries import SqlRegistryStore
+from cove.store.sealing import AesGcmSealer
 from cove.store.snapshots import SqlSnapshotStore
 from tests.unit.conftest import RecordingEvents
 
@@ -44,7 +47,7 @@ def test_invalid_references_are_400(image: str) -> None:
 
 @pytest.fixture
 def registries(engine) -> RegistryService:  # noqa: ANN001
-    return RegistryService(SqlRegistryStore(engine))
+    return RegistryService(SqlRegistryStore(engine), AesGcmSealer(os.urandom(32)))
 
 
 @pytest.fixture

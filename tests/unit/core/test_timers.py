@@ -6,11 +6,12 @@ from datetime import timedelta
 
 import pytest
 
+from cove.core import intervals
 from cove.core.lifecycle import LifecycleService
 from cove.core.ports import Resources
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.core.timers import Action, due, fire_due
-from cove.errors import NotFound
+from cove.errors import BadRequest, NotFound
 from cove.schemas.sandbox import SandboxCreate
 
 S = SandboxState
@@ -18,10 +19,10 @@ MIN = 60.0
 T0 = utcnow()  # the boxes below are made at collection; judge them at that same time
 
 
-def _box(state: SandboxState, *, idle: float = 0, stopped: float = 0, **kw: int) -> Sandbox:
+def _box(state: SandboxState, *, idle: float = 0, stopped: float = 0, **kw: object) -> Sandbox:
     now = T0
     sb = Sandbox(id="x", organization_id="o", name="x", snapshot="s", user="u",
-                 resources=Resources(1, 1, 1), state=state, **kw)
+                 resources=Resources(1, 1, 1), state=state, **kw)  # type: ignore[arg-type]
     sb.last_activity_at = now - timedelta(minutes=idle)
     sb.state_changed_at = now - timedelta(minutes=stopped)
     return sb
@@ -46,6 +47,21 @@ CASES = [
     (_box(S.PAUSED, idle=10**6, auto_stop_interval=1), None),
     (_box(S.STARTED, idle=10**6, stopped=10**6, auto_stop_interval=0,
           auto_delete_interval=0), None),  # resting timers count only when stopped
+    # auto-pause counts inactivity while started
+    (_box(S.STARTED, idle=14, auto_stop_interval=0, auto_pause_interval=15), None),
+    (_box(S.STARTED, idle=15.1, auto_stop_interval=0, auto_pause_interval=15), Action.PAUSE),
+    (_box(S.PAUSED, idle=10**6, auto_stop_interval=0, auto_pause_interval=1), None),
+    (_box(S.STOPPED, idle=10**6, stopped=1, auto_pause_interval=1), None),
+    # the TTL deletes at its time whatever the state, unless an operation is under way
+    (_box(S.STARTED, auto_destroy_at=T0 + timedelta(minutes=1)), None),
+    (_box(S.STARTED, auto_destroy_at=T0 - timedelta(seconds=1)), Action.DELETE),
+    (_box(S.STARTED, idle=16, auto_stop_interval=15, auto_destroy_at=T0), Action.DELETE),
+    (_box(S.PAUSED, auto_destroy_at=T0 - timedelta(minutes=1)), Action.DELETE),
+    (_box(S.STOPPED, auto_destroy_at=T0 - timedelta(minutes=1)), Action.DELETE),
+    (_box(S.ARCHIVED, auto_destroy_at=T0 - timedelta(minutes=1)), Action.DELETE),
+    (_box(S.ERROR, auto_destroy_at=T0 - timedelta(minutes=1)), Action.DELETE),
+    (_box(S.STARTING, auto_destroy_at=T0 - timedelta(minutes=1)), None),
+    (_box(S.ARCHIVING, auto_destroy_at=T0 - timedelta(minutes=1)), None),
 ]
 
 
@@ -74,6 +90,45 @@ async def test_firing_stops_archives_and_deletes(lifecycle: LifecycleService, or
     assert lifecycle.get(org, to_archive.id).state is S.ARCHIVED
     with pytest.raises(NotFound):
         lifecycle.get(org, to_delete.id)
+
+
+async def test_firing_pauses_and_ends_ttls(lifecycle: LifecycleService, org: str) -> None:
+    idle = await _create(lifecycle, org, auto_pause_interval=1)
+    assert (idle.auto_stop_interval, idle.auto_pause_interval) == (0, 1)
+    ttl = await _create(lifecycle, org, ttl_minutes=1, auto_stop_interval=0)
+    assert ttl.auto_destroy_at is not None and ttl.auto_destroy_at > ttl.created_at
+    archived = await _create(lifecycle, org, auto_stop_interval=0)
+    await lifecycle.archive(org, archived.id)
+    await intervals.set_ttl(lifecycle, org, archived.id, 1)
+    assert await fire_due(lifecycle, minute=3600) == []  # nothing due yet
+    lifecycle.settings = lifecycle.settings.model_copy(update={"minute_seconds": 0.0})
+    await intervals.set_ttl(lifecycle, org, archived.id, 1)  # re-anchored: due at once
+    done = dict(await fire_due(lifecycle, minute=0.0))
+    assert done == {idle.id: Action.PAUSE, archived.id: Action.DELETE}
+    assert lifecycle.get(org, idle.id).state is S.PAUSED
+    with pytest.raises(NotFound):
+        lifecycle.get(org, archived.id)
+    await intervals.set_ttl(lifecycle, org, ttl.id, 0)  # 0 removes the TTL
+    assert lifecycle.get(org, ttl.id).auto_destroy_at is None
+    assert await fire_due(lifecycle, minute=0.0) == []
+
+
+async def test_auto_stop_and_auto_pause_exclude_each_other(
+    lifecycle: LifecycleService, org: str
+) -> None:
+    with pytest.raises(BadRequest):
+        await _create(lifecycle, org, auto_stop_interval=5, auto_pause_interval=5)
+    with pytest.raises(BadRequest):  # not for ephemeral sandboxes
+        await _create(lifecycle, org, auto_pause_interval=5, auto_delete_interval=0)
+    assert lifecycle.list(org)[0] == []  # nothing was created
+    sb = await _create(lifecycle, org)
+    sb = await intervals.set_auto_pause(lifecycle, org, sb.id, 30)
+    assert (sb.auto_stop_interval, sb.auto_pause_interval) == (0, 30)
+    sb = await intervals.set_auto_stop(lifecycle, org, sb.id, 10)
+    assert (sb.auto_stop_interval, sb.auto_pause_interval) == (10, 0)
+    ephemeral = await _create(lifecycle, org, auto_delete_interval=0)
+    with pytest.raises(BadRequest):
+        await intervals.set_auto_pause(lifecycle, org, ephemeral.id, 30)
 
 
 async def test_activity_resets_auto_stop(lifecycle: LifecycleService, org: str) -> None:

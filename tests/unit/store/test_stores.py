@@ -23,7 +23,7 @@ def _sandbox(org: str, n: int, **kw: object) -> Sandbox:
 def test_round_trip_keeps_every_field(db: Engine) -> None:
     org = SqlKeyStore(db).ensure_organization("o")
     store = SqlSandboxStore(db)
-    sb = _sandbox(org, 1, labels={"a": "ü"}, env={"X": "1"}, public=True,
+    sb = _sandbox(org, 1, labels={"a": "ü"}, env={"X": "1"}, runtime_env={"Y": "2"}, public=True,
                   network_allow_list="10.0.0.0/8", auto_delete_interval=0,
                   state=SandboxState.ERROR, error_reason="why", recoverable=True)
     store.add(sb)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from cove.api.deps import LifecycleDep, PrincipalDep, ServicesDep
 from cove.api.dto import sandbox_public
-from cove.core import fork
+from cove.core import fork, intervals
 from cove.core.sandbox import Sandbox
 from cove.errors import BadRequest
 from cove.schemas.limits import MAX_INTERVAL, MAX_LABELS
@@ -180,28 +180,49 @@ async def set_public(
     return _public(services, sandbox)
 
 
+# kind: (the sandbox's field, the least value), or the setter that keeps the rules
 _INTERVALS = {
-    "autostop": ("auto_stop_interval", 0),
     "autoarchive": ("auto_archive_interval", 0),
     "autodelete": ("auto_delete_interval", -1),
 }
+_SETTERS = {"autostop": intervals.set_auto_stop, "autopause": intervals.set_auto_pause,
+            "ttl": intervals.set_ttl}  # fmt: skip
+_DOCS = {
+    "autostop": "Stop after this many minutes without activity (0: never); a non-zero one "
+                "turns auto-pause off.",
+    "autopause": "Pause after this many minutes without activity (0: never); a non-zero one "
+                 "turns auto-stop off (not for ephemeral sandboxes).",
+    "autoarchive": "Archive after this many minutes stopped (0: the maximum, 30 days).",
+    "autodelete": "Delete after this many minutes stopped (-1: never; 0: once stopped).",
+    "ttl": "Delete this many minutes from now, whatever its state (0: no TTL).",
+}  # fmt: skip
 
 
-@router.post("/{id_or_name}/{kind}/{minutes}")
-async def set_interval(
-    id_or_name: str, kind: Literal["autostop", "autoarchive", "autodelete"],
-    minutes: Annotated[int, Path(ge=-1, le=MAX_INTERVAL)], who: PrincipalDep,
-    services: ServicesDep,
-) -> SandboxPublic:  # fmt: skip
-    """Set the auto-stop, auto-archive (0 or more) or auto-delete (-1: never) interval
-    in minutes."""
-    field, minimum = _INTERVALS[kind]
-    if minutes < minimum:
-        raise BadRequest(f"{kind} interval must be at least {minimum}")
-    sandbox = await services.lifecycle.update(
-        who.organization_id, id_or_name, **{field: minutes}
-    )
-    return _public(services, sandbox)
+def _interval_route(kind: str) -> None:
+    """``POST /{id_or_name}/{kind}/{minutes}`` (one literal path per kind, so that other
+    methods on three-part paths are a 405, not this route's 400)."""
+
+    async def set_interval(
+        id_or_name: str, minutes: Annotated[int, Path(ge=-1, le=MAX_INTERVAL)],
+        who: PrincipalDep, services: ServicesDep,
+    ) -> SandboxPublic:  # fmt: skip
+        minimum = _INTERVALS.get(kind, ("", 0))[1]
+        if minutes < minimum:
+            raise BadRequest(f"{kind} interval must be at least {minimum}")
+        org = who.organization_id
+        if kind in _SETTERS:
+            sandbox = await _SETTERS[kind](services.lifecycle, org, id_or_name, minutes)
+        else:
+            field = _INTERVALS[kind][0]
+            sandbox = await services.lifecycle.update(org, id_or_name, **{field: minutes})
+        return _public(services, sandbox)
+
+    router.add_api_route(f"/{{id_or_name}}/{kind}/{{minutes}}", set_interval, methods=["POST"],
+                         name=f"set_{kind}", description=_DOCS[kind])  # fmt: skip
+
+
+for _kind in ("autostop", "autopause", "autoarchive", "autodelete", "ttl"):
+    _interval_route(_kind)
 
 
 @router.post("/{id_or_name}/last-activity", status_code=201, response_class=Response)

@@ -4,7 +4,6 @@ through a signed URL, which need no API key (see :mod:`cove.core.signing`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -14,11 +13,10 @@ from starlette.responses import StreamingResponse
 from cove.api import multipart
 from cove.api.deps import PrincipalDep, ServicesDep
 from cove.api.params import SandboxPathQuery
-from cove.api.streaming import first_event
+from cove.api.streaming import file_response
 from cove.core.agent_streams import Upload
-from cove.core.agent_types import FileData, FileError, FileEvent, FileStart
 from cove.core.sandbox import Sandbox
-from cove.errors import BadRequest, ToolboxError
+from cove.errors import BadRequest
 from cove.schemas.toolbox_files import UploadedFile
 
 router = APIRouter(prefix="/sandbox", tags=["sandbox"])
@@ -51,15 +49,7 @@ async def download_file(
     or with the API key."""
     sandbox = _sandbox(services, request, sandbox_id, "GET", path, expires, signature)
     events = services.toolbox.agent(sandbox).read_files([path])
-    first = await first_event(events)
-    if isinstance(first, FileError):
-        await events.aclose()
-        raise ToolboxError(first.status, first.code, first.message)
-    size = first.size if isinstance(first, FileStart) else None
-    headers = {"Content-Length": str(size)} if size is not None else {}
-    headers["Content-Disposition"] = multipart.disposition(None, path.rsplit("/", 1)[-1])
-    return StreamingResponse(_data(events), media_type="application/octet-stream",
-                             headers=headers)  # fmt: skip
+    return await file_response(events, path.rsplit("/", 1)[-1])
 
 
 @toolbox_router.post("/upload-v2", responses={400: {"description": "invalid input"}},
@@ -124,12 +114,3 @@ def _sandbox(services: ServicesDep, request: Request, sandbox_id: str, method: s
     services.signer.check(sandbox_id, method, path, expires, signature)
     found = services.lifecycle.store.get_by_id(sandbox_id)
     return services.toolbox.sandbox(found.organization_id, found.id)
-
-
-async def _data(events: AsyncGenerator[FileEvent, None]) -> AsyncIterator[bytes]:
-    try:
-        async for event in events:
-            if isinstance(event, FileData):
-                yield event.data
-    finally:
-        await events.aclose()

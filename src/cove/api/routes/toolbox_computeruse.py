@@ -2,8 +2,8 @@
 
 The agent (``cove.agent.computer``) runs Xvfb, a window manager, x11vnc and noVNC
 (port 6080, reached through preview URLs) as the sandbox user, and drives them with
-xdotool; these routes only translate. Screen recordings and the accessibility tree
-are not served.
+xdotool; these routes only translate. Screen recordings are in ``toolbox_recordings``,
+the accessibility tree in ``toolbox_a11y``.
 """
 
 from __future__ import annotations

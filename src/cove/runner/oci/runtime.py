@@ -300,10 +300,11 @@ class OciRuntime:
                 config=config,
             )
 
-    def import_image(self, ref: str, image: str) -> int:
+    def import_image(self, ref: str, image: str) -> PulledImage:
         """Unpack a local OCI layout's image into a new snapshot ``ref``."""
         with foreign_errors():
-            return capture.import_oci(self._snapshots, ref, self._settings.oci_layout_dir, image)
+            return capture.import_oci(self._snapshots, ref, self._settings.oci_layout_dir, image,
+                                      self._settings.max_image_mb * 2**20)  # fmt: skip
 
     def pull_image(
         self, ref: str, image: str, auth: RegistryAuth | None,

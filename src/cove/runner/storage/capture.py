@@ -26,13 +26,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cove.core.ports import ImageConfig
+from cove.core.ports import ImageConfig, PulledImage
 from cove.errors import RuntimeBackendError
 from cove.hostfiles import private_dir
 from cove.runner.host import freezer, mounts, rootfs
 from cove.runner.host.proc import run
 from cove.runner.layout import Metadata, SandboxPaths
-from cove.runner.storage import unpack
+from cove.runner.storage import layers, unpack
 from cove.runner.storage.archive import TAR_FLAGS, pipe
 
 log = logging.getLogger(__name__)
@@ -76,17 +76,23 @@ def clone_snapshot(base: Path, source: Path, ref: str, config: ImageConfig) -> i
     return measured
 
 
-def import_oci(base: Path, ref: str, layout_dir: Path | None, image: str) -> int:
-    """Build snapshot ``ref`` from a local OCI layout; returns its size.
+def import_oci(base: Path, ref: str, layout_dir: Path | None, image: str,
+               limit: int) -> PulledImage:  # fmt: skip
+    """Build snapshot ``ref`` from a local OCI layout; its size and config (the
+    layout's manifest digest is not recorded: it names no registry image).
 
     Raises:
-        RuntimeBackendError: the image is not in a local layout, or unpacking failed.
+        RuntimeBackendError: the image is not in a local layout, it is over ``limit``
+            bytes (compressed or unpacked), or unpacking failed.
     """
     layout, tag = resolve_image(layout_dir, image)
+    layers.check_compressed(layout, tag, limit, image)
+    layers.check_unpacked(layout, tag, limit, image)
     with building(base, ref) as rootfs:
-        unpack.write_config(rootfs.parent, unpack.unpack_image(layout, tag, rootfs))
+        config = unpack.unpack_image(layout, tag, rootfs)
+        unpack.write_config(rootfs.parent, config)
         measured = size(rootfs)
-    return measured
+    return PulledImage(size=measured, digest="", config=config)
 
 
 def has_local_image(layout_dir: Path | None, image: str) -> bool:

@@ -21,16 +21,19 @@ from __future__ import annotations
 import base64
 import json
 import os
+import platform
 import re
+import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cove.core.config import Settings, registry_listed
 from cove.core.ports import PulledImage, RegistryAuth
 from cove.errors import RuntimeBackendError
 from cove.hostfiles import private_dir
-from cove.runner.storage import capture, unpack
+from cove.runner.storage import capture, layers, unpack
 from cove.runner.storage.snapshot import stream
 
 CACHE = ".images"
@@ -50,20 +53,32 @@ def pull(
     Raises:
         RuntimeBackendError: the registry refused or could not be reached, the image
             does not exist, or unpacking failed; nothing named ``ref`` is left.
+        ImageTooLarge: its layers, compressed or unpacked, pass COVE_MAX_IMAGE_MB; the
+            blobs this pull brought into the layer cache are removed again.
     """
     assert settings.snapshot_dir is not None
     base = settings.snapshot_dir
     say = progress or (lambda _line: None)
     cache = private_dir(base / CACHE)
     blobs = private_dir(cache / "blobs")
+    limit = settings.max_image_mb * 2**20
     with tempfile.TemporaryDirectory(prefix="pull-", dir=cache) as tmp:
         work = Path(tmp)
         layout = work / "layout"
         say(f"Pulling {image}")
-        _copy(settings, image, auth, work, layout, blobs, say)
+        authfile = _authfile(settings, auth, work)
+        _check_announced(settings, image, authfile, work, limit)
+        cached = _blob_names(blobs)
+        _copy(settings, image, authfile, work, layout, blobs, say)
         digest = (work / "digest").read_text().strip()
         _share_blobs(layout, blobs)
         say(f"Digest: {digest}")
+        try:
+            layers.check_compressed(layout, TAG, limit, image)
+            layers.check_unpacked(layout, TAG, limit, image)
+        except RuntimeBackendError:
+            _forget_new_blobs(layout, blobs, cached)
+            raise
         say("Unpacking the image")
         with capture.building(base, ref) as rootfs:
             config = unpack.unpack_image(layout, TAG, rootfs)
@@ -74,25 +89,86 @@ def pull(
 
 
 def _copy(
-    settings: Settings, image: str, auth: RegistryAuth | None, work: Path, layout: Path,
+    settings: Settings, image: str, authfile: Path | None, work: Path, layout: Path,
     blobs: Path, say: Callable[[str], None],
 ) -> None:  # fmt: skip
-    registry = image.split("/", 1)[0]
     argv = ["skopeo", "copy", "--retry-times", "2", "--dest-shared-blob-dir", str(blobs),
             "--digestfile", str(work / "digest")]  # fmt: skip
-    authfile = _authfile(settings, auth, work)
-    if authfile is not None:
-        argv.append(f"--src-authfile={authfile}")
-    if registry_listed(registry, settings.insecure_registries):
-        argv.append("--src-tls-verify=false")
+    argv += ["--src-" + flag[2:] for flag in _source_flags(settings, image, authfile)]
     argv += [f"docker://{image}", f"oci:{layout}:{TAG}"]
-    home = private_dir(work / "home")
-    env = {k: v for k, v in os.environ.items() if k in _PASSED_ENV}
-    env.update(HOME=str(home), XDG_RUNTIME_DIR=str(home), XDG_CONFIG_HOME=str(home))
     try:
-        stream(argv, say, env=env, timeout=settings.pull_timeout_seconds)
+        stream(argv, say, env=_skopeo_env(work), timeout=settings.pull_timeout_seconds)
     except RuntimeBackendError as exc:
         raise RuntimeBackendError(f"pulling {image} failed: {_reason(exc.message)}") from exc
+
+
+def _source_flags(settings: Settings, image: str, authfile: Path | None) -> list[str]:
+    """How skopeo reaches ``image``'s registry (``copy`` spells them ``--src-...``)."""
+    flags = [f"--authfile={authfile}"] if authfile is not None else []
+    if registry_listed(image.split("/", 1)[0], settings.insecure_registries):
+        flags.append("--tls-verify=false")
+    return flags
+
+
+def _skopeo_env(work: Path) -> dict[str, str]:
+    """skopeo's environment: an empty home, so no credentials of the host are used."""
+    home = work / "home"
+    if not home.is_dir():
+        private_dir(home)
+    env = {k: v for k, v in os.environ.items() if k in _PASSED_ENV}
+    env.update(HOME=str(home), XDG_RUNTIME_DIR=str(home), XDG_CONFIG_HOME=str(home))
+    return env
+
+
+def _check_announced(settings: Settings, image: str, authfile: Path | None, work: Path,
+                     limit: int) -> None:  # fmt: skip
+    """Refuse, before any download, an image whose manifest (for this host's platform)
+    announces layers over ``limit`` bytes. The registry's word: the download is checked
+    again. A manifest that cannot be read here is left to ``skopeo copy`` to report.
+
+    Raises:
+        ImageTooLarge: the announced sizes pass ``limit``.
+    """
+    flags = _source_flags(settings, image, authfile)
+    found = _raw_manifest(settings, f"docker://{image}", flags, work)
+    if found is not None and isinstance(found.get("manifests"), list):
+        digest = _platform_digest(found["manifests"])
+        found = None if digest is None else _raw_manifest(
+            settings, f"docker://{_repository(image)}@{digest}", flags, work)
+    if found is not None:
+        layers.refuse_compressed(layers.compressed_size(found), limit, image)
+
+
+def _raw_manifest(settings: Settings, ref: str, flags: list[str],
+                  work: Path) -> dict[str, Any] | None:  # fmt: skip
+    argv = ["skopeo", "inspect", "--raw", "--retry-times", "2", *flags, ref]
+    timeout = min(120.0, settings.pull_timeout_seconds)
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              env=_skopeo_env(work), timeout=timeout)  # fmt: skip
+        found = json.loads(done.stdout) if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _platform_digest(manifests: list[Any]) -> str | None:
+    """The digest of the entry of an image index for this host (linux, its CPU)."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    for entry in manifests:
+        where = entry.get("platform") if isinstance(entry, dict) else None
+        if isinstance(where, dict) and (where.get("os"), where.get("architecture")) == (
+                "linux", arch) and isinstance(entry.get("digest"), str):
+            return str(entry["digest"])
+    return None
+
+
+def _repository(image: str) -> str:
+    """``image`` without its tag or digest."""
+    if "@" in image:
+        return image.split("@", 1)[0]
+    head, _, last = image.rpartition("/")
+    return f"{head}/{last.partition(':')[0]}" if head else last.partition(":")[0]
 
 
 def _authfile(settings: Settings, auth: RegistryAuth | None, work: Path) -> Path | None:
@@ -120,6 +196,22 @@ def _share_blobs(layout: Path, blobs: Path) -> None:
             empty.rmdir()
         own.rmdir()
     own.symlink_to(blobs)
+
+
+def _blob_names(blobs: Path) -> set[str]:
+    where = blobs / "sha256"
+    return {entry.name for entry in os.scandir(where)} if where.is_dir() else set()
+
+
+def _forget_new_blobs(layout: Path, blobs: Path, cached: set[str]) -> None:
+    """Remove the blobs of the image in ``layout`` that were not in the cache before."""
+    try:
+        names = [d.split(":", 1)[1] for d in layers.digests(layout, TAG)]
+    except RuntimeBackendError:
+        return
+    for name in names:
+        if name not in cached and "/" not in name:
+            (blobs / "sha256" / name).unlink(missing_ok=True)
 
 
 def _reason(message: str) -> str:

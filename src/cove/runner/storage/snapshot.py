@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cove.agent.artifacts import BACKEND_DIR
 from cove.core.config import Settings
 from cove.errors import RuntimeBackendError
 from cove.runner.host import mounts
@@ -47,10 +48,12 @@ BASE = (
 APT: dict[str, tuple[str, ...]] = {
     "node": ("nodejs", "npm"),  # node for code_run; npm's dependency tree needs apt
     "lsp": ("python3-pylsp",),  # the python language server (lsp/start)
-    # computer use (agent/computer.py): X display, window manager, VNC + noVNC, input,
-    # screenshots
-    "desktop": ("matchbox-window-manager", "novnc", "python3-pil", "x11-utils", "x11vnc",
-                "xdotool", "xfonts-base", "xterm", "xvfb"),
+    # computer use (agent/computer*.py): X display, window manager, VNC + noVNC, input,
+    # screenshots, screen recordings (ffmpeg), the accessibility tree (AT-SPI: its bus,
+    # the GTK bridge, pyatspi; GTK 3 for accessible apps)
+    "desktop": ("at-spi2-core", "dbus-daemon", "ffmpeg", "gir1.2-gtk-3.0", "libatk-adaptor",
+                "matchbox-window-manager", "novnc", "python3-pil", "python3-pyatspi",
+                "x11-utils", "x11vnc", "xdotool", "xfonts-base", "xterm", "xvfb"),
 }
 PIP: dict[str, tuple[str, ...]] = {
     "data": ("numpy==2.4.6", "pandas==3.1.1", "matplotlib==3.11.2", "requests==2.34.2"),
@@ -59,6 +62,11 @@ NPM: dict[str, tuple[str, ...]] = {
     # (`ts-node -e` fails with typescript 5.6 and later: "Unexpected token 'export'")
     "typescript": ("tsx@4.23.15", "typescript@5.5.4", "ts-node@10.9.2", "@types/node@18.19.130"),
     "lsp": ("typescript-language-server@4",),
+}
+# Files of Cove's own placed in the snapshot: its path there, and its source here.
+# cove_charts: the matplotlib backend that turns plt.show() into code_run's charts.
+FILES: dict[str, Path] = {
+    f"{BACKEND_DIR}/cove_charts.py": Path(__file__).parent / "sandbox_files" / "cove_charts.py",
 }
 # ({apt}, {pip}, {npm} are replaced by the lists above: write other braces doubled.)
 POST_BUILD = """\
@@ -116,6 +124,8 @@ def recipe() -> dict[str, object]:
         "mirror": MIRROR,
         "packages": sorted(BASE),
         "post_build": post_build_script(),
+        "files": {path: hashlib.sha256(source.read_bytes()).hexdigest()
+                  for path, source in sorted(FILES.items())},
     }
 
 
@@ -271,12 +281,25 @@ def _post_build(rootfs: Path, say: Progress) -> None:
     host_ca = Path(os.environ.get("NODE_EXTRA_CA_CERTS", "/etc/ssl/certs/ca-certificates.crt"))
     if host_ca.is_file():
         shutil.copyfile(host_ca, rootfs / "tmp" / "cove-host-ca.crt")
+    _place_files(rootfs)
     run(["mount", "-t", "proc", "proc", str(rootfs / "proc")])  # npm needs /proc
     try:
         stream(["chroot", str(rootfs), "/bin/sh", "-c", post_build_script()], say,
                env=_chroot_env())
     finally:
         mounts.unmount(rootfs / "proc")
+
+
+def _place_files(rootfs: Path) -> None:
+    """Copy :data:`FILES` into the new root filesystem (root's, world-readable)."""
+    for path, source in FILES.items():
+        target = rootfs / path.lstrip("/")
+        for parent in reversed(target.relative_to(rootfs).parents[:-1]):
+            if not (rootfs / parent).is_dir():
+                (rootfs / parent).mkdir()
+                os.chmod(rootfs / parent, 0o755)
+        shutil.copyfile(source, target)
+        os.chmod(target, 0o644)
 
 
 def _chroot_env() -> dict[str, str]:

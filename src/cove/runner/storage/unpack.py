@@ -67,13 +67,8 @@ def read_config(layout: Path, tag: str) -> ImageConfig:
     Raises:
         RuntimeBackendError: no such tag, or a manifest or config that is not valid.
     """
-    index = _json(layout / "index.json")
-    manifests = index.get("manifests", [])
-    found = [m for m in manifests if m.get("annotations", {}).get(REF_NAME) == tag]
-    if not found:
-        raise RuntimeBackendError(f"the image layout has no tag '{tag}'")
-    manifest = _json(_blob(layout, found[0].get("digest")))
-    config = _json(_blob(layout, manifest.get("config", {}).get("digest"))).get("config") or {}
+    found = manifest(layout, tag)
+    config = read_json(blob(layout, found.get("config", {}).get("digest"))).get("config") or {}
     return ImageConfig(
         env=_env(config.get("Env")),
         workdir=_text(config.get("WorkingDir")),
@@ -81,6 +76,30 @@ def read_config(layout: Path, tag: str) -> ImageConfig:
         entrypoint=_words(config.get("Entrypoint")),
         cmd=_words(config.get("Cmd")),
     )
+
+
+def manifest_descriptor(layout: Path, tag: str) -> dict[str, Any]:
+    """The index entry of image ``tag`` in the OCI layout ``layout``.
+
+    Raises:
+        RuntimeBackendError: no such tag, or an index that is not valid.
+    """
+    index = read_json(layout / "index.json")
+    manifests = index.get("manifests", [])
+    found = [m for m in manifests if isinstance(m, dict)
+             and (m.get("annotations") or {}).get(REF_NAME) == tag]  # fmt: skip
+    if not found:
+        raise RuntimeBackendError(f"the image layout has no tag '{tag}'")
+    return found[0]
+
+
+def manifest(layout: Path, tag: str) -> dict[str, Any]:
+    """The manifest of image ``tag`` in the OCI layout ``layout``.
+
+    Raises:
+        RuntimeBackendError: no such tag, or metadata that is not valid.
+    """
+    return read_json(blob(layout, manifest_descriptor(layout, tag).get("digest")))
 
 
 def write_config(snapshot: Path, config: ImageConfig, digest: str | None = None) -> None:
@@ -114,13 +133,23 @@ def image_env(lower: Path) -> dict[str, str]:
     return env
 
 
-def _blob(layout: Path, digest: object) -> Path:
+def blob(layout: Path, digest: object) -> Path:
+    """Where blob ``digest`` lies in ``layout``.
+
+    Raises:
+        RuntimeBackendError: ``digest`` is not a sha256 digest.
+    """
     if not isinstance(digest, str) or not _DIGEST.match(digest):
         raise RuntimeBackendError(f"invalid digest in the image: {digest!r}")
     return layout / "blobs" / "sha256" / digest.split(":", 1)[1]
 
 
-def _json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """An image's JSON metadata (at most 4 MiB of it read).
+
+    Raises:
+        RuntimeBackendError: unreadable, or not a JSON object.
+    """
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read(MAX_CONFIG + 1)[:MAX_CONFIG])

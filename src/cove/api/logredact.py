@@ -1,0 +1,28 @@
+"""Secrets in URLs stay out of the logs: the access log shows ``token=`` (SSH access,
+preview tokens) and ``signature=`` (signed file URLs) query values as ``***``."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+SECRET_QUERY = re.compile(r"([?&](?:token|signature)=)[^&#\s]*", re.IGNORECASE)
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites the arguments of an access-log record (its path with the query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(SECRET_QUERY.sub(r"\1***", a) if isinstance(a, str) else a
+                                for a in record.args)  # fmt: skip
+        return True
+
+
+def install() -> None:
+    """Redact uvicorn's access log; keep asyncssh (which names the SSH user, a token) to
+    warnings."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactSecrets) for f in access.filters):
+        access.addFilter(RedactSecrets())
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)

@@ -1,0 +1,25 @@
+"""``GET /api/config``: what Daytona's clients read about the deployment (no secrets)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from cove.api.deps import ServicesDep
+from cove.core.sandbox import MAX_ARCHIVE_MINUTES
+from cove.schemas.config import DaytonaConfiguration, OidcConfig
+
+router = APIRouter(tags=["config"])
+
+
+@router.get("/config")
+async def get_config(services: ServicesDep) -> DaytonaConfiguration:
+    """The deployment's configuration; needs no API key, as on Daytona. Cove has no
+    separate analytics API (``analyticsApiUrl`` is null: metrics come from this API)."""
+    settings = services.settings
+    base = settings.toolbox_proxy_url.removesuffix("/toolbox")
+    return DaytonaConfiguration(
+        version="cove", oidc=OidcConfig(issuer="", client_id="", audience="", provider="none"),
+        proxy_template_url=f"{base}/preview/{{{{sandboxId}}}}/{{{{PORT}}}}",
+        proxy_toolbox_url=settings.toolbox_proxy_url, default_snapshot=settings.default_snapshot,
+        dashboard_url=base, max_auto_archive_interval=MAX_ARCHIVE_MINUTES,
+    )  # fmt: skip

@@ -1,0 +1,116 @@
+"""The SSH gateway: ``ssh -p COVE_SSH_PORT <token>@host [command]`` opens a session in
+the sandbox the token was made for (``POST /api/sandbox/{id}/ssh-access``).
+
+As on Daytona, the token is the user name and there is nothing else to present
+(no password, no key): a valid, unexpired token authenticates at once, anything
+else is refused. Each session runs in the sandbox through its toolbox agent, as
+the sandbox's user: a shell or a command on a terminal (``ssh``, ``ssh -t``) or
+a command on pipes (``ssh host cmd``, with its exit status). Nothing but sessions
+is served: TCP/IP and Unix forwarding (either way), agent and X11 forwarding,
+SFTP and scp are refused. Revoking a token, or deleting its sandbox, closes the
+connections it opened.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import asyncssh
+
+from cove.api.ssh_session import Session
+from cove.core.ssh_access import SshAccess
+from cove.server import Services
+
+log = logging.getLogger("cove.ssh")
+
+
+class SshGateway:
+    """The listener and the connections it accepted, by the grant that opened them."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._connections: dict[str, set[asyncssh.SSHServerConnection]] = defaultdict(set)
+        services.ssh.revoked_hooks.append(self.disconnect)
+
+    async def start(self, host: str, port: int, host_key: bytes) -> None:
+        """Listen on ``host``:``port`` with the server's ``host_key`` (OpenSSH format).
+
+        Raises:
+            OSError: the port cannot be bound (the message names COVE_SSH_PORT).
+        """
+        try:
+            self._acceptor = await self._listen(host, port, host_key)
+        except OSError as exc:
+            raise OSError(exc.errno, f"the SSH gateway cannot listen on {host}:{port} "
+                          f"({exc.strerror}); set COVE_SSH_PORT (0 turns it off)") from exc
+
+    async def _listen(self, host: str, port: int, host_key: bytes) -> asyncssh.SSHAcceptor:
+        return await asyncssh.listen(
+            host, port, server_factory=lambda: _Server(self),
+            server_host_keys=[asyncssh.import_private_key(host_key)],
+            session_factory=None, sftp_factory=None, allow_scp=False,
+            agent_forwarding=False, x11_forwarding=False, allow_pty=True, line_editor=False,
+            encoding=None, public_key_auth=False, password_auth=False, kbdint_auth=False,
+            host_based_auth=False, gss_auth=False, gss_kex=False, login_timeout=30,
+            keepalive_interval=60, server_version="Cove")  # fmt: skip
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+        for ids in list(self._connections):
+            self.disconnect([ids])
+
+    def disconnect(self, access_ids: list[str]) -> None:
+        """Close the connections opened with these grants (they were revoked)."""
+        for access_id in access_ids:
+            for conn in self._connections.pop(access_id, set()):
+                conn.disconnect(asyncssh.DISC_BY_APPLICATION, "SSH access revoked")
+
+    def opened(self, access: SshAccess, conn: asyncssh.SSHServerConnection) -> None:
+        self._connections[access.id].add(conn)
+
+    def closed(self, access: SshAccess, conn: asyncssh.SSHServerConnection) -> None:
+        conns = self._connections.get(access.id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._connections[access.id]
+
+
+class _Server(asyncssh.SSHServer):
+    """One client connection: authenticated by its user name alone."""
+
+    def __init__(self, gateway: SshGateway) -> None:
+        self.gateway = gateway
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.access: SshAccess | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.access is not None and self.conn is not None:
+            self.gateway.closed(self.access, self.conn)
+
+    def begin_auth(self, username: str) -> bool:
+        """No authentication needed for a valid token; for anything else, none can
+        succeed (every method is off)."""
+        if self.access is not None:
+            return False
+        access = self.gateway.services.ssh.check(username)
+        if access is None:
+            log.info("SSH login refused: invalid or expired token")
+            return True
+        self.access = access
+        assert self.conn is not None
+        self.gateway.opened(access, self.conn)
+        return False
+
+    def session_requested(self) -> Session | bool:
+        if self.access is None:
+            return False
+        return Session(self.gateway.services, self.access)

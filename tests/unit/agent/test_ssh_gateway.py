@@ -1,0 +1,320 @@
+"""The SSH gateway in process: tokens from the API, sessions through the real agent
+(as the test's user on the host), an asyncssh client. The real OpenSSH client and
+real sandboxes are in tests/e2e/test_ssh_access.py."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from cove.api.app import create_app
+from cove.api.logredact import RedactSecrets
+from cove.cli.main import main
+from cove.core.config import Settings
+from cove.runner.fake import FakeRuntime
+from cove.testing import free_port
+from tests.unit.agent.conftest import AUTH
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def ssh_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def client(tmp_path: Path, agent_path: str, ssh_port: int) -> Iterator[TestClient]:
+    settings = Settings(data_dir=tmp_path / "data", runtime="fake", api_key="test-key",
+                        ssh_port=ssh_port, minute_seconds=0.2)  # fmt: skip
+    with TestClient(create_app(settings, runtime=FakeRuntime(agent_path=agent_path))) as c:
+        yield c
+
+
+def _sandbox(client: TestClient) -> str:
+    body = {"user": getpass.getuser(), "env": {"SANDBOX_VAR": "yes"}, "volumes": []}
+    r = client.post("/api/sandbox", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    return r.json()["id"]
+
+
+def _token(client: TestClient, sandbox_id: str, **query: object) -> str:
+    r = client.post(f"/api/sandbox/{sandbox_id}/ssh-access", params=query, headers=AUTH)
+    assert r.status_code == 200, r.text
+    return r.json()["token"]
+
+
+def _connect(port: int, token: str) -> asyncssh.connect:
+    return asyncssh.connect("127.0.0.1", port, username=token, known_hosts=None,
+                            client_keys=None, agent_path=None, password=None,
+                            preferred_auth="none,password,publickey,keyboard-interactive",
+                            encoding=None)
+
+
+def test_access_dto_and_validation(client: TestClient, ssh_port: int) -> None:
+    sandbox_id = _sandbox(client)
+    r = client.post(f"/api/sandbox/{sandbox_id}/ssh-access?expiresInMinutes=5", headers=AUTH)
+    body = r.json()
+    assert set(body) == {"id", "sandboxId", "token", "expiresAt", "createdAt", "updatedAt",
+                         "sshCommand"}
+    assert body["sandboxId"] == sandbox_id and len(body["token"]) == 32
+    assert body["sshCommand"] == f"ssh -p {ssh_port} {body['token']}@127.0.0.1"
+    ok = client.get("/api/sandbox/ssh-access/validate", params={"token": body["token"]},
+                    headers=AUTH).json()
+    assert ok == {"valid": True, "sandboxId": sandbox_id}
+    bad = client.get("/api/sandbox/ssh-access/validate", params={"token": "x" * 32},
+                     headers=AUTH).json()
+    assert bad == {"valid": False, "sandboxId": ""}
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1", "abc", "1e9"])
+def test_bad_expiry_is_a_400(client: TestClient, minutes: str) -> None:
+    sandbox_id = _sandbox(client)
+    r = client.post(f"/api/sandbox/{sandbox_id}/ssh-access?expiresInMinutes={minutes}",
+                    headers=AUTH)
+    assert r.status_code == 400, r.text
+
+
+def test_exec_with_stdin_stderr_and_exit_status(client: TestClient, ssh_port: int) -> None:
+    token = _token(client, _sandbox(client))
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            done = await conn.run("echo out; echo err >&2; echo $SANDBOX_VAR; exit 3")
+            assert (done.stdout, done.stderr, done.exit_status) == (b"out\nyes\n", b"err\n", 3)
+            piped = await conn.run("tr a-z A-Z", input=b"hello\n")
+            assert (piped.stdout, piped.exit_status) == (b"HELLO\n", 0)
+
+    asyncio.run(run())
+
+
+def test_terminal_session_and_resize(client: TestClient, ssh_port: int) -> None:
+    token = _token(client, _sandbox(client))
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            proc = await conn.create_process(term_type="xterm", term_size=(100, 30),
+                                             encoding=None)  # fmt: skip
+            proc.stdin.write(b"stty size; echo $TERM; tty\n")
+            seen = await _read_until(proc.stdout, b"/dev/")
+            assert b"30 100" in seen and b"xterm" in seen
+            proc.change_terminal_size(120, 40)
+            proc.stdin.write(b"stty size\n")
+            await _read_until(proc.stdout, b"40 120")
+            proc.stdin.write(b"exit 7\n")
+            assert (await proc.wait()).exit_status == 7
+
+    asyncio.run(run())
+
+
+async def _read_until(stream: asyncssh.SSHReader, needle: bytes) -> bytes:
+    seen = b""
+    while needle not in seen:
+        chunk = await stream.read(4096)
+        assert chunk, f"ended before {needle!r}: {seen!r}"
+        seen += chunk
+    return seen
+
+
+def test_refused_logins(client: TestClient, ssh_port: int) -> None:
+    """Forged, revoked, expired and other sandboxes' tokens open nothing."""
+    first, second = _sandbox(client), _sandbox(client)
+    revoked = _token(client, first)
+    assert client.delete(f"/api/sandbox/{first}/ssh-access", params={"token": revoked},
+                         headers=AUTH).status_code == 200
+    expired = _token(client, second, expiresInMinutes=0.0001)
+
+    async def refused(token: str) -> None:
+        with pytest.raises(asyncssh.PermissionDenied):
+            async with _connect(ssh_port, token):
+                pass
+
+    async def run() -> None:
+        await asyncio.sleep(0.01)
+        for token in (revoked, expired, "A" * 32, "", "x" * 300):
+            await refused(token)
+
+    asyncio.run(run())
+
+
+def test_forwarding_is_refused(client: TestClient, ssh_port: int) -> None:
+    token = _token(client, _sandbox(client))
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.open_connection("127.0.0.1", ssh_port)
+            with pytest.raises(asyncssh.ChannelListenError):
+                await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 22)
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.start_sftp_client()
+            assert (await conn.run("echo still-fine")).stdout == b"still-fine\n"
+
+    asyncio.run(run())
+
+
+def test_revoking_closes_open_connections(client: TestClient, ssh_port: int) -> None:
+    sandbox_id = _sandbox(client)
+    token = _token(client, sandbox_id)
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            assert (await conn.run("true")).exit_status == 0
+            await asyncio.to_thread(client.delete, f"/api/sandbox/{sandbox_id}/ssh-access",
+                                    headers=AUTH)  # fmt: skip
+            await asyncio.wait_for(conn.wait_closed(), 10)
+
+    asyncio.run(run())
+
+
+def test_another_organization_cannot_make_or_check_access(client: TestClient,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    sandbox_id = _sandbox(client)
+    token = _token(client, sandbox_id)
+    done = CliRunner().invoke(main, ["keys", "create", "--org", "other", "--data-dir",
+                                     str(tmp_path / "data")])  # fmt: skip
+    other = {"Authorization": f"Bearer {done.output.strip()}"}
+    r = client.post(f"/api/sandbox/{sandbox_id}/ssh-access", headers=other)
+    assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND"
+    r = client.delete(f"/api/sandbox/{sandbox_id}/ssh-access", headers=other)
+    assert r.status_code == 404
+    r = client.get("/api/sandbox/ssh-access/validate", params={"token": token}, headers=other)
+    assert r.json() == {"valid": False, "sandboxId": ""}
+    r = client.get("/api/sandbox/ssh-access/validate", params={"token": token}, headers=AUTH)
+    assert r.json() == {"valid": True, "sandboxId": sandbox_id}  # still valid: nothing revoked
+
+
+def test_a_new_token_replaces_the_old_and_tokens_survive_a_restart(
+    tmp_path: Path, agent_path: str, ssh_port: int
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", runtime="fake", api_key="test-key",
+                        ssh_port=ssh_port)  # fmt: skip
+    runtime = FakeRuntime(agent_path=agent_path)
+    with TestClient(create_app(settings, runtime=runtime)) as client:
+        sandbox_id = _sandbox(client)
+        old = _token(client, sandbox_id)
+        new = _token(client, sandbox_id)
+        assert not _valid(client, old) and _valid(client, new)
+    db = (tmp_path / "data" / "cove.db").read_bytes()
+    assert new.encode() not in db and old.encode() not in db  # only hashes are kept
+    assert oct((tmp_path / "data" / "ssh_host_ed25519_key").stat().st_mode & 0o777) == "0o600"
+    key = (tmp_path / "data" / "ssh_host_ed25519_key").read_bytes()
+    with TestClient(create_app(settings, runtime=runtime)) as client:
+        assert _valid(client, new)
+        assert (tmp_path / "data" / "ssh_host_ed25519_key").read_bytes() == key
+
+        async def run() -> None:
+            async with _connect(ssh_port, new) as conn:
+                assert (await conn.run("echo again")).stdout == b"again\n"
+
+        asyncio.run(run())
+
+
+def test_off_when_the_port_is_zero(tmp_path: Path, agent_path: str) -> None:
+    settings = Settings(data_dir=tmp_path / "data", runtime="fake", api_key="test-key",
+                        ssh_port=0)  # fmt: skip
+    with TestClient(create_app(settings, runtime=FakeRuntime(agent_path=agent_path))) as client:
+        r = client.post(f"/api/sandbox/{_sandbox(client)}/ssh-access", headers=AUTH)
+        assert r.status_code == 400 and "COVE_SSH_PORT=0" in r.json()["message"]
+    assert not (tmp_path / "data" / "ssh_host_ed25519_key").exists()
+
+
+def _valid(client: TestClient, token: str) -> bool:
+    r = client.get("/api/sandbox/ssh-access/validate", params={"token": token}, headers=AUTH)
+    return bool(r.json()["valid"])
+
+
+def test_a_stopped_sandbox_is_not_started_by_a_login(client: TestClient, ssh_port: int) -> None:
+    """As Daytona's gateway: the session fails, naming the state; nothing starts it."""
+    sandbox_id = _sandbox(client)
+    token = _token(client, sandbox_id)
+    assert client.post(f"/api/sandbox/{sandbox_id}/stop", headers=AUTH).status_code == 200
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            done = await conn.run("echo hi")
+            assert done.exit_status == 1 and done.stdout == b""
+            assert b"is stopped; start it" in done.stderr
+
+    asyncio.run(run())
+    assert client.get(f"/api/sandbox/{sandbox_id}", headers=AUTH).json()["state"] == "stopped"
+
+
+def test_tokens_stay_out_of_the_logs(client: TestClient, ssh_port: int,
+                                     caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    sandbox_id = _sandbox(client)
+    token = _token(client, sandbox_id)
+    assert _valid(client, token)
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            await conn.run("true")
+        with pytest.raises(asyncssh.PermissionDenied):
+            async with _connect(ssh_port, token[::-1]):
+                pass
+
+    asyncio.run(run())
+    server_side = "\n".join(r.getMessage() for r in caplog.records
+                            if not r.name.startswith("httpx"))  # the test's own client
+    assert "SSH login refused" in server_side
+    assert token not in server_side and token[::-1] not in server_side
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s "%s %s"',
+                               ("1.2.3.4", "GET", f"/api/x?a=1&token={token}&b=2"), None)
+    RedactSecrets().filter(record)
+    assert record.getMessage() == '1.2.3.4 "GET /api/x?a=1&token=***&b=2"'
+
+
+def test_an_open_session_keeps_the_sandbox_from_auto_stopping(client: TestClient,
+                                                              ssh_port: int) -> None:  # fmt: skip
+    """A lifecycle minute lasts 0.2 s here: a quiet 3 s session spans 15 of them."""
+    body = {"user": getpass.getuser(), "env": {}, "volumes": [], "autoStopInterval": 1}
+    sandbox_id = client.post("/api/sandbox", json=body, headers=AUTH).json()["id"]
+    token = _token(client, sandbox_id)
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            done = await conn.run("sleep 3; echo slept")
+            assert (done.stdout, done.exit_status) == (b"slept\n", 0)
+
+    asyncio.run(run())
+    assert client.get(f"/api/sandbox/{sandbox_id}", headers=AUTH).json()["state"] == "started"
+    deadline = time.monotonic() + 30  # and without a session the timer runs out
+    while client.get(f"/api/sandbox/{sandbox_id}", headers=AUTH).json()["state"] != "stopped":
+        assert time.monotonic() < deadline, "the auto-stop timer never ran out"
+        time.sleep(0.1)
+
+
+def test_a_busy_port_stops_the_server_with_a_clear_error(tmp_path: Path, agent_path: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        settings = Settings(data_dir=tmp_path / "data", runtime="fake", api_key="test-key",
+                            ssh_port=port)  # fmt: skip
+        with pytest.raises(OSError, match=f"127.0.0.1:{port}.*COVE_SSH_PORT"):
+            with TestClient(create_app(settings, runtime=FakeRuntime(agent_path=agent_path))):
+                pass
+
+
+def test_binary_data_flows_both_ways_unchanged(client: TestClient, ssh_port: int) -> None:
+    token = _token(client, _sandbox(client))
+    data = os.urandom(6 * 1024 * 1024)  # more than every window and queue on the way
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            done = await conn.run("cat; cat /dev/null >&2", input=data)
+            assert done.exit_status == 0 and done.stdout == data
+
+    asyncio.run(run())

@@ -1,0 +1,98 @@
+"""An image's size is read from its layers before anything is unpacked: what a hostile
+layer claims or compresses away never gets past COVE_MAX_IMAGE_MB."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cove.errors import RuntimeBackendError
+from cove.runner.storage import layers, registry
+from tests.registry import ImageSpec, file, layer, layout
+
+MIB = 2**20
+
+
+def _image(tmp_path: Path, *blobs: bytes) -> Path:
+    return layout(tmp_path / "img", ImageSpec(list(blobs)))
+
+
+def test_a_layer_bomb_is_refused_by_its_unpacked_size(tmp_path: Path) -> None:
+    bomb = layer([file("zeros", bytes(50 * MIB))])
+    where = _image(tmp_path, bomb)
+    assert len(bomb) < MIB
+    assert layers.check_compressed(where, "v1", 10 * MIB, "bomb") == len(bomb)
+    with pytest.raises(layers.ImageTooLarge, match=r"bomb is larger than COVE_MAX_IMAGE_MB "
+                                                   r"\(10 MiB\) unpacked"):  # fmt: skip
+        layers.check_unpacked(where, "v1", 10 * MIB, "bomb")
+    assert layers.check_unpacked(where, "v1", 60 * MIB, "bomb") > 50 * MIB
+
+
+def test_the_layers_add_up(tmp_path: Path) -> None:
+    where = _image(tmp_path, layer([file("a", bytes(3 * MIB))]), layer([file("b", bytes(3 * MIB))]))
+    with pytest.raises(layers.ImageTooLarge):
+        layers.check_unpacked(where, "v1", 5 * MIB, "two")
+
+
+def test_compressed_size_over_the_cap(tmp_path: Path) -> None:
+    where = _image(tmp_path, layer([file("a", b"x")]))
+    with pytest.raises(layers.ImageTooLarge, match="its layers take 1 MiB compressed"):
+        layers.check_compressed(where, "v1", 10, "small")
+
+
+def test_a_sparse_file_counts_at_its_full_size(tmp_path: Path) -> None:
+    """GNU sparse members: a few bytes stored, a terabyte written by an unpacker."""
+    big = tmp_path / "sparse"
+    with open(big, "wb") as f:
+        f.truncate(2**40)
+    tar = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "--sparse", "-cf", str(tar), "-C", str(tmp_path), "sparse"], check=True)
+    assert tar.stat().st_size < MIB
+    where = _image(tmp_path, gzip.compress(tar.read_bytes()))
+    with pytest.raises(layers.ImageTooLarge):
+        layers.check_unpacked(where, "v1", 100 * MIB, "sparse")
+
+
+def test_zstd_layers_are_measured_too(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("zeros")
+        info.size = 20 * MIB
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    packed = subprocess.run(["zstd", "-q", "-c"], input=raw.getvalue(), capture_output=True,
+                            check=True).stdout  # fmt: skip
+    where = _image(tmp_path, gzip.compress(b""))  # (a layout; its layer is replaced below)
+    manifest = layers.manifest(where, "v1")
+    layers.blob(where, manifest["layers"][0]["digest"]).write_bytes(packed)
+    with pytest.raises(layers.ImageTooLarge):
+        layers.check_unpacked(where, "v1", 10 * MIB, "zstd")
+
+
+def test_a_layer_that_is_no_tar_is_an_error(tmp_path: Path) -> None:
+    where = _image(tmp_path, gzip.compress(b"not a tar at all" * 100))
+    with pytest.raises(RuntimeBackendError, match="not a valid tar"):
+        layers.check_unpacked(where, "v1", MIB, "junk")
+
+
+@pytest.mark.parametrize(("image", "repository"), [
+    ("docker.io/library/python:3.12", "docker.io/library/python"),
+    ("127.0.0.1:5000/a/b:v1", "127.0.0.1:5000/a/b"),
+    ("127.0.0.1:5000/a/b@sha256:" + "a" * 64, "127.0.0.1:5000/a/b"),
+])  # fmt: skip
+def test_an_index_entry_is_fetched_from_the_images_repository(image: str, repository: str) -> None:
+    assert registry._repository(image) == repository
+
+
+def test_the_index_entry_of_this_platform_is_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry.platform, "machine", lambda: "x86_64")
+    entries = [{"platform": {"os": "linux", "architecture": "arm64"}, "digest": "sha256:a"},
+               {"platform": {"os": "windows", "architecture": "amd64"}, "digest": "sha256:b"},
+               "junk", {"platform": "junk"},
+               {"platform": {"os": "linux", "architecture": "amd64"}, "digest": "sha256:c"}]
+    assert registry._platform_digest(entries) == "sha256:c"
+    assert registry._platform_digest(entries[:2]) is None
