@@ -89,6 +89,13 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.kill9()
 
+    def org_key(self, organization: str) -> str:
+        """A new API key of ``organization`` (made by ``cove keys create``)."""
+        return subprocess.run(
+            [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", organization,
+             "--data-dir", str(self.data_dir)], capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+
     def delete_all_sandboxes(self) -> None:
         headers = {"Authorization": f"Bearer {self.api_key}"}
         items = httpx.get(f"{self.api_url}/sandbox", headers=headers, timeout=30).json()["items"]

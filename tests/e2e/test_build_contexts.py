@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import subprocess
-import sys
 import tarfile
 import time
 import uuid
@@ -49,10 +47,7 @@ def _http_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _key(server: Server, organization: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", organization,
-         "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    return server.org_key(organization)
 
 
 @pytest.fixture(scope="module")

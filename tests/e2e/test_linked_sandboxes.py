@@ -6,7 +6,6 @@ sandbox with it and leaves no rule behind."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 
 import httpx
@@ -59,10 +58,7 @@ def _listening(ip: str) -> bool:
 
 
 def _other_org(server: Server) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", "linked-other",
-         "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    return server.org_key("linked-other")
 
 
 def _create(server: Server, key: str, body: dict) -> httpx.Response:

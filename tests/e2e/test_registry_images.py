@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -71,10 +69,7 @@ def client(server: Server) -> Daytona:
 
 
 def _other(server: Server) -> Daytona:
-    key = subprocess.run(
-        [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", "images-other",
-         "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    key = server.org_key("images-other")
     return Daytona(DaytonaConfig(api_key=key, api_url=server.api_url))
 
 

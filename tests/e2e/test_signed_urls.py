@@ -8,8 +8,6 @@ import base64
 import hashlib
 import hmac
 import stat
-import subprocess
-import sys
 import time
 from urllib.parse import unquote, urlencode
 
@@ -100,10 +98,7 @@ def test_keys_are_the_organizations_and_go_with_the_sandbox(
         key = _key(server, sb.id).json()
         stored = server.data_dir / "signing-keys" / sb.id
         assert stat.S_IMODE(stored.stat().st_mode) == 0o600
-        other = subprocess.run(
-            [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", "signing-other",
-             "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+        other = server.org_key("signing-other")
         assert _key(server, sb.id, other).status_code == 404
         rotate = httpx.post(f"{server.api_url}/sandbox/{sb.id}/signing-key/rotate",
                             headers={"Authorization": f"Bearer {other}"})  # fmt: skip

@@ -8,7 +8,6 @@ import asyncio
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -189,9 +188,7 @@ def test_another_organization_cannot_grant_access(server: Server, daytona: Dayto
     sb = daytona.create(CreateSandboxFromSnapshotParams())
     sandboxes.append(sb)
     token = sb.create_ssh_access().token
-    key = subprocess.run([sys.executable, "-m", "cove.cli.main", "keys", "create", "--org",
-                          "ssh-other", "--data-dir", str(server.data_dir)], capture_output=True,
-                         text=True, check=True).stdout.strip()  # fmt: skip
+    key = server.org_key("ssh-other")
     stranger = Daytona(DaytonaConfig(api_key=key, api_url=server.api_url))
     mine = stranger.create(CreateSandboxFromSnapshotParams())
     try:

@@ -4,8 +4,6 @@ base), volumes, previews, toolbox and Socket.IO events."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 
@@ -29,10 +27,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _key(server: Server, organization: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", organization,
-         "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    return server.org_key(organization)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -51,10 +50,7 @@ def sb(client: Daytona):
 
 @pytest.fixture(scope="module")
 def other_key(server: Server) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", "git-env-other",
-         "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    return server.org_key("git-env-other")
 
 
 def _commit(sb, repo: str, name: str, text: str) -> None:

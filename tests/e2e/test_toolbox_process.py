@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import httpx
@@ -96,10 +94,7 @@ def test_info(sb) -> None:
 
 
 def test_other_organization_gets_404(server: Server, sb) -> None:
-    key = subprocess.run(
-        [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", "other",
-         "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True,
-    ).stdout.strip()
+    key = server.org_key("other")
     other = Daytona(DaytonaConfig(api_key=key, api_url=server.api_url))
     with pytest.raises(DaytonaNotFoundError):
         other.get(sb.id)

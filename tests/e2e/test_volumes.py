@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import httpx
 import pytest
 from daytona import (
@@ -90,10 +87,7 @@ def test_symlink_in_volume_does_not_escape(daytona: Daytona, sandboxes: list) ->
 
 def test_other_organization_cannot_see_or_mount(server: Server, daytona: Daytona) -> None:
     vol = daytona.volume.get("e2e-private", create=True)
-    key = subprocess.run(
-        [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", "vol-other",
-         "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    key = server.org_key("vol-other")
     other = Daytona(DaytonaConfig(api_key=key, api_url=server.api_url))
     with pytest.raises(DaytonaNotFoundError):
         other.volume.get("e2e-private")
