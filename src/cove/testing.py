@@ -68,7 +68,8 @@ class ServerProcess:
                     return
             except httpx.TransportError:
                 time.sleep(0.05)
-        raise RuntimeError("cove serve did not become healthy")
+        self.kill9()  # never left running behind the error
+        raise RuntimeError(f"cove serve did not become healthy: {self.log.read_text()[-3000:]}")
 
     @property
     def running(self) -> bool:
