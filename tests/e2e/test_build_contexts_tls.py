@@ -101,4 +101,5 @@ def test_the_unchanged_sdk_uploads_contexts_over_https(
         assert marker in done.stdout  # the RUN printed the uploaded file
     finally:
         httpx.delete(f"{server.api_url}/snapshots/{name}",
-                     headers={"Authorization": f"Bearer {KEY}"}, verify=str(bundle))  # fmt: skip
+                     headers={"Authorization": f"Bearer {KEY}"}, verify=str(bundle),
+                     timeout=300)  # removing a 1.5 GB snapshot tree takes a while  # fmt: skip
