@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -59,6 +60,14 @@ class ServerProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log,
                                          start_new_session=True)
+        try:
+            self._wait_healthy(timeout)
+        except BaseException:  # not healthy, or the run interrupted (^C): never left running
+            self.kill9()
+            raise
+
+    def _wait_healthy(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -68,7 +77,6 @@ class ServerProcess:
                     return
             except httpx.TransportError:
                 time.sleep(0.05)
-        self.kill9()  # never left running behind the error
         raise RuntimeError(f"cove serve did not become healthy: {self.log.read_text()[-3000:]}")
 
     @property
@@ -78,7 +86,8 @@ class ServerProcess:
     def kill9(self) -> None:
         """SIGKILL the whole server process group, as a crash would."""
         assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # already gone, all of it
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
     def stop(self) -> None:
