@@ -69,11 +69,9 @@ class ChartPart(_ChartModel):
     y_label: str | None = None
 
 
-class ChartElement(ChartPart):
-    """A chart's element; a sub-chart of a composite chart also has its own elements
-    and axes (the SDK keeps them as extra properties)."""
+class _ChartAxes(_ChartModel):
+    """The ticks and scales of a chart's axes."""
 
-    elements: list[ChartPart] | None = None
     x_ticks: list[float] | None = None
     x_tick_labels: list[str] | None = None
     x_scale: str | None = None
@@ -82,7 +80,14 @@ class ChartElement(ChartPart):
     y_scale: str | None = None
 
 
-class Chart(_ChartModel):
+class ChartElement(ChartPart, _ChartAxes):
+    """A chart's element; a sub-chart of a composite chart also has its own elements
+    and axes (the SDK keeps them as extra properties)."""
+
+    elements: list[ChartPart] | None = None
+
+
+class Chart(_ChartAxes):
     """A matplotlib figure as ``code_run`` returns it (``png`` is base64)."""
 
     type: str | None = None
@@ -91,12 +96,6 @@ class Chart(_ChartModel):
     elements: list[ChartElement] | None = None
     x_label: str | None = None
     y_label: str | None = None
-    x_ticks: list[float] | None = None
-    x_tick_labels: list[str] | None = None
-    x_scale: str | None = None
-    y_ticks: list[float] | None = None
-    y_tick_labels: list[str] | None = None
-    y_scale: str | None = None
 
 
 class ChartArtifact(_ChartModel):
