@@ -22,10 +22,20 @@ from starlette.responses import StreamingResponse
 
 from cove.api import multipart
 from cove.core.agent_types import FileData, FileError, FileEvent, FileStart
+from cove.core.buildlog import BuildLog
 from cove.errors import ClientGone, ToolboxError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A route answering a build log as plain text (see :func:`build_log_response`).
+BUILD_LOG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}}
+}
+
+
+def build_log_response(log: BuildLog, follow: bool) -> StreamingResponse:
+    """A build log as text; with ``follow``, streamed until the build ends."""
+    return StreamingResponse(log.follow(follow=follow), media_type="text/plain")
 
 
 async def first_event(events: AsyncGenerator[T, None]) -> T | None:

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from cove.api.deps import LifecycleDep, PrincipalDep, ServicesDep
 from cove.api.dto import sandbox_public
+from cove.api.streaming import BUILD_LOG, build_log_response
 from cove.core import fork, intervals
 from cove.core.sandbox import Sandbox
 from cove.errors import BadRequest
@@ -255,10 +256,10 @@ async def build_logs_url(
 
 @router.get("/{id_or_name}/build-logs", name="stream_build_logs",
             response_class=StreamingResponse,
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+            responses=BUILD_LOG)
 async def stream_build_logs(
     id_or_name: str, who: PrincipalDep, services: ServicesDep, follow: bool = False
 ) -> StreamingResponse:
     """The build log as text; with ``follow``, streamed until the build ends."""
     log = services.lifecycle.build_log(who.organization_id, id_or_name)
-    return StreamingResponse(log.follow(follow=follow), media_type="text/plain")
+    return build_log_response(log, follow)

@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from cove.api.deps import ImagesDep, PrincipalDep, ServicesDep, SnapshotsDep
 from cove.api.dto import iso
+from cove.api.streaming import BUILD_LOG, build_log_response
 from cove.core.snapshots import Snapshot
 from cove.errors import BadRequest
 from cove.schemas.sandbox import Url
@@ -84,13 +85,13 @@ async def build_logs_url(
 
 @router.get("/{id_or_name}/build-logs", name="stream_snapshot_build_logs",
             response_class=StreamingResponse,
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+            responses=BUILD_LOG)
 async def stream_build_logs(
     id_or_name: str, who: PrincipalDep, services: ServicesDep, follow: bool = False
 ) -> StreamingResponse:
     """The build log as text; with ``follow``, streamed until the build ends."""
     out = services.snapshot_builds.build_log(who.organization_id, id_or_name)
-    return StreamingResponse(out.follow(follow=follow), media_type="text/plain")
+    return build_log_response(out, follow)
 
 
 @router.get("/{id_or_name}")
