@@ -80,7 +80,8 @@ class SandboxOps:
         self.touch_seconds = minute_seconds / TOUCH_PER_MINUTE
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
-        # Awaited after each fresh start, under the sandbox's lock (the entrypoint).
+        # Awaited after each fresh start, under the sandbox's lock, before ``started`` is
+        # stored (the entrypoint).
         self.started_hooks: list[Callable[[Sandbox], Awaitable[None]]] = []
         # Awaited after a sandbox's record is gone (its keys, its linked sandboxes).
         self.removed_hooks: list[Callable[[Sandbox], Awaitable[None]]] = []
@@ -120,10 +121,11 @@ class SandboxOps:
         transition(sandbox, new)
         if new is S.STARTED and old is not S.RESIZING:
             sandbox.last_activity_at = sandbox.updated_at  # a fresh start is activity
-        self.store.save(sandbox)
         if new is S.STARTED and old in FRESH_START:
+            # Before the state is stored: whoever sees ``started`` sees the entrypoint.
             for hook in self.started_hooks:
                 await hook(sandbox)
+        self.store.save(sandbox)
         await self.events.sandbox_state_updated(sandbox, old)
         return sandbox
 
