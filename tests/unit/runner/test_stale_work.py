@@ -5,9 +5,10 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import time
 from pathlib import Path
 
-from cove.runner.storage.capture import remove_stale_work
+from cove.runner.storage.capture import remove, remove_stale_work
 
 
 def _dead_pid() -> int:
@@ -33,3 +34,16 @@ def test_only_dead_processes_unlocked_work_is_removed(tmp_path: Path) -> None:
     assert sorted(removed) == sorted(p.name for p in gone)
     assert not any(p.exists() for p in gone)
     assert live.is_dir() and locked.is_dir() and snapshot.is_dir()
+
+
+def test_a_removed_snapshot_is_gone_at_once_and_its_files_follow(tmp_path: Path) -> None:
+    for _ in range(2):  # the same name made and removed again while the first goes
+        (tmp_path / "r1" / "rootfs" / "etc").mkdir(parents=True)
+        (tmp_path / "r1" / "rootfs" / "etc" / "hostname").write_text("x")
+        remove(tmp_path, "r1")
+        assert not (tmp_path / "r1").exists()
+    for _ in range(500):
+        if not list(tmp_path.iterdir()):
+            break
+        time.sleep(0.01)
+    assert list(tmp_path.iterdir()) == []  # no trash left behind

@@ -21,7 +21,9 @@ import fcntl
 import logging
 import os
 import re
+import secrets
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,17 +141,30 @@ def resolve_image(layout_dir: Path | None, image: str) -> tuple[Path, str]:
 
 
 def remove(base: Path, ref: str) -> None:
-    """Delete snapshot ``ref`` (sandboxes made from it keep nothing of it mounted)."""
+    """Delete snapshot ``ref`` (sandboxes made from it keep nothing of it mounted).
+
+    The snapshot is gone (renamed to a trash dir) when this returns; its files, a
+    tree of a GiB or more, are removed by a background thread holding the trash's
+    lock. What a server killed meanwhile leaves is :func:`remove_stale_work`'s.
+    """
     target = base / ref
     if not target.exists():
         return
-    trash = base / f".trash-{ref}-{os.getpid()}"
+    trash = base / f".trash-{ref}-{secrets.token_hex(4)}-{os.getpid()}"
     try:
         with _held(target):
             target.rename(trash)
-            shutil.rmtree(trash)
     except OSError as exc:
         raise RuntimeBackendError(f"cannot remove snapshot {ref}: {exc}") from exc
+    threading.Thread(target=_empty_trash, args=(trash,), name=f"rm {ref}", daemon=True).start()
+
+
+def _empty_trash(trash: Path) -> None:
+    try:
+        with _held(trash):
+            shutil.rmtree(trash)
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", trash, exc)
 
 
 def remove_stale_work(base: Path) -> list[str]:
