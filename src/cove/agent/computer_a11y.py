@@ -9,6 +9,7 @@ passes, and only the statuses 400, 404 and 503 are taken from it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from .computer_run import run_x
 
 HELPER = (Path(__file__).parent / "a11y_helper.py").read_text()
 A11Y_SECONDS = 60.0
+BUS_TRIES = 4  # the desktop's bus may still be coming up (a loaded host): a new helper each time
 PASSED = {400, 404, 503}
 MAX_DEPTH = 3 * 66  # JSON levels: a node is 3 deep (node, children, child); see a11y_helper
 FIELDS = {"tree": ("scope", "pid", "maxDepth"),
@@ -27,9 +29,19 @@ FIELDS = {"tree": ("scope", "pid", "maxDepth"),
 
 
 async def _ask(request: Request, what: str) -> dict[str, Any]:
-    query = {"what": what, **{k: request.message.get(k) for k in FIELDS[what]}}
-    out = await run_x(["python3", "-I", "-c", HELPER], stdin=json.dumps(query).encode(),
-                      timeout=A11Y_SECONDS)  # fmt: skip
+    query = json.dumps({"what": what, **{k: request.message.get(k) for k in FIELDS[what]}})
+    for attempt in range(BUS_TRIES - 1):
+        try:
+            return await _ask_once(query.encode())
+        except protocol.AgentError as exc:
+            if exc.message != "accessibility bus not reachable":
+                raise
+            await asyncio.sleep(0.25 * 2**attempt)
+    return await _ask_once(query.encode())
+
+
+async def _ask_once(query: bytes) -> dict[str, Any]:
+    out = await run_x(["python3", "-I", "-c", HELPER], stdin=query, timeout=A11Y_SECONDS)
     try:
         answer = json.loads(out)
     except (ValueError, RecursionError):
