@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from cove.core.sandbox import utcnow
-from cove.errors import BadRequest, NotFound
+from cove.errors import BadRequest, NotFound, QuotaExceeded
 from cove.schemas.limits import MAX_ENV_BYTES, MAX_ENV_VARS
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
@@ -29,6 +29,7 @@ HOST = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
 MAX_VALUE = 32 * 1024  # an env var's value at most (what it stands for)
 MAX_HOSTS = 64
 MAX_DESCRIPTION = 1024
+MAX_SECRETS = 1000  # per organization
 Sort = Literal["name", "createdAt", "updatedAt"]
 
 
@@ -91,11 +92,16 @@ class SecretService:
         self, organization_id: str, *, name: str, value: str,
         description: str | None = None, hosts: list[str] | None = None,
     ) -> Secret:  # fmt: skip
-        """Raises BadRequest (invalid field) or Conflict (the name is taken)."""
+        """Raises BadRequest (invalid field), QuotaExceeded (too many) or Conflict (the name
+        is taken)."""
         secret = Secret(id=str(uuid.uuid4()), organization_id=organization_id, name=name,
                         placeholder=f"cove-secret-{random.token_hex(16)}",
                         description=description, hosts=list(hosts or []))  # fmt: skip
         _check(secret, value)
+        _, count = self.store.page(organization_id, name=None, sort="createdAt",
+                                   descending=False, offset=0, limit=0)  # fmt: skip
+        if count >= MAX_SECRETS:
+            raise QuotaExceeded(f"an organization has at most {MAX_SECRETS} secrets")
         self.store.add(secret, value)
         return secret
 

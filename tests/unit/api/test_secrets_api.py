@@ -182,3 +182,17 @@ def test_config_needs_no_key_and_holds_no_secret(client: TestClient) -> None:
     body = r.json()
     assert body["analyticsApiUrl"] is None and body["defaultSnapshot"]
     assert "test-key" not in r.text
+
+
+def test_an_organization_holds_a_bounded_number_of_secrets(
+    client: TestClient, answers: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cove.core.secrets.MAX_SECRETS", 3)
+    for i in range(3):
+        assert _call(client, answers, "POST", "/api/secret",
+                     json={"name": f"s{i}", "value": VALUE}).status_code == 201  # fmt: skip
+    r = _call(client, answers, "POST", "/api/secret", json={"name": "s3", "value": VALUE})
+    assert r.status_code == 400 and r.json()["code"] == "QUOTA_EXCEEDED", r.text
+    assert "at most 3 secrets" in r.json()["message"]
+    page = _call(client, answers, "GET", "/api/secret/paginated").json()
+    assert page["total"] == 3
