@@ -104,6 +104,53 @@ def _connect(server: Server, token: str) -> asyncssh.connect:
                             preferred_auth="none")  # fmt: skip
 
 
+def test_a_token_opens_a_bounded_number_of_connections_and_sessions(
+    server: Server, daytona: Daytona, sandboxes: list
+) -> None:
+    from cove.api.ssh import MAX_CONNECTIONS, MAX_SESSIONS
+
+    sb = daytona.create(CreateSandboxFromSnapshotParams())
+    sandboxes.append(sb)
+    token = sb.create_ssh_access().token
+
+    async def flood() -> None:
+        conns = [await _connect(server, token) for _ in range(MAX_CONNECTIONS)]
+        try:
+            with pytest.raises(asyncssh.PermissionDenied):
+                await _connect(server, token)
+            first = conns.pop()
+            procs = [await first.create_process("sleep 60") for _ in range(MAX_SESSIONS)]
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await first.create_process("true")
+            procs.pop().close()
+            for _ in range(100):  # the gateway sees the channel go
+                await asyncio.sleep(0.05)
+                try:
+                    assert (await first.run("echo again")).stdout == b"again\n"
+                    break
+                except asyncssh.ChannelOpenError:
+                    continue
+            else:
+                pytest.fail("a closed session's place was not freed")
+            first.close()
+            await first.wait_closed()
+            for _ in range(100):  # and the connection's
+                try:
+                    again = await _connect(server, token)
+                    break
+                except asyncssh.PermissionDenied:
+                    await asyncio.sleep(0.05)
+            else:
+                pytest.fail("a closed connection's place was not freed")
+            conns.append(again)
+            assert (await again.run("echo ok")).stdout == b"ok\n"
+        finally:
+            for conn in conns:
+                conn.close()
+
+    asyncio.run(flood())
+
+
 def test_a_terminal_follows_the_window_and_ends_with_the_client(
     server: Server, daytona: Daytona, sandboxes: list
 ) -> None:

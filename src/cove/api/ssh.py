@@ -8,7 +8,8 @@ the sandbox's user: a shell or a command on a terminal (``ssh``, ``ssh -t``) or
 a command on pipes (``ssh host cmd``, with its exit status). Nothing but sessions
 is served: TCP/IP and Unix forwarding (either way), agent and X11 forwarding,
 SFTP and scp are refused. Revoking a token, or deleting its sandbox, closes the
-connections it opened.
+connections it opened. A token opens at most ``MAX_CONNECTIONS`` connections at
+once, and a connection at most ``MAX_SESSIONS`` sessions.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from cove.core.ssh_access import SshAccess
 from cove.server import Services
 
 log = logging.getLogger("cove.ssh")
+MAX_CONNECTIONS = 10  # open at once with one token
+MAX_SESSIONS = 10  # channels open at once in one connection
 
 
 class SshGateway:
@@ -70,8 +73,13 @@ class SshGateway:
             for conn in self._connections.pop(access_id, set()):
                 conn.disconnect(asyncssh.DISC_BY_APPLICATION, "SSH access revoked")
 
-    def opened(self, access: SshAccess, conn: asyncssh.SSHServerConnection) -> None:
-        self._connections[access.id].add(conn)
+    def opened(self, access: SshAccess, conn: asyncssh.SSHServerConnection) -> bool:
+        """Count ``conn`` as one of the token's (False: it has too many open)."""
+        conns = self._connections[access.id]
+        if len(conns) >= MAX_CONNECTIONS:
+            return False
+        conns.add(conn)
+        return True
 
     def closed(self, access: SshAccess, conn: asyncssh.SSHServerConnection) -> None:
         conns = self._connections.get(access.id)
@@ -88,6 +96,7 @@ class _Server(asyncssh.SSHServer):
         self.gateway = gateway
         self.conn: asyncssh.SSHServerConnection | None = None
         self.access: SshAccess | None = None
+        self.sessions = 0
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -105,12 +114,19 @@ class _Server(asyncssh.SSHServer):
         if access is None:
             log.info("SSH login refused: invalid or expired token")
             return True
-        self.access = access
         assert self.conn is not None
-        self.gateway.opened(access, self.conn)
+        if not self.gateway.opened(access, self.conn):
+            log.info("SSH login refused: %d connections are open with this token already",
+                     MAX_CONNECTIONS)  # fmt: skip
+            return True
+        self.access = access
         return False
 
     def session_requested(self) -> Session | bool:
-        if self.access is None:
+        if self.access is None or self.sessions >= MAX_SESSIONS:
             return False
-        return Session(self.gateway.services, self.access)
+        self.sessions += 1
+        return Session(self.gateway.services, self.access, self._session_ended)
+
+    def _session_ended(self) -> None:
+        self.sessions -= 1

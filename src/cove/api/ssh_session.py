@@ -34,15 +34,17 @@ DEFAULT_SIZE = (80, 24)
 class Session(asyncssh.SSHServerSession):
     """A shell, a command or a terminal in the sandbox, for one SSH channel."""
 
-    def __init__(self, services: Services, access: SshAccess) -> None:
+    def __init__(self, services: Services, access: SshAccess,
+                 ended: Callable[[], None] = lambda: None) -> None:  # fmt: skip
         self.services = services
         self.access = access
+        self.ended = ended  # called once, when the channel is gone
         self.chan: asyncssh.SSHServerChannel | None = None
         self.command: str | None = None
         self.term: str | None = None  # set by a pty-req
         self.size = DEFAULT_SIZE
         self.input: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.resizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        self.resizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue(maxsize=4)
         self.writable = asyncio.Event()
         self.writable.set()
         self.task: asyncio.Task[None] | None = None
@@ -84,6 +86,8 @@ class Session(asyncssh.SSHServerSession):
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int,
                               pixheight: int) -> None:  # fmt: skip
+        if self.resizes.full():  # only the newest size matters
+            self.resizes.get_nowait()
         self.resizes.put_nowait(_size(width, height))
 
     def pause_writing(self) -> None:
@@ -93,6 +97,7 @@ class Session(asyncssh.SSHServerSession):
         self.writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.ended()
         if self.task is not None:
             self.task.cancel()
 
