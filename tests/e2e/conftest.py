@@ -41,7 +41,7 @@ def e2e_dns() -> Iterator[FakeDns]:
     dns.close()
 
 
-ADMIN_KEY_LINE = re.compile(r"Cove created an admin API key \(shown only once\): (\S+)")
+ADMIN_KEY_LINE = re.compile(r"^export DAYTONA_API_KEY=(\S+)$", re.MULTILINE)
 
 
 @contextmanager

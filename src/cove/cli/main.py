@@ -1,4 +1,9 @@
-"""The ``cove`` command: run the server and administer it on this host."""
+"""The ``cove`` command: run the server, and use it from here or from afar.
+
+``serve``, ``keys`` and ``snapshot build-default`` work on this host; ``sandbox``,
+``snapshot`` and ``volume`` talk to a server's HTTP API (``--api-url``,
+``DAYTONA_API_URL``), as Daytona's SDK does.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +11,27 @@ import logging
 from pathlib import Path
 
 import click
-from pydantic import ValidationError
-from rich.console import Console
 
+from cove.cli import output
+from cove.cli.common import local_settings
+from cove.cli.keys import keys
+from cove.cli.sandbox import sandbox
+from cove.cli.snapshot import ensure_default_snapshot, snapshot
+from cove.cli.volume import volume
 from cove.core.config import Settings
 from cove.hostfiles import prepare_host_dirs
-
-console = Console(stderr=True)
-
-
-def _settings(**overrides: object) -> Settings:
-    """The settings, or a one-line error per invalid ``COVE_*`` value (exit status 1)."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        return Settings(**given)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = [
-            f"COVE_{str(e['loc'][0]).upper() if e['loc'] else 'settings'}: "
-            + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors()
-        ]
-        raise click.ClickException("invalid configuration: " + "; ".join(problems)) from None
 
 
 @click.group()
 @click.version_option(package_name="cove")
 def main() -> None:
     """Cove: self-hosted sandboxes, wire-compatible with Daytona."""
+
+
+main.add_command(sandbox)
+main.add_command(snapshot)
+main.add_command(volume)
+main.add_command(keys)
 
 
 @main.command()
@@ -47,14 +46,16 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
 
     from cove.api.app import create_app
 
-    settings = _settings(host=host, port=port, data_dir=data_dir)
+    settings = local_settings(host=host, port=port, data_dir=data_dir)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     prepare_host_dirs(settings)
     if settings.runtime == "crun":
-        _ensure_default_snapshot(settings, force=False)
+        ensure_default_snapshot(settings, force=False)
+    first_key = _first_key(settings)
     ssh = f", SSH on port {settings.ssh_port}" if settings.ssh_port else ""
-    console.print(f"Cove listening on {settings.base_url}{ssh} (data in {settings.data_dir})")
-    uvicorn.run(
+    output.stderr().print(f"Cove listening on {settings.base_url}{ssh} "
+                          f"(data in {settings.data_dir})")  # fmt: skip
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -64,52 +65,40 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
     )
+    _run(config, settings, first_key)
 
 
-@main.group()
-def snapshot() -> None:
-    """Manage snapshots on this host."""
-
-
-@snapshot.command("build-default")
-@click.option("--force", is_flag=True, help="Rebuild even if it is up to date.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-def build_default(force: bool, data_dir: Path | None) -> None:
-    """Build the default snapshot (Debian bookworm) unless it is current."""
-    settings = _settings(data_dir=data_dir)
-    prepare_host_dirs(settings)
-    path = _ensure_default_snapshot(settings, force=force)
-    console.print(f"default snapshot ready: {path}")
-
-
-def _ensure_default_snapshot(settings: Settings, *, force: bool) -> Path:
-    from cove.runner.storage.snapshot import ensure_default_snapshot
-
-    def progress(line: str) -> None:
-        console.print(f"[dim]snapshot[/dim] {line.rstrip()}", highlight=False)
-
-    return ensure_default_snapshot(settings, force=force, progress=progress)
-
-
-@main.group()
-def keys() -> None:
-    """Manage API keys (talks to the database directly)."""
-
-
-@keys.command("create")
-@click.option("--org", "organization", default="default", show_default=True,
-              help="Organization the key belongs to (created if missing).")
-@click.option("--name", default="key", show_default=True)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-def create_key(organization: str, name: str, data_dir: Path | None) -> None:
-    """Create an API key and print it (it is stored only as a hash)."""
+def _first_key(settings: Settings) -> str | None:
+    """On a first start without ``COVE_API_KEY``: the admin key made now (else None)."""
     from cove.core.auth import AuthService
     from cove.server import open_database
     from cove.store.keys import SqlKeyStore
 
-    settings = _settings(data_dir=data_dir)
     engine = open_database(settings)
-    click.echo(AuthService(settings, SqlKeyStore(engine)).create_key(organization, name=name))
+    try:
+        return AuthService(settings, SqlKeyStore(engine)).bootstrap()
+    finally:
+        engine.dispose()
+
+
+def _key_lines(settings: Settings, key: str) -> str:
+    return ("\nCove created an admin API key for the organization 'default'; it is shown "
+            "only once (only its hash is stored). To use it with the SDKs and `cove`:\n\n"
+            f"export DAYTONA_API_URL={settings.base_url}/api\n"
+            f"export DAYTONA_API_KEY={key}\n")  # fmt: skip
+
+
+def _run(config: object, settings: Settings, first_key: str | None) -> None:
+    """Run uvicorn; the first-start key is printed once its startup logs are out."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and first_key:
+                click.echo(_key_lines(settings, first_key))
+
+    Server(config).run()  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
