@@ -57,6 +57,9 @@ def test_create_exec_delete_with_json(server: Server, created: list[str]) -> Non
     listed = json.loads(cove(server, "sandbox", "list", "--json", "--label", "via=cli").stdout)
     assert [s["id"] for s in listed] == [sandbox["id"]]
 
+    followed = cove(server, "sandbox", "logs", "--follow", sandbox["id"])  # no entrypoint
+    assert (followed.returncode, followed.stdout, followed.stderr) == (0, "", "")
+
     other = cove(server, "sandbox", "info", sandbox["id"], key=server.org_key("cli-other"))
     assert other.returncode == 1 and "not found" in other.stderr.lower()
 

@@ -30,10 +30,8 @@ def labels_cell(item: Mapping[str, Any]) -> str:
 
 
 def _stdout() -> Console:
-    # Not a terminal (a pipe, a test): no width limit, so nothing is cut or folded.
-    terminal = sys.stdout.isatty()
-    return Console(file=sys.stdout, width=None if terminal else 100_000,
-                   highlight=False, soft_wrap=not terminal)  # fmt: skip
+    # As Docker's tables: never cut nor folded (a narrow terminal wraps the lines).
+    return Console(file=sys.stdout, width=100_000, highlight=False, soft_wrap=True)
 
 
 def stderr() -> Console:
