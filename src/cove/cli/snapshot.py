@@ -20,7 +20,8 @@ COLUMNS: list[Column] = [
     ("DISK", field("disk")), ("CREATED", field("createdAt")),
 ]  # fmt: skip
 ROWS: list[Column] = [
-    *COLUMNS[:4], ("General", field("general")), ("Size (GiB)", field("size")),
+    ("ID", field("id")), ("Name", field("name")), ("State", field("state")),
+    ("Image", field("imageName")), ("General", field("general")), ("Size (GiB)", field("size")),
     ("Entrypoint", field("entrypoint")), ("CPU", field("cpu")),
     ("Memory (GiB)", field("mem")), ("Disk (GiB)", field("disk")),
     ("Error", field("errorReason")), ("Created", field("createdAt")),

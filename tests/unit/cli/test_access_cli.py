@@ -89,3 +89,14 @@ def test_revoke_by_id_prefix_and_refusals(cove: Cove) -> None:
     assert cove.local("keys", "revoke", ids[0][:8], "--org", "acme").stdout.strip() == ids[0]
     left = json.loads(cove.local("keys", "list", "--org", "acme", "--json").stdout)
     assert [k["id"] for k in left] == ids[1:]
+
+
+def test_an_id_cannot_step_out_of_its_path_segment(cove: Cove) -> None:
+    """``../volumes/x`` or ``x?y`` as an id is a name that is not found, never another route."""
+    volume_id = cove.ok("volume", "create", "keep").stdout.strip()
+    for trick in (f"../volumes/{volume_id}", f"..%2Fvolumes%2F{volume_id}", "x?force=true",
+                  "x#y"):  # fmt: skip
+        for action in ("info", "stop", "delete"):
+            result = cove("sandbox", action, trick)
+            assert result.exit_code == 1 and "not found" in result.stderr.lower(), trick
+    assert [v["id"] for v in cove.json("volume", "list")] == [volume_id]
