@@ -6,15 +6,13 @@ import json
 import shlex
 import sys
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any, get_args
 from urllib.parse import quote
 
 import click
 
-from cove.cli import output
-from cove.cli.client import ApiError
+from cove.cli import output, process
 from cove.cli.common import Api, api_command, key_values
 from cove.cli.output import Column, field, labels_cell
 from cove.schemas.sandbox import StateFilter
@@ -24,7 +22,6 @@ TRANSITIONAL = {"creating", "restoring", "starting", "stopping", "archiving", "p
                 "building_snapshot", "pulling_snapshot", "resizing", "destroying", "resuming",
                 "pausing", "snapshotting"}  # fmt: skip
 FAILED = {"error", "build_failed"}
-MARKERS = {b"\x01\x01\x01": "stdout", b"\x02\x02\x02": "stderr"}
 
 LIST_COLUMNS: list[Column] = [
     ("ID", field("id")), ("NAME", field("name")), ("STATE", field("state")),
@@ -118,27 +115,22 @@ def exec_(api: Api, sandbox_id: str, command: tuple[str, ...]) -> None:
     """Run a command in a started sandbox: cove sandbox exec ID -- CMD...
 
     One argument is a shell line (-- 'ls | wc -l'); several are quoted as words.
-    Prints its stdout and stderr and exits with its exit code.
+    Streams its stdout and stderr to ours as they come and exits with its exit code.
     """
     line = command[0] if len(command) == 1 else shlex.join(command)
     found = _get(api, sandbox_id)
-    session = f"cove-cli-{uuid.uuid4().hex[:12]}"
-    api.client.toolbox(found, "POST", "/process/session", json={"sessionId": session})
+    collected: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def collect(stream: str, data: bytes) -> None:
+        collected[stream] += data
+
     try:
-        result = api.client.toolbox(found, "POST", f"/process/session/{session}/exec",
-                                    json={"command": line})  # fmt: skip
-    finally:
-        try:
-            api.client.toolbox(found, "DELETE", f"/process/session/{session}")
-        except ApiError:
-            pass  # the sandbox stopped meanwhile: its sessions went with it
-    code = result.get("exitCode")
+        code = process.run(api.client, found, line, collect if api.json else process.print_chunk)
+    except KeyboardInterrupt:
+        sys.exit(130)
     if api.json:
-        output.emit_json({"exitCode": code, "stdout": result.get("stdout") or "",
-                          "stderr": result.get("stderr") or ""})  # fmt: skip
-    else:
-        click.echo(result.get("stdout") or "", nl=False)
-        click.echo(result.get("stderr") or "", nl=False, err=True)
+        output.emit_json({"exitCode": code, **{k: v.decode(errors="replace")
+                                                for k, v in collected.items()}})  # fmt: skip
     sys.exit(code if isinstance(code, int) and 0 <= code <= 255 else 1)
 
 
@@ -159,22 +151,9 @@ def logs(api: Api, sandbox_id: str, follow: bool) -> None:
         return
     url = api.client.toolbox_url(found) + "/process/session/entrypoint/logs?follow=true"
     try:
-        with api.client.stream(url) as messages:
-            for message in messages:
-                _print_chunk(message, api.json)
+        process.follow(api.client, url, process.json_lines if api.json else process.print_chunk)
     except KeyboardInterrupt:
         sys.exit(130)
-
-
-def _print_chunk(message: bytes, as_json: bool) -> None:
-    stream = MARKERS.get(message[:3], "stdout")
-    data = message[3:] if message[:3] in MARKERS else message
-    if as_json:  # one JSON object a line, as it comes
-        click.echo(json.dumps({"stream": stream, "data": data.decode(errors="replace")}))
-        return
-    out = (sys.stderr if stream == "stderr" else sys.stdout).buffer
-    out.write(data)
-    out.flush()
 
 
 def _lifecycle(action: str, doing: str, settled: str) -> None:

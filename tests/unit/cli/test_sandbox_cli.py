@@ -76,6 +76,8 @@ def test_delete_refuses_a_started_sandbox_without_force(cove: Cove) -> None:
 
 def test_exec_prints_both_streams_and_exits_with_the_commands_code(cove: Cove) -> None:
     sandbox_id = _create(cove)
+    sessions = f"/toolbox/{sandbox_id}/process/session"
+    before = cove.app.get(sessions, headers={"Authorization": f"Bearer {cove.key}"}).json()
     result = cove(*["sandbox", "exec", sandbox_id, "--", "sh", "-c",
                     "echo out; echo err >&2; exit 3"])  # fmt: skip
     assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
@@ -83,6 +85,8 @@ def test_exec_prints_both_streams_and_exits_with_the_commands_code(cove: Cove) -
     assert (line.exit_code, line.stdout) == (0, "x2\n")
     words = cove("sandbox", "exec", sandbox_id, "--", "echo", "a  b", "$HOME;", "x")
     assert words.stdout == "a  b $HOME; x\n"
+    after = cove.app.get(sessions, headers={"Authorization": f"Bearer {cove.key}"}).json()
+    assert after == before  # each exec's session is gone
 
 
 def test_exec_json(cove: Cove) -> None:
