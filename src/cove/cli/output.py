@@ -29,6 +29,16 @@ def labels_cell(item: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted((item.get("labels") or {}).items()))
 
 
+STATE_STYLES = {"started": "green", "active": "green", "ready": "green", "stopped": "yellow",
+                "archived": "dim", "error": "red", "build_failed": "red"}  # fmt: skip
+
+
+def state_cell(item: Mapping[str, Any]) -> Text:
+    """The item's state, coloured on a terminal (green running, red failed)."""
+    state = str(item.get("state"))
+    return Text(one_line(state), style=STATE_STYLES.get(state, ""))
+
+
 def _stdout() -> Console:
     # As Docker's tables: never cut nor folded (a narrow terminal wraps the lines).
     return Console(file=sys.stdout, width=100_000, highlight=False, soft_wrap=True)
@@ -43,6 +53,8 @@ def _cell(value: object) -> Text:
     """A cell as plain text: no markup from the data, no control characters."""
     if value is None:
         return Text("-", style="dim")
+    if isinstance(value, Text):
+        return value
     return Text(one_line(str(value)))
 
 

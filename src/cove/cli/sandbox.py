@@ -24,12 +24,12 @@ TRANSITIONAL = {"creating", "restoring", "starting", "stopping", "archiving", "p
 FAILED = {"error", "build_failed"}
 
 LIST_COLUMNS: list[Column] = [
-    ("ID", field("id")), ("NAME", field("name")), ("STATE", field("state")),
+    ("ID", field("id")), ("NAME", field("name")), ("STATE", output.state_cell),
     ("SNAPSHOT", field("snapshot")), ("CPU", field("cpu")), ("MEMORY", field("memory")),
     ("DISK", field("disk")), ("LABELS", labels_cell), ("CREATED", field("createdAt")),
 ]  # fmt: skip
 INFO_ROWS: list[Column] = [
-    ("ID", field("id")), ("Name", field("name")), ("State", field("state")),
+    ("ID", field("id")), ("Name", field("name")), ("State", output.state_cell),
     ("Error", field("errorReason")), ("Snapshot", field("snapshot")), ("User", field("user")),
     ("CPU", field("cpu")), ("Memory (GiB)", field("memory")), ("Disk (GiB)", field("disk")),
     ("Labels", labels_cell), ("Public", field("public")),

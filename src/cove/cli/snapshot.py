@@ -15,12 +15,12 @@ from cove.core.config import Settings
 from cove.hostfiles import prepare_host_dirs
 
 COLUMNS: list[Column] = [
-    ("ID", field("id")), ("NAME", field("name")), ("STATE", field("state")),
+    ("ID", field("id")), ("NAME", field("name")), ("STATE", output.state_cell),
     ("IMAGE", field("imageName")), ("CPU", field("cpu")), ("MEMORY", field("mem")),
     ("DISK", field("disk")), ("CREATED", field("createdAt")),
 ]  # fmt: skip
 ROWS: list[Column] = [
-    ("ID", field("id")), ("Name", field("name")), ("State", field("state")),
+    ("ID", field("id")), ("Name", field("name")), ("State", output.state_cell),
     ("Image", field("imageName")), ("General", field("general")), ("Size (GiB)", field("size")),
     ("Entrypoint", field("entrypoint")), ("CPU", field("cpu")),
     ("Memory (GiB)", field("mem")), ("Disk (GiB)", field("disk")),

@@ -13,7 +13,7 @@ from cove.cli.common import Api, api_command
 from cove.cli.output import Column, field
 
 COLUMNS: list[Column] = [
-    ("ID", field("id")), ("NAME", field("name")), ("STATE", field("state")),
+    ("ID", field("id")), ("NAME", field("name")), ("STATE", output.state_cell),
     ("CREATED", field("createdAt")), ("LAST USED", field("lastUsedAt")),
 ]  # fmt: skip
 
