@@ -55,7 +55,12 @@ class Client:
         Raises:
             ApiError: the server refused (its message) or could not be reached.
         """
-        return self.call_url(method, self.api_url + path, **kwargs)
+        try:
+            return self.call_url(method, self.api_url + path, **kwargs)
+        except ApiError as exc:
+            if exc.status == 404 and not self.api_url.endswith("/api"):
+                exc.message += f" (is {self.api_url} the API's URL? Cove's ends in /api)"
+            raise
 
     def call_url(self, method: str, url: str, **kwargs: Any) -> Any:
         """Like :meth:`call`, on an absolute URL (a sandbox's toolbox)."""

@@ -100,3 +100,9 @@ def test_an_id_cannot_step_out_of_its_path_segment(cove: Cove) -> None:
             result = cove("sandbox", action, trick)
             assert result.exit_code == 1 and "not found" in result.stderr.lower(), trick
     assert [v["id"] for v in cove.json("volume", "list")] == [volume_id]
+
+
+def test_an_api_url_without_api_gets_a_hint(cove: Cove) -> None:
+    result = cove("sandbox", "list", "--api-url", "http://cove.test")
+    assert result.exit_code == 1
+    assert "(is http://cove.test the API's URL? Cove's ends in /api)" in result.stderr
