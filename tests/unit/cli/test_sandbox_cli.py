@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import getpass
 import json
+import time
+from pathlib import Path
 
+import pytest
+
+from cove.cli import process
 from tests.unit.cli.conftest import Cove
 
 USER = getpass.getuser()
@@ -117,3 +122,35 @@ def test_bad_input_is_refused_before_or_by_the_server(cove: Cove) -> None:
     assert result.exit_code == 1 and result.stderr.startswith("Error: ")
     assert len(result.stderr.strip().splitlines()) == 1
     assert cove.json("sandbox", "list") == []  # nothing half-created
+
+
+def test_ctrl_c_during_exec_ends_the_command_in_the_sandbox(
+    cove: Cove, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sandbox_id = _create(cove)
+    sessions = f"/toolbox/{sandbox_id}/process/session"
+    before = cove.app.get(sessions, headers={"Authorization": f"Bearer {cove.key}"}).json()
+    pidfile = tmp_path / "pid"
+
+    def interrupt(stream: str, data: bytes) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(process, "print_chunk", interrupt)
+    result = cove("sandbox", "exec", sandbox_id, "--", "sh", "-c",
+                  f"echo $$ > {pidfile}; echo started; exec sleep 60")  # fmt: skip
+    assert result.exit_code == 130
+    after = cove.app.get(sessions, headers={"Authorization": f"Bearer {cove.key}"}).json()
+    assert after == before  # its session is gone
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid):
+        assert time.monotonic() < deadline, "the command still runs"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs with this pid (a zombie does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
