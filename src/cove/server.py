@@ -27,7 +27,7 @@ from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
 from cove.core.links import delete_followers
 from cove.core.metrics_history import MetricsHistory
-from cove.core.ports import EventSink
+from cove.core.ports import EventSink, Runner
 from cove.core.previews import PreviewTokens
 from cove.core.registries import RegistryService
 from cove.core.sandbox import Sandbox
@@ -112,6 +112,18 @@ def load_ssh_host_key(data_dir: Path) -> bytes:
     return secret_file(data_dir / "ssh_host_ed25519_key", make)
 
 
+def open_runner(settings: Settings, host: HostRuntime | None = None) -> Runner:
+    """The runner ``settings`` name: a ``cove runner`` at COVE_RUNNER_URL (over mutual
+    TLS), else this host's (``host``, or the configured runtime)."""
+    if settings.runner_url and host is None:
+        from cove.runner.remote import RemoteRunner
+
+        assert settings.runner_ca and settings.runner_cert and settings.runner_key
+        return RemoteRunner.connect(settings.runner_url, settings.runner_ca,
+                                    settings.runner_cert, settings.runner_key)  # fmt: skip
+    return LocalRunner(host or build_runtime(settings))
+
+
 def build_services(
     settings: Settings, events: EventSink, host: HostRuntime | None = None
 ) -> Services:
@@ -123,7 +135,7 @@ def build_services(
     key = auth.bootstrap()
     if key:
         print(f"Cove created an admin API key (shown only once): {key}", flush=True)  # noqa: T201
-    runner = LocalRunner(host or build_runtime(settings))
+    runner = open_runner(settings, host)
     store = SqlSandboxStore(engine)
     volumes = VolumeService(
         store=SqlVolumeStore(engine), files=LocalVolumeFiles(settings.data_dir), sandboxes=store

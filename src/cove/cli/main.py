@@ -15,6 +15,7 @@ import click
 from cove.cli import output
 from cove.cli.common import local_settings
 from cove.cli.keys import keys
+from cove.cli.runner import runner
 from cove.cli.sandbox import sandbox
 from cove.cli.snapshot import ensure_default_snapshot, snapshot
 from cove.cli.volume import volume
@@ -32,6 +33,7 @@ main.add_command(sandbox)
 main.add_command(snapshot)
 main.add_command(volume)
 main.add_command(keys)
+main.add_command(runner)
 
 
 @main.command()
@@ -49,7 +51,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
     settings = local_settings(host=host, port=port, data_dir=data_dir)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     prepare_host_dirs(settings)
-    if settings.runtime == "crun":
+    if settings.runtime == "crun" and not settings.runner_url:
         ensure_default_snapshot(settings, force=False)
     first_key = _first_key(settings)
     ssh = f", SSH on port {settings.ssh_port}" if settings.ssh_port else ""

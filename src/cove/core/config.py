@@ -138,6 +138,14 @@ class Settings(BaseSettings):
     # The SSH gateway (``ssh -p <port> <token>@host``, tokens from POST
     # /sandbox/{id}/ssh-access) listens on host:ssh_port; 0 turns it off.
     ssh_port: int = Field(default=2222, ge=0, le=65535)
+    # A runner on another host (``cove runner``): ``cove serve`` calls it at this
+    # https:// URL instead of running sandboxes itself. The CA that signed the runners'
+    # and the API's certificates, and this process's own certificate and key (the same
+    # three name the runner's own in ``cove runner``).
+    runner_url: str | None = None
+    runner_ca: Path | None = None
+    runner_cert: Path | None = None
+    runner_key: Path | None = None
 
     @field_validator("public_snapshots", "insecure_registries", "allowed_registries",
                      mode="before")
@@ -158,6 +166,11 @@ class Settings(BaseSettings):
             self.archive_dir = self.data_dir / "archives"
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("COVE_TLS_CERT and COVE_TLS_KEY go together")
+        if self.runner_url and None in (self.runner_ca, self.runner_cert, self.runner_key):
+            raise ValueError("COVE_RUNNER_URL needs COVE_RUNNER_CA, COVE_RUNNER_CERT and "
+                             "COVE_RUNNER_KEY")
+        if self.runner_url and not self.runner_url.startswith("https://"):
+            raise ValueError("COVE_RUNNER_URL must be https://host:port")
         return self
 
     @property

@@ -237,7 +237,15 @@ class Runner(Protocol):
 
     async def preview_upstream(self, sandbox_id: str, port: int) -> str | None:
         """The base URL (``http://host:port``) at which the server reaches ``port``
-        of the running sandbox, or None when it has no network."""
+        of the running sandbox directly, or None when it cannot (the sandbox has no
+        network, or runs on another host: then :meth:`open_port` reaches it)."""
+
+    async def open_port(self, sandbox_id: str, port: int) -> AgentConnection:
+        """A new byte stream to ``port`` of the running sandbox.
+
+        Raises:
+            Unavailable: the sandbox does not run, or nothing accepts on ``port``.
+        """
 
 
 AgentConnection = tuple["asyncio.StreamReader", "asyncio.StreamWriter"]

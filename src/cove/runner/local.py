@@ -24,7 +24,7 @@ from cove.core.ports import (
     RegistryAuth,
     Resources,
 )
-from cove.errors import Busy
+from cove.errors import Busy, Unavailable
 from cove.runner.hostruntime import HostRuntime
 
 P = ParamSpec("P")
@@ -144,3 +144,13 @@ class LocalRunner:
     async def preview_upstream(self, sandbox_id: str, port: int) -> str | None:
         address = self.host.address(sandbox_id)
         return None if address is None else f"http://{address}:{port}"
+
+    async def open_port(self, sandbox_id: str, port: int) -> AgentConnection:
+        """A TCP connection to ``port`` of the running sandbox (at its veth address)."""
+        address = self.host.address(sandbox_id)
+        if address is None:
+            raise Unavailable(f"sandbox {sandbox_id} is not running")
+        try:
+            return await asyncio.open_connection(address, port)
+        except OSError as exc:
+            raise Unavailable(f"port {port} of sandbox {sandbox_id}: {exc.strerror}") from None

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,12 +19,40 @@ from cove.errors import CoveError, Unavailable
 from cove.runner.fake import FakeRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.oci.runtime import OciRuntime
+from cove.runner.remote import RemoteRunner
+from cove.testing_remote import RunnerProcess, make_pki
+from tests.leaks import leaks
+from tests.nettools import FakeDns, sandbox_pool
 
 C = ContainerStatus
 
 
-@pytest.fixture(params=["fake", "crun", "gvisor"])
+@pytest.fixture(scope="module")
+def runner_process(tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeDns,
+                   default_rootfs: Path) -> Iterator[RunnerProcess]:  # fmt: skip
+    """A real ``cove runner`` on loopback (its own data dir), reached over mutual TLS."""
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    proc = RunnerProcess(tmp_path_factory.mktemp("cove-runner"), pki,
+                         {"COVE_NETWORK_POOL": sandbox_pool(10),
+                          "COVE_DNS_UPSTREAM": fake_dns.upstream})  # fmt: skip
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        left = OciRuntime(proc.settings).list_ids()
+        assert not left and not leaks(proc.data_dir, proc.cgroup_parent), left
+
+
+@pytest.fixture(params=["fake", "crun", "gvisor", "remote"])
 async def runner(request: pytest.FixtureRequest, runtime: OciRuntime) -> AsyncIterator[Runner]:
+    if request.param == "remote":
+        proc: RunnerProcess = request.getfixturevalue("runner_process")
+        request.node.tier = "crun"
+        remote = RemoteRunner.connect(proc.url, proc.pki.ca, *proc.pki.api)
+        yield remote
+        await remote.close()
+        return
     host = FakeRuntime() if request.param == "fake" else runtime
     request.node.tier = "crun" if request.param == "fake" else request.param
     yield LocalRunner(host)
@@ -85,7 +114,7 @@ async def test_what_cannot_be_done_is_an_error_and_leaves_nothing(
 async def test_the_agent_of_a_running_sandbox_answers(
     runner: LocalRunner, spec: ContainerSpec
 ) -> None:
-    if isinstance(runner.host, FakeRuntime):
+    if isinstance(getattr(runner, "host", None), FakeRuntime):
         pytest.skip("the fake runtime has no agent unless a test gives it one")
     await runner.create(spec)
     await runner.start(spec)
@@ -99,5 +128,48 @@ async def test_the_agent_of_a_running_sandbox_answers(
         assert out == b"contract\n" and call.result["exitCode"] == 0
     finally:
         await channel.close()
-    upstream = await runner.preview_upstream(spec.sandbox_id, 3000)
-    assert upstream is not None and upstream.startswith("http://") and upstream.endswith(":3000")
+    if isinstance(runner, RemoteRunner):  # another host: ports are reached as streams
+        assert await runner.preview_upstream(spec.sandbox_id, 3000) is None
+    else:
+        upstream = await runner.preview_upstream(spec.sandbox_id, 3000)
+        assert upstream is not None and upstream.startswith("http://")
+        assert upstream.endswith(":3000")
+
+
+async def test_a_port_of_a_running_sandbox_is_a_byte_stream(
+    runner: LocalRunner, spec: ContainerSpec
+) -> None:
+    if isinstance(getattr(runner, "host", None), FakeRuntime):
+        pytest.skip("the fake runtime runs no process")
+    with pytest.raises(Unavailable):
+        await runner.open_port(spec.sandbox_id, 8080)  # not running
+    await runner.create(spec)
+    await runner.start(spec)
+    await _exec(runner, spec.sandbox_id, "nohup python3 -m http.server 8080 "
+                ">/dev/null 2>&1 & for i in $(seq 100); do "
+                "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8080))' "
+                "2>/dev/null && break; sleep 0.1; done")  # fmt: skip
+    reader, writer = await runner.open_port(spec.sandbox_id, 8080)
+    try:
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    assert reply.startswith(b"HTTP/1.0 200") and b"Directory listing" in reply
+    with pytest.raises(Unavailable):
+        await runner.open_port(spec.sandbox_id, 8081)  # nothing listens there
+
+
+async def _exec(runner: Runner, sandbox_id: str, command: str) -> bytes:
+    channel = Channel(*await asyncio.wait_for(runner.open_agent(sandbox_id), 30))
+    try:
+        async with AgentCall(channel.open()) as call:
+            await call.send({"op": "exec", "command": command, "user": "root",
+                             "env": {}, "cwd": None, "timeout": 30, "separate": True})  # fmt: skip
+            await asyncio.wait_for(call.accepted(), 30)
+            out = b"".join([p async for k, p in call.frames() if k == protocol.STDOUT])
+        assert call.result["exitCode"] == 0, out
+        return out
+    finally:
+        await channel.close()

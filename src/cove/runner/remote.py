@@ -1,0 +1,238 @@
+"""A runner on another host: :class:`cove.core.ports.Runner` over mutual TLS to a
+``cove runner`` (the wire is :mod:`cove.runner.wire`).
+
+The three synchronous questions of the port (snapshots, local images, isolation
+tiers) are answered from the inventory the runner sent at connect time, read again
+after every call that may change it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from cove import errors
+from cove.core.ports import (
+    AgentConnection,
+    ContainerSpec,
+    ContainerStats,
+    ContainerStatus,
+    ImageConfig,
+    NetworkPolicy,
+    PulledImage,
+    RegistryAuth,
+    Resources,
+)
+from cove.runner import tls, wire
+
+CONNECT_SECONDS = 10.0
+STREAM_LIMIT = 2**20  # a stream reader's buffer, as asyncio's unix connections
+
+
+class RemoteRunner:
+    """Implements :class:`cove.core.ports.Runner` by calling a ``cove runner``."""
+
+    def __init__(self, url: str, context: ssl.SSLContext) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"COVE_RUNNER_URL must be https://host:port, not {url!r}")
+        self.url, self.host, self._ssl = url.rstrip("/"), parts.hostname, context
+        timeout = httpx.Timeout(CONNECT_SECONDS, read=None)
+        self._client = httpx.AsyncClient(base_url=self.url, verify=context, timeout=timeout,
+                                         trust_env=False)  # fmt: skip
+        self._inventory: dict[str, Any] = {}
+        self.stream_port = 0
+
+    @classmethod
+    def connect(cls, url: str, ca: Path, cert: Path, key: Path) -> RemoteRunner:
+        """A runner at ``url``, its inventory read (blocking: call it at start).
+
+        Raises:
+            RuntimeBackendError: it cannot be reached or refused us.
+        """
+        runner = cls(url, tls.client_context(ca, cert, key))
+        try:
+            with httpx.Client(verify=runner._ssl, timeout=CONNECT_SECONDS,
+                              trust_env=False) as client:  # fmt: skip
+                runner._take(_checked(client.get(f"{runner.url}/v1/info")))
+        except httpx.HTTPError as exc:
+            raise errors.RuntimeBackendError(f"runner {url} unreachable: {exc}") from None
+        return runner
+
+    def _take(self, info: Any) -> None:
+        self.stream_port = int(info["stream_port"])
+        self._inventory = {k: set(info[k]) for k in ("snapshots", "local_images", "isolations")}
+
+    async def refresh(self) -> None:
+        """Read the runner's inventory again."""
+        self._take(_checked(await self._send("GET", "/v1/info")))
+
+    def has_snapshot(self, name: str) -> bool:
+        return name in self._inventory["snapshots"]
+
+    def has_local_image(self, image: str) -> bool:
+        return image.startswith("oci:") or image.partition(":")[0] in self._inventory[
+            "local_images"]  # fmt: skip
+
+    def has_isolation(self, name: str) -> bool:
+        return name in self._inventory["isolations"]
+
+    async def _send(self, verb: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._client.request(verb, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise errors.RuntimeBackendError(f"runner {self.url}: {exc}") from None
+
+    async def _call(self, method: str, **args: Any) -> Any:
+        body = wire.encode_args(method, args)
+        try:
+            result = _checked(await self._send("POST", f"/v1/call/{method}", json=body))
+            return wire.decode(wire.METHODS[method][1], result["result"])
+        finally:
+            if method in wire.INVENTORY_CHANGES:
+                await self.refresh()
+
+    async def create(self, spec: ContainerSpec) -> None:
+        await self._call("create", spec=spec)
+
+    async def start(self, spec: ContainerSpec) -> None:
+        await self._call("start", spec=spec)
+
+    async def stop(self, sandbox_id: str, *, force: bool = False) -> None:
+        await self._call("stop", sandbox_id=sandbox_id, force=force)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        await self._call("destroy", sandbox_id=sandbox_id)
+
+    async def archive(self, sandbox_id: str) -> int:
+        return await self._call("archive", sandbox_id=sandbox_id)
+
+    async def restore(self, spec: ContainerSpec) -> None:
+        await self._call("restore", spec=spec)
+
+    async def pause(self, sandbox_id: str) -> None:
+        await self._call("pause", sandbox_id=sandbox_id)
+
+    async def resume(self, sandbox_id: str) -> None:
+        await self._call("resume", sandbox_id=sandbox_id)
+
+    async def fork(self, source_id: str, spec: ContainerSpec) -> None:
+        await self._call("fork", source_id=source_id, spec=spec)
+
+    async def capture(self, sandbox_id: str, ref: str, config: ImageConfig | None = None) -> int:
+        return await self._call("capture", sandbox_id=sandbox_id, ref=ref, config=config)
+
+    async def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
+        return await self._call("clone_snapshot", source=source, ref=ref, config=config)
+
+    async def import_image(self, ref: str, image: str) -> PulledImage:
+        return await self._call("import_image", ref=ref, image=image)
+
+    async def pull_image(
+        self, ref: str, image: str, auth: RegistryAuth | None,
+        progress: Callable[[str], None] | None = None,
+    ) -> PulledImage:  # fmt: skip
+        """The pull runs on the runner; its progress lines come back as they are made."""
+        body = wire.encode_args("pull_image", {"ref": ref, "image": image, "auth": auth})
+        last: Any = None
+        try:
+            async with self._client.stream("POST", "/v1/call/pull_image", json=body) as resp:
+                if resp.status_code != 200:
+                    await resp.aread()
+                    _checked(resp)
+                async for line in resp.aiter_lines():
+                    last = json.loads(line) if line.strip() else last
+                    if isinstance(last, dict) and "progress" in last and progress is not None:
+                        progress(str(last["progress"]))
+        except httpx.HTTPError as exc:
+            raise errors.RuntimeBackendError(f"runner {self.url}: {exc}") from None
+        finally:
+            await self.refresh()
+        if not isinstance(last, dict) or "result" not in last:
+            raise wire.error_from(last, "the runner's pull ended without a result")
+        return wire.decode(PulledImage, last["result"])
+
+    async def remove_snapshot(self, ref: str) -> None:
+        await self._call("remove_snapshot", ref=ref)
+
+    async def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
+        await self._call("resize", sandbox_id=sandbox_id, resources=resources, live=live)
+
+    async def status(self, sandbox_id: str) -> ContainerStatus:
+        return await self._call("status", sandbox_id=sandbox_id)
+
+    async def list_ids(self) -> set[str]:
+        return set(await self._call("list_ids"))
+
+    async def tidy(self, sandbox_id: str) -> None:
+        await self._call("tidy", sandbox_id=sandbox_id)
+
+    async def remove_stale_work(self) -> None:
+        await self._call("remove_stale_work")
+
+    async def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        await self._call("set_network", sandbox_id=sandbox_id, policy=policy)
+
+    async def stats(self, sandbox_id: str) -> ContainerStats:
+        return await self._call("stats", sandbox_id=sandbox_id)
+
+    async def open_agent(self, sandbox_id: str) -> AgentConnection:
+        return await self._stream(sandbox_id, None)
+
+    async def open_port(self, sandbox_id: str, port: int) -> AgentConnection:
+        return await self._stream(sandbox_id, port)
+
+    async def preview_upstream(self, sandbox_id: str, port: int) -> str | None:
+        """None: a port of a sandbox on another host is reached through open_port."""
+        return None
+
+    async def _stream(self, sandbox_id: str, port: int | None) -> AgentConnection:
+        """A TLS connection to the runner's stream port, spliced there to the sandbox.
+
+        Raises:
+            Unavailable: the runner cannot be reached, or the sandbox (port) there.
+            Busy: its agent takes no connections now.
+        """
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                self.host, self.stream_port, ssl=self._ssl, limit=STREAM_LIMIT),
+                CONNECT_SECONDS)  # fmt: skip
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            raise errors.Unavailable(f"runner {self.url} unreachable: {exc}") from None
+        try:
+            writer.write((json.dumps({"sandbox": sandbox_id, "port": port}) + "\n").encode())
+            line = await asyncio.wait_for(reader.readline(), 2 * CONNECT_SECONDS)
+            answer = json.loads(line) if line else None
+        except (OSError, ssl.SSLError, TimeoutError, ValueError):
+            answer = None
+        if isinstance(answer, dict) and answer.get("ok") is True:
+            return reader, writer
+        writer.close()
+        if answer is None:
+            raise errors.Unavailable(f"runner {self.url} hung up")
+        raise wire.error_from(answer, "the runner refused the stream")
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _checked(resp: httpx.Response) -> Any:
+    """The JSON body of a successful answer.
+
+    Raises:
+        CoveError: the runner's error, as the class it named.
+    """
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if resp.status_code != 200 or not isinstance(body, dict):
+        raise wire.error_from(body, f"runner answered {resp.status_code}")
+    return body

@@ -1,0 +1,121 @@
+"""Run a real ``cove runner`` in a child process, with a test PKI (for tests and
+benchmarks of the API/runner split)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cove.core.config import Settings
+from cove.runner import tls
+from cove.testing import SHARED_SNAPSHOTS
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A CA, a runner's certificate (for 127.0.0.1) and an API's, in ``dir``."""
+
+    dir: Path
+    ca: Path
+    runner: tuple[Path, Path]
+    api: tuple[Path, Path]
+
+    def runner_env(self) -> dict[str, str]:
+        cert, key = self.runner
+        return {"COVE_RUNNER_CA": str(self.ca), "COVE_RUNNER_CERT": str(cert),
+                "COVE_RUNNER_KEY": str(key)}  # fmt: skip
+
+    def api_env(self, url: str) -> dict[str, str]:
+        cert, key = self.api
+        return {"COVE_RUNNER_URL": url, "COVE_RUNNER_CA": str(self.ca),
+                "COVE_RUNNER_CERT": str(cert), "COVE_RUNNER_KEY": str(key)}  # fmt: skip
+
+
+def make_pki(directory: Path) -> Pki:
+    ca = tls.init_ca(directory)
+    runner = tls.issue(directory, "runner", server=True, hosts=("127.0.0.1", "localhost"))
+    return Pki(directory, ca, runner, tls.issue(directory, "api", server=False))
+
+
+def free_port_pair() -> int:
+    """A port whose next one is free too (calls and streams)."""
+    for _ in range(100):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return int(port)
+    raise RuntimeError("no free pair of ports")
+
+
+class RunnerProcess:
+    """One ``cove runner`` process group on loopback with its own data dir and
+    cgroup parent (the default snapshot cache is the host's shared one)."""
+
+    def __init__(self, data_dir: Path, pki: Pki, env: dict[str, str] | None = None) -> None:
+        self.data_dir, self.pki = data_dir, pki
+        self.port = free_port_pair()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.cgroup_parent = "cove-rt-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
+        self.env = {**pki.runner_env(), "COVE_SNAPSHOT_DIR": str(SHARED_SNAPSHOTS),
+                    "COVE_CGROUP_PARENT": self.cgroup_parent, **(env or {})}  # fmt: skip
+        self.settings = Settings(data_dir=data_dir, snapshot_dir=SHARED_SNAPSHOTS,
+                                 cgroup_parent=self.cgroup_parent,
+                                 **{k.removeprefix("COVE_").lower(): v for k, v in
+                                    (env or {}).items()})  # fmt: skip
+        self.log = data_dir / "runner.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        cmd = [sys.executable, "-m", "cove.cli.main", "runner", "--port", str(self.port),
+               "--data-dir", str(self.data_dir), "--log-level", "warning"]  # fmt: skip
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log,
+                                         stderr=log, start_new_session=True)  # fmt: skip
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.kill9()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None
+        cert, key = self.pki.api
+        context = tls.client_context(self.pki.ca, cert, key)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cove runner exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/v1/info", verify=context, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"cove runner did not come up: {self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
