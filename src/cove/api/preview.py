@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -30,6 +31,7 @@ from cove.api.preview_headers import (
     header,
     upstream_headers,
 )
+from cove.api.preview_streams import stream_client, stream_socket
 from cove.errors import CoveError
 
 _PATH = re.compile(
@@ -73,6 +75,7 @@ class PreviewProxy:
         self.app = app
         self._services = services
         self._client: httpx.AsyncClient | None = None
+        self._streams: httpx.AsyncClient | None = None  # to sandboxes on other hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = self._target(scope) if scope["type"] in ("http", "websocket") else None
@@ -84,12 +87,18 @@ class PreviewProxy:
         except _Deny as deny:
             await _refuse(scope, receive, send, deny.status, deny.text)
             return
-        url = f"{upstream}{target.path}" + (f"?{query}" if query else "")
+        direct = upstream is not None  # else through the runner (another host)
+        base = upstream if direct else f"http://{target.sandbox_id}:{target.port}"
+        url = f"{base}{target.path}" + (f"?{query}" if query else "")
         if scope["type"] == "websocket":
             ws_url = "ws" + url.removeprefix("http")  # http(s):// -> ws(s)://
-            await _websocket(scope, receive, send, ws_url, target.route)
+            sock = None if direct else await self._stream_socket(target)
+            if not direct and sock is None:
+                await _refuse(scope, receive, send, 502, "preview upstream unreachable")
+                return
+            await _websocket(scope, receive, send, ws_url, target.route, sock)
         else:
-            await self._http(scope, receive, send, url, target.route)
+            await self._http(scope, receive, send, url, target.route, direct)
 
     def _target(self, scope: Scope) -> _Target | None:
         domain = self._services().settings.preview_domain
@@ -116,8 +125,16 @@ class PreviewProxy:
             return _Target("", 0, path, Route(by_host=by_host))
         return _Target(grant.sandbox_id, grant.port, path, Route(by_host, signed_token=token))
 
-    async def _authorize(self, scope: Scope, target: _Target) -> tuple[str, str]:
-        """The upstream base URL of the target and the query to pass on.
+    async def _stream_socket(self, target: _Target) -> socket.socket | None:
+        runner = self._services().lifecycle.runner
+        try:
+            return await stream_socket(runner, target.sandbox_id, target.port)
+        except CoveError:
+            return None
+
+    async def _authorize(self, scope: Scope, target: _Target) -> tuple[str | None, str]:
+        """The upstream base URL of the target (None: reached through the runner's
+        streams) and the query to pass on.
 
         Raises:
             _Deny: the caller may not, or the sandbox does not run.
@@ -141,23 +158,24 @@ class PreviewProxy:
         if str(sandbox.state) != "started":
             raise _Deny(502, f"sandbox {sandbox.id} is not running")
         upstream = await services.lifecycle.runner.preview_upstream(sandbox.id, target.port)
-        if upstream is None:
-            raise _Deny(502, f"sandbox {sandbox.id} is not running")
         rest = urlencode([(k, v) for k, v in query if k != "token"])
         return upstream, rest
 
     async def _http(
-        self, scope: Scope, receive: Receive, send: Send, url: str, route: Route
+        self, scope: Scope, receive: Receive, send: Send, url: str, route: Route, direct: bool
     ) -> None:
         if self._client is None:  # never through a proxy of the environment
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(30, read=None),
                                              trust_env=False)  # fmt: skip
+        if self._streams is None:
+            self._streams = stream_client(self._services().lifecycle.runner)
+        client = self._client if direct else self._streams
         headers = upstream_headers(scope, route)
-        request = self._client.build_request(
+        request = client.build_request(
             scope["method"], url, headers=headers, content=_body(receive)
         )
         try:
-            upstream = await self._client.send(request, stream=True)
+            upstream = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             await _plain(send, 502, f"preview upstream unreachable: {exc}")
             return
@@ -204,7 +222,9 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, text:
         await _plain(send, status, text)
 
 
-async def _websocket(scope: Scope, receive: Receive, send: Send, url: str, route: Route) -> None:
+async def _websocket(scope: Scope, receive: Receive, send: Send, url: str, route: Route,
+                     sock: socket.socket | None = None) -> None:  # fmt: skip
+    """``sock``: already connected to the upstream (through the runner)."""
     await receive()  # websocket.connect
     protocols = [p.strip() for p in (header(scope, "sec-websocket-protocol") or "").split(",")
                  if p.strip()]  # fmt: skip
@@ -216,6 +236,7 @@ async def _websocket(scope: Scope, receive: Receive, send: Send, url: str, route
             user_agent_header=None,
             proxy=None,
             open_timeout=10,
+            **({"sock": sock} if sock is not None else {}),
         )
     except Exception:  # noqa: BLE001 - any failed handshake
         await send({"type": "websocket.close", "code": 1011})

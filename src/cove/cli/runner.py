@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from cove.core.config import Settings
 
 console = Console(stderr=True)
 DEFAULT_PORT = 3100
@@ -46,16 +50,18 @@ def runner(ctx: click.Context, host: str, port: int, data_dir: Path | None,
     asyncio.run(_serve(settings, host, port, log_level))
 
 
-async def _serve(settings: object, host: str, port: int, log_level: str) -> None:
+async def _serve(settings: Settings, host: str, port: int, log_level: str) -> None:
+    """Serve calls on ``port`` and streams on the next one until SIGTERM or ^C."""
     import uvicorn
 
     from cove.runner import build_runtime, daemon, tls
     from cove.runner.local import LocalRunner
 
-    s = settings  # a Settings; typed loosely to keep the import lazy
-    context = tls.server_context(s.runner_ca, s.runner_cert, s.runner_key)  # type: ignore[attr-defined]
-    local = LocalRunner(build_runtime(s))  # type: ignore[arg-type]
-    inventory = daemon.Inventory(local, s.snapshot_dir, s.oci_layout_dir)  # type: ignore[attr-defined]
+    assert settings.runner_ca and settings.runner_cert and settings.runner_key
+    context = tls.server_context(settings.runner_ca, settings.runner_cert, settings.runner_key)
+    local = LocalRunner(build_runtime(settings))
+    inventory = daemon.Inventory(local, settings.snapshot_dir, settings.oci_layout_dir,
+                                 settings.default_snapshot)  # fmt: skip
     app = daemon.create_app(local, inventory, port + 1)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=10)  # fmt: skip

@@ -15,6 +15,7 @@ import json
 import logging
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -62,11 +63,13 @@ class Inventory:
     """What the API may ask the runner synchronously: its snapshots, local images and
     isolation tiers (sent at connect time and after each change)."""
 
-    def __init__(self, runner: LocalRunner, snapshot_dir: Any, layout_dir: Any) -> None:
+    def __init__(self, runner: LocalRunner, snapshot_dir: Path | None,
+                 layout_dir: Path | None, default_snapshot: str) -> None:  # fmt: skip
         self.runner, self.snapshot_dir, self.layout_dir = runner, snapshot_dir, layout_dir
+        self.default_snapshot = default_snapshot
 
     def read(self) -> dict[str, list[str]]:
-        snaps = _names(self.snapshot_dir)
+        snaps = sorted({*_names(self.snapshot_dir), self.default_snapshot})
         images = [n for n in _names(self.layout_dir) if self.runner.has_local_image(n)]
         return {
             "snapshots": [n for n in snaps if self.runner.has_snapshot(n)],
@@ -75,7 +78,7 @@ class Inventory:
         }
 
 
-def _names(directory: Any) -> list[str]:
+def _names(directory: Path | None) -> list[str]:
     if directory is None or not directory.is_dir():
         return []
     return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))

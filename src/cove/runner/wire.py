@@ -16,6 +16,7 @@ both ways.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from typing import Any
@@ -89,7 +90,10 @@ def decode(tp: Any, data: Any) -> Any:
     Raises:
         pydantic.ValidationError: ``data`` is not a ``tp``.
     """
-    return _adapter(tp).validate_python(data)
+    value = _adapter(tp).validate_python(data)
+    if isinstance(value, ContainerSpec):  # a sequence arrives as a list: as sent, a tuple
+        value = dataclasses.replace(value, volumes=tuple(value.volumes))
+    return value
 
 
 def encode_args(method: str, args: dict[str, Any]) -> dict[str, Any]:

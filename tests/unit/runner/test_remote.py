@@ -1,0 +1,173 @@
+"""``cove runner`` and RemoteRunner over mutual TLS, against a real ``cove runner``
+process on the fake runtime: who may call it, whom the API trusts, and that calls,
+answers and errors cross the wire unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cove.core.ports import (
+    ContainerSpec,
+    ContainerStatus,
+    NetworkPolicy,
+    Resources,
+    VolumeBind,
+)
+from cove.errors import BadRequest, RuntimeBackendError, Unavailable
+from cove.runner import tls, wire
+from cove.runner.fake import FakeRuntime
+from cove.runner.local import LocalRunner
+from cove.runner.remote import RemoteRunner
+from cove.testing_remote import Pki, RunnerProcess, make_pki
+
+
+def _runner(tmp: Path, pki: Pki, *, check: bool = True) -> RunnerProcess:
+    snapshots = tmp / "snapshots"
+    snapshots.mkdir(exist_ok=True)
+    proc = RunnerProcess(tmp / f"data-{pki.runner[0].stem}-{id(pki)}", pki,
+                         {"COVE_RUNTIME": "fake", "COVE_SNAPSHOT_DIR": str(snapshots)})  # fmt: skip
+    proc.data_dir.mkdir()
+    proc.start(30, check=check)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("remote")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp: Path) -> Pki:
+    return make_pki(tmp / "pki")
+
+
+@pytest.fixture(scope="module")
+def rogue(tmp: Path) -> Path:
+    """Another CA (self-signed, like any CA), with an API's and a runner's certificate."""
+    tls.init_ca(tmp / "rogue")
+    tls.issue(tmp / "rogue", "api", server=False)
+    tls.issue(tmp / "rogue", "runner", server=True, hosts=("127.0.0.1",))
+    return tmp / "rogue"
+
+
+@pytest.fixture(scope="module")
+def proc(tmp: Path, pki: Pki) -> Iterator[RunnerProcess]:
+    runner = _runner(tmp, pki)
+    yield runner
+    runner.stop()
+
+
+@pytest.fixture
+async def remote(proc: RunnerProcess, pki: Pki) -> AsyncIterator[RemoteRunner]:
+    runner = RemoteRunner.connect(proc.url, pki.ca, *pki.api)
+    yield runner
+    await runner.close()
+
+
+def _client(pki: Pki, cert: tuple[Path, Path] | None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(pki.ca)
+    if cert is not None:
+        ctx.load_cert_chain(*cert)
+    return ctx
+
+
+async def _stream_answer(port: int, ctx: ssl.SSLContext) -> bytes:
+    """What the stream port answers a request line (b"" when it hung up)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        writer.write(b'{"sandbox": "nope", "port": null}\n')
+        line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        return line
+    except (OSError, ssl.SSLError):
+        return b""
+
+
+@pytest.mark.parametrize("caller", ["none", "self-signed", "other CA", "a runner's cert"])
+async def test_the_runner_refuses_a_caller_without_a_client_certificate_of_its_ca(
+    proc: RunnerProcess, pki: Pki, rogue: Path, caller: str
+) -> None:
+    cert = {"none": None, "self-signed": (rogue / "ca.pem", rogue / "ca.key"),
+            "other CA": (rogue / "api.pem", rogue / "api.key"),
+            "a runner's cert": pki.runner}[caller]  # fmt: skip
+    ctx = _client(pki, cert)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{proc.url}/v1/info", verify=ctx, timeout=10)
+    assert await _stream_answer(proc.port + 1, ctx) == b""
+    # the API's certificate, on the same connections, is let in
+    ok = _client(pki, pki.api)
+    assert httpx.get(f"{proc.url}/v1/info", verify=ok, timeout=10).status_code == 200
+    assert b'"type": "Unavailable"' in await _stream_answer(proc.port + 1, ok)
+
+
+def test_the_api_refuses_a_runner_it_cannot_verify(tmp: Path, pki: Pki, rogue: Path) -> None:
+    """A runner with another CA's certificate, or with ours for another address."""
+    tls.issue(pki.dir, "elsewhere", server=True, hosts=("192.0.2.9", "runner.example"))
+    for cert in [(rogue / "runner.pem", rogue / "runner.key"),
+                 (pki.dir / "elsewhere.pem", pki.dir / "elsewhere.key")]:  # fmt: skip
+        impostor = _runner(tmp, Pki(pki.dir, pki.ca, cert, pki.api), check=False)
+        try:
+            with pytest.raises(RuntimeBackendError, match="unreachable"):
+                RemoteRunner.connect(impostor.url, pki.ca, *pki.api)
+        finally:
+            impostor.stop()
+
+
+def test_certificates_are_never_overwritten(tmp: Path, pki: Pki) -> None:
+    with pytest.raises(FileExistsError):
+        tls.init_ca(pki.dir)
+    with pytest.raises(FileExistsError):
+        tls.issue(pki.dir, "api", server=False)
+    with pytest.raises(ValueError, match="--host"):
+        tls.issue(pki.dir, "nohost", server=True)
+    assert (pki.dir / "ca.key").stat().st_mode & 0o077 == 0
+    assert pki.api[1].stat().st_mode & 0o077 == 0
+
+
+async def test_calls_answers_and_errors_cross_the_wire_as_they_are(
+    remote: RemoteRunner,
+) -> None:
+    spec = ContainerSpec(
+        sandbox_id="wire-1", hostname="w", snapshot="cove-default",
+        resources=Resources(cpu=1, memory=1, disk=3), env={"A": "1"},
+        volumes=(VolumeBind("vol", "/data", "sub"),),
+        network=NetworkPolicy(allow_cidrs=("192.0.2.0/24",), peers=(("db", "x"),)),
+    )  # fmt: skip
+    assert wire.decode(ContainerSpec, wire.encode(ContainerSpec, spec)) == spec
+    local = LocalRunner(FakeRuntime())
+    assert remote.has_snapshot("cove-default") and not remote.has_snapshot("nope")
+    assert remote.has_isolation("crun") and not remote.has_isolation("nope")
+    assert await remote.status("wire-1") is ContainerStatus.ABSENT
+    for runner in (local, remote):  # the same failure, the same class
+        with pytest.raises(RuntimeBackendError) as raised:
+            await runner.pause("wire-1")
+        with pytest.raises(Unavailable):
+            await runner.open_agent("wire-1")
+    await remote.create(spec)
+    await remote.start(spec)
+    assert await remote.status("wire-1") is ContainerStatus.RUNNING
+    assert "wire-1" in await remote.list_ids()
+    assert (await remote.stats("wire-1")).pids >= 0
+    await remote.destroy("wire-1")
+    assert "wire-1" not in await remote.list_ids()
+    assert raised.value.message
+    lines: list[str] = []
+    with pytest.raises(RuntimeBackendError, match="not found in its registry"):
+        await remote.pull_image("ref-1", "example.org/x:1", None, lines.append)
+
+
+@pytest.mark.parametrize("name", ["../etc", ".hidden", "a/b", ""])
+async def test_names_that_would_leave_the_runners_directories_are_refused(
+    remote: RemoteRunner, name: str
+) -> None:
+    with pytest.raises(BadRequest):
+        await remote.destroy(name)
+    with pytest.raises(BadRequest):
+        await remote.remove_snapshot(name)
