@@ -1,0 +1,85 @@
+"""The API and the runner as two processes with their own data dirs: ``cove serve``
+with COVE_RUNNER_URL runs every sandbox on a ``cove runner`` reached over mutual TLS,
+and the official SDK sees no difference (lifecycle, exec, files, previews)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from daytona import Daytona, DaytonaConfig
+from websockets.sync.client import connect
+
+from cove.runner.oci.runtime import OciRuntime
+from cove.testing_remote import RunnerProcess, make_pki
+from tests.e2e.conftest import KEY, Server, running_server
+from tests.e2e.test_preview import PORT, serve_app
+from tests.leaks import assert_no_leaks
+from tests.nettools import FakeDns, sandbox_pool
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns) -> Iterator[RunnerProcess]:
+    """A ``cove runner`` with its own data dir; afterwards nothing of it is left."""
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    proc = RunnerProcess(tmp_path_factory.mktemp("cove-runner"), pki,
+                         {"COVE_NETWORK_POOL": sandbox_pool(11),
+                          "COVE_DNS_UPSTREAM": e2e_dns.upstream})  # fmt: skip
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        runtime = OciRuntime(proc.settings)
+        left = runtime.list_ids()
+        for sandbox_id in left:
+            runtime.destroy(sandbox_id)
+        assert not left, f"sandboxes left on the runner: {left}"
+        assert_no_leaks(proc.data_dir, proc.cgroup_parent)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, runner: RunnerProcess) -> Iterator[Server]:
+    env = runner.pki.api_env(runner.url)
+    with running_server(tmp_path_factory.mktemp("cove-api"), 12, env) as srv:
+        yield srv
+
+
+def test_the_sdk_uses_sandboxes_on_a_remote_runner(api: Server, runner: RunnerProcess,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    daytona = Daytona(DaytonaConfig(api_key=KEY, api_url=api.api_url))
+    sb = daytona.create()
+    try:
+        assert OciRuntime(runner.settings).list_ids() == {sb.id}  # on the runner's host
+        assert OciRuntime(api.settings).list_ids() == set()  # not the API's
+        result = sb.process.exec("echo hello from $(hostname)")
+        assert result.exit_code == 0 and result.result.startswith("hello from")
+        data = bytes(range(256)) * 4096  # 1 MiB, every byte value
+        sb.fs.upload_file(data, "/tmp/blob.bin")
+        digest = sb.process.exec("sha256sum /tmp/blob.bin").result.split()[0]
+        assert digest == hashlib.sha256(data).hexdigest()
+        assert sb.fs.download_file("/tmp/blob.bin") == data
+
+        serve_app(sb)
+        link = sb.get_preview_link(PORT)
+        headers = {"X-Daytona-Preview-Token": link.token}
+        assert httpx.get(f"{link.url}/a?x=1", headers=headers).text == "path=/a?x=1"
+        assert httpx.get(f"{link.url}/a").status_code == 401
+        with connect(link.url.replace("http://", "ws://") + "/ws",
+                     additional_headers=headers) as ws:  # fmt: skip
+            ws.send("hi")
+            assert ws.recv(timeout=10) == "echo:hi"
+
+        sb.stop()
+        assert sb.state.value == "stopped"
+        sb.start()
+        assert sb.fs.download_file("/tmp/blob.bin") == data  # its files kept
+        assert sb.process.exec("true").exit_code == 0
+    finally:
+        sb.delete()
+    assert OciRuntime(runner.settings).list_ids() == set()
