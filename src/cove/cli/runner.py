@@ -67,9 +67,13 @@ async def _serve(settings: Settings, host: str, port: int, log_level: str) -> No
                             timeout_graceful_shutdown=10)  # fmt: skip
     config.load()
     config.ssl = context  # mutual TLS, the same context as the stream port's
-    streams = await daemon.StreamServer(local).start(host, port + 1, context)
-    async with streams:
+    stream_server = daemon.StreamServer(local)
+    streams = await stream_server.start(host, port + 1, context)
+    try:
         await uvicorn.Server(config).serve()
+    finally:
+        streams.close()
+        stream_server.close_all()
 
 
 @runner.group()

@@ -122,12 +122,25 @@ class StreamServer:
 
     def __init__(self, runner: LocalRunner) -> None:
         self.runner = runner
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def close_all(self) -> None:
+        """Hang up every stream (at shutdown: the API reconnects to the next runner)."""
+        for writer in list(self._writers):
+            writer.close()
 
     async def start(self, host: str, port: int, context: ssl.SSLContext) -> asyncio.Server:
         return await asyncio.start_server(self.handle, host, port, ssl=context,
                                           ssl_handshake_timeout=FIRST_LINE_SECONDS)  # fmt: skip
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            await self._handle(reader, writer)
+        finally:
+            self._writers.discard(writer)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             target = await self._open(reader)
         except Exception as exc:  # noqa: BLE001 - told to the caller, then hung up

@@ -33,6 +33,7 @@ from cove.core.ports import (
 from cove.runner import tls, wire
 
 CONNECT_SECONDS = 10.0
+MAX_CALLS = 256  # calls at once to one runner (streams are not counted)
 STREAM_LIMIT = 2**20  # a stream reader's buffer, as asyncio's unix connections
 
 
@@ -44,9 +45,12 @@ class RemoteRunner:
         if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"COVE_RUNNER_URL must be https://host:port, not {url!r}")
         self.url, self.host, self._ssl = url.rstrip("/"), parts.hostname, context
-        timeout = httpx.Timeout(CONNECT_SECONDS, read=None)
+        # A call takes as long as the runner's work (a create, an archive, a pull); calls
+        # wait for a free connection rather than fail.
+        timeout = httpx.Timeout(CONNECT_SECONDS, read=None, pool=None)
+        limits = httpx.Limits(max_connections=MAX_CALLS, max_keepalive_connections=32)
         self._client = httpx.AsyncClient(base_url=self.url, verify=context, timeout=timeout,
-                                         trust_env=False)  # fmt: skip
+                                         limits=limits, trust_env=False)  # fmt: skip
         self._inventory: dict[str, Any] = {}
         self.stream_port = 0
 
