@@ -65,8 +65,9 @@ class RunnerProcess:
     """One ``cove runner`` process group on loopback with its own data dir and
     cgroup parent (the default snapshot cache is the host's shared one)."""
 
-    def __init__(self, data_dir: Path, pki: Pki, env: dict[str, str] | None = None) -> None:
-        self.data_dir, self.pki = data_dir, pki
+    def __init__(self, data_dir: Path, pki: Pki, env: dict[str, str] | None = None,
+                 host: str = "127.0.0.1") -> None:  # fmt: skip
+        self.data_dir, self.pki, self.host = data_dir, pki, host
         self.port = free_port_pair()
         self.url = f"https://127.0.0.1:{self.port}"
         self.cgroup_parent = "cove-rt-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
@@ -81,7 +82,8 @@ class RunnerProcess:
     def start(self, timeout: float = 120, *, check: bool = True) -> None:
         """Start it and wait until it answers (``check``: to the API's certificate;
         else until its port accepts connections)."""
-        cmd = [sys.executable, "-m", "cove.cli.main", "runner", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "cove.cli.main", "runner", "--host", self.host,
+               "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--log-level", "warning"]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log,

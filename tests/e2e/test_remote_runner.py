@@ -29,7 +29,8 @@ def runner(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns) -> Iterat
     pki = make_pki(tmp_path_factory.mktemp("pki"))
     proc = RunnerProcess(tmp_path_factory.mktemp("cove-runner"), pki,
                          {"COVE_NETWORK_POOL": sandbox_pool(11),
-                          "COVE_DNS_UPSTREAM": e2e_dns.upstream})  # fmt: skip
+                          "COVE_DNS_UPSTREAM": e2e_dns.upstream},
+                         host="0.0.0.0")  # every address: the sandboxes' gateway too  # fmt: skip
     proc.start()
     try:
         yield proc
@@ -83,3 +84,33 @@ def test_the_sdk_uses_sandboxes_on_a_remote_runner(api: Server, runner: RunnerPr
     finally:
         sb.delete()
     assert OciRuntime(runner.settings).list_ids() == set()
+
+
+# From inside: the sandbox's gateway (the runner's host) and a TCP connection to a port.
+REACH = """
+import socket, struct, sys
+for line in open("/proc/net/route").read().splitlines()[1:]:
+    f = line.split()
+    if f[1] == "00000000":
+        gw = socket.inet_ntoa(struct.pack("<I", int(f[2], 16)))
+for port in map(int, sys.argv[1:]):
+    try:
+        socket.create_connection((gw, port), timeout=3).close()
+        print(gw, port, "open")
+    except OSError as exc:
+        print(gw, port, "closed", type(exc).__name__)
+"""
+
+
+def test_a_sandbox_cannot_reach_its_runner(api: Server, runner: RunnerProcess) -> None:
+    """The runner listens on every address of its host; a sandbox on it reaches neither of its ports (the host's own addresses are closed to sandboxes,
+    and the runner would want a client certificate besides)."""
+    daytona = Daytona(DaytonaConfig(api_key=KEY, api_url=api.api_url))
+    sb = daytona.create()
+    try:
+        sb.fs.upload_file(REACH.encode(), "/tmp/reach.py")
+        out = sb.process.exec(f"python3 /tmp/reach.py {runner.port} {runner.port + 1}")
+        lines = out.result.strip().splitlines()
+        assert len(lines) == 2 and all(" closed " in line for line in lines), out.result
+    finally:
+        sb.delete()
