@@ -103,8 +103,9 @@ for port in map(int, sys.argv[1:]):
 
 
 def test_a_sandbox_cannot_reach_its_runner(api: Server, runner: RunnerProcess) -> None:
-    """The runner listens on every address of its host; a sandbox on it reaches neither of its ports (the host's own addresses are closed to sandboxes,
-    and the runner would want a client certificate besides)."""
+    """The runner listens on every address of its host; a sandbox on it reaches
+    neither of its ports (the host's own addresses are closed to sandboxes, and the
+    runner would want a client certificate besides)."""
     daytona = Daytona(DaytonaConfig(api_key=KEY, api_url=api.api_url))
     sb = daytona.create()
     try:

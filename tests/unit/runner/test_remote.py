@@ -15,12 +15,15 @@ import pytest
 from cove.core.ports import (
     ContainerSpec,
     ContainerStatus,
+    ImageConfig,
     NetworkPolicy,
+    PulledImage,
+    RegistryAuth,
     Resources,
     VolumeBind,
 )
 from cove.errors import BadRequest, RuntimeBackendError, Unavailable
-from cove.runner import tls, wire
+from cove.runner import daemon, tls, wire
 from cove.runner.fake import FakeRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.remote import RemoteRunner
@@ -171,3 +174,25 @@ async def test_names_that_would_leave_the_runners_directories_are_refused(
         await remote.destroy(name)
     with pytest.raises(BadRequest):
         await remote.remove_snapshot(name)
+
+
+async def test_a_pull_streams_its_progress_and_carries_the_credentials(tmp: Path) -> None:
+    """In process (the daemon's app without TLS): progress lines arrive as they are
+    made, the registry password reaches the runner, the image config comes back."""
+    host = FakeRuntime()
+    config = ImageConfig(env={"A": "1"}, workdir="/w", entrypoint=("/bin/app",))
+    host.registry["example.org/x:1"] = ("sha256:abc", config, "s3cret")
+    local = LocalRunner(host)
+    app = daemon.create_app(local, daemon.Inventory(local, None, None, "cove-default"), 1)
+    remote = RemoteRunner("https://runner.test:1", ssl.create_default_context())
+    remote._client = httpx.AsyncClient(transport=httpx.ASGITransport(app),  # noqa: SLF001
+                                       base_url="https://runner.test:1")  # fmt: skip
+    lines: list[str] = []
+    with pytest.raises(RuntimeBackendError, match="authentication required"):
+        await remote.pull_image("ref-1", "example.org/x:1", None, lines.append)
+    auth = RegistryAuth("example.org", "me", "s3cret")
+    pulled = await remote.pull_image("ref-1", "example.org/x:1", auth, lines.append)
+    assert pulled == PulledImage(size=1, digest="sha256:abc", config=config)
+    assert lines == ["Pulled example.org/x:1"] and host.pulls[-1] == ("example.org/x:1", auth)
+    assert remote.has_snapshot("cove-default") and remote.stream_port == 1
+    await remote.close()
