@@ -28,8 +28,11 @@ DEFAULT_PORT = 3100
 @click.pass_context
 def runner(ctx: click.Context, host: str, port: int, data_dir: Path | None,
            log_level: str) -> None:  # fmt: skip
-    """Run this host's sandboxes for a Cove API (mutual TLS: COVE_RUNNER_CA,
-    COVE_RUNNER_CERT, COVE_RUNNER_KEY name the CA, its certificate and its key)."""
+    """Serve this host's sandboxes to a Cove API on another host.
+
+    Mutual TLS: COVE_RUNNER_CA, COVE_RUNNER_CERT and COVE_RUNNER_KEY name the CA, the
+    runner's certificate and its key (see ``cove runner certs``).
+    """
     if ctx.invoked_subcommand is not None:
         return
     from cove.cli.common import local_settings
