@@ -239,6 +239,8 @@ async def _websocket(scope: Scope, receive: Receive, send: Send, url: str, route
             **({"sock": sock} if sock is not None else {}),
         )
     except Exception:  # noqa: BLE001 - any failed handshake
+        if sock is not None:
+            sock.close()  # ends its splice to the runner too
         await send({"type": "websocket.close", "code": 1011})
         return
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
