@@ -17,6 +17,7 @@ import re
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
@@ -228,6 +229,7 @@ async def _websocket(scope: Scope, receive: Receive, send: Send, url: str, route
     await receive()  # websocket.connect
     protocols = [p.strip() for p in (header(scope, "sec-websocket-protocol") or "").split(",")
                  if p.strip()]  # fmt: skip
+    through: dict[str, Any] = {"sock": sock} if sock is not None else {}
     try:
         upstream = await ws_connect(
             url,
@@ -236,7 +238,7 @@ async def _websocket(scope: Scope, receive: Receive, send: Send, url: str, route
             user_agent_header=None,
             proxy=None,
             open_timeout=10,
-            **({"sock": sock} if sock is not None else {}),
+            **through,
         )
     except Exception:  # noqa: BLE001 - any failed handshake
         if sock is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from cove.runner.host.proc import describe_failure, run
 
 CRUN = "crun"
 STATE_ROOT = Path("/run/crun")  # crun's default --root when run as root
+LIST_TRIES = 5  # see Crun.list
 CALL_TIMEOUT = 60.0  # no crun call should take long; a hung one must not hang us
 
 
@@ -69,7 +71,22 @@ class Crun:
             raise RuntimeBackendError(f"crun state {container_id}: bad output") from exc
 
     def list(self) -> list[dict[str, Any]]:
-        """Every container crun knows of (id, pid, status, bundle)."""
+        """Every container crun knows of (id, pid, status, bundle).
+
+        ``crun list`` fails when a container is deleted while it reads the state dir
+        (its ``status`` file vanishes, by another server sharing ``/run/crun`` too):
+        such a failure is tried again, a few times.
+        """
+        for _ in range(LIST_TRIES - 1):
+            try:
+                return self._list()
+            except RuntimeBackendError as exc:
+                if "No such file" not in str(exc):
+                    raise
+                time.sleep(0.01)
+        return self._list()
+
+    def _list(self) -> list[dict[str, Any]]:
         done = run(self.argv("list", "--format", "json"), timeout=CALL_TIMEOUT)
         try:
             return json.loads(done.stdout or b"[]") or []
