@@ -70,6 +70,13 @@ class Crun:
         except ValueError as exc:
             raise RuntimeBackendError(f"crun state {container_id}: bad output") from exc
 
+    def _list(self) -> list[dict[str, Any]]:
+        done = run(self.argv("list", "--format", "json"), timeout=CALL_TIMEOUT)
+        try:
+            return json.loads(done.stdout or b"[]") or []
+        except ValueError as exc:
+            raise RuntimeBackendError("crun list: bad output") from exc
+
     def list(self) -> list[dict[str, Any]]:
         """Every container crun knows of (id, pid, status, bundle).
 
@@ -85,13 +92,6 @@ class Crun:
                     raise
                 time.sleep(0.01)
         return self._list()
-
-    def _list(self) -> list[dict[str, Any]]:
-        done = run(self.argv("list", "--format", "json"), timeout=CALL_TIMEOUT)
-        try:
-            return json.loads(done.stdout or b"[]") or []
-        except ValueError as exc:
-            raise RuntimeBackendError("crun list: bad output") from exc
 
     def run_detached(
         self, container_id: str, bundle: Path, log: Path, *, fds: Sequence[int] = (),
