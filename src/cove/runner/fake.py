@@ -208,6 +208,14 @@ class FakeRuntime:
         self._check("set_network", sandbox_id)
         self.networks[sandbox_id] = policy
 
+    def adopt(self, spec: ContainerSpec) -> None:
+        self._check("adopt", spec.sandbox_id)
+        box = self.boxes.get(spec.sandbox_id)
+        if box is None or box.status != C.RUNNING:
+            raise RuntimeBackendError(f"sandbox {spec.sandbox_id} does not run")
+        self.specs[spec.sandbox_id] = spec
+        self.networks[spec.sandbox_id] = spec.network
+
     def address(self, sandbox_id: str) -> str | None:
         box = self.boxes.get(sandbox_id)
         return "127.0.0.1" if box is not None and box.status == C.RUNNING else None
