@@ -211,8 +211,10 @@ class FakeRuntime:
     def adopt(self, spec: ContainerSpec) -> None:
         self._check("adopt", spec.sandbox_id)
         box = self.boxes.get(spec.sandbox_id)
-        if box is None or box.status != C.RUNNING:
-            raise RuntimeBackendError(f"sandbox {spec.sandbox_id} does not run")
+        if box is None or box.status != C.RUNNING or spec.isolation != "crun":
+            raise RuntimeBackendError(f"sandbox {spec.sandbox_id} cannot be adopted")
+        if len(spec.hostname.encode()) > 64:  # the kernel's limit
+            raise RuntimeBackendError(f"cannot set hostname {spec.hostname!r}")
         self.specs[spec.sandbox_id] = spec
         self.networks[spec.sandbox_id] = spec.network
 

@@ -101,3 +101,35 @@ async def test_the_agent_of_a_running_sandbox_answers(
         await channel.close()
     upstream = await runner.preview_upstream(spec.sandbox_id, 3000)
     assert upstream is not None and upstream.startswith("http://") and upstream.endswith(":3000")
+
+
+async def test_a_running_sandbox_is_adopted_under_a_new_name_user_and_env(
+    runner: LocalRunner, spec: ContainerSpec
+) -> None:
+    """A warm pool's claim: what the start baked in becomes the claim's."""
+    from dataclasses import replace
+
+    await runner.create(spec)
+    wanted = replace(spec, hostname="adopted-name", user="root", env={"CLAIM": "yes"},
+                     network=NetworkPolicy(block_all=True))  # fmt: skip
+    with pytest.raises(CoveError):
+        await runner.adopt(wanted)  # not running
+    await runner.start(spec)
+    if spec.isolation == "gvisor":
+        with pytest.raises(CoveError):  # pools keep crun sandboxes only
+            await runner.adopt(wanted)
+        return
+    with pytest.raises(CoveError):  # the kernel's limit on hostnames: refused, not cut
+        await runner.adopt(replace(wanted, hostname="x" * 65))
+    await runner.adopt(wanted)
+    if isinstance(runner.host, FakeRuntime):
+        return
+
+    async def run(*argv: str) -> str:
+        done = await asyncio.to_thread(runner.host.exec, spec.sandbox_id, argv)
+        return done.stdout.decode()
+
+    assert await run("hostname") == "adopted-name\n"
+    assert await run("cat", "/etc/hostname") == "adopted-name\n"
+    assert "adopted-name" in await run("cat", "/etc/hosts")
+    assert await run("id", "-un") == "root\n"  # the runtime's own execs: the claim's user
