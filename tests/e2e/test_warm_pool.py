@@ -35,18 +35,7 @@ OPERATOR = "cove-operator-pool"
 def pool_server(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns) -> Iterator[Server]:
     env = {"COVE_DNS_UPSTREAM": e2e_dns.upstream, "COVE_POOL_SIZE": str(SIZE)}
     with running_server(tmp_path_factory.mktemp("cove-pool"), 6, env) as srv:
-        try:
-            yield srv
-        finally:
-            drain(srv)
-
-
-def drain(srv: Server) -> None:
-    """Restart without a pool: the server destroys every pooled sandbox."""
-    srv.stop()
-    srv.extra_env["COVE_POOL_SIZE"] = "0"
-    srv.start()
-    wait_for(lambda: not unowned(srv), "the pool drained")
+        yield srv  # its teardown drains the pools
 
 
 def unowned(srv: Server, state: str | None = None) -> list[str]:

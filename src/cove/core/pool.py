@@ -42,6 +42,7 @@ from cove.errors import Conflict, CoveError, InvalidState, NotFound
 S = SandboxState
 OPERATOR_POOL = "cove-operator-pool"  # the id of the operator's pool (COVE_POOL_SIZE)
 REFILL_SECONDS = 2.0  # how often pools are checked when nothing wakes the keeper
+RETRY_SECONDS = 30.0  # how long a pool whose sandbox failed to boot waits to try again
 log = logging.getLogger(__name__)
 
 
@@ -121,6 +122,7 @@ class PoolKeeper:
         self._default_ref = default_ref
         self._claims: set[str] = set()  # tokens of claims and discards under way
         self._wake = asyncio.Event()
+        self._retry_at: dict[str, float] = {}  # pool id -> when a failed pool tries again
         self.operator_error: str | None = None
 
     def operator_pool(self) -> WarmPool | None:
@@ -180,12 +182,16 @@ class PoolKeeper:
                 await self._discard(sb)
                 continue
             kept.setdefault(pool.id, []).append(sb)
+        now = asyncio.get_running_loop().time()
         for pool in pools.values():
             members = kept.get(pool.id, [])
             for extra in members[pool.size:]:
                 await self._discard(extra)
+            if self._retry_at.get(pool.id, 0.0) > now:
+                continue
             for _ in range(pool.size - len(members)):
                 if not await self._fill(pool):
+                    self._retry_at[pool.id] = now + RETRY_SECONDS
                     break
 
     async def _fill(self, pool: WarmPool) -> bool:

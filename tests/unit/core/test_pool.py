@@ -224,3 +224,19 @@ async def test_an_organizations_pool_serves_only_it(
     pools.delete(org, pool.id)
     await keeper(pooled).keep()
     assert sorted(sb.name for sb in pooled.store.all()) == ["a", "b"]
+
+
+async def test_a_pool_that_cannot_boot_says_why_and_waits(
+    pooled: LifecycleService, runtime: FakeRuntime
+) -> None:
+    runtime.fail_on["start"] = "no room"
+    await keeper(pooled).keep()
+    pool = keeper(pooled).operator_pool()
+    assert pool is not None and "no room" in (pool.error_reason or "")
+    del runtime.fail_on["start"]
+    await keeper(pooled).keep()  # the failed one is removed; no new try yet
+    assert pooled.store.all() == [] and runtime.boxes == {}
+    keeper(pooled)._retry_at.clear()  # its time has come
+    await keeper(pooled).keep()
+    assert len(waiting(pooled)) == 3
+    assert keeper(pooled).operator_pool().error_reason is None  # type: ignore[union-attr]
