@@ -89,6 +89,7 @@ def test_a_pooled_create_carries_every_setting(pool_server: Server, client: Dayt
     assert out(sb, "hostname") == "pooled-one" and out(sb, "cat /etc/hostname") == "pooled-one"
     assert "pooled-one" in out(sb, "cat /etc/hosts")
     assert out(sb, "echo $GREETING") == "hi there" and out(sb, "id -un") == "root"
+    assert out(sb, "echo $HOSTNAME") == "pooled-one"  # as a cold start sets it
     assert fetch(sb, f"http://{R1}:8080/") and not fetch(sb, f"http://{R2}:8080/")
     blocked = client.create(CreateSandboxFromSnapshotParams(network_block_all=True))
     assert blocked.id in pooled and not fetch(blocked, f"http://{R1}:8080/")

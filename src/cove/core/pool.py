@@ -288,10 +288,14 @@ class PoolKeeper:
 
     async def _adopt(self, sandbox_id: str, token: str, wanted: Sandbox) -> Sandbox | None:
         now = utcnow()
+        name = sandbox_id if wanted.name == wanted.id else wanted.name
         sandbox = dataclasses.replace(
-            wanted, id=sandbox_id, name=sandbox_id if wanted.name == wanted.id else wanted.name,
-            state=S.STARTED, created_at=now, updated_at=now, last_activity_at=now,
-            state_changed_at=now, warm_pool_id=None,
+            wanted, id=sandbox_id, name=name, state=S.STARTED, created_at=now, updated_at=now,
+            last_activity_at=now, state_changed_at=now, warm_pool_id=None,
+            # The agent's own environment (which its processes start from) still names the
+            # pooled sandbox's HOSTNAME: processes get the new one with their env, until
+            # the sandbox restarts with it (as a cold start sets it; ``env`` may override).
+            runtime_env={"HOSTNAME": name, **wanted.env},
         )  # fmt: skip
         try:
             await self.ops.runner.adopt(container_spec(sandbox))

@@ -84,6 +84,7 @@ async def test_a_claim_carries_every_setting_and_the_pool_refills(
     assert (got.auto_stop_interval, got.auto_archive_interval, got.auto_delete_interval) == (
         7, 9, 0)
     assert (got.network_block_all, got.network_allow_list) == (False, "1.1.1.0/24")
+    assert got.process_env == {"HOSTNAME": "mine", "K": "v"}  # what its processes get
     spec = runtime.specs[sb.id]  # what the runtime was told at the claim
     assert (spec.hostname, spec.user, spec.env) == ("mine", "root", {"K": "v"})
     assert spec.network.allow_cidrs == ("1.1.1.0/24",) and not spec.network.block_all
