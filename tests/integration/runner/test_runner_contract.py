@@ -5,6 +5,7 @@ the same answers, so what the unit tests prove with the fake holds for real."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -16,6 +17,7 @@ from cove.core.agent_call import AgentCall
 from cove.core.ports import ContainerSpec, ContainerStatus, NetworkPolicy, Resources, Runner
 from cove.errors import CoveError, Unavailable
 from cove.runner.fake import FakeRuntime
+from cove.runner.layout import SandboxPaths
 from cove.runner.local import LocalRunner
 from cove.runner.oci.runtime import OciRuntime
 
@@ -133,3 +135,14 @@ async def test_a_running_sandbox_is_adopted_under_a_new_name_user_and_env(
     assert await run("cat", "/etc/hostname") == "adopted-name\n"
     assert "adopted-name" in await run("cat", "/etc/hosts")
     assert await run("id", "-un") == "root\n"  # the runtime's own execs: the claim's user
+    settings = runner.host._settings  # type: ignore[attr-defined]
+    pid_file = SandboxPaths.of(settings.data_dir, spec.sandbox_id).bundle / "init.pid"
+    real = pid_file.read_text()
+    pid_file.write_text("1")  # a pid that is not the sandbox's init: never renamed
+    with pytest.raises(CoveError):
+        await runner.adopt(replace(wanted, hostname="not-the-host"))
+    assert socket.gethostname() != "not-the-host"
+    pid_file.write_text(real)
+    await runner.stop(spec.sandbox_id)
+    with pytest.raises(CoveError):
+        await runner.adopt(wanted)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,15 +29,17 @@ CLONE_NEWUTS = 0x04000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def adopt(paths: SandboxPaths, meta: Metadata, init_pid: int, spec_: ContainerSpec,
+def adopt(paths: SandboxPaths, meta: Metadata, group: str, spec_: ContainerSpec,
           nameserver: str | None) -> Metadata:  # fmt: skip
     """Give the running sandbox ``spec_``'s hostname, user and env; returns its new
     metadata (written).
 
     Raises:
-        RuntimeBackendError: the hostname could not be set (say it is too long).
+        RuntimeBackendError: its init does not run, or the hostname could not be set
+            (say it is too long).
     """
-    set_hostname(init_pid, spec_.hostname)
+    with init_uts(paths, group) as uts:
+        set_hostname(uts, spec_.hostname)
     _write_etc(paths, spec_.hostname, nameserver=nameserver)
     image_env = unpack.image_env(Path(meta.lower))
     meta = replace(meta, hostname=spec_.hostname, user=spec_.user,
@@ -43,8 +48,40 @@ def adopt(paths: SandboxPaths, meta: Metadata, init_pid: int, spec_: ContainerSp
     return meta
 
 
-def set_hostname(pid: int, hostname: str) -> None:
-    """Set the hostname of the UTS namespace of process ``pid``.
+@contextmanager
+def init_uts(paths: SandboxPaths, group: str) -> Iterator[int]:
+    """A descriptor of the UTS namespace of the sandbox's running init, without asking
+    crun (a process of its own): the pid crun wrote at start, checked to be a process
+    of the sandbox's cgroup ``group`` that did not exit before its namespace was opened
+    (so a recycled pid never names another process).
+
+    Raises:
+        RuntimeBackendError: the sandbox's init does not run.
+    """
+    try:
+        pid = int((paths.bundle / "init.pid").read_text())
+        pidfd = os.pidfd_open(pid)
+    except (OSError, ValueError) as exc:
+        raise RuntimeBackendError(f"the sandbox's init does not run: {exc}") from exc
+    try:
+        try:
+            cgroups = Path(f"/proc/{pid}/cgroup").read_text()
+            uts = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RuntimeBackendError(f"the sandbox's init does not run: {exc}") from exc
+        try:
+            exited = select.select([pidfd], [], [], 0)[0]
+            if exited or f"/{group}/" not in cgroups.replace("\n", "/\n"):
+                raise RuntimeBackendError(f"process {pid} is not the sandbox's init")
+            yield uts
+        finally:
+            os.close(uts)
+    finally:
+        os.close(pidfd)
+
+
+def set_hostname(uts: int, hostname: str) -> None:
+    """Set the hostname of the UTS namespace ``uts`` (a descriptor).
 
     Raises:
         RuntimeBackendError: the namespace cannot be joined, or the kernel refuses
@@ -52,20 +89,13 @@ def set_hostname(pid: int, hostname: str) -> None:
     """
     own = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
     try:
+        _setns(uts)
         try:
-            target = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+            socket.sethostname(hostname)
         except OSError as exc:
-            raise RuntimeBackendError(f"cannot reach the sandbox's init: {exc}") from exc
-        try:
-            _setns(target)
-            try:
-                socket.sethostname(hostname)
-            except OSError as exc:
-                raise RuntimeBackendError(f"cannot set hostname {hostname!r}: {exc}") from exc
-            finally:
-                _setns(own)  # this worker thread goes back to the host's namespace
+            raise RuntimeBackendError(f"cannot set hostname {hostname!r}: {exc}") from exc
         finally:
-            os.close(target)
+            _setns(own)  # this worker thread goes back to the host's namespace
     finally:
         os.close(own)
 

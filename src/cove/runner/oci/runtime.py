@@ -483,11 +483,10 @@ class OciRuntime:
         and network policy, as a cold start of ``spec_`` would have set them."""
         with self._locked(spec_.sandbox_id) as paths:
             meta = paths.read_metadata()
-            state = self._alive(spec_.sandbox_id, meta.isolation)
-            if meta.isolation != "crun" or state is None:
+            if meta.isolation != "crun":
                 raise RuntimeBackendError(f"sandbox {spec_.sandbox_id} cannot be adopted")
             link = self._net.link(paths) if self._net is not None else None
-            adopt.adopt(paths, meta, int(str(state.get("pid") or 0)), spec_,
+            adopt.adopt(paths, meta, self._group(spec_.sandbox_id), spec_,
                         link.host if link else None)  # fmt: skip
             if self._net is not None and link is not None:
                 self._net.apply(spec_.sandbox_id, link, spec_.network)
