@@ -4,14 +4,17 @@ milliseconds instead of booting one.
 A pool keeps ``size`` sandboxes of one snapshot, resource class (cpu, memory, disk)
 and isolation tier started, as rows of ``sandboxes`` with no organization: no
 organization lists, gets, meters or is told of them, and no timer runs on them.
-They wait with every packet out dropped. The operator's pool (``COVE_POOL_SIZE``
-sandboxes of the default snapshot at the default resources) serves every
-organization; an organization's own pools (``/api/warm-pools``) serve only it.
+Nothing of a tenant ever runs in them (a claimed sandbox never returns to a
+pool); they wait with the default firewall, which most creates keep. The
+operator's pool (``COVE_POOL_SIZE`` sandboxes of the default snapshot at the
+default resources) serves every organization; an organization's own pools
+(``/api/warm-pools``) serve only it.
 
 A create that a pool can serve (see :meth:`PoolKeeper.claim`) *takes* one of its
 sandboxes in one conditional UPDATE (two creates never take the same one), then
-gives it everything the create asked for (hostname, user, env, firewall; name,
-labels, intervals and organization with the record, written last). Anything that
+gives it everything the create asked for (hostname, user, env, its firewall
+unless the default; name, labels, intervals and organization with the record,
+written last). Anything that
 fails on the way destroys the taken sandbox and the create boots one cold: a
 create never answers a sandbox with settings other than those it asked for.
 
@@ -35,7 +38,7 @@ from typing import Protocol
 
 from cove.core.config import Settings
 from cove.core.ops import SandboxOps, container_spec
-from cove.core.ports import EventSink, Resources
+from cove.core.ports import EventSink, NetworkPolicy, Resources
 from cove.core.sandbox import MAX_ARCHIVE_MINUTES, Sandbox, SandboxState, utcnow
 from cove.errors import Conflict, CoveError, InvalidState, NotFound
 
@@ -202,7 +205,7 @@ class PoolKeeper:
         sandbox = Sandbox(
             id=sandbox_id, organization_id="", name=sandbox_id, snapshot=pool.snapshot,
             user=pool.user, resources=pool.resources, isolation=pool.isolation,
-            target=pool.target, network_block_all=True, auto_stop_interval=0,
+            target=pool.target, auto_stop_interval=0,
             auto_archive_interval=MAX_ARCHIVE_MINUTES, auto_delete_interval=-1,
             warm_pool_id=pool.id,
         )  # fmt: skip
@@ -298,7 +301,10 @@ class PoolKeeper:
             runtime_env={"HOSTNAME": name, **wanted.env},
         )  # fmt: skip
         try:
-            await self.ops.runner.adopt(container_spec(sandbox))
+            spec = container_spec(sandbox)
+            await self.ops.runner.adopt(spec)
+            if spec.network != NetworkPolicy():  # it waited with the default firewall
+                await self.ops.runner.set_network(sandbox_id, spec.network)
             self.store.adopt(sandbox, token)
         except Conflict:
             await self._remove(sandbox_id)

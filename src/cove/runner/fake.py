@@ -216,7 +216,6 @@ class FakeRuntime:
         if len(spec.hostname.encode()) > 64:  # the kernel's limit
             raise RuntimeBackendError(f"cannot set hostname {spec.hostname!r}")
         self.specs[spec.sandbox_id] = spec
-        self.networks[spec.sandbox_id] = spec.network
 
     def address(self, sandbox_id: str) -> str | None:
         box = self.boxes.get(sandbox_id)

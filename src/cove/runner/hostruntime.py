@@ -179,8 +179,8 @@ class HostRuntime(Protocol):
         """
 
     def adopt(self, spec: ContainerSpec) -> None:
-        """The running sandbox (a warm pool's) takes on ``spec``'s hostname, user, env
-        and network policy.
+        """The running sandbox (a warm pool's) takes on ``spec``'s hostname, user and env
+        (its firewall: ``set_network``).
 
         Raises:
             RuntimeBackendError: it does not run, or a setting could not be applied.

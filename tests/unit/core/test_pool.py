@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
 from cove.core.pool import OPERATOR_POOL, PoolKeeper
+from cove.core.ports import NetworkPolicy
 from cove.core.sandbox import SandboxState
 from cove.core.warm_pools import WarmPoolService
 from cove.errors import BadRequest, Conflict, NotFound
@@ -61,7 +62,7 @@ async def test_the_pool_fills_and_no_organization_sees_it(
     for sandbox_id in ids:
         with pytest.raises(NotFound):
             pooled.get(org, sandbox_id)
-        assert runtime.specs[sandbox_id].network.block_all  # nothing out while waiting
+        assert runtime.specs[sandbox_id].network == NetworkPolicy()  # a default create's
     assert events.created == [] and events.transitions == []
     one = pooled.store.get_by_id(sorted(ids)[0])
     await pooled.ops.set_state(one, S.STOPPED)  # as the reconciler reports a dead one
@@ -87,7 +88,7 @@ async def test_a_claim_carries_every_setting_and_the_pool_refills(
     assert got.process_env == {"HOSTNAME": "mine", "K": "v"}  # what its processes get
     spec = runtime.specs[sb.id]  # what the runtime was told at the claim
     assert (spec.hostname, spec.user, spec.env) == ("mine", "root", {"K": "v"})
-    assert spec.network.allow_cidrs == ("1.1.1.0/24",) and not spec.network.block_all
+    assert runtime.networks[sb.id] == NetworkPolicy(allow_cidrs=("1.1.1.0/24",))
     assert events.created == [sb.id]
     assert sb.id not in waiting(pooled)
     await keeper(pooled).keep()
@@ -99,7 +100,10 @@ async def test_block_all_and_an_unnamed_claim(pooled: LifecycleService, org: str
     await keeper(pooled).keep()
     sb = await create(pooled, org, network_block_all=True)
     assert sb.name == sb.id and runtime.specs[sb.id].hostname == sb.id
-    assert runtime.specs[sb.id].network.block_all
+    assert runtime.networks[sb.id] == NetworkPolicy(block_all=True)
+    before = waiting(pooled)
+    plain = await create(pooled, org)  # the default firewall: nothing to change
+    assert plain.id in before and plain.id not in runtime.networks
 
 
 async def test_concurrent_claims_never_share_a_sandbox(

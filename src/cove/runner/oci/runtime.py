@@ -479,8 +479,9 @@ class OciRuntime:
             self._net.apply(sandbox_id, link, policy)
 
     def adopt(self, spec_: ContainerSpec) -> None:
-        """The running sandbox (a warm pool's) takes on ``spec_``'s hostname, user, env
-        and network policy, as a cold start of ``spec_`` would have set them."""
+        """The running sandbox (a warm pool's) takes on ``spec_``'s hostname, user and
+        env, as a cold start of ``spec_`` would have set them (its firewall:
+        ``set_network``)."""
         with self._locked(spec_.sandbox_id) as paths:
             meta = paths.read_metadata()
             if meta.isolation != "crun":
@@ -488,8 +489,6 @@ class OciRuntime:
             link = self._net.link(paths) if self._net is not None else None
             adopt.adopt(paths, meta, self._group(spec_.sandbox_id), spec_,
                         link.host if link else None)  # fmt: skip
-            if self._net is not None and link is not None:
-                self._net.apply(spec_.sandbox_id, link, spec_.network)
 
     def address(self, sandbox_id: str) -> str | None:
         """The running sandbox's address on its veth (None without networking)."""
