@@ -38,6 +38,7 @@ from cove.core.snapshots import SnapshotService
 from cove.core.ssh_access import SshAccessService
 from cove.core.toolbox import ToolboxService, agent_client
 from cove.core.volumes import VolumeService
+from cove.core.warm_pools import WarmPoolService
 from cove.hostfiles import prepare_host_dirs, secret_file
 from cove.runner import build_runtime
 from cove.runner.hostruntime import HostRuntime
@@ -45,6 +46,7 @@ from cove.runner.local import LocalRunner
 from cove.runner.storage.volumes import LocalVolumeFiles
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
+from cove.store.pools import SqlPoolStore
 from cove.store.registries import SqlRegistryStore
 from cove.store.sealing import KEY_BYTES, AesGcmSealer
 from cove.store.secretbox import SecretBox
@@ -74,6 +76,7 @@ class Services:
     ssh: SshAccessService  # SSH access tokens (the gateway is cove.api.ssh)
     secrets: SecretService
     metrics: MetricsHistory  # the sampled history of started sandboxes' metrics
+    warm_pools: WarmPoolService  # the organizations' warm pools (the keeper: lifecycle.pool)
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -155,6 +158,11 @@ def build_services(
         snapshots=snapshots, images=images,
     )  # fmt: skip
     lifecycle.creator.use_contexts(contexts)
+    pool_store = SqlPoolStore(engine)
+    warm_pools = WarmPoolService(
+        settings=settings, keeper=lifecycle.use_pools(pool_store), store=pool_store,
+        ref_for=lifecycle.creator._usable_snapshot, snapshots=snapshots,
+    )  # fmt: skip
     secrets = lifecycle.creator.secrets = SecretService(
         SqlSecretStore(engine, SecretBox.in_dir(settings.data_dir)))
     toolbox = ToolboxService(lifecycle.ops, settings.output_limit)
@@ -179,6 +187,7 @@ def build_services(
             images=images, contexts=contexts,
         ),
         previews=load_tokens(settings.data_dir), ssh=ssh, secrets=secrets, metrics=history,
+        warm_pools=warm_pools,
     )  # fmt: skip
 
 

@@ -54,6 +54,7 @@ class ServerProcess:
         env = {**os.environ, "COVE_API_KEY": self.api_key,
                "COVE_SNAPSHOT_DIR": str(SHARED_SNAPSHOTS),
                "COVE_CGROUP_PARENT": self.cgroup_parent, "COVE_SSH_PORT": str(self.ssh_port),
+               "COVE_POOL_SIZE": "0",  # no warm pool unless a test asks for one
                **self.extra_env}
         cmd = [sys.executable, "-m", "cove.cli.main", "serve", "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--log-level", "warning"]

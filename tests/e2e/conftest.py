@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from daytona import AsyncDaytona, Daytona, DaytonaConfig
 
@@ -67,6 +69,7 @@ def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None,
         if not srv.running:
             srv.start()
         srv.delete_all_sandboxes()
+        drain_pools(srv)
         srv.stop()
         runtime = srv.runtime()
         for ref in snapshot_refs(srv.data_dir):  # the snapshot dir is shared: leave nothing
@@ -76,6 +79,31 @@ def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None,
             runtime.destroy(sandbox_id)
         assert not leftovers, f"sandboxes left on the host: {leftovers}"
         assert_no_leaks(srv.data_dir, srv.cgroup_parent)
+
+
+def unowned(srv: Server) -> list[str]:
+    """Ids of the sandboxes no organization owns (warm pools'), from the database."""
+    if not (srv.data_dir / "cove.db").exists():
+        return []
+    with sqlite3.connect(srv.data_dir / "cove.db") as db:
+        return [r[0] for r in db.execute("SELECT id FROM sandboxes WHERE organization_id IS NULL")]
+
+
+def drain_pools(srv: Server) -> None:
+    """Delete the admin organization's warm pools and restart the server without the
+    operator's pool: it destroys every pooled sandbox."""
+    if not unowned(srv):
+        return
+    headers = {"Authorization": f"Bearer {srv.api_key}"}
+    for pool in httpx.get(f"{srv.api_url}/warm-pools", headers=headers, timeout=30).json():
+        httpx.delete(f"{srv.api_url}/warm-pools/{pool['id']}", headers=headers, timeout=30)
+    srv.stop()
+    srv.extra_env["COVE_POOL_SIZE"] = "0"
+    srv.start()
+    deadline = time.monotonic() + 300
+    while unowned(srv):
+        assert time.monotonic() < deadline, f"pooled sandboxes left: {unowned(srv)}"
+        time.sleep(0.1)
 
 
 def snapshot_refs(data_dir: Path) -> list[str]:

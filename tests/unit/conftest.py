@@ -38,6 +38,7 @@ class RecordingEvents:
 def _no_ssh_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process servers listen for SSH only where a test asks (COVE_SSH_PORT)."""
     monkeypatch.setenv("COVE_SSH_PORT", "0")
+    monkeypatch.setenv("COVE_POOL_SIZE", "0")  # no warm pool unless a test asks for one
 
 
 @pytest.fixture

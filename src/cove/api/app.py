@@ -43,6 +43,7 @@ from cove.api.routes import (
     toolbox_sessions,
     toolbox_system,
     volumes,
+    warm_pools,
 )
 from cove.api.ssh import SshGateway
 from cove.core.config import Settings
@@ -77,6 +78,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
             asyncio.create_task(watch(services.lifecycle, interval=settings.watch_seconds)),
             asyncio.create_task(run_timers(services.lifecycle, settings.minute_seconds)),
             asyncio.create_task(services.metrics.run()),
+            asyncio.create_task(services.lifecycle.keep_pools()),
         ]
         yield
         for task in background:
@@ -98,6 +100,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     api.include_router(sandboxes.router, prefix="/api")
     api.include_router(volumes.router, prefix="/api")
     api.include_router(snapshots.router, prefix="/api")
+    api.include_router(warm_pools.router, prefix="/api")
     api.include_router(docker_registry.router, prefix="/api")
     api.include_router(sandbox_network.router, prefix="/api")
     api.include_router(previews.router, prefix="/api")

@@ -19,6 +19,7 @@ from cove.core.contexts import ContextStore
 from cove.core.images import ImageService, default_user, pull_and_boot
 from cove.core.intervals import expiry
 from cove.core.ops import SandboxOps
+from cove.core.pool import PoolKeeper
 from cove.core.ports import VolumeBind
 from cove.core.sandbox import Sandbox, SandboxState, archive_minutes
 from cove.core.secrets import SecretService
@@ -47,6 +48,7 @@ class Creator:
         self.images: ImageService | None = None  # registry images (None: not pulled)
         self.contexts: ContextStore | None = None  # uploaded build contexts (None: none)
         self.secrets: SecretService | None = None  # the organizations' secrets (None: none)
+        self.pool: PoolKeeper | None = None  # warm pools (None: every create boots)
         self.use_snapshots(snapshots)
 
     def use_snapshots(self, snapshots: SnapshotService | None) -> None:
@@ -76,6 +78,10 @@ class Creator:
         plan = self._build_plan(organization_id, request)
         sandbox, pull = self._new_sandbox(organization_id, request)
         mounts = self._secret_mounts(organization_id, request)
+        if plan is None and pull is None and not mounts and self.pool is not None:
+            claimed = await self.pool.claim(sandbox)  # a warm pool's, made into this one
+            if claimed is not None:
+                return claimed
         if plan is not None or pull is not None:
             sandbox.state = S.PENDING_BUILD
             sandbox.env = {**(plan.env if plan else {}), **sandbox.env}

@@ -18,6 +18,7 @@ from cove.core.config import Settings
 from cove.core.create import Creator
 from cove.core.images import ImageService
 from cove.core.ops import SandboxOps, container_spec, network_policy
+from cove.core.pool import OwnedOnly, PoolKeeper, PoolStore
 from cove.core.ports import ContainerStatus, EventSink, Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState, archive_minutes, utcnow
 from cove.core.snapshots import SnapshotService
@@ -48,13 +49,28 @@ class LifecycleService:
         self.settings = settings
         self.store = store
         self.runner = runner
-        self.events = events
+        self.events = events = OwnedOnly(events)  # pooled sandboxes are no one's news
         self.ops = SandboxOps(
             store=store, runner=runner, events=events, minute_seconds=settings.minute_seconds
         )
         self.creator = Creator(settings=settings, ops=self.ops, volumes=volumes,
                                snapshots=snapshots)  # fmt: skip
         self.creator.images = images
+        self.pool: PoolKeeper | None = None  # warm pools (None: none kept)
+
+    def use_pools(self, store: PoolStore) -> PoolKeeper:
+        """Keep warm pools (their definitions and claims in ``store``)."""
+        creator = self.creator
+        self.pool = creator.pool = PoolKeeper(
+            settings=self.settings, ops=self.ops, store=store,
+            default_ref=lambda: creator._usable_snapshot("", self.settings.default_snapshot),
+        )  # fmt: skip
+        return self.pool
+
+    async def keep_pools(self) -> None:
+        """Keep the warm pools filled until cancelled (nothing without pools)."""
+        if self.pool is not None:
+            await self.pool.run()
 
     @property
     def volumes(self) -> VolumeService | None:

@@ -73,7 +73,8 @@ class MetricsHistory:
 
     async def sample_all(self) -> int:
         """Sample every started sandbox once; returns how many were sampled."""
-        started = [sb for sb in self.store.all() if sb.state is SandboxState.STARTED]
+        started = [sb for sb in self.store.all()
+                   if sb.state is SandboxState.STARTED and sb.organization_id]  # fmt: skip
         gate = asyncio.Semaphore(CONCURRENCY)
 
         async def one(sandbox: Sandbox) -> bool:

@@ -224,6 +224,10 @@ class Runner(Protocol):
     async def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         """Apply ``policy`` to the running sandbox at once (a no-op when it does not run)."""
 
+    async def adopt(self, spec: ContainerSpec) -> None:
+        """Give the running sandbox (started for a warm pool) ``spec``'s hostname, user and
+        env, as a cold start of ``spec`` would have (its firewall: ``set_network``)."""
+
     async def stats(self, sandbox_id: str) -> ContainerStats:
         """Current usage of a running sandbox."""
 

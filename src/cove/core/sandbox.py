@@ -223,6 +223,8 @@ class Sandbox:
     auto_pause_interval: int = 0
     # The TTL: destroyed at this time whatever its state (None: no TTL).
     auto_destroy_at: datetime | None = None
+    # An unclaimed warm-pool sandbox (``organization_id`` is then ``""``): its pool.
+    warm_pool_id: str | None = None
 
     @property
     def desired_state(self) -> str:

@@ -233,6 +233,9 @@ class SnapshotService:
         users = [sb for sb in self.sandboxes.all() if sb.snapshot == snap.id]
         if users:  # name only the caller's own sandboxes
             own = [sb.id for sb in users if sb.organization_id == organization_id]
+            if not own and all(not sb.organization_id for sb in users):
+                raise Conflict(f"Snapshot {snap.name} is kept warm by a warm pool: delete the "
+                               "pool first (its sandboxes are then destroyed)")
             raise Conflict(f"Snapshot {snap.name} is used by sandbox(es) {', '.join(own)}")
         await self.runner.remove_snapshot(snap.id)
         self.store.remove(snap.id)

@@ -208,6 +208,15 @@ class FakeRuntime:
         self._check("set_network", sandbox_id)
         self.networks[sandbox_id] = policy
 
+    def adopt(self, spec: ContainerSpec) -> None:
+        self._check("adopt", spec.sandbox_id)
+        box = self.boxes.get(spec.sandbox_id)
+        if box is None or box.status != C.RUNNING or spec.isolation != "crun":
+            raise RuntimeBackendError(f"sandbox {spec.sandbox_id} cannot be adopted")
+        if len(spec.hostname.encode()) > 64:  # the kernel's limit
+            raise RuntimeBackendError(f"cannot set hostname {spec.hostname!r}")
+        self.specs[spec.sandbox_id] = spec
+
     def address(self, sandbox_id: str) -> str | None:
         box = self.boxes.get(sandbox_id)
         return "127.0.0.1" if box is not None and box.status == C.RUNNING else None

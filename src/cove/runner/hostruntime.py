@@ -178,5 +178,13 @@ class HostRuntime(Protocol):
             RuntimeBackendError: the rules could not be installed.
         """
 
+    def adopt(self, spec: ContainerSpec) -> None:
+        """The running sandbox (a warm pool's) takes on ``spec``'s hostname, user and env
+        (its firewall: ``set_network``).
+
+        Raises:
+            RuntimeBackendError: it does not run, or a setting could not be applied.
+        """
+
     def address(self, sandbox_id: str) -> str | None:
         """The running sandbox's IP address as seen from the host (None: no network)."""

@@ -123,6 +123,9 @@ class LocalRunner:
     async def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         await self._run(self.host.set_network, sandbox_id, policy)
 
+    async def adopt(self, spec: ContainerSpec) -> None:
+        await self._run(self.host.adopt, spec)
+
     async def stats(self, sandbox_id: str) -> ContainerStats:
         return await self._run(self.host.stats, sandbox_id)
 

@@ -109,6 +109,9 @@ class RemoteRunner:
     async def start(self, spec: ContainerSpec) -> None:
         await self._call("start", spec=spec)
 
+    async def adopt(self, spec: ContainerSpec) -> None:
+        await self._call("adopt", spec=spec)
+
     async def stop(self, sandbox_id: str, *, force: bool = False) -> None:
         await self._call("stop", sandbox_id=sandbox_id, force=force)
 

@@ -40,6 +40,7 @@ SID = "sandbox_id"
 METHODS: dict[str, tuple[dict[str, Any], Any]] = {
     "create": ({"spec": ContainerSpec}, None),
     "start": ({"spec": ContainerSpec}, None),
+    "adopt": ({"spec": ContainerSpec}, None),
     "stop": ({SID: str, "force": bool}, None),
     "destroy": ({SID: str}, None),
     "archive": ({SID: str}, int),

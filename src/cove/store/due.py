@@ -69,4 +69,5 @@ def timers_due(now: datetime, minute: float) -> ColumnElement[bool]:
             resting >= archive_after * seconds,
         ),
     )
-    return or_(stop, pause, rest, ttl)
+    owned = row.organization_id.is_not(None)  # a warm pool's waits for no timer
+    return and_(owned, or_(stop, pause, rest, ttl))

@@ -50,7 +50,10 @@ class SandboxRow(Base):
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
-    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    # NULL: a warm pool's unclaimed sandbox (no organization sees it).
+    organization_id: Mapped[str | None] = mapped_column(
+        ForeignKey("organizations.id"), nullable=True
+    )
     name: Mapped[str] = mapped_column(String(255))
     snapshot: Mapped[str] = mapped_column(String(255))
     user: Mapped[str] = mapped_column(String(64))
@@ -86,6 +89,31 @@ class SandboxRow(Base):
     auto_destroy_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True, index=True
     )
+    # The warm pool an unclaimed sandbox waits in (or the token of the claim taking it).
+    warm_pool_id: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
+
+
+class WarmPoolRow(Base):
+    """An organization's warm pool: how many started sandboxes of a snapshot to keep."""
+
+    __tablename__ = "warm_pools"
+    __table_args__ = (
+        Index("ix_warm_pools_org_snapshot", "organization_id", "snapshot", "target", unique=True),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    snapshot: Mapped[str] = mapped_column(String(255))  # the runtime ref
+    target: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    cpu: Mapped[int] = mapped_column(Integer)
+    memory: Mapped[int] = mapped_column(Integer)
+    disk: Mapped[int] = mapped_column(Integer)
+    isolation: Mapped[str] = mapped_column(String(16))
+    user: Mapped[str] = mapped_column(String(64))
+    error_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class VolumeRow(Base):

@@ -151,13 +151,15 @@ _PLAIN = (
     "public "
     "network_block_all network_allow_list domain_allow_list auto_stop_interval "
     "auto_archive_interval auto_delete_interval created_at updated_at last_activity_at "
-    "state_changed_at linked_sandbox_id linked_sandbox_name auto_pause_interval auto_destroy_at"
+    "state_changed_at linked_sandbox_id linked_sandbox_name auto_pause_interval auto_destroy_at "
+    "warm_pool_id"
 ).split()
 
 
 def _to_row(sandbox: Sandbox, row: SandboxRow) -> SandboxRow:
     for name in _PLAIN:
         setattr(row, name, getattr(sandbox, name))
+    row.organization_id = sandbox.organization_id or None  # "": a warm pool's, no one's
     row.state = str(sandbox.state)
     row.cpu = sandbox.resources.cpu
     row.memory = sandbox.resources.memory
@@ -169,6 +171,7 @@ def _to_row(sandbox: Sandbox, row: SandboxRow) -> SandboxRow:
 
 def _to_entity(row: SandboxRow) -> Sandbox:
     fields = {name: getattr(row, name) for name in _PLAIN}
+    fields["organization_id"] = row.organization_id or ""
     for name in ("created_at", "updated_at", "last_activity_at", "state_changed_at"):
         fields[name] = _aware(fields[name])
     if fields["auto_destroy_at"] is not None:

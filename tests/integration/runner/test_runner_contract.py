@@ -5,6 +5,7 @@ the same answers, so what the unit tests prove with the fake holds for real."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from cove.core.agent_call import AgentCall
 from cove.core.ports import ContainerSpec, ContainerStatus, NetworkPolicy, Resources, Runner
 from cove.errors import CoveError, Unavailable
 from cove.runner.fake import FakeRuntime
+from cove.runner.layout import SandboxPaths
 from cove.runner.local import LocalRunner
 from cove.runner.oci.runtime import OciRuntime
 from cove.runner.remote import RemoteRunner
@@ -173,3 +175,55 @@ async def _exec(runner: Runner, sandbox_id: str, command: str) -> bytes:
         return out
     finally:
         await channel.close()
+
+
+
+async def test_a_running_sandbox_is_adopted_under_a_new_name_user_and_env(
+    runner: LocalRunner, spec: ContainerSpec
+) -> None:
+    """A warm pool's claim: what the start baked in becomes the claim's."""
+    from dataclasses import replace
+
+    await runner.create(spec)
+    wanted = replace(spec, hostname="adopted-name", user="root", env={"CLAIM": "yes"},
+                     network=NetworkPolicy(block_all=True))  # fmt: skip
+    with pytest.raises(CoveError):
+        await runner.adopt(wanted)  # not running
+    await runner.start(spec)
+    if spec.isolation == "gvisor":
+        with pytest.raises(CoveError):  # pools keep crun sandboxes only
+            await runner.adopt(wanted)
+        return
+    with pytest.raises(CoveError):  # the kernel's limit on hostnames: refused, not cut
+        await runner.adopt(replace(wanted, hostname="x" * 65))
+    await runner.adopt(wanted)
+    host = getattr(runner, "host", None)
+    if isinstance(host, FakeRuntime):
+        return
+    if host is None:  # a remote runner: what the sandbox shows, through its agent
+        assert await _exec(runner, spec.sandbox_id, "hostname") == b"adopted-name\n"
+        assert await _exec(runner, spec.sandbox_id, "cat /etc/hostname") == b"adopted-name\n"
+        await runner.stop(spec.sandbox_id)
+        with pytest.raises(CoveError):
+            await runner.adopt(wanted)
+        return
+
+    async def run(*argv: str) -> str:
+        done = await asyncio.to_thread(host.exec, spec.sandbox_id, argv)
+        return done.stdout.decode()
+
+    assert await run("hostname") == "adopted-name\n"
+    assert await run("cat", "/etc/hostname") == "adopted-name\n"
+    assert "adopted-name" in await run("cat", "/etc/hosts")
+    assert await run("id", "-un") == "root\n"  # the runtime's own execs: the claim's user
+    settings = host._settings
+    pid_file = SandboxPaths.of(settings.data_dir, spec.sandbox_id).bundle / "init.pid"
+    real = pid_file.read_text()
+    pid_file.write_text("1")  # a pid that is not the sandbox's init: never renamed
+    with pytest.raises(CoveError):
+        await runner.adopt(replace(wanted, hostname="not-the-host"))
+    assert socket.gethostname() != "not-the-host"
+    pid_file.write_text(real)
+    await runner.stop(spec.sandbox_id)
+    with pytest.raises(CoveError):
+        await runner.adopt(wanted)

@@ -21,13 +21,14 @@ from tests.unit.api.conftest import AUTH, create_sandbox, wait_built
 from tests.unit.scripted import ScriptedRuntime
 
 # Path parameters that name a resource of the caller's organization.
-RESOURCE_PARAMS = {"id_or_name", "sandbox_id", "volume_id", "name", "registry_id", "secret_id"}
+RESOURCE_PARAMS = {"id_or_name", "sandbox_id", "volume_id", "name", "registry_id", "secret_id",
+                   "pool_id"}  # fmt: skip
 # Routes naming no resource: the caller's organization is implied.
 PUBLIC = {("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
           ("GET", "/redoc"), ("GET", "/api/health"), ("GET", "/api/config")}  # fmt: skip
 LISTS = {("GET", "/api/sandbox"), ("GET", "/api/snapshots"), ("GET", "/api/volumes"),
          ("GET", "/api/docker-registry"), ("GET", "/api/object-storage/push-access"),
-         ("GET", "/api/secret/paginated")}  # fmt: skip
+         ("GET", "/api/secret/paginated"), ("GET", "/api/warm-pools")}  # fmt: skip
 # Names an SSH token, not a resource: another organization's token is "not valid" to the
 # caller (tests/unit/agent/test_ssh_gateway.py).
 BY_TOKEN = {("GET", "/api/sandbox/ssh-access/validate")}
@@ -35,7 +36,8 @@ BY_TOKEN = {("GET", "/api/sandbox/ssh-access/validate")}
 # tests/e2e/test_build_contexts.py (another organization's credentials are refused).
 SIGNED = {(m, "/api/object-storage/s3/{bucket}/{key:path}") for m in ("PUT", "POST", "DELETE")}
 CREATES = {("POST", "/api/sandbox"), ("POST", "/api/snapshots"), ("POST", "/api/volumes"),
-           ("POST", "/api/docker-registry"), ("POST", "/api/secret")}  # fmt: skip
+           ("POST", "/api/docker-registry"), ("POST", "/api/secret"),
+           ("POST", "/api/warm-pools")}  # fmt: skip
 REGISTRY = {"name": "a-reg", "url": "registry.example.com", "username": "a-user",
             "password": "a-secret-password"}  # fmt: skip
 # What makes a request valid, so that only ownership can refuse it.
@@ -54,6 +56,7 @@ EXTRA: dict[tuple[str, str], dict] = {
     ("PATCH", "/api/docker-registry/{registry_id}"): {"json": {**REGISTRY, "username": "b"}},
     ("PATCH", "/api/secret/{secret_id}"): {"json": {"value": "b-value", "hosts": ["b.test"]}},
     ("PUT", "/api/sandbox/{id_or_name}/secrets"): {"json": {"secrets": []}},
+    ("PATCH", "/api/warm-pools/{pool_id}"): {"json": {"pool": 1}},
     ("GET", "/api/sandbox/{id_or_name}/telemetry/metrics"):
         {"params": {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}},
 }  # fmt: skip
@@ -82,6 +85,7 @@ class Owner:
     signed: str  # a signed preview token of A's sandbox
     port: int  # its port, where nothing listens
     secret: dict  # mounted in A's sandbox
+    pool: dict  # a warm pool of A's snapshot, drained (size 0)
 
 
 def _served(client: TestClient) -> list[tuple[str, str]]:
@@ -106,7 +110,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def owner(client: TestClient) -> Owner:
+def owner(client: TestClient, runtime: ScriptedRuntime) -> Owner:
     sandbox = create_sandbox(client, name="a-box", labels={"owner": "a"})
     created = create_sandbox(client, name="a-built", buildInfo={"dockerfileContent": DOCKERFILE})
     built = wait_built(client, created["id"])
@@ -134,7 +138,33 @@ def owner(client: TestClient) -> Owner:
     r = client.put(f"/api/sandbox/{sandbox['id']}/secrets",
                    json={"secrets": [{"A_TOKEN": "a-secret"}]}, headers=AUTH)  # fmt: skip
     assert r.status_code == 200, r.text
-    return Owner(sandbox, built, snapshot, volume, registry, built_snapshot, signed, port, secret)
+    pool = _drained_pool(client, runtime, snapshot["name"])
+    return Owner(sandbox, built, snapshot, volume, registry, built_snapshot, signed, port, secret,
+                 pool)  # fmt: skip
+
+
+def _drained_pool(client: TestClient, runtime: ScriptedRuntime, snapshot: str) -> dict:
+    """A warm pool of A's, filled once then set to 0 and empty (nothing runs for it)."""
+    boxes = len(runtime.boxes)
+    r = client.post("/api/warm-pools", json={"snapshot": snapshot, "pool": 1}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    pool_id = r.json()["id"]
+    for want in (1, 0):
+        if want == 0:
+            r = client.patch(f"/api/warm-pools/{pool_id}", json={"pool": 0}, headers=AUTH)
+            assert r.status_code == 200, r.text
+        for _ in range(1000):
+            found = client.get(f"/api/warm-pools/{pool_id}", headers=AUTH).json()
+            if found["currentSize"] == want:
+                break
+            time.sleep(0.01)
+        assert found["currentSize"] == want, found
+    for _ in range(1000):  # its sandbox destroyed, not only leaving
+        if len(runtime.boxes) == boxes:
+            break
+        time.sleep(0.01)
+    assert len(runtime.boxes) == boxes
+    return found
 
 
 def _refs(owner: Owner, method: str, path: str) -> list[tuple[str, str]]:
@@ -149,6 +179,8 @@ def _refs(owner: Owner, method: str, path: str) -> list[tuple[str, str]]:
         item = owner.registry
     elif path.startswith("/api/secret/"):
         item = owner.secret
+    elif path.startswith("/api/warm-pools/"):  # pools have ids only
+        return [(owner.pool["id"], str(uuid.uuid4()))]
     elif path.endswith(("/build-logs", "/build-logs-url")):
         item = owner.built
     else:
@@ -192,6 +224,7 @@ def _state_of_a(client: TestClient, owner: Owner) -> dict:
         "volumes": get("/api/volumes"),
         "registries": get("/api/docker-registry"),
         "secrets": get("/api/secret/paginated"),
+        "pools": get("/api/warm-pools"),
         "build": client.get(f"/api/sandbox/{owner.built['id']}/build-logs", headers=AUTH).text,
         "signed": client.get(f"/preview/s/{owner.signed}/").status_code,  # 502: valid, no server
     }

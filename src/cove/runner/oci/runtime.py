@@ -38,7 +38,7 @@ from cove.runner.host import cgroups, cgtree, disk, firewall, freezer, hostprep,
 from cove.runner.host.network import Network
 from cove.runner.host.proc import foreign_errors
 from cove.runner.layout import Metadata, SandboxPaths, sandboxes_dir
-from cove.runner.oci import agent_setup, gvisor, gvisor_view, spec
+from cove.runner.oci import adopt, agent_setup, gvisor, gvisor_view, spec
 from cove.runner.oci.agent_setup import AgentSetup
 from cove.runner.oci.container import Helpers, bring_up, stop_container, tear_down
 from cove.runner.oci.crun import Crun, container_ids
@@ -477,6 +477,18 @@ class OciRuntime:
             if link is None:
                 raise RuntimeBackendError(f"sandbox {sandbox_id} has no network")
             self._net.apply(sandbox_id, link, policy)
+
+    def adopt(self, spec_: ContainerSpec) -> None:
+        """The running sandbox (a warm pool's) takes on ``spec_``'s hostname, user and
+        env, as a cold start of ``spec_`` would have set them (its firewall:
+        ``set_network``)."""
+        with self._locked(spec_.sandbox_id) as paths:
+            meta = paths.read_metadata()
+            if meta.isolation != "crun":
+                raise RuntimeBackendError(f"sandbox {spec_.sandbox_id} cannot be adopted")
+            link = self._net.link(paths) if self._net is not None else None
+            adopt.adopt(paths, meta, self._group(spec_.sandbox_id), spec_,
+                        link.host if link else None)  # fmt: skip
 
     def address(self, sandbox_id: str) -> str | None:
         """The running sandbox's address on its veth (None without networking)."""

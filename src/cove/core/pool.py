@@ -1,0 +1,321 @@
+"""Warm pools: started sandboxes waiting for a create, which takes one over in
+milliseconds instead of booting one.
+
+A pool keeps ``size`` sandboxes of one snapshot, resource class (cpu, memory, disk)
+and isolation tier started, as rows of ``sandboxes`` with no organization: no
+organization lists, gets, meters or is told of them, and no timer runs on them.
+Nothing of a tenant ever runs in them (a claimed sandbox never returns to a
+pool); they wait with the default firewall, which most creates keep. The
+operator's pool (``COVE_POOL_SIZE`` sandboxes of the default snapshot at the
+default resources) serves every organization; an organization's own pools
+(``/api/warm-pools``) serve only it.
+
+A create that a pool can serve (see :meth:`PoolKeeper.claim`) *takes* one of its
+sandboxes in one conditional UPDATE (two creates never take the same one), then
+gives it everything the create asked for (hostname, user, env, its firewall
+unless the default; name, labels, intervals and organization with the record,
+written last). Anything that
+fails on the way destroys the taken sandbox and the create boots one cold: a
+create never answers a sandbox with settings other than those it asked for.
+
+The keeper refills pools in the background, one sandbox at a time (user creates
+are never starved), and removes what no pool wants: members of a pool made
+smaller or deleted, members whose container died (the reconciler reports them
+stopped or in error like any sandbox), claims a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
+from typing import Protocol
+
+from cove.core.config import Settings
+from cove.core.ops import SandboxOps, container_spec
+from cove.core.ports import EventSink, NetworkPolicy, Resources
+from cove.core.sandbox import MAX_ARCHIVE_MINUTES, Sandbox, SandboxState, utcnow
+from cove.errors import Conflict, CoveError, InvalidState, NotFound
+
+S = SandboxState
+OPERATOR_POOL = "cove-operator-pool"  # the id of the operator's pool (COVE_POOL_SIZE)
+REFILL_SECONDS = 2.0  # how often pools are checked when nothing wakes the keeper
+RETRY_SECONDS = 30.0  # how long a pool whose sandbox failed to boot waits to try again
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class WarmPool:
+    """How many started sandboxes of a kind to keep ready."""
+
+    id: str
+    organization_id: str  # "": the operator's, serving every organization
+    snapshot: str  # the runtime ref
+    target: str
+    size: int
+    resources: Resources
+    isolation: str
+    user: str
+    error_reason: str | None = None
+    created_at: datetime = dataclasses.field(default_factory=utcnow)
+    updated_at: datetime = dataclasses.field(default_factory=utcnow)
+
+    def serves(self, sandbox: Sandbox) -> bool:
+        """Whether a sandbox of this pool can become ``sandbox`` (before its claim)."""
+        return (
+            self.organization_id in ("", sandbox.organization_id)
+            and (self.snapshot, self.resources, self.isolation, self.target)
+            == (sandbox.snapshot, sandbox.resources, sandbox.isolation, sandbox.target)
+        )
+
+
+class PoolStore(Protocol):
+    """Where pools and the claims on their sandboxes are kept."""
+
+    def list(self, organization_id: str | None = None) -> builtins.list[WarmPool]: ...
+
+    def save(self, pool: WarmPool) -> None: ...
+
+    def unowned(self) -> builtins.list[Sandbox]:
+        """Every sandbox of no organization."""
+
+    def take(self, token: str, *, pool_id: str, sandbox_id: str | None = None,
+             started: bool = True) -> str | None:  # fmt: skip
+        """Atomically mark a waiting sandbox of ``pool_id`` as taken by ``token``."""
+
+    def adopt(self, sandbox: Sandbox, token: str) -> None:
+        """Write the claimed record over the row ``token`` took (Conflict on its name)."""
+
+
+class OwnedOnly:
+    """An EventSink that says nothing of sandboxes no organization owns (pooled)."""
+
+    def __init__(self, inner: EventSink) -> None:
+        self.inner = inner
+
+    async def sandbox_created(self, sandbox: Sandbox) -> None:
+        if sandbox.organization_id:
+            await self.inner.sandbox_created(sandbox)
+
+    async def sandbox_state_updated(self, sandbox: Sandbox, old_state: SandboxState) -> None:
+        if sandbox.organization_id:
+            await self.inner.sandbox_state_updated(sandbox, old_state)
+
+
+class PoolKeeper:
+    """Fills warm pools, hands their sandboxes to creates, removes what none wants.
+
+    Args:
+        settings: the operator's pool (``pool_size``) and defaults.
+        ops: sandbox operations (locks, boot, removal).
+        store: the organizations' pools and the claims.
+        default_ref: the runtime ref of the default snapshot (None: not on this host).
+    """
+
+    def __init__(self, *, settings: Settings, ops: SandboxOps, store: PoolStore,
+                 default_ref: Callable[[], str | None]) -> None:  # fmt: skip
+        self.settings = settings
+        self.ops = ops
+        self.store = store
+        self._default_ref = default_ref
+        self._claims: set[str] = set()  # tokens of claims and discards under way
+        self._wake = asyncio.Event()
+        self._retry_at: dict[str, float] = {}  # pool id -> when a failed pool tries again
+        self.operator_error: str | None = None
+
+    def operator_pool(self) -> WarmPool | None:
+        """The operator's pool (None: ``COVE_POOL_SIZE`` is 0 or no default snapshot)."""
+        s = self.settings
+        ref = self._default_ref() if s.pool_size > 0 else None
+        if ref is None:
+            return None
+        return WarmPool(
+            id=OPERATOR_POOL, organization_id="", snapshot=ref, target="local",
+            size=s.pool_size, isolation=s.default_isolation, user="daytona",
+            resources=Resources(cpu=s.default_cpu, memory=s.default_memory, disk=s.default_disk),
+            error_reason=self.operator_error,
+        )  # fmt: skip
+
+    def pools(self) -> list[WarmPool]:
+        operator = self.operator_pool()
+        return [*self.store.list(), *([operator] if operator else [])]
+
+    def members(self) -> dict[str, list[Sandbox]]:
+        """Each pool id's waiting (or booting) sandboxes."""
+        out: dict[str, list[Sandbox]] = {}
+        for sb in self.store.unowned():
+            if sb.warm_pool_id is not None and sb.state in (S.STARTED, S.CREATING):
+                out.setdefault(sb.warm_pool_id, []).append(sb)
+        return out
+
+    def wake(self) -> None:
+        """Check the pools now (a claim took a sandbox, a pool changed)."""
+        self._wake.set()
+
+    # ---- keeping ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep every pool at its size until cancelled."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.keep()
+            except Exception:  # noqa: BLE001 - the keeper must outlive any one failure
+                log.exception("keeping the warm pools failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), REFILL_SECONDS)
+            except TimeoutError:
+                pass
+
+    async def keep(self) -> None:
+        """One round: remove what no pool wants, then fill each pool to its size
+        (one sandbox at a time; a pool whose boot fails waits for the next round)."""
+        pools = {p.id: p for p in self.pools()}
+        kept: dict[str, list[Sandbox]] = {}
+        for sb in self.store.unowned():
+            if sb.warm_pool_id in self._claims:
+                continue  # a claim or discard of this server run is on it
+            pool = pools.get(sb.warm_pool_id or "")
+            if pool is None or sb.state not in (S.STARTED, S.CREATING):
+                await self._discard(sb)
+                continue
+            kept.setdefault(pool.id, []).append(sb)
+        now = asyncio.get_running_loop().time()
+        for pool in pools.values():
+            members = kept.get(pool.id, [])
+            for extra in members[pool.size:]:
+                await self._discard(extra)
+            if self._retry_at.get(pool.id, 0.0) > now:
+                continue
+            for _ in range(pool.size - len(members)):
+                if not await self._fill(pool):
+                    self._retry_at[pool.id] = now + RETRY_SECONDS
+                    break
+
+    async def _fill(self, pool: WarmPool) -> bool:
+        """Boot one sandbox into ``pool``; False (and the pool's error set) on failure."""
+        if pool.isolation != "crun":
+            return self._note(pool, "warm pools keep sandboxes of the crun tier only")
+        sandbox_id = str(uuid.uuid4())
+        sandbox = Sandbox(
+            id=sandbox_id, organization_id="", name=sandbox_id, snapshot=pool.snapshot,
+            user=pool.user, resources=pool.resources, isolation=pool.isolation,
+            target=pool.target, auto_stop_interval=0,
+            auto_archive_interval=MAX_ARCHIVE_MINUTES, auto_delete_interval=-1,
+            warm_pool_id=pool.id,
+        )  # fmt: skip
+        self.ops.store.add(sandbox)
+        booted = await self.ops.run(sandbox_id, lambda: self.ops.boot(sandbox))
+        if booted.state is not S.STARTED:
+            return self._note(pool, booted.error_reason or "the sandbox did not start")
+        self._note(pool, None)
+        return True
+
+    def _note(self, pool: WarmPool, error: str | None) -> bool:
+        """Record why ``pool`` cannot be filled (None: it can); returns False."""
+        if pool.error_reason != error:
+            pool.error_reason, pool.updated_at = error, utcnow()
+            if pool.id == OPERATOR_POOL:
+                self.operator_error = error
+            else:
+                try:
+                    self.store.save(pool)
+                except NotFound:
+                    pass  # deleted meanwhile
+        return False
+
+    async def _discard(self, sandbox: Sandbox) -> None:
+        """Destroy a pooled sandbox, once taken from under any claim."""
+        token = _token("discard")
+        self._claims.add(token)
+        try:
+            taken = self.store.take(token, pool_id=sandbox.warm_pool_id or "",
+                                    sandbox_id=sandbox.id, started=False)  # fmt: skip
+            if taken is not None:
+                await self.ops.run(taken, lambda: self._remove(taken))
+        except CoveError as exc:
+            log.error("removing pooled sandbox %s failed: %s", sandbox.id, exc.message)
+        finally:
+            self._claims.discard(token)
+
+    async def _remove(self, sandbox_id: str) -> None:
+        try:
+            await self.ops.remove(self.ops.store.get_by_id(sandbox_id))
+        except NotFound:
+            return
+        except InvalidState:  # in a state nothing may destroy from: remove it anyway
+            await self.ops.clean_up(sandbox_id)
+            self.ops.store.remove(sandbox_id)
+            self.ops.forget(sandbox_id)
+
+    # ---- claiming -----------------------------------------------------------
+
+    async def claim(self, wanted: Sandbox) -> Sandbox | None:
+        """Turn a waiting sandbox into ``wanted`` (the record a cold create would
+        store, not stored): the claimed sandbox, ``started``; None when no pool serves
+        it or the claim failed (the create then boots one cold).
+
+        Raises:
+            Conflict: the organization has a sandbox of that name.
+        """
+        if wanted.volumes or wanted.linked_sandbox_id or self._name_taken(wanted):
+            return None
+        pools = sorted((p for p in self.pools() if p.serves(wanted)),
+                       key=lambda p: p.organization_id == "")  # its own first  # fmt: skip
+        for pool in pools:
+            token = _token("claim")
+            self._claims.add(token)
+            try:
+                taken = self.store.take(token, pool_id=pool.id)
+                if taken is None:
+                    continue
+                self.wake()
+                return await self.ops.run(taken, partial(self._adopt, taken, token, wanted))
+            finally:
+                self._claims.discard(token)
+        return None
+
+    def _name_taken(self, wanted: Sandbox) -> bool:
+        """Whether the create will fail on its name (it goes cold, to fail the same way,
+        without spending a pooled sandbox)."""
+        try:
+            found = self.ops.store.get(wanted.organization_id, wanted.name)
+        except NotFound:
+            return False
+        return found.name == wanted.name
+
+    async def _adopt(self, sandbox_id: str, token: str, wanted: Sandbox) -> Sandbox | None:
+        now = utcnow()
+        name = sandbox_id if wanted.name == wanted.id else wanted.name
+        sandbox = dataclasses.replace(
+            wanted, id=sandbox_id, name=name, state=S.STARTED, created_at=now, updated_at=now,
+            last_activity_at=now, state_changed_at=now, warm_pool_id=None,
+            # The agent's own environment (which its processes start from) still names the
+            # pooled sandbox's HOSTNAME: processes get the new one with their env, until
+            # the sandbox restarts with it (as a cold start sets it; ``env`` may override).
+            runtime_env={"HOSTNAME": name, **wanted.env},
+        )  # fmt: skip
+        try:
+            spec = container_spec(sandbox)
+            await self.ops.runner.adopt(spec)
+            if spec.network != NetworkPolicy():  # it waited with the default firewall
+                await self.ops.runner.set_network(sandbox_id, spec.network)
+            self.store.adopt(sandbox, token)
+        except Conflict:
+            await self._remove(sandbox_id)
+            raise
+        except CoveError as exc:
+            log.warning("claiming pooled sandbox %s failed: %s", sandbox_id, exc.message)
+            await self._remove(sandbox_id)
+            return None
+        await self.ops.events.sandbox_created(sandbox)
+        return sandbox
+
+
+def _token(kind: str) -> str:
+    return f"{kind}:{uuid.uuid4().hex}"

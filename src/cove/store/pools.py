@@ -1,0 +1,128 @@
+"""SQL implementation of :class:`cove.core.pool.PoolStore`: warm pools and the claims
+on their sandboxes (rows of ``sandboxes`` without an organization)."""
+
+from __future__ import annotations
+
+import builtins
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.exc import IntegrityError
+
+from cove.core.pool import WarmPool
+from cove.core.ports import Resources
+from cove.core.sandbox import Sandbox, SandboxState
+from cove.errors import Conflict, NotFound
+from cove.store.models import SandboxRow, WarmPoolRow
+from cove.store.sql import SqlStore, _aware, _to_entity, _to_row
+
+CANDIDATES = 8  # pooled sandboxes tried per claim (others may take them first)
+
+
+class SqlPoolStore(SqlStore):
+    """Warm pools (per organization) and their unclaimed sandboxes."""
+
+    # ---- pools ----------------------------------------------------------
+
+    def add(self, pool: WarmPool) -> None:
+        try:
+            with self.session() as s:
+                s.add(_pool_row(pool, WarmPoolRow()))
+        except IntegrityError as exc:
+            raise Conflict(
+                f"A warm pool for snapshot {pool.snapshot} in {pool.target} already exists"
+            ) from exc
+
+    def get(self, organization_id: str, pool_id: str) -> WarmPool:
+        with self.session() as s:
+            row = s.get(WarmPoolRow, pool_id)
+            if row is None or row.organization_id != organization_id:
+                raise NotFound(f"Warm pool {pool_id} not found")
+            return _pool(row)
+
+    def save(self, pool: WarmPool) -> None:
+        with self.session() as s:
+            row = s.get(WarmPoolRow, pool.id)
+            if row is None:
+                raise NotFound(f"Warm pool {pool.id} not found")
+            _pool_row(pool, row)
+
+    def remove(self, pool_id: str) -> None:
+        with self.session() as s:
+            row = s.get(WarmPoolRow, pool_id)
+            if row is not None:
+                s.delete(row)
+
+    def list(self, organization_id: str | None = None) -> builtins.list[WarmPool]:
+        """The organization's pools (None: every organization's)."""
+        query = select(WarmPoolRow).order_by(WarmPoolRow.created_at)
+        if organization_id is not None:
+            query = query.where(WarmPoolRow.organization_id == organization_id)
+        with self.session() as s:
+            return [_pool(row) for row in s.scalars(query)]
+
+    # ---- unclaimed sandboxes ---------------------------------------------
+
+    def unowned(self) -> builtins.list[Sandbox]:
+        """Every sandbox of no organization: pooled, or being claimed or discarded."""
+        query = select(SandboxRow).where(SandboxRow.organization_id.is_(None))
+        with self.session() as s:
+            return [_to_entity(row) for row in s.scalars(query.order_by(SandboxRow.seq))]
+
+    def take(self, token: str, *, pool_id: str, sandbox_id: str | None = None,
+             started: bool = True) -> str | None:  # fmt: skip
+        """Mark one sandbox waiting in ``pool_id`` (``sandbox_id`` if given; a started one
+        unless ``started`` is False) as taken by ``token``, in one conditional UPDATE:
+        two takers never get the same sandbox. Returns its id (None: none left)."""
+        waiting: list[ColumnElement[bool]] = [
+            SandboxRow.organization_id.is_(None), SandboxRow.warm_pool_id == pool_id]
+        if started:
+            waiting.append(SandboxRow.state == str(SandboxState.STARTED))
+        if sandbox_id is not None:
+            waiting.append(SandboxRow.id == sandbox_id)
+        with self.session() as s:
+            ids = s.scalars(select(SandboxRow.id).where(*waiting)
+                            .order_by(SandboxRow.seq).limit(CANDIDATES)).all()  # fmt: skip
+        for candidate in ids:
+            with self.session() as s:
+                done = s.execute(update(SandboxRow).where(SandboxRow.id == candidate, *waiting)
+                                 .values(warm_pool_id=token))  # fmt: skip
+                if done.rowcount == 1:  # type: ignore[attr-defined]
+                    return candidate
+        return None
+
+    def adopt(self, sandbox: Sandbox, token: str) -> None:
+        """Write ``sandbox`` (now of an organization) over the pooled row ``token`` took.
+
+        Raises:
+            NotFound: the row is gone or not taken by ``token``.
+            Conflict: the organization has a sandbox of that name.
+        """
+        try:
+            with self.session() as s:
+                row = s.scalars(select(SandboxRow).where(
+                    SandboxRow.id == sandbox.id, SandboxRow.organization_id.is_(None),
+                    SandboxRow.warm_pool_id == token)).first()  # fmt: skip
+                if row is None:
+                    raise NotFound(f"Sandbox with ID {sandbox.id} not found")
+                _to_row(sandbox, row)
+        except IntegrityError as exc:
+            raise Conflict(f"Sandbox with name '{sandbox.name}' already exists") from exc
+
+
+def _pool_row(pool: WarmPool, row: WarmPoolRow) -> WarmPoolRow:
+    for name in ("id", "organization_id", "snapshot", "target", "size", "isolation", "user",
+                 "error_reason", "created_at", "updated_at"):  # fmt: skip
+        setattr(row, name, getattr(pool, name))
+    row.cpu, row.memory, row.disk = (pool.resources.cpu, pool.resources.memory,
+                                     pool.resources.disk)  # fmt: skip
+    return row
+
+
+def _pool(row: WarmPoolRow) -> WarmPool:
+    return WarmPool(
+        id=row.id, organization_id=row.organization_id, snapshot=row.snapshot,
+        target=row.target, size=row.size, isolation=row.isolation, user=row.user,
+        resources=Resources(cpu=row.cpu, memory=row.memory, disk=row.disk),
+        error_reason=row.error_reason, created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )  # fmt: skip
