@@ -60,8 +60,9 @@ def agent_setup(data_dir: Path) -> AgentSetup:
     import cove.agent
     from cove.runner.oci import pyrt
 
-    package = Path(cove.agent.__file__).resolve().parent
+    source = Path(cove.agent.__file__).resolve().parent
     runtime_dir = pyrt.ensure_python_runtime(data_dir)
+    package = pyrt.compiled_package(data_dir, source, runtime_dir) / source.name
     return AgentSetup(pyrt.argv(), {pyrt.MOUNT: runtime_dir, PKG_MOUNT: package})
 
 
