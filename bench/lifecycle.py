@@ -5,7 +5,8 @@ Run as root after ``make setup``::
     .venv/bin/python bench/lifecycle.py [--n 20]
 
 Prints, from one run: SDK create-to-started p50/p95 (cold: every sandbox is
-new, no pool), stop, start, archive, restore (start of an archived sandbox)
+new, no pool), the first ``exec("true")`` after it and the two together (create
+to first command answered), stop, start, archive, restore (start of an archived sandbox)
 and delete, and the raw ``crun run`` of the same bundle (same rootfs, same
 config) as the baseline, with the ratio.
 """
@@ -51,13 +52,15 @@ def row(name: str, values: list[float], baseline: float | None = None) -> str:
 
 def sdk_figures(daytona: Daytona, n: int) -> dict[str, list[float]]:
     figures: dict[str, list[float]] = {k: [] for k in (
-        "create", "stop", "start", "archive", "restore", "delete")}
+        "create", "first exec", "create+exec", "stop", "start", "archive", "restore", "delete")}
     daytona.create().delete()  # warm the server's code paths, not a pool
     for _ in range(n):
         box: list = []
         figures["create"].append(timed(lambda box=box: box.append(
             daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0)))))
         sb = box[0]
+        figures["first exec"].append(timed(lambda sb=sb: sb.process.exec("true")))
+        figures["create+exec"].append(figures["create"][-1] + figures["first exec"][-1])
         figures["stop"].append(timed(sb.stop))
         figures["start"].append(timed(sb.start))
         figures["archive"].append(timed(sb.archive))
@@ -168,6 +171,8 @@ def main() -> None:
     print(row("raw crun run --detach (baseline)", run_ms, base))  # noqa: T201
     print(row("raw crun run + delete", cycle_ms))  # noqa: T201
     print(row("SDK create -> started (cold)", figures["create"], base))  # noqa: T201
+    print(row("SDK first exec('true') after create", figures["first exec"]))  # noqa: T201
+    print(row("SDK create -> first exec done (cold)", figures["create+exec"], base))  # noqa: T201
     for name in ("stop", "start", "archive", "restore", "delete"):
         print(row(f"SDK {name}", figures[name], base))  # noqa: T201
     print(row("SDK pause (running python)", paused["pause"]))  # noqa: T201

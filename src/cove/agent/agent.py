@@ -83,6 +83,13 @@ def op(name: str, *, cancel_when_abandoned: bool = False) -> Callable[[Handler],
     return register
 
 
+@op("ping")
+async def ping(request: Request) -> dict[str, Any]:
+    """Readiness: the server asks once after each fresh start, so that the sandbox is
+    reported started only when its agent serves (every handler module loaded)."""
+    return {}
+
+
 def _peer_pid(writer: asyncio.StreamWriter) -> int:
     sock = writer.get_extra_info("socket")
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)

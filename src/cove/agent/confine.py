@@ -36,7 +36,6 @@ the requested user, and a kill walks the process tree.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import itertools
 import os
@@ -92,7 +91,8 @@ def configure(argv: list[str]) -> Confinement:
     def fds(name: str) -> list[int]:
         return [int(x) for x in opts.get(name, "").split(",") if x]
 
-    _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    # By soname: the libc the runtime already runs on (find_library would spawn ldconfig).
+    _libc = ctypes.CDLL("libc.so.6", use_errno=True)
     if "--become" in opts:
         _become(int(opts["--become"]))
     join, kill_root = fds("--join-fds"), fd("--kill-fd")

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # servers sharing a host may use different ones.
     cgroup_parent: str = Field(default="cove", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
     stop_grace_seconds: float = 3.0
+    # How long a fresh start waits for the sandbox's toolbox agent to answer; past it,
+    # the start fails (the sandbox is ``error``, nothing of it runs).
+    agent_ready_seconds: float = Field(default=30.0, gt=0, le=600)
     # How often the host is checked for sandboxes whose container died.
     watch_seconds: float = 5.0
     # How many seconds a lifecycle minute (auto-stop/archive/delete) lasts.

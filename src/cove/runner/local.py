@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from cove.core.ports import (
@@ -30,6 +32,11 @@ from cove.runner.hostruntime import HostRuntime
 P = ParamSpec("P")
 T = TypeVar("T")
 CONNECT_SECONDS = 10.0  # how long a full accept queue of an agent is waited for
+# Host calls running at once; more wait in line (a burst of creates queues, it does
+# not fail). Not the event loop's default pool (min(32, cores + 4) threads: 6 on
+# two cores): a start spends much of its time waiting (on crun, `ip`, its agent),
+# and other host calls (stop, delete, stats) should not queue behind a burst.
+HOST_WORKERS = max(16, 4 * (os.cpu_count() or 1))
 
 
 class LocalRunner:
@@ -37,9 +44,11 @@ class LocalRunner:
 
     def __init__(self, host: HostRuntime) -> None:
         self.host = host
+        self._pool = ThreadPoolExecutor(max_workers=HOST_WORKERS, thread_name_prefix="cove-host")
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def has_snapshot(self, name: str) -> bool:
         return self.host.has_snapshot(name)

@@ -77,7 +77,7 @@ class Network:
     def up(self, paths: SandboxPaths, policy: NetworkPolicy, *, fresh: bool) -> Path:
         """Wire the sandbox's network namespace (made by ``runner/host/rootfs.py``; ``fresh``
         when just made) and make sure its veth, rules and DNS exist; returns the netns file."""
-        link = self._lease(paths)
+        link = self.lease(paths)
         netns = self.netns_path(paths)
         veth = Path(f"/sys/class/net/{link.veth}")
         if fresh or not veth.exists():
@@ -137,7 +137,12 @@ class Network:
                   f"route add default via {link.host}\n")  # fmt: skip
         run(["nsenter", f"--net={netns}", "ip", "-batch", "-"], input=inside.encode())
 
-    def _lease(self, paths: SandboxPaths) -> Link:
+    def lease(self, paths: SandboxPaths) -> Link:
+        """The sandbox's address pair, leased on first use (kept until it is destroyed).
+
+        Raises:
+            RuntimeBackendError: the pool is exhausted.
+        """
         with self._alloc:
             link = self.link(paths)
             if link is not None:

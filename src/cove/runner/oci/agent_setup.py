@@ -17,10 +17,14 @@ import errno
 import functools
 import logging
 import os
+import select
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cove.agent import protocol
 from cove.errors import Busy, RuntimeBackendError, Unavailable
 
 PKG_MOUNT = "/dev/.cove/pkg/toolbox"
@@ -56,8 +60,9 @@ def agent_setup(data_dir: Path) -> AgentSetup:
     import cove.agent
     from cove.runner.oci import pyrt
 
-    package = Path(cove.agent.__file__).resolve().parent
+    source = Path(cove.agent.__file__).resolve().parent
     runtime_dir = pyrt.ensure_python_runtime(data_dir)
+    package = pyrt.compiled_package(data_dir, source, runtime_dir) / source.name
     return AgentSetup(pyrt.argv(), {pyrt.MOUNT: runtime_dir, PKG_MOUNT: package})
 
 
@@ -102,6 +107,74 @@ def connect(path: Path) -> socket.socket:
             raise Busy("the sandbox's toolbox agent accepts no more requests now") from exc
         raise Unavailable(f"the sandbox's toolbox agent cannot be reached ({exc.strerror}); "
                           "is the sandbox running?") from exc  # fmt: skip
+
+
+def wait_ready(path: Path, timeout: float, *, alive: Callable[[], bool] | None = None) -> None:
+    """Return once the agent listening at ``path`` answers a ``ping``.
+
+    The socket accepts connections before the agent runs (init inherits it, already
+    listening), so a connect proves nothing: the ping waits in its queue until the
+    agent has started and loaded its handlers, and its reply is the readiness
+    signal. No polling on the crun tier; on the gVisor tier (the agent binds the
+    socket itself) connecting is retried until the socket appears.
+
+    Args:
+        path: the agent's socket.
+        timeout: seconds until the agent is given up on.
+        alive: checked while waiting (every 0.2 s); False ends the wait at once.
+
+    Raises:
+        RuntimeBackendError: no answer within ``timeout``, or ``alive`` said no.
+    """
+    deadline = time.monotonic() + timeout
+    sock = _connect_by(path, deadline, alive)
+    try:
+        sock.setblocking(True)
+        sock.sendall(protocol.json_frame({"op": "ping"}))
+        _await_reply(sock, deadline, alive)
+    except OSError as exc:
+        raise RuntimeBackendError(f"the toolbox agent hung up at start ({exc})") from exc
+    finally:
+        sock.close()
+
+
+def _connect_by(path: Path, deadline: float, alive: Callable[[], bool] | None) -> socket.socket:
+    while True:
+        try:
+            return connect(path)
+        except (Busy, Unavailable) as exc:
+            if time.monotonic() > deadline or (alive is not None and not alive()):
+                raise RuntimeBackendError(f"the toolbox agent did not start: {exc.message}"
+                                          ) from exc  # fmt: skip
+            time.sleep(0.005)
+
+
+def _await_reply(sock: socket.socket, deadline: float, alive: Callable[[], bool] | None) -> None:
+    """Read frames until the JSON reply of stream 1 (the agent's first frames may be
+    ``A`` and window updates)."""
+    buffer = b""
+    while True:
+        while len(buffer) >= protocol.HEADER.size:
+            kind, _stream, size = protocol.HEADER.unpack_from(buffer)
+            if size > protocol.MAX_FRAME:
+                raise RuntimeBackendError("the toolbox agent broke the protocol at start")
+            if len(buffer) < protocol.HEADER.size + size:
+                break
+            if kind == protocol.JSON:
+                return
+            buffer = buffer[protocol.HEADER.size + size:]
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeBackendError("the toolbox agent did not answer in time")
+        readable, _, _ = select.select([sock], [], [], min(left, 0.2))
+        if not readable:
+            if alive is not None and not alive():
+                raise RuntimeBackendError("the sandbox's init exited before its agent answered")
+            continue
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeBackendError("the toolbox agent hung up at start")
+        buffer += chunk
 
 
 class _short:

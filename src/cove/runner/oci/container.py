@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import select
 import signal
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,13 +28,19 @@ from cove.runner.host import cgroups, cgtree, idrange, rootfs
 from cove.runner.host.network import Network
 from cove.runner.layout import Metadata, SandboxPaths, write_json
 from cove.runner.oci import agent_setup as agentlink
-from cove.runner.oci import gvisor_view, spec
+from cove.runner.oci import gvisor_view, seccomp_bpf, spec
 from cove.runner.oci.agent_setup import AgentSetup
 from cove.runner.oci.crun import Crun
 from cove.runner.storage import volumes
 
 KILL_WAIT = 10.0
 GIB = 1024**3
+# crun installs this BPF program (base64) instead of compiling config.json's seccomp
+# section itself on every run (~20 ms); it is the same profile compiled by the same
+# libseccomp (``seccomp_bpf``), once per data dir.
+SECCOMP_BPF = "run.oci.seccomp_bpf_data"
+# Networks being wired while their containers start (mostly waits on `ip` and `nft`).
+_WIRING = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cove-net")
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,22 @@ def bring_up(
 ) -> Metadata:  # fmt: skip
     """Mount and make what is missing and run the container (the caller cleans up
     on error). Returns the metadata as it now is (its layer converted)."""
-    host = prepare_host(settings, spec_, paths, meta=meta, helpers=helpers, net=net)
-    ids, group, binds, meta = host.ids, host.group, host.binds, host.meta
+    host = prepare_host(settings, spec_, paths, meta=meta, helpers=helpers, net=net,
+                        wire_later=True)  # fmt: skip
+    try:
+        _run(crun, settings, spec_, paths, host, helpers=helpers, agent=agent, net=net)
+    except BaseException:
+        host.drop_network()  # nothing wires while the caller tears down
+        raise
+    host.settle_network()
+    return host.meta
+
+
+def _run(
+    crun: Crun, settings: Settings, spec_: ContainerSpec, paths: SandboxPaths, host: HostSide,
+    *, helpers: Helpers, agent: AgentSetup | None, net: Network | None,
+) -> None:  # fmt: skip
+    ids, group, binds = host.ids, host.group, host.binds
     delegation = cgtree.prepare(group, memory=spec_.resources.memory * GIB,
                                 pids=settings.pids_limit, agent_uid=ids.agent)  # fmt: skip
     listener = agentlink.listen(paths.agent_socket)
@@ -88,6 +110,7 @@ def bring_up(
             service=service, ro_binds=agent.binds if agent else {}, binds=binds,
         )  # fmt: skip
         config = spec.build(spec_, settings, parts, nofile_hard=spec.nofile_hard())
+        config["annotations"] = {SECCOMP_BPF: seccomp_bpf.encoded_filter(settings.data_dir)}
         write_json(paths.bundle / "config.json", config)
         init_pid = crun.run_detached(spec_.sandbox_id, paths.bundle, paths.log, fds=fds,
                                      cgroup2=cgtree.unified_join(group))  # fmt: skip
@@ -98,7 +121,6 @@ def bring_up(
             os.close(fd)
         listener.close()
         delegation.close()
-    return meta
 
 
 @dataclass(frozen=True)
@@ -109,27 +131,57 @@ class HostSide:
     group: str
     binds: list[tuple[str, Path]]  # volumes: container path -> staged mount point
     meta: Metadata
+    wiring: Future[object] | None = None  # the network, still being wired
+
+    def settle_network(self) -> None:
+        """Wait until the network is wired.
+
+        Raises:
+            RuntimeBackendError: wiring it failed.
+        """
+        if self.wiring is not None:
+            self.wiring.result()
+
+    def drop_network(self) -> None:
+        """Wait until the wiring is over, whatever its outcome (before a tear-down)."""
+        if self.wiring is not None:
+            futures.wait([self.wiring])
 
 
 def prepare_host(
     settings: Settings, spec_: ContainerSpec, paths: SandboxPaths, *, meta: Metadata,
-    helpers: Helpers, net: Network | None,
+    helpers: Helpers, net: Network | None, wire_later: bool = False,
 ) -> HostSide:  # fmt: skip
     """What every isolation tier needs before its runtime runs: the id range, the
-    disk, the user and network namespaces, the idmapped layers and volumes."""
+    disk, the user and network namespaces, the idmapped layers and volumes.
+
+    With ``wire_later``, the network namespace's veth, firewall and DNS are set up
+    in a worker thread while the caller goes on (the runtime only needs the
+    namespace itself); the caller must :meth:`HostSide.settle_network` before
+    anything of the sandbox runs the workload's code, and before a tear-down.
+    """
     ids = idrange.lease(paths.root, settings.data_dir)
     group = cgroups.group_of(settings.cgroup_parent, spec_.sandbox_id)
     rootfs.mount_disk(paths)
-    _write_etc(paths, spec_.hostname, nameserver=None)
     fresh = rootfs.make_namespaces(helpers.nsexec, paths, ids)
+    wiring = None
     if net is not None:
-        net.up(paths, spec_.network, fresh=fresh)
-        link = net.link(paths)
-        _write_etc(paths, spec_.hostname, nameserver=link.host if link else None)
-    rootfs.mount_layers(helpers.nsexec, paths, meta)
-    meta = Metadata(**{**meta.__dict__, "layer_xattrs": "user"})
-    paths.write_metadata(meta)
-    return HostSide(ids, group, _stage_volumes(settings, spec_, paths), meta)
+        _write_etc(paths, spec_.hostname, nameserver=net.lease(paths).host)
+        if wire_later:
+            wiring = _WIRING.submit(net.up, paths, spec_.network, fresh=fresh)
+        else:
+            net.up(paths, spec_.network, fresh=fresh)
+    else:
+        _write_etc(paths, spec_.hostname, nameserver=None)
+    try:
+        rootfs.mount_layers(helpers.nsexec, paths, meta)
+        meta = Metadata(**{**meta.__dict__, "layer_xattrs": "user"})
+        paths.write_metadata(meta)
+        binds = _stage_volumes(settings, spec_, paths)
+    except BaseException:
+        HostSide(ids, group, [], meta, wiring).drop_network()
+        raise
+    return HostSide(ids, group, binds, meta, wiring)
 
 
 class Deleter(Protocol):

@@ -174,17 +174,27 @@ class OciRuntime:
             meta = _metadata(spec_, meta.lower, meta.layer_xattrs, meta.isolation)
             paths.write_metadata(meta)
             up = gvisor.bring_up if meta.isolation == "gvisor" else bring_up
+            agent = self._agent_setup()
             try:
                 up(
                     client, self._settings, spec_, paths, meta=meta,  # type: ignore[arg-type]
-                    helpers=self._helpers(), agent=self._agent_setup(), net=self._net,
+                    helpers=self._helpers(), agent=agent, net=self._net,
                 )  # fmt: skip
+                if agent is not None:
+                    self._await_agent(paths, meta.isolation)
             except BaseException:
                 try:
-                    self._tear_down(spec_.sandbox_id, paths)
+                    self._stop(spec_.sandbox_id, paths, force=True)
                 except RuntimeBackendError:
                     log.exception("cleaning up failed start of %s", spec_.sandbox_id)
                 raise
+
+    def _await_agent(self, paths: SandboxPaths, tier: str) -> None:
+        """Return once the sandbox's agent answers (see ``agent_setup.wait_ready``):
+        a started sandbox serves its first toolbox call at once."""
+        sock = paths.chan_socket if tier == "gvisor" else paths.agent_socket
+        agent_setup.wait_ready(sock, self._settings.agent_ready_seconds,
+                               alive=_init_alive(paths.bundle / "init.pid"))  # fmt: skip
 
     def _tear_down(self, sandbox_id: str, paths: SandboxPaths) -> None:
         client = self._client_of(self._tier(paths))
@@ -495,6 +505,24 @@ class OciRuntime:
         paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
         link = self._net.link(paths) if self._net is not None else None
         return link.guest if link is not None else None
+
+
+def _init_alive(pid_file: Path) -> Callable[[], bool] | None:
+    """Whether the container's init (its pid in ``pid_file``) still runs; None when
+    the pid is not known."""
+    try:
+        stat = Path(f"/proc/{int(pid_file.read_text())}/stat")
+    except (OSError, ValueError):
+        return None
+
+    def alive() -> bool:
+        try:
+            text = stat.read_text()
+        except OSError:
+            return False
+        return text[text.rindex(")") + 2] != "Z"
+
+    return alive
 
 
 def _metadata(spec_: ContainerSpec, lower: str, layer_xattrs: str, isolation: str) -> Metadata:

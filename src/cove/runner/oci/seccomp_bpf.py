@@ -11,8 +11,10 @@ action is the default one. The program is cached in
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import json
 import os
@@ -57,6 +59,19 @@ def ensure_filter(data_dir: Path, machine: str | None = None) -> Path:
             finally:
                 tmp.unlink(missing_ok=True)
     return target
+
+
+@functools.lru_cache(maxsize=8)
+def encoded_filter(data_dir: Path) -> str:
+    """:func:`ensure_filter`'s program in base64 (crun's ``run.oci.seccomp_bpf_data``).
+
+    Raises:
+        RuntimeBackendError: libseccomp is missing or refused the profile.
+    """
+    try:
+        return base64.b64encode(ensure_filter(data_dir).read_bytes()).decode()
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot read the seccomp filter: {exc}") from exc
 
 
 def compile_profile(profile: dict[str, Any]) -> bytes:
