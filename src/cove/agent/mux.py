@@ -158,6 +158,11 @@ class Channel:
     def alive(self) -> bool:
         return not self.closed.is_set()
 
+    @property
+    def busy(self) -> bool:
+        """Whether a stream or a task of it is still going."""
+        return bool(self._streams or self._tasks)
+
     def open(self) -> Stream:
         """A new stream (the server's side); its first frame must be the J request.
 

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     # servers sharing a host may use different ones.
     cgroup_parent: str = Field(default="cove", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
     stop_grace_seconds: float = 3.0
+    # A sandbox's toolbox agent exits after this many seconds with no request and
+    # nothing of it alive (sessions, processes, PTYs, interpreter contexts); the next
+    # call starts it again. 0: it never exits.
+    agent_idle_seconds: float = Field(default=300.0, ge=0)
     # How often the host is checked for sandboxes whose container died.
     watch_seconds: float = 5.0
     # How many seconds a lifecycle minute (auto-stop/archive/delete) lasts.

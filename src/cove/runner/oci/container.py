@@ -81,11 +81,13 @@ def bring_up(
     workns = os.open(paths.workns, os.O_RDONLY | os.O_CLOEXEC)
     try:
         fds = [go_r, listener.fileno(), workns, *delegation.fds]
-        service = _service(agent, delegation, first_fd=spec.GO_FD) if agent else ()
+        idle = settings.agent_idle_seconds
+        service = _service(agent, delegation, first_fd=spec.GO_FD, idle=idle) if agent else ()
         parts = spec.HostParts(
             init_binary=helpers.init, etc_dir=paths.mapped_disk / "etc", userns=paths.userns,
             agent_uid=idrange.AGENT_UID, group=group, netns=paths.netns, resolv=net is not None,
-            service=service, ro_binds=agent.binds if agent else {}, binds=binds,
+            service=service, listen_fd=spec.GO_FD + 1 if idle > 0 else None,
+            ro_binds=agent.binds if agent else {}, binds=binds,
         )  # fmt: skip
         config = spec.build(spec_, settings, parts, nofile_hard=spec.nofile_hard())
         write_json(paths.bundle / "config.json", config)
@@ -164,15 +166,18 @@ def tear_down(client: Deleter, sandbox_id: str, paths: SandboxPaths, group: str)
         raise errors[0]
 
 
-def _service(agent: AgentSetup, delegation: cgtree.Delegation, *, first_fd: int) -> list[str]:
-    """The agent's command line, naming the descriptors init hands it (go is first_fd)."""
+def _service(agent: AgentSetup, delegation: cgtree.Delegation, *, first_fd: int,
+             idle: float = 0.0) -> list[str]:  # fmt: skip
+    """The agent's command line, naming the descriptors init hands it (go is first_fd);
+    with ``idle`` > 0 it exits after that many idle seconds (see init.c)."""
     listen_fd, userns_fd = first_fd + 1, first_fd + 2
     join = [str(userns_fd + 1 + i) for i in range(len(delegation.join))]
     kill_fd = userns_fd + 1 + len(delegation.join)
     caps = ",".join(str(spec.CAPABILITY_NUMBERS[c]) for c in spec.WORKLOAD_CAPABILITIES)
     return [*agent.argv, "--listen-fd", str(listen_fd), "--userns-fd", str(userns_fd),
             "--join-fds", ",".join(join), "--kill-fd", str(kill_fd),
-            "--kill-mode", delegation.kill_mode, "--caps", caps]  # fmt: skip
+            "--kill-mode", delegation.kill_mode, "--caps", caps,
+            *(["--idle-exit", f"{idle:g}"] if idle > 0 else [])]  # fmt: skip
 
 
 def _stage_volumes(settings: Settings, spec_: ContainerSpec, paths: SandboxPaths
