@@ -5,6 +5,9 @@
   instead of by one host-wide count that a single sandbox could exhaust for all.
 - ``dev.tty.legacy_tiocsti`` off: TIOCSTI (pushing input into a terminal another
   process reads) needs CAP_SYS_ADMIN, as it does by default since Linux 6.2.
+- this process's soft ``RLIMIT_NOFILE`` up to its hard limit: the server holds two
+  descriptors per started sandbox (its DNS listener and its agent channel), and a
+  service manager's usual soft limit of 1024 would cap a host at about 500.
 
 (``net.ipv4.ip_forward`` is turned on by the network, see ``runner/host/network.py``.)
 """
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import threading
 from pathlib import Path
 
@@ -28,7 +32,17 @@ def prepare() -> None:
         return
     _raise_to(FILE_MAX, FILE_MAX_VALUE)
     _set(LEGACY_TIOCSTI, "0")
+    _raise_nofile()
     _done.set()
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open files limit: %s", exc)
 
 
 def _raise_to(path: Path, value: int) -> None:

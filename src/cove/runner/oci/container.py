@@ -231,5 +231,6 @@ def _pidfd(pid: int) -> int | None:
 
 
 def _exited(pidfd: int, timeout: float) -> bool:
-    readable, _, _ = select.select([pidfd], [], [], timeout)
-    return bool(readable)
+    poller = select.poll()  # (not select(): a server of many sandboxes has fds above 1023)
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
