@@ -27,14 +27,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from density_probe import (
     Baseline,
+    HostSide,
     Meminfo,
     agent_pids,
     host_tasks,
@@ -78,8 +81,15 @@ class Run:
         self.start_ms: list[float] = []
 
     def fill(self) -> None:
-        """Start sandboxes until --max or the memory reserve."""
+        """Start sandboxes until --max, the memory reserve or ^C (then what was reached
+        is measured; a second ^C only cleans up)."""
         reserve = self.args.reserve_gib * 1024 * MIB
+        try:
+            self._fill(reserve)
+        except KeyboardInterrupt:
+            print(f"  ^C: measuring the {len(self.ids)} started", flush=True)
+
+    def _fill(self, reserve: float) -> None:
         while len(self.ids) < self.args.max and Meminfo.read()["MemAvailable"] > reserve:
             sid = f"dn-{uuid.uuid4().hex[:10]}"
             self.ids.append(sid)
@@ -89,7 +99,9 @@ class Run:
                 self.agent_rollups += [smaps(pid) for pid in agent_pids(self.runtime, sid)]
             if len(self.ids) % 100 == 0:
                 avail = Meminfo.read()["MemAvailable"] // MIB
-                print(f"  {len(self.ids)} started, MemAvailable {avail} MiB", flush=True)
+                last = statistics.median(self.start_ms[-100:])
+                print(f"  {len(self.ids)} started (create+start p50 of the last 100: {last:.0f}"
+                      f" ms), MemAvailable {avail} MiB", flush=True)
 
     def _start(self, sandbox_id: str) -> None:
         spec = spec_of(sandbox_id)
@@ -133,11 +145,15 @@ class Run:
         }  # fmt: skip
 
     def destroy(self) -> None:
-        for sid in self.ids:
+        def one(sid: str) -> None:
             try:
                 self.runtime.destroy(sid)
             except Exception as exc:  # noqa: BLE001 - clean up the rest
                 print(f"destroying {sid}: {exc}")
+
+        print(f"destroying {len(self.ids)} sandboxes", flush=True)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, self.ids))
 
 
 def report(run: Run, before: Meminfo, after: Meminfo, tasks: float, baseline: Baseline,
@@ -186,6 +202,8 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=10, help="agents measured while alive")
     parser.add_argument("--pool", default="100.96.0.0/16", help="sandbox addresses")
     args = parser.parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (ignored in a background job)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     data_dir = private_dir(Path(tempfile.mkdtemp(prefix="cove-density-")), tighten=True)
     settings = Settings(
         data_dir=data_dir, snapshot_dir=SHARED_SNAPSHOTS, network_pool=args.pool,
@@ -195,15 +213,19 @@ def main() -> None:
     runtime = OciRuntime(settings)
     run = Run(runtime, args)
     baseline = Baseline(runtime, settings, args.baseline)
+    host = HostSide(settings.cgroup_parent)
     try:
         baseline.measure()
         before, tasks0, own0 = Meminfo.read(), host_tasks(), smaps(os.getpid())["Anonymous"]
+        charged0 = host.charged()
         run.fill()
         idle_now = run.wait_idle()
         time.sleep(2)
-        after, tasks = Meminfo.read(), (host_tasks() - tasks0) / max(len(run.ids), 1)
-        own = (smaps(os.getpid())["Anonymous"] - own0) / max(len(run.ids), 1)
+        n = max(len(run.ids), 1)
+        after, tasks = Meminfo.read(), (host_tasks() - tasks0) / n
+        own = (smaps(os.getpid())["Anonymous"] - own0) / n
         parts = run.parts()
+        parts.update(host.per_sandbox(charged0, n))
         calls = run.first_calls(min(10, len(run.ids)))
         report(run, before, after, tasks, baseline, idle_now, calls, parts, own)
     except KeyboardInterrupt:
@@ -211,6 +233,7 @@ def main() -> None:
     finally:
         baseline.clean()
         run.destroy()
+        host.close()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

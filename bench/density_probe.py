@@ -196,3 +196,44 @@ class Baseline:
             cgroups.remove(f"{self.settings.cgroup_parent}/{cid}")
         self.made = []
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+class HostSide:
+    """A memory cgroup (v1 hierarchy) this process runs in, so that what it and its
+    helpers (nsexec, ip, nft, mkfs, crun) make for the sandboxes on the host side
+    (network namespaces, veths, nft rules, mounts, page cache of the images) is
+    charged apart from the rest of a shared host. None of it on a pure v2 host."""
+
+    def __init__(self, parent: str) -> None:
+        root = Path("/sys/fs/cgroup/memory")
+        self.path = root / f"{parent}-host" if (root / "memory.stat").exists() else None
+        if self.path is not None:
+            self.path.mkdir()
+            (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def charged(self) -> dict[str, int]:
+        if self.path is None:
+            return {}
+        stat = dict(line.split() for line in (self.path / "memory.stat").read_text().splitlines())
+        kmem = int((self.path / "memory.kmem.usage_in_bytes").read_text())
+        return {"kernel": kmem, "cache": int(stat["total_cache"]), "rss": int(stat["total_rss"])}
+
+    def per_sandbox(self, before: dict[str, int], n: int) -> dict[str, str]:
+        now = self.charged()
+        if not now:
+            return {}
+        d = {k: (now[k] - before[k]) / n / 1024 for k in now}
+        return {"host side, kernel": f"{d['kernel']:8.0f}   (charged to the creating process: "
+                                     "netns, veth, nft, mounts, namespaces)",
+                "host side, cache": f"{d['cache']:8.0f}   (page cache: the images, reclaimable)",
+                "host side, anon": f"{d['rss']:8.0f}   (this process and its helpers)"}
+
+    def close(self) -> None:
+        if self.path is not None:
+            (self.path.parent / "cgroup.procs").write_text(str(os.getpid()))
+            for _ in range(50):
+                try:
+                    self.path.rmdir()
+                    return
+                except OSError:
+                    time.sleep(0.1)  # (charges move off an empty cgroup lazily)
