@@ -3,6 +3,9 @@
 - ``fs.file-max`` to its maximum (as systemd does): open files are then bounded
   per sandbox by its memory cgroup, which is charged for every file it holds,
   instead of by one host-wide count that a single sandbox could exhaust for all.
+- ``kernel.pid_max`` up to 4194304 (systemd's own setting on 64-bit hosts): every
+  started sandbox holds three host tasks even when idle (init, its disk's jbd2 and
+  loop threads), so the kernel's default of 32768 would cap a host near 10,000.
 - ``dev.tty.legacy_tiocsti`` off: TIOCSTI (pushing input into a terminal another
   process reads) needs CAP_SYS_ADMIN, as it does by default since Linux 6.2.
 - this process's soft ``RLIMIT_NOFILE`` up to its hard limit: the server holds two
@@ -22,6 +25,8 @@ from pathlib import Path
 FILE_MAX = Path("/proc/sys/fs/file-max")
 LEGACY_TIOCSTI = Path("/proc/sys/dev/tty/legacy_tiocsti")
 FILE_MAX_VALUE = (1 << 63) - 1
+PID_MAX = Path("/proc/sys/kernel/pid_max")
+PID_MAX_VALUE = 1 << 22
 log = logging.getLogger(__name__)
 _done = threading.Event()
 
@@ -31,6 +36,7 @@ def prepare() -> None:
     if _done.is_set():
         return
     _raise_to(FILE_MAX, FILE_MAX_VALUE)
+    _raise_to(PID_MAX, PID_MAX_VALUE)
     _set(LEGACY_TIOCSTI, "0")
     _raise_nofile()
     _done.set()
