@@ -4,8 +4,9 @@
   per sandbox by its memory cgroup, which is charged for every file it holds,
   instead of by one host-wide count that a single sandbox could exhaust for all.
 - ``kernel.pid_max`` up to 4194304 (systemd's own setting on 64-bit hosts): every
-  started sandbox holds three host tasks even when idle (init, its disk's jbd2 and
-  loop threads), so the kernel's default of 32768 would cap a host near 10,000.
+  started sandbox holds three host tasks even when idle (init, and the jbd2 thread
+  and ext4-rsv-conversion rescuer of its disk), so the kernel's default of 32768
+  would cap a host near 10,000.
 - ``dev.tty.legacy_tiocsti`` off: TIOCSTI (pushing input into a terminal another
   process reads) needs CAP_SYS_ADMIN, as it does by default since Linux 6.2.
 - this process's soft ``RLIMIT_NOFILE`` up to its hard limit: the server holds two
