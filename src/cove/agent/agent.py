@@ -31,6 +31,11 @@ from .protocol import AgentError
 
 log = logging.getLogger("cove-agent")
 _PEERCRED = struct.Struct("3i")
+IDLE_EXIT = 75  # the exit status of an idle agent (init starts it on the next connection)
+# Checks of handler modules: whether something of theirs lives that an exit would lose
+# (sessions, terminals, interpreter contexts), so the agent must not exit idle.
+KEEP_ALIVE: list[Callable[[], bool]] = []
+CHANNELS: set[mux.Channel] = set()
 
 
 @dataclass
@@ -104,7 +109,11 @@ async def handle(
         writer.close()
         return
     channel = mux.Channel(reader, writer, opened=serve_request)
-    await channel.closed.wait()
+    CHANNELS.add(channel)
+    try:
+        await channel.closed.wait()
+    finally:
+        CHANNELS.discard(channel)
 
 
 async def serve_request(stream: mux.Stream, payload: bytes) -> None:
@@ -194,7 +203,49 @@ async def serve(
     )
 
 
-async def main() -> None:
+def busy() -> bool:
+    """Whether the agent serves a request, keeps state a handler registered in
+    :data:`KEEP_ALIVE`, or has a child process (a command, a shell, a server)."""
+    return (any(ch.busy for ch in CHANNELS) or any(check() for check in KEEP_ALIVE)
+            or _has_children())  # fmt: skip
+
+
+def _has_children() -> bool:
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return True
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                if f.read().strip():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+async def exit_when_idle(server: asyncio.Server, seconds: float, stop: asyncio.Event) -> None:
+    """Once the agent was not :func:`busy` for ``seconds``: stop accepting, close
+    every connection and set ``stop``. The check and the closing are one step (no
+    await between): a request not yet read is never half-served; the server sees
+    the connection end before an accept, and sends it again on a new connection
+    (which init answers by starting the agent again)."""
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    while True:
+        await asyncio.sleep(min(max(seconds / 4, 0.05), 5.0))
+        if busy():
+            quiet_since = loop.time()
+        elif loop.time() - quiet_since >= seconds:
+            server.close()
+            for channel in list(CHANNELS):
+                channel._shut()
+            stop.set()
+            return
+
+
+async def main() -> int:
     conf = confine.configure(sys.argv[1:])
     if conf.listen_path is not None:  # gVisor: in a directory only the agent may enter
         server = await serve(conf.listen_path, check_peer=conf.peer_check)
@@ -207,8 +258,12 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    idle = None
+    if conf.idle_exit > 0 and conf.listen is not None:
+        idle = asyncio.ensure_future(exit_when_idle(server, conf.idle_exit, stop))
     async with server:
         await stop.wait()
+    return IDLE_EXIT if idle is not None and idle.done() else 0
 
 
 def run() -> None:
@@ -216,4 +271,4 @@ def run() -> None:
     handler modules register on this module's HANDLERS)."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     os.umask(0o022)
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))

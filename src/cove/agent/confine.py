@@ -71,6 +71,7 @@ class Confinement:
     new_userns: bool = False  # every command unshares a user namespace of its own
     seccomp: bytes | None = None  # a BPF program installed in every command
     peer_check: bool = True  # refuse peers inside the sandbox's pid namespace
+    idle_exit: float = 0.0  # exit after so many idle seconds (init restarts it on demand)
 
 
 CURRENT = Confinement()
@@ -104,6 +105,7 @@ def configure(argv: list[str]) -> Confinement:
         listen=fd("--listen-fd"), listen_path=opts.get("--listen-path"),
         new_userns=opts.get("--userns") == "new", seccomp=_read(opts.get("--seccomp")),
         peer_check=opts.get("--peer-check") != "off",
+        idle_exit=float(opts.get("--idle-exit", "0")),
     )  # fmt: skip
     for descriptor in [*CURRENT.join, CURRENT.userns, CURRENT.kill_root, CURRENT.listen]:
         if descriptor is not None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import confine, protocol, users
-from .agent import Request, op
+from .agent import KEEP_ALIVE, Request, op
 from .process import kill_tree
 
 DEFAULT_ID = "default"
@@ -40,6 +40,7 @@ _HEADER = struct.Struct(">I")
 _MERGE_LIMIT = 256 * 1024  # characters of output per event sent on, at most
 _DRIVER = (Path(__file__).with_name("interpreter_driver.py")).read_bytes()
 _CONTEXTS: dict[str, Context] = {}
+KEEP_ALIVE.append(lambda: bool(_CONTEXTS))
 
 
 async def _ready(fds: set[int], *, write: bool = False) -> None:

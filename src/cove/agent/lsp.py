@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from . import files, protocol, users
-from .agent import Request, op
+from .agent import KEEP_ALIVE, Request, op
 from .lsp_client import LanguageServer, path_of
 
 SERVERS = {
@@ -32,6 +32,7 @@ INIT_SECONDS = 60.0
 REQUEST_SECONDS = 30.0
 _running: dict[tuple[str, str], LanguageServer] = {}
 _starting = asyncio.Lock()
+KEEP_ALIVE.append(lambda: bool(_running))
 
 
 def _key(request: Request) -> tuple[str, str, users.User]:

@@ -156,7 +156,14 @@ class Channel:
 
     @property
     def alive(self) -> bool:
-        return not self.closed.is_set()
+        """Whether frames can still be sent (the connection's end may be known from a
+        failed write before its reader saw it)."""
+        return not self.closed.is_set() and not self._writer.is_closing()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a stream or a task of it is still going."""
+        return bool(self._streams or self._tasks)
 
     def open(self) -> Stream:
         """A new stream (the server's side); its first frame must be the J request.

@@ -30,7 +30,7 @@ from itertools import islice
 from typing import Any
 
 from . import protocol, users
-from .agent import Request, op
+from .agent import KEEP_ALIVE, Request, op
 from .process import kill_tree
 from .protocol import AgentError
 from .shell import END, START, Shell, Splitter, new_token, script_line, spawn, split
@@ -43,6 +43,7 @@ MAX_COMMANDS = 1000  # per session; the oldest finished ones are forgotten
 STDERR_GRACE = 1.0  # seconds to wait for the stderr end marker once the exit code is known
 INPUT_TIMEOUT = 10.0
 SESSIONS: dict[str, Session] = {}
+KEEP_ALIVE.append(lambda: bool(SESSIONS))
 _ORDER = itertools.count()
 
 

@@ -22,7 +22,7 @@ from collections import deque
 from typing import Any
 
 from . import confine, protocol, users
-from .agent import Request, op
+from .agent import KEEP_ALIVE, Request, op
 from .process import kill_tree
 from .protocol import AgentError
 from .shell import read_some, write_all
@@ -30,6 +30,7 @@ from .shell import read_some, write_all
 BACKLOG = 1024 * 1024
 QUEUE = 64  # chunks queued per attached client before the terminal waits for it
 TERMINALS: dict[str, Terminal] = {}
+KEEP_ALIVE.append(lambda: bool(TERMINALS))
 EXITED = None
 
 

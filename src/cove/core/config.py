@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     # How long a fresh start waits for the sandbox's toolbox agent to answer; past it,
     # the start fails (the sandbox is ``error``, nothing of it runs).
     agent_ready_seconds: float = Field(default=30.0, gt=0, le=600)
+    # A sandbox's toolbox agent exits after this many seconds with no request and
+    # nothing of it alive (sessions, processes, PTYs, interpreter contexts); the next
+    # call starts it again. 0: it never exits.
+    agent_idle_seconds: float = Field(default=300.0, ge=0)
     # How often the host is checked for sandboxes whose container died.
     watch_seconds: float = 5.0
     # How many seconds a lifecycle minute (auto-stop/archive/delete) lasts.

@@ -19,7 +19,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cove.core.config import Settings
 from cove.core.ports import ContainerSpec
@@ -103,11 +103,13 @@ def _run(
     workns = os.open(paths.workns, os.O_RDONLY | os.O_CLOEXEC)
     try:
         fds = [go_r, listener.fileno(), workns, *delegation.fds]
-        service = _service(agent, delegation, first_fd=spec.GO_FD) if agent else ()
+        idle = settings.agent_idle_seconds
+        service = _service(agent, delegation, first_fd=spec.GO_FD, idle=idle) if agent else ()
         parts = spec.HostParts(
             init_binary=helpers.init, etc_dir=paths.mapped_disk / "etc", userns=paths.userns,
             agent_uid=idrange.AGENT_UID, group=group, netns=paths.netns, resolv=net is not None,
-            service=service, ro_binds=agent.binds if agent else {}, binds=binds,
+            service=service, listen_fd=spec.GO_FD + 1 if idle > 0 else None,
+            ro_binds=agent.binds if agent else {}, binds=binds,
         )  # fmt: skip
         config = spec.build(spec_, settings, parts, nofile_hard=spec.nofile_hard())
         config["annotations"] = {SECCOMP_BPF: seccomp_bpf.encoded_filter(settings.data_dir)}
@@ -131,7 +133,7 @@ class HostSide:
     group: str
     binds: list[tuple[str, Path]]  # volumes: container path -> staged mount point
     meta: Metadata
-    wiring: Future[object] | None = None  # the network, still being wired
+    wiring: Future[Any] | None = None  # the network, still being wired
 
     def settle_network(self) -> None:
         """Wait until the network is wired.
@@ -216,15 +218,18 @@ def tear_down(client: Deleter, sandbox_id: str, paths: SandboxPaths, group: str)
         raise errors[0]
 
 
-def _service(agent: AgentSetup, delegation: cgtree.Delegation, *, first_fd: int) -> list[str]:
-    """The agent's command line, naming the descriptors init hands it (go is first_fd)."""
+def _service(agent: AgentSetup, delegation: cgtree.Delegation, *, first_fd: int,
+             idle: float = 0.0) -> list[str]:  # fmt: skip
+    """The agent's command line, naming the descriptors init hands it (go is first_fd);
+    with ``idle`` > 0 it exits after that many idle seconds (see init.c)."""
     listen_fd, userns_fd = first_fd + 1, first_fd + 2
     join = [str(userns_fd + 1 + i) for i in range(len(delegation.join))]
     kill_fd = userns_fd + 1 + len(delegation.join)
     caps = ",".join(str(spec.CAPABILITY_NUMBERS[c]) for c in spec.WORKLOAD_CAPABILITIES)
     return [*agent.argv, "--listen-fd", str(listen_fd), "--userns-fd", str(userns_fd),
             "--join-fds", ",".join(join), "--kill-fd", str(kill_fd),
-            "--kill-mode", delegation.kill_mode, "--caps", caps]  # fmt: skip
+            "--kill-mode", delegation.kill_mode, "--caps", caps,
+            *(["--idle-exit", f"{idle:g}"] if idle > 0 else [])]  # fmt: skip
 
 
 def _stage_volumes(settings: Settings, spec_: ContainerSpec, paths: SandboxPaths
@@ -278,5 +283,6 @@ def _pidfd(pid: int) -> int | None:
 
 
 def _exited(pidfd: int, timeout: float) -> bool:
-    readable, _, _ = select.select([pidfd], [], [], timeout)
-    return bool(readable)
+    poller = select.poll()  # (not select(): a server of many sandboxes has fds above 1023)
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))

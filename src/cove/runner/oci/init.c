@@ -11,6 +11,11 @@
  * service only once a byte (or end of file) arrives on descriptor N, so that
  * the runtime can place init's cgroups first; file descriptors above 2 that
  * init was given are the service's (its channel to the Cove server).
+ * With --listen-fd N (N: the listening socket the service accepts on), a
+ * service that exits with status 75 (idle: it served nothing for a while and
+ * nothing of it lives) is started again only when a connection is pending on
+ * N, at once (no backoff); init itself never accepts. Any other exit restarts
+ * the service with the backoff, as without the option.
  * With --become UID (gVisor, which has no ambient capabilities and gives a
  * container's non-root process none), init starts as root, takes UID (and
  * gid) for good, keeping its capabilities, and runs the service with effective
@@ -49,11 +54,13 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -319,7 +326,11 @@ static int wrap_exec(char **argv)
 /* The supervised service (the toolbox agent), if any. */
 static char **service;
 static pid_t service_pid = -1;
+static int service_status;
 static int root_service;
+static int listen_fd = -1; /* --listen-fd: a pending connection starts an idle service */
+
+#define IDLE_EXIT 75
 
 /* Take uid (and gid) UID for good, keeping the permitted capabilities effective. */
 static int become(uid_t uid)
@@ -400,23 +411,31 @@ static pid_t spawn(char **argv)
 static int reap(void)
 {
     for (;;) {
-        pid_t pid = waitpid(-1, NULL, WNOHANG);
+        pid_t pid;
+        int status;
 
+        pid = waitpid(-1, &status, WNOHANG);
         if (pid > 0) {
-            if (pid == service_pid)
+            if (pid == service_pid) {
                 service_pid = -1;
+                service_status = status;
+            }
             continue;
         }
         return pid < 0 && errno == ECHILD;
     }
 }
 
+/* The service exited idle: it is started again when a connection is pending. */
+static int idle;
+
 /*
  * Start the service when it is due; after it died, restart it with a backoff
- * from 100 ms doubling to 5 s (reset once it has run for 10 s).
+ * from 100 ms doubling to 5 s (reset once it has run for 10 s); after an idle
+ * exit, once `pending` (a connection waits on listen_fd).
  * Returns how long to wait (ms) before it is due again, or -1 for "no timer".
  */
-static long supervise(int terminating)
+static long supervise(int terminating, int pending)
 {
     static long due, started, backoff = 100;
     static int running;
@@ -426,37 +445,64 @@ static long supervise(int terminating)
         return -1;
     if (running && service_pid < 0) {
         running = 0;
-        backoff = now - started > 10000 ? 100 : (backoff * 2 > 5000 ? 5000 : backoff * 2);
-        due = now + backoff;
+        idle = listen_fd >= 0 && WIFEXITED(service_status) &&
+               WEXITSTATUS(service_status) == IDLE_EXIT;
+        if (!idle) {
+            backoff = now - started > 10000 ? 100 : (backoff * 2 > 5000 ? 5000 : backoff * 2);
+            due = now + backoff;
+        }
     }
-    if (!running && now >= due) {
+    if (idle && pending) {
+        idle = 0;
+        due = now;
+    }
+    if (!running && !idle && now >= due) {
         service_pid = spawn(service);
         running = service_pid > 0;
         started = now;
         if (!running)
             due = now + backoff;
     }
-    return running ? -1 : due - now;
+    return running || idle ? -1 : due - now;
+}
+
+/* The next signal from the signalfd SFD (0: none now). */
+static int next_signal(int sfd)
+{
+    struct signalfd_siginfo info;
+
+    return read(sfd, &info, sizeof info) == sizeof info ? (int)info.ssi_signo : 0;
 }
 
 static int serve(void)
 {
     sigset_t all;
-    int terminating = 0;
+    int terminating = 0, pending = 0, sfd;
 
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
+    sfd = signalfd(-1, &all, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sfd < 0) {
+        perror("cove-init: signalfd");
+        return 125;
+    }
     for (;;) {
-        long wait_ms = terminating ? 100 : supervise(0);
-        struct timespec tick = { wait_ms / 1000, (wait_ms % 1000) * 1000000L };
-        int sig = sigtimedwait(&all, NULL, wait_ms >= 0 ? &tick : NULL);
+        long wait_ms = terminating ? 100 : supervise(0, pending);
+        /* (the listener is watched only while the service is idle: it accepts) */
+        struct pollfd fds[2] = { { sfd, POLLIN, 0 }, { idle ? listen_fd : -1, POLLIN, 0 } };
+        int sig;
 
-        if ((sig == SIGTERM || sig == SIGINT) && !terminating) {
-            terminating = 1;
-            if (getpid() == 1)
-                kill(-1, SIGTERM); /* every process of the pid namespace */
-            else if (service_pid > 0)
-                kill(service_pid, SIGTERM); /* never broadcast outside a sandbox */
+        if (poll(fds, 2, wait_ms > INT32_MAX ? INT32_MAX : (int)wait_ms) < 0 && errno != EINTR)
+            return 125;
+        pending = (fds[1].revents & POLLIN) != 0;
+        while ((sig = next_signal(sfd)) != 0) {
+            if ((sig == SIGTERM || sig == SIGINT) && !terminating) {
+                terminating = 1;
+                if (getpid() == 1)
+                    kill(-1, SIGTERM); /* every process of the pid namespace */
+                else if (service_pid > 0)
+                    kill(service_pid, SIGTERM); /* never broadcast outside a sandbox */
+            }
         }
         if (reap() && terminating)
             return 0;
@@ -488,6 +534,10 @@ int main(int argc, char **argv)
             return 125;
         }
         root_service = 1;
+        argv += 2;
+    }
+    if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--listen-fd") == 0) {
+        listen_fd = atoi(argv[1]);
         argv += 2;
     }
     if (argv[0] != NULL && argv[1] != NULL && strcmp(argv[0], "--") == 0)

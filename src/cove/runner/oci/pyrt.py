@@ -48,13 +48,16 @@ _PATHS = ("import sys, sysconfig; print(sysconfig.get_paths()['stdlib']); "
           "print(sysconfig.get_config_var('DESTSHARED')); print('%d.%d' % sys.version_info[:2])")
 
 
+# The agent speaks no TLS: asyncio's optional import of ssl (OpenSSL's start-up,
+# about 1.2 MiB per agent and 5 ms at every start) is refused.
+_START = ("import sys; sys.modules['ssl'] = None; sys.path.insert(0, '/dev/.cove/pkg'); "
+          "import toolbox.agent as a; a.run()")
+
+
 def argv() -> list[str]:
     """How the sandbox's init starts the agent (paths as the sandbox sees them)."""
     return [f"{MOUNT}/lib/ld.so", "--library-path", f"{MOUNT}/lib", f"{MOUNT}/bin/python3",
-            "-I", "-S", "-B", "-c",
-            # (ssl blocked: the agent speaks no TLS, and asyncio then skips loading it)
-            "import sys; sys.modules['ssl'] = None; sys.path.insert(0, '/dev/.cove/pkg'); "
-            "import toolbox.agent as a; a.run()"]
+            "-I", "-S", "-B", "-c", _START]
 
 
 def ensure_python_runtime(data_dir: Path) -> Path:

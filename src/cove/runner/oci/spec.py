@@ -74,6 +74,8 @@ class HostParts:
         netns: A network namespace file to join; None: a new one, loopback only.
         resolv: Bind ``etc_dir/resolv.conf`` (the sandbox has a network).
         service: Command line init runs and restarts (the toolbox agent).
+        listen_fd: The agent's listening socket as init numbers it, when the agent
+            may exit idle (init then starts it again on the next connection).
         ro_binds: Read-only binds, container path -> host path (host-owned files).
         binds: Read-write binds (volumes), container path -> staged mount point.
     """
@@ -86,6 +88,7 @@ class HostParts:
     netns: Path | None = None
     resolv: bool = False
     service: Sequence[str] = ()
+    listen_fd: int | None = None
     ro_binds: Mapping[str, Path] = field(default_factory=dict)
     binds: Sequence[tuple[str, Path]] = ()
 
@@ -110,7 +113,7 @@ def build(
     Returns:
         A JSON-ready dict; the bundle's rootfs is ``<bundle>/rootfs``.
     """
-    process = _process(spec, nofile_hard, parts.service)
+    process = _process(spec, nofile_hard, parts.service, parts.listen_fd)
     process["user"] = {"uid": parts.agent_uid, "gid": parts.agent_uid}
     return {
         "ociVersion": "1.0.2",
@@ -154,10 +157,12 @@ def init_env(spec: ContainerSpec) -> dict[str, str]:
     return env
 
 
-def _process(spec: ContainerSpec, nofile_hard: int, service: Sequence[str]) -> dict[str, Any]:
+def _process(spec: ContainerSpec, nofile_hard: int, service: Sequence[str],
+             listen_fd: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Init, as the agent uid: its capabilities are ambient so they survive the exec
     of init and of the agent (a non-root uid loses permitted ones at exec)."""
-    args = [INIT_PATH, "--go-fd", str(GO_FD), *(["--", *service] if service else [])]
+    lazy = ["--listen-fd", str(listen_fd)] if listen_fd is not None and service else []
+    args = [INIT_PATH, "--go-fd", str(GO_FD), *lazy, *(["--", *service] if service else [])]
     caps = list(AGENT_CAPABILITIES)
     nofile = min(NOFILE_MAX, nofile_hard)
     return {
