@@ -112,5 +112,23 @@ def create_key(organization: str, name: str, data_dir: Path | None) -> None:
     click.echo(AuthService(settings, SqlKeyStore(engine)).create_key(organization, name=name))
 
 
+
+@keys.command("revoke")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def revoke_key(data_dir: Path | None) -> None:
+    """Delete the API key read from standard input (a running server stops taking it
+    within COVE_AUTH_CACHE_SECONDS)."""
+    from cove.core.auth import AuthService
+    from cove.server import open_database
+    from cove.store.keys import SqlKeyStore
+
+    settings = _settings(data_dir=data_dir)
+    engine = open_database(settings)
+    key = click.get_text_stream("stdin").readline()
+    if not AuthService(settings, SqlKeyStore(engine)).revoke_key(key):
+        raise click.ClickException("no such API key")
+    click.echo("revoked")
+
+
 if __name__ == "__main__":
     main()

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     # servers sharing a host may use different ones.
     cgroup_parent: str = Field(default="cove", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
     stop_grace_seconds: float = 3.0
+    # How long a checked API key is trusted without asking the database again (a key
+    # revoked by ``cove keys revoke`` stops working within this time); 0: every call.
+    auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     # How often the host is checked for sandboxes whose container died.
     watch_seconds: float = 5.0
     # How many seconds a lifecycle minute (auto-stop/archive/delete) lasts.

@@ -298,6 +298,9 @@ class KeyStore(Protocol):
     def organization_for(self, key_hash: str) -> str | None:
         """The organization a key belongs to, or None for an unknown key."""
 
+    def remove_key(self, key_hash: str) -> bool:
+        """Delete the key with this hash; whether there was one."""
+
     def count_keys(self) -> int: ...
 
 
