@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, bindparam, create_engine, event, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -127,10 +127,12 @@ class SqlSandboxStore(SqlStore):
     def touch(self, stamps: Mapping[str, datetime]) -> None:
         if not stamps:
             return
+        table = SandboxRow.__table__
+        newer = (update(table)
+                 .where(table.c.id == bindparam("sid"), table.c.last_activity_at < bindparam("at"))
+                 .values(last_activity_at=bindparam("at")))  # fmt: skip
         with self.session() as s:
-            rows = s.scalars(select(SandboxRow).where(SandboxRow.id.in_(list(stamps))))
-            for row in rows:
-                row.last_activity_at = max(_aware(row.last_activity_at), stamps[row.id])
+            s.connection().execute(newer, [{"sid": k, "at": v} for k, v in stamps.items()])
 
     def remove(self, sandbox_id: str) -> None:
         self._removed.append(sandbox_id)  # its version is kept a while, then forgotten

@@ -122,3 +122,15 @@ def test_a_change_made_by_another_process_is_seen_within_a_second(
     ours_changed = ours.get_by_id("s1")
     ours.save(ours_changed)  # a change through our own store: seen at once
     assert records.get(org, "s1").user == "w"
+
+
+def test_a_deleted_secret_leaves_the_next_call(client: TestClient, agent_path: str) -> None:
+    del agent_path
+    secret = client.post("/api/secret", json={"name": "tok", "value": "s3cret"},
+                         headers=AUTH).json()  # fmt: skip
+    body = {"user": getpass.getuser(), "env": {}, "volumes": [], "secrets": [{"TOKEN": "tok"}]}
+    sid = client.post("/api/sandbox", json=body, headers=AUTH).json()["id"]
+    placeholder = _exec(client, sid, "echo $TOKEN").json()["result"].strip()
+    assert placeholder.startswith("cove-secret-")
+    assert client.delete(f"/api/secret/{secret['id']}", headers=AUTH).status_code == 204
+    assert _exec(client, sid, "echo \"[$TOKEN]\"").json()["result"] == "[]\n"
