@@ -13,9 +13,12 @@ stack (the toolbox client's urllib3 pool, its headers, keep-alive): ``GET
 /api/health``, which does no work. ``GET /api/sandbox/{id}`` (a key check, a
 database read, the sandbox's DTO) is shown beside it. The floor, exec and run_code
 are measured interleaved (one of each per round), so a busy host slows them alike;
-"over floor" is the median of the per-round differences. The spawn baseline is a
-fork+exec of ``/bin/true`` by a process already inside the sandbox. The key is one
-made by ``cove keys create`` (checked against the database, as users' keys are).
+"over floor" is the median of the per-round differences. ``run_code`` opens a
+WebSocket per call (a new connection and an upgrade), so it is also shown over a
+WebSocket floor: the same connect, frame and close, refused before the agent. The
+spawn baseline is a fork+exec of ``/bin/true`` by a process already inside the
+sandbox. The key is one made by ``cove keys create`` (checked against the database,
+as users' keys are).
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ import argparse
 import asyncio
 import hashlib
 import os
+import re
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import httpx_ws
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, SessionExecuteRequest
 
 from cove.testing import ServerProcess
@@ -116,6 +121,28 @@ def interleaved(calls: dict[str, object], n: int) -> dict[str, list[float]]:
     return out
 
 
+def ws_floor(sb):  # noqa: ANN001, ANN201
+    """A WebSocket round trip the way run_code makes one (the SDK's client, URL and
+    headers: connect, send a frame, get the close) that the server refuses at once,
+    before any agent is involved (the frame is not a valid run)."""
+    interpreter = sb.code_interpreter
+    _, url, headers, *_ = interpreter._api_client._execute_interpreter_code_serialize(  # noqa: SLF001
+        _request_auth=None, _content_type=None, _headers=None, _host_index=None)
+    url = re.sub(r"^http", "ws", url)
+
+    def exchange() -> None:
+        with httpx_ws.connect_ws(url, interpreter._http_client, headers=headers) as ws:  # noqa: SLF001
+            ws.send_text('{"code": 1}')
+            try:
+                event = ws.receive()
+            except httpx_ws.WebSocketDisconnect as exc:
+                assert exc.code == 1008, exc.code
+            else:
+                assert getattr(event, "code", None) == 1008, event
+
+    return exchange
+
+
 def http_floor(sb, url: str):  # noqa: ANN001, ANN201
     """A bare GET of ``url`` through the SDK's toolbox HTTP client (pool, headers)."""
     api = sb.process._api_client.api_client  # noqa: SLF001 - the SDK's own stack
@@ -147,6 +174,7 @@ def main() -> None:
             "get": http_floor(sb, f"{server.api_url}/sandbox/{sb.id}"),
             "exec": lambda: sb.process.exec("true"),
             "code": lambda: sb.code_interpreter.run_code("1+1"),
+            "ws": ws_floor(sb),
         }, args.n)  # fmt: skip
         logs_ms = [] if args.exec_only else log_first_byte(sb, min(args.n, 30))
         sizes = () if args.exec_only else (100, args.big_mib)
@@ -165,6 +193,8 @@ def main() -> None:
     print(line("GET /api/sandbox/{id}", runs["get"], base, floor))  # noqa: T201
     print(line('SDK process.exec("true")', runs["exec"], base, floor))  # noqa: T201
     print(line('SDK run_code("1+1") (WebSocket)', runs["code"], base, floor))  # noqa: T201
+    print(line("WebSocket floor (refused at once)", runs["ws"], base, floor))  # noqa: T201
+    print(line("run_code over the WebSocket floor", runs["code"], base, runs["ws"]))  # noqa: T201
     if logs_ms:
         print(line("session log first byte", logs_ms, base))  # noqa: T201
     for size, (up, down) in speeds.items():
