@@ -24,8 +24,13 @@ def spares() -> Iterator[None]:
     spare.ENABLED = True
     yield
     spare.ENABLED = False
-    if spare._current is not None:
-        spare._current.discard()
+    left = spare._current
+    if left is not None:  # let it go in the agent's loop (another thread), and reaped
+        left.exited._loop.call_soon_threadsafe(left.discard)
+        for _ in range(500):
+            if not left.alive:
+                break
+            time.sleep(0.01)
 
 
 def _waiting_spare() -> spare.Spare | None:
