@@ -52,6 +52,12 @@ class Exited:
         self._done = self._loop.create_future()
         self._fd = os.pidfd_open(pid)
         self._loop.add_reader(self._fd, self._reap)
+        self._failure: tuple[int, str, str] | None = None
+
+    def report_failure(self, error_r: int, cwd: str, executable: str) -> None:
+        """At the exit, read the spare's error pipe ``error_r``: what it says failed
+        before the exec makes :meth:`wait` raise it (as a spawn raises it)."""
+        self._failure = (error_r, cwd, executable)
 
     def _reap(self) -> None:
         pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -60,10 +66,37 @@ class Exited:
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
         self.returncode = os.waitstatus_to_exitcode(status)
-        if not self._done.done():
+        error = self._read_failure()
+        if self._done.done():
+            return
+        if error is None:
             self._done.set_result(self.returncode)
+        else:
+            self._done.set_exception(error)
+
+    def _read_failure(self) -> OSError | None:
+        if self._failure is None:
+            return None
+        error_r, cwd, executable = self._failure
+        os.set_blocking(error_r, False)
+        try:
+            report = os.read(error_r, _ERROR.size)  # its writers are gone: at once
+        except BlockingIOError:
+            report = b""
+        finally:
+            os.close(error_r)
+        if len(report) < _ERROR.size:
+            return None  # exec'd (the pipe closed on exec)
+        code, what = _ERROR.unpack(report)
+        code = code or errno.EIO
+        return OSError(code, os.strerror(code), cwd if what == 0 else executable)
 
     async def wait(self) -> int:
+        """The exit code, once the process exited.
+
+        Raises:
+            OSError: it never became the command (see :meth:`report_failure`).
+        """
         return await asyncio.shield(self._done)
 
 
@@ -110,15 +143,15 @@ class Spare:
         await self.exited.wait()
         self.group.close()
 
-    async def launch(self, argv: list[str], user: users.User, cwd: str | None,
-                     env: dict[str, str] | None, merge: bool) -> tuple[Exited, int, int]:
+    def launch(self, argv: list[str], user: users.User, cwd: str | None,
+               env: dict[str, str] | None, merge: bool) -> tuple[Exited, int, int]:
         """Make the spare run ``argv`` (see ``users.spawn_kwargs`` for ``cwd`` and
         ``env``); returns its exit watcher and the read ends of its stdout and stderr
-        (the same pipe when ``merge``).
+        (the same pipe when ``merge``). It does not wait for the exec: a failure
+        before it (as a spawn raises it) comes from the watcher's ``wait``.
 
         Raises:
             AgentError: the working directory does not exist.
-            OSError: the spare could not become the command (as a spawn raises it).
         """
         try:
             kwargs = users.spawn_kwargs(user, cwd, env)
@@ -133,23 +166,9 @@ class Spare:
             self.discard()
             raise
         os.close(self.order_w)
-        try:
-            report = await _read_all(self.error_r)
-        except BaseException:  # cancelled: the command must not run on, unwatched
-            self.group.kill()
-            for fd in (self.error_r, self.out_r, self.err_r):  # (_read_all closes at EOF)
-                os.close(fd)
-            asyncio.ensure_future(self._bury())
-            raise
-        if merge or report:
+        if merge:
             os.close(self.err_r)
-        if report:  # the spare is gone: reap it before raising what failed
-            await self.exited.wait()
-            os.close(self.out_r)
-            self.group.close()
-            code, what = _ERROR.unpack(report[: _ERROR.size])
-            code = code or errno.EIO
-            raise OSError(code, os.strerror(code), kwargs["cwd"] if what == 0 else argv[0])
+        self.exited.report_failure(self.error_r, kwargs["cwd"], argv[0])
         return self.exited, self.out_r, (self.out_r if merge else self.err_r)
 
 
@@ -189,28 +208,6 @@ def _close(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
-
-
-async def _read_all(fd: int) -> bytes:
-    """Everything until EOF from the (blocking) pipe ``fd``, without blocking the loop."""
-    loop = asyncio.get_running_loop()
-    os.set_blocking(fd, False)
-    data = bytearray()
-    while True:
-        try:
-            chunk = os.read(fd, 64)
-        except BlockingIOError:
-            ready = loop.create_future()
-            loop.add_reader(fd, ready.set_result, None)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(fd)
-            continue
-        if not chunk:
-            os.close(fd)
-            return bytes(data)
-        data += chunk
 
 
 def _child(spare: Spare, join: Any) -> None:

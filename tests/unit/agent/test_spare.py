@@ -153,3 +153,20 @@ def test_an_unused_spare_goes_away(
         time.sleep(0.02)
     assert not idle.alive and spare._current is None
     assert not Path(f"/proc/{idle.pid}").exists()  # reaped, not a zombie
+
+
+def test_a_command_that_cannot_start_fails_as_a_fresh_one_does(
+    client: TestClient, sandbox_id: str, spares: None
+) -> None:
+    del spares
+    body = {"code": "1", "language": "typescript"}  # tsx is not on the host's PATH
+    replies = {}
+    for enabled in (False, True):
+        spare.ENABLED = enabled
+        _exec(client, sandbox_id, command="true")
+        if enabled:
+            assert _waiting_spare() is not None
+        r = client.post(f"/toolbox/{sandbox_id}/process/code-run", json=body, headers=AUTH)
+        replies[enabled] = (r.status_code, r.json()["message"])
+    assert replies[True] == replies[False]
+    assert replies[True][0] == 502 and "FileNotFoundError" in replies[True][1]
