@@ -12,8 +12,8 @@ default signals, the workload's user namespace, user, capabilities and seccomp
 filter) and execs it, PATH looked up in the command's environment, as
 ``subprocess`` does. Failures before the exec come back as the OSError a fresh
 spawn raises. A new spare is forked once the command that took one is answered;
-one left unused for ``IDLE_SECONDS`` exits (an idle sandbox keeps none). On the gVisor tier (a new
-user namespace per command) commands are spawned as before.
+one left unused for ``IDLE_SECONDS`` exits (an idle sandbox keeps none). On the
+gVisor tier (a new user namespace per command) commands are spawned as before.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import os
 import signal
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from . import confine, users
 
@@ -210,7 +209,7 @@ def _close(fd: int) -> None:
         pass
 
 
-def _child(spare: Spare, join: Any) -> None:
+def _child(spare: Spare, join: Callable[[], None]) -> None:
     """The spare's life: let go of the agent's descriptors, join the cgroups, wait for
     the order, become the command. Never returns."""
     what = 1
