@@ -4,10 +4,21 @@ Run as root after ``make setup``::
 
     .venv/bin/python bench/toolbox.py [--n 100] [--big-mib 1024]
 
-Prints, from one run: ``process.exec("true")`` and ``run_code("1+1")`` round
-trips (p50/p95), session log first-byte latency, upload and download MB/s for
-100 MiB and a big file, and the baseline: a fork+exec of ``/bin/true`` by a
-process already inside the sandbox, with the ratio.
+Prints, from one run: ``process.exec("true")`` and ``code_interpreter.run_code("1+1")``
+round trips (p50/p95) beside two baselines, the HTTP floor and the in-sandbox spawn;
+session log first-byte latency; upload and download MB/s for 100 MiB and a big file.
+
+The HTTP floor is a bare round trip to the same server through the SDK's own HTTP
+stack (the toolbox client's urllib3 pool, its headers, keep-alive): ``GET
+/api/health``, which does no work. ``GET /api/sandbox/{id}`` (a key check, a
+database read, the sandbox's DTO) is shown beside it. The floor, exec and run_code
+are measured interleaved (one of each per round), so a busy host slows them alike;
+"over floor" is the median of the per-round differences. ``run_code`` opens a
+WebSocket per call (a new connection and an upgrade), so it is also shown over a
+WebSocket floor: the same connect, frame and close, refused before the agent. The
+spawn baseline is a fork+exec of ``/bin/true`` by a process already inside the
+sandbox. The key is one made by ``cove keys create`` (checked against the database,
+as users' keys are).
 """
 
 from __future__ import annotations
@@ -16,12 +27,14 @@ import argparse
 import asyncio
 import hashlib
 import os
+import re
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import httpx_ws
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, SessionExecuteRequest
 
 from cove.testing import ServerProcess
@@ -39,16 +52,6 @@ print(statistics.median(t) * 1000)
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def timings(fn, n: int) -> list[float]:  # noqa: ANN001
-    fn()
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1000)
-    return out
 
 
 def log_first_byte(sb, n: int) -> list[float]:  # noqa: ANN001
@@ -98,40 +101,104 @@ def _sha(path: Path) -> str:
     return digest.hexdigest()
 
 
-def line(name: str, values: list[float], base: float) -> str:
+def line(name: str, values: list[float], base: float, floor: list[float] | None = None) -> str:
     p50 = statistics.median(values)
-    return f"{name:<34} {p50:8.2f} {pct(values, 0.95):8.2f}  {p50 / base:7.1f}x"
+    over = ""
+    if floor is not None:
+        over = f"  {statistics.median(v - f for v, f in zip(values, floor, strict=True)):+8.2f}"
+    return f"{name:<34} {p50:8.2f} {pct(values, 0.95):8.2f}  {p50 / base:7.1f}x{over}"
+
+
+def interleaved(calls: dict[str, object], n: int) -> dict[str, list[float]]:
+    """Each call's round trips in ms, one of each per round (after one warm-up round)."""
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(n + 1):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()  # type: ignore[operator]
+            if round_:
+                out[name].append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def ws_floor(sb):  # noqa: ANN001, ANN201
+    """A WebSocket round trip the way run_code makes one (the SDK's client, URL and
+    headers: connect, send a frame, get the close) that the server refuses at once,
+    before any agent is involved (the frame is not a valid run)."""
+    interpreter = sb.code_interpreter
+    _, url, headers, *_ = interpreter._api_client._execute_interpreter_code_serialize(  # noqa: SLF001
+        _request_auth=None, _content_type=None, _headers=None, _host_index=None)
+    url = re.sub(r"^http", "ws", url)
+
+    def exchange() -> None:
+        with httpx_ws.connect_ws(url, interpreter._http_client, headers=headers) as ws:  # noqa: SLF001
+            ws.send_text('{"code": 1}')
+            try:
+                event = ws.receive()
+            except httpx_ws.WebSocketDisconnect as exc:
+                assert exc.code == 1008, exc.code
+            else:
+                assert getattr(event, "code", None) == 1008, event
+
+    return exchange
+
+
+def http_floor(sb, url: str):  # noqa: ANN001, ANN201
+    """A bare GET of ``url`` through the SDK's toolbox HTTP client (pool, headers)."""
+    api = sb.process._api_client.api_client  # noqa: SLF001 - the SDK's own stack
+
+    def get() -> None:
+        response = api.call_api("GET", url, header_params=dict(api.default_headers))
+        response.read()
+        assert response.status == 200, response.status
+
+    return get
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--exec-only", action="store_true", help="skip logs and transfers")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="cove-bench-data-"))
     scratch = Path(tempfile.mkdtemp(prefix="cove-bench-files-"))
     server = ServerProcess(data_dir, api_key=KEY)
     server.start()
+    daytona: Daytona | None = None
     try:
-        daytona = Daytona(DaytonaConfig(api_key=KEY, api_url=server.api_url))
+        daytona = Daytona(DaytonaConfig(api_key=server.org_key("bench"), api_url=server.api_url))
         sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
         base = float(sb.process.exec(f"python3 -c '{SPAWN}'").result.strip())
-        exec_ms = timings(lambda: sb.process.exec("true"), args.n)
-        code_ms = timings(lambda: sb.code_interpreter.run_code("1+1"), args.n)
-        logs_ms = log_first_byte(sb, min(args.n, 30))
-        speeds = {size: transfer(sb, size, scratch) for size in (100, args.big_mib)}
-        sb.delete()
+        runs = interleaved({
+            "floor": http_floor(sb, f"{server.api_url}/health"),
+            "get": http_floor(sb, f"{server.api_url}/sandbox/{sb.id}"),
+            "exec": lambda: sb.process.exec("true"),
+            "code": lambda: sb.code_interpreter.run_code("1+1"),
+            "ws": ws_floor(sb),
+        }, args.n)  # fmt: skip
+        logs_ms = [] if args.exec_only else log_first_byte(sb, min(args.n, 30))
+        sizes = () if args.exec_only else (100, args.big_mib)
+        speeds = {size: transfer(sb, size, scratch) for size in sizes}
     finally:
+        for leftover in list(daytona.list()) if daytona else []:  # (the bench key's org)
+            leftover.delete()
         server.delete_all_sandboxes()
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"times in ms; n={args.n}")  # noqa: T201
-    print(f"{'':<34} {'p50':>8} {'p95':>8}  vs in-sandbox spawn")  # noqa: T201
+    floor = runs["floor"]
+    print(f"times in ms; n={args.n}, interleaved")  # noqa: T201
+    print(f"{'':<34} {'p50':>8} {'p95':>8}  {'/spawn':>8} {'over floor':>9}")  # noqa: T201
     print(f"{'spawn /bin/true inside (baseline)':<34} {base:8.2f}")  # noqa: T201
-    print(line('SDK process.exec("true")', exec_ms, base))  # noqa: T201
-    print(line('SDK run_code("1+1")', code_ms, base))  # noqa: T201
-    print(line("session log first byte", logs_ms, base))  # noqa: T201
+    print(line("HTTP floor: GET /api/health", floor, base))  # noqa: T201
+    print(line("GET /api/sandbox/{id}", runs["get"], base, floor))  # noqa: T201
+    print(line('SDK process.exec("true")', runs["exec"], base, floor))  # noqa: T201
+    print(line('SDK run_code("1+1") (WebSocket)', runs["code"], base, floor))  # noqa: T201
+    print(line("WebSocket floor (refused at once)", runs["ws"], base, floor))  # noqa: T201
+    print(line("run_code over the WebSocket floor", runs["code"], base, runs["ws"]))  # noqa: T201
+    if logs_ms:
+        print(line("session log first byte", logs_ms, base))  # noqa: T201
     for size, (up, down) in speeds.items():
         print(f"{size} MiB file: upload {up:7.1f} MB/s, download {down:7.1f} MB/s")  # noqa: T201
 

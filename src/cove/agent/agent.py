@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import confine, mux, protocol
+from . import confine, mux, protocol, spare
 from .protocol import AgentError
 
 log = logging.getLogger("cove-agent")
@@ -247,6 +247,7 @@ async def exit_when_idle(server: asyncio.Server, seconds: float, stop: asyncio.E
 
 async def main() -> int:
     conf = confine.configure(sys.argv[1:])
+    spare.enable()
     if conf.listen_path is not None:  # gVisor: in a directory only the agent may enter
         server = await serve(conf.listen_path, check_peer=conf.peer_check)
         os.chmod(conf.listen_path, 0o600)

@@ -76,6 +76,7 @@ class Confinement:
 
 CURRENT = Confinement()
 _counter = itertools.count(1)
+_OPEN: set[str] = set()  # names of the groups made and not closed yet
 _libc: ctypes.CDLL | None = None
 
 
@@ -181,6 +182,7 @@ class Group:
         name = f"c{os.getpid()}-{next(_counter)}"
         os.mkdir(name, 0o755, dir_fd=root)
         self.name = name
+        _OPEN.add(name)  # not swept while open (a spare joins it later)
         self.fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root)
 
     def pids(self) -> list[int]:
@@ -211,6 +213,7 @@ class Group:
             os.close(self.fd)
             self.fd = -1
         if self.name is not None and CURRENT.kill_root is not None:
+            _OPEN.discard(self.name)
             _rmdir(self.name)
 
 
@@ -218,17 +221,39 @@ def preexec(uid: int, gid: int, groups: list[int], group: Group | None) -> Calla
     """The child's last steps before exec: join the cgroups, enter the workload's
     user namespace (or a new one), become ``uid``, keep only the workload's
     capabilities (and install the seccomp filter)."""
-    userns, join, caps, new_userns = CURRENT.userns, list(CURRENT.join), CURRENT.caps, \
-        CURRENT.new_userns
-    target = group.fd if group is not None else -1
-    libc = _libc
-    install = _seccomp_installer(CURRENT.seccomp)
-    mapper = _Mapper() if new_userns else None
+    join, become = joiner(group), becomer(uid, gid, groups)
 
     def confine() -> None:
+        join()
+        become()
+
+    return confine
+
+
+def joiner(group: Group | None) -> Callable[[], None]:
+    """What moves the calling process into the cgroups every command joins and its
+    own ``group`` (the slow part: a migration waits for an RCU grace period)."""
+    join, new_userns = list(CURRENT.join), CURRENT.new_userns
+    target = group.fd if group is not None else -1
+
+    def run() -> None:
         me = str(os.getpid()) if new_userns else "0"  # (gVisor's cgroupfs takes pids)
         for fd in [*join, *([target] if target >= 0 else [])]:
             _write_at(fd, "cgroup.procs", me)
+
+    return run
+
+
+def becomer(uid: int, gid: int, groups: list[int]) -> Callable[[], None]:
+    """What makes the calling process the workload's ``uid``: in the workload's user
+    namespace (or a new one), with only the workload's capabilities and the seccomp
+    filter."""
+    userns, caps = CURRENT.userns, CURRENT.caps
+    libc = _libc
+    install = _seccomp_installer(CURRENT.seccomp)
+    mapper = _Mapper() if CURRENT.new_userns else None
+
+    def run() -> None:
         assert libc is not None
         if mapper is not None:
             mapper.enter(libc)
@@ -244,7 +269,7 @@ def preexec(uid: int, gid: int, groups: list[int], group: Group | None) -> Calla
         os.setresuid(uid, uid, uid)
         install()
 
-    return confine
+    return run
 
 
 class _Mapper:
@@ -308,6 +333,11 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+def held_fds() -> list[int]:
+    """The confinement's descriptors a command's process uses before its exec."""
+    return [*CURRENT.join, *([CURRENT.userns] if CURRENT.userns is not None else [])]
+
+
 def confined() -> bool:
     return CURRENT.userns is not None or CURRENT.new_userns
 
@@ -322,7 +352,7 @@ def sweep() -> None:
     except OSError:
         return
     for name in names:
-        if name.startswith("c") and name[1:2].isdigit():
+        if name.startswith("c") and name[1:2].isdigit() and name not in _OPEN:
             _rmdir(name)
 
 

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from . import confine, protocol, users
+from . import confine, protocol, spare, users
 from .agent import Request, op
 from .artifacts import ArtifactSplitter, chart_env
 from .protocol import AgentError
@@ -138,22 +138,7 @@ async def run_streaming(
         AgentError: 408 PROCESS_EXECUTION_TIMEOUT once ``timeout`` passes (the
             whole process tree is killed at that moment).
     """
-    out_r, out_w = users.owned_pipe(user)
-    err_r, err_w = (out_r, out_w) if merge else users.owned_pipe(user)
-    group = confine.Group()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w,
-            **users.spawn_kwargs(user, cwd, env, group),
-        )
-    except BaseException:
-        for fd in {out_r, err_r}:
-            os.close(fd)
-        group.close()
-        raise
-    finally:
-        for fd in {out_w, err_w}:
-            os.close(fd)
+    proc, out_r, err_r, group = await _spawn(request, argv, user, cwd, env, merge)
     sinks: list[Clipped | Passed | ArtifactSplitter] = [_sink(request, protocol.STDOUT, limit)]
     if charts is not None:
         sinks[0] = ArtifactSplitter(request, sinks[0], charts)
@@ -180,8 +165,37 @@ async def run_streaming(
     return code if code >= 0 else 128 - code
 
 
+async def _spawn(
+    request: Request, argv: list[str], user: users.User, cwd: str | None,
+    env: dict[str, str] | None, merge: bool,
+) -> tuple[asyncio.subprocess.Process | spare.Exited, int, int, confine.Group]:
+    """Start ``argv`` in a cgroup of its own: by the spare when there is one, else
+    afresh. Returns the process, the read ends of its stdout and stderr, its group."""
+    ready = spare.take(request.hung_up)
+    if ready is not None:
+        proc, out_r, err_r = ready.launch(argv, user, cwd, env, merge)
+        return proc, out_r, err_r, ready.group
+    out_r, out_w = users.owned_pipe(user)
+    err_r, err_w = (out_r, out_w) if merge else users.owned_pipe(user)
+    group = confine.Group()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+            **users.spawn_kwargs(user, cwd, env, group),
+        )
+    except BaseException:
+        for fd in {out_r, err_r}:
+            os.close(fd)
+        group.close()
+        raise
+    finally:
+        for fd in {out_w, err_w}:
+            os.close(fd)
+    return proc, out_r, err_r, group
+
+
 async def _finished(
-    proc: asyncio.subprocess.Process, pumps: Sequence[asyncio.Future[None]]
+    proc: asyncio.subprocess.Process | spare.Exited, pumps: Sequence[asyncio.Future[None]]
 ) -> None:
     """The command exited and what it printed was read. Processes it left in the
     background do not hold the call: their output is read for DRAIN_SECONDS more,

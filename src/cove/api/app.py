@@ -79,12 +79,14 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
             asyncio.create_task(run_timers(services.lifecycle, settings.minute_seconds)),
             asyncio.create_task(services.metrics.run()),
             asyncio.create_task(services.lifecycle.keep_pools()),
+            asyncio.create_task(services.lifecycle.ops.activity.run()),
         ]
         yield
         for task in background:
             task.cancel()
         await gateway.close()
         await services.lifecycle.drain()
+        services.lifecycle.ops.activity.flush()
         await services.toolbox.links.close()
 
     api = FastAPI(title="Cove", version="0.1.0", lifespan=lifespan,

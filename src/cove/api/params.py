@@ -26,7 +26,7 @@ OwnerQuery = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0
 AgentIdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID, pattern=NO_NUL)]
 
 
-def single_query_values(conn: HTTPConnection) -> None:
+async def single_query_values(conn: HTTPConnection) -> None:
     """Refuse a query parameter of one value given more than once (``?path=a&path=b``):
     the document says it is one value, and which one would count is a guess.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cove.core.config import Settings
@@ -12,6 +14,7 @@ from cove.core.ports import KeyStore
 from cove.errors import Unauthorized
 
 DEFAULT_ORGANIZATION = "default"
+CACHE_ENTRIES = 10_000  # keys remembered at most (all are forgotten when it is full)
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,22 @@ def new_key() -> str:
 
 
 class AuthService:
-    """Checks bearer keys. Only hashes are stored; ``COVE_API_KEY`` is never written."""
+    """Checks bearer keys. Only hashes are stored; ``COVE_API_KEY`` is never written.
 
-    def __init__(self, settings: Settings, keys: KeyStore) -> None:
+    A key found in the database is trusted for ``COVE_AUTH_CACHE_SECONDS`` before the
+    database is asked again (a toolbox call should not cost a query), so a key
+    revoked elsewhere (``cove keys revoke``, another process) stops working within
+    that time, one revoked through this service at once. Unknown keys are never
+    remembered: a new key works at once.
+    """
+
+    def __init__(self, settings: Settings, keys: KeyStore,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self._env_key = settings.api_key
         self._keys = keys
+        self._ttl = settings.auth_cache_seconds
+        self._clock = clock
+        self._known: dict[str, tuple[str, float]] = {}  # key hash -> organization, until
         self.default_organization_id = keys.ensure_organization(DEFAULT_ORGANIZATION)
 
     def bootstrap(self) -> str | None:
@@ -60,7 +74,26 @@ class AuthService:
             raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'")
         if self._env_key and hmac.compare_digest(key, self._env_key):
             return Principal(self.default_organization_id)
-        org = self._keys.organization_for(hash_key(key))
+        return Principal(self._organization_for(hash_key(key)))
+
+    def _organization_for(self, key_hash: str) -> str:
+        now = self._clock()
+        known = self._known.get(key_hash)
+        if known is not None and now < known[1]:
+            return known[0]
+        org = self._keys.organization_for(key_hash)
         if org is None:
+            self._known.pop(key_hash, None)
             raise Unauthorized("Invalid API key")
-        return Principal(org)
+        if self._ttl > 0:
+            if len(self._known) >= CACHE_ENTRIES:
+                self._known.clear()
+            self._known[key_hash] = (org, now + self._ttl)
+        return org
+
+    def revoke_key(self, key: str) -> bool:
+        """Delete an API key (given whole); whether it existed. It stops working at
+        once here, within ``COVE_AUTH_CACHE_SECONDS`` in other server processes."""
+        key_hash = hash_key(key.strip())
+        self._known.pop(key_hash, None)
+        return self._keys.remove_key(key_hash)

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     # nothing of it alive (sessions, processes, PTYs, interpreter contexts); the next
     # call starts it again. 0: it never exits.
     agent_idle_seconds: float = Field(default=300.0, ge=0)
+    # How long a checked API key is trusted without asking the database again (a key
+    # revoked by ``cove keys revoke`` stops working within this time); 0: every call.
+    auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     # How often the host is checked for sandboxes whose container died.
     watch_seconds: float = 5.0
     # How many seconds a lifecycle minute (auto-stop/archive/delete) lasts.

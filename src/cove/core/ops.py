@@ -21,14 +21,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from cove.core import validation
+from cove.core.activity import ActivityLog
 from cove.core.ports import ContainerSpec, EventSink, NetworkPolicy, Runner, SandboxStore
-from cove.core.sandbox import Sandbox, SandboxState, transition, utcnow
+from cove.core.sandbox import Sandbox, SandboxState, transition
 from cove.errors import CoveError
 
 S = SandboxState
 # A sandbox that reaches ``started`` from these has just booted (its processes are new).
 FRESH_START = frozenset({S.CREATING, S.STARTING, S.RESTORING})
-TOUCH_PER_MINUTE = 12  # activity is recorded to 1/12 of a timer minute (5 s)
+TOUCH_PER_MINUTE = 12  # activity is written every 1/12 of a timer minute (5 s)
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class SandboxOps:
         self.store = store
         self.runner = runner
         self.events = events
-        self.touch_seconds = minute_seconds / TOUCH_PER_MINUTE
+        self.activity = ActivityLog(store, minute_seconds / TOUCH_PER_MINUTE)
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         # Awaited after each fresh start, under the sandbox's lock, before ``started`` is
@@ -209,11 +210,6 @@ class SandboxOps:
             log.error("cleanup of sandbox %s failed: %s", sandbox_id, exc.message)
 
     def touch(self, sandbox: Sandbox) -> None:
-        """Record user activity (resets the auto-stop timer). Written at most every
-        ``touch_seconds``: timers count minutes, and a busy toolbox loop should not
-        write the database on every call."""
-        now = utcnow()
-        if (now - sandbox.last_activity_at).total_seconds() < self.touch_seconds:
-            return
-        sandbox.last_activity_at = now
-        self.store.save(sandbox)
+        """Record user activity (resets the auto-stop timer): noted in memory, written
+        in batches (see :mod:`cove.core.activity`)."""
+        self.activity.record(sandbox)

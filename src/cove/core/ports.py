@@ -272,6 +272,17 @@ class SandboxStore(Protocol):
 
     def remove(self, sandbox_id: str) -> None: ...
 
+    def touch(self, stamps: Mapping[str, datetime]) -> None:
+        """Move each sandbox's ``last_activity_at`` forward to its stamp (never back;
+        unknown ids are skipped)."""
+
+    def changes(self) -> int:
+        """This store's change counter: it grows before and after every add, save and
+        remove (for caches of records read through it)."""
+
+    def version(self, sandbox_id: str) -> int:
+        """The change counter when this store last changed the record (0: never)."""
+
     def list(
         self,
         organization_id: str,
@@ -309,6 +320,9 @@ class KeyStore(Protocol):
 
     def organization_for(self, key_hash: str) -> str | None:
         """The organization a key belongs to, or None for an unknown key."""
+
+    def remove_key(self, key_hash: str) -> bool:
+        """Delete the key with this hash; whether there was one."""
 
     def count_keys(self) -> int: ...
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import builtins
 import re
 import secrets as random
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
@@ -28,6 +29,8 @@ HOST = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
                   r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")  # fmt: skip
 MAX_VALUE = 32 * 1024  # an env var's value at most (what it stands for)
 MAX_HOSTS = 64
+ENV_SECONDS = 1.0  # a sandbox's secrets' env is used this long without a query...
+ENV_ENTRIES = 10_000  # ...for this many sandboxes at most
 MAX_DESCRIPTION = 1024
 MAX_SECRETS = 1000  # per organization
 Sort = Literal["name", "createdAt", "updatedAt"]
@@ -85,8 +88,12 @@ class SecretStore(Protocol):
 class SecretService:
     """Create, list, change and delete secrets; mount them in sandboxes."""
 
-    def __init__(self, store: SecretStore) -> None:
+    def __init__(self, store: SecretStore, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self._clock = clock
+        # sandbox id -> (its secrets' env, until when it is used without a query): every
+        # toolbox call needs it; a change here drops it, one elsewhere ages out.
+        self._envs: dict[str, tuple[dict[str, str], float]] = {}
 
     def create(
         self, organization_id: str, *, name: str, value: str,
@@ -103,6 +110,7 @@ class SecretService:
         if count >= MAX_SECRETS:
             raise QuotaExceeded(f"an organization has at most {MAX_SECRETS} secrets")
         self.store.add(secret, value)
+        self._envs.clear()
         return secret
 
     def get(self, organization_id: str, secret_id: str) -> Secret:
@@ -133,11 +141,13 @@ class SecretService:
         _check(secret, value)
         secret.updated_at = utcnow()
         self.store.save(secret, value)
+        self._envs.clear()
         return secret
 
     def delete(self, organization_id: str, secret_id: str) -> None:
         """Delete it; sandboxes that mounted it lose that variable (for new processes)."""
         self.store.remove(self.store.get(organization_id, secret_id).id)
+        self._envs.clear()
 
     def resolve(self, organization_id: str, mounts: Sequence[Mapping[str, str]],
                 env: Mapping[str, str]) -> dict[str, str]:  # fmt: skip
@@ -168,11 +178,24 @@ class SecretService:
 
     def mount(self, sandbox_id: str, mounts: Mapping[str, str]) -> None:
         """Replace the sandbox's mounts with ``mounts`` (from :meth:`resolve`)."""
-        self.store.set_mounts(sandbox_id, mounts)
+        self._envs.pop(sandbox_id, None)
+        try:
+            self.store.set_mounts(sandbox_id, mounts)
+        finally:
+            self._envs.pop(sandbox_id, None)
 
     def env(self, sandbox_id: str) -> dict[str, str]:
-        """What the sandbox's processes get for its mounted secrets: the placeholders."""
-        return {k: s.placeholder for k, s in self.store.mounts(sandbox_id).items()}
+        """What the sandbox's processes get for its mounted secrets: the placeholders
+        (read again after ENV_SECONDS, at once after a change made here)."""
+        now = self._clock()
+        known = self._envs.get(sandbox_id)
+        if known is not None and now < known[1]:
+            return known[0]
+        env = {k: s.placeholder for k, s in self.store.mounts(sandbox_id).items()}
+        if len(self._envs) >= ENV_ENTRIES:
+            self._envs.clear()
+        self._envs[sandbox_id] = (env, now + ENV_SECONDS)
+        return env
 
 
 def _offset(cursor: str | None) -> int:

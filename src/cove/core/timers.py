@@ -72,6 +72,7 @@ async def fire_due(service: LifecycleService, minute: float) -> list[tuple[str, 
     """Carry out every due timer once; returns what was done. Only the sandboxes
     whose timer is due are read (the database filters them)."""
     done = []
+    service.ops.activity.flush()  # the timers see every call so far
     now = utcnow()
     for sandbox in service.store.timers_due(now, minute):
         action = due(sandbox, now, minute)

@@ -9,6 +9,10 @@ and runs every request as a stream of it (``cove.agent.mux``): no process is
 started and no namespace joined per call, and a slow or stuck request holds
 back only itself.
 
+A call finds its sandbox in memory when it can (:class:`RecordCache`): the
+record read last time is used again while the store has not changed it since,
+for at most ``RECORD_SECONDS`` (a change made by another process).
+
 The agent lives inside the sandbox, so everything it says is untrusted: it
 must accept a request within ``AGENT_ACCEPT_SECONDS``, frames are size-bounded
 and flow-controlled (``cove.agent.protocol``), and a reply the server cannot
@@ -19,6 +23,7 @@ of the server.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -31,7 +36,7 @@ from cove.core.agent_call import AgentCall
 from cove.core.agent_client import AgentClient
 from cove.core.env_update import updated_env
 from cove.core.output import DEFAULT_LIMIT
-from cove.core.ports import Runner
+from cove.core.ports import Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import InvalidState, ToolboxError
 
@@ -39,6 +44,8 @@ if TYPE_CHECKING:
     from cove.core.ops import SandboxOps
 
 AGENT_ACCEPT_SECONDS = 30.0  # covers an agent that is still starting (or restarting)
+RECORD_SECONDS = 1.0
+RECORD_ENTRIES = 10_000
 
 
 class ToolboxService:
@@ -48,6 +55,7 @@ class ToolboxService:
         self.ops = ops
         self.runner = ops.runner
         self.links = AgentLinks(ops.runner)
+        self.records = RecordCache(ops.store)
         self.output_limit = output_limit
         # More env vars of a sandbox's processes (its mounted secrets' placeholders).
         self.extra_env: Callable[[Sandbox], dict[str, str]] = lambda _sandbox: {}
@@ -64,7 +72,7 @@ class ToolboxService:
             NotFound: no such sandbox in the caller's organization.
             InvalidState: it exists but is not started.
         """
-        sandbox = self.ops.store.get(organization_id, sandbox_id)
+        sandbox = self.records.get(organization_id, sandbox_id)
         if sandbox.state is not SandboxState.STARTED:
             raise InvalidState(
                 f"Sandbox {sandbox.id} is {sandbox.state}; start it to use the toolbox"
@@ -98,6 +106,37 @@ class ToolboxService:
             return current
 
         return await self.ops.run(sandbox.id, apply)
+
+
+class RecordCache:
+    """Sandbox records as the toolbox last read them, used again while the store
+    reports no change to them (``version``) and for at most ``RECORD_SECONDS``.
+    The records are shared: callers read them (activity stamps aside)."""
+
+    def __init__(self, store: SandboxStore, clock: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._clock = clock
+        self._records: dict[tuple[str, str], tuple[Sandbox, int, float]] = {}
+
+    def get(self, organization_id: str, id_or_name: str) -> Sandbox:
+        """The organization's sandbox ``id_or_name``.
+
+        Raises:
+            NotFound: there is no such sandbox in the organization.
+        """
+        key = (organization_id, id_or_name)
+        now = self._clock()
+        known = self._records.get(key)
+        if known is not None:
+            sandbox, seen, until = known
+            if now < until and self._store.version(sandbox.id) <= seen:
+                return sandbox
+        seen = self._store.changes()  # before reading: a write under way shows as newer
+        sandbox = self._store.get(organization_id, id_or_name)
+        if len(self._records) >= RECORD_ENTRIES:
+            self._records.clear()
+        self._records[key] = (sandbox, seen, now + RECORD_SECONDS)
+        return sandbox
 
 
 class AgentLinks:

@@ -55,6 +55,14 @@ class SqlKeyStore(SqlStore):
                 select(ApiKeyRow.organization_id).where(ApiKeyRow.key_hash == key_hash)
             ).first()
 
+    def remove_key(self, key_hash: str) -> bool:
+        with self.session() as s:
+            row = s.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash)).first()
+            if row is None:
+                return False
+            s.delete(row)
+            return True
+
     def count_keys(self) -> int:
         with self.session() as s:
             return s.scalar(select(func.count()).select_from(ApiKeyRow)) or 0

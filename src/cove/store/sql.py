@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import collections
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, bindparam, create_engine, event, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,6 +21,8 @@ from cove.errors import BadRequest, Conflict, NotFound
 from cove.hostfiles import private_dir, private_file, tighten
 from cove.store import due
 from cove.store.models import SandboxRow
+
+REMEMBER_REMOVED = 10_000  # removed records whose version is kept (far beyond any cache's life)
 
 
 def make_engine(url: str) -> Engine:
@@ -62,9 +65,35 @@ class SqlStore:
 class SqlSandboxStore(SqlStore):
     """Implements :class:`cove.core.ports.SandboxStore`."""
 
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._versions: dict[str, int] = {}
+        self._changes = 0
+        self._removed: collections.deque[str] = collections.deque()
+
+    def changes(self) -> int:
+        return self._changes
+
+    def version(self, sandbox_id: str) -> int:
+        return self._versions.get(sandbox_id, 0)
+
+    @contextmanager
+    def _changing(self, sandbox_id: str) -> Iterator[None]:
+        """Around a write: the record's version changes before and after it, so a
+        reader that cached it while the write was under way holds an old version."""
+        self._bump(sandbox_id)
+        try:
+            yield
+        finally:
+            self._bump(sandbox_id)
+
+    def _bump(self, sandbox_id: str) -> None:
+        self._changes += 1  # unique across ids: a removed record's number is never reused
+        self._versions[sandbox_id] = self._changes
+
     def add(self, sandbox: Sandbox) -> None:
         try:
-            with self.session() as s:
+            with self._changing(sandbox.id), self.session() as s:
                 s.add(_to_row(sandbox, SandboxRow()))
         except IntegrityError as exc:
             raise Conflict(f"Sandbox with name '{sandbox.name}' already exists") from exc
@@ -89,14 +118,27 @@ class SqlSandboxStore(SqlStore):
             return _to_entity(row)
 
     def save(self, sandbox: Sandbox) -> None:
-        with self.session() as s:
+        with self._changing(sandbox.id), self.session() as s:
             row = s.scalars(select(SandboxRow).where(SandboxRow.id == sandbox.id)).first()
             if row is None:
                 raise NotFound(f"Sandbox with ID {sandbox.id} not found")
             _to_row(sandbox, row)
 
-    def remove(self, sandbox_id: str) -> None:
+    def touch(self, stamps: Mapping[str, datetime]) -> None:
+        if not stamps:
+            return
+        table = SandboxRow.__table__
+        newer = (update(table)
+                 .where(table.c.id == bindparam("sid"), table.c.last_activity_at < bindparam("at"))
+                 .values(last_activity_at=bindparam("at")))  # fmt: skip
         with self.session() as s:
+            s.connection().execute(newer, [{"sid": k, "at": v} for k, v in stamps.items()])
+
+    def remove(self, sandbox_id: str) -> None:
+        self._removed.append(sandbox_id)  # its version is kept a while, then forgotten
+        if len(self._removed) > REMEMBER_REMOVED:
+            self._versions.pop(self._removed.popleft(), None)
+        with self._changing(sandbox_id), self.session() as s:
             row = s.scalars(select(SandboxRow).where(SandboxRow.id == sandbox_id)).first()
             if row is not None:
                 s.delete(row)

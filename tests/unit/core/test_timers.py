@@ -151,15 +151,28 @@ async def test_a_fresh_start_counts_as_activity(lifecycle: LifecycleService, org
     assert await fire_due(lifecycle, minute=60) == []
 
 
-async def test_activity_is_recorded_at_most_every_few_seconds(
+async def test_activity_is_written_in_batches_and_never_moves_back(
     lifecycle: LifecycleService, org: str
 ) -> None:
     sb = await _create(lifecycle, org, auto_stop_interval=1)
-    recorded = lifecycle.get(org, sb.id).last_activity_at
-    lifecycle.touch(org, sb.id)  # right after the start: nothing new to write
-    assert lifecycle.get(org, sb.id).last_activity_at == recorded
     stale = lifecycle.get(org, sb.id)
-    stale.last_activity_at = utcnow() - timedelta(seconds=lifecycle.ops.touch_seconds + 1)
+    stale.last_activity_at = utcnow() - timedelta(seconds=90)
     lifecycle.store.save(stale)
     lifecycle.touch(org, sb.id)
-    assert lifecycle.get(org, sb.id).last_activity_at > stale.last_activity_at
+    assert lifecycle.get(org, sb.id).last_activity_at == stale.last_activity_at  # not yet
+    lifecycle.ops.activity.flush()
+    written = lifecycle.get(org, sb.id).last_activity_at
+    assert written > stale.last_activity_at
+    lifecycle.ops.activity._pending[sb.id] = written - timedelta(seconds=30)  # an older one
+    lifecycle.ops.activity.flush()
+    assert lifecycle.get(org, sb.id).last_activity_at == written
+
+
+async def test_activity_of_a_deleted_sandbox_is_dropped(
+    lifecycle: LifecycleService, org: str
+) -> None:
+    sb = await _create(lifecycle, org)
+    lifecycle.touch(org, sb.id)
+    await lifecycle.destroy(org, sb.id)
+    lifecycle.ops.activity.flush()  # no error, nothing written
+    assert lifecycle.ops.activity._pending == {}

@@ -1,0 +1,55 @@
+"""Activity stamps: recorded in memory on every toolbox call, written in batches.
+
+A toolbox call is activity (it resets the auto-stop and auto-pause timers), and a
+busy loop of calls should not write the database each time. So a call only notes
+the time in memory (:meth:`ActivityLog.record`); the newest stamp of each sandbox
+is written every ``flush_seconds`` (a twelfth of a timer minute, 5 s), before the
+timers look at the database, and when the server stops. A server killed outright
+loses at most the last ``flush_seconds`` of activity. A flush never moves a stamp
+back (it keeps the newer of the stored and the written time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+from cove.core.ports import SandboxStore
+from cove.core.sandbox import Sandbox, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class ActivityLog:
+    """The sandboxes' activity not yet written, and its writer."""
+
+    def __init__(self, store: SandboxStore, flush_seconds: float) -> None:
+        self.store = store
+        self.flush_seconds = flush_seconds
+        self._pending: dict[str, datetime] = {}
+
+    def record(self, sandbox: Sandbox) -> None:
+        """Note activity on ``sandbox`` now (its record in memory shows it at once)."""
+        sandbox.last_activity_at = self._pending[sandbox.id] = utcnow()
+
+    def flush(self) -> None:
+        """Write the stamps noted so far (a sandbox deleted meanwhile is skipped)."""
+        if not self._pending:
+            return
+        stamps, self._pending = self._pending, {}
+        try:
+            self.store.touch(stamps)
+        except Exception:
+            for sandbox_id, at in stamps.items():  # tried again on the next flush
+                self._pending.setdefault(sandbox_id, at)
+            raise
+
+    async def run(self) -> None:
+        """Flush every ``flush_seconds`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the writer must outlive a failure
+                log.exception("writing activity stamps failed")

@@ -1,0 +1,172 @@
+"""Commands run by a spare process (``cove.agent.spare``) behave as freshly spawned ones.
+
+Each test runs the same commands with spares off and on and compares what a user
+sees: exit code, output (merged stdout and stderr), working directory, environment,
+shell syntax, errors, timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from cove.agent import spare
+from tests.unit.agent.conftest import AUTH
+
+
+@pytest.fixture
+def spares() -> Iterator[None]:
+    spare.ENABLED = True
+    yield
+    spare.ENABLED = False
+    left = spare._current
+    if left is not None:  # let it go in the agent's loop (another thread), and reaped
+        left.exited._loop.call_soon_threadsafe(left.discard)
+        for _ in range(500):
+            if not left.alive:
+                break
+            time.sleep(0.01)
+
+
+def _waiting_spare() -> spare.Spare | None:
+    """The spare forked after the last command (made once that command is answered)."""
+    for _ in range(500):
+        if spare._current is not None:
+            return spare._current
+        time.sleep(0.01)
+    return None
+
+
+def _exec(client: TestClient, sid: str, **body: object) -> tuple[int, dict]:
+    r = client.post(f"/toolbox/{sid}/process/execute", json=body, headers=AUTH)
+    return r.status_code, r.json()
+
+
+COMMANDS = [
+    {"command": "echo out; echo err >&2; exit 3"},
+    {"command": "pwd; echo \"$FOO|$SANDBOX_VAR|$HOME\"", "envs": {"FOO": "a b 'c'"}},
+    {"command": "for i in 1 2 3; do printf '%s,' $i; done; echo; [ -t 0 ] || echo no-tty"},
+    {"command": "cat; echo stdin-closed"},
+    {"command": "trap - PIPE; kill -0 $$ && echo alive; exit 300"},
+    {"command": "sh -c 'kill -TERM $$'"},
+    {"command": "ls /proc/self/fd | wc -l"},
+    {"command": "ps -o sid= -p $$ | tr -d ' '; echo $$"},
+    {"command": "true", "cwd": "/nonexistent-dir"},
+    {"command": "echo $0 \"$@\"; exec /nonexistent-binary"},
+]
+
+
+def test_spare_commands_behave_as_fresh_ones(
+    client: TestClient, sandbox_id: str, tmp_path: Path, spares: None
+) -> None:
+    del spares
+    results = {}
+    for enabled in (False, True):
+        spare.ENABLED = enabled
+        _exec(client, sandbox_id, command="true", cwd=str(tmp_path))  # (makes a spare)
+        runs = []
+        for body in COMMANDS:
+            status, reply = _exec(client, sandbox_id, **{"cwd": str(tmp_path), **body})
+            runs.append((status, _normalized(reply)))
+            if enabled:
+                assert _waiting_spare() is not None  # a spare waits for the next one
+        results[enabled] = runs
+    assert results[True] == results[False]
+    statuses = [status for status, _ in results[True]]
+    assert statuses == [200] * 8 + [400, 200]
+    replies = [reply for _, reply in results[True]]
+    assert replies[0] == {"exitCode": 3, "result": "out\nerr\n"}
+    assert replies[1]["result"] == f"{tmp_path}\na b 'c'|yes|{os.path.expanduser('~')}\n"
+    assert replies[5]["exitCode"] == 143  # killed by SIGTERM
+
+
+def _normalized(reply: dict) -> dict:
+    """Without what differs from one process to the next (pids, times)."""
+    reply = {k: v for k, v in reply.items() if k != "timestamp"}
+    result = reply.get("result")
+    if isinstance(result, str) and result.count("\n") == 2 and result.split("\n")[0].isdigit():
+        sid, pid, _ = result.split("\n")
+        return {**reply, "result": "own session" if sid == pid else "not own session"}
+    return reply
+
+
+def test_code_run_by_a_spare(client: TestClient, sandbox_id: str, spares: None) -> None:
+    del spares
+    for _ in range(3):
+        r = client.post(f"/toolbox/{sandbox_id}/process/code-run",
+                        json={"code": "import sys; print(sys.argv[1:]); raise SystemExit(2)",
+                              "argv": ["a", "b"]}, headers=AUTH)  # fmt: skip
+        assert (r.json()["exitCode"], r.json()["result"]) == (2, "['a', 'b']\n")
+
+
+def test_a_spare_command_that_times_out_is_killed_with_its_tree(
+    client: TestClient, sandbox_id: str, tmp_path: Path, spares: None
+) -> None:
+    del spares
+    _exec(client, sandbox_id, command="true")
+    assert _waiting_spare() is not None
+    pidfile = tmp_path / "child.pid"
+    status, reply = _exec(client, sandbox_id, timeout=1, cwd=str(tmp_path),
+                          command=f"setsid sleep 60 & echo $! > {pidfile}; sleep 60")
+    assert status == 408 and reply["code"] == "PROCESS_EXECUTION_TIMEOUT"
+    child = int(pidfile.read_text())
+    for _ in range(100):
+        stat = Path(f"/proc/{child}/stat")
+        if not stat.exists() or stat.read_text().split()[2] == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the escaped grandchild is still alive")
+
+
+def test_a_dead_spare_is_replaced(client: TestClient, sandbox_id: str, spares: None) -> None:
+    del spares
+    _exec(client, sandbox_id, command="true")
+    first = _waiting_spare()
+    assert first is not None
+    os.kill(first.pid, 9)
+    for _ in range(100):
+        if not first.alive:
+            break
+        time.sleep(0.02)
+    assert _exec(client, sandbox_id, command="echo hi") == (200, {"exitCode": 0,
+                                                                  "result": "hi\n"})
+    assert _waiting_spare() not in (None, first)
+
+
+def test_an_unused_spare_goes_away(
+    client: TestClient, sandbox_id: str, spares: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    del spares
+    monkeypatch.setattr(spare, "IDLE_SECONDS", 0.2)
+    _exec(client, sandbox_id, command="true")
+    idle = _waiting_spare()
+    assert idle is not None
+    for _ in range(200):
+        if not idle.alive:
+            break
+        time.sleep(0.02)
+    assert not idle.alive and spare._current is None
+    assert not Path(f"/proc/{idle.pid}").exists()  # reaped, not a zombie
+
+
+def test_a_command_that_cannot_start_fails_as_a_fresh_one_does(
+    client: TestClient, sandbox_id: str, spares: None
+) -> None:
+    del spares
+    body = {"code": "1", "language": "typescript"}  # tsx is not on the host's PATH
+    replies = {}
+    for enabled in (False, True):
+        spare.ENABLED = enabled
+        _exec(client, sandbox_id, command="true")
+        if enabled:
+            assert _waiting_spare() is not None
+        r = client.post(f"/toolbox/{sandbox_id}/process/code-run", json=body, headers=AUTH)
+        replies[enabled] = (r.status_code, r.json()["message"])
+    assert replies[True] == replies[False]
+    assert replies[True][0] == 502 and "FileNotFoundError" in replies[True][1]
