@@ -173,8 +173,8 @@ async def _spawn(
     afresh. Returns the process, the read ends of its stdout and stderr, its group."""
     ready = spare.take(request.hung_up)
     if ready is not None:
-        proc, out_r, err_r = ready.launch(argv, user, cwd, env, merge)
-        return proc, out_r, err_r, ready.group
+        launched, out_r, err_r = ready.launch(argv, user, cwd, env, merge)
+        return launched, out_r, err_r, ready.group
     out_r, out_w = users.owned_pipe(user)
     err_r, err_w = (out_r, out_w) if merge else users.owned_pipe(user)
     group = confine.Group()

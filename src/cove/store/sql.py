@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, bindparam, create_engine, event, select, update
+from sqlalchemy import Engine, Table, bindparam, create_engine, event, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -127,7 +127,7 @@ class SqlSandboxStore(SqlStore):
     def touch(self, stamps: Mapping[str, datetime]) -> None:
         if not stamps:
             return
-        table = SandboxRow.__table__
+        table = cast("Table", SandboxRow.__table__)
         newer = (update(table)
                  .where(table.c.id == bindparam("sid"), table.c.last_activity_at < bindparam("at"))
                  .values(last_activity_at=bindparam("at")))  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import json
 import socket
+import time
 
 from click.testing import CliRunner
 
@@ -72,6 +73,10 @@ def test_revoke_by_name_stops_the_key_working(cove: Cove) -> None:
     assert cove("sandbox", "list", key=key).exit_code == 0
     revoked = cove.local("keys", "revoke", "ci", "--org", "acme")
     assert revoked.exit_code == 0, revoked.output
+    deadline = time.monotonic() + 30  # a running server trusts a checked key ~1 s
+    while cove("sandbox", "list", key=key).exit_code == 0:
+        assert time.monotonic() < deadline, "the revoked key still works"
+        time.sleep(0.1)
     assert cove("sandbox", "list", key=key).stderr.startswith("Error: Invalid API key")
     assert cove("sandbox", "list", key=keep).exit_code == 0
 
