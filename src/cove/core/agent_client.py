@@ -111,6 +111,10 @@ class AgentClient(GitAdmin):
             reply = await call.reply()
             return reply if kind is None else parse(kind, reply)
 
+    async def ping(self) -> None:
+        """Ask the agent for nothing (starting it again if it exited idle)."""
+        await self._reply({"op": "ping"})
+
     def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {**self.env, **(extra or {})}
 

@@ -40,12 +40,14 @@ from cove.core.config import Settings
 from cove.core.ops import SandboxOps, container_spec
 from cove.core.ports import EventSink, NetworkPolicy, Resources
 from cove.core.sandbox import MAX_ARCHIVE_MINUTES, Sandbox, SandboxState, utcnow
+from cove.core.toolbox import agent_client
 from cove.errors import Conflict, CoveError, InvalidState, NotFound
 
 S = SandboxState
 OPERATOR_POOL = "cove-operator-pool"  # the id of the operator's pool (COVE_POOL_SIZE)
 REFILL_SECONDS = 2.0  # how often pools are checked when nothing wakes the keeper
 RETRY_SECONDS = 30.0  # how long a pool whose sandbox failed to boot waits to try again
+PING_SECONDS = 5.0  # a waiting sandbox's agent answers a keep-warm ping within this
 log = logging.getLogger(__name__)
 
 
@@ -126,6 +128,7 @@ class PoolKeeper:
         self._claims: set[str] = set()  # tokens of claims and discards under way
         self._wake = asyncio.Event()
         self._retry_at: dict[str, float] = {}  # pool id -> when a failed pool tries again
+        self._warmed: dict[str, float] = {}  # sandbox id -> when its agent was last pinged
         self.operator_error: str | None = None
 
     def operator_pool(self) -> WarmPool | None:
@@ -186,6 +189,7 @@ class PoolKeeper:
                 continue
             kept.setdefault(pool.id, []).append(sb)
         now = asyncio.get_running_loop().time()
+        await self._keep_warm([sb for group in kept.values() for sb in group], now)
         for pool in pools.values():
             members = kept.get(pool.id, [])
             for extra in members[pool.size:]:
@@ -196,6 +200,24 @@ class PoolKeeper:
                 if not await self._fill(pool):
                     self._retry_at[pool.id] = now + RETRY_SECONDS
                     break
+
+    async def _keep_warm(self, members: list[Sandbox], now: float) -> None:
+        """Ping the agents of waiting sandboxes well within ``COVE_AGENT_IDLE_SECONDS``,
+        so that an idle agent never exits there and a claim's first call finds it up."""
+        idle = self.settings.agent_idle_seconds
+        started = {sb.id for sb in members if sb.state is S.STARTED}
+        self._warmed = {k: v for k, v in self._warmed.items() if k in started}
+        if idle <= 0:
+            return
+        for sandbox_id in started:
+            if now - self._warmed.get(sandbox_id, float("-inf")) < idle / 3:
+                continue
+            try:
+                agent = agent_client(self.ops.runner, sandbox_id, None, {})
+                await asyncio.wait_for(agent.ping(), PING_SECONDS)
+            except (CoveError, TimeoutError) as exc:
+                log.warning("pooled sandbox %s did not answer a ping: %s", sandbox_id, exc)
+            self._warmed[sandbox_id] = now
 
     async def _fill(self, pool: WarmPool) -> bool:
         """Boot one sandbox into ``pool``; False (and the pool's error set) on failure."""

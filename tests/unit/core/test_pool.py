@@ -245,3 +245,30 @@ async def test_a_pool_that_cannot_boot_says_why_and_waits(
     await keeper(pooled).keep()
     assert len(waiting(pooled)) == 3
     assert keeper(pooled).operator_pool().error_reason is None  # type: ignore[union-attr]
+
+
+async def test_waiting_agents_are_pinged_well_within_their_idle_exit(
+    pooled: LifecycleService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle agent exits after COVE_AGENT_IDLE_SECONDS; a waiting sandbox's must not,
+    or a claim's first call would wait for it to start again."""
+    pinged: list[str] = []
+
+    class Agent:
+        def __init__(self, sandbox_id: str) -> None:
+            self.sandbox_id = sandbox_id
+
+        async def ping(self) -> None:
+            pinged.append(self.sandbox_id)
+
+    monkeypatch.setattr("cove.core.pool.agent_client",
+                        lambda runner, sandbox_id, user, env: Agent(sandbox_id))  # fmt: skip
+    await keeper(pooled).keep()  # boots them
+    await keeper(pooled).keep()  # sees them
+    ids = waiting(pooled)
+    assert sorted(pinged) == sorted(ids)
+    await keeper(pooled).keep()  # pinged a moment ago: not again yet
+    assert len(pinged) == len(ids)
+    keeper(pooled)._warmed = dict.fromkeys(ids, -1e9)  # long ago
+    await keeper(pooled).keep()
+    assert len(pinged) == 2 * len(ids)
