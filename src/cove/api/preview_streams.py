@@ -10,7 +10,6 @@ end of a socket pair whose other end is spliced to the stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from cove.core.ports import AgentConnection, Runner
+from cove.core.ports import AgentConnection, Runner, splice
 from cove.errors import CoveError
 
 CHUNK = 64 * 1024
@@ -87,28 +86,10 @@ async def stream_socket(runner: Runner, sandbox_id: str, port: int) -> socket.so
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
     local = await asyncio.open_connection(sock=theirs)
-    task = asyncio.create_task(_splice(local, upstream))
+    task = asyncio.create_task(splice(local, upstream))
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     return ours
 
 
 _tasks: set[asyncio.Task[None]] = set()
-
-
-async def _splice(a: AgentConnection, b: AgentConnection) -> None:
-    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        while data := await src.read(CHUNK):
-            dst.write(data)
-            await dst.drain()
-
-    tasks = [asyncio.create_task(pump(a[0], b[1])), asyncio.create_task(pump(b[0], a[1]))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for _, writer in (a, b):
-            with contextlib.suppress(Exception):
-                writer.close()
-        await asyncio.gather(*tasks, return_exceptions=True)

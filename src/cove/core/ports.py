@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -253,6 +254,28 @@ class Runner(Protocol):
 
 
 AgentConnection = tuple["asyncio.StreamReader", "asyncio.StreamWriter"]
+SPLICE_CHUNK = 64 * 1024
+
+
+async def splice(a: AgentConnection, b: AgentConnection) -> None:
+    """Copy bytes both ways between two streams (at most a chunk held at a time) until
+    either side ends; then close both."""
+
+    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        while data := await src.read(SPLICE_CHUNK):
+            dst.write(data)
+            await dst.drain()
+
+    tasks = [asyncio.create_task(pump(a[0], b[1])), asyncio.create_task(pump(b[0], a[1]))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for _, writer in (a, b):
+            with contextlib.suppress(Exception):
+                writer.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class SandboxStore(Protocol):

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from cove import errors
-from cove.core.ports import ISOLATIONS, AgentConnection
+from cove.core.ports import ISOLATIONS, AgentConnection, splice
 from cove.runner import wire
 from cove.runner.local import LocalRunner
 
@@ -170,22 +170,3 @@ class StreamServer:
         if not isinstance(port, int) or not 1 <= port <= 65535:
             raise errors.BadRequest(f"bad port {port!r}")
         return await self.runner.open_port(sandbox_id, port)
-
-
-async def splice(a: AgentConnection, b: AgentConnection) -> None:
-    """Copy bytes both ways until either side ends; then close both."""
-
-    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        while data := await src.read(CHUNK):
-            dst.write(data)
-            await dst.drain()
-
-    tasks = [asyncio.create_task(pump(a[0], b[1])), asyncio.create_task(pump(b[0], a[1]))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for _, writer in (a, b):
-            writer.close()
-        await asyncio.gather(*tasks, return_exceptions=True)
