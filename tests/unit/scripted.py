@@ -50,6 +50,9 @@ class ScriptedRuntime(FakeRuntime):
         with sock, sock.makefile("rb") as stream:
             kind, _stream, size = protocol.HEADER.unpack(stream.read(protocol.HEADER.size))
             message = json.loads(stream.read(size))
+            if message.get("op") == "ping":  # a warm pool keeps its waiting agents up
+                sock.sendall(protocol.json_frame({"ok": True}))
+                return
             assert kind == protocol.JSON and message["user"] == "root"
             argv = tuple(shlex.split(message["command"]))
             self.execs.append((sandbox_id, argv, dict(message["env"] or {}), message["cwd"]))
