@@ -9,8 +9,8 @@ it is a sane token, else a new one), kept in a context variable while it is serv
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +28,7 @@ def request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if SANE_ID.fullmatch(value):
                 return value.decode()
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class RequestIdFilter(logging.Filter):

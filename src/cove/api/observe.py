@@ -42,7 +42,9 @@ class Observe:
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                headers = message.get("headers") or []
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    message["headers"] = [*headers, header]  # (a preview's upstream's wins)
             await send(message)
 
         began = time.perf_counter()
