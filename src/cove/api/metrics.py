@@ -116,8 +116,8 @@ def _sandboxes(services: Services) -> Iterator[Metric]:
     yield tenants
     waiting = GaugeMetricFamily("cove_pool_sandboxes", "Pooled sandboxes by pool and state.",
                                 labels=["pool", "state"])  # fmt: skip
-    for (pool, state), count in sorted(pooled.items()):
-        waiting.add_metric([pool, state], count)
+    for (pool, name), count in sorted(pooled.items()):
+        waiting.add_metric([pool, name], count)
     yield waiting
 
 

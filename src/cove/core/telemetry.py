@@ -27,9 +27,8 @@ class NoRecorder:
 
 @contextmanager
 def timed(recorder: Recorder, operation: str) -> Iterator[None]:
-    """Tell ``recorder`` how long the block took (also when it raised)."""
+    """Tell ``recorder`` how long the block took; not when it raised (a refused
+    operation, e.g. bad input or a sandbox in the wrong state, did no work to time)."""
     began = time.perf_counter()
-    try:
-        yield
-    finally:
-        recorder.observe(operation, time.perf_counter() - began)
+    yield
+    recorder.observe(operation, time.perf_counter() - began)

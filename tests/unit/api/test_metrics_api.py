@@ -160,3 +160,14 @@ def test_a_lying_agent_cannot_grow_the_error_series() -> None:
         telemetry.render().decode()) for s in f.samples if s.name == "cove_agent_errors_total"]
     assert len(codes) <= 65 and "OTHER" in codes
     assert "lower-case {weird}" not in codes
+
+
+def test_a_refused_operation_is_not_timed(scraped: TestClient) -> None:
+    sb = create_sandbox(scraped)
+    assert scraped.post(f"/api/sandbox/{sb['id']}/archive", headers=AUTH).status_code == 200
+    r = scraped.post("/api/sandbox", json={"cpu": 10_000}, headers=AUTH)
+    assert r.status_code == 400
+    assert operations(scraped, "create") == 1
+    assert (operations(scraped, "stop"), operations(scraped, "archive")) == (0, 1)  # it stops
+    assert scraped.post(f"/api/sandbox/{sb['id']}/start", headers=AUTH).status_code == 200
+    assert (operations(scraped, "start"), operations(scraped, "restore")) == (1, 1)
