@@ -12,9 +12,10 @@ import socketio
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cove.api import errors, logredact, openapi
+from cove.api import errors, logredact, logs, metrics, openapi
 from cove.api.bodylimit import BodyLimit
 from cove.api.events import SocketEvents
+from cove.api.observe import Observe
 from cove.api.params import single_query_values
 from cove.api.preview import PreviewProxy
 from cove.api.routes import (
@@ -61,13 +62,16 @@ log = logging.getLogger("cove")
 def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASGIApp:
     """Build the whole server. ``runtime`` overrides the configured one (tests)."""
     logredact.install()
+    logs.install()
     holder: dict[str, Services] = {}
+    telemetry = metrics.Telemetry(lambda: holder.get("services"))
     events = SocketEvents(settings.toolbox_proxy_url, lambda: holder["services"].auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings, events, runtime)
         holder["services"] = app.state.services = services
+        services.lifecycle.ops.recorder = telemetry
         await reconcile(services.lifecycle)
         await restore_networks(services.lifecycle)
         gateway = SshGateway(services)
@@ -91,8 +95,10 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
 
     api = FastAPI(title="Cove", version="0.1.0", lifespan=lifespan,
                   dependencies=[Depends(single_query_values)])
+    api.state.telemetry = telemetry
     errors.install(api)
     openapi.install(api)
+    metrics.install(api, telemetry, settings.metrics_token)
     api.include_router(health.router, prefix="/api")
     api.include_router(config.router, prefix="/api")
     api.include_router(secrets.router, prefix="/api")
@@ -114,7 +120,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         api.include_router(module.router, prefix="/toolbox/{sandbox_id}")
     bounded = BodyLimit(api, MAX_BODY, _is_upload)
     app = socketio.ASGIApp(events.server, other_asgi_app=bounded, socketio_path="/api/socket.io")
-    return _CollapseSlashes(PreviewProxy(app, lambda: holder["services"]))
+    return _CollapseSlashes(Observe(PreviewProxy(app, lambda: holder["services"]), telemetry))
 
 
 def _is_upload(path: str) -> bool:

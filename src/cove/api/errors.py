@@ -43,6 +43,9 @@ def _phrase(status: int) -> str:
 
 async def _cove_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CoveError)
+    telemetry = getattr(request.app.state, "telemetry", None)
+    if telemetry is not None:
+        telemetry.error(exc)  # agent errors are counted (cove.api.metrics)
     return envelope(request, exc.status_code, exc.message, exc.code, exc.source)
 
 

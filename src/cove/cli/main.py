@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import logging.config
 from pathlib import Path
 
 import click
@@ -46,10 +47,11 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
     """Start the API server (builds the default snapshot first if it is missing)."""
     import uvicorn
 
+    from cove.api import logs
     from cove.api.app import create_app
 
     settings = local_settings(host=host, port=port, data_dir=data_dir)
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.config.dictConfig(logs.config(log_level))
     prepare_host_dirs(settings)
     if settings.runtime == "crun" and not settings.runner_url:
         ensure_default_snapshot(settings, force=False)
@@ -62,6 +64,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        log_config=logs.config(log_level),
         ws="websockets-sansio",
         timeout_graceful_shutdown=10,
         ssl_certfile=settings.tls_cert,

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.config
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
+
+from cove.api import logs
 
 if TYPE_CHECKING:
     from cove.core.config import Settings
@@ -44,7 +47,7 @@ def runner(ctx: click.Context, host: str, port: int, data_dir: Path | None,
                if getattr(settings, n) is None]  # fmt: skip
     if missing:
         raise click.ClickException("set " + ", ".join(f"COVE_{n.upper()}" for n in missing))
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.config.dictConfig(logs.config(log_level))  # ISO timestamps
     prepare_host_dirs(settings)
     if settings.runtime == "crun":
         ensure_default_snapshot(settings, force=False)
@@ -67,6 +70,7 @@ async def _serve(settings: Settings, host: str, port: int, log_level: str) -> No
                                  settings.default_snapshot)  # fmt: skip
     app = daemon.create_app(local, inventory, port + 1)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            log_config=logs.config(log_level),
                             timeout_graceful_shutdown=10)  # fmt: skip
     config.load()
     config.ssl = context  # mutual TLS, the same context as the stream port's

@@ -129,6 +129,8 @@ class Settings(BaseSettings):
     # of each are kept (in memory).
     metrics_interval_seconds: float = Field(default=60.0, gt=0, le=86400)
     metrics_keep: int = Field(default=1440, ge=1, le=100_000)
+    # The bearer token Prometheus sends to scrape /metrics (None: /metrics is a 404).
+    metrics_token: str | None = None
     default_auto_archive_interval: int = 7 * 24 * 60
     default_auto_delete_interval: int = -1
     # Sandbox networking: "nat" (own netns, veth, NAT, DNS forwarder, firewall) or

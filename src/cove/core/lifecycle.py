@@ -22,6 +22,7 @@ from cove.core.pool import OwnedOnly, PoolKeeper, PoolStore
 from cove.core.ports import ContainerStatus, EventSink, Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState, archive_minutes, utcnow
 from cove.core.snapshots import SnapshotService
+from cove.core.telemetry import timed
 from cove.core.volumes import VolumeService
 from cove.errors import BadRequest, CoveError, InvalidState
 from cove.schemas.sandbox import SandboxCreate, SandboxResize
@@ -114,7 +115,8 @@ class LifecycleService:
 
     async def create(self, *, organization_id: str, request: SandboxCreate) -> Sandbox:
         """Validate, record and boot a new sandbox (see :class:`cove.core.create.Creator`)."""
-        return await self.creator.create(organization_id, request)
+        with timed(self.ops.recorder, "create"):
+            return await self.creator.create(organization_id, request)
 
     def build_log(self, organization_id: str, id_or_name: str) -> BuildLog:
         """The build log of a sandbox created from a Dockerfile.
@@ -131,7 +133,7 @@ class LifecycleService:
     # ---- start / stop --------------------------------------------------
 
     async def start(self, organization_id: str, id_or_name: str) -> Sandbox:
-        return await self._on(organization_id, id_or_name, self._start)
+        return await self._on(organization_id, id_or_name, self._start, "start")
 
     async def _start(self, sandbox_id: str) -> Sandbox:
         sandbox = self.store.get_by_id(sandbox_id)
@@ -150,14 +152,16 @@ class LifecycleService:
 
     async def _restore_and_start(self, sandbox: Sandbox) -> Sandbox:
         spec = container_spec(sandbox)
-        return await self.ops.through(
-            sandbox, S.RESTORING, S.STARTED, "restore",
-            partial(self.runner.restore, spec), partial(self.runner.start, spec),
-        )
+        with timed(self.ops.recorder, "restore"):
+            return await self.ops.through(
+                sandbox, S.RESTORING, S.STARTED, "restore",
+                partial(self.runner.restore, spec), partial(self.runner.start, spec),
+            )
 
     async def stop(self, organization_id: str, id_or_name: str, *, force: bool = False) -> Sandbox:
         return await self._on(
-            organization_id, id_or_name, lambda sandbox_id: self._stop(sandbox_id, force=force)
+            organization_id, id_or_name, lambda sandbox_id: self._stop(sandbox_id, force=force),
+            "stop",
         )
 
     async def _stop(self, sandbox_id: str, *, force: bool) -> Sandbox:
@@ -204,7 +208,7 @@ class LifecycleService:
 
     async def archive(self, organization_id: str, id_or_name: str) -> Sandbox:
         """Pack a sandbox's files into the archive store; a started one is stopped first."""
-        return await self._on(organization_id, id_or_name, self._archive)
+        return await self._on(organization_id, id_or_name, self._archive, "archive")
 
     async def _archive(self, sandbox_id: str) -> Sandbox:
         sandbox = self.store.get_by_id(sandbox_id)
@@ -274,7 +278,7 @@ class LifecycleService:
     # ---- destroy -------------------------------------------------------
 
     async def destroy(self, organization_id: str, id_or_name: str) -> Sandbox:
-        return await self._on(organization_id, id_or_name, self._destroy)
+        return await self._on(organization_id, id_or_name, self._destroy, "delete")
 
     async def _destroy(self, sandbox_id: str) -> Sandbox:
         sandbox = await self.ops.remove(self.store.get_by_id(sandbox_id))
@@ -351,11 +355,20 @@ class LifecycleService:
     # ---- plumbing ------------------------------------------------------
 
     async def _on(
-        self, organization_id: str, id_or_name: str, op: Callable[[str], Awaitable[T]]
+        self, organization_id: str, id_or_name: str, op: Callable[[str], Awaitable[T]],
+        operation: str | None = None,
     ) -> T:
-        """Run ``op(sandbox_id)`` on the caller's sandbox, under its lock."""
+        """Run ``op(sandbox_id)`` on the caller's sandbox, under its lock (timed as
+        ``operation``, if named)."""
         sandbox = self.get(organization_id, id_or_name)
-        return await self.ops.run(sandbox.id, lambda: op(sandbox.id))
+        if operation is None:
+            return await self.ops.run(sandbox.id, lambda: op(sandbox.id))
+
+        async def measured() -> T:
+            with timed(self.ops.recorder, operation):
+                return await op(sandbox.id)
+
+        return await self.ops.run(sandbox.id, measured)
 
     async def drain(self) -> None:
         """Wait for every operation under way (server shutdown)."""

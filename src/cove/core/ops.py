@@ -24,6 +24,7 @@ from cove.core import validation
 from cove.core.activity import ActivityLog
 from cove.core.ports import ContainerSpec, EventSink, NetworkPolicy, Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState, transition
+from cove.core.telemetry import NoRecorder, Recorder
 from cove.errors import CoveError
 
 S = SandboxState
@@ -86,6 +87,7 @@ class SandboxOps:
         self.started_hooks: list[Callable[[Sandbox], Awaitable[None]]] = []
         # Awaited after a sandbox's record is gone (its keys, its linked sandboxes).
         self.removed_hooks: list[Callable[[Sandbox], Awaitable[None]]] = []
+        self.recorder: Recorder = NoRecorder()  # lifecycle operations' durations
 
     # ---- serialization -------------------------------------------------
 

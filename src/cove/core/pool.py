@@ -130,6 +130,8 @@ class PoolKeeper:
         self._retry_at: dict[str, float] = {}  # pool id -> when a failed pool tries again
         self._warmed: dict[str, float] = {}  # sandbox id -> when its agent was last pinged
         self.operator_error: str | None = None
+        self.claims: dict[str, int] = {}  # pool id -> creates it served (this server run)
+        self.cold_fallbacks = 0  # creates that found no pooled sandbox and booted one
 
     def operator_pool(self) -> WarmPool | None:
         """The operator's pool (None: ``COVE_POOL_SIZE`` is 0 or no default snapshot)."""
@@ -285,6 +287,12 @@ class PoolKeeper:
         Raises:
             Conflict: the organization has a sandbox of that name.
         """
+        claimed = await self._claim(wanted)
+        if claimed is None:
+            self.cold_fallbacks += 1
+        return claimed
+
+    async def _claim(self, wanted: Sandbox) -> Sandbox | None:
         if wanted.volumes or wanted.linked_sandbox_id or self._name_taken(wanted):
             return None
         pools = sorted((p for p in self.pools() if p.serves(wanted)),
@@ -297,7 +305,10 @@ class PoolKeeper:
                 if taken is None:
                     continue
                 self.wake()
-                return await self.ops.run(taken, partial(self._adopt, taken, token, wanted))
+                claimed = await self.ops.run(taken, partial(self._adopt, taken, token, wanted))
+                if claimed is not None:
+                    self.claims[pool.id] = self.claims.get(pool.id, 0) + 1
+                return claimed
             finally:
                 self._claims.discard(token)
         return None

@@ -1,0 +1,36 @@
+"""`cove serve`'s log lines: ISO timestamps, request ids, secrets still redacted."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+# What `cove serve` does, in its own process (dictConfig replaces every handler):
+# create_app installs the redaction and the request ids, uvicorn applies the config.
+SCRIPT = """
+import logging, logging.config
+from cove.api import logredact, logs
+logging.config.dictConfig(logs.config("info"))
+logredact.install()
+logs.install()
+logging.config.dictConfig(logs.config("info"))
+token = logs.REQUEST_ID.set("rid-7")
+logging.getLogger("uvicorn.access").info(
+    '%s - "%s %s HTTP/%s" %d', "1.2.3.4", "GET", "/x?token=s3cret", "1.1", 200)
+logging.getLogger("cove.core.ops").info("inside")
+logs.REQUEST_ID.reset(token)
+logging.getLogger("cove.test").warning("outside")
+"""
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def test_lines_have_a_timestamp_the_request_id_and_no_secret() -> None:
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    lines = done.stderr.splitlines()
+    assert len(lines) == 3, done.stderr
+    assert re.fullmatch(STAMP + r' INFO uvicorn\.access \[rid-7\] 1\.2\.3\.4 - "GET '
+                        r'/x\?token=\*\*\* HTTP/1\.1" 200', lines[0]), lines  # fmt: skip
+    assert re.fullmatch(STAMP + r" INFO cove\.core\.ops \[rid-7\] inside", lines[1]), lines
+    assert re.fullmatch(STAMP + r" WARNING cove\.test \[-\] outside", lines[2]), lines
