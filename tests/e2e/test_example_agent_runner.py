@@ -54,7 +54,11 @@ def runner(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a handler stuck on a failed test's sandbox
+            proc.kill()
+            proc.wait()
         log.close()
 
 
