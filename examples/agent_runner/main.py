@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from daytona import AsyncDaytona, AsyncSandbox, DaytonaError
-from daytona_service import DaytonaService
+from daytona_service import DaytonaService, LineHandler
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import FileResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -85,7 +85,7 @@ async def execute(websocket: WebSocket, service: DaytonaService, sandbox: AsyncS
                   code: str) -> None:  # fmt: skip
     """Uploads and runs the code, sending each output line, then the exit code."""
 
-    def sender(stream: str):  # noqa: ANN202 - an async line handler
+    def sender(stream: str) -> LineHandler:
         async def send(line: str) -> None:
             await websocket.send_json({"type": "log", "stream": stream, "content": line})
 
@@ -94,10 +94,8 @@ async def execute(websocket: WebSocket, service: DaytonaService, sandbox: AsyncS
     await websocket.send_json({"type": "status", "status": "running", "sandbox_id": sandbox.id})
     try:
         path = await service.upload_agent_code(sandbox, code)
-        exit_code = await asyncio.wait_for(
-            service.run_agent(sandbox, path, sender("stdout"), sender("stderr")),
-            RUN_TIMEOUT_SECONDS,
-        )
+        async with asyncio.timeout(RUN_TIMEOUT_SECONDS):
+            exit_code = await service.run_agent(sandbox, path, sender("stdout"), sender("stderr"))
     except (DaytonaError, TimeoutError) as exc:
         await websocket.send_json({"type": "error", "message": str(exc) or "timed out"})
         return
