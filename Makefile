@@ -16,4 +16,4 @@ bench: setup
 	.venv/bin/python bench/lifecycle.py
 
 lint:
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff check src tests bench examples
