@@ -211,14 +211,16 @@ def busy() -> bool:
 
 
 def _has_children() -> bool:
+    """Whether a child other than a waiting spare (see :mod:`spare`) lives."""
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:
         return True
+    spares = spare.waiting()
     for tid in tasks:
         try:
             with open(f"/proc/self/task/{tid}/children") as f:
-                if f.read().strip():
+                if any(int(pid) not in spares for pid in f.read().split()):
                     return True
         except OSError:
             continue

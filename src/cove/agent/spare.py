@@ -32,6 +32,12 @@ IDLE_SECONDS = 60.0
 ENABLED = False  # set by ``enable`` (the crun tier), or by tests
 _ERROR = struct.Struct("ii")  # errno, what failed (0: the working directory, 1: else)
 _current: Spare | None = None
+WAITING: set[int] = set()  # pids of spares not (yet) running a command, alive or not reaped
+
+
+def waiting() -> set[int]:
+    """The pids of spares that run no command (an idle agent does not count them)."""
+    return set(WAITING)
 
 
 def enable() -> None:
@@ -122,6 +128,7 @@ class Spare:
         for fd in (self.order_r, self.error_w, self.out_w, self.err_w):
             os.close(fd)
         self.exited = Exited(self.pid)
+        WAITING.add(self.pid)
         self._retire = asyncio.get_running_loop().call_later(IDLE_SECONDS, self.discard)
 
     @property
@@ -140,6 +147,7 @@ class Spare:
 
     async def _bury(self) -> None:
         await self.exited.wait()
+        WAITING.discard(self.pid)
         self.group.close()
 
     def launch(self, argv: list[str], user: users.User, cwd: str | None,
@@ -160,6 +168,7 @@ class Spare:
             order = {"argv": argv, "cwd": kwargs["cwd"], "env": kwargs["env"], "merge": merge,
                      "uid": user.uid, "gid": user.gid, "groups": user.groups()}
             self._retire.cancel()
+            WAITING.discard(self.pid)  # from here on it is the command
             os.write(self.order_w, json.dumps(order).encode())  # far below a pipe's buffer
         except BaseException:
             self.discard()
