@@ -55,7 +55,7 @@ def test_another_organization_reaches_nothing(server: Server, daytona: Daytona, 
     sb = daytona.create(CreateSandboxFromSnapshotParams(name="tenancy-a"))
     sandboxes.append(sb)
     run_ok(sb, "echo secret > /home/daytona/secret.txt")
-    sb.create_snapshot("tenancy-a-snap")
+    sb.create_snapshot("tenancy-a-snap", timeout=300)  # a capture on a loaded host
     snap = daytona.snapshot.get("tenancy-a-snap")
     vol = daytona.volume.get("tenancy-a-vol", create=True)
     signed = sb.create_signed_preview_url(3000, expires_in_seconds=600)

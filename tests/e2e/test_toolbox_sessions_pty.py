@@ -18,7 +18,7 @@ from daytona import (
 from daytona.common.errors import DaytonaConflictError, DaytonaError
 from daytona.common.pty import PtySize
 
-from tests.e2e.conftest import KEY, Server
+from tests.e2e.conftest import KEY, Server, run_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -140,8 +140,11 @@ def test_first_byte_latency(sb) -> None:
 def test_long_command_survives_a_server_crash(server: Server, daytona: Daytona, sb) -> None:
     """The seed-002 pattern: a run_async command outlives the call and a kill -9 of the server."""
     sb.process.create_session("bg")
-    cid = start(sb, "bg", "for i in $(seq 1 40); do echo tick $i; sleep 0.1; done; echo done")
-    time.sleep(0.5)
+    # It waits (boundedly) for a file the test makes after the crash: no race with the
+    # server's restart however slow the host.
+    cid = start(sb, "bg", "echo tick 1; echo tick 2; i=0; while [ ! -e /tmp/go ] && "
+                          "[ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done; "
+                          "for i in $(seq 3 40); do echo tick $i; done; echo done")  # fmt: skip
     assert sb.process.get_session_command("bg", cid).exit_code is None
     terminal = sb.process.create_pty_session("term", pty_size=PtySize(rows=24, cols=80))
     terminal.send_input("export KEPT=y''es\n")
@@ -151,6 +154,7 @@ def test_long_command_survives_a_server_crash(server: Server, daytona: Daytona, 
     server.start()
     again = Daytona(DaytonaConfig(api_key=KEY, api_url=server.api_url)).get(sb.id)
     assert again.process.get_session_command("bg", cid).exit_code is None
+    run_ok(again, "touch /tmp/go")
     chunks = stream(again, "bg", cid)
     assert "".join(c for _, _, c in chunks).endswith("tick 40\ndone\n")
     assert again.process.get_session_command("bg", cid).exit_code == 0
