@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -165,5 +166,10 @@ def nothing_left(request: pytest.FixtureRequest, it_settings: Settings) -> Itera
     if request.node.get_closest_marker("integration") is None or _unmet():
         return
     parent = it_settings.cgroup_parent
-    left = leaks(it_settings.data_dir, parent) + stray_processes(it_settings.data_dir, parent)
+    deadline = time.monotonic() + 10  # a killed exec's host wrapper may still be exiting
+    while True:
+        left = leaks(it_settings.data_dir, parent) + stray_processes(it_settings.data_dir, parent)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert not left, "left on the host: " + "; ".join(left)
