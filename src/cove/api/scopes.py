@@ -63,7 +63,7 @@ NEEDS: dict[str, P | None] = {
     "warm_pools.create_warm_pool": P.WRITE_SANDBOXES,
     "warm_pools.update_warm_pool": P.WRITE_SANDBOXES,
     "warm_pools.delete_warm_pool": P.WRITE_SANDBOXES,
-    # snapshots (and the build contexts they are built from)
+    # snapshots
     "snapshots.list_snapshots": None,
     "snapshots.get_snapshot": None,
     "snapshots.build_logs_url": None,
@@ -71,7 +71,9 @@ NEEDS: dict[str, P | None] = {
     "snapshots.create_snapshot": P.WRITE_SNAPSHOTS,
     "snapshots.activate_snapshot": P.WRITE_SNAPSHOTS,
     "snapshots.delete_snapshot": P.DELETE_SNAPSHOTS,
-    "object_storage.push_access": P.WRITE_SNAPSHOTS,
+    # upload credentials for build contexts (as Daytona: none; the build that uses
+    # one needs write:sandboxes or write:snapshots)
+    "object_storage.push_access": None,
     # volumes: even reading needs read:volumes (as on Daytona)
     "volumes.list_volumes": P.READ_VOLUMES,
     "volumes.get_volume": P.READ_VOLUMES,

@@ -8,9 +8,9 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from cove.schemas.base import WireModel
-from cove.schemas.limits import NO_NUL
 
-KeyName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NO_NUL)]
+# No "/": a name is a path segment (DELETE /api-keys/{name}).
+KeyName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^/\x00]+$")]
 PermissionName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 

@@ -119,6 +119,11 @@ def test_a_key_without_permissions_reads_but_changes_nothing(client: TestClient)
         "started")
 
 
+def test_a_key_name_is_one_path_segment(client: TestClient) -> None:
+    r = client.post("/api/api-keys", json={"name": "a/b", "permissions": []}, headers=AUTH)
+    assert r.status_code == 400
+
+
 def test_an_expiry_without_a_zone_is_utc(client: TestClient) -> None:
     at = (utcnow() + timedelta(hours=1)).replace(tzinfo=None, microsecond=0)
     key = _key(client, [], expiresAt=at.isoformat())
