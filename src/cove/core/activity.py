@@ -6,7 +6,8 @@ the time in memory (:meth:`ActivityLog.record`); the newest stamp of each sandbo
 is written every ``flush_seconds`` (a twelfth of a timer minute, 5 s), before the
 timers look at the database, and when the server stops. A server killed outright
 loses at most the last ``flush_seconds`` of activity. A flush never moves a stamp
-back (it keeps the newer of the stored and the written time).
+back (it keeps the newer of the stored and the written time). API keys' last use
+is batched the same way (:class:`Stamps`, in :mod:`cove.core.auth`).
 """
 
 from __future__ import annotations

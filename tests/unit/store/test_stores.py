@@ -123,3 +123,27 @@ def test_timers_due_reads_only_the_due_rows(db: Engine) -> None:
     expected = {f"id-{n}" for n, (_box, action) in enumerate(CASES) if action is not None}
     assert expected and due_ids == expected
     assert store.timers_due(T0 - timedelta(days=400), 60.0) == []  # nothing due back then
+
+
+def test_keys_made_before_0010_hold_every_permission(tmp_path) -> None:
+    """Migration 0010 keeps existing keys working as they did: all permissions, no
+    expiry, a mask that reveals nothing of them."""
+    from alembic import command
+
+    from cove.store.migrate import alembic_config, upgrade
+    from cove.store.sql import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = alembic_config(str(engine.url))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0009")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO organizations VALUES ('o1', 'old', "
+                                "'2026-01-01 00:00:00')"))
+        connection.execute(text("INSERT INTO api_keys VALUES ('k1', 'o1', 'admin', :h, "
+                                "'2026-01-01 00:00:00')"), {"h": "ab" * 32})  # fmt: skip
+    upgrade(engine)
+    key = SqlKeyStore(engine).key_for("ab" * 32)
+    assert key is not None and key.permissions is None and key.held == ALL
+    assert key.expires_at is None and key.mask == "cove_" + "*" * 20
