@@ -73,9 +73,11 @@ def _expiry(ctx: click.Context, param: click.Parameter, value: str | None) -> da
 
 
 permission_option = click.option(
-    "--permission", "permissions", multiple=True, type=click.Choice([str(p) for p in Permission]),
-    help="A permission the key holds (repeat it). Default: those of the calling key "
-         "(--local: all of them).")  # fmt: skip
+    "--permission", "permissions", multiple=True, metavar="PERMISSION",
+    type=click.Choice([str(p) for p in Permission]),
+    help="A permission the key holds, repeat it (Daytona's: write:sandboxes, "
+         "delete:sandboxes, read:volumes, manage:api_keys, ...). Default: those of the "
+         "calling key (--local: all of them).")  # fmt: skip
 expires_option = click.option("--expires", callback=_expiry, default=None,
                               help="When the key stops working: 30d, 12h, or an ISO date.")
 
