@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from daytona import Daytona, DaytonaConfig, DaytonaError
 from daytona_api_client import (
     ApiClient,
     ApiKeysApi,
@@ -183,3 +184,18 @@ def test_another_organizations_keys_are_out_of_reach(admin: Caller, other: Calle
     assert target.keys.get_current_api_key().name == "target"  # still working
     admin.keys.delete_api_key_for_user(user_id, "target")
     _until(lambda: target.http("GET", "/sandbox").status_code == 401, "the revoked key works")
+
+
+def test_the_sdk_with_a_key_that_may_write_but_not_delete(admin: Caller) -> None:
+    """The official SDK as a ``write:sandboxes`` key: it creates a sandbox and runs a
+    command in it; deleting it is refused, and the sandbox stays."""
+    writer = admin.make("sdk-writer", ["write:sandboxes"])
+    daytona = Daytona(DaytonaConfig(api_key=writer.key, api_url=admin.server.api_url))
+    sandbox = daytona.create(timeout=300)
+    try:
+        assert sandbox.process.exec("echo written").result.strip() == "written"
+        with pytest.raises(DaytonaError, match="delete:sandboxes"):
+            sandbox.delete()
+        assert admin.http("GET", f"/sandbox/{sandbox.id}").json()["state"] == "started"
+    finally:
+        assert admin.http("DELETE", f"/sandbox/{sandbox.id}").status_code == 200
