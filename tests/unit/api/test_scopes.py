@@ -59,7 +59,7 @@ def test_every_route_that_takes_a_key_is_in_the_table() -> None:
     ("sandboxes.create_sandbox", Permission.WRITE_SANDBOXES),
     ("sandboxes.delete_sandbox", Permission.DELETE_SANDBOXES),
     ("sandboxes.list_sandboxes", None),
-    ("toolbox_process.execute_command", Permission.WRITE_SANDBOXES),
+    ("toolbox_process.execute", Permission.WRITE_SANDBOXES),
     ("volumes.list_volumes", Permission.READ_VOLUMES),
     ("volumes.delete_volume", Permission.DELETE_VOLUMES),
     ("snapshots.delete_snapshot", Permission.DELETE_SNAPSHOTS),
