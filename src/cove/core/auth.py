@@ -107,7 +107,7 @@ class AuthService:
         if self._env_key and hmac.compare_digest(value, self._env_key):
             return Principal(self.default_organization_id)
         key = self._key_for(hash_key(value))
-        if key.expired(utcnow()):
+        if key.expires_at is not None and key.expired(utcnow()):
             raise Unauthorized("This API key has expired")
         self._note_use(key.id)
         return Principal(key.organization_id, key.held, key)
