@@ -30,8 +30,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
               "cove.core.volumes", "cove.core.registries", "cove.core.ssh_access",
               "cove.core.secrets", "cove.core.pool", "cove.errors", "cove.hostfiles"),  # fmt: skip
     # HTTP transport: the domain and the wiring's Services; never the host or the
-    # database directly.
-    "api": ("cove.api", "cove.core", "cove.errors", "cove.schemas", "cove.server"),
+    # database directly. ``cove.web`` only names where the dashboard's built files are.
+    "api": ("cove.api", "cove.core", "cove.errors", "cove.schemas", "cove.server", "cove.web"),
+    # The dashboard's files: no code of Cove's (the page speaks the public API only).
+    "web": (),
 }
 
 
