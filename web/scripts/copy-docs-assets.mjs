@@ -1,6 +1,6 @@
 // Copies Swagger UI's and ReDoc's files next to the dashboard: /docs and /redoc load
 // them from the server itself, never from a CDN.
-import { copyFileSync, mkdirSync } from 'node:fs'
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 
@@ -16,4 +16,11 @@ const files = [
 ]
 mkdirSync(out, { recursive: true })
 for (const [from, to] of files) copyFileSync(from, join(out, to))
+// ReDoc's "API docs by Redocly" footer shows a logo from Redocly's CDN: the page's
+// Content-Security-Policy would block it (an error in the console), so it is left out.
+const redocFile = join(out, 'redoc.standalone.js')
+const logo = 'https://cdn.redoc.ly/redoc/logo-mini.svg'
+const bundle = readFileSync(redocFile, 'utf8')
+if (bundle.includes(logo)) writeFileSync(redocFile, bundle.replaceAll(logo, 'data:image/svg+xml,%3Csvg xmlns=%22http://www.w3.org/2000/svg%22/%3E'))
+else console.warn(`ReDoc no longer names ${logo}: check its page for external assets`)
 console.log(`copied ${files.length} docs assets into ${out}`)

@@ -54,7 +54,7 @@ export function Terminal({ api, sandboxId }: { api: Api; sandboxId: string }) {
   return (
     <div class="terminal">
       <div class="muted" data-testid="terminal-status">Terminal: {status}</div>
-      <div ref={box} class="xterm-box" data-testid="terminal" />
+      <div class="xterm-frame"><div ref={box} class="xterm-box" data-testid="terminal" /></div>
     </div>
   )
 }

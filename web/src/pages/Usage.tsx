@@ -2,24 +2,26 @@
 // /api/organizations/{id}/usage, and the analytics API's AggregatedUsage from
 // {analyticsApiUrl or /api}/organization/{id}/usage/aggregated.
 import { useState } from 'preact/hooks'
-import type { Api, Sandbox } from '../api'
+import { type Api, ApiError, type Sandbox } from '../api'
 import { ErrorLine, NotAvailable, Section, useLoad } from './common'
 
 type Region = { regionId: string; totalCpuQuota: number; currentCpuUsage: number; totalMemoryQuota: number; currentMemoryUsage: number; totalDiskQuota: number; currentDiskUsage: number }
 type Overview = { regionUsage: Region[]; totalSnapshotQuota: number; currentSnapshotUsage: number; totalVolumeQuota: number; currentVolumeUsage: number }
 type Aggregated = { sandboxCount?: number; totalCPUSeconds?: number; totalRAMGBSeconds?: number; totalDiskGBSeconds?: number; totalPrice?: number; firstStart?: string; lastEnd?: string }
 
-async function organizationId(api: Api): Promise<string> {
+// The key's organization: Daytona's list, else what its sandboxes say (null: unknown).
+async function organizationId(api: Api): Promise<string | null> {
   try {
     const orgs = await api.get<{ id: string }[]>('/api/organizations')
     if (orgs.length) return orgs[0].id
-  } catch {
-    // no organizations route: the sandboxes say which organization the key is in
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 404)) throw e
   }
   const page = await api.get<{ items: Sandbox[] }>('/api/sandbox?limit=1')
-  if (page.items.length) return page.items[0].organizationId
-  throw new Error('no organization known for this key yet (create a sandbox first)')
+  return page.items.length ? page.items[0].organizationId : null
 }
+
+const UNKNOWN = () => Promise.reject(new ApiError(404, 'no organization'))
 
 async function analyticsBase(api: Api): Promise<string> {
   const config = await api.get<{ analyticsApiUrl?: string | null }>('/api/config')
@@ -29,8 +31,9 @@ async function analyticsBase(api: Api): Promise<string> {
 export function Usage({ api }: { api: Api }) {
   const [days, setDays] = useState(30)
   const [org] = useLoad(() => organizationId(api), [api])
-  const [overview] = useLoad(() => (org.data ? api.get<Overview>(`/api/organizations/${org.data}/usage`) : Promise.resolve(null)), [api, org.data])
+  const [overview] = useLoad(() => (org.data ? api.get<Overview>(`/api/organizations/${org.data}/usage`) : org.data === null ? UNKNOWN() : Promise.resolve(null)), [api, org.data])
   const [aggregated] = useLoad(async () => {
+    if (org.data === null) return UNKNOWN()
     if (!org.data) return null
     const to = new Date()
     const from = new Date(to.getTime() - days * 86400_000)

@@ -1,0 +1,293 @@
+"""The web dashboard in a real browser (Debian's chromium, driven by Playwright) against
+a real ``cove serve``: sign in, a sandbox from creation to deletion with its state
+pushed live, streamed code output, the terminal, files, snapshots, volumes, keys,
+usage and the API docs. Every request the page makes must stay on the server's origin
+(anything else is aborted and fails the test). Screenshots go to ``$COVE_ARTIFACTS``
+(default ``tests/artifacts/``, ignored by git) for CI to keep.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from daytona import Daytona
+
+from cove.api.wsauth import MARKER, bearer_protocol
+from cove.web import STATIC
+from tests.e2e.conftest import KEY, Server
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("COVE_ARTIFACTS") or Path(__file__).parents[1] / "artifacts")
+LIVE = 120_000  # ms: a sandbox's start on a loaded host
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
+    pytest.mark.skipif(not (STATIC / "index.html").is_file(), reason="web/ is not built"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()
+
+
+class Offsite:
+    """Every URL the page asked for; those off the server's origin are aborted."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self.ws_origin = origin.replace("http://", "ws://", 1)
+        self.urls: list[str] = []
+
+    def on_origin(self, url: str) -> bool:
+        return url.startswith((self.origin + "/", self.ws_origin + "/")) or url in (
+            "about:blank", "data:,") or url.startswith(("blob:" + self.origin, "data:"))
+
+    def bad(self) -> list[str]:
+        return [u for u in self.urls if not self.on_origin(u)]
+
+
+@pytest.fixture
+def page(browser, server: Server, request: pytest.FixtureRequest) -> Iterator[object]:  # noqa: ANN001
+    context = browser.new_context(base_url=server.url, accept_downloads=True,
+                                  viewport={"width": 1280, "height": 860})  # fmt: skip
+    offsite = Offsite(server.url)
+
+    def route(r) -> None:  # noqa: ANN001
+        offsite.urls.append(r.request.url)
+        if offsite.on_origin(r.request.url):
+            r.continue_()
+        else:
+            r.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.on("websocket", lambda ws: offsite.urls.append(ws.url))
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.offsite = offsite
+    yield page
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        shot(page, f"{request.node.name}-failed")
+    context.close()
+    assert offsite.bad() == [], "requests left the server's origin"
+
+
+def shot(page, name: str, *, full_page: bool = True) -> None:  # noqa: ANN001
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^\w.-]+", "_", name)
+    page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=full_page)
+
+
+def sign_in(page, key: str = KEY) -> None:  # noqa: ANN001
+    page.goto("/")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Sandboxes")).to_be_visible()
+    expect(page.locator(".live")).to_have_text("live")
+
+
+def test_a_wrong_key_is_refused_and_the_key_stays_in_the_tab(page) -> None:  # noqa: ANN001
+    page.goto("/")
+    page.get_by_label("API key").fill("not-a-key")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("API key")
+    shot(page, "signin-refused")
+    sign_in(page)
+    assert page.evaluate("localStorage.length") == 0  # sessionStorage only
+    page.reload()  # the same tab stays signed in
+    expect(page.get_by_role("heading", name="Sandboxes")).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("API key")).to_be_visible()
+
+
+@pytest.fixture
+def label() -> Iterator[str]:
+    yield uuid.uuid4().hex[:8]
+
+
+def row(page, sandbox_id: str):  # noqa: ANN001, ANN201
+    return page.locator(f"tr[data-sandbox='{sandbox_id}']")
+
+
+def test_a_sandbox_from_creation_to_deletion(page, server: Server, daytona: Daytona,  # noqa: ANN001
+                                              sandboxes: list, label: str) -> None:  # fmt: skip
+    sign_in(page)
+    shot(page, "sandboxes-empty")
+    page.get_by_role("button", name="Create sandbox").click()
+    page.locator("form.create input[name=name]").fill(f"dash-{label}")
+    page.locator("form.create input[name=labels]").fill(f"dash={label}, team=web")
+    page.locator("form.create").get_by_role("button", name="Create").click()
+    link = page.get_by_role("link", name=f"dash-{label}")
+    expect(link).to_be_visible(timeout=LIVE)
+    sandbox_id = link.get_attribute("href").rsplit("/", 1)[1]
+    sb = daytona.get(sandbox_id)
+    sandboxes.append(sb)
+    expect(row(page, sandbox_id).locator(".state")).to_have_text("started", timeout=LIVE)
+    shot(page, "sandbox-started")
+
+    # State changes made elsewhere (the SDK) arrive over Socket.IO: no reload, no polling.
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    sb.stop()
+    expect(row(page, sandbox_id).locator(".state")).to_have_text("stopped", timeout=LIVE)
+    other = daytona.create()
+    sandboxes.append(other)
+    expect(row(page, other.id).locator(".state")).to_have_text("started", timeout=LIVE)
+    assert [u for u in requests if "/api/" in u] == [], "the list was fetched, not pushed"
+    shot(page, "sandbox-stopped-live")
+
+    # Filter by label: only ours; a label nobody has: none.
+    page.locator("input[name=labelFilter]").fill(f"dash={label}")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("tr[data-sandbox]")).to_have_count(1)
+    expect(row(page, sandbox_id)).to_be_visible()
+    page.locator("input[name=labelFilter]").fill(f"dash={label}, team=nobody")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_text("No sandboxes with these labels")).to_be_visible()
+    page.get_by_role("button", name="Clear").click()
+    expect(row(page, other.id)).to_be_visible()
+
+    row(page, sandbox_id).get_by_role("button", name="Start").click()
+    expect(row(page, sandbox_id).locator(".state")).to_have_text("started", timeout=LIVE)
+    page.get_by_role("link", name=f"dash-{label}").click()
+    expect(page.locator("section.sandbox h2")).to_contain_text(f"dash-{label}")
+
+    _run_code(page, sb)
+    _terminal(page)
+    _files(page, sb, server)
+    _another_organization_gets_nothing(page, server, sandbox_id)
+
+    page.locator("section.sandbox .actions").get_by_role("button", name="Stop").click()
+    expect(page.locator("section.sandbox h2 .state")).to_have_text("stopped", timeout=LIVE)
+    expect(page.get_by_text("start it to use the files")).to_be_visible()
+    shot(page, "sandbox-page-stopped")
+    page.locator("section.sandbox .actions").get_by_role("button", name="Delete").click()
+    expect(page.get_by_role("heading", name="Sandboxes")).to_be_visible()
+    expect(row(page, sandbox_id)).to_have_count(0)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    gone = httpx.get(f"{server.api_url}/sandbox/{sandbox_id}", headers=headers, timeout=30)
+    assert gone.status_code == 404 or gone.json()["state"] in ("destroying", "destroyed")
+    shot(page, "sandbox-deleted")
+
+
+def _run_code(page, sb) -> None:  # noqa: ANN001
+    """Output shows while the program runs: line 1 waits for a file the test makes."""
+    page.get_by_role("tab", name="Code").click()
+    code = ("import os, time\nprint('line 0', flush=True)\n"
+            "while not os.path.exists('/tmp/dash-go'):\n    time.sleep(0.05)\n"
+            "print('line 1')\nraise ValueError('the end')\n")  # fmt: skip
+    page.locator("textarea[name=code]").fill(code)
+    page.get_by_role("button", name="Run").click()
+    output = page.get_by_test_id("output")
+    expect(output).to_contain_text("line 0", timeout=LIVE)
+    expect(page.get_by_test_id("run-status")).to_contain_text("running")
+    assert "line 1" not in output.inner_text()
+    shot(page, "code-streaming")
+    sb.process.exec("touch /tmp/dash-go")
+    expect(page.get_by_test_id("run-status")).to_contain_text("finished", timeout=LIVE)
+    expect(output).to_contain_text("line 1")
+    expect(output.locator(".error")).to_contain_text("ValueError: the end")
+    shot(page, "code-finished")
+
+
+def _terminal(page) -> None:  # noqa: ANN001
+    page.get_by_role("tab", name="Terminal").click()
+    expect(page.get_by_test_id("terminal-status")).to_contain_text("connected", timeout=LIVE)
+    page.get_by_test_id("terminal").click()
+    page.keyboard.type("echo dash-$((6*7)) $(whoami)\n")
+    expect(page.locator(".xterm-rows")).to_contain_text("dash-42 daytona", timeout=LIVE)
+    shot(page, "terminal")
+
+
+def _files(page, sb, server: Server) -> None:  # noqa: ANN001
+    sb.fs.upload_file(b"made by the SDK\n", "/home/daytona/from-sdk.txt")
+    page.get_by_role("tab", name="Files").click()
+    expect(page.get_by_test_id("path")).to_contain_text("home")
+    listed = page.locator("tr[data-file='from-sdk.txt']")
+    expect(listed).to_be_visible(timeout=LIVE)
+    with page.expect_download() as download:
+        listed.get_by_role("button", name="Download").click()
+    assert Path(download.value.path()).read_bytes() == b"made by the SDK\n"
+    page.locator("input[name=upload]").set_input_files(
+        files=[{"name": "from-browser.txt", "mimeType": "text/plain", "buffer": b"uploaded\n"}])
+    expect(page.locator("tr[data-file='from-browser.txt']")).to_be_visible(timeout=LIVE)
+    assert sb.fs.download_file("/home/daytona/from-browser.txt") == b"uploaded\n"
+    shot(page, "files")
+    page.locator("tr[data-file='from-browser.txt']").get_by_role("button", name="Delete").click()
+    expect(page.locator("tr[data-file='from-browser.txt']")).to_have_count(0)
+    page.get_by_role("button", name="..").click()  # up to /home
+    expect(page.locator("tr[data-file='daytona']")).to_be_visible()
+
+
+def _another_organization_gets_nothing(page, server: Server, sandbox_id: str) -> None:  # noqa: ANN001
+    """Another organization's key, the way the dashboard sends it, opens no terminal."""
+    other = server.org_key("dashboard-other")
+    ws_url = (server.url.replace("http", "ws", 1)
+              + f"/toolbox/{sandbox_id}/process/pty/create-connect")
+    refused = page.evaluate("""([url, protocols]) => new Promise((done) => {
+        const ws = new WebSocket(url + '?id=intruder', protocols)
+        ws.onopen = () => done('opened')
+        ws.onclose = (e) => done('closed ' + e.code)
+    })""", [ws_url, [MARKER, bearer_protocol(other)]])
+    assert refused.startswith("closed"), refused
+    headers = {"Authorization": f"Bearer {other}"}
+    listed = httpx.get(f"{server.api_url}/sandbox", headers=headers, timeout=30).json()
+    assert all(item["id"] != sandbox_id for item in listed["items"])
+
+
+def test_snapshots_and_volumes(page, server: Server, label: str) -> None:  # noqa: ANN001
+    sign_in(page)
+    page.get_by_role("link", name="Snapshots").click()
+    expect(page.locator("tr[data-snapshot='cove-default'] .state")).to_have_text("active")
+    shot(page, "snapshots")
+    page.get_by_role("link", name="Volumes").click()
+    page.locator("input[name=volumeName]").fill(f"dash-{label}")
+    page.get_by_role("button", name="Create volume").click()
+    volume = page.locator(f"tr[data-volume='dash-{label}']")
+    expect(volume).to_be_visible()
+    shot(page, "volumes")
+    volume.get_by_role("button", name="Delete").click()
+    headers = {"Authorization": f"Bearer {KEY}"}
+    for _ in range(600):
+        names = [v["name"] for v in httpx.get(f"{server.api_url}/volumes", headers=headers,
+                                              timeout=30).json()]  # fmt: skip
+        if f"dash-{label}" not in names:
+            break
+        page.wait_for_timeout(100)
+    else:
+        raise AssertionError("the volume was not deleted")
+
+
+@pytest.mark.parametrize("tab,route", [("API keys", "/api-keys"), ("Usage", "/organizations")])
+def test_keys_and_usage_pages(page, server: Server, tab: str, route: str) -> None:  # noqa: ANN001
+    """Shown in Daytona's shapes; a server without the routes says so plainly."""
+    sign_in(page)
+    page.get_by_role("link", name=tab).click()
+    expect(page.get_by_role("heading", name=tab)).to_be_visible()
+    answer = httpx.get(server.api_url + route, headers={"Authorization": f"Bearer {KEY}"})
+    if answer.status_code == 404:
+        expect(page.get_by_test_id("not-available").first).to_be_visible()
+    else:
+        expect(page.locator("table.list, dl.details").first).to_be_visible()
+    shot(page, tab.lower().replace(" ", "-"))
+
+
+@pytest.mark.parametrize("path,shows", [("/docs", "/api/sandbox"), ("/redoc", "sandbox")])
+def test_the_api_docs_render_from_the_server_alone(page, path: str, shows: str) -> None:  # noqa: ANN001
+    errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.goto(path)
+    expect(page.get_by_text(re.compile(re.escape(shows))).first).to_be_visible(timeout=60_000)
+    shot(page, path.strip("/"), full_page=False)  # ReDoc's whole page is too tall
+    assert not [e for e in errors if "Content Security Policy" in e], errors
