@@ -27,10 +27,14 @@ expect = playwright_api.expect
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("COVE_ARTIFACTS") or Path(__file__).parents[1] / "artifacts")
 LIVE = 120_000  # ms: a sandbox's start on a loaded host
-pytestmark = [
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
-    pytest.mark.skipif(not (STATIC / "index.html").is_file(), reason="web/ is not built"),
-]
+# Outside CI a checkout without chromium or the build skips; CI (scripts/install has
+# made both) fails instead, so a broken install step cannot pass unnoticed.
+MISSING = [reason for missing, reason in (
+    (not Path(CHROMIUM).exists(), "Debian's chromium is not installed"),
+    (not (STATIC / "index.html").is_file(), "web/ is not built")) if missing]
+if MISSING and os.environ.get("CI"):
+    raise RuntimeError(f"{MISSING[0]}: scripts/install should have seen to it")
+pytestmark = pytest.mark.skipif(bool(MISSING), reason="; ".join(MISSING))
 
 
 @pytest.fixture(scope="module")

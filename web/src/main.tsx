@@ -1,6 +1,5 @@
 import { render } from 'preact'
 import { useEffect, useMemo, useState } from 'preact/hooks'
-import '@xterm/xterm/css/xterm.css'
 import './styles.css'
 import { Api, saveKey, savedKey } from './api'
 import { Live, useConnected } from './live'

@@ -1,16 +1,25 @@
 // A shell in the sandbox: xterm.js over the toolbox's PTY WebSocket (the SDK's protocol:
 // binary frames both ways, JSON control frames from the server).
 import { useEffect, useRef, useState } from 'preact/hooks'
-import { Terminal as XTerm } from '@xterm/xterm'
-import { FitAddon } from '@xterm/addon-fit'
 import type { Api } from '../api'
 
 export function Terminal({ api, sandboxId }: { api: Api; sandboxId: string }) {
   const box = useRef<HTMLDivElement>(null)
   const [status, setStatus] = useState('connecting…')
   useEffect(() => {
-    const term = new XTerm({ cursorBlink: true, fontSize: 13, convertEol: false, theme: { background: '#10141a' } })
-    const fit = new FitAddon()
+    let cleanup = () => {}
+    let gone = false
+    import('../xterm').then(({ Terminal: XTerm, FitAddon }) => {
+      if (!gone) cleanup = attach(new XTerm({ cursorBlink: true, fontSize: 13, theme: { background: '#10141a' } }), new FitAddon())
+    }, (e) => setStatus(`failed to load the terminal: ${e}`))
+    return () => {
+      gone = true
+      cleanup()
+    }
+  }, [api, sandboxId])
+
+  // Opens the terminal over the PTY WebSocket; returns what closes it all.
+  function attach(term: import('@xterm/xterm').Terminal, fit: import('@xterm/addon-fit').FitAddon): () => void {
     term.loadAddon(fit)
     term.open(box.current!)
     fit.fit()
@@ -50,7 +59,7 @@ export function Terminal({ api, sandboxId }: { api: Api; sandboxId: string }) {
       term.dispose()
       api.delete(`${base}/${ptyId}`).catch(() => {}) // the shell would outlive the page
     }
-  }, [api, sandboxId])
+  }
   return (
     <div class="terminal">
       <div class="muted" data-testid="terminal-status">Terminal: {status}</div>
