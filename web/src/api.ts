@@ -25,17 +25,6 @@ export type Sandbox = {
 
 export type FileInfo = { name: string; isDir: boolean; size: number; modTime: string; permissions: string }
 
-const KEY = 'cove.apiKey'
-
-export function savedKey(): string | null {
-  return sessionStorage.getItem(KEY)
-}
-
-export function saveKey(key: string | null): void {
-  if (key) sessionStorage.setItem(KEY, key)
-  else sessionStorage.removeItem(KEY)
-}
-
 // A WebSocket subprotocol carrying the key: browsers cannot set headers on WebSockets.
 export function bearerProtocol(key: string): string {
   const bytes = new TextEncoder().encode(key)
@@ -45,7 +34,8 @@ export function bearerProtocol(key: string): string {
 }
 
 export class Api {
-  constructor(readonly key: string) {}
+  // onUnauthorized: the key stopped working (revoked, expired): sign in again.
+  constructor(readonly key: string, private onUnauthorized: () => void = () => {}) {}
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     const headers: Record<string, string> = { Authorization: `Bearer ${this.key}`, Accept: 'application/json' }
@@ -56,6 +46,7 @@ export class Api {
       payload = JSON.stringify(body)
     }
     const response = await fetch(path, { method, headers, body: payload })
+    if (response.status === 401) this.onUnauthorized()
     if (!response.ok) throw new ApiError(response.status, await errorMessage(response))
     if (response.status === 204) return undefined as T
     const text = await response.text()

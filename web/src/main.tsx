@@ -1,7 +1,7 @@
 import { render } from 'preact'
 import { useEffect, useMemo, useState } from 'preact/hooks'
 import './styles.css'
-import { Api, saveKey, savedKey } from './api'
+import { Api } from './api'
 import { Live, useConnected } from './live'
 import { onLink, usePath } from './router'
 import { SignIn } from './pages/SignIn'
@@ -20,14 +20,17 @@ const NAV = [
   ['/dashboard/usage', 'Usage'],
 ]
 
+// The key lives in this page's memory only, never in the browser's storage: a
+// path-based preview (/preview/...) is served on this same origin, and what a sandbox
+// serves there could read the tab's sessionStorage. A reload asks for it again.
 function App() {
-  const [key, setKey] = useState(savedKey())
-  if (!key) return <SignIn onKey={(k) => (saveKey(k), setKey(k))} />
-  return <Signed apiKey={key} onSignOut={() => (saveKey(null), setKey(null))} />
+  const [key, setKey] = useState<string | null>(null)
+  if (!key) return <SignIn onKey={setKey} />
+  return <Signed apiKey={key} onSignOut={() => setKey(null)} />
 }
 
 function Signed({ apiKey, onSignOut }: { apiKey: string; onSignOut: () => void }) {
-  const api = useMemo(() => new Api(apiKey), [apiKey])
+  const api = useMemo(() => new Api(apiKey, onSignOut), [apiKey])
   const live = useMemo(() => new Live(apiKey), [apiKey])
   useEffect(() => () => live.close(), [live])
   const connected = useConnected(live)

@@ -23,7 +23,8 @@ export function Sandboxes({ api, live }: { api: Api; live: Live }) {
         if (!list) return list
         const rest = list.filter((s) => s.id !== sandbox.id)
         const old = list.find((s) => s.id === sandbox.id)
-        if (sandbox.state === 'destroyed' || (!old && !matches(sandbox, labels))) return rest
+        const ending = sandbox.state === 'destroying' || sandbox.state === 'destroyed'
+        if (sandbox.state === 'destroyed' || (!old && (ending || !matches(sandbox, labels)))) return rest
         const merged = { ...old, ...sandbox }
         return old ? list.map((s) => (s.id === sandbox.id ? merged : s)) : [merged, ...list]
       }),

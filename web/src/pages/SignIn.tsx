@@ -21,7 +21,7 @@ export function SignIn({ onKey }: { onKey: (key: string) => void }) {
   return (
     <form class="signin" onSubmit={submit}>
       <h1>Cove</h1>
-      <p>Sign in with an API key (the <code>DAYTONA_API_KEY</code> that <code>cove serve</code> printed, or one from <code>cove keys create</code>). It is kept in this tab only.</p>
+      <p>Sign in with an API key (the <code>DAYTONA_API_KEY</code> that <code>cove serve</code> printed, or one from <code>cove keys create</code>). It is kept in this page's memory only: a reload asks for it again.</p>
       <label>
         API key
         <input type="password" name="apiKey" autocomplete="off" value={key} onInput={(e) => setKey(e.currentTarget.value)} autofocus />
