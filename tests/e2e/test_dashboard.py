@@ -323,3 +323,67 @@ def test_the_api_docs_render_from_the_server_alone(page, path: str, shows: str) 
     expect(page.get_by_text(re.compile(re.escape(shows))).first).to_be_visible(timeout=60_000)
     shot(page, path.strip("/"), full_page=False)  # ReDoc's whole page is too tall
     assert not [e for e in errors if "Content Security Policy" in e], errors
+
+
+def test_the_keys_page_speaks_daytonas_shapes(page) -> None:  # noqa: ANN001
+    """The page against Daytona's ApiKeysApi shapes (answered here by the test, so it is
+    checked before this server has the routes): list, create shown once, revoke."""
+    keys = [{"name": "ci", "value": "cove_abc...xyz", "createdAt": "2026-12-01T10:00:00Z",
+             "permissions": ["write:sandboxes"], "lastUsedAt": None, "expiresAt": None,
+             "userId": "u1", "organizationId": "o1"}]  # fmt: skip
+    seen: list[tuple[str, object]] = []
+
+    def api_keys(route) -> None:  # noqa: ANN001
+        request = route.request
+        seen.append((request.method, request.post_data_json if request.post_data else None))
+        if request.method == "POST":
+            body = request.post_data_json
+            created = {"name": body["name"], "value": "cove_NEWSECRET", "createdAt":
+                       "2026-12-04T10:00:00Z", "permissions": body["permissions"],
+                       "expiresAt": body.get("expiresAt")}  # fmt: skip
+            keys.append({**created, "value": "cove_NEW...RET", "lastUsedAt": None,
+                         "userId": "u1"})  # fmt: skip
+            route.fulfill(json=created, status=201)
+        elif request.method == "DELETE":
+            keys[:] = [k for k in keys if not request.url.endswith("/" + k["name"])]
+            route.fulfill(status=204)
+        else:
+            route.fulfill(json=keys)
+
+    page.route("**/api/api-keys**", api_keys)
+    sign_in(page)
+    page.get_by_role("link", name="API keys").click()
+    expect(page.locator("tr[data-key='ci']")).to_contain_text("write:sandboxes")
+    page.locator("form.create input[name=name]").fill("deploy")
+    page.locator("form.create input[name=days]").fill("7")
+    page.get_by_role("button", name="Create key").click()
+    expect(page.get_by_test_id("new-key")).to_contain_text("export DAYTONA_API_KEY=cove_NEWSECRET")
+    expect(page.locator("tr[data-key='deploy']")).to_be_visible()
+    shot(page, "api-keys-created")
+    created = next(body for method, body in seen if method == "POST")
+    assert created["name"] == "deploy" and "delete:sandboxes" in created["permissions"]
+    assert created["expiresAt"]
+    page.locator("tr[data-key='ci']").get_by_role("button", name="Revoke").click()
+    expect(page.locator("tr[data-key='ci']")).to_have_count(0)
+
+
+def test_the_usage_page_speaks_daytonas_shapes(page) -> None:  # noqa: ANN001
+    """Quotas (OrganizationUsageOverview) and metered use (the analytics API's
+    AggregatedUsage), answered here by the test in Daytona's shapes."""
+    overview = {"regionUsage": [{"regionId": "local", "sandboxClass": "small",
+                                 "totalCpuQuota": 8, "currentCpuUsage": 2,
+                                 "totalMemoryQuota": 16, "currentMemoryUsage": 3,
+                                 "totalDiskQuota": 100, "currentDiskUsage": 6}],
+                "totalSnapshotQuota": 10, "currentSnapshotUsage": 1,
+                "totalVolumeQuota": 20, "currentVolumeUsage": 0}  # fmt: skip
+    aggregated = {"sandboxCount": 3, "totalCPUSeconds": 7200, "totalRAMGBSeconds": 3600,
+                  "totalDiskGBSeconds": 36000, "totalPrice": 0.1234}  # fmt: skip
+    page.route("**/api/organizations", lambda r: r.fulfill(json=[{"id": "org-1"}]))
+    page.route("**/api/organizations/org-1/usage", lambda r: r.fulfill(json=overview))
+    page.route("**/organization/org-1/usage/aggregated?**", lambda r: r.fulfill(json=aggregated))
+    sign_in(page)
+    page.get_by_role("link", name="Usage").click()
+    expect(page.get_by_test_id("quotas")).to_contain_text("CPU (local)")
+    expect(page.get_by_test_id("aggregated")).to_contain_text("2.000 vCPU·h")
+    expect(page.get_by_test_id("aggregated")).to_contain_text("$0.1234")
+    shot(page, "usage-shapes")

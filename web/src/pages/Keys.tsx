@@ -15,7 +15,8 @@ export function Keys({ api }: { api: Api }) {
 
   const create = async (event: Event) => {
     event.preventDefault()
-    const form = new FormData(event.currentTarget as HTMLFormElement)
+    const element = event.currentTarget as HTMLFormElement
+    const form = new FormData(element)
     const days = Number(form.get('days') || 0)
     const body = {
       name: String(form.get('name')),
@@ -25,7 +26,7 @@ export function Keys({ api }: { api: Api }) {
     setError(null)
     try {
       setCreated(await api.post<ApiKey>('/api/api-keys', body))
-      ;(event.currentTarget as HTMLFormElement | null)?.reset()
+      element.reset()
       reload()
     } catch (e) {
       setError(`create: ${(e as Error).message}`)
