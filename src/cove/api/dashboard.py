@@ -4,12 +4,15 @@
 router reads the path), ``/dashboard/assets/`` its scripts and styles, ``/docs`` and
 ``/redoc`` the API documentation with Swagger UI and ReDoc from ``/dashboard/docs/``.
 Nothing is fetched from the Internet: the pages carry a Content-Security-Policy that
-allows this origin only. When the files are not built, each page says how to build
+allows this origin only (and, on the docs' pages, their inline script by its hash). When the files are not built, each page says how to build
 them (with a 503).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -24,8 +27,7 @@ DASHBOARD_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsaf
                  "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
                  "worker-src 'self' blob:; object-src 'none'; base-uri 'none'; "
                  "frame-ancestors 'none'; form-action 'self'")  # fmt: skip
-# Swagger UI and ReDoc are started by an inline script (FastAPI's page).
-DOCS_CSP = DASHBOARD_CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'")
+INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 DOCS = "/dashboard/docs"
 MISSING = """<!doctype html><meta charset="utf-8"><title>Cove: dashboard not built</title>
 <h1>The dashboard is not built</h1>
@@ -51,7 +53,7 @@ def install(app: FastAPI, static: Path = STATIC) -> None:
             swagger_js_url=f"{DOCS}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS}/swagger-ui.css", swagger_favicon_url=f"{DOCS}/favicon.png",
             swagger_ui_parameters={"validatorUrl": None})  # fmt: skip
-        return _with(html, DOCS_CSP)
+        return _with(html)
 
     def redoc() -> Response:
         if not (static / "docs").is_dir():
@@ -59,7 +61,7 @@ def install(app: FastAPI, static: Path = STATIC) -> None:
         html = get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - API reference",
                               redoc_js_url=f"{DOCS}/redoc.standalone.js",
                               redoc_favicon_url=f"{DOCS}/favicon.png", with_google_fonts=False)
-        return _with(html, DOCS_CSP)
+        return _with(html)
 
     # The files first: routes match in order, and the page takes any other /dashboard/ path.
     app.mount("/dashboard/assets", _Files(static / "assets"), name="dashboard-assets")
@@ -96,7 +98,13 @@ def _headers(csp: str, *, cache: str) -> dict[str, str]:
             "X-Frame-Options": "DENY"}  # fmt: skip
 
 
-def _with(response: HTMLResponse, csp: str) -> Response:
+def _with(response: HTMLResponse) -> Response:
+    """FastAPI's docs page, whose inline script (starting Swagger UI) is allowed by its
+    hash: no other inline script may run."""
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+        for script in INLINE_SCRIPT.findall(bytes(response.body).decode()))
+    csp = DASHBOARD_CSP.replace("script-src 'self'", f"script-src 'self' {hashes}".rstrip())
     response.headers.update(_headers(csp, cache="no-cache"))
     return response
 
