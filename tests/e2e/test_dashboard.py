@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from daytona import Daytona
+from daytona import Daytona, DaytonaConfig
 
 from cove.api.wsauth import MARKER, bearer_protocol
 from cove.web import STATIC
@@ -387,3 +387,28 @@ def test_the_usage_page_speaks_daytonas_shapes(page) -> None:  # noqa: ANN001
     expect(page.get_by_test_id("aggregated")).to_contain_text("2.000 vCPU·h")
     expect(page.get_by_test_id("aggregated")).to_contain_text("$0.1234")
     shot(page, "usage-shapes")
+
+
+def test_another_organization_sees_only_its_own_sandboxes_live(  # noqa: ANN001
+        page, server: Server, daytona: Daytona, sandboxes: list) -> None:
+    """Signed in with another organization's key, the page gets that organization's
+    events only: ours is created first, theirs after it on the same socket, so once
+    theirs shows, ours would have too."""
+    other_key = server.org_key("dashboard-tenant")
+    sign_in(page, other_key)
+    expect(page.get_by_text("No sandboxes")).to_be_visible()
+    ours = daytona.create()
+    sandboxes.append(ours)
+    theirs = Daytona(DaytonaConfig(api_key=other_key, api_url=server.api_url)).create()
+    sandboxes.append(theirs)
+    expect(row(page, theirs.id).locator(".state")).to_have_text("started", timeout=LIVE)
+    expect(row(page, ours.id)).to_have_count(0)
+    page.goto(f"/dashboard/sandboxes/{ours.id}")
+    sign_in_here(page, other_key)
+    expect(page.get_by_role("alert")).to_contain_text("not found")
+    shot(page, "another-organization")
+
+
+def sign_in_here(page, key: str) -> None:  # noqa: ANN001
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
