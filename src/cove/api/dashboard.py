@@ -4,8 +4,8 @@
 router reads the path), ``/dashboard/assets/`` its scripts and styles, ``/docs`` and
 ``/redoc`` the API documentation with Swagger UI and ReDoc from ``/dashboard/docs/``.
 Nothing is fetched from the Internet: the pages carry a Content-Security-Policy that
-allows this origin only (and, on the docs' pages, their inline script by its hash). When the files are not built, each page says how to build
-them (with a 503).
+allows this origin only (and, on the docs' pages, their inline script by its hash).
+When the files are not built, each page says how to build them (with a 503).
 """
 
 from __future__ import annotations

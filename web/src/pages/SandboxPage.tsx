@@ -14,7 +14,13 @@ export function SandboxPage({ api, live, id }: { api: Api; live: Live; id: strin
   const { sandbox, error } = useSandbox(api, live, id)
   const [tab, setTab] = useState<(typeof TABS)[number]>('Terminal')
   const [actionError, setActionError] = useState<string | null>(null)
-  if (error) return <ErrorLine error={error} />
+  if (error)
+    return (
+      <section>
+        <h2><a href="/dashboard/sandboxes" class="muted">Sandboxes</a> / {id}</h2>
+        <ErrorLine error={error} />
+      </section>
+    )
   if (!sandbox) return <p>Loading…</p>
   const act = async (s: Sandbox, action: string) => {
     setActionError(null)
