@@ -12,7 +12,7 @@ import socketio
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cove.api import errors, logredact, logs, metrics, openapi
+from cove.api import dashboard, errors, logredact, logs, metrics, openapi
 from cove.api.bodylimit import BodyLimit
 from cove.api.events import SocketEvents
 from cove.api.observe import Observe
@@ -49,6 +49,7 @@ from cove.api.routes import (
     warm_pools,
 )
 from cove.api.ssh import SshGateway
+from cove.api.wsauth import SubprotocolBearer
 from cove.core.config import Settings
 from cove.core.reconcile import reconcile, restore_networks, watch
 from cove.core.timers import run_timers
@@ -97,8 +98,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         services.auth.usage.flush()
         await services.toolbox.links.close()
 
-    api = FastAPI(title="Cove", version="0.1.0", lifespan=lifespan,
-                  dependencies=[Depends(single_query_values)])
+    api = FastAPI(title="Cove", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, dependencies=[Depends(single_query_values)])
     api.state.telemetry = telemetry
     errors.install(api)
     openapi.install(api)
@@ -124,7 +125,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
                    toolbox_sessions, toolbox_pty, toolbox_interpreter, toolbox_system, toolbox_lsp,
                    toolbox_computeruse, toolbox_recordings, toolbox_a11y):
         api.include_router(module.router, prefix="/toolbox/{sandbox_id}")
-    bounded = BodyLimit(api, MAX_BODY, _is_upload)
+    dashboard.install(api)
+    bounded = BodyLimit(SubprotocolBearer(api), MAX_BODY, _is_upload)
     app = socketio.ASGIApp(events.server, other_asgi_app=bounded, socketio_path="/api/socket.io")
     return _CollapseSlashes(Observe(PreviewProxy(app, lambda: holder["services"]), telemetry))
 
