@@ -22,6 +22,7 @@ from cove.core.agent_client import AgentClient
 from cove.core.auth import AuthService
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
+from cove.core.coordination import Coordination, LocalCoordination, alone
 from cove.core.entrypoint import Launcher
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
@@ -77,6 +78,8 @@ class Services:
     secrets: SecretService
     metrics: MetricsHistory  # the sampled history of started sandboxes' metrics
     warm_pools: WarmPoolService  # the organizations' warm pools (the keeper: lifecycle.pool)
+    # Per-sandbox locks across API replicas and the once-only jobs' lease.
+    coordination: Coordination = field(default_factory=LocalCoordination)
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -115,6 +118,23 @@ def load_ssh_host_key(data_dir: Path) -> bytes:
     return secret_file(data_dir / "ssh_host_ed25519_key", make)
 
 
+# ---- several API replicas (docs/deployment.md) ----------------------------------
+
+
+def open_coordination(settings: Settings) -> Coordination:
+    """Advisory locks and leases on PostgreSQL (several replicas may share it); one
+    host's in-process locks on SQLite."""
+    url = settings.database_url or ""
+    if not url.startswith("postgresql"):
+        return LocalCoordination()
+    from cove.store.coordination import PgCoordination
+
+    return PgCoordination(url, settings.lease_seconds)
+
+
+# ---------------------------------------------------------------------------------
+
+
 def open_runner(settings: Settings, host: HostRuntime | None = None) -> Runner:
     """The runner ``settings`` name: a ``cove runner`` at COVE_RUNNER_URL (over mutual
     TLS), else this host's (``host``, or the configured runtime)."""
@@ -139,6 +159,8 @@ def build_services(
     if key:
         print(f"Cove created an admin API key (shown only once): {key}", flush=True)  # noqa: T201
     runner = open_runner(settings, host)
+    coordination = open_coordination(settings)
+    coordination.renew()  # announced before it judges what others left
     store = SqlSandboxStore(engine)
     volumes = VolumeService(
         store=SqlVolumeStore(engine), files=LocalVolumeFiles(settings.data_dir), sandboxes=store
@@ -147,7 +169,8 @@ def build_services(
         store=SqlSnapshotStore(engine), runner=runner, sandboxes=store,
         default_name=settings.default_snapshot, public=settings.public_snapshots,
     )  # fmt: skip
-    snapshots.fail_interrupted()
+    if alone(coordination):  # else another replica's pulls and builds may be under way
+        snapshots.fail_interrupted()
     registries = RegistryService(SqlRegistryStore(engine), open_sealer(settings))
     registries.seal_plain()
     images = ImageService(snapshots=snapshots, registries=registries, runner=runner,
@@ -158,6 +181,7 @@ def build_services(
         snapshots=snapshots, images=images,
     )  # fmt: skip
     lifecycle.creator.use_contexts(contexts)
+    lifecycle.ops.coordination = coordination
     pool_store = SqlPoolStore(engine)
     warm_pools = WarmPoolService(
         settings=settings, keeper=lifecycle.use_pools(pool_store), store=pool_store,
@@ -187,7 +211,7 @@ def build_services(
             images=images, contexts=contexts,
         ),
         previews=load_tokens(settings.data_dir), ssh=ssh, secrets=secrets, metrics=history,
-        warm_pools=warm_pools,
+        warm_pools=warm_pools, coordination=coordination,
     )  # fmt: skip
 
 

@@ -214,3 +214,14 @@ class SandboxSecretRow(Base):
     )
     env_name: Mapped[str] = mapped_column(String(256), primary_key=True)
     secret_id: Mapped[str] = mapped_column(ForeignKey("secrets.id", ondelete="CASCADE"))
+
+
+class LeaseRow(Base):
+    """A lease one API replica holds until ``expires_at`` (the database's clock): the
+    once-only jobs' (``jobs``), or a replica's own (``replica:<id>``, its liveness)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,12 +1,12 @@
-"""API replicas: job claims and leases (reserved; filled by the replicas work)
+"""API replicas: leases (the once-only jobs' leader, each replica's liveness)
 
 Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-04 20:00:00
 """
 
-from alembic import op  # noqa: F401
-import sqlalchemy as sa  # noqa: F401
+from alembic import op
+import sqlalchemy as sa
 
 
 revision = '0013'
@@ -16,8 +16,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "leases",
+        sa.Column("name", sa.String(length=128), primary_key=True),
+        sa.Column("holder", sa.String(length=64), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("leases")
