@@ -49,10 +49,11 @@ from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
 from cove.store.pools import SqlPoolStore
 from cove.store.registries import SqlRegistryStore
+from cove.store.revocations import SqlRevocations
 from cove.store.sealing import KEY_BYTES, AesGcmSealer
 from cove.store.secretbox import SecretBox
 from cove.store.secrets import SqlSecretStore
-from cove.store.signing_keys import FileKeyStore
+from cove.store.signing_keys import FileKeyStore, SqlSigningKeyStore
 from cove.store.snapshots import SqlSnapshotStore
 from cove.store.sql import SqlSandboxStore, make_engine
 from cove.store.ssh_access import SqlSshAccessStore
@@ -91,9 +92,11 @@ def open_database(settings: Settings) -> Engine:
     return engine
 
 
-def load_tokens(data_dir: Path) -> PreviewTokens:
-    """Preview tokens under the server's secret (made once, kept in the data dir)."""
-    return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)))
+def load_tokens(data_dir: Path, shared: Engine | None = None) -> PreviewTokens:
+    """Preview tokens under the server's secret (made once, kept in the data dir);
+    early expiries kept in the ``shared`` database (several replicas), else in memory."""
+    return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)),
+                         SqlRevocations(shared) if shared is not None else None)  # fmt: skip
 
 
 def open_sealer(settings: Settings) -> AesGcmSealer:
@@ -130,6 +133,18 @@ def open_coordination(settings: Settings) -> Coordination:
     from cove.store.coordination import PgCoordination
 
     return PgCoordination(url, settings.lease_seconds)
+
+
+# The data dir's secrets every replica of one deployment must hold alike (copied from
+# the first replica's data dir before the others start; see docs/deployment.md).
+REPLICA_KEY_FILES = ("preview.key", "registry.key", "secrets.key", "object-storage.key",
+                     "ssh_host_ed25519_key")  # fmt: skip
+
+
+def shared_by_replicas(settings: Settings) -> bool:
+    """Whether the database may be shared by several API replicas (PostgreSQL): what
+    one replica issues (URL signing keys, early-expired preview tokens) is kept there."""
+    return (settings.database_url or "").startswith("postgresql")
 
 
 # ---------------------------------------------------------------------------------
@@ -197,7 +212,9 @@ def build_services(
     lifecycle.ops.started_hooks.append(Launcher(
         lambda sb: snapshots.get(sb.organization_id, sb.snapshot).image_config,
         lambda sb, user: _agent_as(toolbox, sb, user)))  # fmt: skip
-    signer = UrlSigner(FileKeyStore(settings.data_dir / "signing-keys"))
+    signer = UrlSigner(
+        SqlSigningKeyStore(engine, open_sealer(settings)) if shared_by_replicas(settings)
+        else FileKeyStore(settings.data_dir / "signing-keys"))  # fmt: skip
     lifecycle.ops.removed_hooks.append(lambda sb: _forget_key(signer, sb))
     lifecycle.ops.removed_hooks.append(partial(delete_followers, lifecycle))
     ssh = SshAccessService(SqlSshAccessStore(engine), store, enabled=bool(settings.ssh_port))
@@ -210,7 +227,8 @@ def build_services(
             settings=settings, snapshots=snapshots, builder=lifecycle.creator.builder,
             images=images, contexts=contexts,
         ),
-        previews=load_tokens(settings.data_dir), ssh=ssh, secrets=secrets, metrics=history,
+        previews=load_tokens(settings.data_dir, engine if shared_by_replicas(settings) else None),
+        ssh=ssh, secrets=secrets, metrics=history,
         warm_pools=warm_pools, coordination=coordination,
     )  # fmt: skip
 

@@ -6,6 +6,7 @@ a replica killed outright leaves the other serving, and its jobs move over."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,9 +20,11 @@ from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 from sqlalchemy import create_engine, text
 
 from cove.runner.oci.runtime import OciRuntime
+from cove.server import REPLICA_KEY_FILES
 from cove.testing_remote import RunnerProcess, make_pki
 from tests.backing import postgres, redis
 from tests.e2e.conftest import KEY, Server, running_server
+from tests.e2e.test_preview import PORT, serve_app
 from tests.leaks import assert_no_leaks
 from tests.nettools import FakeDns, sandbox_pool
 
@@ -71,7 +74,10 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, backing: tuple[str, str],
     """Replica A (started first: it runs the once-only jobs), then replica B."""
     env = _env(backing, runner)
     with running_server(tmp_path_factory.mktemp("cove-a"), 12, env) as a:
-        with running_server(tmp_path_factory.mktemp("cove-b"), 13, env) as b:
+        b_dir = tmp_path_factory.mktemp("cove-b")
+        for name in REPLICA_KEY_FILES:  # one deployment's secrets, as the operator copies them
+            shutil.copy2(a.data_dir / name, b_dir / name)
+        with running_server(b_dir, 13, env) as b:
             yield a, b
 
 
@@ -145,6 +151,31 @@ def test_the_sdk_on_one_replica_sees_changes_made_through_the_other(
         assert recorder_a.of(sb.id)[-4:] == [("started", "stopping"), ("stopping", "stopped"),
                                              ("stopped", "starting"), ("starting", "started")]
         assert sb.process.exec("echo again").result.strip() == "again"
+    finally:
+        client(b).delete(client(b).get(sb.id))
+
+
+def test_links_issued_through_one_replica_work_through_the_other(
+    replicas: tuple[Server, Server],
+) -> None:  # fmt: skip
+    a, b = replicas
+    sb = client(a).create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
+    try:
+        serve_app(sb)
+        link = sb.get_preview_link(PORT)
+        via_b = link.url.replace(a.url, b.url)
+        assert via_b != link.url
+        token = {"X-Daytona-Preview-Token": link.token}
+        assert httpx.get(f"{via_b}/p", headers=token).text == "path=/p"
+        signed = sb.create_signed_preview_url(PORT, expires_in_seconds=120)
+        signed_b = signed.url.replace(a.url, b.url)
+        assert signed_b != signed.url and httpx.get(f"{signed_b}/s").text == "path=/s"
+        sb.expire_signed_preview_url(PORT, signed.token)  # through A: B refuses it too
+        until(lambda: httpx.get(f"{signed_b}/s").status_code == 404, timeout=30)
+        sb.fs.upload_file(b"numbers\n", "/home/daytona/r.txt")
+        url = sb.download_url("/home/daytona/r.txt", ttl_seconds=60)  # A's signing key
+        assert url.startswith(a.url)
+        assert httpx.get(url.replace(a.url, b.url)).content == b"numbers\n"
     finally:
         client(b).delete(client(b).get(sb.id))
 

@@ -225,3 +225,21 @@ class LeaseRow(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     holder: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SigningKeyRow(Base):
+    """A sandbox's URL signing key, sealed (several API replicas share these)."""
+
+    __tablename__ = "signing_keys"
+
+    sandbox_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sealed: Mapped[str] = mapped_column(Text)
+
+
+class RevokedTokenRow(Base):
+    """A signed preview token expired early (kept until it would have expired)."""
+
+    __tablename__ = "revoked_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -1,4 +1,5 @@
-"""API replicas: leases (the once-only jobs' leader, each replica's liveness)
+"""API replicas: leases (the once-only jobs' leader, each replica's liveness), the
+sandboxes' URL signing keys and early-expired preview tokens in the database
 
 Revision ID: 0013
 Revises: 0012
@@ -24,5 +25,21 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "signing_keys",
+        sa.Column("sandbox_id", sa.String(length=64), primary_key=True),
+        sa.Column("sealed", sa.Text(), nullable=False),
+    )
+    op.create_table(
+        "revoked_tokens",
+        sa.Column("token_hash", sa.String(length=64), primary_key=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_revoked_tokens_expires_at", "revoked_tokens", ["expires_at"])
+
+
 def downgrade() -> None:
+    op.drop_index("ix_revoked_tokens_expires_at", table_name="revoked_tokens")
+    op.drop_table("revoked_tokens")
+    op.drop_table("signing_keys")
     op.drop_table("leases")
