@@ -45,6 +45,7 @@ from cove.runner import build_runtime
 from cove.runner.hostruntime import HostRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.storage.volumes import LocalVolumeFiles
+from cove.store.fingerprints import SqlFingerprints
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
 from cove.store.pools import SqlPoolStore
@@ -141,6 +142,23 @@ REPLICA_KEY_FILES = ("preview.key", "registry.key", "secrets.key", "object-stora
                      "ssh_host_ed25519_key")  # fmt: skip
 
 
+def check_replica_keys(settings: Settings, engine: Engine) -> None:
+    """On a shared database: the data dir's secrets must be those of the replicas
+    before (recorded by the first). Raises RuntimeError naming the file otherwise."""
+    # each made now if missing (as the first replica does), to be compared
+    load_tokens(settings.data_dir), open_sealer(settings), open_contexts(settings)
+    SecretBox.in_dir(settings.data_dir)
+    if settings.ssh_port:
+        load_ssh_host_key(settings.data_dir)
+    recorded = SqlFingerprints(engine)
+    for name in REPLICA_KEY_FILES:
+        path = settings.data_dir / name
+        if path.exists() and not recorded.matches(name, path.read_bytes()):
+            raise RuntimeError(
+                f"{path} differs from the other API replicas' (on this database): copy it "
+                "from the first replica's data dir (see docs/deployment.md)")
+
+
 def shared_by_replicas(settings: Settings) -> bool:
     """Whether the database may be shared by several API replicas (PostgreSQL): what
     one replica issues (URL signing keys, early-expired preview tokens) is kept there."""
@@ -169,6 +187,8 @@ def build_services(
     host runtime (tests). Prints the admin API key when it made one."""
     prepare_host_dirs(settings)
     engine = open_database(settings)
+    if shared_by_replicas(settings):  # before anything is sealed or signed
+        check_replica_keys(settings, engine)
     auth = AuthService(settings, SqlKeyStore(engine))
     key = auth.bootstrap()
     if key:
@@ -219,6 +239,7 @@ def build_services(
     lifecycle.ops.removed_hooks.append(partial(delete_followers, lifecycle))
     ssh = SshAccessService(SqlSshAccessStore(engine), store, enabled=bool(settings.ssh_port))
     lifecycle.ops.removed_hooks.append(lambda sb: _forget_ssh(ssh, sb))
+    previews = load_tokens(settings.data_dir, engine if shared_by_replicas(settings) else None)
     return Services(
         settings=settings, auth=auth, lifecycle=lifecycle, toolbox=toolbox, volumes=volumes,
         snapshots=snapshots, registries=registries, images=images, signer=signer,
@@ -227,8 +248,7 @@ def build_services(
             settings=settings, snapshots=snapshots, builder=lifecycle.creator.builder,
             images=images, contexts=contexts,
         ),
-        previews=load_tokens(settings.data_dir, engine if shared_by_replicas(settings) else None),
-        ssh=ssh, secrets=secrets, metrics=history,
+        previews=previews, ssh=ssh, secrets=secrets, metrics=history,
         warm_pools=warm_pools, coordination=coordination,
     )  # fmt: skip
 

@@ -242,3 +242,14 @@ def test_a_killed_replica_leaves_the_other_serving_and_its_jobs(
     finally:
         client(b).delete(client(b).get(kept.id))
         a.start()
+
+
+def test_a_replica_with_secrets_of_its_own_is_refused(
+    replicas: tuple[Server, Server], backing: tuple[str, str], runner: RunnerProcess,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """It could open nothing the others sealed, nor check what they signed."""
+    (tmp_path / "c").mkdir()
+    stranger = Server(tmp_path / "c", api_key=KEY, env=_env(backing, runner))
+    with pytest.raises(RuntimeError, match="differs from the other API replicas"):
+        stranger.start()

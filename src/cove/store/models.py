@@ -243,3 +243,13 @@ class RevokedTokenRow(Base):
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class KeyFingerprintRow(Base):
+    """A fingerprint of one of the data dir's secrets, as the first API replica had it:
+    every other replica must hold the same secret (never the secret itself)."""
+
+    __tablename__ = "key_fingerprints"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))

@@ -1,5 +1,6 @@
 """API replicas: leases (the once-only jobs' leader, each replica's liveness), the
-sandboxes' URL signing keys and early-expired preview tokens in the database
+sandboxes' URL signing keys, early-expired preview tokens, the fingerprints of the
+secrets every replica must share
 
 Revision ID: 0013
 Revises: 0012
@@ -36,9 +37,15 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_revoked_tokens_expires_at", "revoked_tokens", ["expires_at"])
+    op.create_table(
+        "key_fingerprints",
+        sa.Column("name", sa.String(length=64), primary_key=True),
+        sa.Column("fingerprint", sa.String(length=64), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("key_fingerprints")
     op.drop_index("ix_revoked_tokens_expires_at", table_name="revoked_tokens")
     op.drop_table("revoked_tokens")
     op.drop_table("signing_keys")
