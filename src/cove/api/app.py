@@ -75,8 +75,10 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         holder["services"] = app.state.services = services
         services.lifecycle.ops.recorder = telemetry
         coordination = services.coordination
-        # What another replica's operations are using is no one's leftover.
-        await reconcile(services.lifecycle, remove_orphans=alone(coordination))
+        # What another replica's operations are using is no one's leftover; and they
+        # may hold sandboxes long (the watch of the jobs' replica sees those later).
+        first = alone(coordination)
+        await reconcile(services.lifecycle, remove_orphans=first, wait=first)
         await restore_networks(services.lifecycle)
         gateway = SshGateway(services)
         if settings.ssh_port:

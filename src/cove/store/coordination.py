@@ -6,7 +6,10 @@
   it), and a replica that dies loses its connections, so its locks are released at
   once. Taking it polls ``pg_try_advisory_lock`` (the event loop never blocks on a
   lock another replica holds), and at most ``LOCK_CONNECTIONS`` operations hold
-  one at a time (more wait their turn in memory, never on the connection pool).
+  one at a time (more wait their turn in memory, never on the connection pool);
+  an operation that takes another sandbox's lock while it holds one (a delete
+  removing its linked sandboxes) does not wait for a turn, so they cannot all
+  wait on each other.
 - **Leases** (table ``leases``), renewed every third of ``COVE_LEASE_SECONDS`` and
   dated by the database's clock (the hosts' clocks may differ): ``jobs`` names
   the replica that runs timers, the reconciler and the warm-pool keeper;
@@ -18,6 +21,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hashlib
 import logging
 import time
@@ -31,6 +36,7 @@ from sqlalchemy.engine import make_url
 from cove.core.coordination import LockBusy
 
 log = logging.getLogger(__name__)
+_holding: contextvars.ContextVar[bool] = contextvars.ContextVar("holding", default=False)
 LOCK_CONNECTIONS = 32  # operations holding a sandbox's lock at once, per replica
 JOBS = "jobs"
 _TRY = text("SELECT pg_try_advisory_lock(:k)")
@@ -63,8 +69,10 @@ class PgCoordination:
 
     def __init__(self, url: str, lease_seconds: float) -> None:
         self.replica_id = uuid.uuid4().hex
+        # Overflow unbounded: the semaphore bounds the first lock of each operation,
+        # and a nested one must never wait (blocking) on the pool.
         self._engine = create_engine(make_url(url), pool_size=LOCK_CONNECTIONS,
-                                     max_overflow=2, pool_pre_ping=True)  # fmt: skip
+                                     max_overflow=-1, pool_pre_ping=True)  # fmt: skip
         self._slots = asyncio.Semaphore(LOCK_CONNECTIONS)
         self._ttl = lease_seconds
         self._leader_until = 0.0  # monotonic time until which ``jobs`` is surely ours
@@ -77,23 +85,33 @@ class PgCoordination:
 
     @asynccontextmanager
     async def _held(self, key: int, wait: bool) -> AsyncIterator[None]:
-        async with self._slots:
-            conn = self._engine.connect()
-            clean = False  # else the connection is closed: what it held is released
+        nested = _holding.get()
+        async with contextlib.nullcontext() if nested else self._slots:
+            token = _holding.set(True)  # tasks this operation starts inherit it
             try:
-                if not await self._take(conn, key, wait):
-                    clean = True
-                    raise LockBusy("another replica operates on the sandbox")
-                try:
+                async with self._connected(key, wait):
                     yield
-                finally:
-                    conn.execute(_UNLOCK, {"k": key})
-                    conn.commit()
-                    clean = True
             finally:
-                if not clean:
-                    conn.invalidate()
-                conn.close()
+                _holding.reset(token)
+
+    @asynccontextmanager
+    async def _connected(self, key: int, wait: bool) -> AsyncIterator[None]:
+        conn = self._engine.connect()
+        clean = False  # else the connection is closed: what it held is released
+        try:
+            if not await self._take(conn, key, wait):
+                clean = True
+                raise LockBusy("another replica operates on the sandbox")
+            try:
+                yield
+            finally:
+                conn.execute(_UNLOCK, {"k": key})
+                conn.commit()
+                clean = True
+        finally:
+            if not clean:
+                conn.invalidate()
+            conn.close()
 
     async def _take(self, conn: Connection, key: int, wait: bool) -> bool:
         delay = 0.005

@@ -100,3 +100,25 @@ async def test_a_clean_stop_hands_the_jobs_over_at_once(url: str) -> None:
         assert b.leader and b.alive() == {b.replica_id}
     finally:
         await b.close()
+
+
+async def test_nested_locks_never_wait_for_a_turn(url: str) -> None:
+    """Every turn taken by an operation that takes another sandbox's lock inside
+    (a delete removing its linked sandboxes) would deadlock if the inner lock waited."""
+    a = PgCoordination(url, 15)
+    a._slots = asyncio.Semaphore(2)  # noqa: SLF001 - two turns only
+    try:
+        async def outer(n: int) -> None:
+            async with a.sandbox_lock(f"outer-{n}"):
+                await asyncio.sleep(0.05)
+                inner = asyncio.ensure_future(_inner(a, n))  # as ops.spawn does
+                await inner
+
+        await asyncio.wait_for(asyncio.gather(*(outer(n) for n in range(4))), 30)
+    finally:
+        await a.close()
+
+
+async def _inner(a: PgCoordination, n: int) -> None:
+    async with a.sandbox_lock(f"inner-{n}"):
+        pass
