@@ -5,7 +5,8 @@ Catch :class:`CoveError` to catch everything Cove raises on purpose::
     CoveError
      ├── BadRequest            input that can never succeed (400)
      │    └── QuotaExceeded    resources above the per-sandbox limits (400)
-     ├── Unauthorized          missing or wrong API key (401)
+     ├── Unauthorized          missing, wrong or expired API key (401)
+     ├── Forbidden             a key without the permission the call needs (403)
      ├── NotFound              no such sandbox (in the caller's organization) (404)
      ├── Conflict              a name that is already taken (409)
      ├── PayloadTooLarge       a request body above the limit (413)
@@ -50,6 +51,11 @@ class QuotaExceeded(BadRequest):
 class Unauthorized(CoveError):
     status_code = 401
     code = "UNAUTHORIZED"
+
+
+class Forbidden(CoveError):
+    status_code = 403
+    code = "FORBIDDEN"
 
 
 class NotFound(CoveError):
@@ -118,6 +124,7 @@ __all__ = [
     "ClientGone",
     "Conflict",
     "CoveError",
+    "Forbidden",
     "InvalidState",
     "NotFound",
     "PayloadTooLarge",

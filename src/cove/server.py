@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from cove.core.agent_client import AgentClient
+from cove.core.api_keys import ApiKeyService
 from cove.core.auth import AuthService
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
@@ -28,6 +29,7 @@ from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
 from cove.core.links import delete_followers
 from cove.core.metrics_history import MetricsHistory
+from cove.core.organizations import OrganizationService
 from cove.core.ports import EventSink, Runner
 from cove.core.previews import PreviewTokens
 from cove.core.registries import RegistryService
@@ -80,6 +82,8 @@ class Services:
     secrets: SecretService
     metrics: MetricsHistory  # the sampled history of started sandboxes' metrics
     warm_pools: WarmPoolService  # the organizations' warm pools (the keeper: lifecycle.pool)
+    api_keys: ApiKeyService  # /api/api-keys
+    organizations: OrganizationService  # /api/organizations
     # Per-sandbox locks across API replicas and the once-only jobs' lease.
     coordination: Coordination = field(default_factory=LocalCoordination)
     # Preview tokens, under the secret kept in the data dir.
@@ -249,7 +253,8 @@ def build_services(
             images=images, contexts=contexts,
         ),
         previews=previews, ssh=ssh, secrets=secrets, metrics=history,
-        warm_pools=warm_pools, coordination=coordination,
+        warm_pools=warm_pools, api_keys=ApiKeyService(auth),
+        organizations=OrganizationService(auth.keys), coordination=coordination,
     )  # fmt: skip
 
 

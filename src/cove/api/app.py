@@ -19,10 +19,12 @@ from cove.api.observe import Observe
 from cove.api.params import single_query_values
 from cove.api.preview import PreviewProxy
 from cove.api.routes import (
+    api_keys,
     config,
     docker_registry,
     health,
     object_storage,
+    organizations,
     previews,
     sandbox_extras,
     sandbox_network,
@@ -91,6 +93,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
             asyncio.create_task(services.metrics.run()),
             asyncio.create_task(services.lifecycle.keep_pools()),
             asyncio.create_task(services.lifecycle.ops.activity.run()),
+            asyncio.create_task(services.auth.usage.run()),
         ]
         yield
         for task in background:
@@ -98,6 +101,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         await gateway.close()
         await services.lifecycle.drain()
         services.lifecycle.ops.activity.flush()
+        services.auth.usage.flush()
         await coordination.close()
         await services.toolbox.links.close()
 
@@ -110,6 +114,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     api.include_router(health.router, prefix="/api")
     api.include_router(config.router, prefix="/api")
     api.include_router(secrets.router, prefix="/api")
+    api.include_router(api_keys.router, prefix="/api")
+    api.include_router(organizations.router, prefix="/api")
     api.include_router(sandbox_extras.router, prefix="/api")
     api.include_router(signed_files.router, prefix="/api")  # before /{id}/{kind}/{minutes}
     api.include_router(ssh_access.router, prefix="/api")  # before /{id}
