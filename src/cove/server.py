@@ -23,6 +23,7 @@ from cove.core.api_keys import ApiKeyService
 from cove.core.auth import AuthService
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
+from cove.core.coordination import Coordination, LocalCoordination, alone
 from cove.core.entrypoint import Launcher
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
@@ -46,14 +47,16 @@ from cove.runner import build_runtime
 from cove.runner.hostruntime import HostRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.storage.volumes import LocalVolumeFiles
+from cove.store.fingerprints import SqlFingerprints
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
 from cove.store.pools import SqlPoolStore
 from cove.store.registries import SqlRegistryStore
+from cove.store.revocations import SqlRevocations
 from cove.store.sealing import KEY_BYTES, AesGcmSealer
 from cove.store.secretbox import SecretBox
 from cove.store.secrets import SqlSecretStore
-from cove.store.signing_keys import FileKeyStore
+from cove.store.signing_keys import FileKeyStore, SqlSigningKeyStore
 from cove.store.snapshots import SqlSnapshotStore
 from cove.store.sql import SqlSandboxStore, make_engine
 from cove.store.ssh_access import SqlSshAccessStore
@@ -81,6 +84,8 @@ class Services:
     warm_pools: WarmPoolService  # the organizations' warm pools (the keeper: lifecycle.pool)
     api_keys: ApiKeyService  # /api/api-keys
     organizations: OrganizationService  # /api/organizations
+    # Per-sandbox locks across API replicas and the once-only jobs' lease.
+    coordination: Coordination = field(default_factory=LocalCoordination)
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -92,9 +97,11 @@ def open_database(settings: Settings) -> Engine:
     return engine
 
 
-def load_tokens(data_dir: Path) -> PreviewTokens:
-    """Preview tokens under the server's secret (made once, kept in the data dir)."""
-    return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)))
+def load_tokens(data_dir: Path, shared: Engine | None = None) -> PreviewTokens:
+    """Preview tokens under the server's secret (made once, kept in the data dir);
+    early expiries kept in the ``shared`` database (several replicas), else in memory."""
+    return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)),
+                         SqlRevocations(shared) if shared is not None else None)  # fmt: skip
 
 
 def open_sealer(settings: Settings) -> AesGcmSealer:
@@ -119,6 +126,52 @@ def load_ssh_host_key(data_dir: Path) -> bytes:
     return secret_file(data_dir / "ssh_host_ed25519_key", make)
 
 
+# ---- several API replicas (docs/deployment.md) ----------------------------------
+
+
+def open_coordination(settings: Settings) -> Coordination:
+    """Advisory locks and leases on PostgreSQL (several replicas may share it); one
+    host's in-process locks on SQLite."""
+    url = settings.database_url or ""
+    if not url.startswith("postgresql"):
+        return LocalCoordination()
+    from cove.store.coordination import PgCoordination
+
+    return PgCoordination(url, settings.lease_seconds)
+
+
+# The data dir's secrets every replica of one deployment must hold alike (copied from
+# the first replica's data dir before the others start; see docs/deployment.md).
+REPLICA_KEY_FILES = ("preview.key", "registry.key", "secrets.key", "object-storage.key",
+                     "ssh_host_ed25519_key")  # fmt: skip
+
+
+def check_replica_keys(settings: Settings, engine: Engine) -> None:
+    """On a shared database: the data dir's secrets must be those of the replicas
+    before (recorded by the first). Raises RuntimeError naming the file otherwise."""
+    # each made now if missing (as the first replica does), to be compared
+    load_tokens(settings.data_dir), open_sealer(settings), open_contexts(settings)
+    SecretBox.in_dir(settings.data_dir)
+    if settings.ssh_port:
+        load_ssh_host_key(settings.data_dir)
+    recorded = SqlFingerprints(engine)
+    for name in REPLICA_KEY_FILES:
+        path = settings.data_dir / name
+        if path.exists() and not recorded.matches(name, path.read_bytes()):
+            raise RuntimeError(
+                f"{path} differs from the other API replicas' (on this database): copy it "
+                "from the first replica's data dir (see docs/deployment.md)")
+
+
+def shared_by_replicas(settings: Settings) -> bool:
+    """Whether the database may be shared by several API replicas (PostgreSQL): what
+    one replica issues (URL signing keys, early-expired preview tokens) is kept there."""
+    return (settings.database_url or "").startswith("postgresql")
+
+
+# ---------------------------------------------------------------------------------
+
+
 def open_runner(settings: Settings, host: HostRuntime | None = None) -> Runner:
     """The runner ``settings`` name: a ``cove runner`` at COVE_RUNNER_URL (over mutual
     TLS), else this host's (``host``, or the configured runtime)."""
@@ -138,11 +191,15 @@ def build_services(
     host runtime (tests). Prints the admin API key when it made one."""
     prepare_host_dirs(settings)
     engine = open_database(settings)
+    if shared_by_replicas(settings):  # before anything is sealed or signed
+        check_replica_keys(settings, engine)
     auth = AuthService(settings, SqlKeyStore(engine))
     key = auth.bootstrap()
     if key:
         print(f"Cove created an admin API key (shown only once): {key}", flush=True)  # noqa: T201
     runner = open_runner(settings, host)
+    coordination = open_coordination(settings)
+    coordination.renew()  # announced before it judges what others left
     store = SqlSandboxStore(engine)
     volumes = VolumeService(
         store=SqlVolumeStore(engine), files=LocalVolumeFiles(settings.data_dir), sandboxes=store
@@ -151,7 +208,8 @@ def build_services(
         store=SqlSnapshotStore(engine), runner=runner, sandboxes=store,
         default_name=settings.default_snapshot, public=settings.public_snapshots,
     )  # fmt: skip
-    snapshots.fail_interrupted()
+    if alone(coordination):  # else another replica's pulls and builds may be under way
+        snapshots.fail_interrupted()
     registries = RegistryService(SqlRegistryStore(engine), open_sealer(settings))
     registries.seal_plain()
     images = ImageService(snapshots=snapshots, registries=registries, runner=runner,
@@ -162,6 +220,7 @@ def build_services(
         snapshots=snapshots, images=images,
     )  # fmt: skip
     lifecycle.creator.use_contexts(contexts)
+    lifecycle.ops.coordination = coordination
     pool_store = SqlPoolStore(engine)
     warm_pools = WarmPoolService(
         settings=settings, keeper=lifecycle.use_pools(pool_store), store=pool_store,
@@ -177,11 +236,14 @@ def build_services(
     lifecycle.ops.started_hooks.append(Launcher(
         lambda sb: snapshots.get(sb.organization_id, sb.snapshot).image_config,
         lambda sb, user: _agent_as(toolbox, sb, user)))  # fmt: skip
-    signer = UrlSigner(FileKeyStore(settings.data_dir / "signing-keys"))
+    signer = UrlSigner(
+        SqlSigningKeyStore(engine, open_sealer(settings)) if shared_by_replicas(settings)
+        else FileKeyStore(settings.data_dir / "signing-keys"))  # fmt: skip
     lifecycle.ops.removed_hooks.append(lambda sb: _forget_key(signer, sb))
     lifecycle.ops.removed_hooks.append(partial(delete_followers, lifecycle))
     ssh = SshAccessService(SqlSshAccessStore(engine), store, enabled=bool(settings.ssh_port))
     lifecycle.ops.removed_hooks.append(lambda sb: _forget_ssh(ssh, sb))
+    previews = load_tokens(settings.data_dir, engine if shared_by_replicas(settings) else None)
     return Services(
         settings=settings, auth=auth, lifecycle=lifecycle, toolbox=toolbox, volumes=volumes,
         snapshots=snapshots, registries=registries, images=images, signer=signer,
@@ -190,9 +252,9 @@ def build_services(
             settings=settings, snapshots=snapshots, builder=lifecycle.creator.builder,
             images=images, contexts=contexts,
         ),
-        previews=load_tokens(settings.data_dir), ssh=ssh, secrets=secrets, metrics=history,
+        previews=previews, ssh=ssh, secrets=secrets, metrics=history,
         warm_pools=warm_pools, api_keys=ApiKeyService(auth),
-        organizations=OrganizationService(auth.keys),
+        organizations=OrganizationService(auth.keys), coordination=coordination,
     )  # fmt: skip
 
 

@@ -69,7 +69,8 @@ def test_the_sdk_uses_sandboxes_on_a_remote_runner(api: Server, runner: RunnerPr
         serve_app(sb)
         link = sb.get_preview_link(PORT)
         headers = {"X-Daytona-Preview-Token": link.token}
-        assert httpx.get(f"{link.url}/a?x=1", headers=headers).text == "path=/a?x=1"
+        for _ in range(3):  # over one kept-alive stream of the runner, each time
+            assert httpx.get(f"{link.url}/a?x=1", headers=headers).text == "path=/a?x=1"
         assert httpx.get(f"{link.url}/a").status_code == 401
         with connect(link.url.replace("http://", "ws://") + "/ws",
                      additional_headers=headers) as ws:  # fmt: skip

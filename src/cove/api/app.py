@@ -51,6 +51,7 @@ from cove.api.routes import (
 from cove.api.ssh import SshGateway
 from cove.api.wsauth import SubprotocolBearer
 from cove.core.config import Settings
+from cove.core.coordination import alone
 from cove.core.reconcile import reconcile, restore_networks, watch
 from cove.core.timers import run_timers
 from cove.schemas.limits import MAX_BODY
@@ -68,20 +69,26 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     logs.install()
     holder: dict[str, Services] = {}
     telemetry = metrics.Telemetry(lambda: holder.get("services"))
-    events = SocketEvents(settings.toolbox_proxy_url, lambda: holder["services"].auth)
+    events = SocketEvents(settings.toolbox_proxy_url, lambda: holder["services"].auth,
+                          settings.events_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings, events, runtime)
         holder["services"] = app.state.services = services
         services.lifecycle.ops.recorder = telemetry
-        await reconcile(services.lifecycle)
+        coordination = services.coordination
+        # What another replica's operations are using is no one's leftover; and they
+        # may hold sandboxes long (the watch of the jobs' replica sees those later).
+        first = alone(coordination)
+        await reconcile(services.lifecycle, remove_orphans=first, wait=first)
         await restore_networks(services.lifecycle)
         gateway = SshGateway(services)
         if settings.ssh_port:
             key = load_ssh_host_key(settings.data_dir)
             await gateway.start(settings.host, settings.ssh_port, key)
         background = [
+            asyncio.create_task(coordination.run()),
             asyncio.create_task(watch(services.lifecycle, interval=settings.watch_seconds)),
             asyncio.create_task(run_timers(services.lifecycle, settings.minute_seconds)),
             asyncio.create_task(services.metrics.run()),
@@ -96,6 +103,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         await services.lifecycle.drain()
         services.lifecycle.ops.activity.flush()
         services.auth.usage.flush()
+        await coordination.close()
         await services.toolbox.links.close()
 
     api = FastAPI(title="Cove", version="0.1.0", lifespan=lifespan, docs_url=None,

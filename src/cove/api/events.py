@@ -1,5 +1,9 @@
 """Socket.IO: pushes sandbox events to every connection of the owning organization.
 
+Several API replicas share their events through Redis (``COVE_EVENTS_URL``):
+a replica publishes each event there and every replica emits it to its own
+connections of the organization's room.
+
 The SDK never subscribes: it connects with ``{"token": <key>}`` in the CONNECT
 packet and expects the server to push ``sandbox.created`` and
 ``sandbox.state.updated`` for all sandboxes of its organization.
@@ -28,9 +32,14 @@ def _room(organization_id: str) -> str:
 class SocketEvents:
     """Implements :class:`cove.core.ports.EventSink` over a Socket.IO server."""
 
-    def __init__(self, toolbox_proxy_url: str, auth: Callable[[], AuthService]) -> None:
+    def __init__(self, toolbox_proxy_url: str, auth: Callable[[], AuthService],
+                 url: str | None = None) -> None:  # fmt: skip
+        # With ``url`` (COVE_EVENTS_URL, a Redis), an event reaches the clients of every
+        # replica publishing through it; else those of this process only.
+        manager = socketio.AsyncRedisManager(url) if url else None
         self.server = socketio.AsyncServer(
-            async_mode="asgi", cors_allowed_origins="*", logger=False, engineio_logger=False
+            async_mode="asgi", cors_allowed_origins="*", logger=False, engineio_logger=False,
+            client_manager=manager,
         )
         self._toolbox_proxy_url = toolbox_proxy_url
         self._auth = auth

@@ -172,8 +172,13 @@ class PreviewProxy:
             self._streams = stream_client(self._services().lifecycle.runner)
         client = self._client if direct else self._streams
         headers = upstream_headers(scope, route)
+        # A request without a body is sent without one: a streamed body would go as
+        # "Transfer-Encoding: chunked", whose end a server that expects no body (GET)
+        # leaves unread on a connection the pool then reuses.
+        bodied = header(scope, "content-length") not in (None, "0") or header(
+            scope, "transfer-encoding") is not None  # fmt: skip
         request = client.build_request(
-            scope["method"], url, headers=headers, content=_body(receive)
+            scope["method"], url, headers=headers, content=_body(receive) if bodied else None
         )
         try:
             upstream = await client.send(request, stream=True)

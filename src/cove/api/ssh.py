@@ -14,6 +14,7 @@ once, and a connection at most ``MAX_SESSIONS`` sessions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 
@@ -26,6 +27,7 @@ from cove.server import Services
 log = logging.getLogger("cove.ssh")
 MAX_CONNECTIONS = 10  # open at once with one token
 MAX_SESSIONS = 10  # channels open at once in one connection
+SWEEP_SECONDS = 2.0  # a grant revoked through another API replica closes its connections here
 
 
 class SshGateway:
@@ -34,6 +36,7 @@ class SshGateway:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._connections: dict[str, set[asyncssh.SSHServerConnection]] = defaultdict(set)
         services.ssh.revoked_hooks.append(self.disconnect)
 
@@ -48,6 +51,16 @@ class SshGateway:
         except OSError as exc:
             raise OSError(exc.errno, f"the SSH gateway cannot listen on {host}:{port} "
                           f"({exc.strerror}); set COVE_SSH_PORT (0 turns it off)") from exc
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close the connections of grants revoked through another replica."""
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                self.services.ssh.sweep(list(self._connections))
+            except Exception:  # noqa: BLE001 - the sweeper must outlive a failure
+                log.exception("checking SSH grants failed")
 
     async def _listen(self, host: str, port: int, host_key: bytes) -> asyncssh.SSHAcceptor:
         return await asyncssh.listen(
@@ -61,6 +74,8 @@ class SshGateway:
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._acceptor is not None:
             self._acceptor.close()
             await self._acceptor.wait_closed()

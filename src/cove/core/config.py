@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     runner_ca: Path | None = None
     runner_cert: Path | None = None
     runner_key: Path | None = None
+    # Several API replicas (on PostgreSQL): a Redis URL (redis://host:6379/0) through
+    # which every replica's Socket.IO clients get the events of the others; unset: in
+    # this process only. A lease (the once-only jobs', a replica's liveness) lasts
+    # this long without renewal: a dead replica's jobs move to another within it.
+    events_url: str | None = None
+    lease_seconds: float = Field(default=15.0, ge=1, le=600)
 
     @field_validator("public_snapshots", "insecure_registries", "allowed_registries",
                      mode="before")

@@ -352,6 +352,23 @@ class LifecycleService:
         """Record user activity (resets the auto-stop timer)."""
         self.ops.touch(self.get(organization_id, id_or_name))
 
+    async def act_if(self, sandbox_id: str, action: str, check: Callable[[Sandbox], bool]
+                     ) -> Sandbox | None:  # fmt: skip
+        """Run ``action`` (stop, pause, archive or delete) on the sandbox if ``check``
+        accepts its record as read under its lock; None when it did not."""
+        inner: dict[str, Callable[[str], Awaitable[Sandbox]]] = {
+            "stop": lambda sandbox_id: self._stop(sandbox_id, force=False),
+            "pause": self._pause, "archive": self._archive, "delete": self._destroy,
+        }  # fmt: skip
+
+        async def checked() -> Sandbox | None:
+            if not check(self.store.get_by_id(sandbox_id)):
+                return None
+            with timed(self.ops.recorder, action):
+                return await inner[action](sandbox_id)
+
+        return await self.ops.run(sandbox_id, checked)
+
     # ---- plumbing ------------------------------------------------------
 
     async def _on(

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from cove.core import validation
 from cove.core.activity import ActivityLog
+from cove.core.coordination import Coordination, LocalCoordination, LockBusy
 from cove.core.ports import ContainerSpec, EventSink, NetworkPolicy, Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState, transition
 from cove.core.telemetry import NoRecorder, Recorder
@@ -88,18 +89,31 @@ class SandboxOps:
         # Awaited after a sandbox's record is gone (its keys, its linked sandboxes).
         self.removed_hooks: list[Callable[[Sandbox], Awaitable[None]]] = []
         self.recorder: Recorder = NoRecorder()  # lifecycle operations' durations
+        # The sandbox's lock across API replicas (one host: the in-process lock alone).
+        self.coordination: Coordination = LocalCoordination()
 
     # ---- serialization -------------------------------------------------
 
-    async def run(self, sandbox_id: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op`` under the sandbox's lock in a task the caller cannot cancel."""
-        return await asyncio.shield(self.spawn(sandbox_id, op))
+    async def run(self, sandbox_id: str, op: Callable[[], Awaitable[T]], *,
+                  wait: bool = True) -> T:  # fmt: skip
+        """Run ``op`` under the sandbox's lock in a task the caller cannot cancel.
 
-    def spawn(self, sandbox_id: str, op: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
-        """Start ``op`` under the sandbox's lock in a task the service owns."""
+        Raises:
+            LockBusy: ``wait`` is False and an operation holds the lock (here or on
+                another replica).
+        """
+        return await asyncio.shield(self.spawn(sandbox_id, op, wait=wait))
+
+    def spawn(self, sandbox_id: str, op: Callable[[], Awaitable[T]], *,
+              wait: bool = True) -> asyncio.Future[T]:  # fmt: skip
+        """Start ``op`` under the sandbox's lock (in-process, then across replicas)
+        in a task the service owns."""
 
         async def locked() -> T:
-            async with self._locks.setdefault(sandbox_id, asyncio.Lock()):
+            lock = self._locks.setdefault(sandbox_id, asyncio.Lock())
+            if not wait and lock.locked():
+                raise LockBusy(f"sandbox {sandbox_id} is busy")
+            async with lock, self.coordination.sandbox_lock(sandbox_id, wait=wait):
                 return await op()
 
         task = asyncio.ensure_future(locked())

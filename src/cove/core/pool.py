@@ -169,7 +169,8 @@ class PoolKeeper:
         while True:
             self._wake.clear()
             try:
-                await self.keep()
+                if self.ops.coordination.leader:  # one replica keeps the pools
+                    await self.keep()
             except Exception:  # noqa: BLE001 - the keeper must outlive any one failure
                 log.exception("keeping the warm pools failed")
             try:
@@ -182,9 +183,10 @@ class PoolKeeper:
         (one sandbox at a time; a pool whose boot fails waits for the next round)."""
         pools = {p.id: p for p in self.pools()}
         kept: dict[str, list[Sandbox]] = {}
+        alive = self.ops.coordination.alive()
         for sb in self.store.unowned():
-            if sb.warm_pool_id in self._claims:
-                continue  # a claim or discard of this server run is on it
+            if sb.warm_pool_id in self._claims or _holder(sb.warm_pool_id) in alive:
+                continue  # a claim or discard of this server run (or a live replica) is on it
             pool = pools.get(sb.warm_pool_id or "")
             if pool is None or sb.state not in (S.STARTED, S.CREATING):
                 await self._discard(sb)
@@ -255,7 +257,7 @@ class PoolKeeper:
 
     async def _discard(self, sandbox: Sandbox) -> None:
         """Destroy a pooled sandbox, once taken from under any claim."""
-        token = _token("discard")
+        token = self._token("discard")
         self._claims.add(token)
         try:
             taken = self.store.take(token, pool_id=sandbox.warm_pool_id or "",
@@ -298,7 +300,7 @@ class PoolKeeper:
         pools = sorted((p for p in self.pools() if p.serves(wanted)),
                        key=lambda p: p.organization_id == "")  # its own first  # fmt: skip
         for pool in pools:
-            token = _token("claim")
+            token = self._token("claim")
             self._claims.add(token)
             try:
                 taken = self.store.take(token, pool_id=pool.id)
@@ -350,5 +352,12 @@ class PoolKeeper:
         return sandbox
 
 
-def _token(kind: str) -> str:
-    return f"{kind}:{uuid.uuid4().hex}"
+    def _token(self, kind: str) -> str:
+        """A new claim's token, naming the replica whose claim it is."""
+        return f"{kind}:{self.ops.coordination.replica_id}:{uuid.uuid4().hex}"
+
+
+def _holder(warm_pool_id: str | None) -> str | None:
+    """The replica whose claim or discard token ``warm_pool_id`` is (None: a pool's id)."""
+    kind, _, rest = (warm_pool_id or "").partition(":")
+    return rest.partition(":")[0] if kind in ("claim", "discard") else None

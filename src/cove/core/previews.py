@@ -20,10 +20,13 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cove.errors import BadRequest
 
+REVOKED_SECONDS = 1.0  # another replica's early expiry is seen within this
 MAX_SIGNED_SECONDS = 24 * 3600
 DEFAULT_SIGNED_SECONDS = 60
 
@@ -37,13 +40,27 @@ class Signed:
     expires: int
 
 
-class PreviewTokens:
-    """Issues and checks preview tokens under ``secret``."""
+class Revocations(Protocol):
+    """Signed tokens expired early, shared by several API replicas (by hash)."""
 
-    def __init__(self, secret: bytes) -> None:
+    def add(self, token_hash: str, expires: int) -> None: ...
+
+    def has(self, token_hash: str) -> bool: ...
+
+
+class PreviewTokens:
+    """Issues and checks preview tokens under ``secret``; with ``revocations``, a
+    token expired early through another replica stops working here within
+    ``REVOKED_SECONDS``."""
+
+    def __init__(self, secret: bytes, revocations: Revocations | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self._secret = secret
         self._revoked: dict[str, int] = {}  # signed token -> its expiry
         self._lock = threading.Lock()
+        self.revocations = revocations
+        self._clock = clock
+        self._shared: dict[str, tuple[bool, float]] = {}  # token -> (revoked, until)
 
     def token(self, sandbox_id: str) -> str:
         """The preview token of a sandbox (same for every port)."""
@@ -82,7 +99,23 @@ class PreviewTokens:
         with self._lock:
             if expires <= (now or time.time()) or token in self._revoked:
                 return None
+        if self._revoked_elsewhere(token):
+            return None
         return Signed(str(uuid.UUID(bytes=body[:16])), port, expires)
+
+    def _revoked_elsewhere(self, token: str) -> bool:
+        """Whether another replica expired ``token`` (asked at most once a second)."""
+        if self.revocations is None:
+            return False
+        now = self._clock()
+        known = self._shared.get(token)
+        if known is not None and now < known[1]:
+            return known[0]
+        revoked = self.revocations.has(_digest(token))
+        if len(self._shared) >= 10_000:
+            self._shared.clear()
+        self._shared[token] = (revoked, now + REVOKED_SECONDS)
+        return revoked
 
     def expire(self, sandbox_id: str, port: int, token: str) -> None:
         """Make a signed token invalid now (no error when it is already)."""
@@ -93,6 +126,12 @@ class PreviewTokens:
         with self._lock:
             self._revoked = {t: e for t, e in self._revoked.items() if e > now}
             self._revoked[token] = grant.expires
+        if self.revocations is not None:
+            self.revocations.add(_digest(token), grant.expires)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def check_port(port: int) -> None:

@@ -12,17 +12,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from datetime import timedelta
 from functools import partial
 
+from cove.core.coordination import LockBusy
 from cove.core.lifecycle import LifecycleService
 from cove.core.ops import container_spec
 from cove.core.ports import ContainerStatus
-from cove.core.sandbox import Sandbox, SandboxState
+from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.errors import CoveError, NotFound
 
 S = SandboxState
 C = ContainerStatus
 log = logging.getLogger(__name__)
+
+# A record a create (or build) has just written, before it holds the sandbox's lock:
+# the periodic watch leaves it alone this long.
+_BEGUN = frozenset({S.CREATING, S.PENDING_BUILD, S.PULLING_SNAPSHOT, S.BUILDING_SNAPSHOT})
+_BEGIN = timedelta(seconds=60)
 
 # Where a sandbox whose host status is known ends up, by recorded state.
 _AT_REST: dict[ContainerStatus, SandboxState] = {
@@ -33,7 +40,8 @@ _AT_REST: dict[ContainerStatus, SandboxState] = {
 }
 
 
-async def reconcile(service: LifecycleService, *, remove_orphans: bool = True) -> None:
+async def reconcile(service: LifecycleService, *, remove_orphans: bool = True,
+                    wait: bool = True) -> None:  # fmt: skip
     """Reconcile every sandbox record with the host.
 
     Args:
@@ -42,6 +50,7 @@ async def reconcile(service: LifecycleService, *, remove_orphans: bool = True) -
             server process was running left (half-written archives, capture mounts
             and work dirs), remove sandboxes no record names (build sandboxes
             among them), and archive again the sandboxes whose archive it interrupted.
+        wait: wait for operations under way (else skip their sandboxes this time).
     """
     sandboxes = service.store.all()
     if remove_orphans:
@@ -54,7 +63,9 @@ async def reconcile(service: LifecycleService, *, remove_orphans: bool = True) -
             interrupted.append(sandbox)
         one = partial(_reconcile_one, service, sandbox.id, tidy=remove_orphans)
         try:
-            await service.ops.run(sandbox.id, one)
+            await service.ops.run(sandbox.id, one, wait=wait)
+        except LockBusy:  # an operation (here or on another replica) holds it
+            log.debug("sandbox %s is busy: reconciled next time", sandbox.id)
         except NotFound:  # deleted since the list was read: an expected race
             log.debug("sandbox %s was deleted while reconciling", sandbox.id)
         except CoveError as exc:
@@ -87,6 +98,8 @@ async def _reconcile_one(service: LifecycleService, sandbox_id: str, *, tidy: bo
                          ) -> None:  # fmt: skip
     sandbox = service.store.get_by_id(sandbox_id)
     runner = service.runner
+    if not tidy and sandbox.state in _BEGUN and utcnow() - sandbox.state_changed_at < _BEGIN:
+        return  # just recorded: its creator (maybe another replica) takes its lock next
     if sandbox.state is S.DESTROYING:
         await service.ops.remove(sandbox)  # (under its lock already)
         return
@@ -156,10 +169,13 @@ async def restore_networks(service: LifecycleService) -> None:
 
 async def watch(service: LifecycleService, *, interval: float = 5.0) -> None:
     """Reconcile every ``interval`` seconds while the server runs, so a sandbox
-    whose container dies (say its init was OOM-killed) is reported within seconds."""
+    whose container dies (say its init was OOM-killed) is reported within seconds.
+    Sandboxes an operation holds are left for the next round; with several API
+    replicas, only the one running the once-only jobs watches."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await reconcile(service, remove_orphans=False)
+            if service.ops.coordination.leader:
+                await reconcile(service, remove_orphans=False, wait=False)
         except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
             log.exception("periodic reconciliation failed")

@@ -12,7 +12,7 @@ import hashlib
 import secrets
 import string
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -51,6 +51,10 @@ class SshAccessStore(Protocol):
         ...
 
     def find(self, token_hash: str) -> SshAccess | None: ...
+
+    def existing(self, ids: Collection[str]) -> set[str]:
+        """Which of the grants ``ids`` are still kept (not revoked, the sandbox not gone)."""
+        ...
 
 
 def hash_token(token: str) -> str:
@@ -136,6 +140,12 @@ class SshAccessService:
         if sandbox.organization_id != access.organization_id:
             raise NotFound(f"Sandbox with ID {access.sandbox_id} not found")
         return sandbox
+
+    def sweep(self, ids: Collection[str]) -> None:
+        """Tell the hooks which of the grants ``ids`` were revoked elsewhere (through
+        another API replica): their connections here are closed too."""
+        if ids:
+            self._revoked(sorted(set(ids) - self._store.existing(ids)))
 
     def _revoked(self, ids: list[str]) -> None:
         if ids:

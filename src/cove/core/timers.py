@@ -16,6 +16,10 @@ Auto-pause counts inactivity as auto-stop does (at most one of them is non-zero)
 The TTL (``auto_destroy_at``) is a wall-clock time: the sandbox is deleted then
 whatever its state (started, paused, stopped, archived, failed), except while an
 operation is under way on it (the next tick after it ends).
+
+Several API replicas: only the one holding the jobs' lease runs the timers, and a
+timer is checked again under the sandbox's lock (held across replicas) before it
+fires, so it fires once even while the lease changes hands.
 """
 
 from __future__ import annotations
@@ -78,10 +82,9 @@ async def fire_due(service: LifecycleService, minute: float) -> list[tuple[str, 
         action = due(sandbox, now, minute)
         if action is None:
             continue
-        log.info("timer: %s sandbox %s", action, sandbox.id)
         try:
-            await _perform(service, sandbox, action)
-            done.append((sandbox.id, action))
+            if await _perform(service, sandbox, action, minute):
+                done.append((sandbox.id, action))
         except NotFound:  # deleted meanwhile: nothing left to do
             log.debug("timer %s: sandbox %s is gone", action, sandbox.id)
         except CoveError as exc:  # e.g. it changed state meanwhile
@@ -89,23 +92,25 @@ async def fire_due(service: LifecycleService, minute: float) -> list[tuple[str, 
     return done
 
 
-async def _perform(service: LifecycleService, sandbox: Sandbox, action: Action) -> None:
-    org = sandbox.organization_id
-    if action is Action.STOP:
-        await service.stop(org, sandbox.id)
-    elif action is Action.PAUSE:
-        await service.pause(org, sandbox.id)
-    elif action is Action.ARCHIVE:
-        await service.archive(org, sandbox.id)
-    else:
-        await service.destroy(org, sandbox.id)
+async def _perform(service: LifecycleService, sandbox: Sandbox, action: Action,
+                   minute: float) -> bool:  # fmt: skip
+    """Carry out ``action`` if it is still due once the sandbox's lock is held (an
+    operation, or another replica's timer, may have changed it meanwhile)."""
+
+    def still_due(current: Sandbox) -> bool:
+        return due(current, utcnow(), minute) is action
+
+    log.info("timer: %s sandbox %s", action, sandbox.id)
+    return await service.act_if(sandbox.id, str(action), still_due) is not None
 
 
 async def run_timers(service: LifecycleService, minute: float) -> None:
-    """Fire due timers every second until cancelled."""
+    """Fire due timers every second until cancelled (on the replica that runs the
+    once-only jobs: see :mod:`cove.core.coordination`)."""
     while True:
         try:
-            await fire_due(service, minute)
+            if service.ops.coordination.leader:
+                await fire_due(service, minute)
         except Exception:  # noqa: BLE001 - the timers must outlive any one failure
             log.exception("lifecycle timers failed")
         await asyncio.sleep(TICK_SECONDS)

@@ -11,7 +11,8 @@ back only itself.
 
 A call finds its sandbox in memory when it can (:class:`RecordCache`): the
 record read last time is used again while the store has not changed it since,
-for at most ``RECORD_SECONDS`` (a change made by another process).
+for at most ``RECORD_SECONDS`` (a change made by another process, such as another
+API replica); a sandbox is never refused as not started on a record from the cache.
 
 The agent lives inside the sandbox, so everything it says is untrusted: it
 must accept a request within ``AGENT_ACCEPT_SECONDS``, frames are size-bounded
@@ -73,7 +74,9 @@ class ToolboxService:
             InvalidState: it exists but is not started.
         """
         sandbox = self.records.get(organization_id, sandbox_id)
-        if sandbox.state is not SandboxState.STARTED:
+        if sandbox.state is not SandboxState.STARTED:  # never refused on a cached record:
+            sandbox = self.records.get(organization_id, sandbox_id, fresh=True)  # another
+        if sandbox.state is not SandboxState.STARTED:  # replica may have started it
             raise InvalidState(
                 f"Sandbox {sandbox.id} is {sandbox.state}; start it to use the toolbox"
             )
@@ -118,15 +121,15 @@ class RecordCache:
         self._clock = clock
         self._records: dict[tuple[str, str], tuple[Sandbox, int, float]] = {}
 
-    def get(self, organization_id: str, id_or_name: str) -> Sandbox:
-        """The organization's sandbox ``id_or_name``.
+    def get(self, organization_id: str, id_or_name: str, *, fresh: bool = False) -> Sandbox:
+        """The organization's sandbox ``id_or_name`` (``fresh``: read from the store).
 
         Raises:
             NotFound: there is no such sandbox in the organization.
         """
         key = (organization_id, id_or_name)
         now = self._clock()
-        known = self._records.get(key)
+        known = None if fresh else self._records.get(key)
         if known is not None:
             sandbox, seen, until = known
             if now < until and self._store.version(sandbox.id) <= seen:

@@ -224,3 +224,42 @@ class SandboxSecretRow(Base):
     )
     env_name: Mapped[str] = mapped_column(String(256), primary_key=True)
     secret_id: Mapped[str] = mapped_column(ForeignKey("secrets.id", ondelete="CASCADE"))
+
+
+class LeaseRow(Base):
+    """A lease one API replica holds until ``expires_at`` (the database's clock): the
+    once-only jobs' (``jobs``), or a replica's own (``replica:<id>``, its liveness)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SigningKeyRow(Base):
+    """A sandbox's URL signing key, sealed (several API replicas share these)."""
+
+    __tablename__ = "signing_keys"
+
+    sandbox_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sealed: Mapped[str] = mapped_column(Text)
+
+
+class RevokedTokenRow(Base):
+    """A signed preview token expired early (kept until it would have expired)."""
+
+    __tablename__ = "revoked_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class KeyFingerprintRow(Base):
+    """A fingerprint of one of the data dir's secrets, as the first API replica had it:
+    every other replica must hold the same secret (never the secret itself)."""
+
+    __tablename__ = "key_fingerprints"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from sqlalchemy import delete, select
 
 from cove.core.ssh_access import SshAccess
@@ -24,6 +26,11 @@ class SqlSshAccessStore(SqlStore):
             query = query.where(SshAccessRow.token_hash == token_hash)
         with self.session() as s:
             return list(s.scalars(query.returning(SshAccessRow.id)))
+
+    def existing(self, ids: Collection[str]) -> set[str]:
+        query = select(SshAccessRow.id).where(SshAccessRow.id.in_(list(ids)))
+        with self.session() as s:
+            return set(s.scalars(query))
 
     def find(self, token_hash: str) -> SshAccess | None:
         with self.session() as s:

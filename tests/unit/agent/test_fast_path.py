@@ -9,20 +9,25 @@ import getpass
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from cove.api.app import create_app
 from cove.cli.main import main
 from cove.core.config import Settings
+from cove.core.ops import SandboxOps
 from cove.core.ports import Resources
-from cove.core.sandbox import Sandbox
-from cove.core.toolbox import RecordCache
+from cove.core.sandbox import Sandbox, SandboxState
+from cove.core.toolbox import RecordCache, ToolboxService
+from cove.errors import InvalidState
 from cove.runner.fake import FakeRuntime
+from cove.runner.local import LocalRunner
 from cove.server import open_database
 from cove.store.keys import SqlKeyStore
 from cove.store.sql import SqlSandboxStore
 from tests.unit.agent.conftest import AUTH
+from tests.unit.conftest import RecordingEvents
 
 
 def _exec(client: TestClient, sid: str, command: str = "echo $SANDBOX_VAR",
@@ -122,6 +127,27 @@ def test_a_change_made_by_another_process_is_seen_within_a_second(
     ours_changed = ours.get_by_id("s1")
     ours.save(ours_changed)  # a change through our own store: seen at once
     assert records.get(org, "s1").user == "w"
+
+
+def test_a_sandbox_started_through_another_replica_is_never_refused_from_the_cache(
+    tmp_path: Path, agent_path: str
+) -> None:
+    del agent_path
+    settings = Settings(data_dir=tmp_path / "data", runtime="fake")
+    engine = open_database(settings)
+    ours, theirs = SqlSandboxStore(engine), SqlSandboxStore(engine)
+    org = SqlKeyStore(engine).ensure_organization("acme")
+    theirs.add(Sandbox(id="s1", organization_id=org, name="one", snapshot="x", user="u",
+                       state=SandboxState.STOPPED,
+                       resources=Resources(cpu=1, memory=1, disk=1)))  # fmt: skip
+    toolbox = ToolboxService(SandboxOps(store=ours, runner=LocalRunner(FakeRuntime()),
+                                        events=RecordingEvents()))  # fmt: skip
+    with pytest.raises(InvalidState):
+        toolbox.sandbox(org, "s1")  # stopped: refused (and its record cached)
+    started = theirs.get_by_id("s1")
+    started.state = SandboxState.STARTED
+    theirs.save(started)  # another replica started it: our cache has not seen it
+    assert toolbox.sandbox(org, "s1").state is SandboxState.STARTED
 
 
 def test_a_deleted_secret_leaves_the_next_call(client: TestClient, agent_path: str) -> None:

@@ -64,3 +64,19 @@ def test_refusals(db: Engine) -> None:
     with pytest.raises(BadRequest, match="COVE_SSH_PORT=0"):
         off.create(org, "name-1", 5)
     assert ssh.check("") is None and ssh.check("a" * 33) is None and ssh.check("a-" * 16) is None
+
+
+def test_a_grant_revoked_through_another_replica_is_swept_here(db: Engine) -> None:
+    here, org, _ = _service(db)
+    there = SshAccessService(SqlSshAccessStore(db), SqlSandboxStore(db))  # another replica
+    closed: list[list[str]] = []
+    here.revoked_hooks.append(closed.append)
+    kept, _ = here.create(org, "name-1", 5)
+    gone, _ = here.create(org, "name-2", 5)
+    here.sweep([kept.id, gone.id])
+    assert closed == []  # both still granted
+    there.revoke(org, "name-2", None)
+    here.sweep([kept.id, gone.id])
+    assert closed == [[gone.id]]
+    here.sweep([])
+    assert closed == [[gone.id]]

@@ -1,0 +1,89 @@
+"""What several API replicas on one database agree on: who operates on a sandbox
+now, and which replica runs the jobs that must run once (timers, the reconciler,
+the warm-pool keeper).
+
+One host (SQLite) needs neither: the in-process lock of each sandbox serializes
+its operations, and the one server runs every job. :class:`LocalCoordination` is
+that. On PostgreSQL, :mod:`cove.store.coordination` implements the same seam with
+advisory locks (per sandbox) and a lease in a table (the jobs' leader).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+
+from cove.errors import Busy
+
+
+class LockBusy(Busy):
+    """Another replica operates on the sandbox now (raised only when not waiting)."""
+
+
+class Coordination(Protocol):
+    """The replicas' shared locks and the jobs' leadership."""
+
+    replica_id: str
+
+    def sandbox_lock(self, sandbox_id: str, *, wait: bool = True
+                     ) -> AbstractAsyncContextManager[None]:  # fmt: skip
+        """Hold the sandbox's lock across replicas (taken inside the in-process one).
+
+        Raises:
+            LockBusy: ``wait`` is False and another replica holds it.
+        """
+
+    @property
+    def leader(self) -> bool:
+        """Whether this replica runs the once-only jobs now."""
+
+    def alive(self) -> set[str]:
+        """The ids of the replicas whose lease runs (this one's among them)."""
+
+    def renew(self) -> None:
+        """Renew this replica's leases now (and take the jobs' if it is free)."""
+
+    async def run(self) -> None:
+        """Renew this replica's leases until cancelled."""
+
+    async def close(self) -> None:
+        """Give up the leases (a clean shutdown: another replica takes over at once)."""
+
+
+class LocalCoordination:
+    """One server alone: no lock beyond the in-process one, always the leader."""
+
+    def __init__(self) -> None:
+        self.replica_id = uuid.uuid4().hex
+
+    @asynccontextmanager
+    async def _nothing(self) -> AsyncIterator[None]:
+        yield
+
+    def sandbox_lock(self, sandbox_id: str, *, wait: bool = True
+                     ) -> AbstractAsyncContextManager[None]:  # fmt: skip
+        return self._nothing()
+
+    @property
+    def leader(self) -> bool:
+        return True
+
+    def alive(self) -> set[str]:
+        return {self.replica_id}
+
+    def renew(self) -> None:
+        return None
+
+    async def run(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def alone(coordination: Coordination) -> bool:
+    """Whether no other replica is alive (then what operations left on the runner or
+    in the database is no one's: this replica may clean it up)."""
+    return coordination.alive() <= {coordination.replica_id}
