@@ -23,6 +23,7 @@ from cove.core.auth import AuthService
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
 from cove.core.entrypoint import Launcher
+from cove.core.fleet import LOCAL, Fleet
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
 from cove.core.links import delete_followers
@@ -43,11 +44,13 @@ from cove.hostfiles import prepare_host_dirs, secret_file
 from cove.runner import build_runtime
 from cove.runner.hostruntime import HostRuntime
 from cove.runner.local import LocalRunner
+from cove.runner.routing import RoutingRunner
 from cove.runner.storage.volumes import LocalVolumeFiles
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
 from cove.store.pools import SqlPoolStore
 from cove.store.registries import SqlRegistryStore
+from cove.store.runners import SqlRunnerStore
 from cove.store.sealing import KEY_BYTES, AesGcmSealer
 from cove.store.secretbox import SecretBox
 from cove.store.secrets import SqlSecretStore
@@ -77,6 +80,7 @@ class Services:
     secrets: SecretService
     metrics: MetricsHistory  # the sampled history of started sandboxes' metrics
     warm_pools: WarmPoolService  # the organizations' warm pools (the keeper: lifecycle.pool)
+    fleet: Fleet | None = None  # several runners' keeper (None: one host)
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -116,15 +120,48 @@ def load_ssh_host_key(data_dir: Path) -> bytes:
 
 
 def open_runner(settings: Settings, host: HostRuntime | None = None) -> Runner:
-    """The runner ``settings`` name: a ``cove runner`` at COVE_RUNNER_URL (over mutual
-    TLS), else this host's (``host``, or the configured runtime)."""
-    if settings.runner_url and host is None:
-        from cove.runner.remote import RemoteRunner
+    """This host's runner (``host``, or the configured runtime)."""
+    return LocalRunner(host or build_runtime(settings), settings.data_dir)
 
-        assert settings.runner_ca and settings.runner_cert and settings.runner_key
-        return RemoteRunner.connect(settings.runner_url, settings.runner_ca,
-                                    settings.runner_cert, settings.runner_key)  # fmt: skip
-    return LocalRunner(host or build_runtime(settings))
+
+# ---- several runners (issue 14) ----------------------------------------------------
+
+
+def open_runners(settings: Settings, engine: Engine, host: HostRuntime | None = None
+                 ) -> tuple[Runner, RoutingRunner | None]:  # fmt: skip
+    """The runner the services use: this host's alone (one host, the default), or the
+    routing runner over the registry when it names a runner on another host
+    (``cove runner add``, or COVE_RUNNER_URL: the ``local`` runner's address)."""
+    store = SqlRunnerStore(engine)
+    if settings.runner_url and host is None:
+        store.set_url(LOCAL, settings.runner_url)
+    runners = store.list()
+    if all(r.url is None for r in runners) and any(r.id == LOCAL for r in runners):
+        return open_runner(settings, host), None
+    local = None
+    if any(r.id == LOCAL and r.url is None for r in runners):
+        local = LocalRunner(host or build_runtime(settings), settings.data_dir)
+    client_tls = None
+    if settings.runner_ca and settings.runner_cert and settings.runner_key:
+        client_tls = (settings.runner_ca, settings.runner_cert, settings.runner_key)
+    routing = RoutingRunner(store, local=local, client_tls=client_tls)
+    return routing, routing
+
+
+def open_fleet(settings: Settings, routing: RoutingRunner | None,
+               lifecycle: LifecycleService) -> Fleet | None:  # fmt: skip
+    """The keeper of several runners (heartbeats, losses, drains), or None on one host."""
+    if routing is None:
+        return None
+    pool = lifecycle.pool
+    if pool is not None:
+        pool.runners = routing.placeable  # a claim takes a sandbox on a placeable runner
+    return Fleet(lifecycle=lifecycle, store=routing.store, members=routing.member_map,
+                 sync=routing.sync, interval=settings.runner_heartbeat_seconds,
+                 lost_after=settings.runner_lost_seconds)  # fmt: skip
+
+
+# ---- (end of several runners) --------------------------------------------------------
 
 
 def build_services(
@@ -138,7 +175,7 @@ def build_services(
     key = auth.bootstrap()
     if key:
         print(f"Cove created an admin API key (shown only once): {key}", flush=True)  # noqa: T201
-    runner = open_runner(settings, host)
+    runner, routing = open_runners(settings, engine, host)
     store = SqlSandboxStore(engine)
     volumes = VolumeService(
         store=SqlVolumeStore(engine), files=LocalVolumeFiles(settings.data_dir), sandboxes=store
@@ -187,7 +224,7 @@ def build_services(
             images=images, contexts=contexts,
         ),
         previews=load_tokens(settings.data_dir), ssh=ssh, secrets=secrets, metrics=history,
-        warm_pools=warm_pools,
+        warm_pools=warm_pools, fleet=open_fleet(settings, routing, lifecycle),
     )  # fmt: skip
 
 

@@ -72,6 +72,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         services = build_services(settings, events, runtime)
         holder["services"] = app.state.services = services
         services.lifecycle.ops.recorder = telemetry
+        if services.fleet is not None:  # several runners: their state before reconciling
+            await services.fleet.beat()
         await reconcile(services.lifecycle)
         await restore_networks(services.lifecycle)
         gateway = SshGateway(services)
@@ -84,6 +86,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
             asyncio.create_task(services.metrics.run()),
             asyncio.create_task(services.lifecycle.keep_pools()),
             asyncio.create_task(services.lifecycle.ops.activity.run()),
+            *([asyncio.create_task(services.fleet.run())] if services.fleet else []),
         ]
         yield
         for task in background:

@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     runner_ca: Path | None = None
     runner_cert: Path | None = None
     runner_key: Path | None = None
+    # Several runners (``cove runner add``): the API pings each every this many seconds;
+    # one silent for ``runner_lost_seconds`` is unreachable (its sandboxes ``error``).
+    runner_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    runner_lost_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("public_snapshots", "insecure_registries", "allowed_registries",
                      mode="before")
