@@ -229,11 +229,13 @@ class Fleet:
         if not runner.reachable:
             log.info("runner %s answers again", runner.name)
             self.store.set_reachable(runner.id, True)
+            await self.sync()
             await self._back(runner, member)
 
     async def _lost(self, runner: RunnerInfo) -> None:
         """Mark the runner unreachable and the sandboxes it holds ``error``."""
         self.store.set_reachable(runner.id, False)
+        await self.sync()  # no call goes there any more, no sandbox is placed there
         reason = lost_reason(runner.name)
         for sandbox_id in self.store.sandboxes_on(runner.id):
             await self._on(sandbox_id, lambda sb: self._fail(sb, reason))

@@ -96,8 +96,10 @@ class RemoteRunner:
     async def _send(self, verb: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             return await self._client.request(verb, path, **kwargs)
-        except httpx.TransportError as exc:  # down, or silent past a quick call's timeout
+        except httpx.ConnectError as exc:  # nothing was sent: the call may go elsewhere
             raise errors.Unavailable(f"runner {self.url} unreachable: {exc!r}") from None
+        except httpx.TransportError as exc:  # lost mid-call, or silent past a quick timeout
+            raise errors.Unavailable(f"runner {self.url} lost the call: {exc!r}") from None
         except httpx.HTTPError as exc:
             raise errors.RuntimeBackendError(f"runner {self.url}: {exc}") from None
 

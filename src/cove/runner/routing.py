@@ -178,9 +178,10 @@ class RoutingRunner:
             return self.members[rid]
         raise errors.Unavailable("no runner answers")
 
-    def _place(self, spec: ContainerSpec) -> str:
-        """Choose a runner for a sandbox new to it and record the choice."""
-        infos = [self._infos[rid] for rid in self.members if rid in self._infos]
+    def _place(self, spec: ContainerSpec, avoid: frozenset[str] = frozenset()) -> str:
+        """Choose a runner for a sandbox new to it (none of ``avoid``) and record it."""
+        infos = [self._infos[rid] for rid in self.members
+                 if rid in self._infos and rid not in avoid]  # fmt: skip
         chosen = place(infos, self.store.allocations(), spec.resources,
                        lambda rid: self.members[rid].has_snapshot(spec.snapshot))  # fmt: skip
         self.store.assign(spec.sandbox_id, chosen.id)
@@ -188,13 +189,26 @@ class RoutingRunner:
         log.info("sandbox %s placed on runner %s", spec.sandbox_id, chosen.name)
         return chosen.id
 
-    def _home(self, spec: ContainerSpec) -> MemberRunner:
-        """The sandbox's runner if it is assigned one that keeps serving, else a newly
-        placed one."""
+    async def _at_home(self, spec: ContainerSpec, call: Callable[[MemberRunner], Any]) -> None:
+        """``call`` on the sandbox's runner if it is assigned one that keeps serving, else
+        on a newly placed one; a placed runner that turns out not to answer (lost since
+        its last heartbeat) is left for the next best."""
         runner_id = self._runner_of(spec.sandbox_id)
-        if runner_id is None or not self._usable(runner_id):
-            runner_id = self._place(spec)
-        return self._member(runner_id)
+        if runner_id is not None and self._usable(runner_id):
+            await call(self._member(runner_id))
+            return
+        avoid: set[str] = set()
+        while True:
+            runner_id = self._place(spec, frozenset(avoid))
+            try:
+                await call(self._member(runner_id))
+                return
+            except errors.Unavailable as exc:
+                if "unreachable" not in exc.message:
+                    raise
+                log.warning("runner %s: %s; placing sandbox %s elsewhere",
+                            self._infos[runner_id].name, exc.message, spec.sandbox_id)  # fmt: skip
+                avoid.add(runner_id)
 
     def _reachable(self) -> list[MemberRunner]:
         return [m for rid, m in self.members.items() if self._usable(rid)
@@ -214,10 +228,10 @@ class RoutingRunner:
     # ---- a sandbox new to a runner --------------------------------------------
 
     async def create(self, spec: ContainerSpec) -> None:
-        await self._home(spec).create(spec)
+        await self._at_home(spec, lambda m: m.create(spec))
 
     async def restore(self, spec: ContainerSpec) -> None:
-        await self._home(spec).restore(spec)
+        await self._at_home(spec, lambda m: m.restore(spec))
 
     async def fork(self, source_id: str, spec: ContainerSpec) -> None:
         runner_id = self._runner_of(source_id)
