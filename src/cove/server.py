@@ -157,7 +157,7 @@ def open_fleet(settings: Settings, routing: RoutingRunner | None,
     if pool is not None:
         pool.runners = routing.placeable  # a claim takes a sandbox on a placeable runner
     return Fleet(lifecycle=lifecycle, store=routing.store, members=routing.member_map,
-                 sync=routing.sync, interval=settings.runner_heartbeat_seconds,
+                 sync=routing.sync, releaser=routing, interval=settings.runner_heartbeat_seconds,
                  lost_after=settings.runner_lost_seconds)  # fmt: skip
 
 

@@ -153,6 +153,11 @@ class Member(Protocol):
     async def status(self, sandbox_id: str) -> ContainerStatus: ...
 
 
+class Releaser(Protocol):
+    async def release(self, sandbox_id: str) -> None:
+        """Take an archived sandbox off its runner, its archive kept."""
+
+
 # Where a sandbox whose runner came back ends up, by what the runner has.
 _BACK: dict[ContainerStatus, SandboxState] = {
     ContainerStatus.RUNNING: S.STARTED,
@@ -182,9 +187,10 @@ class Fleet:
 
     def __init__(self, *, lifecycle: LifecycleService, store: RunnerStore,
                  members: Callable[[], Mapping[str, Member]],
-                 sync: Callable[[], Awaitable[None]],
+                 sync: Callable[[], Awaitable[None]], releaser: Releaser,
                  interval: float, lost_after: float) -> None:  # fmt: skip
         self.lifecycle, self.store, self.members, self.sync = lifecycle, store, members, sync
+        self.releaser = releaser
         self.interval, self.lost_after = interval, lost_after
         self._answered: dict[str, float] = {}  # runner id: monotonic time of its last answer
         self._drains: dict[str, asyncio.Task[None]] = {}
@@ -290,7 +296,8 @@ class Fleet:
                 if sandbox.state is not S.ARCHIVED:
                     sandbox = await lifecycle.archive(sandbox.organization_id, sandbox_id)
                 if sandbox.state is S.ARCHIVED:
-                    self.store.assign(sandbox_id, None)
+                    await lifecycle.ops.run(sandbox_id, partial(self.releaser.release,
+                                                                sandbox_id))  # fmt: skip
                     log.info("runner %s: sandbox %s archived off it", runner.name, sandbox_id)
                 else:
                     log.warning("runner %s: sandbox %s is %s, not drained", runner.name,

@@ -124,6 +124,10 @@ class LocalRunner:
     async def status(self, sandbox_id: str) -> ContainerStatus:
         return await self._run(self.host.status, sandbox_id)
 
+    async def release(self, sandbox_id: str) -> None:
+        """Drop this host's remains of an archived sandbox; its archive stays."""
+        await self._run(self.host.release, sandbox_id)
+
     async def capacity(self) -> Capacity:
         """This host's capacity and the number of its sandboxes (placement)."""
         count = len(await self.list_ids())

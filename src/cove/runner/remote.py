@@ -204,6 +204,9 @@ class RemoteRunner:
     async def capacity(self) -> Capacity:
         return await self._call("capacity")
 
+    async def release(self, sandbox_id: str) -> None:
+        await self._call("release", sandbox_id=sandbox_id)
+
     async def open_agent(self, sandbox_id: str) -> AgentConnection:
         return await self._stream(sandbox_id, None)
 

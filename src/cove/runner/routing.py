@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 class MemberRunner(Runner, Protocol):
     async def capacity(self) -> Capacity: ...
 
+    async def release(self, sandbox_id: str) -> None: ...
+
 
 class RoutingRunner:
     """Implements :class:`cove.core.ports.Runner` over the registered runners.
@@ -261,6 +263,15 @@ class RoutingRunner:
 
     async def archive(self, sandbox_id: str) -> int:
         return await self._of(sandbox_id).archive(sandbox_id)
+
+    async def release(self, sandbox_id: str) -> None:
+        """Take an archived sandbox off its runner (its archive, in the shared store,
+        stays): a later restore places it anew."""
+        runner_id = self._runner_of(sandbox_id)
+        if runner_id is not None:
+            await self._member(runner_id).release(sandbox_id)
+        self.store.assign(sandbox_id, None)
+        self._where[sandbox_id] = None
 
     async def pause(self, sandbox_id: str) -> None:
         await self._of(sandbox_id).pause(sandbox_id)
