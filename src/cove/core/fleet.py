@@ -223,7 +223,7 @@ class Fleet:
     async def _ping(self, runner: RunnerInfo, member: Member) -> None:
         now = time.monotonic()
         try:
-            capacity = await asyncio.wait_for(member.capacity(), self.lost_after)
+            capacity = await asyncio.wait_for(member.capacity(), max(self.lost_after, 5.0))
         except (CoveError, TimeoutError) as exc:
             since = self._answered.setdefault(runner.id, now)
             if runner.reachable and now - since >= self.lost_after:

@@ -191,12 +191,13 @@ class RoutingRunner:
         log.info("sandbox %s placed on runner %s", spec.sandbox_id, chosen.name)
         return chosen.id
 
-    async def _at_home(self, spec: ContainerSpec, call: Callable[[MemberRunner], Any]) -> None:
-        """``call`` on the sandbox's runner if it is assigned one that keeps serving, else
-        on a newly placed one; a placed runner that turns out not to answer (lost since
-        its last heartbeat) is left for the next best."""
+    async def _at_home(self, spec: ContainerSpec, call: Callable[[MemberRunner], Any], *,
+                       stay: bool) -> None:  # fmt: skip
+        """``call`` on the sandbox's runner if ``stay`` and it is assigned one that keeps
+        serving, else on a newly placed one; a placed runner that turns out not to answer
+        (lost since its last heartbeat) is left for the next best."""
         runner_id = self._runner_of(spec.sandbox_id)
-        if runner_id is not None and self._usable(runner_id):
+        if stay and runner_id is not None and self._usable(runner_id):
             await call(self._member(runner_id))
             return
         avoid: set[str] = set()
@@ -230,10 +231,13 @@ class RoutingRunner:
     # ---- a sandbox new to a runner --------------------------------------------
 
     async def create(self, spec: ContainerSpec) -> None:
-        await self._at_home(spec, lambda m: m.create(spec))
+        """A new sandbox (or a recovered one whose files are gone): where placement says."""
+        await self._at_home(spec, lambda m: m.create(spec), stay=False)
 
     async def restore(self, spec: ContainerSpec) -> None:
-        await self._at_home(spec, lambda m: m.restore(spec))
+        """Back from its archive: on its runner if it still has one, else where placement
+        says (the archive is in the shared store)."""
+        await self._at_home(spec, lambda m: m.restore(spec), stay=True)
 
     async def fork(self, source_id: str, spec: ContainerSpec) -> None:
         runner_id = self._runner_of(source_id)
