@@ -164,6 +164,18 @@ def _spread(fleet: Fleet, daytona: Daytona) -> dict[str, Sandbox]:
     return placed
 
 
+PROBE = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        print("open")
+    except OSError:
+        print("closed")
+"""
+
+
 def test_creates_land_on_different_runners(fleet: Fleet) -> None:
     daytona = _sdk(fleet)
     placed = _spread(fleet, daytona)
@@ -173,6 +185,13 @@ def test_creates_land_on_different_runners(fleet: Fleet) -> None:
             assert fleet.on_host(name) == {sb.id}  # on that runner's host, on no other
             result = sb.process.exec("echo hello from $(hostname)")
             assert result.exit_code == 0 and result.result.startswith("hello from")
+        # From inside: no runner's ports, neither its own host's nor another's.
+        sb = placed["r1"]
+        targets = [(fleet.runners[n].address, fleet.runners[n].port + k)
+                   for n in NAMES for k in (0, 1)]  # fmt: skip
+        sb.fs.upload_file(PROBE.encode(), "/tmp/probe.py")
+        out = sb.process.exec("python3 /tmp/probe.py " + " ".join(f"{a}:{p}" for a, p in targets))
+        assert out.result.split() == ["closed"] * len(targets), out.result
         listed = json.loads(fleet.cli("list", "--json").stdout)
         found = {r["name"]: (r["state"], r["sandboxes"]) for r in listed}
         found = {r["name"]: (r["state"], r["sandboxes"]) for r in listed}
@@ -246,6 +265,8 @@ def test_a_drained_runner_s_sandboxes_come_back_elsewhere_with_their_files(
     try:
         data = os.urandom(256 * 1024)
         sb.fs.upload_file(data, "/home/daytona/data.bin")
+        assert sb.process.exec("stat -c %s /home/daytona/data.bin").result.strip() == str(
+            len(data))  # fmt: skip
         done = fleet.cli("drain", drained)
         assert done.returncode == 0, done.stderr
 

@@ -256,6 +256,8 @@ class RoutingRunner:
         await self._of(spec.sandbox_id).adopt(spec)
 
     async def stop(self, sandbox_id: str, *, force: bool = False) -> None:
+        if self._runner_of(sandbox_id) is None and sandbox_id not in self._orphans:
+            return  # on no runner: nothing of it runs anywhere
         await self._of(sandbox_id).stop(sandbox_id, force=force)
 
     async def destroy(self, sandbox_id: str) -> None:
