@@ -18,7 +18,7 @@ from cove.core.lifecycle import LifecycleService
 from cove.core.ops import container_spec
 from cove.core.ports import ContainerStatus
 from cove.core.sandbox import Sandbox, SandboxState
-from cove.errors import CoveError, NotFound
+from cove.errors import CoveError, NotFound, Unavailable
 
 S = SandboxState
 C = ContainerStatus
@@ -57,6 +57,8 @@ async def reconcile(service: LifecycleService, *, remove_orphans: bool = True) -
             await service.ops.run(sandbox.id, one)
         except NotFound:  # deleted since the list was read: an expected race
             log.debug("sandbox %s was deleted while reconciling", sandbox.id)
+        except Unavailable as exc:  # its runner is lost: cove.core.fleet handles that
+            log.debug("sandbox %s not reconciled: %s", sandbox.id, exc.message)
         except CoveError as exc:
             log.error("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
     if remove_orphans:
