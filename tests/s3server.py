@@ -18,13 +18,13 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 
 
 @contextmanager
-def moto_server() -> Iterator[str]:
-    """Run ``moto_server`` on a free loopback port; yields its endpoint URL."""
+def moto_server(host: str = "127.0.0.1") -> Iterator[str]:
+    """Run ``moto_server`` on a free port of ``host`` (loopback); yields its endpoint URL."""
     port = free_port()
     exe = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+    proc = subprocess.Popen([str(exe), "-H", host, "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -25,6 +25,7 @@ from cove.core.config import Settings
 from cove.core.contexts import ContextStore
 from cove.core.coordination import Coordination, LocalCoordination, alone
 from cove.core.entrypoint import Launcher
+from cove.core.fleet import LOCAL, Fleet
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
 from cove.core.links import delete_followers
@@ -46,6 +47,7 @@ from cove.hostfiles import prepare_host_dirs, secret_file
 from cove.runner import build_runtime
 from cove.runner.hostruntime import HostRuntime
 from cove.runner.local import LocalRunner
+from cove.runner.routing import RoutingRunner
 from cove.runner.storage.volumes import LocalVolumeFiles
 from cove.store.fingerprints import SqlFingerprints
 from cove.store.keys import SqlKeyStore
@@ -53,6 +55,7 @@ from cove.store.migrate import upgrade
 from cove.store.pools import SqlPoolStore
 from cove.store.registries import SqlRegistryStore
 from cove.store.revocations import SqlRevocations
+from cove.store.runners import SqlRunnerStore
 from cove.store.sealing import KEY_BYTES, AesGcmSealer
 from cove.store.secretbox import SecretBox
 from cove.store.secrets import SqlSecretStore
@@ -86,6 +89,7 @@ class Services:
     organizations: OrganizationService  # /api/organizations
     # Per-sandbox locks across API replicas and the once-only jobs' lease.
     coordination: Coordination = field(default_factory=LocalCoordination)
+    fleet: Fleet | None = None  # several runners' keeper (None: one host)
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -173,15 +177,48 @@ def shared_by_replicas(settings: Settings) -> bool:
 
 
 def open_runner(settings: Settings, host: HostRuntime | None = None) -> Runner:
-    """The runner ``settings`` name: a ``cove runner`` at COVE_RUNNER_URL (over mutual
-    TLS), else this host's (``host``, or the configured runtime)."""
-    if settings.runner_url and host is None:
-        from cove.runner.remote import RemoteRunner
+    """This host's runner (``host``, or the configured runtime)."""
+    return LocalRunner(host or build_runtime(settings), settings.data_dir)
 
-        assert settings.runner_ca and settings.runner_cert and settings.runner_key
-        return RemoteRunner.connect(settings.runner_url, settings.runner_ca,
-                                    settings.runner_cert, settings.runner_key)  # fmt: skip
-    return LocalRunner(host or build_runtime(settings))
+
+# ---- several runners (issue 14) ----------------------------------------------------
+
+
+def open_runners(settings: Settings, engine: Engine, host: HostRuntime | None = None
+                 ) -> tuple[Runner, RoutingRunner | None]:  # fmt: skip
+    """The runner the services use: this host's alone (one host, the default), or the
+    routing runner over the registry when it names a runner on another host
+    (``cove runner add``, or COVE_RUNNER_URL: the ``local`` runner's address)."""
+    store = SqlRunnerStore(engine)
+    if settings.runner_url and host is None:
+        store.set_url(LOCAL, settings.runner_url)
+    runners = store.list()
+    if all(r.url is None for r in runners) and any(r.id == LOCAL for r in runners):
+        return open_runner(settings, host), None
+    local = None
+    if any(r.id == LOCAL and r.url is None for r in runners):
+        local = LocalRunner(host or build_runtime(settings), settings.data_dir)
+    client_tls = None
+    if settings.runner_ca and settings.runner_cert and settings.runner_key:
+        client_tls = (settings.runner_ca, settings.runner_cert, settings.runner_key)
+    routing = RoutingRunner(store, local=local, client_tls=client_tls)
+    return routing, routing
+
+
+def open_fleet(settings: Settings, routing: RoutingRunner | None,
+               lifecycle: LifecycleService) -> Fleet | None:  # fmt: skip
+    """The keeper of several runners (heartbeats, losses, drains), or None on one host."""
+    if routing is None:
+        return None
+    pool = lifecycle.pool
+    if pool is not None:
+        pool.runners = routing.placeable  # a claim takes a sandbox on a placeable runner
+    return Fleet(lifecycle=lifecycle, store=routing.store, members=routing.member_map,
+                 sync=routing.sync, releaser=routing, interval=settings.runner_heartbeat_seconds,
+                 lost_after=settings.runner_lost_seconds)  # fmt: skip
+
+
+# ---- (end of several runners) --------------------------------------------------------
 
 
 def build_services(
@@ -197,7 +234,7 @@ def build_services(
     key = auth.bootstrap()
     if key:
         print(f"Cove created an admin API key (shown only once): {key}", flush=True)  # noqa: T201
-    runner = open_runner(settings, host)
+    runner, routing = open_runners(settings, engine, host)
     coordination = open_coordination(settings)
     coordination.renew()  # announced before it judges what others left
     store = SqlSandboxStore(engine)
@@ -255,6 +292,7 @@ def build_services(
         previews=previews, ssh=ssh, secrets=secrets, metrics=history,
         warm_pools=warm_pools, api_keys=ApiKeyService(auth),
         organizations=OrganizationService(auth.keys), coordination=coordination,
+        fleet=open_fleet(settings, routing, lifecycle),
     )  # fmt: skip
 
 

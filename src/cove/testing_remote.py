@@ -4,6 +4,7 @@ benchmarks of the API/runner split)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import signal
@@ -61,15 +62,66 @@ def free_port_pair() -> int:
     raise RuntimeError("no free pair of ports")
 
 
+class NetnsHost:
+    """A network namespace acting as a separate host: a veth pair to this host's
+    namespace, ``<prefix>.1`` on this side and ``<prefix>.2`` (the address its
+    runner listens on) inside, loopback up, a default route back here (so it reaches
+    this host's services, e.g. an S3 server on ``<prefix>.1``). Its own nftables
+    ruleset comes with the namespace.
+
+    Args:
+        name: The namespace's name (``ip netns``), at most 11 characters.
+        prefix: Three octets of a /30 of its own, e.g. ``10.249.7``.
+    """
+
+    def __init__(self, name: str, prefix: str) -> None:
+        self.name, self.prefix = name, prefix
+        self.outside, self.address = f"{prefix}.1", f"{prefix}.2"
+        self.veth = f"{name}h"
+
+    def create(self) -> NetnsHost:
+        self.delete()
+        run = functools.partial(subprocess.run, check=True, capture_output=True)
+        run(["ip", "netns", "add", self.name])
+        try:
+            run(["ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0",
+                 "netns", self.name])  # fmt: skip
+            run(["ip", "addr", "add", f"{self.outside}/30", "dev", self.veth])
+            run(["ip", "link", "set", self.veth, "up"])
+            inside = (f"link set lo up\naddr add {self.address}/30 dev eth0\n"
+                      f"link set eth0 up\nroute add default via {self.outside}\n")  # fmt: skip
+            run(["ip", "-n", self.name, "-batch", "-"], input=inside.encode())
+        except BaseException:
+            self.delete()
+            raise
+        return self
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` run in the namespace's network (this host's mounts and /sys)."""
+        return ["nsenter", f"--net=/run/netns/{self.name}", *argv]
+
+    def delete(self) -> None:
+        """Remove it (its veth pair and every rule in it go too); idempotent."""
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
+
+
 class RunnerProcess:
     """One ``cove runner`` process group on loopback with its own data dir and
-    cgroup parent (the default snapshot cache is the host's shared one)."""
+    cgroup parent (the default snapshot cache is the host's shared one); with
+    ``netns``, in that namespace at its address (and a certificate for it)."""
 
     def __init__(self, data_dir: Path, pki: Pki, env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1") -> None:  # fmt: skip
-        self.data_dir, self.pki, self.host = data_dir, pki, host
+                 host: str = "127.0.0.1", netns: NetnsHost | None = None) -> None:  # fmt: skip
+        self.data_dir, self.pki, self.netns = data_dir, pki, netns
+        self.address = "127.0.0.1" if netns is None else netns.address
+        self.host = host if netns is None else netns.address
         self.port = free_port_pair()
-        self.url = f"https://127.0.0.1:{self.port}"
+        self.url = f"https://{self.address}:{self.port}"
+        if netns is not None:
+            cert, key = tls.issue(pki.dir, f"runner-{netns.name}", server=True,
+                                  hosts=(netns.address,))  # fmt: skip
+            env = {"COVE_RUNNER_CERT": str(cert), "COVE_RUNNER_KEY": str(key), **(env or {})}
         self.cgroup_parent = "cove-rt-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
         self.env = {**pki.runner_env(), "COVE_SNAPSHOT_DIR": str(SHARED_SNAPSHOTS),
                     "COVE_CGROUP_PARENT": self.cgroup_parent, **(env or {})}  # fmt: skip
@@ -85,6 +137,8 @@ class RunnerProcess:
         cmd = [sys.executable, "-m", "cove.cli.main", "runner", "--host", self.host,
                "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--log-level", "warning"]  # fmt: skip
+        if self.netns is not None:
+            cmd = self.netns.command(cmd)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log,
                                          stderr=log, start_new_session=True)  # fmt: skip
@@ -116,7 +170,7 @@ class RunnerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"cove runner exited: {self.log.read_text()[-3000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                with socket.create_connection((self.address, self.port), timeout=1):
                     return
             except OSError:
                 time.sleep(0.05)

@@ -25,11 +25,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # package (shipped into sandboxes from its path). ``OciRuntime.exec`` (tests and
     # benchmarks) talks to the agent through the server's gateway.
     "runner": ("cove.runner", "cove.core.ports", "cove.core.config", "cove.core.validation",
-               "cove.core.toolbox", "cove.errors", "cove.hostfiles", "cove.agent"),  # fmt: skip
+               "cove.core.toolbox", "cove.errors", "cove.hostfiles", "cove.agent",
+               "cove.core.fleet"),  # the registry's port and placement (routing)  # fmt: skip
     "store": ("cove.store", "cove.core.ports", "cove.core.sandbox", "cove.core.snapshots",
               "cove.core.volumes", "cove.core.registries", "cove.core.ssh_access",
               "cove.core.secrets", "cove.core.pool", "cove.core.keys", "cove.core.permissions",
-              "cove.core.coordination", "cove.errors", "cove.hostfiles"),  # fmt: skip
+              "cove.core.coordination", "cove.core.fleet", "cove.errors",
+              "cove.hostfiles"),  # fmt: skip
     # HTTP transport: the domain and the wiring's Services; never the host or the
     # database directly. ``cove.web`` only names where the dashboard's built files are.
     "api": ("cove.api", "cove.core", "cove.errors", "cove.schemas", "cove.server", "cove.web"),

@@ -81,6 +81,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         # What another replica's operations are using is no one's leftover; and they
         # may hold sandboxes long (the watch of the jobs' replica sees those later).
         first = alone(coordination)
+        if services.fleet is not None:  # several runners: their state before reconciling
+            await services.fleet.beat()
         await reconcile(services.lifecycle, remove_orphans=first, wait=first)
         await restore_networks(services.lifecycle)
         gateway = SshGateway(services)
@@ -95,6 +97,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
             asyncio.create_task(services.lifecycle.keep_pools()),
             asyncio.create_task(services.lifecycle.ops.activity.run()),
             asyncio.create_task(services.auth.usage.run()),
+            *([asyncio.create_task(services.fleet.run())] if services.fleet else []),
         ]
         yield
         for task in background:

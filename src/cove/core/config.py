@@ -170,6 +170,10 @@ class Settings(BaseSettings):
     # this long without renewal: a dead replica's jobs move to another within it.
     events_url: str | None = None
     lease_seconds: float = Field(default=15.0, ge=1, le=600)
+    # Several runners (``cove runner add``): the API pings each every this many seconds;
+    # one silent for ``runner_lost_seconds`` is unreachable (its sandboxes ``error``).
+    runner_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    runner_lost_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("public_snapshots", "insecure_registries", "allowed_registries",
                      mode="before")

@@ -31,7 +31,7 @@ import builtins
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from functools import partial
 from typing import Protocol
@@ -87,8 +87,10 @@ class PoolStore(Protocol):
         """Every sandbox of no organization."""
 
     def take(self, token: str, *, pool_id: str, sandbox_id: str | None = None,
-             started: bool = True) -> str | None:  # fmt: skip
-        """Atomically mark a waiting sandbox of ``pool_id`` as taken by ``token``."""
+             started: bool = True, runners: Collection[str] | None = None
+             ) -> str | None:  # fmt: skip
+        """Atomically mark a waiting sandbox of ``pool_id`` as taken by ``token`` (one on
+        a runner of ``runners``, when given)."""
 
     def adopt(self, sandbox: Sandbox, token: str) -> None:
         """Write the claimed record over the row ``token`` took (Conflict on its name)."""
@@ -132,6 +134,8 @@ class PoolKeeper:
         self.operator_error: str | None = None
         self.claims: dict[str, int] = {}  # pool id -> creates it served (this server run)
         self.cold_fallbacks = 0  # creates that found no pooled sandbox and booted one
+        # Several runners: the ids of those a claim may take a sandbox on (None: any).
+        self.runners: Callable[[], Collection[str]] | None = None
 
     def operator_pool(self) -> WarmPool | None:
         """The operator's pool (None: ``COVE_POOL_SIZE`` is 0 or no default snapshot)."""
@@ -303,7 +307,8 @@ class PoolKeeper:
             token = self._token("claim")
             self._claims.add(token)
             try:
-                taken = self.store.take(token, pool_id=pool.id)
+                on = self.runners() if self.runners is not None else None
+                taken = self.store.take(token, pool_id=pool.id, runners=on)
                 if taken is None:
                     continue
                 self.wake()

@@ -121,6 +121,19 @@ class ContainerStats:
     disk_total: int = 0
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """What a runner's host has (totals) and has left (free), and its sandboxes."""
+
+    cpu: int  # cores
+    memory: int  # bytes
+    memory_free: int  # bytes available (MemAvailable)
+    disk: int  # bytes of the file system holding its sandboxes
+    disk_free: int
+    sandboxes: int  # sandboxes with anything on it
+    max_sandboxes: int = 0  # 0: no set limit
+
+
 class Runner(Protocol):
     """Runs sandboxes as isolated containers, on this host or another one.
 

@@ -20,7 +20,7 @@ from cove.core.lifecycle import LifecycleService
 from cove.core.ops import container_spec
 from cove.core.ports import ContainerStatus
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
-from cove.errors import CoveError, NotFound
+from cove.errors import CoveError, NotFound, Unavailable
 
 S = SandboxState
 C = ContainerStatus
@@ -68,6 +68,8 @@ async def reconcile(service: LifecycleService, *, remove_orphans: bool = True,
             log.debug("sandbox %s is busy: reconciled next time", sandbox.id)
         except NotFound:  # deleted since the list was read: an expected race
             log.debug("sandbox %s was deleted while reconciling", sandbox.id)
+        except Unavailable as exc:  # its runner is lost: cove.core.fleet handles that
+            log.debug("sandbox %s not reconciled: %s", sandbox.id, exc.message)
         except CoveError as exc:
             log.error("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
     if remove_orphans:

@@ -103,7 +103,9 @@ ALLOWED: dict[SandboxState, frozenset[SandboxState]] = {
     S.ARCHIVING: frozenset({S.ARCHIVED, S.STOPPED, S.ERROR}),
     S.ARCHIVED: frozenset({S.RESTORING, S.RESIZING, S.DESTROYING, S.ERROR}),
     S.RESTORING: frozenset({S.STARTED, S.STOPPED, S.ARCHIVED, S.ERROR}),
-    S.ERROR: frozenset({S.STARTING, S.RESTORING, S.STOPPED, S.DESTROYING, S.ERROR}),
+    # A runner's return gives its sandboxes back what it has (cove.core.fleet).
+    S.ERROR: frozenset({S.STARTING, S.RESTORING, S.STOPPED, S.DESTROYING, S.ERROR, S.STARTED,
+                        S.PAUSED, S.ARCHIVED}),
     S.DESTROYING: frozenset({S.DESTROYED, S.ERROR}),
     S.DESTROYED: frozenset(),
     # Created from a Dockerfile or a registry image: the image is pulled (core.images)

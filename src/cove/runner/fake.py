@@ -21,7 +21,7 @@ from cove.core.ports import (
     RegistryAuth,
     Resources,
 )
-from cove.errors import RuntimeBackendError, Unavailable
+from cove.errors import InvalidState, RuntimeBackendError, Unavailable
 
 C = ContainerStatus
 
@@ -96,6 +96,10 @@ class FakeRuntime:
         self._check("destroy", sandbox_id)
         self.boxes.pop(sandbox_id, None)
         self.archives.pop(sandbox_id, None)
+
+    def release(self, sandbox_id: str) -> None:
+        if sandbox_id in self.boxes or sandbox_id not in self.archives:
+            raise InvalidState(f"sandbox {sandbox_id} is not archived")
 
     def archive(self, sandbox_id: str) -> int:
         self._check("archive", sandbox_id)

@@ -73,6 +73,9 @@ class HostRuntime(Protocol):
         """Pack the (stopped) sandbox's writable layer into the archive store and free
         the live copy. Returns the archive's size in bytes."""
 
+    def release(self, sandbox_id: str) -> None:
+        """Remove what the host keeps of an archived sandbox, its archive kept."""
+
     def restore(self, spec: ContainerSpec) -> None:
         """Recreate the writable layer of an archived sandbox from its archive.
 

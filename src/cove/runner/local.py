@@ -13,10 +13,12 @@ import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from cove.core.ports import (
     AgentConnection,
+    Capacity,
     ContainerSpec,
     ContainerStats,
     ContainerStatus,
@@ -27,6 +29,7 @@ from cove.core.ports import (
     Resources,
 )
 from cove.errors import Busy, Unavailable
+from cove.runner.host.capacity import measure
 from cove.runner.hostruntime import HostRuntime
 
 P = ParamSpec("P")
@@ -42,8 +45,9 @@ HOST_WORKERS = max(16, 4 * (os.cpu_count() or 1))
 class LocalRunner:
     """Implements :class:`cove.core.ports.Runner` over a host runtime."""
 
-    def __init__(self, host: HostRuntime) -> None:
+    def __init__(self, host: HostRuntime, data_dir: Path | None = None) -> None:
         self.host = host
+        self.data_dir = data_dir or Path("/")  # whose disk its capacity reports
         self._pool = ThreadPoolExecutor(max_workers=HOST_WORKERS, thread_name_prefix="cove-host")
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -119,6 +123,15 @@ class LocalRunner:
 
     async def status(self, sandbox_id: str) -> ContainerStatus:
         return await self._run(self.host.status, sandbox_id)
+
+    async def release(self, sandbox_id: str) -> None:
+        """Drop this host's remains of an archived sandbox; its archive stays."""
+        await self._run(self.host.release, sandbox_id)
+
+    async def capacity(self) -> Capacity:
+        """This host's capacity and the number of its sandboxes (placement)."""
+        count = len(await self.list_ids())
+        return await self._run(measure, self.data_dir, count)
 
     async def list_ids(self) -> set[str]:
         return await self._run(self.host.list_ids)

@@ -21,6 +21,7 @@ import httpx
 from cove import errors
 from cove.core.ports import (
     AgentConnection,
+    Capacity,
     ContainerSpec,
     ContainerStats,
     ContainerStatus,
@@ -35,6 +36,10 @@ from cove.runner import tls, wire
 CONNECT_SECONDS = 10.0
 MAX_CALLS = 256  # calls at once to one runner (streams are not counted)
 STREAM_LIMIT = 2**20  # a stream reader's buffer, as asyncio's unix connections
+# Calls that take no long work on the runner: a runner silent this long is lost (a
+# create, an archive or a pull waits as long as the work takes).
+QUICK = {"status", "list_ids", "stats", "capacity", "set_network", "pause", "resume"}
+QUICK_TIMEOUT = httpx.Timeout(CONNECT_SECONDS, read=30.0, pool=None)
 
 
 class RemoteRunner:
@@ -76,28 +81,34 @@ class RemoteRunner:
 
     async def refresh(self) -> None:
         """Read the runner's inventory again."""
-        self._take(_checked(await self._send("GET", "/v1/info")))
+        self._take(_checked(await self._send("GET", "/v1/info", timeout=QUICK_TIMEOUT)))
 
     def has_snapshot(self, name: str) -> bool:
-        return name in self._inventory["snapshots"]
+        return name in self._inventory.get("snapshots", ())
 
     def has_local_image(self, image: str) -> bool:
-        return image.startswith("oci:") or image.partition(":")[0] in self._inventory[
-            "local_images"]  # fmt: skip
+        return image.startswith("oci:") or image.partition(":")[0] in self._inventory.get(
+            "local_images", ())  # fmt: skip
 
     def has_isolation(self, name: str) -> bool:
-        return name in self._inventory["isolations"]
+        return name in self._inventory.get("isolations", ())
 
     async def _send(self, verb: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             return await self._client.request(verb, path, **kwargs)
+        except httpx.ConnectError as exc:  # nothing was sent: the call may go elsewhere
+            raise errors.Unavailable(f"runner {self.url} unreachable: {exc!r}") from None
+        except httpx.TransportError as exc:  # lost mid-call, or silent past a quick timeout
+            raise errors.Unavailable(f"runner {self.url} lost the call: {exc!r}") from None
         except httpx.HTTPError as exc:
             raise errors.RuntimeBackendError(f"runner {self.url}: {exc}") from None
 
     async def _call(self, method: str, **args: Any) -> Any:
         body = wire.encode_args(method, args)
         try:
-            result = _checked(await self._send("POST", f"/v1/call/{method}", json=body))
+            timeout = QUICK_TIMEOUT if method in QUICK else httpx.USE_CLIENT_DEFAULT
+            result = _checked(await self._send("POST", f"/v1/call/{method}", json=body,
+                                               timeout=timeout))  # fmt: skip
             return wire.decode(wire.METHODS[method][1], result["result"])
         finally:
             if method in wire.INVENTORY_CHANGES:
@@ -189,6 +200,12 @@ class RemoteRunner:
 
     async def stats(self, sandbox_id: str) -> ContainerStats:
         return await self._call("stats", sandbox_id=sandbox_id)
+
+    async def capacity(self) -> Capacity:
+        return await self._call("capacity")
+
+    async def release(self, sandbox_id: str) -> None:
+        await self._call("release", sandbox_id=sandbox_id)
 
     async def open_agent(self, sandbox_id: str) -> AgentConnection:
         return await self._stream(sandbox_id, None)

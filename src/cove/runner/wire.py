@@ -25,6 +25,7 @@ from pydantic import TypeAdapter
 
 from cove import errors
 from cove.core.ports import (
+    Capacity,
     ContainerSpec,
     ContainerStats,
     ContainerStatus,
@@ -60,6 +61,9 @@ METHODS: dict[str, tuple[dict[str, Any], Any]] = {
     "remove_stale_work": ({}, None),
     "set_network": ({SID: str, "policy": NetworkPolicy}, None),
     "stats": ({SID: str}, ContainerStats),
+    # Not of the Runner port: the API's placement and drains ask them.
+    "capacity": ({}, Capacity),
+    "release": ({SID: str}, None),
 }
 # Calls after which the runner's snapshot inventory may have changed.
 INVENTORY_CHANGES = {"capture", "clone_snapshot", "import_image", "pull_image",

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -101,6 +102,33 @@ class SandboxRow(Base):
     )
     # The warm pool an unclaimed sandbox waits in (or the token of the claim taking it).
     warm_pool_id: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
+    # The runner it lives on (NULL: on none, its archive in the shared store). Written
+    # by the routing runner only (cove.runner.routing), never by ``save``.
+    runner_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True,
+                                                  default="local")
+
+
+class RunnerRow(Base):
+    """A host that runs sandboxes (``cove runner``; ``local``: the embedded one), with
+    the capacity it last reported. ``state`` is the operator's (ready, cordoned,
+    draining); ``reachable`` the heartbeat's."""
+
+    __tablename__ = "runners"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    cpu: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    memory: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    memory_free: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    disk: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    disk_free: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    sandboxes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_sandboxes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reachable: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    last_heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                            nullable=True)  # fmt: skip
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class WarmPoolRow(Base):

@@ -4,6 +4,7 @@ on their sandboxes (rows of ``sandboxes`` without an organization)."""
 from __future__ import annotations
 
 import builtins
+from collections.abc import Collection
 
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import IntegrityError
@@ -69,7 +70,8 @@ class SqlPoolStore(SqlStore):
             return [_to_entity(row) for row in s.scalars(query.order_by(SandboxRow.seq))]
 
     def take(self, token: str, *, pool_id: str, sandbox_id: str | None = None,
-             started: bool = True) -> str | None:  # fmt: skip
+             started: bool = True, runners: Collection[str] | None = None
+             ) -> str | None:  # fmt: skip
         """Mark one sandbox waiting in ``pool_id`` (``sandbox_id`` if given; a started one
         unless ``started`` is False) as taken by ``token``, in one conditional UPDATE:
         two takers never get the same sandbox. Returns its id (None: none left)."""
@@ -79,6 +81,8 @@ class SqlPoolStore(SqlStore):
             waiting.append(SandboxRow.state == str(SandboxState.STARTED))
         if sandbox_id is not None:
             waiting.append(SandboxRow.id == sandbox_id)
+        if runners is not None:
+            waiting.append(SandboxRow.runner_id.in_(list(runners)))
         with self.session() as s:
             ids = s.scalars(select(SandboxRow.id).where(*waiting)
                             .order_by(SandboxRow.seq).limit(CANDIDATES)).all()  # fmt: skip

@@ -16,6 +16,7 @@ from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import Conflict, NotFound
 from cove.store.keys import SqlKeyStore
 from cove.store.pools import SqlPoolStore
+from cove.store.runners import SqlRunnerStore
 from cove.store.sql import SqlSandboxStore
 
 RES = Resources(cpu=1, memory=1, disk=3)
@@ -89,3 +90,17 @@ def test_pools_are_per_organization(db: Engine) -> None:
     assert sorted(p.id for p in pools.list()) == ["p1", "p3"]
     pools.remove("p1")
     assert pools.list(a) == []
+
+
+def test_a_claim_takes_only_a_sandbox_on_a_placeable_runner(db: Engine) -> None:
+    """Several runners: a pooled sandbox on a cordoned, draining or lost runner is left."""
+    sandboxes, pools = SqlSandboxStore(db), SqlPoolStore(db)
+    registry = SqlRunnerStore(db)
+    r1, r2 = registry.add("r1", "https://r1:3100"), registry.add("r2", "https://r2:3100")
+    on_r1, on_r2 = _pooled(sandboxes, "p", 2)
+    registry.assign(on_r1, r1.id)
+    registry.assign(on_r2, r2.id)
+    assert pools.take("claim:1", pool_id="p", runners=["local"]) is None
+    assert pools.take("claim:2", pool_id="p", runners=[r2.id]) == on_r2
+    assert pools.take("claim:3", pool_id="p", runners=[r2.id]) is None
+    assert pools.take("claim:4", pool_id="p", runners=[r1.id, r2.id]) == on_r1

@@ -79,7 +79,9 @@ class Network:
         when just made) and make sure its veth, rules and DNS exist; returns the netns file."""
         link = self.lease(paths)
         netns = self.netns_path(paths)
-        veth = Path(f"/sys/class/net/{link.veth}")
+        # Its /proc/sys/net entry, not /sys/class/net: in this process's network namespace
+        # (a runner in a namespace of its own may see another one's /sys).
+        veth = IPV4_CONF / link.veth
         if fresh or not veth.exists():
             if veth.exists():
                 run(["ip", "link", "del", link.veth])  # a leftover wired to an old netns
@@ -119,7 +121,7 @@ class Network:
             self._dns.close(sandbox_id)
         firewall.remove(sandbox_id, self.tag)
         veth = self._link(sandbox_id, 0).veth  # named from the id: found even without a lease
-        if Path(f"/sys/class/net/{veth}").exists():
+        if (IPV4_CONF / veth).exists():
             run(["ip", "link", "del", veth], check=False)
         netns = self.netns_path(paths)
         mounts.unmount(netns)

@@ -33,7 +33,7 @@ from cove.core.ports import (
     RegistryAuth,
     Resources,
 )
-from cove.errors import CoveError, RuntimeBackendError, Timeout
+from cove.errors import CoveError, InvalidState, RuntimeBackendError, Timeout
 from cove.runner.host import cgroups, cgtree, disk, firewall, freezer, hostprep, idrange, mounts
 from cove.runner.host.network import Network
 from cove.runner.host.proc import foreign_errors
@@ -235,6 +235,28 @@ class OciRuntime:
             except OSError as exc:
                 raise RuntimeBackendError(f"cannot remove {paths.root}: {exc}") from exc
             self._archives.delete(sandbox_id)  # the archive and any half-written one
+            cgroups.remove(self._group(sandbox_id))
+
+    def release(self, sandbox_id: str) -> None:
+        """Remove what this host keeps of an archived sandbox (its directory, lease,
+        cgroups) and keep its archive, for another runner to restore it from (a drain).
+
+        Raises:
+            InvalidState: it has a live copy, or no archive to come back from.
+        """
+        if not self._settings.archive_s3_bucket:
+            raise InvalidState("this runner keeps archives on its own disk: set "
+                               "COVE_ARCHIVE_S3_BUCKET (shared) to move sandboxes off it")
+        with self._locked(sandbox_id) as paths:
+            if paths.image.is_file() or self._alive(sandbox_id):
+                raise InvalidState(f"sandbox {sandbox_id} is not archived")
+            if not self._archives.exists(sandbox_id):
+                raise InvalidState(f"sandbox {sandbox_id} has no archive to restore from")
+            mounts.unmount_under(paths.root)
+            if mounts.mounted_under(paths.root):
+                raise RuntimeBackendError(f"{paths.root} still has mounts")
+            idrange.release(paths.root, self._settings.data_dir)
+            shutil.rmtree(paths.root, ignore_errors=True)
             cgroups.remove(self._group(sandbox_id))
 
     def archive(self, sandbox_id: str) -> int:

@@ -1,0 +1,309 @@
+"""Several runners behind one API: the registry's language, placement, and the
+fleet's keeper (heartbeats, a runner's loss and return, drains).
+
+A runner is ``ready`` (takes new sandboxes), ``cordoned`` (keeps serving its
+sandboxes, takes no new one) or ``draining`` (its sandboxes are archived to the
+shared object store and leave it); the heartbeat adds ``unreachable``. The
+sandboxes of a runner that stops answering become ``error`` (recoverable, "runner
+X unreachable") and come back to what the runner has when it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
+
+from cove.core.ports import Capacity, ContainerStatus, Resources
+from cove.core.sandbox import Sandbox, SandboxState, utcnow
+from cove.errors import CoveError, NotFound, Unavailable
+
+if TYPE_CHECKING:
+    from cove.core.lifecycle import LifecycleService
+
+S = SandboxState
+log = logging.getLogger(__name__)
+GiB = 1024**3
+LOCAL = "local"  # the id of the embedded runner (and of COVE_RUNNER_URL's)
+
+
+class RunnerState(enum.StrEnum):
+    READY = "ready"
+    CORDONED = "cordoned"
+    DRAINING = "draining"
+    UNREACHABLE = "unreachable"  # shown only: the heartbeat's verdict
+
+
+@dataclass(frozen=True)
+class RunnerInfo:
+    """One registered runner and what it last reported."""
+
+    id: str
+    name: str
+    url: str | None  # None: the embedded runner of ``cove serve``
+    state: RunnerState  # the operator's: ready, cordoned or draining
+    reachable: bool
+    capacity: Capacity
+    last_heartbeat: datetime | None
+    created_at: datetime
+
+    @property
+    def shown_state(self) -> RunnerState:
+        return self.state if self.reachable else RunnerState.UNREACHABLE
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What the sandboxes placed on a runner were given (cores, GiB, GiB, count)."""
+
+    cpu: int = 0
+    memory: int = 0
+    disk: int = 0
+    sandboxes: int = 0
+
+
+class RunnerStore(Protocol):
+    """The runners registry and each sandbox's runner."""
+
+    def list(self) -> builtins.list[RunnerInfo]: ...
+
+    def get(self, id_or_name: str) -> RunnerInfo:
+        """Raises NotFound."""
+
+    def add(self, name: str, url: str) -> RunnerInfo:
+        """Raises Conflict: the name or URL is registered."""
+
+    def set_url(self, runner_id: str, url: str | None) -> None: ...
+
+    def set_state(self, runner_id: str, state: RunnerState) -> None: ...
+
+    def set_reachable(self, runner_id: str, reachable: bool) -> None: ...
+
+    def heartbeat(self, runner_id: str, capacity: Capacity, at: datetime) -> None: ...
+
+    def remove(self, runner_id: str) -> None:
+        """Raises Conflict: sandboxes are still on it."""
+
+    def runner_of(self, sandbox_id: str) -> str | None:
+        """The id of the runner the sandbox is on (None: none, or no such sandbox)."""
+
+    def assign(self, sandbox_id: str, runner_id: str | None) -> None: ...
+
+    def sandboxes_on(self, runner_id: str) -> builtins.list[str]: ...
+
+    def allocations(self) -> dict[str, Allocation]:
+        """Per runner id: what its live sandboxes hold (cores and memory of the ones
+        that may run, disk and count of all)."""
+
+
+def place(runners: list[RunnerInfo], allocations: Mapping[str, Allocation],
+          resources: Resources, has_snapshot: Callable[[str], bool]) -> RunnerInfo:  # fmt: skip
+    """The runner a new sandbox goes to: among the ready, reachable ones (only those
+    with its snapshot, if any has it), the one left with the most free capacity
+    (the least free of CPU, memory, disk and sandbox slots, as fractions; then their
+    mean; then the fewest sandboxes).
+
+    Args:
+        has_snapshot: whether runner id has the sandbox's snapshot (its rootfs).
+
+    Raises:
+        Unavailable: no runner takes sandboxes (all cordoned, draining, unreachable
+            or full).
+    """
+    usable = [r for r in runners if r.state is RunnerState.READY and r.reachable
+              and not (r.capacity.max_sandboxes and r.capacity.sandboxes
+                       >= r.capacity.max_sandboxes)]  # fmt: skip
+    if not usable:
+        raise Unavailable("no runner takes new sandboxes now (all are cordoned, draining, "
+                          "unreachable or full)")  # fmt: skip
+    local = [r for r in usable if has_snapshot(r.id)]
+    candidates = local or usable
+
+    def free(r: RunnerInfo) -> tuple[float, float, int]:
+        cap, used = r.capacity, allocations.get(r.id, Allocation())
+        fractions = []
+        if cap.cpu:
+            fractions.append((cap.cpu - used.cpu - resources.cpu) / cap.cpu)
+        if cap.memory:
+            left = min(cap.memory - (used.memory + resources.memory) * GiB,
+                       cap.memory_free - resources.memory * GiB)  # fmt: skip
+            fractions.append(left / cap.memory)
+        if cap.disk:
+            fractions.append((cap.disk_free - resources.disk * GiB) / cap.disk)
+        if cap.max_sandboxes:
+            fractions.append((cap.max_sandboxes - used.sandboxes - 1) / cap.max_sandboxes)
+        mean = sum(fractions) / len(fractions) if fractions else 0.0
+        return (min(fractions, default=0.0), mean, -used.sandboxes)
+
+    return max(candidates, key=free)
+
+
+class Member(Protocol):
+    """What the keeper asks of one runner besides the Runner port."""
+
+    async def capacity(self) -> Capacity: ...
+
+    async def status(self, sandbox_id: str) -> ContainerStatus: ...
+
+
+class Releaser(Protocol):
+    async def release(self, sandbox_id: str) -> None:
+        """Take an archived sandbox off its runner, its archive kept."""
+
+
+# Where a sandbox whose runner came back ends up, by what the runner has.
+_BACK: dict[ContainerStatus, SandboxState] = {
+    ContainerStatus.RUNNING: S.STARTED,
+    ContainerStatus.PAUSED: S.PAUSED,
+    ContainerStatus.STOPPED: S.STOPPED,
+    ContainerStatus.ARCHIVED: S.ARCHIVED,
+}
+# States in which a sandbox has nothing on its runner that its loss could take.
+_NOT_ON_HOST = {S.ARCHIVED, S.ERROR, S.DESTROYED, S.BUILD_FAILED}
+
+
+def lost_reason(name: str) -> str:
+    return f"runner {name} unreachable"
+
+
+class Fleet:
+    """Keeps the registry true: pings every runner each ``interval`` seconds, marks a
+    runner silent for ``lost_after`` seconds unreachable (its sandboxes ``error``) and
+    brings them back when it answers, and drains the runners being drained.
+
+    Args:
+        lifecycle: the lifecycle service (its runner is the routing one).
+        store: the registry.
+        members: the runners by id, kept current by ``sync`` (the routing runner's).
+        sync: called each round first: connects runners added since, drops removed ones.
+    """
+
+    def __init__(self, *, lifecycle: LifecycleService, store: RunnerStore,
+                 members: Callable[[], Mapping[str, Member]],
+                 sync: Callable[[], Awaitable[None]], releaser: Releaser,
+                 interval: float, lost_after: float) -> None:  # fmt: skip
+        self.lifecycle, self.store, self.members, self.sync = lifecycle, store, members, sync
+        self.releaser = releaser
+        self.interval, self.lost_after = interval, lost_after
+        self._answered: dict[str, float] = {}  # runner id: monotonic time of its last answer
+        self._drains: dict[str, asyncio.Task[None]] = {}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except Exception:  # noqa: BLE001 - the keeper must outlive any one failure
+                log.exception("runner heartbeat round failed")
+            await asyncio.sleep(self.interval)
+
+    async def beat(self) -> None:
+        """One round: ping every runner, act on losses, returns and drains."""
+        await self.sync()
+        members = self.members()
+        runners = {r.id: r for r in self.store.list()}
+        await asyncio.gather(*(self._ping(runners[rid], m) for rid, m in members.items()
+                               if rid in runners))  # fmt: skip
+        for runner in self.store.list():
+            if (runner.state is RunnerState.DRAINING and runner.reachable
+                    and runner.id not in self._drains):  # fmt: skip
+                task = asyncio.create_task(self._drain(runner))
+                self._drains[runner.id] = task
+                task.add_done_callback(partial(self._drained, runner.id))
+
+    def _drained(self, runner_id: str, _task: object) -> None:
+        self._drains.pop(runner_id, None)
+
+    async def _ping(self, runner: RunnerInfo, member: Member) -> None:
+        now = time.monotonic()
+        try:
+            capacity = await asyncio.wait_for(member.capacity(), max(self.lost_after, 5.0))
+        except (CoveError, TimeoutError) as exc:
+            since = self._answered.setdefault(runner.id, now)
+            if runner.reachable and now - since >= self.lost_after:
+                log.warning("runner %s lost: %s", runner.name, exc)
+                await self._lost(runner)
+            return
+        self._answered[runner.id] = now
+        self.store.heartbeat(runner.id, capacity, utcnow())
+        if not runner.reachable:
+            log.info("runner %s answers again", runner.name)
+            self.store.set_reachable(runner.id, True)
+            await self.sync()
+            await self._back(runner, member)
+
+    async def _lost(self, runner: RunnerInfo) -> None:
+        """Mark the runner unreachable and the sandboxes it holds ``error``."""
+        self.store.set_reachable(runner.id, False)
+        await self.sync()  # no call goes there any more, no sandbox is placed there
+        reason = lost_reason(runner.name)
+        for sandbox_id in self.store.sandboxes_on(runner.id):
+            await self._on(sandbox_id, lambda sb: self._fail(sb, reason))
+
+    async def _fail(self, sandbox: Sandbox, reason: str) -> None:
+        if sandbox.state not in _NOT_ON_HOST:
+            await self.lifecycle.ops.fail(sandbox, reason, recoverable=True)
+
+    async def _back(self, runner: RunnerInfo, member: Member) -> None:
+        """Give the sandboxes its loss put in ``error`` what the runner has of them."""
+        reason = lost_reason(runner.name)
+        for sandbox_id in self.store.sandboxes_on(runner.id):
+
+            async def settle(sandbox: Sandbox) -> None:
+                if sandbox.state is not S.ERROR or sandbox.error_reason != reason:
+                    return
+                status = await member.status(sandbox.id)
+                if status in _BACK:
+                    await self.lifecycle.ops.set_state(sandbox, _BACK[status])
+                else:
+                    await self.lifecycle.ops.fail(
+                        sandbox, f"its files were lost with runner {runner.name}",
+                        recoverable=False)  # fmt: skip
+
+            await self._on(sandbox_id, settle)
+
+    async def _on(self, sandbox_id: str, act: Callable[[Sandbox], Awaitable[None]]) -> None:
+        ops = self.lifecycle.ops
+
+        async def locked() -> None:
+            try:
+                await act(ops.store.get_by_id(sandbox_id))
+            except NotFound:
+                pass
+
+        try:
+            await ops.run(sandbox_id, locked)
+        except CoveError as exc:
+            log.error("sandbox %s: %s", sandbox_id, exc.message)
+
+    async def _drain(self, runner: RunnerInfo) -> None:
+        """Archive every sandbox of the runner to the shared store and take it off the
+        runner (a later start restores it on another); unclaimed warm-pool sandboxes
+        are deleted."""
+        lifecycle = self.lifecycle
+        for sandbox_id in self.store.sandboxes_on(runner.id):
+            try:
+                sandbox = lifecycle.store.get_by_id(sandbox_id)
+                if not sandbox.organization_id:  # waiting in a warm pool
+                    await lifecycle.ops.run(sandbox_id, partial(lifecycle.ops.remove, sandbox))
+                    continue
+                if sandbox.state is not S.ARCHIVED:
+                    sandbox = await lifecycle.archive(sandbox.organization_id, sandbox_id)
+                if sandbox.state is S.ARCHIVED:
+                    await lifecycle.ops.run(sandbox_id, partial(self.releaser.release,
+                                                                sandbox_id))  # fmt: skip
+                    log.info("runner %s: sandbox %s archived off it", runner.name, sandbox_id)
+                else:
+                    log.warning("runner %s: sandbox %s is %s, not drained", runner.name,
+                                sandbox_id, sandbox.state)  # fmt: skip
+            except NotFound:
+                continue
+            except CoveError as exc:
+                log.error("draining sandbox %s off runner %s: %s", sandbox_id, runner.name,
+                          exc.message)  # fmt: skip

@@ -1,0 +1,393 @@
+"""Several runners as one :class:`cove.core.ports.Runner`: each call goes to the
+runner its sandbox is on (the registry's ``runner_id``); a new sandbox (a create, or
+the restore of one archived off its runner) goes where placement says.
+
+Byte streams (toolbox calls, file transfers, previews) are the member's own
+(:meth:`RemoteRunner.open_agent` / ``open_port``): nothing is buffered here. A call on
+a sandbox whose runner is unreachable fails at once (``Unavailable``, a 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from cove import errors
+from cove.core.fleet import LOCAL, RunnerInfo, RunnerState, RunnerStore, lost_reason, place
+from cove.core.ports import (
+    AgentConnection,
+    Capacity,
+    ContainerSpec,
+    ContainerStats,
+    ContainerStatus,
+    ImageConfig,
+    NetworkPolicy,
+    PulledImage,
+    RegistryAuth,
+    Resources,
+    Runner,
+)
+from cove.runner import tls
+
+log = logging.getLogger(__name__)
+
+
+class MemberRunner(Runner, Protocol):
+    async def capacity(self) -> Capacity: ...
+
+    async def release(self, sandbox_id: str) -> None: ...
+
+
+class RoutingRunner:
+    """Implements :class:`cove.core.ports.Runner` over the registered runners.
+
+    Args:
+        store: the registry.
+        local: the embedded runner (``local`` in the registry), if this host runs any.
+        client_tls: the CA, certificate and key the API dials runners with.
+    """
+
+    def __init__(self, store: RunnerStore, *, local: MemberRunner | None = None,
+                 client_tls: tuple[Path, Path, Path] | None = None) -> None:  # fmt: skip
+        self.store = store
+        self.members: dict[str, MemberRunner] = {}
+        self._local = local
+        self._tls = client_tls
+        self._urls: dict[str, str | None] = {}
+        self._infos: dict[str, RunnerInfo] = {}
+        self._where: dict[str, str | None] = {}  # sandbox id: runner id (a cache)
+        self._orphans: dict[str, str] = {}  # ids list_ids found with no record: runner id
+        self._connect_all()
+
+    def _connect_all(self) -> None:
+        """The members the registry names now (blocking: at start); a runner that does
+        not answer yet is tried again by the heartbeat."""
+        from cove.runner.remote import RemoteRunner
+
+        self._infos = {r.id: r for r in self.store.list()}
+        for rid, info in self._infos.items():
+            member = self._connect(info)
+            if isinstance(member, RemoteRunner) and self._tls is not None:
+                try:
+                    member = RemoteRunner.connect(info.url or "", *self._tls)
+                except errors.CoveError as exc:
+                    log.warning("runner %s does not answer yet: %s", info.name, exc.message)
+            if member is not None:
+                self.members[rid], self._urls[rid] = member, info.url
+
+    # ---- the registry ---------------------------------------------------
+
+    async def sync(self) -> None:
+        """Match the members to the registry: connect runners added since, drop the
+        removed ones (the registry may change from the CLI at any time)."""
+        infos = {r.id: r for r in self.store.list()}
+        for rid in set(self.members) - set(infos):
+            member = self.members.pop(rid)
+            self._urls.pop(rid, None)
+            if hasattr(member, "close"):
+                await member.close()
+        for rid, info in infos.items():
+            if rid in self.members and self._urls.get(rid) == info.url:
+                continue
+            new = self._connect(info)
+            if new is not None:
+                old = self.members.get(rid)
+                self.members[rid] = new
+                self._urls[rid] = info.url
+                if old is not None and old is not self._local and hasattr(old, "close"):
+                    await old.close()
+        for rid, member in self.members.items():
+            if hasattr(member, "refresh") and infos[rid].reachable:
+                try:
+                    await member.refresh()  # its snapshots (locality)
+                except errors.CoveError:
+                    pass  # the heartbeat tells
+        self._infos = infos
+        self._where.clear()
+
+    def _connect(self, info: RunnerInfo) -> MemberRunner | None:
+        if info.url is None:
+            return self._local if info.id == LOCAL else None
+        from cove.runner.remote import RemoteRunner
+
+        if self._tls is None:
+            log.error("runner %s: set COVE_RUNNER_CA, COVE_RUNNER_CERT and COVE_RUNNER_KEY "
+                      "to reach it", info.name)  # fmt: skip
+            return None
+        return RemoteRunner(info.url, tls.client_context(*self._tls))
+
+    def member_map(self) -> Mapping[str, MemberRunner]:
+        return self.members
+
+    def _info(self, runner_id: str) -> RunnerInfo:
+        info = self._infos.get(runner_id)
+        if info is None:
+            info = self._infos[runner_id] = self.store.get(runner_id)
+        return info
+
+    def _usable(self, runner_id: str) -> bool:
+        try:
+            info = self._info(runner_id)
+        except errors.NotFound:
+            return False
+        return runner_id in self.members and info.reachable and info.state in (
+            RunnerState.READY, RunnerState.CORDONED)  # fmt: skip
+
+    def placeable(self) -> list[str]:
+        """Ids of the runners that take new sandboxes (and pooled sandboxes' claims)."""
+        return [rid for rid, info in self._infos.items() if rid in self.members
+                and info.reachable and info.state is RunnerState.READY]  # fmt: skip
+
+    def _runner_of(self, sandbox_id: str) -> str | None:
+        if sandbox_id not in self._where:
+            self._where[sandbox_id] = self.store.runner_of(sandbox_id)
+        return self._where[sandbox_id]
+
+    def _member(self, runner_id: str) -> MemberRunner:
+        """The runner ``runner_id``, if it answers.
+
+        Raises:
+            Unavailable: it is unreachable or no longer registered.
+        """
+        member = self.members.get(runner_id)
+        try:
+            info = self._info(runner_id)
+        except errors.NotFound:
+            info = None
+        if member is None or info is None:
+            raise errors.Unavailable(f"runner {runner_id} is not registered")
+        if not info.reachable:
+            raise errors.Unavailable(lost_reason(info.name))
+        return member
+
+    def _of(self, sandbox_id: str) -> MemberRunner:
+        """The runner of a sandbox.
+
+        Raises:
+            Unavailable: it is on no runner, or its runner does not answer.
+        """
+        runner_id = self._runner_of(sandbox_id) or self._orphans.get(sandbox_id)
+        if runner_id is None:
+            raise errors.Unavailable(f"sandbox {sandbox_id} is on no runner (archived)")
+        return self._member(runner_id)
+
+    def _any(self) -> MemberRunner:
+        """A runner that answers (for a sandbox on none: its archive is shared)."""
+        for rid in self.placeable() or [r for r in self.members if self._usable(r)]:
+            return self.members[rid]
+        raise errors.Unavailable("no runner answers")
+
+    def _place(self, spec: ContainerSpec, avoid: frozenset[str] = frozenset()) -> str:
+        """Choose a runner for a sandbox new to it (none of ``avoid``) and record it."""
+        infos = [self._infos[rid] for rid in self.members
+                 if rid in self._infos and rid not in avoid]  # fmt: skip
+        chosen = place(infos, self.store.allocations(), spec.resources,
+                       lambda rid: self.members[rid].has_snapshot(spec.snapshot))  # fmt: skip
+        self.store.assign(spec.sandbox_id, chosen.id)
+        self._where[spec.sandbox_id] = chosen.id
+        log.info("sandbox %s placed on runner %s", spec.sandbox_id, chosen.name)
+        return chosen.id
+
+    async def _at_home(self, spec: ContainerSpec, call: Callable[[MemberRunner], Any], *,
+                       stay: bool) -> None:  # fmt: skip
+        """``call`` on the sandbox's runner if ``stay`` and it is assigned one that keeps
+        serving, else on a newly placed one; a placed runner that turns out not to answer
+        (lost since its last heartbeat) is left for the next best."""
+        runner_id = self._runner_of(spec.sandbox_id)
+        if stay and runner_id is not None and self._usable(runner_id):
+            await call(self._member(runner_id))
+            return
+        avoid: set[str] = set()
+        while True:
+            runner_id = self._place(spec, frozenset(avoid))
+            try:
+                await call(self._member(runner_id))
+                return
+            except errors.Unavailable as exc:
+                if "unreachable" not in exc.message:
+                    raise
+                log.warning("runner %s: %s; placing sandbox %s elsewhere",
+                            self._infos[runner_id].name, exc.message, spec.sandbox_id)  # fmt: skip
+                avoid.add(runner_id)
+
+    def _reachable(self) -> list[MemberRunner]:
+        return [m for rid, m in self.members.items() if self._usable(rid)
+                or (rid in self._infos and self._infos[rid].reachable)]  # fmt: skip
+
+    # ---- inventory --------------------------------------------------------
+
+    def has_snapshot(self, name: str) -> bool:
+        return any(m.has_snapshot(name) for m in self.members.values())
+
+    def has_isolation(self, name: str) -> bool:
+        return any(m.has_isolation(name) for m in self.members.values())
+
+    def has_local_image(self, image: str) -> bool:
+        return any(m.has_local_image(image) for m in self.members.values())
+
+    # ---- a sandbox new to a runner --------------------------------------------
+
+    async def create(self, spec: ContainerSpec) -> None:
+        """A new sandbox (or a recovered one whose files are gone): where placement says."""
+        await self._at_home(spec, lambda m: m.create(spec), stay=False)
+
+    async def restore(self, spec: ContainerSpec) -> None:
+        """Back from its archive: on its runner if it still has one, else where placement
+        says (the archive is in the shared store)."""
+        await self._at_home(spec, lambda m: m.restore(spec), stay=True)
+
+    async def fork(self, source_id: str, spec: ContainerSpec) -> None:
+        runner_id = self._runner_of(source_id)
+        member = self._of(source_id)
+        assert runner_id is not None
+        self.store.assign(spec.sandbox_id, runner_id)
+        self._where[spec.sandbox_id] = runner_id
+        await member.fork(source_id, spec)
+
+    # ---- a sandbox on its runner ------------------------------------------------
+
+    async def start(self, spec: ContainerSpec) -> None:
+        await self._of(spec.sandbox_id).start(spec)
+
+    async def adopt(self, spec: ContainerSpec) -> None:
+        await self._of(spec.sandbox_id).adopt(spec)
+
+    async def stop(self, sandbox_id: str, *, force: bool = False) -> None:
+        if self._runner_of(sandbox_id) is None and sandbox_id not in self._orphans:
+            return  # on no runner: nothing of it runs anywhere
+        await self._of(sandbox_id).stop(sandbox_id, force=force)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        if self._runner_of(sandbox_id) is None and sandbox_id not in self._orphans:
+            await self._any().destroy(sandbox_id)  # its archive, in the shared store
+        else:
+            await self._of(sandbox_id).destroy(sandbox_id)
+        self._orphans.pop(sandbox_id, None)
+
+    async def archive(self, sandbox_id: str) -> int:
+        return await self._of(sandbox_id).archive(sandbox_id)
+
+    async def release(self, sandbox_id: str) -> None:
+        """Take an archived sandbox off its runner (its archive, in the shared store,
+        stays): a later restore places it anew."""
+        runner_id = self._runner_of(sandbox_id)
+        if runner_id is not None:
+            await self._member(runner_id).release(sandbox_id)
+        self.store.assign(sandbox_id, None)
+        self._where[sandbox_id] = None
+
+    async def pause(self, sandbox_id: str) -> None:
+        await self._of(sandbox_id).pause(sandbox_id)
+
+    async def resume(self, sandbox_id: str) -> None:
+        await self._of(sandbox_id).resume(sandbox_id)
+
+    async def capture(self, sandbox_id: str, ref: str, config: ImageConfig | None = None) -> int:
+        return await self._of(sandbox_id).capture(sandbox_id, ref, config)
+
+    async def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
+        await self._of(sandbox_id).resize(sandbox_id, resources, live=live)
+
+    async def status(self, sandbox_id: str) -> ContainerStatus:
+        if self._runner_of(sandbox_id) is None:
+            return await self._any().status(sandbox_id)
+        return await self._of(sandbox_id).status(sandbox_id)
+
+    async def tidy(self, sandbox_id: str) -> None:
+        if self._runner_of(sandbox_id) is not None:
+            await self._of(sandbox_id).tidy(sandbox_id)
+
+    async def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        await self._of(sandbox_id).set_network(sandbox_id, policy)
+
+    async def stats(self, sandbox_id: str) -> ContainerStats:
+        return await self._of(sandbox_id).stats(sandbox_id)
+
+    async def open_agent(self, sandbox_id: str) -> AgentConnection:
+        return await self._of(sandbox_id).open_agent(sandbox_id)
+
+    async def open_port(self, sandbox_id: str, port: int) -> AgentConnection:
+        return await self._of(sandbox_id).open_port(sandbox_id, port)
+
+    async def preview_upstream(self, sandbox_id: str, port: int) -> str | None:
+        return await self._of(sandbox_id).preview_upstream(sandbox_id, port)
+
+    # ---- every runner -------------------------------------------------------------
+
+    async def list_ids(self) -> set[str]:
+        """Every sandbox on a runner that answers (those with no record are noted, so
+        that their removal goes to their runner)."""
+        found: set[str] = set()
+        for rid, member in list(self.members.items()):
+            if not self._infos.get(rid) or not self._infos[rid].reachable:
+                continue
+            try:
+                ids = await member.list_ids()
+            except errors.CoveError as exc:
+                log.warning("runner %s: %s", self._infos[rid].name, exc.message)
+                continue
+            for sandbox_id in ids:
+                if self._runner_of(sandbox_id) != rid:
+                    self._orphans[sandbox_id] = rid
+            found |= ids
+        return found
+
+    async def remove_stale_work(self) -> None:
+        await self._each(lambda m: m.remove_stale_work())
+
+    async def remove_snapshot(self, ref: str) -> None:
+        await self._each(lambda m: m.remove_snapshot(ref))
+
+    async def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
+        return int(await self._first(lambda m: m.clone_snapshot(source, ref, config),
+                                     lambda m: m.has_snapshot(source)))  # fmt: skip
+
+    async def import_image(self, ref: str, image: str) -> PulledImage:
+        result: PulledImage = await self._first(lambda m: m.import_image(ref, image),
+                                                lambda m: m.has_local_image(image))  # fmt: skip
+        return result
+
+    async def pull_image(
+        self, ref: str, image: str, auth: RegistryAuth | None,
+        progress: Callable[[str], None] | None = None,
+    ) -> PulledImage:  # fmt: skip
+        """Every runner pulls it (a sandbox of it may be placed on any); the progress
+        shown is the first one's."""
+        members = self._reachable()
+        if not members:
+            raise errors.Unavailable("no runner answers")
+        results = await asyncio.gather(*(m.pull_image(ref, image, auth, progress if i == 0
+                                                      else None)
+                                         for i, m in enumerate(members)),
+                                       return_exceptions=True)  # fmt: skip
+        return _first_ok(results)
+
+    async def _each(self, call: Callable[[MemberRunner], Any]) -> None:
+        results = await asyncio.gather(*(call(m) for m in self._reachable()),
+                                       return_exceptions=True)  # fmt: skip
+        for result in results:
+            if isinstance(result, errors.CoveError):
+                log.warning("runner call failed: %s", result.message)
+            elif isinstance(result, BaseException):
+                raise result
+
+    async def _first(self, call: Callable[[MemberRunner], Any],
+                     able: Callable[[MemberRunner], bool]) -> Any:  # fmt: skip
+        """``call`` on every answering runner that is ``able`` (a snapshot made on each
+        of them); the first result."""
+        members = [m for m in self._reachable() if able(m)]
+        if not members:
+            raise errors.Unavailable("no runner answers that can do it")
+        return _first_ok(await asyncio.gather(*(call(m) for m in members),
+                                              return_exceptions=True))  # fmt: skip
+
+
+def _first_ok(results: list[Any]) -> Any:
+    """The first result that is not an error (else the first error, raised)."""
+    for result in results:
+        if not isinstance(result, BaseException):
+            return result
+    raise results[0]

@@ -1,0 +1,314 @@
+"""Several runners behind one API, on one machine: three ``cove runner`` processes,
+each in a network namespace of its own acting as a separate host (its own data dir,
+address and nftables ruleset), registered with ``cove runner add``; the API host
+runs no sandbox (``cove runner remove local``). Through the official SDK: creates
+land on different runners (placement), a runner killed with SIGKILL puts its
+sandboxes in ``error`` while the others keep serving and gives them back when it
+returns, a drained runner's sandboxes come back on another runner with their files
+(archives in a shared S3 store), and runners or APIs without the CA's certificates
+are refused."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from daytona import (
+    CreateSandboxFromSnapshotParams,
+    Daytona,
+    DaytonaConfig,
+    DaytonaError,
+    Sandbox,
+)
+
+from cove.runner import tls
+from cove.runner.layout import sandboxes_dir
+from cove.runner.oci.runtime import OciRuntime
+from cove.store.runners import SqlRunnerStore
+from cove.store.sql import make_engine
+from cove.testing_remote import NetnsHost, Pki, RunnerProcess, make_pki
+from tests.e2e.conftest import KEY, Server, running_server
+from tests.leaks import assert_no_leaks
+from tests.nettools import sandbox_pool
+from tests.s3server import CREDENTIALS, client, moto_server
+
+pytestmark = pytest.mark.e2e
+BUCKET = "cove-multi"
+NAMES = ("r1", "r2", "r3")
+TAG = f"mr{os.getpid() % 1000}"  # namespaces of this run (several runs may share a host)
+
+
+@dataclass
+class Fleet:
+    runners: dict[str, RunnerProcess]
+    api: Server
+    pki: Pki
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **self.api.extra_env}
+        return subprocess.run([sys.executable, "-m", "cove.cli.main", "runner", *args,
+                               "--data-dir", str(self.api.data_dir)], env=env, text=True,
+                              capture_output=True, timeout=120)  # fmt: skip
+
+    def runner_of(self, sandbox_id: str) -> str | None:
+        """The name of the runner the API placed the sandbox on (None: on none)."""
+        store = SqlRunnerStore(make_engine(f"sqlite:///{self.api.data_dir / 'cove.db'}"))
+        runner_id = store.runner_of(sandbox_id)
+        return None if runner_id is None else store.get(runner_id).name
+
+    def on_host(self, name: str) -> set[str]:
+        """The sandboxes whose files are on runner ``name``'s host (archives are in the
+        shared store, no runner's)."""
+        found = sandboxes_dir(self.runners[name].data_dir)
+        return {p.name for p in found.iterdir()} if found.is_dir() else set()
+
+
+def _cli(data_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cove.cli.main", "runner", *args,
+                           "--data-dir", str(data_dir)], env={**os.environ, **env}, text=True,
+                          capture_output=True, timeout=120)  # fmt: skip
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    base = (os.getpid() % 60) * 4
+    hosts = [NetnsHost(f"{TAG}{i}", f"10.249.{base + i}") for i in range(len(NAMES))]
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    runners: dict[str, RunnerProcess] = {}
+    with contextlib.ExitStack() as stack:
+        saved = {k: os.environ.get(k) for k in CREDENTIALS}  # the test's own view of S3
+        stack.callback(_restore_env, saved)
+        os.environ.update(CREDENTIALS)
+        for host in hosts:
+            stack.callback(host.delete)
+            host.create()
+        # The shared archive store, on this host's side of the first namespace's link.
+        endpoint = stack.enter_context(moto_server(hosts[0].outside))
+        s3 = client(endpoint)
+        s3.create_bucket(Bucket=BUCKET)
+        shared = {**CREDENTIALS, "COVE_ARCHIVE_S3_BUCKET": BUCKET,
+                  "COVE_ARCHIVE_S3_ENDPOINT": endpoint}  # fmt: skip
+        for i, (name, host) in enumerate(zip(NAMES, hosts, strict=True)):
+            proc = RunnerProcess(tmp_path_factory.mktemp(f"runner-{name}"), pki,
+                                 {"COVE_NETWORK_POOL": sandbox_pool(21 + i), **shared},
+                                 netns=host)  # fmt: skip
+            runners[name] = proc
+            stack.callback(_cleanup_runner, proc)
+            proc.start()
+        api_dir = tmp_path_factory.mktemp("cove-api")
+        cert, key = pki.api
+        env = {"COVE_RUNNER_CA": str(pki.ca), "COVE_RUNNER_CERT": str(cert),
+               "COVE_RUNNER_KEY": str(key), "COVE_RUNNER_HEARTBEAT_SECONDS": "0.5",
+               "COVE_RUNNER_LOST_SECONDS": "3", "COVE_POOL_SIZE": "0"}  # fmt: skip
+        for name, proc in runners.items():
+            done = _cli(api_dir, env, "add", name, proc.url)
+            assert done.returncode == 0, done.stderr
+        done = _cli(api_dir, env, "remove", "local")  # the API's host runs no sandbox
+        assert done.returncode == 0, done.stderr
+        with running_server(api_dir, 24, env) as api:
+            yield Fleet(runners, api, pki)
+            for proc in runners.values():  # every runner up, so that every delete works
+                if proc.proc is None or proc.proc.poll() is not None:
+                    proc.start()
+        assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0, "archives left"
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _cleanup_runner(proc: RunnerProcess) -> None:
+    if proc.proc is not None:
+        proc.stop()
+    runtime = OciRuntime(proc.settings)
+    left = runtime.list_ids()
+    for sandbox_id in left:
+        runtime.destroy(sandbox_id)
+    assert not left, f"sandboxes left on runner {proc.data_dir}: {left}"
+    assert_no_leaks(proc.data_dir, proc.cgroup_parent)
+
+
+def _sdk(fleet: Fleet) -> Daytona:
+    return Daytona(DaytonaConfig(api_key=KEY, api_url=fleet.api.api_url))
+
+
+def _spread(fleet: Fleet, daytona: Daytona) -> dict[str, Sandbox]:
+    """One sandbox per runner, by placement alone: {runner name: sandbox}."""
+    placed: dict[str, Sandbox] = {}
+    for _ in NAMES:
+        sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
+        name = fleet.runner_of(sb.id)
+        assert name is not None and name not in placed, f"{sb.id} placed on {name} again"
+        placed[name] = sb
+    return placed
+
+
+PROBE = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        print("open")
+    except OSError:
+        print("closed")
+"""
+
+
+def test_creates_land_on_different_runners(fleet: Fleet) -> None:
+    daytona = _sdk(fleet)
+    placed = _spread(fleet, daytona)
+    try:
+        assert set(placed) == set(NAMES)
+        for name, sb in placed.items():
+            assert fleet.on_host(name) == {sb.id}  # on that runner's host, on no other
+            result = sb.process.exec("echo hello from $(hostname)")
+            assert result.exit_code == 0 and result.result.startswith("hello from")
+        # From inside: no runner's ports, neither its own host's nor another's.
+        sb = placed["r1"]
+        targets = [(fleet.runners[n].address, fleet.runners[n].port + k)
+                   for n in NAMES for k in (0, 1)]  # fmt: skip
+        sb.fs.upload_file(PROBE.encode(), "/tmp/probe.py")
+        out = sb.process.exec("python3 /tmp/probe.py " + " ".join(f"{a}:{p}" for a, p in targets))
+        assert out.result.split() == ["closed"] * len(targets), out.result
+        listed = json.loads(fleet.cli("list", "--json").stdout)
+        found = {r["name"]: (r["state"], r["sandboxes"]) for r in listed}
+        found = {r["name"]: (r["state"], r["sandboxes"]) for r in listed}
+        assert found == dict.fromkeys(NAMES, ("ready", 1))
+    finally:
+        for sb in placed.values():
+            sb.delete()
+
+
+def test_a_killed_runner_s_sandboxes_fail_and_come_back(fleet: Fleet) -> None:
+    daytona = _sdk(fleet)
+    placed = _spread(fleet, daytona)
+    victim_name = "r2"
+    victim, runner = placed[victim_name], fleet.runners[victim_name]
+    try:
+        victim.fs.upload_file(b"kept across the loss", "/home/daytona/kept.txt")
+        assert runner.proc is not None
+        os.kill(runner.proc.pid, signal.SIGKILL)  # the runner alone; its sandboxes run on
+        runner.proc.wait()
+
+        def failed() -> bool:
+            victim.refresh_data()
+            return victim.state.value == "error"
+
+        wait_for("the lost runner's sandbox is error", failed)
+        assert victim.error_reason == f"runner {victim_name} unreachable"
+        assert victim.recoverable
+        with pytest.raises(DaytonaError):  # fails at once, does not hang
+            victim.process.exec("true")
+        for name, sb in placed.items():  # the others keep serving
+            if name != victim_name:
+                assert sb.process.exec("echo ok").result.strip() == "ok"
+        fresh = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
+        try:
+            assert fleet.runner_of(fresh.id) != victim_name
+        finally:
+            fresh.delete()
+        listed = {r["name"]: r["state"] for r in json.loads(fleet.cli("list", "--json").stdout)}
+        assert listed[victim_name] == "unreachable"
+
+        runner.start()  # it comes back: the sandbox is what the runner has
+
+        def back() -> bool:
+            victim.refresh_data()
+            return victim.state.value != "error"
+
+        wait_for("the sandbox is back", back)
+        assert victim.state.value == "started"
+        assert victim.fs.download_file("/home/daytona/kept.txt") == b"kept across the loss"
+        assert victim.process.exec("echo back").result.strip() == "back"
+    finally:
+        if runner.proc is None or runner.proc.poll() is not None:
+            runner.start()
+        for sb in placed.values():
+            wait_for("ready to delete", lambda sb=sb: _settled(sb))
+            sb.delete()
+
+
+def _settled(sb: Sandbox) -> bool:
+    sb.refresh_data()
+    return sb.state.value != "error" or not sb.recoverable
+
+
+def test_a_drained_runner_s_sandboxes_come_back_elsewhere_with_their_files(
+        fleet: Fleet) -> None:  # fmt: skip
+    daytona = _sdk(fleet)
+    sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
+    others: list[Sandbox] = []
+    drained = fleet.runner_of(sb.id)
+    assert drained is not None
+    try:
+        data = os.urandom(256 * 1024)
+        sb.fs.upload_file(data, "/home/daytona/data.bin")
+        assert sb.process.exec("stat -c %s /home/daytona/data.bin").result.strip() == str(
+            len(data))  # fmt: skip
+        done = fleet.cli("drain", drained)
+        assert done.returncode == 0, done.stderr
+
+        def archived() -> bool:
+            sb.refresh_data()
+            return sb.state.value == "archived" and fleet.runner_of(sb.id) is None
+
+        wait_for("the drained runner's sandbox is archived off it", archived)
+        assert fleet.on_host(drained) == set()
+        for _ in NAMES:  # a draining runner takes no new sandbox
+            others.append(daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0)))
+            assert fleet.runner_of(others[-1].id) != drained
+
+        sb.start()  # restored from the shared archive store on another runner
+        now_on = fleet.runner_of(sb.id)
+        assert now_on is not None and now_on != drained
+        assert fleet.on_host(now_on) >= {sb.id}
+        assert sb.fs.download_file("/home/daytona/data.bin") == data
+    finally:
+        fleet.cli("uncordon", drained)
+        sb.delete()
+        for other in others:
+            other.delete()
+
+
+def test_callers_and_runners_without_the_ca_s_certificates_are_refused(
+        fleet: Fleet, tmp_path: Path) -> None:  # fmt: skip
+    runner = fleet.runners["r1"]
+    rogue = make_pki(tmp_path / "rogue")  # another CA
+    cert, key = rogue.api
+    context = tls.client_context(fleet.pki.ca, cert, key)  # trusts the runner, not trusted
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{runner.url}/v1/info", verify=context, timeout=10)
+    with pytest.raises(httpx.TransportError):  # no client certificate at all
+        httpx.get(f"{runner.url}/v1/info", verify=str(fleet.pki.ca), timeout=10)
+    # The API will not register it with the rogue CA's certificate, nor trust a
+    # runner the rogue CA vouches for.
+    env = {"COVE_RUNNER_CA": str(fleet.pki.ca), "COVE_RUNNER_CERT": str(cert),
+           "COVE_RUNNER_KEY": str(key)}  # fmt: skip
+    done = _cli(fleet.api.data_dir, {**fleet.api.extra_env, **env}, "add", "rogue", runner.url)
+    assert done.returncode != 0 and "rogue" not in fleet.cli("list").stdout
+    env["COVE_RUNNER_CA"] = str(rogue.ca)
+    env["COVE_RUNNER_CERT"], env["COVE_RUNNER_KEY"] = map(str, fleet.pki.api)
+    done = _cli(fleet.api.data_dir, {**fleet.api.extra_env, **env}, "add", "rogue", runner.url)
+    assert done.returncode != 0 and "rogue" not in fleet.cli("list").stdout
