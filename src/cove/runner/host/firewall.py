@@ -211,10 +211,48 @@ def allow_addresses(link: Link, addresses: list[tuple[str, int]]) -> None:
     run(["nft", "-f", "-"], input=cmd.encode())
 
 
-def remove(sandbox_id: str, tag: str) -> None:
-    """Remove every rule, set and chain of the sandbox; the table too once it is empty."""
+def remove(sandbox_id: str, tag: str, link: Link | None = None) -> None:
+    """Remove every rule, set and chain of the sandbox; the table too once it is empty.
+
+    With its ``link``, by name in one transaction, without listing the table (which
+    grows with every sandbox of the host); else, or when that transaction finds
+    something missing (a crash between two steps), by listing the table.
+    """
     with _host_lock():
-        _remove(sandbox_id, tag)
+        if link is None or not _remove_known(link):
+            _remove(sandbox_id, tag)
+
+
+def _remove_known(link: Link) -> bool:
+    """Delete ``link``'s objects by name; False (nothing changed) if one is missing."""
+    k = link.key
+    cmds = [f'delete element {TABLE} egress {{ "{link.veth}" }}',
+            f'delete element {TABLE} ingress {{ "{link.veth}" }}',
+            f"delete element {TABLE} masq {{ {link.guest} }}",
+            f"delete chain {TABLE} eg_{k}", f"delete chain {TABLE} in_{k}",
+            *(f"delete set {TABLE} {s}_{k}" for s in ("cidr", "dns", "conn"))]  # fmt: skip
+    if run(["nft", "-f", "-"], input=("\n".join(cmds) + "\n").encode(), check=False).returncode:
+        return False
+    owners = _masq_comments()
+    if owners is not None and not owners:
+        run(["nft", "delete", "table", *TABLE.split()], check=False)
+    elif owners is not None and not any(o.startswith(link.tag + " ") for o in owners):
+        run(["nft", "delete", "set", *TABLE.split(), block_set(link.tag)], check=False)
+    return True
+
+
+def _masq_comments() -> list[str] | None:
+    """The comments (``"<tag> <sandbox id>"``) of every sandbox address of the table's
+    ``masq`` set: one per sandbox with rules, of any server (None: no table)."""
+    done = run(["nft", "-j", "list", "set", *TABLE.split(), "masq"], check=False)
+    if done.returncode != 0:
+        return None
+    found = []
+    for item in json.loads(done.stdout).get("nftables", []):
+        for elem in item.get("set", {}).get("elem", []):
+            inner = elem.get("elem", {}) if isinstance(elem, dict) else {}
+            found.append(str(inner.get("comment", "")))
+    return found
 
 
 def _remove(sandbox_id: str, tag: str) -> None:

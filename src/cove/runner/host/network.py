@@ -35,6 +35,7 @@ from cove.runner.host.proc import run
 from cove.runner.layout import SandboxPaths, remove_file, sandboxes_dir
 
 LEASE = "net.json"
+RULES = "firewall"  # "on" while the sandbox's nft rules may exist, "off" once removed
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 IPV4_CONF = Path("/proc/sys/net/ipv4/conf")
 
@@ -86,6 +87,7 @@ class Network:
             self._wire(link, netns)
         if IP_FORWARD.read_text().strip() != "1":
             IP_FORWARD.write_text("1\n")
+        (paths.root / RULES).write_text("on\n")  # (before: a crash may leave some)
         self.apply(paths.root.name, link, policy)
         return netns
 
@@ -117,13 +119,28 @@ class Network:
         sandbox_id = paths.root.name
         if self._dns is not None:
             self._dns.close(sandbox_id)
-        firewall.remove(sandbox_id, self.tag)
+        self._remove_rules(paths)
         veth = self._link(sandbox_id, 0).veth  # named from the id: found even without a lease
         if Path(f"/sys/class/net/{veth}").exists():
             run(["ip", "link", "del", veth], check=False)
         netns = self.netns_path(paths)
         mounts.unmount(netns)
         remove_file(netns)
+
+    def _remove_rules(self, paths: SandboxPaths) -> None:
+        """Remove the sandbox's nft rules: by name when it knows they were installed
+        (``RULES`` says "on"), not at all when it knows they are gone ("off"); else
+        (a sandbox started by an older version) by listing the table."""
+        marker = paths.root / RULES
+        try:
+            state = marker.read_text().strip()
+        except OSError:
+            state = ""
+        if state == "off":
+            return
+        firewall.remove(paths.root.name, self.tag, self.link(paths) if state == "on" else None)
+        if state:
+            marker.write_text("off\n")
 
     def _wire(self, link: Link, netns: Path) -> None:
         host = f"{link.host}/31"
