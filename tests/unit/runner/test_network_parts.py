@@ -4,6 +4,7 @@ the egress settings."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from cove.core.config import Settings
 from cove.core.ports import NetworkPolicy
+from cove.errors import CoveError
 from cove.runner.host import dns, firewall
 from cove.runner.host.firewall import Egress, Link
 
@@ -169,3 +171,25 @@ def test_the_owners_name_is_answered_by_cove_whatever_the_policy() -> None:
     assert empty[3] & 15 == 0 and dns.a_records(empty) == []
     other = dns.DnsForwarder.resolve(fwd, policy, print, _query("owner-2"), hosts)
     assert other[3] & 15 == dns.REFUSED
+
+
+def test_address_leases_are_unique_and_come_back_after_a_destroy(tmp_path: Path) -> None:
+    """Leases are kept in memory after the first scan; a destroyed sandbox's pair is
+    leased again once the pool seems exhausted."""
+    from cove.runner.host.network import Network
+    from cove.runner.layout import SandboxPaths
+
+    settings = Settings(data_dir=tmp_path, network_pool="100.127.0.0/29")  # 3 pairs
+    net = Network(settings)
+    boxes = [SandboxPaths.of(tmp_path, f"sb{i}") for i in range(4)]
+    for box in boxes:
+        box.root.mkdir(parents=True)
+    guests = {net.lease(box).guest for box in boxes[:3]}
+    assert len(guests) == 3
+    assert net.lease(boxes[0]).guest in guests  # a sandbox keeps its lease
+    with pytest.raises(CoveError, match="exhausted"):
+        net.lease(boxes[3])
+    freed = net.lease(boxes[1]).guest
+    shutil.rmtree(boxes[1].root)  # destroyed
+    assert net.lease(boxes[3]).guest == freed
+    assert Network(settings).lease(boxes[3]).guest == freed  # read back from disk

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import json
 import os
 import threading
@@ -53,6 +54,7 @@ class Network:
         self._pool = ipaddress.ip_network(settings.network_pool)
         self.tag = data_tag(settings.data_dir)
         self._alloc = threading.Lock()
+        self._taken: set[int] | None = None  # leased indexes (a superset, see lease)
         self._dns: DnsForwarder | None = None
         blocked = tuple(str(net) for net in blocked_ranges(settings))
         self._egress = Egress(blocked=blocked, max_connections=settings.max_connections)
@@ -164,21 +166,42 @@ class Network:
             link = self.link(paths)
             if link is not None:
                 return link
-            taken = set()
-            root = sandboxes_dir(self._settings.data_dir)
-            for lease in root.glob(f"*/{LEASE}"):
-                try:
-                    taken.add(int(json.loads(lease.read_text())["index"]))
-                except (OSError, ValueError, KeyError):
-                    continue
-            size = self._pool.num_addresses // 2
-            index = next((i for i in range(1, size) if i not in taken), None)
-            if index is None:
-                raise RuntimeBackendError(f"network pool {self._pool} is exhausted")
+            index = self._free_index()
             tmp = paths.root / f".{LEASE}.tmp"
             tmp.write_text(json.dumps({"index": index}))
             os.replace(tmp, paths.root / LEASE)
             return self._link(paths.root.name, index)
+
+    def _free_index(self) -> int:
+        """An index no lease holds. The leases on disk are read once, then kept in
+        memory with every index leased since (leases are only made here): indexes
+        of destroyed sandboxes are found again when the pool seems exhausted, so a
+        lease costs the same however many sandboxes there are.
+
+        Raises:
+            RuntimeBackendError: the pool is exhausted.
+        """
+        size = self._pool.num_addresses // 2
+        for rescan in (self._taken is None, True):
+            if rescan:
+                self._taken = self._leased()
+            assert self._taken is not None
+            start = max(self._taken, default=0) + 1  # (the next one: usually free)
+            order = itertools.chain(range(start, size), range(1, min(start, size)))
+            index = next((i for i in order if i not in self._taken), None)
+            if index is not None:
+                self._taken.add(index)
+                return index
+        raise RuntimeBackendError(f"network pool {self._pool} is exhausted")
+
+    def _leased(self) -> set[int]:
+        taken = set()
+        for lease in sandboxes_dir(self._settings.data_dir).glob(f"*/{LEASE}"):
+            try:
+                taken.add(int(json.loads(lease.read_text())["index"]))
+            except (OSError, ValueError, KeyError):
+                continue
+        return taken
 
     def _link(self, sandbox_id: str, index: int) -> Link:
         base = int(self._pool.network_address) + 2 * index
