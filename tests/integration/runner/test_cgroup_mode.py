@@ -20,8 +20,10 @@ def _table(*rows: tuple[str, str]) -> list[mounts.Mount]:
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
     cgroups.mode.cache_clear()
+    cgroups._v1_hierarchies.cache_clear()
     yield
     cgroups.mode.cache_clear()
+    cgroups._v1_hierarchies.cache_clear()
 
 
 @pytest.mark.parametrize(
