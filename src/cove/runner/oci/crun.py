@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cove.errors import RuntimeBackendError
-from cove.runner.host import cgroups
+from cove.runner.host import cgroups, freezer
 from cove.runner.host.proc import describe_failure, run
 
 CRUN = "crun"
@@ -60,9 +60,19 @@ class Crun:
         return [*wrap, CRUN, *args]
 
     def state(self, container_id: str) -> dict[str, Any] | None:
-        """crun's state of a container, or None when crun does not know it."""
-        if not (STATE_ROOT / container_id).exists():
+        """crun's state of a container (``status``, ``pid``, ``bundle``), or None when
+        crun does not know it.
+
+        Read as ``crun state`` does, from crun's status file, the process's start time
+        and the freezer, without running crun: the reconciler asks for every sandbox
+        every few seconds. ``crun state`` itself when the file cannot be read whole.
+        """
+        directory = STATE_ROOT / container_id
+        if not directory.exists():
             return None  # crun keeps a directory per container; skip the exec
+        found = _read_state(directory, container_id)
+        if found is not None:
+            return found
         done = run(self.argv("state", container_id), check=False, timeout=CALL_TIMEOUT)
         if done.returncode != 0:
             return None
@@ -165,6 +175,35 @@ class Crun:
             raise RuntimeBackendError(f"crun update {container_id}: {exc}") from exc
         finally:
             scratch.unlink(missing_ok=True)
+
+
+def _read_state(directory: Path, container_id: str) -> dict[str, Any] | None:
+    """What ``crun state`` reports, from crun's files (None: they could not be read)."""
+    try:
+        info = json.loads((directory / "status").read_text())
+        pid, started = int(info["pid"]), int(info["process-start-time"])
+        cgroup = str(info.get("cgroup-path") or "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # gone meanwhile, or being written: ask crun
+    if _start_time(pid) != started:
+        status = "stopped"
+    elif (directory / "exec.fifo").exists():
+        status = "created"
+    elif cgroup and freezer.is_frozen(cgroup.strip("/")):
+        status = "paused"
+    else:
+        status = "running"
+    return {"id": container_id, "pid": pid, "status": status, "bundle": info.get("bundle")}
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, as crun records it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])  # (field 22: the 20th after the name)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _tail(log: Path, start: int, limit: int = 4096) -> bytes:
