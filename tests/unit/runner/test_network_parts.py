@@ -15,7 +15,7 @@ import pytest
 
 from cove.core.config import Settings
 from cove.core.ports import NetworkPolicy
-from cove.errors import CoveError
+from cove.errors import CoveError, RuntimeBackendError
 from cove.runner.host import dns, firewall
 from cove.runner.host.firewall import Egress, Link
 
@@ -193,3 +193,33 @@ def test_address_leases_are_unique_and_come_back_after_a_destroy(tmp_path: Path)
     shutil.rmtree(boxes[1].root)  # destroyed
     assert net.lease(boxes[3]).guest == freed
     assert Network(settings).lease(boxes[3]).guest == freed  # read back from disk
+
+
+def test_applies_that_meet_go_in_one_nft_run_and_a_refused_one_fails_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import Future
+
+    runs: list[str] = []
+
+    def fake_run(argv: list[str], *, input: bytes, check: bool = True) -> object:
+        text = input.decode()
+        runs.append(text)
+        refused = "bad" in text
+        if refused and check:
+            raise RuntimeBackendError("nft refused")
+        return subprocess.CompletedProcess(argv, 1 if refused else 0)
+
+    monkeypatch.setattr(firewall, "run", fake_run)
+    batch = [(firewall._BASE + f"\nadd chain {t}\n", Future()) for t in ("a", "bad", "c")]
+    firewall._install(batch)  # type: ignore[arg-type]
+    assert all(f"add chain {t}\n" in runs[0] for t in ("a", "bad", "c"))
+    assert runs[0].count(firewall._BASE) == 1
+    assert len(runs) == 4  # the refused whole, then each alone
+    assert batch[0][1].result() is None and batch[2][1].result() is None
+    with pytest.raises(CoveError):
+        batch[1][1].result()
+    runs.clear()
+    good = [(firewall._BASE + f"\nadd chain {t}\n", Future()) for t in ("d", "e")]
+    firewall._install(good)  # type: ignore[arg-type]
+    assert len(runs) == 1 and all(done.result() is None for _t, done in good)

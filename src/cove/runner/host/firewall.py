@@ -41,11 +41,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cove.core.ports import NetworkPolicy
+from cove.errors import RuntimeBackendError
 from cove.runner.host.proc import run
 
 TABLE = "inet cove"
@@ -126,9 +129,62 @@ Peer = tuple[str, str]  # a linked owner's (address, host-side veth name)
 
 def apply(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...] = ()) -> None:
     """Install (or atomically replace) the rules of one sandbox; it may open connections
-    to ``peers`` (its linked owner: that address through that veth only)."""
-    with _host_lock():
-        run(["nft", "-f", "-"], input=script(link, policy, egress, peers).encode())
+    to ``peers`` (its linked owner: that address through that veth only).
+
+    Raises:
+        RuntimeBackendError: nft refused them.
+    """
+    _APPLIES.submit(script(link, policy, egress, peers))
+
+
+class _GroupCommit:
+    """Installs the scripts of concurrent ``apply`` calls together: each ``nft`` run
+    first reads every chain and set of the table (a cost that grows with the host's
+    sandboxes: 16 ms at 250 sandboxes, 52 ms at 1,000 on an idle 2-core host), so
+    the scripts that arrive while one run holds the lock go together in the next
+    run, in one transaction (when nft refuses it, each script alone: a script nft
+    refuses fails alone, the others are installed)."""
+
+    def __init__(self) -> None:
+        self._queue = threading.Lock()  # guards _pending
+        self._turn = threading.Lock()  # one run at a time (in this process)
+        self._pending: list[tuple[str, Future[None]]] = []
+
+    def submit(self, text: str) -> None:
+        done: Future[None] = Future()
+        with self._queue:
+            self._pending.append((text, done))
+        with self._turn:
+            if not done.done():  # else the run before this turn installed it
+                with self._queue:
+                    batch, self._pending = self._pending, []
+                try:
+                    with _host_lock():
+                        _install(batch)
+                except BaseException as exc:  # handed to every waiter of the batch
+                    for _text, waiting in batch:
+                        if not waiting.done():
+                            waiting.set_exception(exc)
+        done.result()
+
+
+def _install(batch: list[tuple[str, Future[None]]]) -> None:
+    """One ``nft -f`` of every script; when nft refuses it, each script on its own."""
+    if len(batch) > 1:
+        joined = _BASE + "".join(text.removeprefix(_BASE) for text, _done in batch)
+        if run(["nft", "-f", "-"], input=joined.encode(), check=False).returncode == 0:
+            for _text, done in batch:
+                done.set_result(None)
+            return
+    for text, done in batch:
+        try:
+            run(["nft", "-f", "-"], input=text.encode())
+            done.set_result(None)
+        except RuntimeBackendError as exc:
+            done.set_exception(exc)
+
+
+_APPLIES = _GroupCommit()
 
 
 def script(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...] = ()) -> str:
