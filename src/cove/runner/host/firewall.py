@@ -42,10 +42,11 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from cove.core.ports import NetworkPolicy
 from cove.errors import RuntimeBackendError
@@ -143,24 +144,26 @@ class _GroupCommit:
     sandboxes: 16 ms at 250 sandboxes, 52 ms at 1,000 on an idle 2-core host), so
     the scripts that arrive while one run holds the lock go together in the next
     run, in one transaction (when nft refuses it, each script alone: a script nft
-    refuses fails alone, the others are installed)."""
+    refuses fails alone, the others are installed). Removals are batched the same
+    way (:func:`_install_removals`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, install: Callable[[list[tuple[Any, Future[None]]]], None]) -> None:
+        self._install = install  # runs a batch, settling each item's future
         self._queue = threading.Lock()  # guards _pending
         self._turn = threading.Lock()  # one run at a time (in this process)
-        self._pending: list[tuple[str, Future[None]]] = []
+        self._pending: list[tuple[Any, Future[None]]] = []
 
-    def submit(self, text: str) -> None:
+    def submit(self, item: object) -> None:
         done: Future[None] = Future()
         with self._queue:
-            self._pending.append((text, done))
+            self._pending.append((item, done))
         with self._turn:
             if not done.done():  # else the run before this turn installed it
                 with self._queue:
                     batch, self._pending = self._pending, []
                 try:
                     with _host_lock():
-                        _install(batch)
+                        self._install(batch)
                 except BaseException as exc:  # handed to every waiter of the batch
                     for _text, waiting in batch:
                         if not waiting.done():
@@ -184,7 +187,7 @@ def _install(batch: list[tuple[str, Future[None]]]) -> None:
             done.set_exception(exc)
 
 
-_APPLIES = _GroupCommit()
+_APPLIES = _GroupCommit(_install)
 
 
 def script(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...] = ()) -> str:
@@ -270,31 +273,50 @@ def allow_addresses(link: Link, addresses: list[tuple[str, int]]) -> None:
 def remove(sandbox_id: str, tag: str, link: Link | None = None) -> None:
     """Remove every rule, set and chain of the sandbox; the table too once it is empty.
 
-    With its ``link``, by name in one transaction, without listing the table (which
-    grows with every sandbox of the host); else, or when that transaction finds
-    something missing (a crash between two steps), by listing the table.
+    With its ``link``, by name, without listing the table (which grows with every
+    sandbox of the host; concurrent removals go in one nft run, see
+    :class:`_GroupCommit`); else, or when that finds something missing (a crash
+    between two steps), by listing the table.
     """
-    with _host_lock():
-        if link is None or not _remove_known(link):
+    if link is None:
+        with _host_lock():
             _remove(sandbox_id, tag)
+    else:
+        _REMOVALS.submit(link)
 
 
-def _remove_known(link: Link) -> bool:
-    """Delete ``link``'s objects by name; False (nothing changed) if one is missing."""
+def _removal_script(link: Link) -> str:
+    """The nft commands deleting ``link``'s objects by name."""
     k = link.key
     cmds = [f'delete element {TABLE} egress {{ "{link.veth}" }}',
             f'delete element {TABLE} ingress {{ "{link.veth}" }}',
             f"delete element {TABLE} masq {{ {link.guest} }}",
             f"delete chain {TABLE} eg_{k}", f"delete chain {TABLE} in_{k}",
             *(f"delete set {TABLE} {s}_{k}" for s in ("cidr", "dns", "conn"))]  # fmt: skip
-    if run(["nft", "-f", "-"], input=("\n".join(cmds) + "\n").encode(), check=False).returncode:
-        return False
+    return "\n".join(cmds) + "\n"
+
+
+def _install_removals(batch: list[tuple[Link, Future[None]]]) -> None:
+    """Delete the objects of every link in one nft run; when nft refuses it (one of
+    them misses something), each link alone, by listing the table if need be. Then
+    the table once it is empty, and a server's shared set once it has no sandbox."""
+    joined = "".join(_removal_script(link) for link, _done in batch)
+    together = run(["nft", "-f", "-"], input=joined.encode(), check=False).returncode == 0
+    for link, done in batch:
+        try:
+            if not together and run(["nft", "-f", "-"], input=_removal_script(link).encode(),
+                                    check=False).returncode:  # fmt: skip
+                _remove(link.sandbox_id, link.tag)
+            done.set_result(None)
+        except RuntimeBackendError as exc:
+            done.set_exception(exc)
     owners = _masq_comments()
     if owners is not None and not owners:
         run(["nft", "delete", "table", *TABLE.split()], check=False)
-    elif owners is not None and not any(o.startswith(link.tag + " ") for o in owners):
-        run(["nft", "delete", "set", *TABLE.split(), block_set(link.tag)], check=False)
-    return True
+    elif owners is not None:
+        for tag in {link.tag for link, _done in batch}:
+            if not any(o.startswith(tag + " ") for o in owners):
+                run(["nft", "delete", "set", *TABLE.split(), block_set(tag)], check=False)
 
 
 def _masq_comments() -> list[str] | None:
@@ -386,3 +408,6 @@ def _masq_for(table: list[dict], comment: str) -> list[str]:
                 if inner.get("comment") == comment:
                     found.append(str(inner["val"]))
     return found
+
+
+_REMOVALS = _GroupCommit(_install_removals)
