@@ -107,9 +107,13 @@ def stage_binds(paths: SandboxPaths, sources: Sequence[int]) -> list[Path]:
     return staged
 
 
-def unmount_all(paths: SandboxPaths) -> None:
+def unmount_all(paths: SandboxPaths, *, reused: bool = True) -> None:
     """Take everything of :func:`mount_disk`, :func:`make_namespaces` and
-    :func:`mount_layers` down (idempotent; the first failure is raised last)."""
+    :func:`mount_layers` down (idempotent; the first failure is raised last).
+
+    When the disk image is ``reused`` (mounted, checked or copied again; not when the
+    sandbox is destroyed), wait until no other mount namespace holds its file system
+    (``disk.wait_released``)."""
     errors: list[RuntimeBackendError] = []
     targets = [paths.rootfs, *sorted(_mounted_below(paths.mnt), reverse=True),
                paths.netns, paths.workns, paths.userns, paths.disk]  # fmt: skip
@@ -121,7 +125,7 @@ def unmount_all(paths: SandboxPaths) -> None:
             errors.append(exc)
     for path in (paths.netns, paths.workns, paths.userns):
         path.unlink(missing_ok=True)
-    if device is not None and not errors:
+    if device is not None and reused and not errors:
         try:
             disk.wait_released(device, paths.image)
         except RuntimeBackendError as exc:
