@@ -223,3 +223,28 @@ def test_applies_that_meet_go_in_one_nft_run_and_a_refused_one_fails_alone(
     good = [(firewall._BASE + f"\nadd chain {t}\n", Future()) for t in ("d", "e")]
     firewall._install(good)  # type: ignore[arg-type]
     assert len(runs) == 1 and all(done.result() is None for _t, done in good)
+
+
+def test_removals_that_meet_go_in_one_nft_run_and_a_partial_one_is_found_by_listing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import Future
+
+    runs: list[str] = []
+    listed: list[str] = []
+
+    def fake_run(argv: list[str], *, input: bytes = b"", check: bool = True) -> object:
+        text = input.decode()
+        runs.append(text or " ".join(argv))
+        refused = "gone" in text  # a sandbox whose rules a crash left half-removed
+        return subprocess.CompletedProcess(argv, 1 if refused else 0, stdout=b'{"nftables": []}')
+
+    monkeypatch.setattr(firewall, "run", fake_run)
+    monkeypatch.setattr(firewall, "_remove", lambda sid, tag: listed.append(sid))
+    links = [Link(sandbox_id=s, tag="t", key=k, host="10.0.0.2", guest="10.0.0.3")
+             for s, k in (("a", "k1"), ("gone", "gone1"))]  # fmt: skip
+    batch = [(link, Future()) for link in links]
+    firewall._install_removals(batch)  # type: ignore[arg-type]
+    assert "eg_k1" in runs[0] and "eg_gone1" in runs[0]  # together first
+    assert listed == ["gone"] and all(done.result() is None for _l, done in batch)
+    assert any("delete table" in r for r in runs)  # no sandbox has rules left
