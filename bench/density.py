@@ -25,7 +25,10 @@ end, also on ^C.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import shutil
 import signal
 import statistics
@@ -70,6 +73,18 @@ def timed(fn: object) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+def profiled(fn: object, n: int) -> float:
+    """``timed``, printing where the time went (cProfile: Cove's functions)."""
+    profile = cProfile.Profile()
+    ms = timed(lambda: profile.runcall(fn))  # type: ignore[arg-type]
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats("cove", 16)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.strip()][4:22]
+    print(f"  start of sandbox {n}: {ms:.0f} ms; Cove's functions by cumulative time:\n    "
+          + "\n    ".join(lines), flush=True)
+    return ms
+
+
 class Run:
     """The sandboxes of one run, and what was measured on them."""
 
@@ -93,15 +108,23 @@ class Run:
         while len(self.ids) < self.args.max and Meminfo.read()["MemAvailable"] > reserve:
             sid = f"dn-{uuid.uuid4().hex[:10]}"
             self.ids.append(sid)
-            self.start_ms.append(timed(lambda sid=sid: self._start(sid)))
+            if len(self.ids) in self.args.profile_at:
+                self.start_ms.append(profiled(lambda sid=sid: self._start(sid), len(self.ids)))
+            else:
+                self.start_ms.append(timed(lambda sid=sid: self._start(sid)))
             self.runtime.exec(sid, ["true"], user="root")
             if len(self.agent_rollups) < self.args.sample:
                 self.agent_rollups += [smaps(pid) for pid in agent_pids(self.runtime, sid)]
             if len(self.ids) % 100 == 0:
                 avail = Meminfo.read()["MemAvailable"] // MIB
                 last = statistics.median(self.start_ms[-100:])
+                fds = len(os.listdir("/proc/self/fd"))
+                with open("/proc/self/mounts") as f:
+                    mounted = sum(1 for _ in f)
                 print(f"  {len(self.ids)} started (create+start p50 of the last 100: {last:.0f}"
-                      f" ms), MemAvailable {avail} MiB", flush=True)
+                      f" ms), MemAvailable {avail} MiB, host tasks {host_tasks()}, this"
+                      f" process's fds {fds}, mounts {mounted}, load"
+                      f" {os.getloadavg()[0]:.1f}", flush=True)
 
     def _start(self, sandbox_id: str) -> None:
         spec = spec_of(sandbox_id)
@@ -201,7 +224,10 @@ def main() -> None:
     parser.add_argument("--baseline", type=int, default=20, help="bare crun containers")
     parser.add_argument("--sample", type=int, default=10, help="agents measured while alive")
     parser.add_argument("--pool", default="100.96.0.0/16", help="sandbox addresses")
+    parser.add_argument("--profile-at", default="100,300,1000",
+                        help="profile the start of these sandboxes (comma-separated)")
     args = parser.parse_args()
+    args.profile_at = {int(n) for n in args.profile_at.split(",") if n}
     signal.signal(signal.SIGINT, signal.default_int_handler)  # (ignored in a background job)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     data_dir = private_dir(Path(tempfile.mkdtemp(prefix="cove-density-")), tighten=True)

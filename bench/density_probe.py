@@ -20,6 +20,7 @@ from cove.runner.oci import spec
 from cove.runner.oci.runtime import OciRuntime
 
 MIB = 1024
+MOUNTS_PER_SANDBOX = 7
 
 
 class Meminfo(dict[str, int]):
@@ -131,6 +132,10 @@ def limits(runtime: OciRuntime, sandbox_id: str, *, per_kb: float, tasks: float,
         ("network pool", pool.num_addresses // 2, f"/31 pairs in {pool} (COVE_NETWORK_POOL)"),
         ("user namespaces", userns // 2, f"user.max_user_namespaces {userns} / 2 per sandbox"),
         ("loop devices", (1 << 20) - 1, "1 per sandbox; loop minors (2^20)"),
+        ("mounts", _sysctl("fs.mount-max") // MOUNTS_PER_SANDBOX,
+         f"fs.mount-max {_sysctl('fs.mount-max')} per mount namespace / {MOUNTS_PER_SANDBOX}"
+         " (disk, idmapped lower and disk, overlay, 3 namespace files; the host's and each"
+         " crun call's)"),
     ]  # fmt: skip
 
 

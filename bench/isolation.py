@@ -100,7 +100,7 @@ def raw(kind: str, n: int, work: Path) -> Figures:
             figures["create"].append(timed(lambda b=bundle, c=cid: crun.run_detached(
                 c, b, work / "log")))
             figures["exec"].append(timed(lambda c=cid: _check(
-                crun.argv("exec", c, "/bin/true", keep=work))))
+                crun.argv("exec", c, "/bin/true"))))
             figures["delete"].append(timed(lambda c=cid: crun.delete(c)))
         cgroups.remove(f"{PARENT}/{cid}")
         shutil.rmtree(bundle)

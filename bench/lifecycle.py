@@ -110,8 +110,7 @@ def raw_crun(server: ServerProcess, daytona: Daytona, n: int) -> tuple[list[floa
     sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
     crun = Crun(ensure_init_binary(server.data_dir))
     source = server.data_dir / "sandboxes" / sb.id
-    # Next to the sandbox's own directory: on a hybrid-cgroup host crun runs in a mount
-    # namespace that keeps only the mounts under the bundle's parent directory.
+    # Next to the sandbox's own directory (on the same file system as a sandbox's).
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=source.parent))
     lower = json.loads((source / "sandbox.json").read_text())["lower"]
     for d in ("upper", "work", "rootfs"):

@@ -6,6 +6,7 @@
                    hostname, env, user
     ids.json       the sandbox's host id range (runner/host/idrange.py)
     net.json       its network address lease (runner/host/network.py)
+    firewall       "on" while its nft rules may exist, "off" once removed
     disk.img       sparse ext4 image: the writable layer, capped at ``disk`` GiB
     disk/          its mount point while running (the host's view, nosuid, nodev,
                    noexec): upper/ work/ etc/ init.log

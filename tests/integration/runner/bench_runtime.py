@@ -56,7 +56,7 @@ def one_round(rt: OciRuntime, tmp: Path, figures: dict[str, list[float]]) -> Non
     # raw crun on the very same bundle (mounts kept), through the same wrapper
     rt._crun.delete(sid)
     bundle = tmp / "sandboxes" / sid / "bundle"
-    raw = rt._crun.argv("run", "--detach", "--bundle", str(bundle), sid, keep=bundle.parent)
+    raw = rt._crun.argv("run", "--detach", "--bundle", str(bundle), sid)
     quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL}
     figures["raw crun run -d"].append(timed(subprocess.run, raw, check=True, **quiet))
     figures["stop (graceful)"].append(timed(rt.stop, sid))

@@ -20,8 +20,10 @@ def _table(*rows: tuple[str, str]) -> list[mounts.Mount]:
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
     cgroups.mode.cache_clear()
+    cgroups._v1_hierarchies.cache_clear()
     yield
     cgroups.mode.cache_clear()
+    cgroups._v1_hierarchies.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -44,15 +46,15 @@ def test_mode_and_wrapper(
 ) -> None:
     monkeypatch.setattr(mounts, "mount_table", lambda: _table(*rows))
     assert cgroups.mode() is expected
-    argv = Crun(Path("/lib/cove-init")).argv("state", "x")
+    argv = Crun(Path("/lib/cove-init")).argv("delete", "x")
+    # reading crun's state touches no cgroup: never wrapped
+    assert Crun(Path("/lib/cove-init")).argv("state", "x") == ["crun", "state", "x"]
     if expected is cgroups.CgroupMode.HYBRID:
-        assert argv == ["/lib/cove-init", "--exec", "--hybrid", "crun", "state", "x"]
-        kept = Crun(Path("/lib/cove-init")).argv("run", "x", keep=Path("/d/sb"),
-                                                 cgroup2="/cove/sb")  # fmt: skip
-        assert kept[:7] == ["/lib/cove-init", "--exec", "--hybrid", "--keep", "/d/sb",
-                            "--cgroup2", "/cove/sb"]  # fmt: skip
+        assert argv == ["/lib/cove-init", "--exec", "--hybrid", "crun", "delete", "x"]
+        joined = Crun(Path("/lib/cove-init")).argv("run", "x", cgroup2="/cove/sb")
+        assert joined[:5] == ["/lib/cove-init", "--exec", "--hybrid", "--cgroup2", "/cove/sb"]
     else:
-        assert argv == ["crun", "state", "x"]
+        assert argv == ["crun", "delete", "x"]
         # descriptors handed to the container always go through the wrapper
         run = Crun(Path("/lib/cove-init")).argv("run", "x", fds=2)
         assert run[:2] == ["/lib/cove-init", "--exec"] and "--hybrid" not in run

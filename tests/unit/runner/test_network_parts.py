@@ -4,6 +4,7 @@ the egress settings."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from cove.core.config import Settings
 from cove.core.ports import NetworkPolicy
+from cove.errors import CoveError, RuntimeBackendError
 from cove.runner.host import dns, firewall
 from cove.runner.host.firewall import Egress, Link
 
@@ -169,3 +171,80 @@ def test_the_owners_name_is_answered_by_cove_whatever_the_policy() -> None:
     assert empty[3] & 15 == 0 and dns.a_records(empty) == []
     other = dns.DnsForwarder.resolve(fwd, policy, print, _query("owner-2"), hosts)
     assert other[3] & 15 == dns.REFUSED
+
+
+def test_address_leases_are_unique_and_come_back_after_a_destroy(tmp_path: Path) -> None:
+    """Leases are kept in memory after the first scan; a destroyed sandbox's pair is
+    leased again once the pool seems exhausted."""
+    from cove.runner.host.network import Network
+    from cove.runner.layout import SandboxPaths
+
+    settings = Settings(data_dir=tmp_path, network_pool="100.127.0.0/29")  # 3 pairs
+    net = Network(settings)
+    boxes = [SandboxPaths.of(tmp_path, f"sb{i}") for i in range(4)]
+    for box in boxes:
+        box.root.mkdir(parents=True)
+    guests = {net.lease(box).guest for box in boxes[:3]}
+    assert len(guests) == 3
+    assert net.lease(boxes[0]).guest in guests  # a sandbox keeps its lease
+    with pytest.raises(CoveError, match="exhausted"):
+        net.lease(boxes[3])
+    freed = net.lease(boxes[1]).guest
+    shutil.rmtree(boxes[1].root)  # destroyed
+    assert net.lease(boxes[3]).guest == freed
+    assert Network(settings).lease(boxes[3]).guest == freed  # read back from disk
+
+
+def test_applies_that_meet_go_in_one_nft_run_and_a_refused_one_fails_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import Future
+
+    runs: list[str] = []
+
+    def fake_run(argv: list[str], *, input: bytes, check: bool = True) -> object:
+        text = input.decode()
+        runs.append(text)
+        refused = "bad" in text
+        if refused and check:
+            raise RuntimeBackendError("nft refused")
+        return subprocess.CompletedProcess(argv, 1 if refused else 0)
+
+    monkeypatch.setattr(firewall, "run", fake_run)
+    batch = [(firewall._BASE + f"\nadd chain {t}\n", Future()) for t in ("a", "bad", "c")]
+    firewall._install(batch)  # type: ignore[arg-type]
+    assert all(f"add chain {t}\n" in runs[0] for t in ("a", "bad", "c"))
+    assert runs[0].count(firewall._BASE) == 1
+    assert len(runs) == 4  # the refused whole, then each alone
+    assert batch[0][1].result() is None and batch[2][1].result() is None
+    with pytest.raises(CoveError):
+        batch[1][1].result()
+    runs.clear()
+    good = [(firewall._BASE + f"\nadd chain {t}\n", Future()) for t in ("d", "e")]
+    firewall._install(good)  # type: ignore[arg-type]
+    assert len(runs) == 1 and all(done.result() is None for _t, done in good)
+
+
+def test_removals_that_meet_go_in_one_nft_run_and_a_partial_one_is_found_by_listing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import Future
+
+    runs: list[str] = []
+    listed: list[str] = []
+
+    def fake_run(argv: list[str], *, input: bytes = b"", check: bool = True) -> object:
+        text = input.decode()
+        runs.append(text or " ".join(argv))
+        refused = "gone" in text  # a sandbox whose rules a crash left half-removed
+        return subprocess.CompletedProcess(argv, 1 if refused else 0, stdout=b'{"nftables": []}')
+
+    monkeypatch.setattr(firewall, "run", fake_run)
+    monkeypatch.setattr(firewall, "_remove", lambda sid, tag: listed.append(sid))
+    links = [Link(sandbox_id=s, tag="t", key=k, host="10.0.0.2", guest="10.0.0.3")
+             for s, k in (("a", "k1"), ("gone", "gone1"))]  # fmt: skip
+    batch = [(link, Future()) for link in links]
+    firewall._install_removals(batch)  # type: ignore[arg-type]
+    assert "eg_k1" in runs[0] and "eg_gone1" in runs[0]  # together first
+    assert listed == ["gone"] and all(done.result() is None for _l, done in batch)
+    assert any("delete table" in r for r in runs)  # no sandbox has rules left

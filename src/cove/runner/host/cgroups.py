@@ -53,8 +53,10 @@ def group_of(parent: str, sandbox_id: str) -> str:
     return f"{parent.strip('/')}/{sandbox_id}"
 
 
+@functools.cache
 def _v1_hierarchies() -> dict[str, Path]:
-    """Controller (or ``name=...``) → mount point of every v1 hierarchy."""
+    """Controller (or ``name=...``) → mount point of every v1 hierarchy (read once per
+    process, as the mode: the mount table grows with every sandbox)."""
     found: dict[str, Path] = {}
     for m in mounts.mount_table():
         if m.fstype != "cgroup" or not m.point.startswith(f"{ROOT}/"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from cove.errors import RuntimeBackendError
@@ -55,6 +56,35 @@ def mount(image: Path, target: Path) -> None:
     except OSError as exc:
         raise RuntimeBackendError(f"cannot create {target}: {exc}") from exc
     mountapi.mount_image(image, target, flags=MOUNT_FLAGS, options=MOUNT_OPTIONS)
+
+
+def wait_released(device: int, image: Path, timeout: float = 75.0) -> None:
+    """Return once the loop device ``device`` (``st_dev`` of the image's mount) no
+    longer serves ``image``: its file system is gone from every mount namespace.
+
+    A crun call that started while the sandbox ran holds a copy of its mounts
+    (see ``oci/crun.py``) until it ends; the image must not be mounted again, or
+    checked or resized, before that copy is gone (two ext4 instances on one file).
+
+    Raises:
+        RuntimeBackendError: still in use after ``timeout`` seconds (longer than a
+            crun call may take).
+    """
+    backing = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}/loop/backing_file")
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while _backs(backing, image):
+        if time.monotonic() > deadline:
+            raise RuntimeBackendError(f"{image} is still in use after unmount")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _backs(backing: Path, image: Path) -> bool:
+    try:
+        return backing.read_text().rstrip("\n") == os.path.realpath(image)
+    except OSError:  # the device is gone (detached): not a loop device, or freed
+        return False
 
 
 def usage(mountpoint: Path) -> tuple[int, int]:

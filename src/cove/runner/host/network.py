@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import json
 import os
 import threading
@@ -35,6 +36,7 @@ from cove.runner.host.proc import run
 from cove.runner.layout import SandboxPaths, remove_file, sandboxes_dir
 
 LEASE = "net.json"
+RULES = "firewall"  # "on" while the sandbox's nft rules may exist, "off" once removed
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 IPV4_CONF = Path("/proc/sys/net/ipv4/conf")
 
@@ -52,6 +54,7 @@ class Network:
         self._pool = ipaddress.ip_network(settings.network_pool)
         self.tag = data_tag(settings.data_dir)
         self._alloc = threading.Lock()
+        self._taken: set[int] | None = None  # leased indexes (a superset, see lease)
         self._dns: DnsForwarder | None = None
         blocked = tuple(str(net) for net in blocked_ranges(settings))
         self._egress = Egress(blocked=blocked, max_connections=settings.max_connections)
@@ -88,6 +91,7 @@ class Network:
             self._wire(link, netns)
         if IP_FORWARD.read_text().strip() != "1":
             IP_FORWARD.write_text("1\n")
+        (paths.root / RULES).write_text("on\n")  # (before: a crash may leave some)
         self.apply(paths.root.name, link, policy)
         return netns
 
@@ -119,13 +123,28 @@ class Network:
         sandbox_id = paths.root.name
         if self._dns is not None:
             self._dns.close(sandbox_id)
-        firewall.remove(sandbox_id, self.tag)
+        self._remove_rules(paths)
         veth = self._link(sandbox_id, 0).veth  # named from the id: found even without a lease
         if (IPV4_CONF / veth).exists():
             run(["ip", "link", "del", veth], check=False)
         netns = self.netns_path(paths)
         mounts.unmount(netns)
         remove_file(netns)
+
+    def _remove_rules(self, paths: SandboxPaths) -> None:
+        """Remove the sandbox's nft rules: by name when it knows they were installed
+        (``RULES`` says "on"), not at all when it knows they are gone ("off"); else
+        (a sandbox started by an older version) by listing the table."""
+        marker = paths.root / RULES
+        try:
+            state = marker.read_text().strip()
+        except OSError:
+            state = ""
+        if state == "off":
+            return
+        firewall.remove(paths.root.name, self.tag, self.link(paths) if state == "on" else None)
+        if state:
+            marker.write_text("off\n")
 
     def _wire(self, link: Link, netns: Path) -> None:
         host = f"{link.host}/31"
@@ -149,21 +168,42 @@ class Network:
             link = self.link(paths)
             if link is not None:
                 return link
-            taken = set()
-            root = sandboxes_dir(self._settings.data_dir)
-            for lease in root.glob(f"*/{LEASE}"):
-                try:
-                    taken.add(int(json.loads(lease.read_text())["index"]))
-                except (OSError, ValueError, KeyError):
-                    continue
-            size = self._pool.num_addresses // 2
-            index = next((i for i in range(1, size) if i not in taken), None)
-            if index is None:
-                raise RuntimeBackendError(f"network pool {self._pool} is exhausted")
+            index = self._free_index()
             tmp = paths.root / f".{LEASE}.tmp"
             tmp.write_text(json.dumps({"index": index}))
             os.replace(tmp, paths.root / LEASE)
             return self._link(paths.root.name, index)
+
+    def _free_index(self) -> int:
+        """An index no lease holds. The leases on disk are read once, then kept in
+        memory with every index leased since (leases are only made here): indexes
+        of destroyed sandboxes are found again when the pool seems exhausted, so a
+        lease costs the same however many sandboxes there are.
+
+        Raises:
+            RuntimeBackendError: the pool is exhausted.
+        """
+        size = self._pool.num_addresses // 2
+        for rescan in (self._taken is None, True):
+            if rescan:
+                self._taken = self._leased()
+            assert self._taken is not None
+            start = max(self._taken, default=0) + 1  # (the next one: usually free)
+            order = itertools.chain(range(start, size), range(1, min(start, size)))
+            index = next((i for i in order if i not in self._taken), None)
+            if index is not None:
+                self._taken.add(index)
+                return index
+        raise RuntimeBackendError(f"network pool {self._pool} is exhausted")
+
+    def _leased(self) -> set[int]:
+        taken = set()
+        for lease in sandboxes_dir(self._settings.data_dir).glob(f"*/{LEASE}"):
+            try:
+                taken.add(int(json.loads(lease.read_text())["index"]))
+            except (OSError, ValueError, KeyError):
+                continue
+        return taken
 
     def _link(self, sandbox_id: str, index: int) -> Link:
         base = int(self._pool.network_address) + 2 * index

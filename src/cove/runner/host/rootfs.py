@@ -57,15 +57,15 @@ def make_namespaces(nsexec: Path, paths: SandboxPaths, ids: IdRange) -> bool:
                         str(idrange.AGENT_UID), ids.inner_map]),
         (paths.netns, ["netns", str(paths.userns), str(paths.netns), *NET_SYSCTLS]),
     )  # fmt: skip
-    table = {m.point for m in mounts.mount_table()}
+    made = {path for path, _step in wanted if mounts.is_mounted(path)}
     steps: list[str] = []
     for path, step in wanted:
-        if str(path) not in table:
+        if path not in made:
             _placeholder(path)
             steps += [*step, ";"]
     if steps:
         run([str(nsexec), *steps], timeout=30)
-    return str(paths.netns) not in table
+    return paths.netns not in made
 
 
 def mount_layers(nsexec: Path, paths: SandboxPaths, meta: Metadata) -> None:
@@ -107,12 +107,17 @@ def stage_binds(paths: SandboxPaths, sources: Sequence[int]) -> list[Path]:
     return staged
 
 
-def unmount_all(paths: SandboxPaths) -> None:
+def unmount_all(paths: SandboxPaths, *, reused: bool = True) -> None:
     """Take everything of :func:`mount_disk`, :func:`make_namespaces` and
-    :func:`mount_layers` down (idempotent; the first failure is raised last)."""
+    :func:`mount_layers` down (idempotent; the first failure is raised last).
+
+    When the disk image is ``reused`` (mounted, checked or copied again; not when the
+    sandbox is destroyed), wait until no other mount namespace holds its file system
+    (``disk.wait_released``)."""
     errors: list[RuntimeBackendError] = []
     targets = [paths.rootfs, *sorted(_mounted_below(paths.mnt), reverse=True),
                paths.netns, paths.workns, paths.userns, paths.disk]  # fmt: skip
+    device = os.stat(paths.disk).st_dev if mounts.is_mounted(paths.disk) else None
     for target in targets:
         try:
             mounts.unmount(target)
@@ -120,6 +125,11 @@ def unmount_all(paths: SandboxPaths) -> None:
             errors.append(exc)
     for path in (paths.netns, paths.workns, paths.userns):
         path.unlink(missing_ok=True)
+    if device is not None and reused and not errors:
+        try:
+            disk.wait_released(device, paths.image)
+        except RuntimeBackendError as exc:
+            errors.append(exc)
     if errors:
         raise errors[0]
 
@@ -148,7 +158,13 @@ def _placeholder(path: Path) -> None:
 
 
 def _mounted_below(directory: Path) -> list[Path]:
-    return [Path(p) for p in mounts.mounted_under(directory) if p != str(directory)]
+    """The mounts in ``directory`` (``mnt/``: lower, disk, vol-<n>; nothing is
+    mounted deeper), found without reading the host's whole mount table."""
+    try:
+        entries = [directory / name for name in os.listdir(directory)]
+    except OSError:
+        return []
+    return [p for p in entries if mounts.is_mounted(p)]
 
 
 class _userns:

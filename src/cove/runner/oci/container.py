@@ -192,16 +192,18 @@ class Deleter(Protocol):
     def delete(self, container_id: str) -> None: ...
 
 
-def tear_down(client: Deleter, sandbox_id: str, paths: SandboxPaths, group: str) -> None:
+def tear_down(client: Deleter, sandbox_id: str, paths: SandboxPaths, group: str, *,
+              reused: bool = True) -> None:  # fmt: skip
     """Delete the container, unmount everything of it (a gVisor view first: it holds
-    binds of the rest), remove its cgroups and socket.
+    binds of the rest), remove its cgroups and socket (``reused``: see
+    ``rootfs.unmount_all``).
 
     Every step is tried even when an earlier one failed; the first error is raised.
     """
     steps = (
         lambda: client.delete(sandbox_id),
         lambda: gvisor_view.remove(paths.data_dir, sandbox_id),
-        lambda: rootfs.unmount_all(paths),
+        lambda: rootfs.unmount_all(paths, reused=reused),
         lambda: cgroups.remove(group),
         lambda: paths.agent_socket.unlink(missing_ok=True),
         lambda: paths.chan_socket.unlink(missing_ok=True),

@@ -1,9 +1,14 @@
 """A thin client of the ``crun`` command line.
 
-On a hybrid cgroup host every call goes through ``cove-init --exec --hybrid``,
-which runs crun in a private mount namespace without the cgroup2 mount, so
-crun 1.8 (which refuses hybrid mode) manages the v1 hierarchies. ``run`` always
-goes through the wrapper: it places the descriptors handed to the container.
+On a hybrid cgroup host every call that manages cgroups goes through ``cove-init
+--exec --hybrid``, which runs crun in a private mount namespace without the
+cgroup2 mount, so crun 1.8 (which refuses hybrid mode) manages the v1
+hierarchies; ``state`` and ``list`` read crun's state only and run it directly.
+``run`` always goes through the wrapper: it places the descriptors handed to the
+container. The wrapper's namespace is a copy of the host's, other sandboxes'
+mounts included (detaching them would make every call slower as sandboxes
+accumulate); it lives as long as the crun call, and a stop waits until none
+holds the sandbox's disk (``rootfs.unmount_all``).
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from cove.errors import RuntimeBackendError
-from cove.runner.host import cgroups
+from cove.runner.host import cgroups, freezer
 from cove.runner.host.proc import describe_failure, run
 
 CRUN = "crun"
 STATE_ROOT = Path("/run/crun")  # crun's default --root when run as root
 LIST_TRIES = 5  # see Crun.list
 CALL_TIMEOUT = 60.0  # no crun call should take long; a hung one must not hang us
+READ_ONLY = frozenset({"state", "list"})  # crun commands that touch no cgroup
 
 
 class Crun:
@@ -36,32 +42,37 @@ class Crun:
         self._helper = helper
         self._hybrid = cgroups.mode() is cgroups.CgroupMode.HYBRID
 
-    def argv(
-        self, *args: str, keep: Path | None = None, fds: int = 0, cgroup2: str | None = None,
-    ) -> list[str]:  # fmt: skip
+    def argv(self, *args: str, fds: int = 0, cgroup2: str | None = None) -> list[str]:
         """The full command line of a crun call.
 
         Args:
             args: crun's arguments.
-            keep: On a hybrid host, the directory whose mounts crun needs (the
-                bundle's sandbox); every other sandbox mount is detached from
-                the helper's private mount namespace so that it pins none.
             fds: How many descriptors the caller passes (as 3, 4, ...); the
                 caller puts them at the end of the argument list's ``--fds``.
             cgroup2: A cgroup of the hybrid host's cgroup2 mount to join first.
         """
-        if not self._hybrid and not fds:
+        hybrid = self._hybrid and args[0] not in READ_ONLY
+        if not hybrid and not fds:
             return [CRUN, *args]
         wrap = [str(self._helper), "--exec"]
-        if self._hybrid:
-            wrap += ["--hybrid", *(["--keep", str(keep)] if keep is not None else [])]
-            wrap += ["--cgroup2", cgroup2] if cgroup2 else []
+        if hybrid:
+            wrap += ["--hybrid", *(["--cgroup2", cgroup2] if cgroup2 else [])]
         return [*wrap, CRUN, *args]
 
     def state(self, container_id: str) -> dict[str, Any] | None:
-        """crun's state of a container, or None when crun does not know it."""
-        if not (STATE_ROOT / container_id).exists():
+        """crun's state of a container (``status``, ``pid``, ``bundle``), or None when
+        crun does not know it.
+
+        Read as ``crun state`` does, from crun's status file, the process's start time
+        and the freezer, without running crun: the reconciler asks for every sandbox
+        every few seconds. ``crun state`` itself when the file cannot be read whole.
+        """
+        directory = STATE_ROOT / container_id
+        if not directory.exists():
             return None  # crun keeps a directory per container; skip the exec
+        found = _read_state(directory, container_id)
+        if found is not None:
+            return found
         done = run(self.argv("state", container_id), check=False, timeout=CALL_TIMEOUT)
         if done.returncode != 0:
             return None
@@ -109,8 +120,7 @@ class Crun:
         pid_file = bundle / "init.pid"
         argv = self.argv(
             "run", "--detach", "--preserve-fds", str(len(fds)), "--pid-file", str(pid_file),
-            "--bundle", str(bundle), container_id, keep=bundle.parent, fds=len(fds),
-            cgroup2=cgroup2,
+            "--bundle", str(bundle), container_id, fds=len(fds), cgroup2=cgroup2,
         )  # fmt: skip
         if fds:
             argv[2:2] = ["--fds", ",".join(map(str, fds))]
@@ -165,6 +175,35 @@ class Crun:
             raise RuntimeBackendError(f"crun update {container_id}: {exc}") from exc
         finally:
             scratch.unlink(missing_ok=True)
+
+
+def _read_state(directory: Path, container_id: str) -> dict[str, Any] | None:
+    """What ``crun state`` reports, from crun's files (None: they could not be read)."""
+    try:
+        info = json.loads((directory / "status").read_text())
+        pid, started = int(info["pid"]), int(info["process-start-time"])
+        cgroup = str(info.get("cgroup-path") or "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # gone meanwhile, or being written: ask crun
+    if _start_time(pid) != started:
+        status = "stopped"
+    elif (directory / "exec.fifo").exists():
+        status = "created"
+    elif cgroup and freezer.is_frozen(cgroup.strip("/")):
+        status = "paused"
+    else:
+        status = "running"
+    return {"id": container_id, "pid": pid, "status": status, "bundle": info.get("bundle")}
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, as crun records it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])  # (field 22: the 20th after the name)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _tail(log: Path, start: int, limit: int = 4096) -> bytes:

@@ -35,8 +35,12 @@
  * runsc 20240729 refuses a network namespace in which
  * /proc/sys/net/core/rmem_default exists, which on Linux 6.x is every one.
  * That namespace must not pin other sandboxes' file systems while PROGRAM
- * runs (a `crun exec` may run for hours): every overlay and loop-device mount
+ * runs (a `runsc exec` may run for hours): every overlay and loop-device mount
  * is detached from it, except those at or below DIR (the bundle being run).
+ * The namespace of --hybrid alone detaches none (each detach costs an RCU grace
+ * period, so a call would cost more with every sandbox of the host): crun's
+ * calls are short, and the runtime waits, when it stops a sandbox, until no such
+ * namespace holds its disk any more (the loop device is gone).
  * --reap (for `runsc run --detach`) runs PROGRAM as the child of a reaper: a
  * process of a session of its own that is a child subreaper, so that what
  * PROGRAM leaves running (gVisor's sentry and gofer) is reparented to it, not
@@ -151,8 +155,8 @@ static int place_fds(const char *list)
     return 0;
 }
 
-/* A private mount namespace without other sandboxes' mounts (see the top comment). */
-static int private_mounts(const char *keep)
+/* A private mount namespace (without other sandboxes' mounts if DROP: see the top comment). */
+static int private_mounts(const char *keep, int drop)
 {
     if (unshare(CLONE_NEWNS) != 0) {
         perror("cove-init: unshare");
@@ -162,7 +166,8 @@ static int private_mounts(const char *keep)
         perror("cove-init: make / private");
         return -1;
     }
-    drop_sandbox_mounts(keep);
+    if (drop)
+        drop_sandbox_mounts(keep);
     return 0;
 }
 
@@ -284,7 +289,7 @@ static int wrap_setup(void)
 {
     if ((opt_cgroup2 != NULL && join_cgroup2(opt_cgroup2) != 0) ||
         (opt_fds != NULL && place_fds(opt_fds) != 0) ||
-        ((opt_hybrid || opt_mask_net) && private_mounts(opt_keep) != 0) ||
+        ((opt_hybrid || opt_mask_net) && private_mounts(opt_keep, opt_mask_net) != 0) ||
         (opt_hybrid && hide_cgroup2() != 0) || (opt_mask_net && mask_net_sysctl() != 0))
         return -1;
     return 0;

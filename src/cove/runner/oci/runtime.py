@@ -196,10 +196,10 @@ class OciRuntime:
         agent_setup.wait_ready(sock, self._settings.agent_ready_seconds,
                                alive=_init_alive(paths.bundle / "init.pid"))  # fmt: skip
 
-    def _tear_down(self, sandbox_id: str, paths: SandboxPaths) -> None:
+    def _tear_down(self, sandbox_id: str, paths: SandboxPaths, *, reused: bool = True) -> None:
         client = self._client_of(self._tier(paths))
         try:
-            tear_down(client, sandbox_id, paths, self._group(sandbox_id))
+            tear_down(client, sandbox_id, paths, self._group(sandbox_id), reused=reused)
         finally:
             if self._net is not None:
                 self._net.down(paths)
@@ -209,7 +209,9 @@ class OciRuntime:
         with self._locked(sandbox_id) as paths:
             self._stop(sandbox_id, paths, force)
 
-    def _stop(self, sandbox_id: str, paths: SandboxPaths, force: bool) -> None:
+    def _stop(self, sandbox_id: str, paths: SandboxPaths, force: bool, *, reused: bool = True
+              ) -> None:  # fmt: skip
+        """(``reused``: the disk image is used again, see ``rootfs.unmount_all``.)"""
         grace = 0.0 if force else self._settings.stop_grace_seconds
         if freezer.is_frozen(self._group(sandbox_id)):
             freezer.thaw(self._group(sandbox_id))  # frozen tasks act on no signal, not SIGKILL
@@ -218,12 +220,12 @@ class OciRuntime:
             gvisor.forget_mount_points(paths)
         else:
             stop_container(self._crun, sandbox_id, grace)
-        self._tear_down(sandbox_id, paths)
+        self._tear_down(sandbox_id, paths, reused=reused)
 
     def destroy(self, sandbox_id: str) -> None:
         """Stop, then remove the sandbox directory, its archive and its cgroups."""
         with self._locked(sandbox_id) as paths:
-            self._stop(sandbox_id, paths, force=True)
+            self._stop(sandbox_id, paths, force=True, reused=False)
             mounts.unmount_under(paths.root)
             if mounts.mounted_under(paths.root):
                 raise RuntimeBackendError(f"{paths.root} still has mounts")
