@@ -6,6 +6,8 @@ Catch :class:`CoveError` to catch everything Cove raises on purpose::
      ├── BadRequest            input that can never succeed (400)
      │    └── QuotaExceeded    resources above the per-sandbox limits (400)
      ├── Unauthorized          missing or wrong API key (401)
+     ├── Forbidden             not the caller's to see or do (403)
+     │    └── OrganizationQuotaExceeded   above the organization's quota (403)
      ├── NotFound              no such sandbox (in the caller's organization) (404)
      ├── Conflict              a name that is already taken (409)
      ├── PayloadTooLarge       a request body above the limit (413)
@@ -50,6 +52,18 @@ class QuotaExceeded(BadRequest):
 class Unauthorized(CoveError):
     status_code = 401
     code = "UNAUTHORIZED"
+
+
+class Forbidden(CoveError):
+    status_code = 403
+    code = "FORBIDDEN"
+
+
+class OrganizationQuotaExceeded(Forbidden):
+    """A create, start, resize, snapshot or volume above the organization's quota
+    (403, as Daytona answers it)."""
+
+    code = "QUOTA_EXCEEDED"
 
 
 class NotFound(CoveError):
@@ -118,8 +132,10 @@ __all__ = [
     "ClientGone",
     "Conflict",
     "CoveError",
+    "Forbidden",
     "InvalidState",
     "NotFound",
+    "OrganizationQuotaExceeded",
     "PayloadTooLarge",
     "QuotaExceeded",
     "RuntimeBackendError",

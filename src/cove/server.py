@@ -26,9 +26,11 @@ from cove.core.entrypoint import Launcher
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
 from cove.core.links import delete_followers
+from cove.core.metering import Meter, MeteredEvents, Prices
 from cove.core.metrics_history import MetricsHistory
 from cove.core.ports import EventSink, Runner
 from cove.core.previews import PreviewTokens
+from cove.core.quotas import QuotaService
 from cove.core.registries import RegistryService
 from cove.core.sandbox import Sandbox
 from cove.core.secrets import SecretService
@@ -55,6 +57,7 @@ from cove.store.signing_keys import FileKeyStore
 from cove.store.snapshots import SqlSnapshotStore
 from cove.store.sql import SqlSandboxStore, make_engine
 from cove.store.ssh_access import SqlSshAccessStore
+from cove.store.usage import SqlQuotaStore, SqlUsageStore
 from cove.store.volumes import SqlVolumeStore
 
 
@@ -77,6 +80,8 @@ class Services:
     secrets: SecretService
     metrics: MetricsHistory  # the sampled history of started sandboxes' metrics
     warm_pools: WarmPoolService  # the organizations' warm pools (the keeper: lifecycle.pool)
+    quotas: QuotaService  # the organizations' quotas
+    meter: Meter  # per-second usage of every sandbox
     # Preview tokens, under the secret kept in the data dir.
     previews: PreviewTokens = field(default_factory=lambda: PreviewTokens(os.urandom(32)))
 
@@ -153,10 +158,14 @@ def build_services(
     images = ImageService(snapshots=snapshots, registries=registries, runner=runner,
                           allowed=settings.allowed_registries)  # fmt: skip
     contexts = open_contexts(settings)
+    meter = open_meter(settings, engine)
     lifecycle = LifecycleService(
-        settings=settings, store=store, runner=runner, events=events, volumes=volumes,
-        snapshots=snapshots, images=images,
+        settings=settings, store=store, runner=runner, events=MeteredEvents(meter, events),
+        volumes=volumes, snapshots=snapshots, images=images,
     )  # fmt: skip
+    quotas = lifecycle.creator.quotas = QuotaService(settings=settings,
+                                                     store=SqlQuotaStore(engine))  # fmt: skip
+    volumes.admit_new, snapshots.admit_new = quotas.admit_volume, quotas.admit_snapshot
     lifecycle.creator.use_contexts(contexts)
     pool_store = SqlPoolStore(engine)
     warm_pools = WarmPoolService(
@@ -187,8 +196,15 @@ def build_services(
             images=images, contexts=contexts,
         ),
         previews=load_tokens(settings.data_dir), ssh=ssh, secrets=secrets, metrics=history,
-        warm_pools=warm_pools,
+        warm_pools=warm_pools, quotas=quotas, meter=meter,
     )  # fmt: skip
+
+
+def open_meter(settings: Settings, engine: Engine) -> Meter:
+    """The usage meter on the server's database, at the configured prices."""
+    prices = Prices(cpu=settings.price_cpu, memory=settings.price_memory,
+                    disk=settings.price_disk, free_disk=settings.price_free_disk)  # fmt: skip
+    return Meter(SqlUsageStore(engine), prices, settings.usage_heartbeat_seconds)
 
 
 def _agent_as(toolbox: ToolboxService, sandbox: Sandbox, user: str) -> AgentClient:

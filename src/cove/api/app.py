@@ -43,6 +43,7 @@ from cove.api.routes import (
     toolbox_recordings,
     toolbox_sessions,
     toolbox_system,
+    usage,
     volumes,
     warm_pools,
 )
@@ -72,6 +73,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         services = build_services(settings, events, runtime)
         holder["services"] = app.state.services = services
         services.lifecycle.ops.recorder = telemetry
+        await services.meter.recover(services.lifecycle.runner, services.lifecycle.store.all())
         await reconcile(services.lifecycle)
         await restore_networks(services.lifecycle)
         gateway = SshGateway(services)
@@ -84,6 +86,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
             asyncio.create_task(services.metrics.run()),
             asyncio.create_task(services.lifecycle.keep_pools()),
             asyncio.create_task(services.lifecycle.ops.activity.run()),
+            asyncio.create_task(services.meter.run()),
         ]
         yield
         for task in background:
@@ -109,6 +112,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     api.include_router(volumes.router, prefix="/api")
     api.include_router(snapshots.router, prefix="/api")
     api.include_router(warm_pools.router, prefix="/api")
+    api.include_router(usage.router, prefix="/api")
+    api.include_router(usage.analytics, prefix="/api")
     api.include_router(docker_registry.router, prefix="/api")
     api.include_router(sandbox_network.router, prefix="/api")
     api.include_router(previews.router, prefix="/api")
