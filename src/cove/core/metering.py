@@ -155,6 +155,7 @@ class Meter:
     async def recover(self, runner: Runner, sandboxes: Iterable[Sandbox]) -> None:
         """After a restart (a crash too): end the periods of sandboxes that died with
         the server at their last mark, then catch up records the meter missed."""
+        settled = set()  # what the runner says wins over the (older) record
         for period in list(self._open.values()):
             try:
                 status = await runner.status(period.sandbox_id)
@@ -164,13 +165,16 @@ class Meter:
             since = period.seen_at or period.start_at
             if status in (ContainerStatus.ABSENT, ContainerStatus.ARCHIVED):
                 self._switch(period.sandbox_id, period.organization_id, NOTHING, since)
+                settled.add(period.sandbox_id)
             elif period.held.cpu and status is ContainerStatus.STOPPED:
                 self._switch(period.sandbox_id, period.organization_id,
                              Charge(disk=period.held.disk), since)  # fmt: skip
+                settled.add(period.sandbox_id)
         known = set()
         for sandbox in sandboxes:
             known.add(sandbox.id)
-            self.observe(sandbox)
+            if sandbox.id not in settled:  # reconciliation brings its record in line
+                self.observe(sandbox)
         for sandbox_id, period in list(self._open.items()):
             if sandbox_id not in known:  # its record is gone: it was deleted
                 self._switch(sandbox_id, period.organization_id, NOTHING,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from starlette.testclient import TestClient
 
 from cove.cli.main import main
 from tests.unit.api.conftest import AUTH, create_sandbox
+from tests.unit.api.test_tenancy_walk import BY_ORGANIZATION
 
 
 def _quota(tmp_path: Path, *args: str) -> None:
@@ -130,6 +132,11 @@ def test_another_organization_is_refused(client: TestClient, other_auth: dict) -
         r = client.get(path, params=_range(), headers=other_auth)
         assert r.status_code == 403, (path, r.text)
         assert r.json()["message"] == "Forbidden resource"
+        nowhere = client.get(path.replace(org, str(uuid.uuid4())), params=_range(),
+                             headers=other_auth)  # fmt: skip
+        assert (nowhere.status_code, nowhere.json()["message"]) == (403, "Forbidden resource")
+    assert {("GET", p.replace(org, "{organizationId}").replace(made["id"], "{sandboxId}"))
+            for p in paths} == BY_ORGANIZATION  # every route naming an organization
     # through its own organization's path it does not reach the other's sandbox either
     mine = client.post("/api/sandbox", json={}, headers=other_auth).json()["organizationId"]
     base = f"/api/analytics/organization/{mine}/sandbox/{made['id']}"

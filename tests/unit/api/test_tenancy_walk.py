@@ -26,6 +26,12 @@ RESOURCE_PARAMS = {"id_or_name", "sandbox_id", "volume_id", "name", "registry_id
 # Routes naming no resource: the caller's organization is implied.
 PUBLIC = {("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
           ("GET", "/redoc"), ("GET", "/api/health"), ("GET", "/api/config")}  # fmt: skip
+# Naming an organization: another one's id is a 403, as for an organization that does not
+# exist (Daytona's organization guard), walked in test_quotas_usage_api.
+BY_ORGANIZATION = {("GET", "/api/organizations/{organizationId}/usage")} | {
+    ("GET", f"/api/analytics/organization/{{organizationId}}/{rest}")
+    for rest in ("usage/aggregated", "usage/sandbox", "usage/chart", "sandbox/{sandboxId}/usage",
+                 "sandbox/{sandboxId}/telemetry/metrics")}  # fmt: skip
 # The operator's, under COVE_METRICS_TOKEN (no API key reaches it): test_metrics_api.
 OPERATOR = {("GET", "/metrics")}
 LISTS = {("GET", "/api/sandbox"), ("GET", "/api/snapshots"), ("GET", "/api/volumes"),
@@ -240,7 +246,8 @@ def test_every_route_is_classified_and_walked(
     calls, execs = len(runtime.calls), len(runtime.execs)
     walked = []
     for method, path in _served(client):
-        if (method, path) in PUBLIC | OPERATOR | LISTS | CREATES | SIGNED | BY_TOKEN:
+        if (method, path) in PUBLIC | OPERATOR | LISTS | CREATES | SIGNED | BY_TOKEN | \
+                BY_ORGANIZATION:
             continue
         params = set(re.findall(r"\{(\w+)\}", path))
         assert params & RESOURCE_PARAMS, f"{method} {path} is not classified in the walk"

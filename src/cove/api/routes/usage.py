@@ -131,6 +131,8 @@ def _range(start: datetime, to: datetime) -> tuple[datetime, datetime]:
         raise BadRequest("from and to need a time zone (e.g. Z)")
     if to <= start:
         raise BadRequest("to must be after from")
+    if start.year < 1970 or to.year > 9000:
+        raise BadRequest("from and to must lie between 1970 and 9000")
     return start, to
 
 
