@@ -142,10 +142,12 @@ def test_usage_is_allocated_times_seconds_and_grows(server: Server) -> None:
         org, window = sb.organization_id, _window()
         periods = usage.organization_organization_id_sandbox_sandbox_id_usage_get(
             org, sb.id, *window)
-        assert [(p.cpu, p.ram_gb, p.disk_gb) for p in periods] == [(2, 1, 3), (0, 0, 3)]
-        running, resting = periods
-        assert running.end_at == resting.start_at and resting.end_at is None
-        seconds = (_at(running.end_at) - _at(running.start_at)).total_seconds()
+        *ran, resting = periods
+        assert [(p.cpu, p.ram_gb, p.disk_gb) for p in ran] == [(2, 1, 3)] * len(ran)
+        assert (resting.cpu, resting.ram_gb, resting.disk_gb, resting.end_at) == (0, 0, 3, None)
+        assert ran and all(a.end_at == b.start_at
+                           for a, b in zip(periods, periods[1:], strict=False))
+        seconds = (_at(ran[-1].end_at) - _at(ran[0].start_at)).total_seconds()
         assert seconds > 0
         first = usage.organization_organization_id_usage_aggregated_get(org, *window)
         assert first.sandbox_count == 1

@@ -93,10 +93,9 @@ class Totals:
 class UsageStore(Protocol):
     """Durable usage periods."""
 
-    def open_period(self, period: Period) -> None: ...
-
-    def close_period(self, sandbox_id: str, at: datetime) -> None:
-        """End the sandbox's open period at ``at`` (not before its start)."""
+    def switch(self, sandbox_id: str, at: datetime, period: Period | None) -> None:
+        """In one transaction: end the sandbox's open period (if any) at ``at`` (not
+        before its start), and open ``period`` (if any)."""
 
     def open_periods(self) -> list[Period]:
         """Every open period (of every organization)."""
@@ -136,21 +135,21 @@ class Meter:
         before = current.held if current else NOTHING
         held = NOTHING if sandbox.state is SandboxState.DESTROYED else charge(
             sandbox.state, sandbox.resources, before=before)
-        if current is not None and current.held == held:
+        if held == before:  # it holds what it held (nothing, or its open period's)
             return
         self._switch(sandbox.id, sandbox.organization_id, held, sandbox.state_changed_at)
 
     def _switch(self, sandbox_id: str, organization_id: str, held: Charge,
                 at: datetime) -> None:  # fmt: skip
         current = self._open.pop(sandbox_id, None)
-        if current is not None:
-            self.store.close_period(sandbox_id, at)
-            self.writes += 1
-        if held != NOTHING:
-            period = Period(sandbox_id, organization_id, held, at, seen_at=at)
-            self.store.open_period(period)
+        if current is None and held == NOTHING:
+            return
+        period = None if held == NOTHING else Period(sandbox_id, organization_id, held, at,
+                                                     seen_at=at)  # fmt: skip
+        self.store.switch(sandbox_id, at, period)
+        self.writes += (current is not None) + (period is not None)
+        if period is not None:
             self._open[sandbox_id] = period
-            self.writes += 1
 
     async def recover(self, runner: Runner, sandboxes: Iterable[Sandbox]) -> None:
         """After a restart (a crash too): end the periods of sandboxes that died with

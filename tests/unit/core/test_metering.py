@@ -19,13 +19,12 @@ class MemoryUsage:
     def __init__(self) -> None:
         self.rows: list[Period] = []
 
-    def open_period(self, period: Period) -> None:
-        self.rows.append(period)
-
-    def close_period(self, sandbox_id: str, at: datetime) -> None:
+    def switch(self, sandbox_id: str, at: datetime, period: Period | None) -> None:
         self.rows = [dataclasses.replace(p, end_at=max(at, p.start_at))
                      if p.sandbox_id == sandbox_id and p.end_at is None else p
                      for p in self.rows]  # fmt: skip
+        if period is not None:
+            self.rows.append(period)
 
     def open_periods(self) -> list[Period]:
         return [p for p in self.rows if p.end_at is None]
