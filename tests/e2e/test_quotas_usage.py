@@ -18,6 +18,7 @@ from daytona import (
     AsyncDaytona,
     CreateSandboxFromImageParams,
     Daytona,
+    DaytonaBadRequestError,
     DaytonaConfig,
     DaytonaForbiddenError,
     Resources,
@@ -100,11 +101,11 @@ def test_quota_exceeded_on_create_start_resize_volume_and_snapshot(server: Serve
         assert client.get(b.id).state == "stopped" and client.get(a.id).cpu == 2
         client.volume.create("quota-e2e-vol")
         made.append(("volume", "quota-e2e-vol"))
-        with pytest.raises(DaytonaForbiddenError, match="Volume quota exceeded"):
+        with pytest.raises(DaytonaBadRequestError, match="Volume quota exceeded"):  # a 400
             client.volume.create("quota-e2e-vol-2")
         b.create_snapshot("quota-e2e-snap", timeout=300)
         made.append(("snapshot", "quota-e2e-snap"))
-        with pytest.raises(DaytonaForbiddenError, match="Snapshot quota exceeded"):
+        with pytest.raises(DaytonaBadRequestError, match="Snapshot quota exceeded"):
             b.create_snapshot("quota-e2e-snap-2", timeout=300)
         overview = orgs.get_organization_usage_overview(a.organization_id)
         assert (overview.total_volume_quota, overview.current_volume_usage) == (1, 1)

@@ -23,7 +23,7 @@ from typing import Protocol
 from cove.core.config import Settings
 from cove.core.ports import Resources
 from cove.core.sandbox import SandboxState
-from cove.errors import OrganizationQuotaExceeded
+from cove.errors import CoveError, OrganizationQuotaExceeded, QuotaExceeded
 
 S = SandboxState
 # Daytona's SANDBOX_STATES_CONSUMING_COMPUTE, with Cove's pausing and resuming (a
@@ -183,11 +183,12 @@ def check_totals(quota: Quota, held: Charge, wanted: Charge) -> None:
             raise OrganizationQuotaExceeded(f"{message.format(q=limit)}\n{HINT}.")
 
 
-def check_count(what: str, have: int, limit: int) -> None:
-    """Raise OrganizationQuotaExceeded when one more ``what`` goes over ``limit``."""
+def check_count(what: str, have: int, limit: int,
+                error: type[CoveError] = OrganizationQuotaExceeded) -> None:  # fmt: skip
+    """Raise ``error`` when one more ``what`` goes over ``limit`` (Daytona answers its
+    volume and snapshot quotas with a 400, its sandbox quotas with a 403)."""
     if limit and have + 1 > limit:
-        raise OrganizationQuotaExceeded(
-            f"{what} quota exceeded. Maximum allowed: {limit}.\n{HINT}.")  # fmt: skip
+        raise error(f"{what} quota exceeded. Maximum allowed: {limit}\n{HINT}.")
 
 
 class QuotaService:
@@ -265,16 +266,16 @@ class QuotaService:
             pending.pop(sandbox_id, None)
 
     def admit_snapshot(self, organization_id: str) -> None:
-        """Raise OrganizationQuotaExceeded when the organization may make no more snapshots."""
+        """Raise QuotaExceeded (400) when the organization may make no more snapshots."""
         quota = self.quota(organization_id)
         count, size = self.store.snapshot_usage(organization_id)
-        check_count("Snapshot", count, quota.snapshots)
+        check_count("Snapshot", count, quota.snapshots, QuotaExceeded)
         if quota.snapshot_storage and size >= quota.snapshot_storage * GIB:
-            raise OrganizationQuotaExceeded(
-                f"Snapshot storage quota exceeded. Maximum allowed: {quota.snapshot_storage}GiB."
+            raise QuotaExceeded(
+                f"Snapshot storage quota exceeded. Maximum allowed: {quota.snapshot_storage}GiB"
                 f"\n{HINT}.")  # fmt: skip
 
     def admit_volume(self, organization_id: str) -> None:
-        """Raise OrganizationQuotaExceeded when the organization may make no more volumes."""
+        """Raise QuotaExceeded (400) when the organization may make no more volumes."""
         check_count("Volume", self.store.volume_count(organization_id),
-                    self.quota(organization_id).volumes)  # fmt: skip
+                    self.quota(organization_id).volumes, QuotaExceeded)  # fmt: skip

@@ -63,7 +63,7 @@ def test_disk_memory_count_and_resize_quotas(client: TestClient, tmp_path: Path)
     create_sandbox(client, disk=1)
     r = client.post("/api/sandbox", json={"disk": 1}, headers=AUTH)
     assert r.status_code == 403 and r.json()["message"].startswith(
-        "Sandbox quota exceeded. Maximum allowed: 2.")
+        "Sandbox quota exceeded. Maximum allowed: 2\n")
 
 
 def test_per_sandbox_maximum(client: TestClient, tmp_path: Path) -> None:
@@ -77,14 +77,15 @@ def test_volume_and_snapshot_quotas(client: TestClient, tmp_path: Path) -> None:
     _quota(tmp_path, "--volumes", "1", "--snapshots", "1")
     assert client.post("/api/volumes", json={"name": "v1"}, headers=AUTH).status_code == 200
     r = client.post("/api/volumes", json={"name": "v2"}, headers=AUTH)
-    assert r.status_code == 403 and r.json()["message"].startswith(
-        "Volume quota exceeded. Maximum allowed: 1.")
+    assert r.status_code == 400 and r.json()["message"].startswith(  # Daytona's 400
+        "Volume quota exceeded. Maximum allowed: 1\n")
+    assert r.json()["code"] == "QUOTA_EXCEEDED"
     made = create_sandbox(client)
     r = client.post(f"/api/sandbox/{made['id']}/snapshot", json={"name": "s1"}, headers=AUTH)
     assert r.status_code in (200, 201), r.text
     r = client.post(f"/api/sandbox/{made['id']}/snapshot", json={"name": "s2"}, headers=AUTH)
-    assert r.status_code == 403 and r.json()["message"].startswith(
-        "Snapshot quota exceeded. Maximum allowed: 1.")
+    assert r.status_code == 400 and r.json()["message"].startswith(
+        "Snapshot quota exceeded. Maximum allowed: 1\n")
     org = made["organizationId"]
     overview = client.get(f"/api/organizations/{org}/usage", headers=AUTH).json()
     assert (overview["totalVolumeQuota"], overview["currentVolumeUsage"]) == (1, 1)

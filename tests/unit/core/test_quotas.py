@@ -65,9 +65,9 @@ def test_totals_check_only_what_grows_and_zero_is_no_limit() -> None:
 def test_counts_and_per_sandbox_maxima() -> None:
     check_count("Volume", 9, 10)
     check_count("Volume", 100, 0)
-    with pytest.raises(OrganizationQuotaExceeded, match="^Volume quota exceeded. Maximum "
-                                                        "allowed: 10."):
-        check_count("Volume", 10, 10)
+    with pytest.raises(OrganizationQuotaExceeded, match="^Sandbox quota exceeded. Maximum "
+                                                        "allowed: 10\n"):
+        check_count("Sandbox", 10, 10)
     check_per_sandbox(Quota(), Resources(64, 64, 64))
     with pytest.raises(OrganizationQuotaExceeded,
                        match=r"^Memory request 4GB exceeds maximum allowed per sandbox \(2GB\)"):
