@@ -141,13 +141,14 @@ class Meter:
 
     def _switch(self, sandbox_id: str, organization_id: str, held: Charge,
                 at: datetime) -> None:  # fmt: skip
-        current = self._open.pop(sandbox_id, None)
+        current = self._open.get(sandbox_id)
         if current is None and held == NOTHING:
             return
         period = None if held == NOTHING else Period(sandbox_id, organization_id, held, at,
                                                      seen_at=at)  # fmt: skip
-        self.store.switch(sandbox_id, at, period)
+        self.store.switch(sandbox_id, at, period)  # if it fails, the next change retries
         self.writes += (current is not None) + (period is not None)
+        self._open.pop(sandbox_id, None)
         if period is not None:
             self._open[sandbox_id] = period
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, literal, select, update
 
 from cove.core.metering import Period
 from cove.core.ports import Resources
@@ -61,10 +61,14 @@ class SqlQuotaStore(SqlStore):
 
 class SqlUsageStore(SqlStore):
     def switch(self, sandbox_id: str, at: datetime, period: Period | None) -> None:
+        row = UsagePeriodRow
+        end = case((row.start_at > literal(at, row.start_at.type), row.start_at),
+                   else_=literal(at, row.start_at.type))  # fmt: skip
+        # A write first: on SQLite the transaction takes the write lock at once (waiting
+        # its turn), instead of failing to upgrade a read made before another's commit.
+        close = update(row).where(row.sandbox_id == sandbox_id, row.end_at.is_(None))
         with self.session() as s:
-            for row in s.scalars(select(UsagePeriodRow).where(
-                    UsagePeriodRow.sandbox_id == sandbox_id, UsagePeriodRow.end_at.is_(None))):
-                row.end_at = max(at, _aware(row.start_at))
+            s.execute(close.values(end_at=end))
             if period is not None:
                 s.add(UsagePeriodRow(
                     sandbox_id=period.sandbox_id, organization_id=period.organization_id,

@@ -120,3 +120,28 @@ def test_recovery_after_a_crash() -> None:
     assert by["died"] == [(Charge(2, 4, 10), T0, seen), (Charge(disk=10), seen, None)]
     assert by["gone"] == [(Charge(disk=10), T0, seen)]
     assert by["missed"] == [(Charge(2, 4, 10), T0 + timedelta(seconds=3), None)]
+
+
+def test_a_failed_write_loses_nothing() -> None:
+    store = MemoryUsage()
+    meter = Meter(store, PRICES)
+    meter.observe(_sandbox(SandboxState.STARTED, T0))
+    real, calls = store.switch, []
+
+    def failing(*args: object) -> None:
+        calls.append(args)
+        raise OSError("database is locked")
+
+    store.switch = failing  # type: ignore[method-assign]
+    try:
+        meter.observe(_sandbox(SandboxState.STOPPED, T0 + timedelta(seconds=10)))
+    except OSError:
+        pass
+    store.switch = real  # type: ignore[method-assign]
+    meter.observe(_sandbox(SandboxState.STOPPED, T0 + timedelta(seconds=10)))  # retried
+    meter.observe(_sandbox(SandboxState.STARTED, T0 + timedelta(seconds=20)))
+    assert [(p.held.cpu, p.start_at, p.end_at) for p in store.rows] == [
+        (2, T0, T0 + timedelta(seconds=10)),
+        (0, T0 + timedelta(seconds=10), T0 + timedelta(seconds=20)),
+        (2, T0 + timedelta(seconds=20), None)]
+    assert calls
