@@ -5,8 +5,9 @@ Catch :class:`CoveError` to catch everything Cove raises on purpose::
     CoveError
      ├── BadRequest            input that can never succeed (400)
      │    └── QuotaExceeded    resources above the per-sandbox limits (400)
-     ├── Unauthorized          missing or wrong API key (401)
-     ├── Forbidden             not the caller's to see or do (403)
+     ├── Unauthorized          missing, wrong or expired API key (401)
+     ├── Forbidden             a key without the permission the call needs, another
+     │    │                    organization's id (403)
      │    └── OrganizationQuotaExceeded   above the organization's quota (403)
      ├── NotFound              no such sandbox (in the caller's organization) (404)
      ├── Conflict              a name that is already taken (409)
@@ -60,8 +61,8 @@ class Forbidden(CoveError):
 
 
 class OrganizationQuotaExceeded(Forbidden):
-    """A create, start, resize, snapshot or volume above the organization's quota
-    (403, as Daytona answers it)."""
+    """A create, start or resize above the organization's quota (403, as Daytona
+    answers it)."""
 
     code = "QUOTA_EXCEEDED"
 

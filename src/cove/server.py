@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from cove.core.agent_client import AgentClient
+from cove.core.api_keys import ApiKeyService
 from cove.core.auth import AuthService
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
@@ -28,6 +29,7 @@ from cove.core.lifecycle import LifecycleService
 from cove.core.links import delete_followers
 from cove.core.metering import Meter, MeteredEvents, Prices
 from cove.core.metrics_history import MetricsHistory
+from cove.core.organizations import OrganizationService
 from cove.core.ports import EventSink, Runner
 from cove.core.previews import PreviewTokens
 from cove.core.quotas import QuotaService
@@ -80,6 +82,8 @@ class Services:
     secrets: SecretService
     metrics: MetricsHistory  # the sampled history of started sandboxes' metrics
     warm_pools: WarmPoolService  # the organizations' warm pools (the keeper: lifecycle.pool)
+    api_keys: ApiKeyService  # /api/api-keys
+    organizations: OrganizationService  # /api/organizations
     quotas: QuotaService  # the organizations' quotas
     meter: Meter  # per-second usage of every sandbox
     # Preview tokens, under the secret kept in the data dir.
@@ -196,7 +200,8 @@ def build_services(
             images=images, contexts=contexts,
         ),
         previews=load_tokens(settings.data_dir), ssh=ssh, secrets=secrets, metrics=history,
-        warm_pools=warm_pools, quotas=quotas, meter=meter,
+        warm_pools=warm_pools, api_keys=ApiKeyService(auth),
+        organizations=OrganizationService(auth.keys), quotas=quotas, meter=meter,
     )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +71,27 @@ def test_create_exec_delete_with_json(server: Server, created: list[str]) -> Non
     assert json.loads(deleted.stdout)["id"] == sandbox["id"]
     gone = cove(server, "sandbox", "info", "--json", sandbox["id"])
     assert gone.returncode == 1 and gone.stdout == "" and "not found" in gone.stderr.lower()
+
+
+def test_keys_create_list_revoke_over_the_api(server: Server) -> None:
+    """``cove keys`` against the server: the new key as export lines, listed masked,
+    narrower than its creator, revoked."""
+    admin = server.org_key("cli-keys")
+    made = cove(server, "keys", "create", "--name", "ci", "--permission", "write:sandboxes",
+                "--expires", "1d", key=admin)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    url_line, key_line = made.stdout.splitlines()
+    assert url_line == f"export DAYTONA_API_URL={server.api_url}"
+    key = key_line.removeprefix("export DAYTONA_API_KEY=")
+    listed = json.loads(cove(server, "keys", "list", "--json", key=admin).stdout)
+    ci = next(k for k in listed if k["name"] == "ci")
+    assert ci["permissions"] == ["write:sandboxes"] and ci["expiresAt"]
+    assert key not in json.dumps(listed) and ci["value"].endswith(key[-3:])
+    assert cove(server, "sandbox", "list", key=key).returncode == 0
+    refused = cove(server, "keys", "list", key=key)  # no manage:api_keys
+    assert refused.returncode == 1 and "manage:api_keys" in refused.stderr
+    assert cove(server, "keys", "revoke", "ci", key=admin).stdout.strip() == ci["userId"]
+    deadline = time.monotonic() + 30  # a server trusts a checked key ~1 s
+    while cove(server, "sandbox", "list", key=key).returncode == 0:
+        assert time.monotonic() < deadline, "the revoked key still works"
+        time.sleep(0.2)

@@ -176,7 +176,7 @@ def test_another_organization_cannot_read_usage(server: Server) -> None:
         org = sb.organization_id
         with pytest.raises(api.ApiException) as refused:
             api.OrganizationsApi(_api(server, other)).get_organization_usage_overview(org)
-        assert refused.value.status == 403
+        assert refused.value.status == 404
         thief = _usage(server, other)
         for call in (lambda: thief.organization_organization_id_usage_aggregated_get(
                          org, *_window()),
@@ -184,7 +184,7 @@ def test_another_organization_cannot_read_usage(server: Server) -> None:
                          org, sb.id, *_window())):  # fmt: skip
             with pytest.raises(analytics.ApiException) as denied:
                 call()
-            assert denied.value.status == 403
+            assert denied.value.status == 404
         theirs = Daytona(DaytonaConfig(api_key=other, api_url=server.api_url)).create()
         try:  # through its own organization: the sandbox is nowhere
             own = theirs.organization_id

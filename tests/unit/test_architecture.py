@@ -28,7 +28,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                "cove.core.toolbox", "cove.errors", "cove.hostfiles", "cove.agent"),  # fmt: skip
     "store": ("cove.store", "cove.core.ports", "cove.core.sandbox", "cove.core.snapshots",
               "cove.core.volumes", "cove.core.registries", "cove.core.ssh_access",
-              "cove.core.secrets", "cove.core.pool", "cove.core.quotas", "cove.core.metering",
+              "cove.core.secrets", "cove.core.pool", "cove.core.keys", "cove.core.permissions",
+              "cove.core.quotas", "cove.core.metering",
               "cove.errors", "cove.hostfiles"),  # fmt: skip
     # HTTP transport: the domain and the wiring's Services; never the host or the
     # database directly.

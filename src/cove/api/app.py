@@ -19,10 +19,12 @@ from cove.api.observe import Observe
 from cove.api.params import single_query_values
 from cove.api.preview import PreviewProxy
 from cove.api.routes import (
+    api_keys,
     config,
     docker_registry,
     health,
     object_storage,
+    organizations,
     previews,
     sandbox_extras,
     sandbox_network,
@@ -87,6 +89,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
             asyncio.create_task(services.lifecycle.keep_pools()),
             asyncio.create_task(services.lifecycle.ops.activity.run()),
             asyncio.create_task(services.meter.run()),
+            asyncio.create_task(services.auth.usage.run()),
         ]
         yield
         for task in background:
@@ -94,6 +97,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         await gateway.close()
         await services.lifecycle.drain()
         services.lifecycle.ops.activity.flush()
+        services.auth.usage.flush()
         await services.toolbox.links.close()
 
     api = FastAPI(title="Cove", version="0.1.0", lifespan=lifespan,
@@ -105,6 +109,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     api.include_router(health.router, prefix="/api")
     api.include_router(config.router, prefix="/api")
     api.include_router(secrets.router, prefix="/api")
+    api.include_router(api_keys.router, prefix="/api")
+    api.include_router(organizations.router, prefix="/api")
     api.include_router(sandbox_extras.router, prefix="/api")
     api.include_router(signed_files.router, prefix="/api")  # before /{id}/{kind}/{minutes}
     api.include_router(ssh_access.router, prefix="/api")  # before /{id}

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from cove.api import scopes
 from cove.core.agent_client import AgentClient
 from cove.core.auth import Principal
 from cove.core.images import ImageService
@@ -34,7 +35,10 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 async def get_principal(conn: HTTPConnection, services: ServicesDep) -> Principal:
-    return services.auth.authenticate(conn.headers.get("authorization"))
+    """The caller, checked: a valid unexpired key holding what the route needs."""
+    who = services.auth.authenticate(conn.headers.get("authorization"))
+    scopes.check(who, conn.scope)
+    return who
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

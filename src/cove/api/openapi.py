@@ -4,8 +4,9 @@ FastAPI documents each route's success answer and a 422 that Cove never sends
 (validation errors are 400s). Here every operation gets the errors it can
 answer, all in Daytona's error envelope, and the bearer key it needs:
 
-- every API operation: 400, 401 and 404; those with a body 413, those that
-  change something 409;
+- every API operation: 400, 401, 403 (the key lacks the permission) and 404; those
+  with a body 413, those that change something 409 (also reading a key by a name
+  that several keys share);
 - a 400 may also be plain text: the HTTP server's own refusal of a request it cannot
   parse (a request line or headers above 16 KiB), before Cove sees it;
 - toolbox operations also relay the sandbox agent's own 4xx errors (``4XX``),
@@ -25,7 +26,8 @@ from cove.schemas.base import ErrorEnvelope
 ENVELOPE_REF = {"$ref": "#/components/schemas/ErrorEnvelope"}
 DESCRIPTIONS = {
     "400": "Invalid input (Daytona's error envelope)",
-    "401": "Missing or wrong API key",
+    "401": "Missing, wrong or expired API key",
+    "403": "The API key lacks the permission the call needs",
     "404": "No such object in the caller's organization",
     "409": "Conflicts with an existing object or its use",
     "413": "Request body too large",
@@ -69,10 +71,10 @@ def _complete_operation(path: str, method: str, operation: dict[str, Any]) -> No
     if path in PUBLIC:
         return
     operation["security"] = [{"bearer": []}]
-    codes = ["400", "401", "404"]
+    codes = ["400", "401", "403", "404"]
     if "requestBody" in operation:
         codes.append("413")
-    if method != "get":
+    if method != "get" or path.startswith("/api/api-keys/"):
         codes.append("409")
     if path.startswith("/toolbox/"):
         codes += ["4XX", "502", "503", "504"]

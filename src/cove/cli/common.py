@@ -4,7 +4,8 @@ line and exit status 1, and the local settings of commands that work on this hos
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,33 +26,49 @@ class Api:
     json: bool
 
 
+def api_options(func: F) -> F:
+    """Give a command ``--api-url``, ``--api-key`` and ``--json``."""
+    func = click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON (the API's fields).")(func)  # fmt: skip
+    func = click.option("--api-key", envvar=["DAYTONA_API_KEY", "COVE_API_KEY"],
+                        show_envvar=True, help="The API key (never printed).")(func)  # fmt: skip
+    return click.option("--api-url", envvar=["DAYTONA_API_URL", "COVE_API_URL"],
+                        show_envvar=True, default=DEFAULT_API_URL, show_default=True,
+                        help="The server's API URL.")(func)  # fmt: skip
+
+
+@contextmanager
+def api_session(ctx: click.Context, api_url: str, api_key: str | None,
+                as_json: bool) -> Iterator[Api]:  # fmt: skip
+    """An :class:`Api` for the block; an :class:`ApiError` in it becomes
+    ``Error: <message>``, status 1."""
+    if not api_key:
+        raise click.ClickException(
+            "no API key: pass --api-key or set DAYTONA_API_KEY (`cove serve` prints one "
+            "on its first start; `cove keys create` makes more)")
+    injected = ctx.find_root().obj or {}
+    client = Client(api_url, api_key, transport=injected.get("transport"),
+                    ws_connect=injected.get("ws_connect"))  # fmt: skip
+    try:
+        yield Api(client, as_json)
+    except ApiError as exc:
+        hint = " (check --api-key or DAYTONA_API_KEY)" if exc.status == 401 else ""
+        raise click.ClickException(exc.message + hint) from None
+    finally:
+        client.close()
+
+
 def api_command(func: F) -> F:
     """Give a command ``--api-url``, ``--api-key`` and ``--json``, and call it with an
-    :class:`Api` first; an :class:`ApiError` becomes ``Error: <message>``, status 1."""
+    :class:`Api` first (see :func:`api_session`)."""
 
-    @click.option("--api-url", envvar=["DAYTONA_API_URL", "COVE_API_URL"], show_envvar=True,
-                  default=DEFAULT_API_URL, show_default=True, help="The server's API URL.")
-    @click.option("--api-key", envvar=["DAYTONA_API_KEY", "COVE_API_KEY"], show_envvar=True,
-                  help="The API key (never printed).")
-    @click.option("--json", "as_json", is_flag=True, help="Print JSON (the API's fields).")
+    @api_options
     @click.pass_context
     @functools.wraps(func)
     def wrapper(ctx: click.Context, api_url: str, api_key: str | None, as_json: bool,
                 *args: Any, **kwargs: Any) -> Any:  # fmt: skip
-        if not api_key:
-            raise click.ClickException(
-                "no API key: pass --api-key or set DAYTONA_API_KEY (`cove serve` prints one "
-                "on its first start; `cove keys create` makes more)")
-        injected = ctx.find_root().obj or {}
-        client = Client(api_url, api_key, transport=injected.get("transport"),
-                        ws_connect=injected.get("ws_connect"))  # fmt: skip
-        try:
-            return func(Api(client, as_json), *args, **kwargs)
-        except ApiError as exc:
-            hint = " (check --api-key or DAYTONA_API_KEY)" if exc.status == 401 else ""
-            raise click.ClickException(exc.message + hint) from None
-        finally:
-            client.close()
+        with api_session(ctx, api_url, api_key, as_json) as api:
+            return func(api, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

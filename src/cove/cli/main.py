@@ -1,8 +1,8 @@
 """The ``cove`` command: run the server, and use it from here or from afar.
 
-``serve``, ``keys`` and ``snapshot build-default`` work on this host; ``sandbox``,
-``snapshot`` and ``volume`` talk to a server's HTTP API (``--api-url``,
-``DAYTONA_API_URL``), as Daytona's SDK does.
+``serve``, ``keys --local`` and ``snapshot build-default`` work on this host;
+``sandbox``, ``snapshot``, ``volume`` and ``keys`` talk to a server's HTTP API
+(``--api-url``, ``DAYTONA_API_URL``), as Daytona's SDK does.
 """
 
 from __future__ import annotations

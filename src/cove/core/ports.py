@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from cove.core.keys import ApiKey, Organization
 from cove.core.sandbox import Resources as Resources  # the domain's value types,
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.core.sandbox import VolumeBind as VolumeBind  # part of every port's language
@@ -334,18 +335,28 @@ class EventSink(Protocol):
 
 
 class KeyStore(Protocol):
-    """Organizations and the hashes of their API keys."""
+    """Organizations and their API keys (hashes, never values)."""
 
     def ensure_organization(self, name: str) -> str:
         """The id of the organization called ``name``, created if missing."""
 
-    def add_key(self, *, organization_id: str, name: str, key_hash: str) -> None: ...
+    def organization(self, organization_id: str) -> Organization | None: ...
 
-    def organization_for(self, key_hash: str) -> str | None:
-        """The organization a key belongs to, or None for an unknown key."""
+    def organizations(self) -> builtins.list[Organization]: ...
 
-    def remove_key(self, key_hash: str) -> bool:
-        """Delete the key with this hash; whether there was one."""
+    def add_key(self, key: ApiKey, key_hash: str) -> None: ...
+
+    def key_for(self, key_hash: str) -> ApiKey | None:
+        """The key with this hash, or None for a key nobody issued (or revoked)."""
+
+    def list_keys(self, organization_id: str | None = None) -> builtins.list[ApiKey]:
+        """The keys (of one organization), oldest first."""
+
+    def delete_key(self, key_id: str) -> bool:
+        """Forget a key: it no longer authenticates. False when there was none."""
+
+    def touch_keys(self, stamps: Mapping[str, datetime]) -> None:
+        """Record when keys were last used (never moving a stamp back)."""
 
     def count_keys(self) -> int: ...
 

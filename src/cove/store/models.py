@@ -39,6 +39,16 @@ class ApiKeyRow(Base):
     # sha256 of the key; the key itself is never stored.
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Daytona's permission strings; NULL: an operator's key, holding all of them.
+    permissions: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Written in batches, at most about once a minute per key.
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)  # fmt: skip
+    # What lists show of the key (cove_****...abc); NULL for keys made before 0010.
+    masked: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The id of the key that created this one through the API (NULL: the operator).
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class SandboxRow(Base):

@@ -17,6 +17,8 @@ from starlette.testclient import TestClient
 from cove.cli.main import main
 from cove.core.auth import AuthService, hash_key
 from cove.core.config import Settings
+from cove.core.keys import ApiKey
+from cove.core.sandbox import utcnow
 from cove.errors import Unauthorized
 from cove.server import open_database
 from cove.store.keys import SqlKeyStore
@@ -103,7 +105,9 @@ def test_unknown_keys_are_not_remembered(
     with pytest.raises(Unauthorized):
         auth.authenticate("Bearer cove_later")
     org = keys.ensure_organization("acme")
-    keys.add_key(organization_id=org, name="k", key_hash=hash_key("cove_later"))
+    key = ApiKey(id="k", organization_id=org, name="k", permissions=None, mask="m",
+                 created_at=utcnow())  # fmt: skip
+    keys.add_key(key, hash_key("cove_later"))
     assert auth.authenticate("Bearer cove_later").organization_id == org  # works at once
 
 
@@ -113,6 +117,7 @@ def test_without_a_cache_time_every_call_asks_the_database(tmp_path: Path) -> No
     auth = AuthService(settings, keys, Clock())
     key = auth.create_key("acme")
     auth.authenticate(f"Bearer {key}")
-    keys.remove_key(hash_key(key))
+    found = keys.key_for(hash_key(key))
+    assert found is not None and keys.delete_key(found.id)
     with pytest.raises(Unauthorized):
         auth.authenticate(f"Bearer {key}")

@@ -22,12 +22,12 @@ from tests.unit.scripted import ScriptedRuntime
 
 # Path parameters that name a resource of the caller's organization.
 RESOURCE_PARAMS = {"id_or_name", "sandbox_id", "volume_id", "name", "registry_id", "secret_id",
-                   "pool_id"}  # fmt: skip
+                   "pool_id", "organization_id", "user_id"}  # fmt: skip
 # Routes naming no resource: the caller's organization is implied.
 PUBLIC = {("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
           ("GET", "/redoc"), ("GET", "/api/health"), ("GET", "/api/config")}  # fmt: skip
-# Naming an organization: another one's id is a 403, as for an organization that does not
-# exist (Daytona's organization guard), walked in test_quotas_usage_api.
+# Usage, naming an organization (and a sandbox): another organization's id is not found,
+# as one that does not exist; walked in test_quotas_usage_api.
 BY_ORGANIZATION = {("GET", "/api/organizations/{organizationId}/usage")} | {
     ("GET", f"/api/analytics/organization/{{organizationId}}/{rest}")
     for rest in ("usage/aggregated", "usage/sandbox", "usage/chart", "sandbox/{sandboxId}/usage",
@@ -36,7 +36,8 @@ BY_ORGANIZATION = {("GET", "/api/organizations/{organizationId}/usage")} | {
 OPERATOR = {("GET", "/metrics")}
 LISTS = {("GET", "/api/sandbox"), ("GET", "/api/snapshots"), ("GET", "/api/volumes"),
          ("GET", "/api/docker-registry"), ("GET", "/api/object-storage/push-access"),
-         ("GET", "/api/secret/paginated"), ("GET", "/api/warm-pools")}  # fmt: skip
+         ("GET", "/api/secret/paginated"), ("GET", "/api/warm-pools"), ("GET", "/api/api-keys"),
+         ("GET", "/api/api-keys/current"), ("GET", "/api/organizations")}  # fmt: skip
 # Names an SSH token, not a resource: another organization's token is "not valid" to the
 # caller (tests/unit/agent/test_ssh_gateway.py).
 BY_TOKEN = {("GET", "/api/sandbox/ssh-access/validate")}
@@ -45,7 +46,8 @@ BY_TOKEN = {("GET", "/api/sandbox/ssh-access/validate")}
 SIGNED = {(m, "/api/object-storage/s3/{bucket}/{key:path}") for m in ("PUT", "POST", "DELETE")}
 CREATES = {("POST", "/api/sandbox"), ("POST", "/api/snapshots"), ("POST", "/api/volumes"),
            ("POST", "/api/docker-registry"), ("POST", "/api/secret"),
-           ("POST", "/api/warm-pools")}  # fmt: skip
+           ("POST", "/api/warm-pools"), ("POST", "/api/api-keys"),
+           ("POST", "/api/organizations")}  # fmt: skip
 REGISTRY = {"name": "a-reg", "url": "registry.example.com", "username": "a-user",
             "password": "a-secret-password"}  # fmt: skip
 # What makes a request valid, so that only ownership can refuse it.
@@ -94,6 +96,8 @@ class Owner:
     port: int  # its port, where nothing listens
     secret: dict  # mounted in A's sandbox
     pool: dict  # a warm pool of A's snapshot, drained (size 0)
+    key: dict  # an API key of A's (never used)
+    organization: dict  # A's organization
 
 
 def _served(client: TestClient) -> list[tuple[str, str]]:
@@ -147,8 +151,12 @@ def owner(client: TestClient, runtime: ScriptedRuntime) -> Owner:
                    json={"secrets": [{"A_TOKEN": "a-secret"}]}, headers=AUTH)  # fmt: skip
     assert r.status_code == 200, r.text
     pool = _drained_pool(client, runtime, snapshot["name"])
+    r = client.post("/api/api-keys", json={"name": "a-key", "permissions": []}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    key = client.get("/api/api-keys/a-key", headers=AUTH).json()
+    organization = client.get("/api/organizations", headers=AUTH).json()[0]
     return Owner(sandbox, built, snapshot, volume, registry, built_snapshot, signed, port, secret,
-                 pool)  # fmt: skip
+                 pool, key, organization)  # fmt: skip
 
 
 def _drained_pool(client: TestClient, runtime: ScriptedRuntime, snapshot: str) -> dict:
@@ -189,6 +197,12 @@ def _refs(owner: Owner, method: str, path: str) -> list[tuple[str, str]]:
         item = owner.secret
     elif path.startswith("/api/warm-pools/"):  # pools have ids only
         return [(owner.pool["id"], str(uuid.uuid4()))]
+    elif path.startswith("/api/organizations/"):
+        return [(owner.organization["id"], str(uuid.uuid4()))]
+    elif path == "/api/api-keys/{user_id}/{name}":  # one value for both: wrong for A too
+        return [(owner.key["userId"], str(uuid.uuid4()))]
+    elif path.startswith("/api/api-keys/"):
+        return [(owner.key["name"], "no-such-key")]
     elif path.endswith(("/build-logs", "/build-logs-url")):
         item = owner.built
     else:
@@ -233,6 +247,7 @@ def _state_of_a(client: TestClient, owner: Owner) -> dict:
         "registries": get("/api/docker-registry"),
         "secrets": get("/api/secret/paginated"),
         "pools": get("/api/warm-pools"),
+        "keys": get("/api/api-keys"),
         "build": client.get(f"/api/sandbox/{owner.built['id']}/build-logs", headers=AUTH).text,
         "signed": client.get(f"/preview/s/{owner.signed}/").status_code,  # 502: valid, no server
     }

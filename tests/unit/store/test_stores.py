@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text
 
+from cove.core.keys import ApiKey
+from cove.core.permissions import ALL, Permission
 from cove.core.ports import Resources
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import BadRequest, Conflict, NotFound
@@ -69,10 +71,34 @@ def test_keys_store_only_hashes(db: Engine) -> None:
     keys = SqlKeyStore(db)
     org = keys.ensure_organization("o")
     assert keys.ensure_organization("o") == org
-    keys.add_key(organization_id=org, name="k", key_hash="ab" * 32)
-    assert keys.organization_for("ab" * 32) == org
-    assert keys.organization_for("cd" * 32) is None
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    key = ApiKey(id="k1", organization_id=org, name="k", created_at=at, mask="cove_***abc",
+                 permissions=frozenset({Permission.WRITE_SANDBOXES}),
+                 expires_at=at + timedelta(days=1), created_by="k0")  # fmt: skip
+    keys.add_key(key, "ab" * 32)
+    assert keys.key_for("ab" * 32) == key
+    assert keys.key_for("cd" * 32) is None
     assert keys.count_keys() == 1
+    operator = replace(key, id="k2", name="admin", permissions=None, expires_at=None)
+    keys.add_key(operator, "ef" * 32)
+    assert keys.key_for("ef" * 32) == operator and operator.held == ALL
+    assert keys.list_keys(org) == [key, operator] and keys.list_keys("nobody") == []
+    assert [o.name for o in keys.organizations()] == ["o"]
+    assert keys.organization(org).name == "o" and keys.organization("nobody") is None
+
+
+def test_key_use_is_stamped_in_batches_and_never_back(db: Engine) -> None:
+    keys = SqlKeyStore(db)
+    org = keys.ensure_organization("o")
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    keys.add_key(ApiKey(id="k1", organization_id=org, name="k", created_at=at, mask="m",
+                        permissions=None), "ab" * 32)  # fmt: skip
+    keys.touch_keys({"k1": at + timedelta(minutes=5), "gone": at})
+    assert keys.key_for("ab" * 32).last_used_at == at + timedelta(minutes=5)
+    keys.touch_keys({"k1": at + timedelta(minutes=1)})  # an older stamp
+    assert keys.key_for("ab" * 32).last_used_at == at + timedelta(minutes=5)
+    assert keys.delete_key("k1") and not keys.delete_key("k1")
+    assert keys.key_for("ab" * 32) is None
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
@@ -97,3 +123,27 @@ def test_timers_due_reads_only_the_due_rows(db: Engine) -> None:
     expected = {f"id-{n}" for n, (_box, action) in enumerate(CASES) if action is not None}
     assert expected and due_ids == expected
     assert store.timers_due(T0 - timedelta(days=400), 60.0) == []  # nothing due back then
+
+
+def test_keys_made_before_0010_hold_every_permission(tmp_path) -> None:
+    """Migration 0010 keeps existing keys working as they did: all permissions, no
+    expiry, a mask that reveals nothing of them."""
+    from alembic import command
+
+    from cove.store.migrate import alembic_config, upgrade
+    from cove.store.sql import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = alembic_config(str(engine.url))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0009")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO organizations VALUES ('o1', 'old', "
+                                "'2026-01-01 00:00:00')"))
+        connection.execute(text("INSERT INTO api_keys VALUES ('k1', 'o1', 'admin', :h, "
+                                "'2026-01-01 00:00:00')"), {"h": "ab" * 32})  # fmt: skip
+    upgrade(engine)
+    key = SqlKeyStore(engine).key_for("ab" * 32)
+    assert key is not None and key.permissions is None and key.held == ALL
+    assert key.expires_at is None and key.mask == "cove_" + "*" * 20

@@ -15,6 +15,7 @@ from cove.api.deps import PrincipalDep, ServicesDep
 from cove.api.params import SandboxPathQuery
 from cove.api.streaming import file_response
 from cove.core.agent_streams import Upload
+from cove.core.permissions import Permission
 from cove.core.sandbox import Sandbox
 from cove.errors import BadRequest
 from cove.schemas.toolbox_files import UploadedFile
@@ -110,6 +111,7 @@ def _sandbox(services: ServicesDep, request: Request, sandbox_id: str, method: s
     """The started sandbox a transfer is allowed on (checked signature or API key)."""
     if signature is None and expires is None:
         who = services.auth.authenticate(request.headers.get("authorization"))
+        who.require(Permission.WRITE_SANDBOXES)  # as every toolbox call
         return services.toolbox.sandbox(who.organization_id, sandbox_id)
     services.signer.check(sandbox_id, method, path, expires, signature)
     found = services.lifecycle.store.get_by_id(sandbox_id)

@@ -2,7 +2,7 @@
 OrganizationUsageOverview) and Daytona's analytics API (``analyticsApiUrl`` in
 ``/api/config``: ``/api/analytics``): usage totals, per sandbox, periods and charts,
 and the sandbox metrics its SDKs read there. Only the caller's organization: another
-one's id is refused (403, as Daytona's organization guard does)."""
+one's id is not found (404, as ``GET /organizations/{id}``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from cove.api.dto import iso
 from cove.core.auth import Principal
 from cove.core.metering import Totals
 from cove.core.quotas import GIB, Quota, Usage
-from cove.errors import BadRequest, Forbidden
+from cove.errors import BadRequest
 from cove.schemas.limits import NO_NUL
 from cove.schemas.usage import (
     AggregatedUsage,
@@ -27,6 +27,7 @@ from cove.schemas.usage import (
     UsageChartPoint,
     UsagePeriod,
 )
+from cove.server import Services
 
 router = APIRouter(tags=["organizations"])
 analytics = APIRouter(prefix="/analytics", tags=["analytics"])
@@ -42,7 +43,7 @@ async def get_organization_usage_overview(
     organization_id: OrgId, who: PrincipalDep, services: ServicesDep
 ) -> OrganizationUsageOverview:
     """The organization's quotas and what it holds now."""
-    _own(who, organization_id)
+    _own(services, who, organization_id)
     quotas = services.quotas
     return _overview(quotas.quota(organization_id), quotas.usage(organization_id),
                      services.settings.max_cpu, services.settings.max_memory,
@@ -54,7 +55,7 @@ async def get_aggregated_usage(
     organization_id: OrgId, start: From, to: datetime, who: PrincipalDep, services: ServicesDep
 ) -> AggregatedUsage:
     """The organization's usage between ``from`` and ``to`` (RFC 3339), to the second."""
-    _own(who, organization_id)
+    _own(services, who, organization_id)
     meter = services.meter
     periods = meter.periods(organization_id, *_range(start, to))
     totals = meter.totals(periods, to)
@@ -67,7 +68,7 @@ async def get_usage_per_sandbox(
     organization_id: OrgId, start: From, to: datetime, who: PrincipalDep, services: ServicesDep
 ) -> list[SandboxUsage]:
     """The usage of each of the organization's sandboxes between ``from`` and ``to``."""
-    _own(who, organization_id)
+    _own(services, who, organization_id)
     meter = services.meter
     by_sandbox = meter.by_sandbox(meter.periods(organization_id, *_range(start, to)), to)
     return [SandboxUsage.model_validate({**_totals(t), "sandbox_id": sid})
@@ -81,7 +82,7 @@ async def get_usage_chart(
 ) -> list[UsageChartPoint]:  # fmt: skip
     """The organization's usage per interval between ``from`` and ``to`` (at most 200
     points, each a minute, 5 or 15 minutes, an hour, 6 hours, a day or a week)."""
-    _own(who, organization_id)
+    _own(services, who, organization_id)
     meter, span = services.meter, _range(start, to)
     periods = meter.periods(organization_id, *span) if region in (None, "", REGION) else []
     return [UsageChartPoint(
@@ -98,7 +99,7 @@ async def get_sandbox_usage_periods(
 ) -> list[UsagePeriod]:  # fmt: skip
     """What the sandbox held, period by period, between ``from`` and ``to`` (each
     clipped to the range; an open one has no ``endAt``)."""
-    _own(who, organization_id)
+    _own(services, who, organization_id)
     meter = services.meter
     periods = meter.periods(organization_id, *_range(start, to), sandbox_id=sandbox_id)
     return [UsagePeriod(
@@ -113,7 +114,7 @@ async def get_sandbox_metrics(
     who: PrincipalDep, services: ServicesDep, metric_names: MetricNames = None,
 ) -> list[MetricPoint]:  # fmt: skip
     """The sandbox's sampled metrics (as ``/sandbox/{id}/telemetry/metrics``), flat."""
-    _own(who, organization_id)
+    _own(services, who, organization_id)
     sandbox = services.lifecycle.get(organization_id, sandbox_id)
     names = [n for n in (metric_names or "").split(",") if n] or None
     series = services.metrics.series(sandbox.id, *_range(start, to), names)
@@ -121,9 +122,9 @@ async def get_sandbox_metrics(
             for name, points in series.items() for at, value in points]  # fmt: skip
 
 
-def _own(who: Principal, organization_id: str) -> None:
-    if organization_id != who.organization_id:
-        raise Forbidden("Forbidden resource")
+def _own(services: Services, who: Principal, organization_id: str) -> None:
+    """Raises NotFound for any organization but the caller's (as /organizations/{id})."""
+    services.organizations.get(who, organization_id)
 
 
 def _range(start: datetime, to: datetime) -> tuple[datetime, datetime]:
