@@ -6,7 +6,9 @@ Catch :class:`CoveError` to catch everything Cove raises on purpose::
      ├── BadRequest            input that can never succeed (400)
      │    └── QuotaExceeded    resources above the per-sandbox limits (400)
      ├── Unauthorized          missing, wrong or expired API key (401)
-     ├── Forbidden             a key without the permission the call needs (403)
+     ├── Forbidden             a key without the permission the call needs, another
+     │    │                    organization's id (403)
+     │    └── OrganizationQuotaExceeded   above the organization's quota (403)
      ├── NotFound              no such sandbox (in the caller's organization) (404)
      ├── Conflict              a name that is already taken (409)
      ├── PayloadTooLarge       a request body above the limit (413)
@@ -56,6 +58,13 @@ class Unauthorized(CoveError):
 class Forbidden(CoveError):
     status_code = 403
     code = "FORBIDDEN"
+
+
+class OrganizationQuotaExceeded(Forbidden):
+    """A create, start or resize above the organization's quota (403, as Daytona
+    answers it)."""
+
+    code = "QUOTA_EXCEEDED"
 
 
 class NotFound(CoveError):
@@ -127,6 +136,7 @@ __all__ = [
     "Forbidden",
     "InvalidState",
     "NotFound",
+    "OrganizationQuotaExceeded",
     "PayloadTooLarge",
     "QuotaExceeded",
     "RuntimeBackendError",

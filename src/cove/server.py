@@ -29,10 +29,12 @@ from cove.core.fleet import LOCAL, Fleet
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
 from cove.core.links import delete_followers
+from cove.core.metering import Meter, MeteredEvents, Prices
 from cove.core.metrics_history import MetricsHistory
 from cove.core.organizations import OrganizationService
 from cove.core.ports import EventSink, Runner
 from cove.core.previews import PreviewTokens
+from cove.core.quotas import QuotaService
 from cove.core.registries import RegistryService
 from cove.core.sandbox import Sandbox
 from cove.core.secrets import SecretService
@@ -63,6 +65,7 @@ from cove.store.signing_keys import FileKeyStore, SqlSigningKeyStore
 from cove.store.snapshots import SqlSnapshotStore
 from cove.store.sql import SqlSandboxStore, make_engine
 from cove.store.ssh_access import SqlSshAccessStore
+from cove.store.usage import SqlQuotaStore, SqlUsageStore
 from cove.store.volumes import SqlVolumeStore
 
 
@@ -87,6 +90,8 @@ class Services:
     warm_pools: WarmPoolService  # the organizations' warm pools (the keeper: lifecycle.pool)
     api_keys: ApiKeyService  # /api/api-keys
     organizations: OrganizationService  # /api/organizations
+    quotas: QuotaService  # the organizations' quotas
+    meter: Meter  # per-second usage of every sandbox
     # Per-sandbox locks across API replicas and the once-only jobs' lease.
     coordination: Coordination = field(default_factory=LocalCoordination)
     fleet: Fleet | None = None  # several runners' keeper (None: one host)
@@ -252,10 +257,14 @@ def build_services(
     images = ImageService(snapshots=snapshots, registries=registries, runner=runner,
                           allowed=settings.allowed_registries)  # fmt: skip
     contexts = open_contexts(settings)
+    meter = open_meter(settings, engine)
     lifecycle = LifecycleService(
-        settings=settings, store=store, runner=runner, events=events, volumes=volumes,
-        snapshots=snapshots, images=images,
+        settings=settings, store=store, runner=runner, events=MeteredEvents(meter, events),
+        volumes=volumes, snapshots=snapshots, images=images,
     )  # fmt: skip
+    quotas = lifecycle.creator.quotas = QuotaService(settings=settings,
+                                                     store=SqlQuotaStore(engine))  # fmt: skip
+    volumes.admit_new, snapshots.admit_new = quotas.admit_volume, quotas.admit_snapshot
     lifecycle.creator.use_contexts(contexts)
     lifecycle.ops.coordination = coordination
     pool_store = SqlPoolStore(engine)
@@ -292,8 +301,16 @@ def build_services(
         previews=previews, ssh=ssh, secrets=secrets, metrics=history,
         warm_pools=warm_pools, api_keys=ApiKeyService(auth),
         organizations=OrganizationService(auth.keys), coordination=coordination,
+        quotas=quotas, meter=meter,
         fleet=open_fleet(settings, routing, lifecycle),
     )  # fmt: skip
+
+
+def open_meter(settings: Settings, engine: Engine) -> Meter:
+    """The usage meter on the server's database, at the configured prices."""
+    prices = Prices(cpu=settings.price_cpu, memory=settings.price_memory,
+                    disk=settings.price_disk, free_disk=settings.price_free_disk)  # fmt: skip
+    return Meter(SqlUsageStore(engine), prices, settings.usage_heartbeat_seconds)
 
 
 def _agent_as(toolbox: ToolboxService, sandbox: Sandbox, user: str) -> AgentClient:

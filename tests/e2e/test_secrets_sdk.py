@@ -171,7 +171,8 @@ def test_ttl_auto_pause_and_metrics_history(fast: Daytona) -> None:
 
 def test_config_answers_without_a_key(server: Server) -> None:
     body = httpx.get(f"{server.api_url}/config").json()
-    assert body["analyticsApiUrl"] is None and body["maxAutoArchiveInterval"] == 43200
+    assert body["analyticsApiUrl"] == f"{server.api_url}/analytics"
+    assert body["maxAutoArchiveInterval"] == 43200
     assert KEY not in json.dumps(body)
 
 

@@ -45,6 +45,7 @@ from cove.api.routes import (
     toolbox_recordings,
     toolbox_sessions,
     toolbox_system,
+    usage,
     volumes,
     warm_pools,
 )
@@ -83,6 +84,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         first = alone(coordination)
         if services.fleet is not None:  # several runners: their state before reconciling
             await services.fleet.beat()
+        await services.meter.recover(services.lifecycle.runner, services.lifecycle.store.all())
         await reconcile(services.lifecycle, remove_orphans=first, wait=first)
         await restore_networks(services.lifecycle)
         gateway = SshGateway(services)
@@ -96,6 +98,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
             asyncio.create_task(services.metrics.run()),
             asyncio.create_task(services.lifecycle.keep_pools()),
             asyncio.create_task(services.lifecycle.ops.activity.run()),
+            asyncio.create_task(services.meter.run()),
             asyncio.create_task(services.auth.usage.run()),
             *([asyncio.create_task(services.fleet.run())] if services.fleet else []),
         ]
@@ -127,6 +130,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     api.include_router(volumes.router, prefix="/api")
     api.include_router(snapshots.router, prefix="/api")
     api.include_router(warm_pools.router, prefix="/api")
+    api.include_router(usage.router, prefix="/api")
+    api.include_router(usage.analytics, prefix="/api")
     api.include_router(docker_registry.router, prefix="/api")
     api.include_router(sandbox_network.router, prefix="/api")
     api.include_router(previews.router, prefix="/api")

@@ -105,6 +105,13 @@ NEEDS: dict[str, P | None] = {
     "organizations.get_organization": None,
     "organizations.create_organization": None,
     "organizations.list_organization_users": None,
+    # quotas and usage: any key of the organization (as Daytona's usage overview)
+    "usage.get_organization_usage_overview": None,
+    "usage.get_aggregated_usage": None,
+    "usage.get_usage_per_sandbox": None,
+    "usage.get_usage_chart": None,
+    "usage.get_sandbox_usage_periods": None,
+    "usage.get_sandbox_metrics": None,
 }
 _cache: dict[Callable[..., Any], Any] = {}
 

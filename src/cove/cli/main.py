@@ -16,6 +16,7 @@ import click
 from cove.cli import output
 from cove.cli.common import local_settings
 from cove.cli.keys import keys
+from cove.cli.quota import quota
 from cove.cli.runner import runner
 from cove.cli.sandbox import sandbox
 from cove.cli.snapshot import ensure_default_snapshot, snapshot
@@ -34,6 +35,7 @@ main.add_command(sandbox)
 main.add_command(snapshot)
 main.add_command(volume)
 main.add_command(keys)
+main.add_command(quota)
 main.add_command(runner)
 
 

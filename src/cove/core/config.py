@@ -103,6 +103,25 @@ class Settings(BaseSettings):
     max_memory: int = 8
     max_disk: int = 10
     pids_limit: int = 1024
+    # Each organization's quota unless the operator sets its own (``cove org quota set``):
+    # vCPUs and GiB of memory of its running sandboxes, GiB of disk of its unarchived
+    # ones, how many sandboxes, snapshots (and their GiB) and volumes it may have. 0: no limit.
+    quota_cpu: int = Field(default=0, ge=0)
+    quota_memory: int = Field(default=0, ge=0)
+    quota_disk: int = Field(default=0, ge=0)
+    quota_sandboxes: int = Field(default=0, ge=0)
+    quota_snapshots: int = Field(default=0, ge=0)
+    quota_snapshot_storage: int = Field(default=0, ge=0)
+    quota_volumes: int = Field(default=0, ge=0)
+    # Usage prices (Daytona's list prices, USD): per vCPU-second, per GiB-second of
+    # memory and of disk; each sandbox's first price_free_disk GiB of disk are free.
+    price_cpu: float = Field(default=0.000014, ge=0)
+    price_memory: float = Field(default=0.0000045, ge=0)
+    price_disk: float = Field(default=0.00000003, ge=0)
+    price_free_disk: int = Field(default=5, ge=0)
+    # How often open usage periods are marked as still running (what a crash can lose
+    # of a sandbox that died with the server).
+    usage_heartbeat_seconds: float = Field(default=30.0, gt=0, le=3600)
     # Bytes of output execute, code-run and a session command's logs return at most
     # (the first half and the newest half, with a marker line between).
     output_limit: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from contextlib import AbstractAsyncContextManager, nullcontext
 
 from cove.core import dockerfile, links, validation
 from cove.core.buildlog import BuildLog
@@ -21,6 +22,7 @@ from cove.core.intervals import expiry
 from cove.core.ops import SandboxOps
 from cove.core.pool import PoolKeeper
 from cove.core.ports import VolumeBind
+from cove.core.quotas import QuotaService, charge
 from cove.core.sandbox import Sandbox, SandboxState, archive_minutes
 from cove.core.secrets import SecretService
 from cove.core.snapshots import SnapshotService
@@ -49,6 +51,7 @@ class Creator:
         self.contexts: ContextStore | None = None  # uploaded build contexts (None: none)
         self.secrets: SecretService | None = None  # the organizations' secrets (None: none)
         self.pool: PoolKeeper | None = None  # warm pools (None: every create boots)
+        self.quotas: QuotaService | None = None  # organization quotas (None: no limits)
         self.use_snapshots(snapshots)
 
     def use_snapshots(self, snapshots: SnapshotService | None) -> None:
@@ -73,21 +76,23 @@ class Creator:
         Raises:
             BadRequest: invalid input (nothing is created).
             QuotaExceeded: resources above the limits (nothing is created).
+            OrganizationQuotaExceeded: above the organization's quota (nothing is created).
             Conflict: the name is taken in this organization.
         """
         plan = self._build_plan(organization_id, request)
         sandbox, pull = self._new_sandbox(organization_id, request)
         mounts = self._secret_mounts(organization_id, request)
-        if plan is None and pull is None and not mounts and self.pool is not None:
-            claimed = await self.pool.claim(sandbox)  # a warm pool's, made into this one
-            if claimed is not None:
-                return claimed
-        if plan is not None or pull is not None:
-            sandbox.state = S.PENDING_BUILD
-            sandbox.env = {**(plan.env if plan else {}), **sandbox.env}
-            if plan is not None and plan.user and request.user is None:  # USER, unless asked
-                sandbox.user = plan.user.partition(":")[0]
-        self.ops.store.add(sandbox)
+        async with self._admit(sandbox):
+            if plan is None and pull is None and not mounts and self.pool is not None:
+                claimed = await self.pool.claim(sandbox)  # a warm pool's, made into this one
+                if claimed is not None:
+                    return claimed
+            if plan is not None or pull is not None:
+                sandbox.state = S.PENDING_BUILD
+                sandbox.env = {**(plan.env if plan else {}), **sandbox.env}
+                if plan is not None and plan.user and request.user is None:  # USER, unless asked
+                    sandbox.user = plan.user.partition(":")[0]
+            self.ops.store.add(sandbox)
         if mounts and self.secrets is not None:
             self.secrets.mount(sandbox.id, mounts)
         await self.ops.events.sandbox_created(sandbox)
@@ -104,6 +109,14 @@ class Creator:
         assert builder is not None and plan is not None  # _build_plan checked it
         self.ops.spawn(sandbox.id, lambda: build_and_boot(self.ops, builder, sandbox, plan, out))
         return sandbox
+
+    def _admit(self, sandbox: Sandbox) -> AbstractAsyncContextManager[None]:
+        """The organization's quota admits the new sandbox while it is stored."""
+        if self.quotas is None:
+            return nullcontext()
+        return self.quotas.admit(sandbox.organization_id, sandbox.id,
+                                 charge(S.CREATING, sandbox.resources), sandbox.resources,
+                                 new=True)  # fmt: skip
 
     def build_log(self, sandbox_id: str) -> BuildLog:
         """The build log of a sandbox created from a Dockerfile.

@@ -39,7 +39,8 @@ async def fork(
     source = service.get(organization_id, id_or_name)
     _check(source)
     child = _clone(source, name)
-    service.store.add(child)
+    async with service.admit(child, S.CREATING, new=True):
+        service.store.add(child)
     secrets = service.creator.secrets
     if secrets is not None:
         secrets.mount(child.id, {env: s.id for env, s in secrets.store.mounts(source.id).items()})

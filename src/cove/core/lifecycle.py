@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from functools import partial
 from typing import TypeVar
 
@@ -19,7 +20,8 @@ from cove.core.create import Creator
 from cove.core.images import ImageService
 from cove.core.ops import SandboxOps, container_spec, network_policy
 from cove.core.pool import OwnedOnly, PoolKeeper, PoolStore
-from cove.core.ports import ContainerStatus, EventSink, Runner, SandboxStore
+from cove.core.ports import ContainerStatus, EventSink, Resources, Runner, SandboxStore
+from cove.core.quotas import charge
 from cove.core.sandbox import Sandbox, SandboxState, archive_minutes, utcnow
 from cove.core.snapshots import SnapshotService
 from cove.core.telemetry import timed
@@ -146,17 +148,31 @@ class LifecycleService:
         if sandbox.state is not S.STOPPED:
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot start it")
         spec = container_spec(sandbox)
-        return await self.ops.through(
-            sandbox, S.STARTING, S.STARTED, "start", partial(self.runner.start, spec)
-        )
+        async with self.admit(sandbox, S.STARTING):
+            return await self.ops.through(
+                sandbox, S.STARTING, S.STARTED, "start", partial(self.runner.start, spec)
+            )
 
     async def _restore_and_start(self, sandbox: Sandbox) -> Sandbox:
         spec = container_spec(sandbox)
         with timed(self.ops.recorder, "restore"):
-            return await self.ops.through(
-                sandbox, S.RESTORING, S.STARTED, "restore",
-                partial(self.runner.restore, spec), partial(self.runner.start, spec),
-            )
+            async with self.admit(sandbox, S.RESTORING):
+                return await self.ops.through(
+                    sandbox, S.RESTORING, S.STARTED, "restore",
+                    partial(self.runner.restore, spec), partial(self.runner.start, spec),
+                )
+
+    def admit(self, sandbox: Sandbox, state: SandboxState, resources: Resources | None = None,
+              *, new: bool = False) -> AbstractAsyncContextManager[None]:  # fmt: skip
+        """The organization's quota admits ``sandbox`` in ``state`` (with ``resources``;
+        ``new``: one more sandbox) while the change is made (see
+        :class:`cove.core.quotas.QuotaService`)."""
+        quotas = self.creator.quotas
+        if quotas is None or not sandbox.organization_id:
+            return nullcontext()
+        resources = resources or sandbox.resources
+        return quotas.admit(sandbox.organization_id, sandbox.id, charge(state, resources),
+                            resources, new=new)  # fmt: skip
 
     async def stop(self, organization_id: str, id_or_name: str, *, force: bool = False) -> Sandbox:
         return await self._on(
@@ -202,7 +218,8 @@ class LifecycleService:
 
     async def _resume(self, sandbox: Sandbox) -> Sandbox:
         resume = partial(self.runner.resume, sandbox.id)
-        return await self.ops.through(sandbox, S.RESUMING, S.STARTED, "resume", resume)
+        async with self.admit(sandbox, S.RESUMING):
+            return await self.ops.through(sandbox, S.RESUMING, S.STARTED, "resume", resume)
 
     # ---- archive / recover / resize -----------------------------------
 
@@ -239,7 +256,8 @@ class LifecycleService:
         steps = [partial(self.runner.start, spec)]
         if status is ContainerStatus.ABSENT:
             steps.insert(0, partial(self.runner.create, spec))
-        return await self.ops.through(sandbox, S.STARTING, S.STARTED, "recover", *steps)
+        async with self.admit(sandbox, S.STARTING):
+            return await self.ops.through(sandbox, S.STARTING, S.STARTED, "recover", *steps)
 
     async def resize(
         self, organization_id: str, id_or_name: str, request: SandboxResize
@@ -249,6 +267,7 @@ class LifecycleService:
 
         Raises:
             QuotaExceeded: above the limits.
+            OrganizationQuotaExceeded: above the organization's quota.
             BadRequest: a change that needs the sandbox stopped.
         """
         return await self._on(
@@ -266,14 +285,15 @@ class LifecycleService:
         elif sandbox.state not in (S.STOPPED, S.ARCHIVED):
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot resize it")
         before = sandbox.state
-        await self.ops.set_state(sandbox, S.RESIZING)
-        try:
-            await self.runner.resize(sandbox.id, new, live=live)
-        except CoveError as exc:
-            await self.ops.set_state(sandbox, before)
-            raise BadRequest(f"resize failed: {exc.message}") from exc
-        sandbox.resources = new
-        return await self.ops.set_state(sandbox, before)
+        async with self.admit(sandbox, before, new):
+            await self.ops.set_state(sandbox, S.RESIZING)
+            try:
+                await self.runner.resize(sandbox.id, new, live=live)
+            except CoveError as exc:
+                await self.ops.set_state(sandbox, before)
+                raise BadRequest(f"resize failed: {exc.message}") from exc
+            sandbox.resources = new
+            return await self.ops.set_state(sandbox, before)
 
     # ---- destroy -------------------------------------------------------
 

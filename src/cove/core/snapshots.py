@@ -20,7 +20,7 @@ from __future__ import annotations
 import builtins
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -90,6 +90,8 @@ class SnapshotService:
             for name in dict.fromkeys([default_name, *public])
         }  # fmt: skip
         self.default = self.general[default_name]
+        # Raises when the organization may make no more snapshots (its quota); None: no limit.
+        self.admit_new: Callable[[str], None] | None = None
 
     def list(self, organization_id: str) -> list[Snapshot]:
         """The general snapshots present on this host, then the organization's."""
@@ -276,6 +278,8 @@ class SnapshotService:
         try:
             self.get(organization_id, name)
         except NotFound:
+            if self.admit_new is not None:  # the organization's snapshot quota
+                self.admit_new(organization_id)
             return Snapshot(id=str(uuid.uuid4()), organization_id=organization_id, name=name,
                             **fields)  # type: ignore[arg-type]  # fmt: skip
         raise Conflict(f"Snapshot with name '{name}' already exists")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import posixpath
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -72,6 +73,8 @@ class VolumeService:
         self.store = store
         self.files = files
         self.sandboxes = sandboxes
+        # Raises when the organization may make no more volumes (its quota); None: no limit.
+        self.admit_new: Callable[[str], None] | None = None
 
     def list(self, organization_id: str) -> list[Volume]:
         return self.store.list(organization_id)
@@ -80,8 +83,11 @@ class VolumeService:
         return self.store.get(organization_id, id_or_name)
 
     def create(self, organization_id: str, name: str) -> Volume:
-        """Raises Conflict when the name is taken, BadRequest when it is not a plain name."""
+        """Raises Conflict when the name is taken, BadRequest when it is not a plain name,
+        OrganizationQuotaExceeded above the organization's volume quota."""
         _check_name(name)
+        if self.admit_new is not None:
+            self.admit_new(organization_id)
         volume = Volume(id=str(uuid.uuid4()), organization_id=organization_id, name=name)
         self.store.add(volume)
         try:

@@ -291,3 +291,47 @@ class KeyFingerprintRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
+
+
+class OrganizationQuotaRow(Base):
+    """The operator's quota of one organization; NULL: the server's default (COVE_QUOTA_*)."""
+
+    __tablename__ = "organization_quotas"
+
+    organization_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    cpu: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    memory: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    disk: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sandboxes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    snapshots: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    snapshot_storage: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    volumes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_cpu_per_sandbox: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_memory_per_sandbox: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_disk_per_sandbox: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UsagePeriodRow(Base):
+    """What one sandbox held (vCPUs, GiB of memory and disk) from start_at to end_at
+    (NULL: it still does; seen_at: when that was last confirmed). Kept after the
+    sandbox is deleted: usage history outlives it."""
+
+    __tablename__ = "usage_periods"
+    __table_args__ = (
+        Index("ix_usage_periods_org_start", "organization_id", "start_at"),
+        Index("ix_usage_periods_sandbox", "sandbox_id", "start_at"),
+        Index("ix_usage_periods_open", "end_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sandbox_id: Mapped[str] = mapped_column(String(64))
+    organization_id: Mapped[str] = mapped_column(String(64))
+    cpu: Mapped[int] = mapped_column(Integer)
+    memory: Mapped[int] = mapped_column(Integer)
+    disk: Mapped[int] = mapped_column(Integer)
+    start_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -30,7 +30,8 @@ from tests.unit.api.conftest import AUTH, create_sandbox
 def _routes() -> Iterator[APIRoute | APIWebSocketRoute]:
     for info in pkgutil.iter_modules(routes_path):
         module = importlib.import_module(f"cove.api.routes.{info.name}")
-        for router in (getattr(module, "router", None), getattr(module, "toolbox_router", None)):
+        for router in (getattr(module, name, None) for name in ("router", "toolbox_router",
+                                                                "analytics")):
             if router is not None:
                 yield from (r for r in router.routes if isinstance(r, APIRoute | APIWebSocketRoute))
 

@@ -180,7 +180,7 @@ def test_config_needs_no_key_and_holds_no_secret(client: TestClient) -> None:
     r = client.get("/api/config")
     assert r.status_code == 200
     body = r.json()
-    assert body["analyticsApiUrl"] is None and body["defaultSnapshot"]
+    assert body["analyticsApiUrl"].endswith("/api/analytics") and body["defaultSnapshot"]
     assert "test-key" not in r.text
 
 

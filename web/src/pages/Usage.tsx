@@ -7,6 +7,9 @@ import { ErrorLine, NotAvailable, Section, useLoad } from './common'
 
 type Region = { regionId: string; totalCpuQuota: number; currentCpuUsage: number; totalMemoryQuota: number; currentMemoryUsage: number; totalDiskQuota: number; currentDiskUsage: number }
 type Overview = { regionUsage: Region[]; totalSnapshotQuota: number; currentSnapshotUsage: number; totalVolumeQuota: number; currentVolumeUsage: number }
+
+// Cove answers 0 for a quota the operator has not set (COVE_QUOTA_* unset): no limit.
+const limit = (n: number) => (n > 0 ? n : 'no limit')
 type Aggregated = { sandboxCount?: number; totalCPUSeconds?: number; totalRAMGBSeconds?: number; totalDiskGBSeconds?: number; totalPrice?: number; firstStart?: string; lastEnd?: string }
 
 // The key's organization: Daytona's list, else what its sandboxes say (null: unknown).
@@ -51,13 +54,13 @@ export function Usage({ api }: { api: Api }) {
           <tbody>
             {overview.data.regionUsage.map((r) => (
               <>
-                <tr><td>CPU ({r.regionId})</td><td>{r.currentCpuUsage}</td><td>{r.totalCpuQuota}</td></tr>
-                <tr><td>Memory GiB</td><td>{r.currentMemoryUsage}</td><td>{r.totalMemoryQuota}</td></tr>
-                <tr><td>Disk GiB</td><td>{r.currentDiskUsage}</td><td>{r.totalDiskQuota}</td></tr>
+                <tr><td>CPU ({r.regionId})</td><td>{r.currentCpuUsage}</td><td>{limit(r.totalCpuQuota)}</td></tr>
+                <tr><td>Memory GiB</td><td>{r.currentMemoryUsage}</td><td>{limit(r.totalMemoryQuota)}</td></tr>
+                <tr><td>Disk GiB</td><td>{r.currentDiskUsage}</td><td>{limit(r.totalDiskQuota)}</td></tr>
               </>
             ))}
-            <tr><td>Snapshots</td><td>{overview.data.currentSnapshotUsage}</td><td>{overview.data.totalSnapshotQuota}</td></tr>
-            <tr><td>Volumes</td><td>{overview.data.currentVolumeUsage}</td><td>{overview.data.totalVolumeQuota}</td></tr>
+            <tr><td>Snapshots</td><td>{overview.data.currentSnapshotUsage}</td><td>{limit(overview.data.totalSnapshotQuota)}</td></tr>
+            <tr><td>Volumes</td><td>{overview.data.currentVolumeUsage}</td><td>{limit(overview.data.totalVolumeQuota)}</td></tr>
           </tbody>
         </table>
       )}

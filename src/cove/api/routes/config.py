@@ -13,8 +13,8 @@ router = APIRouter(tags=["config"])
 
 @router.get("/config")
 async def get_config(services: ServicesDep) -> DaytonaConfiguration:
-    """The deployment's configuration; needs no API key, as on Daytona. Cove has no
-    separate analytics API (``analyticsApiUrl`` is null: metrics come from this API)."""
+    """The deployment's configuration; needs no API key, as on Daytona. Daytona's
+    analytics API (usage, sandbox metrics) is served by this server under /api/analytics."""
     settings = services.settings
     base = settings.toolbox_proxy_url.removesuffix("/toolbox")
     return DaytonaConfiguration(
@@ -22,4 +22,5 @@ async def get_config(services: ServicesDep) -> DaytonaConfiguration:
         proxy_template_url=f"{base}/preview/{{{{sandboxId}}}}/{{{{PORT}}}}",
         proxy_toolbox_url=settings.toolbox_proxy_url, default_snapshot=settings.default_snapshot,
         dashboard_url=base, max_auto_archive_interval=MAX_ARCHIVE_MINUTES,
+        analytics_api_url=f"{base}/api/analytics",
     )  # fmt: skip

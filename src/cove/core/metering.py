@@ -1,0 +1,276 @@
+"""Per-second usage metering: what each sandbox held, and for how long.
+
+Nothing is written every second. A sandbox's usage is a list of periods, each with
+the vCPUs, GiB of memory and GiB of disk it held (see :func:`cove.core.quotas.charge`:
+CPU and memory while it runs, disk until it is archived) between two instants; a
+period is closed and the next opened only when a lifecycle change alters what it
+holds (start, stop, archive, resize, delete), at the sandbox's own
+``state_changed_at``. Usage over any range is computed to the second from them.
+
+Open periods are marked alive every ``heartbeat`` seconds (one UPDATE for all). After a
+crash, :meth:`Meter.recover` asks the runner: a sandbox that kept running continues
+its period; one that died with the server ends it at its last mark (and keeps its disk
+period if its files are still there); records changed while the meter could not write
+are caught up from their state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from cove.core.ports import ContainerStatus, EventSink, Runner
+from cove.core.quotas import NOTHING, Charge, charge
+from cove.core.sandbox import Sandbox, SandboxState, utcnow
+
+log = logging.getLogger(__name__)
+# Chart resolutions: the first that cuts the range into at most MAX_POINTS buckets.
+RESOLUTIONS = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
+MAX_POINTS = 200
+
+
+@dataclass(frozen=True)
+class Period:
+    """What one sandbox held from ``start_at`` to ``end_at`` (None: still holds it)."""
+
+    sandbox_id: str
+    organization_id: str
+    held: Charge
+    start_at: datetime
+    end_at: datetime | None = None
+    seen_at: datetime | None = None  # last mark that it was still held
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per vCPU-second, per GiB-second of memory and of disk beyond ``free_disk``."""
+
+    cpu: float
+    memory: float
+    disk: float
+    free_disk: int = 0
+
+    def of(self, held: Charge, seconds: float) -> tuple[float, float, float]:
+        """The price of holding ``held`` for ``seconds``: of its CPU, memory and disk."""
+        return (held.cpu * self.cpu * seconds, held.memory * self.memory * seconds,
+                max(0, held.disk - self.free_disk) * self.disk * seconds)  # fmt: skip
+
+
+@dataclass
+class Totals:
+    """Usage summed over a range: vCPU-, GiB-of-memory- and GiB-of-disk-seconds."""
+
+    cpu_seconds: float = 0.0
+    ram_gib_seconds: float = 0.0
+    disk_gib_seconds: float = 0.0
+    cpu_price: float = 0.0
+    ram_price: float = 0.0
+    disk_price: float = 0.0
+    first_start: datetime | None = None
+    last_end: datetime | None = None
+
+    @property
+    def price(self) -> float:
+        return self.cpu_price + self.ram_price + self.disk_price
+
+    def add(self, held: Charge, start: datetime, end: datetime, prices: Prices) -> None:
+        seconds = (end - start).total_seconds()
+        self.cpu_seconds += held.cpu * seconds
+        self.ram_gib_seconds += held.memory * seconds
+        self.disk_gib_seconds += held.disk * seconds
+        cpu, ram, disk = prices.of(held, seconds)
+        self.cpu_price, self.ram_price, self.disk_price = (
+            self.cpu_price + cpu, self.ram_price + ram, self.disk_price + disk)
+        self.first_start = start if self.first_start is None else min(self.first_start, start)
+        self.last_end = end if self.last_end is None else max(self.last_end, end)
+
+
+class UsageStore(Protocol):
+    """Durable usage periods."""
+
+    def switch(self, sandbox_id: str, at: datetime, period: Period | None) -> None:
+        """In one transaction: end the sandbox's open period (if any) at ``at`` (not
+        before its start), and open ``period`` (if any)."""
+
+    def open_periods(self) -> list[Period]:
+        """Every open period (of every organization)."""
+
+    def periods(self, organization_id: str, start: datetime, end: datetime,
+                sandbox_id: str | None = None) -> list[Period]:  # fmt: skip
+        """The organization's periods overlapping [start, end), oldest first."""
+
+    def mark_seen(self, at: datetime) -> int:
+        """Mark every open period as held at ``at``; how many there are."""
+
+
+class Meter:
+    """Turns lifecycle changes into usage periods and answers usage queries.
+
+    Args:
+        store: where periods are kept.
+        prices: what usage costs.
+        heartbeat: seconds between marks of the open periods.
+    """
+
+    def __init__(self, store: UsageStore, prices: Prices, heartbeat: float = 30.0) -> None:
+        self.store = store
+        self.prices = prices
+        self.heartbeat = heartbeat
+        self._open = {p.sandbox_id: p for p in store.open_periods()}
+        self.writes = 0  # rows written or updated for lifecycle changes (overhead figure)
+
+    # ---- recording -----------------------------------------------------
+
+    def observe(self, sandbox: Sandbox) -> None:
+        """Record what ``sandbox`` holds from its last state change on (a no-op when it
+        holds what its open period says; a warm pool's unclaimed sandbox holds nothing)."""
+        if not sandbox.organization_id:
+            return
+        current = self._open.get(sandbox.id)
+        before = current.held if current else NOTHING
+        held = NOTHING if sandbox.state is SandboxState.DESTROYED else charge(
+            sandbox.state, sandbox.resources, before=before)
+        if held == before:  # it holds what it held (nothing, or its open period's)
+            return
+        self._switch(sandbox.id, sandbox.organization_id, held, sandbox.state_changed_at)
+
+    def _switch(self, sandbox_id: str, organization_id: str, held: Charge,
+                at: datetime) -> None:  # fmt: skip
+        current = self._open.get(sandbox_id)
+        if current is None and held == NOTHING:
+            return
+        period = None if held == NOTHING else Period(sandbox_id, organization_id, held, at,
+                                                     seen_at=at)  # fmt: skip
+        self.store.switch(sandbox_id, at, period)  # if it fails, the next change retries
+        self.writes += (current is not None) + (period is not None)
+        self._open.pop(sandbox_id, None)
+        if period is not None:
+            self._open[sandbox_id] = period
+
+    async def recover(self, runner: Runner, sandboxes: Iterable[Sandbox]) -> None:
+        """After a restart (a crash too): end the periods of sandboxes that died with
+        the server at their last mark, then catch up records the meter missed."""
+        settled = set()  # what the runner says wins over the (older) record
+        for period in list(self._open.values()):
+            try:
+                status = await runner.status(period.sandbox_id)
+            except Exception:  # noqa: BLE001 - the runner is away: keep what is recorded
+                log.warning("usage: status of sandbox %s unknown", period.sandbox_id)
+                continue
+            since = period.seen_at or period.start_at
+            if status in (ContainerStatus.ABSENT, ContainerStatus.ARCHIVED):
+                self._switch(period.sandbox_id, period.organization_id, NOTHING, since)
+                settled.add(period.sandbox_id)
+            elif period.held.cpu and status is ContainerStatus.STOPPED:
+                self._switch(period.sandbox_id, period.organization_id,
+                             Charge(disk=period.held.disk), since)  # fmt: skip
+                settled.add(period.sandbox_id)
+        known = set()
+        for sandbox in sandboxes:
+            known.add(sandbox.id)
+            if sandbox.id not in settled:  # reconciliation brings its record in line
+                self.observe(sandbox)
+        for sandbox_id, period in list(self._open.items()):
+            if sandbox_id not in known:  # its record is gone: it was deleted
+                self._switch(sandbox_id, period.organization_id, NOTHING,
+                             period.seen_at or period.start_at)  # fmt: skip
+
+    def mark(self) -> None:
+        """Record that the open periods are still held now."""
+        if self._open:
+            self.store.mark_seen(utcnow())
+
+    async def run(self) -> None:
+        """Mark the open periods every ``heartbeat`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                self.mark()
+            except Exception:  # noqa: BLE001 - the database is away: try again
+                log.exception("usage: marking open periods failed")
+
+    # ---- queries -------------------------------------------------------
+
+    def periods(self, organization_id: str, start: datetime, end: datetime,
+                sandbox_id: str | None = None) -> list[Period]:  # fmt: skip
+        """The periods overlapping [start, end), clipped to it (an open one ends now,
+        at most)."""
+        now = utcnow()
+        out = []
+        for p in self.store.periods(organization_id, start, end, sandbox_id):
+            s, e = max(p.start_at, start), min(p.end_at or now, end)
+            if e > s:
+                out.append(Period(p.sandbox_id, p.organization_id, p.held, s,
+                                  min(p.end_at, end) if p.end_at else None))  # fmt: skip
+        return out
+
+    def totals(self, periods: Iterable[Period], end: datetime) -> Totals:
+        out = Totals()
+        for p in periods:
+            out.add(p.held, p.start_at, _end(p, end), self.prices)
+        return out
+
+    def by_sandbox(self, periods: Iterable[Period], end: datetime) -> dict[str, Totals]:
+        out: dict[str, Totals] = {}
+        for p in periods:
+            out.setdefault(p.sandbox_id, Totals()).add(p.held, p.start_at, _end(p, end),
+                                                       self.prices)  # fmt: skip
+        return out
+
+    def chart(self, periods: Sequence[Period], start: datetime,
+              end: datetime) -> list[tuple[datetime, Totals]]:  # fmt: skip
+        """Usage per bucket of [start, end); buckets of the first resolution that makes
+        at most MAX_POINTS of them, aligned to it."""
+        span = max(1.0, (end - start).total_seconds())
+        step = next((r for r in RESOLUTIONS if span / r <= MAX_POINTS),
+                    math.ceil(span / MAX_POINTS))  # fmt: skip
+        first = datetime.fromtimestamp(start.timestamp() // step * step, tz=start.tzinfo)
+        buckets: list[tuple[datetime, Totals]] = []
+        at = first
+        while at < end:
+            buckets.append((at, Totals()))
+            at += timedelta(seconds=step)
+        for p in periods:
+            p_end = _end(p, end)
+            index = int((p.start_at - first).total_seconds() // step)
+            while index < len(buckets) and buckets[index][0] < p_end:
+                b_start = buckets[index][0]
+                s = max(p.start_at, b_start)
+                e = min(p_end, b_start + timedelta(seconds=step))
+                if e > s:
+                    buckets[index][1].add(p.held, s, e, self.prices)
+                index += 1
+        return buckets
+
+
+def _end(period: Period, end: datetime) -> datetime:
+    """Where a clipped period ends: its end, or (open) ``end`` but never past now."""
+    return period.end_at or min(end, utcnow())
+
+
+class MeteredEvents:
+    """An EventSink that records each announced change in the meter, then passes it on
+    (every state change of a sandbox is announced: see :class:`cove.core.ops.SandboxOps`)."""
+
+    def __init__(self, meter: Meter, inner: EventSink) -> None:
+        self.meter = meter
+        self.inner = inner
+
+    async def sandbox_created(self, sandbox: Sandbox) -> None:
+        self._observe(sandbox)
+        await self.inner.sandbox_created(sandbox)
+
+    async def sandbox_state_updated(self, sandbox: Sandbox, old_state: SandboxState) -> None:
+        self._observe(sandbox)
+        await self.inner.sandbox_state_updated(sandbox, old_state)
+
+    def _observe(self, sandbox: Sandbox) -> None:
+        try:
+            self.meter.observe(sandbox)
+        except Exception:  # noqa: BLE001 - recover() catches the record up at the next start
+            log.exception("usage: recording sandbox %s failed", sandbox.id)
