@@ -289,4 +289,7 @@ async def env_forget(request: Request) -> dict[str, Any]:
 
 @op("ping")
 async def ping(request: Request) -> dict[str, Any]:
+    """Readiness (and a warm pool's keep-warm): also readies a spare for the first
+    command (see ``spare.prepare``)."""
+    spare.prepare(request.hung_up)
     return {"pid": os.getpid()}

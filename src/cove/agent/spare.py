@@ -26,9 +26,9 @@ import signal
 import struct
 from collections.abc import Awaitable, Callable
 
-from . import confine, users
+from . import confine, protocol, users
 
-IDLE_SECONDS = 60.0
+IDLE_SECONDS = protocol.SPARE_SECONDS
 ENABLED = False  # set by ``enable`` (the crun tier), or by tests
 _ERROR = struct.Struct("ii")  # errno, what failed (0: the working directory, 1: else)
 _current: Spare | None = None
@@ -180,6 +180,14 @@ class Spare:
         return self.exited, self.out_r, (self.out_r if merge else self.err_r)
 
 
+def prepare(done: Callable[[], Awaitable[None]]) -> None:
+    """Have a spare waiting for the first command once ``done()`` returns (the server's
+    readiness and keep-warm pings): its cgroup migration, the slow part, is then over
+    before a command comes, and the first command runs as fast as the later ones."""
+    if ENABLED and _current is None:
+        asyncio.ensure_future(_refill(done()))
+
+
 def take(done: Callable[[], Awaitable[None]]) -> Spare | None:
     """The spare, or None: spares are off, or there is none yet (the first command, a
     failed fork). Either way a new spare is forked for the next command once ``done()``
@@ -198,7 +206,7 @@ def take(done: Callable[[], Awaitable[None]]) -> Spare | None:
 async def _refill(done: Awaitable[None]) -> None:
     global _current
     await done
-    if _current is None:
+    if _current is None and ENABLED:
         try:
             _current = Spare()
         except OSError:
