@@ -152,21 +152,22 @@ class Spare:
 
     def launch(self, argv: list[str], user: users.User, cwd: str | None,
                env: dict[str, str] | None, merge: bool) -> tuple[Exited, int, int]:
-        """Make the spare run ``argv`` (see ``users.spawn_kwargs`` for ``cwd`` and
-        ``env``); returns its exit watcher and the read ends of its stdout and stderr
-        (the same pipe when ``merge``). It does not wait for the exec: a failure
-        before it (as a spawn raises it) comes from the watcher's ``wait``.
+        """Make the spare run ``argv`` (see ``users.start_dir`` for ``cwd`` and
+        ``users.environment`` for ``env``); returns its exit watcher and the read
+        ends of its stdout and stderr (the same pipe when ``merge``). It does not wait
+        for the exec: a failure before it (as a spawn raises it) comes from the
+        watcher's ``wait``.
 
         Raises:
             AgentError: the working directory does not exist.
         """
         try:
-            kwargs = users.spawn_kwargs(user, cwd, env)
+            workdir = users.start_dir(user, cwd)
             if users.privileged():
                 os.fchown(self.out_r, user.uid, user.gid)
                 os.fchown(self.err_r, user.uid, user.gid)
-            order = {"argv": argv, "cwd": kwargs["cwd"], "env": kwargs["env"], "merge": merge,
-                     "uid": user.uid, "gid": user.gid, "groups": user.groups()}
+            order = {"argv": argv, "cwd": workdir, "env": users.environment(user, env),
+                     "merge": merge, "uid": user.uid, "gid": user.gid, "groups": user.groups()}
             self._retire.cancel()
             WAITING.discard(self.pid)  # from here on it is the command
             os.write(self.order_w, json.dumps(order).encode())  # far below a pipe's buffer
@@ -176,7 +177,7 @@ class Spare:
         os.close(self.order_w)
         if merge:
             os.close(self.err_r)
-        self.exited.report_failure(self.error_r, kwargs["cwd"], argv[0])
+        self.exited.report_failure(self.error_r, workdir, argv[0])
         return self.exited, self.out_r, (self.out_r if merge else self.err_r)
 
 
