@@ -16,6 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from cove.agent import spare
+from cove.runner.oci.agent_setup import wait_ready
 from tests.unit.agent.conftest import AUTH
 
 
@@ -93,6 +94,19 @@ def _normalized(reply: dict) -> dict:
         sid, pid, _ = result.split("\n")
         return {**reply, "result": "own session" if sid == pid else "not own session"}
     return reply
+
+
+def test_a_ping_readies_a_spare_for_the_first_command(
+    client: TestClient, sandbox_id: str, agent_path: str, tmp_path: Path, spares: None
+) -> None:
+    """The server's readiness ping (and a pool's keep-warm ping) leaves a spare
+    waiting: the first command is run by it, not spawned afresh."""
+    assert spare._current is None
+    wait_ready(Path(agent_path), 10)  # the ping a started sandbox gets
+    ready = _waiting_spare()
+    assert ready is not None
+    status, reply = _exec(client, sandbox_id, command="echo $$", cwd=str(tmp_path))
+    assert (status, reply["result"]) == (200, f"{ready.pid}\n")  # the spare became it
 
 
 def test_code_run_by_a_spare(client: TestClient, sandbox_id: str, spares: None) -> None:
