@@ -220,7 +220,7 @@ class PoolKeeper:
                 continue
             try:
                 agent = agent_client(self.ops.runner, sandbox_id, None, {})
-                await asyncio.wait_for(agent.ping(), PING_SECONDS)
+                await asyncio.wait_for(agent.ping(spare=True), PING_SECONDS)
             except (CoveError, TimeoutError) as exc:
                 log.warning("pooled sandbox %s did not answer a ping: %s", sandbox_id, exc)
             self._warmed[sandbox_id] = now
