@@ -124,7 +124,7 @@ async def serve_request(stream: mux.Stream, payload: bytes) -> None:
         handler = HANDLERS.get(name)
         if handler is None:
             raise protocol.bad_request(f"unknown op {request.message.get('op')!r}")
-        await request.send(protocol.ACCEPTED)
+        stream.accept()
         if name in CANCELLABLE:
             reply = await _unless_abandoned(stream, handler(request))
         else:

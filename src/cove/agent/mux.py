@@ -29,6 +29,10 @@ from . import protocol
 from .protocol import ProtocolError
 
 WINDOW = 1024 * 1024
+# How long the agent may hold back a request's ``A`` frame to send it together with
+# the request's first other frame (often its final reply): one write and one wakeup
+# of the server instead of two.
+ACCEPT_DELAY = 0.005
 _GRANT = struct.Struct(">I")
 _UNCOUNTED = frozenset({protocol.WINDOW_UPDATE, protocol.RESET, protocol.ACCEPTED})
 Opened = Callable[["Stream", bytes], Awaitable[None]]
@@ -49,6 +53,23 @@ class Stream:
         self._consumed = 0
         self.ended = False  # no frame will arrive any more (EOF, reset or done)
         self.reset_by_peer = False
+        self._accept: asyncio.TimerHandle | None = None  # an A frame held back
+
+    def accept(self) -> None:
+        """(The agent.) Tell the server the request is taken: with the stream's next
+        frame, before it waits for one of the server's, or within ``ACCEPT_DELAY``,
+        whichever comes first."""
+        loop = asyncio.get_running_loop()
+        self._accept = loop.call_later(ACCEPT_DELAY, self._send_accept)
+
+    def _send_accept(self) -> None:
+        """Write the held-back A frame now (no await: it stays ahead of any frame
+        written after it)."""
+        if self._accept is not None:
+            self._accept.cancel()
+            self._accept = None
+            if not self.ended:
+                self.channel.write_now(protocol.ACCEPTED, self.id)
 
     async def send(self, kind: bytes, payload: bytes = b"") -> None:
         """Send one frame, waiting for the receiver's credit first.
@@ -65,7 +86,11 @@ class Stream:
                 self._credited.clear()
                 await self._credited.wait()
             self._credit -= len(payload)
-        await self.channel.write(kind, self.id, payload)
+        accepted = self._accept is not None
+        if accepted:
+            self._accept.cancel()  # type: ignore[union-attr]
+            self._accept = None
+        await self.channel.write(kind, self.id, payload, accepted=accepted)
 
     async def receive(self) -> tuple[bytes, bytes]:
         """The next frame of the peer.
@@ -73,6 +98,7 @@ class Stream:
         Raises:
             EOFError: nothing more will come (the peer finished, reset or hung up).
         """
+        self._send_accept()  # the server may wait for it before it sends more
         while not self._inbox:
             if self.ended:
                 raise EOFError
@@ -126,6 +152,9 @@ class Stream:
         self._arrived.set()
 
     def _end(self) -> None:
+        if self._accept is not None:
+            self._accept.cancel()
+            self._accept = None
         self.ended = True
         self._arrived.set()
         self._credited.set()
@@ -182,12 +211,23 @@ class Channel:
         """Stop routing frames to the stream; whether it was known."""
         return self._streams.pop(stream_id, None) is not None
 
-    async def write(self, kind: bytes, stream_id: int, payload: bytes = b"") -> None:
+    async def write(self, kind: bytes, stream_id: int, payload: bytes = b"", *,
+                    accepted: bool = False) -> None:  # fmt: skip
+        """Write one frame (after an A frame of the stream, with ``accepted``)."""
         if not self.alive:
             raise ConnectionResetError("the channel is closed")
+        data = protocol.frame(kind, payload, stream_id)
+        if accepted:
+            data = protocol.frame(protocol.ACCEPTED, b"", stream_id) + data
         async with self._write_lock:
-            self._writer.write(protocol.frame(kind, payload, stream_id))
+            self._writer.write(data)
             await self._writer.drain()
+
+    def write_now(self, kind: bytes, stream_id: int, payload: bytes = b"") -> None:
+        """Write a small frame at once, without waiting for the connection to drain
+        (frames are whole in each write, so it cannot split another one)."""
+        if self.alive:
+            self._writer.write(protocol.frame(kind, payload, stream_id))
 
     def write_soon(self, kind: bytes, stream_id: int, payload: bytes = b"") -> None:
         """Write a frame from a task of its own (errors ignored: the connection's

@@ -289,4 +289,8 @@ async def env_forget(request: Request) -> dict[str, Any]:
 
 @op("ping")
 async def ping(request: Request) -> dict[str, Any]:
+    """Readiness, and a warm pool's keep-warm ping: with ``spare``, a spare is readied
+    for the first command (see ``spare.prepare``)."""
+    if request.arg("spare", bool, False):
+        spare.prepare(request.hung_up)
     return {"pid": os.getpid()}

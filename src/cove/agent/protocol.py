@@ -8,7 +8,8 @@ A frame is ``kind`` (1 byte) + stream id (4 bytes, big endian) + payload length
     D  data bytes (file content, terminal I/O, stdin)
     Z  end of data (empty)
     A  accepted (empty): the agent's first frame of every request it serves, so
-       the server knows at once that the real agent is alive and listening
+       the server knows that the real agent is alive and took the request; sent
+       together with the request's next frame (say its reply) or within 5 ms
     W  window update (4-byte count): the receiver read that much of the stream
     X  reset (empty): the stream is over; the agent stops the request's work
     C  a chart artifact of ``code_run`` (the bytes of one artifact line after its
@@ -33,6 +34,9 @@ MAX_FRAME = 16 * 1024 * 1024
 JSON, STDOUT, STDERR, DATA, END, ACCEPTED = b"J", b"O", b"E", b"D", b"Z", b"A"
 WINDOW_UPDATE, RESET, CHART = b"W", b"X", b"C"
 CHUNK = 256 * 1024
+# How long the agent keeps a spare process no command took (see ``spare``); the
+# server's keep-warm pings of pooled sandboxes come more often, so one always waits.
+SPARE_SECONDS = 60.0
 
 
 class ProtocolError(Exception):

@@ -26,9 +26,9 @@ import signal
 import struct
 from collections.abc import Awaitable, Callable
 
-from . import confine, users
+from . import confine, protocol, users
 
-IDLE_SECONDS = 60.0
+IDLE_SECONDS = protocol.SPARE_SECONDS
 ENABLED = False  # set by ``enable`` (the crun tier), or by tests
 _ERROR = struct.Struct("ii")  # errno, what failed (0: the working directory, 1: else)
 _current: Spare | None = None
@@ -152,21 +152,22 @@ class Spare:
 
     def launch(self, argv: list[str], user: users.User, cwd: str | None,
                env: dict[str, str] | None, merge: bool) -> tuple[Exited, int, int]:
-        """Make the spare run ``argv`` (see ``users.spawn_kwargs`` for ``cwd`` and
-        ``env``); returns its exit watcher and the read ends of its stdout and stderr
-        (the same pipe when ``merge``). It does not wait for the exec: a failure
-        before it (as a spawn raises it) comes from the watcher's ``wait``.
+        """Make the spare run ``argv`` (see ``users.start_dir`` for ``cwd`` and
+        ``users.environment`` for ``env``); returns its exit watcher and the read
+        ends of its stdout and stderr (the same pipe when ``merge``). It does not wait
+        for the exec: a failure before it (as a spawn raises it) comes from the
+        watcher's ``wait``.
 
         Raises:
             AgentError: the working directory does not exist.
         """
         try:
-            kwargs = users.spawn_kwargs(user, cwd, env)
+            workdir = users.start_dir(user, cwd)
             if users.privileged():
                 os.fchown(self.out_r, user.uid, user.gid)
                 os.fchown(self.err_r, user.uid, user.gid)
-            order = {"argv": argv, "cwd": kwargs["cwd"], "env": kwargs["env"], "merge": merge,
-                     "uid": user.uid, "gid": user.gid, "groups": user.groups()}
+            order = {"argv": argv, "cwd": workdir, "env": users.environment(user, env),
+                     "merge": merge, "uid": user.uid, "gid": user.gid, "groups": user.groups()}
             self._retire.cancel()
             WAITING.discard(self.pid)  # from here on it is the command
             os.write(self.order_w, json.dumps(order).encode())  # far below a pipe's buffer
@@ -176,8 +177,16 @@ class Spare:
         os.close(self.order_w)
         if merge:
             os.close(self.err_r)
-        self.exited.report_failure(self.error_r, kwargs["cwd"], argv[0])
+        self.exited.report_failure(self.error_r, workdir, argv[0])
         return self.exited, self.out_r, (self.out_r if merge else self.err_r)
+
+
+def prepare(done: Callable[[], Awaitable[None]]) -> None:
+    """Have a spare waiting for the first command once ``done()`` returns (the server's
+    readiness and keep-warm pings): its cgroup migration, the slow part, is then over
+    before a command comes, and the first command runs as fast as the later ones."""
+    if ENABLED and _current is None:
+        asyncio.ensure_future(_refill(done()))
 
 
 def take(done: Callable[[], Awaitable[None]]) -> Spare | None:
@@ -198,7 +207,7 @@ def take(done: Callable[[], Awaitable[None]]) -> Spare | None:
 async def _refill(done: Awaitable[None]) -> None:
     global _current
     await done
-    if _current is None:
+    if _current is None and ENABLED:
         try:
             _current = Spare()
         except OSError:

@@ -105,6 +105,19 @@ def owned_pipe(user: User) -> tuple[int, int]:
     return read_end, write_end
 
 
+def start_dir(user: User, cwd: str | None) -> str:
+    """Where a process of ``user`` starts: ``cwd``, else its default (see
+    :func:`work_dir`).
+
+    Raises:
+        AgentError: that directory does not exist.
+    """
+    workdir = cwd or work_dir(user)
+    if not os.path.isdir(workdir):
+        raise protocol.bad_request(f"working directory {workdir} does not exist")
+    return workdir
+
+
 def spawn_kwargs(
     user: User, cwd: str | None, extra_env: dict[str, str] | None,
     group: confine.Group | None = None, then: Callable[[], None] | None = None,
@@ -114,11 +127,8 @@ def spawn_kwargs(
     Confined, the process enters the workload's user namespace and the cgroup
     ``group`` (see ``confine``); ``then`` runs in the child after that, before exec.
     """
-    workdir = cwd or work_dir(user)
-    if not os.path.isdir(workdir):
-        raise protocol.bad_request(f"working directory {workdir} does not exist")
-    kwargs: dict = {"cwd": workdir, "env": environment(user, extra_env), "close_fds": True,
-                    "start_new_session": True}
+    kwargs: dict = {"cwd": start_dir(user, cwd), "env": environment(user, extra_env),
+                    "close_fds": True, "start_new_session": True}
     if confine.confined():
         enter = confine.preexec(user.uid, user.gid, user.groups(), group)
         kwargs["preexec_fn"] = enter if then is None else lambda: (enter(), then())

@@ -111,9 +111,10 @@ class AgentClient(GitAdmin):
             reply = await call.reply()
             return reply if kind is None else parse(kind, reply)
 
-    async def ping(self) -> None:
-        """Ask the agent for nothing (starting it again if it exited idle)."""
-        await self._reply({"op": "ping"})
+    async def ping(self, *, spare: bool = False) -> None:
+        """Ask the agent for nothing (starting it again if it exited idle); with
+        ``spare``, to have a spare process ready for the first command."""
+        await self._reply({"op": "ping", "spare": spare})
 
     def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {**self.env, **(extra or {})}

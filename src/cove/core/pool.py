@@ -36,6 +36,7 @@ from datetime import datetime
 from functools import partial
 from typing import Protocol
 
+from cove.agent import protocol
 from cove.core.config import Settings
 from cove.core.ops import SandboxOps, container_spec
 from cove.core.ports import EventSink, NetworkPolicy, Resources
@@ -48,6 +49,9 @@ OPERATOR_POOL = "cove-operator-pool"  # the id of the operator's pool (COVE_POOL
 REFILL_SECONDS = 2.0  # how often pools are checked when nothing wakes the keeper
 RETRY_SECONDS = 30.0  # how long a pool whose sandbox failed to boot waits to try again
 PING_SECONDS = 5.0  # a waiting sandbox's agent answers a keep-warm ping within this
+# Keep-warm pings come at least this often: each readies a spare process for the first
+# command (an agent lets an unused one go after ``SPARE_SECONDS``).
+SPARE_PING = protocol.SPARE_SECONDS / 2
 log = logging.getLogger(__name__)
 
 
@@ -210,19 +214,19 @@ class PoolKeeper:
                     break
 
     async def _keep_warm(self, members: list[Sandbox], now: float) -> None:
-        """Ping the agents of waiting sandboxes well within ``COVE_AGENT_IDLE_SECONDS``,
-        so that an idle agent never exits there and a claim's first call finds it up."""
+        """Ping the agents of waiting sandboxes well within ``COVE_AGENT_IDLE_SECONDS``
+        and ``SPARE_PING``, so that an idle agent never exits there and a claim's first
+        call finds it up, with a spare process ready for its first command."""
         idle = self.settings.agent_idle_seconds
+        every = min(idle / 3, SPARE_PING) if idle > 0 else SPARE_PING
         started = {sb.id for sb in members if sb.state is S.STARTED}
         self._warmed = {k: v for k, v in self._warmed.items() if k in started}
-        if idle <= 0:
-            return
         for sandbox_id in started:
-            if now - self._warmed.get(sandbox_id, float("-inf")) < idle / 3:
+            if now - self._warmed.get(sandbox_id, float("-inf")) < every:
                 continue
             try:
                 agent = agent_client(self.ops.runner, sandbox_id, None, {})
-                await asyncio.wait_for(agent.ping(), PING_SECONDS)
+                await asyncio.wait_for(agent.ping(spare=True), PING_SECONDS)
             except (CoveError, TimeoutError) as exc:
                 log.warning("pooled sandbox %s did not answer a ping: %s", sandbox_id, exc)
             self._warmed[sandbox_id] = now

@@ -131,3 +131,37 @@ async def test_closing_the_connection_ends_every_stream(accepted: asyncio.Queue[
     with pytest.raises(ConnectionError):
         server.open()
     await server.close()
+
+
+async def test_an_accept_goes_with_the_next_frame_or_on_its_own(
+    accepted: asyncio.Queue[Stream],
+) -> None:
+    """The agent's A frame comes first on every stream it serves: with its next
+    frame, before it waits for the server's, or alone when it has nothing to say."""
+
+    async def opened(stream: Stream, payload: bytes) -> None:
+        stream.accept()
+        await accepted.put(stream)
+
+    server, agent = await _pair(opened)
+    # A quick reply: A, then the reply.
+    quick = server.open()
+    await quick.send(protocol.JSON, b"{}")
+    await (await accepted.get()).send(protocol.JSON, b'{"ok":true}')
+    assert await asyncio.wait_for(quick.receive(), 5) == (protocol.ACCEPTED, b"")
+    assert await asyncio.wait_for(quick.receive(), 5) == (protocol.JSON, b'{"ok":true}')
+    # An agent that waits for the server's data: the server sees A first.
+    upload = server.open()
+    await upload.send(protocol.JSON, b"{}")
+    taker = await accepted.get()
+    reading = asyncio.ensure_future(taker.receive())
+    assert await asyncio.wait_for(upload.receive(), 5) == (protocol.ACCEPTED, b"")
+    await upload.send(protocol.DATA, b"x")
+    assert await asyncio.wait_for(reading, 5) == (protocol.DATA, b"x")
+    # An agent that works long and says nothing: A comes alone.
+    silent = server.open()
+    await silent.send(protocol.JSON, b"{}")
+    await accepted.get()
+    assert await asyncio.wait_for(silent.receive(), 5) == (protocol.ACCEPTED, b"")
+    await server.close()
+    await agent.close()

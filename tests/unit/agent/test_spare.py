@@ -8,6 +8,7 @@ shell syntax, errors, timeouts.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from cove.agent import spare
+from cove.agent import protocol, spare
+from cove.runner.oci.agent_setup import wait_ready
 from tests.unit.agent.conftest import AUTH
 
 
@@ -93,6 +95,35 @@ def _normalized(reply: dict) -> dict:
         sid, pid, _ = result.split("\n")
         return {**reply, "result": "own session" if sid == pid else "not own session"}
     return reply
+
+
+def test_a_ping_readies_a_spare_for_the_first_command(
+    client: TestClient, sandbox_id: str, agent_path: str, tmp_path: Path, spares: None
+) -> None:
+    """A warm pool's keep-warm ping leaves a spare waiting: the first command after a
+    claim is run by it, not spawned afresh."""
+    assert spare._current is None
+    wait_ready(Path(agent_path), 10)  # the readiness ping: no spare for it
+    assert spare._current is None
+    _ping(agent_path, spare=True)  # a pool's keep-warm ping
+    ready = _waiting_spare()
+    assert ready is not None
+    status, reply = _exec(client, sandbox_id, command="echo $$", cwd=str(tmp_path))
+    assert (status, reply["result"]) == (200, f"{ready.pid}\n")  # the spare became it
+
+
+def _ping(agent_path: str, **fields: object) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(agent_path)
+        sock.sendall(protocol.json_frame({"op": "ping", **fields}))
+        buffer = b""
+        while True:
+            buffer += sock.recv(65536)
+            while len(buffer) >= protocol.HEADER.size:
+                kind, _stream, size = protocol.HEADER.unpack_from(buffer)
+                if kind == protocol.JSON:
+                    return
+                buffer = buffer[protocol.HEADER.size + size:]
 
 
 def test_code_run_by_a_spare(client: TestClient, sandbox_id: str, spares: None) -> None:

@@ -258,7 +258,8 @@ async def test_waiting_agents_are_pinged_well_within_their_idle_exit(
         def __init__(self, sandbox_id: str) -> None:
             self.sandbox_id = sandbox_id
 
-        async def ping(self) -> None:
+        async def ping(self, *, spare: bool = False) -> None:
+            assert spare  # (a spare readied for the claim's first command)
             pinged.append(self.sandbox_id)
 
     monkeypatch.setattr("cove.core.pool.agent_client",
