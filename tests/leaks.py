@@ -13,6 +13,9 @@ import json
 import subprocess
 from pathlib import Path
 
+from cove.runner.oci.runtime import OciRuntime
+from cove.testing_remote import RunnerProcess
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -110,3 +113,16 @@ def _network_leaks(data_dir: Path) -> list[str]:
 def assert_no_leaks(data_dir: Path, cgroup_parent: str) -> None:
     left = leaks(data_dir, cgroup_parent)
     assert not left, "left on the host: " + "; ".join(left)
+
+
+def stop_runner_clean(proc: RunnerProcess) -> None:
+    """Stop a test's ``cove runner`` (if running), destroy what it left, and fail if it
+    left sandboxes or anything on the host."""
+    if proc.proc is not None:
+        proc.stop()
+    runtime = OciRuntime(proc.settings)
+    left = runtime.list_ids()
+    for sandbox_id in left:
+        runtime.destroy(sandbox_id)
+    assert not left, f"sandboxes left on runner {proc.data_dir}: {left}"
+    assert_no_leaks(proc.data_dir, proc.cgroup_parent)

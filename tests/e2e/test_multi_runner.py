@@ -33,12 +33,11 @@ from daytona import (
 
 from cove.runner import tls
 from cove.runner.layout import sandboxes_dir
-from cove.runner.oci.runtime import OciRuntime
 from cove.store.runners import SqlRunnerStore
 from cove.store.sql import make_engine
 from cove.testing_remote import NetnsHost, Pki, RunnerProcess, make_pki
 from tests.e2e.conftest import KEY, Server, running_server
-from tests.leaks import assert_no_leaks
+from tests.leaks import stop_runner_clean
 from tests.nettools import sandbox_pool
 from tests.s3server import CREDENTIALS, client, moto_server
 
@@ -110,7 +109,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                                  {"COVE_NETWORK_POOL": sandbox_pool(21 + i), **shared},
                                  netns=host)  # fmt: skip
             runners[name] = proc
-            stack.callback(_cleanup_runner, proc)
+            stack.callback(stop_runner_clean, proc)
             proc.start()
         api_dir = tmp_path_factory.mktemp("cove-api")
         cert, key = pki.api
@@ -136,17 +135,6 @@ def _restore_env(saved: dict[str, str | None]) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-
-
-def _cleanup_runner(proc: RunnerProcess) -> None:
-    if proc.proc is not None:
-        proc.stop()
-    runtime = OciRuntime(proc.settings)
-    left = runtime.list_ids()
-    for sandbox_id in left:
-        runtime.destroy(sandbox_id)
-    assert not left, f"sandboxes left on runner {proc.data_dir}: {left}"
-    assert_no_leaks(proc.data_dir, proc.cgroup_parent)
 
 
 def _sdk(fleet: Fleet) -> Daytona:

@@ -17,7 +17,7 @@ from cove.runner.oci.runtime import OciRuntime
 from cove.testing_remote import RunnerProcess, make_pki
 from tests.e2e.conftest import KEY, Server, running_server
 from tests.e2e.test_preview import PORT, serve_app
-from tests.leaks import assert_no_leaks
+from tests.leaks import stop_runner_clean
 from tests.nettools import FakeDns, sandbox_pool
 
 pytestmark = pytest.mark.e2e
@@ -35,13 +35,7 @@ def runner(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns) -> Iterat
     try:
         yield proc
     finally:
-        proc.stop()
-        runtime = OciRuntime(proc.settings)
-        left = runtime.list_ids()
-        for sandbox_id in left:
-            runtime.destroy(sandbox_id)
-        assert not left, f"sandboxes left on the runner: {left}"
-        assert_no_leaks(proc.data_dir, proc.cgroup_parent)
+        stop_runner_clean(proc)
 
 
 @pytest.fixture(scope="module")
