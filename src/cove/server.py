@@ -266,7 +266,7 @@ def build_services(
                                                      store=SqlQuotaStore(engine))  # fmt: skip
     volumes.admit_new, snapshots.admit_new = quotas.admit_volume, quotas.admit_snapshot
     lifecycle.creator.use_contexts(contexts)
-    lifecycle.ops.coordination = coordination
+    lifecycle.ops.coordination = quotas.coordination = coordination
     pool_store = SqlPoolStore(engine)
     warm_pools = WarmPoolService(
         settings=settings, keeper=lifecycle.use_pools(pool_store), store=pool_store,

@@ -1,8 +1,9 @@
 """Two ``cove serve`` replicas on one PostgreSQL and one Redis, their sandboxes on one
 ``cove runner`` (the replicas keep nothing of a sandbox: any of them serves any
 request). The official SDK connected to one replica sees what is done through the
-other; operations through both on one sandbox are serialized; a timer fires once;
-a replica killed outright leaves the other serving, and its jobs move over."""
+other; operations through both on one sandbox are serialized; a timer fires once, on
+the replica holding the jobs' lease (their /metrics count it); a replica killed
+outright leaves the other serving, and its jobs move over."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 import socketio
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from cove.server import REPLICA_KEY_FILES
@@ -32,6 +34,8 @@ MINUTE = 2.0  # seconds in a lifecycle minute (auto-stop after 1 "minute")
 LEASE = 3.0  # a dead replica's jobs move over within this
 CREATED = ("creating", "started")
 STOPPED = [("started", "stopping"), ("stopping", "stopped")]
+METRICS_TOKEN = "replicas-metrics-token"
+TIMED = 8  # sandboxes whose auto-stops fall due together: their stops outlast a timer tick
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,7 @@ def _env(backing: tuple[str, str], runner: RunnerProcess) -> dict[str, str]:
     db, events = backing
     return {**runner.pki.api_env(runner.url), "COVE_DATABASE_URL": db,
             "COVE_EVENTS_URL": events, "COVE_MINUTE_SECONDS": str(MINUTE),
-            "COVE_LEASE_SECONDS": str(LEASE)}  # fmt: skip
+            "COVE_LEASE_SECONDS": str(LEASE), "COVE_METRICS_TOKEN": METRICS_TOKEN}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +129,19 @@ def jobs_holder(db: str) -> str | None:
                                      "AND expires_at > now()")).scalar()  # fmt: skip
     finally:
         engine.dispose()
+
+
+def stops(srv: Server) -> float:
+    """The stops this replica carried out (its ``/metrics``: timed stops, a stop
+    that found the sandbox stopped already is none)."""
+    r = httpx.get(f"{srv.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    r.raise_for_status()
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            if (sample.name == "cove_operation_duration_seconds_count"
+                    and sample.labels == {"operation": "stop"}):  # fmt: skip
+                return sample.value
+    return 0.0
 
 
 def test_the_sdk_on_one_replica_sees_changes_made_through_the_other(
@@ -196,17 +213,35 @@ def test_operations_through_both_replicas_take_turns(
 
 
 def test_an_auto_stop_fires_once_across_replicas(
-    replicas: tuple[Server, Server], recorder_a: Recorder,
+    replicas: tuple[Server, Server], backing: tuple[str, str], recorder_a: Recorder,
 ) -> None:  # fmt: skip
+    """Each timer stops its sandbox exactly once, counted by both replicas' metrics
+    together, and all by one replica, the jobs' lease holder: the timers of several
+    sandboxes fall due together, so a replica ticking without the lease would find
+    some still due while the other works through them."""
     a, b = replicas
-    sb = client(b).create(CreateSandboxFromSnapshotParams(auto_stop_interval=1))
+    holder = jobs_holder(backing[0])
+    before = stops(a), stops(b)
+    made: list[str] = []
     try:
-        until(lambda: ("stopping", "stopped") in recorder_a.of(sb.id))
+        for _ in range(TIMED):
+            made.append(client(b).create(CreateSandboxFromSnapshotParams(auto_stop_interval=0)).id)
+        time.sleep(MINUTE)  # each idle a lifecycle minute: an auto-stop of 1 is due when set
+        with ThreadPoolExecutor(len(made)) as pool:
+            list(pool.map(lambda sid: client(b).get(sid).set_autostop_interval(1), made))
+        for sandbox_id in made:
+            until(lambda sid=sandbox_id: ("stopping", "stopped") in recorder_a.of(sid))
         # Let both replicas' timers tick a few lifecycle minutes more: nothing fires again.
         time.sleep(3 * MINUTE)
-        assert recorder_a.of(sb.id) == [CREATED, *STOPPED]
+        for sandbox_id in made:
+            assert recorder_a.of(sandbox_id) == [CREATED, *STOPPED]
+        done = stops(a) - before[0], stops(b) - before[1]
+        assert sum(done) == len(made), done  # once each, by whichever replica
+        if holder is not None and jobs_holder(backing[0]) == holder:  # the lease stayed put
+            assert sorted(done) == [0, len(made)], done  # all by one replica, its holder
     finally:
-        client(a).delete(client(a).get(sb.id))
+        for sandbox_id in made:
+            client(a).delete(client(a).get(sandbox_id))
 
 
 def test_a_killed_replica_leaves_the_other_serving_and_its_jobs(

@@ -1,6 +1,7 @@
 """What several API replicas on one database agree on: who operates on a sandbox
 now, and which replica runs the jobs that must run once (timers, the reconciler,
-the warm-pool keeper).
+the warm-pool keeper), and what else must be serialized across them (an
+organization's quota admissions: :meth:`Coordination.lock`).
 
 One host (SQLite) needs neither: the in-process lock of each sandbox serializes
 its operations, and the one server runs every job. :class:`LocalCoordination` is
@@ -19,7 +20,7 @@ from cove.errors import Busy
 
 
 class LockBusy(Busy):
-    """Another replica operates on the sandbox now (raised only when not waiting)."""
+    """Another replica holds the lock now (raised only when not waiting)."""
 
 
 class Coordination(Protocol):
@@ -30,6 +31,15 @@ class Coordination(Protocol):
     def sandbox_lock(self, sandbox_id: str, *, wait: bool = True
                      ) -> AbstractAsyncContextManager[None]:  # fmt: skip
         """Hold the sandbox's lock across replicas (taken inside the in-process one).
+
+        Raises:
+            LockBusy: ``wait`` is False and another replica holds it.
+        """
+
+    def lock(self, kind: str, name: str, *, wait: bool = True
+             ) -> AbstractAsyncContextManager[None]:  # fmt: skip
+        """Hold lock ``name`` of ``kind`` (e.g. ``organization``: an organization's quota
+        admissions) across replicas; never the same lock as a sandbox's.
 
         Raises:
             LockBusy: ``wait`` is False and another replica holds it.
@@ -64,6 +74,10 @@ class LocalCoordination:
 
     def sandbox_lock(self, sandbox_id: str, *, wait: bool = True
                      ) -> AbstractAsyncContextManager[None]:  # fmt: skip
+        return self._nothing()
+
+    def lock(self, kind: str, name: str, *, wait: bool = True
+             ) -> AbstractAsyncContextManager[None]:  # fmt: skip
         return self._nothing()
 
     @property

@@ -91,9 +91,10 @@ class ImageService:
             if found is not None:
                 say(f"Using snapshot {found.name} of {ref} (already pulled)")
                 return found
-            snap = self._new(organization_id, ref, image)
-            await self._pull(snap, ref, say)
-            return await self.snapshots.register(snap)
+            async with self.snapshots.admitted(organization_id):
+                snap = self._new(organization_id, ref, image)
+                await self._pull(snap, ref, say)
+                return await self.snapshots.register(snap)
 
     def find(self, organization_id: str, ref: imageref.ImageRef) -> Snapshot | None:
         """The organization's active snapshot pulled from ``ref``, if any."""
@@ -119,9 +120,10 @@ class ImageService:
         if not self.is_registry_image(image):
             return await self.snapshots.create_from_image(organization_id, name, image, entrypoint)
         ref = self.reference(image)
-        snap = self.snapshots.new(organization_id, name, image_name=image)
-        snap.state = "pulling"
-        self.snapshots.store.add(snap)
+        async with self.snapshots.admitted(organization_id):
+            snap = self.snapshots.new(organization_id, name, image_name=image)
+            snap.state = "pulling"
+            self.snapshots.store.add(snap)
         task = asyncio.create_task(self._pull_recorded(snap, ref, entrypoint))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -148,19 +148,19 @@ class LifecycleService:
         if sandbox.state is not S.STOPPED:
             raise InvalidState(f"Sandbox {sandbox.id} is {sandbox.state}; cannot start it")
         spec = container_spec(sandbox)
-        async with self.admit(sandbox, S.STARTING):
-            return await self.ops.through(
-                sandbox, S.STARTING, S.STARTED, "start", partial(self.runner.start, spec)
-            )
+        return await self.ops.through(
+            sandbox, S.STARTING, S.STARTED, "start", partial(self.runner.start, spec),
+            admitted=self.admit(sandbox, S.STARTING),
+        )
 
     async def _restore_and_start(self, sandbox: Sandbox) -> Sandbox:
         spec = container_spec(sandbox)
         with timed(self.ops.recorder, "restore"):
-            async with self.admit(sandbox, S.RESTORING):
-                return await self.ops.through(
-                    sandbox, S.RESTORING, S.STARTED, "restore",
-                    partial(self.runner.restore, spec), partial(self.runner.start, spec),
-                )
+            return await self.ops.through(
+                sandbox, S.RESTORING, S.STARTED, "restore",
+                partial(self.runner.restore, spec), partial(self.runner.start, spec),
+                admitted=self.admit(sandbox, S.RESTORING),
+            )
 
     def admit(self, sandbox: Sandbox, state: SandboxState, resources: Resources | None = None,
               *, new: bool = False) -> AbstractAsyncContextManager[None]:  # fmt: skip
@@ -218,8 +218,8 @@ class LifecycleService:
 
     async def _resume(self, sandbox: Sandbox) -> Sandbox:
         resume = partial(self.runner.resume, sandbox.id)
-        async with self.admit(sandbox, S.RESUMING):
-            return await self.ops.through(sandbox, S.RESUMING, S.STARTED, "resume", resume)
+        return await self.ops.through(sandbox, S.RESUMING, S.STARTED, "resume", resume,
+                                      admitted=self.admit(sandbox, S.RESUMING))  # fmt: skip
 
     # ---- archive / recover / resize -----------------------------------
 
@@ -256,8 +256,8 @@ class LifecycleService:
         steps = [partial(self.runner.start, spec)]
         if status is ContainerStatus.ABSENT:
             steps.insert(0, partial(self.runner.create, spec))
-        async with self.admit(sandbox, S.STARTING):
-            return await self.ops.through(sandbox, S.STARTING, S.STARTED, "recover", *steps)
+        return await self.ops.through(sandbox, S.STARTING, S.STARTED, "recover", *steps,
+                                      admitted=self.admit(sandbox, S.STARTING))  # fmt: skip
 
     async def resize(
         self, organization_id: str, id_or_name: str, request: SandboxResize

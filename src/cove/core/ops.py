@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, TypeVar
 
 from cove.core import validation
@@ -167,10 +168,13 @@ class SandboxOps:
     async def through(
         self, sandbox: Sandbox, via: SandboxState, to: SandboxState, what: str,
         *steps: Callable[[], Awaitable[object]],
+        admitted: AbstractAsyncContextManager[object] | None = None,
     ) -> Sandbox:  # fmt: skip
-        """Go to ``via``, run the runner's ``steps`` in order, then
+        """Go to ``via`` (within ``admitted``: the organization's quota admits what
+        ``via`` holds until it is stored), run the runner's ``steps`` in order, then
         to ``to``; a failing step leaves the sandbox in ``error`` (recoverable)."""
-        await self.set_state(sandbox, via)
+        async with admitted or nullcontext():
+            await self.set_state(sandbox, via)
         try:
             for step in steps:
                 await step()

@@ -8,7 +8,11 @@ sandbox counts against no one until a create claims it. A quota of 0 is no limit
 Checks and the state change they admit are serialized per organization: the check
 reads the stored usage plus what other admitted operations of the organization are
 about to take (``pending``), so two concurrent creates never both pass a quota that
-fits one. The lock is this process's (one ``cove serve`` per database).
+fits one. Several replicas on one database (PostgreSQL) also hold the organization's
+lock of the :class:`~cove.core.coordination.Coordination` (``organization``: sandbox
+admissions, ``organization-snapshots``: new snapshots) from the check until the
+admitted state (the snapshot's record) is stored, where every replica's next check
+reads it; one server alone needs no more than its in-process lock.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cove.core.config import Settings
+from cove.core.coordination import Coordination, LocalCoordination
 from cove.core.ports import Resources
 from cove.core.sandbox import SandboxState
 from cove.errors import CoveError, OrganizationQuotaExceeded, QuotaExceeded
@@ -204,6 +209,9 @@ class QuotaService:
         self.store = store
         self._locks: dict[str, asyncio.Lock] = {}
         self._pending: dict[str, dict[str, Charge]] = {}
+        self._pending_snapshots: dict[str, int] = {}
+        # Several replicas: their locks (the server sets it with the sandboxes' ones).
+        self.coordination: Coordination = LocalCoordination()
 
     def quota(self, organization_id: str) -> Quota:
         """The organization's quota: the operator's settings over the defaults."""
@@ -243,9 +251,19 @@ class QuotaService:
         """Hold ``wanted`` for the sandbox while the caller stores the state that takes
         it (``new``: a sandbox that is not stored yet, counted as one more sandbox).
 
+        With several replicas, the organization's lock is held until the block ends:
+        keep it to storing the state (see :meth:`cove.core.ops.SandboxOps.through`).
+
         Raises:
             OrganizationQuotaExceeded: it does not fit (nothing is held).
         """
+        async with self.coordination.lock("organization", organization_id):
+            async with self._admitted(organization_id, sandbox_id, wanted, resources, new=new):
+                yield
+
+    @asynccontextmanager
+    async def _admitted(self, organization_id: str, sandbox_id: str, wanted: Charge,
+                        resources: Resources, *, new: bool) -> AsyncIterator[None]:  # fmt: skip
         async with self._locks.setdefault(organization_id, asyncio.Lock()):
             quota = self.quota(organization_id)
             check_per_sandbox(quota, resources)
@@ -265,15 +283,34 @@ class QuotaService:
         finally:
             pending.pop(sandbox_id, None)
 
-    def admit_snapshot(self, organization_id: str) -> None:
-        """Raise QuotaExceeded (400) when the organization may make no more snapshots."""
-        quota = self.quota(organization_id)
-        count, size = self.store.snapshot_usage(organization_id)
-        check_count("Snapshot", count, quota.snapshots, QuotaExceeded)
-        if quota.snapshot_storage and size >= quota.snapshot_storage * GIB:
-            raise QuotaExceeded(
-                f"Snapshot storage quota exceeded. Maximum allowed: {quota.snapshot_storage}GiB"
-                f"\n{HINT}.")  # fmt: skip
+    @asynccontextmanager
+    async def admit_snapshot(self, organization_id: str) -> AsyncIterator[None]:
+        """Hold one more snapshot of the organization while the caller makes and
+        stores its record (other snapshots of the organization are checked with it
+        counted meanwhile; with several replicas they wait for it to be stored).
+
+        Raises:
+            QuotaExceeded: (400) the organization may make no more snapshots.
+        """
+        async with self.coordination.lock("organization-snapshots", organization_id):
+            async with self._locks.setdefault(organization_id, asyncio.Lock()):
+                quota = self.quota(organization_id)
+                count, size = self.store.snapshot_usage(organization_id)
+                pending = self._pending_snapshots.get(organization_id, 0)
+                check_count("Snapshot", count + pending, quota.snapshots, QuotaExceeded)
+                if quota.snapshot_storage and size >= quota.snapshot_storage * GIB:
+                    raise QuotaExceeded(
+                        "Snapshot storage quota exceeded. Maximum allowed: "
+                        f"{quota.snapshot_storage}GiB\n{HINT}.")  # fmt: skip
+                self._pending_snapshots[organization_id] = pending + 1
+            try:
+                yield
+            finally:
+                left = self._pending_snapshots[organization_id] - 1
+                if left:
+                    self._pending_snapshots[organization_id] = left
+                else:
+                    del self._pending_snapshots[organization_id]
 
     def admit_volume(self, organization_id: str) -> None:
         """Raise QuotaExceeded (400) when the organization may make no more volumes."""

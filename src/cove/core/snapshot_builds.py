@@ -44,7 +44,7 @@ class SnapshotBuilds:
         self._logs: dict[str, BuildLog] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def create(
+    async def create(
         self, organization_id: str, name: str, text: str, context_hashes: Sequence[str]
     ) -> Snapshot:
         """Record snapshot ``name`` as ``building`` and build it in the background.
@@ -60,9 +60,10 @@ class SnapshotBuilds:
         for context_hash in plan.context_hashes:
             self.contexts.context(organization_id, context_hash)
         base, pull = self._base(organization_id, plan.base)
-        snap = self.snapshots.new(organization_id, name)
-        snap.state = "building"
-        self.snapshots.store.add(snap)
+        async with self.snapshots.admitted(organization_id):
+            snap = self.snapshots.new(organization_id, name)
+            snap.state = "building"
+            self.snapshots.store.add(snap)
         out = self._logs[snap.id] = BuildLog(self._log_dir / f"snapshot-{snap.id}.log")
         task = asyncio.create_task(self._build(snap, plan, base, pull, out))
         self._tasks.add(task)

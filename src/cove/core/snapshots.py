@@ -21,8 +21,10 @@ import builtins
 import math
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cove.core.ports import ImageConfig, Runner, SandboxStore
@@ -90,8 +92,20 @@ class SnapshotService:
             for name in dict.fromkeys([default_name, *public])
         }  # fmt: skip
         self.default = self.general[default_name]
-        # Raises when the organization may make no more snapshots (its quota); None: no limit.
-        self.admit_new: Callable[[str], None] | None = None
+        # Holds one more snapshot of the organization while its record is made and
+        # stored; raises when it may make no more (its quota). None: no limit.
+        self.admit_new: Callable[[str], AbstractAsyncContextManager[None]] | None = None
+
+    def admitted(self, organization_id: str) -> AbstractAsyncContextManager[None]:
+        """The organization's snapshot quota admits one more snapshot until the block
+        ends: make and store its record inside it.
+
+        Raises:
+            QuotaExceeded: the organization may make no more snapshots.
+        """
+        if self.admit_new is None:
+            return nullcontext()
+        return self.admit_new(organization_id)
 
     def list(self, organization_id: str) -> list[Snapshot]:
         """The general snapshots present on this host, then the organization's."""
@@ -150,15 +164,16 @@ class SnapshotService:
         Raises:
             Conflict: the name is taken. BadRequest: the image cannot be used.
         """
-        snap = self._new(organization_id, name, image_name=image)
-        try:
-            imported = await self.runner.import_image(snap.id, image)
-        except CoveError as exc:
-            raise BadRequest(f"Snapshot {name} cannot be built: {exc.message}") from exc
-        snap.size, snap.image_config = imported.size, image_config(imported.config)
-        if entrypoint:
-            snap.image_config = {**snap.image_config, "entrypoint": entrypoint, "cmd": []}
-        return await self._added(snap)
+        async with self.admitted(organization_id):
+            snap = self._new(organization_id, name, image_name=image)
+            try:
+                imported = await self.runner.import_image(snap.id, image)
+            except CoveError as exc:
+                raise BadRequest(f"Snapshot {name} cannot be built: {exc.message}") from exc
+            snap.size, snap.image_config = imported.size, image_config(imported.config)
+            if entrypoint:
+                snap.image_config = {**snap.image_config, "entrypoint": entrypoint, "cmd": []}
+            return await self._added(snap)
 
     async def create_from_sandbox(
         self, ops: SandboxOps, organization_id: str, id_or_name: str, name: str
@@ -166,26 +181,30 @@ class SnapshotService:
         """Copy a started or stopped sandbox's file system into a new snapshot; the
         sandbox is ``snapshotting`` meanwhile and goes back to where it was."""
         sandbox = ops.store.get(organization_id, id_or_name)
-        snap = self._new(organization_id, name, source_sandbox_id=sandbox.id)
-        snap.cpu, snap.memory, snap.disk = (
-            sandbox.resources.cpu, sandbox.resources.memory, sandbox.resources.disk,
-        )  # fmt: skip
+        # The quota is admitted under the sandbox's lock, as everywhere (a sandbox's
+        # lock, then an organization's): never the other way round.
+        return await ops.run(sandbox.id, partial(self._capture, ops, organization_id,
+                                                 sandbox.id, name))  # fmt: skip
 
-        async def capture() -> None:
-            current = ops.store.get_by_id(sandbox.id)
+    async def _capture(
+        self, ops: SandboxOps, organization_id: str, sandbox_id: str, name: str
+    ) -> Snapshot:
+        async with self.admitted(organization_id):
+            current = ops.store.get_by_id(sandbox_id)
+            snap = self._new(organization_id, name, source_sandbox_id=sandbox_id)
+            resources = current.resources
+            snap.cpu, snap.memory, snap.disk = resources.cpu, resources.memory, resources.disk
             before = current.state
             if before not in (S.STARTED, S.STOPPED):
-                raise InvalidState(f"Sandbox {sandbox.id} is {before}; cannot snapshot it")
+                raise InvalidState(f"Sandbox {sandbox_id} is {before}; cannot snapshot it")
             await ops.set_state(current, S.SNAPSHOTTING)
             try:
-                snap.size = await self.runner.capture(sandbox.id, snap.id)
+                snap.size = await self.runner.capture(sandbox_id, snap.id)
             except CoveError as exc:
                 raise BadRequest(f"Snapshot {name} failed: {exc.message}") from exc
             finally:
                 await ops.set_state(current, before)
-
-        await ops.run(sandbox.id, capture)
-        return await self._added(snap)
+            return await self._added(snap)
 
     async def create_from_build(
         self, organization_id: str, name: str, build_sandbox_id: str,
@@ -202,10 +221,11 @@ class SnapshotService:
             snap.size = await self.runner.capture(build_sandbox_id, snap.id, config)
             snap.image_config, snap.digest = _config_dict(config), digest
             return snap
-        snap = self._new(organization_id, name, source_sandbox_id=None)
-        snap.size = await self.runner.capture(build_sandbox_id, snap.id, config)
-        snap.image_config, snap.digest = _config_dict(config), digest
-        return await self._added(snap)
+        async with self.admitted(organization_id):
+            snap = self._new(organization_id, name, source_sandbox_id=None)
+            snap.size = await self.runner.capture(build_sandbox_id, snap.id, config)
+            snap.image_config, snap.digest = _config_dict(config), digest
+            return await self._added(snap)
 
     async def clone_for_build(
         self, snap: Snapshot, source_ref: str, config: ImageConfig, digest: str
@@ -243,7 +263,8 @@ class SnapshotService:
         self.store.remove(snap.id)
 
     def new(self, organization_id: str, name: str, **fields: str | None) -> Snapshot:
-        """A new snapshot record of the organization (not stored yet).
+        """A new snapshot record of the organization (not stored yet; make it inside
+        :meth:`admitted`, and store it before that ends).
 
         Raises:
             BadRequest: an invalid name. Conflict: the name is taken.
@@ -278,8 +299,6 @@ class SnapshotService:
         try:
             self.get(organization_id, name)
         except NotFound:
-            if self.admit_new is not None:  # the organization's snapshot quota
-                self.admit_new(organization_id)
             return Snapshot(id=str(uuid.uuid4()), organization_id=organization_id, name=name,
                             **fields)  # type: ignore[arg-type]  # fmt: skip
         raise Conflict(f"Snapshot with name '{name}' already exists")

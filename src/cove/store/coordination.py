@@ -10,6 +10,11 @@
   an operation that takes another sandbox's lock while it holds one (a delete
   removing its linked sandboxes) does not wait for a turn, so they cannot all
   wait on each other.
+- **Other locks** (:meth:`PgCoordination.lock`, e.g. an organization's quota
+  admissions) are the same, keyed by two 32-bit keys (a hash of the kind, a hash of
+  the name): PostgreSQL keeps that key space apart from the 64-bit keys of the
+  sandboxes' locks, so they never collide with one. Two names sharing a hash only
+  wait for each other.
 - **Leases** (table ``leases``), renewed every third of ``COVE_LEASE_SECONDS`` and
   dated by the database's clock (the hosts' clocks may differ): ``jobs`` names
   the replica that runs timers, the reconciler and the warm-pool keeper;
@@ -30,7 +35,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, TextClause, create_engine, text
 from sqlalchemy.engine import make_url
 
 from cove.core.coordination import LockBusy
@@ -41,6 +46,9 @@ LOCK_CONNECTIONS = 32  # operations holding a sandbox's lock at once, per replic
 JOBS = "jobs"
 _TRY = text("SELECT pg_try_advisory_lock(:k)")
 _UNLOCK = text("SELECT pg_advisory_unlock(:k)")
+_TRY2 = text("SELECT pg_try_advisory_lock(:k, :n)")
+_UNLOCK2 = text("SELECT pg_advisory_unlock(:k, :n)")
+Key = tuple[int] | tuple[int, int]
 _CLAIM = text(
     "INSERT INTO leases (name, holder, expires_at)"
     " VALUES (:name, :me, now() + make_interval(secs => :ttl))"
@@ -57,6 +65,16 @@ _RELEASE = text("DELETE FROM leases WHERE holder = :me")
 def lock_key(name: str) -> int:
     """A signed 64-bit advisory-lock key for ``name``."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def _key32(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big", signed=True)
+
+
+def pair_key(kind: str, name: str) -> tuple[int, int]:
+    """Two signed 32-bit advisory-lock keys for lock ``name`` of ``kind`` (a key space
+    apart from :func:`lock_key`'s)."""
+    return _key32(kind), _key32(name)
 
 
 class PgCoordination:
@@ -81,10 +99,14 @@ class PgCoordination:
 
     def sandbox_lock(self, sandbox_id: str, *, wait: bool = True
                      ) -> AbstractAsyncContextManager[None]:  # fmt: skip
-        return self._held(lock_key(f"sandbox:{sandbox_id}"), wait)
+        return self._held((lock_key(f"sandbox:{sandbox_id}"),), wait)
+
+    def lock(self, kind: str, name: str, *, wait: bool = True
+             ) -> AbstractAsyncContextManager[None]:  # fmt: skip
+        return self._held(pair_key(kind, name), wait)
 
     @asynccontextmanager
-    async def _held(self, key: int, wait: bool) -> AsyncIterator[None]:
+    async def _held(self, key: Key, wait: bool) -> AsyncIterator[None]:
         nested = _holding.get()
         async with contextlib.nullcontext() if nested else self._slots:
             token = _holding.set(True)  # tasks this operation starts inherit it
@@ -95,17 +117,17 @@ class PgCoordination:
                 _holding.reset(token)
 
     @asynccontextmanager
-    async def _connected(self, key: int, wait: bool) -> AsyncIterator[None]:
+    async def _connected(self, key: Key, wait: bool) -> AsyncIterator[None]:
         conn = self._engine.connect()
         clean = False  # else the connection is closed: what it held is released
         try:
             if not await self._take(conn, key, wait):
                 clean = True
-                raise LockBusy("another replica operates on the sandbox")
+                raise LockBusy("another replica holds the lock")
             try:
                 yield
             finally:
-                conn.execute(_UNLOCK, {"k": key})
+                conn.execute(*_statement(_UNLOCK, _UNLOCK2, key))
                 conn.commit()
                 clean = True
         finally:
@@ -113,10 +135,10 @@ class PgCoordination:
                 conn.invalidate()
             conn.close()
 
-    async def _take(self, conn: Connection, key: int, wait: bool) -> bool:
+    async def _take(self, conn: Connection, key: Key, wait: bool) -> bool:
         delay = 0.005
         while True:
-            got = conn.execute(_TRY, {"k": key}).scalar()
+            got = conn.execute(*_statement(_TRY, _TRY2, key)).scalar()
             conn.commit()  # the lock is the session's: no transaction stays open
             if got or not wait:
                 return bool(got)
@@ -165,3 +187,10 @@ class PgCoordination:
                 conn.execute(_RELEASE, {"me": self.replica_id})
         finally:
             self._engine.dispose()
+
+
+def _statement(one: TextClause, two: TextClause, key: Key) -> tuple[TextClause, dict[str, int]]:
+    """The statement taking or releasing ``key`` (one 64-bit key, or two 32-bit ones)."""
+    if len(key) == 1:
+        return one, {"k": key[0]}
+    return two, {"k": key[0], "n": key[1]}

@@ -21,7 +21,7 @@ from cove.core.quotas import (
     total,
 )
 from cove.core.sandbox import SandboxState as S
-from cove.errors import OrganizationQuotaExceeded
+from cove.errors import OrganizationQuotaExceeded, QuotaExceeded
 
 R = Resources(cpu=2, memory=4, disk=10)
 
@@ -162,3 +162,24 @@ def test_a_stopped_sandbox_growing_its_disk(tmp_path) -> None:  # noqa: ANN001
     asyncio.run(resize(12))
     with pytest.raises(OrganizationQuotaExceeded, match="Total disk limit"):
         asyncio.run(resize(13))
+
+
+def test_concurrent_snapshots_never_both_pass(tmp_path) -> None:  # noqa: ANN001
+    """A snapshot admitted counts until its record is stored (a capture takes a while)."""
+    service, store = _service(tmp_path, quota_snapshots=1)
+    stored: list[int] = []
+    store.snapshot_usage = lambda organization_id: (len(stored), 0)  # type: ignore[method-assign]
+
+    async def snapshot(n: int) -> None:
+        async with service.admit_snapshot("o"):
+            await asyncio.sleep(0.01)  # the capture, while others try
+            stored.append(n)
+
+    async def scenario() -> list[object]:
+        return await asyncio.gather(*(snapshot(n) for n in range(4)), return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert len(stored) == 1
+    assert sum(isinstance(r, QuotaExceeded) for r in results) == 3
+    with pytest.raises(QuotaExceeded, match="^Snapshot quota exceeded. Maximum allowed: 1\n"):
+        asyncio.run(snapshot(9))

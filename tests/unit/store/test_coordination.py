@@ -1,17 +1,24 @@
 """Two API replicas' coordination on a real PostgreSQL: a sandbox's lock excludes the
-other replica, the once-only jobs have one leader, and a dead replica's lease
-passes to another."""
+other replica, so does an organization's (its quota admissions: two replicas never
+both pass a quota that fits one), the once-only jobs have one leader, and a dead
+replica's lease passes to another."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
+from cove.core.config import Settings
 from cove.core.coordination import LockBusy
+from cove.core.ports import Resources
+from cove.core.quotas import Holding, QuotaService, charge
+from cove.core.sandbox import SandboxState as S
+from cove.errors import OrganizationQuotaExceeded, QuotaExceeded
 from cove.store.coordination import PgCoordination
 from cove.store.migrate import upgrade
 from cove.store.sql import make_engine
@@ -66,6 +73,97 @@ async def test_a_lock_is_released_when_the_operation_fails(url: str) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_an_organizations_lock_excludes_the_other_replica(url: str) -> None:
+    a, b = PgCoordination(url, 15), PgCoordination(url, 15)
+    try:
+        async with a.lock("organization", "o1"):
+            with pytest.raises(LockBusy):
+                async with b.lock("organization", "o1", wait=False):
+                    pass
+            async with b.lock("organization", "o2", wait=False):  # another organization
+                pass
+            async with b.lock("organization-snapshots", "o1", wait=False):  # another kind
+                pass
+            async with b.sandbox_lock("o1", wait=False):  # a sandbox's: another key space
+                pass
+            with a._engine.connect() as conn:  # noqa: SLF001 - what PostgreSQL holds
+                held = conn.execute(text(
+                    "SELECT objsubid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND database = (SELECT oid FROM pg_database"
+                    " WHERE datname = current_database())")).scalars().all()  # fmt: skip
+            assert held == [2]  # two 32-bit keys: never one of the sandboxes' 64-bit keys
+        async with b.lock("organization", "o1", wait=False):  # released
+            pass
+    finally:
+        await a.close()
+        await b.close()
+
+
+class SharedQuotas:
+    """One database's quota rows, read by both replicas' services."""
+
+    def __init__(self) -> None:
+        self.rows: list[Holding] = []
+        self.snapshots = 0
+
+    def holdings(self, organization_id: str) -> list[Holding]:
+        return list(self.rows)
+
+    def snapshot_usage(self, organization_id: str) -> tuple[int, int]:
+        return self.snapshots, 0
+
+    def volume_count(self, organization_id: str) -> int:
+        return 0
+
+    def quota_overrides(self, organization_id: str) -> dict[str, int | None]:
+        return {}
+
+    def set_quota_overrides(self, organization_id: str, fields: dict[str, int | None]) -> None:
+        raise NotImplementedError
+
+
+def _replica(url: str, store: SharedQuotas, settings: Settings) -> QuotaService:
+    service = QuotaService(settings=settings, store=store)
+    service.coordination = PgCoordination(url, 15)
+    return service
+
+
+async def test_two_replicas_never_both_pass_an_organizations_quota(
+    url: str, tmp_path: Path
+) -> None:
+    store = SharedQuotas()
+    settings = Settings(data_dir=tmp_path, runtime="fake", quota_cpu=1, quota_snapshots=1)
+    replicas = [_replica(url, store, settings), _replica(url, store, settings)]
+    one = Resources(1, 1, 1)
+    passed: list[str] = []
+
+    async def create(n: int) -> None:
+        service = replicas[n % 2]  # each replica has its own in-process lock and pending
+        async with service.admit("o", f"s{n}", charge(S.CREATING, one), one, new=True):
+            await asyncio.sleep(0.02)  # the insert, while the other replica checks
+            store.rows.append(Holding(f"s{n}", S.CREATING, one))
+            passed.append(f"s{n}")
+
+    async def snapshot(n: int) -> None:
+        async with replicas[n % 2].admit_snapshot("o"):
+            await asyncio.sleep(0.02)  # the capture, then the record is stored
+            store.snapshots += 1
+            passed.append(f"snap{n}")
+
+    try:
+        results = await asyncio.gather(*(create(n) for n in range(6)), return_exceptions=True)
+        assert len(passed) == 1, results
+        assert sum(isinstance(r, OrganizationQuotaExceeded) for r in results) == 5
+        passed.clear()
+        results = await asyncio.gather(*(snapshot(n) for n in range(6)),
+                                       return_exceptions=True)  # fmt: skip
+        assert len(passed) == 1, results
+        assert sum(isinstance(r, QuotaExceeded) for r in results) == 5
+    finally:
+        for service in replicas:
+            await service.coordination.close()
 
 
 async def test_one_leader_and_a_dead_ones_lease_passes_on(url: str) -> None:

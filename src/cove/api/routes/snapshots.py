@@ -62,7 +62,7 @@ async def create_snapshot(
     Dockerfile (``buildInfo``: ``building`` until ``active`` or ``build_failed``)."""
     if body.build_info is not None:
         info = body.build_info
-        snap = services.snapshot_builds.create(
+        snap = await services.snapshot_builds.create(
             who.organization_id, body.name, info.dockerfile_content, info.context_hashes or ()
         )
         return snapshot_public(snap)
