@@ -298,6 +298,10 @@ class Fleet:
         lifecycle = self.lifecycle
         for sandbox_id in self.store.sandboxes_on(runner.id):
             try:
+                if self.store.get(runner.id).state is not RunnerState.DRAINING:
+                    return  # uncordoned (or removed) meanwhile
+                if self.store.runner_of(sandbox_id) != runner.id:
+                    continue  # moved off since (another replica's drain, a restore)
                 sandbox = lifecycle.store.get_by_id(sandbox_id)
                 if not sandbox.organization_id:  # waiting in a warm pool
                     await lifecycle.ops.run(sandbox_id, partial(lifecycle.ops.remove, sandbox))
