@@ -6,7 +6,7 @@ replica A: creates land on different runners; what is done through replica B
 reaches A's SDK (Socket.IO through Redis); a runner killed with SIGKILL puts its
 sandboxes in ``error`` (recoverable), marked once (by the replica running the jobs),
 while the other runners keep serving through both replicas, and gives them back
-when it returns."""
+when it returns; with the jobs' replica killed, the other keeps the fleet."""
 
 from __future__ import annotations
 
@@ -184,3 +184,34 @@ def test_a_killed_runner_is_marked_once_and_the_others_serve_through_both(
         victim.id))  # fmt: skip
     assert recorder_a.of(victim.id) == [("started", "error"), ("error", "started")]
     assert fleet.logged(f"runner {victim_name} lost") == 1
+
+
+def test_the_fleet_s_keeper_moves_with_the_jobs(
+        fleet: Fleet, placed: dict[str, Sandbox]) -> None:  # fmt: skip
+    """Replica A (started first) runs the jobs; killed outright, B takes them over,
+    the keeper with them: B notices a runner's loss and its return."""
+    a, b = fleet.a, fleet.b
+    victim_name = "r1"
+    runner = fleet.runners[victim_name]
+    victim = client(b).get(placed[victim_name].id)
+    a.kill9()
+    try:
+        assert runner.proc is not None
+        os.kill(runner.proc.pid, signal.SIGKILL)
+        runner.proc.wait()
+
+        def failed() -> bool:
+            victim.refresh_data()
+            return victim.state.value == "error"
+
+        wait_for("B marks the lost runner's sandbox error", failed)
+        assert victim.error_reason == f"runner {victim_name} unreachable" and victim.recoverable
+        assert f"runner {victim_name} lost" in b.log.read_text()
+        assert client(b).get(placed["r3"].id).process.exec("echo ok").result.strip() == "ok"
+        runner.start()
+        wait_for("B gives it back", lambda: settled(victim))
+        assert victim.state.value == "started"
+        assert victim.process.exec("echo back").result.strip() == "back"
+    finally:
+        start_stopped(fleet.runners)
+        a.start()

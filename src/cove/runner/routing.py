@@ -159,8 +159,11 @@ class RoutingRunner:
             info = None
         if member is None or info is None:
             raise errors.Unavailable(f"runner {runner_id} is not registered")
-        if not info.reachable:
-            raise errors.Unavailable(lost_reason(info.name))
+        if not info.reachable:  # as of this replica's last round: the keeper (another
+            # replica's, maybe) may have seen it answer since
+            info = self._infos[runner_id] = self.store.get(runner_id)
+            if not info.reachable:
+                raise errors.Unavailable(lost_reason(info.name))
         return member
 
     def _of(self, sandbox_id: str) -> MemberRunner:

@@ -182,7 +182,10 @@ async def test_only_the_jobs_replica_keeps_the_fleet_the_others_follow_it(
     with pytest.raises(Unavailable, match="runner r2 unreachable"):
         await world.routing.stats(ids["r2"])  # at once: no call is made
     assert {world.on(await world.create(org)) for _ in range(3)} == {"r1"}
-    world.registry.set_reachable(world.registry.get("r2").id, True)
+    world.hosts["r2"].down = False
+    world.registry.set_reachable(world.registry.get("r2").id, True)  # back, says the keeper
+    await world.routing.stats(ids["r2"])  # served at once, before this replica's next round
+    world.hosts["r2"].down = True
     world.registry.set_state(world.registry.get("r3").id, RunnerState.READY)
 
     replica.leading = True  # it takes the jobs over: it keeps the fleet now
