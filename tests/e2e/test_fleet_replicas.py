@@ -139,6 +139,7 @@ def test_state_changed_through_b_reaches_the_sdk_on_a(
     wait_for("A's SDK sees the stop", lambda: sb.state.value == "stopped")
     via_b.start()
     wait_for("A's SDK sees the start", lambda: sb.state.value == "started")
+    wait_for("A's other client is told too", lambda: STARTED[-1] in recorder_a.of(sb.id))
     assert recorder_a.of(sb.id)[-4:] == [*STOPPED, *STARTED]
     assert sb.process.exec("echo again").result.strip() == "again"
 

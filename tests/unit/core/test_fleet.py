@@ -19,6 +19,7 @@ from cove.core.fleet import Fleet, RunnerInfo, RunnerState
 from cove.core.lifecycle import LifecycleService
 from cove.core.sandbox import SandboxState
 from cove.errors import Unavailable
+from cove.runner import routing
 from cove.runner.fake import FakeRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.routing import MemberRunner, RoutingRunner
@@ -193,3 +194,16 @@ async def test_only_the_jobs_replica_keeps_the_fleet_the_others_follow_it(
     lost = world.lifecycle.store.get_by_id(ids["r2"])
     assert lost.state is S.ERROR and lost.error_reason == "runner r2 unreachable"
     assert not world.registry.get("r2").reachable
+
+
+async def test_a_sandbox_another_replica_moved_is_followed(
+        world: World, org: str, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    sandbox_id = await world.create(org)
+    other = next(n for n in NAMES if n != world.on(sandbox_id))
+    await world.routing.stats(sandbox_id)  # its runner, remembered
+    # Another replica moves it (a restore elsewhere); its new runner, down, tells.
+    world.hosts[other].down = True
+    world.registry.assign(sandbox_id, world.registry.get(other).id)
+    monkeypatch.setattr(routing, "WHERE_SECONDS", -1.0)  # (remembered for a second)
+    with pytest.raises(Unavailable, match=f"runner {other} unreachable"):
+        await world.routing.stats(sandbox_id)
