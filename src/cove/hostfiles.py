@@ -47,10 +47,12 @@ def private_file(path: Path) -> Path:
 
 
 def tighten(*paths: Path) -> None:
-    """Set mode 0600 on each of ``paths`` that exists."""
+    """Set mode 0600 on each of ``paths`` that exists and is more open than that (one
+    stricter, such as a read-only mounted secret's 0400, is left as it is)."""
     for path in paths:
         try:
-            os.chmod(path, FILE_MODE)
+            if os.stat(path).st_mode & 0o777 & ~FILE_MODE:
+                os.chmod(path, FILE_MODE)
         except FileNotFoundError:
             pass
 

@@ -15,9 +15,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,18 +30,24 @@ from daytona import (
 )
 
 from cove.runner import tls
-from cove.runner.layout import sandboxes_dir
-from cove.store.runners import SqlRunnerStore
-from cove.store.sql import make_engine
-from cove.testing_remote import NetnsHost, Pki, RunnerProcess, make_pki
+from cove.testing_remote import Pki, RunnerProcess, make_pki
 from tests.e2e.conftest import KEY, Server, running_server
-from tests.leaks import stop_runner_clean
-from tests.nettools import sandbox_pool
+from tests.netns_runners import (
+    NAMES,
+    netns_hosts,
+    netns_runners,
+    on_host,
+    register,
+    runner_cli,
+    settled,
+    start_stopped,
+    wait_for,
+)
+from tests.netns_runners import runner_of as _runner_of
 from tests.s3server import CREDENTIALS, client, moto_server
 
 pytestmark = pytest.mark.e2e
 BUCKET = "cove-multi"
-NAMES = ("r1", "r2", "r3")
 TAG = f"mr{os.getpid() % 1000}"  # namespaces of this run (several runs may share a host)
 
 
@@ -54,78 +58,42 @@ class Fleet:
     pki: Pki
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, **self.api.extra_env}
-        return subprocess.run([sys.executable, "-m", "cove.cli.main", "runner", *args,
-                               "--data-dir", str(self.api.data_dir)], env=env, text=True,
-                              capture_output=True, timeout=120)  # fmt: skip
+        return runner_cli(self.api.data_dir, self.api.extra_env, *args)
 
     def runner_of(self, sandbox_id: str) -> str | None:
         """The name of the runner the API placed the sandbox on (None: on none)."""
-        store = SqlRunnerStore(make_engine(f"sqlite:///{self.api.data_dir / 'cove.db'}"))
-        runner_id = store.runner_of(sandbox_id)
-        return None if runner_id is None else store.get(runner_id).name
+        return _runner_of(f"sqlite:///{self.api.data_dir / 'cove.db'}", sandbox_id)
 
     def on_host(self, name: str) -> set[str]:
         """The sandboxes whose files are on runner ``name``'s host (archives are in the
         shared store, no runner's)."""
-        found = sandboxes_dir(self.runners[name].data_dir)
-        return {p.name for p in found.iterdir()} if found.is_dir() else set()
-
-
-def _cli(data_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cove.cli.main", "runner", *args,
-                           "--data-dir", str(data_dir)], env={**os.environ, **env}, text=True,
-                          capture_output=True, timeout=120)  # fmt: skip
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.2)
+        return on_host(self.runners[name])
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    base = (os.getpid() % 60) * 4
-    hosts = [NetnsHost(f"{TAG}{i}", f"10.249.{base + i}") for i in range(len(NAMES))]
     pki = make_pki(tmp_path_factory.mktemp("pki"))
-    runners: dict[str, RunnerProcess] = {}
     with contextlib.ExitStack() as stack:
         saved = {k: os.environ.get(k) for k in CREDENTIALS}  # the test's own view of S3
         stack.callback(_restore_env, saved)
         os.environ.update(CREDENTIALS)
-        for host in hosts:
-            stack.callback(host.delete)
-            host.create()
+        hosts = stack.enter_context(netns_hosts(TAG, "10.249"))
         # The shared archive store, on this host's side of the first namespace's link.
         endpoint = stack.enter_context(moto_server(hosts[0].outside))
         s3 = client(endpoint)
         s3.create_bucket(Bucket=BUCKET)
         shared = {**CREDENTIALS, "COVE_ARCHIVE_S3_BUCKET": BUCKET,
                   "COVE_ARCHIVE_S3_ENDPOINT": endpoint}  # fmt: skip
-        for i, (name, host) in enumerate(zip(NAMES, hosts, strict=True)):
-            proc = RunnerProcess(tmp_path_factory.mktemp(f"runner-{name}"), pki,
-                                 {"COVE_NETWORK_POOL": sandbox_pool(21 + i), **shared},
-                                 netns=host)  # fmt: skip
-            runners[name] = proc
-            stack.callback(stop_runner_clean, proc)
-            proc.start()
+        runners = stack.enter_context(netns_runners(tmp_path_factory, pki, hosts, 21, shared))
         api_dir = tmp_path_factory.mktemp("cove-api")
         cert, key = pki.api
         env = {"COVE_RUNNER_CA": str(pki.ca), "COVE_RUNNER_CERT": str(cert),
                "COVE_RUNNER_KEY": str(key), "COVE_RUNNER_HEARTBEAT_SECONDS": "0.5",
                "COVE_RUNNER_LOST_SECONDS": "3", "COVE_POOL_SIZE": "0"}  # fmt: skip
-        for name, proc in runners.items():
-            done = _cli(api_dir, env, "add", name, proc.url)
-            assert done.returncode == 0, done.stderr
-        done = _cli(api_dir, env, "remove", "local")  # the API's host runs no sandbox
-        assert done.returncode == 0, done.stderr
+        register(api_dir, env, runners)
         with running_server(api_dir, 24, env) as api:
             yield Fleet(runners, api, pki)
-            for proc in runners.values():  # every runner up, so that every delete works
-                if proc.proc is None or proc.proc.poll() is not None:
-                    proc.start()
+            start_stopped(runners)
         assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0, "archives left"
 
 
@@ -234,13 +202,8 @@ def test_a_killed_runner_s_sandboxes_fail_and_come_back(fleet: Fleet) -> None:
         if runner.proc is None or runner.proc.poll() is not None:
             runner.start()
         for sb in placed.values():
-            wait_for("ready to delete", lambda sb=sb: _settled(sb))
+            wait_for("ready to delete", lambda sb=sb: settled(sb))
             sb.delete()
-
-
-def _settled(sb: Sandbox) -> bool:
-    sb.refresh_data()
-    return sb.state.value != "error" or not sb.recoverable
 
 
 def test_a_drained_runner_s_sandboxes_come_back_elsewhere_with_their_files(
@@ -284,6 +247,7 @@ def test_callers_and_runners_without_the_ca_s_certificates_are_refused(
         fleet: Fleet, tmp_path: Path) -> None:  # fmt: skip
     runner = fleet.runners["r1"]
     rogue = make_pki(tmp_path / "rogue")  # another CA
+    data = fleet.api.data_dir
     cert, key = rogue.api
     context = tls.client_context(fleet.pki.ca, cert, key)  # trusts the runner, not trusted
     with pytest.raises(httpx.TransportError):
@@ -294,9 +258,9 @@ def test_callers_and_runners_without_the_ca_s_certificates_are_refused(
     # runner the rogue CA vouches for.
     env = {"COVE_RUNNER_CA": str(fleet.pki.ca), "COVE_RUNNER_CERT": str(cert),
            "COVE_RUNNER_KEY": str(key)}  # fmt: skip
-    done = _cli(fleet.api.data_dir, {**fleet.api.extra_env, **env}, "add", "rogue", runner.url)
+    done = runner_cli(data, {**fleet.api.extra_env, **env}, "add", "rogue", runner.url)
     assert done.returncode != 0 and "rogue" not in fleet.cli("list").stdout
     env["COVE_RUNNER_CA"] = str(rogue.ca)
     env["COVE_RUNNER_CERT"], env["COVE_RUNNER_KEY"] = map(str, fleet.pki.api)
-    done = _cli(fleet.api.data_dir, {**fleet.api.extra_env, **env}, "add", "rogue", runner.url)
+    done = runner_cli(data, {**fleet.api.extra_env, **env}, "add", "rogue", runner.url)
     assert done.returncode != 0 and "rogue" not in fleet.cli("list").stdout

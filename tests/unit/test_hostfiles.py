@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from cove.core.config import Settings
-from cove.hostfiles import prepare_host_dirs, private_dir, private_file
+from cove.hostfiles import prepare_host_dirs, private_dir, private_file, secret_file
 from cove.runner.storage.archive_store import LocalArchiveStore
 from cove.server import load_tokens
 from cove.store.sql import make_engine
@@ -43,6 +43,19 @@ def test_private_dir_and_file(tmp_path: Path) -> None:
     existing.write_text("kept")
     existing.chmod(0o644)
     assert mode(private_file(existing)) == 0o600 and existing.read_text() == "kept"
+
+
+def test_a_secret_file_is_tightened_never_loosened(tmp_path: Path) -> None:
+    """A key mounted read-only (a Kubernetes Secret, mode 0400) is read as it is:
+    chmod on a read-only mount would fail, and 0600 would loosen it."""
+    strict, loose = tmp_path / "strict.key", tmp_path / "loose.key"
+    for path, perm in ((strict, 0o400), (loose, 0o644)):
+        path.write_bytes(b"k" * 32)
+        path.chmod(perm)
+    assert secret_file(strict, lambda: b"new") == b"k" * 32 and mode(strict) == 0o400
+    assert secret_file(loose, lambda: b"new") == b"k" * 32 and mode(loose) == 0o600
+    assert secret_file(tmp_path / "made.key", lambda: b"new") == b"new"
+    assert mode(tmp_path / "made.key") == 0o600
 
 
 def test_server_start_tightens_the_data_dir(tmp_path: Path) -> None:

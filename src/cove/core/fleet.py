@@ -176,7 +176,8 @@ def lost_reason(name: str) -> str:
 class Fleet:
     """Keeps the registry true: pings every runner each ``interval`` seconds, marks a
     runner silent for ``lost_after`` seconds unreachable (its sandboxes ``error``) and
-    brings them back when it answers, and drains the runners being drained.
+    brings them back when it answers, and drains the runners being drained; on the
+    replica holding the ``jobs`` lease only (one host: always).
 
     Args:
         lifecycle: the lifecycle service (its runner is the routing one).
@@ -204,8 +205,16 @@ class Fleet:
             await asyncio.sleep(self.interval)
 
     async def beat(self) -> None:
-        """One round: ping every runner, act on losses, returns and drains."""
+        """One round: ping every runner, act on losses, returns and drains.
+
+        With several API replicas only the one running the once-only jobs does (two
+        keepers would both fail and settle each sandbox, and both drain a runner);
+        the others only follow the registry it keeps (reachability, capacity, and
+        the runners added or removed since)."""
         await self.sync()
+        if not self.lifecycle.ops.coordination.leader:
+            self._answered.clear()  # should it lead later, a runner's silence counts anew
+            return
         members = self.members()
         runners = {r.id: r for r in self.store.list()}
         await asyncio.gather(*(self._ping(runners[rid], m) for rid, m in members.items()
@@ -289,6 +298,10 @@ class Fleet:
         lifecycle = self.lifecycle
         for sandbox_id in self.store.sandboxes_on(runner.id):
             try:
+                if self.store.get(runner.id).state is not RunnerState.DRAINING:
+                    return  # uncordoned (or removed) meanwhile
+                if self.store.runner_of(sandbox_id) != runner.id:
+                    continue  # moved off since (another replica's drain, a restore)
                 sandbox = lifecycle.store.get_by_id(sandbox_id)
                 if not sandbox.organization_id:  # waiting in a warm pool
                     await lifecycle.ops.run(sandbox_id, partial(lifecycle.ops.remove, sandbox))

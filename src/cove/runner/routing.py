@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +34,9 @@ from cove.core.ports import (
 from cove.runner import tls
 
 log = logging.getLogger(__name__)
+# How long a sandbox's runner is taken from memory: another API replica may move the
+# sandbox (a drain, a restore elsewhere), as it may change its record (RECORD_SECONDS).
+WHERE_SECONDS = 1.0
 
 
 class MemberRunner(Runner, Protocol):
@@ -58,7 +62,7 @@ class RoutingRunner:
         self._tls = client_tls
         self._urls: dict[str, str | None] = {}
         self._infos: dict[str, RunnerInfo] = {}
-        self._where: dict[str, str | None] = {}  # sandbox id: runner id (a cache)
+        self._where: dict[str, tuple[str | None, float]] = {}  # sandbox id: (runner id, when)
         self._orphans: dict[str, str] = {}  # ids list_ids found with no record: runner id
         self._connect_all()
 
@@ -142,9 +146,15 @@ class RoutingRunner:
                 and info.reachable and info.state is RunnerState.READY]  # fmt: skip
 
     def _runner_of(self, sandbox_id: str) -> str | None:
-        if sandbox_id not in self._where:
-            self._where[sandbox_id] = self.store.runner_of(sandbox_id)
-        return self._where[sandbox_id]
+        now = time.monotonic()
+        found = self._where.get(sandbox_id)
+        if found is None or now - found[1] > WHERE_SECONDS:
+            found = self._where[sandbox_id] = (self.store.runner_of(sandbox_id), now)
+        return found[0]
+
+    def _assigned(self, sandbox_id: str, runner_id: str | None) -> None:
+        self.store.assign(sandbox_id, runner_id)
+        self._where[sandbox_id] = (runner_id, time.monotonic())
 
     def _member(self, runner_id: str) -> MemberRunner:
         """The runner ``runner_id``, if it answers.
@@ -159,8 +169,11 @@ class RoutingRunner:
             info = None
         if member is None or info is None:
             raise errors.Unavailable(f"runner {runner_id} is not registered")
-        if not info.reachable:
-            raise errors.Unavailable(lost_reason(info.name))
+        if not info.reachable:  # as of this replica's last round: the keeper (another
+            # replica's, maybe) may have seen it answer since
+            info = self._infos[runner_id] = self.store.get(runner_id)
+            if not info.reachable:
+                raise errors.Unavailable(lost_reason(info.name))
         return member
 
     def _of(self, sandbox_id: str) -> MemberRunner:
@@ -186,8 +199,7 @@ class RoutingRunner:
                  if rid in self._infos and rid not in avoid]  # fmt: skip
         chosen = place(infos, self.store.allocations(), spec.resources,
                        lambda rid: self.members[rid].has_snapshot(spec.snapshot))  # fmt: skip
-        self.store.assign(spec.sandbox_id, chosen.id)
-        self._where[spec.sandbox_id] = chosen.id
+        self._assigned(spec.sandbox_id, chosen.id)
         log.info("sandbox %s placed on runner %s", spec.sandbox_id, chosen.name)
         return chosen.id
 
@@ -243,8 +255,7 @@ class RoutingRunner:
         runner_id = self._runner_of(source_id)
         member = self._of(source_id)
         assert runner_id is not None
-        self.store.assign(spec.sandbox_id, runner_id)
-        self._where[spec.sandbox_id] = runner_id
+        self._assigned(spec.sandbox_id, runner_id)
         await member.fork(source_id, spec)
 
     # ---- a sandbox on its runner ------------------------------------------------
@@ -276,8 +287,7 @@ class RoutingRunner:
         runner_id = self._runner_of(sandbox_id)
         if runner_id is not None:
             await self._member(runner_id).release(sandbox_id)
-        self.store.assign(sandbox_id, None)
-        self._where[sandbox_id] = None
+        self._assigned(sandbox_id, None)
 
     async def pause(self, sandbox_id: str) -> None:
         await self._of(sandbox_id).pause(sandbox_id)

@@ -14,10 +14,12 @@ import pytest
 from sqlalchemy import Engine
 
 from cove.core.config import Settings
+from cove.core.coordination import LocalCoordination
 from cove.core.fleet import Fleet, RunnerInfo, RunnerState
 from cove.core.lifecycle import LifecycleService
 from cove.core.sandbox import SandboxState
 from cove.errors import Unavailable
+from cove.runner import routing
 from cove.runner.fake import FakeRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.routing import MemberRunner, RoutingRunner
@@ -153,3 +155,55 @@ async def test_a_drained_runner_s_sandboxes_start_elsewhere(world: World, org: s
     now_on = world.on(moved)
     assert now_on in ("r2", "r3") and store.get_by_id(moved).state is S.STARTED
     assert world.runtimes[now_on].boxes[moved].files["/data"] == b"kept"
+
+
+class Replica(LocalCoordination):
+    """A replica that runs the once-only jobs only while ``leading``."""
+
+    leading = False
+
+    @property
+    def leader(self) -> bool:
+        return self.leading
+
+
+async def test_only_the_jobs_replica_keeps_the_fleet_the_others_follow_it(
+        world: World, org: str) -> None:  # fmt: skip
+    ids = {world.on(i): i for i in [await world.create(org) for _ in NAMES]}
+    replica = Replica()
+    world.lifecycle.ops.coordination = replica
+    world.hosts["r2"].down = True
+    await world.fleet.beat()  # not the jobs' replica: it neither pings nor fails
+    assert world.lifecycle.store.get_by_id(ids["r2"]).state is S.STARTED
+    assert world.registry.get("r2").reachable
+    # What the jobs' replica records (r2 lost, r3 cordoned) it follows.
+    world.registry.set_reachable(world.registry.get("r2").id, False)
+    world.registry.set_state(world.registry.get("r3").id, RunnerState.CORDONED)
+    await world.fleet.beat()
+    with pytest.raises(Unavailable, match="runner r2 unreachable"):
+        await world.routing.stats(ids["r2"])  # at once: no call is made
+    assert {world.on(await world.create(org)) for _ in range(3)} == {"r1"}
+    world.hosts["r2"].down = False
+    world.registry.set_reachable(world.registry.get("r2").id, True)  # back, says the keeper
+    await world.routing.stats(ids["r2"])  # served at once, before this replica's next round
+    world.hosts["r2"].down = True
+    world.registry.set_state(world.registry.get("r3").id, RunnerState.READY)
+
+    replica.leading = True  # it takes the jobs over: it keeps the fleet now
+    await world.fleet.beat()
+    lost = world.lifecycle.store.get_by_id(ids["r2"])
+    assert lost.state is S.ERROR and lost.error_reason == "runner r2 unreachable"
+    assert not world.registry.get("r2").reachable
+
+
+async def test_a_sandbox_another_replica_moved_is_followed(
+        world: World, org: str, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    sandbox_id = await world.create(org)
+    other = next(n for n in NAMES if n != world.on(sandbox_id))
+    await world.routing.stats(sandbox_id)  # its runner, remembered
+    # Another replica moves it (a restore elsewhere); its new runner, down, tells.
+    world.hosts[other].down = True
+    world.registry.assign(sandbox_id, world.registry.get(other).id)
+    monkeypatch.setattr(routing, "WHERE_SECONDS", -1.0)  # (remembered for a second)
+    with pytest.raises(Unavailable, match=f"runner {other} unreachable"):
+        await world.routing.stats(sandbox_id)
