@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -111,3 +112,18 @@ def settled(sb: Sandbox) -> bool:
     """Not in a recoverable ``error`` (a lost runner's) any more."""
     sb.refresh_data()
     return sb.state.value != "error" or not sb.recoverable
+
+
+def kill_runner(runner: RunnerProcess, victim: Sandbox, name: str) -> None:
+    """``kill -9`` the runner alone (its sandboxes run on) and wait until ``victim``, a
+    sandbox on it, is ``error`` for it, recoverably."""
+    assert runner.proc is not None
+    os.kill(runner.proc.pid, signal.SIGKILL)
+    runner.proc.wait()
+
+    def failed() -> bool:
+        victim.refresh_data()
+        return victim.state.value == "error"
+
+    wait_for(f"the sandbox of the lost runner {name} is error", failed)
+    assert victim.error_reason == f"runner {name} unreachable" and victim.recoverable

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from tests.e2e.conftest import KEY, Server, running_server
 from tests.e2e.test_replicas import Recorder
 from tests.netns_runners import (
     NAMES,
+    kill_runner,
     netns_hosts,
     netns_runners,
     register,
@@ -149,16 +149,7 @@ def test_a_killed_runner_is_marked_once_and_the_others_serve_through_both(
     victim_name = "r2"
     victim, runner = placed[victim_name], fleet.runners[victim_name]
     victim.fs.upload_file(b"kept across the loss", "/home/daytona/kept.txt")
-    assert runner.proc is not None
-    os.kill(runner.proc.pid, signal.SIGKILL)  # the runner alone; its sandboxes run on
-    runner.proc.wait()
-
-    def failed() -> bool:
-        victim.refresh_data()
-        return victim.state.value == "error"
-
-    wait_for("the lost runner's sandbox is error", failed)
-    assert victim.error_reason == f"runner {victim_name} unreachable" and victim.recoverable
+    kill_runner(runner, victim, victim_name)
     seen_by_b = client(fleet.b).get(victim.id)
     assert seen_by_b.state.value == "error" and seen_by_b.recoverable
     for name, sb in placed.items():  # the others keep serving, through both replicas
@@ -197,16 +188,7 @@ def test_the_fleet_s_keeper_moves_with_the_jobs(
     victim = client(b).get(placed[victim_name].id)
     a.kill9()
     try:
-        assert runner.proc is not None
-        os.kill(runner.proc.pid, signal.SIGKILL)
-        runner.proc.wait()
-
-        def failed() -> bool:
-            victim.refresh_data()
-            return victim.state.value == "error"
-
-        wait_for("B marks the lost runner's sandbox error", failed)
-        assert victim.error_reason == f"runner {victim_name} unreachable" and victim.recoverable
+        kill_runner(runner, victim, victim_name)  # marked by B, the jobs' holder now
         assert f"runner {victim_name} lost" in b.log.read_text()
         assert client(b).get(placed["r3"].id).process.exec("echo ok").result.strip() == "ok"
         runner.start()

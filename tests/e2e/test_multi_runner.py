@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from cove.testing_remote import Pki, RunnerProcess, make_pki
 from tests.e2e.conftest import KEY, Server, running_server
 from tests.netns_runners import (
     NAMES,
+    kill_runner,
     netns_hosts,
     netns_runners,
     on_host,
@@ -164,17 +164,7 @@ def test_a_killed_runner_s_sandboxes_fail_and_come_back(fleet: Fleet) -> None:
     victim, runner = placed[victim_name], fleet.runners[victim_name]
     try:
         victim.fs.upload_file(b"kept across the loss", "/home/daytona/kept.txt")
-        assert runner.proc is not None
-        os.kill(runner.proc.pid, signal.SIGKILL)  # the runner alone; its sandboxes run on
-        runner.proc.wait()
-
-        def failed() -> bool:
-            victim.refresh_data()
-            return victim.state.value == "error"
-
-        wait_for("the lost runner's sandbox is error", failed)
-        assert victim.error_reason == f"runner {victim_name} unreachable"
-        assert victim.recoverable
+        kill_runner(runner, victim, victim_name)
         with pytest.raises(DaytonaError):  # fails at once, does not hang
             victim.process.exec("true")
         for name, sb in placed.items():  # the others keep serving

@@ -21,8 +21,8 @@ from .computer_run import run_x
 HELPER = (Path(__file__).parent / "a11y_helper.py").read_text()
 A11Y_SECONDS = 60.0
 # The desktop's bus may still be coming up (a loaded host): a new helper each time,
-# 0.25 s apart, doubling (about 16 s in all).
-BUS_TRIES = 7
+# 0.25 s apart, doubling (about 32 s in all).
+BUS_TRIES = 8
 PASSED = {400, 404, 503}
 MAX_DEPTH = 3 * 66  # JSON levels: a node is 3 deep (node, children, child); see a11y_helper
 FIELDS = {"tree": ("scope", "pid", "maxDepth"),

@@ -40,10 +40,13 @@ def test_fork_bomb_is_contained(
     ok(runtime, sid, bomb)
     limit = it_settings.pids_limit
     peak = 0
+    # A fork in the sandbox never passes pids.max. The agent's one spare process
+    # (agent/spare.py) joins the cgroup by migration, which the kernel does not refuse
+    # at the limit (cgroup-v1/pids.rst): it may stand one above it, never more.
     for _ in range(20):
         current = int(cgroup_value(group(runtime, sid), ("pids", "pids.current"), "pids.current"))
         peak = max(peak, current)
-        assert current <= limit
+        assert current <= limit + 1
         time.sleep(0.1)
     assert peak > limit // 2, peak  # the bomb really ran into the limit
     host = subprocess.run(["sh", "-c", "for i in 1 2 3 4 5; do true & done; wait; echo ok"],
