@@ -14,15 +14,16 @@ config) as the baseline, with the ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
+from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, Sandbox
 
 from cove.runner.host import mounts
 from cove.runner.oci import spec
@@ -103,11 +104,13 @@ def archive_figures(daytona: Daytona, sizes_mb: list[int]) -> list[tuple[int, fl
     return out
 
 
-def raw_crun(server: ServerProcess, daytona: Daytona, n: int) -> tuple[list[float], list[float]]:
-    """``crun run --detach`` of cove-init in a plain bundle: the sandbox's own config
-    without its user and network namespaces, agent and host-prepared mounts, over a
-    plain overlay of the same snapshot (what a container costs without Cove)."""
-    sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
+@contextlib.contextmanager
+def plain_bundle(server: ServerProcess, sb: Sandbox) -> Iterator[tuple[Crun, Path, dict]]:
+    """Crun, a work dir and an OCI config of cove-init in a plain bundle: ``sb``'s own
+    config without its user and network namespaces, agent and host-prepared mounts,
+    over a plain overlay of the same snapshot (what a container costs without Cove).
+    Each container's bundle goes next to ``work`` (``work.parent / id``), with its own
+    ``cgroupsPath``; the overlay and ``work`` are removed afterwards."""
     crun = Crun(ensure_init_binary(server.data_dir))
     source = server.data_dir / "sandboxes" / sb.id
     # Next to the sandbox's own directory (on the same file system as a sandbox's).
@@ -116,7 +119,6 @@ def raw_crun(server: ServerProcess, daytona: Daytona, n: int) -> tuple[list[floa
     for d in ("upper", "work", "rootfs"):
         (work / d).mkdir()
     mounts.mount_overlay(Path(lower), work / "upper", work / "work", work / "rootfs")
-    run_ms, cycle_ms = [], []
     try:
         config = json.loads((source / "bundle" / "config.json").read_text())
         config["root"]["path"] = str(work / "rootfs")
@@ -125,21 +127,31 @@ def raw_crun(server: ServerProcess, daytona: Daytona, n: int) -> tuple[list[floa
         config["linux"]["namespaces"] = [{"type": t} for t in spec.NAMESPACES]
         config["mounts"] = [m for m in config["mounts"]
                             if not m["source"].startswith(str(source))]  # fmt: skip
-        for i in range(n):
-            cid = f"bench-{i}"
-            bundle = work.parent / cid
-            bundle.mkdir()
-            config["linux"]["cgroupsPath"] = f"/{server.cgroup_parent}/{cid}"
-            (bundle / "config.json").write_text(json.dumps(config))
-            start = time.perf_counter()
-            crun.run_detached(cid, bundle, work / "log")
-            run_ms.append((time.perf_counter() - start) * 1000)
-            crun.delete(cid)
-            cycle_ms.append((time.perf_counter() - start) * 1000)
-            shutil.rmtree(bundle, ignore_errors=True)
+        yield crun, work, config
     finally:
         mounts.unmount(work / "rootfs")
         shutil.rmtree(work, ignore_errors=True)
+
+
+def raw_crun(server: ServerProcess, daytona: Daytona, n: int) -> tuple[list[float], list[float]]:
+    """``crun run --detach`` of cove-init in a plain bundle (see ``plain_bundle``)."""
+    sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
+    run_ms, cycle_ms = [], []
+    try:
+        with plain_bundle(server, sb) as (crun, work, config):
+            for i in range(n):
+                cid = f"bench-{i}"
+                bundle = work.parent / cid
+                bundle.mkdir()
+                config["linux"]["cgroupsPath"] = f"/{server.cgroup_parent}/{cid}"
+                (bundle / "config.json").write_text(json.dumps(config))
+                start = time.perf_counter()
+                crun.run_detached(cid, bundle, work / "log")
+                run_ms.append((time.perf_counter() - start) * 1000)
+                crun.delete(cid)
+                cycle_ms.append((time.perf_counter() - start) * 1000)
+                shutil.rmtree(bundle, ignore_errors=True)
+    finally:
         sb.delete()
     return run_ms, cycle_ms
 

@@ -46,12 +46,10 @@ from daytona import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lifecycle import plain_bundle  # noqa: E402 (bench/lifecycle.py)
 from tests.nettools import sandbox_pool  # noqa: E402
 
-from cove.runner.host import cgroups, mounts  # noqa: E402
-from cove.runner.oci import spec  # noqa: E402
-from cove.runner.oci.crun import Crun  # noqa: E402
-from cove.runner.oci.initbin import ensure_init_binary  # noqa: E402
+from cove.runner.host import cgroups  # noqa: E402
 from cove.testing import ServerProcess  # noqa: E402
 
 KEY = "bench-key"
@@ -213,36 +211,25 @@ def raw_rate(server: ServerProcess, n: int, workers: int) -> float:
     """Raw ``crun run --detach`` per second, ``workers`` at once (see bench/lifecycle.py)."""
     daytona = Daytona(DaytonaConfig(api_key=KEY, api_url=server.api_url))
     sb = daytona.create(PARAMS)
-    crun = Crun(ensure_init_binary(server.data_dir))
-    source = server.data_dir / "sandboxes" / sb.id
-    work = Path(tempfile.mkdtemp(prefix="bench-", dir=source.parent))
-    lower = json.loads((source / "sandbox.json").read_text())["lower"]
-    for d in ("upper", "work", "rootfs"):
-        (work / d).mkdir()
-    mounts.mount_overlay(Path(lower), work / "upper", work / "work", work / "rootfs")
-    config = json.loads((source / "bundle" / "config.json").read_text())
-    config["root"]["path"] = str(work / "rootfs")
-    config["process"]["args"] = ["/dev/.cove/init"]
-    config["process"]["user"] = {"uid": 0, "gid": 0}
-    config["linux"]["namespaces"] = [{"type": t} for t in spec.NAMESPACES]
-    config["mounts"] = [m for m in config["mounts"] if not m["source"].startswith(str(source))]
     ids = [f"bench-{workers}-{i}" for i in range(n)]
-    for cid in ids:
-        (work.parent / cid).mkdir()
-        config["linux"]["cgroupsPath"] = f"/{server.cgroup_parent}/{cid}"
-        (work.parent / cid / "config.json").write_text(json.dumps(config))
     try:
-        start = time.perf_counter()
-        with ThreadPoolExecutor(workers) as threads:
-            list(threads.map(lambda c: crun.run_detached(c, work.parent / c, work / "log"), ids))
-        wall = time.perf_counter() - start
+        with plain_bundle(server, sb) as (crun, work, config):
+            for cid in ids:
+                (work.parent / cid).mkdir()
+                config["linux"]["cgroupsPath"] = f"/{server.cgroup_parent}/{cid}"
+                (work.parent / cid / "config.json").write_text(json.dumps(config))
+            try:
+                start = time.perf_counter()
+                with ThreadPoolExecutor(workers) as threads:
+                    list(threads.map(
+                        lambda c: crun.run_detached(c, work.parent / c, work / "log"), ids))
+                wall = time.perf_counter() - start
+            finally:
+                for cid in ids:
+                    crun.delete(cid)
+                    cgroups.remove(f"{server.cgroup_parent}/{cid}")
+                    shutil.rmtree(work.parent / cid, ignore_errors=True)
     finally:
-        for cid in ids:
-            crun.delete(cid)
-            cgroups.remove(f"{server.cgroup_parent}/{cid}")
-            shutil.rmtree(work.parent / cid, ignore_errors=True)
-        mounts.unmount(work / "rootfs")
-        shutil.rmtree(work, ignore_errors=True)
         sb.delete()
     return n / wall
 
