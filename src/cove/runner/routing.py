@@ -103,14 +103,14 @@ class RoutingRunner:
                 self._urls[rid] = info.url
                 if old is not None and old is not self._local and hasattr(old, "close"):
                     await old.close()
-        for rid, member in self.members.items():
+        self._infos = infos
+        self._where.clear()
+        for rid, member in list(self.members.items()):
             if hasattr(member, "refresh") and infos[rid].reachable:
                 try:
                     await member.refresh()  # its snapshots (locality)
                 except errors.CoveError:
                     pass  # the heartbeat tells
-        self._infos = infos
-        self._where.clear()
 
     def _connect(self, info: RunnerInfo) -> MemberRunner | None:
         if info.url is None:
@@ -195,6 +195,9 @@ class RoutingRunner:
 
     def _place(self, spec: ContainerSpec, avoid: frozenset[str] = frozenset()) -> str:
         """Choose a runner for a sandbox new to it (none of ``avoid``) and record it."""
+        # The registry as it is now, not as of the keeper's last round: a runner
+        # cordoned or drained since must not take this sandbox.
+        self._infos.update((r.id, r) for r in self.store.list())
         infos = [self._infos[rid] for rid in self.members
                  if rid in self._infos and rid not in avoid]  # fmt: skip
         chosen = place(infos, self.store.allocations(), spec.resources,
