@@ -21,6 +21,7 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
+from cove.core.periodic import every
 from cove.core.ports import Capacity, ContainerStatus, Resources
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.errors import CoveError, NotFound, Unavailable
@@ -197,12 +198,7 @@ class Fleet:
         self._drains: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.beat()
-            except Exception:  # noqa: BLE001 - the keeper must outlive any one failure
-                log.exception("runner heartbeat round failed")
-            await asyncio.sleep(self.interval)
+        await every(self.interval, self.beat, "runner heartbeat round")
 
     async def beat(self) -> None:
         """One round: ping every runner, act on losses, returns and drains.
