@@ -63,6 +63,9 @@ class LocalRunner:
     def has_isolation(self, name: str) -> bool:
         return self.host.has_isolation(name)
 
+    def fetches_snapshots(self) -> bool:
+        return self.host.fetches_snapshots()
+
     async def create(self, spec: ContainerSpec) -> None:
         await self._run(self.host.create, spec)
 

@@ -40,6 +40,8 @@ WHERE_SECONDS = 1.0
 
 
 class MemberRunner(Runner, Protocol):
+    def fetches_snapshots(self) -> bool: ...
+
     async def capacity(self) -> Capacity: ...
 
     async def release(self, sandbox_id: str) -> None: ...
@@ -153,7 +155,9 @@ class RoutingRunner:
         return found[0]
 
     def _assigned(self, sandbox_id: str, runner_id: str | None) -> None:
-        self.store.assign(sandbox_id, runner_id)
+        if not self.store.assign(sandbox_id, runner_id) and runner_id is not None:
+            self._orphans[sandbox_id] = runner_id  # no record: a Dockerfile build's sandbox,
+            # which this replica alone makes, uses and removes
         self._where[sandbox_id] = (runner_id, time.monotonic())
 
     def _member(self, runner_id: str) -> MemberRunner:
@@ -200,8 +204,9 @@ class RoutingRunner:
         self._infos.update((r.id, r) for r in self.store.list())
         infos = [self._infos[rid] for rid in self.members
                  if rid in self._infos and rid not in avoid]  # fmt: skip
-        chosen = place(infos, self.store.allocations(), spec.resources,
-                       lambda rid: self.members[rid].has_snapshot(spec.snapshot))  # fmt: skip
+        chosen = place(infos, self.store.allocations(), spec.resources, spec.snapshot,
+                       lambda rid: self.members[rid].has_snapshot(spec.snapshot),
+                       lambda rid: self.members[rid].fetches_snapshots())  # fmt: skip
         self._assigned(spec.sandbox_id, chosen.id)
         log.info("sandbox %s placed on runner %s", spec.sandbox_id, chosen.name)
         return chosen.id
