@@ -17,6 +17,7 @@ from cove.core.config import Settings
 from cove.core.coordination import LocalCoordination
 from cove.core.fleet import Fleet, RunnerInfo, RunnerState
 from cove.core.lifecycle import LifecycleService
+from cove.core.ports import ContainerSpec, Resources
 from cove.core.sandbox import SandboxState
 from cove.errors import Unavailable
 from cove.runner import routing
@@ -207,3 +208,28 @@ async def test_a_sandbox_another_replica_moved_is_followed(
     monkeypatch.setattr(routing, "WHERE_SECONDS", -1.0)  # (remembered for a second)
     with pytest.raises(Unavailable, match=f"runner {other} unreachable"):
         await world.routing.stats(sandbox_id)
+
+
+async def test_a_snapshot_only_on_a_cordoned_runner_is_fetched_or_named(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Placement prefers the runners holding the snapshot; when none of them takes
+    sandboxes, one that fetches snapshots from the shared store gets it, and with no
+    such runner the error names the snapshot (nothing is created)."""
+    world.runtimes["r1"].snapshots.add("built-on-r1")
+    world.registry.set_state(world.registry.get("r1").id, RunnerState.CORDONED)
+    await world.fleet.beat()
+
+    def spec(sandbox_id: str) -> ContainerSpec:
+        return ContainerSpec(sandbox_id=sandbox_id, hostname="h", snapshot="built-on-r1",
+                             resources=Resources(1, 1, 1))  # fmt: skip
+
+    with pytest.raises(Unavailable, match="no runner that holds snapshot built-on-r1 takes "
+                                          "new sandboxes.*COVE_ARCHIVE_S3_BUCKET"):  # fmt: skip
+        await world.routing.create(spec("sb-1"))
+    assert not any("sb-1" in runtime.boxes for runtime in world.runtimes.values())
+
+    monkeypatch.setattr(world.runtimes["r3"], "fetches_snapshots", lambda: True)
+    await world.routing.create(spec("sb-2"))  # (a sandbox with no record: a build's)
+    assert "sb-2" in world.runtimes["r3"].boxes
+    await world.routing.destroy("sb-2")  # routed to its runner from memory
+    assert "sb-2" not in world.runtimes["r3"].boxes

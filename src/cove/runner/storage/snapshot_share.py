@@ -167,12 +167,17 @@ def _unpack(body: IO[bytes], work: Path, expected: tuple[str, int], limit: int) 
     feed = _Feed(body, zstd.stdin, size)
     pump = threading.Thread(target=feed.run, name="snapshot fetch", daemon=True)
     pump.start()
+    mismatch = RuntimeBackendError("the snapshot in the shared store does not match its digest")
     try:
         safe_tar.extract(zstd.stdout, work, limit)
         while zstd.stdout.read(CHUNK):  # the end of the stream (bounded by ``size``)
             pass
         pump.join()
         code = zstd.wait()
+    except RuntimeBackendError:
+        if feed.size > size:  # cut short: longer than its record says
+            raise mismatch from None
+        raise
     finally:
         if zstd.poll() is None:
             zstd.kill()
@@ -180,7 +185,7 @@ def _unpack(body: IO[bytes], work: Path, expected: tuple[str, int], limit: int) 
         zstd.stdout.close()
         pump.join(timeout=10)
     if feed.size != size or feed.sha.hexdigest() != digest:
-        raise RuntimeBackendError("the snapshot in the shared store does not match its digest")
+        raise mismatch
     if code != 0:
         raise RuntimeBackendError(f"zstd exited {code} on the snapshot from the shared store")
 
