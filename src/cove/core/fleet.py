@@ -121,19 +121,7 @@ def place(runners: list[RunnerInfo], allocations: Mapping[str, Allocation],
         Unavailable: no runner takes sandboxes (all cordoned, draining, unreachable
             or full), or none of those that do has the snapshot or can fetch it.
     """
-    usable = [r for r in runners if r.state is RunnerState.READY and r.reachable
-              and not (r.capacity.max_sandboxes and r.capacity.sandboxes
-                       >= r.capacity.max_sandboxes)]  # fmt: skip
-    if not usable:
-        raise Unavailable("no runner takes new sandboxes now (all are cordoned, draining, "
-                          "unreachable or full)")  # fmt: skip
-    candidates = [r for r in usable if has_snapshot(r.id)] or [
-        r for r in usable if fetches(r.id)]
-    if not candidates:
-        raise Unavailable(
-            f"no runner that holds snapshot {snapshot} takes new sandboxes now (they are "
-            "cordoned, draining, unreachable or full), and the runners share no snapshot "
-            "store to fetch it from (COVE_ARCHIVE_S3_BUCKET)")
+    candidates = hosts(runners, snapshot, has_snapshot, fetches)
 
     def free(r: RunnerInfo) -> tuple[float, float, int]:
         cap, used = r.capacity, allocations.get(r.id, Allocation())
@@ -152,6 +140,28 @@ def place(runners: list[RunnerInfo], allocations: Mapping[str, Allocation],
         return (min(fractions, default=0.0), mean, -used.sandboxes)
 
     return max(candidates, key=free)
+
+
+def hosts(runners: list[RunnerInfo], snapshot: str, has_snapshot: Callable[[str], bool],
+          fetches: Callable[[str], bool]) -> list[RunnerInfo]:  # fmt: skip
+    """The runners a new sandbox of ``snapshot`` may go to (see :func:`place`).
+
+    Raises:
+        Unavailable: none.
+    """
+    usable = [r for r in runners if r.state is RunnerState.READY and r.reachable
+              and not (r.capacity.max_sandboxes and r.capacity.sandboxes
+                       >= r.capacity.max_sandboxes)]  # fmt: skip
+    if not usable:
+        raise Unavailable("no runner takes new sandboxes now (all are cordoned, draining, "
+                          "unreachable or full)")  # fmt: skip
+    found = [r for r in usable if has_snapshot(r.id)] or [r for r in usable if fetches(r.id)]
+    if not found:
+        raise Unavailable(
+            f"no runner that holds snapshot {snapshot} takes new sandboxes now (they are "
+            "cordoned, draining, unreachable or full), and the runners share no snapshot "
+            "store to fetch it from (COVE_ARCHIVE_S3_BUCKET)")
+    return found
 
 
 class Member(Protocol):

@@ -98,6 +98,9 @@ class RemoteRunner:
     def fetches_snapshots(self) -> bool:
         return self._fetches
 
+    def admits(self, snapshot: str) -> None:
+        """Every snapshot: the create says when it is missing."""
+
     async def _send(self, verb: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             return await self._client.request(verb, path, **kwargs)

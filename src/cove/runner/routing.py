@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cove import errors
-from cove.core.fleet import LOCAL, RunnerInfo, RunnerState, RunnerStore, lost_reason, place
+from cove.core.fleet import (
+    LOCAL,
+    RunnerInfo,
+    RunnerState,
+    RunnerStore,
+    hosts,
+    lost_reason,
+    place,
+)
 from cove.core.ports import (
     AgentConnection,
     Capacity,
@@ -197,16 +205,26 @@ class RoutingRunner:
             return self.members[rid]
         raise errors.Unavailable("no runner answers")
 
+    def _current(self, avoid: frozenset[str] = frozenset()) -> list[RunnerInfo]:
+        """The members as the registry has them now, not as of the keeper's last round:
+        a runner cordoned or drained since must not take a new sandbox."""
+        self._infos.update((r.id, r) for r in self.store.list())
+        return [self._infos[rid] for rid in self.members
+                if rid in self._infos and rid not in avoid]  # fmt: skip
+
+    def _has(self, snapshot: str) -> Callable[[str], bool]:
+        return lambda rid: self.members[rid].has_snapshot(snapshot)
+
+    def _fetches(self, rid: str) -> bool:
+        return self.members[rid].fetches_snapshots()
+
+    def admits(self, snapshot: str) -> None:
+        hosts(self._current(), snapshot, self._has(snapshot), self._fetches)
+
     def _place(self, spec: ContainerSpec, avoid: frozenset[str] = frozenset()) -> str:
         """Choose a runner for a sandbox new to it (none of ``avoid``) and record it."""
-        # The registry as it is now, not as of the keeper's last round: a runner
-        # cordoned or drained since must not take this sandbox.
-        self._infos.update((r.id, r) for r in self.store.list())
-        infos = [self._infos[rid] for rid in self.members
-                 if rid in self._infos and rid not in avoid]  # fmt: skip
-        chosen = place(infos, self.store.allocations(), spec.resources, spec.snapshot,
-                       lambda rid: self.members[rid].has_snapshot(spec.snapshot),
-                       lambda rid: self.members[rid].fetches_snapshots())  # fmt: skip
+        chosen = place(self._current(avoid), self.store.allocations(), spec.resources,
+                       spec.snapshot, self._has(spec.snapshot), self._fetches)  # fmt: skip
         self._assigned(spec.sandbox_id, chosen.id)
         log.info("sandbox %s placed on runner %s", spec.sandbox_id, chosen.name)
         return chosen.id
