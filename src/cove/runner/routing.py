@@ -378,8 +378,12 @@ class RoutingRunner:
         await self._each(lambda m: m.remove_snapshot(ref))
 
     async def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
-        return int(await self._first(lambda m: m.clone_snapshot(source, ref, config),
-                                     lambda m: m.has_snapshot(source)))  # fmt: skip
+        """On the runners holding ``source``; sharing snapshots, on one of them (else on
+        one that fetches it first)."""
+        return int(await self._first(
+            lambda m: m.clone_snapshot(source, ref, config),
+            lambda m: m.has_snapshot(source) or m.fetches_snapshots(),
+            prefer=lambda m: m.has_snapshot(source)))  # fmt: skip
 
     async def import_image(self, ref: str, image: str) -> PulledImage:
         result: PulledImage = await self._first(lambda m: m.import_image(ref, image),
@@ -411,12 +415,29 @@ class RoutingRunner:
                 raise result
 
     async def _first(self, call: Callable[[MemberRunner], Any],
-                     able: Callable[[MemberRunner], bool]) -> Any:  # fmt: skip
+                     able: Callable[[MemberRunner], bool],
+                     prefer: Callable[[MemberRunner], bool] | None = None) -> Any:  # fmt: skip
         """``call`` on every answering runner that is ``able`` (a snapshot made on each
-        of them); the first result."""
+        of them); the first result. When they all share their snapshots (a store they
+        fetch from), on one alone: the next only if it failed (two uploads of one
+        snapshot would race)."""
         members = [m for m in self._reachable() if able(m)]
         if not members:
             raise errors.Unavailable("no runner answers that can do it")
+        if all(m.fetches_snapshots() for m in members):
+            if prefer is not None:
+                members.sort(key=lambda m: not prefer(m))
+            failed: list[BaseException] = []
+            for member in members:
+                try:
+                    return await call(member)
+                except errors.CoveError as exc:
+                    failed.append(exc)
+            raise failed[0]
+        if prefer is not None:
+            members = [m for m in members if prefer(m)]
+            if not members:
+                raise errors.Unavailable("no runner answers that can do it")
         return _first_ok(await asyncio.gather(*(call(m) for m in members),
                                               return_exceptions=True))  # fmt: skip
 

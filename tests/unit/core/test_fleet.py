@@ -17,7 +17,7 @@ from cove.core.config import Settings
 from cove.core.coordination import LocalCoordination
 from cove.core.fleet import Fleet, RunnerInfo, RunnerState
 from cove.core.lifecycle import LifecycleService
-from cove.core.ports import ContainerSpec, Resources
+from cove.core.ports import ContainerSpec, ImageConfig, Resources
 from cove.core.sandbox import SandboxState
 from cove.errors import Unavailable
 from cove.runner import routing
@@ -236,3 +236,15 @@ async def test_a_snapshot_only_on_a_cordoned_runner_is_fetched_or_named(
     assert "sb-2" in world.runtimes["r3"].boxes
     await world.routing.destroy("sb-2")  # routed to its runner from memory
     assert "sb-2" not in world.runtimes["r3"].boxes
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_copy_of_a_snapshot_is_made_once_when_runners_share_them(
+        world: World, monkeypatch: pytest.MonkeyPatch, shared: bool) -> None:  # fmt: skip
+    """Without a shared store every runner holding the source makes the copy (its
+    sandboxes may go to any); sharing, one runner does (two uploads would race)."""
+    for runtime in world.runtimes.values():
+        monkeypatch.setattr(runtime, "fetches_snapshots", lambda: shared)
+    await world.routing.clone_snapshot("cove-default", "copy", ImageConfig())
+    holders = [n for n, runtime in world.runtimes.items() if "copy" in runtime.snapshots]
+    assert len(holders) == (1 if shared else len(NAMES))

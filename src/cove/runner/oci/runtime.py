@@ -141,8 +141,8 @@ class OciRuntime:
     def _need_snapshot(self, name: str) -> None:
         """Fetch snapshot ``name`` from the shared store if this host lacks it (once,
         however many sandboxes of it start meanwhile)."""
-        if self._shared is not None and not self.has_snapshot(name) \
-                and name != self._settings.default_snapshot:  # fmt: skip
+        if self._shared is not None and _shareable(name, self._settings.default_snapshot) \
+                and not self.has_snapshot(name):  # fmt: skip
             with foreign_errors():
                 self._shared.ensure(name, lambda: self.has_snapshot(name))
 
@@ -383,6 +383,7 @@ class OciRuntime:
 
     def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
         """Make snapshot ``ref`` a copy of snapshot ``source`` (hard links) with ``config``."""
+        self._need_snapshot(source)
         with foreign_errors():
             size = capture.clone_snapshot(
                 self._snapshots, snapshot_rootfs(self._settings, source), ref, config
@@ -391,7 +392,7 @@ class OciRuntime:
 
     def remove_snapshot(self, ref: str) -> None:
         """Delete snapshot ``ref`` here and from the shared store; never the default one."""
-        if ref == self._settings.default_snapshot or "/" in ref or ref.startswith("."):
+        if not _shareable(ref, self._settings.default_snapshot):
             return
         if self._shared is None:
             if self.has_snapshot(ref):
@@ -570,6 +571,12 @@ class OciRuntime:
         paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
         link = self._net.link(paths) if self._net is not None else None
         return link.guest if link is not None else None
+
+
+def _shareable(name: str, default: str) -> bool:
+    """Whether snapshot ``name`` may be in the shared store: one path component, never
+    hidden, not the default snapshot (each runner builds its own)."""
+    return bool(name) and "/" not in name and not name.startswith(".") and name != default
 
 
 def _init_alive(pid_file: Path) -> Callable[[], bool] | None:
