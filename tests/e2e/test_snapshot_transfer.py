@@ -91,6 +91,9 @@ def test_a_snapshot_made_on_one_runner_starts_on_another(fleet: Fleet) -> None:
         assert sb.fs.download_file("/etc/built") == b"built-here\n"
         assert sb.fs.download_file("/etc/marker") == b"from-oci-image\n"
         assert sb.process.exec("cat /etc/built").result.strip() == "built-here"
+        # the store's credentials stay the runner's: nothing of them in the sandbox
+        seen = sb.process.exec("env; cat /proc/1/environ | tr '\\0' '\\n'").result
+        assert "AWS_" not in seen and "testing" not in seen and BUCKET not in seen
 
         # Stopped and archived off its runner, it comes back on yet another runner
         # (which fetches the snapshot too: its lower layer).
