@@ -30,6 +30,7 @@ from tests.netns_runners import NAMES, Fleet, s3_fleet, wait_for
 pytestmark = pytest.mark.e2e
 BUCKET = "cove-snapshots"
 TAG = f"st{os.getpid() % 1000}"  # namespaces of this run (several runs may share a host)
+WAIT = 240  # seconds an SDK call may wait (a fetch on a loaded machine)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,8 @@ def test_a_snapshot_made_on_one_runner_starts_on_another(fleet: Fleet) -> None:
         # Its runner takes no new sandbox: one of the others fetches the snapshot.
         _cordon(fleet, holders)
         sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot=built.name,
-                                                            auto_stop_interval=0))  # fmt: skip
+                                                            auto_stop_interval=0),
+                            timeout=WAIT)  # fmt: skip
         made.append(sb)
         elsewhere = fleet.runner_of(sb.id)
         assert elsewhere is not None and elsewhere not in holders
@@ -97,13 +99,13 @@ def test_a_snapshot_made_on_one_runner_starts_on_another(fleet: Fleet) -> None:
 
         # Stopped and archived off its runner, it comes back on yet another runner
         # (which fetches the snapshot too: its lower layer).
-        sb.stop()
+        sb.stop(timeout=WAIT)
         sb.archive()
         _cordon(fleet, {elsewhere})
         wait_for("archived", lambda: _state(sb) == "archived")
         fleet.cli("drain", elsewhere)
         wait_for("off its runner", lambda: fleet.runner_of(sb.id) is None)
-        sb.start()
+        sb.start(timeout=WAIT)
         third = fleet.runner_of(sb.id)
         assert third is not None and third not in holders | {elsewhere}
         assert sb.fs.download_file("/etc/built") == b"built-here\n"
