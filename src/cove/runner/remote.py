@@ -1,9 +1,9 @@
 """A runner on another host: :class:`cove.core.ports.Runner` over mutual TLS to a
 ``cove runner`` (the wire is :mod:`cove.runner.wire`).
 
-The three synchronous questions of the port (snapshots, local images, isolation
-tiers) are answered from the inventory the runner sent at connect time, read again
-after every call that may change it.
+The synchronous questions (snapshots, local images, isolation tiers, whether it
+fetches snapshots it lacks) are answered from the inventory the runner sent at
+connect time, read again after every call that may change it.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class RemoteRunner:
         self._client = httpx.AsyncClient(base_url=self.url, verify=context, timeout=timeout,
                                          limits=limits, trust_env=False)  # fmt: skip
         self._inventory: dict[str, Any] = {}
+        self._fetches = False
         self.stream_port = 0
 
     @classmethod
@@ -78,6 +79,7 @@ class RemoteRunner:
     def _take(self, info: Any) -> None:
         self.stream_port = int(info["stream_port"])
         self._inventory = {k: set(info[k]) for k in ("snapshots", "local_images", "isolations")}
+        self._fetches = info.get("fetches_snapshots") is True
 
     async def refresh(self) -> None:
         """Read the runner's inventory again."""
@@ -92,6 +94,12 @@ class RemoteRunner:
 
     def has_isolation(self, name: str) -> bool:
         return name in self._inventory.get("isolations", ())
+
+    def fetches_snapshots(self) -> bool:
+        return self._fetches
+
+    def admits(self, snapshot: str) -> None:
+        """Every snapshot: the create says when it is missing."""
 
     async def _send(self, verb: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

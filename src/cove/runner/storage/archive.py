@@ -60,7 +60,7 @@ def archive_into(paths: SandboxPaths, store: ArchiveStore, key: str) -> int:
         paths.upper.mkdir(exist_ok=True)
         tar = ["tar", "--create", "--file=-", "--sparse", f"--directory={paths.upper}",
                *TAR_FLAGS, "."]  # fmt: skip
-        with _Pipeline([tar, ["zstd", "-1", "-T0", "-q", "-c"]], stdin=None) as pipe:
+        with Pipeline([tar, ["zstd", "-1", "-T0", "-q", "-c"]], stdin=None) as pipe:
             assert pipe.stdout is not None
             size = store.put(key, pipe.stdout, pipe.check)
     except OSError as exc:
@@ -90,7 +90,7 @@ def restore_from(store: ArchiveStore, key: str, paths: SandboxPaths, disk_gib: i
         paths.upper.mkdir()
         with (
             store.get(key) as source,
-            _Pipeline(
+            Pipeline(
                 [["zstd", "-d", "-q", "-c"], tar], stdin=source, stdout=subprocess.DEVNULL
             ) as pipe,
         ):
@@ -112,7 +112,7 @@ def remove_partial_restore(paths: SandboxPaths) -> None:
     (paths.root / RESTORING).unlink(missing_ok=True)
 
 
-class _Pipeline:
+class Pipeline:
     """``a | b`` with checked exit codes; ``stdin`` may be any readable binary stream
     (a file is handed over as is, anything else is pumped by a thread)."""
 
@@ -127,7 +127,7 @@ class _Pipeline:
         self._pump: threading.Thread | None = None
         self.stdout: IO[bytes] | None = None
 
-    def __enter__(self) -> _Pipeline:
+    def __enter__(self) -> Pipeline:
         try:
             first_in, feed = _stdin_of(self._stdin)
             a = subprocess.Popen(self.stages[0], stdin=first_in, stdout=subprocess.PIPE,
