@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from cove.core.agent_client import AgentClient
 from cove.core.api_keys import ApiKeyService
 from cove.core.auth import AuthService
+from cove.core.buildlog import BuildLogs
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
 from cove.core.coordination import Coordination, LocalCoordination, alone
@@ -51,6 +52,7 @@ from cove.runner.hostruntime import HostRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.routing import RoutingRunner
 from cove.runner.storage.volumes import LocalVolumeFiles
+from cove.store.build_logs import SqlBuildLogStore
 from cove.store.fingerprints import SqlFingerprints
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
@@ -266,6 +268,8 @@ def build_services(
                                                      store=SqlQuotaStore(engine))  # fmt: skip
     volumes.admit_new, snapshots.admit_new = quotas.admit_volume, quotas.admit_snapshot
     lifecycle.creator.use_contexts(contexts)
+    build_logs = BuildLogs(SqlBuildLogStore(engine), replica=coordination.replica_id)
+    lifecycle.creator.use_build_logs(build_logs)
     lifecycle.ops.coordination = quotas.coordination = coordination
     pool_store = SqlPoolStore(engine)
     warm_pools = WarmPoolService(
@@ -296,7 +300,7 @@ def build_services(
         contexts=contexts,
         snapshot_builds=SnapshotBuilds(
             settings=settings, snapshots=snapshots, builder=lifecycle.creator.builder,
-            images=images, contexts=contexts,
+            images=images, contexts=contexts, logs=build_logs,
         ),
         previews=previews, ssh=ssh, secrets=secrets, metrics=history,
         warm_pools=warm_pools, api_keys=ApiKeyService(auth),

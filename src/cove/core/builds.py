@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 RUN_TIMEOUT = 1800.0
 TAIL_LINES = 20
 MAX_LINE = 64 * 1024  # characters; a longer line is logged in pieces
+INTERRUPTED = ("the build was interrupted by a server restart or the loss of the API "
+               "replica running it; create it again")
 
 
 class BuildFailed(Exception):
@@ -106,6 +108,7 @@ class ImageBuilder:
                 return await self._clone(organization_id, plan, ref, target, out)
             build_id = f"build-{uuid.uuid4()}"
             await out.write(f"Building snapshot {name} from {plan.base}")
+            out.set_worker(build_id)  # removed by another replica if this one dies
             try:
                 await self._run_steps(build_id, plan, base_ref, contexts, out)
                 config = self._config(organization_id, plan, base_ref)
@@ -117,6 +120,7 @@ class ImageBuilder:
                     raise BuildFailed(f"capturing the snapshot failed: {exc.message}") from exc
             finally:
                 await self._remove(build_id)
+                out.set_worker(None)
             await out.write(f"Snapshot {name} built")
             return snap.id
 
@@ -240,10 +244,15 @@ class ImageBuilder:
         return code
 
     async def _remove(self, build_id: str) -> None:
-        try:
-            await self.runner.destroy(build_id)
-        except CoveError as exc:
-            log.error("removing build sandbox %s failed: %s", build_id, exc.message)
+        await remove_worker(self.runner, build_id)
+
+
+async def remove_worker(runner: Runner, build_id: str) -> None:
+    """Remove a build sandbox (best effort: a failure is logged)."""
+    try:
+        await runner.destroy(build_id)
+    except CoveError as exc:
+        log.error("removing build sandbox %s failed: %s", build_id, exc.message)
 
 
 def _merged(argv: tuple[str, ...]) -> list[str]:

@@ -15,8 +15,9 @@ from typing import TypeVar
 
 from cove.core import validation
 from cove.core.buildlog import BuildLog
+from cove.core.builds import INTERRUPTED, remove_worker
 from cove.core.config import Settings
-from cove.core.create import Creator
+from cove.core.create import Creator, log_key
 from cove.core.images import ImageService
 from cove.core.ops import SandboxOps, container_spec, network_policy
 from cove.core.pool import OwnedOnly, PoolKeeper, PoolStore
@@ -129,8 +130,22 @@ class LifecycleService:
         return self.creator.build_log(self.get(organization_id, id_or_name).id)
 
     def building(self, sandbox_id: str) -> bool:
-        """Whether this server is building the sandbox's snapshot right now."""
+        """Whether this replica is building the sandbox's snapshot right now."""
         return self.creator.building(sandbox_id)
+
+    def orphaned_build(self, sandbox_id: str) -> bool:
+        """Whether the sandbox's build was left by a replica that is gone."""
+        info = self.creator.logs.store.info(log_key(sandbox_id))
+        return (info is not None and not info.done and not self.building(sandbox_id)
+                and info.replica not in self.ops.coordination.alive())  # fmt: skip
+
+    async def end_build(self, sandbox: Sandbox) -> None:
+        """Fail a build no replica runs (:data:`INTERRUPTED`), at the end of its log too,
+        and remove what it left on the runner (under the sandbox's lock)."""
+        await self.ops.build_failed(sandbox, INTERRUPTED)
+        worker = self.creator.logs.end(log_key(sandbox.id), INTERRUPTED)
+        if worker is not None:
+            await remove_worker(self.runner, worker)
 
     # ---- start / stop --------------------------------------------------
 

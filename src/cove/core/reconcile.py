@@ -100,14 +100,15 @@ async def _reconcile_one(service: LifecycleService, sandbox_id: str, *, tidy: bo
                          ) -> None:  # fmt: skip
     sandbox = service.store.get_by_id(sandbox_id)
     runner = service.runner
-    if not tidy and sandbox.state in _BEGUN and utcnow() - sandbox.state_changed_at < _BEGIN:
+    if (not tidy and sandbox.state in _BEGUN and utcnow() - sandbox.state_changed_at < _BEGIN
+            and not service.orphaned_build(sandbox.id)):  # fmt: skip
         return  # just recorded: its creator (maybe another replica) takes its lock next
     if sandbox.state is S.DESTROYING:
         await service.ops.remove(sandbox)  # (under its lock already)
         return
     if sandbox.state in (S.PENDING_BUILD, S.PULLING_SNAPSHOT, S.BUILDING_SNAPSHOT):
-        if not service.building(sandbox.id):  # a build this server run did not start
-            await service.ops.build_failed(sandbox, "the build was interrupted by a server restart")
+        if not service.building(sandbox.id):  # its replica is gone (it held the lock)
+            await service.end_build(sandbox)
         return
     if sandbox.state is S.BUILD_FAILED:
         return

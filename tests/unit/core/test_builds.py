@@ -139,7 +139,6 @@ async def test_build_interrupted_by_a_restart_is_build_failed(
     record = store.get_by_id(sb.id)
     record.state = S.BUILDING_SNAPSHOT  # as a crash mid-build leaves it
     store.save(record)
-    lifecycle.creator._build_logs.clear()  # a new server run knows of no build
     await reconcile(lifecycle)
     after = lifecycle.get(org, sb.id)
     assert after.state is S.BUILD_FAILED and "restart" in (after.error_reason or "")
