@@ -60,6 +60,7 @@ from cove.store.pools import SqlPoolStore
 from cove.store.registries import SqlRegistryStore
 from cove.store.revocations import SqlRevocations
 from cove.store.runners import SqlRunnerStore
+from cove.store.s3_contexts import S3Contexts
 from cove.store.sealing import KEY_BYTES, AesGcmSealer
 from cove.store.secretbox import SecretBox
 from cove.store.secrets import SqlSecretStore
@@ -121,10 +122,21 @@ def open_sealer(settings: Settings) -> AesGcmSealer:
                                     lambda: os.urandom(KEY_BYTES)))  # fmt: skip
 
 
+def context_key(settings: Settings) -> bytes:
+    """The secret the build contexts' push credentials are signed with (the data dir's)."""
+    return secret_file(settings.data_dir / "object-storage.key", lambda: os.urandom(32))
+
+
 def open_contexts(settings: Settings) -> ContextStore:
-    """The build-context store in the data dir, under a secret kept there."""
-    key = secret_file(settings.data_dir / "object-storage.key", lambda: os.urandom(32))
-    return ContextStore(settings.data_dir / "contexts", key, settings.max_context_mb * 1024**2)
+    """The build-context store in the data dir, and in the S3 bucket of
+    COVE_ARCHIVE_S3_* if there is one (the API replicas share it)."""
+    shared = None
+    if settings.archive_s3_bucket:
+        shared = S3Contexts(settings.archive_s3_bucket, prefix=settings.archive_s3_prefix,
+                            endpoint_url=settings.archive_s3_endpoint,
+                            region=settings.archive_s3_region)  # fmt: skip
+    return ContextStore(settings.data_dir / "contexts", context_key(settings),
+                        settings.max_context_mb * 1024**2, shared)  # fmt: skip
 
 
 def load_ssh_host_key(data_dir: Path) -> bytes:
@@ -161,7 +173,7 @@ def check_replica_keys(settings: Settings, engine: Engine) -> None:
     """On a shared database: the data dir's secrets must be those of the replicas
     before (recorded by the first). Raises RuntimeError naming the file otherwise."""
     # each made now if missing (as the first replica does), to be compared
-    load_tokens(settings.data_dir), open_sealer(settings), open_contexts(settings)
+    load_tokens(settings.data_dir), open_sealer(settings), context_key(settings)
     SecretBox.in_dir(settings.data_dir)
     if settings.ssh_port:
         load_ssh_host_key(settings.data_dir)

@@ -97,7 +97,7 @@ class ImageBuilder:
             BuildFailed: a step failed (the reason names it and ends with its output).
         """
         name = target.name if target is not None else snapshot_name(plan)
-        contexts = self._contexts(organization_id, plan)
+        contexts = await self._contexts(organization_id, plan)
         lock = self._locks.setdefault(f"{organization_id}/{plan.digest}", asyncio.Lock())
         async with lock:
             ref = self.cached(organization_id, plan)
@@ -137,13 +137,16 @@ class ImageBuilder:
         await out.write(f"Snapshot {target.name} built")
         return target.id
 
-    def _contexts(self, organization_id: str, plan: BuildPlan) -> list[Path]:
+    async def _contexts(self, organization_id: str, plan: BuildPlan) -> list[Path]:
+        """The plan's contexts, here (fetched from the store the replicas share)."""
         if not plan.context_hashes:
             return []
-        if self.contexts is None:
+        store = self.contexts
+        if store is None:
             raise BuildFailed("this server keeps no build contexts")
         try:
-            return [self.contexts.context(organization_id, h) for h in plan.context_hashes]
+            return [await asyncio.to_thread(store.fetched, organization_id, h)
+                    for h in plan.context_hashes]  # fmt: skip
         except CoveError as exc:
             raise BuildFailed(exc.message) from exc
 
