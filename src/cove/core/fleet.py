@@ -94,7 +94,8 @@ class RunnerStore(Protocol):
     def runner_of(self, sandbox_id: str) -> str | None:
         """The id of the runner the sandbox is on (None: none, or no such sandbox)."""
 
-    def assign(self, sandbox_id: str, runner_id: str | None) -> None: ...
+    def assign(self, sandbox_id: str, runner_id: str | None) -> bool:
+        """Record the sandbox's runner; False: it has no record (a build sandbox)."""
 
     def sandboxes_on(self, runner_id: str) -> builtins.list[str]: ...
 

@@ -97,16 +97,16 @@ class SnapshotBuilds:
             kind, _, snapshot_id = info.key.partition(":")
             if kind != "snapshot":
                 continue
+            snap = building.get(snapshot_id)
+            if snap is not None:  # its state first: a reader of the log's end sees it
+                log.warning("build of snapshot %s failed: %s", snap.id, INTERRUPTED)
+                snap.state, snap.error_reason = "build_failed", INTERRUPTED
+                snap.updated_at = utcnow()
+                await self._save(snap)
+                ended += 1
             worker = self.logs.end(info.key, INTERRUPTED)
             if worker is not None:
                 await remove_worker(self.snapshots.runner, worker)
-            snap = building.get(snapshot_id)
-            if snap is None:
-                continue
-            log.warning("build of snapshot %s failed: %s", snap.id, INTERRUPTED)
-            snap.state, snap.error_reason, snap.updated_at = "build_failed", INTERRUPTED, utcnow()
-            await self._save(snap)
-            ended += 1
         return ended
 
     async def watch(self, coordination: Coordination, interval: float) -> None:

@@ -153,7 +153,8 @@ class RoutingRunner:
         return found[0]
 
     def _assigned(self, sandbox_id: str, runner_id: str | None) -> None:
-        self.store.assign(sandbox_id, runner_id)
+        if not self.store.assign(sandbox_id, runner_id) and runner_id is not None:
+            self._orphans[sandbox_id] = runner_id  # no record (a build sandbox): known here
         self._where[sandbox_id] = (runner_id, time.monotonic())
 
     def _member(self, runner_id: str) -> MemberRunner:
