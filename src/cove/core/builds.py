@@ -258,6 +258,18 @@ async def remove_worker(runner: Runner, build_id: str) -> None:
         log.error("removing build sandbox %s failed: %s", build_id, exc.message)
 
 
+async def remove_left_worker(runner: Runner, build_id: str) -> None:
+    """Remove the build sandbox another replica's build left, if it is still there
+    (listing the runners first tells a routing runner which one has it)."""
+    try:
+        if build_id not in await runner.list_ids():
+            return
+    except CoveError as exc:
+        log.error("listing sandboxes to remove build sandbox %s failed: %s", build_id,
+                  exc.message)  # fmt: skip
+    await remove_worker(runner, build_id)
+
+
 def _merged(argv: tuple[str, ...]) -> list[str]:
     """A shell-form RUN with its stderr joined to stdout, so the log keeps their order."""
     if argv[:2] == ("/bin/sh", "-c") and len(argv) == 3:

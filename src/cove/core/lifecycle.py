@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from cove.core import validation
 from cove.core.buildlog import BuildLog
-from cove.core.builds import INTERRUPTED, remove_worker
+from cove.core.builds import INTERRUPTED, remove_left_worker
 from cove.core.config import Settings
 from cove.core.create import Creator, log_key
 from cove.core.images import ImageService
@@ -145,7 +145,7 @@ class LifecycleService:
         await self.ops.build_failed(sandbox, INTERRUPTED)
         worker = self.creator.logs.end(log_key(sandbox.id), INTERRUPTED)
         if worker is not None:
-            await remove_worker(self.runner, worker)
+            await remove_left_worker(self.runner, worker)
 
     # ---- start / stop --------------------------------------------------
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from cove.core import dockerfile
 from cove.core.buildlog import BuildLog, BuildLogs
-from cove.core.builds import INTERRUPTED, BuildFailed, ImageBuilder, remove_worker
+from cove.core.builds import INTERRUPTED, BuildFailed, ImageBuilder, remove_left_worker
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
 from cove.core.coordination import Coordination
@@ -106,7 +106,7 @@ class SnapshotBuilds:
                 ended += 1
             worker = self.logs.end(info.key, INTERRUPTED)
             if worker is not None:
-                await remove_worker(self.snapshots.runner, worker)
+                await remove_left_worker(self.snapshots.runner, worker)
         return ended
 
     async def watch(self, coordination: Coordination, interval: float) -> None:
