@@ -16,7 +16,7 @@ from datetime import timedelta
 from functools import partial
 
 from cove.core.coordination import LockBusy
-from cove.core.lifecycle import LifecycleService
+from cove.core.lifecycle import BUILDING, LifecycleService
 from cove.core.ops import container_spec
 from cove.core.ports import ContainerStatus
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
@@ -74,6 +74,7 @@ async def reconcile(service: LifecycleService, *, remove_orphans: bool = True,
             log.error("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
     if remove_orphans:
         await _remove_orphans(service, {sb.id for sb in sandboxes})
+    await _logged(service.end_orphaned_logs(), "ending orphaned build logs")
     for sandbox in interrupted:  # in the background: archiving may take long
         asyncio.ensure_future(_logged(_archive_again(service, sandbox), "archiving again"))
 
@@ -106,7 +107,7 @@ async def _reconcile_one(service: LifecycleService, sandbox_id: str, *, tidy: bo
     if sandbox.state is S.DESTROYING:
         await service.ops.remove(sandbox)  # (under its lock already)
         return
-    if sandbox.state in (S.PENDING_BUILD, S.PULLING_SNAPSHOT, S.BUILDING_SNAPSHOT):
+    if sandbox.state in BUILDING:
         if not service.building(sandbox.id):  # its replica is gone (it held the lock)
             await service.end_build(sandbox)
         return

@@ -201,3 +201,19 @@ async def test_a_snapshot_build_whose_replica_is_gone_fails(
     assert await builds.fail_orphaned({"me"}) == 0  # once
     await snapshots.delete(org, snap.id)  # its log goes with it
     assert logs.get(f"snapshot:{snap.id}") is None
+
+
+async def test_a_log_left_after_its_build_is_ended(
+    lifecycle: LifecycleService, org: str,
+) -> None:  # fmt: skip
+    """Its replica died booting the sandbox: the build was over, the log was not."""
+    sb = await lifecycle.create(organization_id=org, request=_request())
+    await lifecycle.drain()
+    logs = lifecycle.creator.logs
+    _orphan(logs, log_key(sb.id), "gone")
+    _orphan(logs, log_key("deleted-sandbox"), "gone")
+    await reconcile(lifecycle, remove_orphans=False, wait=False)
+    assert lifecycle.get(org, sb.id).state is S.STARTED
+    assert lifecycle.build_log(org, sb.id).text().endswith("this build stopped\n")
+    assert logs.get(log_key("deleted-sandbox")) is None
+    assert logs.orphaned({lifecycle.ops.coordination.replica_id}) == []
