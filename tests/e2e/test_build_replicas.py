@@ -31,7 +31,10 @@ from daytona import (
 )
 from daytona._sync import object_storage as sdk_storage
 from obstore.store import S3Store
+from sqlalchemy import create_engine
+from sqlalchemy import text as text_sql
 
+from cove.core.buildlog import CAP
 from cove.runner.oci.runtime import OciRuntime
 from cove.server import REPLICA_KEY_FILES
 from cove.testing_remote import RunnerProcess
@@ -227,4 +230,37 @@ def test_builds_of_a_killed_replica_fail_with_the_reason(
         if not b.running:
             b.start()
         httpx.delete(f"{a.api_url}/sandbox/{sandbox_id}", headers=HEADERS, timeout=120)
+        httpx.delete(f"{a.api_url}/snapshots/{name}", headers=HEADERS, timeout=120)
+
+
+def test_a_flooding_build_is_kept_to_the_cap_in_the_database(
+    balanced: tuple[Balancer, Server, Server], backing: tuple[str, str],  # noqa: F811
+) -> None:  # fmt: skip
+    """A build printing 40 MB (hostile commands) through one replica: the database keeps
+    16 MiB of it and the count of the rest, which the other replica streams."""
+    _, a, b = balanced
+    token = uuid.uuid4().hex
+    dockerfile = f"FROM cove-default\nRUN echo {token}; yes flood | head -c 40000000\n"
+    name = f"flood-{token[:12]}"
+    made = httpx.post(f"{a.api_url}/snapshots", headers=HEADERS, timeout=60, json={
+        "name": name, "buildInfo": {"dockerfileContent": dockerfile}})  # fmt: skip
+    assert made.status_code == 200, made.text
+    try:
+        streamed: list[str] = []
+        _follow(f"{b.api_url}/snapshots/{name}/build-logs", streamed).join(600)
+        text = "".join(streamed)
+        assert CAP - 100 < len("flood\n") * text.count("flood\n") <= CAP
+        assert f"[... output beyond {CAP} bytes is left out ...]" in text
+        assert "bytes of build output were left out ...]" in text
+        engine = create_engine(backing[0])
+        key = f"snapshot:{made.json()['id']}"
+        try:
+            with engine.connect() as conn:
+                stored, largest = conn.execute(text_sql(
+                    "SELECT sum(length(data)), max(length(data)) FROM build_log_chunks"
+                    " WHERE log_id = :k"), {"k": key}).one()  # fmt: skip
+        finally:
+            engine.dispose()
+        assert CAP < stored < CAP + 64 * 1024 and largest <= 64 * 1024
+    finally:
         httpx.delete(f"{a.api_url}/snapshots/{name}", headers=HEADERS, timeout=120)

@@ -141,11 +141,11 @@ class BuildLog:
 
     async def output(self, line: str) -> None:
         """A line a build command printed (dropped, and counted, beyond the cap)."""
-        size = len(line.encode())
+        size = len(line.encode()) + 1  # as stored, with its newline
         if self._printed + size > self._cap:
             if not self._omitted:
                 self.append(f"[... output beyond {self._cap} bytes is left out ...]")
-            self._omitted += size + 1
+            self._omitted += size
             return
         self._printed += size
         self.append(line)
