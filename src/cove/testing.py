@@ -57,7 +57,7 @@ class ServerProcess:
                "COVE_POOL_SIZE": "0",  # no warm pool unless a test asks for one
                **self.extra_env}
         cmd = [sys.executable, "-m", "cove.cli.main", "serve", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--log-level", "info"]
+               "--data-dir", str(self.data_dir), "--log-level", "warning"]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log,
                                          start_new_session=True)
