@@ -117,7 +117,6 @@ class BuildLog:
                  cap: int = CAP) -> None:  # fmt: skip
         self._logs = logs
         self.key = key
-        self._writer = writer
         self._cap = cap
         self._buffer = bytearray()
         self._printed = 0  # bytes of the commands' output kept

@@ -3,7 +3,7 @@
 
 The snapshot is ``building`` at once (its base image pulled first if it is no
 snapshot), then ``active``, or ``build_failed`` with the reason and no files.
-The build's log (:class:`BuildLog`, capped, on disk) is streamed by
+The build's log (:class:`BuildLog`, capped, in the database) is streamed by
 ``GET /api/snapshots/{id}/build-logs``. A snapshot of a Dockerfile and context
 built before (for a sandbox or another snapshot of the organization) is copied,
 not built again.
@@ -35,7 +35,8 @@ def log_key(snapshot_id: str) -> str:
 
 
 class SnapshotBuilds:
-    """Builds snapshots from Dockerfiles and keeps their logs (for this server run)."""
+    """Builds snapshots from Dockerfiles (their logs in :class:`BuildLogs`), and fails
+    those a replica that is gone left ``building``."""
 
     def __init__(
         self, *, settings: Settings, snapshots: SnapshotService, builder: ImageBuilder | None,
