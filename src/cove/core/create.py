@@ -8,6 +8,7 @@ host, is answered as if it did not exist.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -82,7 +83,8 @@ class Creator:
             OrganizationQuotaExceeded: above the organization's quota (nothing is created).
             Conflict: the name is taken in this organization.
         """
-        plan = self._build_plan(organization_id, request)
+        # (in a thread: a context is looked for in the shared store, over the network)
+        plan = await asyncio.to_thread(self._build_plan, organization_id, request)
         sandbox, pull = self._new_sandbox(organization_id, request)
         mounts = self._secret_mounts(organization_id, request)
         async with self._admit(sandbox):

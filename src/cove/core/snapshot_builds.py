@@ -63,8 +63,8 @@ class SnapshotBuilds:
         if self.builder is None:
             raise BadRequest("Building images from Dockerfiles is not supported by this server")
         plan = dockerfile.parse(text, context_hashes)
-        for context_hash in plan.context_hashes:
-            self.contexts.context(organization_id, context_hash)
+        for context_hash in plan.context_hashes:  # maybe in the shared store: a thread
+            await asyncio.to_thread(self.contexts.context, organization_id, context_hash)
         base, pull = self._base(organization_id, plan.base)
         async with self.snapshots.admitted(organization_id):
             snap = self.snapshots.new(organization_id, name)
