@@ -249,7 +249,7 @@ async def exit_when_idle(server: asyncio.Server, seconds: float, stop: asyncio.E
 
 async def main() -> int:
     conf = confine.configure(sys.argv[1:])
-    spare.enable()
+    spare.enable(conf.spare_helper)
     if conf.listen_path is not None:  # gVisor: in a directory only the agent may enter
         server = await serve(conf.listen_path, check_peer=conf.peer_check)
         os.chmod(conf.listen_path, 0o600)

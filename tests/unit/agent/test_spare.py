@@ -18,14 +18,21 @@ from starlette.testclient import TestClient
 
 from cove.agent import protocol, spare
 from cove.runner.oci.agent_setup import wait_ready
+from cove.runner.oci.initbin import ensure_init_binary
 from tests.unit.agent.conftest import AUTH
 
 
+@pytest.fixture(scope="session")
+def helper(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """cove-init, which runs spares (``cove-init --spare``)."""
+    return str(ensure_init_binary(tmp_path_factory.mktemp("init")))
+
+
 @pytest.fixture
-def spares() -> Iterator[None]:
-    spare.ENABLED = True
+def spares(helper: str) -> Iterator[None]:
+    spare.ENABLED, spare.HELPER = True, helper
     yield
-    spare.ENABLED = False
+    spare.ENABLED, spare.HELPER = False, None
     left = spare._current
     if left is not None:  # let it go in the agent's loop (another thread), and reaped
         left.exited._loop.call_soon_threadsafe(left.discard)
@@ -36,7 +43,7 @@ def spares() -> Iterator[None]:
 
 
 def _waiting_spare() -> spare.Spare | None:
-    """The spare forked after the last command (made once that command is answered)."""
+    """The spare spawned after the last command (made once that command is answered)."""
     for _ in range(500):
         if spare._current is not None:
             return spare._current
