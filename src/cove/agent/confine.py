@@ -336,11 +336,6 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def held_fds() -> list[int]:
-    """The confinement's descriptors a command's process uses before its exec."""
-    return [*CURRENT.join, *([CURRENT.userns] if CURRENT.userns is not None else [])]
-
-
 def confined() -> bool:
     return CURRENT.userns is not None or CURRENT.new_userns
 
