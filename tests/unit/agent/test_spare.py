@@ -142,6 +142,21 @@ def test_code_run_by_a_spare(client: TestClient, sandbox_id: str, spares: None) 
         assert (r.json()["exitCode"], r.json()["result"]) == (2, "['a', 'b']\n")
 
 
+def test_a_missing_interpreter_fails_alike_with_a_spare(
+    client: TestClient, sandbox_id: str, spares: None
+) -> None:
+    """The spare looks the program up on the command's PATH as a spawn does: not found
+    there, the same answer as without spares."""
+    del spares
+    body = {"code": "1", "language": "python", "envs": {"PATH": "/nonexistent"}}
+    answers = []
+    for enabled in (False, True, True):  # (the second with spares: run by a spare)
+        spare.ENABLED = enabled
+        r = client.post(f"/toolbox/{sandbox_id}/process/code-run", json=body, headers=AUTH)
+        answers.append((r.status_code, {**r.json(), "timestamp": None}))
+    assert answers[0] == answers[1] == answers[2], answers
+
+
 def test_a_spare_command_that_times_out_is_killed_with_its_tree(
     client: TestClient, sandbox_id: str, tmp_path: Path, spares: None
 ) -> None:
