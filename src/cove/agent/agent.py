@@ -15,6 +15,7 @@ gVisor, whose SO_PEERCRED says pid 1 for every peer).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -87,13 +88,6 @@ def op(name: str, *, cancel_when_abandoned: bool = False) -> Callable[[Handler],
     return register
 
 
-@op("ping")
-async def ping(request: Request) -> dict[str, Any]:
-    """Readiness: the server asks once after each fresh start, so that the sandbox is
-    reported started only when its agent serves (every handler module loaded)."""
-    return {}
-
-
 def _peer_pid(writer: asyncio.StreamWriter) -> int:
     sock = writer.get_extra_info("socket")
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
@@ -120,9 +114,7 @@ async def serve_request(stream: mux.Stream, payload: bytes) -> None:
     try:
         request = Request(protocol.decode(payload), stream)
         name = request.arg("op")
-        handler = HANDLERS.get(name)
-        if handler is None:
-            raise protocol.bad_request(f"unknown op {request.message.get('op')!r}")
+        handler = _handler(name)
         stream.accept()
         if name in CANCELLABLE:
             reply = await _unless_abandoned(stream, handler(request))
@@ -175,20 +167,80 @@ async def _try_send(stream: mux.Stream, message: dict[str, Any]) -> None:
         pass
 
 
-HANDLER_MODULES = ("process", "files", "git", "git_admin", "sessions", "terminal", "pipes",
-                   "interpreter", "lsp", "computer", "computer_input", "computer_record",
-                   "computer_a11y")
+# Each handler module and the ops it registers. A module is imported at the first
+# request for one of its ops, but those of EAGER at start: an agent's start (every
+# sandbox's, and every restart after an idle exit) imports only what commands need,
+# and what few sandboxes use (files, sessions, git, the interpreter, LSP, computer
+# use) costs neither start-up time nor memory until used. A unit test checks this
+# table against what the modules register.
+OP_MODULES: dict[str, tuple[str, ...]] = {
+    "process": ("ping", "exec", "code_run", "info", "env_forget"),
+    "files": ("fs_info", "fs_list", "fs_mkdir", "fs_delete", "fs_move", "fs_chmod"),
+    "fs_search": ("fs_find", "fs_search", "fs_replace"),
+    "fs_transfer": ("fs_write", "fs_read"),
+    "git": ("git_clone", "git_status", "git_add", "git_commit", "git_branches",
+            "git_branch_create", "git_branch_delete", "git_checkout", "git_pull", "git_push"),
+    "git_admin": ("git_init", "git_reset", "git_restore", "git_remotes", "git_remote_add",
+                  "git_config_get", "git_config_set", "git_config_user", "git_credentials"),
+    "sessions": ("session_create", "session_list", "session_get", "session_delete",
+                 "session_exec", "session_command", "session_logs", "session_input"),
+    "terminal": ("pty_create", "pty_list", "pty_get", "pty_resize", "pty_kill", "pty_attach"),
+    "pipes": ("pipe_exec",),
+    "interpreter": ("interpreter_run", "interpreter_create", "interpreter_list",
+                    "interpreter_delete"),
+    "lsp": ("lsp_start", "lsp_stop", "lsp_did_open", "lsp_did_close", "lsp_completions",
+            "lsp_document_symbols", "lsp_workspace_symbols"),
+    "computer": ("computeruse_start", "computeruse_stop", "computeruse_status",
+                 "computeruse_process"),
+    "computer_input": ("computeruse_mouse_position", "computeruse_mouse_move",
+                       "computeruse_mouse_click", "computeruse_mouse_drag",
+                       "computeruse_mouse_button", "computeruse_mouse_scroll",
+                       "computeruse_keyboard_type", "computeruse_keyboard_press",
+                       "computeruse_keyboard_hold", "computeruse_screenshot",
+                       "computeruse_display_info", "computeruse_windows"),
+    "computer_record": ("computeruse_recording_start", "computeruse_recording_stop",
+                        "computeruse_recording_list", "computeruse_recording_get",
+                        "computeruse_recording_delete", "computeruse_recording_read"),
+    "computer_a11y": ("computeruse_a11y_tree", "computeruse_a11y_find",
+                      "computeruse_a11y_node"),
+}  # fmt: skip
+EAGER = ("process",)
+_MODULE_OF = {name: module for module, ops in OP_MODULES.items() for name in ops}
 
 
-def load_handlers() -> None:
-    """Import every handler module; one that fails is logged, the others still serve."""
+def _handler(name: str) -> Handler:
+    """The handler of op ``name``, its module imported first if it was not yet.
+
+    Raises:
+        AgentError: no such op (400), or its module failed to load (500).
+    """
+    handler = HANDLERS.get(name)
+    if handler is not None:
+        return handler
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise protocol.bad_request(f"unknown op {name!r}")
+    if not _load(module):
+        raise AgentError(500, "INTERNAL_ERROR", f"toolbox module {module} failed to load")
+    return HANDLERS[name]
+
+
+def _load(module: str) -> bool:
+    """Import a handler module; a failure is logged (the other ops still serve)."""
     import importlib
 
-    for name in HANDLER_MODULES:
-        try:
-            importlib.import_module(f".{name}", __package__)
-        except Exception:  # noqa: BLE001 - keep the agent up for the other ops
-            log.exception("toolbox module %s failed to load", name)
+    try:
+        importlib.import_module(f".{module}", __package__)
+    except Exception:  # noqa: BLE001 - keep the agent up for the other ops
+        log.exception("toolbox module %s failed to load", module)
+        return False
+    return True
+
+
+def load_handlers(modules: tuple[str, ...] = tuple(OP_MODULES)) -> None:
+    """Import handler modules (default: every one, for the protocol's spec and tests)."""
+    for module in modules:
+        _load(module)
 
 
 async def serve(
@@ -198,7 +250,7 @@ async def serve(
 
     ``check_peer=False`` serves any peer: only for tests running the agent in process.
     """
-    load_handlers()
+    load_handlers(EAGER)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await handle(reader, writer, check_peer=check_peer)
@@ -262,6 +314,7 @@ async def main() -> int:
         server = await serve(sock=socket.socket(fileno=conf.listen), check_peer=conf.peer_check)
     else:
         raise SystemExit("cove-agent: no --listen-fd")
+    _settle_memory()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -272,6 +325,15 @@ async def main() -> int:
     async with server:
         await stop.wait()
     return IDLE_EXIT if idle is not None and idle.done() else 0
+
+
+def _settle_memory() -> None:
+    """Once the start-up's modules are loaded: keep their objects out of every later
+    pass of the cyclic garbage collector (they live as long as the agent; the pages
+    of a forked spare stay shared with the agent's), and turn it on (the start
+    command turns it off while the agent loads)."""
+    gc.freeze()
+    gc.enable()
 
 
 def run() -> None:

@@ -175,6 +175,7 @@ def test_paths_reach_the_agent_verbatim(client: TestClient, sandbox_id: str, tmp
     """The server resolves nothing: '..' and symlinks mean what they mean to the agent,
     which runs inside the sandbox (here: in process, on the host's tmp dir)."""
     seen: list[dict] = []
+    agent.load_handlers(("fs_transfer",))  # (loaded at the first fs_read otherwise)
     original = agent.HANDLERS["fs_read"]
 
     async def recording(request: agent.Request) -> dict | None:

@@ -107,16 +107,19 @@ def _normalized(reply: dict) -> dict:
 def test_a_ping_readies_a_spare_for_the_first_command(
     client: TestClient, sandbox_id: str, agent_path: str, tmp_path: Path, spares: None
 ) -> None:
-    """A warm pool's keep-warm ping leaves a spare waiting: the first command after a
-    claim is run by it, not spawned afresh."""
+    """The readiness ping after a start, and a warm pool's keep-warm ping, leave a
+    spare waiting: the first command after a create (or a claim) is run by it, not
+    spawned afresh; a plain ping readies none."""
     assert spare._current is None
-    wait_ready(Path(agent_path), 10)  # the readiness ping: no spare for it
+    _ping(agent_path)
     assert spare._current is None
-    _ping(agent_path, spare=True)  # a pool's keep-warm ping
+    wait_ready(Path(agent_path), 10)  # the readiness ping
     ready = _waiting_spare()
     assert ready is not None
     status, reply = _exec(client, sandbox_id, command="echo $$", cwd=str(tmp_path))
     assert (status, reply["result"]) == (200, f"{ready.pid}\n")  # the spare became it
+    _ping(agent_path, spare=True)  # a pool's keep-warm ping (one was refilled already)
+    assert _waiting_spare() is not None
 
 
 def _ping(agent_path: str, **fields: object) -> None:

@@ -148,11 +148,14 @@ class Network:
 
     def _wire(self, link: Link, netns: Path) -> None:
         host = f"{link.host}/31"
-        run(["ip", "link", "add", link.veth, "type", "veth", "peer", "name", "eth0",
-             "netns", str(netns)])  # fmt: skip
         alias = f"{link.tag}:{link.sandbox_id}"
+        add = f"link add {link.veth} type veth peer name eth0 netns"
         batch = (f"addr add {host} dev {link.veth}\nlink set {link.veth} alias {alias}\n"
                  f"link set {link.veth} up\n")  # fmt: skip
+        if any(c in str(netns) for c in '"\\\n'):  # a path one `ip -batch` line cannot hold
+            run(["ip", *add.split(), str(netns)])
+        else:  # one `ip` for the host's side
+            batch = f'{add} "{netns}"\n{batch}'
         run(["ip", "-batch", "-"], input=batch.encode())
         inside = (f"link set lo up\naddr add {link.guest}/31 dev eth0\nlink set eth0 up\n"
                   f"route add default via {link.host}\n")  # fmt: skip

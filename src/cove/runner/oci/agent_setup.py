@@ -115,8 +115,10 @@ def wait_ready(path: Path, timeout: float, *, alive: Callable[[], bool] | None =
     The socket accepts connections before the agent runs (init inherits it, already
     listening), so a connect proves nothing: the ping waits in its queue until the
     agent has started and loaded its handlers, and its reply is the readiness
-    signal. No polling on the crun tier; on the gVisor tier (the agent binds the
-    socket itself) connecting is retried until the socket appears.
+    signal. The ping asks for a spare process (``cove.agent.spare``), readied as it
+    is answered: the first command does not wait on a cgroup migration either. No
+    polling on the crun tier; on the gVisor tier (the agent binds the socket itself)
+    connecting is retried until the socket appears.
 
     Args:
         path: the agent's socket.
@@ -130,7 +132,7 @@ def wait_ready(path: Path, timeout: float, *, alive: Callable[[], bool] | None =
     sock = _connect_by(path, deadline, alive)
     try:
         sock.setblocking(True)
-        sock.sendall(protocol.json_frame({"op": "ping"}))
+        sock.sendall(protocol.json_frame({"op": "ping", "spare": True}))
         _await_reply(sock, deadline, alive)
     except OSError as exc:
         raise RuntimeBackendError(f"the toolbox agent hung up at start ({exc})") from exc

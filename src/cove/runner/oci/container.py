@@ -177,8 +177,9 @@ def prepare_host(
         _write_etc(paths, spec_.hostname, nameserver=None)
     try:
         rootfs.mount_layers(helpers.nsexec, paths, meta)
-        meta = Metadata(**{**meta.__dict__, "layer_xattrs": "user"})
-        paths.write_metadata(meta)
+        if meta.layer_xattrs != "user":  # converted
+            meta = Metadata(**{**meta.__dict__, "layer_xattrs": "user"})
+            paths.write_metadata(meta)
         binds = _stage_volumes(settings, spec_, paths)
     except BaseException:
         HostSide(ids, group, [], meta, wiring).drop_network()

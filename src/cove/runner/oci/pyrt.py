@@ -49,9 +49,11 @@ _PATHS = ("import sys, sysconfig; print(sysconfig.get_paths()['stdlib']); "
 
 
 # The agent speaks no TLS: asyncio's optional import of ssl (OpenSSL's start-up,
-# about 1.2 MiB per agent and 5 ms at every start) is refused.
-_START = ("import sys; sys.modules['ssl'] = None; sys.path.insert(0, '/dev/.cove/pkg'); "
-          "import toolbox.agent as a; a.run()")
+# about 1.2 MiB per agent and 5 ms at every start) is refused. The cyclic garbage
+# collector waits until the agent's modules are loaded (``agent.main``): imports make
+# few cycles, and its passes over them are a few ms of every start.
+_START = ("import gc; gc.disable(); import sys; sys.modules['ssl'] = None; "
+          "sys.path.insert(0, '/dev/.cove/pkg'); import toolbox.agent as a; a.run()")
 
 
 def argv() -> list[str]:

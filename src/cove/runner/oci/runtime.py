@@ -35,6 +35,7 @@ from cove.core.ports import (
 )
 from cove.errors import CoveError, InvalidState, RuntimeBackendError, Timeout
 from cove.runner.host import cgroups, cgtree, disk, firewall, freezer, hostprep, idrange, mounts
+from cove.runner.host.blank_disks import BlankDisks
 from cove.runner.host.network import Network
 from cove.runner.host.proc import foreign_errors
 from cove.runner.layout import Metadata, SandboxPaths, sandboxes_dir
@@ -70,6 +71,7 @@ class OciRuntime:
         self._client: Crun | None = None
         self._gvisor: Runsc | None = None
         self._net = Network(settings) if settings.network == "nat" else None
+        self._blank_disks = BlankDisks(settings.data_dir)
 
     # -- helpers ---------------------------------------------------------
 
@@ -169,7 +171,8 @@ class OciRuntime:
         return name == "crun" or (name == "gvisor" and runsc_available())
 
     def create(self, spec_: ContainerSpec) -> None:
-        """Record the lower rootfs and make the sparse ext4 image; start nothing."""
+        """Record the lower rootfs and make the sparse ext4 image (one made ahead if
+        there is one); start nothing."""
         with self._locked(spec_.sandbox_id) as paths:
             if paths.image.exists() and paths.metadata.exists():
                 return
@@ -179,8 +182,11 @@ class OciRuntime:
             try:
                 with pinned(self._settings, spec_.snapshot) as lower:
                     paths.root.mkdir(parents=True, exist_ok=True)
-                    paths.write_metadata(_metadata(spec_, str(lower), "user", spec_.isolation))
-                disk.create_image(paths.image, spec_.resources.disk)
+                    env = {**unpack.image_env(lower), **spec_.env}  # (as start has it)
+                    paths.write_metadata(_metadata(replace(spec_, env=env), str(lower), "user",
+                                                   spec_.isolation))  # fmt: skip
+                if not self._blank_disks.take(paths.image, spec_.resources.disk):
+                    disk.create_image(paths.image, spec_.resources.disk)
             except BaseException:
                 shutil.rmtree(paths.root, ignore_errors=True)
                 raise
@@ -200,8 +206,10 @@ class OciRuntime:
             hostprep.prepare()
             image_env = unpack.image_env(Path(meta.lower))  # the image's Env and WorkingDir
             spec_ = replace(spec_, env={**image_env, **spec_.env})
-            meta = _metadata(spec_, meta.lower, meta.layer_xattrs, meta.isolation)
-            paths.write_metadata(meta)
+            now = _metadata(spec_, meta.lower, meta.layer_xattrs, meta.isolation)
+            if now != meta:
+                paths.write_metadata(now)
+                meta = now
             up = gvisor.bring_up if meta.isolation == "gvisor" else bring_up
             agent = self._agent_setup()
             try:
