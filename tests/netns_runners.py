@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from cove.runner.layout import sandboxes_dir
 from cove.store.runners import SqlRunnerStore
 from cove.store.sql import make_engine
 from cove.testing_remote import NetnsHost, Pki, RunnerProcess
+from tests.e2e.conftest import Server, running_server
 from tests.leaks import stop_runner_clean
 from tests.nettools import sandbox_pool
 
@@ -58,15 +60,18 @@ def netns_hosts(tag: str, net: str) -> Iterator[list[NetnsHost]]:
 
 @contextlib.contextmanager
 def netns_runners(tmp_path_factory: pytest.TempPathFactory, pki: Pki, hosts: list[NetnsHost],
-                  pool: int, env: dict[str, str] | None = None,
+                  pool: int, env: dict[str, str] | None = None, *,
+                  env_of: dict[str, dict[str, str]] | None = None,
                   ) -> Iterator[dict[str, RunnerProcess]]:  # fmt: skip
     """A started runner per host, named after NAMES (sandbox pools ``pool``, ``pool+1``,
-    ...); afterwards each is stopped and must have left nothing on the machine."""
+    ...; ``env``, and ``env_of[name]`` for that one); afterwards each is stopped and
+    must have left nothing on the machine."""
     runners: dict[str, RunnerProcess] = {}
     with contextlib.ExitStack() as stack:
         for i, (name, host) in enumerate(zip(NAMES, hosts, strict=True)):
             proc = RunnerProcess(tmp_path_factory.mktemp(f"runner-{name}"), pki,
-                                 {"COVE_NETWORK_POOL": sandbox_pool(pool + i), **(env or {})},
+                                 {"COVE_NETWORK_POOL": sandbox_pool(pool + i), **(env or {}),
+                                  **(env_of or {}).get(name, {})},
                                  netns=host)  # fmt: skip
             runners[name] = proc
             stack.callback(stop_runner_clean, proc)
@@ -82,6 +87,45 @@ def register(data_dir: Path, env: dict[str, str], runners: dict[str, RunnerProce
         assert done.returncode == 0, done.stderr
     done = runner_cli(data_dir, env, "remove", "local")
     assert done.returncode == 0, done.stderr
+
+
+@dataclass
+class Fleet:
+    """Runners registered with one API (on SQLite) whose own host runs no sandbox."""
+
+    runners: dict[str, RunnerProcess]
+    api: Server
+    pki: Pki
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return runner_cli(self.api.data_dir, self.api.extra_env, *args)
+
+    def runner_of(self, sandbox_id: str) -> str | None:
+        """The name of the runner the API placed the sandbox on (None: on none)."""
+        return runner_of(f"sqlite:///{self.api.data_dir / 'cove.db'}", sandbox_id)
+
+    def on_host(self, name: str) -> set[str]:
+        """The sandboxes whose files are on runner ``name``'s host (archives are in the
+        shared store, no runner's)."""
+        return on_host(self.runners[name])
+
+
+@contextlib.contextmanager
+def fleet_api(tmp_path_factory: pytest.TempPathFactory, pki: Pki,
+              runners: dict[str, RunnerProcess], pool: int,
+              env: dict[str, str] | None = None) -> Iterator[Fleet]:  # fmt: skip
+    """A ``cove serve`` (sandbox pool ``pool``) with ``runners`` registered and its own
+    embedded runner removed; quick heartbeats (a runner silent 3 s is lost), no warm
+    pool. Every runner a test killed is started again before the API's clean-up."""
+    cert, key = pki.api
+    env = {"COVE_RUNNER_CA": str(pki.ca), "COVE_RUNNER_CERT": str(cert),
+           "COVE_RUNNER_KEY": str(key), "COVE_RUNNER_HEARTBEAT_SECONDS": "0.5",
+           "COVE_RUNNER_LOST_SECONDS": "3", "COVE_POOL_SIZE": "0", **(env or {})}  # fmt: skip
+    api_dir = tmp_path_factory.mktemp("cove-api")
+    register(api_dir, env, runners)
+    with running_server(api_dir, pool, env) as api:
+        yield Fleet(runners, api, pki)
+        start_stopped(runners)
 
 
 def start_stopped(runners: dict[str, RunnerProcess]) -> None:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,45 +27,24 @@ from daytona import (
 )
 
 from cove.runner import tls
-from cove.testing_remote import Pki, RunnerProcess, make_pki
-from tests.e2e.conftest import KEY, Server, running_server
+from cove.testing_remote import make_pki
+from tests.e2e.conftest import KEY
 from tests.netns_runners import (
     NAMES,
+    Fleet,
+    fleet_api,
     kill_runner,
     netns_hosts,
     netns_runners,
-    on_host,
-    register,
     runner_cli,
     settled,
-    start_stopped,
     wait_for,
 )
-from tests.netns_runners import runner_of as _runner_of
 from tests.s3server import CREDENTIALS, client, moto_server
 
 pytestmark = pytest.mark.e2e
 BUCKET = "cove-multi"
 TAG = f"mr{os.getpid() % 1000}"  # namespaces of this run (several runs may share a host)
-
-
-@dataclass
-class Fleet:
-    runners: dict[str, RunnerProcess]
-    api: Server
-    pki: Pki
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return runner_cli(self.api.data_dir, self.api.extra_env, *args)
-
-    def runner_of(self, sandbox_id: str) -> str | None:
-        """The name of the runner the API placed the sandbox on (None: on none)."""
-        return _runner_of(f"sqlite:///{self.api.data_dir / 'cove.db'}", sandbox_id)
-
-    def on_host(self, name: str) -> set[str]:
-        """The sandboxes whose files are on runner ``name``'s host (archives are in the
-        shared store, no runner's)."""
-        return on_host(self.runners[name])
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +62,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         shared = {**CREDENTIALS, "COVE_ARCHIVE_S3_BUCKET": BUCKET,
                   "COVE_ARCHIVE_S3_ENDPOINT": endpoint}  # fmt: skip
         runners = stack.enter_context(netns_runners(tmp_path_factory, pki, hosts, 21, shared))
-        api_dir = tmp_path_factory.mktemp("cove-api")
-        cert, key = pki.api
-        env = {"COVE_RUNNER_CA": str(pki.ca), "COVE_RUNNER_CERT": str(cert),
-               "COVE_RUNNER_KEY": str(key), "COVE_RUNNER_HEARTBEAT_SECONDS": "0.5",
-               "COVE_RUNNER_LOST_SECONDS": "3", "COVE_POOL_SIZE": "0"}  # fmt: skip
-        register(api_dir, env, runners)
-        with running_server(api_dir, 24, env) as api:
-            yield Fleet(runners, api, pki)
-            start_stopped(runners)
+        with fleet_api(tmp_path_factory, pki, runners, 24) as fleet:
+            yield fleet
         assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0, "archives left"
 
 

@@ -65,10 +65,11 @@ async def _serve(settings: Settings, host: str, port: int, log_level: str) -> No
 
     from cove.runner import build_runtime, daemon, tls
     from cove.runner.local import LocalRunner
+    from cove.runner.storage.volumes import VolumeDir
 
     assert settings.runner_ca and settings.runner_cert and settings.runner_key
     context = tls.server_context(settings.runner_ca, settings.runner_cert, settings.runner_key)
-    local = LocalRunner(build_runtime(settings), settings.data_dir)
+    local = LocalRunner(build_runtime(settings), settings.data_dir, VolumeDir.of(settings))
     inventory = daemon.Inventory(local, settings.snapshot_dir, settings.oci_layout_dir,
                                  settings.default_snapshot)  # fmt: skip
     app = daemon.create_app(local, inventory, port + 1)

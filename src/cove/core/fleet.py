@@ -15,7 +15,7 @@ import builtins
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -102,20 +102,50 @@ class RunnerStore(Protocol):
         """Per runner id: what its live sandboxes hold (cores and memory of the ones
         that may run, disk and count of all)."""
 
+    def volume_homes(self, volume_ids: builtins.list[str]) -> dict[str, VolumeHome]:
+        """Where the data of each of the volumes is (a volume not found is left out)."""
+
+    def bind_volumes(self, volume_ids: builtins.list[str], home: str) -> None:
+        """Record ``home`` (a runner's id, or a shared volumes dir's) as the home of
+        each of the volumes that has none yet; the others keep theirs."""
+
+    def volumes_on(self, runner_id: str) -> builtins.list[str]:
+        """Names of the volumes whose data is on the runner's own volumes dir."""
+
+
+@dataclass(frozen=True)
+class VolumeHome:
+    """Where a volume's data is (for placement and its errors)."""
+
+    name: str
+    home: str | None  # a runner's id, a shared volumes dir's id, or None: nowhere yet
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Which runners a sandbox may go to (``fits``), and why when none of them takes
+    new sandboxes now (``why``: the error's message)."""
+
+    fits: Callable[[RunnerInfo], bool]
+    why: str
+
 
 def place(runners: list[RunnerInfo], allocations: Mapping[str, Allocation],
-          resources: Resources, has_snapshot: Callable[[str], bool]) -> RunnerInfo:  # fmt: skip
-    """The runner a new sandbox goes to: among the ready, reachable ones (only those
-    with its snapshot, if any has it), the one left with the most free capacity
-    (the least free of CPU, memory, disk and sandbox slots, as fractions; then their
-    mean; then the fewest sandboxes).
+          resources: Resources, has_snapshot: Callable[[str], bool],
+          constraint: Constraint | None = None) -> RunnerInfo:  # fmt: skip
+    """The runner a new sandbox goes to: among the ready, reachable ones that fit the
+    ``constraint`` (the runner holding its volumes' data), and only those with its
+    snapshot if any has it, the one left with the most free capacity (the least free
+    of CPU, memory, disk and sandbox slots, as fractions; then their mean; then the
+    fewest sandboxes).
 
     Args:
         has_snapshot: whether runner id has the sandbox's snapshot (its rootfs).
+        constraint: the runners it must go to, if any.
 
     Raises:
         Unavailable: no runner takes sandboxes (all cordoned, draining, unreachable
-            or full).
+            or full), or none of those the constraint allows (its ``why``).
     """
     usable = [r for r in runners if r.state is RunnerState.READY and r.reachable
               and not (r.capacity.max_sandboxes and r.capacity.sandboxes
@@ -123,6 +153,10 @@ def place(runners: list[RunnerInfo], allocations: Mapping[str, Allocation],
     if not usable:
         raise Unavailable("no runner takes new sandboxes now (all are cordoned, draining, "
                           "unreachable or full)")  # fmt: skip
+    if constraint is not None:
+        usable = [r for r in usable if constraint.fits(r)]
+        if not usable:
+            raise Unavailable(constraint.why)
     local = [r for r in usable if has_snapshot(r.id)]
     candidates = local or usable
 
@@ -143,6 +177,43 @@ def place(runners: list[RunnerInfo], allocations: Mapping[str, Allocation],
         return (min(fractions, default=0.0), mean, -used.sandboxes)
 
     return max(candidates, key=free)
+
+
+def volume_constraint(homes: Iterable[VolumeHome], runners: Mapping[str, RunnerInfo],
+                      store_of: Callable[[str], str | None]) -> Constraint | None:  # fmt: skip
+    """Where a sandbox mounting volumes with these homes may go: the runner holding
+    each one's data in its own volumes dir, or any runner of the shared volumes dir
+    holding it (``store_of``: runner id -> the shared dir's id, or None). None when no
+    volume has data anywhere yet (placement chooses, then records its choice)."""
+    bound = [h for h in homes if h.home is not None]
+    if not bound:
+        return None
+
+    def fits(runner: RunnerInfo) -> bool:
+        return all(h.home in (runner.id, store_of(runner.id)) for h in bound)
+
+    return Constraint(fits, _why(bound, runners, store_of))
+
+
+def _why(bound: list[VolumeHome], runners: Mapping[str, RunnerInfo],
+         store_of: Callable[[str], str | None]) -> str:  # fmt: skip
+    """Why no runner takes a sandbox mounting the ``bound`` volumes now."""
+    if len({h.home for h in bound}) > 1:
+        return (f"volumes {', '.join(h.name for h in bound)} keep their data on different "
+                f"runners: one sandbox cannot mount them together")  # fmt: skip
+    volume, home = bound[0].name, bound[0].home
+    runner = runners.get(home or "")
+    if runner is not None:
+        state = runner.shown_state if runner.shown_state is not RunnerState.READY else "full"
+        return (f"volume {volume} keeps its data on runner {runner.name}, which takes no "
+                f"new sandboxes now ({state}); uncordon it, or see docs/deployment.md for "
+                f"moving a volume")  # fmt: skip
+    sharing = sorted(r.name for r in runners.values() if store_of(r.id) == home)
+    if sharing:
+        return (f"volume {volume} keeps its data in the volumes dir shared by runners "
+                f"{', '.join(sharing)}, none of which takes new sandboxes now")  # fmt: skip
+    return (f"volume {volume} keeps its data on a runner (or a shared volumes dir) that "
+            f"no registered runner answers for now")  # fmt: skip
 
 
 class Member(Protocol):

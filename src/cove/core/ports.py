@@ -217,6 +217,10 @@ class Runner(Protocol):
     async def remove_snapshot(self, ref: str) -> None:
         """Delete snapshot ``ref`` (sandboxes created from it keep working)."""
 
+    async def delete_volume(self, volume_id: str) -> None:
+        """Delete the volume's data wherever the runner keeps it (nothing there: done).
+        A volume's data is made when a sandbox spec first mounts it."""
+
     async def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
         """Apply new limits (``live``: CPU and memory of a running sandbox)."""
 

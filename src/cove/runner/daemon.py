@@ -60,21 +60,23 @@ def create_app(runner: LocalRunner, inventory: Inventory, stream_port: int) -> F
 
 
 class Inventory:
-    """What the API may ask the runner synchronously: its snapshots, local images and
-    isolation tiers (sent at connect time and after each change)."""
+    """What the API may ask the runner synchronously: its snapshots, local images,
+    isolation tiers and volumes dir (sent at connect time and after each change)."""
 
     def __init__(self, runner: LocalRunner, snapshot_dir: Path | None,
                  layout_dir: Path | None, default_snapshot: str) -> None:  # fmt: skip
         self.runner, self.snapshot_dir, self.layout_dir = runner, snapshot_dir, layout_dir
         self.default_snapshot = default_snapshot
 
-    def read(self) -> dict[str, list[str]]:
+    def read(self) -> dict[str, Any]:
         snaps = sorted({*_names(self.snapshot_dir), self.default_snapshot})
         images = [n for n in _names(self.layout_dir) if self.runner.has_local_image(n)]
         return {
             "snapshots": [n for n in snaps if self.runner.has_snapshot(n)],
             "local_images": images,
             "isolations": [n for n in ISOLATIONS if self.runner.has_isolation(n)],
+            # the id of the shared volumes dir (COVE_VOLUMES_DIR) it uses; null: its own
+            "volume_store": self.runner.volume_store(),
         }
 
 

@@ -57,6 +57,7 @@ class RemoteRunner:
         self._client = httpx.AsyncClient(base_url=self.url, verify=context, timeout=timeout,
                                          limits=limits, trust_env=False)  # fmt: skip
         self._inventory: dict[str, Any] = {}
+        self._volume_store: str | None = None
         self.stream_port = 0
 
     @classmethod
@@ -78,6 +79,8 @@ class RemoteRunner:
     def _take(self, info: Any) -> None:
         self.stream_port = int(info["stream_port"])
         self._inventory = {k: set(info[k]) for k in ("snapshots", "local_images", "isolations")}
+        store = info.get("volume_store")  # absent: a runner of before volumes on runners
+        self._volume_store = store if isinstance(store, str) else None
 
     async def refresh(self) -> None:
         """Read the runner's inventory again."""
@@ -92,6 +95,10 @@ class RemoteRunner:
 
     def has_isolation(self, name: str) -> bool:
         return name in self._inventory.get("isolations", ())
+
+    def volume_store(self) -> str | None:
+        """The id of the shared volumes dir the runner uses (None: its own)."""
+        return self._volume_store
 
     async def _send(self, verb: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -179,6 +186,9 @@ class RemoteRunner:
 
     async def remove_snapshot(self, ref: str) -> None:
         await self._call("remove_snapshot", ref=ref)
+
+    async def delete_volume(self, volume_id: str) -> None:
+        await self._call("delete_volume", volume_id=volume_id)
 
     async def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
         await self._call("resize", sandbox_id=sandbox_id, resources=resources, live=live)

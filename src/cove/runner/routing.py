@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cove import errors
-from cove.core.fleet import LOCAL, RunnerInfo, RunnerState, RunnerStore, lost_reason, place
+from cove.core.fleet import (
+    LOCAL,
+    RunnerInfo,
+    RunnerState,
+    RunnerStore,
+    lost_reason,
+    place,
+    volume_constraint,
+)
 from cove.core.ports import (
     AgentConnection,
     Capacity,
@@ -41,6 +49,9 @@ WHERE_SECONDS = 1.0
 
 class MemberRunner(Runner, Protocol):
     async def capacity(self) -> Capacity: ...
+
+    def volume_store(self) -> str | None:
+        """The id of the shared volumes dir it uses (None: its own)."""
 
     async def release(self, sandbox_id: str) -> None: ...
 
@@ -193,15 +204,30 @@ class RoutingRunner:
             return self.members[rid]
         raise errors.Unavailable("no runner answers")
 
+    def _volume_store(self, runner_id: str) -> str | None:
+        member = self.members.get(runner_id)
+        return None if member is None else member.volume_store()
+
     def _place(self, spec: ContainerSpec, avoid: frozenset[str] = frozenset()) -> str:
-        """Choose a runner for a sandbox new to it (none of ``avoid``) and record it."""
+        """Choose a runner for a sandbox new to it (none of ``avoid``; the one holding
+        its volumes' data) and record it, and it as the home of volumes with none."""
         # The registry as it is now, not as of the keeper's last round: a runner
         # cordoned or drained since must not take this sandbox.
         self._infos.update((r.id, r) for r in self.store.list())
         infos = [self._infos[rid] for rid in self.members
                  if rid in self._infos and rid not in avoid]  # fmt: skip
-        chosen = place(infos, self.store.allocations(), spec.resources,
-                       lambda rid: self.members[rid].has_snapshot(spec.snapshot))  # fmt: skip
+        volume_ids = [b.volume_id for b in spec.volumes]
+        while True:  # twice at most: after a binding every volume has a home
+            homes = self.store.volume_homes(volume_ids)
+            constraint = volume_constraint(homes.values(), self._infos, self._volume_store)
+            chosen = place(infos, self.store.allocations(), spec.resources,
+                           lambda rid: self.members[rid].has_snapshot(spec.snapshot),
+                           constraint)  # fmt: skip
+            unbound = [vid for vid, h in homes.items() if h.home is None]
+            if not unbound:
+                break
+            # Another replica may bind one of them at once: placed again on what won.
+            self.store.bind_volumes(unbound, self._volume_store(chosen.id) or chosen.id)
         self._assigned(spec.sandbox_id, chosen.id)
         log.info("sandbox %s placed on runner %s", spec.sandbox_id, chosen.name)
         return chosen.id
@@ -217,7 +243,12 @@ class RoutingRunner:
             return
         avoid: set[str] = set()
         while True:
-            runner_id = self._place(spec, frozenset(avoid))
+            try:
+                runner_id = self._place(spec, frozenset(avoid))
+            except errors.Unavailable:
+                if not stay:  # nothing of it is on any runner: its delete needs none
+                    self._assigned(spec.sandbox_id, None)
+                raise
             try:
                 await call(self._member(runner_id))
                 return
@@ -353,6 +384,25 @@ class RoutingRunner:
 
     async def remove_snapshot(self, ref: str) -> None:
         await self._each(lambda m: m.remove_snapshot(ref))
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """On the runner holding the volume's data (one of those sharing the volumes dir
+        holding it); on every answering runner if it has none.
+
+        Raises:
+            Unavailable: no runner holding it answers (nothing is deleted).
+        """
+        found = self.store.volume_homes([volume_id]).get(volume_id)
+        home = None if found is None else found.home
+        if home is None:
+            await self._each(lambda m: m.delete_volume(volume_id))
+            return
+        holders = [rid for rid in self.members if home in (rid, self._volume_store(rid))
+                   and rid in self._infos and self._infos[rid].reachable]  # fmt: skip
+        if not holders:
+            raise errors.Unavailable(f"the runner holding volume {found and found.name}'s "
+                                     f"data does not answer now: try again later")  # fmt: skip
+        await self._member(holders[0]).delete_volume(volume_id)
 
     async def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
         return int(await self._first(lambda m: m.clone_snapshot(source, ref, config),
