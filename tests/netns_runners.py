@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daytona import Sandbox
@@ -25,6 +26,7 @@ from cove.testing_remote import NetnsHost, Pki, RunnerProcess
 from tests.e2e.conftest import Server, running_server
 from tests.leaks import stop_runner_clean
 from tests.nettools import sandbox_pool
+from tests.s3server import CREDENTIALS, client, moto_server
 
 NAMES = ("r1", "r2", "r3")
 
@@ -56,6 +58,28 @@ def netns_hosts(tag: str, net: str) -> Iterator[list[NetnsHost]]:
             stack.callback(host.delete)
             host.create()
         yield hosts
+
+
+@contextlib.contextmanager
+def shared_archive_store(host: NetnsHost, bucket: str) -> Iterator[tuple[dict[str, str], Any]]:
+    """A shared S3 archive store (moto) on this machine's side of ``host``'s link, with
+    ``bucket``: yields the runners' settings for it and a client of it (the test
+    process's AWS_* variables set meanwhile); afterwards no archive may be left."""
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}  # the test's own view of S3
+    os.environ.update(CREDENTIALS)
+    try:
+        with moto_server(host.outside) as endpoint:
+            s3 = client(endpoint)
+            s3.create_bucket(Bucket=bucket)
+            yield {**CREDENTIALS, "COVE_ARCHIVE_S3_BUCKET": bucket,
+                   "COVE_ARCHIVE_S3_ENDPOINT": endpoint}, s3  # fmt: skip
+            assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0, "archives left"
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager

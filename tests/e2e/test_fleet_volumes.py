@@ -4,11 +4,14 @@ own host runs no sandbox. Through the official SDK: a volume's data lives on the
 runner that first mounts it, sandboxes mounting it are placed there, deleting the
 volume deletes its data there; runners sharing one volumes dir (COVE_VOLUMES_DIR,
 NFS in production) serve a volume's sandboxes on any of them. Attacks: another
-organization's key, and symlinks planted in a volume by a sandbox on a runner."""
+organization's key, and symlinks planted in a volume by a sandbox on a runner. A
+drained runner's volumes move through the shared S3 archive store to the runner
+their next sandbox is placed on."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +30,20 @@ from daytona import (
 
 from cove.testing_remote import make_pki
 from tests.e2e.conftest import KEY, run_ok
-from tests.netns_runners import NAMES, Fleet, fleet_api, netns_hosts, netns_runners
+from tests.netns_runners import (
+    NAMES,
+    Fleet,
+    fleet_api,
+    netns_hosts,
+    netns_runners,
+    shared_archive_store,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 TAG = f"fv{os.getpid() % 1000}"  # namespaces of this run (several runs may share a host)
 SHARING = ("r1", "r2")  # the runners whose COVE_VOLUMES_DIR is the one shared dir
+BUCKET = "cove-fleet-volumes"  # the shared archive store (drains move volumes through it)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +58,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Iterato
     env_of = {name: {"COVE_VOLUMES_DIR": str(shared_dir)} for name in SHARING}
     with contextlib.ExitStack() as stack:
         hosts = stack.enter_context(netns_hosts(TAG, "10.247"))
+        archives, _ = stack.enter_context(shared_archive_store(hosts[0], BUCKET))
         runners = stack.enter_context(netns_runners(tmp_path_factory, pki, hosts, 41,
-                                                    env_of=env_of))  # fmt: skip
+                                                    archives, env_of=env_of))  # fmt: skip
         with fleet_api(tmp_path_factory, pki, runners, 44) as fleet:
             yield fleet
 
@@ -103,6 +116,8 @@ def test_a_volume_s_sandboxes_go_to_the_runner_holding_its_data(
     assert fleet.runner_of(writer.id) == "r3"
     run_ok(writer, "echo hello > /data/note.txt")
     assert (_data(fleet, "r3", vol.id) / "note.txt").read_text() == "hello\n"
+    listed = {r["name"]: r["volumes"] for r in json.loads(fleet.cli("list", "--json").stdout)}
+    assert listed == {"r1": 0, "r2": 0, "r3": 1}
 
     _only(fleet, *NAMES)  # every runner takes sandboxes: the volume decides
     for _ in NAMES:
@@ -193,3 +208,39 @@ def test_symlinks_in_a_volume_on_a_runner_lead_nowhere(
     _delete_all(daytona)
     daytona.volume.delete(mine)
     daytona.volume.delete(theirs)
+
+
+def test_a_drained_runner_s_volume_follows_its_sandbox_through_the_archive_store(
+        fleet: Fleet, daytona: Daytona, sandboxes: list[Sandbox], shared_dir: Path,
+        ) -> None:  # fmt: skip
+    vol = daytona.volume.create("fleet-moved")
+    _only(fleet, "r3")  # its own volumes dir
+    sb = daytona.create(_mounting(vol.id))
+    sandboxes.append(sb)
+    data = os.urandom(128 * 1024).hex()
+    sb.fs.upload_file(data.encode(), "/data/blob.txt")
+    run_ok(sb, "mkdir -p /data/deep/er && echo x > /data/deep/er/f")
+    _only(fleet, "r1", "r2")
+    done = fleet.cli("drain", "r3")
+    assert done.returncode == 0, done.stderr
+
+    def moved() -> bool:
+        sb.refresh_data()
+        return sb.state.value == "archived" and not _data(fleet, "r3", vol.id).exists()
+
+    wait_for("the sandbox archived and its volume moved off the drained runner", moved)
+    try:
+        done = fleet.cli("remove", "r3")  # nothing of theirs is left on it
+        assert done.returncode == 0, done.stderr
+        sb.start()  # on a runner of the shared dir, its volume brought back there
+        assert fleet.runner_of(sb.id) in SHARING
+        assert (shared_dir / vol.id / "blob.txt").read_text() == data
+        assert run_ok(sb, "cat /data/deep/er/f; stat -c %U /data/blob.txt") == "x\ndaytona\n"
+    finally:
+        if "r3" not in fleet.cli("list").stdout:  # the next tests' fleet has three
+            done = fleet.cli("add", "r3", fleet.runners["r3"].url)
+            assert done.returncode == 0, done.stderr
+        fleet.cli("uncordon", "r3")
+    _delete_all(daytona)
+    daytona.volume.delete(vol)
+    assert not (shared_dir / vol.id).exists()

@@ -38,9 +38,9 @@ from tests.netns_runners import (
     netns_runners,
     runner_cli,
     settled,
+    shared_archive_store,
     wait_for,
 )
-from tests.s3server import CREDENTIALS, client, moto_server
 
 pytestmark = pytest.mark.e2e
 BUCKET = "cove-multi"
@@ -51,28 +51,11 @@ TAG = f"mr{os.getpid() % 1000}"  # namespaces of this run (several runs may shar
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     pki = make_pki(tmp_path_factory.mktemp("pki"))
     with contextlib.ExitStack() as stack:
-        saved = {k: os.environ.get(k) for k in CREDENTIALS}  # the test's own view of S3
-        stack.callback(_restore_env, saved)
-        os.environ.update(CREDENTIALS)
         hosts = stack.enter_context(netns_hosts(TAG, "10.249"))
-        # The shared archive store, on this host's side of the first namespace's link.
-        endpoint = stack.enter_context(moto_server(hosts[0].outside))
-        s3 = client(endpoint)
-        s3.create_bucket(Bucket=BUCKET)
-        shared = {**CREDENTIALS, "COVE_ARCHIVE_S3_BUCKET": BUCKET,
-                  "COVE_ARCHIVE_S3_ENDPOINT": endpoint}  # fmt: skip
+        shared, _ = stack.enter_context(shared_archive_store(hosts[0], BUCKET))
         runners = stack.enter_context(netns_runners(tmp_path_factory, pki, hosts, 21, shared))
         with fleet_api(tmp_path_factory, pki, runners, 24) as fleet:
             yield fleet
-        assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0, "archives left"
-
-
-def _restore_env(saved: dict[str, str | None]) -> None:
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def _sdk(fleet: Fleet) -> Daytona:

@@ -32,6 +32,9 @@ S = SandboxState
 log = logging.getLogger(__name__)
 GiB = 1024**3
 LOCAL = "local"  # the id of the embedded runner (and of COVE_RUNNER_URL's)
+# The home of a volume whose data was moved off its runner (a drain) into the shared
+# archive store: the runner its next sandbox is placed on brings it back.
+IN_ARCHIVE = "archive"
 
 
 class RunnerState(enum.StrEnum):
@@ -107,10 +110,13 @@ class RunnerStore(Protocol):
 
     def bind_volumes(self, volume_ids: builtins.list[str], home: str) -> None:
         """Record ``home`` (a runner's id, or a shared volumes dir's) as the home of
-        each of the volumes that has none yet; the others keep theirs."""
+        each of the volumes that has none yet (or is IN_ARCHIVE); the others keep theirs."""
 
-    def volumes_on(self, runner_id: str) -> builtins.list[str]:
-        """Names of the volumes whose data is on the runner's own volumes dir."""
+    def volumes_on(self, runner_id: str) -> dict[str, str]:
+        """The volumes whose data is on the runner's own volumes dir: id -> name."""
+
+    def move_volume(self, volume_id: str, home: str, to: str) -> bool:
+        """Record ``to`` as the volume's home if it is ``home``; whether it was."""
 
 
 @dataclass(frozen=True)
@@ -184,8 +190,9 @@ def volume_constraint(homes: Iterable[VolumeHome], runners: Mapping[str, RunnerI
     """Where a sandbox mounting volumes with these homes may go: the runner holding
     each one's data in its own volumes dir, or any runner of the shared volumes dir
     holding it (``store_of``: runner id -> the shared dir's id, or None). None when no
-    volume has data anywhere yet (placement chooses, then records its choice)."""
-    bound = [h for h in homes if h.home is not None]
+    volume has data on a runner (none yet, or moved to the archive store): placement
+    chooses, then records its choice."""
+    bound = [h for h in homes if h.home not in (None, IN_ARCHIVE)]
     if not bound:
         return None
 
@@ -227,6 +234,9 @@ class Member(Protocol):
 class Releaser(Protocol):
     async def release(self, sandbox_id: str) -> None:
         """Take an archived sandbox off its runner, its archive kept."""
+
+    async def archive_volume(self, volume_id: str, runner_id: str) -> int:
+        """Move a volume's data off runner ``runner_id`` into the shared archive store."""
 
 
 # Where a sandbox whose runner came back ends up, by what the runner has.
@@ -391,3 +401,22 @@ class Fleet:
             except CoveError as exc:
                 log.error("draining sandbox %s off runner %s: %s", sandbox_id, runner.name,
                           exc.message)  # fmt: skip
+        await self._drain_volumes(runner)
+
+    async def _drain_volumes(self, runner: RunnerInfo) -> None:
+        """Once no sandbox is left on the runner: move the data of the volumes kept in
+        its own volumes dir to the shared archive store; each comes back on the runner
+        its next sandbox is placed on (a runner without a shared store keeps them)."""
+        if self.store.sandboxes_on(runner.id):
+            return  # some were not drained (the log says why): they may mount them
+        for volume_id, name in self.store.volumes_on(runner.id).items():
+            if self.store.get(runner.id).state is not RunnerState.DRAINING:
+                return
+            try:
+                await self.releaser.archive_volume(volume_id, runner.id)
+            except CoveError as exc:
+                log.error("runner %s: volume %s not moved off it: %s", runner.name, name,
+                          exc.message)  # fmt: skip
+                continue
+            self.store.move_volume(volume_id, runner.id, IN_ARCHIVE)
+            log.info("runner %s: volume %s moved to the archive store", runner.name, name)

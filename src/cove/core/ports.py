@@ -221,6 +221,15 @@ class Runner(Protocol):
         """Delete the volume's data wherever the runner keeps it (nothing there: done).
         A volume's data is made when a sandbox spec first mounts it."""
 
+    async def archive_volume(self, volume_id: str) -> int:
+        """Move the volume's data off the runner into the shared archive store (the
+        runner where a sandbox mounts it next brings it back); the archive's size.
+
+        Raises:
+            InvalidState: the runner has no shared archive store, or keeps volumes in a
+                shared volumes dir (nothing to move).
+        """
+
     async def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
         """Apply new limits (``live``: CPU and memory of a running sandbox)."""
 

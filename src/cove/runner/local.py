@@ -28,7 +28,7 @@ from cove.core.ports import (
     RegistryAuth,
     Resources,
 )
-from cove.errors import Busy, Unavailable
+from cove.errors import Busy, InvalidState, Unavailable
 from cove.runner.host.capacity import measure
 from cove.runner.hostruntime import HostRuntime
 from cove.runner.storage.volumes import VolumeDir, volumes_dir
@@ -147,6 +147,11 @@ class LocalRunner:
     async def delete_volume(self, volume_id: str) -> None:
         if self.volumes is not None:
             await self._run(self.volumes.delete, volume_id)
+
+    async def archive_volume(self, volume_id: str) -> int:
+        if self.volumes is None:
+            raise InvalidState("this runner keeps no volumes")
+        return await self._run(self.volumes.pack, volume_id)
 
     async def capacity(self) -> Capacity:
         """This host's capacity and the number of its sandboxes (placement)."""

@@ -190,6 +190,9 @@ class RemoteRunner:
     async def delete_volume(self, volume_id: str) -> None:
         await self._call("delete_volume", volume_id=volume_id)
 
+    async def archive_volume(self, volume_id: str) -> int:
+        return await self._call("archive_volume", volume_id=volume_id)
+
     async def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
         await self._call("resize", sandbox_id=sandbox_id, resources=resources, live=live)
 

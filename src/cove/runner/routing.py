@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from cove import errors
 from cove.core.fleet import (
+    IN_ARCHIVE,
     LOCAL,
     RunnerInfo,
     RunnerState,
@@ -223,7 +224,7 @@ class RoutingRunner:
             chosen = place(infos, self.store.allocations(), spec.resources,
                            lambda rid: self.members[rid].has_snapshot(spec.snapshot),
                            constraint)  # fmt: skip
-            unbound = [vid for vid, h in homes.items() if h.home is None]
+            unbound = [vid for vid, h in homes.items() if h.home in (None, IN_ARCHIVE)]
             if not unbound:
                 break
             # Another replica may bind one of them at once: placed again on what won.
@@ -397,12 +398,24 @@ class RoutingRunner:
         if home is None:
             await self._each(lambda m: m.delete_volume(volume_id))
             return
+        if home == IN_ARCHIVE:  # in the shared store: any runner reaches it
+            await self._any().delete_volume(volume_id)
+            return
         holders = [rid for rid in self.members if home in (rid, self._volume_store(rid))
                    and rid in self._infos and self._infos[rid].reachable]  # fmt: skip
         if not holders:
             raise errors.Unavailable(f"the runner holding volume {found and found.name}'s "
                                      f"data does not answer now: try again later")  # fmt: skip
         await self._member(holders[0]).delete_volume(volume_id)
+
+    async def archive_volume(self, volume_id: str, runner_id: str | None = None) -> int:
+        """Move the volume's data off ``runner_id`` (a drain; default: its home)."""
+        if runner_id is None:
+            found = self.store.volume_homes([volume_id]).get(volume_id)
+            runner_id = found.home if found is not None else None
+            if runner_id is None or runner_id not in self.members:
+                raise errors.InvalidState(f"volume {volume_id} is on no runner")
+        return await self._member(runner_id).archive_volume(volume_id)
 
     async def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
         return int(await self._first(lambda m: m.clone_snapshot(source, ref, config),

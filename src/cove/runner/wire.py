@@ -55,6 +55,7 @@ METHODS: dict[str, tuple[dict[str, Any], Any]] = {
     "pull_image": ({"ref": str, "image": str, "auth": RegistryAuth | None}, PulledImage),
     "remove_snapshot": ({"ref": str}, None),
     "delete_volume": ({"volume_id": str}, None),
+    "archive_volume": ({"volume_id": str}, int),
     "resize": ({SID: str, "resources": Resources, "live": bool}, None),
     "status": ({SID: str}, ContainerStatus),
     "list_ids": ({}, list[str]),

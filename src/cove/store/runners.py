@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from cove.core.fleet import Allocation, RunnerInfo, RunnerState, VolumeHome
+from cove.core.fleet import IN_ARCHIVE, Allocation, RunnerInfo, RunnerState, VolumeHome
 from cove.core.ports import Capacity
 from cove.core.sandbox import SandboxState, utcnow
 from cove.errors import Conflict, NotFound
@@ -76,7 +76,7 @@ class SqlRunnerStore(SqlStore):
                 raise Conflict(f"{held} sandboxes are on the runner: drain it first")
             kept = list(s.scalars(select(VolumeRow.name).where(VolumeRow.home == runner_id)
                                   .order_by(VolumeRow.name).limit(11)))  # fmt: skip
-            if kept:
+            if kept:  # a drain moves them to the shared archive store
                 names = ", ".join(kept[:10]) + (", ..." if len(kept) > 10 else "")
                 raise Conflict(f"volumes keep their data on the runner ({names}): delete "
                                f"them or move their data first (docs/deployment.md)")  # fmt: skip
@@ -121,14 +121,22 @@ class SqlRunnerStore(SqlStore):
             return {vid: VolumeHome(name, home) for vid, name, home in s.execute(query)}
 
     def bind_volumes(self, volume_ids: builtins.list[str], home: str) -> None:
-        unbound = VolumeRow.id.in_(volume_ids) & VolumeRow.home.is_(None)
+        unbound = VolumeRow.id.in_(volume_ids) & (VolumeRow.home.is_(None)
+                                                  | (VolumeRow.home == IN_ARCHIVE))  # fmt: skip
         with self.session() as s:  # one statement: of two binding at once, the first wins
             s.execute(update(VolumeRow).where(unbound).values(home=home))
 
-    def volumes_on(self, runner_id: str) -> builtins.list[str]:
+    def volumes_on(self, runner_id: str) -> dict[str, str]:
+        query = (select(VolumeRow.id, VolumeRow.name).where(VolumeRow.home == runner_id)
+                 .order_by(VolumeRow.name))  # fmt: skip
         with self.session() as s:
-            return list(s.scalars(select(VolumeRow.name).where(VolumeRow.home == runner_id)
-                                  .order_by(VolumeRow.name)))  # fmt: skip
+            return dict(s.execute(query).tuples().all())
+
+    def move_volume(self, volume_id: str, home: str, to: str) -> bool:
+        with self.session() as s:
+            done = s.execute(update(VolumeRow).where(VolumeRow.id == volume_id,
+                                                     VolumeRow.home == home).values(home=to))
+            return bool(getattr(done, "rowcount", 0))
 
 
 def _info(row: RunnerRow) -> RunnerInfo:

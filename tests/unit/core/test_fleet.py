@@ -6,6 +6,7 @@ shared archive store."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,16 @@ from sqlalchemy import Engine
 
 from cove.core.config import Settings
 from cove.core.coordination import LocalCoordination
-from cove.core.fleet import Fleet, RunnerInfo, RunnerState, VolumeHome, volume_constraint
+from cove.core.fleet import (
+    IN_ARCHIVE,
+    Fleet,
+    RunnerInfo,
+    RunnerState,
+    VolumeHome,
+    volume_constraint,
+)
 from cove.core.lifecycle import LifecycleService
-from cove.core.ports import Capacity
+from cove.core.ports import Capacity, VolumeBind
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.core.volumes import Volume, VolumeService
 from cove.errors import Conflict, Unavailable
@@ -25,6 +33,7 @@ from cove.runner import routing
 from cove.runner.fake import FakeRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.routing import MemberRunner, RoutingRunner
+from cove.runner.storage.archive_store import LocalArchiveStore
 from cove.runner.storage.volumes import VolumeDir
 from cove.schemas.sandbox import SandboxCreate, VolumeMount
 from cove.store.runners import SqlRunnerStore
@@ -305,7 +314,11 @@ def test_a_volume_is_bound_once(engine: Engine, org: str) -> None:
     got = volumes.get(org, "a")
     got.home = None  # a record read before, saved after: the binding stays
     volumes.save(got)
-    assert volumes.get(org, "a").home == "r1" and store.volumes_on("r1") == ["a"]
+    assert volumes.get(org, "a").home == "r1" and store.volumes_on("r1") == {"v1": "a"}
+    assert not store.move_volume("v1", "r2", IN_ARCHIVE)  # not there: left as it is
+    assert store.move_volume("v1", "r1", IN_ARCHIVE)
+    store.bind_volumes(["v1"], "r3")  # out of the archive store: bound anew
+    assert store.volume_homes(["v1"])["v1"].home == "r3"
 
 
 def test_the_constraint_s_reasons() -> None:
@@ -325,3 +338,32 @@ def test_the_constraint_s_reasons() -> None:
     assert rule is not None and "different runners" in rule.why
     rule = volume_constraint([VolumeHome("v", "gone")], runners, stores.get)
     assert rule is not None and "no registered runner answers for" in rule.why
+
+
+async def test_a_drain_moves_its_volumes_through_the_archive_store(
+        world: World, org: str, engine: Engine, tmp_path: Path) -> None:  # fmt: skip
+    store = LocalArchiveStore(tmp_path / "shared-archives")  # as the S3 store would be
+    for n in NAMES:
+        world.hosts[n].inner.volumes = VolumeDir(tmp_path / n / "volumes", archives=store)
+    volumes = _volumes(world, engine)
+    vol = volumes.create(org, "v")
+    _only(world, "r1")
+    sb = await _mounting(world, org, "v")
+    data = tmp_path / "r1" / "volumes" / vol.id  # what its mount would have made
+    data.mkdir(parents=True)
+    (data / "kept.txt").write_text("kept")
+    _only(world, "r2", "r3")
+    world.registry.set_state(world.registry.get("r1").id, RunnerState.DRAINING)
+    await world.fleet.beat()
+    await until(lambda: volumes.get(org, "v").home == IN_ARCHIVE)
+    assert world.on(sb.id) is None and not data.exists() and store.exists(vol.id)
+    world.registry.remove(world.registry.get("r1").id)  # nothing of it is left there
+
+    await world.lifecycle.start(org, sb.id)  # restored where placement says
+    now_on = world.on(sb.id)
+    assert now_on in ("r2", "r3")
+    assert volumes.get(org, "v").home == world.registry.get(now_on).id
+    host = world.hosts[now_on].inner
+    os.close(host.volumes.open(VolumeBind(vol.id, "/data")))  # its mount brings it back
+    assert (tmp_path / now_on / "volumes" / vol.id / "kept.txt").read_text() == "kept"
+    assert not store.exists(vol.id)

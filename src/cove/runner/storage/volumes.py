@@ -18,19 +18,24 @@ user); each sandbox mounts it idmapped with its own range.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
 import re
 import shutil
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from cove.core.config import Settings
 from cove.core.ports import VolumeBind
-from cove.errors import RuntimeBackendError
+from cove.errors import InvalidState, RuntimeBackendError
 from cove.hostfiles import DIR_MODE, FILE_MODE, private_dir
 from cove.runner.host import mountapi
+from cove.runner.storage import archive
+from cove.runner.storage.archive_store import ArchiveStore
 
 OWNER = (1000, 1000)  # the daytona user of the default snapshot
 MARKER = ".cove-volumes-id"  # in a shared volumes dir: its id, the same for every runner
@@ -50,16 +55,30 @@ class VolumeDir:
     Args:
         root: the directory (made 0700 when missing).
         shared: whether other runners mount the same one (``COVE_VOLUMES_DIR``).
+        archives: the shared archive store volumes move through between runners (a
+            drain), if any: a volume missing here is brought back from it first.
     """
 
-    def __init__(self, root: Path, *, shared: bool = False) -> None:
-        self.root, self.shared = root, shared
+    def __init__(self, root: Path, *, shared: bool = False,
+                 archives: ArchiveStore | None = None) -> None:  # fmt: skip
+        self.root, self.shared, self.archives = root, shared, archives
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
 
     @classmethod
     def of(cls, settings: Settings) -> VolumeDir:
-        if settings.volumes_dir is not None:
-            return cls(settings.volumes_dir, shared=True)
-        return cls(volumes_dir(settings.data_dir))
+        """The runner's volumes dir (one object per configuration: it holds the locks
+        that keep a volume from being brought back twice at once)."""
+        s3 = (settings.archive_s3_bucket, settings.archive_s3_prefix,
+              settings.archive_s3_endpoint, settings.archive_s3_region)  # fmt: skip
+        return _volume_dir(settings.volumes_dir, settings.data_dir, s3)
+
+    @contextlib.contextmanager
+    def _locked(self, volume_id: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault(volume_id, threading.Lock())
+        with lock:
+            yield
 
     @functools.cached_property
     def shared_id(self) -> str | None:
@@ -88,6 +107,8 @@ class VolumeDir:
         name = _checked(bind.volume_id)
         if not self.root.is_dir():
             self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        with self._locked(name):
+            self._bring_back(name)
         try:
             root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
@@ -101,14 +122,78 @@ class VolumeDir:
             os.close(root_fd)
 
     def delete(self, volume_id: str) -> None:
-        """Remove the volume's directory and its data (none: nothing to do)."""
+        """Remove the volume's directory and its data, and its archive in the shared
+        store (none: nothing to do)."""
         path = self.root / _checked(volume_id)
+        with self._locked(volume_id):
+            try:
+                shutil.rmtree(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise RuntimeBackendError(f"cannot delete volume {volume_id}: {exc}") from exc
+            if self.archives is not None:
+                self.archives.delete(volume_id)
+
+    def pack(self, volume_id: str) -> int:
+        """Move the volume's data into the shared archive store (off this runner: the
+        runner that mounts it next brings it back); the archive's size.
+
+        Raises:
+            InvalidState: there is no shared archive store, or the volumes dir is shared
+                (every runner of it has the data already).
+        """
+        if self.archives is None or self.shared:
+            raise InvalidState("volume data moves between runners only through a shared "
+                               "archive store (COVE_ARCHIVE_S3_BUCKET) and from a runner's "
+                               "own volumes dir")  # fmt: skip
+        path = self.root / _checked(volume_id)
+        with self._locked(volume_id):
+            if not path.is_dir():
+                size = self.archives.size(volume_id)
+                if size is not None:
+                    return size  # packed already
+                path.mkdir(parents=True)  # never mounted: an empty volume moves
+            size = archive.pack_dir(path, self.archives, volume_id)
+            try:
+                shutil.rmtree(path)
+            except OSError as exc:
+                raise RuntimeBackendError(f"cannot remove volume {volume_id}: {exc}") from exc
+            return size
+
+    def _bring_back(self, volume_id: str) -> None:
+        """A volume whose data is not here but in the shared archive store (moved off a
+        drained runner): unpacked beside, renamed into place, its archive deleted."""
+        path = self.root / volume_id
+        if self.archives is None or path.exists() or not self.archives.exists(volume_id):
+            return
+        fresh = self.root / f".restore-{volume_id}"
+        shutil.rmtree(fresh, ignore_errors=True)  # an interrupted one's
+        fresh.mkdir()
         try:
-            shutil.rmtree(path)
-        except FileNotFoundError:
-            pass
+            os.chown(fresh, *OWNER)
+            archive.unpack_dir(self.archives, volume_id, fresh)
+            fresh.rename(path)
         except OSError as exc:
-            raise RuntimeBackendError(f"cannot delete volume {volume_id}: {exc}") from exc
+            raise RuntimeBackendError(f"cannot restore volume {volume_id}: {exc}") from exc
+        finally:
+            shutil.rmtree(fresh, ignore_errors=True)
+        self.archives.delete(volume_id)
+
+
+@functools.cache
+def _volume_dir(shared_dir: Path | None, data_dir: Path,
+                s3: tuple[str | None, str, str | None, str | None]) -> VolumeDir:  # fmt: skip
+    bucket, prefix, endpoint, region = s3
+    archives = None
+    if bucket:  # a shared store: volumes move through it (beside the sandboxes' archives)
+        from cove.runner.storage.s3_archive import S3ArchiveStore
+
+        archives = S3ArchiveStore(bucket, prefix=f"{prefix}volumes/", endpoint_url=endpoint,
+                                  region=region)  # fmt: skip
+    if shared_dir is not None:
+        return VolumeDir(shared_dir, shared=True, archives=archives)
+    return VolumeDir(volumes_dir(data_dir), archives=archives)
 
 
 def _checked(volume_id: str) -> str:
