@@ -115,7 +115,7 @@ class RunnerStore(Protocol):
     def volumes_on(self, runner_id: str) -> dict[str, str]:
         """The volumes whose data is on the runner's own volumes dir: id -> name."""
 
-    def move_volume(self, volume_id: str, home: str, to: str) -> bool:
+    def move_volume(self, volume_id: str, home: str, to: str | None) -> bool:
         """Record ``to`` as the volume's home if it is ``home``; whether it was."""
 
 

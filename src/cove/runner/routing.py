@@ -209,15 +209,18 @@ class RoutingRunner:
         member = self.members.get(runner_id)
         return None if member is None else member.volume_store()
 
-    def _place(self, spec: ContainerSpec, avoid: frozenset[str] = frozenset()) -> str:
+    def _place(self, spec: ContainerSpec, avoid: frozenset[str] = frozenset()
+               ) -> tuple[str, dict[str, str]]:  # fmt: skip
         """Choose a runner for a sandbox new to it (none of ``avoid``; the one holding
-        its volumes' data) and record it, and it as the home of volumes with none."""
+        its volumes' data) and record it, and it as the home of volumes with none.
+        Returns its id and the homes it gave volumes ({volume id: home})."""
         # The registry as it is now, not as of the keeper's last round: a runner
         # cordoned or drained since must not take this sandbox.
         self._infos.update((r.id, r) for r in self.store.list())
         infos = [self._infos[rid] for rid in self.members
                  if rid in self._infos and rid not in avoid]  # fmt: skip
         volume_ids = [b.volume_id for b in spec.volumes]
+        bound: dict[str, str] = {}
         while True:  # twice at most: after a binding every volume has a home
             homes = self.store.volume_homes(volume_ids)
             constraint = volume_constraint(homes.values(), self._infos, self._volume_store)
@@ -228,10 +231,12 @@ class RoutingRunner:
             if not unbound:
                 break
             # Another replica may bind one of them at once: placed again on what won.
-            self.store.bind_volumes(unbound, self._volume_store(chosen.id) or chosen.id)
+            home = self._volume_store(chosen.id) or chosen.id
+            self.store.bind_volumes(unbound, home)
+            bound = dict.fromkeys(unbound, home)
         self._assigned(spec.sandbox_id, chosen.id)
         log.info("sandbox %s placed on runner %s", spec.sandbox_id, chosen.name)
-        return chosen.id
+        return chosen.id, bound
 
     async def _at_home(self, spec: ContainerSpec, call: Callable[[MemberRunner], Any], *,
                        stay: bool) -> None:  # fmt: skip
@@ -245,7 +250,7 @@ class RoutingRunner:
         avoid: set[str] = set()
         while True:
             try:
-                runner_id = self._place(spec, frozenset(avoid))
+                runner_id, bound = self._place(spec, frozenset(avoid))
             except errors.Unavailable:
                 if not stay:  # nothing of it is on any runner: its delete needs none
                     self._assigned(spec.sandbox_id, None)
@@ -258,6 +263,8 @@ class RoutingRunner:
                     raise
                 log.warning("runner %s: %s; placing sandbox %s elsewhere",
                             self._infos[runner_id].name, exc.message, spec.sandbox_id)  # fmt: skip
+                for volume_id, home in bound.items():  # nothing of theirs reached it
+                    self.store.move_volume(volume_id, home, None)
                 avoid.add(runner_id)
 
     def _reachable(self) -> list[MemberRunner]:

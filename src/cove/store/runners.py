@@ -132,7 +132,7 @@ class SqlRunnerStore(SqlStore):
         with self.session() as s:
             return dict(s.execute(query).tuples().all())
 
-    def move_volume(self, volume_id: str, home: str, to: str) -> bool:
+    def move_volume(self, volume_id: str, home: str, to: str | None) -> bool:
         with self.session() as s:
             done = s.execute(update(VolumeRow).where(VolumeRow.id == volume_id,
                                                      VolumeRow.home == home).values(home=to))

@@ -367,3 +367,20 @@ async def test_a_drain_moves_its_volumes_through_the_archive_store(
     os.close(host.volumes.open(VolumeBind(vol.id, "/data")))  # its mount brings it back
     assert (tmp_path / now_on / "volumes" / vol.id / "kept.txt").read_text() == "kept"
     assert not store.exists(vol.id)
+
+
+async def test_a_volume_is_not_bound_to_a_runner_that_never_got_its_sandbox(
+        world: World, org: str, engine: Engine) -> None:  # fmt: skip
+    volumes = _volumes(world, engine)
+    volumes.create(org, "v")
+    _only(world, "r1", "r2")
+    for n in ("r1", "r2"):  # lost since the last heartbeat: placement tries each
+        world.hosts[n].down = True
+    refused = await _mounting(world, org, "v")
+    assert refused.state is S.ERROR and world.on(refused.id) is None
+    assert volumes.get(org, "v").home is None
+    for n in ("r1", "r2"):
+        world.hosts[n].down = False
+    await world.lifecycle.destroy(org, refused.id)
+    placed = await _mounting(world, org, "v")
+    assert volumes.get(org, "v").home == world.registry.get(world.on(placed.id) or "").id
