@@ -401,18 +401,18 @@ class RoutingRunner:
             Unavailable: no runner holding it answers (nothing is deleted).
         """
         found = self.store.volume_homes([volume_id]).get(volume_id)
-        home = None if found is None else found.home
-        if home is None:
+        if found is None or found.home is None:
             await self._each(lambda m: m.delete_volume(volume_id))
             return
+        home = found.home
         if home == IN_ARCHIVE:  # in the shared store: any runner reaches it
             await self._any().delete_volume(volume_id)
             return
         holders = [rid for rid in self.members if home in (rid, self._volume_store(rid))
                    and rid in self._infos and self._infos[rid].reachable]  # fmt: skip
         if not holders:
-            raise errors.Unavailable(f"the runner holding volume {found and found.name}'s "
-                                     f"data does not answer now: try again later")  # fmt: skip
+            raise errors.Unavailable(f"the runner holding volume {found.name}'s data does "
+                                     f"not answer now: try again later")  # fmt: skip
         await self._member(holders[0]).delete_volume(volume_id)
 
     async def archive_volume(self, volume_id: str, runner_id: str | None = None) -> int:
