@@ -107,6 +107,15 @@ def _data(fleet: Fleet, name: str, volume_id: str) -> Path:
     return fleet.runners[name].data_dir / "volumes" / volume_id
 
 
+def _volume_usage(fleet: Fleet) -> int:
+    """The organization's volume count, as its usage overview shows it."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    (org,) = httpx.get(f"{fleet.api.api_url}/organizations", headers=headers, timeout=30).json()
+    usage = httpx.get(f"{fleet.api.api_url}/organizations/{org['id']}/usage", headers=headers,
+                      timeout=30).json()  # fmt: skip
+    return int(usage["currentVolumeUsage"])
+
+
 def test_a_volume_s_sandboxes_go_to_the_runner_holding_its_data(
         fleet: Fleet, daytona: Daytona, sandboxes: list[Sandbox]) -> None:  # fmt: skip
     vol = daytona.volume.create("fleet-own")
@@ -118,6 +127,7 @@ def test_a_volume_s_sandboxes_go_to_the_runner_holding_its_data(
     assert (_data(fleet, "r3", vol.id) / "note.txt").read_text() == "hello\n"
     listed = {r["name"]: r["volumes"] for r in json.loads(fleet.cli("list", "--json").stdout)}
     assert listed == {"r1": 0, "r2": 0, "r3": 1}
+    assert _volume_usage(fleet) == 1  # the organization's quota counts it, wherever it is
 
     _only(fleet, *NAMES)  # every runner takes sandboxes: the volume decides
     for _ in NAMES:
@@ -136,6 +146,7 @@ def test_a_volume_s_sandboxes_go_to_the_runner_holding_its_data(
     assert done.returncode != 0 and "fleet-own" in done.stderr, done.stderr
     daytona.volume.delete(vol)
     assert not _data(fleet, "r3", vol.id).exists()  # its data went with it
+    assert _volume_usage(fleet) == 0
 
 
 def test_runners_sharing_a_volumes_dir_serve_a_volume_on_any_of_them(

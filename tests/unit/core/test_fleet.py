@@ -27,7 +27,7 @@ from cove.core.fleet import (
 from cove.core.lifecycle import LifecycleService
 from cove.core.ports import Capacity, VolumeBind
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
-from cove.core.volumes import Volume, VolumeService
+from cove.core.volumes import VolumeService
 from cove.errors import Conflict, Unavailable
 from cove.runner import routing
 from cove.runner.fake import FakeRuntime
@@ -299,26 +299,6 @@ async def test_runners_sharing_a_volumes_dir_serve_its_volumes_alike(
     for sb in world.lifecycle.store.all():
         await world.lifecycle.destroy(org, sb.id)
     world.registry.remove(world.registry.get("r1").id)  # the others share its volumes
-
-
-def test_a_volume_is_bound_once(engine: Engine, org: str) -> None:
-    """Of two placements binding one volume at once, the first wins."""
-    volumes = SqlVolumeStore(engine)
-    volumes.add(Volume(id="v1", organization_id=org, name="a"))
-    volumes.add(Volume(id="v2", organization_id=org, name="b", home="r9"))
-    store = SqlRunnerStore(engine)
-    store.bind_volumes(["v1", "v2"], "r1")
-    store.bind_volumes(["v1"], "r2")
-    assert store.volume_homes(["v1", "v2", "nope"]) == {
-        "v1": VolumeHome("a", "r1"), "v2": VolumeHome("b", "r9")}  # fmt: skip
-    got = volumes.get(org, "a")
-    got.home = None  # a record read before, saved after: the binding stays
-    volumes.save(got)
-    assert volumes.get(org, "a").home == "r1" and store.volumes_on("r1") == {"v1": "a"}
-    assert not store.move_volume("v1", "r2", IN_ARCHIVE)  # not there: left as it is
-    assert store.move_volume("v1", "r1", IN_ARCHIVE)
-    store.bind_volumes(["v1"], "r3")  # out of the archive store: bound anew
-    assert store.volume_homes(["v1"])["v1"].home == "r3"
 
 
 def test_the_constraint_s_reasons() -> None:
