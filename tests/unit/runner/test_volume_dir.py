@@ -10,6 +10,7 @@ import pytest
 
 from cove.core.ports import VolumeBind
 from cove.errors import InvalidState, RuntimeBackendError
+from cove.runner.storage import archive
 from cove.runner.storage.archive_store import LocalArchiveStore
 from cove.runner.storage.volumes import OWNER, VolumeDir
 
@@ -82,3 +83,24 @@ def test_a_volume_moves_through_the_archive_store(tmp_path: Path) -> None:
     there.pack("v")
     there.delete("v")  # its archive goes too
     assert not store.exists("v")
+
+
+def test_of_two_runners_bringing_a_shared_volume_back_the_first_wins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    store = LocalArchiveStore(tmp_path / "archives")
+    source = VolumeDir(tmp_path / "a", archives=store)
+    (_mounted(source, "v") / "f").write_text("packed")
+    source.pack("v")
+    shared = VolumeDir(tmp_path / "nfs", shared=True, archives=store)
+    unpack = archive.unpack_dir
+
+    def slow(store_: object, key: str, directory: Path) -> None:
+        unpack(store, key, directory)  # type: ignore[arg-type]
+        (tmp_path / "nfs" / "v").mkdir()  # meanwhile, another runner of the dir did it
+        (tmp_path / "nfs" / "v" / "f").write_text("theirs")
+
+    monkeypatch.setattr(archive, "unpack_dir", slow)
+    assert _mounted(shared, "v") == tmp_path / "nfs" / "v"
+    assert (tmp_path / "nfs" / "v" / "f").read_text() == "theirs"
+    assert not list((tmp_path / "nfs").glob(".restore-*"))
+    store.delete("v")

@@ -167,15 +167,20 @@ class VolumeDir:
         path = self.root / volume_id
         if self.archives is None or path.exists() or not self.archives.exists(volume_id):
             return
-        fresh = self.root / f".restore-{volume_id}"
-        shutil.rmtree(fresh, ignore_errors=True)  # an interrupted one's
+        if not self.shared:  # interrupted ones' (in a shared dir: maybe another's, live)
+            for stale in self.root.glob(f".restore-{volume_id}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        # Of its own name: another runner of a shared dir may bring it back at once.
+        fresh = self.root / f".restore-{volume_id}-{uuid.uuid4().hex[:12]}"
         fresh.mkdir()
         try:
             os.chown(fresh, *OWNER)
             archive.unpack_dir(self.archives, volume_id, fresh)
             fresh.rename(path)
         except OSError as exc:
-            raise RuntimeBackendError(f"cannot restore volume {volume_id}: {exc}") from exc
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise RuntimeBackendError(f"cannot restore volume {volume_id}: {exc}") from exc
+            return  # the other one was first: its copy is the volume
         finally:
             shutil.rmtree(fresh, ignore_errors=True)
         self.archives.delete(volume_id)
