@@ -1,7 +1,7 @@
 """Several ``cove runner`` processes on one machine, each in a network namespace of
 its own acting as a separate host (its own data dir, address and nftables ruleset),
-registered with ``cove runner add``: the fleet of test_multi_runner and
-test_fleet_replicas."""
+registered with ``cove runner add``: the fleet of test_multi_runner,
+test_snapshot_transfer, test_fleet_volumes and test_fleet_replicas."""
 
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from daytona import Sandbox
 
+from cove.core.config import Settings
 from cove.runner.layout import sandboxes_dir
 from cove.store.runners import SqlRunnerStore
 from cove.store.sql import make_engine
-from cove.testing_remote import NetnsHost, Pki, RunnerProcess
+from cove.testing import SHARED_SNAPSHOTS
+from cove.testing_remote import NetnsHost, Pki, RunnerProcess, make_pki
 from tests.e2e.conftest import Server, running_server
 from tests.leaks import stop_runner_clean
 from tests.nettools import sandbox_pool
@@ -61,46 +62,39 @@ def netns_hosts(tag: str, net: str) -> Iterator[list[NetnsHost]]:
 
 
 @contextlib.contextmanager
-def shared_archive_store(host: NetnsHost, bucket: str) -> Iterator[tuple[dict[str, str], Any]]:
-    """A shared S3 archive store (moto) on this machine's side of ``host``'s link, with
-    ``bucket``: yields the runners' settings for it and a client of it (the test
-    process's AWS_* variables set meanwhile); afterwards no archive may be left."""
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}  # the test's own view of S3
-    os.environ.update(CREDENTIALS)
-    try:
-        with moto_server(host.outside) as endpoint:
-            s3 = client(endpoint)
-            s3.create_bucket(Bucket=bucket)
-            yield {**CREDENTIALS, "COVE_ARCHIVE_S3_BUCKET": bucket,
-                   "COVE_ARCHIVE_S3_ENDPOINT": endpoint}, s3  # fmt: skip
-            assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0, "archives left"
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
 def netns_runners(tmp_path_factory: pytest.TempPathFactory, pki: Pki, hosts: list[NetnsHost],
-                  pool: int, env: dict[str, str] | None = None, *,
+                  pool: int, env: dict[str, str] | None = None, *, own_snapshots: bool = False,
                   env_of: dict[str, dict[str, str]] | None = None,
                   ) -> Iterator[dict[str, RunnerProcess]]:  # fmt: skip
     """A started runner per host, named after NAMES (sandbox pools ``pool``, ``pool+1``,
     ...; ``env``, and ``env_of[name]`` for that one); afterwards each is stopped and
-    must have left nothing on the machine."""
+    must have left nothing on the machine.
+
+    With ``own_snapshots`` each runner has a snapshot dir and an OCI layout dir of its
+    own (as separate hosts have; the default snapshot is the host's shared build),
+    else they share the host's snapshot dir."""
     runners: dict[str, RunnerProcess] = {}
     with contextlib.ExitStack() as stack:
         for i, (name, host) in enumerate(zip(NAMES, hosts, strict=True)):
+            own = _own_dirs(tmp_path_factory, name) if own_snapshots else {}
             proc = RunnerProcess(tmp_path_factory.mktemp(f"runner-{name}"), pki,
-                                 {"COVE_NETWORK_POOL": sandbox_pool(pool + i), **(env or {}),
-                                  **(env_of or {}).get(name, {})},
+                                 {"COVE_NETWORK_POOL": sandbox_pool(pool + i), **own,
+                                  **(env or {}), **(env_of or {}).get(name, {})},
                                  netns=host)  # fmt: skip
             runners[name] = proc
             stack.callback(stop_runner_clean, proc)
             proc.start()
         yield runners
+
+
+def _own_dirs(tmp_path_factory: pytest.TempPathFactory, name: str) -> dict[str, str]:
+    """A snapshot dir holding only the default snapshot (a link to the host's build) and
+    an empty OCI layout dir, for runner ``name``."""
+    snapshots = tmp_path_factory.mktemp(f"snapshots-{name}")
+    default = Settings().default_snapshot
+    (snapshots / default).symlink_to(SHARED_SNAPSHOTS / default)
+    layouts = tmp_path_factory.mktemp(f"layouts-{name}")
+    return {"COVE_SNAPSHOT_DIR": str(snapshots), "COVE_OCI_LAYOUT_DIR": str(layouts)}
 
 
 def register(data_dir: Path, env: dict[str, str], runners: dict[str, RunnerProcess]) -> None:
@@ -111,45 +105,6 @@ def register(data_dir: Path, env: dict[str, str], runners: dict[str, RunnerProce
         assert done.returncode == 0, done.stderr
     done = runner_cli(data_dir, env, "remove", "local")
     assert done.returncode == 0, done.stderr
-
-
-@dataclass
-class Fleet:
-    """Runners registered with one API (on SQLite) whose own host runs no sandbox."""
-
-    runners: dict[str, RunnerProcess]
-    api: Server
-    pki: Pki
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return runner_cli(self.api.data_dir, self.api.extra_env, *args)
-
-    def runner_of(self, sandbox_id: str) -> str | None:
-        """The name of the runner the API placed the sandbox on (None: on none)."""
-        return runner_of(f"sqlite:///{self.api.data_dir / 'cove.db'}", sandbox_id)
-
-    def on_host(self, name: str) -> set[str]:
-        """The sandboxes whose files are on runner ``name``'s host (archives are in the
-        shared store, no runner's)."""
-        return on_host(self.runners[name])
-
-
-@contextlib.contextmanager
-def fleet_api(tmp_path_factory: pytest.TempPathFactory, pki: Pki,
-              runners: dict[str, RunnerProcess], pool: int,
-              env: dict[str, str] | None = None) -> Iterator[Fleet]:  # fmt: skip
-    """A ``cove serve`` (sandbox pool ``pool``) with ``runners`` registered and its own
-    embedded runner removed; quick heartbeats (a runner silent 3 s is lost), no warm
-    pool. Every runner a test killed is started again before the API's clean-up."""
-    cert, key = pki.api
-    env = {"COVE_RUNNER_CA": str(pki.ca), "COVE_RUNNER_CERT": str(cert),
-           "COVE_RUNNER_KEY": str(key), "COVE_RUNNER_HEARTBEAT_SECONDS": "0.5",
-           "COVE_RUNNER_LOST_SECONDS": "3", "COVE_POOL_SIZE": "0", **(env or {})}  # fmt: skip
-    api_dir = tmp_path_factory.mktemp("cove-api")
-    register(api_dir, env, runners)
-    with running_server(api_dir, pool, env) as api:
-        yield Fleet(runners, api, pki)
-        start_stopped(runners)
 
 
 def start_stopped(runners: dict[str, RunnerProcess]) -> None:
@@ -195,3 +150,74 @@ def kill_runner(runner: RunnerProcess, victim: Sandbox, name: str) -> None:
 
     wait_for(f"the sandbox of the lost runner {name} is error", failed)
     assert victim.error_reason == f"runner {name} unreachable" and victim.recoverable
+
+
+@dataclass
+class Fleet:
+    """Three runners in namespaces sharing an S3 archive store, behind one API."""
+
+    runners: dict[str, RunnerProcess]
+    api: Server
+    pki: Pki
+    s3: object  # a boto3 client of the shared store
+    bucket: str
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return runner_cli(self.api.data_dir, self.api.extra_env, *args)
+
+    def runner_of(self, sandbox_id: str) -> str | None:
+        """The name of the runner the API placed the sandbox on (None: on none)."""
+        return runner_of(f"sqlite:///{self.api.data_dir / 'cove.db'}", sandbox_id)
+
+    def on_host(self, name: str) -> set[str]:
+        """The sandboxes whose files are on runner ``name``'s host (archives are in the
+        shared store, no runner's)."""
+        return on_host(self.runners[name])
+
+    def objects(self, prefix: str = "") -> list[str]:
+        """The names of the objects in the shared store."""
+        listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix)  # type: ignore[attr-defined]
+        return [o["Key"] for o in listed.get("Contents", [])]
+
+
+@contextlib.contextmanager
+def s3_fleet(tmp_path_factory: pytest.TempPathFactory, tag: str, net: str, pool: int,
+             bucket: str, *, own_snapshots: bool = False,
+             env_of: dict[str, dict[str, str]] | None = None) -> Iterator[Fleet]:  # fmt: skip
+    """Three runners (namespaces ``<tag><i>`` on ``<net>``, sandbox pools from ``pool``;
+    ``env_of[name]``: settings of one) sharing the S3 store ``bucket`` (moto, on this
+    host's side of the first namespace's link), registered with an API (pool ``pool +
+    3``) whose host runs no sandbox; the store must be empty afterwards."""
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    with contextlib.ExitStack() as stack:
+        saved = {k: os.environ.get(k) for k in CREDENTIALS}  # the test's own view of S3
+        stack.callback(_restore_env, saved)
+        os.environ.update(CREDENTIALS)
+        hosts = stack.enter_context(netns_hosts(tag, net))
+        endpoint = stack.enter_context(moto_server(hosts[0].outside))
+        s3 = client(endpoint)
+        s3.create_bucket(Bucket=bucket)
+        shared = {**CREDENTIALS, "COVE_ARCHIVE_S3_BUCKET": bucket,
+                  "COVE_ARCHIVE_S3_ENDPOINT": endpoint}  # fmt: skip
+        runners = stack.enter_context(netns_runners(tmp_path_factory, pki, hosts, pool, shared,
+                                                    own_snapshots=own_snapshots,
+                                                    env_of=env_of))  # fmt: skip
+        api_dir = tmp_path_factory.mktemp("cove-api")
+        cert, key = pki.api
+        env = {"COVE_RUNNER_CA": str(pki.ca), "COVE_RUNNER_CERT": str(cert),
+               "COVE_RUNNER_KEY": str(key), "COVE_RUNNER_HEARTBEAT_SECONDS": "0.5",
+               "COVE_RUNNER_LOST_SECONDS": "3", "COVE_POOL_SIZE": "0"}  # fmt: skip
+        register(api_dir, env, runners)
+        with running_server(api_dir, pool + 3, env) as api:
+            fleet = Fleet(runners, api, pki, s3, bucket)
+            yield fleet
+            start_stopped(runners)
+        assert fleet.objects() == [], "objects left in the shared store"
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -305,7 +305,7 @@ def build_services(
             images=images, contexts=contexts,
         ),
         previews=previews, ssh=ssh, secrets=secrets, metrics=history,
-        warm_pools=warm_pools, api_keys=ApiKeyService(auth),
+        warm_pools=warm_pools, api_keys=ApiKeyService(auth, coordination),
         organizations=OrganizationService(auth.keys), coordination=coordination,
         quotas=quotas, meter=meter,
         fleet=open_fleet(settings, routing, lifecycle),

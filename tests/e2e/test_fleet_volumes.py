@@ -28,17 +28,8 @@ from daytona import (
     VolumeMount,
 )
 
-from cove.testing_remote import make_pki
 from tests.e2e.conftest import KEY, run_ok
-from tests.netns_runners import (
-    NAMES,
-    Fleet,
-    fleet_api,
-    netns_hosts,
-    netns_runners,
-    shared_archive_store,
-    wait_for,
-)
+from tests.netns_runners import NAMES, Fleet, s3_fleet, wait_for
 
 pytestmark = pytest.mark.e2e
 TAG = f"fv{os.getpid() % 1000}"  # namespaces of this run (several runs may share a host)
@@ -54,15 +45,9 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Iterator[Fleet]:
-    pki = make_pki(tmp_path_factory.mktemp("pki"))
     env_of = {name: {"COVE_VOLUMES_DIR": str(shared_dir)} for name in SHARING}
-    with contextlib.ExitStack() as stack:
-        hosts = stack.enter_context(netns_hosts(TAG, "10.247"))
-        archives, _ = stack.enter_context(shared_archive_store(hosts[0], BUCKET))
-        runners = stack.enter_context(netns_runners(tmp_path_factory, pki, hosts, 41,
-                                                    archives, env_of=env_of))  # fmt: skip
-        with fleet_api(tmp_path_factory, pki, runners, 44) as fleet:
-            yield fleet
+    with s3_fleet(tmp_path_factory, TAG, "10.247", 41, BUCKET, env_of=env_of) as fleet:
+        yield fleet
 
 
 @pytest.fixture

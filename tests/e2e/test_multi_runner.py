@@ -10,7 +10,6 @@ are refused."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -32,13 +31,10 @@ from tests.e2e.conftest import KEY
 from tests.netns_runners import (
     NAMES,
     Fleet,
-    fleet_api,
     kill_runner,
-    netns_hosts,
-    netns_runners,
     runner_cli,
+    s3_fleet,
     settled,
-    shared_archive_store,
     wait_for,
 )
 
@@ -49,13 +45,8 @@ TAG = f"mr{os.getpid() % 1000}"  # namespaces of this run (several runs may shar
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    pki = make_pki(tmp_path_factory.mktemp("pki"))
-    with contextlib.ExitStack() as stack:
-        hosts = stack.enter_context(netns_hosts(TAG, "10.249"))
-        shared, _ = stack.enter_context(shared_archive_store(hosts[0], BUCKET))
-        runners = stack.enter_context(netns_runners(tmp_path_factory, pki, hosts, 21, shared))
-        with fleet_api(tmp_path_factory, pki, runners, 24) as fleet:
-            yield fleet
+    with s3_fleet(tmp_path_factory, TAG, "10.249", 21, BUCKET) as fleet:
+        yield fleet
 
 
 def _sdk(fleet: Fleet) -> Daytona:

@@ -212,6 +212,20 @@ def test_operations_through_both_replicas_take_turns(
         client(a).delete(client(a).get(sb.id))
 
 
+def test_a_key_name_is_taken_once_across_replicas(replicas: tuple[Server, Server]) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    name = f"raced-{time.monotonic_ns()}"
+    urls = [f"{srv.api_url}/api-keys" for srv in replicas * 4]
+    with ThreadPoolExecutor(len(urls)) as pool:
+        replies = list(pool.map(lambda url: httpx.post(
+            url, headers=headers, json={"name": name, "permissions": []}, timeout=60), urls))
+    try:
+        codes = sorted(r.status_code for r in replies)
+        assert codes == [201] + [409] * (len(urls) - 1), [r.text for r in replies]
+    finally:
+        httpx.delete(f"{replicas[0].api_url}/api-keys/{name}", headers=headers, timeout=60)
+
+
 def test_an_auto_stop_fires_once_across_replicas(
     replicas: tuple[Server, Server], backing: tuple[str, str], recorder_a: Recorder,
 ) -> None:  # fmt: skip

@@ -21,6 +21,7 @@ from collections import defaultdict
 import asyncssh
 
 from cove.api.ssh_session import Session
+from cove.core.periodic import every
 from cove.core.ssh_access import SshAccess
 from cove.server import Services
 
@@ -55,12 +56,8 @@ class SshGateway:
 
     async def _sweep(self) -> None:
         """Close the connections of grants revoked through another replica."""
-        while True:
-            await asyncio.sleep(SWEEP_SECONDS)
-            try:
-                self.services.ssh.sweep(list(self._connections))
-            except Exception:  # noqa: BLE001 - the sweeper must outlive a failure
-                log.exception("checking SSH grants failed")
+        await every(SWEEP_SECONDS, lambda: self.services.ssh.sweep(list(self._connections)),
+                    "checking SSH grants", wait_first=True)  # fmt: skip
 
     async def _listen(self, host: str, port: int, host_key: bytes) -> asyncssh.SSHAcceptor:
         return await asyncssh.listen(

@@ -12,11 +12,11 @@ is batched the same way (:class:`Stamps`, in :mod:`cove.core.auth`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
 
+from cove.core.periodic import every
 from cove.core.ports import SandboxStore
 from cove.core.sandbox import Sandbox, utcnow
 
@@ -50,12 +50,8 @@ class Stamps:
 
     async def run(self) -> None:
         """Flush every ``flush_seconds`` until cancelled."""
-        while True:
-            await asyncio.sleep(self.flush_seconds)
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - the writer must outlive a failure
-                log.exception("writing %s failed", type(self).__name__)
+        await every(self.flush_seconds, self.flush, f"writing {type(self).__name__}",
+                    wait_first=True)  # fmt: skip
 
 
 class ActivityLog(Stamps):

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from cove.core.auth import AuthService, Principal
+from cove.core.coordination import Coordination
 from cove.core.keys import ApiKey, mask
 from cove.core.permissions import Permission, parse, require_all
 from cove.core.sandbox import utcnow
@@ -22,10 +23,15 @@ ENV_KEY_ID = "COVE_API_KEY"  # the id and name shown for the key set in COVE_API
 
 
 class ApiKeyService:
-    def __init__(self, auth: AuthService) -> None:
-        self.auth = auth
+    """Args:
+        coordination: names a key's check and insert are serialized under (per
+            organization, across replicas: two same-named keys are never both made).
+    """
 
-    def create(self, who: Principal, *, name: str, permissions: Sequence[str],
+    def __init__(self, auth: AuthService, coordination: Coordination) -> None:
+        self.auth, self.coordination = auth, coordination
+
+    async def create(self, who: Principal, *, name: str, permissions: Sequence[str],
                expires_at: datetime | None) -> tuple[ApiKey, str]:  # fmt: skip
         """A new key of the caller's organization and its value (shown only now).
 
@@ -45,11 +51,12 @@ class ApiKeyService:
         if limit is not None and (expires_at is None or expires_at > limit):
             raise Forbidden(f"This API key expires at {limit.isoformat()}: the keys it "
                             "creates must expire no later (set expiresAt)")  # fmt: skip
-        if any(k.name == name for k in self.auth.keys.list_keys(who.organization_id)):
-            raise Conflict("API key with this name already exists")
-        return self.auth.issue(who.organization_id, name=name, permissions=wanted,
-                               expires_at=expires_at,
-                               created_by=who.key.id if who.key else None)  # fmt: skip
+        async with self.coordination.lock("api-key-names", who.organization_id):
+            if any(k.name == name for k in self.auth.keys.list_keys(who.organization_id)):
+                raise Conflict("API key with this name already exists")
+            return self.auth.issue(who.organization_id, name=name, permissions=wanted,
+                                   expires_at=expires_at,
+                                   created_by=who.key.id if who.key else None)  # fmt: skip
 
     def list(self, who: Principal) -> list[ApiKey]:
         """The organization's keys, the most recently used first (never their values)."""

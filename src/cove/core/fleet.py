@@ -21,6 +21,7 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
+from cove.core.periodic import every
 from cove.core.ports import Capacity, ContainerStatus, Resources
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.errors import CoveError, NotFound, Unavailable
@@ -97,7 +98,8 @@ class RunnerStore(Protocol):
     def runner_of(self, sandbox_id: str) -> str | None:
         """The id of the runner the sandbox is on (None: none, or no such sandbox)."""
 
-    def assign(self, sandbox_id: str, runner_id: str | None) -> None: ...
+    def assign(self, sandbox_id: str, runner_id: str | None) -> bool:
+        """Record the sandbox's runner; False: the sandbox has no record."""
 
     def sandboxes_on(self, runner_id: str) -> builtins.list[str]: ...
 
@@ -137,34 +139,27 @@ class Constraint:
 
 
 def place(runners: list[RunnerInfo], allocations: Mapping[str, Allocation],
-          resources: Resources, has_snapshot: Callable[[str], bool],
-          constraint: Constraint | None = None) -> RunnerInfo:  # fmt: skip
+          resources: Resources, snapshot: str, has_snapshot: Callable[[str], bool],
+          fetches: Callable[[str], bool], constraint: Constraint | None = None
+          ) -> RunnerInfo:  # fmt: skip
     """The runner a new sandbox goes to: among the ready, reachable ones that fit the
-    ``constraint`` (the runner holding its volumes' data), and only those with its
-    snapshot if any has it, the one left with the most free capacity (the least free
-    of CPU, memory, disk and sandbox slots, as fractions; then their mean; then the
-    fewest sandboxes).
+    ``constraint`` (the runner holding its volumes' data) and have its snapshot (else
+    that can fetch it from the store the runners share), the one left with the most
+    free capacity (the least free of CPU, memory, disk and sandbox slots, as
+    fractions; then their mean; then the fewest sandboxes).
 
     Args:
-        has_snapshot: whether runner id has the sandbox's snapshot (its rootfs).
-        constraint: the runners it must go to, if any.
+        snapshot: the sandbox's snapshot (its ref).
+        has_snapshot: whether runner id has it (its rootfs).
+        fetches: whether runner id fetches snapshots it lacks from the shared store.
+        constraint: the runners it must go to, if any (see :func:`volume_constraint`).
 
     Raises:
         Unavailable: no runner takes sandboxes (all cordoned, draining, unreachable
-            or full), or none of those the constraint allows (its ``why``).
+            or full), none of those the constraint allows does (its ``why``), or
+            none of those has the snapshot or can fetch it.
     """
-    usable = [r for r in runners if r.state is RunnerState.READY and r.reachable
-              and not (r.capacity.max_sandboxes and r.capacity.sandboxes
-                       >= r.capacity.max_sandboxes)]  # fmt: skip
-    if not usable:
-        raise Unavailable("no runner takes new sandboxes now (all are cordoned, draining, "
-                          "unreachable or full)")  # fmt: skip
-    if constraint is not None:
-        usable = [r for r in usable if constraint.fits(r)]
-        if not usable:
-            raise Unavailable(constraint.why)
-    local = [r for r in usable if has_snapshot(r.id)]
-    candidates = local or usable
+    candidates = hosts(runners, snapshot, has_snapshot, fetches, constraint)
 
     def free(r: RunnerInfo) -> tuple[float, float, int]:
         cap, used = r.capacity, allocations.get(r.id, Allocation())
@@ -183,6 +178,33 @@ def place(runners: list[RunnerInfo], allocations: Mapping[str, Allocation],
         return (min(fractions, default=0.0), mean, -used.sandboxes)
 
     return max(candidates, key=free)
+
+
+def hosts(runners: list[RunnerInfo], snapshot: str, has_snapshot: Callable[[str], bool],
+          fetches: Callable[[str], bool], constraint: Constraint | None = None
+          ) -> list[RunnerInfo]:  # fmt: skip
+    """The runners a new sandbox of ``snapshot`` may go to (see :func:`place`).
+
+    Raises:
+        Unavailable: none.
+    """
+    usable = [r for r in runners if r.state is RunnerState.READY and r.reachable
+              and not (r.capacity.max_sandboxes and r.capacity.sandboxes
+                       >= r.capacity.max_sandboxes)]  # fmt: skip
+    if not usable:
+        raise Unavailable("no runner takes new sandboxes now (all are cordoned, draining, "
+                          "unreachable or full)")  # fmt: skip
+    if constraint is not None:
+        usable = [r for r in usable if constraint.fits(r)]
+        if not usable:
+            raise Unavailable(constraint.why)
+    found = [r for r in usable if has_snapshot(r.id)] or [r for r in usable if fetches(r.id)]
+    if not found:
+        raise Unavailable(
+            f"no runner that holds snapshot {snapshot} takes new sandboxes now (they are "
+            "cordoned, draining, unreachable or full), and the runners share no snapshot "
+            "store to fetch it from (COVE_ARCHIVE_S3_BUCKET)")
+    return found
 
 
 def volume_constraint(homes: Iterable[VolumeHome], runners: Mapping[str, RunnerInfo],
@@ -278,12 +300,7 @@ class Fleet:
         self._drains: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.beat()
-            except Exception:  # noqa: BLE001 - the keeper must outlive any one failure
-                log.exception("runner heartbeat round failed")
-            await asyncio.sleep(self.interval)
+        await every(self.interval, self.beat, "runner heartbeat round")
 
     async def beat(self) -> None:
         """One round: ping every runner, act on losses, returns and drains.

@@ -16,7 +16,6 @@ are caught up from their state.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from cove.core.periodic import every
 from cove.core.ports import ContainerStatus, EventSink, Runner
 from cove.core.quotas import NOTHING, Charge, charge
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
@@ -187,12 +187,7 @@ class Meter:
 
     async def run(self) -> None:
         """Mark the open periods every ``heartbeat`` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(self.heartbeat)
-            try:
-                self.mark()
-            except Exception:  # noqa: BLE001 - the database is away: try again
-                log.exception("usage: marking open periods failed")
+        await every(self.heartbeat, self.mark, "usage: marking open periods", wait_first=True)
 
     # ---- queries -------------------------------------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cove.core import metrics
+from cove.core.periodic import every
 from cove.core.ports import Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import CoveError
@@ -90,9 +91,4 @@ class MetricsHistory:
 
     async def run(self) -> None:
         """Sample every ``interval`` seconds until cancelled."""
-        while True:
-            try:
-                await self.sample_all()
-            except Exception:  # noqa: BLE001 - the sampler must outlive any one failure
-                log.exception("metrics sampling failed")
-            await asyncio.sleep(self.interval)
+        await every(self.interval, self.sample_all, "metrics sampling")

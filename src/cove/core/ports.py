@@ -160,6 +160,14 @@ class Runner(Protocol):
         """Whether ``image`` names an image the runner has without a registry (a local
         OCI layout), which ``import_image`` makes a snapshot of."""
 
+    def admits(self, snapshot: str) -> None:
+        """Check, before a sandbox of ``snapshot`` is recorded, that some runner taking
+        new sandboxes has it or can fetch it (several runners; one admits all).
+
+        Raises:
+            Unavailable: none does.
+        """
+
     async def create(self, spec: ContainerSpec) -> None:
         """Prepare the sandbox's writable layer (capped at ``disk`` GiB); start nothing."""
 

@@ -18,6 +18,7 @@ from functools import partial
 from cove.core.coordination import LockBusy
 from cove.core.lifecycle import LifecycleService
 from cove.core.ops import container_spec
+from cove.core.periodic import every
 from cove.core.ports import ContainerStatus
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.errors import CoveError, NotFound, Unavailable
@@ -174,10 +175,8 @@ async def watch(service: LifecycleService, *, interval: float = 5.0) -> None:
     whose container dies (say its init was OOM-killed) is reported within seconds.
     Sandboxes an operation holds are left for the next round; with several API
     replicas, only the one running the once-only jobs watches."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            if service.ops.coordination.leader:
-                await reconcile(service, remove_orphans=False, wait=False)
-        except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
-            log.exception("periodic reconciliation failed")
+    async def step() -> None:
+        if service.ops.coordination.leader:
+            await reconcile(service, remove_orphans=False, wait=False)
+
+    await every(interval, step, "periodic reconciliation", wait_first=True)

@@ -24,12 +24,12 @@ fires, so it fires once even while the lease changes hands.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from datetime import datetime, timedelta
 
 from cove.core.lifecycle import LifecycleService
+from cove.core.periodic import every
 from cove.core.sandbox import MAX_ARCHIVE_MINUTES, TTL_STATES, Sandbox, SandboxState, utcnow
 from cove.errors import CoveError, NotFound
 
@@ -107,10 +107,8 @@ async def _perform(service: LifecycleService, sandbox: Sandbox, action: Action,
 async def run_timers(service: LifecycleService, minute: float) -> None:
     """Fire due timers every second until cancelled (on the replica that runs the
     once-only jobs: see :mod:`cove.core.coordination`)."""
-    while True:
-        try:
-            if service.ops.coordination.leader:
-                await fire_due(service, minute)
-        except Exception:  # noqa: BLE001 - the timers must outlive any one failure
-            log.exception("lifecycle timers failed")
-        await asyncio.sleep(TICK_SECONDS)
+    async def step() -> None:
+        if service.ops.coordination.leader:
+            await fire_due(service, minute)
+
+    await every(TICK_SECONDS, step, "lifecycle timers")

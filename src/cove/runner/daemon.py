@@ -61,7 +61,8 @@ def create_app(runner: LocalRunner, inventory: Inventory, stream_port: int) -> F
 
 class Inventory:
     """What the API may ask the runner synchronously: its snapshots, local images,
-    isolation tiers and volumes dir (sent at connect time and after each change)."""
+    isolation tiers, whether it fetches the snapshots it lacks and its volumes dir
+    (sent at connect time and after each change)."""
 
     def __init__(self, runner: LocalRunner, snapshot_dir: Path | None,
                  layout_dir: Path | None, default_snapshot: str) -> None:  # fmt: skip
@@ -75,6 +76,7 @@ class Inventory:
             "snapshots": [n for n in snaps if self.runner.has_snapshot(n)],
             "local_images": images,
             "isolations": [n for n in ISOLATIONS if self.runner.has_isolation(n)],
+            "fetches_snapshots": self.runner.fetches_snapshots(),
             # the id of the shared volumes dir (COVE_VOLUMES_DIR) it uses; null: its own
             "volume_store": self.runner.volume_store(),
         }

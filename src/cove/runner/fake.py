@@ -67,6 +67,9 @@ class FakeRuntime:
     def has_snapshot(self, name: str) -> bool:
         return name in self.snapshots
 
+    def fetches_snapshots(self) -> bool:
+        return False
+
     def has_local_image(self, image: str) -> bool:
         return image in self.images
 

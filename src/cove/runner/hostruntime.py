@@ -46,6 +46,10 @@ class HostRuntime(Protocol):
     def has_isolation(self, name: str) -> bool:
         """Whether sandboxes of isolation tier ``name`` (see ISOLATIONS) can run here."""
 
+    def fetches_snapshots(self) -> bool:
+        """Whether a snapshot this host lacks is fetched, when a sandbox of it is
+        created or restored, from a store the runners share."""
+
     def create(self, spec: ContainerSpec) -> None:
         """Prepare the sandbox's writable layer (capped at ``disk`` GiB); start nothing.
 

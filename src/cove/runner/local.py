@@ -75,6 +75,12 @@ class LocalRunner:
     def has_isolation(self, name: str) -> bool:
         return self.host.has_isolation(name)
 
+    def fetches_snapshots(self) -> bool:
+        return self.host.fetches_snapshots()
+
+    def admits(self, snapshot: str) -> None:
+        """Every snapshot: the create says when it is missing."""
+
     async def create(self, spec: ContainerSpec) -> None:
         await self._run(self.host.create, spec)
 

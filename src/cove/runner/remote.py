@@ -1,9 +1,9 @@
 """A runner on another host: :class:`cove.core.ports.Runner` over mutual TLS to a
 ``cove runner`` (the wire is :mod:`cove.runner.wire`).
 
-The three synchronous questions of the port (snapshots, local images, isolation
-tiers) are answered from the inventory the runner sent at connect time, read again
-after every call that may change it.
+The synchronous questions (snapshots, local images, isolation tiers, whether it
+fetches snapshots it lacks) are answered from the inventory the runner sent at
+connect time, read again after every call that may change it.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class RemoteRunner:
                                          limits=limits, trust_env=False)  # fmt: skip
         self._inventory: dict[str, Any] = {}
         self._volume_store: str | None = None
+        self._fetches = False
         self.stream_port = 0
 
     @classmethod
@@ -81,6 +82,7 @@ class RemoteRunner:
         self._inventory = {k: set(info[k]) for k in ("snapshots", "local_images", "isolations")}
         store = info.get("volume_store")  # absent: a runner of before volumes on runners
         self._volume_store = store if isinstance(store, str) else None
+        self._fetches = info.get("fetches_snapshots") is True
 
     async def refresh(self) -> None:
         """Read the runner's inventory again."""
@@ -99,6 +101,12 @@ class RemoteRunner:
     def volume_store(self) -> str | None:
         """The id of the shared volumes dir the runner uses (None: its own)."""
         return self._volume_store
+
+    def fetches_snapshots(self) -> bool:
+        return self._fetches
+
+    def admits(self, snapshot: str) -> None:
+        """Every snapshot: the create says when it is missing."""
 
     async def _send(self, verb: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

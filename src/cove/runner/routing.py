@@ -23,6 +23,7 @@ from cove.core.fleet import (
     RunnerInfo,
     RunnerState,
     RunnerStore,
+    hosts,
     lost_reason,
     place,
     volume_constraint,
@@ -49,6 +50,8 @@ WHERE_SECONDS = 1.0
 
 
 class MemberRunner(Runner, Protocol):
+    def fetches_snapshots(self) -> bool: ...
+
     async def capacity(self) -> Capacity: ...
 
     def volume_store(self) -> str | None:
@@ -165,7 +168,9 @@ class RoutingRunner:
         return found[0]
 
     def _assigned(self, sandbox_id: str, runner_id: str | None) -> None:
-        self.store.assign(sandbox_id, runner_id)
+        if not self.store.assign(sandbox_id, runner_id) and runner_id is not None:
+            self._orphans[sandbox_id] = runner_id  # no record: a Dockerfile build's sandbox,
+            # which this replica alone makes, uses and removes
         self._where[sandbox_id] = (runner_id, time.monotonic())
 
     def _member(self, runner_id: str) -> MemberRunner:
@@ -205,6 +210,22 @@ class RoutingRunner:
             return self.members[rid]
         raise errors.Unavailable("no runner answers")
 
+    def _current(self, avoid: frozenset[str] = frozenset()) -> list[RunnerInfo]:
+        """The members as the registry has them now, not as of the keeper's last round:
+        a runner cordoned or drained since must not take a new sandbox."""
+        self._infos.update((r.id, r) for r in self.store.list())
+        return [self._infos[rid] for rid in self.members
+                if rid in self._infos and rid not in avoid]  # fmt: skip
+
+    def _has(self, snapshot: str) -> Callable[[str], bool]:
+        return lambda rid: self.members[rid].has_snapshot(snapshot)
+
+    def _fetches(self, rid: str) -> bool:
+        return self.members[rid].fetches_snapshots()
+
+    def admits(self, snapshot: str) -> None:
+        hosts(self._current(), snapshot, self._has(snapshot), self._fetches)
+
     def _volume_store(self, runner_id: str) -> str | None:
         member = self.members.get(runner_id)
         return None if member is None else member.volume_store()
@@ -214,19 +235,14 @@ class RoutingRunner:
         """Choose a runner for a sandbox new to it (none of ``avoid``; the one holding
         its volumes' data) and record it, and it as the home of volumes with none.
         Returns its id and the homes it gave volumes ({volume id: home})."""
-        # The registry as it is now, not as of the keeper's last round: a runner
-        # cordoned or drained since must not take this sandbox.
-        self._infos.update((r.id, r) for r in self.store.list())
-        infos = [self._infos[rid] for rid in self.members
-                 if rid in self._infos and rid not in avoid]  # fmt: skip
+        infos = self._current(avoid)
         volume_ids = [b.volume_id for b in spec.volumes]
         bound: dict[str, str] = {}
         while True:  # twice at most: after a binding every volume has a home
             homes = self.store.volume_homes(volume_ids)
             constraint = volume_constraint(homes.values(), self._infos, self._volume_store)
-            chosen = place(infos, self.store.allocations(), spec.resources,
-                           lambda rid: self.members[rid].has_snapshot(spec.snapshot),
-                           constraint)  # fmt: skip
+            chosen = place(infos, self.store.allocations(), spec.resources, spec.snapshot,
+                           self._has(spec.snapshot), self._fetches, constraint)  # fmt: skip
             unbound = [vid for vid, h in homes.items() if h.home in (None, IN_ARCHIVE)]
             if not unbound:
                 break
@@ -425,8 +441,12 @@ class RoutingRunner:
         return await self._member(runner_id).archive_volume(volume_id)
 
     async def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
-        return int(await self._first(lambda m: m.clone_snapshot(source, ref, config),
-                                     lambda m: m.has_snapshot(source)))  # fmt: skip
+        """On the runners holding ``source``; sharing snapshots, on one of them (else on
+        one that fetches it first)."""
+        return int(await self._first(
+            lambda m: m.clone_snapshot(source, ref, config),
+            lambda m: m.has_snapshot(source) or m.fetches_snapshots(),
+            prefer=lambda m: m.has_snapshot(source)))  # fmt: skip
 
     async def import_image(self, ref: str, image: str) -> PulledImage:
         result: PulledImage = await self._first(lambda m: m.import_image(ref, image),
@@ -458,12 +478,29 @@ class RoutingRunner:
                 raise result
 
     async def _first(self, call: Callable[[MemberRunner], Any],
-                     able: Callable[[MemberRunner], bool]) -> Any:  # fmt: skip
+                     able: Callable[[MemberRunner], bool],
+                     prefer: Callable[[MemberRunner], bool] | None = None) -> Any:  # fmt: skip
         """``call`` on every answering runner that is ``able`` (a snapshot made on each
-        of them); the first result."""
+        of them); the first result. When they all share their snapshots (a store they
+        fetch from), on one alone: the next only if it failed (two uploads of one
+        snapshot would race)."""
         members = [m for m in self._reachable() if able(m)]
         if not members:
             raise errors.Unavailable("no runner answers that can do it")
+        if all(m.fetches_snapshots() for m in members):
+            if prefer is not None:
+                members.sort(key=lambda m: not prefer(m))
+            failed: list[BaseException] = []
+            for member in members:
+                try:
+                    return await call(member)
+                except errors.CoveError as exc:
+                    failed.append(exc)
+            raise failed[0]
+        if prefer is not None:
+            members = [m for m in members if prefer(m)]
+            if not members:
+                raise errors.Unavailable("no runner answers that can do it")
         return _first_ok(await asyncio.gather(*(call(m) for m in members),
                                               return_exceptions=True))  # fmt: skip
 

@@ -39,6 +39,7 @@ from sqlalchemy import Connection, TextClause, create_engine, text
 from sqlalchemy.engine import make_url
 
 from cove.core.coordination import LockBusy
+from cove.core.periodic import every
 
 log = logging.getLogger(__name__)
 _holding: contextvars.ContextVar[bool] = contextvars.ContextVar("holding", default=False)
@@ -172,13 +173,10 @@ class PgCoordination:
                      "runs" if ours else "no longer runs")  # fmt: skip
 
     async def run(self) -> None:
-        while True:
-            try:
-                self.renew()
-            except Exception:  # noqa: BLE001 - renewal must outlive a failing database
-                log.exception("renewing the replica's leases failed")
-                self._leader_until = 0.0
-            await asyncio.sleep(self._ttl / 3)
+        def lost() -> None:  # the database is away: lead no more until renewed
+            self._leader_until = 0.0
+
+        await every(self._ttl / 3, self.renew, "renewing the replica's leases", on_error=lost)
 
     async def close(self) -> None:
         self._leader_until = 0.0

@@ -88,10 +88,11 @@ class SqlRunnerStore(SqlStore):
         with self.session() as s:
             return s.scalar(select(SandboxRow.runner_id).where(SandboxRow.id == sandbox_id))
 
-    def assign(self, sandbox_id: str, runner_id: str | None) -> None:
+    def assign(self, sandbox_id: str, runner_id: str | None) -> bool:
         with self.session() as s:
-            s.execute(update(SandboxRow).where(SandboxRow.id == sandbox_id)
-                      .values(runner_id=runner_id))  # fmt: skip
+            done = s.execute(update(SandboxRow).where(SandboxRow.id == sandbox_id)
+                             .values(runner_id=runner_id))  # fmt: skip
+            return bool(done.rowcount)  # type: ignore[attr-defined]
 
     def sandboxes_on(self, runner_id: str) -> builtins.list[str]:
         with self.session() as s:

@@ -25,7 +25,7 @@ from cove.core.fleet import (
     volume_constraint,
 )
 from cove.core.lifecycle import LifecycleService
-from cove.core.ports import Capacity, VolumeBind
+from cove.core.ports import Capacity, ContainerSpec, ImageConfig, Resources, VolumeBind
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.core.volumes import VolumeService
 from cove.errors import Conflict, Unavailable
@@ -364,3 +364,43 @@ async def test_a_volume_is_not_bound_to_a_runner_that_never_got_its_sandbox(
     await world.lifecycle.destroy(org, refused.id)
     placed = await _mounting(world, org, "v")
     assert volumes.get(org, "v").home == world.registry.get(world.on(placed.id) or "").id
+
+
+async def test_a_snapshot_only_on_a_cordoned_runner_is_fetched_or_named(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Placement prefers the runners holding the snapshot; when none of them takes
+    sandboxes, one that fetches snapshots from the shared store gets it, and with no
+    such runner the error names the snapshot (nothing is created)."""
+    world.runtimes["r1"].snapshots.add("built-on-r1")
+    world.registry.set_state(world.registry.get("r1").id, RunnerState.CORDONED)
+    await world.fleet.beat()
+
+    def spec(sandbox_id: str) -> ContainerSpec:
+        return ContainerSpec(sandbox_id=sandbox_id, hostname="h", snapshot="built-on-r1",
+                             resources=Resources(1, 1, 1))  # fmt: skip
+
+    refused = "no runner that holds snapshot built-on-r1 takes new sandboxes.*S3_BUCKET"
+    with pytest.raises(Unavailable, match=refused):
+        world.routing.admits("built-on-r1")  # (before a create records the sandbox)
+    with pytest.raises(Unavailable, match=refused):
+        await world.routing.create(spec("sb-1"))
+    assert not any("sb-1" in runtime.boxes for runtime in world.runtimes.values())
+
+    monkeypatch.setattr(world.runtimes["r3"], "fetches_snapshots", lambda: True)
+    world.routing.admits("built-on-r1")
+    await world.routing.create(spec("sb-2"))  # (a sandbox with no record: a build's)
+    assert "sb-2" in world.runtimes["r3"].boxes
+    await world.routing.destroy("sb-2")  # routed to its runner from memory
+    assert "sb-2" not in world.runtimes["r3"].boxes
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_copy_of_a_snapshot_is_made_once_when_runners_share_them(
+        world: World, monkeypatch: pytest.MonkeyPatch, shared: bool) -> None:  # fmt: skip
+    """Without a shared store every runner holding the source makes the copy (its
+    sandboxes may go to any); sharing, one runner does (two uploads would race)."""
+    for runtime in world.runtimes.values():
+        monkeypatch.setattr(runtime, "fetches_snapshots", lambda: shared)
+    await world.routing.clone_snapshot("cove-default", "copy", ImageConfig())
+    holders = [n for n, runtime in world.runtimes.items() if "copy" in runtime.snapshots]
+    assert len(holders) == (1 if shared else len(NAMES))

@@ -1,5 +1,5 @@
-"""Placement: ready, reachable runners only; the snapshot's locality first; then
-the most free capacity left."""
+"""Placement: ready, reachable runners only; the snapshot's locality first (else the
+runners that fetch it from the shared store); then the most free capacity left."""
 
 from __future__ import annotations
 
@@ -29,32 +29,45 @@ def _everywhere(_rid: str) -> bool:
     return True
 
 
+def _nowhere(_rid: str) -> bool:
+    return False
+
+
 def test_the_most_free_runner_takes_it() -> None:
     runners = [_runner("a"), _runner("b"), _runner("c")]
     used = {"a": Allocation(cpu=2, memory=2, disk=6, sandboxes=2),
             "b": Allocation(cpu=1, memory=1, disk=3, sandboxes=1)}  # fmt: skip
-    assert place(runners, used, RES, _everywhere).name == "c"
+    assert place(runners, used, RES, "s", _everywhere, _nowhere).name == "c"
     used["c"] = Allocation(cpu=3, memory=1, disk=3, sandboxes=1)  # its CPU is the scarce
-    assert place(runners, used, RES, _everywhere).name == "b"
+    assert place(runners, used, RES, "s", _everywhere, _nowhere).name == "b"
 
 
 def test_memory_and_disk_count() -> None:
     runners = [_runner("a", memory=4), _runner("b", memory=64)]
-    assert place(runners, {}, RES, _everywhere).name == "b"
+    assert place(runners, {}, RES, "s", _everywhere, _nowhere).name == "b"
     runners = [_runner("a", disk_free=10), _runner("b", disk_free=150)]
-    assert place(runners, {}, RES, _everywhere).name == "b"
+    assert place(runners, {}, RES, "s", _everywhere, _nowhere).name == "b"
 
 
 def test_never_a_cordoned_draining_unreachable_or_full_runner() -> None:
     runners = [_runner("a", RunnerState.CORDONED, cpu=64), _runner("b", RunnerState.DRAINING,
                cpu=64), _runner("c", reachable=False, cpu=64),
                _runner("d", max_sandboxes=2, sandboxes=2, cpu=64), _runner("e", cpu=1)]  # fmt: skip
-    assert place(runners, {}, RES, _everywhere).name == "e"
+    assert place(runners, {}, RES, "s", _everywhere, _nowhere).name == "e"
     with pytest.raises(Unavailable):
-        place(runners[:4], {}, RES, _everywhere)
+        place(runners[:4], {}, RES, "s", _everywhere, _nowhere)
 
 
 def test_the_snapshot_s_locality_first() -> None:
     runners = [_runner("a", cpu=64), _runner("b", cpu=2)]
-    assert place(runners, {}, RES, lambda rid: rid == "b").name == "b"
-    assert place(runners, {}, RES, lambda rid: False).name == "a"  # none has it: by capacity
+    assert place(runners, {}, RES, "s", lambda rid: rid == "b", _nowhere).name == "b"
+    assert place(runners, {}, RES, "s", lambda rid: rid == "b", _everywhere).name == "b"
+    # none has it: those that fetch it, by capacity
+    assert place(runners, {}, RES, "s", _nowhere, _everywhere).name == "a"
+    assert place(runners, {}, RES, "s", _nowhere, lambda rid: rid == "b").name == "b"
+
+
+def test_a_snapshot_no_placeable_runner_has_or_fetches_is_named() -> None:
+    runners = [_runner("a", RunnerState.CORDONED), _runner("b")]
+    with pytest.raises(Unavailable, match="no runner that holds snapshot s takes new sandboxes"):
+        place(runners, {}, RES, "s", lambda rid: rid == "a", _nowhere)

@@ -34,8 +34,8 @@ def _iso(value: datetime | None) -> str | None:
 async def create_api_key(body: ApiKeyCreate, who: PrincipalDep,
                          services: ServicesDep) -> ApiKeyCreated:  # fmt: skip
     """Create an API key; its value is in this answer only."""
-    key, value = services.api_keys.create(who, name=body.name, permissions=body.permissions,
-                                          expires_at=body.expires_at)  # fmt: skip
+    key, value = await services.api_keys.create(
+        who, name=body.name, permissions=body.permissions, expires_at=body.expires_at)
     return ApiKeyCreated(name=key.name, value=value, created_at=iso(key.created_at),
                          permissions=ordered(key.held),
                          expires_at=_iso(key.expires_at))  # fmt: skip

@@ -49,6 +49,7 @@ from cove.runner.storage import archive, capture, registry, unpack
 from cove.runner.storage.archive_store import build_archive_store
 from cove.runner.storage.fork import copy_layer
 from cove.runner.storage.snapshot import pinned, snapshot_rootfs
+from cove.runner.storage.snapshot_share import SnapshotShare
 
 ALIVE = ("running", "paused")
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class OciRuntime:
         """
         self._settings = settings
         self._archives = build_archive_store(settings)
+        self._shared = SnapshotShare.of(settings)
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._client: Crun | None = None
@@ -132,6 +134,32 @@ class OciRuntime:
             return False
         return snapshot_rootfs(self._settings, name).is_dir()
 
+    def fetches_snapshots(self) -> bool:
+        """Whether snapshots this host lacks come from the shared store (S3 archives)."""
+        return self._shared is not None
+
+    def _need_snapshot(self, name: str) -> None:
+        """Fetch snapshot ``name`` from the shared store if this host lacks it (once,
+        however many sandboxes of it start meanwhile)."""
+        if self._shared is not None and _shareable(name, self._settings.default_snapshot) \
+                and not self.has_snapshot(name):  # fmt: skip
+            with foreign_errors():
+                self._shared.ensure(name, lambda: self.has_snapshot(name))
+
+    def _share(self, ref: str, size: int) -> int:
+        """Upload the new snapshot ``ref`` to the shared store; on failure it is
+        removed here too (a snapshot other runners cannot fetch would only fail
+        later, elsewhere)."""
+        if self._shared is None:
+            return size
+        try:
+            with foreign_errors():
+                self._shared.push(ref)
+        except BaseException:
+            capture.remove(self._snapshots, ref)
+            raise
+        return size
+
     def has_local_image(self, image: str) -> bool:
         """Whether ``image`` names a local OCI layout under COVE_OCI_LAYOUT_DIR."""
         return capture.has_local_image(self._settings.oci_layout_dir, image)
@@ -145,6 +173,7 @@ class OciRuntime:
         with self._locked(spec_.sandbox_id) as paths:
             if paths.image.exists() and paths.metadata.exists():
                 return
+            self._need_snapshot(spec_.snapshot)
             if not self.has_snapshot(spec_.snapshot):
                 raise RuntimeBackendError(f"snapshot {spec_.snapshot!r} is not available")
             try:
@@ -285,6 +314,7 @@ class OciRuntime:
             if not self._archives.exists(sandbox_id):
                 raise RuntimeBackendError(f"the archive of sandbox {sandbox_id} is missing")
             if not paths.metadata.is_file():
+                self._need_snapshot(spec_.snapshot)
                 with pinned(self._settings, spec_.snapshot) as lower:
                     paths.root.mkdir(parents=True, exist_ok=True)
                     paths.write_metadata(_metadata(spec_, str(lower), "trusted", spec_.isolation))
@@ -329,16 +359,19 @@ class OciRuntime:
         with self._locked(sandbox_id) as paths:
             meta = paths.read_metadata()
             alive = self._alive(sandbox_id) is not None
-            return capture.capture_sandbox(
+            size = capture.capture_sandbox(
                 self._snapshots, ref, self._group(sandbox_id), paths, meta, alive=alive,
                 config=config,
             )
+        return self._share(ref, size)
 
     def import_image(self, ref: str, image: str) -> PulledImage:
         """Unpack a local OCI layout's image into a new snapshot ``ref``."""
         with foreign_errors():
-            return capture.import_oci(self._snapshots, ref, self._settings.oci_layout_dir, image,
-                                      self._settings.max_image_mb * 2**20)  # fmt: skip
+            pulled = capture.import_oci(self._snapshots, ref, self._settings.oci_layout_dir,
+                                        image, self._settings.max_image_mb * 2**20)  # fmt: skip
+        self._share(ref, pulled.size)
+        return pulled
 
     def pull_image(
         self, ref: str, image: str, auth: RegistryAuth | None,
@@ -350,16 +383,25 @@ class OciRuntime:
 
     def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
         """Make snapshot ``ref`` a copy of snapshot ``source`` (hard links) with ``config``."""
+        self._need_snapshot(source)
         with foreign_errors():
-            return capture.clone_snapshot(
+            size = capture.clone_snapshot(
                 self._snapshots, snapshot_rootfs(self._settings, source), ref, config
             )
+        return self._share(ref, size)
 
     def remove_snapshot(self, ref: str) -> None:
-        """Delete snapshot ``ref``; never the default one."""
-        if ref == self._settings.default_snapshot or not self.has_snapshot(ref):
+        """Delete snapshot ``ref`` here and from the shared store; never the default one."""
+        if not _shareable(ref, self._settings.default_snapshot):
             return
-        capture.remove(self._snapshots, ref)
+        if self._shared is None:
+            if self.has_snapshot(ref):
+                capture.remove(self._snapshots, ref)
+            return
+        with self._shared.held(ref), foreign_errors():  # (no fetch of it runs meanwhile)
+            self._shared.delete(ref)
+            if self.has_snapshot(ref):
+                capture.remove(self._snapshots, ref)
 
     @property
     def _snapshots(self) -> Path:
@@ -529,6 +571,12 @@ class OciRuntime:
         paths = SandboxPaths.of(self._settings.data_dir, sandbox_id)
         link = self._net.link(paths) if self._net is not None else None
         return link.guest if link is not None else None
+
+
+def _shareable(name: str, default: str) -> bool:
+    """Whether snapshot ``name`` may be in the shared store: one path component, never
+    hidden, not the default snapshot (each runner builds its own)."""
+    return bool(name) and "/" not in name and not name.startswith(".") and name != default
 
 
 def _init_alive(pid_file: Path) -> Callable[[], bool] | None:

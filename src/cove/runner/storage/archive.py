@@ -61,7 +61,7 @@ def archive_into(paths: SandboxPaths, store: ArchiveStore, key: str) -> int:
         paths.upper.mkdir(exist_ok=True)
         tar = ["tar", "--create", "--file=-", "--sparse", f"--directory={paths.upper}",
                *TAR_FLAGS, "."]  # fmt: skip
-        with _Pipeline([tar, ["zstd", "-1", "-T0", "-q", "-c"]], stdin=None) as pipe:
+        with Pipeline([tar, ["zstd", "-1", "-T0", "-q", "-c"]], stdin=None) as pipe:
             assert pipe.stdout is not None
             size = store.put(key, pipe.stdout, pipe.check)
     except OSError as exc:
@@ -91,7 +91,7 @@ def restore_from(store: ArchiveStore, key: str, paths: SandboxPaths, disk_gib: i
         paths.upper.mkdir()
         with (
             store.get(key) as source,
-            _Pipeline(
+            Pipeline(
                 [["zstd", "-d", "-q", "-c"], tar], stdin=source, stdout=subprocess.DEVNULL
             ) as pipe,
         ):
@@ -110,7 +110,7 @@ def pack_dir(directory: Path, store: ArchiveStore, key: str) -> int:
     """Stream ``directory``'s contents into ``store`` as ``key`` (tar | zstd); its size."""
     tar = ["tar", "--create", "--file=-", f"--directory={directory}", *TAR_FLAGS, "."]
     try:
-        with _Pipeline([tar, ["zstd", "-1", "-T0", "-q", "-c"]], stdin=None) as pipe:
+        with Pipeline([tar, ["zstd", "-1", "-T0", "-q", "-c"]], stdin=None) as pipe:
             assert pipe.stdout is not None
             return store.put(key, pipe.stdout, pipe.check)
     except OSError as exc:
@@ -125,7 +125,7 @@ def unpack_dir(store: ArchiveStore, key: str, directory: Path) -> None:
     try:
         with (
             store.get(key) as source,
-            _Pipeline([["zstd", "-d", "-q", "-c"], tar], stdin=source,
+            Pipeline([["zstd", "-d", "-q", "-c"], tar], stdin=source,
                       stdout=subprocess.DEVNULL) as pipe,
         ):  # fmt: skip
             pipe.check()
@@ -140,7 +140,7 @@ def remove_partial_restore(paths: SandboxPaths) -> None:
     (paths.root / RESTORING).unlink(missing_ok=True)
 
 
-class _Pipeline:
+class Pipeline:
     """``a | b`` with checked exit codes; ``stdin`` may be any readable binary stream
     (a file is handed over as is, anything else is pumped by a thread)."""
 
@@ -155,7 +155,7 @@ class _Pipeline:
         self._pump: threading.Thread | None = None
         self.stdout: IO[bytes] | None = None
 
-    def __enter__(self) -> _Pipeline:
+    def __enter__(self) -> Pipeline:
         try:
             first_in, feed = _stdin_of(self._stdin)
             a = subprocess.Popen(self.stages[0], stdin=first_in, stdout=subprocess.PIPE,

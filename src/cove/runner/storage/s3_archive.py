@@ -1,8 +1,8 @@
 """An :class:`~cove.runner.storage.archive_store.ArchiveStore` in an S3(-compatible) bucket.
 
-Objects are ``<prefix><key>.tar.zst``. ``put`` streams through a multipart
-upload that is completed only after the caller's check passed, and aborted
-otherwise, so a broken archive never becomes an object. Needs ``boto3``
+Objects are ``<prefix><key>.tar.zst`` (another ``suffix`` may be given). ``put``
+streams through a multipart upload that is completed only after the caller's check
+passed, and aborted otherwise, so a broken archive never becomes an object. Needs ``boto3``
 (``pip install 'cove[s3]'``); credentials come from the usual AWS sources
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profiles, instance roles).
 """
@@ -20,7 +20,7 @@ from cove.runner.storage.archive_store import CHUNK, SUFFIX
 class S3ArchiveStore:
     def __init__(
         self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
-        region: str | None = None, client: Any = None,
+        region: str | None = None, client: Any = None, suffix: str = SUFFIX,
     ) -> None:  # fmt: skip
         if client is None:
             try:
@@ -31,9 +31,10 @@ class S3ArchiveStore:
         self.s3 = client
         self.bucket = bucket
         self.prefix = prefix
+        self.suffix = suffix
 
     def _name(self, key: str) -> str:
-        return f"{self.prefix}{key}{SUFFIX}"
+        return f"{self.prefix}{key}{self.suffix}"
 
     def put(self, key: str, stream: IO[bytes], check: Callable[[], None]) -> int:
         name = self._name(key)
@@ -122,8 +123,8 @@ class S3ArchiveStore:
             for page in pages:
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(self.prefix) :]
-                    if name.endswith(SUFFIX) and "/" not in name:
-                        found.add(name[: -len(SUFFIX)])
+                    if name.endswith(self.suffix) and "/" not in name:
+                        found.add(name[: len(name) - len(self.suffix)])
         return found
 
 
