@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -78,7 +78,7 @@ class LocalRunner:
     def fetches_snapshots(self) -> bool:
         return self.host.fetches_snapshots()
 
-    def admits(self, snapshot: str) -> None:
+    def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
         """Every snapshot: the create says when it is missing."""
 
     async def create(self, spec: ContainerSpec) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -105,7 +105,7 @@ class RemoteRunner:
     def fetches_snapshots(self) -> bool:
         return self._fetches
 
-    def admits(self, snapshot: str) -> None:
+    def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
         """Every snapshot: the create says when it is missing."""
 
     async def _send(self, verb: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,9 +20,11 @@ from cove import errors
 from cove.core.fleet import (
     IN_ARCHIVE,
     LOCAL,
+    Constraint,
     RunnerInfo,
     RunnerState,
     RunnerStore,
+    VolumeHome,
     hosts,
     lost_reason,
     place,
@@ -223,8 +225,14 @@ class RoutingRunner:
     def _fetches(self, rid: str) -> bool:
         return self.members[rid].fetches_snapshots()
 
-    def admits(self, snapshot: str) -> None:
-        hosts(self._current(), snapshot, self._has(snapshot), self._fetches)
+    def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
+        infos = self._current()
+        homes = self.store.volume_homes(list(volumes))
+        hosts(infos, snapshot, self._has(snapshot), self._fetches, self._constraint(homes))
+
+    def _constraint(self, homes: Mapping[str, VolumeHome]) -> Constraint | None:
+        """Where the data of volumes with these homes is, as placement's constraint."""
+        return volume_constraint(homes.values(), self._infos, self._volume_store)
 
     def _volume_store(self, runner_id: str) -> str | None:
         member = self.members.get(runner_id)
@@ -240,9 +248,9 @@ class RoutingRunner:
         bound: dict[str, str] = {}
         while True:  # twice at most: after a binding every volume has a home
             homes = self.store.volume_homes(volume_ids)
-            constraint = volume_constraint(homes.values(), self._infos, self._volume_store)
             chosen = place(infos, self.store.allocations(), spec.resources, spec.snapshot,
-                           self._has(spec.snapshot), self._fetches, constraint)  # fmt: skip
+                           self._has(spec.snapshot), self._fetches,
+                           self._constraint(homes))  # fmt: skip
             unbound = [vid for vid, h in homes.items() if h.home in (None, IN_ARCHIVE)]
             if not unbound:
                 break

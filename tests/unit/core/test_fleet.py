@@ -256,14 +256,15 @@ async def test_a_volume_s_sandboxes_go_where_its_data_is(
     for _ in NAMES:  # placement alone would spread them
         assert world.on((await _mounting(world, org, "v")).id) == home
     world.registry.set_state(world.registry.get(home).id, RunnerState.CORDONED)
-    refused = await _mounting(world, org, "v")
-    assert refused.state is S.ERROR
-    assert f"keeps its data on runner {home}, which takes no new sandboxes now (cordoned)" in (
-        refused.error_reason or "")  # fmt: skip
+    before = len(world.lifecycle.store.all())
+    with pytest.raises(Unavailable, match=f"keeps its data on runner {home}, which takes no "
+                       "new sandboxes now \\(cordoned\\)"):  # fmt: skip
+        await _mounting(world, org, "v")
+    assert len(world.lifecycle.store.all()) == before  # refused before it was recorded
     data = tmp_path / home / "volumes" / vol.id
     data.mkdir(parents=True)
     (tmp_path / "r1" / "volumes" / "other").mkdir(parents=True, exist_ok=True)
-    for sb in world.lifecycle.store.all():  # the refused one too: it is on no runner
+    for sb in world.lifecycle.store.all():
         await world.lifecycle.destroy(org, sb.id)
     assert world.lifecycle.store.all() == []
     with pytest.raises(Conflict, match="volumes keep their data on the runner \\(v\\)"):
@@ -293,9 +294,8 @@ async def test_runners_sharing_a_volumes_dir_serve_its_volumes_alike(
     _only(world, "r2")
     assert world.on((await _mounting(world, org, "v")).id) == "r2"
     _only(world, "r3")
-    refused = await _mounting(world, org, "v")
-    assert refused.state is S.ERROR and "the volumes dir shared by runners r1, r2" in (
-        refused.error_reason or "")  # fmt: skip
+    with pytest.raises(Unavailable, match="the volumes dir shared by runners r1, r2"):
+        await _mounting(world, org, "v")
     for sb in world.lifecycle.store.all():
         await world.lifecycle.destroy(org, sb.id)
     world.registry.remove(world.registry.get("r1").id)  # the others share its volumes
