@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from cove.core.agent_client import AgentClient
 from cove.core.api_keys import ApiKeyService
 from cove.core.auth import AuthService
+from cove.core.buildlog import BuildLogs
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
 from cove.core.coordination import Coordination, LocalCoordination, alone
@@ -51,6 +52,7 @@ from cove.runner.hostruntime import HostRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.routing import RoutingRunner
 from cove.runner.storage.volumes import VolumeDir
+from cove.store.build_logs import SqlBuildLogStore
 from cove.store.fingerprints import SqlFingerprints
 from cove.store.keys import SqlKeyStore
 from cove.store.migrate import upgrade
@@ -58,6 +60,7 @@ from cove.store.pools import SqlPoolStore
 from cove.store.registries import SqlRegistryStore
 from cove.store.revocations import SqlRevocations
 from cove.store.runners import SqlRunnerStore
+from cove.store.s3_contexts import S3Contexts
 from cove.store.sealing import KEY_BYTES, AesGcmSealer
 from cove.store.secretbox import SecretBox
 from cove.store.secrets import SqlSecretStore
@@ -119,10 +122,21 @@ def open_sealer(settings: Settings) -> AesGcmSealer:
                                     lambda: os.urandom(KEY_BYTES)))  # fmt: skip
 
 
+def context_key(settings: Settings) -> bytes:
+    """The secret the build contexts' push credentials are signed with (the data dir's)."""
+    return secret_file(settings.data_dir / "object-storage.key", lambda: os.urandom(32))
+
+
 def open_contexts(settings: Settings) -> ContextStore:
-    """The build-context store in the data dir, under a secret kept there."""
-    key = secret_file(settings.data_dir / "object-storage.key", lambda: os.urandom(32))
-    return ContextStore(settings.data_dir / "contexts", key, settings.max_context_mb * 1024**2)
+    """The build-context store in the data dir, and in the S3 bucket of
+    COVE_ARCHIVE_S3_* if there is one (the API replicas share it)."""
+    shared = None
+    if settings.archive_s3_bucket:
+        shared = S3Contexts(settings.archive_s3_bucket, prefix=settings.archive_s3_prefix,
+                            endpoint_url=settings.archive_s3_endpoint,
+                            region=settings.archive_s3_region)  # fmt: skip
+    return ContextStore(settings.data_dir / "contexts", context_key(settings),
+                        settings.max_context_mb * 1024**2, shared)  # fmt: skip
 
 
 def load_ssh_host_key(data_dir: Path) -> bytes:
@@ -159,7 +173,7 @@ def check_replica_keys(settings: Settings, engine: Engine) -> None:
     """On a shared database: the data dir's secrets must be those of the replicas
     before (recorded by the first). Raises RuntimeError naming the file otherwise."""
     # each made now if missing (as the first replica does), to be compared
-    load_tokens(settings.data_dir), open_sealer(settings), open_contexts(settings)
+    load_tokens(settings.data_dir), open_sealer(settings), context_key(settings)
     SecretBox.in_dir(settings.data_dir)
     if settings.ssh_port:
         load_ssh_host_key(settings.data_dir)
@@ -272,6 +286,8 @@ def build_services(
                                                      store=SqlQuotaStore(engine))  # fmt: skip
     volumes.admit_new, snapshots.admit_new = quotas.admit_volume, quotas.admit_snapshot
     lifecycle.creator.use_contexts(contexts)
+    build_logs = BuildLogs(SqlBuildLogStore(engine), replica=coordination.replica_id)
+    lifecycle.creator.use_build_logs(build_logs)
     lifecycle.ops.coordination = quotas.coordination = coordination
     pool_store = SqlPoolStore(engine)
     warm_pools = WarmPoolService(
@@ -302,7 +318,7 @@ def build_services(
         contexts=contexts,
         snapshot_builds=SnapshotBuilds(
             settings=settings, snapshots=snapshots, builder=lifecycle.creator.builder,
-            images=images, contexts=contexts,
+            images=images, contexts=contexts, logs=build_logs,
         ),
         previews=previews, ssh=ssh, secrets=secrets, metrics=history,
         warm_pools=warm_pools, api_keys=ApiKeyService(auth, coordination),

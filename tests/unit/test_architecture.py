@@ -31,7 +31,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
               "cove.core.volumes", "cove.core.registries", "cove.core.ssh_access",
               "cove.core.secrets", "cove.core.pool", "cove.core.keys", "cove.core.permissions",
               "cove.core.coordination", "cove.core.fleet", "cove.core.quotas",
-              "cove.core.metering", "cove.core.periodic", "cove.errors",
+              "cove.core.metering", "cove.core.periodic", "cove.core.buildlog",
+              "cove.core.contexts", "cove.errors",
               "cove.hostfiles"),  # fmt: skip
     # HTTP transport: the domain and the wiring's Services; never the host or the
     # database directly. ``cove.web`` only names where the dashboard's built files are.

@@ -15,7 +15,6 @@ gVisor, whose SO_PEERCRED says pid 1 for every peer).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -147,20 +146,26 @@ async def _unless_abandoned(
 ) -> dict[str, Any] | None:
     """Run a handler until it is done or the server abandons its request (it reset
     the stream, or the connection is gone): then the handler is cancelled, so the
-    work it started (a command, a search) stops instead of running for nobody."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(stream.ended_by_peer())
+    work it started (a command, a search) stops instead of running for nobody. (It
+    runs in the request's task, which the stream's end cancels: no task of its own.)"""
+    task = asyncio.current_task()
+    assert task is not None
+    abandoned = False
+
+    def abandon() -> None:
+        nonlocal abandoned
+        abandoned = True
+        task.cancel()
+
+    stream.when_ended(abandon)
     try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if abandoned and task.uncancel() == 0:  # our cancel, not one of the agent's exit
+            raise EOFError("the server abandoned the request") from None
+        raise
     finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise EOFError("the server abandoned the request")
-    return task.result()
+        stream.when_ended(None)
 
 
 async def _try_send(stream: mux.Stream, message: dict[str, Any]) -> None:
@@ -249,7 +254,7 @@ async def exit_when_idle(server: asyncio.Server, seconds: float, stop: asyncio.E
 
 async def main() -> int:
     conf = confine.configure(sys.argv[1:])
-    spare.enable()
+    spare.enable(conf.spare_helper)
     if conf.listen_path is not None:  # gVisor: in a directory only the agent may enter
         server = await serve(conf.listen_path, check_peer=conf.peer_check)
         os.chmod(conf.listen_path, 0o600)

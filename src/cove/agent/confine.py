@@ -11,7 +11,9 @@ The Cove server hands the agent (on its command line) descriptors of:
 - the directory under which each command gets a cgroup of its own
   (``--kill-fd``, ``--kill-mode kill|freezer``): a timeout or a kill then
   reaches every process the command started, however it forked or setsid-ed;
-- the capabilities root of the workload keeps (``--caps``).
+- the capabilities root of the workload keeps (``--caps``);
+- the path of cove-init inside the sandbox (``--spare-helper``), which runs the
+  agent's spare processes (see ``spare``).
 
 On the gVisor tier (``runner/oci/gvisor.py``) the agent starts with effective uid
 0 and takes the agent uid itself, keeping its capabilities (``--become``);
@@ -72,6 +74,7 @@ class Confinement:
     seccomp: bytes | None = None  # a BPF program installed in every command
     peer_check: bool = True  # refuse peers inside the sandbox's pid namespace
     idle_exit: float = 0.0  # exit after so many idle seconds (init restarts it on demand)
+    spare_helper: str | None = None  # cove-init, which runs spares (see ``spare``)
 
 
 CURRENT = Confinement()
@@ -106,7 +109,7 @@ def configure(argv: list[str]) -> Confinement:
         listen=fd("--listen-fd"), listen_path=opts.get("--listen-path"),
         new_userns=opts.get("--userns") == "new", seccomp=_read(opts.get("--seccomp")),
         peer_check=opts.get("--peer-check") != "off",
-        idle_exit=float(opts.get("--idle-exit", "0")),
+        idle_exit=float(opts.get("--idle-exit", "0")), spare_helper=opts.get("--spare-helper"),
     )  # fmt: skip
     for descriptor in [*CURRENT.join, CURRENT.userns, CURRENT.kill_root, CURRENT.listen]:
         if descriptor is not None:
@@ -331,11 +334,6 @@ def _seccomp_installer(program: bytes | None) -> Callable[[], None]:
 
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-def held_fds() -> list[int]:
-    """The confinement's descriptors a command's process uses before its exec."""
-    return [*CURRENT.join, *([CURRENT.userns] if CURRENT.userns is not None else [])]
 
 
 def confined() -> bool:

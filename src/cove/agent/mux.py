@@ -54,6 +54,7 @@ class Stream:
         self.ended = False  # no frame will arrive any more (EOF, reset or done)
         self.reset_by_peer = False
         self._accept: asyncio.TimerHandle | None = None  # an A frame held back
+        self._when_ended: Callable[[], None] | None = None
 
     def accept(self) -> None:
         """(The agent.) Tell the server the request is taken: with the stream's next
@@ -121,6 +122,14 @@ class Stream:
             self._arrived.clear()
             await self._arrived.wait()
 
+    def when_ended(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` once (now, if it is over already) when no frame will arrive
+        any more (see :meth:`ended_by_peer`); None forgets the one given before."""
+        self._when_ended = callback
+        if callback is not None and self.ended:
+            self._when_ended = None
+            callback()
+
     def reset(self) -> None:
         """Forget the stream now and tell the peer it is over (it stops its work)."""
         if self.channel.forget(self.id) and not self.reset_by_peer:
@@ -158,6 +167,9 @@ class Stream:
         self.ended = True
         self._arrived.set()
         self._credited.set()
+        callback, self._when_ended = self._when_ended, None
+        if callback is not None:
+            callback()
 
 
 class Channel:

@@ -147,7 +147,8 @@ async def run_streaming(
         sinks.append(_sink(request, protocol.STDERR, limit))
         pumps.append(asyncio.ensure_future(_pump(await _reader(err_r), sinks[1])))
     try:
-        await asyncio.wait_for(_finished(proc, pumps), timeout if timeout and timeout > 0 else None)
+        async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
+            await _finished(proc, pumps)
     except TimeoutError:
         kill_tree(proc.pid, group)
         await proc.wait()

@@ -3,15 +3,19 @@
 A command must join its cgroups before it runs (``confine``), and moving a process
 into a cgroup (a write to ``cgroup.procs``) waits for an RCU grace period: 3-10 ms,
 far more than the fork and exec themselves. So after the first command, the agent
-keeps one *spare*: a fork of itself that has already joined the cgroups every
-command joins and a per-command cgroup of its own, and waits (holding nothing of
-the agent's but its pipes) for the command it will become. Taking it, the agent
-sends the command; the spare then does what a fresh spawn does after joining
-(working directory, stdin from /dev/null, stdout/stderr to pipes, a new session,
-default signals, the workload's user namespace, user, capabilities and seccomp
-filter) and execs it, PATH looked up in the command's environment, as
-``subprocess`` does. Failures before the exec come back as the OSError a fresh
-spawn raises. A new spare is forked once the command that took one is answered;
+keeps one *spare*: a small static helper (``cove-init --spare``, see init.c)
+spawned with ``posix_spawn``, which joins the cgroups every command joins and a
+per-command cgroup of its own, and waits (holding nothing of the agent's but its
+pipes) for the command it will become. Not a fork of the agent: a fork copies the
+agent's page tables, shares its pages copy-on-write (each later write of either
+side to one copies it) and execs from a large address space, ~2 ms of CPU per
+command where the helper costs a fraction of that. Taking it, the agent sends
+the command; the spare then does what a fresh spawn does after joining (working
+directory, stdin from /dev/null, stdout/stderr to pipes, a new session, default
+signals, the workload's user namespace, user and capabilities) and execs it,
+PATH looked up in the command's environment, as ``subprocess`` does. Failures
+before the exec come back as the OSError a fresh spawn raises. A new spare is
+spawned once the command that took one is answered;
 one left unused for ``IDLE_SECONDS`` exits (an idle sandbox keeps none). On the
 gVisor tier (a new user namespace per command) commands are spawned as before.
 """
@@ -20,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import os
-import signal
 import struct
 from collections.abc import Awaitable, Callable
 
@@ -30,6 +32,7 @@ from . import confine, protocol, users
 
 IDLE_SECONDS = protocol.SPARE_SECONDS
 ENABLED = False  # set by ``enable`` (the crun tier), or by tests
+HELPER: str | None = None  # cove-init, run as ``cove-init --spare`` (see ``Spare``)
 _ERROR = struct.Struct("ii")  # errno, what failed (0: the working directory, 1: else)
 _current: Spare | None = None
 WAITING: set[int] = set()  # pids of spares not (yet) running a command, alive or not reaped
@@ -40,10 +43,13 @@ def waiting() -> set[int]:
     return set(WAITING)
 
 
-def enable() -> None:
-    """Use spares when commands join cgroups a spare can join ahead (not on gVisor)."""
-    global ENABLED
-    ENABLED = not confine.CURRENT.new_userns
+def enable(helper: str | None) -> None:
+    """Use spares, run by ``helper`` (cove-init), when commands join cgroups a spare
+    can join ahead (not on gVisor, whose commands each get a user namespace and a
+    seccomp filter of their own, and spawn afresh)."""
+    global ENABLED, HELPER
+    HELPER = helper
+    ENABLED = helper is not None and not confine.CURRENT.new_userns
 
 
 class Exited:
@@ -106,9 +112,12 @@ class Exited:
 
 
 class Spare:
-    """A forked process in its cgroups, waiting for the command it will become."""
+    """A process in its cgroups, waiting for the command it will become: the agent's
+    helper (``cove-init --spare``, a small static program, see init.c) spawned with
+    ``posix_spawn`` (no copy of the agent's memory, none of its pages shared)."""
 
     def __init__(self) -> None:
+        assert HELPER is not None
         self.group = confine.Group()
         fds: list[int] = []
         try:
@@ -116,15 +125,12 @@ class Spare:
             self.error_r, self.error_w = _pipe(fds)
             self.out_r, self.out_w = _pipe(fds)
             self.err_r, self.err_w = _pipe(fds)
-            join = confine.joiner(self.group)
-            self.pid = os.fork()
+            self.pid = _spawn_helper(self)
         except BaseException:
             for fd in fds:
                 os.close(fd)
             self.group.close()
             raise
-        if self.pid == 0:
-            _child(self, join)  # never returns
         for fd in (self.order_r, self.error_w, self.out_w, self.err_w):
             os.close(fd)
         self.exited = Exited(self.pid)
@@ -160,17 +166,17 @@ class Spare:
 
         Raises:
             AgentError: the working directory does not exist.
+            ValueError: an argument or variable holds a NUL byte (as a spawn raises it).
         """
         try:
             workdir = users.start_dir(user, cwd)
             if users.privileged():
                 os.fchown(self.out_r, user.uid, user.gid)
                 os.fchown(self.err_r, user.uid, user.gid)
-            order = {"argv": argv, "cwd": workdir, "env": users.environment(user, env),
-                     "merge": merge, "uid": user.uid, "gid": user.gid, "groups": user.groups()}
+            order = _order(argv, workdir, users.environment(user, env), merge, user)
             self._retire.cancel()
             WAITING.discard(self.pid)  # from here on it is the command
-            os.write(self.order_w, json.dumps(order).encode())  # far below a pipe's buffer
+            _write_all(self.order_w, order)
         except BaseException:
             self.discard()
             raise
@@ -179,6 +185,45 @@ class Spare:
             os.close(self.err_r)
         self.exited.report_failure(self.error_r, workdir, argv[0])
         return self.exited, self.out_r, (self.out_r if merge else self.err_r)
+
+
+def _spawn_helper(spare: Spare) -> int:
+    """Start ``cove-init --spare`` with the spare's pipes and the cgroups to join (its
+    own last); only those descriptors are inherited (every other is close-on-exec)."""
+    assert HELPER is not None
+    current = confine.CURRENT
+    join = [*current.join, *([spare.group.fd] if spare.group.fd >= 0 else [])]
+    userns = current.userns if current.userns is not None else -1
+    passed = [spare.order_r, spare.error_w, spare.out_w, spare.err_w, *join,
+              *([userns] if userns >= 0 else [])]  # fmt: skip
+    argv = [HELPER, "--spare", str(spare.order_r), str(spare.error_w), str(spare.out_w),
+            str(spare.err_w), str(userns), ",".join(map(str, join)),
+            ",".join(map(str, sorted(current.caps))) or "-"]  # fmt: skip
+    # (a dup2 onto itself clears the descriptor's close-on-exec flag, in the child only)
+    actions = [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in passed]
+    return os.posix_spawn(HELPER, argv, {}, file_actions=actions)
+
+
+def _order(argv: list[str], cwd: str, env: dict[str, str], merge: bool,
+           user: users.User) -> bytes:  # fmt: skip
+    """The helper's order: NUL-terminated fields (see init.c)."""
+    groups = [str(g) for g in user.groups()]
+    variables = []
+    for name, value in env.items():
+        if not name or "=" in name:
+            raise ValueError(f"illegal environment variable name: {name!r}")
+        variables.append(f"{name}={value}")
+    fields = [str(user.uid), str(user.gid), "1" if merge else "0", cwd,
+              str(len(groups)), *groups, str(len(argv)), *argv, str(len(variables)), *variables]
+    if any("\0" in field for field in fields):
+        raise ValueError("embedded null byte")
+    return b"".join(field.encode("utf-8", "surrogateescape") + b"\0" for field in fields)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def prepare(done: Callable[[], Awaitable[None]]) -> None:
@@ -191,8 +236,8 @@ def prepare(done: Callable[[], Awaitable[None]]) -> None:
 
 def take(done: Callable[[], Awaitable[None]]) -> Spare | None:
     """The spare, or None: spares are off, or there is none yet (the first command, a
-    failed fork). Either way a new spare is forked for the next command once ``done()``
-    returns (the request is answered: the fork, ~1 ms, never delays this command)."""
+    failed spawn). Either way a new spare is spawned for the next command once ``done()``
+    returns (the request is answered: the spawn never delays this command)."""
     global _current
     if not ENABLED:
         return None
@@ -225,70 +270,3 @@ def _close(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
-
-
-def _child(spare: Spare, join: Callable[[], None]) -> None:
-    """The spare's life: let go of the agent's descriptors, join the cgroups, wait for
-    the order, become the command. Never returns."""
-    what = 1
-    try:
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)
-        keep = {spare.order_r, spare.error_w, spare.out_w, spare.err_w, *confine.held_fds(),
-                spare.group.fd}
-        _close_all_but(keep)
-        join()
-        order = json.loads(_read_to_end(spare.order_r) or b"null")
-        if order is None:
-            os._exit(0)  # discarded
-        devnull = os.open(os.devnull, os.O_RDWR)  # (close-on-exec, as every fd but 0-2)
-        _onto(devnull, 0)
-        _onto(spare.out_w, 1)
-        _onto(spare.out_w if order["merge"] else spare.err_w, 2)
-        what = 0
-        os.chdir(order["cwd"])
-        what = 1
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # as subprocess's restore_signals
-            signal.signal(sig, signal.SIG_DFL)
-        os.setsid()
-        _become(order["uid"], order["gid"], order["groups"])
-        os.execvpe(order["argv"][0], order["argv"], order["env"])
-    except OSError as exc:
-        os.write(spare.error_w, _ERROR.pack(exc.errno or 0, what))
-    except BaseException:  # noqa: BLE001 - the child must never return into the agent
-        os.write(spare.error_w, _ERROR.pack(0, 1))
-    finally:
-        os._exit(255)
-
-
-def _become(uid: int, gid: int, groups: list[int]) -> None:
-    if confine.confined():
-        confine.becomer(uid, gid, groups)()
-    elif os.geteuid() == 0 and uid != 0:  # as subprocess's user=, group=, extra_groups=
-        os.setgroups(groups)
-        os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)
-
-
-def _onto(fd: int, target: int) -> None:
-    """Make ``target`` a copy of ``fd`` that the command inherits."""
-    if fd == target:
-        os.set_inheritable(fd, True)
-    else:
-        os.dup2(fd, target)
-
-
-def _read_to_end(fd: int) -> bytes:
-    data = bytearray()
-    while chunk := os.read(fd, 65536):
-        data += chunk
-    return bytes(data)
-
-
-def _close_all_but(keep: set[int]) -> None:
-    low = 0
-    for fd in sorted(k for k in keep if k >= 0):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))

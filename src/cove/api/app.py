@@ -86,6 +86,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
             await services.fleet.beat()
         await services.meter.recover(services.lifecycle.runner, services.lifecycle.store.all())
         await reconcile(services.lifecycle, remove_orphans=first, wait=first)
+        await services.snapshot_builds.fail_orphaned(coordination.alive())
         await restore_networks(services.lifecycle)
         gateway = SshGateway(services)
         if settings.ssh_port:
@@ -94,6 +95,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         background = [
             asyncio.create_task(coordination.run()),
             asyncio.create_task(watch(services.lifecycle, interval=settings.watch_seconds)),
+            asyncio.create_task(services.snapshot_builds.watch(coordination,
+                                                               settings.watch_seconds)),
             asyncio.create_task(run_timers(services.lifecycle, settings.minute_seconds)),
             asyncio.create_task(services.metrics.run()),
             asyncio.create_task(services.lifecycle.keep_pools()),

@@ -10,7 +10,6 @@ in the server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
@@ -100,20 +99,27 @@ def _plain(item: Any) -> Any:
 
 async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     """Await ``work`` while the HTTP client stays; when it hangs up first, ``work`` is
-    cancelled (ending its agent request, so the command stops) and ClientGone raised."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_hang_up(request))
+    cancelled (ending its agent request, so the command stops) and ClientGone raised.
+    (``work`` runs in the caller's task, a watcher in one of its own that cancels it.)"""
+    caller = asyncio.current_task()
+    assert caller is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _hang_up(request)
+        gone = True
+        caller.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone and caller.uncancel() == 0:  # our cancel, not one from outside
+            raise ClientGone() from None
+        raise
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise ClientGone()
-    return task.result()
 
 
 async def _hang_up(request: Request) -> None:

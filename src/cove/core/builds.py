@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 RUN_TIMEOUT = 1800.0
 TAIL_LINES = 20
 MAX_LINE = 64 * 1024  # characters; a longer line is logged in pieces
+INTERRUPTED = ("the build was interrupted by a server restart or the loss of the API "
+               "replica running it; create it again")
 
 
 class BuildFailed(Exception):
@@ -95,7 +97,7 @@ class ImageBuilder:
             BuildFailed: a step failed (the reason names it and ends with its output).
         """
         name = target.name if target is not None else snapshot_name(plan)
-        contexts = self._contexts(organization_id, plan)
+        contexts = await self._contexts(organization_id, plan)
         lock = self._locks.setdefault(f"{organization_id}/{plan.digest}", asyncio.Lock())
         async with lock:
             ref = self.cached(organization_id, plan)
@@ -106,6 +108,7 @@ class ImageBuilder:
                 return await self._clone(organization_id, plan, ref, target, out)
             build_id = f"build-{uuid.uuid4()}"
             await out.write(f"Building snapshot {name} from {plan.base}")
+            out.set_worker(build_id)  # removed by another replica if this one dies
             try:
                 await self._run_steps(build_id, plan, base_ref, contexts, out)
                 config = self._config(organization_id, plan, base_ref)
@@ -117,6 +120,7 @@ class ImageBuilder:
                     raise BuildFailed(f"capturing the snapshot failed: {exc.message}") from exc
             finally:
                 await self._remove(build_id)
+                out.set_worker(None)
             await out.write(f"Snapshot {name} built")
             return snap.id
 
@@ -133,13 +137,16 @@ class ImageBuilder:
         await out.write(f"Snapshot {target.name} built")
         return target.id
 
-    def _contexts(self, organization_id: str, plan: BuildPlan) -> list[Path]:
+    async def _contexts(self, organization_id: str, plan: BuildPlan) -> list[Path]:
+        """The plan's contexts, here (fetched from the store the replicas share)."""
         if not plan.context_hashes:
             return []
-        if self.contexts is None:
+        store = self.contexts
+        if store is None:
             raise BuildFailed("this server keeps no build contexts")
         try:
-            return [self.contexts.context(organization_id, h) for h in plan.context_hashes]
+            return [await asyncio.to_thread(store.fetched, organization_id, h)
+                    for h in plan.context_hashes]  # fmt: skip
         except CoveError as exc:
             raise BuildFailed(exc.message) from exc
 
@@ -240,10 +247,27 @@ class ImageBuilder:
         return code
 
     async def _remove(self, build_id: str) -> None:
-        try:
-            await self.runner.destroy(build_id)
-        except CoveError as exc:
-            log.error("removing build sandbox %s failed: %s", build_id, exc.message)
+        await remove_worker(self.runner, build_id)
+
+
+async def remove_worker(runner: Runner, build_id: str) -> None:
+    """Remove a build sandbox (best effort: a failure is logged)."""
+    try:
+        await runner.destroy(build_id)
+    except CoveError as exc:
+        log.error("removing build sandbox %s failed: %s", build_id, exc.message)
+
+
+async def remove_left_worker(runner: Runner, build_id: str) -> None:
+    """Remove the build sandbox another replica's build left, if it is still there
+    (listing the runners first tells a routing runner which one has it)."""
+    try:
+        if build_id not in await runner.list_ids():
+            return
+    except CoveError as exc:
+        log.error("listing sandboxes to remove build sandbox %s failed: %s", build_id,
+                  exc.message)  # fmt: skip
+    await remove_worker(runner, build_id)
 
 
 def _merged(argv: tuple[str, ...]) -> list[str]:

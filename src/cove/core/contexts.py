@@ -9,6 +9,12 @@ credentials of its own, scoped to the caller's organization and valid for
 uses (see ``api/routes/object_storage.py``). The archives live under
 ``<data dir>/contexts/<organization id>/<hash>.tar``, 0600; a build reads only
 the organization's own.
+
+With several API replicas, a context uploaded through one is built on another:
+then the contexts live in an object store they share (:class:`SharedObjects`, the
+S3 bucket of ``COVE_ARCHIVE_S3_*``), multipart uploads included (the bucket's own,
+so each part may reach another replica), and the data dir keeps a copy of each one
+a build of this replica fetched.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -25,9 +32,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Protocol
 
 from cove.core import sigv4
-from cove.errors import BadRequest
+from cove.errors import BadRequest, CoveError
+
+log = logging.getLogger(__name__)
 
 TTL = 3600  # seconds the push credentials are good for
 BUCKET = "cove-contexts"
@@ -35,6 +45,7 @@ REGION = "us-east-1"
 MAX_PARTS = 10_000
 _HASH = re.compile(r"^[0-9a-f]{32}$")
 _UPLOAD = re.compile(r"^[0-9a-f]{32}$")
+_SHARED_UPLOAD = re.compile(r"^[A-Za-z0-9._~+/=-]{1,1024}$")  # the bucket's upload ids
 
 
 class AccessDenied(Exception):
@@ -64,14 +75,44 @@ class Stored:
     modified: float
 
 
+class SharedObjects(Protocol):
+    """An object store every API replica reaches (:mod:`cove.store.s3_contexts`);
+    ``name`` is ``<organization id>/<hash>.tar``."""
+
+    def size(self, name: str) -> int | None:
+        """The object's size, None: there is none."""
+
+    def upload(self, name: str, path: Path) -> None: ...
+
+    def download(self, name: str, into: IO[bytes], limit: int) -> None:
+        """Raises TooLarge beyond ``limit`` bytes."""
+
+    def start(self, name: str) -> str:
+        """A new multipart upload's id."""
+
+    def parts(self, name: str, upload_id: str) -> dict[int, tuple[str, int]]:
+        """The upload's parts so far (number -> ETag, size). Raises NoSuchKey."""
+
+    def put_part(self, name: str, upload_id: str, number: int, path: Path) -> str:
+        """Store a part; its ETag. Raises NoSuchKey."""
+
+    def complete(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> None: ...
+
+    def abort(self, name: str, upload_id: str) -> None: ...
+
+    def remove_stale(self, before: float) -> int: ...
+
+
 class ContextStore:
     """Content-addressed context archives per organization, and the credentials
     that may upload them."""
 
-    def __init__(self, root: Path, key: bytes, max_bytes: int) -> None:
+    def __init__(self, root: Path, key: bytes, max_bytes: int,
+                 shared: SharedObjects | None = None) -> None:  # fmt: skip
         self.root = root
         self._key = key
         self.max_bytes = max_bytes
+        self.shared = shared
         (root / ".uploads").mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(root, 0o700)
         self.remove_stale()
@@ -87,7 +128,16 @@ class ContextStore:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        return len(stale)
+        return len(stale) + self._remove_stale_shared(limit)
+
+    def _remove_stale_shared(self, before: float) -> int:
+        if self.shared is None:
+            return 0
+        try:
+            return self.shared.remove_stale(before)
+        except CoveError as exc:  # the store is down: next time
+            log.warning("removing stale context uploads failed: %s", exc.message)
+            return 0
 
     # -- credentials
 
@@ -152,8 +202,30 @@ class ContextStore:
             raise NoSuchKey(path.name) from exc
         return Stored(st.st_size, f'"{st.st_mtime_ns:x}-{st.st_size:x}"', st.st_mtime)
 
+    def head(self, organization_id: str, key: str) -> Stored:
+        """The object ``key`` of the organization, here or in the shared store.
+
+        Raises:
+            AccessDenied: not the organization's key. NoSuchKey: not uploaded.
+        """
+        path = self.object_path(organization_id, key)
+        try:
+            return self.stat(path)
+        except NoSuchKey:
+            if self.shared is None:
+                raise
+        size = self.shared.size(_name(path))
+        if size is None:
+            raise NoSuchKey(path.name)
+        return Stored(size, f'"shared-{size:x}"', time.time())
+
+    def _uploaded(self, path: Path) -> bool:
+        return path.is_file() or (self.shared is not None
+                                  and self.shared.size(_name(path)) is not None)  # fmt: skip
+
     def context(self, organization_id: str, context_hash: str) -> Path:
-        """The archive of one of the organization's contexts, for a build.
+        """Where one of the organization's contexts is kept here (fetched from the shared
+        store by :meth:`fetched` when it is not yet).
 
         Raises:
             BadRequest: not uploaded by this organization.
@@ -161,8 +233,29 @@ class ContextStore:
         if not _HASH.match(context_hash):
             raise BadRequest(f"invalid context hash {context_hash!r}")
         path = self.root / _safe(organization_id) / f"{context_hash}.tar"
-        if not path.is_file():
+        if not self._uploaded(path):
             raise BadRequest(f"build context {context_hash} was not uploaded")
+        return path
+
+    def fetched(self, organization_id: str, context_hash: str) -> Path:
+        """The archive of one of the organization's contexts, here (blocking I/O: a
+        download from the shared store, at most :attr:`max_bytes`).
+
+        Raises:
+            BadRequest: not uploaded by this organization.
+        """
+        path = self.context(organization_id, context_hash)
+        if path.is_file() or self.shared is None:
+            return path
+        tmp = self.new_part_file(path)
+        try:
+            with tmp.open("wb") as out:
+                self.shared.download(_name(path), out, self.max_bytes)
+            self.commit(tmp, path)
+        except TooLarge as exc:
+            raise BadRequest(str(exc)) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def new_part_file(self, path: Path) -> Path:
@@ -175,15 +268,84 @@ class ContextStore:
         os.replace(tmp, path)
         return self.stat(path)
 
-    # -- multipart uploads
+    def put(self, organization_id: str, key: str, tmp: Path) -> Stored:
+        """Make the received body ``tmp`` object ``key`` (shared too: blocking I/O)."""
+        path = self.object_path(organization_id, key)
+        stored = self.commit(tmp, path)
+        if self.shared is not None:
+            self.shared.upload(_name(path), path)
+        return stored
+
+    # -- multipart uploads (the shared store's own when there is one)
 
     def start_upload(self, organization_id: str, key: str) -> str:
-        self.object_path(organization_id, key)
+        path = self.object_path(organization_id, key)
+        if self.shared is not None:
+            return self.shared.start(_name(path))
         upload_id = uuid.uuid4().hex
         folder = self.root / ".uploads" / upload_id
         folder.mkdir(mode=0o700)
         (folder / "owner").write_text(json.dumps({"org": organization_id, "key": key}))
         return upload_id
+
+    def receive_part(self, organization_id: str, key: str, upload_id: str,
+                     number: int) -> tuple[Path, int]:  # fmt: skip
+        """Where to receive part ``number`` of an upload, and how many bytes it may have
+        (the other parts count). Raises NoSuchKey, AccessDenied."""
+        if not 1 <= number <= MAX_PARTS:
+            raise AccessDenied(f"part number must be 1 to {MAX_PARTS}")
+        if self.shared is not None:
+            parts = self._shared_parts(organization_id, key, upload_id)
+            other = sum(size for n, (_, size) in parts.items() if n != number)
+            return self.new_part_file(self.root / ".uploads" / "part"), self.max_bytes - other
+        folder = self.upload_dir(organization_id, key, upload_id)
+        part = self.part_path(folder, number)
+        return self.new_part_file(part), self.max_bytes - self.uploaded(folder, part)
+
+    def add_part(self, organization_id: str, key: str, upload_id: str, number: int,
+                 tmp: Path) -> None:  # fmt: skip
+        """Part ``number`` was received in ``tmp`` (blocking I/O)."""
+        if self.shared is None:
+            tmp.replace(self.part_path(self.upload_dir(organization_id, key, upload_id), number))
+            return
+        try:
+            name = _name(self.object_path(organization_id, key))
+            self.shared.put_part(name, _shared_id(upload_id), number, tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def complete_upload(self, organization_id: str, key: str, upload_id: str,
+                        numbers: list[int]) -> Stored:  # fmt: skip
+        """Join the parts, in the order given, into the object (blocking I/O).
+
+        Raises:
+            NoSuchKey: a part is missing. TooLarge: over the limit.
+        """
+        path = self.object_path(organization_id, key)
+        if self.shared is None:
+            return self.complete(self.upload_dir(organization_id, key, upload_id), numbers, path)
+        parts = self._shared_parts(organization_id, key, upload_id)
+        if not numbers or any(n not in parts for n in numbers):
+            raise NoSuchKey("a part of the upload is missing")
+        if sum(parts[n][1] for n in numbers) > self.max_bytes:
+            raise TooLarge(f"a context may be at most {self.max_bytes} bytes")
+        self.shared.complete(_name(path), upload_id, [(n, parts[n][0]) for n in numbers])
+        return self.head(organization_id, key)
+
+    def abort_upload(self, organization_id: str, key: str, upload_id: str) -> None:
+        if self.shared is None:
+            self.abort(self.upload_dir(organization_id, key, upload_id))
+            return
+        path = self.object_path(organization_id, key)
+        self.shared.abort(_name(path), _shared_id(upload_id))
+
+    def _shared_parts(self, organization_id: str, key: str, upload_id: str
+                      ) -> dict[int, tuple[str, int]]:  # fmt: skip
+        """The parts of an upload of the organization's ``key`` (the bucket ties an upload
+        to its key, and the key names the organization). Raises NoSuchKey."""
+        assert self.shared is not None
+        path = self.object_path(organization_id, key)
+        return self.shared.parts(_name(path), _shared_id(upload_id))
 
     def upload_dir(self, organization_id: str, key: str, upload_id: str) -> Path:
         """Raises NoSuchKey (unknown upload), AccessDenied (another's)."""
@@ -205,7 +367,7 @@ class ContextStore:
         return sum(p.stat().st_size for p in folder.glob("part-*") if p != but)
 
     def complete(self, folder: Path, numbers: list[int], path: Path) -> Stored:
-        """Join the parts, in the order given, into the object (blocking I/O).
+        """Join the local upload's parts, in the order given, into the object.
 
         Raises:
             NoSuchKey: a part is missing. TooLarge: over the limit.
@@ -226,6 +388,18 @@ class ContextStore:
 
     def abort(self, folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _name(path: Path) -> str:
+    """A context's name in the shared store: ``<organization id>/<hash>.tar``."""
+    return f"{path.parent.name}/{path.name}"
+
+
+def _shared_id(upload_id: str) -> str:
+    """Raises NoSuchKey: no id the bucket could have given."""
+    if not _SHARED_UPLOAD.match(upload_id):
+        raise NoSuchKey(upload_id)
+    return upload_id
 
 
 def _safe(organization_id: str) -> str:

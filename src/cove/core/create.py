@@ -8,12 +8,13 @@ host, is answered as if it did not exist.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
 from contextlib import AbstractAsyncContextManager, nullcontext
 
 from cove.core import dockerfile, links, validation
-from cove.core.buildlog import BuildLog
+from cove.core.buildlog import BuildLog, BuildLogs
 from cove.core.builds import ImageBuilder, build_and_boot
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
@@ -43,10 +44,9 @@ class Creator:
         self.settings = settings
         self.ops = ops
         self.volumes = volumes
-        self._build_logs: dict[str, BuildLog] = {}
-        self._log_dir = settings.data_dir / "build-logs"
-        shutil.rmtree(self._log_dir, ignore_errors=True)  # of builds of an earlier run
-        self._log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # the build logs (in the database: any replica follows them; see use_build_logs)
+        self.logs = BuildLogs()
+        shutil.rmtree(settings.data_dir / "build-logs", ignore_errors=True)  # of old versions
         self.images: ImageService | None = None  # registry images (None: not pulled)
         self.contexts: ContextStore | None = None  # uploaded build contexts (None: none)
         self.secrets: SecretService | None = None  # the organizations' secrets (None: none)
@@ -62,6 +62,10 @@ class Creator:
                          contexts=self.contexts)
             if snapshots is not None else None
         )  # fmt: skip
+
+    def use_build_logs(self, logs: BuildLogs) -> None:
+        """Where the build logs live (the database every replica reads)."""
+        self.logs = logs
 
     def use_contexts(self, contexts: ContextStore) -> None:
         """Where COPY/ADD find the uploaded build contexts."""
@@ -81,7 +85,8 @@ class Creator:
             Unavailable: no runner taking new sandboxes has its snapshot or can fetch it,
                 or holds the data of the volumes it mounts.
         """
-        plan = self._build_plan(organization_id, request)
+        # (in a thread: a context is looked for in the shared store, over the network)
+        plan = await asyncio.to_thread(self._build_plan, organization_id, request)
         sandbox, pull = self._new_sandbox(organization_id, request)
         mounts = self._secret_mounts(organization_id, request)
         if pull is None:  # (a pulled image is pulled by every runner)
@@ -102,7 +107,7 @@ class Creator:
         await self.ops.events.sandbox_created(sandbox)
         if plan is None and pull is None:
             return await self.ops.run(sandbox.id, lambda: self.ops.boot(sandbox))
-        out = self._build_logs[sandbox.id] = BuildLog(self._log_dir / f"{sandbox.id}.log")
+        out = self.logs.start(log_key(sandbox.id))
         builder = self.builder
         if pull is not None:
             images, keep = self.images, request.user is not None or bool(plan and plan.user)
@@ -126,22 +131,19 @@ class Creator:
         """The build log of a sandbox created from a Dockerfile.
 
         Raises:
-            NotFound: it was not built (in this server run).
+            NotFound: it was not built.
         """
-        found = self._build_logs.get(sandbox_id)
+        found = self.logs.get(log_key(sandbox_id))
         if found is None:
             raise NotFound(f"Sandbox {sandbox_id} has no build logs")
         return found
 
     def building(self, sandbox_id: str) -> bool:
-        """Whether this server is building the sandbox's snapshot right now."""
-        found = self._build_logs.get(sandbox_id)
-        return found is not None and not found.done
+        """Whether this replica is building the sandbox's snapshot right now."""
+        return self.logs.building(log_key(sandbox_id))
 
     def forget(self, sandbox_id: str) -> None:
-        found = self._build_logs.pop(sandbox_id, None)
-        if found is not None:
-            found.discard()
+        self.logs.discard(log_key(sandbox_id))
 
     def _build_plan(
         self, organization_id: str, req: SandboxCreate
@@ -263,6 +265,11 @@ class Creator:
         """The snapshots every organization may use."""
         return list(dict.fromkeys([self.settings.default_snapshot,
                                    *self.settings.public_snapshots]))  # fmt: skip
+
+
+def log_key(sandbox_id: str) -> str:
+    """The key of a sandbox's build log."""
+    return f"sandbox:{sandbox_id}"
 
 
 def _pick(value: int | None, default: int) -> int:

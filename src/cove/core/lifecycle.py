@@ -15,8 +15,9 @@ from typing import TypeVar
 
 from cove.core import validation
 from cove.core.buildlog import BuildLog
+from cove.core.builds import INTERRUPTED, remove_left_worker
 from cove.core.config import Settings
-from cove.core.create import Creator
+from cove.core.create import Creator, log_key
 from cove.core.images import ImageService
 from cove.core.ops import SandboxOps, container_spec, network_policy
 from cove.core.pool import OwnedOnly, PoolKeeper, PoolStore
@@ -26,10 +27,11 @@ from cove.core.sandbox import Sandbox, SandboxState, archive_minutes, utcnow
 from cove.core.snapshots import SnapshotService
 from cove.core.telemetry import timed
 from cove.core.volumes import VolumeService
-from cove.errors import BadRequest, CoveError, InvalidState
+from cove.errors import BadRequest, CoveError, InvalidState, NotFound
 from cove.schemas.sandbox import SandboxCreate, SandboxResize
 
 S = SandboxState
+BUILDING = frozenset({S.PENDING_BUILD, S.PULLING_SNAPSHOT, S.BUILDING_SNAPSHOT})
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -124,13 +126,46 @@ class LifecycleService:
         """The build log of a sandbox created from a Dockerfile.
 
         Raises:
-            NotFound: no such sandbox, or it was not built (this server run).
+            NotFound: no such sandbox, or it was not built from a Dockerfile.
         """
         return self.creator.build_log(self.get(organization_id, id_or_name).id)
 
     def building(self, sandbox_id: str) -> bool:
-        """Whether this server is building the sandbox's snapshot right now."""
+        """Whether this replica is building the sandbox's snapshot right now."""
         return self.creator.building(sandbox_id)
+
+    def orphaned_build(self, sandbox_id: str) -> bool:
+        """Whether the sandbox's build was left by a replica that is gone."""
+        info = self.creator.logs.store.info(log_key(sandbox_id))
+        return (info is not None and not info.done and not self.building(sandbox_id)
+                and info.replica not in self.ops.coordination.alive())  # fmt: skip
+
+    async def end_orphaned_logs(self) -> None:
+        """End the build logs a replica that is gone left unfinished after its build (it
+        died booting the sandbox): their readers end too. Those of sandboxes still
+        building are the reconciler's (:meth:`end_build`, under the sandbox's lock)."""
+        logs = self.creator.logs
+        for info in logs.orphaned(self.ops.coordination.alive()):
+            kind, _, sandbox_id = info.key.partition(":")
+            if kind != "sandbox":
+                continue
+            try:
+                if self.store.get_by_id(sandbox_id).state in BUILDING:
+                    continue
+            except NotFound:
+                logs.discard(info.key)
+                continue
+            worker = logs.end(info.key, "the API replica that ran this build stopped")
+            if worker is not None:
+                await remove_left_worker(self.runner, worker)
+
+    async def end_build(self, sandbox: Sandbox) -> None:
+        """Fail a build no replica runs (:data:`INTERRUPTED`), at the end of its log too,
+        and remove what it left on the runner (under the sandbox's lock)."""
+        await self.ops.build_failed(sandbox, INTERRUPTED)
+        worker = self.creator.logs.end(log_key(sandbox.id), INTERRUPTED)
+        if worker is not None:
+            await remove_left_worker(self.runner, worker)
 
     # ---- start / stop --------------------------------------------------
 

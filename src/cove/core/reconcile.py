@@ -16,7 +16,7 @@ from datetime import timedelta
 from functools import partial
 
 from cove.core.coordination import LockBusy
-from cove.core.lifecycle import LifecycleService
+from cove.core.lifecycle import BUILDING, LifecycleService
 from cove.core.ops import container_spec
 from cove.core.periodic import every
 from cove.core.ports import ContainerStatus
@@ -75,6 +75,7 @@ async def reconcile(service: LifecycleService, *, remove_orphans: bool = True,
             log.error("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
     if remove_orphans:
         await _remove_orphans(service, {sb.id for sb in sandboxes})
+    await _logged(service.end_orphaned_logs(), "ending orphaned build logs")
     for sandbox in interrupted:  # in the background: archiving may take long
         asyncio.ensure_future(_logged(_archive_again(service, sandbox), "archiving again"))
 
@@ -101,14 +102,15 @@ async def _reconcile_one(service: LifecycleService, sandbox_id: str, *, tidy: bo
                          ) -> None:  # fmt: skip
     sandbox = service.store.get_by_id(sandbox_id)
     runner = service.runner
-    if not tidy and sandbox.state in _BEGUN and utcnow() - sandbox.state_changed_at < _BEGIN:
+    if (not tidy and sandbox.state in _BEGUN and utcnow() - sandbox.state_changed_at < _BEGIN
+            and not service.orphaned_build(sandbox.id)):  # fmt: skip
         return  # just recorded: its creator (maybe another replica) takes its lock next
     if sandbox.state is S.DESTROYING:
         await service.ops.remove(sandbox)  # (under its lock already)
         return
-    if sandbox.state in (S.PENDING_BUILD, S.PULLING_SNAPSHOT, S.BUILDING_SNAPSHOT):
-        if not service.building(sandbox.id):  # a build this server run did not start
-            await service.ops.build_failed(sandbox, "the build was interrupted by a server restart")
+    if sandbox.state in BUILDING:
+        if not service.building(sandbox.id):  # its replica is gone (it held the lock)
+            await service.end_build(sandbox)
         return
     if sandbox.state is S.BUILD_FAILED:
         return

@@ -3,7 +3,7 @@
 
 The snapshot is ``building`` at once (its base image pulled first if it is no
 snapshot), then ``active``, or ``build_failed`` with the reason and no files.
-The build's log (:class:`BuildLog`, capped, on disk) is streamed by
+The build's log (:class:`BuildLog`, capped, in the database) is streamed by
 ``GET /api/snapshots/{id}/build-logs``. A snapshot of a Dockerfile and context
 built before (for a sandbox or another snapshot of the organization) is copied,
 not built again.
@@ -16,10 +16,11 @@ import logging
 from collections.abc import Sequence
 
 from cove.core import dockerfile
-from cove.core.buildlog import BuildLog
-from cove.core.builds import BuildFailed, ImageBuilder
+from cove.core.buildlog import BuildLog, BuildLogs
+from cove.core.builds import INTERRUPTED, BuildFailed, ImageBuilder, remove_left_worker
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
+from cove.core.coordination import Coordination
 from cove.core.images import ImageService, PullFailed
 from cove.core.sandbox import utcnow
 from cove.core.snapshots import Snapshot, SnapshotService
@@ -28,20 +29,25 @@ from cove.errors import BadRequest, CoveError, NotFound
 log = logging.getLogger(__name__)
 
 
+def log_key(snapshot_id: str) -> str:
+    """The key of a snapshot's build log."""
+    return f"snapshot:{snapshot_id}"
+
+
 class SnapshotBuilds:
-    """Builds snapshots from Dockerfiles and keeps their logs (for this server run)."""
+    """Builds snapshots from Dockerfiles (their logs in :class:`BuildLogs`), and fails
+    those a replica that is gone left ``building``."""
 
     def __init__(
         self, *, settings: Settings, snapshots: SnapshotService, builder: ImageBuilder | None,
-        images: ImageService | None, contexts: ContextStore,
+        images: ImageService | None, contexts: ContextStore, logs: BuildLogs | None = None,
     ) -> None:  # fmt: skip
         self.snapshots = snapshots
         self.builder = builder
         self.images = images
         self.contexts = contexts
-        self._log_dir = settings.data_dir / "build-logs"
-        self._log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._logs: dict[str, BuildLog] = {}
+        self.logs = logs or BuildLogs()
+        snapshots.removed_hooks.append(lambda snapshot_id: self.logs.discard(log_key(snapshot_id)))
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def create(
@@ -57,30 +63,62 @@ class SnapshotBuilds:
         if self.builder is None:
             raise BadRequest("Building images from Dockerfiles is not supported by this server")
         plan = dockerfile.parse(text, context_hashes)
-        for context_hash in plan.context_hashes:
-            self.contexts.context(organization_id, context_hash)
+        for context_hash in plan.context_hashes:  # maybe in the shared store: a thread
+            await asyncio.to_thread(self.contexts.context, organization_id, context_hash)
         base, pull = self._base(organization_id, plan.base)
         async with self.snapshots.admitted(organization_id):
             snap = self.snapshots.new(organization_id, name)
             snap.state = "building"
             self.snapshots.store.add(snap)
-        out = self._logs[snap.id] = BuildLog(self._log_dir / f"snapshot-{snap.id}.log")
+        out = self.logs.start(log_key(snap.id))
         task = asyncio.create_task(self._build(snap, plan, base, pull, out))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return snap
 
     def build_log(self, organization_id: str, id_or_name: str) -> BuildLog:
-        """The log of one of the organization's snapshot builds (of this server run).
+        """The log of one of the organization's snapshot builds.
 
         Raises:
-            NotFound: no such snapshot, or it was not built from a Dockerfile here.
+            NotFound: no such snapshot, or it was not built from a Dockerfile.
         """
         snap = self.snapshots.get(organization_id, id_or_name)
-        found = self._logs.get(snap.id)
+        found = self.logs.get(log_key(snap.id))
         if found is None:
             raise NotFound(f"Snapshot {snap.name} has no build logs")
         return found
+
+    async def fail_orphaned(self, alive: set[str]) -> int:
+        """End the snapshot builds whose replica is gone (none of ``alive``): each is
+        ``build_failed`` with the reason, at the end of its log too, and what it left
+        on the runner is removed. Returns how many."""
+        building = {snap.id: snap for snap in self.snapshots.store.all_pulling()}
+        ended = 0
+        for info in self.logs.orphaned(alive):
+            kind, _, snapshot_id = info.key.partition(":")
+            if kind != "snapshot":
+                continue
+            snap = building.get(snapshot_id)
+            if snap is not None:  # its state first: a reader of the log's end sees it
+                log.warning("build of snapshot %s failed: %s", snap.id, INTERRUPTED)
+                snap.state, snap.error_reason = "build_failed", INTERRUPTED
+                snap.updated_at = utcnow()
+                await self._save(snap)
+                ended += 1
+            worker = self.logs.end(info.key, INTERRUPTED)
+            if worker is not None:
+                await remove_left_worker(self.snapshots.runner, worker)
+        return ended
+
+    async def watch(self, coordination: Coordination, interval: float) -> None:
+        """Every ``interval`` seconds on the jobs' replica: :meth:`fail_orphaned`."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if coordination.leader:
+                    await self.fail_orphaned(coordination.alive())
+            except Exception:  # noqa: BLE001 - the watch must outlive any one failure
+                log.exception("ending orphaned snapshot builds failed")
 
     def _base(self, organization_id: str, image: str) -> tuple[str, bool]:
         """The base snapshot's ref, or the image to pull (True)."""
@@ -122,3 +160,4 @@ class SnapshotBuilds:
             return
         if snap.state != "active":
             await self.snapshots.runner.remove_snapshot(snap.id)
+

@@ -95,6 +95,8 @@ class SnapshotService:
         # Holds one more snapshot of the organization while its record is made and
         # stored; raises when it may make no more (its quota). None: no limit.
         self.admit_new: Callable[[str], AbstractAsyncContextManager[None]] | None = None
+        # Called with a deleted snapshot's id (its build log goes with it).
+        self.removed_hooks: list[Callable[[str], None]] = []
 
     def admitted(self, organization_id: str) -> AbstractAsyncContextManager[None]:
         """The organization's snapshot quota admits one more snapshot until the block
@@ -261,6 +263,8 @@ class SnapshotService:
             raise Conflict(f"Snapshot {snap.name} is used by sandbox(es) {', '.join(own)}")
         await self.runner.remove_snapshot(snap.id)
         self.store.remove(snap.id)
+        for hook in self.removed_hooks:
+            hook(snap.id)
 
     def new(self, organization_id: str, name: str, **fields: str | None) -> Snapshot:
         """A new snapshot record of the organization (not stored yet; make it inside

@@ -219,7 +219,8 @@ async def _accepted(
         agent = AgentCall(stream)
         try:
             await agent.send(message)
-            await asyncio.wait_for(agent.accepted(), AGENT_ACCEPT_SECONDS)
+            async with asyncio.timeout(AGENT_ACCEPT_SECONDS):  # (no task, as wait_for makes)
+                await agent.accepted()
             return agent
         except (ConnectionError, EOFError):
             agent.close()

@@ -338,3 +338,28 @@ class UsagePeriodRow(Base):
     start_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BuildLogRow(Base):
+    """A sandbox's or snapshot's build log (``sandbox:<id>``, ``snapshot:<id>``): the
+    replica writing it, the build sandbox it runs in, whether it is finished."""
+
+    __tablename__ = "build_logs"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    replica: Mapped[str] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(80))
+    done: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BuildLogChunkRow(Base):
+    """A piece of a build log's text (at most :data:`cove.core.buildlog.CHUNK` bytes)."""
+
+    __tablename__ = "build_log_chunks"
+
+    log_id: Mapped[str] = mapped_column(
+        ForeignKey("build_logs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -201,17 +201,17 @@ def agents_uid(pid):  # the agent's uid is not mapped here: it shows as the over
     try:
         with open(f"/proc/{pid}/status") as f:
             uid = next(line.split()[1] for line in f if line.startswith("Uid:"))
-        with open(f"/proc/{pid}/comm") as f:
-            return uid == "65534" and f.read().strip() == "ld.so"
+        with open(f"/proc/{pid}/comm") as f:  # the agent (ld.so), a spare (cove-init)
+            return uid == "65534" and f.read().strip() in ("ld.so", "init")
     except OSError:  # gone meanwhile
         return False
-for _ in range(400):  # until a spare waits beside the agent (both are ld.so)
-    found = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me
+for _ in range(400):  # until a spare waits beside the agent
+    found = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)
              and agents_uid(p)]
     if len(found) >= 2:
         break
     time.sleep(0.05)
-print(f"ld.so processes: {len(found)}")
+print(f"agent processes: {len(found)}")
 for pid in found:""")
 
 
@@ -219,22 +219,23 @@ for pid in found:""")
 def test_a_waiting_spare_cannot_be_killed_traced_or_read(
     runtime: OciRuntime, make_sandbox: SandboxFactory, user: str
 ) -> None:
-    """The agent's spare (a fork of it, waiting for the next command: ``agent/spare.py``)
-    is attacked as the agent is: it holds a copy of the agent's memory."""
+    """The agent's spare (cove-init waiting for the next command as the agent's uid,
+    holding its cgroups and the workload's user namespace: ``agent/spare.py``) is
+    attacked as the agent is."""
     sid = make_sandbox().sandbox_id
     if tier_of(runtime, sid) == "gvisor":
         pytest.skip("no spares on the gVisor tier")
     before = agent_host_pid(runtime, sid)
     script = shlex.quote(ATTACK_SPARE)
     ok(runtime, sid, f"nohup python3 -c {script} > /tmp/attack.out 2>&1 &", user=user)
-    ok(runtime, sid, "true")  # a spare is forked once this is answered
+    ok(runtime, sid, "true")  # a spare is spawned once this is answered
     for _ in range(600):
         out = ok(runtime, sid, "cat /tmp/attack.out")
         if "refused" in out or ":OK" in out or "Error" in out:
             break
         time.sleep(0.05)
     counted, verdict = out.splitlines()
-    assert int(counted.removeprefix("ld.so processes: ")) >= 2, out  # the agent, a spare
+    assert int(counted.removeprefix("agent processes: ")) >= 2, out  # the agent, a spare
     assert verdict == "all refused", out
     assert agent_host_pid(runtime, sid) == before
     assert ok(runtime, sid, "echo still served").strip() == "still served"

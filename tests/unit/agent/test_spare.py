@@ -18,14 +18,21 @@ from starlette.testclient import TestClient
 
 from cove.agent import protocol, spare
 from cove.runner.oci.agent_setup import wait_ready
+from cove.runner.oci.initbin import ensure_init_binary
 from tests.unit.agent.conftest import AUTH
 
 
+@pytest.fixture(scope="session")
+def helper(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """cove-init, which runs spares (``cove-init --spare``)."""
+    return str(ensure_init_binary(tmp_path_factory.mktemp("init")))
+
+
 @pytest.fixture
-def spares() -> Iterator[None]:
-    spare.ENABLED = True
+def spares(helper: str) -> Iterator[None]:
+    spare.ENABLED, spare.HELPER = True, helper
     yield
-    spare.ENABLED = False
+    spare.ENABLED, spare.HELPER = False, None
     left = spare._current
     if left is not None:  # let it go in the agent's loop (another thread), and reaped
         left.exited._loop.call_soon_threadsafe(left.discard)
@@ -36,7 +43,7 @@ def spares() -> Iterator[None]:
 
 
 def _waiting_spare() -> spare.Spare | None:
-    """The spare forked after the last command (made once that command is answered)."""
+    """The spare spawned after the last command (made once that command is answered)."""
     for _ in range(500):
         if spare._current is not None:
             return spare._current
@@ -133,6 +140,21 @@ def test_code_run_by_a_spare(client: TestClient, sandbox_id: str, spares: None) 
                         json={"code": "import sys; print(sys.argv[1:]); raise SystemExit(2)",
                               "argv": ["a", "b"]}, headers=AUTH)  # fmt: skip
         assert (r.json()["exitCode"], r.json()["result"]) == (2, "['a', 'b']\n")
+
+
+def test_a_missing_interpreter_fails_alike_with_a_spare(
+    client: TestClient, sandbox_id: str, spares: None
+) -> None:
+    """The spare looks the program up on the command's PATH as a spawn does: not found
+    there, the same answer as without spares."""
+    del spares
+    body = {"code": "1", "language": "python", "envs": {"PATH": "/nonexistent"}}
+    answers = []
+    for enabled in (False, True, True):  # (the second with spares: run by a spare)
+        spare.ENABLED = enabled
+        r = client.post(f"/toolbox/{sandbox_id}/process/code-run", json=body, headers=AUTH)
+        answers.append((r.status_code, {**r.json(), "timestamp": None}))
+    assert answers[0] == answers[1] == answers[2], answers
 
 
 def test_a_spare_command_that_times_out_is_killed_with_its_tree(

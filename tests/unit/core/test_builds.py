@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from cove.core.buildlog import BuildLogs, MemoryBuildLogStore
+from cove.core.builds import INTERRUPTED
 from cove.core.config import Settings
+from cove.core.contexts import ContextStore
+from cove.core.create import log_key
 from cove.core.lifecycle import LifecycleService
 from cove.core.reconcile import reconcile
-from cove.core.sandbox import SandboxState
+from cove.core.sandbox import SandboxState, utcnow
+from cove.core.snapshot_builds import SnapshotBuilds
 from cove.core.snapshots import SnapshotService
 from cove.errors import BadRequest, NotFound
 from cove.runner.fake import FakeRuntime
@@ -139,7 +144,76 @@ async def test_build_interrupted_by_a_restart_is_build_failed(
     record = store.get_by_id(sb.id)
     record.state = S.BUILDING_SNAPSHOT  # as a crash mid-build leaves it
     store.save(record)
-    lifecycle.creator._build_logs.clear()  # a new server run knows of no build
     await reconcile(lifecycle)
     after = lifecycle.get(org, sb.id)
     assert after.state is S.BUILD_FAILED and "restart" in (after.error_reason or "")
+
+
+def _orphan(logs: BuildLogs, key: str, replica: str) -> None:
+    """What a replica that died mid-build left: an unfinished log naming it."""
+    out = BuildLogs(logs.store, replica=replica).start(key)
+    out.append("Step 1/1 : RUN sleep 600")
+    out.set_worker("build-gone")
+    out._flush()
+
+
+async def test_a_build_whose_replica_is_gone_fails_without_waiting(
+    lifecycle: LifecycleService, store, org: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The periodic watch leaves a just-recorded build alone a minute (its creator takes
+    the lock next), unless its log names a replica that is no longer alive."""
+    sb = await lifecycle.create(organization_id=org, request=_request())
+    await lifecycle.drain()
+    record = store.get_by_id(sb.id)
+    record.state, record.state_changed_at = S.BUILDING_SNAPSHOT, utcnow()
+    store.save(record)
+    logs = lifecycle.creator.logs
+    _orphan(logs, log_key(sb.id), "b")
+    me = lifecycle.ops.coordination.replica_id
+    monkeypatch.setattr(lifecycle.ops.coordination, "alive", lambda: {me, "b"})
+    await reconcile(lifecycle, remove_orphans=False, wait=False)
+    assert lifecycle.get(org, sb.id).state is S.BUILDING_SNAPSHOT  # b builds it still
+
+    monkeypatch.setattr(lifecycle.ops.coordination, "alive", lambda: {me})  # b died
+    await reconcile(lifecycle, remove_orphans=False, wait=False)
+    after = lifecycle.get(org, sb.id)
+    assert after.state is S.BUILD_FAILED and after.error_reason == INTERRUPTED
+    assert lifecycle.build_log(org, sb.id).text().endswith(INTERRUPTED + "\n")
+    assert logs.orphaned({me}) == []
+
+
+async def test_a_snapshot_build_whose_replica_is_gone_fails(
+    settings: Settings, snapshots: SnapshotService, org: str, tmp_path,
+) -> None:  # fmt: skip
+    logs = BuildLogs(MemoryBuildLogStore(), replica="me")
+    builds = SnapshotBuilds(settings=settings, snapshots=snapshots, builder=None, images=None,
+                            contexts=ContextStore(tmp_path / "ctx", b"k" * 32, 1024),
+                            logs=logs)  # fmt: skip
+    snap = snapshots.new(org, "half-built")
+    snap.state = "building"
+    snapshots.store.add(snap)
+    _orphan(logs, f"snapshot:{snap.id}", "gone")
+    assert await builds.fail_orphaned({"me", "gone"}) == 0  # its replica lives
+    assert await builds.fail_orphaned({"me"}) == 1
+    after = snapshots.get(org, snap.id)
+    assert after.state == "build_failed" and after.error_reason == INTERRUPTED
+    assert builds.build_log(org, snap.id).text().endswith(INTERRUPTED + "\n")
+    assert await builds.fail_orphaned({"me"}) == 0  # once
+    await snapshots.delete(org, snap.id)  # its log goes with it
+    assert logs.get(f"snapshot:{snap.id}") is None
+
+
+async def test_a_log_left_after_its_build_is_ended(
+    lifecycle: LifecycleService, org: str,
+) -> None:  # fmt: skip
+    """Its replica died booting the sandbox: the build was over, the log was not."""
+    sb = await lifecycle.create(organization_id=org, request=_request())
+    await lifecycle.drain()
+    logs = lifecycle.creator.logs
+    _orphan(logs, log_key(sb.id), "gone")
+    _orphan(logs, log_key("deleted-sandbox"), "gone")
+    await reconcile(lifecycle, remove_orphans=False, wait=False)
+    assert lifecycle.get(org, sb.id).state is S.STARTED
+    assert lifecycle.build_log(org, sb.id).text().endswith("this build stopped\n")
+    assert logs.get(log_key("deleted-sandbox")) is None
+    assert logs.orphaned({lifecycle.ops.coordination.replica_id}) == []

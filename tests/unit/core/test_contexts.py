@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cove.core.contexts import TTL, AccessDenied, ContextStore
+from cove.core.contexts import TTL, AccessDenied, ContextStore, NoSuchKey
 from cove.errors import BadRequest
+from cove.store.s3_contexts import S3Contexts
 
 
 def _store(tmp_path: Path) -> ContextStore:
@@ -68,3 +70,75 @@ def test_credentials_expire_and_name_their_organization(
     monkeypatch.setattr(time, "time", lambda: later)
     with pytest.raises(AccessDenied, match="expired"):
         store.authorize("PUT", "/", "", headers)
+
+
+@pytest.fixture
+def bucket() -> Iterator[object]:
+    """An in-process S3 bucket (moto) the two replicas' stores share."""
+    boto3 = pytest.importorskip("boto3")
+    moto = pytest.importorskip("moto")
+    with moto.mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")  # fmt: skip
+        s3.create_bucket(Bucket="shared")
+        yield s3
+
+
+def _replicas(tmp_path: Path, s3: object) -> tuple[ContextStore, ContextStore]:
+    """Two API replicas' stores: data dirs of their own, one bucket."""
+    return tuple(  # type: ignore[return-value]
+        ContextStore(tmp_path / name / "contexts", b"k" * 32, 20 * 1024 * 1024,
+                     S3Contexts("shared", prefix="cove/", client=s3))  # fmt: skip
+        for name in ("a", "b")
+    )
+
+
+def _part(store: ContextStore, org: str, key: str, upload: str, number: int, data: bytes) -> None:
+    tmp, room = store.receive_part(org, key, upload, number)
+    assert room >= len(data)
+    tmp.write_bytes(data)
+    store.add_part(org, key, upload, number, tmp)
+
+
+def test_a_context_uploaded_in_parts_through_both_replicas_is_built_on_either(
+    tmp_path: Path, bucket: object,
+) -> None:  # fmt: skip
+    a, b = _replicas(tmp_path, bucket)
+    key = f"org-1/{'a' * 32}/context.tar"
+    upload = a.start_upload("org-1", key)
+    first, second = b"1" * (5 * 1024 * 1024), b"2" * 1000
+    _part(b, "org-1", key, upload, 1, first)  # each part through another replica
+    _part(a, "org-1", key, upload, 2, second)
+    with pytest.raises(BadRequest):
+        a.context("org-1", "a" * 32)  # not complete yet
+    stored = b.complete_upload("org-1", key, upload, [1, 2])
+    assert stored.size == len(first) + len(second)
+    assert a.head("org-1", key).size == stored.size  # A never saw it whole
+    assert a.fetched("org-1", "a" * 32).read_bytes() == first + second
+    with pytest.raises(BadRequest):
+        b.context("org-2", "a" * 32)  # another organization's
+
+
+def test_a_shared_upload_is_its_keys_and_bounded(tmp_path: Path, bucket: object) -> None:
+    a, b = _replicas(tmp_path, bucket)
+    key = f"org-1/{'a' * 32}/context.tar"
+    upload = a.start_upload("org-1", key)
+    with pytest.raises(NoSuchKey):  # the bucket ties the upload to its key (its org's)
+        b.receive_part("org-2", f"org-2/{'a' * 32}/context.tar", upload, 1)
+    with pytest.raises(NoSuchKey):
+        b.receive_part("org-1", key, "../../etc", 1)
+    _part(a, "org-1", key, upload, 1, b"x" * (5 * 1024 * 1024))
+    _tmp, room = b.receive_part("org-1", key, upload, 2)
+    assert room == a.max_bytes - 5 * 1024 * 1024  # the parts through A count on B
+    b.abort_upload("org-1", key, upload)
+    with pytest.raises(NoSuchKey):
+        a.complete_upload("org-1", key, upload, [1])
+
+
+def test_a_single_put_is_shared(tmp_path: Path, bucket: object) -> None:
+    a, b = _replicas(tmp_path, bucket)
+    key = f"org-1/{'c' * 32}/context.tar"
+    tmp = a.new_part_file(a.object_path("org-1", key))
+    tmp.write_bytes(b"tar bytes")
+    a.put("org-1", key, tmp)
+    assert b.fetched("org-1", "c" * 32).read_bytes() == b"tar bytes"

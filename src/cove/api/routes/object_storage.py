@@ -18,10 +18,12 @@ from fastapi import APIRouter, Request, Response
 
 from cove.api.deps import PrincipalDep, ServicesDep
 from cove.core.contexts import BUCKET, REGION, AccessDenied, ContextStore, NoSuchKey, TooLarge
+from cove.errors import RuntimeBackendError
 from cove.schemas.object_storage import StorageAccess
 
 router = APIRouter(prefix="/object-storage", tags=["object-storage"])
 S3 = "/s3/{bucket}/{key:path}"
+MAX_LIST = 2 * 1024 * 1024  # bytes of a CompleteMultipartUpload body (10,000 parts)
 
 
 @router.get("/push-access")
@@ -69,42 +71,42 @@ async def _guarded(request: Request, bucket: str, key: str, services: ServicesDe
         return _error(400, "EntityTooLarge", str(exc))
     except ValueError as exc:
         return _error(400, "InvalidRequest", str(exc))
+    except RuntimeBackendError as exc:  # the shared store failed
+        return _error(503, "ServiceUnavailable", exc.message)
 
 
 async def _dispatch(
     request: Request, store: ContextStore, org: str, key: str, declared: str
 ) -> Response:
     q = request.query_params
-    path = store.object_path(org, key)
     if request.method == "HEAD":
-        st = store.stat(path)
+        st = await asyncio.to_thread(store.head, org, key)
         modified = formatdate(st.modified, usegmt=True)
         return Response(
             headers={"Content-Length": str(st.size), "ETag": st.etag, "Last-Modified": modified}
         )
     if request.method == "POST" and "uploads" in q:
-        upload_id = store.start_upload(org, key)
+        upload_id = await asyncio.to_thread(store.start_upload, org, key)
         return _xml("InitiateMultipartUploadResult", Bucket=BUCKET, Key=key, UploadId=upload_id)
     if "uploadId" not in q:
         if request.method != "PUT":
             raise AccessDenied(f"{request.method} is not allowed here")
-        tmp = store.new_part_file(path)
+        tmp = store.new_part_file(store.object_path(org, key))
         etag = await _receive(request, tmp, declared, store.max_bytes)
-        store.commit(tmp, path)
+        await asyncio.to_thread(store.put, org, key, tmp)
         return Response(headers={"ETag": etag})
-    folder = store.upload_dir(org, key, q["uploadId"])
+    upload_id = q["uploadId"]
     if request.method == "PUT":
-        part = store.part_path(folder, int(q.get("partNumber", "0")))
-        tmp = store.new_part_file(part)
-        room = store.max_bytes - store.uploaded(folder, part)  # the parts so far count
+        number = int(q.get("partNumber", "0"))
+        tmp, room = await asyncio.to_thread(store.receive_part, org, key, upload_id, number)
         etag = await _receive(request, tmp, declared, room)
-        tmp.replace(part)
+        await asyncio.to_thread(store.add_part, org, key, upload_id, number, tmp)
         return Response(headers={"ETag": etag})
     if request.method == "DELETE":
-        store.abort(folder)
+        await asyncio.to_thread(store.abort_upload, org, key, upload_id)
         return Response(status_code=204)
-    numbers = _part_numbers(await request.body())
-    st = await asyncio.to_thread(store.complete, folder, numbers, path)
+    numbers = _part_numbers(await _small_body(request))
+    st = await asyncio.to_thread(store.complete_upload, org, key, upload_id, numbers)
     return _xml("CompleteMultipartUploadResult", Bucket=BUCKET, Key=key, ETag=st.etag)
 
 
@@ -126,6 +128,16 @@ async def _receive(request: Request, tmp: Path, declared: str, limit: int) -> st
         tmp.unlink(missing_ok=True)
         raise
     return f'"{md5.hexdigest()}"'
+
+
+async def _small_body(request: Request) -> bytes:
+    """A request's body of at most :data:`MAX_LIST` bytes (a list of parts)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_LIST:
+            raise ValueError("the list of parts is too long")
+    return bytes(body)
 
 
 def _part_numbers(body: bytes) -> list[int]:

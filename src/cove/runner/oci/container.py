@@ -230,7 +230,7 @@ def _service(agent: AgentSetup, delegation: cgtree.Delegation, *, first_fd: int,
     caps = ",".join(str(spec.CAPABILITY_NUMBERS[c]) for c in spec.WORKLOAD_CAPABILITIES)
     return [*agent.argv, "--listen-fd", str(listen_fd), "--userns-fd", str(userns_fd),
             "--join-fds", ",".join(join), "--kill-fd", str(kill_fd),
-            "--kill-mode", delegation.kill_mode, "--caps", caps,
+            "--kill-mode", delegation.kill_mode, "--caps", caps, "--spare-helper", spec.INIT_PATH,
             *(["--idle-exit", f"{idle:g}"] if idle > 0 else [])]  # fmt: skip
 
 

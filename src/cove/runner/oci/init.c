@@ -49,6 +49,20 @@
  * soon as PROGRAM ends; the reaper stays, reaping, until it has no child left.
  * PROGRAM is killed if the caller's process dies first (say, a timeout). The
  * private mount namespace is PROGRAM's alone: the reaper pins no mount.
+ *
+ * Spare mode, the toolbox agent's spare process (see cove/agent/spare.py):
+ *   cove-init --spare ORDER ERROR OUT ERR USERNS JOIN,JOIN,... CAPS
+ * (descriptor numbers; CAPS: the capabilities the workload keeps, comma
+ * separated) joins the cgroups JOIN (writes 0 to their cgroup.procs), then waits
+ * for the order on ORDER: NUL-terminated fields uid, gid, merge (1: stderr to
+ * OUT too), cwd, the count of groups and the groups, the count of argv and argv,
+ * the count of env and env. It then runs argv as a fresh spawn would: stdin from
+ * /dev/null, stdout to OUT, stderr to ERR (or OUT), in cwd, default signals, a
+ * new session, in the user namespace USERNS with only CAPS in its bounding set,
+ * as uid/gid/groups, PATH looked up in env (USERNS -1: the agent is not confined,
+ * as in unit tests; then the ids change only from root). A failure before the exec writes
+ * two ints (errno, 0 for the working directory or 1 for anything else) to ERROR
+ * and exits 255; an order pipe closed empty exits 0 (the spare was discarded).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -524,8 +538,258 @@ static void await_go(int fd)
     close(fd);
 }
 
+/* ---- spare mode (see the header) ---- */
+
+static int spare_error = -1;
+static int spare_what = 1;
+
+static void spare_fail(int code)
+{
+    int report[2] = { code ? code : EIO, spare_what };
+
+    if (write(spare_error, report, sizeof(report)) < 0) {
+        /* nothing left to tell it with */
+    }
+    _exit(255);
+}
+
+static void spare_join(const char *list)
+{
+    while (*list) {
+        int dir = atoi(list);
+        int fd = openat(dir, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+
+        if (fd < 0 || write(fd, "0", 1) != 1)
+            spare_fail(errno);
+        close(fd);
+        fcntl(dir, F_SETFD, FD_CLOEXEC);
+        list = strchrnul(list, ',');
+        if (*list == ',')
+            list++;
+    }
+}
+
+/* The whole order (NUL-terminated fields); NULL: the pipe closed empty. */
+static char *spare_read(int fd, size_t *size)
+{
+    size_t cap = 65536, len = 0;
+    char *buf = malloc(cap);
+
+    for (;;) {
+        ssize_t got;
+
+        if (buf == NULL)
+            spare_fail(ENOMEM);
+        got = read(fd, buf + len, cap - len);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            spare_fail(errno);
+        if (got == 0)
+            break;
+        len += (size_t)got;
+        if (len == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+    }
+    close(fd);
+    *size = len;
+    return len ? buf : NULL;
+}
+
+/* The next NUL-terminated field of the order. */
+static char *spare_field(char **at, char *end)
+{
+    char *field = *at;
+    char *nul = field < end ? memchr(field, '\0', (size_t)(end - field)) : NULL;
+
+    if (nul == NULL)
+        spare_fail(EINVAL);
+    *at = nul + 1;
+    return field;
+}
+
+static char **spare_list(char **at, char *end, size_t *count)
+{
+    long n = atol(spare_field(at, end));
+    char **list;
+
+    if (n < 0 || n > (end - *at))
+        spare_fail(EINVAL);
+    list = calloc((size_t)n + 1, sizeof(char *));
+    if (list == NULL)
+        spare_fail(ENOMEM);
+    for (long i = 0; i < n; i++)
+        list[i] = spare_field(at, end);
+    *count = (size_t)n;
+    return list;
+}
+
+static int spare_keeps(const char *caps, int cap)
+{
+    while (*caps) {
+        if (atoi(caps) == cap)
+            return 1;
+        caps = strchrnul(caps, ',');
+        if (*caps == ',')
+            caps++;
+    }
+    return 0;
+}
+
+/* execvpe with PATH taken from env (as Python's subprocess does), not ours. */
+static void spare_exec(char **argv, char **env)
+{
+    const char *path = "/bin:/usr/bin";
+    int saved = ENOENT;
+
+    if (strchr(argv[0], '/') != NULL) {
+        execve(argv[0], argv, env);
+        spare_fail(errno);
+    }
+    for (char **e = env; *e != NULL; e++)
+        if (strncmp(*e, "PATH=", 5) == 0)
+            path = *e + 5;
+    while (1) {
+        const char *stop = strchrnul(path, ':');
+        size_t dir = (size_t)(stop - path);
+        char full[4096];
+
+        if (dir + strlen(argv[0]) + 2 <= sizeof(full)) {
+            memcpy(full, path, dir);
+            full[dir] = '\0';
+            if (dir && full[dir - 1] != '/')
+                strcat(full, "/");
+            strcat(full, argv[0]);
+            execve(full, argv, env);
+            if (errno != ENOENT && errno != ENOTDIR)
+                saved = errno;
+        }
+        if (*stop == '\0')
+            break;
+        path = stop + 1;
+    }
+    spare_fail(saved);
+}
+
+static int spare_fd_order(const void *a, const void *b)
+{
+    return *(const int *)a - *(const int *)b;
+}
+
+/* Close every descriptor but 0-2 and those of the command line (``keep``, n of them):
+ * only what the agent passed on purpose may reach the command. */
+static void spare_close_others(int *keep, int n)
+{
+    unsigned int low = 3;
+
+    qsort(keep, (size_t)n, sizeof(int), spare_fd_order);
+    for (int i = 0; i < n; i++) {
+        if (keep[i] < (int)low)
+            continue;
+        if (keep[i] > (int)low)
+            syscall(SYS_close_range, low, (unsigned int)keep[i] - 1, 0);
+        low = (unsigned int)keep[i] + 1;
+    }
+    syscall(SYS_close_range, low, ~0U, 0);
+}
+
+static int spare_main(char **argv)
+{
+    int order, out, err, userns, devnull, merge;
+    char *buf, *at, *end, *cwd, **groups_s, **args, **env;
+    size_t size, ngroups, nargs, nenv;
+    uid_t uid;
+    gid_t gid, *groups;
+    sigset_t none;
+
+    for (int i = 0; i < 7; i++)
+        if (argv[i] == NULL)
+            return 2;
+    order = atoi(argv[0]);
+    spare_error = atoi(argv[1]);
+    out = atoi(argv[2]);
+    err = atoi(argv[3]);
+    userns = atoi(argv[4]);
+    {
+        int keep[64] = { order, spare_error, out, err, userns };
+        int n = 5;
+
+        for (const char *at = argv[5]; *at && n < 64; n++) {
+            keep[n] = atoi(at);
+            at = strchrnul(at, ',');
+            if (*at == ',')
+                at++;
+        }
+        spare_close_others(keep, n);
+    }
+    fcntl(order, F_SETFD, FD_CLOEXEC);
+    fcntl(spare_error, F_SETFD, FD_CLOEXEC); /* closed by the exec: the agent's sign */
+    if (userns >= 0)
+        fcntl(userns, F_SETFD, FD_CLOEXEC);
+    spare_join(argv[5]);
+    buf = spare_read(order, &size);
+    if (buf == NULL)
+        _exit(0); /* discarded */
+    at = buf;
+    end = buf + size;
+    uid = (uid_t)atol(spare_field(&at, end));
+    gid = (gid_t)atol(spare_field(&at, end));
+    merge = atoi(spare_field(&at, end));
+    cwd = spare_field(&at, end);
+    groups_s = spare_list(&at, end, &ngroups);
+    args = spare_list(&at, end, &nargs);
+    env = spare_list(&at, end, &nenv);
+    if (nargs == 0)
+        spare_fail(EINVAL);
+    groups = calloc(ngroups + 1, sizeof(gid_t));
+    if (groups == NULL)
+        spare_fail(ENOMEM);
+    for (size_t i = 0; i < ngroups; i++)
+        groups[i] = (gid_t)atol(groups_s[i]);
+    devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out, 1) < 0 || dup2(merge ? out : err, 2) < 0)
+        spare_fail(errno);
+    if (out > 2)
+        close(out);
+    if (err > 2)
+        close(err);
+    spare_what = 0;
+    if (chdir(cwd) != 0)
+        spare_fail(errno);
+    spare_what = 1;
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (setsid() < 0)
+        spare_fail(errno);
+    if (userns >= 0) {
+        if (setns(userns, CLONE_NEWUSER) != 0)
+            spare_fail(errno);
+        for (int cap = 0; cap <= 63; cap++) {
+            if (spare_keeps(argv[6], cap))
+                continue;
+            if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
+                if (errno == EINVAL)
+                    break; /* past the kernel's last capability */
+                spare_fail(errno);
+            }
+        }
+    }
+    if ((userns >= 0 || (geteuid() == 0 && uid != 0)) &&
+        (setgroups(ngroups, groups) != 0 || setresgid(gid, gid, gid) != 0 ||
+         setresuid(uid, uid, uid) != 0))
+        spare_fail(errno);
+    spare_exec(args, env);
+    return 255;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 2 && strcmp(argv[1], "--spare") == 0)
+        return spare_main(argv + 2);
     if (argc > 2 && strcmp(argv[1], "--exec") == 0)
         return wrap_exec(argv + 2);
     argv++;
