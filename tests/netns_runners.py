@@ -1,7 +1,7 @@
 """Several ``cove runner`` processes on one machine, each in a network namespace of
 its own acting as a separate host (its own data dir, address and nftables ruleset),
 registered with ``cove runner add``: the fleet of test_multi_runner,
-test_snapshot_transfer and test_fleet_replicas."""
+test_snapshot_transfer, test_fleet_volumes and test_fleet_replicas."""
 
 from __future__ import annotations
 
@@ -64,9 +64,11 @@ def netns_hosts(tag: str, net: str) -> Iterator[list[NetnsHost]]:
 @contextlib.contextmanager
 def netns_runners(tmp_path_factory: pytest.TempPathFactory, pki: Pki, hosts: list[NetnsHost],
                   pool: int, env: dict[str, str] | None = None, *, own_snapshots: bool = False,
+                  env_of: dict[str, dict[str, str]] | None = None,
                   ) -> Iterator[dict[str, RunnerProcess]]:  # fmt: skip
     """A started runner per host, named after NAMES (sandbox pools ``pool``, ``pool+1``,
-    ...); afterwards each is stopped and must have left nothing on the machine.
+    ...; ``env``, and ``env_of[name]`` for that one); afterwards each is stopped and
+    must have left nothing on the machine.
 
     With ``own_snapshots`` each runner has a snapshot dir and an OCI layout dir of its
     own (as separate hosts have; the default snapshot is the host's shared build),
@@ -77,7 +79,8 @@ def netns_runners(tmp_path_factory: pytest.TempPathFactory, pki: Pki, hosts: lis
             own = _own_dirs(tmp_path_factory, name) if own_snapshots else {}
             proc = RunnerProcess(tmp_path_factory.mktemp(f"runner-{name}"), pki,
                                  {"COVE_NETWORK_POOL": sandbox_pool(pool + i), **own,
-                                  **(env or {})}, netns=host)  # fmt: skip
+                                  **(env or {}), **(env_of or {}).get(name, {})},
+                                 netns=host)  # fmt: skip
             runners[name] = proc
             stack.callback(stop_runner_clean, proc)
             proc.start()
@@ -179,11 +182,12 @@ class Fleet:
 
 @contextlib.contextmanager
 def s3_fleet(tmp_path_factory: pytest.TempPathFactory, tag: str, net: str, pool: int,
-             bucket: str, *, own_snapshots: bool = False) -> Iterator[Fleet]:  # fmt: skip
-    """Three runners (namespaces ``<tag><i>`` on ``<net>``, sandbox pools from ``pool``)
-    sharing the S3 store ``bucket`` (moto, on this host's side of the first namespace's
-    link), registered with an API (pool ``pool + 3``) whose host runs no sandbox; the
-    store must be empty afterwards."""
+             bucket: str, *, own_snapshots: bool = False,
+             env_of: dict[str, dict[str, str]] | None = None) -> Iterator[Fleet]:  # fmt: skip
+    """Three runners (namespaces ``<tag><i>`` on ``<net>``, sandbox pools from ``pool``;
+    ``env_of[name]``: settings of one) sharing the S3 store ``bucket`` (moto, on this
+    host's side of the first namespace's link), registered with an API (pool ``pool +
+    3``) whose host runs no sandbox; the store must be empty afterwards."""
     pki = make_pki(tmp_path_factory.mktemp("pki"))
     with contextlib.ExitStack() as stack:
         saved = {k: os.environ.get(k) for k in CREDENTIALS}  # the test's own view of S3
@@ -196,7 +200,8 @@ def s3_fleet(tmp_path_factory: pytest.TempPathFactory, tag: str, net: str, pool:
         shared = {**CREDENTIALS, "COVE_ARCHIVE_S3_BUCKET": bucket,
                   "COVE_ARCHIVE_S3_ENDPOINT": endpoint}  # fmt: skip
         runners = stack.enter_context(netns_runners(tmp_path_factory, pki, hosts, pool, shared,
-                                                    own_snapshots=own_snapshots))  # fmt: skip
+                                                    own_snapshots=own_snapshots,
+                                                    env_of=env_of))  # fmt: skip
         api_dir = tmp_path_factory.mktemp("cove-api")
         cert, key = pki.api
         env = {"COVE_RUNNER_CA": str(pki.ca), "COVE_RUNNER_CERT": str(cert),

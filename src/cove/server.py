@@ -51,7 +51,7 @@ from cove.runner import build_runtime
 from cove.runner.hostruntime import HostRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.routing import RoutingRunner
-from cove.runner.storage.volumes import LocalVolumeFiles
+from cove.runner.storage.volumes import VolumeDir
 from cove.store.build_logs import SqlBuildLogStore
 from cove.store.fingerprints import SqlFingerprints
 from cove.store.keys import SqlKeyStore
@@ -195,9 +195,16 @@ def shared_by_replicas(settings: Settings) -> bool:
 # ---------------------------------------------------------------------------------
 
 
-def open_runner(settings: Settings, host: HostRuntime | None = None) -> Runner:
+def open_runner(settings: Settings, host: HostRuntime | None = None) -> LocalRunner:
     """This host's runner (``host``, or the configured runtime)."""
-    return LocalRunner(host or build_runtime(settings), settings.data_dir)
+    return LocalRunner(host or build_runtime(settings), settings.data_dir,
+                       VolumeDir.of(settings))  # fmt: skip
+
+
+def volume_home(settings: Settings) -> str:
+    """On one host, where every volume's data is: this host's runner, or the volumes
+    dir it shares with runners added later."""
+    return VolumeDir.of(settings).shared_id or LOCAL
 
 
 # ---- several runners (issue 14) ----------------------------------------------------
@@ -216,7 +223,7 @@ def open_runners(settings: Settings, engine: Engine, host: HostRuntime | None = 
         return open_runner(settings, host), None
     local = None
     if any(r.id == LOCAL and r.url is None for r in runners):
-        local = LocalRunner(host or build_runtime(settings), settings.data_dir)
+        local = open_runner(settings, host)
     client_tls = None
     if settings.runner_ca and settings.runner_cert and settings.runner_key:
         client_tls = (settings.runner_ca, settings.runner_cert, settings.runner_key)
@@ -257,9 +264,8 @@ def build_services(
     coordination = open_coordination(settings)
     coordination.renew()  # announced before it judges what others left
     store = SqlSandboxStore(engine)
-    volumes = VolumeService(
-        store=SqlVolumeStore(engine), files=LocalVolumeFiles(settings.data_dir), sandboxes=store
-    )
+    volumes = VolumeService(store=SqlVolumeStore(engine), runner=runner, sandboxes=store,
+                            home=None if routing else volume_home(settings))  # fmt: skip
     snapshots = SnapshotService(
         store=SqlSnapshotStore(engine), runner=runner, sandboxes=store,
         default_name=settings.default_snapshot, public=settings.public_snapshots,

@@ -65,10 +65,11 @@ async def _serve(settings: Settings, host: str, port: int, log_level: str) -> No
 
     from cove.runner import build_runtime, daemon, tls
     from cove.runner.local import LocalRunner
+    from cove.runner.storage.volumes import VolumeDir
 
     assert settings.runner_ca and settings.runner_cert and settings.runner_key
     context = tls.server_context(settings.runner_ca, settings.runner_cert, settings.runner_key)
-    local = LocalRunner(build_runtime(settings), settings.data_dir)
+    local = LocalRunner(build_runtime(settings), settings.data_dir, VolumeDir.of(settings))
     inventory = daemon.Inventory(local, settings.snapshot_dir, settings.oci_layout_dir,
                                  settings.default_snapshot)  # fmt: skip
     app = daemon.create_app(local, inventory, port + 1)
@@ -126,7 +127,8 @@ def certs_issue(directory: Path, name: str, server: bool, hosts: tuple[str, ...]
 
 REGISTRY_COLUMNS: list[Column] = [
     ("NAME", field("name")), ("URL", field("url")), ("STATE", field("state")),
-    ("SANDBOXES", field("sandboxes")), ("CPU", field("cpu")), ("MEMORY GiB", field("memoryGiB")),
+    ("SANDBOXES", field("sandboxes")), ("VOLUMES", field("volumes")), ("CPU", field("cpu")),
+    ("MEMORY GiB", field("memoryGiB")),
     ("DISK FREE GiB", field("diskFreeGiB")), ("LAST HEARTBEAT", field("lastHeartbeat")),
 ]  # fmt: skip
 data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
@@ -142,10 +144,11 @@ def _registry(data_dir: Path | None) -> tuple[Settings, SqlRunnerStore]:
     return settings, SqlRunnerStore(open_database(settings))
 
 
-def _public(info: RunnerInfo, held: int) -> dict[str, object]:
+def _public(info: RunnerInfo, held: int, volumes: int) -> dict[str, object]:
     cap = info.capacity
     return {"id": info.id, "name": info.name, "url": info.url or "(embedded)",
-            "state": str(info.shown_state), "sandboxes": held, "cpu": cap.cpu,
+            "state": str(info.shown_state), "sandboxes": held, "volumes": volumes,
+            "cpu": cap.cpu,
             "memoryGiB": round(cap.memory / 1024**3, 1),
             "diskFreeGiB": round(cap.disk_free / 1024**3, 1),
             "lastHeartbeat": info.last_heartbeat.isoformat() if info.last_heartbeat
@@ -199,11 +202,13 @@ def add_runner(name: str, url: str, no_check: bool, data_dir: Path | None) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @data_dir_option
 def list_runners(as_json: bool, data_dir: Path | None) -> None:
-    """The registered runners: state, sandboxes, capacity, last heartbeat."""
+    """The registered runners: state, sandboxes, volumes (whose data only it holds),
+    capacity, last heartbeat."""
     from cove.cli import output
 
     _, store = _registry(data_dir)
-    rows = [_public(r, len(store.sandboxes_on(r.id))) for r in store.list()]
+    rows = [_public(r, len(store.sandboxes_on(r.id)), len(store.volumes_on(r.id)))
+            for r in store.list()]  # volumes: those whose data is in its own volumes dir
     output.show(rows, as_json, lambda found: output.table(found, REGISTRY_COLUMNS))
 
 
@@ -237,7 +242,9 @@ def uncordon(name: str, data_dir: Path | None) -> None:
 @data_dir_option
 def drain(name: str, data_dir: Path | None) -> None:
     """Move every sandbox off NAME: the API stops and archives each to the shared
-    archive store (COVE_ARCHIVE_S3_*) and a later start restores it on another runner."""
+    archive store (COVE_ARCHIVE_S3_*) and a later start restores it on another runner;
+    then the data of the volumes it holds goes there too, to come back on the runner
+    a sandbox mounting it is placed on next."""
     _set_state(name, data_dir, "draining", "draining: its sandboxes are being archived")
 
 
@@ -245,7 +252,8 @@ def drain(name: str, data_dir: Path | None) -> None:
 @click.argument("name")
 @data_dir_option
 def remove(name: str, data_dir: Path | None) -> None:
-    """Unregister NAME (refused while sandboxes are on it: drain it first)."""
+    """Unregister NAME (refused while sandboxes, or volumes' data, are on it: drain it
+    first)."""
     from cove.errors import CoveError
 
     _, store = _registry(data_dir)

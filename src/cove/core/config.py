@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     # data dir, so that a server with a new data dir does not build the default again.
     snapshot_dir: Path | None = None
     archive_dir: Path | None = None
+    # Where a runner keeps volume data: by default its own <data dir>/volumes; set, a
+    # directory every runner of a fleet mounts alike (NFS, CephFS), so that a volume's
+    # sandboxes may run on any runner of it (see docs/deployment.md).
+    volumes_dir: Path | None = None
     # Archives go to this S3 bucket instead of archive_dir when set (needs cove[s3];
     # credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or other AWS sources).
     archive_s3_bucket: str | None = None

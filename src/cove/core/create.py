@@ -82,14 +82,15 @@ class Creator:
             QuotaExceeded: resources above the limits (nothing is created).
             OrganizationQuotaExceeded: above the organization's quota (nothing is created).
             Conflict: the name is taken in this organization.
-            Unavailable: no runner taking new sandboxes has its snapshot or can fetch it.
+            Unavailable: no runner taking new sandboxes has its snapshot or can fetch it,
+                or holds the data of the volumes it mounts.
         """
         # (in a thread: a context is looked for in the shared store, over the network)
         plan = await asyncio.to_thread(self._build_plan, organization_id, request)
         sandbox, pull = self._new_sandbox(organization_id, request)
         mounts = self._secret_mounts(organization_id, request)
         if pull is None:  # (a pulled image is pulled by every runner)
-            self.ops.runner.admits(sandbox.snapshot)
+            self.ops.runner.admits(sandbox.snapshot, [b.volume_id for b in sandbox.volumes])
         async with self._admit(sandbox):
             if plan is None and pull is None and not mounts and self.pool is not None:
                 claimed = await self.pool.claim(sandbox)  # a warm pool's, made into this one

@@ -15,7 +15,7 @@ import builtins
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -33,6 +33,9 @@ S = SandboxState
 log = logging.getLogger(__name__)
 GiB = 1024**3
 LOCAL = "local"  # the id of the embedded runner (and of COVE_RUNNER_URL's)
+# The home of a volume whose data was moved off its runner (a drain) into the shared
+# archive store: the runner its next sandbox is placed on brings it back.
+IN_ARCHIVE = "archive"
 
 
 class RunnerState(enum.StrEnum):
@@ -104,25 +107,59 @@ class RunnerStore(Protocol):
         """Per runner id: what its live sandboxes hold (cores and memory of the ones
         that may run, disk and count of all)."""
 
+    def volume_homes(self, volume_ids: builtins.list[str]) -> dict[str, VolumeHome]:
+        """Where the data of each of the volumes is (a volume not found is left out)."""
+
+    def bind_volumes(self, volume_ids: builtins.list[str], home: str) -> None:
+        """Record ``home`` (a runner's id, or a shared volumes dir's) as the home of
+        each of the volumes that has none yet (or is IN_ARCHIVE); the others keep theirs."""
+
+    def volumes_on(self, runner_id: str) -> dict[str, str]:
+        """The volumes whose data is on the runner's own volumes dir: id -> name."""
+
+    def move_volume(self, volume_id: str, home: str, to: str | None) -> bool:
+        """Record ``to`` as the volume's home if it is ``home``; whether it was."""
+
+
+@dataclass(frozen=True)
+class VolumeHome:
+    """Where a volume's data is (for placement and its errors)."""
+
+    name: str
+    home: str | None  # a runner's id, a shared volumes dir's id, or None: nowhere yet
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Which runners a sandbox may go to (``fits``), and why when none of them takes
+    new sandboxes now (``why``: the error's message)."""
+
+    fits: Callable[[RunnerInfo], bool]
+    why: str
+
 
 def place(runners: list[RunnerInfo], allocations: Mapping[str, Allocation],
           resources: Resources, snapshot: str, has_snapshot: Callable[[str], bool],
-          fetches: Callable[[str], bool]) -> RunnerInfo:  # fmt: skip
-    """The runner a new sandbox goes to: among the ready, reachable ones that have its
-    snapshot (else that can fetch it from the store the runners share), the one left
-    with the most free capacity (the least free of CPU, memory, disk and sandbox
-    slots, as fractions; then their mean; then the fewest sandboxes).
+          fetches: Callable[[str], bool], constraint: Constraint | None = None
+          ) -> RunnerInfo:  # fmt: skip
+    """The runner a new sandbox goes to: among the ready, reachable ones that fit the
+    ``constraint`` (the runner holding its volumes' data) and have its snapshot (else
+    that can fetch it from the store the runners share), the one left with the most
+    free capacity (the least free of CPU, memory, disk and sandbox slots, as
+    fractions; then their mean; then the fewest sandboxes).
 
     Args:
         snapshot: the sandbox's snapshot (its ref).
         has_snapshot: whether runner id has it (its rootfs).
         fetches: whether runner id fetches snapshots it lacks from the shared store.
+        constraint: the runners it must go to, if any (see :func:`volume_constraint`).
 
     Raises:
         Unavailable: no runner takes sandboxes (all cordoned, draining, unreachable
-            or full), or none of those that do has the snapshot or can fetch it.
+            or full), none of those the constraint allows does (its ``why``), or
+            none of those has the snapshot or can fetch it.
     """
-    candidates = hosts(runners, snapshot, has_snapshot, fetches)
+    candidates = hosts(runners, snapshot, has_snapshot, fetches, constraint)
 
     def free(r: RunnerInfo) -> tuple[float, float, int]:
         cap, used = r.capacity, allocations.get(r.id, Allocation())
@@ -144,7 +181,8 @@ def place(runners: list[RunnerInfo], allocations: Mapping[str, Allocation],
 
 
 def hosts(runners: list[RunnerInfo], snapshot: str, has_snapshot: Callable[[str], bool],
-          fetches: Callable[[str], bool]) -> list[RunnerInfo]:  # fmt: skip
+          fetches: Callable[[str], bool], constraint: Constraint | None = None
+          ) -> list[RunnerInfo]:  # fmt: skip
     """The runners a new sandbox of ``snapshot`` may go to (see :func:`place`).
 
     Raises:
@@ -156,6 +194,10 @@ def hosts(runners: list[RunnerInfo], snapshot: str, has_snapshot: Callable[[str]
     if not usable:
         raise Unavailable("no runner takes new sandboxes now (all are cordoned, draining, "
                           "unreachable or full)")  # fmt: skip
+    if constraint is not None:
+        usable = [r for r in usable if constraint.fits(r)]
+        if not usable:
+            raise Unavailable(constraint.why)
     found = [r for r in usable if has_snapshot(r.id)] or [r for r in usable if fetches(r.id)]
     if not found:
         raise Unavailable(
@@ -163,6 +205,44 @@ def hosts(runners: list[RunnerInfo], snapshot: str, has_snapshot: Callable[[str]
             "cordoned, draining, unreachable or full), and the runners share no snapshot "
             "store to fetch it from (COVE_ARCHIVE_S3_BUCKET)")
     return found
+
+
+def volume_constraint(homes: Iterable[VolumeHome], runners: Mapping[str, RunnerInfo],
+                      store_of: Callable[[str], str | None]) -> Constraint | None:  # fmt: skip
+    """Where a sandbox mounting volumes with these homes may go: the runner holding
+    each one's data in its own volumes dir, or any runner of the shared volumes dir
+    holding it (``store_of``: runner id -> the shared dir's id, or None). None when no
+    volume has data on a runner (none yet, or moved to the archive store): placement
+    chooses, then records its choice."""
+    bound = [h for h in homes if h.home not in (None, IN_ARCHIVE)]
+    if not bound:
+        return None
+
+    def fits(runner: RunnerInfo) -> bool:
+        return all(h.home in (runner.id, store_of(runner.id)) for h in bound)
+
+    return Constraint(fits, _why(bound, runners, store_of))
+
+
+def _why(bound: list[VolumeHome], runners: Mapping[str, RunnerInfo],
+         store_of: Callable[[str], str | None]) -> str:  # fmt: skip
+    """Why no runner takes a sandbox mounting the ``bound`` volumes now."""
+    if len({h.home for h in bound}) > 1:
+        return (f"volumes {', '.join(h.name for h in bound)} keep their data on different "
+                f"runners: one sandbox cannot mount them together")  # fmt: skip
+    volume, home = bound[0].name, bound[0].home
+    runner = runners.get(home or "")
+    if runner is not None:
+        state = runner.shown_state if runner.shown_state is not RunnerState.READY else "full"
+        return (f"volume {volume} keeps its data on runner {runner.name}, which takes no "
+                f"new sandboxes now ({state}); uncordon it, or see docs/deployment.md for "
+                f"moving a volume")  # fmt: skip
+    sharing = sorted(r.name for r in runners.values() if store_of(r.id) == home)
+    if sharing:
+        return (f"volume {volume} keeps its data in the volumes dir shared by runners "
+                f"{', '.join(sharing)}, none of which takes new sandboxes now")  # fmt: skip
+    return (f"volume {volume} keeps its data on a runner (or a shared volumes dir) that "
+            f"no registered runner answers for now")  # fmt: skip
 
 
 class Member(Protocol):
@@ -176,6 +256,9 @@ class Member(Protocol):
 class Releaser(Protocol):
     async def release(self, sandbox_id: str) -> None:
         """Take an archived sandbox off its runner, its archive kept."""
+
+    async def archive_volume(self, volume_id: str, runner_id: str) -> int:
+        """Move a volume's data off runner ``runner_id`` into the shared archive store."""
 
 
 # Where a sandbox whose runner came back ends up, by what the runner has.
@@ -335,3 +418,22 @@ class Fleet:
             except CoveError as exc:
                 log.error("draining sandbox %s off runner %s: %s", sandbox_id, runner.name,
                           exc.message)  # fmt: skip
+        await self._drain_volumes(runner)
+
+    async def _drain_volumes(self, runner: RunnerInfo) -> None:
+        """Once no sandbox is left on the runner: move the data of the volumes kept in
+        its own volumes dir to the shared archive store; each comes back on the runner
+        its next sandbox is placed on (a runner without a shared store keeps them)."""
+        if self.store.sandboxes_on(runner.id):
+            return  # some were not drained (the log says why): they may mount them
+        for volume_id, name in self.store.volumes_on(runner.id).items():
+            if self.store.get(runner.id).state is not RunnerState.DRAINING:
+                return
+            try:
+                await self.releaser.archive_volume(volume_id, runner.id)
+            except CoveError as exc:
+                log.error("runner %s: volume %s not moved off it: %s", runner.name, name,
+                          exc.message)  # fmt: skip
+                continue
+            self.store.move_volume(volume_id, runner.id, IN_ARCHIVE)
+            log.info("runner %s: volume %s moved to the archive store", runner.name, name)

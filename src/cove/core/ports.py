@@ -160,9 +160,10 @@ class Runner(Protocol):
         """Whether ``image`` names an image the runner has without a registry (a local
         OCI layout), which ``import_image`` makes a snapshot of."""
 
-    def admits(self, snapshot: str) -> None:
+    def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
         """Check, before a sandbox of ``snapshot`` is recorded, that some runner taking
-        new sandboxes has it or can fetch it (several runners; one admits all).
+        new sandboxes has it or can fetch it, and holds the data of ``volumes`` (ids)
+        if they have any yet (several runners; one admits all).
 
         Raises:
             Unavailable: none does.
@@ -224,6 +225,19 @@ class Runner(Protocol):
 
     async def remove_snapshot(self, ref: str) -> None:
         """Delete snapshot ``ref`` (sandboxes created from it keep working)."""
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """Delete the volume's data wherever the runner keeps it (nothing there: done).
+        A volume's data is made when a sandbox spec first mounts it."""
+
+    async def archive_volume(self, volume_id: str) -> int:
+        """Move the volume's data off the runner into the shared archive store (the
+        runner where a sandbox mounts it next brings it back); the archive's size.
+
+        Raises:
+            InvalidState: the runner has no shared archive store, or keeps volumes in a
+                shared volumes dir (nothing to move).
+        """
 
     async def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
         """Apply new limits (``live``: CPU and memory of a running sandbox)."""

@@ -3,6 +3,11 @@
 A volume belongs to one organization, which alone can see and mount it. Its
 data outlives every sandbox that mounted it; it can only be deleted while no
 sandbox (in any state but destroyed) mounts it.
+
+Its data lives on a runner, made when a sandbox first mounts it: its ``home`` is
+that runner (or a volumes dir several runners share), and every later sandbox that
+mounts it is placed there (see :func:`cove.core.fleet.place`). On one host the home
+is the embedded runner from the start.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from cove.core.ports import SandboxStore, VolumeBind
+from cove.core.ports import Runner, SandboxStore, VolumeBind
 from cove.core.sandbox import utcnow
 from cove.errors import BadRequest, Conflict
 from cove.schemas.sandbox import VolumeMount
@@ -38,6 +43,9 @@ class Volume:
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
     last_used_at: datetime | None = None
+    # Where its data is: a runner's id, or the id of a volumes dir runners share; None
+    # until a sandbox first mounts it (then placement records the runner it chose).
+    home: str | None = None
 
 
 class VolumeStore(Protocol):
@@ -56,23 +64,23 @@ class VolumeStore(Protocol):
     def list(self, organization_id: str) -> list[Volume]: ...
 
 
-class VolumeFiles(Protocol):
-    """Where volume data lives on the host."""
-
-    def create(self, volume_id: str) -> None:
-        """Make the (empty) volume directory, writable by the sandbox user."""
-
-    def delete(self, volume_id: str) -> None:
-        """Remove the volume directory and its data."""
-
-
 class VolumeService:
-    """Create, find, delete volumes, and turn mount requests into binds."""
+    """Create, find, delete volumes, and turn mount requests into binds.
 
-    def __init__(self, *, store: VolumeStore, files: VolumeFiles, sandboxes: SandboxStore) -> None:
+    Args:
+        store: the volume records.
+        runner: the runner(s) holding volume data (``delete_volume``).
+        sandboxes: the sandbox records (which mount a volume).
+        home: the home of a new volume (the one host's runner), or None where the
+            runner a sandbox mounting it is first placed on becomes its home.
+    """
+
+    def __init__(self, *, store: VolumeStore, runner: Runner, sandboxes: SandboxStore,
+                 home: str | None = None) -> None:  # fmt: skip
         self.store = store
-        self.files = files
+        self.runner = runner
         self.sandboxes = sandboxes
+        self.home = home
         # Raises when the organization may make no more volumes (its quota); None: no limit.
         self.admit_new: Callable[[str], None] | None = None
 
@@ -88,22 +96,24 @@ class VolumeService:
         _check_name(name)
         if self.admit_new is not None:
             self.admit_new(organization_id)
-        volume = Volume(id=str(uuid.uuid4()), organization_id=organization_id, name=name)
+        volume = Volume(id=str(uuid.uuid4()), organization_id=organization_id, name=name,
+                        home=self.home)  # its data: made where it is first mounted
         self.store.add(volume)
-        try:
-            self.files.create(volume.id)
-        except BaseException:
-            self.store.remove(volume.id)
-            raise
         return volume
 
-    def delete(self, organization_id: str, id_or_name: str) -> None:
-        """Raises NotFound, or Conflict while a sandbox mounts it."""
+    async def delete(self, organization_id: str, id_or_name: str) -> None:
+        """Delete the volume's data (on the runner holding it), then its record.
+
+        Raises:
+            NotFound: no such volume in the organization.
+            Conflict: a sandbox mounts it.
+            Unavailable: the runner holding its data does not answer (nothing deleted).
+        """
         volume = self.store.get(organization_id, id_or_name)
         users = [sb.id for sb in self.sandboxes.all() if _mounts(sb.volumes, volume.id)]
         if users:
             raise Conflict(f"Volume {volume.name} is in use by sandbox(es) {', '.join(users)}")
-        self.files.delete(volume.id)
+        await self.runner.delete_volume(volume.id)
         self.store.remove(volume.id)
 
     def resolve(

@@ -61,15 +61,15 @@ def create_app(runner: LocalRunner, inventory: Inventory, stream_port: int) -> F
 
 class Inventory:
     """What the API may ask the runner synchronously: its snapshots, local images,
-    isolation tiers and whether it fetches the snapshots it lacks (sent at connect
-    time and after each change)."""
+    isolation tiers, whether it fetches the snapshots it lacks and its volumes dir
+    (sent at connect time and after each change)."""
 
     def __init__(self, runner: LocalRunner, snapshot_dir: Path | None,
                  layout_dir: Path | None, default_snapshot: str) -> None:  # fmt: skip
         self.runner, self.snapshot_dir, self.layout_dir = runner, snapshot_dir, layout_dir
         self.default_snapshot = default_snapshot
 
-    def read(self) -> dict[str, list[str] | bool]:
+    def read(self) -> dict[str, Any]:
         snaps = sorted({*_names(self.snapshot_dir), self.default_snapshot})
         images = [n for n in _names(self.layout_dir) if self.runner.has_local_image(n)]
         return {
@@ -77,6 +77,8 @@ class Inventory:
             "local_images": images,
             "isolations": [n for n in ISOLATIONS if self.runner.has_isolation(n)],
             "fetches_snapshots": self.runner.fetches_snapshots(),
+            # the id of the shared volumes dir (COVE_VOLUMES_DIR) it uses; null: its own
+            "volume_store": self.runner.volume_store(),
         }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -28,9 +28,10 @@ from cove.core.ports import (
     RegistryAuth,
     Resources,
 )
-from cove.errors import Busy, Unavailable
+from cove.errors import Busy, InvalidState, Unavailable
 from cove.runner.host.capacity import measure
 from cove.runner.hostruntime import HostRuntime
+from cove.runner.storage.volumes import VolumeDir, volumes_dir
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -43,11 +44,22 @@ HOST_WORKERS = max(16, 4 * (os.cpu_count() or 1))
 
 
 class LocalRunner:
-    """Implements :class:`cove.core.ports.Runner` over a host runtime."""
+    """Implements :class:`cove.core.ports.Runner` over a host runtime.
 
-    def __init__(self, host: HostRuntime, data_dir: Path | None = None) -> None:
+    Args:
+        host: the host runtime.
+        data_dir: the data dir, whose disk its capacity reports.
+        volumes: where its volumes' data is (default: ``<data_dir>/volumes``; none
+            without a data dir: then it deletes no volume data).
+    """
+
+    def __init__(self, host: HostRuntime, data_dir: Path | None = None,
+                 volumes: VolumeDir | None = None) -> None:  # fmt: skip
         self.host = host
-        self.data_dir = data_dir or Path("/")  # whose disk its capacity reports
+        self.data_dir = data_dir or Path("/")
+        if volumes is None and data_dir is not None:
+            volumes = VolumeDir(volumes_dir(data_dir))
+        self.volumes = volumes
         self._pool = ThreadPoolExecutor(max_workers=HOST_WORKERS, thread_name_prefix="cove-host")
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -66,7 +78,7 @@ class LocalRunner:
     def fetches_snapshots(self) -> bool:
         return self.host.fetches_snapshots()
 
-    def admits(self, snapshot: str) -> None:
+    def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
         """Every snapshot: the create says when it is missing."""
 
     async def create(self, spec: ContainerSpec) -> None:
@@ -133,6 +145,19 @@ class LocalRunner:
     async def release(self, sandbox_id: str) -> None:
         """Drop this host's remains of an archived sandbox; its archive stays."""
         await self._run(self.host.release, sandbox_id)
+
+    def volume_store(self) -> str | None:
+        """The id of the shared volumes dir it uses (None: its own)."""
+        return None if self.volumes is None else self.volumes.shared_id
+
+    async def delete_volume(self, volume_id: str) -> None:
+        if self.volumes is not None:
+            await self._run(self.volumes.delete, volume_id)
+
+    async def archive_volume(self, volume_id: str) -> int:
+        if self.volumes is None:
+            raise InvalidState("this runner keeps no volumes")
+        return await self._run(self.volumes.pack, volume_id)
 
     async def capacity(self) -> Capacity:
         """This host's capacity and the number of its sandboxes (placement)."""

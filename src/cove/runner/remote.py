@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,6 +57,7 @@ class RemoteRunner:
         self._client = httpx.AsyncClient(base_url=self.url, verify=context, timeout=timeout,
                                          limits=limits, trust_env=False)  # fmt: skip
         self._inventory: dict[str, Any] = {}
+        self._volume_store: str | None = None
         self._fetches = False
         self.stream_port = 0
 
@@ -79,6 +80,8 @@ class RemoteRunner:
     def _take(self, info: Any) -> None:
         self.stream_port = int(info["stream_port"])
         self._inventory = {k: set(info[k]) for k in ("snapshots", "local_images", "isolations")}
+        store = info.get("volume_store")  # absent: a runner of before volumes on runners
+        self._volume_store = store if isinstance(store, str) else None
         self._fetches = info.get("fetches_snapshots") is True
 
     async def refresh(self) -> None:
@@ -95,10 +98,14 @@ class RemoteRunner:
     def has_isolation(self, name: str) -> bool:
         return name in self._inventory.get("isolations", ())
 
+    def volume_store(self) -> str | None:
+        """The id of the shared volumes dir the runner uses (None: its own)."""
+        return self._volume_store
+
     def fetches_snapshots(self) -> bool:
         return self._fetches
 
-    def admits(self, snapshot: str) -> None:
+    def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
         """Every snapshot: the create says when it is missing."""
 
     async def _send(self, verb: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -187,6 +194,12 @@ class RemoteRunner:
 
     async def remove_snapshot(self, ref: str) -> None:
         await self._call("remove_snapshot", ref=ref)
+
+    async def delete_volume(self, volume_id: str) -> None:
+        await self._call("delete_volume", volume_id=volume_id)
+
+    async def archive_volume(self, volume_id: str) -> int:
+        return await self._call("archive_volume", volume_id=volume_id)
 
     async def resize(self, sandbox_id: str, resources: Resources, *, live: bool) -> None:
         await self._call("resize", sandbox_id=sandbox_id, resources=resources, live=live)

@@ -12,19 +12,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from cove import errors
 from cove.core.fleet import (
+    IN_ARCHIVE,
     LOCAL,
+    Constraint,
     RunnerInfo,
     RunnerState,
     RunnerStore,
+    VolumeHome,
     hosts,
     lost_reason,
     place,
+    volume_constraint,
 )
 from cove.core.ports import (
     AgentConnection,
@@ -51,6 +55,9 @@ class MemberRunner(Runner, Protocol):
     def fetches_snapshots(self) -> bool: ...
 
     async def capacity(self) -> Capacity: ...
+
+    def volume_store(self) -> str | None:
+        """The id of the shared volumes dir it uses (None: its own)."""
 
     async def release(self, sandbox_id: str) -> None: ...
 
@@ -218,16 +225,42 @@ class RoutingRunner:
     def _fetches(self, rid: str) -> bool:
         return self.members[rid].fetches_snapshots()
 
-    def admits(self, snapshot: str) -> None:
-        hosts(self._current(), snapshot, self._has(snapshot), self._fetches)
+    def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
+        infos = self._current()
+        homes = self.store.volume_homes(list(volumes))
+        hosts(infos, snapshot, self._has(snapshot), self._fetches, self._constraint(homes))
 
-    def _place(self, spec: ContainerSpec, avoid: frozenset[str] = frozenset()) -> str:
-        """Choose a runner for a sandbox new to it (none of ``avoid``) and record it."""
-        chosen = place(self._current(avoid), self.store.allocations(), spec.resources,
-                       spec.snapshot, self._has(spec.snapshot), self._fetches)  # fmt: skip
+    def _constraint(self, homes: Mapping[str, VolumeHome]) -> Constraint | None:
+        """Where the data of volumes with these homes is, as placement's constraint."""
+        return volume_constraint(homes.values(), self._infos, self._volume_store)
+
+    def _volume_store(self, runner_id: str) -> str | None:
+        member = self.members.get(runner_id)
+        return None if member is None else member.volume_store()
+
+    def _place(self, spec: ContainerSpec, avoid: frozenset[str] = frozenset()
+               ) -> tuple[str, dict[str, str]]:  # fmt: skip
+        """Choose a runner for a sandbox new to it (none of ``avoid``; the one holding
+        its volumes' data) and record it, and it as the home of volumes with none.
+        Returns its id and the homes it gave volumes ({volume id: home})."""
+        infos = self._current(avoid)
+        volume_ids = [b.volume_id for b in spec.volumes]
+        bound: dict[str, str] = {}
+        while True:  # twice at most: after a binding every volume has a home
+            homes = self.store.volume_homes(volume_ids)
+            chosen = place(infos, self.store.allocations(), spec.resources, spec.snapshot,
+                           self._has(spec.snapshot), self._fetches,
+                           self._constraint(homes))  # fmt: skip
+            unbound = [vid for vid, h in homes.items() if h.home in (None, IN_ARCHIVE)]
+            if not unbound:
+                break
+            # Another replica may bind one of them at once: placed again on what won.
+            home = self._volume_store(chosen.id) or chosen.id
+            self.store.bind_volumes(unbound, home)
+            bound = dict.fromkeys(unbound, home)
         self._assigned(spec.sandbox_id, chosen.id)
         log.info("sandbox %s placed on runner %s", spec.sandbox_id, chosen.name)
-        return chosen.id
+        return chosen.id, bound
 
     async def _at_home(self, spec: ContainerSpec, call: Callable[[MemberRunner], Any], *,
                        stay: bool) -> None:  # fmt: skip
@@ -240,7 +273,12 @@ class RoutingRunner:
             return
         avoid: set[str] = set()
         while True:
-            runner_id = self._place(spec, frozenset(avoid))
+            try:
+                runner_id, bound = self._place(spec, frozenset(avoid))
+            except errors.Unavailable:
+                if not stay:  # nothing of it is on any runner: its delete needs none
+                    self._assigned(spec.sandbox_id, None)
+                raise
             try:
                 await call(self._member(runner_id))
                 return
@@ -249,6 +287,8 @@ class RoutingRunner:
                     raise
                 log.warning("runner %s: %s; placing sandbox %s elsewhere",
                             self._infos[runner_id].name, exc.message, spec.sandbox_id)  # fmt: skip
+                for volume_id, home in bound.items():  # nothing of theirs reached it
+                    self.store.move_volume(volume_id, home, None)
                 avoid.add(runner_id)
 
     def _reachable(self) -> list[MemberRunner]:
@@ -376,6 +416,37 @@ class RoutingRunner:
 
     async def remove_snapshot(self, ref: str) -> None:
         await self._each(lambda m: m.remove_snapshot(ref))
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """On the runner holding the volume's data (one of those sharing the volumes dir
+        holding it); on every answering runner if it has none.
+
+        Raises:
+            Unavailable: no runner holding it answers (nothing is deleted).
+        """
+        found = self.store.volume_homes([volume_id]).get(volume_id)
+        if found is None or found.home is None:
+            await self._each(lambda m: m.delete_volume(volume_id))
+            return
+        home = found.home
+        if home == IN_ARCHIVE:  # in the shared store: any runner reaches it
+            await self._any().delete_volume(volume_id)
+            return
+        holders = [rid for rid in self.members if home in (rid, self._volume_store(rid))
+                   and rid in self._infos and self._infos[rid].reachable]  # fmt: skip
+        if not holders:
+            raise errors.Unavailable(f"the runner holding volume {found.name}'s data does "
+                                     f"not answer now: try again later")  # fmt: skip
+        await self._member(holders[0]).delete_volume(volume_id)
+
+    async def archive_volume(self, volume_id: str, runner_id: str | None = None) -> int:
+        """Move the volume's data off ``runner_id`` (a drain; default: its home)."""
+        if runner_id is None:
+            found = self.store.volume_homes([volume_id]).get(volume_id)
+            runner_id = found.home if found is not None else None
+            if runner_id is None or runner_id not in self.members:
+                raise errors.InvalidState(f"volume {volume_id} is on no runner")
+        return await self._member(runner_id).archive_volume(volume_id)
 
     async def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
         """On the runners holding ``source``; sharing snapshots, on one of them (else on

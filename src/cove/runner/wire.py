@@ -54,6 +54,8 @@ METHODS: dict[str, tuple[dict[str, Any], Any]] = {
     "import_image": ({"ref": str, "image": str}, PulledImage),
     "pull_image": ({"ref": str, "image": str, "auth": RegistryAuth | None}, PulledImage),
     "remove_snapshot": ({"ref": str}, None),
+    "delete_volume": ({"volume_id": str}, None),
+    "archive_volume": ({"volume_id": str}, int),
     "resize": ({SID: str, "resources": Resources, "live": bool}, None),
     "status": ({SID: str}, ContainerStatus),
     "list_ids": ({}, list[str]),
@@ -70,7 +72,7 @@ INVENTORY_CHANGES = {"capture", "clone_snapshot", "import_image", "pull_image",
                      "remove_snapshot"}  # fmt: skip
 # Names that reach host paths on the runner: one path component, never hidden.
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,199}$")
-_NAMED = {SID, "source_id", "ref", "source"}
+_NAMED = {SID, "source_id", "ref", "source", "volume_id"}
 ERRORS: dict[str, type[errors.CoveError]] = {
     cls.__name__: cls
     for cls in (errors.BadRequest, errors.QuotaExceeded, errors.NotFound, errors.Conflict,
@@ -126,6 +128,8 @@ def decode_args(method: str, data: object) -> dict[str, Any]:
         check_name(args[name])
     if "spec" in args:
         check_name(args["spec"].sandbox_id)
+        for bind in args["spec"].volumes:
+            check_name(bind.volume_id)
     return args
 
 

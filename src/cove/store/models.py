@@ -165,6 +165,9 @@ class VolumeRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Where its data is: a runner's id, or the id of a volumes dir runners share
+    # (COVE_VOLUMES_DIR); None until a sandbox first mounts it.
+    home: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class SnapshotRow(Base):

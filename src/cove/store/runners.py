@@ -9,11 +9,11 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from cove.core.fleet import Allocation, RunnerInfo, RunnerState
+from cove.core.fleet import IN_ARCHIVE, Allocation, RunnerInfo, RunnerState, VolumeHome
 from cove.core.ports import Capacity
 from cove.core.sandbox import SandboxState, utcnow
 from cove.errors import Conflict, NotFound
-from cove.store.models import RunnerRow, SandboxRow
+from cove.store.models import RunnerRow, SandboxRow, VolumeRow
 from cove.store.sql import SqlStore, _aware
 
 S = SandboxState
@@ -74,6 +74,12 @@ class SqlRunnerStore(SqlStore):
                             .where(SandboxRow.runner_id == runner_id))  # fmt: skip
             if held:
                 raise Conflict(f"{held} sandboxes are on the runner: drain it first")
+            kept = list(s.scalars(select(VolumeRow.name).where(VolumeRow.home == runner_id)
+                                  .order_by(VolumeRow.name).limit(11)))  # fmt: skip
+            if kept:  # a drain moves them to the shared archive store
+                names = ", ".join(kept[:10]) + (", ..." if len(kept) > 10 else "")
+                raise Conflict(f"volumes keep their data on the runner ({names}): delete "
+                               f"them or move their data first (docs/deployment.md)")  # fmt: skip
             row = s.get(RunnerRow, runner_id)
             if row is not None:
                 s.delete(row)
@@ -105,6 +111,33 @@ class SqlRunnerStore(SqlStore):
             return {rid: Allocation(cpu=cpu or 0, memory=mem or 0, disk=disk or 0,
                                     sandboxes=count)
                     for rid, count, disk, cpu, mem in s.execute(query) if rid}  # fmt: skip
+
+
+    def volume_homes(self, volume_ids: builtins.list[str]) -> dict[str, VolumeHome]:
+        if not volume_ids:
+            return {}
+        query = select(VolumeRow.id, VolumeRow.name, VolumeRow.home).where(
+            VolumeRow.id.in_(volume_ids))  # fmt: skip
+        with self.session() as s:
+            return {vid: VolumeHome(name, home) for vid, name, home in s.execute(query)}
+
+    def bind_volumes(self, volume_ids: builtins.list[str], home: str) -> None:
+        unbound = VolumeRow.id.in_(volume_ids) & (VolumeRow.home.is_(None)
+                                                  | (VolumeRow.home == IN_ARCHIVE))  # fmt: skip
+        with self.session() as s:  # one statement: of two binding at once, the first wins
+            s.execute(update(VolumeRow).where(unbound).values(home=home))
+
+    def volumes_on(self, runner_id: str) -> dict[str, str]:
+        query = (select(VolumeRow.id, VolumeRow.name).where(VolumeRow.home == runner_id)
+                 .order_by(VolumeRow.name))  # fmt: skip
+        with self.session() as s:
+            return dict(s.execute(query).tuples().all())
+
+    def move_volume(self, volume_id: str, home: str, to: str | None) -> bool:
+        with self.session() as s:
+            done = s.execute(update(VolumeRow).where(VolumeRow.id == volume_id,
+                                                     VolumeRow.home == home).values(home=to))
+            return bool(getattr(done, "rowcount", 0))
 
 
 def _info(row: RunnerRow) -> RunnerInfo:

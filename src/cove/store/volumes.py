@@ -11,13 +11,15 @@ from cove.store.models import VolumeRow
 from cove.store.sql import SqlStore, _aware
 
 _FIELDS = "id organization_id name state created_at updated_at last_used_at".split()
+# ``home`` is written at add only: afterwards the runners' placement sets it (once:
+# see SqlRunnerStore.bind_volumes), and a save of a record read before must not undo it.
 
 
 class SqlVolumeStore(SqlStore):
     def add(self, volume: Volume) -> None:
         try:
             with self.session() as s:
-                s.add(_to_row(volume, VolumeRow()))
+                s.add(_to_row(volume, VolumeRow(home=volume.home)))
         except IntegrityError as exc:
             raise Conflict(f"Volume with name '{volume.name}' already exists") from exc
 
@@ -59,7 +61,7 @@ def _to_row(volume: Volume, row: VolumeRow) -> VolumeRow:
 
 
 def _to_entity(row: VolumeRow) -> Volume:
-    volume = Volume(**{name: getattr(row, name) for name in _FIELDS})
+    volume = Volume(**{name: getattr(row, name) for name in _FIELDS}, home=row.home)
     volume.created_at = _aware(volume.created_at)
     volume.updated_at = _aware(volume.updated_at)
     if volume.last_used_at is not None:

@@ -24,7 +24,7 @@ from cove.errors import RuntimeBackendError
 from cove.runner.host import idrange
 from cove.runner.layout import SandboxPaths
 from cove.runner.oci.runtime import OciRuntime
-from cove.runner.storage.volumes import LocalVolumeFiles, volumes_dir
+from cove.runner.storage.volumes import VolumeDir
 from tests.integration.conftest import SandboxFactory
 from tests.integration.runner.test_agent import agent_host_pid
 from tests.integration.runner.util import (
@@ -85,8 +85,7 @@ def test_volume_subpath_swap_race_never_mounts_the_host(
     as fast as it can while another sandbox mounting subpath ``a`` starts again and
     again: each start either mounts the volume's real ``a`` or is refused."""
     volume = f"vol-{uuid.uuid4().hex[:8]}"
-    files = LocalVolumeFiles(it_settings.data_dir)
-    files.create(volume)
+    files = VolumeDir.of(it_settings)  # the volume's directory: made at first mount
     try:
         attacker = make_sandbox(volumes=(VolumeBind(volume, "/vol"),))
         racing = subprocess.Popen(  # runs for the whole attack, through the agent
@@ -116,7 +115,7 @@ def test_volume_subpath_swap_race_never_mounts_the_host(
             racing.wait(timeout=60)
         assert mounted + refused == 10
         assert not list(Path("/").glob("proof-*"))
-        proofs = list((volumes_dir(it_settings.data_dir) / volume).rglob("proof-*"))
+        proofs = list((files.root / volume).rglob("proof-*"))
         assert len(proofs) == mounted  # what mounted was the volume's own "a"
     finally:
         files.delete(volume)

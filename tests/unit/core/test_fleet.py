@@ -6,6 +6,7 @@ shared archive store."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,18 +16,29 @@ from sqlalchemy import Engine
 
 from cove.core.config import Settings
 from cove.core.coordination import LocalCoordination
-from cove.core.fleet import Fleet, RunnerInfo, RunnerState
+from cove.core.fleet import (
+    IN_ARCHIVE,
+    Fleet,
+    RunnerInfo,
+    RunnerState,
+    VolumeHome,
+    volume_constraint,
+)
 from cove.core.lifecycle import LifecycleService
-from cove.core.ports import ContainerSpec, ImageConfig, Resources
-from cove.core.sandbox import SandboxState
-from cove.errors import Unavailable
+from cove.core.ports import Capacity, ContainerSpec, ImageConfig, Resources, VolumeBind
+from cove.core.sandbox import Sandbox, SandboxState, utcnow
+from cove.core.volumes import VolumeService
+from cove.errors import Conflict, Unavailable
 from cove.runner import routing
 from cove.runner.fake import FakeRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.routing import MemberRunner, RoutingRunner
-from cove.schemas.sandbox import SandboxCreate
+from cove.runner.storage.archive_store import LocalArchiveStore
+from cove.runner.storage.volumes import VolumeDir
+from cove.schemas.sandbox import SandboxCreate, VolumeMount
 from cove.store.runners import SqlRunnerStore
 from cove.store.sql import SqlSandboxStore
+from cove.store.volumes import SqlVolumeStore
 from tests.unit.conftest import RecordingEvents
 
 S = SandboxState
@@ -67,7 +79,9 @@ class World:
         self.runtimes = {n: FakeRuntime() for n in NAMES}
         for runtime in self.runtimes.values():
             runtime.archives = shared
-        self.hosts = {n: Flaky(n, LocalRunner(r, tmp_path)) for n, r in self.runtimes.items()}
+        for n in NAMES:
+            (tmp_path / n).mkdir()
+        self.hosts = {n: Flaky(n, LocalRunner(r, tmp_path / n)) for n, r in self.runtimes.items()}
         self.registry = SqlRunnerStore(engine)
         self.registry.remove("local")
         for n in NAMES:
@@ -208,6 +222,148 @@ async def test_a_sandbox_another_replica_moved_is_followed(
     monkeypatch.setattr(routing, "WHERE_SECONDS", -1.0)  # (remembered for a second)
     with pytest.raises(Unavailable, match=f"runner {other} unreachable"):
         await world.routing.stats(sandbox_id)
+
+
+# ---- volumes: their data on the runner that first mounted them ----------------------
+
+
+def _volumes(world: World, engine: Engine) -> VolumeService:
+    service = VolumeService(store=SqlVolumeStore(engine), runner=world.routing,
+                            sandboxes=world.lifecycle.store)  # fmt: skip
+    world.lifecycle.volumes = service
+    return service
+
+
+def _only(world: World, *names: str) -> None:
+    for n in NAMES:
+        world.registry.set_state(world.registry.get(n).id,
+                                 RunnerState.READY if n in names else RunnerState.CORDONED)
+
+
+async def _mounting(world: World, org: str, volume: str) -> Sandbox:
+    req = SandboxCreate(volumes=[VolumeMount(volume_id=volume, mount_path="/data")])
+    return await world.lifecycle.create(organization_id=org, request=req)
+
+
+async def test_a_volume_s_sandboxes_go_where_its_data_is(
+        world: World, org: str, engine: Engine, tmp_path: Path) -> None:  # fmt: skip
+    volumes = _volumes(world, engine)
+    vol = volumes.create(org, "v")
+    assert vol.home is None  # nowhere yet: the first sandbox's runner becomes its home
+    first = await _mounting(world, org, "v")
+    home = world.on(first.id)
+    assert home is not None and volumes.get(org, "v").home == world.registry.get(home).id
+    for _ in NAMES:  # placement alone would spread them
+        assert world.on((await _mounting(world, org, "v")).id) == home
+    world.registry.set_state(world.registry.get(home).id, RunnerState.CORDONED)
+    before = len(world.lifecycle.store.all())
+    with pytest.raises(Unavailable, match=f"keeps its data on runner {home}, which takes no "
+                       "new sandboxes now \\(cordoned\\)"):  # fmt: skip
+        await _mounting(world, org, "v")
+    assert len(world.lifecycle.store.all()) == before  # refused before it was recorded
+    data = tmp_path / home / "volumes" / vol.id
+    data.mkdir(parents=True)
+    (tmp_path / "r1" / "volumes" / "other").mkdir(parents=True, exist_ok=True)
+    for sb in world.lifecycle.store.all():
+        await world.lifecycle.destroy(org, sb.id)
+    assert world.lifecycle.store.all() == []
+    with pytest.raises(Conflict, match="volumes keep their data on the runner \\(v\\)"):
+        world.registry.remove(world.registry.get(home).id)
+    world.hosts[home].down = True  # its data cannot be deleted now: nor is the volume
+    await world.fleet.beat()
+    with pytest.raises(Unavailable, match="volume v's data does not answer"):
+        await volumes.delete(org, "v")
+    assert volumes.get(org, "v") and data.exists()
+    world.hosts[home].down = False
+    await world.fleet.beat()
+    await volumes.delete(org, "v")
+    assert not data.exists() and (tmp_path / "r1" / "volumes" / "other").exists()
+    world.registry.remove(world.registry.get(home).id)  # nothing of it is left there
+
+
+async def test_runners_sharing_a_volumes_dir_serve_its_volumes_alike(
+        world: World, org: str, engine: Engine, tmp_path: Path) -> None:  # fmt: skip
+    shared = VolumeDir(tmp_path / "nfs", shared=True)
+    for n in ("r1", "r2"):
+        world.hosts[n].inner.volumes = VolumeDir(shared.root, shared=True)
+    volumes = _volumes(world, engine)
+    volumes.create(org, "v")
+    _only(world, "r1")
+    first = await _mounting(world, org, "v")
+    assert world.on(first.id) == "r1" and volumes.get(org, "v").home == shared.shared_id
+    _only(world, "r2")
+    assert world.on((await _mounting(world, org, "v")).id) == "r2"
+    _only(world, "r3")
+    with pytest.raises(Unavailable, match="the volumes dir shared by runners r1, r2"):
+        await _mounting(world, org, "v")
+    for sb in world.lifecycle.store.all():
+        await world.lifecycle.destroy(org, sb.id)
+    world.registry.remove(world.registry.get("r1").id)  # the others share its volumes
+
+
+def test_the_constraint_s_reasons() -> None:
+    def runner(rid: str, state: RunnerState = RunnerState.READY) -> RunnerInfo:
+        cap = Capacity(cpu=1, memory=1, memory_free=1, disk=1, disk_free=1, sandboxes=0)
+        return RunnerInfo(rid, rid, "https://x", state, True, cap, None, utcnow())
+
+    runners = {"a": runner("a", RunnerState.DRAINING), "b": runner("b")}
+    stores = {"b": "nfs1"}
+    assert volume_constraint([VolumeHome("v", None)], runners, stores.get) is None
+    rule = volume_constraint([VolumeHome("v", "a")], runners, stores.get)
+    assert rule is not None and rule.fits(runners["a"]) and not rule.fits(runners["b"])
+    assert "runner a, which takes no new sandboxes now (draining)" in rule.why
+    rule = volume_constraint([VolumeHome("v", "nfs1")], runners, stores.get)
+    assert rule is not None and rule.fits(runners["b"]) and not rule.fits(runners["a"])
+    rule = volume_constraint([VolumeHome("v", "a"), VolumeHome("w", "b")], runners, stores.get)
+    assert rule is not None and "different runners" in rule.why
+    rule = volume_constraint([VolumeHome("v", "gone")], runners, stores.get)
+    assert rule is not None and "no registered runner answers for" in rule.why
+
+
+async def test_a_drain_moves_its_volumes_through_the_archive_store(
+        world: World, org: str, engine: Engine, tmp_path: Path) -> None:  # fmt: skip
+    store = LocalArchiveStore(tmp_path / "shared-archives")  # as the S3 store would be
+    for n in NAMES:
+        world.hosts[n].inner.volumes = VolumeDir(tmp_path / n / "volumes", archives=store)
+    volumes = _volumes(world, engine)
+    vol = volumes.create(org, "v")
+    _only(world, "r1")
+    sb = await _mounting(world, org, "v")
+    data = tmp_path / "r1" / "volumes" / vol.id  # what its mount would have made
+    data.mkdir(parents=True)
+    (data / "kept.txt").write_text("kept")
+    _only(world, "r2", "r3")
+    world.registry.set_state(world.registry.get("r1").id, RunnerState.DRAINING)
+    await world.fleet.beat()
+    await until(lambda: volumes.get(org, "v").home == IN_ARCHIVE)
+    assert world.on(sb.id) is None and not data.exists() and store.exists(vol.id)
+    world.registry.remove(world.registry.get("r1").id)  # nothing of it is left there
+
+    await world.lifecycle.start(org, sb.id)  # restored where placement says
+    now_on = world.on(sb.id)
+    assert now_on in ("r2", "r3")
+    assert volumes.get(org, "v").home == world.registry.get(now_on).id
+    host = world.hosts[now_on].inner
+    os.close(host.volumes.open(VolumeBind(vol.id, "/data")))  # its mount brings it back
+    assert (tmp_path / now_on / "volumes" / vol.id / "kept.txt").read_text() == "kept"
+    assert not store.exists(vol.id)
+
+
+async def test_a_volume_is_not_bound_to_a_runner_that_never_got_its_sandbox(
+        world: World, org: str, engine: Engine) -> None:  # fmt: skip
+    volumes = _volumes(world, engine)
+    volumes.create(org, "v")
+    _only(world, "r1", "r2")
+    for n in ("r1", "r2"):  # lost since the last heartbeat: placement tries each
+        world.hosts[n].down = True
+    refused = await _mounting(world, org, "v")
+    assert refused.state is S.ERROR and world.on(refused.id) is None
+    assert volumes.get(org, "v").home is None
+    for n in ("r1", "r2"):
+        world.hosts[n].down = False
+    await world.lifecycle.destroy(org, refused.id)
+    placed = await _mounting(world, org, "v")
+    assert volumes.get(org, "v").home == world.registry.get(world.on(placed.id) or "").id
 
 
 async def test_a_snapshot_only_on_a_cordoned_runner_is_fetched_or_named(

@@ -149,14 +149,12 @@ async def test_what_no_pool_serves_boots_cold(
     assert sb.id not in before and waiting(pooled) == before
 
 
-async def test_volumes_boot_cold(pooled: LifecycleService, org: str, engine: Engine,
-                                 tmp_path: Path) -> None:  # fmt: skip
+async def test_volumes_boot_cold(pooled: LifecycleService, org: str, engine: Engine) -> None:
     from cove.core.volumes import VolumeService
-    from cove.runner.storage.volumes import LocalVolumeFiles
     from cove.store.volumes import SqlVolumeStore
 
-    pooled.volumes = VolumeService(store=SqlVolumeStore(engine),
-                                   files=LocalVolumeFiles(tmp_path), sandboxes=pooled.store)
+    pooled.volumes = VolumeService(store=SqlVolumeStore(engine), runner=pooled.runner,
+                                   sandboxes=pooled.store)  # fmt: skip
     vol = pooled.volumes.create(org, "v")
     await keeper(pooled).keep()
     before = waiting(pooled)

@@ -11,15 +11,14 @@ from cove.schemas.sandbox import SandboxCreate, VolumeMount
 from cove.store.volumes import SqlVolumeStore
 
 
-class FakeFiles:
+class FakeRunner:
+    """The runner's volume calls: the volumes whose data it was told to delete."""
+
     def __init__(self) -> None:
-        self.dirs: set[str] = set()
+        self.deleted: list[str] = []
 
-    def create(self, volume_id: str) -> None:
-        self.dirs.add(volume_id)
-
-    def delete(self, volume_id: str) -> None:
-        self.dirs.discard(volume_id)
+    async def delete_volume(self, volume_id: str) -> None:
+        self.deleted.append(volume_id)
 
 
 @pytest.mark.parametrize("path", ["/", "//", "rel", "/a/../b", "/proc", "/dev/x", "/sys", ""])
@@ -37,11 +36,12 @@ def test_mount_paths_are_normalized() -> None:
 
 
 async def test_create_mount_and_delete(engine, store, org, lifecycle: LifecycleService) -> None:
-    files = FakeFiles()
-    volumes = VolumeService(store=SqlVolumeStore(engine), files=files, sandboxes=store)
+    runner = FakeRunner()
+    volumes = VolumeService(store=SqlVolumeStore(engine), runner=runner,  # type: ignore[arg-type]
+                            sandboxes=store, home="local")  # fmt: skip
     lifecycle.volumes = volumes
     vol = volumes.create(org, "data")
-    assert files.dirs == {vol.id}
+    assert vol.home == "local" and volumes.get(org, "data").home == "local"
     with pytest.raises(Conflict):
         volumes.create(org, "data")
     with pytest.raises(BadRequest):
@@ -57,10 +57,11 @@ async def test_create_mount_and_delete(engine, store, org, lifecycle: LifecycleS
         await lifecycle.create(organization_id=org, request=SandboxCreate(
             volumes=[VolumeMount(volume_id="nope", mount_path="/d")]))  # fmt: skip
     with pytest.raises(Conflict, match="in use"):
-        volumes.delete(org, "data")
+        await volumes.delete(org, "data")
+    assert runner.deleted == []
     await lifecycle.destroy(org, sb.id)
-    volumes.delete(org, "data")
-    assert files.dirs == set() and volumes.list(org) == []
+    await volumes.delete(org, "data")
+    assert runner.deleted == [vol.id] and volumes.list(org) == []
 
 
 async def test_without_a_volume_service_mounts_are_refused(

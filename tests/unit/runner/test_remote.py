@@ -174,6 +174,23 @@ async def test_names_that_would_leave_the_runners_directories_are_refused(
         await remote.destroy(name)
     with pytest.raises(BadRequest):
         await remote.remove_snapshot(name)
+    with pytest.raises(BadRequest):
+        await remote.delete_volume(name)
+    spec = ContainerSpec(sandbox_id="wire-2", hostname="w", snapshot="cove-default",
+                         resources=Resources(cpu=1, memory=1, disk=3),
+                         volumes=(VolumeBind(name, "/data"),))  # fmt: skip
+    with pytest.raises(BadRequest):
+        await remote.create(spec)
+
+
+async def test_volume_data_is_deleted_on_the_runner(remote: RemoteRunner,
+                                                    proc: RunnerProcess) -> None:  # fmt: skip
+    assert remote.volume_store() is None  # its own volumes dir: no COVE_VOLUMES_DIR
+    data = proc.data_dir / "volumes" / "vol-1"
+    (data / "sub").mkdir(parents=True)
+    await remote.delete_volume("vol-1")
+    assert not data.exists()
+    await remote.delete_volume("vol-1")  # none: nothing to do
 
 
 async def test_a_pull_streams_its_progress_and_carries_the_credentials(tmp: Path) -> None:

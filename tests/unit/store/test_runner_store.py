@@ -6,13 +6,15 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine
 
-from cove.core.fleet import Allocation, RunnerState
+from cove.core.fleet import IN_ARCHIVE, Allocation, RunnerState, VolumeHome
 from cove.core.ports import Capacity, Resources
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
+from cove.core.volumes import Volume
 from cove.errors import Conflict, NotFound
 from cove.store.keys import SqlKeyStore
 from cove.store.runners import SqlRunnerStore
 from cove.store.sql import SqlSandboxStore
+from cove.store.volumes import SqlVolumeStore
 
 
 def _sandbox(org: str, sid: str, state: SandboxState, cpu: int = 1) -> Sandbox:
@@ -63,3 +65,30 @@ def test_sandboxes_and_allocations(db: Engine) -> None:
     store.assign("c", None)
     assert store.runner_of("c") is None
     store.remove(r1.id)
+
+
+def test_a_volume_is_bound_once(db: Engine) -> None:
+    """Of two placements binding one volume at once, the first wins; a runner holding
+    a volume's data stays registered."""
+    org = SqlKeyStore(db).ensure_organization("o")
+    volumes = SqlVolumeStore(db)
+    volumes.add(Volume(id="v1", organization_id=org, name="a"))
+    volumes.add(Volume(id="v2", organization_id=org, name="b", home="r9"))
+    store = SqlRunnerStore(db)
+    store.bind_volumes(["v1", "v2"], "r1")
+    store.bind_volumes(["v1"], "r2")
+    assert store.volume_homes(["v1", "v2", "nope"]) == {
+        "v1": VolumeHome("a", "r1"), "v2": VolumeHome("b", "r9")}  # fmt: skip
+    got = volumes.get(org, "a")
+    got.home = None  # a record read before, saved after: the binding stays
+    volumes.save(got)
+    assert volumes.get(org, "a").home == "r1" and store.volumes_on("r1") == {"v1": "a"}
+    assert not store.move_volume("v1", "r2", IN_ARCHIVE)  # not there: left as it is
+    assert store.move_volume("v1", "r1", IN_ARCHIVE)
+    r3 = store.add("r3", "https://10.0.0.7:3100")
+    store.bind_volumes(["v1"], r3.id)  # out of the archive store: bound anew
+    assert store.volume_homes(["v1"])["v1"].home == r3.id
+    with pytest.raises(Conflict, match=r"volumes keep their data on the runner \(a\)"):
+        store.remove(r3.id)
+    volumes.remove("v1")
+    store.remove(r3.id)

@@ -47,5 +47,5 @@ async def get_volume(volume_id: str, who: PrincipalDep, volumes: VolumesDep) -> 
 @router.delete("/{volume_id}", response_class=Response)
 async def delete_volume(volume_id: str, who: PrincipalDep, volumes: VolumesDep) -> Response:
     """Delete a volume and its data (409 while a sandbox mounts it)."""
-    volumes.delete(who.organization_id, volume_id)
+    await volumes.delete(who.organization_id, volume_id)
     return Response(status_code=200)

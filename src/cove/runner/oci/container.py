@@ -237,8 +237,11 @@ def _service(agent: AgentSetup, delegation: cgtree.Delegation, *, first_fd: int,
 
 def _stage_volumes(settings: Settings, spec_: ContainerSpec, paths: SandboxPaths
                    ) -> list[tuple[str, Path]]:  # fmt: skip
-    sources = [volumes.open_source(settings.data_dir, b) for b in spec_.volumes]
+    where = volumes.VolumeDir.of(settings)
+    sources: list[int] = []
     try:
+        for bind in spec_.volumes:
+            sources.append(where.open(bind))
         staged = rootfs.stage_binds(paths, sources)
     finally:
         for fd in sources:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import threading
+from pathlib import Path
 from typing import IO, Any
 
 from cove.errors import RuntimeBackendError
@@ -103,6 +104,33 @@ def restore_from(store: ArchiveStore, key: str, paths: SandboxPaths, disk_gib: i
     finally:
         mounts.unmount(paths.disk)
         fresh.unlink(missing_ok=True)
+
+
+def pack_dir(directory: Path, store: ArchiveStore, key: str) -> int:
+    """Stream ``directory``'s contents into ``store`` as ``key`` (tar | zstd); its size."""
+    tar = ["tar", "--create", "--file=-", f"--directory={directory}", *TAR_FLAGS, "."]
+    try:
+        with Pipeline([tar, ["zstd", "-1", "-T0", "-q", "-c"]], stdin=None) as pipe:
+            assert pipe.stdout is not None
+            return store.put(key, pipe.stdout, pipe.check)
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot archive {directory}: {exc}") from exc
+
+
+def unpack_dir(store: ArchiveStore, key: str, directory: Path) -> None:
+    """Stream ``key`` from ``store`` into the (empty) ``directory``; checked as it goes
+    (zstd's frame checksums, tar's and zstd's exit codes)."""
+    tar = ["tar", "--extract", "--file=-", f"--directory={directory}", "--same-permissions",
+           "--same-owner", *TAR_FLAGS]  # fmt: skip
+    try:
+        with (
+            store.get(key) as source,
+            Pipeline([["zstd", "-d", "-q", "-c"], tar], stdin=source,
+                      stdout=subprocess.DEVNULL) as pipe,
+        ):  # fmt: skip
+            pipe.check()
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot restore {directory}: {exc}") from exc
 
 
 def remove_partial_restore(paths: SandboxPaths) -> None:

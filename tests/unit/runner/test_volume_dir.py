@@ -1,0 +1,106 @@
+"""A runner's volumes dir: volumes made at first mount, a shared dir known by its id,
+symlinks never followed, and a volume's data moved through an archive store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cove.core.ports import VolumeBind
+from cove.errors import InvalidState, RuntimeBackendError
+from cove.runner.storage import archive
+from cove.runner.storage.archive_store import LocalArchiveStore
+from cove.runner.storage.volumes import OWNER, VolumeDir
+
+
+def _mounted(where: VolumeDir, volume: str, subpath: str = "") -> Path:
+    """What ``open`` hands the mount, as a path (the descriptor's own)."""
+    fd = where.open(VolumeBind(volume, "/data", subpath))
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    finally:
+        os.close(fd)
+
+
+def test_a_volume_is_made_at_its_first_mount(tmp_path: Path) -> None:
+    where = VolumeDir(tmp_path / "volumes")
+    assert where.shared_id is None
+    assert _mounted(where, "v1", "a/b") == tmp_path / "volumes" / "v1" / "a" / "b"
+    for path in (tmp_path / "volumes" / "v1", tmp_path / "volumes" / "v1" / "a"):
+        assert (path.stat().st_uid, path.stat().st_gid) == OWNER
+    where.delete("v1")
+    assert not (tmp_path / "volumes" / "v1").exists()
+    where.delete("v1")  # none: nothing to do
+
+
+@pytest.mark.parametrize("volume", ["..", "../x", "a/b", ".hidden", ""])
+def test_ids_that_are_not_one_plain_name_are_refused(tmp_path: Path, volume: str) -> None:
+    where = VolumeDir(tmp_path / "volumes")
+    with pytest.raises(RuntimeBackendError, match="invalid volume id"):
+        where.open(VolumeBind(volume, "/data"))
+    with pytest.raises(RuntimeBackendError, match="invalid volume id"):
+        where.delete(volume)
+
+
+def test_a_symlink_in_a_volume_leads_nowhere(tmp_path: Path) -> None:
+    where = VolumeDir(tmp_path / "volumes")
+    _mounted(where, "mine")
+    _mounted(where, "theirs")
+    mine = tmp_path / "volumes" / "mine"
+    (mine / "rel").symlink_to("../theirs")
+    (mine / "abs").symlink_to(tmp_path / "volumes" / "theirs")
+    for sub in ("rel", "abs", "rel/x"):
+        with pytest.raises(RuntimeBackendError, match="symlink"):
+            where.open(VolumeBind("mine", "/data", sub))
+
+
+def test_runners_sharing_a_dir_read_one_id(tmp_path: Path) -> None:
+    one, two = (VolumeDir(tmp_path / "nfs", shared=True) for _ in range(2))
+    assert one.shared_id and one.shared_id == two.shared_id
+    assert VolumeDir(tmp_path / "other", shared=True).shared_id != one.shared_id
+    with pytest.raises(InvalidState):
+        one.pack("v")  # every runner of it has its volumes already
+
+
+def test_a_volume_moves_through_the_archive_store(tmp_path: Path) -> None:
+    store = LocalArchiveStore(tmp_path / "archives")
+    here = VolumeDir(tmp_path / "a", archives=store)
+    there = VolumeDir(tmp_path / "b", archives=store)
+    data = _mounted(here, "v", "sub")
+    (data / "f").write_text("kept")
+    os.chown(data / "f", 1001, 1002)
+    assert here.pack("v") > 0 and not (tmp_path / "a" / "v").exists()
+    assert here.pack("v") > 0  # packed already: the same archive
+    assert _mounted(there, "v", "sub") == tmp_path / "b" / "v" / "sub"
+    moved = tmp_path / "b" / "v" / "sub" / "f"
+    assert moved.read_text() == "kept" and (moved.stat().st_uid, moved.stat().st_gid) == (
+        1001, 1002)  # fmt: skip
+    assert not store.exists("v") and not list((tmp_path / "b").glob(".restore-*"))
+    with pytest.raises(InvalidState):
+        VolumeDir(tmp_path / "c").pack("v")  # no shared store: it stays
+    there.pack("v")
+    there.delete("v")  # its archive goes too
+    assert not store.exists("v")
+
+
+def test_of_two_runners_bringing_a_shared_volume_back_the_first_wins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    store = LocalArchiveStore(tmp_path / "archives")
+    source = VolumeDir(tmp_path / "a", archives=store)
+    (_mounted(source, "v") / "f").write_text("packed")
+    source.pack("v")
+    shared = VolumeDir(tmp_path / "nfs", shared=True, archives=store)
+    unpack = archive.unpack_dir
+
+    def slow(store_: object, key: str, directory: Path) -> None:
+        unpack(store, key, directory)  # type: ignore[arg-type]
+        (tmp_path / "nfs" / "v").mkdir()  # meanwhile, another runner of the dir did it
+        (tmp_path / "nfs" / "v" / "f").write_text("theirs")
+
+    monkeypatch.setattr(archive, "unpack_dir", slow)
+    assert _mounted(shared, "v") == tmp_path / "nfs" / "v"
+    assert (tmp_path / "nfs" / "v" / "f").read_text() == "theirs"
+    assert not list((tmp_path / "nfs").glob(".restore-*"))
+    store.delete("v")
