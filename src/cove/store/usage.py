@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import case, func, insert, literal, select, update
 
 from cove.core.metering import Period
 from cove.core.ports import Resources
@@ -67,10 +67,10 @@ class SqlUsageStore(SqlStore):
         # A write first: on SQLite the transaction takes the write lock at once (waiting
         # its turn), instead of failing to upgrade a read made before another's commit.
         close = update(row).where(row.sandbox_id == sandbox_id, row.end_at.is_(None))
-        with self.session() as s:
-            s.execute(close.values(end_at=end))
+        with self.connection() as conn:
+            conn.execute(close.values(end_at=end))
             if period is not None:
-                s.add(UsagePeriodRow(
+                conn.execute(insert(row).values(
                     sandbox_id=period.sandbox_id, organization_id=period.organization_id,
                     cpu=period.held.cpu, memory=period.held.memory, disk=period.held.disk,
                     start_at=period.start_at, end_at=None,

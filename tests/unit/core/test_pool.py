@@ -263,7 +263,7 @@ async def test_waiting_agents_are_pinged_well_within_their_idle_exit(
             pinged.append(self.sandbox_id)
 
     monkeypatch.setattr("cove.core.pool.agent_client",
-                        lambda runner, sandbox_id, user, env: Agent(sandbox_id))  # fmt: skip
+                        lambda runner, sandbox_id, user, env, links: Agent(sandbox_id))  # fmt: skip
     await keeper(pooled).keep()  # boots them
     await keeper(pooled).keep()  # sees them
     ids = waiting(pooled)
