@@ -56,6 +56,11 @@ PING_SECONDS = 5.0  # a waiting sandbox's agent answers a keep-warm ping within 
 # discarded (a claim and a discard never take the same one): a claim on an old list
 # still gets the kind of sandbox it asked for.
 POOLS_SECONDS = 1.0
+# Claims at once: the rest wait their turn. A claim is mostly the event loop's own work
+# (no boot to wait for), so more at once serve no more per second; they only make
+# every other request (a health check, a toolbox call) queue behind theirs.
+CLAIMS_AT_ONCE = 4
+CLAIM_WAKE_SECONDS = 0.05  # claims within this wake the keeper once (a burst: one scan)
 # Keep-warm pings come at least this often: each readies a spare process for the first
 # command (an agent lets an unused one go after ``SPARE_SECONDS``).
 SPARE_PING = protocol.SPARE_SECONDS / 2
@@ -140,6 +145,8 @@ class PoolKeeper:
         self._default_ref = default_ref
         self._claims: set[str] = set()  # tokens of claims and discards under way
         self._wake = asyncio.Event()
+        self._wake_soon: asyncio.TimerHandle | None = None
+        self._claiming = asyncio.Semaphore(CLAIMS_AT_ONCE)
         self._retry_at: dict[str, float] = {}  # pool id -> when a failed pool tries again
         self._warmed: dict[str, float] = {}  # sandbox id -> when its agent was last pinged
         self.operator_error: str | None = None
@@ -194,8 +201,18 @@ class PoolKeeper:
         return out
 
     def wake(self) -> None:
-        """Check the pools now (a claim took a sandbox, a pool changed)."""
+        """Check the pools now (a pool changed)."""
         self._wake.set()
+
+    def _woken_soon(self) -> None:
+        """Check the pools in a moment (a claim took a sandbox; more may follow)."""
+        if self._wake_soon is None:
+            self._wake_soon = asyncio.get_running_loop().call_later(
+                CLAIM_WAKE_SECONDS, self._woken)
+
+    def _woken(self) -> None:
+        self._wake_soon = None
+        self.wake()
 
     # ---- keeping ------------------------------------------------------------
 
@@ -324,7 +341,8 @@ class PoolKeeper:
         Raises:
             Conflict: the organization has a sandbox of that name.
         """
-        claimed = await self._claim(wanted)
+        async with self._claiming:
+            claimed = await self._claim(wanted)
         if claimed is None:
             self.cold_fallbacks += 1
         return claimed
@@ -342,7 +360,7 @@ class PoolKeeper:
                 taken = self.store.take(token, pool_id=pool.id, runners=on)
                 if taken is None:
                     continue
-                self.wake()
+                self._woken_soon()
                 claimed = await self.ops.run(taken, partial(self._adopt, taken, token, wanted))
                 if claimed is not None:
                     self.claims[pool.id] = self.claims.get(pool.id, 0) + 1
