@@ -25,9 +25,9 @@ class SqlQuotaStore(SqlStore):
     def holdings(self, organization_id: str) -> list[Holding]:
         query = select(SandboxRow.id, SandboxRow.state, SandboxRow.cpu, SandboxRow.memory,
                        SandboxRow.disk).where(SandboxRow.organization_id == organization_id)
-        with self.session() as s:
+        with self.connection() as conn:  # (checked at every create: no ORM session)
             return [Holding(sid, SandboxState(state), Resources(cpu, memory, disk))
-                    for sid, state, cpu, memory, disk in s.execute(query)]  # fmt: skip
+                    for sid, state, cpu, memory, disk in conn.execute(query)]  # fmt: skip
 
     def snapshot_usage(self, organization_id: str) -> tuple[int, int]:
         query = select(func.count(), func.coalesce(func.sum(SnapshotRow.size), 0)).where(
@@ -42,11 +42,12 @@ class SqlQuotaStore(SqlStore):
             return int(s.execute(query).scalar_one())
 
     def quota_overrides(self, organization_id: str) -> dict[str, int | None]:
-        with self.session() as s:
-            row = s.get(OrganizationQuotaRow, organization_id)
-            if row is None:
-                return {}
-            return {name: getattr(row, name) for name in QUOTA_FIELDS}
+        table = OrganizationQuotaRow.__table__
+        query = select(*(table.c[name] for name in QUOTA_FIELDS)).where(
+            table.c.organization_id == organization_id)  # fmt: skip
+        with self.connection() as conn:
+            row = conn.execute(query).first()
+        return {} if row is None else dict(zip(QUOTA_FIELDS, row, strict=True))
 
     def set_quota_overrides(self, organization_id: str, fields: dict[str, int | None]) -> None:
         with self.session() as s:
