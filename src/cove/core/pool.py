@@ -59,7 +59,7 @@ POOLS_SECONDS = 1.0
 # Claims at once: the rest wait their turn. A claim is mostly the event loop's own work
 # (no boot to wait for), so more at once serve no more per second; they only make
 # every other request (a health check, a toolbox call) queue behind theirs.
-CLAIMS_AT_ONCE = 4
+CLAIMS_AT_ONCE = 8
 CLAIM_WAKE_SECONDS = 0.05  # claims within this wake the keeper once (a burst: one scan)
 # Keep-warm pings come at least this often: each readies a spare process for the first
 # command (an agent lets an unused one go after ``SPARE_SECONDS``).
