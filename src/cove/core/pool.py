@@ -60,7 +60,7 @@ POOLS_SECONDS = 1.0
 # (no boot to wait for), so more at once serve no more per second; they only make
 # every other request (a health check, a toolbox call) queue behind theirs.
 CLAIMS_AT_ONCE = 8
-CLAIM_WAKE_SECONDS = 0.05  # claims within this wake the keeper once (a burst: one scan)
+CLAIM_WAKE_SECONDS = 0.2  # claims within this wake the keeper once (a burst: one scan)
 # Keep-warm pings come at least this often: each readies a spare process for the first
 # command (an agent lets an unused one go after ``SPARE_SECONDS``).
 SPARE_PING = protocol.SPARE_SECONDS / 2

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Collection
+from typing import cast
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, Table, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cove.core.pool import WarmPool
@@ -16,6 +17,7 @@ from cove.errors import Conflict, NotFound
 from cove.store.models import SandboxRow, WarmPoolRow
 from cove.store.sql import SqlStore, _aware, _to_entity, _values
 
+SANDBOXES = cast("Table", SandboxRow.__table__)
 CANDIDATES = 8  # takes tried per claim (other replicas may take the sandbox first)
 
 
@@ -65,9 +67,10 @@ class SqlPoolStore(SqlStore):
 
     def unowned(self) -> builtins.list[Sandbox]:
         """Every sandbox of no organization: pooled, or being claimed or discarded."""
-        query = select(SandboxRow).where(SandboxRow.organization_id.is_(None))
-        with self.session() as s:
-            return [_to_entity(row) for row in s.scalars(query.order_by(SandboxRow.seq))]
+        table = SANDBOXES  # rows, not ORM entities: the keeper reads them after every claim
+        query = select(table).where(table.c.organization_id.is_(None)).order_by(table.c.seq)
+        with self.connection() as conn:
+            return [_to_entity(cast("SandboxRow", row)) for row in conn.execute(query)]
 
     def take(self, token: str, *, pool_id: str, sandbox_id: str | None = None,
              started: bool = True, runners: Collection[str] | None = None
@@ -106,9 +109,10 @@ class SqlPoolStore(SqlStore):
             NotFound: the row is gone or not taken by ``token``.
             Conflict: the organization has a sandbox of that name.
         """
-        write = update(SandboxRow).where(
-            SandboxRow.id == sandbox.id, SandboxRow.organization_id.is_(None),
-            SandboxRow.warm_pool_id == token).values(_values(sandbox))  # fmt: skip
+        table = SANDBOXES  # (the table, not the ORM entity: no ORM bookkeeping per column)
+        write = update(table).where(
+            table.c.id == sandbox.id, table.c.organization_id.is_(None),
+            table.c.warm_pool_id == token).values(_values(sandbox))  # fmt: skip
         try:
             with self.connection() as conn:
                 done = conn.execute(write)
