@@ -30,6 +30,7 @@ import asyncio
 import builtins
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Callable, Collection
 from datetime import datetime
@@ -41,7 +42,7 @@ from cove.core.config import Settings
 from cove.core.ops import SandboxOps, container_spec
 from cove.core.ports import EventSink, NetworkPolicy, Resources
 from cove.core.sandbox import MAX_ARCHIVE_MINUTES, Sandbox, SandboxState, utcnow
-from cove.core.toolbox import agent_client
+from cove.core.toolbox import AgentLinks, agent_client
 from cove.errors import Conflict, CoveError, InvalidState, NotFound
 
 S = SandboxState
@@ -49,6 +50,17 @@ OPERATOR_POOL = "cove-operator-pool"  # the id of the operator's pool (COVE_POOL
 REFILL_SECONDS = 2.0  # how often pools are checked when nothing wakes the keeper
 RETRY_SECONDS = 30.0  # how long a pool whose sandbox failed to boot waits to try again
 PING_SECONDS = 5.0  # a waiting sandbox's agent answers a keep-warm ping within this
+# How long a claim trusts the pools it read last (the changes of this server forget them
+# at once; another replica's within this). A pool's kind never changes, only its size,
+# and a pool deleted meanwhile still holds sandboxes of that kind until they are
+# discarded (a claim and a discard never take the same one): a claim on an old list
+# still gets the kind of sandbox it asked for.
+POOLS_SECONDS = 1.0
+# Claims at once: the rest wait their turn. A claim is mostly the event loop's own work
+# (no boot to wait for), so more at once serve no more per second; they only make
+# every other request (a health check, a toolbox call) queue behind theirs.
+CLAIMS_AT_ONCE = 8
+CLAIM_WAKE_SECONDS = 0.2  # claims within this wake the keeper once (a burst: one scan)
 # Keep-warm pings come at least this often: each readies a spare process for the first
 # command (an agent lets an unused one go after ``SPARE_SECONDS``).
 SPARE_PING = protocol.SPARE_SECONDS / 2
@@ -133,13 +145,20 @@ class PoolKeeper:
         self._default_ref = default_ref
         self._claims: set[str] = set()  # tokens of claims and discards under way
         self._wake = asyncio.Event()
+        self._wake_soon: asyncio.TimerHandle | None = None
+        self._claiming = asyncio.Semaphore(CLAIMS_AT_ONCE)
         self._retry_at: dict[str, float] = {}  # pool id -> when a failed pool tries again
         self._warmed: dict[str, float] = {}  # sandbox id -> when its agent was last pinged
         self.operator_error: str | None = None
         self.claims: dict[str, int] = {}  # pool id -> creates it served (this server run)
+        self._known: tuple[float, list[WarmPool]] | None = None  # (read at, pools): claims
         self.cold_fallbacks = 0  # creates that found no pooled sandbox and booted one
         # Several runners: the ids of those a claim may take a sandbox on (None: any).
         self.runners: Callable[[], Collection[str]] | None = None
+        # The toolbox's connections to the agents: keep-warm pings go over them, so a
+        # claimed sandbox's first call finds its connection made.
+        self.links: AgentLinks | None = None
+        self.claimed: Callable[[Sandbox], None] = lambda _sandbox: None  # the toolbox's
 
     def operator_pool(self) -> WarmPool | None:
         """The operator's pool (None: ``COVE_POOL_SIZE`` is 0 or no default snapshot)."""
@@ -155,8 +174,23 @@ class PoolKeeper:
         )  # fmt: skip
 
     def pools(self) -> list[WarmPool]:
+        """Every pool, as stored now."""
         operator = self.operator_pool()
-        return [*self.store.list(), *([operator] if operator else [])]
+        found = [*self.store.list(), *([operator] if operator else [])]
+        self._known = (time.monotonic(), found)
+        return found
+
+    def _recent_pools(self) -> list[WarmPool]:
+        """The pools as read within ``POOLS_SECONDS`` (a claim's: one read less)."""
+        known = self._known
+        if known is None or time.monotonic() - known[0] > POOLS_SECONDS:
+            return self.pools()
+        return known[1]
+
+    def changed(self) -> None:
+        """A pool was made, resized or deleted: forget the pools read, check them now."""
+        self._known = None
+        self.wake()
 
     def members(self) -> dict[str, list[Sandbox]]:
         """Each pool id's waiting (or booting) sandboxes."""
@@ -167,8 +201,18 @@ class PoolKeeper:
         return out
 
     def wake(self) -> None:
-        """Check the pools now (a claim took a sandbox, a pool changed)."""
+        """Check the pools now (a pool changed)."""
         self._wake.set()
+
+    def _woken_soon(self) -> None:
+        """Check the pools in a moment (a claim took a sandbox; more may follow)."""
+        if self._wake_soon is None:
+            self._wake_soon = asyncio.get_running_loop().call_later(
+                CLAIM_WAKE_SECONDS, self._woken)
+
+    def _woken(self) -> None:
+        self._wake_soon = None
+        self.wake()
 
     # ---- keeping ------------------------------------------------------------
 
@@ -225,7 +269,7 @@ class PoolKeeper:
             if now - self._warmed.get(sandbox_id, float("-inf")) < every:
                 continue
             try:
-                agent = agent_client(self.ops.runner, sandbox_id, None, {})
+                agent = agent_client(self.ops.runner, sandbox_id, None, {}, self.links)
                 await asyncio.wait_for(agent.ping(spare=True), PING_SECONDS)
             except (CoveError, TimeoutError) as exc:
                 log.warning("pooled sandbox %s did not answer a ping: %s", sandbox_id, exc)
@@ -297,7 +341,8 @@ class PoolKeeper:
         Raises:
             Conflict: the organization has a sandbox of that name.
         """
-        claimed = await self._claim(wanted)
+        async with self._claiming:
+            claimed = await self._claim(wanted)
         if claimed is None:
             self.cold_fallbacks += 1
         return claimed
@@ -305,7 +350,7 @@ class PoolKeeper:
     async def _claim(self, wanted: Sandbox) -> Sandbox | None:
         if wanted.volumes or wanted.linked_sandbox_id or self._name_taken(wanted):
             return None
-        pools = sorted((p for p in self.pools() if p.serves(wanted)),
+        pools = sorted((p for p in self._recent_pools() if p.serves(wanted)),
                        key=lambda p: p.organization_id == "")  # its own first  # fmt: skip
         for pool in pools:
             token = self._token("claim")
@@ -315,7 +360,7 @@ class PoolKeeper:
                 taken = self.store.take(token, pool_id=pool.id, runners=on)
                 if taken is None:
                     continue
-                self.wake()
+                self._woken_soon()
                 claimed = await self.ops.run(taken, partial(self._adopt, taken, token, wanted))
                 if claimed is not None:
                     self.claims[pool.id] = self.claims.get(pool.id, 0) + 1
@@ -326,7 +371,10 @@ class PoolKeeper:
 
     def _name_taken(self, wanted: Sandbox) -> bool:
         """Whether the create will fail on its name (it goes cold, to fail the same way,
-        without spending a pooled sandbox)."""
+        without spending a pooled sandbox). A name left to the server is the taken
+        sandbox's new id: not looked up."""
+        if wanted.name == wanted.id:
+            return False
         try:
             found = self.ops.store.get(wanted.organization_id, wanted.name)
         except NotFound:
@@ -357,6 +405,7 @@ class PoolKeeper:
             log.warning("claiming pooled sandbox %s failed: %s", sandbox_id, exc.message)
             await self._remove(sandbox_id)
             return None
+        self.claimed(sandbox)
         await self.ops.events.sandbox_created(sandbox)
         return sandbox
 

@@ -141,6 +141,14 @@ class RecordCache:
         self._records[key] = (sandbox, seen, now + RECORD_SECONDS)
         return sandbox
 
+    def put(self, sandbox: Sandbox) -> None:
+        """Remember ``sandbox`` as just stored (a warm pool's claim: its first toolbox
+        call reads nothing)."""
+        if len(self._records) >= RECORD_ENTRIES:
+            self._records.clear()
+        self._records[(sandbox.organization_id, sandbox.id)] = (
+            sandbox, self._store.changes(), self._clock() + RECORD_SECONDS)
+
 
 class AgentLinks:
     """The server's one connection to each sandbox's agent, made on first use and
@@ -165,6 +173,13 @@ class AgentLinks:
                     channel = await open_channel(self._runner, sandbox_id)
                     self._channels[sandbox_id] = channel
         return channel.open()
+
+    async def forget(self, sandbox_id: str) -> None:
+        """Close the connection to a sandbox that is gone."""
+        self._connecting.pop(sandbox_id, None)
+        channel = self._channels.pop(sandbox_id, None)
+        if channel is not None:
+            await channel.close()
 
     async def close(self) -> None:
         """Close every connection (server shutdown)."""

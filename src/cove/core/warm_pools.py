@@ -91,7 +91,7 @@ class WarmPoolService:
             resources=Resources(cpu=s.default_cpu, memory=s.default_memory, disk=s.default_disk),
         )  # fmt: skip
         self.store.add(pool)
-        self.keeper.wake()
+        self.keeper.changed()
         return pool, 0
 
     def update(self, organization_id: str, pool_id: str, size: int) -> tuple[WarmPool, int]:
@@ -106,7 +106,7 @@ class WarmPoolService:
         self._check_total(organization_id, size, pool_id)
         pool.size, pool.updated_at = size, utcnow()
         self.store.save(pool)
-        self.keeper.wake()
+        self.keeper.changed()
         return pool, self._ready().get(pool.id, 0)
 
     def delete(self, organization_id: str, pool_id: str) -> None:
@@ -117,7 +117,7 @@ class WarmPoolService:
         """
         self.store.get(organization_id, pool_id)
         self.store.remove(pool_id)
-        self.keeper.wake()
+        self.keeper.changed()
 
     def _ready(self) -> dict[str, int]:
         return {pool_id: sum(1 for sb in members if sb.state.value == "started")

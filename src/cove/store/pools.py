@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Collection
+from typing import cast
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, Table, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cove.core.pool import WarmPool
@@ -14,9 +15,10 @@ from cove.core.ports import Resources
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import Conflict, NotFound
 from cove.store.models import SandboxRow, WarmPoolRow
-from cove.store.sql import SqlStore, _aware, _to_entity, _to_row
+from cove.store.sql import SqlStore, _aware, _to_entity, _values
 
-CANDIDATES = 8  # pooled sandboxes tried per claim (others may take them first)
+SANDBOXES = cast("Table", SandboxRow.__table__)
+CANDIDATES = 8  # takes tried per claim (other replicas may take the sandbox first)
 
 
 class SqlPoolStore(SqlStore):
@@ -65,9 +67,10 @@ class SqlPoolStore(SqlStore):
 
     def unowned(self) -> builtins.list[Sandbox]:
         """Every sandbox of no organization: pooled, or being claimed or discarded."""
-        query = select(SandboxRow).where(SandboxRow.organization_id.is_(None))
-        with self.session() as s:
-            return [_to_entity(row) for row in s.scalars(query.order_by(SandboxRow.seq))]
+        table = SANDBOXES  # rows, not ORM entities: the keeper reads them after every claim
+        query = select(table).where(table.c.organization_id.is_(None)).order_by(table.c.seq)
+        with self.connection() as conn:
+            return [_to_entity(cast("SandboxRow", row)) for row in conn.execute(query)]
 
     def take(self, token: str, *, pool_id: str, sandbox_id: str | None = None,
              started: bool = True, runners: Collection[str] | None = None
@@ -83,15 +86,20 @@ class SqlPoolStore(SqlStore):
             waiting.append(SandboxRow.id == sandbox_id)
         if runners is not None:
             waiting.append(SandboxRow.runner_id.in_(list(runners)))
-        with self.session() as s:
-            ids = s.scalars(select(SandboxRow.id).where(*waiting)
-                            .order_by(SandboxRow.seq).limit(CANDIDATES)).all()  # fmt: skip
-        for candidate in ids:
-            with self.session() as s:
-                done = s.execute(update(SandboxRow).where(SandboxRow.id == candidate, *waiting)
-                                 .values(warm_pool_id=token))  # fmt: skip
-                if done.rowcount == 1:  # type: ignore[attr-defined]
-                    return candidate
+        # The oldest waiting one, in the UPDATE itself (its conditions checked again on
+        # the row it writes): one statement, one transaction. Another replica's claim
+        # that wrote the row first (PostgreSQL) leaves no row updated: the next is tried.
+        first = (select(SandboxRow.id).where(*waiting).order_by(SandboxRow.seq).limit(1)
+                 .with_for_update(skip_locked=True).scalar_subquery().correlate(None))  # fmt: skip
+        take = (update(SandboxRow).where(SandboxRow.id == first, *waiting)
+                .values(warm_pool_id=token).returning(SandboxRow.id))  # fmt: skip
+        for _ in range(CANDIDATES):
+            with self.connection() as conn:
+                taken = conn.execute(take).scalar()
+                if taken is not None:
+                    return taken
+                if not conn.execute(select(SandboxRow.id).where(*waiting).limit(1)).first():
+                    return None
         return None
 
     def adopt(self, sandbox: Sandbox, token: str) -> None:
@@ -101,16 +109,17 @@ class SqlPoolStore(SqlStore):
             NotFound: the row is gone or not taken by ``token``.
             Conflict: the organization has a sandbox of that name.
         """
+        table = SANDBOXES  # (the table, not the ORM entity: no ORM bookkeeping per column)
+        write = update(table).where(
+            table.c.id == sandbox.id, table.c.organization_id.is_(None),
+            table.c.warm_pool_id == token).values(_values(sandbox))  # fmt: skip
         try:
-            with self.session() as s:
-                row = s.scalars(select(SandboxRow).where(
-                    SandboxRow.id == sandbox.id, SandboxRow.organization_id.is_(None),
-                    SandboxRow.warm_pool_id == token)).first()  # fmt: skip
-                if row is None:
-                    raise NotFound(f"Sandbox with ID {sandbox.id} not found")
-                _to_row(sandbox, row)
+            with self.connection() as conn:
+                done = conn.execute(write)
         except IntegrityError as exc:
             raise Conflict(f"Sandbox with name '{sandbox.name}' already exists") from exc
+        if done.rowcount != 1:
+            raise NotFound(f"Sandbox with ID {sandbox.id} not found")
 
 
 def _pool_row(pool: WarmPool, row: WarmPoolRow) -> WarmPoolRow:

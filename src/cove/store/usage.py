@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import case, func, insert, literal, select, update
 
 from cove.core.metering import Period
 from cove.core.ports import Resources
@@ -25,9 +25,9 @@ class SqlQuotaStore(SqlStore):
     def holdings(self, organization_id: str) -> list[Holding]:
         query = select(SandboxRow.id, SandboxRow.state, SandboxRow.cpu, SandboxRow.memory,
                        SandboxRow.disk).where(SandboxRow.organization_id == organization_id)
-        with self.session() as s:
+        with self.connection() as conn:  # (checked at every create: no ORM session)
             return [Holding(sid, SandboxState(state), Resources(cpu, memory, disk))
-                    for sid, state, cpu, memory, disk in s.execute(query)]  # fmt: skip
+                    for sid, state, cpu, memory, disk in conn.execute(query)]  # fmt: skip
 
     def snapshot_usage(self, organization_id: str) -> tuple[int, int]:
         query = select(func.count(), func.coalesce(func.sum(SnapshotRow.size), 0)).where(
@@ -42,11 +42,12 @@ class SqlQuotaStore(SqlStore):
             return int(s.execute(query).scalar_one())
 
     def quota_overrides(self, organization_id: str) -> dict[str, int | None]:
-        with self.session() as s:
-            row = s.get(OrganizationQuotaRow, organization_id)
-            if row is None:
-                return {}
-            return {name: getattr(row, name) for name in QUOTA_FIELDS}
+        table = OrganizationQuotaRow.__table__
+        query = select(*(table.c[name] for name in QUOTA_FIELDS)).where(
+            table.c.organization_id == organization_id)  # fmt: skip
+        with self.connection() as conn:
+            row = conn.execute(query).first()
+        return {} if row is None else dict(zip(QUOTA_FIELDS, row, strict=True))
 
     def set_quota_overrides(self, organization_id: str, fields: dict[str, int | None]) -> None:
         with self.session() as s:
@@ -67,10 +68,10 @@ class SqlUsageStore(SqlStore):
         # A write first: on SQLite the transaction takes the write lock at once (waiting
         # its turn), instead of failing to upgrade a read made before another's commit.
         close = update(row).where(row.sandbox_id == sandbox_id, row.end_at.is_(None))
-        with self.session() as s:
-            s.execute(close.values(end_at=end))
+        with self.connection() as conn:
+            conn.execute(close.values(end_at=end))
             if period is not None:
-                s.add(UsagePeriodRow(
+                conn.execute(insert(row).values(
                     sandbox_id=period.sandbox_id, organization_id=period.organization_id,
                     cpu=period.held.cpu, memory=period.held.memory, disk=period.held.disk,
                     start_at=period.start_at, end_at=None,

@@ -12,9 +12,10 @@ from sqlalchemy import Engine
 
 from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
-from cove.core.pool import OPERATOR_POOL, PoolKeeper
+from cove.core.pool import CLAIMS_AT_ONCE, OPERATOR_POOL, PoolKeeper
 from cove.core.ports import NetworkPolicy
 from cove.core.sandbox import SandboxState
+from cove.core.toolbox import RecordCache
 from cove.core.warm_pools import WarmPoolService
 from cove.errors import BadRequest, Conflict, NotFound
 from cove.runner.fake import FakeRuntime
@@ -112,8 +113,8 @@ async def test_concurrent_claims_never_share_a_sandbox(
     await keeper(pooled).keep()
     before = waiting(pooled)
     made = await asyncio.gather(*(create(pooled, org, name=f"c{i}", env={"I": str(i)})
-                                  for i in range(8)))  # fmt: skip
-    assert len({sb.id for sb in made}) == 8
+                                  for i in range(CLAIMS_AT_ONCE + 4)))  # some wait their turn
+    assert len({sb.id for sb in made}) == CLAIMS_AT_ONCE + 4
     assert {sb.id for sb in made} & before == before  # the pool's 3 went, each once
     for i, sb in enumerate(made):
         got = pooled.get(org, f"c{i}")
@@ -261,7 +262,7 @@ async def test_waiting_agents_are_pinged_well_within_their_idle_exit(
             pinged.append(self.sandbox_id)
 
     monkeypatch.setattr("cove.core.pool.agent_client",
-                        lambda runner, sandbox_id, user, env: Agent(sandbox_id))  # fmt: skip
+                        lambda runner, sandbox_id, user, env, links: Agent(sandbox_id))  # fmt: skip
     await keeper(pooled).keep()  # boots them
     await keeper(pooled).keep()  # sees them
     ids = waiting(pooled)
@@ -271,3 +272,19 @@ async def test_waiting_agents_are_pinged_well_within_their_idle_exit(
     keeper(pooled)._warmed = dict.fromkeys(ids, -1e9)  # long ago
     await keeper(pooled).keep()
     assert len(pinged) == 2 * len(ids)
+
+
+async def test_the_claimed_record_goes_to_the_toolbox_until_it_changes(
+    pooled: LifecycleService, org: str, store: SqlSandboxStore
+) -> None:
+    """A claim hands its record to the toolbox's cache (the first call reads nothing);
+    a later change through the store is seen at once."""
+    records = RecordCache(store)
+    keeper(pooled).claimed = records.put
+    await keeper(pooled).keep()
+    claimed = await create(pooled, org, env={"A": "1"})
+    assert records.get(org, claimed.id) is claimed  # the claim's own record: not read again
+    changed = store.get_by_id(claimed.id)
+    changed.env = {"A": "2"}
+    store.save(changed)
+    assert records.get(org, claimed.id).env == {"A": "2"}
