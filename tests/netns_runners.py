@@ -6,6 +6,7 @@ test_snapshot_transfer, test_fleet_volumes and test_fleet_replicas."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daytona import Sandbox
@@ -39,6 +41,14 @@ def runner_cli(data_dir: Path, env: dict[str, str], *args: str
     return subprocess.run([sys.executable, "-m", "cove.cli.main", "runner", *args,
                            "--data-dir", str(data_dir)], env={**os.environ, **env}, text=True,
                           capture_output=True, timeout=120)  # fmt: skip
+
+
+def runners_listed(cli: Callable[..., subprocess.CompletedProcess[str]]) -> list[dict[str, Any]]:
+    """The runners ``cove runner list --json`` shows (through ``cli``, a fleet's)."""
+    done = cli("list", "--json")
+    assert done.returncode == 0, done.stderr
+    found: list[dict[str, Any]] = json.loads(done.stdout)
+    return found
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 180) -> None:

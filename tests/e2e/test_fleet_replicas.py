@@ -11,7 +11,6 @@ when it returns; with the jobs' replica killed, the other keeps the fleet."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ from tests.netns_runners import (
     register,
     runner_cli,
     runner_of,
+    runners_listed,
     settled,
     start_stopped,
     wait_for,
@@ -125,7 +125,7 @@ def test_creates_through_one_replica_land_on_every_runner_and_both_serve_them(
     for sb in placed.values():
         assert sb.process.exec("echo via-a").result.strip() == "via-a"
         assert on_b.get(sb.id).process.exec("echo via-b").result.strip() == "via-b"
-    listed = json.loads(fleet.cli("list", "--json").stdout)
+    listed = runners_listed(fleet.cli)
     assert {r["name"]: (r["state"], r["sandboxes"]) for r in listed} == dict.fromkeys(
         NAMES, ("ready", 1))  # fmt: skip
 
@@ -162,7 +162,7 @@ def test_a_killed_runner_is_marked_once_and_the_others_serve_through_both(
             assert fleet.runner_of(fresh.id) not in (None, victim_name)
         finally:
             fresh.delete()
-    listed = {r["name"]: r["state"] for r in json.loads(fleet.cli("list", "--json").stdout)}
+    listed = {r["name"]: r["state"] for r in runners_listed(fleet.cli)}
     assert listed[victim_name] == "unreachable"
 
     runner.start()  # it comes back: the sandbox is what the runner has

@@ -11,7 +11,6 @@ their next sandbox is placed on."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from daytona import (
 )
 
 from tests.e2e.conftest import KEY, run_ok
-from tests.netns_runners import NAMES, Fleet, s3_fleet, wait_for
+from tests.netns_runners import NAMES, Fleet, runners_listed, s3_fleet, wait_for
 
 pytestmark = pytest.mark.e2e
 TAG = f"fv{os.getpid() % 1000}"  # namespaces of this run (several runs may share a host)
@@ -110,7 +109,7 @@ def test_a_volume_s_sandboxes_go_to_the_runner_holding_its_data(
     assert fleet.runner_of(writer.id) == "r3"
     run_ok(writer, "echo hello > /data/note.txt")
     assert (_data(fleet, "r3", vol.id) / "note.txt").read_text() == "hello\n"
-    listed = {r["name"]: r["volumes"] for r in json.loads(fleet.cli("list", "--json").stdout)}
+    listed = {r["name"]: r["volumes"] for r in runners_listed(fleet.cli)}
     assert listed == {"r1": 0, "r2": 0, "r3": 1}
     assert _volume_usage(fleet) == 1  # the organization's quota counts it, wherever it is
 

@@ -10,7 +10,6 @@ are refused."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.netns_runners import (
     Fleet,
     kill_runner,
     runner_cli,
+    runners_listed,
     s3_fleet,
     settled,
     wait_for,
@@ -92,8 +92,7 @@ def test_creates_land_on_different_runners(fleet: Fleet) -> None:
         sb.fs.upload_file(PROBE.encode(), "/tmp/probe.py")
         out = sb.process.exec("python3 /tmp/probe.py " + " ".join(f"{a}:{p}" for a, p in targets))
         assert out.result.split() == ["closed"] * len(targets), out.result
-        listed = json.loads(fleet.cli("list", "--json").stdout)
-        found = {r["name"]: (r["state"], r["sandboxes"]) for r in listed}
+        listed = runners_listed(fleet.cli)
         found = {r["name"]: (r["state"], r["sandboxes"]) for r in listed}
         assert found == dict.fromkeys(NAMES, ("ready", 1))
     finally:
@@ -119,7 +118,7 @@ def test_a_killed_runner_s_sandboxes_fail_and_come_back(fleet: Fleet) -> None:
             assert fleet.runner_of(fresh.id) != victim_name
         finally:
             fresh.delete()
-        listed = {r["name"]: r["state"] for r in json.loads(fleet.cli("list", "--json").stdout)}
+        listed = {r["name"]: r["state"] for r in runners_listed(fleet.cli)}
         assert listed[victim_name] == "unreachable"
 
         runner.start()  # it comes back: the sandbox is what the runner has
