@@ -33,36 +33,23 @@ def _pooled(sandboxes: SqlSandboxStore, pool_id: str, n: int) -> list[str]:
     return ids
 
 
-def test_concurrent_takes_never_share(db: Engine) -> None:
+@pytest.mark.parametrize(("waiting", "takers"), [(3, 8), (12, 12)])
+def test_concurrent_takes_never_share(db: Engine, waiting: int, takers: int) -> None:
+    """Takers all at once: each waiting sandbox goes to one taker, and while any waits,
+    no taker finds none (none is sent to a cold boot while a sandbox waits)."""
     sandboxes, pools = SqlSandboxStore(db), SqlPoolStore(db)
-    ids = _pooled(sandboxes, "p", 3)
-    gate = threading.Barrier(8)
+    ids = _pooled(sandboxes, "p", waiting)
+    gate = threading.Barrier(takers)
 
     def take(i: int) -> str | None:
         gate.wait()
         return pools.take(f"claim:{i}", pool_id="p")
 
-    with ThreadPoolExecutor(8) as ex:
-        got = list(ex.map(take, range(8)))
+    with ThreadPoolExecutor(takers) as ex:
+        got = list(ex.map(take, range(takers)))
     taken = [g for g in got if g is not None]
-    assert sorted(taken) == sorted(ids)  # each once; the other five found none
+    assert sorted(taken) == sorted(ids)  # each once; the takers beyond found none
     assert pools.take("claim:late", pool_id="p") is None
-
-
-def test_concurrent_takes_each_get_one_while_any_waits(db: Engine) -> None:
-    """As many takers as waiting sandboxes, all at once: each gets one of its own (none
-    is sent to a cold boot while a sandbox waits)."""
-    sandboxes, pools = SqlSandboxStore(db), SqlPoolStore(db)
-    ids = _pooled(sandboxes, "p", 12)
-    gate = threading.Barrier(12)
-
-    def take(i: int) -> str | None:
-        gate.wait()
-        return pools.take(f"claim:{i}", pool_id="p")
-
-    with ThreadPoolExecutor(12) as ex:
-        got = list(ex.map(take, range(12)))
-    assert sorted(g for g in got if g is not None) == sorted(ids)
 
 
 def test_pooled_rows_are_no_organizations_and_claims_write_what_they_took(db: Engine) -> None:
