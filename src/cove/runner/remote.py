@@ -9,6 +9,7 @@ connect time, read again after every call that may change it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 from collections.abc import Callable, Sequence
@@ -127,7 +128,10 @@ class RemoteRunner:
             return wire.decode(wire.METHODS[method][1], result["result"])
         finally:
             if method in wire.INVENTORY_CHANGES:
-                await self.refresh()
+                # Never in place of the call's own outcome: a runner slow to list its
+                # inventory now is read again by the next heartbeat.
+                with contextlib.suppress(errors.CoveError):
+                    await self.refresh()
 
     async def create(self, spec: ContainerSpec) -> None:
         await self._call("create", spec=spec)
