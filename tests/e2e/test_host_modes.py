@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
+from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, VolumeMount
 
 from cove.runner.oci import gvisor_view, runsc
 from tests.e2e.conftest import Server, running_server
@@ -72,8 +72,9 @@ def test_nobody_reads_nothing_of_the_data_dir(server: Server, open_parent: Path)
     daytona = Daytona(DaytonaConfig(api_key=server.api_key, api_url=server.api_url))
     archived = daytona.create()
     archived.archive()
-    running = daytona.create()
-    daytona.volume.get("modes-vol", create=True)
+    volume = daytona.volume.get("modes-vol", create=True)  # its data: at the first mount
+    running = daytona.create(CreateSandboxFromSnapshotParams(
+        volumes=[VolumeMount(volume_id=volume.id, mount_path="/data")]))  # fmt: skip
     running.create_snapshot("modes-snap")
     snapshot = daytona.snapshot.get("modes-snap")
     gvisor = daytona.create(CreateSandboxFromSnapshotParams(

@@ -90,7 +90,7 @@ class Creator:
         sandbox, pull = self._new_sandbox(organization_id, request)
         mounts = self._secret_mounts(organization_id, request)
         if pull is None:  # (a pulled image is pulled by every runner)
-            self.ops.runner.admits(sandbox.snapshot, [b.volume_id for b in sandbox.volumes])
+            await self.ops.runner.admits(sandbox.snapshot, [b.volume_id for b in sandbox.volumes])
         async with self._admit(sandbox):
             if plan is None and pull is None and not mounts and self.pool is not None:
                 claimed = await self.pool.claim(sandbox)  # a warm pool's, made into this one

@@ -160,7 +160,7 @@ class Runner(Protocol):
         """Whether ``image`` names an image the runner has without a registry (a local
         OCI layout), which ``import_image`` makes a snapshot of."""
 
-    def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
+    async def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
         """Check, before a sandbox of ``snapshot`` is recorded, that some runner taking
         new sandboxes has it or can fetch it, and holds the data of ``volumes`` (ids)
         if they have any yet (several runners; one admits all).

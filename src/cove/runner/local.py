@@ -78,7 +78,7 @@ class LocalRunner:
     def fetches_snapshots(self) -> bool:
         return self.host.fetches_snapshots()
 
-    def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
+    async def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
         """Every snapshot: the create says when it is missing."""
 
     async def create(self, spec: ContainerSpec) -> None:

@@ -106,7 +106,7 @@ class RemoteRunner:
     def fetches_snapshots(self) -> bool:
         return self._fetches
 
-    def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
+    async def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
         """Every snapshot: the create says when it is missing."""
 
     async def _send(self, verb: str, path: str, **kwargs: Any) -> httpx.Response:

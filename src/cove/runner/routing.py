@@ -10,6 +10,7 @@ a sandbox whose runner is unreachable fails at once (``Unavailable``, a 503).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -225,10 +226,26 @@ class RoutingRunner:
     def _fetches(self, rid: str) -> bool:
         return self.members[rid].fetches_snapshots()
 
-    def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
-        infos = self._current()
+    async def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
         homes = self.store.volume_homes(list(volumes))
-        hosts(infos, snapshot, self._has(snapshot), self._fetches, self._constraint(homes))
+        try:
+            hosts(self._current(), snapshot, self._has(snapshot), self._fetches,
+                  self._constraint(homes))  # fmt: skip
+        except errors.Unavailable:
+            # The runners' inventories as of this replica's last round: a snapshot made
+            # since through another replica is not in them yet. Ask the runners.
+            await self._refresh_members()
+            hosts(self._current(), snapshot, self._has(snapshot), self._fetches,
+                  self._constraint(homes))  # fmt: skip
+
+    async def _refresh_members(self) -> None:
+        async def one(member: MemberRunner) -> None:
+            with contextlib.suppress(errors.CoveError):
+                await member.refresh()  # type: ignore[attr-defined]
+
+        await asyncio.gather(*(one(m) for rid, m in self.members.items()
+                               if hasattr(m, "refresh") and self._infos.get(rid) is not None
+                               and self._infos[rid].reachable))  # fmt: skip
 
     def _constraint(self, homes: Mapping[str, VolumeHome]) -> Constraint | None:
         """Where the data of volumes with these homes is, as placement's constraint."""

@@ -381,13 +381,13 @@ async def test_a_snapshot_only_on_a_cordoned_runner_is_fetched_or_named(
 
     refused = "no runner that holds snapshot built-on-r1 takes new sandboxes.*S3_BUCKET"
     with pytest.raises(Unavailable, match=refused):
-        world.routing.admits("built-on-r1")  # (before a create records the sandbox)
+        await world.routing.admits("built-on-r1")  # (before a create records the sandbox)
     with pytest.raises(Unavailable, match=refused):
         await world.routing.create(spec("sb-1"))
     assert not any("sb-1" in runtime.boxes for runtime in world.runtimes.values())
 
     monkeypatch.setattr(world.runtimes["r3"], "fetches_snapshots", lambda: True)
-    world.routing.admits("built-on-r1")
+    await world.routing.admits("built-on-r1")
     await world.routing.create(spec("sb-2"))  # (a sandbox with no record: a build's)
     assert "sb-2" in world.runtimes["r3"].boxes
     await world.routing.destroy("sb-2")  # routed to its runner from memory
