@@ -123,12 +123,7 @@ class RoutingRunner:
                     await old.close()
         self._infos = infos
         self._where.clear()
-        for rid, member in list(self.members.items()):
-            if hasattr(member, "refresh") and infos[rid].reachable:
-                try:
-                    await member.refresh()  # its snapshots (locality)
-                except errors.CoveError:
-                    pass  # the heartbeat tells
+        await self._refresh_members()  # their snapshots (locality)
 
     def _connect(self, info: RunnerInfo) -> MemberRunner | None:
         if info.url is None:
@@ -228,17 +223,23 @@ class RoutingRunner:
 
     async def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
         homes = self.store.volume_homes(list(volumes))
+
+        def check() -> None:  # (the registry read first: the constraint reads it too)
+            infos = self._current()
+            hosts(infos, snapshot, self._has(snapshot), self._fetches, self._constraint(homes))
+
         try:
-            hosts(self._current(), snapshot, self._has(snapshot), self._fetches,
-                  self._constraint(homes))  # fmt: skip
+            check()
         except errors.Unavailable:
             # The runners' inventories as of this replica's last round: a snapshot made
             # since through another replica is not in them yet. Ask the runners.
             await self._refresh_members()
-            hosts(self._current(), snapshot, self._has(snapshot), self._fetches,
-                  self._constraint(homes))  # fmt: skip
+            check()
 
     async def _refresh_members(self) -> None:
+        """Read the reachable members' inventories again (one that fails: the
+        heartbeat tells)."""
+
         async def one(member: MemberRunner) -> None:
             with contextlib.suppress(errors.CoveError):
                 await member.refresh()  # type: ignore[attr-defined]
