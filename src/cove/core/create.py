@@ -95,6 +95,8 @@ class Creator:
             if plan is None and pull is None and not mounts and self.pool is not None:
                 claimed = await self.pool.claim(sandbox)  # a warm pool's, made into this one
                 if claimed is not None:
+                    if self.secrets is not None:
+                        self.secrets.none_mounted(claimed.id)
                     return claimed
             if plan is not None or pull is not None:
                 sandbox.state = S.PENDING_BUILD
@@ -102,8 +104,11 @@ class Creator:
                 if plan is not None and plan.user and request.user is None:  # USER, unless asked
                     sandbox.user = plan.user.partition(":")[0]
             self.ops.store.add(sandbox)
-        if mounts and self.secrets is not None:
-            self.secrets.mount(sandbox.id, mounts)
+        if self.secrets is not None:
+            if mounts:
+                self.secrets.mount(sandbox.id, mounts)
+            else:
+                self.secrets.none_mounted(sandbox.id)
         await self.ops.events.sandbox_created(sandbox)
         if plan is None and pull is None:
             return await self.ops.run(sandbox.id, lambda: self.ops.boot(sandbox))

@@ -267,21 +267,28 @@ class QuotaService:
         async with self._locks.setdefault(organization_id, asyncio.Lock()):
             quota = self.quota(organization_id)
             check_per_sandbox(quota, resources)
-            holdings = self.store.holdings(organization_id)
             pending = self._pending.setdefault(organization_id, {})
-            if new:
-                check_count("Sandbox", len(holdings) + len(pending), quota.sandboxes)
-            mine = next((h for h in holdings if h.sandbox_id == sandbox_id), None)
-            now = charge(mine.state, mine.resources) if mine else NOTHING
-            growth = Charge(max(0, wanted.cpu - now.cpu), max(0, wanted.memory - now.memory),
-                            max(0, wanted.disk - now.disk))  # fmt: skip
-            check_totals(quota, total(holdings, exclude=sandbox_id, pending=pending) + now,
-                         growth)  # fmt: skip
+            if quota.cpu or quota.memory or quota.disk or quota.sandboxes:  # else none to
+                self._check_totals(organization_id, sandbox_id, wanted, quota, new=new)  # read
             pending[sandbox_id] = wanted
         try:
             yield
         finally:
             pending.pop(sandbox_id, None)
+
+    def _check_totals(self, organization_id: str, sandbox_id: str, wanted: Charge,
+                      quota: Quota, *, new: bool) -> None:  # fmt: skip
+        """Raise OrganizationQuotaExceeded when the organization's holdings, what is
+        admitted and not yet stored, and ``wanted`` for the sandbox go over ``quota``."""
+        holdings = self.store.holdings(organization_id)
+        pending = self._pending[organization_id]
+        if new:
+            check_count("Sandbox", len(holdings) + len(pending), quota.sandboxes)
+        mine = next((h for h in holdings if h.sandbox_id == sandbox_id), None)
+        now = charge(mine.state, mine.resources) if mine else NOTHING
+        growth = Charge(max(0, wanted.cpu - now.cpu), max(0, wanted.memory - now.memory),
+                        max(0, wanted.disk - now.disk))  # fmt: skip
+        check_totals(quota, total(holdings, exclude=sandbox_id, pending=pending) + now, growth)
 
     @asynccontextmanager
     async def admit_snapshot(self, organization_id: str) -> AsyncIterator[None]:

@@ -184,6 +184,13 @@ class SecretService:
         finally:
             self._envs.pop(sandbox_id, None)
 
+    def none_mounted(self, sandbox_id: str) -> None:
+        """Note that the sandbox just created mounts no secret (its first toolbox call
+        reads nothing for them)."""
+        if len(self._envs) >= ENV_ENTRIES:
+            self._envs.clear()
+        self._envs[sandbox_id] = ({}, self._clock() + ENV_SECONDS)
+
     def env(self, sandbox_id: str) -> dict[str, str]:
         """What the sandbox's processes get for its mounted secrets: the placeholders
         (read again after ENV_SECONDS, at once after a change made here)."""

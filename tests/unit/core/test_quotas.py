@@ -131,6 +131,31 @@ def test_an_admitted_operation_holds_its_share_until_it_ends(tmp_path) -> None: 
     asyncio.run(scenario())
 
 
+def test_without_totals_an_admission_reads_no_holdings(tmp_path) -> None:  # noqa: ANN001
+    service, store = _service(tmp_path)
+    service.set_quota("o", max_cpu_per_sandbox=2)
+    one = Resources(1, 1, 1)
+    read: list[str] = []
+    holdings = store.holdings
+    store.holdings = lambda org: read.append(org) or holdings(org)  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        async with service.admit("o", "a", charge(S.CREATING, one), one, new=True):
+            assert not read  # no total, no count: nothing to read on a create's path
+            assert service.usage("o").compute.cpu == 1  # but it is held meanwhile
+        with pytest.raises(OrganizationQuotaExceeded):  # the per-sandbox maxima still hold
+            big = Resources(3, 1, 1)
+            async with service.admit("o", "b", charge(S.CREATING, big), big, new=True):
+                pass
+        service.set_quota("o", sandboxes=1)
+        store.rows.append(Holding("a", S.STARTED, one))
+        with pytest.raises(OrganizationQuotaExceeded, match="Sandbox quota exceeded"):
+            async with service.admit("o", "c", charge(S.CREATING, one), one, new=True):
+                pass
+
+    asyncio.run(scenario())
+
+
 def test_concurrent_admissions_never_both_pass(tmp_path) -> None:  # noqa: ANN001
     service, store = _service(tmp_path, quota_cpu=1)
     one = Resources(1, 1, 1)

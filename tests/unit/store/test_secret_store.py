@@ -115,3 +115,13 @@ def test_mounts_follow_sandbox_and_secret(db: Engine, service: SecretService) ->
     assert service.env("sb1") == {"A": a.placeholder}
     sandboxes.remove("sb1")
     assert service.store.mounts("sb1") == {}
+
+
+def test_a_sandbox_made_without_secrets_reads_none_for_its_first_calls(
+        db: Engine, service: SecretService) -> None:  # fmt: skip
+    org, _ = _orgs(db)
+    SqlSandboxStore(db).add(Sandbox(id="sb1", organization_id=org, name="n1", snapshot="s",
+                                    user="u", resources=Resources(1, 1, 1)))  # fmt: skip
+    service.none_mounted("sb1")
+    service.store.mounts = lambda _id: pytest.fail("read")  # type: ignore[method-assign]
+    assert service.env("sb1") == {}
