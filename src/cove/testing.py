@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,6 +20,39 @@ from cove.core.config import Settings
 
 # The host's shared snapshot dir, as a server without COVE_SNAPSHOT_DIR uses it.
 SHARED_SNAPSHOTS = Path(os.environ.get("COVE_SNAPSHOT_DIR") or "/var/lib/cove/snapshots")
+# Snapshots the test servers of this process recorded: they live in the shared dir,
+# beyond the servers' own data dirs (see ``sweep_snapshots``).
+_RECORDED: set[str] = set()
+
+
+def recorded_snapshots(data_dir: Path) -> list[str]:
+    """The snapshots a server recorded (of every organization) in its SQLite store."""
+    if not (data_dir / "cove.db").exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(data_dir / "cove.db")) as db:
+            return [ref for (ref,) in db.execute("SELECT id FROM snapshots")]
+    except sqlite3.Error:  # a store never migrated, or gone meanwhile
+        return []
+
+
+def sweep_snapshots(default: str = "cove-default") -> list[str]:
+    """Remove from the shared snapshot dir every snapshot a test server of this process
+    recorded (all of them are stopped): the dir outlives the servers' data dirs, and
+    what tests leave there slows every later server's start. Returns what it removed."""
+    from cove.runner.storage import capture
+
+    removed = []
+    for ref in sorted(_RECORDED - {default}):
+        if (SHARED_SNAPSHOTS / ref).is_dir():
+            with contextlib.suppress(OSError, RuntimeError):
+                capture.remove(SHARED_SNAPSHOTS, ref)
+                removed.append(ref)
+    _RECORDED.clear()
+    for thread in threading.enumerate():  # capture.remove empties its trash in a thread
+        if thread.name.startswith("rm ") and thread.name[3:] in removed:
+            thread.join()
+    return removed
 
 
 def free_port() -> int:
@@ -90,6 +124,7 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError):  # already gone, all of it
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        _RECORDED.update(recorded_snapshots(self.data_dir))
 
     def stop(self) -> None:
         if self.running:
@@ -99,6 +134,7 @@ class ServerProcess:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill9()
+        _RECORDED.update(recorded_snapshots(self.data_dir))
 
     def org_key(self, organization: str) -> str:
         """A new API key of ``organization`` (made by ``cove keys create``)."""

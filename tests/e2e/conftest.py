@@ -19,7 +19,7 @@ import pytest
 from daytona import AsyncDaytona, Daytona, DaytonaConfig
 
 from cove.runner.oci.runtime import OciRuntime
-from cove.testing import ServerProcess
+from cove.testing import ServerProcess, recorded_snapshots, sweep_snapshots
 from tests.leaks import assert_no_leaks
 from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
 
@@ -72,7 +72,7 @@ def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None,
         drain_pools(srv)
         srv.stop()
         runtime = srv.runtime()
-        for ref in snapshot_refs(srv.data_dir):  # the snapshot dir is shared: leave nothing
+        for ref in recorded_snapshots(srv.data_dir):  # the snapshot dir is shared: leave nothing
             runtime.remove_snapshot(ref)
         leftovers = runtime.list_ids()
         for sandbox_id in leftovers:
@@ -104,14 +104,6 @@ def drain_pools(srv: Server) -> None:
     while unowned(srv):
         assert time.monotonic() < deadline, f"pooled sandboxes left: {unowned(srv)}"
         time.sleep(0.1)
-
-
-def snapshot_refs(data_dir: Path) -> list[str]:
-    """The snapshots a test server recorded (of every organization) in its SQLite store."""
-    if not (data_dir / "cove.db").exists():
-        return []
-    with sqlite3.connect(data_dir / "cove.db") as db:
-        return [ref for (ref,) in db.execute("SELECT id FROM snapshots")]
 
 
 @pytest.fixture(scope="session")
@@ -167,3 +159,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove what the session's servers left in the shared snapshot dir (a test's
+    server stopped outside ``running_server`` leaves its snapshots there)."""
+    sweep_snapshots()
