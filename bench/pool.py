@@ -140,7 +140,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20, help="sandboxes per figure")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="cove-bench-pool-"))
-    server = ServerProcess(data_dir, api_key=KEY, env={"COVE_POOL_SIZE": str(POOL)})
+    server = ServerProcess(data_dir, api_key=KEY, env={"COVE_POOL_SIZE": str(POOL),
+                                                     "COVE_POOL_ADAPTIVE_MAX": "0"})  # fixed
     server.start()
     try:
         daytona = Daytona(DaytonaConfig(api_key=KEY, api_url=server.api_url))

@@ -1,7 +1,7 @@
 """The warm pool through the official SDK, on real sandboxes: a pooled create is what
 a cold one would be (hostname, env, user, firewall, intervals, name, labels), claims
-never share a sandbox, the pool refills and survives ``kill -9``, and no
-organization ever sees a pooled sandbox."""
+never share a sandbox, the pool refills, grows with demand and survives ``kill -9``,
+and no organization ever sees a pooled sandbox."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ OPERATOR = "cove-operator-pool"
 
 @pytest.fixture(scope="module")
 def pool_server(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns) -> Iterator[Server]:
-    env = {"COVE_DNS_UPSTREAM": e2e_dns.upstream, "COVE_POOL_SIZE": str(SIZE)}
+    env = {"COVE_DNS_UPSTREAM": e2e_dns.upstream, "COVE_POOL_SIZE": str(SIZE),
+           "COVE_POOL_ADAPTIVE_MAX": "0"}  # a fixed size: these tests count its sandboxes
     with running_server(tmp_path_factory.mktemp("cove-pool"), 6, env) as srv:
         yield srv  # its teardown drains the pools
 
@@ -202,3 +203,21 @@ def test_an_organizations_warm_pools(pool_server: Server, client: Daytona) -> No
         client.warm_pool.delete(pool.id)
     assert client.warm_pool.list() == []
     wait_for(lambda: len(unowned(pool_server)) == SIZE, "its sandboxes destroyed")
+
+
+def test_the_operators_pool_grows_with_a_burst(tmp_path, e2e_dns: FakeDns) -> None:  # noqa: ANN001
+    env = {"COVE_DNS_UPSTREAM": e2e_dns.upstream, "COVE_POOL_SIZE": "1",
+           "COVE_POOL_ADAPTIVE_MAX": "3"}  # fmt: skip
+    with running_server(tmp_path, 7, env) as srv:
+        wait_for(lambda: len(unowned(srv, "started")) == 1, "1 pooled sandbox ready")
+        client = Daytona(DaytonaConfig(api_key=KEY, api_url=srv.api_url))
+        made = [client.create(CreateSandboxFromSnapshotParams()) for _ in range(4)]
+        wait_for(lambda: len(unowned(srv, "started")) == 3, "the pool grown to its bound")
+        time.sleep(1)  # (a keeper round more: it stays at its bound)
+        pooled = set(unowned(srv, "started"))
+        assert len(pooled) == 3
+        again = [client.create(CreateSandboxFromSnapshotParams()) for _ in range(3)]
+        assert {sb.id for sb in again} == pooled  # the next burst is served warm
+        for sb in made + again:
+            assert out(sb, "echo ok") == "ok"
+            client.delete(sb)

@@ -95,9 +95,11 @@ class Settings(BaseSettings):
     default_isolation: str = Field(default="crun", pattern=r"^(crun|gvisor)$")
 
     # Warm pools: started sandboxes of the default snapshot at the default resources
-    # kept ready for any organization's creates; and the most sandboxes one
+    # kept ready for any organization's creates, grown to recent demand up to
+    # ``pool_adaptive_max`` (see core/pool_demand.py); and the most sandboxes one
     # organization's own pools (/api/warm-pools) may keep, all together.
     pool_size: int = Field(default=2, ge=0, le=1000)
+    pool_adaptive_max: int = Field(default=16, ge=0, le=1000)
     pool_max: int = Field(default=10, ge=0, le=1000)
 
     default_cpu: int = 1

@@ -40,6 +40,7 @@ from typing import Protocol
 from cove.agent import protocol
 from cove.core.config import Settings
 from cove.core.ops import SandboxOps, container_spec
+from cove.core.pool_demand import Demand
 from cove.core.ports import EventSink, NetworkPolicy, Resources
 from cove.core.sandbox import MAX_ARCHIVE_MINUTES, Sandbox, SandboxState, utcnow
 from cove.core.toolbox import AgentLinks, agent_client
@@ -159,16 +160,20 @@ class PoolKeeper:
         # claimed sandbox's first call finds its connection made.
         self.links: AgentLinks | None = None
         self.claimed: Callable[[Sandbox], None] = lambda _sandbox: None  # the toolbox's
+        # The operator's pool grows to recent demand (its creates, served or cold).
+        self.demand = Demand()
 
     def operator_pool(self) -> WarmPool | None:
-        """The operator's pool (None: ``COVE_POOL_SIZE`` is 0 or no default snapshot)."""
+        """The operator's pool (None: ``COVE_POOL_SIZE`` is 0 or no default snapshot), at
+        the size recent demand asks for (see :mod:`cove.core.pool_demand`)."""
         s = self.settings
         ref = self._default_ref() if s.pool_size > 0 else None
         if ref is None:
             return None
         return WarmPool(
             id=OPERATOR_POOL, organization_id="", snapshot=ref, target="local",
-            size=s.pool_size, isolation=s.default_isolation, user="daytona",
+            size=self.demand.target(s.pool_size, s.pool_adaptive_max),
+            isolation=s.default_isolation, user="daytona",
             resources=Resources(cpu=s.default_cpu, memory=s.default_memory, disk=s.default_disk),
             error_reason=self.operator_error,
         )  # fmt: skip
@@ -361,12 +366,17 @@ class PoolKeeper:
                 if taken is None:
                     continue
                 self._woken_soon()
+                if pool.id == OPERATOR_POOL:
+                    self.demand.note()
                 claimed = await self.ops.run(taken, partial(self._adopt, taken, token, wanted))
                 if claimed is not None:
                     self.claims[pool.id] = self.claims.get(pool.id, 0) + 1
                 return claimed
             finally:
                 self._claims.discard(token)
+        if pools and pools[-1].id == OPERATOR_POOL:  # the operator's pool ran dry: it
+            self.demand.note()  # would have served this create; it may grow for the next
+            self._woken_soon()
         return None
 
     def _name_taken(self, wanted: Sandbox) -> bool:

@@ -80,7 +80,8 @@ def test_values_move_with_creates_stops_and_deletes(scraped: TestClient) -> None
     assert owned(scraped, "started") == 2
     got = samples(scraped)
     assert got[("cove_pool_claims_total", (("pool", "cove-operator-pool"),))] >= 1
-    assert got[("cove_pool_size", (("pool", "cove-operator-pool"),))] == 1
+    # set to 1, grown to the 2 creates it served or would have served (see pool_demand)
+    assert got[("cove_pool_size", (("pool", "cove-operator-pool"),))] == 2
     assert operations(scraped, "create") == 2
     assert scraped.post(f"/api/sandbox/{first['id']}/stop", headers=AUTH).status_code == 200
     assert (owned(scraped, "started"), owned(scraped, "stopped")) == (1, 1)

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from cove.core.config import Settings
 from cove.core.lifecycle import LifecycleService
 from cove.core.pool import CLAIMS_AT_ONCE, OPERATOR_POOL, PoolKeeper
+from cove.core.pool_demand import BUCKET_SECONDS, WINDOW_SECONDS, Demand
 from cove.core.ports import NetworkPolicy
 from cove.core.sandbox import SandboxState
 from cove.core.toolbox import RecordCache
@@ -189,6 +190,30 @@ async def test_dead_and_interrupted_members_are_replaced(
     assert len(now) == 3 and dead not in now and taken not in now
     ids = {sb.id for sb in pooled.store.all()}
     assert dead not in ids and taken not in ids and taken not in runtime.boxes
+
+
+async def test_the_operators_pool_grows_with_demand_and_shrinks_back(
+    pooled: LifecycleService, org: str, runtime: FakeRuntime
+) -> None:
+    clock = [1000.0]
+    keeper(pooled).demand = Demand(lambda: clock[0])
+    pooled.settings.pool_adaptive_max = 5
+    await keeper(pooled).keep()
+    assert len(waiting(pooled)) == 3
+    made = [await create(pooled, org) for _ in range(7)]  # 3 from the pool, 4 cold
+    assert keeper(pooled).cold_fallbacks == 4
+    await keeper(pooled).keep()
+    assert len(waiting(pooled)) == 5  # grown to the burst, up to its bound
+    pooled.settings.pool_adaptive_max = 0  # a fixed size: the demand does not count
+    await keeper(pooled).keep()
+    assert len(waiting(pooled)) == 3
+    pooled.settings.pool_adaptive_max = 5
+    await keeper(pooled).keep()
+    assert len(waiting(pooled)) == 5
+    clock[0] += WINDOW_SECONDS + BUCKET_SECONDS  # a quiet minute
+    await keeper(pooled).keep()
+    assert len(waiting(pooled)) == 3
+    assert {sb.id for sb in made} <= set(runtime.boxes)  # the claimed ones untouched
 
 
 async def test_pool_size_zero_drains(pooled: LifecycleService) -> None:
