@@ -135,6 +135,33 @@ BAD_INPUT = [
 ]
 
 
+def test_the_tree_outlives_a_restart_of_the_x_server(daytona: Daytona,
+                                                     sandboxes: list) -> None:  # fmt: skip
+    """The accessibility bus publishes its address on the X server's root window: after
+    ``restart_process("xvfb")`` the whole desktop comes back after the display, the bus
+    with it (it stayed behind, unreachable for good, before)."""
+    sb = daytona.create()
+    sandboxes.append(sb)
+    cu = sb.computer_use
+    cu.start()
+    wait_for(lambda: _tree_role(cu) == "desktop frame", "the tree before the restart", 90)
+    before = {p: cu.get_process_status(p).running for p in ("xvfb", "wm", "x11vnc", "novnc")}
+    assert all(before.values()), before
+    cu.restart_process("xvfb")
+    wait_for(lambda: _tree_role(cu) == "desktop frame", "the tree after the restart", 90)
+    assert cu.get_status().status == "active"
+    pid = open_form(sb)  # a new application joins the restarted bus
+    assert cu.accessibility.get_tree(scope="pid", pid=pid).root.role == "application"
+    cu.stop()
+
+
+def _tree_role(cu) -> str | None:  # noqa: ANN001
+    try:
+        return cu.accessibility.get_tree(scope="all", max_depth=0).root.role
+    except DaytonaError:
+        return None
+
+
 def test_bad_input_and_other_organizations(server: Server, daytona: Daytona,
                                            sandboxes: list) -> None:  # fmt: skip
     sb = daytona.create()

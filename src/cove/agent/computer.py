@@ -37,9 +37,13 @@ X_SOCKET = "/tmp/.X11-unix/X0"
 SCREEN = (1024, 768)
 VNC_PORT, NOVNC_PORT = 5901, 6080
 PROGRAMS: dict[str, tuple[int, list[str]]] = {  # name: (priority, argv)
-    # (a lock left by an Xvfb of before a sandbox restart may name a live pid now)
+    # (a lock left by an Xvfb of before a sandbox restart may name a live pid now;
+    # -noreset: an X server resets when its last client leaves, and that wipes the root
+    # window's properties, the accessibility bus's address among them: the bus launcher
+    # sets it and disconnects, maybe before any other client connected)
     "xvfb": (100, ["/bin/sh", "-c", 'rm -f /tmp/.X0-lock && exec "$@"', "xvfb", "Xvfb",
-                   DISPLAY, "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"]),
+                   DISPLAY, "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp",
+                   "-noreset"]),
     "wm": (200, ["matchbox-window-manager", "-display", DISPLAY]),
     "x11vnc": (300, ["x11vnc", "-display", DISPLAY, "-forever", "-shared", "-localhost",
                      "-nopw", "-rfbport", str(VNC_PORT)]),
@@ -189,14 +193,21 @@ async def _restart(prog: Program, proc: asyncio.subprocess.Process, user: users.
             return
         if prog.name == "xvfb":
             prog.restarts += 1
-            for other in _programs.values():
-                await _end(other, keep_wanted=True)
             with contextlib.suppress(protocol.AgentError):
-                await _start_all(user)
+                await _restart_display(user)
         elif _programs["xvfb"].running:
             prog.restarts += 1
             await _end(prog, keep_wanted=True)
             await _launch(prog, user)
+
+
+async def _restart_display(user: users.User) -> None:
+    """Start the X server again and, after it, every other process (all need the display;
+    the accessibility bus publishes its address on the X server's root window, so one
+    that outlived its X server is unreachable). Raises AgentError as ``_start_all``."""
+    for other in _programs.values():
+        await _end(other, keep_wanted=True)
+    await _start_all(user)
 
 
 async def _end(prog: Program, *, keep_wanted: bool = False) -> None:
@@ -317,7 +328,10 @@ async def process(request: Request) -> dict[str, Any]:
         raise protocol.bad_request(f"unknown process operation '{what}'")
     user = _owner or users.lookup(request.arg("user", str, None))
     async with _lock:
-        await _end(prog, keep_wanted=True)
         prog.restarts = 0
-        await _launch(prog, user)
+        if prog.name == "xvfb" and prog.wanted:  # the desktop runs: all of it needs the
+            await _restart_display(user)  # display, and comes back after it
+        else:
+            await _end(prog, keep_wanted=True)
+            await _launch(prog, user)
     return {"processName": prog.name, "message": f"Process {prog.name} restarted successfully"}
