@@ -23,10 +23,25 @@ SHARED_SNAPSHOTS = Path(os.environ.get("COVE_SNAPSHOT_DIR") or "/var/lib/cove/sn
 # Snapshots the test servers of this process recorded: they live in the shared dir,
 # beyond the servers' own data dirs (see ``sweep_snapshots``).
 _RECORDED: set[str] = set()
+TRASH_SECONDS = 120.0  # the longest a sweep waits for a removal's files to be deleted
 
 
-def recorded_snapshots(data_dir: Path) -> list[str]:
-    """The snapshots a server recorded (of every organization) in its SQLite store."""
+def recorded_snapshots(data_dir: Path, database_url: str | None = None) -> list[str]:
+    """The snapshots a server recorded (of every organization) in its store: its SQLite
+    file in ``data_dir``, or the database at ``database_url`` (PostgreSQL)."""
+    if database_url:
+        import sqlalchemy
+
+        try:
+            engine = sqlalchemy.create_engine(database_url)
+            try:
+                with engine.connect() as conn:
+                    rows = conn.execute(sqlalchemy.text("SELECT id FROM snapshots"))
+                    return [str(ref) for (ref,) in rows]
+            finally:
+                engine.dispose()
+        except (sqlalchemy.exc.SQLAlchemyError, OSError):  # gone meanwhile, never migrated
+            return []
     if not (data_dir / "cove.db").exists():
         return []
     try:
@@ -50,8 +65,8 @@ def sweep_snapshots(default: str = "cove-default") -> list[str]:
                 removed.append(ref)
     _RECORDED.clear()
     for thread in threading.enumerate():  # capture.remove empties its trash in a thread
-        if thread.name.startswith("rm ") and thread.name[3:] in removed:
-            thread.join()
+        if thread.name.startswith("rm "):  # (these removals' and the tests' own)
+            thread.join(TRASH_SECONDS)
     return removed
 
 
@@ -124,7 +139,7 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError):  # already gone, all of it
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        _RECORDED.update(recorded_snapshots(self.data_dir))
+        _RECORDED.update(recorded_snapshots(self.data_dir, self.extra_env.get("COVE_DATABASE_URL")))
 
     def stop(self) -> None:
         if self.running:
@@ -134,7 +149,7 @@ class ServerProcess:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill9()
-        _RECORDED.update(recorded_snapshots(self.data_dir))
+        _RECORDED.update(recorded_snapshots(self.data_dir, self.extra_env.get("COVE_DATABASE_URL")))
 
     def org_key(self, organization: str) -> str:
         """A new API key of ``organization`` (made by ``cove keys create``)."""

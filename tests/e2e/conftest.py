@@ -72,7 +72,8 @@ def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None,
         drain_pools(srv)
         srv.stop()
         runtime = srv.runtime()
-        for ref in recorded_snapshots(srv.data_dir):  # the snapshot dir is shared: leave nothing
+        database = srv.extra_env.get("COVE_DATABASE_URL")  # the snapshot dir is shared:
+        for ref in recorded_snapshots(srv.data_dir, database):  # leave nothing of ours
             runtime.remove_snapshot(ref)
         leftovers = runtime.list_ids()
         for sandbox_id in leftovers:
