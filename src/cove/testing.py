@@ -98,6 +98,7 @@ class ServerProcess:
         self.log = data_dir / "server.log"
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.snapshots: list[str] = []  # what its store held when it last stopped
 
     def start(self, timeout: float = 60) -> None:
         env = {**os.environ, "COVE_API_KEY": self.api_key,
@@ -139,7 +140,7 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError):  # already gone, all of it
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        _RECORDED.update(recorded_snapshots(self.data_dir, self.extra_env.get("COVE_DATABASE_URL")))
+        self._record_snapshots()
 
     def stop(self) -> None:
         if self.running:
@@ -149,7 +150,14 @@ class ServerProcess:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill9()
-        _RECORDED.update(recorded_snapshots(self.data_dir, self.extra_env.get("COVE_DATABASE_URL")))
+        self._record_snapshots()
+
+    def _record_snapshots(self) -> None:
+        """Read, once stopped, the snapshots its store holds (``snapshots``), for
+        ``sweep_snapshots``: they live in the shared snapshot dir."""
+        self.snapshots = recorded_snapshots(self.data_dir,
+                                            self.extra_env.get("COVE_DATABASE_URL"))  # fmt: skip
+        _RECORDED.update(self.snapshots)
 
     def org_key(self, organization: str) -> str:
         """A new API key of ``organization`` (made by ``cove keys create``)."""

@@ -19,7 +19,7 @@ import pytest
 from daytona import AsyncDaytona, Daytona, DaytonaConfig
 
 from cove.runner.oci.runtime import OciRuntime
-from cove.testing import ServerProcess, recorded_snapshots, sweep_snapshots
+from cove.testing import ServerProcess, sweep_snapshots
 from tests.leaks import assert_no_leaks
 from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
 
@@ -72,8 +72,7 @@ def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None,
         drain_pools(srv)
         srv.stop()
         runtime = srv.runtime()
-        database = srv.extra_env.get("COVE_DATABASE_URL")  # the snapshot dir is shared:
-        for ref in recorded_snapshots(srv.data_dir, database):  # leave nothing of ours
+        for ref in srv.snapshots:  # the snapshot dir is shared: leave nothing of ours
             runtime.remove_snapshot(ref)
         leftovers = runtime.list_ids()
         for sandbox_id in leftovers:
