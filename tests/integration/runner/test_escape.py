@@ -383,19 +383,28 @@ def test_sandbox_root_is_an_unprivileged_host_uid(
     if tier_of(runtime, sid) == "gvisor":
         return _gvisor_runs_as_the_sandboxs_root(runtime, sid, ids)
     init = init_pid(runtime, sid)
-    seen = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            continue
-        if comm == "sleep" and _in_sandbox(pid, init):
-            seen["sleep"] = status
-    uid_line = next(line for line in seen["sleep"].splitlines() if line.startswith("Uid:"))
+    status = _sandbox_process_status(init, "sleep")
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
     assert set(uid_line.split()[1:]) == {str(ids.base)}  # its root: the range's first id
     assert ids.base >= idrange.FIRST
-    assert "CapEff:\t0000000000000000" not in seen["sleep"]  # it is root, in its namespace
+    assert "CapEff:\t0000000000000000" not in status  # it is root, in its namespace
+
+
+def _sandbox_process_status(init: int, comm: str, timeout: float = 10.0) -> str:
+    """/proc/<pid>/status of the sandbox's process named `comm`. A command started in
+    the background may not have exec'd yet when the shell that started it returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if name == comm and _in_sandbox(pid, init):
+                return status
+        assert time.monotonic() < deadline, f"no {comm!r} process in the sandbox"
+        time.sleep(0.05)
 
 
 def _gvisor_runs_as_the_sandboxs_root(runtime: OciRuntime, sid: str, ids: idrange.IdRange

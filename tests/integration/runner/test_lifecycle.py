@@ -54,8 +54,11 @@ def test_stop_is_idempotent_and_start_too(
 def test_stop_sends_sigterm_first(runtime: OciRuntime, make_sandbox: SandboxFactory) -> None:
     box = make_sandbox()
     sid = box.sandbox_id
-    script = "trap 'echo term > /home/daytona/got; exit 0' TERM; while :; do sleep 0.1; done"
-    ok(runtime, sid, f'nohup sh -c "{script}" >/dev/null 2>&1 &')
+    script = ("trap 'echo term > /home/daytona/got; exit 0' TERM; touch /home/daytona/ready; "
+              "while :; do sleep 0.1; done")  # fmt: skip
+    # (returns once the trap is set: a background shell may not have run a line yet)
+    ok(runtime, sid, f'nohup sh -c "{script}" >/dev/null 2>&1 & '
+                     "until [ -e /home/daytona/ready ]; do sleep 0.02; done")  # fmt: skip
     runtime.stop(sid)
     runtime.start(box)
     assert ok(runtime, sid, "cat /home/daytona/got") == "term\n"

@@ -86,7 +86,8 @@ def test_no_route_to_other_sandboxes_or_host(runtime: OciRuntime, make_sandbox: 
     b = make_sandbox().sandbox_id
     b_addr, a_addr = runtime.address(b), runtime.address(a)
     assert a_addr and b_addr and a_addr != b_addr
-    ok(runtime, b, "nohup python3 -m http.server 8000 >/dev/null 2>&1 & sleep 0.5")
+    ok(runtime, b, "nohup python3 -m http.server 8000 >/dev/null 2>&1 & "
+                   "until curl -s -o /dev/null localhost:8000; do sleep 0.05; done")  # fmt: skip
     # the host may dial in (preview proxy); another sandbox may not
     socket.create_connection((b_addr, 8000), timeout=5).close()
     assert sh(runtime, a, f"curl -sS -m 2 http://{b_addr}:8000/").exit_code != 0
