@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     # The cgroup every sandbox's cgroup is made in (<hierarchy>/<parent>/<sandbox id>);
     # servers sharing a host may use different ones.
     cgroup_parent: str = Field(default="cove", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    # Whether the host's cgroup root is set to ``favordynmods`` (Linux 6.0+), making a
+    # process's move between cgroups cheap (see runner/host/hostprep.py).
+    cgroup_favor_dynmods: bool = True
     stop_grace_seconds: float = 3.0
     # How long a fresh start waits for the sandbox's toolbox agent to answer; past it,
     # the start fails (the sandbox is ``error``, nothing of it runs).

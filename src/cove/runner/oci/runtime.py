@@ -203,7 +203,7 @@ class OciRuntime:
                 raise RuntimeBackendError(f"sandbox {spec_.sandbox_id} has no writable layer")
             if state is not None:
                 client.delete(spec_.sandbox_id)  # a dead leftover
-            hostprep.prepare()
+            hostprep.prepare(favor_dynmods=self._settings.cgroup_favor_dynmods)
             image_env = unpack.image_env(Path(meta.lower))  # the image's Env and WorkingDir
             spec_ = replace(spec_, env={**image_env, **spec_.env})
             now = _metadata(spec_, meta.lower, meta.layer_xattrs, meta.isolation)
