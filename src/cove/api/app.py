@@ -112,6 +112,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         await services.lifecycle.drain()
         services.lifecycle.ops.activity.flush()
         services.auth.usage.flush()
+        services.meter.flush()
         await coordination.close()
         await services.toolbox.links.close()
 

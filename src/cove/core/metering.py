@@ -12,12 +12,22 @@ crash, :meth:`Meter.recover` asks the runner: a sandbox that kept running contin
 its period; one that died with the server ends it at its last mark (and keeps its disk
 period if its files are still there); records changed while the meter could not write
 are caught up from their state.
+
+A change's rows are not written on the request that made it (a create, a stop): the
+meter notes the change in memory and a worker thread writes it right after, in the
+order of the changes. Queries, the heartbeat and the server's stop write what is
+pending first. A failed write stays first in line and is tried again at the next
+change or heartbeat; a server killed before a write lands loses nothing either, as
+:meth:`Meter.recover` catches the record up from the sandbox's state at the next start.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import math
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +42,9 @@ log = logging.getLogger(__name__)
 # Chart resolutions: the first that cuts the range into at most MAX_POINTS buckets.
 RESOLUTIONS = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
 MAX_POINTS = 200
+# The most changes waiting to be written (the database away for long): past it, the
+# oldest are dropped, and the next start's recovery catches their records up.
+PENDING_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,11 @@ class Meter:
         self.heartbeat = heartbeat
         self._open = {p.sandbox_id: p for p in store.open_periods()}
         self.writes = 0  # rows written or updated for lifecycle changes (overhead figure)
+        # Changes not written yet, oldest first: (sandbox id, when, the period it opens).
+        self._pending: collections.deque[tuple[str, datetime, Period | None]] = (
+            collections.deque())
+        self._writing = threading.Lock()  # one writer at a time, in order
+        self._writer: asyncio.Future[None] | None = None  # the background write in flight
 
     # ---- recording -----------------------------------------------------
 
@@ -146,11 +164,47 @@ class Meter:
             return
         period = None if held == NOTHING else Period(sandbox_id, organization_id, held, at,
                                                      seen_at=at)  # fmt: skip
-        self.store.switch(sandbox_id, at, period)  # if it fails, the next change retries
+        if len(self._pending) >= PENDING_LIMIT:
+            dropped = self._pending.popleft()
+            log.error("usage: %d changes wait to be written; dropped sandbox %s's of %s "
+                      "(recovered at the next start)", PENDING_LIMIT, dropped[0], dropped[1])
+        self._pending.append((sandbox_id, at, period))
         self.writes += (current is not None) + (period is not None)
         self._open.pop(sandbox_id, None)
         if period is not None:
             self._open[sandbox_id] = period
+        self._write_soon()
+
+    def _write_soon(self) -> None:
+        """Write the pending changes in a worker thread (at once, when no event loop
+        runs: a failure then raises to the caller, the change kept for a retry)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_pending())
+
+    async def _write_pending(self) -> None:
+        try:
+            await asyncio.to_thread(self.flush)
+        except Exception:  # noqa: BLE001 - kept: the next change or heartbeat retries
+            log.exception("usage: writing periods failed (tried again at the next change)")
+            return
+        finally:
+            self._writer = None  # (also when cancelled: a later loop starts another)
+        if self._pending:  # (changes noted while the thread wrote)
+            self._write_soon()
+
+    def flush(self) -> None:
+        """Write the pending changes, oldest first. A failure raises; the change that
+        failed and those after it stay pending."""
+        with self._writing:
+            while self._pending:
+                sandbox_id, at, period = self._pending[0]
+                self.store.switch(sandbox_id, at, period)
+                self._pending.popleft()
 
     async def recover(self, runner: Runner, sandboxes: Iterable[Sandbox]) -> None:
         """After a restart (a crash too): end the periods of sandboxes that died with
@@ -181,7 +235,8 @@ class Meter:
                              period.seen_at or period.start_at)  # fmt: skip
 
     def mark(self) -> None:
-        """Record that the open periods are still held now."""
+        """Write what is pending, and record that the open periods are still held now."""
+        self.flush()
         if self._open:
             self.store.mark_seen(utcnow())
 
@@ -195,6 +250,10 @@ class Meter:
                 sandbox_id: str | None = None) -> list[Period]:  # fmt: skip
         """The periods overlapping [start, end), clipped to it (an open one ends now,
         at most)."""
+        try:
+            self.flush()  # (what the caller just did shows)
+        except Exception:  # noqa: BLE001 - answered from what is written
+            log.exception("usage: writing periods failed")
         now = utcnow()
         out = []
         for p in self.store.periods(organization_id, start, end, sandbox_id):

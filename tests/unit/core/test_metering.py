@@ -145,3 +145,63 @@ def test_a_failed_write_loses_nothing() -> None:
         (0, T0 + timedelta(seconds=10), T0 + timedelta(seconds=20)),
         (2, T0 + timedelta(seconds=20), None)]
     assert calls
+
+
+def test_changes_are_written_after_the_request_in_their_order() -> None:
+    store = MemoryUsage()
+    meter = Meter(store, PRICES)
+    t10, t20 = T0 + timedelta(seconds=10), T0 + timedelta(seconds=20)
+
+    async def lifecycle() -> list[Period]:
+        meter.observe(_sandbox(SandboxState.STARTED, T0))
+        meter.observe(_sandbox(SandboxState.STOPPED, t10))
+        meter.observe(_sandbox(SandboxState.STARTED, t20))
+        assert store.rows == []  # the request that made them did not wait for a write
+        return meter.periods("org", T0, t20 + timedelta(seconds=5))  # writes what waits
+
+    periods = asyncio.run(lifecycle())
+    assert [(p.held.cpu, p.start_at, p.end_at) for p in periods] == [
+        (2, T0, t10), (0, t10, t20), (2, t20, None)]
+    assert [(p.held.cpu, p.start_at, p.end_at) for p in store.rows] == [
+        (2, T0, t10), (0, t10, t20), (2, t20, None)]
+
+
+def test_a_failed_background_write_is_tried_again() -> None:
+    store = MemoryUsage()
+    meter = Meter(store, PRICES)
+    real = store.switch
+    t10 = T0 + timedelta(seconds=10)
+
+    def failing(*args: object) -> None:
+        raise OSError("database is locked")
+
+    async def lifecycle() -> None:
+        store.switch = failing  # type: ignore[method-assign]
+        meter.observe(_sandbox(SandboxState.STARTED, T0))  # nothing raised to the request
+        for _ in range(100):  # (the worker thread tried and failed)
+            await asyncio.sleep(0.01)
+        assert store.rows == []
+        store.switch = real  # type: ignore[method-assign]
+        meter.observe(_sandbox(SandboxState.STOPPED, t10))
+        for _ in range(100):
+            if len(store.rows) == 2:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(lifecycle())
+    assert [(p.held.cpu, p.start_at, p.end_at) for p in store.rows] == [
+        (2, T0, t10), (0, t10, None)]
+
+
+def test_the_heartbeat_writes_what_waits() -> None:
+    store = MemoryUsage()
+    meter = Meter(store, PRICES)
+
+    async def change() -> None:
+        meter.observe(_sandbox(SandboxState.STARTED, T0))
+        assert store.rows == []
+        meter.mark()  # (before the writer ran: this call does not yield)
+        assert [(p.held.cpu, p.start_at) for p in store.rows] == [(2, T0)]
+        assert store.rows[0].seen_at is not None and store.rows[0].seen_at > T0
+
+    asyncio.run(change())
