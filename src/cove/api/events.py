@@ -43,6 +43,7 @@ class SocketEvents:
         )
         self._toolbox_proxy_url = toolbox_proxy_url
         self._auth = auth
+        self._shared = manager is not None
         self.server.on("connect", self._connect)
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
@@ -56,12 +57,25 @@ class SocketEvents:
     def _dto(self, sandbox: Sandbox) -> dict[str, Any]:
         return sandbox_public(sandbox, self._toolbox_proxy_url).model_dump(by_alias=True)
 
+    def _heard(self, organization_id: str) -> bool:
+        """Whether a client may hear the organization's events (with replicas sharing
+        them, any may): else an event is not even built (every create and state change
+        announces one)."""
+        if self._shared:
+            return True
+        room = _room(organization_id)
+        return next(iter(self.server.manager.get_participants("/", room)), None) is not None
+
     async def sandbox_created(self, sandbox: Sandbox) -> None:
+        if not self._heard(sandbox.organization_id):
+            return
         await self.server.emit(
             "sandbox.created", self._dto(sandbox), room=_room(sandbox.organization_id)
         )
 
     async def sandbox_state_updated(self, sandbox: Sandbox, old_state: SandboxState) -> None:
+        if not self._heard(sandbox.organization_id):
+            return
         payload = {
             "sandbox": self._dto(sandbox),
             "oldState": str(old_state),
