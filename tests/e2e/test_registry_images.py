@@ -85,9 +85,13 @@ def _fails(client: Daytona, image: str | Image, reason: str) -> None:
 
 
 def _snapshot_files(server: Server) -> set[str]:
-    """What is in the snapshot dir, but its layer cache (shared, content-addressed)."""
-    assert server.settings.snapshot_dir is not None
-    return {p.name for p in server.settings.snapshot_dir.iterdir()} - {".images"}
+    """What is in the snapshot dir, but its layer cache (shared, content-addressed) and
+    the builds other processes run meanwhile (``.build-<ref>-<pid>``: the dir is shared
+    by every test server of the host)."""
+    assert server.settings.snapshot_dir is not None and server.proc is not None
+    names = {p.name for p in server.settings.snapshot_dir.iterdir()} - {".images"}
+    return {n for n in names
+            if not (n.startswith(".build-") and not n.endswith(f"-{server.proc.pid}"))}
 
 
 def test_create_from_a_registry_image_runs_it_with_its_config(
