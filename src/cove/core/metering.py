@@ -14,11 +14,13 @@ period if its files are still there); records changed while the meter could not 
 are caught up from their state.
 
 A change's rows are not written on the request that made it (a create, a stop): the
-meter notes the change in memory and a worker thread writes it right after, in the
-order of the changes. Queries, the heartbeat and the server's stop write what is
-pending first. A failed write stays first in line and is tried again at the next
-change or heartbeat; a server killed before a write lands loses nothing either, as
-:meth:`Meter.recover` catches the record up from the sandbox's state at the next start.
+meter notes the change in memory, and a worker thread writes the changes noted within
+``WRITE_DELAY`` in one transaction, in their order (not at once: the caller's next
+request, say the first command after a create, would share the CPU with the write).
+Queries, the heartbeat and the server's stop write what is pending first. A failed
+write stays pending and is tried again at the next change or heartbeat; a server killed
+before a write lands loses nothing either, as :meth:`Meter.recover` catches the record
+up from the sandbox's state at the next start.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ MAX_POINTS = 200
 # The most changes waiting to be written (the database away for long): past it, the
 # oldest are dropped, and the next start's recovery catches their records up.
 PENDING_LIMIT = 100_000
+WRITE_DELAY = 0.25  # seconds from a change to the write of those noted meanwhile
 
 
 @dataclass(frozen=True)
@@ -103,12 +106,16 @@ class Totals:
         self.last_end = end if self.last_end is None else max(self.last_end, end)
 
 
+# A change of what a sandbox holds: its id, when, and the period it opens (None: none).
+Change = tuple[str, datetime, "Period | None"]
+
+
 class UsageStore(Protocol):
     """Durable usage periods."""
 
-    def switch(self, sandbox_id: str, at: datetime, period: Period | None) -> None:
-        """In one transaction: end the sandbox's open period (if any) at ``at`` (not
-        before its start), and open ``period`` (if any)."""
+    def switch_all(self, changes: Sequence[Change]) -> None:
+        """In one transaction, for each change in order: end the sandbox's open period
+        (if any) at its time (not before its start), and open its period (if any)."""
 
     def open_periods(self) -> list[Period]:
         """Every open period (of every organization)."""
@@ -137,10 +144,9 @@ class Meter:
         self._open = {p.sandbox_id: p for p in store.open_periods()}
         self.writes = 0  # rows written or updated for lifecycle changes (overhead figure)
         # Changes not written yet, oldest first: (sandbox id, when, the period it opens).
-        self._pending: collections.deque[tuple[str, datetime, Period | None]] = (
-            collections.deque())
+        self._pending: collections.deque[Change] = collections.deque()
         self._writing = threading.Lock()  # one writer at a time, in order
-        self._writer: asyncio.Future[None] | None = None  # the background write in flight
+        self._writer: asyncio.TimerHandle | asyncio.Future[None] | None = None  # (pending)
 
     # ---- recording -----------------------------------------------------
 
@@ -165,7 +171,8 @@ class Meter:
         period = None if held == NOTHING else Period(sandbox_id, organization_id, held, at,
                                                      seen_at=at)  # fmt: skip
         if len(self._pending) >= PENDING_LIMIT:
-            dropped = self._pending.popleft()
+            with self._writing:  # (not while a write takes a batch from the front)
+                dropped = self._pending.popleft()
             log.error("usage: %d changes wait to be written; dropped sandbox %s's of %s "
                       "(recovered at the next start)", PENDING_LIMIT, dropped[0], dropped[1])
         self._pending.append((sandbox_id, at, period))
@@ -176,15 +183,19 @@ class Meter:
         self._write_soon()
 
     def _write_soon(self) -> None:
-        """Write the pending changes in a worker thread (at once, when no event loop
-        runs: a failure then raises to the caller, the change kept for a retry)."""
+        """Write the pending changes in a worker thread within ``WRITE_DELAY`` (at once,
+        when no event loop runs: a failure then raises to the caller, the change kept
+        for a retry)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
         if self._writer is None:
-            self._writer = loop.create_task(self._write_pending())
+            self._writer = loop.call_later(WRITE_DELAY, self._start_writing, loop)
+
+    def _start_writing(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._writer = loop.create_task(self._write_pending())
 
     async def _write_pending(self) -> None:
         try:
@@ -198,13 +209,14 @@ class Meter:
             self._write_soon()
 
     def flush(self) -> None:
-        """Write the pending changes, oldest first. A failure raises; the change that
-        failed and those after it stay pending."""
+        """Write the pending changes in one transaction, in order. A failure raises;
+        they stay pending."""
         with self._writing:
-            while self._pending:
-                sandbox_id, at, period = self._pending[0]
-                self.store.switch(sandbox_id, at, period)
-                self._pending.popleft()
+            batch = list(self._pending)
+            if batch:
+                self.store.switch_all(batch)
+                for _ in batch:  # (changes noted meanwhile stay)
+                    self._pending.popleft()
 
     async def recover(self, runner: Runner, sandboxes: Iterable[Sandbox]) -> None:
         """After a restart (a crash too): end the periods of sandboxes that died with
@@ -233,6 +245,7 @@ class Meter:
             if sandbox_id not in known:  # its record is gone: it was deleted
                 self._switch(sandbox_id, period.organization_id, NOTHING,
                              period.seen_at or period.start_at)  # fmt: skip
+        self.flush()  # (written before the server serves)
 
     def mark(self) -> None:
         """Write what is pending, and record that the open periods are still held now."""

@@ -3,11 +3,12 @@ are checked against) and :class:`cove.core.metering.UsageStore` (usage periods).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import case, func, insert, literal, select, update
 
-from cove.core.metering import Period
+from cove.core.metering import Change, Period
 from cove.core.ports import Resources
 from cove.core.quotas import QUOTA_FIELDS, Charge, Holding
 from cove.core.sandbox import SandboxState, utcnow
@@ -62,21 +63,25 @@ class SqlQuotaStore(SqlStore):
 
 class SqlUsageStore(SqlStore):
     def switch(self, sandbox_id: str, at: datetime, period: Period | None) -> None:
+        self.switch_all([(sandbox_id, at, period)])
+
+    def switch_all(self, changes: Sequence[Change]) -> None:
         row = UsagePeriodRow
-        end = case((row.start_at > literal(at, row.start_at.type), row.start_at),
-                   else_=literal(at, row.start_at.type))  # fmt: skip
-        # A write first: on SQLite the transaction takes the write lock at once (waiting
+        # Writes only: on SQLite the transaction takes the write lock at once (waiting
         # its turn), instead of failing to upgrade a read made before another's commit.
-        close = update(row).where(row.sandbox_id == sandbox_id, row.end_at.is_(None))
         with self.connection() as conn:
-            conn.execute(close.values(end_at=end))
-            if period is not None:
-                conn.execute(insert(row).values(
-                    sandbox_id=period.sandbox_id, organization_id=period.organization_id,
-                    cpu=period.held.cpu, memory=period.held.memory, disk=period.held.disk,
-                    start_at=period.start_at, end_at=None,
-                    seen_at=period.seen_at or period.start_at,
-                ))  # fmt: skip
+            for sandbox_id, at, period in changes:
+                end = case((row.start_at > literal(at, row.start_at.type), row.start_at),
+                           else_=literal(at, row.start_at.type))  # fmt: skip
+                close = update(row).where(row.sandbox_id == sandbox_id, row.end_at.is_(None))
+                conn.execute(close.values(end_at=end))
+                if period is not None:
+                    conn.execute(insert(row).values(
+                        sandbox_id=period.sandbox_id, organization_id=period.organization_id,
+                        cpu=period.held.cpu, memory=period.held.memory, disk=period.held.disk,
+                        start_at=period.start_at, end_at=None,
+                        seen_at=period.seen_at or period.start_at,
+                    ))  # fmt: skip
 
     def open_periods(self) -> list[Period]:
         query = select(UsagePeriodRow).where(UsagePeriodRow.end_at.is_(None))

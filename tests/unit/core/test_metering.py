@@ -26,6 +26,15 @@ class MemoryUsage:
         if period is not None:
             self.rows.append(period)
 
+    def switch_all(self, changes: list[tuple[str, datetime, Period | None]]) -> None:
+        rows = list(self.rows)
+        try:
+            for change in changes:
+                self.switch(*change)
+        except Exception:
+            self.rows = rows  # (one transaction)
+            raise
+
     def open_periods(self) -> list[Period]:
         return [p for p in self.rows if p.end_at is None]
 
@@ -178,12 +187,12 @@ def test_a_failed_background_write_is_tried_again() -> None:
     async def lifecycle() -> None:
         store.switch = failing  # type: ignore[method-assign]
         meter.observe(_sandbox(SandboxState.STARTED, T0))  # nothing raised to the request
-        for _ in range(100):  # (the worker thread tried and failed)
+        for _ in range(60):  # (the worker thread tried and failed, after WRITE_DELAY)
             await asyncio.sleep(0.01)
         assert store.rows == []
         store.switch = real  # type: ignore[method-assign]
         meter.observe(_sandbox(SandboxState.STOPPED, t10))
-        for _ in range(100):
+        for _ in range(300):
             if len(store.rows) == 2:
                 break
             await asyncio.sleep(0.01)
