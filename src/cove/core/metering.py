@@ -222,6 +222,7 @@ class Meter:
         """After a restart (a crash too): end the periods of sandboxes that died with
         the server at their last mark, then catch up records the meter missed."""
         settled = set()  # what the runner says wins over the (older) record
+        recorded = set(self._open)
         for period in list(self._open.values()):
             try:
                 status = await runner.status(period.sandbox_id)
@@ -239,13 +240,35 @@ class Meter:
         known = set()
         for sandbox in sandboxes:
             known.add(sandbox.id)
-            if sandbox.id not in settled:  # reconciliation brings its record in line
-                self.observe(sandbox)
+            if sandbox.id in settled:
+                continue
+            if sandbox.id not in recorded and await self._died_unrecorded(runner, sandbox):
+                continue
+            self.observe(sandbox)  # reconciliation brings its record in line
         for sandbox_id, period in list(self._open.items()):
             if sandbox_id not in known:  # its record is gone: it was deleted
                 self._switch(sandbox_id, period.organization_id, NOTHING,
                              period.seen_at or period.start_at)  # fmt: skip
         self.flush()  # (written before the server serves)
+
+    async def _died_unrecorded(self, runner: Runner, sandbox: Sandbox) -> bool:
+        """Whether ``sandbox``, whose record says it runs but whose period was never
+        written (the server died within ``WRITE_DELAY`` of its start), does not run:
+        then it held only its disk (if its files are there) from its start on, as one
+        that died before its first mark (see :meth:`recover`)."""
+        if not sandbox.organization_id or not charge(sandbox.state, sandbox.resources).cpu:
+            return False
+        try:
+            status = await runner.status(sandbox.id)
+        except Exception:  # noqa: BLE001 - the runner is away: its record it is
+            return False
+        if status in (ContainerStatus.RUNNING, ContainerStatus.PAUSED):
+            return False
+        if status is ContainerStatus.STOPPED:
+            self._switch(sandbox.id, sandbox.organization_id,
+                         charge(SandboxState.STOPPED, sandbox.resources),
+                         sandbox.state_changed_at)  # fmt: skip
+        return True
 
     def mark(self) -> None:
         """Write what is pending, and record that the open periods are still held now."""

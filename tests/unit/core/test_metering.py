@@ -214,3 +214,24 @@ def test_the_heartbeat_writes_what_waits() -> None:
         assert store.rows[0].seen_at is not None and store.rows[0].seen_at > T0
 
     asyncio.run(change())
+
+
+def test_recovery_of_changes_the_crash_kept_from_being_written() -> None:
+    # Started just before a kill -9: their records say so, no period was written yet.
+    store = MemoryUsage()
+    t3 = T0 + timedelta(seconds=3)
+    runs, died, gone = (_sandbox(SandboxState.STARTED, t3, id=i) for i in ("runs", "died", "gone"))
+    statuses = {"runs": ContainerStatus.RUNNING, "died": ContainerStatus.STOPPED,
+                "gone": ContainerStatus.ABSENT}
+
+    class Runner:
+        async def status(self, sandbox_id: str) -> ContainerStatus:
+            return statuses[sandbox_id]
+
+    meter = Meter(store, PRICES)
+    asyncio.run(meter.recover(Runner(), [runs, died, gone]))  # type: ignore[arg-type]
+    by = {sid: [(p.held, p.start_at, p.end_at) for p in store.rows if p.sandbox_id == sid]
+          for sid in statuses}  # fmt: skip
+    assert by["runs"] == [(Charge(2, 4, 10), t3, None)]
+    assert by["died"] == [(Charge(disk=10), t3, None)]  # its CPU not counted past its start
+    assert by["gone"] == []
