@@ -6,6 +6,9 @@ import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from cove.core import metering
 from cove.core.metering import Meter, Period, Prices
 from cove.core.ports import ContainerStatus, Resources
 from cove.core.quotas import Charge
@@ -235,3 +238,29 @@ def test_recovery_of_changes_the_crash_kept_from_being_written() -> None:
     assert by["runs"] == [(Charge(2, 4, 10), t3, None)]
     assert by["died"] == [(Charge(disk=10), t3, None)]  # its CPU not counted past its start
     assert by["gone"] == []
+
+
+def test_changes_wait_in_a_bounded_queue_while_the_database_is_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metering, "PENDING_LIMIT", 3)
+    store = MemoryUsage()
+    meter = Meter(store, PRICES)
+
+    def away(*args: object) -> None:
+        raise OSError("database is away")
+
+    store.switch = away  # type: ignore[method-assign]
+
+    async def churn() -> None:  # (in a loop: changes only wait, nothing raises)
+        for i in range(10):
+            state = SandboxState.STARTED if i % 2 == 0 else SandboxState.STOPPED
+            meter.observe(_sandbox(state, T0 + timedelta(seconds=i)))
+
+    asyncio.run(churn())
+    assert len(meter._pending) == 3  # noqa: SLF001 - the newest three, the rest dropped
+    del store.switch  # (back)
+    meter.mark()
+    assert [(p.held.cpu, p.start_at) for p in store.rows] == [  # changes 7, 8 and 9
+        (0, T0 + timedelta(seconds=7)), (2, T0 + timedelta(seconds=8)),
+        (0, T0 + timedelta(seconds=9))]
