@@ -18,7 +18,8 @@
   (measured here: 9 ms p50, 21 ms p90), as every sandbox's start does (crun moves its
   init) and every command's spare process (``agent/spare.py``). With it, 0.1 ms. The
   kernel's price is on fork and exit, which take a slower lock path: a fork+exec of
-  ``/bin/true`` measured the same with and without it (0.73-0.80 ms). The flag belongs
+  ``/bin/true`` took 0.73-0.80 ms with it, against 0.7 ms measured without it on the
+  same host (not in the same run: once set, the flag stays). The flag belongs
   to the cgroup2 root, which is one for the whole host (a hybrid host's
   ``/sys/fs/cgroup/unified`` too), so it is set by remounting that mount with its own
   options plus this one; the setting stays until the host reboots.
