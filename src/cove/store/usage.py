@@ -62,9 +62,6 @@ class SqlQuotaStore(SqlStore):
 
 
 class SqlUsageStore(SqlStore):
-    def switch(self, sandbox_id: str, at: datetime, period: Period | None) -> None:
-        self.switch_all([(sandbox_id, at, period)])
-
     def switch_all(self, changes: Sequence[Change]) -> None:
         row = UsagePeriodRow
         # Writes only: on SQLite the transaction takes the write lock at once (waiting

@@ -39,11 +39,12 @@ def test_quota_overrides_and_holdings(db: Engine) -> None:
 def test_periods_open_close_query_and_mark(db: Engine) -> None:
     usage = SqlUsageStore(db)
     compute, disk = Charge(2, 4, 10), Charge(disk=10)
-    usage.switch("a", T0, Period("a", "org", compute, T0, seen_at=T0))
-    usage.switch("a", T0 + timedelta(seconds=60), Period("a", "org", disk,
-                                                          T0 + timedelta(seconds=60)))
-    usage.switch("b", T0, Period("b", "org2", compute, T0))
-    usage.switch("b", T0 - timedelta(seconds=5), None)  # never ends before it started
+    usage.switch_all([("a", T0, Period("a", "org", compute, T0, seen_at=T0))])
+    usage.switch_all([  # (several in one transaction, in order)
+        ("a", T0 + timedelta(seconds=60), Period("a", "org", disk, T0 + timedelta(seconds=60))),
+        ("b", T0, Period("b", "org2", compute, T0)),
+        ("b", T0 - timedelta(seconds=5), None),  # never ends before it started
+    ])
     assert [(p.sandbox_id, p.held) for p in usage.open_periods()] == [("a", disk)]
     found = usage.periods("org", T0 + timedelta(seconds=30), T0 + timedelta(days=1))
     assert [(p.held, p.start_at, p.end_at) for p in found] == [

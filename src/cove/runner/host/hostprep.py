@@ -32,10 +32,11 @@ from __future__ import annotations
 import logging
 import resource
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from cove.errors import RuntimeBackendError
-from cove.runner.host import proc
+from cove.runner.host import mounts, proc
 
 FILE_MAX = Path("/proc/sys/fs/file-max")
 LEGACY_TIOCSTI = Path("/proc/sys/dev/tty/legacy_tiocsti")
@@ -43,7 +44,6 @@ FILE_MAX_VALUE = (1 << 63) - 1
 PID_MAX = Path("/proc/sys/kernel/pid_max")
 PID_MAX_VALUE = 1 << 22
 CGROUP_FEATURES = Path("/sys/kernel/cgroup/features")
-MOUNTINFO = Path("/proc/self/mountinfo")
 FAVOR_DYNMODS = "favordynmods"
 log = logging.getLogger(__name__)
 _done = threading.Event()
@@ -62,48 +62,38 @@ def prepare(*, favor_dynmods: bool = True) -> None:
     _done.set()
 
 
-def cgroup2_mount(mountinfo: str) -> tuple[str, list[str]] | None:
-    """The first cgroup2 mount of a ``/proc/<pid>/mountinfo`` text: its mount point
-    and its filesystem's own options (``rw`` aside), or None."""
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if " - " not in line or len(fields) < 10:
-            continue
-        after = fields.index("-")  # (the optional fields before it vary in number)
-        if after + 3 >= len(fields) or fields[after + 1] != "cgroup2":
-            continue
-        point = fields[4].encode().decode("unicode_escape")  # (\040 and the like)
-        options = [o for o in fields[after + 3].split(",") if o not in ("rw", "ro")]
-        return point, options
-    return None
+def cgroup2_mount(table: Iterable[mounts.Mount]) -> mounts.Mount | None:
+    """The first cgroup2 mount of a mount table (see ``mounts.mount_table``), or None."""
+    return next((m for m in table if m.fstype == "cgroup2"), None)
 
 
-def remount_argv(point: str, options: list[str]) -> list[str] | None:
-    """The ``mount`` command that adds ``favordynmods`` to the cgroup2 mount at
-    ``point`` keeping ``options`` (a reconfiguration sets every flag of the root
-    anew, so its others, say ``nsdelegate``, are passed again); None when it is set."""
-    if FAVOR_DYNMODS in options:
+def remount_argv(mount: mounts.Mount) -> list[str] | None:
+    """The ``mount`` command that adds ``favordynmods`` to the cgroup2 ``mount``
+    keeping its options (a reconfiguration sets every flag of the root anew, so its
+    others, say ``nsdelegate``, are passed again); None when it is set."""
+    if FAVOR_DYNMODS in mount.options:
         return None
-    return ["mount", "-o", ",".join(["remount", *options, FAVOR_DYNMODS]), point]
+    kept = sorted(mount.options - {"rw", "ro"})
+    return ["mount", "-o", ",".join(["remount", *kept, FAVOR_DYNMODS]), mount.point]
 
 
 def _favor_dynmods() -> None:
     try:
         supported = FAVOR_DYNMODS in CGROUP_FEATURES.read_text().split()
-        found = cgroup2_mount(MOUNTINFO.read_text())
+        found = cgroup2_mount(mounts.mount_table())
     except OSError:
         return
     if not supported or found is None:
         log.info("cgroup migrations wait for RCU grace periods: %s",
                  "no cgroup2 mount" if supported else "the kernel has no favordynmods")
         return
-    argv = remount_argv(*found)
+    argv = remount_argv(found)
     if argv is None:
         return
     try:
         proc.run(argv, timeout=30)
     except RuntimeBackendError as exc:
-        log.warning("cannot set favordynmods on %s: %s", found[0], exc.message)
+        log.warning("cannot set favordynmods on %s: %s", found.point, exc.message)
 
 
 def _raise_nofile() -> None:
