@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     # nothing of it alive (sessions, processes, PTYs, interpreter contexts); the next
     # call starts it again. 0: it never exits.
     agent_idle_seconds: float = Field(default=300.0, ge=0)
+    # How many toolbox agents the host keeps started ahead of sandboxes (Python's
+    # start-up done): a cold start hands one to its sandbox instead of waiting for
+    # its init to start one (see cove/agent/prestart.py). 0: none.
+    agent_prestart: int = Field(default=1, ge=0, le=16)
     # How long a checked API key is trusted without asking the database again (a key
     # revoked by ``cove keys revoke`` stops working within this time); 0: every call.
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)

@@ -8,7 +8,6 @@ import signal
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +17,13 @@ from cove.runner.host import mounts, rootfs
 from cove.runner.layout import SandboxPaths
 from cove.runner.oci.runtime import OciRuntime
 from tests.integration.conftest import SandboxFactory
-from tests.integration.runner.util import both_tiers, init_pid, inside_as_host, ok, tier_of
+from tests.integration.runner.util import (
+    agent_pids,
+    both_tiers,
+    inside_as_host,
+    ok,
+    tier_of,
+)
 
 pytestmark = pytest.mark.integration
 tier = both_tiers  # every test here runs on both isolation tiers
@@ -69,16 +74,16 @@ def _ask_again(runtime: OciRuntime, sandbox_id: str, message: dict, within: floa
 
 
 def agent_host_pid(runtime: OciRuntime, sandbox_id: str) -> int:
-    """Host pid of the sandbox's agent (init's only child). gVisor: the sentry runs
-    it, it has no host pid: its pid inside, as gVisor itself reports it."""
+    """Host pid of the sandbox's agent (init's child, or a pre-started agent that
+    entered the sandbox). gVisor: the sentry runs it, it has no host pid: its pid
+    inside, as gVisor itself reports it."""
     if tier_of(runtime, sandbox_id) == "gvisor":
         children = inside_as_host(runtime, sandbox_id, "cat /proc/1/task/1/children").split()
         assert len(children) == 1, children
         return int(children[0])
-    init = init_pid(runtime, sandbox_id)
-    children = Path(f"/proc/{init}/task/{init}/children").read_text().split()
-    assert len(children) == 1, children
-    return int(children[0])
+    agents = agent_pids(runtime, sandbox_id)
+    assert len(agents) == 1, agents
+    return agents[0]
 
 
 def kill_agent(runtime: OciRuntime, sandbox_id: str) -> int:

@@ -16,7 +16,7 @@ from cove.runner.local import LocalRunner
 from cove.runner.oci.runtime import OciRuntime
 from cove.schemas.toolbox_sessions import PtyCreate
 from tests.integration.conftest import SandboxFactory, sandbox_factory
-from tests.integration.runner.util import init_pid, ok
+from tests.integration.runner.util import agent_pids, ok
 
 pytestmark = pytest.mark.integration
 IDLE = 1.0
@@ -35,18 +35,8 @@ def make_idle(idle_runtime: OciRuntime) -> Iterator[SandboxFactory]:
 
 
 def agents(runtime: OciRuntime, sandbox_id: str) -> list[int]:
-    """Host pid of the agent while it runs (init's child on Cove's runtime; init's
-    other children are orphans of the workload)."""
-    init = init_pid(runtime, sandbox_id)
-    children = Path(f"/proc/{init}/task/{init}/children").read_text().split()
-    return [int(p) for p in children if _is_agent(p)]
-
-
-def _is_agent(pid: str) -> bool:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/dev/.cove/py/")
-    except OSError:
-        return False
+    """Host pid of the agent while it runs."""
+    return agent_pids(runtime, sandbox_id)
 
 
 def wait_for_idle_exit(runtime: OciRuntime, sandbox_id: str) -> None:

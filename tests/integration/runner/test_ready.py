@@ -15,20 +15,9 @@ from cove.runner.oci import agent_setup, pyrt
 from cove.runner.oci.agent_setup import AgentSetup
 from cove.runner.oci.runtime import OciRuntime
 from tests.integration.conftest import SandboxFactory, sandbox_factory
-from tests.integration.runner.util import TIERS, init_pid, tier_of
+from tests.integration.runner.util import TIERS, agent_pids, tier_of
 
 pytestmark = pytest.mark.integration
-
-
-def _descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").iterdir():
-            children = (task / "children").read_text().split()
-            found += map(int, children)
-            todo += map(int, children)
-    return found
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -37,11 +26,8 @@ def test_agent_serves_when_start_returns(runtime: OciRuntime, make_sandbox: Sand
     """Right after start: the agent runs (its process is there, not about to be
     forked) and the first command is answered."""
     spec = make_sandbox()
-    agents = []
     if tier_of(runtime, spec.sandbox_id) == "crun":
-        for pid in _descendants(init_pid(runtime, spec.sandbox_id)):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            agents += [pid] if b"toolbox.agent" in cmdline else []
+        agents = agent_pids(runtime, spec.sandbox_id)
         assert agents, "no agent process when start returned"
     result = runtime.exec(spec.sandbox_id, ["echo", "served"])
     assert (result.exit_code, result.stdout) == (0, b"served\n")

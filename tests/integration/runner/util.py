@@ -96,3 +96,19 @@ def link(runtime: OciRuntime, sid: str) -> Link:
     found = net.link(SandboxPaths.of(runtime._settings.data_dir, sid))
     assert found is not None
     return found
+
+
+def agent_pids(runtime: OciRuntime, sandbox_id: str) -> list[int]:
+    """Host pids of the toolbox agent of a crun sandbox while it runs: init's children
+    that run the agent's runtime (init started it, or a pre-started agent entered the
+    sandbox and became init's child; init's other children are orphans of the
+    workload, and a child the agent forks is the agent's)."""
+    init = init_pid(runtime, sandbox_id)
+    found = []
+    for pid in Path(f"/proc/{init}/task/{init}/children").read_text().split():
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/dev/.cove/py/"):
+                found.append(int(pid))
+        except OSError:
+            continue  # (gone meanwhile)
+    return sorted(found)

@@ -129,3 +129,19 @@ def test_service_and_read_only_binds(tmp_path: Path) -> None:
 
 def test_no_service_means_bare_init(config: dict) -> None:
     assert config["process"]["args"] == ["/dev/.cove/init", "--go-fd", "3"]
+
+
+def test_a_prestarted_agent_gets_inits_environment_with_loader_variables_held() -> None:
+    env = spec.held_env(["PATH=/bin", "LD_PRELOAD=/x.so", "MALLOC_ARENA_MAX=2", "TMPDIR=/t",
+                         "A=b=c", "LANG=C.UTF-8"])  # fmt: skip
+    assert env == {"PATH": "/bin", "COVE_HELD_LD_PRELOAD": "/x.so",
+                   "COVE_HELD_MALLOC_ARENA_MAX": "2", "COVE_HELD_TMPDIR": "/t", "A": "b=c",
+                   "LANG": "C.UTF-8"}  # fmt: skip
+
+
+def test_the_held_variables_are_inits() -> None:
+    """init.c holds the same variables for the agent it starts (one list in each)."""
+    source = (Path(spec.__file__).parent / "init.c").read_text()
+    array = source[source.index("loader_vars[] = {"):].split("};")[0]
+    names = [part.split('"')[1] for part in array.split(",") if '"' in part]
+    assert tuple(names) == spec.LOADER_VARS

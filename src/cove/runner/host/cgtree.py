@@ -133,6 +133,33 @@ def settle(group: str, init_pid: int, agent_uid: int) -> None:
         _move(cgroups.hierarchy(name) / group, init_pid)
 
 
+def join_like(group: str, init_pid: int, pid: int) -> None:
+    """Move ``pid`` into every cgroup the sandbox's init (``init_pid``, which still
+    waits for its go: nothing of the sandbox has run) is in.
+
+    Raises:
+        RuntimeBackendError: init's cgroups cannot be read, one lies outside the
+            sandbox's group, or the move failed.
+    """
+    try:
+        lines = Path(f"/proc/{init_pid}/cgroup").read_text().splitlines()
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot read the cgroups of {init_pid}: {exc}") from exc
+    hybrid = cgroups.mode() is CgroupMode.HYBRID
+    for line in lines:
+        hid, controllers, path = line.split(":", 2)
+        parts = path.strip("/").split("/")
+        if ".." in parts or not (path == f"/{group}" or path.startswith(f"/{group}/")):
+            if hid != "0" and not controllers.startswith("name="):
+                raise RuntimeBackendError(f"init {init_pid} is in cgroup {path} of {controllers}")
+            continue  # (crun places init only in the controllers' hierarchies)
+        if hid == "0":
+            root = cgroups.UNIFIED if hybrid else cgroups.ROOT
+        else:
+            root = cgroups.hierarchy(controllers.split(",")[0])
+        _move(root / path.lstrip("/"), pid)
+
+
 def set_limits(group: str, *, memory: int, pids: int) -> None:
     """New workload limits (after a resize): the parent's headroom follows them."""
     if cgroups.mode() is CgroupMode.UNIFIED:

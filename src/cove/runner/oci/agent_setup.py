@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cove.agent import protocol
 from cove.errors import Busy, RuntimeBackendError, Unavailable
+from cove.runner.oci.prestarted import Command
 
 PKG_MOUNT = "/dev/.cove/pkg/toolbox"
 BACKLOG = 128
@@ -64,6 +65,14 @@ def agent_setup(data_dir: Path) -> AgentSetup:
     runtime_dir = pyrt.ensure_python_runtime(data_dir)
     package = pyrt.compiled_package(data_dir, source, runtime_dir) / source.name
     return AgentSetup(pyrt.argv(), {pyrt.MOUNT: runtime_dir, PKG_MOUNT: package})
+
+
+def prestart_command(agent: AgentSetup) -> Command:
+    """How the host runs a pre-started agent (``cove/agent/prestart.py``) of ``agent``."""
+    from cove.runner.oci import pyrt
+
+    package = agent.binds[PKG_MOUNT]
+    return Command.of(agent.binds[pyrt.MOUNT], package / "prestart.py", agent.argv[0])
 
 
 def listen(path: Path) -> socket.socket:

@@ -12,9 +12,11 @@ unmount, remove cgroups.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
+from collections.abc import Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,9 +30,10 @@ from cove.runner.host import cgroups, cgtree, idrange, rootfs
 from cove.runner.host.network import Network
 from cove.runner.layout import Metadata, SandboxPaths, write_json
 from cove.runner.oci import agent_setup as agentlink
-from cove.runner.oci import gvisor_view, seccomp_bpf, spec
+from cove.runner.oci import gvisor_view, pyrt, seccomp_bpf, spec
 from cove.runner.oci.agent_setup import AgentSetup
 from cove.runner.oci.crun import Crun
+from cove.runner.oci.prestarted import Prestarted, PrestartedAgents
 from cove.runner.storage import volumes
 
 KILL_WAIT = 10.0
@@ -40,6 +43,7 @@ GIB = 1024**3
 # libseccomp (``seccomp_bpf``), once per data dir.
 SECCOMP_BPF = "run.oci.seccomp_bpf_data"
 # Networks being wired while their containers start (mostly waits on `ip` and `nft`).
+log = logging.getLogger(__name__)
 _WIRING = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cove-net")
 
 
@@ -77,13 +81,15 @@ def stop_container(crun: Crun, container_id: str, grace: float) -> None:
 def bring_up(
     crun: Crun, settings: Settings, spec_: ContainerSpec, paths: SandboxPaths, *,
     meta: Metadata, helpers: Helpers, agent: AgentSetup | None, net: Network | None,
+    prestarted: PrestartedAgents | None = None,
 ) -> Metadata:  # fmt: skip
     """Mount and make what is missing and run the container (the caller cleans up
     on error). Returns the metadata as it now is (its layer converted)."""
     host = prepare_host(settings, spec_, paths, meta=meta, helpers=helpers, net=net,
                         wire_later=True)  # fmt: skip
     try:
-        _run(crun, settings, spec_, paths, host, helpers=helpers, agent=agent, net=net)
+        _run(crun, settings, spec_, paths, host, helpers=helpers, agent=agent, net=net,
+             prestarted=prestarted)  # fmt: skip
     except BaseException:
         host.drop_network()  # nothing wires while the caller tears down
         raise
@@ -94,6 +100,7 @@ def bring_up(
 def _run(
     crun: Crun, settings: Settings, spec_: ContainerSpec, paths: SandboxPaths, host: HostSide,
     *, helpers: Helpers, agent: AgentSetup | None, net: Network | None,
+    prestarted: PrestartedAgents | None,
 ) -> None:  # fmt: skip
     ids, group, binds = host.ids, host.group, host.binds
     delegation = cgtree.prepare(group, memory=spec_.resources.memory * GIB,
@@ -117,12 +124,49 @@ def _run(
         init_pid = crun.run_detached(spec_.sandbox_id, paths.bundle, paths.log, fds=fds,
                                      cgroup2=cgtree.unified_join(group))  # fmt: skip
         cgtree.settle(group, init_pid, ids.agent)
-        os.write(go_w, b"1")
+        taken = prestarted.take() if prestarted is not None and agent is not None else None
+        if taken is None or agent is None:
+            os.write(go_w, b"1")
+        else:
+            _hand_over(taken, config, parts, init_pid, paths.log, fds[1:], go_w,
+                       args=parts.service[len(agent.argv):])  # fmt: skip
     finally:
         for fd in (go_r, go_w, workns):
             os.close(fd)
         listener.close()
         delegation.close()
+
+
+def _hand_over(taken: Prestarted, config: dict[str, Any], parts: spec.HostParts, init_pid: int,
+               log_path: Path, service_fds: list[int], go_w: int, *, args: Sequence[str]
+               ) -> None:  # fmt: skip
+    """Make a pre-started agent the sandbox's agent and tell init to watch it; if it
+    does not take, init starts the agent itself (a plain go)."""
+    process = config["process"]
+    order = {
+        "uid": parts.agent_uid, "gid": parts.agent_uid,
+        "caps": [spec.CAPABILITY_NUMBERS[c] for c in process["capabilities"]["ambient"]],
+        "nofile": process["rlimits"][0]["hard"], "oom": process["oomScoreAdj"],
+        "env": spec.held_env(process["env"]), "args": list(args),
+        "seccomp": config["annotations"][SECCOMP_BPF], "first_fd": spec.GO_FD + 1,
+        "mount": pyrt.MOUNT, "pkg": os.path.dirname(agentlink.PKG_MOUNT),
+    }  # fmt: skip
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        pid = taken.hand_over(init_pid, parts.group, order, [devnull, out, out, *service_fds])
+    except RuntimeBackendError as exc:
+        log.warning("starting the agent the usual way: %s", exc)
+        os.write(go_w, b"1")
+        return
+    finally:
+        os.close(devnull)
+        os.close(out)
+    os.write(go_w, b"p%d" % pid)
+    try:
+        taken.run()
+    except OSError as exc:  # (init starts the agent on the next call)
+        log.warning("the pre-started agent of %s went away: %s", parts.group, exc)
 
 
 @dataclass(frozen=True)

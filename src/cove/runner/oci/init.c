@@ -16,6 +16,10 @@
  * nothing of it lives) is started again only when a connection is pending on
  * N, at once (no backoff); init itself never accepts. Any other exit restarts
  * the service with the backoff, as without the option.
+ * The go may instead be "p" and a pid (of this pid namespace): the runtime
+ * started the service itself (a pre-started agent that entered the sandbox, see
+ * cove/agent/prestart.py), as a child of a process of the sandbox that exits at
+ * once: the service becomes init's child, and init supervises it as its own.
  * With --become UID (gVisor, which has no ambient capabilities and gives a
  * container's non-root process none), init starts as root, takes UID (and
  * gid) for good, keeping its capabilities, and runs the service with effective
@@ -348,6 +352,7 @@ static pid_t service_pid = -1;
 static int service_status;
 static int root_service;
 static int listen_fd = -1; /* --listen-fd: a pending connection starts an idle service */
+static int service_running;
 
 #define IDLE_EXIT 75
 
@@ -457,13 +462,12 @@ static int idle;
 static long supervise(int terminating, int pending)
 {
     static long due, started, backoff = 100;
-    static int running;
     long now = now_ms();
 
     if (service == NULL || terminating)
         return -1;
-    if (running && service_pid < 0) {
-        running = 0;
+    if (service_running && service_pid < 0) {
+        service_running = 0;
         idle = listen_fd >= 0 && WIFEXITED(service_status) &&
                WEXITSTATUS(service_status) == IDLE_EXIT;
         if (!idle) {
@@ -475,14 +479,14 @@ static long supervise(int terminating, int pending)
         idle = 0;
         due = now;
     }
-    if (!running && !idle && now >= due) {
+    if (!service_running && !idle && now >= due) {
         service_pid = spawn(service);
-        running = service_pid > 0;
+        service_running = service_pid > 0;
         started = now;
-        if (!running)
+        if (!service_running)
             due = now + backoff;
     }
-    return running || idle ? -1 : due - now;
+    return service_running || idle ? -1 : due - now;
 }
 
 /* The next signal from the signalfd SFD (0: none now). */
@@ -528,14 +532,24 @@ static int serve(void)
     }
 }
 
-/* Wait for the runtime's go (a byte, or end of file), then close the descriptor. */
+/*
+ * Wait for the runtime's go (a byte, or end of file), then close the descriptor.
+ * A go of "p" and a pid: the service already runs as that process (see the header).
+ */
 static void await_go(int fd)
 {
-    char c;
+    char go[24];
+    ssize_t n;
 
-    while (read(fd, &c, 1) < 0 && errno == EINTR)
+    /* (one write of the runtime, shorter than PIPE_BUF: one read gets all of it) */
+    while ((n = read(fd, go, sizeof go - 1)) < 0 && errno == EINTR)
         ;
     close(fd);
+    go[n > 0 ? n : 0] = '\0';
+    if (go[0] == 'p' && atoi(go + 1) > 1) {
+        service_pid = (pid_t)atoi(go + 1);
+        service_running = 1;
+    }
 }
 
 /* ---- spare mode (see the header) ---- */

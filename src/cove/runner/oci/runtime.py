@@ -44,6 +44,7 @@ from cove.runner.oci.agent_setup import AgentSetup
 from cove.runner.oci.container import Helpers, bring_up, stop_container, tear_down
 from cove.runner.oci.crun import Crun, container_ids
 from cove.runner.oci.initbin import ensure_init_binary, ensure_nsexec_binary
+from cove.runner.oci.prestarted import PrestartedAgents
 from cove.runner.oci.runsc import Runsc
 from cove.runner.oci.runsc import available as runsc_available
 from cove.runner.storage import archive, capture, registry, unpack
@@ -72,6 +73,7 @@ class OciRuntime:
         self._gvisor: Runsc | None = None
         self._net = Network(settings) if settings.network == "nat" else None
         self._blank_disks = BlankDisks(settings.data_dir)
+        self._prestarted: PrestartedAgents | None = None
 
     # -- helpers ---------------------------------------------------------
 
@@ -110,6 +112,16 @@ class OciRuntime:
 
     def _agent_setup(self) -> AgentSetup | None:
         return agent_setup.cached_setup(self._settings.data_dir)
+
+    def _prestarted_agents(self, agent: AgentSetup | None) -> PrestartedAgents | None:
+        """The agents started ahead of crun sandboxes (made at the first start)."""
+        count = self._settings.agent_prestart
+        if agent is None or count <= 0:
+            return None
+        with self._guard:
+            if self._prestarted is None:
+                self._prestarted = PrestartedAgents(agent_setup.prestart_command(agent), count)
+            return self._prestarted
 
     @contextmanager
     def _locked(self, sandbox_id: str) -> Iterator[SandboxPaths]:
@@ -210,13 +222,15 @@ class OciRuntime:
             if now != meta:
                 paths.write_metadata(now)
                 meta = now
-            up = gvisor.bring_up if meta.isolation == "gvisor" else bring_up
             agent = self._agent_setup()
             try:
-                up(
-                    client, self._settings, spec_, paths, meta=meta,  # type: ignore[arg-type]
-                    helpers=self._helpers(), agent=agent, net=self._net,
-                )  # fmt: skip
+                if meta.isolation == "gvisor":
+                    gvisor.bring_up(client, self._settings, spec_, paths,  # type: ignore[arg-type]
+                                    meta=meta, helpers=self._helpers(), agent=agent, net=self._net)
+                else:
+                    bring_up(client, self._settings, spec_, paths,  # type: ignore[arg-type]
+                             meta=meta, helpers=self._helpers(), agent=agent, net=self._net,
+                             prestarted=self._prestarted_agents(agent))  # fmt: skip
                 if agent is not None:
                     self._await_agent(paths, meta.isolation)
             except BaseException:

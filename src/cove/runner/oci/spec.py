@@ -157,6 +157,27 @@ def init_env(spec: ContainerSpec) -> dict[str, str]:
     return env
 
 
+# Variables the dynamic loader or libc act on: init hands them to its agent renamed
+# (COVE_HELD_<name>), and so must a pre-started agent (the list of init.c).
+LOADER_VARS = (
+    "LD_", "GCONV_PATH=", "GETCONF_DIR=", "GLIBC_TUNABLES=", "HOSTALIASES=", "LOCALDOMAIN=",
+    "LOCPATH=", "MALLOC_", "NIS_PATH=", "NLSPATH=", "RESOLV_HOST_CONF=", "RES_OPTIONS=",
+    "TMPDIR=", "TZDIR=",
+)  # fmt: skip
+
+
+def held_env(entries: Sequence[str]) -> dict[str, str]:
+    """The agent's environment from init's ``NAME=VALUE`` entries (as init.c's
+    ``hold_loader_vars``)."""
+    env: dict[str, str] = {}
+    for entry in entries:
+        if entry.startswith(LOADER_VARS):
+            entry = f"COVE_HELD_{entry}"
+        name, _, value = entry.partition("=")
+        env[name] = value
+    return env
+
+
 def _process(spec: ContainerSpec, nofile_hard: int, service: Sequence[str],
              listen_fd: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Init, as the agent uid: its capabilities are ambient so they survive the exec
