@@ -24,11 +24,11 @@ filter). It then, in this order:
 5. forks twice: the first child is in the sandbox's pid namespace; it forks the
    agent, hands the runtime a pidfd of it and exits, so that the agent becomes
    the child of init (the reaper of that namespace), as the agent init starts.
-   The agent reports its pid in the sandbox and waits for the runtime's last
-   word, which comes after init has been told it runs (init's "p" go). Then it
-   takes a session of its own, init's descriptor layout, init's environment, the
-   in-sandbox paths of the runtime, and imports ``toolbox.agent`` from the
-   sandbox's mount.
+   Before the forks it has taken init's descriptor layout, init's environment
+   and the runtime's paths as the sandbox sees them. The agent takes a session of
+   its own, reports its pid in the sandbox and waits for the runtime's last word,
+   which comes after init has been told it runs (init's "p" go); then it imports
+   ``toolbox.agent`` from the sandbox's mount.
 
 If the server goes away before that last word, the child exits (init, told or
 not, starts an agent itself). Nothing of the ``toolbox`` package is imported
@@ -155,24 +155,24 @@ def enter(order: dict[str, typing.Any], init: int) -> None:
     os.chdir("/")
 
 
-def become_agent(order: dict[str, typing.Any], fds: list[int], control: socket.socket) -> None:
-    """Step 5's child, inside the sandbox: take init's layout and run the agent."""
-    os.setsid()
+def take_layout(order: dict[str, typing.Any], fds: list[int], control: socket.socket) -> None:
+    """Once inside (before the forks, so that they copy it): init's descriptor layout,
+    the runtime's paths as the sandbox sees them, init's environment and arguments."""
     stdio, service = fds[:3], fds[3:]
     first = int(order["first_fd"])
     wanted = {**dict(enumerate(stdio)), **{first + i: fd for i, fd in enumerate(service)}}
+    if control.fileno() in wanted:
+        raise ValueError(f"the order socket is descriptor {control.fileno()}")
     # (moved above every target first, so that no dup2 overwrites a source)
     top = max([*wanted, *fds, control.fileno()]) + 1
     moved = {n: os.dup2(fd, top + i, inheritable=False) for i, (n, fd) in enumerate(wanted.items())}
     for n, fd in moved.items():
         os.dup2(fd, n)
-    keep = {*wanted, control.fileno()}
-    for name in os.listdir("/proc/self/fd"):
-        if int(name) not in keep:
-            try:
-                os.close(int(name))
-            except OSError:
-                pass
+    # everything else closed (this process is not in the sandbox's /proc to list them)
+    keep = sorted({*wanted, control.fileno()})
+    for low, high in zip([-1, *keep], [*keep, os.sysconf("SC_OPEN_MAX")], strict=True):
+        if low + 1 < high:  # (an empty range would close every descriptor: close_range(n, n-1))
+            os.closerange(low + 1, high)
     _paths(order["mount"], order["pkg"])
     _environ(order["env"])
     sys.argv = ["-c", *order["args"]]
@@ -244,8 +244,9 @@ def main() -> None:
     order, fds = _receive(control)
     try:
         enter(order, fds[0])
+        take_layout(order, fds[1:], control)
         between = os.fork()  # (the first process of this one in the sandbox's pid namespace)
-    except OSError as exc:
+    except (OSError, KeyError, ValueError) as exc:
         control.sendall(f"error {exc}".encode())
         raise SystemExit(1) from None
     if between:
@@ -258,7 +259,7 @@ def main() -> None:
     except OSError as exc:
         control.sendall(f"error {exc}".encode())
         os._exit(1)
-    _agent(order, fds[1:], control)
+    _agent(control)
 
 
 def _forked(control: socket.socket, pid: int) -> typing.NoReturn:
@@ -276,13 +277,8 @@ def _forked(control: socket.socket, pid: int) -> typing.NoReturn:
     os._exit(0)
 
 
-def _agent(order: dict[str, typing.Any], fds: list[int], control: socket.socket
-           ) -> typing.NoReturn:  # fmt: skip
-    try:
-        become_agent(order, fds, control)
-    except (OSError, KeyError, ValueError) as exc:
-        control.sendall(f"error {exc}".encode())
-        os._exit(1)
+def _agent(control: socket.socket) -> typing.NoReturn:
+    os.setsid()
     control.sendall(b"ok %d" % os.getpid())
     if control.recv(16) != b"run":
         os._exit(0)  # the runtime went away: init starts an agent itself
