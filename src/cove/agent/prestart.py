@@ -5,7 +5,9 @@ the rest of the standard library it needs, about 30 ms here). The runtime keeps
 a process of this script ready: started by root on the host from the agent's
 packed runtime (``python3 -I -S -B prestart.py``), with nothing of the server in
 it (an environment of ``LANG`` alone, no descriptor but its order socket on 0),
-it imports the agent's standard-library modules and waits.
+it imports the agent's standard-library modules and the agent's own start-up
+modules (from the host's compiled copy of its package, the files the sandbox
+mounts) and waits.
 
 When a sandbox starts, the runtime moves it into the cgroups of the sandbox's
 init and sends it an order (a JSON message with descriptors): what init would
@@ -25,15 +27,15 @@ filter). It then, in this order:
    agent, hands the runtime a pidfd of it and exits, so that the agent becomes
    the child of init (the reaper of that namespace), as the agent init starts.
    Before the forks it has taken init's descriptor layout, init's environment
-   and the runtime's paths as the sandbox sees them. The agent takes a session of
-   its own, reports its pid in the sandbox and waits for the runtime's last word,
-   which comes after init has been told it runs (init's "p" go); then it imports
-   ``toolbox.agent`` from the sandbox's mount.
+   and the paths of the runtime and the package as the sandbox sees them. The
+   agent takes a session of its own, reports its pid in the sandbox and waits for
+   the runtime's last word, which comes after init has been told it runs (init's
+   "p" go); then it runs.
 
 If the server goes away before that last word, the child exits (init, told or
-not, starts an agent itself). Nothing of the ``toolbox`` package is imported
-before the process is inside the sandbox: its modules read the sandbox's
-environment when they load.
+not, starts an agent itself). What the agent's modules read from the environment
+when they load is read again once the process has the sandbox's
+(``users.capture_environment``).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ import concurrent.futures  # noqa: E402,F401
 import ctypes  # noqa: E402
 import dataclasses  # noqa: E402,F401
 import gc  # noqa: E402
+import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402,F401
 import resource  # noqa: E402
@@ -78,6 +82,7 @@ import time  # noqa: E402
 import typing  # noqa: E402,F401
 
 ORDER_MAX = 1 << 20
+PKG_HOST = os.path.dirname(os.path.abspath(__file__))  # (this script is in the package)
 CLONE_NEW = {"user": 0x10000000, "mnt": 0x20000, "pid": 0x20000000, "net": 0x40000000,
              "ipc": 0x08000000, "uts": 0x04000000, "cgroup": 0x02000000}  # fmt: skip
 PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_SECCOMP = 4, 8, 22
@@ -173,22 +178,43 @@ def take_layout(order: dict[str, typing.Any], fds: list[int], control: socket.so
     for low, high in zip([-1, *keep], [*keep, os.sysconf("SC_OPEN_MAX")], strict=True):
         if low + 1 < high:  # (an empty range would close every descriptor: close_range(n, n-1))
             os.closerange(low + 1, high)
-    _paths(order["mount"], order["pkg"])
+    _paths({**_prefixes(order["mount"]), PKG_HOST: order["pkg_mount"]}, order["pkg"])
     _environ(order["env"])
+    sys.modules["toolbox.users"].capture_environment()
     sys.argv = ["-c", *order["args"]]
 
 
-def _paths(mount: str, pkg: str) -> None:
-    """The runtime's paths as the sandbox sees them (this process started on the host):
-    of the interpreter, the import path and every module loaded so far (a package's
-    submodules are found through its ``__path__``)."""
-    # (the prefix as computed from the relative command line, and normalised)
-    heres = sorted({sys.prefix, os.path.normpath(sys.prefix)}, key=len, reverse=True)
+def preload() -> None:
+    """The agent's package: its start-up modules (those it loads before it serves),
+    loaded here from the host's copy, the files the sandbox mounts (their paths are
+    moved once inside, see ``_paths``)."""
+    spec = importlib.util.spec_from_file_location(
+        "toolbox", f"{PKG_HOST}/__init__.py", submodule_search_locations=[PKG_HOST])
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["toolbox"] = package
+    spec.loader.exec_module(package)
+    agent = importlib.import_module("toolbox.agent")
+    for module in agent.EAGER:
+        importlib.import_module(f"toolbox.{module}")
+
+
+def _prefixes(mount: str) -> dict[str, str]:
+    """The runtime's prefix as computed from the relative command line, and
+    normalised -> where the sandbox mounts it."""
+    return {sys.prefix: mount, os.path.normpath(sys.prefix): mount}
+
+
+def _paths(moves: dict[str, str], pkg: str) -> None:
+    """The paths of the runtime and the package as the sandbox sees them (this process
+    started on the host): of the interpreter, the import path and every module loaded
+    so far (a package's submodules are found through its ``__path__``)."""
+    order = sorted(moves, key=len, reverse=True)
 
     def moved(value: object) -> object:
-        for here in heres:
-            if isinstance(value, str) and value.startswith(here):
-                return mount + value[len(here):]
+        for here in order:
+            if isinstance(value, str) and (value == here or value.startswith(here + "/")):
+                return moves[here] + value[len(here):]
         return value
 
     for name in ("executable", "_base_executable", "prefix", "exec_prefix", "base_prefix",
@@ -240,6 +266,7 @@ def _receive(control: socket.socket) -> tuple[dict[str, typing.Any], list[int]]:
 def main() -> None:
     control = socket.socket(fileno=os.dup(0))  # (0 is to be the agent's stdin)
     os.close(0)
+    preload()
     control.sendall(b"ready")
     order, fds = _receive(control)
     try:
@@ -284,9 +311,7 @@ def _agent(control: socket.socket) -> typing.NoReturn:
         os._exit(0)  # the runtime went away: init starts an agent itself
     control.close()
     _prctl(PR_SET_DUMPABLE, 1, "dumpable")  # (as init's agent: no longer half entered)
-    import toolbox.agent as agent  # type: ignore[import-not-found]  # (the sandbox's mount)
-
-    agent.run()
+    sys.modules["toolbox.agent"].run()
     os._exit(0)  # (run exits)
 
 

@@ -9,19 +9,34 @@ from dataclasses import dataclass
 
 from . import confine, protocol
 
-# The environment the sandbox's init was given (the sandbox's env vars and
-# defaults), captured once at agent start-up, minus anything of the agent's own.
-# Init hands the agent the variables the dynamic loader acts on (LD_PRELOAD...)
-# renamed, so that they reach the user's processes but never load into the agent.
 _AGENT_ONLY = ("PYTHONHOME", "PYTHONPATH", "LD_LIBRARY_PATH", "COVE_AGENT", "COVE_WORKDIR")
 _HELD = "COVE_HELD_"
-BASE_ENV = {k: v for k, v in os.environ.items() if k not in _AGENT_ONLY and not k.startswith(_HELD)}
-BASE_ENV.update({k[len(_HELD):]: v for k, v in os.environ.items() if k.startswith(_HELD)})
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-BASE_ENV.setdefault("PATH", DEFAULT_PATH)
-DEFAULT_USER = os.environ.get("COVE_SANDBOX_USER", "daytona")
+# The environment the sandbox's init was given (the sandbox's env vars and
+# defaults), minus anything of the agent's own. Init hands the agent the variables
+# the dynamic loader acts on (LD_PRELOAD...) renamed, so that they reach the user's
+# processes but never load into the agent.
+BASE_ENV: dict[str, str] = {}
+DEFAULT_USER = "daytona"
 # The image's WorkingDir (sandboxes made from an image): where processes start.
-IMAGE_WORKDIR = os.environ.get("COVE_WORKDIR")
+IMAGE_WORKDIR: str | None = None
+
+
+def capture_environment() -> None:
+    """Read the above from the agent's environment: when this module loads, and again
+    in a pre-started agent once it has the sandbox's (see prestart.py)."""
+    global DEFAULT_USER, IMAGE_WORKDIR
+    env = os.environ
+    BASE_ENV.clear()
+    BASE_ENV.update({k: v for k, v in env.items()
+                     if k not in _AGENT_ONLY and not k.startswith(_HELD)})  # fmt: skip
+    BASE_ENV.update({k[len(_HELD):]: v for k, v in env.items() if k.startswith(_HELD)})
+    BASE_ENV.setdefault("PATH", DEFAULT_PATH)
+    DEFAULT_USER = env.get("COVE_SANDBOX_USER", "daytona")
+    IMAGE_WORKDIR = env.get("COVE_WORKDIR")
+
+
+capture_environment()
 
 
 @dataclass(frozen=True)

@@ -36,16 +36,21 @@ if behaviour == "error":
     control.sendall(b"error cannot enter"); sys.exit(1)
 if behaviour == "silent":
     time.sleep(60)
+r, w = os.pipe()
 pid = os.fork()
-if pid == 0:  # the agent: reports, waits for the last word
+if pid == 0:  # the agent: reports (after "forked" unless all is well), waits for the last word
+    if behaviour != "ok":
+        os.read(r, 1)
     control.sendall(b"ok 42" if behaviour == "ok" else b"ok -3")
     control.recv(16)
     time.sleep(60)
     os._exit(0)
-with open(order["record"], "w") as f:
+with open(order["record"] + ".tmp", "w") as f:  # (renamed: a test never reads half of it)
     json.dump({"pid": pid, "fds": len(got), "order": order}, f)
+os.rename(order["record"] + ".tmp", order["record"])
 control.sendmsg([b"forked"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                array.array("i", [os.pidfd_open(pid)]))])
+os.write(w, b"1")
 """
 
 

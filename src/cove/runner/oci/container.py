@@ -150,6 +150,7 @@ def _hand_over(taken: Prestarted, config: dict[str, Any], parts: spec.HostParts,
         "env": spec.held_env(process["env"]), "args": list(args),
         "seccomp": config["annotations"][SECCOMP_BPF], "first_fd": spec.GO_FD + 1,
         "mount": pyrt.MOUNT, "pkg": os.path.dirname(agentlink.PKG_MOUNT),
+        "pkg_mount": agentlink.PKG_MOUNT,
     }  # fmt: skip
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
