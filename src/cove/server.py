@@ -299,6 +299,7 @@ def build_services(
     toolbox = ToolboxService(lifecycle.ops, settings.output_limit)
     toolbox.extra_env = lambda sb: secrets.env(sb.id)
     warm_pools.keeper.links, warm_pools.keeper.claimed = toolbox.links, toolbox.records.put
+    lifecycle.creator.booted = toolbox.records.put
     lifecycle.ops.removed_hooks.append(lambda sb: toolbox.links.forget(sb.id))
     history = MetricsHistory(runner, store, interval=settings.metrics_interval_seconds,
                              keep=settings.metrics_keep)  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 
 from cove.core import dockerfile, links, validation
@@ -52,6 +53,9 @@ class Creator:
         self.secrets: SecretService | None = None  # the organizations' secrets (None: none)
         self.pool: PoolKeeper | None = None  # warm pools (None: every create boots)
         self.quotas: QuotaService | None = None  # organization quotas (None: no limits)
+        # Told of each sandbox a create booted, as stored (the toolbox's record cache:
+        # the sandbox's first toolbox call reads nothing).
+        self.booted: Callable[[Sandbox], None] = lambda _sandbox: None
         self.use_snapshots(snapshots)
 
     def use_snapshots(self, snapshots: SnapshotService | None) -> None:
@@ -111,7 +115,10 @@ class Creator:
                 self.secrets.none_mounted(sandbox.id)
         await self.ops.events.sandbox_created(sandbox)
         if plan is None and pull is None:
-            return await self.ops.run(sandbox.id, lambda: self.ops.boot(sandbox))
+            booted = await self.ops.run(sandbox.id, lambda: self.ops.boot(sandbox))
+            if booted.state is S.STARTED:
+                self.booted(booted)
+            return booted
         out = self.logs.start(log_key(sandbox.id))
         builder = self.builder
         if pull is not None:

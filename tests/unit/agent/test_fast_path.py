@@ -160,3 +160,22 @@ def test_a_deleted_secret_leaves_the_next_call(client: TestClient, agent_path: s
     assert placeholder.startswith("cove-secret-")
     assert client.delete(f"/api/secret/{secret['id']}", headers=AUTH).status_code == 204
     assert _exec(client, sid, "echo \"[$TOKEN]\"").json()["result"] == "[]\n"
+
+
+def test_a_created_sandboxs_first_call_reads_no_record(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create hands the toolbox the record it stored: the new sandbox's first call
+    finds it in memory (as a warm pool's claim does)."""
+    body = {"user": getpass.getuser(), "env": {"SANDBOX_VAR": "yes"}, "volumes": []}
+    sid = client.post("/api/sandbox", json=body, headers=AUTH).json()["id"]
+    reads: list[str] = []
+    real_get = SqlSandboxStore.get
+
+    def get(self: SqlSandboxStore, organization_id: str, key: str) -> Sandbox:
+        reads.append(key)
+        return real_get(self, organization_id, key)
+
+    monkeypatch.setattr(SqlSandboxStore, "get", get)
+    assert _exec(client, sid).json() == {"exitCode": 0, "result": "yes\n"}
+    assert reads == []
