@@ -149,7 +149,8 @@ async def test_async_sdk_files(server: Server) -> None:
 
 
 def agent_pid(sandbox_id: str) -> int:
-    """The host pid of the sandbox's toolbox agent."""
+    """The host pid of the sandbox's toolbox agent (started by init, or a pre-started
+    one handed over: ``prestart.py``)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -159,7 +160,8 @@ def agent_pid(sandbox_id: str) -> int:
         except OSError:
             continue
         program = cmdline.split(b"\0")[0]
-        if program.endswith(b"ld.so") and b"toolbox.agent" in cmdline and sandbox_id in cgroup:
+        agent = b"toolbox.agent" in cmdline or b"prestart.py" in cmdline
+        if program.endswith(b"ld.so") and agent and sandbox_id in cgroup:
             return int(entry)
     raise AssertionError("no agent process found")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import select
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from cove.core.ports import ContainerSpec
 from cove.errors import RuntimeBackendError
+from cove.runner.host.waiting import readable
 from cove.runner.layout import Metadata, SandboxPaths
 from cove.runner.oci.container import _write_etc
 from cove.runner.storage import unpack
@@ -70,7 +70,7 @@ def init_uts(paths: SandboxPaths, group: str) -> Iterator[int]:
         except OSError as exc:
             raise RuntimeBackendError(f"the sandbox's init does not run: {exc}") from exc
         try:
-            exited = select.select([pidfd], [], [], 0)[0]
+            exited = readable(pidfd, 0)
             if exited or f"/{group}/" not in cgroups.replace("\n", "/\n"):
                 raise RuntimeBackendError(f"process {pid} is not the sandbox's init")
             yield uts

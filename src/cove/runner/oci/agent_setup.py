@@ -17,7 +17,6 @@ import errno
 import functools
 import logging
 import os
-import select
 import socket
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from cove.agent import protocol
 from cove.errors import Busy, RuntimeBackendError, Unavailable
+from cove.runner.host.waiting import readable
 from cove.runner.oci.prestarted import Command
 
 PKG_MOUNT = "/dev/.cove/pkg/toolbox"
@@ -177,8 +177,7 @@ def _await_reply(sock: socket.socket, deadline: float, alive: Callable[[], bool]
         left = deadline - time.monotonic()
         if left <= 0:
             raise RuntimeBackendError("the toolbox agent did not answer in time")
-        readable, _, _ = select.select([sock], [], [], min(left, 0.2))
-        if not readable:
+        if not readable(sock, min(left, 0.2)):
             if alive is not None and not alive():
                 raise RuntimeBackendError("the sandbox's init exited before its agent answered")
             continue

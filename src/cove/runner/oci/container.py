@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 from collections.abc import Sequence
 from concurrent import futures
@@ -28,6 +27,7 @@ from cove.core.ports import ContainerSpec
 from cove.errors import RuntimeBackendError
 from cove.runner.host import cgroups, cgtree, idrange, rootfs
 from cove.runner.host.network import Network
+from cove.runner.host.waiting import readable
 from cove.runner.layout import Metadata, SandboxPaths, write_json
 from cove.runner.oci import agent_setup as agentlink
 from cove.runner.oci import gvisor_view, pyrt, seccomp_bpf, spec
@@ -140,7 +140,7 @@ def _run(
 def _hand_over(taken: Prestarted, config: dict[str, Any], parts: spec.HostParts, init_pid: int,
                log_path: Path, service_fds: list[int], go_w: int, *, args: Sequence[str]
                ) -> None:  # fmt: skip
-    """Make a pre-started agent the sandbox's agent and tell init to watch it; if it
+    """Make a pre-started agent the sandbox's agent and tell init its pid; if it
     does not take, init starts the agent itself (a plain go)."""
     process = config["process"]
     order = {
@@ -315,13 +315,13 @@ def _terminate(crun: Crun, container_id: str, pidfd: int, grace: float) -> None:
     kernel then kills every process of its pid namespace, wherever its cgroup."""
     if grace > 0:
         crun.kill(container_id, "TERM")
-        if _exited(pidfd, grace):
+        if readable(pidfd, grace):
             return
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     except ProcessLookupError:
         return
-    _exited(pidfd, KILL_WAIT)
+    readable(pidfd, KILL_WAIT)
 
 
 def _pidfd(pid: int) -> int | None:
@@ -333,7 +333,3 @@ def _pidfd(pid: int) -> int | None:
         return None  # already gone
 
 
-def _exited(pidfd: int, timeout: float) -> bool:
-    poller = select.poll()  # (not select(): a server of many sandboxes has fds above 1023)
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(timeout * 1000))

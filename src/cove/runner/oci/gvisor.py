@@ -55,11 +55,12 @@ from cove.core.ports import ContainerSpec
 from cove.errors import Busy, RuntimeBackendError, Unavailable
 from cove.runner.host import cgroups, idrange
 from cove.runner.host.network import Network
+from cove.runner.host.waiting import readable
 from cove.runner.layout import Metadata, SandboxPaths, write_json
 from cove.runner.oci import agent_setup as agentlink
 from cove.runner.oci import gvisor_view, seccomp_bpf, spec
 from cove.runner.oci.agent_setup import AgentSetup
-from cove.runner.oci.container import Helpers, HostSide, _exited, _pidfd, prepare_host
+from cove.runner.oci.container import Helpers, HostSide, _pidfd, prepare_host
 from cove.runner.oci.crun import _tail
 from cove.runner.oci.runsc import Runsc
 
@@ -195,7 +196,7 @@ def stop(runsc: Runsc, container_id: str, grace: float) -> None:
             _terminate(runsc, container_id, pidfd, grace)
         runsc.delete(container_id)
         if reaper is not None:
-            _exited(reaper, KILL_WAIT)
+            readable(reaper, KILL_WAIT)
     finally:
         for fd in (pidfd, reaper):
             if fd is not None:
@@ -248,16 +249,16 @@ def forget_mount_points(paths: SandboxPaths) -> None:
 def _terminate(runsc: Runsc, container_id: str, pidfd: int, grace: float) -> None:
     if grace > 0:
         runsc.kill(container_id, "TERM")  # init passes it on to every process
-        if _exited(pidfd, grace):
+        if readable(pidfd, grace):
             return
     runsc.kill(container_id, "KILL")
-    if _exited(pidfd, KILL_WAIT):
+    if readable(pidfd, KILL_WAIT):
         return
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # the sentry itself
     except ProcessLookupError:
         return
-    _exited(pidfd, KILL_WAIT)
+    readable(pidfd, KILL_WAIT)
 
 
 def _service(agent: AgentSetup, settings: Settings) -> list[str]:

@@ -3,9 +3,10 @@
 
 A cold start hands a ready pre-started agent to the new sandbox instead of
 letting init start one: the runtime moves it into init's cgroups, sends it the
-order, and tells init (the "p" go, see init.c) to watch the process it became.
-Anything that goes wrong on the way falls back to init starting the agent, as
-before: a pre-started agent only ever saves time.
+order, and tells init the pid of the agent it became (the "p" go, see init.c),
+which is init's child from then on. Anything that goes wrong on the way kills it
+and falls back to init starting the agent, as before: a pre-started agent only
+ever saves time. After each take a new one is started (``REFILL_DELAY`` later).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import array
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -27,6 +27,7 @@ from typing import Any
 
 from cove.errors import RuntimeBackendError
 from cove.runner.host import cgtree
+from cove.runner.host.waiting import readable
 
 log = logging.getLogger(__name__)
 REFILL_DELAY = 0.05  # s after a take (the new one loads at a lower priority)
@@ -55,7 +56,7 @@ class Prestarted:
 
     def ready(self) -> bool:
         """Whether it has loaded its modules (never blocks)."""
-        if not self._ready and select.select([self.control], [], [], 0)[0]:
+        if not self._ready and readable(self.control, 0):
             self._ready = self.control.recv(REPLY_MAX) == b"ready"
             if not self._ready:
                 self.discard()
@@ -64,7 +65,7 @@ class Prestarted:
     def hand_over(self, init_pid: int, group: str, order: dict[str, Any],
                   fds: Sequence[int]) -> int:  # fmt: skip
         """Make this process the agent of the sandbox whose init is ``init_pid``;
-        returns the agent's pid in the sandbox. Call :meth:`run` once init watches it.
+        returns the agent's pid in the sandbox. Call :meth:`run` once init knows it.
 
         Raises:
             RuntimeBackendError: it did not take; nothing of it is left running.
@@ -98,7 +99,7 @@ class Prestarted:
             raise
 
     def run(self) -> None:
-        """The last word: the child becomes the agent (init watches it now)."""
+        """The last word: the child becomes the agent (init knows its pid now)."""
         try:
             self.control.send(b"run")
         finally:
@@ -106,7 +107,7 @@ class Prestarted:
             self._close_agent()
 
     def _reply(self, deadline: float) -> bytes:
-        if not select.select([self.control], [], [], max(deadline - time.monotonic(), 0))[0]:
+        if not readable(self.control, max(deadline - time.monotonic(), 0)):
             raise RuntimeBackendError("pre-started agent: no answer")
         fds = array.array("i")
         data, ancdata, _, _ = self.control.recvmsg(REPLY_MAX, socket.CMSG_LEN(fds.itemsize))
