@@ -42,8 +42,8 @@ GIB = 1024**3
 # section itself on every run (~20 ms); it is the same profile compiled by the same
 # libseccomp (``seccomp_bpf``), once per data dir.
 SECCOMP_BPF = "run.oci.seccomp_bpf_data"
-# Networks being wired while their containers start (mostly waits on `ip` and `nft`).
 log = logging.getLogger(__name__)
+# Networks being wired while their containers start (mostly waits on `ip` and `nft`).
 _WIRING = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cove-net")
 
 
