@@ -40,9 +40,11 @@ when they load is read again once the process has the sandbox's
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
+gc.disable()  # (as the agent's own start: it turns it on once loaded)
 sys.modules["ssl"] = None  # type: ignore[assignment]  # (as the agent's own start)
 CAP_SYS_NICE = 23
 NICE = os.getpriority(os.PRIO_PROCESS, 0)
@@ -68,7 +70,6 @@ import binascii  # noqa: E402
 import concurrent.futures  # noqa: E402,F401
 import ctypes  # noqa: E402
 import dataclasses  # noqa: E402,F401
-import gc  # noqa: E402
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
@@ -316,5 +317,4 @@ def _agent(control: socket.socket) -> typing.NoReturn:
 
 
 if __name__ == "__main__":
-    gc.disable()  # (as the agent's own start: it turns it on once loaded)
     main()

@@ -161,9 +161,11 @@ class PrestartedAgents:
             for dead in [s for s in self._spares if s.proc.poll() is not None]:
                 self._spares.remove(dead)
                 dead.discard()
-        timer = threading.Timer(REFILL_DELAY, self._refill)
-        timer.daemon = True
-        timer.start()
+            short = not self._closed and len(self._spares) < self._count
+        if short:  # (no thread when nothing left the pool)
+            timer = threading.Timer(REFILL_DELAY, self._refill)
+            timer.daemon = True
+            timer.start()
         return found
 
     def wait_ready(self, timeout: float) -> bool:
