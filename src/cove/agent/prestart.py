@@ -26,8 +26,9 @@ filter). It then, in this order:
 5. forks twice: the first child is in the sandbox's pid namespace; it forks the
    agent, hands the runtime a pidfd of it and exits, so that the agent becomes
    the child of init (the reaper of that namespace), as the agent init starts.
-   Before the forks it has taken init's descriptor layout, init's environment
-   and the paths of the runtime and the package as the sandbox sees them. The
+   Before the forks it has taken init's descriptor layout and init's
+   environment (the paths of the runtime and the package, as the sandbox sees
+   them, were taken once its modules were loaded, before the order). The
    agent takes a session of its own, reports its pid in the sandbox and waits for
    the runtime's last word, which comes after init has been told it runs (init's
    "p" go); then it runs.
@@ -163,7 +164,7 @@ def enter(order: dict[str, typing.Any], init: int) -> None:
 
 def take_layout(order: dict[str, typing.Any], fds: list[int], control: socket.socket) -> None:
     """Once inside (before the forks, so that they copy it): init's descriptor layout,
-    the runtime's paths as the sandbox sees them, init's environment and arguments."""
+    init's environment and arguments."""
     stdio, service = fds[:3], fds[3:]
     first = int(order["first_fd"])
     wanted = {**dict(enumerate(stdio)), **{first + i: fd for i, fd in enumerate(service)}}
@@ -179,7 +180,6 @@ def take_layout(order: dict[str, typing.Any], fds: list[int], control: socket.so
     for low, high in zip([-1, *keep], [*keep, os.sysconf("SC_OPEN_MAX")], strict=True):
         if low + 1 < high:  # (an empty range would close every descriptor: close_range(n, n-1))
             os.closerange(low + 1, high)
-    _paths({**_prefixes(order["mount"]), PKG_HOST: order["pkg_mount"]}, order["pkg"])
     _environ(order["env"])
     sys.modules["toolbox.users"].capture_environment()
     sys.argv = ["-c", *order["args"]]
@@ -267,7 +267,12 @@ def _receive(control: socket.socket) -> tuple[dict[str, typing.Any], list[int]]:
 def main() -> None:
     control = socket.socket(fileno=os.dup(0))  # (0 is to be the agent's stdin)
     os.close(0)
+    mount, pkg_mount = sys.argv[1:3]  # where the sandbox mounts the runtime and the package
     preload()
+    # Every module it will use is loaded: their paths (and the interpreter's) are
+    # moved to where the sandbox sees them now, ahead of the order. Nothing is
+    # imported from here on, so nothing looks for them on the host.
+    _paths({**_prefixes(mount), PKG_HOST: pkg_mount}, os.path.dirname(pkg_mount))
     control.sendall(b"ready")
     order, fds = _receive(control)
     try:

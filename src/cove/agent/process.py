@@ -7,7 +7,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from . import confine, protocol, spare, users
@@ -291,7 +291,24 @@ async def env_forget(request: Request) -> dict[str, Any]:
 @op("ping")
 async def ping(request: Request) -> dict[str, Any]:
     """Readiness, and a warm pool's keep-warm ping: with ``spare``, a spare is readied
-    for the first command (see ``spare.prepare``)."""
+    for the first command (see ``spare.prepare``), and the first command's own first
+    steps are taken ahead (see ``_first_steps``)."""
     if request.arg("spare", bool, False):
         spare.prepare(request.hung_up)
+        asyncio.ensure_future(_first_steps(request.hung_up()))
     return {"pid": os.getpid()}
+
+
+async def _first_steps(done: Awaitable[None]) -> None:
+    """Once the ping is answered: what a command looks up first, looked up once (the C
+    library loads its user and group databases' modules on the first lookup, and the
+    sandbox's files are read for the first time), so that the first command finds it
+    done. Nothing is kept: each command looks its user up again."""
+    await done
+    try:
+        user = users.lookup(None)
+        user.groups()
+        users.environment(user)
+        users.start_dir(user, None)
+    except Exception:  # noqa: BLE001 - the command itself will report what is wrong
+        pass

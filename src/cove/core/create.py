@@ -89,8 +89,10 @@ class Creator:
             Unavailable: no runner taking new sandboxes has its snapshot or can fetch it,
                 or holds the data of the volumes it mounts.
         """
-        # (in a thread: a context is looked for in the shared store, over the network)
-        plan = await asyncio.to_thread(self._build_plan, organization_id, request)
+        # (in a thread: a context is looked for in the shared store, over the network;
+        # most creates build nothing, and skip the thread's hand-over)
+        plan = None if request.build_info is None else await asyncio.to_thread(
+            self._build_plan, organization_id, request)  # fmt: skip
         sandbox, pull = self._new_sandbox(organization_id, request)
         mounts = self._secret_mounts(organization_id, request)
         if pull is None:  # (a pulled image is pulled by every runner)

@@ -72,7 +72,8 @@ def prestart_command(agent: AgentSetup) -> Command:
     from cove.runner.oci import pyrt
 
     package = agent.binds[PKG_MOUNT]
-    return Command.of(agent.binds[pyrt.MOUNT], package / "prestart.py", agent.argv[0])
+    return Command.of(agent.binds[pyrt.MOUNT], package / "prestart.py", agent.argv[0],
+                      args=[pyrt.MOUNT, PKG_MOUNT])  # (as the sandbox sees them)
 
 
 def listen(path: Path) -> socket.socket:

@@ -30,7 +30,7 @@ from cove.runner.host.network import Network
 from cove.runner.host.waiting import readable
 from cove.runner.layout import Metadata, SandboxPaths, write_json
 from cove.runner.oci import agent_setup as agentlink
-from cove.runner.oci import gvisor_view, pyrt, seccomp_bpf, spec
+from cove.runner.oci import gvisor_view, seccomp_bpf, spec
 from cove.runner.oci.agent_setup import AgentSetup
 from cove.runner.oci.crun import Crun
 from cove.runner.oci.prestarted import Prestarted, PrestartedAgents
@@ -149,8 +149,6 @@ def _hand_over(taken: Prestarted, config: dict[str, Any], parts: spec.HostParts,
         "nofile": process["rlimits"][0]["hard"], "oom": process["oomScoreAdj"],
         "env": spec.held_env(process["env"]), "args": list(args),
         "seccomp": config["annotations"][SECCOMP_BPF], "first_fd": spec.GO_FD + 1,
-        "mount": pyrt.MOUNT, "pkg": os.path.dirname(agentlink.PKG_MOUNT),
-        "pkg_mount": agentlink.PKG_MOUNT,
     }  # fmt: skip
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -23,7 +23,7 @@ from typing import Any
 
 from cove.errors import RuntimeBackendError
 from cove.runner.host import cgroups, freezer
-from cove.runner.host.proc import describe_failure, run
+from cove.runner.host.proc import call, describe_failure, run
 
 CRUN = "crun"
 STATE_ROOT = Path("/run/crun")  # crun's default --root when run as root
@@ -127,15 +127,8 @@ class Crun:
         try:
             with open(log, "ab") as out:
                 start = out.tell()
-                code = subprocess.call(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=out,
-                    close_fds=True,
-                    pass_fds=tuple(fds),
-                    timeout=CALL_TIMEOUT,
-                )
+                code = call(argv, timeout=CALL_TIMEOUT, stdin=subprocess.DEVNULL, stdout=out,
+                            stderr=out, close_fds=True, pass_fds=tuple(fds))  # fmt: skip
         except (OSError, subprocess.SubprocessError) as exc:
             raise RuntimeBackendError(f"crun run {container_id}: {exc}") from exc
         if code != 0:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cove.errors import RuntimeBackendError
-from cove.runner.host import cgtree
+from cove.runner.host import cgtree, proc
 from cove.runner.host.waiting import readable
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class Prestarted:
                         raise ValueError(f"agent pid {pid}")
                 elif reply != b"forked" or self.agent is None:
                     raise RuntimeBackendError(f"pre-started agent: {reply[:200]!r}")
-            self.proc.wait(max(deadline - time.monotonic(), 0.01))
+            proc.wait(self.proc, max(deadline - time.monotonic(), 0.01))
             return pid
         except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
             self.discard()
@@ -208,7 +208,9 @@ class Command:
     cwd: str | None = None
 
     @classmethod
-    def of(cls, runtime_dir: Path, script: Path, shown_as: str) -> Command:
+    def of(cls, runtime_dir: Path, script: Path, shown_as: str, args: Sequence[str] = ()
+           ) -> Command:  # fmt: skip
+        """(``args``: the script's arguments, which name no host path either.)"""
         cwd = script.parent.parent
 
         def rel(path: Path) -> str:
@@ -217,4 +219,4 @@ class Command:
         lib = runtime_dir / "lib"
         return cls(str(lib / "ld.so"), [shown_as, "--library-path", rel(lib),
                                         rel(runtime_dir / "bin" / "python3"), "-I", "-S", "-B",
-                                        rel(script)], str(cwd))  # fmt: skip
+                                        rel(script), *args], str(cwd))  # fmt: skip

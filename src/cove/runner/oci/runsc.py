@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cove.errors import RuntimeBackendError
-from cove.runner.host.proc import describe_failure, run
+from cove.runner.host.proc import call, describe_failure, run
 from cove.runner.oci.crun import _tail
 
 RUNSC = "runsc"
@@ -101,8 +101,8 @@ class Runsc:
         try:
             with open(log, "ab") as out:  # (runsc wants the log opened for appending)
                 start = out.tell()
-                code = subprocess.call(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                       close_fds=True, timeout=CALL_TIMEOUT)  # fmt: skip
+                code = call(argv, timeout=CALL_TIMEOUT, stdin=subprocess.DEVNULL, stdout=out,
+                            stderr=out, close_fds=True)  # fmt: skip
         except (OSError, subprocess.SubprocessError) as exc:
             raise RuntimeBackendError(f"runsc run {container_id}: {exc}") from exc
         if code != 0:
