@@ -336,9 +336,14 @@ def _settle_memory() -> None:
     gc.enable()
 
 
-def run() -> None:
+def run(loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Entry point inside the sandbox (imported, never run as ``__main__``, so that
-    handler modules register on this module's HANDLERS)."""
+    handler modules register on this module's HANDLERS). ``loop``: an event loop
+    made ahead (a pre-started agent makes it while init is told its pid)."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     os.umask(0o022)
-    sys.exit(asyncio.run(main()))
+    if loop is None:
+        sys.exit(asyncio.run(main()))
+    asyncio.set_event_loop(loop)  # (as asyncio.run sets its own)
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        sys.exit(runner.run(main()))

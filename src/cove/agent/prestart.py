@@ -29,9 +29,9 @@ filter). It then, in this order:
    Before the forks it has taken init's descriptor layout and init's
    environment (the paths of the runtime and the package, as the sandbox sees
    them, were taken once its modules were loaded, before the order). The
-   agent takes a session of its own, reports its pid in the sandbox and waits for
-   the runtime's last word, which comes after init has been told it runs (init's
-   "p" go); then it runs.
+   agent takes a session of its own, reports its pid in the sandbox, makes its
+   event loop (serving nothing) and waits for the runtime's last word, which comes
+   after init has been told it runs (init's "p" go); then it runs.
 
 If the server goes away before that last word, the child exits (init, told or
 not, starts an agent itself). What the agent's modules read from the environment
@@ -66,7 +66,7 @@ if RENICE:
     os.nice(10)
 
 import array  # noqa: E402
-import asyncio  # noqa: E402,F401
+import asyncio  # noqa: E402
 import binascii  # noqa: E402
 import concurrent.futures  # noqa: E402,F401
 import ctypes  # noqa: E402
@@ -162,27 +162,37 @@ def enter(order: dict[str, typing.Any], init: int) -> None:
     os.chdir("/")
 
 
-def take_layout(order: dict[str, typing.Any], fds: list[int], control: socket.socket) -> None:
+def take_layout(order: dict[str, typing.Any], fds: list[int], control: socket.socket
+                ) -> socket.socket:  # fmt: skip
     """Once inside (before the forks, so that they copy it): init's descriptor layout,
-    init's environment and arguments."""
+    init's environment and arguments. Returns the order socket, moved to the last
+    descriptor number: what the agent opens before it closes it (its event loop's)
+    then gets the numbers it gets in the agent init starts."""
     stdio, service = fds[:3], fds[3:]
     first = int(order["first_fd"])
     wanted = {**dict(enumerate(stdio)), **{first + i: fd for i, fd in enumerate(service)}}
     if control.fileno() in wanted:
         raise ValueError(f"the order socket is descriptor {control.fileno()}")
+    last = os.sysconf("SC_OPEN_MAX") - 1  # (the nofile limit is init's by now)
     # (moved above every target first, so that no dup2 overwrites a source)
     top = max([*wanted, *fds, control.fileno()]) + 1
+    if top + len(wanted) > last:
+        raise ValueError(f"descriptors up to {top + len(wanted)} in a limit of {last + 1}")
     moved = {n: os.dup2(fd, top + i, inheritable=False) for i, (n, fd) in enumerate(wanted.items())}
     for n, fd in moved.items():
         os.dup2(fd, n)
+    os.dup2(control.fileno(), last, inheritable=False)
+    control.detach()  # (its descriptor is closed below, with every other)
+    control = socket.socket(fileno=last)
     # everything else closed (this process is not in the sandbox's /proc to list them)
-    keep = sorted({*wanted, control.fileno()})
-    for low, high in zip([-1, *keep], [*keep, os.sysconf("SC_OPEN_MAX")], strict=True):
+    keep = sorted({*wanted, last})
+    for low, high in zip([-1, *keep], [*keep, last + 1], strict=True):
         if low + 1 < high:  # (an empty range would close every descriptor: close_range(n, n-1))
             os.closerange(low + 1, high)
     _environ(order["env"])
     sys.modules["toolbox.users"].capture_environment()
     sys.argv = ["-c", *order["args"]]
+    return control
 
 
 def preload() -> None:
@@ -277,7 +287,7 @@ def main() -> None:
     order, fds = _receive(control)
     try:
         enter(order, fds[0])
-        take_layout(order, fds[1:], control)
+        control = take_layout(order, fds[1:], control)
         between = os.fork()  # (the first process of this one in the sandbox's pid namespace)
     except (OSError, KeyError, ValueError) as exc:
         control.sendall(f"error {exc}".encode())
@@ -313,11 +323,13 @@ def _forked(control: socket.socket, pid: int) -> typing.NoReturn:
 def _agent(control: socket.socket) -> typing.NoReturn:
     os.setsid()
     control.sendall(b"ok %d" % os.getpid())
+    # While the runtime tells init: the agent's event loop, made (serving nothing yet).
+    loop = asyncio.new_event_loop()
     if control.recv(16) != b"run":
         os._exit(0)  # the runtime went away: init starts an agent itself
     control.close()
     _prctl(PR_SET_DUMPABLE, 1, "dumpable")  # (as init's agent: no longer half entered)
-    sys.modules["toolbox.agent"].run()
+    sys.modules["toolbox.agent"].run(loop)
     os._exit(0)  # (run exits)
 
 
