@@ -165,28 +165,27 @@ def enter(order: dict[str, typing.Any], init: int) -> None:
 def take_layout(order: dict[str, typing.Any], fds: list[int], control: socket.socket
                 ) -> socket.socket:  # fmt: skip
     """Once inside (before the forks, so that they copy it): init's descriptor layout,
-    init's environment and arguments. Returns the order socket, moved to the last
-    descriptor number: what the agent opens before it closes it (its event loop's)
-    then gets the numbers it gets in the agent init starts."""
+    init's environment and arguments. Returns the order socket, moved above the
+    numbers the agent opens before it closes it (its event loop's three), so that
+    they are the numbers they are in the agent init starts."""
     stdio, service = fds[:3], fds[3:]
     first = int(order["first_fd"])
     wanted = {**dict(enumerate(stdio)), **{first + i: fd for i, fd in enumerate(service)}}
     if control.fileno() in wanted:
         raise ValueError(f"the order socket is descriptor {control.fileno()}")
-    last = os.sysconf("SC_OPEN_MAX") - 1  # (the nofile limit is init's by now)
     # (moved above every target first, so that no dup2 overwrites a source)
     top = max([*wanted, *fds, control.fileno()]) + 1
-    if top + len(wanted) > last:
-        raise ValueError(f"descriptors up to {top + len(wanted)} in a limit of {last + 1}")
     moved = {n: os.dup2(fd, top + i, inheritable=False) for i, (n, fd) in enumerate(wanted.items())}
     for n, fd in moved.items():
         os.dup2(fd, n)
-    os.dup2(control.fileno(), last, inheritable=False)
-    control.detach()  # (its descriptor is closed below, with every other)
-    control = socket.socket(fileno=last)
+    spot = max(wanted) + 8  # (the lowest free numbers, which the loop takes, are below)
+    if control.fileno() != spot:
+        os.dup2(control.fileno(), spot, inheritable=False)
+        control.detach()  # (its descriptor is closed below, with every other)
+        control = socket.socket(fileno=spot)
     # everything else closed (this process is not in the sandbox's /proc to list them)
-    keep = sorted({*wanted, last})
-    for low, high in zip([-1, *keep], [*keep, last + 1], strict=True):
+    keep = sorted({*wanted, spot})
+    for low, high in zip([-1, *keep], [*keep, os.sysconf("SC_OPEN_MAX")], strict=True):
         if low + 1 < high:  # (an empty range would close every descriptor: close_range(n, n-1))
             os.closerange(low + 1, high)
     _environ(order["env"])
