@@ -197,7 +197,7 @@ def take_layout(order: dict[str, typing.Any], fds: list[int], control: socket.so
 def preload() -> None:
     """The agent's package: its start-up modules (those it loads before it serves),
     loaded here from the host's copy, the files the sandbox mounts (their paths are
-    moved once inside, see ``_paths``)."""
+    moved once they are all loaded, see ``_paths`` and ``main``)."""
     spec = importlib.util.spec_from_file_location(
         "toolbox", f"{PKG_HOST}/__init__.py", submodule_search_locations=[PKG_HOST])
     assert spec is not None and spec.loader is not None
