@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     # start-up done): a cold start hands one to its sandbox instead of waiting for
     # its init to start one (see cove/agent/prestart.py). 0: none.
     agent_prestart: int = Field(default=1, ge=0, le=16)
+    # Sets of a sandbox's namespaces (user, workload, network) the host keeps made
+    # ahead: a sandbox's first start takes one instead of making them (see
+    # cove/runner/host/nsstock.py). 0: none.
+    ns_stock: int = Field(default=2, ge=0, le=16)
     # How long a checked API key is trusted without asking the database again (a key
     # revoked by ``cove keys revoke`` stops working within this time); 0: every call.
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)

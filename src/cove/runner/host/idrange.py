@@ -78,13 +78,41 @@ def lease(root: Path, data_dir: Path, registry: Path = REGISTRY) -> IdRange:
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(f"{data_dir}\n{root.name}\n")
-            tmp = root / f".{LEASE}.tmp"
-            tmp.write_text(json.dumps({"index": index}))
-            os.replace(tmp, root / LEASE)
+            _record(root, index)
             return IdRange(index)
     except OSError as exc:
         raise RuntimeBackendError(f"cannot lease ids for {root.name}: {exc}") from exc
     raise RuntimeBackendError("every sandbox id range of this host is taken")
+
+
+def transfer(ids: IdRange, holder: tuple[Path, str], root: Path, data_dir: Path,
+             registry: Path = REGISTRY) -> None:  # fmt: skip
+    """Give range ``ids``, claimed by ``holder`` (its data dir and name, as :func:`lease`
+    wrote them), to the sandbox whose directory is ``root``: the claim is rewritten to
+    name the sandbox (one rename: the range is never unclaimed meanwhile), then the
+    sandbox's directory records it.
+
+    Raises:
+        RuntimeBackendError: the claim is not ``holder``'s, or could not be rewritten.
+    """
+    claim = registry / str(ids.index)
+    if _owner(claim) != (str(holder[0]), holder[1]):
+        raise RuntimeBackendError(f"the claim of id range {ids.index} is not {holder[1]}'s")
+    tmp = registry / f".{ids.index}.{os.getpid()}.tmp"  # (not a number: never a claim)
+    try:
+        tmp.write_text(f"{data_dir}\n{root.name}\n")
+        os.replace(tmp, claim)
+        _record(root, ids.index)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeBackendError(f"cannot hand id range {ids.index} to {root.name}: {exc}"
+                                  ) from exc  # fmt: skip
+
+
+def _record(root: Path, index: int) -> None:
+    tmp = root / f".{LEASE}.tmp"
+    tmp.write_text(json.dumps({"index": index}))
+    os.replace(tmp, root / LEASE)
 
 
 def current(root: Path) -> IdRange | None:
@@ -109,24 +137,34 @@ def release(root: Path, data_dir: Path, registry: Path = REGISTRY) -> None:
 
 def sweep(data_dir: Path, keep: set[str], registry: Path = REGISTRY) -> None:
     """Release the claims of ``data_dir``'s sandboxes that are not in ``keep``."""
-    try:
-        names = os.listdir(registry)
-    except FileNotFoundError:
-        return
-    for name in names:
-        owner = _owner(registry / name)
-        if owner is not None and owner[0] == str(data_dir) and owner[1] not in keep:
-            _drop(registry / name, str(data_dir), owner[1])
+    for index, name in held(data_dir, registry).items():
+        if name not in keep:
+            _drop(registry / str(index), str(data_dir), name)
 
 
 def claims(data_dir: Path, registry: Path = REGISTRY) -> list[str]:
     """Sandbox ids of ``data_dir`` holding a claim (for leak checks)."""
+    return list(held(data_dir, registry).values())
+
+
+def held(data_dir: Path, registry: Path = REGISTRY) -> dict[int, str]:
+    """The ranges claimed for ``data_dir``: index -> the name that claimed it."""
+    return {i: o[1] for i, o in owners(registry).items() if o[0] == str(data_dir)}
+
+
+def owners(registry: Path = REGISTRY) -> dict[int, tuple[str, str]]:
+    """Every claim of the host: index -> (data dir, name)."""
     try:
-        names = os.listdir(registry)
+        names = [n for n in os.listdir(registry) if n.isdigit()]
     except FileNotFoundError:
-        return []
-    owners = (_owner(registry / n) for n in names)
-    return [o[1] for o in owners if o is not None and o[0] == str(data_dir)]
+        return {}
+    found = {int(n): _owner(registry / n) for n in names}
+    return {i: o for i, o in found.items() if o is not None}
+
+
+def drop(ids: IdRange, holder: tuple[Path, str], registry: Path = REGISTRY) -> None:
+    """Remove the claim of range ``ids`` if it is still ``holder``'s (data dir, name)."""
+    _drop(registry / str(ids.index), holder[0], holder[1])
 
 
 def _owner(claim: Path) -> tuple[str, str] | None:

@@ -107,6 +107,11 @@ def unmount(path: Path, *, busy_wait: float = 3.0) -> None:
         time.sleep(0.02)
 
 
+def detach(path: Path) -> None:
+    """Lazily unmount what is mounted at ``path`` (nothing mounted: no error)."""
+    _libc.umount2(os.fsencode(str(path)), _MNT_DETACH | _UMOUNT_NOFOLLOW)
+
+
 def unmount_under(path: Path) -> None:
     """Lazily unmount every mount at or below ``path``, deepest first."""
     for point in reversed(mounted_under(path)):

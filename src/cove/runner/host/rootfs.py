@@ -61,7 +61,7 @@ def make_namespaces(nsexec: Path, paths: SandboxPaths, ids: IdRange) -> bool:
     steps: list[str] = []
     for path, step in wanted:
         if path not in made:
-            _placeholder(path)
+            placeholder(path)
             steps += [*step, ";"]
     if steps:
         run([str(nsexec), *steps], timeout=30)
@@ -152,7 +152,8 @@ def convert_layer(upper: Path) -> None:
             os.removexattr(path, _OPAQUE[0], follow_symlinks=False)
 
 
-def _placeholder(path: Path) -> None:
+def placeholder(path: Path) -> None:
+    """An empty file at ``path`` (and its directory), for a namespace to be bound on."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(exist_ok=True)
 

@@ -27,6 +27,7 @@ from cove.core.ports import ContainerSpec
 from cove.errors import RuntimeBackendError
 from cove.runner.host import cgroups, cgtree, idrange, rootfs
 from cove.runner.host.network import Network
+from cove.runner.host.nsstock import NamespaceStock
 from cove.runner.host.waiting import readable
 from cove.runner.layout import Metadata, SandboxPaths, write_json
 from cove.runner.oci import agent_setup as agentlink
@@ -81,12 +82,12 @@ def stop_container(crun: Crun, container_id: str, grace: float) -> None:
 def bring_up(
     crun: Crun, settings: Settings, spec_: ContainerSpec, paths: SandboxPaths, *,
     meta: Metadata, helpers: Helpers, agent: AgentSetup | None, net: Network | None,
-    prestarted: PrestartedAgents | None = None,
+    prestarted: PrestartedAgents | None = None, stock: NamespaceStock | None = None,
 ) -> Metadata:  # fmt: skip
     """Mount and make what is missing and run the container (the caller cleans up
     on error). Returns the metadata as it now is (its layer converted)."""
     host = prepare_host(settings, spec_, paths, meta=meta, helpers=helpers, net=net,
-                        wire_later=True)  # fmt: skip
+                        wire_later=True, stock=stock)  # fmt: skip
     try:
         _run(crun, settings, spec_, paths, host, helpers=helpers, agent=agent, net=net,
              prestarted=prestarted)  # fmt: skip
@@ -196,19 +197,22 @@ class HostSide:
 def prepare_host(
     settings: Settings, spec_: ContainerSpec, paths: SandboxPaths, *, meta: Metadata,
     helpers: Helpers, net: Network | None, wire_later: bool = False,
+    stock: NamespaceStock | None = None,
 ) -> HostSide:  # fmt: skip
     """What every isolation tier needs before its runtime runs: the id range, the
-    disk, the user and network namespaces, the idmapped layers and volumes.
+    disk, the user and network namespaces, the idmapped layers and volumes. A first
+    start takes its range and namespaces from ``stock`` when it has a set ready.
 
     With ``wire_later``, the network namespace's veth, firewall and DNS are set up
     in a worker thread while the caller goes on (the runtime only needs the
     namespace itself); the caller must :meth:`HostSide.settle_network` before
     anything of the sandbox runs the workload's code, and before a tear-down.
     """
-    ids = idrange.lease(paths.root, settings.data_dir)
+    taken = stock.take(paths) if stock is not None and idrange.current(paths.root) is None else None
+    ids = taken or idrange.lease(paths.root, settings.data_dir)
     group = cgroups.group_of(settings.cgroup_parent, spec_.sandbox_id)
     rootfs.mount_disk(paths)
-    fresh = rootfs.make_namespaces(helpers.nsexec, paths, ids)
+    fresh = rootfs.make_namespaces(helpers.nsexec, paths, ids) or taken is not None
     wiring = None
     if net is not None:
         _write_etc(paths, spec_.hostname, nameserver=net.lease(paths).host)

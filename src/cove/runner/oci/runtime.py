@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from cove.errors import CoveError, InvalidState, RuntimeBackendError, Timeout
 from cove.runner.host import cgroups, cgtree, disk, firewall, freezer, hostprep, idrange, mounts
 from cove.runner.host.blank_disks import BlankDisks
 from cove.runner.host.network import Network
+from cove.runner.host.nsstock import NamespaceStock
 from cove.runner.host.proc import foreign_errors
 from cove.runner.layout import Metadata, SandboxPaths, sandboxes_dir
 from cove.runner.oci import adopt, agent_setup, gvisor, gvisor_view, spec
@@ -74,6 +76,9 @@ class OciRuntime:
         self._net = Network(settings) if settings.network == "nat" else None
         self._blank_disks = BlankDisks(settings.data_dir)
         self._prestarted: PrestartedAgents | None = None
+        self._stock = NamespaceStock(settings.data_dir,
+                                     partial(ensure_nsexec_binary, settings.data_dir),
+                                     settings.ns_stock)  # fmt: skip
 
     # -- helpers ---------------------------------------------------------
 
@@ -230,7 +235,8 @@ class OciRuntime:
                 else:
                     bring_up(client, self._settings, spec_, paths,  # type: ignore[arg-type]
                              meta=meta, helpers=self._helpers(), agent=agent, net=self._net,
-                             prestarted=self._prestarted_agents(agent))  # fmt: skip
+                             prestarted=self._prestarted_agents(agent),
+                             stock=self._stock)  # fmt: skip
                 if agent is not None:
                     self._await_agent(paths, meta.isolation)
             except BaseException:
