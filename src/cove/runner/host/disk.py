@@ -16,8 +16,10 @@ GIB = 1024**3
 # pointless punch-hole pass. No reserved blocks: the cap is exactly ``disk`` GiB.
 MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
 # On the host the layer is data, never programs: nosuid, nodev, noexec.
-MOUNT_FLAGS = mountapi.MS_NOSUID | mountapi.MS_NODEV | mountapi.MS_NOEXEC | mountapi.MS_NOATIME
-MOUNT_OPTIONS = "noinit_itable,errors=remount-ro"
+MOUNT_ATTRS = (mountapi.ATTR_NOSUID | mountapi.ATTR_NODEV | mountapi.ATTR_NOEXEC
+               | mountapi.ATTR_NOATIME)  # fmt: skip
+MOUNT_OPTIONS: tuple[tuple[str, str | None], ...] = (("noinit_itable", None),
+                                                     ("errors", "remount-ro"))
 
 
 def create_image(image: Path, size_gib: int) -> None:
@@ -55,7 +57,7 @@ def mount(image: Path, target: Path) -> None:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RuntimeBackendError(f"cannot create {target}: {exc}") from exc
-    mountapi.mount_image(image, target, flags=MOUNT_FLAGS, options=MOUNT_OPTIONS)
+    mountapi.mount_image(image, target, attrs=MOUNT_ATTRS, options=MOUNT_OPTIONS)
 
 
 def wait_released(device: int, image: Path, timeout: float = 75.0) -> None:

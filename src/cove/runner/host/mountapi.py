@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from cove.errors import RuntimeBackendError
@@ -28,10 +29,12 @@ _libc.syscall.restype = ctypes.c_long
 _SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_OPENAT2, _SYS_MOUNT_SETATTR = 428, 429, 437, 442
 _OPEN_TREE_CLONE, _AT_EMPTY_PATH, _AT_RECURSIVE = 0x1, 0x1000, 0x8000
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
-ATTR_RDONLY, ATTR_NOSUID, ATTR_NODEV, ATTR_NOEXEC = 0x1, 0x2, 0x4, 0x8
+_SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
+_FSOPEN_CLOEXEC, _FSMOUNT_CLOEXEC = 0x1, 0x1
+_FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
+ATTR_RDONLY, ATTR_NOSUID, ATTR_NODEV, ATTR_NOEXEC, ATTR_NOATIME = 0x1, 0x2, 0x4, 0x8, 0x10
 _ATTR_IDMAP = 0x00100000
 _RESOLVE_NO_XDEV, _RESOLVE_NO_MAGICLINKS, _RESOLVE_NO_SYMLINKS, _RESOLVE_BENEATH = 1, 2, 4, 8
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME = 0x2, 0x4, 0x8, 0x400
 _LOOP_CTL_GET_FREE, _LOOP_CONFIGURE, _LO_FLAGS_AUTOCLEAR = 0x4C82, 0x4C0A, 4
 _LO_FLAGS_DIRECT_IO = 16
 
@@ -157,12 +160,29 @@ def bind(
             os.close(opened)
 
 
-def mount_image(image: Path, target: Path, *, flags: int, options: str) -> None:
+def mount_image(image: Path, target: Path, *, attrs: int,
+                options: Sequence[tuple[str, str | None]]) -> None:  # fmt: skip
     """Mount the ext4 image file ``image`` (opened without following a symlink) at
-    ``target`` through a loop device that goes away with the last unmount.
+    ``target`` through a loop device that goes away with the last unmount (see
+    :func:`image_mount` for ``attrs`` and ``options``).
 
     Raises:
         RuntimeBackendError: no loop device, or the mount failed.
+    """
+    attach(image_mount(image, attrs=attrs, options=options), target)
+
+
+def image_mount(image: Path, *, attrs: int, options: Sequence[tuple[str, str | None]]) -> int:
+    """A detached mount of the ext4 image file ``image`` (opened without following a
+    symlink), through a loop device that goes away with the mount: a descriptor to
+    :func:`attach` (or close: the mount, and its loop device, are then gone).
+
+    Args:
+        attrs: ``ATTR_*`` flags of the mount (nosuid, nodev, noexec, noatime).
+        options: the file system's options, ``(name, value)`` (None: a flag).
+
+    Raises:
+        RuntimeBackendError: no loop device, or the file system could not be mounted.
     """
     try:
         backing = os.open(image, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -171,14 +191,51 @@ def mount_image(image: Path, target: Path, *, flags: int, options: str) -> None:
     try:
         device, loop = _attach_loop(backing)
         try:
-            args = (device.encode(), os.fsencode(str(target)), b"ext4", flags, options.encode())
-            if _libc.mount(*args) != 0:
-                err = ctypes.get_errno()
-                raise RuntimeBackendError(f"mount {image} at {target}: {os.strerror(err)}")
+            fs = _check(_libc.syscall(ctypes.c_long(_SYS_FSOPEN), ctypes.c_char_p(b"ext4"),
+                                      ctypes.c_uint(_FSOPEN_CLOEXEC)), "fsopen")  # fmt: skip
+            try:
+                for key, value in (("source", device), *options):
+                    _fsconfig(fs, key, value)
+                _check(_libc.syscall(ctypes.c_long(_SYS_FSCONFIG), ctypes.c_int(fs),
+                                     ctypes.c_uint(_FSCONFIG_CMD_CREATE), None, None,
+                                     ctypes.c_int(0)), "create")  # fmt: skip
+                return _check(_libc.syscall(ctypes.c_long(_SYS_FSMOUNT), ctypes.c_int(fs),
+                                            ctypes.c_uint(_FSMOUNT_CLOEXEC),
+                                            ctypes.c_uint(attrs)), "fsmount")  # fmt: skip
+            finally:
+                os.close(fs)
         finally:
-            os.close(loop)  # the mount holds the device now; unmount frees it
+            os.close(loop)  # the mount holds the device now; its end frees it
+    except OSError as exc:
+        raise RuntimeBackendError(f"mount {image}: {exc.strerror}") from exc
     finally:
         os.close(backing)
+
+
+def _fsconfig(fs: int, key: str, value: str | None) -> None:
+    kind = _FSCONFIG_SET_FLAG if value is None else _FSCONFIG_SET_STRING
+    _check(_libc.syscall(
+        ctypes.c_long(_SYS_FSCONFIG), ctypes.c_int(fs), ctypes.c_uint(kind),
+        ctypes.c_char_p(key.encode()), ctypes.c_char_p(None if value is None else value.encode()),
+        ctypes.c_int(0)), f"option {key}")  # fmt: skip
+
+
+def attach(mount: int, target: Path) -> None:
+    """Attach the detached mount ``mount`` (a descriptor, closed either way) at
+    ``target``, an existing directory.
+
+    Raises:
+        RuntimeBackendError: it could not be attached (the mount is then gone).
+    """
+    try:
+        _check(_libc.syscall(
+            ctypes.c_long(_SYS_MOVE_MOUNT), ctypes.c_int(mount), ctypes.c_char_p(b""),
+            ctypes.c_int(-100), ctypes.c_char_p(os.fsencode(str(target))),
+            ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH)), "move_mount")  # fmt: skip
+    except OSError as exc:
+        raise RuntimeBackendError(f"cannot mount on {target}: {exc.strerror}") from exc
+    finally:
+        os.close(mount)
 
 
 def _attach_loop(backing: int) -> tuple[str, int]:

@@ -2,9 +2,10 @@
 
 Every first start of a sandbox makes its user namespace, its workload's nested one
 and its network namespace (``rootfs.make_namespaces``: one ``cove-nsexec`` run, 3-4
-ms here). A stock keeps ``COVE_NS_STOCK`` such sets made in a worker thread, each
-with the host id range its user namespace maps, leased for the stock
-(``idrange``: the registry's claim names ``<data dir>/ns-stock`` and the set).
+ms here). A stock keeps ``COVE_NS_STOCK`` such sets, made in a worker thread once
+no start is under way (``foreground``), each with the host id range its user
+namespace maps, leased for the stock (``idrange``: the registry's claim names
+``<data dir>/ns-stock`` and the set).
 
 A set is held by its three descriptors only: the mounts ``cove-nsexec`` made are
 detached as soon as they are opened, so nothing of the stock is mounted, and when
@@ -41,7 +42,7 @@ from cove.runner.host.idrange import IdRange
 from cove.runner.layout import SandboxPaths
 
 STOCK_DIR = "ns-stock"  # in the data dir: the stock's scratch; the data dir of its claims
-REFILL_DELAY = 0.25  # seconds between a take and the sets made after it (not beside its start)
+REFILL_DELAY = 0.05  # seconds between a take and the sets made after it (then: once idle)
 log = logging.getLogger(__name__)
 
 
@@ -85,11 +86,15 @@ class NamespaceStock:
             are under ``<data_dir>/ns-stock``).
         nsexec: the path of ``cove-nsexec`` (called when a set is made).
         keep: how many sets to keep ready (0: none, ``take`` gives nothing).
+        idle: called before each set is made: returns once no start is under way
+            (see ``foreground.Foreground.wait_idle``).
     """
 
-    def __init__(self, data_dir: Path, nsexec: Callable[[], Path], keep: int) -> None:
+    def __init__(self, data_dir: Path, nsexec: Callable[[], Path], keep: int,
+                 idle: Callable[[], object] = lambda: None) -> None:  # fmt: skip
         self.keep = keep
         self._nsexec = nsexec
+        self._idle = idle
         self._held = _Held(data_dir / STOCK_DIR)
         self._filling = False
         self._swept = False
@@ -157,6 +162,7 @@ class NamespaceStock:
                 self._sweep()
                 self._swept = True
             while self.ready() < self.keep and self._finalizer.alive:
+                self._idle()
                 made = self._make()
                 with self._held.guard:
                     self._held.ready.append(made)

@@ -37,6 +37,7 @@ from cove.core.ports import (
 from cove.errors import CoveError, InvalidState, RuntimeBackendError, Timeout
 from cove.runner.host import cgroups, cgtree, disk, firewall, freezer, hostprep, idrange, mounts
 from cove.runner.host.blank_disks import BlankDisks
+from cove.runner.host.foreground import Foreground
 from cove.runner.host.network import Network
 from cove.runner.host.nsstock import NamespaceStock
 from cove.runner.host.proc import foreign_errors
@@ -74,11 +75,13 @@ class OciRuntime:
         self._client: Crun | None = None
         self._gvisor: Runsc | None = None
         self._net = Network(settings) if settings.network == "nat" else None
-        self._blank_disks = BlankDisks(settings.data_dir)
+        self._foreground = Foreground()  # (what is made ahead waits for its starts)
+        self._blank_disks = BlankDisks(settings.data_dir, mount_ahead=True,
+                                       idle=self._foreground.wait_idle)  # fmt: skip
         self._prestarted: PrestartedAgents | None = None
         self._stock = NamespaceStock(settings.data_dir,
                                      partial(ensure_nsexec_binary, settings.data_dir),
-                                     settings.ns_stock)  # fmt: skip
+                                     settings.ns_stock, idle=self._foreground.wait_idle)
 
     # -- helpers ---------------------------------------------------------
 
@@ -189,8 +192,8 @@ class OciRuntime:
 
     def create(self, spec_: ContainerSpec) -> None:
         """Record the lower rootfs and make the sparse ext4 image (one made ahead if
-        there is one); start nothing."""
-        with self._locked(spec_.sandbox_id) as paths:
+        there is one, mounted at ``disk/`` when it was mounted ahead); start nothing."""
+        with self._foreground.start(), self._locked(spec_.sandbox_id) as paths:
             if paths.image.exists() and paths.metadata.exists():
                 return
             self._need_snapshot(spec_.snapshot)
@@ -202,7 +205,8 @@ class OciRuntime:
                     env = {**unpack.image_env(lower), **spec_.env}  # (as start has it)
                     paths.write_metadata(_metadata(replace(spec_, env=env), str(lower), "user",
                                                    spec_.isolation))  # fmt: skip
-                if not self._blank_disks.take(paths.image, spec_.resources.disk):
+                if not self._blank_disks.take(paths.image, spec_.resources.disk,
+                                              mount_at=paths.disk):  # fmt: skip
                     disk.create_image(paths.image, spec_.resources.disk)
             except BaseException:
                 shutil.rmtree(paths.root, ignore_errors=True)
@@ -210,7 +214,7 @@ class OciRuntime:
 
     def start(self, spec_: ContainerSpec) -> None:
         """Mount image and overlay, write the bundle and ``crun run --detach``."""
-        with self._locked(spec_.sandbox_id) as paths:
+        with self._foreground.start(), self._locked(spec_.sandbox_id) as paths:
             meta = paths.read_metadata()
             client = self._client_of(meta.isolation)
             state = client.state(spec_.sandbox_id)
