@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cove.errors import RuntimeBackendError
-from cove.runner.host import disk, mountapi
+from cove.runner.host import disk, mountapi, proc
 
 KEEP = 2  # blank images kept per size (about 2 MiB of the host's disk each)
 REFILL_DELAY = 0.05  # seconds between a take and the mkfs that replaces it (then: once idle)
@@ -215,12 +215,4 @@ def _alive(owner: str) -> bool:
     """Whether the process named by ``<pid>-...`` still runs (a name of another form
     is an older Cove's: its process is gone)."""
     pid = owner.partition("-")[0]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid.isdigit() and proc.running(int(pid))

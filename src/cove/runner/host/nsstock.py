@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cove.errors import RuntimeBackendError
-from cove.runner.host import idrange, mountapi, mounts, rootfs
+from cove.runner.host import idrange, mountapi, mounts, proc, rootfs
 from cove.runner.host.idrange import IdRange
 from cove.runner.layout import SandboxPaths
 
@@ -233,12 +233,4 @@ def _alive(name: str) -> bool:
     """Whether the server that named a claim or directory ``<pid>.<id>`` still runs
     (names of another form are left alone)."""
     pid, _, _rest = name.partition(".")
-    if not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return not pid.isdigit() or proc.running(int(pid))

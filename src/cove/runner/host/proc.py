@@ -98,3 +98,15 @@ def foreign_errors() -> Iterator[None]:
         yield
     except OSError as exc:
         raise RuntimeBackendError(f"host operation failed: {exc}") from exc
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie does; a recycled pid reads as running:
+    callers only ever keep, never drop, on that answer)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

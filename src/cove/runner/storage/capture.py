@@ -31,7 +31,7 @@ from pathlib import Path
 from cove.core.ports import ImageConfig, PulledImage
 from cove.errors import RuntimeBackendError
 from cove.hostfiles import private_dir
-from cove.runner.host import freezer, mounts, rootfs
+from cove.runner.host import freezer, mounts, proc, rootfs
 from cove.runner.host.proc import run
 from cove.runner.layout import Metadata, SandboxPaths
 from cove.runner.storage import layers, unpack
@@ -178,7 +178,7 @@ def remove_stale_work(base: Path) -> list[str]:
     removed = []
     for work in base.glob(".*-*") if base.is_dir() else ():
         match = _WORK.fullmatch(work.name)
-        if match is None or not work.is_dir() or _alive(int(match.group(1))):
+        if match is None or not work.is_dir() or proc.running(int(match.group(1))):
             continue
         try:
             with _held(work, wait=False):
@@ -198,16 +198,6 @@ def remove_view(paths: SandboxPaths) -> None:
     mounts.unmount(view)
     with contextlib.suppress(FileNotFoundError):
         view.rmdir()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextmanager
