@@ -39,7 +39,7 @@ def loops_of(directory: Path) -> list[str]:
 
 def mounted(disks: BlankDisks, size: int) -> list[Path]:
     for _ in range(3000):
-        if len(disks._mounted) >= blank_disks.KEEP and not disks._filling:
+        if len(disks._mounted) >= blank_disks.KEEP and not disks._refiller.busy():
             return sorted(disks._mounted)
         time.sleep(0.01)
     raise AssertionError("no blank disks were mounted ahead")
@@ -105,7 +105,7 @@ from cove.runner.host.blank_disks import BlankDisks
 blank_disks.REFILL_DELAY = 0.0
 disks = BlankDisks(Path(sys.argv[1]), mount_ahead=True)
 disks.take(Path(sys.argv[1]) / "first.img", 1)
-while len(disks._mounted) < blank_disks.KEEP or disks._filling:
+while len(disks._mounted) < blank_disks.KEEP or disks._refiller.busy():
     time.sleep(0.01)
 print("ready", flush=True)
 time.sleep(60)
@@ -156,4 +156,4 @@ def test_another_instance_never_takes_an_image_mounted_ahead(
                 assert not [e for e in loops_of(tmp_path) if f"o{n}.img" in e]
     finally:
         other._finalizer()
-        other._worker.shutdown(wait=True)
+        other._refiller.shutdown()

@@ -23,7 +23,7 @@ from cove.runner.layout import SandboxPaths, sandboxes_dir
 from cove.runner.oci.initbin import ensure_nsexec_binary
 from cove.runner.oci.runtime import OciRuntime
 from tests.integration.conftest import SandboxFactory
-from tests.integration.runner.util import ok, sandbox_dir
+from tests.integration.runner.util import agent_pids, init_pid, ok, sandbox_dir
 
 pytestmark = pytest.mark.integration
 NS_GET_PARENT = 0xB702
@@ -65,7 +65,7 @@ def new_sandbox(tmp_path: Path, made: list[SandboxPaths], name: str) -> SandboxP
 def stocked(stock: NamespaceStock) -> list[int]:
     """The ranges of the stock's sets, once it is full."""
     for _ in range(1000):
-        if stock.ready() >= stock.keep and not stock._filling:
+        if stock.ready() >= stock.keep and not stock._refiller.busy():
             return sorted(idrange.held(stock.owner))
         time.sleep(0.01)
     raise AssertionError("the stock was not made")
@@ -202,6 +202,16 @@ def test_a_sandboxs_first_start_takes_a_set_and_keeps_its_range_after(
     assert idrange.held(it_settings.data_dir)[ids.index] == spec.sandbox_id
     inside = ok(runtime, spec.sandbox_id, "cat /proc/self/uid_map")
     assert inside.split() == ["0", "0", str(idrange.SIZE)]  # its workload's view
+    # Its processes run on that range on the host: init and the agent as its agent id,
+    # a command of root as its base (nobody of the host, no other sandbox's).
+    for pid in (init_pid(runtime, spec.sandbox_id), *agent_pids(runtime, spec.sandbox_id)):
+        assert _host_uid(pid) == ids.agent
+    root_cmd = ok(runtime, spec.sandbox_id, "sleep 30 >/dev/null 2>&1 & echo $!").strip()
+    assert root_cmd.isdigit()
+    sleeping = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                and _reads(p / "cmdline") == b"sleep\x0030\x00"
+                and _host_uid(int(p.name)) == ids.base]  # fmt: skip
+    assert sleeping, "the sandbox root's command does not run as the sandbox's base id"
     runtime.stop(spec.sandbox_id)
     runtime.start(spec)
     assert idrange.current(sandbox_dir(runtime, spec.sandbox_id)) == ids
@@ -209,3 +219,18 @@ def test_a_sandboxs_first_start_takes_a_set_and_keeps_its_range_after(
     assert in_ns("--user", paths.userns, "cat", "/proc/self/uid_map").split() == \
         ["0", str(ids.base), str(idrange.SIZE + 1)]
     assert ok(runtime, spec.sandbox_id, "touch /root/x && stat -c %u /root/x").strip() == "0"
+
+
+def _reads(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _host_uid(pid: int) -> int:
+    """The real uid of host process ``pid``."""
+    for line in _reads(Path(f"/proc/{pid}/status")).decode().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"process {pid} is gone")

@@ -32,7 +32,7 @@ def _ext4_uuid(image: Path) -> bytes:
 def _stocked(disks: BlankDisks, size: int) -> list[Path]:
     for _ in range(3000):
         ready = sorted(disks.directory.glob(f"{size}g-*.img"))
-        if len(ready) >= blank_disks.KEEP and not disks._filling:
+        if len(ready) >= blank_disks.KEEP and not disks._refiller.busy():
             return ready
         time.sleep(0.01)
     raise AssertionError("no blank disks were made")
@@ -71,5 +71,5 @@ def test_nothing_is_made_once_the_data_dir_is_gone(tmp_path: Path) -> None:
     disks = BlankDisks(data)
     data.rmdir()
     disks.take(tmp_path / "disk.img", 1)
-    disks._worker.shutdown(wait=True)
+    disks._refiller.shutdown()
     assert not data.exists()

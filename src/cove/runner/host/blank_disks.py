@@ -25,15 +25,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cove.errors import RuntimeBackendError
 from cove.runner.host import disk, mountapi, proc
+from cove.runner.host.foreground import Refiller
 
 KEEP = 2  # blank images kept per size (about 2 MiB of the host's disk each)
 REFILL_DELAY = 0.05  # seconds between a take and the mkfs that replaces it (then: once idle)
@@ -50,11 +49,9 @@ class BlankDisks:
         self.directory = data_dir / "blank-disks"
         self._data_dir = data_dir
         self._guard = threading.Lock()
-        self._filling: set[int] = set()
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cove-blank-disk")
+        self._refiller = Refiller("cove-blank-disk", idle)  # (idle: see foreground.py)
         self._swept = False
         self._mount_ahead = mount_ahead
-        self._idle = idle  # returns once no start is under way (see foreground.py)
         self._token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # its held images' and scratch
         self._mounted: dict[Path, int] = {}  # held image -> its detached mount
         self._finalizer = weakref.finalize(self, _let_go, self._mounted, self._guard)
@@ -97,28 +94,10 @@ class BlankDisks:
         return held + len(self._ready(size_gib))
 
     def _refill(self, size_gib: int) -> None:
-        with self._guard:
-            if size_gib in self._filling:
-                return
-            self._filling.add(size_gib)
-        try:
-            self._worker.submit(self._fill, size_gib)
-        except RuntimeError:  # shut down (interpreter exit)
-            with self._guard:
-                self._filling.discard(size_gib)
-
-    def _fill(self, size_gib: int) -> None:
-        time.sleep(REFILL_DELAY)
-        try:
-            self._prepare_directory()
-            while self._count(size_gib) < KEEP and self._finalizer.alive:
-                self._idle()
-                self._make(size_gib)
-        except (RuntimeBackendError, OSError) as exc:
-            log.warning("cannot make a blank %d GiB disk ahead: %s", size_gib, exc)
-        finally:
-            with self._guard:
-                self._filling.discard(size_gib)
+        self._refiller.refill(
+            size_gib, lambda: self._count(size_gib) < KEEP and self._finalizer.alive,
+            lambda: self._make(size_gib), delay=REFILL_DELAY,
+            what=f"a blank {size_gib} GiB disk")  # fmt: skip
 
     def _prepare_directory(self) -> None:
         """Make the directory (not the data dir: a data dir removed meanwhile stays
@@ -138,6 +117,7 @@ class BlankDisks:
             self._swept = True
 
     def _make(self, size_gib: int) -> None:
+        self._prepare_directory()
         name = uuid.uuid4().hex
         scratch = self.directory / f"{_TMP}{self._token}-{name}"
         try:

@@ -115,7 +115,7 @@ def detach(path: Path) -> None:
 def unmount_under(path: Path) -> None:
     """Lazily unmount every mount at or below ``path``, deepest first."""
     for point in reversed(mounted_under(path)):
-        _libc.umount2(os.fsencode(point), _MNT_DETACH)
+        detach(Path(point))
 
 
 def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:

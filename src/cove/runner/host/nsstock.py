@@ -28,16 +28,15 @@ import logging
 import os
 import shutil
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cove.errors import RuntimeBackendError
 from cove.runner.host import idrange, mountapi, mounts, proc, rootfs
+from cove.runner.host.foreground import Refiller
 from cove.runner.host.idrange import IdRange
 from cove.runner.layout import SandboxPaths
 
@@ -94,11 +93,9 @@ class NamespaceStock:
                  idle: Callable[[], object] = lambda: None) -> None:  # fmt: skip
         self.keep = keep
         self._nsexec = nsexec
-        self._idle = idle
         self._held = _Held(data_dir / STOCK_DIR)
-        self._filling = False
         self._swept = False
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cove-ns-stock")
+        self._refiller = Refiller("cove-ns-stock", idle)
         # Sets left when the stock goes (or the server exits) are let go at once.
         self._finalizer = weakref.finalize(self, self._held.release)
 
@@ -139,38 +136,23 @@ class NamespaceStock:
     def close(self) -> None:
         """Let every ready set go (their ranges are given back), once the set being
         made (if any) is made."""
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        self._refiller.shutdown()
         self._finalizer()
 
     # ---- making sets ---------------------------------------------------------
 
     def _refill(self) -> None:
-        with self._held.guard:
-            if self._filling:
-                return
-            self._filling = True
-        try:
-            self._worker.submit(self._fill)
-        except RuntimeError:  # shut down (closed, or interpreter exit)
-            with self._held.guard:
-                self._filling = False
+        self._refiller.refill(
+            None, lambda: self.ready() < self.keep and self._finalizer.alive, self._add,
+            delay=REFILL_DELAY, what="sandbox namespaces")  # fmt: skip
 
-    def _fill(self) -> None:
-        time.sleep(REFILL_DELAY)
-        try:
-            if not self._swept:
-                self._sweep()
-                self._swept = True
-            while self.ready() < self.keep and self._finalizer.alive:
-                self._idle()
-                made = self._make()
-                with self._held.guard:
-                    self._held.ready.append(made)
-        except (RuntimeBackendError, OSError) as exc:
-            log.warning("cannot make sandbox namespaces ahead: %s", exc)
-        finally:
-            with self._held.guard:
-                self._filling = False
+    def _add(self) -> None:
+        if not self._swept:
+            self._sweep()
+            self._swept = True
+        made = self._make()
+        with self._held.guard:
+            self._held.ready.append(made)
 
     def _make(self) -> _Set:
         name = f"{os.getpid()}.{uuid.uuid4().hex[:16]}"

@@ -208,8 +208,9 @@ def prepare_host(
     namespace itself); the caller must :meth:`HostSide.settle_network` before
     anything of the sandbox runs the workload's code, and before a tear-down.
     """
-    taken = stock.take(paths) if stock is not None and idrange.current(paths.root) is None else None
-    ids = taken or idrange.lease(paths.root, settings.data_dir)
+    ids = idrange.current(paths.root)  # (a sandbox keeps its range for life)
+    taken = stock.take(paths) if ids is None and stock is not None else None
+    ids = ids or taken or idrange.lease(paths.root, settings.data_dir)
     group = cgroups.group_of(settings.cgroup_parent, spec_.sandbox_id)
     rootfs.mount_disk(paths)
     fresh = rootfs.make_namespaces(helpers.nsexec, paths, ids) or taken is not None
