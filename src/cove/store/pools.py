@@ -4,10 +4,11 @@ on their sandboxes (rows of ``sandboxes`` without an organization)."""
 from __future__ import annotations
 
 import builtins
+import functools
 from collections.abc import Collection
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, select, update
+from sqlalchemy import Select, Update, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cove.core.pool import WarmPool
@@ -15,9 +16,8 @@ from cove.core.ports import Resources
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import Conflict, NotFound
 from cove.store.models import SandboxRow, WarmPoolRow
-from cove.store.sql import SqlStore, _aware, _to_entity, _values
+from cove.store.sql import SANDBOXES, SqlStore, _aware, _to_entity, _values, update_row
 
-SANDBOXES = cast("Table", SandboxRow.__table__)
 CANDIDATES = 8  # takes tried per claim (other replicas may take the sandbox first)
 
 
@@ -78,27 +78,17 @@ class SqlPoolStore(SqlStore):
         """Mark one sandbox waiting in ``pool_id`` (``sandbox_id`` if given; a started one
         unless ``started`` is False) as taken by ``token``, in one conditional UPDATE:
         two takers never get the same sandbox. Returns its id (None: none left)."""
-        waiting: list[ColumnElement[bool]] = [
-            SandboxRow.organization_id.is_(None), SandboxRow.warm_pool_id == pool_id]
-        if started:
-            waiting.append(SandboxRow.state == str(SandboxState.STARTED))
-        if sandbox_id is not None:
-            waiting.append(SandboxRow.id == sandbox_id)
+        take, left = _take_statements(started=started, by_id=sandbox_id is not None,
+                                      on_runners=runners is not None)  # fmt: skip
+        params: dict[str, Any] = {"token": token, "pool_id": pool_id, "sandbox_id": sandbox_id}
         if runners is not None:
-            waiting.append(SandboxRow.runner_id.in_(list(runners)))
-        # The oldest waiting one, in the UPDATE itself (its conditions checked again on
-        # the row it writes): one statement, one transaction. Another replica's claim
-        # that wrote the row first (PostgreSQL) leaves no row updated: the next is tried.
-        first = (select(SandboxRow.id).where(*waiting).order_by(SandboxRow.seq).limit(1)
-                 .with_for_update(skip_locked=True).scalar_subquery().correlate(None))  # fmt: skip
-        take = (update(SandboxRow).where(SandboxRow.id == first, *waiting)
-                .values(warm_pool_id=token).returning(SandboxRow.id))  # fmt: skip
+            params["runners"] = list(runners)
         for _ in range(CANDIDATES):
             with self.connection() as conn:
-                taken = conn.execute(take).scalar()
+                taken = conn.execute(take, params).scalar()
                 if taken is not None:
                     return taken
-                if not conn.execute(select(SandboxRow.id).where(*waiting).limit(1)).first():
+                if not conn.execute(left, params).first():
                     return None
         return None
 
@@ -109,13 +99,10 @@ class SqlPoolStore(SqlStore):
             NotFound: the row is gone or not taken by ``token``.
             Conflict: the organization has a sandbox of that name.
         """
-        table = SANDBOXES  # (the table, not the ORM entity: no ORM bookkeeping per column)
-        write = update(table).where(
-            table.c.id == sandbox.id, table.c.organization_id.is_(None),
-            table.c.warm_pool_id == token).values(_values(sandbox))  # fmt: skip
+        values = {**_values(sandbox), "where_id": sandbox.id, "where_token": token}
         try:
             with self.connection() as conn:
-                done = conn.execute(write)
+                done = conn.execute(update_row(unclaimed=True), values)
         except IntegrityError as exc:
             raise Conflict(f"Sandbox with name '{sandbox.name}' already exists") from exc
         if done.rowcount != 1:
@@ -139,3 +126,26 @@ def _pool(row: WarmPoolRow) -> WarmPool:
         error_reason=row.error_reason, created_at=_aware(row.created_at),
         updated_at=_aware(row.updated_at),
     )  # fmt: skip
+
+
+@functools.cache
+def _take_statements(*, started: bool, by_id: bool, on_runners: bool) -> tuple[Update, Select[Any]]:
+    """The statements of a take (built once per kind; parameters ``token``, ``pool_id``,
+    ``sandbox_id``, ``runners``): the UPDATE that marks the oldest sandbox waiting in the
+    pool as the token's, and the query of whether any waits at all."""
+    table = SANDBOXES
+    waiting = [table.c.organization_id.is_(None), table.c.warm_pool_id == bindparam("pool_id")]
+    if started:
+        waiting.append(table.c.state == str(SandboxState.STARTED))
+    if by_id:
+        waiting.append(table.c.id == bindparam("sandbox_id"))
+    if on_runners:
+        waiting.append(table.c.runner_id.in_(bindparam("runners", expanding=True)))
+    # The oldest waiting one, in the UPDATE itself (its conditions checked again on
+    # the row it writes): one statement, one transaction. Another replica's claim
+    # that wrote the row first (PostgreSQL) leaves no row updated: the next is tried.
+    first = (select(table.c.id).where(*waiting).order_by(table.c.seq).limit(1)
+             .with_for_update(skip_locked=True).scalar_subquery().correlate(None))  # fmt: skip
+    take = (update(table).where(table.c.id == first, *waiting)
+            .values(warm_pool_id=bindparam("token")).returning(table.c.id))  # fmt: skip
+    return take, select(table.c.id).where(*waiting).limit(1)

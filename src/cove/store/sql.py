@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -11,7 +12,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Insert,
+    Table,
+    Update,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +35,7 @@ from cove.hostfiles import private_dir, private_file, tighten
 from cove.store import due
 from cove.store.models import SandboxRow
 
+SANDBOXES = cast("Table", SandboxRow.__table__)
 REMEMBER_REMOVED = 10_000  # removed records whose version is kept (far beyond any cache's life)
 
 
@@ -101,8 +115,8 @@ class SqlSandboxStore(SqlStore):
 
     def add(self, sandbox: Sandbox) -> None:
         try:
-            with self._changing(sandbox.id), self.session() as s:
-                s.add(_to_row(sandbox, SandboxRow()))
+            with self._changing(sandbox.id), self.connection() as conn:
+                conn.execute(insert_row(), _values(sandbox))
         except IntegrityError as exc:
             raise Conflict(f"Sandbox with name '{sandbox.name}' already exists") from exc
 
@@ -126,11 +140,13 @@ class SqlSandboxStore(SqlStore):
             return _to_entity(row)
 
     def save(self, sandbox: Sandbox) -> None:
-        with self._changing(sandbox.id), self.session() as s:
-            row = s.scalars(select(SandboxRow).where(SandboxRow.id == sandbox.id)).first()
-            if row is None:
-                raise NotFound(f"Sandbox with ID {sandbox.id} not found")
-            _to_row(sandbox, row)
+        try:
+            with self._changing(sandbox.id), self.connection() as conn:
+                done = conn.execute(update_row(), {**_values(sandbox), "where_id": sandbox.id})
+        except IntegrityError as exc:
+            raise Conflict(f"Sandbox with name '{sandbox.name}' already exists") from exc
+        if done.rowcount != 1:
+            raise NotFound(f"Sandbox with ID {sandbox.id} not found")
 
     def touch(self, stamps: Mapping[str, datetime]) -> None:
         if not stamps:
@@ -206,14 +222,40 @@ _PLAIN = (
 ).split()
 
 
-def _to_row(sandbox: Sandbox, row: SandboxRow) -> SandboxRow:
-    for name, value in _values(sandbox).items():
-        setattr(row, name, value)
-    return row
+# The columns a record writes: all but ``seq`` and ``runner_id`` (see ``_values``).
+_COLUMNS = (*_PLAIN, "state", "cpu", "memory", "disk", "volumes", "runtime_env")
+
+
+# A record's writes are the hot path of every create (a warm pool's claim writes one,
+# a cold start two or three): their statements are built once, each column a bound
+# parameter of its column's type. Built per call, a statement of ~35 columns cost
+# more than its execution (the values coerced, its cache key made: 0.57 ms against
+# 0.19 for the write itself on SQLite).
+@functools.cache
+def insert_row() -> Insert:
+    """INSERT of a whole record (parameters: ``_values``)."""
+    return insert(SANDBOXES).values(_bound_columns())
+
+
+@functools.cache
+def update_row(*, unclaimed: bool = False) -> Update:
+    """UPDATE of a whole record (parameters: ``_values`` and ``where_id``); with
+    ``unclaimed``, only of a row of no organization whose ``warm_pool_id`` is the
+    ``where_token`` parameter (a warm pool's sandbox a claim took)."""
+    table = SANDBOXES
+    where = [table.c.id == bindparam("where_id")]
+    if unclaimed:
+        where += [table.c.organization_id.is_(None),
+                  table.c.warm_pool_id == bindparam("where_token")]  # fmt: skip
+    return update(table).where(*where).values(_bound_columns())
+
+
+def _bound_columns() -> dict[str, Any]:
+    return {name: bindparam(name, type_=SANDBOXES.c[name].type) for name in _COLUMNS}
 
 
 def _values(sandbox: Sandbox) -> dict[str, Any]:
-    """The columns of ``sandbox``'s row (all but ``seq`` and ``runner_id``)."""
+    """The columns of ``sandbox``'s row (``_COLUMNS``: all but ``seq`` and ``runner_id``)."""
     values = {name: getattr(sandbox, name) for name in _PLAIN}
     values["organization_id"] = sandbox.organization_id or None  # "": a warm pool's, no one's
     values["state"] = str(sandbox.state)

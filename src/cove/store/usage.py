@@ -3,10 +3,12 @@ are checked against) and :class:`cove.core.metering.UsageStore` (usage periods).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import case, func, insert, literal, select, update
+from sqlalchemy import Select, bindparam, case, func, insert, literal, select, update
 
 from cove.core.metering import Change, Period
 from cove.core.ports import Resources
@@ -43,11 +45,8 @@ class SqlQuotaStore(SqlStore):
             return int(s.execute(query).scalar_one())
 
     def quota_overrides(self, organization_id: str) -> dict[str, int | None]:
-        table = OrganizationQuotaRow.__table__
-        query = select(*(table.c[name] for name in QUOTA_FIELDS)).where(
-            table.c.organization_id == organization_id)  # fmt: skip
         with self.connection() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_overrides(), {"org": organization_id}).first()
         return {} if row is None else dict(zip(QUOTA_FIELDS, row, strict=True))
 
     def set_quota_overrides(self, organization_id: str, fields: dict[str, int | None]) -> None:
@@ -113,3 +112,12 @@ def _period(row: UsagePeriodRow) -> Period:
         held=Charge(row.cpu, row.memory, row.disk), start_at=_aware(row.start_at),
         end_at=_aware(row.end_at) if row.end_at else None, seen_at=_aware(row.seen_at),
     )  # fmt: skip
+
+
+@functools.cache
+def _overrides() -> Select[Any]:
+    """An organization's quota overrides (parameter ``org``): read by every create, built
+    once."""
+    table = OrganizationQuotaRow.__table__
+    return select(*(table.c[name] for name in QUOTA_FIELDS)).where(
+        table.c.organization_id == bindparam("org"))  # fmt: skip

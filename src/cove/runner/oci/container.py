@@ -300,12 +300,30 @@ def _stage_volumes(settings: Settings, spec_: ContainerSpec, paths: SandboxPaths
 def _write_etc(paths: SandboxPaths, hostname: str, *, nameserver: str | None) -> None:
     try:
         paths.etc.mkdir(parents=True, exist_ok=True)
-        (paths.etc / "hostname").write_text(f"{hostname}\n")
-        (paths.etc / "hosts").write_text(_hosts(hostname))
+        _rewrite(paths.etc / "hostname", f"{hostname}\n")
+        _rewrite(paths.etc / "hosts", _hosts(hostname))
         if nameserver:
-            (paths.etc / "resolv.conf").write_text(f"nameserver {nameserver}\noptions edns0\n")
+            _rewrite(paths.etc / "resolv.conf", f"nameserver {nameserver}\noptions edns0\n")
     except OSError as exc:
         raise RuntimeBackendError(f"cannot prepare {paths.disk}: {exc}") from exc
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """Make the file at ``path`` hold ``text``, written over its old content in place
+    (created when missing; never through a symlink). Not truncated to nothing first: a
+    file emptied and written again is written back by ext4 on close (its
+    ``auto_da_alloc``), ~0.15 ms a file on a sandbox's loop-mounted disk, 0.01 in place.
+    (Its readers are the sandbox's processes, through a bind mount: no tenant's runs
+    while a start or a warm pool's claim writes it.)"""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
 
 
 def _hosts(hostname: str) -> str:
