@@ -179,7 +179,7 @@ class Creator:
 
     def _new_sandbox(self, organization_id: str, req: SandboxCreate) -> tuple[Sandbox, str | None]:
         """The new sandbox's record, and the registry image to pull first (or None)."""
-        snapshot, pull = self._resolve_snapshot(organization_id, req)
+        snapshot, pull, image_user = self._resolve_snapshot(organization_id, req)
         s = self.settings
         resources = validation.requested_resources(req, s)
         validation.check_labels(req.labels)
@@ -197,7 +197,7 @@ class Creator:
             organization_id=organization_id,
             name=req.name or sandbox_id,
             snapshot=snapshot,
-            user=req.user or self._image_user(organization_id, snapshot) or "daytona",
+            user=req.user or image_user or "daytona",
             resources=resources,
             env=dict(req.env),
             labels=dict(req.labels),
@@ -233,15 +233,17 @@ class Creator:
             raise BadRequest("Volumes are not supported by this server")
         return self.volumes.resolve(organization_id, req.volumes)
 
-    def _resolve_snapshot(self, organization_id: str, req: SandboxCreate) -> tuple[str, str | None]:
+    def _resolve_snapshot(self, organization_id: str, req: SandboxCreate
+                          ) -> tuple[str, str | None, str | None]:  # fmt: skip
         """The runtime ref of the snapshot (or Dockerfile base image) asked for; or, for
-        an image that is no snapshot, its normalized reference twice (it is pulled)."""
+        an image that is no snapshot, its normalized reference twice (it is pulled).
+        Last, the user of the image the snapshot was pulled from (None: not pulled)."""
         if req.build_info is not None:
             info = req.build_info
             image = dockerfile.parse(info.dockerfile_content, info.context_hashes or ()).base
-            ref = self._usable_snapshot(organization_id, image)
-            if ref is not None:
-                return ref, None
+            found = self._usable(organization_id, image)
+            if found is not None:
+                return *found, None
             if self.images is None or not self.images.is_registry_image(image):
                 raise BadRequest(
                     f"Image '{image}' cannot be provided: this server pulls no images "
@@ -249,12 +251,12 @@ class Creator:
                     f"{', '.join(self._general_snapshots())})"
                 )
             pull = str(self.images.reference(image))
-            return pull, pull
+            return pull, pull, self._image_user(organization_id, pull)
         name = req.snapshot or self.settings.default_snapshot
-        ref = self._usable_snapshot(organization_id, name)
-        if ref is None:
+        found = self._usable(organization_id, name)
+        if found is None:
             raise BadRequest(f"Snapshot '{name}' not found")
-        return ref, None
+        return found[0], None, found[1]
 
     def _image_user(self, organization_id: str, ref: str) -> str | None:
         """The user of the image a snapshot was pulled from (None: not pulled)."""
@@ -267,13 +269,20 @@ class Creator:
         return default_user(snap)
 
     def _usable_snapshot(self, organization_id: str, id_or_name: str) -> str | None:
+        found = self._usable(organization_id, id_or_name)
+        return None if found is None else found[0]
+
+    def _usable(self, organization_id: str, id_or_name: str) -> tuple[str, str | None] | None:
+        """The runtime ref of the snapshot a sandbox may be created from, and the user of
+        the image it was pulled from (None: not pulled); None: there is none such."""
         if self.snapshots is not None:
             try:
-                return self.snapshots.ref_for(organization_id, id_or_name)
+                snap = self.snapshots.usable(organization_id, id_or_name)
             except NotFound:
                 return None
+            return snap.id, default_user(snap)
         general = id_or_name in self._general_snapshots()
-        return id_or_name if general and self.ops.runner.has_snapshot(id_or_name) else None
+        return (id_or_name, None) if general and self.ops.runner.has_snapshot(id_or_name) else None
 
     def _general_snapshots(self) -> list[str]:
         """The snapshots every organization may use."""

@@ -137,8 +137,19 @@ class SnapshotService:
         return self.store.get(organization_id, id_or_name)
 
     def ref_for(self, organization_id: str, id_or_name: str) -> str:
-        """The runtime's name for the snapshot a sandbox is created from: only a general
-        one present on this host, or one of the organization's.
+        """The runtime's name for the snapshot a sandbox is created from (see
+        :meth:`usable`).
+
+        Raises:
+            NotFound: no such snapshot for this organization.
+            BadRequest: it is not active.
+        """
+        return self.usable(organization_id, id_or_name).id
+
+    def usable(self, organization_id: str, id_or_name: str) -> Snapshot:
+        """The snapshot a sandbox is created from: only a general one present on this
+        host, or one of the organization's (its use recorded); its ``id`` is the
+        runtime's name for it.
 
         Raises:
             NotFound: no such snapshot for this organization.
@@ -148,12 +159,12 @@ class SnapshotService:
         if snap.general:
             if not self.runner.has_snapshot(snap.id):
                 raise NotFound(f"Snapshot with ID or name {id_or_name} not found")
-            return snap.id
+            return snap
         if snap.state != "active":
             raise BadRequest(f"Snapshot {snap.name} is {snap.state}")
         snap.last_used_at = utcnow()
         self.store.save(snap)
-        return snap.id
+        return snap
 
     async def create_from_image(
         self, organization_id: str, name: str, image: str,

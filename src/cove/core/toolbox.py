@@ -39,13 +39,14 @@ from cove.core.env_update import updated_env
 from cove.core.output import DEFAULT_LIMIT
 from cove.core.ports import Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState
-from cove.errors import InvalidState, ToolboxError
+from cove.errors import CoveError, InvalidState, ToolboxError
 
 if TYPE_CHECKING:
     from cove.core.ops import SandboxOps
 
 AGENT_ACCEPT_SECONDS = 30.0  # covers an agent that is still starting (or restarting)
 RECORD_SECONDS = 1.0
+WARM_SECONDS = 5.0  # how long a warm-up ping waits for the agent (then it is let be)
 RECORD_ENTRIES = 10_000
 
 
@@ -87,6 +88,18 @@ class ToolboxService:
         """The typed client of the sandbox's agent, as its user with its environment."""
         return agent_client(self.runner, sandbox.id, sandbox.user, self.env(sandbox),
                             self.links, self.output_limit)  # fmt: skip
+
+    async def warm(self, sandbox: Sandbox) -> None:
+        """Ping the agent of a sandbox just created, once its create was answered: the
+        client is busy with the answer meanwhile (the SDK takes ~2 ms over it), and its
+        first command then finds the connection made, a spare process ready and the
+        agent's own code and data back in the CPU's caches after its wait in a warm
+        pool (that first command took ~0.9 ms longer than the next without it).
+        Whatever goes wrong is the first command's to report."""
+        try:
+            await asyncio.wait_for(self.agent(sandbox).ping(spare=True), WARM_SECONDS)
+        except (CoveError, TimeoutError):
+            pass
 
     async def update_env(self, sandbox: Sandbox, set_: dict[str, str] | None,
                          unset: list[str] | None, unset_value_prefix: str | None,

@@ -170,6 +170,27 @@ def test_claims_and_scratch_of_a_stock_whose_server_is_gone_are_swept(
         idrange.drop(dead_ids, (other, dead.name))
 
 
+def test_a_server_start_sweeps_what_a_killed_one_left_mid_set(
+    runtime: OciRuntime, it_settings: Settings,
+) -> None:  # fmt: skip
+    """A server killed while its stock made a set leaves the set's namespaces mounted in
+    its scratch: the next server's stale-work pass (at its start) unmounts and removes
+    them, whether or not it ever makes a set itself."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    scratch = it_settings.data_dir / nsstock.STOCK_DIR / f"{gone.pid}.killed" / "ns"
+    scratch.mkdir(parents=True)
+    (scratch / "user").touch()
+    subprocess.run(["mount", "--bind", "/proc/self/ns/user", str(scratch / "user")], check=True)
+    try:
+        runtime.remove_stale_work()
+        assert not scratch.parent.exists()
+        assert str(scratch) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        if scratch.exists():
+            mounts.detach(scratch / "user")
+
+
 def test_a_set_whose_claim_is_not_the_stocks_is_not_handed_out(
     stock: NamespaceStock, tmp_path: Path, sandboxes: list[SandboxPaths],
 ) -> None:  # fmt: skip

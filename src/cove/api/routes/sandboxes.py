@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from cove.api.deps import LifecycleDep, PrincipalDep, ServicesDep
 from cove.api.dto import sandbox_public
 from cove.api.streaming import BUILD_LOG, build_log_response
 from cove.core import fork, intervals
-from cove.core.sandbox import Sandbox
+from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import BadRequest
 from cove.schemas.limits import MAX_INTERVAL, MAX_LABELS
 from cove.schemas.sandbox import (
@@ -38,10 +38,12 @@ def _public(services: ServicesDep, sandbox: Sandbox) -> SandboxPublic:
 
 @router.post("")
 async def create_sandbox(
-    body: SandboxCreate, who: PrincipalDep, services: ServicesDep
+    body: SandboxCreate, who: PrincipalDep, services: ServicesDep, after: BackgroundTasks
 ) -> SandboxPublic:
     """Create a sandbox and start it."""
     sandbox = await services.lifecycle.create(organization_id=who.organization_id, request=body)
+    if sandbox.state is SandboxState.STARTED:  # (once the answer is sent)
+        after.add_task(services.toolbox.warm, sandbox)
     return _public(services, sandbox)
 
 

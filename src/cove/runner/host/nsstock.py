@@ -95,6 +95,7 @@ class NamespaceStock:
         self._nsexec = nsexec
         self._held = _Held(data_dir / STOCK_DIR)
         self._swept = False
+        self._sweeping = threading.Lock()  # (the server's start and the first fill)
         self._refiller = Refiller("cove-ns-stock", idle)
         # Sets left when the stock goes (or the server exits) are let go at once.
         self._finalizer = weakref.finalize(self, self._held.release)
@@ -148,8 +149,7 @@ class NamespaceStock:
 
     def _add(self) -> None:
         if not self._swept:
-            self._sweep()
-            self._swept = True
+            self.sweep()
         made = self._make()
         with self._held.guard:
             self._held.ready.append(made)
@@ -180,20 +180,24 @@ class NamespaceStock:
             raise
         return _Set(name, ids, fds)
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
         """Remove the claims of stocks whose server is gone (any data dir's: a server
         stopped by a signal leaves them, and its data dir may never serve again), and
-        this data dir's scratch directories of such servers."""
-        for index, (owner, name) in idrange.owners().items():
-            if Path(owner).name == STOCK_DIR and not _alive(name):
-                idrange.drop(IdRange(index), (Path(owner), name))
-        try:
-            left = [p for p in self.owner.iterdir() if not _alive(p.name)]
-        except FileNotFoundError:
-            return
-        for scratch in left:
-            mounts.unmount_under(scratch)
-            shutil.rmtree(scratch, ignore_errors=True)
+        this data dir's scratch directories of such servers (a server killed while it
+        made a set leaves its namespaces mounted there). Done when the server starts
+        (with the other stale work), else before the first set is made."""
+        with self._sweeping:
+            self._swept = True
+            for index, (owner, name) in idrange.owners().items():
+                if Path(owner).name == STOCK_DIR and not _alive(name):
+                    idrange.drop(IdRange(index), (Path(owner), name))
+            try:
+                left = [p for p in self.owner.iterdir() if not _alive(p.name)]
+            except FileNotFoundError:
+                return
+            for scratch in left:
+                mounts.unmount_under(scratch)
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _bind(fds: list[int], paths: SandboxPaths) -> None:

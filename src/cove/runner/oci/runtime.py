@@ -506,10 +506,12 @@ class OciRuntime:
                 self._archives.delete(sandbox_id)
 
     def remove_stale_work(self) -> None:
-        """Captures, imports and snapshot removals of dead servers (see capture)."""
+        """Captures, imports and snapshot removals of dead servers (see capture), and
+        what their namespace stocks left (see ``NamespaceStock.sweep``)."""
         with foreign_errors():
             for name in capture.remove_stale_work(self._snapshots):
                 log.warning("removed %s, left by an interrupted snapshot build", name)
+            self._stock.sweep()
 
     def exec(
         self,
