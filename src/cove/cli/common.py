@@ -16,6 +16,12 @@ from cove.cli.client import DEFAULT_API_URL, ApiError, Client
 from cove.core.config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+# How long the servers (``cove serve``, ``cove runner``) keep an idle HTTP connection
+# open: longer than the clients keep theirs (aiohttp, the async SDK's, 15 s; httpx 5 s).
+# At uvicorn's default of 5 s a client reusing a connection as the server closed it
+# got "Server disconnected" for a POST it may not retry (1-2 of 100 creates at once
+# after a pause of ~5 s, `bench/throughput.py`).
+KEEP_ALIVE_SECONDS = 30
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from cove.cli import output
-from cove.cli.common import local_settings
+from cove.cli.common import KEEP_ALIVE_SECONDS, local_settings
 from cove.cli.keys import keys
 from cove.cli.quota import quota
 from cove.cli.runner import runner
@@ -68,6 +68,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
         log_level=log_level,
         log_config=logs.config(log_level),
         ws="websockets-sansio",
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=10,
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,

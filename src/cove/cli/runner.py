@@ -63,6 +63,7 @@ async def _serve(settings: Settings, host: str, port: int, log_level: str) -> No
     """Serve calls on ``port`` and streams on the next one until SIGTERM or ^C."""
     import uvicorn
 
+    from cove.cli.common import KEEP_ALIVE_SECONDS
     from cove.runner import build_runtime, daemon, tls
     from cove.runner.local import LocalRunner
     from cove.runner.storage.volumes import VolumeDir
@@ -75,6 +76,7 @@ async def _serve(settings: Settings, host: str, port: int, log_level: str) -> No
     app = daemon.create_app(local, inventory, port + 1)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             log_config=logs.config(log_level),
+                            timeout_keep_alive=KEEP_ALIVE_SECONDS,
                             timeout_graceful_shutdown=10)  # fmt: skip
     config.load()
     config.ssl = context  # mutual TLS, the same context as the stream port's

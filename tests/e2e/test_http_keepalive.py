@@ -1,0 +1,20 @@
+"""The server keeps an idle HTTP connection open longer than clients keep theirs
+(aiohttp, the async SDK's, 15 s; httpx 5 s): a client never reuses a connection at
+the moment the server closes it, which fails a POST it may not retry."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from tests.e2e.conftest import Server
+
+
+def test_an_idle_connection_outlives_the_clients_keep_alive(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+        request = f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n"
+        conn.sendall(request.encode())
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(6)  # past uvicorn's default keep-alive (5 s), which closed it
+        conn.sendall(request.encode())
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
