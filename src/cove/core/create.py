@@ -243,7 +243,7 @@ class Creator:
             image = dockerfile.parse(info.dockerfile_content, info.context_hashes or ()).base
             found = self._usable(organization_id, image)
             if found is not None:
-                return *found, None
+                return found[0], None, found[1]
             if self.images is None or not self.images.is_registry_image(image):
                 raise BadRequest(
                     f"Image '{image}' cannot be provided: this server pulls no images "
