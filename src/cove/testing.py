@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 
 from cove.core.config import Settings
+from cove.runner.host import mounts
+from cove.runner.host.nsstock import STOCK_DIR
 
 # The host's shared snapshot dir, as a server without COVE_SNAPSHOT_DIR uses it.
 SHARED_SNAPSHOTS = Path(os.environ.get("COVE_SNAPSHOT_DIR") or "/var/lib/cove/snapshots")
@@ -150,7 +152,15 @@ class ServerProcess:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill9()
+        self._release_stock()
         self._record_snapshots()
+
+    def _release_stock(self) -> None:
+        """Unmount what its namespace stock was making when it stopped (a server stopped
+        by a signal leaves a set half made, mounted in its scratch: its next start sweeps
+        it, but a harness that removes the data dir now would leave those mounts on the
+        host). Its sandboxes' mounts are theirs: they outlive the server."""
+        mounts.unmount_under(self.data_dir / STOCK_DIR)
 
     def _record_snapshots(self) -> None:
         """Read, once stopped, the snapshots its store holds (``snapshots``), for
