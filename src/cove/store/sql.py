@@ -151,7 +151,7 @@ class SqlSandboxStore(SqlStore):
     def touch(self, stamps: Mapping[str, datetime]) -> None:
         if not stamps:
             return
-        table = cast("Table", SandboxRow.__table__)
+        table = SANDBOXES
         newer = (update(table)
                  .where(table.c.id == bindparam("sid"), table.c.last_activity_at < bindparam("at"))
                  .values(last_activity_at=bindparam("at")))  # fmt: skip
