@@ -136,3 +136,23 @@ def test_code_run_per_language_label(daytona_module: Daytona, language: str, cod
         assert r.result == {"typescript": "ts 42\n", "javascript": "js 2\n"}[language]
     finally:
         box.delete()
+
+
+def test_exec_follows_edits_of_the_user_database(server: Server, daytona_module: Daytona) -> None:
+    """The agent keeps its answers from /etc/passwd while the file is unchanged: an edit
+    by the sandbox's root (a new file by rename, or the same file written again with
+    the same size a moment later) is seen by the very next command."""
+    sandbox = daytona_module.create(CreateSandboxFromSnapshotParams())
+    try:
+        assert sandbox.process.exec("id -u").result == "1000\n"
+        assert sandbox.process.exec("id -u").result == "1000\n"  # kept, file unchanged
+        root = server.runtime()
+        root.exec(sandbox.id, ["sed", "-i", "s/^daytona:x:1000:/daytona:x:1234:/", "/etc/passwd"],
+                  user="root")  # fmt: skip
+        assert sandbox.process.exec("id -u").result == "1234\n"
+        # written in place, same size, within the same clock tick as far as the agent knows
+        root.exec(sandbox.id, ["sh", "-c", "sed 's/^daytona:x:1234:/daytona:x:1235:/' /etc/passwd"
+                               " > /tmp/p && cat /tmp/p > /etc/passwd"], user="root")  # fmt: skip
+        assert sandbox.process.exec("id -u").result == "1235\n"
+    finally:
+        sandbox.delete()

@@ -7,7 +7,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from . import confine, protocol, spare, users
@@ -158,12 +158,30 @@ async def run_streaming(
             kill_tree(proc.pid, group)
         for pump in pumps:
             pump.cancel()
-        group.close()
+        _after_answer(request, group.close)  # its rmdir need not delay the answer
     for sink in sinks:
         await sink.close()
     code = proc.returncode
     assert code is not None  # _finished waited for it
     return code if code >= 0 else 128 - code
+
+
+_AFTER: set[asyncio.Task[None]] = set()
+
+
+def _after_answer(request: Request, then: Callable[[], None]) -> None:
+    """Call ``then`` once the request is over (answered, reset, or its connection
+    gone), or when the agent stops."""
+
+    async def wait() -> None:
+        try:
+            await request.hung_up()
+        finally:
+            then()
+
+    task = asyncio.ensure_future(wait())
+    _AFTER.add(task)
+    task.add_done_callback(_AFTER.discard)
 
 
 async def _spawn(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import pwd
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from . import confine, protocol
 
 _AGENT_ONLY = ("PYTHONHOME", "PYTHONPATH", "LD_LIBRARY_PATH", "COVE_AGENT", "COVE_WORKDIR")
 _HELD = "COVE_HELD_"
+T = TypeVar("T")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The environment the sandbox's init was given (the sandbox's env vars and
 # defaults), minus anything of the agent's own. Init hands the agent the variables
@@ -48,10 +51,13 @@ class User:
     shell: str
 
     def groups(self) -> list[int]:
+        return list(_cached(("groups", self.name, str(self.gid)), self._group_list))
+
+    def _group_list(self) -> tuple[int, ...]:
         try:
-            return os.getgrouplist(self.name, self.gid)
+            return tuple(os.getgrouplist(self.name, self.gid))
         except OSError:
-            return [self.gid]
+            return (self.gid,)
 
 
 def lookup(name: str | None) -> User:
@@ -62,7 +68,7 @@ def lookup(name: str | None) -> User:
     """
     name = name or DEFAULT_USER
     try:
-        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        entry = _cached(("passwd", name), lambda: _passwd_entry(name))
     except (KeyError, ValueError) as exc:
         if name in ("root", "0"):  # root exists even when the image broke /etc/passwd
             return User("root", 0, 0, "/root" if os.path.isdir("/root") else "/", "/bin/sh")
@@ -70,6 +76,53 @@ def lookup(name: str | None) -> User:
     shell = entry.pw_shell if os.path.exists(entry.pw_shell or "") else "/bin/sh"
     home = entry.pw_dir if os.path.isdir(entry.pw_dir) else "/"
     return User(entry.pw_name, entry.pw_uid, entry.pw_gid, home, shell)
+
+
+def _passwd_entry(name: str) -> pwd.struct_passwd:
+    return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+
+
+# The user and group databases' answers, kept while neither file changed: a command
+# then spawns without reading and parsing them again (see ``_cached``).
+_DATABASES = ("/etc/passwd", "/etc/group")
+_RACY_NS = 2_000_000_000
+_answers: dict[tuple[str, ...], tuple[tuple[object, ...], Any]] = {}
+_ANSWERS_MAX = 256
+
+
+def _cached(key: tuple[str, ...], compute: Callable[[], T]) -> T:
+    """``compute()``, or its answer from before if /etc/passwd and /etc/group are the
+    files they were then. A file is the same while its device, inode, size and ctime
+    are (every write or replacement sets the ctime, which no process can choose).
+    A file changed less than two seconds ago is read every time, as git treats a
+    racily clean index: a second write within the clock's tick keeps the ctime.
+    A lookup that fails (KeyError) is never kept."""
+    state, racy = _databases()
+    kept = _answers.get(key)
+    if kept is not None and kept[0] == state and not racy:
+        return cast(T, kept[1])
+    answer = compute()
+    if not racy:
+        if len(_answers) >= _ANSWERS_MAX:
+            _answers.clear()
+        _answers[key] = (state, answer)
+    return answer
+
+
+def _databases() -> tuple[tuple[object, ...], bool]:
+    """Each database file's identity (None when missing), and whether one changed
+    too recently to tell a later change apart."""
+    state: list[object] = []
+    newest = 0
+    for path in _DATABASES:
+        try:
+            st = os.stat(path)
+        except OSError:
+            state.append(None)
+            continue
+        state.append((st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns, st.st_mtime_ns))
+        newest = max(newest, st.st_ctime_ns, st.st_mtime_ns)
+    return tuple(state), time.time_ns() - newest < _RACY_NS
 
 
 def work_dir(user: User) -> str:

@@ -743,6 +743,16 @@ static int spare_main(char **argv)
     if (userns >= 0)
         fcntl(userns, F_SETFD, FD_CLOEXEC);
     spare_join(argv[5]);
+    /* What does not depend on the order is done while waiting for it. */
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (setsid() < 0)
+        spare_fail(errno);
+    devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull < 0)
+        spare_fail(errno);
     buf = spare_read(order, &size);
     if (buf == NULL)
         _exit(0); /* discarded */
@@ -762,8 +772,7 @@ static int spare_main(char **argv)
         spare_fail(ENOMEM);
     for (size_t i = 0; i < ngroups; i++)
         groups[i] = (gid_t)atol(groups_s[i]);
-    devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out, 1) < 0 || dup2(merge ? out : err, 2) < 0)
+    if (dup2(devnull, 0) < 0 || dup2(out, 1) < 0 || dup2(merge ? out : err, 2) < 0)
         spare_fail(errno);
     if (out > 2)
         close(out);
@@ -773,12 +782,6 @@ static int spare_main(char **argv)
     if (chdir(cwd) != 0)
         spare_fail(errno);
     spare_what = 1;
-    for (int sig = 1; sig < NSIG; sig++)
-        signal(sig, SIG_DFL);
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    if (setsid() < 0)
-        spare_fail(errno);
     if (userns >= 0) {
         if (setns(userns, CLONE_NEWUSER) != 0)
             spare_fail(errno);
