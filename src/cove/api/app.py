@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -105,6 +106,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
             asyncio.create_task(services.auth.usage.run()),
             *([asyncio.create_task(services.fleet.run())] if services.fleet else []),
         ]
+        _settle_heap()
         yield
         for task in background:
             task.cancel()
@@ -197,3 +199,14 @@ class _CollapseSlashes:
                 path = path.replace("//", "/")
             scope["path"] = path
         await self.app(scope, receive, send)
+
+
+def _settle_heap() -> None:
+    """Once the server is up: what its start built (modules, routes, schemas, the
+    store's metadata, the records it loaded) lives as long as the server, so it is
+    kept out of every later pass of the cyclic garbage collector (``gc.freeze``).
+    The collections that requests' garbage sets off then walk that garbage only: a
+    full collection over everything took ~110 ms here, a pause for every request in
+    flight."""
+    gc.collect()
+    gc.freeze()
