@@ -321,7 +321,8 @@ async def _first_steps(done: Awaitable[None]) -> None:
     """Once the ping is answered: what a command looks up first, looked up once (the C
     library loads its user and group databases' modules on the first lookup, and the
     sandbox's files are read for the first time), so that the first command finds it
-    done. Nothing is kept: each command looks its user up again."""
+    done. The user's entry and groups are kept while /etc/passwd and /etc/group are
+    unchanged (see ``users.lookup``); the rest each command looks up again."""
     await done
     try:
         user = users.lookup(None)
