@@ -108,7 +108,6 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
         ]
         _settle_heap()
         yield
-        gc.unfreeze()  # (what it froze is the collector's again once the server stops)
         for task in background:
             task.cancel()
         await gateway.close()
