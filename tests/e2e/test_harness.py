@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from cove.runner.host import mounts
+from cove.runner.host.nsstock import STOCK_DIR
 from cove.testing import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -25,11 +28,6 @@ def test_a_stopped_server_leaves_no_stock_mount_behind(tmp_path: Path) -> None:
     """A server stopped while its namespace stock made a set leaves the set mounted in
     its scratch (its next start would sweep it): the harness unmounts it, so a bench or
     test that removes the data dir leaves nothing on the host."""
-    import subprocess
-
-    from cove.runner.host import mounts
-    from cove.runner.host.nsstock import STOCK_DIR
-
     (tmp_path / "data").mkdir()
     server = ServerProcess(tmp_path / "data", api_key="k")
     server.start()

@@ -325,8 +325,7 @@ async def _first_steps(done: Awaitable[None]) -> None:
     unchanged (see ``users.lookup``); the rest each command looks up again."""
     await done
     try:
-        user = users.lookup(None)
-        user.groups()
+        user = users.lookup(None)  # (its groups with it)
         users.environment(user)
         users.start_dir(user, None)
     except Exception:  # noqa: BLE001 - the command itself will report what is wrong

@@ -6,7 +6,7 @@ import os
 import pwd
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from . import confine, protocol
@@ -49,15 +49,20 @@ class User:
     gid: int
     home: str
     shell: str
+    # The groups as ``lookup`` found them with the entry (None: looked up when asked).
+    known_groups: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
 
     def groups(self) -> list[int]:
-        return list(_cached(("groups", self.name, str(self.gid)), self._group_list))
+        if self.known_groups is not None:
+            return list(self.known_groups)
+        return list(_group_list(self.name, self.gid))
 
-    def _group_list(self) -> tuple[int, ...]:
-        try:
-            return tuple(os.getgrouplist(self.name, self.gid))
-        except OSError:
-            return (self.gid,)
+
+def _group_list(name: str, gid: int) -> tuple[int, ...]:
+    try:
+        return tuple(os.getgrouplist(name, gid))
+    except OSError:
+        return (gid,)
 
 
 def lookup(name: str | None) -> User:
@@ -68,14 +73,21 @@ def lookup(name: str | None) -> User:
     """
     name = name or DEFAULT_USER
     try:
-        entry = _cached(("passwd", name), lambda: _passwd_entry(name))
+        entry, groups = _cached(name, lambda: _entry_and_groups(name))
     except (KeyError, ValueError) as exc:
         if name in ("root", "0"):  # root exists even when the image broke /etc/passwd
             return User("root", 0, 0, "/root" if os.path.isdir("/root") else "/", "/bin/sh")
         raise protocol.bad_request(f"no user '{name}' in the sandbox") from exc
     shell = entry.pw_shell if os.path.exists(entry.pw_shell or "") else "/bin/sh"
     home = entry.pw_dir if os.path.isdir(entry.pw_dir) else "/"
-    return User(entry.pw_name, entry.pw_uid, entry.pw_gid, home, shell)
+    return User(entry.pw_name, entry.pw_uid, entry.pw_gid, home, shell, groups)
+
+
+def _entry_and_groups(name: str) -> tuple[pwd.struct_passwd, tuple[int, ...]]:
+    """The user's entry and groups: what a command needs of both databases, read
+    together so that one check of the files (``_cached``) covers both."""
+    entry = _passwd_entry(name)
+    return entry, _group_list(entry.pw_name, entry.pw_gid)
 
 
 def _passwd_entry(name: str) -> pwd.struct_passwd:
@@ -86,14 +98,14 @@ def _passwd_entry(name: str) -> pwd.struct_passwd:
 # then spawns without reading and parsing them again (see ``_cached``).
 _DATABASES = ("/etc/passwd", "/etc/group")
 _RACY_NS = 2_000_000_000
-_answers: dict[tuple[str, ...], tuple[tuple[object, ...], Any]] = {}
+_answers: dict[str, tuple[tuple[object, ...], Any]] = {}
 _ANSWERS_MAX = 256
 
 
-def _cached(key: tuple[str, ...], compute: Callable[[], T]) -> T:
+def _cached(key: str, compute: Callable[[], T]) -> T:
     """``compute()``, or its answer from before if /etc/passwd and /etc/group are the
-    files they were then. A file is the same while its device, inode, size and ctime
-    are (every write or replacement sets the ctime, which no process can choose).
+    files they were then. A file is the same while its device, inode, size, ctime and
+    mtime are (every write or replacement sets the ctime, which no process can choose).
     A file changed less than two seconds ago is read every time, as git treats a
     racily clean index: a second write within the clock's tick keeps the ctime.
     A lookup that fails (KeyError) is never kept."""

@@ -87,6 +87,23 @@ def test_a_missing_user_is_not_kept(databases: list[Path],
 def test_groups_are_kept_with_the_database(databases: list[Path],
                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.setattr(users, "_RACY_NS", 0)
+    _counting(monkeypatch)
+    calls: list[str] = []
+
+    def grouplist(name: str, gid: int) -> list[int]:
+        calls.append(name)
+        return [gid, 4242]
+
+    monkeypatch.setattr(users.os, "getgrouplist", grouplist)
+    gid = os.getgid()
+    assert users.lookup("someone").groups() == [gid, 4242]
+    assert users.lookup("someone").groups() == [gid, 4242]
+    assert len(calls) == 1
+    databases[1].write_text("someone:x:4243:\n")
+    assert users.lookup("someone").groups() == [gid, 4242] and len(calls) == 2
+
+
+def test_a_user_made_by_hand_looks_its_groups_up(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
 
     def grouplist(name: str, gid: int) -> list[int]:
@@ -95,7 +112,4 @@ def test_groups_are_kept_with_the_database(databases: list[Path],
 
     monkeypatch.setattr(users.os, "getgrouplist", grouplist)
     user = users.User("someone", 1, 7, "/", "/bin/sh")
-    assert user.groups() == [7, 4242] and user.groups() == [7, 4242]
-    assert calls == ["someone"]
-    databases[1].write_text("someone:x:4243:\n")
-    assert user.groups() == [7, 4242] and calls == ["someone", "someone"]
+    assert user.groups() == [7, 4242] and calls == ["someone"]
