@@ -84,7 +84,7 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, int, bytes]:
 def decode(payload: bytes) -> dict[str, Any]:
     try:
         value = json.loads(payload)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # (nested past the parser's depth)
         raise ProtocolError("bad JSON frame") from exc
     if not isinstance(value, dict):
         raise ProtocolError("JSON frame is not an object")

@@ -25,6 +25,7 @@ _FROM = re.compile(r"^(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+\S+)?$", re.I)
 _VAR = re.compile(r"\$(?:\{(\w+)(?::([-+])([^}]*))?\}|(\w+))")
 _NAME = re.compile(r"^[A-Za-z_]\w*$")
 _FLAG = re.compile(r"^--(chown|chmod|link|from|checksum|keep-git-dir|exclude|parents)(?:=(.*))?$")
+SHOWN = 120  # characters of a line an error quotes
 _SUBSTITUTED = frozenset({"ENV", "WORKDIR", "COPY", "ADD", "USER", "LABEL", "EXPOSE", "ARG"})
 
 
@@ -85,7 +86,7 @@ def parse(dockerfile: str, context_hashes: Sequence[str] = ()) -> BuildPlan:
         raise BadRequest("the Dockerfile must start with FROM <snapshot or image>")
     match = _FROM.match(lines[0][1])
     if match is None:
-        raise BadRequest(f"invalid FROM line: {lines[0][1]!r}")
+        raise BadRequest(f"invalid FROM line: {_shown(lines[0][1])}")
     parser = _Parser()
     for keyword, rest in lines[1:]:
         parser.add(keyword, rest)
@@ -154,13 +155,13 @@ class _Parser:
     def _copy(self, text: str, rest: str, kind: str = "COPY") -> None:
         flags, words = _flags_and_words(rest, kind)
         if len(words) < 2:
-            raise BadRequest(f"{kind} needs a source and a destination: {text!r}")
+            raise BadRequest(f"{kind} needs a source and a destination: {_shown(text)}")
         *sources, dest = words
         if "from" in flags:
             raise BadRequest(f"{kind} --from is not supported (single-stage builds only)")
         for src in sources:
             if kind == "ADD" and re.match(r"^[a-z]+://", src):
-                raise BadRequest(f"ADD from a URL is not supported: {src!r}")
+                raise BadRequest(f"ADD from a URL is not supported: {_shown(src)}")
         if not dest.startswith("/"):
             dest = f"{self.workdir.rstrip('/')}/{dest}"
         if len(sources) > 1 and not dest.endswith("/"):
@@ -178,7 +179,7 @@ class _Parser:
     def _arg(self, text: str, rest: str) -> None:
         name, eq, default = _one_word(rest).partition("=")
         if not _NAME.match(name):
-            raise BadRequest(f"invalid ARG: {text!r}")
+            raise BadRequest(f"invalid ARG: {_shown(text)}")
         self.args[name] = default if eq else self.args.get(name, "")
 
     def _label(self, text: str, rest: str) -> None:
@@ -192,6 +193,11 @@ class _Parser:
 
     def _expose(self, text: str, rest: str) -> None:
         return None
+
+
+def _shown(text: str) -> str:
+    """A piece of the Dockerfile as an error quotes it: at most SHOWN characters."""
+    return repr(text if len(text) <= SHOWN else f"{text[:SHOWN]}...")
 
 
 def _logical_lines(dockerfile: str) -> list[tuple[str, str]]:
@@ -227,12 +233,12 @@ def _exec_or_shell(rest: str, kind: str) -> tuple[str, ...]:
     if rest.startswith("["):
         try:
             argv = json.loads(rest)
-        except json.JSONDecodeError as exc:
-            raise BadRequest(f"invalid {kind} exec form: {rest!r}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest(f"invalid {kind} exec form: {_shown(rest)}") from exc
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-            raise BadRequest(f"invalid {kind} exec form: {rest!r}")
+            raise BadRequest(f"invalid {kind} exec form: {_shown(rest)}")
         if kind == "RUN" and not argv:
-            raise BadRequest(f"invalid {kind} exec form: {rest!r}")
+            raise BadRequest(f"invalid {kind} exec form: {_shown(rest)}")
         return tuple(argv)
     return ("/bin/sh", "-c", rest)
 
@@ -245,16 +251,16 @@ def _flags_and_words(rest: str, kind: str) -> tuple[dict[str, str], list[str]]:
         rest = rest.lstrip()
         match = _FLAG.match(word)
         if match is None:
-            raise BadRequest(f"unknown {kind} option {word!r}")
+            raise BadRequest(f"unknown {kind} option {_shown(word)}")
         if match.group(1) not in ("chown", "from", "link"):
             raise BadRequest(f"{kind} --{match.group(1)} is not supported")
         flags[match.group(1)] = match.group(2) or ""
     try:
         words = json.loads(rest) if rest.startswith("[") else shlex.split(rest)
-    except ValueError as exc:
-        raise BadRequest(f"invalid {kind}: {rest!r}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"invalid {kind}: {_shown(rest)}") from exc
     if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-        raise BadRequest(f"invalid {kind} JSON form: {rest!r}")
+        raise BadRequest(f"invalid {kind} JSON form: {_shown(rest)}")
     return flags, words
 
 
@@ -262,7 +268,7 @@ def _pairs(rest: str, kind: str) -> tuple[tuple[str, str], ...]:
     try:
         words = shlex.split(rest)
     except ValueError as exc:
-        raise BadRequest(f"invalid {kind}: {rest!r}") from exc
+        raise BadRequest(f"invalid {kind}: {_shown(rest)}") from exc
     if not words:
         raise BadRequest(f"{kind} needs a value")
     if "=" not in words[0]:  # legacy form: KEY value with spaces
@@ -272,7 +278,7 @@ def _pairs(rest: str, kind: str) -> tuple[tuple[str, str], ...]:
     for word in words:
         key, eq, value = word.partition("=")
         if not eq or not key:
-            raise BadRequest(f"invalid {kind}: {rest!r}")
+            raise BadRequest(f"invalid {kind}: {_shown(rest)}")
         pairs.append((key, value))
     return tuple(pairs)
 
@@ -281,7 +287,7 @@ def _one_word(rest: str) -> str:
     try:
         words = shlex.split(rest)
     except ValueError as exc:
-        raise BadRequest(f"invalid argument: {rest!r}") from exc
+        raise BadRequest(f"invalid argument: {_shown(rest)}") from exc
     if len(words) != 1:
-        raise BadRequest(f"expected one argument, got {rest!r}")
+        raise BadRequest(f"expected one argument, got {_shown(rest)}")
     return words[0]

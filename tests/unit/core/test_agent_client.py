@@ -20,6 +20,7 @@ from cove.schemas.toolbox_git import GitCommitRequest
 from tests.unit.scripted import AnsweringRuntime
 
 J, D, OUT = protocol.JSON, protocol.DATA, protocol.STDOUT
+DEEP = b"[" * 100_000 + b"]" * 100_000  # (Python's parser raises RecursionError on it)
 
 
 def ok(**fields: Any) -> tuple[bytes, dict[str, Any]]:
@@ -76,12 +77,15 @@ Call = Callable[[AgentClient], Awaitable[Any]]
 BAD: dict[str, tuple[Call, list[tuple[bytes, Any]]]] = {
     "exec: no exit code": (lambda a: a.exec("true"), [ok()]),
     "exec: a mistyped exit code": (lambda a: a.exec("true"), [ok(exitCode="zero")]),
+    "exec: a reply nested past the parser's depth": (lambda a: a.exec("true"), [(J, DEEP)]),
     "info: missing fields": (lambda a: a.info(), [ok(home="/root")]),
     "info: a mistyped environment": (
         lambda a: a.info(), [ok(home="/", workDir="/", env=["A"], version="1")]),
     "file info: a mistyped file": (lambda a: a.file_info("/x"), [ok(file={"name": 1})]),
     "listing: a mistyped entry": (
         lambda a: _drain(a.list_files("/")), [(J, {"items": [{"name": 3}]}), ok()]),
+    "listing: a batch nested past the parser's depth": (
+        lambda a: _drain(a.list_files("/")), [(J, b'{"items":' + DEEP + b"}"), ok()]),
     "search: a non-string name": (
         lambda a: _drain(a.search_files("/", "*")), [(J, {"items": [1]}), ok()]),
     "replace: results not a list": (

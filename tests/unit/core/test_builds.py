@@ -121,9 +121,22 @@ async def test_refused_dockerfiles_create_nothing(
         ("FROM cove-default\nCOPY --from=a x /y\n", "--from is not supported"),
         ("FROM nope\nRUN true\n", "cannot be provided"),
         ("RUN true\n", "must start with FROM"),
+        ("FROM cove-default\nRUN " + "[" * 100_000 + "\n", "invalid RUN exec form"),
+        ("FROM cove-default\nCMD " + "[" * 100_000 + "\n", "invalid CMD exec form"),
     ]:
         with pytest.raises(BadRequest, match=message):
             await lifecycle.create(organization_id=org, request=_request(dockerfile))
+    assert lifecycle.list(org) == ([], None)
+
+
+async def test_a_refusal_quotes_a_long_line_in_part(
+    lifecycle: LifecycleService, snapshots: SnapshotService, org: str,
+) -> None:  # fmt: skip
+    with pytest.raises(BadRequest) as caught:
+        await lifecycle.create(organization_id=org,
+                               request=_request("FROM cove-default\nRUN [" + "x" * 100_000 + "\n"))
+    assert caught.value.message.startswith("invalid RUN exec form: '[xxx")
+    assert len(caught.value.message) < 200
     assert lifecycle.list(org) == ([], None)
 
 

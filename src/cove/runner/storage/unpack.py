@@ -153,7 +153,7 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read(MAX_CONFIG + 1)[:MAX_CONFIG])
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise RuntimeBackendError(f"unreadable image metadata {path.name}: {exc}") from exc
     if not isinstance(data, dict):
         raise RuntimeBackendError(f"invalid image metadata {path.name}")
