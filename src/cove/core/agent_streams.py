@@ -27,6 +27,7 @@ from cove.core.agent_types import (
     InterpreterOutput,
     Output,
     RunEnded,
+    Size,
     field,
     parse,
 )
@@ -153,7 +154,7 @@ async def read_events(opening: Opening) -> AsyncGenerator[FileEvent, None]:
 
 def _file_header(header: dict[str, Any]) -> FileStart | FileError:
     if "file" in header:
-        return FileStart(field(header, "file", str), parse(int | None, header.get("size")))
+        return FileStart(field(header, "file", str), parse(Size | None, header.get("size")))
     return FileError.model_validate({**field(header, "error", dict), "path": header["path"]})
 
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import TypeAdapter
+from pydantic import Field, TypeAdapter
 
 from cove.schemas.base import WireModel
 from cove.schemas.toolbox import Chart
 
 T = TypeVar("T")
 Stream = Literal["stdout", "stderr"]
+# A file's size as the agent gives it (it becomes a download's Content-Length).
+Size = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 @cache
@@ -97,7 +99,7 @@ class AgentInfo(WireModel):
 @dataclass(frozen=True)
 class FileStart:
     path: str
-    size: int | None
+    size: int | None  # (a Size)
 
 
 @dataclass(frozen=True)

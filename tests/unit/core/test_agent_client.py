@@ -92,6 +92,10 @@ BAD: dict[str, tuple[Call, list[tuple[bytes, Any]]]] = {
         lambda a: a.replace_in_files(["/x"], "a", "b"), [ok(results="all")]),
     "read: a mistyped file header": (
         lambda a: _drain(a.read_files(["/x"])), [(J, {"file": 5}), ok()]),
+    "read: a negative size": (
+        lambda a: _drain(a.read_files(["/x"])), [(J, {"file": "/x", "size": -1}), ok()]),
+    "read: a size past any file's": (
+        lambda a: _drain(a.read_files(["/x"])), [(J, {"file": "/x", "size": 2**64}), ok()]),
     "read: a mistyped file error": (
         lambda a: _drain(a.read_files(["/x"])), [(J, {"error": {"status": "x"}, "path": "/x"}),
                                                  ok()]),  # fmt: skip
