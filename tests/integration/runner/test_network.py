@@ -16,7 +16,7 @@ from cove.runner.host.network import data_tag
 from cove.runner.oci.runtime import OciRuntime
 from tests.integration.conftest import SandboxFactory
 from tests.integration.runner.util import ok, sh
-from tests.nettools import R1, R1_NET, R2, R2_NET, Remote, nft_table
+from tests.nettools import R1, R1_NET, R2, R2_NET, FakeDns, Remote, nft_table
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +78,34 @@ def test_domain_allow_list_is_per_sandbox(runtime: OciRuntime, make_sandbox: San
     assert reaches(runtime, a, f"http://{R1}:8080/")  # resolved by a, for a
     assert not reaches(runtime, a, f"http://{R2}:8080/")
     assert not reaches(runtime, b, f"http://{R1}:8080/")  # b resolved nothing
+
+
+SMUGGLE = """
+import socket, struct
+def question(name):
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+    return labels + bytes(1) + struct.pack("!HH", 1, 1)
+server = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+head = struct.pack("!HHHHHH", 0x4242, 0x0100, 2, 0, 0, 0)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(head + question("remote.test") + question("other.test"), (server, 53))
+reply = s.recv(512)
+print(struct.unpack("!H", reply[:2])[0], reply[3] & 15)
+"""
+
+
+def test_a_second_question_is_not_smuggled_past_the_allow_list(
+    runtime: OciRuntime, make_sandbox: SandboxFactory, fake_dns: FakeDns, remotes,
+) -> None:  # fmt: skip
+    """A query naming an allowed domain first and another second is refused (FORMERR)
+    and never reaches the upstream, whose answer would open the second's address."""
+    sid = make_sandbox(network=NetworkPolicy(allow_domains=("remote.test",))).sandbox_id
+    before = len(fake_dns.queries)
+    assert ok(runtime, sid, f"python3 -c '{SMUGGLE}'").split() == [str(0x4242), "1"]
+    assert len(fake_dns.queries) == before
+    assert not reaches(runtime, sid, f"http://{R2}:8080/")
+    assert reaches(runtime, sid, "http://remote.test:8080/")  # one question: answered
 
 
 def test_no_route_to_other_sandboxes_or_host(runtime: OciRuntime, make_sandbox: SandboxFactory,

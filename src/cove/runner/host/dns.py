@@ -28,7 +28,7 @@ from cove.core.ports import NetworkPolicy
 
 log = logging.getLogger(__name__)
 Resolved = Callable[[list[tuple[str, int]]], None]
-NXDOMAIN, REFUSED, SERVFAIL = 3, 5, 2
+FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 1, 2, 3, 4, 5
 UPSTREAM_TIMEOUT = 3.0
 
 
@@ -114,10 +114,18 @@ class DnsForwarder:
 
     def resolve(self, policy: NetworkPolicy, on: Resolved, query: bytes,
                 hosts: dict[str, str] | None = None) -> bytes | None:  # fmt: skip
-        """The answer to ``query`` under ``policy`` (None: not a query; dropped)."""
+        """The answer to ``query`` under ``policy`` (None: not a query; dropped).
+
+        Only a standard query of one question is answered or forwarded: the policy
+        checks that question, and a second one (or an update, a notify) would reach
+        the upstream resolver unchecked, and its answer's addresses the allow-list."""
         name = question_name(query)
         if name is None:
             return None
+        if (query[2] >> 3) & 0x0F != 0:  # the opcode: not a QUERY
+            return error_reply(query, NOTIMP)
+        if struct.unpack("!H", query[4:6])[0] != 1:
+            return error_reply(query, FORMERR)
         own = (hosts or {}).get(name.lower().rstrip("."))
         if own is not None:
             return host_reply(query, own)
