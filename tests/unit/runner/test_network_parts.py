@@ -9,6 +9,8 @@ import socket
 import struct
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from cove.core.ports import NetworkPolicy
 from cove.errors import CoveError, RuntimeBackendError
 from cove.runner.host import dns, firewall
 from cove.runner.host.firewall import Egress, Link
+from tests.nettools import FakeDns
 
 
 def _query(name: str, qid: int = 7) -> bytes:
@@ -47,44 +50,118 @@ def test_allowed_names() -> None:
     assert not dns.allowed("wild.org", patterns) and not dns.allowed("evilwild.org", patterns)
 
 
-def test_resolve_under_policies() -> None:
-    fwd = dns.DnsForwarder.__new__(dns.DnsForwarder)
-    seen: list = []
-    fwd._forward = lambda q: _answer(q, "198.18.0.9", 5)  # type: ignore[method-assign]
+def test_decisions_under_policies() -> None:
     q = _query("api.wild.org")
-    assert dns.DnsForwarder.resolve(fwd, NetworkPolicy(block_all=True), seen.extend, q)[3] & 15 == 5
-    deny = NetworkPolicy(allow_domains=("other.org",))
-    assert dns.DnsForwarder.resolve(fwd, deny, seen.extend, q)[3] & 15 == 3
-    assert seen == []
-    allow = NetworkPolicy(allow_domains=("*.wild.org",))
-    assert dns.a_records(dns.DnsForwarder.resolve(fwd, allow, seen.extend, q))
-    assert seen == [("198.18.0.9", 90)]  # at least the TTL, at least a minute
+    assert dns.decide(NetworkPolicy(block_all=True), q)[3] & 15 == dns.REFUSED
+    assert dns.decide(NetworkPolicy(allow_domains=("other.org",)), q)[3] & 15 == dns.NXDOMAIN
+    assert dns.decide(NetworkPolicy(allow_domains=("*.wild.org",)), q) is dns.FORWARD
+    assert dns.decide(NetworkPolicy(), q) is dns.FORWARD
+    assert dns.decide(NetworkPolicy(), q[:-2]) is None  # cut short: dropped
+    assert dns.decide(NetworkPolicy(), q[:12]) is None
 
 
 def test_only_a_query_of_one_question_is_forwarded() -> None:
     """A sandbox allowed one domain cannot smuggle a second question (or an update)
     past the check to the upstream resolver, nor its answers into the allow-list."""
-    fwd = dns.DnsForwarder.__new__(dns.DnsForwarder)
-    forwarded: list[bytes] = []
-    seen: list = []
-
-    def forward(q: bytes) -> bytes:
-        forwarded.append(q)
-        return _answer(q, "198.18.0.9", 5)
-
-    fwd._forward = forward  # type: ignore[method-assign]
     allow = NetworkPolicy(allow_domains=("*.wild.org",))
     q = _query("api.wild.org")
-    second = _query("exfil-data.evil.net")[12:]
-    two = q[:4] + struct.pack("!H", 2) + q[6:] + second
-    reply = dns.DnsForwarder.resolve(fwd, allow, seen.extend, two)
+    two = q[:4] + struct.pack("!H", 2) + q[6:] + _query("exfil-data.evil.net")[12:]
+    reply = dns.decide(allow, two)
     assert reply[:2] == q[:2] and reply[3] & 15 == dns.FORMERR
     update = q[:2] + struct.pack("!H", 5 << 11) + q[4:]  # opcode 5: UPDATE
-    reply = dns.DnsForwarder.resolve(fwd, allow, seen.extend, update)
-    assert reply[3] & 15 == dns.NOTIMP
-    assert forwarded == [] and seen == []
-    assert dns.a_records(dns.DnsForwarder.resolve(fwd, allow, seen.extend, q))  # one: it goes
-    assert forwarded == [q]
+    assert dns.decide(allow, update)[3] & 15 == dns.NOTIMP
+    assert dns.decide(allow, q) is dns.FORWARD
+
+
+class Upstream(FakeDns):
+    """FakeDns that never answers names under ``slow.test`` (as an authoritative
+    server that does not answer leaves a resolver waiting)."""
+
+    def _answer(self, q: bytes) -> bytes:
+        answer = super()._answer(q)
+        return b"" if self.queries[-1].endswith("slow.test") else answer
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            if answer := self._answer(data):
+                self.sock.sendto(answer, peer)
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    server = Upstream({"api.wild.org": "198.18.0.9", "fast.test": "198.18.0.10"})
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def forwarder(upstream: Upstream) -> Iterator[dns.DnsForwarder]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a port nothing serves
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()
+    fwd = dns.DnsForwarder([closed, ("127.0.0.1", upstream.port)])
+    yield fwd
+    fwd.stop()
+
+
+def _ask(address: str, query: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(20)
+        s.sendto(query, (address, 53))
+        return s.recv(4096)
+
+
+def _address() -> str:
+    return f"127.83.{os.getpid() % 250}.{len(ADDRESSES) + 1}"
+
+
+ADDRESSES: list[str] = []
+
+
+def _listen(fwd: dns.DnsForwarder, sandbox_id: str, policy: NetworkPolicy,
+            on: dns.Resolved) -> str:  # fmt: skip
+    ADDRESSES.append(address := _address())
+    fwd.serve(sandbox_id, address, policy, on)
+    return address
+
+
+def test_an_answer_allowed_reaches_the_sandbox_after_its_addresses(
+    forwarder: dns.DnsForwarder,
+) -> None:  # fmt: skip
+    """Forwarded (past an upstream that refuses, to the next), its addresses handed to
+    the allow-list first, then sent: at least the TTL, at least a minute."""
+    allowed: list = []
+    address = _listen(forwarder, "sb-a", NetworkPolicy(allow_domains=("*.wild.org",)),
+                      allowed.extend)  # fmt: skip
+    reply = _ask(address, _query("api.wild.org"))
+    assert dns.a_records(reply) == [("198.18.0.9", 5)]
+    assert allowed == [("198.18.0.9", 90)]
+    assert _ask(address, _query("nope.other.org"))[3] & 15 == dns.NXDOMAIN
+    assert forwarder.in_flight("sb-a") == 0
+
+
+def test_a_sandbox_waiting_on_slow_names_holds_up_no_other(
+    forwarder: dns.DnsForwarder, upstream: Upstream,
+) -> None:  # fmt: skip
+    """A flood of queries no upstream answers: the sandbox's are capped (the rest
+    dropped), and another sandbox is answered meanwhile."""
+    flood = _listen(forwarder, "sb-flood", NetworkPolicy(), print)
+    other = _listen(forwarder, "sb-other", NetworkPolicy(), print)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for n in range(3 * dns.SANDBOX_IN_FLIGHT):
+            s.sendto(_query(f"q{n}.slow.test", qid=n), (flood, 53))
+        deadline = time.monotonic() + 20
+        while forwarder.in_flight("sb-flood") < dns.SANDBOX_IN_FLIGHT:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert dns.a_records(_ask(other, _query("fast.test"))) == [("198.18.0.10", 5)]
+        assert forwarder.in_flight("sb-flood") == dns.SANDBOX_IN_FLIGHT  # still waiting
+    slow = [q for q in upstream.queries if q.endswith("slow.test")]
+    assert len(slow) == dns.SANDBOX_IN_FLIGHT  # the rest never left the host
 
 
 def test_upstreams(tmp_path) -> None:  # noqa: ANN001
@@ -185,17 +262,15 @@ def test_a_linked_sandbox_reaches_only_its_owners_address() -> None:
 
 
 def test_the_owners_name_is_answered_by_cove_whatever_the_policy() -> None:
-    fwd = dns.DnsForwarder.__new__(dns.DnsForwarder)
-    fwd._forward = lambda q: None  # type: ignore[method-assign]  # never asked
     hosts = {"owner-1": "10.0.0.5"}
     policy = NetworkPolicy(block_all=True)
-    reply = dns.DnsForwarder.resolve(fwd, policy, print, _query("Owner-1"), hosts)
+    reply = dns.decide(policy, _query("Owner-1"), hosts)
     assert reply[:2] == _query("Owner-1")[:2] and reply[3] & 15 == 0
     assert dns.a_records(reply) == [("10.0.0.5", 30)]
     aaaa = _query("owner-1")[:-4] + struct.pack("!HH", 28, 1)
-    empty = dns.DnsForwarder.resolve(fwd, policy, print, aaaa, hosts)
+    empty = dns.decide(policy, aaaa, hosts)
     assert empty[3] & 15 == 0 and dns.a_records(empty) == []
-    other = dns.DnsForwarder.resolve(fwd, policy, print, _query("owner-2"), hosts)
+    other = dns.decide(policy, _query("owner-2"), hosts)
     assert other[3] & 15 == dns.REFUSED
 
 

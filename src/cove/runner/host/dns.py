@@ -9,7 +9,8 @@ unless the sandbox's policy says otherwise:
   in an allowed answer are handed to ``on_resolved`` (which adds them to that
   sandbox's nft set) *before* the answer is sent back.
 
-One selector thread receives; a small pool of threads forwards.
+One thread receives, decides and forwards (never waiting on an upstream); a
+small pool updates allow-lists.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,26 +34,74 @@ FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 1, 2, 3, 4, 5
 UPSTREAM_TIMEOUT = 3.0
 
 
-@dataclass
+FORWARD = object()  # a query the policy lets through to the upstream resolvers
+# Queries of one sandbox waiting on the upstream (or on its allow-list's update) at
+# once, and of all sandboxes: more are dropped (the sandbox's resolver asks again).
+# (Each holds a socket; an answer usually comes within milliseconds.)
+SANDBOX_IN_FLIGHT = 32
+IN_FLIGHT = 1024
+BURST = 64  # queries taken from one sandbox's socket per turn of the loop
+
+
+@dataclass(eq=False)
 class _View:
     sock: socket.socket
     policy: NetworkPolicy
     on_resolved: Resolved
     hosts: dict[str, str]  # names answered by Cove itself (a linked sandbox's owner)
+    in_flight: int = 0
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A query forwarded to ``upstream``, its answer awaited on ``sock`` until ``deadline``."""
+
+    view: _View
+    query: bytes
+    peer: tuple[str, int]
+    upstream: int
+    sock: socket.socket
+    deadline: float
 
 
 class DnsForwarder:
-    """Listens for many sandboxes, answers each according to its own policy."""
+    """Listens for many sandboxes, answers each according to its own policy.
+
+    One thread runs everything but the allow-lists' updates: it receives the
+    sandboxes' queries, answers those the policy decides at once, and forwards
+    the rest without waiting for the upstream (each on a socket of its own,
+    connected to the upstream, so no other host can answer it), so one sandbox's
+    slow names hold up no other sandbox's. The addresses of an answer under an
+    allow-list go to a small pool that updates the sandbox's nft set, then sends
+    the answer. Each sandbox has at most SANDBOX_IN_FLIGHT queries under way."""
 
     def __init__(self, upstreams: list[tuple[str, int]]) -> None:
         self.upstreams = upstreams
         self._sel = selectors.DefaultSelector()
         self._views: dict[str, _View] = {}
+        self._pending: dict[socket.socket, _Pending] = {}  # (the loop thread's own)
+        self._in_flight = 0
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(8, thread_name_prefix="cove-dns")
+        self._allow = ThreadPoolExecutor(2, thread_name_prefix="cove-dns-allow")
         self._wake_r, self._wake_w = socket.socketpair()
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        threading.Thread(target=self._loop, name="cove-dns", daemon=True).start()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="cove-dns", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving every sandbox, and the forwarder's threads."""
+        self._stopping = True
+        self._wake_w.send(b"x")
+        self._thread.join()
+        self._allow.shutdown()
+        for sandbox_id in list(self._views):
+            self.close(sandbox_id)
+        for pending in list(self._pending.values()):
+            self._drop(pending)
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def serve(self, sandbox_id: str, address: str, policy: NetworkPolicy, on: Resolved,
               hosts: dict[str, str] | None = None) -> None:  # fmt: skip
@@ -73,6 +123,7 @@ class DnsForwarder:
         self._wake_w.send(b"x")
 
     def close(self, sandbox_id: str) -> None:
+        """Stop listening for the sandbox (its queries under way are let go)."""
         with self._lock:
             view = self._views.pop(sandbox_id, None)
             if view is None:
@@ -84,75 +135,156 @@ class DnsForwarder:
         with self._lock:
             return sandbox_id in self._views
 
+    def in_flight(self, sandbox_id: str) -> int:
+        """The sandbox's queries under way."""
+        with self._lock:
+            view = self._views.get(sandbox_id)
+            return view.in_flight if view is not None else 0
+
     def _loop(self) -> None:
-        while True:
-            for key, _ in self._sel.select(timeout=1.0):
+        while not self._stopping:
+            first = next(iter(self._pending.values()), None)  # the first due (see _expire)
+            wait = 1.0 if first is None else max(0.0, first.deadline - time.monotonic())
+            for key, _ in self._sel.select(timeout=min(wait, 1.0)):
                 if key.data is None:
                     self._wake_r.recv(64)
-                    continue
-                with self._lock:
-                    view = self._views.get(key.data)
-                if view is None:
-                    continue
-                try:
-                    data, peer = view.sock.recvfrom(4096)
-                except OSError:
-                    continue
-                self._pool.submit(self._answer, view, data, peer)
+                elif isinstance(key.data, _Pending):
+                    self._upstream_answer(key.data)
+                else:
+                    self._queries(key.data)
+            self._expire()
 
-    def _answer(self, view: _View, query: bytes, peer: tuple[str, int]) -> None:
-        try:
-            reply = self.resolve(view.policy, view.on_resolved, query, view.hosts)
-        except Exception:  # noqa: BLE001 - one bad query must not stop the forwarder
-            log.exception("DNS query failed")
-            reply = error_reply(query, SERVFAIL)
-        if reply:
+    def _queries(self, sandbox_id: str) -> None:
+        with self._lock:
+            view = self._views.get(sandbox_id)
+        for _ in range(BURST if view is not None else 0):
             try:
-                view.sock.sendto(reply, peer)
+                query, peer = view.sock.recvfrom(4096)  # type: ignore[union-attr]
             except OSError:
-                pass
+                return
+            try:
+                reply = decide(view.policy, query, view.hosts)  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - one bad query must not stop the forwarder
+                log.exception("DNS query failed")
+                reply = None
+            if reply is FORWARD:
+                self._forward(view, query, peer)  # type: ignore[arg-type]
+            elif reply is not None:
+                _send(view, reply, peer)  # type: ignore[arg-type]
 
-    def resolve(self, policy: NetworkPolicy, on: Resolved, query: bytes,
-                hosts: dict[str, str] | None = None) -> bytes | None:  # fmt: skip
-        """The answer to ``query`` under ``policy`` (None: not a query; dropped).
+    def _forward(self, view: _View, query: bytes, peer: tuple[str, int],
+                 upstream: int = 0) -> None:  # fmt: skip
+        """Send ``query`` to the upstream resolver ``upstream`` (or, past the last one,
+        answer SERVFAIL); a query over the sandbox's or the forwarder's bound is dropped."""
+        if upstream == 0:
+            with self._lock:
+                if view.in_flight >= SANDBOX_IN_FLIGHT or self._in_flight >= IN_FLIGHT:
+                    return
+                view.in_flight += 1
+                self._in_flight += 1
+        while upstream < len(self.upstreams):
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            except OSError:  # (out of descriptors)
+                break
+            try:
+                sock.setblocking(False)
+                sock.connect(self.upstreams[upstream])  # (its answers only)
+                sock.send(query)
+            except OSError:
+                sock.close()
+                upstream += 1
+                continue
+            pending = _Pending(view, query, peer, upstream, sock,
+                               time.monotonic() + UPSTREAM_TIMEOUT)  # fmt: skip
+            self._pending[sock] = pending
+            self._sel.register(sock, selectors.EVENT_READ, pending)
+            return
+        self._done(view, error_reply(query, SERVFAIL), peer)
 
-        Only a standard query of one question is answered or forwarded: the policy
-        checks that question, and a second one (or an update, a notify) would reach
-        the upstream resolver unchecked, and its answer's addresses the allow-list."""
-        name = question_name(query)
-        if name is None:
-            return None
-        if (query[2] >> 3) & 0x0F != 0:  # the opcode: not a QUERY
-            return error_reply(query, NOTIMP)
-        if struct.unpack("!H", query[4:6])[0] != 1:
-            return error_reply(query, FORMERR)
-        own = (hosts or {}).get(name.lower().rstrip("."))
-        if own is not None:
-            return host_reply(query, own)
-        if policy.block_all:
-            return error_reply(query, REFUSED)
-        if policy.allow_domains and not allowed(name, policy.allow_domains):
-            return error_reply(query, NXDOMAIN)
-        answer = self._forward(query)
-        if answer is None:
-            return error_reply(query, SERVFAIL)
-        if policy.allow_domains:
-            on([(ip, max(ttl, 60) + 30) for ip, ttl in a_records(answer)])
-        return answer
+    def _upstream_answer(self, pending: _Pending) -> None:
+        try:
+            answer = pending.sock.recv(65535)
+        except OSError:  # (refused: nothing listens there) the next upstream
+            self._drop(pending)
+            self._forward(pending.view, pending.query, pending.peer, pending.upstream + 1)
+            return
+        if answer[:2] != pending.query[:2]:
+            return  # not its answer: wait on
+        self._drop(pending)
+        if not pending.view.policy.allow_domains:
+            self._done(pending.view, answer, pending.peer)
+            return
+        try:
+            found = [(ip, max(ttl, 60) + 30) for ip, ttl in a_records(answer)]
+        except (IndexError, ValueError, struct.error):
+            found = None
+        self._allow.submit(self._allow_then_answer, pending, found, answer)
 
-    def _forward(self, query: bytes) -> bytes | None:
-        for host, port in self.upstreams:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.settimeout(UPSTREAM_TIMEOUT)
-                try:
-                    s.sendto(query, (host, port))
-                    while True:
-                        data, _ = s.recvfrom(65535)
-                        if data[:2] == query[:2]:
-                            return data
-                except OSError:
-                    continue
+    def _allow_then_answer(self, pending: _Pending, found: list[tuple[str, int]] | None,
+                           answer: bytes) -> None:  # fmt: skip
+        """(The pool.) The answer's addresses into the sandbox's allow-list, then the
+        answer: the sandbox's first connection to them finds them allowed."""
+        try:
+            if found is None:
+                raise ValueError("an answer the forwarder cannot read")
+            if found:
+                pending.view.on_resolved(found)
+        except Exception:  # noqa: BLE001 - the sandbox gets no answer it cannot use
+            log.exception("the addresses of a DNS answer were not allowed")
+            answer = error_reply(pending.query, SERVFAIL)
+        self._done(pending.view, answer, pending.peer)
+
+    def _expire(self) -> None:
+        """Ask the next upstream what the last one did not answer in time. (Deadlines
+        are kept in the order queries were sent: each is that moment + a constant.)"""
+        now = time.monotonic()
+        while (first := next(iter(self._pending.values()), None)) and first.deadline <= now:
+            self._drop(first)
+            self._forward(first.view, first.query, first.peer, first.upstream + 1)
+
+    def _drop(self, pending: _Pending) -> None:
+        del self._pending[pending.sock]
+        self._sel.unregister(pending.sock)
+        pending.sock.close()
+
+    def _done(self, view: _View, reply: bytes, peer: tuple[str, int]) -> None:
+        with self._lock:
+            view.in_flight -= 1
+            self._in_flight -= 1
+        _send(view, reply, peer)
+
+
+def _send(view: _View, reply: bytes, peer: tuple[str, int]) -> None:
+    try:
+        view.sock.sendto(reply, peer)
+    except OSError:
+        pass  # (closed: the sandbox is gone)
+
+
+def decide(policy: NetworkPolicy, query: bytes, hosts: dict[str, str] | None = None,
+           ) -> bytes | object | None:  # fmt: skip
+    """What ``query`` gets under ``policy``: an answer now, FORWARD (to the upstream
+    resolvers), or None (not a query: dropped).
+
+    Only a standard query of one question is answered or forwarded: the policy checks
+    that question, and a second one (or an update, a notify) would reach the upstream
+    resolver unchecked, and its answer's addresses the allow-list."""
+    name = question_name(query)
+    if name is None:
         return None
+    if (query[2] >> 3) & 0x0F != 0:  # the opcode: not a QUERY
+        return error_reply(query, NOTIMP)
+    if struct.unpack("!H", query[4:6])[0] != 1:
+        return error_reply(query, FORMERR)
+    own = (hosts or {}).get(name.lower().rstrip("."))
+    if own is not None:
+        return host_reply(query, own)
+    if policy.block_all:
+        return error_reply(query, REFUSED)
+    if policy.allow_domains and not allowed(name, policy.allow_domains):
+        return error_reply(query, NXDOMAIN)
+    return FORWARD
 
 
 def allowed(name: str, patterns: tuple[str, ...]) -> bool:
@@ -193,13 +325,14 @@ def upstreams(
 
 
 def question_name(msg: bytes) -> str | None:
+    """The first question's name of a query (None: not a query, or cut short)."""
     if len(msg) < 12 or msg[2] & 0x80 or struct.unpack("!H", msg[4:6])[0] < 1:
         return None
     try:
-        name, _ = _name(msg, 12)
+        name, end = _name(msg, 12)
     except (IndexError, ValueError):
         return None
-    return name
+    return name if end + 4 <= len(msg) else None
 
 
 def error_reply(query: bytes, rcode: int) -> bytes:
