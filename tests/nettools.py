@@ -219,7 +219,9 @@ class FakeDns:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.queries: list[str] = []
-        threading.Thread(target=self._loop, daemon=True).start()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
 
     @property
     def upstream(self) -> str:
@@ -229,9 +231,12 @@ class FakeDns:
         while True:
             try:
                 data, peer = self.sock.recvfrom(4096)
+                if self._closing:
+                    return
+                if answer := self._answer(data):  # (b"": none)
+                    self.sock.sendto(answer, peer)
             except OSError:
                 return
-            self.sock.sendto(self._answer(data), peer)
 
     def _answer(self, q: bytes) -> bytes:
         pos, labels = 12, []
@@ -251,6 +256,13 @@ class FakeDns:
         return q[:2] + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0) + question + rr
 
     def close(self) -> None:
+        """Stop answering: the thread is woken and ended before the socket is closed
+        (with one left blocked on its closed socket, a FakeDns made later in the same
+        process was seen to miss queries)."""
+        self._closing = True
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wake:
+            wake.sendto(b"", ("127.0.0.1", self.port))
+        self._thread.join(5)
         self.sock.close()
 
 

@@ -81,15 +81,6 @@ class Upstream(FakeDns):
         answer = super()._answer(q)
         return b"" if self.queries[-1].endswith("slow.test") else answer
 
-    def _loop(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            if answer := self._answer(data):
-                self.sock.sendto(answer, peer)
-
 
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:

@@ -217,19 +217,20 @@ class DnsForwarder:
             return
         try:
             found = [(ip, max(ttl, 60) + 30) for ip, ttl in a_records(answer)]
-        except (IndexError, ValueError, struct.error):
-            found = None
+        except (IndexError, ValueError, struct.error):  # (an answer it cannot read)
+            self._done(pending.view, error_reply(pending.query, SERVFAIL), pending.peer)
+            return
+        if not found:
+            self._done(pending.view, answer, pending.peer)
+            return
         self._allow.submit(self._allow_then_answer, pending, found, answer)
 
-    def _allow_then_answer(self, pending: _Pending, found: list[tuple[str, int]] | None,
+    def _allow_then_answer(self, pending: _Pending, found: list[tuple[str, int]],
                            answer: bytes) -> None:  # fmt: skip
         """(The pool.) The answer's addresses into the sandbox's allow-list, then the
         answer: the sandbox's first connection to them finds them allowed."""
         try:
-            if found is None:
-                raise ValueError("an answer the forwarder cannot read")
-            if found:
-                pending.view.on_resolved(found)
+            pending.view.on_resolved(found)
         except Exception:  # noqa: BLE001 - the sandbox gets no answer it cannot use
             log.exception("the addresses of a DNS answer were not allowed")
             answer = error_reply(pending.query, SERVFAIL)
