@@ -99,7 +99,7 @@ class AgentInfo(WireModel):
 @dataclass(frozen=True)
 class FileStart:
     path: str
-    size: int | None  # (a Size)
+    size: Size | None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ the egress settings."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -106,16 +107,12 @@ def _ask(address: str, query: bytes) -> bytes:
         return s.recv(4096)
 
 
-def _address() -> str:
-    return f"127.83.{os.getpid() % 250}.{len(ADDRESSES) + 1}"
-
-
-ADDRESSES: list[str] = []
+_HOSTS = itertools.count(1)  # (each listener an address of its own)
 
 
 def _listen(fwd: dns.DnsForwarder, sandbox_id: str, policy: NetworkPolicy,
             on: dns.Resolved) -> str:  # fmt: skip
-    ADDRESSES.append(address := _address())
+    address = f"127.83.{os.getpid() % 250}.{next(_HOSTS)}"
     fwd.serve(sandbox_id, address, policy, on)
     return address
 
@@ -126,8 +123,12 @@ def test_an_answer_allowed_reaches_the_sandbox_after_its_addresses(
     """Forwarded (past an upstream that refuses, to the next), its addresses handed to
     the allow-list first, then sent: at least the TTL, at least a minute."""
     allowed: list = []
-    address = _listen(forwarder, "sb-a", NetworkPolicy(allow_domains=("*.wild.org",)),
-                      allowed.extend)  # fmt: skip
+
+    def allow(found: list) -> None:
+        time.sleep(0.2)  # (an answer sent before this returned would find it empty)
+        allowed.extend(found)
+
+    address = _listen(forwarder, "sb-a", NetworkPolicy(allow_domains=("*.wild.org",)), allow)
     reply = _ask(address, _query("api.wild.org"))
     assert dns.a_records(reply) == [("198.18.0.9", 5)]
     assert allowed == [("198.18.0.9", 90)]

@@ -157,20 +157,22 @@ class DnsForwarder:
     def _queries(self, sandbox_id: str) -> None:
         with self._lock:
             view = self._views.get(sandbox_id)
-        for _ in range(BURST if view is not None else 0):
+        if view is None:
+            return
+        for _ in range(BURST):
             try:
-                query, peer = view.sock.recvfrom(4096)  # type: ignore[union-attr]
+                query, peer = view.sock.recvfrom(4096)
             except OSError:
                 return
             try:
-                reply = decide(view.policy, query, view.hosts)  # type: ignore[union-attr]
+                reply = decide(view.policy, query, view.hosts)
             except Exception:  # noqa: BLE001 - one bad query must not stop the forwarder
                 log.exception("DNS query failed")
                 reply = None
             if reply is FORWARD:
-                self._forward(view, query, peer)  # type: ignore[arg-type]
-            elif reply is not None:
-                _send(view, reply, peer)  # type: ignore[arg-type]
+                self._forward(view, query, peer)
+            elif isinstance(reply, bytes):
+                _send(view, reply, peer)
 
     def _forward(self, view: _View, query: bytes, peer: tuple[str, int],
                  upstream: int = 0) -> None:  # fmt: skip
