@@ -164,6 +164,32 @@ def test_a_sandbox_waiting_on_slow_names_holds_up_no_other(
     assert slow() == dns.SANDBOX_IN_FLIGHT  # the rest never left the host
 
 
+def test_sandboxes_flooding_share_the_forwarders_bound_with_the_others(
+    forwarder: dns.DnsForwarder, upstream: Upstream, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Two sandboxes' floods of names no upstream answers fill the forwarder's bound,
+    in equal shares; a third sandbox is still answered (one of a flood's oldest
+    queries let go for it)."""
+    monkeypatch.setattr(dns, "UPSTREAM_TIMEOUT", 60.0)
+    monkeypatch.setattr(dns, "SANDBOX_IN_FLIGHT", 6)
+    monkeypatch.setattr(dns, "IN_FLIGHT", 10)
+    floods = {sb: _listen(forwarder, sb, NetworkPolicy(), print) for sb in ("sb-f1", "sb-f2")}
+    other = _listen(forwarder, "sb-other", NetworkPolicy(), print)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for n in range(20):
+            for address in floods.values():
+                s.sendto(_query(f"q{n}.slow.test", qid=n), (address, 53))
+        deadline = time.monotonic() + 20
+        while sum(forwarder.in_flight(sb) for sb in floods) < dns.IN_FLIGHT:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)  # (the floods' last queries read: each dropped, or let one go)
+        assert [forwarder.in_flight(sb) for sb in floods] == [5, 5]
+        assert dns.a_records(_ask(other, _query("fast.test"))) == [("198.18.0.10", 5)]
+        assert sorted(forwarder.in_flight(sb) for sb in floods) == [4, 5]
+        assert forwarder.in_flight("sb-other") == 0
+
+
 def test_upstreams(tmp_path) -> None:  # noqa: ANN001
     conf = tmp_path / "resolv.conf"
     conf.write_text("# x\nnameserver 10.0.0.2\nnameserver fe80::1\n")

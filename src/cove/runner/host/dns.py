@@ -73,7 +73,10 @@ class DnsForwarder:
     connected to the upstream, so no other host can answer it), so one sandbox's
     slow names hold up no other sandbox's. The addresses of an answer under an
     allow-list go to a small pool that updates the sandbox's nft set, then sends
-    the answer. Each sandbox has at most SANDBOX_IN_FLIGHT queries under way."""
+    the answer. Each sandbox has at most SANDBOX_IN_FLIGHT queries under way, and all
+    of them at most IN_FLIGHT: past that, a new query takes the place of the oldest of
+    the sandbox with the most (see ``_make_room``), so that a few sandboxes flooding
+    keep no other from being answered."""
 
     def __init__(self, upstreams: list[tuple[str, int]]) -> None:
         self.upstreams = upstreams
@@ -149,7 +152,8 @@ class DnsForwarder:
                 if key.data is None:
                     self._wake_r.recv(64)
                 elif isinstance(key.data, _Pending):
-                    self._upstream_answer(key.data)
+                    if self._pending.get(key.data.sock) is key.data:  # (not let go just now)
+                        self._upstream_answer(key.data)
                 else:
                     self._queries(key.data)
             self._expire()
@@ -180,7 +184,9 @@ class DnsForwarder:
         answer SERVFAIL); a query over the sandbox's or the forwarder's bound is dropped."""
         if upstream == 0:
             with self._lock:
-                if view.in_flight >= SANDBOX_IN_FLIGHT or self._in_flight >= IN_FLIGHT:
+                if view.in_flight >= SANDBOX_IN_FLIGHT:
+                    return
+                if self._in_flight >= IN_FLIGHT and not self._make_room(view):
                     return
                 view.in_flight += 1
                 self._in_flight += 1
@@ -203,6 +209,22 @@ class DnsForwarder:
             self._sel.register(sock, selectors.EVENT_READ, pending)
             return
         self._done(view, error_reply(query, SERVFAIL), peer)
+
+    def _make_room(self, view: _View) -> bool:
+        """(Under the lock, the forwarder's bound reached.) Let go the oldest query of
+        the sandbox with the most under way, if it has more than ``view`` would with
+        this one: sandboxes flooding with names no upstream answers share the bound
+        with the others rather than hold it (its resolver asks again)."""
+        heaviest = max(self._views.values(), key=lambda other: other.in_flight, default=view)
+        if heaviest.in_flight <= view.in_flight + 1:
+            return False
+        oldest = next((p for p in self._pending.values() if p.view is heaviest), None)
+        if oldest is None:  # (all its queries are with the allow-list's pool)
+            return False
+        self._drop(oldest)
+        heaviest.in_flight -= 1
+        self._in_flight -= 1
+        return True
 
     def _upstream_answer(self, pending: _Pending) -> None:
         try:
