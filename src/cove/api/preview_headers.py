@@ -11,6 +11,11 @@ cookie goes up and no ``Set-Cookie`` comes back. A host-based preview
 named with Cove's reserved prefix and, coming back, those scoped to a wider
 domain than the preview's own host (they would reach other sandboxes' previews).
 
+Nor may a path-based preview's answer act on the API's origin in other ways: its
+``Service-Worker-Allowed`` (which would let a service worker registered from the
+preview control every page of the origin: the dashboard, its API calls and keys,
+other sandboxes' previews) and ``Clear-Site-Data`` are dropped.
+
 Forwarding headers sent by the client are dropped (anyone can forge them); the
 proxy sets ``X-Forwarded-For``, ``X-Forwarded-Proto`` and ``X-Forwarded-Host``.
 """
@@ -32,6 +37,8 @@ _SECRET_HEADERS = {"authorization", "proxy-authorization", TOKEN_HEADER}
 _FORWARDED = {"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
               "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server",
               "x-real-ip"}  # fmt: skip
+# Response headers that act on the whole origin of the page: not from a path-based preview.
+_ORIGIN_WIDE = {"service-worker-allowed", "clear-site-data"}
 _WEBSOCKET = {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
               "sec-websocket-protocol", "sec-websocket-accept"}  # fmt: skip
 
@@ -111,7 +118,7 @@ def downstream_headers(
     out: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         low = name.lower()
-        if low in _HOP:
+        if low in _HOP or (low in _ORIGIN_WIDE and not route.by_host):
             continue
         if low == "set-cookie" and not (route.by_host and _allowed_set_cookie(value, request_host)):
             continue

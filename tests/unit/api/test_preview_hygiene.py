@@ -23,6 +23,8 @@ SET_COOKIES = [
     "wide=1; Domain=preview.test",
     "own=1; Domain={host}",
 ]
+# Headers that act on the whole origin of the page that gets them.
+ORIGIN_WIDE = {"Service-Worker-Allowed": "/", "Clear-Site-Data": '"*"'}
 
 
 class Echo(http.server.BaseHTTPRequestHandler):
@@ -35,6 +37,9 @@ class Echo(http.server.BaseHTTPRequestHandler):
             host = self.headers.get("X-Forwarded-Host", "").split(":")[0]
             for cookie in SET_COOKIES:
                 self.send_header("Set-Cookie", cookie.format(host=host))
+        if self.path.startswith("/sw.js"):
+            for name, value in ORIGIN_WIDE.items():
+                self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -174,6 +179,23 @@ def test_path_preview_sets_no_cookie(client: TestClient, sandbox: dict, http_por
     sid = sandbox["id"]
     r = client.get(f"/preview/{sid}/{http_port}/set-cookies", headers=AUTH)
     assert r.status_code == 200 and "set-cookie" not in r.headers
+
+
+def test_path_preview_acts_on_nothing_of_the_apis_origin(client: TestClient, sandbox: dict,
+                                                       http_port: int) -> None:  # fmt: skip
+    """A path-based preview is served on the API's (and the dashboard's) origin: a
+    sandbox answering ``Service-Worker-Allowed: /`` would let a service worker it
+    registers from its preview control every page of that origin (the dashboard of
+    any organization's user, its API calls and their keys, other sandboxes' previews);
+    ``Clear-Site-Data`` would reload and empty every tab of it."""
+    sid = sandbox["id"]
+    r = client.get(f"/preview/{sid}/{http_port}/sw.js", headers=AUTH)
+    assert r.status_code == 200
+    assert not {name.lower() for name in ORIGIN_WIDE} & set(r.headers)
+    # A host-based preview is its own origin: there they act on nothing else.
+    host = f"{http_port}-{sid}.preview.test"
+    r = client.get("/sw.js", headers={**AUTH, "Host": host})
+    assert {k: r.headers.get(k) for k in ORIGIN_WIDE} == ORIGIN_WIDE
 
 
 def test_host_preview_sets_only_its_own_cookies(client: TestClient, sandbox: dict,
