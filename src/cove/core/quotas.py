@@ -10,9 +10,10 @@ reads the stored usage plus what other admitted operations of the organization a
 about to take (``pending``), so two concurrent creates never both pass a quota that
 fits one. Several replicas on one database (PostgreSQL) also hold the organization's
 lock of the :class:`~cove.core.coordination.Coordination` (``organization``: sandbox
-admissions, ``organization-snapshots``: new snapshots) from the check until the
-admitted state (the snapshot's record) is stored, where every replica's next check
-reads it; one server alone needs no more than its in-process lock.
+admissions, ``organization-snapshots``: new snapshots, ``organization-volumes``: new
+volumes) from the check until the admitted state (the snapshot's or volume's record)
+is stored, where every replica's next check reads it; one server alone needs no more
+than its in-process lock.
 """
 
 from __future__ import annotations
@@ -319,7 +320,16 @@ class QuotaService:
                 else:
                     del self._pending_snapshots[organization_id]
 
-    def admit_volume(self, organization_id: str) -> None:
-        """Raise QuotaExceeded (400) when the organization may make no more volumes."""
-        check_count("Volume", self.store.volume_count(organization_id),
-                    self.quota(organization_id).volumes, QuotaExceeded)  # fmt: skip
+    @asynccontextmanager
+    async def admit_volume(self, organization_id: str) -> AsyncIterator[None]:
+        """Admit one more volume of the organization while the caller stores its record
+        (with several replicas, their volume creates for the organization wait until it
+        is stored, where their check reads it).
+
+        Raises:
+            QuotaExceeded: (400) the organization may make no more volumes.
+        """
+        async with self.coordination.lock("organization-volumes", organization_id):
+            check_count("Volume", self.store.volume_count(organization_id),
+                        self.quota(organization_id).volumes, QuotaExceeded)  # fmt: skip
+            yield

@@ -16,6 +16,7 @@ import builtins
 import posixpath
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -81,8 +82,9 @@ class VolumeService:
         self.runner = runner
         self.sandboxes = sandboxes
         self.home = home
-        # Raises when the organization may make no more volumes (its quota); None: no limit.
-        self.admit_new: Callable[[str], None] | None = None
+        # Admits one more volume of the organization while its record is stored; raises
+        # when it may make no more (its quota). None: no limit.
+        self.admit_new: Callable[[str], AbstractAsyncContextManager[None]] | None = None
 
     def list(self, organization_id: str) -> list[Volume]:
         return self.store.list(organization_id)
@@ -90,15 +92,15 @@ class VolumeService:
     def get(self, organization_id: str, id_or_name: str) -> Volume:
         return self.store.get(organization_id, id_or_name)
 
-    def create(self, organization_id: str, name: str) -> Volume:
+    async def create(self, organization_id: str, name: str) -> Volume:
         """Raises Conflict when the name is taken, BadRequest when it is not a plain name,
-        OrganizationQuotaExceeded above the organization's volume quota."""
+        QuotaExceeded above the organization's volume quota."""
         _check_name(name)
-        if self.admit_new is not None:
-            self.admit_new(organization_id)
-        volume = Volume(id=str(uuid.uuid4()), organization_id=organization_id, name=name,
-                        home=self.home)  # its data: made where it is first mounted
-        self.store.add(volume)
+        admitted = self.admit_new(organization_id) if self.admit_new else nullcontext()
+        async with admitted:
+            volume = Volume(id=str(uuid.uuid4()), organization_id=organization_id, name=name,
+                            home=self.home)  # its data: made where it is first mounted
+            self.store.add(volume)
         return volume
 
     async def delete(self, organization_id: str, id_or_name: str) -> None:

@@ -248,7 +248,7 @@ async def _mounting(world: World, org: str, volume: str) -> Sandbox:
 async def test_a_volume_s_sandboxes_go_where_its_data_is(
         world: World, org: str, engine: Engine, tmp_path: Path) -> None:  # fmt: skip
     volumes = _volumes(world, engine)
-    vol = volumes.create(org, "v")
+    vol = await volumes.create(org, "v")
     assert vol.home is None  # nowhere yet: the first sandbox's runner becomes its home
     first = await _mounting(world, org, "v")
     home = world.on(first.id)
@@ -287,7 +287,7 @@ async def test_runners_sharing_a_volumes_dir_serve_its_volumes_alike(
     for n in ("r1", "r2"):
         world.hosts[n].inner.volumes = VolumeDir(shared.root, shared=True)
     volumes = _volumes(world, engine)
-    volumes.create(org, "v")
+    await volumes.create(org, "v")
     _only(world, "r1")
     first = await _mounting(world, org, "v")
     assert world.on(first.id) == "r1" and volumes.get(org, "v").home == shared.shared_id
@@ -326,7 +326,7 @@ async def test_a_drain_moves_its_volumes_through_the_archive_store(
     for n in NAMES:
         world.hosts[n].inner.volumes = VolumeDir(tmp_path / n / "volumes", archives=store)
     volumes = _volumes(world, engine)
-    vol = volumes.create(org, "v")
+    vol = await volumes.create(org, "v")
     _only(world, "r1")
     sb = await _mounting(world, org, "v")
     data = tmp_path / "r1" / "volumes" / vol.id  # what its mount would have made
@@ -352,7 +352,7 @@ async def test_a_drain_moves_its_volumes_through_the_archive_store(
 async def test_a_volume_is_not_bound_to_a_runner_that_never_got_its_sandbox(
         world: World, org: str, engine: Engine) -> None:  # fmt: skip
     volumes = _volumes(world, engine)
-    volumes.create(org, "v")
+    await volumes.create(org, "v")
     _only(world, "r1", "r2")
     for n in ("r1", "r2"):  # lost since the last heartbeat: placement tries each
         world.hosts[n].down = True

@@ -157,7 +157,7 @@ async def test_volumes_boot_cold(pooled: LifecycleService, org: str, engine: Eng
 
     pooled.volumes = VolumeService(store=SqlVolumeStore(engine), runner=pooled.runner,
                                    sandboxes=pooled.store)  # fmt: skip
-    vol = pooled.volumes.create(org, "v")
+    vol = await pooled.volumes.create(org, "v")
     await keeper(pooled).keep()
     before = waiting(pooled)
     sb = await create(pooled, org, volumes=[VolumeMount(volume_id=vol.id, mount_path="/d")])

@@ -40,12 +40,12 @@ async def test_create_mount_and_delete(engine, store, org, lifecycle: LifecycleS
     volumes = VolumeService(store=SqlVolumeStore(engine), runner=runner,  # type: ignore[arg-type]
                             sandboxes=store, home="local")  # fmt: skip
     lifecycle.volumes = volumes
-    vol = volumes.create(org, "data")
+    vol = await volumes.create(org, "data")
     assert vol.home == "local" and volumes.get(org, "data").home == "local"
     with pytest.raises(Conflict):
-        volumes.create(org, "data")
+        await volumes.create(org, "data")
     with pytest.raises(BadRequest):
-        volumes.create(org, "../evil")
+        await volumes.create(org, "../evil")
     req = SandboxCreate(volumes=[VolumeMount(volume_id="data", mount_path="/d", subpath="s")])
     sb = await lifecycle.create(organization_id=org, request=req)
     assert [(b.volume_id, b.mount_path, b.subpath) for b in sb.volumes] == [(vol.id, "/d", "s")]

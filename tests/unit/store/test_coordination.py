@@ -1,7 +1,7 @@
 """Two API replicas' coordination on a real PostgreSQL: a sandbox's lock excludes the
 other replica, so does an organization's (its quota admissions: two replicas never
-both pass a quota that fits one), the once-only jobs have one leader, and a dead
-replica's lease passes to another."""
+both pass a quota of sandboxes, snapshots or volumes that fits one), the once-only
+jobs have one leader, and a dead replica's lease passes to another."""
 
 from __future__ import annotations
 
@@ -107,6 +107,7 @@ class SharedQuotas:
     def __init__(self) -> None:
         self.rows: list[Holding] = []
         self.snapshots = 0
+        self.volumes = 0
 
     def holdings(self, organization_id: str) -> list[Holding]:
         return list(self.rows)
@@ -115,7 +116,7 @@ class SharedQuotas:
         return self.snapshots, 0
 
     def volume_count(self, organization_id: str) -> int:
-        return 0
+        return self.volumes
 
     def quota_overrides(self, organization_id: str) -> dict[str, int | None]:
         return {}
@@ -134,7 +135,8 @@ async def test_two_replicas_never_both_pass_an_organizations_quota(
     url: str, tmp_path: Path
 ) -> None:
     store = SharedQuotas()
-    settings = Settings(data_dir=tmp_path, runtime="fake", quota_cpu=1, quota_snapshots=1)
+    settings = Settings(data_dir=tmp_path, runtime="fake", quota_cpu=1, quota_snapshots=1,
+                        quota_volumes=1)  # fmt: skip
     replicas = [_replica(url, store, settings), _replica(url, store, settings)]
     one = Resources(1, 1, 1)
     passed: list[str] = []
@@ -152,6 +154,12 @@ async def test_two_replicas_never_both_pass_an_organizations_quota(
             store.snapshots += 1
             passed.append(f"snap{n}")
 
+    async def volume(n: int) -> None:
+        async with replicas[n % 2].admit_volume("o"):
+            await asyncio.sleep(0.02)  # the other replica checks before the record is stored
+            store.volumes += 1
+            passed.append(f"vol{n}")
+
     try:
         results = await asyncio.gather(*(create(n) for n in range(6)), return_exceptions=True)
         assert len(passed) == 1, results
@@ -159,6 +167,10 @@ async def test_two_replicas_never_both_pass_an_organizations_quota(
         passed.clear()
         results = await asyncio.gather(*(snapshot(n) for n in range(6)),
                                        return_exceptions=True)  # fmt: skip
+        assert len(passed) == 1, results
+        assert sum(isinstance(r, QuotaExceeded) for r in results) == 5
+        passed.clear()
+        results = await asyncio.gather(*(volume(n) for n in range(6)), return_exceptions=True)
         assert len(passed) == 1, results
         assert sum(isinstance(r, QuotaExceeded) for r in results) == 5
     finally:

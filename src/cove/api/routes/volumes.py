@@ -29,7 +29,7 @@ async def list_volumes(who: PrincipalDep, volumes: VolumesDep) -> list[VolumePub
 @router.post("")
 async def create_volume(body: VolumeCreate, who: PrincipalDep, volumes: VolumesDep) -> VolumePublic:
     """Create a volume."""
-    return _public(volumes.create(who.organization_id, body.name))
+    return _public(await volumes.create(who.organization_id, body.name))
 
 
 @router.get("/by-name/{name}")
