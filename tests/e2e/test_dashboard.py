@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from daytona import Daytona, DaytonaConfig
+from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 
 from cove.api.wsauth import MARKER, bearer_protocol
 from cove.web import STATIC
@@ -140,6 +140,39 @@ def test_a_preview_on_the_dashboards_origin_finds_no_key(  # noqa: ANN001
     found = page.evaluate("""() => [sessionStorage.length, localStorage.length,
                                     document.cookie, window.name]""")
     assert found == [0, 0, "", ""]
+
+
+def test_a_preview_cannot_reach_into_a_dashboard_it_opens(  # noqa: ANN001
+        page, server: Server, daytona: Daytona, sandboxes: list) -> None:
+    """A sandbox's page at /preview/... (the dashboard's origin) opens the dashboard in
+    a window of its own and waits for the user to sign in there: the dashboard's page
+    leaves the preview's browsing context group (its opener policy), so the preview
+    can neither read it nor wrap its ``fetch`` (the key goes out in every call)."""
+    sb = daytona.create(CreateSandboxFromSnapshotParams(public=True))
+    sandboxes.append(sb)
+    sb.fs.upload_file(b"<!doctype html><title>hostile</title><p>hostile page</p>",
+                      "/home/daytona/www/index.html")  # fmt: skip
+    sb.process.exec("cd /home/daytona/www && (setsid python3 -m http.server 8080 "
+                    ">/dev/null 2>&1 </dev/null &)")  # fmt: skip
+    sb.process.exec("for i in $(seq 100); do curl -sf localhost:8080/ >/dev/null && break; "
+                    "sleep 0.1; done")  # fmt: skip
+    page.goto(sb.get_preview_link(8080).url + "/")
+    expect(page.get_by_text("hostile page")).to_be_visible()
+    with page.context.expect_page() as opened:
+        page.evaluate("() => { window.dash = window.open('/dashboard/'); }")
+    dashboard = opened.value
+    dashboard.get_by_label("API key").fill(KEY)
+    dashboard.get_by_role("button", name="Sign in").click()
+    expect(dashboard.get_by_role("heading", name="Sandboxes")).to_be_visible()
+    reach = """() => {
+        try {
+            if (window.dash.closed) return "closed";
+            window.dash.fetch = () => Promise.reject(new Error("taken"));
+            return window.dash.document.title;
+        } catch (e) { return "refused: " + e.name; }
+    }"""
+    assert page.evaluate(reach) == "closed"
+    assert dashboard.evaluate("() => window.opener") is None
 
 
 @pytest.fixture

@@ -93,9 +93,14 @@ class _Files(StaticFiles):
 
 
 def _headers(csp: str, *, cache: str) -> dict[str, str]:
+    """A page's headers. A sandbox's page at ``/preview/...`` shares this origin: it may
+    neither frame the page (``frame-ancestors``, ``X-Frame-Options``) nor keep a handle
+    on it across windows (the opener policy puts the page in a browsing context group
+    of its own, away from any preview that opened it or that it opens), through which
+    it would read the page or wrap its ``fetch`` and so take the key."""
     return {"Content-Security-Policy": csp, "Cache-Control": cache,
             "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-            "X-Frame-Options": "DENY"}  # fmt: skip
+            "X-Frame-Options": "DENY", "Cross-Origin-Opener-Policy": "same-origin"}  # fmt: skip
 
 
 def _with(response: HTMLResponse) -> Response:

@@ -14,7 +14,9 @@ domain than the preview's own host (they would reach other sandboxes' previews).
 Nor may a path-based preview's answer act on the API's origin in other ways: its
 ``Service-Worker-Allowed`` (which would let a service worker registered from the
 preview control every page of the origin: the dashboard, its API calls and keys,
-other sandboxes' previews) and ``Clear-Site-Data`` are dropped.
+other sandboxes' previews), ``Clear-Site-Data`` and ``Cross-Origin-Opener-Policy``
+(the dashboard's own, ``same-origin``, keeps its page away from any other page's
+window handles; a preview claiming the same policy would share its group) are dropped.
 
 Forwarding headers sent by the client are dropped (anyone can forge them); the
 proxy sets ``X-Forwarded-For``, ``X-Forwarded-Proto`` and ``X-Forwarded-Host``.
@@ -38,7 +40,7 @@ _FORWARDED = {"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-p
               "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server",
               "x-real-ip"}  # fmt: skip
 # Response headers that act on the whole origin of the page: not from a path-based preview.
-_ORIGIN_WIDE = {"service-worker-allowed", "clear-site-data"}
+_ORIGIN_WIDE = {"service-worker-allowed", "clear-site-data", "cross-origin-opener-policy"}
 _WEBSOCKET = {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
               "sec-websocket-protocol", "sec-websocket-accept"}  # fmt: skip
 

@@ -24,7 +24,8 @@ SET_COOKIES = [
     "own=1; Domain={host}",
 ]
 # Headers that act on the whole origin of the page that gets them.
-ORIGIN_WIDE = {"Service-Worker-Allowed": "/", "Clear-Site-Data": '"*"'}
+ORIGIN_WIDE = {"Service-Worker-Allowed": "/", "Clear-Site-Data": '"*"',
+               "Cross-Origin-Opener-Policy": "same-origin"}
 
 
 class Echo(http.server.BaseHTTPRequestHandler):
@@ -187,7 +188,9 @@ def test_path_preview_acts_on_nothing_of_the_apis_origin(client: TestClient, san
     sandbox answering ``Service-Worker-Allowed: /`` would let a service worker it
     registers from its preview control every page of that origin (the dashboard of
     any organization's user, its API calls and their keys, other sandboxes' previews);
-    ``Clear-Site-Data`` would reload and empty every tab of it."""
+    ``Clear-Site-Data`` would reload and empty every tab of it; the dashboard's opener
+    policy (``same-origin``), claimed by a preview, would let the two pages share a
+    browsing context group, and the preview script a dashboard it opens."""
     sid = sandbox["id"]
     r = client.get(f"/preview/{sid}/{http_port}/sw.js", headers=AUTH)
     assert r.status_code == 200
