@@ -5,12 +5,14 @@ key and a key without the permission get."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+import socketio
 from daytona import Daytona, DaytonaConfig, DaytonaError
 from daytona_api_client import (
     ApiClient,
@@ -106,6 +108,27 @@ def test_create_list_current_get_and_delete(admin: Caller) -> None:
     _until(lambda: key.http("GET", "/sandbox").status_code == 401, "the revoked key works")
     assert key.http("GET", "/sandbox").json()["message"] == "Invalid API key"
     assert _status(lambda: admin.keys.get_api_key("ci")) == 404
+
+
+def test_a_revoked_keys_event_connection_ends(admin: Caller) -> None:
+    """A Socket.IO connection (the SDK's, which hears every sandbox of the organization
+    with its environment) lasts no longer than the key it was made with."""
+    key = admin.make("listener", [])
+    ended = threading.Event()
+    client = socketio.Client(reconnection=False)
+    client.on("disconnect", lambda *args: ended.set())
+    client.connect(admin.server.url, socketio_path="/api/socket.io", transports=["websocket"],
+                   auth={"token": key.key})  # fmt: skip
+    try:
+        assert not ended.wait(3)  # (a key that works keeps its connection)
+        admin.keys.delete_api_key("listener")
+        assert ended.wait(30), "the revoked key's connection still hears the organization"
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            socketio.Client(reconnection=False).connect(
+                admin.server.url, socketio_path="/api/socket.io", transports=["websocket"],
+                auth={"token": key.key})  # fmt: skip
+    finally:
+        client.disconnect()
 
 
 def test_an_expired_key_is_refused_with_401(admin: Caller) -> None:

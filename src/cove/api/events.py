@@ -6,11 +6,14 @@ connections of the organization's room.
 
 The SDK never subscribes: it connects with ``{"token": <key>}`` in the CONNECT
 packet and expects the server to push ``sandbox.created`` and
-``sandbox.state.updated`` for all sandboxes of its organization.
+``sandbox.state.updated`` for all sandboxes of its organization. A connection lasts
+no longer than its key: once the key is revoked or expires, :meth:`SocketEvents.watch`
+ends it (the events carry the sandboxes' environments).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,11 +21,13 @@ from typing import Any
 import socketio
 
 from cove.api.dto import sandbox_public
-from cove.core.auth import AuthService
+from cove.core.auth import AuthService, Principal
+from cove.core.keys import hash_key
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import Unauthorized
 
 log = logging.getLogger(__name__)
+WATCH_SECONDS = 2.0  # how often the keys of the connections are checked again
 
 
 def _room(organization_id: str) -> str:
@@ -44,7 +49,10 @@ class SocketEvents:
         self._toolbox_proxy_url = toolbox_proxy_url
         self._auth = auth
         self._shared = manager is not None
+        # This process's connections: who made each, and the hash of the key it gave.
+        self._members: dict[str, tuple[Principal, str]] = {}
         self.server.on("connect", self._connect)
+        self.server.on("disconnect", self._disconnect)
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
@@ -52,7 +60,22 @@ class SocketEvents:
             principal = self._auth().authenticate(f"Bearer {token or ''}")
         except Unauthorized as exc:
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from exc
+        self._members[sid] = (principal, hash_key(str(token).strip()))
         await self.server.enter_room(sid, _room(principal.organization_id))
+
+    async def _disconnect(self, sid: str, *args: Any) -> None:
+        self._members.pop(sid, None)
+
+    async def watch(self, every: float = WATCH_SECONDS) -> None:
+        """Run for ever: every ``every`` seconds, end the connections whose key no
+        longer works (revoked, expired)."""
+        while True:
+            await asyncio.sleep(every)
+            auth = self._auth()
+            for sid, (principal, key_hash) in list(self._members.items()):
+                if not auth.still_valid(principal, key_hash):
+                    self._members.pop(sid, None)
+                    await self.server.disconnect(sid)
 
     def _dto(self, sandbox: Sandbox) -> dict[str, Any]:
         return sandbox_public(sandbox, self._toolbox_proxy_url).model_dump(by_alias=True)
