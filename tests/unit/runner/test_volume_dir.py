@@ -4,6 +4,7 @@ symlinks never followed, and a volume's data moved through an archive store."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,23 @@ def test_of_two_runners_bringing_a_shared_volume_back_the_first_wins(
     assert (tmp_path / "nfs" / "v" / "f").read_text() == "theirs"
     assert not list((tmp_path / "nfs").glob(".restore-*"))
     store.delete("v")
+
+
+def test_holes_in_a_volume_move_as_holes(tmp_path: Path) -> None:
+    """A sandbox's file of holes in a volume (it may claim 16 TiB of them) is neither
+    read as zeros when the volume is packed nor written out when it is brought back."""
+    store = LocalArchiveStore(tmp_path / "archives")
+    here = VolumeDir(tmp_path / "a", archives=store)
+    there = VolumeDir(tmp_path / "b", archives=store)
+    data = _mounted(here, "v")
+    with open(data / "holes", "wb") as f:
+        f.truncate(48 * 2**20)
+        f.seek(0, os.SEEK_END)
+        f.write(b"end\n")
+    here.pack("v")
+    tar = subprocess.run(["zstd", "-d", "-q", "-c", str(store.path("v"))], capture_output=True,
+                         check=True).stdout  # fmt: skip
+    assert len(tar) < 2**20
+    moved = _mounted(there, "v") / "holes"
+    assert moved.stat().st_size == 48 * 2**20 + 4 and moved.stat().st_blocks * 512 < 2**20
+    assert moved.read_bytes()[-4:] == b"end\n"

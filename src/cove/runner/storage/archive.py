@@ -107,8 +107,11 @@ def restore_from(store: ArchiveStore, key: str, paths: SandboxPaths, disk_gib: i
 
 
 def pack_dir(directory: Path, store: ArchiveStore, key: str) -> int:
-    """Stream ``directory``'s contents into ``store`` as ``key`` (tar | zstd); its size."""
-    tar = ["tar", "--create", "--file=-", f"--directory={directory}", *TAR_FLAGS, "."]
+    """Stream ``directory``'s contents into ``store`` as ``key`` (tar | zstd); its size.
+    Holes go as such (a sandbox's file may claim 16 TiB of them): neither read as zeros
+    here nor written out by :func:`unpack_dir`."""
+    tar = ["tar", "--create", "--file=-", "--sparse", f"--directory={directory}", *TAR_FLAGS,
+           "."]  # fmt: skip
     try:
         with Pipeline([tar, ["zstd", "-1", "-T0", "-q", "-c"]], stdin=None) as pipe:
             assert pipe.stdout is not None

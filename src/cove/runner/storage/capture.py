@@ -7,7 +7,9 @@ so a failed build leaves nothing that looks like a snapshot.
 
 From a sandbox, the merged view (lower snapshot + writable layer) is copied
 with tar (owners, modes, xattrs kept; overlay whiteouts are already applied in
-the merged view). A running sandbox is frozen for the copy.
+the merged view). A running sandbox is frozen for the copy. Holes stay holes
+(``--sparse``): a file of the sandbox's may claim 16 TiB of them on a disk of 1 GiB,
+and the host must not write them out as zeros.
 
 From a local OCI image layout: the image ``name:tag`` is looked up as the layout
 ``<oci_layout_dir>/<name>`` and unpacked (see ``unpack.py``). Images from
@@ -57,7 +59,8 @@ def capture_sandbox(
             unpack.copy_config(Path(meta.lower), rootfs.parent)
         with open(os.devnull, "wb") as null:
             pipe(
-                ["tar", "--create", "--file=-", f"--directory={view}", *TAR_FLAGS, "."],
+                ["tar", "--create", "--file=-", "--sparse", f"--directory={view}", *TAR_FLAGS,
+                 "."],
                 ["tar", "--extract", "--file=-", f"--directory={rootfs}", "--same-owner",
                  "--same-permissions", *TAR_FLAGS],
                 null,

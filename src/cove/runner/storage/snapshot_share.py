@@ -9,7 +9,8 @@ rebuilds its snapshots. Objects, under ``<COVE_ARCHIVE_S3_PREFIX>snapshots/``:
     <ref>.sha256    {"sha256": digest of <ref>.tar.zst, "size": its bytes}, written last
 
 Both ways are streams (tar | zstd into a multipart upload; the download through
-zstd into an extraction), never a whole image in memory. A download is checked
+zstd into an extraction), never a whole image in memory; a file's holes travel as
+its map of holes (a sandbox's file, captured, may claim 16 TiB of them). A download is checked
 member by member as it is unpacked (:mod:`cove.runner.storage.safe_tar`: others
 write to that store too), into a work directory renamed into place only once the
 digest and size matched; concurrent boots of one snapshot on a runner fetch it once.
@@ -85,8 +86,8 @@ class SnapshotShare:
         Raises:
             RuntimeBackendError: tar, zstd or the store failed; nothing is left stored.
         """
-        tar = ["tar", "--create", "--file=-", "--format=pax", f"--directory={self.base / ref}",
-               *TAR_FLAGS, "."]  # fmt: skip
+        tar = ["tar", "--create", "--file=-", "--format=pax", "--sparse",
+               f"--directory={self.base / ref}", *TAR_FLAGS, "."]  # fmt: skip
         with Pipeline([tar, ["zstd", "-3", "-T0", "-q", "-c"]], stdin=None) as pipe:
             assert pipe.stdout is not None
             hashing = _Hashing(pipe.stdout)
