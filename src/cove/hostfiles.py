@@ -10,6 +10,8 @@ in ``COVE_DATABASE_URL``) keeps its mode.
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,3 +79,32 @@ def prepare_host_dirs(settings: Settings) -> None:
     for where in (settings.snapshot_dir, archives):
         if where is not None and not where.exists():
             private_dir(where)
+
+
+def remove_tree(path: Path, *, ignore_errors: bool = False) -> None:
+    """Remove the directory ``path`` and everything under it, however deep (nothing
+    there: nothing to do).
+
+    ``shutil.rmtree`` recurses once per level (Python 3.11): a tree a sandbox nested
+    a few thousand levels deep (in a volume, in a snapshot captured from it) stops it
+    half-way with a RecursionError. ``rm -rf`` walks any depth, never follows a
+    symlink, and with ``--one-file-system`` leaves what is mounted inside alone.
+
+    Raises:
+        OSError: something could not be removed (unless ``ignore_errors``); its
+            message ends with rm's last complaint.
+    """
+    with tempfile.TemporaryFile() as err:
+        try:
+            code = subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=err, check=False).returncode  # fmt: skip
+        except OSError:
+            if ignore_errors:
+                return
+            raise
+        if code == 0 or ignore_errors:
+            return
+        err.seek(max(0, os.fstat(err.fileno()).st_size - 1024))
+        tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
+    raise OSError(f"cannot remove {path}: {tail[0]}")

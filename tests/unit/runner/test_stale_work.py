@@ -47,3 +47,36 @@ def test_a_removed_snapshot_is_gone_at_once_and_its_files_follow(tmp_path: Path)
             break
         time.sleep(0.01)
     assert list(tmp_path.iterdir()) == []  # no trash left behind
+
+
+def deep_tree(top: Path, depth: int = 1500) -> None:
+    """Directories nested ``depth`` deep under ``top`` (a sandbox makes them in a second:
+    deeper than Python's recursion limit)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.close(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def test_trees_deeper_than_python_recursion_are_removed(tmp_path: Path) -> None:
+    """A snapshot captured from a sandbox holds whatever tree the sandbox made: its
+    removal (and that of a dead server's work) must not stop half-way."""
+    (tmp_path / "r1" / "rootfs").mkdir(parents=True)
+    deep_tree(tmp_path / "r1" / "rootfs")
+    remove(tmp_path, "r1")
+    for _ in range(500):
+        if not list(tmp_path.iterdir()):
+            break
+        time.sleep(0.01)
+    assert list(tmp_path.iterdir()) == []
+    stale = tmp_path / f".build-r2-{_dead_pid()}"
+    (stale / "rootfs").mkdir(parents=True)
+    deep_tree(stale / "rootfs")
+    assert remove_stale_work(tmp_path) == [stale.name]
+    assert list(tmp_path.iterdir()) == []

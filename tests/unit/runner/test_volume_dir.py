@@ -14,6 +14,7 @@ from cove.errors import InvalidState, RuntimeBackendError
 from cove.runner.storage import archive
 from cove.runner.storage.archive_store import LocalArchiveStore
 from cove.runner.storage.volumes import OWNER, VolumeDir
+from tests.unit.runner.test_stale_work import deep_tree
 
 
 def _mounted(where: VolumeDir, volume: str, subpath: str = "") -> Path:
@@ -125,3 +126,16 @@ def test_holes_in_a_volume_move_as_holes(tmp_path: Path) -> None:
     moved = _mounted(there, "v") / "holes"
     assert moved.stat().st_size == 48 * 2**20 + 4 and moved.stat().st_blocks * 512 < 2**20
     assert moved.read_bytes()[-4:] == b"end\n"
+
+
+def test_a_volume_deeper_than_python_recursion_is_deleted(tmp_path: Path) -> None:
+    """A sandbox may nest directories in a volume as deep as it likes: deleting the
+    volume removes them all (and so does moving it off the runner)."""
+    store = LocalArchiveStore(tmp_path / "archives")
+    where = VolumeDir(tmp_path / "volumes", archives=store)
+    for volume in ("v1", "v2"):
+        deep_tree(_mounted(where, volume))
+    where.delete("v1")
+    assert not (tmp_path / "volumes" / "v1").exists()
+    assert where.pack("v2") > 0
+    assert not (tmp_path / "volumes" / "v2").exists()

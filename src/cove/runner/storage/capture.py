@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from pathlib import Path
 
 from cove.core.ports import ImageConfig, PulledImage
 from cove.errors import RuntimeBackendError
-from cove.hostfiles import private_dir
+from cove.hostfiles import private_dir, remove_tree
 from cove.runner.host import freezer, mounts, proc, rootfs
 from cove.runner.host.proc import run
 from cove.runner.layout import Metadata, SandboxPaths
@@ -165,7 +164,7 @@ def remove(base: Path, ref: str) -> None:
 def _empty_trash(trash: Path) -> None:
     try:
         with _held(trash):
-            shutil.rmtree(trash)
+            remove_tree(trash)
     except OSError as exc:
         log.warning("cannot remove %s: %s", trash, exc)
 
@@ -185,7 +184,7 @@ def remove_stale_work(base: Path) -> list[str]:
             continue
         try:
             with _held(work, wait=False):
-                shutil.rmtree(work)
+                remove_tree(work)
         except BlockingIOError:
             continue  # in use after all (say by a server in another pid namespace)
         except OSError as exc:
@@ -225,7 +224,7 @@ def building(base: Path, ref: str) -> Iterator[Path]:
         raise RuntimeBackendError(f"snapshot {ref} exists already")
     work = base / f".build-{ref}-{os.getpid()}"
     try:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work, ignore_errors=True)
         (private_dir(work) / "rootfs").mkdir()  # root's alone, whatever the dir above
         with _held(work):  # see remove_stale_work
             yield work / "rootfs"
@@ -233,7 +232,7 @@ def building(base: Path, ref: str) -> Iterator[Path]:
     except OSError as exc:
         raise RuntimeBackendError(f"cannot build snapshot {ref}: {exc}") from exc
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work, ignore_errors=True)
 
 
 @contextmanager

@@ -23,7 +23,6 @@ import errno
 import functools
 import os
 import re
-import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from pathlib import Path
 from cove.core.config import Settings
 from cove.core.ports import VolumeBind
 from cove.errors import InvalidState, RuntimeBackendError
-from cove.hostfiles import DIR_MODE, FILE_MODE, private_dir
+from cove.hostfiles import DIR_MODE, FILE_MODE, private_dir, remove_tree
 from cove.runner.host import mountapi
 from cove.runner.storage import archive
 from cove.runner.storage.archive_store import ArchiveStore
@@ -127,9 +126,7 @@ class VolumeDir:
         path = self.root / _checked(volume_id)
         with self._locked(volume_id):
             try:
-                shutil.rmtree(path)
-            except FileNotFoundError:
-                pass
+                remove_tree(path)
             except OSError as exc:
                 raise RuntimeBackendError(f"cannot delete volume {volume_id}: {exc}") from exc
             if self.archives is not None:
@@ -156,7 +153,7 @@ class VolumeDir:
                 path.mkdir(parents=True)  # never mounted: an empty volume moves
             size = archive.pack_dir(path, self.archives, volume_id)
             try:
-                shutil.rmtree(path)
+                remove_tree(path)
             except OSError as exc:
                 raise RuntimeBackendError(f"cannot remove volume {volume_id}: {exc}") from exc
             return size
@@ -169,7 +166,7 @@ class VolumeDir:
             return
         if not self.shared:  # interrupted ones' (in a shared dir: maybe another's, live)
             for stale in self.root.glob(f".restore-{volume_id}-*"):
-                shutil.rmtree(stale, ignore_errors=True)
+                remove_tree(stale, ignore_errors=True)
         # Of its own name: another runner of a shared dir may bring it back at once.
         fresh = self.root / f".restore-{volume_id}-{uuid.uuid4().hex[:12]}"
         fresh.mkdir()
@@ -182,7 +179,7 @@ class VolumeDir:
                 raise RuntimeBackendError(f"cannot restore volume {volume_id}: {exc}") from exc
             return  # the other one was first: its copy is the volume
         finally:
-            shutil.rmtree(fresh, ignore_errors=True)
+            remove_tree(fresh, ignore_errors=True)
         self.archives.delete(volume_id)
 
 
