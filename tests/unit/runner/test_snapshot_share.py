@@ -135,3 +135,28 @@ def test_holes_in_a_snapshot_are_neither_read_nor_written_out(tmp_path: Path) ->
     fetched = b.base / "s1" / "rootfs" / "holes"
     assert fetched.stat().st_size == 48 * 2**20 + 4 and fetched.stat().st_blocks * 512 < 2**20
     assert fetched.read_bytes()[-4:] == b"end\n"
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("image.json", tarfile.SYMTYPE), ("image.json", tarfile.FIFOTYPE),
+    ("image.json", tarfile.DIRTYPE), ("current", tarfile.SYMTYPE),
+])  # fmt: skip
+def test_a_fetched_snapshot_dir_holds_its_rootfs_and_config_only(
+    tmp_path: Path, name: str, kind: bytes
+) -> None:
+    """The host reads a snapshot's image.json by path (a sandbox's start; a capture
+    copies it) and follows its ``current`` to the rootfs: from the store, an image.json
+    that is a link to a host file (``/dev/zero``: read without end; a secret: copied
+    into the next capture) or a FIFO (a start that never returns), or a ``current``
+    naming a host directory (another snapshot as a sandbox's root) is refused."""
+    _, b, store = _shares(tmp_path)
+    secret = tmp_path / "secret"
+    secret.write_text('{"env": {"HOST": "secret"}}')
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = kind, str(secret) if kind == tarfile.SYMTYPE else ""
+    root = tarfile.TarInfo("rootfs")
+    root.type = tarfile.DIRTYPE
+    _upload_tar(store, "evil", [root, member])  # type: ignore[arg-type]
+    with pytest.raises(UnsafeTar, match=name):
+        b.ensure("evil", lambda: False)
+    assert list(b.base.iterdir()) == []

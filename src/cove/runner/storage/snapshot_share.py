@@ -10,10 +10,11 @@ rebuilds its snapshots. Objects, under ``<COVE_ARCHIVE_S3_PREFIX>snapshots/``:
 
 Both ways are streams (tar | zstd into a multipart upload; the download through
 zstd into an extraction), never a whole image in memory; a file's holes travel as
-its map of holes (a sandbox's file, captured, may claim 16 TiB of them). A download is checked
-member by member as it is unpacked (:mod:`cove.runner.storage.safe_tar`: others
-write to that store too), into a work directory renamed into place only once the
-digest and size matched; concurrent boots of one snapshot on a runner fetch it once.
+its map of holes (a sandbox's file, captured, may claim 16 TiB of them). A download
+is checked member by member as it is unpacked (:mod:`cove.runner.storage.safe_tar`:
+others write to that store too), into a work directory renamed into place only once
+the digest and size matched and it holds a snapshot's directory and nothing else;
+concurrent boots of one snapshot on a runner fetch it once.
 Images pulled from a registry are not shared: each runner pulls them itself.
 """
 
@@ -23,7 +24,9 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
+import stat
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -37,6 +40,7 @@ from cove.runner.storage import safe_tar
 from cove.runner.storage.archive import TAR_FLAGS, Pipeline
 from cove.runner.storage.archive_store import CHUNK, ArchiveStore
 from cove.runner.storage.capture import building
+from cove.runner.storage.unpack import CONFIG_FILE, MAX_CONFIG
 
 log = logging.getLogger(__name__)
 DATA, DIGEST = ".tar.zst", ".sha256"
@@ -115,6 +119,7 @@ class SnapshotShare:
             expected = self._record(ref)
             with building(self.base, ref) as rootfs, self.store.get(ref + DATA) as body:
                 _unpack(body, rootfs.parent, expected, self.limit)
+                _check_layout(rootfs.parent)
             log.info("snapshot %s fetched from the shared store", ref)
 
     def delete(self, ref: str) -> None:
@@ -137,6 +142,25 @@ class SnapshotShare:
         if not isinstance(digest, str) or not _HEX.match(digest) or not isinstance(size, int):
             raise RuntimeBackendError(f"snapshot {ref!r}: its record in the store is not valid")
         return digest, size
+
+
+def _check_layout(snapshot: Path) -> None:
+    """A fetched snapshot's directory holds its ``rootfs`` (a directory) and its image
+    config (a regular file of at most ``MAX_CONFIG`` bytes), nothing else: the host
+    reads them by path (a start reads the config, a capture copies it, a ``current``
+    names the rootfs), so a link among them (safe_tar lets absolute ones be: they
+    point into the sandbox's root) would have it read any host file or directory.
+
+    Raises:
+        UnsafeTar: something else is there.
+    """
+    for entry in os.scandir(snapshot):
+        st = entry.stat(follow_symlinks=False)
+        if entry.name == "rootfs" and stat.S_ISDIR(st.st_mode):
+            continue
+        if entry.name == CONFIG_FILE and stat.S_ISREG(st.st_mode) and st.st_size <= MAX_CONFIG:
+            continue
+        raise safe_tar.UnsafeTar(f"{entry.name!r} in the snapshot: not a part of a snapshot")
 
 
 class _Hashing:
