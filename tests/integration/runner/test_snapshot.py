@@ -1,22 +1,16 @@
-"""The default snapshot: its layout, its user, and builds that fail leave nothing; a
-sandbox's capture."""
+"""The default snapshot: its layout, its user, and builds that fail leave nothing."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from cove.core.config import Settings
 from cove.errors import RuntimeBackendError
-from cove.runner.oci.runtime import OciRuntime
 from cove.runner.storage import snapshot
-from tests.integration.conftest import SandboxFactory
-from tests.integration.runner.util import ok
 
 pytestmark = pytest.mark.integration
 
@@ -65,29 +59,3 @@ def test_failed_build_leaves_nothing_finished(
     base = tmp_path / "snapshots" / "cove-default"
     assert sorted(p.name for p in base.iterdir()) == [".lock"]
     assert not snapshot.snapshot_rootfs(settings, "cove-default").exists()
-
-
-def test_a_capture_keeps_sparse_files_sparse(
-    runtime: OciRuntime, make_sandbox: SandboxFactory, it_settings: Settings
-) -> None:
-    """A sandbox's file of 6 GiB of holes on its 1 GiB disk is captured as holes: the
-    host never writes more than the sandbox's disk holds (a file may claim 16 TiB)."""
-    sid = make_sandbox(disk=1).sandbox_id
-    ok(runtime, sid, "truncate -s 6G /home/daytona/holes && echo end >> /home/daytona/holes")
-    runtime.stop(sid)
-    ref = f"it-sparse-{uuid.uuid4().hex[:8]}"
-    try:
-        runtime.capture(sid, ref)
-        captured = snapshot.snapshot_rootfs(it_settings, ref) / "home/daytona/holes"
-        st = captured.stat()
-        assert st.st_size == 6 * 2**30 + 4
-        assert st.st_blocks * 512 < 2**20, "the holes were written out as zeros"
-        with open(captured, "rb") as f:
-            f.seek(6 * 2**30)
-            assert f.read() == b"end\n"
-    finally:
-        runtime.remove_snapshot(ref)
-        deadline = time.monotonic() + 120  # (its files go in a thread: wait for them)
-        while list(it_settings.snapshot_dir.glob(f".trash-{ref}-*")):  # type: ignore[union-attr]
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
