@@ -5,12 +5,14 @@ key and a key without the permission get."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import httpx_ws
 import pytest
 import socketio
 from daytona import Daytona, DaytonaConfig, DaytonaError
@@ -220,5 +222,30 @@ def test_the_sdk_with_a_key_that_may_write_but_not_delete(admin: Caller) -> None
         with pytest.raises(DaytonaError, match="delete:sandboxes"):
             sandbox.delete()
         assert admin.http("GET", f"/sandbox/{sandbox.id}").json()["state"] == "started"
+    finally:
+        assert admin.http("DELETE", f"/sandbox/{sandbox.id}").status_code == 200
+
+
+def test_a_revoked_keys_websocket_is_closed(admin: Caller) -> None:
+    """A WebSocket (here the interpreter's, running code that would take two minutes)
+    lasts no longer than the key it was opened with: revoked, the server closes it
+    with 1008 and ends the route."""
+    daytona = Daytona(DaytonaConfig(api_key=admin.key, api_url=admin.server.api_url))
+    sandbox = daytona.create(timeout=300)
+    key = admin.make("ws-holder", ["write:sandboxes"])
+    url = f"{sandbox.toolbox_proxy_url.rstrip('/')}/{sandbox.id}/process/interpreter/execute"
+    try:
+        with httpx.Client(headers={"Authorization": f"Bearer {key.key}"}, timeout=60) as http, \
+                httpx_ws.connect_ws(url.replace("http", "ws", 1), http) as ws:
+            ws.send_text(json.dumps({"code": "import time; print('up', flush=True); "
+                                             "time.sleep(120)"}))  # fmt: skip
+            assert "up" in ws.receive_text()  # (the run is under way: the key works)
+            admin.keys.delete_api_key("ws-holder")
+            started = time.monotonic()
+            with pytest.raises(httpx_ws.WebSocketDisconnect) as closed:
+                while True:
+                    ws.receive_text(timeout=60)
+            assert closed.value.code == 1008
+            assert time.monotonic() - started < 60  # (not the run's end)
     finally:
         assert admin.http("DELETE", f"/sandbox/{sandbox.id}").status_code == 200

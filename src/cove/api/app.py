@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cove.api import dashboard, errors, logredact, logs, metrics, openapi
 from cove.api.bodylimit import BodyLimit
 from cove.api.events import SocketEvents
+from cove.api.keybound import KeyBound
 from cove.api.observe import Observe
 from cove.api.params import single_query_values
 from cove.api.preview import PreviewProxy
@@ -148,7 +149,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
                        toolbox_lsp, toolbox_computeruse, toolbox_recordings, toolbox_a11y):
             app_.include_router(module.router, prefix="/toolbox/{sandbox_id}")
     dashboard.install(api)
-    bounded = BodyLimit(SubprotocolBearer(_Toolbox(api, toolbox)), MAX_BODY, _is_upload)
+    keyed = KeyBound(_Toolbox(api, toolbox), lambda: holder["services"].auth)
+    bounded = BodyLimit(SubprotocolBearer(keyed), MAX_BODY, _is_upload)
     app = socketio.ASGIApp(events.server, other_asgi_app=bounded, socketio_path="/api/socket.io")
     return _CollapseSlashes(Observe(PreviewProxy(app, lambda: holder["services"]), telemetry))
 
