@@ -32,7 +32,7 @@ from cove.api.preview_headers import (
     header,
     upstream_headers,
 )
-from cove.api.preview_streams import stream_client, stream_socket
+from cove.api.preview_streams import LIMITS, stream_client, stream_socket
 from cove.errors import CoveError
 
 _PATH = re.compile(
@@ -167,7 +167,7 @@ class PreviewProxy:
     ) -> None:
         if self._client is None:  # never through a proxy of the environment
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(30, read=None),
-                                             trust_env=False)  # fmt: skip
+                                             limits=LIMITS, trust_env=False)  # fmt: skip
         if self._streams is None:
             self._streams = stream_client(self._services().lifecycle.runner)
         client = self._client if direct else self._streams
@@ -177,25 +177,53 @@ class PreviewProxy:
         # leaves unread on a connection the pool then reuses.
         bodied = header(scope, "content-length") not in (None, "0") or header(
             scope, "transfer-encoding") is not None  # fmt: skip
+        body_read = asyncio.Event()
+        if not bodied:
+            body_read.set()
         request = client.build_request(
-            scope["method"], url, headers=headers, content=_body(receive) if bodied else None
+            scope["method"],
+            url,
+            headers=headers,
+            content=_body(receive, body_read) if bodied else None,
         )
+        # The sandbox's answer may never end (nor start: no read timeout, for streams):
+        # when the client hangs up, the exchange ends, its upstream connection with it.
+        exchange = asyncio.ensure_future(_exchange(client, request, scope, send, route))
+        gone = asyncio.ensure_future(_client_leaves(receive, body_read))
         try:
-            upstream = await client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            await _plain(send, 502, f"preview upstream unreachable: {exc}")
-            return
-        try:
-            out = downstream_headers(
-                upstream.headers.multi_items(), route, header(scope, "host") or ""
-            )
-            await send({"type": "http.response.start", "status": upstream.status_code,
-                        "headers": out})  # fmt: skip
-            async for chunk in upstream.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            done, _ = await asyncio.wait((exchange, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await upstream.aclose()
+            for task in (gone, exchange):
+                task.cancel()
+            await asyncio.wait((gone, exchange))  # the upstream closed
+        if exchange in done:
+            exchange.result()  # its error, if any
+
+
+async def _exchange(client: httpx.AsyncClient, request: httpx.Request, scope: Scope,
+                    send: Send, route: Route) -> None:  # fmt: skip
+    """Send ``request`` to the sandbox, its answer to the client."""
+    try:
+        upstream = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        await _plain(send, 502, f"preview upstream unreachable: {exc}")
+        return
+    try:
+        out = downstream_headers(upstream.headers.multi_items(), route, header(scope, "host") or "")
+        await send({"type": "http.response.start", "status": upstream.status_code,
+                    "headers": out})  # fmt: skip
+        async for chunk in upstream.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        await upstream.aclose()
+
+
+async def _client_leaves(receive: Receive, body_read: asyncio.Event) -> None:
+    """Return when the client hangs up (asked once its request's body is read)."""
+    await body_read.wait()
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class _Deny(Exception):
@@ -203,15 +231,19 @@ class _Deny(Exception):
         self.status, self.text = status, text
 
 
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        if message.get("body"):
-            yield message["body"]
-        if not message.get("more_body"):
-            return
+async def _body(receive: Receive, read: asyncio.Event) -> AsyncIterator[bytes]:
+    """The request's body; ``read`` is set once it is all read (or the client left)."""
+    try:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            if message.get("body"):
+                yield message["body"]
+            if not message.get("more_body"):
+                return
+    finally:
+        read.set()
 
 
 async def _plain(send: Send, status: int, text: str) -> None:

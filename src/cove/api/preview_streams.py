@@ -21,6 +21,11 @@ from cove.core.ports import AgentConnection, Runner, splice
 from cove.errors import CoveError
 
 CHUNK = 64 * 1024
+# No cap on the proxy's connections to sandboxes: each belongs to a client's request in
+# progress (and closes when its client leaves). A shared cap (httpx's default: 100,
+# httpcore's: 10) would let one sandbox whose answers hang take every connection,
+# stalling the previews of all others.
+LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=20, keepalive_expiry=5)
 
 
 class _Stream(httpcore.AsyncNetworkStream):
@@ -71,7 +76,12 @@ def stream_client(runner: Runner) -> httpx.AsyncClient:
     """An HTTP client whose ``http://<sandbox id>:<port>`` URLs reach that port through
     the runner."""
     transport = httpx.AsyncHTTPTransport()
-    transport._pool = httpcore.AsyncConnectionPool(network_backend=_Backend(runner))  # noqa: SLF001
+    transport._pool = httpcore.AsyncConnectionPool(  # noqa: SLF001
+        max_connections=LIMITS.max_connections,
+        max_keepalive_connections=LIMITS.max_keepalive_connections,
+        keepalive_expiry=LIMITS.keepalive_expiry,
+        network_backend=_Backend(runner),
+    )
     return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(30, read=None),
                              trust_env=False)  # fmt: skip
 

@@ -4,13 +4,17 @@ name, with the preview token, the API key and signed URLs."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import anyio
 import pytest
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp
 from websockets.sync.server import ServerConnection, serve
 
 from tests.unit.api.conftest import AUTH, create_sandbox
@@ -216,3 +220,121 @@ def test_another_organizations_key_opens_no_preview(client: TestClient, sandbox:
     assert r.status_code == 401 and "path" not in r.text
     host = {"Host": f"{http_port}-{sandbox['id']}.preview.test"}
     assert client.get("/", headers={**other_auth, **host}).status_code == 401
+
+
+class Stalling:
+    """A sandbox's server that sends a response's headers and first chunk, then nothing
+    more, and keeps its connections open; counts those the proxy has closed."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.opened = self.closed = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.opened += 1
+        with conn, contextlib.suppress(OSError):  # (a reset: closed too)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            while conn.recv(65536):  # until the proxy closes it
+                pass
+        with self._lock:
+            self.closed += 1
+
+
+@pytest.fixture
+def stalling() -> Iterator[Stalling]:
+    upstream = Stalling()
+    yield upstream
+    upstream.sock.close()
+
+
+def _scope(path: str, auth: dict[str, str]) -> dict:
+    headers = [(b"host", b"testserver"),
+               *((k.lower().encode(), v.encode()) for k, v in auth.items())]  # fmt: skip
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "headers": headers, "client": ("10.9.9.9", 1234),
+            "server": ("testserver", 80)}  # fmt: skip
+
+
+async def _preview(app: ASGIApp, path: str, auth: dict[str, str],
+                   leave: anyio.Event | None = None) -> list[dict]:  # fmt: skip
+    """Send a GET to ``app`` as uvicorn would; the client hangs up once ``leave`` is set
+    (never without one). Returns the messages sent to the client."""
+    sent: list[dict] = []
+    asked = False
+    hang_up = leave or anyio.Event()
+
+    async def receive() -> dict:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(_scope(path, auth), receive, send)
+    return sent
+
+
+async def _until(check: Callable[[], bool], seconds: float = 10) -> None:
+    with anyio.fail_after(seconds):
+        while not check():
+            await anyio.sleep(0.02)
+
+
+def test_preview_stops_reading_its_upstream_when_the_client_leaves(
+    client: TestClient, sandbox: dict, stalling: Stalling
+) -> None:
+    """A sandbox whose answer never ends keeps no request of the server going (nor its
+    connection to the sandbox) once the client has hung up."""
+
+    async def attack() -> None:
+        leave = anyio.Event()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_preview, client.app, f"/preview/{sandbox['id']}/{stalling.port}/",
+                             AUTH, leave)  # fmt: skip
+            await _until(lambda: stalling.opened == 1)
+            leave.set()
+            await _until(lambda: stalling.closed == 1, seconds=5)
+
+    client.portal.call(attack)  # type: ignore[union-attr]
+
+
+def test_stalled_previews_of_one_sandbox_block_no_other(
+    client: TestClient, sandbox: dict, stalling: Stalling, http_port: int, other_auth: dict
+) -> None:
+    """However many requests a sandbox's server leaves hanging, another organization's
+    preview is answered at once."""
+    other = client.post("/api/sandbox", json={"env": {}, "volumes": []}, headers=other_auth)
+    assert other.status_code == 200, other.text
+
+    async def attack() -> None:
+        async with anyio.create_task_group() as tasks:
+            for _ in range(120):
+                tasks.start_soon(_preview, client.app,
+                                 f"/preview/{sandbox['id']}/{stalling.port}/", AUTH)  # fmt: skip
+            await _until(lambda: stalling.opened >= 100)
+            with anyio.fail_after(5):
+                sent = await _preview(
+                    client.app, f"/preview/{other.json()['id']}/{http_port}/", other_auth
+                )
+            assert sent[0]["status"] == 200
+            tasks.cancel_scope.cancel()
+
+    client.portal.call(attack)  # type: ignore[union-attr]
