@@ -61,6 +61,12 @@ def _host_url(base: str, label: str, domain: str) -> str:
     return f"{parts.scheme}://{label}.{domain}{port}"
 
 
+def _port(digits: str) -> int:
+    """The port a preview's address names (0, refused later, for one out of range:
+    ``int`` of thousands of digits would raise)."""
+    return int(digits) if digits.isascii() and len(digits) <= 5 else 0
+
+
 @dataclass
 class _Target:
     sandbox_id: str
@@ -110,7 +116,7 @@ class PreviewProxy:
             path = path.split("?", 1)[0] or "/"
             match = _HOST_PORT.match(label)
             if match:
-                return _Target(match["sid"], int(match["port"]), path, Route(by_host=True))
+                return _Target(match["sid"], _port(match["port"]), path, Route(by_host=True))
             return self._signed(label, path, by_host=True)
         match = _PATH.match(scope.get("path", ""))
         if match is None:
@@ -118,7 +124,7 @@ class PreviewProxy:
         rest = match["rest"] or "/"
         if match["token"]:
             return self._signed(match["token"], rest, by_host=False)
-        return _Target(match["sid"], int(match["port"]), rest, Route(by_host=False))
+        return _Target(match["sid"], _port(match["port"]), rest, Route(by_host=False))
 
     def _signed(self, token: str, path: str, *, by_host: bool) -> _Target | None:
         grant = self._services().previews.verify(token)
@@ -156,6 +162,8 @@ class PreviewProxy:
                 raise _Deny(401, "preview token required") from None
             if who.organization_id != sandbox.organization_id:
                 raise _Deny(401, "preview token required")
+        if not 1 <= target.port <= 65535:
+            raise _Deny(400, "the port of a preview must be between 1 and 65535")
         if str(sandbox.state) != "started":
             raise _Deny(502, f"sandbox {sandbox.id} is not running")
         upstream = await services.lifecycle.runner.preview_upstream(sandbox.id, target.port)

@@ -104,7 +104,7 @@ class AuthService:
         value = value.strip()
         if scheme.lower() != "bearer" or not value:
             raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'")
-        if self._env_key and hmac.compare_digest(value, self._env_key):
+        if self._env_key and hmac.compare_digest(value.encode(), self._env_key.encode()):
             return Principal(self.default_organization_id)
         key = self._key_for(hash_key(value))
         if key.expires_at is not None and key.expired(utcnow()):

@@ -159,7 +159,7 @@ class ContextStore:
         """
         token = headers.get("x-amz-security-token", "")
         payload, _, tag = token.partition(".")
-        if not tag or not hmac.compare_digest(tag, self._mac("token", payload)):
+        if not tag or not hmac.compare_digest(tag.encode(), self._mac("token", payload).encode()):
             raise AccessDenied("invalid security token")
         try:
             claims = json.loads(base64.urlsafe_b64decode(payload))

@@ -68,7 +68,11 @@ class PreviewTokens:
         return mac.hexdigest()[:40]
 
     def check(self, sandbox_id: str, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(self.token(sandbox_id), token)
+        """Whether ``token`` is the sandbox's preview token (any text: as bytes, since
+        ``compare_digest`` refuses strings of other than ASCII characters)."""
+        return token is not None and hmac.compare_digest(
+            self.token(sandbox_id).encode(), token.encode()
+        )
 
     def sign(
         self, sandbox_id: str, port: int, expires_in: int | None, now: float | None = None

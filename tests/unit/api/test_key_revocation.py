@@ -121,3 +121,14 @@ def test_without_a_cache_time_every_call_asks_the_database(tmp_path: Path) -> No
     assert found is not None and keys.delete_key(found.id)
     with pytest.raises(Unauthorized):
         auth.authenticate(f"Bearer {key}")
+
+
+def test_a_key_of_other_than_ascii_characters_is_refused_as_any_wrong_key(
+    client: TestClient,
+) -> None:
+    """A header's bytes are Latin-1 text: compared with the server's key, such a "key"
+    is a 401 like any wrong one (not a server error)."""
+    hostile = {"Authorization": b"Bearer t\xe9st-key"}
+    for path in ("/api/sandbox", "/api/volumes"):
+        r = client.get(path, headers=hostile)
+        assert r.status_code == 401 and r.json()["message"] == "Invalid API key", path

@@ -222,6 +222,25 @@ def test_another_organizations_key_opens_no_preview(client: TestClient, sandbox:
     assert client.get("/", headers={**other_auth, **host}).status_code == 401
 
 
+def test_preview_credentials_of_other_than_ascii_characters_are_refused(
+    client: TestClient, sandbox: dict, http_port: int
+) -> None:
+    """A token or key no one issued is a 401, whatever its characters (not a 500)."""
+    url = f"/preview/{sandbox['id']}/{http_port}/"
+    for kwargs in ({"params": {"token": "t\u00e9"}},
+                   {"headers": {"X-Daytona-Preview-Token": b"t\xe9"}},
+                   {"headers": {"Authorization": b"Bearer t\xe9st-key"}}):  # fmt: skip
+        r = client.get(url, **kwargs)  # type: ignore[arg-type]
+        assert r.status_code == 401 and "path" not in r.text, kwargs
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999999999"])
+def test_a_preview_of_no_port_is_refused(client: TestClient, sandbox: dict, port: str) -> None:
+    r = client.get(f"/preview/{sandbox['id']}/{port}/", headers=AUTH)
+    assert r.status_code == 400 and "port" in r.text
+    host = {"Host": f"{port}-{sandbox['id']}.preview.test", **AUTH}
+    assert client.get("/", headers=host).status_code == 400
+
 class Stalling:
     """A sandbox's server that sends a response's headers and first chunk, then nothing
     more, and keeps its connections open; counts those the proxy has closed."""

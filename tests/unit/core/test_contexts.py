@@ -66,6 +66,9 @@ def test_credentials_expire_and_name_their_organization(
     forged = grant.session_token.replace(".", ".x", 1)
     with pytest.raises(AccessDenied, match="invalid security token"):
         store.authorize("PUT", "/", "", {"x-amz-security-token": forged})
+    # a header's Latin-1 text: refused as any forgery (not a TypeError, a 500)
+    with pytest.raises(AccessDenied, match="invalid security token"):
+        store.authorize("PUT", "/", "", {"x-amz-security-token": forged + "\u00e9"})
     later = time.time() + TTL + 1
     monkeypatch.setattr(time, "time", lambda: later)
     with pytest.raises(AccessDenied, match="expired"):
