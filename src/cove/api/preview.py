@@ -31,6 +31,7 @@ from cove.api.preview_headers import (
     downstream_headers,
     header,
     upstream_headers,
+    upstream_subprotocols,
 )
 from cove.api.preview_streams import LIMITS, stream_client, stream_socket
 from cove.errors import CoveError
@@ -272,8 +273,7 @@ async def _websocket(scope: Scope, receive: Receive, send: Send, url: str, route
                      sock: socket.socket | None = None) -> None:  # fmt: skip
     """``sock``: already connected to the upstream (through the runner)."""
     await receive()  # websocket.connect
-    protocols = [p.strip() for p in (header(scope, "sec-websocket-protocol") or "").split(",")
-                 if p.strip()]  # fmt: skip
+    protocols = upstream_subprotocols(scope, route)
     through: dict[str, Any] = {"sock": sock} if sock is not None else {}
     try:
         upstream = await ws_connect(

@@ -1,9 +1,10 @@
 """What the preview proxy passes on, both ways: nothing that carries a secret.
 
 The server in a sandbox is hostile. It never sees the caller's API key
-(``Authorization``, ``Proxy-Authorization``), the preview token
-(``X-Daytona-Preview-Token``, ``?token=``), the signed token of the URL, nor any
-header whose value contains one of them (a ``Referer`` of a signed page, say).
+(``Authorization``, ``Proxy-Authorization``, the ``cove.bearer.`` WebSocket
+subprotocol), the preview token (``X-Daytona-Preview-Token``, ``?token=``), the
+signed token of the URL, nor any header or subprotocol whose value contains one of
+them (a ``Referer`` of a signed page, say).
 
 Cookies: a path-based preview (``/preview/...``) shares the API's origin, so no
 cookie goes up and no ``Set-Cookie`` comes back. A host-based preview
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from starlette.types import Scope
+
+from cove.api.wsauth import BEARER
 
 TOKEN_HEADER = "x-daytona-preview-token"
 COOKIE_PREFIX = "cove_"  # cookies Cove reserves for itself: never passed to a sandbox
@@ -99,6 +102,16 @@ def upstream_headers(scope: Scope, route: Route) -> list[tuple[str, str]]:
         out.append((name, value))
     out += _forwarded(scope)
     return [(n, v) for n, v in out if not any(s in v for s in secrets)]
+
+
+def upstream_subprotocols(scope: Scope, route: Route) -> list[str]:
+    """The WebSocket subprotocols offered to the sandbox's server: those the client
+    offered but Cove's ``cove.bearer.<key>`` (an API key, as the dashboard sends it)
+    and any that carries a secret."""
+    secrets = secrets_of(scope, route)
+    offered = (p.strip() for p in (header(scope, "sec-websocket-protocol") or "").split(","))
+    return [p for p in offered
+            if p and not p.startswith(BEARER) and not any(s in p for s in secrets)]  # fmt: skip
 
 
 def _forwarded(scope: Scope) -> list[tuple[str, str]]:

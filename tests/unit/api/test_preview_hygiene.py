@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 from starlette.types import ASGIApp
 from websockets.sync.server import ServerConnection, serve
 
+from cove.api.wsauth import bearer_protocol
 from tests.unit.api.conftest import AUTH, create_sandbox
 
 KEY = AUTH["Authorization"].split()[1]
@@ -179,6 +180,22 @@ def test_websocket_preview_passes_no_secret(client: TestClient, sandbox: dict, w
     assert seen["path"] == "/ws"
     _assert_clean(seen, token, cookie="app=1; theme=dark" if by_host else None)
 
+
+def test_websocket_preview_offers_no_secret_as_a_subprotocol(
+    client: TestClient, sandbox: dict, ws_port: int
+) -> None:
+    """A browser can only send what it offers as subprotocols: the dashboard's API key
+    (``cove.bearer.<base64url>``) and a token offered that way stay here too."""
+    sid = sandbox["id"]
+    token = _token(client, sid, ws_port)
+    offered = [bearer_protocol(KEY), token, "chat"]
+    with client.websocket_connect(f"/preview/{sid}/{ws_port}/ws?token={token}",
+                                  subprotocols=offered) as ws:  # fmt: skip
+        seen = json.loads(ws.receive_text())
+    for secret in (bearer_protocol(KEY), token):
+        assert secret not in json.dumps(seen), f"{secret} reached the sandbox: {seen}"
+    headers = {k.lower(): v for k, v in seen["headers"]}
+    assert headers["sec-websocket-protocol"] == "chat"
 
 def test_path_preview_sets_no_cookie(client: TestClient, sandbox: dict, http_port: int) -> None:
     sid = sandbox["id"]
