@@ -18,6 +18,8 @@ preview control every page of the origin: the dashboard, its API calls and keys,
 other sandboxes' previews), ``Clear-Site-Data`` and ``Cross-Origin-Opener-Policy``
 (the dashboard's own, ``same-origin``, keeps its page away from any other page's
 window handles; a preview claiming the same policy would share its group) are dropped.
+So a path-based preview's service worker controls its own path only (never ``/``,
+the dashboard, nor ``/preview/``, other sandboxes' previews).
 
 Forwarding headers sent by the client are dropped (anyone can forge them); the
 proxy sets ``X-Forwarded-For``, ``X-Forwarded-Proto`` and ``X-Forwarded-Host``.

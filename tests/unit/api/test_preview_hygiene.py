@@ -230,6 +230,28 @@ def test_host_preview_sets_only_its_own_cookies(client: TestClient, sandbox: dic
     assert r.headers.get_list("set-cookie") == ["app=2; Path=/", f"own=1; Domain={host}"]
 
 
+def test_path_preview_widens_no_service_workers_scope(client: TestClient, sandbox: dict,
+                                                      http_port: int) -> None:  # fmt: skip
+    """A path-based preview shares the API's origin: a service worker it registers may
+    control its own path only, not "/" (the dashboard, whose requests carry the API
+    key) nor "/preview/" (every other sandbox's previews and their tokens). A
+    browser's scope is the script's URL up to its last "/": a sandbox's reply at
+    ``/preview%2F{id}%2F{port}%2Fsw.js`` would be a script allowed to control "/"."""
+    sid = sandbox["id"]
+    r = client.get(f"/preview/{sid}/{http_port}/sw.js", headers=AUTH)
+    assert r.status_code == 200 and "service-worker-allowed" not in r.headers
+    port = http_port
+    for path in (f"/preview%2F{sid}%2F{port}%2Fsw.js", f"/preview/{sid}%2F{port}/sw.js",
+                 f"/%2Fpreview%2F{sid}%2F{port}%2Fsw.js", f"/%70review/{sid}/{port}/sw.js"):
+        r = client.get(path, headers=AUTH)
+        assert r.status_code == 404 and "headers" not in r.text, path
+    # the rest of the path reaches the sandbox as it was sent (%3F is not a query)
+    r = client.get(f"/preview/{sid}/{http_port}/a%3Fb%2Fc?x=1", headers=AUTH)
+    assert r.json()["path"] == "/a%3Fb%2Fc?x=1"
+    host = f"{http_port}-{sandbox['id']}.preview.test"  # its own origin: allowed
+    r = client.get("/sw.js", headers={**AUTH, "Host": host})
+    assert r.headers["service-worker-allowed"] == "/"
+
 def test_another_organizations_key_opens_no_preview(client: TestClient, sandbox: dict,
                                                     http_port: int,
                                                     other_auth: dict) -> None:  # fmt: skip
