@@ -109,11 +109,12 @@ def open_database(settings: Settings) -> Engine:
     return engine
 
 
-def load_tokens(data_dir: Path, shared: Engine | None = None) -> PreviewTokens:
+def load_tokens(data_dir: Path, engine: Engine | None = None) -> PreviewTokens:
     """Preview tokens under the server's secret (made once, kept in the data dir);
-    early expiries kept in the ``shared`` database (several replicas), else in memory."""
+    early expiries kept in the server's database (``engine``; shared by replicas, if
+    several), so that they outlive a restart as the secret does (else in memory)."""
     return PreviewTokens(secret_file(data_dir / "preview.key", lambda: os.urandom(32)),
-                         SqlRevocations(shared) if shared is not None else None)  # fmt: skip
+                         SqlRevocations(engine) if engine is not None else None)  # fmt: skip
 
 
 def open_sealer(settings: Settings) -> AesGcmSealer:
@@ -314,7 +315,7 @@ def build_services(
     lifecycle.ops.removed_hooks.append(partial(delete_followers, lifecycle))
     ssh = SshAccessService(SqlSshAccessStore(engine), store, enabled=bool(settings.ssh_port))
     lifecycle.ops.removed_hooks.append(lambda sb: _forget_ssh(ssh, sb))
-    previews = load_tokens(settings.data_dir, engine if shared_by_replicas(settings) else None)
+    previews = load_tokens(settings.data_dir, engine)
     return Services(
         settings=settings, auth=auth, lifecycle=lifecycle, toolbox=toolbox, volumes=volumes,
         snapshots=snapshots, registries=registries, images=images, signer=signer,

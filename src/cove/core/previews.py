@@ -41,7 +41,8 @@ class Signed:
 
 
 class Revocations(Protocol):
-    """Signed tokens expired early, shared by several API replicas (by hash)."""
+    """Signed tokens expired early (by hash), in the server's database: seen by every
+    API replica, and after a restart."""
 
     def add(self, token_hash: str, expires: int) -> None: ...
 

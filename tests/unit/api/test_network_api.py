@@ -6,10 +6,12 @@ import http.server
 import threading
 from collections.abc import Iterator
 from ipaddress import ip_network
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
+from cove.api.app import create_app
 from cove.core.config import Settings
 from cove.core.ports import NetworkPolicy
 from cove.core.validation import blocked_ranges, network_policy
@@ -146,6 +148,26 @@ def test_preview_by_host_name_and_tokens(client: TestClient, upstream: int) -> N
     assert r.status_code == 200
     assert client.get("/s", headers=signed_host).status_code == 404
 
+
+def test_a_signed_preview_url_expired_early_stays_expired_after_a_restart(
+    client: TestClient, upstream: int, runtime: FakeRuntime, tmp_path: Path
+) -> None:
+    """An early expiry is kept with the server's data, as its secret is: a restart
+    (the same preview.key) must not make a link its owner expired work again."""
+    sid = create_sandbox(client)["id"]
+    signed = client.get(f"/api/sandbox/{sid}/ports/{upstream}/signed-preview-url",
+                        params={"expiresInSeconds": 3600}, headers=AUTH).json()  # fmt: skip
+    url = f"/preview/s/{signed['token']}/s"
+    assert client.get(url).text == "up /s None"
+    r = client.post(f"/api/sandbox/{sid}/ports/{upstream}/signed-preview-url/"
+                    f"{signed['token']}/expire", headers=AUTH)  # fmt: skip
+    assert r.status_code == 200 and client.get(url).status_code == 404
+    client.__exit__(None, None, None)  # the server stops; it starts again on its data
+    settings = Settings(data_dir=tmp_path, runtime="fake", api_key="test-key", port=3999,
+                        preview_domain="preview.test")  # fmt: skip
+    with TestClient(create_app(settings, runtime=runtime)) as again:
+        assert again.get(f"/api/sandbox/{sid}", headers=AUTH).json()["state"] == "started"
+        assert again.get(url).status_code == 404
 
 def test_preview_port_and_expiry_are_checked(client: TestClient) -> None:
     sid = create_sandbox(client)["id"]
