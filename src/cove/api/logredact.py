@@ -1,5 +1,6 @@
 """Secrets in URLs stay out of the logs: the access log shows ``token=`` (SSH access,
-preview tokens) and ``signature=`` (signed file URLs) query values as ``***``."""
+preview tokens) and ``signature=`` (signed file URLs) query values, and the token in
+a signed preview URL's path (``/preview/s/{token}``), as ``***``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import re
 
 SECRET_QUERY = re.compile(r"([?&](?:token|signature)=)[^&#\s]*", re.IGNORECASE)
+SIGNED_PATH = re.compile(r"^(/preview/s/)[^/?#\s]+")
 
 
 class RedactSecrets(logging.Filter):
@@ -14,9 +16,12 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(SECRET_QUERY.sub(r"\1***", a) if isinstance(a, str) else a
-                                for a in record.args)  # fmt: skip
+            record.args = tuple(_redact(a) if isinstance(a, str) else a for a in record.args)
         return True
+
+
+def _redact(text: str) -> str:
+    return SIGNED_PATH.sub(r"\1***", SECRET_QUERY.sub(r"\1***", text))
 
 
 def install() -> None:

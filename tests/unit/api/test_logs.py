@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
+
+from cove.api import logredact
 
 # What `cove serve` does, in its own process (dictConfig replaces every handler):
 # create_app installs the redaction and the request ids, uvicorn applies the config.
@@ -34,3 +37,14 @@ def test_lines_have_a_timestamp_the_request_id_and_no_secret() -> None:
                         r'/x\?token=\*\*\* HTTP/1\.1" 200', lines[0]), lines  # fmt: skip
     assert re.fullmatch(STAMP + r" INFO cove\.core\.ops \[rid-7\] inside", lines[1]), lines
     assert re.fullmatch(STAMP + r" WARNING cove\.test \[-\] outside", lines[2]), lines
+
+
+def test_a_signed_preview_urls_token_is_redacted_from_the_path() -> None:
+    """A signed preview URL carries its token in the path (``/preview/s/{token}/...``):
+    it opens the sandbox's port as ``token=`` does, and is redacted the same way."""
+    path = "/preview/s/abc234xyz/page?token=t&x=1"
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
+                               '%s - "%s %s HTTP/%s" %d', ("1.2.3.4", "GET", path, "1.1", 200),
+                               None)  # fmt: skip
+    assert logredact.RedactSecrets().filter(record)
+    assert record.getMessage() == '1.2.3.4 - "GET /preview/s/***/page?token=***&x=1 HTTP/1.1" 200'
