@@ -279,7 +279,12 @@ async def _websocket(scope: Scope, receive: Receive, send: Send, url: str, route
     """``sock``: already connected to the upstream (through the runner)."""
     await receive()  # websocket.connect
     protocols = upstream_subprotocols(scope, route)
-    through: dict[str, Any] = {"sock": sock} if sock is not None else {}
+    # The sandbox's server may answer the handshake with a redirect: websockets follows
+    # one to another host or port unless the connection's address is given (or a
+    # socket), and that would be a WebSocket from this host to a host-only service.
+    parts = urlsplit(url)
+    through: dict[str, Any] = ({"sock": sock} if sock is not None
+                               else {"host": parts.hostname, "port": parts.port})  # fmt: skip
     try:
         upstream = await ws_connect(
             url,

@@ -15,6 +15,7 @@ import anyio
 import pytest
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp
+from starlette.websockets import WebSocketDisconnect
 from websockets.sync.server import ServerConnection, serve
 
 from cove.api.wsauth import bearer_protocol
@@ -196,6 +197,34 @@ def test_websocket_preview_offers_no_secret_as_a_subprotocol(
         assert secret not in json.dumps(seen), f"{secret} reached the sandbox: {seen}"
     headers = {k.lower(): v for k, v in seen["headers"]}
     assert headers["sec-websocket-protocol"] == "chat"
+
+def test_websocket_preview_follows_no_redirect_to_another_address(
+    client: TestClient, sandbox: dict, ws_port: int
+) -> None:
+    """A sandbox's server answering the handshake with a redirect does not make the
+    server open a WebSocket (or send a request) to another address: a host-only
+    service, out of the sandbox's reach (here the echo server on another port)."""
+    reached: list[bytes] = []
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def redirect() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = srv.accept()
+            with conn:
+                reached.append(conn.recv(65536))
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: ws://127.0.0.1:%d/internal\r\n"
+                             b"Content-Length: 0\r\n\r\n" % ws_port)  # fmt: skip
+
+    threading.Thread(target=redirect, daemon=True).start()
+    port = srv.getsockname()[1]
+    try:
+        with pytest.raises(WebSocketDisconnect), client.websocket_connect(
+            f"/preview/{sandbox['id']}/{port}/ws", headers=AUTH
+        ) as ws:
+            ws.receive_text()  # the echo server's answer, had the redirect been followed
+    finally:
+        srv.close()
+    assert reached  # the handshake did reach the sandbox's server
 
 def test_path_preview_sets_no_cookie(client: TestClient, sandbox: dict, http_port: int) -> None:
     sid = sandbox["id"]
