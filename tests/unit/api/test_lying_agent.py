@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import threading
 from collections.abc import Callable
 
+import anyio
 import pytest
 from starlette.testclient import TestClient
 
@@ -127,3 +129,54 @@ def test_charts_from_a_lying_agent_are_checked_and_bounded(
         {"type": "bar", "title": "still fits", "png": ""}]}}  # fmt: skip
     r = client.post(f"/toolbox/{sb['id']}/process/execute", json={"command": "x"}, headers=AUTH)
     assert r.json() == {"exitCode": 0, "result": "ok\n"}
+
+
+def test_an_interpreter_run_whose_agent_is_silent_ends_when_its_client_leaves(
+    client: TestClient, runtime: LyingRuntime
+) -> None:
+    """An interpreter run without a timeout, whose agent accepts it and then says
+    nothing: once the WebSocket client has left, the server ends the request and its
+    call to the agent (it does not wait, a task and a connection held, for an output
+    that may never come)."""
+    released = threading.Event()
+
+    def silent(sock: socket.socket) -> None:
+        sock.sendall(protocol.frame(protocol.ACCEPTED))
+        sock.recv(65536)  # the server ends the call (or hangs up)
+        released.set()
+
+    path = f"/toolbox/{create_sandbox(client)['id']}/process/interpreter/execute"
+    runtime.liar = staticmethod(silent)
+    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws", "path": path,
+             "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"),
+                         (b"authorization", AUTH["Authorization"].encode())],
+             "client": ("10.9.9.9", 1234), "server": ("testserver", 80),
+             "subprotocols": []}  # fmt: skip
+    frames = [{"type": "websocket.connect"},
+              {"type": "websocket.receive", "text": json.dumps({"code": "x", "timeout": 0})}]
+    sent: list[dict] = []
+
+    async def attack() -> None:
+        left = anyio.Event()
+
+        async def receive() -> dict:
+            if frames:
+                return frames.pop(0)
+            await left.wait()
+            return {"type": "websocket.disconnect", "code": 1001}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        with anyio.fail_after(10):  # the request ends (the app returns)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(client.app, scope, receive, send)
+                while not sent:  # accepted; the run asked of the agent
+                    await anyio.sleep(0.02)
+                await anyio.sleep(0.2)
+                left.set()
+
+    client.portal.call(attack)  # type: ignore[union-attr]
+    assert sent[0]["type"] == "websocket.accept"
+    assert released.wait(5)

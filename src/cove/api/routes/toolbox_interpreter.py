@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from cove.api.deps import AgentDep
 from cove.api.params import AgentIdPath
+from cove.api.routes.toolbox_sessions import race
 from cove.core.agent_types import InterpreterEvent, RunEnded
 from cove.errors import BadRequest, ToolboxError
 from cove.schemas.toolbox_interpreter import (
@@ -54,12 +55,26 @@ async def execute(ws: WebSocket, agent: AgentDep) -> None:
         return
     events = agent.interpreter_run(body.code, body.context_id, body.envs or {},
                                    body.timeout_seconds())
+    outcome: list[tuple[int, str]] = []
+
+    async def relay() -> None:
+        outcome.append(await _relay(ws, events))
+
+    # The client is watched meanwhile: a run may say nothing for long (no timeout, or
+    # an agent that lies), and its relay must not outlive the client that left.
     try:
-        await ws.close(*await _relay(ws, events))
+        if await race(relay(), _client_leaves(ws)) == 0:
+            await ws.close(*outcome[0])
     except (WebSocketDisconnect, OSError, RuntimeError):
         pass  # the client left; the run goes on in the sandbox to its end
     finally:
         await events.aclose()
+
+
+async def _client_leaves(ws: WebSocket) -> None:
+    """Return when the client hangs up (what else it sends is ignored)."""
+    while (await ws.receive())["type"] != "websocket.disconnect":
+        pass
 
 
 async def _relay(ws: WebSocket, events: AsyncIterator[InterpreterEvent]) -> tuple[int, str]:
