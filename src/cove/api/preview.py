@@ -74,6 +74,7 @@ class _Target:
     port: int
     path: str
     route: Route
+    bare: bool = False  # /preview/{id}/{port} or /preview/s/{token}: no "/" after it
 
 
 class PreviewProxy:
@@ -129,10 +130,13 @@ class PreviewProxy:
             return None
         rest = match["rest"] or "/"
         if match["token"]:
-            return self._signed(match["token"], rest, by_host=False)
-        return _Target(match["sid"], _port(match["port"]), rest, Route(by_host=False))
+            target = self._signed(match["token"], rest, by_host=False)
+        else:
+            target = _Target(match["sid"], _port(match["port"]), rest, Route(by_host=False))
+        target.bare = match["rest"] is None
+        return target
 
-    def _signed(self, token: str, path: str, *, by_host: bool) -> _Target | None:
+    def _signed(self, token: str, path: str, *, by_host: bool) -> _Target:
         grant = self._services().previews.verify(token)
         if grant is None:  # refused below: no such sandbox
             return _Target("", 0, path, Route(by_host=by_host))
@@ -153,6 +157,10 @@ class PreviewProxy:
             _Deny: the caller may not, or the sandbox does not run.
         """
         services = self._services()
+        # A service worker controls what lies under its script's last "/": at a bare
+        # /preview/s/{token}, every signed preview (and the tokens in their URLs).
+        if target.bare and header(scope, "service-worker") is not None:
+            raise _Deny(404, "a service worker's script must lie under /preview/.../")
         query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode(),
                                                keep_blank_values=True)]  # fmt: skip
         token = header(scope, TOKEN_HEADER) or dict(query).get("token")

@@ -281,6 +281,22 @@ def test_path_preview_widens_no_service_workers_scope(client: TestClient, sandbo
     r = client.get("/sw.js", headers={**AUTH, "Host": host})
     assert r.headers["service-worker-allowed"] == "/"
 
+def test_a_signed_preview_serves_no_service_worker_for_every_signed_preview(
+    client: TestClient, sandbox: dict, http_port: int
+) -> None:
+    """The bare URL of a signed preview (``/preview/s/{token}``, as the API hands it out)
+    lies in ``/preview/s/``: a service worker script served there could control every
+    signed preview (other organizations' too) and read their tokens in their URLs. A
+    browser asks for a worker's script with ``Service-Worker: script``: that request is
+    refused unless it lies under the preview's own ``/preview/.../`` prefix."""
+    signed, sid = _signed(client, sandbox["id"], http_port), sandbox["id"]
+    worker = {"Service-Worker": "script", **AUTH}
+    for bare in (f"/preview/s/{signed}", f"/preview/{sid}/{http_port}"):
+        r = client.get(bare, headers=worker)
+        assert r.status_code == 404 and "headers" not in r.text, bare
+        assert client.get(bare, headers=AUTH).status_code == 200  # a page: served
+        assert client.get(bare + "/sw.js", headers=worker).status_code == 200  # its own
+
 def test_another_organizations_key_opens_no_preview(client: TestClient, sandbox: dict,
                                                     http_port: int,
                                                     other_auth: dict) -> None:  # fmt: skip
