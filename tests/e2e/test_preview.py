@@ -6,7 +6,10 @@ host name."""
 from __future__ import annotations
 
 import base64
+import json
 import time
+from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -148,3 +151,68 @@ def test_preview_by_host_name(server: Server, daytona: Daytona, sandboxes: list)
     r = httpx.get(f"{server.url}/h", headers={"Host": f"{PORT}-{sb.id}.preview.test",
                                               "X-Daytona-Preview-Token": token})  # fmt: skip
     assert r.status_code == 404
+
+
+# A hostile sandbox's server: a page that registers a service worker over as much of
+# the server's origin as it can (and says in its title how that went); whatever a
+# browser fetches as a worker's script, a script that may control all of "/".
+WORKER_APP = r'''
+import http.server
+PAGE = b"""<!doctype html><title>waiting</title><script>
+const [script, scope] = JSON.parse(decodeURIComponent(location.hash.slice(1)));
+navigator.serviceWorker.register(script, {scope}).then(
+  r => { document.title = "scope " + r.scope; },
+  e => { document.title = "refused " + e.name; });
+</script>"""
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        worker = self.headers.get("Service-Worker") == "script"
+        body = b"self.onfetch = () => {};" if worker else PAGE
+        self.send_response(200)
+        self.send_header("Content-Type", "text/javascript" if worker else "text/html")
+        if worker:
+            self.send_header("Service-Worker-Allowed", "/")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 3000), H).serve_forever()
+'''
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium is not installed")
+def test_a_preview_cannot_register_a_service_worker_over_the_servers_origin(
+    server: Server, daytona: Daytona, sandboxes: list
+) -> None:
+    """In a browser (127.0.0.1 is a secure context, as an HTTPS server is): a sandbox's
+    page served at /preview/... cannot make a service worker of its own control "/"
+    (the dashboard, whose requests carry the API key) nor "/preview/s/" (every signed
+    preview and its token); one over its own preview's path still works."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    sb = daytona.create()
+    sandboxes.append(sb)
+    encoded = base64.b64encode(WORKER_APP.encode()).decode()
+    sb.process.exec(f"echo {encoded} | base64 -d > /tmp/worker_app.py")
+    sb.process.exec("(setsid python3 /tmp/worker_app.py >/dev/null 2>&1 </dev/null &)")
+    sb.process.exec("for i in $(seq 100); do curl -sf localhost:3000/ >/dev/null && break; "
+                    "sleep 0.1; done")  # fmt: skip
+    link = sb.get_preview_link(PORT)
+    signed = sb.create_signed_preview_url(PORT, expires_in_seconds=300)
+    q = f"?token={link.token}"
+    own = f"/preview/{sb.id}/{PORT}/"
+    tries = {  # the script's URL, the scope asked for: the scope granted (None: refused)
+        "the whole origin": (f"{own}sw.js{q}", "/", None),
+        "every signed preview": (f"/preview/s/{signed.token}", "/preview/s/", None),
+        "its own path": (f"{own}sw.js{q}", own, server.url + own),
+    }
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium")
+        try:
+            for what, (script, scope, granted) in tries.items():
+                tab = browser.new_context().new_page()
+                tab.goto(f"{link.url}/page{q}#{quote(json.dumps([script, scope]))}")
+                tab.wait_for_function("document.title != 'waiting'", timeout=20_000)
+                expected = f"scope {granted}" if granted else "refused"
+                assert tab.title().startswith(expected), (what, tab.title())
+                tab.context.close()
+        finally:
+            browser.close()

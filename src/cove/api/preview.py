@@ -114,10 +114,7 @@ class PreviewProxy:
         host = header(scope, "host") or ""
         host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         # The path as sent, not decoded: the sandbox gets it as it was (%3F is no query),
-        # and a path-based preview is only at a literal /preview/{id}/{port}/... A
-        # browser lets a service worker control what is under its script's last "/":
-        # one at /preview%2F{id}%2F{port}%2Fsw.js, if it were the sandbox's, would
-        # control the whole origin (the dashboard, every preview).
+        # and a path-based preview is only at a literal /preview/{id}/{port}/...
         raw = scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0]
         if domain and host.endswith("." + domain):
             label, path = host[: -len(domain) - 1], raw or "/"

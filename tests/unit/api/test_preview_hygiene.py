@@ -263,9 +263,9 @@ def test_path_preview_widens_no_service_workers_scope(client: TestClient, sandbo
                                                       http_port: int) -> None:  # fmt: skip
     """A path-based preview shares the API's origin: a service worker it registers may
     control its own path only, not "/" (the dashboard, whose requests carry the API
-    key) nor "/preview/" (every other sandbox's previews and their tokens). A
-    browser's scope is the script's URL up to its last "/": a sandbox's reply at
-    ``/preview%2F{id}%2F{port}%2Fsw.js`` would be a script allowed to control "/"."""
+    key) nor "/preview/" (every other sandbox's previews and their tokens). The
+    sandbox answers only at a literal /preview/{id}/{port}/ (not at one spelled with
+    %2F, nor %70review), and gets the rest of the path as it was sent."""
     sid = sandbox["id"]
     r = client.get(f"/preview/{sid}/{http_port}/sw.js", headers=AUTH)
     assert r.status_code == 200 and "service-worker-allowed" not in r.headers
