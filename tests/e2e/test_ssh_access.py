@@ -151,6 +151,27 @@ def test_a_token_opens_a_bounded_number_of_connections_and_sessions(
     asyncio.run(flood())
 
 
+def test_an_expired_tokens_connection_is_closed(
+    server: Server, daytona: Daytona, sandboxes: list
+) -> None:
+    """A token's connections last no longer than the token: at its expiry the gateway
+    closes them (an open shell included)."""
+    sb = daytona.create(CreateSandboxFromSnapshotParams())
+    sandboxes.append(sb)
+    token = sb.create_ssh_access(expires_in_minutes=0.1).token  # 6 s
+
+    async def run() -> None:
+        async with _connect(server, token) as conn:
+            assert (await conn.run("echo before")).stdout == b"before\n"
+            shell = await conn.create_process("sleep 600")
+            await asyncio.wait_for(conn.wait_closed(), 60)
+            await asyncio.wait_for(shell.wait_closed(), 10)
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _connect(server, token)
+
+    asyncio.run(run())
+
+
 def test_a_terminal_follows_the_window_and_ends_with_the_client(
     server: Server, daytona: Daytona, sandboxes: list
 ) -> None:

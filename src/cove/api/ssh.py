@@ -8,8 +8,10 @@ the sandbox's user: a shell or a command on a terminal (``ssh``, ``ssh -t``) or
 a command on pipes (``ssh host cmd``, with its exit status). Nothing but sessions
 is served: TCP/IP and Unix forwarding (either way), agent and X11 forwarding,
 SFTP and scp are refused. Revoking a token, or deleting its sandbox, closes the
-connections it opened. A token opens at most ``MAX_CONNECTIONS`` connections at
-once, and a connection at most ``MAX_SESSIONS`` sessions.
+connections it opened, and so does its expiry (within ``SWEEP_SECONDS``; an expired
+token's connection opens no new session meanwhile). A token opens at most
+``MAX_CONNECTIONS`` connections at once, and a connection at most ``MAX_SESSIONS``
+sessions.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from datetime import datetime
 
 import asyncssh
 
 from cove.api.ssh_session import Session
 from cove.core.periodic import every
+from cove.core.sandbox import utcnow
 from cove.core.ssh_access import SshAccess
 from cove.server import Services
 
@@ -39,6 +43,7 @@ class SshGateway:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._connections: dict[str, set[asyncssh.SSHServerConnection]] = defaultdict(set)
+        self._expiry: dict[str, datetime] = {}  # when each grant with connections expires
         services.ssh.revoked_hooks.append(self.disconnect)
 
     async def start(self, host: str, port: int, host_key: bytes) -> None:
@@ -55,9 +60,14 @@ class SshGateway:
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        """Close the connections of grants revoked through another replica."""
-        await every(SWEEP_SECONDS, lambda: self.services.ssh.sweep(list(self._connections)),
-                    "checking SSH grants", wait_first=True)  # fmt: skip
+        """Close the connections of grants revoked through another replica, or expired."""
+        await every(SWEEP_SECONDS, self._check, "checking SSH grants", wait_first=True)
+
+    def _check(self) -> None:
+        now = utcnow()
+        self.disconnect([i for i, expires in self._expiry.items() if expires <= now],
+                        "SSH access expired")  # fmt: skip
+        self.services.ssh.sweep(list(self._connections))
 
     async def _listen(self, host: str, port: int, host_key: bytes) -> asyncssh.SSHAcceptor:
         return await asyncssh.listen(
@@ -79,11 +89,12 @@ class SshGateway:
         for ids in list(self._connections):
             self.disconnect([ids])
 
-    def disconnect(self, access_ids: list[str]) -> None:
-        """Close the connections opened with these grants (they were revoked)."""
+    def disconnect(self, access_ids: list[str], reason: str = "SSH access revoked") -> None:
+        """Close the connections opened with these grants (revoked, or expired)."""
         for access_id in access_ids:
+            self._expiry.pop(access_id, None)
             for conn in self._connections.pop(access_id, set()):
-                conn.disconnect(asyncssh.DISC_BY_APPLICATION, "SSH access revoked")
+                conn.disconnect(asyncssh.DISC_BY_APPLICATION, reason)
 
     def opened(self, access: SshAccess, conn: asyncssh.SSHServerConnection) -> bool:
         """Count ``conn`` as one of the token's (False: it has too many open)."""
@@ -91,6 +102,7 @@ class SshGateway:
         if len(conns) >= MAX_CONNECTIONS:
             return False
         conns.add(conn)
+        self._expiry[access.id] = access.expires_at
         return True
 
     def closed(self, access: SshAccess, conn: asyncssh.SSHServerConnection) -> None:
@@ -99,6 +111,7 @@ class SshGateway:
             conns.discard(conn)
             if not conns:
                 del self._connections[access.id]
+                self._expiry.pop(access.id, None)
 
 
 class _Server(asyncssh.SSHServer):
@@ -136,6 +149,8 @@ class _Server(asyncssh.SSHServer):
 
     def session_requested(self) -> Session | bool:
         if self.access is None or self.sessions >= MAX_SESSIONS:
+            return False
+        if self.access.expires_at <= utcnow():  # (the sweep closes the connection soon)
             return False
         self.sessions += 1
         return Session(self.gateway.services, self.access, self._session_ended)
