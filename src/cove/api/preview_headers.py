@@ -12,14 +12,18 @@ cookie goes up and no ``Set-Cookie`` comes back. A host-based preview
 named with Cove's reserved prefix and, coming back, those scoped to a wider
 domain than the preview's own host (they would reach other sandboxes' previews).
 
-Nor may a path-based preview's answer act on the API's origin in other ways: its
-``Service-Worker-Allowed`` (which would let a service worker registered from the
-preview control every page of the origin: the dashboard, its API calls and keys,
-other sandboxes' previews), ``Clear-Site-Data`` and ``Cross-Origin-Opener-Policy``
-(the dashboard's own, ``same-origin``, keeps its page away from any other page's
-window handles; a preview claiming the same policy would share its group) are dropped.
-So a path-based preview's service worker controls its own path only (never ``/``,
-the dashboard, nor ``/preview/``, other sandboxes' previews).
+Nor may a path-based preview's answer act on the API's origin in other ways. These
+are dropped from it:
+
+* ``Service-Worker-Allowed``: a service worker registered from the preview would
+  control every page of the origin (the dashboard, its API calls and keys, other
+  sandboxes' previews); so a preview's worker controls its own path only;
+* ``Clear-Site-Data``: it would reload and empty every tab of the origin;
+* ``Cross-Origin-Opener-Policy``: the dashboard's own (``same-origin``) keeps its
+  page away from any other page's window handles; a preview claiming the same
+  policy would share its browsing context group;
+* ``Strict-Transport-Security``: the host's own, to lift or to stretch over its
+  subdomains.
 
 Forwarding headers sent by the client are dropped (anyone can forge them); the
 proxy sets ``X-Forwarded-For``, ``X-Forwarded-Proto`` and ``X-Forwarded-Host``.
@@ -45,7 +49,8 @@ _FORWARDED = {"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-p
               "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server",
               "x-real-ip"}  # fmt: skip
 # Response headers that act on the whole origin of the page: not from a path-based preview.
-_ORIGIN_WIDE = {"service-worker-allowed", "clear-site-data", "cross-origin-opener-policy"}
+_ORIGIN_WIDE = {"service-worker-allowed", "clear-site-data", "cross-origin-opener-policy",
+                "strict-transport-security"}  # fmt: skip
 _WEBSOCKET = {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
               "sec-websocket-protocol", "sec-websocket-accept"}  # fmt: skip
 

@@ -31,7 +31,8 @@ SET_COOKIES = [
 ]
 # Headers that act on the whole origin of the page that gets them.
 ORIGIN_WIDE = {"Service-Worker-Allowed": "/", "Clear-Site-Data": '"*"',
-               "Cross-Origin-Opener-Policy": "same-origin"}
+               "Cross-Origin-Opener-Policy": "same-origin",
+               "Strict-Transport-Security": "max-age=31536000; includeSubDomains"}
 
 
 class Echo(http.server.BaseHTTPRequestHandler):
