@@ -4,7 +4,9 @@ Cove has no user accounts: an organization's members are its keys. A key holding
 ``manage:api_keys`` lists, creates and deletes the keys of its organization, within
 two rules that keep a key from raising itself: a new key holds no permission its
 creator lacks and expires no later than its creator; a key is deleted only by one
-holding every permission it holds.
+holding every permission it holds. An organization holds at most
+:data:`MAX_API_KEYS` keys (each is a row kept until deleted, and the list answers
+them all at once).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from cove.core.coordination import Coordination
 from cove.core.keys import ApiKey, mask
 from cove.core.permissions import Permission, parse, require_all
 from cove.core.sandbox import utcnow
-from cove.errors import BadRequest, Conflict, Forbidden, NotFound
+from cove.errors import BadRequest, Conflict, Forbidden, NotFound, QuotaExceeded
 
 ENV_KEY_ID = "COVE_API_KEY"  # the id and name shown for the key set in COVE_API_KEY
+MAX_API_KEYS = 1000  # per organization (the operator's ``cove keys create`` is not held to it)
 
 
 class ApiKeyService:
@@ -39,6 +42,7 @@ class ApiKeyService:
             Forbidden: the caller lacks ``manage:api_keys`` or a permission it assigns,
                 or the new key would outlive the caller.
             BadRequest: an unknown permission, an expiry in the past.
+            QuotaExceeded: the organization has :data:`MAX_API_KEYS` keys.
             Conflict: the organization has a key of that name.
         """
         who.require(Permission.MANAGE_API_KEYS)
@@ -52,8 +56,11 @@ class ApiKeyService:
             raise Forbidden(f"This API key expires at {limit.isoformat()}: the keys it "
                             "creates must expire no later (set expiresAt)")  # fmt: skip
         async with self.coordination.lock("api-key-names", who.organization_id):
-            if any(k.name == name for k in self.auth.keys.list_keys(who.organization_id)):
+            keys = self.auth.keys.list_keys(who.organization_id)
+            if any(k.name == name for k in keys):
                 raise Conflict("API key with this name already exists")
+            if len(keys) >= MAX_API_KEYS:
+                raise QuotaExceeded(f"an organization has at most {MAX_API_KEYS} API keys")
             return self.auth.issue(who.organization_id, name=name, permissions=wanted,
                                    expires_at=expires_at,
                                    created_by=who.key.id if who.key else None)  # fmt: skip

@@ -7,6 +7,8 @@ credentials whose URL names the image's registry (``docker.io``,
 ``ghcr.io``, ``host:port``) and, when set, whose project is the first part of
 the image's repository; among several, the one with a project, then the
 organization's default, then the newest. Credentials go to that registry only.
+An organization keeps at most :data:`MAX_REGISTRIES` (each a row kept until deleted,
+all of them listed at once and looked through on each pull).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Protocol
 from cove.core.imageref import ImageRef, registry_host
 from cove.core.ports import RegistryAuth, Sealer
 from cove.core.sandbox import utcnow
-from cove.errors import BadRequest
+from cove.errors import BadRequest, QuotaExceeded
+
+MAX_REGISTRIES = 100  # per organization
 
 
 @dataclass
@@ -64,12 +68,15 @@ class RegistryService:
         self, organization_id: str, *, name: str, url: str, username: str, password: str,
         project: str | None = None,
     ) -> DockerRegistry:  # fmt: skip
-        """Raises BadRequest: an empty field or a URL that names no registry."""
+        """Raises BadRequest (an empty field or a URL that names no registry) or
+        QuotaExceeded (the organization has :data:`MAX_REGISTRIES`)."""
         registry = DockerRegistry(
             id=str(uuid.uuid4()), organization_id=organization_id, name=name, url=url,
             username=username, password="", project=project or "",
         )  # fmt: skip
         _check(registry, password)
+        if len(self.store.list(organization_id)) >= MAX_REGISTRIES:
+            raise QuotaExceeded(f"an organization has at most {MAX_REGISTRIES} registries")
         registry.password = self.sealer.seal(password, registry.id)
         self.store.add(registry)
         return registry

@@ -179,3 +179,32 @@ def test_a_single_valued_query_parameter_given_twice_is_a_400(client: TestClient
     _bad(client.get("/api/sandbox?labels=%7B%7D&labels=%7B%7D", headers=AUTH), "labels")
     r = client.get("/api/sandbox?states=started&states=stopped", headers=AUTH)
     assert r.status_code == 200, r.text
+
+
+def test_an_organization_holds_a_bounded_number_of_keys_and_registries(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each create stores a row the organization keeps until it deletes it, and the
+    lists answer every one at once: one tenant must not grow the database (and those
+    answers) without end."""
+    monkeypatch.setattr("cove.core.api_keys.MAX_API_KEYS", 3)
+    monkeypatch.setattr("cove.core.registries.MAX_REGISTRIES", 2)
+    for i in range(3):
+        r = client.post("/api/api-keys", json={"name": f"k{i}", "permissions": []}, headers=AUTH)
+        assert r.status_code == 201, r.text
+    r = client.post("/api/api-keys", json={"name": "k3", "permissions": []}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["code"] == "QUOTA_EXCEEDED", r.text
+    assert "at most 3 API keys" in r.json()["message"]
+    assert len(client.get("/api/api-keys", headers=AUTH).json()) == 3
+    assert client.delete("/api/api-keys/k0", headers=AUTH).status_code == 204
+    r = client.post("/api/api-keys", json={"name": "k3", "permissions": []}, headers=AUTH)
+    assert r.status_code == 201, r.text  # room again once one is deleted
+
+    registry = {"url": "registry.example.com", "username": "u", "password": "p"}
+    for i in range(2):
+        r = client.post("/api/docker-registry", json={**registry, "name": f"r{i}"}, headers=AUTH)
+        assert r.status_code in (200, 201), r.text
+    r = client.post("/api/docker-registry", json={**registry, "name": "r2"}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["code"] == "QUOTA_EXCEEDED", r.text
+    assert "at most 2 registries" in r.json()["message"]
+    assert len(client.get("/api/docker-registry", headers=AUTH).json()) == 2
