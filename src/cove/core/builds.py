@@ -27,6 +27,7 @@ from cove.core.buildcopy import CopyStep
 from cove.core.buildlog import BuildLog
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
+from cove.core.coordination import KeyedLocks
 from cove.core.dockerfile import BuildPlan
 from cove.core.ops import SandboxOps
 from cove.core.ports import ContainerSpec, ImageConfig, Resources, Runner
@@ -70,7 +71,7 @@ class ImageBuilder:
         self.runner = runner
         self.snapshots = snapshots
         self.contexts = contexts
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: KeyedLocks[str] = KeyedLocks()
 
     def cached(self, organization_id: str, plan: BuildPlan) -> str | None:
         """The ref of an active snapshot of the organization built from the same plan
@@ -98,8 +99,7 @@ class ImageBuilder:
         """
         name = target.name if target is not None else snapshot_name(plan)
         contexts = await self._contexts(organization_id, plan)
-        lock = self._locks.setdefault(f"{organization_id}/{plan.digest}", asyncio.Lock())
-        async with lock:
+        async with self._locks.hold(f"{organization_id}/{plan.digest}"):
             ref = self.cached(organization_id, plan)
             if ref is not None and target is None:
                 await out.write(f"Using cached snapshot {name} (no rebuild)")

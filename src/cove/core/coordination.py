@@ -11,12 +11,15 @@ advisory locks (per sandbox) and a lease in a table (the jobs' leader).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from cove.errors import Busy
+
+K = TypeVar("K", bound=Hashable)
 
 
 class LockBusy(Busy):
@@ -101,3 +104,30 @@ def alone(coordination: Coordination) -> bool:
     """Whether no other replica is alive (then what operations left on the runner or
     in the database is no one's: this replica may clean it up)."""
     return coordination.alive() <= {coordination.replica_id}
+
+
+class KeyedLocks(Generic[K]):
+    """In-process locks by key, each kept only while it is held or awaited: keys a
+    tenant makes up (an image reference, a Dockerfile's digest) would otherwise stay
+    in memory for as long as the server runs, one more with each request."""
+
+    def __init__(self) -> None:
+        self._locks: dict[K, tuple[asyncio.Lock, int]] = {}  # key -> (lock, its users)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, key: K) -> AsyncIterator[None]:
+        """Hold ``key``'s lock (waiting for whoever holds it) for the block."""
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

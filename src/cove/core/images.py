@@ -26,6 +26,7 @@ from cove.core import imageref
 from cove.core.buildlog import BuildLog
 from cove.core.builds import ImageBuilder, build_and_boot
 from cove.core.config import registry_listed
+from cove.core.coordination import KeyedLocks
 from cove.core.dockerfile import BuildPlan
 from cove.core.ops import SandboxOps
 from cove.core.ports import PulledImage, Runner
@@ -56,7 +57,7 @@ class ImageService:
         self.snapshots = snapshots
         self.registries = registries
         self.runner = runner
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._locks: KeyedLocks[tuple[str, str]] = KeyedLocks()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def reference(self, image: str) -> imageref.ImageRef:
@@ -86,7 +87,7 @@ class ImageService:
         """
         ref = self.reference(image)
         say = progress or (lambda _line: None)
-        async with self._locks.setdefault((organization_id, str(ref)), asyncio.Lock()):
+        async with self._locks.hold((organization_id, str(ref))):
             found = self.find(organization_id, ref)
             if found is not None:
                 say(f"Using snapshot {found.name} of {ref} (already pulled)")

@@ -126,3 +126,20 @@ def test_registry_input_is_checked(registries: RegistryService, org: str) -> Non
         with pytest.raises(BadRequest):
             registries.create(org, **fields)
     assert registries.list(org) == []
+
+
+async def test_pulls_of_many_images_leave_nothing_held(
+    lifecycle: LifecycleService, runtime: FakeRuntime, org: str
+) -> None:
+    """The lock that makes one pull per image and organization lasts as long as its
+    pulls: the references a tenant makes up (each create may name another) do not pile
+    up in the server's memory."""
+    runtime.registry[PY] = ("sha256:" + "1" * 64, CONFIG, None)
+    made = [await lifecycle.create(organization_id=org, request=_from(image))
+            for image in [PY, PY] + [f"made-up-{i}:1" for i in range(20)]]  # fmt: skip
+    await lifecycle.drain()
+    states = [lifecycle.get(org, sb.id).state for sb in made]
+    assert states == [S.STARTED] * 2 + [S.BUILD_FAILED] * 20
+    assert [image for image, _ in runtime.pulls].count(PY) == 1  # still one pull at a time
+    images = lifecycle.creator.images
+    assert images is not None and len(images._locks) == 0
