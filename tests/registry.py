@@ -160,3 +160,17 @@ def busybox_layer(marker: str = "from-registry") -> bytes:
     members.append(file("etc/group", b"root:x:0:\ndaytona:x:1000:\n"))
     members.append(file("etc/marker", f"{marker}\n".encode()))
     return layer(members)
+
+
+def header_bomb(path: Path, size: int, kind: bytes = tarfile.XHDTYPE) -> Path:
+    """A tar at ``path`` whose first member is an extended header (pax, or GNU long name
+    or link) of ``size`` zero bytes (a hole on disk), then a file ``after``."""
+    info = tarfile.TarInfo("././@PaxHeader" if kind in (tarfile.XHDTYPE, tarfile.XGLTYPE)
+                           else "././@LongLink")  # fmt: skip
+    info.type, info.size = kind, size
+    after = tarfile.TarInfo("after")
+    with path.open("wb") as out:
+        out.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        out.seek(size + -size % tarfile.BLOCKSIZE, io.SEEK_CUR)
+        out.write(after.tobuf(format=tarfile.USTAR_FORMAT) + bytes(2 * tarfile.BLOCKSIZE))
+    return path

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import gzip
 import io
+import shutil
 import subprocess
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from cove.errors import RuntimeBackendError
 from cove.runner.storage import layers, registry
-from tests.registry import ImageSpec, file, layer, layout
+from tests.registry import ImageSpec, file, header_bomb, layer, layout
 
 MIB = 2**20
 
@@ -96,3 +98,22 @@ def test_the_index_entry_of_this_platform_is_chosen(monkeypatch: pytest.MonkeyPa
                {"platform": {"os": "linux", "architecture": "amd64"}, "digest": "sha256:c"}]
     assert registry._platform_digest(entries) == "sha256:c"
     assert registry._platform_digest(entries[:2]) is None
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_an_extended_header_bomb_is_refused_before_it_is_read(tmp_path: Path, kind: bytes) -> None:
+    """One pax header (or GNU long name) of 64 MiB gzips to 64 KiB; tarfile would read it
+    whole into memory (twice) before any member's size is counted."""
+    raw = header_bomb(tmp_path / "bomb.tar", 64 * MIB, kind)
+    where = _image(tmp_path, gzip.compress(b""))  # (a layout; its layer is replaced below)
+    blob = layers.blob(where, layers.manifest(where, "v1")["layers"][0]["digest"])
+    with raw.open("rb") as src, gzip.open(blob, "wb") as dst:
+        shutil.copyfileobj(src, dst, MIB)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RuntimeBackendError, match="extended header of 67108864 bytes"):
+            layers.check_unpacked(where, "v1", 10 * MIB, "bomb")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MIB

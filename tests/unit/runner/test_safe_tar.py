@@ -8,11 +8,14 @@ import io
 import os
 import stat
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from cove.errors import RuntimeBackendError
 from cove.runner.storage.safe_tar import UnsafeTar, extract
+from tests.registry import header_bomb
 
 MiB = 2**20
 
@@ -139,3 +142,17 @@ def test_a_root_filesystem_is_kept_as_it_was(dirs: tuple[Path, Path]) -> None:
     if os.geteuid() == 0:
         assert os.getxattr(target / "bin/ping", "security.capability") == cap
     assert "user.overlay.redirect" not in os.listxattr(target / "bin/ping")
+
+
+def test_an_extended_header_bomb_is_refused_before_it_is_read(dirs: tuple[Path, Path]) -> None:
+    """tarfile reads a pax header whole into memory before the member it describes."""
+    target, _ = dirs
+    bomb = header_bomb(target.parent / "bomb.tar", 64 * MiB)
+    tracemalloc.start()
+    try:
+        with bomb.open("rb") as stream, pytest.raises(RuntimeBackendError, match="67108864"):
+            extract(stream, target, 100 * MiB)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MiB

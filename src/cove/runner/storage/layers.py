@@ -5,7 +5,9 @@ Each layer's tar stream is read once, decompressed on the fly (gzip, bzip2, xz b
 the standard library, zstd through ``zstd -dc``), and the sizes of its files are
 added up: regular files at their full size (a sparse file's holes count, as an
 unpacker writes them), every other entry at one block. Reading stops as soon as the
-total passes the limit, so a bomb costs no more than the limit's worth of work.
+total passes the limit, so a bomb costs no more than the limit's worth of work; an
+extended header over 1 MiB (which tarfile would read whole into memory) is refused
+before it is read (:mod:`cove.tarheaders`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import IO
 
 from cove.errors import RuntimeBackendError
 from cove.runner.storage.unpack import blob, manifest, manifest_descriptor
+from cove.tarheaders import TarInfo
 
 BLOCK = 512
 _ZSTD = b"\x28\xb5\x2f\xfd"
@@ -74,7 +77,7 @@ def check_unpacked(layout: Path, tag: str, limit: int, image: str) -> int:
     for layer in manifest(layout, tag).get("layers") or []:
         with _opened(blob(layout, layer.get("digest"))) as stream:
             try:
-                with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                with tarfile.open(fileobj=stream, mode="r|*", tarinfo=TarInfo) as tar:
                     for member in tar:
                         total += _cost(member)
                         if total > limit:

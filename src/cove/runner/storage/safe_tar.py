@@ -14,7 +14,7 @@ extraction (the caller throws the half-made tree away):
   of device nodes only the character devices a ``/dev`` holds (null, zero, full,
   random, urandom, tty, console, ptmx); no block device;
 - the files' sizes together stay under a limit (a small stream may unpack to
-  terabytes).
+  terabytes), and no extended header is over 1 MiB (:mod:`cove.tarheaders`).
 
 Owners (numeric), modes (setuid kept: a root filesystem's ``su`` needs it) and
 times are kept; of the extended attributes only ``security.capability`` (file
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from cove.errors import RuntimeBackendError
+from cove.tarheaders import TarInfo
 
 BLOCK = 512
 # (major, minor) of the character devices a root filesystem's /dev may hold.
@@ -55,7 +56,7 @@ def extract(stream: IO[bytes], target: Path, limit: int) -> int:
     """
     guard = _Guard(target, limit)
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=TarInfo) as tar:
             tar.extractall(target, members=guard.members(tar), numeric_owner=True,
                            filter=guard.check)  # fmt: skip
     except UnsafeTar:
