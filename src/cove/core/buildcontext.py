@@ -7,7 +7,9 @@ filesystem; see :mod:`cove.core.builds`). On the way, an entry is dropped when
 its name is absolute after normalizing or climbs with ``..``, when it lies
 under a symbolic link of the archive, or when it is a device node, FIFO or a
 hard link to something not copied; owners become root (or ``--chown``, applied
-in the sandbox) and modes keep their permission bits only.
+in the sandbox) and modes keep their permission bits only. The files' sizes together
+stay under a limit (the build sandbox's disk): a sparse member of a few bytes in the
+archive says what it unpacks to, and would be written out whole on the host.
 """
 
 from __future__ import annotations
@@ -19,37 +21,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from cove.tarheaders import TarInfo
+
 ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 ADD_DIR = ".cove-add"  # where ADD's archives wait in the sandbox to be extracted
 
 
 class ContextError(Exception):
-    """A step names something the contexts do not have."""
+    """A step names something the contexts do not have, or they are not valid tars, or
+    what it names is too large."""
 
 
 @dataclass
 class Packed:
     entries: list[str] = field(default_factory=list)  # absolute paths in the sandbox
     extract: list[tuple[str, str]] = field(default_factory=list)  # ADD: (archive, into dir)
+    limit: int = 0  # bytes the files may take
+    size: int = 0  # bytes they take so far
 
 
 def pack(
     contexts: Sequence[Path], sources: Sequence[str], dest: str, out: IO[bytes], *,
-    add: bool = False,
+    limit: int, add: bool = False,
 ) -> Packed:  # fmt: skip
     """Write what ``COPY sources dest`` (or ``ADD``) puts in the image to ``out``, a tar
-    whose names are relative to ``/``.
+    whose names are relative to ``/``, of files taking at most ``limit`` bytes.
 
     Raises:
-        ContextError: a source is in no context.
+        ContextError: a source is in no context, a context is not a valid tar, or the
+            files pass ``limit`` (counting stops there).
     """
     wanted = [_norm(s) for s in sources]  # None: climbs out, never found
     found: set[str | None] = set()
-    packed = Packed()
+    packed = Packed(limit=limit)
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for context in contexts:
-            with tarfile.open(context, "r:") as src:
-                _pack_one(src, tar, wanted, dest, add, found, packed)
+            try:
+                with tarfile.open(context, "r:", tarinfo=TarInfo) as src:
+                    _pack_one(src, tar, wanted, dest, add, found, packed)
+            except tarfile.TarError as exc:
+                raise ContextError(f"the build context is not a valid tar: {exc}") from exc
     missing = [s for s, w in zip(sources, wanted, strict=True) if w not in found]
     if missing:
         raise ContextError(f"{', '.join(missing)} not found in the build context")
@@ -75,6 +86,11 @@ def _pack_one(
             found.add(source)
             if member.isdir() and name == source:
                 continue  # a directory's contents are copied, not the directory itself
+            if member.isfile():
+                packed.size += member.size
+                if packed.size > packed.limit:
+                    raise ContextError(f"the files take more than {packed.limit // 2**20} MiB "
+                                       "(the build sandbox's disk)")  # fmt: skip
             if add and member.isfile() and name == source and name.endswith(ARCHIVES):
                 where = f"{ADD_DIR}/{len(packed.extract)}/{posixpath.basename(name)}"
                 _write(src, tar, member, where, None)

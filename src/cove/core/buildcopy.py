@@ -26,25 +26,28 @@ CHUNK = 1024 * 1024
 class CopyStep:
     """One ``COPY``/``ADD`` into build sandbox ``build_id``."""
 
-    def __init__(self, runner: Runner, build_id: str, tmp_dir: Path) -> None:
+    def __init__(self, runner: Runner, build_id: str, tmp_dir: Path, limit: int) -> None:
         self.runner = runner
         self.build_id = build_id
         self.tmp_dir = tmp_dir
+        self.limit = limit  # bytes of files one step may bring: the sandbox's disk
 
     async def upload(self, contexts: list[Path], step: Step) -> list[str]:
         """Put the step's files into the sandbox; returns the command (run there as root)
         that extracts them.
 
         Raises:
-            BadRequest: a source is not in the contexts, or the upload failed.
+            BadRequest: a source is not in the contexts, the files are larger than
+                the build sandbox's disk, or the upload failed.
         """
         self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"/.cove-copy-{uuid.uuid4().hex}.tar"
         with tempfile.TemporaryFile(dir=self.tmp_dir) as tar:
             try:
                 packed = await asyncio.to_thread(
-                    pack, contexts, step.sources, step.path, tar, add=step.kind == "ADD"
-                )
+                    pack, contexts, step.sources, step.path, tar, limit=self.limit,
+                    add=step.kind == "ADD",
+                )  # fmt: skip
             except ContextError as exc:
                 raise BadRequest(str(exc)) from exc
             tar.seek(0)

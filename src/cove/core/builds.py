@@ -195,7 +195,8 @@ class ImageBuilder:
             elif step.kind == "USER":
                 user = step.user
             elif step.kind in ("COPY", "ADD"):
-                copy = CopyStep(self.runner, build_id, self.settings.data_dir / "build-tmp")
+                copy = CopyStep(self.runner, build_id, self.settings.data_dir / "build-tmp",
+                                s.default_disk * 2**30)  # fmt: skip
                 try:
                     argv = await copy.upload(contexts, step)
                 except CoveError as exc:
