@@ -3,13 +3,17 @@ v2), and test images built from tar layers written here, pushed with skopeo."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import http.server
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -174,3 +178,68 @@ def header_bomb(path: Path, size: int, kind: bytes = tarfile.XHDTYPE) -> Path:
         out.seek(size + -size % tarfile.BLOCKSIZE, io.SEEK_CUR)
         out.write(after.tobuf(format=tarfile.USTAR_FORMAT) + bytes(2 * tarfile.BLOCKSIZE))
     return path
+
+
+class EndlessLayerRegistry:
+    """A hostile registry on loopback (plain HTTP): its image's manifest announces one
+    layer of 1 KiB, and the layer it sends never ends (random bytes)."""
+
+    def __init__(self) -> None:
+        config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                             "rootfs": {"type": "layers", "diff_ids": []}}).encode()  # fmt: skip
+        layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                 "digest": "sha256:" + "1" * 64, "size": 1024}  # fmt: skip
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": _sha(config), "size": len(config)},
+            "layers": [layer],
+        }).encode()  # fmt: skip
+        self.served = 0
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path.endswith(layer["digest"]):
+                    self.send_response(200)
+                    self.end_headers()
+                    chunk = os.urandom(2**20)
+                    with contextlib.suppress(OSError):
+                        while True:
+                            self.wfile.write(chunk)
+                            owner.served += len(chunk)
+                    return
+                body = {"/v2/": b"{}", "/v2/x/manifests/v1": manifest}.get(self.path)
+                if self.path.endswith(_sha(config)):
+                    body = config
+                if body is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                kind = "application/vnd.oci.image.manifest.v1+json" if body is manifest \
+                    else "application/json"  # fmt: skip
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> EndlessLayerRegistry:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -8,14 +8,16 @@ import io
 import shutil
 import subprocess
 import tarfile
+import time
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from cove.core.config import Settings
 from cove.errors import RuntimeBackendError
 from cove.runner.storage import layers, registry
-from tests.registry import ImageSpec, file, header_bomb, layer, layout
+from tests.registry import EndlessLayerRegistry, ImageSpec, file, header_bomb, layer, layout
 
 MIB = 2**20
 
@@ -117,3 +119,38 @@ def test_an_extended_header_bomb_is_refused_before_it_is_read(tmp_path: Path, ki
     finally:
         tracemalloc.stop()
     assert peak < 8 * MIB
+
+
+def test_a_layer_that_never_ends_is_cut_off_at_the_limit(tmp_path: Path) -> None:
+    """The registry announces a 1 KiB layer and sends an endless one: skopeo checks the
+    size and digest only at its end, so the host's disk would fill until the pull's
+    timeout. The download is stopped once it passes COVE_MAX_IMAGE_MB."""
+    settings = Settings(data_dir=tmp_path, snapshot_dir=tmp_path / "snapshots",
+                        max_image_mb=64, insecure_registries=["127.0.0.1"],
+                        pull_timeout_seconds=300)  # fmt: skip
+    with EndlessLayerRegistry() as hostile:
+        started = time.monotonic()
+        with pytest.raises(layers.ImageTooLarge, match=r"\(64 MiB\): the download passed it"):
+            registry.pull(settings, "endless", f"{hostile.host}/x:v1", None)
+        assert time.monotonic() - started < 60
+        assert hostile.served > 64 * MIB
+    left = sum(f.stat().st_size for f in (tmp_path / "snapshots").rglob("*") if f.is_file())
+    assert left < MIB
+    assert not (tmp_path / "snapshots" / "endless").exists()
+
+
+def test_only_the_blobs_a_pull_copies_count_against_it(tmp_path: Path) -> None:
+    """Other pulls' new blobs land in the same shared directory meanwhile."""
+    work, blobs = tmp_path / "work", tmp_path / "blobs"
+    (blobs / "sha256").mkdir(parents=True)
+    work.mkdir()
+    theirs, mine = "a" * 64, "b" * 64
+    for name in (theirs, mine):
+        with open(blobs / "sha256" / name, "wb") as f:
+            f.truncate(64 * MIB)  # (a hole: no disk taken)
+    lines: list[str] = []
+    download = registry._Download("img", work, blobs, set(), 32 * MIB, lines.append)
+    assert download.over() is None
+    download.heard(f"Copying blob sha256:{mine}")
+    assert lines == [f"Copying blob sha256:{mine}"]
+    assert isinstance(download.over(), layers.ImageTooLarge)

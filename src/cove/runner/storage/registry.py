@@ -25,7 +25,7 @@ import platform
 import re
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ CACHE = ".images"
 TAG = "image"
 _PASSED_ENV = ("PATH", "LANG", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
                "https_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR")  # fmt: skip
+METADATA = 16 * 2**20  # bytes a download may have beyond the layers' limit (manifests, config)
+_COPYING = re.compile(r"^Copying (?:blob|config) sha256:([0-9a-f]{64})")
 _FATAL = re.compile(r'level=fatal msg="((?:[^"\\]|\\.)*)"')
 
 
@@ -54,7 +56,8 @@ def pull(
         RuntimeBackendError: the registry refused or could not be reached, the image
             does not exist, or unpacking failed; nothing named ``ref`` is left.
         ImageTooLarge: its layers, compressed or unpacked, pass COVE_MAX_IMAGE_MB; the
-            blobs this pull brought into the layer cache are removed again.
+            blobs this pull brought into the layer cache are removed again. A download
+            passing it is stopped there.
     """
     assert settings.snapshot_dir is not None
     base = settings.snapshot_dir
@@ -69,7 +72,8 @@ def pull(
         authfile = _authfile(settings, auth, work)
         _check_announced(settings, image, authfile, work, limit)
         cached = _blob_names(blobs)
-        _copy(settings, image, authfile, work, layout, blobs, say)
+        download = _Download(image, work, blobs, cached, limit, say)
+        _copy(settings, image, authfile, work, layout, blobs, download.heard, download.over)
         digest = (work / "digest").read_text().strip()
         _share_blobs(layout, blobs)
         say(f"Digest: {digest}")
@@ -90,16 +94,62 @@ def pull(
 
 def _copy(
     settings: Settings, image: str, authfile: Path | None, work: Path, layout: Path,
-    blobs: Path, say: Callable[[str], None],
+    blobs: Path, say: Callable[[str], None], guard: Callable[[], Exception | None],
 ) -> None:  # fmt: skip
     argv = ["skopeo", "copy", "--retry-times", "2", "--dest-shared-blob-dir", str(blobs),
             "--digestfile", str(work / "digest")]  # fmt: skip
     argv += ["--src-" + flag[2:] for flag in _source_flags(settings, image, authfile)]
     argv += [f"docker://{image}", f"oci:{layout}:{TAG}"]
     try:
-        stream(argv, say, env=_skopeo_env(work), timeout=settings.pull_timeout_seconds)
+        stream(argv, say, env=_skopeo_env(work), timeout=settings.pull_timeout_seconds,
+               stop_when=guard)  # fmt: skip
+    except layers.ImageTooLarge:
+        raise
     except RuntimeBackendError as exc:
         raise RuntimeBackendError(f"pulling {image} failed: {_reason(exc.message)}") from exc
+
+
+class _Download:
+    """What one pull has written, to stop it once that passes ``limit`` (and
+    :data:`METADATA` for the manifests and config): skopeo checks a blob's size and
+    digest only once it has all of it, so a registry could announce a small layer and
+    send an endless one, or many. Counted: the pull's own files (skopeo's blobs in
+    progress) and the shared blobs it says it copies ("Copying blob sha256:...") that
+    were not cached before; other pulls' blobs, arriving meanwhile, are theirs."""
+
+    def __init__(self, image: str, work: Path, blobs: Path, cached: set[str], limit: int,
+                 say: Callable[[str], None]) -> None:  # fmt: skip
+        self.image, self.work, self.blobs, self.cached = image, work, blobs, cached
+        self.limit, self.say = limit, say
+        self.mine: set[str] = set()
+
+    def heard(self, line: str) -> None:
+        """A line of skopeo's output."""
+        found = _COPYING.match(line)
+        if found is not None and found.group(1) not in self.cached:
+            self.mine.add(found.group(1))
+        self.say(line)
+
+    def over(self) -> Exception | None:
+        """ImageTooLarge once the download passes the limit."""
+        written = sum(_sizes(self.work)) + sum(_sizes(self.blobs / "sha256", only=set(self.mine)))
+        if written <= self.limit + METADATA:
+            return None
+        return layers.ImageTooLarge(
+            f"{self.image} is larger than COVE_MAX_IMAGE_MB ({self.limit // 2**20} MiB): "
+            "the download passed it")  # fmt: skip
+
+
+def _sizes(top: Path, only: set[str] | None = None) -> Iterator[int]:
+    """The sizes of the files under ``top`` (those named in ``only`` when given; a file
+    gone meanwhile counts nothing)."""
+    for where, _dirs, files in os.walk(top):
+        for name in files:
+            if only is None or name in only:
+                try:
+                    yield os.lstat(os.path.join(where, name)).st_size
+                except FileNotFoundError:
+                    continue
 
 
 def _source_flags(settings: Settings, image: str, authfile: Path | None) -> list[str]:

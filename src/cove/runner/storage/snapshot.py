@@ -311,16 +311,21 @@ def _chroot_env() -> dict[str, str]:
     return env | proxies
 
 
+WATCH_SECONDS = 0.5  # how often stream() asks its stop_when
+
+
 def stream(
     argv: list[str], say: Progress, *, env: dict[str, str] | None = None,
-    timeout: float | None = None,
+    timeout: float | None = None, stop_when: Callable[[], Exception | None] | None = None,
 ) -> None:  # fmt: skip
     """Run ``argv`` and hand each output line (stdout and stderr) to ``say``; it is
-    killed after ``timeout`` seconds.
+    killed after ``timeout`` seconds, or as soon as ``stop_when`` (asked each
+    :data:`WATCH_SECONDS`) returns an error.
 
     Raises:
         RuntimeBackendError: it could not run, exited non-zero or timed out (the
             message ends with its last lines).
+        Exception: what ``stop_when`` returned.
     """
     try:
         proc = subprocess.Popen(
@@ -339,6 +344,20 @@ def stream(
     timer = threading.Timer(timeout, expire) if timeout is not None else None
     if timer is not None:
         timer.start()
+    done, stopped = threading.Event(), []
+
+    def watch() -> None:
+        assert stop_when is not None
+        while not done.wait(WATCH_SECONDS):
+            error = stop_when()
+            if error is not None:
+                stopped.append(error)
+                proc.kill()
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True) if stop_when is not None else None
+    if watcher is not None:
+        watcher.start()
     tail: list[str] = []
     try:
         for raw in proc.stdout:
@@ -352,7 +371,12 @@ def stream(
     finally:
         if timer is not None:
             timer.cancel()
+        done.set()
+        if watcher is not None:
+            watcher.join()
     code = proc.wait()
+    if stopped:
+        raise stopped[0]
     if fired.is_set():
         raise RuntimeBackendError(f"{argv[0]} timed out after {timeout:.0f} s")
     if code != 0:
