@@ -243,3 +243,17 @@ class EndlessLayerRegistry:
 
 def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def sparse_map_bomb(blocks: int) -> bytes:
+    """A tar of one old-GNU sparse member ``f`` of size 0 whose map goes on for ``blocks``
+    extended header blocks (21 entries each)."""
+    info = tarfile.TarInfo("f")
+    info.type = tarfile.GNUTYPE_SPARSE
+    head = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    head[482], head[483:495] = 1, b"%011o\0" % 0  # isextended, real size
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head)
+    entry = b"%011o\0" % 1000 * 2  # offset, size
+    extended = entry * 21 + b"\1" + bytes(7)  # isextended at 504
+    return bytes(head) + extended * blocks + bytes(3 * tarfile.BLOCKSIZE)

@@ -17,7 +17,15 @@ import pytest
 from cove.core.config import Settings
 from cove.errors import RuntimeBackendError
 from cove.runner.storage import layers, registry
-from tests.registry import EndlessLayerRegistry, ImageSpec, file, header_bomb, layer, layout
+from tests.registry import (
+    EndlessLayerRegistry,
+    ImageSpec,
+    file,
+    header_bomb,
+    layer,
+    layout,
+    sparse_map_bomb,
+)
 
 MIB = 2**20
 
@@ -154,3 +162,17 @@ def test_only_the_blobs_a_pull_copies_count_against_it(tmp_path: Path) -> None:
     download.heard(f"Copying blob sha256:{mine}")
     assert lines == [f"Copying blob sha256:{mine}"]
     assert isinstance(download.over(), layers.ImageTooLarge)
+
+
+def test_a_sparse_map_bomb_is_cut_off(tmp_path: Path) -> None:
+    """An old-GNU sparse member of size 0 whose map goes on (24 MiB of extended blocks,
+    gzipped to 80 KiB): tarfile keeps every entry in a list before the member is seen."""
+    where = _image(tmp_path, gzip.compress(sparse_map_bomb(48_000)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(RuntimeBackendError, match="a member's headers take more than"):
+            layers.check_unpacked(where, "v1", 100 * MIB, "bomb")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * MIB  # (a million entries, unbounded: over 100 MiB)
