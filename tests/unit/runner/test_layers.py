@@ -4,6 +4,7 @@ layer claims or compresses away never gets past COVE_MAX_IMAGE_MB."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import shutil
 import subprocess
@@ -15,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from cove.core.config import Settings
+from cove.core.ports import RegistryAuth
 from cove.errors import RuntimeBackendError
 from cove.runner.storage import layers, registry
 from tests.registry import (
     EndlessLayerRegistry,
     ImageSpec,
+    Registry,
     file,
     header_bomb,
     layer,
@@ -176,3 +179,37 @@ def test_a_sparse_map_bomb_is_cut_off(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 40 * MIB  # (a million entries, unbounded: over 100 MiB)
+
+
+def test_a_private_layer_is_reused_only_with_the_credentials_that_fetched_it(
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """An organization pulls its private image (with its credentials); another names
+    that image's layer by digest in a manifest of its own registry, which lacks the
+    blob: skopeo would take the layer from a shared cache without asking that registry.
+    The pull fails instead: the blob is not there for a pull without those credentials."""
+    settings = Settings(data_dir=tmp_path, snapshot_dir=tmp_path / "snapshots",
+                        insecure_registries=["127.0.0.1"], pull_timeout_seconds=300)  # fmt: skip
+    secret = layer([file("secret.txt", b"the private layer's content")])
+    image = _image(tmp_path, secret)
+    (tmp_path / "private").mkdir()
+    (tmp_path / "hostile").mkdir()
+    private = Registry(tmp_path / "private", user="alice", password="s3cret-pw").start()
+    hostile = Registry(tmp_path / "hostile").start()
+    try:
+        mine = private.push(image, "app")
+        theirs = hostile.push(image, "copy")
+        digest = hashlib.sha256(secret).hexdigest()
+        for data in (tmp_path / "hostile/data").rglob(f"blobs/sha256/{digest[:2]}/{digest}/data"):
+            data.unlink()  # (it serves the manifest, not the layer)
+        auth = RegistryAuth(private.host, "alice", "s3cret-pw")
+        pulled = registry.pull(settings, "mine", mine, auth)
+        assert pulled.digest
+        with pytest.raises(RuntimeBackendError):
+            registry.pull(settings, "theirs", theirs, None)
+        assert not (tmp_path / "snapshots" / "theirs").exists()
+        # The same credentials find it again (not downloaded twice).
+        assert registry.pull(settings, "again", mine, auth).digest == pulled.digest
+    finally:
+        private.stop()
+        hostile.stop()

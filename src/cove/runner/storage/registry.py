@@ -1,12 +1,18 @@
 """Pulling images from OCI registries (Docker Hub, GHCR, any registry v2) into snapshots.
 
 ``skopeo copy docker://<image> oci:<pull dir>/layout:image`` fetches the image for
-this host's platform; every blob (layers, config, manifest) goes to one shared,
-content-addressed directory, ``<snapshot_dir>/.images/blobs``
-(``--dest-shared-blob-dir``), so a layer is downloaded once whatever image or
-snapshot needs it again. The pull's own layout (its ``index.json``) is temporary;
-its ``blobs`` is pointed at the shared directory for ``umoci`` to unpack it (see
-``unpack.py``) into the snapshot, built aside and renamed into place when complete.
+this host's platform; every blob (layers, config, manifest) goes to a shared,
+content-addressed directory (``--dest-shared-blob-dir``), so a layer is downloaded
+once whatever image or snapshot needs it again. skopeo takes a blob found there
+without asking the registry for it: a manifest naming another tenant's private layer
+by its digest would get its content from there. So blobs are shared only among pulls
+made with the same access: ``<snapshot_dir>/.images/blobs`` for pulls without a
+tenant's credentials (public images, or the operator's ``COVE_REGISTRY_AUTH``, which
+every organization's pulls use), and a directory of their own for each set of
+credentials (registry, user, password) a pull names. The pull's own layout (its
+``index.json``) is temporary; its ``blobs`` is pointed at the shared directory for
+``umoci`` to unpack it (see ``unpack.py``) into the snapshot, built aside and renamed
+into place when complete.
 
 Credentials are never put on a command line: they go to a 0600 auth file in the
 pull's private directory, for the one registry they belong to. Without them, the
@@ -19,6 +25,7 @@ do not speak HTTPS); any other over TLS, verified with the host's CA store.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import platform
@@ -63,7 +70,7 @@ def pull(
     base = settings.snapshot_dir
     say = progress or (lambda _line: None)
     cache = private_dir(base / CACHE)
-    blobs = private_dir(cache / "blobs")
+    blobs = private_dir(cache / blob_dir(auth))
     limit = settings.max_image_mb * 2**20
     with tempfile.TemporaryDirectory(prefix="pull-", dir=cache) as tmp:
         work = Path(tmp)
@@ -90,6 +97,15 @@ def pull(
             size = capture.size(rootfs)
     say(f"Snapshot of {image} ready")
     return PulledImage(size=size, digest=digest, config=config)
+
+
+def blob_dir(auth: RegistryAuth | None) -> str:
+    """The name of the blob directory of pulls made with ``auth`` (see the module's
+    docstring): what was fetched with some credentials is found only with the same."""
+    if auth is None:
+        return "blobs"
+    access = "\0".join((auth.registry, auth.username, auth.password)).encode()
+    return "blobs-" + hashlib.sha256(access).hexdigest()[:32]
 
 
 def _copy(
