@@ -6,7 +6,7 @@ content-addressed directory (``--dest-shared-blob-dir``), so a layer is download
 once whatever image or snapshot needs it again. skopeo takes a blob found there
 without asking the registry for it: a manifest naming another tenant's private layer
 by its digest would get its content from there. So blobs are shared only among pulls
-made with the same access: ``<snapshot_dir>/.images/blobs`` for pulls without a
+made with the same access: ``<snapshot_dir>/.images/blobs-public`` for pulls without a
 tenant's credentials (public images, or the operator's ``COVE_REGISTRY_AUTH``, which
 every organization's pulls use), and a directory of their own for each set of
 credentials (registry, user, password) a pull names. The pull's own layout (its
@@ -102,8 +102,8 @@ def pull(
 def blob_dir(auth: RegistryAuth | None) -> str:
     """The name of the blob directory of pulls made with ``auth`` (see the module's
     docstring): what was fetched with some credentials is found only with the same."""
-    if auth is None:
-        return "blobs"
+    if auth is None:  # (not "blobs": a cache of Cove before 2026-12 mixed both kinds)
+        return "blobs-public"
     access = "\0".join((auth.registry, auth.username, auth.password)).encode()
     return "blobs-" + hashlib.sha256(access).hexdigest()[:32]
 
