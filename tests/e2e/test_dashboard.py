@@ -120,18 +120,23 @@ def test_a_wrong_key_is_refused_and_the_key_is_kept_in_memory_only(page) -> None
     expect(page.get_by_label("API key")).to_be_visible()
 
 
-def test_a_preview_on_the_dashboards_origin_finds_no_key(  # noqa: ANN001
-        page, server: Server, daytona: Daytona, sandboxes: list) -> None:
-    """A sandbox's page served at /preview/... shares the dashboard's origin: opened in
-    the same tab after signing in, it finds nothing of the key in the browser."""
-    sb = daytona.create()
-    sandboxes.append(sb)
+def _serve_hostile_page(sb) -> None:  # noqa: ANN001
+    """A page on the sandbox's port 8080 (its preview's)."""
     sb.fs.upload_file(b"<!doctype html><title>hostile</title><p>hostile page</p>",
                       "/home/daytona/www/index.html")  # fmt: skip
     sb.process.exec("cd /home/daytona/www && (setsid python3 -m http.server 8080 "
                     ">/dev/null 2>&1 </dev/null &)")  # fmt: skip
     sb.process.exec("for i in $(seq 100); do curl -sf localhost:8080/ >/dev/null && break; "
                     "sleep 0.1; done")  # fmt: skip
+
+
+def test_a_preview_on_the_dashboards_origin_finds_no_key(  # noqa: ANN001
+        page, server: Server, daytona: Daytona, sandboxes: list) -> None:
+    """A sandbox's page served at /preview/... shares the dashboard's origin: opened in
+    the same tab after signing in, it finds nothing of the key in the browser."""
+    sb = daytona.create()
+    sandboxes.append(sb)
+    _serve_hostile_page(sb)
     link = sb.get_preview_link(8080)
     assert link.url.startswith(server.url + "/preview/")
     sign_in(page)
@@ -150,12 +155,7 @@ def test_a_preview_cannot_reach_into_a_dashboard_it_opens(  # noqa: ANN001
     can neither read it nor wrap its ``fetch`` (the key goes out in every call)."""
     sb = daytona.create(CreateSandboxFromSnapshotParams(public=True))
     sandboxes.append(sb)
-    sb.fs.upload_file(b"<!doctype html><title>hostile</title><p>hostile page</p>",
-                      "/home/daytona/www/index.html")  # fmt: skip
-    sb.process.exec("cd /home/daytona/www && (setsid python3 -m http.server 8080 "
-                    ">/dev/null 2>&1 </dev/null &)")  # fmt: skip
-    sb.process.exec("for i in $(seq 100); do curl -sf localhost:8080/ >/dev/null && break; "
-                    "sleep 0.1; done")  # fmt: skip
+    _serve_hostile_page(sb)
     page.goto(sb.get_preview_link(8080).url + "/")
     expect(page.get_by_text("hostile page")).to_be_visible()
     with page.context.expect_page() as opened:
