@@ -51,6 +51,30 @@ def test_exec_code_files_and_sessions_work_on_gvisor(sb) -> None:  # noqa: ANN00
     assert sb.process.exec("pgrep -c sleep || true").result.strip() == "0"  # all killed
 
 
+def test_file_operations_and_a_users_symlink_on_gvisor(sb) -> None:  # noqa: ANN001
+    """The agent walks a path one name at a time there too: every operation works in the
+    user's own files, through its own links, and a link of the user to root's is refused
+    (see ``test_a_users_symlinks_lend_it_no_root_power``)."""
+    home = "/home/daytona"
+    sb.process.exec(f"cd {home} && ln -s /etc/passwd planted && ln -s /etc etc && ln -s w link")
+    sb.fs.create_folder("w/deep", "750")
+    sb.fs.upload_file(b"one TODO\n", "link/deep/f.txt")
+    sb.fs.set_file_permissions("link/deep/f.txt", mode="600")
+    assert sb.fs.replace_in_files(["link/deep/f.txt"], "TODO", "DONE")[0].success
+    sb.fs.move_files("link/deep/f.txt", "w/g.txt")
+    got = sb.process.exec(f"stat -c '%U %a' {home}/w/deep {home}/w/g.txt; cat {home}/w/g.txt")
+    assert got.result.split("\n")[:3] == ["daytona 750", "daytona 600", "one DONE"]
+    for attempt in (lambda: sb.fs.upload_file(b"x", "planted"),
+                    lambda: sb.fs.set_file_permissions("etc/shadow", mode="644"),
+                    lambda: sb.fs.delete_file("etc/hostname")):  # fmt: skip
+        with pytest.raises(DaytonaError, match="symbolic link of a user"):
+            attempt()
+    assert sb.process.exec("stat -c '%U %a' /etc/passwd /etc/shadow").result.split("\n")[:2] == [
+        "root 644", "root 640"]
+    sb.fs.delete_file("w", recursive=True)
+    assert sb.process.exec(f"test -e {home}/w || echo gone").result.strip() == "gone"
+
+
 def test_stop_start_keeps_the_tier_and_the_files(sb) -> None:  # noqa: ANN001
     sb.process.exec("echo kept > /home/daytona/k")
     sb.stop()

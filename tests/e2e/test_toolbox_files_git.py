@@ -279,3 +279,51 @@ def test_git_failures_are_typed(sb) -> None:
         sb.git.push("fail-repo")
     with pytest.raises(DaytonaError):
         sb.git.commit("fail-repo", "nothing to commit", "A", "a@x")
+
+
+def _as_root(sb, server: Server, script: str) -> str:
+    result = server.runtime().exec(sb.id, ["sh", "-c", script], user="root")
+    assert result.exit_code == 0, result
+    return result.stdout.decode()
+
+
+def test_a_users_symlinks_lend_it_no_root_power(sb, server: Server) -> None:
+    """The sandbox's user (what ``exec`` runs as) plants symlinks where the caller will
+    later write, in its own home: to root's /etc/passwd, and a directory that is /etc.
+    The agent may write anything, but past a link of the user it acts with no more
+    power than the user: the upload, chmod/chown, mkdir, move, delete and replace are
+    refused, and /etc stays root's. (Through them, the upload replaced /etc/passwd with
+    a file of the user, who then made itself uid 0 for every later ``exec``.)"""
+    _as_root(sb, server, "echo root-only > /etc/cove-victim")
+    passwd = _as_root(sb, server, "stat -c %U:%a /etc/passwd; md5sum /etc/passwd")
+    sh(sb, f"cd {HOME} && ln -sfn /etc/passwd planted.txt && ln -sfn /etc planted-dir"
+           " && ln -sfn /etc/nothing-yet dangling && echo mine > own.txt"
+           " && ln -sfn own.txt own-link")  # fmt: skip
+    refusals = [
+        lambda: sb.fs.upload_file(b"daytona:x:0:0::/root:/bin/sh\n", "planted.txt"),
+        lambda: sb.fs.upload_file(b"x", "planted-dir/ld.so.preload"),
+        lambda: sb.fs.upload_file(b"x", "dangling"),
+        lambda: sb.fs.set_file_permissions("planted.txt", mode="666"),
+        lambda: sb.fs.set_file_permissions("planted-dir/passwd", owner="daytona"),
+        lambda: sb.fs.create_folder("planted-dir/cron.cove", "777"),
+        lambda: sb.fs.move_files("own.txt", "planted-dir/own.txt"),
+        lambda: sb.fs.move_files("planted-dir/cove-victim", "stolen"),
+        lambda: sb.fs.delete_file("planted-dir/cove-victim"),
+    ]
+    for attempt in refusals:
+        with pytest.raises(DaytonaError) as caught:
+            attempt()
+        assert "symbolic link of a user" in str(caught.value), caught.value
+    [replaced] = sb.fs.replace_in_files([f"{HOME}/planted.txt"], "root", "daytona")
+    assert not replaced.success
+    assert _as_root(sb, server, "stat -c %U:%a /etc/passwd; md5sum /etc/passwd") == passwd
+    assert _as_root(sb, server, "ls /etc/ld.so.preload /etc/nothing-yet /etc/cron.cove /etc/own.txt"
+                                " 2>&1 | grep -c 'No such'") == "4\n"  # fmt: skip
+    assert _as_root(sb, server, "stat -c %U /etc/cove-victim") == "root\n"
+    assert sh(sb, "id -u; test -e stolen || echo none") == "1000\nnone\n"
+    # The user's links within what it owns still work as before.
+    sb.fs.upload_file(b"through my link\n", "own-link")
+    assert sh(sb, f"cat {HOME}/own.txt; test -L {HOME}/own-link && echo link") == (
+        "through my link\nlink\n")
+    sh(sb, f"rm -f {HOME}/planted.txt {HOME}/planted-dir {HOME}/dangling {HOME}/own*")
+    _as_root(sb, server, "rm /etc/cove-victim")

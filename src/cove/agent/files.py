@@ -2,8 +2,11 @@
 
 Paths are the sandbox's own: absolute, or relative to the user's home. The
 agent runs as root, so it can read and write anything in the sandbox, like
-Daytona's daemon; what it creates belongs to the sandbox user. Errors use
-Daytona's codes (``FILE_NOT_FOUND``, ``FILE_ACCESS_DENIED``, ...).
+Daytona's daemon; what it creates belongs to the sandbox user. An operation that
+changes the file system reaches its path through :func:`reach`, so that a symlink
+a user planted (say in its home, where the caller will later write) lends that
+user none of the agent's power. Errors use Daytona's codes (``FILE_NOT_FOUND``,
+``FILE_ACCESS_DENIED``, ...).
 
 Transfers stream: ``fs_write`` takes D frames after its ``ready`` answer and
 writes them to a temporary file renamed into place at Z; ``fs_read`` answers
@@ -20,7 +23,9 @@ import os
 import pwd
 import shutil
 import stat
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,16 +94,132 @@ def file_info(path: str) -> dict[str, Any]:
     }
 
 
-def make_dirs(path: str, user: users.User, mode: int = 0o755) -> None:
-    """Create ``path`` and its missing parents, owned by ``user``."""
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    for directory in reversed(missing):
-        os.mkdir(directory, mode)
-        os.chmod(directory, mode)
-        os.chown(directory, user.uid, user.gid)
+MAX_LINKS = 40  # symlinks followed in one path (the kernel's limit)
+_STEP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class Place:
+    """Where an operation that changes the file system acts (see :func:`reach`): the
+    directory holding the entry (an ``O_PATH`` descriptor), the entry's name there,
+    and a descriptor of the entry itself when it exists (None: it does not)."""
+
+    dir_fd: int
+    name: str
+    fd: int | None
+
+    def exists(self) -> bool:
+        return self.fd is not None
+
+    def stat(self) -> os.stat_result:
+        assert self.fd is not None
+        return os.fstat(self.fd)
+
+    @property
+    def inode(self) -> str:
+        """The entry as a path no process can redirect (the descriptor's magic link),
+        for calls that take no descriptor (``chmod``, a reopening)."""
+        return f"/proc/self/fd/{self.fd}"
+
+
+@contextlib.contextmanager
+def reach(path: str, *, follow: bool = True,
+          make: tuple[users.User, int] | None = None) -> Iterator[Place]:  # fmt: skip
+    """The :class:`Place` of the absolute ``path``, walked one name at a time
+    (each opened without following it), so that no process can redirect a lookup
+    between this walk and the operation. Symlinks are followed as the kernel does
+    (the last one only with ``follow``), but one that belongs to a user other than
+    root lends that user nothing: past it, the operation may only act in a directory,
+    and on an entry, of that user's own. Without that rule, a user's symlink
+    ``~/notes.txt -> /etc/passwd`` makes the caller's next upload to ``~/notes.txt``
+    replace /etc/passwd with a file of the user's. With ``make`` (a user, a mode),
+    missing directories on the way are made, the user's.
+
+    Raises:
+        OSError: a name on the way is missing (ENOENT) or no directory (ENOTDIR),
+            too many links (ELOOP), or one of another user's leads where that user
+            owns nothing (EACCES).
+    """
+    opened: list[int] = []
+
+    def keep(fd: int) -> int:
+        opened.append(fd)
+        return fd
+
+    try:
+        yield _walk(path, follow, make, keep)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def _walk(path: str, follow: bool, make: tuple[users.User, int] | None,
+          keep: Callable[[int], int]) -> Place:  # fmt: skip
+    lent: set[int] = set()  # owners (but root) of the symlinks followed
+    links = 0
+    at = keep(os.open("/", _STEP | os.O_DIRECTORY))
+    pending = deque(part for part in path.split("/") if part)
+    if not pending:
+        return Place(at, ".", keep(os.open(".", _STEP, dir_fd=at)))
+    while pending:
+        name = pending.popleft()
+        last = not pending
+        try:
+            fd = keep(os.open(name, _STEP, dir_fd=at))
+        except FileNotFoundError:
+            if last:
+                _may_change(at, None, lent)
+                return Place(at, name, None)
+            if make is None:
+                raise
+            _may_change(at, None, lent)
+            fd = keep(_make_dir(at, name, *make))
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode) and (follow or not last):
+            links += 1
+            if links > MAX_LINKS:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links")
+            if st.st_uid != 0:
+                lent.add(st.st_uid)
+            target = os.readlink("", dir_fd=fd)
+            if target.startswith("/"):
+                at = keep(os.open("/", _STEP | os.O_DIRECTORY))
+            pending.extendleft(reversed([part for part in target.split("/") if part]))
+            if not pending:  # a link to "/"
+                return Place(at, ".", keep(os.open(".", _STEP, dir_fd=at)))
+            continue
+        if last:
+            _may_change(at, st, lent)
+            return Place(at, name, fd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        at = fd
+    raise AssertionError("unreachable")  # (the last name returns)
+
+
+def _may_change(dir_fd: int, entry: os.stat_result | None, lent: set[int]) -> None:
+    """Refuse to act in ``dir_fd`` (on ``entry``) past a symlink of a user (``lent``)
+    unless both are that user's own."""
+    if not lent:
+        return
+    owners = {os.fstat(dir_fd).st_uid, *([entry.st_uid] if entry is not None else [])}
+    if owners != lent:
+        raise PermissionError(errno.EACCES, "reached through a symbolic link of a user "
+                                            "to what that user does not own")  # fmt: skip
+
+
+def _make_dir(dir_fd: int, name: str, user: users.User, mode: int) -> int:
+    """Make the directory ``name`` in ``dir_fd`` with ``mode``, the user's; an
+    ``O_PATH`` descriptor of it (a name swapped meanwhile is refused, never followed)."""
+    os.mkdir(name, mode, dir_fd=dir_fd)
+    fd = os.open(name, _STEP | os.O_DIRECTORY, dir_fd=dir_fd)
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+        os.chown(f"/proc/self/fd/{fd}", user.uid, user.gid)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 async def send_items(request: Request, items: Iterator[dict[str, Any] | str]) -> None:
@@ -150,10 +271,11 @@ async def mkdir(request: Request) -> dict[str, Any]:
     user = user_of(request)
     path = resolve(user, request.arg("path"))
     mode = _mode(request.arg("mode", str, None) or "755")
-    with failing_as(path):
-        if os.path.lexists(path) and not os.path.isdir(path):
+    with failing_as(path), reach(path, make=(user, mode)) as place:
+        if place.exists() and not stat.S_ISDIR(place.stat().st_mode):
             raise FileExistsError(errno.EEXIST, "exists and is not a directory")
-        make_dirs(path, user, mode)
+        if not place.exists():
+            os.close(_make_dir(place.dir_fd, place.name, user, mode))
     return {}
 
 
@@ -171,14 +293,15 @@ def _mode(text: str) -> int:
 async def delete(request: Request) -> dict[str, Any]:
     path = resolve(user_of(request), request.arg("path"))
     recursive = bool(request.arg("recursive", bool, False))
-    with failing_as(path):
-        st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            os.unlink(path)
+    with failing_as(path), reach(path, follow=False) as place:
+        if not place.exists():
+            raise FileNotFoundError(errno.ENOENT, "no such file")
+        if not stat.S_ISDIR(place.stat().st_mode):
+            os.unlink(place.name, dir_fd=place.dir_fd)
         elif not recursive:
             raise protocol.bad_request(f"{path} is a directory: delete it with recursive=true")
         else:
-            shutil.rmtree(path)
+            shutil.rmtree(place.name, dir_fd=place.dir_fd)
     return {}
 
 
@@ -187,13 +310,25 @@ async def move(request: Request) -> dict[str, Any]:
     user = user_of(request)
     source = resolve(user, request.arg("source"))
     target = resolve(user, request.arg("destination"))
-    with failing_as(source):
-        os.lstat(source)
-    with failing_as(target):
-        if os.path.lexists(target):
-            raise AgentError(409, "CONFLICT", f"destination {target} already exists")
-        os.stat(os.path.dirname(target))
-        shutil.move(source, target)
+    with contextlib.ExitStack() as places:
+        with failing_as(source):
+            origin = places.enter_context(reach(source, follow=False))
+            if not origin.exists():
+                raise FileNotFoundError(errno.ENOENT, "no such file")
+        with failing_as(target):
+            place = places.enter_context(reach(target, follow=False))
+            if place.exists():
+                raise AgentError(409, "CONFLICT", f"destination {target} already exists")
+            try:
+                os.rename(origin.name, place.name, src_dir_fd=origin.dir_fd,
+                          dst_dir_fd=place.dir_fd)  # fmt: skip
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                # another file system: shutil copies, then deletes (through the
+                # descriptors' directories, which no process can redirect)
+                shutil.move(f"/proc/self/fd/{origin.dir_fd}/{origin.name}",
+                            f"/proc/self/fd/{place.dir_fd}/{place.name}")
     return {}
 
 
@@ -203,12 +338,13 @@ async def chmod(request: Request) -> dict[str, Any]:
     mode, owner, group = (request.arg(k, str, None) for k in ("mode", "owner", "group"))
     uid = _lookup(pwd.getpwnam, owner, "user") if owner else -1
     gid = _lookup(grp.getgrnam, group, "group") if group else -1
-    with failing_as(path):
-        os.stat(path)
+    with failing_as(path), reach(path) as place:
+        if not place.exists():
+            raise FileNotFoundError(errno.ENOENT, "no such file")
         if mode:
-            os.chmod(path, _mode(mode))
+            os.chmod(place.inode, _mode(mode))
         if uid != -1 or gid != -1:
-            os.chown(path, uid, gid)
+            os.chown(place.inode, uid, gid)
     return {}
 
 

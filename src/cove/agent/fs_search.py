@@ -6,6 +6,7 @@ directories are not followed, and results name files under the path as given.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from typing import Any
 
 from . import protocol
 from .agent import Request, op
-from .files import LINE_LIMIT, failing_as, resolve, send_items, user_of
+from .files import LINE_LIMIT, failing_as, reach, resolve, send_items, user_of
 
 SNIFF = 512
 
@@ -100,10 +101,14 @@ async def replace(request: Request) -> dict[str, Any]:
     results = []
     for given in request.arg("files", list):
         try:
-            path = resolve(user, str(given))
-            with open(path, "rb") as f:
+            with reach(resolve(user, str(given))) as place:
+                if not place.exists():
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+                fd = os.open(place.inode, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "r+b") as f:
                 content = f.read()
-            with open(path, "wb") as f:
+                f.seek(0)
+                f.truncate()
                 f.write(content.replace(pattern, value))
             results.append({"file": given, "success": True})
         except (OSError, protocol.AgentError) as exc:

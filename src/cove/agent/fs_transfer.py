@@ -6,51 +6,64 @@ Neither side holds a whole file: data moves in D frames of at most
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import secrets
 import stat
-import tempfile
 from typing import Any
 
 from . import protocol
 from .agent import Request, op
-from .files import failing_as, make_dirs, os_error, resolve, user_of
+from .files import failing_as, os_error, reach, resolve, user_of
 from .protocol import AgentError
 
 UPLOAD_MODE = 0o644
-
-
-def _write_target(path: str) -> str:
-    """Where an upload to ``path`` lands: through a symlink, like Daytona's daemon."""
-    if os.path.islink(path):
-        return os.path.realpath(path)
-    return path
+DIR_MODE = 0o755  # of the missing directories an upload makes
 
 
 @op("fs_write")
 async def write(request: Request) -> dict[str, Any]:
-    """Receive one file: answer ``ready``, take D frames up to Z, then rename into place."""
+    """Receive one file: answer ``ready``, take D frames up to Z, then rename into place
+    (through a symlink, like Daytona's daemon, but see ``files.reach``)."""
     user = user_of(request)
-    path = _write_target(resolve(user, request.arg("path")))
-    with failing_as(path):
-        if os.path.isdir(path):
-            raise protocol.bad_request(f"{path} is a directory")
-        make_dirs(os.path.dirname(path), user)
-        fd, temp = tempfile.mkstemp(prefix=".cove-upload-", dir=os.path.dirname(path))
-    try:
-        await request.send_json({"ready": True})
-        size = await _receive(request, fd, path)
+    path = resolve(user, request.arg("path"))
+    with contextlib.ExitStack() as held:
         with failing_as(path):
-            os.fchmod(fd, UPLOAD_MODE)
-            os.fchown(fd, user.uid, user.gid)
-            os.close(fd)
-            fd = -1
-            os.rename(temp, path)
-    finally:
-        if fd != -1:
-            os.close(fd)
-        if os.path.lexists(temp):
-            os.unlink(temp)
+            place = held.enter_context(reach(path, make=(user, DIR_MODE)))
+            if place.exists() and stat.S_ISDIR(place.stat().st_mode):
+                raise protocol.bad_request(f"{path} is a directory")
+            temp, fd = _temporary(place.dir_fd)
+        try:
+            await request.send_json({"ready": True})
+            size = await _receive(request, fd, path)
+            with failing_as(path):
+                os.fchmod(fd, UPLOAD_MODE)
+                os.fchown(fd, user.uid, user.gid)
+                os.close(fd)
+                fd = -1
+                os.rename(temp, place.name, src_dir_fd=place.dir_fd, dst_dir_fd=place.dir_fd)
+                temp = ""
+        finally:
+            if fd != -1:
+                os.close(fd)
+            if temp:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=place.dir_fd)
     return {"path": path, "bytes": size}
+
+
+def _temporary(dir_fd: int) -> tuple[str, int]:
+    """A new file in ``dir_fd`` (as ``tempfile.mkstemp``, by descriptor): its name and
+    a descriptor open for writing."""
+    for _ in range(100):
+        name = f".cove-upload-{secrets.token_hex(6)}"
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            return name, os.open(name, flags, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no temporary name is free")
 
 
 async def _receive(request: Request, fd: int, path: str) -> int:

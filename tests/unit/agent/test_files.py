@@ -265,6 +265,42 @@ def test_permissions(client: TestClient, sandbox_id: str, tmp_path: Path) -> Non
     assert r.status_code == 400
 
 
+def test_a_users_symlink_is_followed_only_into_what_it_owns(client: TestClient, sandbox_id: str,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    """A symlink of a user other than root leads the agent (which may write anything)
+    only where that user owns the directory and the file: its links within its own
+    files work, one to root's files is refused (the e2e test shows the attack)."""
+    user = 4242
+    (tmp_path / "rootfile").write_text("root's")
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "own.txt").write_text("old")
+    links = {"to-root": tmp_path / "rootfile", "to-root-dir": tmp_path, "to-own": mine / "own.txt",
+             "to-own-dir": mine / "sub"}  # fmt: skip
+    for name, target in links.items():
+        (mine / name).symlink_to(target)
+    for path in [mine, *mine.iterdir()]:
+        os.lchown(path, user, user)
+    assert _upload(client, sandbox_id, {str(mine / "to-own"): b"new",
+                                        str(mine / "to-own-dir/f"): b"f"}).status_code == 200
+    assert (mine / "own.txt").read_text() == "new" and (mine / "sub/f").read_bytes() == b"f"
+    r = _upload(client, sandbox_id, {str(mine / "to-root"): b"x"})
+    assert r.status_code == 400 and "symbolic link of a user" in r.text, r.text
+    url = f"{_base(sandbox_id)}/permissions"
+    for path in ("to-root", "to-root-dir/rootfile"):
+        r = client.post(url, params={"path": str(mine / path), "mode": "666"}, headers=AUTH)
+        assert r.status_code == 403 and r.json()["code"] == "FILE_ACCESS_DENIED", r.text
+    r = client.delete(_base(sandbox_id), params={"path": str(mine / "to-root-dir/rootfile")},
+                      headers=AUTH)  # fmt: skip
+    assert r.status_code == 403
+    moving = {"source": str(mine / "own.txt"), "destination": str(mine / "to-root-dir/x")}
+    r = client.post(f"{_base(sandbox_id)}/move", params=moving, headers=AUTH)
+    assert r.status_code == 403 and (mine / "own.txt").exists() and not (tmp_path / "x").exists()
+    st = (tmp_path / "rootfile").stat()
+    assert (tmp_path / "rootfile").read_text() == "root's" and (st.st_uid, st.st_mode & 0o777) == (
+        0, 0o644)
+
+
 def test_find_searches_content_and_skips_binaries(client: TestClient, sandbox_id: str,
                                                   tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
