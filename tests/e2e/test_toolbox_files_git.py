@@ -327,3 +327,15 @@ def test_a_users_symlinks_lend_it_no_root_power(sb, server: Server) -> None:
         "through my link\nlink\n")
     sh(sb, f"rm -f {HOME}/planted.txt {HOME}/planted-dir {HOME}/dangling {HOME}/own*")
     _as_root(sb, server, "rm /etc/cove-victim")
+
+
+def test_a_fifo_of_the_user_does_not_hang_the_agent(sb) -> None:
+    """A download, or a replace, of a FIFO the user made (where the caller expects a
+    file) is refused at once: its open no longer waits for a writer, which held the
+    agent, and with it every other call to the sandbox, until one came."""
+    sh(sb, f"mkfifo {HOME}/result.json")
+    with pytest.raises(DaytonaError, match="not a regular file"):
+        sb.fs.download_file("result.json", 20)
+    [replaced] = sb.fs.replace_in_files([f"{HOME}/result.json"], "a", "b")
+    assert not replaced.success
+    assert sh(sb, "echo alive; rm ~/result.json") == "alive\n"

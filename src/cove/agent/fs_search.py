@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from . import protocol
+from . import fs_transfer, protocol
 from .agent import Request, op
 from .files import LINE_LIMIT, failing_as, reach, resolve, send_items, user_of
 
@@ -39,7 +39,7 @@ def _shown(given: str, root: str, full: str) -> str:
 
 def _matches(path: str, shown: str, needle: bytes) -> Iterator[dict[str, Any]]:
     try:
-        with open(path, "rb") as f:
+        with open(fs_transfer.open_file(path), "rb") as f:
             if b"\0" in f.read(SNIFF):
                 return
             f.seek(0)
@@ -50,7 +50,7 @@ def _matches(path: str, shown: str, needle: bytes) -> Iterator[dict[str, Any]]:
                     yield {"file": shown, "line": line, "content": text}
                 if chunk.endswith(b"\n"):
                     line += 1
-    except OSError:
+    except (OSError, protocol.AgentError):
         return
 
 

@@ -92,7 +92,8 @@ async def read(request: Request) -> dict[str, Any]:
         if not isinstance(given, str):
             raise protocol.bad_request("paths must be strings")
         try:
-            fd, size = _open(resolve(user, given))
+            fd = open_file(resolve(user, given))
+            size = os.fstat(fd).st_size
         except AgentError as exc:
             await request.send_json({"error": exc.reply(), "path": given})
             continue
@@ -110,12 +111,21 @@ async def read(request: Request) -> dict[str, Any]:
     return {}
 
 
-def _open(path: str) -> tuple[int, int]:
-    with failing_as(path):
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def open_file(path: str, shown: str | None = None) -> int:
+    """A descriptor of the regular file ``path`` (named ``shown`` in errors), for
+    reading. The open does not wait (``O_NONBLOCK``): a FIFO that a user planted where
+    a file was expected would hold the agent, and every call to the sandbox, until a
+    writer came.
+
+    Raises:
+        AgentError: there is no such file, or it is not a regular one.
+    """
+    shown = shown or path
+    with failing_as(shown):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise protocol.bad_request(f"{path} is {what}")
-    return fd, st.st_size
+        raise protocol.bad_request(f"{shown} is {what}")
+    return fd
