@@ -90,3 +90,43 @@ async def test_async_sdk_language_server(async_daytona) -> None:  # noqa: ANN001
         await lsp.stop()
     finally:
         await box.delete()
+
+
+# A language server of the user's own (~/.local/bin is first on its PATH): it keeps
+# every document the agent hands it.
+KEEPER = r'''#!/usr/bin/env python3
+import json, sys
+def message():
+    size = 0
+    while line := sys.stdin.buffer.readline().strip():
+        if line.lower().startswith(b"content-length:"):
+            size = int(line.split(b":")[1])
+    return json.loads(sys.stdin.buffer.read(size)) if size else None
+while (m := message()) is not None:
+    if m.get("method") == "textDocument/didOpen":
+        with open("/home/daytona/kept", "a") as f:
+            f.write(m["params"]["textDocument"]["text"])
+    if "id" in m:
+        result = {"capabilities": {}} if m.get("method") == "initialize" else None
+        body = json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": result}).encode()
+        sys.stdout.buffer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        sys.stdout.buffer.flush()
+'''
+
+
+def test_a_users_symlink_does_not_open_roots_file_for_its_server(sb) -> None:  # noqa: ANN001
+    """The language server runs as the user, and the agent reads each document for it.
+    A link the user planted in the project (``main.py -> /etc/shadow``) does not make
+    the agent read root's file into the user's server (see ``files.reach``); the
+    user's own files, through its own links too, still open."""
+    sb.fs.upload_file(KEEPER.encode(), ".local/bin/pylsp")
+    assert sb.process.exec("cd ~/proj && chmod +x ~/.local/bin/pylsp && ln -s /etc/shadow "
+                           "secret.py && ln -s main.py mine.py").exit_code == 0  # fmt: skip
+    lsp = sb.create_lsp_server("python", "proj")
+    lsp.start()
+    with pytest.raises(DaytonaError, match="symbolic link of a user"):
+        lsp.did_open("secret.py")
+    lsp.did_open("mine.py")
+    lsp.stop()
+    kept = sb.process.exec("cat ~/kept").result
+    assert kept == PY and "root:" not in kept

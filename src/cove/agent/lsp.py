@@ -11,12 +11,13 @@ exit). Replies are reduced to the fields of Daytona's models, and bounded.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 from typing import Any
 from urllib.parse import quote
 
-from . import files, protocol, users
+from . import files, fs_transfer, protocol, users
 from .agent import KEEP_ALIVE, Request, op
 from .lsp_client import LanguageServer, path_of
 
@@ -122,15 +123,24 @@ async def did_open(request: Request) -> dict[str, Any]:
     """Tell the server a document is open; the agent reads it from the sandbox."""
     server, language, project = _server(request)
     path = path_of(request.arg("uri"), project)
-    with files.failing_as(path):
-        with open(path, "rb") as f:
-            data = f.read(MAX_DOCUMENT + 1)
+    with open(_document(path), "rb") as f:
+        data = f.read(MAX_DOCUMENT + 1)
     if len(data) > MAX_DOCUMENT:
         raise protocol.bad_request(f"{path} is larger than {MAX_DOCUMENT} bytes")
     await server.notify("textDocument/didOpen", {"textDocument": {
         "uri": _uri(path), "languageId": language, "version": 1,
         "text": data.decode(errors="replace")}})  # fmt: skip
     return {}
+
+
+def _document(path: str) -> int:
+    """A descriptor of the document ``path`` for reading: reached as ``files.reach``
+    does, so that a link the user planted in its project does not make the agent read
+    root's file into the user's server; a regular file only (see ``open_file``)."""
+    with files.failing_as(path), files.reach(path) as place:
+        if not place.exists():
+            raise FileNotFoundError(errno.ENOENT, "no such file")
+        return fs_transfer.open_file(place.inode, path)
 
 
 @op("lsp_did_close")
