@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from cove.tarheaders import TarInfo
+from cove.core.tarheaders import TarInfo
 
 ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 ADD_DIR = ".cove-add"  # where ADD's archives wait in the sandbox to be extracted

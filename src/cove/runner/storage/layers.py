@@ -7,7 +7,7 @@ added up: regular files at their full size (a sparse file's holes count, as an
 unpacker writes them), every other entry at one block. Reading stops as soon as the
 total passes the limit, so a bomb costs no more than the limit's worth of work; an
 extended header over 1 MiB (which tarfile would read whole into memory) is refused
-before it is read (:mod:`cove.tarheaders`).
+before it is read (:mod:`cove.core.tarheaders`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from cove.core.tarheaders import TarInfo
 from cove.errors import RuntimeBackendError
 from cove.runner.storage.unpack import blob, manifest, manifest_descriptor
-from cove.tarheaders import TarInfo
 
 BLOCK = 512
 _ZSTD = b"\x28\xb5\x2f\xfd"

@@ -14,7 +14,7 @@ extraction (the caller throws the half-made tree away):
   of device nodes only the character devices a ``/dev`` holds (null, zero, full,
   random, urandom, tty, console, ptmx); no block device;
 - the files' sizes together stay under a limit (a small stream may unpack to
-  terabytes), and no extended header is over 1 MiB (:mod:`cove.tarheaders`).
+  terabytes), and no extended header is over 1 MiB (:mod:`cove.core.tarheaders`).
 
 Owners (numeric), modes (setuid kept: a root filesystem's ``su`` needs it) and
 times are kept; of the extended attributes only ``security.capability`` (file
@@ -29,8 +29,8 @@ import tarfile
 from pathlib import Path
 from typing import IO
 
+from cove.core.tarheaders import TarInfo
 from cove.errors import RuntimeBackendError
-from cove.tarheaders import TarInfo
 
 BLOCK = 512
 # (major, minor) of the character devices a root filesystem's /dev may hold.

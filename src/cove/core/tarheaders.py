@@ -32,11 +32,11 @@ class TarInfo(tarfile.TarInfo):
             raise tarfile.ReadError(
                 f"an extended header of {self.size} bytes (more than {MAX_HEADER})")  # fmt: skip
         if self.type not in _HEADERS and self.type != tarfile.GNUTYPE_SPARSE:
-            return super()._proc_member(tarfile_)  # type: ignore[misc]  # (private: no stub)
+            return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]  # (private: no stub)
         stream = tarfile_.fileobj
         tarfile_.fileobj = _Bounded(stream, MAX_HEADERS)
         try:
-            return super()._proc_member(tarfile_)  # type: ignore[misc]
+            return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
         finally:
             tarfile_.fileobj = stream
 
