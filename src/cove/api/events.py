@@ -21,13 +21,12 @@ from typing import Any
 import socketio
 
 from cove.api.dto import sandbox_public
-from cove.core.auth import AuthService, Principal
-from cove.core.keys import hash_key
+from cove.api.keybound import WATCH_SECONDS
+from cove.core.auth import AuthService
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import Unauthorized
 
 log = logging.getLogger(__name__)
-WATCH_SECONDS = 2.0  # how often the keys of the connections are checked again
 
 
 def _room(organization_id: str) -> str:
@@ -49,18 +48,19 @@ class SocketEvents:
         self._toolbox_proxy_url = toolbox_proxy_url
         self._auth = auth
         self._shared = manager is not None
-        # This process's connections: who made each, and the hash of the key it gave.
-        self._members: dict[str, tuple[Principal, str]] = {}
+        # This process's connections, each with the ``Authorization`` it was made with.
+        self._members: dict[str, str] = {}
         self.server.on("connect", self._connect)
         self.server.on("disconnect", self._disconnect)
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
+        authorization = f"Bearer {token or ''}"
         try:
-            principal = self._auth().authenticate(f"Bearer {token or ''}")
+            principal = self._auth().authenticate(authorization)
         except Unauthorized as exc:
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from exc
-        self._members[sid] = (principal, hash_key(str(token).strip()))
+        self._members[sid] = authorization
         await self.server.enter_room(sid, _room(principal.organization_id))
 
     async def _disconnect(self, sid: str, *args: Any) -> None:
@@ -72,8 +72,8 @@ class SocketEvents:
         while True:
             await asyncio.sleep(every)
             auth = self._auth()
-            for sid, (principal, key_hash) in list(self._members.items()):
-                if not auth.still_valid(principal, key_hash):
+            for sid, authorization in list(self._members.items()):
+                if not auth.works(authorization):
                     self._members.pop(sid, None)
                     await self.server.disconnect(sid)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cove.api.preview_headers import header
 from cove.core.auth import AuthService
-from cove.errors import Unauthorized
 
 WATCH_SECONDS = 2.0
 POLICY_VIOLATION = 1008
@@ -36,13 +36,13 @@ class KeyBound:
         self.every = every
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
-        authorization = _authorization(scope) if scope["type"] == "websocket" else None
+        authorization = header(scope, "authorization") if scope["type"] == "websocket" else None
         if authorization is None:
             return await self.app(scope, receive, send)
         route = asyncio.ensure_future(self.app(scope, receive, send))
         try:
             while not (await asyncio.wait({route}, timeout=self.every))[0]:
-                if not self._works(authorization):
+                if not self.auth().works(authorization):
                     route.cancel()
                     with contextlib.suppress(BaseException):
                         await route
@@ -53,17 +53,3 @@ class KeyBound:
             return route.result()
         finally:
             route.cancel()
-
-    def _works(self, authorization: str) -> bool:
-        try:
-            self.auth().authenticate(authorization)
-        except Unauthorized:
-            return False
-        return True
-
-
-def _authorization(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", []):
-        if name.lower() == b"authorization":
-            return str(value.decode("latin-1"))
-    return None

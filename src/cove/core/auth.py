@@ -112,17 +112,15 @@ class AuthService:
         self._note_use(key.id)
         return Principal(key.organization_id, key.held, key)
 
-    def still_valid(self, who: Principal, key_hash: str) -> bool:
-        """Whether the key ``who`` was resolved from (``key_hash``: its hash) still works:
-        not revoked (within ``COVE_AUTH_CACHE_SECONDS`` when revoked elsewhere), not
-        expired. A long-lived connection made with a key ends when it does not."""
-        if who.key is None:  # (COVE_API_KEY: works while the server runs)
-            return True
+    def works(self, authorization: str) -> bool:
+        """Whether the ``Authorization`` a long-lived connection was opened with still
+        works (not revoked: within ``COVE_AUTH_CACHE_SECONDS`` when revoked elsewhere;
+        not expired): the connection ends when it does not."""
         try:
-            key = self._key_for(key_hash)
+            self.authenticate(authorization)
         except Unauthorized:
             return False
-        return key.id == who.key.id and not key.expired(utcnow())
+        return True
 
     def _key_for(self, key_hash: str) -> ApiKey:
         now = self._clock()
