@@ -148,7 +148,8 @@ class _Download:
 
     def over(self) -> Exception | None:
         """ImageTooLarge once the download passes the limit."""
-        written = sum(_sizes(self.work)) + sum(_sizes(self.blobs / "sha256", only=set(self.mine)))
+        written = sum(map(_size, _files(self.work)))
+        written += sum(_size(self.blobs / "sha256" / name) for name in self.mine)
         if written <= self.limit + METADATA:
             return None
         return layers.ImageTooLarge(
@@ -156,16 +157,18 @@ class _Download:
             "the download passed it")  # fmt: skip
 
 
-def _sizes(top: Path, only: set[str] | None = None) -> Iterator[int]:
-    """The sizes of the files under ``top`` (those named in ``only`` when given; a file
-    gone meanwhile counts nothing)."""
+def _files(top: Path) -> Iterator[Path]:
     for where, _dirs, files in os.walk(top):
         for name in files:
-            if only is None or name in only:
-                try:
-                    yield os.lstat(os.path.join(where, name)).st_size
-                except FileNotFoundError:
-                    continue
+            yield Path(where, name)
+
+
+def _size(path: Path) -> int:
+    """The size of the file ``path`` (0: gone meanwhile, or not there yet)."""
+    try:
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _source_flags(settings: Settings, image: str, authfile: Path | None) -> list[str]:
