@@ -137,7 +137,9 @@ def open_contexts(settings: Settings) -> ContextStore:
                             endpoint_url=settings.archive_s3_endpoint,
                             region=settings.archive_s3_region)  # fmt: skip
     return ContextStore(settings.data_dir / "contexts", context_key(settings),
-                        settings.max_context_mb * 1024**2, shared)  # fmt: skip
+                        settings.max_context_mb * 1024**2, shared,
+                        max_total=settings.max_contexts_mb * 1024**2,
+                        keep_seconds=settings.context_keep_days * 86400)  # fmt: skip
 
 
 def load_ssh_host_key(data_dir: Path) -> bytes:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import shutil
 import tarfile
 import time
 import uuid
@@ -32,6 +34,7 @@ from daytona._sync import object_storage as sdk_storage
 from daytona._sync.snapshot import SnapshotService
 from obstore.store import S3Store
 
+from cove.testing import ServerProcess
 from tests.e2e.conftest import KEY, Server, run_ok
 
 pytestmark = pytest.mark.e2e
@@ -107,6 +110,35 @@ def test_contexts_upload_once_content_addressed(
     assert [p.stat().st_mtime_ns for p in paths] == before
     assert paths[0].stat().st_size > 10_000_000
     assert paths[0].stat().st_mode & 0o077 == 0
+
+
+def test_an_organizations_contexts_take_a_bounded_share_and_make_room(tmp_path: Path) -> None:
+    """COVE_MAX_CONTEXTS_MB: an upload that does not fit, while the organization's
+    contexts were all used within the hour, is refused with the reason; once one is
+    older, it is removed to make room (the SDK uploads it again when a build needs it)."""
+    (tmp_path / "data").mkdir()
+    limits = {"COVE_MAX_CONTEXT_MB": "1", "COVE_MAX_CONTEXTS_MB": "2", "COVE_NETWORK": "none"}
+    server = ServerProcess(tmp_path / "data", api_key=KEY, env=limits)
+    images = []
+    for n in range(3):
+        (tmp_path / f"f{n}").write_bytes(os.urandom(700_000))
+        images.append(Image.base("cove-default").add_local_file(str(tmp_path / f"f{n}"), "/f"))
+    try:
+        server.start()
+        client = Daytona(DaytonaConfig(api_key=server.org_key("share"), api_url=server.api_url))
+        org = client._object_storage_api.get_push_access().organization_id
+        first, second = (_upload(client, image)[0] for image in images[:2])
+        with pytest.raises(Exception, match="COVE_MAX_CONTEXTS_MB"):  # (obstore's own error)
+            _upload(client, images[2])
+        stored = server.data_dir / "contexts" / org
+        assert sorted(p.name for p in stored.iterdir()) == sorted([f"{first}.tar", f"{second}.tar"])
+        long_ago = time.time() - 7200
+        os.utime(stored / f"{first}.tar", (long_ago, long_ago))
+        third = _upload(client, images[2])[0]
+        assert sorted(p.name for p in stored.iterdir()) == sorted([f"{second}.tar", f"{third}.tar"])
+    finally:
+        server.stop()
+        shutil.rmtree(tmp_path / "data", ignore_errors=True)
 
 
 def test_push_access_is_scoped_and_never_the_api_key(

@@ -106,6 +106,7 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
             asyncio.create_task(services.meter.run()),
             asyncio.create_task(services.auth.usage.run()),
             asyncio.create_task(events.watch()),
+            asyncio.create_task(services.contexts.run()),
             *([asyncio.create_task(services.fleet.run())] if services.fleet else []),
         ]
         _settle_heap()

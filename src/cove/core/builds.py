@@ -19,7 +19,7 @@ import logging
 import shlex
 import uuid
 from collections import deque
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from pathlib import Path
 
 from cove.core.agent_types import Exited, Output
@@ -99,30 +99,32 @@ class ImageBuilder:
         """
         name = target.name if target is not None else snapshot_name(plan)
         contexts = await self._contexts(organization_id, plan)
-        async with self._locks.hold(f"{organization_id}/{plan.digest}"):
-            ref = self.cached(organization_id, plan)
-            if ref is not None and target is None:
-                await out.write(f"Using cached snapshot {name} (no rebuild)")
-                return ref
-            if ref is not None and target is not None:
-                return await self._clone(organization_id, plan, ref, target, out)
-            build_id = f"build-{uuid.uuid4()}"
-            await out.write(f"Building snapshot {name} from {plan.base}")
-            out.set_worker(build_id)  # removed by another replica if this one dies
-            try:
-                await self._run_steps(build_id, plan, base_ref, contexts, out)
-                config = self._config(organization_id, plan, base_ref)
+        pinned = self.contexts.pinned(contexts) if self.contexts else nullcontext()
+        with pinned:  # (kept from being pruned or evicted while the build reads them)
+            async with self._locks.hold(f"{organization_id}/{plan.digest}"):
+                ref = self.cached(organization_id, plan)
+                if ref is not None and target is None:
+                    await out.write(f"Using cached snapshot {name} (no rebuild)")
+                    return ref
+                if ref is not None and target is not None:
+                    return await self._clone(organization_id, plan, ref, target, out)
+                build_id = f"build-{uuid.uuid4()}"
+                await out.write(f"Building snapshot {name} from {plan.base}")
+                out.set_worker(build_id)  # removed by another replica if this one dies
                 try:
-                    snap = await self.snapshots.create_from_build(
-                        organization_id, name, build_id, config, target, build_digest(plan)
-                    )
-                except CoveError as exc:
-                    raise BuildFailed(f"capturing the snapshot failed: {exc.message}") from exc
-            finally:
-                await self._remove(build_id)
-                out.set_worker(None)
-            await out.write(f"Snapshot {name} built")
-            return snap.id
+                    await self._run_steps(build_id, plan, base_ref, contexts, out)
+                    config = self._config(organization_id, plan, base_ref)
+                    try:
+                        snap = await self.snapshots.create_from_build(
+                            organization_id, name, build_id, config, target, build_digest(plan)
+                        )
+                    except CoveError as exc:
+                        raise BuildFailed(f"capturing the snapshot failed: {exc.message}") from exc
+                finally:
+                    await self._remove(build_id)
+                    out.set_worker(None)
+                await out.write(f"Snapshot {name} built")
+                return snap.id
 
     async def _clone(
         self, organization_id: str, plan: BuildPlan, ref: str, target: Snapshot, out: BuildLog

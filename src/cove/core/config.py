@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     default_snapshot: str = "cove-default"
     # Largest Dockerfile build context (one Image.add_local_file/dir archive) accepted.
     max_context_mb: int = Field(default=2048, ge=1)
+    # What one organization's build contexts may take in the data dir, all together
+    # (its least recently used make room; at least max_context_mb), and how long an
+    # unused one is kept.
+    max_contexts_mb: int = Field(default=8192, ge=1)
+    context_keep_days: float = Field(default=7, gt=0)
     # Snapshots placed on the host by hand that every organization may use
     # (``COVE_PUBLIC_SNAPSHOTS=name1,name2``); any other is its organization's alone.
     public_snapshots: Annotated[list[str], NoDecode] = Field(default_factory=list)

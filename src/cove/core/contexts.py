@@ -15,10 +15,21 @@ then the contexts live in an object store they share (:class:`SharedObjects`, th
 S3 bucket of ``COVE_ARCHIVE_S3_*``), multipart uploads included (the bucket's own,
 so each part may reach another replica), and the data dir keeps a copy of each one
 a build of this replica fetched.
+
+The data dir's share is bounded per organization (:attr:`ContextStore.max_total`:
+contexts, parts of uploads, and bodies on their way in, reserved at their full
+size before they are read). A body that would not fit makes room by removing the
+organization's least recently used contexts, never one used within :data:`TTL` or
+by a build under way: the SDK asks (``HEAD``) before each build and uploads again
+what is gone, so a removed context costs an upload, never a build. Contexts unused
+for :attr:`ContextStore.keep_seconds` are removed (:meth:`ContextStore.prune`, every
+:data:`PRUNE_SECONDS`, as are uploads nobody finished). The shared bucket's own
+objects are the operator's to expire (a lifecycle rule).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -28,13 +39,18 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
 from cove.core import sigv4
+from cove.core.periodic import every
 from cove.errors import BadRequest, CoveError
 
 log = logging.getLogger(__name__)
@@ -43,6 +59,8 @@ TTL = 3600  # seconds the push credentials are good for
 BUCKET = "cove-contexts"
 REGION = "us-east-1"
 MAX_PARTS = 10_000
+PRUNE_SECONDS = 600
+SHARE = f" (COVE_MAX_CONTEXTS_MB; contexts used in the last {TTL // 60} minutes are kept)"
 _HASH = re.compile(r"^[0-9a-f]{32}$")
 _UPLOAD = re.compile(r"^[0-9a-f]{32}$")
 _SHARED_UPLOAD = re.compile(r"^[A-Za-z0-9._~+/=-]{1,1024}$")  # the bucket's upload ids
@@ -108,21 +126,128 @@ class ContextStore:
     that may upload them."""
 
     def __init__(self, root: Path, key: bytes, max_bytes: int,
-                 shared: SharedObjects | None = None) -> None:  # fmt: skip
+                 shared: SharedObjects | None = None, *, max_total: int | None = None,
+                 keep_seconds: float = 7 * 86400) -> None:  # fmt: skip
         self.root = root
         self._key = key
         self.max_bytes = max_bytes
+        self.max_total = max(max_total or 4 * max_bytes, max_bytes)  # per organization
+        self.keep_seconds = keep_seconds
         self.shared = shared
+        self._lock = threading.Lock()  # over the reservations, the usage and evictions
+        self._reserved: Counter[str] = Counter()  # organization -> bytes of bodies coming in
+        self._pinned: Counter[Path] = Counter()  # contexts builds under way read
         (root / ".uploads").mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(root, 0o700)
         self.remove_stale()
+
+    async def run(self) -> None:
+        """Prune (:meth:`prune`) every :data:`PRUNE_SECONDS` until cancelled."""
+        await every(PRUNE_SECONDS, lambda: asyncio.to_thread(self.prune),
+                    "pruning build contexts", wait_first=True)  # fmt: skip
+
+    def prune(self, now: float | None = None) -> int:
+        """Remove uploads nobody finished and contexts unused for :attr:`keep_seconds`
+        (here; not the shared bucket's); returns how many."""
+        now = now or time.time()
+        with self._lock:
+            unused = [p for p, used in self._contexts(None) if used < now - self.keep_seconds]
+        for path in unused:
+            path.unlink(missing_ok=True)
+        return len(unused) + self.remove_stale(now)
+
+    def reserve(self, organization_id: str, wanted: int) -> int:
+        """Room for a body of up to ``wanted`` bytes in the organization's share, held
+        until :meth:`release` (the bytes it may have: fewer when the share is nearly
+        full and nothing can be removed). Blocking I/O.
+
+        Raises:
+            TooLarge: no room at all.
+        """
+        with self._lock:
+            room = self.max_total - self._used(organization_id)
+            if room < wanted:
+                room += self._evict(organization_id, wanted - room)
+            if room <= 0:
+                raise TooLarge(f"the organization's build contexts take {self.max_total - room} "
+                               f"bytes of the {self.max_total} it may keep here{SHARE}")
+            granted = min(room, wanted)
+            self._reserved[organization_id] += granted
+            return granted
+
+    def release(self, organization_id: str, granted: int) -> None:
+        """The body :meth:`reserve` made room for is in (or gone)."""
+        with self._lock:
+            self._reserved[organization_id] -= granted
+            if self._reserved[organization_id] <= 0:
+                del self._reserved[organization_id]
+
+    @contextmanager
+    def pinned(self, paths: Iterable[Path]) -> Iterator[None]:
+        """Keep ``paths`` (a build's contexts) from being removed while in use."""
+        held = list(paths)
+        with self._lock:
+            self._pinned.update(held)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pinned.subtract(held)
+                self._pinned += Counter()  # (drops the zeros)
+
+    def _contexts(self, organization_id: str | None) -> list[tuple[Path, float]]:
+        """The contexts kept here (of one organization, or of all) not pinned, and when
+        each was last used, least recently used first."""
+        folders = [self.root / _safe(organization_id)] if organization_id else [
+            p for p in self.root.iterdir() if p.name != ".uploads"]  # fmt: skip
+        found = []
+        for folder in folders:
+            for path in folder.glob("*.tar") if folder.is_dir() else ():
+                try:
+                    found.append((path, path.stat().st_atime))
+                except FileNotFoundError:
+                    continue
+        return sorted((f for f in found if f[0] not in self._pinned), key=lambda f: f[1])
+
+    def _used(self, organization_id: str) -> int:
+        """Bytes of the organization's share taken: its contexts and upload parts here,
+        and the bodies coming in (at what they were granted)."""
+        used = self._reserved[organization_id]
+        folder = self.root / _safe(organization_id)
+        paths = list(folder.glob("*.tar")) if folder.is_dir() else []
+        for upload in (self.root / ".uploads").iterdir():
+            if _owner(upload).get("org") == organization_id:
+                paths += upload.glob("part-*")
+        for path in paths:
+            try:
+                used += path.stat().st_size
+            except FileNotFoundError:
+                continue
+        return used
+
+    def _evict(self, organization_id: str, needed: int) -> int:
+        """Remove the organization's least recently used contexts (none used within
+        :data:`TTL`) until ``needed`` bytes are free, or none is left; bytes freed."""
+        freed = 0
+        for path, used in self._contexts(organization_id):
+            if freed >= needed or used > time.time() - TTL:
+                break
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            freed += size
+            log.info("build context %s removed to make room (last used %s)", path.name,
+                     time.ctime(used))  # fmt: skip
+        return freed
 
     def remove_stale(self, now: float | None = None) -> int:
         """Delete multipart uploads and partial bodies older than the credentials that
         could finish them (:data:`TTL`); returns how many."""
         limit = (now or time.time()) - TTL
-        stale = [p for p in (self.root / ".uploads").iterdir() if p.stat().st_mtime < limit]
-        stale += [p for p in self.root.glob("*/.tmp-*") if p.stat().st_mtime < limit]
+        stale = [p for p in (self.root / ".uploads").iterdir() if _changed(p) < limit]
+        stale += [p for p in self.root.glob("*/.tmp-*") if _changed(p) < limit]
         for path in stale:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -210,7 +335,7 @@ class ContextStore:
         """
         path = self.object_path(organization_id, key)
         try:
-            return self.stat(path)
+            return self.stat(_used_now(path))
         except NoSuchKey:
             if self.shared is None:
                 raise
@@ -235,7 +360,7 @@ class ContextStore:
         path = self.root / _safe(organization_id) / f"{context_hash}.tar"
         if not self._uploaded(path):
             raise BadRequest(f"build context {context_hash} was not uploaded")
-        return path
+        return _used_now(path)
 
     def fetched(self, organization_id: str, context_hash: str) -> Path:
         """The archive of one of the organization's contexts, here (blocking I/O: a
@@ -352,8 +477,7 @@ class ContextStore:
         folder = self.root / ".uploads" / upload_id
         if not _UPLOAD.match(upload_id) or not (folder / "owner").is_file():
             raise NoSuchKey(upload_id)
-        owner = json.loads((folder / "owner").read_text())
-        if owner != {"org": organization_id, "key": key}:
+        if _owner(folder) != {"org": organization_id, "key": key}:
             raise AccessDenied("the upload belongs to another key")
         return folder
 
@@ -388,6 +512,33 @@ class ContextStore:
 
     def abort(self, folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _owner(upload: Path) -> dict[str, str]:
+    """Whose a local multipart upload is (``{}``: none, or gone)."""
+    try:
+        owner: dict[str, str] = json.loads((upload / "owner").read_text())
+    except (OSError, ValueError):
+        return {}
+    return owner
+
+
+def _changed(path: Path) -> float:
+    """When ``path`` was last written (infinity: it is gone)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
+def _used_now(path: Path) -> Path:
+    """``path``, marked as used now, if it is here: its access time, which
+    :meth:`ContextStore.prune` and the evictions go by (its mtime makes its ETag)."""
+    try:
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
+    except FileNotFoundError:
+        pass
+    return path
 
 
 def _name(path: Path) -> str:

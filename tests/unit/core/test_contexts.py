@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cove.core.contexts import TTL, AccessDenied, ContextStore, NoSuchKey
+from cove.core.contexts import TTL, AccessDenied, ContextStore, NoSuchKey, TooLarge
 from cove.errors import BadRequest
 from cove.store.s3_contexts import S3Contexts
 
@@ -145,3 +145,83 @@ def test_a_single_put_is_shared(tmp_path: Path, bucket: object) -> None:
     tmp.write_bytes(b"tar bytes")
     a.put("org-1", key, tmp)
     assert b.fetched("org-1", "c" * 32).read_bytes() == b"tar bytes"
+
+
+def _kept(store: ContextStore, org: str, digest: str, size: int, used_ago: float) -> Path:
+    """A context of ``size`` bytes the organization last used ``used_ago`` seconds ago."""
+    path = store.object_path(org, f"{org}/{digest * 32}/context.tar")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    when = time.time() - used_ago
+    os.utime(path, (when, when))
+    return path
+
+
+def _share(tmp_path: Path) -> ContextStore:
+    return ContextStore(tmp_path / "contexts", b"k" * 32, 1000, max_total=2500)
+
+
+def test_an_organizations_share_makes_room_from_its_least_recently_used(tmp_path: Path) -> None:
+    store = _share(tmp_path)
+    old = _kept(store, "org-1", "a", 1000, used_ago=3 * TTL)
+    older = _kept(store, "org-1", "b", 1000, used_ago=4 * TTL)
+    others = _kept(store, "org-2", "c", 1000, used_ago=9 * TTL)
+    assert store.reserve("org-1", 500) == 500  # fits: nothing removed
+    assert older.exists()
+    assert store.reserve("org-1", 1000) == 1000  # the least recently used makes room
+    assert not older.exists() and old.exists() and others.exists()
+    assert store.reserve("org-1", 1000) == 1000  # (the other two are still coming in)
+    assert not old.exists() and others.exists()
+
+
+def test_contexts_used_lately_or_by_a_build_are_never_removed_for_room(tmp_path: Path) -> None:
+    store = _share(tmp_path)
+    fresh = _kept(store, "org-1", "a", 1000, used_ago=TTL / 2)
+    building = _kept(store, "org-1", "b", 1000, used_ago=3 * TTL)
+    with store.pinned([building]):
+        assert store.reserve("org-1", 1000) == 500  # only what is left is granted
+        with pytest.raises(TooLarge, match="take 2500 bytes of the 2500"):
+            store.reserve("org-1", 1)
+        assert fresh.exists() and building.exists()
+    store.release("org-1", 500)
+    assert store.reserve("org-1", 1000) == 1000  # the build is over: its context goes
+    assert not building.exists() and fresh.exists()
+
+
+def test_a_head_or_a_build_marks_a_context_used(tmp_path: Path) -> None:
+    store = _share(tmp_path)
+    asked = _kept(store, "org-1", "a", 1000, used_ago=3 * TTL)
+    built = _kept(store, "org-1", "b", 1000, used_ago=3 * TTL)
+    etag = store.stat(asked).etag
+    assert store.head("org-1", f"org-1/{'a' * 32}/context.tar").etag == etag  # (unchanged)
+    store.context("org-1", "b" * 32)
+    assert store.reserve("org-1", 1000) == 500  # neither may go
+    assert asked.exists() and built.exists()
+
+
+def test_unused_contexts_and_abandoned_uploads_are_pruned(tmp_path: Path) -> None:
+    store = ContextStore(tmp_path / "contexts", b"k" * 32, 1000, keep_seconds=86400)
+    stale = _kept(store, "org-1", "a", 10, used_ago=86400 + 60)
+    kept = _kept(store, "org-1", "b", 10, used_ago=86400 - 60)
+    pinned = _kept(store, "org-2", "c", 10, used_ago=9 * 86400)
+    upload = store.start_upload("org-1", f"org-1/{'d' * 32}/context.tar")
+    past = time.time() - TTL - 10
+    os.utime(store.root / ".uploads" / upload, (past, past))
+    with store.pinned([pinned]):
+        assert store.prune() == 2
+    assert not stale.exists() and kept.exists() and pinned.exists()
+    assert not (store.root / ".uploads" / upload).exists()
+
+
+def test_parts_of_uploads_and_bodies_coming_in_count(tmp_path: Path) -> None:
+    store = _share(tmp_path)
+    key = f"org-1/{'a' * 32}/context.tar"
+    upload = store.start_upload("org-1", key)
+    tmp, room = store.receive_part("org-1", key, upload, 1)
+    tmp.write_bytes(b"p" * 1000)
+    store.add_part("org-1", key, upload, 1, tmp)
+    assert store.reserve("org-2", 1000) == 1000  # another organization's share
+    assert store.reserve("org-1", 1000) == 1000
+    assert store.reserve("org-1", 1000) == 500  # 1000 in parts, 1000 coming in
+    store.abort_upload("org-1", key, upload)
+    assert store.reserve("org-1", 1000) == 1000

@@ -11,13 +11,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from email.utils import formatdate
 from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 
 from cove.api.deps import PrincipalDep, ServicesDep
-from cove.core.contexts import BUCKET, REGION, AccessDenied, ContextStore, NoSuchKey, TooLarge
+from cove.core.contexts import (
+    BUCKET,
+    REGION,
+    SHARE,
+    AccessDenied,
+    ContextStore,
+    NoSuchKey,
+    TooLarge,
+)
 from cove.errors import RuntimeBackendError
 from cove.schemas.object_storage import StorageAccess
 
@@ -92,15 +102,17 @@ async def _dispatch(
         if request.method != "PUT":
             raise AccessDenied(f"{request.method} is not allowed here")
         tmp = store.new_part_file(store.object_path(org, key))
-        etag = await _receive(request, tmp, declared, store.max_bytes)
-        await asyncio.to_thread(store.put, org, key, tmp)
+        async with _room(request, store, org, store.max_bytes) as room:
+            etag = await _receive(request, tmp, declared, room, store.max_bytes)
+            await asyncio.to_thread(store.put, org, key, tmp)
         return Response(headers={"ETag": etag})
     upload_id = q["uploadId"]
     if request.method == "PUT":
         number = int(q.get("partNumber", "0"))
-        tmp, room = await asyncio.to_thread(store.receive_part, org, key, upload_id, number)
-        etag = await _receive(request, tmp, declared, room)
-        await asyncio.to_thread(store.add_part, org, key, upload_id, number, tmp)
+        tmp, most = await asyncio.to_thread(store.receive_part, org, key, upload_id, number)
+        async with _room(request, store, org, most) as room:
+            etag = await _receive(request, tmp, declared, room, most)
+            await asyncio.to_thread(store.add_part, org, key, upload_id, number, tmp)
         return Response(headers={"ETag": etag})
     if request.method == "DELETE":
         await asyncio.to_thread(store.abort_upload, org, key, upload_id)
@@ -110,7 +122,22 @@ async def _dispatch(
     return _xml("CompleteMultipartUploadResult", Bucket=BUCKET, Key=key, ETag=st.etag)
 
 
-async def _receive(request: Request, tmp: Path, declared: str, limit: int) -> str:
+@asynccontextmanager
+async def _room(request: Request, store: ContextStore, org: str, most: int) -> AsyncIterator[int]:
+    """Room in the organization's share for the request's body (at most ``most``
+    bytes, fewer if its length says so), held while it comes in and is stored."""
+    announced = request.headers.get("x-amz-decoded-content-length",
+                                    request.headers.get("content-length", ""))  # fmt: skip
+    wanted = min(most, int(announced)) if announced.isdigit() else most
+    room = await asyncio.to_thread(store.reserve, org, wanted)
+    try:
+        yield room
+    finally:
+        store.release(org, room)
+
+
+async def _receive(request: Request, tmp: Path, declared: str, limit: int,
+                   max_bytes: int) -> str:  # fmt: skip
     """Stream the body to ``tmp``, checking its size and declared SHA-256; its ETag."""
     sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
     try:
@@ -118,7 +145,10 @@ async def _receive(request: Request, tmp: Path, declared: str, limit: int) -> st
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise TooLarge(f"a context may be at most {limit} bytes")
+                    raise TooLarge(
+                        f"a context may be at most {limit} bytes" if limit >= max_bytes else
+                        f"the organization's build contexts have room for {limit} more bytes "
+                        f"here{SHARE}")  # fmt: skip
                 sha.update(chunk)
                 md5.update(chunk)
                 out.write(chunk)
