@@ -19,6 +19,7 @@ import pytest
 from daytona import AsyncDaytona, Daytona, DaytonaConfig
 
 from cove.runner.oci.runtime import OciRuntime
+from cove.runner.storage.volumes import VolumeDir
 from cove.testing import ServerProcess, sweep_snapshots
 from tests.leaks import assert_no_leaks
 from tests.nettools import TEST_NAMES, FakeDns, sandbox_pool
@@ -71,6 +72,7 @@ def running_server(data_dir: Path, pool: int, env: dict[str, str] | None = None,
         srv.delete_all_sandboxes()
         drain_pools(srv)
         srv.stop()
+        VolumeDir(srv.data_dir / "volumes").unmount_all()  # (volumes no test deleted)
         runtime = srv.runtime()
         for ref in srv.snapshots:  # the snapshot dir is shared: leave nothing of ours
             runtime.remove_snapshot(ref)
@@ -115,7 +117,8 @@ def oci_layouts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns, oci_layouts: Path
            ) -> Iterator[Server]:  # fmt: skip
-    env = {"COVE_DNS_UPSTREAM": e2e_dns.upstream, "COVE_OCI_LAYOUT_DIR": str(oci_layouts)}
+    env = {"COVE_DNS_UPSTREAM": e2e_dns.upstream, "COVE_OCI_LAYOUT_DIR": str(oci_layouts),
+           "COVE_VOLUME_SIZE_GB": "1"}  # (volumes a test can fill)
     with running_server(tmp_path_factory.mktemp("cove-e2e"), 1, env) as srv:
         yield srv
 

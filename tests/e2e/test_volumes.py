@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import httpx
 import pytest
 from daytona import (
@@ -63,6 +66,33 @@ def test_volume_is_shared_and_outlives_its_sandboxes(
     with pytest.raises(DaytonaNotFoundError):
         daytona.volume.get("e2e-shared")
     assert not (server.data_dir / "volumes" / vol.id).exists()
+
+
+def test_a_volume_holds_its_size_and_no_more(
+    server: Server, daytona: Daytona, sandboxes: list
+) -> None:
+    """COVE_VOLUME_SIZE_GB (1 here): a sandbox filling a volume gets "no space left",
+    as on its own disk; the host's disk is not the limit. A deleted volume leaves no
+    mount or image on the host."""
+    vol = daytona.volume.create("e2e-bounded")
+    sb = daytona.create(_mounting(vol.id))
+    sandboxes.append(sb)
+    filled = sb.process.exec("dd if=/dev/zero of=/data/zeros bs=1M count=1500 2>&1; "
+                             "echo exit=$?; df -k --output=size /data | tail -1")  # fmt: skip
+    assert "No space left on device" in filled.result and "exit=1" in filled.result
+    assert 900_000 < int(filled.result.split()[-1]) <= 1_048_576  # (KiB)
+    run_ok(sb, "rm /data/zeros && echo fits > /data/note")
+    sb.delete()
+    sandboxes.remove(sb)
+    host = server.data_dir / "volumes" / vol.id
+    assert (host / "note").read_text() == "fits\n"
+    daytona.volume.delete(vol)
+    for _ in range(100):
+        if not (host.parent / f"{vol.id}.img").exists():
+            break
+        time.sleep(0.1)
+    assert not host.exists() and not (host.parent / f"{vol.id}.img").exists()
+    assert str(host) not in Path("/proc/self/mountinfo").read_text()
 
 
 @pytest.mark.parametrize(

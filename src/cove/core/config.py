@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # directory every runner of a fleet mounts alike (NFS, CephFS), so that a volume's
     # sandboxes may run on any runner of it (see docs/deployment.md).
     volumes_dir: Path | None = None
+    # GiB a new volume may hold (a sparse ext4 image in a runner's own volumes dir;
+    # a shared COVE_VOLUMES_DIR keeps directories). 0: directories, unbounded.
+    volume_size_gb: int = Field(default=10, ge=0)
     # Archives go to this S3 bucket instead of archive_dir when set (needs cove[s3];
     # credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or other AWS sources).
     archive_s3_bucket: str | None = None

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cove.core.ports import VolumeBind
 from cove.errors import InvalidState, RuntimeBackendError
+from cove.runner.host import mounts
 from cove.runner.storage import archive
 from cove.runner.storage.archive_store import LocalArchiveStore
 from cove.runner.storage.volumes import OWNER, VolumeDir
@@ -139,3 +141,72 @@ def test_a_volume_deeper_than_python_recursion_is_deleted(tmp_path: Path) -> Non
     assert not (tmp_path / "volumes" / "v1").exists()
     assert where.pack("v2") > 0
     assert not (tmp_path / "volumes" / "v2").exists()
+
+
+@pytest.fixture
+def bounded(tmp_path: Path) -> Iterator[VolumeDir]:
+    """A runner's own volumes dir whose volumes are 1 GiB images (unmounted after)."""
+    where = VolumeDir(tmp_path / "volumes", size_gib=1)
+    try:
+        yield where
+    finally:
+        for mounted in (tmp_path / "volumes").glob("*"):
+            if mounts.is_mounted(mounted):
+                mounts.detach(mounted)
+
+
+def _fill(path: Path) -> int:
+    """Write zeros into ``path`` until the file system is full; how many MiB went in."""
+    done = subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", "count=1500"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode != 0 and "No space left on device" in done.stderr, done.stderr
+    return path.stat().st_size // 2**20
+
+
+def test_a_volume_is_an_image_of_its_size(tmp_path: Path, bounded: VolumeDir) -> None:
+    """A sandbox writing into a volume gets "no space left" at the volume's size: the
+    host's disk is not the limit."""
+    data = _mounted(bounded, "v1", "a")
+    root = tmp_path / "volumes" / "v1"
+    assert data == root / "a" and mounts.is_mounted(root)
+    assert (root.stat().st_uid, root.stat().st_gid) == OWNER
+    assert sorted(p.name for p in root.iterdir()) == ["a"]  # no lost+found
+    assert 900 < _fill(data / "zeros") <= 1024
+    assert (tmp_path / "volumes" / "v1.img").stat().st_blocks * 512 < 1.2 * 2**30  # sparse
+    (data / "zeros").unlink()
+    (data / "f").write_text("kept")
+    bounded.size_gib = 2  # a changed setting is for new volumes: this one is mounted again
+    mounts.detach(root)
+    assert _mounted(bounded, "v1", "a") == data and (data / "f").read_text() == "kept"
+    bounded.delete("v1")
+    assert not root.exists() and not (tmp_path / "volumes" / "v1.img").exists()
+    assert str(root) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_a_volume_made_as_a_directory_stays_one(tmp_path: Path, bounded: VolumeDir) -> None:
+    (tmp_path / "volumes" / "old" / "x").mkdir(parents=True)
+    assert _mounted(bounded, "old", "x") == tmp_path / "volumes" / "old" / "x"
+    assert not mounts.is_mounted(tmp_path / "volumes" / "old")
+    assert not (tmp_path / "volumes" / "old.img").exists()
+    shared = VolumeDir(tmp_path / "nfs", shared=True, size_gib=1)  # a shared dir: directories
+    _mounted(shared, "v")
+    assert not mounts.is_mounted(tmp_path / "nfs" / "v")
+
+
+def test_a_bounded_volume_moves_through_the_archive_store(tmp_path: Path) -> None:
+    store = LocalArchiveStore(tmp_path / "archives")
+    here = VolumeDir(tmp_path / "a", archives=store, size_gib=1)
+    there = VolumeDir(tmp_path / "b", archives=store, size_gib=1)
+    try:
+        (_mounted(here, "v", "sub") / "f").write_text("kept")
+        assert here.pack("v") > 0
+        assert not (tmp_path / "a" / "v").exists() and not (tmp_path / "a" / "v.img").exists()
+        moved = _mounted(there, "v", "sub") / "f"
+        assert moved.read_text() == "kept" and mounts.is_mounted(tmp_path / "b" / "v")
+        assert not store.exists("v")
+        there.delete("v")
+        assert not (tmp_path / "b" / "v").exists()
+    finally:
+        for root in (tmp_path / "a" / "v", tmp_path / "b" / "v"):
+            if mounts.is_mounted(root):
+                mounts.detach(root)

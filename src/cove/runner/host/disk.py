@@ -22,8 +22,9 @@ MOUNT_OPTIONS: tuple[tuple[str, str | None], ...] = (("noinit_itable", None),
                                                      ("errors", "remount-ro"))
 
 
-def create_image(image: Path, size_gib: int) -> None:
-    """Make a sparse ext4 image of ``size_gib`` GiB at ``image`` (replacing it).
+def create_image(image: Path, size_gib: int, *, root_owner: tuple[int, int] = (0, 0)) -> None:
+    """Make a sparse ext4 image of ``size_gib`` GiB at ``image`` (replacing it), its
+    root directory owned by ``root_owner``.
 
     Raises:
         RuntimeBackendError: the file or file system could not be made.
@@ -33,7 +34,10 @@ def create_image(image: Path, size_gib: int) -> None:
             f.truncate(size_gib * GIB)
     except OSError as exc:
         raise RuntimeBackendError(f"cannot create {image}: {exc}") from exc
-    run(["mkfs.ext4", *MKFS_OPTIONS, "-L", "cove", str(image)], timeout=120)
+    options = [*MKFS_OPTIONS]
+    if root_owner != (0, 0):
+        options[-1] += ",root_owner={}:{}".format(*root_owner)
+    run(["mkfs.ext4", *options, "-L", "cove", str(image)], timeout=120)
     _drop_cache(image)
 
 

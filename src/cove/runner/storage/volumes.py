@@ -14,6 +14,15 @@ and what is mounted is the directory so opened (by descriptor, see
 ``runner/host/mountapi.py``), never a path string that could be redirected between
 the check and the mount. Files in a volume carry sandbox ids (1000 is the sandbox
 user); each sandbox mounts it idmapped with its own range.
+
+In a runner's own volumes dir, a volume is bounded (``COVE_VOLUME_SIZE_GB``): its
+data is a sparse ext4 image, ``<id>.img``, loop-mounted at ``<id>/`` (nosuid,
+nodev, noexec) from its first mount until it is deleted or moved, so a sandbox
+writing into it gets "no space left" at its size, and the host's disk is not the
+limit. The mount outlives the server (it is the host's), as sandboxes' disks do.
+A volume made before this (a plain directory, no image) stays a directory. In a
+shared dir (NFS, CephFS) volumes are directories: one ext4 image mounted by two
+hosts at once would be corrupted; that file server's quotas bound them.
 """
 
 from __future__ import annotations
@@ -32,7 +41,8 @@ from cove.core.config import Settings
 from cove.core.ports import VolumeBind
 from cove.errors import InvalidState, RuntimeBackendError
 from cove.hostfiles import DIR_MODE, FILE_MODE, private_dir, remove_tree
-from cove.runner.host import mountapi
+from cove.runner.host import disk, mountapi, mounts
+from cove.runner.host.proc import run
 from cove.runner.storage import archive
 from cove.runner.storage.archive_store import ArchiveStore
 
@@ -58,9 +68,11 @@ class VolumeDir:
             drain), if any: a volume missing here is brought back from it first.
     """
 
-    def __init__(self, root: Path, *, shared: bool = False,
-                 archives: ArchiveStore | None = None) -> None:  # fmt: skip
+    def __init__(self, root: Path, *, shared: bool = False, archives: ArchiveStore | None = None,
+                 size_gib: int | None = None) -> None:  # fmt: skip
         self.root, self.shared, self.archives = root, shared, archives
+        # GiB of a new volume's image (None: new volumes are directories)
+        self.size_gib = None if shared else size_gib
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -70,7 +82,8 @@ class VolumeDir:
         that keep a volume from being brought back twice at once)."""
         s3 = (settings.archive_s3_bucket, settings.archive_s3_prefix,
               settings.archive_s3_endpoint, settings.archive_s3_region)  # fmt: skip
-        return _volume_dir(settings.volumes_dir, settings.data_dir, s3)
+        return _volume_dir(settings.volumes_dir, settings.data_dir, s3,
+                           settings.volume_size_gb or None)  # fmt: skip
 
     @contextlib.contextmanager
     def _locked(self, volume_id: str) -> Iterator[None]:
@@ -108,12 +121,16 @@ class VolumeDir:
             self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         with self._locked(name):
             self._bring_back(name)
+            bounded = self._attach(name)
+        # an image's file system is walked from its root (the walk crosses no mount)
+        start, below = (self.root / name, bind.subpath) if bounded else (
+            self.root, f"{name}/{bind.subpath}")  # fmt: skip
         try:
-            root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            root_fd = os.open(start, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
-            raise RuntimeBackendError(f"volumes dir {self.root}: {exc.strerror}") from exc
+            raise RuntimeBackendError(f"volumes dir {start}: {exc.strerror}") from exc
         try:
-            return mountapi.make_dirs_beneath(root_fd, f"{name}/{bind.subpath}", OWNER)
+            return mountapi.make_dirs_beneath(root_fd, below, OWNER)
         except OSError as exc:
             reason = _REASONS.get(exc.errno or 0, exc.strerror)
             raise RuntimeBackendError(f"volume subpath {bind.subpath!r} {reason}") from exc
@@ -123,10 +140,10 @@ class VolumeDir:
     def delete(self, volume_id: str) -> None:
         """Remove the volume's directory and its data, and its archive in the shared
         store (none: nothing to do)."""
-        path = self.root / _checked(volume_id)
+        _checked(volume_id)
         with self._locked(volume_id):
             try:
-                remove_tree(path)
+                self._remove(volume_id)
             except OSError as exc:
                 raise RuntimeBackendError(f"cannot delete volume {volume_id}: {exc}") from exc
             if self.archives is not None:
@@ -153,7 +170,7 @@ class VolumeDir:
                 path.mkdir(parents=True)  # never mounted: an empty volume moves
             size = archive.pack_dir(path, self.archives, volume_id)
             try:
-                remove_tree(path)
+                self._remove(volume_id)
             except OSError as exc:
                 raise RuntimeBackendError(f"cannot remove volume {volume_id}: {exc}") from exc
             return size
@@ -163,6 +180,15 @@ class VolumeDir:
         drained runner): unpacked beside, renamed into place, its archive deleted."""
         path = self.root / volume_id
         if self.archives is None or path.exists() or not self.archives.exists(volume_id):
+            return
+        if self.size_gib is not None:  # into a new image (this runner's alone: no race)
+            self._attach(volume_id)
+            try:
+                archive.unpack_dir(self.archives, volume_id, path)
+            except BaseException:
+                self._remove(volume_id)
+                raise
+            self.archives.delete(volume_id)
             return
         if not self.shared:  # interrupted ones' (in a shared dir: maybe another's, live)
             for stale in self.root.glob(f".restore-{volume_id}-*"):
@@ -182,10 +208,50 @@ class VolumeDir:
             remove_tree(fresh, ignore_errors=True)
         self.archives.delete(volume_id)
 
+    def _attach(self, volume_id: str) -> bool:
+        """Mount the volume's image at its directory, unless mounted already (a new
+        volume's image made first); False: the volume is a directory."""
+        path, image = self.root / volume_id, self.root / f"{volume_id}.img"
+        if self.size_gib is None or (path.exists() and not image.exists()):
+            return False  # (a shared dir's, or one made before volumes had images)
+        if not image.exists():
+            self._make_image(image)
+        if not mounts.is_mounted(path):
+            disk.mount(image, path)
+        return True
+
+    def _make_image(self, image: Path) -> None:
+        """A new volume's empty image: its root the sandbox user's, no ``lost+found``."""
+        assert self.size_gib is not None
+        fresh = image.with_name(f".new-{uuid.uuid4().hex[:12]}-{image.name}")
+        try:
+            disk.create_image(fresh, self.size_gib, root_owner=OWNER)
+            run(["debugfs", "-w", "-R", "rmdir lost+found", str(fresh)], timeout=60)
+            fresh.rename(image)
+        finally:
+            fresh.unlink(missing_ok=True)
+
+    def unmount_all(self) -> None:
+        """Unmount every volume image mounted here (before the whole dir is removed:
+        a runner's data dir wiped, a test server's gone)."""
+        for image in self.root.glob("*.img"):
+            if mounts.is_mounted(path := image.with_suffix("")):
+                mounts.detach(path)
+
+    def _remove(self, volume_id: str) -> None:
+        """Remove the volume's data here: its image (unmounted first; sandboxes still
+        running with it keep theirs until they stop) or its directory."""
+        path = self.root / volume_id
+        if mounts.is_mounted(path):
+            mounts.detach(path)
+        (self.root / f"{volume_id}.img").unlink(missing_ok=True)
+        remove_tree(path)
+
 
 @functools.cache
 def _volume_dir(shared_dir: Path | None, data_dir: Path,
-                s3: tuple[str | None, str, str | None, str | None]) -> VolumeDir:  # fmt: skip
+                s3: tuple[str | None, str, str | None, str | None],
+                size_gib: int | None) -> VolumeDir:  # fmt: skip
     bucket, prefix, endpoint, region = s3
     archives = None
     if bucket:  # a shared store: volumes move through it (beside the sandboxes' archives)
@@ -195,7 +261,7 @@ def _volume_dir(shared_dir: Path | None, data_dir: Path,
                                   region=region)  # fmt: skip
     if shared_dir is not None:
         return VolumeDir(shared_dir, shared=True, archives=archives)
-    return VolumeDir(volumes_dir(data_dir), archives=archives)
+    return VolumeDir(volumes_dir(data_dir), archives=archives, size_gib=size_gib)
 
 
 def _checked(volume_id: str) -> str:
