@@ -9,7 +9,10 @@ From a sandbox, the merged view (lower snapshot + writable layer) is copied
 with tar (owners, modes, xattrs kept; overlay whiteouts are already applied in
 the merged view). A running sandbox is frozen for the copy. Holes stay holes
 (``--sparse``): a file of the sandbox's may claim 16 TiB of them on a disk of 1 GiB,
-and the host must not write them out as zeros.
+and the host must not write them out as zeros. No ``user.overlay.*`` attribute is
+copied: the view shows as such those the sandbox set on its files (its overlay keeps
+them escaped), and on the snapshot, a lower layer, overlayfs would take them for its
+own metadata (whiteouts, metacopy marks: files a sandbox of it could not see or read).
 
 From a local OCI image layout: the image ``name:tag`` is looked up as the layout
 ``<oci_layout_dir>/<name>`` and unpacked (see ``unpack.py``). Images from
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 # Work of one process in the snapshot dir: ``.build-<ref>-<pid>`` (a capture or import
 # under way) and ``.trash-<ref>-<pid>`` (a removal under way).
 _WORK = re.compile(r"\.(?:build|trash)-.+-(\d+)")
+OVERLAY_XATTRS = "user.overlay.*"  # overlayfs' metadata of a layer (never a sandbox's)
 
 
 def capture_sandbox(
@@ -59,7 +63,7 @@ def capture_sandbox(
         with open(os.devnull, "wb") as null:
             pipe(
                 ["tar", "--create", "--file=-", "--sparse", f"--directory={view}", *TAR_FLAGS,
-                 "."],
+                 f"--xattrs-exclude={OVERLAY_XATTRS}", "."],
                 ["tar", "--extract", "--file=-", f"--directory={rootfs}", "--same-owner",
                  "--same-permissions", *TAR_FLAGS],
                 null,
