@@ -117,3 +117,23 @@ def test_tidy_removes_what_a_killed_archive_or_restore_left(
     runtime.tidy(sid)
     assert runtime.status(sid) is ContainerStatus.STOPPED
     assert not (archives / f"{sid}.tar.zst").exists()
+
+
+DEEP = "/home/daytona/" + "d/" * 1500  # (a path of some 3000 bytes: 1500 levels)
+
+
+def test_a_sandbox_restored_on_another_runner_starts_however_deep_its_tree(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """A runner that never had the sandbox (a drain moved it) restores its layer as one
+    written before user namespaces and converts it at the start, walking the whole tree
+    the sandbox made: 1500 levels of it are walked, not a RecursionError."""
+    box = make_sandbox()
+    sid = box.sandbox_id
+    ok(runtime, sid, f"mkdir -p {DEEP} && printf deep > {DEEP}f")
+    runtime.stop(sid)
+    runtime.archive(sid)
+    (sandbox_dir(runtime, sid) / "sandbox.json").unlink()  # as on a runner it was never on
+    runtime.restore(box)
+    runtime.start(box)
+    assert ok(runtime, sid, f"cat {DEEP}f") == "deep"

@@ -136,16 +136,30 @@ def unmount_all(paths: SandboxPaths, *, reused: bool = True) -> None:
 
 def convert_layer(upper: Path) -> None:
     """Turn a writable layer's trusted.overlay.opaque marks into user.overlay.opaque
-    (layers written before sandboxes ran in user namespaces)."""
+    (layers written before sandboxes ran in user namespaces, and every layer a runner
+    restores without its metadata: one a drain moved here).
+
+    The tree is the sandbox's, nested as deep as it liked: it is walked with a list,
+    not recursively (``os.walk`` recurses once per level in Python 3.11, and a
+    RecursionError would keep the sandbox from ever starting again). What lies deeper
+    than a path can name (PATH_MAX) is left as it is: no snapshot has a directory
+    there, so no opaque mark could hide anything of one.
+    """
     if not upper.is_dir():
         return
-    for top, dirs, _files in os.walk(upper):
-        for name in dirs:
-            path = os.path.join(top, name)
+    pending = [str(upper)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                found = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue  # (gone, or beyond PATH_MAX)
+        pending += found
+        for path in found:
             try:
                 value = os.getxattr(path, _OPAQUE[0], follow_symlinks=False)
             except OSError as exc:
-                if exc.errno in (errno.ENODATA, errno.ENOTSUP):
+                if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.ENAMETOOLONG):
                     continue
                 raise RuntimeBackendError(f"cannot read {path}: {exc.strerror}") from exc
             os.setxattr(path, _OPAQUE[1], value, follow_symlinks=False)
