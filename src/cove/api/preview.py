@@ -2,7 +2,7 @@
 of a sandbox, reached at its veth address.
 
 Addressed by path, ``/preview/{sandboxId}/{port}/...`` (and ``/preview/s/{signed
-token}/...``), or, when ``COVE_PREVIEW_DOMAIN`` is set, by host name:
+token}/...``), or, when ``COVE_PREVIEW_DOMAIN`` is set, by host name only:
 ``{port}-{sandboxId}.<domain>`` (and ``{signed token}.<domain>``). The upstream
 sees the rest of the path. A private sandbox needs its preview token
 (``X-Daytona-Preview-Token`` header or ``token`` query parameter), the API key
@@ -42,7 +42,8 @@ _PATH = re.compile(
 _HOST_PORT = re.compile(r"^(?P<port>\d+)-(?P<sid>.+)$")
 
 
-def preview_url(services: Services, sandbox_id: str, port: int) -> str:
+def preview_url(services: Services, sandbox_id: str, port: int | str) -> str:
+    """A preview's URL (``port`` may be a template's placeholder, ``{{PORT}}``)."""
     settings = services.settings
     if settings.preview_domain:
         return _host_url(settings.base_url, f"{port}-{sandbox_id}", settings.preview_domain)
@@ -154,6 +155,12 @@ class PreviewProxy:
             _Deny: the caller may not, or the sandbox does not run.
         """
         services = self._services()
+        domain = services.settings.preview_domain
+        # With a preview domain, the API's host (the dashboard's origin) serves no
+        # sandbox's page: one there could draw a look-alike dashboard on its origin.
+        if domain and not target.route.by_host:
+            raise _Deny(404, f"previews are served at their own host names under {domain}: "
+                             "GET /api/sandbox/{id}/ports/{port}/preview-url gives one's URL")
         # A service worker controls what lies under its script's last "/": at a bare
         # /preview/s/{token}, every signed preview (and the tokens in their URLs).
         if target.bare and header(scope, "service-worker") is not None:

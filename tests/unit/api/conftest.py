@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,27 @@ AUTH = {"Authorization": "Bearer test-key"}
 
 
 @pytest.fixture
-def client(tmp_path: Path, runtime: FakeRuntime) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path, runtime="fake", api_key="test-key", port=3999,
-                        preview_domain="preview.test")  # fmt: skip
-    with TestClient(create_app(settings, runtime=runtime)) as c:
+def app_settings(tmp_path: Path) -> Settings:
+    """The settings the app of ``client`` runs with (previews by host name only)."""
+    return Settings(data_dir=tmp_path, runtime="fake", api_key="test-key", port=3999,
+                    preview_domain="preview.test")  # fmt: skip
+
+
+@pytest.fixture
+def client(app_settings: Settings, runtime: FakeRuntime) -> Iterator[TestClient]:
+    with TestClient(create_app(app_settings, runtime=runtime)) as c:
         yield c
+
+
+@contextmanager
+def previews_by_host(settings: Settings, domain: str | None = "preview.test") -> Iterator[None]:
+    """The running app as a server with the preview ``domain`` (previews by host name
+    only), or without one (``None``: by path on the API's host), for the block."""
+    was, settings.preview_domain = settings.preview_domain, domain
+    try:
+        yield
+    finally:
+        settings.preview_domain = was
 
 
 @pytest.fixture

@@ -149,6 +149,26 @@ def test_preview_by_host_name_and_tokens(client: TestClient, upstream: int) -> N
     assert client.get("/s", headers=signed_host).status_code == 404
 
 
+def test_with_a_preview_domain_no_preview_is_served_on_the_apis_origin(
+    client: TestClient, upstream: int
+) -> None:
+    """COVE_PREVIEW_DOMAIN gives previews origins of their own: a sandbox's page at
+    ``/preview/...`` of the API's (and the dashboard's) host would let its tenant hand
+    out a link that draws a look-alike dashboard on the dashboard's origin (and put
+    its sign-in path in the address bar) to take the key typed there."""
+    sid = create_sandbox(client, public=True)["id"]
+    signed = client.get(f"/api/sandbox/{sid}/ports/{upstream}/signed-preview-url",
+                        headers=AUTH).json()["token"]  # fmt: skip
+    for path in (f"/preview/{sid}/{upstream}/", f"/preview/s/{signed}/"):
+        r = client.get(path)
+        assert r.status_code == 404 and "up " not in r.text, path
+        assert "preview.test" in r.text  # where previews are
+    host = {"host": f"{upstream}-{sid}.preview.test"}
+    assert client.get("/", headers=host).text == "up / None"  # its own origin
+    template = client.get("/api/config").json()["proxyTemplateUrl"]
+    assert template == "http://{{PORT}}-{{sandboxId}}.preview.test:3999"
+
+
 def test_a_signed_preview_url_expired_early_stays_expired_after_a_restart(
     client: TestClient, upstream: int, runtime: FakeRuntime, tmp_path: Path
 ) -> None:
@@ -157,17 +177,17 @@ def test_a_signed_preview_url_expired_early_stays_expired_after_a_restart(
     sid = create_sandbox(client)["id"]
     signed = client.get(f"/api/sandbox/{sid}/ports/{upstream}/signed-preview-url",
                         params={"expiresInSeconds": 3600}, headers=AUTH).json()  # fmt: skip
-    url = f"/preview/s/{signed['token']}/s"
-    assert client.get(url).text == "up /s None"
+    host = {"host": f"{signed['token']}.preview.test"}
+    assert client.get("/s", headers=host).text == "up /s None"
     r = client.post(f"/api/sandbox/{sid}/ports/{upstream}/signed-preview-url/"
                     f"{signed['token']}/expire", headers=AUTH)  # fmt: skip
-    assert r.status_code == 200 and client.get(url).status_code == 404
+    assert r.status_code == 200 and client.get("/s", headers=host).status_code == 404
     client.__exit__(None, None, None)  # the server stops; it starts again on its data
     settings = Settings(data_dir=tmp_path, runtime="fake", api_key="test-key", port=3999,
                         preview_domain="preview.test")  # fmt: skip
     with TestClient(create_app(settings, runtime=runtime)) as again:
         assert again.get(f"/api/sandbox/{sid}", headers=AUTH).json()["state"] == "started"
-        assert again.get(url).status_code == 404
+        assert again.get("/s", headers=host).status_code == 404
 
 def test_preview_port_and_expiry_are_checked(client: TestClient) -> None:
     sid = create_sandbox(client)["id"]

@@ -19,7 +19,8 @@ from starlette.websockets import WebSocketDisconnect
 from websockets.sync.server import ServerConnection, serve
 
 from cove.api.wsauth import bearer_protocol
-from tests.unit.api.conftest import AUTH, create_sandbox
+from cove.core.config import Settings
+from tests.unit.api.conftest import AUTH, create_sandbox, previews_by_host
 
 KEY = AUTH["Authorization"].split()[1]
 COOKIES = "app=1; cove_session=reserved-cookie-value; theme=dark"
@@ -77,6 +78,14 @@ def ws_port() -> Iterator[int]:
     srv.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def by_path(app_settings: Settings) -> Iterator[None]:
+    """Previews by path, as a server without COVE_PREVIEW_DOMAIN serves them; the cases
+    by host name turn the domain on (with it, the API's host serves no preview)."""
+    with previews_by_host(app_settings, None):
+        yield
+
+
 @pytest.fixture
 def sandbox(client: TestClient) -> dict:
     return create_sandbox(client)
@@ -131,12 +140,14 @@ def test_path_preview_passes_no_key_token_or_cookie(client: TestClient, sandbox:
     assert headers["x-forwarded-host"] == "testserver"
 
 
-def test_host_preview_passes_cookies_but_not_reserved_ones(client: TestClient, sandbox: dict,
-                                                           http_port: int) -> None:  # fmt: skip
+def test_host_preview_passes_cookies_but_not_reserved_ones(
+    client: TestClient, sandbox: dict, http_port: int, app_settings: Settings
+) -> None:
     sid = sandbox["id"]
     token = _token(client, sid, http_port)
     host = f"{http_port}-{sid}.preview.test:3999"
-    r = client.get("/h?token=" + token, headers={**_hostile_headers(token), "Host": host})
+    with previews_by_host(app_settings):
+        r = client.get("/h?token=" + token, headers={**_hostile_headers(token), "Host": host})
     seen = r.json()
     assert seen["path"] == "/h"
     headers = _assert_clean(seen, token, cookie="app=1; theme=dark")
@@ -145,12 +156,14 @@ def test_host_preview_passes_cookies_but_not_reserved_ones(client: TestClient, s
 
 @pytest.mark.parametrize("by_host", [False, True])
 def test_signed_preview_passes_no_signed_token(client: TestClient, sandbox: dict,
-                                               http_port: int, by_host: bool) -> None:  # fmt: skip
+                                               http_port: int, by_host: bool,
+                                               app_settings: Settings) -> None:  # fmt: skip
     signed = _signed(client, sandbox["id"], http_port)
     hostile = {**_hostile_headers("unused-token"),
                "Referer": f"http://{signed}.preview.test/prev"}  # fmt: skip
     if by_host:
-        r = client.get("/page", headers={**hostile, "Host": f"{signed}.preview.test"})
+        with previews_by_host(app_settings):
+            r = client.get("/page", headers={**hostile, "Host": f"{signed}.preview.test"})
     else:
         r = client.get(f"/preview/s/{signed}/page", headers=hostile)
     seen = r.json()
@@ -168,8 +181,9 @@ def test_referer_without_a_secret_is_passed(client: TestClient, sandbox: dict,
 
 
 @pytest.mark.parametrize("by_host", [False, True])
-def test_websocket_preview_passes_no_secret(client: TestClient, sandbox: dict, ws_port: int,
-                                            by_host: bool) -> None:  # fmt: skip
+def test_websocket_preview_passes_no_secret(
+    client: TestClient, sandbox: dict, ws_port: int, by_host: bool, app_settings: Settings
+) -> None:
     sid = sandbox["id"]
     token = _token(client, sid, ws_port)
     hostile = _hostile_headers(token)
@@ -177,7 +191,8 @@ def test_websocket_preview_passes_no_secret(client: TestClient, sandbox: dict, w
         url, hostile["Host"] = "/ws?token=" + token, f"{ws_port}-{sid}.preview.test"
     else:
         url = f"/preview/{sid}/{ws_port}/ws?token={token}"
-    with client.websocket_connect(url, headers=hostile) as ws:
+    with previews_by_host(app_settings, "preview.test" if by_host else None), \
+            client.websocket_connect(url, headers=hostile) as ws:
         seen = json.loads(ws.receive_text())
     assert seen["path"] == "/ws"
     _assert_clean(seen, token, cookie="app=1; theme=dark" if by_host else None)
@@ -233,8 +248,9 @@ def test_path_preview_sets_no_cookie(client: TestClient, sandbox: dict, http_por
     assert r.status_code == 200 and "set-cookie" not in r.headers
 
 
-def test_path_preview_acts_on_nothing_of_the_apis_origin(client: TestClient, sandbox: dict,
-                                                       http_port: int) -> None:  # fmt: skip
+def test_path_preview_acts_on_nothing_of_the_apis_origin(
+    client: TestClient, sandbox: dict, http_port: int, app_settings: Settings
+) -> None:
     """A path-based preview is served on the API's (and the dashboard's) origin: a
     sandbox answering ``Service-Worker-Allowed: /`` would let a service worker it
     registers from its preview control every page of that origin (the dashboard of
@@ -248,20 +264,24 @@ def test_path_preview_acts_on_nothing_of_the_apis_origin(client: TestClient, san
     assert not {name.lower() for name in ORIGIN_WIDE} & set(r.headers)
     # A host-based preview is its own origin: there they act on nothing else.
     host = f"{http_port}-{sid}.preview.test"
-    r = client.get("/sw.js", headers={**AUTH, "Host": host})
+    with previews_by_host(app_settings):
+        r = client.get("/sw.js", headers={**AUTH, "Host": host})
     assert {k: r.headers.get(k) for k in ORIGIN_WIDE} == ORIGIN_WIDE
 
 
-def test_host_preview_sets_only_its_own_cookies(client: TestClient, sandbox: dict,
-                                                http_port: int) -> None:  # fmt: skip
+def test_host_preview_sets_only_its_own_cookies(
+    client: TestClient, sandbox: dict, http_port: int, app_settings: Settings
+) -> None:
     host = f"{http_port}-{sandbox['id']}.preview.test"
-    r = client.get("/set-cookies", headers={**AUTH, "Host": f"{host}:3999"})
+    with previews_by_host(app_settings):
+        r = client.get("/set-cookies", headers={**AUTH, "Host": f"{host}:3999"})
     assert r.status_code == 200
     assert r.headers.get_list("set-cookie") == ["app=2; Path=/", f"own=1; Domain={host}"]
 
 
-def test_path_preview_widens_no_service_workers_scope(client: TestClient, sandbox: dict,
-                                                      http_port: int) -> None:  # fmt: skip
+def test_path_preview_widens_no_service_workers_scope(
+    client: TestClient, sandbox: dict, http_port: int, app_settings: Settings
+) -> None:
     """A path-based preview shares the API's origin: a service worker it registers may
     control its own path only, not "/" (the dashboard, whose requests carry the API
     key) nor "/preview/" (every other sandbox's previews and their tokens). The
@@ -279,7 +299,8 @@ def test_path_preview_widens_no_service_workers_scope(client: TestClient, sandbo
     r = client.get(f"/preview/{sid}/{http_port}/a%3Fb%2Fc?x=1", headers=AUTH)
     assert r.json()["path"] == "/a%3Fb%2Fc?x=1"
     host = f"{http_port}-{sandbox['id']}.preview.test"  # its own origin: allowed
-    r = client.get("/sw.js", headers={**AUTH, "Host": host})
+    with previews_by_host(app_settings):
+        r = client.get("/sw.js", headers={**AUTH, "Host": host})
     assert r.headers["service-worker-allowed"] == "/"
 
 def test_a_signed_preview_serves_no_service_worker_for_every_signed_preview(
@@ -298,13 +319,14 @@ def test_a_signed_preview_serves_no_service_worker_for_every_signed_preview(
         assert client.get(bare, headers=AUTH).status_code == 200  # a page: served
         assert client.get(bare + "/sw.js", headers=worker).status_code == 200  # its own
 
-def test_another_organizations_key_opens_no_preview(client: TestClient, sandbox: dict,
-                                                    http_port: int,
-                                                    other_auth: dict) -> None:  # fmt: skip
+def test_another_organizations_key_opens_no_preview(
+    client: TestClient, sandbox: dict, http_port: int, other_auth: dict, app_settings: Settings
+) -> None:
     r = client.get(f"/preview/{sandbox['id']}/{http_port}/", headers=other_auth)
     assert r.status_code == 401 and "path" not in r.text
     host = {"Host": f"{http_port}-{sandbox['id']}.preview.test"}
-    assert client.get("/", headers={**other_auth, **host}).status_code == 401
+    with previews_by_host(app_settings):
+        assert client.get("/", headers={**other_auth, **host}).status_code == 401
 
 
 def test_preview_credentials_of_other_than_ascii_characters_are_refused(
@@ -320,11 +342,13 @@ def test_preview_credentials_of_other_than_ascii_characters_are_refused(
 
 
 @pytest.mark.parametrize("port", ["0", "65536", "99999999999"])
-def test_a_preview_of_no_port_is_refused(client: TestClient, sandbox: dict, port: str) -> None:
+def test_a_preview_of_no_port_is_refused(client: TestClient, sandbox: dict, port: str,
+                                         app_settings: Settings) -> None:  # fmt: skip
     r = client.get(f"/preview/{sandbox['id']}/{port}/", headers=AUTH)
     assert r.status_code == 400 and "port" in r.text
     host = {"Host": f"{port}-{sandbox['id']}.preview.test", **AUTH}
-    assert client.get("/", headers=host).status_code == 400
+    with previews_by_host(app_settings):
+        assert client.get("/", headers=host).status_code == 400
 
 class Stalling:
     """A sandbox's server that sends a response's headers and first chunk, then nothing

@@ -255,7 +255,8 @@ def _state_of_a(client: TestClient, owner: Owner) -> dict:
         "pools": get("/api/warm-pools"),
         "keys": get("/api/api-keys"),
         "build": client.get(f"/api/sandbox/{owner.built['id']}/build-logs", headers=AUTH).text,
-        "signed": client.get(f"/preview/s/{owner.signed}/").status_code,  # 502: valid, no server
+        "signed": client.get("/", headers={"host": f"{owner.signed}.preview.test"}
+                             ).status_code,  # 502: valid, no server
     }
 
 
