@@ -147,6 +147,38 @@ def test_a_preview_on_the_dashboards_origin_finds_no_key(  # noqa: ANN001
     assert found == [0, 0, "", ""]
 
 
+def test_a_preview_on_the_dashboards_origin_reads_nothing_from_the_browsers_cache(  # noqa: ANN001
+        browser, server: Server, daytona: Daytona, sandboxes: list) -> None:
+    """What the dashboard fetched with its key (the organization's sandboxes, its keys)
+    is not kept in the browser's cache: a sandbox's page on the same origin, another
+    organization's, would read it there (``cache: "force-cache"``) with no key. (A
+    context of its own: Playwright's routing, as the ``page`` fixture's, turns the
+    browser's cache off.)"""
+    sb = daytona.create(CreateSandboxFromSnapshotParams(public=True))
+    sandboxes.append(sb)
+    _serve_hostile_page(sb)
+    context = browser.new_context(base_url=server.url)
+    try:
+        page = context.new_page()
+        sign_in(page)
+        expect(row(page, sb.id)).to_be_visible()  # the dashboard has fetched the list
+        page.get_by_role("link", name="API keys").click()
+        expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+        page.goto(sb.get_preview_link(8080).url + "/")
+        expect(page.get_by_text("hostile page")).to_be_visible()
+        read = page.evaluate("""async () => {
+            const got = {}
+            for (const url of ['/api/sandbox?limit=200', '/api/api-keys']) {
+                const r = await fetch(url, {cache: 'force-cache'})
+                got[url] = r.status
+            }
+            return got
+        }""")
+    finally:
+        context.close()
+    assert read == {"/api/sandbox?limit=200": 401, "/api/api-keys": 401}
+
+
 def test_a_preview_cannot_reach_into_a_dashboard_it_opens(  # noqa: ANN001
         page, server: Server, daytona: Daytona, sandboxes: list) -> None:
     """A sandbox's page at /preview/... (the dashboard's origin) opens the dashboard in

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import socketio
 from fastapi import Depends, FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cove.api import dashboard, errors, logredact, logs, metrics, openapi
 from cove.api.bodylimit import BodyLimit
@@ -152,7 +152,8 @@ def create_app(settings: Settings, *, runtime: HostRuntime | None = None) -> ASG
     dashboard.install(api)
     keyed = KeyBound(_Toolbox(api, toolbox), lambda: holder["services"].auth)
     bounded = BodyLimit(SubprotocolBearer(keyed), MAX_BODY, _is_upload)
-    app = socketio.ASGIApp(events.server, other_asgi_app=bounded, socketio_path="/api/socket.io")
+    app = socketio.ASGIApp(events.server, other_asgi_app=_NoStore(bounded),
+                           socketio_path="/api/socket.io")  # fmt: skip
     return _CollapseSlashes(Observe(PreviewProxy(app, lambda: holder["services"]), telemetry))
 
 
@@ -187,6 +188,29 @@ def _is_upload(path: str) -> bool:
         return True
     return path.startswith("/toolbox/") and path.endswith(("/files/bulk-upload",
                                                            "/files/upload-v2"))
+
+
+class _NoStore:
+    """The answers of the API and the toolbox are never kept in a browser's cache: a
+    sandbox's page at ``/preview/...`` shares the dashboard's origin, and there
+    ``fetch(url, {cache: "force-cache"})`` would read what the dashboard fetched with
+    its key (the organization's sandboxes, keys, files) from the cache, with none."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
+        if scope["type"] != "http" or not scope["path"].startswith(("/api/", "/toolbox/")):
+            return await self.app(scope, receive, send)
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    message = {**message, "headers": [*headers, (b"cache-control", b"no-store")]}
+            await send(message)
+
+        return await self.app(scope, receive, sending)
 
 
 class _CollapseSlashes:

@@ -466,3 +466,17 @@ def test_stalled_previews_of_one_sandbox_block_no_other(
             tasks.cancel_scope.cancel()
 
     client.portal.call(attack)  # type: ignore[union-attr]
+
+
+def test_the_apis_answers_stay_in_no_browser_cache(client: TestClient, sandbox: dict) -> None:
+    """A page of a path-based preview shares the API's origin: what the dashboard
+    fetched with its key, kept in the browser's cache, it would read there with
+    ``fetch(url, {cache: "force-cache"})`` (tests/e2e/test_dashboard.py shows it)."""
+    sid = sandbox["id"]
+    for path in ("/api/sandbox?limit=200", "/api/api-keys", f"/api/sandbox/{sid}",
+                 f"/toolbox/{sid}/files?path=/", "/api/no-such-route"):  # fmt: skip
+        r = client.get(path, headers=AUTH)
+        assert r.headers["cache-control"] == "no-store", path
+    assert client.get("/api/volumes").headers["cache-control"] == "no-store"  # a 401
+    # the dashboard's own files keep theirs
+    assert client.get("/dashboard/").headers.get("cache-control") in ("no-cache", "no-store")
