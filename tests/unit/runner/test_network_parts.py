@@ -204,14 +204,31 @@ EGRESS = Egress(blocked=("10.0.0.0/8", "169.254.0.0/16"), max_connections=100)
 def test_nft_script_per_policy() -> None:
     link = Link("sb-1", "cove-x", "abc", "10.0.0.2", "10.0.0.3")
     open_ = firewall.script(link, NetworkPolicy(), EGRESS)
-    assert "add rule inet cove eg_abc accept" in open_
+    mark = firewall.policy_mark(NetworkPolicy(), EGRESS, ())
+    assert f"add rule inet cove eg_abc ct mark set {mark} accept" in open_
     assert "ip daddr 10.0.0.2 udp dport 53 accept" in open_
-    cidr = firewall.script(link, NetworkPolicy(allow_cidrs=("10.9.0.0/16",)), EGRESS)
+    only = NetworkPolicy(allow_cidrs=("10.9.0.0/16",))
+    cidr = firewall.script(link, only, EGRESS)
+    narrow = firewall.policy_mark(only, EGRESS, ())
     assert "add element inet cove cidr_abc { 10.9.0.0/16 }" in cidr
-    assert "eg_abc ip daddr @cidr_abc accept\nadd rule inet cove eg_abc drop" in cidr
+    assert (f"eg_abc ip daddr @cidr_abc ct mark set {narrow} accept\n"
+            "add rule inet cove eg_abc drop") in cidr  # fmt: skip
     blocked = firewall.script(link, NetworkPolicy(block_all=True, allow_cidrs=("10.9.0.0/16",)),
                               EGRESS)  # fmt: skip
-    assert "eg_abc drop" in blocked and "@cidr_abc accept" not in blocked
+    assert "eg_abc drop" in blocked and "@cidr_abc" not in "".join(_chain(blocked, "eg_abc"))
+
+
+def test_a_connection_carries_the_mark_of_the_policy_that_let_it_out() -> None:
+    """Another policy (or another server's blocks) marks anew; the same one, the same."""
+    policies = [NetworkPolicy(), NetworkPolicy(block_all=True),
+                NetworkPolicy(allow_cidrs=("10.9.0.0/16",)),
+                NetworkPolicy(allow_domains=("a.com",)), NetworkPolicy(allow_domains=("b.com",))]
+    marks = {firewall.policy_mark(p, EGRESS, ()) for p in policies}
+    marks.add(firewall.policy_mark(NetworkPolicy(), Egress(blocked=(), max_connections=100), ()))
+    marks.add(firewall.policy_mark(NetworkPolicy(), EGRESS, (("10.0.0.5", "cvdef"),)))
+    assert len(marks) == len(policies) + 2 and 0 not in marks
+    assert firewall.policy_mark(NetworkPolicy(), EGRESS, ()) == firewall.policy_mark(
+        NetworkPolicy(), Egress(blocked=EGRESS.blocked, max_connections=7), ())
 
 
 def _chain(script: str, chain: str) -> list[str]:
@@ -222,17 +239,19 @@ def _chain(script: str, chain: str) -> list[str]:
 def test_nft_egress_limits_come_before_the_policy() -> None:
     link = Link("sb-1", "cove-x", "abc", "10.0.0.2", "10.0.0.3")
     script = firewall.script(link, NetworkPolicy(allow_domains=("a.com",)), EGRESS)
+    mark = firewall.policy_mark(NetworkPolicy(allow_domains=("a.com",)), EGRESS, ())
     assert "add element inet cove block_cove_x { 10.0.0.0/8, 169.254.0.0/16 }" in script
     cap = "ct state new add @conn_abc { ip saddr ct count over 100 } reject"
     assert _chain(script, "eg_abc") == [
         "ip saddr != 10.0.0.3 drop",  # anti-spoofing first
         "meta nfproto ipv6 drop",
-        "ct state established,related accept",
+        "ct state established,related ct direction reply accept",
+        f"ct state established,related ct mark {mark} accept",  # else checked again
         "ct state invalid drop",
         'oifname "cv*" drop',
         "ip daddr @block_cove_x drop",  # before any allow-list, DNS-learnt addresses too
         cap,
-        "ip daddr @dns_abc accept",
+        f"ip daddr @dns_abc ct mark set {mark} accept",
         "drop",
     ]
     dns = "ip daddr 10.0.0.2 udp dport 53"
@@ -279,7 +298,8 @@ def test_a_linked_sandbox_reaches_only_its_owners_address() -> None:
     link = Link("sb-1", "cove-x", "abc", "10.0.0.2", "10.0.0.3")
     peers = (("10.0.0.5", "cvdef"),)
     rules = _chain(firewall.script(link, NetworkPolicy(block_all=True), EGRESS, peers), "eg_abc")
-    owner = 'ip daddr 10.0.0.5 oifname "cvdef" accept'  # that address through its veth only
+    mark = firewall.policy_mark(NetworkPolicy(block_all=True), EGRESS, peers)
+    owner = f'ip daddr 10.0.0.5 oifname "cvdef" ct mark set {mark} accept'  # its veth only
     assert rules.index("ct state invalid drop") < rules.index(owner) < rules.index(
         'oifname "cv*" drop') < rules.index("ip daddr @block_cove_x drop")
     # without a peer, no such rule: a policy change never keeps an old link

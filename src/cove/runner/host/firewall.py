@@ -19,12 +19,15 @@ Per sandbox (``<key>`` is its veth suffix; every chain and set carries the
 comment ``"<tag> <sandbox id>"`` so leftovers can be found after a crash)::
 
     eg_<key>   source is not the sandbox's address: drop (anti-spoofing); IPv6 drop;
-               established accept; invalid (untracked, so never NATed) drop;
+               replies (to a linked sandbox) accept; established with the policy's
+               mark (see policy_mark) accept, else checked again below;
+               invalid (untracked, so never NATed) drop;
                to its linked owner (its address through its veth) accept;
                to another sandbox drop;
                to @block_<t> drop;
                a new connection past the cap (@conn_<key>): reject;
                then the policy: accept all | drop all | @cidr_<key> / @dns_<key> accept, drop
+               (each accept marks the connection with the policy's mark)
     in_<key>   anti-spoofing; established accept; DNS to its own host-side address
                (within the cap) accept; drop
     cidr_<key> the networkAllowList ranges
@@ -39,6 +42,7 @@ comment ``"<tag> <sandbox id>"`` so leftovers can be found after a crash)::
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import threading
@@ -229,16 +233,19 @@ def _rules(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer,
     eg, in_ = f"add rule {TABLE} eg_{k}", f"add rule {TABLE} in_{k}"
     cap = f"ct state new add @conn_{k} {{ ip saddr ct count over {egress.max_connections} }}"
     dns = f"ip daddr {link.host} udp dport 53"
+    mark = policy_mark(policy, egress, peers)
+    accept = f"ct mark set {mark} accept"
     return [
         f"{eg} ip saddr != {link.guest} drop",
         f"{eg} meta nfproto ipv6 drop",
-        f"{eg} ct state established,related accept",
+        f"{eg} ct state established,related ct direction reply accept",  # (to a linked one)
+        f"{eg} ct state established,related ct mark {mark} accept",
         f"{eg} ct state invalid drop",  # untracked: would leave un-NATed
-        *(f'{eg} ip daddr {ip} oifname "{veth}" accept' for ip, veth in peers),  # its owner
+        *(f'{eg} ip daddr {ip} oifname "{veth}" {accept}' for ip, veth in peers),  # its owner
         f'{eg} oifname "{VETH_PREFIX}*" drop',
         f"{eg} ip daddr @{block_set(link.tag)} drop",
         f"{eg} {cap} reject",
-        *_verdicts(eg, k, policy),
+        *_verdicts(eg, k, policy, accept),
         f"{in_} ip saddr != {link.guest} drop",
         f"{in_} ct state established,related accept",
         f"{in_} {dns} {cap} reject",
@@ -247,17 +254,31 @@ def _rules(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer,
     ]
 
 
-def _verdicts(eg: str, k: str, policy: NetworkPolicy) -> list[str]:
+def _verdicts(eg: str, k: str, policy: NetworkPolicy, accept: str) -> list[str]:
     if policy.block_all:
         return [f"{eg} drop"]
     if not policy.restricted:
-        return [f"{eg} accept"]
+        return [f"{eg} {accept}"]
     rules = []
     if policy.allow_cidrs:
-        rules.append(f"{eg} ip daddr @cidr_{k} accept")
+        rules.append(f"{eg} ip daddr @cidr_{k} {accept}")
     if policy.allow_domains:
-        rules.append(f"{eg} ip daddr @dns_{k} accept")
+        rules.append(f"{eg} ip daddr @dns_{k} {accept}")
     return [*rules, f"{eg} drop"]
+
+
+def policy_mark(policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...]) -> int:
+    """The conntrack mark of the connections ``policy`` let out (never 0, the mark of a
+    connection no rule marked). A connection's packets pass at once while it carries
+    the mark of the rules in place; one opened under other rules (a policy since
+    narrowed: block-all set on a sandbox holding a connection to its own server) is
+    checked again, packet by packet, and marked anew if they still let it out. The same
+    policy gives the same mark (a restart re-applying it cuts nothing), and a name of an
+    allow-list whose addresses expired from the set does not cut what it opened. (Another
+    program of the host marking these connections would only have them checked again.)"""
+    what = repr((policy.block_all, policy.allow_cidrs, policy.allow_domains, egress.blocked,
+                 peers)).encode()  # fmt: skip
+    return int.from_bytes(hashlib.sha256(what).digest()[:4], "big") or 1
 
 
 def allow_addresses(link: Link, addresses: list[tuple[str, int]]) -> None:
