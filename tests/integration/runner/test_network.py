@@ -125,6 +125,22 @@ def test_domain_allow_list_is_per_sandbox(runtime: OciRuntime, make_sandbox: San
     assert not reaches(runtime, b, f"http://{R1}:8080/")  # b resolved nothing
 
 
+def test_a_name_taken_off_the_allow_list_is_closed_at_once(
+    runtime: OciRuntime, make_sandbox: SandboxFactory, remotes,
+) -> None:  # fmt: skip
+    """The addresses a name resolved to stay allowed for its TTL (min 90 s) while it is
+    listed; once it is not, they are closed (a TTL of a day would keep it open a day)."""
+    sid = make_sandbox(network=NetworkPolicy(allow_domains=("remote.test",))).sandbox_id
+    assert reaches(runtime, sid, "http://remote.test:8080/")
+    both = NetworkPolicy(allow_domains=("remote.test", "other.test"))
+    runtime.set_network(sid, both)  # a name added: what the others opened stays open
+    assert reaches(runtime, sid, f"http://{R1}:8080/")
+    runtime.set_network(sid, NetworkPolicy(allow_domains=("other.test",)))
+    assert not reaches(runtime, sid, f"http://{R1}:8080/")
+    assert reaches(runtime, sid, "http://other.test:8080/")
+    assert resolves(runtime, sid, "remote.test") == ""
+
+
 SMUGGLE = """
 import socket, struct
 def question(name):

@@ -216,6 +216,9 @@ def test_nft_script_per_policy() -> None:
     blocked = firewall.script(link, NetworkPolicy(block_all=True, allow_cidrs=("10.9.0.0/16",)),
                               EGRESS)  # fmt: skip
     assert "eg_abc drop" in blocked and "@cidr_abc" not in "".join(_chain(blocked, "eg_abc"))
+    names = NetworkPolicy(allow_domains=("a.com",))
+    assert "flush set inet cove dns_abc" not in firewall.script(link, names, EGRESS)
+    assert "flush set inet cove dns_abc" in firewall.script(link, names, EGRESS, forget=True)
 
 
 def test_a_connection_carries_the_mark_of_the_policy_that_let_it_out() -> None:

@@ -134,6 +134,12 @@ class DnsForwarder:
             self._sel.unregister(view.sock)
             view.sock.close()
 
+    def policy(self, sandbox_id: str) -> NetworkPolicy | None:
+        """The policy the sandbox's queries are answered under (None: not served)."""
+        with self._lock:
+            view = self._views.get(sandbox_id)
+            return view.policy if view is not None else None
+
     def serving(self, sandbox_id: str) -> bool:
         with self._lock:
             return sandbox_id in self._views

@@ -132,14 +132,16 @@ def _host_lock() -> Iterator[None]:
 Peer = tuple[str, str]  # a linked owner's (address, host-side veth name)
 
 
-def apply(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...] = ()) -> None:
+def apply(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...] = (), *,
+          forget: bool = False) -> None:  # fmt: skip
     """Install (or atomically replace) the rules of one sandbox; it may open connections
-    to ``peers`` (its linked owner: that address through that veth only).
+    to ``peers`` (its linked owner: that address through that veth only). ``forget``
+    empties its set of resolved addresses (else kept while it has an allowed name).
 
     Raises:
         RuntimeBackendError: nft refused them.
     """
-    _APPLIES.submit(script(link, policy, egress, peers))
+    _APPLIES.submit(script(link, policy, egress, peers, forget=forget))
 
 
 class _GroupCommit:
@@ -194,8 +196,10 @@ def _install(batch: list[tuple[str, Future[None]]]) -> None:
 _APPLIES = _GroupCommit(_install)
 
 
-def script(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...] = ()) -> str:
-    """The nft script that installs ``link``'s rules for ``policy`` in one transaction."""
+def script(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...] = (), *,
+           forget: bool = False) -> str:  # fmt: skip
+    """The nft script that installs ``link``'s rules for ``policy`` in one transaction
+    (``forget``: see ``apply``)."""
     k, c = link.key, f'comment "{link.comment}"'
     block, intervals = block_set(link.tag), "type ipv4_addr ; flags interval ; auto-merge"
     lines = [
@@ -216,7 +220,7 @@ def script(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer,
     cidrs = [c for c in policy.allow_cidrs if ":" not in c]
     if cidrs:
         lines.append(f"add element {TABLE} cidr_{k} {{ {', '.join(cidrs)} }}")
-    if not policy.allow_domains:
+    if forget or not policy.allow_domains:
         lines.append(f"flush set {TABLE} dns_{k}")
     lines += _rules(link, policy, egress, peers)
     lines += [

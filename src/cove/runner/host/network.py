@@ -97,11 +97,16 @@ class Network:
 
     def apply(self, sandbox_id: str, link: Link, policy: NetworkPolicy) -> None:
         """Install the rules for ``policy`` (under the server's egress limits), turn on
-        strict reverse-path filtering on the veth and (re)attach the DNS forwarder."""
+        strict reverse-path filtering on the veth and (re)attach the DNS forwarder.
+
+        The addresses its allowed names resolved to are forgotten when a name it served
+        them for is no longer allowed (they would stay open for their TTL)."""
         peers = self._peers(policy)
         hosts = {name: peer.guest for name, peer in peers.items()}
+        before = self.dns.policy(sandbox_id)
+        forget = before is not None and not set(before.allow_domains) <= set(policy.allow_domains)
         firewall.apply(link, policy, self._egress,
-                       tuple((peer.guest, peer.veth) for peer in peers.values()))
+                       tuple((peer.guest, peer.veth) for peer in peers.values()), forget=forget)
         strict_rp_filter(link.veth)
         self.dns.serve(
             sandbox_id, link.host, policy, lambda found: firewall.allow_addresses(link, found),
