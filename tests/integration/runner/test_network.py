@@ -8,7 +8,7 @@ import socket
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,7 +17,7 @@ from cove.core.ports import NetworkPolicy
 from cove.runner.host.network import data_tag
 from cove.runner.oci.runtime import OciRuntime
 from tests.integration.conftest import SandboxFactory
-from tests.integration.runner.util import ok, sh
+from tests.integration.runner.util import link, ok, sh
 from tests.nettools import R1, R1_NET, R2, R2_NET, FakeDns, Remote, nft_table
 
 pytestmark = pytest.mark.integration
@@ -74,13 +74,15 @@ except OSError as exc:
 """
 
 
-def _after_change(runtime: OciRuntime, sid: str, target: str, policy: NetworkPolicy) -> str:
-    """Open a connection to ``target``:8080, set ``policy``, then send a request on it;
-    returns what came back ("failed ..." when nothing did)."""
+def _after_change(runtime: OciRuntime, sid: str, target: str, policy: NetworkPolicy,
+                  meanwhile: Callable[[], object] = lambda: None) -> str:  # fmt: skip
+    """Open a connection to ``target``:8080, call ``meanwhile``, set ``policy``, then send
+    a request on it; returns what came back ("failed ..." when nothing did)."""
     tag = uuid.uuid4().hex[:8]
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(sh, runtime, sid, f"python3 -c '{HOLD}' {target} {tag}", timeout=60)
         ok(runtime, sid, f"until [ -e /tmp/held-{tag} ]; do sleep 0.05; done")
+        meanwhile()
         runtime.set_network(sid, policy)
         ok(runtime, sid, f"touch /tmp/go-{tag}")
         return held.result().stdout.decode()
@@ -139,6 +141,14 @@ def test_a_name_taken_off_the_allow_list_is_closed_at_once(
     assert not reaches(runtime, sid, f"http://{R1}:8080/")
     assert reaches(runtime, sid, "http://other.test:8080/")
     assert resolves(runtime, sid, "remote.test") == ""
+    # a connection it opened: on while its name is listed (even once its addresses
+    # expired from the set), cut once it is not
+    runtime.set_network(sid, NetworkPolicy(allow_domains=("remote.test",)))
+    expire = lambda: subprocess.run(  # noqa: E731
+        ["nft", "flush", "set", "inet", "cove", link(runtime, sid).dns_set], check=True)
+    assert f"remote {R1} /" in _after_change(runtime, sid, "remote.test", both, expire)
+    gone = NetworkPolicy(allow_domains=("other.test",))
+    assert "failed" in _after_change(runtime, sid, "remote.test", gone)
 
 
 SMUGGLE = """

@@ -234,6 +234,21 @@ def test_a_connection_carries_the_mark_of_the_policy_that_let_it_out() -> None:
         NetworkPolicy(), Egress(blocked=EGRESS.blocked, max_connections=7), ())
 
 
+def test_a_policy_widens_another_when_it_lets_out_all_it_did() -> None:
+    """(Then the connections open keep their mark: see Network.apply.)"""
+    P, a, b = NetworkPolicy, ("a.com",), ("a.com", "b.com")
+    cidr = ("10.9.0.0/16",)
+    assert firewall.widens(P(allow_domains=b), P(allow_domains=a))
+    assert firewall.widens(P(allow_cidrs=cidr, allow_domains=a), P(allow_cidrs=cidr))
+    assert firewall.widens(P(), P(allow_cidrs=cidr)) and firewall.widens(P(), P())
+    assert firewall.widens(P(allow_domains=a), P(block_all=True))
+    assert not firewall.widens(P(allow_domains=a), P(allow_domains=b))
+    assert not firewall.widens(P(allow_domains=a), P(allow_cidrs=cidr))
+    assert not firewall.widens(P(allow_domains=a), P())
+    assert not firewall.widens(P(block_all=True), P(allow_domains=a))
+    assert not firewall.widens(P(), P(peers=(("o", "sb-0"),)))
+
+
 def _chain(script: str, chain: str) -> list[str]:
     prefix = f"add rule inet cove {chain} "
     return [line[len(prefix):] for line in script.splitlines() if line.startswith(prefix)]

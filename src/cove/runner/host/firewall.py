@@ -133,15 +133,16 @@ Peer = tuple[str, str]  # a linked owner's (address, host-side veth name)
 
 
 def apply(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...] = (), *,
-          forget: bool = False) -> None:  # fmt: skip
+          forget: bool = False, mark: int | None = None) -> None:  # fmt: skip
     """Install (or atomically replace) the rules of one sandbox; it may open connections
     to ``peers`` (its linked owner: that address through that veth only). ``forget``
-    empties its set of resolved addresses (else kept while it has an allowed name).
+    empties its set of resolved addresses (else kept while it has an allowed name);
+    ``mark``: the connection mark (default: ``policy_mark``).
 
     Raises:
         RuntimeBackendError: nft refused them.
     """
-    _APPLIES.submit(script(link, policy, egress, peers, forget=forget))
+    _APPLIES.submit(script(link, policy, egress, peers, forget=forget, mark=mark))
 
 
 class _GroupCommit:
@@ -197,9 +198,9 @@ _APPLIES = _GroupCommit(_install)
 
 
 def script(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...] = (), *,
-           forget: bool = False) -> str:  # fmt: skip
+           forget: bool = False, mark: int | None = None) -> str:  # fmt: skip
     """The nft script that installs ``link``'s rules for ``policy`` in one transaction
-    (``forget``: see ``apply``)."""
+    (``forget``, ``mark``: see ``apply``)."""
     k, c = link.key, f'comment "{link.comment}"'
     block, intervals = block_set(link.tag), "type ipv4_addr ; flags interval ; auto-merge"
     lines = [
@@ -222,7 +223,7 @@ def script(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer,
         lines.append(f"add element {TABLE} cidr_{k} {{ {', '.join(cidrs)} }}")
     if forget or not policy.allow_domains:
         lines.append(f"flush set {TABLE} dns_{k}")
-    lines += _rules(link, policy, egress, peers)
+    lines += _rules(link, policy, egress, peers, mark or policy_mark(policy, egress, peers))
     lines += [
         f'add element {TABLE} egress {{ "{link.veth}" : jump eg_{k} }}',
         f'add element {TABLE} ingress {{ "{link.veth}" : jump in_{k} }}',
@@ -231,13 +232,13 @@ def script(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer,
     return "\n".join(lines) + "\n"
 
 
-def _rules(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...]) -> list[str]:
+def _rules(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...],
+           mark: int) -> list[str]:  # fmt: skip
     """The rules of the sandbox's two chains: the server's limits, then its policy."""
     k = link.key
     eg, in_ = f"add rule {TABLE} eg_{k}", f"add rule {TABLE} in_{k}"
     cap = f"ct state new add @conn_{k} {{ ip saddr ct count over {egress.max_connections} }}"
     dns = f"ip daddr {link.host} udp dport 53"
-    mark = policy_mark(policy, egress, peers)
     accept = f"ct mark set {mark} accept"
     return [
         f"{eg} ip saddr != {link.guest} drop",
@@ -283,6 +284,19 @@ def policy_mark(policy: NetworkPolicy, egress: Egress, peers: tuple[Peer, ...]) 
     what = repr((policy.block_all, policy.allow_cidrs, policy.allow_domains, egress.blocked,
                  peers)).encode()  # fmt: skip
     return int.from_bytes(hashlib.sha256(what).digest()[:4], "big") or 1
+
+
+def widens(policy: NetworkPolicy, before: NetworkPolicy) -> bool:
+    """Whether ``policy`` lets out everything ``before`` did (judged by its entries: a
+    CIDR list counts as wider only when it keeps every entry)."""
+    if policy.peers != before.peers:
+        return False
+    if before.block_all or not policy.restricted:
+        return True
+    if policy.block_all or not before.restricted:
+        return False
+    return (set(before.allow_cidrs) <= set(policy.allow_cidrs)
+            and set(before.allow_domains) <= set(policy.allow_domains))  # fmt: skip
 
 
 def allow_addresses(link: Link, addresses: list[tuple[str, int]]) -> None:

@@ -56,6 +56,7 @@ class Network:
         self._alloc = threading.Lock()
         self._taken: set[int] | None = None  # leased indexes (a superset, see lease)
         self._dns: DnsForwarder | None = None
+        self._marks: dict[str, int] = {}  # each running sandbox's connection mark
         blocked = tuple(str(net) for net in blocked_ranges(settings))
         self._egress = Egress(blocked=blocked, max_connections=settings.max_connections)
 
@@ -100,13 +101,19 @@ class Network:
         strict reverse-path filtering on the veth and (re)attach the DNS forwarder.
 
         The addresses its allowed names resolved to are forgotten when a name it served
-        them for is no longer allowed (they would stay open for their TTL)."""
+        them for is no longer allowed (they would stay open for their TTL). A policy that
+        lets out all the one before it did keeps that one's connection mark (see
+        ``firewall.policy_mark``): a name added to the list does not have the connections
+        already open checked again (one whose name's addresses expired would be cut)."""
         peers = self._peers(policy)
         hosts = {name: peer.guest for name, peer in peers.items()}
+        owners = tuple((peer.guest, peer.veth) for peer in peers.values())
         before = self.dns.policy(sandbox_id)
         forget = before is not None and not set(before.allow_domains) <= set(policy.allow_domains)
-        firewall.apply(link, policy, self._egress,
-                       tuple((peer.guest, peer.veth) for peer in peers.values()), forget=forget)
+        kept = self._marks.get(sandbox_id) if before and firewall.widens(policy, before) else None
+        mark = kept or firewall.policy_mark(policy, self._egress, owners)
+        firewall.apply(link, policy, self._egress, owners, forget=forget, mark=mark)
+        self._marks[sandbox_id] = mark
         strict_rp_filter(link.veth)
         self.dns.serve(
             sandbox_id, link.host, policy, lambda found: firewall.allow_addresses(link, found),
@@ -126,6 +133,7 @@ class Network:
     def down(self, paths: SandboxPaths) -> None:
         """Remove the DNS listener, rules, veth and netns of the sandbox (idempotent)."""
         sandbox_id = paths.root.name
+        self._marks.pop(sandbox_id, None)
         if self._dns is not None:
             self._dns.close(sandbox_id)
         self._remove_rules(paths)
