@@ -77,6 +77,35 @@ def test_host_addresses_are_unreachable(runtime: OciRuntime, make_sandbox: Sandb
     assert py(runtime, a, _DNS_QUERY, link(runtime, b).host, "x.test").strip() == "dropped"
 
 
+def test_dns_reaches_no_other_server_of_the_host(runtime: OciRuntime,
+                                                 make_sandbox: SandboxFactory) -> None:  # fmt: skip
+    """While Cove's forwarder does not listen for a sandbox (its server stopped or
+    restarting, the sandbox running on), the sandbox's queries to its host-side address
+    reach no DNS server of the host listening on every address: it would answer them
+    whatever the sandbox's policy (a block-all sandbox's names, leaking out)."""
+    sid = make_sandbox(network=NetworkPolicy(block_all=True)).sandbox_id
+    host = link(runtime, sid).host
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rogue:
+        rogue.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        rogue.bind(("0.0.0.0", 53))
+        threading.Thread(target=_answer_all, args=(rogue,), daemon=True).start()
+        assert runtime._net is not None
+        runtime._net.dns.close(sid)  # (as a server that is down)
+        assert py(runtime, sid, _DNS_QUERY, host, "x.test").strip() == "dropped"
+        runtime.set_network(sid, NetworkPolicy(block_all=True))  # the forwarder is back
+        assert py(runtime, sid, _DNS_QUERY, host, "x.test").strip() == "answered"
+
+
+def _answer_all(sock: socket.socket) -> None:
+    """Answer every query on ``sock`` (with no records) until it is closed."""
+    try:
+        while True:
+            query, peer = sock.recvfrom(4096)
+            sock.sendto(query[:2] + b"\x81\x80" + query[4:], peer)
+    except OSError:
+        return
+
+
 def test_no_ipv6_to_the_host(runtime: OciRuntime, make_sandbox: SandboxFactory) -> None:
     """IPv6 needs no route on a link: the host side of the veth has a link-local
     address, and a dual-stack service there must still be out of reach."""

@@ -206,7 +206,7 @@ def test_nft_script_per_policy() -> None:
     open_ = firewall.script(link, NetworkPolicy(), EGRESS)
     mark = firewall.policy_mark(NetworkPolicy(), EGRESS, ())
     assert f"add rule inet cove eg_abc ct mark set {mark} accept" in open_
-    assert "ip daddr 10.0.0.2 udp dport 53 accept" in open_
+    assert "ip daddr 10.0.0.2 udp dport 53 socket wildcard 0 accept" in open_
     only = NetworkPolicy(allow_cidrs=("10.9.0.0/16",))
     cidr = firewall.script(link, only, EGRESS)
     narrow = firewall.policy_mark(only, EGRESS, ())
@@ -275,7 +275,7 @@ def test_nft_egress_limits_come_before_the_policy() -> None:
     dns = "ip daddr 10.0.0.2 udp dport 53"
     assert _chain(script, "in_abc") == [
         "ip saddr != 10.0.0.3 drop", "ct state established,related accept",
-        f"{dns} {cap}", f"{dns} accept", "drop",
+        f"{dns} {cap}", f"{dns} socket wildcard 0 accept", "drop",
     ]  # fmt: skip
     assert "flush set inet cove conn_abc" not in script  # a policy change keeps the count
     none = firewall.script(link, NetworkPolicy(), Egress(blocked=(), max_connections=1))

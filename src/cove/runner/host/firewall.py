@@ -29,7 +29,9 @@ comment ``"<tag> <sandbox id>"`` so leftovers can be found after a crash)::
                then the policy: accept all | drop all | @cidr_<key> / @dns_<key> accept, drop
                (each accept marks the connection with the policy's mark)
     in_<key>   anti-spoofing; established accept; DNS to its own host-side address
-               (within the cap) accept; drop
+               (within the cap) accept when a socket bound to that address takes it
+               (Cove's forwarder: not one bound to every address of the host, which
+               would answer whatever the policy while the forwarder is down); drop
     cidr_<key> the networkAllowList ranges
     dns_<key>  addresses Cove's DNS forwarder resolved for that sandbox's allowed
                names, each with a timeout at least as long as its record's TTL
@@ -254,7 +256,7 @@ def _rules(link: Link, policy: NetworkPolicy, egress: Egress, peers: tuple[Peer,
         f"{in_} ip saddr != {link.guest} drop",
         f"{in_} ct state established,related accept",
         f"{in_} {dns} {cap} reject",
-        f"{in_} {dns} accept",
+        f"{in_} {dns} socket wildcard 0 accept",  # Cove's forwarder, not a host's server
         f"{in_} drop",
     ]
 
