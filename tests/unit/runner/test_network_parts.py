@@ -10,6 +10,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,6 +189,44 @@ def test_sandboxes_flooding_share_the_forwarders_bound_with_the_others(
         assert dns.a_records(_ask(other, _query("fast.test"))) == [("198.18.0.10", 5)]
         assert sorted(forwarder.in_flight(sb) for sb in floods) == [4, 5]
         assert forwarder.in_flight("sb-other") == 0
+
+
+class Late(FakeDns):
+    """FakeDns holding its answers until ``go`` is set (the tenant's own name server,
+    answering when it likes)."""
+
+    def __init__(self, records: dict[str, str], ttl: int) -> None:
+        self.asked, self.go = threading.Event(), threading.Event()
+        super().__init__(records, ttl)
+
+    def _answer(self, q: bytes) -> bytes:
+        self.asked.set()
+        self.go.wait(20)
+        return super()._answer(q)
+
+
+def test_a_late_answer_opens_nothing_the_policy_no_longer_allows() -> None:
+    """A query forwarded under one policy and answered after the sandbox got an allow-list
+    without its name: its addresses are not allowed (they would stay open for the TTL the
+    tenant's server gives them), and the sandbox gets the new policy's answer."""
+    late = Late({"x.late.test": "198.18.0.66"}, ttl=86400)
+    fwd = dns.DnsForwarder([("127.0.0.1", late.port)])
+    allowed: list = []
+    try:
+        address = _listen(fwd, "sb-late", NetworkPolicy(), allowed.extend)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(20)
+            s.sendto(_query("x.late.test"), (address, 53))
+            assert late.asked.wait(20)
+            fwd.serve("sb-late", address, NetworkPolicy(allow_domains=("ok.test",)),
+                      allowed.extend)  # fmt: skip
+            late.go.set()
+            reply = s.recv(4096)
+        assert reply[3] & 15 == dns.NXDOMAIN and not dns.a_records(reply)
+        assert allowed == []
+    finally:
+        fwd.stop()
+        late.close()
 
 
 def test_upstreams(tmp_path) -> None:  # noqa: ANN001

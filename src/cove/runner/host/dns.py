@@ -9,6 +9,9 @@ unless the sandbox's policy says otherwise:
   in an allowed answer are handed to ``on_resolved`` (which adds them to that
   sandbox's nft set) *before* the answer is sent back.
 
+An answer is checked again against the policy in force when it comes back (a query
+forwarded before the sandbox got an allow-list without its name opens nothing).
+
 One thread receives, decides and forwards (never waiting on an upstream); a
 small pool updates allow-lists.
 """
@@ -242,6 +245,12 @@ class DnsForwarder:
         if answer[:2] != pending.query[:2]:
             return  # not its answer: wait on
         self._drop(pending)
+        view = pending.view
+        now = decide(view.policy, pending.query, view.hosts)  # (its policy may have changed)
+        if now is not FORWARD:  # its name is no longer let through: nor its addresses
+            refused = error_reply(pending.query, REFUSED)
+            self._done(view, now if isinstance(now, bytes) else refused, pending.peer)
+            return
         if not pending.view.policy.allow_domains:
             self._done(pending.view, answer, pending.peer)
             return
