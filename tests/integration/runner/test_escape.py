@@ -26,7 +26,7 @@ from cove.runner.layout import SandboxPaths
 from cove.runner.oci.runtime import OciRuntime
 from cove.runner.storage.volumes import VolumeDir
 from tests.integration.conftest import SandboxFactory
-from tests.integration.runner.test_agent import agent_host_pid
+from tests.integration.runner.test_agent import _ask_again, agent_host_pid, kill_agent
 from tests.integration.runner.util import (
     both_tiers,
     init_pid,
@@ -239,6 +239,54 @@ def test_a_waiting_spare_cannot_be_killed_traced_or_read(
     assert verdict == "all refused", out
     assert agent_host_pid(runtime, sid) == before
     assert ok(runtime, sid, "echo still served").strip() == "still served"
+
+
+# Code planted where the agent and init find what they run: the agent starts its
+# spare (``/dev/.cove/init``) for every command and imports from ``/dev/.cove/pkg``;
+# init starts the agent again from ``/dev/.cove/py`` (after a crash or an idle exit).
+# Each planted module records that it ran, then gives the importer the real one.
+PLANT = r"""
+proof=/tmp/agent-ran-planted-code
+plant() {
+  for m in json secrets tempfile hashlib; do
+    cat > "$1/$m.py" <<END
+import importlib, os, sys
+with open("$proof", "a") as f:
+    f.write("%s %d\n" % (__name__, os.getuid()))
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p) != here]
+del sys.modules[__name__]
+sys.modules[__name__] = importlib.import_module(__name__)
+END
+  done
+}
+plant /dev/.cove/pkg
+plant /dev/.cove
+mkdir -p /dev/.cove-fake/pkg && plant /dev/.cove-fake/pkg &&
+  ln -s /dev/.cove-real/py /dev/.cove-fake/py &&
+  ln -s /dev/.cove-real/pkg/toolbox /dev/.cove-fake/pkg/toolbox &&
+  printf '#!/bin/sh\necho "init $(id -u)" >> %s\nexec /dev/.cove-real/init "$@"\n' "$proof" \
+    > /dev/.cove-fake/init && chmod 755 /dev/.cove-fake/init &&
+  mv /dev/.cove /dev/.cove-real && mv /dev/.cove-fake /dev/.cove
+true
+"""
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_nothing_planted_in_the_agents_directory_runs_as_the_agent(
+    runtime: OciRuntime, make_sandbox: SandboxFactory, user: str
+) -> None:
+    """The sandbox plants modules in ``/dev/.cove`` and its ``pkg``, and (root) puts
+    a ``/dev/.cove`` of its own in place (its ``init`` a wrapper of the real one):
+    neither the agent's commands nor an agent init starts again run any of it."""
+    sid = make_sandbox().sandbox_id
+    sh(runtime, sid, PLANT, user=user)  # (as far as the sandbox may: nothing, here)
+    for _ in range(3):  # (each command takes the waiting spare and starts the next)
+        ok(runtime, sid, "true", user=user)
+    kill_agent(runtime, sid)  # (as a crash or an idle exit: init starts the agent again)
+    assert "ok" in _ask_again(runtime, sid, {"op": "no-such-op"})
+    ok(runtime, sid, "true", user=user)
+    assert ok(runtime, sid, "cat /tmp/agent-ran-planted-code 2>/dev/null || true") == ""
 
 
 SQUAT = """

@@ -162,7 +162,7 @@ def test_a_sandboxs_host_uid_cannot_change_its_view(
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.stdout.split() == [str(errno.EACCES)] * 2
     assert sorted(p.name for p in view.iterdir()) == sorted(
-        ["rootfs", "init", "etc", "chan", "ro-0", "ro-1", "ro-2"])
+        ["rootfs", "init", "cove", "etc", "chan", "ro-0", "ro-1", "ro-2"])
 
 
 # Run in a sandbox: which of the given paths open, which marker names a walk of the

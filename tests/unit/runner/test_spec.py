@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from cove.core.config import Settings
 from cove.core.ports import ContainerSpec, Resources
-from cove.runner.oci import seccomp, spec
+from cove.runner.oci import agent_setup, gvisor, initbin, pyrt, seccomp, spec
 
 INIT = Path("/data/lib/cove-init-abc")
+COVE_DIR = Path("/data/lib/cove-dir-abc")
 ETC = Path("/data/sandboxes/sb1/mnt/disk/etc")
 USERNS = Path("/data/sandboxes/sb1/ns/user")
-PARTS = spec.HostParts(init_binary=INIT, etc_dir=ETC, userns=USERNS, agent_uid=65536,
-                       group="cove/sb1")
+PARTS = spec.HostParts(init_binary=INIT, cove_dir=COVE_DIR, etc_dir=ETC, userns=USERNS,
+                       agent_uid=65536, group="cove/sb1")
 
 
 @pytest.fixture
@@ -105,7 +107,8 @@ def test_resources_are_pure(tmp_path: Path) -> None:
 def test_service_and_read_only_binds(tmp_path: Path) -> None:
     box = ContainerSpec(sandbox_id="sb2", hostname="h", snapshot="s", resources=Resources(1, 1, 1))
     parts = spec.HostParts(
-        init_binary=INIT, etc_dir=ETC, userns=USERNS, agent_uid=65536, group="cove/sb2",
+        init_binary=INIT, cove_dir=COVE_DIR, etc_dir=ETC, userns=USERNS, agent_uid=65536,
+        group="cove/sb2",
         netns=Path("/data/sandboxes/sb2/netns"), resolv=True,
         service=["/dev/.cove/py/bin/python3", "-m", "agent"],
         ro_binds={"/dev/.cove/py": Path("/data/lib/pyrt")},
@@ -145,3 +148,34 @@ def test_the_held_variables_are_inits() -> None:
     array = source[source.index("loader_vars[] = {"):].split("};")[0]
     names = [part.split('"')[1] for part in array.split(",") if '"' in part]
     assert tuple(names) == spec.LOADER_VARS
+
+
+def test_cove_dir_is_a_read_only_bind_under_everything_bound_in_it(config: dict) -> None:
+    """What the host binds in /dev/.cove lands on the mount points of a read-only
+    host directory, mounted first: no entry of it is the sandbox's to rename or add."""
+    destinations = [m["destination"] for m in config["mounts"]]
+    first = destinations.index(spec.COVE_DIR)
+    cove = config["mounts"][first]
+    assert cove["source"] == str(COVE_DIR)
+    assert {"bind", "ro", "nosuid", "nodev"} <= set(cove["options"])
+    inside = [d for d in destinations if d.startswith(spec.COVE_DIR + "/")]
+    assert inside and all(destinations.index(d) > first for d in inside)
+    bound = {spec.INIT_PATH: False, pyrt.MOUNT: True, agent_setup.PKG_MOUNT: True,
+             gvisor.CHAN_MOUNT: True, gvisor.SECCOMP_MOUNT: False}  # fmt: skip
+    assert {d.removeprefix(spec.COVE_DIR + "/"): is_dir for d, is_dir in bound.items()
+            } == {k: v for k, v in spec.COVE_ENTRIES.items() if k != "pkg"}  # fmt: skip
+
+
+def test_cove_dir_holds_the_mount_points_only(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        made = initbin.ensure_cove_dir(tmp_path)
+    finally:
+        os.umask(old)
+    assert initbin.ensure_cove_dir(tmp_path) == made
+    found = {str(p.relative_to(made)): p for p in made.rglob("*")}
+    assert {name: p.is_dir() for name, p in found.items()} == spec.COVE_ENTRIES
+    for p in (made, *found.values()):
+        assert p.stat().st_mode & 0o777 == (0o755 if p.is_dir() else 0o644)
+        assert p.stat().st_size == 0 or p.is_dir()
+    assert [p.name for p in made.parent.iterdir()] == [made.name]  # (no leftover)

@@ -54,6 +54,7 @@ class Helpers:
 
     init: Path  # cove-init
     nsexec: Path  # cove-nsexec
+    cove_dir: Path  # the mount points of /dev/.cove (``initbin.ensure_cove_dir``)
 
 
 def stop_container(crun: Crun, container_id: str, grace: float) -> None:
@@ -114,7 +115,8 @@ def _run(
         idle = settings.agent_idle_seconds
         service = _service(agent, delegation, first_fd=spec.GO_FD, idle=idle) if agent else ()
         parts = spec.HostParts(
-            init_binary=helpers.init, etc_dir=paths.mapped_disk / "etc", userns=paths.userns,
+            init_binary=helpers.init, cove_dir=helpers.cove_dir,
+            etc_dir=paths.mapped_disk / "etc", userns=paths.userns,
             agent_uid=idrange.AGENT_UID, group=group, netns=paths.netns, resolv=net is not None,
             service=service, listen_fd=spec.GO_FD + 1 if idle > 0 else None,
             ro_binds=agent.binds if agent else {}, binds=binds,

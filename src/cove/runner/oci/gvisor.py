@@ -101,6 +101,7 @@ def _parts(
     ro_binds[SECCOMP_MOUNT] = seccomp_bpf.ensure_filter(settings.data_dir)
     return spec.HostParts(
         init_binary=view.bind("init", helpers.init, readonly=True),
+        cove_dir=view.bind("cove", helpers.cove_dir, readonly=True),
         etc_dir=view.bind("etc", paths.mapped_disk / "etc"),
         userns=paths.userns, agent_uid=idrange.AGENT_UID, group=host.group, netns=paths.netns,
         resolv=net is not None, service=_service(agent, settings) if agent else (),

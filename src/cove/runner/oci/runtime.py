@@ -46,7 +46,7 @@ from cove.runner.oci import adopt, agent_setup, gvisor, gvisor_view, spec
 from cove.runner.oci.agent_setup import AgentSetup
 from cove.runner.oci.container import Helpers, bring_up, stop_container, tear_down
 from cove.runner.oci.crun import Crun, container_ids
-from cove.runner.oci.initbin import ensure_init_binary, ensure_nsexec_binary
+from cove.runner.oci.initbin import ensure_cove_dir, ensure_init_binary, ensure_nsexec_binary
 from cove.runner.oci.prestarted import PrestartedAgents
 from cove.runner.oci.runsc import Runsc
 from cove.runner.oci.runsc import available as runsc_available
@@ -116,7 +116,8 @@ class OciRuntime:
 
     def _helpers(self) -> Helpers:
         data = self._settings.data_dir
-        return Helpers(init=ensure_init_binary(data), nsexec=ensure_nsexec_binary(data))
+        return Helpers(init=ensure_init_binary(data), nsexec=ensure_nsexec_binary(data),
+                       cove_dir=ensure_cove_dir(data))  # fmt: skip
 
     def _agent_setup(self) -> AgentSetup | None:
         return agent_setup.cached_setup(self._settings.data_dir)

@@ -15,7 +15,18 @@ from cove.runner.oci import seccomp
 
 GIB = 1024**3
 CPU_PERIOD = 100_000
-INIT_PATH = "/dev/.cove/init"
+COVE_DIR = "/dev/.cove"  # what the host binds for init and the agent, below
+INIT_PATH = f"{COVE_DIR}/init"
+# The mount points in COVE_DIR of everything the host binds there (cove-init, the
+# agent's runtime and package; on gVisor the agent's channel and seccomp filter):
+# name -> a directory (else a file). COVE_DIR itself is a read-only bind of a host
+# directory holding just these (``initbin.ensure_cove_dir``), not a directory of
+# the sandbox's /dev, which its root could rename and replace: the agent runs
+# COVE_DIR/init for every command, and init starts the agent from COVE_DIR/py.
+COVE_ENTRIES = {
+    "init": False, "py": True, "pkg": True, "pkg/toolbox": True, "chan": True,
+    "seccomp.bpf": False,
+}  # fmt: skip
 OOM_SCORE_ADJ = 500  # sandboxes are killed before the host's own processes
 NOFILE_MAX = 1_048_576
 PTY_MAX = 1024  # terminals one sandbox may open (the host's limit is shared)
@@ -66,6 +77,8 @@ class HostParts:
 
     Attributes:
         init_binary: Host path of the compiled cove-init, bind-mounted read-only.
+        cove_dir: Host directory of the mount points of COVE_DIR (COVE_ENTRIES),
+            bind-mounted read-only there.
         etc_dir: Directory holding the sandbox's ``hostname``, ``hosts`` (and
             ``resolv.conf`` with a network), seen with the sandbox's ids.
         userns: The sandbox's outer user namespace (an nsfs file) to join.
@@ -81,6 +94,7 @@ class HostParts:
     """
 
     init_binary: Path
+    cove_dir: Path
     etc_dir: Path
     userns: Path
     agent_uid: int
@@ -230,6 +244,7 @@ def _mounts(parts: HostParts) -> list[dict[str, Any]]:
          "options": ["nosuid", "noexec", "nodev", "ro"]},
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
          "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        bind(parts.cove_dir, COVE_DIR, "ro", "nosuid", "nodev"),
         bind(parts.init_binary, INIT_PATH, "ro", "nosuid", "nodev"),
         bind(etc / "hostname", "/etc/hostname", "rw", "nosuid", "nodev"),
         bind(etc / "hosts", "/etc/hosts", "rw", "nosuid", "nodev"),
