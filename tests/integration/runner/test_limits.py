@@ -11,6 +11,7 @@ import time
 import pytest
 
 from cove.core.config import Settings
+from cove.runner.oci import spec
 from cove.runner.oci.runtime import OciRuntime
 from tests.integration.conftest import SandboxFactory
 from tests.integration.runner.util import cgroup_value, group, init_pid, ok, sh
@@ -94,3 +95,44 @@ def test_cpu_quota_holds(runtime: OciRuntime, make_sandbox: SandboxFactory) -> N
     used = (runtime.stats(sid).cpu_usage_ns - before) / 1e9
     assert used / wall < 1.3, (used, wall)
     assert used / wall > 0.5, (used, wall)
+
+
+# Opens terminals (up to argv[1]) and holds them for argv[2] seconds; prints how many.
+HOLD_TERMINALS = """
+import os, sys, time
+held = []
+try:
+    while len(held) < int(sys.argv[1]):
+        held.append(os.openpty())
+except OSError:
+    pass
+print(len(held), flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_sandboxes_holding_their_terminals_leave_others_theirs(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """A sandbox may hold PTY_MAX terminals (its devpts' own max). Every devpts but
+    the host's draws on one host-wide pool (``kernel.pty.max`` less the host's
+    reserve, 3072 by default): a few sandboxes holding theirs must not leave
+    another sandbox (of any organization) without a terminal."""
+    hogs = [make_sandbox().sandbox_id for _ in range(3)]
+    script = HOLD_TERMINALS.replace("'", "'\\''")
+    for sid in hogs:
+        ok(runtime, sid, f"nohup python3 -c '{script}' {spec.PTY_MAX} 120 > /tmp/held 2>&1 &",
+           user="daytona")  # fmt: skip
+    try:
+        for sid in hogs:
+            deadline = time.monotonic() + 60
+            while not ok(runtime, sid, "cat /tmp/held").strip() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert int(ok(runtime, sid, "cat /tmp/held")) > spec.PTY_MAX // 2  # (they ran)
+        victim = make_sandbox().sandbox_id
+        res = sh(runtime, victim, "python3 -c 'import os; os.openpty(); print(\"got one\")'",
+                 user="daytona")  # fmt: skip
+        assert res.stdout == b"got one\n", res
+    finally:
+        for sid in hogs:
+            kill_all_but_init(runtime, sid)

@@ -7,6 +7,11 @@
   started sandbox holds three host tasks even when idle (init, and the jbd2 thread
   and ext4-rsv-conversion rescuer of its disk), so the kernel's default of 32768
   would cap a host near 10,000.
+- ``kernel.pty.max`` to its maximum (1048576): every devpts but the host's own
+  draws on one host-wide count of terminals (this less ``kernel.pty.reserve``,
+  3072 by default), which three sandboxes holding their own bound
+  (``spec.PTY_MAX``, its devpts' max) would use up for every other sandbox. Each
+  sandbox stays bounded by its own max, and its terminals are charged to its memory.
 - ``dev.tty.legacy_tiocsti`` off: TIOCSTI (pushing input into a terminal another
   process reads) needs CAP_SYS_ADMIN, as it does by default since Linux 6.2.
 - this process's soft ``RLIMIT_NOFILE`` up to its hard limit: the server holds two
@@ -43,6 +48,8 @@ LEGACY_TIOCSTI = Path("/proc/sys/dev/tty/legacy_tiocsti")
 FILE_MAX_VALUE = (1 << 63) - 1
 PID_MAX = Path("/proc/sys/kernel/pid_max")
 PID_MAX_VALUE = 1 << 22
+PTY_MAX = Path("/proc/sys/kernel/pty/max")
+PTY_MAX_VALUE = 1 << 20  # (the kernel's NR_UNIX98_PTY_MAX)
 CGROUP_FEATURES = Path("/sys/kernel/cgroup/features")
 FAVOR_DYNMODS = "favordynmods"
 log = logging.getLogger(__name__)
@@ -55,6 +62,7 @@ def prepare(*, favor_dynmods: bool = True) -> None:
         return
     _raise_to(FILE_MAX, FILE_MAX_VALUE)
     _raise_to(PID_MAX, PID_MAX_VALUE)
+    _raise_to(PTY_MAX, PTY_MAX_VALUE)
     _set(LEGACY_TIOCSTI, "0")
     _raise_nofile()
     if favor_dynmods:
