@@ -136,3 +136,57 @@ def test_sandboxes_holding_their_terminals_leave_others_theirs(
     finally:
         for sid in hogs:
             kill_all_but_init(runtime, sid)
+
+
+# Takes inotify instances (up to argv[1]), each watching 250 files (of 2500: a
+# kernel adds a watch of an inode in a time that grows with those it has), up to
+# argv[2] watches in all; holds them for argv[3] seconds; prints the two counts.
+HOLD_INOTIFY = """
+import ctypes, os, sys, tempfile, time
+libc = ctypes.CDLL(None, use_errno=True)
+files = tempfile.mkdtemp()
+for i in range(2500):
+    open(os.path.join(files, str(i)), "w").close()
+names = [os.path.join(files, str(i)).encode() for i in range(2500)]
+instances = watches = 0
+while instances < int(sys.argv[1]):
+    fd = libc.inotify_init1(0)
+    if fd < 0:
+        break
+    instances += 1
+    for name in names[instances % 10 * 250:][:250]:
+        if watches >= int(sys.argv[2]) or libc.inotify_add_watch(fd, name, 2) < 0:
+            break
+        watches += 1
+print(instances, watches, flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+INOTIFY_ONE = ("python3 -c 'import ctypes; libc = ctypes.CDLL(None); fd = libc.inotify_init1(0); "
+               "print(fd >= 0 and libc.inotify_add_watch(fd, b\"/tmp\", 2) >= 0)'")
+
+
+def test_a_sandbox_holding_inotify_watches_leaves_others_theirs(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """A sandbox's inotify instances and watches are charged, past its own user
+    namespaces, to the host uid that made them (root), against the host's per-user
+    limits (128 instances, some 100,000 watches by default): a sandbox holding
+    many (a file watcher on a large tree) must leave other sandboxes, and the
+    host's root, theirs."""
+    hog = make_sandbox().sandbox_id
+    script = HOLD_INOTIFY.replace("'", "'\\''")
+    ok(runtime, hog, f"nohup python3 -c '{script}' 1000 250000 120 > /tmp/held 2>&1 &",
+       user="daytona")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not ok(runtime, hog, "cat /tmp/held").strip() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        victim = make_sandbox().sandbox_id
+        assert ok(runtime, victim, INOTIFY_ONE, user="daytona").strip() == "True"
+        host = subprocess.run(["python3", "-c", INOTIFY_ONE.split("'")[1]], capture_output=True,
+                              text=True, timeout=30)  # fmt: skip
+        assert host.stdout.strip() == "True", host
+        instances, watches = map(int, ok(runtime, hog, "cat /tmp/held").split())
+        assert (instances, watches) == (1000, 250_000)  # (more than the defaults allow)
+    finally:
+        kill_all_but_init(runtime, hog)

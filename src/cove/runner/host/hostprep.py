@@ -12,6 +12,12 @@
   3072 by default), which three sandboxes holding their own bound
   (``spec.PTY_MAX``, its devpts' max) would use up for every other sandbox. Each
   sandbox stays bounded by its own max, and its terminals are charged to its memory.
+- ``fs.inotify.max_user_instances`` and ``max_user_watches`` to their maximum: a
+  sandbox's inotify instances and watches are charged, past its own user
+  namespaces, to the host uid that owns them (root, who makes them), against these
+  per-user limits (128 instances and about 100,000 watches by default), so one
+  sandbox (a file watcher on a large tree) could use them up for every other and
+  for the host's root. They are charged to the sandbox's memory instead.
 - ``dev.tty.legacy_tiocsti`` off: TIOCSTI (pushing input into a terminal another
   process reads) needs CAP_SYS_ADMIN, as it does by default since Linux 6.2.
 - this process's soft ``RLIMIT_NOFILE`` up to its hard limit: the server holds two
@@ -48,6 +54,9 @@ LEGACY_TIOCSTI = Path("/proc/sys/dev/tty/legacy_tiocsti")
 FILE_MAX_VALUE = (1 << 63) - 1
 PID_MAX = Path("/proc/sys/kernel/pid_max")
 PID_MAX_VALUE = 1 << 22
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
+INOTIFY_MAX = (1 << 31) - 1  # (what a new user namespace starts with)
 PTY_MAX = Path("/proc/sys/kernel/pty/max")
 PTY_MAX_VALUE = 1 << 20  # (the kernel's NR_UNIX98_PTY_MAX)
 CGROUP_FEATURES = Path("/sys/kernel/cgroup/features")
@@ -63,6 +72,8 @@ def prepare(*, favor_dynmods: bool = True) -> None:
     _raise_to(FILE_MAX, FILE_MAX_VALUE)
     _raise_to(PID_MAX, PID_MAX_VALUE)
     _raise_to(PTY_MAX, PTY_MAX_VALUE)
+    _raise_to(INOTIFY_INSTANCES, INOTIFY_MAX)
+    _raise_to(INOTIFY_WATCHES, INOTIFY_MAX)
     _set(LEGACY_TIOCSTI, "0")
     _raise_nofile()
     if favor_dynmods:
