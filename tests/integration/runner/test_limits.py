@@ -190,3 +190,48 @@ def test_a_sandbox_holding_inotify_watches_leaves_others_theirs(
         assert (instances, watches) == (1000, 250_000)  # (more than the defaults allow)
     finally:
         kill_all_but_init(runtime, hog)
+
+
+# Queues real-time signals to itself (blocked) up to argv[1], holds them for argv[2]
+# seconds; prints how many it queued.
+HOLD_SIGNALS = """
+import ctypes, os, signal, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+info = ctypes.create_string_buffer(128)  # siginfo: signo, errno, code SI_QUEUE
+ctypes.memmove(info, (ctypes.c_int * 3)(signal.SIGRTMIN, 0, -1), 12)
+queued = 0
+while queued < int(sys.argv[1]) and libc.syscall(
+        {"x86_64": 129, "aarch64": 138}[os.uname().machine], os.getpid(), signal.SIGRTMIN,
+        info) == 0:
+    queued += 1
+print(queued, flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+TIMER = ("python3 -c 'import ctypes; t = ctypes.c_void_p(); "
+         "print(ctypes.CDLL(None).timer_create(1, None, ctypes.byref(t)) == 0)'")
+
+
+def test_a_sandbox_queueing_signals_leaves_others_their_timers(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """Queued signals (a POSIX timer holds one) are charged, past the sandbox's user
+    namespaces, to the host's root, who owns them, in one count with every other
+    sandbox's and root's own: a sandbox queueing all its RLIMIT_SIGPENDING allows
+    must leave the other sandboxes and the host's root their timers."""
+    hog = make_sandbox().sandbox_id
+    script = HOLD_SIGNALS.replace("'", "'\\''")
+    ok(runtime, hog, f"nohup python3 -c '{script}' 1000000 120 > /tmp/held 2>&1 &",
+       user="daytona")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not ok(runtime, hog, "cat /tmp/held").strip() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert int(ok(runtime, hog, "cat /tmp/held")) > 1000  # (it queued)
+        victim = make_sandbox().sandbox_id
+        assert ok(runtime, victim, TIMER, user="daytona").strip() == "True"
+        host = subprocess.run(["python3", "-c", TIMER.split("'")[1]], capture_output=True,
+                              text=True, timeout=30)  # fmt: skip
+        assert host.stdout.strip() == "True", host
+    finally:
+        kill_all_but_init(runtime, hog)

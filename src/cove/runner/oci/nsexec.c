@@ -22,6 +22,16 @@
  *       /proc/self/fd/N, so neither the host's path names nor any symlink can
  *       steer them, and the sandbox's mountinfo shows no host path.
  *
+ * Signals a process of a user namespace queues (a POSIX timer holds one) are
+ * charged to its uid there and to the namespace's owner in its parent, up to the
+ * host's root, who owns every sandbox's namespace: the charges of every sandbox
+ * and root's own share one count, which a namespace bounds for what passes it by
+ * its creator's RLIMIT_SIGPENDING when it was made (likewise RLIMIT_MSGQUEUE and
+ * RLIMIT_MEMLOCK for POSIX message queues and locked shared memory). So userns
+ * makes its namespace with these as high as root may set them, and childns, the
+ * workload's, with RLIMIT_SIGPENDING at most SANDBOX_SIGPENDING: a sandbox
+ * cannot take the count every other sandbox's and root's timers draw on.
+ *
  * A MAP is INSIDE:OUTSIDE:COUNT[,INSIDE:OUTSIDE:COUNT...]. Every PATH must be
  * an existing empty file (or directory, for TARGET). On failure it prints one
  * line naming the step and exits non-zero; steps already done stay done (the
@@ -39,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -46,6 +57,9 @@
 /* fsopen, fsconfig, fsmount and move_mount come from glibc 2.36's <sys/mount.h>. */
 
 static const char *step = "cove-nsexec";
+
+/* The signals all of a sandbox's workload may have queued (see the header). */
+#define SANDBOX_SIGPENDING 1024
 
 static void die(const char *fmt, ...)
 {
@@ -175,6 +189,22 @@ static void release(struct holder h)
     reap(h.pid);
 }
 
+/* Raise the limits a user namespace made next takes as bounds (see the header) as
+ * far as this process may (past the hard limit only with CAP_SYS_RESOURCE). */
+static void raise_charge_bounds(void)
+{
+    const int kinds[] = { RLIMIT_SIGPENDING, RLIMIT_MSGQUEUE, RLIMIT_MEMLOCK };
+
+    for (int i = 0; i < 3; i++) {
+        struct rlimit limit = { RLIM_INFINITY, RLIM_INFINITY };
+
+        if (setrlimit(kinds[i], &limit) != 0 && getrlimit(kinds[i], &limit) == 0) {
+            limit.rlim_cur = limit.rlim_max;
+            setrlimit(kinds[i], &limit);
+        }
+    }
+}
+
 static void enter_new_userns(char **a, int n)
 {
     (void)a;
@@ -183,17 +213,36 @@ static void enter_new_userns(char **a, int n)
         die("unshare");
 }
 
-/* As uid a[2] of the user namespace it is in, make a nested one (a[2] owns it). */
+/* A user namespace of the host's root that bounds what is in it no lower than
+ * root's own limits do. */
+static void enter_unbounded_userns(char **a, int n)
+{
+    raise_charge_bounds();
+    enter_new_userns(a, n);
+}
+
+/* As uid a[2] of the user namespace it is in, make a nested one (a[2] owns it),
+ * whose signals are bounded as one sandbox's. */
 static void enter_owned_userns(char **a, int n)
 {
+    struct rlimit limit;
+
     (void)n;
     become((uid_t)strtoul(a[2], NULL, 10));
+    if (getrlimit(RLIMIT_SIGPENDING, &limit) != 0)
+        die("get RLIMIT_SIGPENDING");
+    if (limit.rlim_max > SANDBOX_SIGPENDING)
+        limit.rlim_max = SANDBOX_SIGPENDING;
+    if (limit.rlim_cur > limit.rlim_max)
+        limit.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_SIGPENDING, &limit) != 0)
+        die("bound RLIMIT_SIGPENDING");
     enter_new_userns(a, n);
 }
 
 static void do_userns(char **a)
 {
-    struct holder h = hold(enter_new_userns, a, 2);
+    struct holder h = hold(enter_unbounded_userns, a, 2);
 
     write_maps(h.pid, a[1]);
     bind_ns(h.pid, "user", a[0]);
