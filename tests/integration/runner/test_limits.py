@@ -235,3 +235,48 @@ def test_a_sandbox_queueing_signals_leaves_others_their_timers(
         assert host.stdout.strip() == "True", host
     finally:
         kill_all_but_init(runtime, hog)
+
+
+# Sets up kernel AIO contexts for up to argv[1] events in all (as many as it can),
+# holds them for argv[2] seconds; prints how many events it got.
+HOLD_AIO = """
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+io_setup = {"x86_64": 206, "aarch64": 0}[os.uname().machine]
+got, size = 0, 4096
+while size >= 1 and got < int(sys.argv[1]):
+    ctx = ctypes.c_ulong(0)
+    if libc.syscall(io_setup, size, ctypes.byref(ctx)) == 0:
+        got += size
+    else:
+        size //= 2
+print(got, flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+AIO_ONE = ("python3 -c 'import ctypes, os; ctx = ctypes.c_ulong(0); "
+           "print(ctypes.CDLL(None).syscall({\"x86_64\": 206, \"aarch64\": 0}"
+           "[os.uname().machine], 128, ctypes.byref(ctx)) == 0)'")
+
+
+def test_a_sandbox_holding_aio_contexts_leaves_others_theirs(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """Kernel AIO events (``io_setup``: MySQL's InnoDB, libaio) are counted host-wide
+    against ``fs.aio-max-nr`` (65536 by default): a sandbox holding more than that
+    must leave other sandboxes, and the host, theirs (its rings are its memory)."""
+    hog = make_sandbox().sandbox_id
+    script = HOLD_AIO.replace("'", "'\\''")
+    ok(runtime, hog, f"nohup python3 -c '{script}' 80000 120 > /tmp/held 2>&1 &",
+       user="daytona")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not ok(runtime, hog, "cat /tmp/held").strip() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        victim = make_sandbox().sandbox_id
+        assert ok(runtime, victim, AIO_ONE, user="daytona").strip() == "True"
+        host = subprocess.run(["python3", "-c", AIO_ONE.split("'")[1]], capture_output=True,
+                              text=True, timeout=30)  # fmt: skip
+        assert host.stdout.strip() == "True", host
+        assert int(ok(runtime, hog, "cat /tmp/held")) >= 80000  # (more than the default)
+    finally:
+        kill_all_but_init(runtime, hog)

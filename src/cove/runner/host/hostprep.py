@@ -7,6 +7,10 @@
   started sandbox holds three host tasks even when idle (init, and the jbd2 thread
   and ext4-rsv-conversion rescuer of its disk), so the kernel's default of 32768
   would cap a host near 10,000.
+- ``fs.aio-max-nr`` to its maximum: kernel AIO events (``io_setup``: MySQL's InnoDB,
+  libaio) are counted host-wide against it (65536 by default), which one sandbox
+  could take for every other and for the host. A sandbox's AIO rings are charged
+  to its memory.
 - ``kernel.pty.max`` to its maximum (1048576): every devpts but the host's own
   draws on one host-wide count of terminals (this less ``kernel.pty.reserve``,
   3072 by default), which three sandboxes holding their own bound
@@ -57,6 +61,7 @@ PID_MAX_VALUE = 1 << 22
 INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
 INOTIFY_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
 INOTIFY_MAX = (1 << 31) - 1  # (what a new user namespace starts with)
+AIO_MAX_NR = Path("/proc/sys/fs/aio-max-nr")
 PTY_MAX = Path("/proc/sys/kernel/pty/max")
 PTY_MAX_VALUE = 1 << 20  # (the kernel's NR_UNIX98_PTY_MAX)
 CGROUP_FEATURES = Path("/sys/kernel/cgroup/features")
@@ -71,6 +76,7 @@ def prepare(*, favor_dynmods: bool = True) -> None:
         return
     _raise_to(FILE_MAX, FILE_MAX_VALUE)
     _raise_to(PID_MAX, PID_MAX_VALUE)
+    _raise_to(AIO_MAX_NR, FILE_MAX_VALUE)
     _raise_to(PTY_MAX, PTY_MAX_VALUE)
     _raise_to(INOTIFY_INSTANCES, INOTIFY_MAX)
     _raise_to(INOTIFY_WATCHES, INOTIFY_MAX)
