@@ -8,11 +8,13 @@ the end of its input and its sends fail, as on a hang-up), and a stream
 ends with the agent's final reply.
 
 Flow control, per stream and direction: a sender may have at most ``WINDOW``
-payload bytes in flight that the receiver's consumer has not read yet; the
-receiver grants more (``W`` with the byte count) as its consumer reads. So a
-slow consumer holds back only its own stream, never the connection, and what
-a receiver buffers stays bounded (the window plus one frame). A peer that
-sends past its window breaks the protocol and loses the connection.
+bytes in flight that the receiver's consumer has not read yet; the receiver
+grants more (``W`` with the byte count) as its consumer reads. A frame counts
+its payload plus ``FRAME_COST`` (what a queued frame costs the receiver, also
+an empty one); the one ``A`` frame of a stream is not counted. So a slow
+consumer holds back only its own stream, never the connection, and what a
+receiver buffers stays bounded (the window plus one frame). A peer that sends
+past its window (or a second ``A``) breaks the protocol and loses the connection.
 
 Standard library only: the agent runs it inside sandboxes.
 """
@@ -29,6 +31,10 @@ from . import protocol
 from .protocol import ProtocolError
 
 WINDOW = 1024 * 1024
+# What a frame counts against the window besides its payload: the receiver's memory
+# for a queued frame (its tuple and queue slot, ~64 bytes), so that a peer sending
+# endless empty frames runs out of window like one sending bytes.
+FRAME_COST = 64
 # How long the agent may hold back a request's ``A`` frame to send it together with
 # the request's first other frame (often its final reply): one write and one wakeup
 # of the server instead of two.
@@ -54,6 +60,7 @@ class Stream:
         self.ended = False  # no frame will arrive any more (EOF, reset or done)
         self.reset_by_peer = False
         self._accept: asyncio.TimerHandle | None = None  # an A frame held back
+        self._accepted = False  # the peer's A frame arrived
         self._when_ended: Callable[[], None] | None = None
 
     def accept(self) -> None:
@@ -86,7 +93,7 @@ class Stream:
                     raise ConnectionResetError("the stream is over")
                 self._credited.clear()
                 await self._credited.wait()
-            self._credit -= len(payload)
+            self._credit -= _cost(payload)
         accepted = self._accept is not None
         if accepted:
             self._accept.cancel()  # type: ignore[union-attr]
@@ -107,8 +114,8 @@ class Stream:
             await self._arrived.wait()
         kind, payload = self._inbox.popleft()
         if kind not in _UNCOUNTED:
-            self._buffered -= len(payload)
-            self._consumed += len(payload)
+            self._buffered -= _cost(payload)
+            self._consumed += _cost(payload)
             if self._consumed >= WINDOW // 2:
                 granted, self._consumed = self._consumed, 0
                 with contextlib.suppress(ConnectionError):
@@ -153,9 +160,13 @@ class Stream:
             self.channel.forget(self.id)
             self._end()  # the handler's next read ends (EOF) and its sends fail
             return
-        if kind not in _UNCOUNTED:
-            self._buffered += len(payload)
-            if self._buffered > WINDOW + protocol.MAX_FRAME:
+        if kind == protocol.ACCEPTED:
+            if self._accepted:
+                raise ProtocolError(f"stream {self.id} was accepted twice")
+            self._accepted = True
+        else:
+            self._buffered += _cost(payload)
+            if self._buffered > WINDOW + FRAME_COST + protocol.MAX_FRAME:
                 raise ProtocolError(f"stream {self.id} sent past its window")
         self._inbox.append((kind, payload))
         self._arrived.set()
@@ -288,6 +299,11 @@ class Channel:
         for task in list(self._tasks):
             task.cancel()
         self._writer.close()
+
+
+def _cost(payload: bytes) -> int:
+    """What a frame with ``payload`` counts against its stream's window."""
+    return FRAME_COST + len(payload)
 
 
 def _quietly_done(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:

@@ -43,7 +43,7 @@ async def test_a_slow_stream_holds_back_only_itself(accepted: asyncio.Queue[Stre
     flood = asyncio.ensure_future(_send_many(slow_agent, 3 * mux.WINDOW // CHUNK))
     await asyncio.sleep(0.2)
     assert not flood.done()
-    assert slow._buffered <= mux.WINDOW
+    assert slow._buffered <= mux.WINDOW + mux.FRAME_COST + CHUNK  # (the window, one frame)
     await fast_agent.send(protocol.DATA, b"hello")
     assert await asyncio.wait_for(fast.receive(), 5) == (protocol.DATA, b"hello")
     # Reading the slow stream lets the rest through.
@@ -73,6 +73,23 @@ async def test_a_peer_that_ignores_the_window_loses_the_connection() -> None:
     with pytest.raises(EOFError):
         while True:  # what arrived before the breach may be read, then the end
             await stream.receive()
+    b.close()
+    await asyncio.gather(writer, return_exceptions=True)
+
+
+@pytest.mark.parametrize("kind", [protocol.STDOUT, protocol.ACCEPTED])
+async def test_a_peer_that_floods_empty_frames_loses_the_connection(kind: bytes) -> None:
+    """Empty frames cost the receiver memory too (a queued frame is ~100 bytes): a
+    lying agent sending endless empty output (or accept) frames on a stream the
+    server does not read breaks the window like one sending bytes."""
+    a, b = socket.socketpair()
+    server = Channel(*await asyncio.open_unix_connection(sock=a))
+    stream = server.open()
+    await stream.send(protocol.JSON, b"{}")
+    junk = protocol.frame(kind, b"", stream.id) * (1024 * 1024)  # 1 Mi frames, 9 MiB
+    writer = asyncio.ensure_future(asyncio.to_thread(_send_raw, b, junk))
+    await asyncio.wait_for(server.closed.wait(), 20)
+    assert len(stream._inbox) < 400_000
     b.close()
     await asyncio.gather(writer, return_exceptions=True)
 
