@@ -13,6 +13,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.testclient import TestClient
 
 from cove.agent import agent
+from cove.api.routes import toolbox_files
 from tests.unit.agent.conftest import AUTH
 
 
@@ -123,6 +124,27 @@ def test_upload_errors(client: TestClient, sandbox_id: str, tmp_path: Path) -> N
     assert r.status_code == 400 and "missing .path" in r.json()["errors"][0]
     r = client.post(f"{_base(sandbox_id)}/bulk-upload", json={"x": 1}, headers=AUTH)
     assert r.status_code == 400 and r.json()["errors"] == ["invalid multipart form"]
+
+
+@pytest.mark.parametrize("part", ["path", "stray"])
+def test_an_upload_holds_a_bounded_list_of_names(client: TestClient, sandbox_id: str,
+                                                 part: str) -> None:
+    """The upload is a stream of any length: what the server keeps of it for its reply
+    (the paths named, the errors) is bounded; past that, the upload is refused."""
+    name = "x" * 4000  # (a part's headers are short)
+
+    def body():  # noqa: ANN202 - parts for twice what the server may hold
+        for i in range(2 * toolbox_files.MAX_HELD // 4000):
+            field = f"files[{i}].path" if part == "path" else f"{name}{i}"
+            yield (f'--B\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n/tmp/'
+                   f"{name}\r\n").encode()
+        yield b"--B--\r\n"
+
+    r = client.post(f"{_base(sandbox_id)}/bulk-upload", content=body(), headers={
+        **AUTH, "Content-Type": "multipart/form-data; boundary=B"})
+    assert r.status_code == 400
+    assert "too many" in r.json()["errors"][-1]
+    assert len(r.content) < toolbox_files.MAX_HELD + 100_000
 
 
 def test_truncated_upload_leaves_nothing(client: TestClient, sandbox_id: str,

@@ -41,6 +41,9 @@ router = APIRouter(tags=["toolbox"], prefix="/files")
 log = logging.getLogger(__name__)
 FIELD = re.compile(r"files\[(\d+)\]\.(path|file)")
 MAX_PATH_FIELD = 64 * 1024
+# What one bulk upload (a body of any length) keeps for its reply: bytes of the paths
+# it named and of its errors; past that it is refused.
+MAX_HELD = 16 * 1024 * 1024
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "description": "parts files[i].path (text) then files[i].file (binary)",
     "propertyNames": {"pattern": rf"^{FIELD.pattern}$"},
@@ -173,7 +176,8 @@ async def bulk_upload(request: Request, agent: AgentDep) -> JSONResponse:
 
 class _BulkUpload:
     """Routes the parts of one bulk upload: paths are remembered, files streamed
-    to the agent (one call per file), errors collected per file."""
+    to the agent (one call per file), errors collected per file (all of them
+    together at most ``MAX_HELD`` bytes: the body's length is not bounded)."""
 
     def __init__(self, agent: AgentClient) -> None:
         self.agent = agent
@@ -183,6 +187,21 @@ class _BulkUpload:
         self._field: tuple[str, str] | None = None  # (index, "path" | "file")
         self._text = bytearray()
         self._upload: Upload | None = None
+        self._held = 0
+
+    def _hold(self, text: str) -> str:
+        """Count ``text`` as kept until the reply.
+
+        Raises:
+            ValueError: the upload keeps too much (the route's invalid form).
+        """
+        self._held += len(text)
+        if self._held > MAX_HELD:
+            raise ValueError(f"too many files or errors (their names above {MAX_HELD} bytes)")
+        return text
+
+    def _error(self, message: str) -> None:
+        self.errors.append(self._hold(message))
 
     async def handle(self, kind: str, value: bytes | str | None) -> None:
         if kind == "part":
@@ -197,13 +216,13 @@ class _BulkUpload:
         self._field = (match[1], match[2]) if match else None
         self._text.clear()
         if match is None:
-            self.errors.append(f"unexpected part {name!r} (parts are files[i].path and "
-                               "files[i].file)")  # fmt: skip
+            self._error(f"unexpected part {name!r} (parts are files[i].path and "
+                        "files[i].file)")  # fmt: skip
         if self._field is None or self._field[1] == "path":
             return
         index = self._field[0]
         if index not in self.destinations:
-            self.errors.append(f"file[{index}]: missing .path metadata")
+            self._error(f"file[{index}]: missing .path metadata")
             self._field = None
             return
         await self._open(self.destinations[index])
@@ -212,8 +231,8 @@ class _BulkUpload:
         try:
             self._upload = await self.agent.write_file(path)
         except CoveError as exc:
-            self.errors.append(f"{path}: {exc.message}")
             self._field = None
+            self._error(f"{path}: {exc.message}")
 
     async def _data(self, data: bytes) -> None:
         if self._field is not None and self._field[1] == "path":
@@ -230,9 +249,9 @@ class _BulkUpload:
         if kind == "path":
             path = self._text.decode(errors="replace").strip()
             if path:
-                self.destinations[index] = path
+                self.destinations[index] = self._hold(path)
             else:
-                self.errors.append(f"path[{index}]: empty path")
+                self._error(f"path[{index}]: empty path")
             return
         await self._finish(self.destinations[index])
 
@@ -241,9 +260,10 @@ class _BulkUpload:
         if upload is None:
             return
         try:
-            self.files.append(UploadedFile(path=path, bytes=await upload.finish()))
+            size = await upload.finish()
+            self.files.append(UploadedFile(path=self._hold(path), bytes=size))
         except CoveError as exc:
-            self.errors.append(f"{path}: {exc.message}")
+            self._error(f"{path}: {exc.message}")
 
     async def abort(self) -> None:
         """Drop a file still being written (the agent discards it)."""
