@@ -7,7 +7,15 @@ from typing import Any
 
 from cove.agent import protocol
 from cove.agent.mux import Stream
-from cove.agent.protocol import AgentError
+from cove.agent.protocol import AgentError, ProtocolError
+
+# The most values a JSON frame of the agent may hold, counted generously as its
+# bytes ``{ [ , :`` (strings' contents included). The server decodes the agent's JSON
+# on the event loop every sandbox shares, at up to ~2 us and ~100 bytes a value: a
+# frame of MAX_FRAME bytes of ``[],`` took ~6 s and ~400 MB; this many values, a few
+# hundred ms at worst (a git status of ~28,000 files, a screenshot: none).
+MAX_JSON_VALUES = 2**18
+_SCAN = 1024 * 1024  # bytes counted at a time (junk is refused after its first slice)
 
 
 class AgentCall:
@@ -57,7 +65,7 @@ class AgentCall:
             return
         if kind == protocol.JSON:
             self.done = True
-            _check_reply(protocol.decode(payload))
+            _check_reply(decode(payload))
         raise protocol.ProtocolError(f"expected the agent to accept, got a {kind!r} frame")
 
     async def next_frame(self) -> tuple[bytes, bytes] | None:
@@ -74,7 +82,7 @@ class AgentCall:
         except EOFError as exc:
             raise AgentError(502, "AGENT_GONE", "the sandbox's agent hung up") from exc
         if kind == protocol.JSON:
-            message = protocol.decode(payload)
+            message = decode(payload)
             if "ok" in message:
                 self.done = True
                 self.stream.finish()
@@ -96,6 +104,21 @@ class AgentCall:
         async for _ in self.frames():
             pass
         return self.result
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    """A JSON frame of the agent, if it holds at most ``MAX_JSON_VALUES`` values.
+
+    Raises:
+        ProtocolError: it holds more, or it is not a JSON object.
+    """
+    values = 0
+    for start in range(0, len(payload), _SCAN):
+        values += sum(payload.count(char, start, start + _SCAN) for char in b"{[,:")
+        if values > MAX_JSON_VALUES:
+            raise ProtocolError(f"the agent sent a JSON frame of more than {MAX_JSON_VALUES} "
+                                "values")  # fmt: skip
+    return protocol.decode(payload)
 
 
 def _check_reply(message: dict[str, Any]) -> dict[str, Any]:

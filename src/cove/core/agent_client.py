@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 from cove.agent import protocol
-from cove.core.agent_call import AgentCall
+from cove.core.agent_call import AgentCall, decode
 from cove.core.agent_git import GitAdmin
 from cove.core.agent_streams import (
     PipeRun,
@@ -154,7 +154,7 @@ class AgentClient(GitAdmin):
                 if kind in (protocol.STDOUT, protocol.STDERR):
                     yield Output("stdout" if kind == protocol.STDOUT else "stderr", payload)
                 elif kind == protocol.JSON and clipped:
-                    yield Omitted(field(protocol.decode(payload), "omitted", int))
+                    yield Omitted(field(decode(payload), "omitted", int))
                 elif kind == protocol.CHART and "charts" in message:
                     yield ChartData(payload)
             code = field(call.result, "exitCode", int)
@@ -197,7 +197,7 @@ class AgentClient(GitAdmin):
         async with self._open(message) as call:
             async for frame_kind, payload in call.frames():
                 if frame_kind == protocol.JSON:
-                    items = protocol.decode(payload).get("items") or []
+                    items = decode(payload).get("items") or []
                     if items:
                         yield parse(list[kind], items)
 

@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from cove.agent import protocol
-from cove.core.agent_call import AgentCall
+from cove.core.agent_call import AgentCall, decode
 from cove.core.agent_types import (
     FileData,
     FileEnd,
@@ -50,7 +50,7 @@ async def _first_event(frames: Frames) -> dict[str, Any]:
     first = await anext(frames, None)
     if first is None or first[0] != protocol.JSON:
         raise protocol.ProtocolError("the agent answered out of turn")
-    return protocol.decode(first[1])
+    return decode(first[1])
 
 
 async def collect_logs(call: AgentCall, limit: int) -> CommandLogs:
@@ -149,7 +149,7 @@ async def read_events(opening: Opening) -> AsyncGenerator[FileEvent, None]:
             elif kind == protocol.END:
                 yield FileEnd()
             elif kind == protocol.JSON:
-                yield _file_header(protocol.decode(payload))
+                yield _file_header(decode(payload))
 
 
 def _file_header(header: dict[str, Any]) -> FileStart | FileError:
@@ -164,7 +164,7 @@ async def interpreter_events(opening: Opening) -> AsyncGenerator[InterpreterEven
         async for kind, payload in call.frames():
             if kind == protocol.JSON:
                 yield parse(InterpreterOutput | InterpreterError,
-                            protocol.decode(payload))
+                            decode(payload))
         timed_out = call.result.get("outcome") == "timeout"
     yield RunEnded(timed_out)
 

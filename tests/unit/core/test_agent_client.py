@@ -4,6 +4,7 @@ passed on unchecked; well-formed replies come back as typed values."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -156,3 +157,32 @@ async def test_well_formed_replies_are_typed_values(
     assert events[0].text == "1\n" and events[-1] == RunEnded(timed_out=True)
     runtime.script = [(J, {"ready": True}), ok(bytes=4)]
     assert await _upload(agent) == 4
+
+
+async def _stalls(gaps: list[float]) -> None:
+    """Record how long the event loop keeps a 10 ms timer waiting."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(0.01)
+        gaps.append(loop.time() - start - 0.01)
+
+
+async def test_a_reply_of_countless_values_does_not_hold_the_server(
+    agent: AgentClient, runtime: ScriptedRuntime
+) -> None:
+    """The server decodes the agent's JSON on the event loop every sandbox shares: a
+    frame of tiny values (MAX_FRAME bytes of them took seconds and hundreds of MB) is
+    the agent's error, refused before it is decoded."""
+    values = b"[]," * ((protocol.MAX_FRAME - 100) // 3)
+    runtime.script = [(J, b'{"ok":true,"home":"/","workDir":"/","env":{},"version":"1",'
+                          b'"x":[' + values + b"0]}")]  # fmt: skip
+    gaps: list[float] = []
+    watch = asyncio.ensure_future(_stalls(gaps))
+    try:
+        with pytest.raises(ToolboxError) as caught:
+            await agent.info()
+    finally:
+        watch.cancel()
+    assert (caught.value.status_code, caught.value.code) == (502, "AGENT_ERROR")
+    assert max(gaps) < 0.5, max(gaps)
