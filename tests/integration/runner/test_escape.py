@@ -7,6 +7,8 @@ test_network.py and test_egress.py, other organizations in the API tests.)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shlex
 import subprocess
@@ -20,9 +22,11 @@ import pytest
 
 from cove.core.config import Settings
 from cove.core.ports import ContainerSpec, ContainerStatus, Resources, VolumeBind
-from cove.errors import RuntimeBackendError
+from cove.core.toolbox import AgentLinks, agent_client
+from cove.errors import CoveError, RuntimeBackendError, ToolboxError
 from cove.runner.host import idrange
 from cove.runner.layout import SandboxPaths
+from cove.runner.local import LocalRunner
 from cove.runner.oci.runtime import OciRuntime
 from cove.runner.storage.volumes import VolumeDir
 from tests.integration.conftest import SandboxFactory
@@ -331,6 +335,36 @@ def test_a_squatter_never_receives_the_servers_requests(
     out, _ = squatter.communicate(timeout=60)
     listening, accepted = (int(x) for x in out.split())
     assert listening >= 1 and accepted == 0
+
+
+def test_a_symlink_in_the_agents_place_never_leads_to_another_sandbox(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """On the gVisor tier the agent binds its socket in ``/dev/.cove/chan``, a host
+    directory of the agent's uid. The tenant, through the files API (run by the agent,
+    as root), replaces that socket with a symlink to another sandbox's agent: the
+    server's next connection (after the agent exited idle, say) must not follow it."""
+    victim = make_sandbox().sandbox_id
+    ok(runtime, victim, "echo the-victims-secret > /root/marker", user="root")
+    attacker = make_sandbox().sandbox_id
+    paths = SandboxPaths.of(runtime._settings.data_dir, victim)
+    socket = paths.chan_socket if paths.chan_socket.exists() else paths.agent_socket
+    ok(runtime, attacker, f"ln -s {shlex.quote(str(socket))} /tmp/link", user="root")
+    runner = LocalRunner(runtime)
+    links = AgentLinks(runner)
+    agent = agent_client(runner, attacker, "root", {}, links)
+
+    async def plant_then_exec() -> str:
+        with contextlib.suppress(ToolboxError):  # (the crun tier has no such directory)
+            await agent.delete_file("/dev/.cove/chan/agent.sock")  # (on the open connection)
+            await agent.move_file("/tmp/link", "/dev/.cove/chan/agent.sock")
+        await links.forget(attacker)  # the connection ends; the next one is made anew
+        try:
+            return (await agent.exec("cat /root/marker")).output
+        except CoveError as exc:
+            return exc.message
+
+    assert "the-victims-secret" not in asyncio.run(plant_then_exec())
 
 
 def _squat(data_dir: str, sandbox_id: str) -> None:

@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,17 +100,23 @@ def listen(path: Path) -> socket.socket:
 
 
 def connect(path: Path) -> socket.socket:
-    """A non-blocking stream socket connected to the agent listening at ``path``.
+    """A non-blocking stream socket connected to the agent listening at ``path``, which
+    must be the socket itself: on the gVisor tier its directory is the agent's uid's,
+    and a symlink a process of the sandbox left there (to another sandbox's agent,
+    say) is not followed.
 
     Raises:
         Busy: its accept queue is full right now.
-        Unavailable: nothing listens (the sandbox does not run).
+        Unavailable: nothing listens (the sandbox does not run), or not a socket.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
                          | socket.SOCK_CLOEXEC)  # fmt: skip
+    fd = -1
     try:
-        with _short(path) as name:
-            sock.connect(name)
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOTSOCK, "not a socket")
+        sock.connect(f"/proc/self/fd/{fd}")  # (that very socket, whatever its path's length)
         return sock
     except OSError as exc:
         sock.close()
@@ -117,6 +124,9 @@ def connect(path: Path) -> socket.socket:
             raise Busy("the sandbox's toolbox agent accepts no more requests now") from exc
         raise Unavailable(f"the sandbox's toolbox agent cannot be reached ({exc.strerror}); "
                           "is the sandbox running?") from exc  # fmt: skip
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def wait_ready(path: Path, timeout: float, *, alive: Callable[[], bool] | None = None) -> None:
