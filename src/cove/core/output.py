@@ -13,6 +13,10 @@ from __future__ import annotations
 from collections import deque
 
 DEFAULT_LIMIT = 4 * 1024 * 1024
+# Small chunks are joined into pieces of up to this size (and a quarter of the kept
+# tail) in the tail: an object per chunk (~40 bytes) for output in one- or two-byte
+# frames of a lying agent would be ~20 times the bytes kept.
+PIECE = 64 * 1024
 
 
 def marker(omitted: int) -> bytes:
@@ -27,7 +31,8 @@ class CappedOutput:
         self._head = bytearray()
         self._head_room = limit - limit // 2
         self._keep = limit // 2
-        self._tail: deque[bytes] = deque()
+        self._piece = max(1, min(PIECE, self._keep // 4))
+        self._tail: deque[bytearray] = deque()
         self._tail_size = 0
         self.omitted = 0
 
@@ -39,7 +44,10 @@ class CappedOutput:
             data = data[room:]
         if not data:
             return
-        self._tail.append(data)
+        if self._tail and len(self._tail[-1]) < self._piece:
+            self._tail[-1] += data
+        else:
+            self._tail.append(bytearray(data))
         self._tail_size += len(data)
         while self._tail and self._tail_size - len(self._tail[0]) >= self._keep:
             dropped = self._tail.popleft()

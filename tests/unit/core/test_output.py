@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from cove.core.output import CappedOutput, marker
 
 
@@ -40,3 +42,19 @@ def test_memory_stays_bounded_by_the_limit() -> None:
         out.add(b"x" * 1000)
     assert out._tail_size < 4096 + 1000 and len(out._head) == 2048  # noqa: SLF001
     assert len(out.bytes()) < 4096 + 100
+
+
+def test_memory_stays_bounded_by_the_limit_in_chunks_of_two_bytes() -> None:
+    """A lying agent's output in frames of two bytes each: what the server keeps is the
+    limit's bytes, not an object (~40 bytes) for each frame."""
+    limit = 256 * 1024
+    out = CappedOutput(limit)
+    tracemalloc.start()
+    try:
+        for _ in range(limit):
+            out.add(bytes(bytearray(b"xy")))  # (a new object, as each frame's payload is)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * limit, held
+    assert out.bytes() == b"xy" * (limit // 4) + marker(limit) + b"xy" * (limit // 4)
