@@ -23,8 +23,9 @@ class AgentCall:
 
     Use as ``async with AgentCall(stream) as call: await call.send({...})``, then
     read frames with :meth:`next_frame` / :meth:`frames` until the final reply
-    (then in :attr:`result`), or :meth:`reply`. Leaving before the final reply
-    resets the stream: the agent stops the request's work.
+    (then in :attr:`result`), or :meth:`reply` when nothing comes before it.
+    Leaving before the final reply resets the stream: the agent stops the
+    request's work.
     """
 
     def __init__(self, stream: Stream) -> None:
@@ -100,9 +101,16 @@ class AgentCall:
             yield frame
 
     async def reply(self) -> dict[str, Any]:
-        """Skip to the final reply and return it."""
-        async for _ in self.frames():
-            pass
+        """The final reply, which must come next: a request answered in one piece gets
+        nothing before it, and frames a lying agent sends first (endless, say) are not
+        the server's to read, whether or not its client is still there.
+
+        Raises:
+            AgentError: the reply says the request failed.
+            ProtocolError: a frame came before it.
+        """
+        if await self.next_frame() is not None:
+            raise ProtocolError("the agent sent a frame before its reply")
         return self.result
 
 

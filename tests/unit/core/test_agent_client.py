@@ -186,3 +186,15 @@ async def test_a_reply_of_countless_values_does_not_hold_the_server(
         watch.cancel()
     assert (caught.value.status_code, caught.value.code) == (502, "AGENT_ERROR")
     assert max(gaps) < 0.5, max(gaps)
+
+
+async def test_a_reply_after_countless_frames_is_the_agents_error(
+    agent: AgentClient, runtime: ScriptedRuntime
+) -> None:
+    """A request answered in one piece (its agent sends nothing before the reply): a
+    lying agent that sends frames first, endless ones, does not keep the server reading
+    them (the HTTP client may be long gone); the first one fails the request."""
+    runtime.script = [(OUT, b"")] * 2_000_000 + [ok(home="/", workDir="/", env={}, version="1")]
+    with pytest.raises(ToolboxError) as caught:
+        await asyncio.wait_for(agent.info(), 5)
+    assert (caught.value.status_code, caught.value.code) == (502, "AGENT_ERROR")
