@@ -8,6 +8,12 @@ second ``FROM`` and ``ADD <url>`` are refused.
 
 The digest (of the text and the context hashes) names the built snapshot, so the
 same Dockerfile over the same context is built once.
+
+The server parses what any caller sends, so parsing costs time and memory bounded
+by the text: at most MAX_INSTRUCTIONS instructions (each RUN keeps the ARGs before
+it), and the instructions whose variables are substituted at most MAX_LINE
+characters each and MAX_SUBSTITUTED together once substituted (an ENV made of ten
+of the one before grows tenfold a line).
 """
 
 from __future__ import annotations
@@ -22,10 +28,18 @@ from dataclasses import dataclass, field
 from cove.errors import BadRequest
 
 _FROM = re.compile(r"^(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+\S+)?$", re.I)
-_VAR = re.compile(r"\$(?:\{(\w+)(?::([-+])([^}]*))?\}|(\w+))")
+# ``${name:-word`` without its ``}`` matches to the end of the line (an error then):
+# else each one scanned, and backtracked over, the rest of the line again.
+_VAR = re.compile(r"\$(?:\{(\w+)(?::([-+])([^}]*))?(\}|\Z)|(\w+))")
 _NAME = re.compile(r"^[A-Za-z_]\w*$")
 _FLAG = re.compile(r"^--(chown|chmod|link|from|checksum|keep-git-dir|exclude|parents)(?:=(.*))?$")
 SHOWN = 120  # characters of a line an error quotes
+MAX_INSTRUCTIONS = 1000  # (BuildKit's overlay snapshots stop at 127 layers)
+# Characters of one instruction whose variables are substituted, substituted (shlex,
+# which splits it, takes time growing with the square of a word's length: 32 KiB,
+# about a sandbox's longest env value, take ~50 ms), and of them all.
+MAX_LINE = 32 * 1024
+MAX_SUBSTITUTED = 256 * 1024
 _SUBSTITUTED = frozenset({"ENV", "WORKDIR", "COPY", "ADD", "USER", "LABEL", "EXPOSE", "ARG"})
 
 
@@ -80,6 +94,8 @@ def parse(dockerfile: str, context_hashes: Sequence[str] = ()) -> BuildPlan:
             cannot build.
     """
     lines = _logical_lines(dockerfile)
+    if len(lines) > MAX_INSTRUCTIONS:
+        raise BadRequest(f"a Dockerfile may have at most {MAX_INSTRUCTIONS} instructions")
     while lines and lines[0][0] == "ARG":  # ARG before FROM: only FROM may use it
         lines.pop(0)
     if not lines or lines[0][0] != "FROM":
@@ -111,11 +127,12 @@ class _Parser:
         self.entrypoint: tuple[str, ...] = ()
         self.cmd: tuple[str, ...] = ()
         self.workdir = "/"
+        self._substituted = 0  # characters of the substituted instructions so far
 
     def add(self, keyword: str, rest: str) -> None:
         text = f"{keyword} {rest}"
         if keyword in _SUBSTITUTED:
-            rest = self._substitute(rest)
+            rest = self._substitute(text, rest)
         handler = getattr(self, f"_{keyword.lower()}", None)
         if handler is None or keyword in ("FROM",):
             if keyword == "FROM":
@@ -123,19 +140,40 @@ class _Parser:
             raise BadRequest(f"Dockerfile instruction {keyword} is not supported")
         handler(text, rest)
 
-    def _substitute(self, text: str) -> str:
-        scope = {**self.args, **self.env}
+    def _substitute(self, text: str, rest: str) -> str:
+        """``rest`` (of the instruction ``text``) with its variables substituted.
+
+        Raises:
+            BadRequest: a ``${`` without its ``}``, or past MAX_LINE or MAX_SUBSTITUTED.
+        """
+        room = MAX_LINE - len(rest)
 
         def one(m: re.Match[str]) -> str:
-            name = m.group(1) or m.group(4)
-            value = scope.get(name)
+            nonlocal room
+            if m.group(1) and not m.group(4):
+                raise BadRequest(f"missing '}}' in {_shown(text)}")
+            name = m.group(1) or m.group(5)
+            value = self.env[name] if name in self.env else self.args.get(name)
             if m.group(2) == "-":
-                return value if value else m.group(3)
-            if m.group(2) == "+":
-                return m.group(3) if value else ""
+                value = value if value else m.group(3)
+            elif m.group(2) == "+":
+                value = m.group(3) if value else ""
+            room -= len(value or "")
+            if room < 0:
+                raise BadRequest(f"an instruction is longer than {MAX_LINE} characters "
+                                 f"with its variables substituted: {_shown(text)}")  # fmt: skip
             return value or ""
 
-        return _VAR.sub(one, text.replace("\\$", "\0")).replace("\0", "$")
+        if room < 0:
+            raise BadRequest(f"an instruction is longer than {MAX_LINE} characters: "
+                             f"{_shown(text)}")  # fmt: skip
+        out = _VAR.sub(one, rest.replace("\\$", "\0")).replace("\0", "$")
+        self._substituted += len(out)
+        if self._substituted > MAX_SUBSTITUTED:
+            raise BadRequest(f"the Dockerfile's {', '.join(sorted(_SUBSTITUTED))} instructions "
+                             f"come to more than {MAX_SUBSTITUTED} characters with their "
+                             "variables substituted")  # fmt: skip
+        return out
 
     def _run(self, text: str, rest: str) -> None:
         self.steps.append(Step("RUN", text, argv=_run_argv(rest), args=tuple(self.args.items())))

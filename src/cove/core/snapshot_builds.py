@@ -62,7 +62,8 @@ class SnapshotBuilds:
         """
         if self.builder is None:
             raise BadRequest("Building images from Dockerfiles is not supported by this server")
-        plan = dockerfile.parse(text, context_hashes)
+        # (in a thread: a Dockerfile of a request body's size takes a second or two to parse)
+        plan = await asyncio.to_thread(dockerfile.parse, text, context_hashes)
         for context_hash in plan.context_hashes:  # maybe in the shared store: a thread
             await asyncio.to_thread(self.contexts.context, organization_id, context_hash)
         base, pull = self._base(organization_id, plan.base)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from cove.core.buildlog import BuildLogs, MemoryBuildLogStore
@@ -126,6 +128,35 @@ async def test_refused_dockerfiles_create_nothing(
     ]:
         with pytest.raises(BadRequest, match=message):
             await lifecycle.create(organization_id=org, request=_request(dockerfile))
+    assert lifecycle.list(org) == ([], None)
+
+
+BOMBS = {
+    # Each RUN kept a copy of every ARG before it: 160 KB of them took 7 GB.
+    "args times runs": "".join(f"ARG a{i}\n" for i in range(1200)) + "RUN x\n" * 1200,
+    # Each ENV ten times the one before: 240 bytes took 150 s, each line more ten times that.
+    "doubling variables": "ENV A=" + "a" * 100 + "\n" + "".join(
+        f"ENV {b}=" + f"${a}" * 10 + "\n" for a, b in zip("ABC", "BCD", strict=True)),
+    # Every unclosed ${...:- scanned (and backtracked over) the rest of its line: 64 KiB
+    # took 14 s, 1 MiB an hour.
+    "unclosed defaults": "ENV A=" + "${a:-" * 4000 + "\n",
+    # shlex grows its word one character at a time: a 1 MiB value took minutes.
+    "one long value": "ENV A=" + "a" * 100_000 + "\n",
+}
+
+
+@pytest.mark.parametrize("bomb", sorted(BOMBS))
+async def test_a_dockerfile_cannot_cost_the_server_without_bound(
+    lifecycle: LifecycleService, snapshots: SnapshotService, org: str, bomb: str
+) -> None:
+    """Parsing a Dockerfile (in the server, before any build) costs time and memory
+    bounded by what a request body may hold: a small one that would cost without end
+    is refused, and quickly."""
+    started = time.monotonic()
+    with pytest.raises(BadRequest, match="at most|longer than|missing"):
+        await lifecycle.create(organization_id=org,
+                               request=_request("FROM cove-default\n" + BOMBS[bomb]))
+    assert time.monotonic() - started < 2
     assert lifecycle.list(org) == ([], None)
 
 
