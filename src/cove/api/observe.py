@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -76,6 +75,8 @@ def template(scope: Scope) -> str:
         cut = path.find("/", cut + 1)
     if cut == -1:
         return OTHER
-    names = {quote(str(v), safe=""): k for k, v in (scope.get("path_params") or {}).items()}
+    # (``path`` is decoded, the values as they are in it: quoted, "é" or "a b" was no
+    # parameter's, and put in the label as sent, a series more for any client's call)
+    names = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
     parts = [f"{{{names[p]}}}" if p in names else p for p in path[:cut].split("/")]
     return "/".join(parts) + own

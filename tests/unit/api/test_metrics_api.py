@@ -112,6 +112,23 @@ def test_http_requests_are_timed_by_route_template(scraped: TestClient) -> None:
     assert sb["id"] not in str(routes) and "no-such-sandbox" not in str(routes)
 
 
+def test_no_client_can_grow_the_route_series(scraped: TestClient) -> None:
+    """A route's label is its template whatever the path's values: a sandbox id that
+    percent-encoding changes ("é", "a b") was put in the label as sent, a series of
+    its own kept for ever, so any client (a key or none) grew the server with each."""
+    scraped.post("/toolbox/x/process/execute", json={"command": "true"})
+    before = len(samples(scraped))
+    for sid in ("é1", "é2", "a b", "q;r", "%41"):
+        scraped.post(f"/toolbox/{sid}/process/execute", json={"command": "true"})
+        scraped.get(f"/toolbox/{sid}/files/info?path=/x", headers=AUTH)
+    got = samples(scraped)
+    routes = {dict(labels)["route"] for (name, labels) in got
+              if name == "cove_http_request_duration_seconds_count"}  # fmt: skip
+    assert "/toolbox/{sandbox_id}/process/execute" in routes
+    assert not [r for r in routes if "é" in r or " " in r or ";" in r or "%" in r], routes
+    assert len(got) <= before + 50  # the files/info series (one route, two classes) only
+
+
 def test_no_sandbox_id_name_or_label_in_the_output(scraped: TestClient) -> None:
     sb = create_sandbox(scraped, name="tenant-secret-name",
                         labels={"tenant-secret-key": "tenant-secret-value"})  # fmt: skip
