@@ -15,7 +15,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ import httpx
 from cove.testing import free_port
 
 Member = tuple[tarfile.TarInfo, bytes | None]
+Answer = Callable[[http.server.BaseHTTPRequestHandler], None]
+SECRET = "internal-secret-4242"
 
 
 class Registry:
@@ -257,3 +259,70 @@ def sparse_map_bomb(blocks: int) -> bytes:
     entry = b"%011o\0" % 1000 * 2  # offset, size
     extended = entry * 21 + b"\1" + bytes(7)  # isextended at 504
     return bytes(head) + extended * blocks + bytes(3 * tarfile.BLOCKSIZE)
+
+
+class HttpServer:
+    """An HTTP server on ``bind`` answering GET and HEAD with ``answer``; the paths it
+    was asked are in ``asked``."""
+
+    def __init__(self, bind: str, answer: Answer) -> None:
+        owner = self
+        self.asked: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                owner.asked.append(self.path)
+                answer(self)
+
+            do_HEAD = do_GET
+
+        self.server = http.server.ThreadingHTTPServer((bind, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.host = f"{bind}:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def secret_service(req: http.server.BaseHTTPRequestHandler) -> None:
+    """A service of the host's: answers 404 with :data:`SECRET`, which no tenant may see."""
+    body = f'{{"token": "{SECRET}"}}'.encode()
+    req.send_response(404)
+    req.send_header("Content-Type", "application/json")
+    req.send_header("Content-Length", str(len(body)))
+    req.end_headers()
+    req.wfile.write(body)
+
+
+def redirecting_registry(to: str) -> Answer:
+    """A tenant's registry (plain HTTP): every manifest and blob is "moved" to ``to``."""
+
+    def answer(req: http.server.BaseHTTPRequestHandler) -> None:
+        if req.path == "/v2/":
+            req.send_response(200)
+            req.send_header("Content-Length", "0")
+        else:
+            req.send_response(302)
+            req.send_header("Location", f"{to}/latest/meta-data")
+            req.send_header("Content-Length", "0")
+        req.end_headers()
+
+    return answer
+
+
+def realm_registry(realm: str) -> Answer:
+    """A tenant's registry (plain HTTP) whose token service is said to be ``realm``."""
+
+    def answer(req: http.server.BaseHTTPRequestHandler) -> None:
+        req.send_response(401)
+        req.send_header("WWW-Authenticate", f'Bearer realm="{realm}/token",service="x"')
+        req.send_header("Content-Length", "0")
+        req.end_headers()
+
+    return answer

@@ -26,7 +26,19 @@ from daytona_api_client.exceptions import NotFoundException
 
 from cove.runner.storage.unpack import manifest
 from tests.e2e.conftest import KEY, Server, run_ok, running_server
-from tests.registry import ImageSpec, Registry, busybox_layer, entry, file, layer, layout
+from tests.registry import (
+    SECRET,
+    HttpServer,
+    ImageSpec,
+    Registry,
+    busybox_layer,
+    entry,
+    file,
+    layer,
+    layout,
+    redirecting_registry,
+    secret_service,
+)
 
 pytestmark = pytest.mark.e2e
 PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -232,6 +244,32 @@ def test_snapshot_from_a_registry_image(
         client.snapshot.create(CreateSnapshotParams(name="e2e-missing", image=f"{tiny}-gone"))
     assert client.snapshot.get("e2e-missing").state == "error"
     client.snapshot.delete(client.snapshot.get("e2e-missing"))
+
+
+def test_a_registry_cannot_send_the_pull_to_the_hosts_own_services(
+    server: Server, client: Daytona
+) -> None:  # fmt: skip
+    """A tenant's registry (this server pulls from any port of 127.0.0.1) redirects
+    its manifests to another service on the host's loopback, then to the Cove API
+    itself: the pull fails without calling either, and the snapshot's error carries
+    nothing of their answers."""
+    internal = HttpServer("127.0.0.1", secret_service)
+    hostile = [HttpServer("127.0.0.1", redirecting_registry(to))
+               for to in (f"http://{internal.host}", server.api_url)]  # fmt: skip
+    try:
+        for n, registry in enumerate(hostile):
+            with pytest.raises(DaytonaError):
+                client.snapshot.create(CreateSnapshotParams(name=f"e2e-ssrf-{n}",
+                                                            image=f"{registry.host}/x:v1"))
+            snap = client.snapshot.get(f"e2e-ssrf-{n}")
+            reason = snap.error_reason or ""
+            client.snapshot.delete(snap)
+            assert snap.state == "error" and registry.asked, reason
+            assert SECRET not in reason and "statusCode" not in reason, reason
+    finally:
+        for each in (internal, *hostile):
+            each.close()
+    assert internal.asked == []
 
 
 def test_hostile_layers_cannot_reach_the_host(

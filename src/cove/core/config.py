@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     # they do not speak HTTPS (e.g. a local mirror): COVE_INSECURE_REGISTRIES=h1,h2:5000
     insecure_registries: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # The only registries images may be pulled from (host or host:port; empty: any).
+    # Pulls connect only where a sandbox may (see egress_allow), or to a registry
+    # listed here or in insecure_registries (e.g. one on the LAN or on 127.0.0.1).
     allowed_registries: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pull_timeout_seconds: float = 1800.0  # one image pull, all layers
     # Largest image pulled or imported: its layers, compressed and unpacked (MiB).
@@ -186,7 +188,8 @@ class Settings(BaseSettings):
     dns_upstream: str | None = None
     # Sandbox egress. Blocked by default: private (RFC 1918), CGNAT, link-local (cloud
     # metadata), loopback, 0/8, multicast and reserved ranges. egress_allow exempts
-    # ranges from that (e.g. a registry on the LAN); egress_block adds ranges.
+    # ranges from that (e.g. a registry on the LAN); egress_block adds ranges. Image
+    # pulls (and where their registries redirect) follow the same rule.
     egress_allow: Ipv4Ranges = ()
     egress_block: Ipv4Ranges = ()
     # Concurrent tracked connections per sandbox (its share of the host's conntrack table).

@@ -20,6 +20,11 @@ operator's auth file (``COVE_REGISTRY_AUTH``) is used. skopeo runs with an empty
 home, so no other credentials of the host are ever sent. Registries listed in
 ``COVE_INSECURE_REGISTRIES`` are reached without TLS verification (HTTP if they
 do not speak HTTPS); any other over TLS, verified with the host's CA store.
+
+skopeo runs in a network namespace of its own whose one way out is a proxy that
+reaches only what a sandbox may (``cove.runner.host.egress``): the registry a
+tenant names, and where it redirects, cannot make the host call its loopback, its
+own addresses, other sandboxes or a cloud's metadata service.
 """
 
 from __future__ import annotations
@@ -40,13 +45,13 @@ from cove.core.config import Settings, registry_listed
 from cove.core.ports import PulledImage, RegistryAuth
 from cove.errors import RuntimeBackendError
 from cove.hostfiles import private_dir
+from cove.runner.host.egress import Egress
 from cove.runner.storage import capture, layers, unpack
 from cove.runner.storage.snapshot import stream
 
 CACHE = ".images"
 TAG = "image"
-_PASSED_ENV = ("PATH", "LANG", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
-               "https_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR")  # fmt: skip
+_PASSED_ENV = ("PATH", "LANG", "SSL_CERT_FILE", "SSL_CERT_DIR")  # (the proxy: Egress's)
 METADATA = 16 * 2**20  # bytes a download may have beyond the layers' limit (manifests, config)
 _COPYING = re.compile(r"^Copying (?:blob|config) sha256:([0-9a-f]{64})")
 _FATAL = re.compile(r'level=fatal msg="((?:[^"\\]|\\.)*)"')
@@ -77,10 +82,12 @@ def pull(
         layout = work / "layout"
         say(f"Pulling {image}")
         authfile = _authfile(settings, auth, work)
-        _check_announced(settings, image, authfile, work, limit)
-        cached = _blob_names(blobs)
-        download = _Download(image, work, blobs, cached, limit, say)
-        _copy(settings, image, authfile, work, layout, blobs, download.heard, download.over)
+        with Egress(settings, image.split("/", 1)[0]) as egress:
+            _check_announced(settings, image, authfile, work, limit, egress)
+            cached = _blob_names(blobs)
+            download = _Download(image, work, blobs, cached, limit, say)
+            _copy(settings, image, authfile, work, layout, blobs, download.heard,
+                  download.over, egress)  # fmt: skip
         digest = (work / "digest").read_text().strip()
         _share_blobs(layout, blobs)
         say(f"Digest: {digest}")
@@ -111,14 +118,15 @@ def blob_dir(auth: RegistryAuth | None) -> str:
 def _copy(
     settings: Settings, image: str, authfile: Path | None, work: Path, layout: Path,
     blobs: Path, say: Callable[[str], None], guard: Callable[[], Exception | None],
+    egress: Egress,
 ) -> None:  # fmt: skip
     argv = ["skopeo", "copy", "--retry-times", "2", "--dest-shared-blob-dir", str(blobs),
             "--digestfile", str(work / "digest")]  # fmt: skip
     argv += ["--src-" + flag[2:] for flag in _source_flags(settings, image, authfile)]
     argv += [f"docker://{image}", f"oci:{layout}:{TAG}"]
     try:
-        stream(argv, say, env=_skopeo_env(work), timeout=settings.pull_timeout_seconds,
-               stop_when=guard)  # fmt: skip
+        stream(egress.wrap(argv), say, env=egress.env(_skopeo_env(work)), name="skopeo",
+               timeout=settings.pull_timeout_seconds, stop_when=guard)  # fmt: skip
     except layers.ImageTooLarge:
         raise
     except RuntimeBackendError as exc:
@@ -190,7 +198,7 @@ def _skopeo_env(work: Path) -> dict[str, str]:
 
 
 def _check_announced(settings: Settings, image: str, authfile: Path | None, work: Path,
-                     limit: int) -> None:  # fmt: skip
+                     limit: int, egress: Egress) -> None:  # fmt: skip
     """Refuse, before any download, an image whose manifest (for this host's platform)
     announces layers over ``limit`` bytes. The registry's word: the download is checked
     again. A manifest that cannot be read here is left to ``skopeo copy`` to report.
@@ -199,22 +207,22 @@ def _check_announced(settings: Settings, image: str, authfile: Path | None, work
         ImageTooLarge: the announced sizes pass ``limit``.
     """
     flags = _source_flags(settings, image, authfile)
-    found = _raw_manifest(settings, f"docker://{image}", flags, work)
+    found = _raw_manifest(settings, f"docker://{image}", flags, work, egress)
     if found is not None and isinstance(found.get("manifests"), list):
         digest = _platform_digest(found["manifests"])
         found = None if digest is None else _raw_manifest(
-            settings, f"docker://{_repository(image)}@{digest}", flags, work)
+            settings, f"docker://{_repository(image)}@{digest}", flags, work, egress)
     if found is not None:
         layers.refuse_compressed(layers.compressed_size(found), limit, image)
 
 
-def _raw_manifest(settings: Settings, ref: str, flags: list[str],
-                  work: Path) -> dict[str, Any] | None:  # fmt: skip
+def _raw_manifest(settings: Settings, ref: str, flags: list[str], work: Path,
+                  egress: Egress) -> dict[str, Any] | None:  # fmt: skip
     argv = ["skopeo", "inspect", "--raw", "--retry-times", "2", *flags, ref]
     timeout = min(120.0, settings.pull_timeout_seconds)
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              env=_skopeo_env(work), timeout=timeout)  # fmt: skip
+        done = subprocess.run(egress.wrap(argv), stdin=subprocess.DEVNULL, capture_output=True,
+                              env=egress.env(_skopeo_env(work)), timeout=timeout)  # fmt: skip
         found = json.loads(done.stdout) if done.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return None

@@ -317,10 +317,11 @@ WATCH_SECONDS = 0.5  # how often stream() asks its stop_when
 def stream(
     argv: list[str], say: Progress, *, env: dict[str, str] | None = None,
     timeout: float | None = None, stop_when: Callable[[], Exception | None] | None = None,
+    name: str | None = None,
 ) -> None:  # fmt: skip
     """Run ``argv`` and hand each output line (stdout and stderr) to ``say``; it is
     killed after ``timeout`` seconds, or as soon as ``stop_when`` (asked each
-    :data:`WATCH_SECONDS`) returns an error.
+    :data:`WATCH_SECONDS`) returns an error. Errors call it ``name`` (default: ``argv[0]``).
 
     Raises:
         RuntimeBackendError: it could not run, exited non-zero or timed out (the
@@ -375,9 +376,10 @@ def stream(
         if watcher is not None:
             watcher.join()
     code = proc.wait()
+    name = name or argv[0]
     if stopped:
         raise stopped[0]
     if fired.is_set():
-        raise RuntimeBackendError(f"{argv[0]} timed out after {timeout:.0f} s")
+        raise RuntimeBackendError(f"{name} timed out after {timeout:.0f} s")
     if code != 0:
-        raise RuntimeBackendError(f"{argv[0]} exited {code}: {' | '.join(tail)}")
+        raise RuntimeBackendError(f"{name} exited {code}: {' | '.join(tail)}")
