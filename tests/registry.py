@@ -32,10 +32,11 @@ class Registry:
     """``docker-registry serve`` on 127.0.0.1:<free port>, storage in ``root``; with
     ``user``/``password``, every request needs them (htpasswd, bcrypt)."""
 
-    def __init__(self, root: Path, *, user: str | None = None, password: str | None = None):
+    def __init__(self, root: Path, *, user: str | None = None, password: str | None = None,
+                 bind: str = "127.0.0.1"):  # fmt: skip
         self.root = root
         self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
+        self.host = f"{bind}:{self.port}"
         self.user, self.password = user, password
         self.log = root / "registry.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -133,6 +133,25 @@ def test_a_listed_registry_on_loopback_is_pulled_from(tmp_path: Path,
         local.stop()
 
 
+def test_a_listed_registry_elsewhere_is_pulled_through_the_proxy(
+    tmp_path: Path, settings: Settings,
+) -> None:  # fmt: skip
+    """On the host's own address (not loopback: Go sends it to the proxy, which lets
+    it through because the operator lists it), over HTTPS first, then plain HTTP."""
+    address = _host_address()
+    if address is None:
+        pytest.skip("this host has no address besides loopback")
+    (tmp_path / "reg").mkdir()
+    lan = Registry(tmp_path / "reg", bind=address).start()
+    try:
+        image = lan.push(layout(tmp_path / "img", ImageSpec([busybox_layer()])), "app")
+        settings.insecure_registries = [lan.host]
+        assert registry.pull(settings, "snap", image, None).digest.startswith("sha256:")
+        assert (settings.snapshot_dir / "snap").is_dir()  # type: ignore[operator]
+    finally:
+        lan.stop()
+
+
 @pytest.mark.parametrize(("address", "reachable"), [
     ("93.184.215.14", True), ("2606:2800:21f:cb07:6820:80da:af6b:8b2c", True),
     ("127.0.0.1", False), ("10.213.0.5", False), ("169.254.169.254", False),
