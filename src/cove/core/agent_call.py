@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,13 +10,13 @@ from cove.agent import protocol
 from cove.agent.mux import Stream
 from cove.agent.protocol import AgentError, ProtocolError
 
-# The most values a JSON frame of the agent may hold, counted generously as its
-# bytes ``{ [ , :`` (strings' contents included). The server decodes the agent's JSON
-# on the event loop every sandbox shares, at up to ~2 us and ~100 bytes a value: a
-# frame of MAX_FRAME bytes of ``[],`` took ~6 s and ~400 MB; this many values, a few
-# hundred ms at worst (a git status of ~28,000 files, a screenshot: none).
+# The most values a JSON frame of the agent may hold, counted as its ``{ [ , :``
+# outside strings. The server decodes the agent's JSON on the event loop every
+# sandbox shares, at up to ~2 us and ~100 bytes a value: a frame of MAX_FRAME bytes
+# of ``[],`` took ~6 s and ~400 MB; this many values, a few hundred ms at worst (a
+# git status of ~28,000 files; text in strings, such as output, counts for nothing).
 MAX_JSON_VALUES = 2**18
-_SCAN = 1024 * 1024  # bytes counted at a time (junk is refused after its first slice)
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # (unrolled: no backtracking)
 
 
 class AgentCall:
@@ -120,12 +121,9 @@ def decode(payload: bytes) -> dict[str, Any]:
     Raises:
         ProtocolError: it holds more, or it is not a JSON object.
     """
-    values = 0
-    for start in range(0, len(payload), _SCAN):
-        values += sum(payload.count(char, start, start + _SCAN) for char in b"{[,:")
-        if values > MAX_JSON_VALUES:
-            raise ProtocolError(f"the agent sent a JSON frame of more than {MAX_JSON_VALUES} "
-                                "values")  # fmt: skip
+    bare = _STRING.sub(b"", payload) if b'"' in payload else payload
+    if sum(bare.count(char) for char in b"{[,:") > MAX_JSON_VALUES:
+        raise ProtocolError(f"the agent sent a JSON frame of more than {MAX_JSON_VALUES} values")
     return protocol.decode(payload)
 
 

@@ -5,6 +5,7 @@ passed on unchecked; well-formed replies come back as typed values."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -186,6 +187,17 @@ async def test_a_reply_of_countless_values_does_not_hold_the_server(
         watch.cancel()
     assert (caught.value.status_code, caught.value.code) == (502, "AGENT_ERROR")
     assert max(gaps) < 0.5, max(gaps)
+
+
+async def test_text_full_of_commas_is_no_count_of_values(
+    agent: AgentClient, runtime: ScriptedRuntime
+) -> None:
+    """Only a frame's structure counts: a string of a million commas and colons (a
+    command's CSV output, a listing's names) is one value."""
+    text = '\\",:{[' * 200_000
+    runtime.script = [(J, json.dumps({"ok": True, "home": text, "workDir": "/", "env": {},
+                                      "version": "1"}).encode())]  # fmt: skip
+    assert (await agent.info()).home == text
 
 
 async def test_a_reply_after_countless_frames_is_the_agents_error(
