@@ -27,7 +27,7 @@ import fcntl
 import ipaddress
 import logging
 import os
-import select
+import selectors
 import socket
 import struct
 import threading
@@ -283,16 +283,20 @@ def _relay(conn: socket.socket, addresses: list[tuple[str, int]], first: bytes,
         conn.settimeout(None)
         upstream.settimeout(None)
         peer = {conn: upstream, upstream: conn}
-        open_ = [conn, upstream]
-        while open_:
-            ready, _, _ = select.select(open_, [], [], IDLE_SECONDS)
-            if not ready:
-                return
-            for side in ready:
-                data = side.recv(65536)
-                if data:
-                    peer[side].sendall(data)
-                    continue
-                open_.remove(side)
-                with contextlib.suppress(OSError):
-                    peer[side].shutdown(socket.SHUT_WR)
+        # (a selector, not select(): a server with many sandboxes has descriptors past 1024)
+        with selectors.DefaultSelector() as watch:
+            for end in peer:
+                watch.register(end, selectors.EVENT_READ, end)
+            while watch.get_map():
+                ready = watch.select(IDLE_SECONDS)
+                if not ready:
+                    return
+                for key, _events in ready:
+                    side: socket.socket = key.data
+                    data = side.recv(65536)
+                    if data:
+                        peer[side].sendall(data)
+                        continue
+                    watch.unregister(side)
+                    with contextlib.suppress(OSError):
+                        peer[side].shutdown(socket.SHUT_WR)
