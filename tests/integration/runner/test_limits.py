@@ -111,6 +111,26 @@ time.sleep(float(sys.argv[2]))
 """
 
 
+def _hold(runtime: OciRuntime, sandbox_id: str, script: str, args: str) -> str:
+    """Start ``script`` (with ``args``) in the background as the sandbox user; once it
+    has taken what it holds, what it printed (it keeps holding it)."""
+    quoted = script.replace("'", "'\\''")
+    ok(runtime, sandbox_id, f"nohup python3 -c '{quoted}' {args} > /tmp/held 2>&1 &",
+       user="daytona")  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (held := ok(runtime, sandbox_id, "cat /tmp/held").strip()):
+        assert time.monotonic() < deadline, "the holder printed nothing"
+        time.sleep(0.2)
+    return held
+
+
+def _host_can(probe: str) -> bool:
+    """Whether the host's root gets what ``probe`` (``python3 -c '...'``) asks for."""
+    done = subprocess.run(["python3", "-c", probe.split("'")[1]], capture_output=True,
+                          text=True, timeout=30)  # fmt: skip
+    return done.stdout.strip() == "True"
+
+
 def test_sandboxes_holding_their_terminals_leave_others_theirs(
     runtime: OciRuntime, make_sandbox: SandboxFactory
 ) -> None:
@@ -119,16 +139,10 @@ def test_sandboxes_holding_their_terminals_leave_others_theirs(
     reserve, 3072 by default): a few sandboxes holding theirs must not leave
     another sandbox (of any organization) without a terminal."""
     hogs = [make_sandbox().sandbox_id for _ in range(3)]
-    script = HOLD_TERMINALS.replace("'", "'\\''")
-    for sid in hogs:
-        ok(runtime, sid, f"nohup python3 -c '{script}' {spec.PTY_MAX} 120 > /tmp/held 2>&1 &",
-           user="daytona")  # fmt: skip
     try:
         for sid in hogs:
-            deadline = time.monotonic() + 60
-            while not ok(runtime, sid, "cat /tmp/held").strip() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert int(ok(runtime, sid, "cat /tmp/held")) > spec.PTY_MAX // 2  # (they ran)
+            held = _hold(runtime, sid, HOLD_TERMINALS, f"{spec.PTY_MAX} 120")
+            assert int(held) > spec.PTY_MAX // 2  # (they ran)
         victim = make_sandbox().sandbox_id
         res = sh(runtime, victim, "python3 -c 'import os; os.openpty(); print(\"got one\")'",
                  user="daytona")  # fmt: skip
@@ -174,19 +188,11 @@ def test_a_sandbox_holding_inotify_watches_leaves_others_theirs(
     many (a file watcher on a large tree) must leave other sandboxes, and the
     host's root, theirs."""
     hog = make_sandbox().sandbox_id
-    script = HOLD_INOTIFY.replace("'", "'\\''")
-    ok(runtime, hog, f"nohup python3 -c '{script}' 1000 250000 120 > /tmp/held 2>&1 &",
-       user="daytona")  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not ok(runtime, hog, "cat /tmp/held").strip() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        instances, watches = map(int, _hold(runtime, hog, HOLD_INOTIFY, "1000 250000 120").split())
         victim = make_sandbox().sandbox_id
         assert ok(runtime, victim, INOTIFY_ONE, user="daytona").strip() == "True"
-        host = subprocess.run(["python3", "-c", INOTIFY_ONE.split("'")[1]], capture_output=True,
-                              text=True, timeout=30)  # fmt: skip
-        assert host.stdout.strip() == "True", host
-        instances, watches = map(int, ok(runtime, hog, "cat /tmp/held").split())
+        assert _host_can(INOTIFY_ONE)
         assert (instances, watches) == (1000, 250_000)  # (more than the defaults allow)
     finally:
         kill_all_but_init(runtime, hog)
@@ -220,19 +226,11 @@ def test_a_sandbox_queueing_signals_leaves_others_their_timers(
     sandbox's and root's own: a sandbox queueing all its RLIMIT_SIGPENDING allows
     must leave the other sandboxes and the host's root their timers."""
     hog = make_sandbox().sandbox_id
-    script = HOLD_SIGNALS.replace("'", "'\\''")
-    ok(runtime, hog, f"nohup python3 -c '{script}' 1000000 120 > /tmp/held 2>&1 &",
-       user="daytona")  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not ok(runtime, hog, "cat /tmp/held").strip() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert int(ok(runtime, hog, "cat /tmp/held")) > 1000  # (it queued)
+        assert int(_hold(runtime, hog, HOLD_SIGNALS, "1000000 120")) > 1000  # (it queued)
         victim = make_sandbox().sandbox_id
         assert ok(runtime, victim, TIMER, user="daytona").strip() == "True"
-        host = subprocess.run(["python3", "-c", TIMER.split("'")[1]], capture_output=True,
-                              text=True, timeout=30)  # fmt: skip
-        assert host.stdout.strip() == "True", host
+        assert _host_can(TIMER)
     finally:
         kill_all_but_init(runtime, hog)
 
@@ -265,18 +263,11 @@ def test_a_sandbox_holding_aio_contexts_leaves_others_theirs(
     against ``fs.aio-max-nr`` (65536 by default): a sandbox holding more than that
     must leave other sandboxes, and the host, theirs (its rings are its memory)."""
     hog = make_sandbox().sandbox_id
-    script = HOLD_AIO.replace("'", "'\\''")
-    ok(runtime, hog, f"nohup python3 -c '{script}' 80000 120 > /tmp/held 2>&1 &",
-       user="daytona")  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not ok(runtime, hog, "cat /tmp/held").strip() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        got = int(_hold(runtime, hog, HOLD_AIO, "80000 120"))
         victim = make_sandbox().sandbox_id
         assert ok(runtime, victim, AIO_ONE, user="daytona").strip() == "True"
-        host = subprocess.run(["python3", "-c", AIO_ONE.split("'")[1]], capture_output=True,
-                              text=True, timeout=30)  # fmt: skip
-        assert host.stdout.strip() == "True", host
-        assert int(ok(runtime, hog, "cat /tmp/held")) >= 80000  # (more than the default)
+        assert _host_can(AIO_ONE)
+        assert got >= 80000  # (more than the default)
     finally:
         kill_all_but_init(runtime, hog)
