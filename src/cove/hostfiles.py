@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cove.core.config import Settings
@@ -108,3 +108,22 @@ def remove_tree(path: Path, *, ignore_errors: bool = False) -> None:
         err.seek(max(0, os.fstat(err.fileno()).st_size - 1024))
         tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
     raise OSError(f"cannot remove {path}: {tail[0]}")
+
+
+def walk_tree(root: Path) -> Iterator[os.DirEntry[str]]:
+    """Every entry below ``root``, never through a symlink, a directory's before what
+    is in it. The tree may be a tenant's, nested as deep as it liked: it is walked
+    with a list, not recursively (``os.walk`` recurses once per level, and a few
+    thousand levels raise RecursionError). A directory that cannot be read (gone, or
+    deeper than a path can name: PATH_MAX) is skipped."""
+    pending = [str(root)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as found:
+                entries = list(found)
+        except OSError:
+            continue
+        for entry in entries:
+            yield entry
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)

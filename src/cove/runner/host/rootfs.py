@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cove.errors import RuntimeBackendError
+from cove.hostfiles import walk_tree
 from cove.runner.host import disk, idrange, mountapi, mounts
 from cove.runner.host.idrange import IdRange
 from cove.runner.host.proc import run
@@ -139,23 +140,15 @@ def convert_layer(upper: Path) -> None:
     (layers written before sandboxes ran in user namespaces, and every layer a runner
     restores without its metadata: one a drain moved here).
 
-    The tree is the sandbox's, nested as deep as it liked: it is walked with a list,
-    not recursively (``os.walk`` recurses once per level in Python 3.11, and a
-    RecursionError would keep the sandbox from ever starting again). What lies deeper
-    than a path can name (PATH_MAX) is left as it is: no snapshot has a directory
-    there, so no opaque mark could hide anything of one.
+    The tree is the sandbox's, nested as deep as it liked (see ``walk_tree``); what
+    lies deeper than a path can name (PATH_MAX) is left as it is: no snapshot has a
+    directory there, so no opaque mark could hide anything of one.
     """
     if not upper.is_dir():
         return
-    pending = [str(upper)]
-    while pending:
-        try:
-            with os.scandir(pending.pop()) as entries:
-                found = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
-        except OSError:
-            continue  # (gone, or beyond PATH_MAX)
-        pending += found
-        for path in found:
+    for entry in walk_tree(upper):
+        if entry.is_dir(follow_symlinks=False):
+            path = entry.path
             try:
                 value = os.getxattr(path, _OPAQUE[0], follow_symlinks=False)
             except OSError as exc:

@@ -25,6 +25,7 @@ from typing import Any
 
 from cove.core.ports import ImageConfig
 from cove.errors import RuntimeBackendError
+from cove.hostfiles import walk_tree
 from cove.runner.host.proc import run
 
 CONFIG_FILE = "image.json"
@@ -52,13 +53,11 @@ def unpack_image(layout: Path, tag: str, rootfs: Path) -> ImageConfig:
 
 def remove_devices(root: Path) -> None:
     """Delete every block and character device node under ``root`` (never following
-    a symbolic link)."""
-    for top, dirs, files in os.walk(root, followlinks=False):
-        for name in files + dirs:
-            path = os.path.join(top, name)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
-                os.unlink(path)
+    a symbolic link; an image's tree may be nested as deep as its registry liked)."""
+    for entry in walk_tree(root):
+        mode = entry.stat(follow_symlinks=False).st_mode
+        if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+            os.unlink(entry.path)
 
 
 def read_config(layout: Path, tag: str) -> ImageConfig:
