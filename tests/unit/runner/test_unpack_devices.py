@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+from cove.hostfiles import remove_tree
 from cove.runner.storage.unpack import remove_devices
 from tests.unit.runner.test_stale_work import deep_tree
 
@@ -14,6 +15,13 @@ def test_device_nodes_go_at_any_depth_and_links_are_not_followed(tmp_path: Path)
     """A tree 1,500 levels deep (os.walk's recursion stops near 1,000) with a device
     at its bottom; a symlink to a device elsewhere is not followed."""
     rootfs, outside = tmp_path / "rootfs", tmp_path / "outside"
+    try:
+        _check(rootfs, outside)
+    finally:  # (pytest's own clean-up of tmp_path recurses: it would fail on this tree)
+        remove_tree(rootfs, ignore_errors=True)
+
+
+def _check(rootfs: Path, outside: Path) -> None:
     outside.mkdir()
     os.mknod(outside / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     rootfs.mkdir()
