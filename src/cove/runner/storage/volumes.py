@@ -210,11 +210,12 @@ class VolumeDir:
 
     def _attach(self, volume_id: str) -> bool:
         """Mount the volume's image at its directory, unless mounted already (a new
-        volume's image made first); False: the volume is a directory."""
+        volume's image made first); False: the volume is a directory. Whether it has
+        an image is the volume's own, whatever COVE_VOLUME_SIZE_GB says now."""
         path, image = self.root / volume_id, self.root / f"{volume_id}.img"
-        if self.size_gib is None or (path.exists() and not image.exists()):
-            return False  # (a shared dir's, or one made before volumes had images)
         if not image.exists():
+            if self.size_gib is None or path.exists():
+                return False  # (a shared dir's, or one made as a directory)
             self._make_image(image)
         if not mounts.is_mounted(path):
             disk.mount(image, path)
