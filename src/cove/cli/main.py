@@ -49,7 +49,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
     """Start the API server (builds the default snapshot first if it is missing)."""
     import uvicorn
 
-    from cove.api import logs
+    from cove.api import httpguard, logs
     from cove.api.app import create_app
 
     settings = local_settings(host=host, port=port, data_dir=data_dir)
@@ -61,13 +61,15 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
     ssh = f", SSH on port {settings.ssh_port}" if settings.ssh_port else ""
     output.stderr().print(f"Cove listening on {settings.base_url}{ssh} "
                           f"(data in {settings.data_dir})")  # fmt: skip
+    http, ws = httpguard.protocols(settings)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         log_config=logs.config(log_level),
-        ws="websockets-sansio",
+        http=http,
+        ws=ws,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=10,
         ssl_certfile=settings.tls_cert,

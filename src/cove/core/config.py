@@ -194,6 +194,15 @@ class Settings(BaseSettings):
     egress_block: Ipv4Ranges = ()
     # Concurrent tracked connections per sandbox (its share of the host's conntrack table).
     max_connections: int = Field(default=4096, ge=1)
+    # What one HTTP client may hold before any key is checked (cove/api/httpguard.py):
+    # open connections per address (an IPv6 one by its /64; 0: no cap; behind a
+    # reverse proxy every client has the proxy's address), open connections in all
+    # (default: a quarter of the open-files limit), seconds to send a request head,
+    # and the head's size (request line and headers).
+    http_max_connections_per_client: int = Field(default=1024, ge=0)
+    http_max_connections: int | None = Field(default=None, ge=0)
+    http_header_seconds: float = Field(default=20, ge=0)
+    http_max_head_bytes: int = Field(default=32768, ge=1024)
     # Preview host names {port}-{sandboxId}.<domain> are proxied when set.
     preview_domain: str | None = None
     # Serve HTTPS with this certificate (PEM chain) and key; both or neither. The SDK

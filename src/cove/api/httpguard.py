@@ -1,0 +1,220 @@
+"""What one HTTP client may hold of the server before any key is checked.
+
+uvicorn bounds none of it on its own, and each of these took a ``cove serve`` down
+from one address with no key (``tests/unit/api/test_httpguard.py``):
+
+- **Connections.** Opened and left idle, or fed a request head a byte at a time,
+  they stay open for ever: uvicorn's keep-alive timer starts only after a response.
+  About a thousand of them used up the server's open files, so it could no longer
+  accept, nor reach its sandboxes' agents. Each client address (an IPv6 one by its
+  /64) may hold ``http_max_connections_per_client`` at once, and all clients together
+  ``http_max_connections`` (by default a quarter of the open-files limit: the rest is
+  the server's own, two per started sandbox). A connection past either gets a 503 and
+  is closed at once. Upgraded WebSockets count until they close.
+- **Time to send a request head.** A head must be complete within
+  ``http_header_seconds`` of its first byte, or of the connection's opening. An idle
+  keep-alive connection is still governed by the keep-alive timeout.
+- **The head's size.** httptools keeps a header's value by appending each piece to
+  the last (so a long header costs memory and quadratic time), and uvicorn does the
+  same with the URL: one 300 MB header made the server grow past 400 MB at full CPU.
+  A head still incomplete past ``http_max_head_bytes`` gets a 431 and the connection
+  is closed. (A head that arrives whole in one read is parsed once, at no such cost:
+  it may pass the bound by up to that read's size, 256 KiB at most.)
+
+The guard is a subclass of uvicorn's httptools protocol (``uvicorn.Config(http=...)``
+takes a protocol class) and of its WebSocket protocol, for the count of upgraded
+connections; both are made by :func:`protocols`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import resource
+from collections import Counter
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from cove.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def client_key(client: tuple[str, int] | None) -> str:
+    """Whose connection this is: its IPv4 address, its IPv6 /64 (one host's usual share)."""
+    if not client:
+        return ""  # a Unix socket: one local client
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return client[0]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def default_max_connections() -> int:
+    """A quarter of this process's open-files limit (the rest is the server's own)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(64, soft // 4)
+
+
+@dataclass
+class Gate:
+    """The open connections, by client, against the two caps (0: no cap).
+
+    ``total`` None: :func:`default_max_connections`, read at the first connection (the
+    runtime raises the open-files limit when the app starts, after the gate is made).
+    """
+
+    per_client: int
+    total: int | None
+    open: Counter[str] = field(default_factory=Counter)
+    count: int = 0
+
+    def admit(self, key: str) -> str | None:
+        """Count the connection in, or say why it may not open."""
+        if self.total is None:
+            self.total = default_max_connections()
+        if self.total and self.count >= self.total:
+            return "the server has as many open connections as it takes; try again later"
+        if self.per_client and self.open[key] >= self.per_client:
+            return (f"this address already has {self.per_client} open connections to the "
+                    "server (COVE_HTTP_MAX_CONNECTIONS_PER_CLIENT); close some first")  # fmt: skip
+        self.open[key] += 1
+        self.count += 1
+        return None
+
+    def release(self, key: str) -> None:
+        self.count -= 1
+        self.open[key] -= 1
+        if self.open[key] <= 0:
+            del self.open[key]
+
+
+# The envelope's ``code`` of each refusal (the error hierarchy's, where it has one).
+_CODES = {408: "TIMEOUT", 431: "HEADERS_TOO_LARGE", 503: "TOO_MANY_CONNECTIONS"}
+
+
+def refusal(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 response in Daytona's error envelope, after which the server closes."""
+    phrase = HTTPStatus(status).phrase
+    body = json.dumps({"statusCode": status, "message": message, "code": _CODES[status],
+                       "source": "DAYTONA_API", "error": phrase}).encode()  # fmt: skip
+    head = (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")  # fmt: skip
+    return head.encode() + body
+
+
+def protocols(settings: Settings) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
+    """The HTTP and WebSocket protocol classes for ``uvicorn.Config(http=..., ws=...)``."""
+    gate = Gate(settings.http_max_connections_per_client, settings.http_max_connections)
+    header_seconds = settings.http_header_seconds
+    max_head = settings.http_max_head_bytes
+
+    class GuardedWebSocket(WebSocketsSansIOProtocol):
+        """A WebSocket upgraded from a :class:`GuardedHttp` connection, still counted."""
+
+        gate_key: str | None = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.gate_key is not None:
+                gate.release(self.gate_key)
+                self.gate_key = None
+            super().connection_lost(exc)
+
+    class GuardedHttp(HttpToolsProtocol):
+        """uvicorn's httptools protocol with the bounds in this module's docstring."""
+
+        gate_key: str | None = None
+        head_bytes = 0
+        in_head = False
+        head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            key = client_key(self.client)
+            refused = gate.admit(key)
+            if refused is not None:
+                transport.write(refusal(503, refused))
+                transport.close()
+                return
+            self.gate_key = key
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if self.gate_key is not None:
+                gate.release(self.gate_key)
+                self.gate_key = None
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self.transport.is_closing():
+                return
+            if not self.in_head and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # a new head starts here: it has until the timer
+            super().data_received(data)
+            if self.in_head and not self.transport.is_closing():
+                # Counted only while the head is incomplete: a chunk that also held a
+                # body's end counts whole (at most one read's worth too many).
+                self.head_bytes += len(data)
+                if self.head_bytes > max_head:
+                    log.warning("a request head from %s passed %d bytes", self.gate_key, max_head)
+                    self._refuse(431, f"the request's headers and URL are longer than "
+                                      f"{max_head} bytes (COVE_HTTP_MAX_HEAD_BYTES)")  # fmt: skip
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.in_head = True
+            self.head_bytes = 0
+
+        def on_headers_complete(self) -> None:
+            self.in_head = False
+            self._disarm()
+            super().on_headers_complete()
+
+        def handle_websocket_upgrade(self) -> None:
+            super().handle_websocket_upgrade()
+            upgraded: Any = self.transport.get_protocol()
+            if isinstance(upgraded, GuardedWebSocket):  # the count moves with the transport
+                upgraded.gate_key, self.gate_key = self.gate_key, None
+
+        def _arm(self) -> None:
+            if self.head_timer is None and header_seconds:
+                self.head_timer = self.loop.call_later(header_seconds, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def _head_timeout(self) -> None:
+            self.head_timer = None
+            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._arm()  # a request under way (a pipelined head waits): its own time
+                return
+            if self.in_head:
+                self._refuse(408, f"the request's head did not arrive within {header_seconds:g} "
+                                  "seconds (COVE_HTTP_HEADER_SECONDS)")  # fmt: skip
+            else:
+                self.transport.close()  # opened and never used
+
+        def _refuse(self, status: int, message: str) -> None:
+            self.in_head = False
+            self.transport.write(refusal(status, message))
+            self.transport.close()
+
+    return GuardedHttp, GuardedWebSocket

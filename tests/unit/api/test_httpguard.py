@@ -1,0 +1,207 @@
+"""What one HTTP client may hold of the server before any key is checked
+(``cove.api.httpguard``), tried against a real uvicorn server with the guard's
+protocols, from loopback addresses of their own (127.0.0.2 is the attacker).
+
+Without the guard, each attack here took a ``cove serve`` down: about a thousand idle
+connections used up its open files (it then answered no one), and one endless header
+grew it by hundreds of MB at full CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from websockets.sync.client import connect as ws_connect
+
+from cove.api import httpguard
+from cove.core.config import Settings
+from cove.testing import free_port
+
+
+async def _app(scope, receive, send) -> None:  # noqa: ANN001
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+    elif scope["type"] == "websocket":
+        await receive()  # connect
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+    else:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+class Served:
+    def __init__(self, settings: Settings) -> None:
+        http, ws = httpguard.protocols(settings)
+        self.port = free_port()
+        config = uvicorn.Config(_app, host="127.0.0.1", port=self.port, http=http, ws=ws,
+                                timeout_keep_alive=30, log_level="critical")  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()))
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the test server did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def connect(self, source: str = "127.0.0.1") -> socket.socket:
+        conn = socket.create_connection(("127.0.0.1", self.port), timeout=5,
+                                        source_address=(source, 0))  # fmt: skip
+        return conn
+
+    def get(self, source: str = "127.0.0.1", extra: bytes = b"") -> bytes:
+        with self.connect(source) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n")
+            return answer(conn)
+
+
+def answer(conn: socket.socket) -> bytes:
+    """All the server sent until it closed, or until a whole response with a body."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError, TimeoutError):
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep and b"content-length: " + str(len(body)).encode() in head.lower():
+                break
+    return data
+
+
+def envelope(response: bytes) -> dict:
+    return json.loads(response.partition(b"\r\n\r\n")[2])
+
+
+def settings(tmp_path: Path, **kw: object) -> Settings:
+    return Settings(data_dir=tmp_path, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def held() -> Iterator[list[socket.socket]]:
+    conns: list[socket.socket] = []
+    yield conns
+    for conn in conns:
+        conn.close()
+
+
+def _wait_open(served: Served, source: str) -> bytes:
+    """A request from ``source``, retried while the server still counts closed ones."""
+    deadline = time.monotonic() + 5
+    while (got := served.get(source)).startswith(b"HTTP/1.1 503") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return got
+
+
+def test_one_address_holds_at_most_its_share_of_connections(
+        tmp_path: Path, held: list[socket.socket]) -> None:
+    with Served(settings(tmp_path, http_max_connections_per_client=3)) as served:
+        held.extend(served.connect("127.0.0.2") for _ in range(3))
+        refused = served.get("127.0.0.2")
+        assert refused.startswith(b"HTTP/1.1 503"), refused
+        body = envelope(refused)
+        assert body["statusCode"] == 503 and body["code"] == "TOO_MANY_CONNECTIONS"
+        assert "COVE_HTTP_MAX_CONNECTIONS_PER_CLIENT" in body["message"]
+        # another address is served meanwhile
+        assert served.get("127.0.0.1").startswith(b"HTTP/1.1 200")
+        # and the attacker's share comes back as its connections close
+        held.pop().close()
+        assert _wait_open(served, "127.0.0.2").startswith(b"HTTP/1.1 200")
+
+
+def test_all_clients_together_hold_at_most_the_total(
+        tmp_path: Path, held: list[socket.socket]) -> None:
+    with Served(settings(tmp_path, http_max_connections_per_client=0,
+                         http_max_connections=4)) as served:  # fmt: skip
+        held.extend(served.connect(f"127.0.0.{n}") for n in range(2, 6))
+        assert served.get("127.0.0.9").startswith(b"HTTP/1.1 503")
+        held.pop().close()
+        assert _wait_open(served, "127.0.0.9").startswith(b"HTTP/1.1 200")
+
+
+def test_a_head_sent_slowly_is_cut_off(tmp_path: Path) -> None:
+    with Served(settings(tmp_path, http_header_seconds=0.5)) as served:
+        with served.connect() as slow:
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(4):  # still sending, a byte at a time
+                time.sleep(0.2)
+                with contextlib.suppress(OSError):
+                    slow.sendall(b"X")
+            got = answer(slow)
+        assert got.startswith(b"HTTP/1.1 408"), got
+        assert "COVE_HTTP_HEADER_SECONDS" in envelope(got)["message"]
+        with served.connect() as idle:  # opened and never used
+            started = time.monotonic()
+            assert answer(idle) == b""
+            assert time.monotonic() - started < 4
+
+
+def test_an_idle_keep_alive_connection_is_not_cut_off_by_the_head_timer(tmp_path: Path) -> None:
+    with Served(settings(tmp_path, http_header_seconds=0.3)) as served, served.connect() as conn:
+        for _ in range(2):
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer(conn).startswith(b"HTTP/1.1 200")
+            time.sleep(0.8)  # idle past the head timer: keep-alive (30 s) governs
+
+
+def test_a_long_head_gets_431_and_the_server_stops_reading_it(tmp_path: Path) -> None:
+    with Served(settings(tmp_path, http_max_head_bytes=4096)) as served:
+        assert served.get(extra=b"X-Fine: " + b"a" * 3000 + b"\r\n").startswith(b"HTTP/1.1 200")
+        with served.connect("127.0.0.2") as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+            sent = 0
+            with contextlib.suppress(OSError):  # the server closes while we send
+                for _ in range(64):
+                    conn.sendall(b"a" * (1 << 20))
+                    sent += 1
+            got = answer(conn)
+        assert got.startswith(b"HTTP/1.1 431"), got[:200]
+        assert "COVE_HTTP_MAX_HEAD_BYTES" in envelope(got)["message"]
+        assert sent < 64  # it stopped reading long before 64 MB
+
+
+def test_websockets_count_until_they_close(tmp_path: Path) -> None:
+    with Served(settings(tmp_path, http_max_connections_per_client=2)) as served:
+        url = f"ws://127.0.0.1:{served.port}/ws"
+        first, second = ws_connect(url), ws_connect(url)
+        try:
+            assert served.get().startswith(b"HTTP/1.1 503")
+        finally:
+            first.close()
+        assert _wait_open(served, "127.0.0.1").startswith(b"HTTP/1.1 200")
+        second.close()
+        # both released: two new connections fit again
+        third, fourth = ws_connect(url), ws_connect(url)
+        third.close()
+        fourth.close()
+
+
+@pytest.mark.parametrize(("client", "key"), [
+    (("192.0.2.7", 5), "192.0.2.7"),
+    (("2001:db8:1:2:aaaa::1", 5), "2001:db8:1:2::/64"),
+    (("::ffff:192.0.2.7", 5), "192.0.2.7"),
+    (None, ""),
+])  # fmt: skip
+def test_client_key(client: tuple[str, int] | None, key: str) -> None:
+    assert httpguard.client_key(client) == key
