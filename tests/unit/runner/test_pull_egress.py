@@ -4,16 +4,21 @@ link-local networks, unless the operator lists that registry."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
+import select
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from cove.core.config import Settings
 from cove.errors import RuntimeBackendError
-from cove.runner.host.egress import Egress
+from cove.runner.host.egress import Egress, upstream_proxy
 from cove.runner.storage import registry
 from tests.registry import (
     SECRET,
@@ -175,3 +180,156 @@ def test_egress_allow_opens_a_range_to_pulls_too(settings: Settings) -> None:
     with Egress(settings, "docker.io") as egress:
         assert egress.may_reach("10.1.2.3")
         assert not egress.may_reach("10.2.0.1")
+
+
+class OperatorProxy:
+    """The host's own forward proxy (``HTTP(S)_PROXY``): CONNECT and absolute-form
+    requests, each line and ``Proxy-Authorization`` kept in ``asked``; 407 without
+    ``auth`` when one is set."""
+
+    def __init__(self, auth: str | None = None) -> None:
+        self.asked: list[tuple[str, str | None]] = []
+        self.auth = auth
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            fields = dict(line.split(": ", 1) for line in lines[1:])
+            self.asked.append((lines[0], fields.get("Proxy-Authorization")))
+            if self.auth and fields.get("Proxy-Authorization") != self.auth:
+                conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                             b"Content-Length: 0\r\nConnection: close\r\n\r\n")  # fmt: skip
+                return
+            method, target, version = lines[0].split(" ")
+            if method == "CONNECT":
+                host, port = target.rsplit(":", 1)
+                first, reply = rest, b"HTTP/1.1 200 Connection established\r\n\r\n"
+            else:
+                url = urlsplit(target)
+                host, port = url.hostname or "", str(url.port or 80)
+                kept = [line for line in lines[1:] if not line.startswith("Proxy-")]
+                origin = url._replace(scheme="", netloc="").geturl()
+                first = "\r\n".join([f"{method} {origin} {version}", *kept, "", ""]).encode()
+                first, reply = first + rest, b""
+            with socket.create_connection((host.strip("[]"), int(port))) as up:
+                conn.sendall(reply)
+                up.sendall(first)
+                _pipe(conn, up)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    peer = {a: b, b: a}
+    open_ = [a, b]
+    while open_:
+        for side in select.select(open_, [], [], 30)[0] or open_:
+            data = side.recv(65536)
+            if data:
+                peer[side].sendall(data)
+            else:
+                open_.remove(side)
+                with contextlib.suppress(OSError):
+                    peer[side].shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def lan_registry(tmp_path: Path) -> Iterator[tuple[Registry, str, str]]:
+    address = _host_address()
+    if address is None:
+        pytest.skip("this host has no address besides loopback")
+    (tmp_path / "reg").mkdir()
+    lan = Registry(tmp_path / "reg", bind=address).start()
+    try:
+        image = lan.push(layout(tmp_path / "img", ImageSpec([busybox_layer()])), "app")
+        yield lan, image, address
+    finally:
+        lan.stop()
+
+
+def test_a_host_behind_its_own_proxy_pulls_through_it(
+    settings: Settings, lan_registry: tuple[Registry, str, str], internal: HttpServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``HTTPS_PROXY``/``HTTP_PROXY`` of the server: each checked connection goes on
+    through the operator's proxy, with its credentials, to the checked address; what
+    the check refuses never reaches the proxy."""
+    lan, image, address = lan_registry
+    operator = OperatorProxy(auth="Basic " + base64.b64encode(b"op:p@ss").decode())
+    url = f"http://op:p%40ss@127.0.0.1:{operator.port}"
+    monkeypatch.setenv("HTTPS_PROXY", url)
+    monkeypatch.setenv("HTTP_PROXY", url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    settings.insecure_registries = [lan.host]
+    try:
+        assert registry.pull(settings, "snap", image, None).digest.startswith("sha256:")
+        lines = [line for line, _auth in operator.asked]
+        assert f"CONNECT {lan.host} HTTP/1.1" in lines  # HTTPS first (it speaks HTTP)
+        assert any(line.startswith(f"GET http://{lan.host}/v2/") for line in lines)
+        assert all(auth == operator.auth for _line, auth in operator.asked)
+        asked = len(operator.asked)
+        hostile = HttpServer("127.0.0.1", redirecting_registry(f"http://{internal.host}"))
+        try:  # a redirect to the host's loopback: refused before the operator's proxy
+            settings.insecure_registries = [hostile.host]
+            with pytest.raises(RuntimeBackendError):
+                registry.pull(settings, "snap2", f"{hostile.host}/x:v1", None)
+        finally:
+            hostile.close()
+        assert internal.asked == []
+        assert not any(internal.host in line for line, _ in operator.asked[asked:])
+    finally:
+        operator.close()
+
+
+def test_no_proxy_names_what_is_reached_directly(
+    settings: Settings, lan_registry: tuple[Registry, str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    lan, image, address = lan_registry
+    operator = OperatorProxy()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{operator.port}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{operator.port}")
+    monkeypatch.setenv("NO_PROXY", f"example.invalid,{address}")
+    settings.insecure_registries = [lan.host]
+    try:
+        assert registry.pull(settings, "snap", image, None).digest.startswith("sha256:")
+        assert operator.asked == []
+    finally:
+        operator.close()
+
+
+@pytest.mark.parametrize(("env", "scheme", "host", "expected"), [
+    ({}, "https", "r.example", None),
+    ({"https": "http://p:3128"}, "https", "r.example", (("p", 3128), [])),
+    ({"https": "p:3128"}, "https", "r.example", (("p", 3128), [])),
+    ({"all": "http://p"}, "http", "r.example", (("p", 80), [])),
+    ({"http": "http://p:1"}, "https", "r.example", None),
+    ({"https": "http://u:a%3Ab@p:1"}, "https", "r.example",
+     (("p", 1), [b"Proxy-Authorization: Basic " + base64.b64encode(b"u:a:b")])),
+    ({"https": "http://p:1", "no": ".example"}, "https", "r.example", None),
+    ({"https": "http://p:1", "no": "*"}, "https", "r.example", None),
+    ({"https": "https://p:1"}, "https", "r.example",
+     "Bad Gateway: the host's https proxy must be http://host:port"),
+])  # fmt: skip
+def test_which_proxy_of_the_hosts_a_pull_uses(env: dict[str, str], scheme: str, host: str,
+                                              expected: object) -> None:  # fmt: skip
+    assert upstream_proxy(env, scheme, host) == expected

@@ -17,6 +17,12 @@ link-local, ...; not this host's own), or to a registry the operator lists
 Go clients never use a proxy for ``localhost`` or a loopback address: those reach
 the namespace's own loopback, where only the registry of the pull is forwarded to
 the host's, when the operator lists it (a registry on ``127.0.0.1``).
+
+A host that reaches registries through a proxy of its own (``HTTPS_PROXY``,
+``HTTP_PROXY``, ``ALL_PROXY`` in the server's environment, with ``NO_PROXY``) has each
+checked connection sent on through it (:func:`upstream_proxy`), to the address that
+was checked, never the name: the operator's proxy must not resolve the name again
+(to an address nobody checked). So a registry's name must still resolve on the host.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ import selectors
 import socket
 import struct
 import threading
-from collections.abc import Callable
-from urllib.parse import urlsplit
+import urllib.request
+from base64 import b64encode
+from collections.abc import Callable, Mapping
+from urllib.parse import unquote, urlsplit
 
 from cove.core.config import Settings, registry_listed
 from cove.core.validation import blocked_ranges
@@ -63,6 +71,7 @@ class Egress:
         host, _, port = registry.rpartition(":") if ":" in registry else (registry, "", "")
         listed = host in LOOPBACK and port.isdigit() and registry_listed(registry, trusted)
         forward = int(port) if listed and _listening(int(port)) else 0
+        self._proxies = urllib.request.getproxies_environment()
         self._closed = threading.Event()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         made: dict[str, object] = {}
@@ -158,16 +167,28 @@ class Egress:
         if address is None:
             log.info("pull proxy: refused %s: %s", target, why)
             return _refuse(conn, 403, why)
+        upstream = upstream_proxy(self._proxies, url.scheme, host)
+        if isinstance(upstream, str):
+            return _refuse(conn, 502, upstream)
         if method == "CONNECT":
+            if upstream is not None:  # the proxy's own answer (200, or 403/407) goes back
+                proxy, auth = upstream
+                _relay(conn, [proxy], _connect(address[0], auth) + rest)
+                return
             _relay(conn, address, b"", reply=b"HTTP/1.1 200 Connection established\r\n\r\n")
             return
         path = urlsplit(target)._replace(scheme="", netloc="").geturl() or "/"
         kept = [line for line in lines[1:] if line and line.split(b":", 1)[0].strip().lower()
                 not in (b"connection", b"proxy-connection", b"proxy-authorization",
                         b"keep-alive")]  # fmt: skip
+        if upstream is not None:  # absolute form, to the checked address (Host: the name)
+            proxy, auth = upstream
+            path = f"http://{_hostport(address[0])}{path}"
+            kept += auth
         request = [f"{method} {path} {version}".encode("latin-1"), *kept,
                    b"Connection: close", b"", b""]  # fmt: skip
-        _relay(conn, address, b"\r\n".join(request) + rest)
+        _relay(conn, [proxy] if upstream is not None else address,
+               b"\r\n".join(request) + rest)
 
     def _address(self, host: str, port: int) -> tuple[list[tuple[str, int]] | None, str]:
         """The addresses to connect to for ``host:port`` (resolved once: the ones
@@ -194,6 +215,43 @@ class Egress:
         else:
             public = not any(ip in net for net in blocked_ranges(self.settings))
         return public and not _local(ip)
+
+
+def upstream_proxy(proxies: Mapping[str, str], scheme: str,
+                   host: str) -> tuple[tuple[str, int], list[bytes]] | str | None:  # fmt: skip
+    """The host's own proxy for ``scheme://host`` (``proxies``: from the environment, as
+    :func:`urllib.request.getproxies_environment` reads it): its address and the header
+    lines that authenticate to it; None to connect directly (no proxy, or ``NO_PROXY``
+    names the host); a string: why the proxy cannot be used."""
+    given = proxies.get(scheme) or proxies.get("all")
+    # (undocumented, but in the standard library since 3.0; it reads proxies["no"])
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if not given or bypass(host, dict(proxies)):
+        return None
+    parts = urlsplit(given if "://" in given else f"http://{given}")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        port = 0
+    if parts.scheme != "http" or not parts.hostname or not port:
+        return f"Bad Gateway: the host's {scheme} proxy must be http://host:port"
+    auth = []
+    if parts.username is not None:
+        secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        auth.append(b"Proxy-Authorization: Basic " + b64encode(secret))
+    return (parts.hostname, port), auth
+
+
+def _hostport(address: tuple[str, int]) -> str:
+    ip, port = address
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _connect(address: tuple[str, int], auth: list[bytes]) -> bytes:
+    """A CONNECT to the host's own proxy for ``address``."""
+    target = _hostport(address).encode()
+    return b"\r\n".join([b"CONNECT " + target + b" HTTP/1.1", b"Host: " + target, *auth,
+                         b"", b""])  # fmt: skip
 
 
 def _listening(port: int) -> bool:
