@@ -36,6 +36,10 @@ from cove.runner import tls, wire
 
 CONNECT_SECONDS = 10.0
 MAX_CALLS = 256  # calls at once to one runner (streams are not counted)
+# Bytes of one answer, or of one line of a pull's, read at most: a runner host taken
+# over must not grow the API (every runner's, every tenant's) at will. The largest a
+# runner sends is a pulled image's config (unpack.MAX_CONFIG), escaped as JSON.
+MAX_REPLY = 32 * 2**20
 STREAM_LIMIT = 2**20  # a stream reader's buffer, as asyncio's unix connections
 # Calls that take no long work on the runner: a runner silent this long is lost (a
 # create, an archive or a pull waits as long as the work takes).
@@ -71,9 +75,13 @@ class RemoteRunner:
         """
         runner = cls(url, tls.client_context(ca, cert, key))
         try:
-            with httpx.Client(verify=runner._ssl, timeout=CONNECT_SECONDS,
-                              trust_env=False) as client:  # fmt: skip
-                runner._take(_checked(client.get(f"{runner.url}/v1/info")))
+            with httpx.Client(verify=runner._ssl, timeout=CONNECT_SECONDS, trust_env=False
+                              ) as client, client.stream("GET", f"{runner.url}/v1/info"
+                                                         ) as resp:  # fmt: skip
+                body = bytearray()
+                for chunk in resp.iter_bytes():
+                    _add(body, chunk)
+                runner._take(_checked(resp.status_code, body))
         except httpx.HTTPError as exc:
             raise errors.RuntimeBackendError(f"runner {url} unreachable: {exc}") from None
         return runner
@@ -87,7 +95,7 @@ class RemoteRunner:
 
     async def refresh(self) -> None:
         """Read the runner's inventory again."""
-        self._take(_checked(await self._send("GET", "/v1/info", timeout=QUICK_TIMEOUT)))
+        self._take(await self._send("GET", "/v1/info", timeout=QUICK_TIMEOUT))
 
     def has_snapshot(self, name: str) -> bool:
         return name in self._inventory.get("snapshots", ())
@@ -109,9 +117,18 @@ class RemoteRunner:
     async def admits(self, snapshot: str, volumes: Sequence[str] = ()) -> None:
         """Every snapshot: the create says when it is missing."""
 
-    async def _send(self, verb: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _send(self, verb: str, path: str, **kwargs: Any) -> Any:
+        """The JSON body of the runner's answer.
+
+        Raises:
+            CoveError: the runner's error (as the class it named), or it is lost.
+        """
         try:
-            return await self._client.request(verb, path, **kwargs)
+            async with self._client.stream(verb, path, **kwargs) as resp:
+                body = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    _add(body, chunk)
+                return _checked(resp.status_code, body)
         except httpx.ConnectError as exc:  # nothing was sent: the call may go elsewhere
             raise errors.Unavailable(f"runner {self.url} unreachable: {exc!r}") from None
         except httpx.TransportError as exc:  # lost mid-call, or silent past a quick timeout
@@ -123,8 +140,8 @@ class RemoteRunner:
         body = wire.encode_args(method, args)
         try:
             timeout = QUICK_TIMEOUT if method in QUICK else httpx.USE_CLIENT_DEFAULT
-            result = _checked(await self._send("POST", f"/v1/call/{method}", json=body,
-                                               timeout=timeout))  # fmt: skip
+            result = await self._send("POST", f"/v1/call/{method}", json=body,
+                                      timeout=timeout)  # fmt: skip
             return wire.decode(wire.METHODS[method][1], result["result"])
         finally:
             if method in wire.INVENTORY_CHANGES:
@@ -181,13 +198,21 @@ class RemoteRunner:
         last: Any = None
         try:
             async with self._client.stream("POST", "/v1/call/pull_image", json=body) as resp:
+                pending = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    _add(pending, chunk)
+                    if resp.status_code != 200 or b"\n" not in chunk:
+                        continue
+                    *lines, rest = pending.split(b"\n")
+                    pending = bytearray(rest)
+                    for line in lines:
+                        last = json.loads(line) if line.strip() else last
+                        if (isinstance(last, dict) and "progress" in last
+                                and progress is not None):  # fmt: skip
+                            progress(str(last["progress"]))
                 if resp.status_code != 200:
-                    await resp.aread()
-                    _checked(resp)
-                async for line in resp.aiter_lines():
-                    last = json.loads(line) if line.strip() else last
-                    if isinstance(last, dict) and "progress" in last and progress is not None:
-                        progress(str(last["progress"]))
+                    _checked(resp.status_code, pending)
+                last = json.loads(pending) if pending.strip() else last
         except httpx.HTTPError as exc:
             raise errors.RuntimeBackendError(f"runner {self.url}: {exc}") from None
         finally:
@@ -272,16 +297,28 @@ class RemoteRunner:
         await self._client.aclose()
 
 
-def _checked(resp: httpx.Response) -> Any:
+def _add(body: bytearray, chunk: bytes) -> None:
+    """``chunk`` added to what is read of an answer (or of a line of it).
+
+    Raises:
+        RuntimeBackendError: that is past MAX_REPLY bytes.
+    """
+    body += chunk
+    if len(body) > MAX_REPLY:
+        raise errors.RuntimeBackendError(f"the runner's answer is too large "
+                                         f"(over {MAX_REPLY} bytes)")  # fmt: skip
+
+
+def _checked(status: int, content: bytes | bytearray) -> Any:
     """The JSON body of a successful answer.
 
     Raises:
         CoveError: the runner's error, as the class it named.
     """
     try:
-        body = resp.json()
+        body = json.loads(content)
     except ValueError:
         body = None
-    if resp.status_code != 200 or not isinstance(body, dict):
-        raise wire.error_from(body, f"runner answered {resp.status_code}")
+    if status != 200 or not isinstance(body, dict):
+        raise wire.error_from(body, f"runner answered {status}")
     return body

@@ -24,6 +24,7 @@ from cove.core.ports import (
 )
 from cove.errors import BadRequest, RuntimeBackendError, Unavailable
 from cove.runner import daemon, tls, wire
+from cove.runner import remote as remote_module
 from cove.runner.fake import FakeRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.remote import RemoteRunner
@@ -213,3 +214,66 @@ async def test_a_pull_streams_its_progress_and_carries_the_credentials(tmp: Path
     assert lines == ["Pulled example.org/x:1"] and host.pulls[-1] == ("example.org/x:1", auth)
     assert remote.has_snapshot("cove-default") and remote.stream_port == 1
     await remote.close()
+
+
+INVENTORY = b'"stream_port": 1, "snapshots": [], "local_images": [], "isolations": []'
+
+
+class _LyingRunner:
+    """A runner host taken over (its certificate is good): the requests for ``path``
+    get ``body`` back, the others a small inventory."""
+
+    def __init__(self, pki: Pki, path: str, body: bytes) -> None:
+        self.context = tls.server_context(pki.ca, *pki.runner)
+        self.path, self.body = path.encode(), body
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._answer, "127.0.0.1", 0,
+                                                 ssl=self.context)  # fmt: skip
+        return f"https://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
+            await reader.readexactly(length)
+            body = self.body if head.split()[1] == self.path else b"{" + INVENTORY + b"}"
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+            for start in range(0, len(body), 2**20):
+                writer.write(body[start : start + 2**20])
+                await writer.drain()
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("call", ["connect", "status", "pull"])
+async def test_a_runner_cannot_make_the_api_buffer_an_endless_answer(pki: Pki, call: str) -> None:
+    """An answer (a pull's line) past MAX_REPLY is refused unread, however well formed
+    (a taken-over runner host would otherwise grow the API, every tenant's, at will)."""
+    pad = b" " * remote_module.MAX_REPLY
+    if call == "pull":
+        path = "/v1/call/pull_image"
+        body = (b'{"progress": "' + b"x" * remote_module.MAX_REPLY + b'"}\n'
+                b'{"result": {"size": 1, "digest": "sha256:abc"}}\n')  # fmt: skip
+    else:
+        path = "/v1/info" if call == "connect" else "/v1/call/status"
+        body = b'{"result": "running", ' + INVENTORY + pad + b"}"
+    async with _LyingRunner(pki, path, body) as url:
+        remote = RemoteRunner(url, tls.client_context(pki.ca, *pki.api))
+        try:
+            with pytest.raises(RuntimeBackendError, match="too large"):
+                if call == "connect":
+                    await asyncio.to_thread(RemoteRunner.connect, url, pki.ca, *pki.api)
+                elif call == "status":
+                    await remote.status("sb-1")
+                else:
+                    await remote.pull_image("ref-1", "example.org/x:1", None)
+        finally:
+            await remote.close()
