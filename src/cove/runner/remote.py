@@ -87,8 +87,21 @@ class RemoteRunner:
         return runner
 
     def _take(self, info: Any) -> None:
-        self.stream_port = int(info["stream_port"])
-        self._inventory = {k: set(info[k]) for k in ("snapshots", "local_images", "isolations")}
+        """The runner's inventory (all of it, or nothing of a malformed one).
+
+        Raises:
+            RuntimeBackendError: it is malformed.
+        """
+        try:
+            port = int(info["stream_port"])
+            inventory = {k: set(info[k]) for k in ("snapshots", "local_images", "isolations")}
+        except (KeyError, TypeError, ValueError):
+            raise errors.RuntimeBackendError(f"runner {self.url}: a malformed inventory"
+                                             ) from None  # fmt: skip
+        if not 1 <= port <= 65535:
+            raise errors.RuntimeBackendError(f"runner {self.url}: a malformed inventory "
+                                             f"(stream port {port})")  # fmt: skip
+        self.stream_port, self._inventory = port, inventory
         store = info.get("volume_store")  # absent: a runner of before volumes on runners
         self._volume_store = store if isinstance(store, str) else None
         self._fetches = info.get("fetches_snapshots") is True
@@ -142,7 +155,7 @@ class RemoteRunner:
             timeout = QUICK_TIMEOUT if method in QUICK else httpx.USE_CLIENT_DEFAULT
             result = await self._send("POST", f"/v1/call/{method}", json=body,
                                       timeout=timeout)  # fmt: skip
-            return wire.decode(wire.METHODS[method][1], result["result"])
+            return self._decoded(wire.METHODS[method][1], result, method)
         finally:
             if method in wire.INVENTORY_CHANGES:
                 # Never in place of the call's own outcome: a runner slow to list its
@@ -206,20 +219,47 @@ class RemoteRunner:
                     *lines, rest = pending.split(b"\n")
                     pending = bytearray(rest)
                     for line in lines:
-                        last = json.loads(line) if line.strip() else last
+                        last = self._line(line, last)
                         if (isinstance(last, dict) and "progress" in last
                                 and progress is not None):  # fmt: skip
                             progress(str(last["progress"]))
                 if resp.status_code != 200:
                     _checked(resp.status_code, pending)
-                last = json.loads(pending) if pending.strip() else last
+                last = self._line(pending, last)
         except httpx.HTTPError as exc:
             raise errors.RuntimeBackendError(f"runner {self.url}: {exc}") from None
         finally:
             await self.refresh()
         if not isinstance(last, dict) or "result" not in last:
             raise wire.error_from(last, "the runner's pull ended without a result")
-        return wire.decode(PulledImage, last["result"])
+        return self._decoded(PulledImage, last, "pull_image")
+
+    def _line(self, line: bytes | bytearray, last: Any) -> Any:
+        """A line of a pull's answer, decoded (``last`` for an empty one).
+
+        Raises:
+            RuntimeBackendError: it is not JSON.
+        """
+        if not line.strip():
+            return last
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise errors.RuntimeBackendError(f"runner {self.url} answered a malformed "
+                                             f"pull_image") from None  # fmt: skip
+
+    def _decoded(self, tp: Any, answer: dict[str, Any], method: str) -> Any:
+        """The result of a successful answer, checked as a ``tp``.
+
+        Raises:
+            RuntimeBackendError: it has none, or not a ``tp``: the runner's failure (its
+                callers, the fleet's keeper and the reconciler, expect a CoveError).
+        """
+        try:
+            return wire.decode(tp, answer["result"])
+        except (KeyError, ValueError):  # (pydantic's ValidationError is a ValueError)
+            raise errors.RuntimeBackendError(f"runner {self.url} answered a malformed "
+                                             f"{method}") from None  # fmt: skip
 
     async def remove_snapshot(self, ref: str) -> None:
         await self._call("remove_snapshot", ref=ref)

@@ -242,7 +242,7 @@ class _LyingRunner:
                            if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
             await reader.readexactly(length)
             body = self.body if head.split()[1] == self.path else b"{" + INVENTORY + b"}"
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
             for start in range(0, len(body), 2**20):
                 writer.write(body[start : start + 2**20])
@@ -275,5 +275,40 @@ async def test_a_runner_cannot_make_the_api_buffer_an_endless_answer(pki: Pki, c
                     await remote.status("sb-1")
                 else:
                     await remote.pull_image("ref-1", "example.org/x:1", None)
+        finally:
+            await remote.close()
+
+
+@pytest.mark.parametrize(
+    ("call", "path", "body"),
+    [
+        ("status", "/v1/call/status", b'{"result": "sideways"}'),
+        ("capacity", "/v1/call/capacity", b'{"result": {"cpu": "many"}}'),
+        ("list_ids", "/v1/call/list_ids", b'{"answer": []}'),
+        ("refresh", "/v1/info", b'{"stream_port": "x", "snapshots": 1}'),
+        ("refresh", "/v1/info", b"{" + INVENTORY.replace(b": 1,", b": 70000,") + b"}"),
+        ("pull", "/v1/call/pull_image", b'{"progress": "1/2"}\nnot json\n'),
+        ("pull", "/v1/call/pull_image", b'{"result": {"size": "big", "digest": 1}}\n'),
+    ],
+)
+async def test_a_runner_s_malformed_answer_is_its_failure(
+    pki: Pki, call: str, path: str, body: bytes
+) -> None:
+    """As the Runner port says (RuntimeBackendError), not a crash of its caller: the
+    fleet's keeper, the reconciler and the API's start wait for a CoveError, and one
+    runner host taken over would otherwise stop them for every runner."""
+    async with _LyingRunner(pki, path, body) as url:
+        remote = RemoteRunner(url, tls.client_context(pki.ca, *pki.api))
+        before = remote.stream_port
+        try:
+            with pytest.raises(RuntimeBackendError, match="malformed"):
+                if call == "status":
+                    await remote.status("sb-1")
+                elif call == "pull":
+                    await remote.pull_image("ref-1", "example.org/x:1", None)
+                else:
+                    await getattr(remote, call)()
+            if call == "refresh":
+                assert remote.stream_port == before  # nothing of a bad inventory taken
         finally:
             await remote.close()
