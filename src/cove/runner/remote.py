@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import ssl
 from collections.abc import Callable, Sequence
@@ -40,6 +41,10 @@ MAX_CALLS = 256  # calls at once to one runner (streams are not counted)
 # over must not grow the API (every runner's, every tenant's) at will. The largest a
 # runner sends is a pulled image's config (unpack.MAX_CONFIG), escaped as JSON.
 MAX_REPLY = 32 * 2**20
+# What a runner's capacity may say (the registry's columns: INTEGER counts, BIGINT
+# bytes); past it the heartbeat round of every runner failed on writing it down.
+MAX_COUNT, MAX_BYTES = 2**31 - 1, 2**63 - 1
+COUNTS = {"cpu", "sandboxes", "max_sandboxes"}
 STREAM_LIMIT = 2**20  # a stream reader's buffer, as asyncio's unix connections
 # Calls that take no long work on the runner: a runner silent this long is lost (a
 # create, an archive or a pull waits as long as the work takes).
@@ -292,7 +297,18 @@ class RemoteRunner:
         return await self._call("stats", sandbox_id=sandbox_id)
 
     async def capacity(self) -> Capacity:
-        return await self._call("capacity")
+        """What the runner's host has and has left.
+
+        Raises:
+            RuntimeBackendError: a figure out of range (negative, or past MAX_COUNT or
+                MAX_BYTES).
+        """
+        found: Capacity = await self._call("capacity")
+        for name, value in dataclasses.asdict(found).items():
+            if not 0 <= value <= (MAX_COUNT if name in COUNTS else MAX_BYTES):
+                raise errors.RuntimeBackendError(f"runner {self.url} answered a malformed "
+                                                 f"capacity ({name})")  # fmt: skip
+        return found
 
     async def release(self, sandbox_id: str) -> None:
         await self._call("release", sandbox_id=sandbox_id)

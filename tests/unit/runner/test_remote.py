@@ -159,6 +159,7 @@ async def test_calls_answers_and_errors_cross_the_wire_as_they_are(
     assert await remote.status("wire-1") is ContainerStatus.RUNNING
     assert "wire-1" in await remote.list_ids()
     assert (await remote.stats("wire-1")).pids >= 0
+    assert (await remote.capacity()).sandboxes == 1  # a real host's is in range
     await remote.destroy("wire-1")
     assert "wire-1" not in await remote.list_ids()
     assert raised.value.message
@@ -216,6 +217,10 @@ async def test_a_pull_streams_its_progress_and_carries_the_credentials(tmp: Path
     await remote.close()
 
 
+CAPACITY = (
+    b'{"result": {"cpu": 2, "memory": 1, "memory_free": 1, "disk": 1, "disk_free": 1, '
+    b'"sandboxes": 0, "max_sandboxes": 0}}'
+)
 INVENTORY = b'"stream_port": 1, "snapshots": [], "local_images": [], "isolations": []'
 
 
@@ -284,6 +289,8 @@ async def test_a_runner_cannot_make_the_api_buffer_an_endless_answer(pki: Pki, c
     [
         ("status", "/v1/call/status", b'{"result": "sideways"}'),
         ("capacity", "/v1/call/capacity", b'{"result": {"cpu": "many"}}'),
+        ("capacity", "/v1/call/capacity", CAPACITY.replace(b'"cpu": 2', b'"cpu": %d' % 2**64)),
+        ("capacity", "/v1/call/capacity", CAPACITY.replace(b'"disk_free": 1', b'"disk_free": -1')),
         ("list_ids", "/v1/call/list_ids", b'{"answer": []}'),
         ("refresh", "/v1/info", b'{"stream_port": "x", "snapshots": 1}'),
         ("refresh", "/v1/info", b"{" + INVENTORY.replace(b": 1,", b": 70000,") + b"}"),
