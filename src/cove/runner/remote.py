@@ -60,16 +60,27 @@ class RemoteRunner:
         if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"COVE_RUNNER_URL must be https://host:port, not {url!r}")
         self.url, self.host, self._ssl = url.rstrip("/"), parts.hostname, context
-        # A call takes as long as the runner's work (a create, an archive, a pull); calls
-        # wait for a free connection rather than fail.
-        timeout = httpx.Timeout(CONNECT_SECONDS, read=None, pool=None)
-        limits = httpx.Limits(max_connections=MAX_CALLS, max_keepalive_connections=32)
-        self._client = httpx.AsyncClient(base_url=self.url, verify=context, timeout=timeout,
-                                         limits=limits, trust_env=False)  # fmt: skip
+        self._client = self._new_client()
         self._inventory: dict[str, Any] = {}
         self._volume_store: str | None = None
         self._fetches = False
         self.stream_port = 0
+
+    def _new_client(self) -> httpx.AsyncClient:
+        # A call takes as long as the runner's work (a create, an archive, a pull); calls
+        # wait for a free connection rather than fail.
+        timeout = httpx.Timeout(CONNECT_SECONDS, read=None, pool=None)
+        limits = httpx.Limits(max_connections=MAX_CALLS, max_keepalive_connections=32)
+        return httpx.AsyncClient(base_url=self.url, verify=self._ssl, timeout=timeout,
+                                 limits=limits, trust_env=False)  # fmt: skip
+
+    async def hang_up(self) -> None:
+        """End the calls in flight (each fails Unavailable, as on a lost connection): the
+        runner is lost. A call waits as long as the runner's work takes, so those to a
+        host gone silent would hold their sandboxes' locks for good (and the fleet's
+        keeper, waiting on them to mark the sandboxes ``error``)."""
+        old, self._client = self._client, self._new_client()
+        await old.aclose()
 
     @classmethod
     def connect(cls, url: str, ca: Path, cert: Path, key: Path) -> RemoteRunner:

@@ -81,6 +81,7 @@ class RoutingRunner:
         self._urls: dict[str, str | None] = {}
         self._infos: dict[str, RunnerInfo] = {}
         self._where: dict[str, tuple[str | None, float]] = {}  # sandbox id: (runner id, when)
+        self._hung_up: set[str] = set()  # lost runners whose calls in flight were ended
         self._orphans: dict[str, str] = {}  # ids list_ids found with no record: runner id
         self._connect_all()
 
@@ -122,6 +123,12 @@ class RoutingRunner:
                 if old is not None and old is not self._local and hasattr(old, "close"):
                     await old.close()
         self._infos = infos
+        for rid, info in infos.items():  # lost: its calls in flight end (no new one starts)
+            if info.reachable:
+                self._hung_up.discard(rid)
+            elif rid not in self._hung_up and hasattr(self.members.get(rid), "hang_up"):
+                self._hung_up.add(rid)
+                await self.members[rid].hang_up()  # type: ignore[attr-defined]
         self._where.clear()
         await self._refresh_members()  # their snapshots (locality)
 

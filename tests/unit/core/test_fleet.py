@@ -29,9 +29,10 @@ from cove.core.ports import Capacity, ContainerSpec, ImageConfig, Resources, Vol
 from cove.core.sandbox import Sandbox, SandboxState, utcnow
 from cove.core.volumes import VolumeService
 from cove.errors import Conflict, Unavailable
-from cove.runner import routing
+from cove.runner import routing, tls
 from cove.runner.fake import FakeRuntime
 from cove.runner.local import LocalRunner
+from cove.runner.remote import RemoteRunner
 from cove.runner.routing import MemberRunner, RoutingRunner
 from cove.runner.storage.archive_store import LocalArchiveStore
 from cove.runner.storage.volumes import VolumeDir
@@ -39,7 +40,9 @@ from cove.schemas.sandbox import SandboxCreate, VolumeMount
 from cove.store.runners import SqlRunnerStore
 from cove.store.sql import SqlSandboxStore
 from cove.store.volumes import SqlVolumeStore
+from cove.testing_remote import make_pki
 from tests.unit.conftest import RecordingEvents
+from tests.unit.runner.test_remote import LyingRunner
 
 S = SandboxState
 NAMES = ("r1", "r2", "r3")
@@ -170,6 +173,37 @@ async def test_a_drained_runner_s_sandboxes_start_elsewhere(world: World, org: s
     now_on = world.on(moved)
     assert now_on in ("r2", "r3") and store.get_by_id(moved).state is S.STARTED
     assert world.runtimes[now_on].boxes[moved].files["/data"] == b"kept"
+
+
+async def test_a_runner_gone_silent_mid_call_lets_go_of_its_sandboxes(
+    world: World, org: str, tmp_path: Path
+) -> None:
+    """A runner (a remote one, over the wire) that takes a create and then answers
+    nothing (a host cut off, or taken over): once the keeper marks it lost, the calls
+    in flight to it end (Unavailable), their sandboxes go ``error``, and the keeper's
+    round ends. A call has no read timeout (a create takes as long as it takes): the
+    create held its sandbox's lock for good, and the keeper waited on it for good
+    (no runner lost, drained or added again, on any runner)."""
+    pki = make_pki(tmp_path / "pki")
+    async with LyingRunner(pki, {"/v1/call/create": None, "/v1/call/capacity": None}) as url:
+        r2 = world.registry.get("r2").id
+        remote = RemoteRunner(url, tls.client_context(pki.ca, *pki.api))
+        await remote.refresh()
+        world.routing.members[r2] = remote
+        for name in ("r1", "r3"):
+            world.registry.set_state(world.registry.get(name).id, RunnerState.CORDONED)
+        create = asyncio.ensure_future(world.create(org))
+        await until(lambda: bool(world.lifecycle.store.all()))
+        sandbox_id = world.lifecycle.store.all()[0].id
+        await until(lambda: world.on(sandbox_id) == "r2")
+        await asyncio.sleep(0.5)  # the create is in flight
+        assert not create.done()
+        await asyncio.wait_for(world.fleet.beat(), 20)  # lost: its ping goes unanswered
+        assert not world.registry.get(r2).reachable
+        with pytest.raises(Exception):  # noqa: B017 - the create failed, whatever the error
+            await asyncio.wait_for(create, 10)
+        assert world.lifecycle.store.get_by_id(sandbox_id).state is S.ERROR
+        await remote.close()
 
 
 class Replica(LocalCoordination):

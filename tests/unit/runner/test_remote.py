@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -221,16 +221,19 @@ CAPACITY = (
     b'{"result": {"cpu": 2, "memory": 1, "memory_free": 1, "disk": 1, "disk_free": 1, '
     b'"sandboxes": 0, "max_sandboxes": 0}}'
 )
-INVENTORY = b'"stream_port": 1, "snapshots": [], "local_images": [], "isolations": []'
+INVENTORY = (
+    b'"stream_port": 1, "snapshots": ["cove-default"], "local_images": [], "isolations": ["crun"]'
+)
 
 
-class _LyingRunner:
-    """A runner host taken over (its certificate is good): the requests for ``path``
-    get ``body`` back, the others a small inventory."""
+class LyingRunner:
+    """A runner host taken over (its certificate is good): a request for a path of
+    ``answers`` gets that body back (None: no answer ever), the others a small
+    inventory."""
 
-    def __init__(self, pki: Pki, path: str, body: bytes) -> None:
+    def __init__(self, pki: Pki, answers: Mapping[str, bytes | None]) -> None:
         self.context = tls.server_context(pki.ca, *pki.runner)
-        self.path, self.body = path.encode(), body
+        self.answers = {path.encode(): body for path, body in answers.items()}
 
     async def __aenter__(self) -> str:
         self.server = await asyncio.start_server(self._answer, "127.0.0.1", 0,
@@ -246,7 +249,10 @@ class _LyingRunner:
             length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
                            if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
             await reader.readexactly(length)
-            body = self.body if head.split()[1] == self.path else b"{" + INVENTORY + b"}"
+            body = self.answers.get(head.split()[1], b"{" + INVENTORY + b"}")
+            if body is None:
+                await reader.read()  # until the API hangs up
+                return
             writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
             for start in range(0, len(body), 2**20):
@@ -270,7 +276,7 @@ async def test_a_runner_cannot_make_the_api_buffer_an_endless_answer(pki: Pki, c
     else:
         path = "/v1/info" if call == "connect" else "/v1/call/status"
         body = b'{"result": "running", ' + INVENTORY + pad + b"}"
-    async with _LyingRunner(pki, path, body) as url:
+    async with LyingRunner(pki, {path: body}) as url:
         remote = RemoteRunner(url, tls.client_context(pki.ca, *pki.api))
         try:
             with pytest.raises(RuntimeBackendError, match="too large"):
@@ -304,7 +310,7 @@ async def test_a_runner_s_malformed_answer_is_its_failure(
     """As the Runner port says (RuntimeBackendError), not a crash of its caller: the
     fleet's keeper, the reconciler and the API's start wait for a CoveError, and one
     runner host taken over would otherwise stop them for every runner."""
-    async with _LyingRunner(pki, path, body) as url:
+    async with LyingRunner(pki, {path: body}) as url:
         remote = RemoteRunner(url, tls.client_context(pki.ca, *pki.api))
         before = remote.stream_port
         try:
