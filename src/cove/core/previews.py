@@ -90,12 +90,10 @@ class PreviewTokens:
 
     def verify(self, token: str, now: float | None = None) -> Signed | None:
         """What ``token`` grants, or None: forged, malformed, expired or revoked."""
-        try:
-            raw = base64.b32decode(token.upper() + "=" * (-len(token) % 8))
-        except ValueError:
+        found = _decoded(token)
+        if found is None:
             return None
-        if len(raw) != 36:
-            return None
+        token, raw = found
         body, mac = raw[:22], raw[22:]
         good = hmac.new(self._secret, b"signed " + body, hashlib.sha256).digest()[:14]
         if not hmac.compare_digest(mac, good):
@@ -124,15 +122,31 @@ class PreviewTokens:
 
     def expire(self, sandbox_id: str, port: int, token: str) -> None:
         """Make a signed token invalid now (no error when it is already)."""
-        grant = self.verify(token)
-        if grant is None or grant.sandbox_id != sandbox_id or grant.port != port:
+        found, grant = _decoded(token), self.verify(token)
+        if found is None or grant is None or grant.sandbox_id != sandbox_id or grant.port != port:
             return
+        token = found[0]
         now = time.time()
         with self._lock:
             self._revoked = {t: e for t, e in self._revoked.items() if e > now}
             self._revoked[token] = grant.expires
         if self.revocations is not None:
             self.revocations.add(_digest(token), grant.expires)
+
+
+def _decoded(token: str) -> tuple[str, bytes] | None:
+    """A signed token as :meth:`PreviewTokens.sign` spells it, and its bytes; None when
+    malformed. A token is known (and expired early) by that one spelling: base32's
+    last letter carries two bits no byte holds, and a host name's letters are any
+    case, so an expired token spelled otherwise must not pass as another one."""
+    try:
+        raw = base64.b32decode(token.upper() + "=" * (-len(token) % 8))
+    except ValueError:
+        return None
+    canonical = base64.b32encode(raw).decode().rstrip("=").lower()
+    if len(raw) != 36 or canonical != token.lower():
+        return None
+    return canonical, raw
 
 
 def _digest(token: str) -> str:

@@ -189,6 +189,26 @@ def test_a_signed_preview_url_expired_early_stays_expired_after_a_restart(
         assert again.get(f"/api/sandbox/{sid}", headers=AUTH).json()["state"] == "started"
         assert again.get("/s", headers=host).status_code == 404
 
+
+def test_a_signed_preview_url_expired_early_opens_nothing_spelled_otherwise(
+    client: TestClient, upstream: int
+) -> None:
+    """A signed token is base32: its last letter carries two bits no byte holds, and
+    a host name's letters are any case. Every other spelling of an expired token (the
+    holder of a leaked link needs only try three letters) is refused as it is."""
+    sid = create_sandbox(client)["id"]
+    token = client.get(f"/api/sandbox/{sid}/ports/{upstream}/signed-preview-url",
+                       params={"expiresInSeconds": 3600}, headers=AUTH).json()["token"]  # fmt: skip
+    r = client.post(f"/api/sandbox/{sid}/ports/{upstream}/signed-preview-url/{token}/expire",
+                    headers=AUTH)  # fmt: skip
+    assert r.status_code == 200
+    letters = "abcdefghijklmnopqrstuvwxyz234567"
+    last = letters.index(token[-1]) & ~3
+    spellings = {token[:-1] + letters[last + n] for n in range(4)} | {token.upper()}
+    for spelling in spellings:
+        assert client.get("/s", headers={"host": f"{spelling}.preview.test"}).status_code == 404
+
+
 def test_preview_port_and_expiry_are_checked(client: TestClient) -> None:
     sid = create_sandbox(client)["id"]
     assert client.get(f"/api/sandbox/{sid}/ports/0/preview-url", headers=AUTH).status_code == 400
