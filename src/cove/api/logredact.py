@@ -1,6 +1,8 @@
-"""Secrets in URLs stay out of the logs: the access log shows ``token=`` (SSH access,
-preview tokens) and ``signature=`` (signed file URLs) query values, and the token in
-a signed preview URL's path (``/preview/s/{token}``), as ``***``."""
+"""Secrets in URLs stay out of the logs: the access log, and the line uvicorn writes
+for a WebSocket's handshake (on ``uvicorn.error``: a browser reaches a private
+preview's WebSocket with ``?token=``), show ``token=`` (SSH access, preview tokens)
+and ``signature=`` (signed file URLs) query values, and the token in a signed preview
+URL's path (``/preview/s/{token}``), as ``***``."""
 
 from __future__ import annotations
 
@@ -25,9 +27,10 @@ def _redact(text: str) -> str:
 
 
 def install() -> None:
-    """Redact uvicorn's access log; keep asyncssh (which names the SSH user, a token) to
-    warnings."""
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, RedactSecrets) for f in access.filters):
-        access.addFilter(RedactSecrets())
+    """Redact uvicorn's access log and its WebSockets' handshake lines; keep asyncssh
+    (which names the SSH user, a token) to warnings."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+            logger.addFilter(RedactSecrets())
     logging.getLogger("asyncssh").setLevel(logging.WARNING)

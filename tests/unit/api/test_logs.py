@@ -48,3 +48,53 @@ def test_a_signed_preview_urls_token_is_redacted_from_the_path() -> None:
                                None)  # fmt: skip
     assert logredact.RedactSecrets().filter(record)
     assert record.getMessage() == '1.2.3.4 - "GET /preview/s/***/page?token=***&x=1 HTTP/1.1" 200'
+
+
+# A real uvicorn, as `cove serve` runs it, answering WebSocket handshakes (one
+# accepted, one refused as the preview proxy refuses).
+WEBSOCKETS = """
+import logging.config, socket, threading, time
+import uvicorn
+from websockets.sync.client import connect
+from cove.api import logredact, logs
+
+async def app(scope, receive, send):
+    if scope["type"] == "websocket":
+        await receive()
+        accept = scope["path"].endswith("/open")
+        await send({"type": "websocket.accept"} if accept else
+                   {"type": "websocket.close", "code": 1008})
+
+logging.config.dictConfig(logs.config("info"))
+logredact.install()
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info",
+                                       log_config=None, ws="websockets-sansio", lifespan="off"))
+threading.Thread(target=server.run, daemon=True).start()
+while not server.started:
+    time.sleep(0.05)
+for path in ("/preview/s/s3cretsigned/open", "/preview/sid/8080/open?token=s3cret",
+             "/preview/sid/8080/shut?token=s3cret"):
+    try:
+        with connect(f"ws://127.0.0.1:{port}{path}"):
+            pass
+    except Exception:
+        pass
+server.should_exit = True
+"""
+
+
+def test_a_websockets_handshake_line_shows_no_token() -> None:
+    """uvicorn logs a WebSocket's handshake, path and query included, on
+    ``uvicorn.error``, not the access log: a browser reaches a private preview's
+    WebSocket with ``?token=`` (the sandbox's preview token, good for every port for
+    the sandbox's life) or a signed URL's path, and neither may be written there."""
+    done = subprocess.run([sys.executable, "-c", WEBSOCKETS], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if '"WebSocket ' in line]
+    assert len(lines) == 3, done.stderr
+    assert "s3cret" not in done.stderr, lines
+    assert '"WebSocket /preview/s/***/open" [accepted]' in lines[0], lines
+    assert '"WebSocket /preview/sid/8080/shut?token=***" 403' in lines[2], lines
