@@ -181,6 +181,18 @@ def test_a_single_valued_query_parameter_given_twice_is_a_400(client: TestClient
     assert r.status_code == 200, r.text
 
 
+def test_a_signed_urls_expiry_of_other_digits_is_a_401(client: TestClient) -> None:
+    """``expires`` is a Unix time in ASCII digits: "²" is a digit to ``str.isdigit``
+    but no number to ``int``, and (the sandbox having a signing key) anyone without a
+    key made the check fail with a 500 instead of the signed URL's 401."""
+    sid = create_sandbox(client)["id"]
+    assert client.get(f"/api/sandbox/{sid}/signing-key", headers=AUTH).status_code == 200
+    for method, path in (("GET", "download"), ("POST", "upload-v2")):
+        r = client.request(method, f"/toolbox/{sid}/files/{path}",
+                           params={"path": "/a", "expires": "1²", "signature": "v1_x"})
+        assert r.status_code == 401 and r.json()["code"] == "UNAUTHORIZED", r.text
+
+
 def test_an_organization_holds_a_bounded_number_of_keys_and_registries(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
