@@ -29,6 +29,7 @@ from cove.errors import BadRequest
 REVOKED_SECONDS = 1.0  # another replica's early expiry is seen within this
 MAX_SIGNED_SECONDS = 24 * 3600
 DEFAULT_SIGNED_SECONDS = 60
+PRUNE_AT = 1024  # tokens expired early, kept in memory before the first pruning
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class PreviewTokens:
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self._secret = secret
         self._revoked: dict[str, int] = {}  # signed token -> its expiry
+        self._prune_at = PRUNE_AT  # entries in _revoked when the expired ones go next
         self._lock = threading.Lock()
         self.revocations = revocations
         self._clock = clock
@@ -128,7 +130,12 @@ class PreviewTokens:
         token = found[0]
         now = time.time()
         with self._lock:
-            self._revoked = {t: e for t, e in self._revoked.items() if e > now}
+            # Those past their expiry go once the entries have doubled, not on every
+            # call: any key signs and expires tokens, and a walk of all of them each
+            # time made every expiry cost as many steps as there were before.
+            if len(self._revoked) >= self._prune_at:
+                self._revoked = {t: e for t, e in self._revoked.items() if e > now}
+                self._prune_at = max(PRUNE_AT, 2 * len(self._revoked))
             self._revoked[token] = grant.expires
         if self.revocations is not None:
             self.revocations.add(_digest(token), grant.expires)
