@@ -88,6 +88,7 @@ class Creator:
             Conflict: the name is taken in this organization.
             Unavailable: no runner taking new sandboxes has its snapshot or can fetch it,
                 or holds the data of the volumes it mounts.
+            NotFound: it was deleted (by the name asked for) before it booted: it was not.
         """
         # (in a thread: a context is looked for in the shared store, over the network;
         # most creates build nothing, and skip the thread's hand-over)

@@ -31,7 +31,8 @@ async def fork(
     """Fork a started, paused or stopped sandbox; returns the new one (``started``).
 
     Raises:
-        NotFound: no such sandbox in the organization.
+        NotFound: no such sandbox in the organization (or the new one was deleted
+            before its copy began: nothing is copied).
         InvalidState: the source is in another state.
         Conflict: ``name`` is taken.
         RuntimeBackendError: the copy failed (no new sandbox is left).
@@ -51,13 +52,21 @@ async def fork(
         await service.runner.fork(source.id, container_spec(child))
 
     ops = service.ops
-    try:
-        await ops.run(source.id, copy)
-    except CoveError:
-        service.store.remove(child.id)
-        raise
-    await service.events.sandbox_created(child)
-    return await ops.run(child.id, lambda: ops.start_created(child, "fork"))
+
+    async def copy_and_start() -> Sandbox:
+        # Under the new sandbox's lock from the copy to its start: it is listed (and can
+        # be deleted) from now on, and a delete must not come while its files are made,
+        # nor a start after its record is gone (a container no record names).
+        service.store.get_by_id(child.id)  # deleted before this took the lock: NotFound
+        try:
+            await ops.run(source.id, copy)
+        except CoveError:
+            service.store.remove(child.id)
+            raise
+        await service.events.sandbox_created(child)
+        return await ops.start_created(child, "fork")
+
+    return await ops.run(child.id, copy_and_start)
 
 
 def _check(source: Sandbox) -> None:

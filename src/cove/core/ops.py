@@ -184,7 +184,13 @@ class SandboxOps:
 
     async def boot(self, sandbox: Sandbox) -> Sandbox:
         """Create the sandbox's files and start it: ``started``, or ``error`` with nothing
-        of it left on the host."""
+        of it left on the host.
+
+        Raises:
+            NotFound: the sandbox was deleted before this took its lock (a create stores
+                its record first): nothing is booted, or it would run with no record.
+        """
+        self.store.get_by_id(sandbox.id)
         spec = container_spec(sandbox)
         try:
             await self.runner.create(spec)

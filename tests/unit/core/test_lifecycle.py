@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from cove.core.lifecycle import LifecycleService
@@ -90,6 +92,31 @@ async def test_runtime_failure_on_create_means_error_and_cleanup(
     runtime.fail_on.clear()
     recovered = await lifecycle.recover(org, sb.id)
     assert recovered.state is S.STARTED and recovered.error_reason is None
+
+
+async def test_a_create_deleted_before_it_boots_leaves_nothing_running(
+    lifecycle: LifecycleService, org: str, runtime: FakeRuntime, events: RecordingEvents,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The record is stored (and announced) before the boot takes the sandbox's lock: a
+    delete by the name the client chose can come first. The boot must not then run a
+    container that no record names (and no quota counts)."""
+    announced, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_announce(sandbox: object) -> None:
+        announced.set()
+        await go_on.wait()
+
+    monkeypatch.setattr(events, "sandbox_created", slow_announce)
+    creating = asyncio.ensure_future(_create(lifecycle, org, name="box"))
+    await announced.wait()
+    deleted = await lifecycle.destroy(org, "box")
+    assert deleted.state is S.DESTROYED
+    go_on.set()
+    with pytest.raises(NotFound):
+        await creating
+    assert lifecycle.list(org)[0] == []
+    assert runtime.list_ids() == set()
 
 
 async def test_stop_start_archive_restore(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -99,3 +100,29 @@ async def test_fork_refuses_archived_and_cleans_up_on_failure(
     with pytest.raises(InvalidState):
         await fork.fork(lifecycle, org, sb.id, name=None)
     assert [s.id for s in lifecycle.list(org)[0]] == [sb.id]
+
+
+async def test_deleting_a_fork_while_its_files_are_copied_leaves_nothing_running(
+    lifecycle: LifecycleService, org: str, runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new sandbox is listed (``creating``) while the source's files are copied: a
+    delete of it then must not leave a container running that no record names (and no
+    quota counts)."""
+    sb = await _create(lifecycle, org)
+    copying, go_on = asyncio.Event(), asyncio.Event()
+    copy = lifecycle.runner.fork
+
+    async def slow_copy(source_id: str, spec: object) -> None:
+        copying.set()
+        await go_on.wait()
+        await copy(source_id, spec)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lifecycle.runner, "fork", slow_copy)
+    forking = asyncio.ensure_future(fork.fork(lifecycle, org, sb.id, name="child"))
+    await copying.wait()
+    deleting = asyncio.ensure_future(lifecycle.destroy(org, "child"))
+    await asyncio.sleep(0.05)
+    go_on.set()
+    results = await asyncio.gather(forking, deleting, return_exceptions=True)
+    assert [s.id for s in lifecycle.list(org)[0]] == [sb.id], results
+    assert runtime.list_ids() == {sb.id}
