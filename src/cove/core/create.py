@@ -110,6 +110,8 @@ class Creator:
                 sandbox.env = {**(plan.env if plan else {}), **sandbox.env}
                 if plan is not None and plan.user and request.user is None:  # USER, unless asked
                     sandbox.user = plan.user.partition(":")[0]
+            if sandbox.volumes and self.volumes is not None:  # none deleted in the wait
+                self.volumes.check(organization_id, sandbox.volumes)
             self.ops.store.add(sandbox)
         if self.secrets is not None:
             if mounts:

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from cove.core.ports import Runner, SandboxStore, VolumeBind
 from cove.core.sandbox import utcnow
-from cove.errors import BadRequest, Conflict
+from cove.errors import BadRequest, Conflict, CoveError
 from cove.schemas.sandbox import VolumeMount
 
 # Container paths a volume may not cover: the runtime's own mounts (nor anything below
@@ -33,6 +33,7 @@ SYSTEM = frozenset({
     "/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/run", "/sbin", "/usr",
     "/var", "/var/run", "/var/lib", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf",
 })  # fmt: skip
+READY, DELETING = "ready", "deleting"  # a volume's states (Daytona's names)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Volume:
     id: str
     organization_id: str
     name: str
-    state: str = "ready"
+    state: str = READY
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
     last_used_at: datetime | None = None
@@ -115,7 +116,17 @@ class VolumeService:
         users = [sb.id for sb in self.sandboxes.all() if _mounts(sb.volumes, volume.id)]
         if users:
             raise Conflict(f"Volume {volume.name} is in use by sandbox(es) {', '.join(users)}")
-        await self.runner.delete_volume(volume.id)
+        # Marked with no wait after the check: a create finds it ``deleting`` from now on
+        # (see :meth:`check`), else it would mount it while its data goes, and the data
+        # would be made again where it boots, with no volume naming it.
+        volume.state, volume.updated_at = DELETING, utcnow()
+        self.store.save(volume)
+        try:
+            await self.runner.delete_volume(volume.id)
+        except CoveError:
+            volume.state = READY  # nothing deleted: usable again
+            self.store.save(volume)
+            raise
         self.store.remove(volume.id)
 
     def resolve(
@@ -129,7 +140,7 @@ class VolumeService:
         """
         binds: builtins.list[VolumeBind] = []
         for m in mounts:
-            volume = self.store.get(organization_id, m.volume_id)
+            volume = _ready(self.store.get(organization_id, m.volume_id))
             bind = VolumeBind(volume.id, mount_path(m.mount_path), subpath(m.subpath))
             if any(b.mount_path == bind.mount_path for b in binds):
                 raise BadRequest(f"two volumes are mounted at {bind.mount_path}")
@@ -137,6 +148,29 @@ class VolumeService:
             volume.last_used_at = utcnow()
             self.store.save(volume)
         return binds
+
+
+    def check(self, organization_id: str, binds: builtins.list[VolumeBind]) -> None:
+        """Raise when a volume of ``binds`` was deleted, or its delete began, since they
+        were resolved. Call it with no wait before the sandbox that mounts them is
+        stored: a delete checking for its users after that sees it.
+
+        Raises:
+            NotFound: a volume is gone. BadRequest: it is being deleted.
+        """
+        for bind in binds:
+            _ready(self.store.get(organization_id, bind.volume_id))
+
+
+def _ready(volume: Volume) -> Volume:
+    """``volume``, if no delete of it began.
+
+    Raises:
+        BadRequest: it is being deleted.
+    """
+    if volume.state != READY:
+        raise BadRequest(f"Volume {volume.name} is {volume.state}")
+    return volume
 
 
 def _mounts(binds: list[VolumeBind], volume_id: str) -> bool:
