@@ -113,3 +113,31 @@ def test_copy_without_an_uploaded_context_is_refused(server: Server) -> None:
     response = httpx.post(f"{server.api_url}/sandbox", json=body,
                           headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
     assert response.status_code == 400 and "was not uploaded" in response.text
+
+
+def test_deleting_a_building_snapshot_removes_its_build_sandbox(server: Server) -> None:
+    """Its delete frees what the snapshot quota counted: the build sandbox running its
+    RUN must go with it, not run on (up to half an hour) uncounted and unlisted."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"name": "endless-build",
+            "buildInfo": {"dockerfileContent": "FROM cove-default\nRUN sleep 600\n"}}
+    made = httpx.post(f"{server.api_url}/snapshots", json=body, headers=headers, timeout=60)
+    assert made.status_code in (200, 201), made.text
+
+    def workers() -> list[str]:
+        return [i for i in server.runtime().list_ids() if i.startswith("build-")]
+
+    deadline = time.monotonic() + 120
+    while not workers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers()
+    time.sleep(1)  # its RUN runs
+    gone = httpx.delete(f"{server.api_url}/snapshots/endless-build", headers=headers, timeout=60)
+    assert gone.status_code == 200, gone.text
+    deadline = time.monotonic() + 30
+    while workers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers() == []
+    names = [s["name"] for s in httpx.get(f"{server.api_url}/snapshots", headers=headers,
+                                          timeout=30).json()["items"]]  # fmt: skip
+    assert "endless-build" not in names

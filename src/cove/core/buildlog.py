@@ -129,6 +129,11 @@ class BuildLog:
         """Whether this replica's writing of it ended (always, for a reader)."""
         return self._done
 
+    def discarded(self) -> bool:
+        """Whether the log was removed (its snapshot was deleted) while it was written
+        (here or by another replica): its build should end."""
+        return self._logs.store.info(self.key) is None
+
     def text(self) -> str:
         """Everything stored so far."""
         data = b"".join(d for _, d in self._logs.store.read(self.key, 0, 1 << 30))

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 RUN_TIMEOUT = 1800.0
 TAIL_LINES = 20
 MAX_LINE = 64 * 1024  # characters; a longer line is logged in pieces
+DELETED = "the build was ended: its snapshot was deleted"
 INTERRUPTED = ("the build was interrupted by a server restart or the loss of the API "
                "replica running it; create it again")
 
@@ -188,6 +189,8 @@ class ImageBuilder:
         user = "root"
         total = len(plan.steps)
         for number, step in enumerate(plan.steps, 1):
+            if out.discarded():  # its snapshot was deleted (its build sandbox maybe first)
+                raise BuildFailed(DELETED)
             await out.write(f"Step {number}/{total} : {step.text}")
             env.update(step.env)
             where = f"step {number}/{total} '{step.text}'"

@@ -47,7 +47,7 @@ class SnapshotBuilds:
         self.images = images
         self.contexts = contexts
         self.logs = logs or BuildLogs()
-        snapshots.removed_hooks.append(lambda snapshot_id: self.logs.discard(log_key(snapshot_id)))
+        snapshots.removed_hooks.append(self._removed)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def create(
@@ -76,6 +76,18 @@ class SnapshotBuilds:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return snap
+
+    async def _removed(self, snapshot_id: str) -> None:
+        """A deleted snapshot's log goes, and its build under way (on any replica) ends:
+        its build sandbox is removed (the step running there fails; a build yet to start
+        one finds its log gone, see :meth:`BuildLog.discarded`). Else a step would run
+        on, for up to RUN_TIMEOUT, in a build sandbox no snapshot counts any longer: one
+        more with each create and delete."""
+        key = log_key(snapshot_id)
+        info = self.logs.store.info(key)
+        self.logs.discard(key)
+        if info is not None and not info.done and info.worker is not None:
+            await remove_left_worker(self.snapshots.runner, info.worker)
 
     def build_log(self, organization_id: str, id_or_name: str) -> BuildLog:
         """The log of one of the organization's snapshot builds.

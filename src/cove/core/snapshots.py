@@ -20,7 +20,7 @@ from __future__ import annotations
 import builtins
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -95,8 +95,9 @@ class SnapshotService:
         # Holds one more snapshot of the organization while its record is made and
         # stored; raises when it may make no more (its quota). None: no limit.
         self.admit_new: Callable[[str], AbstractAsyncContextManager[None]] | None = None
-        # Called with a deleted snapshot's id (its build log goes with it).
-        self.removed_hooks: list[Callable[[str], None]] = []
+        # Awaited with a deleted snapshot's id (its build log goes with it, and its build
+        # under way ends).
+        self.removed_hooks: list[Callable[[str], Awaitable[None]]] = []
 
     def admitted(self, organization_id: str) -> AbstractAsyncContextManager[None]:
         """The organization's snapshot quota admits one more snapshot until the block
@@ -275,7 +276,7 @@ class SnapshotService:
         await self.runner.remove_snapshot(snap.id)
         self.store.remove(snap.id)
         for hook in self.removed_hooks:
-            hook(snap.id)
+            await hook(snap.id)
 
     def new(self, organization_id: str, name: str, **fields: str | None) -> Snapshot:
         """A new snapshot record of the organization (not stored yet; make it inside

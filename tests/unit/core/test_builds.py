@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
 import time
 
 import pytest
 
 from cove.core.buildlog import BuildLogs, MemoryBuildLogStore
-from cove.core.builds import INTERRUPTED
+from cove.core.builds import INTERRUPTED, ImageBuilder
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
 from cove.core.create import log_key
 from cove.core.lifecycle import LifecycleService
+from cove.core.ports import ContainerSpec
 from cove.core.reconcile import reconcile
 from cove.core.sandbox import SandboxState, utcnow
 from cove.core.snapshot_builds import SnapshotBuilds
@@ -261,3 +265,55 @@ async def test_a_log_left_after_its_build_is_ended(
     assert lifecycle.build_log(org, sb.id).text().endswith("this build stopped\n")
     assert logs.get(log_key("deleted-sandbox")) is None
     assert logs.orphaned({lifecycle.ops.coordination.replica_id}) == []
+
+
+class EndlessRuntime(ScriptedRuntime):
+    """Every command runs until its sandbox is destroyed (then the agent's connection
+    drops), as ``RUN sleep infinity`` does; a build sandbox's create waits for
+    ``creating`` to be set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.creating = threading.Event()
+
+    def create(self, spec: ContainerSpec) -> None:
+        self.creating.wait(10)
+        super().create(spec)
+
+    def _agent(self, sandbox_id: str, sock: socket.socket) -> None:
+        with sock:
+            sock.recv(1)  # the command came
+            while sandbox_id in self.boxes:
+                time.sleep(0.01)
+
+
+@pytest.mark.parametrize("when", ["running a step", "starting its build sandbox"])
+async def test_deleting_a_building_snapshot_ends_its_build(
+    settings: Settings, engine, store, org: str, tmp_path, when: str,  # noqa: ANN001
+) -> None:  # fmt: skip
+    """A snapshot's build runs the Dockerfile's steps in a build sandbox; its delete frees
+    what the organization's snapshot quota counted. The build sandbox must not run on
+    (a RUN that does not end: for RUN_TIMEOUT), or a tenant makes as many as it likes,
+    one snapshot create and delete at a time, none of them counted, listed or stopped."""
+    runtime = EndlessRuntime()
+    snapshots = SnapshotService(store=SqlSnapshotStore(engine), runner=LocalRunner(runtime),
+                                sandboxes=store, default_name="cove-default")  # fmt: skip
+    builder = ImageBuilder(settings=settings, runner=snapshots.runner, snapshots=snapshots)
+    builds = SnapshotBuilds(settings=settings, snapshots=snapshots, builder=builder, images=None,
+                            contexts=ContextStore(tmp_path / "ctx", b"k" * 32, 1024))  # fmt: skip
+    snap = await builds.create(org, "forever", "FROM cove-default\nRUN sleep infinity\n", [])
+    if when == "running a step":
+        runtime.creating.set()
+        for _ in range(500):
+            if runtime.execs or any(b.startswith("build-") for b in runtime.boxes):
+                break
+            await asyncio.sleep(0.01)
+        assert any(b.startswith("build-") for b in runtime.boxes)
+        await snapshots.delete(org, snap.id)
+    else:
+        await asyncio.sleep(0.1)  # its build sandbox is being made
+        await snapshots.delete(org, snap.id)
+        runtime.creating.set()
+    await asyncio.wait_for(asyncio.gather(*builds._tasks), 5)
+    assert list(runtime.boxes) == []
+    assert [s.name for s in snapshots.list(org)] == ["cove-default"]
