@@ -196,6 +196,21 @@ def test_images_over_the_size_cap_fail_and_leave_nothing(
     assert _blobs(server) - blobs == set()
 
 
+def test_an_image_of_more_files_than_its_cap_allows_fails_and_leaves_nothing(
+    server: Server, client: Daytona, registry: Registry, tmp_path: Path
+) -> None:
+    """Every file an image unpacks takes an inode of the host's file system, shared by
+    everything on it, whatever its size: 5,000 empty files (30 KiB pushed, 3 MiB by
+    their size) are more than a cap of 64 MiB allows (one per 16 KiB: 4,096). Refused
+    before unpacking, with the reason; no snapshot, and none of its blobs is kept."""
+    many = ImageSpec([busybox_layer(), layer([file(f"many/{n}") for n in range(5000)])])
+    ref = registry.push(layout(tmp_path / "many", many), "e2e/many")
+    files, blobs = _snapshot_files(server), _blobs(server)
+    _fails(client, ref, rf"more than {MAX_MB * 64} files \(COVE_MAX_IMAGE_MB \({MAX_MB} MiB\)")
+    assert _snapshot_files(server) - files == set()
+    assert _blobs(server) - blobs == set()
+
+
 def test_private_registry_needs_the_organizations_credentials(
     server: Server, client: Daytona, sandboxes: list, private: Registry, tmp_path: Path
 ) -> None:

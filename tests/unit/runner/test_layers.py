@@ -23,6 +23,7 @@ from tests.registry import (
     EndlessLayerRegistry,
     ImageSpec,
     Registry,
+    entry,
     file,
     header_bomb,
     layer,
@@ -52,6 +53,24 @@ def test_the_layers_add_up(tmp_path: Path) -> None:
     where = _image(tmp_path, layer([file("a", bytes(3 * MIB))]), layer([file("b", bytes(3 * MIB))]))
     with pytest.raises(layers.ImageTooLarge):
         layers.check_unpacked(where, "v1", 5 * MIB, "two")
+
+
+def test_an_image_of_countless_empty_files_is_refused_by_their_number(tmp_path: Path) -> None:
+    """Each file takes one of the inodes of the host's file system (shared by everything
+    on it) whatever its size: 20,000 empty files are 120 KiB compressed, pass a cap of
+    10 MiB by their size (a block each), and would take 20,000 inodes. An image may make
+    one per 16 KiB of the cap (10 MiB: 640); hard links and whiteouts make none."""
+    many = layer([entry("d", tarfile.DIRTYPE), *(file(f"d/{n}") for n in range(20_000))])
+    assert len(many) < MIB / 4
+    where = _image(tmp_path, many)
+    with pytest.raises(layers.ImageTooLarge, match=r"many has more than 640 files "
+                                                   r"\(COVE_MAX_IMAGE_MB \(10 MiB\) allows one "
+                                                   r"per 16 KiB\)"):  # fmt: skip
+        layers.check_unpacked(where, "v1", 10 * MIB, "many")
+    fits = [entry("d", tarfile.DIRTYPE), *(file(f"d/{n}") for n in range(639))]
+    fits += [entry(f"d/link{n}", tarfile.LNKTYPE, target="d/0") for n in range(1000)]
+    fits += [file(f"d/.wh.gone{n}") for n in range(1000)]
+    assert layers.check_unpacked(_image(tmp_path / "fits", layer(fits)), "v1", 10 * MIB, "fits")
 
 
 def test_compressed_size_over_the_cap(tmp_path: Path) -> None:

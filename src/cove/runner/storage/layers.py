@@ -8,10 +8,18 @@ unpacker writes them), every other entry at one block. Reading stops as soon as 
 total passes the limit, so a bomb costs no more than the limit's worth of work; an
 extended header over 1 MiB (which tarfile would read whole into memory) is refused
 before it is read (:mod:`cove.core.tarheaders`).
+
+The files are counted too: each one unpacked takes an inode of the host's file system
+holding the snapshots, shared by everything on it, whatever its size (a layer of
+millions of empty files is a few MiB, and a snapshot of them measures next to
+nothing). An image may make one file per :data:`INODE_SHARE` bytes of the limit, as
+many as a file system of that size has (``mkfs.ext4``'s default, as on the sandboxes'
+disks): 655,360 with the default COVE_MAX_IMAGE_MB. Hard links and whiteouts make none.
 """
 
 from __future__ import annotations
 
+import posixpath
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -24,6 +32,8 @@ from cove.errors import RuntimeBackendError
 from cove.runner.storage.unpack import blob, manifest, manifest_descriptor
 
 BLOCK = 512
+INODE_SHARE = 16 * 1024  # bytes of the limit per file an image may make
+WHITEOUT = ".wh."
 _ZSTD = b"\x28\xb5\x2f\xfd"
 
 
@@ -70,20 +80,28 @@ def check_unpacked(layout: Path, tag: str, limit: int, image: str) -> int:
     """The bytes image ``tag``'s files take unpacked, all layers together.
 
     Raises:
-        ImageTooLarge: they pass ``limit`` bytes (counting stopped there).
+        ImageTooLarge: they pass ``limit`` bytes, or they are more files than one per
+            :data:`INODE_SHARE` bytes of it (counting stopped there).
         RuntimeBackendError: a layer is not a valid (compressed) tar stream.
     """
-    total = 0
+    total = files = 0
+    most = limit // INODE_SHARE
     for layer in manifest(layout, tag).get("layers") or []:
         with _opened(blob(layout, layer.get("digest"))) as stream:
             try:
                 with tarfile.open(fileobj=stream, mode="r|*", tarinfo=TarInfo) as tar:
                     for member in tar:
                         total += _cost(member)
+                        files += _makes_inode(member)
                         if total > limit:
                             raise ImageTooLarge(
                                 f"{image} is larger than COVE_MAX_IMAGE_MB "
                                 f"({limit // 2**20} MiB) unpacked")  # fmt: skip
+                        if files > most:
+                            raise ImageTooLarge(
+                                f"{image} has more than {most} files (COVE_MAX_IMAGE_MB "
+                                f"({limit // 2**20} MiB) allows one per "
+                                f"{INODE_SHARE // 1024} KiB)")  # fmt: skip
             except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
                 raise RuntimeBackendError(f"{image}: a layer is not a valid tar: {exc}") from exc
     return total
@@ -93,6 +111,11 @@ def _cost(member: tarfile.TarInfo) -> int:
     if member.isreg():
         return BLOCK + max(0, member.size)
     return BLOCK
+
+
+def _makes_inode(member: tarfile.TarInfo) -> bool:
+    """Whether unpacking ``member`` makes a file (not a hard link, nor a whiteout)."""
+    return not member.islnk() and not posixpath.basename(member.name).startswith(WHITEOUT)
 
 
 @contextmanager
