@@ -317,6 +317,29 @@ def redirecting_registry(to: str) -> Answer:
     return answer
 
 
+def verbose_registry(size: int) -> Answer:
+    """A tenant's registry (plain HTTP) answering every manifest "unknown", with a
+    message of ``size`` bytes (skopeo prints all of it, on one line)."""
+
+    def answer(req: http.server.BaseHTTPRequestHandler) -> None:
+        if req.path == "/v2/":
+            req.send_response(200)
+            req.send_header("Content-Length", "0")
+            req.end_headers()
+            return
+        head = b'{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "'
+        req.send_response(404)
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Content-Length", str(len(head) + size + 4))
+        req.end_headers()
+        req.wfile.write(head)
+        for _ in range(size // 2**20):
+            req.wfile.write(b"M" * 2**20)
+        req.wfile.write(b"M" * (size % 2**20) + b'"}]}')
+
+    return answer
+
+
 def realm_registry(realm: str) -> Answer:
     """A tenant's registry (plain HTTP) whose token service is said to be ``realm``."""
 

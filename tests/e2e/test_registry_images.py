@@ -38,6 +38,7 @@ from tests.registry import (
     layout,
     redirecting_registry,
     secret_service,
+    verbose_registry,
 )
 
 pytestmark = pytest.mark.e2e
@@ -285,6 +286,29 @@ def test_a_registry_cannot_send_the_pull_to_the_hosts_own_services(
         for each in (internal, *hostile):
             each.close()
     assert internal.asked == []
+
+
+def test_a_registrys_endless_error_is_cut_short(server: Server, client: Daytona) -> None:
+    """A tenant's registry answers with an error message of 16 MiB, which skopeo prints
+    whole on one line: the pull fails with the start of it, and neither the sandbox's
+    error (in every listing) nor its build log keeps the rest."""
+    hostile = HttpServer("127.0.0.1", verbose_registry(16 * 2**20))
+    try:
+        with pytest.raises(DaytonaError, match="(?i)build_failed"):
+            client.create(CreateSandboxFromImageParams(image=f"{hostile.host}/e2e/x:v1"),
+                          timeout=120)  # fmt: skip
+    finally:
+        hostile.close()
+    (failed,) = client.list()
+    try:
+        reason = failed.error_reason or ""
+        assert "manifest unknown: MMMM" in reason and len(reason) < 64 * 2**10
+        logs = httpx.get(f"{server.api_url}/sandbox/{failed.id}/build-logs",
+                         headers={"Authorization": f"Bearer {KEY}"}, timeout=60)  # fmt: skip
+        assert logs.status_code == 200 and "manifest unknown: MMMM" in logs.text
+        assert len(logs.text) < 256 * 2**10
+    finally:
+        failed.delete()
 
 
 def test_hostile_layers_cannot_reach_the_host(

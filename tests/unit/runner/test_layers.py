@@ -19,6 +19,7 @@ from cove.core.config import Settings
 from cove.core.ports import RegistryAuth
 from cove.errors import RuntimeBackendError
 from cove.runner.storage import layers, registry
+from cove.runner.storage.snapshot import stream
 from tests.registry import (
     EndlessLayerRegistry,
     ImageSpec,
@@ -130,6 +131,20 @@ def test_the_index_entry_of_this_platform_is_chosen(monkeypatch: pytest.MonkeyPa
                {"platform": {"os": "linux", "architecture": "amd64"}, "digest": "sha256:c"}]
     assert registry._platform_digest(entries) == "sha256:c"
     assert registry._platform_digest(entries[:2]) is None
+
+
+def test_an_endless_output_line_is_cut_short() -> None:
+    """skopeo prints a registry's error message whole, on one line (the registry is a
+    tenant's): a pull's progress and its error keep the line's first 8 KiB."""
+    said: list[str] = []
+    endless = "head -c 50000000 /dev/zero | tr '\\0' M; echo; echo done; exit 3"
+    with pytest.raises(RuntimeBackendError) as caught:
+        stream(["sh", "-c", endless], said.append, name="tool")
+    assert said == ["M" * 8192 + " [... 49991808 more bytes left out]", "done"]
+    assert caught.value.message.startswith("tool exited 3: MMM")
+    assert len(caught.value.message) < 9000
+    fatal = 'time="x" level=fatal msg="reading manifest: manifest unknown: MMM [... 9 more'
+    assert registry._reason(fatal) == "reading manifest: manifest unknown: MMM [... 9 more"
 
 
 @pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])

@@ -54,7 +54,7 @@ TAG = "image"
 _PASSED_ENV = ("PATH", "LANG", "SSL_CERT_FILE", "SSL_CERT_DIR")  # (the proxy: Egress's)
 METADATA = 16 * 2**20  # bytes a download may have beyond the layers' limit (manifests, config)
 _COPYING = re.compile(r"^Copying (?:blob|config) sha256:([0-9a-f]{64})")
-_FATAL = re.compile(r'level=fatal msg="((?:[^"\\]|\\.)*)"')
+_FATAL = re.compile(r'level=fatal msg="((?:[^"\\]|\\.)*)')  # (a long one is cut: no end)
 
 
 def pull(
@@ -221,8 +221,10 @@ def _raw_manifest(settings: Settings, ref: str, flags: list[str], work: Path,
     argv = ["skopeo", "inspect", "--raw", "--retry-times", "2", *flags, ref]
     timeout = min(120.0, settings.pull_timeout_seconds)
     try:
-        done = subprocess.run(egress.wrap(argv), stdin=subprocess.DEVNULL, capture_output=True,
-                              env=egress.env(_skopeo_env(work)), timeout=timeout)  # fmt: skip
+        # (its errors are not read: a registry's may be as long as it likes)
+        done = subprocess.run(egress.wrap(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, env=egress.env(_skopeo_env(work)),
+                              timeout=timeout)  # fmt: skip
         found = json.loads(done.stdout) if done.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return None

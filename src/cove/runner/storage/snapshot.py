@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from cove.agent.artifacts import BACKEND_DIR
 from cove.core.config import Settings
@@ -312,6 +313,7 @@ def _chroot_env() -> dict[str, str]:
 
 
 WATCH_SECONDS = 0.5  # how often stream() asks its stop_when
+MAX_LINE = 8 * 1024  # bytes of one output line stream() keeps
 
 
 def stream(
@@ -319,9 +321,10 @@ def stream(
     timeout: float | None = None, stop_when: Callable[[], Exception | None] | None = None,
     name: str | None = None,
 ) -> None:  # fmt: skip
-    """Run ``argv`` and hand each output line (stdout and stderr) to ``say``; it is
-    killed after ``timeout`` seconds, or as soon as ``stop_when`` (asked each
-    :data:`WATCH_SECONDS`) returns an error. Errors call it ``name`` (default: ``argv[0]``).
+    """Run ``argv`` and hand each output line (stdout and stderr; its first
+    :data:`MAX_LINE` bytes, see :func:`_lines`) to ``say``; it is killed after
+    ``timeout`` seconds, or as soon as ``stop_when`` (asked each :data:`WATCH_SECONDS`)
+    returns an error. Errors call it ``name`` (default: ``argv[0]``).
 
     Raises:
         RuntimeBackendError: it could not run, exited non-zero or timed out (the
@@ -361,8 +364,7 @@ def stream(
         watcher.start()
     tail: list[str] = []
     try:
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
+        for line in _lines(proc.stdout):
             tail = (tail + [line])[-5:]
             say(line)
     except BaseException:
@@ -383,3 +385,18 @@ def stream(
         raise RuntimeBackendError(f"{name} timed out after {timeout:.0f} s")
     if code != 0:
         raise RuntimeBackendError(f"{name} exited {code}: {' | '.join(tail)}")
+
+
+def _lines(out: IO[bytes]) -> Iterator[str]:
+    """The lines of ``out``, each cut to :data:`MAX_LINE` bytes (and saying how many
+    were left out). A tool's line may be as long as what it was sent: skopeo prints a
+    registry's error message whole, and the registry is a tenant's. The rest of a long
+    line is read and dropped, never held: the lines go to a build log, the last ones
+    to the error a sandbox or snapshot keeps."""
+    while raw := out.readline(MAX_LINE):
+        left, ended = 0, raw.endswith(b"\n")
+        while not ended and (more := out.readline(MAX_LINE)):
+            ended = more.endswith(b"\n")
+            left += len(more) - ended
+        line = raw.decode(errors="replace").rstrip()
+        yield f"{line} [... {left} more bytes left out]" if left else line
