@@ -28,7 +28,7 @@ from cove.core.buildlog import BuildLog
 from cove.core.config import Settings
 from cove.core.contexts import ContextStore
 from cove.core.coordination import KeyedLocks
-from cove.core.dockerfile import BuildPlan
+from cove.core.dockerfile import SHOWN, BuildPlan
 from cove.core.ops import SandboxOps
 from cove.core.ports import ContainerSpec, ImageConfig, Resources, Runner
 from cove.core.sandbox import Sandbox, SandboxState
@@ -42,6 +42,10 @@ RUN_TIMEOUT = 1800.0
 TAIL_LINES = 20
 MAX_LINE = 64 * 1024  # characters; a longer line is logged in pieces
 DELETED = "the build was ended: its snapshot was deleted"
+# Characters of those last lines a failure's reason keeps: the reason is in every
+# listing of the organization's sandboxes (and no quota counts a failed one); the
+# whole output is in the build log.
+MAX_TAIL = 8 * 1024
 INTERRUPTED = ("the build was interrupted by a server restart or the loss of the API "
                "replica running it; create it again")
 
@@ -193,7 +197,7 @@ class ImageBuilder:
                 raise BuildFailed(DELETED)
             await out.write(f"Step {number}/{total} : {step.text}")
             env.update(step.env)
-            where = f"step {number}/{total} '{step.text}'"
+            where = f"step {number}/{total} '{_cut(step.text)}'"
             if step.kind == "WORKDIR":
                 await self._exec(build_id, where, ["mkdir", "-p", step.path], env, None, out)
                 cwd = step.path
@@ -222,6 +226,7 @@ class ImageBuilder:
             raise BuildFailed(f"build failed at {where}: {exc}") from exc
         if code != 0:
             tail = "\n".join(lines)
+            tail = tail if len(tail) <= MAX_TAIL else f"...{tail[-MAX_TAIL:]}"
             raise BuildFailed(f"build failed at {where}: exit code {code}\n{tail}".rstrip())
 
     async def _stream(
@@ -274,6 +279,11 @@ async def remove_left_worker(runner: Runner, build_id: str) -> None:
         log.error("listing sandboxes to remove build sandbox %s failed: %s", build_id,
                   exc.message)  # fmt: skip
     await remove_worker(runner, build_id)
+
+
+def _cut(text: str) -> str:
+    """An instruction as a failure's reason names it: its first SHOWN characters."""
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}..."
 
 
 def _merged(argv: tuple[str, ...]) -> list[str]:

@@ -117,6 +117,24 @@ async def test_failing_run_is_build_failed(
         lifecycle.get(org, sb.id)
 
 
+async def test_a_failing_runs_endless_output_is_not_its_reason(
+    lifecycle: LifecycleService, snapshots: SnapshotService, runtime: ScriptedRuntime, org: str,
+) -> None:  # fmt: skip
+    """The reason (in every listing of the organization's sandboxes, and no quota counts
+    a failed one) ends with the last lines a failing RUN printed: never more than their
+    last 8 KiB, however long its lines (the whole output is in the build log)."""
+    dockerfile = "FROM cove-default\nRUN please fail " + "x" * 200_000 + "\n"
+    sb = await lifecycle.create(organization_id=org, request=_request(dockerfile))
+    await lifecycle.drain()
+    sb = lifecycle.get(org, sb.id)
+    assert sb.state is S.BUILD_FAILED and sb.error_reason is not None
+    assert sb.error_reason.startswith("build failed at step 1/1 'RUN please fail xxx")
+    assert sb.error_reason.endswith("...': exit code 2\n..." + "x" * 8192)
+    assert len(sb.error_reason) < 8400
+    assert "out:please fail " + "x" * 65_000 in lifecycle.build_log(org, sb.id).text()
+    await lifecycle.destroy(org, sb.id)
+
+
 async def test_refused_dockerfiles_create_nothing(
     lifecycle: LifecycleService, snapshots: SnapshotService, org: str,
 ) -> None:  # fmt: skip
