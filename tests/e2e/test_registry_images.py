@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import re
 import tarfile
@@ -208,6 +210,23 @@ def test_an_image_of_more_files_than_its_cap_allows_fails_and_leaves_nothing(
     ref = registry.push(layout(tmp_path / "many", many), "e2e/many")
     files, blobs = _snapshot_files(server), _blobs(server)
     _fails(client, ref, rf"more than {MAX_MB * 64} files \(COVE_MAX_IMAGE_MB \({MAX_MB} MiB\)")
+    assert _snapshot_files(server) - files == set()
+    assert _blobs(server) - blobs == set()
+
+
+def test_every_gzip_member_of_a_layer_counts_against_the_cap(
+    server: Server, client: Daytona, registry: Registry, tmp_path: Path
+) -> None:
+    """A layer of two gzip members (a first of one small file, a second of 200 MiB of
+    zeros): umoci unpacks both, so both count; refused before unpacking, no snapshot
+    left and none of its blobs kept."""
+    first = io.BytesIO()
+    tar = tarfile.open(fileobj=first, mode="w", format=tarfile.PAX_FORMAT)
+    tar.addfile(tarfile.TarInfo("innocent"))  # (no end-of-archive blocks: more follows)
+    both = gzip.compress(first.getvalue(), mtime=0) + layer([file("bomb", bytes(200 * 2**20))])
+    ref = registry.push(layout(tmp_path / "two", ImageSpec([busybox_layer(), both])), "e2e/two")
+    files, blobs = _snapshot_files(server), _blobs(server)
+    _fails(client, ref, rf"larger than COVE_MAX_IMAGE_MB \({MAX_MB} MiB\) unpacked")
     assert _snapshot_files(server) - files == set()
     assert _blobs(server) - blobs == set()
 

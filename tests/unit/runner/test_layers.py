@@ -6,11 +6,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import shutil
+import struct
 import subprocess
 import tarfile
 import time
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import pytest
@@ -102,10 +105,65 @@ def test_zstd_layers_are_measured_too(tmp_path: Path) -> None:
     packed = subprocess.run(["zstd", "-q", "-c"], input=raw.getvalue(), capture_output=True,
                             check=True).stdout  # fmt: skip
     where = _image(tmp_path, gzip.compress(b""))  # (a layout; its layer is replaced below)
-    manifest = layers.manifest(where, "v1")
-    layers.blob(where, manifest["layers"][0]["digest"]).write_bytes(packed)
+    _replace_layer(where, packed, "application/vnd.oci.image.layer.v1.tar+zstd")
     with pytest.raises(layers.ImageTooLarge):
         layers.check_unpacked(where, "v1", 10 * MIB, "zstd")
+
+
+def _replace_layer(where: Path, data: bytes, media_type: str) -> None:
+    """Make the one layer of the layout ``where`` ``data``, of ``media_type`` (its blob
+    and its manifest rewritten in place: nothing here checks their digests)."""
+    path = layers.blob(where, layers.manifest_descriptor(where, "v1")["digest"])
+    manifest = json.loads(path.read_text())
+    manifest["layers"][0]["mediaType"] = media_type
+    path.write_text(json.dumps(manifest))
+    layers.blob(where, manifest["layers"][0]["digest"]).write_bytes(data)
+
+
+def _raw_tar(members: list, *, end: bool = True) -> bytes:
+    """An uncompressed tar of ``members`` (without its end-of-archive blocks unless ``end``)."""
+    raw = io.BytesIO()
+    tar = tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT)
+    for info, data in members:
+        tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    if end:
+        tar.close()
+    return raw.getvalue()
+
+
+def test_every_gzip_member_of_a_layer_counts(tmp_path: Path) -> None:
+    """umoci reads a gzip layer to its last member (as Go does); tarfile's own gzip
+    stopped after the first: a first member of one small file and a second of 50 MiB
+    of zeros were counted as 1 KiB and unpacked whole."""
+    first = gzip.compress(_raw_tar([file("innocent", b"hi\n")], end=False), mtime=0)
+    second = gzip.compress(_raw_tar([file("zeros", bytes(50 * MIB))]), mtime=0)
+    where = _image(tmp_path, first + second)
+    with pytest.raises(layers.ImageTooLarge, match=r"two is larger than"):
+        layers.check_unpacked(where, "v1", 10 * MIB, "two")
+
+
+def test_a_layer_is_read_as_its_media_type_says(tmp_path: Path) -> None:
+    """A plain tar whose first header is also a gzip header (its FNAME running to the
+    header's end): tarfile's guess read it as gzip and counted what that held (one
+    small file); umoci, told it is a tar, unpacks the 5,000 files after it."""
+    inner = _raw_tar([file("innocent", b"hi\n")])
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = packer.compress(inner) + packer.flush()
+    deflated += struct.pack("<II", zlib.crc32(inner), len(inner))
+    head = bytearray(b"a" * 512)  # a V7 header: no magic, no NUL before byte 511
+    head[0:10] = b"\x1f\x8b\x08\x08AAAAAA"  # gzip, deflate, FNAME
+    head[100:124] = b"0000644 0000000 0000000 "
+    head[124:148] = b"%011o 00000000000 " % len(deflated)
+    head[156:157], head[329:345], head[511] = b"0", b"0000000 0000000 ", 0  # (devices)
+    head[148:156] = b" " * 8
+    head[148:156] = b"%07o " % sum(head)
+    many = _raw_tar([file(f"many/{n}") for n in range(5000)])
+    both = bytes(head) + deflated + bytes(-len(deflated) % 512) + many
+    assert tarfile.open(fileobj=io.BytesIO(both), mode="r|*").getnames() == ["innocent"]
+    where = _image(tmp_path, gzip.compress(b""))  # (a layout; its layer is replaced below)
+    _replace_layer(where, both, "application/vnd.oci.image.layer.v1.tar")
+    with pytest.raises(layers.ImageTooLarge, match=r"both has more than 64 files"):
+        layers.check_unpacked(where, "v1", MIB, "both")
 
 
 def test_a_layer_that_is_no_tar_is_an_error(tmp_path: Path) -> None:

@@ -1,13 +1,19 @@
 """The size of an image before it is unpacked: what its layers hold, counted from the
 layers themselves (hostile input: a small compressed layer may unpack to terabytes).
 
-Each layer's tar stream is read once, decompressed on the fly (gzip, bzip2, xz by
-the standard library, zstd through ``zstd -dc``), and the sizes of its files are
-added up: regular files at their full size (a sparse file's holes count, as an
-unpacker writes them), every other entry at one block. Reading stops as soon as the
-total passes the limit, so a bomb costs no more than the limit's worth of work; an
-extended header over 1 MiB (which tarfile would read whole into memory) is refused
-before it is read (:mod:`cove.core.tarheaders`).
+Each layer's tar stream is read once, decompressed on the fly as its media type says
+(gzip by the standard library, every member of it; zstd through ``zstd -dc``; else
+none), and the sizes of its files are added up: regular files at their full size (a
+sparse file's holes count, as an unpacker writes them), every other entry at one
+block. Reading stops as soon as the total passes the limit, so a bomb costs no more
+than the limit's worth of work; an extended header over 1 MiB (which tarfile would
+read whole into memory) is refused before it is read (:mod:`cove.core.tarheaders`).
+
+A layer is read as ``umoci`` will unpack it, never by what its bytes look like:
+umoci follows the media type and reads a gzip stream to its last member (as Go
+does), while tarfile's own decompression guesses from the first bytes and stops
+after the first member. A layer of two gzip members, or a tar whose first header is
+also a gzip header, was counted small and unpacked whole.
 
 The files are counted too: each one unpacked takes an inode of the host's file system
 holding the snapshots, shared by everything on it, whatever its size (a layer of
@@ -19,13 +25,15 @@ disks): 655,360 with the default COVE_MAX_IMAGE_MB. Hard links and whiteouts mak
 
 from __future__ import annotations
 
+import gzip
 import posixpath
 import subprocess
 import tarfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from cove.core.tarheaders import TarInfo
 from cove.errors import RuntimeBackendError
@@ -34,7 +42,6 @@ from cove.runner.storage.unpack import blob, manifest, manifest_descriptor
 BLOCK = 512
 INODE_SHARE = 16 * 1024  # bytes of the limit per file an image may make
 WHITEOUT = ".wh."
-_ZSTD = b"\x28\xb5\x2f\xfd"
 
 
 class ImageTooLarge(RuntimeBackendError):
@@ -87,9 +94,9 @@ def check_unpacked(layout: Path, tag: str, limit: int, image: str) -> int:
     total = files = 0
     most = limit // INODE_SHARE
     for layer in manifest(layout, tag).get("layers") or []:
-        with _opened(blob(layout, layer.get("digest"))) as stream:
+        with _opened(blob(layout, layer.get("digest")), layer.get("mediaType")) as stream:
             try:
-                with tarfile.open(fileobj=stream, mode="r|*", tarinfo=TarInfo) as tar:
+                with tarfile.open(fileobj=stream, mode="r|", tarinfo=TarInfo) as tar:
                     for member in tar:
                         total += _cost(member)
                         files += _makes_inode(member)
@@ -102,7 +109,7 @@ def check_unpacked(layout: Path, tag: str, limit: int, image: str) -> int:
                                 f"{image} has more than {most} files (COVE_MAX_IMAGE_MB "
                                 f"({limit // 2**20} MiB) allows one per "
                                 f"{INODE_SHARE // 1024} KiB)")  # fmt: skip
-            except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as exc:
                 raise RuntimeBackendError(f"{image}: a layer is not a valid tar: {exc}") from exc
     return total
 
@@ -119,14 +126,20 @@ def _makes_inode(member: tarfile.TarInfo) -> bool:
 
 
 @contextmanager
-def _opened(path: Path) -> Iterator[IO[bytes]]:
-    """The layer at ``path`` as a stream; zstd is decompressed by ``zstd`` (the standard
-    library's tarfile does gzip, bzip2 and xz)."""
-    with open(path, "rb") as f:
-        if f.read(4) != _ZSTD:
-            f.seek(0)
-            yield f
-            return
+def _opened(path: Path, media_type: object) -> Iterator[IO[bytes]]:
+    """The tar stream of the layer at ``path`` of ``media_type``, decompressed as
+    umoci does: gzip (OCI's ``+gzip``, Docker's ``.tar.gzip``) whole, every member;
+    zstd by ``zstd``; any other type not at all (a compressed layer of a type umoci
+    does not know is then no valid tar, and refused)."""
+    kind = media_type if isinstance(media_type, str) else ""
+    if not kind.endswith("zstd"):
+        with open(path, "rb") as f:
+            if kind.endswith("gzip"):
+                with gzip.GzipFile(fileobj=f, mode="rb") as unzipped:
+                    yield cast(IO[bytes], unzipped)
+            else:
+                yield f
+        return
     proc = subprocess.Popen(["zstd", "-dcq", "--", str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     assert proc.stdout is not None
