@@ -194,6 +194,9 @@ class Settings(BaseSettings):
     egress_block: Ipv4Ranges = ()
     # Concurrent tracked connections per sandbox (its share of the host's conntrack table).
     max_connections: int = Field(default=4096, ge=1)
+    # Snapshots of one organization built from Dockerfiles at once (0: no limit): each
+    # runs in a build sandbox of the default resources that no sandbox quota counts.
+    max_builds: int = Field(default=4, ge=0)
     # What one HTTP client may hold before any key is checked (cove/api/httpguard.py):
     # open connections per address (an IPv6 one by its /64; 0: no cap; behind a
     # reverse proxy every client has the proxy's address), open connections in all

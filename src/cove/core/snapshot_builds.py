@@ -24,7 +24,7 @@ from cove.core.coordination import Coordination
 from cove.core.images import ImageService, PullFailed
 from cove.core.sandbox import utcnow
 from cove.core.snapshots import Snapshot, SnapshotService
-from cove.errors import BadRequest, CoveError, NotFound
+from cove.errors import BadRequest, CoveError, NotFound, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class SnapshotBuilds:
         self, *, settings: Settings, snapshots: SnapshotService, builder: ImageBuilder | None,
         images: ImageService | None, contexts: ContextStore, logs: BuildLogs | None = None,
     ) -> None:  # fmt: skip
+        self.settings = settings
         self.snapshots = snapshots
         self.builder = builder
         self.images = images
@@ -59,6 +60,8 @@ class SnapshotBuilds:
             BadRequest: an invalid Dockerfile, a context not uploaded by this
                 organization, or a base image that is neither a snapshot nor pullable.
             Conflict: the name is taken.
+            QuotaExceeded: the organization's snapshot quota, or COVE_MAX_BUILDS of its
+                snapshots are being built.
         """
         if self.builder is None:
             raise BadRequest("Building images from Dockerfiles is not supported by this server")
@@ -68,6 +71,7 @@ class SnapshotBuilds:
             await asyncio.to_thread(self.contexts.context, organization_id, context_hash)
         base, pull = self._base(organization_id, plan.base)
         async with self.snapshots.admitted(organization_id):
+            self._admit_build(organization_id)
             snap = self.snapshots.new(organization_id, name)
             snap.state = "building"
             self.snapshots.store.add(snap)
@@ -76,6 +80,25 @@ class SnapshotBuilds:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return snap
+
+    def _admit_build(self, organization_id: str) -> None:
+        """Whether the organization may start one more build (called where its snapshot
+        admission holds its lock, across replicas too).
+
+        A build runs its steps in a build sandbox of the default resources that no
+        sandbox quota counts (it is not the organization's sandbox), for up to
+        RUN_TIMEOUT a step: without a bound, an organization limited to a few CPUs
+        could run as many as it likes at once.
+
+        Raises:
+            QuotaExceeded: ``max_builds`` of its snapshots are being built.
+        """
+        most = self.settings.max_builds
+        building = sum(s.state == "building" for s in self.snapshots.store.list(organization_id))
+        if most and building >= most:
+            raise QuotaExceeded(f"{building} snapshots of this organization are being "
+                                "built, the most at once (COVE_MAX_BUILDS): wait for one "
+                                "to end")  # fmt: skip
 
     async def _removed(self, snapshot_id: str) -> None:
         """A deleted snapshot's log goes, and its build under way (on any replica) ends:

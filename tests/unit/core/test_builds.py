@@ -20,7 +20,7 @@ from cove.core.reconcile import reconcile
 from cove.core.sandbox import SandboxState, utcnow
 from cove.core.snapshot_builds import SnapshotBuilds
 from cove.core.snapshots import SnapshotService
-from cove.errors import BadRequest, NotFound
+from cove.errors import BadRequest, NotFound, QuotaExceeded
 from cove.runner.fake import FakeRuntime
 from cove.runner.local import LocalRunner
 from cove.schemas.sandbox import BuildInfoCreate, SandboxCreate
@@ -335,3 +335,31 @@ async def test_deleting_a_building_snapshot_ends_its_build(
     await asyncio.wait_for(asyncio.gather(*builds._tasks), 5)
     assert list(runtime.boxes) == []
     assert [s.name for s in snapshots.list(org)] == ["cove-default"]
+
+
+async def test_an_organization_builds_at_most_max_builds_snapshots_at_once(
+    settings: Settings, engine, store, org: str, tmp_path,  # noqa: ANN001
+) -> None:  # fmt: skip
+    """Each build runs in a build sandbox of the default resources that no sandbox
+    quota counts: past COVE_MAX_BUILDS at once, a snapshot build is refused; once
+    one ends, the next is taken."""
+    settings.max_builds = 2
+    runtime = EndlessRuntime()
+    snapshots = SnapshotService(store=SqlSnapshotStore(engine), runner=LocalRunner(runtime),
+                                sandboxes=store, default_name="cove-default")  # fmt: skip
+    builder = ImageBuilder(settings=settings, runner=snapshots.runner, snapshots=snapshots)
+    builds = SnapshotBuilds(settings=settings, snapshots=snapshots, builder=builder, images=None,
+                            contexts=ContextStore(tmp_path / "ctx", b"k" * 32, 1024))  # fmt: skip
+    endless = "FROM cove-default\nRUN sleep infinity\n"
+    first = await builds.create(org, "one", endless, [])
+    await builds.create(org, "two", endless, [])
+    with pytest.raises(QuotaExceeded, match="COVE_MAX_BUILDS"):
+        await builds.create(org, "three", endless, [])
+    assert [s.name for s in snapshots.list(org)] == ["cove-default", "one", "two"]
+    await snapshots.delete(org, first.id)  # ends its build
+    await builds.create(org, "three", endless, [])
+    runtime.creating.set()
+    for snap in snapshots.store.list(org):
+        await snapshots.delete(org, snap.id)
+    await asyncio.wait_for(asyncio.gather(*builds._tasks), 5)
+    assert list(runtime.boxes) == []
