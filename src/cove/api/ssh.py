@@ -7,11 +7,11 @@ else is refused. Each session runs in the sandbox through its toolbox agent, as
 the sandbox's user: a shell or a command on a terminal (``ssh``, ``ssh -t``) or
 a command on pipes (``ssh host cmd``, with its exit status). Nothing but sessions
 is served: TCP/IP and Unix forwarding (either way), agent and X11 forwarding,
-SFTP and scp are refused. Revoking a token, or deleting its sandbox, closes the
-connections it opened, and so does its expiry (within ``SWEEP_SECONDS``; an expired
-token's connection opens no new session meanwhile). A token opens at most
-``MAX_CONNECTIONS`` connections at once, and a connection at most ``MAX_SESSIONS``
-sessions.
+SFTP and scp are refused, and so are ``env`` requests (a session's environment is
+the sandbox's). Revoking a token, or deleting its sandbox, closes the connections
+it opened, and so does its expiry (within ``SWEEP_SECONDS``; an expired token's
+connection opens no new session meanwhile). A token opens at most ``MAX_CONNECTIONS``
+connections at once, and a connection at most ``MAX_SESSIONS`` sessions.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections import defaultdict
 from datetime import datetime
 
 import asyncssh
+from asyncssh.packet import SSHPacket
 
 from cove.api.ssh_session import Session
 from cove.core.periodic import every
@@ -147,13 +148,26 @@ class _Server(asyncssh.SSHServer):
         self.access = access
         return False
 
-    def session_requested(self) -> Session | bool:
+    def session_requested(self) -> tuple[asyncssh.SSHServerChannel[bytes], Session] | bool:
         if self.access is None or self.sessions >= MAX_SESSIONS:
             return False
         if self.access.expires_at <= utcnow():  # (the sweep closes the connection soon)
             return False
+        assert self.conn is not None
+        chan = self.conn.create_server_channel()  # asyncssh's, as it would make it,
+        chan.__class__ = _SessionChannel  # with env requests refused (no hook for them)
         self.sessions += 1
-        return Session(self.gateway.services, self.access, self._session_ended)
+        return chan, Session(self.gateway.services, self.access, self._session_ended)
 
     def _session_ended(self) -> None:
         self.sessions -= 1
+
+
+class _SessionChannel(asyncssh.SSHServerChannel[bytes]):
+    """A session channel that refuses ``env`` requests: asyncssh keeps every variable
+    a client sends in the channel, with no bound on their number, so a client looping
+    on them (each up to 256 KiB) grew the server's memory until it ran out. A session's
+    environment is the sandbox's own, so nothing a client sends is wanted anyway."""
+
+    def _process_env_request(self, packet: SSHPacket) -> bool:
+        return False

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from asyncssh.packet import String
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
@@ -318,3 +319,24 @@ def test_binary_data_flows_both_ways_unchanged(client: TestClient, ssh_port: int
             assert done.exit_status == 0 and done.stdout == data
 
     asyncio.run(run())
+
+
+def test_env_requests_are_refused(client: TestClient, ssh_port: int) -> None:
+    """asyncssh would keep every variable a client sends, with no bound on their number
+    (a client looping on them grew the server's memory); a session's environment is the
+    sandbox's, so they are refused, and the session goes on."""
+    token = _token(client, _sandbox(client))
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            proc = await conn.create_process("read line; echo got-$line-${V0:-unset}")
+            for i in range(100):
+                reply = await proc.channel._make_request(  # noqa: SLF001
+                    b"env", String(f"V{i}"), String(bytes(100_000)))  # fmt: skip
+                assert reply is False
+            proc.stdin.write(b"it\n")
+            done = await proc.wait()
+            assert (done.stdout, done.exit_status) == (b"got-it-unset\n", 0)
+
+    asyncio.run(run())
+
