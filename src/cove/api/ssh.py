@@ -8,10 +8,11 @@ the sandbox's user: a shell or a command on a terminal (``ssh``, ``ssh -t``) or
 a command on pipes (``ssh host cmd``, with its exit status). Nothing but sessions
 is served: TCP/IP and Unix forwarding (either way), agent and X11 forwarding,
 SFTP and scp are refused, and so are ``env`` requests (a session's environment is
-the sandbox's). Revoking a token, or deleting its sandbox, closes the connections
-it opened, and so does its expiry (within ``SWEEP_SECONDS``; an expired token's
-connection opens no new session meanwhile). A token opens at most ``MAX_CONNECTIONS``
-connections at once, and a connection at most ``MAX_SESSIONS`` sessions.
+the sandbox's) and compression (see ``SshGateway._listen``). Revoking a token, or
+deleting its sandbox, closes the connections it opened, and so does its expiry
+(within ``SWEEP_SECONDS``; an expired token's connection opens no new session
+meanwhile). A token opens at most ``MAX_CONNECTIONS`` connections at once, and a
+connection at most ``MAX_SESSIONS`` sessions.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ class SshGateway:
         self.services.ssh.sweep(list(self._connections))
 
     async def _listen(self, host: str, port: int, host_key: bytes) -> asyncssh.SSHAcceptor:
+        """The listener. No compression (as Daytona's gateway, Go's SSH library, offers
+        none): a compressed packet is inflated whole, on the server's event loop, with
+        no bound but zlib's ratio, so one 256 KiB packet a client sends (an ignored
+        ``SSH_MSG_IGNORE`` will do) would cost the server some 256 MB and stall its
+        API meanwhile."""
         return await asyncssh.listen(
             host, port, server_factory=lambda: _Server(self),
             server_host_keys=[asyncssh.import_private_key(host_key)],
@@ -78,7 +84,8 @@ class SshGateway:
             agent_forwarding=False, x11_forwarding=False, allow_pty=True, line_editor=False,
             encoding=None, public_key_auth=False, password_auth=False, kbdint_auth=False,
             host_based_auth=False, gss_auth=False, gss_kex=False, login_timeout=30,
-            keepalive_interval=60, server_version="Cove")  # fmt: skip
+            keepalive_interval=60, compression_algs=["none"],
+            server_version="Cove")  # fmt: skip
 
     async def close(self) -> None:
         """Stop listening and close every connection."""

@@ -340,3 +340,22 @@ def test_env_requests_are_refused(client: TestClient, ssh_port: int) -> None:
 
     asyncio.run(run())
 
+
+def test_compression_is_refused(client: TestClient, ssh_port: int) -> None:
+    """A compressed packet is inflated whole on the server's event loop: 256 KiB of
+    zlib (an ignored SSH_MSG_IGNORE) would be 256 MB there. None is offered (as on
+    Daytona); clients that offer it too connect without it."""
+    token = _token(client, _sandbox(client))
+
+    async def run() -> None:
+        with pytest.raises(asyncssh.KeyExchangeFailed):
+            await asyncssh.connect("127.0.0.1", ssh_port, username=token, known_hosts=None,
+                                   client_keys=None, agent_path=None, preferred_auth="none",
+                                   compression_algs=["zlib@openssh.com"])  # fmt: skip
+        async with asyncssh.connect("127.0.0.1", ssh_port, username=token, known_hosts=None,
+                                    client_keys=None, agent_path=None, preferred_auth="none",
+                                    compression_algs=["zlib@openssh.com", "none"]) as conn:
+            assert conn.get_extra_info("recv_compression") in (None, "none")
+            assert (await conn.run("echo plain")).stdout == "plain\n"
+
+    asyncio.run(run())
