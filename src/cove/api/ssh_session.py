@@ -26,7 +26,11 @@ from cove.errors import CoveError
 from cove.server import Services
 
 log = logging.getLogger("cove.ssh")
-INPUT_QUEUE = 64  # client chunks buffered before the client is told to wait
+# Client input buffered before the client is told to wait: chunks, and bytes (a client's
+# packets may carry up to 256 KiB each, whatever packet size the gateway announced, as
+# asyncssh takes them: 64 chunks alone could hold 16 MiB).
+INPUT_QUEUE = 64
+INPUT_BYTES = 256 * 1024
 TERM = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
 DEFAULT_SIZE = (80, 24)
 
@@ -44,6 +48,7 @@ class Session(asyncssh.SSHServerSession):
         self.term: str | None = None  # set by a pty-req
         self.size = DEFAULT_SIZE
         self.input: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.queued = 0  # bytes in self.input
         self.resizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue(maxsize=4)
         self.writable = asyncio.Event()
         self.writable.set()
@@ -77,7 +82,9 @@ class Session(asyncssh.SSHServerSession):
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self.input.put_nowait(data)
-        if self.input.qsize() >= INPUT_QUEUE and self.chan is not None:
+        self.queued += len(data)
+        full = self.input.qsize() >= INPUT_QUEUE or self.queued >= INPUT_BYTES
+        if full and self.chan is not None:
             self.chan.pause_reading()
 
     def eof_received(self) -> bool:
@@ -183,7 +190,8 @@ class Session(asyncssh.SSHServerSession):
                 data.cancel()
                 continue
             chunk = data.result()
-            if self.input.qsize() < INPUT_QUEUE // 2:
+            self.queued -= len(chunk or b"")
+            if self.input.qsize() < INPUT_QUEUE // 2 and self.queued < INPUT_BYTES // 2:
                 self.chan.resume_reading()
             if chunk is None:
                 if close is not None:

@@ -359,3 +359,27 @@ def test_compression_is_refused(client: TestClient, ssh_port: int) -> None:
             assert (await conn.run("echo plain")).stdout == "plain\n"
 
     asyncio.run(run())
+
+
+def test_input_a_command_does_not_read_is_bounded(client: TestClient, ssh_port: int) -> None:
+    """The gateway stops taking a client's input the sandbox does not read after a
+    bounded amount (the channel's window, the session's queue, the agent's window),
+    also when the client's packets are far bigger than the gateway announced (asyncssh
+    takes up to 256 KiB each: a queue counted in chunks held 16 MiB of them)."""
+    token = _token(client, _sandbox(client))
+    sent = 40 * 1024 * 1024
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            proc = await conn.create_process("sleep 600")
+            proc.channel._send_pktsize = 250_000  # noqa: SLF001 (the announced one: 32 KiB)
+            proc.stdin.write(bytes(sent))
+            left, still = -1, 0
+            while still < 5:  # until the gateway took nothing more for a second
+                await asyncio.sleep(0.2)
+                now = proc.channel.get_write_buffer_size()
+                left, still = now, (still + 1 if now == left else 0)
+            assert sent - left < 10 * 1024 * 1024  # (16 MiB and more before)
+            proc.close()
+
+    asyncio.run(run())
