@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from datetime import datetime
+from typing import cast
 
 import asyncssh
 from asyncssh.packet import SSHPacket
@@ -34,6 +35,7 @@ from cove.server import Services
 log = logging.getLogger("cove.ssh")
 MAX_CONNECTIONS = 10  # open at once with one token
 MAX_SESSIONS = 10  # channels open at once in one connection
+HELD_CHUNK = 64 * 1024  # a session's input held while it takes none: packets joined up to this
 SWEEP_SECONDS = 2.0  # a grant revoked through another API replica closes its connections here
 
 
@@ -171,10 +173,27 @@ class _Server(asyncssh.SSHServer):
 
 
 class _SessionChannel(asyncssh.SSHServerChannel[bytes]):
-    """A session channel that refuses ``env`` requests: asyncssh keeps every variable
-    a client sends in the channel, with no bound on their number, so a client looping
-    on them (each up to 256 KiB) grew the server's memory until it ran out. A session's
-    environment is the sandbox's own, so nothing a client sends is wanted anyway."""
+    """A session channel that holds a client's input by its bytes (``_accept_data``)
+    and refuses ``env`` requests: asyncssh keeps every variable a client sends in the
+    channel, with no bound on their number, so a client looping on them (each up to
+    256 KiB) grew the server's memory until it ran out. A session's environment is the
+    sandbox's own, so nothing a client sends is wanted anyway."""
 
     def _process_env_request(self, packet: SSHPacket) -> bool:
         return False
+
+    def _accept_data(self, data: bytes, datatype: int | None = None) -> None:
+        """While the session takes no input (its queue is full), asyncssh holds each
+        packet that arrives apart, some 70 bytes of the server's memory for even a
+        one-byte one: a client sending those made the channel's window (2 MiB, held up
+        to twice over) cost some 300 MB. A packet that arrives then joins the one held
+        before it, up to ``HELD_CHUNK``."""
+        super()._accept_data(data, datatype)
+        held = self._recv_buf
+        if len(held) > 1 and held[-2][1] == datatype and len(held[-2][0]) < HELD_CHUNK:
+            last = held.pop()[0]
+            joined: bytes | bytearray = held[-1][0]
+            if isinstance(joined, bytearray):
+                joined += last  # (in place: no copy of what was held)
+            else:
+                held[-1] = (cast(bytes, bytearray(joined) + last), datatype)

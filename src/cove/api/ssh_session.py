@@ -81,6 +81,7 @@ class Session(asyncssh.SSHServerSession):
         self.task = asyncio.ensure_future(self._run())
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
+        data = bytes(data)  # (a bytearray, when the channel joined packets it held)
         self.input.put_nowait(data)
         self.queued += len(data)
         full = self.input.qsize() >= INPUT_QUEUE or self.queued >= INPUT_BYTES

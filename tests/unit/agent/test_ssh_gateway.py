@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -383,3 +384,40 @@ def test_input_a_command_does_not_read_is_bounded(client: TestClient, ssh_port: 
             proc.close()
 
     asyncio.run(run())
+
+
+def test_tiny_packets_held_while_the_sandbox_reads_nothing_cost_their_bytes(
+    client: TestClient, ssh_port: int
+) -> None:
+    """Once a session takes no input (the command reads none), what its window still
+    lets in is held; asyncssh held each packet apart (some 100 bytes for one byte of
+    data), so a client's one-byte packets cost the server 100 times their window."""
+    token = _token(client, _sandbox(client))
+    tiny = 10_000
+
+    async def settled(proc: asyncssh.SSHClientProcess[bytes]) -> None:
+        left, still = -1, 0
+        while still < 3:  # until the gateway took nothing more for a while
+            await asyncio.sleep(0.2)
+            now = proc.channel.get_write_buffer_size()
+            left, still = now, (still + 1 if now == left else 0)
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            proc = await conn.create_process("sleep 600")
+            proc.stdin.write(bytes(1_600_000))  # past the agent's window and the queue
+            await settled(proc)
+            held = tracemalloc.get_traced_memory()[0]
+            proc.channel._send_pktsize = 1  # noqa: SLF001 (one byte a packet)
+            proc.stdin.write(bytes(tiny))
+            await settled(proc)
+            assert proc.channel.get_write_buffer_size() == 0  # all taken, and held
+            grown = tracemalloc.get_traced_memory()[0] - held
+            assert grown < 20 * tiny, grown
+            proc.close()
+
+    tracemalloc.start()
+    try:
+        asyncio.run(run())
+    finally:
+        tracemalloc.stop()
