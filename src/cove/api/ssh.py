@@ -132,9 +132,17 @@ class _Server(asyncssh.SSHServer):
         self.conn: asyncssh.SSHServerConnection | None = None
         self.access: SshAccess | None = None
         self.sessions = 0
+        self.flowing = asyncio.Event()  # the client's socket takes more (its buffer is low)
+        self.flowing.set()
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Keep the connection, and hear its socket's flow control: asyncssh ignores it
+        (its ``pause_writing`` does nothing) and a channel's window is the client's own
+        say, so a client announcing a big one and then not reading its socket had all
+        the sandbox wrote buffered in the server. Sessions wait on ``flowing``."""
         self.conn = conn
+        conn.pause_writing = self.flowing.clear  # type: ignore[method-assign]
+        conn.resume_writing = self.flowing.set  # type: ignore[method-assign]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.access is not None and self.conn is not None:
@@ -166,7 +174,8 @@ class _Server(asyncssh.SSHServer):
         chan = self.conn.create_server_channel()  # asyncssh's, as it would make it,
         chan.__class__ = _SessionChannel  # with env requests refused (no hook for them)
         self.sessions += 1
-        return chan, Session(self.gateway.services, self.access, self._session_ended)
+        return chan, Session(self.gateway.services, self.access, self._session_ended,
+                             self.flowing)  # fmt: skip
 
     def _session_ended(self) -> None:
         self.sessions -= 1

@@ -39,10 +39,13 @@ class Session(asyncssh.SSHServerSession):
     """A shell, a command or a terminal in the sandbox, for one SSH channel."""
 
     def __init__(self, services: Services, access: SshAccess,
-                 ended: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+                 ended: Callable[[], None] = lambda: None,
+                 flowing: asyncio.Event | None = None) -> None:  # fmt: skip
         self.services = services
         self.access = access
         self.ended = ended  # called once, when the channel is gone
+        # Set while the connection's socket takes more output (None: not watched).
+        self.flowing = flowing
         self.chan: asyncssh.SSHServerChannel | None = None
         self.command: str | None = None
         self.term: str | None = None  # set by a pty-req
@@ -202,7 +205,9 @@ class Session(asyncssh.SSHServerSession):
 
     async def _write(self, data: bytes, *, stderr: bool = False) -> None:
         assert self.chan is not None
-        await self.writable.wait()
+        await self.writable.wait()  # the client's window
+        if self.flowing is not None:
+            await self.flowing.wait()  # and its socket
         if stderr:
             self.chan.write_stderr(data)
         else:

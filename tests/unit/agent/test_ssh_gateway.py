@@ -421,3 +421,31 @@ def test_tiny_packets_held_while_the_sandbox_reads_nothing_cost_their_bytes(
         asyncio.run(run())
     finally:
         tracemalloc.stop()
+
+
+def test_output_to_a_client_that_stops_reading_is_bounded(client: TestClient,
+                                                          ssh_port: int) -> None:  # fmt: skip
+    """A client's channel window is its own say (here 2 GiB), so only its socket tells
+    whether it reads: the gateway stops passing output on once the socket's buffer is
+    full (asyncssh ignores that, and buffered all the sandbox wrote)."""
+    token = _token(client, _sandbox(client))
+    size = 100_000_000
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            await conn.create_process(f"head -c {size} /dev/zero", window=2**31 - 1)
+            conn._transport.pause_reading()  # type: ignore[union-attr]  # noqa: SLF001
+            start = tracemalloc.get_traced_memory()[0]
+            grown, still = 0, 0
+            while still < 5:  # until the server took nothing more for a second
+                await asyncio.sleep(0.2)
+                now = tracemalloc.get_traced_memory()[0] - start
+                grown, still = now, (still + 1 if now - grown < 100_000 else 0)
+            assert grown < 20_000_000, grown
+            conn.abort()
+
+    tracemalloc.start()
+    try:
+        asyncio.run(run())
+    finally:
+        tracemalloc.stop()
