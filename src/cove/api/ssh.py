@@ -141,8 +141,21 @@ class _Server(asyncssh.SSHServer):
         say, so a client announcing a big one and then not reading its socket had all
         the sandbox wrote buffered in the server. Sessions wait on ``flowing``."""
         self.conn = conn
-        conn.pause_writing = self.flowing.clear  # type: ignore[method-assign]
-        conn.resume_writing = self.flowing.set  # type: ignore[method-assign]
+        conn.pause_writing = self._pause_writing  # type: ignore[method-assign]
+        conn.resume_writing = self._resume_writing  # type: ignore[method-assign]
+
+    def _pause_writing(self) -> None:
+        """The client does not read what it is sent: sessions wait, and its own packets
+        wait unread too (each reply to one, a refused channel or request, was buffered
+        for a client that never read, without end)."""
+        self.flowing.clear()
+        if self.conn is not None and self.conn._transport is not None:  # noqa: SLF001
+            self.conn._transport.pause_reading()  # noqa: SLF001
+
+    def _resume_writing(self) -> None:
+        self.flowing.set()
+        if self.conn is not None and self.conn._transport is not None:  # noqa: SLF001
+            self.conn._transport.resume_reading()  # noqa: SLF001
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.access is not None and self.conn is not None:
@@ -171,8 +184,8 @@ class _Server(asyncssh.SSHServer):
         if self.access.expires_at <= utcnow():  # (the sweep closes the connection soon)
             return False
         assert self.conn is not None
-        chan = self.conn.create_server_channel()  # asyncssh's, as it would make it,
-        chan.__class__ = _SessionChannel  # with env requests refused (no hook for them)
+        chan = self.conn.create_server_channel()  # asyncssh's, as it would make it, but
+        chan.__class__ = _SessionChannel  # see there (asyncssh has no hooks for those)
         self.sessions += 1
         return chan, Session(self.gateway.services, self.access, self._session_ended,
                              self.flowing)  # fmt: skip

@@ -5,6 +5,7 @@ real sandboxes are in tests/e2e/test_ssh_access.py."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import getpass
 import logging
 import os
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from asyncssh.packet import String
+from asyncssh.constants import MSG_CHANNEL_OPEN
+from asyncssh.packet import String, UInt32
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
@@ -449,3 +451,37 @@ def test_output_to_a_client_that_stops_reading_is_bounded(client: TestClient,
         asyncio.run(run())
     finally:
         tracemalloc.stop()
+
+
+def test_a_client_that_reads_nothing_is_not_read_either(client: TestClient,
+                                                        ssh_port: int) -> None:  # fmt: skip
+    """Replies to a client's packets (here refused channels) wait in the server until
+    it reads them: once they pile up, the gateway stops reading its packets (a client
+    that never read grew them without end)."""
+    token = _token(client, _sandbox(client))
+
+    def gateway() -> asyncssh.SSHServerConnection:
+        found = [c for c in gc.get_objects() if isinstance(c, asyncssh.SSHServerConnection)]
+        assert len(found) == 1
+        return found[0]
+
+    async def run() -> None:
+        async with _connect(ssh_port, token) as conn:
+            conn._transport.pause_reading()  # type: ignore[union-attr]  # noqa: SLF001
+            for i in range(120_000):  # each refused at once: ~50 bytes of reply
+                conn.send_packet(MSG_CHANNEL_OPEN, String(b"x11"), UInt32(i), UInt32(1000),
+                                 UInt32(1000), String(b""), UInt32(0))  # fmt: skip
+                if i % 1000 == 0:
+                    await asyncio.sleep(0)
+            server = gateway()
+            read, still = -1, 0
+            while still < 5 and server._recv_seq != conn._send_seq:  # noqa: SLF001
+                await asyncio.sleep(0.2)  # until it read them all, or stopped reading
+                now = server._recv_seq  # noqa: SLF001
+                read, still = now, (still + 1 if now == read else 0)
+            assert server._transport is not None  # noqa: SLF001
+            held = server._transport.get_write_buffer_size()  # noqa: SLF001
+            assert held < 1_000_000, held  # (8 MB before, and growing with the client's)
+            conn.abort()
+
+    asyncio.run(run())
