@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import select
+import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -240,14 +240,21 @@ class OperatorProxy:
 
 def _pipe(a: socket.socket, b: socket.socket) -> None:
     peer = {a: b, b: a}
-    open_ = [a, b]
-    while open_:
-        for side in select.select(open_, [], [], 30)[0] or open_:
-            data = side.recv(65536)
-            if data:
-                peer[side].sendall(data)
-            else:
-                open_.remove(side)
+    # (a selector, not select(): the test process may have descriptors past 1024)
+    with selectors.DefaultSelector() as watch:
+        for end in peer:
+            watch.register(end, selectors.EVENT_READ, end)
+        while watch.get_map():
+            ready = watch.select(30)
+            if not ready:
+                return
+            for key, _events in ready:
+                side: socket.socket = key.data
+                data = side.recv(65536)
+                if data:
+                    peer[side].sendall(data)
+                    continue
+                watch.unregister(side)
                 with contextlib.suppress(OSError):
                     peer[side].shutdown(socket.SHUT_WR)
 
