@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cove.api import dashboard, errors, logredact, logs, metrics, openapi
 from cove.api.bodylimit import BodyLimit
 from cove.api.events import SocketEvents
+from cove.api.hangup import UntilClientLeaves
 from cove.api.keybound import KeyBound
 from cove.api.observe import Observe
 from cove.api.params import single_query_values
@@ -169,11 +170,12 @@ class _Toolbox:
     """Toolbox calls go to an app of the toolbox's routes alone: FastAPI tries a
     request's path on each route in turn, and the API's couple of hundred routes
     cost a toolbox call ~0.1 ms before its own were reached. ``app`` serves the rest
-    (and holds every route, for the API's document)."""
+    (and holds every route, for the API's document). A toolbox call whose client
+    hangs up before its answer ends (see :mod:`cove.api.hangup`)."""
 
     def __init__(self, app: FastAPI, toolbox: FastAPI) -> None:
         self.app = app
-        self.toolbox = toolbox
+        self.toolbox = UntilClientLeaves(toolbox, _is_upload)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan" and scope.get("path", "").startswith("/toolbox/"):

@@ -237,3 +237,58 @@ def test_a_websocket_whose_agent_is_silent_before_it_answers_ends_when_its_clien
     client.portal.call(attack)  # type: ignore[union-attr]
     assert not any(m["type"] == "websocket.accept" for m in sent)
     assert released.wait(5)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/process/session/s1", b""),
+    ("GET", "/computeruse/recordings/r1/download", b""),
+    ("POST", "/computeruse/mouse/move", b'{"x": 1, "y": 1}'),
+    ("GET", "/process/pty", b"a body no route reads"),
+])
+def test_a_call_whose_agent_is_silent_ends_when_its_client_leaves(
+    client: TestClient, runtime: LyingRuntime, method: str, path: str, body: bytes
+) -> None:
+    """An agent that accepts a request and then says nothing: once the HTTP client has
+    hung up, the server ends the request and its call to the agent (it does not hold
+    a task and an agent request, until the sandbox stops, for every call a client
+    sent and dropped), whether the request had a body or not."""
+    released = threading.Event()
+
+    def silent(sock: socket.socket) -> None:
+        sock.sendall(protocol.frame(protocol.ACCEPTED))
+        sock.recv(65536)  # the server ends the call (or hangs up)
+        released.set()
+
+    path = f"/toolbox/{create_sandbox(client)['id']}{path}"
+    runtime.liar = staticmethod(silent)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode()),
+                         (b"authorization", AUTH["Authorization"].encode())],
+             "client": ("10.9.9.9", 1234), "server": ("testserver", 80)}  # fmt: skip
+    sent: list[dict] = []
+
+    async def attack() -> None:
+        left = anyio.Event()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop(0)
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        with anyio.fail_after(10):  # the request ends (the app returns)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(client.app, scope, receive, send)
+                await anyio.sleep(0.5)  # the agent accepted the call and is silent
+                left.set()
+
+    client.portal.call(attack)  # type: ignore[union-attr]
+    assert released.wait(5)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499

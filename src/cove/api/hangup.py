@@ -1,0 +1,132 @@
+"""A toolbox call ends when its HTTP client hangs up before the answer started.
+
+A toolbox route waits for the sandbox's agent, which is untrusted: it may accept a
+request and then say nothing. Nothing else ends that wait (uvicorn does not cancel
+a request whose client is gone), so every call a client gave up on would hold its
+task and its agent request until the sandbox stops: an agent the sandbox's root
+replaced made the server keep one for each request sent and dropped. So a call not
+answered within ``WATCH_SECONDS`` is watched: once its client has hung up, the route
+is cancelled (its agent request ends) and answered 499 (to no one, as
+:class:`cove.errors.ClientGone`). The calls answered sooner, nearly all, cost a timer;
+once an answer started, a streamed body notices a hang-up itself.
+
+Watching reads the request's messages, so it must not take the route's body: it is
+kept for the route (at most ``MAX_BODY``, see :mod:`cove.api.bodylimit`), and a file
+upload, whose body the route streams to the sandbox, is watched once it was read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cove.api.errors import envelope
+from cove.errors import ClientGone
+
+WATCH_SECONDS = 1.0
+
+
+class UntilClientLeaves:
+    """ASGI middleware (see the module's docstring); ``streamed(path)``: whether the
+    route streams the request's body (a file upload)."""
+
+    def __init__(self, app: ASGIApp, streamed: Callable[[str], bool],
+                 every: float = WATCH_SECONDS) -> None:  # fmt: skip
+        self.app = app
+        self.streamed = streamed
+        self.every = every
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        task = asyncio.current_task()
+        assert task is not None
+        call = _Call(receive, task, self.streamed(scope.get("path", "")))
+        timer = asyncio.get_running_loop().call_later(self.every, call.due)
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                call.answered()
+            await send(message)
+
+        try:
+            return await self.app(scope, call.receive, sending)
+        except asyncio.CancelledError:
+            if not call.gone or task.uncancel() > 0:  # a cancel from outside
+                raise
+        finally:
+            timer.cancel()
+            call.answered()
+        gone = ClientGone()
+        response = envelope(Request(scope), gone.status_code, gone.message, gone.code)
+        with contextlib.suppress(OSError):
+            await response(scope, call.receive, send)
+        return None
+
+
+class _Call:
+    """One request's messages, read by its route and, once due, by a watcher."""
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any], streamed: bool) -> None:
+        self._receive = receive
+        self._task = task
+        self._streamed = streamed
+        self._kept: deque[Message] = deque()  # body messages the watcher read
+        self._reading = asyncio.Lock()  # the body's messages are read one at a time
+        self._body_read = False  # its last body message (or a disconnect) was read
+        self._due = False
+        self._done = False
+        self._watcher: asyncio.Task[None] | None = None
+        self.gone = False
+
+    async def receive(self) -> Message:
+        """The route's next message: a kept one first."""
+        if not self._kept and self._body_read:
+            return await self._receive()  # (a disconnect: both may wait for it)
+        async with self._reading:
+            if self._kept:
+                return self._kept.popleft()
+            message = await self._receive()
+        self._note(message)
+        return message
+
+    def _note(self, message: Message) -> None:
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self._body_read = True
+            if self._due:
+                self._watch()
+
+    def due(self) -> None:
+        """The call has waited long enough to be watched."""
+        self._due = True
+        if self._body_read or not self._streamed:
+            self._watch()
+
+    def answered(self) -> None:
+        """The answer started (or the route ended): nothing more to watch."""
+        self._done = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    def _watch(self) -> None:
+        if self._watcher is None and not self._done:
+            self._watcher = asyncio.ensure_future(self._until_hang_up())
+
+    async def _until_hang_up(self) -> None:
+        if not self._body_read:
+            async with self._reading:
+                while not self._body_read:
+                    message = await self._receive()
+                    self._kept.append(message)
+                    self._note(message)
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        if not self._done:
+            self.gone = True
+            self._task.cancel()
