@@ -1,4 +1,5 @@
-"""A toolbox call ends when its HTTP client hangs up before the answer started.
+"""A toolbox call ends when its client leaves: an HTTP client that hangs up before
+the answer started, any client that takes nothing for ``SEND_SECONDS``.
 
 A toolbox route waits for the sandbox's agent, which is untrusted: it may accept a
 request and then say nothing. Nothing else ends that wait (uvicorn does not cancel
@@ -13,6 +14,15 @@ once an answer started, a streamed body notices a hang-up itself.
 Watching reads the request's messages, so it must not take the route's body: it is
 kept for the route (at most ``MAX_BODY``, see :mod:`cove.api.bodylimit`), and a file
 upload, whose body the route streams to the sandbox, is watched once it was read.
+
+A client that stops reading (its TCP window full) is gone too, once it took nothing
+for ``SEND_SECONDS`` (as nginx's ``send_timeout``): else a send to it waits for ever
+(uvicorn's keepalive gives up on such a WebSocket without ending it; a sandbox's stop
+or deletion never reaches a send), and with it the relay or download, holding its
+agent request and the window of output (``cove.agent.mux.WINDOW``) the sandbox sent.
+The send then fails as one to a client that hung up (an ``OSError``: a WebSocket's
+route gets WebSocketDisconnect); what the server had written stays with the
+connection, no more than its transport's buffer.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from cove.api.errors import envelope
 from cove.errors import ClientGone
 
 WATCH_SECONDS = 1.0
+SEND_SECONDS = 60.0
 
 
 class UntilClientLeaves:
@@ -43,23 +54,30 @@ class UntilClientLeaves:
         self.every = every
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
+        if scope["type"] == "websocket":
+            with contextlib.suppress(Stalled):  # (else a WebSocketDisconnect for the route)
+                await self.app(scope, receive, _within_deadline(send))
+            return None
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         task = asyncio.current_task()
         assert task is not None
         call = _Call(receive, task, self.streamed(scope.get("path", "")))
         timer = asyncio.get_running_loop().call_later(self.every, call.due)
+        sending = _within_deadline(send)
 
-        async def sending(message: Message) -> None:
+        async def answering(message: Message) -> None:
             if message["type"] == "http.response.start":
                 call.answered()
-            await send(message)
+            await sending(message)
 
         try:
-            return await self.app(scope, call.receive, sending)
+            return await self.app(scope, call.receive, answering)
         except asyncio.CancelledError:
             if not call.gone or task.uncancel() > 0:  # a cancel from outside
                 raise
+        except Stalled:
+            return None  # (nothing more can be said to it)
         finally:
             timer.cancel()
             call.answered()
@@ -68,6 +86,21 @@ class UntilClientLeaves:
         with contextlib.suppress(OSError):
             await response(scope, call.receive, send)
         return None
+
+
+class Stalled(ConnectionAbortedError):
+    """The client took nothing for ``SEND_SECONDS``."""
+
+
+def _within_deadline(send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        try:
+            async with asyncio.timeout(SEND_SECONDS):
+                await send(message)
+        except TimeoutError:
+            raise Stalled(f"the client took nothing for {SEND_SECONDS:.0f} s") from None
+
+    return sending
 
 
 class _Call:

@@ -14,6 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from cove.agent import protocol
+from cove.api import hangup
 from cove.core import toolbox
 from cove.core.charts import CHART_LIMIT
 from tests.unit.api.conftest import AUTH, create_sandbox
@@ -292,3 +293,71 @@ def test_a_call_whose_agent_is_silent_ends_when_its_client_leaves(
     client.portal.call(attack)  # type: ignore[union-attr]
     assert released.wait(5)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+
+
+def _chatty(first: dict, released: threading.Event) -> Liar:
+    """An agent that answers ``first``, then sends output (within its window) and waits
+    for the server to end the call."""
+
+    def chatty(sock: socket.socket) -> None:
+        sock.sendall(protocol.frame(protocol.ACCEPTED) + protocol.json_frame(first))
+        for _ in range(6):
+            sock.sendall(protocol.frame(protocol.DATA, b"y" * 65536)
+                         + protocol.frame(protocol.STDOUT, b"y" * 65536))
+        sock.recv(65536)  # the server ends the call (or hangs up)
+        released.set()
+
+    return chatty
+
+
+@pytest.mark.parametrize(("scope_type", "path", "first"), [
+    ("websocket", "/process/session/s1/command/c1/logs?follow=true",
+     {"event": "command", "id": "c1", "command": "yes", "exitCode": None}),
+    ("http", "/files/bulk-download", {"file": "/big", "size": None}),
+])
+def test_a_client_that_takes_nothing_is_let_go(
+    client: TestClient, runtime: LyingRuntime, monkeypatch: pytest.MonkeyPatch,
+    scope_type: str, path: str, first: dict,
+) -> None:  # fmt: skip
+    """A client that stops reading (a TCP window of zero) while its stream's output
+    comes: the server's send to it waits for ever (uvicorn's keepalive gives up on a
+    WebSocket without ending it, and no sandbox's stop or deletion reaches a send).
+    After ``SEND_SECONDS`` without taking anything it is gone: the relay or download
+    ends, and its call to the agent with it (whose window of output the server held)."""
+    monkeypatch.setattr(hangup, "SEND_SECONDS", 0.5)
+    released = threading.Event()
+    runtime.liar = staticmethod(_chatty(first, released))
+    path = f"/toolbox/{create_sandbox(client)['id']}{path}"
+    route, _, query = path.partition("?")
+    body = json.dumps({"paths": ["/big"]}).encode()
+    scope = {"type": scope_type, "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": route, "raw_path": route.encode(),
+             "query_string": query.encode(), "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode()),
+                         (b"authorization", AUTH["Authorization"].encode())],
+             "client": ("10.9.9.9", 1234), "server": ("testserver", 80),
+             "subprotocols": []}  # fmt: skip
+    sent: list[dict] = []
+
+    async def attack() -> None:
+        messages = [{"type": "websocket.connect"} if scope_type == "websocket"
+                    else {"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop(0)
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+            if message["type"] in ("websocket.send", "http.response.body"):
+                await anyio.sleep_forever()  # (the client's window is full)
+
+        with anyio.fail_after(10):  # the request ends (the app returns)
+            await client.app(scope, receive, send)
+
+    client.portal.call(attack)  # type: ignore[union-attr]
+    assert sent[0]["type"] in ("websocket.accept", "http.response.start")
+    assert released.wait(5)
