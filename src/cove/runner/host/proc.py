@@ -11,6 +11,8 @@ from typing import Any
 from cove.errors import RuntimeBackendError
 from cove.runner.host.waiting import readable
 
+MAX_FAILURE = 1024  # characters of a failed command's line its error quotes
+
 
 def run(
     argv: Sequence[str],
@@ -85,9 +87,15 @@ def call(argv: Sequence[str], *, timeout: float, **popen: Any) -> int:
 
 
 def describe_failure(argv: Sequence[str], code: int, stderr: bytes) -> str:
-    """One readable line about a failed command."""
+    """One readable line about a failed command: the last of its stderr, at most
+    :data:`MAX_FAILURE` characters of it (its start and its end, where the cause is).
+    A tool quotes what it was given: umoci an image's User whole, as its pusher wrote
+    it, and the line becomes the error a sandbox or snapshot keeps."""
     text = stderr.decode(errors="replace").strip().splitlines()
     tail = text[-1] if text else ""
+    if len(tail) > MAX_FAILURE:
+        half = MAX_FAILURE // 2
+        tail = f"{tail[:half]}...({len(tail) - 2 * half} characters)...{tail[-half:]}"
     return f"{' '.join(argv[:3])} exited {code}: {tail}"
 
 
