@@ -231,6 +231,34 @@ def test_every_gzip_member_of_a_layer_counts_against_the_cap(
     assert _blobs(server) - blobs == set()
 
 
+def test_an_image_config_past_coves_bounds_fails_the_pull_and_leaves_nothing(
+    server: Server, client: Daytona, registry: Registry, tmp_path: Path
+) -> None:
+    """What Cove keeps of an image's config is written by whoever pushed the image: a
+    Cmd of 1 MiB (returned by every listing of snapshots) and a User of 1 MiB that is no
+    user name (it would be the sandbox's, in every listing of sandboxes) fail the pull,
+    the field and its bound named; no snapshot and none of their files are left."""
+    long_cmd = ImageSpec([busybox_layer()], cmd=("/bin/sh", "-c", "x" * 2**20))
+    bad_user = ImageSpec([busybox_layer()], user="u" * 2**20)
+    cmd_ref = registry.push(layout(tmp_path / "cmd", long_cmd), "e2e/long-cmd")
+    user_ref = registry.push(layout(tmp_path / "user", bad_user), "e2e/bad-user")
+    files, snapshots = _snapshot_files(server), client.snapshot.list().total
+    too_long = r"Cmd takes 1048588 characters, at most 32768"
+    try:
+        with pytest.raises(DaytonaError, match=too_long):
+            client.snapshot.create(CreateSnapshotParams(name="e2e-long-cmd", image=cmd_ref))
+        snap = client.snapshot.get("e2e-long-cmd")
+        assert snap.state == "error" and not snap.entrypoint
+        assert re.search(too_long, snap.error_reason or "") and len(snap.error_reason or "") < 1024
+    finally:
+        client.snapshot.delete(client.snapshot.get("e2e-long-cmd"))
+    _fails(client, user_ref, r"^umoci unpack --image exited 1: .*cannot parse user spec: "
+                             r"'?u{100,512}\.\.\.\(\d+ characters\)\.\.\.u{100,512}'?: "
+                             r"no matching entries in passwd file$")
+    assert client.snapshot.list().total == snapshots
+    assert _snapshot_files(server) - files == set()
+
+
 def test_private_registry_needs_the_organizations_credentials(
     server: Server, client: Daytona, sandboxes: list, private: Registry, tmp_path: Path
 ) -> None:

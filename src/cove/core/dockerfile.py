@@ -25,6 +25,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cove.core.validation import IMAGE_USER
 from cove.errors import BadRequest
 
 _FROM = re.compile(r"^(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+\S+)?$", re.I)
@@ -212,6 +213,8 @@ class _Parser:
 
     def _user(self, text: str, rest: str) -> None:
         user = _one_word(rest)
+        if not IMAGE_USER.match(user):  # the user of the sandboxes, as a requested one
+            raise BadRequest(f"USER {_shown(user)} is not a user name or uid (user[:group])")
         self.steps.append(Step("USER", text, user=user))
 
     def _arg(self, text: str, rest: str) -> None:

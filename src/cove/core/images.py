@@ -22,7 +22,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 
-from cove.core import imageref
+from cove.core import imageref, validation
 from cove.core.buildlog import BuildLog
 from cove.core.builds import ImageBuilder, build_and_boot
 from cove.core.config import registry_listed
@@ -155,6 +155,11 @@ class ImageService:
             pulled = await self.runner.pull_image(snap.id, str(ref), auth, say)
         except CoveError as exc:
             raise PullFailed(exc.message) from exc
+        try:
+            validation.check_image_config(pulled.config)
+        except CoveError as exc:  # its files go: no snapshot is kept
+            await self.runner.remove_snapshot(snap.id)
+            raise PullFailed(f"{ref} cannot be used: {exc.message}") from exc
         _fill(snap, pulled)
 
     def _new(self, organization_id: str, ref: imageref.ImageRef, image: str) -> Snapshot:

@@ -27,6 +27,7 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
+from cove.core import validation
 from cove.core.ports import ImageConfig, Runner, SandboxStore
 from cove.core.sandbox import SandboxState, utcnow
 from cove.errors import BadRequest, Conflict, CoveError, InvalidState, NotFound
@@ -183,6 +184,11 @@ class SnapshotService:
             try:
                 imported = await self.runner.import_image(snap.id, image)
             except CoveError as exc:
+                raise BadRequest(f"Snapshot {name} cannot be built: {exc.message}") from exc
+            try:
+                validation.check_image_config(imported.config)
+            except CoveError as exc:  # its files go: no snapshot is kept
+                await self.runner.remove_snapshot(snap.id)
                 raise BadRequest(f"Snapshot {name} cannot be built: {exc.message}") from exc
             snap.size, snap.image_config = imported.size, image_config(imported.config)
             if entrypoint:

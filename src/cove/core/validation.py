@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 
 from cove.core.config import Settings
-from cove.core.ports import ISOLATIONS, NetworkPolicy, Resources
+from cove.core.env_update import env_bytes
+from cove.core.ports import ISOLATIONS, ImageConfig, NetworkPolicy, Resources
 from cove.errors import BadRequest, QuotaExceeded
+from cove.schemas.limits import MAX_ENV_BYTES, MAX_ENV_VARS, MAX_PATH, USER_NAME
 from cove.schemas.sandbox import SandboxCreate, SandboxResize
 
 LANGUAGE_LABEL = "code-toolbox-language"
@@ -22,6 +24,10 @@ LANGUAGES = frozenset({"python", "typescript", "javascript"})
 MAX_ALLOW_LIST = 10
 MAX_DOMAINS = 50
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+MAX_COMMAND = 32 * 1024  # an image's Entrypoint, or Cmd: what a Dockerfile's line may say
+# Docker's ``user[:group]``, each a name (as a requested user is) or a numeric id.
+_ID = rf"(?:{USER_NAME.strip('^$')}|[0-9]{{1,10}})"
+IMAGE_USER = re.compile(rf"^{_ID}(?::{_ID})?$")
 # What no sandbox reaches unless the operator exempts it (COVE_EGRESS_ALLOW):
 # "this network", RFC 1918, CGNAT, loopback, link-local (cloud metadata),
 # multicast, and reserved 240/4 with the limited broadcast address.
@@ -66,6 +72,38 @@ def check_labels(labels: dict[str, str]) -> None:
         raise BadRequest(
             f"label {LANGUAGE_LABEL} must be one of {', '.join(sorted(LANGUAGES))}"
         )
+
+
+def check_image_config(config: ImageConfig) -> None:
+    """Check what Cove keeps of an image's config, written by whoever pushed the image,
+    as the API checks what a client asks for: its User becomes a sandbox's user (as a
+    requested one), its Entrypoint or Cmd is returned by every listing of snapshots,
+    all of it is stored with the snapshot and started with its sandboxes.
+
+    Raises:
+        BadRequest: a field past its bound (named, with the bound), or a User that is
+            no ``user[:group]`` of names or ids.
+    """
+    if config.user is not None and not IMAGE_USER.match(config.user):
+        shown = config.user if len(config.user) <= 64 else f"{config.user[:64]}..."
+        raise BadRequest(f"the image's User {shown!r} is not a user name or uid "
+                         "(user[:group])")  # fmt: skip
+    for field, words in (("Entrypoint", config.entrypoint), ("Cmd", config.cmd)):
+        size = sum(len(word) + 1 for word in words)
+        if size > MAX_COMMAND:
+            raise BadRequest(f"the image's {field} takes {size} characters, "
+                             f"at most {MAX_COMMAND}")  # fmt: skip
+        if any("\0" in word for word in words):
+            raise BadRequest(f"the image's {field} holds a NUL character")
+    if len(config.env) > MAX_ENV_VARS:
+        raise BadRequest(f"the image's Env has {len(config.env)} variables, "
+                         f"at most {MAX_ENV_VARS}")  # fmt: skip
+    if env_bytes(config.env) > MAX_ENV_BYTES:
+        raise BadRequest(f"the image's Env takes {env_bytes(config.env)} bytes, "
+                         f"at most {MAX_ENV_BYTES}")  # fmt: skip
+    if config.workdir is not None and len(config.workdir) > MAX_PATH:
+        raise BadRequest(f"the image's WorkingDir is {len(config.workdir)} characters long, "
+                         f"at most {MAX_PATH}")  # fmt: skip
 
 
 def isolation(labels: Mapping[str, str], settings: Settings,

@@ -147,6 +147,9 @@ async def test_refused_dockerfiles_create_nothing(
         ("RUN true\n", "must start with FROM"),
         ("FROM cove-default\nRUN " + "[" * 100_000 + "\n", "invalid RUN exec form"),
         ("FROM cove-default\nCMD " + "[" * 100_000 + "\n", "invalid CMD exec form"),
+        # the user sandboxes of the image run as, checked as a requested user is
+        ("FROM cove-default\nUSER " + "u" * 1000 + "\nRUN true\n", "is not a user name or uid"),
+        ("FROM cove-default\nUSER 'app;id'\n", "USER 'app;id' is not a user name or uid"),
     ]:
         with pytest.raises(BadRequest, match=message):
             await lifecycle.create(organization_id=org, request=_request(dockerfile))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -143,3 +144,50 @@ async def test_pulls_of_many_images_leave_nothing_held(
     assert [image for image, _ in runtime.pulls].count(PY) == 1  # still one pull at a time
     images = lifecycle.creator.images
     assert images is not None and len(images._locks) == 0
+
+
+HUGE = 3 * 2**20  # what an image config of 4 MiB (unpack.MAX_CONFIG) can hold
+
+
+@pytest.mark.parametrize(("config", "reason"), [
+    (ImageConfig(user="u" * HUGE), r"User '(u{64})\.\.\.' is not a user name or uid"),
+    (ImageConfig(user="app; rm -rf /"), "User 'app; rm -rf /' is not a user name or uid"),
+    (ImageConfig(user="1000:" + "g" * 40), "is not a user name or uid"),
+    (ImageConfig(entrypoint=("/bin/sh", "-c", "x" * HUGE)), "Entrypoint takes 3145740 "
+                                                             "characters, at most 32768"),
+    (ImageConfig(cmd=tuple("w" * 40_000)), "Cmd takes 80000 characters, at most 32768"),
+    (ImageConfig(cmd=("a\0b",)), "Cmd holds a NUL character"),
+    (ImageConfig(env={f"V{n}": "" for n in range(600)}), "Env has 600 variables, at most 512"),
+    (ImageConfig(env={"BIG": "x" * HUGE}), r"Env takes 3145733 bytes, at most 131072"),
+    (ImageConfig(workdir="/" + "w" * HUGE), "WorkingDir is 3145729 characters long, at most 4096"),
+])  # fmt: skip
+async def test_an_image_config_past_its_bounds_fails_the_pull_and_leaves_nothing(
+    lifecycle: LifecycleService, runtime: FakeRuntime, org: str, config: ImageConfig,
+    reason: str,
+) -> None:  # fmt: skip
+    """What Cove keeps of an image's config comes from whoever pushed the image: its
+    User becomes the sandbox's (returned by every listing of sandboxes, sent with every
+    agent call), its Entrypoint or Cmd is returned by every listing of snapshots. Each
+    is checked as the API checks what a client asks for: one past its bound fails the
+    pull with the field and the bound named, and no snapshot (nor its files) is kept."""
+    runtime.registry[PY] = ("sha256:" + "1" * 64, config, None)
+    sb = await lifecycle.create(organization_id=org, request=_from(PY))
+    await lifecycle.drain()
+    sb = lifecycle.get(org, sb.id)
+    assert sb.state is S.BUILD_FAILED, sb.user[:100]
+    assert re.search(reason, sb.error_reason or ""), (sb.error_reason or "")[:300]
+    assert len(sb.error_reason or "") < 1024 and sb.user == "daytona"
+    assert lifecycle.snapshots is not None
+    assert [s.name for s in lifecycle.snapshots.list(org)] == ["cove-default"]
+    assert runtime.snapshots == {"cove-default"}
+
+
+@pytest.mark.parametrize("user", ["app", "app:app", "1000", "65532:65532", "_svc.x-1:0", ""])
+async def test_an_image_s_user_as_docker_writes_it_is_kept(
+    lifecycle: LifecycleService, runtime: FakeRuntime, org: str, user: str
+) -> None:
+    runtime.registry[PY] = ("sha256:" + "1" * 64, ImageConfig(user=user or None), None)
+    sb = await lifecycle.create(organization_id=org, request=_from(PY))
+    await lifecycle.drain()
+    sb = lifecycle.get(org, sb.id)
+    assert sb.state is S.STARTED and sb.user == (user.partition(":")[0] or "root")

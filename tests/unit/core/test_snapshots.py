@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cove.core.lifecycle import LifecycleService
+from cove.core.ports import ImageConfig
 from cove.core.sandbox import SandboxState
 from cove.core.snapshots import SnapshotService
 from cove.errors import BadRequest, Conflict, InvalidState, NotFound
@@ -94,6 +95,18 @@ async def test_from_image_inactive_and_activate(
     assert snapshots.activate(org, "tiny").state == "active"
     sb = await lifecycle.create(organization_id=org, request=SandboxCreate(snapshot="tiny"))
     assert sb.snapshot == snap.id
+
+
+async def test_a_local_image_whose_config_is_past_its_bounds_is_refused_and_leaves_nothing(
+    snapshots: SnapshotService, org: str, runtime: FakeRuntime
+) -> None:
+    """As a pulled one (see test_images): its Entrypoint would be in every listing."""
+    runtime.images.add("long:v1")
+    runtime.image_configs["long:v1"] = ImageConfig(entrypoint=("x" * 2**20,))
+    with pytest.raises(BadRequest, match="Entrypoint takes 1048577 characters, at most 32768"):
+        await snapshots.create_from_image(org, "long", "long:v1")
+    assert [s.name for s in snapshots.list(org)] == ["cove-default"]
+    assert runtime.snapshots == {"cove-default"}
 
 
 async def test_builds_and_pulls_cut_short_by_a_restart_are_failed(
