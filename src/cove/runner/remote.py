@@ -1,6 +1,10 @@
 """A runner on another host: :class:`cove.core.ports.Runner` over mutual TLS to a
 ``cove runner`` (the wire is :mod:`cove.runner.wire`).
 
+Its errors reach tenants (an API error, a sandbox's ``errorReason``): they name the
+runner as its operator did (``cove runner add --name``), never its address, ports or
+what the connection said of them; the server's log has those, for the operator.
+
 The synchronous questions (snapshots, local images, isolation tiers, whether it
 fetches snapshots it lacks) are answered from the inventory the runner sent at
 connect time, read again after every call that may change it.
@@ -12,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +40,7 @@ from cove.core.ports import (
 )
 from cove.runner import tls, wire
 
+log = logging.getLogger(__name__)
 CONNECT_SECONDS = 10.0
 MAX_CALLS = 256  # calls at once to one runner (streams are not counted)
 # Bytes of one answer, or of one line of a pull's, read at most: a runner host taken
@@ -55,11 +61,12 @@ QUICK_TIMEOUT = httpx.Timeout(CONNECT_SECONDS, read=30.0, pool=None)
 class RemoteRunner:
     """Implements :class:`cove.core.ports.Runner` by calling a ``cove runner``."""
 
-    def __init__(self, url: str, context: ssl.SSLContext) -> None:
+    def __init__(self, url: str, context: ssl.SSLContext, name: str | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"COVE_RUNNER_URL must be https://host:port, not {url!r}")
         self.url, self.host, self._ssl = url.rstrip("/"), parts.hostname, context
+        self._called = f"runner {name}" if name else "the runner"  # in errors, not its url
         self._client = self._new_client()
         self._inventory: dict[str, Any] = {}
         self._volume_store: str | None = None
@@ -83,13 +90,15 @@ class RemoteRunner:
         await old.aclose()
 
     @classmethod
-    def connect(cls, url: str, ca: Path, cert: Path, key: Path) -> RemoteRunner:
-        """A runner at ``url``, its inventory read (blocking: call it at start).
+    def connect(cls, url: str, ca: Path, cert: Path, key: Path,
+                name: str | None = None) -> RemoteRunner:  # fmt: skip
+        """A runner at ``url``, its inventory read (blocking: call it at start; its
+        error, for the operator, names ``url``).
 
         Raises:
             RuntimeBackendError: it cannot be reached or refused us.
         """
-        runner = cls(url, tls.client_context(ca, cert, key))
+        runner = cls(url, tls.client_context(ca, cert, key), name)
         try:
             with httpx.Client(verify=runner._ssl, timeout=CONNECT_SECONDS, trust_env=False
                               ) as client, client.stream("GET", f"{runner.url}/v1/info"
@@ -112,10 +121,10 @@ class RemoteRunner:
             port = int(info["stream_port"])
             inventory = {k: set(info[k]) for k in ("snapshots", "local_images", "isolations")}
         except (KeyError, TypeError, ValueError):
-            raise errors.RuntimeBackendError(f"runner {self.url}: a malformed inventory"
+            raise errors.RuntimeBackendError(f"{self._called} sent a malformed inventory"
                                              ) from None  # fmt: skip
         if not 1 <= port <= 65535:
-            raise errors.RuntimeBackendError(f"runner {self.url}: a malformed inventory "
+            raise errors.RuntimeBackendError(f"{self._called} sent a malformed inventory "
                                              f"(stream port {port})")  # fmt: skip
         self.stream_port, self._inventory = port, inventory
         store = info.get("volume_store")  # absent: a runner of before volumes on runners
@@ -159,11 +168,17 @@ class RemoteRunner:
                     _add(body, chunk)
                 return _checked(resp.status_code, body)
         except httpx.ConnectError as exc:  # nothing was sent: the call may go elsewhere
-            raise errors.Unavailable(f"runner {self.url} unreachable: {exc!r}") from None
+            raise errors.Unavailable(self._failed("unreachable", exc)) from None
         except httpx.TransportError as exc:  # lost mid-call, or silent past a quick timeout
-            raise errors.Unavailable(f"runner {self.url} lost the call: {exc!r}") from None
+            raise errors.Unavailable(self._failed("lost the call", exc)) from None
         except httpx.HTTPError as exc:
-            raise errors.RuntimeBackendError(f"runner {self.url}: {exc}") from None
+            raise errors.RuntimeBackendError(self._failed("failed the call", exc)) from None
+
+    def _failed(self, what: str, exc: BaseException) -> str:
+        """The error of a call that failed ``what``: the log has the runner's address and
+        the failure, the message (a tenant's) neither."""
+        log.warning("runner at %s %s: %r", self.url, what, exc)
+        return f"{self._called} {what}"
 
     async def _call(self, method: str, **args: Any) -> Any:
         body = wire.encode_args(method, args)
@@ -243,7 +258,7 @@ class RemoteRunner:
                     _checked(resp.status_code, pending)
                 last = self._line(pending, last)
         except httpx.HTTPError as exc:
-            raise errors.RuntimeBackendError(f"runner {self.url}: {exc}") from None
+            raise errors.RuntimeBackendError(self._failed("failed the call", exc)) from None
         finally:
             await self.refresh()
         if not isinstance(last, dict) or "result" not in last:
@@ -261,7 +276,7 @@ class RemoteRunner:
         try:
             return json.loads(line)
         except ValueError:
-            raise errors.RuntimeBackendError(f"runner {self.url} answered a malformed "
+            raise errors.RuntimeBackendError(f"{self._called} answered a malformed "
                                              f"pull_image") from None  # fmt: skip
 
     def _decoded(self, tp: Any, answer: dict[str, Any], method: str) -> Any:
@@ -274,7 +289,7 @@ class RemoteRunner:
         try:
             return wire.decode(tp, answer["result"])
         except (KeyError, ValueError):  # (pydantic's ValidationError is a ValueError)
-            raise errors.RuntimeBackendError(f"runner {self.url} answered a malformed "
+            raise errors.RuntimeBackendError(f"{self._called} answered a malformed "
                                              f"{method}") from None  # fmt: skip
 
     async def remove_snapshot(self, ref: str) -> None:
@@ -317,7 +332,7 @@ class RemoteRunner:
         found: Capacity = await self._call("capacity")
         for name, value in dataclasses.asdict(found).items():
             if not 0 <= value <= (MAX_COUNT if name in COUNTS else MAX_BYTES):
-                raise errors.RuntimeBackendError(f"runner {self.url} answered a malformed "
+                raise errors.RuntimeBackendError(f"{self._called} answered a malformed "
                                                  f"capacity ({name})")  # fmt: skip
         return found
 
@@ -346,7 +361,7 @@ class RemoteRunner:
                 self.host, self.stream_port, ssl=self._ssl, limit=STREAM_LIMIT),
                 CONNECT_SECONDS)  # fmt: skip
         except (OSError, ssl.SSLError, TimeoutError) as exc:
-            raise errors.Unavailable(f"runner {self.url} unreachable: {exc}") from None
+            raise errors.Unavailable(self._failed("unreachable", exc)) from None
         try:
             writer.write((json.dumps({"sandbox": sandbox_id, "port": port}) + "\n").encode())
             line = await asyncio.wait_for(reader.readline(), 2 * CONNECT_SECONDS)
@@ -357,7 +372,7 @@ class RemoteRunner:
             return reader, writer
         writer.close()
         if answer is None:
-            raise errors.Unavailable(f"runner {self.url} hung up")
+            raise errors.Unavailable(f"{self._called} hung up")
         raise wire.error_from(answer, "the runner refused the stream")
 
     async def close(self) -> None:

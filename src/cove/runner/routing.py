@@ -95,7 +95,7 @@ class RoutingRunner:
             member = self._connect(info)
             if isinstance(member, RemoteRunner) and self._tls is not None:
                 try:
-                    member = RemoteRunner.connect(info.url or "", *self._tls)
+                    member = RemoteRunner.connect(info.url or "", *self._tls, info.name)
                 except errors.CoveError as exc:
                     log.warning("runner %s does not answer yet: %s", info.name, exc.message)
             if member is not None:
@@ -141,7 +141,7 @@ class RoutingRunner:
             log.error("runner %s: set COVE_RUNNER_CA, COVE_RUNNER_CERT and COVE_RUNNER_KEY "
                       "to reach it", info.name)  # fmt: skip
             return None
-        return RemoteRunner(info.url, tls.client_context(*self._tls))
+        return RemoteRunner(info.url, tls.client_context(*self._tls), info.name)
 
     def member_map(self) -> Mapping[str, MemberRunner]:
         return self.members

@@ -5,6 +5,7 @@ answers and errors cross the wire unchanged."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -325,3 +326,35 @@ async def test_a_runner_s_malformed_answer_is_its_failure(
                 assert remote.stream_port == before  # nothing of a bad inventory taken
         finally:
             await remote.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("call", ["status", "open_agent", "pull"])
+async def test_a_lost_runners_error_names_no_address(
+    pki: Pki, call: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error of a call to a runner that does not answer reaches the tenant (a 503,
+    a sandbox's errorReason): it names the runner as its operator did, never its
+    address or ports (the server's log has them, for the operator)."""
+    port, stream_port = _free_port(), _free_port()
+    remote = RemoteRunner(f"https://127.0.0.1:{port}", tls.client_context(pki.ca, *pki.api),
+                          name="runner-a")  # fmt: skip
+    remote.stream_port = stream_port
+    try:
+        with pytest.raises(Unavailable) as caught:
+            if call == "status":
+                await remote.status("sb-1")
+            elif call == "open_agent":
+                await remote.open_agent("sb-1")
+            else:
+                await remote.pull_image("ref-1", "example.org/x:1", None)
+    finally:
+        await remote.close()
+    assert caught.value.message == "runner runner-a unreachable"
+    logged = stream_port if call == "open_agent" else port
+    assert f"127.0.0.1:{logged}" in caplog.text or f"'127.0.0.1', {logged}" in caplog.text
