@@ -75,10 +75,12 @@ class Gate:
 
     ``total`` None: :func:`default_max_connections`, read at the first connection (the
     runtime raises the open-files limit when the app starts, after the gate is made).
+    ``what`` names the connections counted, in the refusal of one past its client's cap.
     """
 
     per_client: int
     total: int | None
+    what: str = "open connections to the server (COVE_HTTP_MAX_CONNECTIONS_PER_CLIENT)"
     open: Counter[str] = field(default_factory=Counter)
     count: int = 0
 
@@ -89,8 +91,7 @@ class Gate:
         if self.total and self.count >= self.total:
             return "the server has as many open connections as it takes; try again later"
         if self.per_client and self.open[key] >= self.per_client:
-            return (f"this address already has {self.per_client} open connections to the "
-                    "server (COVE_HTTP_MAX_CONNECTIONS_PER_CLIENT); close some first")  # fmt: skip
+            return f"this address already has {self.per_client} {self.what}; close some first"
         self.open[key] += 1
         self.count += 1
         return None

@@ -13,6 +13,14 @@ deleting its sandbox, closes the connections it opened, and so does its expiry
 (within ``SWEEP_SECONDS``; an expired token's connection opens no new session
 meanwhile). A token opens at most ``MAX_CONNECTIONS`` connections at once, and a
 connection at most ``MAX_SESSIONS`` sessions.
+
+Before its login, a connection is anyone's: each is held up to the login timeout, and
+a few hundred from one address, never logging in, used up the server's open files (it
+then answered no one, on SSH or HTTP). As OpenSSH's ``PerSourceMaxStartups`` and
+``MaxStartups``, one address (an IPv6 one by its /64) may have ``MAX_STARTUPS_PER_CLIENT``
+connections not yet logged in, and all addresses together a quarter of the open-files
+limit (as many as HTTP clients may hold: :mod:`cove.api.httpguard`); one past either is
+sent a disconnect saying why, and closed.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import cast
 import asyncssh
 from asyncssh.packet import SSHPacket
 
+from cove.api.httpguard import Gate, client_key
 from cove.api.ssh_session import Session
 from cove.core.periodic import every
 from cove.core.sandbox import utcnow
@@ -35,6 +44,7 @@ from cove.server import Services
 log = logging.getLogger("cove.ssh")
 MAX_CONNECTIONS = 10  # open at once with one token
 MAX_SESSIONS = 10  # channels open at once in one connection
+MAX_STARTUPS_PER_CLIENT = 32  # connections not yet logged in, from one address at once
 HELD_CHUNK = 64 * 1024  # a session's input held while it takes none: packets joined up to this
 SWEEP_SECONDS = 2.0  # a grant revoked through another API replica closes its connections here
 
@@ -48,6 +58,9 @@ class SshGateway:
         self._sweeper: asyncio.Task[None] | None = None
         self._connections: dict[str, set[asyncssh.SSHServerConnection]] = defaultdict(set)
         self._expiry: dict[str, datetime] = {}  # when each grant with connections expires
+        # The connections not yet logged in, by client address (see the module's docstring).
+        self.starting = Gate(MAX_STARTUPS_PER_CLIENT, None,
+                             "SSH connections to the server not yet logged in")  # fmt: skip
         services.ssh.revoked_hooks.append(self.disconnect)
 
     async def start(self, host: str, port: int, host_key: bytes) -> None:
@@ -131,6 +144,7 @@ class _Server(asyncssh.SSHServer):
         self.gateway = gateway
         self.conn: asyncssh.SSHServerConnection | None = None
         self.access: SshAccess | None = None
+        self.starting: str | None = None  # its client, while counted as not logged in
         self.sessions = 0
         self.flowing = asyncio.Event()  # the client's socket takes more (its buffer is low)
         self.flowing.set()
@@ -143,6 +157,15 @@ class _Server(asyncssh.SSHServer):
         self.conn = conn
         conn.pause_writing = self._pause_writing  # type: ignore[method-assign]
         conn.resume_writing = self._resume_writing  # type: ignore[method-assign]
+        key = client_key(conn.get_extra_info("peername"))
+        refused = self.gateway.starting.admit(key)
+        if refused is not None:  # (not logged: each would be a line of the attacker's)
+            # (once asyncssh sent its version, which follows this call: a client shows
+            # the reason of a disconnect it gets then)
+            asyncio.get_running_loop().call_soon(
+                conn.disconnect, asyncssh.DISC_TOO_MANY_CONNECTIONS, refused)
+            return
+        self.starting = key
 
     def _pause_writing(self) -> None:
         """The client does not read what it is sent: sessions wait, and its own packets
@@ -158,8 +181,18 @@ class _Server(asyncssh.SSHServer):
             self.conn._transport.resume_reading()  # noqa: SLF001
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._started()
         if self.access is not None and self.conn is not None:
             self.gateway.closed(self.access, self.conn)
+
+    def auth_completed(self) -> None:
+        self._started()
+
+    def _started(self) -> None:
+        """No longer counted as not logged in (it did, or it is gone)."""
+        if self.starting is not None:
+            self.gateway.starting.release(self.starting)
+            self.starting = None
 
     def begin_auth(self, username: str) -> bool:
         """No authentication needed for a valid token; for anything else, none can

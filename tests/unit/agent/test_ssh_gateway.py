@@ -5,6 +5,7 @@ real sandboxes are in tests/e2e/test_ssh_access.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import getpass
 import logging
@@ -24,6 +25,7 @@ from starlette.testclient import TestClient
 
 from cove.api.app import create_app
 from cove.api.logredact import RedactSecrets
+from cove.api.ssh import MAX_STARTUPS_PER_CLIENT
 from cove.cli.main import main
 from cove.core.config import Settings
 from cove.runner.fake import FakeRuntime
@@ -59,11 +61,11 @@ def _token(client: TestClient, sandbox_id: str, **query: object) -> str:
     return r.json()["token"]
 
 
-def _connect(port: int, token: str) -> asyncssh.connect:
+def _connect(port: int, token: str, source: str = "127.0.0.1") -> asyncssh.connect:
     return asyncssh.connect("127.0.0.1", port, username=token, known_hosts=None,
                             client_keys=None, agent_path=None, password=None,
                             preferred_auth="none,password,publickey,keyboard-interactive",
-                            encoding=None)
+                            encoding=None, local_addr=(source, 0))
 
 
 def test_access_dto_and_validation(client: TestClient, ssh_port: int) -> None:
@@ -148,6 +150,48 @@ def test_refused_logins(client: TestClient, ssh_port: int) -> None:
         await asyncio.sleep(0.01)
         for token in (revoked, expired, "A" * 32, "", "x" * 300):
             await refused(token)
+
+    asyncio.run(run())
+
+
+def test_one_address_has_its_share_of_connections_not_yet_logged_in(
+        client: TestClient, ssh_port: int) -> None:
+    """Connections held without a login (up to the login timeout) from one address
+    (127.0.0.2, the attacker's) are capped, as OpenSSH's ``PerSourceMaxStartups``: one
+    past its share is told why and closed, others still log in, and the share comes
+    back as its connections close or log in. Before, every one was held, and a few
+    hundred used up the server's open files (tests/e2e/test_ssh_flood.py)."""
+    token = _token(client, _sandbox(client))
+
+    def opened(source: str) -> socket.socket:
+        conn = socket.create_connection(("127.0.0.1", ssh_port), timeout=5,
+                                        source_address=(source, 0))  # fmt: skip
+        assert conn.recv(64).startswith(b"SSH-2.0-Cove")  # and never a login
+        return conn
+
+    async def run() -> None:
+        held = [opened("127.0.0.2") for _ in range(MAX_STARTUPS_PER_CLIENT)]
+        try:
+            with pytest.raises(asyncssh.DisconnectError) as refused:
+                async with _connect(ssh_port, token, "127.0.0.2"):
+                    pass
+            assert refused.value.code == asyncssh.DISC_TOO_MANY_CONNECTIONS
+            assert "not yet logged in" in refused.value.reason
+            async with _connect(ssh_port, token) as conn:  # another address: served
+                assert (await conn.run("echo in")).stdout == b"in\n"
+            held.pop().close()
+            for _ in range(50):  # (until the server saw it close)
+                with contextlib.suppress(asyncssh.DisconnectError):
+                    async with _connect(ssh_port, token, "127.0.0.2") as conn:
+                        # logged in: no longer counted, its address may start another
+                        held.append(opened("127.0.0.2"))
+                        assert (await conn.run("echo in")).stdout == b"in\n"
+                        return
+                await asyncio.sleep(0.1)
+            raise AssertionError("the address's share did not come back")
+        finally:
+            for conn in held:
+                conn.close()
 
     asyncio.run(run())
 
