@@ -9,28 +9,93 @@ packet and expects the server to push ``sandbox.created`` and
 ``sandbox.state.updated`` for all sandboxes of its organization. A connection lasts
 no longer than its key: once the key is revoked or expires, :meth:`SocketEvents.watch`
 ends it (the events carry the sandboxes' environments).
+
+Each Engine.IO handshake (``GET /api/socket.io/?EIO=4&transport=polling``, no key)
+makes a session the server keeps until its ping times out (some 45 s; for ever while
+the client answers pings), with the handshake's headers and a task: one address making
+them in a loop, never sending the CONNECT with its key, grew the server by some 76 KB
+each (with 30 KB of headers), gigabytes within the timeout. Sessions not yet connected
+with a key are counted by client address (an IPv6 one by its /64), as connections are
+(:mod:`cove.api.httpguard`): ``MAX_UNCONNECTED_PER_CLIENT`` per address and
+``MAX_UNCONNECTED`` in all; a handshake past either gets a 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import engineio
 import socketio
 
 from cove.api.dto import sandbox_public
+from cove.api.httpguard import Gate, client_key
 from cove.api.keybound import WATCH_SECONDS
 from cove.core.auth import AuthService
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import Unauthorized
 
 log = logging.getLogger(__name__)
+MAX_UNCONNECTED_PER_CLIENT = 32  # Engine.IO sessions without a Socket.IO CONNECT, by address
+MAX_UNCONNECTED = 1024  # and in all
 
 
 def _room(organization_id: str) -> str:
     return f"org:{organization_id}"
+
+
+class _Refused(str):
+    """Why a handshake is refused: answered as a 503 in Daytona's envelope (Engine.IO
+    answers a refusal with a 401, which says the key is wrong)."""
+
+
+class _EngineIO(engineio.AsyncServer):
+    def _unauthorized(self, message: Any = None) -> dict[str, Any]:
+        if not isinstance(message, _Refused):
+            return super()._unauthorized(message)
+        body = {"statusCode": 503, "message": str(message), "code": "TOO_MANY_CONNECTIONS",
+                "source": "DAYTONA_API", "error": "Service Unavailable"}  # fmt: skip
+        return {"status": "503 SERVICE UNAVAILABLE",
+                "headers": [("Content-Type", "application/json")],
+                "response": json.dumps(body).encode()}  # fmt: skip
+
+
+class _Server(socketio.AsyncServer):
+    """python-socketio's server, with its sessions not yet connected counted (see the
+    module's docstring)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.unconnected = Gate(MAX_UNCONNECTED_PER_CLIENT, MAX_UNCONNECTED,
+                                "Socket.IO sessions to the server not yet connected")  # fmt: skip
+        self._clients: dict[str, str] = {}  # each unconnected session's client (by eio sid)
+
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return _EngineIO
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        key = client_key(environ["asgi.scope"].get("client"))
+        refused = self.unconnected.admit(key)
+        if refused is not None:
+            return _Refused(refused)
+        self._clients[eio_sid] = key
+        return await super()._handle_eio_connect(eio_sid, environ)
+
+    def connected(self, sid: str) -> None:
+        """The session ``sid`` (of the namespace ``/``) connected with a key."""
+        self._release(self.manager.eio_sid_from_sid(sid, "/"))
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        self._release(eio_sid)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+    def _release(self, eio_sid: str | None) -> None:
+        key = self._clients.pop(eio_sid, None) if eio_sid is not None else None
+        if key is not None:
+            self.unconnected.release(key)
 
 
 class SocketEvents:
@@ -41,7 +106,7 @@ class SocketEvents:
         # With ``url`` (COVE_EVENTS_URL, a Redis), an event reaches the clients of every
         # replica publishing through it; else those of this process only.
         manager = socketio.AsyncRedisManager(url) if url else None
-        self.server = socketio.AsyncServer(
+        self.server = _Server(
             async_mode="asgi", cors_allowed_origins="*", logger=False, engineio_logger=False,
             client_manager=manager,
         )
@@ -61,6 +126,7 @@ class SocketEvents:
         except Unauthorized as exc:
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from exc
         self._members[sid] = authorization
+        self.server.connected(sid)
         await self.server.enter_room(sid, _room(principal.organization_id))
 
     async def _disconnect(self, sid: str, *args: Any) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
-from cove.api.events import SocketEvents
+import httpx
+import socketio
+
+from cove.api.events import MAX_UNCONNECTED_PER_CLIENT, SocketEvents
 from cove.core.ports import Resources
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import Unauthorized
@@ -46,3 +50,56 @@ def test_events_reach_the_organizations_room_only_when_someone_is_in_it() -> Non
 def test_with_replicas_every_event_is_published() -> None:
     events = SocketEvents("http://proxy", _no_auth, url="redis://127.0.0.1:1")
     assert events._heard("anyone")  # noqa: SLF001 - another replica's clients may listen
+
+
+class _Principal:
+    organization_id = "org-a"
+
+
+class _Keys:
+    def authenticate(self, authorization: str) -> _Principal:
+        if authorization != "Bearer good":
+            raise Unauthorized("bad key")
+        return _Principal()
+
+
+def test_sessions_not_yet_connected_are_capped_per_address() -> None:
+    """Engine.IO handshakes that never send the Socket.IO CONNECT with a key: each made
+    a session kept until its ping timed out (~45 s; for ever while pings are answered),
+    with the handshake's headers (some 76 KB each with 30 KB of them), and one address
+    could make them without end. Now one address has MAX_UNCONNECTED_PER_CLIENT of them,
+    then a 503; others are still served, and a session that connects with a key no
+    longer counts."""
+    events = SocketEvents("http://proxy", _Keys)
+    app = socketio.ASGIApp(events.server, socketio_path="/api/socket.io")
+    path = "/api/socket.io/?EIO=4&transport=polling"
+
+    def client(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 5))
+        return httpx.AsyncClient(transport=transport, base_url="http://cove")
+
+    async def handshake(http: httpx.AsyncClient) -> httpx.Response:
+        return await http.get(path, headers={"x-pad": "a" * 30_000})
+
+    async def run() -> None:
+        async with client("192.0.2.7") as attacker, client("192.0.2.8") as other:
+            opened = [await handshake(attacker) for _ in range(MAX_UNCONNECTED_PER_CLIENT)]
+            assert all(r.status_code == 200 for r in opened)
+            refused = await handshake(attacker)
+            assert refused.status_code == 503, refused.text
+            body = refused.json()
+            assert body["code"] == "TOO_MANY_CONNECTIONS" and body["statusCode"] == 503
+            assert "not yet connected" in body["message"]
+            assert len(events.server.eio.sockets) == MAX_UNCONNECTED_PER_CLIENT
+            assert (await handshake(other)).status_code == 200  # another address
+
+            # a bad key leaves the session counted; a good one frees its place
+            sid = json.loads(opened[0].text[1:])["sid"]
+            for token in ("bad", "good"):
+                sent = await attacker.post(f"{path}&sid={sid}", content=f'40{{"token":"{token}"}}')
+                assert sent.status_code == 200
+                await asyncio.sleep(0.05)
+                again = await handshake(attacker)
+                assert again.status_code == (200 if token == "good" else 503), again.text
+
+    asyncio.run(run())
