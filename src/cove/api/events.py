@@ -18,6 +18,12 @@ each (with 30 KB of headers), gigabytes within the timeout. Sessions not yet con
 with a key are counted by client address (an IPv6 one by its /64), as connections are
 (:mod:`cove.api.httpguard`): ``MAX_UNCONNECTED_PER_CLIENT`` per address and
 ``MAX_UNCONNECTED`` in all; a handshake past either gets a 503.
+
+A connected client that takes nothing (never polls, or does not read its WebSocket)
+while it answers pings stays: python-engineio queued every event for it, without
+bound, each with a sandbox's environment (up to 128 KiB), for as long as it stayed.
+Once ``MAX_BEHIND`` bytes of events wait for a client, it is disconnected and they
+are dropped (as a Socket.IO client whose connection broke, the SDK's reconnects).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from cove.errors import Unauthorized
 log = logging.getLogger(__name__)
 MAX_UNCONNECTED_PER_CLIENT = 32  # Engine.IO sessions without a Socket.IO CONNECT, by address
 MAX_UNCONNECTED = 1024  # and in all
+MAX_BEHIND = 1024 * 1024  # bytes of events waiting for one client
 
 
 def _room(organization_id: str) -> str:
@@ -91,6 +98,22 @@ class _Server(socketio.AsyncServer):
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         self._release(eio_sid)
         await super()._handle_eio_disconnect(eio_sid, reason)
+
+    async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        """Send, unless the client is ``MAX_BEHIND`` bytes behind: then let it go."""
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None and socket.queue.qsize() > 8 and not socket.closing:
+            waiting = socket.queue._queue  # noqa: SLF001 - (asyncio.Queue has no peek)
+            if sum(len(p.data) for p in waiting if p is not None and p.data) > MAX_BEHIND:
+                log.info("a Socket.IO client fell %d bytes of events behind: disconnected",
+                         MAX_BEHIND)  # fmt: skip
+                await socket.close(wait=False, abort=True,
+                                   reason=self.reason.SERVER_DISCONNECT)  # fmt: skip
+                while not socket.queue.empty():  # (what it holds is dropped now)
+                    socket.queue.get_nowait()
+                    socket.queue.task_done()
+                return
+        await super()._send_eio_packet(eio_sid, eio_pkt)
 
     def _release(self, eio_sid: str | None) -> None:
         key = self._clients.pop(eio_sid, None) if eio_sid is not None else None

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import socketio
 
-from cove.api.events import MAX_UNCONNECTED_PER_CLIENT, SocketEvents
+from cove.api.events import MAX_BEHIND, MAX_UNCONNECTED_PER_CLIENT, SocketEvents
 from cove.core.ports import Resources
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import Unauthorized
@@ -101,5 +101,43 @@ def test_sessions_not_yet_connected_are_capped_per_address() -> None:
                 await asyncio.sleep(0.05)
                 again = await handshake(attacker)
                 assert again.status_code == (200 if token == "good" else 503), again.text
+
+    asyncio.run(run())
+
+
+def test_a_client_that_reads_nothing_is_let_go_before_its_events_pile_up() -> None:
+    """A connected client that never polls (nor reads its WebSocket) while answering
+    pings: every event of its organization was queued for it, without bound (each
+    carries a sandbox's environment, up to 128 KiB), for as long as it stayed. Once
+    more than MAX_BEHIND bytes wait for it, it is disconnected and they are dropped;
+    a client that reads gets every event."""
+    events = SocketEvents("http://proxy", _Keys)
+    app = socketio.ASGIApp(events.server, socketio_path="/api/socket.io")
+    path = "/api/socket.io/?EIO=4&transport=polling"
+    big = _sandbox("org-a")
+    big.env = {f"VAR{i}": "v" * 30_000 for i in range(3)}  # ~90 KB an event
+
+    async def connected(http: httpx.AsyncClient) -> str:
+        sid = json.loads((await http.get(path)).text[1:])["sid"]
+        await http.post(f"{path}&sid={sid}", content='40{"token":"good"}')
+        assert (await http.get(f"{path}&sid={sid}")).text.startswith("40")  # CONNECT
+        return sid
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app, client=("192.0.2.7", 5))
+        async with httpx.AsyncClient(transport=transport, base_url="http://cove") as http:
+            reader, stuck = await connected(http), await connected(http)
+            heard = 0
+            for _ in range(200):  # ~18 MB of events
+                await events.sandbox_state_updated(big, SandboxState.STARTING)
+                await asyncio.sleep(0)
+                got = await http.get(f"{path}&sid={reader}")
+                heard += got.text.count("sandbox.state.updated")
+            assert heard == 200
+            socket = events.server.eio.sockets.get(stuck)
+            assert socket is None or socket.closed
+            held = sum(len(p.data) for p in socket.queue._queue if p) if socket else 0  # noqa: SLF001
+            assert held <= MAX_BEHIND, held
+            assert (await http.get(f"{path}&sid={stuck}")).status_code == 400  # gone
 
     asyncio.run(run())
