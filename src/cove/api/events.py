@@ -23,7 +23,7 @@ A connected client that takes nothing (never polls, or does not read its WebSock
 while it answers pings stays: python-engineio queued every event for it, without
 bound, each with a sandbox's environment (up to 128 KiB), for as long as it stayed.
 Once ``MAX_BEHIND`` bytes of events wait for a client, it is disconnected and they
-are dropped (as a Socket.IO client whose connection broke, the SDK's reconnects).
+are dropped.
 """
 
 from __future__ import annotations
