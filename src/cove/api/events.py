@@ -45,8 +45,10 @@ from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import Unauthorized
 
 log = logging.getLogger(__name__)
-MAX_UNCONNECTED_PER_CLIENT = 32  # Engine.IO sessions without a Socket.IO CONNECT, by address
-MAX_UNCONNECTED = 1024  # and in all
+# Engine.IO sessions without a Socket.IO CONNECT, by address (an SDK's is one for a few
+# milliseconds: a burst of clients from one host connecting at once must fit), and in all
+MAX_UNCONNECTED_PER_CLIENT = 128
+MAX_UNCONNECTED = 4096
 MAX_BEHIND = 1024 * 1024  # bytes of events waiting for one client
 
 
