@@ -23,6 +23,14 @@ agent request and the window of output (``cove.agent.mux.WINDOW``) the sandbox s
 The send then fails as one to a client that hung up (an ``OSError``: a WebSocket's
 route gets WebSocketDisconnect); what the server had written stays with the
 connection, no more than its transport's buffer.
+
+For that, an answer's body goes to uvicorn in pieces of at most ``PIECE`` bytes:
+uvicorn waits for a client to take what it has (its transport's buffer below the
+high-water mark) only before a write, then writes the whole body it was given into
+the buffer. An answer built whole (an execute's or a session's logs: up to ~6 times
+``COVE_OUTPUT_LIMIT`` in JSON, each control byte ``\\u0001``) went into it at once,
+and stayed for as long as a client that reads nothing kept its connection (past the
+keep-alive timeout, which closes a transport only once its buffer is written).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from cove.errors import ClientGone
 
 WATCH_SECONDS = 1.0
 SEND_SECONDS = 60.0
+PIECE = 64 * 1024
 
 
 class UntilClientLeaves:
@@ -93,12 +102,22 @@ class Stalled(ConnectionAbortedError):
 
 
 def _within_deadline(send: Send) -> Send:
-    async def sending(message: Message) -> None:
+    async def within(message: Message) -> None:
         try:
             async with asyncio.timeout(SEND_SECONDS):
                 await send(message)
         except TimeoutError:
             raise Stalled(f"the client took nothing for {SEND_SECONDS:.0f} s") from None
+
+    async def sending(message: Message) -> None:
+        body = message.get("body", b"")
+        if len(body) <= PIECE or message["type"] != "http.response.body":
+            return await within(message)
+        more = message.get("more_body", False)
+        for start in range(0, len(body), PIECE):
+            end = start + PIECE
+            await within({"type": "http.response.body", "body": body[start:end],
+                          "more_body": more or end < len(body)})  # fmt: skip
 
     return sending
 

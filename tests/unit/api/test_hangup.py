@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from cove.api import hangup
 from cove.api.hangup import UntilClientLeaves
 
 Message = dict[str, Any]
@@ -100,3 +101,19 @@ def test_a_call_answered_is_not_cancelled_by_a_later_hang_up() -> None:
 
     sent = _run(app, [(0, _body(b"", False))], leave_after=0.15)
     assert sent[0]["status"] == 200 and sent[1]["body"] == b"done"
+
+
+def test_a_large_answer_goes_out_whole_and_in_order_in_pieces() -> None:
+    """(uvicorn waits for its client only between two sends: see the module.)"""
+    first, last = bytes(range(256)) * 1000, b"z" * (hangup.PIECE + 1)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        await send({"type": "http.response.body", "body": last})
+
+    sent = _run(app, [(0, _body(b"", False))])[1:]
+    assert b"".join(m["body"] for m in sent) == first + last
+    assert all(len(m["body"]) <= hangup.PIECE for m in sent)
+    assert [m["more_body"] for m in sent] == [True] * (len(sent) - 1) + [False]

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from cove.agent import protocol
 from cove.api import hangup
-from cove.core import toolbox
+from cove.core import output, toolbox
 from cove.core.charts import CHART_LIMIT
 from tests.unit.api.conftest import AUTH, create_sandbox
 from tests.unit.scripted import AnsweringRuntime
@@ -361,3 +361,57 @@ def test_a_client_that_takes_nothing_is_let_go(
     client.portal.call(attack)  # type: ignore[union-attr]
     assert sent[0]["type"] in ("websocket.accept", "http.response.start")
     assert released.wait(5)
+
+
+def test_a_client_that_takes_nothing_of_a_large_answer_holds_little_of_it(
+    client: TestClient, runtime: LyingRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An execute whose output is COVE_OUTPUT_LIMIT bytes of control characters answers
+    ~6 times that in JSON (each one ``\\u0001``). uvicorn writes a body it is given into
+    its transport's buffer at once, waiting only before a write while the buffer is
+    full: given the answer whole, the server kept all of it (25 MB) for a client that
+    never reads, for as long as that client kept its connection (past any keep-alive
+    timeout or the sandbox's deletion), one such answer per connection. The answer now
+    goes in pieces, each waiting for the client to take the last: it holds about one
+    piece, and lets the client go after ``SEND_SECONDS``."""
+    monkeypatch.setattr(hangup, "SEND_SECONDS", 0.5)
+    chunk = b"\x01" * 262144
+
+    def printer(sock: socket.socket) -> None:
+        sock.sendall(protocol.frame(protocol.ACCEPTED))
+        for _ in range(output.DEFAULT_LIMIT // len(chunk)):
+            sock.sendall(protocol.frame(protocol.STDOUT, chunk))
+        sock.sendall(protocol.json_frame({"ok": True, "exitCode": 0}))
+        sock.recv(1)
+
+    runtime.liar = staticmethod(printer)
+    path = f"/toolbox/{create_sandbox(client)['id']}/process/execute"
+    body = b'{"command": "x"}'
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode()),
+                         (b"authorization", AUTH["Authorization"].encode())],
+             "client": ("10.9.9.9", 1234), "server": ("testserver", 80)}  # fmt: skip
+    buffered: list[int] = [0]
+
+    async def attack() -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop(0)
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        async def send(message: dict) -> None:  # (as uvicorn's, to a client reading nothing)
+            if buffered[0] > 65536:
+                await anyio.sleep_forever()  # (its transport's writing is paused)
+            buffered[0] += len(message.get("body", b""))
+
+        with anyio.fail_after(10):  # the request ends (the app returns)
+            await client.app(scope, receive, send)
+
+    client.portal.call(attack)  # type: ignore[union-attr]
+    assert 0 < buffered[0] <= 4 * 65536
