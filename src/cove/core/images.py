@@ -58,7 +58,8 @@ class ImageService:
         self.registries = registries
         self.runner = runner
         self._locks: KeyedLocks[tuple[str, str]] = KeyedLocks()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # pulls of POST /snapshots, by id
+        snapshots.removed_hooks.append(self._removed)
 
     def reference(self, image: str) -> imageref.ImageRef:
         """``image`` parsed and normalized, from a registry pulls may use.
@@ -126,9 +127,20 @@ class ImageService:
             snap.state = "pulling"
             self.snapshots.store.add(snap)
         task = asyncio.create_task(self._pull_recorded(snap, ref, entrypoint))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[snap.id] = task
+        task.add_done_callback(lambda _task: self._tasks.pop(snap.id, None))
         return snap
+
+    async def _removed(self, snapshot_id: str) -> None:
+        """A snapshot deleted while ``pulling`` takes its pull with it (its download is
+        stopped, what it made removed) before the delete returns: else the pull ran on,
+        for as long as its registry (the tenant's) liked, no longer counted by the
+        snapshot quota, and a tenant creating and deleting snapshots ran any number of
+        pulls at once."""
+        task = self._tasks.get(snapshot_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
 
     async def _pull_recorded(self, snap: Snapshot, ref: imageref.ImageRef,
                              entrypoint: list[str] | None = None) -> None:  # fmt: skip
@@ -173,7 +185,7 @@ class ImageService:
     async def drain(self) -> None:
         """Wait for the pulls of ``POST /snapshots`` in flight (server shutdown)."""
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
 def snapshot_name(ref: imageref.ImageRef) -> str:

@@ -103,16 +103,23 @@ def _error(exc: BaseException) -> JSONResponse:
 
 
 async def _pull(runner: LocalRunner, args: dict[str, Any]) -> AsyncIterator[bytes]:
-    """JSON lines: the pull's progress, then its result or error."""
+    """JSON lines: the pull's progress, then its result or error. The API leaving the
+    call (its snapshot was deleted) cancels the pull (see LocalRunner.pull_image)."""
     lines: asyncio.Queue[str] = asyncio.Queue()
     task = asyncio.create_task(runner.pull_image(**args, progress=lines.put_nowait))
-    while not task.done() or not lines.empty():
-        getter = asyncio.create_task(lines.get())
-        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-        if getter.done():
-            yield (json.dumps({"progress": getter.result()}) + "\n").encode()
-        else:
-            getter.cancel()
+    try:
+        while not task.done() or not lines.empty():
+            getter = asyncio.create_task(lines.get())
+            try:
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                getter.cancel()
+            if getter.done() and not getter.cancelled():
+                yield (json.dumps({"progress": getter.result()}) + "\n").encode()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
     try:
         result = {"result": wire.encode(wire.METHODS["pull_image"][1], task.result())}
     except Exception as exc:  # noqa: BLE001 - sent back as the call's error

@@ -7,6 +7,7 @@ injected per method with ``fail_on``.
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -159,7 +160,7 @@ class FakeRuntime:
 
     def pull_image(
         self, ref: str, image: str, auth: RegistryAuth | None,
-        progress: Callable[[str], None] | None = None,
+        progress: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
     ) -> PulledImage:  # fmt: skip
         self._check("pull_image", ref)
         self.pulls.append((image, auth))

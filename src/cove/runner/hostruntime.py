@@ -13,6 +13,7 @@ from worker threads. Every method raises
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -119,13 +120,15 @@ class HostRuntime(Protocol):
 
     def pull_image(
         self, ref: str, image: str, auth: RegistryAuth | None,
-        progress: Callable[[str], None] | None = None,
+        progress: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
     ) -> PulledImage:  # fmt: skip
         """Make snapshot ``ref`` from ``image`` pulled from its registry (layers are
-        cached and shared between snapshots). ``progress`` gets each line of progress.
+        cached and shared between snapshots). ``progress`` gets each line of progress;
+        once ``cancel`` is set, the download is stopped (within a second).
 
         Raises:
-            RuntimeBackendError: the pull or the unpack failed; nothing is left.
+            RuntimeBackendError: the pull or the unpack failed, or it was cancelled;
+                nothing is left.
         """
 
     def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +29,7 @@ from cove.core.ports import (
     RegistryAuth,
     Resources,
 )
-from cove.errors import Busy, InvalidState, Unavailable
+from cove.errors import Busy, InvalidState, RuntimeBackendError, Unavailable
 from cove.runner.host.capacity import measure
 from cove.runner.hostruntime import HostRuntime
 from cove.runner.storage.volumes import VolumeDir, volumes_dir
@@ -41,6 +42,11 @@ CONNECT_SECONDS = 10.0  # how long a full accept queue of an agent is waited for
 # two cores): a start spends much of its time waiting (on crun, `ip`, its agent),
 # and other host calls (stop, delete, stats) should not queue behind a burst.
 HOST_WORKERS = max(16, 4 * (os.cpu_count() or 1))
+# Image pulls running at once, in threads of their own: a pull lasts as long as its
+# registry (a tenant's) likes, up to COVE_PULL_TIMEOUT_SECONDS, and pulls in the host
+# calls' pool would leave every organization's start, stop and delete waiting behind
+# them. More wait in line.
+PULL_WORKERS = max(4, os.cpu_count() or 1)
 
 
 class LocalRunner:
@@ -61,6 +67,7 @@ class LocalRunner:
             volumes = VolumeDir(volumes_dir(data_dir))
         self.volumes = volumes
         self._pool = ThreadPoolExecutor(max_workers=HOST_WORKERS, thread_name_prefix="cove-host")
+        self._pulls = ThreadPoolExecutor(max_workers=PULL_WORKERS, thread_name_prefix="cove-pull")
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         call = functools.partial(fn, *args, **kwargs)
@@ -121,17 +128,33 @@ class LocalRunner:
         self, ref: str, image: str, auth: RegistryAuth | None,
         progress: Callable[[str], None] | None = None,
     ) -> PulledImage:  # fmt: skip
-        """Pull in a worker thread; each progress line is handed to ``progress`` on
-        this event loop."""
+        """Pull in a thread of the pulls' pool; each progress line is handed to
+        ``progress`` on this event loop. Cancelled, the pull is stopped (its download
+        killed), and this returns once it has ended, leaving nothing."""
+        loop = asyncio.get_running_loop()
         say = None
         if progress is not None:
-            loop = asyncio.get_running_loop()
             report = progress
 
             def say(line: str) -> None:
                 loop.call_soon_threadsafe(report, line)
 
-        return await self._run(self.host.pull_image, ref, image, auth, say)
+        cancel = threading.Event()
+
+        def pull() -> PulledImage:
+            if cancel.is_set():  # (cancelled while it waited in line)
+                raise RuntimeBackendError(f"pulling {image} was cancelled")
+            return self.host.pull_image(ref, image, auth, say, cancel)
+
+        pulling = loop.run_in_executor(self._pulls, pull)
+        try:
+            return await asyncio.shield(pulling)
+        except asyncio.CancelledError:
+            cancel.set()
+            await asyncio.wait({pulling})
+            if pulling.exception() is None:  # complete just before: its files go
+                await self.remove_snapshot(ref)
+            raise
 
     async def remove_snapshot(self, ref: str) -> None:
         await self._run(self.host.remove_snapshot, ref)

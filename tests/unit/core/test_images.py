@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -11,13 +14,13 @@ from cove.core import imageref
 from cove.core.config import Settings
 from cove.core.images import ImageService
 from cove.core.lifecycle import LifecycleService
-from cove.core.ports import ImageConfig
+from cove.core.ports import ContainerSpec, ImageConfig, PulledImage, RegistryAuth, Resources
 from cove.core.registries import RegistryService
 from cove.core.sandbox import SandboxState
 from cove.core.snapshots import SnapshotService
-from cove.errors import BadRequest, NotFound
+from cove.errors import BadRequest, NotFound, RuntimeBackendError
 from cove.runner.fake import FakeRuntime
-from cove.runner.local import LocalRunner
+from cove.runner.local import HOST_WORKERS, LocalRunner
 from cove.schemas.sandbox import BuildInfoCreate, SandboxCreate
 from cove.store.keys import SqlKeyStore
 from cove.store.registries import SqlRegistryStore
@@ -191,3 +194,87 @@ async def test_an_image_s_user_as_docker_writes_it_is_kept(
     await lifecycle.drain()
     sb = lifecycle.get(org, sb.id)
     assert sb.state is S.STARTED and sb.user == (user.partition(":")[0] or "root")
+
+
+class StallingRuntime(FakeRuntime):
+    """A registry that never finishes sending: each pull waits until ``done`` is set,
+    or until its caller cancels it (``cancel``, see HostRuntime.pull_image)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = threading.Event()
+        self.running = 0
+        self.cancelled = 0
+        self.lock = threading.Lock()
+
+    def pull_image(
+        self, ref: str, image: str, auth: RegistryAuth | None,
+        progress: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
+    ) -> PulledImage:  # fmt: skip
+        with self.lock:
+            self.running += 1
+        try:
+            while not self.done.wait(0.01):
+                if cancel is not None and cancel.is_set():
+                    with self.lock:
+                        self.cancelled += 1
+                    raise RuntimeBackendError(f"pulling {image} was cancelled")
+        finally:
+            with self.lock:
+                self.running -= 1
+        return super().pull_image(ref, image, auth, progress)
+
+
+@pytest.fixture
+def stalling(registries: RegistryService, engine, store) -> Iterator[  # noqa: ANN001
+        tuple[StallingRuntime, LocalRunner, ImageService]]:  # fmt: skip
+    runtime = StallingRuntime()
+    runtime.registry[PY] = ("sha256:" + "1" * 64, CONFIG, None)
+    runner = LocalRunner(runtime)
+    snapshots = SnapshotService(store=SqlSnapshotStore(engine), runner=runner, sandboxes=store,
+                                default_name="cove-default")  # fmt: skip
+    yield runtime, runner, ImageService(snapshots=snapshots, registries=registries,
+                                        runner=runner)  # fmt: skip
+    runtime.done.set()
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never happened")
+
+
+async def test_deleting_a_pulling_snapshot_ends_its_pull(
+    stalling: tuple[StallingRuntime, LocalRunner, ImageService], org: str
+) -> None:
+    """A snapshot deleted while ``pulling`` takes its pull with it: else a tenant, by
+    creating and deleting snapshots, ran any number of pulls at once (each up to
+    COVE_PULL_TIMEOUT_SECONDS and COVE_MAX_IMAGE_MB) past its snapshot quota."""
+    runtime, _runner, images = stalling
+    snap = await images.create_snapshot(org, "py", PY)
+    await _until(lambda: runtime.running == 1)
+    await images.snapshots.delete(org, snap.id)
+    assert runtime.running == 0 and runtime.cancelled == 1  # ended with the delete
+    await images.drain()
+    assert snap.id not in runtime.snapshots
+    assert [s.name for s in images.snapshots.list(org)] == ["cove-default"]
+
+
+async def test_a_tenants_pulls_do_not_hold_up_other_sandboxes_lifecycle(
+    stalling: tuple[StallingRuntime, LocalRunner, ImageService], org: str, engine,  # noqa: ANN001
+) -> None:  # fmt: skip
+    """Pulls (of a registry as slow as its tenant likes) do not take the host threads
+    that starts, stops and deletes of every organization's sandboxes run in."""
+    runtime, runner, images = stalling
+    runtime.create(ContainerSpec(sandbox_id="other", hostname="other", snapshot="cove-default",
+                                 resources=Resources(cpu=1, memory=1, disk=3)))
+    for i in range(HOST_WORKERS + 1):
+        await images.create_snapshot(org, f"py-{i}", PY)
+    await asyncio.sleep(0.2)
+    spec = runtime.specs["other"]
+    await asyncio.wait_for(runner.start(spec), 5)
+    await asyncio.wait_for(runner.stop("other"), 5)
+    runtime.done.set()
+    await images.drain()

@@ -7,10 +7,12 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import struct
 import subprocess
 import tarfile
+import threading
 import time
 import tracemalloc
 import zlib
@@ -233,6 +235,45 @@ def test_a_layer_that_never_ends_is_cut_off_at_the_limit(tmp_path: Path) -> None
     left = sum(f.stat().st_size for f in (tmp_path / "snapshots").rglob("*") if f.is_file())
     assert left < MIB
     assert not (tmp_path / "snapshots" / "endless").exists()
+
+
+def test_a_cancelled_pull_is_stopped_at_once_and_leaves_nothing(tmp_path: Path) -> None:
+    """A pull whose snapshot was deleted (its ``cancel`` set) kills its skopeo within a
+    second, though its registry sends for ever: it does not run on, up to
+    COVE_MAX_IMAGE_MB and COVE_PULL_TIMEOUT_SECONDS, for a snapshot nobody has."""
+    settings = Settings(data_dir=tmp_path, snapshot_dir=tmp_path / "snapshots",
+                        insecure_registries=["127.0.0.1"], pull_timeout_seconds=300)  # fmt: skip
+    cancel = threading.Event()
+    with EndlessLayerRegistry() as hostile:
+        image = f"{hostile.host}/x:v1"
+        ended: list[BaseException] = []
+
+        def pull() -> None:
+            try:
+                registry.pull(settings, "endless", image, None, cancel=cancel)
+            except BaseException as exc:  # noqa: BLE001 - the test looks at it
+                ended.append(exc)
+
+        puller = threading.Thread(target=pull)
+        puller.start()
+        while hostile.served < 8 * MIB:
+            time.sleep(0.05)
+        cancel.set()
+        puller.join(5)
+        assert not puller.is_alive()
+        assert isinstance(ended[0], RuntimeBackendError) and "cancelled" in str(ended[0])
+        assert not [pid for pid in os.listdir("/proc") if pid.isdigit()
+                    and image.encode() in _cmdline(pid)]  # fmt: skip
+    left = sum(f.stat().st_size for f in (tmp_path / "snapshots").rglob("*") if f.is_file())
+    assert left < MIB
+    assert not (tmp_path / "snapshots" / "endless").exists()
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_only_the_blobs_a_pull_copies_count_against_it(tmp_path: Path) -> None:

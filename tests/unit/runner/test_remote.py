@@ -30,6 +30,7 @@ from cove.runner.fake import FakeRuntime
 from cove.runner.local import LocalRunner
 from cove.runner.remote import RemoteRunner
 from cove.testing_remote import Pki, RunnerProcess, make_pki
+from tests.unit.core.test_images import StallingRuntime
 
 
 def _runner(tmp: Path, pki: Pki, *, check: bool = True) -> RunnerProcess:
@@ -216,6 +217,32 @@ async def test_a_pull_streams_its_progress_and_carries_the_credentials(tmp: Path
     assert lines == ["Pulled example.org/x:1"] and host.pulls[-1] == ("example.org/x:1", auth)
     assert remote.has_snapshot("cove-default") and remote.stream_port == 1
     await remote.close()
+
+
+async def test_a_pull_whose_api_hangs_up_is_cancelled_on_the_runner() -> None:
+    """The API cancels a pull (its snapshot was deleted) by leaving the call: the
+    runner's pull ends with it (its download stopped), not at its registry's pace."""
+    host = StallingRuntime()
+    host.registry["example.org/x:1"] = ("sha256:abc", ImageConfig(), None)
+    local = LocalRunner(host)
+    app = daemon.create_app(local, daemon.Inventory(local, None, None, "cove-default"), 1)
+    remote = RemoteRunner("https://runner.test:1", ssl.create_default_context())
+    remote._client = httpx.AsyncClient(transport=httpx.ASGITransport(app),  # noqa: SLF001
+                                       base_url="https://runner.test:1")  # fmt: skip
+    try:
+        pull = asyncio.create_task(remote.pull_image("ref-1", "example.org/x:1", None))
+        while host.running == 0:
+            await asyncio.sleep(0.01)
+        pull.cancel()
+        await asyncio.wait({pull})
+        for _ in range(200):
+            if host.running == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert host.running == 0 and host.cancelled == 1
+    finally:
+        host.done.set()
+        await remote.close()
 
 
 CAPACITY = (

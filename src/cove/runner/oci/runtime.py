@@ -408,11 +408,11 @@ class OciRuntime:
 
     def pull_image(
         self, ref: str, image: str, auth: RegistryAuth | None,
-        progress: Callable[[str], None] | None = None,
+        progress: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
     ) -> PulledImage:  # fmt: skip
         """Pull ``image`` from its registry into a new snapshot ``ref``."""
         with foreign_errors():
-            return registry.pull(self._settings, ref, image, auth, progress)
+            return registry.pull(self._settings, ref, image, auth, progress, cancel)
 
     def clone_snapshot(self, source: str, ref: str, config: ImageConfig) -> int:
         """Make snapshot ``ref`` a copy of snapshot ``source`` (hard links) with ``config``."""

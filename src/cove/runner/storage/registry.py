@@ -37,6 +37,8 @@ import platform
 import re
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ from cove.errors import RuntimeBackendError
 from cove.hostfiles import private_dir
 from cove.runner.host.egress import Egress
 from cove.runner.storage import capture, layers, unpack
-from cove.runner.storage.snapshot import stream
+from cove.runner.storage.snapshot import WATCH_SECONDS, stream
 
 CACHE = ".images"
 TAG = "image"
@@ -59,14 +61,18 @@ _FATAL = re.compile(r'level=fatal msg="((?:[^"\\]|\\.)*)')  # (a long one is cut
 
 def pull(
     settings: Settings, ref: str, image: str, auth: RegistryAuth | None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
 ) -> PulledImage:  # fmt: skip
     """Make snapshot ``ref`` (under ``settings.snapshot_dir``) from registry image
     ``image`` (a normalized reference such as ``docker.io/library/python:3.12``).
+    Once ``cancel`` is set (its snapshot was deleted), skopeo is killed within
+    :data:`WATCH_SECONDS` and the pull fails: a tenant's registry may be as slow as it
+    likes, and a pull nobody waits for must not run on for COVE_PULL_TIMEOUT_SECONDS.
 
     Raises:
         RuntimeBackendError: the registry refused or could not be reached, the image
-            does not exist, or unpacking failed; nothing named ``ref`` is left.
+            does not exist, unpacking failed, or it was cancelled; nothing named
+            ``ref`` is left.
         ImageTooLarge: its layers, compressed or unpacked, pass COVE_MAX_IMAGE_MB; the
             blobs this pull brought into the layer cache are removed again. A download
             passing it is stopped there.
@@ -77,15 +83,16 @@ def pull(
     cache = private_dir(base / CACHE)
     blobs = private_dir(cache / blob_dir(auth))
     limit = settings.max_image_mb * 2**20
+    stop = cancel or threading.Event()
     with tempfile.TemporaryDirectory(prefix="pull-", dir=cache) as tmp:
         work = Path(tmp)
         layout = work / "layout"
         say(f"Pulling {image}")
         authfile = _authfile(settings, auth, work)
         with Egress(settings, image.split("/", 1)[0]) as egress:
-            _check_announced(settings, image, authfile, work, limit, egress)
+            _check_announced(settings, image, authfile, work, limit, egress, stop)
             cached = _blob_names(blobs)
-            download = _Download(image, work, blobs, cached, limit, say)
+            download = _Download(image, work, blobs, cached, limit, say, stop)
             _copy(settings, image, authfile, work, layout, blobs, download.heard,
                   download.over, egress)  # fmt: skip
         digest = (work / "digest").read_text().strip()
@@ -97,6 +104,8 @@ def pull(
         except RuntimeBackendError:
             _forget_new_blobs(layout, blobs, cached)
             raise
+        if stop.is_set():
+            raise _cancelled()
         say("Unpacking the image")
         with capture.building(base, ref) as rootfs:
             config = unpack.unpack_image(layout, TAG, rootfs)
@@ -135,16 +144,18 @@ def _copy(
 
 class _Download:
     """What one pull has written, to stop it once that passes ``limit`` (and
-    :data:`METADATA` for the manifests and config): skopeo checks a blob's size and
-    digest only once it has all of it, so a registry could announce a small layer and
-    send an endless one, or many. Counted: the pull's own files (skopeo's blobs in
-    progress) and the shared blobs it says it copies ("Copying blob sha256:...") that
-    were not cached before; other pulls' blobs, arriving meanwhile, are theirs."""
+    :data:`METADATA` for the manifests and config), or once ``cancel`` is set: skopeo
+    checks a blob's size and digest only once it has all of it, so a registry could
+    announce a small layer and send an endless one, or many. Counted: the pull's own
+    files (skopeo's blobs in progress) and the shared blobs it says it copies ("Copying
+    blob sha256:...") that were not cached before; other pulls' blobs, arriving
+    meanwhile, are theirs."""
 
     def __init__(self, image: str, work: Path, blobs: Path, cached: set[str], limit: int,
-                 say: Callable[[str], None]) -> None:  # fmt: skip
+                 say: Callable[[str], None],
+                 cancel: threading.Event | None = None) -> None:  # fmt: skip
         self.image, self.work, self.blobs, self.cached = image, work, blobs, cached
-        self.limit, self.say = limit, say
+        self.limit, self.say, self.cancel = limit, say, cancel or threading.Event()
         self.mine: set[str] = set()
 
     def heard(self, line: str) -> None:
@@ -155,7 +166,9 @@ class _Download:
         self.say(line)
 
     def over(self) -> Exception | None:
-        """ImageTooLarge once the download passes the limit."""
+        """ImageTooLarge once the download passes the limit; an error once cancelled."""
+        if self.cancel.is_set():
+            return _cancelled()
         written = sum(map(_size, _files(self.work)))
         written += sum(_size(self.blobs / "sha256" / name) for name in self.mine)
         if written <= self.limit + METADATA:
@@ -163,6 +176,10 @@ class _Download:
         return layers.ImageTooLarge(
             f"{self.image} is larger than COVE_MAX_IMAGE_MB ({self.limit // 2**20} MiB): "
             "the download passed it")  # fmt: skip
+
+
+def _cancelled() -> RuntimeBackendError:
+    return RuntimeBackendError("the pull was cancelled")
 
 
 def _files(top: Path) -> Iterator[Path]:
@@ -198,7 +215,7 @@ def _skopeo_env(work: Path) -> dict[str, str]:
 
 
 def _check_announced(settings: Settings, image: str, authfile: Path | None, work: Path,
-                     limit: int, egress: Egress) -> None:  # fmt: skip
+                     limit: int, egress: Egress, cancel: threading.Event) -> None:  # fmt: skip
     """Refuse, before any download, an image whose manifest (for this host's platform)
     announces layers over ``limit`` bytes. The registry's word: the download is checked
     again. A manifest that cannot be read here is left to ``skopeo copy`` to report.
@@ -207,26 +224,41 @@ def _check_announced(settings: Settings, image: str, authfile: Path | None, work
         ImageTooLarge: the announced sizes pass ``limit``.
     """
     flags = _source_flags(settings, image, authfile)
-    found = _raw_manifest(settings, f"docker://{image}", flags, work, egress)
+    found = _raw_manifest(settings, f"docker://{image}", flags, work, egress, cancel)
     if found is not None and isinstance(found.get("manifests"), list):
         digest = _platform_digest(found["manifests"])
         found = None if digest is None else _raw_manifest(
-            settings, f"docker://{_repository(image)}@{digest}", flags, work, egress)
+            settings, f"docker://{_repository(image)}@{digest}", flags, work, egress, cancel)
     if found is not None:
         layers.refuse_compressed(layers.compressed_size(found), limit, image)
 
 
 def _raw_manifest(settings: Settings, ref: str, flags: list[str], work: Path,
-                  egress: Egress) -> dict[str, Any] | None:  # fmt: skip
+                  egress: Egress, cancel: threading.Event) -> dict[str, Any] | None:  # fmt: skip
+    """The manifest ``ref`` names (None: it could not be read in time, or the pull was
+    cancelled meanwhile)."""
     argv = ["skopeo", "inspect", "--raw", "--retry-times", "2", *flags, ref]
-    timeout = min(120.0, settings.pull_timeout_seconds)
+    deadline = time.monotonic() + min(120.0, settings.pull_timeout_seconds)
     try:
         # (its errors are not read: a registry's may be as long as it likes)
-        done = subprocess.run(egress.wrap(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, env=egress.env(_skopeo_env(work)),
-                              timeout=timeout)  # fmt: skip
-        found = json.loads(done.stdout) if done.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired, ValueError):
+        proc = subprocess.Popen(egress.wrap(argv), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env=egress.env(_skopeo_env(work)))  # fmt: skip
+    except OSError:
+        return None
+    with proc:
+        while True:
+            try:
+                out, _ = proc.communicate(timeout=WATCH_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                if cancel.is_set() or time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    return None
+    try:
+        found = json.loads(out) if proc.returncode == 0 else None
+    except ValueError:
         return None
     return found if isinstance(found, dict) else None
 
