@@ -278,7 +278,8 @@ def build_services(
     registries = RegistryService(SqlRegistryStore(engine), open_sealer(settings))
     registries.seal_plain()
     images = ImageService(snapshots=snapshots, registries=registries, runner=runner,
-                          allowed=settings.allowed_registries)  # fmt: skip
+                          allowed=settings.allowed_registries,
+                          max_pulls=settings.max_pulls)  # fmt: skip
     contexts = open_contexts(settings)
     meter = open_meter(settings, engine)
     lifecycle = LifecycleService(

@@ -197,6 +197,10 @@ class Settings(BaseSettings):
     # Snapshots of one organization built from Dockerfiles at once (0: no limit): each
     # runs in a build sandbox of the default resources that no sandbox quota counts.
     max_builds: int = Field(default=4, ge=0)
+    # Image pulls of one organization at once on a replica (0: no limit); more wait in
+    # line. Below the runner's PULL_WORKERS: one organization's registry, as slow as it
+    # likes, cannot keep every other organization's pulls waiting.
+    max_pulls: int = Field(default=2, ge=0)
     # What one HTTP client may hold before any key is checked (cove/api/httpguard.py):
     # open connections per address (an IPv6 one by its /64; 0: no cap; behind a
     # reverse proxy every client has the proxy's address), open connections in all

@@ -131,3 +131,33 @@ class KeyedLocks(Generic[K]):
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+class KeyedSlots(Generic[K]):
+    """In-process semaphores of ``size`` slots by key (0: no limit), each kept only
+    while it is held or awaited (as :class:`KeyedLocks`)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._slots: dict[K, tuple[asyncio.Semaphore, int]] = {}  # key -> (slots, users)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    @asynccontextmanager
+    async def hold(self, key: K) -> AsyncIterator[None]:
+        """Hold one of ``key``'s slots (waiting for one to be free) for the block."""
+        if not self.size:
+            yield
+            return
+        slots, users = self._slots.get(key, (asyncio.Semaphore(self.size), 0))
+        self._slots[key] = (slots, users + 1)
+        try:
+            async with slots:
+                yield
+        finally:
+            slots, users = self._slots[key]
+            if users == 1:
+                del self._slots[key]
+            else:
+                self._slots[key] = (slots, users - 1)

@@ -26,7 +26,7 @@ from cove.core import imageref, validation
 from cove.core.buildlog import BuildLog
 from cove.core.builds import ImageBuilder, build_and_boot
 from cove.core.config import registry_listed
-from cove.core.coordination import KeyedLocks
+from cove.core.coordination import KeyedLocks, KeyedSlots
 from cove.core.dockerfile import BuildPlan
 from cove.core.ops import SandboxOps
 from cove.core.ports import PulledImage, Runner
@@ -47,17 +47,20 @@ class PullFailed(Exception):
 
 
 class ImageService:
-    """Snapshots of registry images, one pull per image and organization at a time."""
+    """Snapshots of registry images, one pull per image and organization at a time, and
+    at most ``max_pulls`` of an organization's at once (0: no limit; more wait in
+    line, see :meth:`_pull`)."""
 
     def __init__(
         self, *, snapshots: SnapshotService, registries: RegistryService, runner: Runner,
-        allowed: Sequence[str] = (),
+        allowed: Sequence[str] = (), max_pulls: int = 0,
     ) -> None:  # fmt: skip
         self.allowed = list(allowed)
         self.snapshots = snapshots
         self.registries = registries
         self.runner = runner
         self._locks: KeyedLocks[tuple[str, str]] = KeyedLocks()
+        self._pulling: KeyedSlots[str] = KeyedSlots(max_pulls)  # by organization
         self._tasks: dict[str, asyncio.Task[None]] = {}  # pulls of POST /snapshots, by id
         snapshots.removed_hooks.append(self._removed)
 
@@ -162,11 +165,17 @@ class ImageService:
             await self.runner.remove_snapshot(snap.id)
 
     async def _pull(self, snap: Snapshot, ref: imageref.ImageRef, say: Progress) -> None:
-        auth = self.registries.auth_for(snap.organization_id or "", ref)
-        try:
-            pulled = await self.runner.pull_image(snap.id, str(ref), auth, say)
-        except CoveError as exc:
-            raise PullFailed(exc.message) from exc
+        """Pull ``ref`` into ``snap``'s files, once fewer than ``max_pulls`` of its
+        organization's run: a pull lasts as long as its registry (the tenant's) likes,
+        and the runner's pulls run a few at once (PULL_WORKERS), so an organization's
+        slow registry would keep every other organization's pulls waiting in line."""
+        org = snap.organization_id or ""
+        auth = self.registries.auth_for(org, ref)
+        async with self._pulling.hold(org):
+            try:
+                pulled = await self.runner.pull_image(snap.id, str(ref), auth, say)
+            except CoveError as exc:
+                raise PullFailed(exc.message) from exc
         try:
             validation.check_image_config(pulled.config)
         except CoveError as exc:  # its files go: no snapshot is kept

@@ -29,7 +29,7 @@ from cove.core.ports import (
     RegistryAuth,
     Resources,
 )
-from cove.errors import Busy, InvalidState, RuntimeBackendError, Unavailable
+from cove.errors import Busy, InvalidState, Unavailable
 from cove.runner.host.capacity import measure
 from cove.runner.hostruntime import HostRuntime
 from cove.runner.storage.volumes import VolumeDir, volumes_dir
@@ -45,8 +45,8 @@ HOST_WORKERS = max(16, 4 * (os.cpu_count() or 1))
 # Image pulls running at once, in threads of their own: a pull lasts as long as its
 # registry (a tenant's) likes, up to COVE_PULL_TIMEOUT_SECONDS, and pulls in the host
 # calls' pool would leave every organization's start, stop and delete waiting behind
-# them. More wait in line.
-PULL_WORKERS = max(4, os.cpu_count() or 1)
+# them. More wait in line; each organization has at most COVE_MAX_PULLS at once.
+PULL_WORKERS = max(16, 4 * (os.cpu_count() or 1))
 
 
 class LocalRunner:
@@ -140,17 +140,14 @@ class LocalRunner:
                 loop.call_soon_threadsafe(report, line)
 
         cancel = threading.Event()
-
-        def pull() -> PulledImage:
-            if cancel.is_set():  # (cancelled while it waited in line)
-                raise RuntimeBackendError(f"pulling {image} was cancelled")
-            return self.host.pull_image(ref, image, auth, say, cancel)
-
-        pulling = loop.run_in_executor(self._pulls, pull)
+        started = self._pulls.submit(self.host.pull_image, ref, image, auth, say, cancel)
+        pulling = asyncio.wrap_future(started)
         try:
             return await asyncio.shield(pulling)
         except asyncio.CancelledError:
             cancel.set()
+            if started.cancel():  # it waited in line: it never runs
+                raise
             await asyncio.wait({pulling})
             if pulling.exception() is None:  # complete just before: its files go
                 await self.remove_snapshot(ref)

@@ -20,7 +20,7 @@ from cove.core.sandbox import SandboxState
 from cove.core.snapshots import SnapshotService
 from cove.errors import BadRequest, NotFound, RuntimeBackendError
 from cove.runner.fake import FakeRuntime
-from cove.runner.local import HOST_WORKERS, LocalRunner
+from cove.runner.local import HOST_WORKERS, PULL_WORKERS, LocalRunner
 from cove.schemas.sandbox import BuildInfoCreate, SandboxCreate
 from cove.store.keys import SqlKeyStore
 from cove.store.registries import SqlRegistryStore
@@ -197,12 +197,14 @@ async def test_an_image_s_user_as_docker_writes_it_is_kept(
 
 
 class StallingRuntime(FakeRuntime):
-    """A registry that never finishes sending: each pull waits until ``done`` is set,
-    or until its caller cancels it (``cancel``, see HostRuntime.pull_image)."""
+    """A registry that never finishes sending: each pull (but of the images in
+    ``quick``) waits until ``done`` is set, or until its caller cancels it (``cancel``,
+    see HostRuntime.pull_image)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.done = threading.Event()
+        self.quick: set[str] = set()
         self.running = 0
         self.cancelled = 0
         self.lock = threading.Lock()
@@ -211,6 +213,8 @@ class StallingRuntime(FakeRuntime):
         self, ref: str, image: str, auth: RegistryAuth | None,
         progress: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
     ) -> PulledImage:  # fmt: skip
+        if image in self.quick:
+            return super().pull_image(ref, image, auth, progress)
         with self.lock:
             self.running += 1
         try:
@@ -278,3 +282,28 @@ async def test_a_tenants_pulls_do_not_hold_up_other_sandboxes_lifecycle(
     await asyncio.wait_for(runner.stop("other"), 5)
     runtime.done.set()
     await images.drain()
+
+
+async def test_a_tenants_stalled_pulls_do_not_hold_up_another_organizations_pulls(
+    stalling: tuple[StallingRuntime, LocalRunner, ImageService], org: str, engine,  # noqa: ANN001
+) -> None:  # fmt: skip
+    """Past COVE_MAX_PULLS at once, an organization's pulls wait for its own to end: its
+    registry, as slow as it likes, does not keep another organization's image waiting
+    in line behind them."""
+    runtime, runner, unbounded = stalling
+    images = ImageService(snapshots=unbounded.snapshots, registries=unbounded.registries,
+                          runner=runner, max_pulls=2)  # fmt: skip
+    other = SqlKeyStore(engine).ensure_organization("other")
+    made = [await images.create_snapshot(org, f"py-{i}", PY) for i in range(PULL_WORKERS + 1)]
+    await _until(lambda: runtime.running == 2)
+    alpine = "docker.io/library/alpine:3"
+    runtime.registry[alpine] = ("sha256:" + "2" * 64, CONFIG, None)
+    runtime.quick.add(alpine)
+    snap = await asyncio.wait_for(images.snapshot_for(other, "alpine:3"), 5)
+    assert snap.state == "active" and snap.digest == "sha256:" + "2" * 64
+    assert runtime.running == 2  # still its two, the others waiting
+    await images.snapshots.delete(org, made[-1].id)  # one waiting in line goes at once
+    runtime.done.set()
+    await images.drain()
+    assert {images.snapshots.get(org, s.id).state for s in made[:-1]} == {"active"}
+    assert len(images._pulling) == 0  # nothing held once they end
