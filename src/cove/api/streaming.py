@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
-from starlette.websockets import WebSocket
 
 from cove.api import multipart
 from cove.core.agent_types import FileData, FileError, FileEvent, FileStart
@@ -98,14 +97,10 @@ def _plain(item: Any) -> Any:
     return item.model_dump(mode="json", by_alias=True) if isinstance(item, BaseModel) else item
 
 
-async def unless_client_leaves(request: Request | WebSocket, work: Awaitable[T]) -> T:
-    """Await ``work`` while the client stays; when it hangs up first, ``work`` is
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` while the HTTP client stays; when it hangs up first, ``work`` is
     cancelled (ending its agent request, so the command stops) and ClientGone raised.
-    (``work`` runs in the caller's task, a watcher in one of its own that cancels it.)
-
-    A WebSocket is watched before it is accepted: a route that first waits for the
-    agent (to answer an error as an HTTP denial) would wait for ever for an agent that
-    accepted the request and then says nothing, the client long gone."""
+    (``work`` runs in the caller's task, a watcher in one of its own that cancels it.)"""
     caller = asyncio.current_task()
     assert caller is not None
     gone = False
@@ -127,8 +122,7 @@ async def unless_client_leaves(request: Request | WebSocket, work: Awaitable[T])
         watcher.cancel()
 
 
-async def _hang_up(request: Request | WebSocket) -> None:
-    """Return when the client disconnects (the request's body was read already; a
-    WebSocket not yet accepted sends nothing but its connect)."""
-    while (await request.receive())["type"] not in ("http.disconnect", "websocket.disconnect"):
+async def _hang_up(request: Request) -> None:
+    """Return when the client disconnects (the request's body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
         pass

@@ -183,63 +183,6 @@ def test_an_interpreter_run_whose_agent_is_silent_ends_when_its_client_leaves(
     assert released.wait(5)
 
 
-@pytest.mark.parametrize("path", [
-    "/process/session/s1/command/c1/logs?follow=true",
-    "/process/pty/p1/connect",
-    "/process/pty/create-connect?id=p1",
-])
-def test_a_websocket_whose_agent_is_silent_before_it_answers_ends_when_its_client_leaves(
-    client: TestClient, runtime: LyingRuntime, path: str
-) -> None:
-    """A log follower or a terminal is accepted only once the agent said the command or
-    terminal is there (else the client gets the error as an HTTP denial). An agent that
-    accepts the request and then says nothing keeps that handshake waiting: once the
-    client has left, the server ends the request and its call to the agent all the same
-    (it does not hold them until the sandbox stops)."""
-    released = threading.Event()
-
-    def silent(sock: socket.socket) -> None:
-        sock.sendall(protocol.frame(protocol.ACCEPTED))
-        sock.recv(65536)  # the server ends the call (or hangs up)
-        released.set()
-
-    path = f"/toolbox/{create_sandbox(client)['id']}{path}"
-    runtime.liar = staticmethod(silent)
-    route, _, query = path.partition("?")
-    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws", "path": route,
-             "raw_path": route.encode(), "query_string": query.encode(), "root_path": "",
-             "headers": [(b"host", b"testserver"),
-                         (b"authorization", AUTH["Authorization"].encode())],
-             "client": ("10.9.9.9", 1234), "server": ("testserver", 80),
-             "subprotocols": [], "extensions": {"websocket.http.response": {}}}  # fmt: skip
-    sent: list[dict] = []
-
-    async def attack() -> None:
-        left = anyio.Event()
-        connected = False
-
-        async def receive() -> dict:
-            nonlocal connected
-            if not connected:
-                connected = True
-                return {"type": "websocket.connect"}
-            await left.wait()
-            return {"type": "websocket.disconnect", "code": 1006}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        with anyio.fail_after(10):  # the request ends (the app returns)
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(client.app, scope, receive, send)
-                await anyio.sleep(0.5)  # the agent accepted the call and is silent
-                left.set()
-
-    client.portal.call(attack)  # type: ignore[union-attr]
-    assert not any(m["type"] == "websocket.accept" for m in sent)
-    assert released.wait(5)
-
-
 @pytest.mark.parametrize(("method", "path", "body"), [
     ("GET", "/process/session/s1", b""),
     ("GET", "/computeruse/recordings/r1/download", b""),

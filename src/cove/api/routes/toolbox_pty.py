@@ -21,9 +21,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from cove.api.deps import AgentDep
 from cove.api.params import AgentIdPath, OptionalPathQuery
 from cove.api.routes.toolbox_sessions import race
-from cove.api.streaming import unless_client_leaves
 from cove.core.agent_streams import PtyAttachment
-from cove.errors import BadRequest, ClientGone, CoveError
+from cove.errors import BadRequest, CoveError
 from cove.schemas.limits import MAX_ID, NO_NUL, EnvMap
 from cove.schemas.toolbox_sessions import (
     PtyCreate,
@@ -111,19 +110,15 @@ async def _connect(websocket: WebSocket,
                    attaching: AbstractAsyncContextManager[PtyAttachment]) -> None:
     exit_control = EXIT_CONTROL in websocket.scope.get("subprotocols", [])
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            pty = await unless_client_leaves(websocket, stack.enter_async_context(attaching))
-            # attached (else the error is an HTTP denial)
+        async with attaching as pty:  # attached (else the error is an HTTP denial)
             await websocket.accept(subprotocol=EXIT_CONTROL if exit_control else None)
             await _control(websocket, status="connected")
             if await race(_output(websocket, pty), _input(websocket, pty)) == 0:
                 code: int | None = pty.exit_code
             else:
                 code = None  # the client left; the terminal keeps running
-    except ClientGone:
-        return
     except CoveError as exc:
-        if websocket.application_state is WebSocketState.CONNECTING:
+        if websocket.client_state is WebSocketState.CONNECTING:
             raise
         await _control(websocket, status="error", error=exc.message)
         await websocket.close(1011, exc.message[:120])

@@ -18,7 +18,7 @@ from cove.api.deps import AgentDep
 from cove.api.params import AgentIdPath
 from cove.api.streaming import unless_client_leaves
 from cove.core.agent_types import Output
-from cove.errors import ClientGone, CoveError
+from cove.errors import CoveError
 from cove.schemas.toolbox_sessions import (
     CommandLogs,
     CommandPublic,
@@ -102,15 +102,12 @@ async def relay_output(websocket: WebSocket,
                        source: AbstractAsyncContextManager[AsyncIterator[Output]]) -> None:
     """Send a command's output to the WebSocket (accepted once ``source`` is entered)."""
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            output = await unless_client_leaves(websocket, stack.enter_async_context(source))
+        async with source as output:
             await websocket.accept()  # the command exists (else the error is an HTTP denial)
             finished = await race(_send_output(websocket, output),
                                   _until_disconnect(websocket)) == 0
-    except ClientGone:
-        return
     except CoveError as exc:
-        if websocket.application_state is WebSocketState.CONNECTING:
+        if websocket.client_state is WebSocketState.CONNECTING:
             raise
         await websocket.close(1011, exc.message[:120])
         return
