@@ -308,6 +308,18 @@ class EndlessRuntime(ScriptedRuntime):
                 time.sleep(0.01)
 
 
+def _endless_builds(settings: Settings, engine, store, tmp_path  # noqa: ANN001
+                    ) -> tuple[EndlessRuntime, SnapshotService, SnapshotBuilds]:  # fmt: skip
+    """Snapshot builds on a runtime whose RUN steps never end."""
+    runtime = EndlessRuntime()
+    snapshots = SnapshotService(store=SqlSnapshotStore(engine), runner=LocalRunner(runtime),
+                                sandboxes=store, default_name="cove-default")  # fmt: skip
+    builder = ImageBuilder(settings=settings, runner=snapshots.runner, snapshots=snapshots)
+    builds = SnapshotBuilds(settings=settings, snapshots=snapshots, builder=builder, images=None,
+                            contexts=ContextStore(tmp_path / "ctx", b"k" * 32, 1024))  # fmt: skip
+    return runtime, snapshots, builds
+
+
 @pytest.mark.parametrize("when", ["running a step", "starting its build sandbox"])
 async def test_deleting_a_building_snapshot_ends_its_build(
     settings: Settings, engine, store, org: str, tmp_path, when: str,  # noqa: ANN001
@@ -316,12 +328,7 @@ async def test_deleting_a_building_snapshot_ends_its_build(
     what the organization's snapshot quota counted. The build sandbox must not run on
     (a RUN that does not end: for RUN_TIMEOUT), or a tenant makes as many as it likes,
     one snapshot create and delete at a time, none of them counted, listed or stopped."""
-    runtime = EndlessRuntime()
-    snapshots = SnapshotService(store=SqlSnapshotStore(engine), runner=LocalRunner(runtime),
-                                sandboxes=store, default_name="cove-default")  # fmt: skip
-    builder = ImageBuilder(settings=settings, runner=snapshots.runner, snapshots=snapshots)
-    builds = SnapshotBuilds(settings=settings, snapshots=snapshots, builder=builder, images=None,
-                            contexts=ContextStore(tmp_path / "ctx", b"k" * 32, 1024))  # fmt: skip
+    runtime, snapshots, builds = _endless_builds(settings, engine, store, tmp_path)
     snap = await builds.create(org, "forever", "FROM cove-default\nRUN sleep infinity\n", [])
     if when == "running a step":
         runtime.creating.set()
@@ -347,12 +354,7 @@ async def test_an_organization_builds_at_most_max_builds_snapshots_at_once(
     quota counts: past COVE_MAX_BUILDS at once, a snapshot build is refused; once
     one ends, the next is taken."""
     settings.max_builds = 2
-    runtime = EndlessRuntime()
-    snapshots = SnapshotService(store=SqlSnapshotStore(engine), runner=LocalRunner(runtime),
-                                sandboxes=store, default_name="cove-default")  # fmt: skip
-    builder = ImageBuilder(settings=settings, runner=snapshots.runner, snapshots=snapshots)
-    builds = SnapshotBuilds(settings=settings, snapshots=snapshots, builder=builder, images=None,
-                            contexts=ContextStore(tmp_path / "ctx", b"k" * 32, 1024))  # fmt: skip
+    runtime, snapshots, builds = _endless_builds(settings, engine, store, tmp_path)
     endless = "FROM cove-default\nRUN sleep infinity\n"
     first = await builds.create(org, "one", endless, [])
     await builds.create(org, "two", endless, [])

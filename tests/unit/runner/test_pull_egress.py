@@ -5,9 +5,7 @@ link-local networks, unless the operator lists that registry."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
-import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -18,7 +16,7 @@ import pytest
 
 from cove.core.config import Settings
 from cove.errors import RuntimeBackendError
-from cove.runner.host.egress import Egress, upstream_proxy
+from cove.runner.host.egress import Egress, _relay, upstream_proxy
 from cove.runner.storage import registry
 from tests.registry import (
     SECRET,
@@ -139,11 +137,8 @@ def test_a_listed_registry_on_loopback_is_pulled_from(tmp_path: Path,
         local.stop()
 
 
-def test_a_listed_registry_elsewhere_is_pulled_through_the_proxy(
-    tmp_path: Path, settings: Settings,
-) -> None:  # fmt: skip
-    """On the host's own address (not loopback: Go sends it to the proxy, which lets
-    it through because the operator lists it), over HTTPS first, then plain HTTP."""
+@pytest.fixture
+def lan_registry(tmp_path: Path) -> Iterator[tuple[Registry, str, str]]:
     address = _host_address()
     if address is None:
         pytest.skip("this host has no address besides loopback")
@@ -151,17 +146,26 @@ def test_a_listed_registry_elsewhere_is_pulled_through_the_proxy(
     lan = Registry(tmp_path / "reg", bind=address).start()
     try:
         image = lan.push(layout(tmp_path / "img", ImageSpec([busybox_layer()])), "app")
-        settings.insecure_registries = [lan.host]
-        # with the descriptors a server of many sandboxes has open (past select()'s 1024)
-        held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
-        try:
-            assert registry.pull(settings, "snap", image, None).digest.startswith("sha256:")
-        finally:
-            for fd in held:
-                os.close(fd)
-        assert (settings.snapshot_dir / "snap").is_dir()  # type: ignore[operator]
+        yield lan, image, address
     finally:
         lan.stop()
+
+
+def test_a_listed_registry_elsewhere_is_pulled_through_the_proxy(
+    settings: Settings, lan_registry: tuple[Registry, str, str],
+) -> None:  # fmt: skip
+    """On the host's own address (not loopback: Go sends it to the proxy, which lets
+    it through because the operator lists it), over HTTPS first, then plain HTTP."""
+    lan, image, _address = lan_registry
+    settings.insecure_registries = [lan.host]
+    # with the descriptors a server of many sandboxes has open (past select()'s 1024)
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert registry.pull(settings, "snap", image, None).digest.startswith("sha256:")
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert (settings.snapshot_dir / "snap").is_dir()  # type: ignore[operator]
 
 
 @pytest.mark.parametrize(("address", "reachable"), [
@@ -229,48 +233,10 @@ class OperatorProxy:
                 origin = url._replace(scheme="", netloc="").geturl()
                 first = "\r\n".join([f"{method} {origin} {version}", *kept, "", ""]).encode()
                 first, reply = first + rest, b""
-            with socket.create_connection((host.strip("[]"), int(port))) as up:
-                conn.sendall(reply)
-                up.sendall(first)
-                _pipe(conn, up)
+            _relay(conn, [(host.strip("[]"), int(port))], first, reply=reply)
 
     def close(self) -> None:
         self.listener.close()
-
-
-def _pipe(a: socket.socket, b: socket.socket) -> None:
-    peer = {a: b, b: a}
-    # (a selector, not select(): the test process may have descriptors past 1024)
-    with selectors.DefaultSelector() as watch:
-        for end in peer:
-            watch.register(end, selectors.EVENT_READ, end)
-        while watch.get_map():
-            ready = watch.select(30)
-            if not ready:
-                return
-            for key, _events in ready:
-                side: socket.socket = key.data
-                data = side.recv(65536)
-                if data:
-                    peer[side].sendall(data)
-                    continue
-                watch.unregister(side)
-                with contextlib.suppress(OSError):
-                    peer[side].shutdown(socket.SHUT_WR)
-
-
-@pytest.fixture
-def lan_registry(tmp_path: Path) -> Iterator[tuple[Registry, str, str]]:
-    address = _host_address()
-    if address is None:
-        pytest.skip("this host has no address besides loopback")
-    (tmp_path / "reg").mkdir()
-    lan = Registry(tmp_path / "reg", bind=address).start()
-    try:
-        image = lan.push(layout(tmp_path / "img", ImageSpec([busybox_layer()])), "app")
-        yield lan, image, address
-    finally:
-        lan.stop()
 
 
 def test_a_host_behind_its_own_proxy_pulls_through_it(
