@@ -29,7 +29,6 @@ are dropped.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +37,7 @@ import engineio
 import socketio
 
 from cove.api.dto import sandbox_public
-from cove.api.httpguard import Gate, client_key
+from cove.api.httpguard import Gate, client_key, refusal_body
 from cove.api.keybound import WATCH_SECONDS
 from cove.core.auth import AuthService
 from cove.core.sandbox import Sandbox, SandboxState
@@ -65,11 +64,9 @@ class _EngineIO(engineio.AsyncServer):
     def _unauthorized(self, message: Any = None) -> dict[str, Any]:
         if not isinstance(message, _Refused):
             return super()._unauthorized(message)
-        body = {"statusCode": 503, "message": str(message), "code": "TOO_MANY_CONNECTIONS",
-                "source": "DAYTONA_API", "error": "Service Unavailable"}  # fmt: skip
         return {"status": "503 SERVICE UNAVAILABLE",
                 "headers": [("Content-Type", "application/json")],
-                "response": json.dumps(body).encode()}  # fmt: skip
+                "response": refusal_body(503, str(message))}  # fmt: skip
 
 
 class _Server(socketio.AsyncServer):

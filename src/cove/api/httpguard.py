@@ -107,11 +107,16 @@ class Gate:
 _CODES = {408: "TIMEOUT", 431: "HEADERS_TOO_LARGE", 503: "TOO_MANY_CONNECTIONS"}
 
 
+def refusal_body(status: int, message: str) -> bytes:
+    """A refusal's body: Daytona's error envelope (what is known before any request)."""
+    return json.dumps({"statusCode": status, "message": message, "code": _CODES[status],
+                       "source": "DAYTONA_API", "error": HTTPStatus(status).phrase}).encode()
+
+
 def refusal(status: int, message: str) -> bytes:
     """A whole HTTP/1.1 response in Daytona's error envelope, after which the server closes."""
     phrase = HTTPStatus(status).phrase
-    body = json.dumps({"statusCode": status, "message": message, "code": _CODES[status],
-                       "source": "DAYTONA_API", "error": phrase}).encode()  # fmt: skip
+    body = refusal_body(status, message)
     head = (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")  # fmt: skip
     return head.encode() + body

@@ -193,8 +193,7 @@ class Egress:
     def _address(self, host: str, port: int) -> tuple[list[tuple[str, int]] | None, str]:
         """The addresses to connect to for ``host:port`` (resolved once: the ones
         checked), or None and why not."""
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        trusted = registry_listed(shown, self._trusted)
+        trusted = registry_listed(_hostport((host, port)), self._trusted)
         try:
             found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
