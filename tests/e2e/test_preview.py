@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from daytona import Daytona
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.e2e.conftest import KEY, Server
@@ -54,11 +54,16 @@ class H(http.server.BaseHTTPRequestHandler):
             elif n == 127: n = struct.unpack("!Q", self.rfile.read(8))[0]
             mask = self.rfile.read(4)
             data = bytes(c ^ mask[i % 4] for i, c in enumerate(self.rfile.read(n)))
-            if b1 & 15 == 8: return
+            if b1 & 15 == 8:
+                self.close_connection = True
+                return
             out = b"echo:" + data
-            head = bytes([0x81, len(out)])
-            if len(out) >= 126:
+            if len(out) >= 65536:
+                head = bytes([0x81, 127]) + struct.pack("!Q", len(out))
+            elif len(out) >= 126:
                 head = bytes([0x81, 126]) + struct.pack("!H", len(out))
+            else:
+                head = bytes([0x81, len(out)])
             self.wfile.write(head + out); self.wfile.flush()
     def log_message(self, *a): pass
 socketserver.ThreadingTCPServer.allow_reuse_address = True
@@ -109,6 +114,22 @@ def test_private_and_public_preview(daytona: Daytona, sandboxes: list) -> None:
     with connect(ws_url) as ws:
         ws.send("public")
         assert ws.recv(timeout=5) == "echo:public"
+
+    # A message is at most 1 MiB, either way: the client's 1 MiB comes back as the
+    # sandbox's 1 MiB + 5 bytes (its "echo:"), which ends the connection; one byte more
+    # from the client is refused by the server itself (1009), never sent on.
+    limit = 2**20
+    with connect(ws_url, max_size=None) as ws:
+        ws.send("a" * (limit - 5))
+        assert len(ws.recv(timeout=10)) == limit
+        ws.send("b" * limit)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+    with connect(ws_url, max_size=None) as ws:
+        ws.send("c" * (limit + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
 def test_preview_passes_no_key_token_or_cookie_to_the_sandbox(

@@ -20,6 +20,12 @@ from one address with no key (``tests/unit/api/test_httpguard.py``):
   A head still incomplete past ``http_max_head_bytes`` gets a 431 and the connection
   is closed. (A head that arrives whole in one read is parsed once, at no such cost:
   it may pass the bound by up to that read's size, 256 KiB at most.)
+- **A WebSocket message's size.** uvicorn takes messages of up to 16 MiB, and holds
+  one still arriving whole before the application sees any of it: 40 connections of
+  one key, each sending 15 MiB of a message it never finished, grew the server by
+  600 MB (a thousand, past this host's memory). A message is now at most
+  ``WS_MAX_MESSAGE`` (1 MiB, as a request body; a longer one closes its connection
+  with 1009), so what one connection holds stays near that.
 
 The guard is a subclass of uvicorn's httptools protocol (``uvicorn.Config(http=...)``
 takes a protocol class) and of its WebSocket protocol, for the count of upgraded
@@ -42,6 +48,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from cove.core.config import Settings
+from cove.schemas.limits import MAX_BODY
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +127,16 @@ def refusal(status: int, message: str) -> bytes:
     head = (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")  # fmt: skip
     return head.encode() + body
+
+
+WS_MAX_MESSAGE = MAX_BODY  # a WebSocket message of a client, as a request body
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """The guard's options of ``uvicorn.Config``: the protocol classes (see
+    :func:`protocols`) and the bound on a WebSocket message."""
+    http, ws = protocols(settings)
+    return {"http": http, "ws": ws, "ws_max_size": WS_MAX_MESSAGE}
 
 
 def protocols(settings: Settings) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:

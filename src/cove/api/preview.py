@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import connect as ws_connect
 
 from cove.api.deps import Services
+from cove.api.httpguard import WS_MAX_MESSAGE
 from cove.api.preview_headers import (
     TOKEN_HEADER,
     Route,
@@ -305,6 +306,10 @@ async def _websocket(scope: Scope, receive: Receive, send: Send, url: str, route
             user_agent_header=None,
             proxy=None,
             open_timeout=10,
+            # The sandbox's messages: as a client's (1 MiB), and at most 4 frames held
+            # while the client is slow to take them (websockets' default: 16).
+            max_size=WS_MAX_MESSAGE,
+            max_queue=4,
             **through,
         )
     except Exception:  # noqa: BLE001 - any failed handshake

@@ -61,15 +61,13 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
     ssh = f", SSH on port {settings.ssh_port}" if settings.ssh_port else ""
     output.stderr().print(f"Cove listening on {settings.base_url}{ssh} "
                           f"(data in {settings.data_dir})")  # fmt: skip
-    http, ws = httpguard.protocols(settings)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         log_config=logs.config(log_level),
-        http=http,
-        ws=ws,
+        **httpguard.server_options(settings),
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=10,
         ssl_certfile=settings.tls_cert,

@@ -45,10 +45,9 @@ async def _app(scope, receive, send) -> None:  # noqa: ANN001
 
 class Served:
     def __init__(self, settings: Settings) -> None:
-        http, ws = httpguard.protocols(settings)
         self.port = free_port()
-        config = uvicorn.Config(_app, host="127.0.0.1", port=self.port, http=http, ws=ws,
-                                timeout_keep_alive=30, log_level="critical")  # fmt: skip
+        config = uvicorn.Config(_app, host="127.0.0.1", port=self.port, timeout_keep_alive=30,
+                                log_level="critical", **httpguard.server_options(settings))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()))
 
@@ -195,6 +194,40 @@ def test_websockets_count_until_they_close(tmp_path: Path) -> None:
         third, fourth = ws_connect(url), ws_connect(url)
         third.close()
         fourth.close()
+
+
+def _upgraded(served: Served) -> socket.socket:
+    conn = served.connect()
+    conn.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += conn.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return conn
+
+
+def test_a_websocket_message_past_its_bound_is_refused_before_it_is_held(tmp_path: Path) -> None:
+    """A client announcing a 15 MiB message is closed (1009, "message too big") at the
+    announcement; uvicorn's own bound (16 MiB) let it hold 15 MiB of the server per
+    connection while it never finished (40 connections: +600 MB of the server)."""
+    with Served(settings(tmp_path)) as served, _upgraded(served) as conn:
+        size = 15 * 2**20
+        conn.sendall(bytes([0x82, 0x80 | 127]) + size.to_bytes(8, "big") + b"\0\0\0\0")
+        conn.sendall(b"x" * 4096)  # a start of the payload, the rest never comes
+        close = conn.recv(64)
+        assert close[0] == 0x88, close  # a close frame, unmasked from the server
+        assert int.from_bytes(close[2:4], "big") == 1009
+        assert httpguard.WS_MAX_MESSAGE == 2**20
+
+
+def test_a_websocket_message_within_the_bound_is_taken(tmp_path: Path) -> None:
+    with Served(settings(tmp_path)) as served:
+        with ws_connect(f"ws://127.0.0.1:{served.port}/ws", max_size=None) as ws:
+            ws.send(b"x" * httpguard.WS_MAX_MESSAGE)
+            ws.send(b"y" * 100)
+            assert ws.ping().wait(5)  # answered: the connection is still open
 
 
 @pytest.mark.parametrize(("client", "key"), [
