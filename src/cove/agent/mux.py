@@ -236,11 +236,17 @@ class Channel:
 
     async def write(self, kind: bytes, stream_id: int, payload: bytes = b"", *,
                     accepted: bool = False) -> None:  # fmt: skip
-        """Write one frame (after an A frame of the stream, with ``accepted``)."""
+        """Write one frame (after an A frame of the stream, with ``accepted``). The A
+        frame is written before this waits for anything: a write that waits for the
+        connection (other streams' writes draining) may be cancelled meanwhile (a
+        command's output pump is, once the command is over), and the stream's next
+        frame must still find its A ahead of it."""
         if not self.alive:
             raise ConnectionResetError("the channel is closed")
         data = protocol.frame(kind, payload, stream_id)
-        if accepted:
+        if accepted and self._write_lock.locked():
+            self.write_now(protocol.ACCEPTED, stream_id)
+        elif accepted:  # (the lock is taken below without a wait: one write for both)
             data = protocol.frame(protocol.ACCEPTED, b"", stream_id) + data
         async with self._write_lock:
             self._writer.write(data)

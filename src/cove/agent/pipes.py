@@ -15,11 +15,9 @@ from typing import Any
 
 from . import confine, protocol, users
 from .agent import Request, op
-from .process import Passed, _pump, _reader, kill_tree
+from .process import Passed, Pump, _reader, finished, kill_tree
 from .shell import write_all
 from .terminal import _shell
-
-DRAIN_SECONDS = 0.2
 
 
 @op("pipe_exec", cancel_when_abandoned=True)
@@ -46,18 +44,19 @@ async def pipe_exec(request: Request) -> dict[str, Any]:
             os.close(fd)
     stdin = _Stdin(in_w)
     await request.send_json({"event": "started"})
-    pumps = [asyncio.ensure_future(_pump(await _reader(out_r), Passed(request, protocol.STDOUT))),
-             asyncio.ensure_future(_pump(await _reader(err_r), Passed(request, protocol.STDERR)))]
+    pumps = [Pump(await _reader(out_r), Passed(request, protocol.STDOUT)),
+             Pump(await _reader(err_r), Passed(request, protocol.STDERR))]
     feeding = asyncio.ensure_future(_feed(request, stdin))
     try:
-        code = await proc.wait()
-        await asyncio.wait(pumps, timeout=DRAIN_SECONDS)  # what it printed last
+        await finished(proc, pumps)  # (and what it printed last)
+        code = proc.returncode
+        assert code is not None
     finally:
         feeding.cancel()
         await asyncio.wait([feeding])  # its write, if any, is unregistered
         stdin.close()  # also when the feeding never started
         for pump in pumps:
-            pump.cancel()
+            pump.task.cancel()
         if proc.returncode is None:
             kill_tree(proc.pid, group)
         group.close()

@@ -142,13 +142,13 @@ async def run_streaming(
     sinks: list[Clipped | Passed | ArtifactSplitter] = [_sink(request, protocol.STDOUT, limit)]
     if charts is not None:
         sinks[0] = ArtifactSplitter(request, sinks[0], charts)
-    pumps = [asyncio.ensure_future(_pump(await _reader(out_r), sinks[0]))]
+    pumps = [Pump(await _reader(out_r), sinks[0])]
     if not merge:
         sinks.append(_sink(request, protocol.STDERR, limit))
-        pumps.append(asyncio.ensure_future(_pump(await _reader(err_r), sinks[1])))
+        pumps.append(Pump(await _reader(err_r), sinks[1]))
     try:
         async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
-            await _finished(proc, pumps)
+            await finished(proc, pumps)
     except TimeoutError:
         kill_tree(proc.pid, group)
         await proc.wait()
@@ -157,12 +157,12 @@ async def run_streaming(
         if proc.returncode is None:
             kill_tree(proc.pid, group)
         for pump in pumps:
-            pump.cancel()
+            pump.task.cancel()
         _after_answer(request, group.close)  # its rmdir need not delay the answer
     for sink in sinks:
         await sink.close()
     code = proc.returncode
-    assert code is not None  # _finished waited for it
+    assert code is not None  # finished waited for it
     return code if code >= 0 else 128 - code
 
 
@@ -213,16 +213,58 @@ async def _spawn(
     return proc, out_r, err_r, group
 
 
-async def _finished(
-    proc: asyncio.subprocess.Process | spare.Exited, pumps: Sequence[asyncio.Future[None]]
-) -> None:
+class Pump:
+    """Copies one of a command's pipes to its sink, keeping count of the time it spends
+    handing output on (waiting for the connection to the server, or its credit)."""
+
+    def __init__(self, stream: asyncio.StreamReader,
+                 sink: Clipped | Passed | ArtifactSplitter) -> None:  # fmt: skip
+        self._loop = asyncio.get_running_loop()
+        self._sent = 0.0  # seconds spent in the sink's writes (all but the current one)
+        self._since: float | None = None  # when the current write began
+        self.task = asyncio.ensure_future(self._run(stream, sink))
+
+    async def _run(self, stream: asyncio.StreamReader,
+                   sink: Clipped | Passed | ArtifactSplitter) -> None:  # fmt: skip
+        while chunk := await stream.read(protocol.CHUNK):
+            self._since = self._loop.time()
+            try:
+                await sink.write(chunk)
+            finally:
+                self._sent += self._loop.time() - self._since
+                self._since = None
+
+    def sending(self) -> float:
+        """The seconds it spent handing output on so far."""
+        now = self._loop.time()
+        return self._sent + (now - self._since if self._since is not None else 0.0)
+
+
+async def finished(proc: asyncio.subprocess.Process | spare.Exited,
+                    pumps: Sequence[Pump]) -> None:  # fmt: skip
     """The command exited and what it printed was read. Processes it left in the
     background do not hold the call: their output is read for DRAIN_SECONDS more,
-    then the pipes are closed (they keep running, in the command's cgroup)."""
+    then the pipes are closed (they keep running, in the command's cgroup). The time
+    a pump spends handing output on does not count: the rest of what the command
+    printed before it exited is still sent when the connection to the server is slow
+    (busy with other requests' data), where it was cut off and lost after 0.2 s."""
     await proc.wait()
-    _done, pending = await asyncio.wait(pumps, timeout=DRAIN_SECONDS)
-    for pump in pending:
-        pump.cancel()
+    loop = asyncio.get_running_loop()
+    exited = loop.time()
+    sent = {pump: pump.sending() for pump in pumps}
+    pending = [pump for pump in pumps if not pump.task.done()]
+    while pending:
+        # Each pump's drain time left: DRAIN_SECONDS less what passed since the exit
+        # while it was not handing output on.
+        left = {pump: DRAIN_SECONDS - (loop.time() - exited - (pump.sending() - sent[pump]))
+                for pump in pending}  # fmt: skip
+        for pump in [pump for pump in pending if left[pump] <= 0]:
+            pump.task.cancel()
+            pending.remove(pump)
+        if pending:
+            await asyncio.wait([pump.task for pump in pending],
+                               timeout=min(left[pump] for pump in pending))  # fmt: skip
+            pending = [pump for pump in pending if not pump.task.done()]
 
 
 async def _reader(fd: int) -> asyncio.StreamReader:
@@ -230,11 +272,6 @@ async def _reader(fd: int) -> asyncio.StreamReader:
     reader = asyncio.StreamReader(limit=protocol.CHUNK)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb"))
     return reader
-
-
-async def _pump(stream: asyncio.StreamReader, sink: Clipped | Passed | ArtifactSplitter) -> None:
-    while chunk := await stream.read(protocol.CHUNK):
-        await sink.write(chunk)
 
 
 def _limit(request: Request) -> int | None:

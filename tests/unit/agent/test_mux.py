@@ -182,3 +182,30 @@ async def test_an_accept_goes_with_the_next_frame_or_on_its_own(
     assert await asyncio.wait_for(silent.receive(), 5) == (protocol.ACCEPTED, b"")
     await server.close()
     await agent.close()
+
+
+async def test_an_accept_is_not_lost_with_a_send_cancelled_while_the_connection_is_busy(
+    accepted: asyncio.Queue[Stream],
+) -> None:
+    """A command's output frame that waits for the connection (other streams' writes
+    draining) and is cancelled (its pump, once the command is over): the stream's
+    reply still comes after its A. It did not: the A went with the cancelled frame,
+    and the server failed the command (502, "expected the agent to accept")."""
+
+    async def opened(stream: Stream, payload: bytes) -> None:
+        stream.accept()
+        await accepted.put(stream)
+
+    server, agent = await _pair(opened)
+    command = server.open()
+    await command.send(protocol.JSON, b"{}")
+    handler = await accepted.get()
+    async with agent._write_lock:  # another stream's write, waiting for the connection
+        output = asyncio.ensure_future(handler.send(protocol.STDOUT, b"hello"))
+        await asyncio.sleep(0.05)
+        output.cancel()
+    await handler.send(protocol.JSON, b'{"ok":true}')
+    assert await asyncio.wait_for(command.receive(), 5) == (protocol.ACCEPTED, b"")
+    assert await asyncio.wait_for(command.receive(), 5) == (protocol.JSON, b'{"ok":true}')
+    await server.close()
+    await agent.close()
