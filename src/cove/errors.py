@@ -87,6 +87,11 @@ class InvalidState(CoveError):
     code = "INVALID_STATE"
 
 
+class TooManyRequests(CoveError):
+    status_code = 429
+    code = "TOO_MANY_REQUESTS"
+
+
 class Timeout(CoveError):
     status_code = 408
     code = "TIMEOUT"

@@ -300,7 +300,7 @@ def build_services(
     )  # fmt: skip
     secrets = lifecycle.creator.secrets = SecretService(
         SqlSecretStore(engine, SecretBox.in_dir(settings.data_dir)))
-    toolbox = ToolboxService(lifecycle.ops, settings.output_limit)
+    toolbox = ToolboxService(lifecycle.ops, settings.output_limit, settings.max_sandbox_requests)
     toolbox.extra_env = lambda sb: secrets.env(sb.id)
     warm_pools.keeper.links, warm_pools.keeper.claimed = toolbox.links, toolbox.records.put
     lifecycle.creator.booted = toolbox.records.put

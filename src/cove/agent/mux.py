@@ -213,6 +213,11 @@ class Channel:
         return not self.closed.is_set() and not self._writer.is_closing()
 
     @property
+    def streams(self) -> int:
+        """How many streams are open."""
+        return len(self._streams)
+
+    @property
     def busy(self) -> bool:
         """Whether a stream or a task of it is still going."""
         return bool(self._streams or self._tasks)

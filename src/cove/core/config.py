@@ -201,6 +201,11 @@ class Settings(BaseSettings):
     # line. Below the runner's PULL_WORKERS: one organization's registry, as slow as it
     # likes, cannot keep every other organization's pulls waiting.
     max_pulls: int = Field(default=2, ge=0)
+    # Toolbox requests under way on one sandbox at once (0: no limit); one more is a
+    # 429. The server holds up to a stream window (1 MiB) of the agent's data for each
+    # (a download whose client reads nothing): this bounds what one sandbox's requests
+    # hold of the server's memory.
+    max_sandbox_requests: int = Field(default=512, ge=0)
     # What one HTTP client may hold before any key is checked (cove/api/httpguard.py):
     # open connections per address (an IPv6 one by its /64; 0: no cap; behind a
     # reverse proxy every client has the proxy's address), open connections in all

@@ -39,7 +39,7 @@ from cove.core.env_update import updated_env
 from cove.core.output import DEFAULT_LIMIT
 from cove.core.ports import Runner, SandboxStore
 from cove.core.sandbox import Sandbox, SandboxState
-from cove.errors import CoveError, InvalidState, ToolboxError
+from cove.errors import CoveError, InvalidState, ToolboxError, TooManyRequests
 
 if TYPE_CHECKING:
     from cove.core.ops import SandboxOps
@@ -53,10 +53,11 @@ RECORD_ENTRIES = 10_000
 class ToolboxService:
     """The caller's started sandboxes' agents."""
 
-    def __init__(self, ops: SandboxOps, output_limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, ops: SandboxOps, output_limit: int = DEFAULT_LIMIT,
+                 max_requests: int = 0) -> None:  # fmt: skip
         self.ops = ops
         self.runner = ops.runner
-        self.links = AgentLinks(ops.runner)
+        self.links = AgentLinks(ops.runner, max_requests)
         self.records = RecordCache(ops.store)
         self.output_limit = output_limit
         # More env vars of a sandbox's processes (its mounted secrets' placeholders).
@@ -168,8 +169,9 @@ class AgentLinks:
     """The server's one connection to each sandbox's agent, made on first use and
     again when it broke (the agent restarted, the server did, the sandbox stopped)."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, max_streams: int = 0) -> None:
         self._runner = runner
+        self._max_streams = max_streams  # on one connection at once (0: no limit)
         self._channels: dict[str, Channel] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
 
@@ -178,6 +180,7 @@ class AgentLinks:
 
         Raises:
             Unavailable, Busy: see :func:`open_channel`.
+            TooManyRequests: the sandbox has ``max_streams`` requests under way.
         """
         channel = self._channels.get(sandbox_id)
         if channel is None or not channel.alive:
@@ -186,6 +189,10 @@ class AgentLinks:
                 if channel is None or not channel.alive:
                     channel = await open_channel(self._runner, sandbox_id)
                     self._channels[sandbox_id] = channel
+        if self._max_streams and channel.streams >= self._max_streams:
+            raise TooManyRequests(
+                f"the sandbox has {self._max_streams} toolbox requests under way "
+                "(COVE_MAX_SANDBOX_REQUESTS); let some finish first")
         return channel.open()
 
     async def forget(self, sandbox_id: str) -> None:

@@ -17,7 +17,7 @@ from cove.api.deps import AgentDep
 from cove.api.params import AgentIdPath
 from cove.api.routes.toolbox_sessions import race
 from cove.core.agent_types import InterpreterEvent, RunEnded
-from cove.errors import BadRequest, ToolboxError
+from cove.errors import BadRequest, CoveError
 from cove.schemas.toolbox_interpreter import (
     InterpreterContextCreate,
     InterpreterContextPublic,
@@ -84,7 +84,7 @@ async def _relay(ws: WebSocket, events: AsyncIterator[InterpreterEvent]) -> tupl
             if isinstance(event, RunEnded):
                 return (CLOSE_TIMEOUT if event.timed_out else 1000), ""
             await ws.send_text(event.model_dump_json())
-    except ToolboxError as exc:
+    except CoveError as exc:  # the agent's (ToolboxError), or the server's (429, 503)
         return (CLOSE_POLICY if exc.status_code < 500 else CLOSE_ERROR), _reason(exc.message)
     return CLOSE_ERROR, "the run ended without an outcome"
 

@@ -1,0 +1,61 @@
+"""A sandbox has at most COVE_MAX_SANDBOX_REQUESTS toolbox requests under way: the
+server holds up to a stream window of the agent's data for each one whose client
+reads slowly, so without a cap one key's stalled downloads grew the server by 1 MiB
+each (200 of them: +210 MB)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from cove.api.app import create_app
+from cove.core.config import Settings
+from cove.runner.fake import FakeRuntime
+from tests.unit.agent.conftest import AUTH
+
+CAP = 2
+
+
+@pytest.fixture
+def client(tmp_path: Path, agent_path: str) -> Iterator[TestClient]:
+    settings = Settings(data_dir=tmp_path / "data", runtime="fake", api_key="test-key",
+                        max_sandbox_requests=CAP)  # fmt: skip
+    with TestClient(create_app(settings, runtime=FakeRuntime(agent_path=agent_path))) as c:
+        yield c
+
+
+def _exec(client: TestClient, sandbox_id: str, command: str) -> tuple[int, dict]:
+    r = client.post(f"/toolbox/{sandbox_id}/process/execute", headers=AUTH,
+                    json={"command": command})  # fmt: skip
+    return r.status_code, r.json()
+
+
+def test_one_request_past_the_cap_is_429_and_the_sandbox_serves_again_after(
+    client: TestClient, sandbox_id: str, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    answers: list[int] = []
+    held = [threading.Thread(target=lambda: answers.append(
+        _exec(client, sandbox_id, f"while [ ! -e {go} ]; do sleep 0.05; done")[0]))
+        for _ in range(CAP)]  # fmt: skip
+    for thread in held:
+        thread.start()
+    try:
+        status, body = 0, {}
+        for _ in range(200):  # until both are under way in the sandbox
+            status, body = _exec(client, sandbox_id, "true")
+            if status == 429:
+                break
+        assert status == 429, body
+        assert body["code"] == "TOO_MANY_REQUESTS"
+        assert "COVE_MAX_SANDBOX_REQUESTS" in body["message"]
+    finally:
+        go.touch()
+        for thread in held:
+            thread.join(30)
+    assert answers == [200] * CAP
+    assert _exec(client, sandbox_id, "echo again") == (200, {"exitCode": 0, "result": "again\n"})
