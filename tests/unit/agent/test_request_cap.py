@@ -6,6 +6,7 @@ each (200 of them: +210 MB)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,19 +38,20 @@ def _exec(client: TestClient, sandbox_id: str, command: str) -> tuple[int, dict]
 def test_one_request_past_the_cap_is_429_and_the_sandbox_serves_again_after(
     client: TestClient, sandbox_id: str, tmp_path: Path
 ) -> None:
-    go = tmp_path / "go"
+    go, started = tmp_path / "go", tmp_path / "started"
+    started.mkdir()
     answers: list[int] = []
-    held = [threading.Thread(target=lambda: answers.append(
-        _exec(client, sandbox_id, f"while [ ! -e {go} ]; do sleep 0.05; done")[0]))
-        for _ in range(CAP)]  # fmt: skip
+    command = f"touch {started}/$$; while [ ! -e {go} ]; do sleep 0.05; done"
+    held = [threading.Thread(target=lambda: answers.append(_exec(client, sandbox_id, command)[0]))
+            for _ in range(CAP)]  # fmt: skip
     for thread in held:
         thread.start()
     try:
-        status, body = 0, {}
-        for _ in range(200):  # until both are under way in the sandbox
-            status, body = _exec(client, sandbox_id, "true")
-            if status == 429:
-                break
+        deadline = time.monotonic() + 30
+        while len(list(started.iterdir())) < CAP:  # both under way in the sandbox
+            assert time.monotonic() < deadline, "the held commands did not start"
+            time.sleep(0.02)
+        status, body = _exec(client, sandbox_id, "true")
         assert status == 429, body
         assert body["code"] == "TOO_MANY_REQUESTS"
         assert "COVE_MAX_SANDBOX_REQUESTS" in body["message"]
