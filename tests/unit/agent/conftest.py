@@ -8,10 +8,12 @@ tested end to end on real sandboxes (tests/e2e).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -48,9 +50,16 @@ def agent_path(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def client(tmp_path: Path, agent_path: str) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path / "data", runtime="fake", api_key="test-key")
-    runtime = FakeRuntime(agent_path=agent_path)
-    with TestClient(create_app(settings, runtime=runtime)) as c:
+    with served(tmp_path, agent_path) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def served(tmp_path: Path, agent_path: str, **settings: Any) -> Iterator[TestClient]:
+    """The API, with ``settings`` of its own, before the in-process agent."""
+    config = Settings(data_dir=tmp_path / "data", runtime="fake", api_key="test-key",
+                      **settings)  # fmt: skip
+    with TestClient(create_app(config, runtime=FakeRuntime(agent_path=agent_path))) as c:
         yield c
 
 

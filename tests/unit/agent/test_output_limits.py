@@ -9,20 +9,15 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from cove.api.app import create_app
-from cove.core.config import Settings
 from cove.core.output import marker
-from cove.runner.fake import FakeRuntime
-from tests.unit.agent.conftest import AUTH
+from tests.unit.agent.conftest import AUTH, served
 
 LIMIT = 4096
 
 
 @pytest.fixture
 def client(tmp_path: Path, agent_path: str) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path / "data", runtime="fake", api_key="test-key",
-                        output_limit=LIMIT)  # fmt: skip
-    with TestClient(create_app(settings, runtime=FakeRuntime(agent_path=agent_path))) as c:
+    with served(tmp_path, agent_path, output_limit=LIMIT) as c:
         yield c
 
 
