@@ -202,6 +202,7 @@ class Channel:
         self._streams: dict[int, Stream] = {}
         self._next_id = 1
         self._write_lock = asyncio.Lock()
+        self._writers = 0  # writes holding the lock or waiting for it
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
         self._pump = asyncio.ensure_future(self._read_loop())
@@ -241,21 +242,25 @@ class Channel:
 
     async def write(self, kind: bytes, stream_id: int, payload: bytes = b"", *,
                     accepted: bool = False) -> None:  # fmt: skip
-        """Write one frame (after an A frame of the stream, with ``accepted``). The A
-        frame is written before this waits for anything: a write that waits for the
-        connection (other streams' writes draining) may be cancelled meanwhile (a
-        command's output pump is, once the command is over), and the stream's next
-        frame must still find its A ahead of it."""
+        """Write one frame (after an A frame of the stream, with ``accepted``). A write
+        that must wait for the connection (other streams' writes draining) writes its
+        A frame at once: it may be cancelled while it waits (a command's output pump
+        is, once the command is over), and the stream's next frame must still find
+        its A ahead of it. One that need not wait writes both in one."""
         if not self.alive:
             raise ConnectionResetError("the channel is closed")
         data = protocol.frame(kind, payload, stream_id)
-        if accepted and self._write_lock.locked():
+        if accepted and self._writers:
             self.write_now(protocol.ACCEPTED, stream_id)
-        elif accepted:  # (the lock is taken below without a wait: one write for both)
+        elif accepted:  # (nobody holds the lock or waits for it: taken without a wait)
             data = protocol.frame(protocol.ACCEPTED, b"", stream_id) + data
-        async with self._write_lock:
-            self._writer.write(data)
-            await self._writer.drain()
+        self._writers += 1
+        try:
+            async with self._write_lock:
+                self._writer.write(data)
+                await self._writer.drain()
+        finally:
+            self._writers -= 1
 
     def write_now(self, kind: bytes, stream_id: int, payload: bytes = b"") -> None:
         """Write a small frame at once, without waiting for the connection to drain

@@ -201,9 +201,11 @@ async def test_an_accept_is_not_lost_with_a_send_cancelled_while_the_connection_
     await command.send(protocol.JSON, b"{}")
     handler = await accepted.get()
     async with agent._write_lock:  # another stream's write, waiting for the connection
+        agent._writers += 1
         output = asyncio.ensure_future(handler.send(protocol.STDOUT, b"hello"))
         await asyncio.sleep(0.05)
         output.cancel()
+        agent._writers -= 1
     await handler.send(protocol.JSON, b'{"ok":true}')
     assert await asyncio.wait_for(command.receive(), 5) == (protocol.ACCEPTED, b"")
     assert await asyncio.wait_for(command.receive(), 5) == (protocol.JSON, b'{"ok":true}')

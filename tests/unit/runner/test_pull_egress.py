@@ -285,7 +285,9 @@ def test_no_proxy_names_what_is_reached_directly(
     settings.insecure_registries = [lan.host]
     try:
         assert registry.pull(settings, "snap", image, None).digest.startswith("sha256:")
-        assert operator.asked == []
+        # (Asked of its registry only: once in a CI run, a CONNECT to 127.0.0.1 of
+        # another test's pull in this process reached this test's proxy.)
+        assert not any(address in line for line, _auth in operator.asked), operator.asked
     finally:
         operator.close()
 
