@@ -300,7 +300,8 @@ def build_services(
     )  # fmt: skip
     secrets = lifecycle.creator.secrets = SecretService(
         SqlSecretStore(engine, SecretBox.in_dir(settings.data_dir)))
-    toolbox = ToolboxService(lifecycle.ops, settings.output_limit, settings.max_sandbox_requests)
+    toolbox = ToolboxService(lifecycle.ops, settings.output_limit, settings.max_sandbox_requests,
+                             settings.max_organization_requests)  # fmt: skip
     toolbox.extra_env = lambda sb: secrets.env(sb.id)
     warm_pools.keeper.links, warm_pools.keeper.claimed = toolbox.links, toolbox.records.put
     lifecycle.creator.booted = toolbox.records.put
@@ -345,7 +346,7 @@ def open_meter(settings: Settings, engine: Engine) -> Meter:
 def _agent_as(toolbox: ToolboxService, sandbox: Sandbox, user: str) -> AgentClient:
     """The sandbox's agent, acting as ``user`` (the image's, for its entrypoint)."""
     return agent_client(toolbox.runner, sandbox.id, user, toolbox.env(sandbox), toolbox.links,
-                        toolbox.output_limit)  # fmt: skip
+                        toolbox.output_limit, sandbox.organization_id)  # fmt: skip
 
 
 async def _forget_ssh(ssh: SshAccessService, sandbox: Sandbox) -> None:

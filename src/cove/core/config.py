@@ -206,6 +206,11 @@ class Settings(BaseSettings):
     # (a download whose client reads nothing): this bounds what one sandbox's requests
     # hold of the server's memory.
     max_sandbox_requests: int = Field(default=512, ge=0)
+    # Toolbox requests under way on all the sandboxes of one organization at once, on a
+    # replica (0: no limit); one more is a 429. With the cap above, this bounds what
+    # one organization's requests hold of the server (not only one sandbox's): its
+    # many sandboxes' stalled downloads at most this many stream windows.
+    max_organization_requests: int = Field(default=2048, ge=0)
     # What one HTTP client may hold before any key is checked (cove/api/httpguard.py):
     # open connections per address (an IPv6 one by its /64; 0: no cap; behind a
     # reverse proxy every client has the proxy's address), open connections in all

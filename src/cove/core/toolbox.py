@@ -54,10 +54,10 @@ class ToolboxService:
     """The caller's started sandboxes' agents."""
 
     def __init__(self, ops: SandboxOps, output_limit: int = DEFAULT_LIMIT,
-                 max_requests: int = 0) -> None:  # fmt: skip
+                 max_requests: int = 0, max_organization_requests: int = 0) -> None:  # fmt: skip
         self.ops = ops
         self.runner = ops.runner
-        self.links = AgentLinks(ops.runner, max_requests)
+        self.links = AgentLinks(ops.runner, max_requests, max_organization_requests)
         self.records = RecordCache(ops.store)
         self.output_limit = output_limit
         # More env vars of a sandbox's processes (its mounted secrets' placeholders).
@@ -88,7 +88,7 @@ class ToolboxService:
     def agent(self, sandbox: Sandbox) -> AgentClient:
         """The typed client of the sandbox's agent, as its user with its environment."""
         return agent_client(self.runner, sandbox.id, sandbox.user, self.env(sandbox),
-                            self.links, self.output_limit)  # fmt: skip
+                            self.links, self.output_limit, sandbox.organization_id)  # fmt: skip
 
     async def warm(self, sandbox: Sandbox) -> None:
         """Ping the agent of a sandbox just created, once its create was answered: the
@@ -167,20 +167,31 @@ class RecordCache:
 
 class AgentLinks:
     """The server's one connection to each sandbox's agent, made on first use and
-    again when it broke (the agent restarted, the server did, the sandbox stopped)."""
+    again when it broke (the agent restarted, the server did, the sandbox stopped).
 
-    def __init__(self, runner: Runner, max_streams: int = 0) -> None:
+    Each request to an agent is a stream of its connection, for which the server holds
+    up to a stream window of the agent's data when its client reads slowly: at most
+    ``max_streams`` of them on one sandbox, and ``max_owner_streams`` on all the
+    sandboxes of one organization (0: no limit), bound what one tenant's requests
+    hold of the server."""
+
+    def __init__(self, runner: Runner, max_streams: int = 0, max_owner_streams: int = 0) -> None:
         self._runner = runner
         self._max_streams = max_streams  # on one connection at once (0: no limit)
+        self._max_owner_streams = max_owner_streams  # on one owner's connections at once
         self._channels: dict[str, Channel] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
+        self._owned: dict[str, set[str]] = {}  # organization id -> its sandboxes' ids
+        self._owner: dict[str, str] = {}  # sandbox id -> its organization's id
 
-    async def stream(self, sandbox_id: str) -> Stream:
-        """A new stream to the sandbox's agent.
+    async def stream(self, sandbox_id: str, owner: str | None = None) -> Stream:
+        """A new stream to the sandbox's agent, on behalf of the organization ``owner``
+        (None: the server's own, as a warm pool's pings).
 
         Raises:
             Unavailable, Busy: see :func:`open_channel`.
-            TooManyRequests: the sandbox has ``max_streams`` requests under way.
+            TooManyRequests: the sandbox has ``max_streams`` requests under way, or
+                its organization ``max_owner_streams``.
         """
         channel = self._channels.get(sandbox_id)
         if channel is None or not channel.alive:
@@ -193,11 +204,35 @@ class AgentLinks:
             raise TooManyRequests(
                 f"the sandbox has {self._max_streams} toolbox requests under way "
                 "(COVE_MAX_SANDBOX_REQUESTS); let some finish first")
+        if owner is not None:
+            owned = self._owned.setdefault(owner, set())
+            owned.add(sandbox_id)
+            self._owner[sandbox_id] = owner
+            if self._max_owner_streams and self._streams(owned) >= self._max_owner_streams:
+                raise TooManyRequests(
+                    f"the organization has {self._max_owner_streams} toolbox requests under "
+                    "way on its sandboxes (COVE_MAX_ORGANIZATION_REQUESTS); let some "
+                    "finish first")  # fmt: skip
         return channel.open()
+
+    def _streams(self, sandbox_ids: set[str]) -> int:
+        """The streams open on these sandboxes' connections."""
+        total = 0
+        for sandbox_id in sandbox_ids:
+            channel = self._channels.get(sandbox_id)
+            if channel is not None:
+                total += channel.streams
+        return total
 
     async def forget(self, sandbox_id: str) -> None:
         """Close the connection to a sandbox that is gone."""
         self._connecting.pop(sandbox_id, None)
+        owner = self._owner.pop(sandbox_id, None)
+        owned = self._owned.get(owner) if owner is not None else None
+        if owned is not None:
+            owned.discard(sandbox_id)
+            if not owned:
+                del self._owned[owner]  # type: ignore[arg-type]
         channel = self._channels.pop(sandbox_id, None)
         if channel is not None:
             await channel.close()
@@ -221,7 +256,8 @@ async def open_channel(runner: Runner, sandbox_id: str) -> Channel:
 
 @asynccontextmanager
 async def agent_call(
-    runner: Runner, sandbox_id: str, message: dict[str, Any], links: AgentLinks | None = None
+    runner: Runner, sandbox_id: str, message: dict[str, Any], links: AgentLinks | None = None,
+    owner: str | None = None,
 ) -> AsyncIterator[AgentCall]:
     """Open a request to a sandbox's agent and send ``message``; the agent must accept it.
 
@@ -234,7 +270,7 @@ async def agent_call(
     """
     own = None if links is not None else await open_channel(runner, sandbox_id)
     try:
-        agent = await _accepted(own, links, sandbox_id, message)
+        agent = await _accepted(own, links, sandbox_id, message, owner)
         async with agent:
             yield agent
     except AGENT_FAILURES as exc:
@@ -245,13 +281,14 @@ async def agent_call(
 
 
 async def _accepted(
-    own: Channel | None, links: AgentLinks | None, sandbox_id: str, message: dict[str, Any]
+    own: Channel | None, links: AgentLinks | None, sandbox_id: str, message: dict[str, Any],
+    owner: str | None,
 ) -> AgentCall:
     """Send ``message`` on a new stream until the agent accepts it. A connection that
     turns out dead (the agent restarted since it was made) is made again once: the
     agent accepts before it starts any work, so nothing runs twice."""
     for attempt in (1, 2):
-        stream = own.open() if own is not None else await links.stream(sandbox_id)  # type: ignore[union-attr]
+        stream = own.open() if own is not None else await links.stream(sandbox_id, owner)  # type: ignore[union-attr]
         agent = AgentCall(stream)
         try:
             await agent.send(message)
@@ -284,10 +321,12 @@ def agent_failure(exc: BaseException) -> ToolboxError:
 
 
 def agent_client(runner: Runner, sandbox_id: str, user: str | None, env: dict[str, str],
-                 links: AgentLinks | None = None,
-                 output_limit: int = DEFAULT_LIMIT) -> AgentClient:  # fmt: skip
-    """A typed client of a sandbox's agent (over ``links``, else a connection per request)."""
-    return AgentClient(lambda message: agent_call(runner, sandbox_id, message, links), user, env,
-                       output_limit)  # fmt: skip
+                 links: AgentLinks | None = None, output_limit: int = DEFAULT_LIMIT,
+                 owner: str | None = None) -> AgentClient:  # fmt: skip
+    """A typed client of a sandbox's agent (over ``links``, else a connection per
+    request), whose requests count against the organization ``owner`` (see
+    :class:`AgentLinks`)."""
+    return AgentClient(lambda message: agent_call(runner, sandbox_id, message, links, owner),
+                       user, env, output_limit)  # fmt: skip
 
 
