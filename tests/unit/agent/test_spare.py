@@ -17,15 +17,20 @@ import pytest
 from starlette.testclient import TestClient
 
 from cove.agent import protocol, spare
+from cove.runner.oci import initbin
 from cove.runner.oci.agent_setup import wait_ready
-from cove.runner.oci.initbin import ensure_init_binary
 from tests.unit.agent.conftest import AUTH
 
 
-@pytest.fixture(scope="session")
-def helper(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """cove-init, which runs spares (``cove-init --spare``)."""
-    return str(ensure_init_binary(tmp_path_factory.mktemp("init")))
+@pytest.fixture(scope="session", params=["musl", "glibc"])
+def helper(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """cove-init, which runs spares (``cove-init --spare``), as each libc builds it."""
+    if request.param == "musl":
+        if initbin.compiler_for(musl=True) != "musl-gcc":
+            pytest.skip("musl-gcc is not installed")
+        return str(initbin.ensure_init_binary(tmp_path_factory.mktemp("init")))
+    source = initbin.SOURCE
+    return str(initbin.ensure_binary(tmp_path_factory.mktemp("init"), source, "cove-init"))
 
 
 @pytest.fixture

@@ -72,7 +72,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <linux/capability.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -356,11 +355,22 @@ static int service_running;
 
 #define IDLE_EXIT 75
 
+/* capget/capset's structures (as linux/capability.h has them: musl-gcc has no
+ * kernel headers). */
+struct cap_header {
+    uint32_t version;
+    int pid;
+};
+struct cap_data {
+    uint32_t effective, permitted, inheritable;
+};
+#define CAP_VERSION_3 0x20080522
+
 /* Take uid (and gid) UID for good, keeping the permitted capabilities effective. */
 static int become(uid_t uid)
 {
-    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
-    struct __user_cap_data_struct data[2];
+    struct cap_header header = { CAP_VERSION_3, 0 };
+    struct cap_data data[2];
 
     if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 || setgroups(0, NULL) != 0 ||
         setresgid(uid, uid, uid) != 0 || setresuid(uid, uid, uid) != 0 ||
