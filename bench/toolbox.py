@@ -6,6 +6,7 @@ Run as root after ``make setup``::
 
 Prints, from one run: ``process.exec("true")`` and ``code_interpreter.run_code("1+1")``
 round trips (p50/p95) beside two baselines, the HTTP floor and the in-sandbox spawn;
+the CPU an ``exec("true")`` costs the client, the server and the sandbox side;
 session log first-byte latency; upload and download MB/s for 100 MiB and a big file.
 
 The HTTP floor is a bare round trip to the same server through the SDK's own HTTP
@@ -155,6 +156,33 @@ def http_floor(sb, url: str):  # noqa: ANN001, ANN201
     return get
 
 
+def _host_busy() -> float:
+    """Seconds of CPU the whole host spent busy (all but idle and iowait), /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu(pid: int) -> float:
+    """Seconds of CPU of process ``pid`` (all its threads), /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_call(call, server_pid: int, n: int) -> dict[str, float]:  # noqa: ANN001
+    """CPU in ms per call of ``call`` (``n`` back to back): the client (this process),
+    the server, the rest of the host (the sandbox side: agent, spare, command, and
+    the kernel's work for them, plus whatever else ran meanwhile), and all."""
+    mine, server, host = os.times(), _process_cpu(server_pid), _host_busy()
+    for _ in range(n):
+        call()
+    after = os.times()
+    client = (after.user + after.system - mine.user - mine.system) * 1000 / n
+    server_ms = (_process_cpu(server_pid) - server) * 1000 / n
+    everything = (_host_busy() - host) * 1000 / n
+    return {"client": client, "server": server_ms,
+            "sandbox side": everything - client - server_ms, "all": everything}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100)
@@ -177,6 +205,8 @@ def main() -> None:
             "code": lambda: sb.code_interpreter.run_code("1+1"),
             "ws": ws_floor(sb),
         }, args.n)  # fmt: skip
+        assert server.proc is not None
+        cpu = cpu_per_call(lambda: sb.process.exec("true"), server.proc.pid, max(args.n * 5, 1000))
         logs_ms = [] if args.exec_only else log_first_byte(sb, min(args.n, 30))
         sizes = () if args.exec_only else (100, args.big_mib)
         speeds = {size: transfer(sb, size, scratch) for size in sizes}
@@ -197,6 +227,8 @@ def main() -> None:
     print(line('SDK run_code("1+1") (WebSocket)', runs["code"], base, floor))  # noqa: T201
     print(line("WebSocket floor (refused at once)", runs["ws"], base, floor))  # noqa: T201
     print(line("run_code over the WebSocket floor", runs["code"], base, runs["ws"]))  # noqa: T201
+    print("CPU per exec(\"true\"), back to back, ms: "  # noqa: T201
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items()))
     if logs_ms:
         print(line("session log first byte", logs_ms, base))  # noqa: T201
     for size, (up, down) in speeds.items():
