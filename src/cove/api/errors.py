@@ -41,7 +41,8 @@ def _phrase(status: int) -> str:
         return {499: "Client Closed Request"}.get(status, "Error")
 
 
-async def _cove_error(request: Request, exc: Exception) -> JSONResponse:
+async def cove_error(request: Request, exc: Exception) -> JSONResponse:
+    """The envelope of a CoveError (counted, as the agent's errors are)."""
     assert isinstance(exc, CoveError)
     telemetry = getattr(request.app.state, "telemetry", None)
     if telemetry is not None:
@@ -83,6 +84,6 @@ def _allowed(request: Request) -> list[str]:
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(CoveError, _cove_error)
+    app.add_exception_handler(CoveError, cove_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -28,6 +28,13 @@ AUTH = {"Authorization": "Bearer test-key"}
 
 @pytest.fixture
 def agent_path(tmp_path: Path) -> Iterator[str]:
+    with running_agent(tmp_path) as path:
+        yield path
+
+
+@contextlib.contextmanager
+def running_agent(tmp_path: Path) -> Iterator[str]:
+    """The agent, serving on a socket in ``tmp_path`` (its path) in a thread of its own."""
     path = str(tmp_path / "agent.sock")
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -42,10 +49,12 @@ def agent_path(tmp_path: Path) -> Iterator[str]:
     thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
     thread.start()
     assert ready.wait(10)
-    yield path
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(5)
-    loop.close()
+    try:
+        yield path
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(5)
+        loop.close()
 
 
 @pytest.fixture

@@ -188,6 +188,7 @@ def test_an_interpreter_run_whose_agent_is_silent_ends_when_its_client_leaves(
     ("GET", "/computeruse/recordings/r1/download", b""),
     ("POST", "/computeruse/mouse/move", b'{"x": 1, "y": 1}'),
     ("GET", "/process/pty", b"a body no route reads"),
+    ("POST", "/process/execute", b'{"command": "true"}'),  # (cove.api.fastpath)
 ])
 def test_a_call_whose_agent_is_silent_ends_when_its_client_leaves(
     client: TestClient, runtime: LyingRuntime, method: str, path: str, body: bytes
