@@ -44,12 +44,24 @@ _UNCOUNTED = frozenset({protocol.WINDOW_UPDATE, protocol.RESET, protocol.ACCEPTE
 Opened = Callable[["Stream", bytes], Awaitable[None]]
 
 
+class Tally:
+    """How many streams are open on a set of channels (the server's connections to
+    one organization's sandboxes): each stream opened with it counts until its
+    channel forgets it or closes."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
 class Stream:
     """One request's frames, both ways."""
 
-    def __init__(self, channel: Channel, stream_id: int) -> None:
+    def __init__(self, channel: Channel, stream_id: int, tally: Tally | None = None) -> None:
         self.channel = channel
         self.id = stream_id
+        self.tally = tally
         self._inbox: collections.deque[tuple[bytes, bytes]] = collections.deque()
         self._buffered = 0
         self._arrived = asyncio.Event()
@@ -223,22 +235,30 @@ class Channel:
         """Whether a stream or a task of it is still going."""
         return bool(self._streams or self._tasks)
 
-    def open(self) -> Stream:
-        """A new stream (the server's side); its first frame must be the J request.
+    def open(self, tally: Tally | None = None) -> Stream:
+        """A new stream (the server's side), counted in ``tally`` while this channel
+        knows it; its first frame must be the J request.
 
         Raises:
             ConnectionError: the connection is closed.
         """
         if not self.alive:
             raise ConnectionResetError("the channel is closed")
-        stream = Stream(self, self._next_id)
+        stream = Stream(self, self._next_id, tally)
         self._streams[stream.id] = stream
+        if tally is not None:
+            tally.open += 1
         self._next_id += 2
         return stream
 
     def forget(self, stream_id: int) -> bool:
         """Stop routing frames to the stream; whether it was known."""
-        return self._streams.pop(stream_id, None) is not None
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return False
+        if stream.tally is not None:
+            stream.tally.open -= 1
+        return True
 
     async def write(self, kind: bytes, stream_id: int, payload: bytes = b"", *,
                     accepted: bool = False) -> None:  # fmt: skip
@@ -309,9 +329,10 @@ class Channel:
         if self.closed.is_set():
             return
         self.closed.set()
-        for stream in list(self._streams.values()):
+        for stream_id in list(self._streams):
+            stream = self._streams[stream_id]
+            self.forget(stream_id)
             stream._end()
-        self._streams.clear()
         for task in list(self._tasks):
             task.cancel()
         self._writer.close()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from cove.agent.mux import Channel, Stream
+from cove.agent.mux import Channel, Stream, Tally
 from cove.agent.protocol import AgentError, ProtocolError
 from cove.core.agent_call import AgentCall
 from cove.core.agent_client import AgentClient
@@ -181,8 +181,7 @@ class AgentLinks:
         self._max_owner_streams = max_owner_streams  # on one owner's connections at once
         self._channels: dict[str, Channel] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
-        self._owned: dict[str, set[str]] = {}  # organization id -> its sandboxes' ids
-        self._owner: dict[str, str] = {}  # sandbox id -> its organization's id
+        self._tallies: dict[str, Tally] = {}  # organization id -> its streams open
 
     async def stream(self, sandbox_id: str, owner: str | None = None) -> Stream:
         """A new stream to the sandbox's agent, on behalf of the organization ``owner``
@@ -204,35 +203,19 @@ class AgentLinks:
             raise TooManyRequests(
                 f"the sandbox has {self._max_streams} toolbox requests under way "
                 "(COVE_MAX_SANDBOX_REQUESTS); let some finish first")
-        if owner is not None:
-            owned = self._owned.setdefault(owner, set())
-            owned.add(sandbox_id)
-            self._owner[sandbox_id] = owner
-            if self._max_owner_streams and self._streams(owned) >= self._max_owner_streams:
+        tally = None
+        if owner is not None:  # (a tally per organization that made a request: kept)
+            tally = self._tallies.get(owner) or self._tallies.setdefault(owner, Tally())
+            if self._max_owner_streams and tally.open >= self._max_owner_streams:
                 raise TooManyRequests(
                     f"the organization has {self._max_owner_streams} toolbox requests under "
                     "way on its sandboxes (COVE_MAX_ORGANIZATION_REQUESTS); let some "
                     "finish first")  # fmt: skip
-        return channel.open()
-
-    def _streams(self, sandbox_ids: set[str]) -> int:
-        """The streams open on these sandboxes' connections."""
-        total = 0
-        for sandbox_id in sandbox_ids:
-            channel = self._channels.get(sandbox_id)
-            if channel is not None:
-                total += channel.streams
-        return total
+        return channel.open(tally)
 
     async def forget(self, sandbox_id: str) -> None:
         """Close the connection to a sandbox that is gone."""
         self._connecting.pop(sandbox_id, None)
-        owner = self._owner.pop(sandbox_id, None)
-        owned = self._owned.get(owner) if owner is not None else None
-        if owned is not None:
-            owned.discard(sandbox_id)
-            if not owned:
-                del self._owned[owner]  # type: ignore[arg-type]
         channel = self._channels.pop(sandbox_id, None)
         if channel is not None:
             await channel.close()

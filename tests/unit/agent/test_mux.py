@@ -211,3 +211,40 @@ async def test_an_accept_is_not_lost_with_a_send_cancelled_while_the_connection_
     assert await asyncio.wait_for(command.receive(), 5) == (protocol.JSON, b'{"ok":true}')
     await server.close()
     await agent.close()
+
+
+async def test_a_tally_counts_the_streams_open_on_its_channels_until_each_ends(
+    accepted: asyncio.Queue[Stream],
+) -> None:
+    """(An organization's count of toolbox requests: cove.core.toolbox.AgentLinks.)"""
+
+    async def opened(stream: Stream, payload: bytes) -> None:
+        await accepted.put(stream)
+        await asyncio.Event().wait()
+
+    tally, other = mux.Tally(), mux.Tally()
+    (one, one_agent), (two, two_agent) = await _pair(opened), await _pair(opened)
+    finished, reset = one.open(tally), one.open(tally)
+    by_peer, left = two.open(tally), two.open(tally)
+    uncounted, elsewhere = two.open(), two.open(other)
+    assert (tally.open, other.open) == (4, 1)
+    for stream in (finished, reset, by_peer, left, uncounted, elsewhere):
+        await stream.send(protocol.JSON, b"{}")
+    agents = {}
+    for _ in range(6):
+        stream = await asyncio.wait_for(accepted.get(), 5)
+        agents[(stream.channel, stream.id)] = stream
+    finished.finish()
+    finished.finish()  # (twice: counted off once)
+    reset.reset()
+    assert tally.open == 2
+    agents[(two_agent, by_peer.id)].reset()  # the agent ends it: its R frame arrives
+    for _ in range(100):
+        if tally.open == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert (tally.open, other.open) == (1, 1)
+    await two.close()  # the connection ends: every stream on it is over
+    assert (tally.open, other.open) == (0, 0)
+    for channel in (one, one_agent, two_agent):
+        await channel.close()
