@@ -253,6 +253,11 @@ async def _refill(done: Awaitable[None]) -> None:
     global _current
     await done
     if _current is None and ENABLED:
+        # The answer just sent woke the server, often onto this CPU: let it send the
+        # answer on before the spawn (~0.2 ms) holds the CPU. Measured from the server's
+        # /proc/<pid>/schedstat over 1,000 back-to-back execs, twice each way: its wait
+        # for a CPU went from 0.23-0.26 to 0.14-0.17 ms per exec.
+        os.sched_yield()
         try:
             _current = Spare()
         except OSError:
