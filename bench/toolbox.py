@@ -6,7 +6,8 @@ Run as root after ``make setup``::
 
 Prints, from one run: ``process.exec("true")`` and ``code_interpreter.run_code("1+1")``
 round trips (p50/p95) beside two baselines, the HTTP floor and the in-sandbox spawn;
-the CPU an ``exec("true")`` costs the client, the server and the sandbox side;
+the CPU an ``exec("true")`` costs the client, the server and the sandbox side (and
+how long the server, woken, waited for a CPU);
 session log first-byte latency; upload and download MB/s for 100 MiB and a big file.
 
 The HTTP floor is a bare round trip to the same server through the SDK's own HTTP
@@ -168,19 +169,28 @@ def _process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _runqueue_wait(pid: int) -> float:
+    """Seconds the main thread of ``pid`` waited, runnable, for a CPU (schedstat)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def cpu_per_call(call, server_pid: int, n: int) -> dict[str, float]:  # noqa: ANN001
     """CPU in ms per call of ``call`` (``n`` back to back): the client (this process),
     the server, the rest of the host (the sandbox side: agent, spare, command, and
-    the kernel's work for them, plus whatever else ran meanwhile), and all."""
+    the kernel's work for them, plus whatever else ran meanwhile), and all; and how
+    long the server's event loop, woken, waited for a CPU."""
     mine, server, host = os.times(), _process_cpu(server_pid), _host_busy()
+    waited = _runqueue_wait(server_pid)
     for _ in range(n):
         call()
     after = os.times()
     client = (after.user + after.system - mine.user - mine.system) * 1000 / n
     server_ms = (_process_cpu(server_pid) - server) * 1000 / n
     everything = (_host_busy() - host) * 1000 / n
+    wait_ms = (_runqueue_wait(server_pid) - waited) * 1000 / n
     return {"client": client, "server": server_ms,
-            "sandbox side": everything - client - server_ms, "all": everything}  # fmt: skip
+            "sandbox side": everything - client - server_ms, "all": everything,
+            "server's wait for a CPU": wait_ms}  # fmt: skip
 
 
 def main() -> None:
