@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
@@ -74,7 +74,8 @@ class FastExecute:
             if messages[-1]["type"] != "http.request":
                 raise ValueError("the client hung up")
             decoded = json.loads(b"".join(m.get("body", b"") for m in messages))
-        except ValueError:  # (FastAPI answers it before the key is checked)
+        except Exception:  # noqa: BLE001 - not JSON (nested too deep: RecursionError), a
+            # hang-up: FastAPI's answer, which it gives before the key is checked
             return await self.app(scope, _replay(messages, receive), send)
         request = Request(scope, receive)
         try:
@@ -82,7 +83,7 @@ class FastExecute:
             agent = await deps.get_agent(sandbox, request)
             try:
                 body = self.model.model_validate(decoded)
-            except ValidationError:
+            except Exception:  # noqa: BLE001 - (ValidationError) FastAPI's answer
                 return await self.app(scope, _replay(messages, receive), send)
             result = await self.route.endpoint(**{self.body_name: body}, request=request,
                                                agent=agent)  # fmt: skip

@@ -33,6 +33,9 @@ CASES: dict[str, tuple[bytes, dict[str, str], str, str]] = {
     "not JSON": (b'{"command": ', JSON, "", "ours"),
     "not JSON, no key": (b"{", JSON, "", "none"),
     "empty body": (b"", JSON, "", "ours"),
+    "nested too deep": (b"[" * 100_000 + b"]" * 100_000, JSON, "", "ours"),
+    "not UTF-8": (b'{"command": "\xff"}', JSON, "", "ours"),
+    "a huge number": (b'{"command": "true", "timeout": ' + b"9" * 5000 + b"}", JSON, "", "ours"),
     "a list": (b'["true"]', JSON, "", "ours"),
     "no command": (b"{}", JSON, "", "ours"),
     "command not text": (b'{"command": 5}', JSON, "", "ours"),
@@ -129,6 +132,7 @@ def test_the_answers_are_what_a_user_expects(world: dict[str, Any]) -> None:
     assert _send(world, "a key that may not write")[0] == 403
     assert _send(world, "not JSON")[0] == 400
     assert _send(world, "NUL in command")[0] == 400
+    assert _send(world, "nested too deep")[0] == 400
 
 
 def test_latency_of_the_short_way_is_counted_by_route(world: dict[str, Any]) -> None:
