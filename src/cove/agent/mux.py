@@ -329,9 +329,8 @@ class Channel:
         if self.closed.is_set():
             return
         self.closed.set()
-        for stream_id in list(self._streams):
-            stream = self._streams[stream_id]
-            self.forget(stream_id)
+        for stream in list(self._streams.values()):
+            self.forget(stream.id)  # (off its tally)
             stream._end()
         for task in list(self._tasks):
             task.cancel()

@@ -36,13 +36,11 @@ from cove.api import deps, errors
 from cove.api.routes import toolbox_process
 from cove.errors import CoveError
 
-PREFIX = "/toolbox/{sandbox_id}"  # (as the routes are included: cove.api.app)
-
 
 class FastExecute:
     """The execute route of ``app`` (the toolbox's FastAPI app, which includes
-    :mod:`cove.api.routes.toolbox_process` under ``PREFIX``), as an ASGI app for the
-    requests :meth:`serves` picks; it hands the others to ``app``."""
+    :mod:`cove.api.routes.toolbox_process` under ``/toolbox/{sandbox_id}``), as an ASGI
+    app for the requests :meth:`serves` picks; it hands the others to ``app``."""
 
     TAIL = ["process", "execute"]
 

@@ -205,7 +205,9 @@ class AgentLinks:
                 "(COVE_MAX_SANDBOX_REQUESTS); let some finish first")
         tally = None
         if owner is not None:  # (a tally per organization that made a request: kept)
-            tally = self._tallies.get(owner) or self._tallies.setdefault(owner, Tally())
+            tally = self._tallies.get(owner)
+            if tally is None:
+                tally = self._tallies[owner] = Tally()
             if self._max_owner_streams and tally.open >= self._max_owner_streams:
                 raise TooManyRequests(
                     f"the organization has {self._max_owner_streams} toolbox requests under "
