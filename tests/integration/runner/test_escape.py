@@ -233,11 +233,15 @@ def test_a_waiting_spare_cannot_be_killed_traced_or_read(
     script = shlex.quote(ATTACK_SPARE)
     ok(runtime, sid, f"nohup python3 -c {script} > /tmp/attack.out 2>&1 &", user=user)
     ok(runtime, sid, "true")  # a spare is spawned once this is answered
+    # Waited for through the agent's own file op, not a command: a command would take
+    # the very spare the attack found, and a sandbox's root may kill its own command.
+    # (The attack's output is written at once when it exits.)
     for _ in range(600):
-        out = ok(runtime, sid, "cat /tmp/attack.out")
-        if "refused" in out or ":OK" in out or "Error" in out:
+        reply = _ask_again(runtime, sid, {"op": "fs_info", "path": "/tmp/attack.out"})
+        if reply.get("file", {}).get("size"):
             break
         time.sleep(0.05)
+    out = ok(runtime, sid, "cat /tmp/attack.out")
     counted, verdict = out.splitlines()
     assert int(counted.removeprefix("agent processes: ")) >= 2, out  # the agent, a spare
     assert verdict == "all refused", out
