@@ -15,7 +15,7 @@ from typing import Any
 
 from . import confine, protocol, users
 from .agent import Request, op
-from .process import Passed, Pump, _reader, finished, kill_tree
+from .process import Passed, Pump, finished, kill_tree
 from .shell import write_all
 from .terminal import _shell
 
@@ -44,8 +44,8 @@ async def pipe_exec(request: Request) -> dict[str, Any]:
             os.close(fd)
     stdin = _Stdin(in_w)
     await request.send_json({"event": "started"})
-    pumps = [Pump(await _reader(out_r), Passed(request, protocol.STDOUT)),
-             Pump(await _reader(err_r), Passed(request, protocol.STDERR))]
+    pumps = [Pump(out_r, Passed(request, protocol.STDOUT)),
+             Pump(err_r, Passed(request, protocol.STDERR))]
     feeding = asyncio.ensure_future(_feed(request, stdin))
     try:
         await finished(proc, pumps)  # (and what it printed last)

@@ -142,10 +142,10 @@ async def run_streaming(
     sinks: list[Clipped | Passed | ArtifactSplitter] = [_sink(request, protocol.STDOUT, limit)]
     if charts is not None:
         sinks[0] = ArtifactSplitter(request, sinks[0], charts)
-    pumps = [Pump(await _reader(out_r), sinks[0])]
+    pumps = [Pump(out_r, sinks[0])]
     if not merge:
         sinks.append(_sink(request, protocol.STDERR, limit))
-        pumps.append(Pump(await _reader(err_r), sinks[1]))
+        pumps.append(Pump(err_r, sinks[1]))
     try:
         async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
             await finished(proc, pumps)
@@ -213,26 +213,102 @@ async def _spawn(
     return proc, out_r, err_r, group
 
 
+class Pipe:
+    """The agent's end of one of a command's pipes, read straight from its descriptor
+    (no transport, no stream buffer: a read takes what the pipe holds, at most ``n``
+    bytes, and waits on the loop only while it is empty)."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._loop = asyncio.get_running_loop()
+
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; empty at the end (every writer gone)."""
+        while True:
+            try:
+                return os.read(self._fd, n)
+            except BlockingIOError:
+                pass
+            except OSError:  # (a pipe's read end fails no other way; as the end)
+                return b""
+            ready = self._loop.create_future()
+            self._loop.add_reader(self._fd, ready.set_result, None)
+            try:
+                await ready
+            finally:
+                self._loop.remove_reader(self._fd)
+
+    def discard(self) -> None:
+        """Read what comes from now on and drop it, until the end; then close. At most
+        ``DISCARDED_MAX`` pipes at once are read so; past that, it is closed now."""
+        if len(_discarded) >= DISCARDED_MAX:
+            self.close()
+            return
+        _discarded.add(self)
+        self._loop.add_reader(self._fd, self._drop)
+
+    def _drop(self) -> None:
+        try:
+            if os.read(self._fd, protocol.CHUNK):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._loop.remove_reader(self._fd)
+        _discarded.discard(self)
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+# Pipes whose command exited while processes it left behind still hold them: what those
+# print is read and dropped (see ``Pump.release``). At most this many at once.
+DISCARDED_MAX = 256
+_discarded: set[Pipe] = set()
+
+
 class Pump:
     """Copies one of a command's pipes to its sink, keeping count of the time it spends
-    handing output on (waiting for the connection to the server, or its credit)."""
+    handing output on (waiting for the connection to the server, or its credit). Once
+    its task ends the pipe is closed (at the end of the output, or cancelled), or read
+    on and dropped (released, see :meth:`release`)."""
 
-    def __init__(self, stream: asyncio.StreamReader,
-                 sink: Clipped | Passed | ArtifactSplitter) -> None:  # fmt: skip
+    def __init__(self, fd: int, sink: Clipped | Passed | ArtifactSplitter) -> None:
         self._loop = asyncio.get_running_loop()
         self._sent = 0.0  # seconds spent in the sink's writes (all but the current one)
         self._since: float | None = None  # when the current write began
-        self.task = asyncio.ensure_future(self._run(stream, sink))
+        self._pipe = Pipe(fd)
+        self._released = False
+        self.task = asyncio.ensure_future(self._run(sink))
+        self.task.add_done_callback(self._ended)  # (also when cancelled before it ran)
 
-    async def _run(self, stream: asyncio.StreamReader,
-                   sink: Clipped | Passed | ArtifactSplitter) -> None:  # fmt: skip
-        while chunk := await stream.read(protocol.CHUNK):
+    async def _run(self, sink: Clipped | Passed | ArtifactSplitter) -> None:
+        while chunk := await self._pipe.read(protocol.CHUNK):
             self._since = self._loop.time()
             try:
                 await sink.write(chunk)
             finally:
                 self._sent += self._loop.time() - self._since
                 self._since = None
+
+    def _ended(self, _task: asyncio.Future[None]) -> None:
+        if self._released:
+            self._pipe.discard()
+        else:
+            self._pipe.close()
+
+    def release(self) -> None:
+        """Stop handing output on (the command exited; processes it left behind hold
+        the pipe): what they print from now on is dropped as it comes, so that they
+        run on as they would with their output sent, neither blocked by a full pipe
+        nor broken by a closed one, and the agent keeps no buffer for them."""
+        self._released = True
+        self.task.cancel()
 
     def sending(self) -> float:
         """The seconds it spent handing output on so far."""
@@ -244,7 +320,7 @@ async def finished(proc: asyncio.subprocess.Process | spare.Exited,
                     pumps: Sequence[Pump]) -> None:  # fmt: skip
     """The command exited and what it printed was read. Processes it left in the
     background do not hold the call: their output is read for DRAIN_SECONDS more,
-    then the pipes are closed (they keep running, in the command's cgroup). The time
+    then dropped (they keep running, in the command's cgroup: see ``Pump.release``). The time
     a pump spends handing output on does not count: the rest of what the command
     printed before it exited is still sent when the connection to the server is slow
     (busy with other requests' data), where it was cut off and lost after 0.2 s."""
@@ -259,19 +335,12 @@ async def finished(proc: asyncio.subprocess.Process | spare.Exited,
         left = {pump: DRAIN_SECONDS - (loop.time() - exited - (pump.sending() - sent[pump]))
                 for pump in pending}  # fmt: skip
         for pump in [pump for pump in pending if left[pump] <= 0]:
-            pump.task.cancel()
+            pump.release()
             pending.remove(pump)
         if pending:
             await asyncio.wait([pump.task for pump in pending],
                                timeout=min(left[pump] for pump in pending))  # fmt: skip
             pending = [pump for pump in pending if not pump.task.done()]
-
-
-async def _reader(fd: int) -> asyncio.StreamReader:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=protocol.CHUNK)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb"))
-    return reader
 
 
 def _limit(request: Request) -> int | None:

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
+import signal
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,10 +65,63 @@ async def test_output_printed_before_the_exit_arrives_whole_over_a_slow_connecti
     assert request.output() == b"x" * 300_000
 
 
-async def test_a_background_process_printing_for_ever_does_not_hold_the_answer() -> None:
+async def test_a_background_process_printing_for_ever_does_not_hold_the_answer(
+    tmp_path: Path,
+) -> None:
     request = SlowRequest(0.0)
     started = time.monotonic()
-    code = await _run(request, "(while :; do echo bg; sleep 0.01; done) & echo done")
+    pid = tmp_path / "pid"
+    try:
+        code = await _run(request, f"(while :; do echo bg; sleep 0.01; done) & echo $! > {pid}; "
+                                   "echo done")  # fmt: skip
+        assert code == 0
+        assert b"done\n" in request.output()
+        assert time.monotonic() - started < 10  # (DRAIN_SECONDS after the exit, not for ever)
+    finally:
+        if pid.exists():
+            os.kill(int(pid.read_text()), signal.SIGKILL)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _until(check: Callable[[], bool], within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_a_background_process_printing_after_the_answer_runs_on_and_is_not_kept(
+    tmp_path: Path,
+) -> None:
+    """What a process left behind prints once the drain is over is read and dropped:
+    3 MB after the answer (more than the pipe and any buffer hold) neither blocks it
+    nor breaks it, and once it ends the agent holds nothing of it (no descriptor)."""
+    marker = tmp_path / "done"
+    before, discarded = _open_fds(), len(process._discarded)
+    request = SlowRequest(0.0)
+    code = await _run(request, f"(sleep 0.5; head -c 3000000 /dev/zero && echo ok > {marker}) &")
     assert code == 0
-    assert b"done\n" in request.output()
-    assert time.monotonic() - started < 10  # (DRAIN_SECONDS after the exit, not for ever)
+    assert request.output() == b""
+    assert await _until(marker.exists), "the background process was blocked or broken"
+    assert await _until(lambda: _open_fds() == before), (before, _open_fds())
+    assert len(process._discarded) == discarded
+
+
+async def test_past_the_cap_a_left_behind_pipe_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``DISCARDED_MAX`` pipes read and dropped at once, the next is closed: a
+    process left behind then writes to a closed pipe (the agent keeps no descriptor)."""
+    monkeypatch.setattr(process, "DISCARDED_MAX", 0)
+    marker = tmp_path / "said"
+    before = _open_fds()
+    script = f"(trap '' PIPE; sleep 0.5; echo x || echo broken > {marker}) &"
+    assert await _run(SlowRequest(0.0), script) == 0
+    assert await _until(lambda: _open_fds() == before)
+    assert await _until(marker.exists)
+    assert marker.read_text() == "broken\n"
