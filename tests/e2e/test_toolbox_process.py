@@ -83,6 +83,22 @@ def test_exec_timeout_reaches_processes_that_left_the_process_group(sb) -> None:
     assert sb.process.exec("echo alive").result == "alive\n"
 
 
+def test_a_chatty_process_left_in_the_background_runs_on(sb) -> None:
+    """A process an exec leaves running (a dev server started with ``&``) keeps its
+    stdout, the command's pipe: what it prints after the answer is dropped, however
+    much, and it neither blocks on a full pipe nor breaks on a closed one."""
+    r = sb.process.exec("(sleep 0.5; head -c 5000000 /dev/zero && echo ok > /tmp/chatty) & "
+                        "echo started")  # fmt: skip
+    assert r.result == "started\n"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        said = sb.process.exec("cat /tmp/chatty 2>/dev/null || true").result
+        if said:
+            break
+        time.sleep(0.2)
+    assert said == "ok\n"
+
+
 def test_code_run_python(sb) -> None:
     r = sb.process.code_run("import sys\nprint('hi', sys.version_info.major)")
     assert r.exit_code == 0 and r.result == "hi 3\n"
