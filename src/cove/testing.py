@@ -101,6 +101,7 @@ class ServerProcess:
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.snapshots: list[str] = []  # what its store held when it last stopped
+        self.org_keys: list[str] = []  # the keys ``org_key`` made
 
     def start(self, timeout: float = 60) -> None:
         env = {**os.environ, "COVE_API_KEY": self.api_key,
@@ -171,16 +172,23 @@ class ServerProcess:
 
     def org_key(self, organization: str) -> str:
         """A new API key of ``organization`` (made by ``cove keys create``)."""
-        return subprocess.run(
+        key = subprocess.run(
             [sys.executable, "-m", "cove.cli.main", "keys", "create", "--org", organization,
              "--data-dir", str(self.data_dir)], capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
+        self.org_keys.append(key)
+        return key
 
     def delete_all_sandboxes(self) -> None:
-        headers = {"Authorization": f"Bearer {self.api_key}"}
-        items = httpx.get(f"{self.api_url}/sandbox", headers=headers, timeout=30).json()["items"]
-        for item in items:
-            httpx.delete(f"{self.api_url}/sandbox/{item['id']}", headers=headers, timeout=120)
+        """Delete the sandboxes of every organization it has a key of: the admin key's
+        and each one ``org_key`` made (a key revoked since is passed over)."""
+        for key in [self.api_key, *self.org_keys]:
+            headers = {"Authorization": f"Bearer {key}"}
+            listed = httpx.get(f"{self.api_url}/sandbox", headers=headers, timeout=30)
+            if listed.status_code != 200:
+                continue
+            for item in listed.json()["items"]:
+                httpx.delete(f"{self.api_url}/sandbox/{item['id']}", headers=headers, timeout=120)
 
 
 class RssWatch:

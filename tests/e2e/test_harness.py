@@ -6,11 +6,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cove.runner.host import mounts
 from cove.runner.host.nsstock import STOCK_DIR
 from cove.testing import ServerProcess
+from tests.leaks import assert_no_leaks
 
 pytestmark = pytest.mark.e2e
 
@@ -40,3 +42,25 @@ def test_a_stopped_server_leaves_no_stock_mount_behind(tmp_path: Path) -> None:
         assert not mounts.mounted_under(server.data_dir / STOCK_DIR)
     finally:
         mounts.unmount_under(server.data_dir / STOCK_DIR)
+
+
+def test_delete_all_sandboxes_reaches_every_organization_it_made_a_key_of(
+    tmp_path: Path,
+) -> None:
+    """A bench or test that made sandboxes with another organization's key (``org_key``)
+    leaves none running: the harness deletes them too."""
+    (tmp_path / "data").mkdir()
+    server = ServerProcess(tmp_path / "data", api_key="harness-key-" + "y" * 32)
+    server.start()
+    try:
+        key = server.org_key("another-org")
+        headers = {"Authorization": f"Bearer {key}"}
+        made = httpx.post(f"{server.api_url}/sandbox", json={}, headers=headers, timeout=120)
+        assert made.status_code == 200, made.text
+        server.delete_all_sandboxes()
+        listed = httpx.get(f"{server.api_url}/sandbox", headers=headers, timeout=30).json()
+        assert listed["items"] == []
+    finally:
+        server.delete_all_sandboxes()
+        server.stop()
+    assert_no_leaks(server.data_dir, server.cgroup_parent)
