@@ -214,10 +214,12 @@ def _order(argv: list[str], cwd: str, env: dict[str, str], merge: bool,
             raise ValueError(f"illegal environment variable name: {name!r}")
         variables.append(f"{name}={value}")
     fields = [str(user.uid), str(user.gid), "1" if merge else "0", cwd,
-              str(len(groups)), *groups, str(len(argv)), *argv, str(len(variables)), *variables]
-    if any("\0" in field for field in fields):
+              str(len(groups)), *groups, str(len(argv)), *argv, str(len(variables)), *variables,
+              ""]  # fmt: skip
+    order = "\0".join(fields)  # (each field NUL-terminated: the last, empty, ends the one before)
+    if order.count("\0") != len(fields) - 1:
         raise ValueError("embedded null byte")
-    return b"".join(field.encode("utf-8", "surrogateescape") + b"\0" for field in fields)
+    return order.encode("utf-8", "surrogateescape")
 
 
 def _write_all(fd: int, data: bytes) -> None:
