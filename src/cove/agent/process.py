@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from . import confine, protocol, spare, users
-from .agent import Request, op
+from .agent import KEEP_ALIVE, Request, op
 from .artifacts import ArtifactSplitter, chart_env
 from .protocol import AgentError
 
@@ -267,9 +267,11 @@ class Pipe:
 
 
 # Pipes whose command exited while processes it left behind still hold them: what those
-# print is read and dropped (see ``Pump.release``). At most this many at once.
+# print is read and dropped (see ``Pump.release``). At most this many at once. They keep
+# the agent from its idle exit, which would close them under those processes.
 DISCARDED_MAX = 256
 _discarded: set[Pipe] = set()
+KEEP_ALIVE.append(lambda: bool(_discarded))
 
 
 class Pump:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cove.agent import agent, mux
+from cove.agent import agent, mux, process
+from tests.unit.agent.test_drain import SlowRequest, _run, _until
 
 
 @pytest.fixture
@@ -49,3 +50,21 @@ async def test_an_open_request_holds_the_agent_and_idle_exit_closes_connections(
     await asyncio.wait_for(stop.wait(), 30)
     await asyncio.wait_for(client.closed.wait(), 30)  # the agent closed the connection
     assert watcher.done()
+
+
+async def test_a_pipe_a_background_process_holds_keeps_the_agent(
+    tmp_path: Path, no_children: None
+) -> None:
+    """A process a finished command left behind, holding the command's output pipe
+    (whose output the agent reads and drops), keeps the agent from its idle exit (which
+    would close the pipe under it) until it closes the pipe."""
+    request = SlowRequest(0.0)
+    await _run(request, "sleep 1.5 &")
+    assert await _until(lambda: bool(process._discarded))
+    server = await agent.serve(str(tmp_path / "agent.sock"), check_peer=False)
+    stop = asyncio.Event()
+    watcher = asyncio.ensure_future(agent.exit_when_idle(server, 0.1, stop))
+    await asyncio.sleep(0.5)
+    assert not stop.is_set() and server.is_serving()
+    await asyncio.wait_for(stop.wait(), 30)  # (once sleep ended)
+    assert watcher.done() and not process._discarded
