@@ -45,8 +45,8 @@ class Request:
     message: dict[str, Any]
     stream: mux.Stream
 
-    async def send(self, kind: bytes, payload: bytes = b"") -> None:
-        await self.stream.send(kind, payload)
+    async def send(self, kind: bytes, payload: bytes = b"", *, hold: bool = False) -> None:
+        await self.stream.send(kind, payload, hold=hold)
 
     async def send_json(self, message: dict[str, Any]) -> None:
         await self.stream.send(protocol.JSON, protocol.encode(message))

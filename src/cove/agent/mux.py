@@ -35,10 +35,11 @@ WINDOW = 1024 * 1024
 # for a queued frame (its tuple and queue slot, ~64 bytes), so that a peer sending
 # endless empty frames runs out of window like one sending bytes.
 FRAME_COST = 64
-# How long the agent may hold back a request's ``A`` frame to send it together with
-# the request's first other frame (often its final reply): one write and one wakeup
-# of the server instead of two.
+# How long the agent may hold back a request's ``A`` frame, and a command's output
+# (``send(..., hold=True)``), to send them together with the request's next frame (often
+# its final reply): one write and one wakeup of the server instead of several.
 ACCEPT_DELAY = 0.005
+HOLD_MAX = 16 * 1024  # the most output held back per stream (payload bytes)
 _GRANT = struct.Struct(">I")
 _UNCOUNTED = frozenset({protocol.WINDOW_UPDATE, protocol.RESET, protocol.ACCEPTED})
 Opened = Callable[["Stream", bytes], Awaitable[None]]
@@ -71,7 +72,9 @@ class Stream:
         self._consumed = 0
         self.ended = False  # no frame will arrive any more (EOF, reset or done)
         self.reset_by_peer = False
-        self._accept: asyncio.TimerHandle | None = None  # an A frame held back
+        self._held: list[bytes] = []  # frames held back (see ``accept``, ``send``)
+        self._held_size = 0
+        self._flush_at: asyncio.TimerHandle | None = None
         self._accepted = False  # the peer's A frame arrived
         self._when_ended: Callable[[], None] | None = None
 
@@ -79,20 +82,33 @@ class Stream:
         """(The agent.) Tell the server the request is taken: with the stream's next
         frame, before it waits for one of the server's, or within ``ACCEPT_DELAY``,
         whichever comes first."""
-        loop = asyncio.get_running_loop()
-        self._accept = loop.call_later(ACCEPT_DELAY, self._send_accept)
+        self._hold(protocol.frame(protocol.ACCEPTED, b"", self.id), 0)
 
-    def _send_accept(self) -> None:
-        """Write the held-back A frame now (no await: it stays ahead of any frame
-        written after it)."""
-        if self._accept is not None:
-            self._accept.cancel()
-            self._accept = None
-            if not self.ended:
-                self.channel.write_now(protocol.ACCEPTED, self.id)
+    def _hold(self, data: bytes, size: int) -> None:
+        self._held.append(data)
+        self._held_size += size
+        if self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(ACCEPT_DELAY, self._flush)
 
-    async def send(self, kind: bytes, payload: bytes = b"") -> None:
-        """Send one frame, waiting for the receiver's credit first.
+    def _take_held(self) -> bytes:
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        held, self._held, self._held_size = b"".join(self._held), [], 0
+        return held
+
+    def _flush(self) -> None:
+        """Write the held-back frames now (no await: they stay ahead of any frame of
+        the stream written after them)."""
+        held = self._take_held()
+        if held and not self.ended:
+            self.channel.write_raw(held)
+
+    async def send(self, kind: bytes, payload: bytes = b"", *, hold: bool = False) -> None:
+        """Send one frame, waiting for the receiver's credit first. With ``hold``
+        (a command's output, which the server reads whole or as it comes), a small
+        frame may be held back as the ``A`` frame is (see :meth:`accept`), up to
+        ``HOLD_MAX`` bytes.
 
         Raises:
             ConnectionError: the stream or its connection is gone.
@@ -106,11 +122,12 @@ class Stream:
                 self._credited.clear()
                 await self._credited.wait()
             self._credit -= _cost(payload)
-        accepted = self._accept is not None
-        if accepted:
-            self._accept.cancel()  # type: ignore[union-attr]
-            self._accept = None
-        await self.channel.write(kind, self.id, payload, accepted=accepted)
+        if hold and self._held_size + len(payload) <= HOLD_MAX:
+            if not self.channel.alive:
+                raise ConnectionResetError("the channel is closed")
+            self._hold(protocol.frame(kind, payload, self.id), len(payload))
+            return
+        await self.channel.write(kind, self.id, payload, before=self._take_held())
 
     async def receive(self) -> tuple[bytes, bytes]:
         """The next frame of the peer.
@@ -118,7 +135,7 @@ class Stream:
         Raises:
             EOFError: nothing more will come (the peer finished, reset or hung up).
         """
-        self._send_accept()  # the server may wait for it before it sends more
+        self._flush()  # the server may wait for these before it sends more
         while not self._inbox:
             if self.ended:
                 raise EOFError
@@ -156,7 +173,9 @@ class Stream:
         self._end()
 
     def finish(self) -> None:
-        """The request is complete: forget the stream without telling the peer."""
+        """The request is complete: forget the stream without telling the peer (what
+        it held back is sent first)."""
+        self._flush()
         self.channel.forget(self.id)
         self._end()
 
@@ -184,9 +203,7 @@ class Stream:
         self._arrived.set()
 
     def _end(self) -> None:
-        if self._accept is not None:
-            self._accept.cancel()
-            self._accept = None
+        self._take_held()  # (over: what was held back is dropped)
         self.ended = True
         self._arrived.set()
         self._credited.set()
@@ -261,19 +278,19 @@ class Channel:
         return True
 
     async def write(self, kind: bytes, stream_id: int, payload: bytes = b"", *,
-                    accepted: bool = False) -> None:  # fmt: skip
-        """Write one frame (after an A frame of the stream, with ``accepted``). A write
-        that must wait for the connection (other streams' writes draining) writes its
-        A frame at once: it may be cancelled while it waits (a command's output pump
-        is, once the command is over), and the stream's next frame must still find
-        its A ahead of it. One that need not wait writes both in one."""
+                    before: bytes = b"") -> None:  # fmt: skip
+        """Write one frame (after ``before``, frames of the stream held back). A write
+        that must wait for the connection (other streams' writes draining) writes
+        ``before`` at once: it may be cancelled while it waits (a command's output
+        pump is, once the command is over), and the stream's next frame must still
+        find them ahead of it. One that need not wait writes all in one."""
         if not self.alive:
             raise ConnectionResetError("the channel is closed")
         data = protocol.frame(kind, payload, stream_id)
-        if accepted and self._writers:
-            self.write_now(protocol.ACCEPTED, stream_id)
-        elif accepted:  # (nobody holds the lock or waits for it: taken without a wait)
-            data = protocol.frame(protocol.ACCEPTED, b"", stream_id) + data
+        if before and self._writers:
+            self.write_raw(before)
+        elif before:  # (nobody holds the lock or waits for it: taken without a wait)
+            data = before + data
         self._writers += 1
         try:
             async with self._write_lock:
@@ -282,11 +299,11 @@ class Channel:
         finally:
             self._writers -= 1
 
-    def write_now(self, kind: bytes, stream_id: int, payload: bytes = b"") -> None:
-        """Write a small frame at once, without waiting for the connection to drain
-        (frames are whole in each write, so it cannot split another one)."""
+    def write_raw(self, frames: bytes) -> None:
+        """Write small whole frames at once, without waiting for the connection to
+        drain (frames are whole in each write, so it cannot split another one)."""
         if self.alive:
-            self._writer.write(protocol.frame(kind, payload, stream_id))
+            self._writer.write(frames)
 
     def write_soon(self, kind: bytes, stream_id: int, payload: bytes = b"") -> None:
         """Write a frame from a task of its own (errors ignored: the connection's

@@ -73,9 +73,11 @@ class Clipped:
     and sent at the end, after a ``{"omitted": n}`` J frame counting what was dropped.
     The command runs on, read at full speed, whatever it prints."""
 
-    def __init__(self, request: Request, kind: bytes, limit: int) -> None:
+    def __init__(self, request: Request, kind: bytes, limit: int, *, hold: bool = False
+                 ) -> None:  # fmt: skip
         self.request = request
         self.kind = kind
+        self.hold = hold  # (see ``mux.Stream.send``)
         self.head = limit - limit // 2  # bytes still to send as they come
         self.keep = limit // 2
         self.tail: deque[bytes] = deque()
@@ -86,7 +88,7 @@ class Clipped:
         if self.head > 0:
             now, chunk = chunk[: self.head], chunk[self.head :]
             self.head -= len(now)
-            await self.request.send(self.kind, now)
+            await self.request.send(self.kind, now, hold=self.hold)
         if chunk:
             self.tail.append(chunk)
             self.size += len(chunk)
@@ -103,25 +105,31 @@ class Clipped:
         if self.omitted:
             await self.request.send_json({"omitted": self.omitted})
         for start in range(cut, len(tail), protocol.CHUNK):
-            await self.request.send(self.kind, tail[start : start + protocol.CHUNK])
+            await self.request.send(self.kind, tail[start : start + protocol.CHUNK],
+                                    hold=self.hold)  # fmt: skip
 
 
 class Passed:
     """Where a command's output goes when the server takes all of it."""
 
-    def __init__(self, request: Request, kind: bytes) -> None:
+    def __init__(self, request: Request, kind: bytes, *, hold: bool = False) -> None:
         self.request = request
         self.kind = kind
+        self.hold = hold  # (see ``mux.Stream.send``)
 
     async def write(self, chunk: bytes) -> None:
-        await self.request.send(self.kind, chunk)
+        await self.request.send(self.kind, chunk, hold=self.hold)
 
     async def close(self) -> None:
         pass
 
 
 def _sink(request: Request, kind: bytes, limit: int | None) -> Clipped | Passed:
-    return Passed(request, kind) if limit is None else Clipped(request, kind, limit)
+    """A command's output: small frames may be held back a few ms, to reach the server
+    with the reply in one write (see ``mux.Stream.send``)."""
+    if limit is None:
+        return Passed(request, kind, hold=True)
+    return Clipped(request, kind, limit, hold=True)
 
 
 async def run_streaming(

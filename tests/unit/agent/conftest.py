@@ -18,12 +18,23 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from cove.agent import agent
+from cove.agent import agent, process
 from cove.api.app import create_app
 from cove.core.config import Settings
 from cove.runner.fake import FakeRuntime
 
 AUTH = {"Authorization": "Bearer test-key"}
+
+
+@pytest.fixture(autouse=True)
+def no_pipes_left_to_drop() -> Iterator[None]:
+    """Pipes the agent reads and drops for processes a command left behind live in its
+    loop: a test's loop ends with the test, so none may outlast it (it would keep every
+    later test's agent from its idle exit)."""
+    yield
+    for pipe in list(process._discarded):
+        pipe.close()
+    process._discarded.clear()
 
 
 @pytest.fixture

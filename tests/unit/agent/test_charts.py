@@ -138,7 +138,7 @@ class Sent:
     async def close(self) -> None:
         self.closed = True
 
-    async def send(self, kind: bytes, payload: bytes = b"") -> None:
+    async def send(self, kind: bytes, payload: bytes = b"", *, hold: bool = False) -> None:
         assert kind == protocol.CHART
         self.charts.append(payload)
 

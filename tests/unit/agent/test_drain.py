@@ -29,7 +29,7 @@ class SlowRequest(Request):
         self.frames: list[tuple[bytes, bytes]] = []
         self.over = asyncio.Event()
 
-    async def send(self, kind: bytes, payload: bytes = b"") -> None:
+    async def send(self, kind: bytes, payload: bytes = b"", *, hold: bool = False) -> None:
         await asyncio.sleep(self.delay)
         self.frames.append((kind, payload))
 
@@ -80,6 +80,7 @@ async def test_a_background_process_printing_for_ever_does_not_hold_the_answer(
     finally:
         if pid.exists():
             os.kill(int(pid.read_text()), signal.SIGKILL)
+        assert await _until(lambda: not process._discarded)  # (its pipe closed: dropped)
 
 
 def _open_fds() -> int:

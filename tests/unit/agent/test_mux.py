@@ -248,3 +248,84 @@ async def test_a_tally_counts_the_streams_open_on_its_channels_until_each_ends(
     assert (tally.open, other.open) == (0, 0)
     for channel in (one, one_agent, two_agent):
         await channel.close()
+
+
+def _count_writes(channel: Channel) -> list[bytes]:
+    """Each write ``channel`` makes to its connection, from now on."""
+    writes: list[bytes] = []
+    write = channel._writer.write
+
+    def counted(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    channel._writer.write = counted  # type: ignore[method-assign,assignment]
+    return writes
+
+
+async def test_held_output_goes_with_the_reply_in_one_write_in_order(
+    accepted: asyncio.Queue[Stream],
+) -> None:
+    """A command's small output (``hold``) reaches the server with the stream's next
+    frame, its reply: the A, the output in order and the reply in one write."""
+
+    async def opened(stream: Stream, payload: bytes) -> None:
+        stream.accept()
+        await accepted.put(stream)
+
+    server, agent = await _pair(opened)
+    command = server.open()
+    await command.send(protocol.JSON, b"{}")
+    handler = await accepted.get()
+    writes = _count_writes(agent)
+    await handler.send(protocol.STDOUT, b"one ", hold=True)
+    await handler.send(protocol.STDERR, b"two ", hold=True)
+    await handler.send(protocol.STDOUT, b"three", hold=True)
+    await handler.send(protocol.JSON, b'{"ok":true}')
+    got = [await asyncio.wait_for(command.receive(), 5) for _ in range(5)]
+    assert got == [(protocol.ACCEPTED, b""), (protocol.STDOUT, b"one "),
+                   (protocol.STDERR, b"two "), (protocol.STDOUT, b"three"),
+                   (protocol.JSON, b'{"ok":true}')]  # fmt: skip
+    assert len(writes) == 1
+    await server.close()
+    await agent.close()
+
+
+async def test_held_output_is_sent_within_the_delay_past_its_bound_and_at_the_end(
+    accepted: asyncio.Queue[Stream],
+) -> None:
+    """Output held back is not kept: a command still running has it sent within
+    ``ACCEPT_DELAY``; more than ``HOLD_MAX`` goes at once; a stream finished without
+    a reply sends it before it ends."""
+
+    async def opened(stream: Stream, payload: bytes) -> None:
+        stream.accept()
+        await accepted.put(stream)
+
+    server, agent = await _pair(opened)
+    running = server.open()
+    await running.send(protocol.JSON, b"{}")
+    handler = await accepted.get()
+    await handler.send(protocol.STDOUT, b"early", hold=True)  # then nothing for a while
+    assert await asyncio.wait_for(running.receive(), 5) == (protocol.ACCEPTED, b"")
+    assert await asyncio.wait_for(running.receive(), 5) == (protocol.STDOUT, b"early")
+    big = server.open()
+    await big.send(protocol.JSON, b"{}")
+    handler = await accepted.get()
+    writes = _count_writes(agent)
+    await handler.send(protocol.STDOUT, b"a" * (mux.HOLD_MAX - 10), hold=True)
+    assert writes == []
+    await handler.send(protocol.STDOUT, b"b" * 20, hold=True)  # past the bound: all now
+    assert len(writes) == 1
+    assert [await asyncio.wait_for(big.receive(), 5) for _ in range(3)] == [
+        (protocol.ACCEPTED, b""), (protocol.STDOUT, b"a" * (mux.HOLD_MAX - 10)),
+        (protocol.STDOUT, b"b" * 20)]  # fmt: skip
+    quiet = server.open()
+    await quiet.send(protocol.JSON, b"{}")
+    handler = await accepted.get()
+    await handler.send(protocol.STDOUT, b"last", hold=True)
+    handler.finish()
+    assert await asyncio.wait_for(quiet.receive(), 5) == (protocol.ACCEPTED, b"")
+    assert await asyncio.wait_for(quiet.receive(), 5) == (protocol.STDOUT, b"last")
+    await server.close()
+    await agent.close()
