@@ -4,8 +4,8 @@ Run as root after ``make setup``::
 
     .venv/bin/python bench/toolbox.py [--n 100] [--big-mib 1024]
 
-Prints, from one run: ``process.exec("true")`` and ``code_interpreter.run_code("1+1")``
-round trips (p50/p95) beside two baselines, the HTTP floor and the in-sandbox spawn;
+Prints, from one run: ``process.exec("true")``, ``process.exec("echo hello")`` (a
+command with output) and ``code_interpreter.run_code("1+1")`` round trips (p50/p95) beside two baselines, the HTTP floor and the in-sandbox spawn;
 the CPU an ``exec("true")`` costs the client, the server and the sandbox side (and
 how long the server, woken, waited for a CPU);
 session log first-byte latency; upload and download MB/s for 100 MiB and a big file.
@@ -212,6 +212,7 @@ def main() -> None:
             "floor": http_floor(sb, f"{server.api_url}/health"),
             "get": http_floor(sb, f"{server.api_url}/sandbox/{sb.id}"),
             "exec": lambda: sb.process.exec("true"),
+            "echo": lambda: sb.process.exec("echo hello"),
             "code": lambda: sb.code_interpreter.run_code("1+1"),
             "ws": ws_floor(sb),
         }, args.n)  # fmt: skip
@@ -234,6 +235,7 @@ def main() -> None:
     print(line("HTTP floor: GET /api/health", floor, base))  # noqa: T201
     print(line("GET /api/sandbox/{id}", runs["get"], base, floor))  # noqa: T201
     print(line('SDK process.exec("true")', runs["exec"], base, floor))  # noqa: T201
+    print(line('SDK process.exec("echo hello")', runs["echo"], base, floor))  # noqa: T201
     print(line('SDK run_code("1+1") (WebSocket)', runs["code"], base, floor))  # noqa: T201
     print(line("WebSocket floor (refused at once)", runs["ws"], base, floor))  # noqa: T201
     print(line("run_code over the WebSocket floor", runs["code"], base, runs["ws"]))  # noqa: T201
