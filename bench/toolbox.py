@@ -5,7 +5,8 @@ Run as root after ``make setup``::
     .venv/bin/python bench/toolbox.py [--n 100] [--big-mib 1024]
 
 Prints, from one run: ``process.exec("true")``, ``process.exec("echo hello")`` (a
-command with output) and ``code_interpreter.run_code("1+1")`` round trips (p50/p95) beside two baselines, the HTTP floor and the in-sandbox spawn;
+command with output) and ``code_interpreter.run_code("1+1")`` round trips (p50/p95)
+beside two baselines, the HTTP floor and the in-sandbox spawn;
 the CPU an ``exec("true")`` costs the client, the server and the sandbox side (and
 how long the server, woken, waited for a CPU);
 session log first-byte latency; upload and download MB/s for 100 MiB and a big file.
