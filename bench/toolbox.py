@@ -11,6 +11,11 @@ the CPU an ``exec("true")`` costs the client, the server and the sandbox side (a
 how long the server, woken, waited for a CPU);
 session log first-byte latency; upload and download MB/s for 100 MiB and a big file.
 
+Each call is timed in two ways: one of each kind in turn (so each follows another kind
+of call: the processes it wakes have just been idle, which costs more on a VM whose idle
+vCPUs halt), and made twice in a row with the second one timed (as an agent's commands
+follow each other), each against the floor timed the same way.
+
 The HTTP floor is a bare round trip to the same server through the SDK's own HTTP
 stack (the toolbox client's urllib3 pool, its headers, keep-alive): ``GET
 /api/health``, which does no work. ``GET /api/sandbox/{id}`` (a key check, a
@@ -112,11 +117,17 @@ def line(name: str, values: list[float], base: float, floor: list[float] | None 
     return f"{name:<34} {p50:8.2f} {pct(values, 0.95):8.2f}  {p50 / base:7.1f}x{over}"
 
 
-def interleaved(calls: dict[str, object], n: int) -> dict[str, list[float]]:
-    """Each call's round trips in ms, one of each per round (after one warm-up round)."""
+def interleaved(calls: dict[str, object], n: int, *, twice: bool = False
+                ) -> dict[str, list[float]]:  # fmt: skip
+    """Each call's round trips in ms, one of each per round (after one warm-up round).
+    With ``twice``, each call is made twice in a row and the second one timed: a call
+    that follows one of its own (as an agent's commands follow each other), not one
+    that follows another kind of call or an idle moment."""
     out: dict[str, list[float]] = {name: [] for name in calls}
     for round_ in range(n + 1):
         for name, fn in calls.items():
+            if twice:
+                fn()  # type: ignore[operator]
             start = time.perf_counter()
             fn()  # type: ignore[operator]
             if round_:
@@ -209,14 +220,17 @@ def main() -> None:
         daytona = Daytona(DaytonaConfig(api_key=server.org_key("bench"), api_url=server.api_url))
         sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
         base = float(sb.process.exec(f"python3 -c '{SPAWN}'").result.strip())
-        runs = interleaved({
+        calls = {
             "floor": http_floor(sb, f"{server.api_url}/health"),
             "get": http_floor(sb, f"{server.api_url}/sandbox/{sb.id}"),
             "exec": lambda: sb.process.exec("true"),
             "echo": lambda: sb.process.exec("echo hello"),
             "code": lambda: sb.code_interpreter.run_code("1+1"),
             "ws": ws_floor(sb),
-        }, args.n)  # fmt: skip
+        }
+        runs = interleaved(calls, args.n)
+        again = interleaved({name: calls[name] for name in ("floor", "exec", "echo")}, args.n,
+                            twice=True)  # fmt: skip
         assert server.proc is not None
         cpu = cpu_per_call(lambda: sb.process.exec("true"), server.proc.pid, max(args.n * 5, 1000))
         logs_ms = [] if args.exec_only else log_first_byte(sb, min(args.n, 30))
@@ -240,6 +254,10 @@ def main() -> None:
     print(line('SDK run_code("1+1") (WebSocket)', runs["code"], base, floor))  # noqa: T201
     print(line("WebSocket floor (refused at once)", runs["ws"], base, floor))  # noqa: T201
     print(line("run_code over the WebSocket floor", runs["code"], base, runs["ws"]))  # noqa: T201
+    print("each right after one of its own (made twice in a row, the second timed):")  # noqa: T201
+    print(line("HTTP floor: GET /api/health", again["floor"], base))  # noqa: T201
+    print(line('SDK process.exec("true")', again["exec"], base, again["floor"]))  # noqa: T201
+    print(line('SDK process.exec("echo hello")', again["echo"], base, again["floor"]))  # noqa: T201
     print("CPU per exec(\"true\"), back to back, ms: "  # noqa: T201
           + ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items()))
     if logs_ms:
