@@ -22,6 +22,16 @@ async def _pair(opened: mux.Opened | None = None) -> tuple[Channel, Channel]:
     return server, agent
 
 
+async def _accepting_pair(accepted: asyncio.Queue[Stream]) -> tuple[Channel, Channel]:
+    """A pair whose agent side accepts each stream (``accept``) and puts it in ``accepted``."""
+
+    async def opened(stream: Stream, payload: bytes) -> None:
+        stream.accept()
+        await accepted.put(stream)
+
+    return await _pair(opened)
+
+
 @pytest.fixture
 async def accepted() -> AsyncIterator[asyncio.Queue[Stream]]:
     """Where a test's agent side puts the streams it accepted."""
@@ -156,11 +166,7 @@ async def test_an_accept_goes_with_the_next_frame_or_on_its_own(
     """The agent's A frame comes first on every stream it serves: with its next
     frame, before it waits for the server's, or alone when it has nothing to say."""
 
-    async def opened(stream: Stream, payload: bytes) -> None:
-        stream.accept()
-        await accepted.put(stream)
-
-    server, agent = await _pair(opened)
+    server, agent = await _accepting_pair(accepted)
     # A quick reply: A, then the reply.
     quick = server.open()
     await quick.send(protocol.JSON, b"{}")
@@ -192,11 +198,7 @@ async def test_an_accept_is_not_lost_with_a_send_cancelled_while_the_connection_
     reply still comes after its A. It did not: the A went with the cancelled frame,
     and the server failed the command (502, "expected the agent to accept")."""
 
-    async def opened(stream: Stream, payload: bytes) -> None:
-        stream.accept()
-        await accepted.put(stream)
-
-    server, agent = await _pair(opened)
+    server, agent = await _accepting_pair(accepted)
     command = server.open()
     await command.send(protocol.JSON, b"{}")
     handler = await accepted.get()
@@ -269,11 +271,7 @@ async def test_held_output_goes_with_the_reply_in_one_write_in_order(
     """A command's small output (``hold``) reaches the server with the stream's next
     frame, its reply: the A, the output in order and the reply in one write."""
 
-    async def opened(stream: Stream, payload: bytes) -> None:
-        stream.accept()
-        await accepted.put(stream)
-
-    server, agent = await _pair(opened)
+    server, agent = await _accepting_pair(accepted)
     command = server.open()
     await command.send(protocol.JSON, b"{}")
     handler = await accepted.get()
@@ -298,11 +296,7 @@ async def test_held_output_is_sent_within_the_delay_past_its_bound_and_at_the_en
     ``ACCEPT_DELAY``; more than ``HOLD_MAX`` goes at once; a stream finished without
     a reply sends it before it ends."""
 
-    async def opened(stream: Stream, payload: bytes) -> None:
-        stream.accept()
-        await accepted.put(stream)
-
-    server, agent = await _pair(opened)
+    server, agent = await _accepting_pair(accepted)
     running = server.open()
     await running.send(protocol.JSON, b"{}")
     handler = await accepted.get()
