@@ -241,7 +241,7 @@ class Pipe:
             except OSError:  # (a pipe's read end fails no other way; as the end)
                 return b""
             ready = self._loop.create_future()
-            self._loop.add_reader(self._fd, ready.set_result, None)
+            self._loop.add_reader(self._fd, _resolve, ready)
             try:
                 await ready
             finally:
@@ -272,6 +272,13 @@ class Pipe:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _resolve(ready: asyncio.Future[None]) -> None:
+    """(A reader callback that may run after its read was cancelled, in the same turn
+    of the loop.)"""
+    if not ready.done():
+        ready.set_result(None)
 
 
 # Pipes whose command exited while processes it left behind still hold them: what those

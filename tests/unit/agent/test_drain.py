@@ -126,3 +126,26 @@ async def test_past_the_cap_a_left_behind_pipe_is_closed(
     assert await _until(lambda: _open_fds() == before)
     assert await _until(marker.exists)
     assert marker.read_text() == "broken\n"
+
+
+async def test_a_read_cancelled_as_its_pipe_becomes_readable_leaves_no_error() -> None:
+    """A pump cancelled in the very turn of the loop its pipe became readable in (the
+    drain's end): the reader's callback finds the read's future cancelled, and says
+    nothing (it raised InvalidStateError into the loop's error log)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    read_end, write_end = os.pipe()
+    pipe = process.Pipe(read_end)
+    try:
+        reading = asyncio.ensure_future(pipe.read(10))
+        await asyncio.sleep(0)  # (it waits on the loop: the pipe is empty)
+        os.write(write_end, b"x")
+        loop.call_soon(reading.cancel)  # (runs before the reader's callback, same turn)
+        await asyncio.sleep(0.05)
+        assert reading.cancelled()
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
+        pipe.close()
+        os.close(write_end)
