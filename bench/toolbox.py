@@ -215,7 +215,6 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="cove-bench-files-"))
     server = ServerProcess(data_dir, api_key=KEY)
     server.start()
-    daytona: Daytona | None = None
     try:
         daytona = Daytona(DaytonaConfig(api_key=server.org_key("bench"), api_url=server.api_url))
         sb = daytona.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
@@ -237,9 +236,7 @@ def main() -> None:
         sizes = () if args.exec_only else (100, args.big_mib)
         speeds = {size: transfer(sb, size, scratch) for size in sizes}
     finally:
-        for leftover in list(daytona.list()) if daytona else []:  # (the bench key's org)
-            leftover.delete()
-        server.delete_all_sandboxes()
+        server.delete_all_sandboxes()  # (the bench key's organization's too)
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
