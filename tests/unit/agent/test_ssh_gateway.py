@@ -18,8 +18,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from asyncssh.constants import MSG_CHANNEL_OPEN
-from asyncssh.packet import String, UInt32
+from asyncssh.constants import MSG_CHANNEL_OPEN, MSG_KEXINIT
+from asyncssh.packet import SSHPacket, String, UInt32
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
@@ -388,14 +388,38 @@ def test_env_requests_are_refused(client: TestClient, ssh_port: int) -> None:
     asyncio.run(run())
 
 
+def _server_kexinit(port: int) -> SSHPacket:
+    """The gateway's first key exchange packet (SSH_MSG_KEXINIT), as a client reads it
+    after sending its version."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"SSH-2.0-test\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            data += sock.recv(4096) or pytest.fail("closed before its version")
+        data = data.partition(b"\r\n")[2]
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            data += sock.recv(65536) or pytest.fail("closed before its KEXINIT")
+    size, padding = int.from_bytes(data[:4], "big"), data[4]
+    packet = SSHPacket(data[5:4 + size - padding])
+    assert packet.get_byte() == MSG_KEXINIT
+    packet.get_bytes(16)  # its cookie
+    return packet
+
+
 def test_compression_is_refused(client: TestClient, ssh_port: int) -> None:
     """A compressed packet is inflated whole on the server's event loop: 256 KiB of
     zlib (an ignored SSH_MSG_IGNORE) would be 256 MB there. None is offered (as on
     Daytona); clients that offer it too connect without it."""
     token = _token(client, _sandbox(client))
+    packet = _server_kexinit(ssh_port)
+    lists = [packet.get_namelist() for _ in range(8)]  # kex, host key, 2 ciphers, 2 MACs,
+    assert lists[6:] == [[b"none"], [b"none"]]  # then compression each way
 
     async def run() -> None:
-        with pytest.raises(asyncssh.KeyExchangeFailed):
+        # A client offering zlib alone is refused. Both ends see that the key exchange
+        # fails, and each sends its disconnect: asyncssh's client reports either, or
+        # the connection's loss when the server's arrives while it reports its own.
+        with pytest.raises((asyncssh.KeyExchangeFailed, asyncssh.ConnectionLost)):
             await asyncssh.connect("127.0.0.1", ssh_port, username=token, known_hosts=None,
                                    client_keys=None, agent_path=None, preferred_auth="none",
                                    compression_algs=["zlib@openssh.com"])  # fmt: skip
