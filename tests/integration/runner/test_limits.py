@@ -222,15 +222,55 @@ def test_a_sandbox_queueing_signals_leaves_others_their_timers(
     runtime: OciRuntime, make_sandbox: SandboxFactory
 ) -> None:
     """Queued signals (a POSIX timer holds one) are charged, past the sandbox's user
-    namespaces, to the host's root, who owns them, in one count with every other
-    sandbox's and root's own: a sandbox queueing all its RLIMIT_SIGPENDING allows
-    must leave the other sandboxes and the host's root their timers."""
+    namespaces, to the host uid owning them (root, before each sandbox had an owner
+    of its own: one count with every other sandbox's and root's own): a sandbox
+    queueing all its RLIMIT_SIGPENDING allows must leave the other sandboxes and the
+    host's root their timers."""
     hog = make_sandbox().sandbox_id
     try:
         assert int(_hold(runtime, hog, HOLD_SIGNALS, "1000000 120")) > 1000  # (it queued)
         victim = make_sandbox().sandbox_id
         assert ok(runtime, victim, TIMER, user="daytona").strip() == "True"
         assert _host_can(TIMER)
+    finally:
+        kill_all_but_init(runtime, hog)
+
+
+# Makes POSIX message queues (of the default size: 10 messages of 8 KiB) until refused
+# or argv[1] of them, holds them for argv[2] seconds; prints how many it made and
+# the errno that stopped it.
+HOLD_MQUEUES = """
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+made = 0
+while made < int(sys.argv[1]) and libc.mq_open(
+        f"/hog{made}".encode(), os.O_CREAT | os.O_RDWR, 0o600, None) >= 0:
+    made += 1
+print(made, ctypes.get_errno(), flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+MQUEUE_ONE = ("python3 -c 'import ctypes, os; libc = ctypes.CDLL(None); "
+              "name = f\"/cove-probe-{os.getpid()}\".encode(); "
+              "print(libc.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None) >= 0); "
+              "libc.mq_unlink(name)'")
+
+
+def test_a_sandbox_filling_its_message_queues_leaves_others_theirs(
+    runtime: OciRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """POSIX message queues are charged, past a sandbox's user namespaces, to the host
+    uid owning its namespace, against RLIMIT_MSGQUEUE (800 KiB: nine queues of the
+    default size). Owned by root, every sandbox's queues and root's own drew on one
+    count, and one sandbox's nine left no other sandbox, nor the host's root, a queue
+    to open. Each sandbox's namespace has an owner of its own."""
+    hog = make_sandbox().sandbox_id
+    try:
+        made, errno = map(int, _hold(runtime, hog, HOLD_MQUEUES, "1000 120").split())
+        assert (errno, 0 < made < 1000) == (24, True)  # EMFILE: it took all it may
+        victim = make_sandbox().sandbox_id
+        assert ok(runtime, victim, MQUEUE_ONE, user="daytona").strip() == "True"
+        assert ok(runtime, victim, MQUEUE_ONE).strip() == "True"  # (as its root)
+        assert _host_can(MQUEUE_ONE)
     finally:
         kill_all_but_init(runtime, hog)
 

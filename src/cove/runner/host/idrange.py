@@ -4,7 +4,10 @@ Every sandbox gets a range of its own: ``RANGE`` ids starting at ``base``. Its
 user namespace maps the sandbox's uids 0..65535 to ``base``..``base+65535``
 (root in a sandbox is nobody on the host), and uid ``AGENT_UID`` (65536) to
 ``base+65536``: the id the sandbox's init and toolbox agent run as, which no
-process of the sandbox's workload can take (see ``agent/confine.py``).
+process of the sandbox's workload can take (see ``agent/confine.py``). The
+namespace is owned by ``base+65537``, which it does not map and no process has:
+what the sandbox's processes are charged on the host (queued signals, message
+queues, locked memory, processes) is counted for it alone (see nsexec.c).
 
 Ranges are claimed in a registry shared by every Cove server on the host
 (``/var/lib/cove-ids/<index>`` holds ``<data dir>\\n<sandbox id>``, made with
@@ -29,6 +32,7 @@ STRIDE = 1 << 17
 COUNT = ((1 << 31) - FIRST) // STRIDE  # ranges stay below 2**31 (signed-int safe)
 SIZE = 65536  # ids a sandbox's workload may use
 AGENT_UID = SIZE  # the agent's id inside the sandbox's outer user namespace
+OWNER_OFFSET = SIZE + 1  # the host id owning the outer namespace, after its map
 LEASE = "ids.json"
 
 
@@ -47,6 +51,11 @@ class IdRange:
     def agent(self) -> int:
         """Host id of the sandbox's init and agent."""
         return self.base + AGENT_UID
+
+    @property
+    def owner(self) -> int:
+        """Host id owning the sandbox's user namespace (mapped in none)."""
+        return self.base + OWNER_OFFSET
 
     @property
     def outer_map(self) -> str:

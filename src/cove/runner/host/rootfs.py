@@ -53,7 +53,7 @@ def make_namespaces(nsexec: Path, paths: SandboxPaths, ids: IdRange) -> bool:
         Whether the network namespace is new (and needs its wiring).
     """
     wanted = (
-        (paths.userns, ["userns", str(paths.userns), ids.outer_map]),
+        (paths.userns, ["userns", str(paths.userns), ids.outer_map, str(ids.owner)]),
         (paths.workns, ["childns", str(paths.userns), str(paths.workns),
                         str(idrange.AGENT_UID), ids.inner_map]),
         (paths.netns, ["netns", str(paths.userns), str(paths.netns), *NET_SYSCTLS]),

@@ -3,9 +3,10 @@
  * need a process inside another user namespace. Cove runs it as root on the
  * host, once per start, with one or more steps separated by ";" arguments:
  *
- *   userns PATH MAP
+ *   userns PATH MAP OWNER
  *       a new user namespace (child of the host's) with MAP as its uid and
- *       gid map, kept alive by a bind mount of its nsfs file on PATH.
+ *       gid map, owned by the host's uid OWNER (see below), kept alive by a
+ *       bind mount of its nsfs file on PATH.
  *   childns PARENT PATH UID MAP
  *       a user namespace nested in the one bound at PARENT, owned by PARENT's
  *       UID (so that a process of that uid in PARENT has every capability in
@@ -23,14 +24,21 @@
  *       steer them, and the sandbox's mountinfo shows no host path.
  *
  * Signals a process of a user namespace queues (a POSIX timer holds one) are
- * charged to its uid there and to the namespace's owner in its parent, up to the
- * host's root, who owns every sandbox's namespace: the charges of every sandbox
- * and root's own share one count, which a namespace bounds for what passes it by
- * its creator's RLIMIT_SIGPENDING when it was made (likewise RLIMIT_MSGQUEUE and
- * RLIMIT_MEMLOCK for POSIX message queues and locked shared memory). So userns
- * makes its namespace with these as high as root may set them, and childns, the
- * workload's, with RLIMIT_SIGPENDING at most SANDBOX_SIGPENDING: a sandbox
- * cannot take the count every other sandbox's and root's timers draw on.
+ * charged to its uid there and to the namespace's owner in its parent, up to
+ * the host's user namespace; each count is bounded, for what passes it, by the
+ * RLIMIT_SIGPENDING the namespace's creator had when it was made (likewise
+ * RLIMIT_MSGQUEUE for POSIX message queues, RLIMIT_MEMLOCK for locked shared
+ * memory, RLIMIT_NPROC for processes). So:
+ *   - userns makes a sandbox's namespace as OWNER, a host uid of the sandbox's
+ *     own that no process has (neither the sandbox's nor the host's): what the
+ *     sandbox is charged on the host is its own count. Owned by root, as it
+ *     was, every sandbox's charges and root's shared one: nine message queues
+ *     in one sandbox left none to open in any other.
+ *   - It does so with these limits as high as root may set them, which bound
+ *     the count on the host;
+ *   - childns, the workload's, with RLIMIT_SIGPENDING at most
+ *     SANDBOX_SIGPENDING, which bounds the count of the sandbox's whole workload
+ *     (its RLIMIT_MSGQUEUE stays the server's: 800 KiB by default).
  *
  * A MAP is INSIDE:OUTSIDE:COUNT[,INSIDE:OUTSIDE:COUNT...]. Every PATH must be
  * an existing empty file (or directory, for TARGET). On failure it prints one
@@ -213,11 +221,12 @@ static void enter_new_userns(char **a, int n)
         die("unshare");
 }
 
-/* A user namespace of the host's root that bounds what is in it no lower than
- * root's own limits do. */
+/* A user namespace owned by a[2], bounding what is in it no lower than root's
+ * own limits do. */
 static void enter_unbounded_userns(char **a, int n)
 {
     raise_charge_bounds();
+    become((uid_t)strtoul(a[2], NULL, 10));
     enter_new_userns(a, n);
 }
 
@@ -242,7 +251,7 @@ static void enter_owned_userns(char **a, int n)
 
 static void do_userns(char **a)
 {
-    struct holder h = hold(enter_unbounded_userns, a, 2);
+    struct holder h = hold(enter_unbounded_userns, a, 3);
 
     write_maps(h.pid, a[1]);
     bind_ns(h.pid, "user", a[0]);
@@ -434,7 +443,7 @@ static void do_overlay(char **a)
 static void run_step(char **a, int n)
 {
     step = a[0];
-    if (strcmp(a[0], "userns") == 0 && n == 3)
+    if (strcmp(a[0], "userns") == 0 && n == 4)
         do_userns(a + 1);
     else if (strcmp(a[0], "childns") == 0 && n == 5)
         do_childns(a + 1);
