@@ -5,7 +5,7 @@ user namespace maps the sandbox's uids 0..65535 to ``base``..``base+65535``
 (root in a sandbox is nobody on the host), and uid ``AGENT_UID`` (65536) to
 ``base+65536``: the id the sandbox's init and toolbox agent run as, which no
 process of the sandbox's workload can take (see ``agent/confine.py``). The
-namespace is owned by ``base+65537``, which it does not map and no process has:
+namespace is owned by ``base+65537``, which it does not map and no process keeps:
 what the sandbox's processes are charged on the host (queued signals, message
 queues, locked memory, processes) is counted for it alone (see nsexec.c).
 

@@ -30,10 +30,11 @@
  * RLIMIT_MSGQUEUE for POSIX message queues, RLIMIT_MEMLOCK for locked shared
  * memory, RLIMIT_NPROC for processes). So:
  *   - userns makes a sandbox's namespace as OWNER, a host uid of the sandbox's
- *     own that no process has (neither the sandbox's nor the host's): what the
- *     sandbox is charged on the host is its own count. Owned by root, as it
- *     was, every sandbox's charges and root's shared one: nine message queues
- *     in one sandbox left none to open in any other.
+ *     own that no process keeps (its helper takes it to make the namespace, then
+ *     exits; the sandbox maps it nowhere): what the sandbox is charged on the
+ *     host is its own count. Owned by root, as it was, every sandbox's charges
+ *     and root's shared one: nine message queues in one sandbox left none to
+ *     open in any other.
  *   - It does so with these limits as high as root may set them, which bound
  *     the count on the host;
  *   - childns, the workload's, with RLIMIT_SIGPENDING at most
