@@ -62,8 +62,10 @@ def test_build_streams_logs_and_is_reused(
 
 
 def test_logs_arrive_while_the_build_runs(daytona: Daytona, sandboxes: list) -> None:
-    # One RUN: its lines must reach the log as they are printed, not when it ends.
-    image = Image.base("cove-default").run_commands("echo early-line; sleep 3; echo late-line")
+    # One RUN: its lines must reach the log as they are printed, not when it ends. The
+    # client may start reading the log late (by 1.2 s in a loaded CI run: its first chunk
+    # then brings early-line), so the RUN waits well past the 2 s asserted.
+    image = Image.base("cove-default").run_commands("echo early-line; sleep 8; echo late-line")
     seen: list[tuple[float, str]] = []
     sb = daytona.create(
         CreateSandboxFromImageParams(image=image),
