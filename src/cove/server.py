@@ -281,6 +281,7 @@ def build_services(
                           allowed=settings.allowed_registries,
                           max_pulls=settings.max_pulls)  # fmt: skip
     contexts = open_contexts(settings)
+    contexts.key_works = auth.key_works
     meter = open_meter(settings, engine)
     lifecycle = LifecycleService(
         settings=settings, store=store, runner=runner, events=MeteredEvents(meter, events),

@@ -5,16 +5,22 @@ key and a key without the permission get."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
+import asyncssh
 import httpx
 import httpx_ws
 import pytest
 import socketio
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from daytona import Daytona, DaytonaConfig, DaytonaError
 from daytona_api_client import (
     ApiClient,
@@ -249,3 +255,60 @@ def test_a_revoked_keys_websocket_is_closed(admin: Caller) -> None:
             assert time.monotonic() - started < 60  # (not the run's end)
     finally:
         assert admin.http("DELETE", f"/sandbox/{sandbox.id}").status_code == 200
+
+
+def test_a_revoked_keys_ssh_token_and_its_connection_end(admin: Caller) -> None:
+    """An SSH token lasts no longer than the key that asked for it: once the key is
+    revoked, the token opens nothing, validates as invalid, and the connection it
+    opened (a shell running in it) is closed."""
+    daytona = Daytona(DaytonaConfig(api_key=admin.key, api_url=admin.server.api_url))
+    sandbox = daytona.create(timeout=300)
+    key = admin.make("ssh-holder", ["write:sandboxes"])
+    try:
+        made = key.http("POST", f"/sandbox/{sandbox.id}/ssh-access")
+        assert made.status_code == 200, made.text
+        token = made.json()["token"]
+
+        def connect() -> asyncssh.connect:
+            return asyncssh.connect("127.0.0.1", admin.server.ssh_port, username=token,
+                                    known_hosts=None, client_keys=None, agent_path=None,
+                                    encoding=None, preferred_auth="none")  # fmt: skip
+
+        async def run() -> None:
+            async with connect() as conn:
+                assert (await conn.run("echo in")).stdout == b"in\n"
+                shell = await conn.create_process("sleep 600")
+                admin.keys.delete_api_key("ssh-holder")
+                await asyncio.wait_for(conn.wait_closed(), 60)
+                await asyncio.wait_for(shell.wait_closed(), 10)
+            with pytest.raises(asyncssh.PermissionDenied):
+                await connect()
+
+        asyncio.run(run())
+        valid = admin.http("GET", "/sandbox/ssh-access/validate", params={"token": token})
+        assert valid.status_code == 200 and valid.json()["valid"] is False
+    finally:
+        assert admin.http("DELETE", f"/sandbox/{sandbox.id}").status_code == 200
+
+
+def _signed_put(grant: dict[str, str], path: str, body: bytes) -> httpx.Response:
+    """A PUT to Cove's S3 endpoint signed with push-access ``grant`` (botocore's signer)."""
+    url = f"{grant['storageUrl']}/{grant['bucket']}/{path}"
+    request = AWSRequest(method="PUT", url=url, data=body)
+    request.headers["x-amz-content-sha256"] = hashlib.sha256(body).hexdigest()
+    creds = Credentials(grant["accessKey"], grant["secret"], grant["sessionToken"])
+    SigV4Auth(creds, "s3", grant["region"]).add_auth(request)
+    return httpx.put(url, content=body, headers=dict(request.headers.items()), timeout=60)
+
+
+def test_a_revoked_keys_push_access_ends(admin: Caller) -> None:
+    """Build-context upload credentials last no longer than the key that asked for
+    them (not their full hour): revoked, the key's credentials are refused at once."""
+    key = admin.make("push-holder", ["write:snapshots"])
+    grant = key.http("GET", "/object-storage/push-access").json()
+    body = b"context bytes"
+    path = f"{grant['organizationId']}/{hashlib.md5(body).hexdigest()}/context.tar"
+    assert _signed_put(grant, path, body).status_code == 200
+    admin.keys.delete_api_key("push-holder")
+    refused = _signed_put(grant, path, body)
+    assert refused.status_code == 403 and b"revoked" in refused.content

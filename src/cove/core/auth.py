@@ -122,6 +122,13 @@ class AuthService:
             return False
         return True
 
+    def key_works(self, key_id: str) -> bool:
+        """Whether the stored key ``key_id`` still works (neither revoked nor expired):
+        credentials derived from a key (push access) last no longer than it does.
+        Asked of the database each time (no cache): a key revoked anywhere counts at once."""
+        key = self._keys.key(key_id)
+        return key is not None and not key.expired(utcnow())
+
     def _key_for(self, key_hash: str) -> ApiKey:
         now = self._clock()
         known = self._known.get(key_hash)

@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +134,8 @@ class ContextStore:
         self.max_total = max(max_total or 4 * max_bytes, max_bytes)  # per organization
         self.keep_seconds = keep_seconds
         self.shared = shared
+        # Whether an API key (by id) still works: set by the server (see ``authorize``).
+        self.key_works: Callable[[str], bool] | None = None
         self._lock = threading.Lock()  # over the reservations, the usage and evictions
         self._reserved: Counter[str] = Counter()  # organization -> bytes of bodies coming in
         self._pinned: Counter[Path] = Counter()  # contexts builds under way read
@@ -266,10 +268,15 @@ class ContextStore:
 
     # -- credentials
 
-    def push_access(self, organization_id: str) -> PushAccess:
-        """Fresh credentials that may upload the organization's contexts only."""
+    def push_access(self, organization_id: str, key_id: str | None = None) -> PushAccess:
+        """Fresh credentials that may upload the organization's contexts only, for
+        :data:`TTL` and while the API key ``key_id`` that asked for them works (see
+        :meth:`authorize`; None: COVE_API_KEY's, not stored)."""
         access_key = "COVE" + secrets.token_hex(8).upper()
-        claims = {"org": organization_id, "key": access_key, "exp": int(time.time()) + TTL}
+        claims: dict[str, object] = {"org": organization_id, "key": access_key,
+                                     "exp": int(time.time()) + TTL}  # fmt: skip
+        if key_id is not None:
+            claims["kid"] = key_id
         payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode()
         token = f"{payload}.{self._mac('token', payload)}"
         return PushAccess(access_key, self._mac("secret", token), token, organization_id)
@@ -280,7 +287,9 @@ class ContextStore:
         """The organization a signed request acts for, and the payload hash it declares.
 
         Raises:
-            AccessDenied: no valid, unexpired Cove credentials, or a bad signature.
+            AccessDenied: no valid, unexpired Cove credentials, a bad signature, or the
+                API key that asked for the credentials revoked or expired (checked with
+                :attr:`key_works`; credentials of a key are refused while it is unset).
         """
         token = headers.get("x-amz-security-token", "")
         payload, _, tag = token.partition(".")
@@ -292,6 +301,10 @@ class ContextStore:
             raise AccessDenied("invalid security token") from exc
         if claims["exp"] < time.time():
             raise AccessDenied("the credentials have expired: ask for push access again")
+        key_id = claims.get("kid")
+        if key_id is not None and (self.key_works is None or not self.key_works(str(key_id))):
+            raise AccessDenied("the API key that asked for these credentials was revoked "
+                               "or has expired")  # fmt: skip
         try:
             if sigv4.access_key_of(headers.get("authorization")) != claims["key"]:
                 raise AccessDenied("the access key does not belong to the security token")

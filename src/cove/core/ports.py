@@ -384,6 +384,9 @@ class KeyStore(Protocol):
     def key_for(self, key_hash: str) -> ApiKey | None:
         """The key with this hash, or None for a key nobody issued (or revoked)."""
 
+    def key(self, key_id: str) -> ApiKey | None:
+        """The key with this id, or None (revoked, or never issued)."""
+
     def list_keys(self, organization_id: str | None = None) -> builtins.list[ApiKey]:
         """The keys (of one organization), oldest first."""
 

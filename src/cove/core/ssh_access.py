@@ -2,8 +2,11 @@
 
 As on Daytona, a token is the SSH user name (``ssh -p PORT <token>@host``; no
 password, no key), valid for one sandbox until it expires, and creating one
-revokes the sandbox's earlier tokens. Only a token's SHA-256 is stored, so the
-database does not hold usable tokens; they survive a server restart.
+revokes the sandbox's earlier tokens. Unlike Daytona's, a token also ends with the
+API key that asked for it: once that key is revoked or expires, the token opens
+nothing and its open connections are closed (by the gateway's sweep). Only a
+token's SHA-256 is stored, so the database does not hold usable tokens; they
+survive a server restart.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class SshAccess:
     expires_at: datetime
     created_at: datetime
     updated_at: datetime
+    key_id: str | None = None  # the API key that asked for it (None: COVE_API_KEY's)
 
 
 class SshAccessStore(Protocol):
@@ -50,10 +54,13 @@ class SshAccessStore(Protocol):
         """Delete the sandbox's grants (only that token's, if given); their ids."""
         ...
 
-    def find(self, token_hash: str) -> SshAccess | None: ...
+    def find(self, token_hash: str) -> SshAccess | None:
+        """The grant of that token, unless the key that asked for it is gone or expired."""
+        ...
 
     def existing(self, ids: Collection[str]) -> set[str]:
-        """Which of the grants ``ids`` are still kept (not revoked, the sandbox not gone)."""
+        """Which of the grants ``ids`` are still kept (not revoked, the sandbox not gone,
+        the key that asked for it neither revoked nor expired)."""
         ...
 
 
@@ -77,10 +84,10 @@ class SshAccessService:
         # Called with the ids of revoked grants (the gateway closes their sessions).
         self.revoked_hooks: list[Callable[[list[str]], None]] = []
 
-    def create(self, organization_id: str, id_or_name: str,
-               minutes: float | None) -> tuple[SshAccess, str]:  # fmt: skip
-        """A new token for the caller's sandbox, valid ``minutes`` (default 60); the
-        sandbox's earlier tokens are revoked.
+    def create(self, organization_id: str, id_or_name: str, minutes: float | None,
+               key_id: str | None = None) -> tuple[SshAccess, str]:  # fmt: skip
+        """A new token for the caller's sandbox, valid ``minutes`` (default 60) and while
+        the caller's key ``key_id`` works; the sandbox's earlier tokens are revoked.
 
         Raises:
             NotFound: no such sandbox in the caller's organization.
@@ -98,7 +105,7 @@ class SshAccessService:
         access = SshAccess(id=str(uuid.uuid4()), sandbox_id=sandbox.id,
                            organization_id=organization_id,
                            expires_at=now + timedelta(minutes=minutes), created_at=now,
-                           updated_at=now)  # fmt: skip
+                           updated_at=now, key_id=key_id)  # fmt: skip
         self._store.add(access, hash_token(token))
         return access, token
 
@@ -122,7 +129,7 @@ class SshAccessService:
         return access.sandbox_id if access and access.organization_id == organization_id else None
 
     def check(self, token: str) -> SshAccess | None:
-        """The unexpired grant of ``token``, else None."""
+        """The unexpired grant of ``token`` (its key still working), else None."""
         if not plausible(token):
             return None
         access = self._store.find(hash_token(token))
@@ -143,7 +150,8 @@ class SshAccessService:
 
     def sweep(self, ids: Collection[str]) -> None:
         """Tell the hooks which of the grants ``ids`` were revoked elsewhere (through
-        another API replica): their connections here are closed too."""
+        another API replica), or whose key was revoked or expired: their connections
+        here are closed too."""
         if ids:
             self._revoked(sorted(set(ids) - self._store.existing(ids)))
 

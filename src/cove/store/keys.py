@@ -55,6 +55,11 @@ class SqlKeyStore(SqlStore):
             row = s.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash)).first()
             return None if row is None else _key(row)
 
+    def key(self, key_id: str) -> ApiKey | None:
+        with self.session() as s:
+            row = s.get(ApiKeyRow, key_id)
+            return None if row is None else _key(row)
+
     def list_keys(self, organization_id: str | None = None) -> list[ApiKey]:
         query = select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.id)
         if organization_id is not None:

@@ -225,6 +225,9 @@ class SshAccessRow(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The API key that asked for the grant: the grant ends with it (revoked or expired).
+    # NULL: COVE_API_KEY's, or a grant made before 0017.
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class SecretRow(Base):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cove.core.contexts import TTL, AccessDenied, ContextStore, NoSuchKey, TooLarge
+from cove.core.contexts import TTL, AccessDenied, ContextStore, NoSuchKey, PushAccess, TooLarge
 from cove.errors import BadRequest
 from cove.store.s3_contexts import S3Contexts
 
@@ -225,3 +225,35 @@ def test_parts_of_uploads_and_bodies_coming_in_count(tmp_path: Path) -> None:
     assert store.reserve("org-1", 1000) == 500  # 1000 in parts, 1000 coming in
     store.abort_upload("org-1", key, upload)
     assert store.reserve("org-1", 1000) == 1000
+
+
+def _signed_put(grant: PushAccess, path: str) -> dict[str, str]:
+    """The headers of a PUT of ``path`` signed with ``grant`` (botocore's signer)."""
+    auth = pytest.importorskip("botocore.auth")
+    awsrequest = pytest.importorskip("botocore.awsrequest")
+    credentials = pytest.importorskip("botocore.credentials")
+    req = awsrequest.AWSRequest(method="PUT", url=f"https://cove.example{path}", data=b"x")
+    req.headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
+    creds = credentials.Credentials(grant.access_key, grant.secret, grant.session_token)
+    auth.SigV4Auth(creds, "s3", "us-east-1").add_auth(req)
+    return {**{k.lower(): v for k, v in req.headers.items()}, "host": "cove.example"}
+
+
+def test_credentials_end_with_the_api_key_that_asked_for_them(tmp_path: Path) -> None:
+    """Push access asked for with a stored API key works while that key does; once it
+    is revoked or expires, the credentials are refused though unexpired themselves.
+    COVE_API_KEY's (no key id) are bound by their expiry alone."""
+    store = _store(tmp_path)
+    working = {"key-1"}
+    store.key_works = working.__contains__
+    path = "/api/object-storage/s3/cove-contexts/org-1/" + "a" * 32 + "/context.tar"
+    keyed = store.push_access("org-1", "key-1")
+    operators = store.push_access("org-1")
+    assert store.authorize("PUT", path, "", _signed_put(keyed, path))[0] == "org-1"
+    working.clear()  # the key is revoked (or expired)
+    with pytest.raises(AccessDenied, match="revoked"):
+        store.authorize("PUT", path, "", _signed_put(keyed, path))
+    assert store.authorize("PUT", path, "", _signed_put(operators, path))[0] == "org-1"
+    store.key_works = None  # not told how to check keys: keyed credentials are refused
+    with pytest.raises(AccessDenied, match="revoked"):
+        store.authorize("PUT", path, "", _signed_put(store.push_access("org-1", "key-1"), path))

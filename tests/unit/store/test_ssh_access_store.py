@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine
 
+from cove.core.keys import ApiKey
 from cove.core.ports import Resources
-from cove.core.sandbox import Sandbox
+from cove.core.sandbox import Sandbox, utcnow
 from cove.core.ssh_access import SshAccessService
 from cove.errors import BadRequest, NotFound
 from cove.store.keys import SqlKeyStore
@@ -80,3 +82,43 @@ def test_a_grant_revoked_through_another_replica_is_swept_here(db: Engine) -> No
     assert closed == [[gone.id]]
     here.sweep([])
     assert closed == [[gone.id]]
+
+
+def _key(db: Engine, org: str, name: str, expires_at: datetime | None = None) -> str:
+    key = ApiKey(id=f"key-{name}", organization_id=org, name=name, permissions=None,
+                 mask="cove_****", created_at=utcnow(), expires_at=expires_at)  # fmt: skip
+    SqlKeyStore(db).add_key(key, f"hash-{name}")
+    return key.id
+
+
+def test_a_grant_ends_with_the_key_that_asked_for_it(db: Engine) -> None:
+    """Revoked or expired, the key takes its tokens with it: they open nothing, and
+    the sweep closes their connections (here and on every replica)."""
+    ssh, org, _ = _service(db)
+    closed: list[list[str]] = []
+    ssh.revoked_hooks.append(closed.append)
+    revoked_key = _key(db, org, "revoked")
+    expiring_key = _key(db, org, "expiring", utcnow() + timedelta(seconds=1))
+    by_revoked, revoked_token = ssh.create(org, "name-1", 5, revoked_key)
+    by_expiring, expiring_token = ssh.create(org, "name-2", 5, expiring_key)
+    assert by_revoked.key_id == revoked_key
+    assert ssh.check(revoked_token) == by_revoked and ssh.check(expiring_token) == by_expiring
+    sandboxes = SqlSandboxStore(db)
+    sandboxes.add(Sandbox(id="id-4", organization_id=org, name="name-4", snapshot="s",
+                          user="daytona", resources=Resources(1, 1, 1)))  # fmt: skip
+    operators, operators_token = ssh.create(org, "name-4", 5)  # COVE_API_KEY's: no key
+    grants = [by_revoked.id, by_expiring.id, operators.id]
+    ssh.sweep(grants)
+    assert closed == []
+
+    assert SqlKeyStore(db).delete_key(revoked_key)
+    assert ssh.check(revoked_token) is None and ssh.validate(org, revoked_token) is None
+    ssh.sweep(grants)
+    assert closed == [[by_revoked.id]]
+
+    grants.remove(by_revoked.id)  # (the gateway forgets a grant it closed)
+    time.sleep(1.1)  # the other key expires
+    assert ssh.check(expiring_token) is None
+    ssh.sweep(grants)
+    assert closed[-1] == [by_expiring.id]
+    assert ssh.check(operators_token) == operators  # untouched throughout

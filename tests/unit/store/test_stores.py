@@ -147,3 +147,19 @@ def test_keys_made_before_0010_hold_every_permission(tmp_path) -> None:
     key = SqlKeyStore(engine).key_for("ab" * 32)
     assert key is not None and key.permissions is None and key.held == ALL
     assert key.expires_at is None and key.mask == "cove_" + "*" * 20
+
+
+def test_the_migrations_make_the_schema_the_models_describe(tmp_path) -> None:
+    """Every column, index and table of the models comes from a migration (a column
+    added to a model without one would exist in tests' fresh schemas only)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from cove.store.migrate import upgrade
+    from cove.store.models import Base
+    from cove.store.sql import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    upgrade(engine)
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
