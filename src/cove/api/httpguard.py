@@ -20,6 +20,13 @@ from one address with no key (``tests/unit/api/test_httpguard.py``):
   A head still incomplete past ``http_max_head_bytes`` gets a 431 and the connection
   is closed. (A head that arrives whole in one read is parsed once, at no such cost:
   it may pass the bound by up to that read's size, 256 KiB at most.)
+- **TLS handshakes.** With ``COVE_TLS_CERT``, a connection is counted from the
+  moment it is accepted, before its handshake (asyncio's TLS server would call the
+  protocol only once the handshake is over, and gives a handshake 60 s): a client
+  that opens connections and never says hello holds no more than its share, and
+  each for at most ``http_header_seconds``. A connection past a cap is closed
+  before its handshake (no 503 can be said yet). So the guard does the TLS itself
+  (``loop.start_tls``), not uvicorn.
 - **A WebSocket message's size.** uvicorn takes messages of up to 16 MiB, and holds
   one still arriving whole before the application sees any of it: 40 connections of
   one key, each sending 15 MiB of a message it never finished, grew the server by
@@ -39,6 +46,7 @@ import ipaddress
 import json
 import logging
 import resource
+import ssl
 from collections import Counter
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -132,9 +140,19 @@ def refusal(status: int, message: str) -> bytes:
 WS_MAX_MESSAGE = MAX_BODY  # a WebSocket message of a client, as a request body
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server's TLS context (``COVE_TLS_CERT``/``COVE_TLS_KEY``), None without."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
 def server_options(settings: Settings) -> dict[str, Any]:
     """The guard's options of ``uvicorn.Config``: the protocol classes (see
-    :func:`protocols`) and the bound on a WebSocket message."""
+    :func:`protocols`, which also serve TLS: give uvicorn no certificate) and the
+    bound on a WebSocket message."""
     http, ws = protocols(settings)
     return {"http": http, "ws": ws, "ws_max_size": WS_MAX_MESSAGE}
 
@@ -144,6 +162,8 @@ def protocols(settings: Settings) -> tuple[type[asyncio.Protocol], type[asyncio.
     gate = Gate(settings.http_max_connections_per_client, settings.http_max_connections)
     header_seconds = settings.http_header_seconds
     max_head = settings.http_max_head_bytes
+    tls = tls_context(settings)
+    handshake_seconds = header_seconds or 60.0  # (asyncio's own bound)
 
     class GuardedWebSocket(WebSocketsSansIOProtocol):
         """A WebSocket upgraded from a :class:`GuardedHttp` connection, still counted."""
@@ -163,26 +183,70 @@ def protocols(settings: Settings) -> tuple[type[asyncio.Protocol], type[asyncio.
         head_bytes = 0
         in_head = False
         head_timer: asyncio.TimerHandle | None = None
+        handshake: asyncio.Task[None] | None = None
+        early: bytes = b""  # what came over TLS before start_tls returned (see ``_secure``)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            key = client_key(self.client)
-            refused = gate.admit(key)
-            if refused is not None:
-                transport.write(refusal(503, refused))
-                transport.close()
+            if tls is not None and self.handshake is None:  # accepted, not yet secured
+                key = client_key(transport.get_extra_info("peername"))
+                if gate.admit(key) is not None:
+                    transport.abort()  # (nothing can be said before the handshake)
+                    return
+                self.gate_key = key
+                transport.pause_reading()  # the hello is for the TLS layer to read
+                self.handshake = self.loop.create_task(self._secure(transport, tls))
                 return
-            self.gate_key = key
+            super().connection_made(transport)
+            if self.gate_key is None:  # (a TLS connection was counted at its accept)
+                key = client_key(self.client)
+                refused = gate.admit(key)
+                if refused is not None:
+                    transport.write(refusal(503, refused))
+                    transport.close()
+                    return
+                self.gate_key = key
             self._arm()
+
+        async def _secure(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+            """The TLS handshake, within ``handshake_seconds``; then HTTP over it."""
+            try:
+                secured = await self.loop.start_tls(raw, self, context, server_side=True,
+                                                    ssl_handshake_timeout=handshake_seconds)
+            except (OSError, TimeoutError, RuntimeError):  # (ssl.SSLError is an OSError)
+                secured = None  # (start_tls closed the connection)
+            except asyncio.CancelledError:  # lost, or too much sent before start_tls returned
+                secured = None
+            if secured is None:
+                raw.abort()
+                self._uncount()
+                return
+            self.connection_made(secured)
+            if self.early:  # (the TLS layer hands data on as soon as its handshake ends)
+                early, self.early = self.early, b""
+                self.data_received(early)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._uncount()
+            if self.transport is None:  # lost during its TLS handshake
+                if self.handshake is not None:
+                    self.handshake.cancel()
+                return
+            super().connection_lost(exc)
+
+        def _uncount(self) -> None:
             if self.gate_key is not None:
                 gate.release(self.gate_key)
                 self.gate_key = None
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self.transport is None:  # secured, start_tls not yet returned: kept
+                self.early += data
+                if len(self.early) > max_head:
+                    self.early = b""
+                    if self.handshake is not None:
+                        self.handshake.cancel()
+                return
             if self.transport.is_closing():
                 return
             if not self.in_head and (self.cycle is None or self.cycle.response_complete):

@@ -69,9 +69,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, log_level: 
         log_config=logs.config(log_level),
         **httpguard.server_options(settings),
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        timeout_graceful_shutdown=10,
-        ssl_certfile=settings.tls_cert,
-        ssl_keyfile=settings.tls_key,
+        timeout_graceful_shutdown=10,  # (TLS: the guard's, see httpguard)
     )
     _run(config, settings, first_key)
 

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -238,3 +240,51 @@ def test_a_websocket_message_within_the_bound_is_taken(tmp_path: Path) -> None:
 ])  # fmt: skip
 def test_client_key(client: tuple[str, int] | None, key: str) -> None:
     assert httpguard.client_key(client) == key
+
+
+def _tls_settings(tmp_path: Path, **kw: object) -> Settings:
+    """Settings with a self-signed certificate for 127.0.0.1 (``openssl``)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=cove",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)  # fmt: skip
+    return settings(tmp_path, tls_cert=cert, tls_key=key, **kw)
+
+
+def _tls_get(served: Served, source: str = "127.0.0.1") -> bytes:
+    """A GET over TLS (the certificate taken as it is): the answer, b"" when refused."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with served.connect(source) as raw, context.wrap_socket(raw) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            return answer(conn)
+    except (ssl.SSLError, OSError):
+        return b""
+
+
+def test_tls_connections_count_from_their_accept_not_their_handshake(
+        tmp_path: Path, held: list[socket.socket]) -> None:
+    """Connections that never say hello (no TLS handshake) hold no more than their
+    address's share: asyncio's TLS server would not tell the protocol of them until
+    their handshake ended (60 s), so any number of them could be held."""
+    with Served(_tls_settings(tmp_path, http_max_connections_per_client=3)) as served:
+        assert _tls_get(served).startswith(b"HTTP/1.1 200")
+        held.extend(served.connect("127.0.0.2") for _ in range(3))  # no hello, ever
+        assert _tls_get(served, "127.0.0.2") == b""  # closed before its handshake
+        assert _tls_get(served, "127.0.0.1").startswith(b"HTTP/1.1 200")
+        held.pop().close()
+        deadline = time.monotonic() + 5
+        while not (got := _tls_get(served, "127.0.0.2")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got.startswith(b"HTTP/1.1 200")
+
+
+def test_a_tls_handshake_has_the_heads_time(tmp_path: Path) -> None:
+    with Served(_tls_settings(tmp_path, http_header_seconds=0.5)) as served:
+        with served.connect() as silent:  # accepted, never a hello
+            started = time.monotonic()
+            assert answer(silent) == b""
+            assert time.monotonic() - started < 4
+        assert _tls_get(served).startswith(b"HTTP/1.1 200")
