@@ -288,3 +288,6 @@ def test_a_tls_handshake_has_the_heads_time(tmp_path: Path) -> None:
             assert answer(silent) == b""
             assert time.monotonic() - started < 4
         assert _tls_get(served).startswith(b"HTTP/1.1 200")
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        with ws_connect(f"wss://127.0.0.1:{served.port}/ws", ssl=context) as ws:
+            assert ws.ping().wait(5)  # a WebSocket upgraded over TLS
