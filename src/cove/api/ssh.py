@@ -9,10 +9,11 @@ a command on pipes (``ssh host cmd``, with its exit status). Nothing but session
 is served: TCP/IP and Unix forwarding (either way), agent and X11 forwarding,
 SFTP and scp are refused, and so are ``env`` requests (a session's environment is
 the sandbox's) and compression (see ``SshGateway._listen``). Revoking a token, or
-deleting its sandbox, closes the connections it opened, and so does its expiry
-(within ``SWEEP_SECONDS``; an expired token's connection opens no new session
-meanwhile). A token opens at most ``MAX_CONNECTIONS`` connections at once, and a
-connection at most ``MAX_SESSIONS`` sessions.
+deleting its sandbox, closes the connections it opened, and so do its expiry and
+the revocation or expiry of the API key that asked for it (within ``SWEEP_SECONDS``;
+an expired token's connection opens no new session meanwhile). A token opens at most
+``MAX_CONNECTIONS`` connections at once, and a connection at most ``MAX_SESSIONS``
+sessions.
 
 Before its login, a connection is anyone's: each is held up to the login timeout, and
 a few hundred from one address, never logging in, used up the server's open files (it
