@@ -25,8 +25,9 @@ from one address with no key (``tests/unit/api/test_httpguard.py``):
   protocol only once the handshake is over, and gives a handshake 60 s): a client
   that opens connections and never says hello holds no more than its share, and
   each for at most ``http_header_seconds``. A connection past a cap is closed
-  before its handshake (no 503 can be said yet). So the guard does the TLS itself
-  (``loop.start_tls``), not uvicorn.
+  before its handshake (no 503 can be said yet). So the guard does the TLS itself,
+  not uvicorn: it counts the accepted connection, then hands its socket to
+  ``loop.connect_accepted_socket`` with the certificate.
 - **A WebSocket message's size.** uvicorn takes messages of up to 16 MiB, and holds
   one still arriving whole before the application sees any of it: 40 connections of
   one key, each sending 15 MiB of a message it never finished, grew the server by
@@ -45,7 +46,9 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import resource
+import socket
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
@@ -138,6 +141,7 @@ def refusal(status: int, message: str) -> bytes:
 
 
 WS_MAX_MESSAGE = MAX_BODY  # a WebSocket message of a client, as a request body
+_HANDSHAKES: set[asyncio.Task[None]] = set()  # TLS handshakes under way (kept referenced)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -183,18 +187,16 @@ def protocols(settings: Settings) -> tuple[type[asyncio.Protocol], type[asyncio.
         head_bytes = 0
         in_head = False
         head_timer: asyncio.TimerHandle | None = None
-        handshake: asyncio.Task[None] | None = None
-        early: bytes = b""  # what came over TLS before start_tls returned (see ``_secure``)
+        secured = False  # the HTTP side of a TLS connection (see ``_hand_over``)
+        handed_over = False  # a TLS connection's accepted side, handed over
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._made_with = (args, kwargs)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            if tls is not None and self.handshake is None:  # accepted, not yet secured
-                key = client_key(transport.get_extra_info("peername"))
-                if gate.admit(key) is not None:
-                    transport.abort()  # (nothing can be said before the handshake)
-                    return
-                self.gate_key = key
-                transport.pause_reading()  # the hello is for the TLS layer to read
-                self.handshake = self.loop.create_task(self._secure(transport, tls))
+            if tls is not None and not self.secured:
+                self._hand_over(transport, tls)
                 return
             super().connection_made(transport)
             if self.gate_key is None:  # (a TLS connection was counted at its accept)
@@ -207,31 +209,43 @@ def protocols(settings: Settings) -> tuple[type[asyncio.Protocol], type[asyncio.
                 self.gate_key = key
             self._arm()
 
-        async def _secure(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
-            """The TLS handshake, within ``handshake_seconds``; then HTTP over it."""
-            try:
-                secured = await self.loop.start_tls(raw, self, context, server_side=True,
-                                                    ssl_handshake_timeout=handshake_seconds)
-            except (OSError, TimeoutError, RuntimeError):  # (ssl.SSLError is an OSError)
-                secured = None  # (start_tls closed the connection)
-            except asyncio.CancelledError:  # lost, or too much sent before start_tls returned
-                secured = None
-            if secured is None:
-                raw.abort()
-                self._uncount()
+        def _hand_over(self, accepted: asyncio.Transport, context: ssl.SSLContext) -> None:
+            """Count a connection of a TLS server at its accept, then hand its socket to
+            a TLS transport (its handshake within ``handshake_seconds``) and a protocol
+            of its own, for HTTP once it is secured. The accepted transport is aborted at
+            once, before it reads anything (the socket lives on in its duplicate)."""
+            self.handed_over = True
+            key = client_key(accepted.get_extra_info("peername"))
+            if gate.admit(key) is not None:
+                accepted.abort()  # (nothing can be said before the handshake)
                 return
-            self.connection_made(secured)
-            if self.early:  # (the TLS layer hands data on as soon as its handshake ends)
-                early, self.early = self.early, b""
-                self.data_received(early)
+            try:
+                sock = socket.socket(fileno=os.dup(accepted.get_extra_info("socket").fileno()))
+            except OSError:
+                gate.release(key)
+                accepted.abort()
+                return
+            accepted.abort()
+            args, kwargs = self._made_with
+            secured = type(self)(*args, **kwargs)
+            secured.secured, secured.gate_key = True, key
+            task = self.loop.create_task(secured._handshake(sock, context))
+            _HANDSHAKES.add(task)
+            task.add_done_callback(_HANDSHAKES.discard)
+
+        async def _handshake(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+            try:
+                await self.loop.connect_accepted_socket(
+                    lambda: self, sock, ssl=context, ssl_handshake_timeout=handshake_seconds)
+            except (OSError, TimeoutError, RuntimeError, asyncio.CancelledError):
+                # (ssl.SSLError is an OSError; the TLS transport closed the socket)
+                self._uncount()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if self.handed_over:  # the accepted side of a TLS connection: not HTTP's
+                return
             self._disarm()
             self._uncount()
-            if self.transport is None:  # lost during its TLS handshake
-                if self.handshake is not None:
-                    self.handshake.cancel()
-                return
             super().connection_lost(exc)
 
         def _uncount(self) -> None:
@@ -240,15 +254,8 @@ def protocols(settings: Settings) -> tuple[type[asyncio.Protocol], type[asyncio.
                 self.gate_key = None
 
         def data_received(self, data: bytes) -> None:
-            if self.transport is None:  # secured, start_tls not yet returned: kept
-                self.early += data
-                if len(self.early) > max_head:
-                    self.early = b""
-                    if self.handshake is not None:
-                        self.handshake.cancel()
-                return
-            if self.transport.is_closing():
-                return
+            if self.handed_over or self.transport.is_closing():
+                return  # (handed over: aborted before it reads, so never)
             if not self.in_head and (self.cycle is None or self.cycle.response_complete):
                 self._arm()  # a new head starts here: it has until the timer
             super().data_received(data)

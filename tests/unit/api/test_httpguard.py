@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+import uvloop
 from websockets.sync.client import connect as ws_connect
 
 from cove.api import httpguard
@@ -46,12 +47,16 @@ async def _app(scope, receive, send) -> None:  # noqa: ANN001
 
 
 class Served:
-    def __init__(self, settings: Settings) -> None:
+    """A uvicorn server with the guard's protocols, on a thread, on asyncio's own loop
+    or (``loop="uvloop"``) on uvloop, which ``cove serve`` runs on."""
+
+    def __init__(self, settings: Settings, loop: str = "asyncio") -> None:
         self.port = free_port()
         config = uvicorn.Config(_app, host="127.0.0.1", port=self.port, timeout_keep_alive=30,
                                 log_level="critical", **httpguard.server_options(settings))
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()))
+        run = uvloop.run if loop == "uvloop" else asyncio.run
+        self.thread = threading.Thread(target=lambda: run(self.server.serve()))
 
     def __enter__(self) -> Served:
         self.thread.start()
@@ -264,13 +269,15 @@ def _tls_get(served: Served, source: str = "127.0.0.1") -> bytes:
         return b""
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_tls_connections_count_from_their_accept_not_their_handshake(
-        tmp_path: Path, held: list[socket.socket]) -> None:
+        tmp_path: Path, held: list[socket.socket], loop: str) -> None:
     """Connections that never say hello (no TLS handshake) hold no more than their
     address's share: asyncio's TLS server would not tell the protocol of them until
     their handshake ended (60 s), so any number of them could be held."""
-    with Served(_tls_settings(tmp_path, http_max_connections_per_client=3)) as served:
-        assert _tls_get(served).startswith(b"HTTP/1.1 200")
+    with Served(_tls_settings(tmp_path, http_max_connections_per_client=3), loop) as served:
+        for _ in range(50):  # (each handshake after its accept, as a client sends it)
+            assert _tls_get(served).startswith(b"HTTP/1.1 200")
         held.extend(served.connect("127.0.0.2") for _ in range(3))  # no hello, ever
         assert _tls_get(served, "127.0.0.2") == b""  # closed before its handshake
         assert _tls_get(served, "127.0.0.1").startswith(b"HTTP/1.1 200")
@@ -281,8 +288,9 @@ def test_tls_connections_count_from_their_accept_not_their_handshake(
         assert got.startswith(b"HTTP/1.1 200")
 
 
-def test_a_tls_handshake_has_the_heads_time(tmp_path: Path) -> None:
-    with Served(_tls_settings(tmp_path, http_header_seconds=0.5)) as served:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_tls_handshake_has_the_heads_time(tmp_path: Path, loop: str) -> None:
+    with Served(_tls_settings(tmp_path, http_header_seconds=0.5), loop) as served:
         with served.connect() as silent:  # accepted, never a hello
             started = time.monotonic()
             assert answer(silent) == b""
