@@ -216,16 +216,15 @@ def protocols(settings: Settings) -> tuple[type[asyncio.Protocol], type[asyncio.
             once, before it reads anything (the socket lives on in its duplicate)."""
             self.handed_over = True
             key = client_key(accepted.get_extra_info("peername"))
-            if gate.admit(key) is not None:
-                accepted.abort()  # (nothing can be said before the handshake)
-                return
-            try:
-                sock = socket.socket(fileno=os.dup(accepted.get_extra_info("socket").fileno()))
-            except OSError:
-                gate.release(key)
-                accepted.abort()
-                return
+            sock = None
+            if gate.admit(key) is None:  # (past a cap: nothing can be said before TLS)
+                try:
+                    sock = socket.socket(fileno=os.dup(accepted.get_extra_info("socket").fileno()))
+                except OSError:
+                    gate.release(key)
             accepted.abort()
+            if sock is None:
+                return
             args, kwargs = self._made_with
             secured = type(self)(*args, **kwargs)
             secured.secured, secured.gate_key = True, key
@@ -238,7 +237,7 @@ def protocols(settings: Settings) -> tuple[type[asyncio.Protocol], type[asyncio.
                 await self.loop.connect_accepted_socket(
                     lambda: self, sock, ssl=context, ssl_handshake_timeout=handshake_seconds)
             except (OSError, TimeoutError, RuntimeError, asyncio.CancelledError):
-                # (ssl.SSLError is an OSError; the TLS transport closed the socket)
+                sock.close()  # (ssl.SSLError is an OSError; most often closed already)
                 self._uncount()
 
         def connection_lost(self, exc: Exception | None) -> None:

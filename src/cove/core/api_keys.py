@@ -63,7 +63,7 @@ class ApiKeyService:
                 raise QuotaExceeded(f"an organization has at most {MAX_API_KEYS} API keys")
             return self.auth.issue(who.organization_id, name=name, permissions=wanted,
                                    expires_at=expires_at,
-                                   created_by=who.key.id if who.key else None)  # fmt: skip
+                                   created_by=who.key_id)  # fmt: skip
 
     def list(self, who: Principal) -> list[ApiKey]:
         """The organization's keys, the most recently used first (never their values)."""

@@ -33,6 +33,11 @@ class Principal:
     permissions: frozenset[Permission] = ALL
     key: ApiKey | None = None  # None: the key set in COVE_API_KEY (not stored)
 
+    @property
+    def key_id(self) -> str | None:
+        """The stored key's id (None: COVE_API_KEY's): what it makes records it."""
+        return self.key.id if self.key is not None else None
+
     def require(self, needed: Permission | None) -> None:
         """Raises :class:`cove.errors.Forbidden` unless the key holds ``needed``."""
         require(self.permissions, needed)

@@ -39,8 +39,7 @@ MAX_LIST = 2 * 1024 * 1024  # bytes of a CompleteMultipartUpload body (10,000 pa
 @router.get("/push-access")
 async def push_access(who: PrincipalDep, services: ServicesDep) -> StorageAccess:
     """Short-lived credentials that may upload the organization's build contexts."""
-    grant = services.contexts.push_access(who.organization_id,
-                                          who.key.id if who.key is not None else None)
+    grant = services.contexts.push_access(who.organization_id, who.key_id)
     base = services.settings.base_url
     return StorageAccess(
         access_key=grant.access_key, secret=grant.secret, session_token=grant.session_token,

@@ -35,7 +35,7 @@ async def create_ssh_access(
     """A token for ``ssh <token>@host``; the sandbox's earlier tokens are revoked."""
     settings = services.settings
     access, token = services.ssh.create(who.organization_id, id_or_name, expires_in_minutes,
-                                        who.key.id if who.key is not None else None)
+                                        who.key_id)
     return SshAccessPublic(
         id=access.id, sandbox_id=access.sandbox_id, token=token,
         expires_at=iso(access.expires_at), created_at=iso(access.created_at),
