@@ -302,7 +302,7 @@ def build_services(
     secrets = lifecycle.creator.secrets = SecretService(
         SqlSecretStore(engine, SecretBox.in_dir(settings.data_dir)))
     toolbox = ToolboxService(lifecycle.ops, settings.output_limit, settings.max_sandbox_requests,
-                             settings.max_organization_requests)  # fmt: skip
+                             settings.max_organization_requests, settings.relays)  # fmt: skip
     toolbox.extra_env = lambda sb: secrets.env(sb.id)
     warm_pools.keeper.links, warm_pools.keeper.claimed = toolbox.links, toolbox.records.put
     lifecycle.creator.booted = toolbox.records.put

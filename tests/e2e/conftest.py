@@ -7,6 +7,7 @@ after the session nothing of ours may be left on the host.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import time
@@ -121,6 +122,20 @@ def server(tmp_path_factory: pytest.TempPathFactory, e2e_dns: FakeDns, oci_layou
            "COVE_VOLUME_SIZE_GB": "1"}  # (volumes a test can fill)
     with running_server(tmp_path_factory.mktemp("cove-e2e"), 1, env) as srv:
         yield srv
+
+
+def sandbox_processes(sandbox_id: str) -> Iterator[tuple[int, bytes]]:
+    """The host pids of a sandbox's processes, with their command lines."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            cgroup = Path(f"/proc/{entry}/cgroup").read_text()
+        except OSError:
+            continue
+        if sandbox_id in cgroup:
+            yield int(entry), cmdline
 
 
 def run_ok(sb, command: str) -> str:  # noqa: ANN001 - an SDK Sandbox, sync

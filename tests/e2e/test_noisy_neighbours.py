@@ -9,6 +9,7 @@ that hangs up stops the command it started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -23,6 +24,7 @@ from daytona import CreateSandboxFromSnapshotParams, Daytona
 from cove.core.output import DEFAULT_LIMIT
 from cove.testing import RssWatch
 from tests.e2e.conftest import KEY, Server
+from tests.e2e.test_relays import host_pid, relayed
 from tests.e2e.test_toolbox_files_git import agent_pid
 
 MiB = 1 << 20
@@ -106,18 +108,23 @@ def test_a_frozen_agent_holds_back_only_its_own_sandbox(server: Server, daytona:
     frozen, other = (daytona.create(params) for _ in range(2))
     sandboxes.extend([frozen, other])
     assert frozen.process.exec("true").exit_code == 0  # its channel is open
-    pid = agent_pid(frozen.id)
-    os.kill(pid, signal.SIGSTOP)
+    relayed(frozen)  # (and its relay made: both freeze, as a wedged sandbox's would)
+    pids = [agent_pid(frozen.id), host_pid(frozen.id, b"--relay")]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     try:
         with ThreadPoolExecutor(8) as pool:
             stuck = [pool.submit(_execute, server, frozen.id, "true", 120) for _ in range(8)]
             for _ in range(20):
                 assert _execute(server, other.id, "echo fine", 60).json()["result"] == "fine\n"
             assert not any(f.done() for f in stuck), "the frozen agent answered?"
-            os.kill(pid, signal.SIGCONT)
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
             answers = [f.result() for f in stuck]
     finally:
-        os.kill(pid, signal.SIGCONT)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # (a relay's idle exit since)
+                os.kill(pid, signal.SIGCONT)
     # Thawed before the agent's accept deadline: every held call then ran.
     assert {(r.status_code, r.text) for r in answers} == {(200, '{"exitCode":0,"result":""}')}
 

@@ -29,7 +29,7 @@ from daytona.common.errors import (
 )
 
 from cove.testing import RssWatch
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, sandbox_processes
 
 pytestmark = pytest.mark.e2e
 HOME = "/home/daytona"
@@ -151,18 +151,11 @@ async def test_async_sdk_files(server: Server) -> None:
 def agent_pid(sandbox_id: str) -> int:
     """The host pid of the sandbox's toolbox agent (started by init, or a pre-started
     one handed over: ``prestart.py``)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            cgroup = Path(f"/proc/{entry}/cgroup").read_text()
-        except OSError:
-            continue
+    for pid, cmdline in sandbox_processes(sandbox_id):
         program = cmdline.split(b"\0")[0]
         agent = b"toolbox.agent" in cmdline or b"prestart.py" in cmdline
-        if program.endswith(b"ld.so") and agent and sandbox_id in cgroup:
-            return int(entry)
+        if program.endswith(b"ld.so") and agent:
+            return pid
     raise AssertionError("no agent process found")
 
 

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import confine, mux, protocol, spare
+from . import confine, mux, protocol, relay, spare
 from .protocol import AgentError
 
 log = logging.getLogger("cove-agent")
@@ -101,7 +101,16 @@ async def handle(
     if check_peer and _peer_pid(writer) != 0:  # a process of this sandbox, not Cove
         writer.close()
         return
+    try:
+        first = await protocol.read_frame(reader)
+    except (EOFError, ConnectionError, protocol.ProtocolError):
+        writer.close()
+        return
+    if first[0] == protocol.RELAY and first[1] == 0:
+        relay.hand_over(writer, first[2])
+        return
     channel = mux.Channel(reader, writer, opened=serve_request)
+    channel.deliver(*first)
     CHANNELS.add(channel)
     try:
         await channel.closed.wait()
@@ -268,12 +277,13 @@ def busy() -> bool:
 
 
 def _has_children() -> bool:
-    """Whether a child other than a waiting spare (see :mod:`spare`) lives."""
+    """Whether a child other than a waiting spare (see :mod:`spare`) or a relay (which
+    answers for its commands itself, see :mod:`relay`) lives."""
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:
         return True
-    spares = spare.waiting()
+    spares = spare.waiting() | relay.pids()
     for tid in tasks:
         try:
             with open(f"/proc/self/task/{tid}/children") as f:
@@ -300,6 +310,7 @@ async def exit_when_idle(server: asyncio.Server, seconds: float, stop: asyncio.E
             server.close()
             for channel in list(CHANNELS):
                 channel._shut()
+            relay.discard_all()  # (a relay's command under way runs on to its answer)
             stop.set()
             return
 

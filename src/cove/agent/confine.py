@@ -340,6 +340,11 @@ def confined() -> bool:
     return CURRENT.userns is not None or CURRENT.new_userns
 
 
+# The pids (as strings) of the relays alive: the cgroups they make for their commands
+# ("r<pid>-<n>") are theirs to remove while they live (see init.c's relay mode).
+RELAYS: set[str] = set()
+
+
 def sweep() -> None:
     """Remove the empty per-command cgroups of commands that are over."""
     root = CURRENT.kill_root
@@ -352,6 +357,8 @@ def sweep() -> None:
     for name in names:
         if name.startswith("c") and name[1:2].isdigit() and name not in _OPEN:
             _rmdir(name)
+        elif name.startswith("r") and name[1:].partition("-")[0] not in RELAYS:
+            _rmdir(name)  # (a relay's, which made it and is gone: see ``relay``)
 
 
 def _rmdir(name: str) -> None:

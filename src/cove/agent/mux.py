@@ -319,16 +319,20 @@ class Channel:
             await self._pump
         self._shut()
 
+    def deliver(self, kind: bytes, stream_id: int, payload: bytes) -> None:
+        """Take a frame read from the connection (each frame, in order: the read loop's,
+        or one read before the channel was made)."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream._deliver(kind, payload)
+        elif kind == protocol.JSON and self._opened is not None and stream_id % 2:
+            self._accept(stream_id, payload)
+        # else: a frame of a stream already over (a reset crossed it): dropped
+
     async def _read_loop(self) -> None:
         try:
             while True:
-                kind, stream_id, payload = await protocol.read_frame(self._reader)
-                stream = self._streams.get(stream_id)
-                if stream is not None:
-                    stream._deliver(kind, payload)
-                elif kind == protocol.JSON and self._opened is not None and stream_id % 2:
-                    self._accept(stream_id, payload)
-                # else: a frame of a stream already over (a reset crossed it): dropped
+                self.deliver(*await protocol.read_frame(self._reader))
         except (EOFError, ConnectionError, ProtocolError, asyncio.CancelledError):
             pass
         finally:

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from . import confine, protocol, spare, users
+from . import confine, protocol, relay, spare, users
 from .agent import KEEP_ALIVE, Request, op
 from .artifacts import ArtifactSplitter, chart_env
 from .protocol import AgentError
@@ -426,6 +426,7 @@ async def env_forget(request: Request) -> dict[str, Any]:
     names = [str(n) for n in request.arg("names", list)]
     keep = [str(n) for n in request.arg("keep", list, None) or []]
     users.forget_env(names, request.arg("valuePrefix", str, None), keep)
+    relay.discard_all()  # (made with the environment as it was)
     return {}
 
 

@@ -14,6 +14,9 @@ A frame is ``kind`` (1 byte) + stream id (4 bytes, big endian) + payload length
     X  reset (empty): the stream is over; the agent stops the request's work
     C  a chart artifact of ``code_run`` (the bytes of one artifact line after its
        marker, see ``artifacts``): untrusted JSON the server checks
+    R  (only as a connection's first frame, stream 0) a relay: ``{"user": ...}``;
+       the agent hands the connection to a relay process, which runs plain
+       commands and answers them itself, in frames of its own (see ``relay``)
 
 The server keeps one connection to each agent and opens a stream per request
 (odd ids; see ``mux``): its first frame is a ``J`` request ``{"op": ..., ...}``;
@@ -32,7 +35,7 @@ from typing import Any
 HEADER = struct.Struct(">cII")
 MAX_FRAME = 16 * 1024 * 1024
 JSON, STDOUT, STDERR, DATA, END, ACCEPTED = b"J", b"O", b"E", b"D", b"Z", b"A"
-WINDOW_UPDATE, RESET, CHART = b"W", b"X", b"C"
+WINDOW_UPDATE, RESET, CHART, RELAY = b"W", b"X", b"C", b"R"
 CHUNK = 256 * 1024
 # How long the agent keeps a spare process no command took (see ``spare``); the
 # server's keep-warm pings of pooled sandboxes come more often, so one always waits.

@@ -145,6 +145,34 @@ def work_dir(user: User) -> str:
     return user.home
 
 
+def facts(user: User) -> list[str] | None:
+    """What :func:`lookup` and :func:`work_dir` found of the sandbox's files for
+    ``user``, as checks a relay repeats before each command (see init.c): ``d:PATH``
+    is a directory, ``D:PATH`` is not one, ``e:PATH`` exists, ``E:PATH`` does not.
+    None: the user is not one of /etc/passwd (root's stand-in)."""
+    try:
+        entry, _groups = _cached(user.name, lambda: _entry_and_groups(user.name))
+    except (KeyError, ValueError):
+        return None
+    shell = entry.pw_shell or ""
+    checks = ["d:" + entry.pw_dir if user.home == entry.pw_dir else "D:" + entry.pw_dir]
+    if shell:
+        checks.append(("e:" if user.shell == shell else "E:") + shell)
+    if IMAGE_WORKDIR:
+        checks.append(("d:" if os.path.isdir(IMAGE_WORKDIR) else "D:") + IMAGE_WORKDIR)
+    return checks
+
+
+def databases() -> list[str] | None:
+    """/etc/passwd's and /etc/group's identities as a relay compares them (see init.c:
+    "dev:ino:size:ctime_ns:mtime_ns", "-" for a missing file); None when one changed
+    too recently to tell a later change apart (see ``_cached``)."""
+    state, racy = _databases()
+    if racy:
+        return None
+    return ["-" if s is None else ":".join(map(str, s)) for s in state]  # type: ignore[call-overload]
+
+
 def forget_env(names: list[str], value_prefix: str | None, keep: list[str]) -> None:
     """Drop ``names`` from the environment every process starts from (and, with
     ``value_prefix``, the variables whose value starts with it but those in ``keep``):

@@ -10,11 +10,12 @@ translates it (once, with ``agent_failure``) into a 502.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 from cove.agent import protocol
+from cove.core import relay
 from cove.core.agent_call import AgentCall, decode
 from cove.core.agent_git import GitAdmin
 from cove.core.agent_streams import (
@@ -93,14 +94,20 @@ M = TypeVar("M", bound=WireModel)
 ENTRYPOINT_SESSION = "entrypoint"
 # Opens a request to the agent; failures inside it come out as ToolboxError.
 Opener = Callable[[Message], AbstractAsyncContextManager[AgentCall]]
+# Runs a command by a relay (user, ``relay.order``, output limit): its events, or None
+# (then the agent runs it); failures come out as ToolboxError (see ``AgentLinks.relayed``).
+Relayed = Callable[[str | None, bytes, int | None],
+                   Awaitable[AsyncGenerator[ProcessEvent, None] | None]]
 
 
 class AgentClient(GitAdmin):
     """One sandbox's agent, spoken to as ``user`` with the sandbox's environment ``env``."""
 
     def __init__(self, open_call: Opener, user: str | None, env: dict[str, str],
-                 output_limit: int = DEFAULT_LIMIT) -> None:  # fmt: skip
+                 output_limit: int = DEFAULT_LIMIT, relayed: Relayed | None = None,
+                 ) -> None:  # fmt: skip
         self._open = open_call
+        self._relayed = relayed
         self.user = user
         self.env = dict(env)
         self.output_limit = output_limit
@@ -133,7 +140,14 @@ class AgentClient(GitAdmin):
 
     async def exec(self, command: str, cwd: str | None = None, env: dict[str, str] | None = None,
                    timeout: float | None = None) -> ExecResult:
-        """Run a shell command and wait for it; its output clipped to ``output_limit``."""
+        """Run a shell command and wait for it; its output clipped to ``output_limit``.
+        A relay runs it when one is ready (see ``cove.core.relay``), else the agent."""
+        if self._relayed is not None:
+            order = relay.order(command, cwd, self._env(env), timeout, self.output_limit)
+            if order is not None:
+                events = await self._relayed(self.user, order, self.output_limit)
+                if events is not None:
+                    return await _collect(events, self.output_limit)
         events = self.exec_stream(command, cwd, env, timeout, self.output_limit)
         return await _collect(events, self.output_limit)
 

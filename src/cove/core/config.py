@@ -211,6 +211,10 @@ class Settings(BaseSettings):
     # one organization's requests hold of the server (not only one sandbox's): its
     # many sandboxes' stalled downloads at most this many stream windows.
     max_organization_requests: int = Field(default=2048, ge=0)
+    # Plain commands (``process.execute``) answered by a relay, a process waiting in
+    # the sandbox that talks to the server itself, with no agent on the way (see
+    # cove/core/relay.py); off: every command goes through the agent.
+    relays: bool = True
     # What one HTTP client may hold before any key is checked (cove/api/httpguard.py):
     # open connections per address (an IPv6 one by its /64; 0: no cap; behind a
     # reverse proxy every client has the proxy's address), open connections in all

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -33,11 +33,14 @@ from pydantic import ValidationError
 
 from cove.agent.mux import Channel, Stream, Tally
 from cove.agent.protocol import AgentError, ProtocolError
+from cove.core import relay
 from cove.core.agent_call import AgentCall
 from cove.core.agent_client import AgentClient
+from cove.core.agent_types import ProcessEvent
 from cove.core.env_update import updated_env
 from cove.core.output import DEFAULT_LIMIT
 from cove.core.ports import Runner, SandboxStore
+from cove.core.relay import RelayConnection, RelaySlot
 from cove.core.sandbox import Sandbox, SandboxState
 from cove.errors import CoveError, InvalidState, ToolboxError, TooManyRequests
 
@@ -54,10 +57,11 @@ class ToolboxService:
     """The caller's started sandboxes' agents."""
 
     def __init__(self, ops: SandboxOps, output_limit: int = DEFAULT_LIMIT,
-                 max_requests: int = 0, max_organization_requests: int = 0) -> None:  # fmt: skip
+                 max_requests: int = 0, max_organization_requests: int = 0,
+                 relays: bool = True) -> None:  # fmt: skip
         self.ops = ops
         self.runner = ops.runner
-        self.links = AgentLinks(ops.runner, max_requests, max_organization_requests)
+        self.links = AgentLinks(ops.runner, max_requests, max_organization_requests, relays)
         self.records = RecordCache(ops.store)
         self.output_limit = output_limit
         # More env vars of a sandbox's processes (its mounted secrets' placeholders).
@@ -175,13 +179,16 @@ class AgentLinks:
     sandboxes of one organization (0: no limit), bound what one tenant's requests
     hold of the server."""
 
-    def __init__(self, runner: Runner, max_streams: int = 0, max_owner_streams: int = 0) -> None:
+    def __init__(self, runner: Runner, max_streams: int = 0, max_owner_streams: int = 0,
+                 relays: bool = True) -> None:  # fmt: skip
         self._runner = runner
+        self.relays = relays  # plain commands by relays (see ``relayed``)
         self._max_streams = max_streams  # on one connection at once (0: no limit)
         self._max_owner_streams = max_owner_streams  # on one owner's connections at once
         self._channels: dict[str, Channel] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
         self._tallies: dict[str, Tally] = {}  # organization id -> its streams open
+        self._relays: dict[str, RelaySlot] = {}  # sandbox id -> its relay in waiting
 
     async def stream(self, sandbox_id: str, owner: str | None = None) -> Stream:
         """A new stream to the sandbox's agent, on behalf of the organization ``owner``
@@ -199,34 +206,115 @@ class AgentLinks:
                 if channel is None or not channel.alive:
                     channel = await open_channel(self._runner, sandbox_id)
                     self._channels[sandbox_id] = channel
-        if self._max_streams and channel.streams >= self._max_streams:
+        if self._max_streams and self._open(sandbox_id) >= self._max_streams:
             raise TooManyRequests(
                 f"the sandbox has {self._max_streams} toolbox requests under way "
                 "(COVE_MAX_SANDBOX_REQUESTS); let some finish first")
-        tally = None
-        if owner is not None:  # (a tally per organization that made a request: kept)
-            tally = self._tallies.get(owner)
-            if tally is None:
-                tally = self._tallies[owner] = Tally()
-            if self._max_owner_streams and tally.open >= self._max_owner_streams:
-                raise TooManyRequests(
-                    f"the organization has {self._max_owner_streams} toolbox requests under "
-                    "way on its sandboxes (COVE_MAX_ORGANIZATION_REQUESTS); let some "
-                    "finish first")  # fmt: skip
+        tally = self._tally(owner)
+        if tally is not None and self._max_owner_streams and tally.open >= self._max_owner_streams:
+            raise TooManyRequests(
+                f"the organization has {self._max_owner_streams} toolbox requests under "
+                "way on its sandboxes (COVE_MAX_ORGANIZATION_REQUESTS); let some "
+                "finish first")  # fmt: skip
         return channel.open(tally)
+
+    def _open(self, sandbox_id: str) -> int:
+        """The sandbox's requests under way: streams and relays' commands."""
+        channel = self._channels.get(sandbox_id)
+        slot = self._relays.get(sandbox_id)
+        return (channel.streams if channel is not None else 0) + (slot.busy if slot else 0)
+
+    def _tally(self, owner: str | None) -> Tally | None:
+        if owner is None:
+            return None
+        tally = self._tallies.get(owner)  # (a tally per organization that made a request: kept)
+        if tally is None:
+            tally = self._tallies[owner] = Tally()
+        return tally
+
+    async def relayed(self, sandbox_id: str, owner: str | None, user: str | None,
+                      order: bytes, limit: int | None,
+                      ) -> AsyncGenerator[ProcessEvent, None] | None:  # fmt: skip
+        """A plain command (``relay.order``) run by the sandbox's relay in waiting: its
+        events, counted as a request of the sandbox and of ``owner`` until they end; or
+        None (no relay was ready, it did not take the command, or the sandbox or the
+        organization has its most requests under way): then it goes to the agent,
+        which runs it or refuses it with the error of its kind.
+
+        Raises:
+            ToolboxError: the relay failed (as :func:`agent_call`'s errors).
+        """
+        slot = self._relays.get(sandbox_id)
+        if slot is None:
+            runner = self._runner
+            slot = self._relays[sandbox_id] = RelaySlot(lambda: runner.open_agent(sandbox_id))
+        taken = slot.take(user)
+        if taken is None:
+            return None
+        tally = self._tally(owner)
+        if (self._max_streams and self._open(sandbox_id) >= self._max_streams) or (
+                tally is not None and self._max_owner_streams
+                and tally.open >= self._max_owner_streams):  # fmt: skip
+            taken.close()
+            return None
+        _count(slot, tally, 1)
+        try:
+            events = await relay.run(taken, order, limit)
+        except AGENT_FAILURES as exc:
+            _count(slot, tally, -1)
+            slot.refill(user)
+            raise agent_failure(exc) from exc
+        except BaseException:
+            _count(slot, tally, -1)
+            raise
+        if events is None:
+            _count(slot, tally, -1)
+            slot.refill(user)
+            return None
+        return _counted(events, slot, tally, taken)
 
     async def forget(self, sandbox_id: str) -> None:
         """Close the connection to a sandbox that is gone."""
         self._connecting.pop(sandbox_id, None)
+        slot = self._relays.pop(sandbox_id, None)
+        if slot is not None:
+            slot.close()
         channel = self._channels.pop(sandbox_id, None)
         if channel is not None:
             await channel.close()
 
     async def close(self) -> None:
         """Close every connection (server shutdown)."""
+        for slot in self._relays.values():
+            slot.close()
+        self._relays.clear()
         for channel in list(self._channels.values()):
             await channel.close()
         self._channels.clear()
+
+
+def _count(slot: RelaySlot, tally: Tally | None, change: int) -> None:
+    slot.busy += change
+    if tally is not None:
+        tally.open += change
+
+
+async def _counted(events: AsyncGenerator[ProcessEvent, None], slot: RelaySlot,
+                   tally: Tally | None, relay: RelayConnection,
+                   ) -> AsyncGenerator[ProcessEvent, None]:  # fmt: skip
+    """``events``, counted (see ``AgentLinks.relayed``), failures as the API's errors;
+    at their end the relay is ready for the next command (or, when it broke off, a
+    new one is made: its making starts on the loop's next turn, after the answer was
+    written, not beside the command on a host with few CPUs)."""
+    try:
+        async for event in events:
+            yield event
+    except AGENT_FAILURES as exc:
+        raise agent_failure(exc) from exc
+    finally:
+        _count(slot, tally, -1)
+        await events.aclose()
+        slot.give_back(relay)
 
 
 async def open_channel(runner: Runner, sandbox_id: str) -> Channel:
@@ -311,7 +399,12 @@ def agent_client(runner: Runner, sandbox_id: str, user: str | None, env: dict[st
     """A typed client of a sandbox's agent (over ``links``, else a connection per
     request), whose requests count against the organization ``owner`` (see
     :class:`AgentLinks`)."""
+    relayed = None
+    if links is not None and links.relays:
+        def relayed(user: str | None, order: bytes, limit: int | None,
+                    ) -> Awaitable[AsyncGenerator[ProcessEvent, None] | None]:  # fmt: skip
+            return links.relayed(sandbox_id, owner, user, order, limit)
     return AgentClient(lambda message: agent_call(runner, sandbox_id, message, links, owner),
-                       user, env, output_limit)  # fmt: skip
+                       user, env, output_limit, relayed)  # fmt: skip
 
 

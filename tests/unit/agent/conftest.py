@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import getpass
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,13 @@ def sandbox_id(client: TestClient) -> str:
     r = client.post("/api/sandbox", json=body, headers=AUTH)
     assert r.status_code == 200, r.text
     return r.json()["id"]
+
+
+def assert_dies(pid: int) -> None:
+    """``pid`` exits (or is a zombie) within 5 s."""
+    for _ in range(100):
+        stat = Path(f"/proc/{pid}/stat")
+        if not stat.exists() or stat.read_text().split()[2] == "Z":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} is still alive")

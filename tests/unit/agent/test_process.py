@@ -8,7 +8,7 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from tests.unit.agent.conftest import AUTH
+from tests.unit.agent.conftest import AUTH, assert_dies
 
 
 def _exec(client: TestClient, sid: str, **body: object):
@@ -40,14 +40,7 @@ def test_timeout_is_408_and_kills_the_whole_tree(
     assert r.status_code == 408
     body = r.json()
     assert body["code"] == "PROCESS_EXECUTION_TIMEOUT" and body["source"] == "DAYTONA_DAEMON"
-    child = int(pidfile.read_text())
-    for _ in range(100):
-        stat = Path(f"/proc/{child}/stat")
-        if not stat.exists() or stat.read_text().split()[2] == "Z":
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the escaped grandchild is still alive")
+    assert_dies(int(pidfile.read_text()))  # (the escaped grandchild)
 
 
 def test_code_run_python(client: TestClient, sandbox_id: str) -> None:

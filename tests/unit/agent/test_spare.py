@@ -7,8 +7,13 @@ shell syntax, errors, timeouts.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import getpass
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +21,10 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from cove.agent import protocol, spare
+from cove.agent import confine, protocol, spare
 from cove.runner.oci import initbin
 from cove.runner.oci.agent_setup import wait_ready
-from tests.unit.agent.conftest import AUTH
+from tests.unit.agent.conftest import AUTH, assert_dies, served
 
 
 @pytest.fixture(scope="session", params=["musl", "glibc"])
@@ -35,6 +40,7 @@ def helper(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture
 def spares(helper: str) -> Iterator[None]:
+    spare._current = None  # (never one made in an earlier test's loop, gone with it)
     spare.ENABLED, spare.HELPER = True, helper
     yield
     spare.ENABLED, spare.HELPER = False, None
@@ -100,8 +106,9 @@ def test_spare_commands_behave_as_fresh_ones(
 
 
 def _normalized(reply: dict) -> dict:
-    """Without what differs from one process to the next (pids, times)."""
-    reply = {k: v for k, v in reply.items() if k != "timestamp"}
+    """Without what differs from one process to the next (pids, times) and from one
+    sandbox to the next (an error's path)."""
+    reply = {k: v for k, v in reply.items() if k not in ("timestamp", "path")}
     result = reply.get("result")
     if isinstance(result, str) and result.count("\n") == 2 and result.split("\n")[0].isdigit():
         sid, pid, _ = result.split("\n")
@@ -175,14 +182,7 @@ def test_a_spare_command_that_times_out_is_killed_with_its_tree(
     status, reply = _exec(client, sandbox_id, timeout=1, cwd=str(tmp_path),
                           command=f"setsid sleep 60 & echo $! > {pidfile}; sleep 60")
     assert status == 408 and reply["code"] == "PROCESS_EXECUTION_TIMEOUT"
-    child = int(pidfile.read_text())
-    for _ in range(100):
-        stat = Path(f"/proc/{child}/stat")
-        if not stat.exists() or stat.read_text().split()[2] == "Z":
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the escaped grandchild is still alive")
+    assert_dies(int(pidfile.read_text()))  # (the escaped grandchild)
 
 
 def test_a_dead_spare_is_replaced(client: TestClient, sandbox_id: str, spares: None) -> None:
@@ -231,3 +231,116 @@ def test_a_command_that_cannot_start_fails_as_a_fresh_one_does(
         replies[enabled] = (r.status_code, r.json()["message"])
     assert replies[True] == replies[False]
     assert replies[True][0] == 502 and "FileNotFoundError" in replies[True][1]
+
+
+@pytest.fixture
+def relays(spares: None) -> Iterator[None]:
+    """Spares, and a cgroup root for commands' cgroups (a relay makes one per command,
+    as the agent does in a sandbox): cgroup v2 here, so a relay kills with cgroup.kill."""
+    del spares
+    root = Path("/sys/fs/cgroup/unified")
+    if not (root / "cgroup.procs").exists():
+        root = Path("/sys/fs/cgroup")
+    if not (root / "cgroup.kill").exists() and not (root / "cgroup.procs").exists():
+        pytest.skip("no cgroup v2 hierarchy")
+    path = root / f"cove-test-relays-{os.getpid()}"
+    path.mkdir()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    before = confine.CURRENT
+    mode = "kill" if (path / "cgroup.kill").exists() else "loop"
+    confine.CURRENT = dataclasses.replace(before, kill_root=fd, kill_mode=mode)
+    try:
+        yield
+    finally:
+        confine.CURRENT = before
+        os.close(fd)
+        deadline = time.monotonic() + 10
+        while path.exists():  # (relays and spares exit once their connections close)
+            for group in sorted(path.glob("**/"), key=lambda p: -len(p.parts)):
+                for pid in (group / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    group.rmdir()
+            assert time.monotonic() < deadline, f"{path} stays"
+            time.sleep(0.02)
+
+
+def _relayed(client: TestClient, sandbox_id: str) -> None:
+    """Wait until the sandbox's next command runs by a relay (cove.agent.relay)."""
+    deadline = time.monotonic() + 20
+    while True:
+        _status, reply = _exec(client, sandbox_id, command="tr '\\0' ' ' < /proc/$PPID/cmdline")
+        if "--relay" in reply["result"]:
+            return
+        assert time.monotonic() < deadline, reply
+        time.sleep(0.02)
+
+
+def test_relay_commands_behave_as_the_agents(
+    tmp_path: Path, agent_path: str, relays: None
+) -> None:
+    """The same commands, through the agent (relays off) and by a relay: the same
+    answers (exit code, output, errors, directory, environment, session)."""
+    del relays
+    results: dict[bool, list[tuple[int, dict]]] = {}
+    for on in (False, True):
+        with served(tmp_path / str(on), agent_path, relays=on) as client:
+            r = client.post("/api/sandbox", headers=AUTH, json={
+                "user": getpass.getuser(), "env": {"SANDBOX_VAR": "yes"}, "volumes": []})
+            sandbox_id = r.json()["id"]
+            runs = []
+            for body in COMMANDS:
+                if on:
+                    _relayed(client, sandbox_id)
+                status, reply = _exec(client, sandbox_id, **{"cwd": str(tmp_path), **body})
+                runs.append((status, _normalized(reply)))
+            results[on] = runs
+    assert results[True] == results[False]
+    assert [status for status, _ in results[True]] == [200] * 8 + [400, 200]
+
+
+def test_a_relay_command_counts_against_the_request_cap(
+    tmp_path: Path, agent_path: str, relays: None
+) -> None:
+    """A command a relay runs is a request under way of its sandbox (and organization):
+    past the cap, the next one is a 429 as through the agent."""
+    del relays
+    with served(tmp_path, agent_path, max_sandbox_requests=1) as client:
+        r = client.post("/api/sandbox", headers=AUTH,
+                        json={"user": getpass.getuser(), "volumes": []})
+        sandbox_id = r.json()["id"]
+        _relayed(client, sandbox_id)
+        go, started = tmp_path / "go", tmp_path / "started"
+        held: list[tuple[int, dict]] = []
+        command = (f"tr '\\0' ' ' < /proc/$PPID/cmdline > {started}; "
+                   f"while [ ! -e {go} ]; do sleep 0.02; done")
+        thread = threading.Thread(target=lambda: held.append(_exec(client, sandbox_id,
+                                                                   command=command)))
+        thread.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not started.exists() or not started.read_text():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert "--relay" in started.read_text()  # (the held command is the relay's)
+            status, body = _exec(client, sandbox_id, command="true")
+            assert (status, body["code"]) == (429, "TOO_MANY_REQUESTS")
+        finally:
+            go.touch()
+            thread.join(30)
+        assert held[0][0] == 200
+        assert _exec(client, sandbox_id, command="echo again")[1]["result"] == "again\n"
+
+
+def test_a_relay_command_that_times_out_is_killed_with_its_tree(
+    client: TestClient, sandbox_id: str, tmp_path: Path, relays: None
+) -> None:
+    del relays
+    _relayed(client, sandbox_id)
+    pidfile = tmp_path / "child.pid"
+    status, reply = _exec(client, sandbox_id, timeout=1, cwd=str(tmp_path),
+                          command=f"setsid sleep 60 & echo $! > {pidfile}; sleep 60")
+    assert status == 408 and reply["code"] == "PROCESS_EXECUTION_TIMEOUT"
+    assert_dies(int(pidfile.read_text()))  # (the escaped grandchild)
+    _relayed(client, sandbox_id)  # the relay runs the next command

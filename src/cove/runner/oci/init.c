@@ -82,6 +82,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -813,10 +814,769 @@ static int spare_main(char **argv)
     return 255;
 }
 
+/* ---- relay mode (see cove/agent/relay.py) ----
+ *
+ *   cove-init --relay CONN CONTROL USERNS KILLROOT JOIN,JOIN,... CAPS
+ *
+ * Runs the Cove server's plain commands and answers them itself: CONN is a
+ * connection the server opened to the agent's socket, which the agent handed
+ * over. The relay joins the cgroups JOIN (those every command joins), reads its
+ * setup from CONTROL (a 4-byte big-endian length, then NUL-terminated fields:
+ * uid, gid, the count of groups and the groups, the default working directory,
+ * the state of /etc/passwd and /etc/group as the agent read them, the count of
+ * checks and the checks ("d:PATH" is a directory, "D:PATH" is not, "e:PATH"
+ * exists, "E:PATH" does not), the seconds it waits idle, the count of env and
+ * env) and sends R. It keeps the agent's ids and capabilities; each command runs
+ * in a spare (``cove-init --spare``, started by the relay ahead of the order, in
+ * a new cgroup of its own below KILLROOT, -1: none), which takes the user's ids,
+ * user namespace USERNS and capabilities CAPS as the agent's spares do.
+ *
+ * Orders come one at a time on CONN: a 4-byte big-endian length (at most
+ * RELAY_ORDER_MAX), then NUL-terminated fields: cwd (empty: the default), the
+ * timeout in ms (0: none), the output limit in bytes (0: none), the count of
+ * variables and the variables (over the setup's env, as the agent's environment
+ * does), the command. The relay takes an order only while the agent holds
+ * CONTROL open (it closes it when the environment changes, or to let the relay
+ * go), the user databases are the files the agent read and every check holds;
+ * else (and when it waited its seconds idle) it sends N and exits 0: the server
+ * then runs the command through the agent (nothing ran). Taking it, it runs
+ * `/bin/sh -c COMMAND` (stdin from /dev/null, stdout and stderr on one pipe, a
+ * new session) and sends its output as O frames, clipped as the agent's
+ * Clipped does (the first half as it comes, then M with the count dropped, then
+ * the newest half), then X with the exit code (128 + the signal of a killed
+ * one), or F with an errno when it never became the command. Output that comes
+ * after the exit is read for RELAY_DRAIN_MS more; what processes left behind
+ * print later is read and dropped until they close the pipe (at most
+ * RELAY_DRAINS pipes). Past the timeout everything in the command's cgroup is
+ * killed and T sent; when the server hangs up during a command, the same, and
+ * the relay exits. Frames are a kind byte, a 4-byte big-endian length, the
+ * payload.
+ */
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#define RELAY_ORDER_MAX (1 << 20)
+#define RELAY_SETUP_MAX (1 << 20)
+#define RELAY_CHUNK 65536
+#define RELAY_DRAIN_MS 200
+#define RELAY_DRAINS 64
+#define RELAY_LEFT 256
+#define RELAY_KILL_ROUNDS 100
+
+static int relay_conn = -1;
+static int relay_ready = 0; /* R was sent, no command under way: a relay that quits says N */
+static int relay_root = -1;
+static const char *relay_self;
+static pid_t relay_child = -1;  /* the command under way */
+static int relay_group = -1;    /* its cgroup */
+
+struct relay_spare {
+    pid_t pid;
+    int order, error, out, group;
+    char name[48];
+};
+
+static int relay_write_all(int fd, const void *data, size_t size);
+static void relay_kill(int group, pid_t child);
+
+static void relay_quit(int code)
+{
+    if (relay_child > 0)
+        relay_kill(relay_group, relay_child);
+    if (code == 0 && relay_ready) {
+        static const unsigned char declined[5] = { 'N', 0, 0, 0, 0 };
+
+        if (relay_write_all(relay_conn, declined, sizeof(declined)) != 0) {
+            /* the server is gone: nothing to tell */
+        }
+    }
+    _exit(code);
+}
+
+/* SIGKILL everything of a command: its cgroup ``group`` (cgroup.kill, else every
+ * process in it, round after round until none is left), or its process group. */
+static void relay_kill(int group, pid_t child)
+{
+    int fd;
+
+    if (child > 0)
+        kill(-child, SIGKILL);
+    if (group < 0)
+        return;
+    fd = openat(group, "cgroup.kill", O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (write(fd, "1", 1) == 1) {
+            close(fd);
+            return;
+        }
+        close(fd);
+    }
+    for (int round = 0; round < RELAY_KILL_ROUNDS; round++) {
+        char buf[4096];
+        ssize_t got;
+        int any = 0;
+
+        fd = openat(group, "cgroup.procs", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return;
+        got = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (got <= 0)
+            return;
+        buf[got] = '\0';
+        for (char *at = buf; *at;) {
+            long pid = strtol(at, &at, 10);
+
+            if (pid > 0) {
+                kill((pid_t)pid, SIGKILL);
+                any = 1;
+            }
+            while (*at == '\n')
+                at++;
+        }
+        if (!any)
+            return;
+        usleep(2000);
+    }
+}
+
+static int relay_write_all(int fd, const void *data, size_t size)
+{
+    const char *at = data;
+
+    while (size > 0) {
+        ssize_t put = write(fd, at, size);
+
+        if (put < 0 && errno == EINTR)
+            continue;
+        if (put <= 0)
+            return -1;
+        at += put;
+        size -= (size_t)put;
+    }
+    return 0;
+}
+
+/* A frame to the server; a server gone away ends the relay (and the command). */
+static void relay_send(char kind, const void *payload, uint32_t size)
+{
+    unsigned char head[5] = { (unsigned char)kind, (unsigned char)(size >> 24),
+                              (unsigned char)(size >> 16), (unsigned char)(size >> 8),
+                              (unsigned char)size };
+
+    if (relay_write_all(relay_conn, head, sizeof(head)) != 0 ||
+        (size && relay_write_all(relay_conn, payload, size) != 0))
+        relay_quit(1);
+}
+
+static int relay_read_all(int fd, void *data, size_t size)
+{
+    char *at = data;
+
+    while (size > 0) {
+        ssize_t got = read(fd, at, size);
+
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return -1;
+        at += got;
+        size -= (size_t)got;
+    }
+    return 0;
+}
+
+/* A length-prefixed message of at most ``max`` bytes (NUL-terminated fields); exits
+ * quietly when it does not come whole. */
+static char *relay_message(int fd, uint32_t max, char **end)
+{
+    unsigned char head[4];
+    uint32_t size;
+    char *buf;
+
+    if (relay_read_all(fd, head, sizeof(head)) != 0)
+        relay_quit(0);
+    size = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 | head[3];
+    if (size == 0 || size > max)
+        relay_quit(0);
+    buf = malloc(size + 1);
+    if (buf == NULL || relay_read_all(fd, buf, size) != 0)
+        relay_quit(0);
+    buf[size] = '\0';
+    *end = buf + size;
+    return buf;
+}
+
+static char *relay_field(char **at, char *end)
+{
+    char *field = *at;
+    char *nul = field < end ? memchr(field, '\0', (size_t)(end - field)) : NULL;
+
+    if (nul == NULL)
+        relay_quit(0);
+    *at = nul + 1;
+    return field;
+}
+
+static char **relay_list(char **at, char *end, size_t *count)
+{
+    long n = atol(relay_field(at, end));
+    char **list;
+
+    if (n < 0 || n > (end - *at))
+        relay_quit(0);
+    list = calloc((size_t)n + 1, sizeof(char *));
+    if (list == NULL)
+        relay_quit(0);
+    for (long i = 0; i < n; i++)
+        list[i] = relay_field(at, end);
+    *count = (size_t)n;
+    return list;
+}
+
+/* "dev:ino:size:ctime_ns:mtime_ns" of ``path`` ("-": missing), as the agent writes it. */
+static void relay_state(const char *path, char *out, size_t size)
+{
+    struct stat st;
+
+    if (stat(path, &st) != 0) {
+        snprintf(out, size, "-");
+        return;
+    }
+    snprintf(out, size, "%llu:%llu:%lld:%lld:%lld", (unsigned long long)st.st_dev,
+             (unsigned long long)st.st_ino, (long long)st.st_size,
+             (long long)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec,
+             (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec);
+}
+
+static int relay_is_dir(const char *path)
+{
+    struct stat st;
+
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Whether the sandbox is as the agent saw it when it made the setup. */
+static int relay_still(const char *passwd, const char *group, char **checks, size_t nchecks)
+{
+    char now[160];
+    struct stat st;
+
+    relay_state("/etc/passwd", now, sizeof(now));
+    if (strcmp(now, passwd) != 0)
+        return 0;
+    relay_state("/etc/group", now, sizeof(now));
+    if (strcmp(now, group) != 0)
+        return 0;
+    for (size_t i = 0; i < nchecks; i++) {
+        const char *check = checks[i];
+
+        const char *path = check + 2;
+        int holds;
+
+        if (strlen(check) < 2 || check[1] != ':')
+            return 0;
+        switch (check[0]) {
+        case 'd':
+            holds = relay_is_dir(path);
+            break;
+        case 'D':
+            holds = !relay_is_dir(path);
+            break;
+        case 'e':
+            holds = stat(path, &st) == 0;
+            break;
+        case 'E':
+            holds = stat(path, &st) != 0;
+            break;
+        default:
+            holds = 0;
+        }
+        if (!holds)
+            return 0;
+    }
+    return 1;
+}
+
+/* ``extra`` ("NAME=value" each) over ``env`` (n of them, room for all of extra):
+ * a name already there keeps its place, a new one is added at the end. */
+static size_t relay_merge(char **env, size_t n, char **extra, size_t nextra)
+{
+    for (size_t i = 0; i < nextra; i++) {
+        const char *eq = strchr(extra[i], '=');
+        size_t name = eq ? (size_t)(eq - extra[i]) : 0;
+        size_t j;
+
+        if (name == 0)
+            relay_quit(0); /* (the server checks names: not a relay order) */
+        for (j = 0; j < n; j++)
+            if (strncmp(env[j], extra[i], name + 1) == 0)
+                break;
+        env[j] = extra[i];
+        if (j == n)
+            n++;
+    }
+    env[n] = NULL;
+    return n;
+}
+
+static long long relay_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* What of the output is kept to send at the end (the newest ``keep`` bytes). */
+struct relay_tail {
+    char *buf;
+    size_t keep, start, len;
+    unsigned long long omitted;
+};
+
+static void relay_output(struct relay_tail *tail, size_t *head, const char *data,
+                         size_t size)
+{
+    if (*head > 0) {
+        size_t now = size < *head ? size : *head;
+
+        relay_send('O', data, (uint32_t)now);
+        *head -= now;
+        data += now;
+        size -= now;
+    }
+    for (size_t i = 0; i < size; i++) { /* a ring of the newest bytes */
+        if (tail->keep == 0) {
+            tail->omitted += size - i;
+            break;
+        }
+        if (tail->len == tail->keep) {
+            tail->buf[tail->start] = data[i];
+            tail->start = (tail->start + 1) % tail->keep;
+            tail->omitted++;
+        } else {
+            tail->buf[(tail->start + tail->len) % tail->keep] = data[i];
+            tail->len++;
+        }
+    }
+}
+
+static void relay_flush(struct relay_tail *tail)
+{
+    if (tail->omitted) {
+        unsigned char n[8];
+
+        for (int i = 0; i < 8; i++)
+            n[i] = (unsigned char)(tail->omitted >> (56 - 8 * i));
+        relay_send('M', n, sizeof(n));
+    }
+    while (tail->len > 0) {
+        size_t run = tail->keep - tail->start < tail->len ? tail->keep - tail->start : tail->len;
+
+        if (run > RELAY_CHUNK)
+            run = RELAY_CHUNK;
+        relay_send('O', tail->buf + tail->start, (uint32_t)run);
+        tail->start = (tail->start + run) % tail->keep;
+        tail->len -= run;
+    }
+}
+
+static void relay_int(char kind, int value)
+{
+    unsigned char n[4] = { (unsigned char)((unsigned)value >> 24),
+                           (unsigned char)((unsigned)value >> 16),
+                           (unsigned char)((unsigned)value >> 8), (unsigned char)value };
+
+    relay_send(kind, n, sizeof(n));
+}
+
+/* Start the spare of the next command: a new cgroup below the kill root, and
+ * `cove-init --spare` that joins it and waits for its order (see spare mode). */
+static int relay_prepare(struct relay_spare *s, int userns, const char *caps, uid_t uid,
+                         gid_t gid)
+{
+    static unsigned serial;
+    int order[2], error[2], out[2];
+    pid_t pid;
+
+    s->group = -1;
+    s->name[0] = '\0';
+    if (relay_root >= 0) {
+        snprintf(s->name, sizeof(s->name), "r%d-%u", (int)getpid(), serial++);
+        if (mkdirat(relay_root, s->name, 0755) != 0)
+            return -1;
+        s->group = openat(relay_root, s->name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (s->group < 0) {
+            unlinkat(relay_root, s->name, AT_REMOVEDIR);
+            return -1;
+        }
+    }
+    if (pipe2(order, O_CLOEXEC) != 0)
+        return -1;
+    if (pipe2(error, O_CLOEXEC) != 0) {
+        close(order[0]);
+        close(order[1]);
+        return -1;
+    }
+    out[0] = out[1] = -1;
+    if (pipe2(out, O_CLOEXEC) != 0 ||
+        ((userns >= 0 || geteuid() == 0) && fchown(out[0], uid, gid) != 0)) {
+        /* (the user's own pipe, as the agent makes it: its process can reopen
+         * /dev/stdout and /dev/stderr) */
+        int opened[6] = { order[0], order[1], error[0], error[1], out[0], out[1] };
+
+        for (int i = 0; i < 6; i++)
+            if (opened[i] >= 0)
+                close(opened[i]);
+        return -1;
+    }
+    pid = fork();
+    if (pid == 0) {
+        char a[5][16], *args[10];
+        int pass[5] = { order[0], error[1], out[1], s->group, userns };
+
+        for (int i = 0; i < 5; i++)
+            if (pass[i] >= 0)
+                fcntl(pass[i], F_SETFD, 0);
+        snprintf(a[0], sizeof(a[0]), "%d", order[0]);
+        snprintf(a[1], sizeof(a[1]), "%d", error[1]);
+        snprintf(a[2], sizeof(a[2]), "%d", out[1]);
+        snprintf(a[3], sizeof(a[3]), "%d", userns);
+        snprintf(a[4], sizeof(a[4]), "%d", s->group);
+        args[0] = (char *)relay_self;
+        args[1] = "--spare";
+        args[2] = a[0];
+        args[3] = a[1];
+        args[4] = a[2];
+        args[5] = a[2]; /* (stderr: the same pipe) */
+        args[6] = a[3];
+        args[7] = s->group >= 0 ? a[4] : "";
+        args[8] = (char *)caps;
+        args[9] = NULL;
+        execv(relay_self, args);
+        _exit(127);
+    }
+    close(order[0]);
+    close(error[1]);
+    close(out[1]);
+    if (pid < 0) {
+        close(order[1]);
+        close(error[0]);
+        close(out[0]);
+        return -1;
+    }
+    s->pid = pid;
+    s->order = order[1];
+    s->error = error[0];
+    s->out = out[0];
+    return 0;
+}
+
+/* Remove the cgroups of commands that are over (those whose processes left behind
+ * still run stay, and are tried again after the next command). */
+static void relay_tidy(char left[][48], int *nleft)
+{
+    int kept = 0;
+
+    for (int i = 0; i < *nleft; i++)
+        if (unlinkat(relay_root, left[i], AT_REMOVEDIR) != 0 && errno == EBUSY)
+            memcpy(left[kept++], left[i], 48);
+    *nleft = kept;
+}
+
+/* The spare's order (see spare mode): the user, the command, its directory and env. */
+static char *relay_spare_order(uid_t uid, gid_t gid, char **groups, size_t ngroups,
+                               const char *cwd, const char *command, char **env,
+                               size_t *size)
+{
+    size_t cap = 256;
+    char num[32], *buf, *at;
+
+    for (size_t i = 0; i < ngroups; i++)
+        cap += strlen(groups[i]) + 1;
+    for (char **e = env; *e; e++)
+        cap += strlen(*e) + 1;
+    cap += strlen(cwd) + strlen(command) + 64;
+    buf = malloc(cap);
+    if (buf == NULL)
+        return NULL;
+    at = buf;
+#define RELAY_PUT(s) do { size_t n_ = strlen(s) + 1; memcpy(at, (s), n_); at += n_; } while (0)
+    snprintf(num, sizeof(num), "%u", (unsigned)uid);
+    RELAY_PUT(num);
+    snprintf(num, sizeof(num), "%u", (unsigned)gid);
+    RELAY_PUT(num);
+    RELAY_PUT("1");
+    RELAY_PUT(cwd);
+    snprintf(num, sizeof(num), "%zu", ngroups);
+    RELAY_PUT(num);
+    for (size_t i = 0; i < ngroups; i++)
+        RELAY_PUT(groups[i]);
+    RELAY_PUT("3");
+    RELAY_PUT("/bin/sh");
+    RELAY_PUT("-c");
+    RELAY_PUT(command);
+    {
+        size_t n = 0;
+
+        for (char **e = env; *e; e++)
+            n++;
+        snprintf(num, sizeof(num), "%zu", n);
+        RELAY_PUT(num);
+    }
+    for (char **e = env; *e; e++)
+        RELAY_PUT(*e);
+#undef RELAY_PUT
+    *size = (size_t)(at - buf);
+    return buf;
+}
+
+static int relay_main(char **argv)
+{
+    int control, userns, nleft = 0, ndrains = 0, drains[RELAY_DRAINS];
+    char *setup, *setup_end, *cwd_default, *passwd, *group;
+    char **groups, **checks, **base;
+    size_t ngroups, nchecks, nbase;
+    long wait_s;
+    uid_t uid;
+    gid_t gid;
+    sigset_t none;
+    struct relay_spare next = { .pid = -1 };
+    static char left[RELAY_LEFT][48];
+    static char chunk[RELAY_CHUNK];
+
+    for (int i = 0; i < 6; i++)
+        if (argv[i] == NULL)
+            return 2;
+    relay_conn = atoi(argv[0]);
+    control = atoi(argv[1]);
+    userns = atoi(argv[2]);
+    relay_root = atoi(argv[3]);
+    {
+        int keep[64] = { relay_conn, control, userns, relay_root };
+        int n = 4;
+
+        for (const char *p = argv[4]; *p && n < 64; n++) {
+            keep[n] = atoi(p);
+            p = strchrnul(p, ',');
+            if (*p == ',')
+                p++;
+        }
+        spare_close_others(keep, n);
+    }
+    fcntl(relay_conn, F_SETFD, FD_CLOEXEC);
+    fcntl(control, F_SETFD, FD_CLOEXEC);
+    if (userns >= 0)
+        fcntl(userns, F_SETFD, FD_CLOEXEC);
+    if (relay_root >= 0)
+        fcntl(relay_root, F_SETFD, FD_CLOEXEC);
+    /* (the agent's event loop made the connection non-blocking: this relay blocks) */
+    fcntl(relay_conn, F_SETFL, fcntl(relay_conn, F_GETFL) & ~O_NONBLOCK);
+    for (const char *p = argv[4]; *p;) {
+        int dir = atoi(p);
+        int fd = openat(dir, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+
+        if (fd < 0 || write(fd, "0", 1) != 1)
+            relay_quit(0);
+        close(fd);
+        close(dir);
+        p = strchrnul(p, ',');
+        if (*p == ',')
+            p++;
+    }
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
+    signal(SIGPIPE, SIG_IGN); /* (a server gone: EPIPE, see relay_send) */
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    setup = relay_message(control, RELAY_SETUP_MAX, &setup_end);
+    {
+        char *at = setup;
+
+        uid = (uid_t)atol(relay_field(&at, setup_end));
+        gid = (gid_t)atol(relay_field(&at, setup_end));
+        groups = relay_list(&at, setup_end, &ngroups);
+        cwd_default = relay_field(&at, setup_end);
+        passwd = relay_field(&at, setup_end);
+        group = relay_field(&at, setup_end);
+        checks = relay_list(&at, setup_end, &nchecks);
+        wait_s = atol(relay_field(&at, setup_end));
+        base = relay_list(&at, setup_end, &nbase);
+    }
+    relay_send('R', NULL, 0);
+    relay_ready = 1;
+
+    for (;;) {
+        struct pollfd fds[3 + RELAY_DRAINS];
+        char *order, *order_end, *at, *cwd, *command, **extra, **env, *spare_order;
+        size_t nextra, limit, head, spare_size;
+        long long timeout_ms, deadline = -1, drain_until = -1;
+        int pidfd, status = 0, done = 0, failure = 0, out, ready;
+        struct relay_tail tail = { 0 };
+
+        if (next.pid < 0 && relay_prepare(&next, userns, argv[5], uid, gid) != 0)
+            relay_quit(0);
+        /* The next order, unless CONTROL ends or the wait does first. */
+        fds[0] = (struct pollfd){ .fd = relay_conn, .events = POLLIN };
+        fds[1] = (struct pollfd){ .fd = control, .events = POLLIN };
+        for (int i = 0; i < ndrains; i++)
+            fds[2 + i] = (struct pollfd){ .fd = drains[i], .events = POLLIN };
+        ready = poll(fds, (nfds_t)(2 + ndrains), wait_s > 0 ? (int)(wait_s * 1000) : -1);
+        if (ready < 0 && errno == EINTR)
+            continue;
+        if (ready <= 0 || fds[1].revents)
+            relay_quit(0);
+        for (int i = ndrains - 1; i >= 0; i--) { /* what processes left behind print */
+            if (!fds[2 + i].revents)
+                continue;
+            if (read(drains[i], chunk, sizeof(chunk)) <= 0) {
+                close(drains[i]);
+                drains[i] = drains[--ndrains];
+            }
+        }
+        if (!fds[0].revents)
+            continue;
+        order = relay_message(relay_conn, RELAY_ORDER_MAX, &order_end);
+        if (poll(&fds[1], 1, 0) != 0) /* the agent let it go meanwhile */
+            relay_quit(0);
+        at = order;
+        cwd = relay_field(&at, order_end);
+        timeout_ms = atoll(relay_field(&at, order_end));
+        limit = (size_t)atoll(relay_field(&at, order_end));
+        extra = relay_list(&at, order_end, &nextra);
+        command = relay_field(&at, order_end);
+        if (!*cwd)
+            cwd = cwd_default;
+        if (!relay_still(passwd, group, checks, nchecks) || !relay_is_dir(cwd))
+            relay_quit(0); /* the agent's way finds what changed (and answers an error) */
+        env = calloc(nbase + nextra + 1, sizeof(char *));
+        if (env == NULL)
+            relay_quit(0);
+        memcpy(env, base, nbase * sizeof(char *));
+        relay_merge(env, nbase, extra, nextra);
+        spare_order = relay_spare_order(uid, gid, groups, ngroups, cwd, command, env,
+                                        &spare_size);
+        if (spare_order == NULL)
+            relay_quit(0);
+        if (limit) {
+            tail.keep = limit / 2;
+            tail.buf = malloc(tail.keep ? tail.keep : 1);
+            if (tail.buf == NULL)
+                relay_quit(0);
+        }
+        head = limit ? limit - limit / 2 : (size_t)-1;
+        pidfd = (int)syscall(SYS_pidfd_open, next.pid, 0);
+        if (pidfd < 0)
+            relay_quit(0);
+
+        /* Taken: from here on the command is under way (no more N). */
+        relay_ready = 0;
+        relay_child = next.pid;
+        relay_group = next.group;
+        out = next.out;
+        if (relay_write_all(next.order, spare_order, spare_size) != 0)
+            failure = EIO; /* (the spare died: its exit says more, below) */
+        close(next.order);
+        free(spare_order);
+        free(env);
+        free(extra);
+        free(order);
+        if (timeout_ms > 0)
+            deadline = relay_now_ms() + timeout_ms;
+        fds[0] = (struct pollfd){ .fd = out, .events = POLLIN };
+        fds[1] = (struct pollfd){ .fd = relay_conn, .events = POLLIN };
+        fds[2] = (struct pollfd){ .fd = pidfd, .events = POLLIN };
+        for (;;) {
+            long long now = relay_now_ms(), until = drain_until >= 0 ? drain_until : deadline;
+            int wait_ms = until < 0 ? -1 : (until > now ? (int)(until - now) : 0);
+
+            if (out < 0 && done)
+                break;
+            ready = poll(fds, 3, wait_ms);
+            if (ready < 0 && errno == EINTR)
+                continue;
+            if (ready < 0)
+                relay_quit(1);
+            if (ready == 0) {
+                if (done)
+                    break; /* drained for RELAY_DRAIN_MS: processes left behind hold the pipe */
+                relay_kill(relay_group, relay_child);
+                waitpid(relay_child, NULL, 0);
+                relay_child = -1;
+                relay_send('T', NULL, 0);
+                if (out >= 0)
+                    close(out);
+                out = -1;
+                done = -1;
+                break;
+            }
+            if (fds[1].revents) /* the server hung up (or sent what it must not) */
+                relay_quit(1);
+            if (fds[0].revents) {
+                ssize_t got = read(out, chunk, sizeof(chunk));
+
+                if (got > 0)
+                    relay_output(&tail, &head, chunk, (size_t)got);
+                else if (got == 0 || errno != EINTR) {
+                    close(out);
+                    out = -1;
+                    fds[0].fd = -1;
+                }
+            }
+            if (fds[2].revents && !done) {
+                if (waitpid(relay_child, &status, 0) != relay_child)
+                    status = 0;
+                relay_child = -1;
+                done = 1;
+                fds[2].fd = -1;
+                drain_until = relay_now_ms() + RELAY_DRAIN_MS;
+            }
+        }
+        close(pidfd);
+        if (done == 1) {
+            int report[2];
+
+            if (read(next.error, report, sizeof(report)) >= (ssize_t)sizeof(int))
+                failure = report[0] ? report[0] : EIO;
+            relay_flush(&tail);
+            if (failure)
+                relay_int('F', failure);
+            else
+                relay_int('X', WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+                                                   : WEXITSTATUS(status));
+        }
+        free(tail.buf);
+        close(next.error);
+        if (out >= 0) { /* processes left behind hold it: read and drop what they print */
+            if (ndrains < RELAY_DRAINS)
+                drains[ndrains++] = out;
+            else
+                close(out);
+        }
+        if (next.group >= 0) {
+            close(next.group);
+            if (nleft < RELAY_LEFT)
+                memcpy(left[nleft++], next.name, sizeof(next.name));
+        }
+        relay_group = -1;
+        next.pid = -1;
+        relay_ready = 1;
+        if (relay_root >= 0)
+            relay_tidy(left, &nleft);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 2 && strcmp(argv[1], "--spare") == 0)
         return spare_main(argv + 2);
+    if (argc > 2 && strcmp(argv[1], "--relay") == 0) {
+        relay_self = argv[0];
+        return relay_main(argv + 2);
+    }
     if (argc > 2 && strcmp(argv[1], "--exec") == 0)
         return wrap_exec(argv + 2);
     argv++;
