@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from cove.agent import confine, protocol, spare
+from cove.agent import confine, protocol, relay, spare
 from cove.runner.oci import initbin
 from cove.runner.oci.agent_setup import wait_ready
 from tests.unit.agent.conftest import AUTH, assert_dies, served
@@ -344,3 +344,26 @@ def test_a_relay_command_that_times_out_is_killed_with_its_tree(
     assert status == 408 and reply["code"] == "PROCESS_EXECUTION_TIMEOUT"
     assert_dies(int(pidfile.read_text()))  # (the escaped grandchild)
     _relayed(client, sandbox_id)  # the relay runs the next command
+
+
+def test_a_relay_whose_waiting_spare_died_makes_another(
+    client: TestClient, sandbox_id: str, relays: None
+) -> None:
+    """The spare a relay started ahead for the next command is gone (killed): the relay
+    starts another for that command, which runs as any other."""
+    del relays
+    _relayed(client, sandbox_id)
+    (pid,) = relay.pids()
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + 10
+    while not children.read_text().split():  # (started once the last command was answered)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    (waiting,) = children.read_text().split()
+    os.kill(int(waiting), signal.SIGKILL)
+    time.sleep(0.05)
+    status, reply = _exec(client, sandbox_id, command="echo $$; tr '\\0' ' ' < /proc/$PPID/cmdline")
+    assert status == 200, reply
+    ran, parent = reply["result"].split("\n", 1)
+    assert ran != waiting and "--relay" in parent  # another spare, the same relay
+    assert relay.pids() == {pid}

@@ -1468,6 +1468,18 @@ static int relay_main(char **argv)
                 relay_quit(0);
         }
         head = limit ? limit - limit / 2 : (size_t)-1;
+        if (waitpid(next.pid, NULL, WNOHANG) == next.pid) { /* its spare died waiting */
+            close(next.order);
+            close(next.error);
+            close(next.out);
+            if (next.group >= 0) {
+                close(next.group);
+                if (nleft < RELAY_LEFT)
+                    memcpy(left[nleft++], next.name, sizeof(next.name));
+            }
+            if (relay_prepare(&next, userns, argv[5], uid, gid) != 0)
+                relay_quit(0);
+        }
         pidfd = (int)syscall(SYS_pidfd_open, next.pid, 0);
         if (pidfd < 0)
             relay_quit(0);
