@@ -100,11 +100,14 @@ def _start(conn: int, payload: bytes) -> None:
     _controls[pid] = control_w
     confine.RELAYS.add(str(pid))
     exited = spare.Exited(pid)
+    message = _SIZE.pack(len(setup)) + setup
     try:
         os.set_blocking(control_w, False)
-        os.write(control_w, _SIZE.pack(len(setup)) + setup)  # (a pipe takes 64 KiB at once)
-    except OSError:  # a setup larger than the pipe takes (a huge environment): no relay
-        _close_control(pid)
+        whole = os.write(control_w, message) == len(message)  # (a pipe takes 64 KiB at once)
+    except OSError:
+        whole = False
+    if not whole:  # a setup larger than the pipe takes (a huge environment): no relay
+        _close_control(pid)  # (it reads the end of its setup early, and exits)
     task = asyncio.ensure_future(_bury(pid, exited))
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)

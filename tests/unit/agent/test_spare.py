@@ -367,3 +367,20 @@ def test_a_relay_whose_waiting_spare_died_makes_another(
     ran, parent = reply["result"].split("\n", 1)
     assert ran != waiting and "--relay" in parent  # another spare, the same relay
     assert relay.pids() == {pid}
+
+
+def test_a_large_environment_reaches_commands_by_either_way(
+    tmp_path: Path, agent_path: str, relays: None
+) -> None:
+    """An environment larger than a pipe takes at once: a relay gets all of its setup
+    or none (then the agent runs the commands); either way each command sees it whole."""
+    del relays
+    with served(tmp_path, agent_path) as client:
+        r = client.post("/api/sandbox", headers=AUTH, json={
+            "user": getpass.getuser(), "volumes": [],
+            "env": {f"BIG{i}": "x" * 30_000 for i in range(3)}})
+        sandbox_id = r.json()["id"]
+        for _ in range(5):
+            status, reply = _exec(client, sandbox_id, command="echo ${#BIG0}${#BIG2}")
+            assert (status, reply["result"]) == (200, "3000030000\n"), reply
+            time.sleep(0.05)
