@@ -100,10 +100,10 @@ def _start(conn: int, payload: bytes) -> None:
     _controls[pid] = control_w
     confine.RELAYS.add(str(pid))
     exited = spare.Exited(pid)
-    message = _SIZE.pack(len(setup)) + setup
+    framed = _SIZE.pack(len(setup)) + setup
     try:
         os.set_blocking(control_w, False)
-        whole = os.write(control_w, message) == len(message)  # (a pipe takes 64 KiB at once)
+        whole = os.write(control_w, framed) == len(framed)  # (a pipe takes 64 KiB at once)
     except OSError:
         whole = False
     if not whole:  # a setup larger than the pipe takes (a huge environment): no relay
