@@ -31,7 +31,7 @@ from cove.core.agent_types import Exited, Omitted, Output, ProcessEvent
 from cove.core.ports import AgentConnection
 
 READY_SECONDS = 10.0  # a relay says it is ready within this (its cgroup joins), or is let go
-RETRY_SECONDS = 5.0  # after a relay could not be made (no relays on this tier, databases just changed)
+RETRY_SECONDS = 5.0  # after a relay could not be made (no relays here, user databases just changed)
 ORDER_MAX = 1 << 20  # (init.c's RELAY_ORDER_MAX): larger commands go to the agent
 CHUNK = 65536  # (init.c's RELAY_CHUNK): the largest output frame
 _FRAME = struct.Struct(">cI")
