@@ -69,19 +69,27 @@ def bad_request(message: str, code: str = "BAD_REQUEST") -> AgentError:
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, int, bytes]:
     """The next (kind, stream id, payload); raises EOFError when the peer closed cleanly."""
-    try:
-        header = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            raise EOFError from exc
-        raise ProtocolError("truncated frame header") from exc
-    kind, stream, size = HEADER.unpack(header)
+    kind, stream, size = HEADER.unpack(await read_exact(reader, HEADER.size, "frame header",
+                                                        eof=True))  # fmt: skip
     if size > MAX_FRAME:
         raise ProtocolError(f"frame of {size} bytes is too large")
+    return kind, stream, await read_exact(reader, size, "frame")
+
+
+async def read_exact(reader: asyncio.StreamReader, size: int, what: str, *,
+                     eof: bool = False) -> bytes:  # fmt: skip
+    """``size`` bytes of ``what``.
+
+    Raises:
+        EOFError: ``eof`` and the peer closed cleanly before the first byte.
+        ProtocolError: the peer closed part way (``truncated <what>``).
+    """
     try:
-        return kind, stream, await reader.readexactly(size)
+        return await reader.readexactly(size)
     except asyncio.IncompleteReadError as exc:
-        raise ProtocolError("truncated frame") from exc
+        if eof and not exc.partial:
+            raise EOFError from exc
+        raise ProtocolError(f"truncated {what}") from exc
 
 
 def decode(payload: bytes) -> dict[str, Any]:

@@ -155,22 +155,14 @@ async def _events(relay: RelayConnection, limit: int | None,
 
 async def _frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     """The next frame; EOFError at a clean end before one."""
-    try:
-        head = await reader.readexactly(_FRAME.size)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            raise EOFError from exc
-        raise ProtocolError("truncated relay frame") from exc
-    kind, size = _FRAME.unpack(head)
+    kind, size = _FRAME.unpack(await protocol.read_exact(reader, _FRAME.size, "relay frame",
+                                                         eof=True))  # fmt: skip
     if kind not in _SIZES:
         raise ProtocolError(f"unknown relay frame {kind!r}")
     expected = _SIZES[kind]
     if (size > CHUNK) if expected is None else (size != expected):
         raise ProtocolError(f"a relay's {kind!r} frame of {size} bytes")
-    try:
-        return kind, await reader.readexactly(size)
-    except asyncio.IncompleteReadError as exc:
-        raise ProtocolError("truncated relay frame") from exc
+    return kind, await protocol.read_exact(reader, size, "relay frame")
 
 
 class RelaySlot:

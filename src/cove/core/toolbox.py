@@ -206,16 +206,10 @@ class AgentLinks:
                 if channel is None or not channel.alive:
                     channel = await open_channel(self._runner, sandbox_id)
                     self._channels[sandbox_id] = channel
-        if self._max_streams and self._open(sandbox_id) >= self._max_streams:
-            raise TooManyRequests(
-                f"the sandbox has {self._max_streams} toolbox requests under way "
-                "(COVE_MAX_SANDBOX_REQUESTS); let some finish first")
         tally = self._tally(owner)
-        if tally is not None and self._max_owner_streams and tally.open >= self._max_owner_streams:
-            raise TooManyRequests(
-                f"the organization has {self._max_owner_streams} toolbox requests under "
-                "way on its sandboxes (COVE_MAX_ORGANIZATION_REQUESTS); let some "
-                "finish first")  # fmt: skip
+        refusal = self._over_caps(sandbox_id, tally)
+        if refusal is not None:
+            raise TooManyRequests(refusal)
         return channel.open(tally)
 
     def _open(self, sandbox_id: str) -> int:
@@ -223,6 +217,18 @@ class AgentLinks:
         channel = self._channels.get(sandbox_id)
         slot = self._relays.get(sandbox_id)
         return (channel.streams if channel is not None else 0) + (slot.busy if slot else 0)
+
+    def _over_caps(self, sandbox_id: str, tally: Tally | None) -> str | None:
+        """Why one more request of the sandbox (and of ``tally``'s organization) must
+        wait, or None."""
+        if self._max_streams and self._open(sandbox_id) >= self._max_streams:
+            return (f"the sandbox has {self._max_streams} toolbox requests under way "
+                    "(COVE_MAX_SANDBOX_REQUESTS); let some finish first")  # fmt: skip
+        if tally is not None and self._max_owner_streams and tally.open >= self._max_owner_streams:
+            return (f"the organization has {self._max_owner_streams} toolbox requests "
+                    "under way on its sandboxes (COVE_MAX_ORGANIZATION_REQUESTS); let "
+                    "some finish first")  # fmt: skip
+        return None
 
     def _tally(self, owner: str | None) -> Tally | None:
         if owner is None:
@@ -252,10 +258,8 @@ class AgentLinks:
         if taken is None:
             return None
         tally = self._tally(owner)
-        if (self._max_streams and self._open(sandbox_id) >= self._max_streams) or (
-                tally is not None and self._max_owner_streams
-                and tally.open >= self._max_owner_streams):  # fmt: skip
-            taken.close()
+        if self._over_caps(sandbox_id, tally) is not None:  # (the agent says why)
+            slot.give_back(taken)
             return None
         _count(slot, tally, 1)
         try:

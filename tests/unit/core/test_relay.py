@@ -190,3 +190,42 @@ def test_commands_a_relay_cannot_take_go_to_the_agent() -> None:
     assert relay.order("true", "/t\0mp", {}, None, 10) is None
     assert relay.order("x" * (relay.ORDER_MAX + 1), None, {}, None, 10) is None
     assert relay.order("true", None, {"A": "b"}, None, 10) is not None
+
+
+async def test_a_ready_relay_is_kept_when_the_organization_is_at_its_cap() -> None:
+    """A command refused by a cap goes to the agent (which says why), and the sandbox's
+    ready relay stays for its next command: no new one is made."""
+    from cove.core.toolbox import AgentLinks
+
+    fakes = {"a": FakeRelay(), "b": FakeRelay()}
+    connects: list[str] = []
+
+    class Runner:
+        async def open_agent(self, sandbox_id: str) -> object:
+            connects.append(sandbox_id)
+            return await fakes[sandbox_id].connect()
+
+    links = AgentLinks(Runner(), max_owner_streams=1)  # type: ignore[arg-type]
+    order = relay.order("true", None, {}, None, 100)
+    assert order is not None
+    for sandbox_id, fake in fakes.items():
+        fake.send(frame(b"R"))
+        assert await links.relayed(sandbox_id, "org", None, order, 100) is None  # (making)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if connects.count(sandbox_id) and links._relays[sandbox_id]._ready is not None:
+                break
+    fakes["a"].send(frame(b"O", b"hi"))
+    running = await links.relayed("a", "org", None, order, 100)  # the org's one request
+    assert running is not None
+    assert await links.relayed("b", "org", None, order, 100) is None  # over the cap
+    fakes["a"].send(frame(b"X", b"\0\0\0\0"))
+    assert [event async for event in running] == [Output("stdout", b"hi"), Exited(0)]
+    fakes["b"].send(frame(b"O", b"b") + frame(b"X", b"\0\0\0\0"))
+    again = await links.relayed("b", "org", None, order, 100)
+    assert again is not None
+    assert [event async for event in again] == [Output("stdout", b"b"), Exited(0)]
+    assert connects.count("b") == 1
+    await links.close()
+    for fake in fakes.values():
+        fake.close()
