@@ -827,8 +827,8 @@ static int spare_main(char **argv)
  * checks and the checks ("d:PATH" is a directory, "D:PATH" is not, "e:PATH"
  * exists, "E:PATH" does not), the seconds it waits idle, the count of env and
  * env) and sends R. It keeps the agent's ids and capabilities; each command runs
- * in a spare (``cove-init --spare``, started by the relay ahead of the order, in
- * a new cgroup of its own below KILLROOT, -1: none), which takes the user's ids,
+ * in a spare (spare mode in a process the relay forks ahead of the order, in a
+ * new cgroup of its own below KILLROOT, -1: none), which takes the user's ids,
  * user namespace USERNS and capabilities CAPS as the agent's spares do.
  *
  * Orders come one at a time on CONN: a 4-byte big-endian length (at most
@@ -867,7 +867,6 @@ static int spare_main(char **argv)
 static int relay_conn = -1;
 static int relay_ready = 0; /* R was sent, no command under way: a relay that quits says N */
 static int relay_root = -1;
-static const char *relay_self;
 static pid_t relay_child = -1;  /* the command under way */
 static int relay_group = -1;    /* its cgroup */
 
@@ -1192,8 +1191,8 @@ static void relay_int(char kind, int value)
     relay_send(kind, n, sizeof(n));
 }
 
-/* Start the spare of the next command: a new cgroup below the kill root, and
- * `cove-init --spare` that joins it and waits for its order (see spare mode). */
+/* Start the spare of the next command: a new cgroup below the kill root, and a
+ * forked child in spare mode that joins it and waits for its order. */
 static int relay_prepare(struct relay_spare *s, int userns, const char *caps, uid_t uid,
                          gid_t gid)
 {
@@ -1233,30 +1232,23 @@ static int relay_prepare(struct relay_spare *s, int userns, const char *caps, ui
         return -1;
     }
     pid = fork();
-    if (pid == 0) {
-        char a[5][16], *args[10];
-        int pass[5] = { order[0], error[1], out[1], s->group, userns };
+    if (pid == 0) { /* the spare: this process, not a new one exec'd (0.15 ms less) */
+        char a[5][16], *args[8];
 
-        for (int i = 0; i < 5; i++)
-            if (pass[i] >= 0)
-                fcntl(pass[i], F_SETFD, 0);
         snprintf(a[0], sizeof(a[0]), "%d", order[0]);
         snprintf(a[1], sizeof(a[1]), "%d", error[1]);
         snprintf(a[2], sizeof(a[2]), "%d", out[1]);
         snprintf(a[3], sizeof(a[3]), "%d", userns);
         snprintf(a[4], sizeof(a[4]), "%d", s->group);
-        args[0] = (char *)relay_self;
-        args[1] = "--spare";
-        args[2] = a[0];
-        args[3] = a[1];
-        args[4] = a[2];
-        args[5] = a[2]; /* (stderr: the same pipe) */
-        args[6] = a[3];
-        args[7] = s->group >= 0 ? a[4] : "";
-        args[8] = (char *)caps;
-        args[9] = NULL;
-        execv(relay_self, args);
-        _exit(127);
+        args[0] = a[0];
+        args[1] = a[1];
+        args[2] = a[2];
+        args[3] = a[2]; /* (stderr: the same pipe) */
+        args[4] = a[3];
+        args[5] = s->group >= 0 ? a[4] : "";
+        args[6] = (char *)caps;
+        args[7] = NULL;
+        _exit(spare_main(args));
     }
     close(order[0]);
     close(error[1]);
@@ -1576,6 +1568,9 @@ static int relay_main(char **argv)
         relay_group = -1;
         next.pid = -1;
         relay_ready = 1;
+        /* The answer just sent woke the server, often onto this CPU: let it send the
+         * answer on before the next spare is made (as the agent's spares, spare.py). */
+        sched_yield();
         if (relay_root >= 0)
             relay_tidy(left, &nleft);
     }
@@ -1585,10 +1580,8 @@ int main(int argc, char **argv)
 {
     if (argc > 2 && strcmp(argv[1], "--spare") == 0)
         return spare_main(argv + 2);
-    if (argc > 2 && strcmp(argv[1], "--relay") == 0) {
-        relay_self = argv[0];
+    if (argc > 2 && strcmp(argv[1], "--relay") == 0)
         return relay_main(argv + 2);
-    }
     if (argc > 2 && strcmp(argv[1], "--exec") == 0)
         return wrap_exec(argv + 2);
     argv++;
