@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cove.agent import protocol
 from cove.core import relay
@@ -94,20 +94,29 @@ M = TypeVar("M", bound=WireModel)
 ENTRYPOINT_SESSION = "entrypoint"
 # Opens a request to the agent; failures inside it come out as ToolboxError.
 Opener = Callable[[Message], AbstractAsyncContextManager[AgentCall]]
-# Runs a command by a relay (user, ``relay.order``, output limit): its events, or None
-# (then the agent runs it); failures come out as ToolboxError (see ``AgentLinks.relayed``).
-Relayed = Callable[[str | None, bytes, int | None],
-                   Awaitable[AsyncGenerator[ProcessEvent, None] | None]]
+
+
+class Relays(Protocol):
+    """A sandbox's relays (see ``cove.core.relay`` and ``AgentLinks``)."""
+
+    def run(self, user: str | None, order: bytes, limit: int | None,
+            ) -> Awaitable[AsyncGenerator[ProcessEvent, None] | None]:  # fmt: skip
+        """A command (``relay.order``) run by the relay in waiting: its events, or None
+        (none was ready or it did not take the command: then the agent runs it);
+        failures come out as ToolboxError."""
+
+    def prepare(self, user: str | None) -> None:
+        """Have a relay made for ``user``'s next command (after one the agent ran)."""
 
 
 class AgentClient(GitAdmin):
     """One sandbox's agent, spoken to as ``user`` with the sandbox's environment ``env``."""
 
     def __init__(self, open_call: Opener, user: str | None, env: dict[str, str],
-                 output_limit: int = DEFAULT_LIMIT, relayed: Relayed | None = None,
+                 output_limit: int = DEFAULT_LIMIT, relays: Relays | None = None,
                  ) -> None:  # fmt: skip
         self._open = open_call
-        self._relayed = relayed
+        self._relays = relays
         self.user = user
         self.env = dict(env)
         self.output_limit = output_limit
@@ -142,12 +151,20 @@ class AgentClient(GitAdmin):
                    timeout: float | None = None) -> ExecResult:
         """Run a shell command and wait for it; its output clipped to ``output_limit``.
         A relay runs it when one is ready (see ``cove.core.relay``), else the agent."""
-        if self._relayed is not None:
+        if self._relays is not None:
             order = relay.order(command, cwd, self._env(env), timeout, self.output_limit)
             if order is not None:
-                events = await self._relayed(self.user, order, self.output_limit)
+                events = await self._relays.run(self.user, order, self.output_limit)
                 if events is not None:
                     return await _collect(events, self.output_limit)
+                try:
+                    return await self._exec(command, cwd, env, timeout)
+                finally:  # (its making would have shared the CPUs with this command)
+                    self._relays.prepare(self.user)
+        return await self._exec(command, cwd, env, timeout)
+
+    async def _exec(self, command: str, cwd: str | None, env: dict[str, str] | None,
+                    timeout: float | None) -> ExecResult:  # fmt: skip
         events = self.exec_stream(command, cwd, env, timeout, self.output_limit)
         return await _collect(events, self.output_limit)
 

@@ -176,14 +176,12 @@ class RelaySlot:
         self.busy = 0  # relays of this sandbox running a command now
 
     def take(self, user: str | None) -> RelayConnection | None:
-        """The ready relay for ``user``'s commands, or None (then one is made for the
-        next command: see :meth:`refill` for after a relay's)."""
+        """The ready relay for ``user``'s commands, or None (then the agent runs the
+        command, and :meth:`refill` after it makes one for the next)."""
         relay, self._ready = self._ready, None
         if relay is not None and (relay.user != user or not relay.usable):
             relay.close()
             relay = None
-        if relay is None:
-            self.refill(user)
         return relay
 
     def give_back(self, relay: RelayConnection) -> None:

@@ -27,6 +27,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -250,10 +251,7 @@ class AgentLinks:
         Raises:
             ToolboxError: the relay failed (as :func:`agent_call`'s errors).
         """
-        slot = self._relays.get(sandbox_id)
-        if slot is None:
-            runner = self._runner
-            slot = self._relays[sandbox_id] = RelaySlot(lambda: runner.open_agent(sandbox_id))
+        slot = self._slot(sandbox_id)
         taken = slot.take(user)
         if taken is None:
             return None
@@ -271,11 +269,22 @@ class AgentLinks:
         except BaseException:
             _count(slot, tally, -1)
             raise
-        if events is None:
+        if events is None:  # (a new relay is made after the agent ran the command)
             _count(slot, tally, -1)
-            slot.refill(user)
             return None
         return _counted(events, slot, tally, taken)
+
+    def prepare_relay(self, sandbox_id: str, user: str | None) -> None:
+        """Have a relay made for the sandbox's next command as ``user`` (unless one is
+        ready or being made, or one was refused lately)."""
+        self._slot(sandbox_id).refill(user)
+
+    def _slot(self, sandbox_id: str) -> RelaySlot:
+        slot = self._relays.get(sandbox_id)
+        if slot is None:
+            runner = self._runner
+            slot = self._relays[sandbox_id] = RelaySlot(lambda: runner.open_agent(sandbox_id))
+        return slot
 
     async def forget(self, sandbox_id: str) -> None:
         """Close the connection to a sandbox that is gone."""
@@ -403,12 +412,25 @@ def agent_client(runner: Runner, sandbox_id: str, user: str | None, env: dict[st
     """A typed client of a sandbox's agent (over ``links``, else a connection per
     request), whose requests count against the organization ``owner`` (see
     :class:`AgentLinks`)."""
-    relayed = None
-    if links is not None and links.relays:
-        def relayed(user: str | None, order: bytes, limit: int | None,
-                    ) -> Awaitable[AsyncGenerator[ProcessEvent, None] | None]:  # fmt: skip
-            return links.relayed(sandbox_id, owner, user, order, limit)
+    relays = SandboxRelays(links, sandbox_id, owner) if links is not None and links.relays else None
     return AgentClient(lambda message: agent_call(runner, sandbox_id, message, links, owner),
-                       user, env, output_limit, relayed)  # fmt: skip
+                       user, env, output_limit, relays)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SandboxRelays:
+    """One sandbox's relays, for requests of the organization ``owner`` (see
+    :class:`cove.core.agent_client.Relays`)."""
+
+    links: AgentLinks
+    sandbox_id: str
+    owner: str | None
+
+    def run(self, user: str | None, order: bytes, limit: int | None,
+            ) -> Awaitable[AsyncGenerator[ProcessEvent, None] | None]:  # fmt: skip
+        return self.links.relayed(self.sandbox_id, self.owner, user, order, limit)
+
+    def prepare(self, user: str | None) -> None:
+        self.links.prepare_relay(self.sandbox_id, user)
 
 

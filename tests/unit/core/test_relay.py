@@ -210,7 +210,10 @@ async def test_a_ready_relay_is_kept_when_the_organization_is_at_its_cap() -> No
     assert order is not None
     for sandbox_id, fake in fakes.items():
         fake.send(frame(b"R"))
-        assert await links.relayed(sandbox_id, "org", None, order, 100) is None  # (making)
+        assert await links.relayed(sandbox_id, "org", None, order, 100) is None  # (none)
+        await asyncio.sleep(0.02)
+        assert not connects.count(sandbox_id)  # (none made beside the agent's command)
+        links.prepare_relay(sandbox_id, None)  # (after it)
         for _ in range(100):
             await asyncio.sleep(0.01)
             if connects.count(sandbox_id) and links._relays[sandbox_id]._ready is not None:
