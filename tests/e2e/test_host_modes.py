@@ -75,7 +75,7 @@ def test_nobody_reads_nothing_of_the_data_dir(server: Server, open_parent: Path)
     volume = daytona.volume.get("modes-vol", create=True)  # its data: at the first mount
     running = daytona.create(CreateSandboxFromSnapshotParams(
         volumes=[VolumeMount(volume_id=volume.id, mount_path="/data")]))  # fmt: skip
-    running.create_snapshot("modes-snap")
+    running.create_snapshot("modes-snap", timeout=300)  # a capture on a loaded host
     snapshot = daytona.snapshot.get("modes-snap")
     gvisor = daytona.create(CreateSandboxFromSnapshotParams(
         labels={"cove.io/isolation": "gvisor"})) if runsc.available() else None  # fmt: skip

@@ -38,7 +38,7 @@ def test_snapshot_of_a_sandbox_starts_new_sandboxes(
     sandboxes.append(sb)
     run_ok(sb, "echo from-source > /home/daytona/kept.txt && sudo true 2>/dev/null; rm -f x")
     server.runtime().exec(sb.id, ["rm", "/etc/issue"], user="root")
-    sb.create_snapshot("e2e-snap")
+    sb.create_snapshot("e2e-snap", timeout=300)  # a capture on a loaded host
     assert sb.state == SandboxState.STARTED
     assert daytona.get(sb.id).state == SandboxState.STARTED
     snap = daytona.snapshot.get("e2e-snap")
@@ -57,7 +57,7 @@ def test_snapshot_of_a_sandbox_starts_new_sandboxes(
     sandboxes.remove(child)
 
     sb.stop()
-    sb.create_snapshot("e2e-snap-stopped")  # from a stopped sandbox too
+    sb.create_snapshot("e2e-snap-stopped", timeout=300)  # from a stopped sandbox too
     assert daytona.get(sb.id).state == SandboxState.STOPPED
     for name in ("e2e-snap", "e2e-snap-stopped"):
         daytona.snapshot.delete(daytona.snapshot.get(name))
