@@ -133,6 +133,48 @@ def test_sandbox_root_cannot_touch_the_relay_either(server: Server, sb) -> None:
     assert relayed(sb) == relay
 
 
+# Run in the background by a command: once the relay forked the next command's spare
+# (a copy of the relay's memory, waiting for its order), signal and read it.
+# (Looked for again until found: a command of the test's polling may have just taken it.)
+SPARE_ATTACK = """(sleep 1; found=
+for try in $(seq 50); do
+  for s in /proc/[0-9]*; do
+    grep -q "^PPid:[[:space:]]*{relay}$" $s/status 2>/dev/null || continue
+    tr '\\0' ' ' < $s/cmdline | grep -q -- --relay || continue
+    found=1; echo "spare ${{s#/proc/}}"; kill -9 ${{s#/proc/}}; cat $s/environ
+    head -c 16 $s/mem; ls $s/fd
+  done
+  [ -n "$found" ] && break; sleep 0.1
+done; echo done) > {out} 2>&1 < /dev/null &"""
+
+
+def spare_attack_result(sb, out: str) -> str:  # noqa: ANN001 - an SDK Sandbox
+    deadline = time.monotonic() + 20
+    while True:
+        seen = sb.process.exec(f"cat {out}").result
+        if seen.rstrip().endswith("done"):
+            return seen
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.2)
+
+
+def test_neither_user_nor_root_can_touch_the_relays_waiting_spare(server: Server, sb) -> None:
+    """The spare a relay forks for the next command holds a copy of the relay's memory
+    until it becomes that command: not the user's, nor the workload root's, to signal
+    or read."""
+    relay = relayed(sb)
+    sb.process.exec(SPARE_ATTACK.format(relay=relay, out="/tmp/by-user"))
+    by_user = spare_attack_result(sb, "/tmp/by-user")
+    as_root(server, sb.id, SPARE_ATTACK.format(relay=relay, out="/tmp/by-root"))
+    by_root = spare_attack_result(sb, "/tmp/by-root")
+    for seen in (by_user, by_root):
+        assert "spare " in seen, (by_user, by_root)  # the probe found it
+        assert "Operation not permitted" in seen and "Permission denied" in seen, seen
+        assert "KEPT=" not in seen
+    assert relayed(sb) == relay  # its spare took the next command, as ever
+    assert run_ok(sb, "echo ok").strip() == "ok"
+
+
 def host_pid(sandbox_id: str, command: bytes) -> int:
     """The host's pid of the sandbox's process whose command line has ``command``."""
     for pid, cmdline in sandbox_processes(sandbox_id):
