@@ -7,7 +7,9 @@ so a failed build leaves nothing that looks like a snapshot.
 
 From a sandbox, the merged view (lower snapshot + writable layer) is copied
 with tar (owners, modes, xattrs kept; overlay whiteouts are already applied in
-the merged view). A running sandbox is frozen for the copy. Holes stay holes
+the merged view): only the files the sandbox changed, when they can be told, the
+others hard links to its snapshot's (see ``capture_links.py``). A running sandbox
+is frozen for the copy. Holes stay holes
 (``--sparse``): a file of the sandbox's may claim 16 TiB of them on a disk of 1 GiB,
 and the host must not write them out as zeros. No ``user.overlay.*`` attribute is
 copied: the view shows as such those the sandbox set on its files (its overlay keeps
@@ -38,7 +40,7 @@ from cove.hostfiles import private_dir, remove_tree
 from cove.runner.host import freezer, mounts, proc, rootfs
 from cove.runner.host.proc import run
 from cove.runner.layout import Metadata, SandboxPaths
-from cove.runner.storage import layers, unpack
+from cove.runner.storage import capture_links, layers, unpack
 from cove.runner.storage.archive import TAR_FLAGS, pipe
 
 log = logging.getLogger(__name__)
@@ -54,22 +56,58 @@ def capture_sandbox(
 ) -> int:  # fmt: skip
     """Build snapshot ``ref`` from the sandbox's merged root filesystem (``group``: its
     cgroup group, to freeze it when ``alive``); returns its size. Its image config is
-    ``config``, else that of the sandbox's snapshot."""
+    ``config``, else that of the sandbox's snapshot. Only what the sandbox changed is
+    copied when it can be told (see ``capture_links``)."""
     with building(base, ref) as rootfs, _merged_view(group, paths, meta, alive) as view:
         if config is not None:
             unpack.write_config(rootfs.parent, config)
         else:
             unpack.copy_config(Path(meta.lower), rootfs.parent)
-        with open(os.devnull, "wb") as null:
-            pipe(
-                ["tar", "--create", "--file=-", "--sparse", f"--directory={view}", *TAR_FLAGS,
-                 f"--xattrs-exclude={OVERLAY_XATTRS}", "."],
-                ["tar", "--extract", "--file=-", f"--directory={rootfs}", "--same-owner",
-                 "--same-permissions", *TAR_FLAGS],
-                null,
-            )  # fmt: skip
-            measured = size(rootfs)  # before it is renamed into place (see remove_stale_work)
+        lower = Path(meta.lower) if meta is not None and meta.layer_xattrs == "user" else None
+        if lower is None or not capture_links.same_filesystem(lower, rootfs):
+            _copy(view, rootfs)
+        else:
+            _copy_changed(view, paths.upper, lower, rootfs)
+        measured = size(rootfs)  # before it is renamed into place (see remove_stale_work)
     return measured
+
+
+def _copy_changed(view: Path, upper: Path, lower: Path, rootfs: Path) -> None:
+    """Copy what the sandbox changed, link the rest (see ``capture_links``); all of it
+    when the walk gives up."""
+    try:
+        found = capture_links.changes(view, upper, lower)
+    except capture_links.Unusual as exc:
+        log.info("capturing %s whole: %s", view, exc)
+        return _copy(view, rootfs)
+    try:
+        capture_links.link_into(rootfs, lower, found)
+    except OSError as exc:  # (say a file of the snapshot at the most links an inode has)
+        log.info("capturing %s whole: %s", view, exc)
+        remove_tree(rootfs)
+        rootfs.mkdir()
+        return _copy(view, rootfs)
+    listed = rootfs.parent / "copied"  # (in the build's work dir, removed with it)
+    listed.write_bytes(b"".join(f"{p}\0".encode("utf-8", "surrogateescape")
+                                for p in [".", *found.dirs, *found.copies]))  # fmt: skip
+    _copy(view, rootfs, listed)
+    listed.unlink()
+
+
+def _copy(view: Path, rootfs: Path, listed: Path | None = None) -> None:
+    """Copy the merged ``view`` into ``rootfs`` with tar (owners, modes, attributes but
+    overlayfs' own, holes); only the paths ``listed`` (NUL-terminated, each alone:
+    a directory's entries are not) when given."""
+    what = ["."] if listed is None else [
+        "--null", "--verbatim-files-from", "--no-recursion", f"--files-from={listed}"]
+    with open(os.devnull, "wb") as null:
+        pipe(
+            ["tar", "--create", "--file=-", "--sparse", f"--directory={view}", *TAR_FLAGS,
+             f"--xattrs-exclude={OVERLAY_XATTRS}", *what],
+            ["tar", "--extract", "--file=-", f"--directory={rootfs}", "--same-owner",
+             "--same-permissions", *TAR_FLAGS],
+            null,
+        )  # fmt: skip
 
 
 def clone_snapshot(base: Path, source: Path, ref: str, config: ImageConfig) -> int:
