@@ -135,7 +135,20 @@ def test_a_snapshot_on_another_file_system_is_copied_whole(
     assert (rootfs / "a").read_text() == "a of the snapshot\n"
 
 
-def _capture(tmp_path: Path, view: Path, lower: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def test_a_layer_with_overlay_metadata_of_old_is_copied_whole(
+    layers: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A layer written before sandboxes ran in user namespaces (trusted.overlay.*
+    attributes, with which overlayfs may follow a renamed directory's redirect):
+    copied whole."""
+    view, _upper, lower = layers
+    rootfs = _capture(tmp_path, view, lower, monkeypatch, xattrs="trusted")
+    assert (rootfs / "a").stat().st_ino != (lower / "a").stat().st_ino
+    assert (rootfs / "d/x").read_text() == "d/x of the snapshot\n"
+
+
+def _capture(tmp_path: Path, view: Path, lower: Path, monkeypatch: pytest.MonkeyPatch,
+             xattrs: str = "user") -> Path:  # fmt: skip
     """Capture ``view`` (upper: ``tmp_path/upper``) into a new snapshot; its rootfs."""
     monkeypatch.setattr(capture, "_merged_view", lambda *args: nullcontext(view))
     paths = SandboxPaths(tmp_path / "sandbox")
@@ -143,6 +156,6 @@ def _capture(tmp_path: Path, view: Path, lower: Path, monkeypatch: pytest.Monkey
     paths.upper.symlink_to(tmp_path / "upper")
     base = tmp_path / "snapshots"
     base.mkdir()
-    meta = Metadata(lower=str(lower), hostname="h", layer_xattrs="user")
+    meta = Metadata(lower=str(lower), hostname="h", layer_xattrs=xattrs)
     capture.capture_sandbox(base, "new", "group", paths, meta, alive=False, config=ImageConfig())
     return base / "new" / "rootfs"
