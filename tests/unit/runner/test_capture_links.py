@@ -94,6 +94,14 @@ def test_a_tree_deeper_than_the_walk_goes_is_captured_whole(
     assert (rootfs / "a").stat().st_ino != (lower / "a").stat().st_ino  # copied, whole
 
 
+def test_a_view_of_more_paths_than_the_walk_keeps_is_captured_whole(
+    layers: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(capture_links, "MAX_ENTRIES", 3)
+    with pytest.raises(capture_links.Unusual, match="more than 3 paths"):
+        capture_links.changes(*layers)
+
+
 def test_a_layer_that_disagrees_with_the_view_is_captured_whole(
     layers: tuple[Path, Path, Path],
 ) -> None:

@@ -13,6 +13,9 @@ either
   only unlinks: ``clone_snapshot`` relies on the same);
 * or anything else, copied from the view by tar as before (attributes, holes).
 
+(On this project's host: the default snapshot's 70,000 paths walked in 0.7 s, its
+7,900 directories made in 0.8-2.2 s, its 62,000 files linked in 0.3 s.)
+
 Directories are made first and their attributes copied last, from the view. What the
 sandbox deleted is not in the view, so it is in neither list.
 
@@ -20,9 +23,9 @@ The snapshot is trusted and never changes; the layer and the view are the
 sandbox's, frozen (or stopped) while they are read. A path of the snapshot is only
 looked at below directories checked to be real directories of it, so no symlink of
 the snapshot (``/x -> /etc``) ever leads the walk to the host's files. Anything
-the walk does not expect (a tree deeper than ``MAX_DEPTH``, a path too long, a
-layer whose entry disagrees with the view) makes it give up: the caller copies
-everything instead, as before.
+the walk does not expect (a tree deeper than ``MAX_DEPTH``, a path too long, more
+than ``MAX_ENTRIES`` paths, a layer whose entry disagrees with the view) makes it
+give up: the caller copies everything instead, as before.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from pathlib import Path
 
 MAX_DEPTH = 128  # deeper trees are copied whole (tar walks any depth)
 MAX_PATH = 3072  # longer paths likewise (PATH_MAX is 4096 with the roots in front)
+# Paths the walk keeps (the server holds them, ~150 bytes each): a view with more
+# (a sandbox's disk of many small files) is copied whole, tar's memory being bounded.
+MAX_ENTRIES = 1_000_000
 
 
 class Unusual(Exception):
@@ -72,31 +78,41 @@ def changes(view: Path, upper: Path, lower: Path) -> Changes:
         if depth > MAX_DEPTH or len(rel) > MAX_PATH:
             raise Unusual(f"{rel[:64]}...: too deep")
         try:
-            entries = list(os.scandir(view / rel))
+            with os.scandir(view / rel) as entries:
+                for entry in entries:
+                    _sort(entry, rel, depth, in_upper, in_lower, upper, lower, out, stack)
         except OSError as exc:
             raise Unusual(f"{rel[:64]}: {exc}") from exc
-        for entry in entries:
-            path = f"{rel}/{entry.name}"
-            seen = entry.stat(follow_symlinks=False)
-            up = _lstat(upper / path) if in_upper else None
-            low = _lstat(lower / path) if in_lower else None
-            if stat.S_ISDIR(seen.st_mode):
-                if up is not None and not stat.S_ISDIR(up.st_mode):
-                    raise Unusual(f"{path[:64]}: the layer disagrees with the view")
-                out.dirs.append(path)
-                stack.append((path, depth + 1, up is not None,
-                              low is not None and stat.S_ISDIR(low.st_mode)))  # fmt: skip
-            elif up is None and low is not None and _same(seen, low):
-                out.links.append(path)
-            else:
-                out.copies.append(path)
     return out
+
+
+def _sort(entry: os.DirEntry[str], rel: str, depth: int, in_upper: bool, in_lower: bool,
+          upper: Path, lower: Path, out: Changes,
+          stack: list[tuple[str, int, bool, bool]]) -> None:  # fmt: skip
+    """Put one entry of the view's directory ``rel`` in ``out`` (a directory also on
+    ``stack``, to be walked)."""
+    if len(out.dirs) + len(out.links) + len(out.copies) >= MAX_ENTRIES:
+        raise Unusual(f"more than {MAX_ENTRIES} paths")
+    path = f"{rel}/{entry.name}"
+    seen = entry.stat(follow_symlinks=False)
+    up = _lstat(upper / path) if in_upper else None
+    low = _lstat(lower / path) if in_lower else None
+    if stat.S_ISDIR(seen.st_mode):
+        if up is not None and not stat.S_ISDIR(up.st_mode):
+            raise Unusual(f"{path[:64]}: the layer disagrees with the view")
+        out.dirs.append(path)
+        stack.append((path, depth + 1, up is not None,
+                      low is not None and stat.S_ISDIR(low.st_mode)))  # fmt: skip
+    elif up is None and low is not None and _same(seen, low):
+        out.links.append(path)
+    else:
+        out.copies.append(path)
 
 
 def link_into(rootfs: Path, lower: Path, found: Changes) -> None:
     """Make ``found``'s directories (root's alone, until their attributes are copied)
-    and hard links in ``rootfs``. (Each directory's links by descriptors of it: ~10 us
-    a link, against ~40 by paths; the walk lists a directory's files together.)"""
+    and hard links in ``rootfs`` (each directory's links by descriptors of it and of its
+    copy: the walk lists a directory's files together)."""
     for path in found.dirs:
         os.mkdir(f"{rootfs}/{path}", 0o700)
     parent, fds = None, (-1, -1)
