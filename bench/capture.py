@@ -24,10 +24,11 @@ from pathlib import Path
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 from lifecycle import row, timed  # bench/lifecycle.py
 
+from cove.runner.storage.archive import TAR_FLAGS
 from cove.testing import SHARED_SNAPSHOTS, ServerProcess
 
 KEY = "bench-key"
-TAR = ("--xattrs", "--xattrs-include=*", "--numeric-owner")
+TAR = " ".join(TAR_FLAGS)  # the capture's own
 
 
 def changes(mb: int) -> str:
@@ -50,9 +51,9 @@ def copies(rootfs: Path, n: int) -> tuple[list[float], list[float]]:
             into = Path(tmp, "rootfs")
             into.mkdir()
             tar_ms.append(timed(lambda into=into: subprocess.run(
-                f"tar --create --file=- --sparse --directory={rootfs} {' '.join(TAR)} . | "
+                f"tar --create --file=- --sparse --directory={rootfs} {TAR} . | "
                 f"tar --extract --file=- --directory={into} --same-owner --same-permissions "
-                f"{' '.join(TAR)}", shell=True, check=True)))  # fmt: skip
+                f"{TAR}", shell=True, check=True)))  # fmt: skip
             linked = Path(tmp, "linked")
             link_ms.append(timed(lambda linked=linked: subprocess.run(
                 ["cp", "-a", "--link", "--no-target-directory", str(rootfs), str(linked)],

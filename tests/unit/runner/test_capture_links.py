@@ -133,6 +133,27 @@ def test_a_capture_links_into_the_new_snapshot_and_copies_attributes(
     assert not (rootfs.parent / "copied").exists()  # the list of copies went
 
 
+def test_the_sandboxs_names_and_symlinks_are_copied_as_they_are(
+    layers: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names the sandbox chose reach tar in its list of copies: one that reads as a
+    tar option, one with a newline, one not UTF-8 are copied by their names (no
+    option taken, nothing run); a symlink to a host path is copied as a symlink."""
+    view, upper, lower = layers
+    names = ["--checkpoint=1 --checkpoint-action=exec=touch RAN", "two\nlines",
+             os.fsdecode(b"not-utf8-\xff")]  # fmt: skip
+    for name in names:
+        (upper / name).write_text("mine\n")
+        (view / name).write_text("mine\n")
+    for root in (upper, view):
+        (root / "host").symlink_to("/etc/passwd")
+    rootfs = _capture(tmp_path, view, lower, monkeypatch)
+    for name in names:
+        assert (rootfs / name).read_text() == "mine\n"
+    assert os.readlink(rootfs / "host") == "/etc/passwd"
+    assert not any((where / "RAN").exists() for where in (view, rootfs, Path.cwd()))
+
+
 def test_a_snapshot_on_another_file_system_is_copied_whole(
     layers: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

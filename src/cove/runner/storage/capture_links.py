@@ -70,43 +70,57 @@ def changes(view: Path, upper: Path, lower: Path) -> Changes:
     Raises:
         Unusual: see the module's doc.
     """
-    out = Changes()
-    # (path, depth, upper holds this directory, lower holds it as a real directory)
-    stack: list[tuple[str, int, bool, bool]] = [(".", 0, True, True)]
-    while stack:
-        rel, depth, in_upper, in_lower = stack.pop()
-        if depth > MAX_DEPTH or len(rel) > MAX_PATH:
-            raise Unusual(f"{rel[:64]}...: too deep")
-        try:
-            with os.scandir(view / rel) as entries:
-                for entry in entries:
-                    _sort(entry, rel, depth, in_upper, in_lower, upper, lower, out, stack)
-        except OSError as exc:
-            raise Unusual(f"{rel[:64]}: {exc}") from exc
-    return out
+    return _Walk(view, upper, lower).run()
 
 
-def _sort(entry: os.DirEntry[str], rel: str, depth: int, in_upper: bool, in_lower: bool,
-          upper: Path, lower: Path, out: Changes,
-          stack: list[tuple[str, int, bool, bool]]) -> None:  # fmt: skip
-    """Put one entry of the view's directory ``rel`` in ``out`` (a directory also on
-    ``stack``, to be walked)."""
-    if len(out.dirs) + len(out.links) + len(out.copies) >= MAX_ENTRIES:
-        raise Unusual(f"more than {MAX_ENTRIES} paths")
-    path = f"{rel}/{entry.name}"
-    seen = entry.stat(follow_symlinks=False)
-    up = _lstat(upper / path) if in_upper else None
-    low = _lstat(lower / path) if in_lower else None
-    if stat.S_ISDIR(seen.st_mode):
-        if up is not None and not stat.S_ISDIR(up.st_mode):
-            raise Unusual(f"{path[:64]}: the layer disagrees with the view")
-        out.dirs.append(path)
-        stack.append((path, depth + 1, up is not None,
-                      low is not None and stat.S_ISDIR(low.st_mode)))  # fmt: skip
-    elif up is None and low is not None and _same(seen, low):
-        out.links.append(path)
-    else:
-        out.copies.append(path)
+# A directory to walk: its path, its depth, whether the layer holds it and whether
+# the snapshot holds it as a real directory.
+_Dir = tuple[str, int, bool, bool]
+
+
+@dataclass
+class _Walk:
+    view: Path
+    upper: Path
+    lower: Path
+    out: Changes = field(default_factory=Changes)
+    stack: list[_Dir] = field(default_factory=lambda: [(".", 0, True, True)])
+
+    def run(self) -> Changes:
+        while self.stack:
+            where = self.stack.pop()
+            rel, depth = where[0], where[1]
+            if depth > MAX_DEPTH or len(rel) > MAX_PATH:
+                raise Unusual(f"{rel[:64]}...: too deep")
+            try:
+                with os.scandir(self.view / rel) as entries:
+                    for entry in entries:
+                        self._sort(entry, where)
+            except OSError as exc:
+                raise Unusual(f"{rel[:64]}: {exc}") from exc
+        return self.out
+
+    def _sort(self, entry: os.DirEntry[str], where: _Dir) -> None:
+        """Put one entry of the view's directory ``where`` in the changes (a directory
+        also on the stack, to be walked)."""
+        rel, depth, in_upper, in_lower = where
+        out = self.out
+        if len(out.dirs) + len(out.links) + len(out.copies) >= MAX_ENTRIES:
+            raise Unusual(f"more than {MAX_ENTRIES} paths")
+        path = f"{rel}/{entry.name}"
+        seen = entry.stat(follow_symlinks=False)
+        up = _lstat(self.upper / path) if in_upper else None
+        low = _lstat(self.lower / path) if in_lower else None
+        if stat.S_ISDIR(seen.st_mode):
+            if up is not None and not stat.S_ISDIR(up.st_mode):
+                raise Unusual(f"{path[:64]}: the layer disagrees with the view")
+            out.dirs.append(path)
+            self.stack.append((path, depth + 1, up is not None,
+                               low is not None and stat.S_ISDIR(low.st_mode)))  # fmt: skip
+        elif up is None and low is not None and _same(seen, low):
+            out.links.append(path)
+        else:
+            out.copies.append(path)
 
 
 def link_into(rootfs: Path, lower: Path, found: Changes) -> None:
@@ -122,7 +136,8 @@ def link_into(rootfs: Path, lower: Path, found: Changes) -> None:
             if head != parent:
                 _close(fds)
                 fds, parent = (-1, -1), head
-                fds = (_open_dir(f"{lower}/{head}"), _open_dir(f"{rootfs}/{head}"))
+                fds = (_open_dir(f"{lower}/{head}"), -1)  # (each closed if the next fails)
+                fds = (fds[0], _open_dir(f"{rootfs}/{head}"))
             os.link(name, name, src_dir_fd=fds[0], dst_dir_fd=fds[1], follow_symlinks=False)
     finally:
         _close(fds)
